@@ -1,0 +1,47 @@
+//! Fusion's interconnect: the lowest crate of the workspace.
+//!
+//! It owns the vocabulary every other crate speaks ([`InstanceId`], [`Epoch`], [`Scn`] and the
+//! cluster clock), the wire [`frame`] format, the landing [`region`]s that block payloads are
+//! placed into, peer authentication ([`handshake`]), heartbeat-based [`membership`], and the
+//! transports behind cargo features:
+//!
+//! | feature | module | what |
+//! |---|---|---|
+//! | `tcp` (default) | [`tcp`] | mio, one authenticated connection per peer pair, `writev` from the source frame, reads into the destination frame |
+//! | `shm` (default) | [`shm`] | co-located instances: SPSC rings in shared memory, one copy straight into the receiver's frame |
+//! | `sim` | [`sim`] | the simulator's deterministic network |
+//!
+//! The protocol crates (`grd`, `ges`, `gcs`) depend on it with `default-features = false`:
+//! they see ids, the clock, framing and membership, never sockets or mappings. Everything here
+//! that is protocol logic ([`membership`], [`handshake`]) is sans-IO: it takes `now` and
+//! returns what to send; only the transports touch the OS.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod clock;
+pub mod frame;
+pub mod handshake;
+mod ids;
+pub mod membership;
+pub mod region;
+pub mod transport;
+
+#[cfg(feature = "shm")]
+pub mod shm;
+#[cfg(feature = "sim")]
+pub mod sim;
+#[cfg(feature = "tcp")]
+pub mod tcp;
+
+pub use clock::{AtomicScnClock, ScnClock, Timestamp};
+pub use frame::{FrameError, FrameHeader, MAX_BODY_LEN, Priority, Service};
+pub use ids::{
+    ClusterId, Epoch, InstanceId, InstanceIdOutOfRange, InstanceSet, MAX_INSTANCES, Scn,
+};
+pub use region::LandingToken;
+#[cfg(any(feature = "tcp", feature = "shm"))]
+pub use region::{BlockRegion, FrameGuard, RegionError};
+pub use transport::{
+    Outgoing, OutgoingBlock, SendError, Transport, TransportError, TransportEvent, poll_until,
+};

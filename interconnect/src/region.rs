@@ -1,0 +1,682 @@
+//! Landing regions: memory split into block-sized frames into which peers' block payloads
+//! land directly, named by [`LandingToken`]s.
+//!
+//! A receiver that expects a block *arms* one of its frames for one peer and sends the token
+//! in its request; the sender's transport places the payload straight into that frame (TCP
+//! reads the socket into it, shm copies into it across processes, RDMA writes into it); the
+//! receiver then *takes* the landed frame back. Each frame carries a state word:
+//!
+//! ```text
+//! Idle --claim--> Claimed --arm(peer)--> Armed --begin_landing--> Landing --complete--> Landed
+//!   ^               |  ^                   |  \--- landing dropped unfinished ---/        |
+//!   +----drop-------+  +------disarm-------+  +<--------------take_landed----------------+
+//! ```
+//!
+//! Every arm bumps the frame's 32-bit generation, and a token carries it, so a late or
+//! duplicated payload for an earlier arming is refused instead of overwriting a frame that has
+//! moved on. A payload from a peer other than the one armed for, or of the wrong length, is
+//! refused too. This module owns the frame states and the memory; it never decides which
+//! frame a block should use (that is the buffer cache's job).
+//!
+//! **RDMA mapping.** A region is what RDMA registers as one memory region (MR). The requester
+//! sends `(token, addr = base + frame * block_size, rkey)` in its request; the holder posts
+//! `RDMA WRITE WITH IMMEDIATE` of the block to `addr` with the frame index as the 32-bit
+//! immediate. The receiver's completion names the frame; it checks the generation carried in
+//! the accompanying message before it takes the frame (the NIC cannot check the state word,
+//! so protection against unarmed frames comes from type-2 memory windows bound per armed frame
+//! instead of the CAS). Registered memory is pinned, so the frames are allocated once, at
+//! start-up, page-aligned, which is also what O_DIRECT and io_uring fixed buffers need.
+//!
+//! The memory is an anonymous mapping for `tcp` (and RDMA), or a file on a shared-memory file
+//! system that co-located peers map for `shm`; the layout is the same:
+//!
+//! ```text
+//! [0, 4096)                         region header: magic b"FSNR", version u32, frames u32, block_size u32
+//! [4096, 4096 + S)                  one AtomicU64 state word per frame, S rounded up to 4096
+//! [4096 + S, 4096 + S + F * B)      the frames, F of B bytes each, page-aligned
+//! ```
+
+use std::fmt;
+
+/// Names one arming of one frame in a receiver's region: (frame index, generation). On the
+/// wire it is a `u64` with the generation in the high half; generation 0 never names an
+/// arming, so a zero token means "no block".
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LandingToken {
+    frame: u32,
+    generation: u32,
+}
+
+impl LandingToken {
+    /// A token for `frame` at `generation` (non-zero; armed frames never have generation 0).
+    pub const fn new(frame: u32, generation: u32) -> Self {
+        Self { frame, generation }
+    }
+
+    /// The destination frame's index in the receiver's region.
+    pub const fn frame(self) -> u32 {
+        self.frame
+    }
+
+    /// Which arming of that frame.
+    pub const fn generation(self) -> u32 {
+        self.generation
+    }
+
+    /// The token as a `u64` for the wire.
+    pub const fn to_wire(self) -> u64 {
+        (self.generation as u64) << 32 | self.frame as u64
+    }
+
+    /// Parses a token from the wire; `None` for generation 0.
+    pub const fn from_wire(raw: u64) -> Option<Self> {
+        let generation = (raw >> 32) as u32;
+        if generation == 0 {
+            None
+        } else {
+            Some(Self {
+                frame: raw as u32,
+                generation,
+            })
+        }
+    }
+}
+
+impl fmt::Debug for LandingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "frame{}@g{}", self.frame, self.generation)
+    }
+}
+
+#[cfg(any(feature = "tcp", feature = "shm"))]
+pub use memory::{BlockRegion, FrameGuard, Landing, RegionError};
+
+#[cfg(any(feature = "tcp", feature = "shm"))]
+mod memory {
+    use super::LandingToken;
+    use crate::InstanceId;
+    use crate::frame::valid_block_len;
+    use memmap2::MmapRaw;
+    use std::fs::OpenOptions;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const REGION_MAGIC: [u8; 4] = *b"FSNR";
+    const REGION_VERSION: u32 = 1;
+    const PAGE: usize = 4096;
+    /// Upper bound on frames in one region (2^24 frames of 32 KiB is 512 GiB).
+    const MAX_FRAMES: u32 = 1 << 24;
+
+    const IDLE: u64 = 0;
+    const CLAIMED: u64 = 1;
+    const ARMED: u64 = 2;
+    const LANDING: u64 = 3;
+    const LANDED: u64 = 4;
+
+    /// Unpacked state word: `state | peer << 8 | generation << 32`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct FrameState {
+        state: u64,
+        peer: u8,
+        generation: u32,
+    }
+
+    impl FrameState {
+        fn unpack(word: u64) -> Self {
+            Self {
+                state: word & 0xff,
+                peer: (word >> 8) as u8,
+                generation: (word >> 32) as u32,
+            }
+        }
+        fn pack(self) -> u64 {
+            self.state | u64::from(self.peer) << 8 | u64::from(self.generation) << 32
+        }
+        fn with(self, state: u64) -> Self {
+            Self { state, ..self }
+        }
+    }
+
+    /// Why a region operation was refused.
+    #[derive(Debug, thiserror::Error)]
+    #[non_exhaustive]
+    pub enum RegionError {
+        /// Frame count or block size out of range.
+        #[error("invalid region geometry: {frames} frames of {block_size} bytes")]
+        BadGeometry {
+            /// Frames asked for.
+            frames: u32,
+            /// Block size asked for.
+            block_size: u32,
+        },
+        /// The frame index is beyond the region.
+        #[error("frame {frame} is outside the region of {frames} frames")]
+        NoSuchFrame {
+            /// The index.
+            frame: u32,
+            /// Frames in the region.
+            frames: u32,
+        },
+        /// The frame is not in the state the operation needs (claimed twice, not armed, a
+        /// stale generation, a payload still landing).
+        #[error("frame {frame} is busy or the token is stale ({detail})")]
+        WrongState {
+            /// The frame.
+            frame: u32,
+            /// What was found.
+            detail: &'static str,
+        },
+        /// A payload came from a peer other than the one the frame was armed for.
+        #[error("frame {frame} is armed for instance {armed_for}, not {from}")]
+        WrongPeer {
+            /// The frame.
+            frame: u32,
+            /// The peer it was armed for.
+            armed_for: u8,
+            /// The sender.
+            from: InstanceId,
+        },
+        /// A payload length other than the region's block size.
+        #[error("payload of {len} bytes for a region of {block_size}-byte blocks")]
+        WrongLength {
+            /// The payload's length.
+            len: usize,
+            /// The region's block size.
+            block_size: usize,
+        },
+        /// The backing file is not a landing region, or of another version.
+        #[error("{path} is not a Fusion landing region: {detail}")]
+        NotARegion {
+            /// The file.
+            path: String,
+            /// What was wrong.
+            detail: String,
+        },
+        /// Mapping or creating the memory failed.
+        #[error("cannot map landing region: {0}")]
+        Io(#[from] std::io::Error),
+    }
+
+    /// Frames that peers' payloads land in. Shared as `Arc<BlockRegion>` between the
+    /// application (which claims, arms and takes frames) and the transports (which land).
+    pub struct BlockRegion {
+        map: MmapRaw,
+        frames: u32,
+        block_size: usize,
+        data_offset: usize,
+    }
+
+    impl std::fmt::Debug for BlockRegion {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("BlockRegion")
+                .field("frames", &self.frames)
+                .field("block_size", &self.block_size)
+                .finish()
+        }
+    }
+
+    // SAFETY: all access to the mapping goes through atomics (state words) or through frame
+    // guards and landings whose exclusivity the state words enforce.
+    unsafe impl Send for BlockRegion {}
+    // SAFETY: as above.
+    unsafe impl Sync for BlockRegion {}
+
+    fn layout(frames: u32, block_size: u32) -> Result<(usize, usize), RegionError> {
+        if frames == 0 || frames > MAX_FRAMES || !valid_block_len(block_size) {
+            return Err(RegionError::BadGeometry { frames, block_size });
+        }
+        let states = (frames as usize * 8).div_ceil(PAGE) * PAGE;
+        let data_offset = PAGE + states;
+        Ok((
+            data_offset,
+            data_offset + frames as usize * block_size as usize,
+        ))
+    }
+
+    impl BlockRegion {
+        /// A private region in anonymous memory (for `tcp` and RDMA).
+        pub fn anonymous(frames: u32, block_size: u32) -> Result<Arc<Self>, RegionError> {
+            let (data_offset, total) = layout(frames, block_size)?;
+            let map = MmapRaw::from(memmap2::MmapOptions::new().len(total).map_anon()?);
+            Ok(Arc::new(Self::initialised(
+                map,
+                frames,
+                block_size,
+                data_offset,
+            )))
+        }
+
+        /// Creates a region in a file that co-located peers map (for `shm`), replacing any
+        /// file at `path`.
+        pub fn create_shared(
+            path: &Path,
+            frames: u32,
+            block_size: u32,
+        ) -> Result<Arc<Self>, RegionError> {
+            let (data_offset, total) = layout(frames, block_size)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)?;
+            file.set_len(total as u64)?;
+            let map = MmapRaw::map_raw(&file)?;
+            Ok(Arc::new(Self::initialised(
+                map,
+                frames,
+                block_size,
+                data_offset,
+            )))
+        }
+
+        /// Maps a peer's shared region created by [`BlockRegion::create_shared`].
+        pub fn open_shared(path: &Path) -> Result<Arc<Self>, RegionError> {
+            let not_region = |detail: String| RegionError::NotARegion {
+                path: path.display().to_string(),
+                detail,
+            };
+            let file = OpenOptions::new().read(true).write(true).open(path)?;
+            let len = file.metadata()?.len();
+            if len < PAGE as u64 {
+                return Err(not_region(format!("only {len} bytes")));
+            }
+            let map = MmapRaw::map_raw(&file)?;
+            let mut header = [0u8; 16];
+            // SAFETY: the mapping is at least one page long; we copy 16 bytes out of it.
+            unsafe { std::ptr::copy_nonoverlapping(map.as_ptr(), header.as_mut_ptr(), 16) };
+            let word = |at: usize| {
+                u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+            };
+            if header[0..4] != REGION_MAGIC {
+                return Err(not_region("bad magic".into()));
+            }
+            if word(4) != REGION_VERSION {
+                return Err(not_region(format!("version {}", word(4))));
+            }
+            let (frames, block_size) = (word(8), word(12));
+            let (data_offset, total) =
+                layout(frames, block_size).map_err(|e| not_region(e.to_string()))?;
+            if (len as usize) < total {
+                return Err(not_region(format!("{len} bytes, geometry needs {total}")));
+            }
+            Ok(Arc::new(Self {
+                map,
+                frames,
+                block_size: block_size as usize,
+                data_offset,
+            }))
+        }
+
+        fn initialised(map: MmapRaw, frames: u32, block_size: u32, data_offset: usize) -> Self {
+            let mut header = [0u8; 16];
+            header[0..4].copy_from_slice(&REGION_MAGIC);
+            header[4..8].copy_from_slice(&REGION_VERSION.to_le_bytes());
+            header[8..12].copy_from_slice(&frames.to_le_bytes());
+            header[12..16].copy_from_slice(&block_size.to_le_bytes());
+            // SAFETY: the fresh mapping is at least one page long and nobody else uses it yet;
+            // state words start zeroed (Idle, generation 0) because new mappings are zeroed.
+            unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), 16) };
+            Self {
+                map,
+                frames,
+                block_size: block_size as usize,
+                data_offset,
+            }
+        }
+
+        /// Number of frames.
+        pub fn frames(&self) -> u32 {
+            self.frames
+        }
+
+        /// Frame size in bytes.
+        pub fn block_size(&self) -> usize {
+            self.block_size
+        }
+
+        fn state_word(&self, frame: u32) -> Result<&AtomicU64, RegionError> {
+            if frame >= self.frames {
+                return Err(RegionError::NoSuchFrame {
+                    frame,
+                    frames: self.frames,
+                });
+            }
+            // SAFETY: the state words start at PAGE (page-aligned, so 8-byte aligned) and
+            // `frame < frames` keeps the word inside the mapping, which lives as long as self.
+            // Words are only ever accessed atomically, from every process that maps them.
+            Ok(unsafe {
+                AtomicU64::from_ptr(self.map.as_mut_ptr().add(PAGE + frame as usize * 8).cast())
+            })
+        }
+
+        fn frame_ptr(&self, frame: u32) -> *mut u8 {
+            debug_assert!(frame < self.frames);
+            // SAFETY: in bounds of the mapping for frame < frames (checked by every caller via
+            // state_word).
+            unsafe {
+                self.map
+                    .as_mut_ptr()
+                    .add(self.data_offset + frame as usize * self.block_size)
+            }
+        }
+
+        fn transition(
+            &self,
+            frame: u32,
+            check: impl Fn(FrameState) -> Result<FrameState, RegionError>,
+        ) -> Result<FrameState, RegionError> {
+            let word = self.state_word(frame)?;
+            let mut current = word.load(Ordering::Acquire);
+            loop {
+                let next = check(FrameState::unpack(current))?;
+                match word.compare_exchange_weak(
+                    current,
+                    next.pack(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Ok(next),
+                    Err(seen) => current = seen,
+                }
+            }
+        }
+
+        /// Takes exclusive use of an idle frame (to fill it, read it, or arm it).
+        pub fn claim(&self, frame: u32) -> Result<FrameGuard<'_>, RegionError> {
+            self.transition(frame, |s| match s.state {
+                IDLE => Ok(s.with(CLAIMED)),
+                _ => Err(RegionError::WrongState {
+                    frame,
+                    detail: "not idle",
+                }),
+            })?;
+            Ok(FrameGuard {
+                region: self,
+                frame,
+            })
+        }
+
+        /// Takes back a frame whose payload has landed.
+        pub fn take_landed(&self, token: LandingToken) -> Result<FrameGuard<'_>, RegionError> {
+            let frame = token.frame();
+            self.transition(frame, |s| match s.state {
+                LANDED if s.generation == token.generation() => Ok(s.with(CLAIMED)),
+                LANDED => Err(RegionError::WrongState {
+                    frame,
+                    detail: "stale generation",
+                }),
+                _ => Err(RegionError::WrongState {
+                    frame,
+                    detail: "no payload has landed",
+                }),
+            })?;
+            Ok(FrameGuard {
+                region: self,
+                frame,
+            })
+        }
+
+        /// Cancels an arming (the peer died, the request was cancelled). Fails while a payload
+        /// is landing; then try again once it has landed and take it instead.
+        pub fn disarm(&self, token: LandingToken) -> Result<FrameGuard<'_>, RegionError> {
+            let frame = token.frame();
+            self.transition(frame, |s| match s.state {
+                ARMED | LANDED if s.generation == token.generation() => Ok(s.with(CLAIMED)),
+                LANDING => Err(RegionError::WrongState {
+                    frame,
+                    detail: "payload landing",
+                }),
+                _ => Err(RegionError::WrongState {
+                    frame,
+                    detail: "not armed with this token",
+                }),
+            })?;
+            Ok(FrameGuard {
+                region: self,
+                frame,
+            })
+        }
+
+        /// Starts placing a payload of `len` bytes from `from` into the frame `token` names.
+        /// Transports call this; the returned [`Landing`] is the only writer of the frame until
+        /// it completes or is dropped (which re-arms the frame).
+        pub fn begin_landing(
+            self: &Arc<Self>,
+            token: LandingToken,
+            from: InstanceId,
+            len: usize,
+        ) -> Result<Landing, RegionError> {
+            if len != self.block_size {
+                return Err(RegionError::WrongLength {
+                    len,
+                    block_size: self.block_size,
+                });
+            }
+            let frame = token.frame();
+            self.transition(frame, |s| match s.state {
+                ARMED if s.generation != token.generation() => Err(RegionError::WrongState {
+                    frame,
+                    detail: "stale generation",
+                }),
+                ARMED if s.peer as usize != from.index() => Err(RegionError::WrongPeer {
+                    frame,
+                    armed_for: s.peer,
+                    from,
+                }),
+                ARMED => Ok(s.with(LANDING)),
+                _ => Err(RegionError::WrongState {
+                    frame,
+                    detail: "not armed",
+                }),
+            })?;
+            Ok(Landing {
+                region: Arc::clone(self),
+                frame,
+                completed: false,
+            })
+        }
+
+        /// Marks the frame Landed (payload in place) and returns its token.
+        fn finish_landing(&self, frame: u32, landed: bool) {
+            let next = if landed { LANDED } else { ARMED };
+            let result = self.transition(frame, |s| match s.state {
+                LANDING => Ok(s.with(next)),
+                _ => Err(RegionError::WrongState {
+                    frame,
+                    detail: "landing lost its frame",
+                }),
+            });
+            // A Landing is the only party that may move a frame out of LANDING, so this holds
+            // unless the shared memory was corrupted by another process.
+            assert!(result.is_ok(), "landing region state corrupted: {result:?}");
+        }
+    }
+
+    /// Exclusive use of one frame. Dropping it makes the frame idle again.
+    #[derive(Debug)]
+    pub struct FrameGuard<'a> {
+        region: &'a BlockRegion,
+        frame: u32,
+    }
+
+    impl FrameGuard<'_> {
+        /// The frame's index.
+        pub fn frame(&self) -> u32 {
+            self.frame
+        }
+
+        /// Arms the frame for a payload from `peer` and returns the token to send it.
+        pub fn arm(self, peer: InstanceId) -> LandingToken {
+            let frame = self.frame;
+            let armed = self.region.transition(frame, |s| {
+                let generation = s.generation.wrapping_add(1).max(1);
+                Ok(FrameState {
+                    state: ARMED,
+                    peer: peer.index() as u8,
+                    generation,
+                })
+            });
+            std::mem::forget(self);
+            match armed {
+                Ok(state) => LandingToken::new(frame, state.generation),
+                // The closure never fails and `frame` was validated when claimed.
+                Err(e) => unreachable!("arming a claimed frame failed: {e}"),
+            }
+        }
+    }
+
+    impl std::ops::Deref for FrameGuard<'_> {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            // SAFETY: the frame is Claimed by this guard, so no landing writes to it and no other
+            // guard exists for it.
+            unsafe {
+                std::slice::from_raw_parts(
+                    self.region.frame_ptr(self.frame),
+                    self.region.block_size,
+                )
+            }
+        }
+    }
+
+    impl std::ops::DerefMut for FrameGuard<'_> {
+        fn deref_mut(&mut self) -> &mut [u8] {
+            // SAFETY: as for Deref; `&mut self` makes this the only reference.
+            unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.region.frame_ptr(self.frame),
+                    self.region.block_size,
+                )
+            }
+        }
+    }
+
+    impl Drop for FrameGuard<'_> {
+        fn drop(&mut self) {
+            let frame = self.frame;
+            let released = self.region.transition(frame, |s| Ok(s.with(IDLE)));
+            debug_assert!(released.is_ok());
+        }
+    }
+
+    /// A payload being placed into a frame by a transport.
+    #[derive(Debug)]
+    pub struct Landing {
+        region: Arc<BlockRegion>,
+        frame: u32,
+        completed: bool,
+    }
+
+    impl Landing {
+        /// The destination bytes.
+        pub fn buf(&mut self) -> &mut [u8] {
+            // SAFETY: the frame is in LANDING state, owned by this Landing alone: no guard and no
+            // other landing can exist for it until `complete` or drop.
+            unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.region.frame_ptr(self.frame),
+                    self.region.block_size,
+                )
+            }
+        }
+
+        /// The payload is in place: the frame becomes Landed for the receiver to take.
+        pub fn complete(mut self) {
+            self.completed = true;
+            self.region.finish_landing(self.frame, true);
+        }
+    }
+
+    impl Drop for Landing {
+        fn drop(&mut self) {
+            if !self.completed {
+                self.region.finish_landing(self.frame, false);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn id(raw: u64) -> InstanceId {
+            InstanceId::new(raw).unwrap()
+        }
+
+        #[test]
+        fn payload_lands_only_in_the_armed_frame_from_the_armed_peer() {
+            let region = BlockRegion::anonymous(4, 8192).unwrap();
+            let token = region.claim(2).unwrap().arm(id(1));
+            assert!(matches!(
+                region.begin_landing(token, id(3), 8192),
+                Err(RegionError::WrongPeer { .. })
+            ));
+            assert!(matches!(
+                region.begin_landing(token, id(1), 4096),
+                Err(RegionError::WrongLength { .. })
+            ));
+            let stale = LandingToken::new(2, token.generation() + 1);
+            assert!(matches!(
+                region.begin_landing(stale, id(1), 8192),
+                Err(RegionError::WrongState { .. })
+            ));
+            assert!(region.claim(2).is_err(), "an armed frame cannot be claimed");
+
+            let mut landing = region.begin_landing(token, id(1), 8192).unwrap();
+            landing.buf().fill(0xab);
+            assert!(
+                region.take_landed(token).is_err(),
+                "not landed until complete"
+            );
+            landing.complete();
+            assert!(
+                region.begin_landing(token, id(1), 8192).is_err(),
+                "no second landing"
+            );
+            let frame = region.take_landed(token).unwrap();
+            assert!(frame.iter().all(|&b| b == 0xab));
+        }
+
+        #[test]
+        fn unfinished_landing_rearms_and_disarm_cancels() {
+            let region = BlockRegion::anonymous(1, 4096).unwrap();
+            let token = region.claim(0).unwrap().arm(id(0));
+            drop(region.begin_landing(token, id(0), 4096).unwrap());
+            let guard = region.disarm(token).unwrap();
+            drop(guard);
+            let again = region.claim(0).unwrap().arm(id(0));
+            assert_ne!(
+                again.generation(),
+                token.generation(),
+                "a new arming gets a new generation"
+            );
+            assert!(
+                region.begin_landing(token, id(0), 4096).is_err(),
+                "the old token is stale"
+            );
+        }
+
+        #[test]
+        fn shared_region_is_seen_by_a_second_mapping() {
+            let dir = std::env::temp_dir().join(format!("fusion-region-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("r");
+            let owner = BlockRegion::create_shared(&path, 3, 4096).unwrap();
+            let token = owner.claim(1).unwrap().arm(id(5));
+            let peer = BlockRegion::open_shared(&path).unwrap();
+            assert_eq!((peer.frames(), peer.block_size()), (3, 4096));
+            let mut landing = peer.begin_landing(token, id(5), 4096).unwrap();
+            landing.buf().copy_from_slice(&[7u8; 4096]);
+            landing.complete();
+            assert!(owner.take_landed(token).unwrap().iter().all(|&b| b == 7));
+            std::fs::write(dir.join("junk"), [0u8; 8192]).unwrap();
+            assert!(matches!(
+                BlockRegion::open_shared(&dir.join("junk")),
+                Err(RegionError::NotARegion { .. })
+            ));
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
