@@ -303,8 +303,23 @@ impl Dialer {
         )
     }
 
-    /// Handles the acceptor's next record.
-    pub fn on_record(&mut self, record: &Record) -> Result<DialerStep, HandshakeError> {
+    /// Handles the acceptor's next record. A refusal carries a verdict telling the acceptor
+    /// why (unless the acceptor refused first).
+    pub fn on_record(&mut self, record: &Record) -> Result<DialerStep, Refusal> {
+        self.step(record).map_err(|error| {
+            let verdict = match error {
+                HandshakeError::RefusedByPeer(_) => None,
+                _ => {
+                    let mut verdict = Fields::new(Kind::Verdict, &self.config, self.peer);
+                    verdict.code = RefusalReason::of(&error).code();
+                    Some(Box::new(verdict.encode()))
+                }
+            };
+            Refusal { error, verdict }
+        })
+    }
+
+    fn step(&mut self, record: &Record) -> Result<DialerStep, HandshakeError> {
         match self.awaiting {
             Kind::Challenge => {
                 let challenge = Fields::decode(record, Kind::Challenge)?;
@@ -394,8 +409,8 @@ pub enum AcceptorStep {
     },
 }
 
-/// A refused handshake: the error, and the verdict record to send before closing (if the
-/// acceptor has one to send).
+/// A refused handshake: the error, and the verdict record to send to the other side before
+/// closing, so that both operators read why.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
     /// What went wrong.
@@ -526,25 +541,43 @@ mod tests {
             Ok(other) => panic!("unexpected {other:?}"),
             Err(refusal) => {
                 let verdict = refusal.verdict.expect("a refusal carries a verdict");
-                return (dialer.on_record(&verdict).map(|_| ()), Err(refusal.error));
+                return (
+                    dialer.on_record(&verdict).map(|_| ()).map_err(|r| r.error),
+                    Err(refusal.error),
+                );
             }
         };
         let proof = match dialer.on_record(&challenge) {
             Ok(DialerStep::Send(record)) => record,
             Ok(DialerStep::Established) => panic!("established before the verdict"),
-            Err(error) => return (Err(error), Err(HandshakeError::Malformed("dialer gave up"))),
+            Err(refusal) => {
+                // The dialer tells the acceptor why it gives up; the acceptor reads that.
+                let verdict = refusal
+                    .verdict
+                    .expect("a dialer-side refusal carries a verdict");
+                let acceptor_side = acceptor
+                    .on_record(&verdict, |_| true)
+                    .map(|_| ())
+                    .unwrap_err()
+                    .error;
+                return (Err(refusal.error), Err(acceptor_side));
+            }
         };
         match acceptor.on_record(&proof, |_| true) {
             Ok(AcceptorStep::Established { verdict, peer }) => {
-                let dialer_side = dialer.on_record(&verdict).map(|step| {
-                    assert_eq!(step, DialerStep::Established);
-                });
+                let dialer_side = dialer
+                    .on_record(&verdict)
+                    .map(|step| assert_eq!(step, DialerStep::Established))
+                    .map_err(|r| r.error);
                 (dialer_side, Ok(peer))
             }
             Ok(other) => panic!("unexpected {other:?}"),
             Err(refusal) => {
                 let verdict = refusal.verdict.expect("a refusal carries a verdict");
-                (dialer.on_record(&verdict).map(|_| ()), Err(refusal.error))
+                (
+                    dialer.on_record(&verdict).map(|_| ()).map_err(|r| r.error),
+                    Err(refusal.error),
+                )
             }
         }
     }
@@ -559,9 +592,13 @@ mod tests {
     #[test]
     fn wrong_secret_is_refused_on_both_sides() {
         let (dialer, acceptor) = run(config(9, 2, b"wrong"), config(9, 1, b"s3cret"));
-        // The dialer sees the acceptor's MAC fail first: it never sends a proof.
+        // The dialer sees the acceptor's MAC fail first: it never sends a proof, and tells the
+        // acceptor why.
         assert_eq!(dialer, Err(HandshakeError::BadSecret));
-        assert!(acceptor.is_err());
+        assert_eq!(
+            acceptor,
+            Err(HandshakeError::RefusedByPeer(RefusalReason::BadSecret))
+        );
     }
 
     #[test]
@@ -589,7 +626,7 @@ mod tests {
         assert_eq!(refusal.error, HandshakeError::UnexpectedInstance(7));
         let verdict = refusal.verdict.unwrap();
         assert_eq!(
-            dialer.on_record(&verdict),
+            dialer.on_record(&verdict).map_err(|r| r.error),
             Err(HandshakeError::RefusedByPeer(
                 RefusalReason::UnexpectedInstance
             ))

@@ -1,0 +1,383 @@
+//! Two TCP transports on loopback in one process: authentication, ordering per priority,
+//! blocks landing in the armed frame, back-pressure, and liveness through reconnects.
+#![cfg(feature = "tcp")]
+
+use interconnect::membership::{Membership, MembershipConfig, MembershipEvent};
+use interconnect::tcp::{TcpConfig, TcpTransport};
+use interconnect::{
+    BlockRegion, ClusterId, Epoch, InstanceId, Outgoing, OutgoingBlock, Priority, Scn, SendError,
+    Service, Timestamp, Transport, TransportError, TransportEvent,
+};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Generous: CI shares two noisy cores.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn id(raw: u64) -> InstanceId {
+    InstanceId::new(raw).unwrap()
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn transport(
+    cluster: u64,
+    local: u64,
+    peers: Vec<(InstanceId, SocketAddr)>,
+    secret: &[u8],
+) -> TcpTransport {
+    let config = TcpConfig::new(
+        ClusterId(cluster),
+        id(local),
+        any_port(),
+        peers,
+        secret.to_vec(),
+    );
+    TcpTransport::bind(config, BlockRegion::anonymous(8, 8192).unwrap()).unwrap()
+}
+
+/// Instance 0 (accepts) and instance 1 (dials 0).
+fn pair(secret_1: &[u8], cluster_1: u64) -> (TcpTransport, TcpTransport) {
+    let zero = transport(7, 0, vec![(id(1), any_port())], b"secret");
+    let addr = zero.local_addr().unwrap();
+    let one = transport(cluster_1, 1, vec![(id(0), addr)], secret_1);
+    (zero, one)
+}
+
+/// Polls both until `done` says so, collecting each side's events.
+fn pump(
+    a: &mut TcpTransport,
+    b: &mut TcpTransport,
+    mut done: impl FnMut(&[TransportEvent], &[TransportEvent]) -> bool,
+) -> (Vec<TransportEvent>, Vec<TransportEvent>) {
+    let (mut ea, mut eb) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    while !done(&ea, &eb) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out; a: {ea:?}\nb: {eb:?}"
+        );
+        a.poll(&mut ea, Duration::from_millis(1)).unwrap();
+        b.poll(&mut eb, Duration::from_millis(1)).unwrap();
+    }
+    (ea, eb)
+}
+
+fn connected(events: &[TransportEvent]) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, TransportEvent::PeerConnected(_)))
+}
+
+fn connect(a: &mut TcpTransport, b: &mut TcpTransport) {
+    pump(a, b, |ea, eb| connected(ea) && connected(eb));
+}
+
+fn message<'a>(priority: Priority, body: &'a [u8]) -> Outgoing<'a> {
+    Outgoing {
+        service: Service::Bench,
+        priority,
+        epoch: Epoch(1),
+        scn: Scn(5),
+        body,
+        block: None,
+    }
+}
+
+fn bodies(events: &[TransportEvent]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TransportEvent::Message { body, .. } => Some(body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn messages_arrive_in_order_and_a_block_lands_in_the_armed_frame() {
+    let (mut zero, mut one) = pair(b"secret", 7);
+    connect(&mut zero, &mut one);
+
+    for i in 0..100u32 {
+        one.send(id(0), &message(Priority::Normal, &i.to_le_bytes()))
+            .unwrap();
+    }
+    let (received, _) = pump(&mut zero, &mut one, |ea, _| bodies(ea).len() == 100);
+    let order: Vec<u32> = bodies(&received)
+        .iter()
+        .map(|b| u32::from_le_bytes(b[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(order, (0..100).collect::<Vec<_>>());
+    match &received[0] {
+        TransportEvent::Message { header, .. } => {
+            assert_eq!(
+                (header.source, header.destination, header.epoch, header.scn),
+                (id(1), id(0), Epoch(1), Scn(5))
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Instance 1 arms frame 3 of its region for a block from 0; 0 ships it.
+    let token = one.region().claim(3).unwrap().arm(id(0));
+    let block: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+    let request = b"block-42";
+    zero.send(
+        id(1),
+        &Outgoing {
+            service: Service::Gcs,
+            priority: Priority::High,
+            epoch: Epoch(1),
+            scn: Scn(9),
+            body: request,
+            block: Some(OutgoingBlock {
+                bytes: &block,
+                landing: token,
+            }),
+        },
+    )
+    .unwrap();
+    let (_, landed) = pump(&mut zero, &mut one, |_, eb| {
+        eb.iter()
+            .any(|e| matches!(e, TransportEvent::BlockLanded { .. }))
+    });
+    let Some(TransportEvent::BlockLanded { body, landing, .. }) = landed.last() else {
+        panic!("{landed:?}")
+    };
+    assert_eq!((body.as_slice(), *landing), (&request[..], token));
+    let frame = one.region().take_landed(token).unwrap();
+    assert_eq!(
+        &frame[..],
+        &block[..],
+        "the block is byte-exact in the armed frame"
+    );
+    drop(frame);
+
+    // The same token again: the frame is no longer armed, so the payload is refused, the
+    // message still arrives, and the connection survives.
+    zero.send(
+        id(1),
+        &Outgoing {
+            block: Some(OutgoingBlock {
+                bytes: &block,
+                landing: token,
+            }),
+            ..message(Priority::High, b"late")
+        },
+    )
+    .unwrap();
+    zero.send(id(1), &message(Priority::High, b"after"))
+        .unwrap();
+    let (_, events) = pump(&mut zero, &mut one, |_, eb| bodies(eb).len() == 1);
+    assert!(matches!(&events[0], TransportEvent::LandingRefused { body, .. } if body == b"late"));
+    assert_eq!(bodies(&events), vec![b"after".to_vec()]);
+    assert_eq!(one.stats().landings_refused, 1);
+}
+
+#[test]
+fn critical_frames_overtake_queued_bulk_and_queues_push_back() {
+    let (mut zero, mut one) = pair(b"secret", 7);
+    connect(&mut zero, &mut one);
+    // Fill the kernel buffers and the queue while instance 0 is not reading.
+    let block = vec![0u8; 32 * 1024];
+    let token = interconnect::LandingToken::new(0, 1);
+    let mut sent = 0u32;
+    let full = loop {
+        let seq = sent.to_le_bytes();
+        let bulk = Outgoing {
+            block: Some(OutgoingBlock {
+                bytes: &block,
+                landing: token,
+            }),
+            ..message(Priority::Low, &seq)
+        };
+        match one.send(id(0), &bulk) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 1_000_000, "never pushed back");
+    };
+    assert_eq!(
+        full,
+        SendError::QueueFull {
+            peer: id(0),
+            priority: Priority::Low
+        }
+    );
+    one.send(id(0), &message(Priority::Critical, b"heartbeat"))
+        .unwrap();
+
+    let (events, _) = pump(&mut zero, &mut one, |ea, _| ea.len() as u32 > sent);
+    let position = events
+        .iter()
+        .position(|e| matches!(e, TransportEvent::Message { body, .. } if body == b"heartbeat"))
+        .unwrap();
+    assert!(
+        (position as u32) < sent,
+        "the critical frame arrived at {position}, behind all {sent} queued bulk frames"
+    );
+}
+
+fn refused(events: &[TransportEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TransportEvent::Refused {
+                error: TransportError::Handshake(h),
+                ..
+            } => Some(h.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn handshake_refuses_a_wrong_secret_and_a_wrong_cluster() {
+    for (secret, cluster, acceptor_says, dialer_says) in [
+        (
+            &b"not-the-secret"[..],
+            7,
+            "wrong cluster secret",
+            "wrong cluster secret",
+        ),
+        (&b"secret"[..], 8, "cluster", "wrong cluster id"),
+    ] {
+        let (mut zero, mut one) = pair(secret, cluster);
+        let (ea, eb) = pump(&mut zero, &mut one, |ea, eb| {
+            !refused(ea).is_empty() && !refused(eb).is_empty()
+        });
+        assert!(
+            !connected(&ea) && !connected(&eb),
+            "nothing may connect: {ea:?} {eb:?}"
+        );
+        assert!(refused(&eb)[0].contains(dialer_says), "{:?}", refused(&eb));
+        assert!(
+            refused(&ea)[0].contains(acceptor_says),
+            "{:?}",
+            refused(&ea)
+        );
+        assert_eq!(
+            one.send(id(0), &message(Priority::High, b"x")),
+            Err(SendError::NotConnected(id(0)))
+        );
+    }
+}
+
+#[test]
+fn garbage_on_the_port_is_refused_without_harm() {
+    use std::io::Write;
+    let (mut zero, mut one) = pair(b"secret", 7);
+    let mut stranger = std::net::TcpStream::connect(zero.local_addr().unwrap()).unwrap();
+    stranger.write_all(&[0xde; 200]).unwrap();
+    let (events, _) = pump(&mut zero, &mut one, |ea, eb| {
+        connected(ea) && connected(eb) && !refused(ea).is_empty()
+    });
+    assert!(refused(&events)[0].contains("malformed"), "{events:?}");
+    one.send(id(0), &message(Priority::High, b"still fine"))
+        .unwrap();
+    pump(&mut zero, &mut one, |ea, _| {
+        bodies(ea) == vec![b"still fine".to_vec()]
+    });
+}
+
+/// Drives membership on instance 0 over the transport: heartbeats out, frames in.
+struct Node {
+    transport: TcpTransport,
+    membership: Membership,
+    events: Vec<MembershipEvent>,
+}
+
+impl Node {
+    fn step(&mut self, origin: Instant) {
+        let mut incoming = Vec::new();
+        self.transport
+            .poll(&mut incoming, Duration::from_millis(1))
+            .unwrap();
+        let now = Timestamp::since(origin);
+        for event in incoming {
+            if let TransportEvent::Message { header, .. } = event {
+                self.membership.on_frame(header.source, header.epoch, now);
+            }
+        }
+        self.membership.handle_timeout(now);
+        while let Some(peer) = self.membership.poll_transmit() {
+            let beat = Outgoing {
+                service: Service::Membership,
+                ..message(Priority::Critical, &[])
+            };
+            let _ = self.transport.send(peer, &beat);
+        }
+        self.events
+            .extend(std::iter::from_fn(|| self.membership.poll_event()));
+    }
+}
+
+#[test]
+fn a_silent_peer_goes_down_and_comes_back_after_reconnect() {
+    let config = MembershipConfig {
+        heartbeat_interval: Duration::from_millis(20),
+        suspect_after_missed: 3,
+        down_after: Duration::from_millis(300),
+    };
+    let origin = Instant::now();
+    let peers = [id(0), id(1)].into_iter().collect();
+    let zero = transport(7, 0, vec![(id(1), any_port())], b"secret");
+    let addr = zero.local_addr().unwrap();
+    let mut nodes = [zero, transport(7, 1, vec![(id(0), addr)], b"secret")].map(|transport| {
+        let local = transport.local();
+        Node {
+            transport,
+            membership: Membership::new(config, local, peers, Epoch(1), Timestamp::since(origin))
+                .unwrap(),
+            events: Vec::new(),
+        }
+    });
+    let until = |nodes: &mut [Node; 2], what: MembershipEvent| {
+        let start = Instant::now();
+        while !nodes[0].events.contains(&what) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "never saw {what:?}: {:?}",
+                nodes[0].events
+            );
+            nodes.iter_mut().for_each(|n| n.step(origin));
+        }
+        start.elapsed()
+    };
+    until(&mut nodes, MembershipEvent::Up(id(1)));
+    nodes[0].events.clear();
+
+    // Instance 1 stops (its process dies): instance 0 reports it down.
+    let [mut zero, one] = nodes;
+    drop(one);
+    let silent = Instant::now();
+    let start = Instant::now();
+    while !zero.events.contains(&MembershipEvent::Down(id(1))) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "never went down: {:?}",
+            zero.events
+        );
+        zero.step(origin);
+    }
+    assert!(zero.events.contains(&MembershipEvent::Suspect(id(1))));
+    assert!(
+        silent.elapsed() >= config.down_after,
+        "down only after the configured silence"
+    );
+
+    // It restarts, redials, authenticates and is up again.
+    let one = Node {
+        transport: transport(7, 1, vec![(id(0), addr)], b"secret"),
+        membership: Membership::new(config, id(1), peers, Epoch(1), Timestamp::since(origin))
+            .unwrap(),
+        events: Vec::new(),
+    };
+    let mut nodes = [zero, one];
+    nodes[0].events.clear();
+    until(&mut nodes, MembershipEvent::Up(id(1)));
+    assert!(nodes[0].transport.is_connected(id(1)));
+}
