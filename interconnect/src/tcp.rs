@@ -184,25 +184,140 @@ impl BlockSink {
     }
 }
 
-enum Input {
-    Header {
-        buf: [u8; HEADER_LEN],
-        filled: usize,
-    },
-    Payload {
-        header: FrameHeader,
-        body: Vec<u8>,
-        body_filled: usize,
-        block: Option<BlockSink>,
-        block_filled: usize,
-    },
+/// Bytes read past the frame being assembled: the next header, small bodies.
+const STAGING_LEN: usize = 4096;
+/// Most bytes read at once while waiting for a header, so that a block payload following a
+/// header goes mostly straight into its frame rather than through staging.
+const HEADER_READ: usize = 512;
+
+/// A frame whose header has arrived and whose body and block are being filled.
+struct Assembly {
+    header: FrameHeader,
+    body: Vec<u8>,
+    body_filled: usize,
+    block: Option<BlockSink>,
+    block_filled: usize,
 }
 
-impl Input {
+impl Assembly {
+    fn start(header: FrameHeader, region: &Arc<BlockRegion>, peer: InstanceId) -> Self {
+        let block = header.block.map(|descriptor| {
+            let len = descriptor.len as usize;
+            match region.begin_landing(descriptor.landing, peer, len) {
+                Ok(landing) => BlockSink::Landing(landing),
+                Err(e) => BlockSink::Refused {
+                    scratch: vec![0; len],
+                    reason: e.to_string(),
+                },
+            }
+        });
+        Assembly {
+            header,
+            body: vec![0; header.body_len as usize],
+            body_filled: 0,
+            block,
+            block_filled: 0,
+        }
+    }
+
+    fn block_len(&self) -> usize {
+        self.header.block.map_or(0, |b| b.len as usize)
+    }
+
+    fn is_complete(&self) -> bool {
+        self.body_filled == self.body.len() && self.block_filled == self.block_len()
+    }
+
+    /// Accounts for `n` bytes read straight into the body, then the block.
+    fn advance(&mut self, n: usize) {
+        let into_body = n.min(self.body.len() - self.body_filled);
+        self.body_filled += into_body;
+        self.block_filled += n - into_body;
+        debug_assert!(self.block_filled <= self.block_len());
+    }
+
+    /// Copies what it still needs from `bytes`; returns how many it took.
+    fn absorb(&mut self, bytes: &[u8]) -> usize {
+        let into_body = bytes.len().min(self.body.len() - self.body_filled);
+        self.body[self.body_filled..self.body_filled + into_body]
+            .copy_from_slice(&bytes[..into_body]);
+        self.body_filled += into_body;
+        let rest = &bytes[into_body..];
+        let into_block = rest.len().min(self.block_len() - self.block_filled);
+        if let Some(sink) = &mut self.block {
+            sink.buf()[self.block_filled..self.block_filled + into_block]
+                .copy_from_slice(&rest[..into_block]);
+        }
+        self.block_filled += into_block;
+        into_body + into_block
+    }
+
+    fn into_event(self, stats: &mut TcpStats) -> TransportEvent {
+        let Assembly {
+            header,
+            body,
+            block,
+            ..
+        } = self;
+        stats.frames_received += 1;
+        match (block, header.block) {
+            (Some(BlockSink::Landing(landing)), Some(descriptor)) => {
+                landing.complete();
+                stats.blocks_landed += 1;
+                TransportEvent::BlockLanded {
+                    header,
+                    body,
+                    landing: descriptor.landing,
+                }
+            }
+            (Some(BlockSink::Refused { reason, .. }), _) => {
+                stats.landings_refused += 1;
+                TransportEvent::LandingRefused {
+                    header,
+                    body,
+                    reason,
+                }
+            }
+            _ => TransportEvent::Message { header, body },
+        }
+    }
+}
+
+/// The receive side of a connection: a staging buffer and the frame being assembled.
+struct Reader {
+    staging: Box<[u8]>,
+    start: usize,
+    end: usize,
+    frame: Option<Assembly>,
+}
+
+impl Reader {
     fn new() -> Self {
-        Input::Header {
-            buf: [0; HEADER_LEN],
-            filled: 0,
+        Self {
+            staging: vec![0; STAGING_LEN].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            frame: None,
+        }
+    }
+
+    fn staged(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.staging.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
         }
     }
 }
@@ -232,7 +347,7 @@ struct Conn {
     stream: TcpStream,
     phase: Phase,
     out: OutQueue,
-    input: Input,
+    input: Reader,
     opened: Instant,
 }
 
@@ -271,8 +386,23 @@ pub struct TcpTransport {
     /// Connections that failed inside `send` (which cannot report events); closed at the next
     /// poll.
     broken: Vec<(Token, String)>,
+    /// When timers (redials, handshake timeouts) next need a look; checked at most every
+    /// [`TIMER_SLACK`], so busy polling does not pay for them on every call.
+    timers_due: Instant,
+    /// Readiness of the last poll, kept to reuse its allocation.
+    ready: Vec<(Token, bool, bool)>,
+    /// Consecutive non-blocking polls (busy polling).
+    busy_polls: u32,
     stats: TcpStats,
 }
+
+/// While busy polling, read established connections directly and ask epoll only every this
+/// many calls: a frame that arrives is then picked up with one `read` instead of
+/// `epoll_wait` + `read`, which on these VMs saves about a microsecond per hop.
+const EPOLL_EVERY: u32 = 8;
+
+/// Longest a due timer may wait for service.
+const TIMER_SLACK: Duration = Duration::from_millis(5);
 
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -328,6 +458,9 @@ impl TcpTransport {
             next_token: 1,
             peers,
             broken: Vec::new(),
+            timers_due: Instant::now(),
+            ready: Vec::new(),
+            busy_polls: 0,
             stats: TcpStats::default(),
         })
     }
@@ -376,7 +509,7 @@ impl TcpTransport {
             stream,
             phase,
             out: OutQueue::default(),
-            input: Input::new(),
+            input: Reader::new(),
             opened: Instant::now(),
         };
         self.conns.insert(token, conn);
@@ -413,10 +546,8 @@ impl TcpTransport {
                     && s.dialing.is_none()
                     && s.next_dial.is_some_and(|t| t <= now)
             });
-            if due {
-                if let Ok(peer) = InstanceId::new(index as u64) {
-                    self.start_dial(peer, now);
-                }
+            if due && let Ok(peer) = InstanceId::new(index as u64) {
+                self.start_dial(peer, now);
             }
         }
         let timeout = self.config.handshake_timeout;
@@ -558,6 +689,22 @@ impl TcpTransport {
         events.push(TransportEvent::PeerConnected(peer));
     }
 
+    /// Reads every established connection without asking epoll (busy polling).
+    fn read_established(&mut self, events: &mut Vec<TransportEvent>) {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.extend(
+            self.conns
+                .iter()
+                .filter(|(_, c)| matches!(c.phase, Phase::Established { .. }))
+                .map(|(token, _)| (*token, true, false)),
+        );
+        for &(token, readable, writable) in &ready {
+            self.on_ready(token, readable, writable, events);
+        }
+        ready.clear();
+        self.ready = ready;
+    }
+
     fn on_ready(
         &mut self,
         token: Token,
@@ -565,16 +712,12 @@ impl TcpTransport {
         writable: bool,
         events: &mut Vec<TransportEvent>,
     ) {
-        if writable {
-            if let Err(close) = self.on_writable(token) {
-                self.close(token, close, events);
-                return;
-            }
+        if writable && let Err(close) = self.on_writable(token) {
+            self.close(token, close, events);
+            return;
         }
-        if readable || writable {
-            if let Err(close) = self.on_readable(token, events) {
-                self.close(token, close, events);
-            }
+        if readable && let Err(close) = self.on_readable(token, events) {
+            self.close(token, close, events);
         }
     }
 
@@ -711,6 +854,12 @@ fn read_record(stream: &mut TcpStream, record: &mut RecordBuf) -> Result<bool, C
 }
 
 /// Reads and delivers every complete frame available on an established connection.
+///
+/// Waiting for a header, it reads up to [`HEADER_READ`] bytes into staging; assembling a frame,
+/// it reads with one `readv` into the rest of the body, the rest of the block (the destination
+/// frame itself) and then staging, so a frame costs one or two reads and the bulk of a block
+/// is never copied. A short read means the socket is drained: the edge-triggered registration
+/// reports the next arrival, so no extra read to `EAGAIN` is needed.
 fn read_frames(
     conn: &mut Conn,
     region: &Arc<BlockRegion>,
@@ -720,25 +869,31 @@ fn read_frames(
     stats: &mut TcpStats,
     events: &mut Vec<TransportEvent>,
 ) -> Result<(), Close> {
+    let reader = &mut conn.input;
     loop {
-        let read = match &mut conn.input {
-            Input::Header { buf, filled } => conn.stream.read(&mut buf[*filled..]),
-            Input::Payload {
-                body,
-                body_filled,
-                block,
-                block_filled,
-                ..
-            } => {
-                let block_buf: &mut [u8] = match block {
-                    Some(sink) => &mut sink.buf()[*block_filled..],
+        deliver_staged(reader, region, cluster, local, peer, stats, events)?;
+        reader.compact();
+        let (read, requested) = match &mut reader.frame {
+            None => {
+                let limit = (reader.end + HEADER_READ).min(STAGING_LEN);
+                (
+                    conn.stream.read(&mut reader.staging[reader.end..limit]),
+                    limit - reader.end,
+                )
+            }
+            Some(frame) => {
+                let (body_filled, block_filled) = (frame.body_filled, frame.block_filled);
+                let block_buf: &mut [u8] = match &mut frame.block {
+                    Some(sink) => &mut sink.buf()[block_filled..],
                     None => &mut [],
                 };
                 let mut bufs = [
-                    IoSliceMut::new(&mut body[*body_filled..]),
+                    IoSliceMut::new(&mut frame.body[body_filled..]),
                     IoSliceMut::new(block_buf),
+                    IoSliceMut::new(&mut reader.staging[reader.end..]),
                 ];
-                conn.stream.read_vectored(&mut bufs)
+                let requested = bufs.iter().map(|b| b.len()).sum();
+                (conn.stream.read_vectored(&mut bufs), requested)
             }
         };
         let n = match read {
@@ -753,96 +908,60 @@ fn read_frames(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Close::io(&e)),
         };
-        match &mut conn.input {
-            Input::Header { buf, filled } => {
-                *filled += n;
-                if *filled < HEADER_LEN {
-                    continue;
-                }
-                let header = FrameHeader::decode(buf).map_err(|e| Close::refused(e.into()))?;
+        match &mut reader.frame {
+            None => reader.end += n,
+            Some(frame) => {
+                let wanted =
+                    frame.body.len() - frame.body_filled + frame.block_len() - frame.block_filled;
+                frame.advance(n.min(wanted));
+                reader.end += n.saturating_sub(wanted);
+            }
+        }
+        if n < requested {
+            // Drained: deliver what is complete, then wait for the next readiness edge.
+            return deliver_staged(reader, region, cluster, local, peer, stats, events);
+        }
+    }
+}
+
+/// Assembles and delivers every complete frame that staging holds.
+fn deliver_staged(
+    reader: &mut Reader,
+    region: &Arc<BlockRegion>,
+    cluster: ClusterId,
+    local: InstanceId,
+    peer: InstanceId,
+    stats: &mut TcpStats,
+    events: &mut Vec<TransportEvent>,
+) -> Result<(), Close> {
+    loop {
+        let staged = reader.end - reader.start;
+        match &mut reader.frame {
+            None if staged < HEADER_LEN => return Ok(()),
+            None => {
+                let header = FrameHeader::decode(&reader.staging[reader.start..reader.end])
+                    .map_err(|e| Close::refused(e.into()))?;
                 header
                     .check_addressed_to(cluster, local, peer)
                     .map_err(|e| Close::refused(e.into()))?;
-                let block = header.block.map(|descriptor| {
-                    match region.begin_landing(descriptor.landing, peer, descriptor.len as usize) {
-                        Ok(landing) => BlockSink::Landing(landing),
-                        Err(e) => BlockSink::Refused {
-                            scratch: vec![0; descriptor.len as usize],
-                            reason: e.to_string(),
-                        },
-                    }
-                });
-                conn.input = Input::Payload {
-                    header,
-                    body: vec![0; header.body_len as usize],
-                    body_filled: 0,
-                    block,
-                    block_filled: 0,
-                };
+                reader.consume(HEADER_LEN);
+                reader.frame = Some(Assembly::start(header, region, peer));
             }
-            Input::Payload {
-                body,
-                body_filled,
-                block_filled,
-                ..
-            } => {
-                let into_body = n.min(body.len() - *body_filled);
-                *body_filled += into_body;
-                *block_filled += n - into_body;
-            }
-        }
-        // Deliver the frame once its body and block are complete (also a frame with neither).
-        let complete = match &conn.input {
-            Input::Payload {
-                body,
-                body_filled,
-                block,
-                block_filled,
-                header,
-            } => {
-                *body_filled == body.len()
-                    && *block_filled
-                        == block
-                            .as_ref()
-                            .map_or(0, |_| header.block.map_or(0, |b| b.len as usize))
-            }
-            Input::Header { .. } => false,
-        };
-        if complete {
-            if let Input::Payload {
-                header,
-                body,
-                block,
-                ..
-            } = std::mem::replace(&mut conn.input, Input::new())
-            {
-                stats.frames_received += 1;
-                events.push(match block {
-                    None => TransportEvent::Message { header, body },
-                    Some(BlockSink::Landing(landing)) => {
-                        landing.complete();
-                        stats.blocks_landed += 1;
-                        let landing = header.block.map(|b| b.landing);
-                        match landing {
-                            Some(landing) => TransportEvent::BlockLanded {
-                                header,
-                                body,
-                                landing,
-                            },
-                            None => {
-                                unreachable!("a block sink exists only for a header with a block")
-                            }
-                        }
-                    }
-                    Some(BlockSink::Refused { reason, .. }) => {
-                        stats.landings_refused += 1;
-                        TransportEvent::LandingRefused {
-                            header,
-                            body,
-                            reason,
-                        }
-                    }
-                });
+            Some(frame) => {
+                let taken = frame.absorb(&reader.staging[reader.start..reader.end]);
+                let complete = frame.is_complete();
+                reader.consume(taken);
+                if !complete {
+                    debug_assert_eq!(
+                        reader.staged(),
+                        0,
+                        "an incomplete frame absorbs all staged bytes"
+                    );
+                    return Ok(());
+                }
+                if let Some(frame) = reader.frame.take() {
+                    events.push(frame.into_event(stats));
+                }
             }
         }
     }
@@ -955,38 +1074,48 @@ impl Transport for TcpTransport {
         timeout: Duration,
     ) -> Result<(), TransportError> {
         let now = Instant::now();
-        self.run_timers(now, events);
-        let mut wait = if events.is_empty() {
-            timeout
+        if now >= self.timers_due || !self.broken.is_empty() {
+            self.run_timers(now, events);
+            self.timers_due = self
+                .next_timer()
+                .map_or(now + TIMER_SLACK, |t| t.min(now + TIMER_SLACK));
+        }
+        if timeout.is_zero() {
+            self.busy_polls = self.busy_polls.wrapping_add(1);
+            if !self.busy_polls.is_multiple_of(EPOLL_EVERY) {
+                self.read_established(events);
+                return Ok(());
+            }
+        } else {
+            self.busy_polls = 0;
+        }
+        let wait = if events.is_empty() {
+            timeout.min(self.timers_due.saturating_duration_since(now))
         } else {
             Duration::ZERO
         };
-        if let Some(next) = self.next_timer() {
-            wait = wait.min(next.saturating_duration_since(now));
-        }
         match self.poll.poll(&mut self.mio_events, Some(wait)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let ready: Vec<(Token, bool, bool)> = self
-            .mio_events
-            .iter()
-            .map(|e| {
-                (
-                    e.token(),
-                    e.is_readable() || e.is_read_closed() || e.is_error(),
-                    e.is_writable(),
-                )
-            })
-            .collect();
-        for (token, readable, writable) in ready {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.extend(self.mio_events.iter().map(|e| {
+            (
+                e.token(),
+                e.is_readable() || e.is_read_closed() || e.is_error(),
+                e.is_writable(),
+            )
+        }));
+        for &(token, readable, writable) in &ready {
             if token == LISTENER {
                 self.accept_all(events);
             } else {
                 self.on_ready(token, readable, writable, events);
             }
         }
+        ready.clear();
+        self.ready = ready;
         Ok(())
     }
 }

@@ -1,0 +1,487 @@
+//! `pingpong`: round-trip latency of Fusion's transports between two processes, printed beside
+//! the floor measured in the same run on the same machine.
+//!
+//! A round trip is a 64 B request answered by an 8 KiB block that lands in the frame the
+//! requester armed (the shape of a 2-way cache-fusion transfer), or by a 64 B message. Each
+//! row runs a fresh server and client process pinned to separate CPUs (`taskset`), in one
+//! waiting mode: `busy` (non-blocking polls in a loop) or `blocking` (the kernel parks the
+//! waiter). The floors: `sockperf ping-pong --tcp` (same waiting mode; sockperf sends the same
+//! size both ways, so the 8 KiB floor carries 8 KiB requests too) and a bare two-process
+//! shared-memory ping-pong (`shm-floor`, same sizes, spin or futex).
+//!
+//! ```text
+//! pingpong [--transports tcp,shm] [--modes busy,blocking] [--sizes 8192,64]
+//!          [--samples N] [--warmup N] [--floor-seconds S] [--no-pin]
+//! ```
+//! Internal roles (started by the tool itself): `pingpong role <name> ...`.
+
+use bench::{Comparison, LatencySummary, latency_histogram, parse_sockperf, record, render_table};
+use interconnect::tcp::{TcpConfig, TcpTransport};
+use interconnect::{
+    BlockRegion, ClusterId, Epoch, InstanceId, LandingToken, Outgoing, OutgoingBlock, Priority,
+    Scn, Service, Transport, TransportEvent, poll_until,
+};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Error = Box<dyn std::error::Error>;
+
+const CLUSTER: ClusterId = ClusterId(0xb3_4c_4d);
+const SECRET: &[u8] = b"pingpong";
+const QUIT: &[u8] = b"quit";
+/// Longest wait for one reply before the run is declared broken.
+const REPLY_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Busy,
+    Blocking,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Result<Mode, Error> {
+        match s {
+            "busy" => Ok(Mode::Busy),
+            "blocking" => Ok(Mode::Blocking),
+            other => Err(format!("unknown mode {other:?} (busy, blocking)").into()),
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Busy => "busy",
+            Mode::Blocking => "blocking",
+        }
+    }
+    /// How long to spin before parking in the kernel.
+    fn spin(self) -> Duration {
+        match self {
+            Mode::Busy => REPLY_DEADLINE,
+            Mode::Blocking => Duration::ZERO,
+        }
+    }
+}
+
+/// Command-line options, shared by the orchestrator and the roles.
+#[derive(Debug, Clone)]
+struct Options {
+    transports: Vec<String>,
+    modes: Vec<Mode>,
+    sizes: Vec<usize>,
+    samples: u64,
+    warmup: u64,
+    floor_seconds: u64,
+    pin: bool,
+    // Role options.
+    mode: Mode,
+    response: usize,
+    request: usize,
+    server: Option<String>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options, Error> {
+        let mut o = Options {
+            transports: vec!["tcp".into(), "shm".into()],
+            modes: vec![Mode::Busy, Mode::Blocking],
+            sizes: vec![8192, 64],
+            samples: 20_000,
+            warmup: 2_000,
+            floor_seconds: 3,
+            pin: true,
+            mode: Mode::Busy,
+            response: 8192,
+            request: 64,
+            server: None,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--transports" => o.transports = value()?.split(',').map(str::to_owned).collect(),
+                "--modes" => {
+                    o.modes = value()?
+                        .split(',')
+                        .map(Mode::parse)
+                        .collect::<Result<_, _>>()?
+                }
+                "--sizes" => {
+                    o.sizes = value()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?
+                }
+                "--samples" => o.samples = value()?.parse()?,
+                "--warmup" => o.warmup = value()?.parse()?,
+                "--floor-seconds" => o.floor_seconds = value()?.parse()?,
+                "--no-pin" => o.pin = false,
+                "--mode" => o.mode = Mode::parse(value()?)?,
+                "--response" => o.response = value()?.parse()?,
+                "--request" => o.request = value()?.parse()?,
+                "--server" => o.server = Some(value()?.clone()),
+                other => {
+                    return Err(format!("unknown option {other:?}; see the module docs").into());
+                }
+            }
+        }
+        if o.request < 8 {
+            return Err("--request must be at least 8 bytes (it carries the landing token)".into());
+        }
+        Ok(o)
+    }
+
+    /// The flags a role child needs.
+    fn role_args(&self, mode: Mode, response: usize) -> Vec<String> {
+        vec![
+            "--mode".into(),
+            mode.name().into(),
+            "--response".into(),
+            response.to_string(),
+            "--request".into(),
+            self.request.to_string(),
+            "--samples".into(),
+            self.samples.to_string(),
+            "--warmup".into(),
+            self.warmup.to_string(),
+        ]
+    }
+}
+
+fn id(raw: u64) -> InstanceId {
+    match InstanceId::new(raw) {
+        Ok(id) => id,
+        Err(e) => unreachable!("constant ids are in range: {e}"),
+    }
+}
+
+const SERVER: u64 = 0;
+const CLIENT: u64 = 1;
+
+fn is_block(len: usize) -> bool {
+    u32::try_from(len).is_ok_and(interconnect::frame::valid_block_len)
+}
+
+fn message<'a>(body: &'a [u8], block: Option<OutgoingBlock<'a>>) -> Outgoing<'a> {
+    Outgoing {
+        service: Service::Bench,
+        priority: Priority::High,
+        epoch: Epoch(1),
+        scn: Scn(1),
+        body,
+        block,
+    }
+}
+
+/// Waits for the next batch of events in the given mode.
+fn wait<T: Transport>(
+    t: &mut T,
+    events: &mut Vec<TransportEvent>,
+    mode: Mode,
+) -> Result<(), Error> {
+    if !poll_until(t, events, mode.spin(), Instant::now() + REPLY_DEADLINE)? {
+        return Err("no event within the reply deadline".into());
+    }
+    Ok(())
+}
+
+/// Answers every request until told to quit: with a block into the requester's armed frame,
+/// or with a message of `response` bytes.
+fn serve<T: Transport>(t: &mut T, options: &Options) -> Result<(), Error> {
+    let block = vec![0x5au8; options.response];
+    let mut events = Vec::new();
+    loop {
+        // The server may wait a long time for the first request: keep waiting.
+        if !poll_until(
+            t,
+            &mut events,
+            options.mode.spin(),
+            Instant::now() + Duration::from_secs(60),
+        )? {
+            return Err("server idle for 60 s".into());
+        }
+        for event in events.drain(..) {
+            match event {
+                TransportEvent::Message { header, body } => {
+                    if body == QUIT {
+                        return Ok(());
+                    }
+                    let reply = if is_block(block.len()) {
+                        let raw = body
+                            .get(..8)
+                            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                            .ok_or("short request")?;
+                        let landing = LandingToken::from_wire(u64::from_le_bytes(raw))
+                            .ok_or("request without a landing token")?;
+                        message(
+                            &[],
+                            Some(OutgoingBlock {
+                                bytes: &block,
+                                landing,
+                            }),
+                        )
+                    } else {
+                        message(&block, None)
+                    };
+                    t.send(header.source, &reply)?;
+                }
+                TransportEvent::PeerDisconnected { .. } => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs warm-up plus measured round trips against the server; returns the summary.
+fn client<T: Transport>(
+    t: &mut T,
+    region: &BlockRegion,
+    options: &Options,
+) -> Result<LatencySummary, Error> {
+    let server = id(SERVER);
+    let mut events = Vec::new();
+    let start = Instant::now();
+    while !events
+        .iter()
+        .any(|e| matches!(e, TransportEvent::PeerConnected(p) if *p == server))
+    {
+        if start.elapsed() > REPLY_DEADLINE {
+            return Err(format!("could not connect to the server: {events:?}").into());
+        }
+        t.poll(&mut events, Duration::from_millis(10))?;
+    }
+    events.clear();
+    let block = is_block(options.response);
+    let mut request = vec![0u8; options.request];
+    let mut histogram = latency_histogram();
+    for i in 0..options.warmup + options.samples {
+        let token = if block {
+            Some(region.claim(0)?.arm(server))
+        } else {
+            None
+        };
+        request[..8].copy_from_slice(&token.map_or(0, LandingToken::to_wire).to_le_bytes());
+        let sent = Instant::now();
+        t.send(server, &message(&request, None))?;
+        'reply: loop {
+            wait(t, &mut events, options.mode)?;
+            for event in events.drain(..) {
+                match event {
+                    TransportEvent::BlockLanded { landing, .. } if Some(landing) == token => {
+                        break 'reply;
+                    }
+                    TransportEvent::Message { .. } if !block => break 'reply,
+                    TransportEvent::PeerDisconnected { reason, .. } => {
+                        return Err(format!("server left: {reason}").into());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let elapsed = sent.elapsed();
+        if let Some(token) = token {
+            drop(region.take_landed(token)?);
+        }
+        if i >= options.warmup {
+            record(&mut histogram, elapsed);
+        }
+    }
+    t.send(server, &message(QUIT, None))?;
+    // Let the quit reach the server before the connection closes.
+    t.poll(&mut events, Duration::from_millis(50))?;
+    Ok(LatencySummary::of(&histogram))
+}
+
+fn loopback_any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn tcp_transport(
+    local: u64,
+    peers: Vec<(InstanceId, SocketAddr)>,
+) -> Result<(TcpTransport, Arc<BlockRegion>), Error> {
+    let region = BlockRegion::anonymous(4, 8192)?;
+    let config = TcpConfig::new(CLUSTER, id(local), loopback_any(), peers, SECRET.to_vec());
+    Ok((TcpTransport::bind(config, Arc::clone(&region))?, region))
+}
+
+fn run_role(role: &str, options: &Options) -> Result<(), Error> {
+    match role {
+        "tcp-server" => {
+            let (mut t, _region) = tcp_transport(SERVER, vec![(id(CLIENT), loopback_any())])?;
+            println!("READY {}", t.local_addr()?);
+            serve(&mut t, options)
+        }
+        "tcp-client" => {
+            let server: SocketAddr = options
+                .server
+                .as_deref()
+                .ok_or("--server ADDR is required")?
+                .parse()?;
+            let (mut t, region) = tcp_transport(CLIENT, vec![(id(SERVER), server)])?;
+            let summary = client(&mut t, &region, options)?;
+            println!("{}", summary.to_result_line());
+            Ok(())
+        }
+        other => Err(format!("unknown role {other:?}").into()),
+    }
+}
+
+/// A child process, pinned to `cpu` when pinning is on.
+fn spawn(options: &Options, cpu: u32, program: &str, args: &[String]) -> Result<Child, Error> {
+    let mut command = if options.pin {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(cpu.to_string()).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}").into())
+}
+
+fn own_exe() -> Result<String, Error> {
+    Ok(std::env::current_exe()?.to_string_lossy().into_owned())
+}
+
+/// Runs a server role and a client role of this tool; returns the client's summary.
+fn measure_fusion(
+    options: &Options,
+    transport: &str,
+    mode: Mode,
+    response: usize,
+) -> Result<LatencySummary, Error> {
+    let exe = own_exe()?;
+    let mut server_args = vec!["role".to_string(), format!("{transport}-server")];
+    server_args.extend(options.role_args(mode, response));
+    let mut server = spawn(options, 1, &exe, &server_args)?;
+    let stdout = server.stdout.take().ok_or("server without stdout")?;
+    let mut ready = String::new();
+    BufReader::new(stdout).read_line(&mut ready)?;
+    let address = ready
+        .strip_prefix("READY ")
+        .ok_or_else(|| format!("server did not start: {ready:?}"))?
+        .trim();
+    let mut client_args = vec![
+        "role".to_string(),
+        format!("{transport}-client"),
+        "--server".into(),
+        address.into(),
+    ];
+    client_args.extend(options.role_args(mode, response));
+    let output = spawn(options, 0, &exe, &client_args)?.wait_with_output()?;
+    let _ = server.wait();
+    LatencySummary::from_output(&String::from_utf8_lossy(&output.stdout))
+        .ok_or_else(|| "client printed no result".into())
+}
+
+/// `sockperf ping-pong --tcp` with `size` bytes each way, in the given waiting mode.
+fn measure_sockperf(options: &Options, mode: Mode, size: usize) -> Result<LatencySummary, Error> {
+    let port = std::net::TcpListener::bind(loopback_any())?
+        .local_addr()?
+        .port()
+        .to_string();
+    let nonblocked: Vec<String> = if mode == Mode::Busy {
+        vec!["--nonblocked".into()]
+    } else {
+        vec![]
+    };
+    let mut server_args: Vec<String> = ["server", "--tcp", "-i", "127.0.0.1", "-p", &port]
+        .map(String::from)
+        .to_vec();
+    server_args.extend(nonblocked.clone());
+    let mut server = spawn(options, 1, "sockperf", &server_args)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client_args: Vec<String> = [
+        "ping-pong",
+        "--tcp",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-m",
+        &size.max(14).to_string(),
+        "-t",
+        &options.floor_seconds.to_string(),
+        "--full-rtt",
+    ]
+    .map(String::from)
+    .to_vec();
+    client_args.extend(nonblocked);
+    let output = spawn(options, 0, "sockperf", &client_args)?.wait_with_output();
+    let _ = server.kill();
+    let _ = server.wait();
+    parse_sockperf(&String::from_utf8_lossy(&output?.stdout))
+        .ok_or_else(|| "sockperf printed no percentiles".into())
+}
+
+fn orchestrate(options: &Options) -> Result<(), Error> {
+    let mut rows = Vec::new();
+    for transport in &options.transports {
+        for &mode in &options.modes {
+            for &size in &options.sizes {
+                let shape = if is_block(size) {
+                    format!("{}B->{}KiB block", options.request, size / 1024)
+                } else {
+                    format!("{}B->{}B", options.request, size)
+                };
+                let label = format!("{transport} {} {shape}", mode.name());
+                eprintln!("measuring {label} ...");
+                let fusion = measure_fusion(options, transport, mode, size)?;
+                let (floor_name, floor) = match transport.as_str() {
+                    "tcp" => (
+                        format!(
+                            "sockperf tcp {}B<->{}B {}",
+                            size.max(14),
+                            size.max(14),
+                            mode.name()
+                        ),
+                        measure_sockperf(options, mode, size),
+                    ),
+                    other => (format!("(no floor for {other})"), Err("none".into())),
+                };
+                if let Err(e) = &floor {
+                    eprintln!("  floor {floor_name} unavailable: {e}");
+                }
+                rows.push(Comparison {
+                    label,
+                    fusion,
+                    floor_name,
+                    floor: floor.ok(),
+                });
+            }
+        }
+    }
+    println!(
+        "pingpong: 2 processes, 1 outstanding request, {} CPUs pinned apart: {}; host: {} CPUs",
+        2,
+        options.pin,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    print!("{}", render_table(&rows));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("role") => match args.get(1) {
+            Some(role) => Options::parse(&args[2..]).and_then(|o| run_role(role, &o)),
+            None => Err("role needs a name".into()),
+        },
+        _ => Options::parse(&args).and_then(|o| orchestrate(&o)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pingpong: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
