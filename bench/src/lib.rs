@@ -4,6 +4,8 @@
 //!
 //! Benchmarks measure; they never assert timing and never fail CI on speed.
 
+pub mod shm_floor;
+
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::time::Duration;

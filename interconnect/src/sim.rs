@@ -173,7 +173,7 @@ impl<M> SimNetwork<M> {
         self.stats.sent += 1;
     }
 
-    /// When the next message will be delivered, if any is in flight.
+    /// When the next message will be delivered, if any is in flight (never a dropped one).
     pub fn next_delivery(&self) -> Option<Timestamp> {
         self.queue.peek().map(|Reverse((at, _))| *at)
     }
@@ -257,6 +257,10 @@ impl<M> SimNetwork<M> {
         self.in_flight
             .retain(|_, (from, to, _)| !doomed(*from, *to));
         self.stats.dropped += (before - self.in_flight.len()) as u64;
+        // Keep the schedule in step, so `next_delivery` never names a dropped message.
+        let in_flight = &self.in_flight;
+        self.queue
+            .retain(|Reverse((_, seq))| in_flight.contains_key(seq));
     }
 }
 
@@ -329,6 +333,7 @@ mod tests {
         net.send(id(1), id(0), "c");
         net.crash(id(2));
         net.send(id(0), id(2), "d");
+        assert_eq!(net.next_delivery(), None, "dropped messages leave the schedule");
         assert_eq!(net.deliver_next(), None);
         assert_eq!(net.stats().dropped, 4);
         net.heal(id(0), id(1));

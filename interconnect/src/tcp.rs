@@ -1028,8 +1028,8 @@ impl Transport for TcpTransport {
         header_for(frame, self.config.cluster, self.config.local, to).encode(&mut header);
         let block: &[u8] = frame.block.map_or(&[], |b| b.bytes);
         let total = HEADER_LEN + frame.body.len() + block.len();
-        self.stats.frames_sent += 1;
         if conn.out.is_idle() {
+            self.stats.frames_sent += 1;
             let iov = [
                 IoSlice::new(&header),
                 IoSlice::new(frame.body),
@@ -1055,13 +1055,13 @@ impl Transport for TcpTransport {
         }
         let queue = &mut conn.out.queues[frame.priority.index()];
         if queue.len() >= self.config.queue_limit {
-            self.stats.frames_sent -= 1;
             return Err(SendError::QueueFull {
                 peer: to,
                 priority: frame.priority,
             });
         }
         queue.push_back(concat(&header, frame.body, block));
+        self.stats.frames_sent += 1;
         if let Err(close) = flush(conn) {
             self.broken.push((token, close.reason));
         }

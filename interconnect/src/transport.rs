@@ -192,6 +192,7 @@ pub fn poll_until<T: Transport + ?Sized>(
 }
 
 /// Checks a send's sizes before a transport queues it.
+#[cfg(any(feature = "tcp", feature = "shm"))]
 pub(crate) fn validate_outgoing(frame: &Outgoing<'_>) -> Result<(), SendError> {
     if frame.body.len() > crate::MAX_BODY_LEN as usize {
         return Err(SendError::BodyTooLong(frame.body.len()));
@@ -206,6 +207,7 @@ pub(crate) fn validate_outgoing(frame: &Outgoing<'_>) -> Result<(), SendError> {
 }
 
 /// The header a send produces.
+#[cfg(any(feature = "tcp", feature = "shm"))]
 pub(crate) fn header_for(
     frame: &Outgoing<'_>,
     cluster: crate::ClusterId,

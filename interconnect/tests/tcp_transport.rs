@@ -1,6 +1,8 @@
 //! Two TCP transports on loopback in one process: authentication, ordering per priority,
 //! blocks landing in the armed frame, back-pressure, and liveness through reconnects.
 #![cfg(feature = "tcp")]
+// Test helpers unwrap: a failure is the test failing.
+#![allow(clippy::unwrap_used)]
 
 use interconnect::membership::{Membership, MembershipConfig, MembershipEvent};
 use interconnect::tcp::{TcpConfig, TcpTransport};
