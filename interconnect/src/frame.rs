@@ -14,8 +14,8 @@
 //! 24     8    epoch
 //! 32     8    scn          the sender's cluster clock
 //! 40     4    block length 0 without a block; else a power of two in MIN_BLOCK_LEN..=MAX_BLOCK_LEN
-//! 44     4    header crc32c over bytes 0..44 and 48..56
-//! 48     8    landing token: the receiver's destination frame for the block (0 without one)
+//! 44     8    landing token: the receiver's destination frame for the block (0 without one)
+//! 52     4    header crc32c over bytes 0..52 (one pass: it is paid twice per message)
 //! ```
 //!
 //! All integers are little-endian. The body follows the header, then the block. The decoder
@@ -247,9 +247,9 @@ impl FrameHeader {
         out[32..40].copy_from_slice(&self.scn.0.to_le_bytes());
         let (block_len, landing) = self.block.map_or((0, 0), |b| (b.len, b.landing.to_wire()));
         out[40..44].copy_from_slice(&block_len.to_le_bytes());
-        out[48..56].copy_from_slice(&landing.to_le_bytes());
+        out[44..52].copy_from_slice(&landing.to_le_bytes());
         let crc = header_crc(out);
-        out[44..48].copy_from_slice(&crc.to_le_bytes());
+        out[52..56].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Decodes and validates a header from the first [`HEADER_LEN`] bytes of `bytes`.
@@ -264,7 +264,7 @@ impl FrameHeader {
         if raw[4] != FRAME_VERSION {
             return Err(FrameError::UnsupportedVersion { found: raw[4] });
         }
-        let stored = u32::from_le_bytes(array(raw, 44));
+        let stored = u32::from_le_bytes(array(raw, 52));
         let computed = header_crc(raw);
         if stored != computed {
             return Err(FrameError::BadChecksum { stored, computed });
@@ -282,7 +282,7 @@ impl FrameHeader {
             return Err(FrameError::BodyTooLong(body_len));
         }
         let block_len = u32::from_le_bytes(array(raw, 40));
-        let landing = u64::from_le_bytes(array(raw, 48));
+        let landing = u64::from_le_bytes(array(raw, 44));
         let flagged = flags & FLAG_BLOCK != 0;
         let block = if flagged {
             if !valid_block_len(block_len) {
@@ -358,7 +358,7 @@ pub fn valid_block_len(len: u32) -> bool {
 }
 
 fn header_crc(raw: &[u8; HEADER_LEN]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&raw[0..44]), &raw[48..56])
+    crc32c::crc32c(&raw[..52])
 }
 
 fn instance(raw: u16) -> Result<InstanceId, FrameError> {
@@ -460,7 +460,7 @@ mod tests {
     /// field check (not the checksum) is what refuses it.
     fn reseal(raw: &mut [u8; HEADER_LEN]) {
         let crc = header_crc(raw);
-        raw[44..48].copy_from_slice(&crc.to_le_bytes());
+        raw[52..56].copy_from_slice(&crc.to_le_bytes());
     }
 
     #[test]

@@ -418,6 +418,18 @@ mod memory {
             })
         }
 
+        /// Whether a payload from `from` has completely landed in the frame `token` names
+        /// (Landed, same generation, armed for `from`). A receiver whose peer writes into its
+        /// region directly (`shm`) checks this before it reports the block as landed.
+        pub fn is_landed(&self, token: LandingToken, from: InstanceId) -> bool {
+            self.state_word(token.frame()).is_ok_and(|word| {
+                let s = FrameState::unpack(word.load(Ordering::Acquire));
+                s.state == LANDED
+                    && s.generation == token.generation()
+                    && usize::from(s.peer) == from.index()
+            })
+        }
+
         /// Cancels an arming (the peer died, the request was cancelled). Fails while a payload
         /// is landing; then try again once it has landed and take it instead.
         pub fn disarm(&self, token: LandingToken) -> Result<FrameGuard<'_>, RegionError> {

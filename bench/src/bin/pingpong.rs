@@ -15,7 +15,9 @@
 //! ```
 //! Internal roles (started by the tool itself): `pingpong role <name> ...`.
 
+use bench::shm_floor::FloorChannel;
 use bench::{Comparison, LatencySummary, latency_histogram, parse_sockperf, record, render_table};
+use interconnect::shm::{ShmConfig, ShmTransport};
 use interconnect::tcp::{TcpConfig, TcpTransport};
 use interconnect::{
     BlockRegion, ClusterId, Epoch, InstanceId, LandingToken, Outgoing, OutgoingBlock, Priority,
@@ -23,6 +25,7 @@ use interconnect::{
 };
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -324,8 +327,83 @@ fn run_role(role: &str, options: &Options) -> Result<(), Error> {
             println!("{}", summary.to_result_line());
             Ok(())
         }
+        "shm-server" => {
+            let dir = std::env::temp_dir().join(format!("fusion-pingpong-{}", std::process::id()));
+            let mut t = shm_transport(SERVER, CLIENT, dir.clone(), options.mode)?;
+            println!("READY {}", dir.display());
+            let served = serve(&mut t, options);
+            drop(t);
+            let _ = std::fs::remove_dir_all(&dir);
+            served
+        }
+        "shm-client" => {
+            let dir = PathBuf::from(
+                options
+                    .server
+                    .as_deref()
+                    .ok_or("--server DIR is required")?,
+            );
+            let mut t = shm_transport(CLIENT, SERVER, dir, options.mode)?;
+            let region = t.region();
+            let summary = client(&mut t, &region, options)?;
+            println!("{}", summary.to_result_line());
+            Ok(())
+        }
+        "shm-floor-server" => {
+            let path =
+                std::env::temp_dir().join(format!("fusion-shm-floor-{}", std::process::id()));
+            let channel = FloorChannel::open(&path, true)?;
+            println!("READY {}", path.display());
+            let response = vec![0x5au8; options.response];
+            let blocking = options.mode == Mode::Blocking;
+            let mut seq = 1u32;
+            while channel.wait_request(seq, blocking, Duration::from_secs(60)) {
+                channel.send_response(&response, seq, blocking);
+                seq = seq.wrapping_add(1);
+            }
+            let _ = std::fs::remove_file(&path);
+            Ok(())
+        }
+        "shm-floor-client" => {
+            let path = PathBuf::from(
+                options
+                    .server
+                    .as_deref()
+                    .ok_or("--server FILE is required")?,
+            );
+            let channel = FloorChannel::open(&path, false)?;
+            let blocking = options.mode == Mode::Blocking;
+            let request = vec![1u8; options.request];
+            let mut histogram = latency_histogram();
+            for seq in 1..=(options.warmup + options.samples) as u32 {
+                let sent = Instant::now();
+                channel.send_request(&request, seq, blocking);
+                if !channel.wait_response(seq, blocking, REPLY_DEADLINE) {
+                    return Err("the floor server stopped answering".into());
+                }
+                if u64::from(seq) > options.warmup {
+                    record(&mut histogram, sent.elapsed());
+                }
+            }
+            println!("{}", LatencySummary::of(&histogram).to_result_line());
+            // The server gives up after its idle timeout; tell it now by removing the file.
+            let _ = std::fs::remove_file(&path);
+            Ok(())
+        }
         other => Err(format!("unknown role {other:?}").into()),
     }
+}
+
+fn shm_transport(local: u64, peer: u64, dir: PathBuf, mode: Mode) -> Result<ShmTransport, Error> {
+    let mut config = ShmConfig::new(CLUSTER, id(local), vec![id(peer)]);
+    config.dir = dir;
+    config.frames = 4;
+    // Blocking mode parks at once, like the futex floor; busy mode never parks.
+    config.spin = mode.spin().min(Duration::from_millis(1));
+    if mode == Mode::Blocking {
+        config.spin = Duration::ZERO;
+    }
+    Ok(ShmTransport::open(config)?)
 }
 
 /// A child process, pinned to `cpu` when pinning is on.
@@ -350,15 +428,16 @@ fn own_exe() -> Result<String, Error> {
     Ok(std::env::current_exe()?.to_string_lossy().into_owned())
 }
 
-/// Runs a server role and a client role of this tool; returns the client's summary.
-fn measure_fusion(
+/// Runs the `<roles>-server` and `<roles>-client` roles of this tool; returns the client's
+/// summary.
+fn measure_roles(
     options: &Options,
-    transport: &str,
+    roles: &str,
     mode: Mode,
     response: usize,
 ) -> Result<LatencySummary, Error> {
     let exe = own_exe()?;
-    let mut server_args = vec!["role".to_string(), format!("{transport}-server")];
+    let mut server_args = vec!["role".to_string(), format!("{roles}-server")];
     server_args.extend(options.role_args(mode, response));
     let mut server = spawn(options, 1, &exe, &server_args)?;
     let stdout = server.stdout.take().ok_or("server without stdout")?;
@@ -370,7 +449,7 @@ fn measure_fusion(
         .trim();
     let mut client_args = vec![
         "role".to_string(),
-        format!("{transport}-client"),
+        format!("{roles}-client"),
         "--server".into(),
         address.into(),
     ];
@@ -433,7 +512,7 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
                 };
                 let label = format!("{transport} {} {shape}", mode.name());
                 eprintln!("measuring {label} ...");
-                let fusion = measure_fusion(options, transport, mode, size)?;
+                let fusion = measure_roles(options, transport, mode, size)?;
                 let (floor_name, floor) = match transport.as_str() {
                     "tcp" => (
                         format!(
@@ -443,6 +522,10 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
                             mode.name()
                         ),
                         measure_sockperf(options, mode, size),
+                    ),
+                    "shm" => (
+                        format!("bare shm {}B->{}B {}", options.request, size, mode.name()),
+                        measure_roles(options, "shm-floor", mode, size),
                     ),
                     other => (format!("(no floor for {other})"), Err("none".into())),
                 };

@@ -1,1 +1,0 @@
-//! shm transport (in progress).

@@ -1,0 +1,59 @@
+//! The `shm` transport: co-located instances exchange frames through shared memory.
+//!
+//! Every instance of a cluster on one host uses the same directory (by default
+//! `/dev/shm/fusion-<cluster>`), holding per instance a node file, its landing
+//! [`BlockRegion`](crate::BlockRegion) and, per peer, the file of rings that carry that
+//! peer's frames to it (layouts in `files.rs`):
+//!
+//! * **Messages** travel on SPSC byte rings (`ring.rs`), one per ordered pair *and per
+//!   priority*, created by the receiver. A record is the same 56-byte [`FrameHeader`](crate::FrameHeader) as on
+//!   TCP followed by the body; the receiver decodes and checks it
+//!   ([`check_addressed_to`](crate::FrameHeader::check_addressed_to)). A full ring is back-pressure:
+//!   [`SendError::QueueFull`](crate::SendError::QueueFull). Because each priority has its own
+//!   ring and the receiver drains critical before high before normal before low, a critical
+//!   frame never waits behind queued bulk.
+//! * **Blocks** are copied once, by the sender, straight into the receiver's armed frame
+//!   ([`BlockRegion::begin_landing`](crate::BlockRegion::begin_landing) on the receiver's
+//!   region, mapped by the sender), before the message is pushed; the receiver reports
+//!   [`TransportEvent::BlockLanded`](crate::TransportEvent::BlockLanded) after checking that the
+//!   frame really is Landed for that token and sender, else
+//!   [`LandingRefused`](crate::TransportEvent::LandingRefused) (with the sender's reason),
+//!   and the message is delivered either way.
+//! * **Wake-ups** (`wake.rs`): `poll` with a timeout spins for [`ShmConfig::spin`], then
+//!   parks on the receiver's futex doorbell; a sender makes the wake-up syscall only when the
+//!   receiver announced that it sleeps.
+//! * **Connections** are lazy: `poll` maps peers' files when they appear, and reports
+//!   [`PeerConnected`](crate::TransportEvent::PeerConnected) once each side writes the
+//!   other's rings. A peer that closes (a flag its `Drop` sets), whose process is gone
+//!   (`kill(pid, 0)`), or that sends a malformed frame is reported
+//!   [`PeerDisconnected`](crate::TransportEvent::PeerDisconnected); a restarted peer (a new
+//!   incarnation number in its files) is connected again.
+//!
+//! **Trust.** The TCP transport authenticates peers with the HMAC handshake. This one relies
+//! on file permissions: the directory is 0700 and must belong to this user, and the files are
+//! 0600, so only processes of the same user on the same host can take part. Each file records
+//! the cluster id, which is checked. A peer can still write garbage into shared memory: every
+//! index, length and header read from it is validated, and a bad one breaks that peer's
+//! connection, never this process. (A same-user process can still hurt us in ways no check
+//! prevents, e.g. by truncating a mapped file, which faults the mapping: the trust boundary is
+//! the user, as for any shared-memory IPC.)
+//!
+//! This module owns shared-memory transport mechanics only. It must never interpret bodies,
+//! decide which frame a block uses, or spawn threads.
+//!
+//! Under `--cfg loom` only the lock-free cores (`ring`, `wake`) are built, for their model
+//! tests: `RUSTFLAGS="--cfg loom" cargo test -p interconnect --no-default-features
+//! --features shm --release --lib shm`.
+
+#![cfg_attr(loom, allow(dead_code))]
+
+#[cfg(not(loom))]
+mod endpoint;
+#[cfg(not(loom))]
+mod files;
+mod ring;
+mod sync;
+mod wake;
+
+#[cfg(not(loom))]
+pub use endpoint::{ShmConfig, ShmTransport};
