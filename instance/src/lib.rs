@@ -1,1 +1,34 @@
-//! placeholder
+//! The Fusion instance: everything one member of the cluster runs on its host.
+//!
+//! Written so far — the storage layer:
+//!
+//! * [`storage`] — the [`storage::SharedStorage`] trait (aligned reads and writes at offsets,
+//!   sync, length, alignment; its contract is in the module doc) and its implementations:
+//!   io_uring with `O_DIRECT`, fixed files and registered buffers, one ring for redo and one
+//!   for data ([`storage::uring`]); pread/pwrite where io_uring is refused
+//!   ([`storage::sync_io`]); and, for the simulator (feature `sim`), a seeded faulty
+//!   in-memory disk with torn and lost unsynced writes and injected read errors
+//!   ([`storage::faulty`]).
+//! * [`format`] — the on-storage format, byte by byte: the control area (cluster header and
+//!   the voting area's per-instance slots: disk heartbeat, redo thread, checkpoint, fencing
+//!   votes), the redo threads' places, and the data blocks with their verified headers;
+//!   `create` and `open`. The binary `fusionctl create` formats storage.
+//! * [`redo`] — the redo log: a pure codec of records, entries and 4 KiB log blocks; the
+//!   group-committing [`redo::RedoWriter`]; the recovery scan [`redo::RedoReader`].
+//!
+//! To come (DESIGN.md): the buffer cache (frames in an [`storage::IoArena`] registered with
+//! the storage, read and written through the GCS write protocol), incremental checkpoints and
+//! instance recovery, the sans-IO coordination core with its two drivers (the runtime with
+//! real transports and io_uring storage, and the deterministic simulator), the Rust API
+//! (`Instance::start`, `read`, `write`, transactions, `lock`), the KV layer, `fusiond` and
+//! the C ABI.
+//!
+//! `unsafe` lives in [`storage`] only (aligned allocation, io_uring submission, `statx`,
+//! `ioctl`, `fallocate`), each block with the reason it is sound.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod format;
+pub mod redo;
+pub mod storage;

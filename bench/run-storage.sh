@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Storage figures beside their fio floors, measured in one run: redo commit (1 and 32
+# committers vs fio write+fdatasync) and 8 KiB O_DIRECT random reads via io_uring (depth 1
+# and 32 vs fio io_uring). Installs fio if it is missing, builds `storagebench` in release
+# mode and runs it. Files go to --dir (default target/storagebench): put it on the file
+# system you want to measure. Extra arguments go to storagebench
+# (e.g. --seconds 10 --data-size 2GiB --dir /mnt/nvme/fusion-bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v fio >/dev/null 2>&1; then
+  echo "installing fio (the storage floor) ..." >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && apt-get install -y -qq fio >/dev/null
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq fio >/dev/null
+  fi
+fi
+target_dir="${CARGO_TARGET_DIR:-target}"
+cargo build --release -q -p bench --bin storagebench
+echo "machine: $(uname -r), $(nproc) CPUs; fio $(fio --version)" >&2
+df -T . 2>/dev/null | tail -1 >&2 || true
+exec "$target_dir/release/storagebench" "$@"

@@ -1,0 +1,321 @@
+//! Scanning a redo thread for recovery: [`RedoReader`] reads log blocks from a checkpoint
+//! sequence, reassembles entries and yields their records in log order, and reports where the
+//! log ends ([`LogEnd`]).
+//!
+//! This module owns the scan and the decision "torn tail or corruption" (see
+//! `docs/storage-format.md`). It must never yield a record from a block that failed
+//! validation, never skip damaged durable redo silently (that is an error naming its
+//! location), and never write.
+
+use super::codec::{
+    self, EntryAssembler, LOG_BLOCK_SIZE, LOOK_AHEAD_BLOCKS, LogBlockError, LogIdent, RedoRecord,
+};
+use crate::format::RedoThreadLocation;
+use crate::storage::{AlignedBuf, SharedStorage, StorageError};
+use std::collections::VecDeque;
+
+/// Blocks read per storage read while scanning.
+const READ_CHUNK_BLOCKS: usize = 64;
+
+/// The scan could not go on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedoReadError {
+    /// Reading the thread failed.
+    #[error("reading redo log block {sequence} at offset {offset:#x}: {source}")]
+    Storage {
+        /// The sequence being read.
+        sequence: u64,
+        /// Its storage offset.
+        offset: u64,
+        /// The failure.
+        source: StorageError,
+    },
+    /// A durable log block is damaged: a later write follows it.
+    #[error(
+        "redo log block {sequence} at offset {offset:#x} is corrupt ({reason}), yet block {later_sequence} of a later write follows it"
+    )]
+    Corrupt {
+        /// The damaged block's sequence.
+        sequence: u64,
+        /// Its storage offset.
+        offset: u64,
+        /// What is wrong with it.
+        reason: LogBlockError,
+        /// The later block that proves it was durable.
+        later_sequence: u64,
+    },
+    /// A valid block's entry framing is inconsistent.
+    #[error("redo log block {sequence} at offset {offset:#x}: {source}")]
+    Framing {
+        /// The block's sequence.
+        sequence: u64,
+        /// Its storage offset.
+        offset: u64,
+        /// What is inconsistent.
+        source: codec::FramingError,
+    },
+    /// An entry completed in a valid block does not decode.
+    #[error("redo entry ending in block {sequence} at offset {offset:#x}: {source}")]
+    Entry {
+        /// The block where it ended.
+        sequence: u64,
+        /// Its storage offset.
+        offset: u64,
+        /// Why.
+        source: codec::EntryError,
+    },
+    /// The thread location is unusable.
+    #[error(
+        "redo thread of {size} bytes at offset {offset:#x} is not a whole number of log blocks"
+    )]
+    Thread {
+        /// Offset.
+        offset: u64,
+        /// Size.
+        size: u64,
+    },
+    /// No memory for the read buffer.
+    #[error(transparent)]
+    Arena(#[from] crate::storage::ArenaError),
+}
+
+/// Why the scan stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The block due next does not carry the next sequence (never written, or from an
+    /// earlier lap): the log ends cleanly.
+    Clean,
+    /// The block due next fails its checksum or framing and no later write follows: the
+    /// write in flight at a crash, torn. Its complete entries before it were yielded; the
+    /// rest of it is ignored.
+    TornTail(LogBlockError),
+    /// Every block of the thread was scanned.
+    Wrapped,
+}
+
+/// Where the log ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEnd {
+    /// The first sequence not in the log: where the next write goes.
+    pub next_sequence: u64,
+    /// Why the scan stopped.
+    pub reason: EndReason,
+    /// Whether an entry was cut off by the end (a torn commit, dropped whole).
+    pub dropped_partial_entry: bool,
+    /// Entries of earlier torn writes skipped because a later write followed them.
+    pub cut_entries_skipped: u64,
+}
+
+/// Scans one redo thread. Yields records in log order; see the module documentation.
+#[derive(Debug)]
+pub struct RedoReader<'s> {
+    storage: &'s dyn SharedStorage,
+    thread: RedoThreadLocation,
+    ident: LogIdent,
+    blocks: u64,
+    start: u64,
+    next: u64,
+    chunk: AlignedBuf,
+    chunk_first: u64,
+    chunk_blocks: u64,
+    assembler: EntryAssembler,
+    entries: Vec<Vec<u8>>,
+    entries_taken: usize,
+    records: VecDeque<RedoRecord>,
+    end: Option<LogEnd>,
+}
+
+impl<'s> RedoReader<'s> {
+    /// A reader of `thread` starting at log block `start_sequence` (the checkpoint's).
+    pub fn new(
+        storage: &'s dyn SharedStorage,
+        thread: RedoThreadLocation,
+        start_sequence: u64,
+    ) -> Result<Self, RedoReadError> {
+        let bad_thread = RedoReadError::Thread {
+            offset: thread.offset,
+            size: thread.size,
+        };
+        if thread.size < LOG_BLOCK_SIZE as u64 || !thread.size.is_multiple_of(LOG_BLOCK_SIZE as u64)
+        {
+            return Err(bad_thread);
+        }
+        Ok(Self {
+            storage,
+            thread,
+            ident: LogIdent {
+                cluster_id: thread.cluster_id,
+                instance: thread.instance,
+            },
+            blocks: thread.size / LOG_BLOCK_SIZE as u64,
+            start: start_sequence.max(1),
+            next: start_sequence.max(1),
+            chunk: AlignedBuf::new(READ_CHUNK_BLOCKS * LOG_BLOCK_SIZE, LOG_BLOCK_SIZE)?,
+            chunk_first: 0,
+            chunk_blocks: 0,
+            assembler: EntryAssembler::new(),
+            entries: Vec::new(),
+            entries_taken: 0,
+            records: VecDeque::new(),
+            end: None,
+        })
+    }
+
+    /// Where the log ends, once the scan got there.
+    pub fn end(&self) -> Option<&LogEnd> {
+        self.end.as_ref()
+    }
+
+    /// Storage offset of the log block with `sequence`.
+    pub fn offset_of(&self, sequence: u64) -> u64 {
+        self.thread.offset + (sequence % self.blocks) * LOG_BLOCK_SIZE as u64
+    }
+
+    /// The next commit's records, all of them, or `None` at the end of the log.
+    pub fn next_entry(&mut self) -> Result<Option<Vec<RedoRecord>>, RedoReadError> {
+        loop {
+            if self.entries_taken < self.entries.len() {
+                let entry = std::mem::take(&mut self.entries[self.entries_taken]);
+                self.entries_taken += 1;
+                let sequence = self.next.saturating_sub(1);
+                return codec::decode_entry(&entry).map(Some).map_err(|source| {
+                    RedoReadError::Entry {
+                        sequence,
+                        offset: self.offset_of(sequence),
+                        source,
+                    }
+                });
+            }
+            self.entries.clear();
+            self.entries_taken = 0;
+            if self.end.is_some() {
+                return Ok(None);
+            }
+            self.step()?;
+        }
+    }
+
+    /// The next record, or `None` at the end of the log.
+    pub fn next_record(&mut self) -> Result<Option<RedoRecord>, RedoReadError> {
+        loop {
+            if let Some(record) = self.records.pop_front() {
+                return Ok(Some(record));
+            }
+            match self.next_entry()? {
+                Some(records) => self.records.extend(records),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Scans to the end, discarding records, and returns where the log ends.
+    pub fn scan_to_end(mut self) -> Result<LogEnd, RedoReadError> {
+        while self.next_entry()?.is_some() {}
+        self.records.clear();
+        self.end.ok_or(RedoReadError::Thread {
+            offset: self.thread.offset,
+            size: self.thread.size,
+        })
+    }
+
+    /// Reads one more block into the assembler, or finds the end.
+    fn step(&mut self) -> Result<(), RedoReadError> {
+        let sequence = self.next;
+        if sequence >= self.start + self.blocks {
+            self.finish(EndReason::Wrapped);
+            return Ok(());
+        }
+        let offset = self.offset_of(sequence);
+        let at = self.load(sequence)?;
+        let block = &self.chunk[at..at + LOG_BLOCK_SIZE];
+        let never_written = block.iter().all(|&b| b == 0);
+        let reason = match codec::decode_block(block, self.ident, sequence) {
+            Ok(decoded) => {
+                return match self.assembler.push(&decoded, &mut self.entries) {
+                    Ok(()) => {
+                        self.next += 1;
+                        Ok(())
+                    }
+                    // A checksum-valid block with broken framing is never a torn write.
+                    Err(source) => Err(RedoReadError::Framing {
+                        sequence,
+                        offset,
+                        source,
+                    }),
+                };
+            }
+            Err(reason) => reason,
+        };
+        // The block due next is not a valid continuation. Is a later write behind it?
+        if let Some(later_sequence) = self.later_write_after(sequence)? {
+            return Err(RedoReadError::Corrupt {
+                sequence,
+                offset,
+                reason,
+                later_sequence,
+            });
+        }
+        let end = match reason {
+            LogBlockError::Sequence { .. } => EndReason::Clean,
+            _ if never_written => EndReason::Clean,
+            torn => EndReason::TornTail(torn),
+        };
+        self.finish(end);
+        Ok(())
+    }
+
+    fn finish(&mut self, reason: EndReason) {
+        self.end = Some(LogEnd {
+            next_sequence: self.next,
+            reason,
+            dropped_partial_entry: self.assembler.in_entry(),
+            cut_entries_skipped: self.assembler.dropped_entries(),
+        });
+    }
+
+    /// The sequence of a valid block written by a write later than the one `bad` belonged
+    /// to, within the look-ahead window and the thread's free part.
+    fn later_write_after(&mut self, bad: u64) -> Result<Option<u64>, RedoReadError> {
+        let last = (bad + LOOK_AHEAD_BLOCKS).min(self.start + self.blocks - 1);
+        for sequence in bad + 1..=last {
+            let at = self.load(sequence)?;
+            if let Ok(header) = codec::peek_block(&self.chunk[at..at + LOG_BLOCK_SIZE], self.ident)
+                && header.sequence == sequence
+                && codec::is_corruption(bad, &header)
+            {
+                return Ok(Some(sequence));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes the 4096 bytes at `sequence`'s place available at the returned offset of the
+    /// chunk buffer, reading in chunks that never wrap.
+    fn load(&mut self, sequence: u64) -> Result<usize, RedoReadError> {
+        if !(self.chunk_first..self.chunk_first + self.chunk_blocks).contains(&sequence) {
+            let index = sequence % self.blocks;
+            let count = (READ_CHUNK_BLOCKS as u64).min(self.blocks - index);
+            let offset = self.offset_of(sequence);
+            let len = count as usize * LOG_BLOCK_SIZE;
+            self.storage
+                .read_at(offset, &mut self.chunk[..len])
+                .map_err(|source| RedoReadError::Storage {
+                    sequence,
+                    offset,
+                    source,
+                })?;
+            self.chunk_first = sequence;
+            self.chunk_blocks = count;
+        }
+        Ok((sequence - self.chunk_first) as usize * LOG_BLOCK_SIZE)
+    }
+}
+
+impl Iterator for RedoReader<'_> {
+    type Item = Result<RedoRecord, RedoReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record().transpose()
+    }
+}
