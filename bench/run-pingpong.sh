@@ -4,14 +4,7 @@
 # Extra arguments go to pingpong (e.g. --transports tcp --modes busy --samples 50000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v sockperf >/dev/null 2>&1; then
-  echo "installing sockperf (the TCP floor) ..." >&2
-  if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq && apt-get install -y -qq sockperf >/dev/null
-  else
-    sudo apt-get update -qq && sudo apt-get install -y -qq sockperf >/dev/null
-  fi
-fi
-command -v taskset >/dev/null 2>&1 || { echo "taskset (util-linux) is needed to pin processes" >&2; exit 1; }
-cargo build --release -q -p bench --bin pingpong
-exec target/release/pingpong "$@"
+source bench/common.sh
+ensure_tool sockperf sockperf "the TCP floor"
+ensure_tool taskset util-linux "to pin processes"
+exec "$(build_bench pingpong)" "$@"

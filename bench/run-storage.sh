@@ -7,16 +7,9 @@
 # (e.g. --seconds 10 --data-size 2GiB --dir /mnt/nvme/fusion-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v fio >/dev/null 2>&1; then
-  echo "installing fio (the storage floor) ..." >&2
-  if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq && apt-get install -y -qq fio >/dev/null
-  else
-    sudo apt-get update -qq && sudo apt-get install -y -qq fio >/dev/null
-  fi
-fi
-target_dir="${CARGO_TARGET_DIR:-target}"
-cargo build --release -q -p bench --bin storagebench
+source bench/common.sh
+ensure_tool fio fio "the storage floor"
+bin="$(build_bench storagebench)"
 echo "machine: $(uname -r), $(nproc) CPUs; fio $(fio --version)" >&2
 df -T . 2>/dev/null | tail -1 >&2 || true
-exec "$target_dir/release/storagebench" "$@"
+exec "$bin" "$@"

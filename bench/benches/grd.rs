@@ -76,21 +76,19 @@ fn bytes_per_resource<S>(label: &str, make: impl Fn(u64) -> S) {
     }
     let after = LIVE.load(Ordering::Relaxed);
     println!(
-        "grd bytes per mastered resource at {N} resources, {label}: {:.1} B (entry {} B + table overhead)",
+        "grd bytes per mastered resource at {N} resources, {label}: {:.1} B (state {} B; slab slot, LRU stamp and index included)",
         (after - before) as f64 / N as f64,
-        std::mem::size_of::<ResourceId>() + std::mem::size_of::<S>() + 8,
+        std::mem::size_of::<S>(),
     );
     drop(table);
 }
 
 fn lock_resource(i: u64) -> LockResource {
-    let mut state = LockResource::default();
-    state.granted.push(Holder {
+    LockResource::with_holder(Holder {
         instance: id(i % 4),
         mode: LockMode::ProtectedRead,
         notified: None,
-    });
-    state
+    })
 }
 
 fn remaster_once(object: ObjectId) -> std::time::Duration {

@@ -1,9 +1,11 @@
 //! Shared pieces of Fusion's benchmark tools: latency summaries from hdrhistogram, the
-//! result line a measuring child process prints and its parent parses, and the comparison
-//! table that puts each Fusion figure beside its floor.
+//! result line a measuring child process prints and its parent parses, the comparison
+//! table that puts each Fusion figure beside its floor, and ([`floors`]) the staging of
+//! two-process measurements and the sockperf floor.
 //!
 //! Benchmarks measure; they never assert timing and never fail CI on speed.
 
+pub mod floors;
 pub mod shm_floor;
 
 use hdrhistogram::Histogram;

@@ -354,6 +354,32 @@ impl Engine {
                     return Err(GesError::TooManyLocks(self.config.max_local_locks));
                 }
                 let master = self.directory.master_of(&name.resource());
+                if master == self.me
+                    && let Some(value) = self.grant_locally(name, mode)
+                {
+                    self.locks.insert(
+                        name,
+                        LocalLock {
+                            granted: Some(mode),
+                            user_holds: true,
+                            value,
+                            pending: None,
+                            master,
+                            blocked: None,
+                            releasing: false,
+                            queued: None,
+                            in_flight: false,
+                            outbox: VecDeque::new(),
+                        },
+                    );
+                    self.events.push_back(Event::Granted {
+                        name,
+                        request,
+                        mode,
+                        value,
+                    });
+                    return Ok(request);
+                }
                 self.locks.insert(
                     name,
                     LocalLock {
@@ -506,6 +532,14 @@ impl Engine {
         if cache && lock.blocked.is_none() {
             return Ok(());
         }
+        let local = lock.master == self.me
+            && !lock.in_flight
+            && lock.outbox.is_empty()
+            && lock.queued.is_none();
+        if local && self.release_locally(name, held) {
+            self.flush(now);
+            return Ok(());
+        }
         self.give_up(name);
         self.flush(now);
         Ok(())
@@ -606,15 +640,15 @@ impl Engine {
         for (resource, mut state) in self.directory.table_mut().drain() {
             state.drop_instances(members);
             if interrupted {
-                state.value = state.value.invalidated();
+                state.invalidate_value();
             }
-            if state.value.version > 0 {
+            if state.value().version > 0 {
                 let to = self.directory.master_of(&resource);
                 self.send(
                     to,
                     Body::RebuildValue {
                         name: LockName::from_resource(resource),
-                        value: state.value,
+                        value: state.value(),
                     },
                 );
             }
@@ -979,15 +1013,13 @@ impl Engine {
                     .table_mut()
                     .get_or_try_insert_with(name.resource(), LockResource::default);
                 if let Some(state) = state {
-                    state.value.merge(value);
+                    state.merge_value(value);
                 } else {
-                    self.directory.table_mut().insert_unbounded(
-                        name.resource(),
-                        LockResource {
-                            value,
-                            ..LockResource::default()
-                        },
-                    );
+                    let mut state = LockResource::default();
+                    state.merge_value(value);
+                    self.directory
+                        .table_mut()
+                        .insert_unbounded(name.resource(), state);
                 }
             }
             Body::RebuildDone => {
@@ -1001,7 +1033,7 @@ impl Engine {
                 if !self.is_rebuilding() {
                     for (resource, state) in self.directory.table().iter() {
                         state.wait_edges(
-                            LockName::from_resource(*resource),
+                            LockName::from_resource(resource),
                             &mut edges,
                             self.config.max_wait_edges,
                         );
@@ -1144,6 +1176,69 @@ impl Engine {
                 since: queued.since,
             },
         );
+    }
+
+    // ----- local-master fast path -----
+    //
+    // When this instance masters a lock, a request and its answer need no message: the
+    // requester side and the master side change in one step, with the same outcome as the
+    // `Lock`/`Grant` or `Release`/`ReleaseAck` exchange through the loopback queue (that
+    // queue is empty between public calls, so nothing could have been ordered before them).
+    // Anything unusual (a queue, a frozen object, a rebuild, a planted fault) takes the
+    // message path.
+
+    /// Grants a new request of this instance at its local master if nothing stands in the
+    /// way. Returns the value block, or `None` with nothing changed.
+    fn grant_locally(&mut self, name: LockName, mode: LockMode) -> Option<LockValue> {
+        let resource = name.resource();
+        if self.config.fault.is_some()
+            || self.is_rebuilding()
+            || self.directory.is_frozen(&resource)
+        {
+            return None;
+        }
+        let value = self
+            .directory
+            .table_mut()
+            .get_or_try_insert_with(resource, LockResource::default)?
+            .try_grant_at_once(self.me, mode)?;
+        self.directory.record_access(&resource, self.me);
+        // As `confirm` does when the grant arrives: no write of this lock is unacknowledged.
+        if !self.unacked_writes.is_empty() {
+            self.unacked_writes.remove(&name);
+        }
+        Some(value)
+    }
+
+    /// Releases `held` (the user has already let go) at the local master and forgets the
+    /// lock, as the `ReleaseAck` would. Returns false, with nothing changed, when the master
+    /// is not (or no longer) here or the object is frozen.
+    fn release_locally(&mut self, name: LockName, held: LockMode) -> bool {
+        let resource = name.resource();
+        if self.is_rebuilding()
+            || self.directory.is_frozen(&resource)
+            || self.directory.master_of(&resource) != self.me
+        {
+            return false;
+        }
+        let Some(lock) = self.locks.remove(&name) else {
+            return false;
+        };
+        let value = held.writes_value().then_some(lock.value);
+        let mut actions = std::mem::take(&mut self.actions);
+        let table = self.directory.table_mut();
+        if let Some(state) = table.get_mut(&resource) {
+            state.release(self.me, value, &mut actions);
+            if state.is_disposable() {
+                table.remove(&resource);
+            }
+        }
+        if !self.unacked_writes.is_empty() {
+            self.unacked_writes.remove(&name);
+        }
+        self.apply_actions(name, &mut actions);
+        self.actions = actions;
+        true
     }
 
     // ----- master side -----
@@ -1329,31 +1424,16 @@ impl Engine {
             return;
         };
         // Reports are idempotent per instance: a second report replaces the first.
-        state.granted.retain(|h| h.instance != from);
-        state.converting.retain(|w| w.instance != from);
-        state.waiting.retain(|w| w.instance != from);
-        if let Some(mode) = granted {
-            state.granted.push(crate::master::Holder {
-                instance: from,
-                mode,
-                notified: None,
-            });
-        }
-        if let Some(p) = pending {
-            let waiter = Waiter {
-                instance: from,
-                request: p.request,
-                mode: p.mode,
-                since: p.since,
-            };
-            if p.convert && granted.is_some() {
-                state.converting.push_back(waiter);
-            } else {
-                state.waiting.push_back(waiter);
-            }
-        }
+        state.forget_instance(from);
+        let waiter = pending.map(|p| Waiter {
+            instance: from,
+            request: p.request,
+            mode: p.mode,
+            since: p.since,
+        });
+        state.add_report(from, granted, waiter, pending.is_some_and(|p| p.convert));
         if let Some(value) = value {
-            state.value.merge(value);
+            state.merge_value(value);
         }
     }
 
@@ -1367,7 +1447,7 @@ impl Engine {
             state.grant_pass(&mut actions);
             if !actions.is_empty() {
                 grants.push((
-                    LockName::from_resource(*resource),
+                    LockName::from_resource(resource),
                     std::mem::take(&mut actions),
                 ));
             }

@@ -65,47 +65,195 @@ pub enum Action {
     },
 }
 
-/// One lock's master state.
+/// Holders kept inline; more spill into the out-of-line part.
+const INLINE_HOLDERS: usize = 2;
+
+/// One lock's master state: 16 bytes while at most two instances hold the lock, nobody waits
+/// and the value block was never written (the common case at a million resources, see
+/// `grd`'s table docs); the queues, further holders and the value block live out of line
+/// only while present.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct LockResource {
-    /// Granted locks (a converting holder keeps its old mode here until granted).
-    pub granted: Vec<Holder>,
-    /// Conversions waiting, FIFO; served before `waiting`.
-    pub converting: VecDeque<Waiter>,
-    /// New requests waiting, FIFO.
-    pub waiting: VecDeque<Waiter>,
-    /// The value block.
-    pub value: LockValue,
+    /// The first holders (a converting holder keeps its old mode until granted).
+    inline: [Option<Holder>; INLINE_HOLDERS],
+    /// Everything else; `None` when it would be empty.
+    extra: Option<Box<Extra>>,
 }
 
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+struct Extra {
+    /// Holders beyond the inline ones.
+    more: Vec<Holder>,
+    /// Conversions waiting, FIFO; served before `waiting`.
+    converting: VecDeque<Waiter>,
+    /// New requests waiting, FIFO.
+    waiting: VecDeque<Waiter>,
+    /// The value block.
+    value: LockValue,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.more.is_empty()
+            && self.converting.is_empty()
+            && self.waiting.is_empty()
+            && self.value == LockValue::default()
+    }
+}
+
+static NO_WAITERS: VecDeque<Waiter> = VecDeque::new();
+
 impl LockResource {
+    /// A resource granted to one holder (rebuilds, tests, benchmarks).
+    pub fn with_holder(holder: Holder) -> Self {
+        Self {
+            inline: [Some(holder), None],
+            extra: None,
+        }
+    }
+
+    /// The granted locks.
+    pub fn granted(&self) -> impl Iterator<Item = &Holder> + Clone {
+        let more = self.extra.as_ref().map_or(&[][..], |e| &e.more[..]);
+        self.inline.iter().flatten().chain(more)
+    }
+
+    fn granted_mut(&mut self) -> impl Iterator<Item = &mut Holder> {
+        let more = self.extra.as_mut().map_or(&mut [][..], |e| &mut e.more[..]);
+        self.inline.iter_mut().flatten().chain(more)
+    }
+
+    /// Conversions waiting, FIFO (served before new requests).
+    pub fn converting(&self) -> &VecDeque<Waiter> {
+        self.extra.as_ref().map_or(&NO_WAITERS, |e| &e.converting)
+    }
+
+    /// New requests waiting, FIFO.
+    pub fn waiting(&self) -> &VecDeque<Waiter> {
+        self.extra.as_ref().map_or(&NO_WAITERS, |e| &e.waiting)
+    }
+
+    /// The value block.
+    pub fn value(&self) -> LockValue {
+        self.extra
+            .as_ref()
+            .map_or_else(LockValue::default, |e| e.value)
+    }
+
+    /// Keeps the newer of the current value and `value` (see [`LockValue::merge`]).
+    pub fn merge_value(&mut self, value: LockValue) {
+        if value.version > self.value().version {
+            self.extra_mut().value = value;
+        }
+    }
+
+    /// Marks the value unknown (a PW/EX holder may have changed it and is gone).
+    pub fn invalidate_value(&mut self) {
+        let value = self.value().invalidated();
+        self.extra_mut().value = value;
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the out-of-line part once it holds nothing (called after every change).
+    fn tidy(&mut self) {
+        if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
+            self.extra = None;
+        }
+    }
+
+    fn holder_count(&self) -> usize {
+        self.granted().count()
+    }
+
+    fn push_holder(&mut self, holder: Holder) {
+        assert!(
+            self.holder_count() < MAX_PER_QUEUE,
+            "grant list over its bound"
+        );
+        match self.inline.iter_mut().find(|h| h.is_none()) {
+            Some(free) => *free = Some(holder),
+            None => self.extra_mut().more.push(holder),
+        }
+    }
+
+    /// Removes `instance`'s holder, if any.
+    fn take_holder(&mut self, instance: InstanceId) -> Option<Holder> {
+        if let Some(slot) = self
+            .inline
+            .iter_mut()
+            .find(|h| h.is_some_and(|h| h.instance == instance))
+        {
+            return slot.take();
+        }
+        let more = &mut self.extra.as_mut()?.more;
+        let index = more.iter().position(|h| h.instance == instance)?;
+        Some(more.swap_remove(index))
+    }
+
+    fn holder_mut(&mut self, instance: InstanceId) -> Option<&mut Holder> {
+        self.granted_mut().find(|h| h.instance == instance)
+    }
+
     /// The mode `instance` holds, if any.
     pub fn holder_mode(&self, instance: InstanceId) -> Option<LockMode> {
-        self.granted
-            .iter()
+        self.granted()
             .find(|h| h.instance == instance)
             .map(|h| h.mode)
     }
 
     /// Whether nothing is granted or queued.
     pub fn is_unused(&self) -> bool {
-        self.granted.is_empty() && self.converting.is_empty() && self.waiting.is_empty()
+        self.inline.iter().all(Option::is_none)
+            && self.extra.as_ref().is_none_or(|e| {
+                e.more.is_empty() && e.converting.is_empty() && e.waiting.is_empty()
+            })
     }
 
     /// Whether the entry can be dropped now (unused and no value worth keeping).
     pub fn is_disposable(&self) -> bool {
-        self.is_unused() && !self.value.valid
+        self.is_unused() && !self.value().valid
+    }
+
+    /// Grants `mode` to `instance` if a new request would be granted at once with nothing
+    /// else to tell anyone (no queue, compatible with every holder, `instance` neither holds
+    /// nor waits here) and returns the value block; otherwise changes nothing. This is
+    /// [`LockResource::request`]'s immediate case, for the engine's local-master fast path.
+    #[inline]
+    pub fn try_grant_at_once(&mut self, instance: InstanceId, mode: LockMode) -> Option<LockValue> {
+        let queued = self
+            .extra
+            .as_ref()
+            .is_some_and(|e| !e.converting.is_empty() || !e.waiting.is_empty());
+        if queued
+            || !self
+                .granted()
+                .all(|h| h.instance != instance && h.mode.compatible(mode))
+        {
+            return None;
+        }
+        // Compatible with every holder, checked just above: the invariant holds.
+        self.push_holder(Holder {
+            instance,
+            mode,
+            notified: None,
+        });
+        Some(self.value())
     }
 
     /// Whether `mode` is compatible with every holder except `except`.
     fn compatible_with_holders(&self, mode: LockMode, except: Option<InstanceId>) -> bool {
-        self.granted
-            .iter()
+        self.granted()
             .all(|h| Some(h.instance) == except || h.mode.compatible(mode))
     }
 
-    fn converting_instances(&self) -> impl Iterator<Item = InstanceId> + '_ {
-        self.converting.iter().map(|w| w.instance)
+    fn is_queued(&self, instance: InstanceId) -> bool {
+        self.converting()
+            .iter()
+            .chain(self.waiting())
+            .any(|w| w.instance == instance)
     }
 
     /// A new request: granted at once if nothing is queued and it is compatible; else queued.
@@ -122,23 +270,23 @@ impl LockResource {
         let grantable = match fault {
             // Planted bug: converting holders are ignored, as if they had already left.
             Some(PlantedFault::GrantIgnoringConvertQueue) => {
-                let converting: Vec<InstanceId> = self.converting_instances().collect();
-                self.waiting.is_empty()
+                let converting: Vec<InstanceId> =
+                    self.converting().iter().map(|w| w.instance).collect();
+                self.waiting().is_empty()
                     && self
-                        .granted
-                        .iter()
+                        .granted()
                         .all(|h| converting.contains(&h.instance) || h.mode.compatible(waiter.mode))
             }
             None => {
-                self.converting.is_empty()
-                    && self.waiting.is_empty()
+                self.converting().is_empty()
+                    && self.waiting().is_empty()
                     && self.compatible_with_holders(waiter.mode, None)
             }
         };
         if grantable && fault.is_some() {
             // The planted bug must be caught by the simulator's checkers, not by the
             // production assert in `grant_new`, so this path skips it.
-            self.granted.push(Holder {
+            self.push_holder(Holder {
                 instance: waiter.instance,
                 mode: waiter.mode,
                 notified: None,
@@ -147,16 +295,14 @@ impl LockResource {
                 instance: waiter.instance,
                 request: waiter.request,
                 mode: waiter.mode,
-                value: self.value,
+                value: self.value(),
             });
         } else if grantable {
             self.grant_new(waiter, actions);
         } else {
-            assert!(
-                self.waiting.len() < MAX_PER_QUEUE,
-                "wait queue over its bound"
-            );
-            self.waiting.push_back(waiter);
+            let waiting = &mut self.extra_mut().waiting;
+            assert!(waiting.len() < MAX_PER_QUEUE, "wait queue over its bound");
+            waiting.push_back(waiter);
             self.notify_blockers(actions);
         }
         true
@@ -171,46 +317,46 @@ impl LockResource {
         value: Option<LockValue>,
         actions: &mut Vec<Action>,
     ) -> bool {
-        let Some(index) = self
-            .granted
-            .iter()
-            .position(|h| h.instance == waiter.instance)
-        else {
+        let Some(held) = self.holder_mode(waiter.instance) else {
             return false;
         };
         if self.is_queued(waiter.instance) {
             return false;
         }
-        let held = self.granted[index].mode;
         if held.covers(waiter.mode) {
             if held.writes_value()
                 && let Some(value) = value
             {
-                self.value.merge(value);
+                self.merge_value(value);
             }
-            self.granted[index].mode = waiter.mode;
-            self.granted[index].notified = None;
+            if let Some(holder) = self.holder_mut(waiter.instance) {
+                holder.mode = waiter.mode;
+                holder.notified = None;
+            }
             self.grant_pass(actions);
             return true;
         }
-        if self.converting.is_empty()
+        if self.converting().is_empty()
             && self.compatible_with_holders(waiter.mode, Some(waiter.instance))
         {
-            self.granted[index].mode = waiter.mode;
-            self.granted[index].notified = None;
+            if let Some(holder) = self.holder_mut(waiter.instance) {
+                holder.mode = waiter.mode;
+                holder.notified = None;
+            }
             self.assert_grants_compatible();
             actions.push(Action::Grant {
                 instance: waiter.instance,
                 request: waiter.request,
                 mode: waiter.mode,
-                value: self.value,
+                value: self.value(),
             });
         } else {
+            let converting = &mut self.extra_mut().converting;
             assert!(
-                self.converting.len() < MAX_PER_QUEUE,
+                converting.len() < MAX_PER_QUEUE,
                 "convert queue over its bound"
             );
-            self.converting.push_back(waiter);
+            converting.push_back(waiter);
             self.notify_blockers(actions);
         }
         true
@@ -224,18 +370,19 @@ impl LockResource {
         value: Option<LockValue>,
         actions: &mut Vec<Action>,
     ) -> bool {
-        let Some(index) = self.granted.iter().position(|h| h.instance == instance) else {
+        let Some(holder) = self.take_holder(instance) else {
             return false;
         };
-        let holder = self.granted.swap_remove(index);
         if holder.mode.writes_value()
             && let Some(value) = value
         {
-            self.value.merge(value);
+            self.merge_value(value);
         }
-        // A holder's conversion cannot outlive its grant.
-        self.converting.retain(|w| w.instance != instance);
-        self.grant_pass(actions);
+        if let Some(extra) = self.extra.as_mut() {
+            // A holder's conversion cannot outlive its grant.
+            extra.converting.retain(|w| w.instance != instance);
+            self.grant_pass(actions);
+        }
         true
     }
 
@@ -246,30 +393,22 @@ impl LockResource {
         request: RequestId,
         actions: &mut Vec<Action>,
     ) -> bool {
+        let Some(extra) = self.extra.as_mut() else {
+            return false;
+        };
         let matches = |w: &Waiter| w.instance == instance && w.request == request;
-        let before = self.converting.len() + self.waiting.len();
-        self.converting.retain(|w| !matches(w));
-        self.waiting.retain(|w| !matches(w));
-        let found = self.converting.len() + self.waiting.len() < before;
+        let before = extra.converting.len() + extra.waiting.len();
+        extra.converting.retain(|w| !matches(w));
+        extra.waiting.retain(|w| !matches(w));
+        let found = extra.converting.len() + extra.waiting.len() < before;
         if found {
             self.grant_pass(actions);
         }
         found
     }
 
-    fn is_queued(&self, instance: InstanceId) -> bool {
-        self.converting
-            .iter()
-            .chain(self.waiting.iter())
-            .any(|w| w.instance == instance)
-    }
-
     fn grant_new(&mut self, waiter: Waiter, actions: &mut Vec<Action>) {
-        assert!(
-            self.granted.len() < MAX_PER_QUEUE,
-            "grant list over its bound"
-        );
-        self.granted.push(Holder {
+        self.push_holder(Holder {
             instance: waiter.instance,
             mode: waiter.mode,
             notified: None,
@@ -279,52 +418,50 @@ impl LockResource {
             instance: waiter.instance,
             request: waiter.request,
             mode: waiter.mode,
-            value: self.value,
+            value: self.value(),
         });
     }
 
     /// Grants what the queues allow, converts first, strictly in order; then notifies the
     /// holders that block the first waiter left.
     pub fn grant_pass(&mut self, actions: &mut Vec<Action>) {
-        while let Some(&head) = self.converting.front() {
+        while let Some(&head) = self.converting().front() {
             if !self.compatible_with_holders(head.mode, Some(head.instance)) {
                 break;
             }
-            self.converting.pop_front();
-            if let Some(holder) = self
-                .granted
-                .iter_mut()
-                .find(|h| h.instance == head.instance)
-            {
+            self.extra_mut().converting.pop_front();
+            let value = self.value();
+            if let Some(holder) = self.holder_mut(head.instance) {
                 holder.mode = head.mode;
                 holder.notified = None;
                 actions.push(Action::Grant {
                     instance: head.instance,
                     request: head.request,
                     mode: head.mode,
-                    value: self.value,
+                    value,
                 });
             }
         }
-        if self.converting.is_empty() {
-            while let Some(&head) = self.waiting.front() {
+        if self.converting().is_empty() {
+            while let Some(&head) = self.waiting().front() {
                 if !self.compatible_with_holders(head.mode, None) {
                     break;
                 }
-                self.waiting.pop_front();
+                self.extra_mut().waiting.pop_front();
                 self.grant_new(head, actions);
             }
         }
         self.assert_grants_compatible();
         self.notify_blockers(actions);
+        self.tidy();
     }
 
     /// Sends one blocking notification per holder that blocks the first waiter.
     fn notify_blockers(&mut self, actions: &mut Vec<Action>) {
-        let Some(&head) = self.converting.front().or(self.waiting.front()) else {
+        let Some(&head) = self.converting().front().or(self.waiting().front()) else {
             return;
         };
-        for holder in &mut self.granted {
+        for holder in self.granted_mut() {
             if holder.instance != head.instance
                 && !holder.mode.compatible(head.mode)
                 && holder.notified.is_none_or(|n| !n.covers(head.mode))
@@ -340,8 +477,8 @@ impl LockResource {
 
     /// No two holders in incompatible modes: the safety invariant, checked where it changes.
     fn assert_grants_compatible(&self) {
-        for (i, a) in self.granted.iter().enumerate() {
-            for b in &self.granted[i + 1..] {
+        for (i, a) in self.granted().enumerate() {
+            for b in self.granted().skip(i + 1) {
                 assert!(
                     a.mode.compatible(b.mode),
                     "master granted {:?} to {} and {:?} to {} at once",
@@ -357,22 +494,66 @@ impl LockResource {
     /// Drops everything `dead` held or waited for; invalidates the value if one held PW/EX.
     pub fn drop_instances(&mut self, survivors: InstanceSet) {
         if self
-            .granted
-            .iter()
+            .granted()
             .any(|h| !survivors.contains(h.instance) && h.mode.writes_value())
         {
-            self.value = self.value.invalidated();
+            self.invalidate_value();
         }
-        self.granted.retain(|h| survivors.contains(h.instance));
-        self.converting.retain(|w| survivors.contains(w.instance));
-        self.waiting.retain(|w| survivors.contains(w.instance));
+        self.retain_instances(|i| survivors.contains(i));
+    }
+
+    /// Forgets whatever `instance` holds or waits for here (a rebuild report replaces it).
+    pub fn forget_instance(&mut self, instance: InstanceId) {
+        self.retain_instances(|i| i != instance);
+    }
+
+    fn retain_instances(&mut self, keep: impl Fn(InstanceId) -> bool) {
+        for slot in &mut self.inline {
+            if slot.is_some_and(|h| !keep(h.instance)) {
+                *slot = None;
+            }
+        }
+        if let Some(extra) = self.extra.as_mut() {
+            extra.more.retain(|h| keep(h.instance));
+            extra.converting.retain(|w| keep(w.instance));
+            extra.waiting.retain(|w| keep(w.instance));
+        }
+        self.tidy();
+    }
+
+    /// Adds what a survivor reported in a rebuild: its grant and its waiting request (a
+    /// conversion if it also holds the lock). Call [`LockResource::forget_instance`] first.
+    pub fn add_report(
+        &mut self,
+        instance: InstanceId,
+        granted: Option<LockMode>,
+        pending: Option<Waiter>,
+        convert: bool,
+    ) {
+        if let Some(mode) = granted {
+            self.push_holder(Holder {
+                instance,
+                mode,
+                notified: None,
+            });
+        }
+        if let Some(waiter) = pending {
+            let extra = self.extra_mut();
+            if convert && granted.is_some() {
+                extra.converting.push_back(waiter);
+            } else {
+                extra.waiting.push_back(waiter);
+            }
+        }
     }
 
     /// Restores FIFO order after a rebuild (reports arrive per survivor, not in issue order).
     pub fn sort_queues(&mut self) {
-        let key = |w: &Waiter| (w.since, w.instance, w.request);
-        self.converting.make_contiguous().sort_by_key(key);
-        self.waiting.make_contiguous().sort_by_key(key);
+        if let Some(extra) = self.extra.as_mut() {
+            let key = |w: &Waiter| (w.since, w.instance, w.request);
+            extra.converting.make_contiguous().sort_by_key(key);
+            extra.waiting.make_contiguous().sort_by_key(key);
+        }
     }
 
     /// Wait-for edges of this lock: each waiter waits for incompatible holders and for every
@@ -380,20 +561,19 @@ impl LockResource {
     pub fn wait_edges(&self, name: LockName, out: &mut Vec<WaitEdge>, limit: usize) {
         let mut ahead: Vec<InstanceId> = Vec::new();
         let queues = self
-            .converting
+            .converting()
             .iter()
             .map(|w| (w, true))
-            .chain(self.waiting.iter().map(|w| (w, false)));
+            .chain(self.waiting().iter().map(|w| (w, false)));
         for (waiter, is_convert) in queues {
             let mut blockers: InstanceSet = self
-                .granted
-                .iter()
+                .granted()
                 .filter(|h| h.instance != waiter.instance && !h.mode.compatible(waiter.mode))
                 .map(|h| h.instance)
                 .collect();
             if !is_convert {
                 // A new request also waits for holders that convert (they are ahead of it).
-                for w in &self.converting {
+                for w in self.converting() {
                     blockers.insert(w.instance);
                 }
             }
@@ -444,11 +624,11 @@ fn read_waiter(r: &mut Reader<'_>) -> Result<Waiter, DecodeError> {
 
 impl MasterState for LockResource {
     fn holders(&self) -> InstanceSet {
-        self.granted.iter().map(|h| h.instance).collect()
+        self.granted().map(|h| h.instance).collect()
     }
 
     fn is_reclaimable(&self) -> bool {
-        self.converting.is_empty() && self.waiting.is_empty()
+        self.converting().is_empty() && self.waiting().is_empty()
     }
 
     fn is_empty(&self) -> bool {
@@ -456,27 +636,28 @@ impl MasterState for LockResource {
     }
 
     fn transfer_lost(&mut self) {
-        self.value = self.value.invalidated();
+        self.invalidate_value();
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        codec::put_u8(out, self.granted.len() as u8);
-        for h in &self.granted {
+        codec::put_u8(out, self.holder_count() as u8);
+        for h in self.granted() {
             codec::put_u8(out, h.instance.index() as u8);
             codec::put_u8(out, h.mode as u8);
             codec::put_u8(out, h.notified.map_or(0xff, |m| m as u8));
         }
-        codec::put_u8(out, self.converting.len() as u8);
-        for w in &self.converting {
+        codec::put_u8(out, self.converting().len() as u8);
+        for w in self.converting() {
             put_waiter(out, w);
         }
-        codec::put_u8(out, self.waiting.len() as u8);
-        for w in &self.waiting {
+        codec::put_u8(out, self.waiting().len() as u8);
+        for w in self.waiting() {
             put_waiter(out, w);
         }
-        out.extend_from_slice(&self.value.bytes);
-        codec::put_u64(out, self.value.version);
-        codec::put_u8(out, u8::from(self.value.valid));
+        let value = self.value();
+        out.extend_from_slice(&value.bytes);
+        codec::put_u64(out, value.version);
+        codec::put_u8(out, u8::from(value.valid));
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -501,23 +682,27 @@ impl MasterState for LockResource {
                     value: u64::from(raw),
                 })?),
             };
-            resource.granted.push(Holder {
+            resource.push_holder(Holder {
                 instance,
                 mode,
                 notified,
             });
         }
         for _ in 0..bounded(r.u8()?)? {
-            resource.converting.push_back(read_waiter(r)?);
+            let waiter = read_waiter(r)?;
+            resource.extra_mut().converting.push_back(waiter);
         }
         for _ in 0..bounded(r.u8()?)? {
-            resource.waiting.push_back(read_waiter(r)?);
+            let waiter = read_waiter(r)?;
+            resource.extra_mut().waiting.push_back(waiter);
         }
-        resource.value = LockValue {
+        let value = LockValue {
             bytes: r.bytes32()?,
             version: r.u64()?,
             valid: r.bool()?,
         };
+        resource.extra_mut().value = value;
+        resource.tidy();
         Ok(resource)
     }
 }

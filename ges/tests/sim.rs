@@ -222,7 +222,6 @@ impl Sim {
                         "{j}:m={} st={:?}",
                         e.directory().master_of(&name.resource()),
                         e.master_state(name)
-                            .map(|s| (&s.granted, &s.converting, &s.waiting))
                     )
                 })
                 .collect();
@@ -369,9 +368,9 @@ impl Sim {
                     .as_ref()
                     .and_then(|e| e.master_state(name))
                     .expect("listed");
-                for (x, a) in state.granted.iter().enumerate() {
+                for (x, a) in state.granted().enumerate() {
                     assert!(self.members.contains(a.instance), "dead holder kept");
-                    for b in &state.granted[x + 1..] {
+                    for b in state.granted().skip(x + 1) {
                         assert!(
                             a.mode.compatible(b.mode),
                             "master {m} granted {name:?} incompatibly: {a:?} {b:?}"
@@ -395,9 +394,9 @@ impl Sim {
                         self.seed
                     );
                     let waiting = state.is_some_and(|s| {
-                        s.converting
+                        s.converting()
                             .iter()
-                            .chain(s.waiting.iter())
+                            .chain(s.waiting())
                             .any(|w| w.instance == id(i))
                     });
                     assert_eq!(

@@ -69,10 +69,15 @@ impl Affinity {
 
     /// Counts one access to `object` by `instance`.
     pub fn record(&mut self, object: ObjectId, instance: InstanceId) {
-        if !self.objects.contains_key(&object) && self.objects.len() >= self.config.max_objects {
-            return;
-        }
-        let slots = self.objects.entry(object).or_insert([(instance, 0); SLOTS]);
+        // One lookup on the hot path (every lock request a master handles).
+        let full = self.objects.len() >= self.config.max_objects;
+        let slots = match self.objects.entry(object) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(_) if full => return,
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert([(instance, 0); SLOTS])
+            }
+        };
         if let Some(slot) = slots.iter_mut().find(|(i, c)| *i == instance && *c > 0) {
             slot.1 = slot.1.saturating_add(1);
             return;

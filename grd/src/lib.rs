@@ -34,4 +34,4 @@ pub use directory::{Directory, DirectoryConfig, DirectoryEvent, GrdMessage, Mast
 pub use error::GrdError;
 pub use hash::{mix64, stable_hash};
 pub use resource::{ObjectId, ResourceId};
-pub use table::{MasterTable, TableEntry};
+pub use table::MasterTable;

@@ -15,19 +15,20 @@
 //! ```
 //! Internal roles (started by the tool itself): `pingpong role <name> ...`.
 
-use bench::shm_floor::FloorChannel;
-use bench::{Comparison, LatencySummary, latency_histogram, parse_sockperf, record, render_table};
-use interconnect::shm::{ShmConfig, ShmTransport};
-use interconnect::tcp::{TcpConfig, TcpTransport};
-use interconnect::{
-    BlockRegion, ClusterId, Epoch, InstanceId, LandingToken, Outgoing, OutgoingBlock, Priority,
-    Scn, Service, Transport, TransportEvent, poll_until,
+use bench::floors::{
+    REPLY_DEADLINE, WaitMode as Mode, instance_id as id, loopback_any, measure_pair,
+    measure_sockperf, run_tool, sockperf_size, tcp_transport, wait, wait_connected,
 };
-use std::io::{BufRead, BufReader};
+use bench::shm_floor::FloorChannel;
+use bench::{Comparison, LatencySummary, latency_histogram, record, render_table};
+use interconnect::shm::{ShmConfig, ShmTransport};
+use interconnect::{
+    BlockRegion, ClusterId, Epoch, LandingToken, Outgoing, OutgoingBlock, Priority, Scn, Service,
+    Transport, TransportEvent, poll_until,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::Arc;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 type Error = Box<dyn std::error::Error>;
@@ -35,38 +36,6 @@ type Error = Box<dyn std::error::Error>;
 const CLUSTER: ClusterId = ClusterId(0xb3_4c_4d);
 const SECRET: &[u8] = b"pingpong";
 const QUIT: &[u8] = b"quit";
-/// Longest wait for one reply before the run is declared broken.
-const REPLY_DEADLINE: Duration = Duration::from_secs(10);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Busy,
-    Blocking,
-}
-
-impl Mode {
-    fn parse(s: &str) -> Result<Mode, Error> {
-        match s {
-            "busy" => Ok(Mode::Busy),
-            "blocking" => Ok(Mode::Blocking),
-            other => Err(format!("unknown mode {other:?} (busy, blocking)").into()),
-        }
-    }
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Busy => "busy",
-            Mode::Blocking => "blocking",
-        }
-    }
-    /// How long to spin before parking in the kernel.
-    fn spin(self) -> Duration {
-        match self {
-            Mode::Busy => REPLY_DEADLINE,
-            Mode::Blocking => Duration::ZERO,
-        }
-    }
-}
-
 /// Command-line options, shared by the orchestrator and the roles.
 #[derive(Debug, Clone)]
 struct Options {
@@ -152,13 +121,6 @@ impl Options {
     }
 }
 
-fn id(raw: u64) -> InstanceId {
-    match InstanceId::new(raw) {
-        Ok(id) => id,
-        Err(e) => unreachable!("constant ids are in range: {e}"),
-    }
-}
-
 const SERVER: u64 = 0;
 const CLIENT: u64 = 1;
 
@@ -175,18 +137,6 @@ fn message<'a>(body: &'a [u8], block: Option<OutgoingBlock<'a>>) -> Outgoing<'a>
         body,
         block,
     }
-}
-
-/// Waits for the next batch of events in the given mode.
-fn wait<T: Transport>(
-    t: &mut T,
-    events: &mut Vec<TransportEvent>,
-    mode: Mode,
-) -> Result<(), Error> {
-    if !poll_until(t, events, mode.spin(), Instant::now() + REPLY_DEADLINE)? {
-        return Err("no event within the reply deadline".into());
-    }
-    Ok(())
 }
 
 /// Answers every request until told to quit: with a block into the requester's armed frame,
@@ -243,18 +193,8 @@ fn client<T: Transport>(
     options: &Options,
 ) -> Result<LatencySummary, Error> {
     let server = id(SERVER);
+    wait_connected(t, server)?;
     let mut events = Vec::new();
-    let start = Instant::now();
-    while !events
-        .iter()
-        .any(|e| matches!(e, TransportEvent::PeerConnected(p) if *p == server))
-    {
-        if start.elapsed() > REPLY_DEADLINE {
-            return Err(format!("could not connect to the server: {events:?}").into());
-        }
-        t.poll(&mut events, Duration::from_millis(10))?;
-    }
-    events.clear();
     let block = is_block(options.response);
     let mut request = vec![0u8; options.request];
     let mut histogram = latency_histogram();
@@ -268,7 +208,12 @@ fn client<T: Transport>(
         let sent = Instant::now();
         t.send(server, &message(&request, None))?;
         'reply: loop {
-            wait(t, &mut events, options.mode)?;
+            wait(
+                t,
+                &mut events,
+                options.mode,
+                Instant::now() + REPLY_DEADLINE,
+            )?;
             for event in events.drain(..) {
                 match event {
                     TransportEvent::BlockLanded { landing, .. } if Some(landing) == token => {
@@ -296,23 +241,15 @@ fn client<T: Transport>(
     Ok(LatencySummary::of(&histogram))
 }
 
-fn loopback_any() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-fn tcp_transport(
-    local: u64,
-    peers: Vec<(InstanceId, SocketAddr)>,
-) -> Result<(TcpTransport, Arc<BlockRegion>), Error> {
-    let region = BlockRegion::anonymous(4, 8192)?;
-    let config = TcpConfig::new(CLUSTER, id(local), loopback_any(), peers, SECRET.to_vec());
-    Ok((TcpTransport::bind(config, Arc::clone(&region))?, region))
-}
-
 fn run_role(role: &str, options: &Options) -> Result<(), Error> {
     match role {
         "tcp-server" => {
-            let (mut t, _region) = tcp_transport(SERVER, vec![(id(CLIENT), loopback_any())])?;
+            let (mut t, _region) = tcp_transport(
+                CLUSTER,
+                SECRET,
+                id(SERVER),
+                vec![(id(CLIENT), loopback_any())],
+            )?;
             println!("READY {}", t.local_addr()?);
             serve(&mut t, options)
         }
@@ -322,7 +259,8 @@ fn run_role(role: &str, options: &Options) -> Result<(), Error> {
                 .as_deref()
                 .ok_or("--server ADDR is required")?
                 .parse()?;
-            let (mut t, region) = tcp_transport(CLIENT, vec![(id(SERVER), server)])?;
+            let (mut t, region) =
+                tcp_transport(CLUSTER, SECRET, id(CLIENT), vec![(id(SERVER), server)])?;
             let summary = client(&mut t, &region, options)?;
             println!("{}", summary.to_result_line());
             Ok(())
@@ -406,28 +344,6 @@ fn shm_transport(local: u64, peer: u64, dir: PathBuf, mode: Mode) -> Result<ShmT
     Ok(ShmTransport::open(config)?)
 }
 
-/// A child process, pinned to `cpu` when pinning is on.
-fn spawn(options: &Options, cpu: u32, program: &str, args: &[String]) -> Result<Child, Error> {
-    let mut command = if options.pin {
-        let mut c = Command::new("taskset");
-        c.arg("-c").arg(cpu.to_string()).arg(program);
-        c
-    } else {
-        Command::new(program)
-    };
-    command
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    command
-        .spawn()
-        .map_err(|e| format!("cannot start {program}: {e}").into())
-}
-
-fn own_exe() -> Result<String, Error> {
-    Ok(std::env::current_exe()?.to_string_lossy().into_owned())
-}
-
 /// Runs the `<roles>-server` and `<roles>-client` roles of this tool; returns the client's
 /// summary.
 fn measure_roles(
@@ -436,68 +352,12 @@ fn measure_roles(
     mode: Mode,
     response: usize,
 ) -> Result<LatencySummary, Error> {
-    let exe = own_exe()?;
-    let mut server_args = vec!["role".to_string(), format!("{roles}-server")];
-    server_args.extend(options.role_args(mode, response));
-    let mut server = spawn(options, 1, &exe, &server_args)?;
-    let stdout = server.stdout.take().ok_or("server without stdout")?;
-    let mut ready = String::new();
-    BufReader::new(stdout).read_line(&mut ready)?;
-    let address = ready
-        .strip_prefix("READY ")
-        .ok_or_else(|| format!("server did not start: {ready:?}"))?
-        .trim();
-    let mut client_args = vec![
-        "role".to_string(),
-        format!("{roles}-client"),
-        "--server".into(),
-        address.into(),
-    ];
-    client_args.extend(options.role_args(mode, response));
-    let output = spawn(options, 0, &exe, &client_args)?.wait_with_output()?;
-    let _ = server.wait();
-    LatencySummary::from_output(&String::from_utf8_lossy(&output.stdout))
-        .ok_or_else(|| "client printed no result".into())
-}
-
-/// `sockperf ping-pong --tcp` with `size` bytes each way, in the given waiting mode.
-fn measure_sockperf(options: &Options, mode: Mode, size: usize) -> Result<LatencySummary, Error> {
-    let port = std::net::TcpListener::bind(loopback_any())?
-        .local_addr()?
-        .port()
-        .to_string();
-    let nonblocked: Vec<String> = if mode == Mode::Busy {
-        vec!["--nonblocked".into()]
-    } else {
-        vec![]
+    let role = |side: &str| {
+        let mut args = vec!["role".to_string(), format!("{roles}-{side}")];
+        args.extend(options.role_args(mode, response));
+        args
     };
-    let mut server_args: Vec<String> = ["server", "--tcp", "-i", "127.0.0.1", "-p", &port]
-        .map(String::from)
-        .to_vec();
-    server_args.extend(nonblocked.clone());
-    let mut server = spawn(options, 1, "sockperf", &server_args)?;
-    std::thread::sleep(Duration::from_millis(300));
-    let mut client_args: Vec<String> = [
-        "ping-pong",
-        "--tcp",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-m",
-        &size.max(14).to_string(),
-        "-t",
-        &options.floor_seconds.to_string(),
-        "--full-rtt",
-    ]
-    .map(String::from)
-    .to_vec();
-    client_args.extend(nonblocked);
-    let output = spawn(options, 0, "sockperf", &client_args)?.wait_with_output();
-    let _ = server.kill();
-    let _ = server.wait();
-    parse_sockperf(&String::from_utf8_lossy(&output?.stdout))
-        .ok_or_else(|| "sockperf printed no percentiles".into())
+    Ok(measure_pair(options.pin, &role("server"), &role("client"))?)
 }
 
 fn orchestrate(options: &Options) -> Result<(), Error> {
@@ -517,11 +377,12 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
                     "tcp" => (
                         format!(
                             "sockperf tcp {}B<->{}B {}",
-                            size.max(14),
-                            size.max(14),
+                            sockperf_size(size),
+                            sockperf_size(size),
                             mode.name()
                         ),
-                        measure_sockperf(options, mode, size),
+                        measure_sockperf(mode, size, options.floor_seconds, options.pin)
+                            .map_err(Error::from),
                     ),
                     "shm" => (
                         format!("bare shm {}B->{}B {}", options.request, size, mode.name()),
@@ -552,19 +413,5 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("role") => match args.get(1) {
-            Some(role) => Options::parse(&args[2..]).and_then(|o| run_role(role, &o)),
-            None => Err("role needs a name".into()),
-        },
-        _ => Options::parse(&args).and_then(|o| orchestrate(&o)),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pingpong: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_tool("pingpong", Options::parse, run_role, orchestrate)
 }

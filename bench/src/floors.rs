@@ -1,0 +1,321 @@
+//! What the two-process latency tools (`pingpong`, `gesbench`) share: the waiting modes, the
+//! loopback TCP transport they measure, child processes pinned to CPUs, the server/client
+//! role pair that prints a `RESULT` line, and the sockperf floor.
+//!
+//! This module owns how a measurement is staged (processes, pinning, the floor tool's flags).
+//! It must never decide what is measured in a round trip: each tool's roles do that.
+
+use crate::{LatencySummary, parse_sockperf};
+use interconnect::tcp::{TcpConfig, TcpTransport};
+use interconnect::{BlockRegion, ClusterId, InstanceId, Transport, TransportEvent, poll_until};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest wait for one reply before a run is declared broken.
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// CPU of the server (floor server, master) when pinning; the client runs on [`CLIENT_CPU`].
+pub const SERVER_CPU: u32 = 1;
+/// CPU of the client (the side that measures) when pinning.
+pub const CLIENT_CPU: u32 = 0;
+
+/// Why staging a measurement failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ToolError {
+    /// A child process could not be started.
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Other I/O (pipes, sockets).
+    Io(std::io::Error),
+    /// The transport failed.
+    Transport(interconnect::TransportError),
+    /// A send failed.
+    Send(interconnect::SendError),
+    /// The block region could not be made.
+    Region(interconnect::RegionError),
+    /// A run produced no usable figure.
+    Failed(String),
+}
+
+impl std::fmt::Display for ToolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolError::Spawn { program, source } => write!(f, "cannot start {program}: {source}"),
+            ToolError::Io(e) => write!(f, "{e}"),
+            ToolError::Transport(e) => write!(f, "transport: {e}"),
+            ToolError::Send(e) => write!(f, "send: {e}"),
+            ToolError::Region(e) => write!(f, "block region: {e}"),
+            ToolError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for ToolError {}
+
+impl From<String> for ToolError {
+    fn from(why: String) -> Self {
+        ToolError::Failed(why)
+    }
+}
+
+impl From<std::io::Error> for ToolError {
+    fn from(e: std::io::Error) -> Self {
+        ToolError::Io(e)
+    }
+}
+
+impl From<interconnect::SendError> for ToolError {
+    fn from(e: interconnect::SendError) -> Self {
+        ToolError::Send(e)
+    }
+}
+
+impl From<interconnect::RegionError> for ToolError {
+    fn from(e: interconnect::RegionError) -> Self {
+        ToolError::Region(e)
+    }
+}
+
+impl From<interconnect::TransportError> for ToolError {
+    fn from(e: interconnect::TransportError) -> Self {
+        ToolError::Transport(e)
+    }
+}
+
+/// How a process waits for the next message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Non-blocking polls in a loop (sockperf `--nonblocked`).
+    Busy,
+    /// The kernel parks the waiter.
+    Blocking,
+}
+
+impl WaitMode {
+    /// Parses `busy` or `blocking`.
+    pub fn parse(s: &str) -> Result<WaitMode, ToolError> {
+        match s {
+            "busy" => Ok(WaitMode::Busy),
+            "blocking" => Ok(WaitMode::Blocking),
+            other => Err(ToolError::Failed(format!(
+                "unknown mode {other:?} (busy, blocking)"
+            ))),
+        }
+    }
+
+    /// The name `parse` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            WaitMode::Busy => "busy",
+            WaitMode::Blocking => "blocking",
+        }
+    }
+
+    /// How long to spin before parking in the kernel.
+    pub fn spin(self) -> Duration {
+        match self {
+            WaitMode::Busy => REPLY_DEADLINE,
+            WaitMode::Blocking => Duration::ZERO,
+        }
+    }
+}
+
+/// Waits for the next batch of events in `mode`, at most until `deadline`.
+pub fn wait<T: Transport>(
+    t: &mut T,
+    events: &mut Vec<TransportEvent>,
+    mode: WaitMode,
+    deadline: Instant,
+) -> Result<(), ToolError> {
+    if !poll_until(t, events, mode.spin(), deadline)? {
+        return Err(ToolError::Failed("no event before the deadline".into()));
+    }
+    Ok(())
+}
+
+/// Polls until `peer` is connected (events seen meanwhile are dropped).
+pub fn wait_connected<T: Transport>(t: &mut T, peer: InstanceId) -> Result<(), ToolError> {
+    let mut events = Vec::new();
+    let start = Instant::now();
+    while !events
+        .iter()
+        .any(|e| matches!(e, TransportEvent::PeerConnected(p) if *p == peer))
+    {
+        if start.elapsed() > REPLY_DEADLINE {
+            return Err(ToolError::Failed(format!(
+                "could not connect to {peer}: {events:?}"
+            )));
+        }
+        t.poll(&mut events, Duration::from_millis(10))?;
+    }
+    Ok(())
+}
+
+/// The instance with a constant index (the tools' roles are instances 0 and 1).
+pub fn instance_id(raw: u64) -> InstanceId {
+    match InstanceId::new(raw) {
+        Ok(id) => id,
+        Err(e) => unreachable!("constant ids are in range: {e}"),
+    }
+}
+
+/// `127.0.0.1:0`.
+pub fn loopback_any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A TCP transport on loopback for `local`, with a 4-frame block region of 8 KiB frames.
+pub fn tcp_transport(
+    cluster: ClusterId,
+    secret: &[u8],
+    local: InstanceId,
+    peers: Vec<(InstanceId, SocketAddr)>,
+) -> Result<(TcpTransport, Arc<BlockRegion>), ToolError> {
+    let region = BlockRegion::anonymous(4, 8192)?;
+    let config = TcpConfig::new(cluster, local, loopback_any(), peers, secret.to_vec());
+    Ok((TcpTransport::bind(config, Arc::clone(&region))?, region))
+}
+
+/// Starts `program` with `args`, stdout piped, pinned to `cpu` with `taskset` if given.
+pub fn spawn_pinned(cpu: Option<u32>, program: &str, args: &[String]) -> Result<Child, ToolError> {
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command.spawn().map_err(|source| ToolError::Spawn {
+        program: program.to_owned(),
+        source,
+    })
+}
+
+/// This executable's path (tools start their own roles).
+pub fn own_exe() -> Result<String, ToolError> {
+    Ok(std::env::current_exe()?.to_string_lossy().into_owned())
+}
+
+/// Runs a server role and a client role of this executable on separate CPUs (when `pin`):
+/// the server prints `READY <address>` first; the client gets `--server <address>` appended
+/// and prints a `RESULT` line, which is returned.
+pub fn measure_pair(
+    pin: bool,
+    server_args: &[String],
+    client_args: &[String],
+) -> Result<LatencySummary, ToolError> {
+    let exe = own_exe()?;
+    let mut server = spawn_pinned(pin.then_some(SERVER_CPU), &exe, server_args)?;
+    let stdout = server
+        .stdout
+        .take()
+        .ok_or_else(|| ToolError::Failed("server without stdout".into()))?;
+    let mut ready = String::new();
+    BufReader::new(stdout).read_line(&mut ready)?;
+    let Some(address) = ready.strip_prefix("READY ") else {
+        let _ = server.kill();
+        let _ = server.wait();
+        return Err(ToolError::Failed(format!(
+            "server did not start: {ready:?}"
+        )));
+    };
+    let mut args = client_args.to_vec();
+    args.extend(["--server".to_owned(), address.trim().to_owned()]);
+    let output = spawn_pinned(pin.then_some(CLIENT_CPU), &exe, &args)?.wait_with_output()?;
+    let _ = server.wait();
+    LatencySummary::from_output(&String::from_utf8_lossy(&output.stdout))
+        .ok_or_else(|| ToolError::Failed("client printed no result".into()))
+}
+
+/// `sockperf ping-pong --tcp` on loopback with `size` bytes each way for `seconds`, in
+/// `mode` (`--nonblocked` for busy), server and client on separate CPUs when `pin`.
+pub fn measure_sockperf(
+    mode: WaitMode,
+    size: usize,
+    seconds: u64,
+    pin: bool,
+) -> Result<LatencySummary, ToolError> {
+    let port = std::net::TcpListener::bind(loopback_any())?
+        .local_addr()?
+        .port()
+        .to_string();
+    let nonblocked: &[&str] = match mode {
+        WaitMode::Busy => &["--nonblocked"],
+        WaitMode::Blocking => &[],
+    };
+    let to_strings = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(nonblocked)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let server_args = to_strings(&["server", "--tcp", "-i", "127.0.0.1", "-p", &port]);
+    let mut server = spawn_pinned(pin.then_some(SERVER_CPU), "sockperf", &server_args)?;
+    // sockperf's server prints nothing reliable to wait on; give it time to listen.
+    std::thread::sleep(Duration::from_millis(300));
+    let size = sockperf_size(size).to_string();
+    let seconds = seconds.to_string();
+    let client_args = to_strings(&[
+        "ping-pong",
+        "--tcp",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-m",
+        &size,
+        "-t",
+        &seconds,
+        "--full-rtt",
+    ]);
+    let output = spawn_pinned(pin.then_some(CLIENT_CPU), "sockperf", &client_args)
+        .and_then(|child| Ok(child.wait_with_output()?));
+    let _ = server.kill();
+    let _ = server.wait();
+    parse_sockperf(&String::from_utf8_lossy(&output?.stdout))
+        .ok_or_else(|| ToolError::Failed("sockperf printed no percentiles".into()))
+}
+
+/// The message size sockperf actually uses for `size` (it needs at least 14 bytes).
+pub fn sockperf_size(size: usize) -> usize {
+    size.max(14)
+}
+
+/// A tool's `main`: `role <name> <options>` runs one role (a child the tool started),
+/// anything else parses the options and orchestrates the measurement. Errors are printed
+/// with the tool's name.
+pub fn run_tool<O, E: std::fmt::Display + From<String>>(
+    tool: &str,
+    parse: impl Fn(&[String]) -> Result<O, E>,
+    run_role: impl Fn(&str, &O) -> Result<(), E>,
+    orchestrate: impl Fn(&O) -> Result<(), E>,
+) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("role") => match args.get(1) {
+            Some(role) => parse(&args[2..]).and_then(|o| run_role(role, &o)),
+            None => Err(E::from("role needs a name".to_owned())),
+        },
+        _ => parse(&args).and_then(|o| orchestrate(&o)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{tool}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
