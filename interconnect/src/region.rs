@@ -384,7 +384,7 @@ mod memory {
         }
 
         /// Takes exclusive use of an idle frame (to fill it, read it, or arm it).
-        pub fn claim(&self, frame: u32) -> Result<FrameGuard<'_>, RegionError> {
+        pub fn claim(self: &Arc<Self>, frame: u32) -> Result<FrameGuard, RegionError> {
             self.transition(frame, |s| match s.state {
                 IDLE => Ok(s.with(CLAIMED)),
                 _ => Err(RegionError::WrongState {
@@ -393,13 +393,17 @@ mod memory {
                 }),
             })?;
             Ok(FrameGuard {
-                region: self,
+                region: Arc::clone(self),
+                handed_off: false,
                 frame,
             })
         }
 
         /// Takes back a frame whose payload has landed.
-        pub fn take_landed(&self, token: LandingToken) -> Result<FrameGuard<'_>, RegionError> {
+        pub fn take_landed(
+            self: &Arc<Self>,
+            token: LandingToken,
+        ) -> Result<FrameGuard, RegionError> {
             let frame = token.frame();
             self.transition(frame, |s| match s.state {
                 LANDED if s.generation == token.generation() => Ok(s.with(CLAIMED)),
@@ -413,7 +417,8 @@ mod memory {
                 }),
             })?;
             Ok(FrameGuard {
-                region: self,
+                region: Arc::clone(self),
+                handed_off: false,
                 frame,
             })
         }
@@ -432,7 +437,7 @@ mod memory {
 
         /// Cancels an arming (the peer died, the request was cancelled). Fails while a payload
         /// is landing; then try again once it has landed and take it instead.
-        pub fn disarm(&self, token: LandingToken) -> Result<FrameGuard<'_>, RegionError> {
+        pub fn disarm(self: &Arc<Self>, token: LandingToken) -> Result<FrameGuard, RegionError> {
             let frame = token.frame();
             self.transition(frame, |s| match s.state {
                 ARMED | LANDED if s.generation == token.generation() => Ok(s.with(CLAIMED)),
@@ -446,7 +451,8 @@ mod memory {
                 }),
             })?;
             Ok(FrameGuard {
-                region: self,
+                region: Arc::clone(self),
+                handed_off: false,
                 frame,
             })
         }
@@ -506,21 +512,25 @@ mod memory {
         }
     }
 
-    /// Exclusive use of one frame. Dropping it makes the frame idle again.
+    /// Exclusive use of one frame. Dropping it makes the frame idle again. It owns a handle
+    /// on its region, so it can be stored beside the region (a buffer cache keeps one per
+    /// frame) without borrowing it.
     #[derive(Debug)]
-    pub struct FrameGuard<'a> {
-        region: &'a BlockRegion,
+    pub struct FrameGuard {
+        region: Arc<BlockRegion>,
         frame: u32,
+        /// Set once the frame is armed: the region owns it from then on.
+        handed_off: bool,
     }
 
-    impl FrameGuard<'_> {
+    impl FrameGuard {
         /// The frame's index.
         pub fn frame(&self) -> u32 {
             self.frame
         }
 
         /// Arms the frame for a payload from `peer` and returns the token to send it.
-        pub fn arm(self, peer: InstanceId) -> LandingToken {
+        pub fn arm(mut self, peer: InstanceId) -> LandingToken {
             let frame = self.frame;
             let armed = self.region.transition(frame, |s| {
                 let generation = s.generation.wrapping_add(1).max(1);
@@ -530,7 +540,7 @@ mod memory {
                     generation,
                 })
             });
-            std::mem::forget(self);
+            self.handed_off = true;
             match armed {
                 Ok(state) => LandingToken::new(frame, state.generation),
                 // The closure never fails and `frame` was validated when claimed.
@@ -539,7 +549,7 @@ mod memory {
         }
     }
 
-    impl std::ops::Deref for FrameGuard<'_> {
+    impl std::ops::Deref for FrameGuard {
         type Target = [u8];
         fn deref(&self) -> &[u8] {
             // SAFETY: the frame is Claimed by this guard, so no landing writes to it and no other
@@ -553,7 +563,7 @@ mod memory {
         }
     }
 
-    impl std::ops::DerefMut for FrameGuard<'_> {
+    impl std::ops::DerefMut for FrameGuard {
         fn deref_mut(&mut self) -> &mut [u8] {
             // SAFETY: as for Deref; `&mut self` makes this the only reference.
             unsafe {
@@ -565,8 +575,11 @@ mod memory {
         }
     }
 
-    impl Drop for FrameGuard<'_> {
+    impl Drop for FrameGuard {
         fn drop(&mut self) {
+            if self.handed_off {
+                return;
+            }
             let frame = self.frame;
             let released = self.region.transition(frame, |s| Ok(s.with(IDLE)));
             debug_assert!(released.is_ok());

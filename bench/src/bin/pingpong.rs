@@ -189,7 +189,7 @@ fn serve<T: Transport>(t: &mut T, options: &Options) -> Result<(), Error> {
 /// Runs warm-up plus measured round trips against the server; returns the summary.
 fn client<T: Transport>(
     t: &mut T,
-    region: &BlockRegion,
+    region: &std::sync::Arc<BlockRegion>,
     options: &Options,
 ) -> Result<LatencySummary, Error> {
     let server = id(SERVER);
