@@ -1,6 +1,6 @@
 //! The Fusion instance: everything one member of the cluster runs on its host.
 //!
-//! Written so far — the storage layer:
+//! Written so far — the storage layer, the configuration and the buffer cache core:
 //!
 //! * [`storage`] — the [`storage::SharedStorage`] trait (aligned reads and writes at offsets,
 //!   sync, length, alignment; its contract is in the module doc) and its implementations:
@@ -15,20 +15,28 @@
 //!   `create` and `open`. The binary `fusionctl create` formats storage.
 //! * [`redo`] — the redo log: a pure codec of records, entries and 4 KiB log blocks; the
 //!   group-committing [`redo::RedoWriter`]; the recovery scan [`redo::RedoReader`].
+//! * [`config`] — the instance configuration file (`fusiond --config FILE`): TOML with unknown
+//!   keys refused, validated into an [`config::InstanceConfig`] with errors naming the file and
+//!   the key, and converted to the interconnect's TCP and shm settings.
+//! * [`cache`] — the buffer cache core: frames of an interconnect landing region (so blocks
+//!   from peers land straight in them), the block -> frame table, RAII pins and S/X latches,
+//!   clock eviction that reports dirty victims instead of writing them, past images, and
+//!   waiting that spins briefly and then parks.
 //!
-//! To come (DESIGN.md): the buffer cache (frames in an [`storage::IoArena`] registered with
-//! the storage, read and written through the GCS write protocol), incremental checkpoints and
-//! instance recovery, the sans-IO coordination core with its two drivers (the runtime with
-//! real transports and io_uring storage, and the deterministic simulator), the Rust API
-//! (`Instance::start`, `read`, `write`, transactions, `lock`), the KV layer, `fusiond` and
-//! the C ABI.
+//! To come (DESIGN.md): the cache's I/O (frames read and written through the GCS write
+//! protocol), incremental checkpoints and instance recovery, the sans-IO coordination core
+//! with its two drivers (the runtime with real transports and io_uring storage, and the
+//! deterministic simulator), the Rust API (`Instance::start`, `read`, `write`, transactions,
+//! `lock`), the KV layer, `fusiond` and the C ABI.
 //!
-//! `unsafe` lives in [`storage`] only (aligned allocation, io_uring submission, `statx`,
+//! `unsafe` lives only in [`storage`] (aligned allocation, io_uring submission, `statx`,
 //! `ioctl`, `fallocate`), each block with the reason it is sound.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod cache;
+pub mod config;
 pub mod format;
 pub mod redo;
 pub mod storage;

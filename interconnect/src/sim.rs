@@ -333,7 +333,11 @@ mod tests {
         net.send(id(1), id(0), "c");
         net.crash(id(2));
         net.send(id(0), id(2), "d");
-        assert_eq!(net.next_delivery(), None, "dropped messages leave the schedule");
+        assert_eq!(
+            net.next_delivery(),
+            None,
+            "dropped messages leave the schedule"
+        );
         assert_eq!(net.deliver_next(), None);
         assert_eq!(net.stats().dropped, 4);
         net.heal(id(0), id(1));

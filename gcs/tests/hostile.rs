@@ -1,0 +1,159 @@
+//! A peer that sends arbitrary, protocol-violating messages must never make the engine panic:
+//! every message is refused with an error or absorbed, and the engine stays usable.
+
+use gcs::{
+    BlockId, BlockMode, CommitDependency, Engine, GcsBody, GcsConfig, GcsMessage, GrantKind,
+    MasterDirectory, ReportEntry,
+};
+use interconnect::sim::SimRng;
+use interconnect::{Epoch, InstanceId, InstanceSet, Scn, Timestamp};
+
+#[derive(Debug, Clone)]
+struct ByBlock;
+
+impl MasterDirectory for ByBlock {
+    fn master_of(&self, block: BlockId) -> InstanceId {
+        InstanceId::new(u64::from(block.block % 3)).expect("small id")
+    }
+}
+
+fn id(i: u64) -> InstanceId {
+    InstanceId::new(i).expect("small id")
+}
+
+fn random_body(rng: &mut SimRng) -> GcsBody {
+    let block = BlockId::new(1, rng.below(4) as u32);
+    let mode = if rng.chance(1, 2) {
+        BlockMode::Shared
+    } else {
+        BlockMode::Exclusive
+    };
+    let request = rng.below(4);
+    let scn = Scn(rng.below(20));
+    match rng.below(18) {
+        0 => GcsBody::Acquire {
+            block,
+            request,
+            mode,
+            landing: 1,
+        },
+        1 => GcsBody::Forward {
+            block,
+            requester: id(rng.below(3)),
+            request,
+            mode,
+            landing: 1,
+        },
+        2 => GcsBody::ShipBlock {
+            block,
+            request,
+            mode,
+            landing: 1,
+            scn,
+            dirty: rng.chance(1, 2),
+            commit_dependency: rng.chance(1, 2).then(|| CommitDependency {
+                instance: id(rng.below(3)),
+                scn,
+            }),
+        },
+        3 => GcsBody::Grant {
+            block,
+            request,
+            mode,
+            grant: [
+                GrantKind::ReadStorage,
+                GrantKind::Upgrade,
+                GrantKind::AlreadyHeld,
+            ][rng.below(3) as usize],
+        },
+        4 => GcsBody::Ack {
+            block,
+            request,
+            scn,
+            dirty: rng.chance(1, 2),
+        },
+        5 => GcsBody::Invalidate { block },
+        6 => GcsBody::InvalidateAck { block },
+        7 => GcsBody::Release { block },
+        8 => GcsBody::ReleaseAck { block },
+        9 => GcsBody::PiFlush { block, pi_scn: scn },
+        10 => GcsBody::WriteRequest { block },
+        11 => GcsBody::Written {
+            block,
+            scn,
+            clean: rng.chance(1, 2),
+        },
+        12 => GcsBody::DiscardPi { block, upto: scn },
+        13 => GcsBody::Retry { block, request },
+        14 => GcsBody::Durable,
+        15 => GcsBody::Report {
+            entries: vec![ReportEntry {
+                block,
+                mode,
+                scn,
+                dirty: rng.chance(1, 2),
+                pi: rng.chance(1, 2).then_some(scn),
+            }],
+            last: rng.chance(1, 2),
+        },
+        16 => GcsBody::AdoptDirty { block },
+        _ => GcsBody::Reclaim { block },
+    }
+}
+
+#[test]
+fn random_peer_messages_never_panic_the_engine() {
+    let live: InstanceSet = (0..3).map(id).collect();
+    let mut refused = 0;
+    for seed in 0..300 {
+        let mut rng = SimRng::new(seed);
+        let mut engine = Engine::new(id(0), Epoch(1), live, ByBlock, GcsConfig::default());
+        let mut now = Timestamp::ZERO;
+        for step in 0..200u64 {
+            now = now + std::time::Duration::from_micros(10);
+            // Mix in local activity so the engine has state for the peer to contradict.
+            match rng.below(6) {
+                0 => {
+                    let block = BlockId::new(1, rng.below(4) as u32);
+                    let _ = engine.request(block, BlockMode::Exclusive, step, now);
+                }
+                1 => {
+                    let block = BlockId::new(1, rng.below(4) as u32);
+                    let scn = engine.tick_scn();
+                    let _ = engine.mark_dirty(block, scn, now);
+                    let _ = engine.unpin(block, now);
+                }
+                _ => {}
+            }
+            let msg = GcsMessage {
+                epoch: Epoch(1),
+                scn: Scn(rng.below(30)),
+                durable: Scn(rng.below(30)),
+                body: random_body(&mut rng),
+            };
+            let _ = engine.handle_message(id(1 + rng.below(2)), msg, now);
+            while engine.poll_transmit().is_some() {}
+            while let Some(io) = engine.poll_io() {
+                match io {
+                    gcs::Io::ForceRedo { upto } => engine.on_redo_durable(upto, now),
+                    gcs::Io::WriteBlock { block, scn } => {
+                        let _ = engine.on_block_written(block, scn, now);
+                    }
+                    gcs::Io::ReadBlock { block, .. } => {
+                        let _ = engine.on_block_read(block, Scn(0), now);
+                    }
+                }
+            }
+            while engine.poll_event().is_some() {}
+            engine.handle_timeout(now);
+        }
+        refused += engine.metrics().protocol_errors;
+        let block = BlockId::new(1, 0);
+        let _ = engine.evict(block, now);
+        let _ = engine.write_back(block, now);
+    }
+    assert!(
+        refused > 1000,
+        "the hostile peer was noticed ({refused} refusals)"
+    );
+}

@@ -1,0 +1,765 @@
+//! The instance configuration: one TOML file that `fusiond --config FILE` reads.
+//!
+//! This module owns the file's schema, its defaults and every check that can be made without
+//! touching the network or the shared storage; it turns the file into an [`InstanceConfig`]
+//! and that into the interconnect's [`TcpConfig`] and [`ShmConfig`]. It must never open
+//! sockets or storage (the only I/O is reading the file and the secret file), and never
+//! accept a value it cannot use: unknown keys are refused, and every refusal is a
+//! [`ConfigError`] naming the file and the key. What needs the storage (cluster id, block
+//! size and slot count as formatted) is checked by [`InstanceConfig::check_storage`] once the
+//! runtime has opened it.
+//!
+//! ```toml
+//! instance = 1                       # this instance's id
+//!
+//! [cluster]
+//! id = 42                            # or "0x2a"; must match the formatted storage
+//! secret_file = "cluster.secret"     # or secret = "..."; relative to this file
+//! instances = [
+//!   { id = 0, address = "10.0.0.1:7400", host = "a" },
+//!   { id = 1, address = "10.0.0.2:7400", host = "b" },
+//! ]
+//!
+//! [storage]
+//! path = "/dev/nvme1n1"              # a regular file or a block device
+//!
+//! [transport]
+//! kind = "tcp"                       # or "shm": every instance on this `host`
+//!
+//! [cache]
+//! frames = 65536                     # 512 MiB of 8 KiB frames
+//! block_size = 8192                  # default; must match the storage
+//!
+//! [heartbeat]                        # defaults shown
+//! interval_ms = 100
+//! suspect_after_missed = 3
+//! down_after_ms = 2000
+//!
+//! [serve]                            # optional
+//! resp = "127.0.0.1:6379"
+//! metrics = "127.0.0.1:9100"
+//! ```
+//!
+//! Addresses are literal `ip:port` socket addresses: resolving names would make loading the
+//! file depend on DNS. A secret file holds the secret's bytes; one trailing newline is
+//! ignored so that `echo secret > file` works. The secret, inline or from its file, is never
+//! printed ([`Secret`]'s `Debug` is redacted).
+
+use crate::cache::MAX_FRAMES;
+use crate::format::{BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE, Layout};
+use interconnect::membership::{MembershipConfig, MembershipConfigError};
+use interconnect::shm::ShmConfig;
+use interconnect::tcp::TcpConfig;
+use interconnect::{ClusterId, InstanceId, InstanceSet, MAX_INSTANCES};
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration file that cannot be used, and which file it was.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", file.display())]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// What is wrong, naming the key.
+    pub problem: ConfigProblem,
+}
+
+/// What is wrong with a configuration file. Keys are written as in the file, with the
+/// position in an array counted from 0 (`cluster.instances[2].address`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigProblem {
+    /// The file could not be read.
+    #[error("cannot read the file: {0}")]
+    Read(std::io::Error),
+    /// Not valid TOML, a value of the wrong type, a missing or an unknown key. The message is
+    /// toml's: it names the line and the key.
+    #[error("{0}")]
+    Syntax(String),
+    /// An instance id outside `0..64`.
+    #[error("`{key}`: instance id {value} is out of range (ids are 0..{MAX_INSTANCES})")]
+    IdOutOfRange {
+        /// The key.
+        key: String,
+        /// The value found.
+        value: u64,
+    },
+    /// Two instances with one id.
+    #[error("`{key}`: instance id {id} is already used by `{first}`")]
+    DuplicateId {
+        /// The second use.
+        key: String,
+        /// The id.
+        id: InstanceId,
+        /// The first use.
+        first: String,
+    },
+    /// A value that is not an `ip:port` socket address.
+    #[error("`{key}`: {value:?} is not a socket address (ip:port)")]
+    BadAddress {
+        /// The key.
+        key: String,
+        /// The value found.
+        value: String,
+    },
+    /// Two keys name one socket address (two instances, or a service and the interconnect).
+    #[error("`{key}`: address {address} is already used by `{first}`")]
+    DuplicateAddress {
+        /// The second use.
+        key: String,
+        /// The address.
+        address: SocketAddr,
+        /// The first use.
+        first: String,
+    },
+    /// `instance` names no entry of `cluster.instances`.
+    #[error("`instance`: instance {id} is not listed in `cluster.instances`")]
+    NotListed {
+        /// This instance's id.
+        id: InstanceId,
+    },
+    /// `cluster.id` is a string that is not a number.
+    #[error("`cluster.id`: {value:?} is not a cluster id (decimal, or hex with 0x)")]
+    BadClusterId {
+        /// The value found.
+        value: String,
+    },
+    /// Both `cluster.secret` and `cluster.secret_file`.
+    #[error("`cluster.secret` and `cluster.secret_file`: give one, not both")]
+    SecretTwice,
+    /// Neither `cluster.secret` nor `cluster.secret_file`.
+    #[error("`cluster.secret_file` (or `cluster.secret`) is missing: peers authenticate with it")]
+    SecretMissing,
+    /// The secret is empty.
+    #[error("`{key}`: the cluster secret is empty")]
+    SecretEmpty {
+        /// `cluster.secret` or `cluster.secret_file`.
+        key: &'static str,
+    },
+    /// The secret file could not be read.
+    #[error("`cluster.secret_file`: cannot read {}: {source}", path.display())]
+    SecretFile {
+        /// The file, resolved against the configuration file's directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `cache.block_size` is not a power of two in 4–32 KiB.
+    #[error("`cache.block_size`: {value} is not a power of two in {}..={}", BLOCK_SIZE_RANGE.start(), BLOCK_SIZE_RANGE.end())]
+    BlockSize {
+        /// The value found.
+        value: u64,
+    },
+    /// `cache.frames` is zero or too large.
+    #[error("`cache.frames`: {value} is out of range (1..={MAX_FRAMES})")]
+    Frames {
+        /// The value found.
+        value: u64,
+    },
+    /// The heartbeat settings contradict each other.
+    #[error("`heartbeat`: {0}")]
+    Heartbeat(MembershipConfigError),
+    /// A `transport` key that the chosen transport does not read.
+    #[error("`transport.{key}` does not apply to transport kind {kind}")]
+    NotForTransport {
+        /// The key.
+        key: &'static str,
+        /// The transport chosen.
+        kind: TransportKind,
+    },
+    /// With `transport.kind = "shm"`, an instance on another host (or with no `host`):
+    /// shared memory reaches only co-located instances.
+    #[error(
+        "`{key}`: transport shm reaches only instances on this instance's host ({}); instance {id} is on {}",
+        host_name(local_host),
+        host_name(host)
+    )]
+    NotColocated {
+        /// The instance's `host` key.
+        key: String,
+        /// The instance.
+        id: InstanceId,
+        /// Its host.
+        host: Option<String>,
+        /// This instance's host.
+        local_host: Option<String>,
+    },
+    /// The configuration disagrees with the formatted storage.
+    #[error("`{key}` is {configured} but the storage was formatted with {formatted}")]
+    StorageMismatch {
+        /// The key.
+        key: &'static str,
+        /// The configured value.
+        configured: String,
+        /// What the storage says.
+        formatted: String,
+    },
+}
+
+/// The cluster secret that handshakes prove knowledge of. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// The secret's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// One instance of the cluster as the file lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its id.
+    pub id: InstanceId,
+    /// Its interconnect address.
+    pub address: SocketAddr,
+    /// The host it runs on, if given: instances with the same host can use shared memory.
+    pub host: Option<String>,
+}
+
+/// Which interconnect transport this instance uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// TCP (mio): reaches every instance.
+    #[default]
+    Tcp,
+    /// Shared memory: every instance of the cluster runs on this host.
+    Shm,
+}
+
+/// The chosen transport and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportConfig {
+    /// TCP.
+    Tcp {
+        /// Where to listen: `transport.listen`, else this instance's address.
+        listen: SocketAddr,
+    },
+    /// Shared memory.
+    Shm {
+        /// The directory of the shared files: `transport.shm_dir`, else
+        /// [`ShmConfig::default_dir`].
+        dir: PathBuf,
+    },
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Tcp => "\"tcp\"",
+            TransportKind::Shm => "\"shm\"",
+        })
+    }
+}
+
+fn host_name(host: &Option<String>) -> String {
+    match host {
+        Some(name) => format!("host {name:?}"),
+        None => "no `host`".into(),
+    }
+}
+
+impl TransportConfig {
+    /// Which transport.
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            TransportConfig::Tcp { .. } => TransportKind::Tcp,
+            TransportConfig::Shm { .. } => TransportKind::Shm,
+        }
+    }
+}
+
+/// Buffer cache geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Frames (one block each), `1..=MAX_FRAMES`.
+    pub frames: u32,
+    /// Bytes per block and frame: a power of two in 4–32 KiB, equal to the storage's.
+    pub block_size: u32,
+}
+
+/// A validated instance configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InstanceConfig {
+    /// The file it was loaded from (named in errors; relative paths in it are resolved
+    /// against its directory).
+    pub file: PathBuf,
+    /// The cluster's id.
+    pub cluster_id: ClusterId,
+    /// The cluster secret.
+    pub secret: Secret,
+    /// This instance's entry in `cluster.instances`.
+    pub local: Member,
+    /// Every other instance, sorted by id.
+    pub peers: Vec<Member>,
+    /// The shared storage: a regular file or a block device.
+    pub storage: PathBuf,
+    /// The interconnect transport.
+    pub transport: TransportConfig,
+    /// The buffer cache.
+    pub cache: CacheConfig,
+    /// Heartbeats and liveness thresholds.
+    pub membership: MembershipConfig,
+    /// Where to serve the KV layer over RESP, if at all.
+    pub resp_listen: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics over HTTP, if at all.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl InstanceConfig {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problem: ConfigProblem::Read(e),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates configuration `text` as if read from `file` (named in errors; relative
+    /// paths are resolved against its directory). Reads the secret file if one is named.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let fail = |problem| ConfigError {
+            file: file.to_path_buf(),
+            problem,
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| fail(ConfigProblem::Syntax(e.to_string())))?;
+        let base = file.parent().unwrap_or(Path::new(""));
+        validate(raw, file, base).map_err(fail)
+    }
+
+    /// Every instance of the cluster, this one included.
+    pub fn instances(&self) -> InstanceSet {
+        self.members().map(|m| m.id).collect()
+    }
+
+    /// Every instance of the cluster, this one first.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        std::iter::once(&self.local).chain(&self.peers)
+    }
+
+    /// The other instances on this instance's host (none if it names no host).
+    pub fn colocated_peers(&self) -> impl Iterator<Item = &Member> {
+        let host = self.local.host.as_deref();
+        self.peers
+            .iter()
+            .filter(move |m| host.is_some() && m.host.as_deref() == host)
+    }
+
+    /// The TCP transport's settings (defaults for everything the file does not set).
+    pub fn tcp_config(&self) -> TcpConfig {
+        let listen = match &self.transport {
+            TransportConfig::Tcp { listen } => *listen,
+            TransportConfig::Shm { .. } => self.local.address,
+        };
+        TcpConfig::new(
+            self.cluster_id,
+            self.local.id,
+            listen,
+            self.peers.iter().map(|m| (m.id, m.address)).collect(),
+            self.secret.as_bytes().to_vec(),
+        )
+    }
+
+    /// The shm transport's settings: the co-located peers, and a landing region as large as
+    /// the buffer cache (the cache's frames are that region's: `ShmTransport::region`).
+    pub fn shm_config(&self) -> ShmConfig {
+        let mut shm = ShmConfig::new(
+            self.cluster_id,
+            self.local.id,
+            self.colocated_peers().map(|m| m.id).collect(),
+        );
+        if let TransportConfig::Shm { dir } = &self.transport {
+            shm.dir = dir.clone();
+        }
+        shm.frames = self.cache.frames;
+        shm.block_size = self.cache.block_size;
+        shm
+    }
+
+    /// Checks the configuration against the formatted storage: same cluster, same block
+    /// size, and a slot and redo thread for every listed instance.
+    pub fn check_storage(&self, layout: &Layout) -> Result<(), ConfigError> {
+        let mismatch = |key, configured: String, formatted: String| {
+            Err(ConfigError {
+                file: self.file.clone(),
+                problem: ConfigProblem::StorageMismatch {
+                    key,
+                    configured,
+                    formatted,
+                },
+            })
+        };
+        if layout.cluster_id != self.cluster_id {
+            return mismatch(
+                "cluster.id",
+                self.cluster_id.to_string(),
+                layout.cluster_id.to_string(),
+            );
+        }
+        if layout.block_size != self.cache.block_size {
+            return mismatch(
+                "cache.block_size",
+                self.cache.block_size.to_string(),
+                layout.block_size.to_string(),
+            );
+        }
+        if let Some(m) = self
+            .members()
+            .find(|m| m.id.index() >= usize::from(layout.max_instances))
+        {
+            return mismatch(
+                "cluster.instances",
+                format!("an instance with id {}", m.id),
+                format!("{} instance slots", layout.max_instances),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    instance: u64,
+    cluster: RawCluster,
+    storage: RawStorage,
+    #[serde(default)]
+    transport: RawTransport,
+    cache: RawCache,
+    #[serde(default)]
+    heartbeat: RawHeartbeat,
+    #[serde(default)]
+    serve: RawServe,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    id: RawClusterId,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    instances: Vec<RawMember>,
+}
+
+/// TOML integers are signed 64-bit, so ids of 2^63 and above are written as strings.
+enum RawClusterId {
+    Number(u64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawClusterId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawClusterId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a cluster id: a non-negative integer, or a string (\"0x...\" for hex)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawClusterId, E> {
+                Ok(RawClusterId::Number(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawClusterId, E> {
+                u64::try_from(v)
+                    .map(RawClusterId::Number)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawClusterId, E> {
+                Ok(RawClusterId::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    id: u64,
+    address: String,
+    host: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    path: PathBuf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTransport {
+    #[serde(default)]
+    kind: TransportKind,
+    listen: Option<String>,
+    shm_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    frames: u64,
+    block_size: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHeartbeat {
+    interval_ms: Option<u64>,
+    suspect_after_missed: Option<u32>,
+    down_after_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServe {
+    resp: Option<String>,
+    metrics: Option<String>,
+}
+
+fn instance_id(key: String, value: u64) -> Result<InstanceId, ConfigProblem> {
+    InstanceId::new(value).map_err(|_| ConfigProblem::IdOutOfRange { key, value })
+}
+
+fn address(key: String, value: &str) -> Result<SocketAddr, ConfigProblem> {
+    value.parse().map_err(|_| ConfigProblem::BadAddress {
+        key,
+        value: value.to_owned(),
+    })
+}
+
+/// Remembers which key first used each address, to name both on a clash.
+#[derive(Default)]
+struct AddressBook(Vec<(SocketAddr, String)>);
+
+impl AddressBook {
+    fn add(&mut self, address: SocketAddr, key: String) -> Result<(), ConfigProblem> {
+        if let Some((_, first)) = self.0.iter().find(|(a, _)| *a == address) {
+            return Err(ConfigProblem::DuplicateAddress {
+                key,
+                address,
+                first: first.clone(),
+            });
+        }
+        self.0.push((address, key));
+        Ok(())
+    }
+}
+
+fn resolve(base: &Path, path: PathBuf) -> PathBuf {
+    if path.is_relative() {
+        base.join(path)
+    } else {
+        path
+    }
+}
+
+fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, ConfigProblem> {
+    let local = instance_id("instance".into(), raw.instance)?;
+    let mut addresses = AddressBook::default();
+    let members = members(&raw.cluster.instances, &mut addresses)?;
+    let (local_member, peers): (Vec<Member>, Vec<Member>) =
+        members.into_iter().partition(|m| m.id == local);
+    let Some(local_member) = local_member.into_iter().next() else {
+        return Err(ConfigProblem::NotListed { id: local });
+    };
+    let cluster_id = cluster_id(raw.cluster.id)?;
+    let secret = secret(raw.cluster.secret, raw.cluster.secret_file, base)?;
+    let cache = cache(&raw.cache)?;
+    let membership = membership(&raw.heartbeat)?;
+    let transport = transport(
+        raw.transport,
+        &raw.cluster.instances,
+        &local_member,
+        cluster_id,
+    )?;
+    if let TransportConfig::Tcp { listen } = transport
+        && listen != local_member.address
+    {
+        addresses.add(listen, "transport.listen".into())?;
+    }
+    let mut service = |key: &str, value: Option<String>| {
+        value
+            .map(|v| {
+                let a = address(key.into(), &v)?;
+                addresses.add(a, key.into()).map(|()| a)
+            })
+            .transpose()
+    };
+    let resp_listen = service("serve.resp", raw.serve.resp)?;
+    let metrics_listen = service("serve.metrics", raw.serve.metrics)?;
+    Ok(InstanceConfig {
+        file: file.to_path_buf(),
+        cluster_id,
+        secret,
+        local: local_member,
+        peers,
+        storage: resolve(base, raw.storage.path),
+        transport,
+        cache,
+        membership,
+        resp_listen,
+        metrics_listen,
+    })
+}
+
+fn members(raw: &[RawMember], addresses: &mut AddressBook) -> Result<Vec<Member>, ConfigProblem> {
+    let mut members: Vec<Member> = Vec::with_capacity(raw.len());
+    let mut first_use: [Option<usize>; MAX_INSTANCES] = [None; MAX_INSTANCES];
+    for (at, entry) in raw.iter().enumerate() {
+        let key = |field: &str| format!("cluster.instances[{at}].{field}");
+        let id = instance_id(key("id"), entry.id)?;
+        if let Some(first) = first_use[id.index()] {
+            return Err(ConfigProblem::DuplicateId {
+                key: key("id"),
+                id,
+                first: format!("cluster.instances[{first}].id"),
+            });
+        }
+        first_use[id.index()] = Some(at);
+        let address = address(key("address"), &entry.address)?;
+        addresses.add(address, key("address"))?;
+        members.push(Member {
+            id,
+            address,
+            host: entry.host.clone(),
+        });
+    }
+    members.sort_by_key(|m| m.id);
+    Ok(members)
+}
+
+fn cluster_id(raw: RawClusterId) -> Result<ClusterId, ConfigProblem> {
+    match raw {
+        RawClusterId::Number(n) => Ok(ClusterId(n)),
+        RawClusterId::Text(text) => {
+            let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => text.parse(),
+            };
+            parsed
+                .map(ClusterId)
+                .map_err(|_| ConfigProblem::BadClusterId { value: text })
+        }
+    }
+}
+
+fn secret(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    base: &Path,
+) -> Result<Secret, ConfigProblem> {
+    let (bytes, key) = match (inline, file) {
+        (Some(_), Some(_)) => return Err(ConfigProblem::SecretTwice),
+        (None, None) => return Err(ConfigProblem::SecretMissing),
+        (Some(text), None) => (text.into_bytes(), "cluster.secret"),
+        (None, Some(path)) => {
+            let path = resolve(base, path);
+            let mut bytes = std::fs::read(&path)
+                .map_err(|source| ConfigProblem::SecretFile { path, source })?;
+            if bytes.last() == Some(&b'\n') {
+                bytes.pop();
+                if bytes.last() == Some(&b'\r') {
+                    bytes.pop();
+                }
+            }
+            (bytes, "cluster.secret_file")
+        }
+    };
+    if bytes.is_empty() {
+        return Err(ConfigProblem::SecretEmpty { key });
+    }
+    Ok(Secret(bytes))
+}
+
+fn cache(raw: &RawCache) -> Result<CacheConfig, ConfigProblem> {
+    let block_size = raw.block_size.unwrap_or(DEFAULT_BLOCK_SIZE.into());
+    let block_size = u32::try_from(block_size)
+        .ok()
+        .filter(|b| b.is_power_of_two() && BLOCK_SIZE_RANGE.contains(b))
+        .ok_or(ConfigProblem::BlockSize { value: block_size })?;
+    let frames = u32::try_from(raw.frames)
+        .ok()
+        .filter(|f| (1..=MAX_FRAMES).contains(f))
+        .ok_or(ConfigProblem::Frames { value: raw.frames })?;
+    Ok(CacheConfig { frames, block_size })
+}
+
+fn membership(raw: &RawHeartbeat) -> Result<MembershipConfig, ConfigProblem> {
+    let defaults = MembershipConfig::default();
+    let config = MembershipConfig {
+        heartbeat_interval: raw
+            .interval_ms
+            .map_or(defaults.heartbeat_interval, Duration::from_millis),
+        suspect_after_missed: raw
+            .suspect_after_missed
+            .unwrap_or(defaults.suspect_after_missed),
+        down_after: raw
+            .down_after_ms
+            .map_or(defaults.down_after, Duration::from_millis),
+    };
+    config.validate().map_err(ConfigProblem::Heartbeat)?;
+    Ok(config)
+}
+
+fn transport(
+    raw: RawTransport,
+    instances: &[RawMember],
+    local: &Member,
+    cluster: ClusterId,
+) -> Result<TransportConfig, ConfigProblem> {
+    match raw.kind {
+        TransportKind::Tcp => {
+            if raw.shm_dir.is_some() {
+                return Err(ConfigProblem::NotForTransport {
+                    key: "shm_dir",
+                    kind: raw.kind,
+                });
+            }
+            let listen = match raw.listen {
+                Some(text) => address("transport.listen".into(), &text)?,
+                None => local.address,
+            };
+            Ok(TransportConfig::Tcp { listen })
+        }
+        TransportKind::Shm => {
+            if raw.listen.is_some() {
+                return Err(ConfigProblem::NotForTransport {
+                    key: "listen",
+                    kind: raw.kind,
+                });
+            }
+            // Every instance must be reachable: shared memory reaches only this host.
+            for (at, entry) in instances.iter().enumerate() {
+                if local.host.is_none() || entry.host != local.host {
+                    return Err(ConfigProblem::NotColocated {
+                        key: format!("cluster.instances[{at}].host"),
+                        id: instance_id(format!("cluster.instances[{at}].id"), entry.id)?,
+                        host: entry.host.clone(),
+                        local_host: local.host.clone(),
+                    });
+                }
+            }
+            Ok(TransportConfig::Shm {
+                dir: raw
+                    .shm_dir
+                    .unwrap_or_else(|| ShmConfig::default_dir(cluster)),
+            })
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The instance configuration file: the shipped example parses, defaults and conversions are
+//! what the interconnect expects, and every bad value is refused with its own error naming
+//! the file and the key (a table of edits to a good file).
+
+#![allow(clippy::unwrap_used)]
+
+use instance::config::{ConfigProblem, InstanceConfig, TransportConfig, TransportKind};
+use instance::format::{ClusterSpec, Layout};
+use interconnect::membership::{MembershipConfig, MembershipConfigError};
+use interconnect::{ClusterId, InstanceId};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const GOOD: &str = r#"
+instance = 1
+
+[cluster]
+id = 7
+secret = "s3cret"
+instances = [
+  { id = 0, address = "127.0.0.1:7400", host = "h" },
+  { id = 1, address = "127.0.0.1:7401", host = "h" },
+  { id = 2, address = "127.0.0.1:7402" },
+]
+
+[storage]
+path = "cluster.img"
+
+[cache]
+frames = 64
+"#;
+
+fn file() -> PathBuf {
+    PathBuf::from("/etc/fusion/node1.toml")
+}
+
+fn id(raw: u64) -> InstanceId {
+    InstanceId::new(raw).unwrap()
+}
+
+fn parse(text: &str) -> Result<InstanceConfig, instance::config::ConfigError> {
+    InstanceConfig::parse(text, &file())
+}
+
+#[test]
+fn shipped_example_parses() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("cluster.toml");
+    std::fs::copy(&example, &copy).unwrap();
+    std::fs::write(dir.path().join("cluster.secret"), "example secret\n").unwrap();
+
+    let config = InstanceConfig::load(&copy).unwrap();
+    assert_eq!(config.cluster_id, ClusterId(42));
+    assert_eq!(config.local.id, id(0));
+    assert_eq!(config.peers.len(), 2);
+    assert_eq!(
+        config.secret.as_bytes(),
+        b"example secret",
+        "one newline dropped"
+    );
+    assert_eq!(config.storage, Path::new("/var/lib/fusion/cluster.img"));
+    assert_eq!((config.cache.frames, config.cache.block_size), (8192, 8192));
+    assert_eq!(config.membership, MembershipConfig::default());
+    assert_eq!(config.resp_listen, Some("127.0.0.1:6379".parse().unwrap()));
+    assert_eq!(
+        config.metrics_listen,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+    assert_eq!(config.transport.kind(), TransportKind::Tcp);
+}
+
+#[test]
+fn defaults_and_conversions() {
+    let config = parse(GOOD).unwrap();
+    assert_eq!(config.file, file());
+    assert_eq!(config.local.id, id(1));
+    assert_eq!(
+        config.peers.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [id(0), id(2)]
+    );
+    assert_eq!(config.instances().len(), 3);
+    assert_eq!(
+        config.storage,
+        Path::new("/etc/fusion/cluster.img"),
+        "relative to the file"
+    );
+    assert_eq!(config.cache.block_size, 8192);
+    assert_eq!(config.membership, MembershipConfig::default());
+    assert_eq!((config.resp_listen, config.metrics_listen), (None, None));
+    assert!(
+        !format!("{config:?}").contains("s3cret"),
+        "Debug never shows the secret"
+    );
+
+    let tcp = config.tcp_config();
+    assert_eq!((tcp.cluster, tcp.local), (ClusterId(7), id(1)));
+    assert_eq!(tcp.listen, "127.0.0.1:7401".parse().unwrap());
+    assert_eq!(
+        tcp.peers,
+        [
+            (id(0), "127.0.0.1:7400".parse().unwrap()),
+            (id(2), "127.0.0.1:7402".parse().unwrap())
+        ]
+    );
+    assert_eq!(tcp.secret, b"s3cret");
+
+    let shm = config.shm_config();
+    assert_eq!(shm.peers, [id(0)], "only the instance on the same host");
+    assert_eq!((shm.frames, shm.block_size), (64, 8192));
+}
+
+#[test]
+fn every_setting_is_read() {
+    let text = GOOD
+        .replace(r#"id = 7"#, r#"id = "0xffffffffffffffff""#)
+        .replace(
+            r#"{ id = 2, address = "127.0.0.1:7402" }"#,
+            r#"{ id = 2, address = "127.0.0.1:7402", host = "h" }"#,
+        )
+        + r#"
+block_size = 16384
+
+[transport]
+kind = "shm"
+shm_dir = "/dev/shm/test"
+
+[heartbeat]
+interval_ms = 50
+suspect_after_missed = 4
+down_after_ms = 1000
+
+[serve]
+resp = "[::1]:6379"
+"#;
+    let config = parse(&text).unwrap();
+    assert_eq!(config.cluster_id, ClusterId(u64::MAX));
+    assert_eq!(config.cache.block_size, 16384);
+    assert_eq!(
+        config.transport,
+        TransportConfig::Shm {
+            dir: "/dev/shm/test".into()
+        }
+    );
+    assert_eq!(
+        config.membership,
+        MembershipConfig {
+            heartbeat_interval: Duration::from_millis(50),
+            suspect_after_missed: 4,
+            down_after: Duration::from_secs(1),
+        }
+    );
+    assert_eq!(config.resp_listen, Some("[::1]:6379".parse().unwrap()));
+    let shm = config.shm_config();
+    assert_eq!(shm.peers, [id(0), id(2)]);
+    assert_eq!(shm.dir, Path::new("/dev/shm/test"));
+    assert_eq!(shm.block_size, 16384);
+}
+
+#[test]
+fn secret_file_is_read_relative_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s"), "from a file\r\n").unwrap();
+    let text = GOOD.replace(r#"secret = "s3cret""#, r#"secret_file = "s""#);
+    let config = InstanceConfig::parse(&text, &dir.path().join("c.toml")).unwrap();
+    assert_eq!(config.secret.as_bytes(), b"from a file");
+}
+
+#[test]
+fn storage_geometry_is_checked() {
+    let config = parse(GOOD).unwrap();
+    let layout = |cluster, instances, block_size| {
+        let mut spec = ClusterSpec::new(ClusterId(cluster), instances, None);
+        spec.block_size = block_size;
+        Layout::plan(&spec, 1 << 30).unwrap()
+    };
+    config.check_storage(&layout(7, 3, 8192)).unwrap();
+    for (bad, key) in [
+        (layout(8, 3, 8192), "cluster.id"),
+        (layout(7, 3, 4096), "cache.block_size"),
+        (layout(7, 2, 8192), "cluster.instances"),
+    ] {
+        let err = config.check_storage(&bad).unwrap_err();
+        assert!(
+            matches!(&err.problem, ConfigProblem::StorageMismatch { key: k, .. } if *k == key),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_file_names_itself() {
+    let err = InstanceConfig::load(Path::new("/nonexistent/fusion.toml")).unwrap_err();
+    assert!(matches!(err.problem, ConfigProblem::Read(_)));
+    assert!(
+        err.to_string().starts_with("/nonexistent/fusion.toml: "),
+        "{err}"
+    );
+}
+
+type Check = fn(&ConfigProblem) -> bool;
+
+/// (what, text to replace in GOOD, replacement, expected problem, text the message names).
+const BAD: &[(&str, &str, &str, Check, &str)] = &[
+    (
+        "unknown top-level key",
+        "instance = 1",
+        "instance = 1\ninstanse = 1",
+        |p| matches!(p, ConfigProblem::Syntax(_)),
+        "instanse",
+    ),
+    (
+        "unknown key in a table",
+        "frames = 64",
+        "frames = 64\nsize = 1",
+        |p| matches!(p, ConfigProblem::Syntax(_)),
+        "size",
+    ),
+    (
+        "unknown key in an instance",
+        r#"{ id = 2,"#,
+        r#"{ id = 2, port = 1,"#,
+        |p| matches!(p, ConfigProblem::Syntax(_)),
+        "port",
+    ),
+    (
+        "missing table",
+        "[storage]\npath = \"cluster.img\"",
+        "",
+        |p| matches!(p, ConfigProblem::Syntax(_)),
+        "storage",
+    ),
+    (
+        "wrong type",
+        "frames = 64",
+        "frames = \"64\"",
+        |p| matches!(p, ConfigProblem::Syntax(_)),
+        "frames",
+    ),
+    (
+        "unknown transport",
+        "frames = 64",
+        "frames = 64\n[transport]\nkind = \"rdma\"",
+        |p| matches!(p, ConfigProblem::Syntax(_)),
+        "rdma",
+    ),
+    (
+        "negative cluster id",
+        "id = 7",
+        "id = -7",
+        |p| matches!(p, ConfigProblem::Syntax(_)),
+        "a cluster id",
+    ),
+    (
+        "this instance's id out of range",
+        "instance = 1",
+        "instance = 64",
+        |p| matches!(p, ConfigProblem::IdOutOfRange { value: 64, .. }),
+        "`instance`",
+    ),
+    (
+        "a listed id out of range",
+        "{ id = 0,",
+        "{ id = 100,",
+        |p| matches!(p, ConfigProblem::IdOutOfRange { value: 100, .. }),
+        "`cluster.instances[0].id`",
+    ),
+    (
+        "duplicate id",
+        r#"{ id = 2, address"#,
+        r#"{ id = 0, address"#,
+        |p| matches!(p, ConfigProblem::DuplicateId { first, .. } if first == "cluster.instances[0].id"),
+        "`cluster.instances[2].id`",
+    ),
+    (
+        "duplicate address",
+        "127.0.0.1:7402",
+        "127.0.0.1:7400",
+        |p| matches!(p, ConfigProblem::DuplicateAddress { first, .. } if first == "cluster.instances[0].address"),
+        "`cluster.instances[2].address`",
+    ),
+    (
+        "not a socket address",
+        "127.0.0.1:7402",
+        "node2:7402",
+        |p| matches!(p, ConfigProblem::BadAddress { .. }),
+        "`cluster.instances[2].address`",
+    ),
+    (
+        "this instance not listed",
+        "instance = 1",
+        "instance = 5",
+        |p| matches!(p, ConfigProblem::NotListed { .. }),
+        "`instance`",
+    ),
+    (
+        "cluster id not a number",
+        "id = 7",
+        "id = \"0xzz\"",
+        |p| matches!(p, ConfigProblem::BadClusterId { .. }),
+        "`cluster.id`",
+    ),
+    (
+        "secret twice",
+        r#"secret = "s3cret""#,
+        "secret = \"a\"\nsecret_file = \"b\"",
+        |p| matches!(p, ConfigProblem::SecretTwice),
+        "secret_file",
+    ),
+    (
+        "secret missing",
+        r#"secret = "s3cret""#,
+        "",
+        |p| matches!(p, ConfigProblem::SecretMissing),
+        "secret_file",
+    ),
+    (
+        "secret empty",
+        r#"secret = "s3cret""#,
+        r#"secret = """#,
+        |p| matches!(p, ConfigProblem::SecretEmpty { .. }),
+        "`cluster.secret`",
+    ),
+    (
+        "secret file missing",
+        r#"secret = "s3cret""#,
+        r#"secret_file = "/nonexistent/secret""#,
+        |p| matches!(p, ConfigProblem::SecretFile { .. }),
+        "/nonexistent/secret",
+    ),
+    (
+        "block size not a power of two",
+        "frames = 64",
+        "frames = 64\nblock_size = 6000",
+        |p| matches!(p, ConfigProblem::BlockSize { value: 6000 }),
+        "`cache.block_size`",
+    ),
+    (
+        "block size below 4 KiB",
+        "frames = 64",
+        "frames = 64\nblock_size = 2048",
+        |p| matches!(p, ConfigProblem::BlockSize { value: 2048 }),
+        "`cache.block_size`",
+    ),
+    (
+        "block size above 32 KiB",
+        "frames = 64",
+        "frames = 64\nblock_size = 65536",
+        |p| matches!(p, ConfigProblem::BlockSize { value: 65536 }),
+        "`cache.block_size`",
+    ),
+    (
+        "zero cache",
+        "frames = 64",
+        "frames = 0",
+        |p| matches!(p, ConfigProblem::Frames { value: 0 }),
+        "`cache.frames`",
+    ),
+    (
+        "cache beyond the region's bound",
+        "frames = 64",
+        "frames = 16777217",
+        |p| matches!(p, ConfigProblem::Frames { .. }),
+        "`cache.frames`",
+    ),
+    (
+        "down before suspect",
+        "frames = 64",
+        "frames = 64\n[heartbeat]\ninterval_ms = 100\nsuspect_after_missed = 3\ndown_after_ms = 300",
+        |p| {
+            matches!(
+                p,
+                ConfigProblem::Heartbeat(MembershipConfigError::DownBeforeSuspect { .. })
+            )
+        },
+        "`heartbeat`",
+    ),
+    (
+        "zero heartbeat interval",
+        "frames = 64",
+        "frames = 64\n[heartbeat]\ninterval_ms = 0",
+        |p| matches!(p, ConfigProblem::Heartbeat(MembershipConfigError::Zero)),
+        "`heartbeat`",
+    ),
+    (
+        "shm with an instance elsewhere",
+        "frames = 64",
+        "frames = 64\n[transport]\nkind = \"shm\"",
+        |p| matches!(p, ConfigProblem::NotColocated { host: None, .. }),
+        "`cluster.instances[2].host`",
+    ),
+    (
+        "listen with shm",
+        "frames = 64",
+        "frames = 64\n[transport]\nkind = \"shm\"\nlisten = \"0.0.0.0:1\"",
+        |p| matches!(p, ConfigProblem::NotForTransport { key: "listen", .. }),
+        "`transport.listen`",
+    ),
+    (
+        "shm_dir with tcp",
+        "frames = 64",
+        "frames = 64\n[transport]\nshm_dir = \"/x\"",
+        |p| matches!(p, ConfigProblem::NotForTransport { key: "shm_dir", .. }),
+        "`transport.shm_dir`",
+    ),
+    (
+        "listen not an address",
+        "frames = 64",
+        "frames = 64\n[transport]\nlisten = \"*:7400\"",
+        |p| matches!(p, ConfigProblem::BadAddress { .. }),
+        "`transport.listen`",
+    ),
+    (
+        "service on a peer's address",
+        "frames = 64",
+        "frames = 64\n[serve]\nresp = \"127.0.0.1:7400\"",
+        |p| matches!(p, ConfigProblem::DuplicateAddress { .. }),
+        "`serve.resp`",
+    ),
+    (
+        "two services on one address",
+        "frames = 64",
+        "frames = 64\n[serve]\nresp = \"127.0.0.1:9000\"\nmetrics = \"127.0.0.1:9000\"",
+        |p| matches!(p, ConfigProblem::DuplicateAddress { first, .. } if first == "serve.resp"),
+        "`serve.metrics`",
+    ),
+];
+
+#[test]
+fn an_empty_cluster_does_not_list_this_instance() {
+    let start = GOOD.find("instances = [").unwrap();
+    let end = start + GOOD[start..].find("\n]\n").unwrap() + 3;
+    let text = format!("{}instances = []\n{}", &GOOD[..start], &GOOD[end..]);
+    let err = parse(&text).unwrap_err();
+    assert!(
+        matches!(err.problem, ConfigProblem::NotListed { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn each_bad_value_gets_its_own_error() {
+    for &(what, from, to, check, named) in BAD {
+        assert!(GOOD.contains(from), "{what}: the edit does not apply");
+        let text = GOOD.replacen(from, to, 1);
+        let err = match parse(&text) {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(err) => err,
+        };
+        assert!(check(&err.problem), "{what}: wrong error {:?}", err.problem);
+        let message = err.to_string();
+        assert!(
+            message.starts_with("/etc/fusion/node1.toml: "),
+            "{what}: message does not name the file: {message}"
+        );
+        assert!(
+            message.contains(named),
+            "{what}: message does not name {named}: {message}"
+        );
+    }
+}
