@@ -29,7 +29,7 @@
 
 use crate::frame::{FrameHeader, HEADER_LEN, Priority};
 use crate::handshake::{
-    Acceptor, AcceptorStep, Dialer, DialerStep, HandshakeConfig, Nonce, RECORD_LEN, Record,
+    Acceptor, AcceptorStep, Dialer, DialerStep, HandshakeConfig, Nonce, RECORD_LEN, Record, Refusal,
 };
 use crate::region::{BlockRegion, Landing};
 use crate::transport::{header_for, validate_outgoing};
@@ -776,13 +776,7 @@ impl TcpTransport {
                             conn.phase = Phase::Established { peer };
                             self.established(token, peer, events);
                         }
-                        Err(refusal) => {
-                            if let Some(verdict) = refusal.verdict {
-                                // Best effort: tell the acceptor why before closing.
-                                let _ = conn.stream.write(&verdict[..]);
-                            }
-                            return Err(Close::refused(refusal.error.into()));
-                        }
+                        Err(refusal) => return Err(refuse(&mut conn.stream, refusal)),
                     }
                 }
                 Phase::Accepting { acceptor, record } => {
@@ -806,13 +800,7 @@ impl TcpTransport {
                             conn.phase = Phase::Established { peer };
                             self.established(token, peer, events);
                         }
-                        Err(refusal) => {
-                            if let Some(verdict) = refusal.verdict {
-                                // Best effort: tell the dialer why before closing.
-                                let _ = conn.stream.write(&verdict[..]);
-                            }
-                            return Err(Close::refused(refusal.error.into()));
-                        }
+                        Err(refusal) => return Err(refuse(&mut conn.stream, refusal)),
                     }
                 }
                 Phase::Established { peer } => {
@@ -832,6 +820,15 @@ impl TcpTransport {
             }
         }
     }
+}
+
+/// Ends a handshake that failed: tells the other side why (best effort: the connection is
+/// closed next either way), and returns the reason to close with.
+fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Close {
+    if let Some(verdict) = refusal.verdict {
+        let _ = stream.write(&verdict[..]);
+    }
+    Close::refused(refusal.error.into())
 }
 
 /// Reads into a handshake record; returns whether it is complete.
