@@ -8,8 +8,8 @@
 //!   for data ([`storage::uring`]); pread/pwrite where io_uring is refused
 //!   ([`storage::sync_io`]); and, for the simulator (feature `sim`), a seeded faulty
 //!   in-memory disk with torn and lost unsynced writes and injected read errors
-//!   ([`storage::faulty`]).
-//! * [`format`] — the on-storage format, byte by byte: the control area (cluster header and
+//!   (`storage::faulty`).
+//! * [`format`](mod@format) — the on-storage format, byte by byte: the control area (cluster header and
 //!   the voting area's per-instance slots: disk heartbeat, redo thread, checkpoint, fencing
 //!   votes), the redo threads' places, and the data blocks with their verified headers;
 //!   `create` and `open`. The binary `fusionctl create` formats storage.

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `tcp` (default) | [`tcp`] | mio, one authenticated connection per peer pair, `writev` from the source frame, reads into the destination frame |
 //! | `shm` (default) | [`shm`] | co-located instances: SPSC rings in shared memory, one copy straight into the receiver's frame |
-//! | `sim` | [`sim`] | the simulator's deterministic network |
+//! | `sim` | `sim` | the simulator's deterministic network |
 //!
 //! The protocol crates (`grd`, `ges`, `gcs`) depend on it with `default-features = false`:
 //! they see ids, the clock, framing and membership, never sockets or mappings. Everything here

@@ -31,7 +31,7 @@
 //!
 //! Implementations: [`uring::UringStorage`] (io_uring, fixed files and buffers),
 //! [`sync_io::SyncStorage`] (pread/pwrite, used where io_uring is refused), and — with the
-//! `sim` feature — [`faulty::FaultyStorage`]. [`open`] picks the best one that works.
+//! `sim` feature — `faulty::FaultyStorage`. [`open`] picks the best one that works.
 
 mod arena;
 mod file;
