@@ -183,7 +183,7 @@ impl Default for GcsConfig {
     }
 }
 
-/// Who masters a block. The instance implements it with grd's bucket map; the simulator with
+/// Who masters a block. grd's bucket map implements it ([`crate::directory`]); the simulator uses
 /// a plain hash. It must give the same answer on every instance for one epoch.
 pub trait MasterDirectory {
     /// The master of `block` in the current epoch.
