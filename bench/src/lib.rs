@@ -75,6 +75,14 @@ pub fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
     let _ = histogram.record(nanos);
 }
 
+/// The summary with the median p50 among `rounds` (the upper median for an even count), so
+/// one disturbed round on a noisy machine does not decide a figure.
+pub fn median_by_p50(mut rounds: Vec<LatencySummary>) -> Option<LatencySummary> {
+    rounds.sort_by(|a, b| a.p50.total_cmp(&b.p50));
+    let middle = rounds.len() / 2;
+    rounds.get(middle).copied()
+}
+
 /// One row of a comparison table: a Fusion figure and the floor it is compared with.
 #[derive(Debug, Clone)]
 pub struct Comparison {
@@ -163,6 +171,25 @@ pub fn parse_sockperf(output: &str) -> Option<LatencySummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_round_is_picked_by_p50() {
+        let round = |p50| LatencySummary {
+            samples: 1,
+            p50,
+            p99: p50 * 2.0,
+            p999: p50 * 3.0,
+        };
+        assert_eq!(median_by_p50(vec![]), None);
+        assert_eq!(
+            median_by_p50(vec![round(9.0), round(1.0), round(5.0)]),
+            Some(round(5.0))
+        );
+        assert_eq!(
+            median_by_p50(vec![round(2.0), round(1.0)]),
+            Some(round(2.0))
+        );
+    }
 
     #[test]
     fn result_lines_round_trip() {

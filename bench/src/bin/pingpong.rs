@@ -9,8 +9,11 @@
 //! size both ways, so the 8 KiB floor carries 8 KiB requests too) and a bare two-process
 //! shared-memory ping-pong (`shm-floor`, same sizes, spin or futex).
 //!
+//! These VMs are noisy, so each row runs `--rounds` times, Fusion and its floor interleaved,
+//! and reports the round with the median p50 of each side.
+//!
 //! ```text
-//! pingpong [--transports tcp,shm] [--modes busy,blocking] [--sizes 8192,64]
+//! pingpong [--transports tcp,shm] [--modes busy,blocking] [--sizes 8192,64] [--rounds N]
 //!          [--samples N] [--warmup N] [--floor-seconds S] [--no-pin]
 //! ```
 //! Internal roles (started by the tool itself): `pingpong role <name> ...`.
@@ -20,7 +23,7 @@ use bench::floors::{
     measure_sockperf, run_tool, sockperf_size, tcp_transport, wait, wait_connected,
 };
 use bench::shm_floor::FloorChannel;
-use bench::{Comparison, LatencySummary, latency_histogram, record, render_table};
+use bench::{Comparison, LatencySummary, latency_histogram, median_by_p50, record, render_table};
 use interconnect::shm::{ShmConfig, ShmTransport};
 use interconnect::{
     BlockRegion, ClusterId, Epoch, LandingToken, Outgoing, OutgoingBlock, Priority, Scn, Service,
@@ -45,6 +48,7 @@ struct Options {
     samples: u64,
     warmup: u64,
     floor_seconds: u64,
+    rounds: u32,
     pin: bool,
     // Role options.
     mode: Mode,
@@ -59,9 +63,10 @@ impl Options {
             transports: vec!["tcp".into(), "shm".into()],
             modes: vec![Mode::Busy, Mode::Blocking],
             sizes: vec![8192, 64],
-            samples: 20_000,
-            warmup: 2_000,
-            floor_seconds: 3,
+            samples: 10_000,
+            warmup: 1_000,
+            floor_seconds: 2,
+            rounds: 3,
             pin: true,
             mode: Mode::Busy,
             response: 8192,
@@ -88,6 +93,7 @@ impl Options {
                 "--samples" => o.samples = value()?.parse()?,
                 "--warmup" => o.warmup = value()?.parse()?,
                 "--floor-seconds" => o.floor_seconds = value()?.parse()?,
+                "--rounds" => o.rounds = value()?.parse::<u32>()?.max(1),
                 "--no-pin" => o.pin = false,
                 "--mode" => o.mode = Mode::parse(value()?)?,
                 "--response" => o.response = value()?.parse()?,
@@ -372,40 +378,48 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
                 };
                 let label = format!("{transport} {} {shape}", mode.name());
                 eprintln!("measuring {label} ...");
-                let fusion = measure_roles(options, transport, mode, size)?;
-                let (floor_name, floor) = match transport.as_str() {
-                    "tcp" => (
-                        format!(
-                            "sockperf tcp {}B<->{}B {}",
-                            sockperf_size(size),
-                            sockperf_size(size),
-                            mode.name()
-                        ),
-                        measure_sockperf(mode, size, options.floor_seconds, options.pin)
-                            .map_err(Error::from),
+                let floor_name = match transport.as_str() {
+                    "tcp" => format!(
+                        "sockperf tcp {}B<->{}B {}",
+                        sockperf_size(size),
+                        sockperf_size(size),
+                        mode.name()
                     ),
-                    "shm" => (
-                        format!("bare shm {}B->{}B {}", options.request, size, mode.name()),
-                        measure_roles(options, "shm-floor", mode, size),
-                    ),
-                    other => (format!("(no floor for {other})"), Err("none".into())),
+                    "shm" => format!("bare shm {}B->{}B {}", options.request, size, mode.name()),
+                    other => format!("(no floor for {other})"),
                 };
-                if let Err(e) = &floor {
-                    eprintln!("  floor {floor_name} unavailable: {e}");
+                let (mut fusion_rounds, mut floor_rounds) = (Vec::new(), Vec::new());
+                for _ in 0..options.rounds {
+                    fusion_rounds.push(measure_roles(options, transport, mode, size)?);
+                    let floor = match transport.as_str() {
+                        "tcp" => measure_sockperf(mode, size, options.floor_seconds, options.pin)
+                            .map_err(Error::from),
+                        "shm" => measure_roles(options, "shm-floor", mode, size),
+                        _ => Err("none".into()),
+                    };
+                    match floor {
+                        Ok(floor) => floor_rounds.push(floor),
+                        Err(e) => eprintln!("  floor {floor_name} unavailable: {e}"),
+                    }
                 }
+                let Some(fusion) = median_by_p50(fusion_rounds) else {
+                    return Err("no round measured".into());
+                };
+                let floor = median_by_p50(floor_rounds);
                 rows.push(Comparison {
                     label,
                     fusion,
                     floor_name,
-                    floor: floor.ok(),
+                    floor,
                 });
             }
         }
     }
     println!(
-        "pingpong: 2 processes, 1 outstanding request, {} CPUs pinned apart: {}; host: {} CPUs",
-        2,
+        "pingpong: 2 processes, 1 outstanding request, pinned to separate CPUs: {}; \
+         median of {} interleaved rounds per side; host: {} CPUs",
         options.pin,
+        options.rounds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     print!("{}", render_table(&rows));
