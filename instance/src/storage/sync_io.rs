@@ -55,59 +55,17 @@ impl SharedStorage for SyncStorage {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         check_transfer(self.alignment, self.len, offset, buf.as_ptr(), buf.len())?;
         let len = buf.len();
-        let mut done = 0;
-        while done < len {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => {
-                    return Err(StorageError::Short {
-                        op: "read",
-                        offset,
-                        len,
-                        done,
-                    });
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(StorageError::Io {
-                        op: "read",
-                        offset,
-                        len,
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(())
+        transfer_all("read", offset, len, |done| {
+            self.file.read_at(&mut buf[done..], offset + done as u64)
+        })
     }
 
     fn write_at(&self, offset: u64, buf: &[u8], _class: IoClass) -> Result<(), StorageError> {
         check_transfer(self.alignment, self.len, offset, buf.as_ptr(), buf.len())?;
         let len = buf.len();
-        let mut done = 0;
-        while done < len {
-            match self.file.write_at(&buf[done..], offset + done as u64) {
-                Ok(0) => {
-                    return Err(StorageError::Short {
-                        op: "write",
-                        offset,
-                        len,
-                        done,
-                    });
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(StorageError::Io {
-                        op: "write",
-                        offset,
-                        len,
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(())
+        transfer_all("write", offset, len, |done| {
+            self.file.write_at(&buf[done..], offset + done as u64)
+        })
     }
 
     fn sync(&self, _class: IoClass) -> Result<(), StorageError> {
@@ -128,4 +86,38 @@ impl SharedStorage for SyncStorage {
             fixed_buffers: false,
         }
     }
+}
+
+/// Repeats a positional read or write (`step(done)` moves bytes from `done` on) until `len`
+/// bytes are through, retrying interruptions; a zero-byte step is a short transfer.
+pub(super) fn transfer_all(
+    op: &'static str,
+    offset: u64,
+    len: usize,
+    mut step: impl FnMut(usize) -> std::io::Result<usize>,
+) -> Result<(), StorageError> {
+    let mut done = 0;
+    while done < len {
+        match step(done) {
+            Ok(0) => {
+                return Err(StorageError::Short {
+                    op,
+                    offset,
+                    len,
+                    done,
+                });
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(StorageError::Io {
+                    op,
+                    offset,
+                    len,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }

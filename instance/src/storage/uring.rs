@@ -494,31 +494,9 @@ impl SharedStorage for UringStorage {
 /// [`StorageOptions::redo_syscalls`]).
 fn syscall_write(file: &File, offset: u64, buf: &[u8]) -> Result<(), StorageError> {
     use std::os::unix::fs::FileExt;
-    let len = buf.len();
-    let mut done = 0;
-    while done < len {
-        match file.write_at(&buf[done..], offset + done as u64) {
-            Ok(0) => {
-                return Err(StorageError::Short {
-                    op: "write",
-                    offset,
-                    len,
-                    done,
-                });
-            }
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(StorageError::Io {
-                    op: "write",
-                    offset,
-                    len,
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
+    super::sync_io::transfer_all("write", offset, buf.len(), |done| {
+        file.write_at(&buf[done..], offset + done as u64)
+    })
 }
 
 /// One completed read of a [`ReadQueue`].
