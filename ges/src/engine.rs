@@ -337,17 +337,7 @@ impl Engine {
                     ..pending
                 };
                 lock.pending = Some(pending);
-                self.arm_deadline(name, &pending);
-                self.send_op(
-                    name,
-                    Body::Convert {
-                        name,
-                        request,
-                        mode,
-                        since: now,
-                        value: None,
-                    },
-                );
+                self.send_up_convert(name, &pending, now);
             }
             None => {
                 if self.locks.len() >= self.config.max_local_locks {
@@ -490,17 +480,7 @@ impl Engine {
                     cancelling: None,
                 };
                 lock.pending = Some(pending);
-                self.arm_deadline(name, &pending);
-                self.send_op(
-                    name,
-                    Body::Convert {
-                        name,
-                        request,
-                        mode,
-                        since: now,
-                        value: None,
-                    },
-                );
+                self.send_up_convert(name, &pending, now);
             }
         }
         self.flush(now);
@@ -722,6 +702,22 @@ impl Engine {
         let request = RequestId(self.next_request);
         self.next_request += 1;
         request
+    }
+
+    /// Asks the master to convert up to `pending.mode` (the pending request is already
+    /// recorded on the lock).
+    fn send_up_convert(&mut self, name: LockName, pending: &Pending, now: Timestamp) {
+        self.arm_deadline(name, pending);
+        self.send_op(
+            name,
+            Body::Convert {
+                name,
+                request: pending.request,
+                mode: pending.mode,
+                since: now,
+                value: None,
+            },
+        );
     }
 
     fn arm_deadline(&mut self, name: LockName, pending: &Pending) {
