@@ -273,7 +273,7 @@ fn run_role(role: &str, options: &Options) -> Result<(), Error> {
         }
         "shm-server" => {
             let dir = std::env::temp_dir().join(format!("fusion-pingpong-{}", std::process::id()));
-            let mut t = shm_transport(SERVER, CLIENT, dir.clone(), options.mode)?;
+            let mut t = shm_transport(SERVER, CLIENT, dir.clone())?;
             println!("READY {}", dir.display());
             let served = serve(&mut t, options);
             drop(t);
@@ -287,7 +287,7 @@ fn run_role(role: &str, options: &Options) -> Result<(), Error> {
                     .as_deref()
                     .ok_or("--server DIR is required")?,
             );
-            let mut t = shm_transport(CLIENT, SERVER, dir, options.mode)?;
+            let mut t = shm_transport(CLIENT, SERVER, dir)?;
             let region = t.region();
             let summary = client(&mut t, &region, options)?;
             println!("{}", summary.to_result_line());
@@ -338,15 +338,13 @@ fn run_role(role: &str, options: &Options) -> Result<(), Error> {
     }
 }
 
-fn shm_transport(local: u64, peer: u64, dir: PathBuf, mode: Mode) -> Result<ShmTransport, Error> {
+fn shm_transport(local: u64, peer: u64, dir: PathBuf) -> Result<ShmTransport, Error> {
     let mut config = ShmConfig::new(CLUSTER, id(local), vec![id(peer)]);
     config.dir = dir;
     config.frames = 4;
-    // Blocking mode parks at once, like the futex floor; busy mode never parks.
-    config.spin = mode.spin().min(Duration::from_millis(1));
-    if mode == Mode::Blocking {
-        config.spin = Duration::ZERO;
-    }
+    // The waiting mode is the caller's: busy mode polls without a timeout (so this spin never
+    // runs), blocking mode parks at once, like the futex floor.
+    config.spin = Duration::ZERO;
     Ok(ShmTransport::open(config)?)
 }
 
