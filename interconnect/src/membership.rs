@@ -128,7 +128,6 @@ pub struct Membership {
     transmit: VecDeque<InstanceId>,
     events: VecDeque<MembershipEvent>,
     stale_dropped: u64,
-    started: Timestamp,
 }
 
 impl Membership {
@@ -153,7 +152,6 @@ impl Membership {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             stale_dropped: 0,
-            started: now,
         })
     }
 
@@ -269,11 +267,6 @@ impl Membership {
     /// This instance.
     pub fn local(&self) -> InstanceId {
         self.local
-    }
-
-    /// When this membership started (for reports).
-    pub fn started(&self) -> Timestamp {
-        self.started
     }
 }
 

@@ -210,11 +210,6 @@ impl<M> SimNetwork<M> {
         self.cut[link(b, a)] = false;
     }
 
-    /// Whether the link from `a` to `b` is cut.
-    pub fn is_cut(&self, a: InstanceId, b: InstanceId) -> bool {
-        self.cut[link(a, b)]
-    }
-
     /// Crashes `id`: everything in flight to or from it is lost, and it sends and receives
     /// nothing until [`SimNetwork::restart`].
     pub fn crash(&mut self, id: InstanceId) {
