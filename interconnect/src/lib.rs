@@ -43,5 +43,6 @@ pub use region::LandingToken;
 #[cfg(any(feature = "tcp", feature = "shm"))]
 pub use region::{BlockRegion, FrameGuard, RegionError};
 pub use transport::{
-    Outgoing, OutgoingBlock, SendError, Transport, TransportError, TransportEvent, poll_until,
+    Outgoing, OutgoingBlock, SendError, Transport, TransportError, TransportEvent, Waker,
+    poll_until,
 };

@@ -18,6 +18,12 @@
 //! refused too. This module owns the frame states and the memory; it never decides which
 //! frame a block should use (that is the buffer cache's job).
 //!
+//! **Armed for any sender.** [`FrameGuard::arm_any`] arms a frame that any peer may land in,
+//! because the requester does not always know who will ship: in cache fusion it asks the
+//! block's master, and the *master* chooses which holder sends the block. Only the generation
+//! protects such a frame; the first landing to begin takes it, and the frame records that
+//! sender, so [`BlockRegion::is_landed`] names the peer that really landed.
+//!
 //! **RDMA mapping.** A region is what RDMA registers as one memory region (MR). The requester
 //! sends `(token, addr = base + frame * block_size, rkey)` in its request; the holder posts
 //! `RDMA WRITE WITH IMMEDIATE` of the block to `addr` with the frame index as the 32-bit
@@ -114,11 +120,21 @@ mod memory {
     const LANDING: u64 = 3;
     const LANDED: u64 = 4;
 
-    /// Unpacked state word: `state | peer << 8 | generation << 32`.
+    /// The `peer` of a frame armed for any sender, until a landing begins (instance ids are
+    /// below [`MAX_INSTANCES`](crate::MAX_INSTANCES), so it names none).
+    const ANY_PEER: u8 = 0xff;
+    /// State-word bit of a frame armed for any sender: kept while it lands (when `peer` names
+    /// the sender), so an unfinished landing re-arms it for any sender again.
+    const ANY_BIT: u64 = 1 << 16;
+
+    /// Unpacked state word: `state | peer << 8 | any << 16 | generation << 32`.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     struct FrameState {
         state: u64,
+        /// Armed: the one sender allowed, or [`ANY_PEER`]. Landing or Landed: the sender.
         peer: u8,
+        /// Armed for any sender ([`FrameGuard::arm_any`]).
+        any: bool,
         generation: u32,
     }
 
@@ -127,11 +143,13 @@ mod memory {
             Self {
                 state: word & 0xff,
                 peer: (word >> 8) as u8,
+                any: word & ANY_BIT != 0,
                 generation: (word >> 32) as u32,
             }
         }
         fn pack(self) -> u64 {
-            self.state | u64::from(self.peer) << 8 | u64::from(self.generation) << 32
+            let any = if self.any { ANY_BIT } else { 0 };
+            self.state | u64::from(self.peer) << 8 | any | u64::from(self.generation) << 32
         }
         fn with(self, state: u64) -> Self {
             Self { state, ..self }
@@ -424,8 +442,9 @@ mod memory {
         }
 
         /// Whether a payload from `from` has completely landed in the frame `token` names
-        /// (Landed, same generation, armed for `from`). A receiver whose peer writes into its
-        /// region directly (`shm`) checks this before it reports the block as landed.
+        /// (Landed, same generation, landed by `from`: the peer armed for, or for a frame
+        /// armed for any sender, whichever peer landed it). A receiver whose peer writes into
+        /// its region directly (`shm`) checks this before it reports the block as landed.
         pub fn is_landed(&self, token: LandingToken, from: InstanceId) -> bool {
             self.state_word(token.frame()).is_ok_and(|word| {
                 let s = FrameState::unpack(word.load(Ordering::Acquire));
@@ -459,7 +478,9 @@ mod memory {
 
         /// Starts placing a payload of `len` bytes from `from` into the frame `token` names.
         /// Transports call this; the returned [`Landing`] is the only writer of the frame until
-        /// it completes or is dropped (which re-arms the frame).
+        /// it completes or is dropped (which re-arms the frame, for any sender again if it was
+        /// [armed for any](FrameGuard::arm_any)). `from` must be the peer the frame was armed
+        /// for, unless it was armed for any.
         pub fn begin_landing(
             self: &Arc<Self>,
             token: LandingToken,
@@ -478,12 +499,19 @@ mod memory {
                     frame,
                     detail: "stale generation",
                 }),
-                ARMED if s.peer as usize != from.index() => Err(RegionError::WrongPeer {
-                    frame,
-                    armed_for: s.peer,
-                    from,
+                ARMED if !s.any && usize::from(s.peer) != from.index() => {
+                    Err(RegionError::WrongPeer {
+                        frame,
+                        armed_for: s.peer,
+                        from,
+                    })
+                }
+                // The frame records who lands (for `is_landed`); `any` survives for a re-arm.
+                ARMED => Ok(FrameState {
+                    state: LANDING,
+                    peer: from.index() as u8,
+                    ..s
                 }),
-                ARMED => Ok(s.with(LANDING)),
                 _ => Err(RegionError::WrongState {
                     frame,
                     detail: "not armed",
@@ -496,11 +524,17 @@ mod memory {
             })
         }
 
-        /// Marks the frame Landed (payload in place) and returns its token.
+        /// Marks the frame Landed (payload in place), or Armed again (for the same sender, or
+        /// for any if it was armed so) when the landing was given up.
         fn finish_landing(&self, frame: u32, landed: bool) {
-            let next = if landed { LANDED } else { ARMED };
             let result = self.transition(frame, |s| match s.state {
-                LANDING => Ok(s.with(next)),
+                LANDING if landed => Ok(s.with(LANDED)),
+                LANDING if s.any => Ok(FrameState {
+                    state: ARMED,
+                    peer: ANY_PEER,
+                    ..s
+                }),
+                LANDING => Ok(s.with(ARMED)),
                 _ => Err(RegionError::WrongState {
                     frame,
                     detail: "landing lost its frame",
@@ -530,13 +564,28 @@ mod memory {
         }
 
         /// Arms the frame for a payload from `peer` and returns the token to send it.
-        pub fn arm(mut self, peer: InstanceId) -> LandingToken {
+        pub fn arm(self, peer: InstanceId) -> LandingToken {
+            self.arm_for(Some(peer))
+        }
+
+        /// Arms the frame for a payload from whichever peer ships it, and returns the token
+        /// to send. For a request whose shipper someone else picks: in cache fusion the
+        /// requester asks the block's master, and the master, not the requester, chooses
+        /// which holder sends the block. The generation still refuses late or duplicated
+        /// payloads, and once one sender's landing begins no other can land.
+        pub fn arm_any(self) -> LandingToken {
+            self.arm_for(None)
+        }
+
+        /// Arms for `peer`, or for any sender with `None`.
+        fn arm_for(mut self, peer: Option<InstanceId>) -> LandingToken {
             let frame = self.frame;
             let armed = self.region.transition(frame, |s| {
                 let generation = s.generation.wrapping_add(1).max(1);
                 Ok(FrameState {
                     state: ARMED,
-                    peer: peer.index() as u8,
+                    peer: peer.map_or(ANY_PEER, |p| p.index() as u8),
+                    any: peer.is_none(),
                     generation,
                 })
             });
@@ -681,6 +730,64 @@ mod memory {
                 region.begin_landing(token, id(0), 4096).is_err(),
                 "the old token is stale"
             );
+        }
+
+        #[test]
+        fn a_frame_armed_for_any_takes_a_landing_from_whichever_peer_ships() {
+            let region = BlockRegion::anonymous(2, 4096).unwrap();
+            let token = region.claim(1).unwrap().arm_any();
+            assert!(matches!(
+                region.begin_landing(token, id(3), 8192),
+                Err(RegionError::WrongLength { .. })
+            ));
+            // Peer 3 starts and gives up: the frame is armed for any sender again.
+            let landing = region.begin_landing(token, id(3), 4096).unwrap();
+            assert!(
+                region.begin_landing(token, id(5), 4096).is_err(),
+                "one landing at a time"
+            );
+            drop(landing);
+            let mut landing = region.begin_landing(token, id(5), 4096).unwrap();
+            landing.buf().fill(0x5c);
+            landing.complete();
+            assert!(region.is_landed(token, id(5)));
+            assert!(!region.is_landed(token, id(3)), "5 landed it, not 3");
+            assert!(
+                region.begin_landing(token, id(3), 4096).is_err(),
+                "no second landing"
+            );
+            assert!(
+                region
+                    .take_landed(token)
+                    .unwrap()
+                    .iter()
+                    .all(|&b| b == 0x5c)
+            );
+
+            // Armed for any again: another peer lands, the old token is stale for everyone.
+            let again = region.claim(1).unwrap().arm_any();
+            assert_ne!(again.generation(), token.generation());
+            for peer in [3, 5] {
+                assert!(matches!(
+                    region.begin_landing(token, id(peer), 4096),
+                    Err(RegionError::WrongState {
+                        detail: "stale generation",
+                        ..
+                    })
+                ));
+            }
+            region.begin_landing(again, id(3), 4096).unwrap().complete();
+            assert!(region.is_landed(again, id(3)));
+            assert!(!region.is_landed(token, id(3)), "stale token");
+            drop(region.take_landed(again).unwrap());
+
+            // Arming for one peer after arming for any restricts to that peer again.
+            let one = region.claim(1).unwrap().arm(id(5));
+            assert!(matches!(
+                region.begin_landing(one, id(3), 4096),
+                Err(RegionError::WrongPeer { armed_for: 5, .. })
+            ));
+            drop(region.disarm(one).unwrap());
         }
 
         #[test]

@@ -24,6 +24,11 @@
 //! [`TransportEvent::LandingRefused`]; the connection survives. A malformed header closes the
 //! connection (the stream has lost its framing), and is reported, never a panic.
 //!
+//! **Waking.** [`Transport::waker`] hands out wakers backed by a `mio::Waker` (an eventfd on
+//! the transport's epoll, under a token no connection uses). A wake only raises a flag unless
+//! the driver announced that it is entering a blocking `epoll_wait`; then it also writes the
+//! eventfd, which ends the wait (the same Dekker handshake as the shm doorbell).
+//!
 //! This module owns sockets and framing on them. It never interprets bodies and never blocks
 //! except inside [`Transport::poll`] for at most the timeout given.
 
@@ -35,7 +40,7 @@ use crate::region::{BlockRegion, Landing};
 use crate::transport::{header_for, validate_outgoing};
 use crate::{
     ClusterId, InstanceId, MAX_INSTANCES, Outgoing, SendError, Transport, TransportError,
-    TransportEvent,
+    TransportEvent, Waker,
 };
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -43,9 +48,12 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(0);
+/// The wakers' eventfd. Connection tokens count up from 1 and never get near it.
+const WAKER: Token = Token(usize::MAX);
 
 /// Settings of a TCP transport.
 #[derive(Clone)]
@@ -127,6 +135,8 @@ pub struct TcpStats {
     pub connections: u64,
     /// Connections or attempts refused (handshake or framing errors).
     pub refused: u64,
+    /// Blocking polls that a [`Waker`] cut short or kept from blocking.
+    pub wakeups: u64,
 }
 
 struct PeerSlot {
@@ -372,6 +382,37 @@ impl Close {
     }
 }
 
+/// What the transport shares with its [`Waker`]s.
+///
+/// ```text
+/// driver (poll that would block)          waker (any thread)
+///   parked = true                           requested = true
+///   if requested.swap(false): no wait       if parked: eventfd write
+///   epoll_wait
+///   requested.swap(false); parked = false
+/// ```
+///
+/// All SeqCst: either the waker sees `parked` and writes the eventfd (which ends the wait,
+/// or makes the next one return at once), or the driver sees `requested` and does not wait.
+struct Wakeup {
+    eventfd: mio::Waker,
+    /// A wake that no blocking poll has answered yet.
+    requested: AtomicBool,
+    /// The driver is in, or about to enter, a blocking `epoll_wait`.
+    parked: AtomicBool,
+}
+
+impl Wakeup {
+    fn wake(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            // Fails only if the eventfd is gone or broken; the poll then ends at its timeout
+            // (at most TIMER_SLACK here), so there is nothing better to do with the error.
+            let _ = self.eventfd.wake();
+        }
+    }
+}
+
 /// The TCP transport. See the module docs.
 pub struct TcpTransport {
     config: TcpConfig,
@@ -393,6 +434,7 @@ pub struct TcpTransport {
     ready: Vec<(Token, bool, bool)>,
     /// Consecutive non-blocking polls (busy polling).
     busy_polls: u32,
+    wakeup: Arc<Wakeup>,
     stats: TcpStats,
 }
 
@@ -442,6 +484,11 @@ impl TcpTransport {
         let mut listener = TcpListener::bind(config.listen)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let wakeup = Arc::new(Wakeup {
+            eventfd: mio::Waker::new(poll.registry(), WAKER)?,
+            requested: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+        });
         let handshake = HandshakeConfig {
             cluster: config.cluster,
             local: config.local,
@@ -461,6 +508,7 @@ impl TcpTransport {
             timers_due: Instant::now(),
             ready: Vec::new(),
             busy_polls: 0,
+            wakeup,
             stats: TcpStats::default(),
         })
     }
@@ -1086,24 +1134,49 @@ impl Transport for TcpTransport {
         } else {
             self.busy_polls = 0;
         }
-        let wait = if events.is_empty() {
+        let mut wait = if events.is_empty() {
             timeout.min(self.timers_due.saturating_duration_since(now))
         } else {
             Duration::ZERO
         };
-        match self.poll.poll(&mut self.mio_events, Some(wait)) {
+        let parked = !wait.is_zero();
+        let mut woken = false;
+        if parked {
+            // Announce the park, then look for a wake that came first (see `Wakeup`).
+            self.wakeup.parked.store(true, Ordering::SeqCst);
+            if self.wakeup.requested.swap(false, Ordering::SeqCst) {
+                woken = true;
+                wait = Duration::ZERO;
+            }
+        }
+        let polled = self.poll.poll(&mut self.mio_events, Some(wait));
+        if parked {
+            // A wake during the wait is answered by this return.
+            woken |= self.wakeup.requested.swap(false, Ordering::SeqCst);
+            self.wakeup.parked.store(false, Ordering::SeqCst);
+            if woken {
+                self.stats.wakeups += 1;
+            }
+        }
+        match polled {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e.into()),
         }
         let mut ready = std::mem::take(&mut self.ready);
-        ready.extend(self.mio_events.iter().map(|e| {
-            (
-                e.token(),
-                e.is_readable() || e.is_read_closed() || e.is_error(),
-                e.is_writable(),
-            )
-        }));
+        // The wakers' eventfd needs no handling: its event only ended the wait.
+        ready.extend(
+            self.mio_events
+                .iter()
+                .filter(|e| e.token() != WAKER)
+                .map(|e| {
+                    (
+                        e.token(),
+                        e.is_readable() || e.is_read_closed() || e.is_error(),
+                        e.is_writable(),
+                    )
+                }),
+        );
         for &(token, readable, writable) in &ready {
             if token == LISTENER {
                 self.accept_all(events);
@@ -1114,6 +1187,11 @@ impl Transport for TcpTransport {
         ready.clear();
         self.ready = ready;
         Ok(())
+    }
+
+    fn waker(&self) -> Waker {
+        let wakeup = Arc::clone(&self.wakeup);
+        Waker::new(move || wakeup.wake())
     }
 }
 

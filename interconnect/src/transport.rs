@@ -14,7 +14,8 @@
 //! A transport is driven by its owner's thread through [`Transport::poll`]; it never spawns
 //! threads. Waiting is the caller's choice: [`poll_until`] spins with non-blocking polls for a
 //! while, then parks in the kernel, because on these VMs a blocking wake-up costs more than a
-//! whole busy-polled round trip (BENCHMARKS.md).
+//! whole busy-polled round trip (BENCHMARKS.md). Other threads of the process that hand the
+//! driver work cut its park short with the transport's [`Waker`].
 //!
 //! This module owns the shapes of sends and events. It must never interpret bodies: that is
 //! the engines' job, above.
@@ -22,6 +23,7 @@
 use crate::frame::{FrameError, FrameHeader, Priority, Service};
 use crate::region::LandingToken;
 use crate::{Epoch, InstanceId, Scn};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A frame to send.
@@ -143,6 +145,36 @@ pub enum TransportError {
     Config(String),
 }
 
+/// Wakes a transport's driver thread out of [`Transport::poll`], from any thread of the
+/// process: get one with [`Transport::waker`], clone it freely.
+///
+/// After [`Waker::wake`], a `poll` that is parked in the kernel returns promptly, or, when
+/// none is, the next `poll` that would park returns without waiting. Either may return with
+/// no events; wakes may coalesce (several wakes, one early return). A wake is cheap when the
+/// driver is not parked: no syscall then (the transports pay one only to end a real park).
+/// Typical use: push work onto a queue the driver drains, then `wake`.
+#[derive(Clone)]
+pub struct Waker(Arc<dyn Fn() + Send + Sync>);
+
+impl Waker {
+    /// A waker that runs `wake` on every [`Waker::wake`]: what a transport's implementation
+    /// of [`Transport::waker`] builds.
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(Arc::new(wake))
+    }
+
+    /// Makes the transport's parked (or next parking) poll return. See the type's docs.
+    pub fn wake(&self) {
+        (self.0)();
+    }
+}
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waker").finish_non_exhaustive()
+    }
+}
+
 /// A two-plane transport between this instance and its peers.
 pub trait Transport {
     /// This instance.
@@ -158,6 +190,10 @@ pub trait Transport {
         events: &mut Vec<TransportEvent>,
         timeout: Duration,
     ) -> Result<(), TransportError>;
+
+    /// A handle that other threads use to end a park in [`Transport::poll`] early (see
+    /// [`Waker`]). Every waker of a transport wakes the same poll.
+    fn waker(&self) -> Waker;
 }
 
 /// Polls until `events` gets something or `deadline` passes: spins with non-blocking polls

@@ -520,3 +520,45 @@ fn two_processes_exchange_blocks_and_a_killed_peer_is_detected() {
     let mut events = [Vec::new()];
     poll_until(&mut [&mut a], &mut events, |ev| disconnected(&ev[0], id(2)));
 }
+
+#[test]
+fn a_parked_poll_returns_when_its_waker_wakes() {
+    let dir = TempDir::new("waker");
+    // Peer 2 never comes and liveness checks are a minute apart: only a wake can end a
+    // 30-second park early.
+    let mut config = config(&dir.0, 1, &[2]);
+    config.liveness_interval = Duration::from_secs(60);
+    let mut t = ShmTransport::open(config).unwrap();
+    let waker = t.waker();
+    let mut events = Vec::new();
+
+    // A wake while nobody is parked: the next poll that would park returns at once.
+    waker.wake();
+    waker.wake(); // coalesces with the first
+    let start = Instant::now();
+    t.poll(&mut events, Duration::from_secs(30)).unwrap();
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+
+    // Both wakes are answered: a short poll now waits out its whole timeout.
+    let start = Instant::now();
+    t.poll(&mut events, Duration::from_millis(100)).unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(100));
+
+    // A wake from another thread while the driver is parked on the futex.
+    let (started, start) = std::sync::mpsc::channel();
+    let driver = std::thread::spawn(move || {
+        let mut events = Vec::new();
+        started.send(()).unwrap();
+        let begun = Instant::now();
+        t.poll(&mut events, Duration::from_secs(30)).unwrap();
+        (begun.elapsed(), events)
+    });
+    start.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let other = waker.clone();
+    std::thread::spawn(move || other.wake()).join().unwrap();
+    let (took, got) = driver.join().unwrap();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(got.is_empty() && events.is_empty(), "{got:?} {events:?}");
+}

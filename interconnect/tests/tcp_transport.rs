@@ -383,3 +383,53 @@ fn a_silent_peer_goes_down_and_comes_back_after_reconnect() {
     until(&mut nodes, MembershipEvent::Up(id(1)));
     assert!(nodes[0].transport.is_connected(id(1)));
 }
+
+/// Polls with a long timeout until the transport has counted `wakeups` wakes; returns how
+/// long that took.
+fn poll_until_woken(
+    t: &mut TcpTransport,
+    events: &mut Vec<TransportEvent>,
+    wakeups: u64,
+) -> Duration {
+    let start = Instant::now();
+    while t.stats().wakeups < wakeups {
+        assert!(start.elapsed() < DEADLINE, "never woken: {:?}", t.stats());
+        t.poll(events, Duration::from_secs(30)).unwrap();
+    }
+    start.elapsed()
+}
+
+#[test]
+fn a_waker_ends_a_blocking_poll_from_another_thread() {
+    // Instance 0 with an absent peer 1 (which would dial it): nothing ever arrives.
+    let mut t = transport(7, 0, vec![(id(1), any_port())], b"secret");
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        t.poll(&mut events, Duration::from_millis(20)).unwrap();
+    }
+    assert_eq!(t.stats().wakeups, 0, "nobody woke it");
+    let waker = t.waker();
+
+    // A wake while nobody is parked: the next blocking poll does not wait.
+    waker.wake();
+    waker.wake(); // coalesces with the first
+    let took = poll_until_woken(&mut t, &mut events, 1);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(t.stats().wakeups, 1);
+
+    // A wake from another thread while the driver is parked.
+    let (started, start) = std::sync::mpsc::channel();
+    let driver = std::thread::spawn(move || {
+        let mut events = Vec::new();
+        started.send(()).unwrap();
+        let took = poll_until_woken(&mut t, &mut events, 2);
+        (took, events)
+    });
+    start.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let other = waker.clone();
+    std::thread::spawn(move || other.wake()).join().unwrap();
+    let (took, events) = driver.join().unwrap();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(events.is_empty(), "{events:?}");
+}

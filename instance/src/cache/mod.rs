@@ -11,7 +11,8 @@
 //! The frames are the frames of an interconnect [`BlockRegion`], allocated once and
 //! page-aligned: [`BlockRegion::anonymous`] for TCP (and RDMA), `ShmTransport::region()` for
 //! shared memory. So a block a peer ships lands straight in a cache frame: a [`Filling`] frame
-//! is [armed](Filling::arm) for the peer, the token goes out in the request, and the
+//! is [armed](Filling::arm) for the peer (or [for any peer](Filling::arm_any), when the
+//! block's master picks the holder that ships), the token goes out in the request, and the
 //! transport places the payload in the frame.
 //!
 //! **Why the region's claims, not latch words of our own.** A region frame is *Claimed* while
@@ -348,6 +349,32 @@ impl BufferCache {
             .table
             .lock()
             .reserve(block, |frame, token| inner.reclaim_orphan(frame, token));
+        match reserved {
+            Ok((frame, dropped)) => Ok(Allocated {
+                filling: Filling {
+                    cache: self.clone(),
+                    frame,
+                    block,
+                    settled: false,
+                },
+                dropped,
+            }),
+            Err(ReserveError::Present) => Err(CacheError::AlreadyCached { block }),
+            Err(ReserveError::Full(victims)) => Err(CacheError::Full { victims, since }),
+        }
+    }
+
+    /// Reserves a frame for a new version of `block` that replaces its current copy when
+    /// published: the frame a copy lands in when this instance holds the block in S and asks
+    /// for X (the master may invalidate the old copy and ship a new one). Readers keep
+    /// finding the old copy until then.
+    pub fn allocate_replacement(&self, block: BlockId) -> Result<Allocated, CacheError> {
+        let since = WaitPoint(self.inner.frame_freed.events());
+        let inner = &*self.inner;
+        let reserved = inner
+            .table
+            .lock()
+            .reserve_replacement(block, |frame, token| inner.reclaim_orphan(frame, token));
         match reserved {
             Ok((frame, dropped)) => Ok(Allocated {
                 filling: Filling {
@@ -714,13 +741,25 @@ impl Filling {
 
     /// Arms the frame for a payload from `peer`; send the returned handle's token in the
     /// request. The frame's bytes are the region's until [`Armed::take_landed`].
-    pub fn arm(mut self, peer: InstanceId) -> Armed {
+    pub fn arm(self, peer: InstanceId) -> Armed {
+        self.arm_with(|claim| claim.arm(peer))
+    }
+
+    /// Arms the frame for a payload from whichever peer ships it
+    /// ([`FrameGuard::arm_any`]): a GCS request goes to the block's master, and the master,
+    /// not this instance, picks the holder that sends the block. Otherwise as
+    /// [`Filling::arm`].
+    pub fn arm_any(self) -> Armed {
+        self.arm_with(FrameGuard::arm_any)
+    }
+
+    fn arm_with(mut self, arm: impl FnOnce(FrameGuard) -> LandingToken) -> Armed {
         let inner = &self.cache.inner;
         let claim = inner.slots[self.frame as usize].claim.write().take();
         let Some(claim) = claim else {
             unreachable!("filling frame {} has no claim", self.frame)
         };
-        let token = claim.arm(peer);
+        let token = arm(claim);
         inner.table.lock().set_armed(self.frame, Some(token));
         self.settled = true;
         Armed {

@@ -162,6 +162,27 @@ impl Table {
         if self.current.contains_key(&block) {
             return Err(ReserveError::Present);
         }
+        let (frame, dropped) = self.take_frame(block, reclaim)?;
+        self.current.insert(block, frame);
+        Ok((frame, dropped))
+    }
+
+    /// Takes a frame for a new version of `block` that replaces its current copy once
+    /// published (a copy that arrives for an upgrade whose old copy was invalidated on the
+    /// way). The table keeps naming the old copy until then.
+    pub(crate) fn reserve_replacement(
+        &mut self,
+        block: BlockId,
+        reclaim: impl FnMut(u32, LandingToken) -> bool,
+    ) -> Result<(u32, Option<BlockId>), ReserveError> {
+        self.take_frame(block, reclaim)
+    }
+
+    fn take_frame(
+        &mut self,
+        block: BlockId,
+        reclaim: impl FnMut(u32, LandingToken) -> bool,
+    ) -> Result<(u32, Option<BlockId>), ReserveError> {
         let (frame, dropped) = match self.free.pop() {
             Some(frame) => (frame, None),
             None => self.sweep(reclaim).map_err(ReserveError::Full)?,
@@ -173,7 +194,6 @@ impl Table {
             pins: 1,
             referenced: true,
         };
-        self.current.insert(block, frame);
         Ok((frame, dropped))
     }
 
@@ -243,7 +263,9 @@ impl Table {
         let FrameState::Filling { block, armed } = meta.state else {
             unreachable!("abandoning frame {frame} in state {:?}", meta.state)
         };
-        self.current.remove(&block);
+        if self.current.get(&block) == Some(&frame) {
+            self.current.remove(&block);
+        }
         self.meta[frame as usize].pins -= 1;
         match armed {
             Some(token) => self.meta[frame as usize].state = FrameState::Orphaned { token },
@@ -259,6 +281,12 @@ impl Table {
             unreachable!("publishing frame {frame} in state {:?}", meta.state)
         };
         meta.state = FrameState::Current { block, dirty };
+        if let Some(old) = self.current.insert(block, frame)
+            && old != frame
+        {
+            // A replacement: the old copy leaves the table (pins on it stay valid).
+            self.retire(old);
+        }
     }
 
     /// Records a change at `scn` to the current copy in `frame`. False if the frame is no
@@ -440,6 +468,8 @@ impl Table {
             let ok = match meta.state {
                 FrameState::Retired => !listed && meta.pins > 0,
                 FrameState::Orphaned { .. } => !listed,
+                // A replacement being filled is outside the table until published.
+                FrameState::Filling { .. } => true,
                 _ => listed,
             };
             if !ok {

@@ -254,6 +254,31 @@ fn a_block_lands_straight_in_its_frame() {
 }
 
 #[test]
+fn a_frame_armed_for_any_peer_takes_the_block_from_whoever_ships_it() {
+    let cache = cache(2);
+    let (first, second) = (InstanceId::new(2).unwrap(), InstanceId::new(4).unwrap());
+    let armed = cache.allocate(b(7)).unwrap().filling.arm_any();
+    let token = armed.token();
+    // The holder the master first picked starts shipping and gives up; another one ships.
+    drop(cache.region().begin_landing(token, first, 4096).unwrap());
+    let mut landing = cache.region().begin_landing(token, second, 4096).unwrap();
+    landing.buf().fill(0x3c);
+    landing.complete();
+    assert!(cache.region().is_landed(token, second));
+    assert!(
+        cache.region().begin_landing(token, first, 4096).is_err(),
+        "landed once"
+    );
+    let pin = armed.take_landed().unwrap().publish(None);
+    assert!(pin.read().iter().all(|&x| x == 0x3c));
+    assert!(
+        cache.region().begin_landing(token, first, 4096).is_err(),
+        "the token is dead once taken"
+    );
+    cache.check_invariants().unwrap();
+}
+
+#[test]
 fn an_abandoned_arming_is_reclaimed_once_the_landing_stops() {
     let cache = cache(1);
     let peer = InstanceId::new(1).unwrap();
@@ -320,4 +345,33 @@ fn waiting_times_out() {
         cache.pin(b(1), past),
         Err(CacheError::Timeout { .. })
     ));
+}
+
+#[test]
+fn a_replacement_takes_over_from_the_old_copy_when_published() {
+    let cache = cache(4);
+    let block = BlockId::new(1, 9);
+    let old = cache.allocate(block).unwrap().filling.publish(None);
+    let mut replacement = cache.allocate_replacement(block).unwrap().filling;
+    replacement.bytes()[0] = 7;
+    // Readers still find the old copy while the new version is being filled.
+    match cache.lookup(block) {
+        Lookup::Hit(pin) => assert_eq!(pin.frame(), old.frame()),
+        other => panic!("{other:?}"),
+    }
+    let new = replacement.publish(None);
+    assert_ne!(new.frame(), old.frame());
+    assert!(!old.is_current());
+    match cache.lookup(block) {
+        Lookup::Hit(pin) => assert_eq!(pin.read()[0], 7),
+        other => panic!("{other:?}"),
+    }
+    cache.check_invariants().unwrap();
+    drop(old);
+    assert_eq!(cache.stats().retiring, 0);
+    // An abandoned replacement leaves the old copy in place.
+    let abandoned = cache.allocate_replacement(block).unwrap().filling;
+    drop(abandoned);
+    assert!(matches!(cache.lookup(block), Lookup::Hit(_)));
+    cache.check_invariants().unwrap();
 }

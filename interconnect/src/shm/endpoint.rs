@@ -10,10 +10,12 @@ use super::files::{
     self, MAX_RING_BYTES, MIN_RING_BYTES, NodeFile, RELEASED, RETIRED, RINGS, RingFile,
 };
 use super::ring::{Consumer, Producer, Record, RingError};
+use super::wake::WakeRequest;
 use crate::frame::{FrameHeader, HEADER_LEN, MAX_BODY_LEN};
 use crate::region::{BlockRegion, RegionError};
 use crate::transport::{
-    Outgoing, SendError, Transport, TransportError, TransportEvent, header_for, validate_outgoing,
+    Outgoing, SendError, Transport, TransportError, TransportEvent, Waker, header_for,
+    validate_outgoing,
 };
 use crate::{ClusterId, InstanceId, MAX_INSTANCES};
 use std::io;
@@ -201,6 +203,25 @@ enum Popped {
     Broken(String),
 }
 
+/// This instance's node file (its doorbell), shared with the transport's [`Waker`]s, which
+/// keep the mapping alive however long they live.
+struct OwnNode {
+    file: NodeFile,
+    /// A wake from this process that no parked poll has answered yet.
+    wake: WakeRequest,
+}
+
+impl OwnNode {
+    /// Rings our own doorbell as a sender would: a syscall only if the poll announced it
+    /// sleeps.
+    fn wake(&self) {
+        let bell = self.file.bell();
+        if self.wake.raise(&bell) {
+            bell.wake();
+        }
+    }
+}
+
 /// One instance's end of the shm interconnect. See the [module documentation](super).
 pub struct ShmTransport {
     cluster: ClusterId,
@@ -211,7 +232,7 @@ pub struct ShmTransport {
     liveness: Duration,
     incarnation: u64,
     region: Arc<BlockRegion>,
-    node: NodeFile,
+    node: Arc<OwnNode>,
     peers: Vec<Peer>,
     /// Peer index by instance id, NO_PEER where not configured.
     slot: [u8; MAX_INSTANCES],
@@ -309,7 +330,10 @@ impl ShmTransport {
             liveness: config.liveness_interval.max(Duration::from_millis(1)),
             incarnation,
             region,
-            node,
+            node: Arc::new(OwnNode {
+                file: node,
+                wake: WakeRequest::default(),
+            }),
             peers,
             slot,
             // The first poll reads the clock and runs maintenance.
@@ -669,14 +693,15 @@ impl ShmTransport {
 
     /// Parks until a doorbell ring, `timeout`, or (at most) the liveness interval.
     fn park(&mut self, events: &mut Vec<TransportEvent>, timeout: Duration) -> usize {
-        let seen = self.node.bell().prepare_sleep();
-        // The re-check after announcing: a record published before the announcement is seen
-        // here; one published after it rings the doorbell (see wake.rs).
+        let seen = self.node.file.bell().prepare_sleep();
+        // The re-check after announcing: a record or wake request published before the
+        // announcement is seen here; one published after it rings the doorbell (see wake.rs).
         let added = self.drain(events);
-        if added == 0 {
-            self.node.bell().wait(seen, timeout);
+        let bell = self.node.file.bell();
+        if added == 0 && !self.node.wake.is_raised() {
+            bell.wait(seen, timeout);
         }
-        self.node.bell().end_sleep();
+        bell.end_sleep();
         if added > 0 { added } else { self.drain(events) }
     }
 }
@@ -865,7 +890,9 @@ impl Transport for ShmTransport {
                 Some(deadline) => deadline - now,
                 None => timeout,
             };
-            if self.park(events, left.min(self.liveness)) > 0 {
+            let added = self.park(events, left.min(self.liveness));
+            // A wake (Transport::waker) is answered by this return, events or not.
+            if self.node.wake.take() || added > 0 {
                 return Ok(());
             }
             // Woken without a record (a peer connected or left) or the slice ended.
@@ -875,12 +902,17 @@ impl Transport for ShmTransport {
             }
         }
     }
+
+    fn waker(&self) -> Waker {
+        let node = Arc::clone(&self.node);
+        Waker::new(move || node.wake())
+    }
 }
 
 impl Drop for ShmTransport {
     fn drop(&mut self) {
         // Closed first, so a peer that sees our rings released does not map us again.
-        self.node.set_closed();
+        self.node.file.set_closed();
         for peer in &mut self.peers {
             if let Some(out) = peer.out.take() {
                 let _ = out.file.producer().compare_exchange(

@@ -21,7 +21,8 @@
 //!   and the message is delivered either way.
 //! * **Wake-ups** (`wake.rs`): `poll` with a timeout spins for [`ShmConfig::spin`], then
 //!   parks on the receiver's futex doorbell; a sender makes the wake-up syscall only when the
-//!   receiver announced that it sleeps.
+//!   receiver announced that it sleeps. The transport's [`Waker`](crate::Waker) rings this
+//!   instance's own doorbell the same way, so another thread of the process can end a park.
 //! * **Connections** are lazy: `poll` maps peers' files when they appear, and reports
 //!   [`PeerConnected`](crate::TransportEvent::PeerConnected) once each side writes the
 //!   other's rings. A peer that closes (a flag its `Drop` sets), whose process is gone

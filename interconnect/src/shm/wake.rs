@@ -21,10 +21,14 @@
 //! calls are the shared (not `FUTEX_PRIVATE_FLAG`) variants, because the two sides are
 //! different processes mapping the same file.
 //!
+//! A [`WakeRequest`] (the transport's `Waker`, from a thread of the consumer's own process)
+//! is one more producer: its flag takes the place of the record, and the consumer's re-check
+//! looks at it beside the rings. So it too costs a syscall only when the consumer sleeps.
+//!
 //! This module owns the protocol and the futex calls. It must never decide when or how long to
 //! sleep: the transport's poll does.
 
-use super::sync::{AtomicU32, Ordering, fence};
+use super::sync::{AtomicBool, AtomicU32, Ordering, fence};
 
 /// One receiver's doorbell, as seen by the receiver or by any producer.
 #[derive(Clone, Copy)]
@@ -111,6 +115,33 @@ impl<'a> Bell<'a> {
     }
 }
 
+/// A request, from any thread of the consumer's process, that its poll return without a
+/// record. It rides the doorbell protocol as a producer whose "record" is the flag.
+#[derive(Default)]
+pub(crate) struct WakeRequest {
+    raised: AtomicBool,
+}
+
+impl WakeRequest {
+    /// Producer side: raises the flag and, like [`Bell::should_wake`] after a push, bumps
+    /// `bell` if the consumer announced it sleeps. Says whether a [`Bell::wake`] is needed.
+    pub(crate) fn raise(&self, bell: &Bell<'_>) -> bool {
+        self.raised.store(true, Ordering::Release);
+        bell.should_wake()
+    }
+
+    /// Consumer, in its re-check between [`Bell::prepare_sleep`] and [`Bell::wait`]: whether
+    /// a request is pending (then it must not sleep).
+    pub(crate) fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    /// Consumer: answers the pending request, if any (its poll is returning).
+    pub(crate) fn take(&self) -> bool {
+        self.raised.swap(false, Ordering::AcqRel)
+    }
+}
+
 #[cfg(test)]
 #[cfg(loom)]
 mod loom_tests {
@@ -144,6 +175,33 @@ mod loom_tests {
                 );
             }
             bell.end_sleep();
+        });
+    }
+
+    /// The same for a wake request: a consumer that decides to sleep without seeing the flag
+    /// is left a doorbell that has moved, and one that sees it does not sleep.
+    #[test]
+    fn a_sleeping_consumer_is_never_left_asleep_with_a_wake_request_raised() {
+        loom::model(|| {
+            let words = Arc::new((AtomicU32::new(0), AtomicU32::new(0), WakeRequest::default()));
+            let theirs = Arc::clone(&words);
+            let waker =
+                loom::thread::spawn(move || theirs.2.raise(&Bell::new(&theirs.0, &theirs.1)));
+            let bell = Bell::new(&words.0, &words.1);
+            let seen = bell.prepare_sleep();
+            let would_sleep = !words.2.is_raised();
+            let syscall = waker.join().unwrap();
+            if would_sleep {
+                assert!(syscall, "the waker saw the consumer asleep");
+                assert_ne!(
+                    words.0.load(Ordering::Relaxed),
+                    seen,
+                    "consumer would sleep through a wake request"
+                );
+            }
+            bell.end_sleep();
+            assert!(words.2.take(), "the request is answered once");
+            assert!(!words.2.take());
         });
     }
 }
