@@ -35,8 +35,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod cache;
 pub mod config;
+pub mod core;
 pub mod format;
 pub mod redo;
+pub mod runtime;
 pub mod storage;

@@ -1,0 +1,682 @@
+//! The Rust API of an instance: start one, read and change blocks in transactions whose
+//! commit is durable, take enqueues, allocate blocks.
+//!
+//! ```no_run
+//! use instance::api::Instance;
+//! use instance::config::InstanceConfig;
+//! use std::path::Path;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = InstanceConfig::load(Path::new("cluster-0.toml"))?;
+//! let fusion = Instance::start(config)?;
+//! let block = fusion.block(7)?;
+//!
+//! // Change a block: X on it, redo for each update, durable at commit.
+//! let mut tx = fusion.begin();
+//! let mut b = tx.write(block)?;
+//! let counter = u64::from_le_bytes(b.bytes()[0..8].try_into()?);
+//! b.update(0, &(counter + 1).to_le_bytes())?;
+//! tx.commit()?;
+//!
+//! // Read it (S), on this or any other instance.
+//! let r = fusion.read(block)?;
+//! assert_eq!(u64::from_le_bytes(r.bytes()[0..8].try_into()?), counter + 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Offsets are into a block's *payload*: the block minus its 32-byte header (block id, SCN,
+//! checksum), which the instance keeps. A transaction holds each block it changed in X until
+//! it commits or is dropped (dropping it without `commit` rolls its changes back), so other
+//! instances wait for the commit; take blocks in a consistent order across transactions, or
+//! serialize with [`Instance::lock`], since a cycle of transactions waiting for each other's
+//! blocks is not broken by the engine.
+//!
+//! This module owns the user-facing handles and the transaction's redo. It must never block
+//! the driver thread, and never hold a latch across a wait for another instance.
+
+use crate::cache::{Pin, ReadLatch};
+use crate::config::{InstanceConfig, TransportConfig};
+use crate::core::{BlockGrant, Completion, Core, CoreConfig, CoreError};
+use crate::format::{self, BLOCK_HEADER_LEN, InstanceSlot, Layout, SlotState};
+use crate::redo::{GroupCommitConfig, RedoError, RedoRecord, RedoWriter};
+use crate::runtime::{Command, Runtime, RuntimeStats, Waiter, connect_all};
+use crate::storage::{SharedStorage, StorageOptions};
+use gcs::{BlockId, BlockMode};
+use ges::{LockMode, LockName, LockValue, VALUE_LEN};
+use interconnect::{AtomicScnClock, BlockRegion, Epoch, InstanceId, Scn, Timestamp};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long [`Instance::start`] waits for every peer to connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why an instance could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The storage could not be opened or holds no valid cluster.
+    #[error("opening the shared storage {path}: {source}")]
+    Storage {
+        /// The configured path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: format::OpenError,
+    },
+    /// The configuration does not match the storage.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// This instance's slot could not be read or written.
+    #[error("instance slot: {0}")]
+    Slot(#[from] format::SlotError),
+    /// The redo thread could not be opened.
+    #[error("redo thread: {0}")]
+    Redo(#[from] crate::redo::RedoOpenError),
+    /// The landing region or buffer cache could not be set up.
+    #[error("buffer cache: {0}")]
+    Cache(String),
+    /// The interconnect could not be set up.
+    #[error("interconnect: {0}")]
+    Transport(#[from] interconnect::TransportError),
+    /// Peers did not connect in time.
+    #[error("instances {missing:?} did not connect within {timeout:?}")]
+    PeersMissing {
+        /// Who is missing.
+        missing: Vec<InstanceId>,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// A thread could not be spawned.
+    #[error("spawning threads: {0}")]
+    Thread(#[from] std::io::Error),
+    /// The coordination core could not be built.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstanceError {
+    /// The block or lock service refused or failed.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The commit's redo could not be made durable; nothing of the transaction is kept.
+    #[error(transparent)]
+    Redo(#[from] RedoError),
+    /// An update outside the block's payload.
+    #[error("update of {len} bytes at offset {offset} is outside the {payload}-byte payload")]
+    OutOfBlock {
+        /// Offset asked for.
+        offset: usize,
+        /// Bytes.
+        len: usize,
+        /// Payload bytes per block.
+        payload: usize,
+    },
+    /// A block number outside the data file.
+    #[error("block {block} is outside the data file of {blocks} blocks")]
+    NoSuchBlock {
+        /// The number asked for.
+        block: u64,
+        /// Blocks in the data file.
+        blocks: u64,
+    },
+    /// The instance is shutting down.
+    #[error("the instance is stopped")]
+    Stopped,
+    /// Storage writing a checkpoint failed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// Every block of the data file is allocated.
+    #[error("the data file is full: all {0} blocks are allocated")]
+    DataFileFull(u64),
+}
+
+/// A running instance. `Send + Sync`: share it (`Arc`) among threads.
+pub struct Instance {
+    me: InstanceId,
+    layout: Layout,
+    storage: Arc<dyn SharedStorage>,
+    redo: RedoWriter,
+    clock: AtomicScnClock,
+    runtime: Runtime,
+    payload: usize,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance").field("me", &self.me).finish()
+    }
+}
+
+impl Instance {
+    /// Opens the shared storage, the redo thread and the interconnect, waits until every
+    /// configured peer is connected (up to [`CONNECT_TIMEOUT`]), and starts serving.
+    pub fn start(config: InstanceConfig) -> Result<Self, StartError> {
+        let (storage, layout) = format::open_path(&config.storage, &StorageOptions::default())
+            .map_err(|source| StartError::Storage {
+                path: config.storage.clone(),
+                source,
+            })?;
+        config.check_storage(&layout)?;
+        let me = config.local.id;
+        let slot = format::read_slot(storage.as_ref(), &layout, me)?;
+        let thread = layout.redo_thread(me).ok_or(format::SlotError::NoSlot {
+            instance: me,
+            max_instances: layout.max_instances,
+        })?;
+        let (redo, _end) = RedoWriter::open(
+            Arc::clone(&storage),
+            thread,
+            slot.checkpoint.sequence,
+            GroupCommitConfig::default(),
+        )?;
+        format::write_slot(
+            storage.as_ref(),
+            &layout,
+            &InstanceSlot {
+                state: SlotState::Up,
+                ..slot
+            },
+        )?;
+        let frames = config.cache.frames;
+        let mut peers = config.instances();
+        peers.remove(me);
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let core_config = CoreConfig {
+            me,
+            members: config.instances(),
+            epoch: Epoch(1),
+            data_file: layout.data_file,
+            data_blocks: layout.data_blocks,
+            gcs: gcs::GcsConfig::default(),
+            ges: ges::GesConfig::default(),
+        };
+        let cache_error = |e: crate::cache::CacheError| StartError::Cache(e.to_string());
+        let io_threads = 2;
+        let spin = crate::runtime::DEFAULT_SPIN;
+        let runtime = match &config.transport {
+            TransportConfig::Tcp { .. } => {
+                let region = BlockRegion::anonymous(frames, layout.block_size)
+                    .map_err(|e| StartError::Cache(e.to_string()))?;
+                let cache =
+                    crate::cache::BufferCache::new(Arc::clone(&region)).map_err(cache_error)?;
+                let mut transport =
+                    interconnect::tcp::TcpTransport::bind(config.tcp_config(), region)?;
+                wait_for_peers(&mut transport, peers, deadline)?;
+                let core = Core::new(core_config, cache, Timestamp::ZERO)?;
+                Runtime::start(
+                    transport,
+                    core,
+                    Arc::clone(&storage),
+                    layout.clone(),
+                    io_threads,
+                    spin,
+                )?
+            }
+            TransportConfig::Shm { .. } => {
+                let mut transport = interconnect::shm::ShmTransport::open(config.shm_config())?;
+                let cache =
+                    crate::cache::BufferCache::new(transport.region()).map_err(cache_error)?;
+                wait_for_peers(&mut transport, peers, deadline)?;
+                let core = Core::new(core_config, cache, Timestamp::ZERO)?;
+                Runtime::start(
+                    transport,
+                    core,
+                    Arc::clone(&storage),
+                    layout.clone(),
+                    io_threads,
+                    spin,
+                )?
+            }
+        };
+        let payload = layout.block_size as usize - BLOCK_HEADER_LEN;
+        Ok(Self {
+            me,
+            layout,
+            storage,
+            redo,
+            clock: AtomicScnClock::starting_at(Scn(0)),
+            runtime,
+            payload,
+        })
+    }
+
+    /// This instance's id.
+    pub fn id(&self) -> InstanceId {
+        self.me
+    }
+
+    /// Blocks in the data file.
+    pub fn data_blocks(&self) -> u64 {
+        self.layout.data_blocks
+    }
+
+    /// Payload bytes per block (the block size minus its header).
+    pub fn payload_len(&self) -> usize {
+        self.payload
+    }
+
+    /// The id of block number `n` of the data file.
+    pub fn block(&self, n: u64) -> Result<BlockId, InstanceError> {
+        if n >= self.layout.data_blocks {
+            return Err(InstanceError::NoSuchBlock {
+                block: n,
+                blocks: self.layout.data_blocks,
+            });
+        }
+        Ok(BlockId::new(self.layout.data_file, n as u32))
+    }
+
+    /// Reads `block`: the instance gets it in S (from its cache, from another instance's,
+    /// or from storage) and keeps it until the returned handle is dropped.
+    pub fn read(&self, block: BlockId) -> Result<BlockRef<'_>, InstanceError> {
+        let (grant, acquisition) = self.acquire(block, BlockMode::Shared)?;
+        Ok(BlockRef {
+            instance: self,
+            grant: Some(grant),
+            acquisition,
+        })
+    }
+
+    /// Starts a transaction.
+    pub fn begin(&self) -> Transaction<'_> {
+        Transaction {
+            instance: self,
+            blocks: Vec::new(),
+            records: Vec::new(),
+            undo: Vec::new(),
+        }
+    }
+
+    /// Takes enqueue `name` in `mode` (waiting up to `timeout`, or forever); released when
+    /// the guard drops.
+    pub fn lock(
+        &self,
+        name: LockName,
+        mode: LockMode,
+        timeout: Option<Duration>,
+    ) -> Result<LockGuard<'_>, InstanceError> {
+        let handle = &self.runtime.handle;
+        let waiter = Waiter::new();
+        let ticket = handle.ticket();
+        if !handle.submit(Command::Lock {
+            ticket,
+            name,
+            mode,
+            timeout,
+            waiter: Arc::clone(&waiter),
+        }) {
+            return Err(InstanceError::Stopped);
+        }
+        match waiter.wait(handle.spin) {
+            Completion::Lock { result, .. } => Ok(LockGuard {
+                instance: self,
+                name,
+                value: result?,
+                write: None,
+            }),
+            Completion::Block { .. } => Err(InstanceError::Stopped),
+        }
+    }
+
+    /// Allocates a block of the data file: block 0 holds the file's high-water mark, changed
+    /// in a transaction of its own (durable before this returns).
+    pub fn allocate_block(&self) -> Result<BlockId, InstanceError> {
+        let header = self.block(0)?;
+        let mut tx = self.begin();
+        let mut b = tx.write(header)?;
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&b.bytes()[..8]);
+        // Block 0 is the header itself; the first allocatable block is 1.
+        let next = u64::from_le_bytes(raw).max(1);
+        if next >= self.layout.data_blocks {
+            return Err(InstanceError::DataFileFull(self.layout.data_blocks));
+        }
+        b.update(0, &(next + 1).to_le_bytes())?;
+        tx.commit()?;
+        self.block(next)
+    }
+
+    /// Writes every dirty block this instance owns (through the GCS write protocol) and
+    /// moves its redo checkpoint past them, so restart and recovery start there.
+    pub fn checkpoint(&self) -> Result<(), InstanceError> {
+        // Redo written after this point may not be covered by the writes; take the
+        // position first.
+        let sequence = self.redo.next_sequence();
+        let (reply, done) = crossbeam::channel::bounded(1);
+        if !self.runtime.handle.submit(Command::Checkpoint { reply }) {
+            return Err(InstanceError::Stopped);
+        }
+        done.recv().map_err(|_| InstanceError::Stopped)?;
+        let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
+            .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
+        slot.checkpoint.sequence = sequence;
+        format::write_slot(self.storage.as_ref(), &self.layout, &slot)
+            .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
+        self.redo
+            .set_checkpoint(sequence)
+            .map_err(InstanceError::Redo)?;
+        Ok(())
+    }
+
+    /// Counters: transfers by kind with latencies, grants, storage I/O.
+    pub fn stats(&self) -> Result<RuntimeStats, InstanceError> {
+        let (reply, stats) = crossbeam::channel::bounded(1);
+        if !self.runtime.handle.submit(Command::Stats { reply }) {
+            return Err(InstanceError::Stopped);
+        }
+        stats.recv().map_err(|_| InstanceError::Stopped)
+    }
+
+    /// Redo counters (commits, writes: group commit shares one write among committers).
+    pub fn redo_stats(&self) -> crate::redo::RedoStats {
+        self.redo.stats()
+    }
+
+    /// Checkpoints, marks the slot down and stops the threads.
+    pub fn shutdown(mut self) -> Result<(), InstanceError> {
+        self.checkpoint()?;
+        let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
+            .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
+        slot.state = SlotState::Down;
+        format::write_slot(self.storage.as_ref(), &self.layout, &slot)
+            .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
+        self.runtime.stop();
+        Ok(())
+    }
+
+    fn acquire(
+        &self,
+        block: BlockId,
+        mode: BlockMode,
+    ) -> Result<(BlockGrant, Acquisition), InstanceError> {
+        let start = Instant::now();
+        let handle = &self.runtime.handle;
+        let waiter = Waiter::new();
+        let ticket = handle.ticket();
+        if !handle.submit(Command::Acquire {
+            ticket,
+            block,
+            mode,
+            waiter: Arc::clone(&waiter),
+        }) {
+            return Err(InstanceError::Stopped);
+        }
+        match waiter.wait(handle.spin) {
+            Completion::Block { result, .. } => {
+                let grant = result?;
+                // Changes to it take SCNs above its version.
+                self.clock.observe(grant.scn);
+                let acquisition = Acquisition {
+                    kind: grant.kind,
+                    latency: start.elapsed(),
+                };
+                Ok((grant, acquisition))
+            }
+            Completion::Lock { .. } => Err(InstanceError::Stopped),
+        }
+    }
+
+    fn release(&self, block: BlockId, mode: BlockMode, dirty: Option<Scn>) {
+        self.runtime
+            .handle
+            .submit(Command::Release { block, mode, dirty });
+    }
+}
+
+/// A block held in S. The bytes are its payload.
+#[derive(Debug)]
+pub struct BlockRef<'i> {
+    instance: &'i Instance,
+    grant: Option<BlockGrant>,
+    acquisition: Acquisition,
+}
+
+impl BlockRef<'_> {
+    /// The block's payload, latched for reading while the guard lives.
+    pub fn bytes(&self) -> Payload<'_> {
+        let pin = &self.grant.as_ref().expect("held until drop").pin;
+        Payload { latch: pin.read() }
+    }
+
+    /// The block's SCN when it was granted.
+    pub fn scn(&self) -> Scn {
+        self.grant.as_ref().map_or(Scn(0), |g| g.scn)
+    }
+
+    /// How the block was obtained.
+    pub fn acquisition(&self) -> Acquisition {
+        self.acquisition
+    }
+}
+
+impl Drop for BlockRef<'_> {
+    fn drop(&mut self) {
+        if let Some(grant) = self.grant.take() {
+            let block = grant.pin.block();
+            drop(grant.pin);
+            self.instance.release(block, grant.mode, None);
+        }
+    }
+}
+
+/// A block's payload under a read latch.
+#[derive(Debug)]
+pub struct Payload<'p> {
+    latch: ReadLatch<'p>,
+}
+
+impl std::ops::Deref for Payload<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.latch[BLOCK_HEADER_LEN..]
+    }
+}
+
+struct TxBlock {
+    block: BlockId,
+    pin: Pin,
+    newest: Option<Scn>,
+    acquisition: Acquisition,
+}
+
+/// How a block was obtained: the transfer that served it and how long the caller waited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acquisition {
+    /// The transfer (2-way, 3-way, grant, upgrade); `None` when the instance already held the
+    /// block in the mode asked for.
+    pub kind: Option<gcs::TransferKind>,
+    /// From the request to the grant, as the caller saw it.
+    pub latency: Duration,
+}
+
+/// A group of block changes made durable together by [`Transaction::commit`]. Dropping it
+/// uncommitted rolls its changes back.
+pub struct Transaction<'i> {
+    instance: &'i Instance,
+    blocks: Vec<TxBlock>,
+    records: Vec<RedoRecord>,
+    /// Before-images, in change order: (block index, offset, old bytes).
+    undo: Vec<(usize, usize, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Transaction<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("blocks", &self.blocks.len())
+            .field("records", &self.records.len())
+            .finish()
+    }
+}
+
+/// What a commit made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// The newest SCN of the transaction's changes (zero for a transaction with none).
+    pub scn: Scn,
+    /// Blocks it changed.
+    pub blocks: usize,
+}
+
+impl<'i> Transaction<'i> {
+    /// Takes `block` in X for this transaction (kept until commit or rollback).
+    pub fn write(&mut self, block: BlockId) -> Result<BlockMut<'_, 'i>, InstanceError> {
+        let index = match self.blocks.iter().position(|b| b.block == block) {
+            Some(index) => index,
+            None => {
+                let (grant, acquisition) = self.instance.acquire(block, BlockMode::Exclusive)?;
+                self.blocks.push(TxBlock {
+                    block,
+                    pin: grant.pin,
+                    newest: None,
+                    acquisition,
+                });
+                self.blocks.len() - 1
+            }
+        };
+        Ok(BlockMut { tx: self, index })
+    }
+
+    /// Makes the transaction's changes durable (one group-committed redo write) and releases
+    /// its blocks. Returns once durable.
+    pub fn commit(mut self) -> Result<CommitInfo, InstanceError> {
+        let records = std::mem::take(&mut self.records);
+        let scn = records.iter().map(|r| r.scn).max().unwrap_or_default();
+        if !records.is_empty() {
+            // On failure `self` drops and rolls back: nothing of it was made durable, or the
+            // writer is stopped and the instance must restart anyway.
+            self.instance.redo.commit(&records)?;
+        }
+        let changed = self.blocks.iter().filter(|b| b.newest.is_some()).count();
+        for b in self.blocks.drain(..) {
+            if let Some(newest) = b.newest {
+                // The cache learns the copy is dirty (eviction writes it first).
+                let _ = b.pin.write().mark_dirty(newest);
+            }
+            drop(b.pin);
+            self.instance
+                .release(b.block, BlockMode::Exclusive, b.newest);
+        }
+        self.undo.clear();
+        Ok(CommitInfo {
+            scn,
+            blocks: changed,
+        })
+    }
+
+    /// Rolls the changes back and releases the blocks.
+    pub fn rollback(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        // Nothing of an uncommitted transaction left the instance: restore the frames.
+        for (index, offset, old) in self.undo.drain(..).rev() {
+            let mut latch = self.blocks[index].pin.write();
+            latch[offset..offset + old.len()].copy_from_slice(&old);
+        }
+        for b in self.blocks.drain(..) {
+            drop(b.pin);
+            self.instance.release(b.block, BlockMode::Exclusive, None);
+        }
+    }
+}
+
+/// A block held in X by a transaction.
+#[derive(Debug)]
+pub struct BlockMut<'t, 'i> {
+    tx: &'t mut Transaction<'i>,
+    index: usize,
+}
+
+impl BlockMut<'_, '_> {
+    /// The block's payload, latched for reading while the guard lives.
+    pub fn bytes(&self) -> Payload<'_> {
+        Payload {
+            latch: self.tx.blocks[self.index].pin.read(),
+        }
+    }
+
+    /// How the block was obtained for this transaction.
+    pub fn acquisition(&self) -> Acquisition {
+        self.tx.blocks[self.index].acquisition
+    }
+
+    /// Replaces payload bytes at `offset` with `bytes`, logging redo for the commit.
+    pub fn update(&mut self, offset: usize, bytes: &[u8]) -> Result<(), InstanceError> {
+        let payload = self.tx.instance.payload;
+        if offset
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > payload)
+        {
+            return Err(InstanceError::OutOfBlock {
+                offset,
+                len: bytes.len(),
+                payload,
+            });
+        }
+        let at = BLOCK_HEADER_LEN + offset;
+        let scn = self.tx.instance.clock.tick();
+        let b = &mut self.tx.blocks[self.index];
+        {
+            let mut latch = b.pin.write();
+            self.tx
+                .undo
+                .push((self.index, at, latch[at..at + bytes.len()].to_vec()));
+            latch[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        b.newest = Some(scn);
+        self.tx.records.push(RedoRecord {
+            scn,
+            block: b.block,
+            offset: at as u32,
+            bytes: bytes.to_vec(),
+        });
+        Ok(())
+    }
+}
+
+/// A held enqueue; released on drop (with the value block written if set).
+#[derive(Debug)]
+pub struct LockGuard<'i> {
+    instance: &'i Instance,
+    name: LockName,
+    value: LockValue,
+    write: Option<[u8; VALUE_LEN]>,
+}
+
+impl LockGuard<'_> {
+    /// The lock value block as granted.
+    pub fn value(&self) -> &LockValue {
+        &self.value
+    }
+
+    /// Sets the value block written at release (PW and EX holders).
+    pub fn set_value(&mut self, value: [u8; VALUE_LEN]) {
+        self.write = Some(value);
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        self.instance.runtime.handle.submit(Command::Unlock {
+            name: self.name,
+            value: self.write,
+        });
+    }
+}
+
+fn wait_for_peers<T: interconnect::Transport>(
+    transport: &mut T,
+    peers: interconnect::InstanceSet,
+    deadline: Instant,
+) -> Result<(), StartError> {
+    connect_all(transport, peers, deadline).map_err(|missing| StartError::PeersMissing {
+        missing: missing.iter().collect(),
+        timeout: CONNECT_TIMEOUT,
+    })
+}

@@ -1,0 +1,686 @@
+//! `fusion-demo`: a local cluster of instances on one shared file, a contended workload, a
+//! check that nothing was lost, and a table of what the interconnect did.
+//!
+//! ```text
+//! fusion-demo [--transport tcp|shm] [--instances 3] [--seconds 10] [--threads 4]
+//!             [--hot 8] [--blocks 2000] [--dir DIR] [--keep]
+//! ```
+//!
+//! The parent creates the shared file, writes one configuration per instance, and starts
+//! each instance as a child process (`fusion-demo node ...`). The children run committed
+//! increments — half on a few hot blocks every instance changes, half spread uniformly —
+//! then, once all have stopped, each reads every block back. The parent checks that every
+//! instance reads identical contents and that every counter equals the number of committed
+//! increments of its block, and prints throughput, commits/s and the block transfers by kind
+//! with p50/p99/p99.9 latency as the caller saw them. It exits non-zero if a check fails.
+//!
+//! Parent and children talk over the children's stdin/stdout, a line per message.
+
+use gcs::TransferKind;
+use hdrhistogram::Histogram;
+use instance::api::Instance;
+use instance::config::InstanceConfig;
+use instance::format::{self, ClusterSpec};
+use interconnect::ClusterId;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const KINDS: [(&str, Option<TransferKind>); 5] = [
+    ("local (mode held)", None),
+    ("grant (storage read)", Some(TransferKind::Grant)),
+    ("2-way", Some(TransferKind::TwoWay)),
+    ("3-way", Some(TransferKind::ThreeWay)),
+    ("upgrade", Some(TransferKind::Upgrade)),
+];
+
+#[derive(Debug, Clone)]
+struct Options {
+    transport: String,
+    instances: u64,
+    seconds: u64,
+    threads: u64,
+    hot: u64,
+    blocks: u64,
+    dir: Option<PathBuf>,
+    keep: bool,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = if args.first().map(String::as_str) == Some("node") {
+        node(&args[1..])
+    } else {
+        parse_options(&args).and_then(|options| parent(&options))
+    };
+    if let Err(e) = result {
+        eprintln!("fusion-demo: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn usage() -> String {
+    "usage: fusion-demo [--transport tcp|shm] [--instances N] [--seconds S] [--threads T] \
+     [--hot H] [--blocks B] [--dir DIR] [--keep]"
+        .into()
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        transport: "tcp".into(),
+        instances: 3,
+        seconds: 10,
+        threads: 4,
+        hot: 8,
+        blocks: 2000,
+        dir: None,
+        keep: false,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        let number = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: {v:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--transport" => {
+                o.transport = value()?;
+                if o.transport != "tcp" && o.transport != "shm" {
+                    return Err(format!("--transport: {:?} is not tcp or shm", o.transport));
+                }
+            }
+            "--instances" => o.instances = number(value()?)?,
+            "--seconds" => o.seconds = number(value()?)?,
+            "--threads" => o.threads = number(value()?)?,
+            "--hot" => o.hot = number(value()?)?,
+            "--blocks" => o.blocks = number(value()?)?,
+            "--dir" => o.dir = Some(PathBuf::from(value()?)),
+            "--keep" => o.keep = true,
+            "-h" | "--help" => return Err(usage()),
+            other => return Err(format!("unknown option {other:?}\n{}", usage())),
+        }
+    }
+    if !(1..=16).contains(&o.instances) {
+        return Err("--instances must be 1..=16".into());
+    }
+    if o.hot == 0 || o.hot + 1 >= o.blocks {
+        return Err("--hot must be at least 1 and below --blocks".into());
+    }
+    if o.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    Ok(o)
+}
+
+// ----------------------------------------------------------------------------- parent
+
+struct NodeProcess {
+    child: Child,
+    stdin: ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl NodeProcess {
+    fn send(&mut self, line: &str) -> Result<(), String> {
+        writeln!(self.stdin, "{line}").map_err(|e| format!("writing to an instance: {e}"))
+    }
+
+    /// The next line starting with `prefix` (others are progress lines, returned too).
+    fn expect(&mut self, id: u64, prefix: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return Ok(line),
+                Ok(_) => continue,
+                Err(_) => {
+                    return Err(format!(
+                        "instance {id} did not say {prefix:?} within {timeout:?} (see its errors above)"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn spawn_reader(stdout: ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+fn write_configs(
+    o: &Options,
+    dir: &Path,
+    storage: &Path,
+    cluster: u64,
+) -> Result<Vec<PathBuf>, String> {
+    let mut members = String::new();
+    for id in 0..o.instances {
+        members.push_str(&format!(
+            "  {{ id = {id}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
+            free_port()?
+        ));
+    }
+    let frames = (o.blocks + 256).next_power_of_two();
+    let shm_dir = std::env::temp_dir().join(format!("fusion-demo-shm-{}", std::process::id()));
+    let mut paths = Vec::new();
+    for id in 0..o.instances {
+        let transport = if o.transport == "shm" {
+            format!(
+                "kind = \"shm\"\nshm_dir = {:?}\n",
+                shm_dir.display().to_string()
+            )
+        } else {
+            "kind = \"tcp\"\n".to_string()
+        };
+        let text = format!(
+            "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"fusion-demo-secret\"\ninstances = [\n{members}]\n\n\
+             [storage]\npath = {:?}\n\n[transport]\n{transport}\n[cache]\nframes = {frames}\nblock_size = 8192\n",
+            storage.display().to_string()
+        );
+        let path = dir.join(format!("instance-{id}.toml"));
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+fn parent(o: &Options) -> Result<(), String> {
+    let temp;
+    let dir = match &o.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            dir.clone()
+        }
+        None => {
+            temp = std::env::temp_dir().join(format!("fusion-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+            temp
+        }
+    };
+    let storage = dir.join("cluster.fusion");
+    let cluster = 0xF000 + u64::from(std::process::id() % 0x0FFF);
+    // Redo space is reused only after a checkpoint, which the demo takes at the end: give
+    // each thread room for a long run (one log block per group-commit write at most).
+    let redo_thread_size: u64 = 256 << 20;
+    let data_bytes = (o.blocks + 1) * 8192;
+    let size = o.instances * redo_thread_size + data_bytes + (4 << 20);
+    let mut spec = ClusterSpec::new(ClusterId(cluster), o.instances as u16, Some(size));
+    spec.block_size = 8192;
+    spec.redo_thread_size = redo_thread_size;
+    let layout = format::create(&storage, &spec, true).map_err(|e| e.to_string())?;
+    if layout.data_blocks < o.blocks + 1 {
+        return Err(format!(
+            "the shared file holds {} data blocks, fewer than --blocks {}",
+            layout.data_blocks, o.blocks
+        ));
+    }
+    let configs = write_configs(o, &dir, &storage, cluster)?;
+    println!(
+        "fusion-demo: {} instances over {} on {} ({} data blocks of 8 KiB; {} hot); {} threads each for {} s",
+        o.instances,
+        o.transport,
+        storage.display(),
+        o.blocks,
+        o.hot,
+        o.threads,
+        o.seconds
+    );
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut nodes = Vec::new();
+    for (id, config) in configs.iter().enumerate() {
+        let mut child = Command::new(&exe)
+            .arg("node")
+            .arg(config)
+            .args([
+                o.threads.to_string(),
+                o.hot.to_string(),
+                o.blocks.to_string(),
+                (id as u64 + 1).to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting instance {id}: {e}"))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("no pipes to the instance".into());
+        };
+        nodes.push(NodeProcess {
+            child,
+            stdin,
+            lines: spawn_reader(stdout),
+        });
+    }
+    let result = run_cluster(o, &mut nodes);
+    for node in &mut nodes {
+        let _ = node.send("exit");
+    }
+    for (id, node) in nodes.iter_mut().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match node.child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() && result.is_ok() {
+                        eprintln!("fusion-demo: instance {id} exited with {status}");
+                    }
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = node.child.kill();
+                    let _ = node.child.wait();
+                    break;
+                }
+            }
+        }
+    }
+    if o.transport == "shm" {
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("fusion-demo-shm-{}", std::process::id())),
+        );
+    }
+    if !o.keep && o.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
+    let startup = Duration::from_secs(120);
+    for (id, node) in nodes.iter_mut().enumerate() {
+        node.expect(id as u64, "ready", startup)?;
+    }
+    let started = Instant::now();
+    for node in nodes.iter_mut() {
+        node.send(&format!("run {}", o.seconds))?;
+    }
+    // Progress: each instance reports its commits every second.
+    let mut done = vec![false; nodes.len()];
+    let mut commits = vec![0u64; nodes.len()];
+    let mut last_print = Instant::now();
+    let mut last_total = 0u64;
+    let deadline = started + Duration::from_secs(o.seconds) + Duration::from_secs(120);
+    while done.iter().any(|d| !d) {
+        if Instant::now() > deadline {
+            return Err("the workload did not finish in time".into());
+        }
+        for (id, node) in nodes.iter_mut().enumerate() {
+            while let Ok(line) = node.lines.try_recv() {
+                let mut words = line.split_whitespace();
+                match words.next() {
+                    Some("progress") => {
+                        commits[id] = words
+                            .next()
+                            .and_then(|w| w.parse().ok())
+                            .unwrap_or(commits[id]);
+                    }
+                    Some("stopped") => {
+                        commits[id] = words
+                            .next()
+                            .and_then(|w| w.parse().ok())
+                            .unwrap_or(commits[id]);
+                        done[id] = true;
+                    }
+                    Some("failed") => return Err(format!("instance {id}: {line}")),
+                    _ => {}
+                }
+            }
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            let total: u64 = commits.iter().sum();
+            let rate = (total - last_total) as f64 / last_print.elapsed().as_secs_f64();
+            println!(
+                "[{:>3} s] commits {total:>9} ({rate:>8.0}/s)  per instance {:?}",
+                started.elapsed().as_secs(),
+                commits
+            );
+            last_total = total;
+            last_print = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let elapsed = started
+        .elapsed()
+        .min(Duration::from_secs(o.seconds).max(Duration::from_millis(1)));
+
+    // Every instance has stopped changing blocks: each reads everything back.
+    for node in nodes.iter_mut() {
+        node.send("verify")?;
+    }
+    let mut increments: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut contents: Vec<String> = Vec::new();
+    let mut histograms: BTreeMap<&str, Histogram<u64>> = BTreeMap::new();
+    let mut stats_lines = Vec::new();
+    for (id, node) in nodes.iter_mut().enumerate() {
+        let counts = node.expect(id as u64, "counts", Duration::from_secs(300))?;
+        for pair in counts.split_whitespace().skip(1) {
+            let (block, n) = pair.split_once('=').ok_or("bad counts line")?;
+            let block: u64 = block.parse().map_err(|_| "bad counts line")?;
+            let n: u64 = n.parse().map_err(|_| "bad counts line")?;
+            *increments.entry(block).or_default() += n;
+        }
+        for (name, _) in KINDS {
+            let line = node.expect(id as u64, "hist", Duration::from_secs(60))?;
+            let h = histograms
+                .entry(name)
+                .or_insert_with(|| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+            for pair in line.split_whitespace().skip(2) {
+                let (value, count) = pair.split_once(':').ok_or("bad hist line")?;
+                let value: u64 = value.parse().map_err(|_| "bad hist line")?;
+                let count: u64 = count.parse().map_err(|_| "bad hist line")?;
+                h.record_n(value, count).map_err(|e| e.to_string())?;
+            }
+        }
+        stats_lines.push(node.expect(id as u64, "stats", Duration::from_secs(60))?);
+        contents.push(node.expect(id as u64, "contents", Duration::from_secs(300))?);
+    }
+
+    // Checks.
+    let mut problems = Vec::new();
+    for (id, c) in contents.iter().enumerate().skip(1) {
+        if *c != contents[0] {
+            problems.push(format!(
+                "instance {id} reads different contents than instance 0"
+            ));
+        }
+    }
+    let values: BTreeMap<u64, u64> = contents[0]
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|pair| {
+            let (b, v) = pair.split_once('=')?;
+            Some((b.parse().ok()?, v.parse().ok()?))
+        })
+        .collect();
+    let mut checked = 0;
+    for block in 1..=o.blocks {
+        let want = increments.get(&block).copied().unwrap_or(0);
+        let have = values.get(&block).copied().unwrap_or(0);
+        checked += 1;
+        if want != have {
+            problems.push(format!(
+                "block {block}: counter {have}, committed increments {want}"
+            ));
+        }
+    }
+    let total: u64 = increments.values().sum();
+
+    println!();
+    println!(
+        "## fusion-demo: {} instances, {}, {} s",
+        o.instances, o.transport, o.seconds
+    );
+    println!();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| committed increments | {total} |");
+    println!(
+        "| commits/s | {:.0} |",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "| throughput (block changes/s) | {:.0} |",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    for line in &stats_lines {
+        println!(
+            "| {} |",
+            line.trim_start_matches("stats ").replacen(' ', " | ", 1)
+        );
+    }
+    println!();
+    println!(
+        "Block acquisitions by how they were served (X for an increment; latency from the request to the grant, as the caller saw it; waiting: spin, then park):"
+    );
+    println!();
+    println!("| transfer | count | p50 µs | p99 µs | p99.9 µs |");
+    println!("|---|---|---|---|---|");
+    for (name, _) in KINDS {
+        if let Some(h) = histograms.get(name) {
+            let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "| {name} | {} | {:.1} | {:.1} | {:.1} |",
+                h.len(),
+                us(0.5),
+                us(0.99),
+                us(0.999)
+            );
+        }
+    }
+    println!();
+    if problems.is_empty() {
+        println!(
+            "verified: all {} instances read identical contents; all {checked} counters equal their committed increments ({total})",
+            o.instances
+        );
+        Ok(())
+    } else {
+        for p in problems.iter().take(20) {
+            println!("MISMATCH: {p}");
+        }
+        Err(format!("{} checks failed", problems.len()))
+    }
+}
+
+// ----------------------------------------------------------------------------- node
+
+fn node(args: &[String]) -> Result<(), String> {
+    let [config, threads, hot, blocks, seed] = args else {
+        return Err("usage: fusion-demo node CONFIG THREADS HOT BLOCKS SEED".into());
+    };
+    let parse = |s: &String| {
+        s.parse::<u64>()
+            .map_err(|_| format!("{s:?} is not a number"))
+    };
+    let (threads, hot, blocks, seed) = (parse(threads)?, parse(hot)?, parse(blocks)?, parse(seed)?);
+    let config = InstanceConfig::load(Path::new(config)).map_err(|e| e.to_string())?;
+    let fusion = Arc::new(Instance::start(config).map_err(|e| e.to_string())?);
+    let mut stdout = std::io::stdout();
+    let say = |out: &mut std::io::Stdout, line: String| -> Result<(), String> {
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|e| e.to_string())
+    };
+    say(&mut stdout, "ready".into())?;
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::new();
+    let read_line = |stdin: &mut std::io::StdinLock<'_>, line: &mut String| -> Result<(), String> {
+        line.clear();
+        match stdin.read_line(line) {
+            Ok(0) => Err("the parent went away".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    read_line(&mut stdin, &mut line)?;
+    let seconds: u64 = line
+        .trim()
+        .strip_prefix("run ")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("expected `run SECONDS`, got {line:?}"))?;
+
+    // The workload.
+    let stop = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for t in 0..threads {
+        let fusion = Arc::clone(&fusion);
+        let stop = Arc::clone(&stop);
+        let commits = Arc::clone(&commits);
+        let mut rng =
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        workers.push(std::thread::spawn(move || -> Result<Worker, String> {
+            let mut w = Worker::new();
+            while !stop.load(Ordering::Relaxed) {
+                rng = splitmix(rng);
+                let n = if rng % 2 == 0 {
+                    1 + (rng >> 8) % hot
+                } else {
+                    1 + hot + (rng >> 8) % (blocks - hot)
+                };
+                let block = fusion.block(n).map_err(|e| e.to_string())?;
+                let mut tx = fusion.begin();
+                let mut b = tx.write(block).map_err(|e| e.to_string())?;
+                let acquisition = b.acquisition();
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(&b.bytes()[..8]);
+                let value = u64::from_le_bytes(raw) + 1;
+                b.update(0, &value.to_le_bytes())
+                    .map_err(|e| e.to_string())?;
+                tx.commit().map_err(|e| e.to_string())?;
+                *w.counts.entry(n).or_default() += 1;
+                let name = KINDS
+                    .iter()
+                    .find(|(_, k)| *k == acquisition.kind)
+                    .map_or("other", |(name, _)| *name);
+                if let Some(h) = w.histograms.get_mut(name) {
+                    let _ = h.record(acquisition.latency.as_nanos().max(1) as u64);
+                }
+                commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(w)
+        }));
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(
+            Duration::from_millis(1000)
+                .min(Duration::from_secs(seconds).saturating_sub(started.elapsed())),
+        );
+        say(
+            &mut stdout,
+            format!("progress {}", commits.load(Ordering::Relaxed)),
+        )?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Worker::new();
+    for worker in workers {
+        let w = worker
+            .join()
+            .map_err(|_| "a worker panicked".to_string())
+            .and_then(|r| r)
+            .inspect_err(|e| {
+                let _ = say(&mut std::io::stdout(), format!("failed {e}"));
+            })?;
+        for (block, n) in w.counts {
+            *total.counts.entry(block).or_default() += n;
+        }
+        for (name, h) in w.histograms {
+            if let Some(sum) = total.histograms.get_mut(name) {
+                let _ = sum.add(&h);
+            }
+        }
+    }
+    say(
+        &mut stdout,
+        format!("stopped {}", commits.load(Ordering::Relaxed)),
+    )?;
+
+    // Wait until every instance stopped, then read everything back.
+    read_line(&mut stdin, &mut line)?;
+    if line.trim() != "verify" {
+        return Err(format!("expected `verify`, got {line:?}"));
+    }
+    let counts: Vec<String> = total
+        .counts
+        .iter()
+        .map(|(b, n)| format!("{b}={n}"))
+        .collect();
+    say(&mut stdout, format!("counts {}", counts.join(" ")))?;
+    for (name, _) in KINDS {
+        let mut out = format!("hist {}", name.replace(' ', "_"));
+        if let Some(h) = total.histograms.get(name) {
+            for v in h.iter_recorded() {
+                out.push_str(&format!(
+                    " {}:{}",
+                    v.value_iterated_to(),
+                    v.count_at_value()
+                ));
+            }
+        }
+        say(&mut stdout, out)?;
+    }
+    let stats = fusion.stats().map_err(|e| e.to_string())?;
+    let redo = fusion.redo_stats();
+    say(
+        &mut stdout,
+        format!(
+            "stats instance {}: {} redo writes for {} commits, {} blocks shipped, {} storage reads, {} storage writes",
+            fusion.id(),
+            redo.writes,
+            redo.commits,
+            stats.gcs.blocks_shipped,
+            stats.storage_reads,
+            stats.storage_writes
+        ),
+    )?;
+    let mut contents = String::from("contents");
+    for n in 1..=blocks {
+        let block = fusion.block(n).map_err(|e| e.to_string())?;
+        let r = fusion.read(block).map_err(|e| e.to_string())?;
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&r.bytes()[..8]);
+        let value = u64::from_le_bytes(raw);
+        if value != 0 {
+            contents.push_str(&format!(" {n}={value}"));
+        }
+    }
+    say(&mut stdout, contents)?;
+    read_line(&mut stdin, &mut line)?;
+    match Arc::try_unwrap(fusion) {
+        Ok(fusion) => fusion.shutdown().map_err(|e| e.to_string()),
+        Err(_) => Ok(()),
+    }
+}
+
+struct Worker {
+    counts: BTreeMap<u64, u64>,
+    histograms: BTreeMap<&'static str, Histogram<u64>>,
+}
+
+impl Worker {
+    fn new() -> Self {
+        let histograms = KINDS
+            .iter()
+            .filter_map(|(name, _)| Some((*name, Histogram::new(3).ok()?)))
+            .collect();
+        Self {
+            counts: BTreeMap::new(),
+            histograms,
+        }
+    }
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,1057 @@
+//! The instance's coordination core: the deterministic state machine between the local users
+//! of blocks and locks, the buffer cache, and the GCS and GES engines.
+//!
+//! It owns, per block, who on this instance uses it (shared users, or one exclusive user —
+//! the local half of block coherence), the one GCS request in flight for it with the frame
+//! its copy will land in, and the *coherence pin* that keeps the cached current copy in its
+//! frame for as long as GCS says this instance holds it (so the cache's clock never reuses a
+//! frame that GCS may still ask to ship). It turns engine outputs into frames to send, storage
+//! I/O to perform and completions to deliver, and engine events into cache changes (past
+//! images, invalidations, discards).
+//!
+//! It is sans-IO like the engines: it never opens a socket, touches storage, spawns a thread
+//! or reads a clock. Two drivers run the same code: the runtime (real transports, storage,
+//! threads; `crate::runtime`) and the deterministic simulator (`tests/sim.rs`). Drain order
+//! after every input: [`Core::poll_send`], [`Core::poll_io`], [`Core::poll_completion`], then
+//! [`Core::poll_timeout`].
+//!
+//! Transactions and durability (why there is no undo): a transaction keeps every block it
+//! changed granted in X (pinned) until its redo is durable, and only then releases it with
+//! the change's SCN ([`Core::release`] with `dirty`). So GCS never ships or writes a version
+//! whose redo is not durable, no other instance or storage ever sees an uncommitted change,
+//! and an abort only restores the before-images in the frames it still holds. The local
+//! exclusive user excludes other local users of the block (local two-phase locking), and no
+//! write of a block is started while it has an exclusive user, nor is an exclusive user
+//! admitted while a write is in flight (the write snapshots the frame).
+
+use crate::cache::{BufferCache, CacheError, Eviction, Filling, Lookup, Pin};
+use gcs::{BlockId, BlockMode, DropReason, GcsConfig, GcsMessage, Io, RequestId};
+use ges::{LockMode, LockName, LockOptions, LockValue, VALUE_LEN};
+use grd::BucketMap;
+use interconnect::{Epoch, InstanceId, InstanceSet, LandingToken, Scn, Service, Timestamp};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+/// Names one local operation waiting for a completion.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// A block granted to a local user.
+#[derive(Debug)]
+pub struct BlockGrant {
+    /// The current copy, pinned for the user.
+    pub pin: Pin,
+    /// The mode granted (at least the mode asked for).
+    pub mode: BlockMode,
+    /// The SCN of the version granted; the user's changes take SCNs above it.
+    pub scn: Scn,
+    /// How the grant was served; `None` when the mode was already held here.
+    pub kind: Option<gcs::TransferKind>,
+}
+
+/// What a local operation came to.
+#[derive(Debug)]
+pub enum Completion {
+    /// A block acquisition ([`Core::acquire`]).
+    Block {
+        /// The operation.
+        ticket: Ticket,
+        /// The grant, or why not.
+        result: Result<BlockGrant, CoreError>,
+    },
+    /// A lock request ([`Core::lock`]).
+    Lock {
+        /// The operation.
+        ticket: Ticket,
+        /// The lock's value block, or why not.
+        result: Result<LockValue, CoreError>,
+    },
+}
+
+/// A frame for the transport to send.
+#[derive(Debug)]
+pub struct Send {
+    /// The peer.
+    pub to: InstanceId,
+    /// The engine it is for.
+    pub service: Service,
+    /// The sender's epoch.
+    pub epoch: Epoch,
+    /// The sender's cluster clock.
+    pub scn: Scn,
+    /// The encoded message.
+    pub body: Vec<u8>,
+    /// A block payload: the frame to send from (pinned) and where it lands at the peer.
+    pub block: Option<(Pin, LandingToken)>,
+}
+
+/// Storage I/O for the driver to perform, then report back.
+#[derive(Debug)]
+pub enum IoOp {
+    /// Read `block` from storage into the frame, verify it, then call [`Core::on_read_done`]
+    /// with the frame and the SCN in its header (a block never written reads as zeros at
+    /// SCN 0, with its header stamped).
+    Read {
+        /// The block.
+        block: BlockId,
+        /// The frame to fill.
+        filling: Filling,
+    },
+    /// Snapshot the frame under a read latch, seal it (header SCN `scn`, checksum), write
+    /// it, then call [`Core::on_write_done`].
+    Write {
+        /// The block.
+        block: BlockId,
+        /// The SCN of the version in the frame.
+        scn: Scn,
+        /// The current copy.
+        pin: Pin,
+    },
+}
+
+/// Why a local operation failed, or the core refused an input.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    /// The block is not in this cluster's data file.
+    #[error("block {0} is outside the data file")]
+    NoSuchBlock(BlockId),
+    /// The GCS refused the request.
+    #[error("block coherence: {0}")]
+    Gcs(#[from] gcs::GcsError),
+    /// The GES refused the request.
+    #[error("lock service: {0}")]
+    Ges(#[from] ges::GesError),
+    /// The lock request ended without a grant.
+    #[error("lock {name:?}: {error}")]
+    Lock {
+        /// The lock.
+        name: LockName,
+        /// Why.
+        error: ges::LockError,
+    },
+    /// A message that does not decode, or that the engines refused.
+    #[error("message from instance {from}: {detail}")]
+    BadMessage {
+        /// The sender.
+        from: InstanceId,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A release of a block this instance's users do not hold.
+    #[error("block {0} is not held by a local user")]
+    NotHeld(BlockId),
+    /// Storage failed under this instance: it must stop (its blocks are recovered by the
+    /// others once failure handling runs).
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// The cache refused (a landing that did not land, a frame in the wrong state).
+    #[error("buffer cache: {0}")]
+    Cache(String),
+}
+
+impl From<CacheError> for CoreError {
+    fn from(e: CacheError) -> Self {
+        CoreError::Cache(e.to_string())
+    }
+}
+
+/// The core's settings.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// This instance.
+    pub me: InstanceId,
+    /// The cluster's members in the first epoch.
+    pub members: InstanceSet,
+    /// The first epoch.
+    pub epoch: Epoch,
+    /// The data file blocks belong to, and how many it has.
+    pub data_file: u32,
+    /// Blocks in the data file.
+    pub data_blocks: u64,
+    /// GCS settings (the runtime uses log force before ship).
+    pub gcs: GcsConfig,
+    /// GES settings.
+    pub ges: ges::GesConfig,
+}
+
+/// Where the frame for a request's copy is.
+#[derive(Debug)]
+enum Landing {
+    /// Armed: a peer's payload lands in it.
+    Armed(crate::cache::Armed),
+    /// Handed to the driver for a storage read.
+    Reading,
+    /// Read from storage, ready to publish at the grant.
+    Filled(Filling),
+}
+
+#[derive(Debug)]
+struct Outstanding {
+    request: RequestId,
+    ticket: Ticket,
+    landing: Landing,
+}
+
+#[derive(Debug, Default)]
+struct LocalBlock {
+    /// The current copy while GCS says this instance holds the block.
+    coherence: Option<Pin>,
+    /// Local users holding it in S.
+    readers: u32,
+    /// A local user holds it in X.
+    writer: bool,
+    /// Local users waiting, FIFO.
+    queue: VecDeque<(Ticket, BlockMode)>,
+    /// The GCS request in flight for the head of the queue.
+    outstanding: Option<Outstanding>,
+    /// A write GCS asked for, held back while a local user holds the block in X.
+    deferred_write: Option<Scn>,
+    /// A write is in flight (its frame is being snapshot).
+    writing: bool,
+    /// Last use, for choosing eviction victims.
+    last_used: u64,
+}
+
+impl LocalBlock {
+    fn idle(&self) -> bool {
+        self.readers == 0
+            && !self.writer
+            && self.queue.is_empty()
+            && self.outstanding.is_none()
+            && self.deferred_write.is_none()
+            && !self.writing
+    }
+}
+
+/// Counts of the core's own work, beside the engines' metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Block grants delivered to local users.
+    pub grants: u64,
+    /// Of which served with no GCS message (the mode was held).
+    pub local_grants: u64,
+    /// Storage reads asked for.
+    pub reads: u64,
+    /// Storage writes asked for.
+    pub writes: u64,
+    /// Clean copies released to make room.
+    pub evictions: u64,
+}
+
+/// Most clean copies one shortage releases at once.
+const EVICT_BATCH: usize = 16;
+
+/// The coordination core of one instance.
+pub struct Core {
+    me: InstanceId,
+    data_file: u32,
+    data_blocks: u64,
+    gcs: gcs::Engine<BucketMap>,
+    ges: ges::Engine,
+    cache: BufferCache,
+    blocks: HashMap<BlockId, LocalBlock>,
+    requests: HashMap<RequestId, BlockId>,
+    lock_requests: HashMap<ges::RequestId, (Ticket, LockName)>,
+    sends: VecDeque<Send>,
+    ios: VecDeque<IoOp>,
+    completions: VecDeque<Completion>,
+    /// Blocks whose next request waits for a free frame.
+    frame_wait: BTreeSet<BlockId>,
+    /// Blocks whose local queue may move on.
+    kicks: BTreeSet<BlockId>,
+    use_counter: u64,
+    stats: CoreStats,
+    failed: Option<CoreError>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("me", &self.me)
+            .field("blocks", &self.blocks.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Core {
+    /// The core of `config.me` over `cache`.
+    pub fn new(config: CoreConfig, cache: BufferCache, now: Timestamp) -> Result<Self, CoreError> {
+        let map = BucketMap::new(
+            config.epoch,
+            config.members,
+            grd::BucketMapConfig::default(),
+        )
+        .map_err(|e| CoreError::Cache(format!("bucket map: {e}")))?;
+        let gcs = gcs::Engine::new(config.me, config.epoch, config.members, map, config.gcs);
+        let ges = ges::Engine::new(config.me, config.epoch, config.members, config.ges, now)?;
+        Ok(Self {
+            me: config.me,
+            data_file: config.data_file,
+            data_blocks: config.data_blocks,
+            gcs,
+            ges,
+            cache,
+            blocks: HashMap::new(),
+            requests: HashMap::new(),
+            lock_requests: HashMap::new(),
+            sends: VecDeque::new(),
+            ios: VecDeque::new(),
+            completions: VecDeque::new(),
+            frame_wait: BTreeSet::new(),
+            kicks: BTreeSet::new(),
+            use_counter: 0,
+            stats: CoreStats::default(),
+            failed: None,
+        })
+    }
+
+    /// This instance.
+    pub fn id(&self) -> InstanceId {
+        self.me
+    }
+
+    /// The GCS engine (metrics, modes), read-only.
+    pub fn gcs(&self) -> &gcs::Engine<BucketMap> {
+        &self.gcs
+    }
+
+    /// The GES engine (statistics), read-only.
+    pub fn ges(&self) -> &ges::Engine {
+        &self.ges
+    }
+
+    /// The core's counters.
+    pub fn stats(&self) -> CoreStats {
+        self.stats
+    }
+
+    /// The cache the core manages.
+    pub fn cache(&self) -> &BufferCache {
+        &self.cache
+    }
+
+    /// The failure that stopped this instance, if any: storage failed under it.
+    pub fn failure(&self) -> Option<&CoreError> {
+        self.failed.as_ref()
+    }
+
+    /// Dirty current copies this instance must still write (a checkpoint waits for none).
+    pub fn dirty_blocks(&self) -> usize {
+        self.gcs
+            .cached_blocks()
+            .filter(|b| self.gcs.is_dirty(*b))
+            .count()
+    }
+
+    /// Whether nothing is in flight: no local user, request, I/O or output pending.
+    pub fn is_idle(&self) -> bool {
+        self.blocks
+            .values()
+            .all(|b| b.readers == 0 && !b.writer && b.idle())
+            && self.lock_requests.is_empty()
+            && self.sends.is_empty()
+            && self.ios.is_empty()
+            && self.completions.is_empty()
+            && self.gcs.is_idle()
+    }
+
+    // ------------------------------------------------------------------ outputs
+
+    /// The next frame to send.
+    pub fn poll_send(&mut self) -> Option<Send> {
+        self.sends.pop_front()
+    }
+
+    /// The next storage I/O.
+    pub fn poll_io(&mut self) -> Option<IoOp> {
+        self.ios.pop_front()
+    }
+
+    /// The next completion of a local operation.
+    pub fn poll_completion(&mut self) -> Option<Completion> {
+        self.completions.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        match (self.gcs.poll_timeout(), self.ges.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ------------------------------------------------------------------ local inputs
+
+    /// A local user asks for `block` in `mode`; a [`Completion::Block`] with `ticket`
+    /// follows. Release the grant with [`Core::release`].
+    pub fn acquire(&mut self, ticket: Ticket, block: BlockId, mode: BlockMode, now: Timestamp) {
+        if block.file != self.data_file || u64::from(block.block) >= self.data_blocks {
+            self.completions.push_back(Completion::Block {
+                ticket,
+                result: Err(CoreError::NoSuchBlock(block)),
+            });
+            return;
+        }
+        if let Some(e) = &self.failed {
+            self.completions.push_back(Completion::Block {
+                ticket,
+                result: Err(e.clone()),
+            });
+            return;
+        }
+        let mode = if mode == BlockMode::Null {
+            BlockMode::Shared
+        } else {
+            mode
+        };
+        self.blocks
+            .entry(block)
+            .or_default()
+            .queue
+            .push_back((ticket, mode));
+        self.advance(block, now);
+        self.pump(now);
+    }
+
+    /// A local user is done with its grant of `block` in `mode`. `dirty` is the SCN of its
+    /// newest change, given only once that change's redo is durable (the transaction
+    /// committed); an aborted transaction restores its before-images and passes `None`.
+    pub fn release(
+        &mut self,
+        block: BlockId,
+        mode: BlockMode,
+        dirty: Option<Scn>,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        let b = self
+            .blocks
+            .get_mut(&block)
+            .ok_or(CoreError::NotHeld(block))?;
+        match mode {
+            BlockMode::Exclusive if b.writer => b.writer = false,
+            BlockMode::Shared if b.readers > 0 => b.readers -= 1,
+            _ => return Err(CoreError::NotHeld(block)),
+        }
+        if let Some(scn) = dirty {
+            // The change's redo is durable (it committed before the release), and every
+            // change this instance made at or below it was released the same way.
+            self.gcs.on_redo_durable(scn, now);
+            self.gcs.mark_dirty(block, scn, now)?;
+        }
+        self.gcs.unpin(block, now)?;
+        let b = self.blocks.entry(block).or_default();
+        if !b.writer
+            && let Some(scn) = b.deferred_write.take()
+        {
+            self.start_write(block, scn);
+        }
+        self.advance(block, now);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// A local user asks for lock `name` in `mode`; a [`Completion::Lock`] follows.
+    pub fn lock(
+        &mut self,
+        ticket: Ticket,
+        name: LockName,
+        mode: LockMode,
+        timeout: Option<Duration>,
+        now: Timestamp,
+    ) {
+        match self.ges.lock(name, mode, LockOptions { timeout }, now) {
+            Ok(request) => {
+                self.lock_requests.insert(request, (ticket, name));
+            }
+            Err(e) => self.completions.push_back(Completion::Lock {
+                ticket,
+                result: Err(e.into()),
+            }),
+        }
+        self.pump(now);
+    }
+
+    /// Releases lock `name`, writing `value` into its value block if held in PW or EX.
+    pub fn unlock(
+        &mut self,
+        name: LockName,
+        value: Option<[u8; VALUE_LEN]>,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        self.ges.release(name, value, now)?;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Asks for dirty copies to be written (a checkpoint): every dirty block not held by a
+    /// local writer starts the GCS write protocol. Returns how many were asked.
+    pub fn checkpoint(&mut self, now: Timestamp) -> usize {
+        let dirty: Vec<BlockId> = self
+            .gcs
+            .cached_blocks()
+            .filter(|b| self.gcs.is_dirty(*b))
+            .collect();
+        let mut asked = 0;
+        for block in dirty {
+            if self.gcs.write_back(block, now).is_ok() {
+                asked += 1;
+            }
+        }
+        self.pump(now);
+        asked
+    }
+
+    // ------------------------------------------------------------------ network inputs
+
+    /// A message from `from` for `service`. `landed` is set when it carried a block that
+    /// landed in this instance's region.
+    pub fn on_message(
+        &mut self,
+        from: InstanceId,
+        service: Service,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        let result = match service {
+            Service::Gcs => match GcsMessage::decode(body) {
+                Ok(msg) => self
+                    .gcs
+                    .handle_message(from, msg, now)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Service::Ges => match ges::Message::decode(body) {
+                Ok(msg) => {
+                    self.ges.handle_message(from, msg, now);
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            other => Err(format!("no engine serves {other:?} here")),
+        };
+        self.pump(now);
+        result.map_err(|detail| CoreError::BadMessage { from, detail })
+    }
+
+    /// Timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.gcs.handle_timeout(now);
+        self.ges.handle_timeout(now);
+        self.pump(now);
+    }
+
+    // ------------------------------------------------------------------ I/O completions
+
+    /// The storage read of [`IoOp::Read`] finished: `Ok(scn)` with the SCN in the verified
+    /// header, or the error.
+    pub fn on_read_done(
+        &mut self,
+        block: BlockId,
+        filling: Filling,
+        result: Result<Scn, String>,
+        now: Timestamp,
+    ) {
+        let scn = match result {
+            Ok(scn) => scn,
+            Err(e) => {
+                self.fail(CoreError::Storage(format!("reading {block}: {e}")));
+                return;
+            }
+        };
+        match self
+            .blocks
+            .get_mut(&block)
+            .and_then(|b| b.outstanding.as_mut())
+        {
+            Some(o) if matches!(o.landing, Landing::Reading) => {
+                o.landing = Landing::Filled(filling)
+            }
+            _ => {
+                self.fail(CoreError::Cache(format!(
+                    "read of {block} that no request waits for"
+                )));
+                return;
+            }
+        }
+        if let Err(e) = self.gcs.on_block_read(block, scn, now) {
+            self.fail(e.into());
+        }
+        self.pump(now);
+    }
+
+    /// The storage write of [`IoOp::Write`] finished.
+    pub fn on_write_done(
+        &mut self,
+        block: BlockId,
+        scn: Scn,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) {
+        if let Err(e) = result {
+            self.fail(CoreError::Storage(format!("writing {block}: {e}")));
+            return;
+        }
+        if let Some(b) = self.blocks.get_mut(&block) {
+            b.writing = false;
+        }
+        // The frame may have changed since the snapshot; then it stays dirty.
+        let _ = self.cache.mark_clean(block, scn);
+        if let Err(e) = self.gcs.on_block_written(block, scn, now) {
+            self.fail(e.into());
+        }
+        self.advance(block, now);
+        self.pump(now);
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn fail(&mut self, error: CoreError) {
+        if self.failed.is_none() {
+            self.failed = Some(error.clone());
+        }
+        // Every waiting user learns of it; held grants stay until released.
+        let waiting: Vec<BlockId> = self.blocks.keys().copied().collect();
+        for block in waiting {
+            if let Some(b) = self.blocks.get_mut(&block) {
+                for (ticket, _) in b.queue.drain(..) {
+                    self.completions.push_back(Completion::Block {
+                        ticket,
+                        result: Err(error.clone()),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Serves the head of `block`'s local queue as far as local users and GCS allow.
+    fn advance(&mut self, block: BlockId, now: Timestamp) {
+        loop {
+            let Some(b) = self.blocks.get_mut(&block) else {
+                return;
+            };
+            if b.outstanding.is_some() || self.failed.is_some() {
+                return;
+            }
+            let Some(&(ticket, mode)) = b.queue.front() else {
+                return;
+            };
+            let compatible = match mode {
+                BlockMode::Exclusive => b.readers == 0 && !b.writer && !b.writing,
+                _ => !b.writer,
+            };
+            if !compatible {
+                return;
+            }
+            self.use_counter += 1;
+            b.last_used = self.use_counter;
+            let hit = self.gcs.mode(block) >= mode && !self.gcs.is_busy(block);
+            let landing = if hit {
+                None
+            } else {
+                match self.landing_frame(block, now) {
+                    Some(armed) => Some(armed),
+                    None => {
+                        self.frame_wait.insert(block);
+                        return;
+                    }
+                }
+            };
+            let wire = landing.as_ref().map_or(0, |a| a.token().to_wire());
+            match self.gcs.request(block, mode, wire, now) {
+                Ok(request) => {
+                    let Some(b) = self.blocks.get_mut(&block) else {
+                        return;
+                    };
+                    b.queue.pop_front();
+                    self.requests.insert(request, block);
+                    b.outstanding = Some(Outstanding {
+                        request,
+                        ticket,
+                        // A hit needs no frame (its grant comes at once, in the events); a
+                        // frame that stays unused is dropped at the grant.
+                        landing: landing.map_or(Landing::Reading, Landing::Armed),
+                    });
+                    if hit {
+                        self.stats.local_grants += 1;
+                    }
+                    return;
+                }
+                Err(gcs::GcsError::Busy(_)) => return,
+                Err(e) => {
+                    let Some(b) = self.blocks.get_mut(&block) else {
+                        return;
+                    };
+                    b.queue.pop_front();
+                    self.completions.push_back(Completion::Block {
+                        ticket,
+                        result: Err(e.into()),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A frame armed for a copy of `block` from any peer, or `None` when the cache is full
+    /// (then room is being made).
+    fn landing_frame(&mut self, block: BlockId, now: Timestamp) -> Option<crate::cache::Armed> {
+        let allocated = match self.cache.allocate(block) {
+            Err(CacheError::AlreadyCached { .. }) => self.cache.allocate_replacement(block),
+            other => other,
+        };
+        match allocated {
+            Ok(allocated) => {
+                debug_assert!(allocated.dropped.is_none(), "current copies are pinned");
+                Some(allocated.filling.arm_any())
+            }
+            Err(CacheError::Full { victims, .. }) => {
+                self.make_room(&victims, now);
+                None
+            }
+            Err(e) => {
+                self.fail(e.into());
+                None
+            }
+        }
+    }
+
+    /// Starts freeing frames: dirty copies are written, past images flushed, and the least
+    /// recently used idle clean copies released to their masters.
+    fn make_room(&mut self, victims: &[Eviction], now: Timestamp) {
+        for victim in victims {
+            let _ = match *victim {
+                Eviction::NeedsWrite { block, .. } => self.gcs.write_back(block, now),
+                Eviction::PastImage { block, .. } => self.gcs.evict_past_image(block, now),
+            };
+        }
+        let mut clean: Vec<(u64, BlockId)> = self
+            .blocks
+            .iter()
+            .filter(|(block, b)| {
+                b.idle()
+                    && b.coherence.is_some()
+                    && !self.gcs.is_dirty(**block)
+                    && !self.gcs.is_busy(**block)
+            })
+            .map(|(block, b)| (b.last_used, *block))
+            .collect();
+        clean.sort_unstable();
+        for (_, block) in clean.into_iter().take(EVICT_BATCH) {
+            if self.gcs.evict(block, now).is_ok() {
+                self.stats.evictions += 1;
+            }
+        }
+        let dirty: Vec<BlockId> = self
+            .blocks
+            .iter()
+            .filter(|(block, b)| b.idle() && self.gcs.is_dirty(**block))
+            .map(|(block, _)| *block)
+            .take(EVICT_BATCH)
+            .collect();
+        for block in dirty {
+            let _ = self.gcs.write_back(block, now);
+        }
+    }
+
+    fn start_write(&mut self, block: BlockId, scn: Scn) {
+        match self.cache.lookup(block) {
+            Lookup::Hit(pin) => {
+                self.blocks.entry(block).or_default().writing = true;
+                self.stats.writes += 1;
+                self.ios.push_back(IoOp::Write { block, scn, pin });
+            }
+            _ => self.fail(CoreError::Cache(format!(
+                "GCS asked to write {block}, which has no current copy"
+            ))),
+        }
+    }
+
+    /// Drains the engines' outputs into the core's, applying their events.
+    fn pump(&mut self, now: Timestamp) {
+        loop {
+            let mut any = false;
+            while let Some((to, msg)) = self.gcs.poll_transmit() {
+                any = true;
+                self.transmit_gcs(to, msg);
+            }
+            while let Some(io) = self.gcs.poll_io() {
+                any = true;
+                self.gcs_io(io, now);
+            }
+            while let Some(event) = self.gcs.poll_event() {
+                any = true;
+                self.gcs_event(event, now);
+            }
+            while let Some((to, msg)) = self.ges.poll_transmit() {
+                any = true;
+                let mut body = Vec::new();
+                msg.encode(&mut body);
+                self.sends.push_back(Send {
+                    to,
+                    service: Service::Ges,
+                    epoch: msg.epoch,
+                    scn: self.gcs.current_scn(),
+                    body,
+                    block: None,
+                });
+            }
+            while let Some(event) = self.ges.poll_event() {
+                any = true;
+                self.ges_event(event);
+            }
+            let kicks = std::mem::take(&mut self.kicks);
+            for &block in &kicks {
+                any = true;
+                self.advance(block, now);
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    /// Frames may have come free: the blocks waiting for one try again.
+    fn frames_freed(&mut self) {
+        let waiting = std::mem::take(&mut self.frame_wait);
+        self.kicks.extend(waiting);
+    }
+
+    fn transmit_gcs(&mut self, to: InstanceId, msg: GcsMessage) {
+        let payload = match msg.body {
+            gcs::GcsBody::ShipBlock { block, landing, .. } => {
+                let Some(token) = LandingToken::from_wire(landing) else {
+                    self.fail(CoreError::Cache(format!(
+                        "ship of {block} with no landing frame"
+                    )));
+                    return;
+                };
+                match self.cache.lookup(block) {
+                    Lookup::Hit(pin) => Some((pin, token)),
+                    _ => {
+                        self.fail(CoreError::Cache(format!(
+                            "GCS ships {block}, which has no current copy here"
+                        )));
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut body = Vec::new();
+        msg.encode(&mut body);
+        self.sends.push_back(Send {
+            to,
+            service: Service::Gcs,
+            epoch: msg.epoch,
+            scn: msg.scn,
+            body,
+            block: payload,
+        });
+    }
+
+    fn gcs_io(&mut self, io: Io, now: Timestamp) {
+        match io {
+            // Every change is released to GCS only after its redo is durable, and a copy
+            // from a peer left it durable (log force before ship): nothing to force.
+            Io::ForceRedo { upto } => self.gcs.on_redo_durable(upto, now),
+            Io::WriteBlock { block, scn } => {
+                let b = self.blocks.entry(block).or_default();
+                if b.writer {
+                    b.deferred_write = Some(scn);
+                } else {
+                    self.start_write(block, scn);
+                }
+            }
+            Io::ReadBlock { block, .. } => {
+                let outstanding = self
+                    .blocks
+                    .get_mut(&block)
+                    .and_then(|b| b.outstanding.as_mut());
+                let Some(o) = outstanding else {
+                    self.fail(CoreError::Cache(format!("read of {block} with no request")));
+                    return;
+                };
+                match std::mem::replace(&mut o.landing, Landing::Reading) {
+                    Landing::Armed(armed) => match armed.disarm() {
+                        Ok(filling) => {
+                            self.stats.reads += 1;
+                            self.ios.push_back(IoOp::Read { block, filling });
+                        }
+                        Err((_, e)) => self.fail(e.into()),
+                    },
+                    _ => self.fail(CoreError::Cache(format!("read of {block} with no frame"))),
+                }
+            }
+        }
+    }
+
+    fn gcs_event(&mut self, event: gcs::Event, now: Timestamp) {
+        match event {
+            gcs::Event::Granted {
+                request,
+                block,
+                mode,
+                kind,
+                landed,
+            } => self.granted(request, block, mode, kind, landed, now),
+            gcs::Event::Downgraded { .. } => {}
+            gcs::Event::Dropped {
+                block,
+                reason,
+                pi,
+                replaced_pi,
+            } => {
+                if let Some(b) = self.blocks.get_mut(&block) {
+                    b.coherence = None;
+                }
+                match pi {
+                    Some(scn) => {
+                        if self.cache.make_past_image(block, scn).is_err() {
+                            let _ = self.cache.invalidate(block);
+                        }
+                    }
+                    None => {
+                        if reason == DropReason::Reconfigured {
+                            let _ = self.cache.mark_clean(block, Scn(u64::MAX));
+                        }
+                        if let Err(e) = self.cache.invalidate(block) {
+                            self.fail(CoreError::Cache(format!("dropping {block}: {e}")));
+                        }
+                    }
+                }
+                if let Some(scn) = replaced_pi {
+                    self.cache.discard_past_images(block, scn);
+                }
+                self.kicks.insert(block);
+                self.frames_freed();
+                self.forget_if_idle(block);
+            }
+            gcs::Event::PiDiscarded { block, scn } => {
+                self.cache.discard_past_images(block, scn);
+                self.frames_freed();
+            }
+            // Instance recovery is failure handling's; without crashes the set is empty.
+            gcs::Event::RecoverySet { .. } => {}
+        }
+    }
+
+    fn granted(
+        &mut self,
+        request: RequestId,
+        block: BlockId,
+        mode: BlockMode,
+        kind: Option<gcs::TransferKind>,
+        landed: Option<u64>,
+        now: Timestamp,
+    ) {
+        self.requests.remove(&request);
+        let outstanding = self
+            .blocks
+            .get_mut(&block)
+            .and_then(|b| b.outstanding.take());
+        let Some(outstanding) = outstanding.filter(|o| o.request == request) else {
+            self.fail(CoreError::Cache(format!(
+                "grant of {block} with no request"
+            )));
+            return;
+        };
+        if landed.is_some() {
+            let filling = match outstanding.landing {
+                Landing::Armed(armed) => match armed.take_landed() {
+                    Ok(filling) => filling,
+                    Err((_, e)) => {
+                        self.fail(e.into());
+                        return;
+                    }
+                },
+                Landing::Filled(filling) => filling,
+                Landing::Reading => {
+                    self.fail(CoreError::Cache(format!("{block} granted before its read")));
+                    return;
+                }
+            };
+            let dirty = (mode == BlockMode::Exclusive && self.gcs.is_dirty(block))
+                .then(|| self.gcs.block_scn(block).unwrap_or_default());
+            let pin = filling.publish(dirty);
+            self.blocks.entry(block).or_default().coherence = Some(pin);
+        }
+        // Otherwise an armed frame that was not needed (an upgrade with no transfer, a hit)
+        // is dropped with `outstanding`, which gives it back.
+        let result = match self.cache.lookup(block) {
+            Lookup::Hit(pin) => {
+                let b = self.blocks.entry(block).or_default();
+                if b.coherence.is_none() {
+                    // The first grant of a copy that was cached before (a hit after restart
+                    // of the table entry).
+                    b.coherence = match self.cache.lookup(block) {
+                        Lookup::Hit(p) => Some(p),
+                        _ => None,
+                    };
+                }
+                match mode {
+                    BlockMode::Exclusive => b.writer = true,
+                    _ => b.readers += 1,
+                }
+                self.stats.grants += 1;
+                Ok(BlockGrant {
+                    pin,
+                    mode,
+                    scn: self.gcs.block_scn(block).unwrap_or_default(),
+                    kind,
+                })
+            }
+            _ => Err(CoreError::Cache(format!(
+                "{block} granted with no copy in the cache"
+            ))),
+        };
+        if let Err(e) = &result {
+            // The grant pinned the copy in GCS; give it back.
+            let _ = self.gcs.unpin(block, now);
+            self.fail(e.clone());
+        }
+        self.completions.push_back(Completion::Block {
+            ticket: outstanding.ticket,
+            result,
+        });
+        self.kicks.insert(block);
+    }
+
+    fn forget_if_idle(&mut self, block: BlockId) {
+        if let Some(b) = self.blocks.get(&block)
+            && b.idle()
+            && b.coherence.is_none()
+            && b.readers == 0
+            && !b.writer
+        {
+            self.blocks.remove(&block);
+        }
+    }
+
+    fn ges_event(&mut self, event: ges::Event) {
+        match event {
+            ges::Event::Granted { request, value, .. } => {
+                if let Some((ticket, _)) = self.lock_requests.remove(&request) {
+                    self.completions.push_back(Completion::Lock {
+                        ticket,
+                        result: Ok(value),
+                    });
+                }
+            }
+            ges::Event::Failed {
+                name,
+                request,
+                error,
+            } => {
+                if let Some((ticket, _)) = self.lock_requests.remove(&request) {
+                    self.completions.push_back(Completion::Lock {
+                        ticket,
+                        result: Err(CoreError::Lock { name, error }),
+                    });
+                }
+            }
+            // Cached locks are given up by the engine itself; held ones at release.
+            _ => {}
+        }
+    }
+}
