@@ -52,10 +52,16 @@ struct Options {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = if args.first().map(String::as_str) == Some("node") {
-        node(&args[1..])
-    } else {
-        parse_options(&args).and_then(|options| parent(&options))
+    let result = match args.first().map(String::as_str) {
+        Some("node") => node(&args[1..]),
+        Some("setup") => parse_options(&args[1..]).and_then(|o| {
+            let dir = o.dir.clone().ok_or("setup needs --dir")?;
+            for config in setup(&o, &dir)? {
+                println!("{}", config.display());
+            }
+            Ok(())
+        }),
+        _ => parse_options(&args).and_then(|options| parent(&options)),
     };
     if let Err(e) = result {
         eprintln!("fusion-demo: {e}");
@@ -187,7 +193,7 @@ fn write_configs(
         ));
     }
     let frames = (o.blocks + 256).next_power_of_two();
-    let shm_dir = std::env::temp_dir().join(format!("fusion-demo-shm-{}", std::process::id()));
+    let shm_dir = shm_dir(cluster);
     let mut paths = Vec::new();
     for id in 0..o.instances {
         let transport = if o.transport == "shm" {
@@ -210,21 +216,28 @@ fn write_configs(
     Ok(paths)
 }
 
-fn parent(o: &Options) -> Result<(), String> {
-    let temp;
-    let dir = match &o.dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            dir.clone()
-        }
-        None => {
-            temp = std::env::temp_dir().join(format!("fusion-demo-{}", std::process::id()));
-            std::fs::create_dir_all(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
-            temp
-        }
+/// The demo cluster's id: from the process id, so concurrent demos do not meet.
+fn cluster_id() -> u64 {
+    0xF000 + u64::from(std::process::id() % 0x0FFF)
+}
+
+/// Where the shm transport's files go: shared memory where the host has it.
+fn shm_dir(cluster: u64) -> PathBuf {
+    let base = Path::new("/dev/shm");
+    let base = if base.is_dir() {
+        base.to_path_buf()
+    } else {
+        std::env::temp_dir()
     };
+    base.join(format!("fusion-demo-{cluster:x}"))
+}
+
+/// Creates the shared file `cluster.fusion` in `dir` and one configuration per instance;
+/// returns the configurations' paths.
+fn setup(o: &Options, dir: &Path) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let storage = dir.join("cluster.fusion");
-    let cluster = 0xF000 + u64::from(std::process::id() % 0x0FFF);
+    let cluster = cluster_id();
     // Redo space is reused only after a checkpoint, which the demo takes at the end: give
     // each thread room for a long run (one log block per group-commit write at most).
     let redo_thread_size: u64 = 256 << 20;
@@ -240,12 +253,28 @@ fn parent(o: &Options) -> Result<(), String> {
             layout.data_blocks, o.blocks
         ));
     }
-    let configs = write_configs(o, &dir, &storage, cluster)?;
+    write_configs(o, dir, &storage, cluster)
+}
+
+fn parent(o: &Options) -> Result<(), String> {
+    let temp;
+    let dir = match &o.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            dir.clone()
+        }
+        None => {
+            temp = std::env::temp_dir().join(format!("fusion-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+            temp
+        }
+    };
+    let configs = setup(o, &dir)?;
     println!(
         "fusion-demo: {} instances over {} on {} ({} data blocks of 8 KiB; {} hot); {} threads each for {} s",
         o.instances,
         o.transport,
-        storage.display(),
+        dir.join("cluster.fusion").display(),
         o.blocks,
         o.hot,
         o.threads,
@@ -257,12 +286,6 @@ fn parent(o: &Options) -> Result<(), String> {
         let mut child = Command::new(&exe)
             .arg("node")
             .arg(config)
-            .args([
-                o.threads.to_string(),
-                o.hot.to_string(),
-                o.blocks.to_string(),
-                (id as u64 + 1).to_string(),
-            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -276,7 +299,18 @@ fn parent(o: &Options) -> Result<(), String> {
             lines: spawn_reader(stdout),
         });
     }
-    let result = run_cluster(o, &mut nodes);
+    let mut result = run_cluster(o, &mut nodes);
+    // Every instance writes its dirty blocks while all are still up, then all leave.
+    for node in &mut nodes {
+        let _ = node.send("checkpoint");
+    }
+    for (id, node) in nodes.iter_mut().enumerate() {
+        if let Err(e) = node.expect(id as u64, "checkpointed", Duration::from_secs(300))
+            && result.is_ok()
+        {
+            result = Err(e);
+        }
+    }
     for node in &mut nodes {
         let _ = node.send("exit");
     }
@@ -302,9 +336,7 @@ fn parent(o: &Options) -> Result<(), String> {
         }
     }
     if o.transport == "shm" {
-        let _ = std::fs::remove_dir_all(
-            std::env::temp_dir().join(format!("fusion-demo-shm-{}", std::process::id())),
-        );
+        let _ = std::fs::remove_dir_all(shm_dir(cluster_id()));
     }
     if !o.keep && o.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -318,8 +350,15 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
         node.expect(id as u64, "ready", startup)?;
     }
     let started = Instant::now();
-    for node in nodes.iter_mut() {
-        node.send(&format!("run {}", o.seconds))?;
+    for (id, node) in nodes.iter_mut().enumerate() {
+        node.send(&format!(
+            "run {} {} {} {} {}",
+            o.seconds,
+            o.threads,
+            o.hot,
+            o.blocks,
+            id + 1
+        ))?;
     }
     // Progress: each instance reports its commits every second.
     let mut done = vec![false; nodes.len()];
@@ -332,7 +371,10 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
             return Err("the workload did not finish in time".into());
         }
         for (id, node) in nodes.iter_mut().enumerate() {
-            while let Ok(line) = node.lines.try_recv() {
+            // After `stopped` comes the report, read below.
+            while !done[id]
+                && let Ok(line) = node.lines.try_recv()
+            {
                 let mut words = line.split_whitespace();
                 match words.next() {
                     Some("progress") => {
@@ -370,10 +412,6 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
         .elapsed()
         .min(Duration::from_secs(o.seconds).max(Duration::from_millis(1)));
 
-    // Every instance has stopped changing blocks: each reads everything back.
-    for node in nodes.iter_mut() {
-        node.send("verify")?;
-    }
     let mut increments: BTreeMap<u64, u64> = BTreeMap::new();
     let mut contents: Vec<String> = Vec::new();
     let mut histograms: BTreeMap<&str, Histogram<u64>> = BTreeMap::new();
@@ -399,6 +437,12 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
             }
         }
         stats_lines.push(node.expect(id as u64, "stats", Duration::from_secs(60))?);
+    }
+    // Every instance has stopped changing blocks: each reads everything back.
+    for node in nodes.iter_mut() {
+        node.send(&format!("contents {}", o.blocks))?;
+    }
+    for (id, node) in nodes.iter_mut().enumerate() {
         contents.push(node.expect(id as u64, "contents", Duration::from_secs(300))?);
     }
 
@@ -491,47 +535,132 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
 
 // ----------------------------------------------------------------------------- node
 
+/// One instance, driven by commands on stdin, one per line, each answered on stdout:
+///
+/// * `run SECONDS THREADS HOT BLOCKS SEED` — the workload; `progress N` every second, then
+///   `stopped N`, then `counts B=N ...` (committed increments per block), five `hist` lines
+///   (acquisition latencies by transfer kind) and one `stats` line;
+/// * `contents BLOCKS` — reads blocks 1..=BLOCKS: `contents B=V ...` (non-zero counters);
+/// * `inc B` — one committed increment of block B: `value V`;
+/// * `read B` — `value V`;
+/// * `writes` — storage writes of data blocks so far: `writes N`;
+/// * `checkpoint` — writes dirty blocks: `checkpointed`;
+/// * `exit` — shuts down (checkpoint, slot down).
 fn node(args: &[String]) -> Result<(), String> {
-    let [config, threads, hot, blocks, seed] = args else {
-        return Err("usage: fusion-demo node CONFIG THREADS HOT BLOCKS SEED".into());
+    let [config] = args else {
+        return Err("usage: fusion-demo node CONFIG".into());
     };
-    let parse = |s: &String| {
-        s.parse::<u64>()
-            .map_err(|_| format!("{s:?} is not a number"))
-    };
-    let (threads, hot, blocks, seed) = (parse(threads)?, parse(hot)?, parse(blocks)?, parse(seed)?);
     let config = InstanceConfig::load(Path::new(config)).map_err(|e| e.to_string())?;
     let fusion = Arc::new(Instance::start(config).map_err(|e| e.to_string())?);
-    let mut stdout = std::io::stdout();
-    let say = |out: &mut std::io::Stdout, line: String| -> Result<(), String> {
-        writeln!(out, "{line}")
-            .and_then(|()| out.flush())
-            .map_err(|e| e.to_string())
-    };
-    say(&mut stdout, "ready".into())?;
-    let mut stdin = std::io::stdin().lock();
+    let mut out = std::io::stdout();
+    say(&mut out, "ready")?;
     let mut line = String::new();
-    let read_line = |stdin: &mut std::io::StdinLock<'_>, line: &mut String| -> Result<(), String> {
+    loop {
         line.clear();
-        match stdin.read_line(line) {
-            Ok(0) => Err("the parent went away".into()),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
+        match std::io::stdin().read_line(&mut line) {
+            Ok(0) => return Err("the parent went away".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
         }
-    };
-    read_line(&mut stdin, &mut line)?;
-    let seconds: u64 = line
-        .trim()
-        .strip_prefix("run ")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("expected `run SECONDS`, got {line:?}"))?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let numbers: Vec<u64> = words
+            .iter()
+            .skip(1)
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let result = match (words.first().copied(), numbers.as_slice()) {
+            (Some("run"), &[seconds, threads, hot, blocks, seed]) => {
+                run_workload(&fusion, &mut out, seconds, threads, hot, blocks, seed)
+            }
+            (Some("contents"), &[blocks]) => {
+                let mut contents = String::from("contents");
+                for n in 1..=blocks {
+                    let value = read_counter(&fusion, n)?;
+                    if value != 0 {
+                        contents.push_str(&format!(" {n}={value}"));
+                    }
+                }
+                say(&mut out, &contents)
+            }
+            (Some("inc"), &[n]) => {
+                let value = increment(&fusion, n)?.0;
+                say(&mut out, &format!("value {value}"))
+            }
+            (Some("read"), &[n]) => {
+                let value = read_counter(&fusion, n)?;
+                say(&mut out, &format!("value {value}"))
+            }
+            (Some("writes"), &[]) => {
+                let stats = fusion.stats().map_err(|e| e.to_string())?;
+                say(&mut out, &format!("writes {}", stats.storage_writes))
+            }
+            (Some("checkpoint"), &[]) => {
+                fusion.checkpoint().map_err(|e| e.to_string())?;
+                say(&mut out, "checkpointed")
+            }
+            (Some("exit"), &[]) => break,
+            _ => Err(format!("unknown command {:?}", line.trim())),
+        };
+        if let Err(e) = result {
+            let _ = say(&mut out, &format!("failed {e}"));
+            return Err(e);
+        }
+    }
+    match Arc::try_unwrap(fusion) {
+        Ok(fusion) => fusion.shutdown().map_err(|e| e.to_string()),
+        Err(_) => Ok(()),
+    }
+}
 
-    // The workload.
+fn say(out: &mut std::io::Stdout, line: &str) -> Result<(), String> {
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())
+}
+
+/// One committed increment of block `n`'s counter; returns the new value and how the block
+/// was obtained.
+fn increment(fusion: &Instance, n: u64) -> Result<(u64, instance::api::Acquisition), String> {
+    let block = fusion.block(n).map_err(|e| e.to_string())?;
+    let mut tx = fusion.begin();
+    let mut b = tx.write(block).map_err(|e| e.to_string())?;
+    let acquisition = b.acquisition();
+    let value = counter(&b.bytes()) + 1;
+    b.update(0, &value.to_le_bytes())
+        .map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())?;
+    Ok((value, acquisition))
+}
+
+fn read_counter(fusion: &Instance, n: u64) -> Result<u64, String> {
+    let block = fusion.block(n).map_err(|e| e.to_string())?;
+    let r = fusion.read(block).map_err(|e| e.to_string())?;
+    Ok(counter(&r.bytes()))
+}
+
+fn counter(payload: &[u8]) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&payload[..8]);
+    u64::from_le_bytes(raw)
+}
+
+fn run_workload(
+    fusion: &Arc<Instance>,
+    out: &mut std::io::Stdout,
+    seconds: u64,
+    threads: u64,
+    hot: u64,
+    blocks: u64,
+    seed: u64,
+) -> Result<(), String> {
+    if hot == 0 || hot >= blocks {
+        return Err("run: HOT must be in 1..BLOCKS".into());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let commits = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for t in 0..threads {
-        let fusion = Arc::clone(&fusion);
+        let fusion = Arc::clone(fusion);
         let stop = Arc::clone(&stop);
         let commits = Arc::clone(&commits);
         let mut rng =
@@ -540,21 +669,13 @@ fn node(args: &[String]) -> Result<(), String> {
             let mut w = Worker::new();
             while !stop.load(Ordering::Relaxed) {
                 rng = splitmix(rng);
-                let n = if rng % 2 == 0 {
+                // Half on the hot blocks every instance changes, half spread uniformly.
+                let n = if rng.is_multiple_of(2) {
                     1 + (rng >> 8) % hot
                 } else {
                     1 + hot + (rng >> 8) % (blocks - hot)
                 };
-                let block = fusion.block(n).map_err(|e| e.to_string())?;
-                let mut tx = fusion.begin();
-                let mut b = tx.write(block).map_err(|e| e.to_string())?;
-                let acquisition = b.acquisition();
-                let mut raw = [0u8; 8];
-                raw.copy_from_slice(&b.bytes()[..8]);
-                let value = u64::from_le_bytes(raw) + 1;
-                b.update(0, &value.to_le_bytes())
-                    .map_err(|e| e.to_string())?;
-                tx.commit().map_err(|e| e.to_string())?;
+                let (_, acquisition) = increment(&fusion, n)?;
                 *w.counts.entry(n).or_default() += 1;
                 let name = KINDS
                     .iter()
@@ -569,14 +690,12 @@ fn node(args: &[String]) -> Result<(), String> {
         }));
     }
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(seconds) {
-        std::thread::sleep(
-            Duration::from_millis(1000)
-                .min(Duration::from_secs(seconds).saturating_sub(started.elapsed())),
-        );
+    let run = Duration::from_secs(seconds);
+    while started.elapsed() < run {
+        std::thread::sleep(Duration::from_secs(1).min(run.saturating_sub(started.elapsed())));
         say(
-            &mut stdout,
-            format!("progress {}", commits.load(Ordering::Relaxed)),
+            out,
+            &format!("progress {}", commits.load(Ordering::Relaxed)),
         )?;
     }
     stop.store(true, Ordering::Relaxed);
@@ -584,11 +703,7 @@ fn node(args: &[String]) -> Result<(), String> {
     for worker in workers {
         let w = worker
             .join()
-            .map_err(|_| "a worker panicked".to_string())
-            .and_then(|r| r)
-            .inspect_err(|e| {
-                let _ = say(&mut std::io::stdout(), format!("failed {e}"));
-            })?;
+            .map_err(|_| "a worker panicked".to_string())??;
         for (block, n) in w.counts {
             *total.counts.entry(block).or_default() += n;
         }
@@ -598,66 +713,39 @@ fn node(args: &[String]) -> Result<(), String> {
             }
         }
     }
-    say(
-        &mut stdout,
-        format!("stopped {}", commits.load(Ordering::Relaxed)),
-    )?;
-
-    // Wait until every instance stopped, then read everything back.
-    read_line(&mut stdin, &mut line)?;
-    if line.trim() != "verify" {
-        return Err(format!("expected `verify`, got {line:?}"));
-    }
+    say(out, &format!("stopped {}", commits.load(Ordering::Relaxed)))?;
     let counts: Vec<String> = total
         .counts
         .iter()
         .map(|(b, n)| format!("{b}={n}"))
         .collect();
-    say(&mut stdout, format!("counts {}", counts.join(" ")))?;
+    say(out, &format!("counts {}", counts.join(" ")))?;
     for (name, _) in KINDS {
-        let mut out = format!("hist {}", name.replace(' ', "_"));
+        let mut line = format!("hist {}", name.replace(' ', "_"));
         if let Some(h) = total.histograms.get(name) {
             for v in h.iter_recorded() {
-                out.push_str(&format!(
+                line.push_str(&format!(
                     " {}:{}",
                     v.value_iterated_to(),
                     v.count_at_value()
                 ));
             }
         }
-        say(&mut stdout, out)?;
+        say(out, &line)?;
     }
     let stats = fusion.stats().map_err(|e| e.to_string())?;
     let redo = fusion.redo_stats();
     say(
-        &mut stdout,
-        format!(
-            "stats instance {}: {} redo writes for {} commits, {} blocks shipped, {} storage reads, {} storage writes",
+        out,
+        &format!(
+            "stats instance {}: {} commits in {} redo writes, {} blocks shipped, {} storage reads",
             fusion.id(),
-            redo.writes,
             redo.commits,
+            redo.writes,
             stats.gcs.blocks_shipped,
             stats.storage_reads,
-            stats.storage_writes
         ),
-    )?;
-    let mut contents = String::from("contents");
-    for n in 1..=blocks {
-        let block = fusion.block(n).map_err(|e| e.to_string())?;
-        let r = fusion.read(block).map_err(|e| e.to_string())?;
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(&r.bytes()[..8]);
-        let value = u64::from_le_bytes(raw);
-        if value != 0 {
-            contents.push_str(&format!(" {n}={value}"));
-        }
-    }
-    say(&mut stdout, contents)?;
-    read_line(&mut stdin, &mut line)?;
-    match Arc::try_unwrap(fusion) {
-        Ok(fusion) => fusion.shutdown().map_err(|e| e.to_string()),
-        Err(_) => Ok(()),
-    }
+    )
 }
 
 struct Worker {

@@ -1,0 +1,208 @@
+//! Multi-process tests: three instances as separate processes on one shared file, over `tcp`
+//! and `shm`. Each instance is `fusion-demo node CONFIG`, driven line by line over its
+//! stdin/stdout (the protocol is in that binary's `node` doc).
+//!
+//! Deadlines are generous (CI shares two noisy cores); nothing here measures time.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+const DEMO: &str = env!("CARGO_BIN_EXE_fusion-demo");
+const DEADLINE: Duration = Duration::from_secs(240);
+
+struct Node {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+impl Node {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(DEMO)
+            .arg("node")
+            .arg(config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn expect(&self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(DEADLINE)
+                .unwrap_or_else(|_| panic!("no {prefix:?} line within {DEADLINE:?}"));
+            assert!(!line.starts_with("failed"), "instance failed: {line}");
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    fn ask(&mut self, command: &str, answer: &str) -> String {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.expect(answer)
+    }
+
+    fn number(&mut self, command: &str, answer: &str) -> u64 {
+        let line = self.ask(command, answer);
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn setup(dir: &Path, transport: &str, blocks: u64) -> Vec<PathBuf> {
+    let out = Command::new(DEMO)
+        .args(["setup", "--dir"])
+        .arg(dir)
+        .args(["--transport", transport, "--blocks", &blocks.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "setup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn start_all(configs: &[PathBuf]) -> Vec<Node> {
+    let nodes: Vec<Node> = configs.iter().map(|c| Node::start(c)).collect();
+    for node in &nodes {
+        node.expect("ready");
+    }
+    nodes
+}
+
+fn stop_all(mut nodes: Vec<Node>) {
+    for node in &mut nodes {
+        node.ask("checkpoint", "checkpointed");
+    }
+    for node in &mut nodes {
+        writeln!(node.stdin, "exit").unwrap();
+    }
+    for node in &mut nodes {
+        let status = node.child.wait().unwrap();
+        assert!(status.success(), "an instance exited with {status}");
+    }
+}
+
+/// Every instance runs concurrent committed increments on shared blocks (hot ones that all
+/// change, and a uniform part); at the end every counter equals the committed increments
+/// and every instance reads the same contents.
+fn no_lost_update(transport: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = 48;
+    let mut nodes = start_all(&setup(dir.path(), transport, blocks));
+    for (id, node) in nodes.iter_mut().enumerate() {
+        writeln!(node.stdin, "run 2 2 4 {blocks} {}", id + 1).unwrap();
+    }
+    let mut committed = vec![0u64; blocks as usize + 1];
+    for node in &nodes {
+        node.expect("stopped");
+        let counts = node.expect("counts");
+        for pair in counts.split_whitespace().skip(1) {
+            let (block, n) = pair.split_once('=').unwrap();
+            committed[block.parse::<usize>().unwrap()] += n.parse::<u64>().unwrap();
+        }
+    }
+    let total: u64 = committed.iter().sum();
+    assert!(total > 0, "no increment committed");
+    let mut contents = Vec::new();
+    for node in &mut nodes {
+        contents.push(node.ask(&format!("contents {blocks}"), "contents"));
+    }
+    for c in &contents[1..] {
+        assert_eq!(c, &contents[0], "instances read different contents");
+    }
+    for pair in contents[0].split_whitespace().skip(1) {
+        let (block, value) = pair.split_once('=').unwrap();
+        let block: usize = block.parse().unwrap();
+        assert_eq!(
+            value.parse::<u64>().unwrap(),
+            committed[block],
+            "block {block}: counter against committed increments"
+        );
+        committed[block] = 0;
+    }
+    assert!(
+        committed.iter().all(|&n| n == 0),
+        "committed increments missing from the contents: {committed:?}"
+    );
+    stop_all(nodes);
+}
+
+#[test]
+fn concurrent_increments_over_tcp_lose_no_update() {
+    no_lost_update("tcp");
+}
+
+#[test]
+fn concurrent_increments_over_shm_lose_no_update() {
+    no_lost_update("shm");
+}
+
+/// A block changed on one instance is read with the new value on the others, and changed
+/// again there, with no storage write anywhere in between: it travels memory to memory.
+#[test]
+fn a_changed_block_travels_between_instances_without_a_disk_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_all(&setup(dir.path(), "tcp", 16));
+    let block = 5;
+    assert_eq!(nodes[0].number(&format!("inc {block}"), "value"), 1);
+    assert_eq!(nodes[1].number(&format!("read {block}"), "value"), 1);
+    assert_eq!(nodes[2].number(&format!("read {block}"), "value"), 1);
+    assert_eq!(nodes[2].number(&format!("inc {block}"), "value"), 2);
+    assert_eq!(nodes[0].number(&format!("read {block}"), "value"), 2);
+    assert_eq!(nodes[1].number(&format!("inc {block}"), "value"), 3);
+    assert_eq!(nodes[0].number(&format!("read {block}"), "value"), 3);
+    for node in &mut nodes {
+        assert_eq!(
+            node.number("writes", "writes"),
+            0,
+            "a data block was written"
+        );
+    }
+    // The checkpoint then writes it once, at its dirty owner.
+    let mut writes = 0;
+    for node in &mut nodes {
+        node.ask("checkpoint", "checkpointed");
+    }
+    for node in &mut nodes {
+        writes += node.number("writes", "writes");
+    }
+    assert_eq!(writes, 1, "one write of the one dirty block");
+    stop_all(nodes);
+}
