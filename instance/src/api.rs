@@ -51,6 +51,26 @@ use std::time::{Duration, Instant};
 /// How long [`Instance::start`] waits for every peer to connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Runtime settings that are not part of the cluster configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct StartOptions {
+    /// How long the driver and waiting user threads spin before they park. On these VMs a
+    /// cross-CPU wake-up costs more than a busy-polled round trip, so a short spin serves
+    /// back-to-back requests without it; `Duration::MAX` busy-polls.
+    pub spin: Duration,
+    /// Threads that read and write blocks.
+    pub io_threads: usize,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self {
+            spin: crate::runtime::DEFAULT_SPIN,
+            io_threads: 2,
+        }
+    }
+}
+
 /// Why an instance could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -154,6 +174,11 @@ impl Instance {
     /// Opens the shared storage, the redo thread and the interconnect, waits until every
     /// configured peer is connected (up to [`CONNECT_TIMEOUT`]), and starts serving.
     pub fn start(config: InstanceConfig) -> Result<Self, StartError> {
+        Self::start_with(config, StartOptions::default())
+    }
+
+    /// [`Instance::start`] with runtime settings.
+    pub fn start_with(config: InstanceConfig, options: StartOptions) -> Result<Self, StartError> {
         let (storage, layout) = format::open_path(&config.storage, &StorageOptions::default())
             .map_err(|source| StartError::Storage {
                 path: config.storage.clone(),
@@ -194,8 +219,7 @@ impl Instance {
             ges: ges::GesConfig::default(),
         };
         let cache_error = |e: crate::cache::CacheError| StartError::Cache(e.to_string());
-        let io_threads = 2;
-        let spin = crate::runtime::DEFAULT_SPIN;
+        let StartOptions { spin, io_threads } = options;
         let runtime = match &config.transport {
             TransportConfig::Tcp { .. } => {
                 let region = BlockRegion::anonymous(frames, layout.block_size)
