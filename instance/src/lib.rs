@@ -23,11 +23,18 @@
 //!   clock eviction that reports dirty victims instead of writing them, past images, and
 //!   waiting that spins briefly and then parks.
 //!
-//! To come (DESIGN.md): the cache's I/O (frames read and written through the GCS write
-//! protocol), incremental checkpoints and instance recovery, the sans-IO coordination core
-//! with its two drivers (the runtime with real transports and io_uring storage, and the
-//! deterministic simulator), the Rust API (`Instance::start`, `read`, `write`, transactions,
-//! `lock`), the KV layer, `fusiond` and the C ABI.
+//! * [`core`](mod@core) — the coordination core: a sans-IO state machine between local users
+//!   of blocks and locks, the buffer cache, and the GCS and GES engines (local exclusion per
+//!   block, one GCS request in flight per block, landing frames, coherence pins, eviction
+//!   through the write protocol).
+//! * [`runtime`] — the driver thread (transport + core, spin then park) and the I/O threads.
+//! * [`api`] — the Rust API: [`api::Instance`] (`start`, `read`, `begin` a transaction,
+//!   `lock`, `allocate_block`, `checkpoint`, `stats`, `shutdown`). The binary `fusion-demo`
+//!   runs a local cluster of instances as processes.
+//!
+//! To come (DESIGN.md): failure handling (detection, fencing, reconfiguration, instance
+//! recovery, whole-cluster restart), incremental background checkpoints, the KV layer,
+//! `fusiond` and the C ABI.
 //!
 //! `unsafe` lives only in [`storage`] (aligned allocation, io_uring submission, `statx`,
 //! `ioctl`, `fallocate`), each block with the reason it is sound.
