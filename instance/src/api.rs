@@ -36,15 +36,16 @@
 //! the driver thread, and never hold a latch across a wait for another instance.
 
 use crate::cache::{Pin, ReadLatch};
+use crate::cluster::ClusterManager;
 use crate::config::{InstanceConfig, TransportConfig};
 use crate::core::{BlockGrant, Completion, Core, CoreConfig, CoreError};
 use crate::format::{self, BLOCK_HEADER_LEN, InstanceSlot, Layout, SlotState};
 use crate::redo::{GroupCommitConfig, RedoError, RedoRecord, RedoWriter};
-use crate::runtime::{Command, Runtime, RuntimeStats, Waiter, connect_all};
+use crate::runtime::{Command, Runtime, RuntimeParts, RuntimeStats, Waiter};
 use crate::storage::{SharedStorage, StorageOptions};
 use gcs::{BlockId, BlockMode};
 use ges::{LockMode, LockName, LockValue, VALUE_LEN};
-use interconnect::{AtomicScnClock, BlockRegion, Epoch, InstanceId, Scn, Timestamp};
+use interconnect::{AtomicScnClock, BlockRegion, Epoch, InstanceId, InstanceSet, Scn, Timestamp};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -187,16 +188,6 @@ impl Instance {
         config.check_storage(&layout)?;
         let me = config.local.id;
         let slot = format::read_slot(storage.as_ref(), &layout, me)?;
-        let thread = layout.redo_thread(me).ok_or(format::SlotError::NoSlot {
-            instance: me,
-            max_instances: layout.max_instances,
-        })?;
-        let (redo, _end) = RedoWriter::open(
-            Arc::clone(&storage),
-            thread,
-            slot.checkpoint.sequence,
-            GroupCommitConfig::default(),
-        )?;
         format::write_slot(
             storage.as_ref(),
             &layout,
@@ -206,53 +197,27 @@ impl Instance {
             },
         )?;
         let frames = config.cache.frames;
-        let mut peers = config.instances();
-        peers.remove(me);
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let core_config = CoreConfig {
-            me,
-            members: config.instances(),
-            epoch: Epoch(1),
-            data_file: layout.data_file,
-            data_blocks: layout.data_blocks,
-            gcs: gcs::GcsConfig::default(),
-            ges: ges::GesConfig::default(),
-        };
         let cache_error = |e: crate::cache::CacheError| StartError::Cache(e.to_string());
-        let StartOptions { spin, io_threads } = options;
-        let runtime = match &config.transport {
+        let setting = Setting {
+            config: &config,
+            storage: &storage,
+            layout: &layout,
+            options,
+        };
+        let (runtime, redo) = match &config.transport {
             TransportConfig::Tcp { .. } => {
                 let region = BlockRegion::anonymous(frames, layout.block_size)
                     .map_err(|e| StartError::Cache(e.to_string()))?;
                 let cache =
                     crate::cache::BufferCache::new(Arc::clone(&region)).map_err(cache_error)?;
-                let mut transport =
-                    interconnect::tcp::TcpTransport::bind(config.tcp_config(), region)?;
-                wait_for_peers(&mut transport, peers, deadline)?;
-                let core = Core::new(core_config, cache, Timestamp::ZERO)?;
-                Runtime::start(
-                    transport,
-                    core,
-                    Arc::clone(&storage),
-                    layout.clone(),
-                    io_threads,
-                    spin,
-                )?
+                let transport = interconnect::tcp::TcpTransport::bind(config.tcp_config(), region)?;
+                setting.launch(transport, cache)?
             }
             TransportConfig::Shm { .. } => {
-                let mut transport = interconnect::shm::ShmTransport::open(config.shm_config())?;
+                let transport = interconnect::shm::ShmTransport::open(config.shm_config())?;
                 let cache =
                     crate::cache::BufferCache::new(transport.region()).map_err(cache_error)?;
-                wait_for_peers(&mut transport, peers, deadline)?;
-                let core = Core::new(core_config, cache, Timestamp::ZERO)?;
-                Runtime::start(
-                    transport,
-                    core,
-                    Arc::clone(&storage),
-                    layout.clone(),
-                    io_threads,
-                    spin,
-                )?
+                setting.launch(transport, cache)?
             }
         };
         let payload = layout.block_size as usize - BLOCK_HEADER_LEN;
@@ -265,6 +230,12 @@ impl Instance {
             runtime,
             payload,
         })
+    }
+
+    /// Why the instance stopped serving, if it has: fenced by the others, on the losing
+    /// side of a partition, out of reach of its storage, or shut down.
+    pub fn stopped(&self) -> Option<String> {
+        self.runtime.handle.stop.reason()
     }
 
     /// This instance's id.
@@ -568,7 +539,15 @@ impl<'i> Transaction<'i> {
     pub fn commit(mut self) -> Result<CommitInfo, InstanceError> {
         let records = std::mem::take(&mut self.records);
         let scn = records.iter().map(|r| r.scn).max().unwrap_or_default();
+        if let Some(reason) = self.instance.stopped() {
+            return Err(InstanceError::Core(CoreError::Stopped(reason)));
+        }
         if !records.is_empty() {
+            if !self.instance.runtime.handle.lease.valid() {
+                return Err(InstanceError::Core(CoreError::Stopped(
+                    "the I/O lease has expired".into(),
+                )));
+            }
             // On failure `self` drops and rolls back: nothing of it was made durable, or the
             // writer is stopped and the instance must restart anyway.
             self.instance.redo.commit(&records)?;
@@ -694,13 +673,249 @@ impl Drop for LockGuard<'_> {
     }
 }
 
-fn wait_for_peers<T: interconnect::Transport>(
-    transport: &mut T,
-    peers: interconnect::InstanceSet,
-    deadline: Instant,
-) -> Result<(), StartError> {
-    connect_all(transport, peers, deadline).map_err(|missing| StartError::PeersMissing {
-        missing: missing.iter().collect(),
-        timeout: CONNECT_TIMEOUT,
-    })
+/// What `Instance::start` works from.
+struct Setting<'a> {
+    config: &'a InstanceConfig,
+    storage: &'a Arc<dyn SharedStorage>,
+    layout: &'a Layout,
+    options: StartOptions,
+}
+
+/// How this instance enters the cluster.
+enum Entry {
+    /// Every configured instance started together: the cluster forms at `epoch`.
+    Formed { epoch: Epoch, live: InstanceSet },
+    /// A cluster runs: it admitted this instance at `epoch`.
+    Joined { epoch: Epoch, live: InstanceSet },
+}
+
+impl Setting<'_> {
+    /// Finds the cluster (forming it, with whole-cluster recovery, or joining it), then starts
+    /// the runtime.
+    fn launch<T: interconnect::Transport + Send + 'static>(
+        &self,
+        mut transport: T,
+        cache: crate::cache::BufferCache,
+    ) -> Result<(Runtime, RedoWriter), StartError> {
+        let origin = Instant::now();
+        let me = self.config.local.id;
+        let configured = self.config.instances();
+        let (entry, connected, early) = self.enter(&mut transport)?;
+        // Redo opens after formation: whole-cluster recovery may have moved the checkpoint.
+        let slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;
+        let thread = self
+            .layout
+            .redo_thread(me)
+            .ok_or(format::SlotError::NoSlot {
+                instance: me,
+                max_instances: self.layout.max_instances,
+            })?;
+        let (redo, _end) = RedoWriter::open(
+            Arc::clone(self.storage),
+            thread,
+            slot.checkpoint.sequence,
+            GroupCommitConfig::default(),
+        )?;
+        let (epoch, live, joining) = match entry {
+            Entry::Formed { epoch, live } => (epoch, live, false),
+            Entry::Joined { epoch, live } => (epoch, live, true),
+        };
+        let core = Core::new(
+            CoreConfig {
+                me,
+                members: live,
+                epoch,
+                data_file: self.layout.data_file,
+                data_blocks: self.layout.data_blocks,
+                gcs: gcs::GcsConfig::default(),
+                ges: ges::GesConfig::default(),
+                joining,
+            },
+            cache,
+            Timestamp::ZERO,
+        )?;
+        let failure = crate::cluster::FailureConfig {
+            membership: self.config.membership,
+            ..Default::default()
+        };
+        let mut cluster =
+            ClusterManager::new(me, configured, epoch, live, failure, Timestamp::ZERO)
+                .map_err(|e| StartError::Cache(e.to_string()))?;
+        for peer in connected.iter() {
+            cluster.on_connected(peer);
+        }
+        let runtime = Runtime::start(RuntimeParts {
+            transport,
+            core,
+            cluster,
+            storage: Arc::clone(self.storage),
+            layout: self.layout.clone(),
+            me,
+            configured,
+            failure,
+            io_threads: self.options.io_threads,
+            spin: self.options.spin,
+            origin,
+            early,
+        })?;
+        Ok((runtime, redo))
+    }
+
+    /// Meets the peers: forms the cluster when every configured instance starts together (the
+    /// lowest id first runs whole-cluster recovery), or joins a running one.
+    #[allow(clippy::type_complexity)]
+    fn enter<T: interconnect::Transport>(
+        &self,
+        transport: &mut T,
+    ) -> Result<
+        (
+            Entry,
+            InstanceSet,
+            Vec<(interconnect::FrameHeader, Vec<u8>)>,
+        ),
+        StartError,
+    > {
+        use crate::cluster::ClusterMessage;
+        use interconnect::{Outgoing, Priority, Service, TransportEvent};
+        let me = self.config.local.id;
+        let configured = self.config.instances();
+        let mut peers = configured;
+        peers.remove(me);
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let mut connected = InstanceSet::EMPTY;
+        let mut answered = InstanceSet::EMPTY;
+        let mut running: Option<(Epoch, InstanceSet)> = None;
+        let mut asked_to_join = false;
+        let mut early = Vec::new();
+        let mut events = Vec::new();
+        let send = |transport: &mut T, to, message: ClusterMessage| {
+            let mut body = Vec::new();
+            message.encode(&mut body);
+            let _ = transport.send(
+                to,
+                &Outgoing {
+                    service: Service::Instance,
+                    priority: Priority::Critical,
+                    epoch: Epoch(0),
+                    scn: Scn(0),
+                    body: &body,
+                    block: None,
+                },
+            );
+        };
+        let hello = ClusterMessage::Hello {
+            running: false,
+            epoch: Epoch(0),
+            live: InstanceSet::EMPTY,
+        };
+        loop {
+            if Instant::now() >= deadline {
+                let missing: Vec<InstanceId> =
+                    peers.iter().filter(|p| !connected.contains(*p)).collect();
+                return Err(StartError::PeersMissing {
+                    missing,
+                    timeout: CONNECT_TIMEOUT,
+                });
+            }
+            if peers.is_empty() || (answered == peers && running.is_none()) {
+                // Formation. The lowest id recovers every thread's redo first.
+                if configured.lowest() == Some(me) {
+                    let report = crate::recovery::restart(self.storage.as_ref(), self.layout)
+                        .map_err(|e| StartError::Cache(format!("whole-cluster recovery: {e}")))?;
+                    if report.blocks_written > 0 {
+                        eprintln!("fusion: whole-cluster recovery: {report:?}");
+                    }
+                    let epoch = Epoch(self.highest_fence_epoch().0 + 1);
+                    for peer in peers.iter() {
+                        send(
+                            transport,
+                            peer,
+                            ClusterMessage::Formed {
+                                epoch,
+                                live: configured,
+                            },
+                        );
+                    }
+                    return Ok((
+                        Entry::Formed {
+                            epoch,
+                            live: configured,
+                        },
+                        connected,
+                        early,
+                    ));
+                }
+            }
+            if let Some((_, live)) = running
+                && !asked_to_join
+            {
+                asked_to_join = true;
+                for peer in live.iter().filter(|p| connected.contains(*p)) {
+                    send(transport, peer, ClusterMessage::JoinRequest);
+                }
+            }
+            let _ = transport.poll(&mut events, Duration::from_millis(5));
+            for event in events.drain(..) {
+                match event {
+                    TransportEvent::PeerConnected(peer) => {
+                        connected.insert(peer);
+                        send(transport, peer, hello);
+                        if running.is_some() {
+                            send(transport, peer, ClusterMessage::JoinRequest);
+                        }
+                    }
+                    TransportEvent::PeerDisconnected { peer, .. } => {
+                        connected.remove(peer);
+                        answered.remove(peer);
+                    }
+                    TransportEvent::Message { header, body }
+                    | TransportEvent::BlockLanded { header, body, .. } => {
+                        if header.service != Service::Instance {
+                            // An admission's rebuild starts at once: keep it for the core.
+                            early.push((header, body));
+                            continue;
+                        }
+                        match ClusterMessage::decode(&body) {
+                            Ok(ClusterMessage::Hello {
+                                running: true,
+                                epoch,
+                                live,
+                            }) => {
+                                answered.insert(header.source);
+                                if running.is_none_or(|(e, _)| epoch > e) {
+                                    running = Some((epoch, live));
+                                    asked_to_join = false;
+                                }
+                            }
+                            Ok(ClusterMessage::Hello { running: false, .. }) => {
+                                answered.insert(header.source);
+                            }
+                            Ok(ClusterMessage::Formed { epoch, live }) if live.contains(me) => {
+                                return Ok((Entry::Formed { epoch, live }, connected, early));
+                            }
+                            Ok(ClusterMessage::Reconfigure { epoch, live })
+                                if live.contains(me) =>
+                            {
+                                return Ok((Entry::Joined { epoch, live }, connected, early));
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The newest epoch any slot's fence votes name: a new cluster starts above it, so old
+    /// votes fence no one.
+    fn highest_fence_epoch(&self) -> Epoch {
+        self.config
+            .instances()
+            .iter()
+            .filter_map(|i| format::read_slot(self.storage.as_ref(), self.layout, i).ok())
+            .map(|slot| slot.fence_epoch)
+            .max()
+            .unwrap_or(Epoch(0))
+    }
 }

@@ -44,9 +44,11 @@
 
 pub mod api;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod format;
+pub mod recovery;
 pub mod redo;
 pub mod runtime;
 pub mod storage;

@@ -14,15 +14,16 @@
 //! durability (the core and the engines do), and the driver never blocks on storage.
 
 use crate::cache::{ReadLatch, WriteLatch};
-use crate::core::{Completion, Core, IoOp, Send as CoreSend, Ticket};
+use crate::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfig};
+use crate::core::{Completion, Core, CoreError, IoOp, Send as CoreSend, Ticket};
 use crate::format::{self, BlockError, Layout};
 use crate::storage::{AlignedBuf, IoClass, SharedStorage};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use gcs::{BlockId, BlockMode};
 use ges::{LockMode, LockName, VALUE_LEN};
 use interconnect::{
-    InstanceSet, Outgoing, OutgoingBlock, Priority, Scn, Service, Timestamp, Transport,
-    TransportEvent, Waker,
+    Epoch, InstanceId, InstanceSet, Outgoing, OutgoingBlock, Priority, Scn, Service, Timestamp,
+    Transport, TransportEvent, Waker,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -77,7 +78,89 @@ pub(crate) enum Command {
         scn: Scn,
         result: Result<(), String>,
     },
+    /// The disk-heartbeat thread read every slot.
+    Disk(Vec<SlotSeen>),
+    /// The recovery thread scanned the lost instances' redo for `epoch`'s reconfiguration.
+    Scanned {
+        epoch: Epoch,
+        result: Result<(Vec<BlockId>, Arc<crate::recovery::ThreadScan>), String>,
+    },
+    Recovered {
+        epoch: Epoch,
+        block: BlockId,
+        result: Result<Scn, String>,
+    },
+    /// Storage is out of reach past the lease, or another fatal condition.
+    Stop(String),
     Shutdown,
+}
+
+/// One slot as the disk-heartbeat thread read it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlotSeen {
+    instance: InstanceId,
+    heartbeat: u64,
+    fence_votes: InstanceSet,
+    fence_epoch: Epoch,
+}
+
+/// The I/O lease: this instance may write to shared storage only until `until` (nanoseconds
+/// since `origin`), renewed by every disk heartbeat it writes. A stopped or fenced instance
+/// revokes it; survivors wait out the lease before they touch a lost instance's blocks.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    origin: Instant,
+    until: AtomicU64,
+}
+
+impl Lease {
+    fn new(origin: Instant, lease: Duration) -> Self {
+        Self {
+            origin,
+            until: AtomicU64::new(lease.as_nanos() as u64),
+        }
+    }
+
+    fn renew(&self, from: Instant, lease: Duration) {
+        let until = from.saturating_duration_since(self.origin) + lease;
+        self.until
+            .fetch_max(until.as_nanos() as u64, Ordering::AcqRel);
+    }
+
+    fn revoke(&self) {
+        self.until.store(0, Ordering::Release);
+    }
+
+    /// Whether this instance may still write.
+    pub(crate) fn valid(&self) -> bool {
+        (self.origin.elapsed().as_nanos() as u64) < self.until.load(Ordering::Acquire)
+    }
+}
+
+/// Why the instance stopped, once it has.
+#[derive(Debug, Default)]
+pub(crate) struct StopState {
+    stopped: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl StopState {
+    fn stop(&self, reason: String) {
+        let mut r = self.reason.lock();
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// Why the instance stopped, if it has.
+    pub(crate) fn reason(&self) -> Option<String> {
+        if self.stopped.load(Ordering::Acquire) {
+            self.reason.lock().clone()
+        } else {
+            None
+        }
+    }
 }
 
 /// One waiting user operation: the driver fills it in and wakes the thread.
@@ -139,6 +222,20 @@ pub struct RuntimeStats {
     pub storage_reads: u64,
     /// Storage writes.
     pub storage_writes: u64,
+    /// Instance recoveries started here (one per reconfiguration that lost members).
+    pub recoveries_started: u64,
+    /// Of which finished.
+    pub recoveries_done: u64,
+    /// Blocks of recovery sets rebuilt here.
+    pub blocks_recovered: u64,
+    /// Failure detection and reconfiguration counters.
+    pub cluster: crate::cluster::ClusterStats,
+    /// The current epoch.
+    pub epoch: u64,
+    /// The block directory is being rebuilt after a reconfiguration (requests wait).
+    pub gcs_rebuilding: bool,
+    /// The lock directory is being rebuilt.
+    pub ges_rebuilding: bool,
 }
 
 /// The handle user threads share with the driver.
@@ -148,6 +245,8 @@ pub(crate) struct DriverHandle {
     parked: Arc<AtomicBool>,
     next_ticket: AtomicU64,
     pub(crate) spin: Duration,
+    pub(crate) lease: Arc<Lease>,
+    pub(crate) stop: Arc<StopState>,
 }
 
 impl DriverHandle {
@@ -176,73 +275,139 @@ pub(crate) struct Runtime {
     io: Vec<JoinHandle<()>>,
 }
 
+/// What the runtime runs: the pieces `Instance::start` built.
+pub(crate) struct RuntimeParts<T> {
+    pub(crate) transport: T,
+    pub(crate) core: Core,
+    pub(crate) cluster: ClusterManager,
+    pub(crate) storage: Arc<dyn SharedStorage>,
+    pub(crate) layout: Layout,
+    pub(crate) me: InstanceId,
+    /// Every configured instance (whose slots and redo threads exist).
+    pub(crate) configured: InstanceSet,
+    pub(crate) failure: FailureConfig,
+    pub(crate) io_threads: usize,
+    pub(crate) spin: Duration,
+    /// The zero of every `Timestamp` the cores were given.
+    pub(crate) origin: Instant,
+    /// Frames that arrived while the instance was entering the cluster.
+    pub(crate) early: Vec<(interconnect::FrameHeader, Vec<u8>)>,
+}
+
 struct IoContext {
     storage: Arc<dyn SharedStorage>,
     layout: Layout,
     storage_reads: AtomicU64,
     storage_writes: AtomicU64,
+    lease: Arc<Lease>,
 }
 
 impl Runtime {
-    /// Starts the driver over `transport` and `core`, with `io_threads` I/O threads.
+    /// Starts the driver, the I/O threads, the disk-heartbeat thread and the recovery thread.
     pub(crate) fn start<T: Transport + std::marker::Send + 'static>(
-        transport: T,
-        core: Core,
-        storage: Arc<dyn SharedStorage>,
-        layout: Layout,
-        io_threads: usize,
-        spin: Duration,
+        parts: RuntimeParts<T>,
     ) -> std::io::Result<Self> {
+        let RuntimeParts {
+            transport,
+            core,
+            cluster,
+            storage,
+            layout,
+            me,
+            configured,
+            failure,
+            io_threads,
+            spin,
+            origin,
+            early,
+        } = parts;
         let (commands, command_rx) = crossbeam::channel::unbounded();
         let (io_tx, io_rx) = crossbeam::channel::unbounded::<IoOp>();
+        let (recovery_tx, recovery_rx) = crossbeam::channel::unbounded::<RecoveryJob>();
         let waker = transport.waker();
         let parked = Arc::new(AtomicBool::new(false));
+        let lease = Arc::new(Lease::new(origin, failure.lease));
+        let stop = Arc::new(StopState::default());
+        let fence = Arc::new(Mutex::new((InstanceSet::EMPTY, Epoch(0))));
         let handle = Arc::new(DriverHandle {
             commands,
             waker,
             parked: Arc::clone(&parked),
             next_ticket: AtomicU64::new(1),
             spin,
+            lease: Arc::clone(&lease),
+            stop: Arc::clone(&stop),
         });
         let context = Arc::new(IoContext {
             storage,
             layout,
             storage_reads: AtomicU64::new(0),
             storage_writes: AtomicU64::new(0),
+            lease: Arc::clone(&lease),
         });
-        let mut io = Vec::new();
+        let mut threads = Vec::new();
         for n in 0..io_threads.max(1) {
             let rx = io_rx.clone();
             let context = Arc::clone(&context);
             let done = Arc::clone(&handle);
-            io.push(
+            threads.push(
                 std::thread::Builder::new()
                     .name(format!("fusion-io-{n}"))
                     .spawn(move || io_thread(&rx, &context, &done))?,
             );
         }
+        {
+            let context = Arc::clone(&context);
+            let done = Arc::clone(&handle);
+            let fence = Arc::clone(&fence);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("fusion-disk-heartbeat".into())
+                    .spawn(move || disk_thread(&context, &done, me, configured, failure, &fence))?,
+            );
+        }
+        {
+            let context = Arc::clone(&context);
+            let done = Arc::clone(&handle);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("fusion-recovery".into())
+                    .spawn(move || recovery_thread(&recovery_rx, &context, &done))?,
+            );
+        }
         let driver = Driver {
             transport,
             core,
+            cluster,
             commands: command_rx,
             io: io_tx,
+            recovery: recovery_tx,
             parked,
             waiters: HashMap::new(),
-            origin: Instant::now(),
+            origin,
             spin,
             stats: RuntimeStats::default(),
             events: Vec::new(),
             backlog: Vec::new(),
             checkpoints: Vec::new(),
             context,
+            configured,
+            failure,
+            fence,
+            stop,
+            lost: InstanceSet::EMPTY,
+            scan_due: None,
+            recovery_epoch: None,
+            to_recover: Vec::new(),
+            unconnected: HashMap::new(),
         };
         let driver = std::thread::Builder::new()
             .name("fusion-driver".into())
-            .spawn(move || driver.run())?;
+            .spawn(move || driver.run(early))?;
         Ok(Self {
             handle,
             driver: Some(driver),
-            io,
+            io: threads,
         })
     }
 
@@ -264,46 +429,44 @@ impl Drop for Runtime {
     }
 }
 
-/// Waits until the transport is connected to every peer in `peers`, or `deadline`.
-pub(crate) fn connect_all<T: Transport>(
-    transport: &mut T,
-    peers: InstanceSet,
-    deadline: Instant,
-) -> Result<(), InstanceSet> {
-    let mut connected = InstanceSet::EMPTY;
-    let mut events = Vec::new();
-    while !peers.iter().all(|p| connected.contains(p)) {
-        let now = Instant::now();
-        if now >= deadline {
-            let missing: InstanceSet = peers.iter().filter(|p| !connected.contains(*p)).collect();
-            return Err(missing);
-        }
-        if transport
-            .poll(&mut events, (deadline - now).min(Duration::from_millis(20)))
-            .is_err()
-        {
-            continue;
-        }
-        for event in events.drain(..) {
-            match event {
-                TransportEvent::PeerConnected(peer) => {
-                    connected.insert(peer);
-                }
-                TransportEvent::PeerDisconnected { peer, .. } => {
-                    connected.remove(peer);
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(())
+/// Work for the recovery thread.
+enum RecoveryJob {
+    /// Scan the redo of `dead` (their changed blocks) and of every configured thread.
+    Scan {
+        epoch: Epoch,
+        dead: InstanceSet,
+        all: InstanceSet,
+    },
+    /// Rebuild these blocks from storage and the scanned redo.
+    Recover {
+        epoch: Epoch,
+        blocks: Vec<BlockId>,
+        scan: Arc<crate::recovery::ThreadScan>,
+    },
 }
 
 struct Driver<T> {
     transport: T,
     core: Core,
+    cluster: ClusterManager,
     commands: Receiver<Command>,
     io: Sender<IoOp>,
+    recovery: Sender<RecoveryJob>,
+    configured: InstanceSet,
+    failure: FailureConfig,
+    /// Fence votes for the disk-heartbeat thread to write.
+    fence: Arc<Mutex<(InstanceSet, Epoch)>>,
+    stop: Arc<StopState>,
+    /// Lost instances whose blocks are not recovered yet.
+    lost: InstanceSet,
+    /// When the lease of the lost instances has run out: scan their redo then.
+    scan_due: Option<(Instant, Epoch)>,
+    /// The epoch whose recovery is in progress, and the scan it uses.
+    recovery_epoch: Option<(Epoch, Option<Arc<crate::recovery::ThreadScan>>)>,
+    /// Recovery-set blocks waiting for the scan.
+    to_recover: Vec<BlockId>,
+    /// Frames for members whose connection is not up yet, in order.
+    unconnected: HashMap<InstanceId, Vec<CoreSend>>,
     parked: Arc<AtomicBool>,
     waiters: HashMap<Ticket, Arc<Waiter>>,
     origin: Instant,
@@ -322,13 +485,26 @@ impl<T: Transport> Driver<T> {
         Timestamp::since(self.origin)
     }
 
-    fn run(mut self) {
+    fn run(mut self, early: Vec<(interconnect::FrameHeader, Vec<u8>)>) {
         let mut idle_since: Option<Instant> = None;
+        let now = self.now();
+        for (header, body) in early {
+            self.cluster.on_frame(header.source, header.epoch, now);
+            if let Err(e) = self
+                .core
+                .on_message(header.source, header.service, &body, now)
+            {
+                eprintln!("fusion: {e}");
+            }
+        }
         loop {
             let mut busy = false;
             loop {
                 match self.commands.try_recv() {
-                    Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return,
+                    Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                        self.halt("the instance is shut down".into());
+                        return;
+                    }
                     Ok(command) => {
                         busy = true;
                         self.command(command);
@@ -342,6 +518,25 @@ impl<T: Transport> Driver<T> {
                 self.core.handle_timeout(now);
                 busy = true;
             }
+            if self.cluster.poll_timeout() <= now {
+                self.cluster.tick(now);
+                busy = true;
+            }
+            if let Some((due, epoch)) = self.scan_due
+                && Instant::now() >= due
+            {
+                self.scan_due = None;
+                let _ = self.recovery.send(RecoveryJob::Scan {
+                    epoch,
+                    dead: self.lost,
+                    all: self.configured,
+                });
+            }
+            busy |= self.cluster_actions();
+            if self.stop.reason().is_some() {
+                self.halt(self.stop.reason().unwrap_or_default());
+                return;
+            }
             busy |= self.drain();
             if busy {
                 idle_since = None;
@@ -354,10 +549,14 @@ impl<T: Transport> Driver<T> {
             }
             // Park in the transport until a frame, a command (the waker) or a timer.
             let now = self.now();
-            let park = self
-                .core
-                .poll_timeout()
-                .map_or(MAX_PARK, |at| at.saturating_since(now).min(MAX_PARK));
+            let mut wake_at = self.cluster.poll_timeout();
+            if let Some(at) = self.core.poll_timeout() {
+                wake_at = wake_at.min(at);
+            }
+            let mut park = wake_at.saturating_since(now).min(MAX_PARK);
+            if let Some((due, _)) = self.scan_due {
+                park = park.min(due.saturating_duration_since(Instant::now()));
+            }
             self.parked.store(true, Ordering::Relaxed);
             fence(Ordering::SeqCst);
             if self.commands.is_empty() {
@@ -365,6 +564,122 @@ impl<T: Transport> Driver<T> {
             }
             self.parked.store(false, Ordering::Relaxed);
             idle_since = None;
+        }
+    }
+
+    /// Stops serving: no more I/O (the lease is revoked), every waiting user gets the reason.
+    fn halt(&mut self, reason: String) {
+        self.context.lease.revoke();
+        self.stop.stop(reason.clone());
+        for (ticket, waiter) in self.waiters.drain() {
+            waiter.complete(Completion::Block {
+                ticket,
+                result: Err(CoreError::Stopped(reason.clone())),
+            });
+        }
+    }
+
+    /// Carries out the cluster manager's decisions; returns whether there were any.
+    fn cluster_actions(&mut self) -> bool {
+        let mut any = false;
+        while let Some(action) = self.cluster.poll_action() {
+            any = true;
+            let now = self.now();
+            match action {
+                ClusterAction::Send { to, message } => {
+                    let mut body = Vec::new();
+                    message.encode(&mut body);
+                    self.send_control(to, Service::Instance, &body);
+                }
+                ClusterAction::Heartbeat { to } => self.send_control(to, Service::Membership, &[]),
+                ClusterAction::Reconfigure { epoch, live, lost } => {
+                    eprintln!(
+                        "fusion: instance {}: epoch {} with members {:?} (lost {:?})",
+                        self.core.id(),
+                        epoch.0,
+                        live.iter().map(|i| i.index()).collect::<Vec<_>>(),
+                        lost.iter().map(|i| i.index()).collect::<Vec<_>>()
+                    );
+                    self.unconnected.retain(|peer, _| live.contains(*peer));
+                    if let Err(e) = self.core.reconfigure(epoch, live, now) {
+                        self.stop
+                            .stop(format!("reconfiguration to epoch {}: {e}", epoch.0));
+                        return true;
+                    }
+                    if !lost.is_empty() || !self.lost.is_empty() {
+                        // Recover everything lost so far, once the lost instances' lease has
+                        // run out (they stop all I/O by then).
+                        self.lost = self.lost.iter().chain(lost.iter()).collect();
+                        self.scan_due = Some((Instant::now() + self.failure.lease, epoch));
+                        self.recovery_epoch = Some((epoch, None));
+                        self.stats.recoveries_started += 1;
+                    }
+                }
+                ClusterAction::Fence { epoch, victims } => {
+                    let mut fence = self.fence.lock();
+                    fence.0 = fence.0.iter().chain(victims.iter()).collect();
+                    fence.1 = epoch;
+                }
+                ClusterAction::Stop { reason } => {
+                    eprintln!("fusion: instance {} stops: {reason}", self.core.id());
+                    self.stop.stop(reason);
+                }
+            }
+        }
+        any
+    }
+
+    /// Sends a control frame (cluster messages, heartbeats) at critical priority.
+    fn send_control(&mut self, to: InstanceId, service: Service, body: &[u8]) {
+        let frame = Outgoing {
+            service,
+            priority: Priority::Critical,
+            epoch: self.cluster.epoch(),
+            scn: self.core.gcs().current_scn(),
+            body,
+            block: None,
+        };
+        // A peer that is down gets nothing; failure detection handles it.
+        if self.transport.send(to, &frame).is_ok() {
+            self.stats.frames_sent += 1;
+        }
+    }
+
+    /// Hands the recovery-set blocks to the recovery thread once the redo scan is there.
+    fn start_recovery(&mut self) {
+        let scan = self
+            .recovery_epoch
+            .as_ref()
+            .and_then(|(epoch, scan)| scan.as_ref().map(|scan| (*epoch, Arc::clone(scan))));
+        if let Some((epoch, scan)) = scan {
+            if !self.to_recover.is_empty() {
+                let blocks = std::mem::take(&mut self.to_recover);
+                let _ = self.recovery.send(RecoveryJob::Recover {
+                    epoch,
+                    blocks,
+                    scan,
+                });
+            }
+            self.check_recovery_done();
+        }
+    }
+
+    /// Recovery finished here for the epoch in progress: tell the cluster.
+    fn check_recovery_done(&mut self) {
+        if let Some((epoch, Some(_))) = &self.recovery_epoch
+            && self.scan_due.is_none()
+            && self.core.recovery_idle()
+        {
+            let epoch = *epoch;
+            self.recovery_epoch = None;
+            self.lost = InstanceSet::EMPTY;
+            self.stats.recoveries_done += 1;
+            eprintln!(
+                "fusion: instance {}: recovery for epoch {} done",
+                self.core.id(),
+                epoch.0
+            );
+            self.cluster.on_recovery_done(epoch);
         }
     }
 
@@ -411,6 +726,10 @@ impl<T: Transport> Driver<T> {
                 stats.ges = self.core.ges().stats();
                 stats.storage_reads = self.context.storage_reads.load(Ordering::Relaxed);
                 stats.storage_writes = self.context.storage_writes.load(Ordering::Relaxed);
+                stats.cluster = self.cluster.stats();
+                stats.epoch = self.cluster.epoch().0;
+                stats.gcs_rebuilding = self.core.gcs().is_reconfiguring();
+                stats.ges_rebuilding = self.core.ges().is_rebuilding();
                 let _ = reply.send(stats);
             }
             Command::ReadDone {
@@ -420,6 +739,55 @@ impl<T: Transport> Driver<T> {
             } => self.core.on_read_done(block, filling, result, now),
             Command::WriteDone { block, scn, result } => {
                 self.core.on_write_done(block, scn, result, now)
+            }
+            Command::Disk(slots) => {
+                for slot in slots {
+                    self.cluster.on_disk(
+                        slot.instance,
+                        slot.heartbeat,
+                        slot.fence_votes,
+                        slot.fence_epoch,
+                        now,
+                    );
+                }
+            }
+            Command::Scanned { epoch, result } => match result {
+                Ok((changed, scan)) => {
+                    if let Some((current, slot)) = &mut self.recovery_epoch
+                        && *current == epoch
+                    {
+                        *slot = Some(scan);
+                        self.core.on_redo_scanned(changed, now);
+                    }
+                    self.start_recovery();
+                }
+                Err(e) => self
+                    .stop
+                    .stop(format!("instance recovery: reading redo: {e}")),
+            },
+            Command::Recovered {
+                epoch,
+                block,
+                result,
+            } => match result {
+                Ok(scn) => {
+                    if self
+                        .recovery_epoch
+                        .as_ref()
+                        .is_some_and(|(e, _)| *e == epoch)
+                    {
+                        self.stats.blocks_recovered += 1;
+                        self.core.on_block_recovered(block, scn, now);
+                    }
+                    self.check_recovery_done();
+                }
+                Err(e) => self
+                    .stop
+                    .stop(format!("instance recovery of block {block}: {e}")),
+            },
+            Command::Stop(reason) => {
+                eprintln!("fusion: instance {} stops: {reason}", self.core.id());
+                self.stop.stop(reason);
             }
             Command::Shutdown => {}
         }
@@ -438,11 +806,19 @@ impl<T: Transport> Driver<T> {
                 TransportEvent::Message { header, body }
                 | TransportEvent::BlockLanded { header, body, .. } => {
                     self.stats.frames_received += 1;
-                    if let Err(e) = self
-                        .core
-                        .on_message(header.source, header.service, &body, now)
-                    {
-                        eprintln!("fusion: {e}");
+                    self.cluster.on_frame(header.source, header.epoch, now);
+                    match header.service {
+                        Service::Membership => {}
+                        Service::Instance => match ClusterMessage::decode(&body) {
+                            Ok(message) => self.cluster.on_message(header.source, message, now),
+                            Err(e) => eprintln!("fusion: from instance {}: {e}", header.source),
+                        },
+                        service => {
+                            if let Err(e) = self.core.on_message(header.source, service, &body, now)
+                            {
+                                eprintln!("fusion: {e}");
+                            }
+                        }
                     }
                 }
                 TransportEvent::LandingRefused {
@@ -458,9 +834,19 @@ impl<T: Transport> Driver<T> {
                         .core
                         .on_message(header.source, header.service, &body, now);
                 }
-                TransportEvent::PeerConnected(_) => {}
+                TransportEvent::PeerConnected(peer) => {
+                    self.cluster.on_connected(peer);
+                    if let Some(waiting) = self.unconnected.remove(&peer) {
+                        for send in waiting {
+                            self.send(send);
+                        }
+                    }
+                }
                 TransportEvent::PeerDisconnected { peer, reason } => {
-                    eprintln!("fusion: connection to instance {peer} lost: {reason}");
+                    if self.cluster.live().contains(peer) {
+                        eprintln!("fusion: connection to instance {peer} lost: {reason}");
+                    }
+                    self.cluster.on_disconnected(peer);
                 }
                 TransportEvent::Refused { peer, error } => {
                     eprintln!("fusion: connection refused ({peer:?}): {error}");
@@ -486,8 +872,17 @@ impl<T: Transport> Driver<T> {
         }
         while let Some(io) = self.core.poll_io() {
             any = true;
-            // The I/O threads live as long as the driver.
-            let _ = self.io.send(io);
+            match io {
+                IoOp::Recover { blocks } => {
+                    // Recovery-set blocks wait for the redo scan when it is not read yet.
+                    self.to_recover.extend(blocks);
+                    self.start_recovery();
+                }
+                // The I/O threads live as long as the driver.
+                io => {
+                    let _ = self.io.send(io);
+                }
+            }
         }
         while let Some(completion) = self.core.poll_completion() {
             any = true;
@@ -518,6 +913,10 @@ impl<T: Transport> Driver<T> {
     }
 
     fn send(&mut self, send: CoreSend) {
+        if let Some(waiting) = self.unconnected.get_mut(&send.to) {
+            waiting.push(send);
+            return;
+        }
         if !self.backlog.is_empty() {
             // Keep order behind frames already waiting.
             self.backlog.push(send);
@@ -549,6 +948,13 @@ impl<T: Transport> Driver<T> {
             Err(interconnect::SendError::QueueFull { .. }) => {
                 self.stats.send_retries += 1;
                 self.backlog.push(send);
+            }
+            // A member not connected yet (it is joining, or redialing): keep its frames until
+            // it is; a peer that is gone is dropped from the members by failure handling.
+            Err(interconnect::SendError::NotConnected(peer)) => {
+                if self.cluster.live().contains(peer) {
+                    self.unconnected.entry(peer).or_default().push(send);
+                }
             }
             Err(e) => eprintln!("fusion: send to instance {}: {e}", send.to),
         }
@@ -586,7 +992,9 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
                 }
                 drop(pin);
                 format::seal_block(&mut staging, block, scn);
-                let result =
+                let result = if !context.lease.valid() {
+                    Err("the I/O lease has expired: this instance may not write".to_string())
+                } else {
                     format::write_block(context.storage.as_ref(), &context.layout, &staging)
                         .map_err(|e| e.to_string())
                         .and_then(|()| {
@@ -594,13 +1002,133 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
                                 .storage
                                 .sync(IoClass::Data)
                                 .map_err(|e| e.to_string())
-                        });
+                        })
+                };
                 context.storage_writes.fetch_add(1, Ordering::Relaxed);
                 Command::WriteDone { block, scn, result }
             }
+            // The driver hands recovery to the recovery thread.
+            IoOp::Recover { .. } => continue,
         };
         if !done.submit(command) {
             return;
+        }
+    }
+}
+
+/// Writes this instance's disk heartbeat (and its fence votes) every interval, renewing the
+/// I/O lease, and reads every configured slot for the driver. Storage out of reach for the
+/// lease stops the instance.
+fn disk_thread(
+    context: &IoContext,
+    done: &DriverHandle,
+    me: InstanceId,
+    configured: InstanceSet,
+    failure: FailureConfig,
+    fence: &Mutex<(InstanceSet, Epoch)>,
+) {
+    let storage = context.storage.as_ref();
+    let layout = &context.layout;
+    let mut heartbeat = match format::read_slot(storage, layout, me) {
+        Ok(slot) => slot.heartbeat,
+        Err(e) => {
+            done.submit(Command::Stop(format!("reading this instance's slot: {e}")));
+            return;
+        }
+    };
+    let mut last_ok = Instant::now();
+    loop {
+        if done.stop.reason().is_some() {
+            return;
+        }
+        let started = Instant::now();
+        heartbeat += 1;
+        let (votes, epoch) = *fence.lock();
+        let written = format::read_slot(storage, layout, me).and_then(|mut slot| {
+            slot.heartbeat = heartbeat;
+            slot.heartbeat_nanos = started.duration_since(context.lease.origin).as_nanos() as u64;
+            slot.state = format::SlotState::Up;
+            if epoch > slot.fence_epoch || votes != slot.fence_votes {
+                slot.fence_votes = votes;
+                slot.fence_epoch = epoch.max(slot.fence_epoch);
+            }
+            format::write_slot(storage, layout, &slot)
+        });
+        match written {
+            Ok(()) => {
+                last_ok = started;
+                context.lease.renew(started, failure.lease);
+            }
+            Err(e) if started.duration_since(last_ok) >= failure.lease => {
+                done.submit(Command::Stop(format!(
+                    "cannot write the disk heartbeat for {:?}: {e}",
+                    failure.lease
+                )));
+                return;
+            }
+            Err(_) => {}
+        }
+        let seen: Vec<SlotSeen> = configured
+            .iter()
+            .filter_map(|instance| {
+                let slot = format::read_slot(storage, layout, instance).ok()?;
+                Some(SlotSeen {
+                    instance,
+                    heartbeat: slot.heartbeat,
+                    fence_votes: slot.fence_votes,
+                    fence_epoch: slot.fence_epoch,
+                })
+            })
+            .collect();
+        if !done.submit(Command::Disk(seen)) {
+            return;
+        }
+        std::thread::sleep(failure.disk_interval.saturating_sub(started.elapsed()));
+    }
+}
+
+/// Instance recovery's storage work: scanning redo threads and rebuilding blocks.
+fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &DriverHandle) {
+    let storage = context.storage.as_ref();
+    let layout = &context.layout;
+    while let Ok(job) = rx.recv() {
+        match job {
+            RecoveryJob::Scan { epoch, dead, all } => {
+                let dead: Vec<InstanceId> = dead.iter().collect();
+                let all: Vec<InstanceId> = all.iter().collect();
+                let result = crate::recovery::scan_threads(storage, layout, &dead)
+                    .and_then(|dead_scan| {
+                        let changed = dead_scan.changed_blocks();
+                        let scan = crate::recovery::scan_threads(storage, layout, &all)?;
+                        Ok((changed, Arc::new(scan)))
+                    })
+                    .map_err(|e| e.to_string());
+                if !done.submit(Command::Scanned { epoch, result }) {
+                    return;
+                }
+            }
+            RecoveryJob::Recover {
+                epoch,
+                blocks,
+                scan,
+            } => {
+                for block in blocks {
+                    let result = if context.lease.valid() {
+                        crate::recovery::recover_block(storage, layout, &scan, block, None)
+                            .map(|recovered| recovered.scn)
+                            .map_err(|e| e.to_string())
+                    } else {
+                        Err("the I/O lease has expired".to_string())
+                    };
+                    if !done.submit(Command::Recovered {
+                        epoch,
+                        block,
+                        result,
+                    }) {
+                        return;
+                    }
+                }
+            }
         }
     }
 }

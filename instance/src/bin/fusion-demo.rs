@@ -551,9 +551,22 @@ fn node(args: &[String]) -> Result<(), String> {
         return Err("usage: fusion-demo node CONFIG".into());
     };
     let config = InstanceConfig::load(Path::new(config)).map_err(|e| e.to_string())?;
+    // Every acknowledged commit of the workload is appended here (one write each, so a
+    // `kill -9` loses none the kernel got): what a crash test checks against.
+    let acks_path = config
+        .file
+        .with_file_name(format!("acks-{}.log", config.local.id.index()));
+    let acks = Arc::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&acks_path)
+            .map_err(|e| format!("{}: {e}", acks_path.display()))?,
+    );
     let fusion = Arc::new(Instance::start(config).map_err(|e| e.to_string())?);
     let mut out = std::io::stdout();
     say(&mut out, "ready")?;
+    spawn_event_reporter(Arc::clone(&fusion));
     let mut line = String::new();
     loop {
         line.clear();
@@ -569,9 +582,18 @@ fn node(args: &[String]) -> Result<(), String> {
             .filter_map(|w| w.parse().ok())
             .collect();
         let result = match (words.first().copied(), numbers.as_slice()) {
-            (Some("run"), &[seconds, threads, hot, blocks, seed]) => {
-                run_workload(&fusion, &mut out, seconds, threads, hot, blocks, seed)
-            }
+            (Some("run"), &[seconds, threads, hot, blocks, seed]) => run_workload(
+                &fusion,
+                &acks,
+                &mut out,
+                Workload {
+                    seconds,
+                    threads,
+                    hot,
+                    blocks,
+                    seed,
+                },
+            ),
             (Some("contents"), &[blocks]) => {
                 let mut contents = String::from("contents");
                 for n in 1..=blocks {
@@ -593,6 +615,22 @@ fn node(args: &[String]) -> Result<(), String> {
             (Some("writes"), &[]) => {
                 let stats = fusion.stats().map_err(|e| e.to_string())?;
                 say(&mut out, &format!("writes {}", stats.storage_writes))
+            }
+            (Some("status"), &[]) => {
+                let stats = fusion.stats().map_err(|e| e.to_string())?;
+                say(
+                    &mut out,
+                    &format!(
+                        "status epoch {} gcs-rebuilding {} ges-rebuilding {} messages-sent {} received {} stale {} errors {}",
+                        stats.epoch,
+                        stats.gcs_rebuilding,
+                        stats.ges_rebuilding,
+                        stats.gcs.messages_sent,
+                        stats.gcs.messages_received,
+                        stats.gcs.stale_dropped,
+                        stats.gcs.protocol_errors
+                    ),
+                )
             }
             (Some("checkpoint"), &[]) => {
                 fusion.checkpoint().map_err(|e| e.to_string())?;
@@ -644,15 +682,60 @@ fn counter(payload: &[u8]) -> u64 {
     u64::from_le_bytes(raw)
 }
 
-fn run_workload(
-    fusion: &Arc<Instance>,
-    out: &mut std::io::Stdout,
+/// The workload's shape.
+#[derive(Debug, Clone, Copy)]
+struct Workload {
     seconds: u64,
     threads: u64,
     hot: u64,
     blocks: u64,
     seed: u64,
+}
+
+/// Prints `event NAME UNIX_MS DETAIL` lines when the instance reconfigures or finishes a
+/// recovery, so the parent can time them against a crash it caused.
+fn spawn_event_reporter(fusion: Arc<Instance>) {
+    std::thread::spawn(move || {
+        let mut epoch = 0;
+        let mut recovered = 0;
+        loop {
+            std::thread::sleep(Duration::from_millis(2));
+            if fusion.stopped().is_some() {
+                return;
+            }
+            let Ok(stats) = fusion.stats() else { return };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let mut out = std::io::stdout();
+            if stats.epoch != epoch {
+                epoch = stats.epoch;
+                let _ = say(&mut out, &format!("event epoch {now} {epoch}"));
+            }
+            if stats.recoveries_done != recovered {
+                recovered = stats.recoveries_done;
+                let _ = say(
+                    &mut out,
+                    &format!("event recovered {now} {}", stats.blocks_recovered),
+                );
+            }
+        }
+    });
+}
+
+fn run_workload(
+    fusion: &Arc<Instance>,
+    acks: &Arc<std::fs::File>,
+    out: &mut std::io::Stdout,
+    workload: Workload,
 ) -> Result<(), String> {
+    let Workload {
+        seconds,
+        threads,
+        hot,
+        blocks,
+        seed,
+    } = workload;
     if hot == 0 || hot >= blocks {
         return Err("run: HOT must be in 1..BLOCKS".into());
     }
@@ -663,6 +746,7 @@ fn run_workload(
         let fusion = Arc::clone(fusion);
         let stop = Arc::clone(&stop);
         let commits = Arc::clone(&commits);
+        let acks = Arc::clone(acks);
         let mut rng =
             seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         workers.push(std::thread::spawn(move || -> Result<Worker, String> {
@@ -676,6 +760,9 @@ fn run_workload(
                     1 + hot + (rng >> 8) % (blocks - hot)
                 };
                 let (_, acquisition) = increment(&fusion, n)?;
+                (&*acks)
+                    .write_all(format!("{n}\n").as_bytes())
+                    .map_err(|e| format!("writing the acknowledgement log: {e}"))?;
                 *w.counts.entry(n).or_default() += 1;
                 let name = KINDS
                     .iter()

@@ -107,6 +107,13 @@ pub enum IoOp {
         /// The current copy.
         pin: Pin,
     },
+    /// Instance recovery: these blocks, mastered here, have no current copy among the
+    /// survivors. Rebuild each from storage and every thread's redo since its checkpoint,
+    /// write it, then call [`Core::on_block_recovered`].
+    Recover {
+        /// The blocks.
+        blocks: Vec<BlockId>,
+    },
 }
 
 /// Why a local operation failed, or the core refused an input.
@@ -148,6 +155,9 @@ pub enum CoreError {
     /// The cache refused (a landing that did not land, a frame in the wrong state).
     #[error("buffer cache: {0}")]
     Cache(String),
+    /// The instance stopped (fenced, lost the majority, lost its storage, or shut down).
+    #[error("the instance stopped: {0}")]
+    Stopped(String),
 }
 
 impl From<CacheError> for CoreError {
@@ -173,6 +183,9 @@ pub struct CoreConfig {
     pub gcs: GcsConfig,
     /// GES settings.
     pub ges: ges::GesConfig,
+    /// This instance joins a running cluster at `epoch` (it restarted): its engines start
+    /// empty and take part in the rebuild like the survivors do.
+    pub joining: bool,
 }
 
 /// Where the frame for a request's copy is.
@@ -239,6 +252,11 @@ pub struct CoreStats {
     pub evictions: u64,
 }
 
+fn bucket_map(epoch: Epoch, members: InstanceSet) -> Result<BucketMap, CoreError> {
+    BucketMap::new(epoch, members, grd::BucketMapConfig::default())
+        .map_err(|e| CoreError::Cache(format!("bucket map: {e}")))
+}
+
 /// Most clean copies one shortage releases at once.
 const EVICT_BATCH: usize = 16;
 
@@ -263,6 +281,12 @@ pub struct Core {
     use_counter: u64,
     stats: CoreStats,
     failed: Option<CoreError>,
+    /// Messages of an epoch this instance has not reached yet, replayed when it does.
+    future: Vec<(InstanceId, Service, Epoch, Vec<u8>)>,
+    /// The dead instances' changed blocks, waiting for the rebuild to finish.
+    scanned: Option<Vec<BlockId>>,
+    /// Recovery-set blocks handed out and not yet recovered.
+    recovering: BTreeSet<BlockId>,
 }
 
 impl std::fmt::Debug for Core {
@@ -278,15 +302,27 @@ impl std::fmt::Debug for Core {
 impl Core {
     /// The core of `config.me` over `cache`.
     pub fn new(config: CoreConfig, cache: BufferCache, now: Timestamp) -> Result<Self, CoreError> {
-        let map = BucketMap::new(
-            config.epoch,
-            config.members,
-            grd::BucketMapConfig::default(),
-        )
-        .map_err(|e| CoreError::Cache(format!("bucket map: {e}")))?;
-        let gcs = gcs::Engine::new(config.me, config.epoch, config.members, map, config.gcs);
-        let ges = ges::Engine::new(config.me, config.epoch, config.members, config.ges, now)?;
-        Ok(Self {
+        let map = bucket_map(config.epoch, config.members)?;
+        let (gcs, ges) = if config.joining {
+            // A joiner's GCS enters the epoch through the same rebuild as the survivors: it
+            // reports (nothing) and, as a new master, waits for everyone's reports.
+            let before = Epoch(config.epoch.0.saturating_sub(1));
+            let mut gcs = gcs::Engine::new(
+                config.me,
+                before,
+                config.members,
+                bucket_map(before, config.members)?,
+                config.gcs,
+            );
+            gcs.on_reconfigure(config.epoch, config.members, map, now);
+            let ges = ges::Engine::join(config.me, config.epoch, config.members, config.ges, now)?;
+            (gcs, ges)
+        } else {
+            let gcs = gcs::Engine::new(config.me, config.epoch, config.members, map, config.gcs);
+            let ges = ges::Engine::new(config.me, config.epoch, config.members, config.ges, now)?;
+            (gcs, ges)
+        };
+        let mut core = Self {
             me: config.me,
             data_file: config.data_file,
             data_blocks: config.data_blocks,
@@ -304,7 +340,68 @@ impl Core {
             use_counter: 0,
             stats: CoreStats::default(),
             failed: None,
-        })
+            future: Vec::new(),
+            scanned: None,
+            recovering: BTreeSet::new(),
+        };
+        core.pump(now);
+        Ok(core)
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.gcs.epoch()
+    }
+
+    /// Moves to a new epoch with the members `live` (reconfiguration, decided by the cluster
+    /// manager): the engines rebuild master state from every member's report; a lost
+    /// member's locks and copies are dropped. If members were lost, storage reads of blocks
+    /// wait until [`Core::on_redo_scanned`].
+    pub fn reconfigure(
+        &mut self,
+        epoch: Epoch,
+        live: InstanceSet,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        if epoch <= self.gcs.epoch() {
+            return Ok(());
+        }
+        let map = bucket_map(epoch, live)?;
+        self.gcs.on_reconfigure(epoch, live, map, now);
+        self.ges.on_new_epoch(epoch, live, now)?;
+        // Recovery work of an older epoch is redone from the new scan.
+        self.recovering.clear();
+        self.pump(now);
+        let future = std::mem::take(&mut self.future);
+        for (from, service, at, body) in future {
+            if at <= epoch {
+                let _ = self.on_message(from, service, &body, now);
+            } else {
+                self.future.push((from, service, at, body));
+            }
+        }
+        Ok(())
+    }
+
+    /// Instance recovery read the lost instances' redo: `changed` lists the blocks they
+    /// changed since their checkpoints. Once the rebuild is complete, each master computes
+    /// its recovery set ([`IoOp::Recover`]) and storage reads are served again.
+    pub fn on_redo_scanned(&mut self, changed: Vec<BlockId>, now: Timestamp) {
+        self.scanned = Some(changed);
+        self.pump(now);
+    }
+
+    /// A recovery-set block has been rebuilt and written at `scn`.
+    pub fn on_block_recovered(&mut self, block: BlockId, scn: Scn, now: Timestamp) {
+        if self.recovering.remove(&block) {
+            self.gcs.on_block_recovered(block, scn, now);
+        }
+        self.pump(now);
+    }
+
+    /// Whether no instance recovery is in progress here (nothing to scan or recover).
+    pub fn recovery_idle(&self) -> bool {
+        self.scanned.is_none() && self.recovering.is_empty() && !self.gcs.is_reconfiguring()
     }
 
     /// This instance.
@@ -514,8 +611,13 @@ impl Core {
         body: &[u8],
         now: Timestamp,
     ) -> Result<(), CoreError> {
+        let epoch = self.gcs.epoch();
         let result = match service {
             Service::Gcs => match GcsMessage::decode(body) {
+                Ok(msg) if msg.epoch > epoch => {
+                    self.future.push((from, service, msg.epoch, body.to_vec()));
+                    Ok(())
+                }
                 Ok(msg) => self
                     .gcs
                     .handle_message(from, msg, now)
@@ -523,6 +625,10 @@ impl Core {
                 Err(e) => Err(e.to_string()),
             },
             Service::Ges => match ges::Message::decode(body) {
+                Ok(msg) if msg.epoch > epoch => {
+                    self.future.push((from, service, msg.epoch, body.to_vec()));
+                    Ok(())
+                }
                 Ok(msg) => {
                     self.ges.handle_message(from, msg, now);
                     Ok(())
@@ -800,6 +906,11 @@ impl Core {
                 any = true;
                 self.ges_event(event);
             }
+            if self.scanned.is_some() && !self.gcs.is_reconfiguring() {
+                any = true;
+                let changed = self.scanned.take().unwrap_or_default();
+                self.gcs.on_dead_redo_scanned(&changed, now);
+            }
             let kicks = std::mem::take(&mut self.kicks);
             for &block in &kicks {
                 any = true;
@@ -931,8 +1042,11 @@ impl Core {
                 self.cache.discard_past_images(block, scn);
                 self.frames_freed();
             }
-            // Instance recovery is failure handling's; without crashes the set is empty.
-            gcs::Event::RecoverySet { .. } => {}
+            gcs::Event::RecoverySet { blocks } => {
+                let blocks: Vec<BlockId> = blocks.iter().map(|b| b.block).collect();
+                self.recovering.extend(blocks.iter().copied());
+                self.ios.push_back(IoOp::Recover { blocks });
+            }
         }
     }
 

@@ -1,0 +1,527 @@
+//! Recovery's redo-applying half: scanning redo threads from their checkpoints
+//! ([`scan_threads`]), applying a block's records above its SCN ([`apply`]), recovering one
+//! block from a past image or from storage ([`recover_block`], what instance recovery does
+//! for each block of a GCS recovery set), and whole-cluster restart ([`restart`]: merge every
+//! thread by SCN, recover every changed block, advance every checkpoint).
+//!
+//! Redo records are physical: `bytes` replace the block's bytes at `offset`, an offset in the
+//! whole block (its 32-byte header included in the offset space). Records only ever change the
+//! payload, so a record that touches the header or reaches past the block is refused. A
+//! block's header SCN is the SCN of its last change, and changes to one block are totally
+//! ordered by SCN (cache fusion hands the block on with its SCN, and the receiver's clock moves
+//! past it), so replaying the records above a block's SCN in SCN order rebuilds it, and doing
+//! it twice changes nothing.
+//!
+//! This module owns the merge of threads by SCN, the choice of the image recovery starts
+//! from, and the checkpoint a whole-cluster restart leaves behind. It must never apply a
+//! record to a block image that failed verification, never apply a record that does not fit
+//! its block or belongs to another one, never skip damaged durable redo (the reader reports
+//! it and recovery stops with its location), never write a block unless a record was applied
+//! to it or the image it starts from is newer than storage's, and never advance a checkpoint
+//! before the blocks it covers are durable. It never decides *which* blocks need recovery
+//! (the GCS recovery set does) and never takes locks: callers make sure no one else writes
+//! the blocks (and, for [`restart`], no instance runs).
+
+use crate::format::{self, BLOCK_HEADER_LEN, BlockError, Checkpoint, Layout, SlotError};
+use crate::redo::{LogEnd, RedoReadError, RedoReader, RedoRecord};
+use crate::storage::{AlignedBuf, ArenaError, IoClass, SharedStorage, StorageError};
+use gcs::BlockId;
+use interconnect::{InstanceId, Scn};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Alignment of the block buffers (the format refuses storage that needs more).
+const BUFFER_ALIGN: usize = format::SECTOR;
+
+/// Recovery could not go on. Every variant names where the problem is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryError {
+    /// An instance's slot could not be read or written.
+    #[error("slot of instance {instance}: {source}")]
+    Slot {
+        /// The instance.
+        instance: InstanceId,
+        /// Why.
+        source: SlotError,
+    },
+    /// The instance has no redo thread in this cluster.
+    #[error("instance {instance} has no redo thread: the cluster has {max_instances} instances")]
+    NoThread {
+        /// The instance.
+        instance: InstanceId,
+        /// Slots in the cluster.
+        max_instances: u16,
+    },
+    /// Scanning a redo thread failed: durable redo is corrupt (the source names the log
+    /// block's sequence and storage offset), or it could not be read.
+    #[error("redo thread of instance {instance} (at offset {thread_offset:#x}): {source}")]
+    Redo {
+        /// The thread's instance.
+        instance: InstanceId,
+        /// The thread's storage offset.
+        thread_offset: u64,
+        /// What the reader found (sequence and offset inside).
+        source: RedoReadError,
+    },
+    /// A record in a thread names a block outside this storage or bytes outside its payload.
+    #[error(
+        "redo thread of instance {instance}: record scn {} for block {block} ({len} bytes at offset {offset}) is not inside the payload of a block of this storage (data file {data_file}, {data_blocks} blocks of {block_size} bytes)",
+        scn.0
+    )]
+    RecordOutOfRange {
+        /// The thread's instance.
+        instance: InstanceId,
+        /// The record's SCN.
+        scn: Scn,
+        /// The record's block.
+        block: BlockId,
+        /// The record's offset in the block.
+        offset: u32,
+        /// The record's length.
+        len: usize,
+        /// This storage's data file.
+        data_file: u32,
+        /// Blocks in this storage.
+        data_blocks: u64,
+        /// Bytes per block.
+        block_size: u32,
+    },
+    /// [`apply`] was given a record that belongs to another block or does not fit in the
+    /// block's payload; nothing was applied.
+    #[error(
+        "record scn {} ({len} bytes at offset {offset} of block {record_block}) cannot be applied to block {block} of {block_len} bytes (payload from {BLOCK_HEADER_LEN})",
+        scn.0
+    )]
+    RecordOutsideBlock {
+        /// The block being recovered.
+        block: BlockId,
+        /// The record's SCN.
+        scn: Scn,
+        /// The block the record names.
+        record_block: BlockId,
+        /// The record's offset.
+        offset: u32,
+        /// The record's length.
+        len: usize,
+        /// Bytes of the block image.
+        block_len: usize,
+    },
+    /// A block read from storage failed verification (checksum, another block's id, an
+    /// unknown version): it is never used.
+    #[error("block {block} at storage offset {offset:#x} is corrupt: {source}")]
+    CorruptBlock {
+        /// The block.
+        block: BlockId,
+        /// Its storage offset.
+        offset: u64,
+        /// The verification failure.
+        source: BlockError,
+    },
+    /// A block could not be read or written (I/O, or not a block of this storage).
+    #[error("block {block}: {source}")]
+    Block {
+        /// The block.
+        block: BlockId,
+        /// Why.
+        source: BlockError,
+    },
+    /// The starting image passed to [`recover_block`] is not one block long.
+    #[error("start image of {len} bytes for block {block}; the block size is {block_size}")]
+    StartSize {
+        /// The block.
+        block: BlockId,
+        /// The image's length.
+        len: usize,
+        /// The block size.
+        block_size: u32,
+    },
+    /// Syncing the data area failed: nothing written since the last sync may be durable.
+    #[error("syncing recovered blocks: {0}")]
+    Sync(StorageError),
+    /// No memory for a block buffer.
+    #[error(transparent)]
+    Arena(#[from] ArenaError),
+}
+
+/// What the scan of one thread found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSummary {
+    /// The thread's instance.
+    pub instance: InstanceId,
+    /// The checkpoint the scan started from (from the slot).
+    pub checkpoint: Checkpoint,
+    /// Where the thread ends: `end.next_sequence` is the first sequence not in the log.
+    pub end: LogEnd,
+    /// Entries (commits) read.
+    pub entries: u64,
+    /// Records read.
+    pub records: u64,
+    /// Highest SCN among the records read.
+    pub max_scn: Option<Scn>,
+}
+
+/// The records of several redo threads from their checkpoints, merged and grouped per block,
+/// each block's records in SCN order (equal SCNs keep their log order; threads in the order
+/// given).
+#[derive(Debug, Clone, Default)]
+pub struct ThreadScan {
+    threads: Vec<ThreadSummary>,
+    blocks: BTreeMap<BlockId, Vec<RedoRecord>>,
+}
+
+impl ThreadScan {
+    /// The blocks with records, sorted.
+    pub fn changed_blocks(&self) -> Vec<BlockId> {
+        self.blocks.keys().copied().collect()
+    }
+
+    /// The records of `block` in SCN order (empty if none).
+    pub fn records(&self, block: BlockId) -> &[RedoRecord] {
+        self.blocks.get(&block).map_or(&[], Vec::as_slice)
+    }
+
+    /// What each thread's scan found, in the order the instances were given.
+    pub fn threads(&self) -> &[ThreadSummary] {
+        &self.threads
+    }
+
+    /// The scan of `instance`'s thread, if it was scanned.
+    pub fn thread(&self, instance: InstanceId) -> Option<&ThreadSummary> {
+        self.threads.iter().find(|t| t.instance == instance)
+    }
+
+    /// Records of all threads.
+    pub fn record_count(&self) -> u64 {
+        self.threads.iter().map(|t| t.records).sum()
+    }
+
+    /// Highest SCN among all records.
+    pub fn max_scn(&self) -> Option<Scn> {
+        self.threads.iter().filter_map(|t| t.max_scn).max()
+    }
+}
+
+/// Reads the slots of `instances` and scans their redo threads from their checkpoints to
+/// their ends. A torn tail ends a thread silently; damaged durable redo is an error naming
+/// the thread, the log block's sequence and its storage offset. Records naming a block
+/// outside this storage, or bytes outside a block's payload, are errors too.
+pub fn scan_threads(
+    storage: &dyn SharedStorage,
+    layout: &Layout,
+    instances: &[InstanceId],
+) -> Result<ThreadScan, RecoveryError> {
+    let mut scan = ThreadScan::default();
+    for &instance in instances {
+        let slot = format::read_slot(storage, layout, instance)
+            .map_err(|source| RecoveryError::Slot { instance, source })?;
+        let thread = layout
+            .redo_thread(instance)
+            .ok_or(RecoveryError::NoThread {
+                instance,
+                max_instances: layout.max_instances,
+            })?;
+        let redo = |source| RecoveryError::Redo {
+            instance,
+            thread_offset: thread.offset,
+            source,
+        };
+        let mut reader =
+            RedoReader::new(storage, thread, slot.checkpoint.sequence).map_err(redo)?;
+        let (mut entries, mut records, mut max_scn) = (0u64, 0u64, None::<Scn>);
+        while let Some(entry) = reader.next_entry().map_err(redo)? {
+            entries += 1;
+            for record in entry {
+                check_in_storage(layout, instance, &record)?;
+                records += 1;
+                max_scn = max_scn.max(Some(record.scn));
+                scan.blocks.entry(record.block).or_default().push(record);
+            }
+        }
+        let end = reader.end().cloned().ok_or(RecoveryError::Redo {
+            instance,
+            thread_offset: thread.offset,
+            source: RedoReadError::Thread {
+                offset: thread.offset,
+                size: thread.size,
+            },
+        })?;
+        scan.threads.push(ThreadSummary {
+            instance,
+            checkpoint: slot.checkpoint,
+            end,
+            entries,
+            records,
+            max_scn,
+        });
+    }
+    // Stable: equal SCNs keep log order (threads in the order given).
+    for records in scan.blocks.values_mut() {
+        records.sort_by_key(|r| r.scn);
+    }
+    Ok(scan)
+}
+
+fn check_in_storage(
+    layout: &Layout,
+    instance: InstanceId,
+    record: &RedoRecord,
+) -> Result<(), RecoveryError> {
+    let fits = layout.block_offset(record.block).is_some()
+        && fits_payload(record, layout.block_size as usize);
+    if fits {
+        Ok(())
+    } else {
+        Err(RecoveryError::RecordOutOfRange {
+            instance,
+            scn: record.scn,
+            block: record.block,
+            offset: record.offset,
+            len: record.bytes.len(),
+            data_file: layout.data_file,
+            data_blocks: layout.data_blocks,
+            block_size: layout.block_size,
+        })
+    }
+}
+
+/// Whether `record` lies inside the payload of a block of `block_len` bytes.
+fn fits_payload(record: &RedoRecord, block_len: usize) -> bool {
+    let offset = record.offset as usize;
+    offset >= BLOCK_HEADER_LEN
+        && offset
+            .checked_add(record.bytes.len())
+            .is_some_and(|end| end <= block_len)
+}
+
+/// Applies to `bytes` (the whole image of `block`, header included) the records with SCN
+/// above `base_scn`, in SCN order (equal SCNs in the order given), and returns the newest SCN
+/// applied (`None` if none was). Every record is checked first: one that names another block
+/// or does not fit in the payload is an error and then nothing is applied. Does not touch the
+/// header; the caller seals the block. Pure: no I/O.
+pub fn apply(
+    block: BlockId,
+    bytes: &mut [u8],
+    base_scn: Scn,
+    records: &[RedoRecord],
+) -> Result<Option<Scn>, RecoveryError> {
+    for r in records {
+        if r.block != block || !fits_payload(r, bytes.len()) {
+            return Err(RecoveryError::RecordOutsideBlock {
+                block,
+                scn: r.scn,
+                record_block: r.block,
+                offset: r.offset,
+                len: r.bytes.len(),
+                block_len: bytes.len(),
+            });
+        }
+    }
+    let mut order: Vec<&RedoRecord> = records.iter().filter(|r| r.scn > base_scn).collect();
+    order.sort_by_key(|r| r.scn);
+    for r in &order {
+        let at = r.offset as usize;
+        bytes[at..at + r.bytes.len()].copy_from_slice(&r.bytes);
+    }
+    Ok(order.last().map(|r| r.scn))
+}
+
+/// Which image a recovered block started from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryStart {
+    /// The past image passed in (newer than storage's copy, or storage's copy was damaged or
+    /// never written).
+    PastImage,
+    /// The verified block on storage.
+    Storage,
+    /// Storage's copy was never written (and no past image was given): zeros at SCN 0.
+    NeverWritten,
+}
+
+/// What [`recover_block`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveredBlock {
+    /// The block.
+    pub block: BlockId,
+    /// Its SCN now: the newest record applied, else the SCN of the image it started from.
+    pub scn: Scn,
+    /// The image it started from.
+    pub start: RecoveryStart,
+    /// Records applied (those above the starting image's SCN).
+    pub applied: usize,
+    /// Whether the block was written (and synced).
+    pub wrote: bool,
+}
+
+/// Recovers `block` with the records `scan` holds for it, and makes the result durable.
+///
+/// The starting image is `start` (the bytes and SCN of the newest past image a survivor
+/// holds) or storage's copy, whichever is newer: storage's copy is always read and verified,
+/// since a past image older than a completed write must not win (with a past image given, a
+/// damaged storage copy — a torn write — is replaced; without one it is an error naming the
+/// block and its offset, and nothing is written). A block never written starts as zeros at
+/// SCN 0. The records above the starting SCN are applied and the block is written sealed at
+/// the newest SCN and synced; it is also written when nothing applies but the past image is
+/// newer than storage's copy. Nothing is written otherwise.
+pub fn recover_block(
+    storage: &dyn SharedStorage,
+    layout: &Layout,
+    scan: &ThreadScan,
+    block: BlockId,
+    start: Option<(&[u8], Scn)>,
+) -> Result<RecoveredBlock, RecoveryError> {
+    let mut buf = AlignedBuf::new(layout.block_size as usize, BUFFER_ALIGN)?;
+    let recovered = recover_into(storage, layout, scan.records(block), block, start, &mut buf)?;
+    if recovered.wrote {
+        storage.sync(IoClass::Data).map_err(RecoveryError::Sync)?;
+    }
+    Ok(recovered)
+}
+
+/// [`recover_block`] into `buf` (one block), without the sync.
+fn recover_into(
+    storage: &dyn SharedStorage,
+    layout: &Layout,
+    records: &[RedoRecord],
+    block: BlockId,
+    start: Option<(&[u8], Scn)>,
+    buf: &mut [u8],
+) -> Result<RecoveredBlock, RecoveryError> {
+    if let Some((image, _)) = start
+        && image.len() != layout.block_size as usize
+    {
+        return Err(RecoveryError::StartSize {
+            block,
+            len: image.len(),
+            block_size: layout.block_size,
+        });
+    }
+    // What storage holds: Ok(Some(scn)) verified, Ok(None) never written, Err damaged.
+    let on_storage = match format::read_block(storage, layout, block, buf) {
+        Ok(header) => Ok(Some(header.scn)),
+        Err(BlockError::NeverWritten { .. }) => Ok(None),
+        Err(
+            e @ (BlockError::Checksum { offset, .. }
+            | BlockError::WrongBlock { offset, .. }
+            | BlockError::Version { offset, .. }),
+        ) => Err(RecoveryError::CorruptBlock {
+            block,
+            offset,
+            source: e,
+        }),
+        Err(source) => return Err(RecoveryError::Block { block, source }),
+    };
+    let (kind, base) = match (start, on_storage) {
+        (Some((_, pi_scn)), Ok(Some(scn))) if scn >= pi_scn => (RecoveryStart::Storage, scn),
+        (Some((image, pi_scn)), _) => {
+            buf.copy_from_slice(image);
+            (RecoveryStart::PastImage, pi_scn)
+        }
+        (None, Ok(Some(scn))) => (RecoveryStart::Storage, scn),
+        (None, Ok(None)) => {
+            buf.fill(0);
+            (RecoveryStart::NeverWritten, Scn(0))
+        }
+        (None, Err(e)) => return Err(e),
+    };
+    let applied_to = apply(block, buf, base, records)?;
+    let applied = records.iter().filter(|r| r.scn > base).count();
+    let scn = applied_to.unwrap_or(base);
+    let wrote = applied_to.is_some() || kind == RecoveryStart::PastImage;
+    if wrote {
+        format::seal_block(buf, block, scn);
+        format::write_block(storage, layout, buf)
+            .map_err(|source| RecoveryError::Block { block, source })?;
+    }
+    Ok(RecoveredBlock {
+        block,
+        scn,
+        start: kind,
+        applied,
+        wrote,
+    })
+}
+
+/// What [`restart`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartReport {
+    /// Each thread's scan.
+    pub threads: Vec<ThreadSummary>,
+    /// Records read from all threads.
+    pub records_read: u64,
+    /// Records applied (above their block's SCN on storage).
+    pub records_applied: u64,
+    /// Blocks with records.
+    pub blocks_changed: u64,
+    /// Blocks written.
+    pub blocks_written: u64,
+    /// Slots whose checkpoint was advanced.
+    pub slots_updated: u64,
+    /// Highest SCN found in redo or in a checkpoint: the cluster's clocks start above it.
+    pub max_scn: Scn,
+    /// Time taken.
+    pub duration: Duration,
+}
+
+/// Whole-cluster restart: scans every instance's thread from its checkpoint, merges them by
+/// SCN, recovers every changed block from storage (records above the block's SCN), syncs,
+/// and then moves every thread's checkpoint to its end (SCN: the highest seen anywhere), so a
+/// second restart applies nothing. Every thread is scanned before the first write, so
+/// corrupt redo is found before anything changes; a corrupt data block stops the restart at
+/// that block with its location (blocks recovered before it stay recovered, and no checkpoint
+/// moves). Idempotent; on a freshly formatted cluster it writes nothing. No instance may run
+/// meanwhile.
+pub fn restart(
+    storage: &dyn SharedStorage,
+    layout: &Layout,
+) -> Result<RestartReport, RecoveryError> {
+    let started = Instant::now();
+    let instances: Vec<InstanceId> = InstanceId::all()
+        .take(usize::from(layout.max_instances))
+        .collect();
+    let scan = scan_threads(storage, layout, &instances)?;
+    let changed = scan.changed_blocks();
+    let mut buf = AlignedBuf::new(layout.block_size as usize, BUFFER_ALIGN)?;
+    let (mut written, mut applied) = (0u64, 0u64);
+    for &block in &changed {
+        let recovered = recover_into(storage, layout, scan.records(block), block, None, &mut buf)?;
+        applied += recovered.applied as u64;
+        written += u64::from(recovered.wrote);
+    }
+    if written > 0 {
+        storage.sync(IoClass::Data).map_err(RecoveryError::Sync)?;
+    }
+    let checkpoint_scn = scan
+        .threads()
+        .iter()
+        .map(|t| t.checkpoint.scn)
+        .chain(scan.max_scn())
+        .max()
+        .unwrap_or_default();
+    let mut slots_updated = 0;
+    for thread in scan.threads() {
+        let instance = thread.instance;
+        let slot_error = |source| RecoveryError::Slot { instance, source };
+        let checkpoint = Checkpoint {
+            sequence: thread.end.next_sequence.max(thread.checkpoint.sequence),
+            scn: checkpoint_scn,
+        };
+        if checkpoint == thread.checkpoint {
+            continue;
+        }
+        let mut slot = format::read_slot(storage, layout, instance).map_err(slot_error)?;
+        slot.checkpoint = checkpoint;
+        format::write_slot(storage, layout, &slot).map_err(slot_error)?;
+        slots_updated += 1;
+    }
+    Ok(RestartReport {
+        records_read: scan.record_count(),
+        records_applied: applied,
+        blocks_changed: changed.len() as u64,
+        blocks_written: written,
+        slots_updated,
+        max_scn: checkpoint_scn,
+        threads: scan.threads,
+        duration: started.elapsed(),
+    })
+}
