@@ -378,6 +378,32 @@ pub fn recover_block(
     Ok(recovered)
 }
 
+/// [`recover_block`] for several blocks (no past images) with one sync for all of them: what
+/// instance recovery does with a batch of its recovery set.
+pub fn recover_blocks(
+    storage: &dyn SharedStorage,
+    layout: &Layout,
+    scan: &ThreadScan,
+    blocks: &[BlockId],
+) -> Result<Vec<RecoveredBlock>, RecoveryError> {
+    let mut buf = AlignedBuf::new(layout.block_size as usize, BUFFER_ALIGN)?;
+    let mut recovered = Vec::with_capacity(blocks.len());
+    for &block in blocks {
+        recovered.push(recover_into(
+            storage,
+            layout,
+            scan.records(block),
+            block,
+            None,
+            &mut buf,
+        )?);
+    }
+    if recovered.iter().any(|r| r.wrote) {
+        storage.sync(IoClass::Data).map_err(RecoveryError::Sync)?;
+    }
+    Ok(recovered)
+}
+
 /// [`recover_block`] into `buf` (one block), without the sync.
 fn recover_into(
     storage: &dyn SharedStorage,

@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 /// How long a waiting thread spins before it parks.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
+/// Recovery-set blocks rebuilt between two syncs.
+const RECOVERY_BATCH: usize = 256;
+
 /// The longest the driver parks without looking at its timers.
 const MAX_PARK: Duration = Duration::from_millis(50);
 
@@ -1112,20 +1115,33 @@ fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &Drive
                 blocks,
                 scan,
             } => {
-                for block in blocks {
+                // Batches share one sync; each batch is reported (and unfrozen) as it is done.
+                for batch in blocks.chunks(RECOVERY_BATCH) {
                     let result = if context.lease.valid() {
-                        crate::recovery::recover_block(storage, layout, &scan, block, None)
-                            .map(|recovered| recovered.scn)
+                        crate::recovery::recover_blocks(storage, layout, &scan, batch)
                             .map_err(|e| e.to_string())
                     } else {
                         Err("the I/O lease has expired".to_string())
                     };
-                    if !done.submit(Command::Recovered {
-                        epoch,
-                        block,
-                        result,
-                    }) {
-                        return;
+                    let commands: Vec<Command> = match result {
+                        Ok(recovered) => recovered
+                            .into_iter()
+                            .map(|r| Command::Recovered {
+                                epoch,
+                                block: r.block,
+                                result: Ok(r.scn),
+                            })
+                            .collect(),
+                        Err(e) => vec![Command::Recovered {
+                            epoch,
+                            block: batch[0],
+                            result: Err(e),
+                        }],
+                    };
+                    for command in commands {
+                        if !done.submit(command) {
+                            return;
+                        }
                     }
                 }
             }

@@ -48,6 +48,7 @@ struct Options {
     blocks: u64,
     dir: Option<PathBuf>,
     keep: bool,
+    crash: bool,
 }
 
 fn main() {
@@ -71,7 +72,7 @@ fn main() {
 
 fn usage() -> String {
     "usage: fusion-demo [--transport tcp|shm] [--instances N] [--seconds S] [--threads T] \
-     [--hot H] [--blocks B] [--dir DIR] [--keep]"
+     [--hot H] [--blocks B] [--dir DIR] [--keep] [--no-crash]"
         .into()
 }
 
@@ -85,6 +86,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         blocks: 2000,
         dir: None,
         keep: false,
+        crash: true,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -111,6 +113,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--blocks" => o.blocks = number(value()?)?,
             "--dir" => o.dir = Some(PathBuf::from(value()?)),
             "--keep" => o.keep = true,
+            "--no-crash" => o.crash = false,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown option {other:?}\n{}", usage())),
         }
@@ -133,11 +136,54 @@ struct NodeProcess {
     child: Child,
     stdin: ChildStdin,
     lines: std::sync::mpsc::Receiver<String>,
+    /// `event` lines seen so far: (name, unix ms, value).
+    events: Vec<(String, u128, u64)>,
 }
 
 impl NodeProcess {
+    /// Starts instance `id`; its diagnostics go to `instance-<id>.log` beside its config.
+    fn spawn(exe: &Path, id: usize, config: &Path) -> Result<Self, String> {
+        let log_path = config.with_file_name(format!("instance-{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut child = Command::new(exe)
+            .arg("node")
+            .arg(config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting instance {id}: {e}"))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("no pipes to the instance".into());
+        };
+        Ok(NodeProcess {
+            child,
+            stdin,
+            lines: spawn_reader(stdout),
+            events: Vec::new(),
+        })
+    }
+
     fn send(&mut self, line: &str) -> Result<(), String> {
         writeln!(self.stdin, "{line}").map_err(|e| format!("writing to an instance: {e}"))
+    }
+
+    /// Keeps an `event NAME MS VALUE` line; says whether it was one.
+    fn note_event(&mut self, line: &str) -> bool {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("event") {
+            return false;
+        }
+        if let (Some(name), Some(ms), Some(value)) = (words.next(), words.next(), words.next())
+            && let (Ok(ms), Ok(value)) = (ms.parse(), value.parse())
+        {
+            self.events.push((name.to_string(), ms, value));
+        }
+        true
     }
 
     /// The next line starting with `prefix` (others are progress lines, returned too).
@@ -146,6 +192,7 @@ impl NodeProcess {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
+                Ok(line) if self.note_event(&line) => continue,
                 Ok(line) if line.starts_with(prefix) => return Ok(line),
                 Ok(_) => continue,
                 Err(_) => {
@@ -283,23 +330,9 @@ fn parent(o: &Options) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut nodes = Vec::new();
     for (id, config) in configs.iter().enumerate() {
-        let mut child = Command::new(&exe)
-            .arg("node")
-            .arg(config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting instance {id}: {e}"))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err("no pipes to the instance".into());
-        };
-        nodes.push(NodeProcess {
-            child,
-            stdin,
-            lines: spawn_reader(stdout),
-        });
+        nodes.push(NodeProcess::spawn(&exe, id, config)?);
     }
-    let mut result = run_cluster(o, &mut nodes);
+    let mut result = run_cluster(o, &mut nodes, &exe, &configs, &dir);
     // Every instance writes its dirty blocks while all are still up, then all leave.
     for node in &mut nodes {
         let _ = node.send("checkpoint");
@@ -338,13 +371,61 @@ fn parent(o: &Options) -> Result<(), String> {
     if o.transport == "shm" {
         let _ = std::fs::remove_dir_all(shm_dir(cluster_id()));
     }
-    if !o.keep && o.dir.is_none() {
+    if result.is_err() {
+        eprintln!("fusion-demo: the instances' logs are in {}", dir.display());
+    } else if !o.keep && o.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
 }
 
-fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
+/// Acknowledged increments per block, from every instance's acknowledgement log.
+fn read_acks(dir: &Path) -> Result<BTreeMap<u64, u64>, String> {
+    let mut acked = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let is_log = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("acks-"));
+        if !is_log {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for line in text.lines() {
+            let block: u64 = line
+                .parse()
+                .map_err(|_| format!("{}: bad line {line:?}", path.display()))?;
+            *acked.entry(block).or_default() += 1;
+        }
+    }
+    Ok(acked)
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// What the crash did, as the survivors reported it.
+struct CrashReport {
+    victim: usize,
+    at: Duration,
+    reconfigured_ms: Option<u128>,
+    recovered_ms: Option<u128>,
+    blocks_recovered: u64,
+    rejoined_ms: u128,
+}
+
+fn run_cluster(
+    o: &Options,
+    nodes: &mut [NodeProcess],
+    exe: &Path,
+    configs: &[PathBuf],
+    dir: &Path,
+) -> Result<(), String> {
     let startup = Duration::from_secs(120);
     for (id, node) in nodes.iter_mut().enumerate() {
         node.expect(id as u64, "ready", startup)?;
@@ -360,7 +441,11 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
             id + 1
         ))?;
     }
-    // Progress: each instance reports its commits every second.
+    // Progress: each instance reports its commits every second. Halfway, the last instance
+    // is killed (`kill -9`) unless --no-crash.
+    let victim = (o.crash && nodes.len() > 1).then(|| nodes.len() - 1);
+    let crash_at = Duration::from_secs(o.seconds) / 2;
+    let mut killed: Option<(Instant, u128)> = None;
     let mut done = vec![false; nodes.len()];
     let mut commits = vec![0u64; nodes.len()];
     let mut last_print = Instant::now();
@@ -370,11 +455,27 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
         if Instant::now() > deadline {
             return Err("the workload did not finish in time".into());
         }
+        if let Some(v) = victim
+            && killed.is_none()
+            && started.elapsed() >= crash_at
+        {
+            let _ = nodes[v].child.kill();
+            let _ = nodes[v].child.wait();
+            killed = Some((Instant::now(), unix_ms()));
+            done[v] = true;
+            println!(
+                "[{:>3} s] kill -9 instance {v}",
+                started.elapsed().as_secs()
+            );
+        }
         for (id, node) in nodes.iter_mut().enumerate() {
             // After `stopped` comes the report, read below.
             while !done[id]
                 && let Ok(line) = node.lines.try_recv()
             {
+                if node.note_event(&line) {
+                    continue;
+                }
                 let mut words = line.split_whitespace();
                 match words.next() {
                     Some("progress") => {
@@ -411,12 +512,14 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
     let elapsed = started
         .elapsed()
         .min(Duration::from_secs(o.seconds).max(Duration::from_millis(1)));
+    let survivors: Vec<usize> = (0..nodes.len()).filter(|i| Some(*i) != victim).collect();
 
     let mut increments: BTreeMap<u64, u64> = BTreeMap::new();
     let mut contents: Vec<String> = Vec::new();
     let mut histograms: BTreeMap<&str, Histogram<u64>> = BTreeMap::new();
     let mut stats_lines = Vec::new();
-    for (id, node) in nodes.iter_mut().enumerate() {
+    for &id in &survivors {
+        let node = &mut nodes[id];
         let counts = node.expect(id as u64, "counts", Duration::from_secs(300))?;
         for pair in counts.split_whitespace().skip(1) {
             let (block, n) = pair.split_once('=').ok_or("bad counts line")?;
@@ -438,6 +541,52 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
         }
         stats_lines.push(node.expect(id as u64, "stats", Duration::from_secs(60))?);
     }
+
+    // The killed instance restarts and rejoins; its acknowledged commits count from its log.
+    let mut crash = None;
+    if let (Some(v), Some((at, kill_ms))) = (victim, killed) {
+        let restart = Instant::now();
+        nodes[v] = NodeProcess::spawn(exe, v, &configs[v])?;
+        nodes[v].expect(v as u64, "ready", startup)?;
+        let rejoined_ms = restart.elapsed().as_millis();
+        println!("instance {v} restarted and rejoined in {rejoined_ms} ms");
+        let after = |node: &NodeProcess, name: &str| -> Vec<u128> {
+            node.events
+                .iter()
+                .filter(|(n, ms, _)| n == name && *ms >= kill_ms)
+                .map(|(_, ms, _)| ms - kill_ms)
+                .collect()
+        };
+        let reconfigured_ms = survivors
+            .iter()
+            .filter_map(|&i| after(&nodes[i], "epoch").into_iter().min())
+            .min();
+        let recovered_ms = survivors
+            .iter()
+            .filter_map(|&i| after(&nodes[i], "recovered").into_iter().min())
+            .max();
+        let blocks_recovered = survivors
+            .iter()
+            .filter_map(|&i| {
+                nodes[i]
+                    .events
+                    .iter()
+                    .filter(|(n, ms, _)| n == "recovered" && *ms >= kill_ms)
+                    .map(|(_, _, blocks)| *blocks)
+                    .min()
+            })
+            .sum();
+        crash = Some(CrashReport {
+            victim: v,
+            at: at.duration_since(started),
+            reconfigured_ms,
+            recovered_ms,
+            blocks_recovered,
+            rejoined_ms,
+        });
+    }
+    let acked = read_acks(dir)?;
+
     // Every instance has stopped changing blocks: each reads everything back.
     for node in nodes.iter_mut() {
         node.send(&format!("contents {}", o.blocks))?;
@@ -446,7 +595,8 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
         contents.push(node.expect(id as u64, "contents", Duration::from_secs(300))?);
     }
 
-    // Checks.
+    // Checks: identical contents everywhere; every counter holds every acknowledged
+    // increment, and (with a crash) at most the killed instance's in-flight commits more.
     let mut problems = Vec::new();
     for (id, c) in contents.iter().enumerate().skip(1) {
         if *c != contents[0] {
@@ -463,17 +613,32 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
             Some((b.parse().ok()?, v.parse().ok()?))
         })
         .collect();
+    let in_flight = if crash.is_some() { o.threads } else { 0 };
     let mut checked = 0;
+    let mut extra = 0;
     for block in 1..=o.blocks {
-        let want = increments.get(&block).copied().unwrap_or(0);
+        let want = acked.get(&block).copied().unwrap_or(0);
         let have = values.get(&block).copied().unwrap_or(0);
         checked += 1;
-        if want != have {
+        if have < want {
             problems.push(format!(
-                "block {block}: counter {have}, committed increments {want}"
+                "block {block}: counter {have} lost acknowledged increments ({want})"
+            ));
+        }
+        extra += have.saturating_sub(want);
+        if victim.is_none() && increments.get(&block).copied().unwrap_or(0) != have {
+            problems.push(format!(
+                "block {block}: counter {have}, committed increments {}",
+                increments.get(&block).copied().unwrap_or(0)
             ));
         }
     }
+    if extra > in_flight {
+        problems.push(format!(
+            "{extra} increments more than acknowledged (at most {in_flight} in flight at the kill)"
+        ));
+    }
+    let increments = acked;
     let total: u64 = increments.values().sum();
 
     println!();
@@ -519,10 +684,33 @@ fn run_cluster(o: &Options, nodes: &mut [NodeProcess]) -> Result<(), String> {
         }
     }
     println!();
+    if let Some(c) = &crash {
+        let ms = |v: Option<u128>| v.map_or("not seen".to_string(), |v| format!("{v} ms"));
+        println!(
+            "Crash: `kill -9` of instance {} at {:.1} s; the survivors reconfigured after {}, recovered its {} blocks after {} (lease {} ms included); it restarted and rejoined in {} ms.",
+            c.victim,
+            c.at.as_secs_f64(),
+            ms(c.reconfigured_ms),
+            c.blocks_recovered,
+            ms(c.recovered_ms),
+            instance::cluster::FailureConfig::default()
+                .lease
+                .as_millis(),
+            c.rejoined_ms
+        );
+        println!();
+    }
     if problems.is_empty() {
         println!(
-            "verified: all {} instances read identical contents; all {checked} counters equal their committed increments ({total})",
-            o.instances
+            "verified: all {} instances read identical contents; all {checked} counters hold every acknowledged increment ({total}){}",
+            o.instances,
+            if crash.is_some() {
+                format!(
+                    ", {extra} more committed by the killed instance before it could acknowledge them"
+                )
+            } else {
+                " and nothing else".to_string()
+            }
         );
         Ok(())
     } else {
