@@ -365,6 +365,16 @@ impl Instance {
         stats.recv().map_err(|_| InstanceError::Stopped)
     }
 
+    /// What failure handling observed and did (suspicions, deaths, fencing, new epochs,
+    /// rebuilds, recoveries), oldest first, with times; the last 1024.
+    pub fn events(&self) -> Result<Vec<crate::runtime::TimedEvent>, InstanceError> {
+        let (reply, events) = crossbeam::channel::bounded(1);
+        if !self.runtime.handle.submit(Command::Events { reply }) {
+            return Err(InstanceError::Stopped);
+        }
+        events.recv().map_err(|_| InstanceError::Stopped)
+    }
+
     /// Redo counters (commits, writes: group commit shares one write among committers).
     pub fn redo_stats(&self) -> crate::redo::RedoStats {
         self.redo.stats()

@@ -189,9 +189,65 @@ impl ClusterMessage {
     }
 }
 
+/// Something failure handling observed or did, for operators (events and metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceEvent {
+    /// A member stopped answering heartbeats, or its connection dropped.
+    Suspected {
+        /// The member.
+        peer: InstanceId,
+    },
+    /// A member's network and disk heartbeats both stopped.
+    Dead {
+        /// The member.
+        peer: InstanceId,
+    },
+    /// A member silent on the network past the grace while its disk heartbeat goes on.
+    Partitioned {
+        /// The member.
+        peer: InstanceId,
+    },
+    /// This instance voted members out (fencing) for a new epoch.
+    Fenced {
+        /// Who.
+        victims: InstanceSet,
+        /// The epoch.
+        epoch: Epoch,
+    },
+    /// A new epoch with these members.
+    Reconfigured {
+        /// The epoch.
+        epoch: Epoch,
+        /// Its members.
+        live: InstanceSet,
+        /// Members lost.
+        lost: InstanceSet,
+    },
+    /// The block and lock directories are rebuilt: blocks outside the recovery set are
+    /// served again.
+    Rebuilt {
+        /// The epoch.
+        epoch: Epoch,
+    },
+    /// Instance recovery of this instance's part is complete.
+    Recovered {
+        /// The epoch.
+        epoch: Epoch,
+        /// Blocks it rebuilt.
+        blocks: u64,
+    },
+    /// This instance stopped.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// What the runtime must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterAction {
+    /// Record an event.
+    Event(InstanceEvent),
     /// Send a cluster message.
     Send {
         /// To whom.
@@ -264,6 +320,8 @@ pub struct ClusterManager {
     /// Members that have not reported their recovery done for `recovery_epoch`.
     recovery_pending: InstanceSet,
     recovery_epoch: Epoch,
+    /// Members suspected and not heard from since.
+    suspected: InstanceSet,
     stopped: bool,
     actions: VecDeque<ClusterAction>,
     stats: ClusterStats,
@@ -297,6 +355,7 @@ impl ClusterManager {
             joining: InstanceSet::EMPTY,
             recovery_pending: InstanceSet::EMPTY,
             recovery_epoch: epoch,
+            suspected: InstanceSet::EMPTY,
             stopped: false,
             actions: VecDeque::new(),
             stats: ClusterStats::default(),
@@ -350,7 +409,16 @@ impl ClusterManager {
     /// The connection to `peer` dropped.
     pub fn on_disconnected(&mut self, peer: InstanceId) {
         if self.connected.remove(peer) && self.live.contains(peer) {
+            self.suspect(peer);
+        }
+    }
+
+    fn suspect(&mut self, peer: InstanceId) {
+        if !self.suspected.contains(peer) {
+            self.suspected.insert(peer);
             self.stats.suspected += 1;
+            self.actions
+                .push_back(ClusterAction::Event(InstanceEvent::Suspected { peer }));
         }
     }
 
@@ -432,10 +500,16 @@ impl ClusterManager {
             self.actions.push_back(ClusterAction::Heartbeat { to });
         }
         while let Some(event) = self.net.poll_event() {
-            if let interconnect::membership::MembershipEvent::Suspect(peer) = event
-                && self.live.contains(peer)
-            {
-                self.stats.suspected += 1;
+            match event {
+                interconnect::membership::MembershipEvent::Suspect(peer)
+                    if self.live.contains(peer) =>
+                {
+                    self.suspect(peer);
+                }
+                interconnect::membership::MembershipEvent::Up(peer) => {
+                    self.suspected.remove(peer);
+                }
+                _ => {}
             }
         }
         let mut dead = InstanceSet::EMPTY;
@@ -510,6 +584,13 @@ impl ClusterManager {
         self.live = live;
         self.net.set_epoch(epoch);
         self.stats.reconfigurations += 1;
+        self.suspected = InstanceSet::from_bits(self.suspected.bits() & live.bits());
+        self.actions
+            .push_back(ClusterAction::Event(InstanceEvent::Reconfigured {
+                epoch,
+                live,
+                lost,
+            }));
         if !lost.is_empty() {
             self.recovery_epoch = epoch;
             self.recovery_pending = live;
@@ -527,5 +608,211 @@ impl ClusterManager {
             self.stopped = true;
             self.actions.push_back(ClusterAction::Stop { reason });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> InstanceId {
+        InstanceId::new(n).unwrap()
+    }
+
+    fn set(ids: &[u64]) -> InstanceSet {
+        ids.iter().map(|&n| id(n)).collect()
+    }
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::ZERO + Duration::from_millis(ms)
+    }
+
+    /// A manager of `me` in a running cluster of `members`, connected to all, heard from all.
+    fn manager(me: u64, members: &[u64]) -> ClusterManager {
+        let all = set(members);
+        let mut m =
+            ClusterManager::new(id(me), all, Epoch(1), all, FailureConfig::default(), at(0))
+                .unwrap();
+        for p in all.iter().filter(|p| *p != id(me)) {
+            m.on_connected(p);
+            m.on_frame(p, Epoch(1), at(0));
+        }
+        m
+    }
+
+    fn actions(m: &mut ClusterManager) -> Vec<ClusterAction> {
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    fn reconfigured(actions: &[ClusterAction]) -> Option<(Epoch, InstanceSet, InstanceSet)> {
+        actions.iter().find_map(|a| match a {
+            ClusterAction::Reconfigure { epoch, live, lost } => Some((*epoch, *live, *lost)),
+            _ => None,
+        })
+    }
+
+    /// Feeds heartbeats from `alive` peers (network and disk) every 100 ms up to `until`.
+    fn run(m: &mut ClusterManager, net: &[u64], disk: &[u64], from: u64, until: u64) {
+        let mut t = from;
+        let mut counter = 1;
+        while t <= until {
+            for &p in net {
+                m.on_frame(id(p), Epoch(1), at(t));
+            }
+            for &p in disk {
+                m.on_disk(id(p), counter, InstanceSet::EMPTY, Epoch(0), at(t));
+            }
+            counter += 1;
+            m.tick(at(t));
+            t += 100;
+        }
+    }
+
+    #[test]
+    fn codec_round_trips_and_refuses_garbage() {
+        let messages = [
+            ClusterMessage::Hello {
+                running: true,
+                epoch: Epoch(7),
+                live: set(&[0, 2]),
+            },
+            ClusterMessage::JoinRequest,
+            ClusterMessage::Reconfigure {
+                epoch: Epoch(9),
+                live: set(&[1]),
+            },
+            ClusterMessage::RecoveryDone { epoch: Epoch(3) },
+            ClusterMessage::Formed {
+                epoch: Epoch(1),
+                live: set(&[0, 1, 2]),
+            },
+        ];
+        for message in messages {
+            let mut bytes = Vec::new();
+            message.encode(&mut bytes);
+            assert_eq!(ClusterMessage::decode(&bytes), Ok(message));
+            assert!(ClusterMessage::decode(&bytes[..bytes.len() - 1]).is_err());
+        }
+        assert!(ClusterMessage::decode(&[]).is_err());
+        assert!(ClusterMessage::decode(&[99]).is_err());
+        assert!(
+            ClusterMessage::decode(&[1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_member_whose_network_and_disk_heartbeats_stop_is_dead_and_voted_out() {
+        let mut m = manager(0, &[0, 1, 2]);
+        run(&mut m, &[1, 2], &[0, 1, 2], 0, 500);
+        assert!(reconfigured(&actions(&mut m)).is_none());
+        m.on_disconnected(id(2));
+        run(&mut m, &[1], &[0, 1], 600, 1500);
+        let acts = actions(&mut m);
+        let (epoch, live, lost) = reconfigured(&acts).expect("a reconfiguration");
+        assert_eq!((epoch, live, lost), (Epoch(2), set(&[0, 1]), set(&[2])));
+        assert!(acts.contains(&ClusterAction::Fence {
+            epoch: Epoch(2),
+            victims: set(&[2])
+        }));
+        assert!(acts.contains(&ClusterAction::Send {
+            to: id(1),
+            message: ClusterMessage::Reconfigure {
+                epoch: Epoch(2),
+                live: set(&[0, 1])
+            }
+        }));
+        assert_eq!(m.stats().dead, 1);
+    }
+
+    #[test]
+    fn a_silent_member_with_a_live_disk_heartbeat_waits_out_the_grace() {
+        let mut m = manager(0, &[0, 1, 2]);
+        // Instance 2's network goes quiet at 500 ms; its disk heartbeat goes on.
+        run(&mut m, &[1, 2], &[0, 1, 2], 0, 500);
+        run(&mut m, &[1], &[0, 1, 2], 600, 2300);
+        assert!(
+            reconfigured(&actions(&mut m)).is_none(),
+            "a spike below the grace must evict no one"
+        );
+        // Past the grace (2 s of silence) it is voted out as partitioned.
+        run(&mut m, &[1], &[0, 1, 2], 2400, 3000);
+        let (_, live, lost) = reconfigured(&actions(&mut m)).expect("voted out");
+        assert_eq!((live, lost), (set(&[0, 1]), set(&[2])));
+        assert_eq!(m.stats().partitioned, 1);
+    }
+
+    #[test]
+    fn the_minority_side_of_a_partition_stops_itself() {
+        let mut m = manager(2, &[0, 1, 2]);
+        run(&mut m, &[0, 1], &[0, 1, 2], 0, 500);
+        run(&mut m, &[], &[0, 1, 2], 600, 3000);
+        let acts = actions(&mut m);
+        assert!(reconfigured(&acts).is_none());
+        assert!(
+            acts.iter().any(
+                |a| matches!(a, ClusterAction::Stop { reason } if reason.contains("majority"))
+            )
+        );
+    }
+
+    #[test]
+    fn a_tie_goes_to_the_side_with_the_lowest_id() {
+        // Four instances split 2:2. {0, 1} survives, {2, 3} stops.
+        let mut low = manager(0, &[0, 1, 2, 3]);
+        let mut high = manager(2, &[0, 1, 2, 3]);
+        run(&mut low, &[1, 2, 3], &[0, 1, 2, 3], 0, 500);
+        run(&mut high, &[0, 1, 3], &[0, 1, 2, 3], 0, 500);
+        run(&mut low, &[1], &[0, 1, 2, 3], 600, 3000);
+        run(&mut high, &[3], &[0, 1, 2, 3], 600, 3000);
+        let (_, live, _) = reconfigured(&actions(&mut low)).expect("the low side goes on");
+        assert_eq!(live, set(&[0, 1]));
+        assert!(
+            actions(&mut high)
+                .iter()
+                .any(|a| matches!(a, ClusterAction::Stop { .. }))
+        );
+    }
+
+    #[test]
+    fn a_fence_vote_for_a_newer_epoch_stops_its_victim() {
+        let mut m = manager(2, &[0, 1, 2]);
+        m.on_disk(id(0), 5, set(&[2]), Epoch(1), at(100));
+        assert!(
+            actions(&mut m)
+                .iter()
+                .all(|a| !matches!(a, ClusterAction::Stop { .. }))
+        );
+        m.on_disk(id(0), 6, set(&[2]), Epoch(2), at(200));
+        assert!(
+            actions(&mut m)
+                .iter()
+                .any(|a| matches!(a, ClusterAction::Stop { reason } if reason.contains("fenced")))
+        );
+    }
+
+    #[test]
+    fn a_restarted_instance_is_admitted_once_recovery_is_done_everywhere() {
+        let mut m = manager(0, &[0, 1, 2]);
+        m.on_disconnected(id(2));
+        run(&mut m, &[1], &[0, 1], 0, 1000);
+        let (epoch, _, _) = reconfigured(&actions(&mut m)).expect("instance 2 lost");
+        // It restarts and asks to join before the survivors have recovered it.
+        m.on_connected(id(2));
+        m.on_message(id(2), ClusterMessage::JoinRequest, at(1100));
+        run(&mut m, &[1, 2], &[0, 1, 2], 1100, 1300);
+        assert!(
+            reconfigured(&actions(&mut m)).is_none(),
+            "not before recovery"
+        );
+        m.on_recovery_done(epoch);
+        m.on_message(id(1), ClusterMessage::RecoveryDone { epoch }, at(1400));
+        run(&mut m, &[1, 2], &[0, 1, 2], 1400, 1500);
+        let (epoch, live, lost) = reconfigured(&actions(&mut m)).expect("admitted");
+        assert_eq!(
+            (epoch, live, lost),
+            (Epoch(3), set(&[0, 1, 2]), InstanceSet::EMPTY)
+        );
+        assert_eq!(m.stats().joins, 1);
     }
 }

@@ -14,7 +14,7 @@
 //! durability (the core and the engines do), and the driver never blocks on storage.
 
 use crate::cache::{ReadLatch, WriteLatch};
-use crate::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfig};
+use crate::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfig, InstanceEvent};
 use crate::core::{Completion, Core, CoreError, IoOp, Send as CoreSend, Ticket};
 use crate::format::{self, BlockError, Layout};
 use crate::storage::{AlignedBuf, IoClass, SharedStorage};
@@ -70,6 +70,9 @@ pub(crate) enum Command {
     },
     Stats {
         reply: Sender<RuntimeStats>,
+    },
+    Events {
+        reply: Sender<Vec<TimedEvent>>,
     },
     ReadDone {
         block: BlockId,
@@ -198,13 +201,43 @@ impl Waiter {
                 return c;
             }
             if start.elapsed() < spin {
-                std::hint::spin_loop();
+                // Yield rather than only spin: the driver that will complete this may be
+                // runnable on this very CPU (on a 2-vCPU host it often is).
+                std::thread::yield_now();
             } else {
                 std::thread::park_timeout(Duration::from_millis(10));
             }
         }
     }
 }
+
+/// An [`InstanceEvent`] and when it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedEvent {
+    /// Since the instance started.
+    pub at: Duration,
+    /// Wall-clock time, to line events up across instances.
+    pub unix: Duration,
+    /// What happened.
+    pub event: InstanceEvent,
+}
+
+/// How long the last failure took to handle here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailureTiming {
+    /// From the first suspicion of a lost member to the new epoch.
+    pub suspected_to_reconfigured: Option<Duration>,
+    /// From the new epoch until blocks outside the recovery set were served again (the
+    /// directories rebuilt): the first access.
+    pub reconfigured_to_served: Option<Duration>,
+    /// From the new epoch until this instance's part of instance recovery was complete.
+    pub reconfigured_to_recovered: Option<Duration>,
+    /// Blocks this instance rebuilt.
+    pub blocks_recovered: u64,
+}
+
+/// Most events kept (the oldest go first).
+const MAX_EVENTS: usize = 1024;
 
 /// Counters of a running instance.
 #[derive(Debug, Clone, Default)]
@@ -239,6 +272,8 @@ pub struct RuntimeStats {
     pub gcs_rebuilding: bool,
     /// The lock directory is being rebuilt.
     pub ges_rebuilding: bool,
+    /// The timeline of the last failure handled here.
+    pub last_failure: FailureTiming,
 }
 
 /// The handle user threads share with the driver.
@@ -403,6 +438,11 @@ impl Runtime {
             recovery_epoch: None,
             to_recover: Vec::new(),
             unconnected: HashMap::new(),
+            event_log: std::collections::VecDeque::new(),
+            suspected_at: None,
+            reconfigured_at: None,
+            rebuilding: false,
+            timing_failure: false,
         };
         let driver = std::thread::Builder::new()
             .name("fusion-driver".into())
@@ -470,6 +510,15 @@ struct Driver<T> {
     to_recover: Vec<BlockId>,
     /// Frames for members whose connection is not up yet, in order.
     unconnected: HashMap<InstanceId, Vec<CoreSend>>,
+    event_log: std::collections::VecDeque<TimedEvent>,
+    /// When a member was first suspected, and when the last reconfiguration happened, to
+    /// time the failure.
+    suspected_at: Option<Instant>,
+    reconfigured_at: Option<(Instant, Epoch)>,
+    /// The rebuild after the last reconfiguration is not finished.
+    rebuilding: bool,
+    /// The last reconfiguration lost members: time its rebuild.
+    timing_failure: bool,
     parked: Arc<AtomicBool>,
     waiters: HashMap<Ticket, Arc<Waiter>>,
     origin: Instant,
@@ -541,13 +590,15 @@ impl<T: Transport> Driver<T> {
                 return;
             }
             busy |= self.drain();
+            self.check_rebuilt();
             if busy {
                 idle_since = None;
                 continue;
             }
             let since = *idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() < self.spin {
-                std::hint::spin_loop();
+                // A user thread this driver just woke may need this CPU: yield, do not spin.
+                std::thread::yield_now();
                 continue;
             }
             // Park in the transport until a frame, a command (the waker) or a timer.
@@ -589,6 +640,14 @@ impl<T: Transport> Driver<T> {
             any = true;
             let now = self.now();
             match action {
+                ClusterAction::Event(event) => {
+                    if matches!(event, InstanceEvent::Suspected { .. })
+                        && self.suspected_at.is_none()
+                    {
+                        self.suspected_at = Some(Instant::now());
+                    }
+                    self.record(event);
+                }
                 ClusterAction::Send { to, message } => {
                     let mut body = Vec::new();
                     message.encode(&mut body);
@@ -604,6 +663,19 @@ impl<T: Transport> Driver<T> {
                         lost.iter().map(|i| i.index()).collect::<Vec<_>>()
                     );
                     self.unconnected.retain(|peer, _| live.contains(*peer));
+                    let at = Instant::now();
+                    if !lost.is_empty() {
+                        self.timing_failure = true;
+                        self.stats.last_failure = FailureTiming {
+                            suspected_to_reconfigured: self
+                                .suspected_at
+                                .take()
+                                .map(|s| at.saturating_duration_since(s)),
+                            ..FailureTiming::default()
+                        };
+                    }
+                    self.reconfigured_at = Some((at, epoch));
+                    self.rebuilding = true;
                     if let Err(e) = self.core.reconfigure(epoch, live, now) {
                         self.stop
                             .stop(format!("reconfiguration to epoch {}: {e}", epoch.0));
@@ -625,11 +697,43 @@ impl<T: Transport> Driver<T> {
                 }
                 ClusterAction::Stop { reason } => {
                     eprintln!("fusion: instance {} stops: {reason}", self.core.id());
+                    self.record(InstanceEvent::Stopped {
+                        reason: reason.clone(),
+                    });
                     self.stop.stop(reason);
                 }
             }
         }
         any
+    }
+
+    fn record(&mut self, event: InstanceEvent) {
+        if self.event_log.len() == MAX_EVENTS {
+            self.event_log.pop_front();
+        }
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.event_log.push_back(TimedEvent {
+            at: self.origin.elapsed(),
+            unix,
+            event,
+        });
+    }
+
+    /// Notes when the rebuild after a reconfiguration is done: blocks are served again.
+    fn check_rebuilt(&mut self) {
+        if self.rebuilding
+            && !self.core.gcs().is_reconfiguring()
+            && let Some((at, epoch)) = self.reconfigured_at
+        {
+            self.rebuilding = false;
+            if self.timing_failure {
+                self.timing_failure = false;
+                self.stats.last_failure.reconfigured_to_served = Some(at.elapsed());
+            }
+            self.record(InstanceEvent::Rebuilt { epoch });
+        }
     }
 
     /// Sends a control frame (cluster messages, heartbeats) at critical priority.
@@ -677,6 +781,14 @@ impl<T: Transport> Driver<T> {
             self.recovery_epoch = None;
             self.lost = InstanceSet::EMPTY;
             self.stats.recoveries_done += 1;
+            if let Some((at, _)) = self.reconfigured_at {
+                self.stats.last_failure.reconfigured_to_recovered = Some(at.elapsed());
+            }
+            self.stats.last_failure.blocks_recovered = self.stats.blocks_recovered;
+            self.record(InstanceEvent::Recovered {
+                epoch,
+                blocks: self.stats.blocks_recovered,
+            });
             eprintln!(
                 "fusion: instance {}: recovery for epoch {} done",
                 self.core.id(),
@@ -721,6 +833,9 @@ impl<T: Transport> Driver<T> {
             Command::Checkpoint { reply } => {
                 self.core.checkpoint(now);
                 self.checkpoints.push(reply);
+            }
+            Command::Events { reply } => {
+                let _ = reply.send(self.event_log.iter().cloned().collect());
             }
             Command::Stats { reply } => {
                 let mut stats = self.stats.clone();

@@ -1,0 +1,680 @@
+//! `blockbench`: latency of a remote block acquisition through the whole instance path
+//! (`Transaction::write`: user thread -> driver -> GCS request -> the holder ships the 8 KiB
+//! block into a landing frame -> grant -> user thread), printed beside the transport alone
+//! (`pingpong`'s tcp 64B->8KiB round trip) and the sockperf floor, all measured in one run.
+//!
+//! Two instances (0 and 1) of a fresh two-slot cluster run as two processes over tcp on
+//! loopback, each pinned to its own CPU (`taskset`) like `pingpong`. They take turns on one
+//! block: the instance whose turn it is takes it in X (`tx.write(block)`; the other instance
+//! holds it in X, clean, so no redo is forced before the ship), records
+//! `BlockMut::acquisition()` and drops the transaction (rollback: the block is released, and
+//! the instance keeps it cached in X until asked for it). Then it hands the turn to the other
+//! instance through a shared-memory word with a futex (`shm_floor`), outside the timed span.
+//! Every timed acquisition is therefore a cache-fusion transfer: with two instances one of
+//! them masters the block, so it is 2-way, and each direction is one row: in one the
+//! requester is the master, in the other the holder is. Acquisitions that are not transfers
+//! are counted and left out of the figures.
+//!
+//! Modes (`StartOptions::spin` of both instances; the floors run in the matching waiting
+//! mode): `busy` (`Duration::MAX`: the driver and the waiting user thread never park;
+//! floors `--nonblocked`/busy), `default` (`StartOptions::default()`: spin 50 µs, then park;
+//! floors blocking) and `park` (spin zero: park at once; floors blocking).
+//!
+//! ```text
+//! blockbench [--modes busy,default] [--rounds N] [--samples N] [--warmup N]
+//!            [--floor-seconds S] [--no-pin] [--no-transport]
+//! ```
+//! Internal role (started by the tool itself): `blockbench role node ...`. The transport row
+//! runs the `pingpong` binary next to this one (built by `run-blockread.sh`).
+
+use bench::floors::{
+    CLIENT_CPU, SERVER_CPU, WaitMode, instance_id as id, measure_sockperf, own_exe, run_tool,
+    sockperf_size,
+};
+use bench::shm_floor::FloorChannel;
+use bench::{Comparison, LatencySummary, latency_histogram, median_by_p50, record, render_table};
+use gcs::{MasterDirectory, TransferKind};
+use instance::api::{Instance, StartOptions};
+use instance::config::InstanceConfig;
+use instance::format::{self, ClusterSpec};
+use interconnect::{ClusterId, Epoch, InstanceSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::time::Duration;
+
+type Error = Box<dyn std::error::Error>;
+
+/// The block the instances pass back and forth (block 0 is the allocation header).
+const BLOCK: u64 = 1;
+/// Data blocks in the cluster: few, the benchmark touches one.
+const DATA_BLOCKS: u64 = 16;
+/// Redo thread size: nothing commits, so the minimum sensible.
+const REDO_THREAD_SIZE: u64 = 8 << 20;
+/// Cache frames per instance.
+const FRAMES: u64 = 64;
+/// The instance that moves first (pinned where `pingpong`'s client is); the other starts
+/// where its server is.
+const FIRST: u64 = 1;
+const SECOND: u64 = 0;
+/// How long a node waits for its turn (the first one includes both instances starting).
+const TURN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How both instances wait: `StartOptions::spin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `spin = Duration::MAX`: never park.
+    Busy,
+    /// `StartOptions::default()`: spin 50 µs, then park.
+    Default,
+    /// `spin = 0`: park at once.
+    Park,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Result<Mode, Error> {
+        match s {
+            "busy" => Ok(Mode::Busy),
+            "default" => Ok(Mode::Default),
+            "park" => Ok(Mode::Park),
+            other => Err(format!("unknown mode {other:?} (busy, default, park)").into()),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Busy => "busy",
+            Mode::Default => "default",
+            Mode::Park => "park",
+        }
+    }
+
+    fn start_options(self) -> StartOptions {
+        let spin = match self {
+            Mode::Busy => Duration::MAX,
+            Mode::Default => StartOptions::default().spin,
+            Mode::Park => Duration::ZERO,
+        };
+        StartOptions {
+            spin,
+            // Nothing is read or written after the first read of the block.
+            io_threads: 1,
+        }
+    }
+
+    /// The floors' waiting mode.
+    fn floor(self) -> WaitMode {
+        match self {
+            Mode::Busy => WaitMode::Busy,
+            Mode::Default | Mode::Park => WaitMode::Blocking,
+        }
+    }
+}
+
+/// Command-line options, shared by the orchestrator and the role.
+#[derive(Debug, Clone)]
+struct Options {
+    modes: Vec<Mode>,
+    samples: u64,
+    warmup: u64,
+    floor_seconds: u64,
+    rounds: u32,
+    pin: bool,
+    transport: bool,
+    // Role options.
+    mode: Mode,
+    config: Option<PathBuf>,
+    turn: Option<PathBuf>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options, Error> {
+        let mut o = Options {
+            modes: vec![Mode::Busy, Mode::Default],
+            samples: 10_000,
+            warmup: 1_000,
+            floor_seconds: 2,
+            rounds: 3,
+            pin: true,
+            transport: true,
+            mode: Mode::Default,
+            config: None,
+            turn: None,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--modes" => {
+                    o.modes = value()?
+                        .split(',')
+                        .map(Mode::parse)
+                        .collect::<Result<_, _>>()?
+                }
+                "--samples" => o.samples = value()?.parse()?,
+                "--warmup" => o.warmup = value()?.parse()?,
+                "--floor-seconds" => o.floor_seconds = value()?.parse()?,
+                "--rounds" => o.rounds = value()?.parse::<u32>()?.max(1),
+                "--no-pin" => o.pin = false,
+                "--no-transport" => o.transport = false,
+                "--mode" => o.mode = Mode::parse(value()?)?,
+                "--config" => o.config = Some(PathBuf::from(value()?)),
+                "--turn" => o.turn = Some(PathBuf::from(value()?)),
+                other => {
+                    return Err(format!("unknown option {other:?}; see the module docs").into());
+                }
+            }
+        }
+        if o.warmup + o.samples >= u64::from(u32::MAX) {
+            return Err("--warmup plus --samples must fit the 32-bit turn counter".into());
+        }
+        Ok(o)
+    }
+}
+
+/// Timed acquisitions by transfer kind (`None`: the instance already held the block).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Kinds {
+    counts: [u64; TransferKind::ALL.len()],
+    none: u64,
+}
+
+impl Kinds {
+    fn count(&mut self, kind: Option<TransferKind>) {
+        match kind.and_then(|k| TransferKind::ALL.iter().position(|&a| a == k)) {
+            Some(i) => self.counts[i] += 1,
+            None => self.none += 1,
+        }
+    }
+
+    fn is_transfer(kind: Option<TransferKind>) -> bool {
+        matches!(kind, Some(TransferKind::TwoWay | TransferKind::ThreeWay))
+    }
+
+    fn add(&mut self, other: &Kinds) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
+        }
+        self.none += other.none;
+    }
+
+    fn to_line(self) -> String {
+        let counts: Vec<String> = self.counts.iter().map(u64::to_string).collect();
+        format!("KINDS {} {}", counts.join(" "), self.none)
+    }
+
+    fn from_output(output: &str) -> Option<Kinds> {
+        let line = output.lines().find(|l| l.starts_with("KINDS "))?;
+        let mut fields = line.split_whitespace().skip(1).map(str::parse::<u64>);
+        let mut kinds = Kinds::default();
+        for count in &mut kinds.counts {
+            *count = fields.next()?.ok()?;
+        }
+        kinds.none = fields.next()?.ok()?;
+        Some(kinds)
+    }
+
+    fn describe(&self) -> String {
+        let mut parts: Vec<String> = TransferKind::ALL
+            .iter()
+            .zip(self.counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k:?} {n}"))
+            .collect();
+        if self.none > 0 {
+            parts.push(format!("already held {}", self.none));
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// One instance of the pair: takes the block on its turns, times it, prints its summary.
+fn node(options: &Options) -> Result<(), Error> {
+    let config_path = options
+        .config
+        .as_deref()
+        .ok_or("--config FILE is required")?;
+    let turn_path = options.turn.as_deref().ok_or("--turn FILE is required")?;
+    let config = InstanceConfig::load(config_path)?;
+    let first = config.local.id == id(FIRST);
+    let turn = FloorChannel::open(turn_path, false)?;
+    let instance = Instance::start_with(config, options.mode.start_options())?;
+    let block = instance.block(BLOCK)?;
+    let mut histogram = latency_histogram();
+    let mut kinds = Kinds::default();
+    let mut others = Kinds::default();
+    let total = (options.warmup + options.samples) as u32;
+    for seq in 1..=total {
+        if !first && !turn.wait_request(seq, true, TURN_DEADLINE) {
+            return Err(format!("no turn {seq} from the other instance").into());
+        }
+        let mut tx = instance.begin();
+        let acquisition = tx.write(block)?.acquisition();
+        // Rolls back (nothing changed) and releases the block.
+        drop(tx);
+        if u64::from(seq) > options.warmup {
+            if Kinds::is_transfer(acquisition.kind) {
+                record(&mut histogram, acquisition.latency);
+                kinds.count(acquisition.kind);
+            } else {
+                others.count(acquisition.kind);
+            }
+        }
+        if first {
+            turn.send_request(&[], seq, true);
+            if !turn.wait_response(seq, true, TURN_DEADLINE) {
+                return Err(format!("no turn {seq} back from the other instance").into());
+            }
+        } else {
+            turn.send_response(&[], seq, true);
+        }
+    }
+    kinds.add(&others);
+    // The engine's own request-to-grant time of the same transfers (warm-up included), as
+    // the driver saw it: what the user-visible figure adds is the user thread <-> driver
+    // hand-off.
+    let engine = instance.stats()?.gcs;
+    let engine = engine.latency(TransferKind::TwoWay);
+    println!("{}", LatencySummary::of(&histogram).to_result_line());
+    println!("{}", kinds.to_line());
+    println!("MEANS {} {}", histogram.mean(), engine.mean().as_nanos());
+    Ok(())
+}
+
+fn run_role(role: &str, options: &Options) -> Result<(), Error> {
+    match role {
+        "node" => node(options),
+        other => Err(format!("unknown role {other:?}").into()),
+    }
+}
+
+/// Starts `program` with `args` (pinned to `cpu` with `taskset` if given), stdout and
+/// stderr piped.
+fn spawn(cpu: Option<u32>, program: &Path, args: &[String]) -> Result<Child, Error> {
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()).into())
+}
+
+/// Passes a child's stderr on, except the peer-disconnect line an instance prints when the
+/// other instance of the pair exits first.
+fn forward_stderr(who: &str, output: &Output) {
+    for line in String::from_utf8_lossy(&output.stderr).lines() {
+        if !(line.contains("connection to instance") && line.contains("lost")) {
+            eprintln!("  {who}: {line}");
+        }
+    }
+}
+
+/// A fresh two-slot cluster in `dir`: the shared file and one configuration per instance;
+/// returns the configurations' paths (instance 0, instance 1) and the data file's number.
+fn setup_cluster(dir: &Path, cluster: u64) -> Result<([PathBuf; 2], u32), Error> {
+    std::fs::create_dir_all(dir)?;
+    let storage = dir.join("cluster.fusion");
+    // Control sectors and region alignment fit in the slack.
+    let size = 2 * REDO_THREAD_SIZE + (DATA_BLOCKS + 1) * 8192 + (4 << 20);
+    let mut spec = ClusterSpec::new(ClusterId(cluster), 2, Some(size));
+    spec.block_size = 8192;
+    spec.redo_thread_size = REDO_THREAD_SIZE;
+    let layout = format::create(&storage, &spec, true)?;
+    if layout.data_blocks <= BLOCK {
+        return Err(format!("the cluster holds only {} data blocks", layout.data_blocks).into());
+    }
+    // Both ports are held while the other is picked, so they differ.
+    let listeners = [
+        std::net::TcpListener::bind("127.0.0.1:0")?,
+        std::net::TcpListener::bind("127.0.0.1:0")?,
+    ];
+    let mut members = String::new();
+    for (n, listener) in listeners.iter().enumerate() {
+        members.push_str(&format!(
+            "  {{ id = {n}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
+            listener.local_addr()?.port()
+        ));
+    }
+    drop(listeners);
+    let mut paths = [PathBuf::new(), PathBuf::new()];
+    for (n, path) in paths.iter_mut().enumerate() {
+        let text = format!(
+            "instance = {n}\n\n[cluster]\nid = {cluster}\nsecret = \"blockbench\"\ninstances = [\n{members}]\n\n\
+             [storage]\npath = {:?}\n\n[transport]\nkind = \"tcp\"\n\n[cache]\nframes = {FRAMES}\nblock_size = 8192\n",
+            storage.display().to_string()
+        );
+        *path = dir.join(format!("instance-{n}.toml"));
+        std::fs::write(&*path, text)?;
+    }
+    Ok((paths, layout.data_file))
+}
+
+/// One pair run: the summaries and kinds of instance 1 taking the block from 0, and of 0
+/// taking it from 1.
+struct PairRun {
+    master: u64,
+    one_from_zero: NodeResult,
+    zero_from_one: NodeResult,
+}
+
+/// What one node reports: its summary, the kinds of its timed acquisitions, and the means
+/// (ns) of its timed acquisitions and of the engine's 2-way request-to-grant times.
+#[derive(Debug, Clone, Copy)]
+struct NodeResult {
+    summary: LatencySummary,
+    kinds: Kinds,
+    user_mean: f64,
+    engine_mean: f64,
+}
+
+fn means(output: &str) -> Option<(f64, f64)> {
+    let line = output.lines().find(|l| l.starts_with("MEANS "))?;
+    let mut fields = line.split_whitespace().skip(1).map(str::parse::<f64>);
+    Some((fields.next()?.ok()?, fields.next()?.ok()?))
+}
+
+fn node_result(who: &str, output: &Output) -> Result<NodeResult, Error> {
+    forward_stderr(who, output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match (
+        LatencySummary::from_output(&stdout),
+        Kinds::from_output(&stdout),
+        means(&stdout),
+    ) {
+        (Some(summary), Some(kinds), Some((user_mean, engine_mean))) if output.status.success() => {
+            Ok(NodeResult {
+                summary,
+                kinds,
+                user_mean,
+                engine_mean,
+            })
+        }
+        _ => Err(format!("{who} failed ({}) without a result", output.status).into()),
+    }
+}
+
+/// Runs the two instances for one round in `mode`.
+fn measure_instances(options: &Options, mode: Mode, run: u32) -> Result<PairRun, Error> {
+    let dir = std::env::temp_dir().join(format!("fusion-blockbench-{}-{run}", std::process::id()));
+    let cluster = 0xB10C_0000 + u64::from(std::process::id() % 0xFFFF) * 0x100 + u64::from(run);
+    let result = (|| {
+        let (configs, data_file) = setup_cluster(&dir, cluster)?;
+        let master = master_of_block(data_file)?;
+        let turn = dir.join("turn");
+        drop(FloorChannel::open(&turn, true)?);
+        let exe = PathBuf::from(own_exe()?);
+        let args = |config: &Path| -> Vec<String> {
+            [
+                "role",
+                "node",
+                "--mode",
+                mode.name(),
+                "--samples",
+                &options.samples.to_string(),
+                "--warmup",
+                &options.warmup.to_string(),
+                "--config",
+                &config.to_string_lossy(),
+                "--turn",
+                &turn.to_string_lossy(),
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+        };
+        let [config0, config1] = &configs;
+        let (second, first) = (&config0, &config1);
+        let mut second = spawn(options.pin.then_some(SERVER_CPU), &exe, &args(second))?;
+        let first = match spawn(options.pin.then_some(CLIENT_CPU), &exe, &args(first)) {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = second.kill();
+                let _ = second.wait();
+                return Err(e);
+            }
+        };
+        let first = first.wait_with_output()?;
+        if !first.status.success() {
+            let _ = second.kill();
+        }
+        let second = second.wait_with_output()?;
+        let one_from_zero = node_result(&format!("instance {FIRST}"), &first)?;
+        let zero_from_one = node_result(&format!("instance {SECOND}"), &second)?;
+        Ok(PairRun {
+            master,
+            one_from_zero,
+            zero_from_one,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// `pingpong`'s tcp 64B->8KiB block round trip, by the `pingpong` binary next to this one.
+fn measure_transport(options: &Options, mode: WaitMode) -> Result<LatencySummary, Error> {
+    let exe = PathBuf::from(own_exe()?).with_file_name("pingpong");
+    if !exe.exists() {
+        return Err(format!(
+            "{} is missing (cargo build --release -p bench --bin pingpong)",
+            exe.display()
+        )
+        .into());
+    }
+    let args = |role: &str| -> Vec<String> {
+        [
+            "role",
+            role,
+            "--mode",
+            mode.name(),
+            "--response",
+            "8192",
+            "--request",
+            "64",
+            "--samples",
+            &options.samples.to_string(),
+            "--warmup",
+            &options.warmup.to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let mut server = spawn(options.pin.then_some(SERVER_CPU), &exe, &args("tcp-server"))?;
+    let stdout = server
+        .stdout
+        .take()
+        .ok_or("pingpong server without stdout")?;
+    let mut ready = String::new();
+    BufReader::new(stdout).read_line(&mut ready)?;
+    let Some(address) = ready.strip_prefix("READY ") else {
+        let _ = server.kill();
+        let _ = server.wait();
+        return Err(format!("pingpong server did not start: {ready:?}").into());
+    };
+    let mut client_args = args("tcp-client");
+    client_args.extend(["--server".to_owned(), address.trim().to_owned()]);
+    let output = spawn(options.pin.then_some(CLIENT_CPU), &exe, &client_args)?.wait_with_output();
+    let _ = server.wait();
+    let output = output?;
+    forward_stderr("pingpong", &output);
+    LatencySummary::from_output(&String::from_utf8_lossy(&output.stdout))
+        .ok_or_else(|| "pingpong client printed no result".into())
+}
+
+/// Which instance masters the benchmark's block: the instance's rule (grd's bucket map of
+/// the members in epoch 1, before any remastering), recomputed here.
+fn master_of_block(data_file: u32) -> Result<u64, Error> {
+    let members: InstanceSet = [id(0), id(1)].into_iter().collect();
+    let map = grd::BucketMap::new(Epoch(1), members, grd::BucketMapConfig::default())?;
+    let block = gcs::BlockId::new(data_file, BLOCK as u32);
+    Ok(MasterDirectory::master_of(&map, block).index() as u64)
+}
+
+/// The round with the median p50 (`median_by_p50`'s rule), with its means.
+fn median_round(rounds: &[NodeResult]) -> Option<NodeResult> {
+    let median = median_by_p50(rounds.iter().map(|r| r.summary).collect())?;
+    rounds.iter().find(|r| r.summary == median).copied()
+}
+
+/// Busy mode needs a CPU for each spinning thread: both drivers and the waiting user
+/// thread. With fewer, the spinners share CPUs and an acquisition costs scheduler slices
+/// (milliseconds), so the run is cut short there.
+const BUSY_CPUS: usize = 4;
+const BUSY_SHORT_SAMPLES: u64 = 500;
+const BUSY_SHORT_WARMUP: u64 = 50;
+
+fn orchestrate(options: &Options) -> Result<(), Error> {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut master = None;
+    let role = |requester: u64, master: u64| {
+        if requester == master {
+            "requester=master"
+        } else {
+            "holder=master"
+        }
+    };
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut run = 0;
+    for &mode in &options.modes {
+        let floor_mode = mode.floor();
+        let floor_name = format!(
+            "sockperf tcp {}B<->{}B {}",
+            sockperf_size(8192),
+            sockperf_size(8192),
+            floor_mode.name()
+        );
+        let mut node_options = options.clone();
+        if mode == Mode::Busy && cpus < BUSY_CPUS {
+            node_options.samples = options.samples.min(BUSY_SHORT_SAMPLES);
+            node_options.warmup = options.warmup.min(BUSY_SHORT_WARMUP);
+            notes.push(format!(
+                "busy: {cpus} CPUs < {BUSY_CPUS} (2 spinning drivers + the spinning waiter): \
+                 the spinners share CPUs, an acquisition waits for scheduler slices, and the \
+                 instance rows ran {} samples after {} warm-up",
+                node_options.samples, node_options.warmup
+            ));
+        }
+        eprintln!("measuring {} ...", mode.name());
+        let (mut ones, mut zeros, mut transports, mut floors) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut one_kinds, mut zero_kinds) = (Kinds::default(), Kinds::default());
+        for round in 1..=options.rounds {
+            run += 1;
+            let pair = measure_instances(&node_options, mode, run)?;
+            if master.is_some_and(|m| m != pair.master) {
+                return Err("the block's master changed between runs".into());
+            }
+            master = Some(pair.master);
+            one_kinds.add(&pair.one_from_zero.kinds);
+            zero_kinds.add(&pair.zero_from_one.kinds);
+            ones.push(pair.one_from_zero);
+            zeros.push(pair.zero_from_one);
+            let transport = if options.transport {
+                match measure_transport(options, floor_mode) {
+                    Ok(t) => {
+                        transports.push(t);
+                        format!("{:.1}", t.p50 / 1000.0)
+                    }
+                    Err(e) => {
+                        eprintln!("  transport row unavailable: {e}");
+                        "n/a".into()
+                    }
+                }
+            } else {
+                "-".into()
+            };
+            let floor = match measure_sockperf(floor_mode, 8192, options.floor_seconds, options.pin)
+            {
+                Ok(f) => {
+                    floors.push(f);
+                    format!("{:.1}", f.p50 / 1000.0)
+                }
+                Err(e) => {
+                    eprintln!("  floor {floor_name} unavailable: {e}");
+                    "n/a".into()
+                }
+            };
+            eprintln!(
+                "  round {round}: p50 µs: {FIRST}<-{SECOND} {:.1}, {SECOND}<-{FIRST} {:.1}, \
+                 transport {transport}, sockperf {floor}",
+                pair.one_from_zero.summary.p50 / 1000.0,
+                pair.zero_from_one.summary.p50 / 1000.0,
+            );
+        }
+        let floor = median_by_p50(floors);
+        let transport = median_by_p50(transports);
+        for (requester, holder, rounds, kinds) in [
+            (FIRST, SECOND, ones, one_kinds),
+            (SECOND, FIRST, zeros, zero_kinds),
+        ] {
+            let Some(fusion) = median_round(&rounds) else {
+                return Err("no round measured".into());
+            };
+            rows.push(Comparison {
+                label: format!(
+                    "X {requester}<-{holder} {} ({})",
+                    mode.name(),
+                    master.map_or("?", |m| role(requester, m))
+                ),
+                fusion: fusion.summary,
+                floor_name: floor_name.clone(),
+                floor,
+            });
+            let over = transport.map_or_else(String::new, |t| {
+                format!(
+                    "; over the transport p50 +{:.1} µs ({:.2}x)",
+                    (fusion.summary.p50 - t.p50) / 1000.0,
+                    fusion.summary.p50 / t.p50,
+                )
+            });
+            notes.push(format!(
+                "{} {requester}<-{holder}: kinds {}{over}; mean {:.1} µs, of which the \
+                 engine's request->grant {:.1} µs (driver side, 2-way)",
+                mode.name(),
+                kinds.describe(),
+                fusion.user_mean / 1000.0,
+                fusion.engine_mean / 1000.0,
+            ));
+        }
+        if let Some(fusion) = transport {
+            rows.push(Comparison {
+                label: format!("transport tcp {} 64B->8KiB", floor_mode.name()),
+                fusion,
+                floor_name,
+                floor,
+            });
+        }
+    }
+    println!(
+        "blockbench: X acquisition of a block held in X (clean) by the other instance, through \
+         the instance API; 2 instance processes over tcp loopback, pinned to separate CPUs: {}; \
+         block {BLOCK} mastered by instance {}; median of {} interleaved rounds per side; \
+         host: {cpus} CPUs",
+        options.pin,
+        master.map_or_else(|| "?".to_owned(), |m| m.to_string()),
+        options.rounds,
+    );
+    print!("{}", render_table(&rows));
+    for note in notes {
+        println!("{note}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    run_tool("blockbench", Options::parse, run_role, orchestrate)
+}
