@@ -29,7 +29,7 @@ use gcs::{BlockId, BlockMode, DropReason, GcsConfig, GcsMessage, Io, RequestId};
 use ges::{LockMode, LockName, LockOptions, LockValue, VALUE_LEN};
 use grd::BucketMap;
 use interconnect::{Epoch, InstanceId, InstanceSet, LandingToken, Scn, Service, Timestamp};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 /// Names one local operation waiting for a completion.
@@ -41,7 +41,7 @@ pub struct Ticket(pub u64);
 pub struct BlockGrant {
     /// The current copy, pinned for the user.
     pub pin: Pin,
-    /// The mode granted (at least the mode asked for).
+    /// The mode the user holds (the mode asked for; release the grant with it).
     pub mode: BlockMode,
     /// The SCN of the version granted; the user's changes take SCNs above it.
     pub scn: Scn,
@@ -203,6 +203,8 @@ enum Landing {
 struct Outstanding {
     request: RequestId,
     ticket: Ticket,
+    /// The mode the local user asked for: what it holds locally (GCS may grant more).
+    wanted: BlockMode,
     landing: Landing,
 }
 
@@ -220,8 +222,10 @@ struct LocalBlock {
     outstanding: Option<Outstanding>,
     /// A write GCS asked for, held back while a local user holds the block in X.
     deferred_write: Option<Scn>,
-    /// A write is in flight (its frame is being snapshot).
-    writing: bool,
+    /// A write is in flight (its frame is being snapshot): the SCN GCS asked for.
+    writing: Option<Scn>,
+    /// An X grant held back until the write in flight is done (the write copies the frame).
+    held: Option<Completion>,
     /// Last use, for choosing eviction victims.
     last_used: u64,
 }
@@ -233,7 +237,8 @@ impl LocalBlock {
             && self.queue.is_empty()
             && self.outstanding.is_none()
             && self.deferred_write.is_none()
-            && !self.writing
+            && self.writing.is_none()
+            && self.held.is_none()
     }
 }
 
@@ -257,6 +262,9 @@ fn bucket_map(epoch: Epoch, members: InstanceSet) -> Result<BucketMap, CoreError
         .map_err(|e| CoreError::Cache(format!("bucket map: {e}")))
 }
 
+/// How soon a request waiting for a frame tries again.
+const FRAME_RETRY: Duration = Duration::from_micros(100);
+
 /// Most clean copies one shortage releases at once.
 const EVICT_BATCH: usize = 16;
 
@@ -268,7 +276,7 @@ pub struct Core {
     gcs: gcs::Engine<BucketMap>,
     ges: ges::Engine,
     cache: BufferCache,
-    blocks: HashMap<BlockId, LocalBlock>,
+    blocks: BTreeMap<BlockId, LocalBlock>,
     requests: HashMap<RequestId, BlockId>,
     lock_requests: HashMap<ges::RequestId, (Ticket, LockName)>,
     sends: VecDeque<Send>,
@@ -276,6 +284,8 @@ pub struct Core {
     completions: VecDeque<Completion>,
     /// Blocks whose next request waits for a free frame.
     frame_wait: BTreeSet<BlockId>,
+    /// When the blocks waiting for a frame try again.
+    frame_retry: Option<Timestamp>,
     /// Blocks whose local queue may move on.
     kicks: BTreeSet<BlockId>,
     use_counter: u64,
@@ -329,13 +339,14 @@ impl Core {
             gcs,
             ges,
             cache,
-            blocks: HashMap::new(),
+            blocks: BTreeMap::new(),
             requests: HashMap::new(),
             lock_requests: HashMap::new(),
             sends: VecDeque::new(),
             ios: VecDeque::new(),
             completions: VecDeque::new(),
             frame_wait: BTreeSet::new(),
+            frame_retry: None,
             kicks: BTreeSet::new(),
             use_counter: 0,
             stats: CoreStats::default(),
@@ -473,10 +484,14 @@ impl Core {
 
     /// When [`Core::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        match (self.gcs.poll_timeout(), self.ges.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.gcs.poll_timeout(),
+            self.ges.poll_timeout(),
+            self.frame_retry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ------------------------------------------------------------------ local inputs
@@ -538,6 +553,8 @@ impl Core {
             self.gcs.mark_dirty(block, scn, now)?;
         }
         self.gcs.unpin(block, now)?;
+        // The user's pin may have been the last on a frame waiting to be freed.
+        self.frames_freed();
         let b = self.blocks.entry(block).or_default();
         if !b.writer
             && let Some(scn) = b.deferred_write.take()
@@ -643,6 +660,10 @@ impl Core {
 
     /// Timers due at `now`.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.frame_retry.is_some_and(|at| at <= now) {
+            self.frame_retry = None;
+            self.frames_freed();
+        }
         self.gcs.handle_timeout(now);
         self.ges.handle_timeout(now);
         self.pump(now);
@@ -699,14 +720,21 @@ impl Core {
             self.fail(CoreError::Storage(format!("writing {block}: {e}")));
             return;
         }
+        let mut asked = scn;
         if let Some(b) = self.blocks.get_mut(&block) {
-            b.writing = false;
+            asked = b.writing.take().unwrap_or(scn);
+            if let Some(held) = b.held.take() {
+                self.completions.push_back(held);
+            }
         }
-        // The frame may have changed since the snapshot; then it stays dirty.
-        let _ = self.cache.mark_clean(block, scn);
-        if let Err(e) = self.gcs.on_block_written(block, scn, now) {
+        // The frame may have changed since the snapshot; then it stays dirty. GCS learns the
+        // SCN it asked for (the cache stays as dirty as GCS says the block is).
+        let _ = self.cache.mark_clean(block, asked);
+        if let Err(e) = self.gcs.on_block_written(block, asked, now) {
             self.fail(e.into());
         }
+        // A copy that is clean now can be evicted for a request waiting for a frame.
+        self.frames_freed();
         self.advance(block, now);
         self.pump(now);
     }
@@ -721,11 +749,19 @@ impl Core {
         let waiting: Vec<BlockId> = self.blocks.keys().copied().collect();
         for block in waiting {
             if let Some(b) = self.blocks.get_mut(&block) {
-                for (ticket, _) in b.queue.drain(..) {
+                // The request in flight too: this instance stops, its grant never comes.
+                let outstanding = b.outstanding.take().map(|o| o.ticket);
+                for ticket in outstanding
+                    .into_iter()
+                    .chain(b.queue.drain(..).map(|(t, _)| t))
+                {
                     self.completions.push_back(Completion::Block {
                         ticket,
                         result: Err(error.clone()),
                     });
+                }
+                if let Some(held) = b.held.take() {
+                    self.completions.push_back(held);
                 }
             }
         }
@@ -744,7 +780,7 @@ impl Core {
                 return;
             };
             let compatible = match mode {
-                BlockMode::Exclusive => b.readers == 0 && !b.writer && !b.writing,
+                BlockMode::Exclusive => b.readers == 0 && !b.writer && b.writing.is_none(),
                 _ => !b.writer,
             };
             if !compatible {
@@ -760,6 +796,9 @@ impl Core {
                     Some(armed) => Some(armed),
                     None => {
                         self.frame_wait.insert(block);
+                        // Frames also come free when the driver drops a pin (a send's
+                        // payload, a write): retry soon even if no event says so.
+                        self.frame_retry.get_or_insert(now + FRAME_RETRY);
                         return;
                     }
                 }
@@ -775,6 +814,7 @@ impl Core {
                     b.outstanding = Some(Outstanding {
                         request,
                         ticket,
+                        wanted: mode,
                         // A hit needs no frame (its grant comes at once, in the events); a
                         // frame that stays unused is dropped at the grant.
                         landing: landing.map_or(Landing::Reading, Landing::Armed),
@@ -863,9 +903,17 @@ impl Core {
     fn start_write(&mut self, block: BlockId, scn: Scn) {
         match self.cache.lookup(block) {
             Lookup::Hit(pin) => {
-                self.blocks.entry(block).or_default().writing = true;
+                // A write deferred behind a local X user may find a newer (committed)
+                // version in the frame: it is written under its own SCN, and GCS's write
+                // completes at the SCN GCS asked for (storage then holds at least that).
+                let frame_scn = self.gcs.block_scn(block).map_or(scn, |s| s.max(scn));
+                self.blocks.entry(block).or_default().writing = Some(scn);
                 self.stats.writes += 1;
-                self.ios.push_back(IoOp::Write { block, scn, pin });
+                self.ios.push_back(IoOp::Write {
+                    block,
+                    scn: frame_scn,
+                    pin,
+                });
             }
             _ => self.fail(CoreError::Cache(format!(
                 "GCS asked to write {block}, which has no current copy"
@@ -881,13 +929,16 @@ impl Core {
                 any = true;
                 self.transmit_gcs(to, msg);
             }
-            while let Some(io) = self.gcs.poll_io() {
-                any = true;
+            // One I/O or event at a time, then the transmits again: handling one calls back
+            // into the engine (a redo force completes at once), which may queue a ship whose
+            // frame must be read before a later event (a drop) takes the frame away.
+            if let Some(io) = self.gcs.poll_io() {
                 self.gcs_io(io, now);
+                continue;
             }
-            while let Some(event) = self.gcs.poll_event() {
-                any = true;
+            if let Some(event) = self.gcs.poll_event() {
                 self.gcs_event(event, now);
+                continue;
             }
             while let Some((to, msg)) = self.ges.poll_transmit() {
                 any = true;
@@ -968,7 +1019,9 @@ impl Core {
             Io::ForceRedo { upto } => self.gcs.on_redo_durable(upto, now),
             Io::WriteBlock { block, scn } => {
                 let b = self.blocks.entry(block).or_default();
-                if b.writer {
+                // Held back behind a local X user, or until the grant in the same step
+                // publishes the copy that just landed.
+                if b.writer || (b.coherence.is_none() && b.outstanding.is_some()) {
                     b.deferred_write = Some(scn);
                 } else {
                     self.start_write(block, scn);
@@ -1016,6 +1069,10 @@ impl Core {
                 if let Some(b) = self.blocks.get_mut(&block) {
                     b.coherence = None;
                 }
+                // The replaced past image goes first: it may have the new one's SCN.
+                if let Some(scn) = replaced_pi {
+                    self.cache.discard_past_images(block, scn);
+                }
                 match pi {
                     Some(scn) => {
                         if self.cache.make_past_image(block, scn).is_err() {
@@ -1030,9 +1087,6 @@ impl Core {
                             self.fail(CoreError::Cache(format!("dropping {block}: {e}")));
                         }
                     }
-                }
-                if let Some(scn) = replaced_pi {
-                    self.cache.discard_past_images(block, scn);
                 }
                 self.kicks.insert(block);
                 self.frames_freed();
@@ -1090,6 +1144,16 @@ impl Core {
             let pin = filling.publish(dirty);
             self.blocks.entry(block).or_default().coherence = Some(pin);
         }
+        // A write asked before the copy was published starts now (for an X grant, at the
+        // user's release).
+        if mode != BlockMode::Exclusive
+            && let Some(scn) = self
+                .blocks
+                .get_mut(&block)
+                .and_then(|b| b.deferred_write.take())
+        {
+            self.start_write(block, scn);
+        }
         // Otherwise an armed frame that was not needed (an upgrade with no transfer, a hit)
         // is dropped with `outstanding`, which gives it back.
         let result = match self.cache.lookup(block) {
@@ -1103,14 +1167,15 @@ impl Core {
                         _ => None,
                     };
                 }
-                match mode {
+                // A reader stays a reader locally even when this instance holds X.
+                match outstanding.wanted {
                     BlockMode::Exclusive => b.writer = true,
                     _ => b.readers += 1,
                 }
                 self.stats.grants += 1;
                 Ok(BlockGrant {
                     pin,
-                    mode,
+                    mode: outstanding.wanted,
                     scn: self.gcs.block_scn(block).unwrap_or_default(),
                     kind,
                 })
@@ -1124,10 +1189,21 @@ impl Core {
             let _ = self.gcs.unpin(block, now);
             self.fail(e.clone());
         }
-        self.completions.push_back(Completion::Block {
+        let completion = Completion::Block {
             ticket: outstanding.ticket,
             result,
-        });
+        };
+        match self.blocks.get_mut(&block) {
+            // No X user may change the frame while a write copies it: the grant waits.
+            Some(b)
+                if outstanding.wanted == BlockMode::Exclusive
+                    && b.writer
+                    && b.writing.is_some() =>
+            {
+                b.held = Some(completion)
+            }
+            _ => self.completions.push_back(completion),
+        }
         self.kicks.insert(block);
     }
 
