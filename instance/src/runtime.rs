@@ -8,7 +8,7 @@
 //!   inside the transport's poll, from which a user's command or an I/O completion wakes it.
 //! * **I/O threads** read and write blocks (verify on read, seal on write) and report back.
 //! * User threads (the API, `crate::api`) commit redo themselves (group commit) and wait for
-//!   their completions on a [`Waiter`] that spins briefly and then parks.
+//!   their completions on a `Waiter` that yields briefly and then parks.
 //!
 //! This module owns threads, queues and waiting. It must never decide coherence or
 //! durability (the core and the engines do), and the driver never blocks on storage.
@@ -36,7 +36,10 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
 /// Recovery-set blocks rebuilt between two syncs.
-const RECOVERY_BATCH: usize = 256;
+const RECOVERY_BATCH: usize = 128;
+
+/// Workers rebuilding recovery-set batches at once (each one read or write in flight).
+const RECOVERY_WORKERS: usize = 4;
 
 /// The longest the driver parks without looking at its timers.
 const MAX_PARK: Duration = Duration::from_millis(50);
@@ -1022,7 +1025,7 @@ impl<T: Transport> Driver<T> {
                 }
             }
         }
-        if !self.checkpoints.is_empty() && self.core.dirty_blocks() == 0 {
+        if !self.checkpoints.is_empty() && self.core.checkpoint_done() {
             for reply in self.checkpoints.drain(..) {
                 let _ = reply.send(());
             }
@@ -1230,38 +1233,63 @@ fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &Drive
                 blocks,
                 scan,
             } => {
-                // Batches share one sync; each batch is reported (and unfrozen) as it is done.
-                for batch in blocks.chunks(RECOVERY_BATCH) {
-                    let result = if context.lease.valid() {
-                        crate::recovery::recover_blocks(storage, layout, &scan, batch)
-                            .map_err(|e| e.to_string())
-                    } else {
-                        Err("the I/O lease has expired".to_string())
-                    };
-                    let commands: Vec<Command> = match result {
-                        Ok(recovered) => recovered
-                            .into_iter()
-                            .map(|r| Command::Recovered {
-                                epoch,
-                                block: r.block,
-                                result: Ok(r.scn),
-                            })
-                            .collect(),
-                        Err(e) => vec![Command::Recovered {
-                            epoch,
-                            block: batch[0],
-                            result: Err(e),
-                        }],
-                    };
-                    for command in commands {
-                        if !done.submit(command) {
-                            return;
-                        }
+                // Batches share one sync; each batch is reported (and unfrozen) as it is
+                // done. Recovery is bound by storage latency (one read and one write per
+                // block), so several workers keep several I/Os in flight.
+                let batches: Vec<&[BlockId]> = blocks.chunks(RECOVERY_BATCH).collect();
+                let next = AtomicU64::new(0);
+                std::thread::scope(|workers| {
+                    for _ in 0..RECOVERY_WORKERS.min(batches.len()) {
+                        workers.spawn(|| {
+                            while let Some(batch) =
+                                batches.get(next.fetch_add(1, Ordering::Relaxed) as usize)
+                            {
+                                if !recover_batch(context, &scan, epoch, batch, done) {
+                                    return;
+                                }
+                            }
+                        });
                     }
-                }
+                });
             }
         }
     }
+}
+
+/// Rebuilds one batch of recovery-set blocks and reports them; false once the driver is gone.
+fn recover_batch(
+    context: &IoContext,
+    scan: &crate::recovery::ThreadScan,
+    epoch: Epoch,
+    batch: &[BlockId],
+    done: &DriverHandle,
+) -> bool {
+    let result = if context.lease.valid() {
+        crate::recovery::recover_blocks(context.storage.as_ref(), &context.layout, scan, batch)
+            .map_err(|e| e.to_string())
+    } else {
+        Err("the I/O lease has expired".to_string())
+    };
+    let commands: Vec<Command> = match result {
+        Ok(recovered) => recovered
+            .into_iter()
+            .map(|r| Command::Recovered {
+                epoch,
+                block: r.block,
+                result: Ok(r.scn),
+            })
+            .collect(),
+        Err(e) => batch
+            .first()
+            .map(|&block| Command::Recovered {
+                epoch,
+                block,
+                result: Err(e),
+            })
+            .into_iter()
+            .collect(),
+    };
+    commands.into_iter().all(|command| done.submit(command))
 }
 
 /// Reads `block` into `buf` and verifies it; a block never written reads as zeros at SCN 0.

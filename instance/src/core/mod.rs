@@ -297,6 +297,8 @@ pub struct Core {
     scanned: Option<Vec<BlockId>>,
     /// Recovery-set blocks handed out and not yet recovered.
     recovering: BTreeSet<BlockId>,
+    /// Blocks a checkpoint waits to see on storage, with the SCN storage must reach.
+    checkpoint_pending: BTreeMap<BlockId, Scn>,
 }
 
 impl std::fmt::Debug for Core {
@@ -354,6 +356,7 @@ impl Core {
             future: Vec::new(),
             scanned: None,
             recovering: BTreeSet::new(),
+            checkpoint_pending: BTreeMap::new(),
         };
         core.pump(now);
         Ok(core)
@@ -602,19 +605,48 @@ impl Core {
     /// Asks for dirty copies to be written (a checkpoint): every dirty block not held by a
     /// local writer starts the GCS write protocol. Returns how many were asked.
     pub fn checkpoint(&mut self, now: Timestamp) -> usize {
-        let dirty: Vec<BlockId> = self
-            .gcs
-            .cached_blocks()
-            .filter(|b| self.gcs.is_dirty(*b))
-            .collect();
+        let blocks: Vec<BlockId> = self.gcs.cached_blocks().collect();
         let mut asked = 0;
-        for block in dirty {
-            if self.gcs.write_back(block, now).is_ok() {
-                asked += 1;
+        for block in blocks {
+            let mut upto = None;
+            if self.gcs.is_dirty(block) {
+                upto = self.gcs.block_scn(block);
+                if self.gcs.write_back(block, now).is_ok() {
+                    asked += 1;
+                }
+            }
+            // A version this instance changed and shipped away lives on as its past image:
+            // storage must catch up with it too before redo before the checkpoint is freed.
+            if let Some(pi) = self.gcs.past_image(block) {
+                upto = upto.max(Some(pi));
+                if self.gcs.evict_past_image(block, now).is_ok() {
+                    asked += 1;
+                }
+            }
+            if let Some(scn) = upto {
+                let entry = self.checkpoint_pending.entry(block).or_default();
+                *entry = (*entry).max(scn);
             }
         }
         self.pump(now);
         asked
+    }
+
+    /// Whether every change a [`Core::checkpoint`] covered is on storage: every block that was
+    /// dirty or a past image here has been written at or above the SCN it had then.
+    pub fn checkpoint_done(&self) -> bool {
+        self.checkpoint_pending.is_empty()
+    }
+
+    /// Storage holds `block` at `scn` or newer: checkpoints waiting for it move on.
+    fn storage_caught_up(&mut self, block: BlockId, scn: Scn) {
+        if self
+            .checkpoint_pending
+            .get(&block)
+            .is_some_and(|&wanted| wanted <= scn)
+        {
+            self.checkpoint_pending.remove(&block);
+        }
     }
 
     // ------------------------------------------------------------------ network inputs
@@ -733,6 +765,7 @@ impl Core {
         if let Err(e) = self.gcs.on_block_written(block, asked, now) {
             self.fail(e.into());
         }
+        self.storage_caught_up(block, asked);
         // A copy that is clean now can be evicted for a request waiting for a frame.
         self.frames_freed();
         self.advance(block, now);
@@ -1082,6 +1115,8 @@ impl Core {
                     None => {
                         if reason == DropReason::Reconfigured {
                             let _ = self.cache.mark_clean(block, Scn(u64::MAX));
+                            // Its changes are recovery's now, from redo.
+                            self.checkpoint_pending.remove(&block);
                         }
                         if let Err(e) = self.cache.invalidate(block) {
                             self.fail(CoreError::Cache(format!("dropping {block}: {e}")));
@@ -1094,6 +1129,7 @@ impl Core {
             }
             gcs::Event::PiDiscarded { block, scn } => {
                 self.cache.discard_past_images(block, scn);
+                self.storage_caught_up(block, scn);
                 self.frames_freed();
             }
             gcs::Event::RecoverySet { blocks } => {
