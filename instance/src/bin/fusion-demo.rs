@@ -114,7 +114,10 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--dir" => o.dir = Some(PathBuf::from(value()?)),
             "--keep" => o.keep = true,
             "--no-crash" => o.crash = false,
-            "-h" | "--help" => return Err(usage()),
+            "-h" | "--help" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
             other => return Err(format!("unknown option {other:?}\n{}", usage())),
         }
     }
@@ -947,6 +950,11 @@ fn run_workload(
                 } else {
                     1 + hot + (rng >> 8) % (blocks - hot)
                 };
+                // A quarter of the increments look at the block first (S, then X: an upgrade
+                // when the S copy is still here).
+                if (rng >> 40).is_multiple_of(4) {
+                    read_counter(&fusion, n)?;
+                }
                 let (_, acquisition) = increment(&fusion, n)?;
                 (&*acks)
                     .write_all(format!("{n}\n").as_bytes())
