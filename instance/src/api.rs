@@ -159,10 +159,75 @@ pub struct Instance {
     me: InstanceId,
     layout: Layout,
     storage: Arc<dyn SharedStorage>,
-    redo: RedoWriter,
+    redo: Arc<RedoWriter>,
     clock: AtomicScnClock,
     runtime: Runtime,
     payload: usize,
+    /// The background checkpointer, stopped at shutdown.
+    checkpointer: Option<(
+        Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+/// When the redo thread is this full, the background checkpointer writes the dirty blocks
+/// and moves the checkpoint, so redo space is reused before commits run out of it.
+pub const CHECKPOINT_AT_REDO_USAGE: f64 = 0.5;
+
+/// What a checkpoint needs, shared by [`Instance::checkpoint`] and the background
+/// checkpointer.
+#[derive(Clone)]
+struct Checkpointer {
+    me: InstanceId,
+    layout: Layout,
+    storage: Arc<dyn SharedStorage>,
+    redo: Arc<RedoWriter>,
+    handle: Arc<crate::runtime::DriverHandle>,
+}
+
+impl Checkpointer {
+    /// Writes every block this instance has dirty or holds a past image of (through the GCS
+    /// write protocol), then moves its slot's checkpoint, and the redo writer's, to the redo
+    /// position taken before.
+    fn run(&self) -> Result<(), InstanceError> {
+        // Redo written after this point may not be covered by the writes: take it first.
+        let sequence = self.redo.next_sequence();
+        let (reply, done) = crossbeam::channel::bounded(1);
+        if !self.handle.submit(Command::Checkpoint { reply }) {
+            return Err(InstanceError::Stopped);
+        }
+        done.recv().map_err(|_| InstanceError::Stopped)?;
+        {
+            let _slot = self.handle.slot_lock.lock();
+            let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
+                .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
+            if sequence <= slot.checkpoint.sequence {
+                return Ok(());
+            }
+            slot.checkpoint.sequence = sequence;
+            format::write_slot(self.storage.as_ref(), &self.layout, &slot)
+                .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
+        }
+        self.redo
+            .set_checkpoint(sequence)
+            .map_err(InstanceError::Redo)?;
+        Ok(())
+    }
+
+    /// Checkpoints whenever the redo thread is half full, until `stop`.
+    fn background(self, stop: &std::sync::atomic::AtomicBool) {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            if self.handle.stop.reason().is_some() {
+                return;
+            }
+            if self.redo.usage() >= CHECKPOINT_AT_REDO_USAGE
+                && let Err(e) = self.run()
+            {
+                eprintln!("fusion: background checkpoint: {e}");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Instance {
@@ -221,15 +286,26 @@ impl Instance {
             }
         };
         let payload = layout.block_size as usize - BLOCK_HEADER_LEN;
-        Ok(Self {
+        let mut instance = Self {
             me,
             layout,
             storage,
-            redo,
+            redo: Arc::new(redo),
             clock: AtomicScnClock::starting_at(Scn(0)),
             runtime,
             payload,
-        })
+            checkpointer: None,
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checkpointer = instance.checkpointer();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("fusion-checkpoint".into())
+                .spawn(move || checkpointer.background(&stop))?
+        };
+        instance.checkpointer = Some((stop, thread));
+        Ok(instance)
     }
 
     /// Why the instance stopped serving, if it has: fenced by the others, on the losing
@@ -334,26 +410,22 @@ impl Instance {
         self.block(next)
     }
 
-    /// Writes every dirty block this instance owns (through the GCS write protocol) and
-    /// moves its redo checkpoint past them, so restart and recovery start there.
+    /// Writes every dirty block this instance owns and every block it holds a past image of
+    /// (through the GCS write protocol) and moves its redo checkpoint past them, so restart
+    /// and recovery start there and the redo before it is reused. A background checkpointer
+    /// does this by itself whenever the redo thread is half full.
     pub fn checkpoint(&self) -> Result<(), InstanceError> {
-        // Redo written after this point may not be covered by the writes; take the
-        // position first.
-        let sequence = self.redo.next_sequence();
-        let (reply, done) = crossbeam::channel::bounded(1);
-        if !self.runtime.handle.submit(Command::Checkpoint { reply }) {
-            return Err(InstanceError::Stopped);
+        self.checkpointer().run()
+    }
+
+    fn checkpointer(&self) -> Checkpointer {
+        Checkpointer {
+            me: self.me,
+            layout: self.layout.clone(),
+            storage: Arc::clone(&self.storage),
+            redo: Arc::clone(&self.redo),
+            handle: Arc::clone(&self.runtime.handle),
         }
-        done.recv().map_err(|_| InstanceError::Stopped)?;
-        let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
-            .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
-        slot.checkpoint.sequence = sequence;
-        format::write_slot(self.storage.as_ref(), &self.layout, &slot)
-            .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
-        self.redo
-            .set_checkpoint(sequence)
-            .map_err(InstanceError::Redo)?;
-        Ok(())
     }
 
     /// Counters: transfers by kind with latencies, grants, storage I/O.
@@ -382,12 +454,19 @@ impl Instance {
 
     /// Checkpoints, marks the slot down and stops the threads.
     pub fn shutdown(mut self) -> Result<(), InstanceError> {
+        if let Some((stop, thread)) = self.checkpointer.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = thread.join();
+        }
         self.checkpoint()?;
-        let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
-            .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
-        slot.state = SlotState::Down;
-        format::write_slot(self.storage.as_ref(), &self.layout, &slot)
-            .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
+        {
+            let _slot = self.runtime.handle.slot_lock.lock();
+            let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
+                .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
+            slot.state = SlotState::Down;
+            format::write_slot(self.storage.as_ref(), &self.layout, &slot)
+                .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
+        }
         self.runtime.stop();
         Ok(())
     }

@@ -468,7 +468,7 @@ impl ClusterManager {
                     ));
                     return;
                 }
-                self.apply(epoch, live);
+                self.apply(epoch, live, now);
             }
             ClusterMessage::RecoveryDone { epoch } => {
                 if epoch == self.recovery_epoch {
@@ -553,7 +553,7 @@ impl ClusterManager {
             let victims: InstanceSet = dead.iter().chain(partitioned.iter()).collect();
             self.actions
                 .push_back(ClusterAction::Fence { epoch, victims });
-            self.decide(epoch, reachable);
+            self.decide(epoch, reachable, now);
             return;
         }
         // Admit restarted instances once every member has recovered the last failure.
@@ -566,20 +566,26 @@ impl ClusterManager {
             self.joining = InstanceSet::EMPTY;
             self.stats.joins += ready.len() as u64;
             let live: InstanceSet = self.live.iter().chain(ready.iter()).collect();
-            self.decide(Epoch(self.epoch.0 + 1), live);
+            self.decide(Epoch(self.epoch.0 + 1), live, now);
         }
     }
 
-    fn decide(&mut self, epoch: Epoch, live: InstanceSet) {
+    fn decide(&mut self, epoch: Epoch, live: InstanceSet, now: Timestamp) {
         let me = self.me;
         for member in live.iter().filter(|m| *m != me) {
             self.send(member, ClusterMessage::Reconfigure { epoch, live });
         }
-        self.apply(epoch, live);
+        self.apply(epoch, live, now);
     }
 
-    fn apply(&mut self, epoch: Epoch, live: InstanceSet) {
+    fn apply(&mut self, epoch: Epoch, live: InstanceSet, now: Timestamp) {
         let lost: InstanceSet = self.live.iter().filter(|p| !live.contains(*p)).collect();
+        // A member admitted now starts its heartbeats once it has built its engines: it gets
+        // a fresh grace on both, not the silence of its previous life.
+        for joined in live.iter().filter(|p| !self.live.contains(*p)) {
+            self.disk[joined.index()].changed_at = now;
+            let _ = self.net.on_frame(joined, epoch, now);
+        }
         self.epoch = epoch;
         self.live = live;
         self.net.set_epoch(epoch);

@@ -288,6 +288,8 @@ pub(crate) struct DriverHandle {
     pub(crate) spin: Duration,
     pub(crate) lease: Arc<Lease>,
     pub(crate) stop: Arc<StopState>,
+    /// Serializes read-modify-writes of this instance's slot (disk heartbeat, checkpoint).
+    pub(crate) slot_lock: Arc<Mutex<()>>,
 }
 
 impl DriverHandle {
@@ -378,6 +380,7 @@ impl Runtime {
             spin,
             lease: Arc::clone(&lease),
             stop: Arc::clone(&stop),
+            slot_lock: Arc::new(Mutex::new(())),
         });
         let context = Arc::new(IoContext {
             storage,
@@ -1165,6 +1168,7 @@ fn disk_thread(
         let started = Instant::now();
         heartbeat += 1;
         let (votes, epoch) = *fence.lock();
+        let slot_guard = done.slot_lock.lock();
         let written = format::read_slot(storage, layout, me).and_then(|mut slot| {
             slot.heartbeat = heartbeat;
             slot.heartbeat_nanos = started.duration_since(context.lease.origin).as_nanos() as u64;
@@ -1175,6 +1179,7 @@ fn disk_thread(
             }
             format::write_slot(storage, layout, &slot)
         });
+        drop(slot_guard);
         match written {
             Ok(()) => {
                 last_ok = started;

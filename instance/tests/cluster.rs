@@ -80,10 +80,15 @@ impl Drop for Node {
 }
 
 fn setup(dir: &Path, transport: &str, blocks: u64) -> Vec<PathBuf> {
+    setup_with(dir, transport, blocks, &[])
+}
+
+fn setup_with(dir: &Path, transport: &str, blocks: u64, extra: &[&str]) -> Vec<PathBuf> {
     let out = Command::new(DEMO)
         .args(["setup", "--dir"])
         .arg(dir)
         .args(["--transport", transport, "--blocks", &blocks.to_string()])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -308,5 +313,78 @@ fn kill_all_instances_and_restart_loses_no_acknowledged_commit() {
         assert_eq!(node.ask(&format!("contents {blocks}"), "contents"), c0);
     }
     check_contents(&c0, &acked(dir.path(), blocks), 3 * threads);
+    stop_all(nodes);
+}
+
+/// Redo threads far smaller than the workload's redo: the background checkpointer writes the
+/// dirty blocks and moves the checkpoint whenever a thread is half full, so commits never run
+/// out of redo space; a whole-cluster restart afterwards starts from those checkpoints.
+#[test]
+fn background_checkpoints_reuse_redo_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = 48;
+    let configs = setup_with(dir.path(), "tcp", blocks, &["--redo-mib", "4"]);
+    let mut nodes = start_all(&configs);
+    for (id, node) in nodes.iter_mut().enumerate() {
+        writeln!(node.stdin, "run 8 2 4 {blocks} {}", id + 1).unwrap();
+    }
+    let mut commits = 0;
+    for node in &nodes {
+        let stopped = node.expect("stopped");
+        commits += stopped
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+    }
+    // More 4 KiB log blocks than the 4 MiB thread holds went through it.
+    let mut redo_writes = Vec::new();
+    for node in &nodes {
+        let stats = node.expect("stats");
+        let words: Vec<&str> = stats.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "redo").unwrap();
+        redo_writes.push(words[at - 1].parse::<u64>().unwrap());
+    }
+    eprintln!(
+        "{commits} commits; redo writes per instance {redo_writes:?} (1,024 log blocks each)"
+    );
+    for node in &mut nodes {
+        node.child.kill().unwrap();
+        node.child.wait().unwrap();
+    }
+    drop(nodes);
+    // Every instance that filled half its thread has moved its checkpoint (each write takes
+    // at least one 4 KiB log block), and at least one did.
+    let storage = instance::storage::open(
+        &dir.path().join("cluster.fusion"),
+        &instance::storage::StorageOptions::default(),
+    )
+    .unwrap();
+    let layout = instance::format::open(storage.as_ref()).unwrap();
+    let mut moved = 0;
+    for (id, &writes) in redo_writes.iter().enumerate() {
+        let slot = instance::format::read_slot(
+            storage.as_ref(),
+            &layout,
+            interconnect::InstanceId::new(id as u64).unwrap(),
+        )
+        .unwrap();
+        if writes > 600 {
+            assert!(
+                slot.checkpoint.sequence > 1,
+                "instance {id}: {writes} redo writes but the checkpoint never moved"
+            );
+            moved += 1;
+        }
+    }
+    assert!(
+        moved > 0,
+        "no instance filled half its redo thread: {redo_writes:?}"
+    );
+    drop(storage);
+    let mut nodes = start_all(&configs);
+    let c0 = nodes[0].ask(&format!("contents {blocks}"), "contents");
+    check_contents(&c0, &acked(dir.path(), blocks), 0);
     stop_all(nodes);
 }

@@ -49,6 +49,7 @@ struct Options {
     dir: Option<PathBuf>,
     keep: bool,
     crash: bool,
+    redo_mib: u64,
 }
 
 fn main() {
@@ -72,7 +73,7 @@ fn main() {
 
 fn usage() -> String {
     "usage: fusion-demo [--transport tcp|shm] [--instances N] [--seconds S] [--threads T] \
-     [--hot H] [--blocks B] [--dir DIR] [--keep] [--no-crash]"
+     [--hot H] [--blocks B] [--dir DIR] [--keep] [--no-crash] [--redo-mib M]"
         .into()
 }
 
@@ -87,6 +88,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         dir: None,
         keep: false,
         crash: true,
+        redo_mib: 256,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -114,6 +116,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--dir" => o.dir = Some(PathBuf::from(value()?)),
             "--keep" => o.keep = true,
             "--no-crash" => o.crash = false,
+            "--redo-mib" => o.redo_mib = number(value()?)?,
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -288,9 +291,9 @@ fn setup(o: &Options, dir: &Path) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let storage = dir.join("cluster.fusion");
     let cluster = cluster_id();
-    // Redo space is reused only after a checkpoint, which the demo takes at the end: give
-    // each thread room for a long run (one log block per group-commit write at most).
-    let redo_thread_size: u64 = 256 << 20;
+    // Redo space is reused after each checkpoint (the background checkpointer takes one
+    // whenever a thread is half full).
+    let redo_thread_size: u64 = o.redo_mib << 20;
     let data_bytes = (o.blocks + 1) * 8192;
     let size = o.instances * redo_thread_size + data_bytes + (4 << 20);
     let mut spec = ClusterSpec::new(ClusterId(cluster), o.instances as u16, Some(size));

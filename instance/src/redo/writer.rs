@@ -300,6 +300,12 @@ impl RedoWriter {
         self.state.lock().next_sequence
     }
 
+    /// The share of the thread in use: log blocks from the checkpoint to the end, over all.
+    pub fn usage(&self) -> f64 {
+        let st = self.state.lock();
+        (st.next_sequence - st.checkpoint + st.reserved_blocks) as f64 / self.blocks as f64
+    }
+
     /// Moves the checkpoint to `sequence` (the block where the oldest redo still needed
     /// starts), freeing the thread before it for reuse. The caller persists it in its slot
     /// first.
