@@ -786,10 +786,12 @@ impl Setting<'_> {
         mut transport: T,
         cache: crate::cache::BufferCache,
     ) -> Result<(Runtime, RedoWriter), StartError> {
-        let origin = Instant::now();
         let me = self.config.local.id;
         let configured = self.config.instances();
         let (entry, connected, early) = self.enter(&mut transport)?;
+        // Every timer of the running instance starts now: the time spent meeting the peers
+        // must not count as their silence (nor eat the I/O lease).
+        let origin = Instant::now();
         // Redo opens after formation: whole-cluster recovery may have moved the checkpoint.
         let slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;
         let thread = self

@@ -315,6 +315,9 @@ pub struct ClusterManager {
     net: Membership,
     connected: InstanceSet,
     disk: Vec<DiskSeen>,
+    /// When the latest disk-heartbeat observation came in: disk silence is measured up to
+    /// it, so a late view (this instance's own disk reads slow under load) shows no one dead.
+    disk_observed: Timestamp,
     /// Peers that asked to join.
     joining: InstanceSet,
     /// Members that have not reported their recovery done for `recovery_epoch`.
@@ -352,6 +355,7 @@ impl ClusterManager {
                 };
                 interconnect::MAX_INSTANCES
             ],
+            disk_observed: now,
             joining: InstanceSet::EMPTY,
             recovery_pending: InstanceSet::EMPTY,
             recovery_epoch: epoch,
@@ -431,6 +435,7 @@ impl ClusterManager {
         fence_epoch: Epoch,
         now: Timestamp,
     ) {
+        self.disk_observed = self.disk_observed.max(now);
         let seen = &mut self.disk[peer.index()];
         if counter != seen.counter {
             seen.counter = counter;
@@ -517,7 +522,9 @@ impl ClusterManager {
         for peer in self.live.iter().filter(|p| *p != self.me) {
             let net = self.net.peer_state(peer);
             let suspect = !self.connected.contains(peer) || net != PeerState::Up;
-            let disk_silent = now.saturating_since(self.disk[peer.index()].changed_at)
+            let disk_silent = self
+                .disk_observed
+                .saturating_since(self.disk[peer.index()].changed_at)
                 >= self.config.disk_timeout;
             if suspect && disk_silent {
                 dead.insert(peer);
