@@ -429,6 +429,27 @@ impl<D: MasterDirectory> Engine<D> {
         })
     }
 
+    /// Whether a reconfiguration abandoned the grant the storage read in flight for `block`
+    /// is for. The read's bytes must then not be published: [`Engine::on_block_read`] asks
+    /// the new master again, and the copy may come from a peer, so the driver arms a fresh
+    /// frame first and names it with [`Engine::set_landing`].
+    pub fn read_abandoned(&self, block: BlockId) -> bool {
+        self.cached
+            .get(&block)
+            .and_then(|c| c.outstanding)
+            .is_some_and(|o| o.abandoned)
+    }
+
+    /// The copy for local request `request` of `block` lands in `landing` from now on (a
+    /// frame armed anew).
+    pub fn set_landing(&mut self, block: BlockId, request: RequestId, landing: u64) {
+        if let Some(c) = self.cached.get_mut(&block) {
+            for w in c.waiters.iter_mut().filter(|w| w.id == request) {
+                w.landing = landing;
+            }
+        }
+    }
+
     /// Blocks this instance tracks on the holder side.
     pub fn cached_blocks(&self) -> impl Iterator<Item = BlockId> + '_ {
         self.cached.keys().copied()

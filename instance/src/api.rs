@@ -113,6 +113,9 @@ pub enum StartError {
     /// The coordination core could not be built.
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// This instance's redo thread could not be scanned.
+    #[error("scanning this instance's redo: {0}")]
+    Recovery(#[from] crate::recovery::RecoveryError),
 }
 
 /// Why an operation failed.
@@ -163,6 +166,8 @@ pub struct Instance {
     clock: AtomicScnClock,
     runtime: Runtime,
     payload: usize,
+    /// The changes of this instance's previous life storage may not hold yet.
+    previous_life: PreviousLife,
     /// The background checkpointer, stopped at shutdown.
     checkpointer: Option<(
         Arc<std::sync::atomic::AtomicBool>,
@@ -174,6 +179,10 @@ pub struct Instance {
 /// and moves the checkpoint, so redo space is reused before commits run out of it.
 pub const CHECKPOINT_AT_REDO_USAGE: f64 = 0.5;
 
+/// Blocks a previous life of this instance changed (in redo past its checkpoint at restart),
+/// with the newest SCN, that storage did not hold yet at the last look.
+type PreviousLife = Arc<parking_lot::Mutex<Vec<(BlockId, Scn)>>>;
+
 /// What a checkpoint needs, shared by [`Instance::checkpoint`] and the background
 /// checkpointer.
 #[derive(Clone)]
@@ -183,6 +192,7 @@ struct Checkpointer {
     storage: Arc<dyn SharedStorage>,
     redo: Arc<RedoWriter>,
     handle: Arc<crate::runtime::DriverHandle>,
+    previous_life: PreviousLife,
 }
 
 impl Checkpointer {
@@ -197,6 +207,11 @@ impl Checkpointer {
             return Err(InstanceError::Stopped);
         }
         done.recv().map_err(|_| InstanceError::Stopped)?;
+        if !self.previous_life_on_storage()? {
+            // A previous life's changes are still only in this thread's redo: the
+            // checkpoint stays before them.
+            return Ok(());
+        }
         {
             let _slot = self.handle.slot_lock.lock();
             let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
@@ -212,6 +227,24 @@ impl Checkpointer {
             .set_checkpoint(sequence)
             .map_err(InstanceError::Redo)?;
         Ok(())
+    }
+
+    /// Whether storage holds every change of this instance's previous life (those it does
+    /// not hold yet are kept for the next look).
+    fn previous_life_on_storage(&self) -> Result<bool, InstanceError> {
+        let mut previous = self.previous_life.lock();
+        if previous.is_empty() {
+            return Ok(true);
+        }
+        let mut buf =
+            crate::storage::AlignedBuf::new(self.layout.block_size as usize, format::SECTOR)
+                .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
+        previous.retain(|&(block, scn)| {
+            // Unreadable, damaged or never written: not there yet.
+            format::read_block(self.storage.as_ref(), &self.layout, block, &mut buf)
+                .map_or(true, |header| header.scn < scn)
+        });
+        Ok(previous.is_empty())
     }
 
     /// Checkpoints whenever the redo thread is half full, until `stop`.
@@ -285,6 +318,20 @@ impl Instance {
                 setting.launch(transport, cache)?
             }
         };
+        // Redo past this thread's checkpoint is a previous life's (nothing is committed in
+        // this one yet). Its changes may be only there, dirty in another instance's cache
+        // where they were shipped before this instance died: the checkpoint must not pass
+        // them until storage holds them.
+        let scan = crate::recovery::scan_threads(storage.as_ref(), &layout, &[me])?;
+        let previous_life: PreviousLife = Arc::new(parking_lot::Mutex::new(
+            scan.changed_blocks()
+                .into_iter()
+                .map(|block| {
+                    let newest = scan.records(block).iter().map(|r| r.scn).max();
+                    (block, newest.unwrap_or_default())
+                })
+                .collect(),
+        ));
         let payload = layout.block_size as usize - BLOCK_HEADER_LEN;
         let mut instance = Self {
             me,
@@ -294,6 +341,7 @@ impl Instance {
             clock: AtomicScnClock::starting_at(Scn(0)),
             runtime,
             payload,
+            previous_life,
             checkpointer: None,
         };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -425,6 +473,7 @@ impl Instance {
             storage: Arc::clone(&self.storage),
             redo: Arc::clone(&self.redo),
             handle: Arc::clone(&self.runtime.handle),
+            previous_life: Arc::clone(&self.previous_life),
         }
     }
 

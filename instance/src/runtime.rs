@@ -480,12 +480,8 @@ impl Drop for Runtime {
 
 /// Work for the recovery thread.
 enum RecoveryJob {
-    /// Scan the redo of `dead` (their changed blocks) and of every configured thread.
-    Scan {
-        epoch: Epoch,
-        dead: InstanceSet,
-        all: InstanceSet,
-    },
+    /// Scan the redo of every configured thread (the changed blocks and the records).
+    Scan { epoch: Epoch, all: InstanceSet },
     /// Rebuild these blocks from storage and the scanned redo.
     Recover {
         epoch: Epoch,
@@ -586,7 +582,6 @@ impl<T: Transport> Driver<T> {
                 self.scan_due = None;
                 let _ = self.recovery.send(RecoveryJob::Scan {
                     epoch,
-                    dead: self.lost,
                     all: self.configured,
                 });
             }
@@ -881,7 +876,10 @@ impl<T: Transport> Driver<T> {
                         && *current == epoch
                     {
                         *slot = Some(scan);
-                        self.core.on_redo_scanned(changed, now);
+                        // A recovery with no member lost (see `drain`) has no dead redo.
+                        if !self.lost.is_empty() {
+                            self.core.on_redo_scanned(changed, now);
+                        }
                     }
                     self.start_recovery();
                 }
@@ -998,6 +996,16 @@ impl<T: Transport> Driver<T> {
             any = true;
             match io {
                 IoOp::Recover { blocks } => {
+                    if self.recovery_epoch.is_none() && !blocks.is_empty() {
+                        // A rebuild that lost no member hands out a recovery set when a copy
+                        // was on the wire at the reconfiguration (a join), or a past image
+                        // outlived its discard: rebuild those blocks from storage and every
+                        // thread's redo now (no lease to wait out, no dead redo to report).
+                        let epoch = self.core.epoch();
+                        self.recovery_epoch = Some((epoch, None));
+                        self.scan_due = Some((Instant::now(), epoch));
+                        self.stats.recoveries_started += 1;
+                    }
                     // Recovery-set blocks wait for the redo scan when it is not read yet.
                     self.to_recover.extend(blocks);
                     self.start_recovery();
@@ -1219,15 +1227,16 @@ fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &Drive
     let layout = &context.layout;
     while let Ok(job) = rx.recv() {
         match job {
-            RecoveryJob::Scan { epoch, dead, all } => {
-                let dead: Vec<InstanceId> = dead.iter().collect();
+            RecoveryJob::Scan { epoch, all } => {
                 let all: Vec<InstanceId> = all.iter().collect();
-                let result = crate::recovery::scan_threads(storage, layout, &dead)
-                    .and_then(|dead_scan| {
-                        let changed = dead_scan.changed_blocks();
-                        let scan = crate::recovery::scan_threads(storage, layout, &all)?;
-                        Ok((changed, Arc::new(scan)))
-                    })
+                // Every thread's changed blocks, not only the lost instances': a block a
+                // lost instance held may carry a change that is only in another thread's
+                // redo (an instance lost before, restarted since or whose recovery this loss
+                // interrupted), with no past image of it left anywhere. Blocks a survivor
+                // holds stay out of the recovery set; the others rebuild to what storage
+                // holds when it is current.
+                let result = crate::recovery::scan_threads(storage, layout, &all)
+                    .map(|scan| (scan.changed_blocks(), Arc::new(scan)))
                     .map_err(|e| e.to_string());
                 if !done.submit(Command::Scanned { epoch, result }) {
                     return;

@@ -299,6 +299,10 @@ pub struct Core {
     recovering: BTreeSet<BlockId>,
     /// Blocks a checkpoint waits to see on storage, with the SCN storage must reach.
     checkpoint_pending: BTreeMap<BlockId, Scn>,
+    /// Blocks a checkpoint found held in X by a local user: a commit whose redo is durable
+    /// before the checkpoint's redo position may release them only later; the checkpoint
+    /// waits for that release, and then for the released version on storage.
+    checkpoint_held: BTreeSet<BlockId>,
 }
 
 impl std::fmt::Debug for Core {
@@ -357,6 +361,7 @@ impl Core {
             scanned: None,
             recovering: BTreeSet::new(),
             checkpoint_pending: BTreeMap::new(),
+            checkpoint_held: BTreeSet::new(),
         };
         core.pump(now);
         Ok(core)
@@ -381,6 +386,10 @@ impl Core {
             return Ok(());
         }
         let map = bucket_map(epoch, live)?;
+        // A copy shipped in the old epoch may still land after this: every frame armed for
+        // a request is armed anew (a new generation refuses the old landing), and the
+        // requests GCS re-sends to the new masters name the new arming.
+        self.rearm_landings();
         self.gcs.on_reconfigure(epoch, live, map, now);
         self.ges.on_new_epoch(epoch, live, now)?;
         // Recovery work of an older epoch is redone from the new scan.
@@ -395,6 +404,37 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    fn rearm_landings(&mut self) {
+        let blocks: Vec<BlockId> = self.blocks.keys().copied().collect();
+        for block in blocks {
+            let Some(o) = self
+                .blocks
+                .get_mut(&block)
+                .and_then(|b| b.outstanding.as_mut())
+            else {
+                continue;
+            };
+            if !matches!(o.landing, Landing::Armed(_)) {
+                continue;
+            }
+            let Landing::Armed(armed) = std::mem::replace(&mut o.landing, Landing::Reading) else {
+                continue;
+            };
+            match armed.disarm() {
+                Ok(filling) => {
+                    let armed = filling.arm_any();
+                    self.gcs
+                        .set_landing(block, o.request, armed.token().to_wire());
+                    o.landing = Landing::Armed(armed);
+                }
+                Err((armed, e)) => {
+                    o.landing = Landing::Armed(armed);
+                    self.fail(e.into());
+                }
+            }
+        }
     }
 
     /// Instance recovery read the lost instances' redo: `changed` lists the blocks they
@@ -556,6 +596,14 @@ impl Core {
             self.gcs.mark_dirty(block, scn, now)?;
         }
         self.gcs.unpin(block, now)?;
+        if mode == BlockMode::Exclusive && self.checkpoint_held.remove(&block) {
+            // A checkpoint waited for this release: the version it leaves must be on storage.
+            if let Some(scn) = dirty {
+                let entry = self.checkpoint_pending.entry(block).or_default();
+                *entry = (*entry).max(scn);
+                let _ = self.gcs.write_back(block, now);
+            }
+        }
         // The user's pin may have been the last on a frame waiting to be freed.
         self.frames_freed();
         let b = self.blocks.entry(block).or_default();
@@ -606,6 +654,12 @@ impl Core {
     /// local writer starts the GCS write protocol. Returns how many were asked.
     pub fn checkpoint(&mut self, now: Timestamp) -> usize {
         let blocks: Vec<BlockId> = self.gcs.cached_blocks().collect();
+        self.checkpoint_held.extend(
+            self.blocks
+                .iter()
+                .filter(|(_, b)| b.writer)
+                .map(|(block, _)| *block),
+        );
         let mut asked = 0;
         for block in blocks {
             let mut upto = None;
@@ -635,7 +689,7 @@ impl Core {
     /// Whether every change a [`Core::checkpoint`] covered is on storage: every block that was
     /// dirty or a past image here has been written at or above the SCN it had then.
     pub fn checkpoint_done(&self) -> bool {
-        self.checkpoint_pending.is_empty()
+        self.checkpoint_pending.is_empty() && self.checkpoint_held.is_empty()
     }
 
     /// Storage holds `block` at `scn` or newer: checkpoints waiting for it move on.
@@ -725,7 +779,17 @@ impl Core {
             .and_then(|b| b.outstanding.as_mut())
         {
             Some(o) if matches!(o.landing, Landing::Reading) => {
-                o.landing = Landing::Filled(filling)
+                if self.gcs.read_abandoned(block) {
+                    // A reconfiguration abandoned the grant this read was for: its bytes may
+                    // be stale. GCS asks the new master again, and the copy may come from a
+                    // peer: the frame is armed anew (the old arming's token is dead).
+                    let armed = filling.arm_any();
+                    self.gcs
+                        .set_landing(block, o.request, armed.token().to_wire());
+                    o.landing = Landing::Armed(armed);
+                } else {
+                    o.landing = Landing::Filled(filling)
+                }
             }
             _ => {
                 self.fail(CoreError::Cache(format!(
