@@ -6,123 +6,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
-use std::time::Duration;
+mod common;
 
-const DEMO: &str = env!("CARGO_BIN_EXE_fusion-demo");
-const DEADLINE: Duration = Duration::from_secs(240);
-
-struct Node {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
-
-impl Node {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(DEMO)
-            .arg("node")
-            .arg(config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn expect(&self, prefix: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(DEADLINE)
-                .unwrap_or_else(|_| panic!("no {prefix:?} line within {DEADLINE:?}"));
-            assert!(!line.starts_with("failed"), "instance failed: {line}");
-            if line.starts_with(prefix) {
-                return line;
-            }
-        }
-    }
-
-    fn ask(&mut self, command: &str, answer: &str) -> String {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.expect(answer)
-    }
-
-    fn number(&mut self, command: &str, answer: &str) -> u64 {
-        let line = self.ask(command, answer);
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn setup(dir: &Path, transport: &str, blocks: u64) -> Vec<PathBuf> {
-    setup_with(dir, transport, blocks, &[])
-}
-
-fn setup_with(dir: &Path, transport: &str, blocks: u64, extra: &[&str]) -> Vec<PathBuf> {
-    let out = Command::new(DEMO)
-        .args(["setup", "--dir"])
-        .arg(dir)
-        .args(["--transport", transport, "--blocks", &blocks.to_string()])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "setup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(PathBuf::from)
-        .collect()
-}
-
-fn start_all(configs: &[PathBuf]) -> Vec<Node> {
-    let nodes: Vec<Node> = configs.iter().map(|c| Node::start(c)).collect();
-    for node in &nodes {
-        node.expect("ready");
-    }
-    nodes
-}
-
-fn stop_all(mut nodes: Vec<Node>) {
-    for node in &mut nodes {
-        node.ask("checkpoint", "checkpointed");
-    }
-    for node in &mut nodes {
-        writeln!(node.stdin, "exit").unwrap();
-    }
-    for node in &mut nodes {
-        let status = node.child.wait().unwrap();
-        assert!(status.success(), "an instance exited with {status}");
-    }
-}
+use common::{Node, acked, check_contents, setup, start_all, stop_all};
+use std::io::Write;
 
 /// Every instance runs concurrent committed increments on shared blocks (hot ones that all
 /// change, and a uniform part); at the end every counter equals the committed increments
@@ -130,12 +17,12 @@ fn stop_all(mut nodes: Vec<Node>) {
 fn no_lost_update(transport: &str) {
     let dir = tempfile::tempdir().unwrap();
     let blocks = 48;
-    let mut nodes = start_all(&setup(dir.path(), transport, blocks));
+    let mut nodes = start_all(&setup(dir.path(), transport, blocks, &[]));
     for (id, node) in nodes.iter_mut().enumerate() {
         writeln!(node.stdin, "run 2 2 4 {blocks} {}", id + 1).unwrap();
     }
     let mut committed = vec![0u64; blocks as usize + 1];
-    for node in &nodes {
+    for node in &mut nodes {
         node.expect("stopped");
         let counts = node.expect("counts");
         for pair in counts.split_whitespace().skip(1) {
@@ -184,7 +71,7 @@ fn concurrent_increments_over_shm_lose_no_update() {
 #[test]
 fn a_changed_block_travels_between_instances_without_a_disk_write() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = start_all(&setup(dir.path(), "tcp", 16));
+    let mut nodes = start_all(&setup(dir.path(), "tcp", 16, &[]));
     let block = 5;
     assert_eq!(nodes[0].number(&format!("inc {block}"), "value"), 1);
     assert_eq!(nodes[1].number(&format!("read {block}"), "value"), 1);
@@ -212,43 +99,6 @@ fn a_changed_block_travels_between_instances_without_a_disk_write() {
     stop_all(nodes);
 }
 
-/// Acknowledged increments per block, from every instance's acknowledgement log.
-fn acked(dir: &Path, blocks: u64) -> Vec<u64> {
-    let mut acked = vec![0u64; blocks as usize + 1];
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("acks-") {
-            for line in std::fs::read_to_string(&path).unwrap().lines() {
-                acked[line.parse::<usize>().unwrap()] += 1;
-            }
-        }
-    }
-    acked
-}
-
-/// Every acknowledged increment is in the contents; at most `in_flight` increments more
-/// (committed by a killed instance that died before it wrote the acknowledgement).
-fn check_contents(contents: &str, acked: &[u64], in_flight: u64) {
-    let mut values = vec![0u64; acked.len()];
-    for pair in contents.split_whitespace().skip(1) {
-        let (block, value) = pair.split_once('=').unwrap();
-        values[block.parse::<usize>().unwrap()] = value.parse().unwrap();
-    }
-    let mut extra = 0;
-    for (block, (&value, &acked)) in values.iter().zip(acked).enumerate() {
-        assert!(
-            value >= acked,
-            "block {block}: counter {value} lost acknowledged increments ({acked})"
-        );
-        extra += value - acked;
-    }
-    assert!(
-        extra <= in_flight,
-        "{extra} increments more than acknowledged (at most {in_flight} in flight)"
-    );
-}
-
 /// `kill -9` of one instance under a committed-increment workload: the survivors reconfigure,
 /// recover its blocks and go on; every acknowledged increment is present; the killed
 /// instance restarts and rejoins, and all three read the same contents.
@@ -257,7 +107,7 @@ fn kill_one_instance_under_load_loses_no_acknowledged_commit() {
     let dir = tempfile::tempdir().unwrap();
     let blocks = 48;
     let threads = 2;
-    let configs = setup(dir.path(), "tcp", blocks);
+    let configs = setup(dir.path(), "tcp", blocks, &[]);
     let mut nodes = start_all(&configs);
     for (id, node) in nodes.iter_mut().enumerate() {
         writeln!(node.stdin, "run 4 {threads} 4 {blocks} {}", id + 1).unwrap();
@@ -266,7 +116,7 @@ fn kill_one_instance_under_load_loses_no_acknowledged_commit() {
     nodes[2].expect("progress");
     nodes[2].child.kill().unwrap();
     nodes[2].child.wait().unwrap();
-    for node in &nodes[..2] {
+    for node in &mut nodes[..2] {
         node.expect("stopped");
     }
     // The survivors serve: a full read of every block works on both.
@@ -275,7 +125,7 @@ fn kill_one_instance_under_load_loses_no_acknowledged_commit() {
     assert_eq!(c0, c1);
     check_contents(&c0, &acked(dir.path(), blocks), threads);
     // The killed instance restarts and rejoins.
-    nodes[2] = Node::start(&configs[2]);
+    nodes[2] = Node::start(2, &configs[2], None);
     nodes[2].expect("ready");
     let c2 = nodes[2].ask(&format!("contents {blocks}"), "contents");
     assert_eq!(c0, c2, "the rejoined instance reads other contents");
@@ -296,7 +146,7 @@ fn kill_all_instances_and_restart_loses_no_acknowledged_commit() {
     let dir = tempfile::tempdir().unwrap();
     let blocks = 48;
     let threads = 2;
-    let configs = setup(dir.path(), "tcp", blocks);
+    let configs = setup(dir.path(), "tcp", blocks, &[]);
     let mut nodes = start_all(&configs);
     for (id, node) in nodes.iter_mut().enumerate() {
         writeln!(node.stdin, "run 10 {threads} 4 {blocks} {}", id + 1).unwrap();
@@ -323,13 +173,13 @@ fn kill_all_instances_and_restart_loses_no_acknowledged_commit() {
 fn background_checkpoints_reuse_redo_space() {
     let dir = tempfile::tempdir().unwrap();
     let blocks = 48;
-    let configs = setup_with(dir.path(), "tcp", blocks, &["--redo-mib", "4"]);
+    let configs = setup(dir.path(), "tcp", blocks, &["--redo-mib", "4"]);
     let mut nodes = start_all(&configs);
     for (id, node) in nodes.iter_mut().enumerate() {
         writeln!(node.stdin, "run 8 2 4 {blocks} {}", id + 1).unwrap();
     }
     let mut commits = 0;
-    for node in &nodes {
+    for node in &mut nodes {
         let stopped = node.expect("stopped");
         commits += stopped
             .split_whitespace()
@@ -340,7 +190,7 @@ fn background_checkpoints_reuse_redo_space() {
     }
     // More 4 KiB log blocks than the 4 MiB thread holds went through it.
     let mut redo_writes = Vec::new();
-    for node in &nodes {
+    for node in &mut nodes {
         let stats = node.expect("stats");
         let words: Vec<&str> = stats.split_whitespace().collect();
         let at = words.iter().position(|w| *w == "redo").unwrap();

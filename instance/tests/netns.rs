@@ -16,15 +16,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::time::{Duration, Instant};
+mod common;
 
-const DEMO: &str = env!("CARGO_BIN_EXE_fusion-demo");
-const DEADLINE: Duration = Duration::from_secs(240);
+use common::{Node, acked, add_counts, check_contents, values};
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
 const BLOCKS: u64 = 48;
 const THREADS: u64 = 2;
 /// How long the latency test keeps the link down. Over TCP a cut of `c` shows up as silence
@@ -202,144 +203,6 @@ fn rewrite_addresses(configs: &[PathBuf], net: &Netns) {
 
 // ----------------------------------------------------------------------------- instances
 
-struct Node {
-    id: usize,
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    /// Every line read so far.
-    seen: Vec<String>,
-}
-
-impl Node {
-    /// `fusion-demo node CONFIG`, in the namespace `netns` if given; its stderr is appended
-    /// to `instance-<id>.stderr` beside the config.
-    fn start(id: usize, config: &Path, netns: Option<&Netns>) -> Self {
-        let mut command = match netns {
-            Some(net) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &net.name, DEMO]);
-                c
-            }
-            None => Command::new(DEMO),
-        };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(config.with_file_name(format!("instance-{id}.stderr")))
-            .unwrap();
-        let mut child = command
-            .arg("node")
-            .arg(config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            id,
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next line, or why there is none.
-    fn next_line(&mut self, timeout: Duration) -> Result<String, RecvTimeoutError> {
-        let line = self.lines.recv_timeout(timeout)?;
-        self.seen.push(line.clone());
-        Ok(line)
-    }
-
-    /// The next line starting with `prefix`; a `failed` line before it fails the test.
-    fn expect(&mut self, prefix: &str) -> String {
-        loop {
-            let line = self.next_line(DEADLINE).unwrap_or_else(|e| {
-                panic!(
-                    "instance {}: no {prefix:?} line within {DEADLINE:?} ({e:?})",
-                    self.id
-                )
-            });
-            assert!(
-                !line.starts_with("failed"),
-                "instance {} failed: {line}",
-                self.id
-            );
-            if line.starts_with(prefix) {
-                return line;
-            }
-        }
-    }
-
-    fn ask(&mut self, command: &str, answer: &str) -> String {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.expect(answer)
-    }
-
-    /// `status` → its epoch.
-    fn epoch(&mut self) -> u64 {
-        let line = self.ask("status", "status");
-        let mut words = line.split_whitespace();
-        assert_eq!(words.nth(1), Some("epoch"), "odd status line: {line}");
-        words.next().unwrap().parse().unwrap()
-    }
-
-    /// Waits until the instance stops by itself: its `failed` line (if it gets to say one)
-    /// and its exit status.
-    fn expect_stop(&mut self, timeout: Duration) -> (Option<String>, ExitStatus) {
-        let deadline = Instant::now() + timeout;
-        let mut failed = None;
-        while failed.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_line(left) {
-                Ok(line) if line.starts_with("failed") => failed = Some(line),
-                Ok(_) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "instance {} did not stop within {timeout:?}; its last lines: {:?}",
-                    self.id,
-                    self.seen
-                        .iter()
-                        .rev()
-                        .take(5)
-                        .map(|l| l.chars().take(100).collect::<String>())
-                        .collect::<Vec<_>>()
-                ),
-            }
-        }
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (failed, status);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "instance {} said {failed:?} but did not exit within {timeout:?}",
-                self.id
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Three instances over tcp on one shared file, instance 2 in its own namespace. Field order
 /// is drop order: the instances are killed before the namespace goes, the directory last.
 struct Cluster {
@@ -364,7 +227,7 @@ impl Cluster {
             }
         };
         let dir = tempfile::tempdir().unwrap();
-        let configs = setup(dir.path());
+        let configs = common::setup(dir.path(), "tcp", BLOCKS, &[]);
         rewrite_addresses(&configs, &net);
         let mut cluster = Cluster {
             nodes: Vec::new(),
@@ -384,7 +247,11 @@ impl Cluster {
 
     /// Starts instance `id` (2 in the namespace); does not wait for it.
     fn spawn(&self, id: usize) -> Node {
-        Node::start(id, &self.configs[id], (id == 2).then_some(&self.net))
+        Node::start(
+            id,
+            &self.configs[id],
+            (id == 2).then_some(self.net.name.as_str()),
+        )
     }
 
     /// Every instance runs `run SECONDS THREADS 4 BLOCKS SEED`.
@@ -448,77 +315,6 @@ fn unix_ms() -> u128 {
         .map_or(0, |d| d.as_millis())
 }
 
-fn setup(dir: &Path) -> Vec<PathBuf> {
-    let out = Command::new(DEMO)
-        .args(["setup", "--dir"])
-        .arg(dir)
-        .args(["--transport", "tcp", "--blocks", &BLOCKS.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "setup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(PathBuf::from)
-        .collect()
-}
-
-/// `contents B=V ...` as counters indexed by block.
-fn values(contents: &str) -> Vec<u64> {
-    let mut values = vec![0u64; BLOCKS as usize + 1];
-    for pair in contents.split_whitespace().skip(1) {
-        let (block, value) = pair.split_once('=').unwrap();
-        values[block.parse::<usize>().unwrap()] = value.parse().unwrap();
-    }
-    values
-}
-
-/// Adds a `counts B=N ...` line to `committed`.
-fn add_counts(committed: &mut [u64], counts: &str) {
-    for pair in counts.split_whitespace().skip(1) {
-        let (block, n) = pair.split_once('=').unwrap();
-        committed[block.parse::<usize>().unwrap()] += n.parse::<u64>().unwrap();
-    }
-}
-
-/// Acknowledged increments per block, from every instance's acknowledgement log.
-fn acked(dir: &Path) -> Vec<u64> {
-    let mut acked = vec![0u64; BLOCKS as usize + 1];
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("acks-") {
-            for line in std::fs::read_to_string(&path).unwrap().lines() {
-                acked[line.parse::<usize>().unwrap()] += 1;
-            }
-        }
-    }
-    acked
-}
-
-/// Every acknowledged increment is in the contents; at most `in_flight` increments more
-/// (committed by the stopped instance as it stopped, before it wrote the acknowledgement).
-/// Returns how many more.
-fn check_contents(contents: &str, acked: &[u64], in_flight: u64) -> u64 {
-    let mut extra = 0;
-    for (block, (&value, &acked)) in values(contents).iter().zip(acked).enumerate() {
-        assert!(
-            value >= acked,
-            "block {block}: counter {value} lost acknowledged increments ({acked})"
-        );
-        extra += value - acked;
-    }
-    assert!(
-        extra <= in_flight,
-        "{extra} increments more than acknowledged (at most {in_flight} in flight)"
-    );
-    extra
-}
-
 /// Waits for `n` more `progress` lines of `node` (about `n` seconds of its run).
 fn progress(node: &mut Node, n: usize) {
     for _ in 0..n {
@@ -568,7 +364,7 @@ fn a_partitioned_instance_fences_itself_and_nothing_is_lost() {
     let c0 = cluster.nodes[0].ask(&format!("contents {BLOCKS}"), "contents");
     let c1 = cluster.nodes[1].ask(&format!("contents {BLOCKS}"), "contents");
     assert_eq!(c0, c1, "the survivors read different contents");
-    let acked = acked(cluster.dir.path());
+    let acked = acked(cluster.dir.path(), BLOCKS);
     assert!(acked.iter().sum::<u64>() > 0, "no increment acknowledged");
     let extra = check_contents(&c0, &acked, THREADS);
     eprintln!(
@@ -590,8 +386,8 @@ fn a_partitioned_instance_fences_itself_and_nothing_is_lost() {
     let c2 = cluster.nodes[2].ask(&format!("contents {BLOCKS}"), "contents");
     assert_eq!(c0, c2, "contents differ after the rejoin");
     assert_eq!(
-        values(&c0)[1],
-        values(&c1)[1] + 3,
+        values(&c0, BLOCKS)[1],
+        values(&c1, BLOCKS)[1] + 3,
         "block 1 after three increments"
     );
     cluster.stop_all();
@@ -656,7 +452,7 @@ fn a_latency_spike_below_the_grace_evicts_no_one() {
         assert_eq!(c, &contents[0], "instances read different contents");
     }
     assert_eq!(
-        values(&contents[0]),
+        values(&contents[0], BLOCKS),
         committed,
         "counters against committed increments"
     );

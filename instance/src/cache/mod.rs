@@ -343,25 +343,7 @@ impl BufferCache {
     /// clean unpinned block if no frame is free. Never writes: when only dirty copies or past
     /// images could make room, [`CacheError::Full`] lists them.
     pub fn allocate(&self, block: BlockId) -> Result<Allocated, CacheError> {
-        let since = WaitPoint(self.inner.frame_freed.events());
-        let inner = &*self.inner;
-        let reserved = inner
-            .table
-            .lock()
-            .reserve(block, |frame, token| inner.reclaim_orphan(frame, token));
-        match reserved {
-            Ok((frame, dropped)) => Ok(Allocated {
-                filling: Filling {
-                    cache: self.clone(),
-                    frame,
-                    block,
-                    settled: false,
-                },
-                dropped,
-            }),
-            Err(ReserveError::Present) => Err(CacheError::AlreadyCached { block }),
-            Err(ReserveError::Full(victims)) => Err(CacheError::Full { victims, since }),
-        }
+        self.reserve(block, false)
     }
 
     /// Reserves a frame for a new version of `block` that replaces its current copy when
@@ -369,12 +351,18 @@ impl BufferCache {
     /// for X (the master may invalidate the old copy and ship a new one). Readers keep
     /// finding the old copy until then.
     pub fn allocate_replacement(&self, block: BlockId) -> Result<Allocated, CacheError> {
+        self.reserve(block, true)
+    }
+
+    fn reserve(&self, block: BlockId, replacement: bool) -> Result<Allocated, CacheError> {
         let since = WaitPoint(self.inner.frame_freed.events());
         let inner = &*self.inner;
-        let reserved = inner
-            .table
-            .lock()
-            .reserve_replacement(block, |frame, token| inner.reclaim_orphan(frame, token));
+        let reclaim = |frame, token| inner.reclaim_orphan(frame, token);
+        let reserved = if replacement {
+            inner.table.lock().reserve_replacement(block, reclaim)
+        } else {
+            inner.table.lock().reserve(block, reclaim)
+        };
         match reserved {
             Ok((frame, dropped)) => Ok(Allocated {
                 filling: Filling {
