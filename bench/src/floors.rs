@@ -186,6 +186,16 @@ pub fn tcp_transport(
 
 /// Starts `program` with `args`, stdout piped, pinned to `cpu` with `taskset` if given.
 pub fn spawn_pinned(cpu: Option<u32>, program: &str, args: &[String]) -> Result<Child, ToolError> {
+    spawn_pinned_with(cpu, program, args, Stdio::inherit())
+}
+
+/// [`spawn_pinned`] with the child's stderr going to `stderr`.
+pub fn spawn_pinned_with(
+    cpu: Option<u32>,
+    program: &str,
+    args: &[String],
+    stderr: Stdio,
+) -> Result<Child, ToolError> {
     let mut command = match cpu {
         Some(cpu) => {
             let mut c = Command::new("taskset");
@@ -194,10 +204,7 @@ pub fn spawn_pinned(cpu: Option<u32>, program: &str, args: &[String]) -> Result<
         }
         None => Command::new(program),
     };
-    command
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    command.args(args).stdout(Stdio::piped()).stderr(stderr);
     command.spawn().map_err(|source| ToolError::Spawn {
         program: program.to_owned(),
         source,

@@ -40,7 +40,7 @@ use instance::format::{self, ClusterSpec};
 use interconnect::{ClusterId, Epoch, InstanceSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::process::{Child, ExitCode, Output, Stdio};
 use std::time::Duration;
 
 type Error = Box<dyn std::error::Error>;
@@ -295,21 +295,8 @@ fn run_role(role: &str, options: &Options) -> Result<(), Error> {
 /// Starts `program` with `args` (pinned to `cpu` with `taskset` if given), stdout and
 /// stderr piped.
 fn spawn(cpu: Option<u32>, program: &Path, args: &[String]) -> Result<Child, Error> {
-    let mut command = match cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg(cpu.to_string()).arg(program);
-            c
-        }
-        None => Command::new(program),
-    };
-    command
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", program.display()).into())
+    bench::floors::spawn_pinned_with(cpu, &program.to_string_lossy(), args, Stdio::piped())
+        .map_err(|e| e.to_string().into())
 }
 
 /// Passes a child's stderr on, except the peer-disconnect line an instance prints when the
