@@ -53,8 +53,8 @@
 //! (so no acknowledged commit is lost, and none that was never durable appears), and no past
 //! image, filling or retiring frame is left.
 //!
-//! * CI: `cargo test -p instance --test sim` runs `FUSION_SIM_SEEDS` seeds (default 250,
-//!   about 45 CPU-seconds in debug) from `FUSION_SIM_START` (default 0) on a few threads.
+//! * CI: `cargo test -p instance --test sim` runs `FUSION_SIM_SEEDS` seeds (default 1,000,
+//!   about 40 s in debug on two cores) from `FUSION_SIM_START` (default 0) on a few threads.
 //! * Replay: `FUSION_SEED=N cargo test -p instance --features interconnect/sim --release --test sim replay -- --nocapture`
 //!   (`FUSION_SIM_TRACE=1` prints every step; without `FUSION_SEED` it replays seed 1).
 //!
@@ -77,7 +77,7 @@ use std::time::{Duration, Instant};
 use support::{SimConfig, SimStats, run_read_error, run_seed};
 
 /// Seeds `seeds` runs by default (`FUSION_SIM_SEEDS` overrides).
-const DEFAULT_SEEDS: u64 = 250;
+const DEFAULT_SEEDS: u64 = 1000;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
