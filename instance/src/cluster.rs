@@ -495,6 +495,20 @@ impl ClusterManager {
         }
     }
 
+    /// Members of `peers` whose disk heartbeat still moved within the disk timeout: they
+    /// have not stopped (an instance writes only while its heartbeat renews its lease), so
+    /// their blocks must not be touched yet.
+    pub fn still_writing(&self, peers: InstanceSet) -> InstanceSet {
+        peers
+            .iter()
+            .filter(|p| {
+                self.disk_observed
+                    .saturating_since(self.disk[p.index()].changed_at)
+                    < self.config.disk_timeout
+            })
+            .collect()
+    }
+
     /// Timers: heartbeats, detection, decisions.
     pub fn tick(&mut self, now: Timestamp) {
         if self.stopped {
@@ -785,6 +799,23 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, ClusterAction::Stop { .. }))
         );
+    }
+
+    #[test]
+    fn a_voted_out_member_whose_disk_heartbeat_goes_on_is_still_writing() {
+        let mut m = manager(0, &[0, 1, 2]);
+        // Instance 2 is cut off from the network; its disk heartbeat goes on past the grace.
+        run(&mut m, &[1, 2], &[0, 1, 2], 0, 500);
+        run(&mut m, &[1], &[0, 1, 2], 600, 3000);
+        assert!(reconfigured(&actions(&mut m)).is_some());
+        assert_eq!(
+            m.still_writing(set(&[2])),
+            set(&[2]),
+            "it has not stopped yet"
+        );
+        // It sees the vote and stops: its heartbeat stands still.
+        run(&mut m, &[1], &[0, 1], 3100, 3600);
+        assert_eq!(m.still_writing(set(&[2])), InstanceSet::EMPTY);
     }
 
     #[test]

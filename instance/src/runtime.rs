@@ -579,11 +579,18 @@ impl<T: Transport> Driver<T> {
             if let Some((due, epoch)) = self.scan_due
                 && Instant::now() >= due
             {
-                self.scan_due = None;
-                let _ = self.recovery.send(RecoveryJob::Scan {
-                    epoch,
-                    all: self.configured,
-                });
+                let writing = self.cluster.still_writing(self.lost);
+                if writing.is_empty() {
+                    self.scan_due = None;
+                    let _ = self.recovery.send(RecoveryJob::Scan {
+                        epoch,
+                        all: self.configured,
+                    });
+                } else {
+                    // A lost member still renews its lease on disk: it has not stopped, so
+                    // its blocks are not ours to rebuild yet. Look again after a heartbeat.
+                    self.scan_due = Some((Instant::now() + self.failure.disk_interval, epoch));
+                }
             }
             busy |= self.cluster_actions();
             if self.stop.reason().is_some() {
