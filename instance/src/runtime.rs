@@ -629,6 +629,18 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// This instance must stop (fenced, lost the majority or its storage, or a recovery
+    /// step failed): says why, records it, and the loop halts.
+    fn give_up(&mut self, reason: String) {
+        if self.stop.reason().is_none() {
+            eprintln!("fusion: instance {} stops: {reason}", self.core.id());
+            self.record(InstanceEvent::Stopped {
+                reason: reason.clone(),
+            });
+        }
+        self.stop.stop(reason);
+    }
+
     /// Stops serving: no more I/O (the lease is revoked), every waiting user gets the reason.
     fn halt(&mut self, reason: String) {
         self.context.lease.revoke();
@@ -685,8 +697,7 @@ impl<T: Transport> Driver<T> {
                     self.reconfigured_at = Some((at, epoch));
                     self.rebuilding = true;
                     if let Err(e) = self.core.reconfigure(epoch, live, now) {
-                        self.stop
-                            .stop(format!("reconfiguration to epoch {}: {e}", epoch.0));
+                        self.give_up(format!("reconfiguration to epoch {}: {e}", epoch.0));
                         return true;
                     }
                     if !lost.is_empty() || !self.lost.is_empty() {
@@ -703,13 +714,7 @@ impl<T: Transport> Driver<T> {
                     fence.0 = fence.0.iter().chain(victims.iter()).collect();
                     fence.1 = epoch;
                 }
-                ClusterAction::Stop { reason } => {
-                    eprintln!("fusion: instance {} stops: {reason}", self.core.id());
-                    self.record(InstanceEvent::Stopped {
-                        reason: reason.clone(),
-                    });
-                    self.stop.stop(reason);
-                }
+                ClusterAction::Stop { reason } => self.give_up(reason),
             }
         }
         any
@@ -890,9 +895,7 @@ impl<T: Transport> Driver<T> {
                     }
                     self.start_recovery();
                 }
-                Err(e) => self
-                    .stop
-                    .stop(format!("instance recovery: reading redo: {e}")),
+                Err(e) => self.give_up(format!("instance recovery: reading redo: {e}")),
             },
             Command::Recovered {
                 epoch,
@@ -910,14 +913,9 @@ impl<T: Transport> Driver<T> {
                     }
                     self.check_recovery_done();
                 }
-                Err(e) => self
-                    .stop
-                    .stop(format!("instance recovery of block {block}: {e}")),
+                Err(e) => self.give_up(format!("instance recovery of block {block}: {e}")),
             },
-            Command::Stop(reason) => {
-                eprintln!("fusion: instance {} stops: {reason}", self.core.id());
-                self.stop.stop(reason);
-            }
+            Command::Stop(reason) => self.give_up(reason),
             Command::Shutdown => {}
         }
     }

@@ -8,8 +8,7 @@
 
 mod common;
 
-use common::{Node, acked, check_contents, setup, start_all, stop_all};
-use std::io::Write;
+use common::{Node, acked, check_contents, kill, run_all, setup, start_all, stop_all};
 
 /// Every instance runs concurrent committed increments on shared blocks (hot ones that all
 /// change, and a uniform part); at the end every counter equals the committed increments
@@ -18,9 +17,7 @@ fn no_lost_update(transport: &str) {
     let dir = tempfile::tempdir().unwrap();
     let blocks = 48;
     let mut nodes = start_all(&setup(dir.path(), transport, blocks, &[]));
-    for (id, node) in nodes.iter_mut().enumerate() {
-        writeln!(node.stdin, "run 2 2 4 {blocks} {}", id + 1).unwrap();
-    }
+    run_all(&mut nodes, 2, 2, blocks);
     let mut committed = vec![0u64; blocks as usize + 1];
     for node in &mut nodes {
         node.expect("stopped");
@@ -109,13 +106,10 @@ fn kill_one_instance_under_load_loses_no_acknowledged_commit() {
     let threads = 2;
     let configs = setup(dir.path(), "tcp", blocks, &[]);
     let mut nodes = start_all(&configs);
-    for (id, node) in nodes.iter_mut().enumerate() {
-        writeln!(node.stdin, "run 4 {threads} 4 {blocks} {}", id + 1).unwrap();
-    }
+    run_all(&mut nodes, 4, threads, blocks);
     // Let the workload run a while, then kill instance 2.
     nodes[2].expect("progress");
-    nodes[2].child.kill().unwrap();
-    nodes[2].child.wait().unwrap();
+    kill(&mut nodes[2]);
     for node in &mut nodes[..2] {
         node.expect("stopped");
     }
@@ -148,13 +142,10 @@ fn kill_all_instances_and_restart_loses_no_acknowledged_commit() {
     let threads = 2;
     let configs = setup(dir.path(), "tcp", blocks, &[]);
     let mut nodes = start_all(&configs);
-    for (id, node) in nodes.iter_mut().enumerate() {
-        writeln!(node.stdin, "run 10 {threads} 4 {blocks} {}", id + 1).unwrap();
-    }
+    run_all(&mut nodes, 10, threads, blocks);
     nodes[0].expect("progress");
     for node in &mut nodes {
-        node.child.kill().unwrap();
-        node.child.wait().unwrap();
+        kill(node);
     }
     drop(nodes);
     let mut nodes = start_all(&configs);
@@ -175,9 +166,7 @@ fn background_checkpoints_reuse_redo_space() {
     let blocks = 48;
     let configs = setup(dir.path(), "tcp", blocks, &["--redo-mib", "4"]);
     let mut nodes = start_all(&configs);
-    for (id, node) in nodes.iter_mut().enumerate() {
-        writeln!(node.stdin, "run 8 2 4 {blocks} {}", id + 1).unwrap();
-    }
+    run_all(&mut nodes, 8, 2, blocks);
     let mut commits = 0;
     for node in &mut nodes {
         let stopped = node.expect("stopped");
@@ -200,8 +189,7 @@ fn background_checkpoints_reuse_redo_space() {
         "{commits} commits; redo writes per instance {redo_writes:?} (1,024 log blocks each)"
     );
     for node in &mut nodes {
-        node.child.kill().unwrap();
-        node.child.wait().unwrap();
+        kill(node);
     }
     drop(nodes);
     // Every instance that filled half its thread has moved its checkpoint (each write takes

@@ -256,9 +256,7 @@ impl Cluster {
 
     /// Every instance runs `run SECONDS THREADS 4 BLOCKS SEED`.
     fn run_all(&mut self, seconds: u64) {
-        for (id, node) in self.nodes.iter_mut().enumerate() {
-            writeln!(node.stdin, "run {seconds} {THREADS} 4 {BLOCKS} {}", id + 1).unwrap();
-        }
+        common::run_all(&mut self.nodes, seconds, THREADS, BLOCKS);
     }
 
     fn stop_all(mut self) {

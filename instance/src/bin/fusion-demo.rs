@@ -19,6 +19,7 @@
 use gcs::TransferKind;
 use hdrhistogram::Histogram;
 use instance::api::Instance;
+use instance::cluster::InstanceEvent;
 use instance::config::InstanceConfig;
 use instance::format::{self, ClusterSpec};
 use interconnect::ClusterId;
@@ -887,31 +888,33 @@ struct Workload {
 }
 
 /// Prints `event NAME UNIX_MS DETAIL` lines when the instance reconfigures or finishes a
-/// recovery, so the parent can time them against a crash it caused.
+/// recovery (from `Instance::events`, stamped by the instance), so the parent can time them
+/// against a crash it caused.
 fn spawn_event_reporter(fusion: Arc<Instance>) {
     std::thread::spawn(move || {
-        let mut epoch = 0;
-        let mut recovered = 0;
+        // The instance stamps its events itself; polling slowly loses no precision.
+        let mut seen = Duration::ZERO;
         loop {
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(20));
             if fusion.stopped().is_some() {
                 return;
             }
-            let Ok(stats) = fusion.stats() else { return };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis());
+            let Ok(events) = fusion.events() else { return };
             let mut out = std::io::stdout();
-            if stats.epoch != epoch {
-                epoch = stats.epoch;
-                let _ = say(&mut out, &format!("event epoch {now} {epoch}"));
-            }
-            if stats.recoveries_done != recovered {
-                recovered = stats.recoveries_done;
-                let _ = say(
-                    &mut out,
-                    &format!("event recovered {now} {}", stats.blocks_recovered),
-                );
+            let since = seen;
+            for e in events.into_iter().filter(|e| e.at > since) {
+                seen = e.at;
+                let ms = e.unix.as_millis();
+                let line = match e.event {
+                    InstanceEvent::Reconfigured { epoch, .. } => {
+                        format!("event epoch {ms} {}", epoch.0)
+                    }
+                    InstanceEvent::Recovered { blocks, .. } => {
+                        format!("event recovered {ms} {blocks}")
+                    }
+                    _ => continue,
+                };
+                let _ = say(&mut out, &line);
             }
         }
     });

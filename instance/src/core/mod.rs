@@ -277,8 +277,7 @@ pub struct Core {
     ges: ges::Engine,
     cache: BufferCache,
     blocks: BTreeMap<BlockId, LocalBlock>,
-    requests: HashMap<RequestId, BlockId>,
-    lock_requests: HashMap<ges::RequestId, (Ticket, LockName)>,
+    lock_requests: HashMap<ges::RequestId, Ticket>,
     sends: VecDeque<Send>,
     ios: VecDeque<IoOp>,
     completions: VecDeque<Completion>,
@@ -346,7 +345,6 @@ impl Core {
             ges,
             cache,
             blocks: BTreeMap::new(),
-            requests: HashMap::new(),
             lock_requests: HashMap::new(),
             sends: VecDeque::new(),
             ios: VecDeque::new(),
@@ -498,9 +496,7 @@ impl Core {
 
     /// Whether nothing is in flight: no local user, request, I/O or output pending.
     pub fn is_idle(&self) -> bool {
-        self.blocks
-            .values()
-            .all(|b| b.readers == 0 && !b.writer && b.idle())
+        self.blocks.values().all(LocalBlock::idle)
             && self.lock_requests.is_empty()
             && self.sends.is_empty()
             && self.ios.is_empty()
@@ -628,7 +624,7 @@ impl Core {
     ) {
         match self.ges.lock(name, mode, LockOptions { timeout }, now) {
             Ok(request) => {
-                self.lock_requests.insert(request, (ticket, name));
+                self.lock_requests.insert(request, ticket);
             }
             Err(e) => self.completions.push_back(Completion::Lock {
                 ticket,
@@ -907,7 +903,6 @@ impl Core {
                         return;
                     };
                     b.queue.pop_front();
-                    self.requests.insert(request, block);
                     b.outstanding = Some(Outstanding {
                         request,
                         ticket,
@@ -1213,7 +1208,6 @@ impl Core {
         landed: Option<u64>,
         now: Timestamp,
     ) {
-        self.requests.remove(&request);
         let outstanding = self
             .blocks
             .get_mut(&block)
@@ -1311,8 +1305,6 @@ impl Core {
         if let Some(b) = self.blocks.get(&block)
             && b.idle()
             && b.coherence.is_none()
-            && b.readers == 0
-            && !b.writer
         {
             self.blocks.remove(&block);
         }
@@ -1321,7 +1313,7 @@ impl Core {
     fn ges_event(&mut self, event: ges::Event) {
         match event {
             ges::Event::Granted { request, value, .. } => {
-                if let Some((ticket, _)) = self.lock_requests.remove(&request) {
+                if let Some(ticket) = self.lock_requests.remove(&request) {
                     self.completions.push_back(Completion::Lock {
                         ticket,
                         result: Ok(value),
@@ -1333,7 +1325,7 @@ impl Core {
                 request,
                 error,
             } => {
-                if let Some((ticket, _)) = self.lock_requests.remove(&request) {
+                if let Some(ticket) = self.lock_requests.remove(&request) {
                     self.completions.push_back(Completion::Lock {
                         ticket,
                         result: Err(CoreError::Lock { name, error }),

@@ -194,6 +194,20 @@ pub fn start_all(configs: &[PathBuf]) -> Vec<Node> {
     nodes
 }
 
+/// Every instance runs the committed-increment workload: `threads` threads for `seconds`, 4
+/// hot blocks among `blocks`, seeded by its id.
+pub fn run_all(nodes: &mut [Node], seconds: u64, threads: u64, blocks: u64) {
+    for (id, node) in nodes.iter_mut().enumerate() {
+        writeln!(node.stdin, "run {seconds} {threads} 4 {blocks} {}", id + 1).unwrap();
+    }
+}
+
+/// `kill -9` of the instance, and waits for it to be gone.
+pub fn kill(node: &mut Node) {
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+}
+
 /// Checkpoints every instance, then has all leave; each must exit cleanly.
 pub fn stop_all(mut nodes: Vec<Node>) {
     for node in &mut nodes {
