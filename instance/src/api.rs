@@ -689,6 +689,14 @@ impl<'i> Transaction<'i> {
             // On failure `self` drops and rolls back: nothing of it was made durable, or the
             // writer is stopped and the instance must restart anyway.
             self.instance.redo.commit(&records)?;
+            // Checked again once durable: a commit whose redo write outlived the lease (held
+            // by the storage path, or this process paused past it) is not acknowledged; the
+            // survivors recover this thread, with or without it.
+            if !self.instance.runtime.handle.lease.valid() {
+                return Err(InstanceError::Core(CoreError::Stopped(
+                    "the I/O lease expired while the commit was written".into(),
+                )));
+            }
         }
         let changed = self.blocks.iter().filter(|b| b.newest.is_some()).count();
         for b in self.blocks.drain(..) {

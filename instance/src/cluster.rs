@@ -495,18 +495,27 @@ impl ClusterManager {
         }
     }
 
-    /// Members of `peers` whose disk heartbeat still moved within the disk timeout: they
-    /// have not stopped (an instance writes only while its heartbeat renews its lease), so
-    /// their blocks must not be touched yet.
-    pub fn still_writing(&self, peers: InstanceSet) -> InstanceSet {
-        peers
+    /// Whether this manager stopped the instance (voted out, lost the majority).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// When every member of `lost` has surely stopped writing, so its blocks may be rebuilt:
+    /// the lease after the later of `decided_at` (when this instance learnt the decision that
+    /// lost them; it was durable by then, and a lost member renews its lease only after a
+    /// voting-area read that began before it) and the last change of its disk heartbeat seen
+    /// here (a member that missed the decision and still renews keeps pushing this out), plus
+    /// an eighth of the lease for clock-rate differences between hosts. `decided_at` itself
+    /// when nobody was lost.
+    pub fn lost_lease_end(&self, lost: InstanceSet, decided_at: Timestamp) -> Timestamp {
+        if lost.is_empty() {
+            return decided_at;
+        }
+        let last = lost
             .iter()
-            .filter(|p| {
-                self.disk_observed
-                    .saturating_since(self.disk[p.index()].changed_at)
-                    < self.config.disk_timeout
-            })
-            .collect()
+            .map(|p| self.disk[p.index()].changed_at)
+            .fold(decided_at, Timestamp::max);
+        last + self.config.lease + self.config.lease / 8
     }
 
     /// Timers: heartbeats, detection, decisions.
@@ -530,6 +539,12 @@ impl ClusterManager {
                 }
                 _ => {}
             }
+        }
+        // An instance whose own view of the disk is stale (its storage stalls, or its
+        // heartbeat thread does not run) decides nothing: every other member would look dead
+        // to it. Its lease runs out instead, unless storage comes back in time.
+        if now.saturating_since(self.disk_observed) >= self.config.disk_timeout {
+            return;
         }
         let mut dead = InstanceSet::EMPTY;
         let mut partitioned = InstanceSet::EMPTY;
@@ -802,20 +817,50 @@ mod tests {
     }
 
     #[test]
-    fn a_voted_out_member_whose_disk_heartbeat_goes_on_is_still_writing() {
+    fn a_voted_out_member_whose_disk_heartbeat_goes_on_keeps_its_lease() {
         let mut m = manager(0, &[0, 1, 2]);
+        let lease = FailureConfig::default().lease;
         // Instance 2 is cut off from the network; its disk heartbeat goes on past the grace.
         run(&mut m, &[1, 2], &[0, 1, 2], 0, 500);
         run(&mut m, &[1], &[0, 1, 2], 600, 3000);
         assert!(reconfigured(&actions(&mut m)).is_some());
-        assert_eq!(
-            m.still_writing(set(&[2])),
-            set(&[2]),
-            "it has not stopped yet"
+        let decided_at = at(3000);
+        // Its heartbeat moved at 3000 ms: its lease may run to 3000 + lease.
+        assert!(m.lost_lease_end(set(&[2]), decided_at) >= at(3000) + lease);
+        // It sees the vote and stops: its heartbeat stands still from 3100 ms on, so the
+        // wait ends the lease (and the margin) after the last change, whatever comes later.
+        run(&mut m, &[1], &[0, 1], 3100, 6000);
+        let end = m.lost_lease_end(set(&[2]), decided_at);
+        assert!(end >= at(3000) + lease && end < at(3100) + lease + lease / 4);
+        assert!(
+            end >= decided_at + lease,
+            "never before the lease after the decision"
         );
-        // It sees the vote and stops: its heartbeat stands still.
-        run(&mut m, &[1], &[0, 1], 3100, 3600);
-        assert_eq!(m.still_writing(set(&[2])), InstanceSet::EMPTY);
+        assert_eq!(m.lost_lease_end(InstanceSet::EMPTY, decided_at), decided_at);
+    }
+
+    #[test]
+    fn an_instance_whose_disk_view_is_stale_decides_nothing() {
+        // Instance 0's storage stalls: it sees no disk heartbeat round, and its network to 1
+        // drops too. It must not take 1 for dead (1's disk heartbeat goes on).
+        let mut m = manager(0, &[0, 1]);
+        run(&mut m, &[1], &[0, 1], 0, 500);
+        let mut t = 600;
+        while t <= 4000 {
+            m.tick(at(t));
+            t += 100;
+        }
+        let acts = actions(&mut m);
+        assert!(
+            reconfigured(&acts).is_none(),
+            "decided from a stale view: {acts:?}"
+        );
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a, ClusterAction::Fence { .. })),
+            "voted from a stale view"
+        );
     }
 
     #[test]
