@@ -52,6 +52,9 @@ use std::time::{Duration, Instant};
 /// How long [`Instance::start`] waits for every peer to connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often a restarted instance repeats its request to join until it is admitted.
+const JOIN_RESEND: Duration = Duration::from_millis(500);
+
 /// Runtime settings that are not part of the cluster configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct StartOptions {
@@ -892,6 +895,11 @@ impl Setting<'_> {
         for peer in connected.iter() {
             cluster.on_connected(peer);
         }
+        if !joining && configured.lowest() == Some(me) {
+            // This instance formed the cluster: its `Formed` is resent until every member
+            // shows it runs.
+            cluster.announce_formation();
+        }
         let runtime = Runtime::start(RuntimeParts {
             transport,
             core,
@@ -933,7 +941,9 @@ impl Setting<'_> {
         let mut connected = InstanceSet::EMPTY;
         let mut answered = InstanceSet::EMPTY;
         let mut running: Option<(Epoch, InstanceSet)> = None;
-        let mut asked_to_join = false;
+        // A JoinRequest is resent until the admission comes: the coordinator that got it may
+        // have died, or it may have been lost.
+        let mut asked_to_join: Option<Instant> = None;
         let mut early = Vec::new();
         let mut events = Vec::new();
         let send = |transport: &mut T, to, message: ClusterMessage| {
@@ -995,9 +1005,9 @@ impl Setting<'_> {
                 }
             }
             if let Some((_, live)) = running
-                && !asked_to_join
+                && asked_to_join.is_none_or(|at| at.elapsed() >= JOIN_RESEND)
             {
-                asked_to_join = true;
+                asked_to_join = Some(Instant::now());
                 for peer in live.iter().filter(|p| connected.contains(*p)) {
                     send(transport, peer, ClusterMessage::JoinRequest);
                 }
@@ -1032,7 +1042,7 @@ impl Setting<'_> {
                                 answered.insert(header.source);
                                 if running.is_none_or(|(e, _)| epoch > e) {
                                     running = Some((epoch, live));
-                                    asked_to_join = false;
+                                    asked_to_join = None;
                                 }
                             }
                             Ok(ClusterMessage::Hello { running: false, .. }) => {

@@ -158,7 +158,23 @@ pub enum CoreError {
     /// The instance stopped (fenced, lost the majority, lost its storage, or shut down).
     #[error("the instance stopped: {0}")]
     Stopped(String),
+    /// Messages for epochs this instance has not reached exceed the bound: it has fallen too
+    /// far behind the cluster (or a peer floods it) and stops rather than grow or drop them.
+    #[error("{messages} messages ({bytes} bytes) wait for a future epoch, over the bound")]
+    FutureBacklog {
+        /// Messages kept.
+        messages: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
 }
+
+/// At most this many messages of a future epoch are kept, and at most [`MAX_FUTURE_BYTES`]:
+/// a member one reconfiguration behind needs the rebuild reports of the next epoch, never
+/// more than a master table's worth.
+pub const MAX_FUTURE_MESSAGES: usize = 1 << 20;
+/// Bytes bound of the future-epoch backlog.
+pub const MAX_FUTURE_BYTES: usize = 256 << 20;
 
 impl From<CacheError> for CoreError {
     fn from(e: CacheError) -> Self {
@@ -290,8 +306,10 @@ pub struct Core {
     use_counter: u64,
     stats: CoreStats,
     failed: Option<CoreError>,
-    /// Messages of an epoch this instance has not reached yet, replayed when it does.
+    /// Messages of an epoch this instance has not reached yet, replayed when it does
+    /// (bounded: [`MAX_FUTURE_MESSAGES`], [`MAX_FUTURE_BYTES`]).
     future: Vec<(InstanceId, Service, Epoch, Vec<u8>)>,
+    future_bytes: usize,
     /// The dead instances' changed blocks, waiting for the rebuild to finish.
     scanned: Option<Vec<BlockId>>,
     /// Recovery-set blocks handed out and not yet recovered.
@@ -356,6 +374,7 @@ impl Core {
             stats: CoreStats::default(),
             failed: None,
             future: Vec::new(),
+            future_bytes: 0,
             scanned: None,
             recovering: BTreeSet::new(),
             checkpoint_pending: BTreeMap::new(),
@@ -394,11 +413,12 @@ impl Core {
         self.recovering.clear();
         self.pump(now);
         let future = std::mem::take(&mut self.future);
+        self.future_bytes = 0;
         for (from, service, at, body) in future {
             if at <= epoch {
                 let _ = self.on_message(from, service, &body, now);
             } else {
-                self.future.push((from, service, at, body));
+                self.keep_for_future(from, service, at, body);
             }
         }
         Ok(())
@@ -714,7 +734,7 @@ impl Core {
         let result = match service {
             Service::Gcs => match GcsMessage::decode(body) {
                 Ok(msg) if msg.epoch > epoch => {
-                    self.future.push((from, service, msg.epoch, body.to_vec()));
+                    self.keep_for_future(from, service, msg.epoch, body.to_vec());
                     Ok(())
                 }
                 Ok(msg) => self
@@ -725,7 +745,7 @@ impl Core {
             },
             Service::Ges => match ges::Message::decode(body) {
                 Ok(msg) if msg.epoch > epoch => {
-                    self.future.push((from, service, msg.epoch, body.to_vec()));
+                    self.keep_for_future(from, service, msg.epoch, body.to_vec());
                     Ok(())
                 }
                 Ok(msg) => {
@@ -738,6 +758,20 @@ impl Core {
         };
         self.pump(now);
         result.map_err(|detail| CoreError::BadMessage { from, detail })
+    }
+
+    fn keep_for_future(&mut self, from: InstanceId, service: Service, epoch: Epoch, body: Vec<u8>) {
+        if self.future.len() >= MAX_FUTURE_MESSAGES
+            || self.future_bytes.saturating_add(body.len()) > MAX_FUTURE_BYTES
+        {
+            self.fail(CoreError::FutureBacklog {
+                messages: self.future.len(),
+                bytes: self.future_bytes,
+            });
+            return;
+        }
+        self.future_bytes += body.len();
+        self.future.push((from, service, epoch, body));
     }
 
     /// Timers due at `now`.
