@@ -983,6 +983,10 @@ impl Setting<'_> {
                     if report.blocks_written > 0 {
                         eprintln!("fusion: whole-cluster recovery: {report:?}");
                     }
+                    for corrupt in &report.unrecoverable {
+                        // Readers of it get the same error; everything else recovered.
+                        eprintln!("fusion: whole-cluster recovery could not rebuild: {corrupt}");
+                    }
                     let epoch = Epoch(self.highest_fence_epoch().0 + 1);
                     for peer in peers.iter() {
                         send(

@@ -265,6 +265,14 @@ pub enum InstanceEvent {
         /// Blocks it rebuilt.
         blocks: u64,
     },
+    /// A recovery-set block could not be rebuilt: its storage copy is corrupt (torn) and no
+    /// past image here replaced it. Readers of it get the same error; the rest recovered.
+    Unrecoverable {
+        /// The block.
+        block: gcs::BlockId,
+        /// What is wrong, with the block's storage offset.
+        detail: String,
+    },
     /// This instance stopped.
     Stopped {
         /// Why.

@@ -15,7 +15,7 @@
 
 use crate::cache::{ReadLatch, WriteLatch};
 use crate::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfig, InstanceEvent};
-use crate::core::{Completion, Core, CoreError, IoOp, Send as CoreSend, Ticket};
+use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
 use crate::format::{self, BlockError, Layout};
 use crate::storage::{AlignedBuf, IoClass, SharedStorage};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
@@ -103,11 +103,21 @@ pub(crate) enum Command {
     Recovered {
         epoch: Epoch,
         block: BlockId,
-        result: Result<Scn, String>,
+        outcome: RecoveryOutcome,
     },
     /// Storage is out of reach past the lease, or another fatal condition.
     Stop(String),
     Shutdown,
+}
+
+/// What became of one recovery-set block.
+pub(crate) enum RecoveryOutcome {
+    /// Rebuilt and durable at this SCN.
+    Rebuilt(Scn),
+    /// Its storage copy is corrupt and no past image replaced it: reported, the rest goes on.
+    Corrupt(String),
+    /// Recovery could not proceed (I/O error, lease): this instance stops.
+    Failed(String),
 }
 
 /// One slot as the disk-heartbeat thread read it.
@@ -501,7 +511,7 @@ enum RecoveryJob {
     /// Rebuild these blocks from storage and the scanned redo.
     Recover {
         epoch: Epoch,
-        blocks: Vec<BlockId>,
+        blocks: Vec<RecoveryTarget>,
         scan: Arc<crate::recovery::ThreadScan>,
     },
 }
@@ -526,7 +536,7 @@ struct Driver<T> {
     /// The epoch whose recovery is in progress, and the scan it uses.
     recovery_epoch: Option<(Epoch, Option<Arc<crate::recovery::ThreadScan>>)>,
     /// Recovery-set blocks waiting for the scan.
-    to_recover: Vec<BlockId>,
+    to_recover: Vec<RecoveryTarget>,
     /// Frames for members whose connection is not up yet, in order.
     unconnected: HashMap<InstanceId, Vec<CoreSend>>,
     event_log: std::collections::VecDeque<TimedEvent>,
@@ -945,21 +955,36 @@ impl<T: Transport> Driver<T> {
             Command::Recovered {
                 epoch,
                 block,
-                result,
-            } => match result {
-                Ok(scn) => {
-                    if self
-                        .recovery_epoch
-                        .as_ref()
-                        .is_some_and(|(e, _)| *e == epoch)
-                    {
-                        self.stats.blocks_recovered += 1;
-                        self.core.on_block_recovered(block, scn, now);
+                outcome,
+            } => {
+                let current = self
+                    .recovery_epoch
+                    .as_ref()
+                    .is_some_and(|(e, _)| *e == epoch);
+                match outcome {
+                    RecoveryOutcome::Rebuilt(scn) => {
+                        if current {
+                            self.stats.blocks_recovered += 1;
+                            self.core.on_block_recovered(block, scn, now);
+                        }
                     }
-                    self.check_recovery_done();
+                    RecoveryOutcome::Corrupt(detail) => {
+                        eprintln!("fusion: instance recovery: {detail}");
+                        self.record(InstanceEvent::Unrecoverable {
+                            block,
+                            detail: detail.clone(),
+                        });
+                        if current {
+                            self.core.on_block_unrecoverable(block, now);
+                        }
+                    }
+                    RecoveryOutcome::Failed(e) => {
+                        self.give_up(format!("instance recovery of block {block}: {e}"));
+                        return;
+                    }
                 }
-                Err(e) => self.give_up(format!("instance recovery of block {block}: {e}")),
-            },
+                self.check_recovery_done();
+            }
             Command::Stop(reason) => self.give_up(reason),
             Command::Shutdown => {}
         }
@@ -1322,7 +1347,7 @@ fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &Drive
                 // Batches share one sync; each batch is reported (and unfrozen) as it is
                 // done. Recovery is bound by storage latency (one read and one write per
                 // block), so several workers keep several I/Os in flight.
-                let batches: Vec<&[BlockId]> = blocks.chunks(RECOVERY_BATCH).collect();
+                let batches: Vec<&[RecoveryTarget]> = blocks.chunks(RECOVERY_BATCH).collect();
                 let next = AtomicU64::new(0);
                 std::thread::scope(|workers| {
                     for _ in 0..RECOVERY_WORKERS.min(batches.len()) {
@@ -1342,16 +1367,31 @@ fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &Drive
     }
 }
 
-/// Rebuilds one batch of recovery-set blocks and reports them; false once the driver is gone.
+/// Rebuilds one batch of recovery-set blocks (from this instance's past image where it holds
+/// the newest, else storage) and reports each; false once the driver is gone.
 fn recover_batch(
     context: &IoContext,
     scan: &crate::recovery::ThreadScan,
     epoch: Epoch,
-    batch: &[BlockId],
+    batch: &[RecoveryTarget],
     done: &DriverHandle,
 ) -> bool {
+    let latches: Vec<Option<(ReadLatch<'_>, Scn)>> = batch
+        .iter()
+        .map(|t| t.past_image.as_ref().map(|pi| (pi.read(), pi.scn())))
+        .collect();
+    let starts: Vec<crate::recovery::RecoveryStartImage<'_>> = batch
+        .iter()
+        .zip(&latches)
+        .map(|(t, latch)| {
+            (
+                t.block,
+                latch.as_ref().map(|(bytes, scn)| (&bytes[..], *scn)),
+            )
+        })
+        .collect();
     let result = if context.lease.valid() {
-        crate::recovery::recover_blocks(context.storage.as_ref(), &context.layout, scan, batch)
+        crate::recovery::recover_blocks(context.storage.as_ref(), &context.layout, scan, &starts)
             .map_err(|e| e.to_string())
             .and_then(|recovered| {
                 // A batch whose writes outlived the lease is not reported recovered.
@@ -1364,21 +1404,27 @@ fn recover_batch(
     } else {
         Err("the I/O lease has expired".to_string())
     };
+    drop(starts);
+    drop(latches);
     let commands: Vec<Command> = match result {
-        Ok(recovered) => recovered
-            .into_iter()
-            .map(|r| Command::Recovered {
+        Ok(recovered) => batch
+            .iter()
+            .zip(recovered)
+            .map(|(t, r)| Command::Recovered {
                 epoch,
-                block: r.block,
-                result: Ok(r.scn),
+                block: t.block,
+                outcome: match r {
+                    Ok(r) => RecoveryOutcome::Rebuilt(r.scn),
+                    Err(e) => RecoveryOutcome::Corrupt(e.to_string()),
+                },
             })
             .collect(),
         Err(e) => batch
             .first()
-            .map(|&block| Command::Recovered {
+            .map(|t| Command::Recovered {
                 epoch,
-                block,
-                result: Err(e),
+                block: t.block,
+                outcome: RecoveryOutcome::Failed(e),
             })
             .into_iter()
             .collect(),

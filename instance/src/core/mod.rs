@@ -112,8 +112,18 @@ pub enum IoOp {
     /// write it, then call [`Core::on_block_recovered`].
     Recover {
         /// The blocks.
-        blocks: Vec<BlockId>,
+        blocks: Vec<RecoveryTarget>,
     },
+}
+
+/// A recovery-set block and where its rebuild starts.
+#[derive(Debug)]
+pub struct RecoveryTarget {
+    /// The block.
+    pub block: BlockId,
+    /// This instance holds the newest past image among the survivors: start from it (or
+    /// from storage's copy, when that is newer; a torn storage copy is then replaced).
+    pub past_image: Option<crate::cache::PastImagePin>,
 }
 
 /// Why a local operation failed, or the core refused an input.
@@ -467,6 +477,16 @@ impl Core {
     pub fn on_block_recovered(&mut self, block: BlockId, scn: Scn, now: Timestamp) {
         if self.recovering.remove(&block) {
             self.gcs.on_block_recovered(block, scn, now);
+        }
+        self.pump(now);
+    }
+
+    /// A recovery-set block could not be rebuilt (its storage copy is torn and no survivor's
+    /// past image could replace it): it is served again from storage, whose verification
+    /// reports it (with its location) to every reader, and the rest of recovery completes.
+    pub fn on_block_unrecoverable(&mut self, block: BlockId, now: Timestamp) {
+        if self.recovering.remove(&block) {
+            self.gcs.on_block_recovered(block, Scn(0), now);
         }
         self.pump(now);
     }
@@ -1226,9 +1246,19 @@ impl Core {
                 self.frames_freed();
             }
             gcs::Event::RecoverySet { blocks } => {
-                let blocks: Vec<BlockId> = blocks.iter().map(|b| b.block).collect();
-                self.recovering.extend(blocks.iter().copied());
-                self.ios.push_back(IoOp::Recover { blocks });
+                let me = self.id();
+                let targets: Vec<RecoveryTarget> = blocks
+                    .iter()
+                    .map(|b| RecoveryTarget {
+                        block: b.block,
+                        past_image: b
+                            .best_pi
+                            .filter(|(holder, _)| *holder == me)
+                            .and_then(|_| self.cache.past_image(b.block)),
+                    })
+                    .collect();
+                self.recovering.extend(targets.iter().map(|t| t.block));
+                self.ios.push_back(IoOp::Recover { blocks: targets });
             }
         }
     }
