@@ -915,3 +915,490 @@ impl DiskPaxos {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(n: u64) -> InstanceId {
+        InstanceId::new(n).unwrap()
+    }
+
+    fn set(ids: &[u64]) -> InstanceSet {
+        ids.iter().map(|&n| id(n)).collect()
+    }
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::ZERO + Duration::from_millis(ms)
+    }
+
+    fn start() -> Decision {
+        Decision {
+            epoch: Epoch(1),
+            value: Proposal {
+                members: set(&[0, 1, 2]),
+                proposer: id(0),
+            },
+        }
+    }
+
+    fn block(owner: u64, epoch: u64, mbal: u64, accepted: Option<(u64, &[u64])>) -> PaxosBlock {
+        let (bal, inp) = match accepted {
+            Some((bal, members)) => (
+                Ballot(bal),
+                Some(Proposal {
+                    members: set(members),
+                    proposer: id(bal % 64),
+                }),
+            ),
+            None => (Ballot::ZERO, None),
+        };
+        PaxosBlock {
+            owner: id(owner),
+            epoch: Epoch(epoch),
+            mbal: Ballot(mbal),
+            bal,
+            inp,
+            decided: Decision {
+                epoch: Epoch(epoch - 1),
+                ..start()
+            },
+        }
+    }
+
+    fn bytes(b: &PaxosBlock) -> [u8; PAXOS_BLOCK_LEN] {
+        let mut out = [0u8; PAXOS_BLOCK_LEN];
+        b.encode(&mut out);
+        out
+    }
+
+    /// Instance `me` of three, recovered from an empty block.
+    fn paxos(me: u64) -> DiskPaxos {
+        let config = PaxosConfig {
+            slots: 3,
+            phase_timeout: DEFAULT_PHASE_TIMEOUT,
+        };
+        let mut p = DiskPaxos::new(id(me), config, start()).unwrap();
+        p.recover_own(&[0u8; PAXOS_BLOCK_LEN]).unwrap();
+        p
+    }
+
+    fn ios(p: &mut DiskPaxos) -> Vec<PaxosIo> {
+        std::iter::from_fn(|| p.poll_io()).collect()
+    }
+
+    fn events(p: &mut DiskPaxos) -> Vec<PaxosEvent> {
+        std::iter::from_fn(|| p.poll_event()).collect()
+    }
+
+    fn reads(owners: &[u64]) -> Vec<PaxosIo> {
+        owners
+            .iter()
+            .map(|&o| PaxosIo::ReadBlock { owner: id(o) })
+            .collect()
+    }
+
+    /// Carries out every I/O at once against `disk` until none is left.
+    fn drive(p: &mut DiskPaxos, me: usize, disk: &mut [[u8; PAXOS_BLOCK_LEN]], now: Timestamp) {
+        while let Some(io) = p.poll_io() {
+            match io {
+                PaxosIo::WriteOwn { bytes } => {
+                    disk[me] = bytes;
+                    p.handle_write_done(now);
+                }
+                PaxosIo::ReadBlock { owner } => {
+                    let b = disk[owner.index()];
+                    p.handle_read_done(owner, &b, now);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_round_trip_and_zero_is_empty() {
+        let mut committed = block(2, 5, 130, Some((66, &[0, 2])));
+        committed.decided = Decision {
+            epoch: Epoch(5),
+            value: committed.inp.unwrap(),
+        };
+        for b in [block(0, 1, 64, None), block(1, 4, 129, Some((65, &[1]))), committed] {
+            assert_eq!(PaxosBlock::decode(&bytes(&b)), Ok(Some(b)));
+        }
+        assert_eq!(PaxosBlock::decode(&[0u8; 4096]), Ok(None));
+        assert_eq!(
+            PaxosBlock::decode(&[0u8; 10]),
+            Err(PaxosDecodeError::Truncated(10))
+        );
+        assert!(matches!(
+            PaxosBlock::decode_from(id(1), &bytes(&block(2, 1, 66, None))),
+            Err(PaxosDecodeError::Owner { .. })
+        ));
+    }
+
+    /// Re-seals a patched block so only its fields are wrong.
+    fn reseal(mut raw: [u8; PAXOS_BLOCK_LEN]) -> [u8; PAXOS_BLOCK_LEN] {
+        let c = block_checksum(&raw);
+        raw[AT_CHECKSUM..AT_CHECKSUM + 4].copy_from_slice(&c.to_le_bytes());
+        raw
+    }
+
+    #[test]
+    fn inconsistent_blocks_are_refused_even_with_a_good_checksum() {
+        let good = bytes(&block(1, 3, 129, Some((65, &[0, 1]))));
+        let patch = |at: usize, v: u64| {
+            let mut raw = good;
+            raw[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            reseal(raw)
+        };
+        let cases = [
+            ("mbal of another owner", patch(AT_MBAL, 128)),
+            ("no mbal", patch(AT_MBAL, 0)),
+            ("bal above mbal", patch(AT_BAL, 193)),
+            ("bal of another owner", patch(AT_BAL, 64)),
+            ("decision too old", patch(AT_DECIDED_EPOCH, 1)),
+            ("decision too new", patch(AT_DECIDED_EPOCH, 4)),
+            ("epoch zero", patch(AT_EPOCH, 0)),
+            ("reserved byte", patch(100, 1)),
+        ];
+        for (what, raw) in cases {
+            assert!(
+                matches!(
+                    PaxosBlock::decode(&raw),
+                    Err(PaxosDecodeError::Field { .. })
+                ),
+                "{what}"
+            );
+        }
+        let mut raw = good;
+        raw[AT_FLAGS] = 0; // inp absent but bal set
+        assert!(PaxosBlock::decode(&reseal(raw)).is_err());
+        let mut raw = good;
+        raw[AT_VERSION] = 9;
+        assert_eq!(
+            PaxosBlock::decode(&reseal(raw)),
+            Err(PaxosDecodeError::Version(9))
+        );
+    }
+
+    fn any_block() -> impl Strategy<Value = PaxosBlock> {
+        (
+            0u64..64,
+            1u64..u64::MAX,
+            1u64..1 << 40,
+            proptest::option::of((0u64..1 << 40, any::<u64>(), 0u64..64)),
+            any::<bool>(),
+            (any::<u64>(), 0u64..64),
+        )
+            .prop_map(|(owner, epoch, mround, acc, committed, (dm, dp))| {
+                let mbal = Ballot::new(mround, id(owner)).unwrap();
+                let (bal, inp) = match acc {
+                    Some((r, members, proposer)) => (
+                        Ballot::new(r.min(mround), id(owner)).unwrap(),
+                        Some(Proposal {
+                            members: InstanceSet::from_bits(members),
+                            proposer: id(proposer),
+                        }),
+                    ),
+                    None => (Ballot::ZERO, None),
+                };
+                PaxosBlock {
+                    owner: id(owner),
+                    epoch: Epoch(epoch),
+                    mbal,
+                    bal,
+                    inp,
+                    decided: Decision {
+                        epoch: Epoch(if committed { epoch } else { epoch - 1 }),
+                        value: Proposal {
+                            members: InstanceSet::from_bits(dm),
+                            proposer: id(dp),
+                        },
+                    },
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = PaxosBlock::decode(&raw);
+        }
+
+        #[test]
+        fn decode_never_panics_on_sealed_garbage(
+            body in proptest::collection::vec(any::<u8>(), PAXOS_BLOCK_LEN..=PAXOS_BLOCK_LEN),
+        ) {
+            // Past the magic and the checksum, so the field checks see arbitrary values.
+            let mut raw = [0u8; PAXOS_BLOCK_LEN];
+            raw.copy_from_slice(&body);
+            raw[..8].copy_from_slice(&PAXOS_MAGIC);
+            raw[AT_VERSION..AT_VERSION + 2].copy_from_slice(&PAXOS_VERSION.to_le_bytes());
+            let _ = PaxosBlock::decode(&reseal(raw));
+        }
+
+        #[test]
+        fn valid_blocks_round_trip_and_any_damage_is_refused(
+            b in any_block(),
+            at in 0usize..PAXOS_BLOCK_LEN,
+            flip in 1u8..=255,
+        ) {
+            let raw = bytes(&b);
+            prop_assert_eq!(PaxosBlock::decode(&raw), Ok(Some(b)));
+            let mut bad = raw;
+            bad[at] ^= flip;
+            prop_assert!(PaxosBlock::decode(&bad).is_err());
+        }
+    }
+
+    #[test]
+    fn alone_it_decides_in_two_write_read_rounds_then_commits() {
+        let mut p = paxos(0);
+        let members = set(&[0, 1]);
+        assert_eq!(p.propose(Epoch(2), members, at(0)), Ok(Ballot(64)));
+        let mut disk = [[0u8; PAXOS_BLOCK_LEN]; 3];
+        for phase in 0..2 {
+            let io = ios(&mut p);
+            let [PaxosIo::WriteOwn { bytes }] = io[..] else {
+                panic!("phase {phase} starts with the own write alone: {io:?}");
+            };
+            disk[0] = bytes;
+            p.handle_write_done(at(1));
+            assert_eq!(ios(&mut p), reads(&[1, 2]), "phase {phase} reads all others");
+            assert!(events(&mut p).is_empty());
+            p.handle_read_done(id(1), &disk[1], at(2));
+            p.handle_read_done(id(2), &disk[2], at(2));
+        }
+        let decision = Decision {
+            epoch: Epoch(2),
+            value: Proposal {
+                members,
+                proposer: id(0),
+            },
+        };
+        assert_eq!(events(&mut p), vec![PaxosEvent::Decided(decision)]);
+        let io = ios(&mut p);
+        let [PaxosIo::WriteOwn { bytes }] = io[..] else {
+            panic!("the commit write: {io:?}");
+        };
+        let committed = PaxosBlock::decode(&bytes).unwrap().unwrap();
+        assert_eq!(committed.decided, decision);
+        assert_eq!((committed.bal, committed.mbal), (Ballot(64), Ballot(64)));
+        p.handle_write_done(at(3));
+        assert!(ios(&mut p).is_empty());
+        assert_eq!(p.decided(), decision);
+        assert_eq!(p.stats().decided, 1);
+        // Another instance learns it from the block.
+        let mut q = paxos(1);
+        q.observe(id(0), &bytes).unwrap();
+        assert_eq!(events(&mut q), vec![PaxosEvent::Decided(decision)]);
+    }
+
+    #[test]
+    fn a_higher_ballot_aborts_and_the_retry_adopts_the_accepted_value() {
+        let mut p = paxos(0);
+        let mut disk = [[0u8; PAXOS_BLOCK_LEN]; 3];
+        // Instance 1 accepted {1} at its ballot 65 for epoch 2.
+        disk[1] = bytes(&block(1, 2, 65, Some((65, &[1]))));
+        p.propose(Epoch(2), set(&[0]), at(0)).unwrap();
+        drive(&mut p, 0, &mut disk, at(1));
+        assert_eq!(
+            events(&mut p),
+            vec![PaxosEvent::Aborted {
+                epoch: Epoch(2),
+                reason: AbortReason::HigherBallot(Ballot(65))
+            }]
+        );
+        assert_eq!(p.propose(Epoch(2), set(&[0]), at(10)), Ok(Ballot(128)));
+        drive(&mut p, 0, &mut disk, at(11));
+        let expected = Decision {
+            epoch: Epoch(2),
+            value: Proposal {
+                members: set(&[1]),
+                proposer: id(1),
+            },
+        };
+        assert_eq!(events(&mut p), vec![PaxosEvent::Decided(expected)]);
+        assert_eq!(
+            PaxosBlock::decode(&disk[0]).unwrap().map(|b| b.decided),
+            Some(expected)
+        );
+    }
+
+    #[test]
+    fn a_read_issued_before_the_phase_write_is_not_evidence() {
+        let mut p = paxos(0);
+        let mut disk = [[0u8; PAXOS_BLOCK_LEN]; 3];
+        p.propose(Epoch(2), set(&[0]), at(0)).unwrap();
+        let _ = ios(&mut p);
+        p.handle_write_done(at(1));
+        assert_eq!(ios(&mut p), reads(&[1, 2]));
+        // Both reads stall; the phase times out and a new attempt starts.
+        assert_eq!(p.poll_timeout(), Some(at(0) + DEFAULT_PHASE_TIMEOUT));
+        p.handle_timeout(at(0) + DEFAULT_PHASE_TIMEOUT);
+        assert!(matches!(
+            events(&mut p)[..],
+            [PaxosEvent::Aborted {
+                reason: AbortReason::Timeout,
+                ..
+            }]
+        ));
+        p.propose(Epoch(2), set(&[0]), at(300)).unwrap();
+        let io = ios(&mut p);
+        assert!(matches!(io[..], [PaxosIo::WriteOwn { .. }]), "{io:?}");
+        // Meanwhile instance 1 starts a higher ballot; the stale reads land with the old,
+        // empty blocks and must not complete the new phase.
+        disk[1] = bytes(&block(1, 2, 1000 * 64 + 1, None));
+        p.handle_read_done(id(1), &[0u8; PAXOS_BLOCK_LEN], at(301));
+        p.handle_read_done(id(2), &[0u8; PAXOS_BLOCK_LEN], at(301));
+        assert!(events(&mut p).is_empty());
+        assert!(ios(&mut p).is_empty(), "no reads before the write is durable");
+        p.handle_write_done(at(302));
+        assert_eq!(ios(&mut p), reads(&[1, 2]), "fresh reads after the write");
+        p.handle_read_done(id(1), &disk[1], at(303));
+        assert!(matches!(
+            events(&mut p)[..],
+            [PaxosEvent::Aborted {
+                reason: AbortReason::HigherBallot(_),
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_failed_or_unreadable_read_aborts_the_phase() {
+        let mut p = paxos(0);
+        p.propose(Epoch(2), set(&[0]), at(0)).unwrap();
+        let _ = ios(&mut p);
+        p.handle_write_done(at(1));
+        let _ = ios(&mut p);
+        p.handle_read_done(id(1), &[0u8; PAXOS_BLOCK_LEN], at(2));
+        p.handle_read_failed(id(2));
+        assert_eq!(
+            events(&mut p),
+            vec![PaxosEvent::Aborted {
+                epoch: Epoch(2),
+                reason: AbortReason::ReadFailed(id(2))
+            }]
+        );
+        p.propose(Epoch(2), set(&[0]), at(10)).unwrap();
+        let _ = ios(&mut p);
+        p.handle_write_done(at(11));
+        let _ = ios(&mut p);
+        p.handle_read_done(id(1), &[7u8; PAXOS_BLOCK_LEN], at(12));
+        assert_eq!(
+            events(&mut p),
+            vec![PaxosEvent::Aborted {
+                epoch: Epoch(2),
+                reason: AbortReason::Unreadable(id(1))
+            }]
+        );
+        p.propose(Epoch(2), set(&[0]), at(20)).unwrap();
+        let _ = ios(&mut p);
+        p.handle_write_failed();
+        assert_eq!(
+            events(&mut p),
+            vec![PaxosEvent::Aborted {
+                epoch: Epoch(2),
+                reason: AbortReason::WriteFailed
+            }]
+        );
+        assert_eq!(p.stats().aborted, 3);
+    }
+
+    #[test]
+    fn a_decision_is_learnt_passively_and_never_changes() {
+        let mut p = paxos(2);
+        let mut b = block(0, 4, 64, Some((64, &[0, 1])));
+        b.decided = Decision {
+            epoch: Epoch(4),
+            value: b.inp.unwrap(),
+        };
+        p.observe(id(0), &bytes(&b)).unwrap();
+        assert_eq!(events(&mut p), vec![PaxosEvent::Decided(b.decided)]);
+        assert_eq!(
+            p.propose(Epoch(4), set(&[2]), at(0)),
+            Err(ProposeError::AlreadyDecided {
+                asked: Epoch(4),
+                known: Epoch(4)
+            })
+        );
+        assert_eq!(
+            p.propose(Epoch(6), set(&[2]), at(0)),
+            Err(ProposeError::NotNext {
+                asked: Epoch(6),
+                known: Epoch(4)
+            })
+        );
+        // A block claiming another value for epoch 4 changes nothing.
+        let mut other = block(1, 4, 65, Some((65, &[1])));
+        other.decided = Decision {
+            epoch: Epoch(4),
+            value: other.inp.unwrap(),
+        };
+        p.observe(id(1), &bytes(&other)).unwrap();
+        assert_eq!(
+            events(&mut p),
+            vec![PaxosEvent::Conflict {
+                kept: b.decided,
+                seen: other.decided.value
+            }]
+        );
+        assert_eq!(p.decided(), b.decided);
+        assert_eq!(p.stats().conflicts, 1);
+    }
+
+    #[test]
+    fn a_restart_goes_on_from_the_own_block() {
+        let config = PaxosConfig {
+            slots: 3,
+            phase_timeout: DEFAULT_PHASE_TIMEOUT,
+        };
+        let mut p = DiskPaxos::new(id(1), config, start()).unwrap();
+        assert_eq!(
+            p.propose(Epoch(2), set(&[1]), at(0)),
+            Err(ProposeError::NotRecovered)
+        );
+        // Before the crash it had accepted {0, 1} at ballot 5 * 64 + 1 and started round 9.
+        let own = block(1, 2, 9 * 64 + 1, Some((5 * 64 + 1, &[0, 1])));
+        assert!(p.recover_own(&bytes(&block(0, 2, 64, None))).is_err());
+        p.recover_own(&bytes(&own)).unwrap();
+        assert_eq!(
+            p.recover_own(&bytes(&own)),
+            Err(RecoverError::AlreadyRecovered)
+        );
+        assert_eq!(p.propose(Epoch(2), set(&[1, 2]), at(0)), Ok(Ballot(10 * 64 + 1)));
+        assert_eq!(
+            p.propose(Epoch(2), set(&[1]), at(0)),
+            Err(ProposeError::Busy(Epoch(2)))
+        );
+        let mut disk = [[0u8; PAXOS_BLOCK_LEN]; 3];
+        drive(&mut p, 1, &mut disk, at(1));
+        // What it accepted before the crash is what it decides.
+        assert_eq!(
+            events(&mut p),
+            vec![PaxosEvent::Decided(Decision {
+                epoch: Epoch(2),
+                value: own.inp.unwrap()
+            })]
+        );
+    }
+
+    #[test]
+    fn configuration_is_checked() {
+        let config = |slots| PaxosConfig {
+            slots,
+            phase_timeout: DEFAULT_PHASE_TIMEOUT,
+        };
+        assert!(DiskPaxos::new(id(0), config(0), start()).is_err());
+        assert!(DiskPaxos::new(id(0), config(65), start()).is_err());
+        assert!(DiskPaxos::new(id(3), config(3), start()).is_err());
+        // One slot: the disk is this instance's alone.
+        let mut p = DiskPaxos::new(id(0), config(1), start()).unwrap();
+        p.recover_own(&[0u8; PAXOS_BLOCK_LEN]).unwrap();
+        p.propose(Epoch(2), set(&[0]), at(0)).unwrap();
+        let mut disk = [[0u8; PAXOS_BLOCK_LEN]; 1];
+        drive(&mut p, 0, &mut disk, at(1));
+        assert!(matches!(events(&mut p)[..], [PaxosEvent::Decided(_)]));
+    }
+}
