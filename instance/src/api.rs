@@ -216,13 +216,14 @@ impl Checkpointer {
             return Ok(());
         }
         {
-            let _slot = self.handle.slot_lock.lock();
+            let paxos = self.handle.slot_lock.lock();
             let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
                 .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
             if sequence <= slot.checkpoint.sequence {
                 return Ok(());
             }
             slot.checkpoint.sequence = sequence;
+            slot.paxos = *paxos;
             format::write_slot(self.storage.as_ref(), &self.layout, &slot)
                 .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
         }
@@ -512,10 +513,11 @@ impl Instance {
         }
         self.checkpoint()?;
         {
-            let _slot = self.runtime.handle.slot_lock.lock();
+            let paxos = self.runtime.handle.slot_lock.lock();
             let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
                 .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
             slot.state = SlotState::Down;
+            slot.paxos = *paxos;
             format::write_slot(self.storage.as_ref(), &self.layout, &slot)
                 .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
         }
@@ -684,7 +686,7 @@ impl<'i> Transaction<'i> {
             return Err(InstanceError::Core(CoreError::Stopped(reason)));
         }
         if !records.is_empty() {
-            if !self.instance.runtime.handle.lease.valid() {
+            if !self.instance.runtime.handle.lease.wait_valid() {
                 return Err(InstanceError::Core(CoreError::Stopped(
                     "the I/O lease has expired".into(),
                 )));
@@ -695,7 +697,13 @@ impl<'i> Transaction<'i> {
             // Checked again once durable: a commit whose redo write outlived the lease (held
             // by the storage path, or this process paused past it) is not acknowledged; the
             // survivors recover this thread, with or without it.
-            if !self.instance.runtime.handle.lease.valid() {
+            if !self
+                .instance
+                .runtime
+                .handle
+                .lease
+                .confirm(crate::storage::boottime())
+            {
                 return Err(InstanceError::Core(CoreError::Stopped(
                     "the I/O lease expired while the commit was written".into(),
                 )));
@@ -958,8 +966,10 @@ impl Setting<'_> {
             membership: self.config.membership,
             ..Default::default()
         };
+        let own_paxos = slot.paxos;
+        let paxos = self.paxos(epoch, live, &own_paxos)?;
         let mut cluster =
-            ClusterManager::new(me, configured, epoch, live, failure, Timestamp::ZERO)
+            ClusterManager::new(me, configured, epoch, live, failure, paxos, Timestamp::ZERO)
                 .map_err(|e| StartError::Cache(e.to_string()))?;
         for peer in connected.iter() {
             cluster.on_connected(peer);
@@ -982,8 +992,57 @@ impl Setting<'_> {
             spin: self.options.spin,
             origin,
             early,
+            own_paxos,
         })?;
         Ok((runtime, redo))
+    }
+
+    /// This instance's Disk Paxos, knowing the decision it starts in (`epoch` with `live`:
+    /// as a block on disk records it when one does, since an admission was decided there),
+    /// with its own block recovered so its ballots go on from where they were.
+    fn paxos(
+        &self,
+        epoch: Epoch,
+        live: InstanceSet,
+        own: &[u8],
+    ) -> Result<crate::paxos::DiskPaxos, StartError> {
+        use crate::paxos::{Decision, DiskPaxos, PaxosConfig, Proposal};
+        let me = self.config.local.id;
+        let on_disk = self
+            .paxos_blocks()
+            .into_iter()
+            .map(|b| b.decided)
+            .find(|d| d.epoch == epoch && d.value.members == live);
+        let current = on_disk.unwrap_or(Decision {
+            epoch,
+            value: Proposal {
+                members: live,
+                proposer: live.lowest().unwrap_or(me),
+            },
+        });
+        let config = PaxosConfig {
+            slots: usize::from(self.layout.max_instances),
+            phase_timeout: crate::paxos::DEFAULT_PHASE_TIMEOUT,
+        };
+        let mut paxos =
+            DiskPaxos::new(me, config, current).map_err(|e| StartError::Cache(e.to_string()))?;
+        if let Err(e) = paxos.recover_own(own) {
+            // It still learns decisions; it cannot propose until its block is rewritten by
+            // a later life. Say so: a damaged voting area needs an operator.
+            eprintln!(
+                "fusion: instance {me}: its Paxos block does not decode ({e}): it will not propose"
+            );
+        }
+        Ok(paxos)
+    }
+
+    /// Every slot's Paxos block that decodes.
+    fn paxos_blocks(&self) -> Vec<crate::paxos::PaxosBlock> {
+        (0..self.layout.max_instances)
+            .filter_map(|i| InstanceId::new(u64::from(i)).ok())
+            .filter_map(|i| format::read_slot(self.storage.as_ref(), self.layout, i).ok())
+            .filter_map(|slot| crate::paxos::PaxosBlock::decode(&slot.paxos).ok().flatten())
+            .collect()
     }
 
     /// Meets the peers: forms the cluster when every configured instance starts together (the
@@ -1076,7 +1135,7 @@ impl Setting<'_> {
                         // Readers of it get the same error; everything else recovered.
                         eprintln!("fusion: whole-cluster recovery could not rebuild: {corrupt}");
                     }
-                    let epoch = Epoch(self.highest_fence_epoch().0 + 1);
+                    let epoch = Epoch(self.highest_paxos_epoch().0 + 1);
                     let live = if everyone { configured } else { present };
                     for peer in live.iter().filter(|p| *p != me) {
                         send(transport, peer, ClusterMessage::Formed { epoch, live });
@@ -1145,14 +1204,12 @@ impl Setting<'_> {
         }
     }
 
-    /// The newest epoch any slot's fence votes name: a new cluster starts above it, so old
-    /// votes fence no one.
-    fn highest_fence_epoch(&self) -> Epoch {
-        self.config
-            .instances()
+    /// The newest epoch any slot's Paxos block names (decided, or open for proposals): a new
+    /// cluster starts above it, so no old ballot or decision concerns its epochs.
+    fn highest_paxos_epoch(&self) -> Epoch {
+        self.paxos_blocks()
             .iter()
-            .filter_map(|i| format::read_slot(self.storage.as_ref(), self.layout, i).ok())
-            .map(|slot| slot.fence_epoch)
+            .map(|b| b.epoch.max(b.decided.epoch))
             .max()
             .unwrap_or(Epoch(0))
     }

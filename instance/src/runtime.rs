@@ -16,7 +16,8 @@
 use crate::cache::{ReadLatch, WriteLatch};
 use crate::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfig, InstanceEvent};
 use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
-use crate::format::{self, BlockError, Layout};
+use crate::format::{self, BlockError, Layout, control::SLOT_PAXOS_LEN};
+use crate::paxos::PaxosIo;
 use crate::storage::{AlignedBuf, IoClass, SharedStorage};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use gcs::{BlockId, BlockMode};
@@ -105,6 +106,15 @@ pub(crate) enum Command {
         block: BlockId,
         outcome: RecoveryOutcome,
     },
+    /// The Paxos write of this instance's block completed (durable) or failed.
+    PaxosWritten {
+        ok: bool,
+    },
+    /// The Paxos read of `owner`'s block completed, or failed (`None`).
+    PaxosRead {
+        owner: InstanceId,
+        bytes: Option<[u8; SLOT_PAXOS_LEN]>,
+    },
     /// Storage is out of reach past the lease, or another fatal condition.
     Stop(String),
     Shutdown,
@@ -125,34 +135,48 @@ pub(crate) enum RecoveryOutcome {
 pub(crate) struct SlotSeen {
     instance: InstanceId,
     heartbeat: u64,
-    fence_votes: InstanceSet,
-    fence_epoch: Epoch,
+    paxos: [u8; SLOT_PAXOS_LEN],
 }
 
 /// The I/O lease: this instance may write to shared storage only until `until` (CLOCK_BOOTTIME
 /// nanoseconds, so time suspended counts), renewed after each disk-heartbeat round whose
 /// voting-area read found no decision against this instance, from the time that round's
-/// heartbeat write started. It is checked before an I/O is submitted and again when it
-/// completes, before a commit is acknowledged or a write reported done. A stopped or fenced
-/// instance revokes it for good; survivors wait out the lease before they touch a lost
-/// instance's blocks.
+/// heartbeat write started.
+///
+/// It is checked before an I/O is submitted ([`Lease::wait_valid`]: a lease that lapsed
+/// because this host was starved, not fenced, comes back with the next round) and again when
+/// the I/O completes, before a commit is acknowledged or a write reported done
+/// ([`Lease::confirm`]): valid then, or renewed later by a round that *began after* the
+/// completion (whose read proves no decision, hence no recovery, preceded it). A stopped or
+/// fenced instance revokes it for good; survivors wait out the lease before they touch a
+/// lost instance's blocks.
 #[derive(Debug)]
 pub(crate) struct Lease {
     until: AtomicU64,
+    /// When the round that last renewed it began.
+    renewed_from: AtomicU64,
     revoked: AtomicBool,
+    /// The lease's length: how long a check waits for a renewal at most.
+    length: Duration,
 }
 
 impl Lease {
     fn new(lease: Duration) -> Self {
+        let now = crate::storage::boottime();
         Self {
-            until: AtomicU64::new(nanos(crate::storage::boottime() + lease)),
+            until: AtomicU64::new(nanos(now + lease)),
+            renewed_from: AtomicU64::new(nanos(now)),
             revoked: AtomicBool::new(false),
+            length: lease,
         }
     }
 
-    /// Extends the lease to `lease` after `from` (a CLOCK_BOOTTIME reading).
-    fn renew(&self, from: Duration, lease: Duration) {
-        self.until.fetch_max(nanos(from + lease), Ordering::AcqRel);
+    /// Extends the lease to its length after `from` (a CLOCK_BOOTTIME reading: when the
+    /// renewing round's heartbeat write began).
+    fn renew(&self, from: Duration) {
+        self.until
+            .fetch_max(nanos(from + self.length), Ordering::AcqRel);
+        self.renewed_from.fetch_max(nanos(from), Ordering::AcqRel);
     }
 
     /// Ends the lease for good: a renewal in flight cannot revive it (`valid` reads the flag).
@@ -161,10 +185,47 @@ impl Lease {
         self.until.store(0, Ordering::Release);
     }
 
-    /// Whether this instance may still write.
+    /// How long ago the lease ran out (zero while it holds).
+    fn lapsed_for(&self) -> Duration {
+        let now = nanos(crate::storage::boottime());
+        Duration::from_nanos(now.saturating_sub(self.until.load(Ordering::Acquire)))
+    }
+
+    /// Whether this instance may write now.
     pub(crate) fn valid(&self) -> bool {
         !self.revoked.load(Ordering::Acquire)
             && nanos(crate::storage::boottime()) < self.until.load(Ordering::Acquire)
+    }
+
+    /// Whether an I/O may start: the lease holds, or comes back within its length (a round
+    /// delayed by a starved host renews it unless a decision stands against this instance).
+    pub(crate) fn wait_valid(&self) -> bool {
+        self.wait_until(|lease| lease.valid())
+    }
+
+    /// Whether an I/O that completed at `completed` (a CLOCK_BOOTTIME reading) may be
+    /// acknowledged: the lease held at completion, or a round that began after it renews it
+    /// within the lease's length.
+    pub(crate) fn confirm(&self, completed: Duration) -> bool {
+        // Valid now means valid at `completed` too: `until` only grows until revoked.
+        let completed = nanos(completed);
+        self.valid()
+            || self.wait_until(|lease| {
+                lease.valid() && lease.renewed_from.load(Ordering::Acquire) > completed
+            })
+    }
+
+    fn wait_until(&self, ready: impl Fn(&Self) -> bool) -> bool {
+        let deadline = Instant::now() + self.length;
+        loop {
+            if ready(self) {
+                return true;
+            }
+            if self.revoked.load(Ordering::Acquire) || Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -314,8 +375,11 @@ pub(crate) struct DriverHandle {
     pub(crate) spin: Duration,
     pub(crate) lease: Arc<Lease>,
     pub(crate) stop: Arc<StopState>,
-    /// Serializes read-modify-writes of this instance's slot (disk heartbeat, checkpoint).
-    pub(crate) slot_lock: Arc<Mutex<()>>,
+    /// Serializes read-modify-writes of this instance's slot (disk heartbeat, Paxos,
+    /// checkpoint) and holds the newest Paxos block this instance asked to write: every
+    /// slot write carries it, so no write ever puts an older ballot back (a Paxos write that
+    /// failed may still have landed).
+    pub(crate) slot_lock: Arc<Mutex<[u8; SLOT_PAXOS_LEN]>>,
 }
 
 impl DriverHandle {
@@ -361,6 +425,8 @@ pub(crate) struct RuntimeParts<T> {
     pub(crate) origin: Instant,
     /// Frames that arrived while the instance was entering the cluster.
     pub(crate) early: Vec<(interconnect::FrameHeader, Vec<u8>)>,
+    /// This instance's Paxos block as its slot holds it: slot writes carry it on.
+    pub(crate) own_paxos: [u8; SLOT_PAXOS_LEN],
 }
 
 struct IoContext {
@@ -389,6 +455,7 @@ impl Runtime {
             spin,
             origin,
             early,
+            own_paxos,
         } = parts;
         let (commands, command_rx) = crossbeam::channel::unbounded();
         let (io_tx, io_rx) = crossbeam::channel::unbounded::<IoOp>();
@@ -397,7 +464,7 @@ impl Runtime {
         let parked = Arc::new(AtomicBool::new(false));
         let lease = Arc::new(Lease::new(failure.lease));
         let stop = Arc::new(StopState::default());
-        let fence = Arc::new(Mutex::new((InstanceSet::EMPTY, Epoch(0))));
+        let (paxos_io, paxos_rx) = crossbeam::channel::unbounded::<PaxosIo>();
         let handle = Arc::new(DriverHandle {
             commands,
             waker,
@@ -406,7 +473,7 @@ impl Runtime {
             spin,
             lease: Arc::clone(&lease),
             stop: Arc::clone(&stop),
-            slot_lock: Arc::new(Mutex::new(())),
+            slot_lock: Arc::new(Mutex::new(own_paxos)),
         });
         let context = Arc::new(IoContext {
             storage,
@@ -429,11 +496,12 @@ impl Runtime {
         {
             let context = Arc::clone(&context);
             let done = Arc::clone(&handle);
-            let fence = Arc::clone(&fence);
             threads.push(
                 std::thread::Builder::new()
                     .name("fusion-disk-heartbeat".into())
-                    .spawn(move || disk_thread(&context, &done, me, configured, failure, &fence))?,
+                    .spawn(move || {
+                        disk_thread(&context, &done, me, configured, failure, &paxos_rx)
+                    })?,
             );
         }
         {
@@ -463,7 +531,7 @@ impl Runtime {
             context,
             configured,
             failure,
-            fence,
+            paxos_io,
             stop,
             lost: InstanceSet::EMPTY,
             scan_due: None,
@@ -525,8 +593,9 @@ struct Driver<T> {
     recovery: Sender<RecoveryJob>,
     configured: InstanceSet,
     failure: FailureConfig,
-    /// Fence votes for the disk-heartbeat thread to write.
-    fence: Arc<Mutex<(InstanceSet, Epoch)>>,
+    /// Disk Paxos I/O for the disk-heartbeat thread (one write and a read per slot at most
+    /// in flight: the machine issues no more).
+    paxos_io: Sender<PaxosIo>,
     stop: Arc<StopState>,
     /// Lost instances whose blocks are not recovered yet.
     lost: InstanceSet,
@@ -619,10 +688,15 @@ impl<T: Transport> Driver<T> {
             // believing a block is being written): serving on would wedge those blocks
             // cluster-wide while this instance keeps heartbeating. Stop, so the others fence
             // it and recover its part.
-            if !self.context.lease.valid() && self.stop.reason().is_none() {
+            // A lapsed lease comes back with the next round unless a decision stands against
+            // this instance (which stops it when it learns it); one that stays lapsed for
+            // twice its length means the voting area is out of reach: stop.
+            if self.stop.reason().is_none()
+                && self.context.lease.lapsed_for() > self.failure.lease * 2
+            {
                 let reason = format!(
-                    "the I/O lease expired: no disk-heartbeat round renewed it for {:?}",
-                    self.failure.lease
+                    "the I/O lease lapsed: no disk-heartbeat round renewed it for {:?}",
+                    self.context.lease.lapsed_for() + self.failure.lease
                 );
                 self.give_up(reason);
             }
@@ -750,10 +824,9 @@ impl<T: Transport> Driver<T> {
                         self.stats.recoveries_started += 1;
                     }
                 }
-                ClusterAction::Fence { epoch, victims } => {
-                    let mut fence = self.fence.lock();
-                    fence.0 = fence.0.iter().chain(victims.iter()).collect();
-                    fence.1 = epoch;
+                ClusterAction::Paxos(io) => {
+                    // The disk thread lives as long as the driver.
+                    let _ = self.paxos_io.send(io);
                 }
                 ClusterAction::Stop { reason } => self.give_up(reason),
             }
@@ -917,14 +990,10 @@ impl<T: Transport> Driver<T> {
                 written_at,
                 all_read,
             } => {
+                self.cluster.begin_disk_round();
                 for slot in slots {
-                    self.cluster.on_disk(
-                        slot.instance,
-                        slot.heartbeat,
-                        slot.fence_votes,
-                        slot.fence_epoch,
-                        now,
-                    );
+                    self.cluster
+                        .on_disk(slot.instance, slot.heartbeat, &slot.paxos, now);
                 }
                 // Renewed only by a round that wrote the heartbeat and then read every slot
                 // without finding a decision against this instance: a decision made durable
@@ -932,9 +1001,9 @@ impl<T: Transport> Driver<T> {
                 // counts from its write, which started before that decision.
                 if let Some(at) = written_at
                     && all_read
-                    && !self.cluster.is_stopped()
+                    && self.cluster.may_renew_lease()
                 {
-                    self.context.lease.renew(at, self.failure.lease);
+                    self.context.lease.renew(at);
                 }
             }
             Command::Scanned { epoch, result } => match result {
@@ -984,6 +1053,11 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 self.check_recovery_done();
+            }
+            Command::PaxosWritten { ok } => self.cluster.on_paxos_written(ok, now),
+            Command::PaxosRead { owner, bytes } => {
+                self.cluster
+                    .on_paxos_read(owner, bytes.as_ref().map(|b| &b[..]), now)
             }
             Command::Stop(reason) => self.give_up(reason),
             Command::Shutdown => {}
@@ -1199,7 +1273,7 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
                 }
                 drop(pin);
                 format::seal_block(&mut staging, block, scn);
-                let result = if !context.lease.valid() {
+                let result = if !context.lease.wait_valid() {
                     Err("the I/O lease has expired: this instance may not write".to_string())
                 } else {
                     format::write_block(context.storage.as_ref(), &context.layout, &staging)
@@ -1214,7 +1288,7 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
                         // a pause between the check and the write) may have landed after the
                         // lease; it is not reported done, and this instance stops.
                         .and_then(|()| {
-                            if context.lease.valid() {
+                            if context.lease.confirm(crate::storage::boottime()) {
                                 Ok(())
                             } else {
                                 Err("the I/O lease expired while the write was in flight"
@@ -1234,16 +1308,17 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
     }
 }
 
-/// Writes this instance's disk heartbeat (and its fence votes) every interval, renewing the
-/// I/O lease, and reads every configured slot for the driver. Storage out of reach for the
-/// lease stops the instance.
+/// Writes this instance's disk heartbeat every interval and then reads every configured
+/// slot for the driver (which renews the I/O lease from such a round), and carries out the
+/// Disk Paxos I/O the driver hands it at once. Storage out of reach for the lease stops the
+/// instance.
 fn disk_thread(
     context: &IoContext,
     done: &DriverHandle,
     me: InstanceId,
     configured: InstanceSet,
     failure: FailureConfig,
-    fence: &Mutex<(InstanceSet, Epoch)>,
+    paxos: &Receiver<PaxosIo>,
 ) {
     let storage = context.storage.as_ref();
     let layout = &context.layout;
@@ -1254,28 +1329,52 @@ fn disk_thread(
             return;
         }
     };
+    // Writes this instance's slot with the next heartbeat and the newest Paxos block
+    // (`paxos`, when a Paxos write asks for a new one).
+    let write_own = |heartbeat: &mut u64, paxos: Option<[u8; SLOT_PAXOS_LEN]>| {
+        let mut latest = done.slot_lock.lock();
+        if let Some(bytes) = paxos {
+            *latest = bytes;
+        }
+        *heartbeat += 1;
+        format::read_slot(storage, layout, me).and_then(|mut slot| {
+            slot.heartbeat = *heartbeat;
+            slot.heartbeat_nanos = nanos(crate::storage::boottime());
+            slot.state = format::SlotState::Up;
+            slot.paxos = *latest;
+            format::write_slot(storage, layout, &slot)
+        })
+    };
     let mut last_ok = Instant::now();
+    let mut next_round = Instant::now();
     loop {
         if done.stop.reason().is_some() {
             return;
         }
-        let started = Instant::now();
-        let started_boot = crate::storage::boottime();
-        heartbeat += 1;
-        let (votes, epoch) = *fence.lock();
-        let slot_guard = done.slot_lock.lock();
-        let written = format::read_slot(storage, layout, me).and_then(|mut slot| {
-            slot.heartbeat = heartbeat;
-            slot.heartbeat_nanos = nanos(started_boot);
-            slot.state = format::SlotState::Up;
-            if epoch > slot.fence_epoch || votes != slot.fence_votes {
-                slot.fence_votes = votes;
-                slot.fence_epoch = epoch.max(slot.fence_epoch);
+        match paxos.recv_timeout(next_round.saturating_duration_since(Instant::now())) {
+            Ok(PaxosIo::WriteOwn { bytes }) => {
+                let ok = write_own(&mut heartbeat, Some(bytes)).is_ok();
+                if !done.submit(Command::PaxosWritten { ok }) {
+                    return;
+                }
+                continue;
             }
-            format::write_slot(storage, layout, &slot)
-        });
-        drop(slot_guard);
-        let written_at = match written {
+            Ok(PaxosIo::ReadBlock { owner }) => {
+                let bytes = format::read_slot(storage, layout, owner)
+                    .ok()
+                    .map(|s| s.paxos);
+                if !done.submit(Command::PaxosRead { owner, bytes }) {
+                    return;
+                }
+                continue;
+            }
+            Err(crossbeam::channel::RecvTimeoutError::Disconnected) => return,
+            Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
+        }
+        let started = Instant::now();
+        next_round = started + failure.disk_interval;
+        let started_boot = crate::storage::boottime();
+        let written_at = match write_own(&mut heartbeat, None) {
             Ok(()) => {
                 last_ok = started;
                 Some(started_boot)
@@ -1297,8 +1396,7 @@ fn disk_thread(
                     Ok(slot) => Some(SlotSeen {
                         instance,
                         heartbeat: slot.heartbeat,
-                        fence_votes: slot.fence_votes,
-                        fence_epoch: slot.fence_epoch,
+                        paxos: slot.paxos,
                     }),
                     Err(_) => {
                         all_read = false;
@@ -1314,7 +1412,6 @@ fn disk_thread(
         }) {
             return;
         }
-        std::thread::sleep(failure.disk_interval.saturating_sub(started.elapsed()));
     }
 }
 
@@ -1390,12 +1487,12 @@ fn recover_batch(
             )
         })
         .collect();
-    let result = if context.lease.valid() {
+    let result = if context.lease.wait_valid() {
         crate::recovery::recover_blocks(context.storage.as_ref(), &context.layout, scan, &starts)
             .map_err(|e| e.to_string())
             .and_then(|recovered| {
                 // A batch whose writes outlived the lease is not reported recovered.
-                if context.lease.valid() {
+                if context.lease.confirm(crate::storage::boottime()) {
                     Ok(recovered)
                 } else {
                     Err("the I/O lease expired while the batch was written".to_string())
