@@ -616,10 +616,16 @@ impl DiskPaxos {
         }
         let known = self.known.epoch;
         if epoch <= known {
-            return Err(ProposeError::AlreadyDecided { asked: epoch, known });
+            return Err(ProposeError::AlreadyDecided {
+                asked: epoch,
+                known,
+            });
         }
         if epoch != known.next() {
-            return Err(ProposeError::NotNext { asked: epoch, known });
+            return Err(ProposeError::NotNext {
+                asked: epoch,
+                known,
+            });
         }
         // A retry for the same epoch keeps what this block accepted; a new epoch starts
         // empty.
@@ -762,8 +768,8 @@ impl DiskPaxos {
             return Some(PaxosIo::WriteOwn { bytes });
         }
         let a = self.attempt.as_ref().filter(|a| a.reading)?;
-        let owner = InstanceSet::from_bits(a.pending.bits() & !self.reads_in_flight.bits())
-            .lowest()?;
+        let owner =
+            InstanceSet::from_bits(a.pending.bits() & !self.reads_in_flight.bits()).lowest()?;
         self.reads_in_flight.insert(owner);
         self.reads_current.insert(owner);
         Some(PaxosIo::ReadBlock { owner })
@@ -1022,7 +1028,11 @@ mod tests {
             epoch: Epoch(5),
             value: committed.inp.unwrap(),
         };
-        for b in [block(0, 1, 64, None), block(1, 4, 129, Some((65, &[1]))), committed] {
+        for b in [
+            block(0, 1, 64, None),
+            block(1, 4, 129, Some((65, &[1]))),
+            committed,
+        ] {
             assert_eq!(PaxosBlock::decode(&bytes(&b)), Ok(Some(b)));
         }
         assert_eq!(PaxosBlock::decode(&[0u8; 4096]), Ok(None));
@@ -1164,7 +1174,11 @@ mod tests {
             };
             disk[0] = bytes;
             p.handle_write_done(at(1));
-            assert_eq!(ios(&mut p), reads(&[1, 2]), "phase {phase} reads all others");
+            assert_eq!(
+                ios(&mut p),
+                reads(&[1, 2]),
+                "phase {phase} reads all others"
+            );
             assert!(events(&mut p).is_empty());
             p.handle_read_done(id(1), &disk[1], at(2));
             p.handle_read_done(id(2), &disk[2], at(2));
@@ -1252,7 +1266,10 @@ mod tests {
         p.handle_read_done(id(1), &[0u8; PAXOS_BLOCK_LEN], at(301));
         p.handle_read_done(id(2), &[0u8; PAXOS_BLOCK_LEN], at(301));
         assert!(events(&mut p).is_empty());
-        assert!(ios(&mut p).is_empty(), "no reads before the write is durable");
+        assert!(
+            ios(&mut p).is_empty(),
+            "no reads before the write is durable"
+        );
         p.handle_write_done(at(302));
         assert_eq!(ios(&mut p), reads(&[1, 2]), "fresh reads after the write");
         p.handle_read_done(id(1), &disk[1], at(303));
@@ -1367,7 +1384,10 @@ mod tests {
             p.recover_own(&bytes(&own)),
             Err(RecoverError::AlreadyRecovered)
         );
-        assert_eq!(p.propose(Epoch(2), set(&[1, 2]), at(0)), Ok(Ballot(10 * 64 + 1)));
+        assert_eq!(
+            p.propose(Epoch(2), set(&[1, 2]), at(0)),
+            Ok(Ballot(10 * 64 + 1))
+        );
         assert_eq!(
             p.propose(Epoch(2), set(&[1]), at(0)),
             Err(ProposeError::Busy(Epoch(2)))

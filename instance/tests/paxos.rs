@@ -19,7 +19,7 @@
 //! bal never go backwards (across late writes and restarts). At the end (faults over): every
 //! live proposer has decided the last epoch (Disk Paxos needs no live peers).
 //!
-//! `cargo test -p instance --test paxos` runs `FUSION_PAXOS_SEEDS` seeds (default 2,000) from
+//! `cargo test -p instance --test paxos` runs `FUSION_PAXOS_SEEDS` seeds (default 10,000) from
 //! `FUSION_PAXOS_START` (default 0); `FUSION_PAXOS_SEED=N` replays one seed
 //! (`... --test paxos replay -- --nocapture` prints its summary).
 
@@ -32,7 +32,7 @@ use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-const DEFAULT_SEEDS: u64 = 2_000;
+const DEFAULT_SEEDS: u64 = 10_000;
 const MS: u64 = 1_000_000;
 const US: u64 = 1_000;
 /// Faults (failures, stalls, crashes) happen before this.
@@ -60,16 +60,53 @@ fn start_decision(n: usize) -> Decision {
 #[derive(Debug)]
 enum Ev {
     /// A write reaches the disk (unless its host crashed first and lost it).
-    Land { node: usize, write: u64, bytes: Block },
-    WriteDone { node: usize, life: u32, ok: bool },
-    ReadSnapshot { node: usize, life: u32, owner: usize, ok: bool, slow: bool },
-    ReadDone { node: usize, life: u32, owner: usize, bytes: Option<Block> },
-    Observe { node: usize, life: u32 },
-    ObserveDone { node: usize, life: u32, owner: usize, bytes: Block },
-    Propose { node: usize, life: u32 },
-    Timeout { node: usize, life: u32 },
-    Crash { node: usize },
-    Restart { node: usize },
+    Land {
+        node: usize,
+        write: u64,
+        bytes: Block,
+    },
+    WriteDone {
+        node: usize,
+        life: u32,
+        ok: bool,
+    },
+    ReadSnapshot {
+        node: usize,
+        life: u32,
+        owner: usize,
+        ok: bool,
+        done: u64,
+    },
+    ReadDone {
+        node: usize,
+        life: u32,
+        owner: usize,
+        bytes: Option<Block>,
+    },
+    Observe {
+        node: usize,
+        life: u32,
+    },
+    ObserveDone {
+        node: usize,
+        life: u32,
+        owner: usize,
+        bytes: Block,
+    },
+    Propose {
+        node: usize,
+        life: u32,
+    },
+    Timeout {
+        node: usize,
+        life: u32,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
 }
 
 struct Node {
@@ -90,6 +127,7 @@ struct Summary {
     aborts: u64,
     crashes: u64,
     late_lands: u64,
+    lands: u64,
     writes: u64,
     reads: u64,
 }
@@ -111,6 +149,10 @@ struct Sim {
     on_disk: Vec<Option<(Epoch, Ballot, Ballot)>>,
     lost_writes: HashSet<u64>,
     next_write: u64,
+    /// One I/O in this many is slow (outside a stall).
+    slow_one_in: u64,
+    /// Whether nodes scan blocks routinely (without, they learn only in their phases).
+    scans: bool,
     summary: Summary,
 }
 
@@ -166,15 +208,19 @@ impl Sim {
             on_disk: vec![None; slots],
             lost_writes: HashSet::new(),
             next_write: 0,
+            slow_one_in: 0,
+            scans: false,
             summary: Summary::default(),
         };
+        sim.slow_one_in = [10, 100, 1000][sim.rng.below(3) as usize];
+        sim.scans = sim.rng.chance(1, 2);
         for node in 0..n {
             let t = sim.rng.below(20 * MS);
             sim.at(t, Ev::Propose { node, life: 0 });
             let t = sim.rng.below(100 * MS);
             sim.at(t, Ev::Observe { node, life: 0 });
         }
-        for _ in 0..sim.rng.below(4) {
+        for _ in 0..sim.rng.below(7) {
             let node = sim.rng.below(n as u64) as usize;
             let t = sim.rng.below(FAULT_END);
             sim.at(t, Ev::Crash { node });
@@ -195,17 +241,21 @@ impl Sim {
         format!("seed {} at {} µs: {what}", self.seed, self.now / US)
     }
 
-    /// Delays of one I/O: (first effect, completion), slow for a stalled node.
-    fn delays(&mut self, node: usize) -> (u64, u64, bool) {
+    /// Delays of one I/O from its issue: its effect on (or view of) the disk, and its
+    /// completion. A slow I/O (a stalled node's, or one in `slow_one_in`) takes effect late,
+    /// or takes effect at once and completes late.
+    fn delays(&mut self, node: usize) -> (u64, u64) {
         let (from, to) = self.nodes[node].stall;
         let slow = self.faults()
-            && ((from..to).contains(&self.now) || self.rng.chance(1, 200));
-        let first = if slow {
-            self.rng.between(100 * MS, 3_000 * MS)
-        } else {
-            self.rng.between(20 * US, 2 * MS)
+            && ((from..to).contains(&self.now) || self.rng.chance(1, self.slow_one_in));
+        let quick = self.rng.between(20 * US, 2 * MS);
+        let long = self.rng.between(100 * MS, 3_000 * MS);
+        let (first, done) = match (slow, self.rng.chance(1, 2)) {
+            (false, _) => (quick, quick + self.rng.below(MS)),
+            (true, true) => (long, long + self.rng.below(MS)),
+            (true, false) => (quick, long),
         };
-        (first, first + self.rng.below(MS), slow)
+        (first, done)
     }
 
     fn run(mut self) -> Result<Summary, String> {
@@ -258,14 +308,11 @@ impl Sim {
     fn apply(&mut self, ev: Ev) -> Result<Option<usize>, String> {
         let now = Timestamp::from_nanos(self.now);
         match ev {
-            Ev::Land {
-                node,
-                write,
-                bytes,
-            } => {
+            Ev::Land { node, write, bytes } => {
                 self.nodes[node].unlanded.retain(|(w, _)| *w != write);
                 if !self.lost_writes.remove(&write) {
                     self.disk[node] = bytes;
+                    self.summary.lands += 1;
                     self.check_slot(node)?;
                 }
                 Ok(None)
@@ -283,16 +330,11 @@ impl Sim {
                 life,
                 owner,
                 ok,
-                slow,
+                done,
             } => {
                 let bytes = ok.then_some(self.disk[owner]);
-                let after = if slow {
-                    self.rng.between(10 * MS, 1_000 * MS)
-                } else {
-                    self.rng.below(MS)
-                };
                 self.at(
-                    self.now + after,
+                    done,
                     Ev::ReadDone {
                         node,
                         life,
@@ -314,7 +356,7 @@ impl Sim {
                 }
                 Ok(Some(node))
             }
-            Ev::Observe { node, life } if self.live(node, life) => {
+            Ev::Observe { node, life } if self.live(node, life) && self.scans => {
                 let owner = self.rng.below(self.config.slots as u64) as usize;
                 let bytes = self.disk[owner];
                 let after = self.rng.between(20 * US, 2 * MS);
@@ -347,9 +389,8 @@ impl Sim {
                 if epoch.0 > self.max_epoch || self.nodes[node].paxos.is_proposing() {
                     return Ok(None);
                 }
-                let members = InstanceSet::from_bits(
-                    self.rng.between(1, (1 << self.nodes.len()) - 1),
-                );
+                let members =
+                    InstanceSet::from_bits(self.rng.between(1, (1 << self.nodes.len()) - 1));
                 self.proposed.insert((
                     epoch.0,
                     Proposal {
@@ -430,7 +471,7 @@ impl Sim {
         };
         let life = n.life;
         while let Some(io) = self.nodes[node].paxos.poll_io() {
-            let (first, done, slow) = self.delays(node);
+            let (first, done) = self.delays(node);
             match io {
                 PaxosIo::WriteOwn { bytes } => {
                     self.summary.writes += 1;
@@ -439,17 +480,10 @@ impl Sim {
                     let ok = !(self.faults() && self.rng.chance(1, 50));
                     if ok || self.rng.chance(1, 2) {
                         self.nodes[node].unlanded.push((write, self.now + first));
-                        if slow {
+                        if first >= 100 * MS {
                             self.summary.late_lands += 1;
                         }
-                        self.at(
-                            self.now + first,
-                            Ev::Land {
-                                node,
-                                write,
-                                bytes,
-                            },
-                        );
+                        self.at(self.now + first, Ev::Land { node, write, bytes });
                     }
                     self.at(self.now + done, Ev::WriteDone { node, life, ok });
                 }
@@ -463,7 +497,7 @@ impl Sim {
                             life,
                             owner: owner.index(),
                             ok,
-                            slow,
+                            done: self.now + done,
                         },
                     );
                 }
@@ -484,7 +518,7 @@ impl Sim {
                     self.summary.aborts += 1;
                     let n = &mut self.nodes[node];
                     n.aborts += 1;
-                    let ceiling = 20 * MS << n.aborts.min(5);
+                    let ceiling = (20 * MS) << n.aborts.min(5);
                     let t = self.now + self.rng.between(MS, ceiling);
                     self.at(t, Ev::Propose { node, life });
                 }
@@ -538,12 +572,10 @@ impl Sim {
         }
         let now = (block.epoch, block.mbal, block.bal);
         if let Some(before) = self.on_disk[slot] {
-            let backwards = (now.0, now.1) < (before.0, before.1)
-                || (now.0 == before.0 && now.2 < before.2);
+            let backwards =
+                (now.0, now.1) < (before.0, before.1) || (now.0 == before.0 && now.2 < before.2);
             if backwards {
-                return Err(self.fail(format!(
-                    "block {slot} went back from {before:?} to {now:?}"
-                )));
+                return Err(self.fail(format!("block {slot} went back from {before:?} to {now:?}")));
             }
         }
         self.on_disk[slot] = Some(now);
@@ -575,6 +607,7 @@ fn at_most_one_membership_per_epoch_whatever_the_disk_does() {
                 total.aborts += s.aborts;
                 total.crashes += s.crashes;
                 total.late_lands += s.late_lands;
+                total.lands += s.lands;
                 total.writes += s.writes;
                 total.reads += s.reads;
             }
@@ -585,7 +618,10 @@ fn at_most_one_membership_per_epoch_whatever_the_disk_does() {
     }
     eprintln!("{seeds} seeds: {total:?}");
     // The faults the checks are about did happen (else the run proves nothing).
-    assert!(total.crashes > 0 && total.late_lands > 0 && total.aborts > 0, "{total:?}");
+    assert!(
+        total.crashes > 0 && total.late_lands > 0 && total.aborts > 0,
+        "{total:?}"
+    );
 }
 
 #[test]
@@ -595,4 +631,100 @@ fn replay() {
         Ok(s) => eprintln!("seed {seed}: {s:?}"),
         Err(e) => panic!("{e}"),
     }
+}
+
+#[test]
+fn alone_among_stale_blocks_it_decides_in_two_rounds_and_a_commit() {
+    // Five slots; this instance is 0 and knows epoch 3. Instance 1 died long ago (its block is
+    // about epoch 3, decided long since), slot 2 was never used, instance 3 died during the
+    // consensus on epoch 4 after accepting {0, 3} at a low ballot, instance 4 is up but idle.
+    let config = PaxosConfig {
+        slots: 5,
+        phase_timeout: PHASE_TIMEOUT,
+    };
+    let decision = |epoch, members: &[usize], proposer| Decision {
+        epoch: Epoch(epoch),
+        value: Proposal {
+            members: members.iter().map(|&m| id(m)).collect(),
+            proposer: id(proposer),
+        },
+    };
+    let known = decision(3, &[0, 1, 3, 4], 0);
+    let encode = |b: PaxosBlock| {
+        let mut out = [0u8; PAXOS_BLOCK_LEN];
+        b.encode(&mut out);
+        out
+    };
+    let mut disk = [[0u8; PAXOS_BLOCK_LEN]; 5];
+    disk[1] = encode(PaxosBlock {
+        owner: id(1),
+        epoch: Epoch(3),
+        mbal: Ballot(40 * 64 + 1),
+        bal: Ballot(40 * 64 + 1),
+        inp: Some(known.value),
+        decided: decision(2, &[0, 1, 2, 3, 4], 1),
+    });
+    let accepted = decision(4, &[0, 3], 3).value;
+    disk[3] = encode(PaxosBlock {
+        owner: id(3),
+        epoch: Epoch(4),
+        mbal: Ballot(64 + 3),
+        bal: Ballot(64 + 3),
+        inp: Some(accepted),
+        decided: known,
+    });
+    disk[4] = encode(PaxosBlock {
+        owner: id(4),
+        epoch: Epoch(3),
+        mbal: Ballot(64 + 4),
+        bal: Ballot::ZERO,
+        inp: None,
+        decided: known,
+    });
+    let mut p = DiskPaxos::new(id(0), config, known).expect("a valid configuration");
+    p.recover_own(&disk[0]).expect("an empty block");
+    let now = Timestamp::ZERO;
+    // Instance 3's ballot (round 1) is above round 1 of instance 0: the first ballot is round 2.
+    p.observe(id(3), &disk[3]).expect("a good block");
+    assert_eq!(
+        p.propose(Epoch(4), InstanceSet::from_bits(0b1), now),
+        Ok(Ballot(128))
+    );
+    let (mut writes, mut reads) = (0, 0);
+    let mut decided = None;
+    while let Some(io) = p.poll_io() {
+        match io {
+            PaxosIo::WriteOwn { bytes } => {
+                writes += 1;
+                disk[0] = bytes;
+                p.handle_write_done(now);
+            }
+            PaxosIo::ReadBlock { owner } => {
+                reads += 1;
+                let bytes = disk[owner.index()];
+                p.handle_read_done(owner, &bytes, now);
+            }
+        }
+        while let Some(event) = p.poll_event() {
+            assert!(decided.is_none(), "one event: {event:?}");
+            decided = Some(event);
+        }
+    }
+    // The value a dead instance accepted is the one decided: it may have been chosen.
+    assert_eq!(
+        decided,
+        Some(PaxosEvent::Decided(Decision {
+            epoch: Epoch(4),
+            value: accepted
+        }))
+    );
+    assert_eq!(
+        (writes, reads),
+        (3, 2 * 4),
+        "two write+read rounds and a commit"
+    );
+    let committed = PaxosBlock::decode(&disk[0])
+        .expect("decodes")
+        .expect("written");
+    assert_eq!(committed.decided.value, accepted);
 }
