@@ -89,6 +89,17 @@ pub enum ClusterMessage {
         /// Its members.
         live: InstanceSet,
     },
+    /// Where a running member stands, sent to every connected peer each heartbeat interval:
+    /// a member that missed a `Reconfigure` catches up from it, and a lost `RecoveryDone` is
+    /// repaired by `recovered`.
+    Status {
+        /// Its epoch.
+        epoch: Epoch,
+        /// Its members.
+        live: InstanceSet,
+        /// The newest epoch whose instance recovery it has completed.
+        recovered: Epoch,
+    },
 }
 
 /// A cluster message that does not decode.
@@ -124,6 +135,16 @@ impl ClusterMessage {
                 out.push(5);
                 out.extend_from_slice(&epoch.0.to_le_bytes());
                 out.extend_from_slice(&live.bits().to_le_bytes());
+            }
+            ClusterMessage::Status {
+                epoch,
+                live,
+                recovered,
+            } => {
+                out.push(6);
+                out.extend_from_slice(&epoch.0.to_le_bytes());
+                out.extend_from_slice(&live.bits().to_le_bytes());
+                out.extend_from_slice(&recovered.0.to_le_bytes());
             }
         }
     }
@@ -183,6 +204,14 @@ impl ClusterMessage {
                     live: InstanceSet::from_bits(u64_at(9)?),
                 })
             }
+            Some(6) => {
+                exact(25)?;
+                Ok(ClusterMessage::Status {
+                    epoch: Epoch(u64_at(1)?),
+                    live: InstanceSet::from_bits(u64_at(9)?),
+                    recovered: Epoch(u64_at(17)?),
+                })
+            }
             Some(_) => Err(ClusterDecodeError("unknown tag")),
             None => Err(ClusterDecodeError("empty")),
         }
@@ -235,6 +264,14 @@ pub enum InstanceEvent {
         epoch: Epoch,
         /// Blocks it rebuilt.
         blocks: u64,
+    },
+    /// A recovery-set block could not be rebuilt: its storage copy is corrupt (torn) and no
+    /// past image here replaced it. Readers of it get the same error; the rest recovered.
+    Unrecoverable {
+        /// The block.
+        block: gcs::BlockId,
+        /// What is wrong, with the block's storage offset.
+        detail: String,
     },
     /// This instance stopped.
     Stopped {
@@ -325,6 +362,16 @@ pub struct ClusterManager {
     recovery_epoch: Epoch,
     /// Members suspected and not heard from since.
     suspected: InstanceSet,
+    /// The newest epoch whose recovery this instance completed (sent in `Status`).
+    recovered: Epoch,
+    /// The decision this instance made for its current epoch (`Formed` or `Reconfigure`),
+    /// resent each heartbeat interval to `announce_to`: the members that have not shown
+    /// (by a `Status`) that they reached the epoch, and whose connection has not dropped
+    /// since (a restarted instance must never take an old life's admission for its own).
+    announce: Option<ClusterMessage>,
+    announce_to: InstanceSet,
+    /// When the next `Status` round (and resend of `announce`) is due.
+    status_due: Timestamp,
     stopped: bool,
     actions: VecDeque<ClusterAction>,
     stats: ClusterStats,
@@ -360,6 +407,10 @@ impl ClusterManager {
             recovery_pending: InstanceSet::EMPTY,
             recovery_epoch: epoch,
             suspected: InstanceSet::EMPTY,
+            recovered: epoch,
+            announce: None,
+            announce_to: InstanceSet::EMPTY,
+            status_due: now,
             stopped: false,
             actions: VecDeque::new(),
             stats: ClusterStats::default(),
@@ -410,8 +461,28 @@ impl ClusterManager {
         );
     }
 
+    /// This instance formed the cluster at its epoch: resend `Formed` to the members until
+    /// each shows it runs.
+    pub fn announce_formation(&mut self) {
+        let message = ClusterMessage::Formed {
+            epoch: self.epoch,
+            live: self.live,
+        };
+        self.announce(message);
+    }
+
+    fn announce(&mut self, message: ClusterMessage) {
+        self.announce = Some(message);
+        self.announce_to = self
+            .live
+            .iter()
+            .filter(|p| *p != self.me && self.connected.contains(*p))
+            .collect();
+    }
+
     /// The connection to `peer` dropped.
     pub fn on_disconnected(&mut self, peer: InstanceId) {
+        self.announce_to.remove(peer);
         if self.connected.remove(peer) && self.live.contains(peer) {
             self.suspect(peer);
         }
@@ -476,8 +547,36 @@ impl ClusterManager {
                 self.apply(epoch, live, now);
             }
             ClusterMessage::RecoveryDone { epoch } => {
-                if epoch == self.recovery_epoch {
+                if epoch >= self.recovery_epoch {
                     self.recovery_pending.remove(from);
+                }
+            }
+            ClusterMessage::Status {
+                epoch,
+                live,
+                recovered,
+            } => {
+                if !self.live.contains(from) && !live.contains(from) {
+                    // Not a member on either side: nothing it says moves this instance.
+                    return;
+                }
+                if epoch >= self.epoch {
+                    self.announce_to.remove(from);
+                }
+                if recovered >= self.recovery_epoch {
+                    self.recovery_pending.remove(from);
+                }
+                if epoch > self.epoch {
+                    // A member moved on to an epoch this instance never heard of (its
+                    // Reconfigure was lost): catch up, or stop if that epoch left it out.
+                    if live.contains(self.me) {
+                        self.apply(epoch, live, now);
+                    } else {
+                        self.stop(format!(
+                            "excluded from the cluster at epoch {} (learnt from instance {from})",
+                            epoch.0
+                        ));
+                    }
                 }
             }
         }
@@ -485,7 +584,8 @@ impl ClusterManager {
 
     /// This instance finished recovering its part after the reconfiguration to `epoch`.
     pub fn on_recovery_done(&mut self, epoch: Epoch) {
-        if epoch == self.recovery_epoch {
+        self.recovered = self.recovered.max(epoch);
+        if epoch >= self.recovery_epoch {
             self.recovery_pending.remove(self.me);
         }
         for member in self.live.iter() {
@@ -495,18 +595,27 @@ impl ClusterManager {
         }
     }
 
-    /// Members of `peers` whose disk heartbeat still moved within the disk timeout: they
-    /// have not stopped (an instance writes only while its heartbeat renews its lease), so
-    /// their blocks must not be touched yet.
-    pub fn still_writing(&self, peers: InstanceSet) -> InstanceSet {
-        peers
+    /// Whether this manager stopped the instance (voted out, lost the majority).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// When every member of `lost` has surely stopped writing, so its blocks may be rebuilt:
+    /// the lease after the later of `decided_at` (when this instance learnt the decision that
+    /// lost them; it was durable by then, and a lost member renews its lease only after a
+    /// voting-area read that began before it) and the last change of its disk heartbeat seen
+    /// here (a member that missed the decision and still renews keeps pushing this out), plus
+    /// an eighth of the lease for clock-rate differences between hosts. `decided_at` itself
+    /// when nobody was lost.
+    pub fn lost_lease_end(&self, lost: InstanceSet, decided_at: Timestamp) -> Timestamp {
+        if lost.is_empty() {
+            return decided_at;
+        }
+        let last = lost
             .iter()
-            .filter(|p| {
-                self.disk_observed
-                    .saturating_since(self.disk[p.index()].changed_at)
-                    < self.config.disk_timeout
-            })
-            .collect()
+            .map(|p| self.disk[p.index()].changed_at)
+            .fold(decided_at, Timestamp::max);
+        last + self.config.lease + self.config.lease / 8
     }
 
     /// Timers: heartbeats, detection, decisions.
@@ -517,6 +626,27 @@ impl ClusterManager {
         self.net.handle_timeout(now);
         while let Some(to) = self.net.poll_transmit() {
             self.actions.push_back(ClusterAction::Heartbeat { to });
+        }
+        if now >= self.status_due {
+            // Control messages are repaired by repetition, not acknowledged one by one: each
+            // round says where this instance stands, and resends its own decision to the
+            // members that have not shown they have it.
+            self.status_due = now + self.config.membership.heartbeat_interval;
+            let status = ClusterMessage::Status {
+                epoch: self.epoch,
+                live: self.live,
+                recovered: self.recovered,
+            };
+            let me = self.me;
+            let peers: InstanceSet = self.connected.iter().filter(|p| *p != me).collect();
+            for peer in peers.iter() {
+                self.send(peer, status);
+            }
+            if let Some(message) = self.announce {
+                for peer in self.announce_to.iter() {
+                    self.send(peer, message);
+                }
+            }
         }
         while let Some(event) = self.net.poll_event() {
             match event {
@@ -530,6 +660,12 @@ impl ClusterManager {
                 }
                 _ => {}
             }
+        }
+        // An instance whose own view of the disk is stale (its storage stalls, or its
+        // heartbeat thread does not run) decides nothing: every other member would look dead
+        // to it. Its lease runs out instead, unless storage comes back in time.
+        if now.saturating_since(self.disk_observed) >= self.config.disk_timeout {
+            return;
         }
         let mut dead = InstanceSet::EMPTY;
         let mut partitioned = InstanceSet::EMPTY;
@@ -597,6 +733,7 @@ impl ClusterManager {
             self.send(member, ClusterMessage::Reconfigure { epoch, live });
         }
         self.apply(epoch, live, now);
+        self.announce(ClusterMessage::Reconfigure { epoch, live });
     }
 
     fn apply(&mut self, epoch: Epoch, live: InstanceSet, now: Timestamp) {
@@ -609,6 +746,8 @@ impl ClusterManager {
         }
         self.epoch = epoch;
         self.live = live;
+        self.announce = None;
+        self.announce_to = InstanceSet::EMPTY;
         self.net.set_epoch(epoch);
         self.stats.reconfigurations += 1;
         self.suspected = InstanceSet::from_bits(self.suspected.bits() & live.bits());
@@ -713,6 +852,11 @@ mod tests {
                 epoch: Epoch(1),
                 live: set(&[0, 1, 2]),
             },
+            ClusterMessage::Status {
+                epoch: Epoch(4),
+                live: set(&[0, 2]),
+                recovered: Epoch(3),
+            },
         ];
         for message in messages {
             let mut bytes = Vec::new();
@@ -802,20 +946,50 @@ mod tests {
     }
 
     #[test]
-    fn a_voted_out_member_whose_disk_heartbeat_goes_on_is_still_writing() {
+    fn a_voted_out_member_whose_disk_heartbeat_goes_on_keeps_its_lease() {
         let mut m = manager(0, &[0, 1, 2]);
+        let lease = FailureConfig::default().lease;
         // Instance 2 is cut off from the network; its disk heartbeat goes on past the grace.
         run(&mut m, &[1, 2], &[0, 1, 2], 0, 500);
         run(&mut m, &[1], &[0, 1, 2], 600, 3000);
         assert!(reconfigured(&actions(&mut m)).is_some());
-        assert_eq!(
-            m.still_writing(set(&[2])),
-            set(&[2]),
-            "it has not stopped yet"
+        let decided_at = at(3000);
+        // Its heartbeat moved at 3000 ms: its lease may run to 3000 + lease.
+        assert!(m.lost_lease_end(set(&[2]), decided_at) >= at(3000) + lease);
+        // It sees the vote and stops: its heartbeat stands still from 3100 ms on, so the
+        // wait ends the lease (and the margin) after the last change, whatever comes later.
+        run(&mut m, &[1], &[0, 1], 3100, 6000);
+        let end = m.lost_lease_end(set(&[2]), decided_at);
+        assert!(end >= at(3000) + lease && end < at(3100) + lease + lease / 4);
+        assert!(
+            end >= decided_at + lease,
+            "never before the lease after the decision"
         );
-        // It sees the vote and stops: its heartbeat stands still.
-        run(&mut m, &[1], &[0, 1], 3100, 3600);
-        assert_eq!(m.still_writing(set(&[2])), InstanceSet::EMPTY);
+        assert_eq!(m.lost_lease_end(InstanceSet::EMPTY, decided_at), decided_at);
+    }
+
+    #[test]
+    fn an_instance_whose_disk_view_is_stale_decides_nothing() {
+        // Instance 0's storage stalls: it sees no disk heartbeat round, and its network to 1
+        // drops too. It must not take 1 for dead (1's disk heartbeat goes on).
+        let mut m = manager(0, &[0, 1]);
+        run(&mut m, &[1], &[0, 1], 0, 500);
+        let mut t = 600;
+        while t <= 4000 {
+            m.tick(at(t));
+            t += 100;
+        }
+        let acts = actions(&mut m);
+        assert!(
+            reconfigured(&acts).is_none(),
+            "decided from a stale view: {acts:?}"
+        );
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a, ClusterAction::Fence { .. })),
+            "voted from a stale view"
+        );
     }
 
     #[test]
@@ -858,5 +1032,107 @@ mod tests {
             (Epoch(3), set(&[0, 1, 2]), InstanceSet::EMPTY)
         );
         assert_eq!(m.stats().joins, 1);
+    }
+
+    fn sent(actions: &[ClusterAction], to: u64) -> Vec<ClusterMessage> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                ClusterAction::Send { to: t, message } if *t == id(to) => Some(*message),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lost_reconfigure_is_resent_until_the_member_shows_it_has_the_epoch() {
+        let mut m = manager(0, &[0, 1, 2]);
+        // Instance 2 dies (network and disk); 0 decides epoch 2 = {0, 1}.
+        run(&mut m, &[1, 2], &[0, 1, 2], 0, 300);
+        m.on_disconnected(id(2));
+        run(&mut m, &[1], &[0, 1], 400, 1500);
+        let acts = actions(&mut m);
+        let (epoch, live, _) = reconfigured(&acts).expect("no reconfiguration");
+        // The Reconfigure to 1 was lost: the next rounds resend it, with a Status.
+        run(&mut m, &[1], &[0, 1], 1600, 1800);
+        let again = sent(&actions(&mut m), 1);
+        assert!(again.contains(&ClusterMessage::Reconfigure { epoch, live }));
+        assert!(
+            again
+                .iter()
+                .any(|msg| matches!(msg, ClusterMessage::Status { epoch: e, .. } if *e == epoch))
+        );
+        // 1 shows it reached the epoch: no more resends.
+        m.on_message(
+            id(1),
+            ClusterMessage::Status {
+                epoch,
+                live,
+                recovered: Epoch(1),
+            },
+            at(1850),
+        );
+        run(&mut m, &[1], &[0, 1], 1900, 2200);
+        assert!(!sent(&actions(&mut m), 1).contains(&ClusterMessage::Reconfigure { epoch, live }));
+    }
+
+    #[test]
+    fn a_member_that_missed_a_reconfigure_catches_up_from_a_status() {
+        let mut m = manager(1, &[0, 1, 2]);
+        run(&mut m, &[0, 2], &[0, 1, 2], 0, 300);
+        let _ = actions(&mut m);
+        m.on_message(
+            id(0),
+            ClusterMessage::Status {
+                epoch: Epoch(2),
+                live: set(&[0, 1]),
+                recovered: Epoch(1),
+            },
+            at(350),
+        );
+        let (epoch, live, lost) = reconfigured(&actions(&mut m)).expect("did not catch up");
+        assert_eq!((epoch, live, lost), (Epoch(2), set(&[0, 1]), set(&[2])));
+        // A Status of an epoch that left this instance out stops it.
+        m.on_message(
+            id(0),
+            ClusterMessage::Status {
+                epoch: Epoch(3),
+                live: set(&[0]),
+                recovered: Epoch(2),
+            },
+            at(400),
+        );
+        assert!(
+            actions(&mut m)
+                .iter()
+                .any(|a| matches!(a, ClusterAction::Stop { .. }))
+        );
+    }
+
+    #[test]
+    fn a_lost_recovery_done_is_repaired_by_a_status() {
+        let mut m = manager(0, &[0, 1, 2, 3]);
+        run(&mut m, &[1, 2, 3], &[0, 1, 2, 3], 0, 300);
+        m.on_disconnected(id(3));
+        run(&mut m, &[1, 2], &[0, 1, 2], 400, 1500);
+        let (epoch, live, _) = reconfigured(&actions(&mut m)).expect("no reconfiguration");
+        m.on_recovery_done(epoch);
+        m.on_message(id(1), ClusterMessage::RecoveryDone { epoch }, at(1550));
+        // 2's RecoveryDone was lost; its Status says it recovered.
+        m.on_message(
+            id(2),
+            ClusterMessage::Status {
+                epoch,
+                live,
+                recovered: epoch,
+            },
+            at(1600),
+        );
+        // Instance 3 restarts and asks to join: admitted, since recovery is done everywhere.
+        m.on_connected(id(3));
+        m.on_frame(id(3), epoch, at(1650));
+        m.on_message(id(3), ClusterMessage::JoinRequest, at(1700));
+        let (joined, members, _) = reconfigured(&actions(&mut m)).expect("not admitted");
+        assert_eq!((joined, members), (Epoch(epoch.0 + 1), set(&[0, 1, 2, 3])));
     }
 }

@@ -15,7 +15,7 @@
 
 use crate::cache::{ReadLatch, WriteLatch};
 use crate::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfig, InstanceEvent};
-use crate::core::{Completion, Core, CoreError, IoOp, Send as CoreSend, Ticket};
+use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
 use crate::format::{self, BlockError, Layout};
 use crate::storage::{AlignedBuf, IoClass, SharedStorage};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
@@ -87,8 +87,14 @@ pub(crate) enum Command {
         scn: Scn,
         result: Result<(), String>,
     },
-    /// The disk-heartbeat thread read every slot.
-    Disk(Vec<SlotSeen>),
+    /// A disk-heartbeat round: this instance's heartbeat write (`written_at`: when it
+    /// started, as a CLOCK_BOOTTIME reading, if it succeeded), then a read of every slot
+    /// (`all_read`: none failed).
+    Disk {
+        slots: Vec<SlotSeen>,
+        written_at: Option<Duration>,
+        all_read: bool,
+    },
     /// The recovery thread scanned the lost instances' redo for `epoch`'s reconfiguration.
     Scanned {
         epoch: Epoch,
@@ -97,11 +103,21 @@ pub(crate) enum Command {
     Recovered {
         epoch: Epoch,
         block: BlockId,
-        result: Result<Scn, String>,
+        outcome: RecoveryOutcome,
     },
     /// Storage is out of reach past the lease, or another fatal condition.
     Stop(String),
     Shutdown,
+}
+
+/// What became of one recovery-set block.
+pub(crate) enum RecoveryOutcome {
+    /// Rebuilt and durable at this SCN.
+    Rebuilt(Scn),
+    /// Its storage copy is corrupt and no past image replaced it: reported, the rest goes on.
+    Corrupt(String),
+    /// Recovery could not proceed (I/O error, lease): this instance stops.
+    Failed(String),
 }
 
 /// One slot as the disk-heartbeat thread read it.
@@ -113,37 +129,47 @@ pub(crate) struct SlotSeen {
     fence_epoch: Epoch,
 }
 
-/// The I/O lease: this instance may write to shared storage only until `until` (nanoseconds
-/// since `origin`), renewed by every disk heartbeat it writes. A stopped or fenced instance
-/// revokes it; survivors wait out the lease before they touch a lost instance's blocks.
+/// The I/O lease: this instance may write to shared storage only until `until` (CLOCK_BOOTTIME
+/// nanoseconds, so time suspended counts), renewed after each disk-heartbeat round whose
+/// voting-area read found no decision against this instance, from the time that round's
+/// heartbeat write started. It is checked before an I/O is submitted and again when it
+/// completes, before a commit is acknowledged or a write reported done. A stopped or fenced
+/// instance revokes it for good; survivors wait out the lease before they touch a lost
+/// instance's blocks.
 #[derive(Debug)]
 pub(crate) struct Lease {
-    origin: Instant,
     until: AtomicU64,
+    revoked: AtomicBool,
 }
 
 impl Lease {
-    fn new(origin: Instant, lease: Duration) -> Self {
+    fn new(lease: Duration) -> Self {
         Self {
-            origin,
-            until: AtomicU64::new(lease.as_nanos() as u64),
+            until: AtomicU64::new(nanos(crate::storage::boottime() + lease)),
+            revoked: AtomicBool::new(false),
         }
     }
 
-    fn renew(&self, from: Instant, lease: Duration) {
-        let until = from.saturating_duration_since(self.origin) + lease;
-        self.until
-            .fetch_max(until.as_nanos() as u64, Ordering::AcqRel);
+    /// Extends the lease to `lease` after `from` (a CLOCK_BOOTTIME reading).
+    fn renew(&self, from: Duration, lease: Duration) {
+        self.until.fetch_max(nanos(from + lease), Ordering::AcqRel);
     }
 
+    /// Ends the lease for good: a renewal in flight cannot revive it (`valid` reads the flag).
     fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
         self.until.store(0, Ordering::Release);
     }
 
     /// Whether this instance may still write.
     pub(crate) fn valid(&self) -> bool {
-        (self.origin.elapsed().as_nanos() as u64) < self.until.load(Ordering::Acquire)
+        !self.revoked.load(Ordering::Acquire)
+            && nanos(crate::storage::boottime()) < self.until.load(Ordering::Acquire)
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Why the instance stopped, once it has.
@@ -369,7 +395,7 @@ impl Runtime {
         let (recovery_tx, recovery_rx) = crossbeam::channel::unbounded::<RecoveryJob>();
         let waker = transport.waker();
         let parked = Arc::new(AtomicBool::new(false));
-        let lease = Arc::new(Lease::new(origin, failure.lease));
+        let lease = Arc::new(Lease::new(failure.lease));
         let stop = Arc::new(StopState::default());
         let fence = Arc::new(Mutex::new((InstanceSet::EMPTY, Epoch(0))));
         let handle = Arc::new(DriverHandle {
@@ -485,7 +511,7 @@ enum RecoveryJob {
     /// Rebuild these blocks from storage and the scanned redo.
     Recover {
         epoch: Epoch,
-        blocks: Vec<BlockId>,
+        blocks: Vec<RecoveryTarget>,
         scan: Arc<crate::recovery::ThreadScan>,
     },
 }
@@ -504,12 +530,13 @@ struct Driver<T> {
     stop: Arc<StopState>,
     /// Lost instances whose blocks are not recovered yet.
     lost: InstanceSet,
-    /// When the lease of the lost instances has run out: scan their redo then.
-    scan_due: Option<(Instant, Epoch)>,
+    /// When this instance learnt of the decision that lost `lost`, and the epoch: their redo
+    /// is scanned once their lease has surely run out (`ClusterManager::lost_lease_end`).
+    scan_due: Option<(Timestamp, Epoch)>,
     /// The epoch whose recovery is in progress, and the scan it uses.
     recovery_epoch: Option<(Epoch, Option<Arc<crate::recovery::ThreadScan>>)>,
     /// Recovery-set blocks waiting for the scan.
-    to_recover: Vec<BlockId>,
+    to_recover: Vec<RecoveryTarget>,
     /// Frames for members whose connection is not up yet, in order.
     unconnected: HashMap<InstanceId, Vec<CoreSend>>,
     event_log: std::collections::VecDeque<TimedEvent>,
@@ -576,23 +603,36 @@ impl<T: Transport> Driver<T> {
                 self.cluster.tick(now);
                 busy = true;
             }
-            if let Some((due, epoch)) = self.scan_due
-                && Instant::now() >= due
+            // A lost member whose disk heartbeat still moves has not stopped: the end of its
+            // lease moves with it, and its blocks are not ours to rebuild until then.
+            if let Some((decided_at, epoch)) = self.scan_due
+                && now >= self.cluster.lost_lease_end(self.lost, decided_at)
             {
-                let writing = self.cluster.still_writing(self.lost);
-                if writing.is_empty() {
-                    self.scan_due = None;
-                    let _ = self.recovery.send(RecoveryJob::Scan {
-                        epoch,
-                        all: self.configured,
-                    });
-                } else {
-                    // A lost member still renews its lease on disk: it has not stopped, so
-                    // its blocks are not ours to rebuild yet. Look again after a heartbeat.
-                    self.scan_due = Some((Instant::now() + self.failure.disk_interval, epoch));
-                }
+                self.scan_due = None;
+                let _ = self.recovery.send(RecoveryJob::Scan {
+                    epoch,
+                    all: self.configured,
+                });
             }
             busy |= self.cluster_actions();
+            // The engines' state no longer matches the cluster's (a refused write leaves GCS
+            // believing a block is being written): serving on would wedge those blocks
+            // cluster-wide while this instance keeps heartbeating. Stop, so the others fence
+            // it and recover its part.
+            if !self.context.lease.valid() && self.stop.reason().is_none() {
+                let reason = format!(
+                    "the I/O lease expired: no disk-heartbeat round renewed it for {:?}",
+                    self.failure.lease
+                );
+                self.give_up(reason);
+            }
+            if let Some(reason) = self
+                .core
+                .failure()
+                .map(|error| format!("the coordination core failed: {error}"))
+            {
+                self.give_up(reason);
+            }
             if self.stop.reason().is_some() {
                 self.halt(self.stop.reason().unwrap_or_default());
                 return;
@@ -616,8 +656,9 @@ impl<T: Transport> Driver<T> {
                 wake_at = wake_at.min(at);
             }
             let mut park = wake_at.saturating_since(now).min(MAX_PARK);
-            if let Some((due, _)) = self.scan_due {
-                park = park.min(due.saturating_duration_since(Instant::now()));
+            if let Some((decided_at, _)) = self.scan_due {
+                let due = self.cluster.lost_lease_end(self.lost, decided_at);
+                park = park.min(due.saturating_since(now));
             }
             self.parked.store(true, Ordering::Relaxed);
             fence(Ordering::SeqCst);
@@ -704,7 +745,7 @@ impl<T: Transport> Driver<T> {
                         // Recover everything lost so far, once the lost instances' lease has
                         // run out (they stop all I/O by then).
                         self.lost = self.lost.iter().chain(lost.iter()).collect();
-                        self.scan_due = Some((Instant::now() + self.failure.lease, epoch));
+                        self.scan_due = Some((now, epoch));
                         self.recovery_epoch = Some((epoch, None));
                         self.stats.recoveries_started += 1;
                     }
@@ -871,7 +912,11 @@ impl<T: Transport> Driver<T> {
             Command::WriteDone { block, scn, result } => {
                 self.core.on_write_done(block, scn, result, now)
             }
-            Command::Disk(slots) => {
+            Command::Disk {
+                slots,
+                written_at,
+                all_read,
+            } => {
                 for slot in slots {
                     self.cluster.on_disk(
                         slot.instance,
@@ -880,6 +925,16 @@ impl<T: Transport> Driver<T> {
                         slot.fence_epoch,
                         now,
                     );
+                }
+                // Renewed only by a round that wrote the heartbeat and then read every slot
+                // without finding a decision against this instance: a decision made durable
+                // after the read began is seen by the next round, and this round's renewal
+                // counts from its write, which started before that decision.
+                if let Some(at) = written_at
+                    && all_read
+                    && !self.cluster.is_stopped()
+                {
+                    self.context.lease.renew(at, self.failure.lease);
                 }
             }
             Command::Scanned { epoch, result } => match result {
@@ -900,21 +955,36 @@ impl<T: Transport> Driver<T> {
             Command::Recovered {
                 epoch,
                 block,
-                result,
-            } => match result {
-                Ok(scn) => {
-                    if self
-                        .recovery_epoch
-                        .as_ref()
-                        .is_some_and(|(e, _)| *e == epoch)
-                    {
-                        self.stats.blocks_recovered += 1;
-                        self.core.on_block_recovered(block, scn, now);
+                outcome,
+            } => {
+                let current = self
+                    .recovery_epoch
+                    .as_ref()
+                    .is_some_and(|(e, _)| *e == epoch);
+                match outcome {
+                    RecoveryOutcome::Rebuilt(scn) => {
+                        if current {
+                            self.stats.blocks_recovered += 1;
+                            self.core.on_block_recovered(block, scn, now);
+                        }
                     }
-                    self.check_recovery_done();
+                    RecoveryOutcome::Corrupt(detail) => {
+                        eprintln!("fusion: instance recovery: {detail}");
+                        self.record(InstanceEvent::Unrecoverable {
+                            block,
+                            detail: detail.clone(),
+                        });
+                        if current {
+                            self.core.on_block_unrecoverable(block, now);
+                        }
+                    }
+                    RecoveryOutcome::Failed(e) => {
+                        self.give_up(format!("instance recovery of block {block}: {e}"));
+                        return;
+                    }
                 }
-                Err(e) => self.give_up(format!("instance recovery of block {block}: {e}")),
-            },
+                self.check_recovery_done();
+            }
             Command::Stop(reason) => self.give_up(reason),
             Command::Shutdown => {}
         }
@@ -1008,7 +1078,7 @@ impl<T: Transport> Driver<T> {
                         // thread's redo now (no lease to wait out, no dead redo to report).
                         let epoch = self.core.epoch();
                         self.recovery_epoch = Some((epoch, None));
-                        self.scan_due = Some((Instant::now(), epoch));
+                        self.scan_due = Some((self.now(), epoch));
                         self.stats.recoveries_started += 1;
                     }
                     // Recovery-set blocks wait for the redo scan when it is not read yet.
@@ -1140,6 +1210,17 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
                                 .sync(IoClass::Data)
                                 .map_err(|e| e.to_string())
                         })
+                        // Checked again on completion: a write held by the storage path (or
+                        // a pause between the check and the write) may have landed after the
+                        // lease; it is not reported done, and this instance stops.
+                        .and_then(|()| {
+                            if context.lease.valid() {
+                                Ok(())
+                            } else {
+                                Err("the I/O lease expired while the write was in flight"
+                                    .to_string())
+                            }
+                        })
                 };
                 context.storage_writes.fetch_add(1, Ordering::Relaxed);
                 Command::WriteDone { block, scn, result }
@@ -1179,12 +1260,13 @@ fn disk_thread(
             return;
         }
         let started = Instant::now();
+        let started_boot = crate::storage::boottime();
         heartbeat += 1;
         let (votes, epoch) = *fence.lock();
         let slot_guard = done.slot_lock.lock();
         let written = format::read_slot(storage, layout, me).and_then(|mut slot| {
             slot.heartbeat = heartbeat;
-            slot.heartbeat_nanos = started.duration_since(context.lease.origin).as_nanos() as u64;
+            slot.heartbeat_nanos = nanos(started_boot);
             slot.state = format::SlotState::Up;
             if epoch > slot.fence_epoch || votes != slot.fence_votes {
                 slot.fence_votes = votes;
@@ -1193,10 +1275,10 @@ fn disk_thread(
             format::write_slot(storage, layout, &slot)
         });
         drop(slot_guard);
-        match written {
+        let written_at = match written {
             Ok(()) => {
                 last_ok = started;
-                context.lease.renew(started, failure.lease);
+                Some(started_boot)
             }
             Err(e) if started.duration_since(last_ok) >= failure.lease => {
                 done.submit(Command::Stop(format!(
@@ -1205,21 +1287,31 @@ fn disk_thread(
                 )));
                 return;
             }
-            Err(_) => {}
-        }
-        let seen: Vec<SlotSeen> = configured
+            Err(_) => None,
+        };
+        let mut all_read = true;
+        let slots: Vec<SlotSeen> = configured
             .iter()
-            .filter_map(|instance| {
-                let slot = format::read_slot(storage, layout, instance).ok()?;
-                Some(SlotSeen {
-                    instance,
-                    heartbeat: slot.heartbeat,
-                    fence_votes: slot.fence_votes,
-                    fence_epoch: slot.fence_epoch,
-                })
-            })
+            .filter_map(
+                |instance| match format::read_slot(storage, layout, instance) {
+                    Ok(slot) => Some(SlotSeen {
+                        instance,
+                        heartbeat: slot.heartbeat,
+                        fence_votes: slot.fence_votes,
+                        fence_epoch: slot.fence_epoch,
+                    }),
+                    Err(_) => {
+                        all_read = false;
+                        None
+                    }
+                },
+            )
             .collect();
-        if !done.submit(Command::Disk(seen)) {
+        if !done.submit(Command::Disk {
+            slots,
+            written_at,
+            all_read,
+        }) {
             return;
         }
         std::thread::sleep(failure.disk_interval.saturating_sub(started.elapsed()));
@@ -1255,7 +1347,7 @@ fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &Drive
                 // Batches share one sync; each batch is reported (and unfrozen) as it is
                 // done. Recovery is bound by storage latency (one read and one write per
                 // block), so several workers keep several I/Os in flight.
-                let batches: Vec<&[BlockId]> = blocks.chunks(RECOVERY_BATCH).collect();
+                let batches: Vec<&[RecoveryTarget]> = blocks.chunks(RECOVERY_BATCH).collect();
                 let next = AtomicU64::new(0);
                 std::thread::scope(|workers| {
                     for _ in 0..RECOVERY_WORKERS.min(batches.len()) {
@@ -1275,35 +1367,64 @@ fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &Drive
     }
 }
 
-/// Rebuilds one batch of recovery-set blocks and reports them; false once the driver is gone.
+/// Rebuilds one batch of recovery-set blocks (from this instance's past image where it holds
+/// the newest, else storage) and reports each; false once the driver is gone.
 fn recover_batch(
     context: &IoContext,
     scan: &crate::recovery::ThreadScan,
     epoch: Epoch,
-    batch: &[BlockId],
+    batch: &[RecoveryTarget],
     done: &DriverHandle,
 ) -> bool {
+    let latches: Vec<Option<(ReadLatch<'_>, Scn)>> = batch
+        .iter()
+        .map(|t| t.past_image.as_ref().map(|pi| (pi.read(), pi.scn())))
+        .collect();
+    let starts: Vec<crate::recovery::RecoveryStartImage<'_>> = batch
+        .iter()
+        .zip(&latches)
+        .map(|(t, latch)| {
+            (
+                t.block,
+                latch.as_ref().map(|(bytes, scn)| (&bytes[..], *scn)),
+            )
+        })
+        .collect();
     let result = if context.lease.valid() {
-        crate::recovery::recover_blocks(context.storage.as_ref(), &context.layout, scan, batch)
+        crate::recovery::recover_blocks(context.storage.as_ref(), &context.layout, scan, &starts)
             .map_err(|e| e.to_string())
+            .and_then(|recovered| {
+                // A batch whose writes outlived the lease is not reported recovered.
+                if context.lease.valid() {
+                    Ok(recovered)
+                } else {
+                    Err("the I/O lease expired while the batch was written".to_string())
+                }
+            })
     } else {
         Err("the I/O lease has expired".to_string())
     };
+    drop(starts);
+    drop(latches);
     let commands: Vec<Command> = match result {
-        Ok(recovered) => recovered
-            .into_iter()
-            .map(|r| Command::Recovered {
+        Ok(recovered) => batch
+            .iter()
+            .zip(recovered)
+            .map(|(t, r)| Command::Recovered {
                 epoch,
-                block: r.block,
-                result: Ok(r.scn),
+                block: t.block,
+                outcome: match r {
+                    Ok(r) => RecoveryOutcome::Rebuilt(r.scn),
+                    Err(e) => RecoveryOutcome::Corrupt(e.to_string()),
+                },
             })
             .collect(),
         Err(e) => batch
             .first()
-            .map(|&block| Command::Recovered {
+            .map(|t| Command::Recovered {
                 epoch,
-                block,
-                result: Err(e),
+                block: t.block,
+                outcome: RecoveryOutcome::Failed(e),
             })
             .into_iter()
             .collect(),
