@@ -12,9 +12,9 @@
 //! * A cluster on a loop block device with `O_DIRECT` (`losetup --direct-io=on`), formatted
 //!   by `fusionctl create`: a `kill -9` and recovery lose no acknowledged increment.
 //!
-//! They need root and their tools (`nft`, `losetup`, `fusermount3` with `/dev/fuse`). Where
-//! one is missing a test prints one `SKIPPED <test>: <reason>` line and returns: that checks
-//! nothing. Firewall tables, loop devices and mounts are removed by guards (also on a panic),
+//! They need their tools: `kill`; and as root `nft`, `losetup`, `umount` with `/dev/fuse`.
+//! Where one is missing a test prints one `SKIPPED <test>: <reason>` line and returns: that
+//! checks nothing. Firewall tables, loop devices and mounts are removed by guards (also on a panic),
 //! after the instances are killed. The tests take turns (one lock): each runs three
 //! processes, and CI has two noisy cores.
 //!
@@ -48,14 +48,14 @@ fn serial() -> MutexGuard<'static, ()> {
 
 // ------------------------------------------------------------------------------ skipping
 
-/// Why a test that needs root and `tools` cannot run here, if it cannot.
-fn skip_reason(tools: &[&str]) -> Option<String> {
+/// Why a test that needs `tools` (and root, if `root`) cannot run here, if it cannot.
+fn skip_reason(root: bool, tools: &[&str]) -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid = status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|uids| uids.split_whitespace().nth(1).map(str::to_string));
-    if euid.as_deref() != Some("0") {
+    if root && euid.as_deref() != Some("0") {
         return Some(format!(
             "needs root (effective uid {})",
             euid.as_deref().unwrap_or("unknown")
@@ -401,7 +401,7 @@ fn signal(node: &Node, signal: &str) {
 fn a_one_link_cut_among_three_stops_exactly_one_end() {
     let test = "a_one_link_cut_among_three_stops_exactly_one_end";
     let _serial = serial();
-    if let Some(why) = skip_reason(&["nft", "kill"]) {
+    if let Some(why) = skip_reason(true, &["nft"]) {
         eprintln!("SKIPPED {test}: {why}");
         return;
     }
@@ -454,7 +454,7 @@ fn a_one_link_cut_among_three_stops_exactly_one_end() {
 fn a_frozen_instance_stops_by_itself_when_thawed_and_nothing_is_lost() {
     let test = "a_frozen_instance_stops_by_itself_when_thawed_and_nothing_is_lost";
     let _serial = serial();
-    if let Some(why) = skip_reason(&["kill"]) {
+    if let Some(why) = skip_reason(false, &["kill"]) {
         eprintln!("SKIPPED {test}: {why}");
         return;
     }
@@ -519,7 +519,7 @@ impl Drop for LoopDevice {
 fn a_cluster_on_a_loop_block_device_survives_a_kill() {
     let test = "a_cluster_on_a_loop_block_device_survives_a_kill";
     let _serial = serial();
-    if let Some(why) = skip_reason(&["losetup"]) {
+    if let Some(why) = skip_reason(true, &["losetup"]) {
         eprintln!("SKIPPED {test}: {why}");
         return;
     }
@@ -597,7 +597,7 @@ fn stall_storage_of(cluster: &mut Cluster, id: usize) -> Result<(), String> {
 fn a_storage_stall_of_one_instance_loses_nothing() {
     let test = "a_storage_stall_of_one_instance_loses_nothing";
     let _serial = serial();
-    if let Some(why) = skip_reason(&["umount"]) {
+    if let Some(why) = skip_reason(true, &["umount"]) {
         eprintln!("SKIPPED {test}: {why}");
         return;
     }
@@ -677,7 +677,7 @@ fn a_storage_stall_of_one_instance_loses_nothing() {
 fn a_cut_with_a_storage_stall_leaves_exactly_one_side_serving() {
     let test = "a_cut_with_a_storage_stall_leaves_exactly_one_side_serving";
     let _serial = serial();
-    if let Some(why) = skip_reason(&["umount", "nft"]) {
+    if let Some(why) = skip_reason(true, &["umount", "nft"]) {
         eprintln!("SKIPPED {test}: {why}");
         return;
     }
