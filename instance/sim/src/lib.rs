@@ -1,0 +1,171 @@
+//! The instance simulator: the coordination core (`instance::core::Core`) of 2–4 instances,
+//! each over a real buffer cache and landing region, driven in one thread over
+//! interconnect's seeded `sim` network and a shared seeded faulty in-memory disk
+//! (`storage::faulty`) formatted with the real layout (`instance::format`: control area,
+//! slots, one redo thread per instance, data blocks). One `u64` seed decides the cluster's
+//! shape (instances, 4–16 data blocks; tiny caches of a few frames per user, small ones just
+//! above the block count, or large ones; a small GCS master table in some seeds, ping-pong
+//! damping in others), every delay, every user action and the failures; the same seed gives
+//! the same run. The driver is [`driver`].
+//!
+//! Workload: per instance 1–4 users run transactions on `u64` counters: X on one block (or,
+//! with large caches, 2–3 blocks in ascending order), increment under the write latch at a
+//! fresh SCN above the grant's, then after a seeded hold either commit — the redo record
+//! goes through the instance's real `RedoWriter` onto its thread (a seeded redo-write
+//! latency), and once durable the blocks are released with the SCN (frame marked dirty):
+//! the acknowledgement — or abort (before-images restored, `release` with none); and readers
+//! (S, check, hold, check, release). Checkpoints come at seeded intervals and, in most seeds,
+//! move the redo checkpoint as `Instance::checkpoint` does (position first, then
+//! `Core::checkpoint`, the slot once `Core::checkpoint_done`); writes copy their frame at
+//! once or, as the runtime's I/O thread, later.
+//!
+//! Failures (in 60% of the seeds, a plan drawn from the seed): an instance dies at the n-th
+//! step, block ship (sender or receiver, the block on the wire), data write in flight,
+//! storage read in flight, commit with its redo write in flight (lost) or commit durable and
+//! not yet acknowledged (kept), or is cut off from every peer (a partition: it runs on alone,
+//! its users commit what it holds, until it is fenced). Its messages, cache, engines, users,
+//! uncommitted changes and queued I/O vanish (a data write already submitted lands or not);
+//! its redo stays. After a detection delay the survivors reconfigure to a new epoch (in one
+//! step, or up to 100 µs apart: the core defers messages of an epoch it has not reached);
+//! after the lease each scans the redo with `instance::recovery::scan_threads`, calls
+//! `Core::on_redo_scanned`, rebuilds its `IoOp::Recover` blocks with `recover_blocks` and
+//! reports them with `Core::on_block_recovered`. Then, per plan: a second instance dies
+//! during the rebuild (remastering) or during recovery (the lost accumulate until recovery
+//! completes), or later; dead instances restart (a new joining core at the next epoch, the
+//! others reconfigure to it, once every survivor's recovery is complete) and may die again.
+//!
+//! Checked after every step, over the instances alive: no core failed; the cache's
+//! invariants hold; at most one instance holds a block in X and X excludes S elsewhere
+//! (copies being released aside); GCS's mode and the cache agree (a current copy exactly
+//! when GCS holds the block); every readable copy is the latest committed version with GCS's
+//! SCN, unless a local transaction is changing it; past images agree between GCS and the
+//! cache and are committed versions; storage holds a committed version, the latest whenever
+//! nothing is dirty and no failure is being handled. On the way: every grant holds the
+//! latest committed version at the grant's SCN; no X grant while a write of the block is in
+//! flight; every shipped block is the latest committed version at the message's SCN; every
+//! write copies a committed version at the write's SCN, never over a newer one; a recovery
+//! set never names a block a live instance holds a current copy of, and every block recovery
+//! rebuilds is the latest committed version (every acknowledged commit, and every commit
+//! durable when its instance died); no user waits longer than `support::LIVENESS_LIMIT` of
+//! virtual time. At the end: everything goes idle, a checkpoint on every live instance
+//! leaves nothing dirty, storage and an S read of every block on a random live instance
+//! hold exactly the acknowledged increments plus those durable when their committer died
+//! (so no acknowledged commit is lost, and none that was never durable appears), and no past
+//! image, filling or retiring frame is left.
+//!
+//! * CI: `cargo test -p sim --test sim` runs `FUSION_SIM_SEEDS` seeds (default 1,000,
+//!   about 40 s in debug on two cores) from `FUSION_SIM_START` (default 0) on a few threads
+//!   ([`run_seeds`]); `FUSION_SEED=N cargo test -p sim --release --test sim replay -- --nocapture`
+//!   replays one (`FUSION_SIM_TRACE=1` prints every step; without `FUSION_SEED`, seed 1).
+//! * The `fusion-sim` binary: `fusion-sim replay SEED` runs one seed printing every step;
+//!   `fusion-sim seeds A..B` runs a range and stops at the first failing seed;
+//!   `fusion-sim soak --minutes N` runs consecutive seeds for N minutes and prints the totals.
+//!   Build it with `--release` (`cargo run --release -p sim --bin fusion-sim -- replay 1234`).
+//!
+//! Not covered: the cluster manager (detection, votes, fencing and the lease are modelled
+//! by the driver: a death is decided after a delay, a cut-off instance dies before the
+//! others decide), partitions that leave an isolated instance running past the decision,
+//! whole-cluster restart, storage power loss (torn or lost unsynced writes: every write here
+//! is synced) and storage errors in the main seeds (one test injects read errors), GES locks,
+//! the commit-dependency ship policy, lost messages between live instances, recovery I/O
+//! racing other I/O (a recovery batch is one step), concurrency inside one instance (the
+//! runtime's threads: the simulator is one thread, so latches never contend).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+// The driver is the test oracle: a broken expectation panics with the seed and the replay
+// command (`run_seed` catches it, reruns the seed with the trace and prints its tail).
+#[allow(missing_docs, missing_debug_implementations, clippy::unwrap_used)]
+pub mod driver;
+
+pub use driver::{LIVENESS_LIMIT, Sim, SimConfig, SimStats, run_read_error, run_seed};
+
+use std::ops::Range;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What [`run_seeds`] ran: how many seeds, and their totals.
+#[derive(Debug, Default)]
+pub struct SeedsRun {
+    /// Seeds run to the end.
+    pub seeds: u64,
+    /// Their counters, added up.
+    pub total: SimStats,
+}
+
+/// Runs the seeds of `seeds` in order on a few threads (each seed alone is deterministic),
+/// taking no new seed once `deadline` (if any) has passed; returns the totals, or the
+/// failing seeds (each printed its trace tail and replay command; no new seed starts after
+/// the first failure).
+pub fn run_seeds(seeds: Range<u64>, deadline: Option<Instant>) -> Result<SeedsRun, Vec<u64>> {
+    let next = AtomicU64::new(seeds.start);
+    let stop = AtomicBool::new(false);
+    let run = Mutex::new(SeedsRun::default());
+    let failed = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return;
+                    }
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= seeds.end {
+                        return;
+                    }
+                    match std::panic::catch_unwind(|| run_seed(SimConfig::from_seed(seed))) {
+                        Ok(stats) => {
+                            let mut run = run.lock().unwrap_or_else(|e| e.into_inner());
+                            run.seeds += 1;
+                            run.total.add(&stats);
+                        }
+                        Err(_) => {
+                            failed.lock().unwrap_or_else(|e| e.into_inner()).push(seed);
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
+    if failed.is_empty() {
+        Ok(run.into_inner().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        failed.sort_unstable();
+        Err(failed)
+    }
+}
+
+/// One line of totals: `label`, the number of seeds, the wall time, then every counter.
+pub fn summary(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) -> String {
+    format!(
+        "{label}: {seeds} seeds in {elapsed:.1?}: {} steps, {} commits, {} aborts, {} reads, {} messages, {} blocks shipped, {} disk reads, {} disk writes, {} checkpoints, {} evictions, {} local grants, {:.1?} virtual; failures: {} runs with deaths, {} deaths ({} cut off first), {} restarts, {} recoveries, {} blocks recovered, {} commits durable but unacknowledged (recovered), {} commits lost mid-redo-write, {} writes of the dead landed, {} redo checkpoints, {} block payloads refused by their frame",
+        total.steps,
+        total.commits,
+        total.aborts,
+        total.reads,
+        total.messages,
+        total.blocks_shipped,
+        total.disk_reads,
+        total.disk_writes,
+        total.checkpoints,
+        total.evictions,
+        total.local_grants,
+        total.virtual_time,
+        total.runs_with_crashes,
+        total.crashes,
+        total.isolations,
+        total.restarts,
+        total.recoveries,
+        total.blocks_recovered,
+        total.durable_unacked,
+        total.commits_lost,
+        total.writes_landed_dead,
+        total.redo_checkpoints,
+        total.landings_refused,
+    )
+}
