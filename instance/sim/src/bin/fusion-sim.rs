@@ -91,9 +91,10 @@ fn main() -> ExitCode {
         Command::Replay { seed } => {
             let cfg = SimConfig::from_seed(seed);
             println!("replaying {cfg:?}");
+            let began = Instant::now();
             let mut sim = Sim::new(cfg).printing_trace();
             sim.run();
-            println!("{}", summary("replay", 1, &sim.stats, Duration::ZERO));
+            println!("{}", summary("replay", 1, &sim.stats, began.elapsed()));
             ExitCode::SUCCESS
         }
         Command::Seeds { range } => run("seeds", range, None),
