@@ -27,6 +27,8 @@ pub mod membership;
 pub mod region;
 pub mod transport;
 
+#[cfg(feature = "rdma")]
+pub mod rdma;
 #[cfg(feature = "shm")]
 pub mod shm;
 #[cfg(feature = "sim")]
