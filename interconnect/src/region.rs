@@ -369,6 +369,16 @@ mod memory {
             })
         }
 
+        /// The frames' memory: frame 0's address and the length of all frames. What RDMA
+        /// registers; every write into it must go through a [`Landing`] (or, for RDMA, be
+        /// followed by one before the frame is taken).
+        #[cfg(feature = "rdma")]
+        pub(crate) fn frames_memory(&self) -> (*mut u8, usize) {
+            // SAFETY: `data_offset` is inside the mapping (see `layout`).
+            let base = unsafe { self.map.as_mut_ptr().add(self.data_offset) };
+            (base, self.frames as usize * self.block_size)
+        }
+
         fn frame_ptr(&self, frame: u32) -> *mut u8 {
             debug_assert!(frame < self.frames);
             // SAFETY: in bounds of the mapping for frame < frames (checked by every caller via

@@ -82,7 +82,9 @@ impl Connection {
     pub fn control_up(&mut self, local: QpInfo, now: Instant) -> Vec<ConnAction> {
         let mut actions = self.reset("control connection replaced", false);
         self.state = State::Exchanging { since: now };
-        actions.push(ConnAction::SendControl(ControlMessage::Info(local).encode()));
+        actions.push(ConnAction::SendControl(
+            ControlMessage::Info(local).encode(),
+        ));
         actions
     }
 
@@ -199,7 +201,9 @@ mod tests {
         let (mut conn, now) = setup();
         assert_eq!(
             conn.control_up(sample(), now),
-            vec![ConnAction::SendControl(ControlMessage::Info(sample()).encode())]
+            vec![ConnAction::SendControl(
+                ControlMessage::Info(sample()).encode()
+            )]
         );
         assert!(!conn.is_up());
         let remote = ControlMessage::Info(sample()).encode();
@@ -245,8 +249,16 @@ mod tests {
             }]
         );
         assert!(!conn.is_pairing());
-        assert_eq!(conn.control_down("again"), vec![], "idle: nothing to tear down");
-        assert_eq!(conn.control_message(&ready(), now), vec![], "stale: ignored");
+        assert_eq!(
+            conn.control_down("again"),
+            vec![],
+            "idle: nothing to tear down"
+        );
+        assert_eq!(
+            conn.control_message(&ready(), now),
+            vec![],
+            "stale: ignored"
+        );
         assert!(matches!(
             conn.control_up(sample(), now).as_slice(),
             [ConnAction::SendControl(_)]
@@ -281,7 +293,11 @@ mod tests {
         conn.control_message(&ready(), now);
         assert!(matches!(
             conn.control_message(&info, now).as_slice(),
-            [ConnAction::TearDown { was_up: true, close_control: true, .. }]
+            [ConnAction::TearDown {
+                was_up: true,
+                close_control: true,
+                ..
+            }]
         ));
     }
 
@@ -290,10 +306,16 @@ mod tests {
         let (mut conn, now) = setup();
         conn.control_up(sample(), now);
         let deadline = conn.poll_timeout().unwrap();
-        assert_eq!(conn.handle_timeout(deadline - Duration::from_millis(1)), vec![]);
+        assert_eq!(
+            conn.handle_timeout(deadline - Duration::from_millis(1)),
+            vec![]
+        );
         assert!(matches!(
             conn.handle_timeout(deadline).as_slice(),
-            [ConnAction::TearDown { close_control: true, .. }]
+            [ConnAction::TearDown {
+                close_control: true,
+                ..
+            }]
         ));
         conn.control_up(sample(), now);
         conn.control_message(&ControlMessage::Info(sample()).encode(), now);
@@ -301,7 +323,11 @@ mod tests {
         conn.control_message(&ready(), now);
         assert!(matches!(
             conn.qp_failed("work request flushed").as_slice(),
-            [ConnAction::TearDown { was_up: true, close_control: true, .. }]
+            [ConnAction::TearDown {
+                was_up: true,
+                close_control: true,
+                ..
+            }]
         ));
     }
 }

@@ -112,12 +112,20 @@ mod tests {
             assert_eq!(credits.take_for_data(1), Some(0));
         }
         assert_eq!(credits.available(), 1);
-        assert_eq!(credits.take_for_data(1), None, "the last credit is reserved");
+        assert_eq!(
+            credits.take_for_data(1),
+            None,
+            "the last credit is reserved"
+        );
         let mut block = Credits::new(8, 8);
         for _ in 0..3 {
             assert!(block.take_for_data(2).is_some());
         }
-        assert_eq!(block.take_for_data(2), None, "2 left: a block needs 2 + reserve");
+        assert_eq!(
+            block.take_for_data(2),
+            None,
+            "2 left: a block needs 2 + reserve"
+        );
         assert_eq!(block.take_for_data(1), Some(0));
     }
 

@@ -233,7 +233,8 @@ pub(crate) mod tests {
 
     #[test]
     fn out_of_range_fields_are_refused() {
-        let cases: [(&str, fn(&mut QpInfo)); 6] = [
+        type Spoil = fn(&mut QpInfo);
+        let cases: [(&str, Spoil); 6] = [
             ("qp_number", |i| i.qp_number = 1 << 24),
             ("psn", |i| i.psn = u32::MAX),
             ("block_size", |i| i.block_size = 8191),
