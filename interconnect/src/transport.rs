@@ -153,7 +153,7 @@ pub enum TransportError {
     Config(String),
     /// RDMA is missing (no library, no device, port down) or a verbs call failed.
     #[cfg(feature = "rdma")]
-    #[error("RDMA: {0}")]
+    #[error(transparent)]
     Rdma(#[from] crate::rdma::RdmaError),
 }
 

@@ -47,14 +47,20 @@ pub use verbs::{DeviceChoice, device_names};
 pub enum RdmaError {
     /// libibverbs could not be loaded.
     #[error(
-        "no RDMA support on this host: libibverbs.so.1 could not be loaded (install rdma-core's libibverbs)"
+        "RDMA device {device} unavailable: this host has no RDMA support (libibverbs.so.1 could not be loaded; install rdma-core's libibverbs)"
     )]
-    NoLibrary,
+    NoLibrary {
+        /// The device wanted (its name, or "(first found)").
+        device: String,
+    },
     /// libibverbs found no device.
     #[error(
-        "no RDMA device on this host (ibv_get_device_list found none: no RDMA NIC, or no rdma_rxe/siw link, or the kernel lacks RDMA support)"
+        "RDMA device {device} not found: this host has no RDMA device (ibv_get_device_list lists none: no RDMA NIC, no rdma_rxe/siw link, or no kernel support)"
     )]
-    NoDevice,
+    NoDevice {
+        /// The device wanted (its name, or "(first found)").
+        device: String,
+    },
     /// The configured device is not there.
     #[error("RDMA device {wanted:?} not found (devices here: {found:?})")]
     NoSuchDevice {

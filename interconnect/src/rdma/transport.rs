@@ -871,13 +871,15 @@ mod tests {
         let Err(TransportError::Rdma(error)) = missing else {
             panic!("a device that is not there must not open: {missing:?}");
         };
+        let device = "\"no-such-nic\"".to_string();
         match device_names() {
-            Err(RdmaError::NoLibrary) => {
-                assert_eq!(error, RdmaError::NoLibrary);
-                assert!(error.to_string().contains("libibverbs.so.1"));
+            Err(RdmaError::NoLibrary { .. }) => {
+                assert_eq!(error, RdmaError::NoLibrary { device });
+                let line = error.to_string();
+                assert!(line.contains("no-such-nic") && line.contains("libibverbs.so.1"));
             }
             Ok(names) if names.is_empty() => {
-                assert_eq!(error, RdmaError::NoDevice);
+                assert_eq!(error, RdmaError::NoDevice { device });
                 assert!(error.to_string().contains("no RDMA device"));
             }
             Ok(names) => assert_eq!(

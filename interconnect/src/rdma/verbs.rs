@@ -36,6 +36,15 @@ pub struct DeviceChoice {
     pub gid_index: u8,
 }
 
+impl DeviceChoice {
+    /// The device for messages: its quoted name, or "(first found)".
+    pub fn describe(&self) -> String {
+        self.device
+            .as_ref()
+            .map_or_else(|| "(first found)".to_string(), |d| format!("{d:?}"))
+    }
+}
+
 /// What the opened port looks like.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PortInfo {
@@ -47,15 +56,18 @@ pub(crate) struct PortInfo {
 /// The device names `ibv_get_device_list` reports, or why there are none. A host without
 /// libibverbs (or whose kernel has no RDMA) answers with a clear [`RdmaError`].
 pub fn device_names() -> Result<Vec<String>, RdmaError> {
-    let list = device_list()?;
+    let list = device_list("(any)")?;
     Ok(list.iter().map(|d| d.name()).collect())
 }
 
-fn device_list() -> Result<DeviceList, RdmaError> {
+/// The device list; `wanted` names the device in errors.
+fn device_list(wanted: &str) -> Result<DeviceList, RdmaError> {
     DeviceList::new().map_err(|e| match e.0 {
         // rdma-mummy reports a libibverbs it could not load as EOPNOTSUPP.
         GetDeviceListErrorKind::Ibverbs(io) if io.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-            RdmaError::NoLibrary
+            RdmaError::NoLibrary {
+                device: wanted.to_string(),
+            }
         }
         GetDeviceListErrorKind::Ibverbs(io) => RdmaError::Verbs {
             call: "ibv_get_device_list",
@@ -143,16 +155,23 @@ impl Nic {
         cq_entries: u32,
     ) -> Result<Self, RdmaError> {
         let frames = region.frames_memory();
-        let list = device_list()?;
+        let list = device_list(&choice.describe())?;
         let names: Vec<String> = list.iter().map(|d| d.name()).collect();
         let device = match &choice.device {
+            Some(_) if names.is_empty() => {
+                return Err(RdmaError::NoDevice {
+                    device: choice.describe(),
+                });
+            }
             Some(wanted) => list.iter().find(|d| &d.name() == wanted).ok_or_else(|| {
                 RdmaError::NoSuchDevice {
                     wanted: wanted.clone(),
                     found: names.clone(),
                 }
             })?,
-            None => list.iter().next().ok_or(RdmaError::NoDevice)?,
+            None => list.iter().next().ok_or_else(|| RdmaError::NoDevice {
+                device: choice.describe(),
+            })?,
         };
         let name = device.name();
         let context = device.open().map_err(|e| verbs("ibv_open_device")(&e))?;
