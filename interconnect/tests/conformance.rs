@@ -153,56 +153,26 @@ mod sim {
 }
 
 #[cfg(feature = "rdma")]
-mod rdma {
-    use super::*;
-    use interconnect::rdma::{DeviceChoice, RdmaConfig, RdmaTransport, device_names};
+#[path = "support/rdma_fixture.rs"]
+mod rdma_fixture;
 
-    /// Like [`Tcp`]: the control connections of instance 1 dial instance 0.
-    struct Rdma {
-        device: String,
-        zero: Option<SocketAddr>,
-    }
-
-    impl Fixture for Rdma {
-        type T = RdmaTransport;
-        fn open(&mut self, local: u64, small_queues: bool) -> (RdmaTransport, Arc<BlockRegion>) {
-            let region = BlockRegion::anonymous(8, 8192).unwrap();
-            let dial = if local == 1 { self.zero } else { None };
-            let mut config = RdmaConfig::new(
-                tcp_config(local, dial, small_queues),
-                DeviceChoice {
-                    device: Some(self.device.clone()),
-                    port: 1,
-                    gid_index: std::env::var("FUSION_RDMA_GID_INDEX")
-                        .ok()
-                        .and_then(|g| g.parse().ok())
-                        .unwrap_or(0),
-                },
-            );
-            if small_queues {
-                config.send_depth = 4;
-            }
-            let t = RdmaTransport::bind(config, Arc::clone(&region)).unwrap();
-            if local == 0 {
-                self.zero = Some(t.local_addr().unwrap());
-            }
-            (t, region)
+#[cfg(feature = "rdma")]
+#[test]
+fn rdma_conforms_on_the_first_device() {
+    let device = match interconnect::rdma::device_names() {
+        Ok(names) if !names.is_empty() => names[0].clone(),
+        Ok(_) => {
+            println!("skipped: rdma conformance: this host has no RDMA device");
+            return;
         }
-    }
-
-    #[test]
-    fn rdma_conforms_on_the_first_device() {
-        let device = match device_names() {
-            Ok(names) if !names.is_empty() => names[0].clone(),
-            Ok(_) => {
-                println!("skipped: rdma conformance: this host has no RDMA device");
-                return;
-            }
-            Err(e) => {
-                println!("skipped: rdma conformance: {e}");
-                return;
-            }
-        };
-        conformance::run_all(&mut Rdma { device, zero: None });
-    }
+        Err(e) => {
+            println!("skipped: rdma conformance: {e}");
+            return;
+        }
+    };
+    let gid_index = std::env::var("FUSION_HW_RDMA_GID_INDEX")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0);
+    conformance::run_all(&mut rdma_fixture::Rdma::new(device, gid_index));
 }
