@@ -29,7 +29,7 @@
 //!
 //! libibverbs is loaded at run time (sideway's rdma-mummy), so one binary runs everywhere;
 //! on a host with no library, no device or no active port, [`RdmaTransport::bind`] returns
-//! an [`RdmaError`] naming what is missing. Only [`verbs`] calls verbs or holds `unsafe`.
+//! an [`RdmaError`] naming what is missing. Only the `verbs` module calls verbs or holds `unsafe`.
 
 pub mod conn;
 pub mod credit;
