@@ -52,6 +52,11 @@ impl RdmaConfig {
     }
 }
 
+/// While busy polling, look at the control connections only every this many polls: they
+/// carry only set-up and liveness, and a look costs a `read` per connection, far more than a
+/// completion-queue poll.
+const CONTROL_EVERY: u32 = 64;
+
 /// Bytes of a receive buffer and of a send slot's message part: the longest frame.
 const MESSAGE_SLOT: usize = (HEADER_LEN + MAX_BODY_LEN as usize).next_multiple_of(4096);
 /// Bytes of a send slot: a message and a block.
@@ -153,6 +158,8 @@ pub struct RdmaTransport {
     layout: Layout,
     queue_limit: usize,
     control_events: Vec<TransportEvent>,
+    /// Consecutive non-blocking polls (busy polling).
+    busy_polls: u32,
     /// Events of a pairing that broke inside `send` (which cannot report), for the next poll.
     deferred: Vec<TransportEvent>,
     completions: Vec<Completion>,
@@ -220,6 +227,7 @@ impl RdmaTransport {
             layout,
             queue_limit: config.tcp.queue_limit,
             control_events: Vec::new(),
+            busy_polls: 0,
             deferred: Vec::new(),
             completions: Vec::new(),
         })
@@ -806,9 +814,16 @@ impl Transport for RdmaTransport {
     ) -> Result<(), TransportError> {
         events.append(&mut self.deferred);
         let before = events.len();
-        let mut control_events = std::mem::take(&mut self.control_events);
-        self.control.poll(&mut control_events, Duration::ZERO)?;
-        self.control_events = control_events;
+        self.busy_polls = if timeout.is_zero() {
+            self.busy_polls.wrapping_add(1)
+        } else {
+            0
+        };
+        if self.busy_polls.is_multiple_of(CONTROL_EVERY) {
+            let mut control_events = std::mem::take(&mut self.control_events);
+            self.control.poll(&mut control_events, Duration::ZERO)?;
+            self.control_events = control_events;
+        }
         self.step(events)?;
         if events.len() > before || timeout.is_zero() {
             return Ok(());
