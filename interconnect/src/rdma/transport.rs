@@ -920,6 +920,29 @@ mod tests {
     }
 
     #[test]
+    fn staging_slots_never_overlap() {
+        let layout = Layout {
+            recv_depth: 8,
+            send_depth: 3,
+        };
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for peer in 0..3 {
+            for slot in 0..layout.recv_depth {
+                let at = layout.recv_offset(peer, slot);
+                spans.push((at, at + MESSAGE_SLOT));
+            }
+            for slot in 0..layout.send_depth {
+                let at = layout.send_offset(peer, slot);
+                spans.push((at, at + SEND_SLOT));
+            }
+        }
+        spans.sort_unstable();
+        assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "overlap");
+        assert_eq!(spans.last().unwrap().1, 3 * layout.per_peer(), "all inside");
+        assert!(MESSAGE_SLOT >= HEADER_LEN + MAX_BODY_LEN as usize);
+    }
+
+    #[test]
     fn work_request_ids_round_trip() {
         for (kind, incarnation, peer, slot) in
             [(KIND_RECV, 1, 0, 0), (KIND_SEND, 0xf_ffff, 62, u32::MAX)]
