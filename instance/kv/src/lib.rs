@@ -108,8 +108,14 @@ const OPEN_LOCK: LockName = LockName::new(LOCK_KIND, u64::MAX, 1);
 const HWM_BLOCK: u64 = 0;
 /// The KV superblock.
 pub const SUPER_BLOCK: u64 = 1;
-/// Blocks the KV layer creates at first open: the superblock, the root, the free-list head.
-const FIRST_FREE_BLOCK: u64 = 4;
+/// Free lists: one per instance id, so that instances allocate and free without meeting.
+const FREE_LISTS: u64 = interconnect::MAX_INSTANCES as u64;
+/// The first block the KV layer does not create at first open (block 0, the superblock, the
+/// root and the free-list heads come before it).
+pub const FIRST_FREE_BLOCK: u64 = SUPER_BLOCK + 2 + FREE_LISTS;
+/// Blocks the high-water mark moves at once when an instance's free list is empty; the
+/// ones not needed now go onto that free list.
+const GROW_BATCH: u64 = 16;
 /// A lookup that keeps landing on nodes that changed under it gives up (Retry) after this
 /// many restarts from the root.
 const MAX_RESTARTS: usize = 1000;
@@ -262,6 +268,28 @@ pub struct TreeReport {
     pub free_blocks: u64,
 }
 
+/// Counters of one [`Kv`] since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KvStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Transactions that ended in [`KvError::Retry`] (each rerun of
+    /// [`Kv::transaction`] counts).
+    pub retries: u64,
+    /// Of those, lock waits that timed out (local or GES).
+    pub lock_timeouts: u64,
+    /// Of those, deadlock victims (local or GES detection).
+    pub deadlocks: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    retries: AtomicU64,
+    lock_timeouts: AtomicU64,
+    deadlocks: AtomicU64,
+}
+
 /// Sizes derived from the block payload and the configuration.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -319,9 +347,13 @@ pub struct Kv {
     config: KvConfig,
     geometry: Geometry,
     root: u64,
-    free_list: u64,
+    /// The first free-list head; instance `i`'s is `free_lists + i`.
+    free_lists: u64,
+    /// This instance's free list.
+    own_free_list: u64,
     locks: LocalLocks,
     next_txn: AtomicU64,
+    counters: Counters,
 }
 
 impl Kv {
@@ -330,7 +362,7 @@ impl Kv {
     /// is serialized by an enqueue).
     pub fn open(instance: Arc<Instance>, config: KvConfig) -> Result<Kv, KvError> {
         let geometry = Geometry::new(instance.payload_len(), &config)?;
-        let (root, free_list) = match Self::superblock(&instance)? {
+        let (root, free_lists) = match Self::superblock(&instance)? {
             Some(found) => found,
             None => {
                 let wait = config.lock_timeout.max(Duration::from_secs(30));
@@ -343,14 +375,17 @@ impl Kv {
                 }
             }
         };
+        let own_free_list = free_lists + instance.id().index() as u64;
         Ok(Kv {
             instance,
             config,
             geometry,
             root,
-            free_list,
+            free_lists,
+            own_free_list,
             locks: LocalLocks::default(),
             next_txn: AtomicU64::new(1),
+            counters: Counters::default(),
         })
     }
 
@@ -367,7 +402,7 @@ impl Kv {
         }
     }
 
-    /// Creates the superblock, an empty root and the free-list head, with the high-water
+    /// Creates the superblock, an empty root and the free-list heads, with the high-water
     /// mark moved past them, in one transaction.
     fn create(instance: &Instance, geometry: &Geometry, wait: Duration) -> Result<(u64, u64), KvError> {
         let (root, free_list) = (SUPER_BLOCK + 1, SUPER_BLOCK + 2);
@@ -394,8 +429,9 @@ impl Kv {
         let blocks = [
             (SUPER_BLOCK, Block::Super { root, free_list }),
             (root, Block::Node(Node::empty_root())),
-            (free_list, Block::FreeList { head: 0, count: 0 }),
-        ];
+        ]
+        .into_iter()
+        .chain((0..FREE_LISTS).map(|i| (free_list + i, Block::FreeList { head: 0, count: 0 })));
         for (n, block) in blocks {
             let bytes = node::encode(&block, geometry.payload)
                 .map_err(|e| KvError::corrupt(n, e.to_string()))?;
@@ -519,15 +555,21 @@ impl Kv {
         Ok(out)
     }
 
-    /// The allocation high-water mark and the free list's length (committed state).
+    /// The allocation high-water mark and the free lists' length (committed state).
     pub fn space(&self) -> Result<KvSpace, KvError> {
         let allocated = le_u64(&read_block(&self.instance, HWM_BLOCK)?, 0);
-        match node::decode(&read_block(&self.instance, self.free_list)?) {
-            Ok(Block::FreeList { count, .. }) => Ok(KvSpace {
-                allocated,
-                free: count,
-            }),
-            _ => Err(KvError::corrupt(self.free_list, "not the free-list head")),
+        let mut free = 0;
+        for list in self.free_lists..self.free_lists + FREE_LISTS {
+            free += self.free_list_head(list)?.1;
+        }
+        Ok(KvSpace { allocated, free })
+    }
+
+    /// Free list `list`'s head and length (committed state).
+    fn free_list_head(&self, list: u64) -> Result<(u64, u64), KvError> {
+        match node::decode(&read_block(&self.instance, list)?) {
+            Ok(Block::FreeList { head, count }) => Ok((head, count)),
+            _ => Err(KvError::corrupt(list, "not a free-list head")),
         }
     }
 
@@ -539,7 +581,8 @@ impl Kv {
         let space = self.space()?;
         let mut seen: HashSet<u64> = HashSet::new();
         let mut claim = |b: u64, what: &str| {
-            if b < FIRST_FREE_BLOCK && b != self.root || b >= space.allocated || !seen.insert(b) {
+            if (b < FIRST_FREE_BLOCK && b != self.root) || b >= space.allocated || !seen.insert(b)
+            {
                 Err(KvError::corrupt(b, format!("{what} block reached twice or out of range")))
             } else {
                 Ok(())
@@ -598,26 +641,27 @@ impl Kv {
                 }
             }
         }
-        let mut at = match node::decode(&read_block(&self.instance, self.free_list)?) {
-            Ok(Block::FreeList { head, .. }) => head,
-            _ => return Err(KvError::corrupt(self.free_list, "not the free-list head")),
-        };
-        while at != 0 {
-            claim(at, "free")?;
-            report.free_blocks += 1;
-            at = match node::decode(&read_block(&self.instance, at)?) {
-                Ok(Block::Free { next } | Block::Overflow { next, .. }) => next,
-                _ => return Err(KvError::corrupt(at, "a free-list block that is not free")),
-            };
+        for list in self.free_lists..self.free_lists + FREE_LISTS {
+            let (mut at, count) = self.free_list_head(list)?;
+            let mut listed = 0;
+            while at != 0 {
+                claim(at, "free")?;
+                listed += 1;
+                at = match node::decode(&read_block(&self.instance, at)?) {
+                    Ok(Block::Free { next } | Block::Overflow { next, .. }) => next,
+                    _ => return Err(KvError::corrupt(at, "a free-list block that is not free")),
+                };
+            }
+            if listed != count {
+                return Err(KvError::corrupt(list, "free count differs from the list"));
+            }
+            report.free_blocks += listed;
         }
-        if report.free_blocks != space.free {
-            return Err(KvError::corrupt(self.free_list, "free count differs from the list"));
-        }
-        // The superblock and the free-list head are the other two.
-        let accounted = seen.len() as u64 + 2;
+        // The superblock and the free-list heads are the others.
+        let accounted = seen.len() as u64 + 1 + FREE_LISTS;
         if accounted != space.allocated - 1 {
             return Err(KvError::corrupt(
-                self.free_list,
+                SUPER_BLOCK,
                 format!(
                     "{} blocks allocated past block 0, {accounted} accounted for: blocks leaked",
                     space.allocated - 1
@@ -667,6 +711,17 @@ impl Kv {
             });
         }
         Ok(())
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> KvStats {
+        let c = &self.counters;
+        KvStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            lock_timeouts: c.lock_timeouts.load(Ordering::Relaxed),
+            deadlocks: c.deadlocks.load(Ordering::Relaxed),
+        }
     }
 
     /// Local block locks held now (by running transactions).
@@ -826,7 +881,9 @@ impl<'k> KvTxn<'k> {
         if let Some(why) = self.aborted.take() {
             return Err(KvError::Aborted(why));
         }
-        self.finish(true)
+        self.finish(true)?;
+        self.kv.counters.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Rolls the changes back and releases the locks.
@@ -860,6 +917,9 @@ impl<'k> KvTxn<'k> {
         }
         let result = op(self);
         if let Err(e) = &result {
+            if matches!(e, KvError::Retry(_)) {
+                self.kv.counters.retries.fetch_add(1, Ordering::Relaxed);
+            }
             self.aborted = Some(e.to_string());
             let _ = self.finish(false);
         }
@@ -934,12 +994,17 @@ impl<'k> KvTxn<'k> {
         self.kv
             .locks
             .acquire(self.id, n, deadline)
-            .map_err(|e| match e {
-                LocalLockError::TimedOut => {
-                    KvError::Retry(format!("timed out waiting for block {n}'s lock"))
-                }
-                LocalLockError::Deadlock => {
-                    KvError::Retry(format!("deadlock waiting for block {n}'s lock"))
+            .map_err(|e| {
+                let counters = &self.kv.counters;
+                match e {
+                    LocalLockError::TimedOut => {
+                        counters.lock_timeouts.fetch_add(1, Ordering::Relaxed);
+                        KvError::Retry(format!("timed out waiting for block {n}'s lock"))
+                    }
+                    LocalLockError::Deadlock => {
+                        counters.deadlocks.fetch_add(1, Ordering::Relaxed);
+                        KvError::Retry(format!("deadlock waiting for block {n}'s lock"))
+                    }
                 }
             })?;
         let left = deadline
@@ -956,6 +1021,14 @@ impl<'k> KvTxn<'k> {
             }
             Err(e) => {
                 self.kv.locks.release(self.id, &[n]);
+                if let InstanceError::Core(CoreError::Lock { error, .. }) = &e {
+                    let counters = &self.kv.counters;
+                    match error {
+                        ges::LockError::TimedOut => &counters.lock_timeouts,
+                        _ => &counters.deadlocks,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                }
                 Err(lock_error(e))
             }
         }
@@ -981,6 +1054,12 @@ impl<'k> KvTxn<'k> {
             match node::decode(&self.read(n)?) {
                 Ok(Block::Node(node)) if node.level == level && node.covers(key) => {
                     return Ok((n, node));
+                }
+                Ok(Block::Node(_)) => {
+                    // Split or merged since the descent read it (the root changes level).
+                    if fresh && !self.written.contains(&n) {
+                        self.unlock(n);
+                    }
                 }
                 _ if n == root => return Err(KvError::corrupt(n, "the root is not a node")),
                 _ => {
@@ -1093,57 +1172,98 @@ impl<'k> KvTxn<'k> {
         Ok(())
     }
 
-    /// The free list's head and length, with its enqueue taken.
-    fn free_list(&mut self) -> Result<(u64, u64), KvError> {
-        let f = self.kv.free_list;
-        self.lock(f)?;
-        match node::decode(&self.read(f)?) {
+    /// Free list `list`'s head and length, with its enqueue taken.
+    fn free_list(&mut self, list: u64) -> Result<(u64, u64), KvError> {
+        self.lock(list)?;
+        match node::decode(&self.read(list)?) {
             Ok(Block::FreeList { head, count }) => Ok((head, count)),
-            _ => Err(KvError::corrupt(f, "not the free-list head")),
+            _ => Err(KvError::corrupt(list, "not a free-list head")),
         }
     }
 
-    /// A block for this transaction to fill: the free list's first, else one past the
-    /// high-water mark (moved in this transaction, so a rollback returns it).
+    /// A block for this transaction to fill: from this instance's free list, else past the
+    /// high-water mark (moved in this transaction, so a rollback returns the blocks), else
+    /// (the data file is full) from another instance's free list.
     fn allocate(&mut self) -> Result<u64, KvError> {
-        let (head, count) = self.free_list()?;
-        if head != 0 {
-            self.lock(head)?;
-            let next = match node::decode(&self.read(head)?) {
-                Ok(Block::Free { next } | Block::Overflow { next, .. }) => next,
-                _ => return Err(KvError::corrupt(head, "a free-list block that is not free")),
-            };
-            let f = self.kv.free_list;
-            self.write(
-                f,
-                &Block::FreeList {
-                    head: next,
-                    count: count.saturating_sub(1),
-                },
-            )?;
-            return Ok(head);
+        let own = self.kv.own_free_list;
+        if let Some(b) = self.pop(own)? {
+            return Ok(b);
         }
+        if let Some(b) = self.grow()? {
+            return Ok(b);
+        }
+        for list in self.kv.free_lists..self.kv.free_lists + FREE_LISTS {
+            if list != own
+                && let Some(b) = self.pop(list)?
+            {
+                return Ok(b);
+            }
+        }
+        Err(KvError::Full)
+    }
+
+    /// The first block of free list `list`, taken off it; `None` when it is empty.
+    fn pop(&mut self, list: u64) -> Result<Option<u64>, KvError> {
+        let (head, count) = self.free_list(list)?;
+        if head == 0 {
+            return Ok(None);
+        }
+        self.lock(head)?;
+        let next = match node::decode(&self.read(head)?) {
+            Ok(Block::Free { next } | Block::Overflow { next, .. }) => next,
+            _ => return Err(KvError::corrupt(head, "a free-list block that is not free")),
+        };
+        self.write(
+            list,
+            &Block::FreeList {
+                head: next,
+                count: count.saturating_sub(1),
+            },
+        )?;
+        Ok(Some(head))
+    }
+
+    /// Moves the high-water mark by up to [`GROW_BATCH`] blocks: returns the first and puts
+    /// the others on this instance's free list (its enqueue is held: `pop` found it empty).
+    /// `None` when the data file is full.
+    fn grow(&mut self) -> Result<Option<u64>, KvError> {
         self.lock(HWM_BLOCK)?;
         let id = self.kv.instance.block(HWM_BLOCK)?;
         let data_blocks = self.kv.instance.data_blocks();
         self.written.insert(HWM_BLOCK);
         let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
-        let next = le_u64(&b.bytes(), 0).max(1);
-        if next >= data_blocks {
-            return Err(KvError::Full);
+        let first = le_u64(&b.bytes(), 0).max(1);
+        if first >= data_blocks {
+            return Ok(None);
         }
-        b.update(0, &(next + 1).to_le_bytes())?;
+        let end = first.saturating_add(GROW_BATCH).min(data_blocks);
+        b.update(0, &end.to_le_bytes())?;
         self.redo += 8 + instance::redo::codec::RECORD_HEADER_LEN;
-        Ok(next)
+        let own = self.kv.own_free_list;
+        let (mut head, count) = self.free_list(own)?;
+        // Blocks past the old mark were never reachable: no one else can name them, so
+        // they are written without their enqueues.
+        for fresh in (first + 1..end).rev() {
+            self.write(fresh, &Block::Free { next: head })?;
+            head = fresh;
+        }
+        self.write(
+            own,
+            &Block::FreeList {
+                head,
+                count: count + (end - first - 1),
+            },
+        )?;
+        Ok(Some(first))
     }
 
-    /// Puts block `n` (locked, no longer reachable) on the free list.
+    /// Puts block `n` (locked, no longer reachable) on this instance's free list.
     fn free_block(&mut self, n: u64) -> Result<(), KvError> {
-        let (head, count) = self.free_list()?;
+        let own = self.kv.own_free_list;
+        let (head, count) = self.free_list(own)?;
         self.write(n, &Block::Free { next: head })?;
-        let f = self.kv.free_list;
         self.write(
-            f,
+            own,
             &Block::FreeList {
                 head: n,
                 count: count + 1,
@@ -1190,12 +1310,12 @@ impl<'k> KvTxn<'k> {
             Ok(Block::Overflow { next: 0, data }) => data,
             _ => return Err(KvError::corrupt(last, "not the last block of a chain")),
         };
-        let (head, count) = self.free_list()?;
+        let own = self.kv.own_free_list;
+        let (head, count) = self.free_list(own)?;
         self.write(last, &Block::Overflow { next: head, data })?;
         let blocks = self.kv.geometry.chain_blocks(len);
-        let f = self.kv.free_list;
         self.write(
-            f,
+            own,
             &Block::FreeList {
                 head: first,
                 count: count + blocks,

@@ -113,8 +113,9 @@ fn random_operations_match_a_btreemap_model() {
     assert_eq!(report.height, 1, "merges did not shrink the tree: {report:?}");
     assert_eq!(report.nodes, 1);
     let space = kv.space().unwrap();
-    // Blocks 0..4 are the header, superblock, root and free-list head; the rest is free.
-    assert_eq!(space.free, space.allocated - 4, "{space:?}");
+    // Blocks below FIRST_FREE_BLOCK are the header, superblock, root and free-list heads;
+    // the rest is free.
+    assert_eq!(space.free, space.allocated - kv::FIRST_FREE_BLOCK, "{space:?}");
     assert_eq!(kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX).unwrap(), vec![]);
 
     // Freed blocks are reused before the file grows.
@@ -220,5 +221,5 @@ fn long_keys_grow_and_shrink_a_deep_tree() {
     let report = kv.verify().unwrap();
     assert_eq!((report.height, report.nodes, report.keys), (1, 1, 0));
     let space = kv.space().unwrap();
-    assert_eq!(space.free, space.allocated - 4, "{space:?}");
+    assert_eq!(space.free, space.allocated - kv::FIRST_FREE_BLOCK, "{space:?}");
 }
