@@ -22,50 +22,56 @@
 //! Block 0 of the data file is the instance's allocation high-water mark
 //! ([`Instance::allocate_block`]). The KV layer owns block 1 (its superblock), block 2 (the
 //! root node, which never moves: a root split moves its contents into two new children) and
-//! block 3 (the free-list head); [`Kv::open`] creates them on a data file no one has
-//! allocated from yet, and refuses one whose block 1 holds something else. Every other block
-//! is a node, an overflow block or free; the formats are in [`node`]. New blocks come from
-//! the free list, else from the high-water mark (in the transaction that needs them, so a
-//! rollback returns them); blocks freed by deletes and merges go back to the free list.
+//! blocks 3 to 66 (one free-list head per instance id); [`Kv::open`] creates them on a data
+//! file no one has allocated from yet, and refuses one whose block 1 holds something else.
+//! Every other block is a node, an overflow block or free; the formats are in [`node`]. An
+//! instance takes new blocks from its own free list, else moves the high-water mark by up to
+//! 16 blocks (in the transaction that needs them, so a rollback returns them), else (the
+//! file is full) from another instance's list; blocks freed by deletes, overwrites and merges
+//! go onto the freeing instance's list, so instances never meet over allocation.
 //!
 //! # Concurrency: why nothing deadlocks and no update is lost
 //!
 //! The engine gives a transaction blocks in X until its commit is durable (two-phase
-//! locking) and does not break a cycle of transactions waiting for each other's blocks. The
-//! KV layer therefore never lets a transaction wait for a block that a waiting transaction
-//! holds, and puts every other wait under a lock with a timeout:
+//! locking), and a wait for a block has no timeout: a cycle of transactions waiting for
+//! each other's blocks would hang for ever. The KV layer therefore sorts every wait into
+//! *timed* waits (for enqueues) and *untimed* ones (for blocks), and keeps untimed waits out
+//! of every cycle:
 //!
-//! 1. **Block locks.** Before a transaction changes a block (or relies on a node's contents
-//!    staying as read), it takes the block's GES enqueue (`LockName { kind: 0x4B56, a: block
-//!    }`) in EX with the configured timeout, held to commit or rollback. GES waits end with a
-//!    grant, a timeout, or GES deadlock detection choosing a victim; either failure is
-//!    [`KvError::Retry`] and the transaction rolls back. GES grants enqueues per instance, so
-//!    transactions of one instance first queue in a local table ([`locks`]) with the same
-//!    timeout and local cycle detection.
-//! 2. **Taking X.** A transaction calls `tx.write(block)` only for blocks whose enqueue it
-//!    holds (or for a block fresh past the high-water mark, which no one else can name).
-//!    Every other holder of that block is then a reader in S, and readers never wait while
-//!    holding a block that a writer could hold (below), so `tx.write` waits a bounded time.
-//! 3. **Readers** descend from the root taking each node in S and releasing it before taking
-//!    the child (no lock coupling). A node carries *fence keys* (the key range it covers)
-//!    and its level; a reader that lands on a node that no longer covers its key (split,
-//!    merged, freed or reused since it read the parent) starts again from the root. The
-//!    only time a reader holds two blocks is a leaf in S while it reads a value's overflow
-//!    chain: those blocks can be held in X only by a transaction holding the leaf in X
-//!    (chains are reached only through their leaf; free blocks are not in any live chain),
-//!    which the reader's S excludes.
-//! 4. **Writers** descend like readers, take the leaf's enqueue, re-read it and check its
-//!    tag, level and fences cover the key; on a mismatch they release that enqueue and
-//!    start again. Under the enqueue the node cannot change, so the check stays true to
-//!    commit. Structure changes take more enqueues in the same way: a split takes the new
-//!    block(s) and then the parent (found again by descending to the level above); a merge
-//!    takes the parent and then the sibling; the free list and the high-water mark have
-//!    enqueues of their own. These orders differ between operations, so cycles of enqueue
-//!    waits can form; GES deadlock detection (or the timeout) breaks them with a Retry.
+//! 1. **Block enqueues.** Before a transaction changes a block, or relies on a node staying
+//!    as read, it takes the block's GES enqueue (`LockName { kind: 0x4B56, a: block }`) in
+//!    EX with the configured timeout, held to commit or rollback. A GES wait ends with a
+//!    grant, the timeout, or GES deadlock detection choosing a victim; the last two are
+//!    [`KvError::Retry`] and the transaction rolls back. GES grants enqueues per instance,
+//!    so the transactions of one instance first queue in a local table ([`locks`]) with the
+//!    same timeout and immediate local cycle detection.
+//! 2. **X only under the enqueue.** A transaction calls `tx.write(block)` only for blocks
+//!    whose enqueue it holds (or for blocks fresh past the high-water mark, which no one
+//!    else can name). A writer takes a leaf in X before it frees or allocates that leaf's
+//!    overflow blocks.
+//! 3. **One structure change at a time.** Splits and merges (the only changes of internal
+//!    nodes) first take one cluster-wide enqueue, so at most one transaction holds internal
+//!    nodes in X.
+//! 4. **Descents** read from the root taking each internal node in S and releasing it
+//!    before the child (no lock coupling). Nodes carry *fence keys* (the key range they
+//!    cover) and their level: a descent that lands on a node that no longer covers its key
+//!    (split, merged, freed or reused since the parent was read) starts again from the
+//!    root. A transaction reads the node it descends to only after taking its enqueue, and
+//!    checks tag, level and fences again there; on a mismatch it releases that enqueue and
+//!    descends again. [`Kv::get`] holds the leaf in S while it reads the value's overflow
+//!    chain.
 //!
-//! The one wait outside any enqueue is a transaction's S read of an internal node that
-//! another transaction holds in X for a split or merge; if that other transaction waits for
-//! an enqueue of the first, its enqueue wait times out (`lock_timeout`) and it retries.
+//! Untimed waits then end without any other wait ending first: a wait for X after the
+//! enqueue (2) waits only for readers, which hold one block for a copy, or a leaf while
+//! reading a chain whose blocks only that leaf's X holder could hold in X (2); a read of a
+//! block under its own enqueue waits for no one; a descent's read of an internal node waits
+//! only for the one structure changer (3), whose own untimed waits are of the kinds above
+//! or for nodes it holds itself; a read of a leaf (or of the root while it is a leaf) waits
+//! for a writer whose untimed waits are again of those kinds. So every cycle of waits
+//! contains a timed wait, and the timeout or deadlock detection breaks it. GES sees waits
+//! between instances, the local table those inside one: a cycle through both ends by
+//! timeout, and GES may choose a victim among instances whose transactions do not really
+//! wait for each other (a spurious Retry, never a hang).
 //!
 //! No update is lost because every change is made under the EX enqueue of each block it
 //! touches, on contents read under that enqueue, and published only by a durable commit
@@ -104,6 +110,9 @@ use std::time::{Duration, Instant};
 pub const LOCK_KIND: u16 = 0x4B56;
 /// The enqueue [`Kv::open`] takes while it creates the tree.
 const OPEN_LOCK: LockName = LockName::new(LOCK_KIND, u64::MAX, 1);
+/// The pseudo-block whose enqueue a transaction holds to change internal nodes (splits and
+/// merges): one structure change in the cluster at a time (crate doc, rule 3).
+const SMO_LOCK: u64 = u64::MAX;
 /// The data file's allocation high-water mark (owned by the instance).
 const HWM_BLOCK: u64 = 0;
 /// The KV superblock.
@@ -244,6 +253,9 @@ fn lock_error(e: InstanceError) -> KvError {
     }
 }
 
+/// Key-value pairs in key order, as scans return them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Space used by the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvSpace {
@@ -305,11 +317,9 @@ impl Geometry {
         // A node's entries must fit in half a payload minus its two fences, three times over,
         // so that an over-full node always splits into two halves that fit.
         let fences = 2 * (config.max_key_len + 3) + 1;
-        let max_leaf_entry = (payload / 2)
-            .checked_sub(node::NODE_HEADER + fences + 8)
-            .unwrap_or(0);
-        let largest_entry = node::internal_entry_len(&vec![0; config.max_key_len])
-            .max(config.max_key_len + 27);
+        let max_leaf_entry = (payload / 2).saturating_sub(node::NODE_HEADER + fences + 8);
+        let largest_entry =
+            node::internal_entry_len(&vec![0; config.max_key_len]).max(config.max_key_len + 27);
         if largest_entry > max_leaf_entry || max_leaf_entry * 3 > payload {
             let most = (payload / 2).saturating_sub(node::NODE_HEADER + 7 + 8 + 27) / 3;
             return Err(KvError::Config(format!(
@@ -318,7 +328,9 @@ impl Geometry {
             )));
         }
         if config.max_keys_per_txn == 0 {
-            return Err(KvError::Config("max_keys_per_txn must be at least 1".into()));
+            return Err(KvError::Config(
+                "max_keys_per_txn must be at least 1".into(),
+            ));
         }
         let most = MAX_TXN_REDO - (64 << 10);
         if config.max_value_len > most {
@@ -404,7 +416,11 @@ impl Kv {
 
     /// Creates the superblock, an empty root and the free-list heads, with the high-water
     /// mark moved past them, in one transaction.
-    fn create(instance: &Instance, geometry: &Geometry, wait: Duration) -> Result<(u64, u64), KvError> {
+    fn create(
+        instance: &Instance,
+        geometry: &Geometry,
+        wait: Duration,
+    ) -> Result<(u64, u64), KvError> {
         let (root, free_list) = (SUPER_BLOCK + 1, SUPER_BLOCK + 2);
         let _hwm = instance
             .lock(block_lock(HWM_BLOCK), LockMode::Exclusive, Some(wait))
@@ -499,8 +515,8 @@ impl Kv {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(key)?;
         for _ in 0..MAX_RESTARTS {
-            let (n, _) = descend(self.root, key, 0, &mut |n| read_block(&self.instance, n))?;
-            // Held in S while the overflow chain is read (see the crate doc, rule 3).
+            let n = descend(self.root, key, 0, &mut |n| read_block(&self.instance, n))?;
+            // Held in S while the overflow chain is read (see the crate doc, rule 4).
             let held = self.instance.read(self.instance.block(n)?)?;
             let node = match node::decode(&held.bytes()) {
                 Ok(Block::Node(node)) if node.level == 0 && node.covers(key) => node,
@@ -510,13 +526,17 @@ impl Kv {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
             return match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-                Ok(i) => Ok(Some(self.value(&entries[i].1, &mut |b| {
-                    read_block(&self.instance, b)
-                })?)),
+                Ok(i) => {
+                    Ok(Some(self.value(&entries[i].1, &mut |b| {
+                        read_block(&self.instance, b)
+                    })?))
+                }
                 Err(_) => Ok(None),
             };
         }
-        Err(KvError::Retry("the tree kept changing under a lookup".into()))
+        Err(KvError::Retry(
+            "the tree kept changing under a lookup".into(),
+        ))
     }
 
     /// Up to `limit` pairs within the bounds in key order, read without a transaction: each
@@ -526,13 +546,13 @@ impl Kv {
         from: Bound<&[u8]>,
         to: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    ) -> Result<Pairs, KvError> {
         let mut out = Vec::new();
         let mut lower = owned_bound(from);
         let mut restarts = 0;
         while out.len() < limit {
             let start = bound_key(&lower);
-            let (n, _) = descend(self.root, &start, 0, &mut |n| read_block(&self.instance, n))?;
+            let n = descend(self.root, &start, 0, &mut |n| read_block(&self.instance, n))?;
             let held = self.instance.read(self.instance.block(n)?)?;
             let node = match node::decode(&held.bytes()) {
                 Ok(Block::Node(node)) if node.level == 0 && node.covers(&start) => node,
@@ -581,9 +601,11 @@ impl Kv {
         let space = self.space()?;
         let mut seen: HashSet<u64> = HashSet::new();
         let mut claim = |b: u64, what: &str| {
-            if (b < FIRST_FREE_BLOCK && b != self.root) || b >= space.allocated || !seen.insert(b)
-            {
-                Err(KvError::corrupt(b, format!("{what} block reached twice or out of range")))
+            if (b < FIRST_FREE_BLOCK && b != self.root) || b >= space.allocated || !seen.insert(b) {
+                Err(KvError::corrupt(
+                    b,
+                    format!("{what} block reached twice or out of range"),
+                ))
             } else {
                 Ok(())
             }
@@ -598,7 +620,10 @@ impl Kv {
                 other => return Err(KvError::corrupt(b, format!("not a node: {other:?}"))),
             };
             if node.low != low || node.high != high || level.is_some_and(|l| l != node.level) {
-                return Err(KvError::corrupt(b, "fences or level differ from the parent's"));
+                return Err(KvError::corrupt(
+                    b,
+                    "fences or level differ from the parent's",
+                ));
             }
             report.nodes += 1;
             report.height = report.height.max(node.level + 1);
@@ -634,7 +659,11 @@ impl Kv {
                 Body::Internal { keys, children } => {
                     let child_level = node.level.checked_sub(1);
                     for (i, &child) in children.iter().enumerate() {
-                        let low = if i == 0 { node.low.clone() } else { keys[i - 1].clone() };
+                        let low = if i == 0 {
+                            node.low.clone()
+                        } else {
+                            keys[i - 1].clone()
+                        };
                         let high = keys.get(i).cloned().or_else(|| node.high.clone());
                         stack.push((child, low, high, child_level));
                     }
@@ -791,6 +820,8 @@ impl<'k> KvTxn<'k> {
         self.count(1)?;
         self.guarded(|t| {
             let (n, mut node) = t.locked_node(key, 0)?;
+            // X on the leaf before its chains change (crate doc, rule 2).
+            t.hold(n)?;
             let Body::Leaf(entries) = &mut node.body else {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
@@ -831,6 +862,8 @@ impl<'k> KvTxn<'k> {
             let Ok(i) = entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) else {
                 return Ok(false);
             };
+            // X on the leaf before its chains change (crate doc, rule 2).
+            t.hold(n)?;
             let (_, old) = entries.remove(i);
             t.free_value(&old)?;
             t.write(n, &Block::Node(node.clone()))?;
@@ -849,7 +882,7 @@ impl<'k> KvTxn<'k> {
         from: Bound<&[u8]>,
         to: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    ) -> Result<Pairs, KvError> {
         for bound in [from, to] {
             if let Bound::Included(k) | Bound::Excluded(k) = bound {
                 self.kv.check_key(k)?;
@@ -965,6 +998,15 @@ impl<'k> KvTxn<'k> {
         read_block(&self.kv.instance, n)
     }
 
+    /// Takes block `n` in X for this transaction without changing it (yet). The caller holds
+    /// `n`'s enqueue.
+    fn hold(&mut self, n: u64) -> Result<(), KvError> {
+        let id = self.kv.instance.block(n)?;
+        self.written.insert(n);
+        self.tx()?.write(id)?;
+        Ok(())
+    }
+
     /// Writes `block` into block `n` (taking it in X), logging only the bytes that change.
     /// The caller holds `n`'s enqueue (or `n` is fresh past the high-water mark).
     fn write(&mut self, n: u64, block: &Block) -> Result<(), KvError> {
@@ -991,22 +1033,19 @@ impl<'k> KvTxn<'k> {
             return Ok(false);
         }
         let deadline = Instant::now() + self.kv.config.lock_timeout;
-        self.kv
-            .locks
-            .acquire(self.id, n, deadline)
-            .map_err(|e| {
-                let counters = &self.kv.counters;
-                match e {
-                    LocalLockError::TimedOut => {
-                        counters.lock_timeouts.fetch_add(1, Ordering::Relaxed);
-                        KvError::Retry(format!("timed out waiting for block {n}'s lock"))
-                    }
-                    LocalLockError::Deadlock => {
-                        counters.deadlocks.fetch_add(1, Ordering::Relaxed);
-                        KvError::Retry(format!("deadlock waiting for block {n}'s lock"))
-                    }
+        self.kv.locks.acquire(self.id, n, deadline).map_err(|e| {
+            let counters = &self.kv.counters;
+            match e {
+                LocalLockError::TimedOut => {
+                    counters.lock_timeouts.fetch_add(1, Ordering::Relaxed);
+                    KvError::Retry(format!("timed out waiting for block {n}'s lock"))
                 }
-            })?;
+                LocalLockError::Deadlock => {
+                    counters.deadlocks.fetch_add(1, Ordering::Relaxed);
+                    KvError::Retry(format!("deadlock waiting for block {n}'s lock"))
+                }
+            }
+        })?;
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
@@ -1049,7 +1088,7 @@ impl<'k> KvTxn<'k> {
     fn locked_node(&mut self, key: &[u8], level: u8) -> Result<(u64, Node), KvError> {
         let root = self.kv.root;
         for _ in 0..MAX_RESTARTS {
-            let (n, _) = descend(root, key, level, &mut |b| self.read(b))?;
+            let n = descend(root, key, level, &mut |b| self.read(b))?;
             let fresh = self.lock(n)?;
             match node::decode(&self.read(n)?) {
                 Ok(Block::Node(node)) if node.level == level && node.covers(key) => {
@@ -1069,7 +1108,9 @@ impl<'k> KvTxn<'k> {
                 }
             }
         }
-        Err(KvError::Retry("the tree kept changing under a lookup".into()))
+        Err(KvError::Retry(
+            "the tree kept changing under a lookup".into(),
+        ))
     }
 
     /// Writes `node` into block `n`, splitting it (and its ancestors as needed) when it
@@ -1078,6 +1119,7 @@ impl<'k> KvTxn<'k> {
         if node.encoded_len() <= self.kv.geometry.payload {
             return self.write(n, &Block::Node(node));
         }
+        self.lock(SMO_LOCK)?;
         let (left, separator, right) = split(n, node)?;
         let level = left.level;
         if n == self.kv.root {
@@ -1121,6 +1163,7 @@ impl<'k> KvTxn<'k> {
     /// list, the parent loses a separator (and may merge in turn), and a root left with one
     /// child takes that child's place.
     fn merge(&mut self, n: u64, node: Node) -> Result<(), KvError> {
+        self.lock(SMO_LOCK)?;
         let level = node.level;
         let (p, mut parent) = self.locked_node(&node.low, level + 1)?;
         let Body::Internal { keys, children } = &mut parent.body else {
@@ -1355,15 +1398,16 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(raw)
 }
 
-/// Finds the node at `level` covering `key`, reading from the root through `read` without
-/// locks (each node released before its child is read), and starting again when a node no
-/// longer covers the key.
+/// The block of the node at `level` that covers `key`, found by reading from the root
+/// through `read` without locks (each node released before its child is read), starting
+/// again when a node no longer covers the key. The node itself is not read (unless it is the
+/// root): the caller reads it under its enqueue, or knows it may be stale.
 fn descend(
     root: u64,
     key: &[u8],
     level: u8,
     read: &mut dyn FnMut(u64) -> Result<Vec<u8>, KvError>,
-) -> Result<(u64, Node), KvError> {
+) -> Result<u64, KvError> {
     'restart: for _ in 0..MAX_RESTARTS {
         let mut n = root;
         let mut expected: Option<u8> = None;
@@ -1382,7 +1426,7 @@ fn descend(
                 continue 'restart;
             }
             if node.level == level {
-                return Ok((n, node));
+                return Ok(n);
             }
             if node.level < level {
                 continue 'restart;
@@ -1390,11 +1434,16 @@ fn descend(
             let Some((_, child)) = node.child_for(key) else {
                 return Err(KvError::corrupt(n, "an internal node without children"));
             };
+            if node.level == level + 1 {
+                return Ok(child);
+            }
             expected = Some(node.level - 1);
             n = child;
         }
     }
-    Err(KvError::Retry("the tree kept changing under a lookup".into()))
+    Err(KvError::Retry(
+        "the tree kept changing under a lookup".into(),
+    ))
 }
 
 /// Splits an over-full node into two halves of about equal bytes and the separator between
@@ -1439,7 +1488,10 @@ fn split(n: u64, node: Node) -> Result<(Node, Vec<u8>, Node), KvError> {
             mut children,
         } => {
             if keys.len() < 2 {
-                return Err(KvError::corrupt(n, "an over-full internal node with one separator"));
+                return Err(KvError::corrupt(
+                    n,
+                    "an over-full internal node with one separator",
+                ));
             }
             let sizes: Vec<usize> = keys.iter().map(|k| node::internal_entry_len(k)).collect();
             let m = half(&sizes).clamp(1, keys.len() - 1);
@@ -1524,7 +1576,7 @@ fn scan_leaf(
     lower: &Bound<Vec<u8>>,
     to: Bound<&[u8]>,
     limit: usize,
-    out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    out: &mut Pairs,
     value: &mut dyn FnMut(&Value) -> Result<Vec<u8>, KvError>,
 ) -> Result<Option<Vec<u8>>, KvError> {
     let Body::Leaf(entries) = &node.body else {

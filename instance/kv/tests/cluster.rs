@@ -4,6 +4,8 @@
 //! classic lost-update test); afterwards every committed write is read back from every
 //! instance, and the counters equal the committed increments.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Rng;
@@ -110,7 +112,11 @@ fn three_instances_write_concurrently_and_every_commit_is_read_everywhere() {
         }
         for (c, count) in increments.iter().enumerate() {
             let got = read_counter(kv.get(&counter_key(c)).unwrap());
-            assert_eq!(got, count.load(Ordering::Relaxed), "instance {i}, counter {c}");
+            assert_eq!(
+                got,
+                count.load(Ordering::Relaxed),
+                "instance {i}, counter {c}"
+            );
             // A transaction reads the same.
             let in_txn = kv
                 .transaction(|t| t.get(&counter_key(c)))
@@ -119,7 +125,11 @@ fn three_instances_write_concurrently_and_every_commit_is_read_everywhere() {
             assert_eq!(in_txn, got);
         }
         let own: Own = kv
-            .scan(Bound::Included(b"own-"), Bound::Excluded(b"own."), usize::MAX)
+            .scan(
+                Bound::Included(b"own-"),
+                Bound::Excluded(b"own."),
+                usize::MAX,
+            )
             .unwrap()
             .into_iter()
             .collect();

@@ -1,6 +1,8 @@
 //! Property tests of the block codec: every valid block survives encode and decode, and any
 //! bytes at all decode to a block or an error, never a panic.
 
+#![allow(clippy::unwrap_used)]
+
 use kv::node::{self, Block, Body, Node, Value};
 use proptest::prelude::*;
 
@@ -13,8 +15,11 @@ fn key() -> impl Strategy<Value = Vec<u8>> {
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..100).prop_map(Value::Inline),
-        (any::<u64>(), 1..u64::MAX, 1..u64::MAX)
-            .prop_map(|(len, first, last)| Value::Overflow { len, first, last }),
+        (any::<u64>(), 1..u64::MAX, 1..u64::MAX).prop_map(|(len, first, last)| Value::Overflow {
+            len,
+            first,
+            last
+        }),
     ]
 }
 
@@ -118,11 +123,11 @@ proptest! {
     fn decoded_nodes_keep_keys_ordered_within_fences(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let mut framed = vec![0xA3, 0, (bytes.len() % 5) as u8, 0, 0, 0, 0, 0];
         framed.extend(bytes);
-        if let Ok(Block::Node(n)) = node::decode(&framed) {
-            if let Body::Leaf(entries) = &n.body {
-                prop_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
-                prop_assert!(entries.iter().all(|(k, _)| n.covers(k)));
-            }
+        if let Ok(Block::Node(n)) = node::decode(&framed)
+            && let Body::Leaf(entries) = &n.body
+        {
+            prop_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+            prop_assert!(entries.iter().all(|(k, _)| n.covers(k)));
         }
     }
 }

@@ -3,6 +3,8 @@
 //! back) — none hangs — and the two counters each transaction increments together stay
 //! equal (all or nothing).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use kv::{Kv, KvConfig, KvError};
@@ -91,8 +93,16 @@ fn opposite_order_transactions_commit_or_retry_and_never_hang() {
     }
     assert!(committed > 0, "nothing committed");
     for (i, kv) in cluster.kvs.iter().enumerate() {
-        assert_eq!(counter(kv.get(a).unwrap()), committed, "instance {i}, {a:?}");
-        assert_eq!(counter(kv.get(b).unwrap()), committed, "instance {i}, {b:?}");
+        assert_eq!(
+            counter(kv.get(a).unwrap()),
+            committed,
+            "instance {i}, {a:?}"
+        );
+        assert_eq!(
+            counter(kv.get(b).unwrap()),
+            committed,
+            "instance {i}, {b:?}"
+        );
         assert_eq!(kv.locks_held(), 0);
     }
 }

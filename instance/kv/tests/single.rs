@@ -4,6 +4,8 @@
 //! then the tree's structure and space accounting are verified, and deleting everything
 //! gives every block back.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Rng;
@@ -18,7 +20,7 @@ fn key(rng: &mut Rng) -> Vec<u8> {
     if n == 0 {
         return Vec::new();
     }
-    let pad = if n % 7 == 0 { 200 } else { 8 };
+    let pad = if n.is_multiple_of(7) { 200 } else { 8 };
     format!("key-{n:05}-{}", "x".repeat(pad)).into_bytes()
 }
 
@@ -81,7 +83,10 @@ fn random_operations_match_a_btreemap_model() {
     let mut txn = kv.begin();
     assert!(matches!(
         txn.put(&vec![1; 1025], b"v"),
-        Err(KvError::KeyTooLarge { len: 1025, max: 1024 })
+        Err(KvError::KeyTooLarge {
+            len: 1025,
+            max: 1024
+        })
     ));
     assert!(matches!(
         txn.put(b"k", &vec![1; (256 << 10) + 1]),
@@ -110,17 +115,29 @@ fn random_operations_match_a_btreemap_model() {
     }
     let report = kv.verify().unwrap();
     assert_eq!(report.keys, 0);
-    assert_eq!(report.height, 1, "merges did not shrink the tree: {report:?}");
+    assert_eq!(
+        report.height, 1,
+        "merges did not shrink the tree: {report:?}"
+    );
     assert_eq!(report.nodes, 1);
     let space = kv.space().unwrap();
     // Blocks below FIRST_FREE_BLOCK are the header, superblock, root and free-list heads;
     // the rest is free.
-    assert_eq!(space.free, space.allocated - kv::FIRST_FREE_BLOCK, "{space:?}");
-    assert_eq!(kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX).unwrap(), vec![]);
+    assert_eq!(
+        space.free,
+        space.allocated - kv::FIRST_FREE_BLOCK,
+        "{space:?}"
+    );
+    assert_eq!(
+        kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .unwrap(),
+        vec![]
+    );
 
     // Freed blocks are reused before the file grows.
     let before = kv.space().unwrap();
-    kv.transaction(|t| t.put(b"again", &vec![7; 100_000])).unwrap();
+    kv.transaction(|t| t.put(b"again", &vec![7; 100_000]))
+        .unwrap();
     assert_eq!(kv.space().unwrap().allocated, before.allocated);
     assert_eq!(kv.locks_held(), 0);
 }
@@ -128,7 +145,8 @@ fn random_operations_match_a_btreemap_model() {
 fn check_scans(kv: &kv::Kv, model: &BTreeMap<Vec<u8>, Vec<u8>>, rng: &mut Rng) {
     let all: Vec<(Vec<u8>, Vec<u8>)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     assert_eq!(
-        kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX).unwrap(),
+        kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .unwrap(),
         all
     );
     for _ in 0..10 {
@@ -149,7 +167,11 @@ fn check_scans(kv: &kv::Kv, model: &BTreeMap<Vec<u8>, Vec<u8>>, rng: &mut Rng) {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        assert_eq!(kv.scan(from, to, limit).unwrap(), expected, "{from:?}..{to:?}");
+        assert_eq!(
+            kv.scan(from, to, limit).unwrap(),
+            expected,
+            "{from:?}..{to:?}"
+        );
         let in_txn = kv.transaction(|t| t.scan(from, to, limit)).unwrap();
         assert_eq!(in_txn, expected);
     }
@@ -221,5 +243,9 @@ fn long_keys_grow_and_shrink_a_deep_tree() {
     let report = kv.verify().unwrap();
     assert_eq!((report.height, report.nodes, report.keys), (1, 1, 0));
     let space = kv.space().unwrap();
-    assert_eq!(space.free, space.allocated - kv::FIRST_FREE_BLOCK, "{space:?}");
+    assert_eq!(
+        space.free,
+        space.allocated - kv::FIRST_FREE_BLOCK,
+        "{space:?}"
+    );
 }
