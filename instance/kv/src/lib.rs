@@ -43,7 +43,7 @@
 //!    EX with the configured timeout, held to commit or rollback. A GES wait ends with a
 //!    grant, the timeout, or GES deadlock detection choosing a victim; the last two are
 //!    [`KvError::Retry`] and the transaction rolls back. GES grants enqueues per instance,
-//!    so the transactions of one instance first queue in a local table ([`locks`]) with the
+//!    so the transactions of one instance first queue in a local table (module `locks`) with the
 //!    same timeout and immediate local cycle detection.
 //! 2. **X only under the enqueue.** A transaction calls `tx.write(block)` only for blocks
 //!    whose enqueue it holds (or for blocks fresh past the high-water mark, which no one
@@ -145,8 +145,9 @@ const MERGE_BELOW: usize = 4;
 #[derive(Debug, Clone)]
 pub struct KvConfig {
     /// Longest key, bytes (empty keys are allowed). At most about a sixth of the block
-    /// payload (1,341 bytes with 8 KiB blocks), so that every node holds at least three
-    /// entries and splits always fit.
+    /// payload (1,343 bytes with 8 KiB blocks), so that an entry fits in half a node beside
+    /// the node's two fence keys and splits always fit. Leaf entries up to that half
+    /// (key and value, about 2 KiB with the default keys) are kept inline.
     pub max_key_len: usize,
     /// Longest value, bytes. Values that do not fit in a leaf go to overflow blocks. At most
     /// [`MAX_TXN_REDO`] less 64 KiB.
@@ -227,7 +228,7 @@ pub enum KvError {
         max: usize,
     },
     /// An earlier operation of this transaction failed, so it was rolled back; it can only
-    /// be dropped.
+    /// be dropped. (After a [`KvError::Retry`], later calls repeat that Retry instead.)
     #[error("the transaction was rolled back after an earlier error: {0}")]
     Aborted(String),
 }
@@ -314,13 +315,14 @@ struct Geometry {
 
 impl Geometry {
     fn new(payload: usize, config: &KvConfig) -> Result<Self, KvError> {
-        // A node's entries must fit in half a payload minus its two fences, three times over,
-        // so that an over-full node always splits into two halves that fit.
+        // One entry must fit in half a payload less a node's header and two fences: then a
+        // node that one entry made over-full splits into two halves that each fit (the
+        // left half holds at most half the bytes plus one entry).
         let fences = 2 * (config.max_key_len + 3) + 1;
         let max_leaf_entry = (payload / 2).saturating_sub(node::NODE_HEADER + fences + 8);
         let largest_entry =
             node::internal_entry_len(&vec![0; config.max_key_len]).max(config.max_key_len + 27);
-        if largest_entry > max_leaf_entry || max_leaf_entry * 3 > payload {
+        if largest_entry > max_leaf_entry {
             let most = (payload / 2).saturating_sub(node::NODE_HEADER + 7 + 8 + 27) / 3;
             return Err(KvError::Config(format!(
                 "max_key_len {} is too long for blocks with a {payload}-byte payload (at most {most})",
@@ -775,7 +777,7 @@ pub struct KvTxn<'k> {
     /// Redo bytes logged so far (against [`MAX_TXN_REDO`]).
     redo: usize,
     /// Why the transaction was rolled back after an error.
-    aborted: Option<String>,
+    aborted: Option<Aborted>,
 }
 
 impl std::fmt::Debug for KvTxn<'_> {
@@ -876,7 +878,8 @@ impl<'k> KvTxn<'k> {
 
     /// Up to `limit` pairs within the bounds, in key order (this transaction's own writes
     /// included). Every leaf the range covers stays locked to the end, so the result stays
-    /// true until commit. `limit` counts against `max_keys_per_txn`.
+    /// true until commit. The pairs returned count against `max_keys_per_txn`
+    /// ([`KvError::TooManyKeys`] when the range holds more than that leaves).
     pub fn scan(
         &mut self,
         from: Bound<&[u8]>,
@@ -888,8 +891,10 @@ impl<'k> KvTxn<'k> {
                 self.kv.check_key(k)?;
             }
         }
-        self.count(limit)?;
-        self.guarded(|t| {
+        // Pairs beyond what the key limit leaves are looked for only to refuse the scan.
+        let left = self.kv.config.max_keys_per_txn - self.keys;
+        let limit = limit.min(left.saturating_add(1));
+        let out = self.guarded(|t| {
             let mut out = Vec::new();
             let mut lower = owned_bound(from);
             while out.len() < limit {
@@ -905,14 +910,16 @@ impl<'k> KvTxn<'k> {
                 }
             }
             Ok(out)
-        })
+        })?;
+        self.count(out.len())?;
+        Ok(out)
     }
 
     /// Commits: returns once the changes are durable (at once for a transaction that only
     /// read), then releases the locks.
     pub fn commit(mut self) -> Result<(), KvError> {
         if let Some(why) = self.aborted.take() {
-            return Err(KvError::Aborted(why));
+            return Err(why.again());
         }
         self.finish(true)?;
         self.kv.counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -943,7 +950,7 @@ impl<'k> KvTxn<'k> {
         op: impl FnOnce(&mut Self) -> Result<R, KvError>,
     ) -> Result<R, KvError> {
         if let Some(why) = &self.aborted {
-            return Err(KvError::Aborted(why.clone()));
+            return Err(why.again());
         }
         if self.tx.is_none() {
             return Err(KvError::Aborted("the transaction has ended".into()));
@@ -953,7 +960,10 @@ impl<'k> KvTxn<'k> {
             if matches!(e, KvError::Retry(_)) {
                 self.kv.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
-            self.aborted = Some(e.to_string());
+            self.aborted = Some(Aborted {
+                retry: matches!(e, KvError::Retry(_)),
+                why: e.to_string(),
+            });
             let _ = self.finish(false);
         }
         result
@@ -1364,6 +1374,24 @@ impl<'k> KvTxn<'k> {
                 count: count + blocks,
             },
         )
+    }
+}
+
+/// Why a transaction was rolled back after an error of one of its operations.
+#[derive(Debug, Clone)]
+struct Aborted {
+    /// The error was a [`KvError::Retry`]: so is every later call (and the commit).
+    retry: bool,
+    why: String,
+}
+
+impl Aborted {
+    fn again(&self) -> KvError {
+        if self.retry {
+            KvError::Retry(self.why.clone())
+        } else {
+            KvError::Aborted(self.why.clone())
+        }
     }
 }
 

@@ -249,3 +249,71 @@ fn long_keys_grow_and_shrink_a_deep_tree() {
         "{space:?}"
     );
 }
+
+/// Past the configured limits: a clear error, and the transaction goes on with what it did
+/// before.
+#[test]
+fn limits_give_clear_errors_and_keep_the_transaction() {
+    let config = KvConfig {
+        max_keys_per_txn: 50,
+        max_key_len: 100,
+        max_value_len: 20_000,
+        ..KvConfig::default()
+    };
+    let cluster = common::start(1, 5_000, config);
+    let kv = &cluster.kvs[0];
+    let mut txn = kv.begin();
+    for i in 0..50u32 {
+        txn.put(format!("k{i:03}").as_bytes(), b"v").unwrap();
+    }
+    assert!(matches!(
+        txn.put(b"one too many", b"v"),
+        Err(KvError::TooManyKeys { max: 50 })
+    ));
+    txn.commit().unwrap();
+    assert_eq!(
+        kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .unwrap()
+            .len(),
+        50
+    );
+    // A scan's pairs count: 50 fit, 51 would not.
+    let all = kv
+        .transaction(|t| t.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX))
+        .unwrap();
+    assert_eq!(all.len(), 50);
+    let mut txn = kv.begin();
+    txn.get(b"k000").unwrap();
+    assert!(matches!(
+        txn.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX),
+        Err(KvError::TooManyKeys { max: 50 })
+    ));
+    assert!(matches!(
+        txn.get(&[b'x'; 101]),
+        Err(KvError::KeyTooLarge { len: 101, max: 100 })
+    ));
+    assert!(matches!(
+        txn.scan(Bound::Included(&[b'x'; 101][..]), Bound::Unbounded, 1),
+        Err(KvError::KeyTooLarge { .. })
+    ));
+    assert!(matches!(
+        txn.put(b"k000", &[0; 20_001]),
+        Err(KvError::ValueTooLarge {
+            len: 20_001,
+            max: 20_000
+        })
+    ));
+    txn.put(b"k000", b"changed").unwrap();
+    txn.commit().unwrap();
+    assert_eq!(kv.get(b"k000").unwrap().as_deref(), Some(&b"changed"[..]));
+    // A configuration that cannot work with 8 KiB blocks is refused at open.
+    let instance = std::sync::Arc::clone(kv.instance());
+    let too_long = KvConfig {
+        max_key_len: 4000,
+        ..KvConfig::default()
+    };
+    assert!(matches!(
+        kv::Kv::open(instance, too_long),
+        Err(KvError::Config(_))
+    ));
+}
