@@ -492,7 +492,8 @@ impl Kv {
         let mut attempt = 0u32;
         loop {
             let mut txn = self.begin();
-            let seed = txn.id;
+            // Transaction ids count from 1 on every instance: mix in which instance.
+            let seed = txn.id ^ ((self.instance.id().index() as u64) << 48);
             let error = match body(&mut txn) {
                 Ok(result) => match txn.commit() {
                     Ok(()) => return Ok(result),
@@ -1682,7 +1683,9 @@ fn changed_ranges(old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
 /// A random pause before rerun `attempt`, growing with it (up to about 50 ms), so that
 /// transactions that collided do not collide again in step.
 fn backoff(attempt: u32, seed: u64) -> Duration {
-    let nanos = Instant::now().elapsed().as_nanos() as u64;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
     let mut x = seed ^ nanos ^ 0x9E37_79B9_7F4A_7C15;
     x ^= x << 13;
     x ^= x >> 7;
