@@ -1699,6 +1699,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_store_is_shared_among_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Kv>();
+        send_sync::<KvError>();
+    }
+
+    #[test]
     fn changed_ranges_join_close_runs() {
         let old = vec![0u8; 200];
         let mut new = old.clone();
