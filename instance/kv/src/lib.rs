@@ -39,8 +39,9 @@
 //! of every cycle:
 //!
 //! 1. **Block enqueues.** Before a transaction changes a block, or relies on a node staying
-//!    as read, it takes the block's GES enqueue (`LockName { kind: 0x4B56, a: block }`) in
-//!    EX with the configured timeout, held to commit or rollback. A GES wait ends with a
+//!    as read, it takes the block's GES enqueue (`LockName { kind: 0x4B56, a: lock id }`;
+//!    blocks past the KV layer's own share 65,536 lock ids, so the locks an instance keeps
+//!    cached stay bounded) in EX with the configured timeout, held to commit or rollback. A GES wait ends with a
 //!    grant, the timeout, or GES deadlock detection choosing a victim; the last two are
 //!    [`KvError::Retry`] and the transaction rolls back. GES grants enqueues per instance,
 //!    so the transactions of one instance first queue in a local table (module `locks`) with the
@@ -100,7 +101,7 @@ use instance::api::{Instance, InstanceError, LockGuard, Transaction};
 use instance::core::CoreError;
 use locks::{LocalLockError, LocalLocks};
 use node::{Block, Body, Node, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,6 +114,8 @@ const OPEN_LOCK: LockName = LockName::new(LOCK_KIND, u64::MAX, 1);
 /// The pseudo-block whose enqueue a transaction holds to change internal nodes (splits and
 /// merges): one structure change in the cluster at a time (crate doc, rule 3).
 const SMO_LOCK: u64 = u64::MAX;
+/// Enqueues shared by the blocks past the KV layer's own (see [`lock_id`]).
+const LOCK_BUCKETS: u64 = 1 << 16;
 /// The data file's allocation high-water mark (owned by the instance).
 const HWM_BLOCK: u64 = 0;
 /// The KV superblock.
@@ -476,7 +479,7 @@ impl Kv {
             id: self.next_txn.fetch_add(1, Ordering::Relaxed),
             tx: Some(self.instance.begin()),
             written: HashSet::new(),
-            guards: Vec::new(),
+            guards: HashMap::new(),
             keys: 0,
             redo: 0,
             aborted: None,
@@ -771,8 +774,8 @@ pub struct KvTxn<'k> {
     tx: Option<Transaction<'k>>,
     /// Blocks this transaction holds in X (read through it: a read would wait for itself).
     written: HashSet<u64>,
-    /// Enqueues held, by block.
-    guards: Vec<(u64, LockGuard<'k>)>,
+    /// Enqueues held, by lock id ([`lock_id`]).
+    guards: HashMap<u64, LockGuard<'k>>,
     /// Keys touched so far (against `max_keys_per_txn`).
     keys: usize,
     /// Redo bytes logged so far (against [`MAX_TXN_REDO`]).
@@ -981,15 +984,15 @@ impl<'k> KvTxn<'k> {
             }
             None => Ok(()),
         };
-        let blocks: Vec<u64> = self
+        let ids: Vec<u64> = self
             .guards
-            .drain(..)
-            .map(|(block, guard)| {
+            .drain()
+            .map(|(id, guard)| {
                 drop(guard);
-                block
+                id
             })
             .collect();
-        self.kv.locks.release(self.id, &blocks);
+        self.kv.locks.release(self.id, &ids);
         self.written.clear();
         result
     }
@@ -1038,13 +1041,14 @@ impl<'k> KvTxn<'k> {
     }
 
     /// Takes block `n`'s enqueue in EX (local table first, then GES). Returns whether this
-    /// call took it (false: already held).
+    /// call took it (false: already held, maybe as another block of its bucket).
     fn lock(&mut self, n: u64) -> Result<bool, KvError> {
-        if self.guards.iter().any(|(b, _)| *b == n) {
+        let id = lock_id(n);
+        if self.guards.contains_key(&id) {
             return Ok(false);
         }
         let deadline = Instant::now() + self.kv.config.lock_timeout;
-        self.kv.locks.acquire(self.id, n, deadline).map_err(|e| {
+        self.kv.locks.acquire(self.id, id, deadline).map_err(|e| {
             let counters = &self.kv.counters;
             match e {
                 LocalLockError::TimedOut => {
@@ -1063,14 +1067,14 @@ impl<'k> KvTxn<'k> {
         match self
             .kv
             .instance
-            .lock(block_lock(n), LockMode::Exclusive, Some(left))
+            .lock(block_lock(id), LockMode::Exclusive, Some(left))
         {
             Ok(guard) => {
-                self.guards.push((n, guard));
+                self.guards.insert(id, guard);
                 Ok(true)
             }
             Err(e) => {
-                self.kv.locks.release(self.id, &[n]);
+                self.kv.locks.release(self.id, &[id]);
                 if let InstanceError::Core(CoreError::Lock { error, .. }) = &e {
                     let counters = &self.kv.counters;
                     match error {
@@ -1087,10 +1091,10 @@ impl<'k> KvTxn<'k> {
     /// Releases block `n`'s enqueue taken in vain (the block was not what the descent
     /// expected and this transaction neither changed nor relied on it).
     fn unlock(&mut self, n: u64) {
-        if let Some(i) = self.guards.iter().position(|(b, _)| *b == n) {
-            let (_, guard) = self.guards.swap_remove(i);
+        let id = lock_id(n);
+        if let Some(guard) = self.guards.remove(&id) {
             drop(guard);
-            self.kv.locks.release(self.id, &[n]);
+            self.kv.locks.release(self.id, &[id]);
         }
     }
 
@@ -1406,9 +1410,21 @@ fn ended() -> KvError {
     KvError::Aborted("the transaction has ended".into())
 }
 
-/// The enqueue of block `n`.
-fn block_lock(n: u64) -> LockName {
-    LockName::new(LOCK_KIND, n, 0)
+/// The lock id of block `n`: the KV layer's own blocks (and the structure-change lock) have
+/// their own; every other block shares one of [`LOCK_BUCKETS`], so that the locks an
+/// instance keeps cached stay bounded however large the data file. Two blocks sharing a
+/// lock only wait for each other more often.
+fn lock_id(n: u64) -> u64 {
+    if n < FIRST_FREE_BLOCK || n == SMO_LOCK {
+        n
+    } else {
+        FIRST_FREE_BLOCK + (n - FIRST_FREE_BLOCK) % LOCK_BUCKETS
+    }
+}
+
+/// The enqueue of lock id `id`.
+fn block_lock(id: u64) -> LockName {
+    LockName::new(LOCK_KIND, id, 0)
 }
 
 /// Block `n`'s payload, read in S and released.
@@ -1703,6 +1719,17 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Kv>();
         send_sync::<KvError>();
+    }
+
+    #[test]
+    fn blocks_past_the_kv_blocks_share_bounded_lock_ids() {
+        for n in 0..FIRST_FREE_BLOCK {
+            assert_eq!(lock_id(n), n);
+        }
+        assert_eq!(lock_id(SMO_LOCK), SMO_LOCK);
+        assert_eq!(lock_id(FIRST_FREE_BLOCK + LOCK_BUCKETS), FIRST_FREE_BLOCK);
+        assert_eq!(lock_id(FIRST_FREE_BLOCK + 5), FIRST_FREE_BLOCK + 5);
+        assert!(lock_id(u64::MAX - 1) < FIRST_FREE_BLOCK + LOCK_BUCKETS);
     }
 
     #[test]

@@ -317,3 +317,40 @@ fn limits_give_clear_errors_and_keep_the_transaction() {
         Err(KvError::Config(_))
     ));
 }
+
+/// What was committed is found again after the instance shuts down and starts again over
+/// the same storage: `open` finds the tree instead of creating one.
+#[test]
+fn the_tree_survives_a_restart() {
+    let mut cluster = common::start(1, 5_000, KvConfig::default());
+    let mut rng = Rng(0x0DD_BA11);
+    let mut model = BTreeMap::new();
+    for i in 0..300u32 {
+        let v = rng.bytes(if i % 50 == 0 { 30_000 } else { 100 });
+        let k = format!("key-{i:04}").into_bytes();
+        kv_put(&cluster.kvs[0], &k, &v);
+        model.insert(k, v);
+    }
+    let before = cluster.kvs[0].verify().unwrap();
+    let kv = cluster.kvs.pop().unwrap();
+    let instance = std::sync::Arc::clone(kv.instance());
+    drop(kv);
+    std::sync::Arc::try_unwrap(instance)
+        .unwrap()
+        .shutdown()
+        .unwrap();
+
+    let instance = instance::api::Instance::start(cluster.configs[0].clone()).unwrap();
+    let kv = kv::Kv::open(std::sync::Arc::new(instance), KvConfig::default()).unwrap();
+    assert_eq!(kv.verify().unwrap(), before);
+    let all: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
+    assert_eq!(
+        kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .unwrap(),
+        all
+    );
+}
+
+fn kv_put(kv: &kv::Kv, k: &[u8], v: &[u8]) {
+    kv.transaction(|t| t.put(k, v)).unwrap();
+}
