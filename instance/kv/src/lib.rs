@@ -1,13 +1,18 @@
 //! A transactional ordered key-value store in the blocks of a Fusion cluster's shared
-//! storage: a B+tree of 8 KiB (block-sized) nodes with overflow chains for large values and a
-//! free list, built only on the public [`instance::api`]. Any instance serves any key,
+//! storage: a B+tree of 8 KiB (block-sized) nodes with overflow chains for large values and
+//! free lists, built only on the public [`instance::api`]. Any instance serves any key,
 //! concurrently with the others.
 //!
 //! ```no_run
+//! use instance::api::Instance;
+//! use instance::config::InstanceConfig;
 //! use kv::{Kv, KvConfig};
+//! use std::sync::Arc;
+//!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let instance: std::sync::Arc<instance::api::Instance> = todo!();
-//! let kv = Kv::open(instance, KvConfig::default())?;
+//! let config = InstanceConfig::load(std::path::Path::new("cluster-0.toml"))?;
+//! let kv = Kv::open(Arc::new(Instance::start(config)?), KvConfig::default())?;
+//! // One atomic, durable transaction; rerun by itself on a conflict.
 //! kv.transaction(|t| {
 //!     let n = t.get(b"counter")?.map_or(0, |v| v.len());
 //!     t.put(b"counter", &vec![b'x'; n + 1])
@@ -265,7 +270,7 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 pub struct KvSpace {
     /// The data file's allocation high-water mark (blocks 0.. are allocated).
     pub allocated: u64,
-    /// Blocks on the free list.
+    /// Blocks on the free lists.
     pub free: u64,
 }
 
@@ -599,7 +604,7 @@ impl Kv {
         }
     }
 
-    /// Walks the whole tree and the free list and checks them: fences, levels and key order
+    /// Walks the whole tree and the free lists and checks them: fences, levels and key order
     /// of every node, overflow chains, and that every block the KV layer allocated is
     /// exactly one of a node, an overflow block or free (nothing leaked, nothing shared).
     /// Reads without locks: meaningful only while no transaction runs.
@@ -1202,13 +1207,18 @@ impl<'k> KvTxn<'k> {
             Ok(Block::Node(o)) if o.level == level => o,
             _ => return Err(KvError::corrupt(other, "a sibling that is not a node")),
         };
+        let emptied = node.is_empty();
         let (left, right) = if ln == n {
             (node, other_node)
         } else {
             (other_node, node)
         };
         let merged = join(left, keys[li].clone(), right);
-        if merged.encoded_len() > self.kv.geometry.payload * 3 / 4 {
+        // An empty node goes whenever its sibling can take its range; others merge only
+        // with room to spare, so that the next insert does not split them again.
+        let payload = self.kv.geometry.payload;
+        let room = if emptied { payload } else { payload * 3 / 4 };
+        if merged.encoded_len() > room {
             return Ok(());
         }
         keys.remove(li);
