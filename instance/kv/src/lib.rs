@@ -145,11 +145,14 @@ pub const MAX_TXN_REDO: usize =
 const MERGE_BELOW: usize = 4;
 
 /// Limits and waits of the KV layer. The defaults: keys up to 1 KiB, values up to 256 KiB,
-/// 1024 keys per transaction, a 2 s lock wait, 20 reruns.
+/// 128 keys per transaction, a 2 s lock wait, 20 reruns.
 ///
 /// One transaction's changes are one redo entry, at most [`MAX_TXN_REDO`] bytes (about
 /// 507 KiB): a value (with its overflow blocks) must fit in it with room to spare, and a
-/// transaction whose changes outgrow it fails with [`KvError::TxnTooLarge`].
+/// transaction whose changes outgrow it fails with [`KvError::TxnTooLarge`]. A put logs the
+/// bytes of its leaf from the entry on (entries after it move), about 2.5 KiB for a small
+/// value at a random place: some 150 such puts fit in one transaction, hence the default
+/// of 128 keys.
 #[derive(Debug, Clone)]
 pub struct KvConfig {
     /// Longest key, bytes (empty keys are allowed). At most about a sixth of the block
@@ -175,7 +178,7 @@ impl Default for KvConfig {
         Self {
             max_key_len: 1024,
             max_value_len: 256 << 10,
-            max_keys_per_txn: 1024,
+            max_keys_per_txn: 128,
             lock_timeout: Duration::from_secs(2),
             max_retries: 20,
         }
