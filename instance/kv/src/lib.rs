@@ -526,6 +526,9 @@ impl Kv {
     }
 
     /// The newest committed value of `key`, read without a transaction (no locks, no redo).
+    /// It waits for a block another transaction changes until that one commits, so a thread
+    /// with an open [`KvTxn`] reads through [`KvTxn::get`] instead (its own changes would
+    /// otherwise wait for it).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(key)?;
         for _ in 0..MAX_RESTARTS {
@@ -554,7 +557,8 @@ impl Kv {
     }
 
     /// Up to `limit` pairs within the bounds in key order, read without a transaction: each
-    /// leaf is read consistently, the scan as a whole is not one snapshot.
+    /// leaf is read consistently, the scan as a whole is not one snapshot. `limit` bounds the
+    /// memory used. As with [`Kv::get`], not from a thread with an open [`KvTxn`].
     pub fn scan(
         &self,
         from: Bound<&[u8]>,
@@ -702,12 +706,12 @@ impl Kv {
         }
         // The superblock and the free-list heads are the others.
         let accounted = seen.len() as u64 + 1 + FREE_LISTS;
-        if accounted != space.allocated - 1 {
+        if accounted != space.allocated.saturating_sub(1) {
             return Err(KvError::corrupt(
                 SUPER_BLOCK,
                 format!(
                     "{} blocks allocated past block 0, {accounted} accounted for: blocks leaked",
-                    space.allocated - 1
+                    space.allocated.saturating_sub(1)
                 ),
             ));
         }
