@@ -812,7 +812,7 @@ impl<'k> KvTxn<'k> {
         self.kv.check_key(key)?;
         self.count(1)?;
         self.guarded(|t| {
-            let (_, node) = t.locked_node(key, 0)?;
+            let (_, node) = t.locked_node(key, 0, false)?;
             let Body::Leaf(entries) = &node.body else {
                 return Err(KvError::corrupt(0, "a leaf without entries"));
             };
@@ -837,7 +837,7 @@ impl<'k> KvTxn<'k> {
         }
         self.count(1)?;
         self.guarded(|t| {
-            let (n, mut node) = t.locked_node(key, 0)?;
+            let (n, mut node) = t.locked_node(key, 0, false)?;
             // X on the leaf before its chains change (crate doc, rule 2).
             t.hold(n)?;
             let Body::Leaf(entries) = &mut node.body else {
@@ -873,7 +873,7 @@ impl<'k> KvTxn<'k> {
         self.kv.check_key(key)?;
         self.count(1)?;
         self.guarded(|t| {
-            let (n, mut node) = t.locked_node(key, 0)?;
+            let (n, mut node) = t.locked_node(key, 0, false)?;
             let Body::Leaf(entries) = &mut node.body else {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
@@ -915,7 +915,7 @@ impl<'k> KvTxn<'k> {
             let mut lower = owned_bound(from);
             while out.len() < limit {
                 let start = bound_key(&lower);
-                let (_, node) = t.locked_node(&start, 0)?;
+                let (_, node) = t.locked_node(&start, 0, false)?;
                 let kv = t.kv;
                 let next = scan_leaf(&node, &lower, to, limit, &mut out, &mut |v| {
                     kv.value(v, &mut |b| t.read(b))
@@ -1112,11 +1112,18 @@ impl<'k> KvTxn<'k> {
 
     /// The node at `level` covering `key`, locked by this transaction and checked under the
     /// lock (so it stays what it is until the end).
-    fn locked_node(&mut self, key: &[u8], level: u8) -> Result<(u64, Node), KvError> {
+    /// With `write`, the node is taken in X at once (one acquisition instead of S and then
+    /// X). Only for parents under the structure-change lock: the internal nodes above them
+    /// cannot change, so the descent cannot end on a stale block (X on a stale block, say
+    /// one reused in a value's chain, could make a reader of that chain wait for it).
+    fn locked_node(&mut self, key: &[u8], level: u8, write: bool) -> Result<(u64, Node), KvError> {
         let root = self.kv.root;
         for _ in 0..MAX_RESTARTS {
             let n = descend(root, key, level, &mut |b| self.read(b))?;
             let fresh = self.lock(n)?;
+            if write {
+                self.hold(n)?;
+            }
             match node::decode(&self.read(n)?) {
                 Ok(Block::Node(node)) if node.level == level && node.covers(key) => {
                     return Ok((n, node));
@@ -1172,7 +1179,7 @@ impl<'k> KvTxn<'k> {
         let r = self.allocate()?;
         self.write(n, &Block::Node(left))?;
         self.write(r, &Block::Node(right))?;
-        let (p, mut parent) = self.locked_node(&low, level + 1)?;
+        let (p, mut parent) = self.locked_node(&low, level + 1, true)?;
         let Body::Internal { keys, children } = &mut parent.body else {
             return Err(KvError::corrupt(p, "a parent that is a leaf"));
         };
@@ -1192,7 +1199,7 @@ impl<'k> KvTxn<'k> {
     fn merge(&mut self, n: u64, node: Node) -> Result<(), KvError> {
         self.lock(SMO_LOCK)?;
         let level = node.level;
-        let (p, mut parent) = self.locked_node(&node.low, level + 1)?;
+        let (p, mut parent) = self.locked_node(&node.low, level + 1, true)?;
         let Body::Internal { keys, children } = &mut parent.body else {
             return Err(KvError::corrupt(p, "a parent that is a leaf"));
         };
