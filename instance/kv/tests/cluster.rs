@@ -71,7 +71,10 @@ fn worker(kv: &Kv, instance: usize, thread: usize, increments: &[AtomicU64]) -> 
             }
             // Out of reruns under contention: rolled back, nothing to record.
             Err(KvError::Retry(_)) => {}
-            Err(e) => panic!("instance {instance} thread {thread}: {e}"),
+            Err(e) => panic!(
+                "instance {instance} thread {thread}: {e} (stopped: {:?})",
+                kv.instance().stopped()
+            ),
         }
     }
     own
