@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const THREADS_PER_INSTANCE: usize = 2;
-const TRANSACTIONS: usize = 120;
+const TRANSACTIONS: usize = 80;
 const COUNTERS: usize = 6;
 
 fn counter_key(c: usize) -> Vec<u8> {
