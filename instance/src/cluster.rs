@@ -1223,7 +1223,11 @@ mod tests {
         m.fence_by_reservation();
         actions(&mut m);
         let live = set(survivors);
-        let from = survivors.iter().copied().find(|&s| s != me).map_or(id(me), id);
+        let from = survivors
+            .iter()
+            .copied()
+            .find(|&s| s != me)
+            .map_or(id(me), id);
         m.on_message(
             from,
             ClusterMessage::Reconfigure {
@@ -1276,7 +1280,10 @@ mod tests {
         assert!(lease_end >= decided + FailureConfig::default().lease);
         // Before the preemption is done, the lease wait applies everywhere.
         assert_eq!(coordinator.recovery_start(lost, decided), lease_end);
-        assert_eq!(other.recovery_start(lost, decided), other.lost_lease_end(lost, decided));
+        assert_eq!(
+            other.recovery_start(lost, decided),
+            other.lost_lease_end(lost, decided)
+        );
 
         coordinator.on_fenced_by_reservation(Epoch(2), lost, at(1050));
         assert_eq!(coordinator.recovery_start(lost, decided), at(1050));

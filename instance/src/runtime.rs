@@ -24,8 +24,8 @@ use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use gcs::{BlockId, BlockMode};
 use ges::{LockMode, LockName, VALUE_LEN};
 use interconnect::{
-    ClusterId, Epoch, InstanceId, InstanceSet, Outgoing, OutgoingBlock, Priority, Scn, Service, Timestamp,
-    Transport, TransportEvent, Waker,
+    ClusterId, Epoch, InstanceId, InstanceSet, Outgoing, OutgoingBlock, Priority, Scn, Service,
+    Timestamp, Transport, TransportEvent, Waker,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;

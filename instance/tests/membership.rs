@@ -466,6 +466,8 @@ impl Sim {
                 self.disconnect(node);
             }
             ClusterAction::Event(event) => self.log(|| format!("n{node}: {event:?}")),
+            // These managers fence by lease only (`fence_by_reservation` is never called).
+            ClusterAction::Preempt { .. } => unreachable!("n{node}: preempt without reservations"),
         }
     }
 

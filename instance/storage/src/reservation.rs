@@ -162,7 +162,12 @@ impl Reservations {
             .write(true)
             .open(path)
             .map_err(io_error)?;
-        if !file.metadata().map_err(io_error)?.file_type().is_block_device() {
+        if !file
+            .metadata()
+            .map_err(io_error)?
+            .file_type()
+            .is_block_device()
+        {
             return Err(ReservationError::Unsupported {
                 path: path.to_path_buf(),
                 why: "not a block device",
