@@ -188,9 +188,11 @@ impl Reservations {
                 std::ptr::null::<PrReservation>(),
             )
         };
+        if rc == 0 {
+            return Ok(this);
+        }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
-            _ if rc == 0 => Ok(this),
             Some(libc::EFAULT) => Ok(this),
             Some(libc::EOPNOTSUPP | libc::ENOTTY) => Err(this.unsupported()),
             _ => Err(ReservationError::Io {
