@@ -145,8 +145,7 @@ unsafe fn with_block_txn(
     match &mut *state {
         TxnState::Blocks(b) => body(b),
         TxnState::Done => Err(CallError::TxnDone),
-        #[allow(unreachable_patterns)]
-        _ => Err(CallError::WrongKind(
+        TxnState::Kv(_) => Err(CallError::WrongKind(
             "a block call on a key-value transaction",
         )),
     }

@@ -68,6 +68,8 @@ pub(crate) enum CallError {
     Start(#[from] StartError),
     #[error(transparent)]
     Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Kv(#[from] kv::KvError),
     #[error("the instance is closed")]
     Closed,
     #[error("the instance still has {0} open transaction(s) or lock(s): free them first")]
@@ -93,6 +95,7 @@ impl CallError {
             CallError::Start(StartError::Config(_)) => FUSION_ECONFIG,
             CallError::Start(_) => FUSION_EOPEN,
             CallError::Instance(e) => instance_code(e),
+            CallError::Kv(e) => kv_code(e),
             CallError::Closed => FUSION_ECLOSED,
             CallError::Busy(_) => FUSION_EBUSY,
             CallError::TxnDone => FUSION_ETXNDONE,
@@ -126,6 +129,19 @@ fn core_code(e: &CoreError) -> c_int {
         },
         CoreError::Storage(_) => FUSION_EIO,
         CoreError::Stopped(_) => FUSION_ESTOPPED,
+        _ => FUSION_EINTERNAL,
+    }
+}
+
+fn kv_code(e: &kv::KvError) -> c_int {
+    match e {
+        kv::KvError::KeyTooLarge { .. }
+        | kv::KvError::ValueTooLarge { .. }
+        | kv::KvError::TooManyKeys { .. } => FUSION_ETOOLARGE,
+        kv::KvError::Retry(_) => FUSION_ERETRY,
+        kv::KvError::Full => FUSION_EFULL,
+        kv::KvError::Corrupt { .. } => FUSION_ECORRUPT,
+        kv::KvError::Instance(e) => instance_code(e),
         _ => FUSION_EINTERNAL,
     }
 }

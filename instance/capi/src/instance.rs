@@ -8,11 +8,12 @@ use crate::error::{CallError, guard, guard_void, non_null, out};
 use instance::api::Instance;
 use instance::config::InstanceConfig;
 use interconnect::InstanceSet;
-use parking_lot::RwLock;
+use kv::{Kv, KvConfig};
+use parking_lot::{Mutex, RwLock};
 use std::ffi::{CStr, c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A running instance, member of the cluster its configuration names. Opaque.
 ///
@@ -31,6 +32,25 @@ pub(crate) struct Shared {
     pub(crate) instance: Arc<Instance>,
     /// The members when the instance started (stats before any reconfiguration).
     started_with: InstanceSet,
+    /// The key-value store, opened by the first key-value transaction.
+    kv: OnceLock<Kv>,
+    /// Serializes opening `kv`.
+    kv_opening: Mutex<()>,
+}
+
+impl Shared {
+    /// The key-value store, opened on first use.
+    pub(crate) fn kv(&self) -> Result<&Kv, CallError> {
+        if let Some(kv) = self.kv.get() {
+            return Ok(kv);
+        }
+        let _opening = self.kv_opening.lock();
+        if let Some(kv) = self.kv.get() {
+            return Ok(kv);
+        }
+        let kv = Kv::open(Arc::clone(&self.instance), KvConfig::default())?;
+        Ok(self.kv.get_or_init(|| kv))
+    }
 }
 
 impl std::fmt::Debug for fusion_instance {
@@ -90,6 +110,8 @@ pub unsafe extern "C" fn fusion_open(
             open: RwLock::new(Some(Arc::new(Shared {
                 instance: Arc::new(instance),
                 started_with,
+                kv: OnceLock::new(),
+                kv_opening: Mutex::new(()),
             }))),
         });
         *slot = Box::into_raw(handle);
@@ -128,9 +150,12 @@ pub unsafe extern "C" fn fusion_close(inst: *mut fusion_instance) -> c_int {
                 return Err(CallError::Busy(users));
             }
         };
-        match Arc::try_unwrap(shared.instance) {
+        // The store holds the instance too: it goes first.
+        let Shared { instance, kv, .. } = shared;
+        drop(kv);
+        match Arc::try_unwrap(instance) {
             Ok(instance) => instance.shutdown()?,
-            // Only `Shared` holds the instance: nothing else clones its `Arc`.
+            // Only `Shared` and the store hold the instance.
             Err(_) => return Err(CallError::Internal("the instance is still shared".into())),
         }
         Ok(())
@@ -184,7 +209,7 @@ pub const FUSION_TRANSFER_FLUSH_WAIT: usize = 4;
 /// Entries of `fusion_stats.transfers`.
 pub const FUSION_TRANSFER_KINDS: usize = 5;
 
-/// A snapshot of an instance's counters (`fusion_stats`). A plain struct the caller owns.
+/// A snapshot of an instance's counters (`fusion_instance_stats`). A plain struct the caller owns.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct fusion_stats {
@@ -214,7 +239,7 @@ pub struct fusion_stats {
 /// # Safety
 /// `inst` is NULL or a live handle; `out` is NULL or writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn fusion_stats(
+pub unsafe extern "C" fn fusion_instance_stats(
     inst: *const fusion_instance,
     out_stats: *mut fusion_stats,
 ) -> c_int {

@@ -32,6 +32,7 @@
 pub mod blocks;
 pub mod error;
 pub mod instance;
+pub mod kv;
 pub mod locks;
 pub mod txn;
 

@@ -24,7 +24,9 @@ pub const FUSION_LOCK_PW: c_int = 4;
 /// EX: sole access.
 pub const FUSION_LOCK_EX: c_int = 5;
 /// Bytes in a lock value block.
-pub const FUSION_LOCK_VALUE_LEN: usize = VALUE_LEN;
+pub const FUSION_LOCK_VALUE_LEN: usize = 32;
+// A literal above so that the header gets a number; it must be the engine's length.
+const _: () = assert!(FUSION_LOCK_VALUE_LEN == VALUE_LEN);
 
 /// A lock's name: a kind and two numbers (say, a table and a row). Names are cluster-wide:
 /// the same name on two instances is the same lock.
@@ -128,7 +130,7 @@ pub unsafe extern "C" fn fusion_lock_acquire(
 /// # Safety
 /// `lock` is NULL or a held lock; `out_value` NULL or writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn fusion_lock_value(
+pub unsafe extern "C" fn fusion_lock_get_value(
     lock: *const fusion_lock,
     out_value: *mut fusion_lock_value,
 ) -> c_int {

@@ -8,6 +8,8 @@
 use crate::error::{CallError, guard, guard_void, non_null};
 use crate::instance::Shared;
 use instance::api::Transaction;
+use kv::KvTxn;
+use std::ops::Bound;
 use parking_lot::Mutex;
 use std::ffi::c_int;
 use std::sync::Arc;
@@ -25,6 +27,8 @@ pub struct fusion_txn {
 pub(crate) enum TxnState {
     /// A block transaction in progress.
     Blocks(BlockTxn),
+    /// A key-value transaction in progress.
+    Kv(KvTxnState),
     /// Committed, aborted, or failed.
     Done,
 }
@@ -63,10 +67,59 @@ impl BlockTxn {
     }
 }
 
+/// A key-value transaction and the store it borrows.
+pub(crate) struct KvTxnState {
+    // Field order matters: `tx` (which borrows the store inside `shared`) drops first.
+    tx: KvTxn<'static>,
+    shared: Arc<Shared>,
+}
+
+impl KvTxnState {
+    pub(crate) fn begin(shared: Arc<Shared>) -> Result<Self, CallError> {
+        let tx = shared.kv()?.begin();
+        // SAFETY: `tx` borrows the `Kv` in `shared`'s `OnceLock`, set once and never taken
+        // while any `Arc<Shared>` lives, inside the `Arc<Shared>` allocation, which never
+        // moves. This struct keeps one such `Arc` in `shared` and drops (or, in `commit`,
+        // consumes) `tx` before it; the `'static` never escapes this private field.
+        let tx = unsafe { std::mem::transmute::<KvTxn<'_>, KvTxn<'static>>(tx) };
+        Ok(Self { tx, shared })
+    }
+
+    pub(crate) fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, CallError> {
+        Ok(self.tx.get(key)?)
+    }
+
+    pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), CallError> {
+        Ok(self.tx.put(key, value)?)
+    }
+
+    pub(crate) fn delete(&mut self, key: &[u8]) -> Result<bool, CallError> {
+        Ok(self.tx.delete(key)?)
+    }
+
+    pub(crate) fn scan(
+        &mut self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, CallError> {
+        Ok(self.tx.scan(from, to, limit)?)
+    }
+
+    fn commit(self) -> Result<(), CallError> {
+        let Self { tx, shared } = self;
+        let result = tx.commit();
+        drop(shared);
+        result?;
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for fusion_txn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &*self.state.lock() {
             TxnState::Blocks(_) => "blocks",
+            TxnState::Kv(_) => "key-value",
             TxnState::Done => "used up",
         };
         f.debug_struct("fusion_txn").field("state", &state).finish()
@@ -106,6 +159,7 @@ pub unsafe extern "C" fn fusion_txn_commit(txn: *mut fusion_txn) -> c_int {
         let state = std::mem::replace(&mut *txn.state.lock(), TxnState::Done);
         match state {
             TxnState::Blocks(b) => b.commit(),
+            TxnState::Kv(k) => k.commit(),
             TxnState::Done => Err(CallError::TxnDone),
         }
     })
