@@ -124,8 +124,8 @@ pub unsafe extern "C" fn fusion_open(
 /// `fusion_close` (which then returns `FUSION_OK` at once) and `fusion_free` returns
 /// `FUSION_ECLOSED`. NULL is accepted (`FUSION_OK`).
 ///
-/// Errors: `FUSION_EBUSY` when transactions (used up or not) or locks of this instance are
-/// not freed yet: nothing is done, free them and call again. `FUSION_EIO` when the last
+/// Errors: `FUSION_EBUSY` when transactions in progress or held locks of this instance
+/// remain: nothing is done; end them and call again (a used-up transaction does not count). `FUSION_EIO` when the last
 /// checkpoint failed (the instance is closed anyway; its redo covers the changes).
 /// Threads: must not overlap any other call on this instance.
 ///

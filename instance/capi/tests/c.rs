@@ -115,7 +115,7 @@ fn cluster(dir: &Path, n: u16) -> Vec<PathBuf> {
         .collect()
 }
 
-/// `program args`, under valgrind when `FUSION_VALGRIND` is set.
+/// `program args` in the program's directory, under valgrind when `FUSION_VALGRIND` is set.
 fn start(program: &Path, args: &[&str]) -> Child {
     let mut command = if std::env::var_os("FUSION_VALGRIND").is_some() {
         let mut c = Command::new("valgrind");
@@ -134,6 +134,7 @@ fn start(program: &Path, args: &[&str]) -> Child {
     };
     command
         .args(args)
+        .current_dir(program.parent().unwrap())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -223,4 +224,90 @@ fn three_processes_read_each_others_changes() {
         }
         assert!(out.contains(&format!("peer {id}: done")), "{out}");
     }
+}
+
+/// The same operations as `tests/c/bench.c`, through the Rust API: (put+commit/s, get/s).
+fn rust_throughput(config: &Path, n: usize) -> (f64, f64) {
+    let config = instance::config::InstanceConfig::load(config).unwrap();
+    let instance = std::sync::Arc::new(instance::api::Instance::start(config).unwrap());
+    let store = kv::Kv::open(std::sync::Arc::clone(&instance), kv::KvConfig::default()).unwrap();
+    let begin = Instant::now();
+    for i in 0..n {
+        let mut txn = store.begin();
+        txn.put(
+            format!("key-{i:08}").as_bytes(),
+            format!("value-{i:08}-padding-padding").as_bytes(),
+        )
+        .unwrap();
+        txn.commit().unwrap();
+    }
+    let puts = begin.elapsed().as_secs_f64();
+    let begin = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let mut txn = store.begin();
+        for i in chunk {
+            assert!(txn.get(format!("key-{i:08}").as_bytes()).unwrap().is_some());
+        }
+        txn.commit().unwrap();
+    }
+    let gets = begin.elapsed().as_secs_f64();
+    drop(store);
+    std::sync::Arc::try_unwrap(instance)
+        .unwrap()
+        .shutdown()
+        .unwrap();
+    (n as f64 / puts, n as f64 / gets)
+}
+
+/// Key-value throughput from C and from Rust, alternating on fresh one-instance clusters in
+/// one run. A measurement, not a check: run it by hand, in release mode:
+/// `cargo test --release -p capi --test c -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn compare_c_and_rust_throughput() {
+    let n = 5000;
+    let dir = tempfile::tempdir().unwrap();
+    let bench = compile("tests/c/bench.c", dir.path());
+    let (mut c, mut rust) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let run_dir = dir.path().join(format!("c-{round}"));
+        std::fs::create_dir(&run_dir).unwrap();
+        let configs = cluster(&run_dir, 1);
+        let out = run("bench", &bench, &[configs[0].to_str().unwrap(), &n.to_string()]);
+        let words: Vec<&str> = out.split_whitespace().collect();
+        c.push((words[1].parse::<f64>().unwrap(), words[3].parse::<f64>().unwrap()));
+        let run_dir = dir.path().join(format!("rust-{round}"));
+        std::fs::create_dir(&run_dir).unwrap();
+        let configs = cluster(&run_dir, 1);
+        rust.push(rust_throughput(&configs[0], n));
+    }
+    let median = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let (c_put, c_get) = (median(&c, |p| p.0), median(&c, |p| p.1));
+    let (r_put, r_get) = (median(&rust, |p| p.0), median(&rust, |p| p.1));
+    println!("all rounds: C {c:?}; Rust {rust:?}");
+    println!(
+        "median of 3, {n} keys: put+commit/s C {c_put:.0} Rust {r_put:.0} ({:+.1}%); \
+         get/s C {c_get:.0} Rust {r_get:.0} ({:+.1}%)",
+        (c_put / r_put - 1.0) * 100.0,
+        (c_get / r_get - 1.0) * 100.0
+    );
+}
+
+/// The README's ten-line example compiles against the header and runs.
+#[test]
+fn readme_example_builds_and_runs() {
+    let readme = std::fs::read_to_string(crate_dir().join("../../README.md")).unwrap();
+    let embed = &readme[readme.find("## Embed").unwrap()..];
+    let start = embed.find("```c\n").unwrap() + 5;
+    let source = &embed[start..start + embed[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("readme.c"), source).unwrap();
+    let configs = cluster(dir.path(), 1);
+    assert_eq!(configs[0], dir.path().join("instance-0.toml"));
+    let exe = compile(dir.path().join("readme.c").to_str().unwrap(), dir.path());
+    assert_eq!(run("readme", &exe, &[]), "k = v\n");
 }
