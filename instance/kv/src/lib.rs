@@ -113,18 +113,28 @@ const FIRST_FREE_BLOCK: u64 = 4;
 /// A lookup that keeps landing on nodes that changed under it gives up (Retry) after this
 /// many restarts from the root.
 const MAX_RESTARTS: usize = 1000;
-/// A node below this share of the payload is merged with a sibling when the two fit.
+/// The most bytes of changes (with their record headers) one transaction may log: the redo
+/// log's largest entry.
+pub const MAX_TXN_REDO: usize =
+    instance::redo::codec::MAX_ENTRY_LEN - instance::redo::codec::ENTRY_HEADER_LEN;
+/// A node whose entries take less than this share of the payload is merged with a sibling
+/// when the two fit.
 const MERGE_BELOW: usize = 4;
 
-/// Limits and waits of the KV layer. The defaults: keys up to 1 KiB, values up to 1 MiB, 1024
-/// keys per transaction, a 2 s lock wait, 20 reruns.
+/// Limits and waits of the KV layer. The defaults: keys up to 1 KiB, values up to 256 KiB,
+/// 1024 keys per transaction, a 2 s lock wait, 20 reruns.
+///
+/// One transaction's changes are one redo entry, at most [`MAX_TXN_REDO`] bytes (about
+/// 507 KiB): a value (with its overflow blocks) must fit in it with room to spare, and a
+/// transaction whose changes outgrow it fails with [`KvError::TxnTooLarge`].
 #[derive(Debug, Clone)]
 pub struct KvConfig {
     /// Longest key, bytes (empty keys are allowed). At most about a sixth of the block
     /// payload (1,341 bytes with 8 KiB blocks), so that every node holds at least three
     /// entries and splits always fit.
     pub max_key_len: usize,
-    /// Longest value, bytes. Values that do not fit in a leaf go to overflow blocks.
+    /// Longest value, bytes. Values that do not fit in a leaf go to overflow blocks. At most
+    /// [`MAX_TXN_REDO`] less 64 KiB.
     pub max_value_len: usize,
     /// Most keys one transaction may touch: each get, put and delete counts one, a scan
     /// counts its `limit`.
@@ -140,7 +150,7 @@ impl Default for KvConfig {
     fn default() -> Self {
         Self {
             max_key_len: 1024,
-            max_value_len: 1 << 20,
+            max_value_len: 256 << 10,
             max_keys_per_txn: 1024,
             lock_timeout: Duration::from_secs(2),
             max_retries: 20,
@@ -195,6 +205,12 @@ pub enum KvError {
     /// The configuration cannot work with this storage.
     #[error("KV configuration: {0}")]
     Config(String),
+    /// The transaction's changes outgrew one commit's redo; it was rolled back.
+    #[error("the transaction's changes need more than {max} bytes of redo")]
+    TxnTooLarge {
+        /// The limit, [`MAX_TXN_REDO`].
+        max: usize,
+    },
     /// An earlier operation of this transaction failed, so it was rolled back; it can only
     /// be dropped.
     #[error("the transaction was rolled back after an earlier error: {0}")]
@@ -276,11 +292,11 @@ impl Geometry {
         if config.max_keys_per_txn == 0 {
             return Err(KvError::Config("max_keys_per_txn must be at least 1".into()));
         }
-        if config.max_value_len > u32::MAX as usize {
+        let most = MAX_TXN_REDO - (64 << 10);
+        if config.max_value_len > most {
             return Err(KvError::Config(format!(
-                "max_value_len {} is above the format's {} bytes",
-                config.max_value_len,
-                u32::MAX
+                "max_value_len {} is above {most} bytes: a value and its overflow blocks must fit in one commit's redo",
+                config.max_value_len
             )));
         }
         Ok(Self {
@@ -408,6 +424,7 @@ impl Kv {
             written: HashSet::new(),
             guards: Vec::new(),
             keys: 0,
+            redo: 0,
             aborted: None,
         }
     }
@@ -596,7 +613,8 @@ impl Kv {
         if report.free_blocks != space.free {
             return Err(KvError::corrupt(self.free_list, "free count differs from the list"));
         }
-        let accounted = seen.len() as u64 + 3;
+        // The superblock and the free-list head are the other two.
+        let accounted = seen.len() as u64 + 2;
         if accounted != space.allocated - 1 {
             return Err(KvError::corrupt(
                 self.free_list,
@@ -670,6 +688,8 @@ pub struct KvTxn<'k> {
     guards: Vec<(u64, LockGuard<'k>)>,
     /// Keys touched so far (against `max_keys_per_txn`).
     keys: usize,
+    /// Redo bytes logged so far (against [`MAX_TXN_REDO`]).
+    redo: usize,
     /// Why the transaction was rolled back after an error.
     aborted: Option<String>,
 }
@@ -759,7 +779,7 @@ impl<'k> KvTxn<'k> {
             let (_, old) = entries.remove(i);
             t.free_value(&old)?;
             t.write(n, &Block::Node(node.clone()))?;
-            if n != t.kv.root && node.encoded_len() < t.kv.geometry.payload / MERGE_BELOW {
+            if n != t.kv.root && node.entries_len() < t.kv.geometry.payload / MERGE_BELOW {
                 t.merge(n, node)?;
             }
             Ok(true)
@@ -871,9 +891,7 @@ impl<'k> KvTxn<'k> {
     }
 
     fn tx(&mut self) -> Result<&mut Transaction<'k>, KvError> {
-        self.tx
-            .as_mut()
-            .ok_or_else(|| KvError::Aborted("the transaction has ended".into()))
+        self.tx.as_mut().ok_or_else(ended)
     }
 
     /// Block `n`'s payload: through the transaction when it holds the block in X, else in S
@@ -894,9 +912,13 @@ impl<'k> KvTxn<'k> {
         let bytes = node::encode(block, payload).map_err(|e| KvError::corrupt(n, e.to_string()))?;
         let id = self.kv.instance.block(n)?;
         self.written.insert(n);
-        let mut b = self.tx()?.write(id)?;
+        let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
         let ranges = changed_ranges(&b.bytes(), &bytes);
         for (start, end) in ranges {
+            self.redo += end - start + instance::redo::codec::RECORD_HEADER_LEN;
+            if self.redo > MAX_TXN_REDO {
+                return Err(KvError::TxnTooLarge { max: MAX_TXN_REDO });
+            }
             b.update(start, &bytes[start..end])?;
         }
         Ok(())
@@ -1063,7 +1085,7 @@ impl<'k> KvTxn<'k> {
         }
         self.write(ln, &Block::Node(merged))?;
         self.free_block(rn)?;
-        let small = parent.encoded_len() < self.kv.geometry.payload / MERGE_BELOW;
+        let small = parent.entries_len() < self.kv.geometry.payload / MERGE_BELOW;
         self.write(p, &Block::Node(parent.clone()))?;
         if small && p != root {
             self.merge(p, parent)?;
@@ -1105,12 +1127,13 @@ impl<'k> KvTxn<'k> {
         let id = self.kv.instance.block(HWM_BLOCK)?;
         let data_blocks = self.kv.instance.data_blocks();
         self.written.insert(HWM_BLOCK);
-        let mut b = self.tx()?.write(id)?;
+        let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
         let next = le_u64(&b.bytes(), 0).max(1);
         if next >= data_blocks {
             return Err(KvError::Full);
         }
         b.update(0, &(next + 1).to_le_bytes())?;
+        self.redo += 8 + instance::redo::codec::RECORD_HEADER_LEN;
         Ok(next)
     }
 
@@ -1185,6 +1208,10 @@ impl Drop for KvTxn<'_> {
     fn drop(&mut self) {
         let _ = self.finish(false);
     }
+}
+
+fn ended() -> KvError {
+    KvError::Aborted("the transaction has ended".into())
 }
 
 /// The enqueue of block `n`.
