@@ -135,6 +135,9 @@ fn start(program: &Path, args: &[&str]) -> Child {
     command
         .args(args)
         .current_dir(program.parent().unwrap())
+        // Cargo's library path may name `target/debug` with an older uplifted libfusion.so;
+        // the program's rpath names the one built for this test.
+        .env_remove("LD_LIBRARY_PATH")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
