@@ -80,6 +80,11 @@ pub(crate) unsafe fn shared_of(inst: *const fusion_instance) -> Result<Arc<Share
 /// instance starts together, or joins a running one. Blocks until it is a member (up to 60 s
 /// waiting for peers).
 ///
+/// The interconnect writes to sockets whose peer may have gone: if the process leaves
+/// `SIGPIPE` at its default action (terminate), this call sets it to ignored, so a peer that
+/// leaves does not kill the process (the write then fails with `EPIPE` and is handled). A
+/// handler the application installed is left alone.
+///
 /// On success `*out` is a new handle that the caller owns: release it with `fusion_free`
 /// after `fusion_close`. On failure `*out` is set to NULL.
 ///
@@ -105,6 +110,7 @@ pub unsafe extern "C" fn fusion_open(
         let path = unsafe { CStr::from_ptr(config_path) };
         let config = InstanceConfig::load(Path::new(std::ffi::OsStr::from_bytes(path.to_bytes())))?;
         let started_with = config.instances();
+        ignore_default_sigpipe();
         let instance = Instance::start(config)?;
         let handle = Box::new(fusion_instance {
             open: RwLock::new(Some(Arc::new(Shared {
@@ -117,6 +123,21 @@ pub unsafe extern "C" fn fusion_open(
         *slot = Box::into_raw(handle);
         Ok(())
     })
+}
+
+/// Sets `SIGPIPE` to ignored if it has its default action (see `fusion_open`).
+fn ignore_default_sigpipe() {
+    // SAFETY: `sigaction` with a NULL new action only writes the current one into `current`,
+    // a zeroed (valid) `sigaction` owned here; `signal` changes the disposition of SIGPIPE
+    // from the default to ignored, which no Rust invariant depends on.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_DFL
+        {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+    }
 }
 
 /// Leaves the cluster: checkpoints (writes this instance's dirty blocks), marks it down on

@@ -89,7 +89,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A shared file for `n` instances in `dir` and one configuration per instance.
+/// A shared file for `n` instances in `dir` and one configuration per instance. The
+/// heartbeat grace is long: under valgrind every thread of an instance runs many times
+/// slower, and no test here is about failure detection.
 fn cluster(dir: &Path, n: u16) -> Vec<PathBuf> {
     let storage = dir.join("cluster.fusion");
     let cluster = 0xC000 + u64::from(std::process::id() % 0x0FFF);
@@ -106,7 +108,8 @@ fn cluster(dir: &Path, n: u16) -> Vec<PathBuf> {
             let text = format!(
                 "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"capi-test-secret\"\n\
                  instances = [\n{members}]\n\n[storage]\npath = {:?}\n\n[transport]\nkind = \"tcp\"\n\n\
-                 [cache]\nframes = 1024\n",
+                 [cache]\nframes = 1024\n\n[heartbeat]\ninterval_ms = 200\nsuspect_after_missed = 10\n\
+                 down_after_ms = 60000\n",
                 storage.display().to_string()
             );
             std::fs::write(&path, text).unwrap();

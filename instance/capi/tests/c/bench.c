@@ -67,7 +67,11 @@ int main(int argc, char **argv) {
   fusion_instance *db = NULL;
   CHECK(fusion_open(argv[1], &db));
   int failed = run(db, atoi(argv[2]));
-  CHECK(fusion_close(db));
+  int rc = fusion_close(db);
+  if (rc != FUSION_OK) {
+    fprintf(stderr, "fusion_close: %s (%s)\n", fusion_strerror(rc), fusion_errmsg());
+    failed = 1;
+  }
   fusion_free(db);
   return failed;
 }
