@@ -470,6 +470,11 @@ const char *fusion_strerror(int code);
  * instance starts together, or joins a running one. Blocks until it is a member (up to 60 s
  * waiting for peers).
  *
+ * The interconnect writes to sockets whose peer may have gone: if the process leaves
+ * `SIGPIPE` at its default action (terminate), this call sets it to ignored, so a peer that
+ * leaves does not kill the process (the write then fails with `EPIPE` and is handled). A
+ * handler the application installed is left alone.
+ *
  * On success `*out` is a new handle that the caller owns: release it with `fusion_free`
  * after `fusion_close`. On failure `*out` is set to NULL.
  *
@@ -488,8 +493,8 @@ int fusion_open(const char *config_path, struct fusion_instance **out_instance);
  * `fusion_close` (which then returns `FUSION_OK` at once) and `fusion_free` returns
  * `FUSION_ECLOSED`. NULL is accepted (`FUSION_OK`).
  *
- * Errors: `FUSION_EBUSY` when transactions (used up or not) or locks of this instance are
- * not freed yet: nothing is done, free them and call again. `FUSION_EIO` when the last
+ * Errors: `FUSION_EBUSY` when transactions in progress or held locks of this instance
+ * remain: nothing is done; end them and call again (a used-up transaction does not count). `FUSION_EIO` when the last
  * checkpoint failed (the instance is closed anyway; its redo covers the changes).
  * Threads: must not overlap any other call on this instance.
  *

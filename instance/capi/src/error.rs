@@ -153,7 +153,11 @@ thread_local! {
 
 fn set_message(message: String) {
     // A message with a NUL in it (from a path, say) is cut there rather than lost.
-    let bytes: Vec<u8> = message.into_bytes().into_iter().take_while(|&b| b != 0).collect();
+    let bytes: Vec<u8> = message
+        .into_bytes()
+        .into_iter()
+        .take_while(|&b| b != 0)
+        .collect();
     let message = CString::new(bytes).unwrap_or_default();
     LAST_MESSAGE.with(|last| *last.borrow_mut() = message);
 }
@@ -232,7 +236,10 @@ pub extern "C" fn fusion_strerror(code: c_int) -> *const c_char {
 ///
 /// # Safety
 /// `ptr` is NULL or points to a live `T` that nothing mutates for `'a`.
-pub(crate) unsafe fn non_null<'a, T>(ptr: *const T, what: &'static str) -> Result<&'a T, CallError> {
+pub(crate) unsafe fn non_null<'a, T>(
+    ptr: *const T,
+    what: &'static str,
+) -> Result<&'a T, CallError> {
     // SAFETY: the caller guarantees `ptr` is NULL or valid for `'a`; NULL is refused here.
     unsafe { ptr.as_ref() }.ok_or(CallError::Null(what))
 }

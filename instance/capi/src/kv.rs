@@ -15,6 +15,9 @@ use std::ffi::c_int;
 use std::ops::Bound;
 use std::sync::Arc;
 
+/// A key and its value.
+pub(crate) type Pair = (Vec<u8>, Vec<u8>);
+
 /// Pairs an iterator fetches from the tree at a time.
 const ITER_BATCH: usize = 64;
 
@@ -247,9 +250,9 @@ pub struct fusion_iter {
     /// Where the next batch starts.
     from: Bound<Vec<u8>>,
     to: Bound<Vec<u8>>,
-    batch: VecDeque<(Vec<u8>, Vec<u8>)>,
+    batch: VecDeque<Pair>,
     /// The pair the last `fusion_iter_next` returned (its pointers point here).
-    current: Option<(Vec<u8>, Vec<u8>)>,
+    current: Option<Pair>,
     /// The tree has nothing past the batch.
     exhausted: bool,
 }
@@ -317,7 +320,7 @@ pub unsafe extern "C" fn fusion_iter_open(
 
 impl fusion_iter {
     /// The next pair, fetching a batch when none is buffered; `None` past the last.
-    fn advance(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, CallError> {
+    fn advance(&mut self) -> Result<Option<Pair>, CallError> {
         if self.batch.is_empty() && !self.exhausted {
             let (from, to) = (&self.from, &self.to);
             let pairs = with_state(&self.state, |k| {

@@ -110,9 +110,10 @@ pub unsafe extern "C" fn fusion_lock_acquire(
             other => return Err(CallError::Invalid(format!("{other} is not a lock mode"))),
         };
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-        let guard = shared
-            .instance
-            .lock(LockName::new(name.kind, name.a, name.b), mode, timeout)?;
+        let guard =
+            shared
+                .instance
+                .lock(LockName::new(name.kind, name.a, name.b), mode, timeout)?;
         // SAFETY: `guard` borrows the `Instance` inside the `Arc<Instance>` that `shared`
         // holds; that allocation never moves and lives while `shared` does. The handle keeps
         // `shared` and drops `guard` first (field order); the `'static` never escapes the

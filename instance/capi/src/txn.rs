@@ -9,9 +9,9 @@ use crate::error::{CallError, guard, guard_void, non_null};
 use crate::instance::Shared;
 use instance::api::Transaction;
 use kv::KvTxn;
-use std::ops::Bound;
 use parking_lot::Mutex;
 use std::ffi::c_int;
+use std::ops::Bound;
 use std::sync::Arc;
 
 /// A transaction: key-value (`fusion_txn_begin`) or on blocks (`fusion_block_txn_begin`).
@@ -102,7 +102,7 @@ impl KvTxnState {
         from: Bound<&[u8]>,
         to: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, CallError> {
+    ) -> Result<Vec<crate::kv::Pair>, CallError> {
         Ok(self.tx.scan(from, to, limit)?)
     }
 

@@ -39,7 +39,10 @@ fn fusion_flags() -> Vec<String> {
     let out = Command::new("pkg-config")
         .env("PKG_CONFIG_PATH", crate_dir())
         .arg(format!("--define-variable=libdir={}", lib.display()))
-        .arg(format!("--define-variable=includedir={}", include.display()))
+        .arg(format!(
+            "--define-variable=includedir={}",
+            include.display()
+        ))
         .args(["--cflags", "--libs", "fusion"])
         .output()
         .expect("pkg-config is needed to build the C tests (apt-get install pkg-config)");
@@ -96,11 +99,20 @@ fn cluster(dir: &Path, n: u16) -> Vec<PathBuf> {
     let storage = dir.join("cluster.fusion");
     let cluster = 0xC000 + u64::from(std::process::id() % 0x0FFF);
     let redo = 4 << 20;
-    let mut spec = ClusterSpec::new(ClusterId(cluster), n, Some(u64::from(n) * redo + (12 << 20)));
+    let mut spec = ClusterSpec::new(
+        ClusterId(cluster),
+        n,
+        Some(u64::from(n) * redo + (12 << 20)),
+    );
     spec.redo_thread_size = redo;
     format::create(&storage, &spec, true).unwrap();
     let members: String = (0..n)
-        .map(|id| format!("  {{ id = {id}, address = \"127.0.0.1:{}\" }},\n", free_port()))
+        .map(|id| {
+            format!(
+                "  {{ id = {id}, address = \"127.0.0.1:{}\" }},\n",
+                free_port()
+            )
+        })
         .collect();
     (0..n)
         .map(|id| {
@@ -147,8 +159,8 @@ fn start(program: &Path, args: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Waits for `child` (killing it past the deadline) and checks that it succeeded.
-fn finish(name: &str, mut child: Child) -> Output {
+/// Waits for `child`, killing it past the deadline.
+fn wait(mut child: Child) -> Output {
     let begin = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if begin.elapsed() > DEADLINE {
@@ -157,15 +169,24 @@ fn finish(name: &str, mut child: Child) -> Output {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-    print!("{stdout}");
+    child.wait_with_output().unwrap()
+}
+
+/// What a program printed, for a failure message.
+fn describe(name: &str, out: &Output) -> String {
+    format!(
+        "{name} ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Waits for `child` and checks that it succeeded.
+fn finish(name: &str, child: Child) -> Output {
+    let out = wait(child);
+    assert!(out.status.success(), "failed: {}", describe(name, &out));
+    print!("{}", String::from_utf8_lossy(&out.stdout));
     out
 }
 
@@ -208,6 +229,18 @@ fn bad_calls_return_the_documented_codes() {
     assert!(out.contains("ok"), "{out}");
 }
 
+/// Kills the processes still running when dropped (a failed test leaves none behind).
+struct Processes(Vec<Option<Child>>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Three instances as three processes on one shared file: each writes keys and a block,
 /// and reads every other's.
 #[test]
@@ -215,20 +248,40 @@ fn three_processes_read_each_others_changes() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
     let peers = compile("tests/c/peers.c", dir.path());
-    let children: Vec<Child> = configs
+    let mut processes = Processes(
+        configs
+            .iter()
+            .enumerate()
+            .map(|(id, config)| {
+                Some(start(
+                    &peers,
+                    &[config.to_str().unwrap(), &id.to_string(), "3"],
+                ))
+            })
+            .collect(),
+    );
+    let outputs: Vec<Output> = (0..3)
+        .map(|id| wait(processes.0[id].take().unwrap()))
+        .collect();
+    let all: Vec<String> = outputs
         .iter()
         .enumerate()
-        .map(|(id, config)| start(&peers, &[config.to_str().unwrap(), &id.to_string(), "3"]))
+        .map(|(id, out)| describe(&format!("peer {id}"), out))
         .collect();
-    for (id, child) in children.into_iter().enumerate() {
-        let out = String::from_utf8(finish(&format!("peer {id}"), child).stdout).unwrap();
+    for (id, out) in outputs.iter().enumerate() {
+        assert!(
+            out.status.success(),
+            "peer {id} failed:\n{}",
+            all.join("\n")
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
         for other in (0..3).filter(|&o| o != id) {
             assert!(
-                out.contains(&format!("peer {id}: read peer {other}'s block")),
-                "{out}"
+                stdout.contains(&format!("peer {id}: read peer {other}'s block")),
+                "{stdout}"
             );
         }
-        assert!(out.contains(&format!("peer {id}: done")), "{out}");
+        assert!(stdout.contains(&format!("peer {id}: done")), "{stdout}");
     }
 }
 
@@ -279,9 +332,16 @@ fn compare_c_and_rust_throughput() {
         let run_dir = dir.path().join(format!("c-{round}"));
         std::fs::create_dir(&run_dir).unwrap();
         let configs = cluster(&run_dir, 1);
-        let out = run("bench", &bench, &[configs[0].to_str().unwrap(), &n.to_string()]);
+        let out = run(
+            "bench",
+            &bench,
+            &[configs[0].to_str().unwrap(), &n.to_string()],
+        );
         let words: Vec<&str> = out.split_whitespace().collect();
-        c.push((words[1].parse::<f64>().unwrap(), words[3].parse::<f64>().unwrap()));
+        c.push((
+            words[1].parse::<f64>().unwrap(),
+            words[3].parse::<f64>().unwrap(),
+        ));
         let run_dir = dir.path().join(format!("rust-{round}"));
         std::fs::create_dir(&run_dir).unwrap();
         let configs = cluster(&run_dir, 1);
