@@ -158,6 +158,15 @@ impl Node {
         NODE_HEADER + fences + self.entries_len()
     }
 
+    /// Whether the node holds nothing: a leaf without entries, or an internal node with a
+    /// single child.
+    pub fn is_empty(&self) -> bool {
+        match &self.body {
+            Body::Leaf(entries) => entries.is_empty(),
+            Body::Internal { keys, .. } => keys.is_empty(),
+        }
+    }
+
     /// Bytes of the entries alone (what a node holds, not where it is).
     pub fn entries_len(&self) -> usize {
         match &self.body {

@@ -4,6 +4,8 @@
 //! then the tree's structure and space accounting are verified, and deleting everything
 //! gives every block back.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Rng;
@@ -18,7 +20,7 @@ fn key(rng: &mut Rng) -> Vec<u8> {
     if n == 0 {
         return Vec::new();
     }
-    let pad = if n % 7 == 0 { 200 } else { 8 };
+    let pad = if n.is_multiple_of(7) { 200 } else { 8 };
     format!("key-{n:05}-{}", "x".repeat(pad)).into_bytes()
 }
 
@@ -81,7 +83,10 @@ fn random_operations_match_a_btreemap_model() {
     let mut txn = kv.begin();
     assert!(matches!(
         txn.put(&vec![1; 1025], b"v"),
-        Err(KvError::KeyTooLarge { len: 1025, max: 1024 })
+        Err(KvError::KeyTooLarge {
+            len: 1025,
+            max: 1024
+        })
     ));
     assert!(matches!(
         txn.put(b"k", &vec![1; (256 << 10) + 1]),
@@ -97,6 +102,17 @@ fn random_operations_match_a_btreemap_model() {
     assert_eq!(kv.get(b"big").unwrap().as_deref(), Some(big.as_slice()));
     model.insert(b"big".to_vec(), big);
 
+    // More changes than one commit's redo holds: a clear error, and nothing of it stays.
+    let mut txn = kv.begin();
+    let outcome =
+        (0..3).try_for_each(|i| txn.put(format!("huge-{i}").as_bytes(), &rng.bytes(200_000)));
+    assert!(
+        matches!(outcome, Err(KvError::TxnTooLarge { .. })),
+        "{outcome:?}"
+    );
+    assert!(matches!(txn.commit(), Err(KvError::Aborted(_))));
+    assert_eq!(kv.get(b"huge-0").unwrap(), None);
+
     // Delete everything: merges bring the tree back to one leaf and every block is free.
     let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
     for chunk in keys.chunks(8) {
@@ -110,16 +126,29 @@ fn random_operations_match_a_btreemap_model() {
     }
     let report = kv.verify().unwrap();
     assert_eq!(report.keys, 0);
-    assert_eq!(report.height, 1, "merges did not shrink the tree: {report:?}");
+    assert_eq!(
+        report.height, 1,
+        "merges did not shrink the tree: {report:?}"
+    );
     assert_eq!(report.nodes, 1);
     let space = kv.space().unwrap();
-    // Blocks 0..4 are the header, superblock, root and free-list head; the rest is free.
-    assert_eq!(space.free, space.allocated - 4, "{space:?}");
-    assert_eq!(kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX).unwrap(), vec![]);
+    // Blocks below FIRST_FREE_BLOCK are the header, superblock, root and free-list heads;
+    // the rest is free.
+    assert_eq!(
+        space.free,
+        space.allocated - kv::FIRST_FREE_BLOCK,
+        "{space:?}"
+    );
+    assert_eq!(
+        kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .unwrap(),
+        vec![]
+    );
 
     // Freed blocks are reused before the file grows.
     let before = kv.space().unwrap();
-    kv.transaction(|t| t.put(b"again", &vec![7; 100_000])).unwrap();
+    kv.transaction(|t| t.put(b"again", &vec![7; 100_000]))
+        .unwrap();
     assert_eq!(kv.space().unwrap().allocated, before.allocated);
     assert_eq!(kv.locks_held(), 0);
 }
@@ -127,7 +156,8 @@ fn random_operations_match_a_btreemap_model() {
 fn check_scans(kv: &kv::Kv, model: &BTreeMap<Vec<u8>, Vec<u8>>, rng: &mut Rng) {
     let all: Vec<(Vec<u8>, Vec<u8>)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     assert_eq!(
-        kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX).unwrap(),
+        kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .unwrap(),
         all
     );
     for _ in 0..10 {
@@ -148,7 +178,11 @@ fn check_scans(kv: &kv::Kv, model: &BTreeMap<Vec<u8>, Vec<u8>>, rng: &mut Rng) {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        assert_eq!(kv.scan(from, to, limit).unwrap(), expected, "{from:?}..{to:?}");
+        assert_eq!(
+            kv.scan(from, to, limit).unwrap(),
+            expected,
+            "{from:?}..{to:?}"
+        );
         let in_txn = kv.transaction(|t| t.scan(from, to, limit)).unwrap();
         assert_eq!(in_txn, expected);
     }
@@ -220,5 +254,114 @@ fn long_keys_grow_and_shrink_a_deep_tree() {
     let report = kv.verify().unwrap();
     assert_eq!((report.height, report.nodes, report.keys), (1, 1, 0));
     let space = kv.space().unwrap();
-    assert_eq!(space.free, space.allocated - 4, "{space:?}");
+    assert_eq!(
+        space.free,
+        space.allocated - kv::FIRST_FREE_BLOCK,
+        "{space:?}"
+    );
+}
+
+/// Past the configured limits: a clear error, and the transaction goes on with what it did
+/// before.
+#[test]
+fn limits_give_clear_errors_and_keep_the_transaction() {
+    let config = KvConfig {
+        max_keys_per_txn: 50,
+        max_key_len: 100,
+        max_value_len: 20_000,
+        ..KvConfig::default()
+    };
+    let cluster = common::start(1, 5_000, config);
+    let kv = &cluster.kvs[0];
+    let mut txn = kv.begin();
+    for i in 0..50u32 {
+        txn.put(format!("k{i:03}").as_bytes(), b"v").unwrap();
+    }
+    assert!(matches!(
+        txn.put(b"one too many", b"v"),
+        Err(KvError::TooManyKeys { max: 50 })
+    ));
+    txn.commit().unwrap();
+    assert_eq!(
+        kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .unwrap()
+            .len(),
+        50
+    );
+    // A scan's pairs count: 50 fit, 51 would not.
+    let all = kv
+        .transaction(|t| t.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX))
+        .unwrap();
+    assert_eq!(all.len(), 50);
+    let mut txn = kv.begin();
+    txn.get(b"k000").unwrap();
+    assert!(matches!(
+        txn.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX),
+        Err(KvError::TooManyKeys { max: 50 })
+    ));
+    assert!(matches!(
+        txn.get(&[b'x'; 101]),
+        Err(KvError::KeyTooLarge { len: 101, max: 100 })
+    ));
+    assert!(matches!(
+        txn.scan(Bound::Included(&[b'x'; 101][..]), Bound::Unbounded, 1),
+        Err(KvError::KeyTooLarge { .. })
+    ));
+    assert!(matches!(
+        txn.put(b"k000", &[0; 20_001]),
+        Err(KvError::ValueTooLarge {
+            len: 20_001,
+            max: 20_000
+        })
+    ));
+    txn.put(b"k000", b"changed").unwrap();
+    txn.commit().unwrap();
+    assert_eq!(kv.get(b"k000").unwrap().as_deref(), Some(&b"changed"[..]));
+    // A configuration that cannot work with 8 KiB blocks is refused at open.
+    let instance = std::sync::Arc::clone(kv.instance());
+    let too_long = KvConfig {
+        max_key_len: 4000,
+        ..KvConfig::default()
+    };
+    assert!(matches!(
+        kv::Kv::open(instance, too_long),
+        Err(KvError::Config(_))
+    ));
+}
+
+/// What was committed is found again after the instance shuts down and starts again over
+/// the same storage: `open` finds the tree instead of creating one.
+#[test]
+fn the_tree_survives_a_restart() {
+    let mut cluster = common::start(1, 5_000, KvConfig::default());
+    let mut rng = Rng(0x0DD_BA11);
+    let mut model = BTreeMap::new();
+    for i in 0..300u32 {
+        let v = rng.bytes(if i % 50 == 0 { 30_000 } else { 100 });
+        let k = format!("key-{i:04}").into_bytes();
+        kv_put(&cluster.kvs[0], &k, &v);
+        model.insert(k, v);
+    }
+    let before = cluster.kvs[0].verify().unwrap();
+    let kv = cluster.kvs.pop().unwrap();
+    let instance = std::sync::Arc::clone(kv.instance());
+    drop(kv);
+    std::sync::Arc::try_unwrap(instance)
+        .unwrap()
+        .shutdown()
+        .unwrap();
+
+    let instance = instance::api::Instance::start(cluster.configs[0].clone()).unwrap();
+    let kv = kv::Kv::open(std::sync::Arc::new(instance), KvConfig::default()).unwrap();
+    assert_eq!(kv.verify().unwrap(), before);
+    let all: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
+    assert_eq!(
+        kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .unwrap(),
+        all
+    );
+}
+
+fn kv_put(kv: &kv::Kv, k: &[u8], v: &[u8]) {
+    kv.transaction(|t| t.put(k, v)).unwrap();
 }

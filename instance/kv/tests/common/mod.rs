@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 pub struct Cluster {
     pub kvs: Vec<Arc<Kv>>,
+    /// Each instance's configuration, to restart it.
+    pub configs: Vec<InstanceConfig>,
     /// Kept for the life of the cluster (the shared file lives in it).
     pub dir: tempfile::TempDir,
 }
@@ -56,7 +58,8 @@ pub fn start(n: u16, blocks: u64, config: KvConfig) -> Cluster {
         })
         .collect();
     let starting: Vec<_> = configs
-        .into_iter()
+        .iter()
+        .cloned()
         .map(|config| std::thread::spawn(move || Arc::new(Instance::start(config).unwrap())))
         .collect();
     let instances: Vec<Arc<Instance>> = starting.into_iter().map(|t| t.join().unwrap()).collect();
@@ -68,7 +71,7 @@ pub fn start(n: u16, blocks: u64, config: KvConfig) -> Cluster {
         })
         .collect();
     let kvs = opening.into_iter().map(|t| t.join().unwrap()).collect();
-    Cluster { kvs, dir }
+    Cluster { kvs, configs, dir }
 }
 
 /// A small deterministic generator (xorshift), seeded per test.
