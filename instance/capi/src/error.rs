@@ -1,7 +1,7 @@
 //! Status codes, the per-thread last message, and the guard every entry point runs in.
 //!
 //! This module owns the mapping from Rust errors to `FUSION_E*` codes and the text of each.
-//! It must never let a panic unwind into C: [`guard`] catches it and reports
+//! It must never let a panic unwind into C: `guard` catches it and reports
 //! `FUSION_EINTERNAL`.
 
 use instance::api::{InstanceError, StartError};

@@ -1,7 +1,7 @@
 //! The instance handle: open (form or join the cluster), close, free, stats, checkpoint.
 //!
 //! This module owns the `fusion_instance` handle and the shared state every transaction and
-//! lock keeps alive ([`Shared`]). It must never shut an instance down while a transaction or
+//! lock keeps alive (`Shared`). It must never shut an instance down while a transaction or
 //! lock still uses it: `fusion_close` refuses with `FUSION_EBUSY` instead.
 
 use crate::error::{CallError, guard, guard_void, non_null, out};
