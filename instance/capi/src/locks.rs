@@ -55,6 +55,12 @@ pub struct fusion_lock_value {
     pub valid: u8,
 }
 
+// A held lock may move between C threads between calls.
+const _: () = {
+    fn send<T: Send>() {}
+    let _ = send::<fusion_lock>;
+};
+
 /// A held lock. Opaque.
 ///
 /// Threads: a held lock may be used and released from any one thread at a time.

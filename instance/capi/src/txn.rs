@@ -23,6 +23,12 @@ pub struct fusion_txn {
     pub(crate) state: Arc<Mutex<TxnState>>,
 }
 
+// A transaction, and so its state, may move between C threads between calls.
+const _: () = {
+    fn send<T: Send>() {}
+    let _ = send::<TxnState>;
+};
+
 /// Where a transaction is.
 pub(crate) enum TxnState {
     /// A block transaction in progress.
