@@ -381,3 +381,17 @@ fn readme_example_builds_and_runs() {
     let exe = compile(dir.path().join("readme.c").to_str().unwrap(), dir.path());
     assert_eq!(run("readme", &exe, &[]), "k = v\n");
 }
+
+/// `fusion.pc` names this crate's version.
+#[test]
+fn pkg_config_version_is_the_crate_version() {
+    let out = Command::new("pkg-config")
+        .env("PKG_CONFIG_PATH", crate_dir())
+        .args(["--modversion", "fusion"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        env!("CARGO_PKG_VERSION")
+    );
+}
