@@ -332,7 +332,7 @@ fn compare_c_and_rust_throughput() {
     let dir = tempfile::tempdir().unwrap();
     let bench = compile("tests/c/bench.c", dir.path());
     let (mut c, mut rust) = (Vec::new(), Vec::new());
-    for round in 0..5 {
+    let c_round = |round: usize| {
         let run_dir = dir.path().join(format!("c-{round}"));
         std::fs::create_dir(&run_dir).unwrap();
         let configs = cluster(&run_dir, 1);
@@ -342,14 +342,25 @@ fn compare_c_and_rust_throughput() {
             &[configs[0].to_str().unwrap(), &n.to_string()],
         );
         let words: Vec<&str> = out.split_whitespace().collect();
-        c.push((
+        (
             words[1].parse::<f64>().unwrap(),
             words[3].parse::<f64>().unwrap(),
-        ));
+        )
+    };
+    let rust_round = |round: usize| {
         let run_dir = dir.path().join(format!("rust-{round}"));
         std::fs::create_dir(&run_dir).unwrap();
-        let configs = cluster(&run_dir, 1);
-        rust.push(rust_throughput(&configs[0], n));
+        rust_throughput(&cluster(&run_dir, 1)[0], n)
+    };
+    // Alternating which goes first, so that neither always runs on a warmer machine.
+    for round in 0..6 {
+        if round % 2 == 0 {
+            c.push(c_round(round));
+            rust.push(rust_round(round));
+        } else {
+            rust.push(rust_round(round));
+            c.push(c_round(round));
+        }
     }
     let median = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
         let mut x: Vec<f64> = v.iter().map(f).collect();
@@ -360,7 +371,7 @@ fn compare_c_and_rust_throughput() {
     let (r_put, r_get) = (median(&rust, |p| p.0), median(&rust, |p| p.1));
     println!("all rounds: C {c:?}; Rust {rust:?}");
     println!(
-        "median of 5, {n} keys: put+commit/s C {c_put:.0} Rust {r_put:.0} ({:+.1}%); \
+        "median of 6, {n} keys: put+commit/s C {c_put:.0} Rust {r_put:.0} ({:+.1}%); \
          get/s C {c_get:.0} Rust {r_get:.0} ({:+.1}%)",
         (c_put / r_put - 1.0) * 100.0,
         (c_get / r_get - 1.0) * 100.0
