@@ -588,6 +588,76 @@ fn stall_storage_of(cluster: &mut Cluster, id: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Failure mode 6: instance 1's data-block writes fail (EIO from the device past the data
+/// area's start) while its disk heartbeat and redo keep working. The write refused leaves its
+/// coordination core failed; the instance must stop (not keep heartbeating with blocks wedged
+/// cluster-wide), the others vote it out and recover it, and every acknowledged increment is
+/// present. It restarts on healthy storage and rejoins.
+#[test]
+fn a_failing_data_write_stops_its_instance_and_nothing_is_lost() {
+    let test = "a_failing_data_write_stops_its_instance_and_nothing_is_lost";
+    let _serial = serial();
+    if let Some(why) = skip_reason(true, &["umount"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut cluster = Cluster::new(3, &[]);
+    if let Err(why) = stall_storage_of(&mut cluster, 1) {
+        eprintln!("SKIPPED {test}: FUSE does not work here: {why}");
+        return;
+    }
+    let data_offset = {
+        let backing = cluster.dir.path().join("cluster.fusion");
+        let storage = instance::storage::open(&backing, &instance::storage::StorageOptions::default())
+            .expect("open the shared file");
+        instance::format::open(storage.as_ref())
+            .expect("its layout")
+            .data_offset
+    };
+    cluster.start(&[]);
+    let epoch = cluster.nodes[0].epoch();
+    common::run_all(&mut cluster.nodes, 6, THREADS, BLOCKS);
+    progress(&mut cluster.nodes[1], 2);
+    let stall = cluster.stall.as_ref().unwrap();
+    stall.fail_writes_from(Some(data_offset));
+    // A checkpoint makes instance 1 write its dirty blocks now.
+    writeln!(cluster.nodes[1].stdin, "checkpoint").unwrap();
+    // It stops: a `failed` line, or its checkpoint command fails and the node exits.
+    loop {
+        match cluster.nodes[1].next_line(REACT) {
+            Ok(line) if line.starts_with("failed") => break,
+            Ok(line) => assert!(
+                !line.starts_with("checkpointed"),
+                "instance 1's checkpoint succeeded with every data write failing"
+            ),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("instance 1 did not stop on its failed writes ({e:?})"),
+        }
+    }
+    assert!(stall.failed_writes() > 0, "no data write of instance 1 failed");
+    let (_, status) = cluster.nodes[1].expect_stop(REACT);
+    assert!(!status.success(), "instance 1 exited with {status}");
+    let log = std::fs::read_to_string(cluster.dir.path().join("instance-1.stderr")).unwrap();
+    assert!(
+        log.contains("stops: the coordination core failed"),
+        "instance 1 stopped for another reason:\n{log}"
+    );
+    stall.fail_writes_from(None);
+    for id in [0, 2] {
+        expect_new_epoch(&mut cluster.nodes[id], epoch);
+        cluster.nodes[id].expect("stopped");
+        cluster.nodes[id].expect("counts");
+        assert_eq!(cluster.nodes[id].members(), &[0, 2], "instance {id}: the members");
+    }
+    let contents = cluster.contents(0);
+    assert_eq!(cluster.contents(2), contents, "instance 2 reads differently");
+    let acked = acked(cluster.dir.path(), BLOCKS);
+    assert!(acked.iter().sum::<u64>() > 0, "no increment acknowledged");
+    check_contents(&contents, &acked, THREADS);
+    cluster.rejoin(1, 0);
+    cluster.finish();
+}
+
 /// Instance 1's storage stalls for 3 s (every read and write held) under a
 /// committed-increment workload, its network up. Its lease lapses; it decides nothing in the
 /// meantime; the others may vote it out. Afterwards 0 and 2 finish their run; 1 either

@@ -30,6 +30,10 @@ struct Stall {
     on: AtomicBool,
     /// Requests that found the stall on.
     held: AtomicU64,
+    /// Writes at or past this offset fail with EIO (0: none).
+    fail_from: AtomicU64,
+    /// Writes failed so.
+    failed: AtomicU64,
 }
 
 impl Stall {
@@ -143,6 +147,11 @@ impl Filesystem for PassThrough {
         reply: ReplyWrite,
     ) {
         self.stall.wait();
+        let fail_from = self.stall.fail_from.load(Ordering::SeqCst);
+        if fail_from != 0 && offset as u64 >= fail_from {
+            self.stall.failed.fetch_add(1, Ordering::SeqCst);
+            return reply.error(libc::EIO);
+        }
         match self.backing.write_all_at(data, offset as u64) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e.raw_os_error().unwrap_or(libc::EIO)),
@@ -238,6 +247,19 @@ impl StallFs {
     /// Requests that were held.
     pub fn held(&self) -> u64 {
         self.stall.held.load(Ordering::SeqCst)
+    }
+
+    /// From now on every write at or past `offset` fails with EIO (a failing region of the
+    /// device under one instance); `None` ends it.
+    pub fn fail_writes_from(&self, offset: Option<u64>) {
+        self.stall
+            .fail_from
+            .store(offset.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Writes failed by [`StallFs::fail_writes_from`].
+    pub fn failed_writes(&self) -> u64 {
+        self.stall.failed.load(Ordering::SeqCst)
     }
 }
 
