@@ -17,7 +17,7 @@
 //! first: frames never interleave). Queues are bounded (`queue_limit` frames per priority):
 //! past it `send` returns [`SendError::QueueFull`], which is back-pressure, not loss.
 //!
-//! **Receiving.** The reader takes the 56-byte header, validates it (fields, cluster,
+//! **Receiving.** The reader takes the 64-byte header, validates it (fields, cluster,
 //! destination, and that the source is the connection's authenticated peer), then reads the
 //! body and the block with one `readv` whose second buffer is the destination frame itself.
 //! A payload for a frame not armed for this peer is read into scratch memory and reported as
@@ -262,24 +262,43 @@ impl Assembly {
         into_body + into_block
     }
 
-    fn into_event(self, stats: &mut TcpStats) -> TransportEvent {
+    /// The complete frame as an event, once its payload checksum holds. A mismatch closes the
+    /// connection (the stream cannot be trusted past it); a landing it began is given up, so
+    /// the frame is armed again and the requester's retry can use it.
+    fn into_event(self, stats: &mut TcpStats) -> Result<TransportEvent, Close> {
         let Assembly {
             header,
             body,
-            block,
+            mut block,
             ..
         } = self;
+        let block_bytes: &[u8] = match &mut block {
+            Some(sink) => sink.buf(),
+            None => &[],
+        };
+        header
+            .check_payload(&body, block_bytes)
+            .map_err(|e| Close::refused(e.into()))?;
         stats.frames_received += 1;
-        match (block, header.block) {
-            (Some(BlockSink::Landing(landing)), Some(descriptor)) => {
-                landing.complete();
-                stats.blocks_landed += 1;
-                TransportEvent::BlockLanded {
-                    header,
-                    body,
-                    landing: descriptor.landing,
+        Ok(match (block, header.block) {
+            (Some(BlockSink::Landing(landing)), Some(descriptor)) => match landing.complete() {
+                Ok(()) => {
+                    stats.blocks_landed += 1;
+                    TransportEvent::BlockLanded {
+                        header,
+                        body,
+                        landing: descriptor.landing,
+                    }
                 }
-            }
+                Err(e) => {
+                    stats.landings_refused += 1;
+                    TransportEvent::LandingRefused {
+                        header,
+                        body,
+                        reason: e.to_string(),
+                    }
+                }
+            },
             (Some(BlockSink::Refused { reason, .. }), _) => {
                 stats.landings_refused += 1;
                 TransportEvent::LandingRefused {
@@ -289,7 +308,7 @@ impl Assembly {
                 }
             }
             _ => TransportEvent::Message { header, body },
-        }
+        })
     }
 }
 
@@ -1005,7 +1024,7 @@ fn deliver_staged(
                     return Ok(());
                 }
                 if let Some(frame) = reader.frame.take() {
-                    events.push(frame.into_event(stats));
+                    events.push(frame.into_event(stats)?);
                 }
             }
         }
