@@ -34,7 +34,8 @@
 
 use crate::frame::{FrameHeader, HEADER_LEN, Priority};
 use crate::handshake::{
-    Acceptor, AcceptorStep, Dialer, DialerStep, HandshakeConfig, Nonce, RECORD_LEN, Record, Refusal,
+    Acceptor, AcceptorStep, Dialer, DialerStep, HandshakeConfig, MIN_SECRET_LEN, Nonce, RECORD_LEN,
+    Record, Refusal,
 };
 use crate::region::{BlockRegion, Landing};
 use crate::transport::{header_for, validate_outgoing};
@@ -79,6 +80,10 @@ pub struct TcpConfig {
     /// `SO_BUSY_POLL` in microseconds for every socket (0: off). The kernel then spins on the
     /// NIC queue inside `recv`, which pays on real NICs; loopback does not need it.
     pub socket_busy_poll_us: u32,
+    /// Incoming connections still in their handshake at once. One more evicts the oldest: an
+    /// honest handshake takes one round trip, so a flood of idle connections cannot hold the
+    /// port for longer than it keeps opening new ones, nor exhaust descriptors.
+    pub max_pending_handshakes: usize,
 }
 
 impl std::fmt::Debug for TcpConfig {
@@ -114,6 +119,7 @@ impl TcpConfig {
             reconnect_max: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(5),
             socket_busy_poll_us: 0,
+            max_pending_handshakes: 64,
         }
     }
 }
@@ -135,6 +141,14 @@ pub struct TcpStats {
     pub connections: u64,
     /// Connections or attempts refused (handshake or framing errors).
     pub refused: u64,
+    /// Refusals of unauthenticated connections not reported as events, beyond
+    /// [`REFUSALS_PER_SECOND`] (so a flood of bad handshakes cannot flood the log).
+    pub refusals_unreported: u64,
+    /// Pending handshakes closed to make room for a newer one
+    /// ([`TcpConfig::max_pending_handshakes`]).
+    pub pending_evicted: u64,
+    /// Times a connection used up its read budget in one poll and was read again later.
+    pub read_budget_exhausted: u64,
     /// Blocking polls that a [`Waker`] cut short or kept from blocking.
     pub wakeups: u64,
 }
@@ -455,6 +469,11 @@ pub struct TcpTransport {
     busy_polls: u32,
     wakeup: Arc<Wakeup>,
     stats: TcpStats,
+    /// Start of the current one-second window of reported refusals.
+    refusal_window: Instant,
+    refusals_in_window: u32,
+    /// Established connections that used up their read budget with bytes maybe left.
+    unread: Vec<Token>,
 }
 
 /// While busy polling, read established connections directly and ask epoll only every this
@@ -464,6 +483,15 @@ const EPOLL_EVERY: u32 = 8;
 
 /// Longest a due timer may wait for service.
 const TIMER_SLACK: Duration = Duration::from_millis(5);
+
+/// Refusals of unauthenticated connections reported per second; the rest are counted in
+/// [`TcpStats::refusals_unreported`].
+pub const REFUSALS_PER_SECOND: u32 = 10;
+
+/// Bytes one connection may read in one poll. A peer that sends faster than this instance
+/// consumes is read again at the next poll (which then does not block), so timers, heartbeats
+/// and the other connections get their turn.
+const READ_BUDGET: usize = 1 << 20;
 
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -493,6 +521,17 @@ impl TcpTransport {
                 next_dial: (id < config.local).then(Instant::now),
                 backoff: config.reconnect_min,
             });
+        }
+        if config.secret.len() < MIN_SECRET_LEN {
+            return Err(TransportError::Config(format!(
+                "the cluster secret has {} bytes; at least {MIN_SECRET_LEN} are required",
+                config.secret.len()
+            )));
+        }
+        if config.max_pending_handshakes == 0 {
+            return Err(TransportError::Config(
+                "max_pending_handshakes must be positive".into(),
+            ));
         }
         if config.queue_limit == 0 {
             return Err(TransportError::Config(
@@ -527,6 +566,9 @@ impl TcpTransport {
             timers_due: Instant::now(),
             ready: Vec::new(),
             busy_polls: 0,
+            refusal_window: Instant::now(),
+            refusals_in_window: 0,
+            unread: Vec::new(),
             wakeup,
             stats: TcpStats::default(),
         })
@@ -673,6 +715,7 @@ impl TcpTransport {
                         // Without randomness the handshake cannot be secure: refuse the peer.
                         continue;
                     }
+                    self.make_room_for_a_handshake(events);
                     let acceptor = Box::new(Acceptor::new(self.handshake.clone(), nonce));
                     let phase = Phase::Accepting {
                         acceptor,
@@ -693,6 +736,38 @@ impl TcpTransport {
         }
     }
 
+    /// Closes the oldest incoming connection still in its handshake while as many as
+    /// [`TcpConfig::max_pending_handshakes`] are.
+    fn make_room_for_a_handshake(&mut self, events: &mut Vec<TransportEvent>) {
+        let pending = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Accepting { .. }));
+        if pending.clone().count() < self.config.max_pending_handshakes {
+            return;
+        }
+        let oldest = pending.min_by_key(|(_, c)| c.opened).map(|(t, _)| *t);
+        if let Some(token) = oldest {
+            self.stats.pending_evicted += 1;
+            let why = Close {
+                reason: "too many pending handshakes".into(),
+                refused: None,
+            };
+            self.close(token, why, events);
+        }
+    }
+
+    /// Whether a refusal of an unauthenticated connection may be reported now: at most
+    /// [`REFUSALS_PER_SECOND`] a second, the rest only counted.
+    fn may_report_refusal(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.refusal_window) >= Duration::from_secs(1) {
+            self.refusal_window = now;
+            self.refusals_in_window = 0;
+        }
+        self.refusals_in_window += 1;
+        self.refusals_in_window <= REFUSALS_PER_SECOND
+    }
+
     fn close(&mut self, token: Token, why: Close, events: &mut Vec<TransportEvent>) {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
@@ -708,7 +783,11 @@ impl TcpTransport {
         };
         if let Some(error) = why.refused {
             self.stats.refused += 1;
-            events.push(TransportEvent::Refused { peer, error });
+            if peer.is_some() || self.may_report_refusal(now) {
+                events.push(TransportEvent::Refused { peer, error });
+            } else {
+                self.stats.refusals_unreported += 1;
+            }
         }
         let Some(peer) = peer else { return };
         let Some(slot) = self.slot_mut(peer) else {
@@ -843,7 +922,7 @@ impl TcpTransport {
                             conn.phase = Phase::Established { peer };
                             self.established(token, peer, events);
                         }
-                        Err(refusal) => return Err(refuse(&mut conn.stream, refusal)),
+                        Err(error) => return Err(Close::refused(error.into())),
                     }
                 }
                 Phase::Accepting { acceptor, record } => {
@@ -874,7 +953,7 @@ impl TcpTransport {
                     let peer = *peer;
                     let cluster = self.config.cluster;
                     let local = self.config.local;
-                    return read_frames(
+                    let more = read_frames(
                         conn,
                         &self.region,
                         cluster,
@@ -882,19 +961,22 @@ impl TcpTransport {
                         peer,
                         &mut self.stats,
                         events,
-                    );
+                    )?;
+                    if more {
+                        self.stats.read_budget_exhausted += 1;
+                        self.unread.push(token);
+                    }
+                    return Ok(());
                 }
             }
         }
     }
 }
 
-/// Ends a handshake that failed: tells the other side why (best effort: the connection is
-/// closed next either way), and returns the reason to close with.
+/// Ends a handshake the acceptor refused: tells the dialer why (best effort: the connection
+/// is closed next either way), and returns the reason to close with.
 fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Close {
-    if let Some(verdict) = refusal.verdict {
-        let _ = stream.write(&verdict[..]);
-    }
+    let _ = stream.write(&refusal.verdict[..]);
     Close::refused(refusal.error.into())
 }
 
@@ -923,7 +1005,8 @@ fn read_record(stream: &mut TcpStream, record: &mut RecordBuf) -> Result<bool, C
 /// it reads with one `readv` into the rest of the body, the rest of the block (the destination
 /// frame itself) and then staging, so a frame costs one or two reads and the bulk of a block
 /// is never copied. A short read means the socket is drained: the edge-triggered registration
-/// reports the next arrival, so no extra read to `EAGAIN` is needed.
+/// reports the next arrival, so no extra read to `EAGAIN` is needed. After [`READ_BUDGET`]
+/// bytes it stops and returns `true`: the caller reads this connection again at its next poll.
 fn read_frames(
     conn: &mut Conn,
     region: &Arc<BlockRegion>,
@@ -932,9 +1015,14 @@ fn read_frames(
     peer: InstanceId,
     stats: &mut TcpStats,
     events: &mut Vec<TransportEvent>,
-) -> Result<(), Close> {
+) -> Result<bool, Close> {
     let reader = &mut conn.input;
+    let mut budget = READ_BUDGET;
     loop {
+        if budget == 0 {
+            deliver_staged(reader, region, cluster, local, peer, stats, events)?;
+            return Ok(true);
+        }
         deliver_staged(reader, region, cluster, local, peer, stats, events)?;
         reader.compact();
         let (read, requested) = match &mut reader.frame {
@@ -968,10 +1056,11 @@ fn read_frames(
                 });
             }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Close::io(&e)),
         };
+        budget = budget.saturating_sub(n);
         match &mut reader.frame {
             None => reader.end += n,
             Some(frame) => {
@@ -983,7 +1072,8 @@ fn read_frames(
         }
         if n < requested {
             // Drained: deliver what is complete, then wait for the next readiness edge.
-            return deliver_staged(reader, region, cluster, local, peer, stats, events);
+            deliver_staged(reader, region, cluster, local, peer, stats, events)?;
+            return Ok(false);
         }
     }
 }
@@ -1147,13 +1237,15 @@ impl Transport for TcpTransport {
         if timeout.is_zero() {
             self.busy_polls = self.busy_polls.wrapping_add(1);
             if !self.busy_polls.is_multiple_of(EPOLL_EVERY) {
+                // Reads every established connection, those left unread included.
+                self.unread.clear();
                 self.read_established(events);
                 return Ok(());
             }
         } else {
             self.busy_polls = 0;
         }
-        let mut wait = if events.is_empty() {
+        let mut wait = if events.is_empty() && self.unread.is_empty() {
             timeout.min(self.timers_due.saturating_duration_since(now))
         } else {
             Duration::ZERO
@@ -1182,6 +1274,9 @@ impl Transport for TcpTransport {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e.into()),
         }
+        // Connections a budget left unread in an earlier poll; those this poll's reads leave
+        // unread wait for the next one.
+        let unread = std::mem::take(&mut self.unread);
         let mut ready = std::mem::take(&mut self.ready);
         // The wakers' eventfd needs no handling: its event only ended the wait.
         ready.extend(
@@ -1205,6 +1300,10 @@ impl Transport for TcpTransport {
         }
         ready.clear();
         self.ready = ready;
+        // Edge-triggered epoll will not report bytes a budget left behind: read them here.
+        for token in unread {
+            self.on_ready(token, true, false, events);
+        }
         Ok(())
     }
 
