@@ -23,6 +23,7 @@ pub type Target = fn(&[u8]);
 /// Every target, by name (the corpus folder and the AFL argument).
 pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame),
+    ("tcp_stream", tcp_stream),
     ("handshake", handshake),
     ("grd_message", grd_message),
     ("ges_message", ges_message),
@@ -106,6 +107,150 @@ pub fn frame(data: &[u8]) {
 }
 
 const SECRET: &[u8; 32] = b"fuzzing-secret-of-thirty-two-by!";
+
+/// A TCP transport (instance 0) kept across inputs, and the address it listens on.
+struct Listener {
+    transport: interconnect::tcp::TcpTransport,
+    addr: std::net::SocketAddr,
+}
+
+thread_local! {
+    static TCP: std::cell::RefCell<Option<Listener>> = const { std::cell::RefCell::new(None) };
+}
+
+fn tcp_listener() -> Option<Listener> {
+    use interconnect::tcp::{TcpConfig, TcpTransport};
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().ok()?;
+    let config = TcpConfig::new(
+        ClusterId(7),
+        id(0),
+        any,
+        vec![(id(1), any)],
+        SECRET.to_vec(),
+    );
+    let region = interconnect::BlockRegion::anonymous(8, 8192).ok()?;
+    let transport = TcpTransport::bind(config, region).ok()?;
+    let addr = transport.local_addr().ok()?;
+    Some(Listener { transport, addr })
+}
+
+/// Rewrites the checksums of the frames laid end to end in `stream`, taking each header's
+/// lengths as they are (clamped to what is there), so that mutations reach the field checks
+/// and the reader's assembly rather than stopping at a checksum.
+fn reseal(stream: &mut [u8]) {
+    use interconnect::frame::HEADER_LEN;
+    let mut at = 0;
+    while stream.len() - at >= HEADER_LEN {
+        let field = |b: &[u8], o: usize| {
+            u32::from_le_bytes([b[at + o], b[at + o + 1], b[at + o + 2], b[at + o + 3]]) as usize
+        };
+        let body = field(stream, 20).min(stream.len() - at - HEADER_LEN);
+        let block = field(stream, 40).min(stream.len() - at - HEADER_LEN - body);
+        let payload_at = at + HEADER_LEN;
+        let crc = interconnect::frame::payload_crc(
+            &stream[payload_at..payload_at + body],
+            &stream[payload_at + body..payload_at + body + block],
+        );
+        stream[at + 52..at + 56].copy_from_slice(&crc.to_le_bytes());
+        let header = crc32c_of(&stream[at..at + 60]);
+        stream[at + 60..at + 64].copy_from_slice(&header.to_le_bytes());
+        at += HEADER_LEN + body + block;
+    }
+}
+
+fn crc32c_of(bytes: &[u8]) -> u32 {
+    // The frame module's payload checksum over one part is plain CRC32C.
+    interconnect::frame::payload_crc(bytes, &[])
+}
+
+/// The TCP reader over a stream split anywhere: an authenticated peer (the handshake run
+/// honestly) writes the input's frames (checksums resealed, see [`reseal`]) in pieces whose
+/// sizes the first byte seeds, while the transport polls in between.
+pub fn tcp_stream(data: &[u8]) {
+    use interconnect::Transport;
+    use std::io::{Read, Write};
+    let Some((&seed, stream)) = data.split_first() else {
+        return;
+    };
+    let mut stream = stream.to_vec();
+    reseal(&mut stream);
+    TCP.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = tcp_listener();
+        }
+        let Some(listener) = slot.as_mut() else {
+            return;
+        };
+        let mut events = Vec::new();
+        let mut poll = |transport: &mut interconnect::tcp::TcpTransport| {
+            let _ = transport.poll(&mut events, Duration::from_millis(1));
+            events.clear();
+        };
+        let Ok(mut socket) = std::net::TcpStream::connect(listener.addr) else {
+            return;
+        };
+        let _ = socket.set_read_timeout(Some(Duration::from_millis(5)));
+        let config = HandshakeConfig {
+            cluster: ClusterId(7),
+            local: id(1),
+            secret: SECRET.to_vec(),
+        };
+        let (mut dialer, hello) = Dialer::start(config, id(0), [seed; 16]);
+        if socket.write_all(&hello).is_err() {
+            return;
+        }
+        let mut record = [0u8; RECORD_LEN];
+        let mut established = false;
+        for _ in 0..200 {
+            poll(&mut listener.transport);
+            let mut filled = 0;
+            while filled < RECORD_LEN {
+                match socket.read(&mut record[filled..]) {
+                    Ok(0) => return,
+                    Ok(n) => filled += n,
+                    Err(_) => break,
+                }
+                poll(&mut listener.transport);
+            }
+            if filled < RECORD_LEN {
+                continue;
+            }
+            match dialer.on_record(&record) {
+                Ok(interconnect::handshake::DialerStep::Send(proof)) => {
+                    if socket.write_all(&proof[..]).is_err() {
+                        return;
+                    }
+                }
+                Ok(interconnect::handshake::DialerStep::Established) => {
+                    established = true;
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+        if !established {
+            return;
+        }
+        let mut rest = &stream[..];
+        let mut rng = u64::from(seed) | 1;
+        while !rest.is_empty() {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let piece = (rng % 300 + 1) as usize;
+            let (head, tail) = rest.split_at(piece.min(rest.len()));
+            if socket.write_all(head).is_err() {
+                break;
+            }
+            rest = tail;
+            poll(&mut listener.transport);
+        }
+        for _ in 0..4 {
+            poll(&mut listener.transport);
+        }
+    });
+}
 
 /// Handshake record sequences: the first byte picks the side and the peers it accepts; the
 /// rest is cut into records fed to an acceptor, then to a dialer.

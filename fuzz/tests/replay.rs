@@ -77,7 +77,7 @@ fn every_target_survives_its_corpus_and_random_inputs() {
     let random: usize = std::env::var("FUZZ_REPLAY_RANDOM")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(100);
     for &(name, target) in fusion_fuzz::TARGETS {
         let seeds = corpus(name);
         assert!(!seeds.is_empty(), "target {name} has no corpus");
