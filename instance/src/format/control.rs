@@ -6,7 +6,7 @@
 
 use super::{FORMAT_VERSION, SECTOR};
 use interconnect::codec::{DecodeError, Reader, put_u8, put_u16, put_u32, put_u64};
-use interconnect::{ClusterId, Epoch, InstanceId, InstanceSet, Scn};
+use interconnect::{ClusterId, InstanceId, Scn};
 
 /// Magic of the header sector.
 pub const HEADER_MAGIC: [u8; 8] = *b"FUSIONDB";
@@ -75,11 +75,15 @@ pub struct InstanceSlot {
     pub redo_size: u64,
     /// Where recovery starts.
     pub checkpoint: Checkpoint,
-    /// Instances this one has voted to fence.
-    pub fence_votes: InstanceSet,
-    /// Epoch of those votes.
-    pub fence_epoch: Epoch,
+    /// The owner's Disk Paxos block (`crate::paxos::PaxosBlock`, with its own checksum;
+    /// all zero before the first proposal): membership decisions, written only by the owner.
+    pub paxos: [u8; SLOT_PAXOS_LEN],
 }
+
+/// Bytes of the Disk Paxos block inside a slot (at offset [`SLOT_PAXOS_OFFSET`]).
+pub const SLOT_PAXOS_LEN: usize = 128;
+/// Where the Disk Paxos block sits in a slot sector.
+pub const SLOT_PAXOS_OFFSET: usize = 128;
 
 /// A sector could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -258,11 +262,11 @@ impl InstanceSlot {
             self.checkpoint.sequence,
             checkpoint_offset(self.checkpoint.sequence, self.redo_size),
             self.checkpoint.scn.0,
-            self.fence_votes.bits(),
-            self.fence_epoch.0,
         ] {
             put_u64(&mut f, v);
         }
+        f.resize(SLOT_PAXOS_OFFSET - 16, 0);
+        f.extend_from_slice(&self.paxos);
         put_fields(sector, &f);
         seal(&mut sector[..SECTOR], &SLOT_MAGIC);
     }
@@ -286,23 +290,26 @@ impl InstanceSlot {
                 });
             }
         };
-        let [
-            heartbeat,
-            heartbeat_nanos,
-            redo_offset,
-            redo_size,
-            sequence,
-            offset,
-            scn,
-            votes,
-            epoch,
-        ] = (|| {
+        let (
+            [
+                heartbeat,
+                heartbeat_nanos,
+                redo_offset,
+                redo_size,
+                sequence,
+                offset,
+                scn,
+            ],
+            paxos,
+        ) = (|| {
             r.skip(5)?;
-            let mut v = [0u64; 9];
+            let mut v = [0u64; 7];
             for field in &mut v {
                 *field = r.u64()?;
             }
-            Ok(v)
+            // The fields end at byte 80; the Paxos block starts at SLOT_PAXOS_OFFSET.
+            r.skip(SLOT_PAXOS_OFFSET - 80)?;
+            Ok((v, r.array::<SLOT_PAXOS_LEN>()?))
         })()
         .map_err(truncated)?;
         if sequence == 0
@@ -325,8 +332,7 @@ impl InstanceSlot {
                 sequence,
                 scn: Scn(scn),
             },
-            fence_votes: InstanceSet::from_bits(votes),
-            fence_epoch: Epoch(epoch),
+            paxos,
         })
     }
 }
@@ -373,8 +379,7 @@ mod tests {
                 sequence: 17,
                 scn: Scn(400),
             },
-            fence_votes: InstanceSet::from_bits(0b101),
-            fence_epoch: Epoch(4),
+            paxos: [0x5a; SLOT_PAXOS_LEN],
         };
         slot.encode(&mut sector);
         assert_eq!(InstanceSlot::decode(&sector), Ok(slot));
