@@ -5,8 +5,13 @@
 //! **Connections.** Each instance dials the configured peers with a *lower* id and accepts
 //! from those with a higher id, so a pair never races two connections. Every connection runs
 //! the [`handshake`](crate::handshake) before any frame is accepted; a wrong cluster id,
-//! version or secret, or an unexpected instance id, is refused with a precise
-//! [`TransportEvent::Refused`] on both sides. A dialer whose connection fails or drops
+//! version or secret, or an unexpected instance id, is refused with a
+//! [`TransportEvent::Refused`] on both sides (the dialer learns the reason, never an id).
+//! Incoming connections still in their handshake are capped
+//! ([`TcpConfig::max_pending_handshakes`], the oldest closed first), and refusals of
+//! connections that never authenticated are reported at most [`REFUSALS_PER_SECOND`] a
+//! second (the rest counted), so a flood of strangers neither exhausts descriptors nor fills
+//! the log. A dialer whose connection fails or drops
 //! redials with exponential backoff (`reconnect_min` doubling to `reconnect_max`). A peer that
 //! authenticates again (it restarted) replaces its old connection.
 //!
@@ -22,7 +27,10 @@
 //! body and the block with one `readv` whose second buffer is the destination frame itself.
 //! A payload for a frame not armed for this peer is read into scratch memory and reported as
 //! [`TransportEvent::LandingRefused`]; the connection survives. A malformed header closes the
-//! connection (the stream has lost its framing), and is reported, never a panic.
+//! connection (the stream has lost its framing), and is reported, never a panic; so does a
+//! payload checksum mismatch. One poll reads at most 1 MiB from a connection and comes back
+//! for the rest at the next poll, so a fast peer cannot starve timers, heartbeats or the
+//! other connections.
 //!
 //! **Waking.** [`Transport::waker`] hands out wakers backed by a `mio::Waker` (an eventfd on
 //! the transport's epoll, under a token no connection uses). A wake only raises a flag unless

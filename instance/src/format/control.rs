@@ -399,5 +399,16 @@ mod tests {
             bad[at] ^= 0x10;
             assert!(ControlHeader::decode(&bad).is_err(), "flip at {at}");
         }
+        // Short input is an error, never a panic, whatever it holds.
+        for len in [0, 1, 15, 16, 100, SECTOR - 1] {
+            assert_eq!(
+                ControlHeader::decode(&sector[..len]),
+                Err(SectorError::Short { len })
+            );
+            assert_eq!(
+                InstanceSlot::decode(&sector[..len]),
+                Err(SectorError::Short { len })
+            );
+        }
     }
 }
