@@ -430,10 +430,10 @@ pub fn gcs_engine(data: &[u8]) {
 
 /// The control area's sector decoders, and the geometry check of a decoded header.
 pub fn control(data: &[u8]) {
-    if let Ok(header) = instance::format::ControlHeader::decode(data) {
-        let _ = instance::format::Layout::from_header(header);
+    if let Ok(header) = storage::format::ControlHeader::decode(data) {
+        let _ = storage::format::Layout::from_header(header);
     }
-    let _ = instance::format::InstanceSlot::decode(data);
+    let _ = storage::format::InstanceSlot::decode(data);
 }
 
 /// The data block verifier, at any expected id and offset.
@@ -441,14 +441,14 @@ pub fn block(data: &[u8]) {
     let mut script = Script::new(data);
     let expected = gcs::BlockId::new(0, (script.u64() & 0xffff) as u32);
     let offset = script.u64();
-    let _ = instance::format::verify_block(data, expected, offset);
+    let _ = storage::format::verify_block(data, expected, offset);
 }
 
 /// The redo entry decoder.
 pub fn redo_entry(data: &[u8]) {
-    if let Ok(records) = instance::redo::codec::decode_entry(data) {
+    if let Ok(records) = storage::redo::codec::decode_entry(data) {
         let mut out = Vec::new();
-        if instance::redo::codec::encode_entry(&records, &mut out).is_ok() {
+        if storage::redo::codec::encode_entry(&records, &mut out).is_ok() {
             assert_eq!(out, data, "an entry re-encodes to its bytes");
         }
     }
@@ -457,8 +457,8 @@ pub fn redo_entry(data: &[u8]) {
 /// Log blocks of one thread, in the order given, through the block validator and the entry
 /// reassembler, and every entry reassembled through the entry decoder.
 pub fn redo_blocks(data: &[u8]) {
-    use instance::redo::codec::{EntryAssembler, LOG_BLOCK_SIZE, decode_block, peek_block};
-    let ident = instance::redo::LogIdent {
+    use storage::redo::codec::{EntryAssembler, LOG_BLOCK_SIZE, decode_block, peek_block};
+    let ident = storage::redo::LogIdent {
         cluster_id: ClusterId(7),
         instance: id(1),
     };
@@ -475,7 +475,7 @@ pub fn redo_blocks(data: &[u8]) {
         }
     }
     for entry in done {
-        let _ = instance::redo::codec::decode_entry(&entry);
+        let _ = storage::redo::codec::decode_entry(&entry);
     }
 }
 
@@ -487,12 +487,12 @@ pub fn recovery_apply(data: &[u8]) {
     let target = gcs::BlockId::new(0, u32::from(script.byte() % 2));
     let mut records = Vec::new();
     while !script.is_empty() {
-        if let Ok(entry) = instance::redo::codec::decode_entry(script.chunk(16)) {
+        if let Ok(entry) = storage::redo::codec::decode_entry(script.chunk(16)) {
             records.extend(entry);
         }
     }
     let mut image = vec![0u8; block_len];
-    let _ = instance::recovery::apply(target, &mut image, base, &records);
+    let _ = storage::recovery::apply(target, &mut image, base, &records);
 }
 
 /// The configuration parser (the secret file it names does not exist; inline secrets and

@@ -846,6 +846,18 @@ impl ClusterManager {
     /// Proposes `live` as the members of the next epoch; Disk Paxos decides (maybe another
     /// proposer's value) and [`ClusterManager::on_decided`] applies it.
     fn propose(&mut self, live: InstanceSet, now: Timestamp) {
+        let known = self.paxos.decided().epoch;
+        if known < self.epoch {
+            // This instance applied its epoch from a message (the decider's commit write
+            // never reached the disk, or has not been read yet): Disk Paxos must know it
+            // before the next one. Proposing it again decides the same value (the accepted
+            // one is adopted); an older gap is learnt from the blocks on disk.
+            if known.0.checked_add(1) == Some(self.epoch.0) {
+                let _ = self.paxos.propose(self.epoch, self.live, now);
+            }
+            self.pump_paxos(now);
+            return;
+        }
         let epoch = match self.epoch.0.checked_add(1) {
             Some(next) => Epoch(next),
             None => {

@@ -621,7 +621,8 @@ impl DiskPaxos {
                 known,
             });
         }
-        if epoch != known.next() {
+        // `known` may come from the disk: no arithmetic that can overflow.
+        if epoch.0.checked_sub(1) != Some(known.0) {
             return Err(ProposeError::NotNext {
                 asked: epoch,
                 known,
@@ -800,7 +801,7 @@ impl DiskPaxos {
 
     /// The block's ballot if it is about the epoch open for proposals.
     fn open_epoch_mbal(&self, block: &PaxosBlock) -> Ballot {
-        if block.epoch == self.known.epoch.next() {
+        if block.epoch.0.checked_sub(1) == Some(self.known.epoch.0) {
             block.mbal
         } else {
             Ballot::ZERO
@@ -904,6 +905,9 @@ impl DiskPaxos {
                     epoch: a.epoch,
                     value,
                 };
+                // Learning a decision of this epoch ends the attempt, so none is known yet:
+                // a decision is never replaced.
+                debug_assert!(self.known.epoch < a.epoch);
                 self.stats.decided += 1;
                 // Commit: the block carries the decision for those who read it later.
                 own.decided = decision;
@@ -1363,6 +1367,24 @@ mod tests {
         );
         assert_eq!(p.decided(), b.decided);
         assert_eq!(p.stats().conflicts, 1);
+    }
+
+    #[test]
+    fn extreme_values_from_the_disk_are_refused_without_overflow() {
+        let mut p = paxos(0);
+        let mut b = block(1, u64::MAX, u64::MAX - 63 + 1, None);
+        b.decided.epoch = Epoch(u64::MAX);
+        p.observe(id(1), &bytes(&b)).unwrap();
+        assert_eq!(p.decided().epoch, Epoch(u64::MAX));
+        assert!(p.propose(Epoch(u64::MAX), set(&[0]), at(0)).is_err());
+        // A ballot in the last round leaves no higher one.
+        let mut q = paxos(0);
+        q.observe(id(1), &bytes(&block(1, 2, u64::MAX - 62, None)))
+            .unwrap();
+        assert!(matches!(
+            q.propose(Epoch(2), set(&[0]), at(0)),
+            Err(ProposeError::BallotExhausted(_))
+        ));
     }
 
     #[test]

@@ -739,6 +739,9 @@ fn run_cluster(
 /// * `inc B` — one committed increment of block B: `value V`;
 /// * `read B` — `value V`;
 /// * `writes` — storage writes of data blocks so far: `writes N`;
+/// * `status` — `status epoch E gcs-rebuilding B ges-rebuilding B messages-sent N received N
+///   stale N errors N members I,J,...` (the members of the newest reconfiguration applied
+///   here; `-` when none since it started);
 /// * `checkpoint` — writes dirty blocks: `checkpointed`;
 /// * `exit` — shuts down (checkpoint, slot down).
 fn node(args: &[String]) -> Result<(), String> {
@@ -813,10 +816,26 @@ fn node(args: &[String]) -> Result<(), String> {
             }
             (Some("status"), &[]) => {
                 let stats = fusion.stats().map_err(|e| e.to_string())?;
+                // The members of the newest reconfiguration this instance applied.
+                let members = fusion
+                    .events()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .rev()
+                    .find_map(|e| match e.event {
+                        InstanceEvent::Reconfigured { live, .. } => Some(
+                            live.iter()
+                                .map(|id| id.index().to_string())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        ),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| "-".into());
                 say(
                     &mut out,
                     &format!(
-                        "status epoch {} gcs-rebuilding {} ges-rebuilding {} messages-sent {} received {} stale {} errors {}",
+                        "status epoch {} gcs-rebuilding {} ges-rebuilding {} messages-sent {} received {} stale {} errors {} members {members}",
                         stats.epoch,
                         stats.gcs_rebuilding,
                         stats.ges_rebuilding,
@@ -835,6 +854,11 @@ fn node(args: &[String]) -> Result<(), String> {
             _ => Err(format!("unknown command {:?}", line.trim())),
         };
         if let Err(e) = result {
+            // An instance that stopped itself says why (fenced, voted out, ...).
+            let e = match fusion.stopped() {
+                Some(why) if !e.contains(&why) => format!("{e} ({why})"),
+                _ => e,
+            };
             let _ = say(&mut out, &format!("failed {e}"));
             return Err(e);
         }

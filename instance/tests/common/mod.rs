@@ -28,7 +28,7 @@ impl Node {
     /// `fusion-demo node CONFIG`, in the namespace `netns` if given; its stderr is appended
     /// to `instance-<id>.stderr` beside the config.
     pub fn start(id: usize, config: &Path, netns: Option<&str>) -> Self {
-        let mut command = match netns {
+        let command = match netns {
             Some(name) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", name, DEMO]);
@@ -36,6 +36,19 @@ impl Node {
             }
             None => Command::new(DEMO),
         };
+        Self::spawn(id, config, command)
+    }
+
+    /// `fusion-demo node CONFIG` with group id `gid` (still user root): what a firewall
+    /// rule can tell its packets by (`meta skgid`).
+    pub fn start_in_group(id: usize, config: &Path, gid: u32) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(DEMO);
+        command.gid(gid);
+        Self::spawn(id, config, command)
+    }
+
+    fn spawn(id: usize, config: &Path, mut command: Command) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -115,6 +128,16 @@ impl Node {
         words.next().unwrap().parse().unwrap()
     }
 
+    /// `status` → the members of the newest reconfiguration it applied (empty: none).
+    pub fn members(&mut self) -> Vec<usize> {
+        let line = self.ask("status", "status");
+        let list = line
+            .split(" members ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("odd status line: {line}"));
+        list.split(',').filter_map(|m| m.parse().ok()).collect()
+    }
+
     /// Waits until the instance stops by itself: its `failed` line (if it gets to say one)
     /// and its exit status.
     pub fn expect_stop(&mut self, timeout: Duration) -> (Option<String>, ExitStatus) {
@@ -179,6 +202,36 @@ pub fn setup(dir: &Path, transport: &str, blocks: u64, extra: &[&str]) -> Vec<Pa
         .lines()
         .map(PathBuf::from)
         .collect()
+}
+
+/// The port instance `id` listens on, from a configuration's member list.
+pub fn listen_port(config: &Path, id: usize) -> u16 {
+    let text = std::fs::read_to_string(config).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("{{ id = {id}, address = ")))
+        .unwrap_or_else(|| panic!("{}: no member {id}", config.display()));
+    let address = line.split('"').nth(1).unwrap();
+    address.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// Points a configuration's shared storage at `storage`.
+pub fn set_storage(config: &Path, storage: &Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut replaced = 0;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("path = ") {
+                replaced += 1;
+                format!("path = {:?}", storage.display().to_string())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_eq!(replaced, 1, "{}: not one storage path", config.display());
+    std::fs::write(config, lines.join("\n") + "\n").unwrap();
 }
 
 /// Starts an instance per configuration (none in a namespace) and waits until all are ready.

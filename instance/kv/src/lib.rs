@@ -1,0 +1,1800 @@
+//! A transactional ordered key-value store in the blocks of a Fusion cluster's shared
+//! storage: a B+tree of 8 KiB (block-sized) nodes with overflow chains for large values and
+//! free lists, built only on the public [`instance::api`]. Any instance serves any key,
+//! concurrently with the others.
+//!
+//! ```no_run
+//! use instance::api::Instance;
+//! use instance::config::InstanceConfig;
+//! use kv::{Kv, KvConfig};
+//! use std::sync::Arc;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = InstanceConfig::load(std::path::Path::new("cluster-0.toml"))?;
+//! let kv = Kv::open(Arc::new(Instance::start(config)?), KvConfig::default())?;
+//! // One atomic, durable transaction; rerun by itself on a conflict.
+//! kv.transaction(|t| {
+//!     let n = t.get(b"counter")?.map_or(0, |v| v.len());
+//!     t.put(b"counter", &vec![b'x'; n + 1])
+//! })?;
+//! assert_eq!(kv.get(b"counter")?.map(|v| v.len()), Some(1));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Storage
+//!
+//! Block 0 of the data file is the instance's allocation high-water mark
+//! ([`Instance::allocate_block`]). The KV layer owns block 1 (its superblock), block 2 (the
+//! root node, which never moves: a root split moves its contents into two new children) and
+//! blocks 3 to 66 (one free-list head per instance id); [`Kv::open`] creates them on a data
+//! file no one has allocated from yet, and refuses one whose block 1 holds something else.
+//! Every other block is a node, an overflow block or free; the formats are in [`node`]. An
+//! instance takes new blocks from its own free list, else moves the high-water mark by up to
+//! 16 blocks (in the transaction that needs them, so a rollback returns them), else (the
+//! file is full) from another instance's list; blocks freed by deletes, overwrites and merges
+//! go onto the freeing instance's list, so instances never meet over allocation.
+//!
+//! # Concurrency: why nothing deadlocks and no update is lost
+//!
+//! The engine gives a transaction blocks in X until its commit is durable (two-phase
+//! locking), and a wait for a block has no timeout: a cycle of transactions waiting for
+//! each other's blocks would hang for ever. The KV layer therefore sorts every wait into
+//! *timed* waits (for enqueues) and *untimed* ones (for blocks), and keeps untimed waits out
+//! of every cycle:
+//!
+//! 1. **Block enqueues.** Before a transaction changes a block, or relies on a node staying
+//!    as read, it takes the block's GES enqueue (`LockName { kind: 0x4B56, a: lock id }`;
+//!    blocks past the KV layer's own share 65,536 lock ids, so the locks an instance keeps
+//!    cached stay bounded) in EX with the configured timeout, held to commit or rollback. A GES wait ends with a
+//!    grant, the timeout, or GES deadlock detection choosing a victim; the last two are
+//!    [`KvError::Retry`] and the transaction rolls back. GES grants enqueues per instance,
+//!    so the transactions of one instance first queue in a local table (module `locks`) with the
+//!    same timeout and immediate local cycle detection.
+//! 2. **X only under the enqueue.** A transaction calls `tx.write(block)` only for blocks
+//!    whose enqueue it holds (or for blocks fresh past the high-water mark, which no one
+//!    else can name). A writer takes a leaf in X before it frees or allocates that leaf's
+//!    overflow blocks.
+//! 3. **One structure change at a time.** Splits and merges (the only changes of internal
+//!    nodes) first take one cluster-wide enqueue, so at most one transaction holds internal
+//!    nodes in X.
+//! 4. **Descents** read from the root taking each internal node in S and releasing it
+//!    before the child (no lock coupling). Nodes carry *fence keys* (the key range they
+//!    cover) and their level: a descent that lands on a node that no longer covers its key
+//!    (split, merged, freed or reused since the parent was read) starts again from the
+//!    root. A transaction reads the node it descends to only after taking its enqueue, and
+//!    checks tag, level and fences again there; on a mismatch it releases that enqueue and
+//!    descends again. [`Kv::get`] holds the leaf in S while it reads the value's overflow
+//!    chain.
+//!
+//! Untimed waits then end without any other wait ending first: a wait for X after the
+//! enqueue (2) waits only for readers, which hold one block for a copy, or a leaf while
+//! reading a chain whose blocks only that leaf's X holder could hold in X (2); a read of a
+//! block under its own enqueue waits for no one; a descent's read of an internal node waits
+//! only for the one structure changer (3), whose own untimed waits are of the kinds above
+//! or for nodes it holds itself; a read of a leaf (or of the root while it is a leaf) waits
+//! for a writer whose untimed waits are again of those kinds. So every cycle of waits
+//! contains a timed wait, and the timeout or deadlock detection breaks it. GES sees waits
+//! between instances, the local table those inside one: a cycle through both ends by
+//! timeout, and GES may choose a victim among instances whose transactions do not really
+//! wait for each other (a spurious Retry, never a hang).
+//!
+//! No update is lost because every change is made under the EX enqueue of each block it
+//! touches, on contents read under that enqueue, and published only by a durable commit
+//! (the engine ships no uncommitted version). Transactions are serializable: every key a
+//! transaction reads, writes or scans is covered by a leaf whose enqueue it holds in EX to
+//! the end (so other transactions can neither change the key nor insert into a scanned
+//! range). A transaction that only reads writes no redo. [`Kv::get`] and [`Kv::scan`] read
+//! the newest committed data without a transaction (a scan is consistent per leaf).
+//!
+//! Limits: [`KvConfig`] (key and value length, keys per transaction), checked before
+//! anything changes; past them a clear error. Open one [`Kv`] per instance: the local lock
+//! table is per `Kv`.
+//!
+//! This crate owns the tree, its blocks and its locks; it must never hold a block in X
+//! without its enqueue, never couple reader locks, and never write a block outside a
+//! transaction.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod locks;
+pub mod node;
+
+use ges::{LockMode, LockName};
+use instance::api::{Instance, InstanceError, LockGuard, Transaction};
+use instance::core::CoreError;
+use locks::{LocalLockError, LocalLocks};
+use node::{Block, Body, Node, Value};
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The enqueue type of the KV layer's block locks ("KV").
+pub const LOCK_KIND: u16 = 0x4B56;
+/// The enqueue [`Kv::open`] takes while it creates the tree.
+const OPEN_LOCK: LockName = LockName::new(LOCK_KIND, u64::MAX, 1);
+/// The pseudo-block whose enqueue a transaction holds to change internal nodes (splits and
+/// merges): one structure change in the cluster at a time (crate doc, rule 3).
+const SMO_LOCK: u64 = u64::MAX;
+/// Enqueues shared by the blocks past the KV layer's own (see [`lock_id`]).
+const LOCK_BUCKETS: u64 = 1 << 16;
+/// The data file's allocation high-water mark (owned by the instance).
+const HWM_BLOCK: u64 = 0;
+/// The KV superblock.
+pub const SUPER_BLOCK: u64 = 1;
+/// Free lists: one per instance id, so that instances allocate and free without meeting.
+const FREE_LISTS: u64 = interconnect::MAX_INSTANCES as u64;
+/// The first block the KV layer does not create at first open (block 0, the superblock, the
+/// root and the free-list heads come before it).
+pub const FIRST_FREE_BLOCK: u64 = SUPER_BLOCK + 2 + FREE_LISTS;
+/// Blocks the high-water mark moves at once when an instance's free list is empty; the
+/// ones not needed now go onto that free list.
+const GROW_BATCH: u64 = 16;
+/// A lookup that keeps landing on nodes that changed under it gives up (Retry) after this
+/// many restarts from the root.
+const MAX_RESTARTS: usize = 1000;
+/// The most bytes of changes (with their record headers) one transaction may log: the redo
+/// log's largest entry.
+pub const MAX_TXN_REDO: usize =
+    instance::redo::codec::MAX_ENTRY_LEN - instance::redo::codec::ENTRY_HEADER_LEN;
+/// A node whose entries take less than this share of the payload is merged with a sibling
+/// when the two fit.
+const MERGE_BELOW: usize = 4;
+
+/// Limits and waits of the KV layer. The defaults: keys up to 1 KiB, values up to 256 KiB,
+/// 128 keys per transaction, a 2 s lock wait, 20 reruns.
+///
+/// One transaction's changes are one redo entry, at most [`MAX_TXN_REDO`] bytes (about
+/// 507 KiB): a value (with its overflow blocks) must fit in it with room to spare, and a
+/// transaction whose changes outgrow it fails with [`KvError::TxnTooLarge`]. A put logs the
+/// bytes of its leaf from the entry on (entries after it move), about 2.5 KiB for a small
+/// value at a random place: some 150 such puts fit in one transaction, hence the default
+/// of 128 keys.
+#[derive(Debug, Clone)]
+pub struct KvConfig {
+    /// Longest key, bytes (empty keys are allowed). At most about a sixth of the block
+    /// payload (1,343 bytes with 8 KiB blocks), so that an entry fits in half a node beside
+    /// the node's two fence keys and splits always fit. Leaf entries up to that half
+    /// (key and value, about 2 KiB with the default keys) are kept inline.
+    pub max_key_len: usize,
+    /// Longest value, bytes. Values that do not fit in a leaf go to overflow blocks. At most
+    /// [`MAX_TXN_REDO`] less 64 KiB.
+    pub max_value_len: usize,
+    /// Most keys one transaction may touch: each get, put and delete counts one, a scan
+    /// counts its `limit`.
+    pub max_keys_per_txn: usize,
+    /// How long a transaction waits for one block lock before it gives up with
+    /// [`KvError::Retry`].
+    pub lock_timeout: Duration,
+    /// How often [`Kv::transaction`] reruns its body after [`KvError::Retry`].
+    pub max_retries: u32,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        Self {
+            max_key_len: 1024,
+            max_value_len: 256 << 10,
+            max_keys_per_txn: 128,
+            lock_timeout: Duration::from_secs(2),
+            max_retries: 20,
+        }
+    }
+}
+
+/// Why a KV operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// A key longer than the configured limit.
+    #[error("key of {len} bytes is longer than the limit of {max}")]
+    KeyTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value longer than the configured limit.
+    #[error("value of {len} bytes is longer than the limit of {max}")]
+    ValueTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The transaction would touch more keys than the configured limit.
+    #[error("a transaction may touch at most {max} keys")]
+    TooManyKeys {
+        /// The limit.
+        max: usize,
+    },
+    /// A conflict, a lock wait that timed out or a deadlock victim: the transaction was
+    /// rolled back and may be rerun.
+    #[error("transaction conflict, rolled back (retry): {0}")]
+    Retry(String),
+    /// The data file has no block left for the tree to grow.
+    #[error("the data file is full")]
+    Full,
+    /// A block does not hold what the tree expects.
+    #[error("block {block} is corrupt: {what}")]
+    Corrupt {
+        /// The block number.
+        block: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// The instance failed the operation.
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    /// The configuration cannot work with this storage.
+    #[error("KV configuration: {0}")]
+    Config(String),
+    /// The transaction's changes outgrew one commit's redo; it was rolled back.
+    #[error("the transaction's changes need more than {max} bytes of redo")]
+    TxnTooLarge {
+        /// The limit, [`MAX_TXN_REDO`].
+        max: usize,
+    },
+    /// An earlier operation of this transaction failed, so it was rolled back; it can only
+    /// be dropped. (After a [`KvError::Retry`], later calls repeat that Retry instead.)
+    #[error("the transaction was rolled back after an earlier error: {0}")]
+    Aborted(String),
+}
+
+impl KvError {
+    fn corrupt(block: u64, what: impl Into<String>) -> Self {
+        KvError::Corrupt {
+            block,
+            what: what.into(),
+        }
+    }
+}
+
+/// Maps a failed enqueue: a timeout, a deadlock victim or a refusal after a reconfiguration
+/// is a Retry; the rest (a stopped instance) is not.
+fn lock_error(e: InstanceError) -> KvError {
+    match e {
+        InstanceError::Core(CoreError::Lock { name, error }) => {
+            KvError::Retry(format!("lock {name:?}: {error}"))
+        }
+        InstanceError::Core(CoreError::Ges(e)) => KvError::Retry(format!("lock service: {e}")),
+        e => KvError::Instance(e),
+    }
+}
+
+/// Key-value pairs in key order, as scans return them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Space used by the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvSpace {
+    /// The data file's allocation high-water mark (blocks 0.. are allocated).
+    pub allocated: u64,
+    /// Blocks on the free lists.
+    pub free: u64,
+}
+
+/// What [`Kv::verify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TreeReport {
+    /// Levels (1: the root is a leaf).
+    pub height: u8,
+    /// Nodes, the root included.
+    pub nodes: u64,
+    /// Keys.
+    pub keys: u64,
+    /// Overflow blocks of values.
+    pub overflow_blocks: u64,
+    /// Free blocks.
+    pub free_blocks: u64,
+}
+
+/// Counters of one [`Kv`] since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KvStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Transactions that ended in [`KvError::Retry`] (each rerun of
+    /// [`Kv::transaction`] counts).
+    pub retries: u64,
+    /// Of those, lock waits that timed out (local or GES).
+    pub lock_timeouts: u64,
+    /// Of those, deadlock victims (local or GES detection).
+    pub deadlocks: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    retries: AtomicU64,
+    lock_timeouts: AtomicU64,
+    deadlocks: AtomicU64,
+}
+
+/// Sizes derived from the block payload and the configuration.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    payload: usize,
+    /// The largest leaf entry kept inline; larger values go to overflow blocks.
+    max_leaf_entry: usize,
+    /// Value bytes per overflow block.
+    overflow_data: usize,
+}
+
+impl Geometry {
+    fn new(payload: usize, config: &KvConfig) -> Result<Self, KvError> {
+        // One entry must fit in half a payload less a node's header and two fences: then a
+        // node that one entry made over-full splits into two halves that each fit (the
+        // left half holds at most half the bytes plus one entry).
+        let fences = 2 * (config.max_key_len + 3) + 1;
+        let max_leaf_entry = (payload / 2).saturating_sub(node::NODE_HEADER + fences + 8);
+        let largest_entry =
+            node::internal_entry_len(&vec![0; config.max_key_len]).max(config.max_key_len + 27);
+        if largest_entry > max_leaf_entry {
+            let most = (payload / 2).saturating_sub(node::NODE_HEADER + 7 + 8 + 27) / 3;
+            return Err(KvError::Config(format!(
+                "max_key_len {} is too long for blocks with a {payload}-byte payload (at most {most})",
+                config.max_key_len
+            )));
+        }
+        if config.max_keys_per_txn == 0 {
+            return Err(KvError::Config(
+                "max_keys_per_txn must be at least 1".into(),
+            ));
+        }
+        let most = MAX_TXN_REDO - (64 << 10);
+        if config.max_value_len > most {
+            return Err(KvError::Config(format!(
+                "max_value_len {} is above {most} bytes: a value and its overflow blocks must fit in one commit's redo",
+                config.max_value_len
+            )));
+        }
+        Ok(Self {
+            payload,
+            max_leaf_entry,
+            overflow_data: payload - node::OVERFLOW_HEADER,
+        })
+    }
+
+    /// Overflow blocks a value of `len` bytes takes.
+    fn chain_blocks(&self, len: u64) -> u64 {
+        len.div_ceil(self.overflow_data as u64).max(1)
+    }
+}
+
+/// The KV store on one instance. `Send + Sync`: share it among threads.
+#[derive(Debug)]
+pub struct Kv {
+    instance: Arc<Instance>,
+    config: KvConfig,
+    geometry: Geometry,
+    root: u64,
+    /// The first free-list head; instance `i`'s is `free_lists + i`.
+    free_lists: u64,
+    /// This instance's free list.
+    own_free_list: u64,
+    locks: LocalLocks,
+    next_txn: AtomicU64,
+    counters: Counters,
+}
+
+impl Kv {
+    /// Opens the store on `instance`, creating the tree on first use (on a data file no one
+    /// allocated from yet). Idempotent; safe when several instances open at once (creation
+    /// is serialized by an enqueue).
+    pub fn open(instance: Arc<Instance>, config: KvConfig) -> Result<Kv, KvError> {
+        let geometry = Geometry::new(instance.payload_len(), &config)?;
+        let (root, free_lists) = match Self::superblock(&instance)? {
+            Some(found) => found,
+            None => {
+                let wait = config.lock_timeout.max(Duration::from_secs(30));
+                let _creating = instance
+                    .lock(OPEN_LOCK, LockMode::Exclusive, Some(wait))
+                    .map_err(lock_error)?;
+                match Self::superblock(&instance)? {
+                    Some(found) => found,
+                    None => Self::create(&instance, &geometry, wait)?,
+                }
+            }
+        };
+        let own_free_list = free_lists + instance.id().index() as u64;
+        Ok(Kv {
+            instance,
+            config,
+            geometry,
+            root,
+            free_lists,
+            own_free_list,
+            locks: LocalLocks::default(),
+            next_txn: AtomicU64::new(1),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The superblock's root and free-list blocks; `None` when block 1 was never written.
+    fn superblock(instance: &Instance) -> Result<Option<(u64, u64)>, KvError> {
+        let bytes = read_block(instance, SUPER_BLOCK)?;
+        match node::decode(&bytes) {
+            Ok(Block::Super { root, free_list }) => Ok(Some((root, free_list))),
+            Err(node::DecodeError::Tag(0)) if bytes.iter().all(|&b| b == 0) => Ok(None),
+            Ok(_) | Err(_) => Err(KvError::corrupt(
+                SUPER_BLOCK,
+                "not a KV superblock: the data file's blocks are used by something else",
+            )),
+        }
+    }
+
+    /// Creates the superblock, an empty root and the free-list heads, with the high-water
+    /// mark moved past them, in one transaction.
+    fn create(
+        instance: &Instance,
+        geometry: &Geometry,
+        wait: Duration,
+    ) -> Result<(u64, u64), KvError> {
+        let (root, free_list) = (SUPER_BLOCK + 1, SUPER_BLOCK + 2);
+        let _hwm = instance
+            .lock(block_lock(HWM_BLOCK), LockMode::Exclusive, Some(wait))
+            .map_err(lock_error)?;
+        let mut tx = instance.begin();
+        {
+            let mut b = tx.write(instance.block(HWM_BLOCK)?)?;
+            let hwm = le_u64(&b.bytes(), 0).max(1);
+            if hwm > SUPER_BLOCK {
+                return Err(KvError::corrupt(
+                    SUPER_BLOCK,
+                    format!(
+                        "blocks up to {hwm} are allocated but block 1 holds no KV superblock: the data file is used by something else"
+                    ),
+                ));
+            }
+            if instance.data_blocks() < FIRST_FREE_BLOCK + 1 {
+                return Err(KvError::Full);
+            }
+            b.update(0, &FIRST_FREE_BLOCK.to_le_bytes())?;
+        }
+        let blocks = [
+            (SUPER_BLOCK, Block::Super { root, free_list }),
+            (root, Block::Node(Node::empty_root())),
+        ]
+        .into_iter()
+        .chain((0..FREE_LISTS).map(|i| (free_list + i, Block::FreeList { head: 0, count: 0 })));
+        for (n, block) in blocks {
+            let bytes = node::encode(&block, geometry.payload)
+                .map_err(|e| KvError::corrupt(n, e.to_string()))?;
+            tx.write(instance.block(n)?)?.update(0, &bytes)?;
+        }
+        tx.commit()?;
+        Ok((root, free_list))
+    }
+
+    /// The instance the store runs on.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KvConfig {
+        &self.config
+    }
+
+    /// Starts a transaction. Dropping it without [`KvTxn::commit`] rolls it back.
+    pub fn begin(&self) -> KvTxn<'_> {
+        KvTxn {
+            kv: self,
+            id: self.next_txn.fetch_add(1, Ordering::Relaxed),
+            tx: Some(self.instance.begin()),
+            written: HashSet::new(),
+            guards: HashMap::new(),
+            keys: 0,
+            redo: 0,
+            aborted: None,
+        }
+    }
+
+    /// Runs `body` in a transaction and commits it durably; rolls back and reruns it on
+    /// [`KvError::Retry`] (after a short random backoff), up to `max_retries` times.
+    pub fn transaction<R>(
+        &self,
+        mut body: impl FnMut(&mut KvTxn<'_>) -> Result<R, KvError>,
+    ) -> Result<R, KvError> {
+        let mut attempt = 0u32;
+        loop {
+            let mut txn = self.begin();
+            // Transaction ids count from 1 on every instance: mix in which instance.
+            let seed = txn.id ^ ((self.instance.id().index() as u64) << 48);
+            let error = match body(&mut txn) {
+                Ok(result) => match txn.commit() {
+                    Ok(()) => return Ok(result),
+                    Err(e) => e,
+                },
+                Err(e) => {
+                    txn.rollback();
+                    e
+                }
+            };
+            match error {
+                KvError::Retry(_) if attempt < self.config.max_retries => {
+                    attempt += 1;
+                    std::thread::sleep(backoff(attempt, seed));
+                }
+                e => return Err(e),
+            }
+        }
+    }
+
+    /// The newest committed value of `key`, read without a transaction (no locks, no redo).
+    /// It waits for a block another transaction changes until that one commits, so a thread
+    /// with an open [`KvTxn`] reads through [`KvTxn::get`] instead (its own changes would
+    /// otherwise wait for it).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.check_key(key)?;
+        for _ in 0..MAX_RESTARTS {
+            let n = descend(self.root, key, 0, &mut |n| read_block(&self.instance, n))?;
+            // Held in S while the overflow chain is read (see the crate doc, rule 4).
+            let held = self.instance.read(self.instance.block(n)?)?;
+            let node = match node::decode(&held.bytes()) {
+                Ok(Block::Node(node)) if node.level == 0 && node.covers(key) => node,
+                _ => continue,
+            };
+            let Body::Leaf(entries) = &node.body else {
+                return Err(KvError::corrupt(n, "a leaf without entries"));
+            };
+            return match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+                Ok(i) => {
+                    Ok(Some(self.value(&entries[i].1, &mut |b| {
+                        read_block(&self.instance, b)
+                    })?))
+                }
+                Err(_) => Ok(None),
+            };
+        }
+        Err(KvError::Retry(
+            "the tree kept changing under a lookup".into(),
+        ))
+    }
+
+    /// Up to `limit` pairs within the bounds in key order, read without a transaction: each
+    /// leaf is read consistently, the scan as a whole is not one snapshot. `limit` bounds the
+    /// memory used. As with [`Kv::get`], not from a thread with an open [`KvTxn`].
+    pub fn scan(
+        &self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Pairs, KvError> {
+        let mut out = Vec::new();
+        let mut lower = owned_bound(from);
+        let mut restarts = 0;
+        while out.len() < limit {
+            let start = bound_key(&lower);
+            let n = descend(self.root, &start, 0, &mut |n| read_block(&self.instance, n))?;
+            let held = self.instance.read(self.instance.block(n)?)?;
+            let node = match node::decode(&held.bytes()) {
+                Ok(Block::Node(node)) if node.level == 0 && node.covers(&start) => node,
+                _ => {
+                    restarts += 1;
+                    if restarts > MAX_RESTARTS {
+                        return Err(KvError::Retry("the tree kept changing under a scan".into()));
+                    }
+                    continue;
+                }
+            };
+            let next = scan_leaf(&node, &lower, to, limit, &mut out, &mut |v| {
+                self.value(v, &mut |b| read_block(&self.instance, b))
+            })?;
+            match next {
+                Some(next) => lower = Bound::Included(next),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The allocation high-water mark and the free lists' length (committed state).
+    pub fn space(&self) -> Result<KvSpace, KvError> {
+        let allocated = le_u64(&read_block(&self.instance, HWM_BLOCK)?, 0);
+        let mut free = 0;
+        for list in self.free_lists..self.free_lists + FREE_LISTS {
+            free += self.free_list_head(list)?.1;
+        }
+        Ok(KvSpace { allocated, free })
+    }
+
+    /// Free list `list`'s head and length (committed state).
+    fn free_list_head(&self, list: u64) -> Result<(u64, u64), KvError> {
+        match node::decode(&read_block(&self.instance, list)?) {
+            Ok(Block::FreeList { head, count }) => Ok((head, count)),
+            _ => Err(KvError::corrupt(list, "not a free-list head")),
+        }
+    }
+
+    /// Walks the whole tree and the free lists and checks them: fences, levels and key order
+    /// of every node, overflow chains, and that every block the KV layer allocated is
+    /// exactly one of a node, an overflow block or free (nothing leaked, nothing shared).
+    /// Reads without locks: meaningful only while no transaction runs.
+    pub fn verify(&self) -> Result<TreeReport, KvError> {
+        let space = self.space()?;
+        let mut seen: HashSet<u64> = HashSet::new();
+        let mut claim = |b: u64, what: &str| {
+            if (b < FIRST_FREE_BLOCK && b != self.root) || b >= space.allocated || !seen.insert(b) {
+                Err(KvError::corrupt(
+                    b,
+                    format!("{what} block reached twice or out of range"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let mut report = TreeReport::default();
+        // Depth-first: (block, the fences and level its parent expects).
+        let mut stack = vec![(self.root, Vec::new(), None::<Vec<u8>>, None::<u8>)];
+        while let Some((b, low, high, level)) = stack.pop() {
+            claim(b, "node")?;
+            let node = match node::decode(&read_block(&self.instance, b)?) {
+                Ok(Block::Node(node)) => node,
+                other => return Err(KvError::corrupt(b, format!("not a node: {other:?}"))),
+            };
+            if node.low != low || node.high != high || level.is_some_and(|l| l != node.level) {
+                return Err(KvError::corrupt(
+                    b,
+                    "fences or level differ from the parent's",
+                ));
+            }
+            report.nodes += 1;
+            report.height = report.height.max(node.level + 1);
+            match node.body {
+                Body::Leaf(entries) => {
+                    for (_, value) in entries {
+                        report.keys += 1;
+                        if let Value::Overflow { len, first, last } = value {
+                            let mut at = first;
+                            let mut blocks = 0;
+                            let mut bytes = 0u64;
+                            loop {
+                                claim(at, "overflow")?;
+                                blocks += 1;
+                                let Ok(Block::Overflow { next, data }) =
+                                    node::decode(&read_block(&self.instance, at)?)
+                                else {
+                                    return Err(KvError::corrupt(at, "not an overflow block"));
+                                };
+                                bytes += data.len() as u64;
+                                if next == 0 {
+                                    break;
+                                }
+                                at = next;
+                            }
+                            if at != last || bytes != len {
+                                return Err(KvError::corrupt(first, "overflow chain mismatch"));
+                            }
+                            report.overflow_blocks += blocks;
+                        }
+                    }
+                }
+                Body::Internal { keys, children } => {
+                    let child_level = node.level.checked_sub(1);
+                    for (i, &child) in children.iter().enumerate() {
+                        let low = if i == 0 {
+                            node.low.clone()
+                        } else {
+                            keys[i - 1].clone()
+                        };
+                        let high = keys.get(i).cloned().or_else(|| node.high.clone());
+                        stack.push((child, low, high, child_level));
+                    }
+                }
+            }
+        }
+        for list in self.free_lists..self.free_lists + FREE_LISTS {
+            let (mut at, count) = self.free_list_head(list)?;
+            let mut listed = 0;
+            while at != 0 {
+                claim(at, "free")?;
+                listed += 1;
+                at = match node::decode(&read_block(&self.instance, at)?) {
+                    Ok(Block::Free { next } | Block::Overflow { next, .. }) => next,
+                    _ => return Err(KvError::corrupt(at, "a free-list block that is not free")),
+                };
+            }
+            if listed != count {
+                return Err(KvError::corrupt(list, "free count differs from the list"));
+            }
+            report.free_blocks += listed;
+        }
+        // The superblock and the free-list heads are the others.
+        let accounted = seen.len() as u64 + 1 + FREE_LISTS;
+        if accounted != space.allocated.saturating_sub(1) {
+            return Err(KvError::corrupt(
+                SUPER_BLOCK,
+                format!(
+                    "{} blocks allocated past block 0, {accounted} accounted for: blocks leaked",
+                    space.allocated.saturating_sub(1)
+                ),
+            ));
+        }
+        Ok(report)
+    }
+
+    /// The bytes of `value`, reading its overflow chain through `read`.
+    fn value(
+        &self,
+        value: &Value,
+        read: &mut dyn FnMut(u64) -> Result<Vec<u8>, KvError>,
+    ) -> Result<Vec<u8>, KvError> {
+        match value {
+            Value::Inline(v) => Ok(v.clone()),
+            &Value::Overflow { len, first, .. } => {
+                if len > self.config.max_value_len as u64 {
+                    return Err(KvError::corrupt(first, "an overflow value past the limit"));
+                }
+                let mut out = Vec::with_capacity(len as usize);
+                let mut at = first;
+                for _ in 0..self.geometry.chain_blocks(len) {
+                    let Ok(Block::Overflow { next, data }) = node::decode(&read(at)?) else {
+                        return Err(KvError::corrupt(at, "not an overflow block"));
+                    };
+                    out.extend_from_slice(&data);
+                    at = next;
+                    if at == 0 {
+                        break;
+                    }
+                }
+                if out.len() as u64 != len {
+                    return Err(KvError::corrupt(first, "overflow chain length mismatch"));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), KvError> {
+        if key.len() > self.config.max_key_len {
+            return Err(KvError::KeyTooLarge {
+                len: key.len(),
+                max: self.config.max_key_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> KvStats {
+        let c = &self.counters;
+        KvStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            lock_timeouts: c.lock_timeouts.load(Ordering::Relaxed),
+            deadlocks: c.deadlocks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Local block locks held now (by running transactions).
+    pub fn locks_held(&self) -> usize {
+        self.locks.held()
+    }
+}
+
+/// A transaction: reads see its own writes; [`KvTxn::commit`] makes it durable; dropping it
+/// rolls it back. Every key it touches stays locked (its leaf's enqueue in EX) to the end.
+pub struct KvTxn<'k> {
+    kv: &'k Kv,
+    id: u64,
+    /// `None` once committed or rolled back. Dropped before the enqueues are.
+    tx: Option<Transaction<'k>>,
+    /// Blocks this transaction holds in X (read through it: a read would wait for itself).
+    written: HashSet<u64>,
+    /// Enqueues held, by lock id ([`lock_id`]).
+    guards: HashMap<u64, LockGuard<'k>>,
+    /// Keys touched so far (against `max_keys_per_txn`).
+    keys: usize,
+    /// Redo bytes logged so far (against [`MAX_TXN_REDO`]).
+    redo: usize,
+    /// Why the transaction was rolled back after an error.
+    aborted: Option<Aborted>,
+}
+
+impl std::fmt::Debug for KvTxn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvTxn")
+            .field("id", &self.id)
+            .field("written", &self.written.len())
+            .field("locks", &self.guards.len())
+            .finish()
+    }
+}
+
+impl<'k> KvTxn<'k> {
+    /// The value of `key` (this transaction's own writes included).
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.kv.check_key(key)?;
+        self.count(1)?;
+        self.guarded(|t| {
+            let (_, node) = t.locked_node(key, 0, false)?;
+            let Body::Leaf(entries) = &node.body else {
+                return Err(KvError::corrupt(0, "a leaf without entries"));
+            };
+            match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+                Ok(i) => {
+                    let kv = t.kv;
+                    Ok(Some(kv.value(&entries[i].1, &mut |b| t.read(b))?))
+                }
+                Err(_) => Ok(None),
+            }
+        })
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
+        self.kv.check_key(key)?;
+        if value.len() > self.kv.config.max_value_len {
+            return Err(KvError::ValueTooLarge {
+                len: value.len(),
+                max: self.kv.config.max_value_len,
+            });
+        }
+        self.count(1)?;
+        self.guarded(|t| {
+            let (n, mut node) = t.locked_node(key, 0, false)?;
+            // X on the leaf before its chains change (crate doc, rule 2).
+            t.hold(n)?;
+            let Body::Leaf(entries) = &mut node.body else {
+                return Err(KvError::corrupt(n, "a leaf without entries"));
+            };
+            let at = entries.binary_search_by(|(k, _)| k.as_slice().cmp(key));
+            if let Ok(i) = at {
+                if matches!(&entries[i].1, Value::Inline(old) if old == value) {
+                    return Ok(());
+                }
+                let old = entries[i].1.clone();
+                t.free_value(&old)?;
+            }
+            let inline = Value::Inline(value.to_vec());
+            let new = if node::leaf_entry_len(key, &inline) <= t.kv.geometry.max_leaf_entry {
+                inline
+            } else {
+                t.write_chain(value)?
+            };
+            let Body::Leaf(entries) = &mut node.body else {
+                return Err(KvError::corrupt(n, "a leaf without entries"));
+            };
+            match at {
+                Ok(i) => entries[i].1 = new,
+                Err(i) => entries.insert(i, (key.to_vec(), new)),
+            }
+            t.store_node(n, node)
+        })
+    }
+
+    /// Deletes `key`; true when it existed.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool, KvError> {
+        self.kv.check_key(key)?;
+        self.count(1)?;
+        self.guarded(|t| {
+            let (n, mut node) = t.locked_node(key, 0, false)?;
+            let Body::Leaf(entries) = &mut node.body else {
+                return Err(KvError::corrupt(n, "a leaf without entries"));
+            };
+            let Ok(i) = entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) else {
+                return Ok(false);
+            };
+            // X on the leaf before its chains change (crate doc, rule 2).
+            t.hold(n)?;
+            let (_, old) = entries.remove(i);
+            t.free_value(&old)?;
+            t.write(n, &Block::Node(node.clone()))?;
+            if n != t.kv.root && node.entries_len() < t.kv.geometry.payload / MERGE_BELOW {
+                t.merge(n, node)?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Up to `limit` pairs within the bounds, in key order (this transaction's own writes
+    /// included). Every leaf the range covers stays locked to the end, so the result stays
+    /// true until commit. The pairs returned count against `max_keys_per_txn`
+    /// ([`KvError::TooManyKeys`] when the range holds more than that leaves).
+    pub fn scan(
+        &mut self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Pairs, KvError> {
+        for bound in [from, to] {
+            if let Bound::Included(k) | Bound::Excluded(k) = bound {
+                self.kv.check_key(k)?;
+            }
+        }
+        // Pairs beyond what the key limit leaves are looked for only to refuse the scan.
+        let left = self.kv.config.max_keys_per_txn - self.keys;
+        let limit = limit.min(left.saturating_add(1));
+        let out = self.guarded(|t| {
+            let mut out = Vec::new();
+            let mut lower = owned_bound(from);
+            while out.len() < limit {
+                let start = bound_key(&lower);
+                let (_, node) = t.locked_node(&start, 0, false)?;
+                let kv = t.kv;
+                let next = scan_leaf(&node, &lower, to, limit, &mut out, &mut |v| {
+                    kv.value(v, &mut |b| t.read(b))
+                })?;
+                match next {
+                    Some(next) => lower = Bound::Included(next),
+                    None => break,
+                }
+            }
+            Ok(out)
+        })?;
+        self.count(out.len())?;
+        Ok(out)
+    }
+
+    /// Commits: returns once the changes are durable (at once for a transaction that only
+    /// read), then releases the locks.
+    pub fn commit(mut self) -> Result<(), KvError> {
+        if let Some(why) = self.aborted.take() {
+            return Err(why.again());
+        }
+        self.finish(true)?;
+        self.kv.counters.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Rolls the changes back and releases the locks.
+    pub fn rollback(mut self) {
+        let _ = self.finish(false);
+    }
+
+    /// Counts `n` more keys against the limit.
+    fn count(&mut self, n: usize) -> Result<(), KvError> {
+        let max = self.kv.config.max_keys_per_txn;
+        match self.keys.checked_add(n) {
+            Some(total) if total <= max => {
+                self.keys = total;
+                Ok(())
+            }
+            _ => Err(KvError::TooManyKeys { max }),
+        }
+    }
+
+    /// Runs one operation; if it fails the transaction is rolled back (its changes may be
+    /// half done) and every later call fails.
+    fn guarded<R>(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> Result<R, KvError>,
+    ) -> Result<R, KvError> {
+        if let Some(why) = &self.aborted {
+            return Err(why.again());
+        }
+        if self.tx.is_none() {
+            return Err(KvError::Aborted("the transaction has ended".into()));
+        }
+        let result = op(self);
+        if let Err(e) = &result {
+            if matches!(e, KvError::Retry(_)) {
+                self.kv.counters.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            self.aborted = Some(Aborted {
+                retry: matches!(e, KvError::Retry(_)),
+                why: e.to_string(),
+            });
+            let _ = self.finish(false);
+        }
+        result
+    }
+
+    /// Commits (or rolls back) the engine transaction, then releases the enqueues and the
+    /// local locks, in that order: a block's X is gone before its enqueue is.
+    fn finish(&mut self, commit: bool) -> Result<(), KvError> {
+        let result = match self.tx.take() {
+            Some(tx) if commit => tx.commit().map(|_| ()).map_err(KvError::Instance),
+            Some(tx) => {
+                tx.rollback();
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        let ids: Vec<u64> = self
+            .guards
+            .drain()
+            .map(|(id, guard)| {
+                drop(guard);
+                id
+            })
+            .collect();
+        self.kv.locks.release(self.id, &ids);
+        self.written.clear();
+        result
+    }
+
+    fn tx(&mut self) -> Result<&mut Transaction<'k>, KvError> {
+        self.tx.as_mut().ok_or_else(ended)
+    }
+
+    /// Block `n`'s payload: through the transaction when it holds the block in X, else in S
+    /// (released at once).
+    fn read(&mut self, n: u64) -> Result<Vec<u8>, KvError> {
+        if self.written.contains(&n) {
+            let id = self.kv.instance.block(n)?;
+            let b = self.tx()?.write(id)?;
+            return Ok(b.bytes().to_vec());
+        }
+        read_block(&self.kv.instance, n)
+    }
+
+    /// Takes block `n` in X for this transaction without changing it (yet). The caller holds
+    /// `n`'s enqueue.
+    fn hold(&mut self, n: u64) -> Result<(), KvError> {
+        let id = self.kv.instance.block(n)?;
+        self.written.insert(n);
+        self.tx()?.write(id)?;
+        Ok(())
+    }
+
+    /// Writes `block` into block `n` (taking it in X), logging only the bytes that change.
+    /// The caller holds `n`'s enqueue (or `n` is fresh past the high-water mark).
+    fn write(&mut self, n: u64, block: &Block) -> Result<(), KvError> {
+        let payload = self.kv.geometry.payload;
+        let bytes = node::encode(block, payload).map_err(|e| KvError::corrupt(n, e.to_string()))?;
+        let id = self.kv.instance.block(n)?;
+        self.written.insert(n);
+        let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
+        let ranges = changed_ranges(&b.bytes(), &bytes);
+        for (start, end) in ranges {
+            self.redo += end - start + instance::redo::codec::RECORD_HEADER_LEN;
+            if self.redo > MAX_TXN_REDO {
+                return Err(KvError::TxnTooLarge { max: MAX_TXN_REDO });
+            }
+            b.update(start, &bytes[start..end])?;
+        }
+        Ok(())
+    }
+
+    /// Takes block `n`'s enqueue in EX (local table first, then GES). Returns whether this
+    /// call took it (false: already held, maybe as another block of its bucket).
+    fn lock(&mut self, n: u64) -> Result<bool, KvError> {
+        let id = lock_id(n);
+        if self.guards.contains_key(&id) {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + self.kv.config.lock_timeout;
+        self.kv.locks.acquire(self.id, id, deadline).map_err(|e| {
+            let counters = &self.kv.counters;
+            match e {
+                LocalLockError::TimedOut => {
+                    counters.lock_timeouts.fetch_add(1, Ordering::Relaxed);
+                    KvError::Retry(format!("timed out waiting for block {n}'s lock"))
+                }
+                LocalLockError::Deadlock => {
+                    counters.deadlocks.fetch_add(1, Ordering::Relaxed);
+                    KvError::Retry(format!("deadlock waiting for block {n}'s lock"))
+                }
+            }
+        })?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match self
+            .kv
+            .instance
+            .lock(block_lock(id), LockMode::Exclusive, Some(left))
+        {
+            Ok(guard) => {
+                self.guards.insert(id, guard);
+                Ok(true)
+            }
+            Err(e) => {
+                self.kv.locks.release(self.id, &[id]);
+                if let InstanceError::Core(CoreError::Lock { error, .. }) = &e {
+                    let counters = &self.kv.counters;
+                    match error {
+                        ges::LockError::TimedOut => &counters.lock_timeouts,
+                        _ => &counters.deadlocks,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(lock_error(e))
+            }
+        }
+    }
+
+    /// Releases block `n`'s enqueue taken in vain (the block was not what the descent
+    /// expected and this transaction neither changed nor relied on it).
+    fn unlock(&mut self, n: u64) {
+        let id = lock_id(n);
+        if let Some(guard) = self.guards.remove(&id) {
+            drop(guard);
+            self.kv.locks.release(self.id, &[id]);
+        }
+    }
+
+    /// The node at `level` covering `key`, locked by this transaction and checked under the
+    /// lock (so it stays what it is until the end).
+    /// With `write`, the node is taken in X at once (one acquisition instead of S and then
+    /// X). Only for parents under the structure-change lock: the internal nodes above them
+    /// cannot change, so the descent cannot end on a stale block (X on a stale block, say
+    /// one reused in a value's chain, could make a reader of that chain wait for it).
+    fn locked_node(&mut self, key: &[u8], level: u8, write: bool) -> Result<(u64, Node), KvError> {
+        let root = self.kv.root;
+        for _ in 0..MAX_RESTARTS {
+            let n = descend(root, key, level, &mut |b| self.read(b))?;
+            let fresh = self.lock(n)?;
+            if write {
+                self.hold(n)?;
+            }
+            match node::decode(&self.read(n)?) {
+                Ok(Block::Node(node)) if node.level == level && node.covers(key) => {
+                    return Ok((n, node));
+                }
+                Ok(Block::Node(_)) => {
+                    // Split or merged since the descent read it (the root changes level).
+                    if fresh && !self.written.contains(&n) {
+                        self.unlock(n);
+                    }
+                }
+                _ if n == root => return Err(KvError::corrupt(n, "the root is not a node")),
+                _ => {
+                    if fresh && !self.written.contains(&n) {
+                        self.unlock(n);
+                    }
+                }
+            }
+        }
+        Err(KvError::Retry(
+            "the tree kept changing under a lookup".into(),
+        ))
+    }
+
+    /// Writes `node` into block `n`, splitting it (and its ancestors as needed) when it
+    /// does not fit. The caller holds `n`'s enqueue.
+    fn store_node(&mut self, n: u64, node: Node) -> Result<(), KvError> {
+        if node.encoded_len() <= self.kv.geometry.payload {
+            return self.write(n, &Block::Node(node));
+        }
+        self.lock(SMO_LOCK)?;
+        let (left, separator, right) = split(n, node)?;
+        let level = left.level;
+        if n == self.kv.root {
+            // The root stays in place: its halves move to two new blocks below it.
+            if level + 1 > node::MAX_LEVEL {
+                return Err(KvError::corrupt(n, "the tree is too deep"));
+            }
+            let (a, b) = (self.allocate()?, self.allocate()?);
+            self.write(a, &Block::Node(left))?;
+            self.write(b, &Block::Node(right))?;
+            let root = Node {
+                level: level + 1,
+                low: Vec::new(),
+                high: None,
+                body: Body::Internal {
+                    keys: vec![separator],
+                    children: vec![a, b],
+                },
+            };
+            return self.write(n, &Block::Node(root));
+        }
+        let low = left.low.clone();
+        let r = self.allocate()?;
+        self.write(n, &Block::Node(left))?;
+        self.write(r, &Block::Node(right))?;
+        let (p, mut parent) = self.locked_node(&low, level + 1, true)?;
+        let Body::Internal { keys, children } = &mut parent.body else {
+            return Err(KvError::corrupt(p, "a parent that is a leaf"));
+        };
+        let i = children
+            .iter()
+            .position(|&c| c == n)
+            .ok_or_else(|| KvError::corrupt(p, format!("the parent does not point to {n}")))?;
+        keys.insert(i, separator);
+        children.insert(i + 1, r);
+        self.store_node(p, parent)
+    }
+
+    /// Merges the small node `n` (locked, written) with a sibling under the same parent
+    /// when the two fit in three quarters of a block; the emptied block goes to the free
+    /// list, the parent loses a separator (and may merge in turn), and a root left with one
+    /// child takes that child's place.
+    fn merge(&mut self, n: u64, node: Node) -> Result<(), KvError> {
+        self.lock(SMO_LOCK)?;
+        let level = node.level;
+        let (p, mut parent) = self.locked_node(&node.low, level + 1, true)?;
+        let Body::Internal { keys, children } = &mut parent.body else {
+            return Err(KvError::corrupt(p, "a parent that is a leaf"));
+        };
+        let i = children
+            .iter()
+            .position(|&c| c == n)
+            .ok_or_else(|| KvError::corrupt(p, format!("the parent does not point to {n}")))?;
+        let (li, ri) = if i + 1 < children.len() {
+            (i, i + 1)
+        } else if i > 0 {
+            (i - 1, i)
+        } else {
+            return Ok(());
+        };
+        let (ln, rn) = (children[li], children[ri]);
+        let other = if ln == n { rn } else { ln };
+        self.lock(other)?;
+        let other_node = match node::decode(&self.read(other)?) {
+            Ok(Block::Node(o)) if o.level == level => o,
+            _ => return Err(KvError::corrupt(other, "a sibling that is not a node")),
+        };
+        let emptied = node.is_empty();
+        let (left, right) = if ln == n {
+            (node, other_node)
+        } else {
+            (other_node, node)
+        };
+        let merged = join(left, keys[li].clone(), right);
+        // An empty node goes whenever its sibling can take its range; others merge only
+        // with room to spare, so that the next insert does not split them again.
+        let payload = self.kv.geometry.payload;
+        let room = if emptied { payload } else { payload * 3 / 4 };
+        if merged.encoded_len() > room {
+            return Ok(());
+        }
+        keys.remove(li);
+        children.remove(ri);
+        let root = self.kv.root;
+        if p == root && keys.is_empty() {
+            // The root's only child moves up into the root block.
+            self.write(root, &Block::Node(merged))?;
+            self.free_block(ln)?;
+            return self.free_block(rn);
+        }
+        self.write(ln, &Block::Node(merged))?;
+        self.free_block(rn)?;
+        let small = parent.entries_len() < self.kv.geometry.payload / MERGE_BELOW;
+        self.write(p, &Block::Node(parent.clone()))?;
+        if small && p != root {
+            self.merge(p, parent)?;
+        }
+        Ok(())
+    }
+
+    /// Free list `list`'s head and length, with its enqueue taken.
+    fn free_list(&mut self, list: u64) -> Result<(u64, u64), KvError> {
+        self.lock(list)?;
+        match node::decode(&self.read(list)?) {
+            Ok(Block::FreeList { head, count }) => Ok((head, count)),
+            _ => Err(KvError::corrupt(list, "not a free-list head")),
+        }
+    }
+
+    /// A block for this transaction to fill: from this instance's free list, else past the
+    /// high-water mark (moved in this transaction, so a rollback returns the blocks), else
+    /// (the data file is full) from another instance's free list.
+    fn allocate(&mut self) -> Result<u64, KvError> {
+        let own = self.kv.own_free_list;
+        if let Some(b) = self.pop(own)? {
+            return Ok(b);
+        }
+        if let Some(b) = self.grow()? {
+            return Ok(b);
+        }
+        for list in self.kv.free_lists..self.kv.free_lists + FREE_LISTS {
+            if list != own
+                && let Some(b) = self.pop(list)?
+            {
+                return Ok(b);
+            }
+        }
+        Err(KvError::Full)
+    }
+
+    /// The first block of free list `list`, taken off it; `None` when it is empty.
+    fn pop(&mut self, list: u64) -> Result<Option<u64>, KvError> {
+        let (head, count) = self.free_list(list)?;
+        if head == 0 {
+            return Ok(None);
+        }
+        self.lock(head)?;
+        let next = match node::decode(&self.read(head)?) {
+            Ok(Block::Free { next } | Block::Overflow { next, .. }) => next,
+            _ => return Err(KvError::corrupt(head, "a free-list block that is not free")),
+        };
+        self.write(
+            list,
+            &Block::FreeList {
+                head: next,
+                count: count.saturating_sub(1),
+            },
+        )?;
+        Ok(Some(head))
+    }
+
+    /// Moves the high-water mark by up to [`GROW_BATCH`] blocks: returns the first and puts
+    /// the others on this instance's free list (its enqueue is held: `pop` found it empty).
+    /// `None` when the data file is full.
+    fn grow(&mut self) -> Result<Option<u64>, KvError> {
+        self.lock(HWM_BLOCK)?;
+        let id = self.kv.instance.block(HWM_BLOCK)?;
+        let data_blocks = self.kv.instance.data_blocks();
+        self.written.insert(HWM_BLOCK);
+        let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
+        let first = le_u64(&b.bytes(), 0).max(1);
+        if first >= data_blocks {
+            return Ok(None);
+        }
+        let end = first.saturating_add(GROW_BATCH).min(data_blocks);
+        b.update(0, &end.to_le_bytes())?;
+        self.redo += 8 + instance::redo::codec::RECORD_HEADER_LEN;
+        let own = self.kv.own_free_list;
+        let (mut head, count) = self.free_list(own)?;
+        // Blocks past the old mark were never reachable: no one else can name them, so
+        // they are written without their enqueues.
+        for fresh in (first + 1..end).rev() {
+            self.write(fresh, &Block::Free { next: head })?;
+            head = fresh;
+        }
+        self.write(
+            own,
+            &Block::FreeList {
+                head,
+                count: count + (end - first - 1),
+            },
+        )?;
+        Ok(Some(first))
+    }
+
+    /// Puts block `n` (locked, no longer reachable) on this instance's free list.
+    fn free_block(&mut self, n: u64) -> Result<(), KvError> {
+        let own = self.kv.own_free_list;
+        let (head, count) = self.free_list(own)?;
+        self.write(n, &Block::Free { next: head })?;
+        self.write(
+            own,
+            &Block::FreeList {
+                head: n,
+                count: count + 1,
+            },
+        )
+    }
+
+    /// Writes `value` into a new overflow chain.
+    fn write_chain(&mut self, value: &[u8]) -> Result<Value, KvError> {
+        let per_block = self.kv.geometry.overflow_data;
+        let pieces: Vec<&[u8]> = value.chunks(per_block).collect();
+        let mut blocks = Vec::with_capacity(pieces.len());
+        for _ in &pieces {
+            blocks.push(self.allocate()?);
+        }
+        for (i, piece) in pieces.iter().enumerate() {
+            let next = blocks.get(i + 1).copied().unwrap_or(0);
+            self.write(
+                blocks[i],
+                &Block::Overflow {
+                    next,
+                    data: piece.to_vec(),
+                },
+            )?;
+        }
+        match (blocks.first(), blocks.last()) {
+            (Some(&first), Some(&last)) => Ok(Value::Overflow {
+                len: value.len() as u64,
+                first,
+                last,
+            }),
+            _ => Err(KvError::corrupt(0, "an overflow value without blocks")),
+        }
+    }
+
+    /// Puts a replaced or deleted value's overflow chain (if any) on the free list: its last
+    /// block is linked to the old head.
+    fn free_value(&mut self, value: &Value) -> Result<(), KvError> {
+        let &Value::Overflow { len, first, last } = value else {
+            return Ok(());
+        };
+        self.lock(last)?;
+        let data = match node::decode(&self.read(last)?) {
+            Ok(Block::Overflow { next: 0, data }) => data,
+            _ => return Err(KvError::corrupt(last, "not the last block of a chain")),
+        };
+        let own = self.kv.own_free_list;
+        let (head, count) = self.free_list(own)?;
+        self.write(last, &Block::Overflow { next: head, data })?;
+        let blocks = self.kv.geometry.chain_blocks(len);
+        self.write(
+            own,
+            &Block::FreeList {
+                head: first,
+                count: count + blocks,
+            },
+        )
+    }
+}
+
+/// Why a transaction was rolled back after an error of one of its operations.
+#[derive(Debug, Clone)]
+struct Aborted {
+    /// The error was a [`KvError::Retry`]: so is every later call (and the commit).
+    retry: bool,
+    why: String,
+}
+
+impl Aborted {
+    fn again(&self) -> KvError {
+        if self.retry {
+            KvError::Retry(self.why.clone())
+        } else {
+            KvError::Aborted(self.why.clone())
+        }
+    }
+}
+
+impl Drop for KvTxn<'_> {
+    fn drop(&mut self) {
+        let _ = self.finish(false);
+    }
+}
+
+fn ended() -> KvError {
+    KvError::Aborted("the transaction has ended".into())
+}
+
+/// The lock id of block `n`: the KV layer's own blocks (and the structure-change lock) have
+/// their own; every other block shares one of [`LOCK_BUCKETS`], so that the locks an
+/// instance keeps cached stay bounded however large the data file. Two blocks sharing a
+/// lock only wait for each other more often.
+fn lock_id(n: u64) -> u64 {
+    if n < FIRST_FREE_BLOCK || n == SMO_LOCK {
+        n
+    } else {
+        FIRST_FREE_BLOCK + (n - FIRST_FREE_BLOCK) % LOCK_BUCKETS
+    }
+}
+
+/// The enqueue of lock id `id`.
+fn block_lock(id: u64) -> LockName {
+    LockName::new(LOCK_KIND, id, 0)
+}
+
+/// Block `n`'s payload, read in S and released.
+fn read_block(instance: &Instance, n: u64) -> Result<Vec<u8>, KvError> {
+    let id = instance.block(n)?;
+    let held = instance.read(id)?;
+    let bytes = held.bytes().to_vec();
+    Ok(bytes)
+}
+
+fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut raw = [0; 8];
+    if let Some(slice) = bytes.get(at..at + 8) {
+        raw.copy_from_slice(slice);
+    }
+    u64::from_le_bytes(raw)
+}
+
+/// The block of the node at `level` that covers `key`, found by reading from the root
+/// through `read` without locks (each node released before its child is read), starting
+/// again when a node no longer covers the key. The node itself is not read (unless it is the
+/// root): the caller reads it under its enqueue, or knows it may be stale.
+fn descend(
+    root: u64,
+    key: &[u8],
+    level: u8,
+    read: &mut dyn FnMut(u64) -> Result<Vec<u8>, KvError>,
+) -> Result<u64, KvError> {
+    'restart: for _ in 0..MAX_RESTARTS {
+        let mut n = root;
+        let mut expected: Option<u8> = None;
+        loop {
+            let node = match node::decode(&read(n)?) {
+                Ok(Block::Node(node)) => node,
+                Ok(_) | Err(_) if n == root => {
+                    return Err(KvError::corrupt(n, "the root is not a node"));
+                }
+                _ => continue 'restart,
+            };
+            if expected.is_some_and(|l| l != node.level) || !node.covers(key) {
+                if n == root {
+                    return Err(KvError::corrupt(n, "the root does not cover every key"));
+                }
+                continue 'restart;
+            }
+            if node.level == level {
+                return Ok(n);
+            }
+            if node.level < level {
+                continue 'restart;
+            }
+            let Some((_, child)) = node.child_for(key) else {
+                return Err(KvError::corrupt(n, "an internal node without children"));
+            };
+            if node.level == level + 1 {
+                return Ok(child);
+            }
+            expected = Some(node.level - 1);
+            n = child;
+        }
+    }
+    Err(KvError::Retry(
+        "the tree kept changing under a lookup".into(),
+    ))
+}
+
+/// Splits an over-full node into two halves of about equal bytes and the separator between
+/// them (the right half's first key).
+fn split(n: u64, node: Node) -> Result<(Node, Vec<u8>, Node), KvError> {
+    let Node {
+        level,
+        low,
+        high,
+        body,
+    } = node;
+    match body {
+        Body::Leaf(mut entries) => {
+            if entries.len() < 2 {
+                return Err(KvError::corrupt(n, "an over-full leaf with one entry"));
+            }
+            let sizes: Vec<usize> = entries
+                .iter()
+                .map(|(k, v)| node::leaf_entry_len(k, v))
+                .collect();
+            let m = half(&sizes).clamp(1, entries.len() - 1);
+            let right = entries.split_off(m);
+            let separator = right[0].0.clone();
+            Ok((
+                Node {
+                    level,
+                    low,
+                    high: Some(separator.clone()),
+                    body: Body::Leaf(entries),
+                },
+                separator.clone(),
+                Node {
+                    level,
+                    low: separator,
+                    high,
+                    body: Body::Leaf(right),
+                },
+            ))
+        }
+        Body::Internal {
+            mut keys,
+            mut children,
+        } => {
+            if keys.len() < 2 {
+                return Err(KvError::corrupt(
+                    n,
+                    "an over-full internal node with one separator",
+                ));
+            }
+            let sizes: Vec<usize> = keys.iter().map(|k| node::internal_entry_len(k)).collect();
+            let m = half(&sizes).clamp(1, keys.len() - 1);
+            // keys[m] moves up; the left keeps keys[..m] and children[..=m].
+            let right_keys = keys.split_off(m + 1);
+            let right_children = children.split_off(m + 1);
+            let Some(separator) = keys.pop() else {
+                return Err(KvError::corrupt(n, "an internal node without separators"));
+            };
+            Ok((
+                Node {
+                    level,
+                    low,
+                    high: Some(separator.clone()),
+                    body: Body::Internal { keys, children },
+                },
+                separator.clone(),
+                Node {
+                    level,
+                    low: separator,
+                    high,
+                    body: Body::Internal {
+                        keys: right_keys,
+                        children: right_children,
+                    },
+                },
+            ))
+        }
+    }
+}
+
+/// How many of `sizes` (from the start) first reach half their total.
+fn half(sizes: &[usize]) -> usize {
+    let total: usize = sizes.iter().sum();
+    let mut sum = 0;
+    for (i, size) in sizes.iter().enumerate() {
+        sum += size;
+        if sum * 2 >= total {
+            return i + 1;
+        }
+    }
+    sizes.len()
+}
+
+/// Two neighbouring nodes (and the parent's separator between them) as one.
+fn join(left: Node, separator: Vec<u8>, right: Node) -> Node {
+    let body = match (left.body, right.body) {
+        (Body::Leaf(mut l), Body::Leaf(r)) => {
+            l.extend(r);
+            Body::Leaf(l)
+        }
+        (
+            Body::Internal {
+                mut keys,
+                mut children,
+            },
+            Body::Internal {
+                keys: rk,
+                children: rc,
+            },
+        ) => {
+            keys.push(separator);
+            keys.extend(rk);
+            children.extend(rc);
+            Body::Internal { keys, children }
+        }
+        // Same level, so same kind; `merge` checked the levels.
+        (l, _) => l,
+    };
+    Node {
+        level: left.level,
+        low: left.low,
+        high: right.high,
+        body,
+    }
+}
+
+/// Appends the entries of leaf `node` within `(lower, to)` to `out` (up to `limit`), reading
+/// values through `value`; returns the key the next leaf starts at when the range goes on.
+fn scan_leaf(
+    node: &Node,
+    lower: &Bound<Vec<u8>>,
+    to: Bound<&[u8]>,
+    limit: usize,
+    out: &mut Pairs,
+    value: &mut dyn FnMut(&Value) -> Result<Vec<u8>, KvError>,
+) -> Result<Option<Vec<u8>>, KvError> {
+    let Body::Leaf(entries) = &node.body else {
+        return Ok(None);
+    };
+    for (key, v) in entries {
+        let above = match lower {
+            Bound::Included(l) => key >= l,
+            Bound::Excluded(l) => key > l,
+            Bound::Unbounded => true,
+        };
+        if !above {
+            continue;
+        }
+        let below = match to {
+            Bound::Included(t) => key.as_slice() <= t,
+            Bound::Excluded(t) => key.as_slice() < t,
+            Bound::Unbounded => true,
+        };
+        if !below || out.len() >= limit {
+            return Ok(None);
+        }
+        out.push((key.clone(), value(v)?));
+    }
+    let Some(high) = &node.high else {
+        return Ok(None);
+    };
+    let goes_on = match to {
+        Bound::Included(t) => high.as_slice() <= t,
+        Bound::Excluded(t) => high.as_slice() < t,
+        Bound::Unbounded => true,
+    };
+    Ok(goes_on.then(|| high.clone()))
+}
+
+fn owned_bound(bound: Bound<&[u8]>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(k) => Bound::Included(k.to_vec()),
+        Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The key a scan from `lower` starts its descent at.
+fn bound_key(lower: &Bound<Vec<u8>>) -> Vec<u8> {
+    match lower {
+        Bound::Included(k) | Bound::Excluded(k) => k.clone(),
+        Bound::Unbounded => Vec::new(),
+    }
+}
+
+/// The byte ranges where `new` differs from `old`, runs closer than 32 bytes joined (a
+/// redo record costs more than a few equal bytes).
+fn changed_ranges(old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
+    const GAP: usize = 32;
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < new.len() {
+        if old.get(i) == Some(&new[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < new.len() && old.get(i) != Some(&new[i]) {
+            i += 1;
+        }
+        match ranges.last_mut() {
+            Some(last) if start - last.1 < GAP => last.1 = i,
+            _ => ranges.push((start, i)),
+        }
+    }
+    ranges
+}
+
+/// A random pause before rerun `attempt`, growing with it (up to about 50 ms), so that
+/// transactions that collided do not collide again in step.
+fn backoff(attempt: u32, seed: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let mut x = seed ^ nanos ^ 0x9E37_79B9_7F4A_7C15;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    let ceiling_us = (500u64 << attempt.min(7)).min(50_000);
+    Duration::from_micros(x % ceiling_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_is_shared_among_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Kv>();
+        send_sync::<KvError>();
+    }
+
+    #[test]
+    fn blocks_past_the_kv_blocks_share_bounded_lock_ids() {
+        for n in 0..FIRST_FREE_BLOCK {
+            assert_eq!(lock_id(n), n);
+        }
+        assert_eq!(lock_id(SMO_LOCK), SMO_LOCK);
+        assert_eq!(lock_id(FIRST_FREE_BLOCK + LOCK_BUCKETS), FIRST_FREE_BLOCK);
+        assert_eq!(lock_id(FIRST_FREE_BLOCK + 5), FIRST_FREE_BLOCK + 5);
+        assert!(lock_id(u64::MAX - 1) < FIRST_FREE_BLOCK + LOCK_BUCKETS);
+    }
+
+    #[test]
+    fn changed_ranges_join_close_runs() {
+        let old = vec![0u8; 200];
+        let mut new = old.clone();
+        new[3] = 1;
+        new[10] = 1;
+        new[100] = 1;
+        assert_eq!(changed_ranges(&old, &new), vec![(3, 11), (100, 101)]);
+        assert_eq!(changed_ranges(&old, &old), vec![]);
+    }
+
+    #[test]
+    fn split_then_join_gives_back_the_node() {
+        let entries: Vec<(Vec<u8>, Value)> = (0..10u8)
+            .map(|i| (vec![b'k', i], Value::Inline(vec![i; 10])))
+            .collect();
+        let node = Node {
+            level: 0,
+            low: Vec::new(),
+            high: None,
+            body: Body::Leaf(entries),
+        };
+        let (left, sep, right) = split(2, node.clone()).ok().unwrap_or_else(|| panic!());
+        assert_eq!(sep, vec![b'k', 5]);
+        assert_eq!(left.high.as_deref(), Some(sep.as_slice()));
+        assert_eq!(right.low, sep);
+        assert_eq!(join(left, sep, right), node);
+    }
+
+    #[test]
+    fn default_limits_fit_8k_blocks_and_long_keys_do_not() {
+        assert!(Geometry::new(8192 - 32, &KvConfig::default()).is_ok());
+        let long = KvConfig {
+            max_key_len: 2000,
+            ..KvConfig::default()
+        };
+        assert!(matches!(
+            Geometry::new(8192 - 32, &long),
+            Err(KvError::Config(_))
+        ));
+    }
+}
