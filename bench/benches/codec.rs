@@ -19,6 +19,7 @@ fn header() -> FrameHeader {
             len: 8192,
             landing: LandingToken::new(17, 4),
         }),
+        payload_crc: 0,
     }
 }
 

@@ -72,7 +72,8 @@ fn bytes_per_resource<S>(label: &str, make: impl Fn(u64) -> S) {
     let mut table: MasterTable<S> = MasterTable::new(N as usize);
     for i in 0..N {
         // Spread over objects of 64 items, as blocks of a file range or rows of tables.
-        table.insert_unbounded(ResourceId::new(1, i / 64, i % 64), make(i));
+        let inserted = table.get_or_try_insert_with(ResourceId::new(1, i / 64, i % 64), || make(i));
+        assert!(inserted.is_some(), "within the bound");
     }
     let after = LIVE.load(Ordering::Relaxed);
     println!(
@@ -108,10 +109,13 @@ fn remaster_once(object: ObjectId) -> std::time::Duration {
     let master = dirs[0].map().master_of_object(object).index();
     let target = 1 - master;
     for item in 0..10_000 {
-        dirs[master].table_mut().insert_unbounded(
-            ResourceId::new(object.kind, object.object, item),
-            lock_resource(item),
-        );
+        dirs[master]
+            .table_mut()
+            .insert_over_bound(
+                ResourceId::new(object.kind, object.object, item),
+                lock_resource(item),
+            )
+            .expect("room");
     }
     let start = Instant::now();
     dirs[master]

@@ -11,7 +11,9 @@ use crate::metrics::Metrics;
 use crate::types::{
     BlockId, BlockMode, CommitDependency, GcsConfig, MasterDirectory, RequestId, TransferKind,
 };
-use interconnect::{Epoch, InstanceId, InstanceSet, MAX_INSTANCES, Scn, ScnClock, Timestamp};
+use interconnect::{
+    Epoch, InstanceId, InstanceSet, MAX_INSTANCES, Scn, ScnClock, ScnError, Timestamp,
+};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Most outputs of one kind waiting to be drained. The driver drains them after every input,
@@ -162,6 +164,10 @@ pub enum GcsError {
     /// A message from a later epoch than ours: the driver must reconfigure first.
     #[error("message from future epoch {0}")]
     FutureEpoch(Epoch),
+    /// An SCN (a message's clock, durable SCN or block version, or a block read from disk)
+    /// the cluster clock refuses: above the limit or beyond the horizon.
+    #[error("refused SCN: {0}")]
+    Scn(#[from] ScnError),
 }
 
 /// A local request waiting on a block.
@@ -523,8 +529,9 @@ impl<D: MasterDirectory> Engine<D> {
     }
 
     /// Merges an SCN learnt outside the GCS.
-    pub fn observe_scn(&mut self, scn: Scn) {
-        self.clock.observe(scn);
+    pub fn observe_scn(&mut self, scn: Scn) -> Result<(), GcsError> {
+        self.clock.observe(scn)?;
+        Ok(())
     }
 
     // ---------------------------------------------------------------- outputs
@@ -567,7 +574,16 @@ impl<D: MasterDirectory> Engine<D> {
         if msg.epoch > self.epoch {
             return Err(GcsError::FutureEpoch(msg.epoch));
         }
-        self.clock.observe(msg.scn);
+        // The peer's clock and durable SCN are numbers it chose: bounded before use (an
+        // unbounded durable SCN would resolve every commit dependency on it at once).
+        let checked = self
+            .clock
+            .observe(msg.scn)
+            .and_then(|_| self.clock.check(msg.durable));
+        if let Err(error) = checked {
+            self.metrics.protocol_errors += 1;
+            return Err(error.into());
+        }
         self.peer_durable_advanced(from, msg.durable, now);
         let result = self.dispatch(from, msg.body, now);
         if result.is_err() {
@@ -625,7 +641,7 @@ impl<D: MasterDirectory> Engine<D> {
         if scn <= c.scn {
             return Err(GcsError::ScnNotIncreasing { block, scn });
         }
-        self.clock.observe(scn);
+        self.clock.observe(scn)?;
         c.scn = scn;
         c.dirty = true;
         // A ship already waiting may now need a later force.

@@ -423,7 +423,11 @@ impl<D: MasterDirectory> Engine<D> {
             return Ok(());
         }
         let mode = o.read_pending.unwrap_or(o.mode);
-        self.clock.observe(scn);
+        // The version comes from the disk: a corrupt one is refused, not merged.
+        if let Err(error) = self.clock.observe(scn) {
+            c.outstanding = Some(o);
+            return Err(error.into());
+        }
         c.mode = mode;
         c.scn = scn;
         c.dirty = false;
@@ -541,6 +545,7 @@ impl<D: MasterDirectory> Engine<D> {
                 what: "block shipped over a dirty copy",
             });
         }
+        self.clock.observe(scn)?;
         c.mode = mode;
         c.scn = scn;
         // For X the requester becomes dirty owner; for S the shipper stays it.
@@ -548,7 +553,6 @@ impl<D: MasterDirectory> Engine<D> {
         c.dependency = dependency;
         c.acquired_at = now;
         c.outstanding = None;
-        self.clock.observe(scn);
         if dependency.is_some() {
             self.dep_blocks.insert(block);
         }

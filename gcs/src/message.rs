@@ -10,6 +10,7 @@
 //! it) and its durable redo SCN (so commit dependencies resolve on any message).
 
 use crate::types::{BlockId, BlockMode, CommitDependency};
+use interconnect::codec;
 use interconnect::{Epoch, InstanceId, Scn};
 
 /// Most entries in one [`GcsBody::Report`]; a survivor splits longer reports.
@@ -285,20 +286,21 @@ impl GcsBody {
     }
 }
 
+/// The GCS's fields over the shared little-endian writer ([`interconnect::codec`]).
 struct Writer<'a>(&'a mut Vec<u8>);
 
 impl Writer<'_> {
     fn u8(&mut self, v: u8) {
-        self.0.push(v);
+        codec::put_u8(self.0, v);
     }
     fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        codec::put_u16(self.0, v);
     }
     fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        codec::put_u32(self.0, v);
     }
     fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        codec::put_u64(self.0, v);
     }
     fn flag(&mut self, v: bool) {
         self.u8(u8::from(v));
@@ -315,33 +317,32 @@ impl Writer<'_> {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
+/// The GCS's fields over the shared little-endian reader ([`interconnect::codec`]).
+struct Reader<'a>(codec::Reader<'a>);
+
+/// The shared reader fails here only by running out of bytes.
+fn truncated(_: codec::DecodeError) -> DecodeError {
+    DecodeError::Truncated
 }
 
 impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let (head, rest) = self
-            .bytes
-            .split_first_chunk::<N>()
-            .ok_or(DecodeError::Truncated)?;
-        self.bytes = rest;
-        Ok(*head)
-    }
     fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take::<1>()?[0])
+        self.0.u8().map_err(truncated)
     }
     fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_le_bytes(self.take()?))
+        self.0.u16().map_err(truncated)
     }
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.take()?))
+        self.0.u32().map_err(truncated)
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.take()?))
+        self.0.u64().map_err(truncated)
     }
     fn scn(&mut self) -> Result<Scn, DecodeError> {
-        Ok(Scn(self.u64()?))
+        self.0.scn().map_err(truncated)
+    }
+    fn remaining(&self) -> usize {
+        self.0.remaining()
     }
     fn flag(&mut self) -> Result<bool, DecodeError> {
         match self.u8()? {
@@ -525,7 +526,7 @@ impl GcsMessage {
 
     /// Decodes one message that fills `bytes` exactly.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader { bytes };
+        let mut r = Reader(codec::Reader::new(bytes));
         let tag = r.u8()?;
         let epoch = Epoch(r.u64()?);
         let scn = r.scn()?;
@@ -609,7 +610,7 @@ impl GcsMessage {
                 }
                 let last = r.flag()?;
                 // Each entry is at least 19 bytes: refuse before allocating for a lie.
-                if r.bytes.len() < count * 19 {
+                if r.remaining() < count * 19 {
                     return Err(DecodeError::Truncated);
                 }
                 let mut entries = Vec::with_capacity(count);
@@ -626,8 +627,8 @@ impl GcsMessage {
             }
             other => return Err(DecodeError::UnknownTag(other)),
         };
-        if !r.bytes.is_empty() {
-            return Err(DecodeError::Trailing(r.bytes.len()));
+        if r.remaining() != 0 {
+            return Err(DecodeError::Trailing(r.remaining()));
         }
         Ok(GcsMessage {
             epoch,

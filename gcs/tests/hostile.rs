@@ -157,3 +157,50 @@ fn random_peer_messages_never_panic_the_engine() {
         "the hostile peer was noticed ({refused} refusals)"
     );
 }
+
+#[test]
+fn extreme_scns_are_refused_and_leave_the_clock_and_dependencies_alone() {
+    let live: InstanceSet = (0..3).map(id).collect();
+    let mut engine = Engine::new(id(0), Epoch(1), live, ByBlock, GcsConfig::default());
+    let now = Timestamp::ZERO;
+    let honest = GcsMessage {
+        epoch: Epoch(1),
+        scn: Scn(100),
+        durable: Scn(50),
+        body: GcsBody::Durable,
+    };
+    engine.handle_message(id(1), honest, now).expect("honest");
+    assert_eq!(engine.current_scn(), Scn(100));
+    for (scn, durable) in [
+        (Scn(u64::MAX), Scn(0)),
+        (Scn(interconnect::SCN_LIMIT.0 + 1), Scn(0)),
+        (Scn(100 + interconnect::DEFAULT_SCN_HORIZON + 1), Scn(0)),
+        (Scn(100), Scn(u64::MAX)),
+    ] {
+        let forged = GcsMessage {
+            epoch: Epoch(1),
+            scn,
+            durable,
+            body: GcsBody::Durable,
+        };
+        assert!(
+            matches!(
+                engine.handle_message(id(1), forged, now),
+                Err(gcs::GcsError::Scn(_))
+            ),
+            "scn {scn}, durable {durable}"
+        );
+    }
+    assert_eq!(engine.current_scn(), Scn(100), "the clock did not move");
+    // A commit dependency on instance 1 above what it really made durable stays unresolved.
+    let dependency = CommitDependency {
+        instance: id(1),
+        scn: Scn(80),
+    };
+    assert!(!engine.is_durable(dependency));
+    assert_eq!(
+        engine.tick_scn(),
+        Scn(101),
+        "ticks go on from the honest clock"
+    );
+}

@@ -604,7 +604,12 @@ impl Engine {
         members: InstanceSet,
         now: Timestamp,
     ) -> Result<(), GesError> {
-        assert!(epoch > self.epoch, "epochs only move forward");
+        if epoch <= self.epoch {
+            return Err(GesError::EpochNotNewer {
+                current: self.epoch,
+                new: epoch,
+            });
+        }
         self.directory.on_new_epoch(epoch, members)?;
         self.epoch = epoch;
         self.stats.rebuilds += 1;
@@ -1013,9 +1018,13 @@ impl Engine {
                 } else {
                     let mut state = LockResource::default();
                     state.merge_value(value);
-                    self.directory
+                    let inserted = self
+                        .directory
                         .table_mut()
-                        .insert_unbounded(name.resource(), state);
+                        .insert_over_bound(name.resource(), state);
+                    if inserted.is_err() {
+                        self.stats.dropped += 1;
+                    }
                 }
             }
             Body::RebuildDone => {
@@ -1413,8 +1422,14 @@ impl Engine {
     ) {
         let resource = name.resource();
         let table = self.directory.table_mut();
-        if table.get(&resource).is_none() {
-            table.insert_unbounded(resource, LockResource::default());
+        if table.get(&resource).is_none()
+            && table
+                .insert_over_bound(resource, LockResource::default())
+                .is_err()
+        {
+            // Past the table's ceiling: only a hostile or broken peer reports that many.
+            self.stats.dropped += 1;
+            return;
         }
         let Some(state) = table.get_mut(&resource) else {
             return;

@@ -22,6 +22,14 @@ pub enum GesError {
     /// The local lock table is full.
     #[error("this instance already has {0} locks, its limit")]
     TooManyLocks(usize),
+    /// A new epoch that is not above the current one.
+    #[error("epoch {new} is not above the current epoch {current}")]
+    EpochNotNewer {
+        /// The current epoch.
+        current: interconnect::Epoch,
+        /// The epoch given.
+        new: interconnect::Epoch,
+    },
     /// The directory refused (bad configuration, not a member, ...).
     #[error(transparent)]
     Directory(#[from] grd::GrdError),

@@ -17,6 +17,13 @@
 //!    ([`DirectoryEvent::Unfrozen`]): the service now answers deferred and new requests for
 //!    `O` with `NotMaster { epoch, new_master: T }`.
 //!
+//! `T` accepts a `Transfer` only for a move it can expect: from the master of `O` as its own
+//! map says, with a version above every override of `O` it knows. Otherwise (a stray, replayed
+//! or hostile transfer, or one that overtook the `Override` naming its sender) it answers
+//! `TransferRefused` and drops what it imported of the move; `M` then takes its state back and
+//! unfreezes, as if a new epoch had aborted the move. A resource listed twice, or one `T`
+//! already has, keeps `T`'s entry and is counted ([`DirectoryStats::dropped`]).
+//!
 //! `T` has the state before anyone can learn that `T` masters `O` (the ack precedes the
 //! broadcast and the unfreeze), so a redirected request never reaches `T` early. Overrides
 //! carry a per-object version, so a late, older override never wins. A new epoch aborts
@@ -138,6 +145,16 @@ pub enum GrdMessage {
         /// Version installed.
         version: u64,
     },
+    /// Would-be new master -> old master: the transfer was not one it expected; take the
+    /// state back.
+    TransferRefused {
+        /// Epoch.
+        epoch: Epoch,
+        /// The object.
+        object: ObjectId,
+        /// Version of the refused move.
+        version: u64,
+    },
     /// Old master -> everyone else: `object` is now mastered by `master`.
     Override {
         /// Epoch.
@@ -157,6 +174,7 @@ impl GrdMessage {
         match self {
             GrdMessage::Transfer { epoch, .. }
             | GrdMessage::TransferAck { epoch, .. }
+            | GrdMessage::TransferRefused { epoch, .. }
             | GrdMessage::Override { epoch, .. } => *epoch,
         }
     }
@@ -207,6 +225,16 @@ impl GrdMessage {
                 codec::put_u8(out, master.index() as u8);
                 codec::put_u64(out, *version);
             }
+            GrdMessage::TransferRefused {
+                epoch,
+                object,
+                version,
+            } => {
+                codec::put_u8(out, 4);
+                codec::put_u64(out, epoch.0);
+                put_object(out, object);
+                codec::put_u64(out, *version);
+            }
         }
     }
 
@@ -250,6 +278,11 @@ impl GrdMessage {
                 epoch,
                 object,
                 master: r.instance()?,
+                version: r.u64()?,
+            },
+            4 => GrdMessage::TransferRefused {
+                epoch,
+                object,
                 version: r.u64()?,
             },
             tag => {
@@ -323,9 +356,15 @@ pub struct DirectoryStats {
     pub remasters_in: u64,
     /// Resources moved out.
     pub resources_out: u64,
-    /// Messages dropped for a wrong epoch or as malformed.
+    /// Messages dropped for a wrong epoch or as malformed, and transferred entries dropped
+    /// as duplicates or past the table's ceiling.
     pub dropped: u64,
+    /// Transfers refused as unexpected (not from the object's master, or not newer).
+    pub transfers_refused: u64,
 }
+
+/// Refused moves remembered, so that later chunks of one are refused too.
+const REFUSED_MOVES: usize = 64;
 
 /// One instance's directory. See the module docs for the protocol and the driving order.
 #[derive(Debug)]
@@ -336,6 +375,8 @@ pub struct Directory<S> {
     table: MasterTable<S>,
     affinity: Affinity,
     outgoing: BTreeMap<ObjectId, Outgoing<S>>,
+    /// The latest refused moves (object, sender, version), oldest first.
+    refused: VecDeque<(ObjectId, InstanceId, u64)>,
     transmits: VecDeque<(InstanceId, GrdMessage)>,
     events: VecDeque<DirectoryEvent>,
     next_policy: Timestamp,
@@ -363,6 +404,7 @@ impl<S: MasterState> Directory<S> {
             table: MasterTable::new(config.max_resources),
             affinity: Affinity::new(config.affinity),
             outgoing: BTreeMap::new(),
+            refused: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_policy: now + config.policy_interval,
@@ -441,14 +483,16 @@ impl<S: MasterState> Directory<S> {
         self.map = BucketMap::new(epoch, members, self.config.map)?;
         self.affinity.clear();
         self.transmits.clear();
+        self.refused.clear();
         for (object, outgoing) in std::mem::take(&mut self.outgoing) {
             let target_died = !members.contains(outgoing.target);
-            for (resource, mut state) in outgoing.exported {
-                if target_died {
+            let mut exported = outgoing.exported;
+            if target_died {
+                for (_, state) in &mut exported {
                     state.transfer_lost();
                 }
-                self.table.insert_unbounded(resource, state);
             }
+            self.take_back(exported);
             let master = self.map.master_of_object(object);
             self.events
                 .push_back(DirectoryEvent::Unfrozen { object, master });
@@ -471,7 +515,12 @@ impl<S: MasterState> Directory<S> {
         if self.outgoing.len() >= self.config.max_remasters {
             return Err(GrdError::TooManyRemasters(self.config.max_remasters));
         }
-        let version = self.map.override_of(object).map_or(0, |(_, v)| v) + 1;
+        let version = self
+            .map
+            .override_of(object)
+            .map_or(0, |(_, v)| v)
+            .checked_add(1)
+            .ok_or(GrdError::VersionsExhausted(object))?;
         self.affinity.forget(object);
         let entries = self.table.export_object(object);
         self.stats.resources_out += entries.len() as u64;
@@ -541,16 +590,23 @@ impl<S: MasterState> Directory<S> {
                 count,
                 payload,
             } => {
+                if !self.expects_transfer(from, object, version) {
+                    self.refuse_transfer(from, epoch, object, version, last);
+                    return;
+                }
                 let mut reader = Reader::new(&payload);
                 let mut imported = 0u32;
                 for _ in 0..count {
-                    let decoded = reader
-                        .resource()
+                    let decoded = codec::read_resource(&mut reader)
                         .and_then(|r| S::decode(&mut reader).map(|s| (r, s)));
                     match decoded {
                         Ok((resource, state)) if resource.object_id() == object => {
-                            self.table.import(resource, state);
-                            imported += 1;
+                            match self.table.import(resource, state) {
+                                Ok(()) => imported += 1,
+                                // Listed twice, already here, or past the ceiling: this
+                                // master's entry stays; the peer's is counted and dropped.
+                                Err(_) => self.stats.dropped += 1,
+                            }
                         }
                         // A malformed chunk from a peer is dropped, never a panic; the object
                         // is then incomplete until the next epoch rebuilds it.
@@ -576,6 +632,25 @@ impl<S: MasterState> Directory<S> {
                         },
                     ));
                 }
+            }
+            GrdMessage::TransferRefused {
+                object, version, ..
+            } => {
+                let expected = self
+                    .outgoing
+                    .get(&object)
+                    .is_some_and(|o| o.version == version && o.target == from);
+                if !expected {
+                    self.stats.dropped += 1;
+                    return;
+                }
+                if let Some(outgoing) = self.outgoing.remove(&object) {
+                    self.take_back(outgoing.exported);
+                }
+                self.events.push_back(DirectoryEvent::Unfrozen {
+                    object,
+                    master: self.me,
+                });
             }
             GrdMessage::TransferAck {
                 epoch,
@@ -620,6 +695,68 @@ impl<S: MasterState> Directory<S> {
                 if self.map.members().contains(master) {
                     self.map.set_override(object, master, version);
                 }
+            }
+        }
+    }
+
+    /// Whether a `Transfer` of `object` at `version` from `from` is a move this instance can
+    /// expect: from the object's master as this instance's map has it, newer than every
+    /// override of it known here, and not a move already refused.
+    fn expects_transfer(&self, from: InstanceId, object: ObjectId, version: u64) -> bool {
+        let known = self.map.override_of(object).map_or(0, |(_, v)| v);
+        from != self.me
+            && self.map.master_of_object(object) == from
+            && version > known
+            && !self.refused.contains(&(object, from, version))
+    }
+
+    /// Refuses a chunk of a move: drops what was imported of it (entries of an object this
+    /// instance does not master are that move's alone) and, at its first refused chunk, tells
+    /// the sender to take its state back. The move is remembered until its last chunk, so
+    /// that its other chunks are refused too (chunks from one sender arrive in order); the
+    /// sender may try the same move again after that.
+    fn refuse_transfer(
+        &mut self,
+        from: InstanceId,
+        epoch: Epoch,
+        object: ObjectId,
+        version: u64,
+        last: bool,
+    ) {
+        self.stats.transfers_refused += 1;
+        if self.map.master_of_object(object) != self.me {
+            self.table.export_object(object);
+        }
+        let move_ = (object, from, version);
+        if let Some(at) = self.refused.iter().position(|m| *m == move_) {
+            if last {
+                self.refused.remove(at);
+            }
+            return;
+        }
+        if !last {
+            if self.refused.len() == REFUSED_MOVES {
+                self.refused.pop_front();
+            }
+            self.refused.push_back(move_);
+        }
+        self.transmits.push_back((
+            from,
+            GrdMessage::TransferRefused {
+                epoch,
+                object,
+                version,
+            },
+        ));
+    }
+
+    /// Puts state that left in an aborted move back in the table (over its bound if need
+    /// be: it was this master's before the move). Entries past the table's ceiling are
+    /// counted as dropped.
+    fn take_back(&mut self, exported: Vec<(ResourceId, S)>) {
+        for (resource, state) in exported {
+            if self.table.insert_over_bound(resource, state).is_err() {
+                self.stats.dropped += 1;
             }
         }
     }
@@ -770,7 +907,8 @@ mod tests {
         for item in 0..100 {
             dirs[master.index()]
                 .table_mut()
-                .insert_unbounded(ResourceId::new(2, 42, item), Holders(item));
+                .insert_over_bound(ResourceId::new(2, 42, item), Holders(item))
+                .unwrap();
         }
         dirs[master.index()].start_remaster(object, target).unwrap();
         assert!(dirs[master.index()].is_frozen(&ResourceId::new(2, 42, 0)));

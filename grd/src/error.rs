@@ -36,4 +36,8 @@ pub enum GrdError {
     /// Too many objects are being remastered at once.
     #[error("too many remasters in progress (limit {0})")]
     TooManyRemasters(usize),
+    /// The object's override version is at its maximum (a peer announced it so): it cannot
+    /// move again in this epoch.
+    #[error("object {0:?} has no override version left in this epoch")]
+    VersionsExhausted(ObjectId),
 }

@@ -184,12 +184,9 @@ impl<S> MasterTable<S> {
         }
     }
 
-    /// Appends a new slot (the resource must be absent).
+    /// Appends a new slot (the resource must be absent; callers keep the table below its
+    /// ceiling, below 2^32 - 1 entries, so a slab position fits the index).
     fn push(&mut self, resource: ResourceId, state: S, last_used: u32) -> usize {
-        assert!(
-            self.slots.len() < EMPTY as usize,
-            "master table over 2^32 - 1 entries"
-        );
         self.reserve_one();
         let at = self.slots.len();
         self.slots.push(Slot {
@@ -266,19 +263,28 @@ impl<S> MasterTable<S> {
         Some(&mut self.slots[at].state)
     }
 
-    /// Inserts or replaces `resource` regardless of the bound (rebuild after a
-    /// reconfiguration must not lose state that survivors hold).
-    pub fn insert_unbounded(&mut self, resource: ResourceId, state: S) -> Option<S> {
+    /// The most entries the table ever holds: twice its bound. Rebuilds and remastering
+    /// may exceed the bound (they must not lose state that survivors or an old master hold),
+    /// but not this, whatever peers send.
+    pub fn ceiling(&self) -> usize {
+        self.max_entries.saturating_mul(2).min(EMPTY as usize - 1)
+    }
+
+    /// Inserts or replaces `resource` even when the table is at its bound (rebuild after a
+    /// reconfiguration must not lose state that survivors hold); returns the state replaced.
+    /// A new entry past the [`ceiling`](Self::ceiling) is refused and handed back.
+    pub fn insert_over_bound(&mut self, resource: ResourceId, state: S) -> Result<Option<S>, S> {
         let stamp = self.tick();
         match self.slot_of(&resource) {
             Some(at) => {
                 let slot = &mut self.slots[at];
                 slot.last_used = stamp;
-                Some(std::mem::replace(&mut slot.state, state))
+                Ok(Some(std::mem::replace(&mut slot.state, state)))
             }
+            None if self.slots.len() >= self.ceiling() => Err(state),
             None => {
                 self.push(resource, state, stamp);
-                None
+                Ok(None)
             }
         }
     }
@@ -345,14 +351,15 @@ impl<S> MasterTable<S> {
             .collect()
     }
 
-    /// Installs state received by remastering. Panics if the resource is already present:
-    /// the protocol moves state, so a duplicate means two masters (an invariant violation).
-    pub fn import(&mut self, resource: ResourceId, state: S) {
-        let previous = self.insert_unbounded(resource, state);
-        assert!(
-            previous.is_none(),
-            "remastering imported {resource:?} that this master already had"
-        );
+    /// Installs state received by remastering, over the bound but not past the
+    /// [`ceiling`](Self::ceiling). The protocol moves state, so a resource already present
+    /// is a peer's error (or a hostile peer's doing): the entry here is kept and the import
+    /// refused, as past the ceiling; the refused state is handed back.
+    pub fn import(&mut self, resource: ResourceId, state: S) -> Result<(), S> {
+        if self.contains(&resource) {
+            return Err(state);
+        }
+        self.insert_over_bound(resource, state).map(|_| ())
     }
 
     /// Up to `limit` entries accepted by `eligible`, least recently used first.
@@ -399,14 +406,16 @@ mod tests {
             table.lru(2, |_| true),
             vec![ResourceId::new(1, 7, 1), ResourceId::new(1, 7, 2)]
         );
-        table.insert_unbounded(ResourceId::new(1, 8, 5), 9);
+        table
+            .insert_over_bound(ResourceId::new(1, 8, 5), 9)
+            .unwrap();
         let exported = table.export_object(ObjectId { kind: 1, object: 7 });
         assert_eq!(
             exported.iter().map(|(r, _)| r.item).collect::<Vec<_>>(),
             vec![0, 1, 2]
         );
         assert_eq!(table.len(), 1);
-        table.import(ResourceId::new(1, 7, 0), 1);
+        table.import(ResourceId::new(1, 7, 0), 1).unwrap();
         assert_eq!(table.get(&ResourceId::new(1, 7, 0)), Some(&1));
         assert_eq!(table.get(&ResourceId::new(1, 8, 5)), Some(&9));
     }
@@ -416,7 +425,7 @@ mod tests {
         let mut table: MasterTable<u64> = MasterTable::new(usize::MAX);
         let id = |i: u64| ResourceId::new((i % 3) as u16, i / 7, i % 7);
         for i in 0..5_000 {
-            assert_eq!(table.insert_unbounded(id(i), i), None);
+            assert_eq!(table.insert_over_bound(id(i), i), Ok(None));
         }
         for i in (0..5_000).filter(|i| i % 3 != 1) {
             assert_eq!(table.remove(&id(i)), Some(i));
@@ -434,7 +443,9 @@ mod tests {
     fn lru_order_survives_stamp_wrap() {
         let mut table: MasterTable<u32> = MasterTable::new(10);
         for item in 0..3 {
-            table.insert_unbounded(ResourceId::new(1, 1, item), 0);
+            table
+                .insert_over_bound(ResourceId::new(1, 1, item), 0)
+                .unwrap();
         }
         table.clock = u32::MAX - 1;
         table.get_mut(&ResourceId::new(1, 1, 0));
@@ -450,10 +461,25 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "already had")]
-    fn duplicate_import_is_an_invariant_violation() {
-        let mut table: MasterTable<u32> = MasterTable::new(3);
-        table.import(ResourceId::new(1, 1, 1), 1);
-        table.import(ResourceId::new(1, 1, 1), 2);
+    fn duplicate_imports_and_imports_past_the_ceiling_are_refused() {
+        let mut table: MasterTable<u32> = MasterTable::new(2);
+        assert_eq!(table.import(ResourceId::new(1, 1, 1), 1), Ok(()));
+        assert_eq!(table.import(ResourceId::new(1, 1, 1), 2), Err(2));
+        assert_eq!(
+            table.get(&ResourceId::new(1, 1, 1)),
+            Some(&1),
+            "the first stays"
+        );
+        for item in 2..=4 {
+            assert_eq!(table.import(ResourceId::new(1, 1, item), 0), Ok(()));
+        }
+        assert_eq!(table.len(), table.ceiling());
+        assert_eq!(table.import(ResourceId::new(1, 1, 9), 9), Err(9));
+        assert_eq!(table.insert_over_bound(ResourceId::new(1, 1, 9), 9), Err(9));
+        assert_eq!(
+            table.insert_over_bound(ResourceId::new(1, 1, 2), 7),
+            Ok(Some(0)),
+            "replacing needs no room"
+        );
     }
 }

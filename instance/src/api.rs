@@ -588,8 +588,10 @@ impl Instance {
         match waiter.wait(handle.spin) {
             Completion::Block { result, .. } => {
                 let grant = result?;
-                // Changes to it take SCNs above its version.
-                self.clock.observe(grant.scn);
+                // Changes to it take SCNs above its version. The GCS engine already bounded
+                // this SCN (its clock refuses what this one would), so a refusal cannot
+                // happen; were it to, the clock stays as it is and SCNs still only grow.
+                let _ = self.clock.observe(grant.scn);
                 let acquisition = Acquisition {
                     kind: grant.kind,
                     latency: start.elapsed(),

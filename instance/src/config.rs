@@ -15,7 +15,7 @@
 //!
 //! [cluster]
 //! id = 42                            # or "0x2a"; must match the formatted storage
-//! secret_file = "cluster.secret"     # or secret = "..."; relative to this file
+//! secret_file = "cluster.secret"     # relative to this file; mode 0600 (fusionctl gen-secret)
 //! instances = [
 //!   { id = 0, address = "10.0.0.1:7400", host = "a" },
 //!   { id = 1, address = "10.0.0.2:7400", host = "b" },
@@ -47,12 +47,16 @@
 //! ```
 //!
 //! Addresses are literal `ip:port` socket addresses: resolving names would make loading the
-//! file depend on DNS. A secret file holds the secret's bytes; one trailing newline is
-//! ignored so that `echo secret > file` works. The secret, inline or from its file, is never
-//! printed ([`Secret`]'s `Debug` is redacted).
+//! file depend on DNS. A secret file holds the secret's bytes, at least
+//! [`MIN_SECRET_LEN`] of them; one trailing newline is ignored so that `echo secret > file`
+//! works. Like ssh with a private key, the file is refused when its group or others may
+//! read or write it. An inline `secret = "..."` is refused unless `allow_inline_secret =
+//! true` sits beside it: a configuration file is copied, pasted and checked in far more
+//! readily than a key file. The secret is never printed ([`Secret`]'s `Debug` is redacted).
 
 use crate::cache::MAX_FRAMES;
 use crate::format::{BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE, Layout};
+pub use interconnect::handshake::MIN_SECRET_LEN;
 use interconnect::membership::{MembershipConfig, MembershipConfigError};
 use interconnect::shm::ShmConfig;
 use interconnect::tcp::TcpConfig;
@@ -140,11 +144,28 @@ pub enum ConfigProblem {
     /// Neither `cluster.secret` nor `cluster.secret_file`.
     #[error("`cluster.secret_file` (or `cluster.secret`) is missing: peers authenticate with it")]
     SecretMissing,
-    /// The secret is empty.
-    #[error("`{key}`: the cluster secret is empty")]
-    SecretEmpty {
+    /// The secret is shorter than [`MIN_SECRET_LEN`].
+    #[error(
+        "`{key}`: the cluster secret has {len} bytes; at least {MIN_SECRET_LEN} are required (fusionctl gen-secret writes one)"
+    )]
+    SecretTooShort {
         /// `cluster.secret` or `cluster.secret_file`.
         key: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// An inline secret without `cluster.allow_inline_secret = true`.
+    #[error(
+        "`cluster.secret`: an inline secret needs `allow_inline_secret = true`; prefer `secret_file`"
+    )]
+    SecretInline,
+    /// The secret file may be read or written by its group or others.
+    #[error("`cluster.secret_file`: {} has mode {mode:04o}; its group and others must have no access (chmod 600)", path.display())]
+    SecretFileMode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The secret file could not be read.
     #[error("`cluster.secret_file`: cannot read {}: {source}", path.display())]
@@ -491,6 +512,8 @@ struct RawCluster {
     id: RawClusterId,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_inline_secret: bool,
     instances: Vec<RawMember>,
 }
 
@@ -621,7 +644,12 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         return Err(ConfigProblem::NotListed { id: local });
     };
     let cluster_id = cluster_id(raw.cluster.id)?;
-    let secret = secret(raw.cluster.secret, raw.cluster.secret_file, base)?;
+    let secret = secret(
+        raw.cluster.secret,
+        raw.cluster.secret_file,
+        raw.cluster.allow_inline_secret,
+        base,
+    )?;
     let cache = cache(&raw.cache)?;
     let membership = membership(&raw.heartbeat)?;
     let transport = transport(
@@ -705,16 +733,17 @@ fn cluster_id(raw: RawClusterId) -> Result<ClusterId, ConfigProblem> {
 fn secret(
     inline: Option<String>,
     file: Option<PathBuf>,
+    allow_inline: bool,
     base: &Path,
 ) -> Result<Secret, ConfigProblem> {
     let (bytes, key) = match (inline, file) {
         (Some(_), Some(_)) => return Err(ConfigProblem::SecretTwice),
         (None, None) => return Err(ConfigProblem::SecretMissing),
+        (Some(_), None) if !allow_inline => return Err(ConfigProblem::SecretInline),
         (Some(text), None) => (text.into_bytes(), "cluster.secret"),
         (None, Some(path)) => {
             let path = resolve(base, path);
-            let mut bytes = std::fs::read(&path)
-                .map_err(|source| ConfigProblem::SecretFile { path, source })?;
+            let mut bytes = read_secret_file(&path)?;
             if bytes.last() == Some(&b'\n') {
                 bytes.pop();
                 if bytes.last() == Some(&b'\r') {
@@ -724,10 +753,35 @@ fn secret(
             (bytes, "cluster.secret_file")
         }
     };
-    if bytes.is_empty() {
-        return Err(ConfigProblem::SecretEmpty { key });
+    if bytes.len() < MIN_SECRET_LEN {
+        return Err(ConfigProblem::SecretTooShort {
+            key,
+            len: bytes.len(),
+        });
     }
     Ok(Secret(bytes))
+}
+
+/// Reads the secret file, refusing it when group or others have any access to it. The mode
+/// is read from the open file, so it is the mode of the bytes read.
+fn read_secret_file(path: &Path) -> Result<Vec<u8>, ConfigProblem> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let io_error = |source| ConfigProblem::SecretFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io_error)?;
+    let mode = file.metadata().map_err(io_error)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigProblem::SecretFileMode {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_error)?;
+    Ok(bytes)
 }
 
 fn cache(raw: &RawCache) -> Result<CacheConfig, ConfigProblem> {

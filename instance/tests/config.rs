@@ -16,7 +16,8 @@ instance = 1
 
 [cluster]
 id = 7
-secret = "s3cret"
+secret = "s3cret-s3cret-s3cret-s3cret-s3cret"
+allow_inline_secret = true
 instances = [
   { id = 0, address = "127.0.0.1:7400", host = "h" },
   { id = 1, address = "127.0.0.1:7401", host = "h" },
@@ -38,6 +39,13 @@ fn id(raw: u64) -> InstanceId {
     InstanceId::new(raw).unwrap()
 }
 
+/// Writes a secret file with `mode`.
+fn write_secret(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 fn parse(text: &str) -> Result<InstanceConfig, instance::config::ConfigError> {
     InstanceConfig::parse(text, &file())
 }
@@ -48,7 +56,11 @@ fn shipped_example_parses() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("cluster.toml");
     std::fs::copy(&example, &copy).unwrap();
-    std::fs::write(dir.path().join("cluster.secret"), "example secret\n").unwrap();
+    write_secret(
+        &dir.path().join("cluster.secret"),
+        "an example secret of 32+ bytes!!\n",
+        0o600,
+    );
 
     let config = InstanceConfig::load(&copy).unwrap();
     assert_eq!(config.cluster_id, ClusterId(42));
@@ -56,7 +68,7 @@ fn shipped_example_parses() {
     assert_eq!(config.peers.len(), 2);
     assert_eq!(
         config.secret.as_bytes(),
-        b"example secret",
+        b"an example secret of 32+ bytes!!",
         "one newline dropped"
     );
     assert_eq!(config.storage, Path::new("/var/lib/fusion/cluster.img"));
@@ -103,7 +115,7 @@ fn defaults_and_conversions() {
             (id(2), "127.0.0.1:7402".parse().unwrap())
         ]
     );
-    assert_eq!(tcp.secret, b"s3cret");
+    assert_eq!(tcp.secret, b"s3cret-s3cret-s3cret-s3cret-s3cret");
 
     let shm = config.shm_config();
     assert_eq!(shm.peers, [id(0)], "only the instance on the same host");
@@ -202,10 +214,52 @@ fn fencing_is_the_lease_unless_reservations_are_asked_for() {
 #[test]
 fn secret_file_is_read_relative_to_the_config() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("s"), "from a file\r\n").unwrap();
-    let text = GOOD.replace(r#"secret = "s3cret""#, r#"secret_file = "s""#);
+    write_secret(
+        &dir.path().join("s"),
+        "from a file, 32 bytes or more...\r\n",
+        0o400,
+    );
+    let text = GOOD.replace(SECRET_LINE, r#"secret_file = "s""#);
     let config = InstanceConfig::parse(&text, &dir.path().join("c.toml")).unwrap();
-    assert_eq!(config.secret.as_bytes(), b"from a file");
+    assert_eq!(
+        config.secret.as_bytes(),
+        b"from a file, 32 bytes or more..."
+    );
+}
+
+/// The inline secret of [`GOOD`] and the key that allows it.
+const SECRET_LINE: &str =
+    "secret = \"s3cret-s3cret-s3cret-s3cret-s3cret\"\nallow_inline_secret = true";
+
+#[test]
+fn a_secret_file_others_may_read_or_a_short_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace(SECRET_LINE, r#"secret_file = "s""#);
+    for mode in [0o640, 0o604, 0o660, 0o602] {
+        write_secret(
+            &dir.path().join("s"),
+            "a secret of at least 32 bytes...",
+            mode,
+        );
+        let error = InstanceConfig::parse(&text, &dir.path().join("c.toml")).unwrap_err();
+        assert!(
+            matches!(error.problem, ConfigProblem::SecretFileMode { mode: m, .. } if m == mode),
+            "{error}"
+        );
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+    }
+    write_secret(&dir.path().join("s"), "too short\n", 0o600);
+    let error = InstanceConfig::parse(&text, &dir.path().join("c.toml")).unwrap_err();
+    assert!(
+        matches!(
+            error.problem,
+            ConfigProblem::SecretTooShort {
+                key: "cluster.secret_file",
+                len: 9
+            }
+        ),
+        "{error}"
+    );
 }
 
 #[test]
@@ -351,28 +405,35 @@ const BAD: &[(&str, &str, &str, Check, &str)] = &[
     ),
     (
         "secret twice",
-        r#"secret = "s3cret""#,
+        r#"secret = "s3cret-s3cret-s3cret-s3cret-s3cret""#,
         "secret = \"a\"\nsecret_file = \"b\"",
         |p| matches!(p, ConfigProblem::SecretTwice),
         "secret_file",
     ),
     (
         "secret missing",
-        r#"secret = "s3cret""#,
+        r#"secret = "s3cret-s3cret-s3cret-s3cret-s3cret""#,
         "",
         |p| matches!(p, ConfigProblem::SecretMissing),
         "secret_file",
     ),
     (
-        "secret empty",
-        r#"secret = "s3cret""#,
-        r#"secret = """#,
-        |p| matches!(p, ConfigProblem::SecretEmpty { .. }),
+        "secret too short",
+        r#"secret = "s3cret-s3cret-s3cret-s3cret-s3cret""#,
+        r#"secret = "31 bytes, one short of the 32..""#,
+        |p| matches!(p, ConfigProblem::SecretTooShort { len: 31, .. }),
         "`cluster.secret`",
     ),
     (
+        "inline secret not allowed",
+        "allow_inline_secret = true",
+        "",
+        |p| matches!(p, ConfigProblem::SecretInline),
+        "allow_inline_secret",
+    ),
+    (
         "secret file missing",
-        r#"secret = "s3cret""#,
+        r#"secret = "s3cret-s3cret-s3cret-s3cret-s3cret""#,
         r#"secret_file = "/nonexistent/secret""#,
         |p| matches!(p, ConfigProblem::SecretFile { .. }),
         "/nonexistent/secret",

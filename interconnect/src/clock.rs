@@ -5,9 +5,61 @@
 //!
 //! The clock owns only that arithmetic. It never reads wall time, and it is not shared between
 //! threads by itself: a runtime that needs that wraps it (see `AtomicScnClock`).
+//!
+//! A received SCN is a number a peer (or a flipped bit) chose, so the merge is bounded: an SCN
+//! above [`SCN_LIMIT`], or more than [`DEFAULT_SCN_HORIZON`] above this clock, is refused with
+//! [`ScnError`] and leaves the clock as it was. Honest clocks never come near either bound
+//! (2^48 changes of lead is nine years at a million changes a second, so an instance that was
+//! down a long while still rejoins; 2^62 is a century at a billion a second), and below the
+//! limit a tick can never wrap, so SCNs stay strictly increasing. A hostile peer that holds
+//! the secret can still push the clock to the limit in 2^14 messages; it then stays there and
+//! ticks on, never wrapping.
 
 use crate::Scn;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// No SCN above this is accepted from anyone: ticks from it have 2^62 steps of room before
+/// `u64` would wrap.
+pub const SCN_LIMIT: Scn = Scn(1 << 62);
+
+/// How far one received SCN may move the clock forward.
+pub const DEFAULT_SCN_HORIZON: u64 = 1 << 48;
+
+/// A received SCN the clock refuses to merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ScnError {
+    /// Above [`SCN_LIMIT`].
+    #[error("{received} is above the SCN limit")]
+    AboveLimit {
+        /// The SCN received.
+        received: Scn,
+    },
+    /// More than the horizon ahead of this clock.
+    #[error("{received} is more than {horizon} ahead of this clock at {current}")]
+    BeyondHorizon {
+        /// The SCN received.
+        received: Scn,
+        /// This clock.
+        current: Scn,
+        /// The horizon.
+        horizon: u64,
+    },
+}
+
+/// Checks that `received` may be merged into a clock at `current`.
+fn check_received(current: u64, received: Scn) -> Result<(), ScnError> {
+    if received > SCN_LIMIT {
+        return Err(ScnError::AboveLimit { received });
+    }
+    if received.0 > current.saturating_add(DEFAULT_SCN_HORIZON) {
+        return Err(ScnError::BeyondHorizon {
+            received,
+            current: Scn(current),
+            horizon: DEFAULT_SCN_HORIZON,
+        });
+    }
+    Ok(())
+}
 
 /// A single-threaded Lamport clock, for sans-IO cores and the simulator.
 #[derive(Debug, Default, Clone)]
@@ -26,15 +78,25 @@ impl ScnClock {
         self.current
     }
 
-    /// Merges an SCN received from a peer. Returns the clock after the merge.
-    pub fn observe(&mut self, received: Scn) -> Scn {
+    /// Whether `received` would be merged ([`ScnClock::observe`]) without merging it: for
+    /// SCNs a peer reports that are not clock values, such as its durable redo SCN.
+    pub fn check(&self, received: Scn) -> Result<(), ScnError> {
+        check_received(self.current.0, received)
+    }
+
+    /// Merges an SCN received from a peer. Returns the clock after the merge, or why the SCN
+    /// was refused (the clock is then unchanged).
+    pub fn observe(&mut self, received: Scn) -> Result<Scn, ScnError> {
+        check_received(self.current.0, received)?;
         self.current = self.current.max(received);
-        self.current
+        Ok(self.current)
     }
 
     /// Issues the SCN of a new change: strictly above everything issued or seen so far.
     pub fn tick(&mut self) -> Scn {
-        self.current = Scn(self.current.0 + 1);
+        // The merge keeps the clock at or below SCN_LIMIT plus the ticks since: 2^62 ticks
+        // from wrapping, so saturation is never reached; it only rules a wrap out.
+        self.current = Scn(self.current.0.saturating_add(1));
         self.current
     }
 }
@@ -58,15 +120,26 @@ impl AtomicScnClock {
         Scn(self.current.load(Ordering::Acquire))
     }
 
-    /// Merges an SCN received from a peer.
-    pub fn observe(&self, received: Scn) -> Scn {
+    /// Merges an SCN received from a peer, or says why it was refused (as
+    /// [`ScnClock::observe`]).
+    pub fn observe(&self, received: Scn) -> Result<Scn, ScnError> {
+        check_received(self.current.load(Ordering::Acquire), received)?;
         let before = self.current.fetch_max(received.0, Ordering::AcqRel);
-        Scn(before.max(received.0))
+        Ok(Scn(before.max(received.0)))
     }
 
     /// Issues the SCN of a new change.
     pub fn tick(&self) -> Scn {
-        Scn(self.current.fetch_add(1, Ordering::AcqRel) + 1)
+        // As for ScnClock::tick: far below wrapping, which this only rules out.
+        let before = self
+            .current
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                Some(c.saturating_add(1))
+            });
+        let before = match before {
+            Ok(before) | Err(before) => before,
+        };
+        Scn(before.saturating_add(1))
     }
 }
 
@@ -78,10 +151,10 @@ mod tests {
     fn tick_is_strictly_above_everything_observed() {
         let mut clock = ScnClock::default();
         assert_eq!(clock.tick(), Scn(1));
-        assert_eq!(clock.observe(Scn(40)), Scn(40));
+        assert_eq!(clock.observe(Scn(40)), Ok(Scn(40)));
         assert_eq!(
             clock.observe(Scn(7)),
-            Scn(40),
+            Ok(Scn(40)),
             "an older SCN never moves the clock back"
         );
         assert_eq!(clock.tick(), Scn(41));
@@ -93,7 +166,7 @@ mod tests {
         let mut a = ScnClock::starting_at(Scn(100));
         let mut b = ScnClock::starting_at(Scn(3));
         let change_a = a.tick();
-        b.observe(change_a);
+        b.observe(change_a).unwrap();
         let change_b = b.tick();
         assert!(change_b > change_a);
     }
@@ -102,10 +175,34 @@ mod tests {
     fn atomic_clock_agrees_with_the_plain_one() {
         let clock = AtomicScnClock::starting_at(Scn(10));
         assert_eq!(clock.tick(), Scn(11));
-        assert_eq!(clock.observe(Scn(5)), Scn(11));
-        assert_eq!(clock.observe(Scn(50)), Scn(50));
+        assert_eq!(clock.observe(Scn(5)), Ok(Scn(11)));
+        assert_eq!(clock.observe(Scn(50)), Ok(Scn(50)));
         assert_eq!(clock.tick(), Scn(51));
         assert_eq!(clock.current(), Scn(51));
+    }
+
+    #[test]
+    fn extreme_scns_are_refused_and_leave_the_clock_alone() {
+        let mut clock = ScnClock::starting_at(Scn(1000));
+        let atomic = AtomicScnClock::starting_at(Scn(1000));
+        for received in [Scn(u64::MAX), Scn(SCN_LIMIT.0 + 1)] {
+            assert_eq!(
+                clock.observe(received),
+                Err(ScnError::AboveLimit { received })
+            );
+            assert!(atomic.observe(received).is_err());
+        }
+        let far = Scn(1000 + DEFAULT_SCN_HORIZON + 1);
+        assert!(matches!(
+            clock.observe(far),
+            Err(ScnError::BeyondHorizon { .. })
+        ));
+        assert!(atomic.observe(far).is_err());
+        assert_eq!((clock.current(), atomic.current()), (Scn(1000), Scn(1000)));
+        let near = Scn(1000 + DEFAULT_SCN_HORIZON);
+        assert_eq!(clock.observe(near), Ok(near));
+        assert_eq!(atomic.observe(near), Ok(near));
+        assert_eq!(clock.tick(), Scn(near.0 + 1));
     }
 }
 

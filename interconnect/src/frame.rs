@@ -1,4 +1,4 @@
-//! The wire frame: a fixed 56-byte header, a message body, and an optional block payload.
+//! The wire frame: a fixed 64-byte header, a message body, and an optional block payload.
 //!
 //! ```text
 //! offset size field
@@ -15,11 +15,19 @@
 //! 32     8    scn          the sender's cluster clock
 //! 40     4    block length 0 without a block; else a power of two in MIN_BLOCK_LEN..=MAX_BLOCK_LEN
 //! 44     8    landing token: the receiver's destination frame for the block (0 without one)
-//! 52     4    header crc32c over bytes 0..52 (one pass: it is paid twice per message)
+//! 52     4    payload crc32c over the body, then the block
+//! 56     4    reserved, 0
+//! 60     4    header crc32c over bytes 0..60
 //! ```
 //!
 //! All integers are little-endian. The body follows the header, then the block. The decoder
 //! validates every field and returns a typed [`FrameError`]; it never panics on any input.
+//! The header checksum guards the fields a receiver acts on before the payload arrives (the
+//! lengths, the landing token); the payload checksum guards the body and block, which TCP's
+//! 16-bit checksum alone lets through often enough to matter at cluster rates. A receiver
+//! checks it with [`FrameHeader::check_payload`] before it acts on the body or hands a
+//! landed block on. Both are CRC32C: they catch corruption, not forgery (see the README's
+//! threat model).
 //! This module owns the byte layout only: whether a frame's cluster, destination or epoch is
 //! acceptable *here* is the transport's and membership's decision
 //! ([`FrameHeader::check_addressed_to`]).
@@ -28,11 +36,11 @@ use crate::region::LandingToken;
 use crate::{ClusterId, Epoch, InstanceId, Scn};
 
 /// Header length in bytes.
-pub const HEADER_LEN: usize = 56;
+pub const HEADER_LEN: usize = 64;
 /// First four bytes of every frame.
 pub const FRAME_MAGIC: [u8; 4] = *b"FSN1";
-/// Wire format version this build speaks.
-pub const FRAME_VERSION: u8 = 1;
+/// Wire format version this build speaks (2: the payload checksum).
+pub const FRAME_VERSION: u8 = 2;
 /// Largest message body. Messages are small; blocks travel in the payload.
 pub const MAX_BODY_LEN: u32 = 64 * 1024;
 /// Smallest block payload (DESIGN.md: block sizes 4–32 KiB, powers of two).
@@ -135,6 +143,8 @@ pub struct FrameHeader {
     pub body_len: u32,
     /// The block payload after the body, if any.
     pub block: Option<BlockDescriptor>,
+    /// CRC32C of the body followed by the block ([`payload_crc`]).
+    pub payload_crc: u32,
 }
 
 /// Where a block payload goes and how long it is.
@@ -218,6 +228,17 @@ pub enum FrameError {
         /// The frame's destination.
         found: InstanceId,
     },
+    /// The body or block does not match the payload checksum.
+    #[error("frame payload checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    BadPayloadChecksum {
+        /// Checksum in the header.
+        stored: u32,
+        /// Checksum of the body and block received.
+        computed: u32,
+    },
+    /// The reserved header bytes are not zero.
+    #[error("reserved frame header bytes are not zero")]
+    Reserved,
     /// The frame claims a source other than the authenticated peer of its connection.
     #[error("frame claims source {claimed} on the connection of instance {peer}")]
     SpoofedSource {
@@ -252,8 +273,10 @@ impl FrameHeader {
         let (block_len, landing) = self.block.map_or((0, 0), |b| (b.len, b.landing.to_wire()));
         out[40..44].copy_from_slice(&block_len.to_le_bytes());
         out[44..52].copy_from_slice(&landing.to_le_bytes());
+        out[52..56].copy_from_slice(&self.payload_crc.to_le_bytes());
+        out[56..60].fill(0);
         let crc = header_crc(out);
-        out[52..56].copy_from_slice(&crc.to_le_bytes());
+        out[60..64].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Decodes and validates a header from the first [`HEADER_LEN`] bytes of `bytes`.
@@ -268,10 +291,13 @@ impl FrameHeader {
         if raw[4] != FRAME_VERSION {
             return Err(FrameError::UnsupportedVersion { found: raw[4] });
         }
-        let stored = u32::from_le_bytes(array(raw, 52));
+        let stored = u32::from_le_bytes(array(raw, 60));
         let computed = header_crc(raw);
         if stored != computed {
             return Err(FrameError::BadChecksum { stored, computed });
+        }
+        if raw[56..60] != [0; 4] {
+            return Err(FrameError::Reserved);
         }
         let service = Service::from_wire(raw[5]).ok_or(FrameError::UnknownService(raw[5]))?;
         let priority = Priority::from_wire(raw[6]).ok_or(FrameError::UnknownPriority(raw[6]))?;
@@ -323,7 +349,21 @@ impl FrameHeader {
             scn: Scn(u64::from_le_bytes(array(raw, 32))),
             body_len,
             block,
+            payload_crc: u32::from_le_bytes(array(raw, 52)),
         })
+    }
+
+    /// Checks the body and block that arrived against the payload checksum.
+    pub fn check_payload(&self, body: &[u8], block: &[u8]) -> Result<(), FrameError> {
+        let computed = payload_crc(body, block);
+        if computed == self.payload_crc {
+            Ok(())
+        } else {
+            Err(FrameError::BadPayloadChecksum {
+                stored: self.payload_crc,
+                computed,
+            })
+        }
     }
 
     /// Checks that a frame received on the connection of `peer` belongs to `cluster`, is for
@@ -361,8 +401,13 @@ pub fn valid_block_len(len: u32) -> bool {
     len.is_power_of_two() && (MIN_BLOCK_LEN..=MAX_BLOCK_LEN).contains(&len)
 }
 
+/// The payload checksum a sender puts in the header: CRC32C of the body, then the block.
+pub fn payload_crc(body: &[u8], block: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(body), block)
+}
+
 fn header_crc(raw: &[u8; HEADER_LEN]) -> u32 {
-    crc32c::crc32c(&raw[..52])
+    crc32c::crc32c(&raw[..60])
 }
 
 fn instance(raw: u16) -> Result<InstanceId, FrameError> {
@@ -399,9 +444,21 @@ mod tests {
             any::<u64>(),
             any::<u64>(),
             prop::option::of((12u32..=15, 0u32..1 << 20, any::<u32>())),
+            any::<u32>(),
         )
             .prop_map(
-                |(service, priority, cluster, src, dst, body_len, epoch, scn, block)| FrameHeader {
+                |(
+                    service,
+                    priority,
+                    cluster,
+                    src,
+                    dst,
+                    body_len,
+                    epoch,
+                    scn,
+                    block,
+                    payload_crc,
+                )| FrameHeader {
                     service,
                     priority,
                     cluster: ClusterId(cluster),
@@ -414,6 +471,7 @@ mod tests {
                         len: 1 << shift,
                         landing: LandingToken::new(frame, generation.max(1)),
                     }),
+                    payload_crc,
                 },
             )
     }
@@ -458,6 +516,7 @@ mod tests {
             scn: Scn(99),
             body_len: 64,
             block: None,
+            payload_crc: 0,
         }
     }
 
@@ -465,7 +524,7 @@ mod tests {
     /// field check (not the checksum) is what refuses it.
     fn reseal(raw: &mut [u8; HEADER_LEN]) {
         let crc = header_crc(raw);
-        raw[52..56].copy_from_slice(&crc.to_le_bytes());
+        raw[60..64].copy_from_slice(&crc.to_le_bytes());
     }
 
     #[test]
@@ -521,6 +580,28 @@ mod tests {
             FrameHeader::decode(&raw),
             Err(FrameError::UnsupportedVersion { found: 9 })
         );
+    }
+
+    #[test]
+    fn the_payload_checksum_covers_body_and_block() {
+        let body = b"message body".to_vec();
+        let block = vec![7u8; MIN_BLOCK_LEN as usize];
+        let header = FrameHeader {
+            payload_crc: payload_crc(&body, &block),
+            ..sample()
+        };
+        assert_eq!(header.check_payload(&body, &block), Ok(()));
+        let mut flipped = block.clone();
+        flipped[100] ^= 4;
+        assert!(matches!(
+            header.check_payload(&body, &flipped),
+            Err(FrameError::BadPayloadChecksum { .. })
+        ));
+        let mut raw = [0u8; HEADER_LEN];
+        header.encode(&mut raw);
+        raw[57] = 1;
+        reseal(&mut raw);
+        assert_eq!(FrameHeader::decode(&raw), Err(FrameError::Reserved));
     }
 
     #[test]

@@ -4,19 +4,27 @@
 //! ```text
 //! dialer                                         acceptor
 //!   Hello {cluster, from, to, nonce_d}     ---->
-//!                                          <----   Challenge {cluster, from, to, nonce_a,
-//!                                                             mac_a = HMAC(secret, "acceptor" | transcript)}
-//!   checks mac_a (the acceptor knows the secret)
+//!                                          <----   Challenge {nonce_a}   (nothing else)
 //!   Proof {mac_d = HMAC(secret, "dialer" | transcript)} ---->
-//!                                                  checks mac_d (the dialer knows it)
-//!                                          <----   Verdict {accepted | reason}
+//!                                                  checks mac_d, then the cluster and ids
+//!                                          <----   Verdict {accepted, mac_a = HMAC(secret, "acceptor" | transcript)}
+//!                                                  or Verdict {refused, reason}
+//!   checks mac_a (the acceptor knows the secret)
 //! ```
 //!
-//! `transcript` is `cluster | dialer id | acceptor id | nonce_d | nonce_a`, so a MAC is bound
-//! to both nonces and both identities and cannot be replayed on another connection. Each side
-//! refuses a wrong cluster id, a wrong version, an unknown or mismatched instance id and a
-//! wrong secret, and the acceptor tells the dialer why it refused (Verdict), so the operator
-//! on either host reads a precise error. Every record is [`RECORD_LEN`] bytes.
+//! `transcript` is `cluster | dialer id | acceptor id | nonce_d | nonce_a` as the dialer
+//! claims them, so a MAC is bound to both nonces and both identities and cannot be replayed
+//! on another connection.
+//!
+//! The dialer proves first, over a nonce the acceptor chose: whoever merely reaches the port
+//! learns nothing from the acceptor (no MAC to test secret guesses against offline, no cluster
+//! or instance id: the challenge carries only a nonce, and no refusal carries an id). The
+//! acceptor checks the dialer's MAC before its claims, so only a peer that holds the secret
+//! learns *why* it was refused (wrong cluster id, unexpected instance id); anyone else reads
+//! "wrong cluster secret". The acceptor's own MAC, in the accepting verdict, proves to the
+//! dialer that it did not dial an impostor. Secrets are at least [`MIN_SECRET_LEN`] bytes, so
+//! that the one MAC an impostor acceptor can collect (the dialer's proof) is no help to a
+//! guesser either. Every record is [`RECORD_LEN`] bytes.
 //!
 //! This module owns the record format and the two state machines. It never touches sockets
 //! or draws random numbers: the transport passes nonces in.
@@ -27,8 +35,10 @@ use sha2::Sha256;
 
 /// Every handshake record is this long.
 pub const RECORD_LEN: usize = 80;
-/// Handshake protocol version.
-pub const HANDSHAKE_VERSION: u8 = 1;
+/// Handshake protocol version (2: the dialer proves first).
+pub const HANDSHAKE_VERSION: u8 = 2;
+/// The shortest cluster secret accepted: 32 bytes, the HMAC-SHA256 key size.
+pub const MIN_SECRET_LEN: usize = 32;
 const MAGIC: [u8; 4] = *b"FSNH";
 const NONCE_LEN: usize = 16;
 const MAC_LEN: usize = 32;
@@ -69,11 +79,11 @@ pub enum HandshakeError {
     RefusedByPeer(RefusalReason),
 }
 
-/// What an acceptor tells a dialer it refuses.
+/// What an acceptor tells a dialer it refuses. No reason carries an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RefusalReason {
-    /// Wrong cluster id.
+    /// Wrong cluster id (told only to a dialer that proved the secret).
     #[error("wrong cluster id")]
     WrongCluster,
     /// Wrong version.
@@ -82,7 +92,8 @@ pub enum RefusalReason {
     /// The dialer's proof did not verify.
     #[error("wrong cluster secret")]
     BadSecret,
-    /// The dialer's id is not a peer the acceptor expects.
+    /// The dialer's id is not a peer the acceptor expects (told only to a dialer that proved
+    /// the secret).
     #[error("unexpected instance id")]
     UnexpectedInstance,
     /// Anything else (a malformed record).
@@ -129,7 +140,8 @@ pub struct HandshakeConfig {
     pub cluster: ClusterId,
     /// This instance.
     pub local: InstanceId,
-    /// The cluster secret (from the cluster file).
+    /// The cluster secret (from the cluster file), at least [`MIN_SECRET_LEN`] bytes: the
+    /// transports refuse to start with a shorter one.
     pub secret: Vec<u8>,
 }
 
@@ -155,12 +167,13 @@ enum Kind {
 }
 
 /// Field layout: magic 0..4, kind 4, version 5, code 6, cluster 8..16, from 16..18, to 18..20,
-/// nonce 24..40, mac 40..72.
+/// nonce 24..40, mac 40..72. Fields a record does not use are zero.
+#[derive(Default)]
 struct Fields {
     kind: u8,
     version: u8,
     code: u8,
-    cluster: ClusterId,
+    cluster: u64,
     from: u16,
     to: u16,
     nonce: Nonce,
@@ -168,16 +181,11 @@ struct Fields {
 }
 
 impl Fields {
-    fn new(kind: Kind, config: &HandshakeConfig, to: InstanceId) -> Self {
+    fn new(kind: Kind) -> Self {
         Fields {
             kind: kind as u8,
             version: HANDSHAKE_VERSION,
-            code: 0,
-            cluster: config.cluster,
-            from: config.local.as_u16(),
-            to: to.as_u16(),
-            nonce: [0; NONCE_LEN],
-            mac: [0; MAC_LEN],
+            ..Fields::default()
         }
     }
 
@@ -187,7 +195,7 @@ impl Fields {
         r[4] = self.kind;
         r[5] = self.version;
         r[6] = self.code;
-        r[8..16].copy_from_slice(&self.cluster.0.to_le_bytes());
+        r[8..16].copy_from_slice(&self.cluster.to_le_bytes());
         r[16..18].copy_from_slice(&self.from.to_le_bytes());
         r[18..20].copy_from_slice(&self.to.to_le_bytes());
         r[24..40].copy_from_slice(&self.nonce);
@@ -209,7 +217,7 @@ impl Fields {
             kind: r[4],
             version: r[5],
             code: r[6],
-            cluster: ClusterId(u64::from_le_bytes(cluster)),
+            cluster: u64::from_le_bytes(cluster),
             from: u16::from_le_bytes([r[16], r[17]]),
             to: u16::from_le_bytes([r[18], r[19]]),
             nonce,
@@ -233,28 +241,45 @@ impl Fields {
     }
 }
 
-fn transcript_mac(
-    secret: &[u8],
-    role: &[u8],
-    cluster: ClusterId,
+/// What both MACs of one connection cover.
+struct Transcript {
+    cluster: u64,
     dialer: u16,
     acceptor: u16,
-    nonce_d: &Nonce,
-    nonce_a: &Nonce,
-) -> HmacSha256 {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = match HmacSha256::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
-    };
-    mac.update(role);
-    mac.update(&cluster.0.to_le_bytes());
-    mac.update(&dialer.to_le_bytes());
-    mac.update(&acceptor.to_le_bytes());
-    mac.update(nonce_d);
-    mac.update(nonce_a);
-    mac
+    nonce_d: Nonce,
+    nonce_a: Nonce,
 }
+
+impl Transcript {
+    fn mac(&self, secret: &[u8], role: &[u8]) -> HmacSha256 {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = match HmacSha256::new_from_slice(secret) {
+            Ok(mac) => mac,
+            Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
+        };
+        mac.update(role);
+        mac.update(&self.cluster.to_le_bytes());
+        mac.update(&self.dialer.to_le_bytes());
+        mac.update(&self.acceptor.to_le_bytes());
+        mac.update(&self.nonce_d);
+        mac.update(&self.nonce_a);
+        mac
+    }
+
+    fn sign(&self, secret: &[u8], role: &[u8]) -> [u8; MAC_LEN] {
+        self.mac(secret, role).finalize().into_bytes().into()
+    }
+
+    fn verify(&self, secret: &[u8], role: &[u8], mac: &[u8]) -> Result<(), HandshakeError> {
+        // Constant time: `verify_slice` compares without an early exit.
+        self.mac(secret, role)
+            .verify_slice(mac)
+            .map_err(|_| HandshakeError::BadSecret)
+    }
+}
+
+const DIALER_ROLE: &[u8] = b"dialer";
+const ACCEPTOR_ROLE: &[u8] = b"acceptor";
 
 /// The connecting side.
 #[derive(Debug)]
@@ -262,120 +287,79 @@ pub struct Dialer {
     config: HandshakeConfig,
     peer: InstanceId,
     nonce_d: Nonce,
-    awaiting: Kind,
+    state: DialerState,
 }
 
-impl std::fmt::Debug for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self {
-            Kind::Hello => "Hello",
-            Kind::Challenge => "Challenge",
-            Kind::Proof => "Proof",
-            Kind::Verdict => "Verdict",
-        };
-        f.write_str(name)
-    }
+#[derive(Debug)]
+enum DialerState {
+    AwaitingChallenge,
+    AwaitingVerdict { nonce_a: Nonce },
+    Done,
 }
 
 /// What a dialer does after a record arrives.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DialerStep {
-    /// Send this record and wait for the verdict.
+    /// Send this proof and wait for the verdict.
     Send(Box<Record>),
-    /// The acceptor accepted: the connection is authenticated.
+    /// The acceptor accepted and proved the secret: the connection is authenticated.
     Established,
 }
 
 impl Dialer {
     /// Starts a handshake with `peer`; returns the dialer and the Hello to send.
     pub fn start(config: HandshakeConfig, peer: InstanceId, nonce_d: Nonce) -> (Dialer, Record) {
-        let mut hello = Fields::new(Kind::Hello, &config, peer);
-        hello.nonce = nonce_d;
-        let record = hello.encode();
+        let hello = Fields {
+            cluster: config.cluster.0,
+            from: config.local.as_u16(),
+            to: peer.as_u16(),
+            nonce: nonce_d,
+            ..Fields::new(Kind::Hello)
+        };
         (
             Dialer {
                 config,
                 peer,
                 nonce_d,
-                awaiting: Kind::Challenge,
+                state: DialerState::AwaitingChallenge,
             },
-            record,
+            hello.encode(),
         )
     }
 
-    /// Handles the acceptor's next record. A refusal carries a verdict telling the acceptor
-    /// why (unless the acceptor refused first).
-    pub fn on_record(&mut self, record: &Record) -> Result<DialerStep, Refusal> {
-        self.step(record).map_err(|error| {
-            let verdict = match error {
-                HandshakeError::RefusedByPeer(_) => None,
-                _ => {
-                    let mut verdict = Fields::new(Kind::Verdict, &self.config, self.peer);
-                    verdict.code = RefusalReason::of(&error).code();
-                    Some(Box::new(verdict.encode()))
-                }
-            };
-            Refusal { error, verdict }
-        })
-    }
-
-    fn step(&mut self, record: &Record) -> Result<DialerStep, HandshakeError> {
-        match self.awaiting {
-            Kind::Challenge => {
+    /// Handles the acceptor's next record. The dialer never sends a refusal: the acceptor
+    /// learns that the dialer gave up from the closed connection.
+    pub fn on_record(&mut self, record: &Record) -> Result<DialerStep, HandshakeError> {
+        let transcript = |nonce_a: Nonce| Transcript {
+            cluster: self.config.cluster.0,
+            dialer: self.config.local.as_u16(),
+            acceptor: self.peer.as_u16(),
+            nonce_d: self.nonce_d,
+            nonce_a,
+        };
+        match std::mem::replace(&mut self.state, DialerState::Done) {
+            DialerState::AwaitingChallenge => {
                 let challenge = Fields::decode(record, Kind::Challenge)?;
-                if challenge.cluster != self.config.cluster {
-                    return Err(HandshakeError::WrongCluster {
-                        expected: self.config.cluster,
-                        found: challenge.cluster,
-                    });
-                }
-                if challenge.from != self.peer.as_u16()
-                    || challenge.to != self.config.local.as_u16()
-                {
-                    return Err(HandshakeError::UnexpectedInstance(challenge.from));
-                }
-                let (dialer, acceptor) = (self.config.local.as_u16(), self.peer.as_u16());
-                let expected = transcript_mac(
-                    &self.config.secret,
-                    b"acceptor",
-                    self.config.cluster,
-                    dialer,
-                    acceptor,
-                    &self.nonce_d,
-                    &challenge.nonce,
-                );
-                expected
-                    .verify_slice(&challenge.mac)
-                    .map_err(|_| HandshakeError::BadSecret)?;
-                let mut proof = Fields::new(Kind::Proof, &self.config, self.peer);
-                proof.mac = transcript_mac(
-                    &self.config.secret,
-                    b"dialer",
-                    self.config.cluster,
-                    dialer,
-                    acceptor,
-                    &self.nonce_d,
-                    &challenge.nonce,
-                )
-                .finalize()
-                .into_bytes()
-                .into();
-                self.awaiting = Kind::Verdict;
+                self.state = DialerState::AwaitingVerdict {
+                    nonce_a: challenge.nonce,
+                };
+                let proof = Fields {
+                    mac: transcript(challenge.nonce).sign(&self.config.secret, DIALER_ROLE),
+                    ..Fields::new(Kind::Proof)
+                };
                 Ok(DialerStep::Send(Box::new(proof.encode())))
             }
-            Kind::Verdict => {
+            DialerState::AwaitingVerdict { nonce_a } => {
                 let verdict = Fields::decode(record, Kind::Verdict)?;
-                if verdict.code == 0 {
-                    Ok(DialerStep::Established)
-                } else {
-                    Err(HandshakeError::RefusedByPeer(RefusalReason::from_code(
+                if verdict.code != 0 {
+                    return Err(HandshakeError::RefusedByPeer(RefusalReason::from_code(
                         verdict.code,
-                    )))
+                    )));
                 }
+                transcript(nonce_a).verify(&self.config.secret, ACCEPTOR_ROLE, &verdict.mac)?;
+                Ok(DialerStep::Established)
             }
-            Kind::Hello | Kind::Proof => {
-                Err(HandshakeError::Malformed("dialer in a finished state"))
-            }
+            DialerState::Done => Err(HandshakeError::Malformed("dialer in a finished state")),
         }
     }
 }
@@ -391,7 +375,13 @@ pub struct Acceptor {
 #[derive(Debug)]
 enum AcceptorState {
     AwaitingHello,
-    AwaitingProof { dialer: InstanceId, nonce_d: Nonce },
+    /// The hello's claims, kept unverified until the proof.
+    AwaitingProof {
+        cluster: u64,
+        dialer: u16,
+        to: u16,
+        nonce_d: Nonce,
+    },
     Done,
 }
 
@@ -409,14 +399,14 @@ pub enum AcceptorStep {
     },
 }
 
-/// A refused handshake: the error, and the verdict record to send to the other side before
-/// closing, so that both operators read why.
+/// A handshake the acceptor refused: the error (for this side's log) and the verdict to send
+/// the dialer before closing (a reason code, never an id).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
     /// What went wrong.
     pub error: HandshakeError,
     /// The verdict telling the dialer why.
-    pub verdict: Option<Box<Record>>,
+    pub verdict: Box<Record>,
 }
 
 impl Acceptor {
@@ -438,12 +428,14 @@ impl Acceptor {
     ) -> Result<AcceptorStep, Refusal> {
         let result = self.step(record, is_peer);
         result.map_err(|error| {
-            let mut verdict = Fields::new(Kind::Verdict, &self.config, self.config.local);
-            verdict.code = RefusalReason::of(&error).code();
             self.state = AcceptorState::Done;
+            let verdict = Fields {
+                code: RefusalReason::of(&error).code(),
+                ..Fields::new(Kind::Verdict)
+            };
             Refusal {
                 error,
-                verdict: Some(Box::new(verdict.encode())),
+                verdict: Box::new(verdict.encode()),
             }
         })
     }
@@ -455,57 +447,58 @@ impl Acceptor {
     ) -> Result<AcceptorStep, HandshakeError> {
         match std::mem::replace(&mut self.state, AcceptorState::Done) {
             AcceptorState::AwaitingHello => {
+                // Nothing is checked but the format: a refusal here would tell a stranger
+                // which cluster or instance ids are wrong.
                 let hello = Fields::decode(record, Kind::Hello)?;
-                if hello.cluster != self.config.cluster {
-                    return Err(HandshakeError::WrongCluster {
-                        expected: self.config.cluster,
-                        found: hello.cluster,
-                    });
-                }
-                let dialer = InstanceId::try_from(hello.from)
-                    .ok()
-                    .filter(|&id| is_peer(id) && id != self.config.local)
-                    .ok_or(HandshakeError::UnexpectedInstance(hello.from))?;
-                if hello.to != self.config.local.as_u16() {
-                    return Err(HandshakeError::UnexpectedInstance(hello.to));
-                }
-                let mut challenge = Fields::new(Kind::Challenge, &self.config, dialer);
-                challenge.nonce = self.nonce_a;
-                challenge.mac = transcript_mac(
-                    &self.config.secret,
-                    b"acceptor",
-                    self.config.cluster,
-                    dialer.as_u16(),
-                    self.config.local.as_u16(),
-                    &hello.nonce,
-                    &self.nonce_a,
-                )
-                .finalize()
-                .into_bytes()
-                .into();
                 self.state = AcceptorState::AwaitingProof {
-                    dialer,
+                    cluster: hello.cluster,
+                    dialer: hello.from,
+                    to: hello.to,
                     nonce_d: hello.nonce,
+                };
+                let challenge = Fields {
+                    nonce: self.nonce_a,
+                    ..Fields::new(Kind::Challenge)
                 };
                 Ok(AcceptorStep::Send(Box::new(challenge.encode())))
             }
-            AcceptorState::AwaitingProof { dialer, nonce_d } => {
+            AcceptorState::AwaitingProof {
+                cluster,
+                dialer,
+                to,
+                nonce_d,
+            } => {
                 let proof = Fields::decode(record, Kind::Proof)?;
-                transcript_mac(
-                    &self.config.secret,
-                    b"dialer",
-                    self.config.cluster,
-                    dialer.as_u16(),
-                    self.config.local.as_u16(),
-                    &nonce_d,
-                    &self.nonce_a,
-                )
-                .verify_slice(&proof.mac)
-                .map_err(|_| HandshakeError::BadSecret)?;
-                let verdict = Fields::new(Kind::Verdict, &self.config, dialer);
+                let transcript = Transcript {
+                    cluster,
+                    dialer,
+                    acceptor: to,
+                    nonce_d,
+                    nonce_a: self.nonce_a,
+                };
+                transcript.verify(&self.config.secret, DIALER_ROLE, &proof.mac)?;
+                // The dialer holds the secret: its claims are now worth checking, and it may
+                // learn what is wrong with them.
+                if cluster != self.config.cluster.0 {
+                    return Err(HandshakeError::WrongCluster {
+                        expected: self.config.cluster,
+                        found: ClusterId(cluster),
+                    });
+                }
+                if to != self.config.local.as_u16() {
+                    return Err(HandshakeError::UnexpectedInstance(to));
+                }
+                let peer = InstanceId::try_from(dialer)
+                    .ok()
+                    .filter(|&id| is_peer(id) && id != self.config.local)
+                    .ok_or(HandshakeError::UnexpectedInstance(dialer))?;
+                let verdict = Fields {
+                    mac: transcript.sign(&self.config.secret, ACCEPTOR_ROLE),
+                    ..Fields::new(Kind::Verdict)
+                };
                 Ok(AcceptorStep::Established {
                     verdict: Box::new(verdict.encode()),
-                    peer: dialer,
+                    peer,
                 })
             }
             AcceptorState::Done => Err(HandshakeError::Malformed("acceptor in a finished state")),
@@ -516,6 +509,9 @@ impl Acceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECRET: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+    const OTHER: &[u8; 32] = b"fedcba9876543210fedcba9876543210";
 
     fn config(cluster: u64, local: u64, secret: &[u8]) -> HandshakeConfig {
         HandshakeConfig {
@@ -540,9 +536,8 @@ mod tests {
             Ok(AcceptorStep::Send(record)) => record,
             Ok(other) => panic!("unexpected {other:?}"),
             Err(refusal) => {
-                let verdict = refusal.verdict.expect("a refusal carries a verdict");
                 return (
-                    dialer.on_record(&verdict).map(|_| ()).map_err(|r| r.error),
+                    dialer.on_record(&refusal.verdict).map(|_| ()),
                     Err(refusal.error),
                 );
             }
@@ -550,60 +545,43 @@ mod tests {
         let proof = match dialer.on_record(&challenge) {
             Ok(DialerStep::Send(record)) => record,
             Ok(DialerStep::Established) => panic!("established before the verdict"),
-            Err(refusal) => {
-                // The dialer tells the acceptor why it gives up; the acceptor reads that.
-                let verdict = refusal
-                    .verdict
-                    .expect("a dialer-side refusal carries a verdict");
-                let acceptor_side = acceptor
-                    .on_record(&verdict, |_| true)
-                    .map(|_| ())
-                    .unwrap_err()
-                    .error;
-                return (Err(refusal.error), Err(acceptor_side));
-            }
+            Err(error) => return (Err(error), Err(HandshakeError::Malformed("dialer gave up"))),
         };
         match acceptor.on_record(&proof, |_| true) {
             Ok(AcceptorStep::Established { verdict, peer }) => {
                 let dialer_side = dialer
                     .on_record(&verdict)
-                    .map(|step| assert_eq!(step, DialerStep::Established))
-                    .map_err(|r| r.error);
+                    .map(|step| assert_eq!(step, DialerStep::Established));
                 (dialer_side, Ok(peer))
             }
             Ok(other) => panic!("unexpected {other:?}"),
-            Err(refusal) => {
-                let verdict = refusal.verdict.expect("a refusal carries a verdict");
-                (
-                    dialer.on_record(&verdict).map(|_| ()).map_err(|r| r.error),
-                    Err(refusal.error),
-                )
-            }
+            Err(refusal) => (
+                dialer.on_record(&refusal.verdict).map(|_| ()),
+                Err(refusal.error),
+            ),
         }
     }
 
     #[test]
     fn same_cluster_and_secret_establish() {
-        let (dialer, acceptor) = run(config(9, 2, b"s3cret"), config(9, 1, b"s3cret"));
+        let (dialer, acceptor) = run(config(9, 2, SECRET), config(9, 1, SECRET));
         assert_eq!(dialer, Ok(()));
         assert_eq!(acceptor, Ok(InstanceId::new(2).unwrap()));
     }
 
     #[test]
     fn wrong_secret_is_refused_on_both_sides() {
-        let (dialer, acceptor) = run(config(9, 2, b"wrong"), config(9, 1, b"s3cret"));
-        // The dialer sees the acceptor's MAC fail first: it never sends a proof, and tells the
-        // acceptor why.
-        assert_eq!(dialer, Err(HandshakeError::BadSecret));
+        let (dialer, acceptor) = run(config(9, 2, OTHER), config(9, 1, SECRET));
+        assert_eq!(acceptor, Err(HandshakeError::BadSecret));
         assert_eq!(
-            acceptor,
+            dialer,
             Err(HandshakeError::RefusedByPeer(RefusalReason::BadSecret))
         );
     }
 
     #[test]
-    fn wrong_cluster_is_refused_with_a_reason() {
-        let (dialer, acceptor) = run(config(8, 2, b"s3cret"), config(9, 1, b"s3cret"));
+    fn wrong_cluster_is_refused_with_a_reason_to_a_secret_holder() {
+        let (dialer, acceptor) = run(config(8, 2, SECRET), config(9, 1, SECRET));
         assert_eq!(
             acceptor,
             Err(HandshakeError::WrongCluster {
@@ -615,18 +593,75 @@ mod tests {
             dialer,
             Err(HandshakeError::RefusedByPeer(RefusalReason::WrongCluster))
         );
+        // Without the secret, a wrong cluster reads as a wrong secret: a stranger learns
+        // nothing about the cluster id.
+        let (dialer, _) = run(config(8, 2, OTHER), config(9, 1, SECRET));
+        assert_eq!(
+            dialer,
+            Err(HandshakeError::RefusedByPeer(RefusalReason::BadSecret))
+        );
+    }
+
+    #[test]
+    fn the_acceptor_reveals_nothing_before_the_proof() {
+        let (_, hello) = Dialer::start(config(9, 2, OTHER), InstanceId::new(1).unwrap(), [1; 16]);
+        let mut acceptor = Acceptor::new(config(9, 1, SECRET), [2; 16]);
+        let Ok(AcceptorStep::Send(challenge)) = acceptor.on_record(&hello, |_| true) else {
+            panic!("a hello gets a challenge")
+        };
+        // Magic, kind, version and the nonce: no cluster id, no instance id, no MAC.
+        let mut expected = [0u8; RECORD_LEN];
+        expected[0..4].copy_from_slice(&MAGIC);
+        expected[4] = Kind::Challenge as u8;
+        expected[5] = HANDSHAKE_VERSION;
+        expected[24..40].copy_from_slice(&[2; 16]);
+        assert_eq!(*challenge, expected);
+        // A refusal names a reason, never an id.
+        let refusal = acceptor
+            .on_record(&[0u8; RECORD_LEN], |_| true)
+            .unwrap_err();
+        assert_eq!(refusal.verdict[8..72], [0u8; 64]);
+    }
+
+    #[test]
+    fn an_impostor_acceptor_is_caught_by_the_dialer() {
+        let peer = InstanceId::new(1).unwrap();
+        let (mut dialer, hello) = Dialer::start(config(9, 2, SECRET), peer, [1; 16]);
+        let mut impostor = Acceptor::new(config(9, 1, OTHER), [2; 16]);
+        let Ok(AcceptorStep::Send(challenge)) = impostor.on_record(&hello, |_| true) else {
+            panic!()
+        };
+        let Ok(DialerStep::Send(_proof)) = dialer.on_record(&challenge) else {
+            panic!()
+        };
+        // The impostor cannot verify the proof, so it forges an accepting verdict.
+        let forged = Fields {
+            mac: [7; MAC_LEN],
+            ..Fields::new(Kind::Verdict)
+        };
+        assert_eq!(
+            dialer.on_record(&forged.encode()),
+            Err(HandshakeError::BadSecret)
+        );
+        assert!(dialer.on_record(&forged.encode()).is_err(), "finished");
     }
 
     #[test]
     fn unknown_dialer_is_refused() {
         let (mut dialer, hello) =
-            Dialer::start(config(9, 7, b"k"), InstanceId::new(1).unwrap(), [3; 16]);
-        let mut acceptor = Acceptor::new(config(9, 1, b"k"), [4; 16]);
-        let refusal = acceptor.on_record(&hello, |id| id.index() < 3).unwrap_err();
+            Dialer::start(config(9, 7, SECRET), InstanceId::new(1).unwrap(), [3; 16]);
+        let mut acceptor = Acceptor::new(config(9, 1, SECRET), [4; 16]);
+        let is_peer = |id: InstanceId| id.index() < 3;
+        let Ok(AcceptorStep::Send(challenge)) = acceptor.on_record(&hello, is_peer) else {
+            panic!()
+        };
+        let Ok(DialerStep::Send(proof)) = dialer.on_record(&challenge) else {
+            panic!()
+        };
+        let refusal = acceptor.on_record(&proof, is_peer).unwrap_err();
         assert_eq!(refusal.error, HandshakeError::UnexpectedInstance(7));
-        let verdict = refusal.verdict.unwrap();
         assert_eq!(
-            dialer.on_record(&verdict).map_err(|r| r.error),
+            dialer.on_record(&refusal.verdict),
             Err(HandshakeError::RefusedByPeer(
                 RefusalReason::UnexpectedInstance
             ))
@@ -635,7 +670,7 @@ mod tests {
 
     #[test]
     fn garbage_and_replayed_records_are_refused() {
-        let mut acceptor = Acceptor::new(config(9, 1, b"k"), [4; 16]);
+        let mut acceptor = Acceptor::new(config(9, 1, SECRET), [4; 16]);
         let refusal = acceptor
             .on_record(&[0u8; RECORD_LEN], |_| true)
             .unwrap_err();
@@ -643,15 +678,15 @@ mod tests {
 
         // A proof captured from one connection does not verify on another (fresh nonce).
         let (mut dialer, hello) =
-            Dialer::start(config(9, 2, b"k"), InstanceId::new(1).unwrap(), [1; 16]);
-        let mut first = Acceptor::new(config(9, 1, b"k"), [5; 16]);
+            Dialer::start(config(9, 2, SECRET), InstanceId::new(1).unwrap(), [1; 16]);
+        let mut first = Acceptor::new(config(9, 1, SECRET), [5; 16]);
         let AcceptorStep::Send(challenge) = first.on_record(&hello, |_| true).unwrap() else {
             panic!()
         };
         let DialerStep::Send(proof) = dialer.on_record(&challenge).unwrap() else {
             panic!()
         };
-        let mut second = Acceptor::new(config(9, 1, b"k"), [6; 16]);
+        let mut second = Acceptor::new(config(9, 1, SECRET), [6; 16]);
         second.on_record(&hello, |_| true).unwrap();
         assert_eq!(
             second.on_record(&proof, |_| true).unwrap_err().error,
@@ -662,9 +697,9 @@ mod tests {
     #[test]
     fn wrong_version_is_refused() {
         let (_dialer, mut hello) =
-            Dialer::start(config(9, 2, b"k"), InstanceId::new(1).unwrap(), [1; 16]);
+            Dialer::start(config(9, 2, SECRET), InstanceId::new(1).unwrap(), [1; 16]);
         hello[5] = HANDSHAKE_VERSION + 1;
-        let mut acceptor = Acceptor::new(config(9, 1, b"k"), [4; 16]);
+        let mut acceptor = Acceptor::new(config(9, 1, SECRET), [4; 16]);
         let refusal = acceptor.on_record(&hello, |_| true).unwrap_err();
         assert_eq!(
             refusal.error,

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod clock;
+pub mod codec;
 pub mod frame;
 pub mod handshake;
 mod ids;
@@ -37,7 +38,7 @@ pub mod sim;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 
-pub use clock::{AtomicScnClock, ScnClock, Timestamp};
+pub use clock::{AtomicScnClock, DEFAULT_SCN_HORIZON, SCN_LIMIT, ScnClock, ScnError, Timestamp};
 pub use frame::{FrameError, FrameHeader, MAX_BODY_LEN, Priority, Service};
 pub use ids::{
     ClusterId, Epoch, InstanceId, InstanceIdOutOfRange, InstanceSet, MAX_INSTANCES, Scn,

@@ -466,6 +466,24 @@ mod memory {
             })
         }
 
+        /// CRC32C of the payload landed from `from` in the frame `token` names, continued from
+        /// `seed` (a receiver checks a frame's payload checksum over the body it read and the
+        /// block a peer wrote into its region). `None` unless [`is_landed`](Self::is_landed).
+        pub fn landed_crc(&self, token: LandingToken, from: InstanceId, seed: u32) -> Option<u32> {
+            if !self.is_landed(token, from) {
+                return None;
+            }
+            // SAFETY: the frame is Landed (checked above, frame index validated by
+            // state_word): no landing writes it any more and only this region's owner, the
+            // caller's process, takes it. A hostile process that maps the region could still
+            // write, which yields wrong bytes (and a checksum mismatch), never out-of-bounds
+            // access: the slice stays inside the mapping.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(self.frame_ptr(token.frame()), self.block_size)
+            };
+            Some(crc32c::crc32c_append(seed, bytes))
+        }
+
         /// Cancels an arming (the peer died, the request was cancelled). Fails while a payload
         /// is landing; then try again once it has landed and take it instead.
         pub fn disarm(self: &Arc<Self>, token: LandingToken) -> Result<FrameGuard, RegionError> {
@@ -538,8 +556,8 @@ mod memory {
 
         /// Marks the frame Landed (payload in place), or Armed again (for the same sender, or
         /// for any if it was armed so) when the landing was given up.
-        fn finish_landing(&self, frame: u32, landed: bool) {
-            let result = self.transition(frame, |s| match s.state {
+        fn finish_landing(&self, frame: u32, landed: bool) -> Result<(), RegionError> {
+            self.transition(frame, |s| match s.state {
                 LANDING if landed => Ok(s.with(LANDED)),
                 LANDING if s.any => Ok(FrameState {
                     state: ARMED,
@@ -551,10 +569,11 @@ mod memory {
                     frame,
                     detail: "landing lost its frame",
                 }),
-            });
-            // A Landing is the only party that may move a frame out of LANDING, so this holds
-            // unless the shared memory was corrupted by another process.
-            assert!(result.is_ok(), "landing region state corrupted: {result:?}");
+            })
+            // A Landing is the only party that may move a frame out of LANDING, so this fails
+            // only when another process wrote the shared state word: the caller treats the
+            // region's owner as broken, never panics.
+            .map(|_| ())
         }
     }
 
@@ -668,17 +687,21 @@ mod memory {
             }
         }
 
-        /// The payload is in place: the frame becomes Landed for the receiver to take.
-        pub fn complete(mut self) {
+        /// The payload is in place: the frame becomes Landed for the receiver to take. Fails
+        /// only when the frame's shared state word was changed under the landing (a corrupt or
+        /// hostile process mapping the region).
+        pub fn complete(mut self) -> Result<(), RegionError> {
             self.completed = true;
-            self.region.finish_landing(self.frame, true);
+            self.region.finish_landing(self.frame, true)
         }
     }
 
     impl Drop for Landing {
         fn drop(&mut self) {
             if !self.completed {
-                self.region.finish_landing(self.frame, false);
+                // A corrupted state word leaves the frame as it is: the receiver's own checks
+                // (generation, state) refuse it later.
+                let _ = self.region.finish_landing(self.frame, false);
             }
         }
     }
@@ -716,7 +739,7 @@ mod memory {
                 region.take_landed(token).is_err(),
                 "not landed until complete"
             );
-            landing.complete();
+            landing.complete().unwrap();
             assert!(
                 region.begin_landing(token, id(1), 8192).is_err(),
                 "no second landing"
@@ -761,7 +784,7 @@ mod memory {
             drop(landing);
             let mut landing = region.begin_landing(token, id(5), 4096).unwrap();
             landing.buf().fill(0x5c);
-            landing.complete();
+            landing.complete().unwrap();
             assert!(region.is_landed(token, id(5)));
             assert!(!region.is_landed(token, id(3)), "5 landed it, not 3");
             assert!(
@@ -788,7 +811,11 @@ mod memory {
                     })
                 ));
             }
-            region.begin_landing(again, id(3), 4096).unwrap().complete();
+            region
+                .begin_landing(again, id(3), 4096)
+                .unwrap()
+                .complete()
+                .unwrap();
             assert!(region.is_landed(again, id(3)));
             assert!(!region.is_landed(token, id(3)), "stale token");
             drop(region.take_landed(again).unwrap());
@@ -813,7 +840,7 @@ mod memory {
             assert_eq!((peer.frames(), peer.block_size()), (3, 4096));
             let mut landing = peer.begin_landing(token, id(5), 4096).unwrap();
             landing.buf().copy_from_slice(&[7u8; 4096]);
-            landing.complete();
+            landing.complete().unwrap();
             assert!(owner.take_landed(token).unwrap().iter().all(|&b| b == 7));
             std::fs::write(dir.join("junk"), [0u8; 8192]).unwrap();
             assert!(matches!(

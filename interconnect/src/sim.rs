@@ -466,11 +466,17 @@ mod hub {
                         {
                             Ok(mut landing) => {
                                 landing.buf().copy_from_slice(&bytes);
-                                landing.complete();
-                                TransportEvent::BlockLanded {
-                                    header,
-                                    body,
-                                    landing: descriptor.landing,
+                                match landing.complete() {
+                                    Ok(()) => TransportEvent::BlockLanded {
+                                        header,
+                                        body,
+                                        landing: descriptor.landing,
+                                    },
+                                    Err(e) => TransportEvent::LandingRefused {
+                                        header,
+                                        body,
+                                        reason: e.to_string(),
+                                    },
                                 }
                             }
                             Err(e) => TransportEvent::LandingRefused {

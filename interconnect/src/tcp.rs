@@ -5,8 +5,13 @@
 //! **Connections.** Each instance dials the configured peers with a *lower* id and accepts
 //! from those with a higher id, so a pair never races two connections. Every connection runs
 //! the [`handshake`](crate::handshake) before any frame is accepted; a wrong cluster id,
-//! version or secret, or an unexpected instance id, is refused with a precise
-//! [`TransportEvent::Refused`] on both sides. A dialer whose connection fails or drops
+//! version or secret, or an unexpected instance id, is refused with a
+//! [`TransportEvent::Refused`] on both sides (the dialer learns the reason, never an id).
+//! Incoming connections still in their handshake are capped
+//! ([`TcpConfig::max_pending_handshakes`], the oldest closed first), and refusals of
+//! connections that never authenticated are reported at most [`REFUSALS_PER_SECOND`] a
+//! second (the rest counted), so a flood of strangers neither exhausts descriptors nor fills
+//! the log. A dialer whose connection fails or drops
 //! redials with exponential backoff (`reconnect_min` doubling to `reconnect_max`). A peer that
 //! authenticates again (it restarted) replaces its old connection.
 //!
@@ -17,12 +22,15 @@
 //! first: frames never interleave). Queues are bounded (`queue_limit` frames per priority):
 //! past it `send` returns [`SendError::QueueFull`], which is back-pressure, not loss.
 //!
-//! **Receiving.** The reader takes the 56-byte header, validates it (fields, cluster,
+//! **Receiving.** The reader takes the 64-byte header, validates it (fields, cluster,
 //! destination, and that the source is the connection's authenticated peer), then reads the
 //! body and the block with one `readv` whose second buffer is the destination frame itself.
 //! A payload for a frame not armed for this peer is read into scratch memory and reported as
 //! [`TransportEvent::LandingRefused`]; the connection survives. A malformed header closes the
-//! connection (the stream has lost its framing), and is reported, never a panic.
+//! connection (the stream has lost its framing), and is reported, never a panic; so does a
+//! payload checksum mismatch. One poll reads at most 1 MiB from a connection and comes back
+//! for the rest at the next poll, so a fast peer cannot starve timers, heartbeats or the
+//! other connections.
 //!
 //! **Waking.** [`Transport::waker`] hands out wakers backed by a `mio::Waker` (an eventfd on
 //! the transport's epoll, under a token no connection uses). A wake only raises a flag unless
@@ -34,7 +42,8 @@
 
 use crate::frame::{FrameHeader, HEADER_LEN, Priority};
 use crate::handshake::{
-    Acceptor, AcceptorStep, Dialer, DialerStep, HandshakeConfig, Nonce, RECORD_LEN, Record, Refusal,
+    Acceptor, AcceptorStep, Dialer, DialerStep, HandshakeConfig, MIN_SECRET_LEN, Nonce, RECORD_LEN,
+    Record, Refusal,
 };
 use crate::region::{BlockRegion, Landing};
 use crate::transport::{header_for, validate_outgoing};
@@ -83,6 +92,10 @@ pub struct TcpConfig {
     /// `SO_BUSY_POLL` in microseconds for every socket (0: off). The kernel then spins on the
     /// NIC queue inside `recv`, which pays on real NICs; loopback does not need it.
     pub socket_busy_poll_us: u32,
+    /// Incoming connections still in their handshake at once. One more evicts the oldest: an
+    /// honest handshake takes one round trip, so a flood of idle connections cannot hold the
+    /// port for longer than it keeps opening new ones, nor exhaust descriptors.
+    pub max_pending_handshakes: usize,
 }
 
 impl std::fmt::Debug for TcpConfig {
@@ -118,6 +131,7 @@ impl TcpConfig {
             reconnect_max: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(5),
             socket_busy_poll_us: 0,
+            max_pending_handshakes: 64,
         }
     }
 }
@@ -139,6 +153,14 @@ pub struct TcpStats {
     pub connections: u64,
     /// Connections or attempts refused (handshake or framing errors).
     pub refused: u64,
+    /// Refusals of unauthenticated connections not reported as events, beyond
+    /// [`REFUSALS_PER_SECOND`] (so a flood of bad handshakes cannot flood the log).
+    pub refusals_unreported: u64,
+    /// Pending handshakes closed to make room for a newer one
+    /// ([`TcpConfig::max_pending_handshakes`]).
+    pub pending_evicted: u64,
+    /// Times a connection used up its read budget in one poll and was read again later.
+    pub read_budget_exhausted: u64,
     /// Blocking polls that a [`Waker`] cut short or kept from blocking.
     pub wakeups: u64,
 }
@@ -266,24 +288,43 @@ impl Assembly {
         into_body + into_block
     }
 
-    fn into_event(self, stats: &mut TcpStats) -> TransportEvent {
+    /// The complete frame as an event, once its payload checksum holds. A mismatch closes the
+    /// connection (the stream cannot be trusted past it); a landing it began is given up, so
+    /// the frame is armed again and the requester's retry can use it.
+    fn into_event(self, stats: &mut TcpStats) -> Result<TransportEvent, Close> {
         let Assembly {
             header,
             body,
-            block,
+            mut block,
             ..
         } = self;
+        let block_bytes: &[u8] = match &mut block {
+            Some(sink) => sink.buf(),
+            None => &[],
+        };
+        header
+            .check_payload(&body, block_bytes)
+            .map_err(|e| Close::refused(e.into()))?;
         stats.frames_received += 1;
-        match (block, header.block) {
-            (Some(BlockSink::Landing(landing)), Some(descriptor)) => {
-                landing.complete();
-                stats.blocks_landed += 1;
-                TransportEvent::BlockLanded {
-                    header,
-                    body,
-                    landing: descriptor.landing,
+        Ok(match (block, header.block) {
+            (Some(BlockSink::Landing(landing)), Some(descriptor)) => match landing.complete() {
+                Ok(()) => {
+                    stats.blocks_landed += 1;
+                    TransportEvent::BlockLanded {
+                        header,
+                        body,
+                        landing: descriptor.landing,
+                    }
                 }
-            }
+                Err(e) => {
+                    stats.landings_refused += 1;
+                    TransportEvent::LandingRefused {
+                        header,
+                        body,
+                        reason: e.to_string(),
+                    }
+                }
+            },
             (Some(BlockSink::Refused { reason, .. }), _) => {
                 stats.landings_refused += 1;
                 TransportEvent::LandingRefused {
@@ -293,7 +334,7 @@ impl Assembly {
                 }
             }
             _ => TransportEvent::Message { header, body },
-        }
+        })
     }
 }
 
@@ -440,6 +481,11 @@ pub struct TcpTransport {
     busy_polls: u32,
     wakeup: Arc<Wakeup>,
     stats: TcpStats,
+    /// Start of the current one-second window of reported refusals.
+    refusal_window: Instant,
+    refusals_in_window: u32,
+    /// Established connections that used up their read budget with bytes maybe left.
+    unread: Vec<Token>,
 }
 
 /// While busy polling, read established connections directly and ask epoll only every this
@@ -449,6 +495,15 @@ const EPOLL_EVERY: u32 = 8;
 
 /// Longest a due timer may wait for service.
 const TIMER_SLACK: Duration = Duration::from_millis(5);
+
+/// Refusals of unauthenticated connections reported per second; the rest are counted in
+/// [`TcpStats::refusals_unreported`].
+pub const REFUSALS_PER_SECOND: u32 = 10;
+
+/// Bytes one connection may read in one poll. A peer that sends faster than this instance
+/// consumes is read again at the next poll (which then does not block), so timers, heartbeats
+/// and the other connections get their turn.
+const READ_BUDGET: usize = 1 << 20;
 
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -478,6 +533,17 @@ impl TcpTransport {
                 next_dial: (id < config.local).then(Instant::now),
                 backoff: config.reconnect_min,
             });
+        }
+        if config.secret.len() < MIN_SECRET_LEN {
+            return Err(TransportError::Config(format!(
+                "the cluster secret has {} bytes; at least {MIN_SECRET_LEN} are required",
+                config.secret.len()
+            )));
+        }
+        if config.max_pending_handshakes == 0 {
+            return Err(TransportError::Config(
+                "max_pending_handshakes must be positive".into(),
+            ));
         }
         if config.queue_limit == 0 {
             return Err(TransportError::Config(
@@ -512,6 +578,9 @@ impl TcpTransport {
             timers_due: Instant::now(),
             ready: Vec::new(),
             busy_polls: 0,
+            refusal_window: Instant::now(),
+            refusals_in_window: 0,
+            unread: Vec::new(),
             wakeup,
             stats: TcpStats::default(),
         })
@@ -677,6 +746,7 @@ impl TcpTransport {
                         // Without randomness the handshake cannot be secure: refuse the peer.
                         continue;
                     }
+                    self.make_room_for_a_handshake(events);
                     let acceptor = Box::new(Acceptor::new(self.handshake.clone(), nonce));
                     let phase = Phase::Accepting {
                         acceptor,
@@ -697,6 +767,38 @@ impl TcpTransport {
         }
     }
 
+    /// Closes the oldest incoming connection still in its handshake while as many as
+    /// [`TcpConfig::max_pending_handshakes`] are.
+    fn make_room_for_a_handshake(&mut self, events: &mut Vec<TransportEvent>) {
+        let pending = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Accepting { .. }));
+        if pending.clone().count() < self.config.max_pending_handshakes {
+            return;
+        }
+        let oldest = pending.min_by_key(|(_, c)| c.opened).map(|(t, _)| *t);
+        if let Some(token) = oldest {
+            self.stats.pending_evicted += 1;
+            let why = Close {
+                reason: "too many pending handshakes".into(),
+                refused: None,
+            };
+            self.close(token, why, events);
+        }
+    }
+
+    /// Whether a refusal of an unauthenticated connection may be reported now: at most
+    /// [`REFUSALS_PER_SECOND`] a second, the rest only counted.
+    fn may_report_refusal(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.refusal_window) >= Duration::from_secs(1) {
+            self.refusal_window = now;
+            self.refusals_in_window = 0;
+        }
+        self.refusals_in_window += 1;
+        self.refusals_in_window <= REFUSALS_PER_SECOND
+    }
+
     fn close(&mut self, token: Token, why: Close, events: &mut Vec<TransportEvent>) {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
@@ -712,7 +814,11 @@ impl TcpTransport {
         };
         if let Some(error) = why.refused {
             self.stats.refused += 1;
-            events.push(TransportEvent::Refused { peer, error });
+            if peer.is_some() || self.may_report_refusal(now) {
+                events.push(TransportEvent::Refused { peer, error });
+            } else {
+                self.stats.refusals_unreported += 1;
+            }
         }
         let Some(peer) = peer else { return };
         let Some(slot) = self.slot_mut(peer) else {
@@ -847,7 +953,7 @@ impl TcpTransport {
                             conn.phase = Phase::Established { peer };
                             self.established(token, peer, events);
                         }
-                        Err(refusal) => return Err(refuse(&mut conn.stream, refusal)),
+                        Err(error) => return Err(Close::refused(error.into())),
                     }
                 }
                 Phase::Accepting { acceptor, record } => {
@@ -878,7 +984,7 @@ impl TcpTransport {
                     let peer = *peer;
                     let cluster = self.config.cluster;
                     let local = self.config.local;
-                    return read_frames(
+                    let more = read_frames(
                         conn,
                         &self.region,
                         cluster,
@@ -886,19 +992,22 @@ impl TcpTransport {
                         peer,
                         &mut self.stats,
                         events,
-                    );
+                    )?;
+                    if more {
+                        self.stats.read_budget_exhausted += 1;
+                        self.unread.push(token);
+                    }
+                    return Ok(());
                 }
             }
         }
     }
 }
 
-/// Ends a handshake that failed: tells the other side why (best effort: the connection is
-/// closed next either way), and returns the reason to close with.
+/// Ends a handshake the acceptor refused: tells the dialer why (best effort: the connection
+/// is closed next either way), and returns the reason to close with.
 fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Close {
-    if let Some(verdict) = refusal.verdict {
-        let _ = stream.write(&verdict[..]);
-    }
+    let _ = stream.write(&refusal.verdict[..]);
     Close::refused(refusal.error.into())
 }
 
@@ -927,7 +1036,8 @@ fn read_record(stream: &mut TcpStream, record: &mut RecordBuf) -> Result<bool, C
 /// it reads with one `readv` into the rest of the body, the rest of the block (the destination
 /// frame itself) and then staging, so a frame costs one or two reads and the bulk of a block
 /// is never copied. A short read means the socket is drained: the edge-triggered registration
-/// reports the next arrival, so no extra read to `EAGAIN` is needed.
+/// reports the next arrival, so no extra read to `EAGAIN` is needed. After [`READ_BUDGET`]
+/// bytes it stops and returns `true`: the caller reads this connection again at its next poll.
 fn read_frames(
     conn: &mut Conn,
     region: &Arc<BlockRegion>,
@@ -936,9 +1046,14 @@ fn read_frames(
     peer: InstanceId,
     stats: &mut TcpStats,
     events: &mut Vec<TransportEvent>,
-) -> Result<(), Close> {
+) -> Result<bool, Close> {
     let reader = &mut conn.input;
+    let mut budget = READ_BUDGET;
     loop {
+        if budget == 0 {
+            deliver_staged(reader, region, cluster, local, peer, stats, events)?;
+            return Ok(true);
+        }
         deliver_staged(reader, region, cluster, local, peer, stats, events)?;
         reader.compact();
         let (read, requested) = match &mut reader.frame {
@@ -972,10 +1087,11 @@ fn read_frames(
                 });
             }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Close::io(&e)),
         };
+        budget = budget.saturating_sub(n);
         match &mut reader.frame {
             None => reader.end += n,
             Some(frame) => {
@@ -987,7 +1103,8 @@ fn read_frames(
         }
         if n < requested {
             // Drained: deliver what is complete, then wait for the next readiness edge.
-            return deliver_staged(reader, region, cluster, local, peer, stats, events);
+            deliver_staged(reader, region, cluster, local, peer, stats, events)?;
+            return Ok(false);
         }
     }
 }
@@ -1028,7 +1145,7 @@ fn deliver_staged(
                     return Ok(());
                 }
                 if let Some(frame) = reader.frame.take() {
-                    events.push(frame.into_event(stats));
+                    events.push(frame.into_event(stats)?);
                 }
             }
         }
@@ -1151,13 +1268,15 @@ impl Transport for TcpTransport {
         if timeout.is_zero() {
             self.busy_polls = self.busy_polls.wrapping_add(1);
             if !self.busy_polls.is_multiple_of(EPOLL_EVERY) {
+                // Reads every established connection, those left unread included.
+                self.unread.clear();
                 self.read_established(events);
                 return Ok(());
             }
         } else {
             self.busy_polls = 0;
         }
-        let mut wait = if events.is_empty() {
+        let mut wait = if events.is_empty() && self.unread.is_empty() {
             timeout.min(self.timers_due.saturating_duration_since(now))
         } else {
             Duration::ZERO
@@ -1186,6 +1305,9 @@ impl Transport for TcpTransport {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e.into()),
         }
+        // Connections a budget left unread in an earlier poll; those this poll's reads leave
+        // unread wait for the next one.
+        let unread = std::mem::take(&mut self.unread);
         let mut ready = std::mem::take(&mut self.ready);
         // The wakers' eventfd (and a watched descriptor) needs no handling here: its event
         // only ended the wait.
@@ -1210,6 +1332,10 @@ impl Transport for TcpTransport {
         }
         ready.clear();
         self.ready = ready;
+        // Edge-triggered epoll will not report bytes a budget left behind: read them here.
+        for token in unread {
+            self.on_ready(token, true, false, events);
+        }
         Ok(())
     }
 

@@ -275,5 +275,6 @@ pub(crate) fn header_for(
             len: b.bytes.len() as u32,
             landing: b.landing,
         }),
+        payload_crc: crate::frame::payload_crc(frame.body, frame.block.map_or(&[], |b| b.bytes)),
     }
 }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 const CLUSTER: ClusterId = ClusterId(0xc0f0);
-const SECRET: &[u8] = b"conformance";
+const SECRET: &[u8] = b"conformance-suite-secret-32-bytes";
 
 fn other(local: u64) -> u64 {
     1 - local

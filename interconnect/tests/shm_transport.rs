@@ -328,6 +328,20 @@ fn a_peer_of_another_cluster_is_refused() {
 }
 
 #[test]
+fn a_directory_others_may_use_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("mode");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    for mode in [0o777, 0o770, 0o755, 0o701] {
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(mode)).unwrap();
+        let error = ShmTransport::open(config(&dir.0, 1, &[2])).unwrap_err();
+        assert!(error.to_string().contains("chmod 700"), "{mode:o}: {error}");
+    }
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    ShmTransport::open(config(&dir.0, 1, &[2])).unwrap();
+}
+
+#[test]
 fn a_parked_receiver_is_woken_by_a_send() {
     let dir = TempDir::new("wake");
     // A long liveness interval: only the doorbell can end the park in time.

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 /// Generous: CI shares two noisy cores.
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The cluster secret of these tests (32 bytes, the least the transport accepts).
+const SECRET: &[u8; 32] = b"tcp-transport-tests-secret-32-by";
+
 fn id(raw: u64) -> InstanceId {
     InstanceId::new(raw).unwrap()
 }
@@ -43,7 +46,7 @@ fn transport(
 
 /// Instance 0 (accepts) and instance 1 (dials 0).
 fn pair(secret_1: &[u8], cluster_1: u64) -> (TcpTransport, TcpTransport) {
-    let zero = transport(7, 0, vec![(id(1), any_port())], b"secret");
+    let zero = transport(7, 0, vec![(id(1), any_port())], SECRET);
     let addr = zero.local_addr().unwrap();
     let one = transport(cluster_1, 1, vec![(id(0), addr)], secret_1);
     (zero, one)
@@ -112,12 +115,12 @@ fn refused(events: &[TransportEvent]) -> Vec<String> {
 fn handshake_refuses_a_wrong_secret_and_a_wrong_cluster() {
     for (secret, cluster, acceptor_says, dialer_says) in [
         (
-            &b"not-the-secret"[..],
+            &b"not-the-cluster-secret-but-as-long"[..],
             7,
             "wrong cluster secret",
             "wrong cluster secret",
         ),
-        (&b"secret"[..], 8, "cluster", "wrong cluster id"),
+        (&SECRET[..], 8, "cluster", "wrong cluster id"),
     ] {
         let (mut zero, mut one) = pair(secret, cluster);
         let (ea, eb) = pump(&mut zero, &mut one, |ea, eb| {
@@ -141,9 +144,57 @@ fn handshake_refuses_a_wrong_secret_and_a_wrong_cluster() {
 }
 
 #[test]
+fn a_short_secret_is_refused_at_bind() {
+    let config = TcpConfig::new(
+        ClusterId(7),
+        id(0),
+        any_port(),
+        vec![(id(1), any_port())],
+        b"short".to_vec(),
+    );
+    let error = TcpTransport::bind(config, BlockRegion::anonymous(8, 8192).unwrap()).unwrap_err();
+    assert!(error.to_string().contains("at least 32"), "{error}");
+}
+
+#[test]
+fn a_flood_of_idle_and_bad_connections_neither_blocks_a_peer_nor_floods_events() {
+    use std::io::Write;
+    let mut config = TcpConfig::new(
+        ClusterId(7),
+        id(0),
+        any_port(),
+        vec![(id(1), any_port())],
+        SECRET.to_vec(),
+    );
+    config.max_pending_handshakes = 8;
+    let mut zero = TcpTransport::bind(config, BlockRegion::anonymous(8, 8192).unwrap()).unwrap();
+    let addr = zero.local_addr().unwrap();
+    // Idle connections beyond the cap, then garbage on many more.
+    let idle: Vec<_> = (0..32)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let mut garbage: Vec<_> = (0..40)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    for stream in &mut garbage {
+        stream.write_all(&[0xde; 80]).unwrap();
+    }
+    let mut one = transport(7, 1, vec![(id(0), addr)], SECRET);
+    let (events, _) = pump(&mut zero, &mut one, |ea, eb| connected(ea) && connected(eb));
+    drop((idle, garbage));
+    let stats = zero.stats();
+    assert!(stats.pending_evicted > 0, "{stats:?}");
+    assert!(
+        refused(&events).len() <= 2 * interconnect::tcp::REFUSALS_PER_SECOND as usize,
+        "refusals are rate limited: {} reported, {stats:?}",
+        refused(&events).len()
+    );
+}
+
+#[test]
 fn garbage_on_the_port_is_refused_without_harm() {
     use std::io::Write;
-    let (mut zero, mut one) = pair(b"secret", 7);
+    let (mut zero, mut one) = pair(SECRET, 7);
     let mut stranger = std::net::TcpStream::connect(zero.local_addr().unwrap()).unwrap();
     stranger.write_all(&[0xde; 200]).unwrap();
     let (events, _) = pump(&mut zero, &mut one, |ea, eb| {
@@ -198,9 +249,9 @@ fn a_silent_peer_goes_down_and_comes_back_after_reconnect() {
     };
     let origin = Instant::now();
     let peers = [id(0), id(1)].into_iter().collect();
-    let zero = transport(7, 0, vec![(id(1), any_port())], b"secret");
+    let zero = transport(7, 0, vec![(id(1), any_port())], SECRET);
     let addr = zero.local_addr().unwrap();
-    let mut nodes = [zero, transport(7, 1, vec![(id(0), addr)], b"secret")].map(|transport| {
+    let mut nodes = [zero, transport(7, 1, vec![(id(0), addr)], SECRET)].map(|transport| {
         let local = transport.local();
         Node {
             transport,
@@ -245,7 +296,7 @@ fn a_silent_peer_goes_down_and_comes_back_after_reconnect() {
 
     // It restarts, redials, authenticates and is up again.
     let one = Node {
-        transport: transport(7, 1, vec![(id(0), addr)], b"secret"),
+        transport: transport(7, 1, vec![(id(0), addr)], SECRET),
         membership: Membership::new(config, id(1), peers, Epoch(1), Timestamp::since(origin))
             .unwrap(),
         events: Vec::new(),
@@ -274,7 +325,7 @@ fn poll_until_woken(
 #[test]
 fn a_waker_ends_a_blocking_poll_from_another_thread() {
     // Instance 0 with an absent peer 1 (which would dial it): nothing ever arrives.
-    let mut t = transport(7, 0, vec![(id(1), any_port())], b"secret");
+    let mut t = transport(7, 0, vec![(id(1), any_port())], SECRET);
     let mut events = Vec::new();
     for _ in 0..3 {
         t.poll(&mut events, Duration::from_millis(20)).unwrap();

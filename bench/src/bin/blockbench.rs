@@ -374,7 +374,7 @@ fn setup_cluster(
     let mut paths = [PathBuf::new(), PathBuf::new()];
     for (n, path) in paths.iter_mut().enumerate() {
         let text = format!(
-            "instance = {n}\n\n[cluster]\nid = {cluster}\nsecret = \"blockbench\"\ninstances = [\n{members}]\n\n\
+            "instance = {n}\n\n[cluster]\nid = {cluster}\nsecret = \"blockbench-secret-for-loopback-only\"\nallow_inline_secret = true\ninstances = [\n{members}]\n\n\
              [storage]\npath = {:?}\n\n[transport]\n{transport}\n[cache]\nframes = {FRAMES}\nblock_size = 8192\n",
             storage.display().to_string()
         );

@@ -35,7 +35,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const CLUSTER: ClusterId = ClusterId(0x6e_5b_e4);
-const SECRET: &[u8] = b"gesbench";
+const SECRET: &[u8] = b"gesbench-secret-for-loopback-only";
 /// The round trip's request size for the floor: a GES `Lock` message is about this size.
 const FLOOR_SIZE: usize = 64;
 const MASTER: u64 = 0;

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 type Error = Box<dyn std::error::Error>;
 
 const CLUSTER: ClusterId = ClusterId(0xb3_4c_4d);
-const SECRET: &[u8] = b"pingpong";
+const SECRET: &[u8] = b"pingpong-secret-for-loopback-only";
 const QUIT: &[u8] = b"quit";
 /// Command-line options, shared by the orchestrator and the roles.
 #[derive(Debug, Clone)]

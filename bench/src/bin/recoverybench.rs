@@ -607,7 +607,7 @@ fn setup_cluster(dir: &Path, cluster: u64, blocks: u64) -> Result<(Vec<PathBuf>,
     let mut paths = Vec::new();
     for n in 0..INSTANCES {
         let text = format!(
-            "instance = {n}\n\n[cluster]\nid = {cluster}\nsecret = \"recoverybench\"\ninstances = [\n{members}]\n\n\
+            "instance = {n}\n\n[cluster]\nid = {cluster}\nsecret = \"recoverybench-secret-for-loopback-only\"\nallow_inline_secret = true\ninstances = [\n{members}]\n\n\
              [storage]\npath = {:?}\n\n[transport]\nkind = \"tcp\"\n\n[cache]\nframes = {frames}\nblock_size = 8192\n",
             storage.display().to_string()
         );

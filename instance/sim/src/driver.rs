@@ -1128,7 +1128,7 @@ impl Sim {
             match region.begin_landing(*token, id(from), bytes.len()) {
                 Ok(mut landing) => {
                     landing.buf().copy_from_slice(bytes);
-                    landing.complete();
+                    landing.complete().unwrap();
                 }
                 Err(e) => {
                     // As the runtime (`TransportEvent::LandingRefused`): the message still
@@ -1743,7 +1743,7 @@ impl Sim {
             None
         } else {
             let n = &mut self.nodes[node];
-            n.clock.observe(grant.scn);
+            n.clock.observe(grant.scn).unwrap();
             let scn = n.clock.tick();
             let after = Version {
                 value: before.value + 1,

@@ -259,7 +259,7 @@ fn write_configs(
             "kind = \"tcp\"\n".to_string()
         };
         let text = format!(
-            "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"fusion-demo-secret\"\ninstances = [\n{members}]\n\n\
+            "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"fusion-demo-secret-for-loopback-only\"\nallow_inline_secret = true\ninstances = [\n{members}]\n\n\
              [storage]\npath = {:?}\n\n[transport]\n{transport}\n[cache]\nframes = {frames}\nblock_size = 8192\n",
             storage.display().to_string()
         );

@@ -241,7 +241,7 @@ fn a_block_lands_straight_in_its_frame() {
     // What a transport does with the token from the request.
     let mut landing = cache.region().begin_landing(token, peer, 4096).unwrap();
     landing.buf().fill(0x5a);
-    landing.complete();
+    landing.complete().unwrap();
 
     let pin = armed.take_landed().unwrap().publish(Some(Scn(8)));
     assert!(pin.read().iter().all(|&x| x == 0x5a));
@@ -263,7 +263,7 @@ fn a_frame_armed_for_any_peer_takes_the_block_from_whoever_ships_it() {
     drop(cache.region().begin_landing(token, first, 4096).unwrap());
     let mut landing = cache.region().begin_landing(token, second, 4096).unwrap();
     landing.buf().fill(0x3c);
-    landing.complete();
+    landing.complete().unwrap();
     assert!(cache.region().is_landed(token, second));
     assert!(
         cache.region().begin_landing(token, first, 4096).is_err(),

@@ -714,15 +714,20 @@ fn landed(
     len: u32,
 ) -> TransportEvent {
     match region.begin_landing(token, from, len as usize) {
-        // The NIC has already placed the bytes; the landing only moves the frame's state.
-        Ok(landing) => {
-            landing.complete();
-            TransportEvent::BlockLanded {
+        // The NIC has already placed the bytes (the link's own CRC covered them); the landing
+        // only moves the frame's state, which fails only if its shared word was changed.
+        Ok(landing) => match landing.complete() {
+            Ok(()) => TransportEvent::BlockLanded {
                 header,
                 body,
                 landing: token,
-            }
-        }
+            },
+            Err(e) => TransportEvent::LandingRefused {
+                header,
+                body,
+                reason: e.to_string(),
+            },
+        },
         Err(e) => TransportEvent::LandingRefused {
             header,
             body,
@@ -865,7 +870,7 @@ mod tests {
             id(0),
             "127.0.0.1:0".parse().unwrap(),
             vec![(id(1), "127.0.0.1:1".parse().unwrap())],
-            b"secret".to_vec(),
+            b"rdma-unit-test-secret-of-32-bytes".to_vec(),
         );
         RdmaConfig::new(
             tcp,

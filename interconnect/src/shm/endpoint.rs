@@ -11,7 +11,7 @@ use super::files::{
 };
 use super::ring::{Consumer, Producer, Record, RingError};
 use super::wake::WakeRequest;
-use crate::frame::{FrameHeader, HEADER_LEN, MAX_BODY_LEN};
+use crate::frame::{FrameError, FrameHeader, HEADER_LEN, MAX_BODY_LEN};
 use crate::region::{BlockRegion, RegionError};
 use crate::transport::{
     Outgoing, SendError, Transport, TransportError, TransportEvent, Waker, header_for,
@@ -747,6 +747,23 @@ fn read_frame(
     let mut body = vec![0u8; header.body_len as usize];
     record.read(&mut body);
     let status = record.flags();
+    // The block went straight into this instance's frame: the checksum covers the body here
+    // and the block where it landed. A refused landing never wrote the block, so only the
+    // frames whose bytes are all here are checked.
+    let computed = match header.block {
+        None => Some(crate::frame::payload_crc(&body, &[])),
+        Some(block) if status == LANDED => {
+            region.landed_crc(block.landing, peer, crc32c::crc32c(&body))
+        }
+        Some(_) => None,
+    };
+    if let Some(computed) = computed.filter(|&crc| crc != header.payload_crc) {
+        return Err(FrameError::BadPayloadChecksum {
+            stored: header.payload_crc,
+            computed,
+        }
+        .into());
+    }
     match (header.block, status) {
         (None, NO_BLOCK) => Ok(TransportEvent::Message { header, body }),
         (Some(block), LANDED) if region.is_landed(block.landing, peer) => {
@@ -814,7 +831,12 @@ impl Transport for ShmTransport {
             {
                 Ok(mut landing) => {
                     landing.buf().copy_from_slice(block.bytes);
-                    landing.complete();
+                    if landing.complete().is_err() {
+                        // Someone else wrote the peer's state word: its region is not to be
+                        // trusted any more.
+                        out.broken = true;
+                        return Err(SendError::NotConnected(to));
+                    }
                     LANDED
                 }
                 Err(error) => landing_status(&error),

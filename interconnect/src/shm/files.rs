@@ -105,8 +105,10 @@ fn invalid(path: &Path, detail: impl std::fmt::Display) -> io::Error {
     )
 }
 
-/// Creates the directory (0700) if needed and checks that this user owns it: the files in it
-/// are trusted on the strength of their permissions alone.
+/// Creates the directory (0700) if needed and checks that this user owns it and that no one
+/// else may write or even list it: the files in it are trusted on the strength of their
+/// permissions alone, and in a directory others may write, another user could swap a ring or
+/// region file between two opens.
 pub(crate) fn ensure_dir(dir: &Path) -> io::Result<()> {
     match DirBuilder::new().recursive(true).mode(0o700).create(dir) {
         Ok(()) => {}
@@ -121,6 +123,16 @@ pub(crate) fn ensure_dir(dir: &Path) -> io::Result<()> {
             io::ErrorKind::PermissionDenied,
             format!(
                 "{} is not a directory owned by this user (uid {me})",
+                dir.display()
+            ),
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} has mode {mode:04o}: group and others must have no access (chmod 700)",
                 dir.display()
             ),
         ));

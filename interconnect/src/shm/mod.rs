@@ -6,7 +6,7 @@
 //! peer's frames to it (layouts in `files.rs`):
 //!
 //! * **Messages** travel on SPSC byte rings (`ring.rs`), one per ordered pair *and per
-//!   priority*, created by the receiver. A record is the same 56-byte [`FrameHeader`](crate::FrameHeader) as on
+//!   priority*, created by the receiver. A record is the same 64-byte [`FrameHeader`](crate::FrameHeader) as on
 //!   TCP followed by the body; the receiver decodes and checks it
 //!   ([`check_addressed_to`](crate::FrameHeader::check_addressed_to)). A full ring is back-pressure:
 //!   [`SendError::QueueFull`](crate::SendError::QueueFull). Because each priority has its own

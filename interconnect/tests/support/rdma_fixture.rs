@@ -33,7 +33,7 @@ impl Rdma {
             id(local),
             any,
             vec![(id(1 - local), zero.unwrap_or(any))],
-            b"rdma-conformance".to_vec(),
+            b"rdma-conformance-secret-of-32-bytes".to_vec(),
         );
         RdmaConfig::new(
             tcp,

@@ -5,6 +5,7 @@
 //! over buffers. It must never do I/O; [`super`] reads and writes the sectors.
 
 use super::{FORMAT_VERSION, SECTOR};
+use interconnect::codec::{DecodeError, Reader, put_u8, put_u16, put_u32, put_u64};
 use interconnect::{ClusterId, InstanceId, Scn};
 
 /// Magic of the header sector.
@@ -107,6 +108,12 @@ pub enum SectorError {
         /// Of the contents.
         computed: u32,
     },
+    /// Fewer bytes than a sector.
+    #[error("a sector needs {SECTOR} bytes, got {len}")]
+    Short {
+        /// Bytes given.
+        len: usize,
+    },
     /// Unknown format version.
     #[error("format version {0}, this build reads version {FORMAT_VERSION}")]
     Version(u32),
@@ -120,27 +127,20 @@ pub enum SectorError {
     },
 }
 
-fn put_u16(buf: &mut [u8], at: usize, v: u16) {
-    buf[at..at + 2].copy_from_slice(&v.to_le_bytes());
+/// Writes `fields` (encoded with the shared writer) at byte 16 of a zeroed sector, after
+/// the magic, version and checksum that [`seal`] writes.
+fn put_fields(sector: &mut [u8], fields: &[u8]) {
+    sector[..SECTOR].fill(0);
+    sector[16..16 + fields.len()].copy_from_slice(fields);
 }
-fn put_u32(buf: &mut [u8], at: usize, v: u32) {
-    buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+
+/// Byte 16 onwards of a checked sector, for the shared reader.
+fn fields(sector: &[u8]) -> Reader<'_> {
+    Reader::new(sector.get(16..).unwrap_or_default())
 }
-fn put_u64(buf: &mut [u8], at: usize, v: u64) {
-    buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-fn get_u16(buf: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([buf[at], buf[at + 1]])
-}
-fn get_u32(buf: &[u8], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&buf[at..at + 4]);
-    u32::from_le_bytes(b)
-}
-fn get_u64(buf: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&buf[at..at + 8]);
-    u64::from_le_bytes(b)
+
+fn truncated(_: DecodeError) -> SectorError {
+    SectorError::Short { len: 0 }
 }
 
 /// CRC-32C of a sector with its checksum field (bytes 12..16) taken as zero.
@@ -152,107 +152,135 @@ fn sector_checksum(sector: &[u8]) -> u32 {
 
 fn seal(sector: &mut [u8], magic: &[u8; 8]) {
     sector[0..8].copy_from_slice(magic);
-    put_u32(sector, 8, FORMAT_VERSION.into());
+    sector[8..12].copy_from_slice(&u32::from(FORMAT_VERSION).to_le_bytes());
     let checksum = sector_checksum(sector);
-    put_u32(sector, 12, checksum);
+    sector[12..16].copy_from_slice(&checksum.to_le_bytes());
 }
 
-fn check(sector: &[u8], magic: &[u8; 8], name: &'static str) -> Result<(), SectorError> {
-    debug_assert_eq!(sector.len(), SECTOR);
+/// Checks length, magic, checksum and version; returns exactly one sector of `bytes`.
+fn check<'a>(
+    bytes: &'a [u8],
+    magic: &[u8; 8],
+    name: &'static str,
+) -> Result<&'a [u8], SectorError> {
+    let Some(sector) = bytes.get(..SECTOR) else {
+        return Err(SectorError::Short { len: bytes.len() });
+    };
     if sector.iter().all(|&b| b == 0) {
         return Err(SectorError::Zero);
     }
-    let mut found = [0u8; 8];
-    found.copy_from_slice(&sector[0..8]);
+    let mut head = Reader::new(sector);
+    let found: [u8; 8] = head.array().map_err(truncated)?;
     if &found != magic {
         return Err(SectorError::Magic {
             found,
             expected: name,
         });
     }
-    let stored = get_u32(sector, 12);
+    let version = head.u32().map_err(truncated)?;
+    let stored = head.u32().map_err(truncated)?;
     let computed = sector_checksum(sector);
     if stored != computed {
         return Err(SectorError::Checksum { stored, computed });
     }
-    let version = get_u32(sector, 8);
     if version != u32::from(FORMAT_VERSION) {
         return Err(SectorError::Version(version));
     }
-    Ok(())
+    Ok(sector)
 }
 
 impl ControlHeader {
     /// Encodes into a zeroed sector.
     pub fn encode(&self, sector: &mut [u8]) {
-        sector[..SECTOR].fill(0);
-        put_u64(sector, 16, self.cluster_id.0);
-        put_u32(sector, 24, self.block_size);
-        put_u32(sector, 28, self.data_file);
-        put_u16(sector, 32, self.max_instances);
-        put_u64(sector, 40, self.control_len);
-        put_u64(sector, 48, self.redo_offset);
-        put_u64(sector, 56, self.redo_thread_size);
-        put_u64(sector, 64, self.data_offset);
-        put_u64(sector, 72, self.data_blocks);
-        put_u64(sector, 80, self.storage_len);
-        put_u64(sector, 88, self.created_unix_nanos);
+        let mut f = Vec::with_capacity(80);
+        put_u64(&mut f, self.cluster_id.0);
+        put_u32(&mut f, self.block_size);
+        put_u32(&mut f, self.data_file);
+        put_u16(&mut f, self.max_instances);
+        f.extend_from_slice(&[0; 6]);
+        for v in [
+            self.control_len,
+            self.redo_offset,
+            self.redo_thread_size,
+            self.data_offset,
+            self.data_blocks,
+            self.storage_len,
+            self.created_unix_nanos,
+        ] {
+            put_u64(&mut f, v);
+        }
+        put_fields(sector, &f);
         seal(&mut sector[..SECTOR], &HEADER_MAGIC);
     }
 
     /// Decodes and checks magic, checksum and version (geometry is checked by
     /// [`super::Layout::from_header`]).
     pub fn decode(sector: &[u8]) -> Result<Self, SectorError> {
-        check(sector, &HEADER_MAGIC, "FUSIONDB")?;
-        Ok(Self {
-            cluster_id: ClusterId(get_u64(sector, 16)),
-            block_size: get_u32(sector, 24),
-            data_file: get_u32(sector, 28),
-            max_instances: get_u16(sector, 32),
-            control_len: get_u64(sector, 40),
-            redo_offset: get_u64(sector, 48),
-            redo_thread_size: get_u64(sector, 56),
-            data_offset: get_u64(sector, 64),
-            data_blocks: get_u64(sector, 72),
-            storage_len: get_u64(sector, 80),
-            created_unix_nanos: get_u64(sector, 88),
-        })
+        let sector = check(sector, &HEADER_MAGIC, "FUSIONDB")?;
+        let mut r = fields(sector);
+        (|| {
+            Ok(Self {
+                cluster_id: ClusterId(r.u64()?),
+                block_size: r.u32()?,
+                data_file: r.u32()?,
+                max_instances: {
+                    let n = r.u16()?;
+                    r.skip(6)?;
+                    n
+                },
+                control_len: r.u64()?,
+                redo_offset: r.u64()?,
+                redo_thread_size: r.u64()?,
+                data_offset: r.u64()?,
+                data_blocks: r.u64()?,
+                storage_len: r.u64()?,
+                created_unix_nanos: r.u64()?,
+            })
+        })()
+        .map_err(truncated)
     }
 }
 
 impl InstanceSlot {
     /// Encodes into a zeroed sector.
     pub fn encode(&self, sector: &mut [u8]) {
-        sector[..SECTOR].fill(0);
-        put_u16(sector, 16, self.instance.as_u16());
-        sector[18] = match self.state {
-            SlotState::Down => 0,
-            SlotState::Up => 1,
-        };
-        put_u64(sector, 24, self.heartbeat);
-        put_u64(sector, 32, self.heartbeat_nanos);
-        put_u64(sector, 40, self.redo_offset);
-        put_u64(sector, 48, self.redo_size);
-        put_u64(sector, 56, self.checkpoint.sequence);
-        put_u64(
-            sector,
-            64,
-            checkpoint_offset(self.checkpoint.sequence, self.redo_size),
+        let mut f = Vec::with_capacity(80);
+        put_u16(&mut f, self.instance.as_u16());
+        put_u8(
+            &mut f,
+            match self.state {
+                SlotState::Down => 0,
+                SlotState::Up => 1,
+            },
         );
-        put_u64(sector, 72, self.checkpoint.scn.0);
-        sector[SLOT_PAXOS_OFFSET..SLOT_PAXOS_OFFSET + SLOT_PAXOS_LEN].copy_from_slice(&self.paxos);
+        f.extend_from_slice(&[0; 5]);
+        for v in [
+            self.heartbeat,
+            self.heartbeat_nanos,
+            self.redo_offset,
+            self.redo_size,
+            self.checkpoint.sequence,
+            checkpoint_offset(self.checkpoint.sequence, self.redo_size),
+            self.checkpoint.scn.0,
+        ] {
+            put_u64(&mut f, v);
+        }
+        f.resize(SLOT_PAXOS_OFFSET - 16, 0);
+        f.extend_from_slice(&self.paxos);
+        put_fields(sector, &f);
         seal(&mut sector[..SECTOR], &SLOT_MAGIC);
     }
 
     /// Decodes and checks a slot sector.
     pub fn decode(sector: &[u8]) -> Result<Self, SectorError> {
-        check(sector, &SLOT_MAGIC, "FUSNSLOT")?;
-        let raw_instance = get_u16(sector, 16);
+        let sector = check(sector, &SLOT_MAGIC, "FUSNSLOT")?;
+        let mut r = fields(sector);
+        let raw_instance = r.u16().map_err(truncated)?;
         let instance = InstanceId::try_from(raw_instance).map_err(|_| SectorError::Field {
             field: "instance",
             value: raw_instance.into(),
         })?;
-        let state = match sector[18] {
+        let state = match r.u8().map_err(truncated)? {
             0 => SlotState::Down,
             1 => SlotState::Up,
             other => {
@@ -262,9 +290,28 @@ impl InstanceSlot {
                 });
             }
         };
-        let redo_size = get_u64(sector, 48);
-        let sequence = get_u64(sector, 56);
-        let offset = get_u64(sector, 64);
+        let (
+            [
+                heartbeat,
+                heartbeat_nanos,
+                redo_offset,
+                redo_size,
+                sequence,
+                offset,
+                scn,
+            ],
+            paxos,
+        ) = (|| {
+            r.skip(5)?;
+            let mut v = [0u64; 7];
+            for field in &mut v {
+                *field = r.u64()?;
+            }
+            // The fields end at byte 80; the Paxos block starts at SLOT_PAXOS_OFFSET.
+            r.skip(SLOT_PAXOS_OFFSET - 80)?;
+            Ok((v, r.array::<SLOT_PAXOS_LEN>()?))
+        })()
+        .map_err(truncated)?;
         if sequence == 0
             || redo_size < SECTOR as u64
             || offset != checkpoint_offset(sequence, redo_size)
@@ -277,21 +324,15 @@ impl InstanceSlot {
         Ok(Self {
             instance,
             state,
-            heartbeat: get_u64(sector, 24),
-            heartbeat_nanos: get_u64(sector, 32),
-            redo_offset: get_u64(sector, 40),
+            heartbeat,
+            heartbeat_nanos,
+            redo_offset,
             redo_size,
             checkpoint: Checkpoint {
                 sequence,
-                scn: Scn(get_u64(sector, 72)),
+                scn: Scn(scn),
             },
-            paxos: {
-                let mut paxos = [0u8; SLOT_PAXOS_LEN];
-                paxos.copy_from_slice(
-                    &sector[SLOT_PAXOS_OFFSET..SLOT_PAXOS_OFFSET + SLOT_PAXOS_LEN],
-                );
-                paxos
-            },
+            paxos,
         })
     }
 }
@@ -357,6 +398,17 @@ mod tests {
             let mut bad = sector.clone();
             bad[at] ^= 0x10;
             assert!(ControlHeader::decode(&bad).is_err(), "flip at {at}");
+        }
+        // Short input is an error, never a panic, whatever it holds.
+        for len in [0, 1, 15, 16, 100, SECTOR - 1] {
+            assert_eq!(
+                ControlHeader::decode(&sector[..len]),
+                Err(SectorError::Short { len })
+            );
+            assert_eq!(
+                InstanceSlot::decode(&sector[..len]),
+                Err(SectorError::Short { len })
+            );
         }
     }
 }

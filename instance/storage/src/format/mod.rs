@@ -108,8 +108,9 @@ pub struct Layout {
     pub header: ControlHeader,
 }
 
-fn round_up(value: u64, to: u64) -> u64 {
-    value.div_ceil(to) * to
+/// `value` rounded up to a multiple of `to`, or `None` past `u64::MAX`.
+fn round_up(value: u64, to: u64) -> Option<u64> {
+    value.div_ceil(to).checked_mul(to)
 }
 
 /// The control area could not be read, or does not describe a usable cluster.
@@ -281,10 +282,23 @@ impl Layout {
             ));
         }
         let instances = u64::from(spec.max_instances);
+        // Sizes come from the command line: every step is checked, so an absurd redo size
+        // is refused rather than wrapped into a plausible small layout.
         let control_len = round_up((1 + instances) * SECTOR as u64, REGION_ALIGN);
-        let redo_end = control_len + instances * spec.redo_thread_size;
-        let data_offset = round_up(redo_end, REGION_ALIGN.max(spec.block_size.into()));
-        let needed = data_offset + u64::from(spec.block_size);
+        let needed = control_len.and_then(|control_len| {
+            let redo_end = instances
+                .checked_mul(spec.redo_thread_size)?
+                .checked_add(control_len)?;
+            let data_offset = round_up(redo_end, REGION_ALIGN.max(spec.block_size.into()))?;
+            let needed = data_offset.checked_add(u64::from(spec.block_size))?;
+            Some((control_len, data_offset, needed))
+        });
+        let Some((control_len, data_offset, needed)) = needed else {
+            return invalid(format!(
+                "{} instances of {} redo bytes each do not fit in 2^64 bytes",
+                spec.max_instances, spec.redo_thread_size
+            ));
+        };
         if storage_len < needed {
             return Err(CreateError::SizeTooSmall {
                 size: storage_len,
@@ -681,6 +695,14 @@ mod tests {
         bad.block_size = 65536;
         assert!(matches!(
             Layout::plan(&bad, 64 << 20),
+            Err(CreateError::InvalidSpec(_))
+        ));
+        // fusionctl create --instances 64 --redo-size 262144TiB: refused, never wrapped.
+        let mut huge = spec(64 << 20);
+        huge.max_instances = 64;
+        huge.redo_thread_size = 262_144 << 40;
+        assert!(matches!(
+            Layout::plan(&huge, u64::MAX),
             Err(CreateError::InvalidSpec(_))
         ));
     }

@@ -7,6 +7,7 @@
 //! reader and the simulator share it, and property tests can drive it with arbitrary bytes.
 
 use gcs::BlockId;
+use interconnect::codec::{DecodeError, Reader};
 use interconnect::{ClusterId, InstanceId, Scn};
 
 /// Bytes per log block.
@@ -207,20 +208,6 @@ pub struct LogBlock<'a> {
     pub payload: &'a [u8],
 }
 
-fn get_u16(buf: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([buf[at], buf[at + 1]])
-}
-fn get_u32(buf: &[u8], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&buf[at..at + 4]);
-    u32::from_le_bytes(b)
-}
-fn get_u64(buf: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&buf[at..at + 8]);
-    u64::from_le_bytes(b)
-}
-
 /// Bytes `records` take as one entry.
 pub fn entry_len(records: &[RedoRecord]) -> usize {
     ENTRY_HEADER_LEN + records.iter().map(RedoRecord::encoded_len).sum::<usize>()
@@ -261,47 +248,55 @@ pub fn encode_entry(records: &[RedoRecord], out: &mut Vec<u8>) -> Result<(), Enc
 
 /// Decodes one whole entry.
 pub fn decode_entry(bytes: &[u8]) -> Result<Vec<RedoRecord>, EntryError> {
-    if bytes.len() < ENTRY_HEADER_LEN {
+    let mut r = Reader::new(bytes);
+    let (Ok(declared), Ok(count)) = (r.u32(), r.u32()) else {
         return Err(EntryError::Truncated { len: bytes.len() });
-    }
-    let declared = get_u32(bytes, 0) as usize;
-    if declared != bytes.len() {
+    };
+    if declared as usize != bytes.len() {
         return Err(EntryError::BadLength {
-            declared: declared as u64,
+            declared: declared.into(),
         });
     }
-    let count = get_u32(bytes, 4) as usize;
     // Each record takes at least its header: bounds the allocation by the input.
-    if count == 0 || count > (bytes.len() - ENTRY_HEADER_LEN) / RECORD_HEADER_LEN {
+    let count = count as usize;
+    if count == 0 || count > r.remaining() / RECORD_HEADER_LEN {
         return Err(EntryError::BadRecord { index: 0 });
     }
     let mut records = Vec::with_capacity(count);
-    let mut at = ENTRY_HEADER_LEN;
     for index in 0..count {
-        let bad = EntryError::BadRecord { index };
-        if bytes.len() - at < RECORD_HEADER_LEN {
-            return Err(bad);
-        }
-        let scn = Scn(get_u64(bytes, at));
-        let block = BlockId::new(get_u32(bytes, at + 8), get_u32(bytes, at + 12));
-        let offset = get_u32(bytes, at + 16);
-        let len = get_u32(bytes, at + 20) as usize;
-        at += RECORD_HEADER_LEN;
-        if bytes.len() - at < len || u64::from(offset) + len as u64 > u64::from(MAX_RECORD_END) {
-            return Err(bad);
-        }
-        records.push(RedoRecord {
-            scn,
-            block,
-            offset,
-            bytes: bytes[at..at + len].to_vec(),
-        });
-        at += len;
+        let record = (|| -> Result<RedoRecord, DecodeError> {
+            let scn = r.scn()?;
+            let block = BlockId::new(r.u32()?, r.u32()?);
+            let offset = r.u32()?;
+            let len = r.u32()?;
+            if u64::from(offset) + u64::from(len) > u64::from(MAX_RECORD_END) {
+                return Err(DecodeError::Invalid {
+                    what: "record end",
+                    value: u64::from(offset) + u64::from(len),
+                });
+            }
+            let bytes = r.take(len as usize)?.to_vec();
+            Ok(RedoRecord {
+                scn,
+                block,
+                offset,
+                bytes,
+            })
+        })();
+        records.push(record.map_err(|_| EntryError::BadRecord { index })?);
     }
-    if at != bytes.len() {
+    if r.finish().is_err() {
         return Err(EntryError::BadRecord { index: count });
     }
     Ok(records)
+}
+
+/// The length an entry's header declares, once its header is complete.
+fn declared_len(partial: &[u8]) -> Option<usize> {
+    if partial.len() < ENTRY_HEADER_LEN {
+        return None;
+    }
+    Reader::new(partial).u32().ok().map(|n| n as usize)
 }
 
 /// Log blocks needed for `stream_len` bytes of entries (at least one).
@@ -362,23 +357,31 @@ pub fn peek_block(buf: &[u8], ident: LogIdent) -> Result<LogBlockHeader, LogBloc
         return Err(LogBlockError::Size(buf.len()));
     }
     let buf = &buf[..LOG_BLOCK_SIZE];
-    let stored = get_u32(buf, 0);
+    let mut r = Reader::new(buf);
+    let fields = (|| -> Result<_, DecodeError> {
+        let stored = r.u32()?;
+        let version = r.u16()?;
+        let header = LogBlockHeader {
+            instance: r.u16()?,
+            sequence: r.u64()?,
+            batch_first: r.u64()?,
+            cluster_id: ClusterId(r.u64()?),
+            used: r.u16()?,
+            first_entry: Some(r.u16()?).filter(|&f| f != NO_ENTRY),
+        };
+        Ok((stored, version, header))
+    })();
+    // A whole block holds every field: this cannot fail, but it is never a panic.
+    let Ok((stored, version, header)) = fields else {
+        return Err(LogBlockError::Size(buf.len()));
+    };
     let computed = crc32c::crc32c(&buf[4..]);
     if stored != computed {
         return Err(LogBlockError::Checksum { stored, computed });
     }
-    let version = get_u16(buf, 4);
     if version != LOG_FORMAT_VERSION {
         return Err(LogBlockError::Version(version));
     }
-    let header = LogBlockHeader {
-        instance: get_u16(buf, 6),
-        sequence: get_u64(buf, 8),
-        batch_first: get_u64(buf, 16),
-        cluster_id: ClusterId(get_u64(buf, 24)),
-        used: get_u16(buf, 32),
-        first_entry: Some(get_u16(buf, 34)).filter(|&f| f != NO_ENTRY),
-    };
     if header.cluster_id != ident.cluster_id || header.instance != ident.instance.as_u16() {
         return Err(LogBlockError::Foreign {
             cluster_id: header.cluster_id,
@@ -481,16 +484,15 @@ impl EntryAssembler {
         let mut first_start: Option<u16> = None;
         loop {
             if self.in_entry {
-                let need = if self.partial.len() < ENTRY_HEADER_LEN {
-                    ENTRY_HEADER_LEN - self.partial.len()
-                } else {
-                    get_u32(&self.partial, 0) as usize - self.partial.len()
+                let need = match declared_len(&self.partial) {
+                    None => ENTRY_HEADER_LEN - self.partial.len(),
+                    // Checked below when the header completed: at least what is held.
+                    Some(declared) => declared.saturating_sub(self.partial.len()),
                 };
                 let take = need.min(payload.len() - pos);
                 self.partial.extend_from_slice(&payload[pos..pos + take]);
                 pos += take;
-                if self.partial.len() >= ENTRY_HEADER_LEN {
-                    let declared = get_u32(&self.partial, 0) as usize;
+                if let Some(declared) = declared_len(&self.partial) {
                     if !(ENTRY_HEADER_LEN + RECORD_HEADER_LEN..=MAX_ENTRY_LEN).contains(&declared) {
                         return Err(EntryError::BadLength {
                             declared: declared as u64,
