@@ -35,9 +35,14 @@
 //! suspect_after_missed = 3
 //! down_after_ms = 2000
 //!
-//! [serve]                            # optional
-//! resp = "127.0.0.1:6379"
-//! metrics = "127.0.0.1:9100"
+//! [serve]                            # optional; defaults shown where there is one
+//! resp = "127.0.0.1:6379"            # fusiond's default: 127.0.0.1:(6379 + instance id)
+//! metrics = "127.0.0.1:9100"         # not served when absent
+//! requirepass = "..."                # or requirepass_file; clients must AUTH
+//! maxclients = 1000
+//! idle_timeout_s = 300               # 0: never close idle clients
+//! client_buffer_bytes = 67108864     # most bytes one request or one batch of replies holds
+//! transfer_p99_alert_ms = 50         # alert when a block transfer kind's p99 is above
 //! ```
 //!
 //! Addresses are literal `ip:port` socket addresses: resolving names would make loading the
@@ -115,6 +120,14 @@ pub enum ConfigProblem {
         address: SocketAddr,
         /// The first use.
         first: String,
+    },
+    /// A `[serve]` value that cannot be used.
+    #[error("`{key}`: {why}")]
+    Limit {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        why: &'static str,
     },
     /// `instance` names no entry of `cluster.instances`.
     #[error("`instance`: instance {id} is not listed in `cluster.instances`")]
@@ -318,6 +331,36 @@ pub struct InstanceConfig {
     pub resp_listen: Option<SocketAddr>,
     /// Where to serve Prometheus metrics over HTTP, if at all.
     pub metrics_listen: Option<SocketAddr>,
+    /// Limits and access control of the services.
+    pub serve: ServeConfig,
+}
+
+/// How fusiond serves clients: access control and the limits that protect the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServeConfig {
+    /// `requirepass`: clients must `AUTH` with it first.
+    pub requirepass: Option<Secret>,
+    /// Most clients connected at once; more are refused.
+    pub maxclients: usize,
+    /// Clients idle this long are closed; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Most bytes one client's pending request or batch of replies may hold.
+    pub client_buffer_bytes: usize,
+    /// A health alert fires when a block transfer kind's p99 latency is above this.
+    pub transfer_p99_alert: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            requirepass: None,
+            maxclients: 1000,
+            idle_timeout: Some(Duration::from_secs(300)),
+            client_buffer_bytes: 64 << 20,
+            transfer_p99_alert: Duration::from_millis(50),
+        }
+    }
 }
 
 impl InstanceConfig {
@@ -530,6 +573,12 @@ struct RawHeartbeat {
 struct RawServe {
     resp: Option<String>,
     metrics: Option<String>,
+    requirepass: Option<String>,
+    requirepass_file: Option<PathBuf>,
+    maxclients: Option<u64>,
+    idle_timeout_s: Option<u64>,
+    client_buffer_bytes: Option<u64>,
+    transfer_p99_alert_ms: Option<u64>,
 }
 
 fn instance_id(key: String, value: u64) -> Result<InstanceId, ConfigProblem> {
@@ -601,8 +650,9 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
             })
             .transpose()
     };
-    let resp_listen = service("serve.resp", raw.serve.resp)?;
-    let metrics_listen = service("serve.metrics", raw.serve.metrics)?;
+    let resp_listen = service("serve.resp", raw.serve.resp.clone())?;
+    let metrics_listen = service("serve.metrics", raw.serve.metrics.clone())?;
+    let serve = serve(&raw.serve, base)?;
     Ok(InstanceConfig {
         file: file.to_path_buf(),
         cluster_id,
@@ -615,6 +665,56 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         membership,
         resp_listen,
         metrics_listen,
+        serve,
+    })
+}
+
+fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
+    let defaults = ServeConfig::default();
+    let requirepass = match (raw.requirepass.clone(), raw.requirepass_file.clone()) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(ConfigProblem::Limit {
+                key: "serve.requirepass",
+                why: "give requirepass or requirepass_file, not both",
+            });
+        }
+        (inline, file) => Some(secret(inline, file, base).map_err(|_| ConfigProblem::Limit {
+            key: "serve.requirepass_file",
+            why: "the password file cannot be read or is empty",
+        })?),
+    };
+    let bounded = |key: &'static str, value: Option<u64>, range: std::ops::RangeInclusive<u64>| {
+        match value {
+            None => Ok(None),
+            Some(v) if range.contains(&v) => Ok(Some(v)),
+            Some(_) => Err(ConfigProblem::Limit {
+                key,
+                why: "out of range",
+            }),
+        }
+    };
+    let maxclients = bounded("serve.maxclients", raw.maxclients, 1..=100_000)?;
+    let buffer = bounded(
+        "serve.client_buffer_bytes",
+        raw.client_buffer_bytes,
+        (64 << 10)..=(1 << 30),
+    )?;
+    let alert = bounded(
+        "serve.transfer_p99_alert_ms",
+        raw.transfer_p99_alert_ms,
+        1..=3_600_000,
+    )?;
+    Ok(ServeConfig {
+        requirepass,
+        maxclients: maxclients.map_or(defaults.maxclients, |m| m as usize),
+        idle_timeout: match raw.idle_timeout_s {
+            None => defaults.idle_timeout,
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+        },
+        client_buffer_bytes: buffer.map_or(defaults.client_buffer_bytes, |b| b as usize),
+        transfer_p99_alert: alert.map_or(defaults.transfer_p99_alert, Duration::from_millis),
     })
 }
 

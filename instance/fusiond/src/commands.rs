@@ -10,6 +10,7 @@
 //! inside its transaction (which holds the keys), so a change between `WATCH` and `EXEC`
 //! aborts it. A change that restores the same bytes is not seen (Redis would see it).
 
+use crate::metrics::Metrics;
 use crate::resp::{Protocol, Reply};
 use crate::store::{Store, Tx};
 use crate::value::{DATABASES, Data, Value, glob_match, kv_key};
@@ -17,7 +18,7 @@ use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Most commands queued in one `MULTI`.
 pub const MAX_QUEUED: usize = 10_000;
@@ -191,6 +192,14 @@ fn is_data(name: &str) -> bool {
             | "watch"
             | "unwatch"
     )
+}
+
+/// The name of `request` if it is a data command with a valid argument count.
+fn plain_data(request: &[Vec<u8>]) -> Option<&'static str> {
+    let (name, arity) = lookup(request.first()?)?;
+    let count = i32::try_from(request.len()).ok()?;
+    let arity_ok = (arity > 0 && count == arity) || (arity < 0 && count >= -arity);
+    (is_data(name) && arity_ok).then_some(name)
 }
 
 /// The command table entry for `name`, case-insensitively.
@@ -394,6 +403,73 @@ impl<S: Store> Engine<S> {
             }
             _ => reply(self.connection(session, name, &request)),
         }
+    }
+
+    /// Runs the requests of one read from a client, in order. Runs of plain data commands
+    /// share one store transaction, so a pipeline's writes share one durable commit (each
+    /// command stays atomic; if the shared transaction fails they run one at a time).
+    pub fn execute_batch(
+        &self,
+        session: &mut Session,
+        requests: Vec<Vec<Vec<u8>>>,
+        metrics: &Metrics,
+    ) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut pending = requests.into_iter().peekable();
+        while pending.peek().is_some() {
+            let mut run = Vec::new();
+            while session.authenticated && session.multi.is_none() {
+                match pending.peek().and_then(|r| plain_data(r)) {
+                    Some(name) => {
+                        if let Some(request) = pending.next() {
+                            run.push((name, request));
+                        }
+                    }
+                    None => break,
+                }
+            }
+            if run.len() >= 2 {
+                let start = Instant::now();
+                let db = session.db;
+                let result = self.store.transaction(|tx| {
+                    let now = now_ms();
+                    run.iter()
+                        .map(|(name, request)| self.data(tx, db, name, request, now))
+                        .collect::<Result<Vec<_>, _>>()
+                });
+                match result {
+                    Ok(replies) => {
+                        let each = start.elapsed() / run.len() as u32;
+                        for ((name, _), reply) in run.into_iter().zip(replies) {
+                            metrics.command(name, each);
+                            outcomes.push(Outcome {
+                                reply,
+                                close: false,
+                                command: name,
+                            });
+                        }
+                        continue;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "shared transaction failed; one at a time"),
+                }
+            }
+            let requests: Vec<_> = if run.is_empty() {
+                pending.next().into_iter().collect()
+            } else {
+                run.into_iter().map(|(_, r)| r).collect()
+            };
+            for request in requests {
+                let start = Instant::now();
+                let outcome = self.execute(session, request);
+                metrics.command(outcome.command, start.elapsed());
+                let close = outcome.close;
+                outcomes.push(outcome);
+                if close {
+                    return outcomes;
+                }
+            }
+        }
+        outcomes
     }
 
     fn finish(&self, result: Result<Reply, S::Error>) -> Reply {

@@ -11,6 +11,8 @@
 #![warn(missing_docs)]
 
 pub mod commands;
+pub mod metrics;
 pub mod resp;
+pub mod server;
 pub mod store;
 pub mod value;
