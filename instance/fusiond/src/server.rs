@@ -116,24 +116,34 @@ fn accept_loop<S: Store>(
         }
         metrics.set_connected(clients.connected());
         let id = clients.next_id.fetch_add(1, Ordering::Relaxed);
-        let (engine, shared, metrics) = (engine.clone(), clients.clone(), metrics.clone());
+        let (engine, metrics) = (engine.clone(), metrics.clone());
+        let slot = ClientSlot(clients.clone(), metrics.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("resp-{id}"))
             .spawn(move || {
                 let session = Session::new(id, !requirepass);
-                if let Err(e) = client_loop(stream, session, &engine, limits, &shared, &metrics)
+                if let Err(e) = client_loop(stream, session, &engine, limits, &slot.0, &metrics)
                 {
                     tracing::debug!(client = id, %peer, error = %e, "client closed");
                 }
-                // Before counting down: shut-down waits for the count, then for the engine.
+                // Before the slot is freed: shut-down waits for the count, then the engine.
                 drop(engine);
-                shared.connected.fetch_sub(1, Ordering::AcqRel);
-                metrics.set_connected(shared.connected());
+                drop(slot);
             });
         if let Err(e) = spawned {
+            // The closure, and the slot with it, is dropped: the count goes back down.
             tracing::warn!(error = %e, "cannot start a client thread");
-            clients.connected.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+/// A client's place in the count: freed when its thread ends, even by a panic.
+struct ClientSlot(Arc<Clients>, Arc<Metrics>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::AcqRel);
+        self.1.set_connected(self.0.connected());
     }
 }
 
@@ -210,6 +220,7 @@ fn client_loop<S: Store>(
                 // A client that asks for more than its buffer holds is closed, as Redis
                 // closes clients past their output buffer limit.
                 metrics.protocol_error();
+                linger(&mut stream, &mut chunk);
                 return Err(std::io::Error::other("reply exceeds the client buffer limit"));
             }
         }
@@ -229,7 +240,25 @@ fn client_loop<S: Store>(
             output.shrink_to(READ_CHUNK);
         }
         if close {
+            linger(&mut stream, &mut chunk);
             return Ok(());
+        }
+    }
+}
+
+/// Closes after a last reply so the client reads it: closing with unread input would reset
+/// the connection and lose the reply. Reads and drops what is still coming, bounded in time
+/// and bytes.
+fn linger(stream: &mut TcpStream, chunk: &mut [u8]) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut dropped = 0usize;
+    while Instant::now() < deadline && dropped < (16 << 20) {
+        match stream.read(chunk) {
+            Ok(0) => return,
+            Ok(n) => dropped += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
         }
     }
 }

@@ -1,0 +1,312 @@
+//! What the fusiond process tests share: a cluster of `fusiond` processes over one shared
+//! file on loopback, a small RESP client, and the clients' binaries where installed.
+//!
+//! Deadlines are generous (CI shares two noisy cores); nothing here measures time.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use instance::format::{self, ClusterSpec};
+use interconnect::ClusterId;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const FUSIOND: &str = env!("CARGO_BIN_EXE_fusiond");
+pub const FUSIONCTL: &str = env!("CARGO_BIN_EXE_fusionctl");
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A port free now on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `name` on the PATH, or `None` after printing one line saying the test is skipped.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        eprintln!("skipped: {name} is not installed (apt-get install redis-tools)");
+    }
+    found
+}
+
+/// A cluster's files and its running instances.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub configs: Vec<PathBuf>,
+    pub resp: Vec<SocketAddr>,
+    pub metrics: Vec<SocketAddr>,
+    pub children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    /// Formats a shared file for `n` instances and writes their configs; `serve_extra` is
+    /// appended to each `[serve]` table.
+    pub fn create(n: usize, serve_extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("cluster.fusion");
+        let cluster = 0xE000 + u64::from(std::process::id() % 0x0FFF);
+        let mut spec = ClusterSpec::new(ClusterId(cluster), n as u16, Some(64 << 20));
+        spec.redo_thread_size = 8 << 20;
+        format::create(&storage, &spec, true).unwrap();
+        let members: String = (0..n)
+            .map(|id| {
+                format!(
+                    "  {{ id = {id}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
+                    free_port()
+                )
+            })
+            .collect();
+        let mut configs = Vec::new();
+        let mut resp = Vec::new();
+        let mut metrics = Vec::new();
+        for id in 0..n {
+            let r: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let m: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let text = format!(
+                "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"fusiond-test-secret\"\n\
+                 instances = [\n{members}]\n\n[storage]\npath = {:?}\n\n[cache]\nframes = 2048\n\n\
+                 [serve]\nresp = \"{r}\"\nmetrics = \"{m}\"\n{serve_extra}\n",
+                storage.display().to_string()
+            );
+            let path = dir.path().join(format!("instance-{id}.toml"));
+            std::fs::write(&path, text).unwrap();
+            configs.push(path);
+            resp.push(r);
+            metrics.push(m);
+        }
+        Self {
+            dir,
+            configs,
+            resp,
+            metrics,
+            children: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    /// Starts instance `id` (its stderr goes to `instance-<id>.stderr`).
+    pub fn start(&mut self, id: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("instance-{id}.stderr")))
+            .unwrap();
+        let child = Command::new(FUSIOND)
+            .arg("--config")
+            .arg(&self.configs[id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[id] = Some(child);
+    }
+
+    /// Starts every instance and waits until each answers PING.
+    pub fn start_all(&mut self) {
+        for id in 0..self.configs.len() {
+            self.start(id);
+        }
+        for id in 0..self.configs.len() {
+            self.wait_ready(id);
+        }
+    }
+
+    /// Waits until instance `id` answers PING.
+    pub fn wait_ready(&mut self, id: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(mut c) = Client::connect(self.resp[id])
+                && c.call(&["PING"]).ok() == Some(Resp::Simple("PONG".into()))
+            {
+                return;
+            }
+            if let Some(child) = &mut self.children[id]
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("instance {id} exited with {status}:\n{}", self.log(id));
+            }
+            assert!(Instant::now() < deadline, "instance {id} never answered:\n{}", self.log(id));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// kill -9 of instance `id`.
+    pub fn kill(&mut self, id: usize) {
+        if let Some(mut child) = self.children[id].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM to instance `id`, and its exit status.
+    pub fn terminate(&mut self, id: usize) -> std::process::ExitStatus {
+        let mut child = self.children[id].take().unwrap();
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "instance {id} ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Instance `id`'s log.
+    pub fn log(&self, id: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("instance-{id}.stderr")))
+            .unwrap_or_default()
+    }
+
+    /// A client of instance `id`.
+    pub fn client(&self, id: usize) -> Client {
+        Client::connect(self.resp[id]).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 0..self.children.len() {
+            self.kill(id);
+        }
+    }
+}
+
+/// A RESP value as the test client reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Vec<u8>),
+    Null,
+    Array(Vec<Resp>),
+}
+
+impl Resp {
+    pub fn bulk(s: &str) -> Self {
+        Resp::Bulk(s.as_bytes().to_vec())
+    }
+}
+
+/// A blocking RESP2 client.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+}
+
+impl Client {
+    pub fn connect(address: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        Ok(Self {
+            reader: BufReader::new(stream.try_clone()?),
+            stream,
+        })
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Encodes a command.
+    pub fn encode(args: &[&str]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        out
+    }
+
+    /// Sends one command and reads its reply.
+    pub fn call(&mut self, args: &[&str]) -> std::io::Result<Resp> {
+        self.send_raw(&Self::encode(args))?;
+        self.read()
+    }
+
+    /// Reads one reply.
+    pub fn read(&mut self) -> std::io::Result<Resp> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end_matches("\r\n");
+        let (kind, rest) = line.split_at(1);
+        let number = || -> std::io::Result<i64> {
+            rest.parse()
+                .map_err(|_| std::io::Error::other(format!("bad line {line:?}")))
+        };
+        Ok(match kind {
+            "+" => Resp::Simple(rest.into()),
+            "-" => Resp::Error(rest.into()),
+            ":" => Resp::Integer(number()?),
+            "_" => Resp::Null,
+            "$" => {
+                let n = number()?;
+                if n < 0 {
+                    return Ok(Resp::Null);
+                }
+                let mut bytes = vec![0; n as usize + 2];
+                self.reader.read_exact(&mut bytes)?;
+                bytes.truncate(n as usize);
+                Resp::Bulk(bytes)
+            }
+            "*" | "%" => {
+                let n = number()?;
+                if n < 0 {
+                    return Ok(Resp::Null);
+                }
+                let n = if kind == "%" { n * 2 } else { n };
+                let mut items = Vec::new();
+                for _ in 0..n {
+                    items.push(self.read()?);
+                }
+                Resp::Array(items)
+            }
+            _ => return Err(std::io::Error::other(format!("bad reply {line:?}"))),
+        })
+    }
+
+    /// True once the server has closed the connection (reads end).
+    pub fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.reader.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+/// Runs `redis-cli -h host -p port args...` and returns its stdout.
+pub fn redis_cli(cli: &Path, address: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new(cli)
+        .args(["-h", &address.ip().to_string(), "-p", &address.port().to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+/// `GET /metrics` from `address`.
+pub fn scrape(address: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
