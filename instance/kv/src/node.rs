@@ -1,0 +1,495 @@
+//! The on-block format of the KV layer, byte by byte: the superblock, the free-list head,
+//! free blocks, overflow blocks and B+tree nodes (leaves and internal nodes with their fence
+//! keys).
+//!
+//! This module owns the pure codec: [`encode`] of a [`Block`] into a block payload and
+//! [`decode`] of payload bytes back, which checks every length, tag, order and bound and
+//! returns a [`DecodeError`] for anything else. It must never panic on bytes it is given (they
+//! come from storage, or from a block a stale pointer led to), never touch an instance, and
+//! never allocate more than the payload it reads.
+//!
+//! Layout (little-endian; offsets into the payload):
+//!
+//! | block | bytes |
+//! |---|---|
+//! | superblock | tag `0xA1` @0, version @1, magic @8, root @16, free-list head block @24 |
+//! | free-list head | tag `0xA2` @0, first free block @8 (0: none), free blocks @16 |
+//! | free | tag `0xA6` @0, next free block @8 |
+//! | overflow | tag `0xA5` @0, bytes used u32 @4, next block of the chain (or of the free list once freed) @8, data @16 |
+//! | node | tag `0xA3` (leaf) or `0xA4` (internal) @0, level u8 @1 (0: leaf), entries u16 @2, zero u32 @4, low fence (u16 length, bytes), high fence (u8 present, then u16 length, bytes), entries |
+//!
+//! A leaf entry is `key (u16 length, bytes)`, then `0` and the value (`u32` length, bytes) when
+//! inline, or `1` and the overflow chain (`u64` length, first and last block). An internal
+//! node holds its first child (`u64`), then per entry a separator key (`u16` length, bytes)
+//! and the child (`u64`) that holds keys from that separator on. Fences bound the keys a node
+//! covers: the low fence inclusive, the high fence exclusive (absent: no bound); keys in a
+//! node are strictly ascending and within its fences.
+
+/// The superblock's magic number ("FUSIONKV").
+pub const MAGIC: u64 = u64::from_le_bytes(*b"FUSIONKV");
+/// The format version this code writes and reads.
+pub const VERSION: u8 = 1;
+
+const TAG_SUPER: u8 = 0xA1;
+const TAG_FREE_LIST: u8 = 0xA2;
+const TAG_LEAF: u8 = 0xA3;
+const TAG_INTERNAL: u8 = 0xA4;
+const TAG_OVERFLOW: u8 = 0xA5;
+const TAG_FREE: u8 = 0xA6;
+
+/// Bytes of a node before its low fence (tag, level, entries, reserved).
+pub const NODE_HEADER: usize = 8;
+/// Bytes of an overflow block before its data.
+pub const OVERFLOW_HEADER: usize = 16;
+/// The most levels a tree may have (a leaf is level 0).
+pub const MAX_LEVEL: u8 = 32;
+
+/// A decoded block of the KV layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Block {
+    /// Where the tree and the free list are.
+    Super {
+        /// The root node's block (it never moves).
+        root: u64,
+        /// The free-list head's block.
+        free_list: u64,
+    },
+    /// The head of the list of free blocks.
+    FreeList {
+        /// The first free block, 0 when none.
+        head: u64,
+        /// Blocks on the list.
+        count: u64,
+    },
+    /// A free block (a node freed by a merge).
+    Free {
+        /// The next free block, 0 at the end.
+        next: u64,
+    },
+    /// A piece of a large value.
+    Overflow {
+        /// The next block of the chain (or, once freed, of the free list); 0 at the end.
+        next: u64,
+        /// The value's bytes held here.
+        data: Vec<u8>,
+    },
+    /// A B+tree node.
+    Node(Node),
+}
+
+/// A B+tree node: a leaf (level 0) or an internal node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// 0 for a leaf; a node's children are one level lower.
+    pub level: u8,
+    /// The smallest key this node covers (inclusive).
+    pub low: Vec<u8>,
+    /// The key this node's range ends before; `None`: no bound.
+    pub high: Option<Vec<u8>>,
+    /// What it holds.
+    pub body: Body,
+}
+
+/// The contents of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Keys and their values, ascending.
+    Leaf(Vec<(Vec<u8>, Value)>),
+    /// `children[0]` holds keys below `keys[0]`; `children[i + 1]` holds keys from `keys[i]`
+    /// on. `children.len() == keys.len() + 1`.
+    Internal {
+        /// Separators, ascending.
+        keys: Vec<Vec<u8>>,
+        /// Child blocks.
+        children: Vec<u64>,
+    },
+}
+
+/// A value as a leaf holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// The bytes themselves.
+    Inline(Vec<u8>),
+    /// A chain of overflow blocks.
+    Overflow {
+        /// The value's length.
+        len: u64,
+        /// The chain's first block.
+        first: u64,
+        /// The chain's last block (freeing links it to the free list in one write).
+        last: u64,
+    },
+}
+
+/// Why bytes are not a valid block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes end before the structure does.
+    #[error("truncated at byte {0}")]
+    Truncated(usize),
+    /// An unknown tag (a block never written reads as zeros).
+    #[error("unknown block tag {0:#x}")]
+    Tag(u8),
+    /// A field holds a value the format does not allow.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+impl Node {
+    /// An empty leaf covering every key: a new tree's root.
+    pub fn empty_root() -> Self {
+        Self {
+            level: 0,
+            low: Vec::new(),
+            high: None,
+            body: Body::Leaf(Vec::new()),
+        }
+    }
+
+    /// Whether `key` is within this node's fences.
+    pub fn covers(&self, key: &[u8]) -> bool {
+        key >= self.low.as_slice() && self.high.as_deref().is_none_or(|high| key < high)
+    }
+
+    /// Bytes [`encode`] writes for this node.
+    pub fn encoded_len(&self) -> usize {
+        let fences = 2 + self.low.len() + 1 + self.high.as_ref().map_or(0, |h| 2 + h.len());
+        let body = match &self.body {
+            Body::Leaf(entries) => entries.iter().map(|(k, v)| leaf_entry_len(k, v)).sum(),
+            Body::Internal { keys, .. } => {
+                8 + keys.iter().map(|k| internal_entry_len(k)).sum::<usize>()
+            }
+        };
+        NODE_HEADER + fences + body
+    }
+
+    /// The child of an internal node that covers `key` and its index; `None` for a leaf.
+    pub fn child_for(&self, key: &[u8]) -> Option<(usize, u64)> {
+        match &self.body {
+            Body::Leaf(_) => None,
+            Body::Internal { keys, children } => {
+                let index = keys.partition_point(|k| k.as_slice() <= key);
+                children.get(index).map(|&c| (index, c))
+            }
+        }
+    }
+}
+
+/// Bytes a leaf entry takes.
+pub fn leaf_entry_len(key: &[u8], value: &Value) -> usize {
+    2 + key.len()
+        + 1
+        + match value {
+            Value::Inline(v) => 4 + v.len(),
+            Value::Overflow { .. } => 24,
+        }
+}
+
+/// Bytes an internal entry (separator and child) takes.
+pub fn internal_entry_len(key: &[u8]) -> usize {
+    2 + key.len() + 8
+}
+
+/// Encodes `block` into the start of a payload (the rest of the payload is left to the
+/// caller). Fails when it does not fit in `payload_len` bytes or a length does not fit its
+/// field.
+pub fn encode(block: &Block, payload_len: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::with_capacity(64);
+    match block {
+        Block::Super { root, free_list } => {
+            out.push(TAG_SUPER);
+            out.push(VERSION);
+            out.resize(8, 0);
+            out.extend_from_slice(&MAGIC.to_le_bytes());
+            out.extend_from_slice(&root.to_le_bytes());
+            out.extend_from_slice(&free_list.to_le_bytes());
+        }
+        Block::FreeList { head, count } => {
+            out.push(TAG_FREE_LIST);
+            out.resize(8, 0);
+            out.extend_from_slice(&head.to_le_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        Block::Free { next } => {
+            out.push(TAG_FREE);
+            out.resize(8, 0);
+            out.extend_from_slice(&next.to_le_bytes());
+        }
+        Block::Overflow { next, data } => {
+            out.push(TAG_OVERFLOW);
+            out.resize(4, 0);
+            let used = u32::try_from(data.len()).map_err(|_| DecodeError::Invalid("too long"))?;
+            out.extend_from_slice(&used.to_le_bytes());
+            out.extend_from_slice(&next.to_le_bytes());
+            out.extend_from_slice(data);
+        }
+        Block::Node(node) => encode_node(node, &mut out)?,
+    }
+    if out.len() > payload_len {
+        return Err(DecodeError::Invalid("the block does not fit its payload"));
+    }
+    Ok(out)
+}
+
+fn put_key(out: &mut Vec<u8>, key: &[u8]) -> Result<(), DecodeError> {
+    let len = u16::try_from(key.len()).map_err(|_| DecodeError::Invalid("key too long"))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(key);
+    Ok(())
+}
+
+fn encode_node(node: &Node, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    let (tag, count) = match &node.body {
+        Body::Leaf(entries) => (TAG_LEAF, entries.len()),
+        Body::Internal { keys, .. } => (TAG_INTERNAL, keys.len()),
+    };
+    let count = u16::try_from(count).map_err(|_| DecodeError::Invalid("too many entries"))?;
+    out.push(tag);
+    out.push(node.level);
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    put_key(out, &node.low)?;
+    match &node.high {
+        Some(high) => {
+            out.push(1);
+            put_key(out, high)?;
+        }
+        None => out.push(0),
+    }
+    match &node.body {
+        Body::Leaf(entries) => {
+            for (key, value) in entries {
+                put_key(out, key)?;
+                match value {
+                    Value::Inline(v) => {
+                        out.push(0);
+                        let len = u32::try_from(v.len())
+                            .map_err(|_| DecodeError::Invalid("value too long"))?;
+                        out.extend_from_slice(&len.to_le_bytes());
+                        out.extend_from_slice(v);
+                    }
+                    Value::Overflow { len, first, last } => {
+                        out.push(1);
+                        out.extend_from_slice(&len.to_le_bytes());
+                        out.extend_from_slice(&first.to_le_bytes());
+                        out.extend_from_slice(&last.to_le_bytes());
+                    }
+                }
+            }
+        }
+        Body::Internal { keys, children } => {
+            if children.len() != keys.len() + 1 {
+                return Err(DecodeError::Invalid("children do not match separators"));
+            }
+            let mut children = children.iter();
+            if let Some(first) = children.next() {
+                out.extend_from_slice(&first.to_le_bytes());
+            }
+            for (key, child) in keys.iter().zip(children) {
+                put_key(out, key)?;
+                out.extend_from_slice(&child.to_le_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads fields from payload bytes, every read bounds-checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or(DecodeError::Truncated(self.at))?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let mut raw = [0; 2];
+        raw.copy_from_slice(self.take(2)?);
+        Ok(u16::from_le_bytes(raw))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let mut raw = [0; 4];
+        raw.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(raw))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let mut raw = [0; 8];
+        raw.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    fn key(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let len = self.u16()? as usize;
+        Ok(self.take(len)?.to_vec())
+    }
+
+    fn block(&mut self) -> Result<u64, DecodeError> {
+        match self.u64()? {
+            0 => Err(DecodeError::Invalid("a block pointer is zero")),
+            b => Ok(b),
+        }
+    }
+}
+
+/// Decodes a block payload.
+pub fn decode(bytes: &[u8]) -> Result<Block, DecodeError> {
+    let mut r = Reader { bytes, at: 0 };
+    let tag = r.u8()?;
+    match tag {
+        TAG_SUPER => {
+            if r.u8()? != VERSION {
+                return Err(DecodeError::Invalid("unknown superblock version"));
+            }
+            r.take(6)?;
+            if r.u64()? != MAGIC {
+                return Err(DecodeError::Invalid("bad superblock magic"));
+            }
+            Ok(Block::Super {
+                root: r.block()?,
+                free_list: r.block()?,
+            })
+        }
+        TAG_FREE_LIST => {
+            r.take(7)?;
+            Ok(Block::FreeList {
+                head: r.u64()?,
+                count: r.u64()?,
+            })
+        }
+        TAG_FREE => {
+            r.take(7)?;
+            Ok(Block::Free { next: r.u64()? })
+        }
+        TAG_OVERFLOW => {
+            r.take(3)?;
+            let used = r.u32()? as usize;
+            let next = r.u64()?;
+            Ok(Block::Overflow {
+                next,
+                data: r.take(used)?.to_vec(),
+            })
+        }
+        TAG_LEAF | TAG_INTERNAL => decode_node(tag, &mut r).map(Block::Node),
+        other => Err(DecodeError::Tag(other)),
+    }
+}
+
+fn decode_node(tag: u8, r: &mut Reader<'_>) -> Result<Node, DecodeError> {
+    let level = r.u8()?;
+    if (tag == TAG_LEAF) != (level == 0) || level > MAX_LEVEL {
+        return Err(DecodeError::Invalid("node level does not match its kind"));
+    }
+    let count = r.u16()? as usize;
+    if r.u32()? != 0 {
+        return Err(DecodeError::Invalid("reserved node bytes are not zero"));
+    }
+    let low = r.key()?;
+    let high = match r.u8()? {
+        0 => None,
+        1 => Some(r.key()?),
+        _ => return Err(DecodeError::Invalid("bad high-fence flag")),
+    };
+    if high.as_ref().is_some_and(|h| *h <= low) {
+        return Err(DecodeError::Invalid("fences out of order"));
+    }
+    let mut node = Node {
+        level,
+        low,
+        high,
+        body: Body::Leaf(Vec::new()),
+    };
+    let mut previous: Option<Vec<u8>> = None;
+    let mut check = |key: &Vec<u8>, node: &Node| {
+        let ascending = previous.as_ref().is_none_or(|p| p < key);
+        // A separator equal to the low fence would leave its left child an empty range.
+        let inside = node.covers(key) && (tag == TAG_LEAF || *key > node.low);
+        previous = Some(key.clone());
+        if ascending && inside {
+            Ok(())
+        } else {
+            Err(DecodeError::Invalid(
+                "keys out of order or outside the fences",
+            ))
+        }
+    };
+    if tag == TAG_LEAF {
+        // Each entry takes at least 7 bytes: a count beyond what the bytes hold is refused
+        // before anything is reserved for it.
+        let mut entries = Vec::with_capacity(count.min(r.bytes.len() / 7));
+        for _ in 0..count {
+            let key = r.key()?;
+            check(&key, &node)?;
+            let value = match r.u8()? {
+                0 => {
+                    let len = r.u32()? as usize;
+                    Value::Inline(r.take(len)?.to_vec())
+                }
+                1 => Value::Overflow {
+                    len: r.u64()?,
+                    first: r.block()?,
+                    last: r.block()?,
+                },
+                _ => return Err(DecodeError::Invalid("bad value kind")),
+            };
+            entries.push((key, value));
+        }
+        node.body = Body::Leaf(entries);
+    } else {
+        let mut keys = Vec::with_capacity(count.min(r.bytes.len() / 10));
+        let mut children = Vec::with_capacity(keys.capacity() + 1);
+        children.push(r.block()?);
+        for _ in 0..count {
+            let key = r.key()?;
+            check(&key, &node)?;
+            keys.push(key);
+            children.push(r.block()?);
+        }
+        node.body = Body::Internal { keys, children };
+    }
+    Ok(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_never_written_block_is_refused() {
+        assert_eq!(decode(&[0u8; 64]), Err(DecodeError::Tag(0)));
+    }
+
+    #[test]
+    fn child_for_follows_separators() {
+        let node = Node {
+            level: 1,
+            low: Vec::new(),
+            high: None,
+            body: Body::Internal {
+                keys: vec![b"b".to_vec(), b"d".to_vec()],
+                children: vec![10, 11, 12],
+            },
+        };
+        assert_eq!(node.child_for(b"a"), Some((0, 10)));
+        assert_eq!(node.child_for(b"b"), Some((1, 11)));
+        assert_eq!(node.child_for(b"c"), Some((1, 11)));
+        assert_eq!(node.child_for(b"d"), Some((2, 12)));
+        assert_eq!(node.child_for(b"zz"), Some((2, 12)));
+    }
+}
