@@ -72,7 +72,17 @@ fn maxclients_and_auth() {
     let mut cluster = Cluster::create(1, "maxclients = 2\nrequirepass = \"sesame\"");
     cluster.start_all();
     let mut a = cluster.client(0);
-    let mut b = cluster.client(0);
+    // The readiness probe's slot is freed when its thread sees it close: until then a
+    // second client may be refused, so retry until one is accepted.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let mut b = loop {
+        let mut b = cluster.client(0);
+        if b.call(&["PING"]).ok() == Some(Resp::Error("NOAUTH Authentication required.".into())) {
+            break b;
+        }
+        assert!(std::time::Instant::now() < deadline, "a second client is never accepted");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(
         a.call(&["GET", "k"]).unwrap(),
         Resp::Error("NOAUTH Authentication required.".into())
@@ -82,7 +92,7 @@ fn maxclients_and_auth() {
         Resp::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
     );
     assert_eq!(a.call(&["AUTH", "sesame"]).unwrap(), Resp::Simple("OK".into()));
-    assert_eq!(b.call(&["PING"]).unwrap(), Resp::Error("NOAUTH Authentication required.".into()));
+    assert_eq!(b.call(&["AUTH", "sesame"]).unwrap(), Resp::Simple("OK".into()));
     let mut c = Client::connect(cluster.resp[0]).unwrap();
     assert_eq!(
         c.read().unwrap(),
@@ -110,7 +120,7 @@ fn commands_through_redis_cli() {
     assert_eq!(cli(&["INCRBY", "counter", "41"]), "41");
     assert_eq!(cli(&["INCR", "counter"]), "42");
     assert_eq!(cli(&["MSET", "a", "1", "b", "2"]), "OK");
-    assert_eq!(cli(&["MGET", "a", "b", "nope"]), "1\n2\n");
+    assert_eq!(cli(&["MGET", "a", "b", "nope"]), "1\n2");
     assert_eq!(cli(&["HSET", "user:1", "name", "ada", "age", "36"]), "2");
     assert_eq!(cli(&["HINCRBY", "user:1", "age", "1"]), "37");
     assert_eq!(cli(&["HGETALL", "user:1"]), "age\n37\nname\nada");
@@ -130,7 +140,8 @@ fn commands_through_redis_cli() {
     keys.sort();
     assert_eq!(keys, ["counter", "greeting", "user:1"]);
     assert_eq!(cli(&["DBSIZE"]), "3");
-    assert_eq!(cli(&["-3", "HELLO", "3"]).lines().next(), Some("1# \"server\" => \"redis\""));
+    let hello = cli(&["-3", "HELLO", "3"]);
+    assert!(hello.contains("server redis") && hello.contains("proto 3"), "{hello}");
 
     let mut client = cluster.client(0);
     for command in [&["MULTI"][..], &["INCR", "counter"], &["SET", "t", "v"]] {

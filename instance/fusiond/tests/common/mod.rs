@@ -125,8 +125,9 @@ impl Cluster {
     pub fn wait_ready(&mut self, id: usize) {
         let deadline = Instant::now() + DEADLINE;
         loop {
+            // PONG, or NOAUTH where a password is required: either way it serves.
             if let Ok(mut c) = Client::connect(self.resp[id])
-                && c.call(&["PING"]).ok() == Some(Resp::Simple("PONG".into()))
+                && let Ok(Resp::Simple(_) | Resp::Error(_)) = c.call(&["PING"])
             {
                 return;
             }
