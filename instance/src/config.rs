@@ -16,8 +16,8 @@
 //! id = 42                            # or "0x2a"; must match the formatted storage
 //! secret_file = "cluster.secret"     # or secret = "..."; relative to this file
 //! instances = [
-//!   { id = 0, address = "10.0.0.1:7400", host = "a" },
-//!   { id = 1, address = "10.0.0.2:7400", host = "b" },
+//!   { id = 0, address = "10.0.0.1:7400", host = "a", resp = "10.0.0.1:6379" },
+//!   { id = 1, address = "10.0.0.2:7400", host = "b" },  # resp: where fusionctl asks
 //! ]
 //!
 //! [storage]
@@ -239,6 +239,8 @@ pub struct Member {
     pub address: SocketAddr,
     /// The host it runs on, if given: instances with the same host can use shared memory.
     pub host: Option<String>,
+    /// Where it serves RESP, if given: `fusionctl status` asks every member there.
+    pub resp: Option<SocketAddr>,
 }
 
 /// Which interconnect transport this instance uses.
@@ -536,6 +538,7 @@ struct RawMember {
     id: u64,
     address: String,
     host: Option<String>,
+    resp: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -734,10 +737,16 @@ fn members(raw: &[RawMember], addresses: &mut AddressBook) -> Result<Vec<Member>
         first_use[id.index()] = Some(at);
         let address = address(key("address"), &entry.address)?;
         addresses.add(address, key("address"))?;
+        let resp = entry
+            .resp
+            .as_deref()
+            .map(|r| self::address(key("resp"), r))
+            .transpose()?;
         members.push(Member {
             id,
             address,
             host: entry.host.clone(),
+            resp,
         });
     }
     members.sort_by_key(|m| m.id);

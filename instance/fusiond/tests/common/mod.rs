@@ -58,19 +58,21 @@ impl Cluster {
         let mut spec = ClusterSpec::new(ClusterId(cluster), n as u16, Some(64 << 20));
         spec.redo_thread_size = 8 << 20;
         format::create(&storage, &spec, true).unwrap();
+        let resp: Vec<SocketAddr> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+            .collect();
         let members: String = (0..n)
             .map(|id| {
                 format!(
-                    "  {{ id = {id}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
-                    free_port()
+                    "  {{ id = {id}, address = \"127.0.0.1:{}\", host = \"localhost\", resp = \"{}\" }},\n",
+                    free_port(),
+                    resp[id]
                 )
             })
             .collect();
         let mut configs = Vec::new();
-        let mut resp = Vec::new();
         let mut metrics = Vec::new();
-        for id in 0..n {
-            let r: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        for (id, r) in resp.iter().enumerate() {
             let m: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let text = format!(
                 "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"fusiond-test-secret\"\n\
@@ -81,7 +83,6 @@ impl Cluster {
             let path = dir.path().join(format!("instance-{id}.toml"));
             std::fs::write(&path, text).unwrap();
             configs.push(path);
-            resp.push(r);
             metrics.push(m);
         }
         Self {
