@@ -234,6 +234,27 @@ fn kill_one_under_load_then_the_whole_cluster() {
     cluster.wait_ready(2);
     check_counters(&cluster, &[0, 1, 2], &acked, false);
 
+    // fusionctl status reports the recovery the survivors ran, and health once all are up.
+    let deadline = Instant::now() + DEADLINE;
+    let text = loop {
+        let status = std::process::Command::new(common::FUSIONCTL)
+            .args(["status", "--config"])
+            .arg(&cluster.configs[1])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        if status.status.success() {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "never healthy again:\n{text}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(text.contains("healthy: no alerts"), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("recovery: ") && !l.contains("recovery: 0 started")),
+        "no recovery reported:\n{text}"
+    );
+
     // The whole cluster killed at once, restarted: nothing acknowledged is lost.
     let snapshot: BTreeMap<String, u64> =
         keys.iter().map(|k| (k.clone(), counter(&cluster, 0, k))).collect();
