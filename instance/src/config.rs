@@ -682,21 +682,22 @@ fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
                 why: "give requirepass or requirepass_file, not both",
             });
         }
-        (inline, file) => Some(secret(inline, file, base).map_err(|_| ConfigProblem::Limit {
-            key: "serve.requirepass_file",
-            why: "the password file cannot be read or is empty",
-        })?),
+        (inline, file) => Some(
+            secret(inline, file, base).map_err(|_| ConfigProblem::Limit {
+                key: "serve.requirepass_file",
+                why: "the password file cannot be read or is empty",
+            })?,
+        ),
     };
-    let bounded = |key: &'static str, value: Option<u64>, range: std::ops::RangeInclusive<u64>| {
-        match value {
+    let bounded =
+        |key: &'static str, value: Option<u64>, range: std::ops::RangeInclusive<u64>| match value {
             None => Ok(None),
             Some(v) if range.contains(&v) => Ok(Some(v)),
             Some(_) => Err(ConfigProblem::Limit {
                 key,
                 why: "out of range",
             }),
-        }
-    };
+        };
     let maxclients = bounded("serve.maxclients", raw.maxclients, 1..=100_000)?;
     let buffer = bounded(
         "serve.client_buffer_bytes",

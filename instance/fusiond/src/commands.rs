@@ -249,12 +249,11 @@ fn load<T: Tx>(tx: &mut T, key: &[u8], now: u64) -> Result<Result<Option<Value>,
     })
 }
 
+/// A read that is a value, or the error reply it has become (wrong type, corrupt).
+type Loaded<T> = Result<Option<(T, Option<u64>)>, Reply>;
+
 /// Reads `key` as a string: `Err(reply)` for the wrong type or a corrupt value.
-fn load_string<T: Tx>(
-    tx: &mut T,
-    key: &[u8],
-    now: u64,
-) -> Result<Result<Option<(Vec<u8>, Option<u64>)>, Reply>, T::Error> {
+fn load_string<T: Tx>(tx: &mut T, key: &[u8], now: u64) -> Result<Loaded<Vec<u8>>, T::Error> {
     Ok(match load(tx, key, now)? {
         Ok(None) => Ok(None),
         Ok(Some(Value {
@@ -271,7 +270,7 @@ fn load_hash<T: Tx>(
     tx: &mut T,
     key: &[u8],
     now: u64,
-) -> Result<Result<Option<(Vec<(Vec<u8>, Vec<u8>)>, Option<u64>)>, Reply>, T::Error> {
+) -> Result<Loaded<crate::store::Pairs>, T::Error> {
     Ok(match load(tx, key, now)? {
         Ok(None) => Ok(None),
         Ok(Some(Value {
@@ -450,7 +449,9 @@ impl<S: Store> Engine<S> {
                         }
                         continue;
                     }
-                    Err(e) => tracing::debug!(error = %e, "shared transaction failed; one at a time"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "shared transaction failed; one at a time")
+                    }
                 }
             }
             let requests: Vec<_> = if run.is_empty() {
@@ -624,9 +625,9 @@ impl<S: Store> Engine<S> {
                 session.authenticated = true;
                 Reply::Simple("OK")
             }
-            Some(_) => Reply::Error(
-                "WRONGPASS invalid username-password pair or user is disabled.".into(),
-            ),
+            Some(_) => {
+                Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+            }
         }
     }
 
@@ -706,7 +707,10 @@ impl<S: Store> Engine<S> {
         ];
         let mut pairs = Vec::new();
         for (name, value) in &settings {
-            if args[2..].iter().any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes())) {
+            if args[2..]
+                .iter()
+                .any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
+            {
                 pairs.push((Reply::text(*name), Reply::text(value.clone())));
             }
         }
@@ -810,11 +814,12 @@ impl<S: Store> Engine<S> {
         let after = if cursor == 0 {
             None
         } else {
-            match session.cursors.iter().find(|(id, _)| *id == cursor) {
-                Some((_, key)) => Some(key.clone()),
-                // A forgotten or foreign cursor: Redis would restart too.
-                None => None,
-            }
+            // A forgotten or foreign cursor starts over, as Redis's would.
+            session
+                .cursors
+                .iter()
+                .find(|(id, _)| *id == cursor)
+                .map(|(_, key)| key.clone())
         };
         let mut keys = Vec::new();
         let mut examined = 0usize;
@@ -976,7 +981,7 @@ impl<S: Store> Engine<S> {
                 Ok(Reply::Array(out))
             }
             "mset" | "msetnx" => {
-                if args.len() % 2 == 0 {
+                if args.len().is_multiple_of(2) {
                     return Ok(wrong_args(name));
                 }
                 if name == "msetnx" {
@@ -1087,7 +1092,9 @@ impl<S: Store> Engine<S> {
                     return Ok(Reply::Integer(current.map_or(0, |(s, _)| s.len() as i64)));
                 }
                 if offset.saturating_add(patch.len()) > 512 << 20 {
-                    return Ok(Reply::err("string exceeds maximum allowed size (proto-max-bulk-len)"));
+                    return Ok(Reply::err(
+                        "string exceeds maximum allowed size (proto-max-bulk-len)",
+                    ));
                 }
                 let (mut s, expires_at) = current.unwrap_or_default();
                 if s.len() < offset + patch.len() {
@@ -1201,7 +1208,9 @@ impl<S: Store> Engine<S> {
                     };
                     let at = match option.as_slice() {
                         _ if n <= 0 => None,
-                        b"ex" => (n as u64).checked_mul(1000).and_then(|ms| ms.checked_add(now)),
+                        b"ex" => (n as u64)
+                            .checked_mul(1000)
+                            .and_then(|ms| ms.checked_add(now)),
                         b"px" => (n as u64).checked_add(now),
                         b"exat" => (n as u64).checked_mul(1000),
                         _ => Some(n as u64),
@@ -1269,8 +1278,7 @@ impl<S: Store> Engine<S> {
         let mut condition: Option<Vec<u8>> = None;
         for option in &args[3..] {
             let option = option.to_ascii_lowercase();
-            if !matches!(option.as_slice(), b"nx" | b"xx" | b"gt" | b"lt") || condition.is_some()
-            {
+            if !matches!(option.as_slice(), b"nx" | b"xx" | b"gt" | b"lt") || condition.is_some() {
                 return Ok(Reply::err(format!(
                     "Unsupported option {}",
                     String::from_utf8_lossy(&option)
@@ -1287,7 +1295,9 @@ impl<S: Store> Engine<S> {
             Some(n)
         };
         let Some(at) = ms.and_then(|ms| i64::try_from(now).ok()?.checked_add(ms)) else {
-            return Ok(Reply::err(format!("invalid expire time in '{name}' command")));
+            return Ok(Reply::err(format!(
+                "invalid expire time in '{name}' command"
+            )));
         };
         let allowed = match condition.as_deref() {
             Some(b"nx") => value.expires_at.is_none(),
@@ -1316,7 +1326,7 @@ impl<S: Store> Engine<S> {
         args: &[Vec<u8>],
         now: u64,
     ) -> Result<Reply, S::Error> {
-        if name == "hset" && args.len() % 2 != 0 {
+        if name == "hset" && !args.len().is_multiple_of(2) {
             return Ok(wrong_args(name));
         }
         let (mut fields, expires_at) = check!(load_hash(tx, &key, now)).unwrap_or_default();
@@ -1448,7 +1458,10 @@ fn range(s: &[u8], start: i64, end: i64) -> &[u8] {
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let da = Sha256::digest(a);
     let db = Sha256::digest(b);
-    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    da.iter()
+        .zip(db.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]
@@ -1508,7 +1521,10 @@ mod tests {
         assert_eq!(run(&e, s, "INCRBY n 5"), Reply::Integer(5));
         assert_eq!(run(&e, s, "DECR n"), Reply::Integer(4));
         assert_eq!(run(&e, s, "DECRBY n 10"), Reply::Integer(-6));
-        assert_eq!(run(&e, s, "SET big 9223372036854775807"), Reply::Simple("OK"));
+        assert_eq!(
+            run(&e, s, "SET big 9223372036854775807"),
+            Reply::Simple("OK")
+        );
         assert_eq!(
             run(&e, s, "INCR big"),
             Reply::err("increment or decrement would overflow")

@@ -235,9 +235,18 @@ impl Metrics {
         self.gauge("members_configured", &[], configured_members as f64);
         let timing = stats.last_failure;
         for (name, value) in [
-            ("last_failure_suspected_to_reconfigured_seconds", timing.suspected_to_reconfigured),
-            ("last_failure_reconfigured_to_served_seconds", timing.reconfigured_to_served),
-            ("last_failure_reconfigured_to_recovered_seconds", timing.reconfigured_to_recovered),
+            (
+                "last_failure_suspected_to_reconfigured_seconds",
+                timing.suspected_to_reconfigured,
+            ),
+            (
+                "last_failure_reconfigured_to_served_seconds",
+                timing.reconfigured_to_served,
+            ),
+            (
+                "last_failure_reconfigured_to_recovered_seconds",
+                timing.reconfigured_to_recovered,
+            ),
         ] {
             self.gauge(name, &[], value.map_or(0.0, |d| d.as_secs_f64()));
         }
@@ -321,7 +330,10 @@ pub fn serve_http(
 
 /// One request per connection: reads the request head (bounded, with a timeout) and
 /// answers.
-fn answer(mut stream: TcpStream, render: &(dyn Fn() -> String + Send + Sync)) -> std::io::Result<()> {
+fn answer(
+    mut stream: TcpStream,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut head = Vec::new();
@@ -338,9 +350,16 @@ fn answer(mut stream: TcpStream, render: &(dyn Fn() -> String + Send + Sync)) ->
     }
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     let (status, content_type, body) = if method != b"GET" {
-        ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        )
     } else if path == b"/metrics" || path.starts_with(b"/metrics?") {
         (
             "200 OK",
@@ -365,7 +384,10 @@ pub fn info_section(instance: &Instance, configured_members: usize) -> String {
     let mut out = String::from("# Fusion\r\n");
     out.push_str(&format!("instance:{}\r\n", instance.id().index()));
     if let Some(reason) = instance.stopped() {
-        out.push_str(&format!("stopped:{}\r\n", reason.replace(['\r', '\n'], " ")));
+        out.push_str(&format!(
+            "stopped:{}\r\n",
+            reason.replace(['\r', '\n'], " ")
+        ));
     }
     let Ok(stats) = instance.stats() else {
         return out;

@@ -226,10 +226,7 @@ impl RequestParser {
 }
 
 /// Parses `*N\r\n` or `$N\r\n` at the start of `input`: `None` if the line is not complete.
-fn number_line(
-    input: &[u8],
-    bad: ProtocolError,
-) -> Result<Option<(i64, usize)>, ProtocolError> {
+fn number_line(input: &[u8], bad: ProtocolError) -> Result<Option<(i64, usize)>, ProtocolError> {
     let search = &input[..input.len().min(MAX_COUNT_LINE)];
     let Some(cr) = search.iter().position(|&b| b == b'\r') else {
         if input.len() >= MAX_COUNT_LINE {

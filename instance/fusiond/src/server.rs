@@ -122,8 +122,7 @@ fn accept_loop<S: Store>(
             .name(format!("resp-{id}"))
             .spawn(move || {
                 let session = Session::new(id, !requirepass);
-                if let Err(e) = client_loop(stream, session, &engine, limits, &slot.0, &metrics)
-                {
+                if let Err(e) = client_loop(stream, session, &engine, limits, &slot.0, &metrics) {
                     tracing::debug!(client = id, %peer, error = %e, "client closed");
                 }
                 // Before the slot is freed: shut-down waits for the count, then the engine.
@@ -221,7 +220,9 @@ fn client_loop<S: Store>(
                 // closes clients past their output buffer limit.
                 metrics.protocol_error();
                 linger(&mut stream, &mut chunk);
-                return Err(std::io::Error::other("reply exceeds the client buffer limit"));
+                return Err(std::io::Error::other(
+                    "reply exceeds the client buffer limit",
+                ));
             }
         }
         if let Some(e) = protocol_error {

@@ -8,6 +8,9 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
+/// Key-value pairs in key order, as scans return them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One transaction's reads and writes. Errors end the transaction.
 pub trait Tx {
     /// Why an operation failed.
@@ -24,7 +27,7 @@ pub trait Tx {
         from: Bound<&[u8]>,
         to: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Self::Error>;
+    ) -> Result<Pairs, Self::Error>;
 }
 
 /// A store of transactions.
@@ -85,7 +88,7 @@ impl Tx for kv::KvTxn<'_> {
         from: Bound<&[u8]>,
         to: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, kv::KvError> {
+    ) -> Result<Pairs, kv::KvError> {
         kv::KvTxn::scan(self, from, to, limit)
     }
 }
@@ -143,7 +146,7 @@ pub(crate) mod memory {
             from: Bound<&[u8]>,
             to: Bound<&[u8]>,
             limit: usize,
-        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+        ) -> Result<Pairs, String> {
             Ok(self
                 .0
                 .range::<[u8], _>((from, to))

@@ -127,7 +127,9 @@ impl Value {
 }
 
 fn take_part(rest: &mut &[u8]) -> Result<Vec<u8>, Corrupt> {
-    let (len, tail) = rest.split_at_checked(4).ok_or(Corrupt("short hash length"))?;
+    let (len, tail) = rest
+        .split_at_checked(4)
+        .ok_or(Corrupt("short hash length"))?;
     let mut len_bytes = [0u8; 4];
     len_bytes.copy_from_slice(len);
     let len = usize::try_from(u32::from_le_bytes(len_bytes)).map_err(|_| Corrupt("length"))?;
@@ -211,7 +213,9 @@ fn class(pattern: &[u8], open: usize, c: u8) -> Option<(bool, usize)> {
                 matched |= e == c;
                 i += 2;
             }
-            _ if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|&e| e != b']') => {
+            _ if pattern.get(i + 1) == Some(&b'-')
+                && pattern.get(i + 2).is_some_and(|&e| e != b']') =>
+            {
                 let (lo, hi) = (b.min(pattern[i + 2]), b.max(pattern[i + 2]));
                 matched |= (lo..=hi).contains(&c);
                 i += 3;
@@ -233,7 +237,10 @@ mod tests {
     #[test]
     fn envelope_round_trips() {
         let hash = Value {
-            data: Data::Hash(vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), vec![])]),
+            data: Data::Hash(vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), vec![]),
+            ]),
             expires_at: Some(1_700_000_000_000),
         };
         assert_eq!(Value::decode(&hash.encode()).unwrap(), hash);

@@ -3,6 +3,8 @@
 //! redis-benchmark) work, and kill -9 of members and of the whole cluster loses nothing
 //! acknowledged.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Client, Cluster, DEADLINE, Resp, redis_cli, scrape, tool};
@@ -22,7 +24,10 @@ fn call_retrying(cluster: &Cluster, id: usize, args: &[&str]) -> Resp {
         {
             return reply;
         }
-        assert!(Instant::now() < deadline, "{args:?} on {id} never succeeded");
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} on {id} never succeeded"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -110,9 +115,15 @@ fn three_instances_share_every_key() {
     let mut cluster = Cluster::create(3, "");
     cluster.start_all();
     let mut c0 = cluster.client(0);
-    assert_eq!(c0.call(&["SET", "shared", "from-0"]).unwrap(), Resp::Simple("OK".into()));
+    assert_eq!(
+        c0.call(&["SET", "shared", "from-0"]).unwrap(),
+        Resp::Simple("OK".into())
+    );
     for id in 1..3 {
-        assert_eq!(cluster.client(id).call(&["GET", "shared"]).unwrap(), Resp::bulk("from-0"));
+        assert_eq!(
+            cluster.client(id).call(&["GET", "shared"]).unwrap(),
+            Resp::bulk("from-0")
+        );
     }
     assert_eq!(
         cluster.client(2).call(&["HSET", "h", "f", "v"]).unwrap(),
@@ -128,12 +139,19 @@ fn three_instances_share_every_key() {
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
     let acked = total(handles);
-    assert!(acked.values().sum::<u64>() > 0, "no increment was acknowledged");
+    assert!(
+        acked.values().sum::<u64>() > 0,
+        "no increment was acknowledged"
+    );
     check_counters(&cluster, &[0, 1, 2], &acked, true);
 
     // MULTI/EXEC is atomic across instances.
     let mut c1 = cluster.client(1);
-    for command in [&["MULTI"][..], &["SET", "pair:a", "1"], &["SET", "pair:b", "1"]] {
+    for command in [
+        &["MULTI"][..],
+        &["SET", "pair:a", "1"],
+        &["SET", "pair:b", "1"],
+    ] {
         c1.call(command).unwrap();
     }
     assert_eq!(
@@ -141,18 +159,29 @@ fn three_instances_share_every_key() {
         Resp::Array(vec![Resp::Simple("OK".into()), Resp::Simple("OK".into())])
     );
     assert_eq!(
-        cluster.client(2).call(&["MGET", "pair:a", "pair:b"]).unwrap(),
+        cluster
+            .client(2)
+            .call(&["MGET", "pair:a", "pair:b"])
+            .unwrap(),
         Resp::Array(vec![Resp::bulk("1"), Resp::bulk("1")])
     );
 
     if let Some(cli) = tool("redis-cli") {
-        assert_eq!(redis_cli(&cli, cluster.resp[1], &["SET", "via-cli", "x"]), "OK");
+        assert_eq!(
+            redis_cli(&cli, cluster.resp[1], &["SET", "via-cli", "x"]),
+            "OK"
+        );
         assert_eq!(redis_cli(&cli, cluster.resp[2], &["GET", "via-cli"]), "x");
     }
     if let Some(bench) = tool("redis-benchmark") {
         for id in 0..3 {
             let out = std::process::Command::new(&bench)
-                .args(["-h", "127.0.0.1", "-p", &cluster.resp[id].port().to_string()])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &cluster.resp[id].port().to_string(),
+                ])
                 .args(["-t", "set,get,incr,mset", "-n", "300", "-c", "4", "-q"])
                 .output()
                 .unwrap();
@@ -161,8 +190,9 @@ fn three_instances_share_every_key() {
             for test in ["SET:", "GET:", "INCR:", "MSET (10 keys):"] {
                 let done = format!("{test} ");
                 assert!(
-                    text.split('\r').any(|part| part.trim_start().starts_with(&done)
-                        && part.contains("requests per second")),
+                    text.split('\r')
+                        .any(|part| part.trim_start().starts_with(&done)
+                            && part.contains("requests per second")),
                     "{test} missing: {text}"
                 );
             }
@@ -209,7 +239,10 @@ fn kill_one_under_load_then_the_whole_cluster() {
         if now > before + 50 {
             break;
         }
-        assert!(Instant::now() < deadline, "the survivors made no progress after the kill");
+        assert!(
+            Instant::now() < deadline,
+            "the survivors made no progress after the kill"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     stop.store(true, Ordering::Relaxed);
@@ -226,7 +259,10 @@ fn kill_one_under_load_then_the_whole_cluster() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(!status.status.success(), "status says healthy with a member down:\n{text}");
+    assert!(
+        !status.status.success(),
+        "status says healthy with a member down:\n{text}"
+    );
     assert!(text.contains("instance 2: unreachable"), "{text}");
 
     // The killed member restarts and rejoins; everything acknowledged reads back there.
@@ -251,13 +287,16 @@ fn kill_one_under_load_then_the_whole_cluster() {
     };
     assert!(text.contains("healthy: no alerts"), "{text}");
     assert!(
-        text.lines().any(|l| l.contains("recovery: ") && !l.contains("recovery: 0 started")),
+        text.lines()
+            .any(|l| l.contains("recovery: ") && !l.contains("recovery: 0 started")),
         "no recovery reported:\n{text}"
     );
 
     // The whole cluster killed at once, restarted: nothing acknowledged is lost.
-    let snapshot: BTreeMap<String, u64> =
-        keys.iter().map(|k| (k.clone(), counter(&cluster, 0, k))).collect();
+    let snapshot: BTreeMap<String, u64> = keys
+        .iter()
+        .map(|k| (k.clone(), counter(&cluster, 0, k)))
+        .collect();
     for id in 0..3 {
         cluster.kill(id);
     }

@@ -1,6 +1,8 @@
 //! `fusionctl create` as an operator runs it: creates, refuses to overwrite, overwrites with
 //! `--force`, and explains bad values.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Command, Output};
 
 fn fusionctl(args: &[&str]) -> Output {
@@ -157,7 +159,11 @@ fn gen_secret_writes_a_private_file_once() {
     let again = fusionctl(&["gen-secret", "--out", path_str]);
     assert_eq!(again.status.code(), Some(2));
     assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "kept without --force");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "kept without --force"
+    );
 
     let forced = fusionctl(&["gen-secret", "--out", path_str, "--force", "--bytes", "48"]);
     assert!(forced.status.success(), "{}", stderr(&forced));

@@ -1,6 +1,8 @@
 //! One fusiond process: bad input over RESP, limits, auth, commands through redis-cli,
 //! metrics, SIGTERM.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Client, Cluster, Resp, redis_cli, scrape, tool};
@@ -18,12 +20,27 @@ fn bad_input_closes_only_that_client() {
     let cases: [(&[u8], &str); 8] = [
         (b"*x\r\n", "ERR Protocol error: invalid multibulk length"),
         (b"*-7a\r\n", "ERR Protocol error: invalid multibulk length"),
-        (b"*99999999999\r\n", "ERR Protocol error: invalid multibulk length"),
+        (
+            b"*99999999999\r\n",
+            "ERR Protocol error: invalid multibulk length",
+        ),
         (b"*1\r\n$-5\r\n", "ERR Protocol error: invalid bulk length"),
-        (b"*1\r\n$2000000\r\n", "ERR Protocol error: invalid bulk length"),
-        (b"*2\r\n*1\r\n$1\r\na\r\n", "ERR Protocol error: expected '$', got '*'"),
-        (b"*1\r\n$1\r\nabc\r\n", "ERR Protocol error: bulk string not terminated"),
-        (b"\x00\xff\xfe junk\r\n", "ERR Protocol error: invalid inline request"),
+        (
+            b"*1\r\n$2000000\r\n",
+            "ERR Protocol error: invalid bulk length",
+        ),
+        (
+            b"*2\r\n*1\r\n$1\r\na\r\n",
+            "ERR Protocol error: expected '$', got '*'",
+        ),
+        (
+            b"*1\r\n$1\r\nabc\r\n",
+            "ERR Protocol error: bulk string not terminated",
+        ),
+        (
+            b"\x00\xff\xfe junk\r\n",
+            "ERR Protocol error: invalid inline request",
+        ),
     ];
     for (bytes, expected) in cases {
         let mut bad = cluster.client(0);
@@ -63,7 +80,10 @@ fn bad_input_closes_only_that_client() {
         Resp::Error(e) => assert!(e.starts_with("ERR unknown command 'NOSUCH'"), "{e}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(good.call(&["ECHO", "still here"]).unwrap(), Resp::bulk("still here"));
+    assert_eq!(
+        good.call(&["ECHO", "still here"]).unwrap(),
+        Resp::bulk("still here")
+    );
 }
 
 /// `maxclients` refuses the client above the limit with Redis's message.
@@ -80,7 +100,10 @@ fn maxclients_and_auth() {
         if b.call(&["PING"]).ok() == Some(Resp::Error("NOAUTH Authentication required.".into())) {
             break b;
         }
-        assert!(std::time::Instant::now() < deadline, "a second client is never accepted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a second client is never accepted"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(
@@ -91,8 +114,14 @@ fn maxclients_and_auth() {
         a.call(&["AUTH", "wrong"]).unwrap(),
         Resp::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
     );
-    assert_eq!(a.call(&["AUTH", "sesame"]).unwrap(), Resp::Simple("OK".into()));
-    assert_eq!(b.call(&["AUTH", "sesame"]).unwrap(), Resp::Simple("OK".into()));
+    assert_eq!(
+        a.call(&["AUTH", "sesame"]).unwrap(),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(
+        b.call(&["AUTH", "sesame"]).unwrap(),
+        Resp::Simple("OK".into())
+    );
     let mut c = Client::connect(cluster.resp[0]).unwrap();
     assert_eq!(
         c.read().unwrap(),
@@ -141,7 +170,10 @@ fn commands_through_redis_cli() {
     assert_eq!(keys, ["counter", "greeting", "user:1"]);
     assert_eq!(cli(&["DBSIZE"]), "3");
     let hello = cli(&["-3", "HELLO", "3"]);
-    assert!(hello.contains("server redis") && hello.contains("proto 3"), "{hello}");
+    assert!(
+        hello.contains("server redis") && hello.contains("proto 3"),
+        "{hello}"
+    );
 
     let mut client = cluster.client(0);
     for command in [&["MULTI"][..], &["INCR", "counter"], &["SET", "t", "v"]] {
@@ -153,9 +185,18 @@ fn commands_through_redis_cli() {
     );
 
     let metrics = scrape(cluster.metrics[0]);
-    assert!(metrics.contains("fusion_kv_commands_total{command=\"incr\"}"), "{metrics}");
-    assert!(metrics.contains("fusion_alert{alert=\"member_down\",severity=\"critical\"} 0"), "{metrics}");
-    assert!(metrics.trim_end().ends_with("# EOF"), "not OpenMetrics text");
+    assert!(
+        metrics.contains("fusion_kv_commands_total{command=\"incr\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fusion_alert{alert=\"member_down\",severity=\"critical\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.trim_end().ends_with("# EOF"),
+        "not OpenMetrics text"
+    );
 
     drop(client);
     let status = cluster.terminate(0);

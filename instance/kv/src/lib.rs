@@ -264,8 +264,8 @@ impl Geometry {
         let max_leaf_entry = (payload / 2)
             .checked_sub(node::NODE_HEADER + fences + 8)
             .unwrap_or(0);
-        let largest_entry = node::internal_entry_len(&vec![0; config.max_key_len])
-            .max(config.max_key_len + 27);
+        let largest_entry =
+            node::internal_entry_len(&vec![0; config.max_key_len]).max(config.max_key_len + 27);
         if largest_entry > max_leaf_entry || max_leaf_entry * 3 > payload {
             let most = (payload / 2).saturating_sub(node::NODE_HEADER + 7 + 8 + 27) / 3;
             return Err(KvError::Config(format!(
@@ -274,7 +274,9 @@ impl Geometry {
             )));
         }
         if config.max_keys_per_txn == 0 {
-            return Err(KvError::Config("max_keys_per_txn must be at least 1".into()));
+            return Err(KvError::Config(
+                "max_keys_per_txn must be at least 1".into(),
+            ));
         }
         if config.max_value_len > u32::MAX as usize {
             return Err(KvError::Config(format!(
@@ -353,7 +355,11 @@ impl Kv {
 
     /// Creates the superblock, an empty root and the free-list head, with the high-water
     /// mark moved past them, in one transaction.
-    fn create(instance: &Instance, geometry: &Geometry, wait: Duration) -> Result<(u64, u64), KvError> {
+    fn create(
+        instance: &Instance,
+        geometry: &Geometry,
+        wait: Duration,
+    ) -> Result<(u64, u64), KvError> {
         let (root, free_list) = (SUPER_BLOCK + 1, SUPER_BLOCK + 2);
         let _hwm = instance
             .lock(block_lock(HWM_BLOCK), LockMode::Exclusive, Some(wait))
@@ -457,13 +463,17 @@ impl Kv {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
             return match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-                Ok(i) => Ok(Some(self.value(&entries[i].1, &mut |b| {
-                    read_block(&self.instance, b)
-                })?)),
+                Ok(i) => {
+                    Ok(Some(self.value(&entries[i].1, &mut |b| {
+                        read_block(&self.instance, b)
+                    })?))
+                }
                 Err(_) => Ok(None),
             };
         }
-        Err(KvError::Retry("the tree kept changing under a lookup".into()))
+        Err(KvError::Retry(
+            "the tree kept changing under a lookup".into(),
+        ))
     }
 
     /// Up to `limit` pairs within the bounds in key order, read without a transaction: each
@@ -523,7 +533,10 @@ impl Kv {
         let mut seen: HashSet<u64> = HashSet::new();
         let mut claim = |b: u64, what: &str| {
             if b < FIRST_FREE_BLOCK && b != self.root || b >= space.allocated || !seen.insert(b) {
-                Err(KvError::corrupt(b, format!("{what} block reached twice or out of range")))
+                Err(KvError::corrupt(
+                    b,
+                    format!("{what} block reached twice or out of range"),
+                ))
             } else {
                 Ok(())
             }
@@ -538,7 +551,10 @@ impl Kv {
                 other => return Err(KvError::corrupt(b, format!("not a node: {other:?}"))),
             };
             if node.low != low || node.high != high || level.is_some_and(|l| l != node.level) {
-                return Err(KvError::corrupt(b, "fences or level differ from the parent's"));
+                return Err(KvError::corrupt(
+                    b,
+                    "fences or level differ from the parent's",
+                ));
             }
             report.nodes += 1;
             report.height = report.height.max(node.level + 1);
@@ -574,7 +590,11 @@ impl Kv {
                 Body::Internal { keys, children } => {
                     let child_level = node.level.checked_sub(1);
                     for (i, &child) in children.iter().enumerate() {
-                        let low = if i == 0 { node.low.clone() } else { keys[i - 1].clone() };
+                        let low = if i == 0 {
+                            node.low.clone()
+                        } else {
+                            keys[i - 1].clone()
+                        };
                         let high = keys.get(i).cloned().or_else(|| node.high.clone());
                         stack.push((child, low, high, child_level));
                     }
@@ -594,7 +614,10 @@ impl Kv {
             };
         }
         if report.free_blocks != space.free {
-            return Err(KvError::corrupt(self.free_list, "free count differs from the list"));
+            return Err(KvError::corrupt(
+                self.free_list,
+                "free count differs from the list",
+            ));
         }
         let accounted = seen.len() as u64 + 3;
         if accounted != space.allocated - 1 {
@@ -968,7 +991,9 @@ impl<'k> KvTxn<'k> {
                 }
             }
         }
-        Err(KvError::Retry("the tree kept changing under a lookup".into()))
+        Err(KvError::Retry(
+            "the tree kept changing under a lookup".into(),
+        ))
     }
 
     /// Writes `node` into block `n`, splitting it (and its ancestors as needed) when it
@@ -1247,7 +1272,9 @@ fn descend(
             n = child;
         }
     }
-    Err(KvError::Retry("the tree kept changing under a lookup".into()))
+    Err(KvError::Retry(
+        "the tree kept changing under a lookup".into(),
+    ))
 }
 
 /// Splits an over-full node into two halves of about equal bytes and the separator between
@@ -1292,7 +1319,10 @@ fn split(n: u64, node: Node) -> Result<(Node, Vec<u8>, Node), KvError> {
             mut children,
         } => {
             if keys.len() < 2 {
-                return Err(KvError::corrupt(n, "an over-full internal node with one separator"));
+                return Err(KvError::corrupt(
+                    n,
+                    "an over-full internal node with one separator",
+                ));
             }
             let sizes: Vec<usize> = keys.iter().map(|k| node::internal_entry_len(k)).collect();
             let m = half(&sizes).clamp(1, keys.len() - 1);

@@ -177,9 +177,17 @@ fn gen_secret(out: &std::path::Path, bytes: usize, force: bool) -> Result<(), St
     } else {
         options.create_new(true);
     }
-    let mut file = options
-        .open(out)
-        .map_err(|e| format!("{}: {e}{}", out.display(), if e.kind() == std::io::ErrorKind::AlreadyExists { " (use --force to replace it)" } else { "" }))?;
+    let mut file = options.open(out).map_err(|e| {
+        format!(
+            "{}: {e}{}",
+            out.display(),
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                " (use --force to replace it)"
+            } else {
+                ""
+            }
+        )
+    })?;
     // An existing file keeps its mode on open: make it private before writing.
     use std::os::unix::fs::PermissionsExt;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))
@@ -187,7 +195,11 @@ fn gen_secret(out: &std::path::Path, bytes: usize, force: bool) -> Result<(), St
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("{}: {e}", out.display()))?;
-    println!("wrote a {}-byte secret to {} (mode 0600)", bytes, out.display());
+    println!(
+        "wrote a {}-byte secret to {} (mode 0600)",
+        bytes,
+        out.display()
+    );
     Ok(())
 }
 
@@ -199,7 +211,9 @@ const MAX_INFO: usize = 1 << 20;
 /// Asks `address` for `INFO` (after `AUTH` if a password is set); its `key:value` lines.
 fn ask(address: SocketAddr, password: Option<&[u8]>) -> Result<BTreeMap<String, String>, String> {
     let stream = TcpStream::connect_timeout(&address, ASK_TIMEOUT).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(ASK_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(ASK_TIMEOUT))
+        .map_err(|e| e.to_string())?;
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream);
     let mut request = Vec::new();
@@ -243,7 +257,11 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
     members.push(config.local.clone());
     members.sort_by_key(|m| m.id);
     let configured = members.len();
-    let password = config.serve.requirepass.as_ref().map(|p| p.as_bytes().to_vec());
+    let password = config
+        .serve
+        .requirepass
+        .as_ref()
+        .map(|p| p.as_bytes().to_vec());
     let bound = config.serve.transfer_p99_alert;
     println!(
         "cluster {:016x}: {configured} members configured",
@@ -253,7 +271,9 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
     let mut epochs = Vec::new();
     for member in &members {
         let address = member.resp.unwrap_or_else(|| {
-            if member.id == config.local.id && let Some(r) = config.resp_listen {
+            if member.id == config.local.id
+                && let Some(r) = config.resp_listen
+            {
                 return r;
             }
             SocketAddr::new(member.address.ip(), 6379 + member.id.as_u16())
@@ -262,7 +282,10 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
             Ok(info) => info,
             Err(e) => {
                 println!("instance {}: unreachable at {address} ({e})", member.id);
-                alerts.push(format!("member_down (critical): instance {} unreachable", member.id));
+                alerts.push(format!(
+                    "member_down (critical): instance {} unreachable",
+                    member.id
+                ));
                 continue;
             }
         };
@@ -277,7 +300,10 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
             get("connected_clients"),
         );
         if let Some(reason) = info.get("stopped") {
-            alerts.push(format!("instance_stopped (critical): instance {}: {reason}", member.id));
+            alerts.push(format!(
+                "instance_stopped (critical): instance {}: {reason}",
+                member.id
+            ));
         }
         let mut transfers = String::from("  transfers:");
         for kind in KINDS {
@@ -292,7 +318,10 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
             }
             let p50 = fields.get("p50_us").copied().unwrap_or("?");
             let p99 = fields.get("p99_us").copied().unwrap_or("?");
-            transfers.push_str(&format!(" {} {count} (p50 {p50} us, p99 {p99} us);", kind.replace('_', "-")));
+            transfers.push_str(&format!(
+                " {} {count} (p50 {p50} us, p99 {p99} us);",
+                kind.replace('_', "-")
+            ));
             if matches!(kind, "2_way" | "3_way")
                 && p99.parse::<u128>().is_ok_and(|p| p > bound.as_micros())
             {
@@ -318,13 +347,20 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
             get("recoveries_started"),
             get("recoveries_done"),
             get("blocks_recovered"),
-            if get("recovery_running") == "1" { "yes" } else { "no" },
+            if get("recovery_running") == "1" {
+                "yes"
+            } else {
+                "no"
+            },
             get("last_failure_suspected_to_reconfigured_ms"),
             get("last_failure_reconfigured_to_served_ms"),
             get("last_failure_reconfigured_to_recovered_ms"),
         );
         if get("recovery_running") == "1" {
-            alerts.push(format!("recovery_running (warning): instance {}", member.id));
+            alerts.push(format!(
+                "recovery_running (warning): instance {}",
+                member.id
+            ));
         }
         if get("members_up") != configured.to_string() {
             alerts.push(format!(
@@ -337,7 +373,9 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
     epochs.sort();
     epochs.dedup();
     if epochs.len() > 1 {
-        alerts.push(format!("epoch_mismatch (warning): instances report epochs {epochs:?}"));
+        alerts.push(format!(
+            "epoch_mismatch (warning): instances report epochs {epochs:?}"
+        ));
     }
     if alerts.is_empty() {
         println!("healthy: no alerts");

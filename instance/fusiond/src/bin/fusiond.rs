@@ -70,7 +70,11 @@ fn main() -> ExitCode {
             config
                 .metrics_listen
                 .map_or_else(|| "off".to_string(), |a| a.to_string()),
-            if config.serve.requirepass.is_some() { "set" } else { "off" },
+            if config.serve.requirepass.is_some() {
+                "set"
+            } else {
+                "off"
+            },
             config.serve.maxclients,
         );
         return ExitCode::SUCCESS;
@@ -123,8 +127,7 @@ fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
     let instance = Arc::new(Instance::start(config).map_err(|e| format!("start: {e}"))?);
     tracing::info!(instance = %id, elapsed_ms = started.elapsed().as_millis() as u64, "instance started");
     let store = Arc::new(
-        KvStore::open(instance.clone(), kv::KvConfig::default())
-            .map_err(|e| format!("kv: {e}"))?,
+        KvStore::open(instance.clone(), kv::KvConfig::default()).map_err(|e| format!("kv: {e}"))?,
     );
     let clients = Arc::new(Clients::default());
     let metrics = Arc::new(Metrics::new(serve_config.transfer_p99_alert));
@@ -185,7 +188,9 @@ fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
             match engine.sweep_expired(SWEEP_LIMIT) {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(removed = n, "expired keys swept"),
-                Err(e) => tracing::warn!(error = %KvStore::error_message(&e), "expiry sweep failed"),
+                Err(e) => {
+                    tracing::warn!(error = %KvStore::error_message(&e), "expiry sweep failed")
+                }
             }
             next_sweep = Instant::now() + SWEEP_EVERY;
         }

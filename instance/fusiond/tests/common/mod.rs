@@ -137,7 +137,11 @@ impl Cluster {
             {
                 panic!("instance {id} exited with {status}:\n{}", self.log(id));
             }
-            assert!(Instant::now() < deadline, "instance {id} never answered:\n{}", self.log(id));
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} never answered:\n{}",
+                self.log(id)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -291,11 +295,20 @@ impl Client {
 /// Runs `redis-cli -h host -p port args...` and returns its stdout.
 pub fn redis_cli(cli: &Path, address: SocketAddr, args: &[&str]) -> String {
     let out = Command::new(cli)
-        .args(["-h", &address.ip().to_string(), "-p", &address.port().to_string()])
+        .args([
+            "-h",
+            &address.ip().to_string(),
+            "-p",
+            &address.port().to_string(),
+        ])
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim_end().to_string()
 }
 
