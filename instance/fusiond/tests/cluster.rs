@@ -202,6 +202,42 @@ fn three_instances_share_every_key() {
         assert_eq!(n, 900, "redis-benchmark's 3 × 300 INCRs");
     }
 
+    // Expiry: a key set with a TTL through one instance vanishes through the others, and the
+    // background sweep removes it from DBSIZE's count.
+    let before = cluster.client(1).call(&["DBSIZE"]).unwrap();
+    assert_eq!(
+        c0.call(&["SET", "brief", "v", "PX", "400"]).unwrap(),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(
+        cluster.client(1).call(&["GET", "brief"]).unwrap(),
+        Resp::bulk("v")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        cluster.client(2).call(&["GET", "brief"]).unwrap(),
+        Resp::Null
+    );
+    assert_eq!(
+        cluster.client(2).call(&["PTTL", "brief"]).unwrap(),
+        Resp::Integer(-2)
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while cluster.client(1).call(&["DBSIZE"]).unwrap() != before {
+        assert!(Instant::now() < deadline, "the expired key is never swept");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Counters move between scrapes.
+    let incrs = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("fusion_kv_commands_total{command=\"incr\"} "))
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let first = incrs(&scrape(cluster.metrics[0]));
+    c0.call(&["INCR", "moved"]).unwrap();
+    assert_eq!(incrs(&scrape(cluster.metrics[0])), first + 1);
+
     let metrics = scrape(cluster.metrics[0]);
     for needle in [
         "fusion_instance_total{name=\"block_acquisitions\",kind=\"local\"}",
@@ -221,6 +257,27 @@ fn kill_one_under_load_then_the_whole_cluster() {
     let stop = Arc::new(AtomicBool::new(false));
     let survivors = incrementers(&cluster, &[0, 1], 3, &keys, stop.clone());
     let victim = incrementers(&cluster, &[2], 3, &keys, stop.clone());
+    // MULTI/EXEC on the victim: both keys of a pair change together or not at all.
+    let pairs = {
+        let address = cluster.resp[2];
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut acked = 0u64;
+            let Ok(mut c) = Client::connect(address) else {
+                return acked;
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let queued = [&["MULTI"][..], &["INCR", "pair:x"], &["INCR", "pair:y"]]
+                    .iter()
+                    .all(|command| c.call(command).is_ok());
+                match c.call(&["EXEC"]) {
+                    Ok(Resp::Array(replies)) if queued && replies.len() == 2 => acked += 1,
+                    _ => return acked,
+                }
+            }
+            acked
+        })
+    };
     std::thread::sleep(Duration::from_secs(2));
     cluster.kill(2);
     // The survivors go on: more increments are acknowledged after the kill.
@@ -251,6 +308,16 @@ fn kill_one_under_load_then_the_whole_cluster() {
         *acked.entry(k).or_insert(0) += v;
     }
     check_counters(&cluster, &[0, 1], &acked, false);
+    let exec_acked = pairs.join().unwrap();
+    assert!(exec_acked > 0, "no MULTI/EXEC acknowledged before the kill");
+    for id in [0, 1] {
+        let (x, y) = (
+            counter(&cluster, id, "pair:x"),
+            counter(&cluster, id, "pair:y"),
+        );
+        assert_eq!(x, y, "a MULTI/EXEC was torn by the crash (instance {id})");
+        assert!(x >= exec_acked, "{x} < {exec_acked} acknowledged EXECs");
+    }
 
     // fusionctl status sees the member down, and the cluster not healthy.
     let status = std::process::Command::new(common::FUSIONCTL)
