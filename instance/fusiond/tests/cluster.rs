@@ -370,3 +370,85 @@ fn kill_one_under_load_then_the_whole_cluster() {
     cluster.start_all();
     check_counters(&cluster, &[0, 1, 2], &snapshot, true);
 }
+
+/// The same exact-count check over the shared-memory transport.
+#[test]
+fn concurrent_increments_over_shm_lose_no_update() {
+    let mut cluster = Cluster::create_with(3, "shm", 8, "");
+    cluster.start_all();
+    let keys: Vec<String> = (0..8).map(|k| format!("k{k}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = incrementers(&cluster, &[0, 1, 2], 3, &keys, stop.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let acked = total(handles);
+    assert!(
+        acked.values().sum::<u64>() > 0,
+        "no increment was acknowledged"
+    );
+    check_counters(&cluster, &[0, 1, 2], &acked, true);
+    for id in 0..3 {
+        assert!(cluster.terminate(id).success(), "{}", cluster.log(id));
+    }
+}
+
+/// Redo threads far smaller than the workload's redo (4 MiB: 1,024 log blocks): the
+/// background checkpointer moves the checkpoint whenever a thread is half full, so commits
+/// never run out of redo space; a whole-cluster kill and restart afterwards starts from those
+/// checkpoints and loses nothing acknowledged.
+#[test]
+fn background_checkpoints_reuse_redo_space() {
+    let mut cluster = Cluster::create_with(3, "tcp", 4, "");
+    cluster.start_all();
+    let keys: Vec<String> = (0..32).map(|k| format!("k{k}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = incrementers(&cluster, &[0, 1, 2], 2, &keys, stop.clone());
+    let redo_blocks = |cluster: &Cluster, id: usize| -> u64 {
+        let Resp::Bulk(info) = call_retrying(cluster, id, &["INFO"]) else {
+            panic!("INFO is not a bulk string");
+        };
+        String::from_utf8(info)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("redo_blocks:"))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // Until some instance has written more log blocks than its thread holds.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let wrapped = loop {
+        if let Some(id) = (0..3).find(|&id| redo_blocks(&cluster, id) > 1500) {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workload never filled a redo thread"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    stop.store(true, Ordering::Relaxed);
+    let acked = total(handles);
+    for id in 0..3 {
+        cluster.kill(id);
+    }
+    let storage = instance::storage::open(
+        &cluster.storage,
+        &instance::storage::StorageOptions::default(),
+    )
+    .unwrap();
+    let layout = instance::format::open(storage.as_ref()).unwrap();
+    let slot = instance::format::read_slot(
+        storage.as_ref(),
+        &layout,
+        interconnect::InstanceId::new(wrapped as u64).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        slot.checkpoint.sequence > 1,
+        "instance {wrapped} wrote more redo than its thread holds, but its checkpoint never moved"
+    );
+    drop(storage);
+    cluster.start_all();
+    check_counters(&cluster, &[0, 1, 2], &acked, false);
+}

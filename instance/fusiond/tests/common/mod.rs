@@ -41,6 +41,7 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 
 /// A cluster's files and its running instances.
 pub struct Cluster {
+    pub storage: PathBuf,
     pub dir: tempfile::TempDir,
     pub configs: Vec<PathBuf>,
     pub resp: Vec<SocketAddr>,
@@ -52,11 +53,27 @@ impl Cluster {
     /// Formats a shared file for `n` instances and writes their configs; `serve_extra` is
     /// appended to each `[serve]` table.
     pub fn create(n: usize, serve_extra: &str) -> Self {
+        Self::create_with(n, "tcp", 8, serve_extra)
+    }
+
+    /// Like [`Cluster::create`] over `transport` (tcp or shm) with redo threads of
+    /// `redo_mib` MiB.
+    pub fn create_with(n: usize, transport: &str, redo_mib: u64, serve_extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let storage = dir.path().join("cluster.fusion");
-        let cluster = 0xE000 + u64::from(std::process::id() % 0x0FFF);
+        // Unique per test process and call: shm files are named after the cluster id.
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cluster = (u64::from(std::process::id()) << 8) + call;
         let mut spec = ClusterSpec::new(ClusterId(cluster), n as u16, Some(64 << 20));
-        spec.redo_thread_size = 8 << 20;
+        spec.redo_thread_size = redo_mib << 20;
+        let transport = match transport {
+            "shm" => format!(
+                "kind = \"shm\"\nshm_dir = {:?}\n",
+                dir.path().join("shm").display().to_string()
+            ),
+            _ => "kind = \"tcp\"\n".to_string(),
+        };
         format::create(&storage, &spec, true).unwrap();
         let resp: Vec<SocketAddr> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
@@ -76,7 +93,7 @@ impl Cluster {
             let m: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let text = format!(
                 "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"fusiond-test-secret\"\n\
-                 instances = [\n{members}]\n\n[storage]\npath = {:?}\n\n[cache]\nframes = 2048\n\n\
+                 instances = [\n{members}]\n\n[storage]\npath = {:?}\n\n[transport]\n{transport}\n[cache]\nframes = 2048\n\n\
                  [serve]\nresp = \"{r}\"\nmetrics = \"{m}\"\n{serve_extra}\n",
                 storage.display().to_string()
             );
@@ -86,6 +103,7 @@ impl Cluster {
             metrics.push(m);
         }
         Self {
+            storage,
             dir,
             configs,
             resp,
