@@ -7,10 +7,13 @@
 
 use instance::format::{self, ClusterSpec};
 use interconnect::ClusterId;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub const FUSIOND: &str = env!("CARGO_BIN_EXE_fusiond");
@@ -41,6 +44,8 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 
 /// A cluster's files and its running instances.
 pub struct Cluster {
+    /// The network namespace each instance runs in (`ip netns exec`), if any.
+    pub netns: Vec<Option<String>>,
     pub storage: PathBuf,
     pub dir: tempfile::TempDir,
     pub configs: Vec<PathBuf>,
@@ -103,6 +108,7 @@ impl Cluster {
             metrics.push(m);
         }
         Self {
+            netns: vec![None; n],
             storage,
             dir,
             configs,
@@ -119,7 +125,15 @@ impl Cluster {
             .append(true)
             .open(self.dir.path().join(format!("instance-{id}.stderr")))
             .unwrap();
-        let child = Command::new(FUSIOND)
+        let mut command = match &self.netns[id] {
+            Some(name) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", name, FUSIOND]);
+                c
+            }
+            None => Command::new(FUSIOND),
+        };
+        let child = command
             .arg("--config")
             .arg(&self.configs[id])
             .stdin(Stdio::null())
@@ -240,6 +254,12 @@ impl Client {
         })
     }
 
+    /// Gives up on a reply after `timeout` (the read fails).
+    pub fn with_timeout(self, timeout: Duration) -> std::io::Result<Self> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        Ok(self)
+    }
+
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)
@@ -342,4 +362,110 @@ pub fn scrape(address: SocketAddr) -> String {
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_string()
+}
+
+/// Retries a call that may fail while the cluster reconfigures: a fresh connection each time,
+/// until `DEADLINE`.
+pub fn call_retrying(cluster: &Cluster, id: usize, args: &[&str]) -> Resp {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Ok(mut c) = Client::connect(cluster.resp[id])
+            && let Ok(reply) = c.call(args)
+            && !matches!(reply, Resp::Error(_))
+        {
+            return reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} on {id} never succeeded"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Increments `keys` through `clients` connections to each instance in `ids` until `stop`;
+/// returns the acknowledged increments per key (an error or a lost connection is not an
+/// acknowledgement, and that client reconnects).
+pub fn incrementers(
+    cluster: &Cluster,
+    ids: &[usize],
+    clients: usize,
+    keys: &[String],
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<BTreeMap<String, u64>>> {
+    let mut handles = Vec::new();
+    for &id in ids {
+        for c in 0..clients {
+            let address = cluster.resp[id];
+            let keys = keys.to_vec();
+            let stop = stop.clone();
+            handles.push(std::thread::spawn(move || {
+                let mut acked = BTreeMap::new();
+                let mut client = None;
+                let mut n = c;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = &keys[n % keys.len()];
+                    n += 1;
+                    let conn = match &mut client {
+                        Some(conn) => conn,
+                        None => match Client::connect(address)
+                            .and_then(|c| c.with_timeout(Duration::from_secs(15)))
+                        {
+                            Ok(conn) => client.insert(conn),
+                            Err(_) => {
+                                std::thread::sleep(Duration::from_millis(100));
+                                continue;
+                            }
+                        },
+                    };
+                    match conn.call(&["INCR", key]) {
+                        Ok(Resp::Integer(_)) => *acked.entry(key.clone()).or_insert(0) += 1,
+                        Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+                        Err(_) => client = None,
+                    }
+                }
+                acked
+            }));
+        }
+    }
+    handles
+}
+
+pub fn total(
+    handles: Vec<std::thread::JoinHandle<BTreeMap<String, u64>>>,
+) -> BTreeMap<String, u64> {
+    let mut sum = BTreeMap::new();
+    for h in handles {
+        for (k, v) in h.join().unwrap() {
+            *sum.entry(k).or_insert(0) += v;
+        }
+    }
+    sum
+}
+
+pub fn counter(cluster: &Cluster, id: usize, key: &str) -> u64 {
+    match call_retrying(cluster, id, &["GET", key]) {
+        Resp::Bulk(b) => String::from_utf8(b).unwrap().parse().unwrap(),
+        Resp::Null => 0,
+        other => panic!("GET {key}: {other:?}"),
+    }
+}
+
+/// Every counter is at least its acknowledged increments everywhere, and all instances
+/// read the same (an unacknowledged increment may have committed: at least, not exactly).
+pub fn check_counters(
+    cluster: &Cluster,
+    ids: &[usize],
+    acked: &BTreeMap<String, u64>,
+    exact: bool,
+) {
+    for (key, &n) in acked {
+        let values: Vec<u64> = ids.iter().map(|&id| counter(cluster, id, key)).collect();
+        assert!(values.windows(2).all(|w| w[0] == w[1]), "{key}: {values:?}");
+        if exact {
+            assert_eq!(values[0], n, "{key}: acknowledged {n}");
+        } else {
+            assert!(values[0] >= n, "{key}: {} < acknowledged {n}", values[0]);
+        }
+    }
 }
