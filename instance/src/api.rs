@@ -52,6 +52,9 @@ use std::time::{Duration, Instant};
 /// How long [`Instance::start`] waits for every peer to connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often a restarted instance repeats its request to join until it is admitted.
+const JOIN_RESEND: Duration = Duration::from_millis(500);
+
 /// Runtime settings that are not part of the cluster configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct StartOptions {
@@ -213,13 +216,14 @@ impl Checkpointer {
             return Ok(());
         }
         {
-            let _slot = self.handle.slot_lock.lock();
+            let paxos = self.handle.slot_lock.lock();
             let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
                 .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
             if sequence <= slot.checkpoint.sequence {
                 return Ok(());
             }
             slot.checkpoint.sequence = sequence;
+            slot.paxos = *paxos;
             format::write_slot(self.storage.as_ref(), &self.layout, &slot)
                 .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
         }
@@ -509,10 +513,11 @@ impl Instance {
         }
         self.checkpoint()?;
         {
-            let _slot = self.runtime.handle.slot_lock.lock();
+            let paxos = self.runtime.handle.slot_lock.lock();
             let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
                 .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
             slot.state = SlotState::Down;
+            slot.paxos = *paxos;
             format::write_slot(self.storage.as_ref(), &self.layout, &slot)
                 .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
         }
@@ -681,7 +686,7 @@ impl<'i> Transaction<'i> {
             return Err(InstanceError::Core(CoreError::Stopped(reason)));
         }
         if !records.is_empty() {
-            if !self.instance.runtime.handle.lease.valid() {
+            if !self.instance.runtime.handle.lease.wait_valid() {
                 return Err(InstanceError::Core(CoreError::Stopped(
                     "the I/O lease has expired".into(),
                 )));
@@ -689,6 +694,20 @@ impl<'i> Transaction<'i> {
             // On failure `self` drops and rolls back: nothing of it was made durable, or the
             // writer is stopped and the instance must restart anyway.
             self.instance.redo.commit(&records)?;
+            // Checked again once durable: a commit whose redo write outlived the lease (held
+            // by the storage path, or this process paused past it) is not acknowledged; the
+            // survivors recover this thread, with or without it.
+            if !self
+                .instance
+                .runtime
+                .handle
+                .lease
+                .confirm(crate::storage::boottime())
+            {
+                return Err(InstanceError::Core(CoreError::Stopped(
+                    "the I/O lease expired while the commit was written".into(),
+                )));
+            }
         }
         let changed = self.blocks.iter().filter(|b| b.newest.is_some()).count();
         for b in self.blocks.drain(..) {
@@ -811,6 +830,75 @@ impl Drop for LockGuard<'_> {
     }
 }
 
+/// How long a starting instance waits for every configured instance before a majority may
+/// form the cluster without the others (whose slots must also be still).
+const FORMATION_GRACE: Duration = Duration::from_secs(3);
+
+/// The voting-area slots as a starting instance sees them: which have moved, and when.
+struct SlotWatch {
+    /// Per slot: its state and heartbeat at the last look, and since when it has not moved.
+    seen: Vec<Option<(SlotState, u64, Instant)>>,
+    heartbeat: Option<u64>,
+}
+
+impl SlotWatch {
+    fn new(max_instances: u16) -> Self {
+        Self {
+            seen: vec![None; usize::from(max_instances)],
+            heartbeat: None,
+        }
+    }
+
+    /// Moves this instance's own disk heartbeat.
+    fn beat(
+        &mut self,
+        storage: &dyn SharedStorage,
+        layout: &Layout,
+        me: InstanceId,
+    ) -> Result<(), StartError> {
+        let mut slot = format::read_slot(storage, layout, me)?;
+        let next = self.heartbeat.unwrap_or(slot.heartbeat).wrapping_add(1);
+        slot.heartbeat = next;
+        slot.state = SlotState::Up;
+        format::write_slot(storage, layout, &slot)?;
+        self.heartbeat = Some(next);
+        Ok(())
+    }
+
+    /// Reads every slot; one that cannot be read counts as moving.
+    fn look(&mut self, storage: &dyn SharedStorage, layout: &Layout) {
+        let now = Instant::now();
+        for (index, seen) in self.seen.iter_mut().enumerate() {
+            let slot = InstanceId::new(index as u64)
+                .ok()
+                .and_then(|id| format::read_slot(storage, layout, id).ok());
+            *seen = match (slot, *seen) {
+                (Some(slot), Some((state, beat, since)))
+                    if slot.state == state && slot.heartbeat == beat =>
+                {
+                    Some((state, beat, since))
+                }
+                (Some(slot), _) => Some((slot.state, slot.heartbeat, now)),
+                (None, _) => None,
+            };
+        }
+    }
+
+    /// Whether every slot outside `present` is shut down (or never used), or has not moved
+    /// for `still`: no instance outside `present` can be running.
+    fn all_still_except(&self, present: InstanceSet, still: Duration) -> bool {
+        self.seen.iter().enumerate().all(|(index, seen)| {
+            let member = InstanceId::new(index as u64).is_ok_and(|id| present.contains(id));
+            member
+                || match seen {
+                    Some((SlotState::Down, _, _)) => true,
+                    Some((SlotState::Up, _, since)) => since.elapsed() >= still,
+                    None => false,
+                }
+        })
+    }
+}
+
 /// What `Instance::start` works from.
 struct Setting<'a> {
     config: &'a InstanceConfig,
@@ -878,11 +966,18 @@ impl Setting<'_> {
             membership: self.config.membership,
             ..Default::default()
         };
+        let own_paxos = slot.paxos;
+        let paxos = self.paxos(epoch, live, &own_paxos)?;
         let mut cluster =
-            ClusterManager::new(me, configured, epoch, live, failure, Timestamp::ZERO)
+            ClusterManager::new(me, configured, epoch, live, failure, paxos, Timestamp::ZERO)
                 .map_err(|e| StartError::Cache(e.to_string()))?;
         for peer in connected.iter() {
             cluster.on_connected(peer);
+        }
+        if !joining && configured.lowest() == Some(me) {
+            // This instance formed the cluster: its `Formed` is resent until every member
+            // shows it runs.
+            cluster.announce_formation();
         }
         let runtime = Runtime::start(RuntimeParts {
             transport,
@@ -897,8 +992,57 @@ impl Setting<'_> {
             spin: self.options.spin,
             origin,
             early,
+            own_paxos,
         })?;
         Ok((runtime, redo))
+    }
+
+    /// This instance's Disk Paxos, knowing the decision it starts in (`epoch` with `live`:
+    /// as a block on disk records it when one does, since an admission was decided there),
+    /// with its own block recovered so its ballots go on from where they were.
+    fn paxos(
+        &self,
+        epoch: Epoch,
+        live: InstanceSet,
+        own: &[u8],
+    ) -> Result<crate::paxos::DiskPaxos, StartError> {
+        use crate::paxos::{Decision, DiskPaxos, PaxosConfig, Proposal};
+        let me = self.config.local.id;
+        let on_disk = self
+            .paxos_blocks()
+            .into_iter()
+            .map(|b| b.decided)
+            .find(|d| d.epoch == epoch && d.value.members == live);
+        let current = on_disk.unwrap_or(Decision {
+            epoch,
+            value: Proposal {
+                members: live,
+                proposer: live.lowest().unwrap_or(me),
+            },
+        });
+        let config = PaxosConfig {
+            slots: usize::from(self.layout.max_instances),
+            phase_timeout: crate::paxos::DEFAULT_PHASE_TIMEOUT,
+        };
+        let mut paxos =
+            DiskPaxos::new(me, config, current).map_err(|e| StartError::Cache(e.to_string()))?;
+        if let Err(e) = paxos.recover_own(own) {
+            // It still learns decisions; it cannot propose until its block is rewritten by
+            // a later life. Say so: a damaged voting area needs an operator.
+            eprintln!(
+                "fusion: instance {me}: its Paxos block does not decode ({e}): it will not propose"
+            );
+        }
+        Ok(paxos)
+    }
+
+    /// Every slot's Paxos block that decodes.
+    fn paxos_blocks(&self) -> Vec<crate::paxos::PaxosBlock> {
+        (0..self.layout.max_instances)
+            .filter_map(|i| InstanceId::new(u64::from(i)).ok())
+            .filter_map(|i| format::read_slot(self.storage.as_ref(), self.layout, i).ok())
+            .filter_map(|slot| crate::paxos::PaxosBlock::decode(&slot.paxos).ok().flatten())
+            .collect()
     }
 
     /// Meets the peers: forms the cluster when every configured instance starts together (the
@@ -925,7 +1069,9 @@ impl Setting<'_> {
         let mut connected = InstanceSet::EMPTY;
         let mut answered = InstanceSet::EMPTY;
         let mut running: Option<(Epoch, InstanceSet)> = None;
-        let mut asked_to_join = false;
+        // A JoinRequest is resent until the admission comes: the coordinator that got it may
+        // have died, or it may have been lost.
+        let mut asked_to_join: Option<Instant> = None;
         let mut early = Vec::new();
         let mut events = Vec::new();
         let send = |transport: &mut T, to, message: ClusterMessage| {
@@ -948,6 +1094,10 @@ impl Setting<'_> {
             epoch: Epoch(0),
             live: InstanceSet::EMPTY,
         };
+        let failure = crate::cluster::FailureConfig::default();
+        let started = Instant::now();
+        let mut slots = SlotWatch::new(self.layout.max_instances);
+        let mut next_look = Instant::now();
         loop {
             if Instant::now() >= deadline {
                 let missing: Vec<InstanceId> =
@@ -957,39 +1107,46 @@ impl Setting<'_> {
                     timeout: CONNECT_TIMEOUT,
                 });
             }
-            if peers.is_empty() || (answered == peers && running.is_none()) {
-                // Formation. The lowest id recovers every thread's redo first.
-                if configured.lowest() == Some(me) {
+            if Instant::now() >= next_look {
+                // This instance's slot moves while it looks for the cluster (so nobody takes
+                // it for a member that is gone), and everyone's slots are watched.
+                next_look = Instant::now() + failure.disk_interval;
+                slots.beat(self.storage.as_ref(), self.layout, me)?;
+                slots.look(self.storage.as_ref(), self.layout);
+            }
+            let present: InstanceSet = answered.iter().chain(std::iter::once(me)).collect();
+            // Formation: every configured instance answered, or — after the grace — a
+            // majority did and every other slot is shut down or has been still for the lease
+            // (a whole-cluster restart with hosts missing; they join later).
+            let everyone = peers.is_empty() || answered == peers;
+            let majority_without_the_rest = present.len() * 2 > configured.len()
+                && started.elapsed() >= FORMATION_GRACE
+                && slots.all_still_except(present, failure.lease + failure.lease / 8);
+            if running.is_none() && (everyone || majority_without_the_rest) {
+                // The lowest id present recovers every thread's redo first (the missing
+                // instances' too) and announces the first epoch.
+                if present.lowest() == Some(me) {
                     let report = crate::recovery::restart(self.storage.as_ref(), self.layout)
                         .map_err(|e| StartError::Cache(format!("whole-cluster recovery: {e}")))?;
                     if report.blocks_written > 0 {
                         eprintln!("fusion: whole-cluster recovery: {report:?}");
                     }
-                    let epoch = Epoch(self.highest_fence_epoch().0 + 1);
-                    for peer in peers.iter() {
-                        send(
-                            transport,
-                            peer,
-                            ClusterMessage::Formed {
-                                epoch,
-                                live: configured,
-                            },
-                        );
+                    for corrupt in &report.unrecoverable {
+                        // Readers of it get the same error; everything else recovered.
+                        eprintln!("fusion: whole-cluster recovery could not rebuild: {corrupt}");
                     }
-                    return Ok((
-                        Entry::Formed {
-                            epoch,
-                            live: configured,
-                        },
-                        connected,
-                        early,
-                    ));
+                    let epoch = Epoch(self.highest_paxos_epoch().0 + 1);
+                    let live = if everyone { configured } else { present };
+                    for peer in live.iter().filter(|p| *p != me) {
+                        send(transport, peer, ClusterMessage::Formed { epoch, live });
+                    }
+                    return Ok((Entry::Formed { epoch, live }, connected, early));
                 }
             }
             if let Some((_, live)) = running
-                && !asked_to_join
+                && asked_to_join.is_none_or(|at| at.elapsed() >= JOIN_RESEND)
             {
-                asked_to_join = true;
+                asked_to_join = Some(Instant::now());
                 for peer in live.iter().filter(|p| connected.contains(*p)) {
                     send(transport, peer, ClusterMessage::JoinRequest);
                 }
@@ -1024,7 +1181,7 @@ impl Setting<'_> {
                                 answered.insert(header.source);
                                 if running.is_none_or(|(e, _)| epoch > e) {
                                     running = Some((epoch, live));
-                                    asked_to_join = false;
+                                    asked_to_join = None;
                                 }
                             }
                             Ok(ClusterMessage::Hello { running: false, .. }) => {
@@ -1047,14 +1204,12 @@ impl Setting<'_> {
         }
     }
 
-    /// The newest epoch any slot's fence votes name: a new cluster starts above it, so old
-    /// votes fence no one.
-    fn highest_fence_epoch(&self) -> Epoch {
-        self.config
-            .instances()
+    /// The newest epoch any slot's Paxos block names (decided, or open for proposals): a new
+    /// cluster starts above it, so no old ballot or decision concerns its epochs.
+    fn highest_paxos_epoch(&self) -> Epoch {
+        self.paxos_blocks()
             .iter()
-            .filter_map(|i| format::read_slot(self.storage.as_ref(), self.layout, i).ok())
-            .map(|slot| slot.fence_epoch)
+            .map(|b| b.epoch.max(b.decided.epoch))
             .max()
             .unwrap_or(Epoch(0))
     }

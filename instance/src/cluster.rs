@@ -1,9 +1,11 @@
 //! Cluster membership of a running instance: failure detection from network and disk
-//! heartbeats, the decision to reconfigure, fencing, and admission of restarted instances.
+//! heartbeats, membership decisions by Disk Paxos on the shared storage, the lease's
+//! bookkeeping, and admission of restarted instances.
 //!
 //! A deterministic, sans-IO state machine: the runtime feeds it frames seen, connections,
-//! disk-heartbeat observations of every slot, cluster messages and timer ticks, and carries out
-//! its [`ClusterAction`]s (send, reconfigure the core, write fence votes, stop).
+//! disk-heartbeat rounds (every slot's counter and Paxos block), the completions of the Paxos
+//! I/O it asked for, cluster messages and timer ticks, and carries out its
+//! [`ClusterAction`]s (send, Paxos I/O, reconfigure the core, stop).
 //!
 //! The rules (DESIGN.md, "Failure handling"):
 //! * A peer is **suspect** when the network says so (missed heartbeats, or its connection
@@ -11,19 +13,28 @@
 //! * A peer silent on the network for the grace (`membership.down_after`) while its disk
 //!   heartbeat goes on is **partitioned** (slow is not dead: a latency spike shorter than the
 //!   grace evicts no one).
-//! * The **coordinator** is the lowest-id member this instance still reaches. Only it decides:
-//!   a new epoch without the dead and the partitioned, when the reachable members are a
-//!   majority of the members not dead (a tie goes to the side holding the lowest id). It
-//!   votes the others out in its slot (the fencing flags) and tells the survivors.
-//! * A member on the losing side of a partition stops itself at the grace; a member that sees
-//!   a fence vote against it for a newer epoch stops; survivors wait out the lease before they
-//!   touch the lost instances' blocks (the runtime's job).
-//! * A restarted instance asks to join; the coordinator admits it with a new epoch once the
-//!   recovery of earlier failures is complete everywhere.
+//! * An instance whose own view of the disk is stale decides nothing.
+//! * The **coordinator** is the lowest-id member this instance still reaches. It proposes a
+//!   new epoch without the dead and the partitioned, when the reachable members are a
+//!   majority of the members not dead (a tie goes to the side holding the lowest id). The
+//!   proposal is decided by Disk Paxos ([`crate::paxos`], `docs/membership.md`) over the
+//!   slots' Paxos blocks, so two coordinators (a cut of one link) or two sides (a partition
+//!   with a storage stall) can never both decide an epoch: one value wins, and an instance
+//!   left out of it stops when it learns it — from its proposal, from any block on disk, or
+//!   from a member's `Status`.
+//! * The lease is renewed only after a disk round that read every slot and found no accepted
+//!   or decided membership of a newer epoch without this instance
+//!   ([`ClusterManager::may_renew_lease`]); survivors wait out the lease after the decision
+//!   and the lost member's last heartbeat ([`ClusterManager::lost_lease_end`]).
+//! * A restarted instance asks to join; the coordinator admits it with a new epoch (decided
+//!   the same way) once the recovery of earlier failures is complete everywhere.
+//! * Control messages are repaired by repetition (`Status` each heartbeat interval, the
+//!   decision resent until members show they have it).
 //!
 //! This module owns those decisions and the cluster messages' codec. It must never do I/O,
 //! read a clock, or touch the engines' state (the core reconfigures them).
 
+use crate::paxos::{DiskPaxos, PaxosBlock, PaxosEvent, PaxosIo};
 use interconnect::membership::{Membership, MembershipConfig, PeerState};
 use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
 use std::collections::VecDeque;
@@ -89,6 +100,17 @@ pub enum ClusterMessage {
         /// Its members.
         live: InstanceSet,
     },
+    /// Where a running member stands, sent to every connected peer each heartbeat interval:
+    /// a member that missed a `Reconfigure` catches up from it, and a lost `RecoveryDone` is
+    /// repaired by `recovered`.
+    Status {
+        /// Its epoch.
+        epoch: Epoch,
+        /// Its members.
+        live: InstanceSet,
+        /// The newest epoch whose instance recovery it has completed.
+        recovered: Epoch,
+    },
 }
 
 /// A cluster message that does not decode.
@@ -124,6 +146,16 @@ impl ClusterMessage {
                 out.push(5);
                 out.extend_from_slice(&epoch.0.to_le_bytes());
                 out.extend_from_slice(&live.bits().to_le_bytes());
+            }
+            ClusterMessage::Status {
+                epoch,
+                live,
+                recovered,
+            } => {
+                out.push(6);
+                out.extend_from_slice(&epoch.0.to_le_bytes());
+                out.extend_from_slice(&live.bits().to_le_bytes());
+                out.extend_from_slice(&recovered.0.to_le_bytes());
             }
         }
     }
@@ -183,6 +215,14 @@ impl ClusterMessage {
                     live: InstanceSet::from_bits(u64_at(9)?),
                 })
             }
+            Some(6) => {
+                exact(25)?;
+                Ok(ClusterMessage::Status {
+                    epoch: Epoch(u64_at(1)?),
+                    live: InstanceSet::from_bits(u64_at(9)?),
+                    recovered: Epoch(u64_at(17)?),
+                })
+            }
             Some(_) => Err(ClusterDecodeError("unknown tag")),
             None => Err(ClusterDecodeError("empty")),
         }
@@ -207,12 +247,12 @@ pub enum InstanceEvent {
         /// The member.
         peer: InstanceId,
     },
-    /// This instance voted members out (fencing) for a new epoch.
-    Fenced {
-        /// Who.
-        victims: InstanceSet,
+    /// This instance proposed a new epoch's members (Disk Paxos decides).
+    Proposed {
         /// The epoch.
         epoch: Epoch,
+        /// The members proposed.
+        live: InstanceSet,
     },
     /// A new epoch with these members.
     Reconfigured {
@@ -235,6 +275,14 @@ pub enum InstanceEvent {
         epoch: Epoch,
         /// Blocks it rebuilt.
         blocks: u64,
+    },
+    /// A recovery-set block could not be rebuilt: its storage copy is corrupt (torn) and no
+    /// past image here replaced it. Readers of it get the same error; the rest recovered.
+    Unrecoverable {
+        /// The block.
+        block: gcs::BlockId,
+        /// What is wrong, with the block's storage offset.
+        detail: String,
     },
     /// This instance stopped.
     Stopped {
@@ -270,13 +318,9 @@ pub enum ClusterAction {
         /// Members of the old epoch that are gone.
         lost: InstanceSet,
     },
-    /// Write fence votes against `victims` for `epoch` into this instance's slot.
-    Fence {
-        /// The new epoch.
-        epoch: Epoch,
-        /// Who is voted out.
-        victims: InstanceSet,
-    },
+    /// Carry out a Disk Paxos I/O on the voting area and report its completion
+    /// ([`ClusterManager::on_paxos_written`], [`ClusterManager::on_paxos_read`]).
+    Paxos(PaxosIo),
     /// Stop all I/O and exit: this instance was voted out or lost the majority.
     Stop {
         /// Why.
@@ -297,6 +341,8 @@ pub struct ClusterStats {
     pub reconfigurations: u64,
     /// Instances admitted back.
     pub joins: u64,
+    /// Disk Paxos counters (proposals, decisions, decisions learnt, aborts).
+    pub paxos: crate::paxos::PaxosStats,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -325,19 +371,38 @@ pub struct ClusterManager {
     recovery_epoch: Epoch,
     /// Members suspected and not heard from since.
     suspected: InstanceSet,
+    /// The newest epoch whose recovery this instance completed (sent in `Status`).
+    recovered: Epoch,
+    /// The decision this instance made for its current epoch (`Formed` or `Reconfigure`),
+    /// resent each heartbeat interval to `announce_to`: the members that have not shown
+    /// (by a `Status`) that they reached the epoch, and whose connection has not dropped
+    /// since (a restarted instance must never take an old life's admission for its own).
+    announce: Option<ClusterMessage>,
+    announce_to: InstanceSet,
+    /// When the next `Status` round (and resend of `announce`) is due.
+    status_due: Timestamp,
+    /// Membership decisions on the voting area.
+    paxos: DiskPaxos,
+    /// No proposal before this (after an aborted one: dueling proposers back off).
+    propose_after: Timestamp,
+    /// The current disk round found a newer epoch accepted or decided without this
+    /// instance: the lease must not be renewed from it.
+    threatened: bool,
     stopped: bool,
     actions: VecDeque<ClusterAction>,
     stats: ClusterStats,
 }
 
 impl ClusterManager {
-    /// The manager of `me`, running at `epoch` with `live`, among the `configured` instances.
+    /// The manager of `me`, running at `epoch` with `live`, among the `configured` instances,
+    /// deciding membership with `paxos` (built knowing `epoch`, its own block recovered).
     pub fn new(
         me: InstanceId,
         configured: InstanceSet,
         epoch: Epoch,
         live: InstanceSet,
         config: FailureConfig,
+        paxos: DiskPaxos,
         now: Timestamp,
     ) -> Result<Self, interconnect::membership::MembershipConfigError> {
         let net = Membership::new(config.membership, me, configured, epoch, now)?;
@@ -360,6 +425,13 @@ impl ClusterManager {
             recovery_pending: InstanceSet::EMPTY,
             recovery_epoch: epoch,
             suspected: InstanceSet::EMPTY,
+            recovered: epoch,
+            announce: None,
+            announce_to: InstanceSet::EMPTY,
+            status_due: now,
+            paxos,
+            propose_after: now,
+            threatened: false,
             stopped: false,
             actions: VecDeque::new(),
             stats: ClusterStats::default(),
@@ -378,7 +450,10 @@ impl ClusterManager {
 
     /// Counters.
     pub fn stats(&self) -> ClusterStats {
-        self.stats
+        ClusterStats {
+            paxos: self.paxos.stats(),
+            ..self.stats
+        }
     }
 
     /// The next action.
@@ -388,7 +463,8 @@ impl ClusterManager {
 
     /// When [`ClusterManager::tick`] must next run.
     pub fn poll_timeout(&self) -> Timestamp {
-        self.net.poll_timeout()
+        let net = self.net.poll_timeout().min(self.status_due);
+        self.paxos.poll_timeout().map_or(net, |at| net.min(at))
     }
 
     /// A frame arrived from `from` at `epoch` (any frame is a sign of life).
@@ -410,8 +486,28 @@ impl ClusterManager {
         );
     }
 
+    /// This instance formed the cluster at its epoch: resend `Formed` to the members until
+    /// each shows it runs.
+    pub fn announce_formation(&mut self) {
+        let message = ClusterMessage::Formed {
+            epoch: self.epoch,
+            live: self.live,
+        };
+        self.announce(message);
+    }
+
+    fn announce(&mut self, message: ClusterMessage) {
+        self.announce = Some(message);
+        self.announce_to = self
+            .live
+            .iter()
+            .filter(|p| *p != self.me && self.connected.contains(*p))
+            .collect();
+    }
+
     /// The connection to `peer` dropped.
     pub fn on_disconnected(&mut self, peer: InstanceId) {
+        self.announce_to.remove(peer);
         if self.connected.remove(peer) && self.live.contains(peer) {
             self.suspect(peer);
         }
@@ -426,31 +522,122 @@ impl ClusterManager {
         }
     }
 
-    /// A disk-heartbeat observation of `peer`'s slot: its counter, and its fence votes.
-    pub fn on_disk(
-        &mut self,
-        peer: InstanceId,
-        counter: u64,
-        fence_votes: InstanceSet,
-        fence_epoch: Epoch,
-        now: Timestamp,
-    ) {
+    /// A disk-heartbeat round begins: the observations that follow ([`ClusterManager::on_disk`])
+    /// decide whether it may renew the lease ([`ClusterManager::may_renew_lease`]).
+    pub fn begin_disk_round(&mut self) {
+        self.threatened = false;
+    }
+
+    /// A disk-heartbeat observation of `peer`'s slot: its counter and its Paxos block.
+    pub fn on_disk(&mut self, peer: InstanceId, counter: u64, paxos: &[u8], now: Timestamp) {
         self.disk_observed = self.disk_observed.max(now);
         let seen = &mut self.disk[peer.index()];
         if counter != seen.counter {
             seen.counter = counter;
             seen.changed_at = now;
         }
-        if peer != self.me
-            && self.live.contains(peer)
-            && fence_votes.contains(self.me)
-            && fence_epoch > self.epoch
-        {
-            self.stop(format!(
-                "fenced: instance {peer} voted this instance out at epoch {}",
-                fence_epoch.0
-            ));
+        if peer == self.me {
+            return;
         }
+        match PaxosBlock::decode(paxos) {
+            Ok(Some(block)) if block.owner == peer => {
+                // A newer epoch accepted (not yet decided) without this instance already
+                // counts against renewing the lease: the proposer's decision follows the
+                // write that put it there, and the survivors' wait counts from the decision.
+                let against = |members: InstanceSet| !members.contains(self.me);
+                if (block.epoch > self.epoch && block.inp.is_some_and(|v| against(v.members)))
+                    || (block.decided.epoch > self.epoch && against(block.decided.value.members))
+                {
+                    self.threatened = true;
+                }
+            }
+            Ok(None) => {}
+            // An unreadable (or foreign) block may hide a decision: no renewal from it.
+            Ok(Some(_)) | Err(_) => self.threatened = true,
+        }
+        let _ = self.paxos.observe(peer, paxos);
+        self.pump_paxos(now);
+    }
+
+    /// Whether the disk round just observed may renew the lease: nothing on disk stands
+    /// against this instance and it has not stopped.
+    pub fn may_renew_lease(&self) -> bool {
+        !self.threatened && !self.stopped
+    }
+
+    /// The Paxos write of this instance's block is durable (`ok`), or failed.
+    pub fn on_paxos_written(&mut self, ok: bool, now: Timestamp) {
+        if ok {
+            self.paxos.handle_write_done(now);
+        } else {
+            self.paxos.handle_write_failed();
+        }
+        self.pump_paxos(now);
+    }
+
+    /// The Paxos read of `owner`'s block completed (`Some(bytes)`) or failed.
+    pub fn on_paxos_read(&mut self, owner: InstanceId, bytes: Option<&[u8]>, now: Timestamp) {
+        match bytes {
+            Some(bytes) => self.paxos.handle_read_done(owner, bytes, now),
+            None => self.paxos.handle_read_failed(owner),
+        }
+        self.pump_paxos(now);
+    }
+
+    /// Moves Disk Paxos' I/O into actions and acts on its events.
+    fn pump_paxos(&mut self, now: Timestamp) {
+        loop {
+            while let Some(io) = self.paxos.poll_io() {
+                self.actions.push_back(ClusterAction::Paxos(io));
+            }
+            let Some(event) = self.paxos.poll_event() else {
+                return;
+            };
+            match event {
+                PaxosEvent::Decided(decision) => {
+                    self.on_decided(decision.epoch, decision.value.members, now)
+                }
+                PaxosEvent::Aborted { .. } => {
+                    // Another proposer holds a higher ballot, or storage failed or stalled:
+                    // back off (by id, so dueling coordinators do not keep aborting each
+                    // other) and let the next tick propose again if it must.
+                    let index = self.me.index() as u32;
+                    self.propose_after =
+                        now + self.config.membership.heartbeat_interval * (1 + index % 8);
+                }
+                PaxosEvent::Conflict { .. } => {}
+            }
+        }
+    }
+
+    /// Disk Paxos decided (here, or learnt) `epoch` with `members`.
+    fn on_decided(&mut self, epoch: Epoch, members: InstanceSet, now: Timestamp) {
+        if self.stopped || epoch <= self.epoch {
+            return;
+        }
+        if !members.contains(self.me) {
+            self.stop(format!(
+                "fenced: epoch {} was decided without this instance (members {:?})",
+                epoch.0,
+                members.iter().map(|i| i.index()).collect::<Vec<_>>()
+            ));
+            return;
+        }
+        let me = self.me;
+        for member in members.iter().filter(|m| *m != me) {
+            self.send(
+                member,
+                ClusterMessage::Reconfigure {
+                    epoch,
+                    live: members,
+                },
+            );
+        }
+        self.apply(epoch, members, now);
+        self.announce(ClusterMessage::Reconfigure {
+            epoch,
+            live: members,
+        });
     }
 
     /// A cluster message from `from`.
@@ -476,8 +663,36 @@ impl ClusterManager {
                 self.apply(epoch, live, now);
             }
             ClusterMessage::RecoveryDone { epoch } => {
-                if epoch == self.recovery_epoch {
+                if epoch >= self.recovery_epoch {
                     self.recovery_pending.remove(from);
+                }
+            }
+            ClusterMessage::Status {
+                epoch,
+                live,
+                recovered,
+            } => {
+                if !self.live.contains(from) && !live.contains(from) {
+                    // Not a member on either side: nothing it says moves this instance.
+                    return;
+                }
+                if epoch >= self.epoch {
+                    self.announce_to.remove(from);
+                }
+                if recovered >= self.recovery_epoch {
+                    self.recovery_pending.remove(from);
+                }
+                if epoch > self.epoch {
+                    // A member moved on to an epoch this instance never heard of (its
+                    // Reconfigure was lost): catch up, or stop if that epoch left it out.
+                    if live.contains(self.me) {
+                        self.apply(epoch, live, now);
+                    } else {
+                        self.stop(format!(
+                            "excluded from the cluster at epoch {} (learnt from instance {from})",
+                            epoch.0
+                        ));
+                    }
                 }
             }
         }
@@ -485,7 +700,8 @@ impl ClusterManager {
 
     /// This instance finished recovering its part after the reconfiguration to `epoch`.
     pub fn on_recovery_done(&mut self, epoch: Epoch) {
-        if epoch == self.recovery_epoch {
+        self.recovered = self.recovered.max(epoch);
+        if epoch >= self.recovery_epoch {
             self.recovery_pending.remove(self.me);
         }
         for member in self.live.iter() {
@@ -495,18 +711,27 @@ impl ClusterManager {
         }
     }
 
-    /// Members of `peers` whose disk heartbeat still moved within the disk timeout: they
-    /// have not stopped (an instance writes only while its heartbeat renews its lease), so
-    /// their blocks must not be touched yet.
-    pub fn still_writing(&self, peers: InstanceSet) -> InstanceSet {
-        peers
+    /// Whether this manager stopped the instance (voted out, lost the majority).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// When every member of `lost` has surely stopped writing, so its blocks may be rebuilt:
+    /// the lease after the later of `decided_at` (when this instance learnt the decision that
+    /// lost them; it was durable by then, and a lost member renews its lease only after a
+    /// voting-area read that began before it) and the last change of its disk heartbeat seen
+    /// here (a member that missed the decision and still renews keeps pushing this out), plus
+    /// an eighth of the lease for clock-rate differences between hosts. `decided_at` itself
+    /// when nobody was lost.
+    pub fn lost_lease_end(&self, lost: InstanceSet, decided_at: Timestamp) -> Timestamp {
+        if lost.is_empty() {
+            return decided_at;
+        }
+        let last = lost
             .iter()
-            .filter(|p| {
-                self.disk_observed
-                    .saturating_since(self.disk[p.index()].changed_at)
-                    < self.config.disk_timeout
-            })
-            .collect()
+            .map(|p| self.disk[p.index()].changed_at)
+            .fold(decided_at, Timestamp::max);
+        last + self.config.lease + self.config.lease / 8
     }
 
     /// Timers: heartbeats, detection, decisions.
@@ -514,9 +739,35 @@ impl ClusterManager {
         if self.stopped {
             return;
         }
+        self.paxos.handle_timeout(now);
+        self.pump_paxos(now);
+        if self.stopped {
+            return;
+        }
         self.net.handle_timeout(now);
         while let Some(to) = self.net.poll_transmit() {
             self.actions.push_back(ClusterAction::Heartbeat { to });
+        }
+        if now >= self.status_due {
+            // Control messages are repaired by repetition, not acknowledged one by one: each
+            // round says where this instance stands, and resends its own decision to the
+            // members that have not shown they have it.
+            self.status_due = now + self.config.membership.heartbeat_interval;
+            let status = ClusterMessage::Status {
+                epoch: self.epoch,
+                live: self.live,
+                recovered: self.recovered,
+            };
+            let me = self.me;
+            let peers: InstanceSet = self.connected.iter().filter(|p| *p != me).collect();
+            for peer in peers.iter() {
+                self.send(peer, status);
+            }
+            if let Some(message) = self.announce {
+                for peer in self.announce_to.iter() {
+                    self.send(peer, message);
+                }
+            }
         }
         while let Some(event) = self.net.poll_event() {
             match event {
@@ -530,6 +781,12 @@ impl ClusterManager {
                 }
                 _ => {}
             }
+        }
+        // An instance whose own view of the disk is stale (its storage stalls, or its
+        // heartbeat thread does not run) decides nothing: every other member would look dead
+        // to it. Its lease runs out instead, unless storage comes back in time.
+        if now.saturating_since(self.disk_observed) >= self.config.disk_timeout {
+            return;
         }
         let mut dead = InstanceSet::EMPTY;
         let mut partitioned = InstanceSet::EMPTY;
@@ -564,17 +821,13 @@ impl ClusterManager {
             return;
         }
         let coordinator = reachable.iter().next() == Some(self.me);
-        if !coordinator {
+        if !coordinator || self.paxos.is_proposing() || now < self.propose_after {
             return;
         }
         if !dead.is_empty() || !partitioned.is_empty() {
             self.stats.dead += dead.len() as u64;
             self.stats.partitioned += partitioned.len() as u64;
-            let epoch = Epoch(self.epoch.0 + 1);
-            let victims: InstanceSet = dead.iter().chain(partitioned.iter()).collect();
-            self.actions
-                .push_back(ClusterAction::Fence { epoch, victims });
-            self.decide(epoch, reachable, now);
+            self.propose(reachable, now);
             return;
         }
         // Admit restarted instances once every member has recovered the last failure.
@@ -584,19 +837,53 @@ impl ClusterManager {
             .filter(|p| self.connected.contains(*p) && !self.live.contains(*p))
             .collect();
         if !ready.is_empty() && self.recovery_pending.is_empty() {
-            self.joining = InstanceSet::EMPTY;
             self.stats.joins += ready.len() as u64;
             let live: InstanceSet = self.live.iter().chain(ready.iter()).collect();
-            self.decide(Epoch(self.epoch.0 + 1), live, now);
+            self.propose(live, now);
         }
     }
 
-    fn decide(&mut self, epoch: Epoch, live: InstanceSet, now: Timestamp) {
-        let me = self.me;
-        for member in live.iter().filter(|m| *m != me) {
-            self.send(member, ClusterMessage::Reconfigure { epoch, live });
+    /// Proposes `live` as the members of the next epoch; Disk Paxos decides (maybe another
+    /// proposer's value) and [`ClusterManager::on_decided`] applies it.
+    fn propose(&mut self, live: InstanceSet, now: Timestamp) {
+        let known = self.paxos.decided().epoch;
+        if known < self.epoch {
+            // This instance applied its epoch from a message (the decider's commit write
+            // never reached the disk, or has not been read yet): Disk Paxos must know it
+            // before the next one. Proposing it again decides the same value (the accepted
+            // one is adopted); an older gap is learnt from the blocks on disk.
+            if known.0.checked_add(1) == Some(self.epoch.0) {
+                let _ = self.paxos.propose(self.epoch, self.live, now);
+            }
+            self.pump_paxos(now);
+            return;
         }
-        self.apply(epoch, live, now);
+        let epoch = match self.epoch.0.checked_add(1) {
+            Some(next) => Epoch(next),
+            None => {
+                self.stop("the epoch counter is exhausted".into());
+                return;
+            }
+        };
+        match self.paxos.propose(epoch, live, now) {
+            Ok(_) => {
+                self.actions
+                    .push_back(ClusterAction::Event(InstanceEvent::Proposed {
+                        epoch,
+                        live,
+                    }));
+            }
+            Err(crate::paxos::ProposeError::AlreadyDecided { .. })
+            | Err(crate::paxos::ProposeError::NotNext { .. }) => {
+                // The disk knows a newer decision than this instance applied: learn it.
+                let decided = self.paxos.decided();
+                self.on_decided(decided.epoch, decided.value.members, now);
+            }
+            Err(_) => {
+                self.propose_after = now + self.config.membership.heartbeat_interval;
+            }
+        }
+        self.pump_paxos(now);
     }
 
     fn apply(&mut self, epoch: Epoch, live: InstanceSet, now: Timestamp) {
@@ -609,6 +896,9 @@ impl ClusterManager {
         }
         self.epoch = epoch;
         self.live = live;
+        self.announce = None;
+        self.announce_to = InstanceSet::EMPTY;
+        self.joining = InstanceSet::from_bits(self.joining.bits() & !live.bits());
         self.net.set_epoch(epoch);
         self.stats.reconfigurations += 1;
         self.suspected = InstanceSet::from_bits(self.suspected.bits() & live.bits());
@@ -654,21 +944,132 @@ mod tests {
         Timestamp::ZERO + Duration::from_millis(ms)
     }
 
-    /// A manager of `me` in a running cluster of `members`, connected to all, heard from all.
-    fn manager(me: u64, members: &[u64]) -> ClusterManager {
+    /// The voting area's Paxos blocks, one per instance, shared by the managers of a test.
+    type Disk = std::rc::Rc<std::cell::RefCell<Vec<[u8; SLOT_PAXOS]>>>;
+    const SLOT_PAXOS: usize = crate::paxos::PAXOS_BLOCK_LEN;
+
+    /// A manager with the voting area it proposes on; Paxos I/O completes at once (or, with
+    /// `stalled`, not at all: it stays queued, as on storage that does not answer).
+    struct Rig {
+        m: ClusterManager,
+        disk: Disk,
+        out: Vec<ClusterAction>,
+        queued: VecDeque<PaxosIo>,
+        stalled: bool,
+    }
+
+    impl std::ops::Deref for Rig {
+        type Target = ClusterManager;
+        fn deref(&self) -> &ClusterManager {
+            &self.m
+        }
+    }
+
+    impl std::ops::DerefMut for Rig {
+        fn deref_mut(&mut self) -> &mut ClusterManager {
+            &mut self.m
+        }
+    }
+
+    impl Rig {
+        /// Moves the manager's actions out, carrying out one queued Paxos I/O if `one`, else
+        /// all of them; returns whether an I/O was carried out.
+        fn step(&mut self, now: Timestamp, one: bool) -> bool {
+            let mut did = false;
+            loop {
+                while let Some(action) = self.m.poll_action() {
+                    match action {
+                        ClusterAction::Paxos(io) => self.queued.push_back(io),
+                        other => self.out.push(other),
+                    }
+                }
+                if self.stalled || (one && did) {
+                    return did;
+                }
+                let Some(io) = self.queued.pop_front() else {
+                    return did;
+                };
+                did = true;
+                let me = self.m.me;
+                match io {
+                    PaxosIo::WriteOwn { bytes } => {
+                        self.disk.borrow_mut()[me.index()] = bytes;
+                        self.m.on_paxos_written(true, now);
+                    }
+                    PaxosIo::ReadBlock { owner } => {
+                        let bytes = self.disk.borrow()[owner.index()];
+                        self.m.on_paxos_read(owner, Some(&bytes), now);
+                    }
+                }
+            }
+        }
+
+        /// A disk-heartbeat round: counters of `beating` move; every block is observed.
+        fn disk_round(&mut self, beating: &[u64], counter: u64, members: &[u64], now: Timestamp) {
+            if self.stalled {
+                return;
+            }
+            self.m.begin_disk_round();
+            for &p in members {
+                let bytes = self.disk.borrow()[p as usize];
+                let c = if beating.contains(&p) { counter } else { 0 };
+                self.m.on_disk(id(p), c, &bytes, now);
+            }
+        }
+    }
+
+    fn new_disk() -> Disk {
+        std::rc::Rc::new(std::cell::RefCell::new(vec![[0u8; SLOT_PAXOS]; 8]))
+    }
+
+    /// A manager of `me` in a running cluster of `members` at epoch 1, connected to all,
+    /// heard from all, on `disk`.
+    fn manager_on(me: u64, members: &[u64], disk: &Disk) -> Rig {
         let all = set(members);
-        let mut m =
-            ClusterManager::new(id(me), all, Epoch(1), all, FailureConfig::default(), at(0))
-                .unwrap();
+        let decision = crate::paxos::Decision {
+            epoch: Epoch(1),
+            value: crate::paxos::Proposal {
+                members: all,
+                proposer: id(0),
+            },
+        };
+        let config = crate::paxos::PaxosConfig {
+            slots: members.len(),
+            phase_timeout: crate::paxos::DEFAULT_PHASE_TIMEOUT,
+        };
+        let mut paxos = DiskPaxos::new(id(me), config, decision).unwrap();
+        paxos.recover_own(&disk.borrow()[me as usize]).unwrap();
+        let mut m = ClusterManager::new(
+            id(me),
+            all,
+            Epoch(1),
+            all,
+            FailureConfig::default(),
+            paxos,
+            at(0),
+        )
+        .unwrap();
         for p in all.iter().filter(|p| *p != id(me)) {
             m.on_connected(p);
             m.on_frame(p, Epoch(1), at(0));
         }
-        m
+        Rig {
+            m,
+            disk: std::rc::Rc::clone(disk),
+            out: Vec::new(),
+            queued: VecDeque::new(),
+            stalled: false,
+        }
     }
 
-    fn actions(m: &mut ClusterManager) -> Vec<ClusterAction> {
-        std::iter::from_fn(|| m.poll_action()).collect()
+    fn manager(me: u64, members: &[u64]) -> Rig {
+        manager_on(me, members, &new_disk())
+    }
+
+    fn actions(m: &mut Rig) -> Vec<ClusterAction> {
+        let now = m.disk_observed;
+        m.step(now, false);
+        std::mem::take(&mut m.out)
     }
 
     fn reconfigured(actions: &[ClusterAction]) -> Option<(Epoch, InstanceSet, InstanceSet)> {
@@ -678,19 +1079,25 @@ mod tests {
         })
     }
 
-    /// Feeds heartbeats from `alive` peers (network and disk) every 100 ms up to `until`.
-    fn run(m: &mut ClusterManager, net: &[u64], disk: &[u64], from: u64, until: u64) {
+    fn stopped(actions: &[ClusterAction]) -> Option<&str> {
+        actions.iter().find_map(|a| match a {
+            ClusterAction::Stop { reason } => Some(reason.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Feeds heartbeats from `net` peers and disk rounds with the counters of `disk` moving,
+    /// every 100 ms from `from` up to `until`; Paxos I/O completes at once.
+    fn run(m: &mut Rig, net: &[u64], disk: &[u64], from: u64, until: u64) {
+        let members: Vec<u64> = m.m.live.iter().map(|i| i.index() as u64).collect();
         let mut t = from;
-        let mut counter = 1;
         while t <= until {
             for &p in net {
                 m.on_frame(id(p), Epoch(1), at(t));
             }
-            for &p in disk {
-                m.on_disk(id(p), counter, InstanceSet::EMPTY, Epoch(0), at(t));
-            }
-            counter += 1;
+            m.disk_round(disk, t / 100 + 1, &members, at(t));
             m.tick(at(t));
+            m.step(at(t), false);
             t += 100;
         }
     }
@@ -712,6 +1119,11 @@ mod tests {
             ClusterMessage::Formed {
                 epoch: Epoch(1),
                 live: set(&[0, 1, 2]),
+            },
+            ClusterMessage::Status {
+                epoch: Epoch(4),
+                live: set(&[0, 2]),
+                recovered: Epoch(3),
             },
         ];
         for message in messages {
@@ -738,10 +1150,18 @@ mod tests {
         let acts = actions(&mut m);
         let (epoch, live, lost) = reconfigured(&acts).expect("a reconfiguration");
         assert_eq!((epoch, live, lost), (Epoch(2), set(&[0, 1]), set(&[2])));
-        assert!(acts.contains(&ClusterAction::Fence {
-            epoch: Epoch(2),
-            victims: set(&[2])
-        }));
+        assert!(
+            acts.contains(&ClusterAction::Event(InstanceEvent::Proposed {
+                epoch: Epoch(2),
+                live: set(&[0, 1])
+            }))
+        );
+        // Decided on disk: instance 0's block carries the decision.
+        let block = PaxosBlock::decode(&m.disk.borrow()[0]).unwrap().unwrap();
+        assert_eq!(
+            (block.decided.epoch, block.decided.value.members),
+            (Epoch(2), set(&[0, 1]))
+        );
         assert!(acts.contains(&ClusterAction::Send {
             to: id(1),
             message: ClusterMessage::Reconfigure {
@@ -802,37 +1222,230 @@ mod tests {
     }
 
     #[test]
-    fn a_voted_out_member_whose_disk_heartbeat_goes_on_is_still_writing() {
+    fn a_voted_out_member_whose_disk_heartbeat_goes_on_keeps_its_lease() {
         let mut m = manager(0, &[0, 1, 2]);
+        let lease = FailureConfig::default().lease;
         // Instance 2 is cut off from the network; its disk heartbeat goes on past the grace.
         run(&mut m, &[1, 2], &[0, 1, 2], 0, 500);
         run(&mut m, &[1], &[0, 1, 2], 600, 3000);
         assert!(reconfigured(&actions(&mut m)).is_some());
-        assert_eq!(
-            m.still_writing(set(&[2])),
-            set(&[2]),
-            "it has not stopped yet"
+        let decided_at = at(3000);
+        // Its heartbeat moved at 3000 ms: its lease may run to 3000 + lease.
+        assert!(m.lost_lease_end(set(&[2]), decided_at) >= at(3000) + lease);
+        // It sees the vote and stops: its heartbeat stands still from 3100 ms on, so the
+        // wait ends the lease (and the margin) after the last change, whatever comes later.
+        run(&mut m, &[1], &[0, 1], 3100, 6000);
+        let end = m.lost_lease_end(set(&[2]), decided_at);
+        assert!(end >= at(3000) + lease && end < at(3100) + lease + lease / 4);
+        assert!(
+            end >= decided_at + lease,
+            "never before the lease after the decision"
         );
-        // It sees the vote and stops: its heartbeat stands still.
-        run(&mut m, &[1], &[0, 1], 3100, 3600);
-        assert_eq!(m.still_writing(set(&[2])), InstanceSet::EMPTY);
+        assert_eq!(m.lost_lease_end(InstanceSet::EMPTY, decided_at), decided_at);
     }
 
     #[test]
-    fn a_fence_vote_for_a_newer_epoch_stops_its_victim() {
-        let mut m = manager(2, &[0, 1, 2]);
-        m.on_disk(id(0), 5, set(&[2]), Epoch(1), at(100));
+    fn an_instance_whose_disk_view_is_stale_decides_nothing() {
+        // Instance 0's storage stalls: it sees no disk heartbeat round, and its network to 1
+        // drops too. It must not take 1 for dead (1's disk heartbeat goes on).
+        let mut m = manager(0, &[0, 1]);
+        run(&mut m, &[1], &[0, 1], 0, 500);
+        let mut t = 600;
+        while t <= 4000 {
+            m.tick(at(t));
+            t += 100;
+        }
+        let acts = actions(&mut m);
         assert!(
-            actions(&mut m)
-                .iter()
-                .all(|a| !matches!(a, ClusterAction::Stop { .. }))
+            reconfigured(&acts).is_none(),
+            "decided from a stale view: {acts:?}"
         );
-        m.on_disk(id(0), 6, set(&[2]), Epoch(2), at(200));
         assert!(
-            actions(&mut m)
+            !acts
                 .iter()
-                .any(|a| matches!(a, ClusterAction::Stop { reason } if reason.contains("fenced")))
+                .any(|a| matches!(a, ClusterAction::Event(InstanceEvent::Proposed { .. }))),
+            "proposed from a stale view"
         );
+    }
+
+    #[test]
+    fn a_decision_on_disk_without_this_instance_stops_it_and_its_lease() {
+        let disk = new_disk();
+        // Instance 0 decides epoch 2 without 2 (as if 2 were partitioned from it).
+        let mut zero = manager_on(0, &[0, 1, 2], &disk);
+        zero.propose(set(&[0, 1]), at(100));
+        zero.step(at(100), false);
+        assert!(reconfigured(&actions(&mut zero)).is_some());
+        // Instance 2 reads the voting area in its next round: it must not renew its lease,
+        // and it stops.
+        let mut two = manager_on(2, &[0, 1, 2], &disk);
+        two.disk_round(&[0, 1, 2], 5, &[0, 1, 2], at(200));
+        assert!(!two.may_renew_lease());
+        let acts = actions(&mut two);
+        assert!(
+            stopped(&acts).is_some_and(|r| r.contains("fenced")),
+            "{acts:?}"
+        );
+        // A member of the decision renews.
+        let mut one = manager_on(1, &[0, 1, 2], &disk);
+        one.disk_round(&[0, 1, 2], 5, &[0, 1, 2], at(200));
+        assert!(one.may_renew_lease());
+    }
+
+    #[test]
+    fn an_accepted_value_without_this_instance_already_withholds_its_lease() {
+        let disk = new_disk();
+        let mut zero = manager_on(0, &[0, 1, 2], &disk);
+        zero.propose(set(&[0, 1]), at(100));
+        // Phase 1 and the phase-2 write only: the value is accepted, not yet decided.
+        while zero.step(at(100), true) {
+            let block = PaxosBlock::decode(&disk.borrow()[0]).unwrap();
+            if block.is_some_and(|b| b.inp.is_some()) {
+                break;
+            }
+        }
+        let mut two = manager_on(2, &[0, 1, 2], &disk);
+        two.disk_round(&[0, 1, 2], 5, &[0, 1, 2], at(150));
+        assert!(!two.may_renew_lease());
+    }
+
+    /// Routes the cluster messages among `rigs` except over the cut links.
+    fn deliver(rigs: &mut [Rig], cut: &[(u64, u64)], now: Timestamp) {
+        let mut mail = Vec::new();
+        for (from, rig) in rigs.iter_mut().enumerate() {
+            rig.out.retain(|a| match a {
+                ClusterAction::Send { to, message } => {
+                    mail.push((from as u64, to.index() as u64, *message));
+                    false
+                }
+                _ => true,
+            });
+        }
+        for (from, to, message) in mail {
+            let blocked = cut.contains(&(from, to)) || cut.contains(&(to, from));
+            if !blocked && let Some(rig) = rigs.get_mut(to as usize) {
+                rig.on_message(id(from), message, now);
+            }
+        }
+    }
+
+    /// Steps `rigs` for `ms` of virtual time: network heartbeats except over `cut`, disk
+    /// rounds (unless a rig's storage is stalled), ticks, Paxos I/O interleaved one at a time
+    /// across rigs, and messages delivered. Returns the epochs each rig applied.
+    fn cluster_run(
+        rigs: &mut [Rig],
+        cut: &[(u64, u64)],
+        from: u64,
+        until: u64,
+    ) -> Vec<Vec<(Epoch, InstanceSet)>> {
+        let n = rigs.len() as u64;
+        let members: Vec<u64> = (0..n).collect();
+        let mut applied = vec![Vec::new(); rigs.len()];
+        let mut t = from;
+        while t <= until {
+            let now = at(t);
+            for a in 0..n {
+                for b in 0..n {
+                    let blocked = cut.contains(&(a, b)) || cut.contains(&(b, a));
+                    if a != b
+                        && !blocked
+                        && !rigs[a as usize].is_stopped()
+                        && !rigs[b as usize].is_stopped()
+                    {
+                        rigs[b as usize].on_frame(id(a), Epoch(1), now);
+                    }
+                }
+            }
+            let beating: Vec<u64> = members
+                .iter()
+                .copied()
+                .filter(|&p| !rigs[p as usize].stalled && !rigs[p as usize].is_stopped())
+                .collect();
+            for rig in rigs.iter_mut() {
+                if !rig.is_stopped() {
+                    rig.disk_round(&beating, t / 100 + 1, &members, now);
+                    rig.tick(now);
+                }
+            }
+            // Interleave the Paxos I/O of all rigs, one I/O each in turn.
+            loop {
+                let mut any = false;
+                for rig in rigs.iter_mut() {
+                    any |= rig.step(now, true);
+                }
+                if !any {
+                    break;
+                }
+            }
+            for (i, rig) in rigs.iter_mut().enumerate() {
+                for a in &rig.out {
+                    if let ClusterAction::Reconfigure { epoch, live, .. } = a {
+                        applied[i].push((*epoch, *live));
+                    }
+                }
+            }
+            deliver(rigs, cut, now);
+            for rig in rigs.iter_mut() {
+                rig.out
+                    .retain(|a| !matches!(a, ClusterAction::Reconfigure { .. }));
+                rig.step(now, false);
+            }
+            t += 100;
+        }
+        applied
+    }
+
+    #[test]
+    fn two_coordinators_of_a_one_link_cut_never_both_decide_an_epoch() {
+        // Failure mode 4: three instances, only the 0-1 link cut. Each of 0 and 1 is the
+        // lowest member it reaches with 2 of 3, and both propose epoch 2.
+        let disk = new_disk();
+        let mut rigs: Vec<Rig> = (0..3).map(|i| manager_on(i, &[0, 1, 2], &disk)).collect();
+        cluster_run(&mut rigs, &[], 0, 500);
+        rigs[0].on_disconnected(id(1));
+        rigs[1].on_disconnected(id(0));
+        let applied = cluster_run(&mut rigs, &[(0, 1)], 600, 6000);
+        let epoch2: std::collections::BTreeSet<u64> = applied
+            .iter()
+            .flatten()
+            .filter(|(e, _)| *e == Epoch(2))
+            .map(|(_, live)| live.bits())
+            .collect();
+        assert_eq!(epoch2.len(), 1, "two memberships for epoch 2: {applied:?}");
+        let live = InstanceSet::from_bits(*epoch2.iter().next().unwrap());
+        assert!(live.contains(id(2)) && live.len() == 2, "{live:?}");
+        // The one left out stopped; the others run at epoch 2.
+        for i in 0..3u64 {
+            let rig = &rigs[i as usize];
+            if live.contains(id(i)) {
+                assert!(!rig.is_stopped() && rig.epoch() >= Epoch(2), "n{i}");
+            } else {
+                assert!(rig.is_stopped(), "n{i} left out but running");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stalled_instance_cut_off_decides_nothing_and_learns_it_was_voted_out() {
+        // Failure mode 1: two instances; 0's storage stalls and the link drops. 1 sees 0's
+        // disk heartbeat stop and decides epoch 2 = {1}; 0 must not decide {0}.
+        let disk = new_disk();
+        let mut rigs: Vec<Rig> = (0..2).map(|i| manager_on(i, &[0, 1], &disk)).collect();
+        cluster_run(&mut rigs, &[], 0, 500);
+        rigs[0].stalled = true;
+        rigs[0].on_disconnected(id(1));
+        rigs[1].on_disconnected(id(0));
+        let applied = cluster_run(&mut rigs, &[(0, 1)], 600, 4000);
+        assert!(
+            applied[0].is_empty(),
+            "the stalled instance decided: {applied:?}"
+        );
+        assert_eq!(applied[1], vec![(Epoch(2), set(&[1]))]);
+        // Storage comes back: 0 learns the decision from the disk and stops.
+        rigs[0].stalled = false;
+        cluster_run(&mut rigs, &[(0, 1)], 4100, 4500);
+        assert!(rigs[0].is_stopped());
+        assert_eq!(rigs[0].epoch(), Epoch(1));
     }
 
     #[test]
@@ -858,5 +1471,107 @@ mod tests {
             (Epoch(3), set(&[0, 1, 2]), InstanceSet::EMPTY)
         );
         assert_eq!(m.stats().joins, 1);
+    }
+
+    fn sent(actions: &[ClusterAction], to: u64) -> Vec<ClusterMessage> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                ClusterAction::Send { to: t, message } if *t == id(to) => Some(*message),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lost_reconfigure_is_resent_until_the_member_shows_it_has_the_epoch() {
+        let mut m = manager(0, &[0, 1, 2]);
+        // Instance 2 dies (network and disk); 0 decides epoch 2 = {0, 1}.
+        run(&mut m, &[1, 2], &[0, 1, 2], 0, 300);
+        m.on_disconnected(id(2));
+        run(&mut m, &[1], &[0, 1], 400, 1500);
+        let acts = actions(&mut m);
+        let (epoch, live, _) = reconfigured(&acts).expect("no reconfiguration");
+        // The Reconfigure to 1 was lost: the next rounds resend it, with a Status.
+        run(&mut m, &[1], &[0, 1], 1600, 1800);
+        let again = sent(&actions(&mut m), 1);
+        assert!(again.contains(&ClusterMessage::Reconfigure { epoch, live }));
+        assert!(
+            again
+                .iter()
+                .any(|msg| matches!(msg, ClusterMessage::Status { epoch: e, .. } if *e == epoch))
+        );
+        // 1 shows it reached the epoch: no more resends.
+        m.on_message(
+            id(1),
+            ClusterMessage::Status {
+                epoch,
+                live,
+                recovered: Epoch(1),
+            },
+            at(1850),
+        );
+        run(&mut m, &[1], &[0, 1], 1900, 2200);
+        assert!(!sent(&actions(&mut m), 1).contains(&ClusterMessage::Reconfigure { epoch, live }));
+    }
+
+    #[test]
+    fn a_member_that_missed_a_reconfigure_catches_up_from_a_status() {
+        let mut m = manager(1, &[0, 1, 2]);
+        run(&mut m, &[0, 2], &[0, 1, 2], 0, 300);
+        let _ = actions(&mut m);
+        m.on_message(
+            id(0),
+            ClusterMessage::Status {
+                epoch: Epoch(2),
+                live: set(&[0, 1]),
+                recovered: Epoch(1),
+            },
+            at(350),
+        );
+        let (epoch, live, lost) = reconfigured(&actions(&mut m)).expect("did not catch up");
+        assert_eq!((epoch, live, lost), (Epoch(2), set(&[0, 1]), set(&[2])));
+        // A Status of an epoch that left this instance out stops it.
+        m.on_message(
+            id(0),
+            ClusterMessage::Status {
+                epoch: Epoch(3),
+                live: set(&[0]),
+                recovered: Epoch(2),
+            },
+            at(400),
+        );
+        assert!(
+            actions(&mut m)
+                .iter()
+                .any(|a| matches!(a, ClusterAction::Stop { .. }))
+        );
+    }
+
+    #[test]
+    fn a_lost_recovery_done_is_repaired_by_a_status() {
+        let mut m = manager(0, &[0, 1, 2, 3]);
+        run(&mut m, &[1, 2, 3], &[0, 1, 2, 3], 0, 300);
+        m.on_disconnected(id(3));
+        run(&mut m, &[1, 2], &[0, 1, 2], 400, 1500);
+        let (epoch, live, _) = reconfigured(&actions(&mut m)).expect("no reconfiguration");
+        m.on_recovery_done(epoch);
+        m.on_message(id(1), ClusterMessage::RecoveryDone { epoch }, at(1550));
+        // 2's RecoveryDone was lost; its Status says it recovered.
+        m.on_message(
+            id(2),
+            ClusterMessage::Status {
+                epoch,
+                live,
+                recovered: epoch,
+            },
+            at(1600),
+        );
+        // Instance 3 restarts and asks to join: admitted, since recovery is done everywhere.
+        m.on_connected(id(3));
+        m.on_frame(id(3), epoch, at(1650));
+        m.on_message(id(3), ClusterMessage::JoinRequest, at(1700));
+        let (joined, members, _) = reconfigured(&actions(&mut m)).expect("not admitted");
+        assert_eq!((joined, members), (Epoch(epoch.0 + 1), set(&[0, 1, 2, 3])));
     }
 }

@@ -32,6 +32,10 @@
 //!   `lock`, `allocate_block`, `checkpoint`, `stats`, `shutdown`). Instances run as `fusiond`
 //!   processes (crate `instance/fusiond`), which serve the KV layer over RESP.
 //!
+//! * [`paxos`] — membership decided by Disk Paxos on the shared disk: the per-instance block's
+//!   codec and [`paxos::DiskPaxos`], a sans-IO proposer and learner of one decision per
+//!   epoch (`docs/membership.md`).
+//!
 //! To come (DESIGN.md): failure handling (detection, fencing, reconfiguration, instance
 //! recovery, whole-cluster restart), incremental background checkpoints, the KV layer,
 //! `fusiond` and the C ABI.
@@ -48,6 +52,7 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod format;
+pub mod paxos;
 pub mod recovery;
 pub mod redo;
 pub mod runtime;

@@ -378,27 +378,34 @@ pub fn recover_block(
     Ok(recovered)
 }
 
-/// [`recover_block`] for several blocks (no past images) with one sync for all of them: what
-/// instance recovery does with a batch of its recovery set.
+/// What [`recover_blocks`] did with one block: rebuilt, or refused because its storage copy
+/// is corrupt (torn) and no past image replaced it ([`RecoveryError::CorruptBlock`], naming
+/// the block and its offset); the other blocks of the batch are rebuilt all the same.
+pub type BlockRecovery = Result<RecoveredBlock, RecoveryError>;
+
+/// A block to recover and its past image (bytes and SCN), if one is given.
+pub type RecoveryStartImage<'a> = (BlockId, Option<(&'a [u8], Scn)>);
+
+/// [`recover_block`] for several blocks, each from its past image if given (else storage),
+/// with one sync for all of them: what instance recovery does with a batch of its recovery
+/// set. A corrupt block without a past image is reported in its place and the others go on;
+/// an I/O error fails the batch.
 pub fn recover_blocks(
     storage: &dyn SharedStorage,
     layout: &Layout,
     scan: &ThreadScan,
-    blocks: &[BlockId],
-) -> Result<Vec<RecoveredBlock>, RecoveryError> {
+    blocks: &[RecoveryStartImage<'_>],
+) -> Result<Vec<BlockRecovery>, RecoveryError> {
     let mut buf = AlignedBuf::new(layout.block_size as usize, BUFFER_ALIGN)?;
     let mut recovered = Vec::with_capacity(blocks.len());
-    for &block in blocks {
-        recovered.push(recover_into(
-            storage,
-            layout,
-            scan.records(block),
-            block,
-            None,
-            &mut buf,
-        )?);
+    for &(block, start) in blocks {
+        match recover_into(storage, layout, scan.records(block), block, start, &mut buf) {
+            Ok(done) => recovered.push(Ok(done)),
+            Err(e @ RecoveryError::CorruptBlock { .. }) => recovered.push(Err(e)),
+            Err(e) => return Err(e),
+        }
     }
-    if recovered.iter().any(|r| r.wrote) {
+    if recovered.iter().any(|r| r.as_ref().is_ok_and(|r| r.wrote)) {
         storage.sync(IoClass::Data).map_err(RecoveryError::Sync)?;
     }
     Ok(recovered)
@@ -485,18 +492,43 @@ pub struct RestartReport {
     pub slots_updated: u64,
     /// Highest SCN found in redo or in a checkpoint: the cluster's clocks start above it.
     pub max_scn: Scn,
+    /// Blocks whose storage copy is corrupt (torn) with no other image to start from. The
+    /// rest recovered; with any of these no checkpoint moves, so their redo stays for media
+    /// recovery.
+    pub unrecoverable: Vec<CorruptBlock>,
     /// Time taken.
     pub duration: Duration,
+}
+
+/// A data block recovery could not rebuild: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptBlock {
+    /// The block.
+    pub block: BlockId,
+    /// Its storage offset.
+    pub offset: u64,
+    /// The verification failure.
+    pub detail: String,
+}
+
+impl std::fmt::Display for CorruptBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "block {} at storage offset {:#x} is corrupt: {}",
+            self.block, self.offset, self.detail
+        )
+    }
 }
 
 /// Whole-cluster restart: scans every instance's thread from its checkpoint, merges them by
 /// SCN, recovers every changed block from storage (records above the block's SCN), syncs,
 /// and then moves every thread's checkpoint to its end (SCN: the highest seen anywhere), so a
 /// second restart applies nothing. Every thread is scanned before the first write, so
-/// corrupt redo is found before anything changes; a corrupt data block stops the restart at
-/// that block with its location (blocks recovered before it stay recovered, and no checkpoint
-/// moves). Idempotent; on a freshly formatted cluster it writes nothing. No instance may run
-/// meanwhile.
+/// corrupt redo is found before anything changes; a corrupt (torn) data block is reported
+/// with its location in [`RestartReport::unrecoverable`] while every other block recovers,
+/// and then no checkpoint moves. Idempotent; on a freshly formatted cluster it writes
+/// nothing. No instance may run meanwhile.
 pub fn restart(
     storage: &dyn SharedStorage,
     layout: &Layout,
@@ -509,13 +541,40 @@ pub fn restart(
     let changed = scan.changed_blocks();
     let mut buf = AlignedBuf::new(layout.block_size as usize, BUFFER_ALIGN)?;
     let (mut written, mut applied) = (0u64, 0u64);
+    let mut unrecoverable = Vec::new();
     for &block in &changed {
-        let recovered = recover_into(storage, layout, scan.records(block), block, None, &mut buf)?;
-        applied += recovered.applied as u64;
-        written += u64::from(recovered.wrote);
+        match recover_into(storage, layout, scan.records(block), block, None, &mut buf) {
+            Ok(recovered) => {
+                applied += recovered.applied as u64;
+                written += u64::from(recovered.wrote);
+            }
+            Err(RecoveryError::CorruptBlock {
+                block,
+                offset,
+                source,
+            }) => unrecoverable.push(CorruptBlock {
+                block,
+                offset,
+                detail: source.to_string(),
+            }),
+            Err(e) => return Err(e),
+        }
     }
     if written > 0 {
         storage.sync(IoClass::Data).map_err(RecoveryError::Sync)?;
+    }
+    if !unrecoverable.is_empty() {
+        return Ok(RestartReport {
+            records_read: scan.record_count(),
+            records_applied: applied,
+            blocks_changed: changed.len() as u64,
+            blocks_written: written,
+            slots_updated: 0,
+            max_scn: scan.max_scn().unwrap_or_default(),
+            threads: scan.threads,
+            unrecoverable,
+            duration: started.elapsed(),
+        });
     }
     let checkpoint_scn = scan
         .threads()
@@ -548,6 +607,7 @@ pub fn restart(
         slots_updated,
         max_scn: checkpoint_scn,
         threads: scan.threads,
+        unrecoverable,
         duration: started.elapsed(),
     })
 }

@@ -15,8 +15,9 @@
 
 use crate::cache::{ReadLatch, WriteLatch};
 use crate::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfig, InstanceEvent};
-use crate::core::{Completion, Core, CoreError, IoOp, Send as CoreSend, Ticket};
-use crate::format::{self, BlockError, Layout};
+use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
+use crate::format::{self, BlockError, Layout, control::SLOT_PAXOS_LEN};
+use crate::paxos::PaxosIo;
 use crate::storage::{AlignedBuf, IoClass, SharedStorage};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use gcs::{BlockId, BlockMode};
@@ -87,8 +88,14 @@ pub(crate) enum Command {
         scn: Scn,
         result: Result<(), String>,
     },
-    /// The disk-heartbeat thread read every slot.
-    Disk(Vec<SlotSeen>),
+    /// A disk-heartbeat round: this instance's heartbeat write (`written_at`: when it
+    /// started, as a CLOCK_BOOTTIME reading, if it succeeded), then a read of every slot
+    /// (`all_read`: none failed).
+    Disk {
+        slots: Vec<SlotSeen>,
+        written_at: Option<Duration>,
+        all_read: bool,
+    },
     /// The recovery thread scanned the lost instances' redo for `epoch`'s reconfiguration.
     Scanned {
         epoch: Epoch,
@@ -97,11 +104,30 @@ pub(crate) enum Command {
     Recovered {
         epoch: Epoch,
         block: BlockId,
-        result: Result<Scn, String>,
+        outcome: RecoveryOutcome,
+    },
+    /// The Paxos write of this instance's block completed (durable) or failed.
+    PaxosWritten {
+        ok: bool,
+    },
+    /// The Paxos read of `owner`'s block completed, or failed (`None`).
+    PaxosRead {
+        owner: InstanceId,
+        bytes: Option<[u8; SLOT_PAXOS_LEN]>,
     },
     /// Storage is out of reach past the lease, or another fatal condition.
     Stop(String),
     Shutdown,
+}
+
+/// What became of one recovery-set block.
+pub(crate) enum RecoveryOutcome {
+    /// Rebuilt and durable at this SCN.
+    Rebuilt(Scn),
+    /// Its storage copy is corrupt and no past image replaced it: reported, the rest goes on.
+    Corrupt(String),
+    /// Recovery could not proceed (I/O error, lease): this instance stops.
+    Failed(String),
 }
 
 /// One slot as the disk-heartbeat thread read it.
@@ -109,41 +135,102 @@ pub(crate) enum Command {
 pub(crate) struct SlotSeen {
     instance: InstanceId,
     heartbeat: u64,
-    fence_votes: InstanceSet,
-    fence_epoch: Epoch,
+    paxos: [u8; SLOT_PAXOS_LEN],
 }
 
-/// The I/O lease: this instance may write to shared storage only until `until` (nanoseconds
-/// since `origin`), renewed by every disk heartbeat it writes. A stopped or fenced instance
-/// revokes it; survivors wait out the lease before they touch a lost instance's blocks.
+/// The I/O lease: this instance may write to shared storage only until `until` (CLOCK_BOOTTIME
+/// nanoseconds, so time suspended counts), renewed after each disk-heartbeat round whose
+/// voting-area read found no decision against this instance, from the time that round's
+/// heartbeat write started.
+///
+/// It is checked before an I/O is submitted ([`Lease::wait_valid`]: a lease that lapsed
+/// because this host was starved, not fenced, comes back with the next round) and again when
+/// the I/O completes, before a commit is acknowledged or a write reported done
+/// ([`Lease::confirm`]): valid then, or renewed later by a round that *began after* the
+/// completion (whose read proves no decision, hence no recovery, preceded it). A stopped or
+/// fenced instance revokes it for good; survivors wait out the lease before they touch a
+/// lost instance's blocks.
 #[derive(Debug)]
 pub(crate) struct Lease {
-    origin: Instant,
     until: AtomicU64,
+    /// When the round that last renewed it began.
+    renewed_from: AtomicU64,
+    revoked: AtomicBool,
+    /// The lease's length: how long a check waits for a renewal at most.
+    length: Duration,
 }
 
 impl Lease {
-    fn new(origin: Instant, lease: Duration) -> Self {
+    fn new(lease: Duration) -> Self {
+        let now = crate::storage::boottime();
         Self {
-            origin,
-            until: AtomicU64::new(lease.as_nanos() as u64),
+            until: AtomicU64::new(nanos(now + lease)),
+            renewed_from: AtomicU64::new(nanos(now)),
+            revoked: AtomicBool::new(false),
+            length: lease,
         }
     }
 
-    fn renew(&self, from: Instant, lease: Duration) {
-        let until = from.saturating_duration_since(self.origin) + lease;
+    /// Extends the lease to its length after `from` (a CLOCK_BOOTTIME reading: when the
+    /// renewing round's heartbeat write began).
+    fn renew(&self, from: Duration) {
         self.until
-            .fetch_max(until.as_nanos() as u64, Ordering::AcqRel);
+            .fetch_max(nanos(from + self.length), Ordering::AcqRel);
+        self.renewed_from.fetch_max(nanos(from), Ordering::AcqRel);
     }
 
+    /// Ends the lease for good: a renewal in flight cannot revive it (`valid` reads the flag).
     fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
         self.until.store(0, Ordering::Release);
     }
 
-    /// Whether this instance may still write.
-    pub(crate) fn valid(&self) -> bool {
-        (self.origin.elapsed().as_nanos() as u64) < self.until.load(Ordering::Acquire)
+    /// How long ago the lease ran out (zero while it holds).
+    fn lapsed_for(&self) -> Duration {
+        let now = nanos(crate::storage::boottime());
+        Duration::from_nanos(now.saturating_sub(self.until.load(Ordering::Acquire)))
     }
+
+    /// Whether this instance may write now.
+    pub(crate) fn valid(&self) -> bool {
+        !self.revoked.load(Ordering::Acquire)
+            && nanos(crate::storage::boottime()) < self.until.load(Ordering::Acquire)
+    }
+
+    /// Whether an I/O may start: the lease holds, or comes back within its length (a round
+    /// delayed by a starved host renews it unless a decision stands against this instance).
+    pub(crate) fn wait_valid(&self) -> bool {
+        self.wait_until(|lease| lease.valid())
+    }
+
+    /// Whether an I/O that completed at `completed` (a CLOCK_BOOTTIME reading) may be
+    /// acknowledged: the lease held at completion, or a round that began after it renews it
+    /// within the lease's length.
+    pub(crate) fn confirm(&self, completed: Duration) -> bool {
+        // Valid now means valid at `completed` too: `until` only grows until revoked.
+        let completed = nanos(completed);
+        self.valid()
+            || self.wait_until(|lease| {
+                lease.valid() && lease.renewed_from.load(Ordering::Acquire) > completed
+            })
+    }
+
+    fn wait_until(&self, ready: impl Fn(&Self) -> bool) -> bool {
+        let deadline = Instant::now() + self.length;
+        loop {
+            if ready(self) {
+                return true;
+            }
+            if self.revoked.load(Ordering::Acquire) || Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Why the instance stopped, once it has.
@@ -288,8 +375,11 @@ pub(crate) struct DriverHandle {
     pub(crate) spin: Duration,
     pub(crate) lease: Arc<Lease>,
     pub(crate) stop: Arc<StopState>,
-    /// Serializes read-modify-writes of this instance's slot (disk heartbeat, checkpoint).
-    pub(crate) slot_lock: Arc<Mutex<()>>,
+    /// Serializes read-modify-writes of this instance's slot (disk heartbeat, Paxos,
+    /// checkpoint) and holds the newest Paxos block this instance asked to write: every
+    /// slot write carries it, so no write ever puts an older ballot back (a Paxos write that
+    /// failed may still have landed).
+    pub(crate) slot_lock: Arc<Mutex<[u8; SLOT_PAXOS_LEN]>>,
 }
 
 impl DriverHandle {
@@ -335,6 +425,8 @@ pub(crate) struct RuntimeParts<T> {
     pub(crate) origin: Instant,
     /// Frames that arrived while the instance was entering the cluster.
     pub(crate) early: Vec<(interconnect::FrameHeader, Vec<u8>)>,
+    /// This instance's Paxos block as its slot holds it: slot writes carry it on.
+    pub(crate) own_paxos: [u8; SLOT_PAXOS_LEN],
 }
 
 struct IoContext {
@@ -363,15 +455,16 @@ impl Runtime {
             spin,
             origin,
             early,
+            own_paxos,
         } = parts;
         let (commands, command_rx) = crossbeam::channel::unbounded();
         let (io_tx, io_rx) = crossbeam::channel::unbounded::<IoOp>();
         let (recovery_tx, recovery_rx) = crossbeam::channel::unbounded::<RecoveryJob>();
         let waker = transport.waker();
         let parked = Arc::new(AtomicBool::new(false));
-        let lease = Arc::new(Lease::new(origin, failure.lease));
+        let lease = Arc::new(Lease::new(failure.lease));
         let stop = Arc::new(StopState::default());
-        let fence = Arc::new(Mutex::new((InstanceSet::EMPTY, Epoch(0))));
+        let (paxos_io, paxos_rx) = crossbeam::channel::unbounded::<PaxosIo>();
         let handle = Arc::new(DriverHandle {
             commands,
             waker,
@@ -380,7 +473,7 @@ impl Runtime {
             spin,
             lease: Arc::clone(&lease),
             stop: Arc::clone(&stop),
-            slot_lock: Arc::new(Mutex::new(())),
+            slot_lock: Arc::new(Mutex::new(own_paxos)),
         });
         let context = Arc::new(IoContext {
             storage,
@@ -403,11 +496,12 @@ impl Runtime {
         {
             let context = Arc::clone(&context);
             let done = Arc::clone(&handle);
-            let fence = Arc::clone(&fence);
             threads.push(
                 std::thread::Builder::new()
                     .name("fusion-disk-heartbeat".into())
-                    .spawn(move || disk_thread(&context, &done, me, configured, failure, &fence))?,
+                    .spawn(move || {
+                        disk_thread(&context, &done, me, configured, failure, &paxos_rx)
+                    })?,
             );
         }
         {
@@ -437,7 +531,7 @@ impl Runtime {
             context,
             configured,
             failure,
-            fence,
+            paxos_io,
             stop,
             lost: InstanceSet::EMPTY,
             scan_due: None,
@@ -485,7 +579,7 @@ enum RecoveryJob {
     /// Rebuild these blocks from storage and the scanned redo.
     Recover {
         epoch: Epoch,
-        blocks: Vec<BlockId>,
+        blocks: Vec<RecoveryTarget>,
         scan: Arc<crate::recovery::ThreadScan>,
     },
 }
@@ -499,17 +593,19 @@ struct Driver<T> {
     recovery: Sender<RecoveryJob>,
     configured: InstanceSet,
     failure: FailureConfig,
-    /// Fence votes for the disk-heartbeat thread to write.
-    fence: Arc<Mutex<(InstanceSet, Epoch)>>,
+    /// Disk Paxos I/O for the disk-heartbeat thread (one write and a read per slot at most
+    /// in flight: the machine issues no more).
+    paxos_io: Sender<PaxosIo>,
     stop: Arc<StopState>,
     /// Lost instances whose blocks are not recovered yet.
     lost: InstanceSet,
-    /// When the lease of the lost instances has run out: scan their redo then.
-    scan_due: Option<(Instant, Epoch)>,
+    /// When this instance learnt of the decision that lost `lost`, and the epoch: their redo
+    /// is scanned once their lease has surely run out (`ClusterManager::lost_lease_end`).
+    scan_due: Option<(Timestamp, Epoch)>,
     /// The epoch whose recovery is in progress, and the scan it uses.
     recovery_epoch: Option<(Epoch, Option<Arc<crate::recovery::ThreadScan>>)>,
     /// Recovery-set blocks waiting for the scan.
-    to_recover: Vec<BlockId>,
+    to_recover: Vec<RecoveryTarget>,
     /// Frames for members whose connection is not up yet, in order.
     unconnected: HashMap<InstanceId, Vec<CoreSend>>,
     event_log: std::collections::VecDeque<TimedEvent>,
@@ -576,23 +672,41 @@ impl<T: Transport> Driver<T> {
                 self.cluster.tick(now);
                 busy = true;
             }
-            if let Some((due, epoch)) = self.scan_due
-                && Instant::now() >= due
+            // A lost member whose disk heartbeat still moves has not stopped: the end of its
+            // lease moves with it, and its blocks are not ours to rebuild until then.
+            if let Some((decided_at, epoch)) = self.scan_due
+                && now >= self.cluster.lost_lease_end(self.lost, decided_at)
             {
-                let writing = self.cluster.still_writing(self.lost);
-                if writing.is_empty() {
-                    self.scan_due = None;
-                    let _ = self.recovery.send(RecoveryJob::Scan {
-                        epoch,
-                        all: self.configured,
-                    });
-                } else {
-                    // A lost member still renews its lease on disk: it has not stopped, so
-                    // its blocks are not ours to rebuild yet. Look again after a heartbeat.
-                    self.scan_due = Some((Instant::now() + self.failure.disk_interval, epoch));
-                }
+                self.scan_due = None;
+                let _ = self.recovery.send(RecoveryJob::Scan {
+                    epoch,
+                    all: self.configured,
+                });
             }
             busy |= self.cluster_actions();
+            // The engines' state no longer matches the cluster's (a refused write leaves GCS
+            // believing a block is being written): serving on would wedge those blocks
+            // cluster-wide while this instance keeps heartbeating. Stop, so the others fence
+            // it and recover its part.
+            // A lapsed lease comes back with the next round unless a decision stands against
+            // this instance (which stops it when it learns it); one that stays lapsed for
+            // twice its length means the voting area is out of reach: stop.
+            if self.stop.reason().is_none()
+                && self.context.lease.lapsed_for() > self.failure.lease * 2
+            {
+                let reason = format!(
+                    "the I/O lease lapsed: no disk-heartbeat round renewed it for {:?}",
+                    self.context.lease.lapsed_for() + self.failure.lease
+                );
+                self.give_up(reason);
+            }
+            if let Some(reason) = self
+                .core
+                .failure()
+                .map(|error| format!("the coordination core failed: {error}"))
+            {
+                self.give_up(reason);
+            }
             if self.stop.reason().is_some() {
                 self.halt(self.stop.reason().unwrap_or_default());
                 return;
@@ -616,8 +730,9 @@ impl<T: Transport> Driver<T> {
                 wake_at = wake_at.min(at);
             }
             let mut park = wake_at.saturating_since(now).min(MAX_PARK);
-            if let Some((due, _)) = self.scan_due {
-                park = park.min(due.saturating_duration_since(Instant::now()));
+            if let Some((decided_at, _)) = self.scan_due {
+                let due = self.cluster.lost_lease_end(self.lost, decided_at);
+                park = park.min(due.saturating_since(now));
             }
             self.parked.store(true, Ordering::Relaxed);
             fence(Ordering::SeqCst);
@@ -704,15 +819,14 @@ impl<T: Transport> Driver<T> {
                         // Recover everything lost so far, once the lost instances' lease has
                         // run out (they stop all I/O by then).
                         self.lost = self.lost.iter().chain(lost.iter()).collect();
-                        self.scan_due = Some((Instant::now() + self.failure.lease, epoch));
+                        self.scan_due = Some((now, epoch));
                         self.recovery_epoch = Some((epoch, None));
                         self.stats.recoveries_started += 1;
                     }
                 }
-                ClusterAction::Fence { epoch, victims } => {
-                    let mut fence = self.fence.lock();
-                    fence.0 = fence.0.iter().chain(victims.iter()).collect();
-                    fence.1 = epoch;
+                ClusterAction::Paxos(io) => {
+                    // The disk thread lives as long as the driver.
+                    let _ = self.paxos_io.send(io);
                 }
                 ClusterAction::Stop { reason } => self.give_up(reason),
             }
@@ -871,15 +985,25 @@ impl<T: Transport> Driver<T> {
             Command::WriteDone { block, scn, result } => {
                 self.core.on_write_done(block, scn, result, now)
             }
-            Command::Disk(slots) => {
+            Command::Disk {
+                slots,
+                written_at,
+                all_read,
+            } => {
+                self.cluster.begin_disk_round();
                 for slot in slots {
-                    self.cluster.on_disk(
-                        slot.instance,
-                        slot.heartbeat,
-                        slot.fence_votes,
-                        slot.fence_epoch,
-                        now,
-                    );
+                    self.cluster
+                        .on_disk(slot.instance, slot.heartbeat, &slot.paxos, now);
+                }
+                // Renewed only by a round that wrote the heartbeat and then read every slot
+                // without finding a decision against this instance: a decision made durable
+                // after the read began is seen by the next round, and this round's renewal
+                // counts from its write, which started before that decision.
+                if let Some(at) = written_at
+                    && all_read
+                    && self.cluster.may_renew_lease()
+                {
+                    self.context.lease.renew(at);
                 }
             }
             Command::Scanned { epoch, result } => match result {
@@ -900,21 +1024,41 @@ impl<T: Transport> Driver<T> {
             Command::Recovered {
                 epoch,
                 block,
-                result,
-            } => match result {
-                Ok(scn) => {
-                    if self
-                        .recovery_epoch
-                        .as_ref()
-                        .is_some_and(|(e, _)| *e == epoch)
-                    {
-                        self.stats.blocks_recovered += 1;
-                        self.core.on_block_recovered(block, scn, now);
+                outcome,
+            } => {
+                let current = self
+                    .recovery_epoch
+                    .as_ref()
+                    .is_some_and(|(e, _)| *e == epoch);
+                match outcome {
+                    RecoveryOutcome::Rebuilt(scn) => {
+                        if current {
+                            self.stats.blocks_recovered += 1;
+                            self.core.on_block_recovered(block, scn, now);
+                        }
                     }
-                    self.check_recovery_done();
+                    RecoveryOutcome::Corrupt(detail) => {
+                        eprintln!("fusion: instance recovery: {detail}");
+                        self.record(InstanceEvent::Unrecoverable {
+                            block,
+                            detail: detail.clone(),
+                        });
+                        if current {
+                            self.core.on_block_unrecoverable(block, now);
+                        }
+                    }
+                    RecoveryOutcome::Failed(e) => {
+                        self.give_up(format!("instance recovery of block {block}: {e}"));
+                        return;
+                    }
                 }
-                Err(e) => self.give_up(format!("instance recovery of block {block}: {e}")),
-            },
+                self.check_recovery_done();
+            }
+            Command::PaxosWritten { ok } => self.cluster.on_paxos_written(ok, now),
+            Command::PaxosRead { owner, bytes } => {
+                self.cluster
+                    .on_paxos_read(owner, bytes.as_ref().map(|b| &b[..]), now)
+            }
             Command::Stop(reason) => self.give_up(reason),
             Command::Shutdown => {}
         }
@@ -1008,7 +1152,7 @@ impl<T: Transport> Driver<T> {
                         // thread's redo now (no lease to wait out, no dead redo to report).
                         let epoch = self.core.epoch();
                         self.recovery_epoch = Some((epoch, None));
-                        self.scan_due = Some((Instant::now(), epoch));
+                        self.scan_due = Some((self.now(), epoch));
                         self.stats.recoveries_started += 1;
                     }
                     // Recovery-set blocks wait for the redo scan when it is not read yet.
@@ -1129,7 +1273,7 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
                 }
                 drop(pin);
                 format::seal_block(&mut staging, block, scn);
-                let result = if !context.lease.valid() {
+                let result = if !context.lease.wait_valid() {
                     Err("the I/O lease has expired: this instance may not write".to_string())
                 } else {
                     format::write_block(context.storage.as_ref(), &context.layout, &staging)
@@ -1139,6 +1283,17 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
                                 .storage
                                 .sync(IoClass::Data)
                                 .map_err(|e| e.to_string())
+                        })
+                        // Checked again on completion: a write held by the storage path (or
+                        // a pause between the check and the write) may have landed after the
+                        // lease; it is not reported done, and this instance stops.
+                        .and_then(|()| {
+                            if context.lease.confirm(crate::storage::boottime()) {
+                                Ok(())
+                            } else {
+                                Err("the I/O lease expired while the write was in flight"
+                                    .to_string())
+                            }
                         })
                 };
                 context.storage_writes.fetch_add(1, Ordering::Relaxed);
@@ -1153,16 +1308,17 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
     }
 }
 
-/// Writes this instance's disk heartbeat (and its fence votes) every interval, renewing the
-/// I/O lease, and reads every configured slot for the driver. Storage out of reach for the
-/// lease stops the instance.
+/// Writes this instance's disk heartbeat every interval and then reads every configured
+/// slot for the driver (which renews the I/O lease from such a round), and carries out the
+/// Disk Paxos I/O the driver hands it at once. Storage out of reach for the lease stops the
+/// instance.
 fn disk_thread(
     context: &IoContext,
     done: &DriverHandle,
     me: InstanceId,
     configured: InstanceSet,
     failure: FailureConfig,
-    fence: &Mutex<(InstanceSet, Epoch)>,
+    paxos: &Receiver<PaxosIo>,
 ) {
     let storage = context.storage.as_ref();
     let layout = &context.layout;
@@ -1173,30 +1329,55 @@ fn disk_thread(
             return;
         }
     };
+    // Writes this instance's slot with the next heartbeat and the newest Paxos block
+    // (`paxos`, when a Paxos write asks for a new one).
+    let write_own = |heartbeat: &mut u64, paxos: Option<[u8; SLOT_PAXOS_LEN]>| {
+        let mut latest = done.slot_lock.lock();
+        if let Some(bytes) = paxos {
+            *latest = bytes;
+        }
+        *heartbeat += 1;
+        format::read_slot(storage, layout, me).and_then(|mut slot| {
+            slot.heartbeat = *heartbeat;
+            slot.heartbeat_nanos = nanos(crate::storage::boottime());
+            slot.state = format::SlotState::Up;
+            slot.paxos = *latest;
+            format::write_slot(storage, layout, &slot)
+        })
+    };
     let mut last_ok = Instant::now();
+    let mut next_round = Instant::now();
     loop {
         if done.stop.reason().is_some() {
             return;
         }
-        let started = Instant::now();
-        heartbeat += 1;
-        let (votes, epoch) = *fence.lock();
-        let slot_guard = done.slot_lock.lock();
-        let written = format::read_slot(storage, layout, me).and_then(|mut slot| {
-            slot.heartbeat = heartbeat;
-            slot.heartbeat_nanos = started.duration_since(context.lease.origin).as_nanos() as u64;
-            slot.state = format::SlotState::Up;
-            if epoch > slot.fence_epoch || votes != slot.fence_votes {
-                slot.fence_votes = votes;
-                slot.fence_epoch = epoch.max(slot.fence_epoch);
+        match paxos.recv_timeout(next_round.saturating_duration_since(Instant::now())) {
+            Ok(PaxosIo::WriteOwn { bytes }) => {
+                let ok = write_own(&mut heartbeat, Some(bytes)).is_ok();
+                if !done.submit(Command::PaxosWritten { ok }) {
+                    return;
+                }
+                continue;
             }
-            format::write_slot(storage, layout, &slot)
-        });
-        drop(slot_guard);
-        match written {
+            Ok(PaxosIo::ReadBlock { owner }) => {
+                let bytes = format::read_slot(storage, layout, owner)
+                    .ok()
+                    .map(|s| s.paxos);
+                if !done.submit(Command::PaxosRead { owner, bytes }) {
+                    return;
+                }
+                continue;
+            }
+            Err(crossbeam::channel::RecvTimeoutError::Disconnected) => return,
+            Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
+        }
+        let started = Instant::now();
+        next_round = started + failure.disk_interval;
+        let started_boot = crate::storage::boottime();
+        let written_at = match write_own(&mut heartbeat, None) {
             Ok(()) => {
                 last_ok = started;
-                context.lease.renew(started, failure.lease);
+                Some(started_boot)
             }
             Err(e) if started.duration_since(last_ok) >= failure.lease => {
                 done.submit(Command::Stop(format!(
@@ -1205,24 +1386,32 @@ fn disk_thread(
                 )));
                 return;
             }
-            Err(_) => {}
-        }
-        let seen: Vec<SlotSeen> = configured
+            Err(_) => None,
+        };
+        let mut all_read = true;
+        let slots: Vec<SlotSeen> = configured
             .iter()
-            .filter_map(|instance| {
-                let slot = format::read_slot(storage, layout, instance).ok()?;
-                Some(SlotSeen {
-                    instance,
-                    heartbeat: slot.heartbeat,
-                    fence_votes: slot.fence_votes,
-                    fence_epoch: slot.fence_epoch,
-                })
-            })
+            .filter_map(
+                |instance| match format::read_slot(storage, layout, instance) {
+                    Ok(slot) => Some(SlotSeen {
+                        instance,
+                        heartbeat: slot.heartbeat,
+                        paxos: slot.paxos,
+                    }),
+                    Err(_) => {
+                        all_read = false;
+                        None
+                    }
+                },
+            )
             .collect();
-        if !done.submit(Command::Disk(seen)) {
+        if !done.submit(Command::Disk {
+            slots,
+            written_at,
+            all_read,
+        }) {
             return;
         }
-        std::thread::sleep(failure.disk_interval.saturating_sub(started.elapsed()));
     }
 }
 
@@ -1255,7 +1444,7 @@ fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &Drive
                 // Batches share one sync; each batch is reported (and unfrozen) as it is
                 // done. Recovery is bound by storage latency (one read and one write per
                 // block), so several workers keep several I/Os in flight.
-                let batches: Vec<&[BlockId]> = blocks.chunks(RECOVERY_BATCH).collect();
+                let batches: Vec<&[RecoveryTarget]> = blocks.chunks(RECOVERY_BATCH).collect();
                 let next = AtomicU64::new(0);
                 std::thread::scope(|workers| {
                     for _ in 0..RECOVERY_WORKERS.min(batches.len()) {
@@ -1275,35 +1464,64 @@ fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &Drive
     }
 }
 
-/// Rebuilds one batch of recovery-set blocks and reports them; false once the driver is gone.
+/// Rebuilds one batch of recovery-set blocks (from this instance's past image where it holds
+/// the newest, else storage) and reports each; false once the driver is gone.
 fn recover_batch(
     context: &IoContext,
     scan: &crate::recovery::ThreadScan,
     epoch: Epoch,
-    batch: &[BlockId],
+    batch: &[RecoveryTarget],
     done: &DriverHandle,
 ) -> bool {
-    let result = if context.lease.valid() {
-        crate::recovery::recover_blocks(context.storage.as_ref(), &context.layout, scan, batch)
+    let latches: Vec<Option<(ReadLatch<'_>, Scn)>> = batch
+        .iter()
+        .map(|t| t.past_image.as_ref().map(|pi| (pi.read(), pi.scn())))
+        .collect();
+    let starts: Vec<crate::recovery::RecoveryStartImage<'_>> = batch
+        .iter()
+        .zip(&latches)
+        .map(|(t, latch)| {
+            (
+                t.block,
+                latch.as_ref().map(|(bytes, scn)| (&bytes[..], *scn)),
+            )
+        })
+        .collect();
+    let result = if context.lease.wait_valid() {
+        crate::recovery::recover_blocks(context.storage.as_ref(), &context.layout, scan, &starts)
             .map_err(|e| e.to_string())
+            .and_then(|recovered| {
+                // A batch whose writes outlived the lease is not reported recovered.
+                if context.lease.confirm(crate::storage::boottime()) {
+                    Ok(recovered)
+                } else {
+                    Err("the I/O lease expired while the batch was written".to_string())
+                }
+            })
     } else {
         Err("the I/O lease has expired".to_string())
     };
+    drop(starts);
+    drop(latches);
     let commands: Vec<Command> = match result {
-        Ok(recovered) => recovered
-            .into_iter()
-            .map(|r| Command::Recovered {
+        Ok(recovered) => batch
+            .iter()
+            .zip(recovered)
+            .map(|(t, r)| Command::Recovered {
                 epoch,
-                block: r.block,
-                result: Ok(r.scn),
+                block: t.block,
+                outcome: match r {
+                    Ok(r) => RecoveryOutcome::Rebuilt(r.scn),
+                    Err(e) => RecoveryOutcome::Corrupt(e.to_string()),
+                },
             })
             .collect(),
         Err(e) => batch
             .first()
-            .map(|&block| Command::Recovered {
+            .map(|t| Command::Recovered {
                 epoch,
-                block,
-                result: Err(e),
+                block: t.block,
+                outcome: RecoveryOutcome::Failed(e),
             })
             .into_iter()
             .collect(),

@@ -487,12 +487,11 @@ fn a_corrupt_data_block_is_reported_with_its_location() {
     let offset = c.layout.block_offset(id2).unwrap();
     c.garble(offset, 3000..3001, 0x80);
 
-    let err = recovery::restart(c.storage.as_ref(), &c.layout).unwrap_err();
-    assert!(
-        matches!(&err, RecoveryError::CorruptBlock { block, offset: at, .. }
-            if *block == id2 && *at == offset),
-        "{err:?}"
-    );
+    let report = recovery::restart(c.storage.as_ref(), &c.layout).unwrap();
+    let [err] = &report.unrecoverable[..] else {
+        panic!("{:?}", report.unrecoverable)
+    };
+    assert_eq!((err.block, err.offset), (id2, offset), "{err:?}");
     assert!(err.to_string().contains(&format!("{offset:#x}")), "{err}");
     assert_eq!(c.checkpoint(id(0)).sequence, 1, "checkpoint moved");
 
@@ -520,6 +519,65 @@ fn a_corrupt_data_block_is_reported_with_its_location() {
     assert_eq!(scn, Scn(5));
     assert_eq!(&bytes[200..210], &[9; 10]);
     assert_eq!(bytes[199], 7);
+}
+
+#[test]
+fn a_torn_block_in_a_recovery_batch_is_reported_and_the_rest_is_rebuilt() {
+    let c = cluster(2);
+    let torn = block(&c.layout, 2);
+    let fine = block(&c.layout, 3);
+    let with_pi = block(&c.layout, 4);
+    for b in [torn, fine, with_pi] {
+        c.write(b, &[7; BLOCK_SIZE as usize], Scn(1));
+    }
+    let w = c.writer(id(0));
+    let records: Vec<RedoRecord> = [torn, fine, with_pi]
+        .iter()
+        .map(|&b| RedoRecord {
+            scn: Scn(5),
+            block: b,
+            offset: 100,
+            bytes: vec![9; 4],
+        })
+        .collect();
+    w.commit(&records).unwrap();
+    drop(w);
+    for b in [torn, with_pi] {
+        let offset = c.layout.block_offset(b).unwrap();
+        c.garble(offset, 3000..3001, 0x80);
+    }
+    let scan = recovery::scan_threads(c.storage.as_ref(), &c.layout, &[id(0)]).unwrap();
+    let mut pi = vec![7u8; BLOCK_SIZE as usize];
+    format::seal_block(&mut pi, with_pi, Scn(3));
+    let outcome = recovery::recover_blocks(
+        c.storage.as_ref(),
+        &c.layout,
+        &scan,
+        &[(torn, None), (fine, None), (with_pi, Some((&pi, Scn(3))))],
+    )
+    .unwrap();
+    let torn_offset = c.layout.block_offset(torn).unwrap();
+    assert!(
+        matches!(&outcome[0], Err(RecoveryError::CorruptBlock { block, offset, .. })
+            if *block == torn && *offset == torn_offset),
+        "{:?}",
+        outcome[0]
+    );
+    for (i, b) in [(1, fine), (2, with_pi)] {
+        let done = outcome[i].as_ref().unwrap();
+        assert_eq!((done.block, done.scn), (b, Scn(5)));
+        let (bytes, scn) = c.read(b).unwrap();
+        assert_eq!(scn, Scn(5));
+        assert_eq!(&bytes[100..104], &[9; 4]);
+    }
+    let mut buf = AlignedBuf::new(BLOCK_SIZE as usize, 4096).unwrap();
+    assert!(
+        matches!(
+            format::read_block(c.storage.as_ref(), &c.layout, torn, &mut buf),
+            Err(BlockError::Checksum { .. })
+        ),
+        "the torn copy is still refused by readers"
+    );
 }
 
 #[test]

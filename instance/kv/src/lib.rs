@@ -1,13 +1,18 @@
 //! A transactional ordered key-value store in the blocks of a Fusion cluster's shared
-//! storage: a B+tree of 8 KiB (block-sized) nodes with overflow chains for large values and a
-//! free list, built only on the public [`instance::api`]. Any instance serves any key,
+//! storage: a B+tree of 8 KiB (block-sized) nodes with overflow chains for large values and
+//! free lists, built only on the public [`instance::api`]. Any instance serves any key,
 //! concurrently with the others.
 //!
 //! ```no_run
+//! use instance::api::Instance;
+//! use instance::config::InstanceConfig;
 //! use kv::{Kv, KvConfig};
+//! use std::sync::Arc;
+//!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let instance: std::sync::Arc<instance::api::Instance> = todo!();
-//! let kv = Kv::open(instance, KvConfig::default())?;
+//! let config = InstanceConfig::load(std::path::Path::new("cluster-0.toml"))?;
+//! let kv = Kv::open(Arc::new(Instance::start(config)?), KvConfig::default())?;
+//! // One atomic, durable transaction; rerun by itself on a conflict.
 //! kv.transaction(|t| {
 //!     let n = t.get(b"counter")?.map_or(0, |v| v.len());
 //!     t.put(b"counter", &vec![b'x'; n + 1])
@@ -22,50 +27,57 @@
 //! Block 0 of the data file is the instance's allocation high-water mark
 //! ([`Instance::allocate_block`]). The KV layer owns block 1 (its superblock), block 2 (the
 //! root node, which never moves: a root split moves its contents into two new children) and
-//! block 3 (the free-list head); [`Kv::open`] creates them on a data file no one has
-//! allocated from yet, and refuses one whose block 1 holds something else. Every other block
-//! is a node, an overflow block or free; the formats are in [`node`]. New blocks come from
-//! the free list, else from the high-water mark (in the transaction that needs them, so a
-//! rollback returns them); blocks freed by deletes and merges go back to the free list.
+//! blocks 3 to 66 (one free-list head per instance id); [`Kv::open`] creates them on a data
+//! file no one has allocated from yet, and refuses one whose block 1 holds something else.
+//! Every other block is a node, an overflow block or free; the formats are in [`node`]. An
+//! instance takes new blocks from its own free list, else moves the high-water mark by up to
+//! 16 blocks (in the transaction that needs them, so a rollback returns them), else (the
+//! file is full) from another instance's list; blocks freed by deletes, overwrites and merges
+//! go onto the freeing instance's list, so instances never meet over allocation.
 //!
 //! # Concurrency: why nothing deadlocks and no update is lost
 //!
 //! The engine gives a transaction blocks in X until its commit is durable (two-phase
-//! locking) and does not break a cycle of transactions waiting for each other's blocks. The
-//! KV layer therefore never lets a transaction wait for a block that a waiting transaction
-//! holds, and puts every other wait under a lock with a timeout:
+//! locking), and a wait for a block has no timeout: a cycle of transactions waiting for
+//! each other's blocks would hang for ever. The KV layer therefore sorts every wait into
+//! *timed* waits (for enqueues) and *untimed* ones (for blocks), and keeps untimed waits out
+//! of every cycle:
 //!
-//! 1. **Block locks.** Before a transaction changes a block (or relies on a node's contents
-//!    staying as read), it takes the block's GES enqueue (`LockName { kind: 0x4B56, a: block
-//!    }`) in EX with the configured timeout, held to commit or rollback. GES waits end with a
-//!    grant, a timeout, or GES deadlock detection choosing a victim; either failure is
-//!    [`KvError::Retry`] and the transaction rolls back. GES grants enqueues per instance, so
-//!    transactions of one instance first queue in a local table ([`locks`]) with the same
-//!    timeout and local cycle detection.
-//! 2. **Taking X.** A transaction calls `tx.write(block)` only for blocks whose enqueue it
-//!    holds (or for a block fresh past the high-water mark, which no one else can name).
-//!    Every other holder of that block is then a reader in S, and readers never wait while
-//!    holding a block that a writer could hold (below), so `tx.write` waits a bounded time.
-//! 3. **Readers** descend from the root taking each node in S and releasing it before taking
-//!    the child (no lock coupling). A node carries *fence keys* (the key range it covers)
-//!    and its level; a reader that lands on a node that no longer covers its key (split,
-//!    merged, freed or reused since it read the parent) starts again from the root. The
-//!    only time a reader holds two blocks is a leaf in S while it reads a value's overflow
-//!    chain: those blocks can be held in X only by a transaction holding the leaf in X
-//!    (chains are reached only through their leaf; free blocks are not in any live chain),
-//!    which the reader's S excludes.
-//! 4. **Writers** descend like readers, take the leaf's enqueue, re-read it and check its
-//!    tag, level and fences cover the key; on a mismatch they release that enqueue and
-//!    start again. Under the enqueue the node cannot change, so the check stays true to
-//!    commit. Structure changes take more enqueues in the same way: a split takes the new
-//!    block(s) and then the parent (found again by descending to the level above); a merge
-//!    takes the parent and then the sibling; the free list and the high-water mark have
-//!    enqueues of their own. These orders differ between operations, so cycles of enqueue
-//!    waits can form; GES deadlock detection (or the timeout) breaks them with a Retry.
+//! 1. **Block enqueues.** Before a transaction changes a block, or relies on a node staying
+//!    as read, it takes the block's GES enqueue (`LockName { kind: 0x4B56, a: lock id }`;
+//!    blocks past the KV layer's own share 65,536 lock ids, so the locks an instance keeps
+//!    cached stay bounded) in EX with the configured timeout, held to commit or rollback. A GES wait ends with a
+//!    grant, the timeout, or GES deadlock detection choosing a victim; the last two are
+//!    [`KvError::Retry`] and the transaction rolls back. GES grants enqueues per instance,
+//!    so the transactions of one instance first queue in a local table (module `locks`) with the
+//!    same timeout and immediate local cycle detection.
+//! 2. **X only under the enqueue.** A transaction calls `tx.write(block)` only for blocks
+//!    whose enqueue it holds (or for blocks fresh past the high-water mark, which no one
+//!    else can name). A writer takes a leaf in X before it frees or allocates that leaf's
+//!    overflow blocks.
+//! 3. **One structure change at a time.** Splits and merges (the only changes of internal
+//!    nodes) first take one cluster-wide enqueue, so at most one transaction holds internal
+//!    nodes in X.
+//! 4. **Descents** read from the root taking each internal node in S and releasing it
+//!    before the child (no lock coupling). Nodes carry *fence keys* (the key range they
+//!    cover) and their level: a descent that lands on a node that no longer covers its key
+//!    (split, merged, freed or reused since the parent was read) starts again from the
+//!    root. A transaction reads the node it descends to only after taking its enqueue, and
+//!    checks tag, level and fences again there; on a mismatch it releases that enqueue and
+//!    descends again. [`Kv::get`] holds the leaf in S while it reads the value's overflow
+//!    chain.
 //!
-//! The one wait outside any enqueue is a transaction's S read of an internal node that
-//! another transaction holds in X for a split or merge; if that other transaction waits for
-//! an enqueue of the first, its enqueue wait times out (`lock_timeout`) and it retries.
+//! Untimed waits then end without any other wait ending first: a wait for X after the
+//! enqueue (2) waits only for readers, which hold one block for a copy, or a leaf while
+//! reading a chain whose blocks only that leaf's X holder could hold in X (2); a read of a
+//! block under its own enqueue waits for no one; a descent's read of an internal node waits
+//! only for the one structure changer (3), whose own untimed waits are of the kinds above
+//! or for nodes it holds itself; a read of a leaf (or of the root while it is a leaf) waits
+//! for a writer whose untimed waits are again of those kinds. So every cycle of waits
+//! contains a timed wait, and the timeout or deadlock detection breaks it. GES sees waits
+//! between instances, the local table those inside one: a cycle through both ends by
+//! timeout, and GES may choose a victim among instances whose transactions do not really
+//! wait for each other (a spurious Retry, never a hang).
 //!
 //! No update is lost because every change is made under the EX enqueue of each block it
 //! touches, on contents read under that enqueue, and published only by a durable commit
@@ -94,7 +106,7 @@ use instance::api::{Instance, InstanceError, LockGuard, Transaction};
 use instance::core::CoreError;
 use locks::{LocalLockError, LocalLocks};
 use node::{Block, Body, Node, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,27 +116,49 @@ use std::time::{Duration, Instant};
 pub const LOCK_KIND: u16 = 0x4B56;
 /// The enqueue [`Kv::open`] takes while it creates the tree.
 const OPEN_LOCK: LockName = LockName::new(LOCK_KIND, u64::MAX, 1);
+/// The pseudo-block whose enqueue a transaction holds to change internal nodes (splits and
+/// merges): one structure change in the cluster at a time (crate doc, rule 3).
+const SMO_LOCK: u64 = u64::MAX;
+/// Enqueues shared by the blocks past the KV layer's own (see [`lock_id`]).
+const LOCK_BUCKETS: u64 = 1 << 16;
 /// The data file's allocation high-water mark (owned by the instance).
 const HWM_BLOCK: u64 = 0;
 /// The KV superblock.
 pub const SUPER_BLOCK: u64 = 1;
-/// Blocks the KV layer creates at first open: the superblock, the root, the free-list head.
-const FIRST_FREE_BLOCK: u64 = 4;
+/// Free lists: one per instance id, so that instances allocate and free without meeting.
+const FREE_LISTS: u64 = interconnect::MAX_INSTANCES as u64;
+/// The first block the KV layer does not create at first open (block 0, the superblock, the
+/// root and the free-list heads come before it).
+pub const FIRST_FREE_BLOCK: u64 = SUPER_BLOCK + 2 + FREE_LISTS;
+/// Blocks the high-water mark moves at once when an instance's free list is empty; the
+/// ones not needed now go onto that free list.
+const GROW_BATCH: u64 = 16;
 /// A lookup that keeps landing on nodes that changed under it gives up (Retry) after this
 /// many restarts from the root.
 const MAX_RESTARTS: usize = 1000;
-/// A node below this share of the payload is merged with a sibling when the two fit.
+/// The most bytes of changes (with their record headers) one transaction may log: the redo
+/// log's largest entry.
+pub const MAX_TXN_REDO: usize =
+    instance::redo::codec::MAX_ENTRY_LEN - instance::redo::codec::ENTRY_HEADER_LEN;
+/// A node whose entries take less than this share of the payload is merged with a sibling
+/// when the two fit.
 const MERGE_BELOW: usize = 4;
 
-/// Limits and waits of the KV layer. The defaults: keys up to 1 KiB, values up to 1 MiB, 1024
-/// keys per transaction, a 2 s lock wait, 20 reruns.
+/// Limits and waits of the KV layer. The defaults: keys up to 1 KiB, values up to 256 KiB,
+/// 1024 keys per transaction, a 2 s lock wait, 20 reruns.
+///
+/// One transaction's changes are one redo entry, at most [`MAX_TXN_REDO`] bytes (about
+/// 507 KiB): a value (with its overflow blocks) must fit in it with room to spare, and a
+/// transaction whose changes outgrow it fails with [`KvError::TxnTooLarge`].
 #[derive(Debug, Clone)]
 pub struct KvConfig {
     /// Longest key, bytes (empty keys are allowed). At most about a sixth of the block
-    /// payload (1,341 bytes with 8 KiB blocks), so that every node holds at least three
-    /// entries and splits always fit.
+    /// payload (1,343 bytes with 8 KiB blocks), so that an entry fits in half a node beside
+    /// the node's two fence keys and splits always fit. Leaf entries up to that half
+    /// (key and value, about 2 KiB with the default keys) are kept inline.
     pub max_key_len: usize,
-    /// Longest value, bytes. Values that do not fit in a leaf go to overflow blocks.
+    /// Longest value, bytes. Values that do not fit in a leaf go to overflow blocks. At most
+    /// [`MAX_TXN_REDO`] less 64 KiB.
     pub max_value_len: usize,
     /// Most keys one transaction may touch: each get, put and delete counts one, a scan
     /// counts its `limit`.
@@ -140,7 +174,7 @@ impl Default for KvConfig {
     fn default() -> Self {
         Self {
             max_key_len: 1024,
-            max_value_len: 1 << 20,
+            max_value_len: 256 << 10,
             max_keys_per_txn: 1024,
             lock_timeout: Duration::from_secs(2),
             max_retries: 20,
@@ -195,8 +229,14 @@ pub enum KvError {
     /// The configuration cannot work with this storage.
     #[error("KV configuration: {0}")]
     Config(String),
+    /// The transaction's changes outgrew one commit's redo; it was rolled back.
+    #[error("the transaction's changes need more than {max} bytes of redo")]
+    TxnTooLarge {
+        /// The limit, [`MAX_TXN_REDO`].
+        max: usize,
+    },
     /// An earlier operation of this transaction failed, so it was rolled back; it can only
-    /// be dropped.
+    /// be dropped. (After a [`KvError::Retry`], later calls repeat that Retry instead.)
     #[error("the transaction was rolled back after an earlier error: {0}")]
     Aborted(String),
 }
@@ -222,12 +262,15 @@ fn lock_error(e: InstanceError) -> KvError {
     }
 }
 
+/// Key-value pairs in key order, as scans return them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Space used by the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvSpace {
     /// The data file's allocation high-water mark (blocks 0.. are allocated).
     pub allocated: u64,
-    /// Blocks on the free list.
+    /// Blocks on the free lists.
     pub free: u64,
 }
 
@@ -246,6 +289,28 @@ pub struct TreeReport {
     pub free_blocks: u64,
 }
 
+/// Counters of one [`Kv`] since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KvStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Transactions that ended in [`KvError::Retry`] (each rerun of
+    /// [`Kv::transaction`] counts).
+    pub retries: u64,
+    /// Of those, lock waits that timed out (local or GES).
+    pub lock_timeouts: u64,
+    /// Of those, deadlock victims (local or GES detection).
+    pub deadlocks: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    retries: AtomicU64,
+    lock_timeouts: AtomicU64,
+    deadlocks: AtomicU64,
+}
+
 /// Sizes derived from the block payload and the configuration.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -258,15 +323,14 @@ struct Geometry {
 
 impl Geometry {
     fn new(payload: usize, config: &KvConfig) -> Result<Self, KvError> {
-        // A node's entries must fit in half a payload minus its two fences, three times over,
-        // so that an over-full node always splits into two halves that fit.
+        // One entry must fit in half a payload less a node's header and two fences: then a
+        // node that one entry made over-full splits into two halves that each fit (the
+        // left half holds at most half the bytes plus one entry).
         let fences = 2 * (config.max_key_len + 3) + 1;
-        let max_leaf_entry = (payload / 2)
-            .checked_sub(node::NODE_HEADER + fences + 8)
-            .unwrap_or(0);
+        let max_leaf_entry = (payload / 2).saturating_sub(node::NODE_HEADER + fences + 8);
         let largest_entry =
             node::internal_entry_len(&vec![0; config.max_key_len]).max(config.max_key_len + 27);
-        if largest_entry > max_leaf_entry || max_leaf_entry * 3 > payload {
+        if largest_entry > max_leaf_entry {
             let most = (payload / 2).saturating_sub(node::NODE_HEADER + 7 + 8 + 27) / 3;
             return Err(KvError::Config(format!(
                 "max_key_len {} is too long for blocks with a {payload}-byte payload (at most {most})",
@@ -278,11 +342,11 @@ impl Geometry {
                 "max_keys_per_txn must be at least 1".into(),
             ));
         }
-        if config.max_value_len > u32::MAX as usize {
+        let most = MAX_TXN_REDO - (64 << 10);
+        if config.max_value_len > most {
             return Err(KvError::Config(format!(
-                "max_value_len {} is above the format's {} bytes",
-                config.max_value_len,
-                u32::MAX
+                "max_value_len {} is above {most} bytes: a value and its overflow blocks must fit in one commit's redo",
+                config.max_value_len
             )));
         }
         Ok(Self {
@@ -305,9 +369,13 @@ pub struct Kv {
     config: KvConfig,
     geometry: Geometry,
     root: u64,
-    free_list: u64,
+    /// The first free-list head; instance `i`'s is `free_lists + i`.
+    free_lists: u64,
+    /// This instance's free list.
+    own_free_list: u64,
     locks: LocalLocks,
     next_txn: AtomicU64,
+    counters: Counters,
 }
 
 impl Kv {
@@ -316,7 +384,7 @@ impl Kv {
     /// is serialized by an enqueue).
     pub fn open(instance: Arc<Instance>, config: KvConfig) -> Result<Kv, KvError> {
         let geometry = Geometry::new(instance.payload_len(), &config)?;
-        let (root, free_list) = match Self::superblock(&instance)? {
+        let (root, free_lists) = match Self::superblock(&instance)? {
             Some(found) => found,
             None => {
                 let wait = config.lock_timeout.max(Duration::from_secs(30));
@@ -329,14 +397,17 @@ impl Kv {
                 }
             }
         };
+        let own_free_list = free_lists + instance.id().index() as u64;
         Ok(Kv {
             instance,
             config,
             geometry,
             root,
-            free_list,
+            free_lists,
+            own_free_list,
             locks: LocalLocks::default(),
             next_txn: AtomicU64::new(1),
+            counters: Counters::default(),
         })
     }
 
@@ -353,7 +424,7 @@ impl Kv {
         }
     }
 
-    /// Creates the superblock, an empty root and the free-list head, with the high-water
+    /// Creates the superblock, an empty root and the free-list heads, with the high-water
     /// mark moved past them, in one transaction.
     fn create(
         instance: &Instance,
@@ -384,8 +455,9 @@ impl Kv {
         let blocks = [
             (SUPER_BLOCK, Block::Super { root, free_list }),
             (root, Block::Node(Node::empty_root())),
-            (free_list, Block::FreeList { head: 0, count: 0 }),
-        ];
+        ]
+        .into_iter()
+        .chain((0..FREE_LISTS).map(|i| (free_list + i, Block::FreeList { head: 0, count: 0 })));
         for (n, block) in blocks {
             let bytes = node::encode(&block, geometry.payload)
                 .map_err(|e| KvError::corrupt(n, e.to_string()))?;
@@ -412,8 +484,9 @@ impl Kv {
             id: self.next_txn.fetch_add(1, Ordering::Relaxed),
             tx: Some(self.instance.begin()),
             written: HashSet::new(),
-            guards: Vec::new(),
+            guards: HashMap::new(),
             keys: 0,
+            redo: 0,
             aborted: None,
         }
     }
@@ -427,7 +500,8 @@ impl Kv {
         let mut attempt = 0u32;
         loop {
             let mut txn = self.begin();
-            let seed = txn.id;
+            // Transaction ids count from 1 on every instance: mix in which instance.
+            let seed = txn.id ^ ((self.instance.id().index() as u64) << 48);
             let error = match body(&mut txn) {
                 Ok(result) => match txn.commit() {
                     Ok(()) => return Ok(result),
@@ -452,8 +526,8 @@ impl Kv {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(key)?;
         for _ in 0..MAX_RESTARTS {
-            let (n, _) = descend(self.root, key, 0, &mut |n| read_block(&self.instance, n))?;
-            // Held in S while the overflow chain is read (see the crate doc, rule 3).
+            let n = descend(self.root, key, 0, &mut |n| read_block(&self.instance, n))?;
+            // Held in S while the overflow chain is read (see the crate doc, rule 4).
             let held = self.instance.read(self.instance.block(n)?)?;
             let node = match node::decode(&held.bytes()) {
                 Ok(Block::Node(node)) if node.level == 0 && node.covers(key) => node,
@@ -483,13 +557,13 @@ impl Kv {
         from: Bound<&[u8]>,
         to: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    ) -> Result<Pairs, KvError> {
         let mut out = Vec::new();
         let mut lower = owned_bound(from);
         let mut restarts = 0;
         while out.len() < limit {
             let start = bound_key(&lower);
-            let (n, _) = descend(self.root, &start, 0, &mut |n| read_block(&self.instance, n))?;
+            let n = descend(self.root, &start, 0, &mut |n| read_block(&self.instance, n))?;
             let held = self.instance.read(self.instance.block(n)?)?;
             let node = match node::decode(&held.bytes()) {
                 Ok(Block::Node(node)) if node.level == 0 && node.covers(&start) => node,
@@ -512,19 +586,25 @@ impl Kv {
         Ok(out)
     }
 
-    /// The allocation high-water mark and the free list's length (committed state).
+    /// The allocation high-water mark and the free lists' length (committed state).
     pub fn space(&self) -> Result<KvSpace, KvError> {
         let allocated = le_u64(&read_block(&self.instance, HWM_BLOCK)?, 0);
-        match node::decode(&read_block(&self.instance, self.free_list)?) {
-            Ok(Block::FreeList { count, .. }) => Ok(KvSpace {
-                allocated,
-                free: count,
-            }),
-            _ => Err(KvError::corrupt(self.free_list, "not the free-list head")),
+        let mut free = 0;
+        for list in self.free_lists..self.free_lists + FREE_LISTS {
+            free += self.free_list_head(list)?.1;
+        }
+        Ok(KvSpace { allocated, free })
+    }
+
+    /// Free list `list`'s head and length (committed state).
+    fn free_list_head(&self, list: u64) -> Result<(u64, u64), KvError> {
+        match node::decode(&read_block(&self.instance, list)?) {
+            Ok(Block::FreeList { head, count }) => Ok((head, count)),
+            _ => Err(KvError::corrupt(list, "not a free-list head")),
         }
     }
 
-    /// Walks the whole tree and the free list and checks them: fences, levels and key order
+    /// Walks the whole tree and the free lists and checks them: fences, levels and key order
     /// of every node, overflow chains, and that every block the KV layer allocated is
     /// exactly one of a node, an overflow block or free (nothing leaked, nothing shared).
     /// Reads without locks: meaningful only while no transaction runs.
@@ -532,7 +612,7 @@ impl Kv {
         let space = self.space()?;
         let mut seen: HashSet<u64> = HashSet::new();
         let mut claim = |b: u64, what: &str| {
-            if b < FIRST_FREE_BLOCK && b != self.root || b >= space.allocated || !seen.insert(b) {
+            if (b < FIRST_FREE_BLOCK && b != self.root) || b >= space.allocated || !seen.insert(b) {
                 Err(KvError::corrupt(
                     b,
                     format!("{what} block reached twice or out of range"),
@@ -601,28 +681,27 @@ impl Kv {
                 }
             }
         }
-        let mut at = match node::decode(&read_block(&self.instance, self.free_list)?) {
-            Ok(Block::FreeList { head, .. }) => head,
-            _ => return Err(KvError::corrupt(self.free_list, "not the free-list head")),
-        };
-        while at != 0 {
-            claim(at, "free")?;
-            report.free_blocks += 1;
-            at = match node::decode(&read_block(&self.instance, at)?) {
-                Ok(Block::Free { next } | Block::Overflow { next, .. }) => next,
-                _ => return Err(KvError::corrupt(at, "a free-list block that is not free")),
-            };
+        for list in self.free_lists..self.free_lists + FREE_LISTS {
+            let (mut at, count) = self.free_list_head(list)?;
+            let mut listed = 0;
+            while at != 0 {
+                claim(at, "free")?;
+                listed += 1;
+                at = match node::decode(&read_block(&self.instance, at)?) {
+                    Ok(Block::Free { next } | Block::Overflow { next, .. }) => next,
+                    _ => return Err(KvError::corrupt(at, "a free-list block that is not free")),
+                };
+            }
+            if listed != count {
+                return Err(KvError::corrupt(list, "free count differs from the list"));
+            }
+            report.free_blocks += listed;
         }
-        if report.free_blocks != space.free {
-            return Err(KvError::corrupt(
-                self.free_list,
-                "free count differs from the list",
-            ));
-        }
-        let accounted = seen.len() as u64 + 3;
+        // The superblock and the free-list heads are the others.
+        let accounted = seen.len() as u64 + 1 + FREE_LISTS;
         if accounted != space.allocated - 1 {
             return Err(KvError::corrupt(
-                self.free_list,
+                SUPER_BLOCK,
                 format!(
                     "{} blocks allocated past block 0, {accounted} accounted for: blocks leaked",
                     space.allocated - 1
@@ -674,6 +753,17 @@ impl Kv {
         Ok(())
     }
 
+    /// Counters since open.
+    pub fn stats(&self) -> KvStats {
+        let c = &self.counters;
+        KvStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            lock_timeouts: c.lock_timeouts.load(Ordering::Relaxed),
+            deadlocks: c.deadlocks.load(Ordering::Relaxed),
+        }
+    }
+
     /// Local block locks held now (by running transactions).
     pub fn locks_held(&self) -> usize {
         self.locks.held()
@@ -689,12 +779,14 @@ pub struct KvTxn<'k> {
     tx: Option<Transaction<'k>>,
     /// Blocks this transaction holds in X (read through it: a read would wait for itself).
     written: HashSet<u64>,
-    /// Enqueues held, by block.
-    guards: Vec<(u64, LockGuard<'k>)>,
+    /// Enqueues held, by lock id ([`lock_id`]).
+    guards: HashMap<u64, LockGuard<'k>>,
     /// Keys touched so far (against `max_keys_per_txn`).
     keys: usize,
+    /// Redo bytes logged so far (against [`MAX_TXN_REDO`]).
+    redo: usize,
     /// Why the transaction was rolled back after an error.
-    aborted: Option<String>,
+    aborted: Option<Aborted>,
 }
 
 impl std::fmt::Debug for KvTxn<'_> {
@@ -739,6 +831,8 @@ impl<'k> KvTxn<'k> {
         self.count(1)?;
         self.guarded(|t| {
             let (n, mut node) = t.locked_node(key, 0)?;
+            // X on the leaf before its chains change (crate doc, rule 2).
+            t.hold(n)?;
             let Body::Leaf(entries) = &mut node.body else {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
@@ -779,10 +873,12 @@ impl<'k> KvTxn<'k> {
             let Ok(i) = entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) else {
                 return Ok(false);
             };
+            // X on the leaf before its chains change (crate doc, rule 2).
+            t.hold(n)?;
             let (_, old) = entries.remove(i);
             t.free_value(&old)?;
             t.write(n, &Block::Node(node.clone()))?;
-            if n != t.kv.root && node.encoded_len() < t.kv.geometry.payload / MERGE_BELOW {
+            if n != t.kv.root && node.entries_len() < t.kv.geometry.payload / MERGE_BELOW {
                 t.merge(n, node)?;
             }
             Ok(true)
@@ -791,20 +887,23 @@ impl<'k> KvTxn<'k> {
 
     /// Up to `limit` pairs within the bounds, in key order (this transaction's own writes
     /// included). Every leaf the range covers stays locked to the end, so the result stays
-    /// true until commit. `limit` counts against `max_keys_per_txn`.
+    /// true until commit. The pairs returned count against `max_keys_per_txn`
+    /// ([`KvError::TooManyKeys`] when the range holds more than that leaves).
     pub fn scan(
         &mut self,
         from: Bound<&[u8]>,
         to: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    ) -> Result<Pairs, KvError> {
         for bound in [from, to] {
             if let Bound::Included(k) | Bound::Excluded(k) = bound {
                 self.kv.check_key(k)?;
             }
         }
-        self.count(limit)?;
-        self.guarded(|t| {
+        // Pairs beyond what the key limit leaves are looked for only to refuse the scan.
+        let left = self.kv.config.max_keys_per_txn - self.keys;
+        let limit = limit.min(left.saturating_add(1));
+        let out = self.guarded(|t| {
             let mut out = Vec::new();
             let mut lower = owned_bound(from);
             while out.len() < limit {
@@ -820,16 +919,20 @@ impl<'k> KvTxn<'k> {
                 }
             }
             Ok(out)
-        })
+        })?;
+        self.count(out.len())?;
+        Ok(out)
     }
 
     /// Commits: returns once the changes are durable (at once for a transaction that only
     /// read), then releases the locks.
     pub fn commit(mut self) -> Result<(), KvError> {
         if let Some(why) = self.aborted.take() {
-            return Err(KvError::Aborted(why));
+            return Err(why.again());
         }
-        self.finish(true)
+        self.finish(true)?;
+        self.kv.counters.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Rolls the changes back and releases the locks.
@@ -856,14 +959,20 @@ impl<'k> KvTxn<'k> {
         op: impl FnOnce(&mut Self) -> Result<R, KvError>,
     ) -> Result<R, KvError> {
         if let Some(why) = &self.aborted {
-            return Err(KvError::Aborted(why.clone()));
+            return Err(why.again());
         }
         if self.tx.is_none() {
             return Err(KvError::Aborted("the transaction has ended".into()));
         }
         let result = op(self);
         if let Err(e) = &result {
-            self.aborted = Some(e.to_string());
+            if matches!(e, KvError::Retry(_)) {
+                self.kv.counters.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            self.aborted = Some(Aborted {
+                retry: matches!(e, KvError::Retry(_)),
+                why: e.to_string(),
+            });
             let _ = self.finish(false);
         }
         result
@@ -880,23 +989,21 @@ impl<'k> KvTxn<'k> {
             }
             None => Ok(()),
         };
-        let blocks: Vec<u64> = self
+        let ids: Vec<u64> = self
             .guards
-            .drain(..)
-            .map(|(block, guard)| {
+            .drain()
+            .map(|(id, guard)| {
                 drop(guard);
-                block
+                id
             })
             .collect();
-        self.kv.locks.release(self.id, &blocks);
+        self.kv.locks.release(self.id, &ids);
         self.written.clear();
         result
     }
 
     fn tx(&mut self) -> Result<&mut Transaction<'k>, KvError> {
-        self.tx
-            .as_mut()
-            .ok_or_else(|| KvError::Aborted("the transaction has ended".into()))
+        self.tx.as_mut().ok_or_else(ended)
     }
 
     /// Block `n`'s payload: through the transaction when it holds the block in X, else in S
@@ -910,6 +1017,15 @@ impl<'k> KvTxn<'k> {
         read_block(&self.kv.instance, n)
     }
 
+    /// Takes block `n` in X for this transaction without changing it (yet). The caller holds
+    /// `n`'s enqueue.
+    fn hold(&mut self, n: u64) -> Result<(), KvError> {
+        let id = self.kv.instance.block(n)?;
+        self.written.insert(n);
+        self.tx()?.write(id)?;
+        Ok(())
+    }
+
     /// Writes `block` into block `n` (taking it in X), logging only the bytes that change.
     /// The caller holds `n`'s enqueue (or `n` is fresh past the high-water mark).
     fn write(&mut self, n: u64, block: &Block) -> Result<(), KvError> {
@@ -917,46 +1033,61 @@ impl<'k> KvTxn<'k> {
         let bytes = node::encode(block, payload).map_err(|e| KvError::corrupt(n, e.to_string()))?;
         let id = self.kv.instance.block(n)?;
         self.written.insert(n);
-        let mut b = self.tx()?.write(id)?;
+        let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
         let ranges = changed_ranges(&b.bytes(), &bytes);
         for (start, end) in ranges {
+            self.redo += end - start + instance::redo::codec::RECORD_HEADER_LEN;
+            if self.redo > MAX_TXN_REDO {
+                return Err(KvError::TxnTooLarge { max: MAX_TXN_REDO });
+            }
             b.update(start, &bytes[start..end])?;
         }
         Ok(())
     }
 
     /// Takes block `n`'s enqueue in EX (local table first, then GES). Returns whether this
-    /// call took it (false: already held).
+    /// call took it (false: already held, maybe as another block of its bucket).
     fn lock(&mut self, n: u64) -> Result<bool, KvError> {
-        if self.guards.iter().any(|(b, _)| *b == n) {
+        let id = lock_id(n);
+        if self.guards.contains_key(&id) {
             return Ok(false);
         }
         let deadline = Instant::now() + self.kv.config.lock_timeout;
-        self.kv
-            .locks
-            .acquire(self.id, n, deadline)
-            .map_err(|e| match e {
+        self.kv.locks.acquire(self.id, id, deadline).map_err(|e| {
+            let counters = &self.kv.counters;
+            match e {
                 LocalLockError::TimedOut => {
+                    counters.lock_timeouts.fetch_add(1, Ordering::Relaxed);
                     KvError::Retry(format!("timed out waiting for block {n}'s lock"))
                 }
                 LocalLockError::Deadlock => {
+                    counters.deadlocks.fetch_add(1, Ordering::Relaxed);
                     KvError::Retry(format!("deadlock waiting for block {n}'s lock"))
                 }
-            })?;
+            }
+        })?;
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
         match self
             .kv
             .instance
-            .lock(block_lock(n), LockMode::Exclusive, Some(left))
+            .lock(block_lock(id), LockMode::Exclusive, Some(left))
         {
             Ok(guard) => {
-                self.guards.push((n, guard));
+                self.guards.insert(id, guard);
                 Ok(true)
             }
             Err(e) => {
-                self.kv.locks.release(self.id, &[n]);
+                self.kv.locks.release(self.id, &[id]);
+                if let InstanceError::Core(CoreError::Lock { error, .. }) = &e {
+                    let counters = &self.kv.counters;
+                    match error {
+                        ges::LockError::TimedOut => &counters.lock_timeouts,
+                        _ => &counters.deadlocks,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                }
                 Err(lock_error(e))
             }
         }
@@ -965,10 +1096,10 @@ impl<'k> KvTxn<'k> {
     /// Releases block `n`'s enqueue taken in vain (the block was not what the descent
     /// expected and this transaction neither changed nor relied on it).
     fn unlock(&mut self, n: u64) {
-        if let Some(i) = self.guards.iter().position(|(b, _)| *b == n) {
-            let (_, guard) = self.guards.swap_remove(i);
+        let id = lock_id(n);
+        if let Some(guard) = self.guards.remove(&id) {
             drop(guard);
-            self.kv.locks.release(self.id, &[n]);
+            self.kv.locks.release(self.id, &[id]);
         }
     }
 
@@ -977,11 +1108,17 @@ impl<'k> KvTxn<'k> {
     fn locked_node(&mut self, key: &[u8], level: u8) -> Result<(u64, Node), KvError> {
         let root = self.kv.root;
         for _ in 0..MAX_RESTARTS {
-            let (n, _) = descend(root, key, level, &mut |b| self.read(b))?;
+            let n = descend(root, key, level, &mut |b| self.read(b))?;
             let fresh = self.lock(n)?;
             match node::decode(&self.read(n)?) {
                 Ok(Block::Node(node)) if node.level == level && node.covers(key) => {
                     return Ok((n, node));
+                }
+                Ok(Block::Node(_)) => {
+                    // Split or merged since the descent read it (the root changes level).
+                    if fresh && !self.written.contains(&n) {
+                        self.unlock(n);
+                    }
                 }
                 _ if n == root => return Err(KvError::corrupt(n, "the root is not a node")),
                 _ => {
@@ -1002,6 +1139,7 @@ impl<'k> KvTxn<'k> {
         if node.encoded_len() <= self.kv.geometry.payload {
             return self.write(n, &Block::Node(node));
         }
+        self.lock(SMO_LOCK)?;
         let (left, separator, right) = split(n, node)?;
         let level = left.level;
         if n == self.kv.root {
@@ -1045,6 +1183,7 @@ impl<'k> KvTxn<'k> {
     /// list, the parent loses a separator (and may merge in turn), and a root left with one
     /// child takes that child's place.
     fn merge(&mut self, n: u64, node: Node) -> Result<(), KvError> {
+        self.lock(SMO_LOCK)?;
         let level = node.level;
         let (p, mut parent) = self.locked_node(&node.low, level + 1)?;
         let Body::Internal { keys, children } = &mut parent.body else {
@@ -1068,13 +1207,18 @@ impl<'k> KvTxn<'k> {
             Ok(Block::Node(o)) if o.level == level => o,
             _ => return Err(KvError::corrupt(other, "a sibling that is not a node")),
         };
+        let emptied = node.is_empty();
         let (left, right) = if ln == n {
             (node, other_node)
         } else {
             (other_node, node)
         };
         let merged = join(left, keys[li].clone(), right);
-        if merged.encoded_len() > self.kv.geometry.payload * 3 / 4 {
+        // An empty node goes whenever its sibling can take its range; others merge only
+        // with room to spare, so that the next insert does not split them again.
+        let payload = self.kv.geometry.payload;
+        let room = if emptied { payload } else { payload * 3 / 4 };
+        if merged.encoded_len() > room {
             return Ok(());
         }
         keys.remove(li);
@@ -1088,7 +1232,7 @@ impl<'k> KvTxn<'k> {
         }
         self.write(ln, &Block::Node(merged))?;
         self.free_block(rn)?;
-        let small = parent.encoded_len() < self.kv.geometry.payload / MERGE_BELOW;
+        let small = parent.entries_len() < self.kv.geometry.payload / MERGE_BELOW;
         self.write(p, &Block::Node(parent.clone()))?;
         if small && p != root {
             self.merge(p, parent)?;
@@ -1096,56 +1240,98 @@ impl<'k> KvTxn<'k> {
         Ok(())
     }
 
-    /// The free list's head and length, with its enqueue taken.
-    fn free_list(&mut self) -> Result<(u64, u64), KvError> {
-        let f = self.kv.free_list;
-        self.lock(f)?;
-        match node::decode(&self.read(f)?) {
+    /// Free list `list`'s head and length, with its enqueue taken.
+    fn free_list(&mut self, list: u64) -> Result<(u64, u64), KvError> {
+        self.lock(list)?;
+        match node::decode(&self.read(list)?) {
             Ok(Block::FreeList { head, count }) => Ok((head, count)),
-            _ => Err(KvError::corrupt(f, "not the free-list head")),
+            _ => Err(KvError::corrupt(list, "not a free-list head")),
         }
     }
 
-    /// A block for this transaction to fill: the free list's first, else one past the
-    /// high-water mark (moved in this transaction, so a rollback returns it).
+    /// A block for this transaction to fill: from this instance's free list, else past the
+    /// high-water mark (moved in this transaction, so a rollback returns the blocks), else
+    /// (the data file is full) from another instance's free list.
     fn allocate(&mut self) -> Result<u64, KvError> {
-        let (head, count) = self.free_list()?;
-        if head != 0 {
-            self.lock(head)?;
-            let next = match node::decode(&self.read(head)?) {
-                Ok(Block::Free { next } | Block::Overflow { next, .. }) => next,
-                _ => return Err(KvError::corrupt(head, "a free-list block that is not free")),
-            };
-            let f = self.kv.free_list;
-            self.write(
-                f,
-                &Block::FreeList {
-                    head: next,
-                    count: count.saturating_sub(1),
-                },
-            )?;
-            return Ok(head);
+        let own = self.kv.own_free_list;
+        if let Some(b) = self.pop(own)? {
+            return Ok(b);
         }
+        if let Some(b) = self.grow()? {
+            return Ok(b);
+        }
+        for list in self.kv.free_lists..self.kv.free_lists + FREE_LISTS {
+            if list != own
+                && let Some(b) = self.pop(list)?
+            {
+                return Ok(b);
+            }
+        }
+        Err(KvError::Full)
+    }
+
+    /// The first block of free list `list`, taken off it; `None` when it is empty.
+    fn pop(&mut self, list: u64) -> Result<Option<u64>, KvError> {
+        let (head, count) = self.free_list(list)?;
+        if head == 0 {
+            return Ok(None);
+        }
+        self.lock(head)?;
+        let next = match node::decode(&self.read(head)?) {
+            Ok(Block::Free { next } | Block::Overflow { next, .. }) => next,
+            _ => return Err(KvError::corrupt(head, "a free-list block that is not free")),
+        };
+        self.write(
+            list,
+            &Block::FreeList {
+                head: next,
+                count: count.saturating_sub(1),
+            },
+        )?;
+        Ok(Some(head))
+    }
+
+    /// Moves the high-water mark by up to [`GROW_BATCH`] blocks: returns the first and puts
+    /// the others on this instance's free list (its enqueue is held: `pop` found it empty).
+    /// `None` when the data file is full.
+    fn grow(&mut self) -> Result<Option<u64>, KvError> {
         self.lock(HWM_BLOCK)?;
         let id = self.kv.instance.block(HWM_BLOCK)?;
         let data_blocks = self.kv.instance.data_blocks();
         self.written.insert(HWM_BLOCK);
-        let mut b = self.tx()?.write(id)?;
-        let next = le_u64(&b.bytes(), 0).max(1);
-        if next >= data_blocks {
-            return Err(KvError::Full);
+        let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
+        let first = le_u64(&b.bytes(), 0).max(1);
+        if first >= data_blocks {
+            return Ok(None);
         }
-        b.update(0, &(next + 1).to_le_bytes())?;
-        Ok(next)
+        let end = first.saturating_add(GROW_BATCH).min(data_blocks);
+        b.update(0, &end.to_le_bytes())?;
+        self.redo += 8 + instance::redo::codec::RECORD_HEADER_LEN;
+        let own = self.kv.own_free_list;
+        let (mut head, count) = self.free_list(own)?;
+        // Blocks past the old mark were never reachable: no one else can name them, so
+        // they are written without their enqueues.
+        for fresh in (first + 1..end).rev() {
+            self.write(fresh, &Block::Free { next: head })?;
+            head = fresh;
+        }
+        self.write(
+            own,
+            &Block::FreeList {
+                head,
+                count: count + (end - first - 1),
+            },
+        )?;
+        Ok(Some(first))
     }
 
-    /// Puts block `n` (locked, no longer reachable) on the free list.
+    /// Puts block `n` (locked, no longer reachable) on this instance's free list.
     fn free_block(&mut self, n: u64) -> Result<(), KvError> {
-        let (head, count) = self.free_list()?;
+        let own = self.kv.own_free_list;
+        let (head, count) = self.free_list(own)?;
         self.write(n, &Block::Free { next: head })?;
-        let f = self.kv.free_list;
         self.write(
-            f,
+            own,
             &Block::FreeList {
                 head: n,
                 count: count + 1,
@@ -1192,17 +1378,35 @@ impl<'k> KvTxn<'k> {
             Ok(Block::Overflow { next: 0, data }) => data,
             _ => return Err(KvError::corrupt(last, "not the last block of a chain")),
         };
-        let (head, count) = self.free_list()?;
+        let own = self.kv.own_free_list;
+        let (head, count) = self.free_list(own)?;
         self.write(last, &Block::Overflow { next: head, data })?;
         let blocks = self.kv.geometry.chain_blocks(len);
-        let f = self.kv.free_list;
         self.write(
-            f,
+            own,
             &Block::FreeList {
                 head: first,
                 count: count + blocks,
             },
         )
+    }
+}
+
+/// Why a transaction was rolled back after an error of one of its operations.
+#[derive(Debug, Clone)]
+struct Aborted {
+    /// The error was a [`KvError::Retry`]: so is every later call (and the commit).
+    retry: bool,
+    why: String,
+}
+
+impl Aborted {
+    fn again(&self) -> KvError {
+        if self.retry {
+            KvError::Retry(self.why.clone())
+        } else {
+            KvError::Aborted(self.why.clone())
+        }
     }
 }
 
@@ -1212,9 +1416,25 @@ impl Drop for KvTxn<'_> {
     }
 }
 
-/// The enqueue of block `n`.
-fn block_lock(n: u64) -> LockName {
-    LockName::new(LOCK_KIND, n, 0)
+fn ended() -> KvError {
+    KvError::Aborted("the transaction has ended".into())
+}
+
+/// The lock id of block `n`: the KV layer's own blocks (and the structure-change lock) have
+/// their own; every other block shares one of [`LOCK_BUCKETS`], so that the locks an
+/// instance keeps cached stay bounded however large the data file. Two blocks sharing a
+/// lock only wait for each other more often.
+fn lock_id(n: u64) -> u64 {
+    if n < FIRST_FREE_BLOCK || n == SMO_LOCK {
+        n
+    } else {
+        FIRST_FREE_BLOCK + (n - FIRST_FREE_BLOCK) % LOCK_BUCKETS
+    }
+}
+
+/// The enqueue of lock id `id`.
+fn block_lock(id: u64) -> LockName {
+    LockName::new(LOCK_KIND, id, 0)
 }
 
 /// Block `n`'s payload, read in S and released.
@@ -1233,15 +1453,16 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(raw)
 }
 
-/// Finds the node at `level` covering `key`, reading from the root through `read` without
-/// locks (each node released before its child is read), and starting again when a node no
-/// longer covers the key.
+/// The block of the node at `level` that covers `key`, found by reading from the root
+/// through `read` without locks (each node released before its child is read), starting
+/// again when a node no longer covers the key. The node itself is not read (unless it is the
+/// root): the caller reads it under its enqueue, or knows it may be stale.
 fn descend(
     root: u64,
     key: &[u8],
     level: u8,
     read: &mut dyn FnMut(u64) -> Result<Vec<u8>, KvError>,
-) -> Result<(u64, Node), KvError> {
+) -> Result<u64, KvError> {
     'restart: for _ in 0..MAX_RESTARTS {
         let mut n = root;
         let mut expected: Option<u8> = None;
@@ -1260,7 +1481,7 @@ fn descend(
                 continue 'restart;
             }
             if node.level == level {
-                return Ok((n, node));
+                return Ok(n);
             }
             if node.level < level {
                 continue 'restart;
@@ -1268,6 +1489,9 @@ fn descend(
             let Some((_, child)) = node.child_for(key) else {
                 return Err(KvError::corrupt(n, "an internal node without children"));
             };
+            if node.level == level + 1 {
+                return Ok(child);
+            }
             expected = Some(node.level - 1);
             n = child;
         }
@@ -1407,7 +1631,7 @@ fn scan_leaf(
     lower: &Bound<Vec<u8>>,
     to: Bound<&[u8]>,
     limit: usize,
-    out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    out: &mut Pairs,
     value: &mut dyn FnMut(&Value) -> Result<Vec<u8>, KvError>,
 ) -> Result<Option<Vec<u8>>, KvError> {
     let Body::Leaf(entries) = &node.body else {
@@ -1485,7 +1709,9 @@ fn changed_ranges(old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
 /// A random pause before rerun `attempt`, growing with it (up to about 50 ms), so that
 /// transactions that collided do not collide again in step.
 fn backoff(attempt: u32, seed: u64) -> Duration {
-    let nanos = Instant::now().elapsed().as_nanos() as u64;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
     let mut x = seed ^ nanos ^ 0x9E37_79B9_7F4A_7C15;
     x ^= x << 13;
     x ^= x >> 7;
@@ -1497,6 +1723,24 @@ fn backoff(attempt: u32, seed: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_is_shared_among_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Kv>();
+        send_sync::<KvError>();
+    }
+
+    #[test]
+    fn blocks_past_the_kv_blocks_share_bounded_lock_ids() {
+        for n in 0..FIRST_FREE_BLOCK {
+            assert_eq!(lock_id(n), n);
+        }
+        assert_eq!(lock_id(SMO_LOCK), SMO_LOCK);
+        assert_eq!(lock_id(FIRST_FREE_BLOCK + LOCK_BUCKETS), FIRST_FREE_BLOCK);
+        assert_eq!(lock_id(FIRST_FREE_BLOCK + 5), FIRST_FREE_BLOCK + 5);
+        assert!(lock_id(u64::MAX - 1) < FIRST_FREE_BLOCK + LOCK_BUCKETS);
+    }
 
     #[test]
     fn changed_ranges_join_close_runs() {

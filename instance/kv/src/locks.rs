@@ -1,5 +1,5 @@
-//! The local half of the KV layer's block locks: which transaction of this process holds the
-//! lock on a block, and who waits for whom.
+//! The local half of the KV layer's block locks: which transaction of this process holds
+//! each lock (by lock id), and who waits for whom.
 //!
 //! The GES grants an enqueue to an *instance*, and refuses a second request for a name this
 //! instance already holds or requests; so at most one transaction per instance may hold or
@@ -26,9 +26,9 @@ pub(crate) enum LocalLockError {
 
 #[derive(Debug, Default)]
 struct Table {
-    /// Block -> the transaction holding its lock.
+    /// Lock id -> the transaction holding it.
     holders: HashMap<u64, u64>,
-    /// Transaction -> the block it waits for.
+    /// Transaction -> the lock id it waits for.
     waiting: HashMap<u64, u64>,
 }
 

@@ -155,13 +155,26 @@ impl Node {
     /// Bytes [`encode`] writes for this node.
     pub fn encoded_len(&self) -> usize {
         let fences = 2 + self.low.len() + 1 + self.high.as_ref().map_or(0, |h| 2 + h.len());
-        let body = match &self.body {
+        NODE_HEADER + fences + self.entries_len()
+    }
+
+    /// Whether the node holds nothing: a leaf without entries, or an internal node with a
+    /// single child.
+    pub fn is_empty(&self) -> bool {
+        match &self.body {
+            Body::Leaf(entries) => entries.is_empty(),
+            Body::Internal { keys, .. } => keys.is_empty(),
+        }
+    }
+
+    /// Bytes of the entries alone (what a node holds, not where it is).
+    pub fn entries_len(&self) -> usize {
+        match &self.body {
             Body::Leaf(entries) => entries.iter().map(|(k, v)| leaf_entry_len(k, v)).sum(),
             Body::Internal { keys, .. } => {
                 8 + keys.iter().map(|k| internal_entry_len(k)).sum::<usize>()
             }
-        };
-        NODE_HEADER + fences + body
+        }
     }
 
     /// The child of an internal node that covers `key` and its index; `None` for a leaf.

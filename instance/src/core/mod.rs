@@ -112,8 +112,18 @@ pub enum IoOp {
     /// write it, then call [`Core::on_block_recovered`].
     Recover {
         /// The blocks.
-        blocks: Vec<BlockId>,
+        blocks: Vec<RecoveryTarget>,
     },
+}
+
+/// A recovery-set block and where its rebuild starts.
+#[derive(Debug)]
+pub struct RecoveryTarget {
+    /// The block.
+    pub block: BlockId,
+    /// This instance holds the newest past image among the survivors: start from it (or
+    /// from storage's copy, when that is newer; a torn storage copy is then replaced).
+    pub past_image: Option<crate::cache::PastImagePin>,
 }
 
 /// Why a local operation failed, or the core refused an input.
@@ -158,7 +168,23 @@ pub enum CoreError {
     /// The instance stopped (fenced, lost the majority, lost its storage, or shut down).
     #[error("the instance stopped: {0}")]
     Stopped(String),
+    /// Messages for epochs this instance has not reached exceed the bound: it has fallen too
+    /// far behind the cluster (or a peer floods it) and stops rather than grow or drop them.
+    #[error("{messages} messages ({bytes} bytes) wait for a future epoch, over the bound")]
+    FutureBacklog {
+        /// Messages kept.
+        messages: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
 }
+
+/// At most this many messages of a future epoch are kept, and at most [`MAX_FUTURE_BYTES`]:
+/// a member one reconfiguration behind needs the rebuild reports of the next epoch, never
+/// more than a master table's worth.
+pub const MAX_FUTURE_MESSAGES: usize = 1 << 20;
+/// Bytes bound of the future-epoch backlog.
+pub const MAX_FUTURE_BYTES: usize = 256 << 20;
 
 impl From<CacheError> for CoreError {
     fn from(e: CacheError) -> Self {
@@ -290,8 +316,10 @@ pub struct Core {
     use_counter: u64,
     stats: CoreStats,
     failed: Option<CoreError>,
-    /// Messages of an epoch this instance has not reached yet, replayed when it does.
+    /// Messages of an epoch this instance has not reached yet, replayed when it does
+    /// (bounded: [`MAX_FUTURE_MESSAGES`], [`MAX_FUTURE_BYTES`]).
     future: Vec<(InstanceId, Service, Epoch, Vec<u8>)>,
+    future_bytes: usize,
     /// The dead instances' changed blocks, waiting for the rebuild to finish.
     scanned: Option<Vec<BlockId>>,
     /// Recovery-set blocks handed out and not yet recovered.
@@ -356,6 +384,7 @@ impl Core {
             stats: CoreStats::default(),
             failed: None,
             future: Vec::new(),
+            future_bytes: 0,
             scanned: None,
             recovering: BTreeSet::new(),
             checkpoint_pending: BTreeMap::new(),
@@ -394,11 +423,12 @@ impl Core {
         self.recovering.clear();
         self.pump(now);
         let future = std::mem::take(&mut self.future);
+        self.future_bytes = 0;
         for (from, service, at, body) in future {
             if at <= epoch {
                 let _ = self.on_message(from, service, &body, now);
             } else {
-                self.future.push((from, service, at, body));
+                self.keep_for_future(from, service, at, body);
             }
         }
         Ok(())
@@ -447,6 +477,16 @@ impl Core {
     pub fn on_block_recovered(&mut self, block: BlockId, scn: Scn, now: Timestamp) {
         if self.recovering.remove(&block) {
             self.gcs.on_block_recovered(block, scn, now);
+        }
+        self.pump(now);
+    }
+
+    /// A recovery-set block could not be rebuilt (its storage copy is torn and no survivor's
+    /// past image could replace it): it is served again from storage, whose verification
+    /// reports it (with its location) to every reader, and the rest of recovery completes.
+    pub fn on_block_unrecoverable(&mut self, block: BlockId, now: Timestamp) {
+        if self.recovering.remove(&block) {
+            self.gcs.on_block_recovered(block, Scn(0), now);
         }
         self.pump(now);
     }
@@ -714,7 +754,7 @@ impl Core {
         let result = match service {
             Service::Gcs => match GcsMessage::decode(body) {
                 Ok(msg) if msg.epoch > epoch => {
-                    self.future.push((from, service, msg.epoch, body.to_vec()));
+                    self.keep_for_future(from, service, msg.epoch, body.to_vec());
                     Ok(())
                 }
                 Ok(msg) => self
@@ -725,7 +765,7 @@ impl Core {
             },
             Service::Ges => match ges::Message::decode(body) {
                 Ok(msg) if msg.epoch > epoch => {
-                    self.future.push((from, service, msg.epoch, body.to_vec()));
+                    self.keep_for_future(from, service, msg.epoch, body.to_vec());
                     Ok(())
                 }
                 Ok(msg) => {
@@ -738,6 +778,20 @@ impl Core {
         };
         self.pump(now);
         result.map_err(|detail| CoreError::BadMessage { from, detail })
+    }
+
+    fn keep_for_future(&mut self, from: InstanceId, service: Service, epoch: Epoch, body: Vec<u8>) {
+        if self.future.len() >= MAX_FUTURE_MESSAGES
+            || self.future_bytes.saturating_add(body.len()) > MAX_FUTURE_BYTES
+        {
+            self.fail(CoreError::FutureBacklog {
+                messages: self.future.len(),
+                bytes: self.future_bytes,
+            });
+            return;
+        }
+        self.future_bytes += body.len();
+        self.future.push((from, service, epoch, body));
     }
 
     /// Timers due at `now`.
@@ -1192,9 +1246,19 @@ impl Core {
                 self.frames_freed();
             }
             gcs::Event::RecoverySet { blocks } => {
-                let blocks: Vec<BlockId> = blocks.iter().map(|b| b.block).collect();
-                self.recovering.extend(blocks.iter().copied());
-                self.ios.push_back(IoOp::Recover { blocks });
+                let me = self.id();
+                let targets: Vec<RecoveryTarget> = blocks
+                    .iter()
+                    .map(|b| RecoveryTarget {
+                        block: b.block,
+                        past_image: b
+                            .best_pi
+                            .filter(|(holder, _)| *holder == me)
+                            .and_then(|_| self.cache.past_image(b.block)),
+                    })
+                    .collect();
+                self.recovering.extend(targets.iter().map(|t| t.block));
+                self.ios.push_back(IoOp::Recover { blocks: targets });
             }
         }
     }

@@ -5,7 +5,7 @@
 //! over buffers. It must never do I/O; [`super`] reads and writes the sectors.
 
 use super::{FORMAT_VERSION, SECTOR};
-use interconnect::{ClusterId, Epoch, InstanceId, InstanceSet, Scn};
+use interconnect::{ClusterId, InstanceId, Scn};
 
 /// Magic of the header sector.
 pub const HEADER_MAGIC: [u8; 8] = *b"FUSIONDB";
@@ -74,11 +74,15 @@ pub struct InstanceSlot {
     pub redo_size: u64,
     /// Where recovery starts.
     pub checkpoint: Checkpoint,
-    /// Instances this one has voted to fence.
-    pub fence_votes: InstanceSet,
-    /// Epoch of those votes.
-    pub fence_epoch: Epoch,
+    /// The owner's Disk Paxos block (`crate::paxos::PaxosBlock`, with its own checksum;
+    /// all zero before the first proposal): membership decisions, written only by the owner.
+    pub paxos: [u8; SLOT_PAXOS_LEN],
 }
+
+/// Bytes of the Disk Paxos block inside a slot (at offset [`SLOT_PAXOS_OFFSET`]).
+pub const SLOT_PAXOS_LEN: usize = 128;
+/// Where the Disk Paxos block sits in a slot sector.
+pub const SLOT_PAXOS_OFFSET: usize = 128;
 
 /// A sector could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -236,8 +240,7 @@ impl InstanceSlot {
             checkpoint_offset(self.checkpoint.sequence, self.redo_size),
         );
         put_u64(sector, 72, self.checkpoint.scn.0);
-        put_u64(sector, 80, self.fence_votes.bits());
-        put_u64(sector, 88, self.fence_epoch.0);
+        sector[SLOT_PAXOS_OFFSET..SLOT_PAXOS_OFFSET + SLOT_PAXOS_LEN].copy_from_slice(&self.paxos);
         seal(&mut sector[..SECTOR], &SLOT_MAGIC);
     }
 
@@ -282,8 +285,13 @@ impl InstanceSlot {
                 sequence,
                 scn: Scn(get_u64(sector, 72)),
             },
-            fence_votes: InstanceSet::from_bits(get_u64(sector, 80)),
-            fence_epoch: Epoch(get_u64(sector, 88)),
+            paxos: {
+                let mut paxos = [0u8; SLOT_PAXOS_LEN];
+                paxos.copy_from_slice(
+                    &sector[SLOT_PAXOS_OFFSET..SLOT_PAXOS_OFFSET + SLOT_PAXOS_LEN],
+                );
+                paxos
+            },
         })
     }
 }
@@ -330,8 +338,7 @@ mod tests {
                 sequence: 17,
                 scn: Scn(400),
             },
-            fence_votes: InstanceSet::from_bits(0b101),
-            fence_epoch: Epoch(4),
+            paxos: [0x5a; SLOT_PAXOS_LEN],
         };
         slot.encode(&mut sector);
         assert_eq!(InstanceSlot::decode(&sector), Ok(slot));

@@ -19,14 +19,14 @@ pub use control::{Checkpoint, ControlHeader, InstanceSlot, SectorError, SlotStat
 
 use crate::storage::{self, AlignedBuf, IoClass, SharedStorage, StorageError, StorageOptions};
 use gcs::BlockId;
-use interconnect::{ClusterId, Epoch, InstanceId, InstanceSet, MAX_INSTANCES, Scn};
+use interconnect::{ClusterId, InstanceId, MAX_INSTANCES, Scn};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// The control area's unit: every header and slot is one sector.
 pub const SECTOR: usize = 4096;
 /// Smallest and largest data block size.
@@ -412,8 +412,7 @@ impl Layout {
                 sequence: 1,
                 scn: Scn(0),
             },
-            fence_votes: InstanceSet::EMPTY,
-            fence_epoch: Epoch(0),
+            paxos: [0; control::SLOT_PAXOS_LEN],
         })
     }
 }

@@ -152,3 +152,26 @@ pub(crate) fn preallocate(file: &File, size: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Time since boot, counting time the host spent suspended (`CLOCK_BOOTTIME`): the I/O lease
+/// is measured with it, so a host that resumes from suspend (or a VM resumed after a pause)
+/// finds its lease expired instead of writing on a lease the others already waited out.
+/// `CLOCK_MONOTONIC` (`Instant`) stops during suspend.
+pub fn boottime() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists on every Linux this
+    // crate runs on (2.6.39+); the call writes only `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        // Cannot happen with a valid clock id and pointer; a zero time makes every lease look
+        // expired (the safe side) rather than panicking.
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}

@@ -42,8 +42,8 @@ pub mod uring;
 pub mod faulty;
 
 pub use arena::{AlignedBuf, ArenaError, Frame, IoArena};
-pub use file::DirectIo;
 pub(crate) use file::preallocate;
+pub use file::{DirectIo, boottime};
 
 use std::fmt;
 use std::io;

@@ -49,7 +49,9 @@
 
 use gcs::{BlockId, BlockMode, GcsBody, GcsConfig, GcsMessage, ShipPolicy};
 use instance::cache::{BufferCache, Filling, Lookup, Pin};
-use instance::core::{BlockGrant, Completion, Core, CoreConfig, CoreError, IoOp, Send, Ticket};
+use instance::core::{
+    BlockGrant, Completion, Core, CoreConfig, CoreError, IoOp, RecoveryTarget, Send, Ticket,
+};
 use instance::format::{self, BlockError, ClusterSpec, Layout, seal_block, verify_block};
 use instance::recovery::{ThreadScan, recover_blocks, scan_threads};
 use instance::redo::{GroupCommitConfig, RedoRecord, RedoWriter};
@@ -414,7 +416,7 @@ struct Node {
     lost: InstanceSet,
     recovery: Option<NodeRecovery>,
     /// Recovery-set blocks waiting for the redo scan.
-    to_recover: Vec<BlockId>,
+    to_recover: Vec<RecoveryTarget>,
     /// Changes of this instance's previous lives in its thread past its checkpoint, per
     /// block with the newest SCN, that storage did not hold yet at the last look: the redo
     /// checkpoint stays until it does (they may be dirty in another instance's cache).
@@ -480,7 +482,7 @@ enum Event {
     Recover {
         node: usize,
         epoch: Epoch,
-        blocks: Vec<BlockId>,
+        blocks: Vec<RecoveryTarget>,
         scan: Arc<ThreadScan>,
     },
     /// An isolated instance is fenced.
@@ -1324,8 +1326,8 @@ impl Sim {
                     self.stats.recoveries += 1;
                     self.schedule(Duration::ZERO, Event::Scan { node, epoch });
                 }
-                for &block in &blocks {
-                    self.check_not_held(block, "in a recovery set");
+                for target in &blocks {
+                    self.check_not_held(target.block, "in a recovery set");
                 }
                 self.nodes[node].to_recover.extend(blocks);
                 self.start_recovery(node);
@@ -2242,15 +2244,34 @@ impl Sim {
 
     /// Rebuilds recovery-set blocks from storage and every thread's redo (as the runtime's
     /// recovery thread), and reports each at the epoch it was handed out for.
-    fn recover(&mut self, node: usize, epoch: Epoch, blocks: &[BlockId], scan: &ThreadScan) {
+    fn recover(&mut self, node: usize, epoch: Epoch, blocks: &[RecoveryTarget], scan: &ThreadScan) {
         for batch in blocks.chunks(RECOVERY_BATCH) {
-            for &block in batch {
-                self.check_not_held(block, "being recovered");
+            for target in batch {
+                self.check_not_held(target.block, "being recovered");
             }
-            let recovered = match recover_blocks(self.storage.as_ref(), &self.layout, scan, batch) {
+            let latches: Vec<_> = batch
+                .iter()
+                .map(|t| t.past_image.as_ref().map(|pi| (pi.read(), pi.scn())))
+                .collect();
+            let starts: Vec<instance::recovery::RecoveryStartImage<'_>> = batch
+                .iter()
+                .zip(&latches)
+                .map(|(t, l)| (t.block, l.as_ref().map(|(bytes, scn)| (&bytes[..], *scn))))
+                .collect();
+            let recovered = match recover_blocks(self.storage.as_ref(), &self.layout, scan, &starts)
+            {
                 Ok(recovered) => recovered,
-                Err(e) => self.fail(format!("n{node}: recovering {batch:?}: {e}")),
+                Err(e) => self.fail(format!("n{node}: recovering {starts:?}: {e}")),
             };
+            drop(starts);
+            drop(latches);
+            let recovered: Vec<_> = recovered
+                .into_iter()
+                .map(|r| match r {
+                    Ok(r) => r,
+                    Err(e) => self.fail(format!("n{node}: recovering: {e}")),
+                })
+                .collect();
             for r in recovered {
                 let block = r.block;
                 let v = self.storage_version(block);

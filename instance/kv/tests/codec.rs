@@ -1,0 +1,144 @@
+//! Property tests of the block codec: every valid block survives encode and decode, and any
+//! bytes at all decode to a block or an error, never a panic.
+
+#![allow(clippy::unwrap_used)]
+
+use kv::node::{self, Block, Body, Node, Value};
+use proptest::prelude::*;
+
+const PAYLOAD: usize = 8192 - 32;
+
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..40)
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..100).prop_map(Value::Inline),
+        (any::<u64>(), 1..u64::MAX, 1..u64::MAX).prop_map(|(len, first, last)| Value::Overflow {
+            len,
+            first,
+            last
+        }),
+    ]
+}
+
+/// A valid node: sorted distinct keys strictly inside fences made from the smallest and
+/// largest generated keys.
+fn tree_node() -> impl Strategy<Value = Node> {
+    (
+        prop::collection::btree_map(key(), value(), 0..30),
+        any::<bool>(),
+        any::<bool>(),
+        1..8u8,
+        any::<bool>(),
+        prop::collection::vec(1..u64::MAX, 31),
+    )
+        .prop_map(|(entries, low_fence, high_fence, level, leaf, children)| {
+            let mut entries: Vec<(Vec<u8>, Value)> = entries.into_iter().collect();
+            // Fences taken from the ends keep every remaining key inside them.
+            let low = if low_fence && !entries.is_empty() {
+                entries.remove(0).0
+            } else {
+                Vec::new()
+            };
+            let high = if high_fence && !entries.is_empty() {
+                entries.pop().map(|(k, _)| k)
+            } else {
+                None
+            };
+            if leaf {
+                Node {
+                    level: 0,
+                    low,
+                    high,
+                    body: Body::Leaf(entries),
+                }
+            } else {
+                // Separators must lie above the low fence.
+                let keys: Vec<Vec<u8>> = entries
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| *k > low)
+                    .collect();
+                let children = children[..keys.len() + 1].to_vec();
+                Node {
+                    level,
+                    low,
+                    high,
+                    body: Body::Internal { keys, children },
+                }
+            }
+        })
+}
+
+fn block() -> impl Strategy<Value = Block> {
+    prop_oneof![
+        (1..u64::MAX, 1..u64::MAX).prop_map(|(root, free_list)| Block::Super { root, free_list }),
+        (any::<u64>(), any::<u64>()).prop_map(|(head, count)| Block::FreeList { head, count }),
+        any::<u64>().prop_map(|next| Block::Free { next }),
+        (any::<u64>(), prop::collection::vec(any::<u8>(), 0..2000))
+            .prop_map(|(next, data)| Block::Overflow { next, data }),
+        tree_node().prop_map(Block::Node),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn encode_then_decode_round_trips(block in block()) {
+        let bytes = node::encode(&block, PAYLOAD).unwrap();
+        if let Block::Node(n) = &block {
+            prop_assert_eq!(bytes.len(), n.encoded_len());
+        }
+        // Whatever follows the encoding in the payload is ignored.
+        let mut payload = bytes.clone();
+        payload.resize(PAYLOAD, 0xEE);
+        prop_assert_eq!(node::decode(&payload).unwrap(), block);
+    }
+
+    #[test]
+    fn random_bytes_decode_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = node::decode(&bytes);
+    }
+
+    #[test]
+    fn damaged_blocks_decode_without_panic(
+        block in block(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = node::encode(&block, PAYLOAD).unwrap();
+        for (at, x) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        // Damaged contents, and a truncated copy.
+        let _ = node::decode(&bytes);
+        let end = cut.index(bytes.len() + 1);
+        let _ = node::decode(&bytes[..end]);
+    }
+
+    /// A decoded node always satisfies the invariants the tree relies on.
+    #[test]
+    fn decoded_nodes_keep_keys_ordered_within_fences(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let mut framed = vec![0xA3, 0, (bytes.len() % 5) as u8, 0, 0, 0, 0, 0];
+        framed.extend(bytes);
+        if let Ok(Block::Node(n)) = node::decode(&framed)
+            && let Body::Leaf(entries) = &n.body
+        {
+            prop_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+            prop_assert!(entries.iter().all(|(k, _)| n.covers(k)));
+        }
+    }
+}
+
+#[test]
+fn a_node_too_large_for_the_payload_is_refused() {
+    let node = Node {
+        level: 0,
+        low: Vec::new(),
+        high: None,
+        body: Body::Leaf(vec![(b"k".to_vec(), Value::Inline(vec![0; PAYLOAD]))]),
+    };
+    assert!(node::encode(&Block::Node(node), PAYLOAD).is_err());
+}

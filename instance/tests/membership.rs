@@ -1,0 +1,677 @@
+//! The membership simulator: N real [`ClusterManager`]s, each with its real [`DiskPaxos`], on
+//! one seeded virtual clock, over a lossy network and a shared voting area whose I/O can be
+//! delayed, stalled (it lands late), or fail.
+//!
+//! Faults, drawn by the seed: one-link and one-way cuts, lost, duplicated and delayed control
+//! messages, process pauses (the node takes no steps; its I/O still lands), storage stalls of
+//! one node (its I/O and disk heartbeats held for seconds, with its network up or cut), write
+//! errors (the write may land anyway), kills, and small forward jumps of one node's clock.
+//! The runtime's part is modelled as the runtime does it: a disk round writes the heartbeat,
+//! reads every slot and renews the lease (from the round's start) only when the manager says
+//! it may; a survivor begins recovering lost members at [`ClusterManager::lost_lease_end`].
+//!
+//! Checked after every step:
+//! * at most one membership per epoch, ever (every `Reconfigure` applied anywhere);
+//! * a member left out of an epoch never keeps serving in it (it stops once it learns);
+//! * fencing: when a survivor begins recovering a lost member, that member's lease (global
+//!   time) has run out, so no I/O of it is submitted or acknowledged after recovery began.
+//!
+//! At the end, with every fault healed: the running nodes agree on one epoch whose members
+//! are exactly the running nodes (liveness).
+//!
+//! Replay one seed: `FUSION_SEED=N cargo test -p instance --test membership replay --
+//! --nocapture`; more seeds: `FUSION_MEMBERSHIP_SEEDS=N`.
+
+use instance::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfig};
+use instance::paxos::{Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosConfig, PaxosIo, Proposal};
+use interconnect::sim::SimRng;
+use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
+
+fn id(n: usize) -> InstanceId {
+    InstanceId::new(n as u64).expect("instance id")
+}
+
+/// What happens at a virtual time.
+#[derive(Debug, Clone)]
+enum Ev {
+    /// The node's timers.
+    Tick(usize),
+    /// The node's disk-heartbeat round begins.
+    DiskRound(usize),
+    /// The round's heartbeat write landed (or failed); reads follow.
+    RoundWritten { node: usize, started: u64, ok: bool },
+    /// The round's reads were served (`slots`: what they returned); the driver handles them.
+    RoundRead {
+        node: usize,
+        started: u64,
+        ok: bool,
+        slots: Vec<(u64, [u8; PAXOS_BLOCK_LEN])>,
+    },
+    /// A Paxos write of `node`'s block lands now (`land`) and completes (`ok`).
+    PaxosWrite {
+        node: usize,
+        bytes: [u8; PAXOS_BLOCK_LEN],
+        ok: bool,
+        land: bool,
+    },
+    /// A Paxos read of `owner`'s block is served now.
+    PaxosRead { node: usize, owner: usize, ok: bool },
+    /// A cluster message or a network heartbeat (`None`) arrives.
+    Deliver {
+        from: usize,
+        to: usize,
+        message: Option<ClusterMessage>,
+    },
+    /// A fault begins.
+    Fault,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    cuts: u64,
+    pauses: u64,
+    stalls: u64,
+    kills: u64,
+    jumps: u64,
+    reconfigurations: u64,
+    stops: u64,
+    recoveries: u64,
+}
+
+struct Node {
+    m: ClusterManager,
+    alive: bool,
+    /// Takes no steps before this (SIGSTOP).
+    paused_until: u64,
+    /// Its storage I/O is held until this.
+    stalled_until: u64,
+    /// Added to the global time for its `now` (forward jumps only).
+    clock_offset: u64,
+    /// Global time until which it may submit I/O.
+    lease_until: u64,
+    heartbeat: u64,
+    /// The newest Paxos block it asked to write.
+    latest_paxos: Option<[u8; PAXOS_BLOCK_LEN]>,
+    /// Survivor bookkeeping: members lost and when this node learnt the decision (local).
+    recovering: Option<(InstanceSet, Timestamp)>,
+}
+
+struct Sim {
+    rng: SimRng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: Vec<Option<Ev>>,
+    nodes: Vec<Node>,
+    /// The voting area: each slot's heartbeat counter and Paxos block.
+    heartbeats: Vec<u64>,
+    blocks: Vec<[u8; PAXOS_BLOCK_LEN]>,
+    /// Directed links that drop everything, until a time.
+    cut_until: BTreeMap<(usize, usize), u64>,
+    /// Every membership applied anywhere, by epoch.
+    memberships: BTreeMap<u64, InstanceSet>,
+    /// Faults happen before this time; afterwards the cluster must settle.
+    faults_end: u64,
+    stats: Stats,
+    trace: bool,
+}
+
+const LEASE_MS: u64 = 600;
+
+impl Sim {
+    fn new(seed: u64, trace: bool) -> Self {
+        let mut rng = SimRng::new(seed);
+        let n = rng.between(2, 5) as usize;
+        let all: InstanceSet = (0..n).map(id).collect();
+        let failure = FailureConfig::default();
+        let nodes = (0..n)
+            .map(|i| {
+                let decision = Decision {
+                    epoch: Epoch(1),
+                    value: Proposal {
+                        members: all,
+                        proposer: id(0),
+                    },
+                };
+                let config = PaxosConfig {
+                    slots: n,
+                    phase_timeout: instance::paxos::DEFAULT_PHASE_TIMEOUT,
+                };
+                let mut paxos = DiskPaxos::new(id(i), config, decision).expect("paxos");
+                paxos.recover_own(&[0u8; PAXOS_BLOCK_LEN]).expect("recover");
+                let mut m =
+                    ClusterManager::new(id(i), all, Epoch(1), all, failure, paxos, Timestamp::ZERO)
+                        .expect("manager");
+                for p in all.iter().filter(|p| *p != id(i)) {
+                    m.on_connected(p);
+                    m.on_frame(p, Epoch(1), Timestamp::ZERO);
+                }
+                Node {
+                    m,
+                    alive: true,
+                    paused_until: 0,
+                    stalled_until: 0,
+                    clock_offset: 0,
+                    lease_until: LEASE_MS,
+                    heartbeat: 0,
+                    latest_paxos: None,
+                    recovering: None,
+                }
+            })
+            .collect();
+        let faults_end = rng.between(8_000, 20_000);
+        let mut sim = Sim {
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            nodes,
+            heartbeats: vec![0; n],
+            blocks: vec![[0u8; PAXOS_BLOCK_LEN]; n],
+            cut_until: BTreeMap::new(),
+            memberships: BTreeMap::from([(1, all)]),
+            faults_end,
+            stats: Stats::default(),
+            trace,
+        };
+        sim.memberships.insert(1, all);
+        for i in 0..n {
+            let d = sim.rng.below(100);
+            sim.at(d, Ev::Tick(i));
+            let d = sim.rng.below(100);
+            sim.at(d, Ev::DiskRound(i));
+        }
+        let d = sim.rng.between(500, 2_000);
+        sim.at(d, Ev::Fault);
+        sim
+    }
+
+    fn at(&mut self, delay: u64, ev: Ev) {
+        self.seq += 1;
+        self.events.push(Some(ev));
+        let index = self.events.len() - 1;
+        self.queue
+            .push(Reverse((self.now + delay, self.seq, index)));
+    }
+
+    fn local(&self, node: usize) -> Timestamp {
+        Timestamp::ZERO + Duration::from_millis(self.now + self.nodes[node].clock_offset)
+    }
+
+    fn log(&self, what: impl FnOnce() -> String) {
+        if self.trace {
+            println!("{:>6} ms  {}", self.now, what());
+        }
+    }
+
+    fn fail(&self, what: String) -> ! {
+        panic!("at {} ms: {what}", self.now)
+    }
+
+    /// Whether `node` can act now; a paused node's event waits until it resumes.
+    fn runnable(&mut self, node: usize, ev: &Ev) -> bool {
+        let n = &self.nodes[node];
+        if !n.alive {
+            return false;
+        }
+        if n.paused_until > self.now {
+            let wait = n.paused_until - self.now;
+            self.at(wait, ev.clone());
+            return false;
+        }
+        true
+    }
+
+    /// Storage latency for `node`: held to the end of a stall.
+    fn io_delay(&mut self, node: usize) -> u64 {
+        let base = self.rng.between(1, 8);
+        let stall = self.nodes[node].stalled_until.saturating_sub(self.now);
+        stall + base
+    }
+
+    fn linked(&self, from: usize, to: usize) -> bool {
+        self.cut_until
+            .get(&(from, to))
+            .is_none_or(|until| *until <= self.now)
+    }
+
+    fn run(&mut self, until: u64) {
+        while let Some(&Reverse((time, _, index))) = self.queue.peek() {
+            if time > until {
+                break;
+            }
+            self.queue.pop();
+            self.now = time;
+            let Some(ev) = self.events[index].take() else {
+                continue;
+            };
+            self.step(ev);
+            self.drain();
+            self.check();
+        }
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Tick(node) => {
+                if self.nodes[node].alive {
+                    let next = self.rng.between(90, 110);
+                    self.at(next, Ev::Tick(node));
+                }
+                if !self.runnable(node, &Ev::Tick(node)) {
+                    return;
+                }
+                let now = self.local(node);
+                self.nodes[node].m.tick(now);
+            }
+            Ev::DiskRound(node) => {
+                if !self.runnable(node, &Ev::DiskRound(node)) {
+                    return;
+                }
+                // The next round follows this one's end (the runtime's disk thread loops).
+                let started = self.now;
+                let d = self.io_delay(node);
+                let ok = !self.rng.chance(1, 100);
+                self.at(d, Ev::RoundWritten { node, started, ok });
+            }
+            Ev::RoundWritten { node, started, ok } => {
+                if !self.nodes[node].alive {
+                    return;
+                }
+                if ok {
+                    // The heartbeat write carries the newest Paxos block this node asked to
+                    // write (as the runtime's slot writes do).
+                    self.nodes[node].heartbeat += 1;
+                    self.heartbeats[node] = self.nodes[node].heartbeat;
+                    if let Some(bytes) = self.nodes[node].latest_paxos {
+                        self.blocks[node] = bytes;
+                    }
+                }
+                let d = self.io_delay(node);
+                self.at(
+                    d,
+                    Ev::RoundRead {
+                        node,
+                        started,
+                        ok,
+                        slots: Vec::new(),
+                    },
+                );
+            }
+            Ev::RoundRead {
+                node,
+                started,
+                ok,
+                mut slots,
+            } => {
+                if slots.is_empty() {
+                    // Served now, whatever the driver is doing.
+                    slots = (0..self.nodes.len())
+                        .map(|i| (self.heartbeats[i], self.blocks[i]))
+                        .collect();
+                }
+                let ev = Ev::RoundRead {
+                    node,
+                    started,
+                    ok,
+                    slots,
+                };
+                if !self.runnable(node, &ev) {
+                    return;
+                }
+                let Ev::RoundRead { slots, .. } = ev else {
+                    return;
+                };
+                let now = self.local(node);
+                let m = &mut self.nodes[node].m;
+                m.begin_disk_round();
+                for (i, (beat, block)) in slots.iter().enumerate() {
+                    m.on_disk(id(i), *beat, block, now);
+                }
+                if ok && m.may_renew_lease() {
+                    let n = &mut self.nodes[node];
+                    n.lease_until = n.lease_until.max(started + LEASE_MS);
+                }
+                let next = self.rng.between(90, 110);
+                self.at(next, Ev::DiskRound(node));
+            }
+            Ev::PaxosWrite {
+                node,
+                bytes,
+                ok,
+                land,
+            } => {
+                if land {
+                    // Storage writes land even for a dead or paused writer.
+                    self.blocks[node] = bytes;
+                }
+                let ev = Ev::PaxosWrite {
+                    node,
+                    bytes,
+                    ok,
+                    land: false,
+                };
+                if !self.runnable(node, &ev) {
+                    return;
+                }
+                let now = self.local(node);
+                self.nodes[node].m.on_paxos_written(ok, now);
+            }
+            Ev::PaxosRead { node, owner, ok } => {
+                let bytes = self.blocks[owner];
+                if !self.nodes[node].alive {
+                    return;
+                }
+                if self.nodes[node].paused_until > self.now {
+                    // Served now; reported when the node runs again.
+                    let wait = self.nodes[node].paused_until - self.now;
+                    self.at(wait, Ev::PaxosRead { node, owner, ok });
+                    return;
+                }
+                let now = self.local(node);
+                let m = &mut self.nodes[node].m;
+                m.on_paxos_read(id(owner), ok.then_some(&bytes[..]), now);
+            }
+            Ev::Deliver { from, to, message } => {
+                if !self.runnable(to, &Ev::Deliver { from, to, message }) {
+                    return;
+                }
+                let now = self.local(to);
+                let m = &mut self.nodes[to].m;
+                m.on_frame(id(from), Epoch(1), now);
+                if let Some(message) = message {
+                    m.on_message(id(from), message, now);
+                }
+            }
+            Ev::Fault => self.fault(),
+        }
+    }
+
+    /// Carries out every node's actions.
+    fn drain(&mut self) {
+        for node in 0..self.nodes.len() {
+            if !self.nodes[node].alive {
+                continue;
+            }
+            while let Some(action) = self.nodes[node].m.poll_action() {
+                self.act(node, action);
+            }
+        }
+    }
+
+    fn act(&mut self, node: usize, action: ClusterAction) {
+        match action {
+            ClusterAction::Send { to, message } => self.send(node, to.index(), Some(message)),
+            ClusterAction::Heartbeat { to } => self.send(node, to.index(), None),
+            ClusterAction::Paxos(PaxosIo::WriteOwn { bytes }) => {
+                self.nodes[node].latest_paxos = Some(bytes);
+                let d = self.io_delay(node);
+                let fails = self.rng.chance(1, 50);
+                // A failed write may still have landed.
+                let land = !fails || self.rng.chance(1, 2);
+                self.at(
+                    d,
+                    Ev::PaxosWrite {
+                        node,
+                        bytes,
+                        ok: !fails,
+                        land,
+                    },
+                );
+            }
+            ClusterAction::Paxos(PaxosIo::ReadBlock { owner }) => {
+                let d = self.io_delay(node);
+                let ok = !self.rng.chance(1, 100);
+                self.at(
+                    d,
+                    Ev::PaxosRead {
+                        node,
+                        owner: owner.index(),
+                        ok,
+                    },
+                );
+            }
+            ClusterAction::Reconfigure { epoch, live, lost } => {
+                self.stats.reconfigurations += 1;
+                self.log(|| format!("n{node}: epoch {} = {live:?} (lost {lost:?})", epoch.0));
+                match self.memberships.get(&epoch.0) {
+                    Some(known) if *known != live => self.fail(format!(
+                        "epoch {} has two memberships: {known:?} and {live:?} (n{node})",
+                        epoch.0
+                    )),
+                    _ => {
+                        self.memberships.insert(epoch.0, live);
+                    }
+                }
+                let now = self.local(node);
+                let n = &mut self.nodes[node];
+                if !lost.is_empty() || n.recovering.is_some() {
+                    let before = n.recovering.map(|(l, _)| l).unwrap_or(InstanceSet::EMPTY);
+                    let all: InstanceSet = before.iter().chain(lost.iter()).collect();
+                    n.recovering = Some((all, now));
+                }
+            }
+            ClusterAction::Stop { reason } => {
+                self.stats.stops += 1;
+                self.log(|| format!("n{node}: stops: {reason}"));
+                // A stopped instance revokes its lease and leaves; peers see its
+                // connections drop.
+                let n = &mut self.nodes[node];
+                n.lease_until = n.lease_until.min(self.now);
+                n.alive = false;
+                self.disconnect(node);
+            }
+            ClusterAction::Event(event) => self.log(|| format!("n{node}: {event:?}")),
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, message: Option<ClusterMessage>) {
+        if to >= self.nodes.len() || !self.linked(from, to) {
+            return;
+        }
+        // Control messages may be lost or duplicated; heartbeats may be lost.
+        if self.rng.chance(1, 40) {
+            return;
+        }
+        let copies = if message.is_some() && self.rng.chance(1, 30) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let d = self.rng.between(0, 20);
+            self.at(d, Ev::Deliver { from, to, message });
+        }
+    }
+
+    /// `node`'s connections drop (it died or stopped): its peers notice.
+    fn disconnect(&mut self, node: usize) {
+        for peer in 0..self.nodes.len() {
+            if peer != node && self.nodes[peer].alive {
+                self.nodes[peer].m.on_disconnected(id(node));
+            }
+        }
+    }
+
+    fn fault(&mut self) {
+        if self.now >= self.faults_end {
+            return;
+        }
+        let n = self.nodes.len();
+        let victim = self.rng.below(n as u64) as usize;
+        match self.rng.below(7) {
+            0 | 1 => {
+                // Cut a link, one way or both, for a while.
+                let other = (victim + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+                let until = self.now + self.rng.between(300, 5_000);
+                self.cut_until.insert((victim, other), until);
+                if self.rng.chance(2, 3) {
+                    self.cut_until.insert((other, victim), until);
+                }
+                self.stats.cuts += 1;
+                self.log(|| format!("fault: cut n{victim}-n{other} until {until}"));
+            }
+            2 => {
+                let until = self.now + self.rng.between(200, 4_000);
+                self.nodes[victim].paused_until = until;
+                self.stats.pauses += 1;
+                self.log(|| format!("fault: n{victim} paused until {until}"));
+            }
+            3 | 4 => {
+                let until = self.now + self.rng.between(300, 4_000);
+                self.nodes[victim].stalled_until = until;
+                if self.rng.chance(1, 2) {
+                    // ... with its network cut too.
+                    for other in (0..n).filter(|o| *o != victim) {
+                        self.cut_until.insert((victim, other), until);
+                        self.cut_until.insert((other, victim), until);
+                    }
+                }
+                self.stats.stalls += 1;
+                self.log(|| format!("fault: n{victim} storage stalled until {until}"));
+            }
+            5 => {
+                // At most a minority dies, so the cluster can always go on.
+                let dead = self.nodes.iter().filter(|n| !n.alive).count();
+                if (dead + 1) * 2 < n && self.nodes[victim].alive {
+                    self.nodes[victim].alive = false;
+                    self.stats.kills += 1;
+                    self.log(|| format!("fault: n{victim} killed"));
+                    self.disconnect(victim);
+                }
+            }
+            _ => {
+                // A small forward jump of one clock (within the lease's margin for rates).
+                let jump = self.rng.between(1, LEASE_MS / 16);
+                self.nodes[victim].clock_offset += jump;
+                self.stats.jumps += 1;
+            }
+        }
+        let d = self.rng.between(300, 3_000);
+        self.at(d, Ev::Fault);
+    }
+
+    fn check(&mut self) {
+        for node in 0..self.nodes.len() {
+            if !self.nodes[node].alive || self.nodes[node].paused_until > self.now {
+                continue;
+            }
+            // A member left out of an epoch that is decided never serves in it.
+            let epoch = self.nodes[node].m.epoch();
+            if let Some(live) = self.memberships.get(&epoch.0)
+                && !live.contains(id(node))
+            {
+                self.fail(format!(
+                    "n{node} serves at epoch {} without being a member",
+                    epoch.0
+                ));
+            }
+            // Survivors begin recovering lost members once their lease is over.
+            let Some((lost, decided_at)) = self.nodes[node].recovering else {
+                continue;
+            };
+            let local = self.local(node);
+            if self.nodes[node].m.lost_lease_end(lost, decided_at) <= local {
+                self.nodes[node].recovering = None;
+                self.stats.recoveries += 1;
+                for victim in lost.iter() {
+                    let v = &self.nodes[victim.index()];
+                    if v.lease_until > self.now {
+                        self.fail(format!(
+                            "n{node} begins recovering n{} whose lease runs to {} ms",
+                            victim.index(),
+                            v.lease_until
+                        ));
+                    }
+                }
+                self.log(|| format!("n{node}: recovers {lost:?}"));
+            }
+        }
+    }
+
+    /// After the faults: everything healed, the running nodes agree on one epoch whose members
+    /// are exactly the running nodes.
+    fn settle(&mut self) {
+        self.cut_until.clear();
+        let end = self.now + 15_000;
+        self.run(end);
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive)
+            .collect();
+        let set: InstanceSet = running.iter().map(|&i| id(i)).collect();
+        for &i in &running {
+            let m = &self.nodes[i].m;
+            if m.live() != set {
+                self.fail(format!(
+                    "not settled: n{i} at epoch {} with {:?}, running {set:?}; {:?}",
+                    m.epoch().0,
+                    m.live(),
+                    m.stats()
+                ));
+            }
+        }
+        let epochs: std::collections::BTreeSet<u64> =
+            running.iter().map(|&i| self.nodes[i].m.epoch().0).collect();
+        if epochs.len() > 1 {
+            self.fail(format!("running nodes at different epochs: {epochs:?}"));
+        }
+    }
+}
+
+fn run_seed(seed: u64, trace: bool) -> Stats {
+    let mut sim = Sim::new(seed, trace);
+    let end = sim.faults_end + 3_000;
+    sim.run(end);
+    sim.settle();
+    sim.stats
+}
+
+fn seeds(count: u64) {
+    let mut total = Stats::default();
+    for seed in 0..count {
+        let result = std::panic::catch_unwind(|| run_seed(seed, false));
+        match result {
+            Ok(s) => {
+                total.cuts += s.cuts;
+                total.pauses += s.pauses;
+                total.stalls += s.stalls;
+                total.kills += s.kills;
+                total.jumps += s.jumps;
+                total.reconfigurations += s.reconfigurations;
+                total.stops += s.stops;
+                total.recoveries += s.recoveries;
+            }
+            Err(_) => panic!(
+                "seed {seed} failed; replay: FUSION_SEED={seed} cargo test -p instance --test membership replay -- --nocapture"
+            ),
+        }
+    }
+    println!("{count} seeds: {total:?}");
+    assert!(
+        total.reconfigurations > 0 && total.recoveries > 0,
+        "{total:?}"
+    );
+}
+
+#[test]
+fn membership_seeds() {
+    let count = std::env::var("FUSION_MEMBERSHIP_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    seeds(count);
+}
+
+#[test]
+fn replay() {
+    if let Some(seed) = std::env::var("FUSION_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        println!("{:?}", run_seed(seed, true));
+    }
+}
