@@ -91,8 +91,9 @@ bench() {
   local count=$# clients=$(( (50 + $# - 1) / $# )) outs=() runs=() port
   for port in "$@"; do
     local out; out="$(mktemp "$dir/out.XXXX")"; outs+=("$out")
-    redis-benchmark -p "$port" -t "$test" -P "$pipeline" -c "$clients" -n $((n / count)) \
-      -r 100000 --csv >"$out" 2>/dev/null &
+    # Bounded: a server that stops leaves redis-benchmark reconnecting for ever.
+    timeout $((120 + n / 20)) redis-benchmark -p "$port" -t "$test" -P "$pipeline" \
+      -c "$clients" -n $((n / count)) -r 100000 --csv >"$out" 2>/dev/null &
     runs+=($!)
   done
   wait "${runs[@]}" || true
@@ -100,6 +101,9 @@ bench() {
       rps += $2; if ($5 + 0 > p50) p50 = $5 + 0; if ($7 + 0 > p99) p99 = $7 + 0 }
     END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
   rm -f "${outs[@]}"
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || echo "a server stopped during $test -P $pipeline: see $dir/*/*.log" >&2
+  done
 }
 
 declare -A result
