@@ -326,7 +326,7 @@ struct Tally {
 }
 
 fn key_name(o: &Options, r: u64) -> String {
-    if r % 2 == 0 {
+    if r.is_multiple_of(2) {
         format!("hot:{}", (r / 2) % o.hot)
     } else {
         format!("key:{}", (r / 2) % o.keys)
