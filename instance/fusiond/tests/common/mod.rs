@@ -42,6 +42,10 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// One cluster at a time per test binary: instances of parallel tests would compete for the
+/// few cores CI has, and a starved instance misses its disk heartbeats and stops itself.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A cluster's files and its running instances.
 pub struct Cluster {
     /// The network namespace each instance runs in (`ip netns exec`), if any.
@@ -52,6 +56,8 @@ pub struct Cluster {
     pub resp: Vec<SocketAddr>,
     pub metrics: Vec<SocketAddr>,
     pub children: Vec<Option<Child>>,
+    /// Held while the cluster exists (dropped last, after the instances are killed).
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
@@ -64,6 +70,8 @@ impl Cluster {
     /// Like [`Cluster::create`] over `transport` (tcp or shm) with redo threads of
     /// `redo_mib` MiB.
     pub fn create_with(n: usize, transport: &str, redo_mib: u64, serve_extra: &str) -> Self {
+        // A test that panicked released its turn by unwinding: the lock is still good.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let storage = dir.path().join("cluster.fusion");
         // Unique per test process and call: shm files are named after the cluster id.
@@ -115,6 +123,7 @@ impl Cluster {
             resp,
             metrics,
             children: (0..n).map(|_| None).collect(),
+            _turn: turn,
         }
     }
 
