@@ -55,6 +55,8 @@ pub struct Engine<S: Store> {
     store: Arc<S>,
     config: EngineConfig,
     server: Arc<dyn ServerInfo>,
+    /// Where the next expiry sweep step starts (a KV key; empty: the beginning).
+    sweep_cursor: parking_lot::Mutex<Vec<u8>>,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -194,14 +196,6 @@ fn is_data(name: &str) -> bool {
     )
 }
 
-/// The name of `request` if it is a data command with a valid argument count.
-fn plain_data(request: &[Vec<u8>]) -> Option<&'static str> {
-    let (name, arity) = lookup(request.first()?)?;
-    let count = i32::try_from(request.len()).ok()?;
-    let arity_ok = (arity > 0 && count == arity) || (arity < 0 && count >= -arity);
-    (is_data(name) && arity_ok).then_some(name)
-}
-
 /// The command table entry for `name`, case-insensitively.
 fn lookup(name: &[u8]) -> Option<(&'static str, i32)> {
     COMMANDS
@@ -303,6 +297,7 @@ impl<S: Store> Engine<S> {
             store,
             config,
             server,
+            sweep_cursor: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -404,9 +399,11 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// Runs the requests of one read from a client, in order. Runs of plain data commands
-    /// share one store transaction, so a pipeline's writes share one durable commit (each
-    /// command stays atomic; if the shared transaction fails they run one at a time).
+    /// Runs the requests of one read from a client, in order, each in its own store
+    /// transaction (their commits share the redo's group commits with every other client's).
+    /// Running a pipeline's writes in one transaction was tried: concurrent pipelines of
+    /// random keys then lock the KV's leaves in opposite orders and wait out the KV's lock
+    /// timeout, so throughput collapsed.
     pub fn execute_batch(
         &self,
         session: &mut Session,
@@ -414,60 +411,14 @@ impl<S: Store> Engine<S> {
         metrics: &Metrics,
     ) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(requests.len());
-        let mut pending = requests.into_iter().peekable();
-        while pending.peek().is_some() {
-            let mut run = Vec::new();
-            while session.authenticated && session.multi.is_none() {
-                match pending.peek().and_then(|r| plain_data(r)) {
-                    Some(name) => {
-                        if let Some(request) = pending.next() {
-                            run.push((name, request));
-                        }
-                    }
-                    None => break,
-                }
-            }
-            if run.len() >= 2 {
-                let start = Instant::now();
-                let db = session.db;
-                let result = self.store.transaction(|tx| {
-                    let now = now_ms();
-                    run.iter()
-                        .map(|(name, request)| self.data(tx, db, name, request, now))
-                        .collect::<Result<Vec<_>, _>>()
-                });
-                match result {
-                    Ok(replies) => {
-                        let each = start.elapsed() / run.len() as u32;
-                        for ((name, _), reply) in run.into_iter().zip(replies) {
-                            metrics.command(name, each);
-                            outcomes.push(Outcome {
-                                reply,
-                                close: false,
-                                command: name,
-                            });
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "shared transaction failed; one at a time")
-                    }
-                }
-            }
-            let requests: Vec<_> = if run.is_empty() {
-                pending.next().into_iter().collect()
-            } else {
-                run.into_iter().map(|(_, r)| r).collect()
-            };
-            for request in requests {
-                let start = Instant::now();
-                let outcome = self.execute(session, request);
-                metrics.command(outcome.command, start.elapsed());
-                let close = outcome.close;
-                outcomes.push(outcome);
-                if close {
-                    return outcomes;
-                }
+        for request in requests {
+            let start = Instant::now();
+            let outcome = self.execute(session, request);
+            metrics.command(outcome.command, start.elapsed());
+            let close = outcome.close;
+            outcomes.push(outcome);
+            if close {
+                break;
             }
         }
         outcomes
@@ -866,38 +817,55 @@ impl<S: Store> Engine<S> {
         Reply::Array(vec![Reply::text(next.to_string()), Reply::Array(keys)])
     }
 
-    /// Deletes up to `limit` expired keys (the background sweep); returns how many.
-    pub fn sweep_expired(&self, limit: usize) -> Result<usize, S::Error> {
-        let mut removed = 0;
-        for db in 0..DATABASES {
-            let mut expired = Vec::new();
-            self.walk_raw(db, None, |key, value| {
-                if value.expired(now_ms()) {
-                    expired.push(key.to_vec());
-                }
-                expired.len() < limit
-            })?;
-            for chunk in expired.chunks(64) {
-                removed += self.store.transaction(|tx| {
-                    let now = now_ms();
-                    let mut n = 0;
-                    for key in chunk {
-                        // Checked again under the transaction: it may have been rewritten.
-                        if let Some(bytes) = tx.get(key)?
-                            && Value::decode(&bytes).is_ok_and(|v| v.expired(now))
-                        {
-                            tx.delete(key)?;
-                            n += 1;
-                        }
-                    }
-                    Ok(n)
-                })?;
+    /// One step of the background expiry sweep: examines up to `examine` keys after where
+    /// the last step stopped (all databases in turn, starting over at the end) and deletes
+    /// the expired ones; returns how many. Bounded per step, so a large keyspace costs the
+    /// workload little at a time; reads never return an expired key meanwhile.
+    pub fn sweep_expired(&self, examine: usize) -> Result<usize, S::Error> {
+        let start = self.sweep_cursor.lock().clone();
+        let end = [DATABASES];
+        let batch = self.store.transaction(|tx| {
+            tx.scan(
+                Bound::Included(start.as_slice()),
+                Bound::Excluded(&end[..]),
+                examine,
+            )
+        })?;
+        *self.sweep_cursor.lock() = match batch.last() {
+            Some((last, _)) if batch.len() >= examine => {
+                let mut next = last.clone();
+                next.push(0);
+                next
             }
+            _ => Vec::new(),
+        };
+        let now = now_ms();
+        let expired: Vec<&Vec<u8>> = batch
+            .iter()
+            .filter(|(_, bytes)| Value::decode(bytes).is_ok_and(|v| v.expired(now)))
+            .map(|(key, _)| key)
+            .collect();
+        let mut removed = 0;
+        for chunk in expired.chunks(64) {
+            removed += self.store.transaction(|tx| {
+                let now = now_ms();
+                let mut n = 0;
+                for key in chunk {
+                    // Checked again under the transaction: it may have been rewritten.
+                    if let Some(bytes) = tx.get(key)?
+                        && Value::decode(&bytes).is_ok_and(|v| v.expired(now))
+                    {
+                        tx.delete(key)?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })?;
         }
         Ok(removed)
     }
 
-    /// Like [`Self::walk`] but over every key, expired ones included, with full KV keys.
+    /// Visits every key of `db` from `start`, expired ones included, with full KV keys.
     /// Stored values that do not decode are skipped (a read of the key reports them).
     fn walk_raw(
         &self,

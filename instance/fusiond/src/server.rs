@@ -8,8 +8,7 @@
 //! bounded by the buffer limit (one pending request, one batch of replies).
 //!
 //! A read takes whatever the client has sent: every complete request in it is parsed and
-//! executed (runs of data commands share one store transaction, so a pipeline's writes share
-//! one commit) and the replies go back in one write. It must never let one client hurt
+//! executed in order, and the replies go back in one write. It must never let one client hurt
 //! another: a protocol error, an oversized request or reply, or a client idle past the
 //! timeout (half a command included) closes that client only.
 

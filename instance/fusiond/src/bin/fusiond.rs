@@ -33,10 +33,10 @@ struct Args {
 
 /// Base of the default RESP port: instance N listens on 127.0.0.1:(6379 + N).
 const DEFAULT_RESP_PORT: u16 = 6379;
-/// How often expired keys are swept.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Most expired keys one sweep removes.
-const SWEEP_LIMIT: usize = 1000;
+/// How often a step of the expiry sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// Keys one sweep step examines (about 2,500 a second).
+const SWEEP_EXAMINE: usize = 256;
 /// How long shut-down waits for clients to finish their current command.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -185,7 +185,7 @@ fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
             return Err(format!("the instance stopped: {reason}"));
         }
         if Instant::now() >= next_sweep {
-            match engine.sweep_expired(SWEEP_LIMIT) {
+            match engine.sweep_expired(SWEEP_EXAMINE) {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(removed = n, "expired keys swept"),
                 Err(e) => {
