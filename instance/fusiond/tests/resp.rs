@@ -203,3 +203,21 @@ fn commands_through_redis_cli() {
     assert!(status.success(), "{status}: {}", cluster.log(0));
     assert!(cluster.log(0).contains("stopped"), "{}", cluster.log(0));
 }
+
+/// A pipeline of requests sent in one write is answered in order, in full.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let mut cluster = Cluster::create(1, "");
+    cluster.start_all();
+    let mut client = cluster.client(0);
+    let mut batch = Vec::new();
+    for _ in 0..200 {
+        batch.extend_from_slice(&Client::encode(&["INCR", "piped"]));
+    }
+    batch.extend_from_slice(&Client::encode(&["GET", "piped"]));
+    client.send_raw(&batch).unwrap();
+    for n in 1..=200 {
+        assert_eq!(client.read().unwrap(), Resp::Integer(n));
+    }
+    assert_eq!(client.read().unwrap(), Resp::bulk("200"));
+}
