@@ -221,3 +221,33 @@ fn pipelined_requests_are_answered_in_order() {
     }
     assert_eq!(client.read().unwrap(), Resp::bulk("200"));
 }
+
+/// `fusiond --check-config` reads the file, says what it found, and exits; a bad file exits 2.
+#[test]
+fn check_config_reports_and_exits() {
+    let cluster = Cluster::create(1, "requirepass = \"pw\"");
+    let out = std::process::Command::new(common::FUSIOND)
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&cluster.configs[0])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("instance 0 of cluster") && text.contains("requirepass set"),
+        "{text}"
+    );
+    std::fs::write(&cluster.configs[0], "instance = \"x\"\n").unwrap();
+    let bad = std::process::Command::new(common::FUSIOND)
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&cluster.configs[0])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
