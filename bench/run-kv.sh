@@ -88,6 +88,10 @@ stop_all() {
 # prints "ops/s p50 p99" (ops/s summed, latencies the worst of the runs).
 bench() {
   local test="$1" pipeline="$2"; shift 2
+  for pid in "${pids[@]}"; do
+    # A stopped server: nothing to measure (the row shows 0).
+    kill -0 "$pid" 2>/dev/null || { echo "0 0 0"; return; }
+  done
   local count=$# clients=$(( (50 + $# - 1) / $# )) outs=() runs=() port
   for port in "$@"; do
     local out; out="$(mktemp "$dir/out.XXXX")"; outs+=("$out")
