@@ -10,6 +10,19 @@ ensure_tool() {
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "$2" >/dev/null
 }
 
+# wants_rdma ARGS...: whether the arguments ask for an rdma row (--transports ...rdma...,
+# --transport rdma).
+wants_rdma() {
+  local previous=""
+  for arg in "$@"; do
+    case "$previous" in
+      --transports | --transport) [[ ",$arg," == *",rdma,"* ]] && return 0 ;;
+    esac
+    previous="$arg"
+  done
+  return 1
+}
+
 # build_bench BIN: builds bench's BIN in release mode and prints its path.
 build_bench() {
   cargo build --release -q -p bench --bin "$1"

@@ -1,11 +1,12 @@
 //! What the two-process latency tools (`pingpong`, `gesbench`) share: the waiting modes, the
-//! loopback TCP transport they measure, child processes pinned to CPUs, the server/client
-//! role pair that prints a `RESULT` line, and the sockperf floor.
+//! loopback TCP and RDMA transports they measure, child processes pinned to CPUs, the
+//! server/client role pair that prints a `RESULT` line, and the sockperf and perftest floors.
 //!
 //! This module owns how a measurement is staged (processes, pinning, the floor tool's flags).
 //! It must never decide what is measured in a round trip: each tool's roles do that.
 
-use crate::{LatencySummary, parse_sockperf};
+use crate::{LatencySummary, parse_perftest, parse_sockperf};
+use interconnect::rdma::{DeviceChoice, RdmaConfig, RdmaTransport};
 use interconnect::tcp::{TcpConfig, TcpTransport};
 use interconnect::{BlockRegion, ClusterId, InstanceId, Transport, TransportEvent, poll_until};
 use std::io::{BufRead, BufReader};
@@ -182,6 +183,116 @@ pub fn tcp_transport(
     let region = BlockRegion::anonymous(4, 8192)?;
     let config = TcpConfig::new(cluster, local, loopback_any(), peers, secret.to_vec());
     Ok((TcpTransport::bind(config, Arc::clone(&region))?, region))
+}
+
+/// The RDMA device, port and GID index that the rdma rows and their perftest floors share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdmaDevice {
+    /// The verbs device name.
+    pub name: String,
+    /// Its port.
+    pub port: u8,
+    /// The GID index (RoCE v2 often 1 or 3).
+    pub gid_index: u8,
+}
+
+impl RdmaDevice {
+    /// `name`, or the first device libibverbs lists; an error says why there is none.
+    pub fn pick(name: Option<&str>, port: u8, gid_index: u8) -> Result<Self, ToolError> {
+        let name = match name {
+            Some(name) => name.to_owned(),
+            None => interconnect::rdma::device_names()
+                .map_err(|e| ToolError::Failed(e.to_string()))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| ToolError::Failed("this host has no RDMA device".into()))?,
+        };
+        Ok(Self {
+            name,
+            port,
+            gid_index,
+        })
+    }
+
+    /// The flags that hand the device to a role child.
+    pub fn role_args(&self) -> Vec<String> {
+        vec![
+            "--rdma-device".into(),
+            self.name.clone(),
+            "--rdma-port".into(),
+            self.port.to_string(),
+            "--rdma-gid-index".into(),
+            self.gid_index.to_string(),
+        ]
+    }
+}
+
+/// An RDMA transport for instance `local` whose control connection listens on loopback (any
+/// port) and dials `peers`, with a 4-frame region of 8 KiB frames.
+pub fn rdma_transport(
+    cluster: ClusterId,
+    secret: &[u8],
+    local: InstanceId,
+    peers: Vec<(InstanceId, SocketAddr)>,
+    device: &RdmaDevice,
+) -> Result<(RdmaTransport, Arc<BlockRegion>), ToolError> {
+    let region = BlockRegion::anonymous(4, 8192)?;
+    let tcp = TcpConfig::new(cluster, local, loopback_any(), peers, secret.to_vec());
+    let choice = DeviceChoice {
+        device: Some(device.name.clone()),
+        port: device.port,
+        gid_index: device.gid_index,
+    };
+    let transport = RdmaTransport::bind(RdmaConfig::new(tcp, choice), Arc::clone(&region))?;
+    Ok((transport, region))
+}
+
+/// The perftest floor on `device`: `tool` (`ib_write_lat` or `ib_send_lat`) with `-s size`,
+/// server and client on this host, as round trips (perftest reports half of one). Blocking
+/// mode adds `-e` (completion events) where the tool has it (`ib_send_lat`; `ib_write_lat`
+/// only polls memory).
+pub fn measure_perftest(
+    tool: &str,
+    device: &RdmaDevice,
+    size: usize,
+    iterations: u64,
+    mode: WaitMode,
+    pin: bool,
+) -> Result<LatencySummary, ToolError> {
+    let port = std::net::TcpListener::bind(loopback_any())?
+        .local_addr()?
+        .port()
+        .to_string();
+    let mut args: Vec<String> = [
+        "-d",
+        &device.name,
+        "-i",
+        &device.port.to_string(),
+        "-x",
+        &device.gid_index.to_string(),
+        "-s",
+        &size.to_string(),
+        "-n",
+        &iterations.to_string(),
+        "-p",
+        &port,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if mode == WaitMode::Blocking && tool == "ib_send_lat" {
+        args.push("-e".into());
+    }
+    let mut server = spawn_pinned(pin.then_some(SERVER_CPU), tool, &args)?;
+    // perftest's server prints nothing reliable before it listens; give it time.
+    std::thread::sleep(Duration::from_millis(500));
+    args.push("127.0.0.1".into());
+    let output = spawn_pinned(pin.then_some(CLIENT_CPU), tool, &args)
+        .and_then(|child| Ok(child.wait_with_output()?));
+    let _ = server.kill();
+    let _ = server.wait();
+    parse_perftest(&String::from_utf8_lossy(&output?.stdout), size)
+        .ok_or_else(|| ToolError::Failed(format!("{tool} printed no latency row")))
 }
 
 /// Starts `program` with `args`, stdout piped, pinned to `cpu` with `taskset` if given.

@@ -168,9 +168,46 @@ pub fn parse_sockperf(output: &str) -> Option<LatencySummary> {
     })
 }
 
+/// Parses perftest's latency table (`ib_write_lat`, `ib_send_lat`: one row for `size` bytes
+/// with t_typical, the 99% and 99.9% percentiles, in microseconds) into a summary of *round
+/// trips* in nanoseconds: these tools report half a round trip, Fusion's tools whole ones.
+pub fn parse_perftest(output: &str, size: usize) -> Option<LatencySummary> {
+    output.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 9 || fields[0].parse::<usize>().ok()? != size {
+            return None;
+        }
+        let number = |at: usize| fields[at].parse::<f64>().ok();
+        let round_trip_ns = |at: usize| number(at).map(|us| us * 2.0 * 1000.0);
+        Some(LatencySummary {
+            samples: fields[1].parse().ok()?,
+            p50: round_trip_ns(4)?,
+            p99: round_trip_ns(7)?,
+            p999: round_trip_ns(8)?,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn perftest_latency_rows_become_round_trips() {
+        let output = "\
+---------------------------------------------------------------------------------------
+ #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec]
+ 8192       10000          2.98           8.59         3.06               3.08             0.12            3.46                    8.59
+---------------------------------------------------------------------------------------
+";
+        let summary = parse_perftest(output, 8192).unwrap();
+        assert_eq!(summary.samples, 10_000);
+        assert!((summary.p50 - 6120.0).abs() < 1e-6);
+        assert!((summary.p99 - 6920.0).abs() < 1e-6);
+        assert!((summary.p999 - 17_180.0).abs() < 1e-6);
+        assert_eq!(parse_perftest(output, 64), None, "no row for another size");
+        assert_eq!(parse_perftest("Couldn't connect", 8192), None);
+    }
 
     #[test]
     fn the_median_round_is_picked_by_p50() {

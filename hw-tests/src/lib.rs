@@ -5,11 +5,25 @@
 //! it skipped and why, then passes; CI machines have none of it. This crate owns only such
 //! tests and the detection helpers they share; it must never hold code the engine needs.
 
-use std::path::Path;
+/// The first RDMA device libibverbs lists, or why there is none (no library, no device): the
+/// line a skipped RDMA test prints.
+pub fn first_rdma_device() -> Result<String, String> {
+    match interconnect::rdma::device_names() {
+        Ok(names) => names
+            .into_iter()
+            .next()
+            .ok_or_else(|| "this host has no RDMA device".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
 
-/// RDMA devices the kernel exposes (`/sys/class/infiniband/*`), by name.
-pub fn rdma_devices() -> Vec<String> {
-    list_dir(Path::new("/sys/class/infiniband"))
+/// The GID index to use on the RDMA device: `FUSION_HW_RDMA_GID_INDEX`, else 0 (InfiniBand;
+/// RoCE v2 usually needs 1 or 3).
+pub fn rdma_gid_index() -> u8 {
+    std::env::var("FUSION_HW_RDMA_GID_INDEX")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The block device named by `FUSION_HW_BLOCK_DEVICE`, if it is set (tests that write to it
@@ -20,36 +34,15 @@ pub fn block_device_under_test() -> Option<String> {
         .filter(|p| !p.is_empty())
 }
 
-fn list_dir(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn listing_a_missing_directory_is_empty_not_an_error() {
-        assert!(list_dir(Path::new("/nonexistent/fusion/hw")).is_empty());
-    }
-
-    #[test]
-    fn listing_is_sorted() {
-        let dir = std::env::temp_dir().join(format!("fusion-hw-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("mlx5_1")).unwrap();
-        std::fs::create_dir_all(dir.join("mlx5_0")).unwrap();
-        assert_eq!(
-            list_dir(&dir),
-            vec!["mlx5_0".to_string(), "mlx5_1".to_string()]
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn a_host_without_rdma_says_why_in_one_line() {
+        if let Err(why) = first_rdma_device() {
+            assert!(!why.is_empty() && !why.contains('\n'), "{why:?}");
+            assert!(why.contains("RDMA"), "{why:?}");
+        }
     }
 }

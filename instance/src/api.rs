@@ -321,6 +321,33 @@ impl Instance {
                     crate::cache::BufferCache::new(transport.region()).map_err(cache_error)?;
                 setting.launch(transport, cache)?
             }
+            #[cfg(feature = "rdma")]
+            TransportConfig::Rdma {
+                device,
+                port,
+                gid_index,
+                ..
+            } => {
+                use interconnect::rdma::{DeviceChoice, RdmaConfig, RdmaTransport};
+                let region = BlockRegion::anonymous(frames, layout.block_size)
+                    .map_err(|e| StartError::Cache(e.to_string()))?;
+                let cache =
+                    crate::cache::BufferCache::new(Arc::clone(&region)).map_err(cache_error)?;
+                let device = DeviceChoice {
+                    device: device.clone(),
+                    port: *port,
+                    gid_index: *gid_index,
+                };
+                let rdma = RdmaConfig::new(config.tcp_config(), device);
+                setting.launch(RdmaTransport::bind(rdma, region)?, cache)?
+            }
+            #[cfg(not(feature = "rdma"))]
+            TransportConfig::Rdma { .. } => {
+                return Err(interconnect::TransportError::Config(
+                    "transport.kind = \"rdma\" needs a build with the `rdma` feature".into(),
+                )
+                .into());
+            }
         };
         // Redo past this thread's checkpoint is a previous life's (nothing is committed in
         // this one yet). Its changes may be only there, dirty in another instance's cache

@@ -2,7 +2,8 @@
 //!
 //! This module owns the file's schema, its defaults and every check that can be made without
 //! touching the network or the shared storage; it turns the file into an [`InstanceConfig`]
-//! and that into the interconnect's [`TcpConfig`] and [`ShmConfig`]. It must never open
+//! and that into the interconnect's [`TcpConfig`] and [`ShmConfig`] (RDMA's control
+//! connection is a [`TcpConfig`] too, listening where tcp would). It must never open
 //! sockets or storage (the only I/O is reading the file and the secret file), and never
 //! accept a value it cannot use: unknown keys are refused, and every refusal is a
 //! [`ConfigError`] naming the file and the key. What needs the storage (cluster id, block
@@ -24,7 +25,10 @@
 //! path = "/dev/nvme1n1"              # a regular file or a block device
 //!
 //! [transport]
-//! kind = "tcp"                       # or "shm": every instance on this `host`
+//! kind = "tcp"                       # or "shm": every instance on this `host`; or "rdma":
+//! # device = "mlx5_0"                # rdma: the verbs device (default: the first found),
+//! # port = 1                         #   its port (default 1)
+//! # gid_index = 0                    #   and GID index (default 0; RoCE v2 often 1 or 3)
 //!
 //! [cache]
 //! frames = 65536                     # 512 MiB of 8 KiB frames
@@ -252,6 +256,8 @@ pub enum TransportKind {
     Tcp,
     /// Shared memory: every instance of the cluster runs on this host.
     Shm,
+    /// RDMA verbs (needs a build with the `rdma` feature and an RDMA device).
+    Rdma,
 }
 
 /// The chosen transport and its settings.
@@ -269,6 +275,18 @@ pub enum TransportConfig {
         /// [`ShmConfig::default_dir`].
         dir: PathBuf,
     },
+    /// RDMA, set up over a TCP control connection.
+    Rdma {
+        /// Where the control connection listens: `transport.listen`, else this instance's
+        /// address.
+        listen: SocketAddr,
+        /// `transport.device`: the verbs device name; `None`: the first found.
+        device: Option<String>,
+        /// `transport.port` (default 1).
+        port: u8,
+        /// `transport.gid_index` (default 0).
+        gid_index: u8,
+    },
 }
 
 impl fmt::Display for TransportKind {
@@ -276,6 +294,7 @@ impl fmt::Display for TransportKind {
         f.write_str(match self {
             TransportKind::Tcp => "\"tcp\"",
             TransportKind::Shm => "\"shm\"",
+            TransportKind::Rdma => "\"rdma\"",
         })
     }
 }
@@ -293,6 +312,7 @@ impl TransportConfig {
         match self {
             TransportConfig::Tcp { .. } => TransportKind::Tcp,
             TransportConfig::Shm { .. } => TransportKind::Shm,
+            TransportConfig::Rdma { .. } => TransportKind::Rdma,
         }
     }
 }
@@ -409,7 +429,7 @@ impl InstanceConfig {
     /// The TCP transport's settings (defaults for everything the file does not set).
     pub fn tcp_config(&self) -> TcpConfig {
         let listen = match &self.transport {
-            TransportConfig::Tcp { listen } => *listen,
+            TransportConfig::Tcp { listen } | TransportConfig::Rdma { listen, .. } => *listen,
             TransportConfig::Shm { .. } => self.local.address,
         };
         TcpConfig::new(
@@ -554,6 +574,9 @@ struct RawTransport {
     kind: TransportKind,
     listen: Option<String>,
     shm_dir: Option<PathBuf>,
+    device: Option<String>,
+    port: Option<u8>,
+    gid_index: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -833,13 +856,26 @@ fn transport(
     local: &Member,
     cluster: ClusterId,
 ) -> Result<TransportConfig, ConfigProblem> {
+    let not_for = |key| ConfigProblem::NotForTransport {
+        key,
+        kind: raw.kind,
+    };
+    let rdma_key = [
+        ("device", raw.device.is_some()),
+        ("port", raw.port.is_some()),
+        ("gid_index", raw.gid_index.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(key, set)| set.then_some(key));
+    if raw.kind != TransportKind::Rdma
+        && let Some(key) = rdma_key
+    {
+        return Err(not_for(key));
+    }
     match raw.kind {
         TransportKind::Tcp => {
             if raw.shm_dir.is_some() {
-                return Err(ConfigProblem::NotForTransport {
-                    key: "shm_dir",
-                    kind: raw.kind,
-                });
+                return Err(not_for("shm_dir"));
             }
             let listen = match raw.listen {
                 Some(text) => address("transport.listen".into(), &text)?,
@@ -869,6 +905,21 @@ fn transport(
                 dir: raw
                     .shm_dir
                     .unwrap_or_else(|| ShmConfig::default_dir(cluster)),
+            })
+        }
+        TransportKind::Rdma => {
+            if raw.shm_dir.is_some() {
+                return Err(not_for("shm_dir"));
+            }
+            let listen = match raw.listen {
+                Some(text) => address("transport.listen".into(), &text)?,
+                None => local.address,
+            };
+            Ok(TransportConfig::Rdma {
+                listen,
+                device: raw.device,
+                port: raw.port.unwrap_or(1),
+                gid_index: raw.gid_index.unwrap_or(0),
             })
         }
     }

@@ -1,20 +1,27 @@
 //! The Fusion instance: everything one member of the cluster runs on its host.
 //!
-//! Written so far — the storage layer, the configuration and the buffer cache core:
+//! The storage layer lives in its own crate, `storage` (`instance/storage/`, where all of
+//! Fusion's storage `unsafe` code and io_uring are), re-exported here under its old paths:
 //!
 //! * [`storage`] — the [`storage::SharedStorage`] trait (aligned reads and writes at offsets,
-//!   sync, length, alignment; its contract is in the module doc) and its implementations:
+//!   sync, length, alignment; its contract is in the crate doc) and its implementations:
 //!   io_uring with `O_DIRECT`, fixed files and registered buffers, one ring for redo and one
 //!   for data ([`storage::uring`]); pread/pwrite where io_uring is refused
 //!   ([`storage::sync_io`]); and, for the simulator (feature `sim`), a seeded faulty
 //!   in-memory disk with torn and lost unsynced writes and injected read errors
 //!   (`storage::faulty`).
 //! * [`format`](mod@format) — the on-storage format, byte by byte: the control area (cluster header and
-//!   the voting area's per-instance slots: disk heartbeat, redo thread, checkpoint, fencing
-//!   votes), the redo threads' places, and the data blocks with their verified headers;
+//!   the voting area's per-instance slots: disk heartbeat, redo thread, checkpoint, the Disk
+//!   Paxos block), the redo threads' places, and the data blocks with their verified headers;
 //!   `create` and `open`. The binary `fusionctl create` formats storage.
 //! * [`redo`] — the redo log: a pure codec of records, entries and 4 KiB log blocks; the
 //!   group-committing [`redo::RedoWriter`]; the recovery scan [`redo::RedoReader`].
+//! * [`recovery`] — recovery's redo-applying half: the redo scan, block recovery and
+//!   whole-cluster restart.
+//!
+//! This crate — the configuration, the buffer cache, the coordination core, the runtime and
+//! the API:
+//!
 //! * [`config`] — the instance configuration file (`fusiond --config FILE`): TOML with unknown
 //!   keys refused, validated into an [`config::InstanceConfig`] with errors naming the file and
 //!   the key, and converted to the interconnect's TCP and shm settings.
@@ -40,20 +47,25 @@
 //! recovery, whole-cluster restart), incremental background checkpoints, the KV layer,
 //! `fusiond` and the C ABI.
 //!
-//! `unsafe` lives only in [`storage`] (aligned allocation, io_uring submission, `statx`,
-//! `ioctl`, `fallocate`), each block with the reason it is sound.
+//! The simulator of this crate's core over the real storage layer is its own crate,
+//! `sim` (`instance/sim/`, the `fusion-sim` binary).
+//!
+//! This crate forbids unsafe code: `unsafe` lives only in the `storage` crate (aligned
+//! allocation, io_uring submission, `statx`, `ioctl`, `fallocate`), each block with the
+//! reason it is sound.
 
-#![deny(unsafe_op_in_unsafe_fn)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+/// The storage crate: shared storage I/O at its root, and the [`format`](mod@format),
+/// [`redo`] and [`recovery`] modules (re-exported at this crate's root too).
+pub use ::storage;
+pub use ::storage::{format, recovery, redo};
 
 pub mod api;
 pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod core;
-pub mod format;
 pub mod paxos;
-pub mod recovery;
-pub mod redo;
 pub mod runtime;
-pub mod storage;

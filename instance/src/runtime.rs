@@ -42,6 +42,10 @@ const RECOVERY_BATCH: usize = 128;
 /// Workers rebuilding recovery-set batches at once (each one read or write in flight).
 const RECOVERY_WORKERS: usize = 4;
 
+/// Disk-heartbeat rounds in a row that complete without renewing a lapsed lease before the
+/// instance stops (the voting area is out of reach, or a decision against it is pending).
+const MAX_UNRENEWED_ROUNDS: u32 = 10;
+
 /// The longest the driver parks without looking at its timers.
 const MAX_PARK: Duration = Duration::from_millis(50);
 
@@ -183,12 +187,6 @@ impl Lease {
     fn revoke(&self) {
         self.revoked.store(true, Ordering::Release);
         self.until.store(0, Ordering::Release);
-    }
-
-    /// How long ago the lease ran out (zero while it holds).
-    fn lapsed_for(&self) -> Duration {
-        let now = nanos(crate::storage::boottime());
-        Duration::from_nanos(now.saturating_sub(self.until.load(Ordering::Acquire)))
     }
 
     /// Whether this instance may write now.
@@ -530,8 +528,8 @@ impl Runtime {
             checkpoints: Vec::new(),
             context,
             configured,
-            failure,
             paxos_io,
+            unrenewed_rounds: 0,
             stop,
             lost: InstanceSet::EMPTY,
             scan_due: None,
@@ -592,7 +590,8 @@ struct Driver<T> {
     io: Sender<IoOp>,
     recovery: Sender<RecoveryJob>,
     configured: InstanceSet,
-    failure: FailureConfig,
+    /// Disk-heartbeat rounds in a row that did not renew the lease.
+    unrenewed_rounds: u32,
     /// Disk Paxos I/O for the disk-heartbeat thread (one write and a read per slot at most
     /// in flight: the machine issues no more).
     paxos_io: Sender<PaxosIo>,
@@ -688,18 +687,6 @@ impl<T: Transport> Driver<T> {
             // believing a block is being written): serving on would wedge those blocks
             // cluster-wide while this instance keeps heartbeating. Stop, so the others fence
             // it and recover its part.
-            // A lapsed lease comes back with the next round unless a decision stands against
-            // this instance (which stops it when it learns it); one that stays lapsed for
-            // twice its length means the voting area is out of reach: stop.
-            if self.stop.reason().is_none()
-                && self.context.lease.lapsed_for() > self.failure.lease * 2
-            {
-                let reason = format!(
-                    "the I/O lease lapsed: no disk-heartbeat round renewed it for {:?}",
-                    self.context.lease.lapsed_for() + self.failure.lease
-                );
-                self.give_up(reason);
-            }
             if let Some(reason) = self
                 .core
                 .failure()
@@ -1004,6 +991,20 @@ impl<T: Transport> Driver<T> {
                     && self.cluster.may_renew_lease()
                 {
                     self.context.lease.renew(at);
+                    self.unrenewed_rounds = 0;
+                } else {
+                    // A lapsed lease comes back with the next good round (a starved host
+                    // waits: it has no round at all meanwhile). Rounds that complete and
+                    // still cannot renew — the voting area unreadable, or a newer epoch
+                    // accepted without this instance that never gets decided — stop it.
+                    self.unrenewed_rounds += 1;
+                    if self.unrenewed_rounds >= MAX_UNRENEWED_ROUNDS && !self.context.lease.valid()
+                    {
+                        self.give_up(format!(
+                            "the I/O lease lapsed: {} disk-heartbeat rounds in a row could not renew it",
+                            self.unrenewed_rounds
+                        ));
+                    }
                 }
             }
             Command::Scanned { epoch, result } => match result {

@@ -158,6 +158,37 @@ resp = "[::1]:6379"
 }
 
 #[test]
+fn rdma_reads_device_port_and_gid_index_and_listens_like_tcp() {
+    let defaults = GOOD.replace("frames = 64", "frames = 64\n[transport]\nkind = \"rdma\"");
+    let config = parse(&defaults).unwrap();
+    assert_eq!(
+        config.transport,
+        TransportConfig::Rdma {
+            listen: "127.0.0.1:7401".parse().unwrap(),
+            device: None,
+            port: 1,
+            gid_index: 0,
+        }
+    );
+    assert_eq!(config.transport.kind(), TransportKind::Rdma);
+    let set = GOOD.replace(
+        "frames = 64",
+        "frames = 64\n[transport]\nkind = \"rdma\"\ndevice = \"mlx5_1\"\nport = 2\ngid_index = 3\nlisten = \"0.0.0.0:9000\"",
+    );
+    let config = parse(&set).unwrap();
+    assert_eq!(
+        config.transport,
+        TransportConfig::Rdma {
+            listen: "0.0.0.0:9000".parse().unwrap(),
+            device: Some("mlx5_1".into()),
+            port: 2,
+            gid_index: 3,
+        }
+    );
+    assert_eq!(config.tcp_config().listen, "0.0.0.0:9000".parse().unwrap());
+}
+
+#[test]
 fn secret_file_is_read_relative_to_the_config() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("s"), "from a file\r\n").unwrap();
@@ -240,9 +271,9 @@ const BAD: &[(&str, &str, &str, Check, &str)] = &[
     (
         "unknown transport",
         "frames = 64",
-        "frames = 64\n[transport]\nkind = \"rdma\"",
+        "frames = 64\n[transport]\nkind = \"infiniband\"",
         |p| matches!(p, ConfigProblem::Syntax(_)),
-        "rdma",
+        "infiniband",
     ),
     (
         "negative cluster id",
@@ -395,6 +426,20 @@ const BAD: &[(&str, &str, &str, Check, &str)] = &[
         "frames = 64\n[transport]\nkind = \"shm\"\nlisten = \"0.0.0.0:1\"",
         |p| matches!(p, ConfigProblem::NotForTransport { key: "listen", .. }),
         "`transport.listen`",
+    ),
+    (
+        "an RDMA device with tcp",
+        "frames = 64",
+        "frames = 64\n[transport]\ndevice = \"mlx5_0\"",
+        |p| matches!(p, ConfigProblem::NotForTransport { key: "device", .. }),
+        "`transport.device`",
+    ),
+    (
+        "shm_dir with rdma",
+        "frames = 64",
+        "frames = 64\n[transport]\nkind = \"rdma\"\nshm_dir = \"/x\"",
+        |p| matches!(p, ConfigProblem::NotForTransport { key: "shm_dir", .. }),
+        "`transport.shm_dir`",
     ),
     (
         "shm_dir with tcp",

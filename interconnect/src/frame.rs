@@ -58,6 +58,9 @@ pub enum Service {
     Instance = 5,
     /// Benchmarks and diagnostics (ping-pong).
     Bench = 6,
+    /// A transport's own control traffic (RDMA connection set-up over the TCP control
+    /// connection); the transport consumes it and never delivers it to engines.
+    Transport = 7,
 }
 
 impl Service {
@@ -69,6 +72,7 @@ impl Service {
             4 => Service::Gcs,
             5 => Service::Instance,
             6 => Service::Bench,
+            7 => Service::Transport,
             _ => return None,
         })
     }
@@ -385,6 +389,7 @@ mod tests {
                 Service::Gcs,
                 Service::Instance,
                 Service::Bench,
+                Service::Transport,
             ]),
             prop::sample::select(Priority::ALL.to_vec()),
             any::<u64>(),

@@ -9,7 +9,8 @@
 //! |---|---|---|
 //! | `tcp` (default) | [`tcp`] | mio, one authenticated connection per peer pair, `writev` from the source frame, reads into the destination frame |
 //! | `shm` (default) | [`shm`] | co-located instances: SPSC rings in shared memory, one copy straight into the receiver's frame |
-//! | `sim` | `sim` | the simulator's deterministic network |
+//! | `rdma` | `rdma` | verbs (sideway, libibverbs loaded at run time): one RC queue pair per peer, blocks by RDMA WRITE WITH IMMEDIATE into the armed frame, messages by SEND with credits |
+//! | `sim` | `sim` | the simulator's deterministic network, and a `Transport` over it for tests |
 //!
 //! The protocol crates (`grd`, `ges`, `gcs`) depend on it with `default-features = false`:
 //! they see ids, the clock, framing and membership, never sockets or mappings. Everything here
@@ -27,6 +28,8 @@ pub mod membership;
 pub mod region;
 pub mod transport;
 
+#[cfg(feature = "rdma")]
+pub mod rdma;
 #[cfg(feature = "shm")]
 pub mod shm;
 #[cfg(feature = "sim")]

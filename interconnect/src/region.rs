@@ -24,13 +24,15 @@
 //! protects such a frame; the first landing to begin takes it, and the frame records that
 //! sender, so [`BlockRegion::is_landed`] names the peer that really landed.
 //!
-//! **RDMA mapping.** A region is what RDMA registers as one memory region (MR). The requester
-//! sends `(token, addr = base + frame * block_size, rkey)` in its request; the holder posts
-//! `RDMA WRITE WITH IMMEDIATE` of the block to `addr` with the frame index as the 32-bit
-//! immediate. The receiver's completion names the frame; it checks the generation carried in
-//! the accompanying message before it takes the frame (the NIC cannot check the state word,
-//! so protection against unarmed frames comes from type-2 memory windows bound per armed frame
-//! instead of the CAS). Registered memory is pinned, so the frames are allocated once, at
+//! **RDMA mapping.** A region is what RDMA registers as one memory region (MR); each side
+//! learns the other's frame address and rkey when the queue pair is set up. The holder posts
+//! `RDMA WRITE WITH IMMEDIATE` of the block to `base + frame * block_size`, with the frame
+//! index and the generation's low bits as the immediate, right after the message that
+//! carries the whole token. The receiver takes the write only if the immediate names that
+//! token, and then goes through [`BlockRegion::begin_landing`] like any transport, so a late
+//! or foreign write is refused. The NIC cannot check the state word before it writes, so the
+//! bytes of a refused write have already landed; type-2 memory windows bound per armed frame
+//! would refuse it in hardware (not done yet). Registered memory is pinned, so the frames are allocated once, at
 //! start-up, page-aligned, which is also what O_DIRECT and io_uring fixed buffers need.
 //!
 //! The memory is an anonymous mapping for `tcp` (and RDMA), or a file on a shared-memory file
@@ -367,6 +369,16 @@ mod memory {
             Ok(unsafe {
                 AtomicU64::from_ptr(self.map.as_mut_ptr().add(PAGE + frame as usize * 8).cast())
             })
+        }
+
+        /// The frames' memory: frame 0's address and the length of all frames. What RDMA
+        /// registers; every write into it must go through a [`Landing`] (or, for RDMA, be
+        /// followed by one before the frame is taken).
+        #[cfg(feature = "rdma")]
+        pub(crate) fn frames_memory(&self) -> (*mut u8, usize) {
+            // SAFETY: `data_offset` is inside the mapping (see `layout`).
+            let base = unsafe { self.map.as_mut_ptr().add(self.data_offset) };
+            (base, self.frames as usize * self.block_size)
         }
 
         fn frame_ptr(&self, frame: u32) -> *mut u8 {

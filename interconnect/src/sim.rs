@@ -9,6 +9,10 @@
 //!
 //! This module owns message timing only. It never interprets messages, and it has no clock of
 //! its own beyond the virtual time of the deliveries it hands out.
+//!
+//! [`SimHub`] puts a [`Transport`](crate::Transport) on top for tests that drive real
+//! transports (the transport conformance suite): endpoints in one process whose frames cross
+//! a `SimNetwork` whose virtual time follows the wall clock.
 
 use crate::{InstanceId, InstanceSet, MAX_INSTANCES, Timestamp};
 use std::cmp::Reverse;
@@ -339,5 +343,341 @@ mod tests {
         net.restart(id(2));
         net.send(id(0), id(2), "e");
         assert_eq!(net.deliver_next().map(|(_, _, m)| m), Some("e"));
+    }
+}
+
+#[cfg(any(feature = "tcp", feature = "shm"))]
+pub use hub::{SimHub, SimTransport};
+
+/// [`SimTransport`]: the [`Transport`](crate::Transport) trait over a [`SimNetwork`].
+#[cfg(any(feature = "tcp", feature = "shm"))]
+mod hub {
+    use super::{SimNetwork, SimNetworkConfig, SimRng};
+    use crate::frame::{FrameHeader, Priority};
+    use crate::transport::{header_for, validate_outgoing};
+    use crate::{
+        BlockRegion, ClusterId, InstanceId, MAX_INSTANCES, Outgoing, SendError, Timestamp,
+        Transport, TransportError, TransportEvent, Waker,
+    };
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+    use std::time::{Duration, Instant};
+
+    /// Frames one endpoint may have in flight to one peer before later ones queue (so that
+    /// queues, priorities and back-pressure behave as on a real link).
+    const WINDOW: usize = 16;
+
+    /// A frame on the simulated wire.
+    #[derive(Debug)]
+    struct Packet {
+        header: FrameHeader,
+        body: Vec<u8>,
+        block: Option<Vec<u8>>,
+    }
+
+    #[derive(Debug)]
+    struct Endpoint {
+        cluster: ClusterId,
+        peers: Vec<InstanceId>,
+        region: Arc<BlockRegion>,
+        queue_limit: usize,
+        inbox: Vec<TransportEvent>,
+        woken: bool,
+        /// Per peer: frames in flight, and frames queued per priority.
+        in_flight: Vec<usize>,
+        queues: Vec<[VecDeque<Packet>; Priority::COUNT]>,
+    }
+
+    #[derive(Debug)]
+    struct State {
+        net: SimNetwork<Packet>,
+        start: Instant,
+        endpoints: Vec<Option<Endpoint>>,
+    }
+
+    #[derive(Debug)]
+    struct Shared {
+        state: Mutex<State>,
+        changed: Condvar,
+    }
+
+    /// A simulated network that [`SimTransport`] endpoints of one process attach to.
+    #[derive(Debug, Clone)]
+    pub struct SimHub(Arc<Shared>);
+
+    /// One instance's endpoint on a [`SimHub`]; dropping it detaches the instance (its peers
+    /// see it disconnect, and what was in flight to or from it is lost).
+    #[derive(Debug)]
+    pub struct SimTransport {
+        hub: Arc<Shared>,
+        local: InstanceId,
+    }
+
+    impl Shared {
+        fn lock(&self) -> MutexGuard<'_, State> {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+    }
+
+    impl State {
+        fn endpoint(&mut self, id: InstanceId) -> Option<&mut Endpoint> {
+            self.endpoints.get_mut(id.index()).and_then(Option::as_mut)
+        }
+
+        /// Both attached, each listing the other.
+        fn linked(&self, a: InstanceId, b: InstanceId) -> bool {
+            let lists = |x: InstanceId, y: InstanceId| {
+                self.endpoints[x.index()]
+                    .as_ref()
+                    .is_some_and(|e| e.peers.contains(&y))
+            };
+            lists(a, b) && lists(b, a)
+        }
+
+        fn now(&self) -> Timestamp {
+            Timestamp::from_nanos(self.start.elapsed().as_nanos() as u64)
+        }
+
+        /// Delivers every frame that is due, landing blocks in the receivers' regions.
+        fn deliver_due(&mut self) -> bool {
+            let now = self.now();
+            let mut any = false;
+            while self.net.next_delivery().is_some_and(|at| at <= now) {
+                let Some((from, to, packet)) = self.net.deliver_next() else {
+                    break;
+                };
+                any = true;
+                if let Some(sender) = self.endpoint(from) {
+                    sender.in_flight[to.index()] = sender.in_flight[to.index()].saturating_sub(1);
+                }
+                let Some(receiver) = self.endpoint(to) else {
+                    continue;
+                };
+                let Packet {
+                    header,
+                    body,
+                    block,
+                } = packet;
+                let event = match (header.block, block) {
+                    (Some(descriptor), Some(bytes)) => {
+                        match receiver
+                            .region
+                            .begin_landing(descriptor.landing, from, bytes.len())
+                        {
+                            Ok(mut landing) => {
+                                landing.buf().copy_from_slice(&bytes);
+                                landing.complete();
+                                TransportEvent::BlockLanded {
+                                    header,
+                                    body,
+                                    landing: descriptor.landing,
+                                }
+                            }
+                            Err(e) => TransportEvent::LandingRefused {
+                                header,
+                                body,
+                                reason: e.to_string(),
+                            },
+                        }
+                    }
+                    _ => TransportEvent::Message { header, body },
+                };
+                receiver.inbox.push(event);
+            }
+            self.net.advance_to(now);
+            any
+        }
+
+        /// Moves `local`'s queued frames onto the wire, most urgent first, within the window.
+        fn pump(&mut self, local: InstanceId) {
+            let Some(endpoint) = self.endpoint(local) else {
+                return;
+            };
+            let mut ready = Vec::new();
+            for (peer, queues) in endpoint.queues.iter_mut().enumerate() {
+                for queue in queues.iter_mut() {
+                    while endpoint.in_flight[peer] < WINDOW {
+                        let Some(packet) = queue.pop_front() else {
+                            break;
+                        };
+                        endpoint.in_flight[peer] += 1;
+                        ready.push((peer, packet));
+                    }
+                }
+            }
+            for (peer, packet) in ready {
+                let to = packet.header.destination;
+                debug_assert_eq!(to.index(), peer);
+                self.net.send(local, to, packet);
+            }
+        }
+    }
+
+    impl SimHub {
+        /// A hub whose delays come from `config` and `seed`.
+        pub fn new(config: SimNetworkConfig, seed: u64) -> Self {
+            Self(Arc::new(Shared {
+                state: Mutex::new(State {
+                    net: SimNetwork::new(config, SimRng::new(seed)),
+                    start: Instant::now(),
+                    endpoints: (0..MAX_INSTANCES).map(|_| None).collect(),
+                }),
+                changed: Condvar::new(),
+            }))
+        }
+
+        /// Attaches `local`, whose blocks land in `region`, with `peers` and a send queue of
+        /// `queue_limit` frames per peer and priority. Peers already attached that list it
+        /// connect at once.
+        pub fn attach(
+            &self,
+            cluster: ClusterId,
+            local: InstanceId,
+            peers: Vec<InstanceId>,
+            region: Arc<BlockRegion>,
+            queue_limit: usize,
+        ) -> Result<SimTransport, TransportError> {
+            let mut state = self.0.lock();
+            if state.endpoints[local.index()].is_some() {
+                return Err(TransportError::Config(format!(
+                    "instance {local} is already attached"
+                )));
+            }
+            state.net.restart(local);
+            state.endpoints[local.index()] = Some(Endpoint {
+                cluster,
+                peers: peers.clone(),
+                region,
+                queue_limit,
+                inbox: Vec::new(),
+                woken: false,
+                in_flight: vec![0; MAX_INSTANCES],
+                queues: (0..MAX_INSTANCES).map(|_| Default::default()).collect(),
+            });
+            for peer in peers {
+                if state.linked(local, peer) {
+                    for (at, other) in [(local, peer), (peer, local)] {
+                        if let Some(e) = state.endpoint(at) {
+                            e.inbox.push(TransportEvent::PeerConnected(other));
+                        }
+                    }
+                }
+            }
+            self.0.changed.notify_all();
+            Ok(SimTransport {
+                hub: Arc::clone(&self.0),
+                local,
+            })
+        }
+    }
+
+    impl Drop for SimTransport {
+        fn drop(&mut self) {
+            let mut state = self.hub.lock();
+            let Some(gone) = state.endpoints[self.local.index()].take() else {
+                return;
+            };
+            state.net.crash(self.local);
+            for peer in gone.peers {
+                let local = self.local;
+                if let Some(e) = state.endpoint(peer)
+                    && e.peers.contains(&local)
+                {
+                    e.in_flight[local.index()] = 0;
+                    e.queues[local.index()].iter_mut().for_each(VecDeque::clear);
+                    e.inbox.push(TransportEvent::PeerDisconnected {
+                        peer: local,
+                        reason: "peer detached".into(),
+                    });
+                }
+            }
+            self.hub.changed.notify_all();
+        }
+    }
+
+    impl Transport for SimTransport {
+        fn local(&self) -> InstanceId {
+            self.local
+        }
+
+        fn send(&mut self, to: InstanceId, frame: &Outgoing<'_>) -> Result<(), SendError> {
+            validate_outgoing(frame)?;
+            let local = self.local;
+            let mut state = self.hub.lock();
+            let Some(endpoint) = state.endpoint(local) else {
+                return Err(SendError::NotConnected(to));
+            };
+            if !endpoint.peers.contains(&to) {
+                return Err(SendError::UnknownPeer(to));
+            }
+            let cluster = endpoint.cluster;
+            if !state.linked(local, to) {
+                return Err(SendError::NotConnected(to));
+            }
+            let Some(endpoint) = state.endpoint(local) else {
+                return Err(SendError::NotConnected(to));
+            };
+            let queue = &mut endpoint.queues[to.index()][frame.priority.index()];
+            if queue.len() >= endpoint.queue_limit {
+                return Err(SendError::QueueFull {
+                    peer: to,
+                    priority: frame.priority,
+                });
+            }
+            queue.push_back(Packet {
+                header: header_for(frame, cluster, local, to),
+                body: frame.body.to_vec(),
+                block: frame.block.map(|b| b.bytes.to_vec()),
+            });
+            state.pump(local);
+            Ok(())
+        }
+
+        fn poll(
+            &mut self,
+            events: &mut Vec<TransportEvent>,
+            timeout: Duration,
+        ) -> Result<(), TransportError> {
+            let deadline = Instant::now() + timeout;
+            let mut state = self.hub.lock();
+            loop {
+                if state.deliver_due() {
+                    self.hub.changed.notify_all();
+                }
+                state.pump(self.local);
+                let Some(endpoint) = state.endpoint(self.local) else {
+                    return Ok(());
+                };
+                let woken = std::mem::take(&mut endpoint.woken);
+                events.append(&mut endpoint.inbox);
+                let now = Instant::now();
+                if !events.is_empty() || woken || now >= deadline {
+                    return Ok(());
+                }
+                // Sleep until the next delivery is due, something changes, or the deadline.
+                let next = state.net.next_delivery().map_or(deadline, |at| {
+                    let due = Duration::from_nanos(at.as_nanos());
+                    (state.start + due).min(deadline)
+                });
+                let wait = next.saturating_duration_since(now);
+                state = self
+                    .hub
+                    .changed
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+
+        fn waker(&self) -> Waker {
+            let hub = Arc::clone(&self.hub);
+            let local = self.local;
+            Waker::new(move || {
+                if let Some(e) = hub.lock().endpoint(local) {
+                    e.woken = true;
+                }
+                hub.changed.notify_all();
+            })
+        }
     }
 }

@@ -54,6 +54,10 @@ use std::time::{Duration, Instant};
 const LISTENER: Token = Token(0);
 /// The wakers' eventfd. Connection tokens count up from 1 and never get near it.
 const WAKER: Token = Token(usize::MAX);
+/// A descriptor a transport layered on this one watches ([`TcpTransport::watch_fd`]): like
+/// the waker's, its readiness only ends a park.
+#[cfg(feature = "rdma")]
+const WATCHED: Token = Token(usize::MAX - 1);
 
 /// Settings of a TCP transport.
 #[derive(Clone)]
@@ -526,6 +530,25 @@ impl TcpTransport {
     /// Counters.
     pub fn stats(&self) -> TcpStats {
         self.stats
+    }
+
+    /// Makes a park in [`Transport::poll`] also end when `fd` becomes readable (RDMA's
+    /// completion channel, for a transport that uses this one as its control plane). The
+    /// caller keeps `fd` open for the transport's life and drains it itself.
+    #[cfg(feature = "rdma")]
+    pub(crate) fn watch_fd(&self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut mio::unix::SourceFd(&fd), WATCHED, Interest::READABLE)
+    }
+
+    /// Closes the established connection to `peer` at the next poll (which reports it
+    /// disconnected); the dialer side then redials as after any drop.
+    #[cfg(feature = "rdma")]
+    pub(crate) fn close_peer(&mut self, peer: InstanceId, reason: String) {
+        if let Some(token) = self.slot(peer).and_then(|s| s.established) {
+            self.broken.push((token, reason));
+        }
     }
 
     /// Whether an authenticated connection to `peer` is up.
@@ -1164,11 +1187,12 @@ impl Transport for TcpTransport {
             Err(e) => return Err(e.into()),
         }
         let mut ready = std::mem::take(&mut self.ready);
-        // The wakers' eventfd needs no handling: its event only ended the wait.
+        // The wakers' eventfd (and a watched descriptor) needs no handling here: its event
+        // only ended the wait.
         ready.extend(
             self.mio_events
                 .iter()
-                .filter(|e| e.token() != WAKER)
+                .filter(|e| !only_wakes(e.token()))
                 .map(|e| {
                     (
                         e.token(),
@@ -1193,6 +1217,15 @@ impl Transport for TcpTransport {
         let wakeup = Arc::clone(&self.wakeup);
         Waker::new(move || wakeup.wake())
     }
+}
+
+/// Tokens whose readiness only ends a park.
+fn only_wakes(token: Token) -> bool {
+    #[cfg(feature = "rdma")]
+    if token == WATCHED {
+        return true;
+    }
+    token == WAKER
 }
 
 fn concat(header: &[u8], body: &[u8], block: &[u8]) -> Vec<u8> {

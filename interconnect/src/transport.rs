@@ -122,6 +122,14 @@ pub enum SendError {
     /// The body is over the frame limit.
     #[error("message body of {0} bytes is over the limit")]
     BodyTooLong(usize),
+    /// The landing token names a frame beyond the receiver's region.
+    #[error("instance {peer} has no frame {frame}")]
+    NoSuchFrame {
+        /// The receiver.
+        peer: InstanceId,
+        /// The frame named.
+        frame: u32,
+    },
     /// The block is not a valid block size.
     #[error("block of {0} bytes is not a power of two in 4-32 KiB")]
     BadBlockLength(usize),
@@ -143,6 +151,10 @@ pub enum TransportError {
     /// The configuration cannot work (for example a peer address that does not parse).
     #[error("bad transport configuration: {0}")]
     Config(String),
+    /// RDMA is missing (no library, no device, port down) or a verbs call failed.
+    #[cfg(feature = "rdma")]
+    #[error(transparent)]
+    Rdma(#[from] crate::rdma::RdmaError),
 }
 
 /// Wakes a transport's driver thread out of [`Transport::poll`], from any thread of the

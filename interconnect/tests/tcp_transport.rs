@@ -1,5 +1,6 @@
-//! Two TCP transports on loopback in one process: authentication, ordering per priority,
-//! blocks landing in the armed frame, back-pressure, and liveness through reconnects.
+//! Two TCP transports on loopback in one process: what is particular to tcp (the handshake,
+//! garbage on the port, liveness through reconnects, the waker). Ordering, landings,
+//! restarts and back-pressure are the conformance suite's (`tests/conformance.rs`).
 #![cfg(feature = "tcp")]
 // Test helpers unwrap: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
@@ -7,8 +8,8 @@
 use interconnect::membership::{Membership, MembershipConfig, MembershipEvent};
 use interconnect::tcp::{TcpConfig, TcpTransport};
 use interconnect::{
-    BlockRegion, ClusterId, Epoch, InstanceId, Outgoing, OutgoingBlock, Priority, Scn, SendError,
-    Service, Timestamp, Transport, TransportError, TransportEvent,
+    BlockRegion, ClusterId, Epoch, InstanceId, Outgoing, Priority, Scn, SendError, Service,
+    Timestamp, Transport, TransportError, TransportEvent,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -73,10 +74,6 @@ fn connected(events: &[TransportEvent]) -> bool {
         .any(|e| matches!(e, TransportEvent::PeerConnected(_)))
 }
 
-fn connect(a: &mut TcpTransport, b: &mut TcpTransport) {
-    pump(a, b, |ea, eb| connected(ea) && connected(eb));
-}
-
 fn message<'a>(priority: Priority, body: &'a [u8]) -> Outgoing<'a> {
     Outgoing {
         service: Service::Bench,
@@ -96,131 +93,6 @@ fn bodies(events: &[TransportEvent]) -> Vec<Vec<u8>> {
             _ => None,
         })
         .collect()
-}
-
-#[test]
-fn messages_arrive_in_order_and_a_block_lands_in_the_armed_frame() {
-    let (mut zero, mut one) = pair(b"secret", 7);
-    connect(&mut zero, &mut one);
-
-    for i in 0..100u32 {
-        one.send(id(0), &message(Priority::Normal, &i.to_le_bytes()))
-            .unwrap();
-    }
-    let (received, _) = pump(&mut zero, &mut one, |ea, _| bodies(ea).len() == 100);
-    let order: Vec<u32> = bodies(&received)
-        .iter()
-        .map(|b| u32::from_le_bytes(b[..4].try_into().unwrap()))
-        .collect();
-    assert_eq!(order, (0..100).collect::<Vec<_>>());
-    match &received[0] {
-        TransportEvent::Message { header, .. } => {
-            assert_eq!(
-                (header.source, header.destination, header.epoch, header.scn),
-                (id(1), id(0), Epoch(1), Scn(5))
-            );
-        }
-        other => panic!("unexpected {other:?}"),
-    }
-
-    // Instance 1 arms frame 3 of its region for a block from 0; 0 ships it.
-    let token = one.region().claim(3).unwrap().arm(id(0));
-    let block: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
-    let request = b"block-42";
-    zero.send(
-        id(1),
-        &Outgoing {
-            service: Service::Gcs,
-            priority: Priority::High,
-            epoch: Epoch(1),
-            scn: Scn(9),
-            body: request,
-            block: Some(OutgoingBlock {
-                bytes: &block,
-                landing: token,
-            }),
-        },
-    )
-    .unwrap();
-    let (_, landed) = pump(&mut zero, &mut one, |_, eb| {
-        eb.iter()
-            .any(|e| matches!(e, TransportEvent::BlockLanded { .. }))
-    });
-    let Some(TransportEvent::BlockLanded { body, landing, .. }) = landed.last() else {
-        panic!("{landed:?}")
-    };
-    assert_eq!((body.as_slice(), *landing), (&request[..], token));
-    let frame = one.region().take_landed(token).unwrap();
-    assert_eq!(
-        &frame[..],
-        &block[..],
-        "the block is byte-exact in the armed frame"
-    );
-    drop(frame);
-
-    // The same token again: the frame is no longer armed, so the payload is refused, the
-    // message still arrives, and the connection survives.
-    zero.send(
-        id(1),
-        &Outgoing {
-            block: Some(OutgoingBlock {
-                bytes: &block,
-                landing: token,
-            }),
-            ..message(Priority::High, b"late")
-        },
-    )
-    .unwrap();
-    zero.send(id(1), &message(Priority::High, b"after"))
-        .unwrap();
-    let (_, events) = pump(&mut zero, &mut one, |_, eb| bodies(eb).len() == 1);
-    assert!(matches!(&events[0], TransportEvent::LandingRefused { body, .. } if body == b"late"));
-    assert_eq!(bodies(&events), vec![b"after".to_vec()]);
-    assert_eq!(one.stats().landings_refused, 1);
-}
-
-#[test]
-fn critical_frames_overtake_queued_bulk_and_queues_push_back() {
-    let (mut zero, mut one) = pair(b"secret", 7);
-    connect(&mut zero, &mut one);
-    // Fill the kernel buffers and the queue while instance 0 is not reading.
-    let block = vec![0u8; 32 * 1024];
-    let token = interconnect::LandingToken::new(0, 1);
-    let mut sent = 0u32;
-    let full = loop {
-        let seq = sent.to_le_bytes();
-        let bulk = Outgoing {
-            block: Some(OutgoingBlock {
-                bytes: &block,
-                landing: token,
-            }),
-            ..message(Priority::Low, &seq)
-        };
-        match one.send(id(0), &bulk) {
-            Ok(()) => sent += 1,
-            Err(e) => break e,
-        }
-        assert!(sent < 1_000_000, "never pushed back");
-    };
-    assert_eq!(
-        full,
-        SendError::QueueFull {
-            peer: id(0),
-            priority: Priority::Low
-        }
-    );
-    one.send(id(0), &message(Priority::Critical, b"heartbeat"))
-        .unwrap();
-
-    let (events, _) = pump(&mut zero, &mut one, |ea, _| ea.len() as u32 > sent);
-    let position = events
-        .iter()
-        .position(|e| matches!(e, TransportEvent::Message { body, .. } if body == b"heartbeat"))
-        .unwrap();
-    assert!(
-        (position as u32) < sent,
-        "the critical frame arrived at {position}, behind all {sent} queued bulk frames"
-    );
 }
 
 fn refused(events: &[TransportEvent]) -> Vec<String> {

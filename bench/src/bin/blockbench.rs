@@ -20,16 +20,22 @@
 //! floors `--nonblocked`/busy), `default` (`StartOptions::default()`: spin 50 µs, then park;
 //! floors blocking) and `park` (spin zero: park at once; floors blocking).
 //!
+//! `--transport rdma` runs the instances over RDMA (`--rdma-device`, default the first
+//! device; `--rdma-port`, `--rdma-gid-index`), the transport row over `pingpong`'s rdma
+//! roles, and the floor is perftest's `ib_write_lat -s 8192` on the same device (shown as a
+//! round trip, twice what it reports).
+//!
 //! ```text
 //! blockbench [--modes busy,default] [--rounds N] [--samples N] [--warmup N]
-//!            [--floor-seconds S] [--no-pin] [--no-transport]
+//!            [--floor-seconds S] [--no-pin] [--no-transport] [--transport tcp|rdma]
+//!            [--rdma-device NAME] [--rdma-port N] [--rdma-gid-index N]
 //! ```
 //! Internal role (started by the tool itself): `blockbench role node ...`. The transport row
 //! runs the `pingpong` binary next to this one (built by `run-blockread.sh`).
 
 use bench::floors::{
-    CLIENT_CPU, SERVER_CPU, WaitMode, instance_id as id, measure_sockperf, own_exe, run_tool,
-    sockperf_size,
+    CLIENT_CPU, RdmaDevice, SERVER_CPU, WaitMode, instance_id as id, measure_perftest,
+    measure_sockperf, own_exe, run_tool, sockperf_size,
 };
 use bench::shm_floor::FloorChannel;
 use bench::{Comparison, LatencySummary, latency_histogram, median_by_p50, record, render_table};
@@ -121,6 +127,12 @@ struct Options {
     rounds: u32,
     pin: bool,
     transport: bool,
+    /// The instances' interconnect: `tcp` or `rdma` (on `rdma`).
+    over: String,
+    rdma: Option<RdmaDevice>,
+    rdma_device: Option<String>,
+    rdma_port: u8,
+    rdma_gid_index: u8,
     // Role options.
     mode: Mode,
     config: Option<PathBuf>,
@@ -137,6 +149,11 @@ impl Options {
             rounds: 3,
             pin: true,
             transport: true,
+            over: "tcp".into(),
+            rdma: None,
+            rdma_device: None,
+            rdma_port: 1,
+            rdma_gid_index: 0,
             mode: Mode::Default,
             config: None,
             turn: None,
@@ -157,6 +174,10 @@ impl Options {
                 "--rounds" => o.rounds = value()?.parse::<u32>()?.max(1),
                 "--no-pin" => o.pin = false,
                 "--no-transport" => o.transport = false,
+                "--transport" => o.over = value()?.clone(),
+                "--rdma-device" => o.rdma_device = Some(value()?.clone()),
+                "--rdma-port" => o.rdma_port = value()?.parse()?,
+                "--rdma-gid-index" => o.rdma_gid_index = value()?.parse()?,
                 "--mode" => o.mode = Mode::parse(value()?)?,
                 "--config" => o.config = Some(PathBuf::from(value()?)),
                 "--turn" => o.turn = Some(PathBuf::from(value()?)),
@@ -164,6 +185,9 @@ impl Options {
                     return Err(format!("unknown option {other:?}; see the module docs").into());
                 }
             }
+        }
+        if o.over != "tcp" && o.over != "rdma" {
+            return Err(format!("--transport: {:?} is not tcp or rdma", o.over).into());
         }
         if o.warmup + o.samples >= u64::from(u32::MAX) {
             return Err("--warmup plus --samples must fit the 32-bit turn counter".into());
@@ -311,7 +335,11 @@ fn forward_stderr(who: &str, output: &Output) {
 
 /// A fresh two-slot cluster in `dir`: the shared file and one configuration per instance;
 /// returns the configurations' paths (instance 0, instance 1) and the data file's number.
-fn setup_cluster(dir: &Path, cluster: u64) -> Result<([PathBuf; 2], u32), Error> {
+fn setup_cluster(
+    dir: &Path,
+    cluster: u64,
+    rdma: Option<&RdmaDevice>,
+) -> Result<([PathBuf; 2], u32), Error> {
     std::fs::create_dir_all(dir)?;
     let storage = dir.join("cluster.fusion");
     // Control sectors and region alignment fit in the slack.
@@ -336,11 +364,18 @@ fn setup_cluster(dir: &Path, cluster: u64) -> Result<([PathBuf; 2], u32), Error>
         ));
     }
     drop(listeners);
+    let transport = match rdma {
+        Some(d) => format!(
+            "kind = \"rdma\"\ndevice = {:?}\nport = {}\ngid_index = {}\n",
+            d.name, d.port, d.gid_index
+        ),
+        None => "kind = \"tcp\"\n".to_owned(),
+    };
     let mut paths = [PathBuf::new(), PathBuf::new()];
     for (n, path) in paths.iter_mut().enumerate() {
         let text = format!(
             "instance = {n}\n\n[cluster]\nid = {cluster}\nsecret = \"blockbench\"\ninstances = [\n{members}]\n\n\
-             [storage]\npath = {:?}\n\n[transport]\nkind = \"tcp\"\n\n[cache]\nframes = {FRAMES}\nblock_size = 8192\n",
+             [storage]\npath = {:?}\n\n[transport]\n{transport}\n[cache]\nframes = {FRAMES}\nblock_size = 8192\n",
             storage.display().to_string()
         );
         *path = dir.join(format!("instance-{n}.toml"));
@@ -398,7 +433,7 @@ fn measure_instances(options: &Options, mode: Mode, run: u32) -> Result<PairRun,
     let dir = std::env::temp_dir().join(format!("fusion-blockbench-{}-{run}", std::process::id()));
     let cluster = 0xB10C_0000 + u64::from(std::process::id() % 0xFFFF) * 0x100 + u64::from(run);
     let result = (|| {
-        let (configs, data_file) = setup_cluster(&dir, cluster)?;
+        let (configs, data_file) = setup_cluster(&dir, cluster, options.rdma.as_ref())?;
         let master = master_of_block(data_file)?;
         let turn = dir.join("turn");
         drop(FloorChannel::open(&turn, true)?);
@@ -450,7 +485,8 @@ fn measure_instances(options: &Options, mode: Mode, run: u32) -> Result<PairRun,
     result
 }
 
-/// `pingpong`'s tcp 64B->8KiB block round trip, by the `pingpong` binary next to this one.
+/// `pingpong`'s 64B->8KiB block round trip over the instances' transport, by the `pingpong`
+/// binary next to this one.
 fn measure_transport(options: &Options, mode: WaitMode) -> Result<LatencySummary, Error> {
     let exe = PathBuf::from(own_exe()?).with_file_name("pingpong");
     if !exe.exists() {
@@ -477,9 +513,15 @@ fn measure_transport(options: &Options, mode: WaitMode) -> Result<LatencySummary
         ]
         .iter()
         .map(|s| (*s).to_owned())
+        .chain(options.rdma.iter().flat_map(RdmaDevice::role_args))
         .collect()
     };
-    let mut server = spawn(options.pin.then_some(SERVER_CPU), &exe, &args("tcp-server"))?;
+    let over = &options.over;
+    let mut server = spawn(
+        options.pin.then_some(SERVER_CPU),
+        &exe,
+        &args(&format!("{over}-server")),
+    )?;
     let stdout = server
         .stdout
         .take()
@@ -491,7 +533,7 @@ fn measure_transport(options: &Options, mode: WaitMode) -> Result<LatencySummary
         let _ = server.wait();
         return Err(format!("pingpong server did not start: {ready:?}").into());
     };
-    let mut client_args = args("tcp-client");
+    let mut client_args = args(&format!("{over}-client"));
     client_args.extend(["--server".to_owned(), address.trim().to_owned()]);
     let output = spawn(options.pin.then_some(CLIENT_CPU), &exe, &client_args)?.wait_with_output();
     let _ = server.wait();
@@ -524,6 +566,15 @@ const BUSY_SHORT_SAMPLES: u64 = 500;
 const BUSY_SHORT_WARMUP: u64 = 50;
 
 fn orchestrate(options: &Options) -> Result<(), Error> {
+    let mut options = options.clone();
+    if options.over == "rdma" {
+        options.rdma = Some(RdmaDevice::pick(
+            options.rdma_device.as_deref(),
+            options.rdma_port,
+            options.rdma_gid_index,
+        )?);
+    }
+    let options = &options;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut master = None;
     let role = |requester: u64, master: u64| {
@@ -538,12 +589,15 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
     let mut run = 0;
     for &mode in &options.modes {
         let floor_mode = mode.floor();
-        let floor_name = format!(
-            "sockperf tcp {}B<->{}B {}",
-            sockperf_size(8192),
-            sockperf_size(8192),
-            floor_mode.name()
-        );
+        let floor_name = match &options.rdma {
+            Some(d) => format!("ib_write_lat -s 8192 (2x) {}", d.name),
+            None => format!(
+                "sockperf tcp {}B<->{}B {}",
+                sockperf_size(8192),
+                sockperf_size(8192),
+                floor_mode.name()
+            ),
+        };
         let mut node_options = options.clone();
         if mode == Mode::Busy && cpus < BUSY_CPUS {
             node_options.samples = options.samples.min(BUSY_SHORT_SAMPLES);
@@ -584,8 +638,21 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
             } else {
                 "-".into()
             };
-            let floor = match measure_sockperf(floor_mode, 8192, options.floor_seconds, options.pin)
-            {
+            let measured = match &options.rdma {
+                Some(device) => {
+                    let iterations = options.warmup + options.samples;
+                    measure_perftest(
+                        "ib_write_lat",
+                        device,
+                        8192,
+                        iterations,
+                        floor_mode,
+                        options.pin,
+                    )
+                }
+                None => measure_sockperf(floor_mode, 8192, options.floor_seconds, options.pin),
+            };
+            let floor = match measured {
                 Ok(f) => {
                     floors.push(f);
                     format!("{:.1}", f.p50 / 1000.0)
@@ -597,7 +664,7 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
             };
             eprintln!(
                 "  round {round}: p50 µs: {FIRST}<-{SECOND} {:.1}, {SECOND}<-{FIRST} {:.1}, \
-                 transport {transport}, sockperf {floor}",
+                 transport {transport}, floor {floor}",
                 pair.one_from_zero.summary.p50 / 1000.0,
                 pair.zero_from_one.summary.p50 / 1000.0,
             );
@@ -639,7 +706,7 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
         }
         if let Some(fusion) = transport {
             rows.push(Comparison {
-                label: format!("transport tcp {} 64B->8KiB", floor_mode.name()),
+                label: format!("transport {} {} 64B->8KiB", options.over, floor_mode.name()),
                 fusion,
                 floor_name,
                 floor,
@@ -648,9 +715,13 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
     }
     println!(
         "blockbench: X acquisition of a block held in X (clean) by the other instance, through \
-         the instance API; 2 instance processes over tcp loopback, pinned to separate CPUs: {}; \
+         the instance API; 2 instance processes over {}, pinned to separate CPUs: {}; \
          block {BLOCK} mastered by instance {}; median of {} interleaved rounds per side; \
          host: {cpus} CPUs",
+        match &options.rdma {
+            Some(d) => format!("rdma ({})", d.name),
+            None => "tcp loopback".to_owned(),
+        },
         options.pin,
         master.map_or_else(|| "?".to_owned(), |m| m.to_string()),
         options.rounds,

@@ -4,23 +4,28 @@
 //! A round trip is a 64 B request answered by an 8 KiB block that lands in the frame the
 //! requester armed (the shape of a 2-way cache-fusion transfer), or by a 64 B message. Each
 //! row runs a fresh server and client process pinned to separate CPUs (`taskset`), in one
-//! waiting mode: `busy` (non-blocking polls in a loop) or `blocking` (the kernel parks the
 //! waiter). The floors: `sockperf ping-pong --tcp` (same waiting mode; sockperf sends the same
-//! size both ways, so the 8 KiB floor carries 8 KiB requests too) and a bare two-process
-//! shared-memory ping-pong (`shm-floor`, same sizes, spin or futex).
+//! size both ways, so the 8 KiB floor carries 8 KiB requests too), a bare two-process
+//! shared-memory ping-pong (`shm-floor`, same sizes, spin or futex), and for `rdma` perftest on
+//! the same device: `ib_write_lat -s 8192` for the block row and `ib_send_lat -s 64` for the
+//! message row (perftest reports half a round trip; the table shows it doubled, and its
+//! requests carry the same size both ways). The rdma rows use `--rdma-device` (default: the
+//! first device), `--rdma-port` (1) and `--rdma-gid-index` (0).
 //!
 //! These VMs are noisy, so each row runs `--rounds` times, Fusion and its floor interleaved,
 //! and reports the round with the median p50 of each side.
 //!
 //! ```text
-//! pingpong [--transports tcp,shm] [--modes busy,blocking] [--sizes 8192,64] [--rounds N]
+//! pingpong [--transports tcp,shm,rdma] [--modes busy,blocking] [--sizes 8192,64] [--rounds N]
 //!          [--samples N] [--warmup N] [--floor-seconds S] [--no-pin]
+//!          [--rdma-device NAME] [--rdma-port N] [--rdma-gid-index N]
 //! ```
 //! Internal roles (started by the tool itself): `pingpong role <name> ...`.
 
 use bench::floors::{
-    REPLY_DEADLINE, WaitMode as Mode, instance_id as id, loopback_any, measure_pair,
-    measure_sockperf, run_tool, sockperf_size, tcp_transport, wait, wait_connected,
+    REPLY_DEADLINE, RdmaDevice, WaitMode as Mode, instance_id as id, loopback_any, measure_pair,
+    measure_perftest, measure_sockperf, rdma_transport, run_tool, sockperf_size, tcp_transport,
+    wait, wait_connected,
 };
 use bench::shm_floor::FloorChannel;
 use bench::{Comparison, LatencySummary, latency_histogram, median_by_p50, record, render_table};
@@ -50,6 +55,9 @@ struct Options {
     floor_seconds: u64,
     rounds: u32,
     pin: bool,
+    rdma_device: Option<String>,
+    rdma_port: u8,
+    rdma_gid_index: u8,
     // Role options.
     mode: Mode,
     response: usize,
@@ -68,6 +76,9 @@ impl Options {
             floor_seconds: 2,
             rounds: 3,
             pin: true,
+            rdma_device: None,
+            rdma_port: 1,
+            rdma_gid_index: 0,
             mode: Mode::Busy,
             response: 8192,
             request: 64,
@@ -95,6 +106,9 @@ impl Options {
                 "--floor-seconds" => o.floor_seconds = value()?.parse()?,
                 "--rounds" => o.rounds = value()?.parse::<u32>()?.max(1),
                 "--no-pin" => o.pin = false,
+                "--rdma-device" => o.rdma_device = Some(value()?.clone()),
+                "--rdma-port" => o.rdma_port = value()?.parse()?,
+                "--rdma-gid-index" => o.rdma_gid_index = value()?.parse()?,
                 "--mode" => o.mode = Mode::parse(value()?)?,
                 "--response" => o.response = value()?.parse()?,
                 "--request" => o.request = value()?.parse()?,
@@ -110,9 +124,18 @@ impl Options {
         Ok(o)
     }
 
+    /// The RDMA device of the rdma rows: the one named, or the first found.
+    fn rdma(&self) -> Result<RdmaDevice, Error> {
+        Ok(RdmaDevice::pick(
+            self.rdma_device.as_deref(),
+            self.rdma_port,
+            self.rdma_gid_index,
+        )?)
+    }
+
     /// The flags a role child needs.
     fn role_args(&self, mode: Mode, response: usize) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "--mode".into(),
             mode.name().into(),
             "--response".into(),
@@ -123,7 +146,18 @@ impl Options {
             self.samples.to_string(),
             "--warmup".into(),
             self.warmup.to_string(),
-        ]
+        ];
+        if let Some(device) = &self.rdma_device {
+            args.extend(
+                RdmaDevice {
+                    name: device.clone(),
+                    port: self.rdma_port,
+                    gid_index: self.rdma_gid_index,
+                }
+                .role_args(),
+            );
+        }
+        args
     }
 }
 
@@ -271,6 +305,34 @@ fn run_role(role: &str, options: &Options) -> Result<(), Error> {
             println!("{}", summary.to_result_line());
             Ok(())
         }
+        "rdma-server" => {
+            let (mut t, _region) = rdma_transport(
+                CLUSTER,
+                SECRET,
+                id(SERVER),
+                vec![(id(CLIENT), loopback_any())],
+                &options.rdma()?,
+            )?;
+            println!("READY {}", t.local_addr()?);
+            serve(&mut t, options)
+        }
+        "rdma-client" => {
+            let server: SocketAddr = options
+                .server
+                .as_deref()
+                .ok_or("--server ADDR is required")?
+                .parse()?;
+            let (mut t, region) = rdma_transport(
+                CLUSTER,
+                SECRET,
+                id(CLIENT),
+                vec![(id(SERVER), server)],
+                &options.rdma()?,
+            )?;
+            let summary = client(&mut t, &region, options)?;
+            println!("{}", summary.to_result_line());
+            Ok(())
+        }
         "shm-server" => {
             let dir = std::env::temp_dir().join(format!("fusion-pingpong-{}", std::process::id()));
             let mut t = shm_transport(SERVER, CLIENT, dir.clone())?;
@@ -364,7 +426,22 @@ fn measure_roles(
     Ok(measure_pair(options.pin, &role("server"), &role("client"))?)
 }
 
+/// perftest's tool for a row: RDMA WRITE for blocks, SEND for messages.
+fn perftest_tool(size: usize) -> &'static str {
+    if is_block(size) {
+        "ib_write_lat"
+    } else {
+        "ib_send_lat"
+    }
+}
+
 fn orchestrate(options: &Options) -> Result<(), Error> {
+    // Every rdma row and its floor use one device, resolved here and handed to the roles.
+    let mut options = options.clone();
+    if options.transports.iter().any(|t| t == "rdma") {
+        options.rdma_device = Some(options.rdma()?.name);
+    }
+    let options = &options;
     let mut rows = Vec::new();
     for transport in &options.transports {
         for &mode in &options.modes {
@@ -384,6 +461,11 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
                         mode.name()
                     ),
                     "shm" => format!("bare shm {}B->{}B {}", options.request, size, mode.name()),
+                    "rdma" => format!(
+                        "{} -s {size} (2x) {}",
+                        perftest_tool(size),
+                        options.rdma_device.as_deref().unwrap_or("?")
+                    ),
                     other => format!("(no floor for {other})"),
                 };
                 let (mut fusion_rounds, mut floor_rounds) = (Vec::new(), Vec::new());
@@ -393,6 +475,17 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
                         "tcp" => measure_sockperf(mode, size, options.floor_seconds, options.pin)
                             .map_err(Error::from),
                         "shm" => measure_roles(options, "shm-floor", mode, size),
+                        "rdma" => options.rdma().and_then(|device| {
+                            let iterations = options.warmup + options.samples;
+                            Ok(measure_perftest(
+                                perftest_tool(size),
+                                &device,
+                                size,
+                                iterations,
+                                mode,
+                                options.pin,
+                            )?)
+                        }),
                         _ => Err("none".into()),
                     };
                     match floor {

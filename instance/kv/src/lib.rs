@@ -145,11 +145,14 @@ pub const MAX_TXN_REDO: usize =
 const MERGE_BELOW: usize = 4;
 
 /// Limits and waits of the KV layer. The defaults: keys up to 1 KiB, values up to 256 KiB,
-/// 1024 keys per transaction, a 2 s lock wait, 20 reruns.
+/// 128 keys per transaction, a 2 s lock wait, 20 reruns.
 ///
 /// One transaction's changes are one redo entry, at most [`MAX_TXN_REDO`] bytes (about
 /// 507 KiB): a value (with its overflow blocks) must fit in it with room to spare, and a
-/// transaction whose changes outgrow it fails with [`KvError::TxnTooLarge`].
+/// transaction whose changes outgrow it fails with [`KvError::TxnTooLarge`]. A put logs the
+/// bytes of its leaf from the entry on (entries after it move), about 2.5 KiB for a small
+/// value at a random place: some 150 such puts fit in one transaction, hence the default
+/// of 128 keys.
 #[derive(Debug, Clone)]
 pub struct KvConfig {
     /// Longest key, bytes (empty keys are allowed). At most about a sixth of the block
@@ -175,7 +178,7 @@ impl Default for KvConfig {
         Self {
             max_key_len: 1024,
             max_value_len: 256 << 10,
-            max_keys_per_txn: 1024,
+            max_keys_per_txn: 128,
             lock_timeout: Duration::from_secs(2),
             max_retries: 20,
         }
@@ -523,6 +526,9 @@ impl Kv {
     }
 
     /// The newest committed value of `key`, read without a transaction (no locks, no redo).
+    /// It waits for a block another transaction changes until that one commits, so a thread
+    /// with an open [`KvTxn`] reads through [`KvTxn::get`] instead (its own changes would
+    /// otherwise wait for it).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(key)?;
         for _ in 0..MAX_RESTARTS {
@@ -551,7 +557,8 @@ impl Kv {
     }
 
     /// Up to `limit` pairs within the bounds in key order, read without a transaction: each
-    /// leaf is read consistently, the scan as a whole is not one snapshot.
+    /// leaf is read consistently, the scan as a whole is not one snapshot. `limit` bounds the
+    /// memory used. As with [`Kv::get`], not from a thread with an open [`KvTxn`].
     pub fn scan(
         &self,
         from: Bound<&[u8]>,
@@ -699,12 +706,12 @@ impl Kv {
         }
         // The superblock and the free-list heads are the others.
         let accounted = seen.len() as u64 + 1 + FREE_LISTS;
-        if accounted != space.allocated - 1 {
+        if accounted != space.allocated.saturating_sub(1) {
             return Err(KvError::corrupt(
                 SUPER_BLOCK,
                 format!(
                     "{} blocks allocated past block 0, {accounted} accounted for: blocks leaked",
-                    space.allocated - 1
+                    space.allocated.saturating_sub(1)
                 ),
             ));
         }
@@ -805,7 +812,7 @@ impl<'k> KvTxn<'k> {
         self.kv.check_key(key)?;
         self.count(1)?;
         self.guarded(|t| {
-            let (_, node) = t.locked_node(key, 0)?;
+            let (_, node) = t.locked_node(key, 0, false)?;
             let Body::Leaf(entries) = &node.body else {
                 return Err(KvError::corrupt(0, "a leaf without entries"));
             };
@@ -830,7 +837,7 @@ impl<'k> KvTxn<'k> {
         }
         self.count(1)?;
         self.guarded(|t| {
-            let (n, mut node) = t.locked_node(key, 0)?;
+            let (n, mut node) = t.locked_node(key, 0, false)?;
             // X on the leaf before its chains change (crate doc, rule 2).
             t.hold(n)?;
             let Body::Leaf(entries) = &mut node.body else {
@@ -866,7 +873,7 @@ impl<'k> KvTxn<'k> {
         self.kv.check_key(key)?;
         self.count(1)?;
         self.guarded(|t| {
-            let (n, mut node) = t.locked_node(key, 0)?;
+            let (n, mut node) = t.locked_node(key, 0, false)?;
             let Body::Leaf(entries) = &mut node.body else {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
@@ -908,7 +915,7 @@ impl<'k> KvTxn<'k> {
             let mut lower = owned_bound(from);
             while out.len() < limit {
                 let start = bound_key(&lower);
-                let (_, node) = t.locked_node(&start, 0)?;
+                let (_, node) = t.locked_node(&start, 0, false)?;
                 let kv = t.kv;
                 let next = scan_leaf(&node, &lower, to, limit, &mut out, &mut |v| {
                     kv.value(v, &mut |b| t.read(b))
@@ -1105,11 +1112,18 @@ impl<'k> KvTxn<'k> {
 
     /// The node at `level` covering `key`, locked by this transaction and checked under the
     /// lock (so it stays what it is until the end).
-    fn locked_node(&mut self, key: &[u8], level: u8) -> Result<(u64, Node), KvError> {
+    /// With `write`, the node is taken in X at once (one acquisition instead of S and then
+    /// X). Only for parents under the structure-change lock: the internal nodes above them
+    /// cannot change, so the descent cannot end on a stale block (X on a stale block, say
+    /// one reused in a value's chain, could make a reader of that chain wait for it).
+    fn locked_node(&mut self, key: &[u8], level: u8, write: bool) -> Result<(u64, Node), KvError> {
         let root = self.kv.root;
         for _ in 0..MAX_RESTARTS {
             let n = descend(root, key, level, &mut |b| self.read(b))?;
             let fresh = self.lock(n)?;
+            if write {
+                self.hold(n)?;
+            }
             match node::decode(&self.read(n)?) {
                 Ok(Block::Node(node)) if node.level == level && node.covers(key) => {
                     return Ok((n, node));
@@ -1165,7 +1179,7 @@ impl<'k> KvTxn<'k> {
         let r = self.allocate()?;
         self.write(n, &Block::Node(left))?;
         self.write(r, &Block::Node(right))?;
-        let (p, mut parent) = self.locked_node(&low, level + 1)?;
+        let (p, mut parent) = self.locked_node(&low, level + 1, true)?;
         let Body::Internal { keys, children } = &mut parent.body else {
             return Err(KvError::corrupt(p, "a parent that is a leaf"));
         };
@@ -1185,7 +1199,7 @@ impl<'k> KvTxn<'k> {
     fn merge(&mut self, n: u64, node: Node) -> Result<(), KvError> {
         self.lock(SMO_LOCK)?;
         let level = node.level;
-        let (p, mut parent) = self.locked_node(&node.low, level + 1)?;
+        let (p, mut parent) = self.locked_node(&node.low, level + 1, true)?;
         let Body::Internal { keys, children } = &mut parent.body else {
             return Err(KvError::corrupt(p, "a parent that is a leaf"));
         };

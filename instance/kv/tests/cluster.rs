@@ -1,8 +1,9 @@
 //! Three instances in one process over one shared file: threads on every instance write
 //! disjoint keys (with values of every size, so leaves split and overflow chains are written
 //! concurrently) and increment shared counters (read and write in one transaction, the
-//! classic lost-update test); afterwards every committed write is read back from every
-//! instance, and the counters equal the committed increments.
+//! classic lost-update test) while a reader per instance reads without a transaction;
+//! afterwards every committed write is read back from every instance, the counters equal
+//! the committed increments, and deleting everything at once shrinks the tree again.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,10 +14,10 @@ use kv::{Kv, KvConfig, KvError};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const THREADS_PER_INSTANCE: usize = 2;
-const TRANSACTIONS: usize = 120;
+const TRANSACTIONS: usize = 80;
 const COUNTERS: usize = 6;
 
 fn counter_key(c: usize) -> Vec<u8> {
@@ -71,10 +72,53 @@ fn worker(kv: &Kv, instance: usize, thread: usize, increments: &[AtomicU64]) -> 
             }
             // Out of reruns under contention: rolled back, nothing to record.
             Err(KvError::Retry(_)) => {}
-            Err(e) => panic!("instance {instance} thread {thread}: {e}"),
+            Err(e) => panic!(
+                "instance {instance} thread {thread}: {e} (stopped: {:?})",
+                kv.instance().stopped()
+            ),
         }
     }
     own
+}
+
+/// Reads without a transaction while the writers run (splits, merges, chains freed and
+/// reused): every counter only grows, and every value read is one a writer wrote.
+fn reader(kv: &Kv, stop: &AtomicBool) {
+    let mut last = [0u64; COUNTERS];
+    loop {
+        for (c, last) in last.iter_mut().enumerate() {
+            match kv.get(&counter_key(c)) {
+                Ok(v) => {
+                    let now = read_counter(v);
+                    assert!(now >= *last, "counter {c} went back from {last} to {now}");
+                    *last = now;
+                }
+                Err(KvError::Retry(_)) => {}
+                Err(e) => panic!("reader: {e}"),
+            }
+        }
+        match kv.scan(Bound::Included(b"own-"), Bound::Excluded(b"own."), 40) {
+            Ok(pairs) => {
+                assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
+                for (k, v) in pairs {
+                    // Written as "<transaction number>:<bytes>".
+                    let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
+                    assert!(
+                        digits > 0 && v.get(digits) == Some(&b':'),
+                        "{} holds a value no one wrote",
+                        String::from_utf8_lossy(&k)
+                    );
+                }
+            }
+            Err(KvError::Retry(_)) => {}
+            Err(e) => panic!("reader: {e}"),
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        // Leave the two cores to the writers most of the time.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -82,6 +126,16 @@ fn three_instances_write_concurrently_and_every_commit_is_read_everywhere() {
     let cluster = common::start(3, 30_000, KvConfig::default());
     let increments: Arc<Vec<AtomicU64>> =
         Arc::new((0..COUNTERS).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = cluster
+        .kvs
+        .iter()
+        .map(|kv| {
+            let kv = Arc::clone(kv);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || reader(&kv, &stop))
+        })
+        .collect();
     let mut threads = Vec::new();
     for (i, kv) in cluster.kvs.iter().enumerate() {
         for t in 0..THREADS_PER_INSTANCE {
@@ -93,6 +147,10 @@ fn three_instances_write_concurrently_and_every_commit_is_read_everywhere() {
     let mut expected = Own::new();
     for thread in threads {
         expected.extend(thread.join().unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.join().unwrap();
     }
     for kv in &cluster.kvs {
         eprintln!("{:?}", kv.stats());

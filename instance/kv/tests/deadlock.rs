@@ -72,7 +72,10 @@ fn opposite_order_transactions_commit_or_retry_and_never_hang() {
                     match attempt(&kv, order) {
                         Ok(()) => committed += 1,
                         Err(KvError::Retry(_)) => retried += 1,
-                        Err(e) => panic!("instance {i} thread {t}: {e}"),
+                        Err(e) => panic!(
+                            "instance {i} thread {t}: {e} (stopped: {:?})",
+                            kv.instance().stopped()
+                        ),
                     }
                 }
                 let _ = done.send((committed, retried));

@@ -102,6 +102,17 @@ fn random_operations_match_a_btreemap_model() {
     assert_eq!(kv.get(b"big").unwrap().as_deref(), Some(big.as_slice()));
     model.insert(b"big".to_vec(), big);
 
+    // More changes than one commit's redo holds: a clear error, and nothing of it stays.
+    let mut txn = kv.begin();
+    let outcome =
+        (0..3).try_for_each(|i| txn.put(format!("huge-{i}").as_bytes(), &rng.bytes(200_000)));
+    assert!(
+        matches!(outcome, Err(KvError::TxnTooLarge { .. })),
+        "{outcome:?}"
+    );
+    assert!(matches!(txn.commit(), Err(KvError::Aborted(_))));
+    assert_eq!(kv.get(b"huge-0").unwrap(), None);
+
     // Delete everything: merges bring the tree back to one leaf and every block is free.
     let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
     for chunk in keys.chunks(8) {

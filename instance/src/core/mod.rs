@@ -11,7 +11,7 @@
 //!
 //! It is sans-IO like the engines: it never opens a socket, touches storage, spawns a thread
 //! or reads a clock. Two drivers run the same code: the runtime (real transports, storage,
-//! threads; `crate::runtime`) and the deterministic simulator (`tests/sim.rs`). Drain order
+//! threads; `crate::runtime`) and the deterministic simulator (the `sim` crate, `instance/sim`). Drain order
 //! after every input: [`Core::poll_send`], [`Core::poll_io`], [`Core::poll_completion`], then
 //! [`Core::poll_timeout`].
 //!

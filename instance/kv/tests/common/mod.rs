@@ -50,7 +50,8 @@ pub fn start(n: u16, blocks: u64, config: KvConfig) -> Cluster {
         .map(|id| {
             let text = format!(
                 "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"kv-test-secret\"\ninstances = [\n{members}]\n\n\
-                 [storage]\npath = {:?}\n\n[transport]\nkind = \"tcp\"\n\n[cache]\nframes = 4096\nblock_size = 8192\n",
+                 [storage]\npath = {:?}\n\n[transport]\nkind = \"tcp\"\n\n[cache]\nframes = 4096\nblock_size = 8192\n\n\
+                 [heartbeat]\nsuspect_after_missed = 20\ndown_after_ms = 15000\n",
                 storage.display().to_string()
             );
             let file = dir.path().join(format!("instance-{id}.toml"));

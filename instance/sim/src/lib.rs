@@ -6,7 +6,7 @@
 //! shape (instances, 4–16 data blocks; tiny caches of a few frames per user, small ones just
 //! above the block count, or large ones; a small GCS master table in some seeds, ping-pong
 //! damping in others), every delay, every user action and the failures; the same seed gives
-//! the same run. The driver is in `support/mod.rs`.
+//! the same run. The driver is [`driver`].
 //!
 //! Workload: per instance 1–4 users run transactions on `u64` counters: X on one block (or,
 //! with large caches, 2–3 blocks in ascending order), increment under the write latch at a
@@ -53,10 +53,14 @@
 //! (so no acknowledged commit is lost, and none that was never durable appears), and no past
 //! image, filling or retiring frame is left.
 //!
-//! * CI: `cargo test -p instance --test sim` runs `FUSION_SIM_SEEDS` seeds (default 1,000,
-//!   about 40 s in debug on two cores) from `FUSION_SIM_START` (default 0) on a few threads.
-//! * Replay: `FUSION_SEED=N cargo test -p instance --features interconnect/sim --release --test sim replay -- --nocapture`
-//!   (`FUSION_SIM_TRACE=1` prints every step; without `FUSION_SEED` it replays seed 1).
+//! * CI: `cargo test -p sim --test sim` runs `FUSION_SIM_SEEDS` seeds (default 1,000,
+//!   about 40 s in debug on two cores) from `FUSION_SIM_START` (default 0) on a few threads
+//!   ([`run_seeds`]); `FUSION_SEED=N cargo test -p sim --release --test sim replay -- --nocapture`
+//!   replays one (`FUSION_SIM_TRACE=1` prints every step; without `FUSION_SEED`, seed 1).
+//! * The `fusion-sim` binary: `fusion-sim replay SEED` runs one seed printing every step;
+//!   `fusion-sim seeds A..B` runs a range and stops at the first failing seed;
+//!   `fusion-sim soak --minutes N` runs consecutive seeds for N minutes and prints the totals.
+//!   Build it with `--release` (`cargo run --release -p sim --bin fusion-sim -- replay 1234`).
 //!
 //! Not covered: the cluster manager (detection, votes, fencing and the lease are modelled
 //! by the driver: a death is decided after a delay, a cut-off instance dies before the
@@ -67,24 +71,78 @@
 //! racing other I/O (a recovery batch is one step), concurrency inside one instance (the
 //! runtime's threads: the simulator is one thread, so latches never contend).
 
-#![allow(clippy::unwrap_used)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
-mod support;
+// The driver is the test oracle: a broken expectation panics with the seed and the replay
+// command (`run_seed` catches it, reruns the seed with the trace and prints its tail).
+#[allow(missing_docs, missing_debug_implementations, clippy::unwrap_used)]
+pub mod driver;
 
+pub use driver::{LIVENESS_LIMIT, Sim, SimConfig, SimStats, run_read_error, run_seed};
+
+use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support::{SimConfig, SimStats, run_read_error, run_seed};
 
-/// Seeds `seeds` runs by default (`FUSION_SIM_SEEDS` overrides).
-const DEFAULT_SEEDS: u64 = 1000;
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
+/// What [`run_seeds`] ran: how many seeds, and their totals.
+#[derive(Debug, Default)]
+pub struct SeedsRun {
+    /// Seeds run to the end.
+    pub seeds: u64,
+    /// Their counters, added up.
+    pub total: SimStats,
 }
 
-fn summarize(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) {
-    println!(
+/// Runs the seeds of `seeds` in order on a few threads (each seed alone is deterministic),
+/// taking no new seed once `deadline` (if any) has passed; returns the totals, or the
+/// failing seeds (each printed its trace tail and replay command; no new seed starts after
+/// the first failure).
+pub fn run_seeds(seeds: Range<u64>, deadline: Option<Instant>) -> Result<SeedsRun, Vec<u64>> {
+    let next = AtomicU64::new(seeds.start);
+    let stop = AtomicBool::new(false);
+    let run = Mutex::new(SeedsRun::default());
+    let failed = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return;
+                    }
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= seeds.end {
+                        return;
+                    }
+                    match std::panic::catch_unwind(|| run_seed(SimConfig::from_seed(seed))) {
+                        Ok(stats) => {
+                            let mut run = run.lock().unwrap_or_else(|e| e.into_inner());
+                            run.seeds += 1;
+                            run.total.add(&stats);
+                        }
+                        Err(_) => {
+                            failed.lock().unwrap_or_else(|e| e.into_inner()).push(seed);
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
+    if failed.is_empty() {
+        Ok(run.into_inner().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        failed.sort_unstable();
+        Err(failed)
+    }
+}
+
+/// One line of totals: `label`, the number of seeds, the wall time, then every counter.
+pub fn summary(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) -> String {
+    format!(
         "{label}: {seeds} seeds in {elapsed:.1?}: {} steps, {} commits, {} aborts, {} reads, {} messages, {} blocks shipped, {} disk reads, {} disk writes, {} checkpoints, {} evictions, {} local grants, {:.1?} virtual; failures: {} runs with deaths, {} deaths ({} cut off first), {} restarts, {} recoveries, {} blocks recovered, {} commits durable but unacknowledged (recovered), {} commits lost mid-redo-write, {} writes of the dead landed, {} redo checkpoints, {} block payloads refused by their frame",
         total.steps,
         total.commits,
@@ -109,110 +167,5 @@ fn summarize(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) {
         total.writes_landed_dead,
         total.redo_checkpoints,
         total.landings_refused,
-    );
-}
-
-/// Runs seeds `start..start + count` on a few threads (each seed alone is deterministic);
-/// returns the totals, or the failing seeds (each printed its trace tail and replay command).
-fn run_seeds(start: u64, count: u64) -> Result<SimStats, Vec<u64>> {
-    let next = AtomicU64::new(start);
-    let stop = AtomicBool::new(false);
-    let total = Mutex::new(SimStats::default());
-    let failed = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= start + count {
-                        return;
-                    }
-                    match std::panic::catch_unwind(|| run_seed(SimConfig::from_seed(seed))) {
-                        Ok(stats) => total.lock().unwrap().add(&stats),
-                        Err(_) => {
-                            failed.lock().unwrap().push(seed);
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    let mut failed = failed.into_inner().unwrap();
-    if failed.is_empty() {
-        Ok(total.into_inner().unwrap())
-    } else {
-        failed.sort_unstable();
-        Err(failed)
-    }
-}
-
-#[test]
-fn seeds() {
-    let seeds = env_u64("FUSION_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
-    let start = env_u64("FUSION_SIM_START").unwrap_or(0);
-    let began = Instant::now();
-    let total = match run_seeds(start, seeds) {
-        Ok(total) => total,
-        Err(failed) => panic!(
-            "failing seeds {failed:?}; replay one: FUSION_SEED={} cargo test -p instance --features interconnect/sim --release --test sim replay -- --nocapture",
-            failed[0]
-        ),
-    };
-    summarize("seeds", seeds, &total, began.elapsed());
-    if seeds >= 50 {
-        assert!(total.commits > 0 && total.aborts > 0 && total.reads > 0);
-        assert!(total.blocks_shipped > 0 && total.disk_reads > 0 && total.disk_writes > 0);
-        assert!(total.evictions > 0, "small caches must evict");
-        assert!(total.crashes > 0 && total.restarts > 0 && total.recoveries > 0);
-        assert!(total.blocks_recovered > 0 && total.redo_checkpoints > 0);
-    }
-    if seeds >= 200 {
-        assert!(total.isolations > 0 && total.durable_unacked > 0 && total.commits_lost > 0);
-    }
-}
-
-#[test]
-fn replay() {
-    let seed = env_u64("FUSION_SEED").unwrap_or(1);
-    let cfg = SimConfig::from_seed(seed);
-    println!("replaying {cfg:?}");
-    let stats = run_seed(cfg);
-    summarize("replay", 1, &stats, Duration::ZERO);
-}
-
-#[test]
-fn same_seed_same_run() {
-    // Seeds 1, 4 and 13 have deaths: during recovery; cut off, then during the rebuild;
-    // with restarts and a death after a join.
-    for seed in [1, 3, 4, 13, 77, 1234] {
-        let run = |seed| {
-            let mut sim = support::Sim::new(SimConfig::from_seed(seed)).with_trace();
-            sim.run();
-            (
-                sim.stats.steps,
-                sim.deliveries(),
-                sim.trace_tail(usize::MAX),
-            )
-        };
-        let (a, b) = (run(seed), run(seed));
-        assert_eq!(a.0, b.0, "seed {seed}: steps differ");
-        assert_eq!(a.1, b.1, "seed {seed}: deliveries differ");
-        assert_eq!(a.2, b.2, "seed {seed}: traces differ");
-    }
-}
-
-/// A storage read that fails fails the waiting user's operation with `CoreError::Storage`
-/// (the instance must stop); it never leaves the user waiting.
-#[test]
-fn a_failed_read_fails_the_waiting_user_and_never_hangs() {
-    for seed in 0..20 {
-        let (stats, finished) = run_read_error(seed);
-        assert!(
-            finished,
-            "seed {seed}: a user still waits after its block's read failed"
-        );
-        assert!(stats.storage_errors > 0, "seed {seed}: no storage error");
-    }
+    )
 }

@@ -9,7 +9,7 @@
 //! the simulator drives it.
 
 use super::{IoClass, SharedStorage, StorageError, StorageInfo, check_transfer};
-use crate::storage::DirectIo;
+use crate::DirectIo;
 use interconnect::sim::SimRng;
 use parking_lot::Mutex;
 use std::ops::Range;
@@ -255,7 +255,7 @@ impl SharedStorage for FaultyStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{AlignedBuf, Misalignment};
+    use crate::{AlignedBuf, Misalignment};
 
     fn storage(seed: u64, config: FaultConfig) -> FaultyStorage {
         FaultyStorage::new(config, SimRng::new(seed))

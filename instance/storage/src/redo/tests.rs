@@ -1,10 +1,10 @@
 //! Tests of the writer and reader together, on the faulty storage and on real files.
 
 use super::*;
+use crate::faulty::{FaultConfig, FaultyStorage, MILLION};
 use crate::format::RedoThreadLocation;
-use crate::storage::faulty::{FaultConfig, FaultyStorage, MILLION};
-use crate::storage::{
-    self, IoArena, IoClass, SharedStorage, StorageError, StorageInfo, StorageOptions,
+use crate::{
+    self as storage, IoArena, IoClass, SharedStorage, StorageError, StorageInfo, StorageOptions,
 };
 use gcs::BlockId;
 use interconnect::sim::SimRng;

@@ -7,7 +7,7 @@
 //! data unless told to, never accept a control sector or a block that fails verification, and
 //! never interpret redo (that is [`crate::redo`]). The layout, byte by byte, follows.
 //!
-#![doc = include_str!("../../../docs/storage-format.md")]
+#![doc = include_str!("../../../../docs/storage-format.md")]
 
 pub mod block;
 pub mod control;
@@ -17,7 +17,7 @@ pub use block::{
 };
 pub use control::{Checkpoint, ControlHeader, InstanceSlot, SectorError, SlotState};
 
-use crate::storage::{self, AlignedBuf, IoClass, SharedStorage, StorageError, StorageOptions};
+use crate::{self as storage, AlignedBuf, IoClass, SharedStorage, StorageError, StorageOptions};
 use gcs::BlockId;
 use interconnect::{ClusterId, InstanceId, MAX_INSTANCES, Scn};
 use std::fs::OpenOptions;

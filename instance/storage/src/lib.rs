@@ -1,12 +1,28 @@
-//! Shared storage I/O: the [`SharedStorage`] trait and its implementations.
+//! The shared storage of a Fusion cluster: how bytes move to and from it, what they mean, and
+//! how an instance's redo is written and replayed. All of Fusion's storage `unsafe` code and
+//! all of its io_uring use live in this crate (DESIGN.md, Layout); the `instance` crate forbids
+//! unsafe code and reaches storage only through it.
 //!
-//! This module owns how bytes move between memory and the shared storage (a regular file or
-//! a block device that every instance opens): alignment rules, `O_DIRECT`, io_uring rings,
+//! * The crate root — shared storage I/O: the [`SharedStorage`] trait and its implementations
+//!   (below).
+//! * [`format`](mod@format) — the on-storage format, byte by byte: the control area (cluster
+//!   header and the voting area's per-instance slots), the redo threads' places, and the data
+//!   blocks with their verified headers; `create` and `open`.
+//! * [`redo`] — the redo log: a pure codec of records, entries and 4 KiB log blocks; the
+//!   group-committing [`redo::RedoWriter`]; the recovery scan [`redo::RedoReader`].
+//! * [`recovery`] — recovery's redo-applying half: scanning redo threads from their
+//!   checkpoints, applying a block's records above its SCN, recovering one block, and
+//!   whole-cluster restart.
+//!
+//! # Shared storage I/O
+//!
+//! The crate root owns how bytes move between memory and the shared storage (a regular file
+//! or a block device that every instance opens): alignment rules, `O_DIRECT`, io_uring rings,
 //! the pread/pwrite fallback, and the faulty in-memory storage of the simulator. It must never
 //! interpret the bytes it moves: layouts, checksums and redo framing belong to
 //! [`crate::format`] and [`crate::redo`].
 //!
-//! # The contract of [`SharedStorage`]
+//! ## The contract of [`SharedStorage`]
 //!
 //! * **Alignment.** Every offset, every length and every buffer address passed to
 //!   [`SharedStorage::read_at`], [`SharedStorage::write_at`] and
@@ -32,6 +48,13 @@
 //! Implementations: [`uring::UringStorage`] (io_uring, fixed files and buffers),
 //! [`sync_io::SyncStorage`] (pread/pwrite, used where io_uring is refused), and — with the
 //! `sim` feature — `faulty::FaultyStorage`. [`open`] picks the best one that works.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod format;
+pub mod recovery;
+pub mod redo;
 
 mod arena;
 mod file;

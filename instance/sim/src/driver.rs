@@ -851,6 +851,13 @@ impl Sim {
         self
     }
 
+    /// Prints every trace line as it is recorded (`fusion-sim replay`).
+    pub fn printing_trace(mut self) -> Self {
+        self.trace = Some(Vec::new());
+        self.print_trace = true;
+        self
+    }
+
     /// Storage errors end the waiting user's operation instead of failing the run.
     pub fn expecting_storage_errors(mut self) -> Self {
         self.expect_storage_errors = true;
@@ -886,7 +893,7 @@ impl Sim {
 
     fn fail(&self, what: impl std::fmt::Display) -> ! {
         panic!(
-            "seed {}: {what}\n  at virtual time {:?}, step {}\n  replay: FUSION_SEED={} cargo test -p instance --features interconnect/sim --release --test sim replay -- --nocapture",
+            "seed {}: {what}\n  at virtual time {:?}, step {}\n  replay: cargo run --release -p sim --bin fusion-sim -- replay {}",
             self.cfg.seed,
             Duration::from_nanos(self.now.as_nanos()),
             self.stats.steps,
@@ -2817,7 +2824,7 @@ pub fn run_seed(cfg: SimConfig) -> SimStats {
             traced.print_trace = false;
             let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| traced.run()));
             eprintln!(
-                "---- seed {seed}: last trace lines{} ----\n{}\n---- replay: FUSION_SEED={seed} cargo test -p instance --features interconnect/sim --release --test sim replay -- --nocapture (FUSION_SIM_TRACE=1 prints the whole trace) ----",
+                "---- seed {seed}: last trace lines{} ----\n{}\n---- replay (prints the whole trace): cargo run --release -p sim --bin fusion-sim -- replay {seed} ----",
                 if again.is_ok() {
                     " (the rerun did NOT fail: the run is not deterministic)"
                 } else {

@@ -6,7 +6,7 @@
 //! beyond the two helpers that read and write one whole block.
 
 use super::{FORMAT_VERSION, Layout};
-use crate::storage::{IoClass, SharedStorage, StorageError};
+use crate::{IoClass, SharedStorage, StorageError};
 use gcs::BlockId;
 use interconnect::Scn;
 

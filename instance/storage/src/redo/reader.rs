@@ -11,7 +11,7 @@ use super::codec::{
     self, EntryAssembler, LOG_BLOCK_SIZE, LOOK_AHEAD_BLOCKS, LogBlockError, LogIdent, RedoRecord,
 };
 use crate::format::RedoThreadLocation;
-use crate::storage::{AlignedBuf, SharedStorage, StorageError};
+use crate::{AlignedBuf, SharedStorage, StorageError};
 use std::collections::VecDeque;
 
 /// Blocks read per storage read while scanning.
@@ -77,7 +77,7 @@ pub enum RedoReadError {
     },
     /// No memory for the read buffer.
     #[error(transparent)]
-    Arena(#[from] crate::storage::ArenaError),
+    Arena(#[from] crate::ArenaError),
 }
 
 /// Why the scan stopped.

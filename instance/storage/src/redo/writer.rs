@@ -33,7 +33,7 @@ use super::codec::{
 };
 use super::reader::{LogEnd, RedoReadError, RedoReader};
 use crate::format::RedoThreadLocation;
-use crate::storage::{AlignedBuf, ArenaError, IoArena, IoClass, SharedStorage, StorageError};
+use crate::{AlignedBuf, ArenaError, IoArena, IoClass, SharedStorage, StorageError};
 use interconnect::Scn;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::sync::Arc;
@@ -152,7 +152,7 @@ struct State {
 }
 
 enum WriteBuffer {
-    Frame(crate::storage::Frame),
+    Frame(crate::Frame),
     Plain(AlignedBuf),
 }
 

@@ -24,7 +24,7 @@
 
 use crate::format::{self, BLOCK_HEADER_LEN, BlockError, Checkpoint, Layout, SlotError};
 use crate::redo::{LogEnd, RedoReadError, RedoReader, RedoRecord};
-use crate::storage::{AlignedBuf, ArenaError, IoClass, SharedStorage, StorageError};
+use crate::{AlignedBuf, ArenaError, IoClass, SharedStorage, StorageError};
 use gcs::BlockId;
 use interconnect::{InstanceId, Scn};
 use std::collections::BTreeMap;
