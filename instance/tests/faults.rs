@@ -547,23 +547,16 @@ fn a_cluster_on_a_loop_block_device_survives_a_kill() {
         .find_map(|l| l.strip_prefix("id = "))
         .unwrap()
         .to_string();
-    let created = Command::new(env!("CARGO_BIN_EXE_fusionctl"))
-        .args(["create", "--path", &device, "--cluster-id", &cluster_id])
-        .args([
-            "--instances",
-            "3",
-            "--block-size",
-            "8192",
-            "--redo-size",
-            "16MiB",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "fusionctl create on {device}: {}",
-        String::from_utf8_lossy(&created.stderr)
+    // fusionctl create's work, called directly (fusionctl lives in crate fusiond).
+    let mut spec = instance::format::ClusterSpec::new(
+        interconnect::ClusterId(cluster_id.trim().parse().unwrap()),
+        3,
+        None,
     );
+    spec.block_size = 8192;
+    spec.redo_thread_size = 16 << 20;
+    let created = instance::format::create(Path::new(&device), &spec, false);
+    assert!(created.is_ok(), "formatting {device}: {:?}", created.err());
     for config in &cluster.configs {
         set_storage(config, Path::new(&device));
     }
