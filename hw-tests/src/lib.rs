@@ -34,6 +34,23 @@ pub fn block_device_under_test() -> Option<String> {
         .filter(|p| !p.is_empty())
 }
 
+/// The two paths to one SCSI or NVMe device with persistent reservations named by
+/// `FUSION_HW_PR_DEVICE` (`/dev/sdX,/dev/sdY`), or why there are none: the line a skipped
+/// reservation test prints. The device must see the paths as two initiators (two iSCSI
+/// sessions with their own initiator names, or two `tcm_loop` hosts of one LIO LUN); tests
+/// overwrite its first block and clear its reservations.
+pub fn reservation_device_paths() -> Result<(String, String), String> {
+    let unset = "FUSION_HW_PR_DEVICE is not set (two paths to one SCSI/NVMe device with \
+                 persistent reservations, comma-separated; loop devices and files have none)";
+    let value = std::env::var("FUSION_HW_PR_DEVICE").map_err(|_| unset.to_string())?;
+    match value.split_once(',') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
+        _ => Err(format!(
+            "FUSION_HW_PR_DEVICE={value:?} is not two comma-separated device paths"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,11 +37,11 @@
 
 use crate::cache::{Pin, ReadLatch};
 use crate::cluster::ClusterManager;
-use crate::config::{InstanceConfig, TransportConfig};
+use crate::config::{Fencing, InstanceConfig, TransportConfig};
 use crate::core::{BlockGrant, Completion, Core, CoreConfig, CoreError};
 use crate::format::{self, BLOCK_HEADER_LEN, InstanceSlot, Layout, SlotState};
 use crate::redo::{GroupCommitConfig, RedoError, RedoRecord, RedoWriter};
-use crate::runtime::{Command, Runtime, RuntimeParts, RuntimeStats, Waiter};
+use crate::runtime::{Command, ReservationFence, Runtime, RuntimeParts, RuntimeStats, Waiter};
 use crate::storage::{SharedStorage, StorageOptions};
 use gcs::{BlockId, BlockMode};
 use ges::{LockMode, LockName, LockValue, VALUE_LEN};
@@ -119,6 +119,11 @@ pub enum StartError {
     /// This instance's redo thread could not be scanned.
     #[error("scanning this instance's redo: {0}")]
     Recovery(#[from] crate::recovery::RecoveryError),
+    /// `storage.fencing = "reservation"`, and the storage does not support persistent
+    /// reservations or refused this instance's registration (never a silent fallback to the
+    /// lease).
+    #[error("storage.fencing = \"reservation\": {0}")]
+    Reservation(#[from] crate::storage::reservation::ReservationError),
 }
 
 /// Why an operation failed.
@@ -289,6 +294,16 @@ impl Instance {
             })?;
         config.check_storage(&layout)?;
         let me = config.local.id;
+        // Registered before this instance writes anything; a restarted instance (preempted
+        // in its previous life) registers again here.
+        let fence = match config.fencing {
+            Fencing::Lease => None,
+            Fencing::Reservation => Some(Arc::new(ReservationFence::join(
+                &config.storage,
+                config.cluster_id,
+                me,
+            )?)),
+        };
         let slot = format::read_slot(storage.as_ref(), &layout, me)?;
         format::write_slot(
             storage.as_ref(),
@@ -305,6 +320,7 @@ impl Instance {
             storage: &storage,
             layout: &layout,
             options,
+            fence,
         };
         let (runtime, redo) = match &config.transport {
             TransportConfig::Tcp { .. } => {
@@ -932,6 +948,8 @@ struct Setting<'a> {
     storage: &'a Arc<dyn SharedStorage>,
     layout: &'a Layout,
     options: StartOptions,
+    /// Fencing by reservation, when configured (this instance's key is registered).
+    fence: Option<Arc<ReservationFence>>,
 }
 
 /// How this instance enters the cluster.
@@ -998,6 +1016,9 @@ impl Setting<'_> {
         let mut cluster =
             ClusterManager::new(me, configured, epoch, live, failure, paxos, Timestamp::ZERO)
                 .map_err(|e| StartError::Cache(e.to_string()))?;
+        if self.fence.is_some() {
+            cluster.fence_by_reservation();
+        }
         for peer in connected.iter() {
             cluster.on_connected(peer);
         }
@@ -1020,6 +1041,7 @@ impl Setting<'_> {
             origin,
             early,
             own_paxos,
+            fence: self.fence.clone(),
         })?;
         Ok((runtime, redo))
     }

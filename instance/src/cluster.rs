@@ -26,6 +26,13 @@
 //!   or decided membership of a newer epoch without this instance
 //!   ([`ClusterManager::may_renew_lease`]); survivors wait out the lease after the decision
 //!   and the lost member's last heartbeat ([`ClusterManager::lost_lease_end`]).
+//! * With fencing by reservation ([`ClusterManager::fence_by_reservation`]), the lowest
+//!   surviving member preempts the lost members' reservation keys
+//!   ([`ClusterAction::Preempt`]); once it reports that done
+//!   ([`ClusterManager::on_fenced_by_reservation`]) and tells the others
+//!   ([`ClusterMessage::Fenced`]), recovery of those members need not wait for their lease
+//!   ([`ClusterManager::recovery_start`]). A failed preemption changes nothing: the lease
+//!   wait still applies.
 //! * A restarted instance asks to join; the coordinator admits it with a new epoch (decided
 //!   the same way) once the recovery of earlier failures is complete everywhere.
 //! * Control messages are repaired by repetition (`Status` each heartbeat interval, the
@@ -111,6 +118,14 @@ pub enum ClusterMessage {
         /// The newest epoch whose instance recovery it has completed.
         recovered: Epoch,
     },
+    /// The coordinator of `epoch` preempted `lost`'s reservation keys: their writes fail at
+    /// the device, so their blocks may be recovered without waiting for their lease.
+    Fenced {
+        /// The epoch whose reconfiguration lost them.
+        epoch: Epoch,
+        /// The members fenced.
+        lost: InstanceSet,
+    },
 }
 
 /// A cluster message that does not decode.
@@ -156,6 +171,11 @@ impl ClusterMessage {
                 out.extend_from_slice(&epoch.0.to_le_bytes());
                 out.extend_from_slice(&live.bits().to_le_bytes());
                 out.extend_from_slice(&recovered.0.to_le_bytes());
+            }
+            ClusterMessage::Fenced { epoch, lost } => {
+                out.push(7);
+                out.extend_from_slice(&epoch.0.to_le_bytes());
+                out.extend_from_slice(&lost.bits().to_le_bytes());
             }
         }
     }
@@ -221,6 +241,13 @@ impl ClusterMessage {
                     epoch: Epoch(u64_at(1)?),
                     live: InstanceSet::from_bits(u64_at(9)?),
                     recovered: Epoch(u64_at(17)?),
+                })
+            }
+            Some(7) => {
+                exact(17)?;
+                Ok(ClusterMessage::Fenced {
+                    epoch: Epoch(u64_at(1)?),
+                    lost: InstanceSet::from_bits(u64_at(9)?),
                 })
             }
             Some(_) => Err(ClusterDecodeError("unknown tag")),
@@ -318,6 +345,16 @@ pub enum ClusterAction {
         /// Members of the old epoch that are gone.
         lost: InstanceSet,
     },
+    /// Fencing by reservation, on the coordinator: preempt-and-abort the reservation keys of
+    /// `lost` (left out of `epoch`) and report the outcome
+    /// ([`ClusterManager::on_fenced_by_reservation`] when it succeeded; nothing otherwise,
+    /// and the lease wait applies).
+    Preempt {
+        /// The epoch whose reconfiguration lost them.
+        epoch: Epoch,
+        /// The members to preempt.
+        lost: InstanceSet,
+    },
     /// Carry out a Disk Paxos I/O on the voting area and report its completion
     /// ([`ClusterManager::on_paxos_written`], [`ClusterManager::on_paxos_read`]).
     Paxos(PaxosIo),
@@ -388,6 +425,13 @@ pub struct ClusterManager {
     /// The current disk round found a newer epoch accepted or decided without this
     /// instance: the lease must not be renewed from it.
     threatened: bool,
+    /// Lost members are fenced by preempting their reservation keys (`[storage] fencing`).
+    reservation_fencing: bool,
+    /// Lost members whose keys were preempted (they write nothing any more), and when this
+    /// instance learnt the latest preemption. A member admitted again leaves the set: it
+    /// registered anew.
+    fenced: InstanceSet,
+    fenced_at: Timestamp,
     stopped: bool,
     actions: VecDeque<ClusterAction>,
     stats: ClusterStats,
@@ -432,10 +476,19 @@ impl ClusterManager {
             paxos,
             propose_after: now,
             threatened: false,
+            reservation_fencing: false,
+            fenced: InstanceSet::EMPTY,
+            fenced_at: now,
             stopped: false,
             actions: VecDeque::new(),
             stats: ClusterStats::default(),
         })
+    }
+
+    /// Fences lost members by reservation: on a reconfiguration that loses members, the
+    /// coordinator (the lowest surviving member) is asked to preempt them.
+    pub fn fence_by_reservation(&mut self) {
+        self.reservation_fencing = true;
     }
 
     /// The current epoch.
@@ -662,6 +715,12 @@ impl ClusterManager {
                 }
                 self.apply(epoch, live, now);
             }
+            ClusterMessage::Fenced { epoch, lost } => {
+                // Only the coordinator of the epoch preempts; a member's word is enough.
+                if self.live.contains(from) {
+                    self.record_fenced(epoch, lost, now);
+                }
+            }
             ClusterMessage::RecoveryDone { epoch } => {
                 if epoch >= self.recovery_epoch {
                     self.recovery_pending.remove(from);
@@ -732,6 +791,50 @@ impl ClusterManager {
             .map(|p| self.disk[p.index()].changed_at)
             .fold(decided_at, Timestamp::max);
         last + self.config.lease + self.config.lease / 8
+    }
+
+    /// The coordinator preempted the reservation keys of `lost`, left out of `epoch`, at
+    /// `now`: record it and tell the other members. A report for another epoch than the
+    /// current one is dropped (a later epoch may have admitted one of them again, with a new
+    /// registration); the lease wait then applies.
+    pub fn on_fenced_by_reservation(&mut self, epoch: Epoch, lost: InstanceSet, now: Timestamp) {
+        if !self.record_fenced(epoch, lost, now) {
+            return;
+        }
+        let me = self.me;
+        for member in self.live.iter().filter(|m| *m != me) {
+            self.send(member, ClusterMessage::Fenced { epoch, lost });
+        }
+    }
+
+    /// Records `lost` as fenced at `now` if `epoch` is current; whether it did.
+    fn record_fenced(&mut self, epoch: Epoch, lost: InstanceSet, now: Timestamp) -> bool {
+        if self.stopped || !self.reservation_fencing || epoch != self.epoch {
+            return false;
+        }
+        // Never a current member: its registration is its own to keep.
+        let lost = InstanceSet::from_bits(lost.bits() & !self.live.bits());
+        if lost.is_empty() {
+            return false;
+        }
+        self.fenced = InstanceSet::from_bits(self.fenced.bits() | lost.bits());
+        self.fenced_at = now;
+        true
+    }
+
+    /// When the blocks of `lost` (learnt lost at `decided_at`) may be rebuilt: members whose
+    /// keys were preempted as soon as that is known here (not before the decision), the
+    /// others when their lease has run out ([`ClusterManager::lost_lease_end`]); the later
+    /// of the two.
+    pub fn recovery_start(&self, lost: InstanceSet, decided_at: Timestamp) -> Timestamp {
+        let fenced = InstanceSet::from_bits(lost.bits() & self.fenced.bits());
+        let unfenced = InstanceSet::from_bits(lost.bits() & !self.fenced.bits());
+        let lease_end = self.lost_lease_end(unfenced, decided_at);
+        if fenced.is_empty() {
+            lease_end
+        } else {
+            lease_end.max(self.fenced_at)
+        }
     }
 
     /// Timers: heartbeats, detection, decisions.
@@ -902,6 +1005,8 @@ impl ClusterManager {
         self.net.set_epoch(epoch);
         self.stats.reconfigurations += 1;
         self.suspected = InstanceSet::from_bits(self.suspected.bits() & live.bits());
+        // A member back in the cluster registered its key again when it started.
+        self.fenced = InstanceSet::from_bits(self.fenced.bits() & !live.bits());
         self.actions
             .push_back(ClusterAction::Event(InstanceEvent::Reconfigured {
                 epoch,
@@ -914,6 +1019,10 @@ impl ClusterManager {
         }
         self.actions
             .push_back(ClusterAction::Reconfigure { epoch, live, lost });
+        if self.reservation_fencing && !lost.is_empty() && live.lowest() == Some(self.me) {
+            self.actions
+                .push_back(ClusterAction::Preempt { epoch, lost });
+        }
     }
 
     fn send(&mut self, to: InstanceId, message: ClusterMessage) {
@@ -1102,6 +1211,161 @@ mod tests {
         }
     }
 
+    /// A manager of `me` among `members` at epoch 1 that fences by reservation, moved to
+    /// epoch 2 with `survivors` at `now` (as a member's `Reconfigure` tells it); its actions.
+    fn reservation_fenced(
+        me: u64,
+        members: &[u64],
+        survivors: &[u64],
+        now: Timestamp,
+    ) -> (Rig, Vec<ClusterAction>) {
+        let mut m = manager(me, members);
+        m.fence_by_reservation();
+        actions(&mut m);
+        let live = set(survivors);
+        let from = survivors
+            .iter()
+            .copied()
+            .find(|&s| s != me)
+            .map_or(id(me), id);
+        m.on_message(
+            from,
+            ClusterMessage::Reconfigure {
+                epoch: Epoch(2),
+                live,
+            },
+            now,
+        );
+        let out = actions(&mut m);
+        (m, out)
+    }
+
+    fn preempts(actions: &[ClusterAction]) -> Vec<(Epoch, InstanceSet)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                ClusterAction::Preempt { epoch, lost } => Some((*epoch, *lost)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_coordinator_preempts_and_only_when_fencing_by_reservation() {
+        let (_, out) = reservation_fenced(0, &[0, 1, 2], &[0, 1], at(1000));
+        assert_eq!(preempts(&out), vec![(Epoch(2), set(&[2]))]);
+        let (_, out) = reservation_fenced(1, &[0, 1, 2], &[0, 1], at(1000));
+        assert!(preempts(&out).is_empty(), "not the lowest survivor");
+        let mut lease_only = manager(0, &[0, 1, 2]);
+        lease_only.on_message(
+            id(1),
+            ClusterMessage::Reconfigure {
+                epoch: Epoch(2),
+                live: set(&[0, 1]),
+            },
+            at(1000),
+        );
+        let out = actions(&mut lease_only);
+        assert!(reconfigured(&out).is_some());
+        assert!(preempts(&out).is_empty(), "the lease is the default");
+    }
+
+    #[test]
+    fn recovery_begins_at_the_preemption_not_before() {
+        let decided = at(1000);
+        let (mut coordinator, _) = reservation_fenced(0, &[0, 1, 2], &[0, 1], decided);
+        let (mut other, _) = reservation_fenced(1, &[0, 1, 2], &[0, 1], decided);
+        let lost = set(&[2]);
+        let lease_end = coordinator.lost_lease_end(lost, decided);
+        assert!(lease_end >= decided + FailureConfig::default().lease);
+        // Before the preemption is done, the lease wait applies everywhere.
+        assert_eq!(coordinator.recovery_start(lost, decided), lease_end);
+        assert_eq!(
+            other.recovery_start(lost, decided),
+            other.lost_lease_end(lost, decided)
+        );
+
+        coordinator.on_fenced_by_reservation(Epoch(2), lost, at(1050));
+        assert_eq!(coordinator.recovery_start(lost, decided), at(1050));
+        let told = actions(&mut coordinator);
+        let fenced = ClusterMessage::Fenced {
+            epoch: Epoch(2),
+            lost,
+        };
+        assert!(told.contains(&ClusterAction::Send {
+            to: id(1),
+            message: fenced
+        }));
+        // The other survivor learns it from the coordinator, when the message comes.
+        other.on_message(id(0), fenced, at(1070));
+        assert_eq!(other.recovery_start(lost, decided), at(1070));
+        // Never before the decision, even if the preemption was reported earlier.
+        assert_eq!(other.recovery_start(lost, at(1100)), at(1100));
+    }
+
+    #[test]
+    fn a_member_not_preempted_is_still_waited_for() {
+        let decided = at(1000);
+        let (mut m, _) = reservation_fenced(0, &[0, 1, 2, 3], &[0, 1], decided);
+        m.on_fenced_by_reservation(Epoch(2), set(&[2]), at(1050));
+        // 3 was not preempted: its lease decides.
+        let both = set(&[2, 3]);
+        assert_eq!(
+            m.recovery_start(both, decided),
+            m.lost_lease_end(set(&[3]), decided)
+        );
+        // Reports that do not hold are dropped: a stale epoch, a sender outside the
+        // cluster, a current member.
+        m.on_message(
+            id(1),
+            ClusterMessage::Fenced {
+                epoch: Epoch(1),
+                lost: set(&[3]),
+            },
+            at(1060),
+        );
+        m.on_message(
+            id(3),
+            ClusterMessage::Fenced {
+                epoch: Epoch(2),
+                lost: set(&[3]),
+            },
+            at(1060),
+        );
+        m.on_fenced_by_reservation(Epoch(2), set(&[1]), at(1060));
+        assert_eq!(
+            m.recovery_start(set(&[3]), decided),
+            m.lost_lease_end(set(&[3]), decided)
+        );
+        assert_eq!(
+            m.recovery_start(set(&[1]), decided),
+            m.lost_lease_end(set(&[1]), decided)
+        );
+        // 2 comes back (registered anew), then is lost again: its new life is not fenced
+        // until it is preempted again.
+        m.on_message(
+            id(1),
+            ClusterMessage::Reconfigure {
+                epoch: Epoch(3),
+                live: set(&[0, 1, 2]),
+            },
+            at(2000),
+        );
+        m.on_message(
+            id(1),
+            ClusterMessage::Reconfigure {
+                epoch: Epoch(4),
+                live: set(&[0, 1]),
+            },
+            at(3000),
+        );
+        assert_eq!(
+            m.recovery_start(set(&[2]), at(3000)),
+            m.lost_lease_end(set(&[2]), at(3000))
+        );
+        assert!(preempts(&actions(&mut m)).contains(&(Epoch(4), set(&[2]))));
+    }
+
     #[test]
     fn codec_round_trips_and_refuses_garbage() {
         let messages = [
@@ -1124,6 +1388,10 @@ mod tests {
                 epoch: Epoch(4),
                 live: set(&[0, 2]),
                 recovered: Epoch(3),
+            },
+            ClusterMessage::Fenced {
+                epoch: Epoch(5),
+                lost: set(&[1, 3]),
             },
         ];
         for message in messages {

@@ -23,6 +23,8 @@
 //!
 //! [storage]
 //! path = "/dev/nvme1n1"              # a regular file or a block device
+//! fencing = "lease"                  # default; or "reservation": SCSI-3 / NVMe persistent
+//!                                    #   reservations fence lost instances (block device)
 //!
 //! [transport]
 //! kind = "tcp"                       # or "shm": every instance on this `host`; or "rdma":
@@ -247,6 +249,19 @@ pub struct Member {
     pub resp: Option<SocketAddr>,
 }
 
+/// How lost instances are kept from writing before their blocks are recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fencing {
+    /// Survivors wait out the lost instances' I/O lease.
+    #[default]
+    Lease,
+    /// Every instance registers a persistent-reservation key on the storage device; the
+    /// coordinator preempts the lost instances' keys and recovery starts then. Storage
+    /// without reservations refuses to start.
+    Reservation,
+}
+
 /// Which interconnect transport this instance uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -343,6 +358,8 @@ pub struct InstanceConfig {
     pub peers: Vec<Member>,
     /// The shared storage: a regular file or a block device.
     pub storage: PathBuf,
+    /// How lost instances are fenced (`storage.fencing`).
+    pub fencing: Fencing,
     /// The interconnect transport.
     pub transport: TransportConfig,
     /// The buffer cache.
@@ -565,6 +582,8 @@ struct RawMember {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     path: PathBuf,
+    #[serde(default)]
+    fencing: Fencing,
 }
 
 #[derive(Deserialize, Default)]
@@ -686,6 +705,7 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         local: local_member,
         peers,
         storage: resolve(base, raw.storage.path),
+        fencing: raw.storage.fencing,
         transport,
         cache,
         membership,

@@ -18,13 +18,14 @@ use crate::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfi
 use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
 use crate::format::{self, BlockError, Layout, control::SLOT_PAXOS_LEN};
 use crate::paxos::PaxosIo;
+use crate::storage::reservation::{ReservationError, Reservations, reservation_key};
 use crate::storage::{AlignedBuf, IoClass, SharedStorage};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use gcs::{BlockId, BlockMode};
 use ges::{LockMode, LockName, VALUE_LEN};
 use interconnect::{
-    Epoch, InstanceId, InstanceSet, Outgoing, OutgoingBlock, Priority, Scn, Service, Timestamp,
-    Transport, TransportEvent, Waker,
+    ClusterId, Epoch, InstanceId, InstanceSet, Outgoing, OutgoingBlock, Priority, Scn, Service,
+    Timestamp, Transport, TransportEvent, Waker,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -119,9 +120,56 @@ pub(crate) enum Command {
         owner: InstanceId,
         bytes: Option<[u8; SLOT_PAXOS_LEN]>,
     },
+    /// The recovery thread preempted the reservation keys of `lost` (left out of `epoch`),
+    /// or failed to.
+    Preempted {
+        epoch: Epoch,
+        lost: InstanceSet,
+        result: Result<(), String>,
+    },
     /// Storage is out of reach past the lease, or another fatal condition.
     Stop(String),
     Shutdown,
+}
+
+/// Fencing by reservation (`storage.fencing = "reservation"`): the storage device opened
+/// for persistent-reservation commands, and the keys of this cluster's instances.
+#[derive(Debug)]
+pub(crate) struct ReservationFence {
+    device: Reservations,
+    cluster: ClusterId,
+    me: InstanceId,
+}
+
+impl ReservationFence {
+    /// Opens `path` for reservations, registers this instance's key and takes the
+    /// registrants-only reservation unless another member already holds it.
+    pub(crate) fn join(
+        path: &std::path::Path,
+        cluster: ClusterId,
+        me: InstanceId,
+    ) -> Result<Self, ReservationError> {
+        let device = Reservations::open(path)?;
+        let key = reservation_key(cluster, me);
+        device.register(key)?;
+        device.reserve_registrants_only(key)?;
+        Ok(Self {
+            device,
+            cluster,
+            me,
+        })
+    }
+
+    /// Preempts-and-aborts the keys of `lost`: their queued and later writes fail at the
+    /// device. Stops at the first failure (the lease wait then applies to all of them).
+    fn preempt(&self, lost: InstanceSet) -> Result<(), ReservationError> {
+        let mine = reservation_key(self.cluster, self.me);
+        for victim in lost.iter() {
+            self.device
+                .preempt_abort(mine, reservation_key(self.cluster, victim))?;
+        }
+        Ok(())
+    }
 }
 
 /// What became of one recovery-set block.
@@ -425,6 +473,8 @@ pub(crate) struct RuntimeParts<T> {
     pub(crate) early: Vec<(interconnect::FrameHeader, Vec<u8>)>,
     /// This instance's Paxos block as its slot holds it: slot writes carry it on.
     pub(crate) own_paxos: [u8; SLOT_PAXOS_LEN],
+    /// Fencing by reservation, when configured (this instance's key is registered).
+    pub(crate) fence: Option<Arc<ReservationFence>>,
 }
 
 struct IoContext {
@@ -433,6 +483,8 @@ struct IoContext {
     storage_reads: AtomicU64,
     storage_writes: AtomicU64,
     lease: Arc<Lease>,
+    /// Fencing by reservation, when configured.
+    fence: Option<Arc<ReservationFence>>,
 }
 
 impl Runtime {
@@ -454,6 +506,7 @@ impl Runtime {
             origin,
             early,
             own_paxos,
+            fence,
         } = parts;
         let (commands, command_rx) = crossbeam::channel::unbounded();
         let (io_tx, io_rx) = crossbeam::channel::unbounded::<IoOp>();
@@ -479,6 +532,7 @@ impl Runtime {
             storage_reads: AtomicU64::new(0),
             storage_writes: AtomicU64::new(0),
             lease: Arc::clone(&lease),
+            fence,
         });
         let mut threads = Vec::new();
         for n in 0..io_threads.max(1) {
@@ -580,6 +634,9 @@ enum RecoveryJob {
         blocks: Vec<RecoveryTarget>,
         scan: Arc<crate::recovery::ThreadScan>,
     },
+    /// Preempt the reservation keys of `lost`, left out of `epoch` (one device command each;
+    /// here, not on the driver, which never blocks on storage).
+    Preempt { epoch: Epoch, lost: InstanceSet },
 }
 
 struct Driver<T> {
@@ -599,7 +656,8 @@ struct Driver<T> {
     /// Lost instances whose blocks are not recovered yet.
     lost: InstanceSet,
     /// When this instance learnt of the decision that lost `lost`, and the epoch: their redo
-    /// is scanned once their lease has surely run out (`ClusterManager::lost_lease_end`).
+    /// is scanned once they surely write no more: their lease has run out, or their
+    /// reservation keys were preempted (`ClusterManager::recovery_start`).
     scan_due: Option<(Timestamp, Epoch)>,
     /// The epoch whose recovery is in progress, and the scan it uses.
     recovery_epoch: Option<(Epoch, Option<Arc<crate::recovery::ThreadScan>>)>,
@@ -672,9 +730,10 @@ impl<T: Transport> Driver<T> {
                 busy = true;
             }
             // A lost member whose disk heartbeat still moves has not stopped: the end of its
-            // lease moves with it, and its blocks are not ours to rebuild until then.
+            // lease moves with it, and its blocks are not ours to rebuild until then (or
+            // until its reservation key is preempted, when fencing by reservation).
             if let Some((decided_at, epoch)) = self.scan_due
-                && now >= self.cluster.lost_lease_end(self.lost, decided_at)
+                && now >= self.cluster.recovery_start(self.lost, decided_at)
             {
                 self.scan_due = None;
                 let _ = self.recovery.send(RecoveryJob::Scan {
@@ -718,7 +777,7 @@ impl<T: Transport> Driver<T> {
             }
             let mut park = wake_at.saturating_since(now).min(MAX_PARK);
             if let Some((decided_at, _)) = self.scan_due {
-                let due = self.cluster.lost_lease_end(self.lost, decided_at);
+                let due = self.cluster.recovery_start(self.lost, decided_at);
                 park = park.min(due.saturating_since(now));
             }
             self.parked.store(true, Ordering::Relaxed);
@@ -810,6 +869,10 @@ impl<T: Transport> Driver<T> {
                         self.recovery_epoch = Some((epoch, None));
                         self.stats.recoveries_started += 1;
                     }
+                }
+                ClusterAction::Preempt { epoch, lost } => {
+                    // The recovery thread lives as long as the driver.
+                    let _ = self.recovery.send(RecoveryJob::Preempt { epoch, lost });
                 }
                 ClusterAction::Paxos(io) => {
                     // The disk thread lives as long as the driver.
@@ -1007,6 +1070,19 @@ impl<T: Transport> Driver<T> {
                     }
                 }
             }
+            Command::Preempted {
+                epoch,
+                lost,
+                result,
+            } => match result {
+                Ok(()) => self.cluster.on_fenced_by_reservation(epoch, lost, now),
+                // Nothing is lost: recovery waits out their lease instead.
+                Err(e) => eprintln!(
+                    "fusion: instance {}: preempting {:?} failed ({e}); waiting out their lease",
+                    self.core.id(),
+                    lost.iter().map(|i| i.index()).collect::<Vec<_>>()
+                ),
+            },
             Command::Scanned { epoch, result } => match result {
                 Ok((changed, scan)) => {
                     if let Some((current, slot)) = &mut self.recovery_epoch
@@ -1422,6 +1498,19 @@ fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &Drive
     let layout = &context.layout;
     while let Ok(job) = rx.recv() {
         match job {
+            RecoveryJob::Preempt { epoch, lost } => {
+                let result = match &context.fence {
+                    Some(fence) => fence.preempt(lost).map_err(|e| e.to_string()),
+                    None => Err("fencing by reservation is not configured".into()),
+                };
+                if !done.submit(Command::Preempted {
+                    epoch,
+                    lost,
+                    result,
+                }) {
+                    return;
+                }
+            }
             RecoveryJob::Scan { epoch, all } => {
                 let all: Vec<InstanceId> = all.iter().collect();
                 // Every thread's changed blocks, not only the lost instances': a block a

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use instance::config::{ConfigProblem, InstanceConfig, TransportConfig, TransportKind};
+use instance::config::{ConfigProblem, Fencing, InstanceConfig, TransportConfig, TransportKind};
 use instance::format::{ClusterSpec, Layout};
 use interconnect::membership::{MembershipConfig, MembershipConfigError};
 use interconnect::{ClusterId, InstanceId};
@@ -189,6 +189,17 @@ fn rdma_reads_device_port_and_gid_index_and_listens_like_tcp() {
 }
 
 #[test]
+fn fencing_is_the_lease_unless_reservations_are_asked_for() {
+    assert_eq!(parse(GOOD).unwrap().fencing, Fencing::Lease);
+    let text = GOOD.replace(
+        "path = \"cluster.img\"",
+        "path = \"cluster.img\"\nfencing = \"reservation\"",
+    );
+    assert_ne!(text, GOOD);
+    assert_eq!(parse(&text).unwrap().fencing, Fencing::Reservation);
+}
+
+#[test]
 fn secret_file_is_read_relative_to_the_config() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("s"), "from a file\r\n").unwrap();
@@ -253,6 +264,13 @@ const BAD: &[(&str, &str, &str, Check, &str)] = &[
         r#"{ id = 2, port = 1,"#,
         |p| matches!(p, ConfigProblem::Syntax(_)),
         "port",
+    ),
+    (
+        "unknown fencing",
+        "path = \"cluster.img\"",
+        "path = \"cluster.img\"\nfencing = \"scsi\"",
+        |p| matches!(p, ConfigProblem::Syntax(_)),
+        "fencing",
     ),
     (
         "missing table",

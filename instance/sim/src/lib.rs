@@ -78,8 +78,10 @@
 // command (`run_seed` catches it, reruns the seed with the trace and prints its tail).
 #[allow(missing_docs, missing_debug_implementations, clippy::unwrap_used)]
 pub mod driver;
+pub mod membership;
 
 pub use driver::{LIVENESS_LIMIT, Sim, SimConfig, SimStats, run_read_error, run_seed};
+pub use membership::{MembershipStats, run_membership_seed};
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -93,6 +95,8 @@ pub struct SeedsRun {
     pub seeds: u64,
     /// Their counters, added up.
     pub total: SimStats,
+    /// The membership world's counters for the same seeds ([`membership`]).
+    pub membership: MembershipStats,
 }
 
 /// Runs the seeds of `seeds` in order on a few threads (each seed alone is deterministic),
@@ -116,11 +120,18 @@ pub fn run_seeds(seeds: Range<u64>, deadline: Option<Instant>) -> Result<SeedsRu
                     if seed >= seeds.end {
                         return;
                     }
-                    match std::panic::catch_unwind(|| run_seed(SimConfig::from_seed(seed))) {
-                        Ok(stats) => {
+                    // Each seed runs the instance world and the membership world.
+                    match std::panic::catch_unwind(|| {
+                        (
+                            run_seed(SimConfig::from_seed(seed)),
+                            run_membership_seed(seed, false),
+                        )
+                    }) {
+                        Ok((stats, membership)) => {
                             let mut run = run.lock().unwrap_or_else(|e| e.into_inner());
                             run.seeds += 1;
                             run.total.add(&stats);
+                            run.membership.add(&membership);
                         }
                         Err(_) => {
                             failed.lock().unwrap_or_else(|e| e.into_inner()).push(seed);

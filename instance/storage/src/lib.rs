@@ -13,6 +13,8 @@
 //! * [`recovery`] — recovery's redo-applying half: scanning redo threads from their
 //!   checkpoints, applying a block's records above its SCN, recovering one block, and
 //!   whole-cluster restart.
+//! * [`reservation`] — fencing by SCSI-3 / NVMe persistent reservations on a block device
+//!   (`<linux/pr.h>` ioctls), where the storage offers them.
 //!
 //! # Shared storage I/O
 //!
@@ -55,6 +57,7 @@
 pub mod format;
 pub mod recovery;
 pub mod redo;
+pub mod reservation;
 
 mod arena;
 mod file;

@@ -2,8 +2,9 @@
 //! simulated world and its checks).
 //!
 //! * `fusion-sim replay SEED` — runs one seed, printing every step of its trace, then its
-//!   counters (a failure panics with what broke).
-//! * `fusion-sim seeds A..B` — runs seeds `A` to `B - 1` on a few threads; stops at the first
+//!   counters (a failure panics with what broke); with `--membership`, the seed's membership
+//!   world (real cluster managers and Disk Paxos under cuts, pauses, stalls, kills).
+//! * `fusion-sim seeds A..B` — runs seeds `A` to `B - 1` (each in both worlds) on a few threads; stops at the first
 //!   failing seed, prints it with its replay command and exits with status 1.
 //! * `fusion-sim soak --minutes N [--start S]` — runs consecutive seeds from `S` (default
 //!   1,000,000, past CI's) for `N` minutes and prints the totals; a failing seed ends it as
@@ -33,6 +34,10 @@ enum Command {
     Replay {
         /// The seed to replay.
         seed: u64,
+        /// Replay the membership world (cluster managers and Disk Paxos) of the seed instead
+        /// of the instance world.
+        #[arg(long)]
+        membership: bool,
     },
     /// Run a range of seeds (`A..B`, B excluded); stop at the first failure.
     Seeds {
@@ -74,6 +79,7 @@ fn run(label: &str, seeds: Range<u64>, deadline: Option<Instant>) -> ExitCode {
     match run_seeds(seeds, deadline) {
         Ok(run) => {
             println!("{}", summary(label, run.seeds, &run.total, began.elapsed()));
+            println!("{label}: membership world: {:?}", run.membership);
             ExitCode::SUCCESS
         }
         Err(failed) => {
@@ -88,7 +94,14 @@ fn run(label: &str, seeds: Range<u64>, deadline: Option<Instant>) -> ExitCode {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Replay { seed } => {
+        Command::Replay {
+            seed,
+            membership: true,
+        } => {
+            println!("{:?}", sim::run_membership_seed(seed, true));
+            ExitCode::SUCCESS
+        }
+        Command::Replay { seed, .. } => {
             let cfg = SimConfig::from_seed(seed);
             println!("replaying {cfg:?}");
             let began = Instant::now();

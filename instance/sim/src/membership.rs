@@ -19,8 +19,8 @@
 //! At the end, with every fault healed: the running nodes agree on one epoch whose members
 //! are exactly the running nodes (liveness).
 //!
-//! Replay one seed: `FUSION_SEED=N cargo test -p instance --test membership replay --
-//! --nocapture`; more seeds: `FUSION_MEMBERSHIP_SEEDS=N`.
+//! `fusion-sim` runs this world beside the instance simulator for every seed; replay one
+//! seed with `fusion-sim replay --membership N`. A failure panics with what broke.
 
 use instance::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfig};
 use instance::paxos::{Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosConfig, PaxosIo, Proposal};
@@ -69,16 +69,25 @@ enum Ev {
     Fault,
 }
 
+/// What one run (or several, added up) went through.
 #[derive(Debug, Default, Clone, Copy)]
-struct Stats {
-    cuts: u64,
-    pauses: u64,
-    stalls: u64,
-    kills: u64,
-    jumps: u64,
-    reconfigurations: u64,
-    stops: u64,
-    recoveries: u64,
+pub struct MembershipStats {
+    /// Links cut (one way or both).
+    pub cuts: u64,
+    /// Processes paused.
+    pub pauses: u64,
+    /// Storage stalls (some with the network cut too).
+    pub stalls: u64,
+    /// Processes killed.
+    pub kills: u64,
+    /// Forward clock jumps.
+    pub jumps: u64,
+    /// Epochs applied (all nodes).
+    pub reconfigurations: u64,
+    /// Instances that stopped themselves (fenced, excluded, lost the majority).
+    pub stops: u64,
+    /// Recoveries of lost members begun (each checked against the member's lease).
+    pub recoveries: u64,
 }
 
 struct Node {
@@ -115,7 +124,7 @@ struct Sim {
     memberships: BTreeMap<u64, InstanceSet>,
     /// Faults happen before this time; afterwards the cluster must settle.
     faults_end: u64,
-    stats: Stats,
+    stats: MembershipStats,
     trace: bool,
 }
 
@@ -175,7 +184,7 @@ impl Sim {
             cut_until: BTreeMap::new(),
             memberships: BTreeMap::from([(1, all)]),
             faults_end,
-            stats: Stats::default(),
+            stats: MembershipStats::default(),
             trace,
         };
         sim.memberships.insert(1, all);
@@ -466,6 +475,8 @@ impl Sim {
                 self.disconnect(node);
             }
             ClusterAction::Event(event) => self.log(|| format!("n{node}: {event:?}")),
+            // These managers fence by lease only (`fence_by_reservation` is never called).
+            ClusterAction::Preempt { .. } => unreachable!("n{node}: preempt without reservations"),
         }
     }
 
@@ -622,56 +633,26 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64, trace: bool) -> Stats {
+impl MembershipStats {
+    /// Adds `other`'s counters.
+    pub fn add(&mut self, other: &MembershipStats) {
+        self.cuts += other.cuts;
+        self.pauses += other.pauses;
+        self.stalls += other.stalls;
+        self.kills += other.kills;
+        self.jumps += other.jumps;
+        self.reconfigurations += other.reconfigurations;
+        self.stops += other.stops;
+        self.recoveries += other.recoveries;
+    }
+}
+
+/// Runs the membership world of `seed` (printing its trace with `trace`); panics with what
+/// broke.
+pub fn run_membership_seed(seed: u64, trace: bool) -> MembershipStats {
     let mut sim = Sim::new(seed, trace);
     let end = sim.faults_end + 3_000;
     sim.run(end);
     sim.settle();
     sim.stats
-}
-
-fn seeds(count: u64) {
-    let mut total = Stats::default();
-    for seed in 0..count {
-        let result = std::panic::catch_unwind(|| run_seed(seed, false));
-        match result {
-            Ok(s) => {
-                total.cuts += s.cuts;
-                total.pauses += s.pauses;
-                total.stalls += s.stalls;
-                total.kills += s.kills;
-                total.jumps += s.jumps;
-                total.reconfigurations += s.reconfigurations;
-                total.stops += s.stops;
-                total.recoveries += s.recoveries;
-            }
-            Err(_) => panic!(
-                "seed {seed} failed; replay: FUSION_SEED={seed} cargo test -p instance --test membership replay -- --nocapture"
-            ),
-        }
-    }
-    println!("{count} seeds: {total:?}");
-    assert!(
-        total.reconfigurations > 0 && total.recoveries > 0,
-        "{total:?}"
-    );
-}
-
-#[test]
-fn membership_seeds() {
-    let count = std::env::var("FUSION_MEMBERSHIP_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    seeds(count);
-}
-
-#[test]
-fn replay() {
-    if let Some(seed) = std::env::var("FUSION_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        println!("{:?}", run_seed(seed, true));
-    }
 }
