@@ -1,7 +1,8 @@
-//! `fusion-node` (kept only for the block-level fault tests, `instance/tests/faults.rs` and
-//! `rdma_start.rs`, `reservation_start.rs`, until they drive `fusiond` over RESP; the demo is `fusion-demo` in
-//! `instance/fusiond`): a local cluster of instances on one shared file, a contended workload, a
-//! check that nothing was lost, and a table of what the interconnect did.
+//! `fusion-node` (kept only for the block-level tests `instance/tests/faults.rs`,
+//! `rdma_start.rs` and `reservation_start.rs` until they drive `fusiond` over RESP; the
+//! demo is `fusion-demo` in `instance/fusiond`): a local cluster of instances on one shared
+//! file, a contended workload, a check that nothing was lost, and a table of what the
+//! interconnect did.
 //!
 //! ```text
 //! fusion-node [--transport tcp|shm] [--instances 3] [--seconds 10] [--threads 4]
