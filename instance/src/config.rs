@@ -17,8 +17,8 @@
 //! id = 42                            # or "0x2a"; must match the formatted storage
 //! secret_file = "cluster.secret"     # relative to this file; mode 0600 (fusionctl gen-secret)
 //! instances = [
-//!   { id = 0, address = "10.0.0.1:7400", host = "a" },
-//!   { id = 1, address = "10.0.0.2:7400", host = "b" },
+//!   { id = 0, address = "10.0.0.1:7400", host = "a", resp = "10.0.0.1:6379" },
+//!   { id = 1, address = "10.0.0.2:7400", host = "b" },  # resp: where fusionctl asks
 //! ]
 //!
 //! [storage]
@@ -41,9 +41,14 @@
 //! suspect_after_missed = 3
 //! down_after_ms = 2000
 //!
-//! [serve]                            # optional
-//! resp = "127.0.0.1:6379"
-//! metrics = "127.0.0.1:9100"
+//! [serve]                            # optional; defaults shown where there is one
+//! resp = "127.0.0.1:6379"            # fusiond's default: 127.0.0.1:(6379 + instance id)
+//! metrics = "127.0.0.1:9100"         # not served when absent
+//! requirepass = "..."                # or requirepass_file; clients must AUTH
+//! maxclients = 1000
+//! idle_timeout_s = 300               # 0: never close idle clients
+//! client_buffer_bytes = 67108864     # most bytes one request or one batch of replies holds
+//! transfer_p99_alert_ms = 50         # alert when a block transfer kind's p99 is above
 //! ```
 //!
 //! Addresses are literal `ip:port` socket addresses: resolving names would make loading the
@@ -125,6 +130,14 @@ pub enum ConfigProblem {
         address: SocketAddr,
         /// The first use.
         first: String,
+    },
+    /// A `[serve]` value that cannot be used.
+    #[error("`{key}`: {why}")]
+    Limit {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        why: &'static str,
     },
     /// `instance` names no entry of `cluster.instances`.
     #[error("`instance`: instance {id} is not listed in `cluster.instances`")]
@@ -253,6 +266,8 @@ pub struct Member {
     pub address: SocketAddr,
     /// The host it runs on, if given: instances with the same host can use shared memory.
     pub host: Option<String>,
+    /// Where it serves RESP, if given: `fusionctl status` asks every member there.
+    pub resp: Option<SocketAddr>,
 }
 
 /// How lost instances are kept from writing before their blocks are recovered.
@@ -376,6 +391,36 @@ pub struct InstanceConfig {
     pub resp_listen: Option<SocketAddr>,
     /// Where to serve Prometheus metrics over HTTP, if at all.
     pub metrics_listen: Option<SocketAddr>,
+    /// Limits and access control of the services.
+    pub serve: ServeConfig,
+}
+
+/// How fusiond serves clients: access control and the limits that protect the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServeConfig {
+    /// `requirepass`: clients must `AUTH` with it first.
+    pub requirepass: Option<Secret>,
+    /// Most clients connected at once; more are refused.
+    pub maxclients: usize,
+    /// Clients idle this long are closed; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Most bytes one client's pending request or batch of replies may hold.
+    pub client_buffer_bytes: usize,
+    /// A health alert fires when a block transfer kind's p99 latency is above this.
+    pub transfer_p99_alert: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            requirepass: None,
+            maxclients: 1000,
+            idle_timeout: Some(Duration::from_secs(300)),
+            client_buffer_bytes: 64 << 20,
+            transfer_p99_alert: Duration::from_millis(50),
+        }
+    }
 }
 
 impl InstanceConfig {
@@ -553,6 +598,7 @@ struct RawMember {
     id: u64,
     address: String,
     host: Option<String>,
+    resp: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -595,6 +641,12 @@ struct RawHeartbeat {
 struct RawServe {
     resp: Option<String>,
     metrics: Option<String>,
+    requirepass: Option<String>,
+    requirepass_file: Option<PathBuf>,
+    maxclients: Option<u64>,
+    idle_timeout_s: Option<u64>,
+    client_buffer_bytes: Option<u64>,
+    transfer_p99_alert_ms: Option<u64>,
 }
 
 fn instance_id(key: String, value: u64) -> Result<InstanceId, ConfigProblem> {
@@ -671,8 +723,9 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
             })
             .transpose()
     };
-    let resp_listen = service("serve.resp", raw.serve.resp)?;
-    let metrics_listen = service("serve.metrics", raw.serve.metrics)?;
+    let resp_listen = service("serve.resp", raw.serve.resp.clone())?;
+    let metrics_listen = service("serve.metrics", raw.serve.metrics.clone())?;
+    let serve = serve(&raw.serve, base)?;
     Ok(InstanceConfig {
         file: file.to_path_buf(),
         cluster_id,
@@ -686,6 +739,63 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         membership,
         resp_listen,
         metrics_listen,
+        serve,
+    })
+}
+
+fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
+    let defaults = ServeConfig::default();
+    let requirepass = match (raw.requirepass.clone(), raw.requirepass_file.clone()) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(ConfigProblem::Limit {
+                key: "serve.requirepass",
+                why: "give requirepass or requirepass_file, not both",
+            });
+        }
+        (inline, file) => {
+            // A client password may sit inline (as in redis.conf); a file is checked as the
+            // cluster secret's is.
+            let (bytes, _) = secret_bytes(inline, file, true, base)?;
+            if bytes.is_empty() {
+                return Err(ConfigProblem::Limit {
+                    key: "serve.requirepass",
+                    why: "the password is empty",
+                });
+            }
+            Some(Secret(bytes))
+        }
+    };
+    let bounded =
+        |key: &'static str, value: Option<u64>, range: std::ops::RangeInclusive<u64>| match value {
+            None => Ok(None),
+            Some(v) if range.contains(&v) => Ok(Some(v)),
+            Some(_) => Err(ConfigProblem::Limit {
+                key,
+                why: "out of range",
+            }),
+        };
+    let maxclients = bounded("serve.maxclients", raw.maxclients, 1..=100_000)?;
+    let buffer = bounded(
+        "serve.client_buffer_bytes",
+        raw.client_buffer_bytes,
+        (64 << 10)..=(1 << 30),
+    )?;
+    let alert = bounded(
+        "serve.transfer_p99_alert_ms",
+        raw.transfer_p99_alert_ms,
+        1..=3_600_000,
+    )?;
+    Ok(ServeConfig {
+        requirepass,
+        maxclients: maxclients.map_or(defaults.maxclients, |m| m as usize),
+        idle_timeout: match raw.idle_timeout_s {
+            None => defaults.idle_timeout,
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+        },
+        client_buffer_bytes: buffer.map_or(defaults.client_buffer_bytes, |b| b as usize),
+        transfer_p99_alert: alert.map_or(defaults.transfer_p99_alert, Duration::from_millis),
     })
 }
 
@@ -705,10 +815,16 @@ fn members(raw: &[RawMember], addresses: &mut AddressBook) -> Result<Vec<Member>
         first_use[id.index()] = Some(at);
         let address = address(key("address"), &entry.address)?;
         addresses.add(address, key("address"))?;
+        let resp = entry
+            .resp
+            .as_deref()
+            .map(|r| self::address(key("resp"), r))
+            .transpose()?;
         members.push(Member {
             id,
             address,
             host: entry.host.clone(),
+            resp,
         });
     }
     members.sort_by_key(|m| m.id);
@@ -736,7 +852,25 @@ fn secret(
     allow_inline: bool,
     base: &Path,
 ) -> Result<Secret, ConfigProblem> {
-    let (bytes, key) = match (inline, file) {
+    let (bytes, key) = secret_bytes(inline, file, allow_inline, base)?;
+    if bytes.len() < MIN_SECRET_LEN {
+        return Err(ConfigProblem::SecretTooShort {
+            key,
+            len: bytes.len(),
+        });
+    }
+    Ok(Secret(bytes))
+}
+
+/// The bytes of a secret given inline or in a file (one trailing newline dropped; a file
+/// group or others can access is refused), and the key it came from.
+fn secret_bytes(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    allow_inline: bool,
+    base: &Path,
+) -> Result<(Vec<u8>, &'static str), ConfigProblem> {
+    Ok(match (inline, file) {
         (Some(_), Some(_)) => return Err(ConfigProblem::SecretTwice),
         (None, None) => return Err(ConfigProblem::SecretMissing),
         (Some(_), None) if !allow_inline => return Err(ConfigProblem::SecretInline),
@@ -752,14 +886,7 @@ fn secret(
             }
             (bytes, "cluster.secret_file")
         }
-    };
-    if bytes.len() < MIN_SECRET_LEN {
-        return Err(ConfigProblem::SecretTooShort {
-            key,
-            len: bytes.len(),
-        });
-    }
-    Ok(Secret(bytes))
+    })
 }
 
 /// Reads the secret file, refusing it when group or others have any access to it. The mode

@@ -36,8 +36,8 @@
 //!   through the write protocol).
 //! * [`runtime`] — the driver thread (transport + core, spin then park) and the I/O threads.
 //! * [`api`] — the Rust API: [`api::Instance`] (`start`, `read`, `begin` a transaction,
-//!   `lock`, `allocate_block`, `checkpoint`, `stats`, `shutdown`). The binary `fusion-demo`
-//!   runs a local cluster of instances as processes.
+//!   `lock`, `allocate_block`, `checkpoint`, `stats`, `shutdown`). Instances run as `fusiond`
+//!   processes (crate `instance/fusiond`), which serve the KV layer over RESP.
 //!
 //! * [`paxos`] — membership decided by Disk Paxos on the shared disk: the per-instance block's
 //!   codec and [`paxos::DiskPaxos`], a sans-IO proposer and learner of one decision per

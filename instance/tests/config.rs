@@ -583,3 +583,42 @@ fn each_bad_value_gets_its_own_error() {
         );
     }
 }
+
+/// `[serve]`'s limits and password, their defaults, and members' RESP addresses.
+#[test]
+fn serve_limits_and_password() {
+    let defaults = parse(GOOD).unwrap();
+    assert_eq!(defaults.serve.maxclients, 1000);
+    assert_eq!(defaults.serve.idle_timeout, Some(Duration::from_secs(300)));
+    assert!(defaults.serve.requirepass.is_none());
+    assert_eq!(defaults.local.resp, None);
+
+    let text = GOOD.replace(
+        "{ id = 0, address = \"127.0.0.1:7400\", host = \"h\" }",
+        "{ id = 0, address = \"127.0.0.1:7400\", host = \"h\", resp = \"127.0.0.1:6379\" }",
+    ) + "[serve]\nrequirepass = \"pw\"\nmaxclients = 5\nidle_timeout_s = 0\n\
+         client_buffer_bytes = 1048576\ntransfer_p99_alert_ms = 7\n";
+    let config = parse(&text).unwrap();
+    assert_eq!(config.serve.requirepass.as_ref().unwrap().as_bytes(), b"pw");
+    assert_eq!(config.serve.maxclients, 5);
+    assert_eq!(config.serve.idle_timeout, None);
+    assert_eq!(config.serve.client_buffer_bytes, 1 << 20);
+    assert_eq!(config.serve.transfer_p99_alert, Duration::from_millis(7));
+    assert_eq!(
+        config.peers[0].resp,
+        Some("127.0.0.1:6379".parse().unwrap())
+    );
+
+    for bad in [
+        "maxclients = 0",
+        "client_buffer_bytes = 10",
+        "requirepass = \"\"",
+        "requirepass = \"a\"\nrequirepass_file = \"b\"",
+    ] {
+        let err = parse(&format!("{GOOD}[serve]\n{bad}\n")).unwrap_err();
+        assert!(
+            matches!(err.problem, ConfigProblem::Limit { .. }),
+            "{bad}: {err}"
+        );
+    }
+}

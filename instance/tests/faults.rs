@@ -1,4 +1,4 @@
-//! Real faults under real processes: three instances (`fusion-demo node`) over tcp on
+//! Real faults under real processes: three instances (`fusion-node node`) over tcp on
 //! loopback, on one shared file or block device, under the committed-increment workload.
 //!
 //! * One link cut among three (nftables drops the 0–1 connection both ways, 0–2 and 1–2
@@ -547,23 +547,16 @@ fn a_cluster_on_a_loop_block_device_survives_a_kill() {
         .find_map(|l| l.strip_prefix("id = "))
         .unwrap()
         .to_string();
-    let created = Command::new(env!("CARGO_BIN_EXE_fusionctl"))
-        .args(["create", "--path", &device, "--cluster-id", &cluster_id])
-        .args([
-            "--instances",
-            "3",
-            "--block-size",
-            "8192",
-            "--redo-size",
-            "16MiB",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "fusionctl create on {device}: {}",
-        String::from_utf8_lossy(&created.stderr)
+    // fusionctl create's work, called directly (fusionctl lives in crate fusiond).
+    let mut spec = instance::format::ClusterSpec::new(
+        interconnect::ClusterId(cluster_id.trim().parse().unwrap()),
+        3,
+        None,
     );
+    spec.block_size = 8192;
+    spec.redo_thread_size = 16 << 20;
+    let created = instance::format::create(Path::new(&device), &spec, false);
+    assert!(created.is_ok(), "formatting {device}: {:?}", created.err());
     for config in &cluster.configs {
         set_storage(config, Path::new(&device));
     }
@@ -608,8 +601,9 @@ fn a_failing_data_write_stops_its_instance_and_nothing_is_lost() {
     }
     let data_offset = {
         let backing = cluster.dir.path().join("cluster.fusion");
-        let storage = instance::storage::open(&backing, &instance::storage::StorageOptions::default())
-            .expect("open the shared file");
+        let storage =
+            instance::storage::open(&backing, &instance::storage::StorageOptions::default())
+                .expect("open the shared file");
         instance::format::open(storage.as_ref())
             .expect("its layout")
             .data_offset
@@ -634,7 +628,10 @@ fn a_failing_data_write_stops_its_instance_and_nothing_is_lost() {
             Err(e) => panic!("instance 1 did not stop on its failed writes ({e:?})"),
         }
     }
-    assert!(stall.failed_writes() > 0, "no data write of instance 1 failed");
+    assert!(
+        stall.failed_writes() > 0,
+        "no data write of instance 1 failed"
+    );
     let (_, status) = cluster.nodes[1].expect_stop(REACT);
     assert!(!status.success(), "instance 1 exited with {status}");
     let log = std::fs::read_to_string(cluster.dir.path().join("instance-1.stderr")).unwrap();
@@ -647,10 +644,18 @@ fn a_failing_data_write_stops_its_instance_and_nothing_is_lost() {
         expect_new_epoch(&mut cluster.nodes[id], epoch);
         cluster.nodes[id].expect("stopped");
         cluster.nodes[id].expect("counts");
-        assert_eq!(cluster.nodes[id].members(), &[0, 2], "instance {id}: the members");
+        assert_eq!(
+            cluster.nodes[id].members(),
+            &[0, 2],
+            "instance {id}: the members"
+        );
     }
     let contents = cluster.contents(0);
-    assert_eq!(cluster.contents(2), contents, "instance 2 reads differently");
+    assert_eq!(
+        cluster.contents(2),
+        contents,
+        "instance 2 reads differently"
+    );
     let acked = acked(cluster.dir.path(), BLOCKS);
     assert!(acked.iter().sum::<u64>() > 0, "no increment acknowledged");
     check_contents(&contents, &acked, THREADS);

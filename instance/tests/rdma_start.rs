@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-const DEMO: &str = env!("CARGO_BIN_EXE_fusion-demo");
+const DEMO: &str = env!("CARGO_BIN_EXE_fusion-node");
 
 #[test]
 fn rdma_without_the_device_stops_with_one_line_naming_it() {

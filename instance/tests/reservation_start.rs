@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-const DEMO: &str = env!("CARGO_BIN_EXE_fusion-demo");
+const DEMO: &str = env!("CARGO_BIN_EXE_fusion-node");
 
 #[test]
 fn reservation_fencing_on_a_regular_file_stops_with_one_line() {

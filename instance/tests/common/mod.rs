@@ -1,4 +1,4 @@
-//! What the multi-process tests share: an instance as a `fusion-demo node` process driven
+//! What the multi-process tests share: an instance as a `fusion-node node` process driven
 //! line by line (the protocol is in that binary's `node` doc), the cluster setup, and the
 //! checks of counters against committed and acknowledged increments.
 //!
@@ -12,7 +12,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-pub const DEMO: &str = env!("CARGO_BIN_EXE_fusion-demo");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_fusion-node");
 pub const DEADLINE: Duration = Duration::from_secs(240);
 
 pub struct Node {
@@ -25,7 +25,7 @@ pub struct Node {
 }
 
 impl Node {
-    /// `fusion-demo node CONFIG`, in the namespace `netns` if given; its stderr is appended
+    /// `fusion-node node CONFIG`, in the namespace `netns` if given; its stderr is appended
     /// to `instance-<id>.stderr` beside the config.
     pub fn start(id: usize, config: &Path, netns: Option<&str>) -> Self {
         let command = match netns {
@@ -39,7 +39,7 @@ impl Node {
         Self::spawn(id, config, command)
     }
 
-    /// `fusion-demo node CONFIG` with group id `gid` (still user root): what a firewall
+    /// `fusion-node node CONFIG` with group id `gid` (still user root): what a firewall
     /// rule can tell its packets by (`meta skgid`).
     pub fn start_in_group(id: usize, config: &Path, gid: u32) -> Self {
         use std::os::unix::process::CommandExt;
@@ -183,7 +183,7 @@ impl Drop for Node {
 }
 
 /// A shared file with `blocks` data blocks and one configuration per instance in `dir`
-/// (`fusion-demo setup`, with `extra` options); returns the configurations.
+/// (`fusion-node setup`, with `extra` options); returns the configurations.
 pub fn setup(dir: &Path, transport: &str, blocks: u64, extra: &[&str]) -> Vec<PathBuf> {
     let out = Command::new(DEMO)
         .args(["setup", "--dir"])

@@ -1,13 +1,16 @@
-//! `fusion-demo`: a local cluster of instances on one shared file, a contended workload, a
-//! check that nothing was lost, and a table of what the interconnect did.
+//! `fusion-node` (kept only for the block-level tests `instance/tests/faults.rs`,
+//! `rdma_start.rs` and `reservation_start.rs` until they drive `fusiond` over RESP; the
+//! demo is `fusion-demo` in `instance/fusiond`): a local cluster of instances on one shared
+//! file, a contended workload, a check that nothing was lost, and a table of what the
+//! interconnect did.
 //!
 //! ```text
-//! fusion-demo [--transport tcp|shm] [--instances 3] [--seconds 10] [--threads 4]
+//! fusion-node [--transport tcp|shm] [--instances 3] [--seconds 10] [--threads 4]
 //!             [--hot 8] [--blocks 2000] [--dir DIR] [--keep]
 //! ```
 //!
 //! The parent creates the shared file, writes one configuration per instance, and starts
-//! each instance as a child process (`fusion-demo node ...`). The children run committed
+//! each instance as a child process (`fusion-node node ...`). The children run committed
 //! increments — half on a few hot blocks every instance changes, half spread uniformly —
 //! then, once all have stopped, each reads every block back. The parent checks that every
 //! instance reads identical contents and that every counter equals the number of committed
@@ -67,13 +70,13 @@ fn main() {
         _ => parse_options(&args).and_then(|options| parent(&options)),
     };
     if let Err(e) = result {
-        eprintln!("fusion-demo: {e}");
+        eprintln!("fusion-node: {e}");
         std::process::exit(1);
     }
 }
 
 fn usage() -> String {
-    "usage: fusion-demo [--transport tcp|shm] [--instances N] [--seconds S] [--threads T] \
+    "usage: fusion-node [--transport tcp|shm] [--instances N] [--seconds S] [--threads T] \
      [--hot H] [--blocks B] [--dir DIR] [--keep] [--no-crash] [--redo-mib M]"
         .into()
 }
@@ -283,7 +286,7 @@ fn shm_dir(cluster: u64) -> PathBuf {
     } else {
         std::env::temp_dir()
     };
-    base.join(format!("fusion-demo-{cluster:x}"))
+    base.join(format!("fusion-node-{cluster:x}"))
 }
 
 /// Creates the shared file `cluster.fusion` in `dir` and one configuration per instance;
@@ -318,14 +321,14 @@ fn parent(o: &Options) -> Result<(), String> {
             dir.clone()
         }
         None => {
-            temp = std::env::temp_dir().join(format!("fusion-demo-{}", std::process::id()));
+            temp = std::env::temp_dir().join(format!("fusion-node-{}", std::process::id()));
             std::fs::create_dir_all(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
             temp
         }
     };
     let configs = setup(o, &dir)?;
     println!(
-        "fusion-demo: {} instances over {} on {} ({} data blocks of 8 KiB; {} hot); {} threads each for {} s",
+        "fusion-node: {} instances over {} on {} ({} data blocks of 8 KiB; {} hot); {} threads each for {} s",
         o.instances,
         o.transport,
         dir.join("cluster.fusion").display(),
@@ -360,7 +363,7 @@ fn parent(o: &Options) -> Result<(), String> {
             match node.child.try_wait() {
                 Ok(Some(status)) => {
                     if !status.success() && result.is_ok() {
-                        eprintln!("fusion-demo: instance {id} exited with {status}");
+                        eprintln!("fusion-node: instance {id} exited with {status}");
                     }
                     break;
                 }
@@ -379,7 +382,7 @@ fn parent(o: &Options) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(shm_dir(cluster_id()));
     }
     if result.is_err() {
-        eprintln!("fusion-demo: the instances' logs are in {}", dir.display());
+        eprintln!("fusion-node: the instances' logs are in {}", dir.display());
     } else if !o.keep && o.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -650,7 +653,7 @@ fn run_cluster(
 
     println!();
     println!(
-        "## fusion-demo: {} instances, {}, {} s",
+        "## fusion-node: {} instances, {}, {} s",
         o.instances, o.transport, o.seconds
     );
     println!();
@@ -746,7 +749,7 @@ fn run_cluster(
 /// * `exit` — shuts down (checkpoint, slot down).
 fn node(args: &[String]) -> Result<(), String> {
     let [config] = args else {
-        return Err("usage: fusion-demo node CONFIG".into());
+        return Err("usage: fusion-node node CONFIG".into());
     };
     let config = InstanceConfig::load(Path::new(config)).map_err(|e| e.to_string())?;
     // Every acknowledged commit of the workload is appended here (one write each, so a

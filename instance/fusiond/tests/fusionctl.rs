@@ -1,6 +1,8 @@
 //! `fusionctl create` as an operator runs it: creates, refuses to overwrite, overwrites with
 //! `--force`, and explains bad values.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Command, Output};
 
 fn fusionctl(args: &[&str]) -> Output {
@@ -137,4 +139,38 @@ fn bad_values_are_explained() {
         );
     }
     assert!(!std::path::Path::new(path).exists() || std::fs::metadata(path).unwrap().len() > 0);
+}
+
+#[test]
+fn gen_secret_writes_a_private_file_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.secret");
+    let path_str = path.to_str().unwrap();
+    let out = fusionctl(&["gen-secret", "--out", path_str]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let secret = text.trim_end();
+    assert_eq!(secret.len(), 64, "32 random bytes in hex");
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let again = fusionctl(&["gen-secret", "--out", path_str]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "kept without --force"
+    );
+
+    let forced = fusionctl(&["gen-secret", "--out", path_str, "--force", "--bytes", "48"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    let replaced = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(replaced.trim_end().len(), 96);
+    assert_ne!(replaced, text);
+
+    let short = fusionctl(&["gen-secret", "--out", path_str, "--force", "--bytes", "16"]);
+    assert_eq!(short.status.code(), Some(2), "fewer than 32 bytes refused");
 }

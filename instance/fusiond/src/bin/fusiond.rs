@@ -1,0 +1,215 @@
+//! `fusiond --config FILE`: runs one Fusion instance and serves its KV layer over RESP and
+//! its metrics over HTTP, until SIGTERM or SIGINT, when it checkpoints and leaves the
+//! cluster cleanly.
+//!
+//! It owns process start-up and shut-down: arguments, logging, the order in which the
+//! instance, the KV layer and the services start and stop. The work is in the library.
+
+use clap::Parser;
+use fusiond::commands::{Engine, EngineConfig, ServerInfo};
+use fusiond::metrics::{Metrics, info_section, serve_http};
+use fusiond::server::{ClientLimits, Clients, serve};
+use fusiond::store::{KvStore, Store};
+use instance::api::Instance;
+use instance::config::InstanceConfig;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Runs one Fusion instance: RESP on `[serve] resp`, Prometheus metrics on `[serve] metrics`.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The instance's configuration file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Check the configuration file, print what it says, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Base of the default RESP port: instance N listens on 127.0.0.1:(6379 + N).
+const DEFAULT_RESP_PORT: u16 = 6379;
+/// How often a step of the expiry sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// Keys one sweep step examines (about 2,500 a second).
+const SWEEP_EXAMINE: usize = 256;
+/// How long shut-down waits for clients to finish their current command.
+const DRAIN: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match InstanceConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let resp = resp_address(&config);
+    if args.check_config {
+        println!(
+            "{}: instance {} of cluster {:016x}, {} members, storage {}, transport {:?}, \
+             resp {resp}, metrics {}, requirepass {}, maxclients {}",
+            config.file.display(),
+            config.local.id,
+            config.cluster_id.0,
+            config.peers.len() + 1,
+            config.storage.display(),
+            config.transport.kind(),
+            config
+                .metrics_listen
+                .map_or_else(|| "off".to_string(), |a| a.to_string()),
+            if config.serve.requirepass.is_some() {
+                "set"
+            } else {
+                "off"
+            },
+            config.serve.maxclients,
+        );
+        return ExitCode::SUCCESS;
+    }
+    match run(config, resp) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn resp_address(config: &InstanceConfig) -> SocketAddr {
+    config.resp_listen.unwrap_or_else(|| {
+        let port = DEFAULT_RESP_PORT.saturating_add(config.local.id.as_u16());
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    })
+}
+
+struct InstanceInfo {
+    instance: Weak<Instance>,
+    members: usize,
+    clients: Arc<Clients>,
+}
+
+impl ServerInfo for InstanceInfo {
+    fn info(&self) -> String {
+        self.instance
+            .upgrade()
+            .map(|i| info_section(&i, self.members))
+            .unwrap_or_default()
+    }
+    fn connected_clients(&self) -> usize {
+        self.clients.connected()
+    }
+}
+
+fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
+    }
+    let members = config.peers.len() + 1;
+    let serve_config = config.serve.clone();
+    let metrics_listen = config.metrics_listen;
+    let id = config.local.id;
+    let started = Instant::now();
+    let instance = Arc::new(Instance::start(config).map_err(|e| format!("start: {e}"))?);
+    tracing::info!(instance = %id, elapsed_ms = started.elapsed().as_millis() as u64, "instance started");
+    let store = Arc::new(
+        KvStore::open(instance.clone(), kv::KvConfig::default()).map_err(|e| format!("kv: {e}"))?,
+    );
+    let clients = Arc::new(Clients::default());
+    let metrics = Arc::new(Metrics::new(serve_config.transfer_p99_alert));
+    let engine = Arc::new(Engine::new(
+        store,
+        EngineConfig {
+            requirepass: serve_config
+                .requirepass
+                .as_ref()
+                .map(|p| p.as_bytes().to_vec()),
+            max_reply_bytes: serve_config.client_buffer_bytes,
+            maxclients: serve_config.maxclients,
+            idle_timeout_secs: serve_config.idle_timeout.map_or(0, |t| t.as_secs()),
+        },
+        Arc::new(InstanceInfo {
+            instance: Arc::downgrade(&instance),
+            members,
+            clients: clients.clone(),
+        }),
+    ));
+    if let Some(address) = metrics_listen {
+        let weak = Arc::downgrade(&instance);
+        let m = metrics.clone();
+        let bound = serve_http(
+            address,
+            Arc::new(move || {
+                if let Some(i) = weak.upgrade() {
+                    m.refresh(&i, members);
+                }
+                m.encode()
+            }),
+        )
+        .map_err(|e| format!("metrics on {address}: {e}"))?;
+        tracing::info!(address = %bound, "serving metrics");
+    }
+    let bound = serve(
+        resp,
+        engine.clone(),
+        ClientLimits {
+            maxclients: serve_config.maxclients,
+            idle_timeout: serve_config.idle_timeout,
+            buffer_bytes: serve_config.client_buffer_bytes,
+        },
+        clients.clone(),
+        metrics.clone(),
+        serve_config.requirepass.is_some(),
+    )
+    .map_err(|e| format!("resp on {resp}: {e}"))?;
+    tracing::info!(address = %bound, "serving RESP");
+
+    let mut next_sweep = Instant::now() + SWEEP_EVERY;
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(reason) = instance.stopped() {
+            clients.stop();
+            return Err(format!("the instance stopped: {reason}"));
+        }
+        if Instant::now() >= next_sweep {
+            match engine.sweep_expired(SWEEP_EXAMINE) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "expired keys swept"),
+                Err(e) => {
+                    tracing::warn!(error = %KvStore::error_message(&e), "expiry sweep failed")
+                }
+            }
+            next_sweep = Instant::now() + SWEEP_EVERY;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("stopping: closing clients, checkpointing, leaving the cluster");
+    clients.stop();
+    let deadline = Instant::now() + DRAIN;
+    while (clients.connected() > 0 || Arc::strong_count(&engine) > 1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Err(e) = instance.checkpoint() {
+        tracing::warn!(error = %e, "checkpoint failed");
+    }
+    drop(engine);
+    match Arc::try_unwrap(instance) {
+        Ok(instance) => instance.shutdown().map_err(|e| format!("shutdown: {e}"))?,
+        Err(_) => tracing::warn!("clients still hold the instance; exiting without leaving"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

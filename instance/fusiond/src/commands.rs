@@ -1,0 +1,1630 @@
+//! The Redis commands: a client session's state and what each command does.
+//!
+//! This module owns command semantics and Redis's error strings: [`Engine::execute`] takes
+//! one parsed request for one [`Session`] and returns its reply. Data commands run in one
+//! durable store transaction each (a `MULTI` block in one for all its commands). It must
+//! never touch sockets (the server feeds it), never trust stored bytes ([`crate::value`]
+//! decodes them), and never build a reply larger than the session's output limit.
+//!
+//! `WATCH` remembers a digest of each watched key's stored bytes; `EXEC` compares them
+//! inside its transaction (which holds the keys), so a change between `WATCH` and `EXEC`
+//! aborts it. A change that restores the same bytes is not seen (Redis would see it).
+
+use crate::metrics::Metrics;
+use crate::resp::{Protocol, Reply};
+use crate::store::{Store, Tx};
+use crate::value::{DATABASES, Data, Value, glob_match, kv_key};
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Most commands queued in one `MULTI`.
+pub const MAX_QUEUED: usize = 10_000;
+/// Most keys one session may `WATCH`.
+pub const MAX_WATCHED: usize = 1_000;
+/// Most `SCAN` cursors one session keeps open (the oldest is forgotten first).
+pub const MAX_CURSORS: usize = 16;
+/// Keys read per store transaction by `KEYS`, `DBSIZE` and the expiry sweep.
+pub const SCAN_BATCH: usize = 512;
+
+/// What the engine tells sessions about the server around it.
+pub trait ServerInfo: Send + Sync {
+    /// The `INFO` text of the sections after the engine's own (server, clients).
+    fn info(&self) -> String;
+    /// Clients connected now.
+    fn connected_clients(&self) -> usize;
+}
+
+/// Settings the commands see.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// `requirepass`: clients must `AUTH` with it first.
+    pub requirepass: Option<Vec<u8>>,
+    /// Most bytes of replies one request may produce.
+    pub max_reply_bytes: usize,
+    /// `CONFIG GET maxclients`.
+    pub maxclients: usize,
+    /// `CONFIG GET timeout`, seconds (0: none).
+    pub idle_timeout_secs: u64,
+}
+
+/// The commands over a store.
+pub struct Engine<S: Store> {
+    store: Arc<S>,
+    config: EngineConfig,
+    server: Arc<dyn ServerInfo>,
+    /// Where the next expiry sweep step starts (a KV key; empty: the beginning).
+    sweep_cursor: parking_lot::Mutex<Vec<u8>>,
+}
+
+impl<S: Store> std::fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &"..")
+            .finish_non_exhaustive()
+    }
+}
+
+/// One client connection's state.
+#[derive(Debug)]
+pub struct Session {
+    /// The client id (`CLIENT ID`).
+    pub id: u64,
+    /// The reply protocol.
+    pub protocol: Protocol,
+    db: u8,
+    authenticated: bool,
+    name: Option<Vec<u8>>,
+    multi: Option<Multi>,
+    watched: Vec<(Vec<u8>, Option<[u8; 32]>)>,
+    cursors: VecDeque<(u64, Vec<u8>)>,
+    next_cursor: u64,
+}
+
+#[derive(Debug, Default)]
+struct Multi {
+    queued: Vec<Vec<Vec<u8>>>,
+    failed: bool,
+}
+
+impl Session {
+    /// A new session; `authenticated` when no password is required.
+    pub fn new(id: u64, authenticated: bool) -> Self {
+        Self {
+            id,
+            protocol: Protocol::Resp2,
+            db: 0,
+            authenticated,
+            name: None,
+            multi: None,
+            watched: Vec::new(),
+            cursors: VecDeque::new(),
+            next_cursor: 1,
+        }
+    }
+}
+
+/// What to do after a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The reply.
+    pub reply: Reply,
+    /// Close the connection once the reply is sent (`QUIT`).
+    pub close: bool,
+    /// The command's name for metrics, lower case (`unknown` for unknown commands).
+    pub command: &'static str,
+}
+
+/// Arity as Redis counts it: the name included, negative for "at least".
+const COMMANDS: &[(&str, i32)] = &[
+    ("ping", -1),
+    ("echo", 2),
+    ("hello", -1),
+    ("auth", -2),
+    ("select", 2),
+    ("quit", -1),
+    ("client", -2),
+    ("command", -1),
+    ("config", -2),
+    ("info", -1),
+    ("dbsize", 1),
+    ("get", 2),
+    ("set", -3),
+    ("getset", 3),
+    ("getdel", 2),
+    ("mget", -2),
+    ("mset", -3),
+    ("msetnx", -3),
+    ("del", -2),
+    ("unlink", -2),
+    ("exists", -2),
+    ("incr", 2),
+    ("incrby", 3),
+    ("decr", 2),
+    ("decrby", 3),
+    ("append", 3),
+    ("strlen", 2),
+    ("getrange", 4),
+    ("setrange", 4),
+    ("scan", -2),
+    ("keys", 2),
+    ("type", 2),
+    ("rename", 3),
+    ("expire", -3),
+    ("pexpire", -3),
+    ("ttl", 2),
+    ("pttl", 2),
+    ("persist", 2),
+    ("hset", -4),
+    ("hget", 3),
+    ("hdel", -3),
+    ("hgetall", 2),
+    ("hlen", 2),
+    ("hexists", 3),
+    ("hincrby", 4),
+    ("multi", 1),
+    ("exec", 1),
+    ("discard", 1),
+    ("watch", -2),
+    ("unwatch", 1),
+];
+
+/// Commands that read or write keys: queued inside `MULTI`, run in a store transaction.
+fn is_data(name: &str) -> bool {
+    !matches!(
+        name,
+        "ping"
+            | "echo"
+            | "hello"
+            | "auth"
+            | "select"
+            | "quit"
+            | "client"
+            | "command"
+            | "config"
+            | "info"
+            | "dbsize"
+            | "scan"
+            | "keys"
+            | "multi"
+            | "exec"
+            | "discard"
+            | "watch"
+            | "unwatch"
+    )
+}
+
+/// The command table entry for `name`, case-insensitively.
+fn lookup(name: &[u8]) -> Option<(&'static str, i32)> {
+    COMMANDS
+        .iter()
+        .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+        .copied()
+}
+
+/// The current time in unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+const NOT_INTEGER: &str = "value is not an integer or out of range";
+const SYNTAX: &str = "syntax error";
+
+fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    // Redis refuses leading '+', spaces and leading zeros ("01"); `parse` accepts '+'.
+    if text.starts_with('+') || text.is_empty() || text.len() > 20 {
+        return None;
+    }
+    if text.len() > 1 && (text.starts_with('0') || text.starts_with("-0")) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn wrong_args(name: &str) -> Reply {
+    Reply::err(format!("wrong number of arguments for '{name}' command"))
+}
+
+/// Reads and decodes `key`, treating expired keys as absent.
+fn load<T: Tx>(tx: &mut T, key: &[u8], now: u64) -> Result<Result<Option<Value>, Reply>, T::Error> {
+    let Some(bytes) = tx.get(key)? else {
+        return Ok(Ok(None));
+    };
+    Ok(match Value::decode(&bytes) {
+        Ok(v) if v.expired(now) => Ok(None),
+        Ok(v) => Ok(Some(v)),
+        Err(corrupt) => Err(Reply::err(corrupt)),
+    })
+}
+
+/// A read that is a value, or the error reply it has become (wrong type, corrupt).
+type Loaded<T> = Result<Option<(T, Option<u64>)>, Reply>;
+
+/// Reads `key` as a string: `Err(reply)` for the wrong type or a corrupt value.
+fn load_string<T: Tx>(tx: &mut T, key: &[u8], now: u64) -> Result<Loaded<Vec<u8>>, T::Error> {
+    Ok(match load(tx, key, now)? {
+        Ok(None) => Ok(None),
+        Ok(Some(Value {
+            data: Data::String(s),
+            expires_at,
+        })) => Ok(Some((s, expires_at))),
+        Ok(Some(_)) => Err(Reply::Error(WRONGTYPE.into())),
+        Err(reply) => Err(reply),
+    })
+}
+
+/// Reads `key` as a hash.
+fn load_hash<T: Tx>(
+    tx: &mut T,
+    key: &[u8],
+    now: u64,
+) -> Result<Loaded<crate::store::Pairs>, T::Error> {
+    Ok(match load(tx, key, now)? {
+        Ok(None) => Ok(None),
+        Ok(Some(Value {
+            data: Data::Hash(h),
+            expires_at,
+        })) => Ok(Some((h, expires_at))),
+        Ok(Some(_)) => Err(Reply::Error(WRONGTYPE.into())),
+        Err(reply) => Err(reply),
+    })
+}
+
+fn store_value<T: Tx>(tx: &mut T, key: &[u8], value: &Value) -> Result<(), T::Error> {
+    tx.put(key, &value.encode())
+}
+
+/// Unwraps an inner `Result<_, Reply>` or returns the reply from the command.
+macro_rules! check {
+    ($e:expr) => {
+        match $e? {
+            Ok(v) => v,
+            Err(reply) => return Ok(reply),
+        }
+    };
+}
+
+impl<S: Store> Engine<S> {
+    /// An engine over `store`.
+    pub fn new(store: Arc<S>, config: EngineConfig, server: Arc<dyn ServerInfo>) -> Self {
+        Self {
+            store,
+            config,
+            server,
+            sweep_cursor: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Runs one request for `session`.
+    pub fn execute(&self, session: &mut Session, request: Vec<Vec<u8>>) -> Outcome {
+        let Some(first) = request.first() else {
+            return Outcome {
+                reply: Reply::err("empty command"),
+                close: false,
+                command: "unknown",
+            };
+        };
+        let Some((name, arity)) = lookup(first) else {
+            let shown: String = String::from_utf8_lossy(&first[..first.len().min(128)])
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect();
+            let args: String = request[1..]
+                .iter()
+                .take(8)
+                .map(|a| format!("'{}' ", String::from_utf8_lossy(&a[..a.len().min(64)])))
+                .collect();
+            if let Some(multi) = &mut session.multi {
+                multi.failed = true;
+            }
+            return Outcome {
+                reply: Reply::err(format!(
+                    "unknown command '{shown}', with args beginning with: {args}"
+                )),
+                close: false,
+                command: "unknown",
+            };
+        };
+        let reply = |reply| Outcome {
+            reply,
+            close: false,
+            command: name,
+        };
+        let count = i32::try_from(request.len()).unwrap_or(i32::MAX);
+        if (arity > 0 && count != arity) || (arity < 0 && count < -arity) {
+            if let Some(multi) = &mut session.multi {
+                multi.failed = true;
+            }
+            return reply(wrong_args(name));
+        }
+        if !session.authenticated && !matches!(name, "auth" | "hello" | "quit") {
+            return reply(Reply::Error("NOAUTH Authentication required.".into()));
+        }
+        if let Some(multi) = &mut session.multi
+            && !matches!(name, "exec" | "discard" | "multi" | "watch" | "quit")
+        {
+            if multi.queued.len() >= MAX_QUEUED {
+                multi.failed = true;
+                return reply(Reply::err(format!(
+                    "MULTI holds at most {MAX_QUEUED} commands"
+                )));
+            }
+            multi.queued.push(request);
+            return reply(Reply::Simple("QUEUED"));
+        }
+        if is_data(name) {
+            let db = session.db;
+            let result = self.store.transaction(|tx| {
+                let now = now_ms();
+                self.data(tx, db, name, &request, now)
+            });
+            return reply(self.finish(result));
+        }
+        match name {
+            "quit" => Outcome {
+                reply: Reply::Simple("OK"),
+                close: true,
+                command: name,
+            },
+            "multi" => reply(if session.multi.is_some() {
+                Reply::err("MULTI calls can not be nested")
+            } else {
+                session.multi = Some(Multi::default());
+                Reply::Simple("OK")
+            }),
+            "discard" => reply(if session.multi.take().is_some() {
+                session.watched.clear();
+                Reply::Simple("OK")
+            } else {
+                Reply::err("DISCARD without MULTI")
+            }),
+            "exec" => reply(self.exec(session)),
+            "watch" => reply(self.watch(session, &request[1..])),
+            "unwatch" => {
+                session.watched.clear();
+                reply(Reply::Simple("OK"))
+            }
+            _ => reply(self.connection(session, name, &request)),
+        }
+    }
+
+    /// Runs the requests of one read from a client, in order, each in its own store
+    /// transaction (their commits share the redo's group commits with every other client's).
+    /// Running a pipeline's writes in one transaction was tried: concurrent pipelines of
+    /// random keys then lock the KV's leaves in opposite orders and wait out the KV's lock
+    /// timeout, so throughput collapsed.
+    pub fn execute_batch(
+        &self,
+        session: &mut Session,
+        requests: Vec<Vec<Vec<u8>>>,
+        metrics: &Metrics,
+    ) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            let start = Instant::now();
+            let outcome = self.execute(session, request);
+            metrics.command(outcome.command, start.elapsed());
+            let close = outcome.close;
+            outcomes.push(outcome);
+            if close {
+                break;
+            }
+        }
+        outcomes
+    }
+
+    fn finish(&self, result: Result<Reply, S::Error>) -> Reply {
+        result.unwrap_or_else(|e| Reply::Error(S::error_message(&e)))
+    }
+
+    fn exec(&self, session: &mut Session) -> Reply {
+        let Some(multi) = session.multi.take() else {
+            return Reply::err("EXEC without MULTI");
+        };
+        let watched = std::mem::take(&mut session.watched);
+        if multi.failed {
+            return Reply::Error(
+                "EXECABORT Transaction discarded because of previous errors.".into(),
+            );
+        }
+        let start_db = session.db;
+        let result = self.store.transaction(|tx| {
+            let now = now_ms();
+            for (key, digest) in &watched {
+                if digest_of(tx.get(key)?.as_deref(), now) != *digest {
+                    return Ok((Reply::NullArray, start_db));
+                }
+            }
+            let mut db = start_db;
+            let mut replies = Vec::with_capacity(multi.queued.len());
+            for request in &multi.queued {
+                let Some((name, _)) = request.first().and_then(|n| lookup(n)) else {
+                    continue;
+                };
+                let reply = if is_data(name) {
+                    self.data(tx, db, name, request, now)?
+                } else if name == "select" {
+                    match select_db(&request[1]) {
+                        Ok(n) => {
+                            db = n;
+                            Reply::Simple("OK")
+                        }
+                        Err(e) => e,
+                    }
+                } else {
+                    match name {
+                        "ping" | "echo" => ping_echo(name, request),
+                        _ => Reply::err(format!("'{name}' is not allowed inside MULTI here")),
+                    }
+                };
+                replies.push(reply);
+            }
+            Ok((Reply::Array(replies), db))
+        });
+        match result {
+            Ok((reply, db)) => {
+                session.db = db;
+                reply
+            }
+            Err(e) => Reply::Error(S::error_message(&e)),
+        }
+    }
+
+    fn watch(&self, session: &mut Session, keys: &[Vec<u8>]) -> Reply {
+        if session.multi.is_some() {
+            return Reply::err("WATCH inside MULTI is not allowed");
+        }
+        if session.watched.len() + keys.len() > MAX_WATCHED {
+            return Reply::err(format!("a client may WATCH at most {MAX_WATCHED} keys"));
+        }
+        let db = session.db;
+        let result = self.store.transaction(|tx| {
+            let now = now_ms();
+            let mut digests = Vec::with_capacity(keys.len());
+            for key in keys {
+                let key = kv_key(db, key);
+                let digest = digest_of(tx.get(&key)?.as_deref(), now);
+                digests.push((key, digest));
+            }
+            Ok(digests)
+        });
+        match result {
+            Ok(digests) => {
+                session.watched.extend(digests);
+                Reply::Simple("OK")
+            }
+            Err(e) => Reply::Error(S::error_message(&e)),
+        }
+    }
+
+    /// Commands about the connection and the server.
+    fn connection(&self, session: &mut Session, name: &str, args: &[Vec<u8>]) -> Reply {
+        match name {
+            "ping" | "echo" => ping_echo(name, args),
+            "auth" => {
+                let password = match args.len() {
+                    2 => &args[1],
+                    3 => {
+                        if !args[1].eq_ignore_ascii_case(b"default") {
+                            return Reply::Error(
+                                "WRONGPASS invalid username-password pair or user is disabled."
+                                    .into(),
+                            );
+                        }
+                        &args[2]
+                    }
+                    _ => return Reply::Error(SYNTAX.into()),
+                };
+                self.auth(session, password)
+            }
+            "hello" => self.hello(session, args),
+            "select" => match select_db(&args[1]) {
+                Ok(db) => {
+                    session.db = db;
+                    Reply::Simple("OK")
+                }
+                Err(e) => e,
+            },
+            "client" => client(session, args),
+            "command" => {
+                let sub = args.get(1).map(|a| a.to_ascii_lowercase());
+                match sub.as_deref() {
+                    None => Reply::Array(
+                        COMMANDS
+                            .iter()
+                            .map(|(n, a)| {
+                                Reply::Array(vec![Reply::text(*n), Reply::Integer((*a).into())])
+                            })
+                            .collect(),
+                    ),
+                    Some(b"count") => Reply::Integer(COMMANDS.len() as i64),
+                    // No per-command documentation: clients fall back to their own.
+                    Some(b"docs") => Reply::Map(Vec::new()),
+                    Some(_) => Reply::err(format!(
+                        "unknown subcommand '{}'. Try COMMAND HELP.",
+                        String::from_utf8_lossy(&args[1])
+                    )),
+                }
+            }
+            "config" => self.config_get(args),
+            "info" => Reply::Bulk(self.info().into_bytes()),
+            "dbsize" => self.count_keys(session.db),
+            "scan" => self.scan(session, args),
+            "keys" => self.keys(session.db, &args[1]),
+            _ => Reply::err(format!("unknown command '{name}'")),
+        }
+    }
+
+    fn auth(&self, session: &mut Session, password: &[u8]) -> Reply {
+        match &self.config.requirepass {
+            None => Reply::err(
+                "AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            ),
+            Some(expected) if constant_time_eq(expected, password) => {
+                session.authenticated = true;
+                Reply::Simple("OK")
+            }
+            Some(_) => {
+                Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+            }
+        }
+    }
+
+    fn hello(&self, session: &mut Session, args: &[Vec<u8>]) -> Reply {
+        let mut protocol = session.protocol;
+        let mut rest = &args[1..];
+        if let Some(version) = rest.first() {
+            protocol = match parse_i64(version) {
+                Some(2) => Protocol::Resp2,
+                Some(3) => Protocol::Resp3,
+                Some(_) => {
+                    return Reply::Error(
+                        "NOPROTO sorry, this protocol version is not supported.".into(),
+                    );
+                }
+                None => return Reply::err("Protocol version is not an integer or out of range"),
+            };
+            rest = &rest[1..];
+        }
+        while let Some(option) = rest.first() {
+            if option.eq_ignore_ascii_case(b"auth") && rest.len() >= 3 {
+                if let Reply::Error(e) = self.auth(session, &rest[2]) {
+                    return Reply::Error(e);
+                }
+                rest = &rest[3..];
+            } else if option.eq_ignore_ascii_case(b"setname") && rest.len() >= 2 {
+                session.name = Some(rest[1].clone());
+                rest = &rest[2..];
+            } else {
+                return Reply::err(format!(
+                    "Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(option)
+                ));
+            }
+        }
+        if !session.authenticated {
+            return Reply::Error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise \
+                 the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the \
+                 client and select the RESP protocol version at the same time"
+                    .into(),
+            );
+        }
+        session.protocol = protocol;
+        let proto = match protocol {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        };
+        Reply::Map(vec![
+            (Reply::text("server"), Reply::text("redis")),
+            (Reply::text("version"), Reply::text("7.0.0")),
+            (Reply::text("proto"), Reply::Integer(proto)),
+            (Reply::text("id"), Reply::Integer(session.id as i64)),
+            (Reply::text("mode"), Reply::text("cluster-of-equals")),
+            (Reply::text("role"), Reply::text("master")),
+            (Reply::text("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    fn config_get(&self, args: &[Vec<u8>]) -> Reply {
+        if !args[1].eq_ignore_ascii_case(b"get") {
+            return Reply::err(format!(
+                "unknown subcommand '{}'. Only CONFIG GET is supported.",
+                String::from_utf8_lossy(&args[1])
+            ));
+        }
+        if args.len() < 3 {
+            return wrong_args("config|get");
+        }
+        let settings: [(&str, String); 6] = [
+            ("maxclients", self.config.maxclients.to_string()),
+            ("timeout", self.config.idle_timeout_secs.to_string()),
+            ("databases", DATABASES.to_string()),
+            ("appendonly", "yes".into()),
+            ("appendfsync", "always".into()),
+            ("save", String::new()),
+        ];
+        let mut pairs = Vec::new();
+        for (name, value) in &settings {
+            if args[2..]
+                .iter()
+                .any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
+            {
+                pairs.push((Reply::text(*name), Reply::text(value.clone())));
+            }
+        }
+        Reply::Map(pairs)
+    }
+
+    fn info(&self) -> String {
+        format!(
+            "# Server\r\nredis_version:7.0.0\r\nfusion_version:{}\r\nprocess_id:{}\r\n\r\n\
+             # Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n{}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            self.server.connected_clients(),
+            self.config.maxclients,
+            self.server.info()
+        )
+    }
+
+    /// `DBSIZE`: counts the database's live keys in batches of store transactions.
+    fn count_keys(&self, db: u8) -> Reply {
+        let mut count = 0i64;
+        let result = self.walk(db, None, |_, _| {
+            count += 1;
+            true
+        });
+        match result {
+            Ok(()) => Reply::Integer(count),
+            Err(e) => Reply::Error(S::error_message(&e)),
+        }
+    }
+
+    /// `KEYS pattern`: every live key matching, in key order, within the reply limit.
+    fn keys(&self, db: u8, pattern: &[u8]) -> Reply {
+        let mut keys = Vec::new();
+        let mut bytes = 0usize;
+        let mut too_big = false;
+        let limit = self.config.max_reply_bytes;
+        let result = self.walk(db, None, |key, _| {
+            if glob_match(pattern, key) {
+                bytes += key.len() + 16;
+                if bytes > limit {
+                    too_big = true;
+                    return false;
+                }
+                keys.push(Reply::Bulk(key.to_vec()));
+            }
+            true
+        });
+        match result {
+            Err(e) => Reply::Error(S::error_message(&e)),
+            Ok(()) if too_big => Reply::err(format!(
+                "KEYS reply exceeds the client output limit of {limit} bytes; use SCAN"
+            )),
+            Ok(()) => Reply::Array(keys),
+        }
+    }
+
+    /// Visits the live keys of `db` from KV key `start` (the database's first key when
+    /// `None`) in batches, one store transaction each, until `visit` returns false.
+    fn walk(
+        &self,
+        db: u8,
+        start: Option<Vec<u8>>,
+        mut visit: impl FnMut(&[u8], &Value) -> bool,
+    ) -> Result<(), S::Error> {
+        let now = now_ms();
+        self.walk_raw(db, start, |key, value| {
+            value.expired(now) || visit(&key[1..], value)
+        })
+    }
+
+    /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]`: cursors are numbers this session handed
+    /// out, each standing for the last key returned.
+    fn scan(&self, session: &mut Session, args: &[Vec<u8>]) -> Reply {
+        let Some(cursor) = std::str::from_utf8(&args[1])
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok())
+        else {
+            return Reply::err("invalid cursor");
+        };
+        let mut pattern: Option<&[u8]> = None;
+        let mut count = 10usize;
+        let mut type_name: Option<Vec<u8>> = None;
+        let mut rest = &args[2..];
+        while let [option, value, tail @ ..] = rest {
+            match option.to_ascii_lowercase().as_slice() {
+                b"match" => pattern = Some(value),
+                b"count" => match parse_i64(value).and_then(|c| usize::try_from(c).ok()) {
+                    Some(c) if c >= 1 => count = c.min(10_000),
+                    Some(_) => return Reply::Error(SYNTAX.into()),
+                    None => return Reply::err(NOT_INTEGER),
+                },
+                b"type" => type_name = Some(value.to_ascii_lowercase()),
+                _ => return Reply::err(SYNTAX),
+            }
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Reply::err(SYNTAX);
+        }
+        let after = if cursor == 0 {
+            None
+        } else {
+            // A forgotten or foreign cursor starts over, as Redis's would.
+            session
+                .cursors
+                .iter()
+                .find(|(id, _)| *id == cursor)
+                .map(|(_, key)| key.clone())
+        };
+        let mut keys = Vec::new();
+        let mut examined = 0usize;
+        let mut last: Option<Vec<u8>> = None;
+        let mut complete = true;
+        let db = session.db;
+        // Strictly after the cursor's key: the smallest key above it is the key plus a 0.
+        let start = after.map(|k| {
+            let mut start = kv_key(db, &k);
+            start.push(0);
+            start
+        });
+        let result = self.walk(db, start, |key, value| {
+            examined += 1;
+            last = Some(key.to_vec());
+            if pattern.is_none_or(|p| glob_match(p, key))
+                && type_name
+                    .as_deref()
+                    .is_none_or(|t| t == value.type_name().as_bytes())
+            {
+                keys.push(Reply::Bulk(key.to_vec()));
+            }
+            if examined >= count {
+                complete = false;
+                return false;
+            }
+            true
+        });
+        if let Err(e) = result {
+            return Reply::Error(S::error_message(&e));
+        }
+        let next = match (complete, last) {
+            (false, Some(key)) => {
+                let id = session.next_cursor;
+                session.next_cursor += 1;
+                if session.cursors.len() >= MAX_CURSORS {
+                    session.cursors.pop_front();
+                }
+                session.cursors.push_back((id, key));
+                id
+            }
+            _ => 0,
+        };
+        Reply::Array(vec![Reply::text(next.to_string()), Reply::Array(keys)])
+    }
+
+    /// One step of the background expiry sweep: examines up to `examine` keys after where
+    /// the last step stopped (all databases in turn, starting over at the end) and deletes
+    /// the expired ones; returns how many. Bounded per step, so a large keyspace costs the
+    /// workload little at a time; reads never return an expired key meanwhile.
+    pub fn sweep_expired(&self, examine: usize) -> Result<usize, S::Error> {
+        let start = self.sweep_cursor.lock().clone();
+        let end = [DATABASES];
+        let batch = self.store.transaction(|tx| {
+            tx.scan(
+                Bound::Included(start.as_slice()),
+                Bound::Excluded(&end[..]),
+                examine,
+            )
+        })?;
+        *self.sweep_cursor.lock() = match batch.last() {
+            Some((last, _)) if batch.len() >= examine => {
+                let mut next = last.clone();
+                next.push(0);
+                next
+            }
+            _ => Vec::new(),
+        };
+        let now = now_ms();
+        let expired: Vec<&Vec<u8>> = batch
+            .iter()
+            .filter(|(_, bytes)| Value::decode(bytes).is_ok_and(|v| v.expired(now)))
+            .map(|(key, _)| key)
+            .collect();
+        let mut removed = 0;
+        for chunk in expired.chunks(64) {
+            removed += self.store.transaction(|tx| {
+                let now = now_ms();
+                let mut n = 0;
+                for key in chunk {
+                    // Checked again under the transaction: it may have been rewritten.
+                    if let Some(bytes) = tx.get(key)?
+                        && Value::decode(&bytes).is_ok_and(|v| v.expired(now))
+                    {
+                        tx.delete(key)?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })?;
+        }
+        Ok(removed)
+    }
+
+    /// Visits every key of `db` from `start`, expired ones included, with full KV keys.
+    /// Stored values that do not decode are skipped (a read of the key reports them).
+    fn walk_raw(
+        &self,
+        db: u8,
+        start: Option<Vec<u8>>,
+        mut visit: impl FnMut(&[u8], &Value) -> bool,
+    ) -> Result<(), S::Error> {
+        let end = [db + 1];
+        let mut cursor = start.unwrap_or_else(|| vec![db]);
+        let mut inclusive = true;
+        loop {
+            let batch = self.store.transaction(|tx| {
+                let from = if inclusive {
+                    Bound::Included(cursor.as_slice())
+                } else {
+                    Bound::Excluded(cursor.as_slice())
+                };
+                tx.scan(from, Bound::Excluded(&end[..]), SCAN_BATCH)
+            })?;
+            for (key, bytes) in &batch {
+                if let Ok(value) = Value::decode(bytes)
+                    && !visit(key, &value)
+                {
+                    return Ok(());
+                }
+            }
+            match batch.last() {
+                Some((last, _)) if batch.len() == SCAN_BATCH => {
+                    cursor = last.clone();
+                    inclusive = false;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// A data command inside transaction `tx`. Errors in the reply (wrong type, syntax) do
+    /// not abort the transaction; store errors do.
+    fn data(
+        &self,
+        tx: &mut S::Tx<'_>,
+        db: u8,
+        name: &str,
+        args: &[Vec<u8>],
+        now: u64,
+    ) -> Result<Reply, S::Error> {
+        let key = |i: usize| kv_key(db, &args[i]);
+        match name {
+            "get" => Ok(match check!(load_string(tx, &key(1), now)) {
+                Some((s, _)) => Reply::Bulk(s),
+                None => Reply::Null,
+            }),
+            "set" => self.set(tx, key(1), args, now),
+            "getset" => {
+                let k = key(1);
+                let old = check!(load_string(tx, &k, now));
+                store_value(tx, &k, &Value::string(args[2].clone()))?;
+                Ok(old.map_or(Reply::Null, |(s, _)| Reply::Bulk(s)))
+            }
+            "getdel" => {
+                let k = key(1);
+                Ok(match check!(load_string(tx, &k, now)) {
+                    Some((s, _)) => {
+                        tx.delete(&k)?;
+                        Reply::Bulk(s)
+                    }
+                    None => Reply::Null,
+                })
+            }
+            "mget" => {
+                let mut out = Vec::with_capacity(args.len() - 1);
+                for i in 1..args.len() {
+                    out.push(match load(tx, &key(i), now)? {
+                        Ok(Some(Value {
+                            data: Data::String(s),
+                            ..
+                        })) => Reply::Bulk(s),
+                        _ => Reply::Null,
+                    });
+                }
+                Ok(Reply::Array(out))
+            }
+            "mset" | "msetnx" => {
+                if args.len().is_multiple_of(2) {
+                    return Ok(wrong_args(name));
+                }
+                if name == "msetnx" {
+                    for i in (1..args.len()).step_by(2) {
+                        if check!(load(tx, &key(i), now)).is_some() {
+                            return Ok(Reply::Integer(0));
+                        }
+                    }
+                }
+                for i in (1..args.len()).step_by(2) {
+                    store_value(tx, &key(i), &Value::string(args[i + 1].clone()))?;
+                }
+                Ok(if name == "mset" {
+                    Reply::Simple("OK")
+                } else {
+                    Reply::Integer(1)
+                })
+            }
+            "del" | "unlink" => {
+                let mut n = 0;
+                for i in 1..args.len() {
+                    let k = key(i);
+                    let live = check!(load(tx, &k, now)).is_some();
+                    if tx.delete(&k)? && live {
+                        n += 1;
+                    }
+                }
+                Ok(Reply::Integer(n))
+            }
+            "exists" => {
+                let mut n = 0;
+                for i in 1..args.len() {
+                    if check!(load(tx, &key(i), now)).is_some() {
+                        n += 1;
+                    }
+                }
+                Ok(Reply::Integer(n))
+            }
+            "incr" | "decr" | "incrby" | "decrby" => {
+                let by = match name {
+                    "incr" => 1,
+                    "decr" => -1,
+                    _ => match parse_i64(&args[2]) {
+                        Some(n) if name == "incrby" => n,
+                        Some(n) => match n.checked_neg() {
+                            Some(n) => n,
+                            None => {
+                                return Ok(Reply::err("decrement would overflow"));
+                            }
+                        },
+                        None => return Ok(Reply::err(NOT_INTEGER)),
+                    },
+                };
+                let k = key(1);
+                let (current, expires_at) = match check!(load_string(tx, &k, now)) {
+                    Some((s, at)) => match parse_i64(&s) {
+                        Some(n) => (n, at),
+                        None => return Ok(Reply::err(NOT_INTEGER)),
+                    },
+                    None => (0, None),
+                };
+                let Some(next) = current.checked_add(by) else {
+                    return Ok(Reply::err("increment or decrement would overflow"));
+                };
+                let value = Value {
+                    data: Data::String(next.to_string().into_bytes()),
+                    expires_at,
+                };
+                store_value(tx, &k, &value)?;
+                Ok(Reply::Integer(next))
+            }
+            "append" => {
+                let k = key(1);
+                let (mut s, expires_at) = check!(load_string(tx, &k, now)).unwrap_or_default();
+                s.extend_from_slice(&args[2]);
+                let len = s.len() as i64;
+                store_value(
+                    tx,
+                    &k,
+                    &Value {
+                        data: Data::String(s),
+                        expires_at,
+                    },
+                )?;
+                Ok(Reply::Integer(len))
+            }
+            "strlen" => Ok(Reply::Integer(
+                check!(load_string(tx, &key(1), now)).map_or(0, |(s, _)| s.len() as i64),
+            )),
+            "getrange" => {
+                let (Some(start), Some(end)) = (parse_i64(&args[2]), parse_i64(&args[3])) else {
+                    return Ok(Reply::err(NOT_INTEGER));
+                };
+                let s = check!(load_string(tx, &key(1), now)).map_or_else(Vec::new, |(s, _)| s);
+                Ok(Reply::Bulk(range(&s, start, end).to_vec()))
+            }
+            "setrange" => {
+                let Some(offset) = parse_i64(&args[2]) else {
+                    return Ok(Reply::err(NOT_INTEGER));
+                };
+                let Ok(offset) = usize::try_from(offset) else {
+                    return Ok(Reply::err("offset is out of range"));
+                };
+                let k = key(1);
+                let current = check!(load_string(tx, &k, now));
+                let patch = &args[3];
+                if patch.is_empty() {
+                    return Ok(Reply::Integer(current.map_or(0, |(s, _)| s.len() as i64)));
+                }
+                if offset.saturating_add(patch.len()) > 512 << 20 {
+                    return Ok(Reply::err(
+                        "string exceeds maximum allowed size (proto-max-bulk-len)",
+                    ));
+                }
+                let (mut s, expires_at) = current.unwrap_or_default();
+                if s.len() < offset + patch.len() {
+                    s.resize(offset + patch.len(), 0);
+                }
+                s[offset..offset + patch.len()].copy_from_slice(patch);
+                let len = s.len() as i64;
+                store_value(
+                    tx,
+                    &k,
+                    &Value {
+                        data: Data::String(s),
+                        expires_at,
+                    },
+                )?;
+                Ok(Reply::Integer(len))
+            }
+            "type" => Ok(Reply::Status(
+                check!(load(tx, &key(1), now))
+                    .map_or("none", |v| v.type_name())
+                    .into(),
+            )),
+            "rename" => {
+                let (from, to) = (key(1), key(2));
+                let Some(value) = check!(load(tx, &from, now)) else {
+                    return Ok(Reply::err("no such key"));
+                };
+                tx.delete(&from)?;
+                store_value(tx, &to, &value)?;
+                Ok(Reply::Simple("OK"))
+            }
+            "expire" | "pexpire" => self.expire(tx, key(1), name, args, now),
+            "ttl" | "pttl" => Ok(Reply::Integer(match check!(load(tx, &key(1), now)) {
+                None => -2,
+                Some(Value {
+                    expires_at: None, ..
+                }) => -1,
+                Some(Value {
+                    expires_at: Some(at),
+                    ..
+                }) => {
+                    let ms = at.saturating_sub(now);
+                    let left = if name == "ttl" { ms.div_ceil(1000) } else { ms };
+                    i64::try_from(left).unwrap_or(i64::MAX)
+                }
+            })),
+            "persist" => {
+                let k = key(1);
+                Ok(match check!(load(tx, &k, now)) {
+                    Some(mut v) if v.expires_at.is_some() => {
+                        v.expires_at = None;
+                        store_value(tx, &k, &v)?;
+                        Reply::Integer(1)
+                    }
+                    _ => Reply::Integer(0),
+                })
+            }
+            "hset" | "hdel" | "hincrby" => self.hash_write(tx, key(1), name, args, now),
+            "hget" | "hexists" => {
+                let fields = check!(load_hash(tx, &key(1), now)).map(|(h, _)| h);
+                let found = fields
+                    .as_ref()
+                    .and_then(|h| h.iter().find(|(f, _)| *f == args[2]));
+                Ok(match (name, found) {
+                    ("hget", Some((_, v))) => Reply::Bulk(v.clone()),
+                    ("hget", None) => Reply::Null,
+                    (_, found) => Reply::Integer(i64::from(found.is_some())),
+                })
+            }
+            "hgetall" => Ok(Reply::Map(
+                check!(load_hash(tx, &key(1), now))
+                    .map(|(h, _)| h)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(f, v)| (Reply::Bulk(f), Reply::Bulk(v)))
+                    .collect(),
+            )),
+            "hlen" => Ok(Reply::Integer(
+                check!(load_hash(tx, &key(1), now)).map_or(0, |(h, _)| h.len() as i64),
+            )),
+            _ => Ok(Reply::err(format!("unknown command '{name}'"))),
+        }
+    }
+
+    fn set(
+        &self,
+        tx: &mut S::Tx<'_>,
+        key: Vec<u8>,
+        args: &[Vec<u8>],
+        now: u64,
+    ) -> Result<Reply, S::Error> {
+        let mut nx = false;
+        let mut xx = false;
+        let mut get = false;
+        let mut keepttl = false;
+        let mut expires_at: Option<u64> = None;
+        let mut i = 3;
+        while i < args.len() {
+            let option = args[i].to_ascii_lowercase();
+            match option.as_slice() {
+                b"nx" if !xx => nx = true,
+                b"xx" if !nx => xx = true,
+                b"get" => get = true,
+                b"keepttl" if expires_at.is_none() => keepttl = true,
+                b"ex" | b"px" | b"exat" | b"pxat" if expires_at.is_none() && !keepttl => {
+                    let Some(value) = args.get(i + 1) else {
+                        return Ok(Reply::err(SYNTAX));
+                    };
+                    let Some(n) = parse_i64(value) else {
+                        return Ok(Reply::err(NOT_INTEGER));
+                    };
+                    let at = match option.as_slice() {
+                        _ if n <= 0 => None,
+                        b"ex" => (n as u64)
+                            .checked_mul(1000)
+                            .and_then(|ms| ms.checked_add(now)),
+                        b"px" => (n as u64).checked_add(now),
+                        b"exat" => (n as u64).checked_mul(1000),
+                        _ => Some(n as u64),
+                    };
+                    let Some(at) = at else {
+                        return Ok(Reply::err("invalid expire time in 'set' command"));
+                    };
+                    expires_at = Some(at);
+                    i += 1;
+                }
+                _ => return Ok(Reply::err(SYNTAX)),
+            }
+            i += 1;
+        }
+        let old = check!(load(tx, &key, now));
+        let old_string = match &old {
+            Some(Value {
+                data: Data::String(s),
+                ..
+            }) => Some(s.clone()),
+            Some(_) if get => return Ok(Reply::Error(WRONGTYPE.into())),
+            _ => None,
+        };
+        let reply_for_skip = || {
+            if get {
+                old_string.clone().map_or(Reply::Null, Reply::Bulk)
+            } else {
+                Reply::Null
+            }
+        };
+        if (nx && old.is_some()) || (xx && old.is_none()) {
+            return Ok(reply_for_skip());
+        }
+        let expires_at = if keepttl {
+            old.as_ref().and_then(|v| v.expires_at)
+        } else {
+            expires_at
+        };
+        store_value(
+            tx,
+            &key,
+            &Value {
+                data: Data::String(args[2].clone()),
+                expires_at,
+            },
+        )?;
+        Ok(if get {
+            old_string.map_or(Reply::Null, Reply::Bulk)
+        } else {
+            Reply::Simple("OK")
+        })
+    }
+
+    fn expire(
+        &self,
+        tx: &mut S::Tx<'_>,
+        key: Vec<u8>,
+        name: &str,
+        args: &[Vec<u8>],
+        now: u64,
+    ) -> Result<Reply, S::Error> {
+        let Some(n) = parse_i64(&args[2]) else {
+            return Ok(Reply::err(NOT_INTEGER));
+        };
+        let mut condition: Option<Vec<u8>> = None;
+        for option in &args[3..] {
+            let option = option.to_ascii_lowercase();
+            if !matches!(option.as_slice(), b"nx" | b"xx" | b"gt" | b"lt") || condition.is_some() {
+                return Ok(Reply::err(format!(
+                    "Unsupported option {}",
+                    String::from_utf8_lossy(&option)
+                )));
+            }
+            condition = Some(option);
+        }
+        let Some(mut value) = check!(load(tx, &key, now)) else {
+            return Ok(Reply::Integer(0));
+        };
+        let ms = if name == "expire" {
+            n.checked_mul(1000)
+        } else {
+            Some(n)
+        };
+        let Some(at) = ms.and_then(|ms| i64::try_from(now).ok()?.checked_add(ms)) else {
+            return Ok(Reply::err(format!(
+                "invalid expire time in '{name}' command"
+            )));
+        };
+        let allowed = match condition.as_deref() {
+            Some(b"nx") => value.expires_at.is_none(),
+            Some(b"xx") => value.expires_at.is_some(),
+            Some(b"gt") => value.expires_at.is_some_and(|old| at > old as i64),
+            Some(b"lt") => value.expires_at.is_none_or(|old| at < old as i64),
+            _ => true,
+        };
+        if !allowed {
+            return Ok(Reply::Integer(0));
+        }
+        if at <= now as i64 {
+            tx.delete(&key)?;
+        } else {
+            value.expires_at = Some(at as u64);
+            store_value(tx, &key, &value)?;
+        }
+        Ok(Reply::Integer(1))
+    }
+
+    fn hash_write(
+        &self,
+        tx: &mut S::Tx<'_>,
+        key: Vec<u8>,
+        name: &str,
+        args: &[Vec<u8>],
+        now: u64,
+    ) -> Result<Reply, S::Error> {
+        if name == "hset" && !args.len().is_multiple_of(2) {
+            return Ok(wrong_args(name));
+        }
+        let (mut fields, expires_at) = check!(load_hash(tx, &key, now)).unwrap_or_default();
+        let reply = match name {
+            "hset" => {
+                let mut added = 0;
+                for pair in args[2..].chunks(2) {
+                    match fields.binary_search_by(|(f, _)| f.as_slice().cmp(&pair[0])) {
+                        Ok(at) => fields[at].1 = pair[1].clone(),
+                        Err(at) => {
+                            fields.insert(at, (pair[0].clone(), pair[1].clone()));
+                            added += 1;
+                        }
+                    }
+                }
+                Reply::Integer(added)
+            }
+            "hdel" => {
+                let before = fields.len();
+                fields.retain(|(f, _)| !args[2..].contains(f));
+                let removed = (before - fields.len()) as i64;
+                if removed == 0 {
+                    return Ok(Reply::Integer(0));
+                }
+                Reply::Integer(removed)
+            }
+            _ => {
+                let Some(by) = parse_i64(&args[3]) else {
+                    return Ok(Reply::err(NOT_INTEGER));
+                };
+                let at = fields.binary_search_by(|(f, _)| f.as_slice().cmp(&args[2]));
+                let current = match at {
+                    Ok(at) => match parse_i64(&fields[at].1) {
+                        Some(n) => n,
+                        None => return Ok(Reply::err("hash value is not an integer")),
+                    },
+                    Err(_) => 0,
+                };
+                let Some(next) = current.checked_add(by) else {
+                    return Ok(Reply::err("increment or decrement would overflow"));
+                };
+                let bytes = next.to_string().into_bytes();
+                match at {
+                    Ok(at) => fields[at].1 = bytes,
+                    Err(at) => fields.insert(at, (args[2].clone(), bytes)),
+                }
+                Reply::Integer(next)
+            }
+        };
+        if fields.is_empty() {
+            tx.delete(&key)?;
+        } else {
+            store_value(
+                tx,
+                &key,
+                &Value {
+                    data: Data::Hash(fields),
+                    expires_at,
+                },
+            )?;
+        }
+        Ok(reply)
+    }
+}
+
+fn ping_echo(name: &str, args: &[Vec<u8>]) -> Reply {
+    match (name, args.len()) {
+        ("echo", _) => Reply::Bulk(args[1].clone()),
+        (_, 1) => Reply::Simple("PONG"),
+        (_, 2) => Reply::Bulk(args[1].clone()),
+        _ => wrong_args("ping"),
+    }
+}
+
+fn select_db(arg: &[u8]) -> Result<u8, Reply> {
+    match parse_i64(arg) {
+        Some(n) if (0..i64::from(DATABASES)).contains(&n) => Ok(n as u8),
+        Some(_) => Err(Reply::err("DB index is out of range")),
+        None => Err(Reply::err(NOT_INTEGER)),
+    }
+}
+
+fn client(session: &mut Session, args: &[Vec<u8>]) -> Reply {
+    let sub = args[1].to_ascii_lowercase();
+    match (sub.as_slice(), args.len()) {
+        (b"id", 2) => Reply::Integer(session.id as i64),
+        (b"getname", 2) => session.name.clone().map_or(Reply::Null, Reply::Bulk),
+        (b"setname", 3) => {
+            if args[2].iter().any(|&b| b <= b' ' || b > b'~') {
+                return Reply::err(
+                    "Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            session.name = (!args[2].is_empty()).then(|| args[2].clone());
+            Reply::Simple("OK")
+        }
+        (b"id" | b"getname" | b"setname", _) => wrong_args("client"),
+        _ => Reply::err(format!(
+            "unknown subcommand '{}'. Try CLIENT HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
+    }
+}
+
+/// The digest `WATCH` keeps: of the stored bytes, `None` for an absent or expired key.
+fn digest_of(bytes: Option<&[u8]>, now: u64) -> Option<[u8; 32]> {
+    let bytes = bytes?;
+    if Value::decode(bytes).is_ok_and(|v| v.expired(now)) {
+        return None;
+    }
+    Some(Sha256::digest(bytes).into())
+}
+
+/// Redis's `GETRANGE` index rules: negative counts from the end, clamped.
+fn range(s: &[u8], start: i64, end: i64) -> &[u8] {
+    let len = s.len() as i64;
+    if len == 0 {
+        return &[];
+    }
+    let fix = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+    let (start, end) = (fix(start), fix(end).min(len - 1));
+    if start > end || start >= len {
+        return &[];
+    }
+    &s[start as usize..=end as usize]
+}
+
+/// Compares without an early exit, so the time taken does not reveal the password's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let da = Sha256::digest(a);
+    let db = Sha256::digest(b);
+    da.iter()
+        .zip(db.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    struct NoServer;
+    impl ServerInfo for NoServer {
+        fn info(&self) -> String {
+            String::new()
+        }
+        fn connected_clients(&self) -> usize {
+            1
+        }
+    }
+
+    fn engine(requirepass: Option<&str>) -> Engine<MemoryStore> {
+        Engine::new(
+            Arc::new(MemoryStore::default()),
+            EngineConfig {
+                requirepass: requirepass.map(|p| p.as_bytes().to_vec()),
+                max_reply_bytes: 1 << 20,
+                maxclients: 10,
+                idle_timeout_secs: 0,
+            },
+            Arc::new(NoServer),
+        )
+    }
+
+    fn run(e: &Engine<MemoryStore>, s: &mut Session, line: &str) -> Reply {
+        let request = line.split(' ').map(|w| w.as_bytes().to_vec()).collect();
+        e.execute(s, request).reply
+    }
+
+    fn bulk(s: &str) -> Reply {
+        Reply::text(s)
+    }
+
+    #[test]
+    fn strings_and_counters() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        assert_eq!(run(&e, s, "GET k"), Reply::Null);
+        assert_eq!(run(&e, s, "SET k v"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "SET k w NX"), Reply::Null);
+        assert_eq!(run(&e, s, "SET k w XX GET"), bulk("v"));
+        assert_eq!(run(&e, s, "APPEND k xyz"), Reply::Integer(4));
+        assert_eq!(run(&e, s, "GETRANGE k 1 -1"), bulk("xyz"));
+        assert_eq!(run(&e, s, "SETRANGE k 6 ab"), Reply::Integer(8));
+        assert_eq!(run(&e, s, "STRLEN k"), Reply::Integer(8));
+        assert_eq!(
+            run(&e, s, "INCR k"),
+            Reply::err("value is not an integer or out of range")
+        );
+        assert_eq!(run(&e, s, "INCRBY n 5"), Reply::Integer(5));
+        assert_eq!(run(&e, s, "DECR n"), Reply::Integer(4));
+        assert_eq!(run(&e, s, "DECRBY n 10"), Reply::Integer(-6));
+        assert_eq!(
+            run(&e, s, "SET big 9223372036854775807"),
+            Reply::Simple("OK")
+        );
+        assert_eq!(
+            run(&e, s, "INCR big"),
+            Reply::err("increment or decrement would overflow")
+        );
+        assert_eq!(run(&e, s, "MSET a 1 b 2"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "MSETNX a 3 c 3"), Reply::Integer(0));
+        assert_eq!(
+            run(&e, s, "MGET a b c"),
+            Reply::Array(vec![bulk("1"), bulk("2"), Reply::Null])
+        );
+        assert_eq!(run(&e, s, "GETSET a 9"), bulk("1"));
+        assert_eq!(run(&e, s, "GETDEL a"), bulk("9"));
+        assert_eq!(run(&e, s, "EXISTS a b b"), Reply::Integer(2));
+        assert_eq!(run(&e, s, "DEL a b c"), Reply::Integer(1));
+        assert_eq!(
+            run(&e, s, "MSET a"),
+            Reply::err("wrong number of arguments for 'mset' command")
+        );
+        assert_eq!(
+            run(&e, s, "NOPE x"),
+            Reply::err("unknown command 'NOPE', with args beginning with: 'x' ")
+        );
+    }
+
+    #[test]
+    fn hashes_and_types() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        assert_eq!(run(&e, s, "HSET h a 1 b 2"), Reply::Integer(2));
+        assert_eq!(run(&e, s, "HSET h a 3"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "HGET h a"), bulk("3"));
+        assert_eq!(run(&e, s, "HINCRBY h a 4"), Reply::Integer(7));
+        assert_eq!(run(&e, s, "HLEN h"), Reply::Integer(2));
+        assert_eq!(run(&e, s, "HEXISTS h z"), Reply::Integer(0));
+        assert_eq!(
+            run(&e, s, "HGETALL h"),
+            Reply::Map(vec![(bulk("a"), bulk("7")), (bulk("b"), bulk("2"))])
+        );
+        assert_eq!(run(&e, s, "TYPE h"), Reply::Status("hash".into()));
+        assert_eq!(run(&e, s, "GET h"), Reply::Error(WRONGTYPE.into()));
+        assert_eq!(run(&e, s, "HDEL h a b"), Reply::Integer(2));
+        assert_eq!(run(&e, s, "TYPE h"), Reply::Status("none".into()));
+        assert_eq!(run(&e, s, "RENAME h x"), Reply::err("no such key"));
+    }
+
+    #[test]
+    fn expiry() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        assert_eq!(run(&e, s, "SET k v PX 1"), Reply::Simple("OK"));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(run(&e, s, "GET k"), Reply::Null);
+        assert_eq!(run(&e, s, "TTL k"), Reply::Integer(-2));
+        assert_eq!(run(&e, s, "SET k v"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "TTL k"), Reply::Integer(-1));
+        assert_eq!(run(&e, s, "EXPIRE k 100"), Reply::Integer(1));
+        assert_eq!(run(&e, s, "TTL k"), Reply::Integer(100));
+        assert_eq!(run(&e, s, "SET k w KEEPTTL"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "TTL k"), Reply::Integer(100));
+        assert_eq!(run(&e, s, "PERSIST k"), Reply::Integer(1));
+        assert_eq!(run(&e, s, "PTTL k"), Reply::Integer(-1));
+        assert_eq!(run(&e, s, "PEXPIRE k 1"), Reply::Integer(1));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(e.sweep_expired(100).unwrap(), 1);
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(0));
+    }
+
+    #[test]
+    fn multi_exec_and_watch() {
+        let e = engine(None);
+        let a = &mut Session::new(1, true);
+        let b = &mut Session::new(2, true);
+        assert_eq!(run(&e, a, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, a, "INCR x"), Reply::Simple("QUEUED"));
+        assert_eq!(run(&e, a, "INCR x"), Reply::Simple("QUEUED"));
+        assert_eq!(
+            run(&e, a, "EXEC"),
+            Reply::Array(vec![Reply::Integer(1), Reply::Integer(2)])
+        );
+        assert_eq!(run(&e, a, "WATCH x"), Reply::Simple("OK"));
+        assert_eq!(run(&e, b, "INCR x"), Reply::Integer(3));
+        assert_eq!(run(&e, a, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, a, "SET x 0"), Reply::Simple("QUEUED"));
+        assert_eq!(run(&e, a, "EXEC"), Reply::NullArray);
+        assert_eq!(run(&e, a, "GET x"), bulk("3"));
+        assert_eq!(run(&e, a, "MULTI"), Reply::Simple("OK"));
+        run(&e, a, "GET");
+        assert_eq!(
+            run(&e, a, "EXEC"),
+            Reply::Error("EXECABORT Transaction discarded because of previous errors.".into())
+        );
+        assert_eq!(run(&e, a, "EXEC"), Reply::err("EXEC without MULTI"));
+    }
+
+    #[test]
+    fn auth_select_scan() {
+        let e = engine(Some("sesame"));
+        let s = &mut Session::new(1, false);
+        assert_eq!(
+            run(&e, s, "GET k"),
+            Reply::Error("NOAUTH Authentication required.".into())
+        );
+        assert_eq!(
+            run(&e, s, "AUTH wrong"),
+            Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+        );
+        assert_eq!(run(&e, s, "AUTH sesame"), Reply::Simple("OK"));
+        for i in 0..25 {
+            run(&e, s, &format!("SET key{i:02} v"));
+        }
+        assert_eq!(run(&e, s, "SELECT 1"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "SELECT 0"), Reply::Simple("OK"));
+        let mut cursor = "0".to_string();
+        let mut seen = Vec::new();
+        loop {
+            let Reply::Array(parts) = run(&e, s, &format!("SCAN {cursor} COUNT 7")) else {
+                panic!("scan reply");
+            };
+            let [Reply::Bulk(next), Reply::Array(keys)] = &parts[..] else {
+                panic!("scan parts");
+            };
+            seen.extend(keys.iter().cloned());
+            cursor = String::from_utf8(next.clone()).unwrap();
+            if cursor == "0" {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 25);
+        let Reply::Array(keys) = run(&e, s, "KEYS key1?") else {
+            panic!("keys reply");
+        };
+        assert_eq!(keys.len(), 10);
+    }
+}

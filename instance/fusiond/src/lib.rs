@@ -1,0 +1,18 @@
+//! fusiond: one Fusion instance serving its KV layer to Redis clients (RESP2 and RESP3) and
+//! its metrics to Prometheus.
+//!
+//! The crate owns the client-facing side of an instance: the RESP wire format ([`resp`]),
+//! how Redis values are laid out in KV bytes ([`value`]), the commands ([`commands`]) over a
+//! transactional store ([`store`]), the network service with its limits ([`server`]) and
+//! the metrics and health alerts ([`metrics`]). It must never reach into the instance's
+//! internals: it uses the public `instance::api` and the `kv` crate only.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod commands;
+pub mod metrics;
+pub mod resp;
+pub mod server;
+pub mod store;
+pub mod value;

@@ -1,0 +1,448 @@
+//! Metrics and health alerts in Prometheus text format, and the HTTP responder for them.
+//!
+//! This module owns fusiond's metric registry (an explicit `prometheus-client` registry, no
+//! globals): the KV command and client metrics it records itself, and the instance's own
+//! counters copied from [`instance::api::Instance::stats`] at each scrape. Health rules are
+//! exported as `fusion_alert{alert,severity}` gauges (1 firing, 0 not), so an operator's
+//! Prometheus pages on them with one rule. It must never block the instance: a scrape reads
+//! a snapshot of the stats; and the HTTP side reads one bounded request per connection.
+
+use gcs::TransferKind;
+use instance::api::Instance;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+type Labels = Vec<(&'static str, String)>;
+type HistogramMaker = fn() -> Histogram;
+
+/// The acquisition kinds as exported (`kind` label), with the GCS kind behind each.
+pub const KINDS: [(&str, Option<TransferKind>); 5] = [
+    ("local", None),
+    ("grant", Some(TransferKind::Grant)),
+    ("2-way", Some(TransferKind::TwoWay)),
+    ("3-way", Some(TransferKind::ThreeWay)),
+    ("upgrade", Some(TransferKind::Upgrade)),
+];
+
+/// Quantiles exported for transfer latencies.
+const QUANTILES: [(&str, f64); 3] = [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999)];
+
+/// Every metric fusiond exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: parking_lot::Mutex<Registry>,
+    commands: Family<Labels, Counter>,
+    command_seconds: Family<Labels, Histogram, HistogramMaker>,
+    clients: Gauge,
+    clients_refused: Counter,
+    protocol_errors: Counter,
+    counters: Family<Labels, Counter>,
+    gauges: Family<Labels, Gauge<f64, AtomicU64>>,
+    alerts: Family<Labels, Gauge>,
+    transfer_p99_alert: Duration,
+}
+
+fn command_histogram() -> Histogram {
+    // 10 µs to about 10 s.
+    Histogram::new(exponential_buckets(1e-5, 2.0, 21))
+}
+
+impl Metrics {
+    /// A registry with every metric registered. `transfer_p99_alert` is the transfer-latency
+    /// bound of the `transfer_latency` alert.
+    pub fn new(transfer_p99_alert: Duration) -> Self {
+        let mut registry = Registry::default();
+        let commands = Family::<Labels, Counter>::default();
+        let command_seconds =
+            Family::<Labels, Histogram, HistogramMaker>::new_with_constructor(command_histogram);
+        let clients = Gauge::default();
+        let clients_refused = Counter::default();
+        let protocol_errors = Counter::default();
+        let counters = Family::<Labels, Counter>::default();
+        let gauges = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let alerts = Family::<Labels, Gauge>::default();
+        registry.register(
+            "fusion_kv_commands",
+            "KV commands executed, by command",
+            commands.clone(),
+        );
+        registry.register(
+            "fusion_kv_command_seconds",
+            "KV command latency, by command",
+            command_seconds.clone(),
+        );
+        registry.register("fusion_connected_clients", "RESP clients", clients.clone());
+        registry.register(
+            "fusion_clients_refused",
+            "RESP clients refused at maxclients",
+            clients_refused.clone(),
+        );
+        registry.register(
+            "fusion_protocol_errors",
+            "RESP clients closed for a protocol error or a buffer limit",
+            protocol_errors.clone(),
+        );
+        registry.register(
+            "fusion_instance",
+            "Instance counters (block acquisitions by kind, GES, redo, cache, storage, \
+             reconfigurations, recoveries), by name",
+            counters.clone(),
+        );
+        registry.register(
+            "fusion_instance_gauge",
+            "Instance state (epoch, members up, transfer latency quantiles in seconds, last \
+             recovery timings in seconds), by name",
+            gauges.clone(),
+        );
+        registry.register(
+            "fusion_alert",
+            "Health rules: 1 while firing, by alert and severity",
+            alerts.clone(),
+        );
+        Self {
+            registry: parking_lot::Mutex::new(registry),
+            commands,
+            command_seconds,
+            clients,
+            clients_refused,
+            protocol_errors,
+            counters,
+            gauges,
+            alerts,
+            transfer_p99_alert,
+        }
+    }
+
+    /// Records one executed command.
+    pub fn command(&self, name: &'static str, latency: Duration) {
+        let labels = vec![("command", name.to_string())];
+        self.commands.get_or_create(&labels).inc();
+        self.command_seconds
+            .get_or_create(&labels)
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Sets the number of connected clients.
+    pub fn set_connected(&self, n: usize) {
+        self.clients.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a client refused at `maxclients`.
+    pub fn client_refused(&self) {
+        self.clients_refused.inc();
+    }
+
+    /// Counts a client closed for a protocol error or a buffer limit.
+    pub fn protocol_error(&self) {
+        self.protocol_errors.inc();
+    }
+
+    fn counter(&self, name: &str, labels: &[(&'static str, &str)], total: u64) {
+        let mut set: Labels = vec![("name", name.to_string())];
+        set.extend(labels.iter().map(|(k, v)| (*k, (*v).to_string())));
+        let counter = self.counters.get_or_create(&set);
+        // The instance keeps totals; a counter only moves forward by the difference.
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
+
+    fn gauge(&self, name: &str, labels: &[(&'static str, &str)], value: f64) {
+        let mut set: Labels = vec![("name", name.to_string())];
+        set.extend(labels.iter().map(|(k, v)| (*k, (*v).to_string())));
+        self.gauges.get_or_create(&set).set(value);
+    }
+
+    fn alert(&self, alert: &str, severity: &str, firing: bool) {
+        let labels = vec![
+            ("alert", alert.to_string()),
+            ("severity", severity.to_string()),
+        ];
+        self.alerts.get_or_create(&labels).set(i64::from(firing));
+    }
+
+    /// Copies the instance's stats into the registry and evaluates the health rules;
+    /// returns the alerts firing.
+    pub fn refresh(&self, instance: &Instance, configured_members: usize) -> Vec<&'static str> {
+        let mut firing = Vec::new();
+        let stopped = instance.stopped();
+        self.alert("instance_stopped", "critical", stopped.is_some());
+        if stopped.is_some() {
+            firing.push("instance_stopped");
+        }
+        let Ok(stats) = instance.stats() else {
+            return firing;
+        };
+        let redo = instance.redo_stats();
+        for (kind, gcs_kind) in KINDS {
+            let (count, histogram) = match gcs_kind {
+                None => (stats.core.local_grants, None),
+                Some(k) => (stats.gcs.count(k), Some(stats.gcs.latency(k))),
+            };
+            self.counter("block_acquisitions", &[("kind", kind)], count);
+            if let Some(h) = histogram {
+                for (label, q) in QUANTILES {
+                    self.gauge(
+                        "block_acquisition_seconds",
+                        &[("kind", kind), ("quantile", label)],
+                        h.quantile(q).as_secs_f64(),
+                    );
+                }
+            }
+        }
+        let flush = stats.gcs.latency(TransferKind::FlushWait);
+        for (label, q) in QUANTILES {
+            self.gauge(
+                "flush_wait_seconds",
+                &[("quantile", label)],
+                flush.quantile(q).as_secs_f64(),
+            );
+        }
+        let plain: [(&str, u64); 19] = [
+            ("block_grants", stats.core.grants),
+            ("ges_cache_hits", stats.ges.cache_hits),
+            ("ges_redirects", stats.ges.redirects),
+            ("ges_deadlocks", stats.ges.deadlocks),
+            ("ges_rebuilds", stats.ges.rebuilds),
+            ("gcs_messages_sent", stats.gcs.messages_sent),
+            ("gcs_messages_received", stats.gcs.messages_received),
+            ("gcs_retries", stats.gcs.retries),
+            ("redo_commits", redo.commits),
+            ("redo_writes", redo.writes),
+            ("redo_blocks", redo.blocks),
+            ("cache_evictions", stats.core.evictions),
+            ("storage_reads", stats.storage_reads),
+            ("storage_writes", stats.storage_writes),
+            ("reconfigurations", stats.cluster.reconfigurations),
+            ("members_suspected", stats.cluster.suspected),
+            ("recoveries_started", stats.recoveries_started),
+            ("recoveries_done", stats.recoveries_done),
+            ("blocks_recovered", stats.blocks_recovered),
+        ];
+        for (name, total) in plain {
+            self.counter(name, &[], total);
+        }
+        let members_up = members_up(instance, configured_members);
+        self.gauge("epoch", &[], stats.epoch as f64);
+        self.gauge("members_up", &[], members_up as f64);
+        self.gauge("members_configured", &[], configured_members as f64);
+        let timing = stats.last_failure;
+        for (name, value) in [
+            (
+                "last_failure_suspected_to_reconfigured_seconds",
+                timing.suspected_to_reconfigured,
+            ),
+            (
+                "last_failure_reconfigured_to_served_seconds",
+                timing.reconfigured_to_served,
+            ),
+            (
+                "last_failure_reconfigured_to_recovered_seconds",
+                timing.reconfigured_to_recovered,
+            ),
+        ] {
+            self.gauge(name, &[], value.map_or(0.0, |d| d.as_secs_f64()));
+        }
+        let rules = [
+            ("member_down", "critical", members_up < configured_members),
+            (
+                "recovery_running",
+                "warning",
+                stats.recoveries_started > stats.recoveries_done
+                    || stats.gcs_rebuilding
+                    || stats.ges_rebuilding,
+            ),
+            (
+                "transfer_latency",
+                "warning",
+                [TransferKind::TwoWay, TransferKind::ThreeWay]
+                    .iter()
+                    .any(|k| stats.gcs.latency(*k).quantile(0.99) > self.transfer_p99_alert),
+            ),
+        ];
+        for (alert, severity, on) in rules {
+            self.alert(alert, severity, on);
+            if on {
+                firing.push(alert);
+            }
+        }
+        firing
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry.lock());
+        out
+    }
+}
+
+/// Members in the current epoch: the last reconfiguration's live set, or every configured
+/// member before the first.
+pub fn members_up(instance: &Instance, configured: usize) -> usize {
+    let Ok(events) = instance.events() else {
+        return 0;
+    };
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.event {
+            instance::cluster::InstanceEvent::Reconfigured { live, .. } => Some(live.len()),
+            _ => None,
+        })
+        .unwrap_or(configured)
+}
+
+/// Most bytes of an HTTP request read.
+const MAX_HTTP_REQUEST: usize = 8 << 10;
+
+/// Serves `GET /metrics` on `address` on a background thread. `render` builds the body.
+pub fn serve_http(
+    address: SocketAddr,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(address)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        if let Err(e) = answer(stream, render.as_ref()) {
+                            tracing::debug!(error = %e, "metrics request failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "metrics accept failed"),
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+/// One request per connection: reads the request head (bounded, with a timeout) and
+/// answers.
+fn answer(
+    mut stream: TcpStream,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.len() > MAX_HTTP_REQUEST {
+            return stream.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let (status, content_type, body) = if method != b"GET" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        )
+    } else if path == b"/metrics" || path.starts_with(b"/metrics?") {
+        (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(),
+        )
+    } else {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+    };
+    let header = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(header.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}
+
+/// The `# Fusion` section of `INFO`: epoch, members, block transfers by kind with latency
+/// quantiles in microseconds, redo and recovery counters. The demo and `fusionctl status`
+/// read it over RESP.
+pub fn info_section(instance: &Instance, configured_members: usize) -> String {
+    let mut out = String::from("# Fusion\r\n");
+    out.push_str(&format!("instance:{}\r\n", instance.id().index()));
+    if let Some(reason) = instance.stopped() {
+        out.push_str(&format!(
+            "stopped:{}\r\n",
+            reason.replace(['\r', '\n'], " ")
+        ));
+    }
+    let Ok(stats) = instance.stats() else {
+        return out;
+    };
+    let redo = instance.redo_stats();
+    let up = members_up(instance, configured_members);
+    out.push_str(&format!(
+        "epoch:{}\r\nmembers_configured:{configured_members}\r\nmembers_up:{up}\r\n",
+        stats.epoch
+    ));
+    for (kind, gcs_kind) in KINDS {
+        let key = kind.replace('-', "_");
+        match gcs_kind {
+            None => out.push_str(&format!(
+                "transfer_{key}:count={},p50_us=0,p99_us=0,p999_us=0\r\n",
+                stats.core.local_grants
+            )),
+            Some(k) => {
+                let h = stats.gcs.latency(k);
+                out.push_str(&format!(
+                    "transfer_{key}:count={},p50_us={},p99_us={},p999_us={}\r\n",
+                    h.count(),
+                    h.quantile(0.5).as_micros(),
+                    h.quantile(0.99).as_micros(),
+                    h.quantile(0.999).as_micros()
+                ));
+            }
+        }
+    }
+    let timing = stats.last_failure;
+    let ms = |d: Option<Duration>| d.map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(-1));
+    out.push_str(&format!(
+        "redo_commits:{}\r\nredo_writes:{}\r\nredo_blocks:{}\r\nstorage_reads:{}\r\n\
+         storage_writes:{}\r\nreconfigurations:{}\r\nrecoveries_started:{}\r\n\
+         recoveries_done:{}\r\nblocks_recovered:{}\r\nrecovery_running:{}\r\n\
+         last_failure_suspected_to_reconfigured_ms:{}\r\n\
+         last_failure_reconfigured_to_served_ms:{}\r\n\
+         last_failure_reconfigured_to_recovered_ms:{}\r\n",
+        redo.commits,
+        redo.writes,
+        redo.blocks,
+        stats.storage_reads,
+        stats.storage_writes,
+        stats.cluster.reconfigurations,
+        stats.recoveries_started,
+        stats.recoveries_done,
+        stats.blocks_recovered,
+        u8::from(
+            stats.recoveries_started > stats.recoveries_done
+                || stats.gcs_rebuilding
+                || stats.ges_rebuilding
+        ),
+        ms(timing.suspected_to_reconfigured),
+        ms(timing.reconfigured_to_served),
+        ms(timing.reconfigured_to_recovered),
+    ));
+    out
+}

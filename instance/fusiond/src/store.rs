@@ -1,0 +1,176 @@
+//! The transactional store the commands run on, as a trait.
+//!
+//! This module owns the seam between Redis commands and the KV layer: [`Store`] and [`Tx`]
+//! say what the commands need (point reads and writes and ordered scans inside a durable
+//! transaction that may be rerun), and [`KvStore`] provides them with the `kv` crate over a
+//! running instance. It must never interpret values (that is [`crate::value`]).
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+/// Key-value pairs in key order, as scans return them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One transaction's reads and writes. Errors end the transaction.
+pub trait Tx {
+    /// Why an operation failed.
+    type Error;
+    /// The value of `key`.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// Sets `key` to `value`.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), Self::Error>;
+    /// Removes `key`; true if it was there.
+    fn delete(&mut self, key: &[u8]) -> Result<bool, Self::Error>;
+    /// Up to `limit` pairs with keys in `(from, to)`, in key order.
+    fn scan(
+        &mut self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Pairs, Self::Error>;
+}
+
+/// A store of transactions.
+pub trait Store: Send + Sync + 'static {
+    /// Why a transaction failed.
+    type Error: std::fmt::Display;
+    /// A transaction.
+    type Tx<'a>: Tx<Error = Self::Error>
+    where
+        Self: 'a;
+    /// Runs `body` in a transaction and commits it durably; `body` may run more than once
+    /// (conflicts are retried), so it must have no effect outside the transaction except
+    /// what its last run returns.
+    fn transaction<R>(
+        &self,
+        body: impl FnMut(&mut Self::Tx<'_>) -> Result<R, Self::Error>,
+    ) -> Result<R, Self::Error>;
+    /// The error reply for `error` (Redis's wording where Redis has one).
+    fn error_message(error: &Self::Error) -> String;
+}
+
+/// The `kv` crate over a running instance.
+#[derive(Debug)]
+pub struct KvStore {
+    kv: kv::Kv,
+}
+
+impl KvStore {
+    /// Opens the KV layer on `instance`.
+    pub fn open(
+        instance: Arc<instance::api::Instance>,
+        config: kv::KvConfig,
+    ) -> Result<Self, kv::KvError> {
+        Ok(Self {
+            kv: kv::Kv::open(instance, config)?,
+        })
+    }
+
+    /// The instance underneath.
+    pub fn instance(&self) -> &Arc<instance::api::Instance> {
+        self.kv.instance()
+    }
+}
+
+impl Tx for kv::KvTxn<'_> {
+    type Error = kv::KvError;
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, kv::KvError> {
+        kv::KvTxn::get(self, key)
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), kv::KvError> {
+        kv::KvTxn::put(self, key, value)
+    }
+    fn delete(&mut self, key: &[u8]) -> Result<bool, kv::KvError> {
+        kv::KvTxn::delete(self, key)
+    }
+    fn scan(
+        &mut self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Pairs, kv::KvError> {
+        kv::KvTxn::scan(self, from, to, limit)
+    }
+}
+
+impl Store for KvStore {
+    type Error = kv::KvError;
+    type Tx<'a> = kv::KvTxn<'a>;
+    fn transaction<R>(
+        &self,
+        body: impl FnMut(&mut kv::KvTxn<'_>) -> Result<R, kv::KvError>,
+    ) -> Result<R, kv::KvError> {
+        self.kv.transaction(body)
+    }
+    fn error_message(error: &kv::KvError) -> String {
+        match error {
+            kv::KvError::ValueTooLarge { .. } => "ERR string exceeds maximum allowed size".into(),
+            kv::KvError::Full => "OOM command not allowed: the shared storage is full".into(),
+            kv::KvError::Retry(_) => {
+                "TRYAGAIN the transaction conflicted too often; try again".into()
+            }
+            other => format!("ERR {other}"),
+        }
+    }
+}
+
+/// An in-memory store for the command tests: one map behind a lock, a transaction holds the
+/// lock and works on a copy, which commit swaps in.
+#[cfg(test)]
+pub(crate) mod memory {
+    use super::*;
+    use parking_lot::Mutex;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct MemoryStore {
+        map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    }
+
+    pub(crate) struct MemoryTx(BTreeMap<Vec<u8>, Vec<u8>>);
+
+    impl Tx for MemoryTx {
+        type Error = String;
+        fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.0.get(key).cloned())
+        }
+        fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+            self.0.insert(key.to_vec(), value.to_vec());
+            Ok(())
+        }
+        fn delete(&mut self, key: &[u8]) -> Result<bool, String> {
+            Ok(self.0.remove(key).is_some())
+        }
+        fn scan(
+            &mut self,
+            from: Bound<&[u8]>,
+            to: Bound<&[u8]>,
+            limit: usize,
+        ) -> Result<Pairs, String> {
+            Ok(self
+                .0
+                .range::<[u8], _>((from, to))
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        }
+    }
+
+    impl Store for MemoryStore {
+        type Error = String;
+        type Tx<'a> = MemoryTx;
+        fn transaction<R>(
+            &self,
+            mut body: impl FnMut(&mut MemoryTx) -> Result<R, String>,
+        ) -> Result<R, String> {
+            let mut map = self.map.lock();
+            let mut tx = MemoryTx(map.clone());
+            let result = body(&mut tx)?;
+            *map = tx.0;
+            Ok(result)
+        }
+        fn error_message(error: &String) -> String {
+            format!("ERR {error}")
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! One fusiond process: bad input over RESP, limits, auth, commands through redis-cli,
+//! metrics, SIGTERM.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Client, Cluster, Resp, redis_cli, scrape, tool};
+use std::time::Duration;
+
+/// Malformed RESP gets a protocol error and a closed connection; a client that stalls in
+/// the middle of a command is closed at the idle timeout; other clients go on.
+#[test]
+fn bad_input_closes_only_that_client() {
+    let mut cluster = Cluster::create(1, "idle_timeout_s = 2\nclient_buffer_bytes = 1048576");
+    cluster.start_all();
+    let mut good = cluster.client(0);
+    assert_eq!(good.call(&["PING"]).unwrap(), Resp::Simple("PONG".into()));
+
+    let cases: [(&[u8], &str); 8] = [
+        (b"*x\r\n", "ERR Protocol error: invalid multibulk length"),
+        (b"*-7a\r\n", "ERR Protocol error: invalid multibulk length"),
+        (
+            b"*99999999999\r\n",
+            "ERR Protocol error: invalid multibulk length",
+        ),
+        (b"*1\r\n$-5\r\n", "ERR Protocol error: invalid bulk length"),
+        (
+            b"*1\r\n$2000000\r\n",
+            "ERR Protocol error: invalid bulk length",
+        ),
+        (
+            b"*2\r\n*1\r\n$1\r\na\r\n",
+            "ERR Protocol error: expected '$', got '*'",
+        ),
+        (
+            b"*1\r\n$1\r\nabc\r\n",
+            "ERR Protocol error: bulk string not terminated",
+        ),
+        (
+            b"\x00\xff\xfe junk\r\n",
+            "ERR Protocol error: invalid inline request",
+        ),
+    ];
+    for (bytes, expected) in cases {
+        let mut bad = cluster.client(0);
+        bad.send_raw(bytes).unwrap();
+        match bad.read().unwrap() {
+            Resp::Error(e) => assert!(e.starts_with(expected), "{bytes:?}: {e}"),
+            other => panic!("{bytes:?}: {other:?}"),
+        }
+        assert!(bad.closed(), "{bytes:?} left the connection open");
+        assert_eq!(good.call(&["PING"]).unwrap(), Resp::Simple("PONG".into()));
+    }
+
+    // A request that grows past the buffer limit is refused before it is all held.
+    let mut big = cluster.client(0);
+    let mut request = b"*3\r\n$3\r\nSET\r\n".to_vec();
+    for _ in 0..2 {
+        request.extend_from_slice(b"$600000\r\n");
+        request.extend(std::iter::repeat_n(b'v', 600_000));
+        request.extend_from_slice(b"\r\n");
+    }
+    let _ = big.send_raw(&request);
+    match big.read() {
+        Ok(Resp::Error(e)) => assert!(e.contains("client buffer limit"), "{e}"),
+        other => panic!("oversized request: {other:?}"),
+    }
+
+    assert_eq!(good.call(&["PING"]).unwrap(), Resp::Simple("PONG".into()));
+
+    // Half a command, then silence: closed at the idle timeout (as is `good`, idle too).
+    let mut stalled = cluster.client(0);
+    stalled.send_raw(b"*2\r\n$3\r\nGET\r\n$10\r\nabc").unwrap();
+    assert!(stalled.closed(), "a stalled client stays connected");
+
+    // Unknown commands are answered, not fatal.
+    let mut good = cluster.client(0);
+    match good.call(&["NOSUCH", "a"]).unwrap() {
+        Resp::Error(e) => assert!(e.starts_with("ERR unknown command 'NOSUCH'"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        good.call(&["ECHO", "still here"]).unwrap(),
+        Resp::bulk("still here")
+    );
+}
+
+/// `maxclients` refuses the client above the limit with Redis's message.
+#[test]
+fn maxclients_and_auth() {
+    let mut cluster = Cluster::create(1, "maxclients = 2\nrequirepass = \"sesame\"");
+    cluster.start_all();
+    let mut a = cluster.client(0);
+    // The readiness probe's slot is freed when its thread sees it close: until then a
+    // second client may be refused, so retry until one is accepted.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let mut b = loop {
+        let mut b = cluster.client(0);
+        if b.call(&["PING"]).ok() == Some(Resp::Error("NOAUTH Authentication required.".into())) {
+            break b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a second client is never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        a.call(&["GET", "k"]).unwrap(),
+        Resp::Error("NOAUTH Authentication required.".into())
+    );
+    assert_eq!(
+        a.call(&["AUTH", "wrong"]).unwrap(),
+        Resp::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+    );
+    assert_eq!(
+        a.call(&["AUTH", "sesame"]).unwrap(),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(
+        b.call(&["AUTH", "sesame"]).unwrap(),
+        Resp::Simple("OK".into())
+    );
+    let mut c = Client::connect(cluster.resp[0]).unwrap();
+    assert_eq!(
+        c.read().unwrap(),
+        Resp::Error("ERR max number of clients reached".into())
+    );
+    drop(b);
+    drop(c);
+}
+
+/// Strings, counters, hashes, expiry and transactions through redis-cli; /metrics counts
+/// them; SIGTERM stops the instance cleanly.
+#[test]
+fn commands_through_redis_cli() {
+    let Some(cli) = tool("redis-cli") else {
+        return;
+    };
+    let mut cluster = Cluster::create(1, "");
+    cluster.start_all();
+    let at = cluster.resp[0];
+    let cli = |args: &[&str]| redis_cli(&cli, at, args);
+    assert_eq!(cli(&["SET", "greeting", "hello"]), "OK");
+    assert_eq!(cli(&["GET", "greeting"]), "hello");
+    assert_eq!(cli(&["APPEND", "greeting", " world"]), "11");
+    assert_eq!(cli(&["GETRANGE", "greeting", "6", "-1"]), "world");
+    assert_eq!(cli(&["INCRBY", "counter", "41"]), "41");
+    assert_eq!(cli(&["INCR", "counter"]), "42");
+    assert_eq!(cli(&["MSET", "a", "1", "b", "2"]), "OK");
+    assert_eq!(cli(&["MGET", "a", "b", "nope"]), "1\n2");
+    assert_eq!(cli(&["HSET", "user:1", "name", "ada", "age", "36"]), "2");
+    assert_eq!(cli(&["HINCRBY", "user:1", "age", "1"]), "37");
+    assert_eq!(cli(&["HGETALL", "user:1"]), "age\n37\nname\nada");
+    assert_eq!(cli(&["TYPE", "user:1"]), "hash");
+    assert_eq!(
+        cli(&["GET", "user:1"]),
+        "WRONGTYPE Operation against a key holding the wrong kind of value"
+    );
+    assert_eq!(cli(&["SET", "brief", "x", "PX", "300"]), "OK");
+    assert_eq!(cli(&["EXISTS", "brief"]), "1");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(cli(&["GET", "brief"]), "");
+    assert_eq!(cli(&["TTL", "brief"]), "-2");
+    assert_eq!(cli(&["RENAME", "a", "c"]), "OK");
+    assert_eq!(cli(&["DEL", "b", "c", "nope"]), "2");
+    let mut keys: Vec<String> = cli(&["KEYS", "*"]).lines().map(String::from).collect();
+    keys.sort();
+    assert_eq!(keys, ["counter", "greeting", "user:1"]);
+    assert_eq!(cli(&["DBSIZE"]), "3");
+    let hello = cli(&["-3", "HELLO", "3"]);
+    assert!(
+        hello.contains("server redis") && hello.contains("proto 3"),
+        "{hello}"
+    );
+
+    let mut client = cluster.client(0);
+    for command in [&["MULTI"][..], &["INCR", "counter"], &["SET", "t", "v"]] {
+        client.call(command).unwrap();
+    }
+    assert_eq!(
+        client.call(&["EXEC"]).unwrap(),
+        Resp::Array(vec![Resp::Integer(43), Resp::Simple("OK".into())])
+    );
+
+    let metrics = scrape(cluster.metrics[0]);
+    assert!(
+        metrics.contains("fusion_kv_commands_total{command=\"incr\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fusion_alert{alert=\"member_down\",severity=\"critical\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.trim_end().ends_with("# EOF"),
+        "not OpenMetrics text"
+    );
+
+    drop(client);
+    let status = cluster.terminate(0);
+    assert!(status.success(), "{status}: {}", cluster.log(0));
+    assert!(cluster.log(0).contains("stopped"), "{}", cluster.log(0));
+}
+
+/// A pipeline of requests sent in one write is answered in order, in full.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let mut cluster = Cluster::create(1, "");
+    cluster.start_all();
+    let mut client = cluster.client(0);
+    let mut batch = Vec::new();
+    for _ in 0..200 {
+        batch.extend_from_slice(&Client::encode(&["INCR", "piped"]));
+    }
+    batch.extend_from_slice(&Client::encode(&["GET", "piped"]));
+    client.send_raw(&batch).unwrap();
+    for n in 1..=200 {
+        assert_eq!(client.read().unwrap(), Resp::Integer(n));
+    }
+    assert_eq!(client.read().unwrap(), Resp::bulk("200"));
+}
+
+/// `fusiond --check-config` reads the file, says what it found, and exits; a bad file exits 2.
+#[test]
+fn check_config_reports_and_exits() {
+    let cluster = Cluster::create(1, "requirepass = \"pw\"");
+    let out = std::process::Command::new(common::FUSIOND)
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&cluster.configs[0])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("instance 0 of cluster") && text.contains("requirepass set"),
+        "{text}"
+    );
+    std::fs::write(&cluster.configs[0], "instance = \"x\"\n").unwrap();
+    let bad = std::process::Command::new(common::FUSIOND)
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&cluster.configs[0])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
