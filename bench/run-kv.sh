@@ -59,6 +59,7 @@ instance = $id
 [cluster]
 id = $cluster
 secret = "kv-bench-secret-of-at-least-32-bytes"
+allow_inline_secret = true
 instances = [
 $members]
 

@@ -118,7 +118,7 @@ fn cluster(dir: &Path, n: u16) -> Vec<PathBuf> {
         .map(|id| {
             let path = dir.join(format!("instance-{id}.toml"));
             let text = format!(
-                "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"capi-test-secret\"\n\
+                "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"capi-test-secret-for-loopback-only-32b\"\nallow_inline_secret = true\n\
                  instances = [\n{members}]\n\n[storage]\npath = {:?}\n\n[transport]\nkind = \"tcp\"\n\n\
                  [cache]\nframes = 1024\n\n[heartbeat]\ninterval_ms = 200\nsuspect_after_missed = 10\n\
                  down_after_ms = 60000\n",

@@ -135,7 +135,7 @@ impl Cluster {
         let mut configs = Vec::new();
         for (id, r) in resp.iter().enumerate() {
             let text = format!(
-                "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"fusion-demo-secret\"\n\
+                "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"fusion-demo-secret-for-loopback-only\"\nallow_inline_secret = true\n\
                  instances = [\n{members}]\n\n[storage]\npath = {:?}\n\n[transport]\n{transport}\n\
                  [cache]\nframes = 16384\n\n[serve]\nresp = \"{r}\"\nmetrics = \"127.0.0.1:{}\"\n",
                 storage.display().to_string(),

@@ -105,7 +105,7 @@ impl Cluster {
         for (id, r) in resp.iter().enumerate() {
             let m: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let text = format!(
-                "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"fusiond-test-secret\"\n\
+                "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"fusiond-test-secret-for-loopback-only\"\nallow_inline_secret = true\n\
                  instances = [\n{members}]\n\n[storage]\npath = {:?}\n\n[transport]\n{transport}\n[cache]\nframes = 2048\n\n\
                  [serve]\nresp = \"{r}\"\nmetrics = \"{m}\"\n{serve_extra}\n",
                 storage.display().to_string()
