@@ -378,16 +378,20 @@ pub fn scrape(address: SocketAddr) -> String {
 pub fn call_retrying(cluster: &Cluster, id: usize, args: &[&str]) -> Resp {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        if let Ok(mut c) = Client::connect(cluster.resp[id])
-            && let Ok(reply) = c.call(args)
-            && !matches!(reply, Resp::Error(_))
-        {
-            return reply;
+        let last = match Client::connect(cluster.resp[id]).map(|mut c| c.call(args)) {
+            Ok(Ok(reply)) if !matches!(reply, Resp::Error(_)) => return reply,
+            Ok(Ok(reply)) => format!("{reply:?}"),
+            Ok(Err(e)) | Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = (0..cluster.resp.len())
+                .map(|i| format!("--- instance {i}:\n{}", cluster.log(i)))
+                .collect();
+            panic!(
+                "{args:?} on {id} never succeeded (last: {last})\n{}",
+                logs.join("\n")
+            );
         }
-        assert!(
-            Instant::now() < deadline,
-            "{args:?} on {id} never succeeded"
-        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
