@@ -1203,6 +1203,11 @@ impl Setting<'_> {
                 }
             }
             let _ = transport.poll(&mut events, Duration::from_millis(5));
+            // Once the admission (or formation) is seen, the rest of this batch is still
+            // read: the members' rebuild frames follow their Reconfigure, often in the same
+            // read, and the new core needs every one of them (a dropped report wedged the
+            // joiner's rebuild).
+            let mut entered = None;
             for event in events.drain(..) {
                 match event {
                     TransportEvent::PeerConnected(peer) => {
@@ -1238,19 +1243,24 @@ impl Setting<'_> {
                             Ok(ClusterMessage::Hello { running: false, .. }) => {
                                 answered.insert(header.source);
                             }
-                            Ok(ClusterMessage::Formed { epoch, live }) if live.contains(me) => {
-                                return Ok((Entry::Formed { epoch, live }, connected, early));
+                            Ok(ClusterMessage::Formed { epoch, live })
+                                if live.contains(me) && entered.is_none() =>
+                            {
+                                entered = Some(Entry::Formed { epoch, live });
                             }
                             Ok(ClusterMessage::Reconfigure { epoch, live })
-                                if live.contains(me) =>
+                                if live.contains(me) && entered.is_none() =>
                             {
-                                return Ok((Entry::Joined { epoch, live }, connected, early));
+                                entered = Some(Entry::Joined { epoch, live });
                             }
                             _ => {}
                         }
                     }
                     _ => {}
                 }
+            }
+            if let Some(entry) = entered {
+                return Ok((entry, connected, early));
             }
         }
     }
