@@ -476,14 +476,14 @@ impl Instance {
         }) {
             return Err(InstanceError::Stopped);
         }
-        match waiter.wait(handle.spin) {
-            Completion::Lock { result, .. } => Ok(LockGuard {
+        match waiter.wait(handle.spin, &handle.stop) {
+            Some(Completion::Lock { result, .. }) => Ok(LockGuard {
                 instance: self,
                 name,
                 value: result?,
                 write: None,
             }),
-            Completion::Block { .. } => Err(InstanceError::Stopped),
+            Some(Completion::Block { .. }) | None => Err(InstanceError::Stopped),
         }
     }
 
@@ -585,8 +585,8 @@ impl Instance {
         }) {
             return Err(InstanceError::Stopped);
         }
-        match waiter.wait(handle.spin) {
-            Completion::Block { result, .. } => {
+        match waiter.wait(handle.spin, &handle.stop) {
+            Some(Completion::Block { result, .. }) => {
                 let grant = result?;
                 // Changes to it take SCNs above its version. The GCS engine already bounded
                 // this SCN (its clock refuses what this one would), so a refusal cannot
@@ -598,7 +598,7 @@ impl Instance {
                 };
                 Ok((grant, acquisition))
             }
-            Completion::Lock { .. } => Err(InstanceError::Stopped),
+            Some(Completion::Lock { .. }) | None => Err(InstanceError::Stopped),
         }
     }
 

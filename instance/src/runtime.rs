@@ -284,6 +284,9 @@ fn nanos(d: Duration) -> u64 {
 pub(crate) struct StopState {
     stopped: AtomicBool,
     reason: Mutex<Option<String>>,
+    /// The driver has answered every command it ever will: a waiter not completed by then
+    /// never is (its command came after the last drain).
+    drained: AtomicBool,
 }
 
 impl StopState {
@@ -327,14 +330,20 @@ impl Waiter {
         self.thread.unpark();
     }
 
-    /// Waits (spin, then park) for the completion.
-    pub(crate) fn wait(&self, spin: Duration) -> Completion {
+    /// Waits (spin, then park) for the completion; `None` once the driver has stopped
+    /// without answering it.
+    pub(crate) fn wait(&self, spin: Duration, stop: &StopState) -> Option<Completion> {
         let start = Instant::now();
         loop {
+            // Read before `done`: a completion made before the last drain is seen below.
+            let drained = stop.drained.load(Ordering::Acquire);
             if self.done.load(Ordering::Acquire)
                 && let Some(c) = self.value.lock().take()
             {
-                return c;
+                return Some(c);
+            }
+            if drained {
+                return None;
             }
             if start.elapsed() < spin {
                 // Yield rather than only spin: the driver that will complete this may be
@@ -812,6 +821,21 @@ impl<T: Transport> Driver<T> {
                 result: Err(CoreError::Stopped(reason.clone())),
             });
         }
+        // Commands still queued are answered too (replies dropped, waiters told), and a
+        // waiter whose command comes later sees `drained`: no user thread waits forever on
+        // a driver that is gone.
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Acquire { ticket, waiter, .. } | Command::Lock { ticket, waiter, .. } => {
+                    waiter.complete(Completion::Block {
+                        ticket,
+                        result: Err(CoreError::Stopped(reason.clone())),
+                    });
+                }
+                _ => {}
+            }
+        }
+        self.stop.drained.store(true, Ordering::Release);
     }
 
     /// Carries out the cluster manager's decisions; returns whether there were any.
