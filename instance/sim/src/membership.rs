@@ -8,7 +8,8 @@
 //! errors (the write may land anyway), kills, and small forward jumps of one node's clock.
 //! The runtime's part is modelled as the runtime does it: a disk round writes the heartbeat,
 //! reads every slot and renews the lease (from the round's start) only when the manager says
-//! it may; a survivor begins recovering lost members at [`ClusterManager::lost_lease_end`].
+//! it may; a survivor begins recovering lost members at the runtime's own rule,
+//! [`ClusterManager::recovery_start`].
 //!
 //! Checked after every step:
 //! * at most one membership per epoch, ever (every `Reconfigure` applied anywhere);
@@ -586,7 +587,7 @@ impl Sim {
                 continue;
             };
             let local = self.local(node);
-            if self.nodes[node].m.lost_lease_end(lost, decided_at) <= local {
+            if self.nodes[node].m.recovery_start(lost, decided_at) <= local {
                 self.nodes[node].recovering = None;
                 self.stats.recoveries += 1;
                 for victim in lost.iter() {
