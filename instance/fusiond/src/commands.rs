@@ -754,7 +754,7 @@ impl<S: Store> Engine<S> {
     }
 
     /// Visits the live keys of `db` from KV key `start` (the database's first key when
-    /// `None`) in batches, one store transaction each, until `visit` returns false.
+    /// `None`) in batches read outside transactions, until `visit` returns false.
     fn walk(
         &self,
         db: u8,
@@ -858,13 +858,13 @@ impl<S: Store> Engine<S> {
     pub fn sweep_expired(&self, examine: usize) -> Result<usize, S::Error> {
         let start = self.sweep_cursor.lock().clone();
         let end = [DATABASES];
-        let batch = self.store.transaction(|tx| {
-            tx.scan(
-                Bound::Included(start.as_slice()),
-                Bound::Excluded(&end[..]),
-                examine,
-            )
-        })?;
+        // Candidates only (each is checked again in the deleting transaction): read outside
+        // a transaction, which may touch fewer keys than a step examines.
+        let batch = self.store.scan(
+            Bound::Included(start.as_slice()),
+            Bound::Excluded(&end[..]),
+            examine,
+        )?;
         *self.sweep_cursor.lock() = match batch.last() {
             Some((last, _)) if batch.len() >= examine => {
                 let mut next = last.clone();
@@ -911,14 +911,16 @@ impl<S: Store> Engine<S> {
         let mut cursor = start.unwrap_or_else(|| vec![db]);
         let mut inclusive = true;
         loop {
-            let batch = self.store.transaction(|tx| {
-                let from = if inclusive {
-                    Bound::Included(cursor.as_slice())
-                } else {
-                    Bound::Excluded(cursor.as_slice())
-                };
-                tx.scan(from, Bound::Excluded(&end[..]), SCAN_BATCH)
-            })?;
+            let from = if inclusive {
+                Bound::Included(cursor.as_slice())
+            } else {
+                Bound::Excluded(cursor.as_slice())
+            };
+            // Outside a transaction: a batch holds more keys than one transaction may touch
+            // (inside one, every walk of a database past that many keys failed).
+            let batch = self
+                .store
+                .scan(from, Bound::Excluded(&end[..]), SCAN_BATCH)?;
             for (key, bytes) in &batch {
                 if let Ok(value) = Value::decode(bytes)
                     && !visit(key, &value)

@@ -51,6 +51,15 @@ pub trait Store: Send + Sync + 'static {
     /// The newest committed value of `key`, read outside any transaction: a single read
     /// needs no locks (it neither waits for nor blocks other readers).
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// Up to `limit` pairs with keys in `(from, to)` in key order, read outside any
+    /// transaction (newest committed, consistent per leaf, not one snapshot): for walks of
+    /// the key space, which may see more keys than one transaction may touch.
+    fn scan(
+        &self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Pairs, Self::Error>;
     /// The error reply for `error` (Redis's wording where Redis has one).
     fn error_message(error: &Self::Error) -> String;
 }
@@ -118,6 +127,14 @@ impl Store for KvStore {
     }
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, kv::KvError> {
         self.kv.get(key)
+    }
+    fn scan(
+        &self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Pairs, kv::KvError> {
+        self.kv.scan(from, to, limit)
     }
     fn error_message(error: &kv::KvError) -> String {
         match error {
@@ -192,6 +209,14 @@ pub(crate) mod memory {
         }
         fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
             Ok(self.map.lock().get(key).cloned())
+        }
+        fn scan(
+            &self,
+            from: Bound<&[u8]>,
+            to: Bound<&[u8]>,
+            limit: usize,
+        ) -> Result<Pairs, String> {
+            MemoryTx(self.map.lock().clone()).scan(from, to, limit)
         }
         fn error_message(error: &String) -> String {
             format!("ERR {error}")

@@ -98,12 +98,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod leaves;
 mod locks;
 pub mod node;
 
 use ges::{LockMode, LockName};
 use instance::api::{Instance, InstanceError, LockGuard, Transaction};
 use instance::core::CoreError;
+use leaves::LeafHints;
 use locks::{LocalLockError, LocalLocks};
 use node::{Block, Body, Node, Value};
 use std::collections::{HashMap, HashSet};
@@ -377,6 +379,8 @@ pub struct Kv {
     /// This instance's free list.
     own_free_list: u64,
     locks: LocalLocks,
+    /// Where leaves were last found (lookups start there; module `leaves`).
+    leaves: LeafHints,
     next_txn: AtomicU64,
     counters: Counters,
 }
@@ -409,6 +413,7 @@ impl Kv {
             free_lists,
             own_free_list,
             locks: LocalLocks::default(),
+            leaves: LeafHints::default(),
             next_txn: AtomicU64::new(1),
             counters: Counters::default(),
         })
@@ -544,14 +549,27 @@ impl Kv {
     /// otherwise wait for it).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(key)?;
+        let mut hint = self.leaves.find(key);
         for _ in 0..MAX_RESTARTS {
-            let n = descend(self.root, key, 0, &mut |n| read_block(&self.instance, n))?;
+            let hinted = hint.take();
+            let n = match hinted {
+                Some(n) => n,
+                None => descend(self.root, key, 0, &mut |n| read_block(&self.instance, n))?,
+            };
             // Held in S while the overflow chain is read (see the crate doc, rule 4).
             let held = self.instance.read(self.instance.block(n)?)?;
             let node = match node::decode(&held.bytes()) {
                 Ok(Block::Node(node)) if node.level == 0 && node.covers(key) => node,
-                _ => continue,
+                _ => {
+                    if hinted.is_some() {
+                        self.leaves.forget(key, n);
+                    }
+                    continue;
+                }
             };
+            if hinted.is_none() {
+                self.leaves.learn(n, &node.low, node.high.as_deref());
+            }
             let Body::Leaf(entries) = &node.body else {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
@@ -1187,14 +1205,34 @@ impl<'k> KvTxn<'k> {
             return Ok((n, node));
         }
         let root = self.kv.root;
+        // Leaves are looked for where they were last found first (module `leaves`); parents
+        // (under the structure-change lock) by a descent.
+        let mut hint = if level == 0 && !write {
+            self.kv.leaves.find(key)
+        } else {
+            None
+        };
         for _ in 0..MAX_RESTARTS {
-            let n = descend(root, key, level, &mut |b| self.read(b))?;
+            let hinted = hint.take();
+            let n = match hinted {
+                Some(n) => n,
+                None => descend(root, key, level, &mut |b| self.read(b))?,
+            };
             let fresh = self.lock(n)?;
             if write {
                 self.hold(n)?;
             }
-            match node::decode(&self.read(n)?) {
+            let found = node::decode(&self.read(n)?);
+            if let Some(n) = hinted
+                && !matches!(&found, Ok(Block::Node(node)) if node.level == level && node.covers(key))
+            {
+                self.kv.leaves.forget(key, n);
+            }
+            match found {
                 Ok(Block::Node(node)) if node.level == level && node.covers(key) => {
+                    if level == 0 && hinted.is_none() {
+                        self.kv.leaves.learn(n, &node.low, node.high.as_deref());
+                    }
                     return Ok((n, node));
                 }
                 Ok(Block::Node(_)) => {
