@@ -50,7 +50,10 @@
 //!    grant, the timeout, or GES deadlock detection choosing a victim; the last two are
 //!    [`KvError::Retry`] and the transaction rolls back. GES grants enqueues per instance,
 //!    so the transactions of one instance first queue in a local table (module `locks`) with the
-//!    same timeout and immediate local cycle detection.
+//!    same timeout and immediate local cycle detection (the youngest transaction of a cycle is
+//!    the victim; reruns keep their first run's age, so the oldest always finishes).
+//!    Commands that touch several keys lock their leaves in key order first
+//!    ([`KvTxn::lock_keys`]), so that they do not deadlock over leaves at all.
 //! 2. **X only under the enqueue.** A transaction calls `tx.write(block)` only for blocks
 //!    whose enqueue it holds (or for blocks fresh past the high-water mark, which no one
 //!    else can name). A writer takes a leaf in X before it frees or allocates that leaf's
@@ -64,8 +67,10 @@
 //!    (split, merged, freed or reused since the parent was read) starts again from the
 //!    root. A transaction reads the node it descends to only after taking its enqueue, and
 //!    checks tag, level and fences again there; on a mismatch it releases that enqueue and
-//!    descends again. [`Kv::get`] holds the leaf in S while it reads the value's overflow
-//!    chain.
+//!    descends again. A lookup of a leaf may skip the descent and go to the leaf where this
+//!    process last found the key's range (module `leaves`): checked the same way, such a
+//!    hint is only a descent that read older nodes. [`Kv::get`] holds the leaf in S while it
+//!    reads the value's overflow chain.
 //!
 //! Untimed waits then end without any other wait ending first: a wait for X after the
 //! enqueue (2) waits only for readers, which hold one block for a copy, or a leaf while
