@@ -14,10 +14,13 @@ use std::ops::Bound;
 /// The most hints kept; past it the map starts again empty (lookups refill it).
 const MAX_HINTS: usize = 1 << 16;
 
-/// Leaves by their low fence: (high fence, block).
+/// A leaf as last found: its high fence (`None`: no bound) and its block.
+type Hint = (Option<Vec<u8>>, u64);
+
+/// Leaves by their low fence.
 #[derive(Debug, Default)]
 pub(crate) struct LeafHints {
-    map: Mutex<BTreeMap<Vec<u8>, (Option<Vec<u8>>, u64)>>,
+    map: Mutex<BTreeMap<Vec<u8>, Hint>>,
 }
 
 impl LeafHints {
