@@ -20,7 +20,7 @@ use super::arena::ArenaKeepAlive;
 use super::file::{DirectIo, OpenedFile, is_refusal, open_file};
 use super::{
     Frame, IoArena, IoClass, ReadOp, SharedStorage, StorageError, StorageInfo, StorageOptions,
-    check_transfer,
+    WriteOp, check_transfer,
 };
 use io_uring::{IoUring, opcode, squeue, types};
 use parking_lot::{Mutex, MutexGuard, RwLock};
@@ -420,6 +420,45 @@ impl SharedStorage for UringStorage {
             ring.run(&mut entries, &mut results)?;
             for (op, &result) in batch.iter().zip(&results) {
                 transfer_result("read", op.offset, op.buf.len(), result)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_batch(&self, writes: &[WriteOp<'_>], class: IoClass) -> Result<(), StorageError> {
+        for op in writes {
+            check_transfer(
+                self.alignment,
+                self.len,
+                op.offset,
+                op.buf.as_ptr(),
+                op.buf.len(),
+            )?;
+            if op.buf.len() > MAX_OP {
+                return Err(StorageError::OutOfBounds {
+                    offset: op.offset,
+                    len: op.buf.len(),
+                    storage_len: self.len,
+                });
+            }
+        }
+        if class == IoClass::Redo && self.redo_syscalls {
+            for op in writes {
+                syscall_write(&self.file, op.offset, op.buf)?;
+            }
+            return Ok(());
+        }
+        let mut ring = self.ring(class).lock();
+        let depth = ring.ring.params().sq_entries() as usize;
+        let mut results = vec![0i32; depth.min(writes.len())];
+        for batch in writes.chunks(depth) {
+            let mut entries: Vec<squeue::Entry> = batch
+                .iter()
+                .map(|op| self.write_entry(op.offset, op.buf.as_ptr(), op.buf.len()))
+                .collect();
+            ring.run(&mut entries, &mut results)?;
+            for (op, &result) in batch.iter().zip(&results) {
+                transfer_result("write", op.offset, op.buf.len(), result)?;
             }
         }
         Ok(())
