@@ -1391,7 +1391,24 @@ fn client(session: &mut Session, args: &[Vec<u8>]) -> Reply {
             session.name = (!args[2].is_empty()).then(|| args[2].clone());
             Reply::Simple("OK")
         }
-        (b"id" | b"getname" | b"setname", _) => wrong_args("client"),
+        // Client libraries name themselves on connect (redis-py, go-redis): accepted, as
+        // Redis 7.2 does, and not kept, since nothing here lists clients.
+        (b"setinfo", 4) => {
+            let attribute = args[2].to_ascii_lowercase();
+            if !matches!(attribute.as_slice(), b"lib-name" | b"lib-ver") {
+                return Reply::err(format!(
+                    "Unrecognized option '{}'",
+                    String::from_utf8_lossy(&args[2])
+                ));
+            }
+            if args[3].iter().any(|&b| b <= b' ' || b > b'~') {
+                return Reply::err(
+                    "lib-name and lib-ver cannot contain spaces, newlines or special characters.",
+                );
+            }
+            Reply::Simple("OK")
+        }
+        (b"id" | b"getname" | b"setname" | b"setinfo", _) => wrong_args("client"),
         _ => Reply::err(format!(
             "unknown subcommand '{}'. Try CLIENT HELP.",
             String::from_utf8_lossy(&args[1])
