@@ -51,17 +51,10 @@ pub trait Store: Send + Sync + 'static {
     /// The newest committed value of `key`, read outside any transaction: a single read
     /// needs no locks (it neither waits for nor blocks other readers).
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
-    /// Up to `limit` pairs with keys in `(from, to)` in key order, read outside any
-    /// transaction (newest committed, consistent per leaf, not one snapshot): for walks of
-    /// the key space, which may see more keys than one transaction may touch.
-    fn scan(
-        &self,
-        from: Bound<&[u8]>,
-        to: Bound<&[u8]>,
-        limit: usize,
-    ) -> Result<Pairs, Self::Error>;
     /// The error reply for `error` (Redis's wording where Redis has one).
     fn error_message(error: &Self::Error) -> String;
+    /// Most keys one transaction may touch (reads and scans included).
+    fn max_keys_per_transaction(&self) -> usize;
 }
 
 /// The `kv` crate over a running instance.
@@ -128,13 +121,8 @@ impl Store for KvStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, kv::KvError> {
         self.kv.get(key)
     }
-    fn scan(
-        &self,
-        from: Bound<&[u8]>,
-        to: Bound<&[u8]>,
-        limit: usize,
-    ) -> Result<Pairs, kv::KvError> {
-        self.kv.scan(from, to, limit)
+    fn max_keys_per_transaction(&self) -> usize {
+        self.kv.config().max_keys_per_txn
     }
     fn error_message(error: &kv::KvError) -> String {
         match error {
@@ -156,24 +144,45 @@ pub(crate) mod memory {
     use parking_lot::Mutex;
     use std::collections::BTreeMap;
 
+    /// Keys one transaction may touch, as the KV layer's default.
+    const MAX_KEYS: usize = 128;
+
     #[derive(Debug, Default)]
     pub(crate) struct MemoryStore {
         map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     }
 
-    pub(crate) struct MemoryTx(BTreeMap<Vec<u8>, Vec<u8>>);
+    /// A transaction over a copy of the map, counting the keys it touches against
+    /// [`MAX_KEYS`] as the KV layer does.
+    pub(crate) struct MemoryTx {
+        map: BTreeMap<Vec<u8>, Vec<u8>>,
+        keys: usize,
+    }
+
+    impl MemoryTx {
+        fn touch(&mut self, n: usize) -> Result<(), String> {
+            self.keys += n;
+            if self.keys > MAX_KEYS {
+                return Err(format!("a transaction may touch at most {MAX_KEYS} keys"));
+            }
+            Ok(())
+        }
+    }
 
     impl Tx for MemoryTx {
         type Error = String;
         fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-            Ok(self.0.get(key).cloned())
+            self.touch(1)?;
+            Ok(self.map.get(key).cloned())
         }
         fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
-            self.0.insert(key.to_vec(), value.to_vec());
+            self.touch(1)?;
+            self.map.insert(key.to_vec(), value.to_vec());
             Ok(())
         }
         fn delete(&mut self, key: &[u8]) -> Result<bool, String> {
-            Ok(self.0.remove(key).is_some())
+            self.touch(1)?;
+            Ok(self.map.remove(key).is_some())
         }
         fn lock_keys(&mut self, _keys: &[&[u8]]) -> Result<(), String> {
             // The whole map is locked already.
@@ -185,12 +194,14 @@ pub(crate) mod memory {
             to: Bound<&[u8]>,
             limit: usize,
         ) -> Result<Pairs, String> {
-            Ok(self
-                .0
+            let pairs: Pairs = self
+                .map
                 .range::<[u8], _>((from, to))
                 .take(limit)
                 .map(|(k, v)| (k.clone(), v.clone()))
-                .collect())
+                .collect();
+            self.touch(pairs.len())?;
+            Ok(pairs)
         }
     }
 
@@ -202,24 +213,22 @@ pub(crate) mod memory {
             mut body: impl FnMut(&mut MemoryTx) -> Result<R, String>,
         ) -> Result<R, String> {
             let mut map = self.map.lock();
-            let mut tx = MemoryTx(map.clone());
+            let mut tx = MemoryTx {
+                map: map.clone(),
+                keys: 0,
+            };
             let result = body(&mut tx)?;
-            *map = tx.0;
+            *map = tx.map;
             Ok(result)
         }
         fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
             Ok(self.map.lock().get(key).cloned())
         }
-        fn scan(
-            &self,
-            from: Bound<&[u8]>,
-            to: Bound<&[u8]>,
-            limit: usize,
-        ) -> Result<Pairs, String> {
-            MemoryTx(self.map.lock().clone()).scan(from, to, limit)
-        }
         fn error_message(error: &String) -> String {
             format!("ERR {error}")
+        }
+        fn max_keys_per_transaction(&self) -> usize {
+            MAX_KEYS
         }
     }
 }
