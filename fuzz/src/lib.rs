@@ -195,6 +195,7 @@ pub fn tcp_stream(data: &[u8]) {
             cluster: ClusterId(7),
             local: id(1),
             secret: SECRET.to_vec(),
+            frame_mac: false,
         };
         let (mut dialer, hello) = Dialer::start(config, id(0), [seed; 16]);
         if socket.write_all(&hello).is_err() {
@@ -222,7 +223,7 @@ pub fn tcp_stream(data: &[u8]) {
                         return;
                     }
                 }
-                Ok(interconnect::handshake::DialerStep::Established) => {
+                Ok(interconnect::handshake::DialerStep::Established { .. }) => {
                     established = true;
                     break;
                 }
@@ -261,6 +262,7 @@ pub fn handshake(data: &[u8]) {
         cluster: ClusterId(u64::from(choice & 3)),
         local: id(local),
         secret: SECRET.to_vec(),
+        frame_mac: choice & 4 != 0,
     };
     let records: Vec<Record> = data
         .get(1..)

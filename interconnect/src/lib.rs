@@ -23,6 +23,7 @@
 mod clock;
 pub mod codec;
 pub mod frame;
+pub mod frame_mac;
 pub mod handshake;
 mod ids;
 pub mod membership;
