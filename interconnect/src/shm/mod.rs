@@ -52,6 +52,8 @@
 mod endpoint;
 #[cfg(not(loom))]
 mod files;
+#[cfg(all(feature = "fuzzing", not(loom)))]
+pub mod fuzzing;
 mod ring;
 mod sync;
 mod wake;
