@@ -176,16 +176,14 @@ pub struct Instance {
     payload: usize,
     /// The changes of this instance's previous life storage may not hold yet.
     previous_life: PreviousLife,
+    /// `storage.checkpoint_at_redo_percent`, as a share.
+    checkpoint_at_redo_usage: f64,
     /// The background checkpointer, stopped at shutdown.
     checkpointer: Option<(
         Arc<std::sync::atomic::AtomicBool>,
         std::thread::JoinHandle<()>,
     )>,
 }
-
-/// When the redo thread is this full, the background checkpointer writes the dirty blocks
-/// and moves the checkpoint, so redo space is reused before commits run out of it.
-pub const CHECKPOINT_AT_REDO_USAGE: f64 = 0.5;
 
 /// Blocks a previous life of this instance changed (in redo past its checkpoint at restart),
 /// with the newest SCN, that storage did not hold yet at the last look.
@@ -201,6 +199,10 @@ struct Checkpointer {
     redo: Arc<RedoWriter>,
     handle: Arc<crate::runtime::DriverHandle>,
     previous_life: PreviousLife,
+    /// When the redo thread is this full, the background checkpointer writes the dirty
+    /// blocks and moves the checkpoint, so redo space is reused before commits run out of it
+    /// (`storage.checkpoint_at_redo_percent`).
+    at_redo_usage: f64,
 }
 
 impl Checkpointer {
@@ -256,14 +258,14 @@ impl Checkpointer {
         Ok(previous.is_empty())
     }
 
-    /// Checkpoints whenever the redo thread is half full, until `stop`.
+    /// Checkpoints whenever the redo thread is `at_redo_usage` full, until `stop`.
     fn background(self, stop: &std::sync::atomic::AtomicBool) {
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
             if self.handle.stop.reason().is_some() {
                 return;
             }
-            if self.redo.usage() >= CHECKPOINT_AT_REDO_USAGE
+            if self.redo.usage() >= self.at_redo_usage
                 && let Err(e) = self.run()
             {
                 eprintln!("fusion: background checkpoint: {e}");
@@ -389,6 +391,7 @@ impl Instance {
             runtime,
             payload,
             previous_life,
+            checkpoint_at_redo_usage: f64::from(config.checkpoint_at_redo_percent) / 100.0,
             checkpointer: None,
         };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -508,7 +511,8 @@ impl Instance {
     /// Writes every dirty block this instance owns and every block it holds a past image of
     /// (through the GCS write protocol) and moves its redo checkpoint past them, so restart
     /// and recovery start there and the redo before it is reused. A background checkpointer
-    /// does this by itself whenever the redo thread is half full.
+    /// does this by itself whenever the redo thread is as full as
+    /// `storage.checkpoint_at_redo_percent` says (half, by default).
     pub fn checkpoint(&self) -> Result<(), InstanceError> {
         self.checkpointer().run()
     }
@@ -521,6 +525,7 @@ impl Instance {
             redo: Arc::clone(&self.redo),
             handle: Arc::clone(&self.runtime.handle),
             previous_life: Arc::clone(&self.previous_life),
+            at_redo_usage: self.checkpoint_at_redo_usage,
         }
     }
 
