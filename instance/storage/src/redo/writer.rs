@@ -136,11 +136,11 @@ pub struct RedoStats {
     pub sync_latency: gcs::Histogram,
     /// Commits refused with [`RedoError::RedoFull`].
     pub full_refusals: u64,
-    /// Log blocks in use: from the checkpoint to the end, and reserved by commits waiting
-    /// for their write.
-    pub used_blocks: u64,
-    /// Log blocks of the thread.
-    pub thread_blocks: u64,
+    /// Bytes of the thread in use: log blocks from the checkpoint to the end, and those
+    /// reserved by commits waiting for their write.
+    pub used_bytes: u64,
+    /// Bytes of the thread (whole log blocks).
+    pub thread_bytes: u64,
     /// Age of the oldest redo past the checkpoint: since the first write after the
     /// checkpoint last moved (zero when the checkpoint is at the end).
     pub checkpoint_age: Duration,
@@ -149,10 +149,10 @@ pub struct RedoStats {
 impl RedoStats {
     /// The share of the thread in use (what [`RedoWriter::usage`] says).
     pub fn usage(&self) -> f64 {
-        if self.thread_blocks == 0 {
+        if self.thread_bytes == 0 {
             return 0.0;
         }
-        self.used_blocks as f64 / self.thread_blocks as f64
+        self.used_bytes as f64 / self.thread_bytes as f64
     }
 }
 
@@ -333,8 +333,8 @@ impl RedoWriter {
             blocks: self.blocks_written.load(Ordering::Relaxed),
             sync_latency,
             full_refusals: self.full_refusals.load(Ordering::Relaxed),
-            used_blocks,
-            thread_blocks: self.blocks,
+            used_bytes: used_blocks * LOG_BLOCK_SIZE as u64,
+            thread_bytes: self.blocks * LOG_BLOCK_SIZE as u64,
             checkpoint_age: oldest.map_or(Duration::ZERO, |at| at.elapsed()),
         }
     }
