@@ -240,7 +240,6 @@ impl Metrics {
             ("redo_commits", redo.commits),
             ("redo_writes", redo.writes),
             ("redo_blocks", redo.blocks),
-            ("redo_syncs", redo.sync_latency.count()),
             ("redo_full_refusals", redo.full_refusals),
             ("cache_hits", stats.core.cache_hits),
             ("cache_misses", stats.core.cache_misses),

@@ -70,7 +70,7 @@ fn commits_and_reads_move_redo_and_cache_metrics() {
     let big = "v".repeat(20_000);
     ok(&mut c, &["SET", "big", &big]);
     let written = scrape(cluster.metrics[0]);
-    for name in ["redo_commits", "redo_syncs", "cache_misses"] {
+    for name in ["redo_commits", "redo_writes", "cache_misses"] {
         assert!(
             counter(&written, name) > counter(&before, name),
             "{name} did not move:\n{written}"
