@@ -55,8 +55,12 @@ fn a_request_queued_behind_a_holder_is_one_wait_at_the_master() {
     let opts = LockOptions { timeout: None };
 
     // Shared by both: compatible, no wait.
-    engines[0].lock(name, LockMode::ProtectedRead, opts, now).expect("lock");
-    engines[1].lock(name, LockMode::ProtectedRead, opts, now).expect("lock");
+    engines[0]
+        .lock(name, LockMode::ProtectedRead, opts, now)
+        .expect("lock");
+    engines[1]
+        .lock(name, LockMode::ProtectedRead, opts, now)
+        .expect("lock");
     let events = pump(&mut engines, now);
     assert!(granted(&events[0], name) && granted(&events[1], name));
     assert_eq!(waits(&engines), [0, 0, 0]);
@@ -66,14 +70,18 @@ fn a_request_queued_behind_a_holder_is_one_wait_at_the_master() {
     // Exclusive while both cache it: queued at the master until they give it up.
     engines[0].release(name, None, now).expect("release");
     pump(&mut engines, now);
-    engines[1].lock(name, LockMode::Exclusive, opts, now).expect("lock");
+    engines[1]
+        .lock(name, LockMode::Exclusive, opts, now)
+        .expect("lock");
     let events = pump(&mut engines, now);
     assert!(granted(&events[1], name), "the cached holder gives it up");
     assert_eq!(waits(&engines), [0, 0, 1]);
 
     // Served from instance 1's lock cache: no message, no wait.
     engines[1].release(name, None, now).expect("release");
-    engines[1].lock(name, LockMode::Exclusive, opts, now).expect("lock");
+    engines[1]
+        .lock(name, LockMode::Exclusive, opts, now)
+        .expect("lock");
     let events = pump(&mut engines, now);
     assert!(granted(&events[1], name));
     assert_eq!(waits(&engines), [0, 0, 1]);

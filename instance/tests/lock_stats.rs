@@ -67,11 +67,7 @@ fn timeouts_waits_and_deadlock_victims_are_counted() {
 
     // B asks while A holds: it times out.
     let held = a.lock(first, LockMode::Exclusive, None).unwrap();
-    let error = lock_error(b.lock(
-        first,
-        LockMode::Exclusive,
-        Some(Duration::from_millis(200)),
-    ));
+    let error = lock_error(b.lock(first, LockMode::Exclusive, Some(Duration::from_millis(200))));
     assert_eq!(error, LockError::TimedOut);
     assert_eq!(b.stats().unwrap().core.lock_timeouts, 1);
     assert_eq!(a.stats().unwrap().core.lock_timeouts, 0);
@@ -87,10 +83,7 @@ fn timeouts_waits_and_deadlock_victims_are_counted() {
     });
     let b_stats = b.stats().unwrap();
     assert!(b_stats.lock_waits.count() > waits_before, "{b_stats:?}");
-    let conflicts: u64 = instances
-        .iter()
-        .map(|i| i.stats().unwrap().ges.waits)
-        .sum();
+    let conflicts: u64 = instances.iter().map(|i| i.stats().unwrap().ges.waits).sum();
     assert!(conflicts >= 1, "no master saw the conflict");
 
     // Opposite orders: A holds first and wants second, B holds second and wants first.
@@ -113,7 +106,10 @@ fn timeouts_waits_and_deadlock_victims_are_counted() {
         vec![ta.join().unwrap(), tb.join().unwrap()]
     });
     assert_eq!(
-        errors.iter().filter(|e| **e == Some(LockError::Deadlock)).count(),
+        errors
+            .iter()
+            .filter(|e| **e == Some(LockError::Deadlock))
+            .count(),
         1,
         "{errors:?}"
     );

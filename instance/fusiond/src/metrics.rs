@@ -216,7 +216,10 @@ impl Metrics {
             }
         }
         for (name, histogram) in [
-            ("flush_wait_seconds", stats.gcs.latency(TransferKind::FlushWait)),
+            (
+                "flush_wait_seconds",
+                stats.gcs.latency(TransferKind::FlushWait),
+            ),
             ("redo_sync_seconds", &redo.sync_latency),
             ("lock_wait_seconds", &stats.lock_waits),
         ] {
@@ -317,11 +320,9 @@ impl Metrics {
                     .any(|k| stats.gcs.latency(*k).quantile(0.99) > self.transfer_p99_alert),
             ),
         ];
-        for (alert, severity, on) in
-            rules.into_iter().chain(redo_full_severities(redo.usage()).map(
-                |(severity, on)| ("redo_full", severity, on),
-            ))
-        {
+        for (alert, severity, on) in rules.into_iter().chain(
+            redo_full_severities(redo.usage()).map(|(severity, on)| ("redo_full", severity, on)),
+        ) {
             self.alert(alert, severity, on);
             if on && !firing.contains(&alert) {
                 firing.push(alert);

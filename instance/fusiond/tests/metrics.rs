@@ -53,7 +53,11 @@ fn info(cluster: &Cluster, id: usize, key: &str) -> String {
 }
 
 fn ok(client: &mut Client, args: &[&str]) {
-    assert_eq!(client.call(args).unwrap(), Resp::Simple("OK".into()), "{args:?}");
+    assert_eq!(
+        client.call(args).unwrap(),
+        Resp::Simple("OK".into()),
+        "{args:?}"
+    );
 }
 
 /// A commit moves redo commits, syncs and fullness; a value in new blocks is a cache miss,
@@ -155,10 +159,7 @@ fn increments_through_two_instances_count_enqueue_waits() {
     let acked = common::total(handles);
     check_counters(&cluster, &[0, 1], &acked, true);
     let after: Vec<String> = (0..2).map(|id| scrape(cluster.metrics[id])).collect();
-    let mastered: f64 = after
-        .iter()
-        .map(|m| gauge(m, "blocks_mastered", ""))
-        .sum();
+    let mastered: f64 = after.iter().map(|m| gauge(m, "blocks_mastered", "")).sum();
     assert!(mastered >= 1.0, "{}\n{}", after[0], after[1]);
 }
 
@@ -191,7 +192,10 @@ fn redo_full_alert_fires_as_the_thread_fills() {
             if used >= percent {
                 return used;
             }
-            assert!(Instant::now() < deadline, "the redo thread stays at {used}%");
+            assert!(
+                Instant::now() < deadline,
+                "the redo thread stays at {used}%"
+            );
             for _ in 0..step {
                 ok(&mut c, &["SET", &format!("k{n}"), &value]);
                 n += 1;
@@ -220,5 +224,8 @@ fn redo_full_alert_fires_as_the_thread_fills() {
     let critical = scrape(cluster.metrics[0]);
     assert_eq!(alert(&critical, "critical"), 1.0, "at {used}%:\n{critical}");
     assert_eq!(alert(&critical, "warning"), 1.0, "at {used}%:\n{critical}");
-    assert!(gauge(&critical, "checkpoint_age_seconds", "") > 0.0, "{critical}");
+    assert!(
+        gauge(&critical, "checkpoint_age_seconds", "") > 0.0,
+        "{critical}"
+    );
 }

@@ -1026,9 +1026,7 @@ impl Core {
         now: Timestamp,
     ) -> Option<(crate::cache::Armed, bool)> {
         let (allocated, cached) = match self.cache.allocate(block) {
-            Err(CacheError::AlreadyCached { .. }) => {
-                (self.cache.allocate_replacement(block), true)
-            }
+            Err(CacheError::AlreadyCached { .. }) => (self.cache.allocate_replacement(block), true),
             other => (other, false),
         };
         match allocated {

@@ -222,7 +222,11 @@ fn stats_follow_fullness_syncs_and_the_checkpoint() {
     }
     let full = writer.stats();
     assert_eq!(full.full_refusals, 1);
-    assert!(full.usage() > 0.99 && full.usage() <= 1.0, "{}", full.usage());
+    assert!(
+        full.usage() > 0.99 && full.usage() <= 1.0,
+        "{}",
+        full.usage()
+    );
     assert_eq!(full.usage(), writer.usage());
     writer.set_checkpoint(writer.next_sequence()).unwrap();
     let checkpointed = writer.stats();
