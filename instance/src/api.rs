@@ -183,7 +183,23 @@ pub struct Instance {
         Arc<std::sync::atomic::AtomicBool>,
         std::thread::JoinHandle<()>,
     )>,
+    /// Wakes the background checkpointer before its next look (redo is nearly full).
+    checkpoint_nudge: crossbeam::channel::Sender<()>,
 }
+
+/// How full the redo thread may get before a new transaction waits for the checkpointer to
+/// free space (up to [`REDO_SPACE_WAIT`]): halfway from where the background checkpoint
+/// starts (`storage.checkpoint_at_redo_percent`) to full, 75% by default. It waits holding
+/// nothing: a commit that found the thread full while holding its blocks could never let a
+/// checkpoint write them, so back-pressure goes where nothing is held yet, and the
+/// transactions already running have the rest of the thread to finish in.
+pub fn throttle_at_redo_usage(checkpoint_at: f64) -> f64 {
+    (1.0 + checkpoint_at) / 2.0
+}
+
+/// The longest a new transaction waits for redo space; after that it runs, and its commit
+/// fails with [`crate::redo::RedoError::RedoFull`] if the thread is still full.
+pub const REDO_SPACE_WAIT: Duration = Duration::from_secs(10);
 
 /// Blocks a previous life of this instance changed (in redo past its checkpoint at restart),
 /// with the newest SCN, that storage did not hold yet at the last look.
@@ -258,10 +274,15 @@ impl Checkpointer {
         Ok(previous.is_empty())
     }
 
-    /// Checkpoints whenever the redo thread is `at_redo_usage` full, until `stop`.
-    fn background(self, stop: &std::sync::atomic::AtomicBool) {
+    /// Checkpoints whenever the redo thread is `at_redo_usage` full, looking every 100 ms or
+    /// when `nudged`, until `stop`.
+    fn background(
+        self,
+        stop: &std::sync::atomic::AtomicBool,
+        nudged: &crossbeam::channel::Receiver<()>,
+    ) {
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
+            let _ = nudged.recv_timeout(Duration::from_millis(100));
             if self.handle.stop.reason().is_some() {
                 return;
             }
@@ -382,6 +403,7 @@ impl Instance {
                 .collect(),
         ));
         let payload = layout.block_size as usize - BLOCK_HEADER_LEN;
+        let (checkpoint_nudge, nudged) = crossbeam::channel::bounded(1);
         let mut instance = Self {
             me,
             layout,
@@ -393,6 +415,7 @@ impl Instance {
             previous_life,
             checkpoint_at_redo_usage: f64::from(config.checkpoint_at_redo_percent) / 100.0,
             checkpointer: None,
+            checkpoint_nudge,
         };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let checkpointer = instance.checkpointer();
@@ -400,7 +423,7 @@ impl Instance {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("fusion-checkpoint".into())
-                .spawn(move || checkpointer.background(&stop))?
+                .spawn(move || checkpointer.background(&stop, &nudged))?
         };
         instance.checkpointer = Some((stop, thread));
         Ok(instance)
@@ -449,13 +472,33 @@ impl Instance {
         })
     }
 
-    /// Starts a transaction.
+    /// Starts a transaction. When the redo thread is fuller than
+    /// [`throttle_at_redo_usage`] says, it first waits (up to [`REDO_SPACE_WAIT`]) for the
+    /// checkpointer to free space.
     pub fn begin(&self) -> Transaction<'_> {
+        self.wait_for_redo_space();
         Transaction {
             instance: self,
             blocks: Vec::new(),
             records: Vec::new(),
             undo: Vec::new(),
+        }
+    }
+
+    /// Waits while the redo thread is too full to start a transaction, nudging the
+    /// checkpointer, until it has space, the instance stops or [`REDO_SPACE_WAIT`] passes.
+    fn wait_for_redo_space(&self) {
+        let throttle = throttle_at_redo_usage(self.checkpoint_at_redo_usage);
+        if self.redo.usage() < throttle {
+            return;
+        }
+        let deadline = Instant::now() + REDO_SPACE_WAIT;
+        while self.redo.usage() >= throttle
+            && self.stopped().is_none()
+            && Instant::now() < deadline
+        {
+            let _ = self.checkpoint_nudge.try_send(());
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
