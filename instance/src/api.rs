@@ -493,9 +493,7 @@ impl Instance {
             return;
         }
         let deadline = Instant::now() + REDO_SPACE_WAIT;
-        while self.redo.usage() >= throttle
-            && self.stopped().is_none()
-            && Instant::now() < deadline
+        while self.redo.usage() >= throttle && self.stopped().is_none() && Instant::now() < deadline
         {
             let _ = self.checkpoint_nudge.try_send(());
             std::thread::sleep(Duration::from_millis(1));
