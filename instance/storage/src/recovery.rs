@@ -22,7 +22,10 @@
 //! (the GCS recovery set does) and never takes locks: callers make sure no one else writes
 //! the blocks (and, for [`restart`], no instance runs).
 
-use crate::format::{self, BLOCK_HEADER_LEN, BlockError, Checkpoint, Layout, SlotError};
+use crate::format::{
+    self, BLOCK_HEADER_LEN, BlockError, Checkpoint, Layout, SlotError,
+};
+use crate::redo::EndReason;
 use crate::redo::{LogEnd, RedoReadError, RedoReader, RedoRecord};
 use crate::{AlignedBuf, ArenaError, IoClass, SharedStorage, StorageError};
 use gcs::BlockId;
@@ -45,6 +48,9 @@ pub enum RecoveryError {
         /// Why.
         source: SlotError,
     },
+    /// The slots could not all be read (scans need every seal).
+    #[error("reading the slots: {0}")]
+    Slots(SlotError),
     /// The instance has no redo thread in this cluster.
     #[error("instance {instance} has no redo thread: the cluster has {max_instances} instances")]
     NoThread {
@@ -202,19 +208,26 @@ impl ThreadScan {
     }
 }
 
-/// Reads the slots of `instances` and scans their redo threads from their checkpoints to
-/// their ends. A torn tail ends a thread silently; damaged durable redo is an error naming
-/// the thread, the log block's sequence and its storage offset. Records naming a block
-/// outside this storage, or bytes outside a block's payload, are errors too.
+/// Reads every slot and scans the redo threads of `instances` from their checkpoints to
+/// their ends, life by life, each life cut at its seal ([`crate::life::thread_lives`]). A torn
+/// tail ends a life silently; damaged durable redo is an error naming the thread, the log
+/// block's sequence and its storage offset. Records naming a block outside this storage, or
+/// bytes outside a block's payload, are errors too.
 pub fn scan_threads(
     storage: &dyn SharedStorage,
     layout: &Layout,
     instances: &[InstanceId],
 ) -> Result<ThreadScan, RecoveryError> {
+    let slots = crate::life::read_slots(storage, layout).map_err(RecoveryError::Slots)?;
     let mut scan = ThreadScan::default();
     for &instance in instances {
-        let slot = format::read_slot(storage, layout, instance)
-            .map_err(|source| RecoveryError::Slot { instance, source })?;
+        let slot = slots
+            .get(instance.index())
+            .ok_or(RecoveryError::NoThread {
+                instance,
+                max_instances: layout.max_instances,
+            })?;
+        let lives = crate::life::thread_lives(&slots, instance);
         let thread = layout
             .redo_thread(instance)
             .ok_or(RecoveryError::NoThread {
@@ -227,7 +240,7 @@ pub fn scan_threads(
             source,
         };
         let mut reader =
-            RedoReader::new(storage, thread, slot.checkpoint.sequence).map_err(redo)?;
+            RedoReader::new(storage, thread, slot.checkpoint.sequence, &lives).map_err(redo)?;
         let (mut entries, mut records, mut max_scn) = (0u64, 0u64, None::<Scn>);
         while let Some(entry) = reader.next_entry().map_err(redo)? {
             entries += 1;
@@ -523,8 +536,9 @@ impl std::fmt::Display for CorruptBlock {
 
 /// Whole-cluster restart: scans every instance's thread from its checkpoint, merges them by
 /// SCN, recovers every changed block from storage (records above the block's SCN), syncs,
-/// and then moves every thread's checkpoint to its end (SCN: the highest seen anywhere), so a
-/// second restart applies nothing. Every thread is scanned before the first write, so
+/// ends each thread's newest life where its scan ended (in the owner's slot: a late write of
+/// it is never read), and then moves every thread's checkpoint to its end (SCN: the highest
+/// seen anywhere), so a second restart applies nothing. Every thread is scanned before the first write, so
 /// corrupt redo is found before anything changes; a corrupt (torn) data block is reported
 /// with its location in [`RestartReport::unrecoverable`] while every other block recovers,
 /// and then no checkpoint moves. Idempotent; on a freshly formatted cluster it writes
@@ -563,13 +577,33 @@ pub fn restart(
     if written > 0 {
         storage.sync(IoClass::Data).map_err(RecoveryError::Sync)?;
     }
+    // What was applied is sealed first: a write of an old life that lands later is never
+    // read, whether or not the checkpoints move below.
+    let mut slots_updated = 0;
+    for thread in scan.threads() {
+        if thread.end.incarnation == 0 || thread.end.reason == EndReason::Sealed {
+            continue;
+        }
+        let instance = thread.instance;
+        let slot_error = |source| RecoveryError::Slot { instance, source };
+        let mut slot = format::read_slot(storage, layout, instance).map_err(slot_error)?;
+        if let Some(life) = slot
+            .lives
+            .iter_mut()
+            .find(|life| life.incarnation == thread.end.incarnation)
+        {
+            life.end = Some(thread.end.next_sequence.max(life.start));
+        }
+        format::write_slot(storage, layout, &slot).map_err(slot_error)?;
+        slots_updated += 1;
+    }
     if !unrecoverable.is_empty() {
         return Ok(RestartReport {
             records_read: scan.record_count(),
             records_applied: applied,
             blocks_changed: changed.len() as u64,
             blocks_written: written,
-            slots_updated: 0,
+            slots_updated,
             max_scn: scan.max_scn().unwrap_or_default(),
             threads: scan.threads,
             unrecoverable,
@@ -583,7 +617,6 @@ pub fn restart(
         .chain(scan.max_scn())
         .max()
         .unwrap_or_default();
-    let mut slots_updated = 0;
     for thread in scan.threads() {
         let instance = thread.instance;
         let slot_error = |source| RecoveryError::Slot { instance, source };

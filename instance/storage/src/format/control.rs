@@ -6,7 +6,7 @@
 
 use super::{FORMAT_VERSION, SECTOR};
 use interconnect::codec::{DecodeError, Reader, put_u8, put_u16, put_u32, put_u64};
-use interconnect::{ClusterId, InstanceId, Scn};
+use interconnect::{ClusterId, InstanceId, MAX_INSTANCES, Scn};
 
 /// Magic of the header sector.
 pub const HEADER_MAGIC: [u8; 8] = *b"FUSIONDB";
@@ -78,7 +78,71 @@ pub struct InstanceSlot {
     /// The owner's Disk Paxos block (`crate::paxos::PaxosBlock`, with its own checksum;
     /// all zero before the first proposal): membership decisions, written only by the owner.
     pub paxos: [u8; SLOT_PAXOS_LEN],
+    /// The owner's lives whose redo may lie at or past the checkpoint, oldest first, at most
+    /// [`MAX_LIVES`]; the last is the newest life (empty before the first start).
+    pub lives: Vec<Life>,
+    /// Seals this slot's owner wrote as a survivor: where each lost instance's life ends
+    /// (at most one per instance, the newest, sorted by instance).
+    pub seals: Vec<Seal>,
 }
+
+impl InstanceSlot {
+    /// The newest life's incarnation; 0 before the first start.
+    pub fn incarnation(&self) -> u32 {
+        self.lives.last().map_or(0, |life| life.incarnation)
+    }
+
+    /// The seal this slot holds for `instance`, if any.
+    pub fn seal_of(&self, instance: InstanceId) -> Option<Seal> {
+        self.seals.iter().copied().find(|s| s.instance == instance)
+    }
+
+    /// Records `seal`, replacing any earlier seal of the same instance.
+    pub fn put_seal(&mut self, seal: Seal) {
+        self.seals.retain(|s| s.instance != seal.instance);
+        self.seals.push(seal);
+        self.seals.sort_by_key(|s| s.instance);
+    }
+}
+
+/// One life of an instance: from one start to its crash or shutdown. Its log blocks carry its
+/// incarnation and lie at sequences `start..end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Life {
+    /// Its incarnation: 1 for the first life, one more for each later one.
+    pub incarnation: u32,
+    /// The sequence of its first log block.
+    pub start: u64,
+    /// The first sequence past its log, once known: written when a survivor, a whole-cluster
+    /// restart or the next life sealed it. `None` while it may still be writing.
+    pub end: Option<u64>,
+}
+
+/// A survivor's record of where a lost instance's life ends: scans of that life stop at
+/// `end` and never read a block past it, whatever lands there later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seal {
+    /// The lost instance.
+    pub instance: InstanceId,
+    /// The life sealed.
+    pub incarnation: u32,
+    /// The first sequence past what recovery read of it.
+    pub end: u64,
+}
+
+/// Most lives a slot lists (a crash loop without a checkpoint in between refuses to start
+/// past it).
+pub const MAX_LIVES: usize = 16;
+/// Where the lives table sits in a slot sector.
+pub const SLOT_LIVES_OFFSET: usize = 256;
+/// Bytes of one lives-table entry.
+const LIFE_LEN: usize = 24;
+/// Where the seals table (one entry per instance id) sits in a slot sector.
+pub const SLOT_SEALS_OFFSET: usize = 1024;
+/// Bytes of one seals-table entry.
+const SEAL_LEN: usize = 16;
+/// A life's `end` on storage while it is unknown.
+const OPEN_END: u64 = u64::MAX;
 
 /// Bytes of the Disk Paxos block inside a slot (at offset [`SLOT_PAXOS_OFFSET`]).
 pub const SLOT_PAXOS_LEN: usize = 128;
@@ -115,7 +179,9 @@ pub enum SectorError {
         len: usize,
     },
     /// Unknown format version.
-    #[error("format version {0}, this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "format version {0}, this build reads only version {FORMAT_VERSION} (version 2 has no incarnations or seals; recreate the cluster with `fusionctl create`)"
+    )]
     Version(u32),
     /// A field holds a value that cannot be.
     #[error("field {field} holds {value}")]
@@ -265,8 +331,24 @@ impl InstanceSlot {
         ] {
             put_u64(&mut f, v);
         }
+        // The lives table's length fits a byte: MAX_LIVES is 16, and encoding more is a bug.
+        let lives = &self.lives[..self.lives.len().min(MAX_LIVES)];
+        put_u8(&mut f, lives.len() as u8);
         f.resize(SLOT_PAXOS_OFFSET - 16, 0);
         f.extend_from_slice(&self.paxos);
+        f.resize(SLOT_LIVES_OFFSET - 16, 0);
+        for life in lives {
+            put_u32(&mut f, life.incarnation);
+            put_u32(&mut f, 0);
+            put_u64(&mut f, life.start);
+            put_u64(&mut f, life.end.unwrap_or(OPEN_END));
+        }
+        f.resize(SLOT_SEALS_OFFSET - 16 + MAX_INSTANCES * SEAL_LEN, 0);
+        for s in &self.seals {
+            let at = SLOT_SEALS_OFFSET - 16 + s.instance.index() * SEAL_LEN;
+            f[at..at + 4].copy_from_slice(&s.incarnation.to_le_bytes());
+            f[at + 8..at + 16].copy_from_slice(&s.end.to_le_bytes());
+        }
         put_fields(sector, &f);
         seal(&mut sector[..SECTOR], &SLOT_MAGIC);
     }
@@ -300,6 +382,7 @@ impl InstanceSlot {
                 offset,
                 scn,
             ],
+            life_count,
             paxos,
         ) = (|| {
             r.skip(5)?;
@@ -307,11 +390,14 @@ impl InstanceSlot {
             for field in &mut v {
                 *field = r.u64()?;
             }
-            // The fields end at byte 80; the Paxos block starts at SLOT_PAXOS_OFFSET.
-            r.skip(SLOT_PAXOS_OFFSET - 80)?;
-            Ok((v, r.array::<SLOT_PAXOS_LEN>()?))
+            let life_count = r.u8()?;
+            // The fields end at byte 81; the Paxos block starts at SLOT_PAXOS_OFFSET.
+            r.skip(SLOT_PAXOS_OFFSET - 81)?;
+            Ok((v, life_count, r.array::<SLOT_PAXOS_LEN>()?))
         })()
         .map_err(truncated)?;
+        let lives = decode_lives(sector, life_count)?;
+        let seals = decode_seals(sector)?;
         if sequence == 0
             || redo_size < SECTOR as u64
             || offset != checkpoint_offset(sequence, redo_size)
@@ -333,8 +419,74 @@ impl InstanceSlot {
                 scn: Scn(scn),
             },
             paxos,
+            lives,
+            seals,
         })
     }
+}
+
+/// The lives table: at most [`MAX_LIVES`], incarnations rising from 1, each start before its
+/// end, each life after the one before.
+fn decode_lives(sector: &[u8], count: u8) -> Result<Vec<Life>, SectorError> {
+    let bad = |field, value| Err(SectorError::Field { field, value });
+    if usize::from(count) > MAX_LIVES {
+        return bad("lives", count.into());
+    }
+    let table = SLOT_LIVES_OFFSET..SLOT_LIVES_OFFSET + MAX_LIVES * LIFE_LEN;
+    let mut r = Reader::new(sector.get(table).unwrap_or_default());
+    let mut lives: Vec<Life> = Vec::with_capacity(count.into());
+    for _ in 0..count {
+        let (incarnation, start, end) = (|| {
+            let incarnation = r.u32()?;
+            r.skip(4)?;
+            Ok((incarnation, r.u64()?, r.u64()?))
+        })()
+        .map_err(truncated)?;
+        let end = (end != OPEN_END).then_some(end);
+        if incarnation == 0 || lives.last().is_some_and(|l| l.incarnation >= incarnation) {
+            return bad("life incarnation", incarnation.into());
+        }
+        let after_previous = lives
+            .last()
+            .is_none_or(|l| l.end.is_some_and(|e| e <= start));
+        if start == 0 || end.is_some_and(|e| e < start) || !after_previous {
+            return bad("life start", start);
+        }
+        lives.push(Life {
+            incarnation,
+            start,
+            end,
+        });
+    }
+    Ok(lives)
+}
+
+/// The seals table: one entry per instance id, incarnation 0 where there is none.
+fn decode_seals(sector: &[u8]) -> Result<Vec<Seal>, SectorError> {
+    let mut seals = Vec::new();
+    for index in 0..MAX_INSTANCES {
+        let at = SLOT_SEALS_OFFSET + index * SEAL_LEN;
+        let mut r = Reader::new(sector.get(at..at + SEAL_LEN).unwrap_or_default());
+        let (incarnation, end) = (|| {
+            let incarnation = r.u32()?;
+            r.skip(4)?;
+            Ok((incarnation, r.u64()?))
+        })()
+        .map_err(truncated)?;
+        if incarnation == 0 {
+            continue;
+        }
+        let instance = InstanceId::new(index as u64).map_err(|_| SectorError::Field {
+            field: "seal instance",
+            value: index as u64,
+        })?;
+        seals.push(Seal {
+            instance,
+            incarnation,
+            end,
+        });
+    }
+    Ok(seals)
 }
 
 /// Byte offset within a thread of `redo_size` bytes of the log block with `sequence`.
@@ -380,9 +532,59 @@ mod tests {
                 scn: Scn(400),
             },
             paxos: [0x5a; SLOT_PAXOS_LEN],
+            lives: vec![
+                Life {
+                    incarnation: 3,
+                    start: 4,
+                    end: Some(90),
+                },
+                Life {
+                    incarnation: 4,
+                    start: 218,
+                    end: None,
+                },
+            ],
+            seals: vec![Seal {
+                instance: InstanceId::new(1).unwrap(),
+                incarnation: 7,
+                end: 5000,
+            }],
         };
         slot.encode(&mut sector);
-        assert_eq!(InstanceSlot::decode(&sector), Ok(slot));
+        assert_eq!(InstanceSlot::decode(&sector), Ok(slot.clone()));
+        assert_eq!(slot.incarnation(), 4);
+
+        // A lives table that goes backwards, or claims more entries than it may, is refused.
+        let mut backwards = slot.clone();
+        backwards.lives.swap(0, 1);
+        backwards.encode(&mut sector);
+        assert!(matches!(
+            InstanceSlot::decode(&sector),
+            Err(SectorError::Field { .. })
+        ));
+        slot.encode(&mut sector);
+        sector[80] = MAX_LIVES as u8 + 1;
+        let checksum = sector_checksum(&sector);
+        sector[12..16].copy_from_slice(&checksum.to_le_bytes());
+        assert_eq!(
+            InstanceSlot::decode(&sector),
+            Err(SectorError::Field {
+                field: "lives",
+                value: MAX_LIVES as u64 + 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_version_2_slot_is_refused_with_a_clear_error() {
+        let mut sector = vec![0u8; SECTOR];
+        header().encode(&mut sector);
+        sector[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let checksum = sector_checksum(&sector);
+        sector[12..16].copy_from_slice(&checksum.to_le_bytes());
+        let err = ControlHeader::decode(&sector).unwrap_err();
+        assert_eq!(err, SectorError::Version(2));
+        assert!(err.to_string().contains("fusionctl create"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,9 @@ pub mod control;
 pub use block::{
     BLOCK_HEADER_LEN, BlockError, BlockHeader, read_block, seal_block, verify_block, write_block,
 };
-pub use control::{Checkpoint, ControlHeader, InstanceSlot, SectorError, SlotState};
+pub use control::{
+    Checkpoint, ControlHeader, InstanceSlot, Life, MAX_LIVES, Seal, SectorError, SlotState,
+};
 
 use crate::{self as storage, AlignedBuf, IoClass, SharedStorage, StorageError, StorageOptions};
 use gcs::BlockId;
@@ -26,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// The control area's unit: every header and slot is one sector.
 pub const SECTOR: usize = 4096;
 /// Smallest and largest data block size.
@@ -427,6 +429,8 @@ impl Layout {
                 scn: Scn(0),
             },
             paxos: [0; control::SLOT_PAXOS_LEN],
+            lives: Vec::new(),
+            seals: Vec::new(),
         })
     }
 }

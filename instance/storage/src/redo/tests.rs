@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::faulty::{FaultConfig, FaultyStorage, MILLION};
-use crate::format::RedoThreadLocation;
+use crate::format::{Life, RedoThreadLocation};
 use crate::{
     self as storage, IoArena, IoClass, SharedStorage, StorageError, StorageInfo, StorageOptions,
 };
@@ -37,13 +37,29 @@ fn read_all(
     storage: &dyn SharedStorage,
     thread: RedoThreadLocation,
     from: u64,
+    lives: &[Life],
 ) -> (Vec<RedoRecord>, LogEnd) {
-    let mut reader = RedoReader::new(storage, thread, from).unwrap();
+    let mut reader = RedoReader::new(storage, thread, from, lives).unwrap();
     let mut records = Vec::new();
     while let Some(r) = reader.next_record().unwrap() {
         records.push(r);
     }
     (records, reader.end().cloned().unwrap())
+}
+
+/// Opens a new life of `thread` after `lives` (which become the lives with the new one, as the
+/// slot would hold them).
+fn open_life(
+    storage: Arc<dyn SharedStorage>,
+    thread: RedoThreadLocation,
+    checkpoint: u64,
+    lives: &mut Vec<Life>,
+) -> (RedoWriter, LogEnd) {
+    let (writer, new_lives, end) =
+        RedoWriter::open(storage, thread, checkpoint, lives, GroupCommitConfig::default())
+            .unwrap();
+    *lives = new_lives;
+    (writer, end)
 }
 
 /// Storage whose n-th durable write is written but not synced, then fails: the redo write in
@@ -108,14 +124,13 @@ fn acknowledged_commits_survive_a_crash_mid_write() {
         let mut acked: Vec<RedoRecord> = Vec::new();
         let mut checkpoint = 1;
         let mut scn = 0;
+        let mut lives = Vec::new();
         for life in 0..3 {
             let dying = Arc::new(DiesMidWrite {
                 inner: Arc::clone(&faulty),
                 durable_writes_left: AtomicU64::new(rng.between(0, 12)),
             });
-            let (writer, end) =
-                RedoWriter::open(dying.clone(), t, checkpoint, GroupCommitConfig::default())
-                    .unwrap();
+            let (writer, end) = open_life(dying.clone(), t, checkpoint, &mut lives);
             assert!(end.next_sequence >= checkpoint, "seed {seed} life {life}");
             loop {
                 scn += 1;
@@ -135,7 +150,7 @@ fn acknowledged_commits_survive_a_crash_mid_write() {
                 Err(RedoError::Failed(_))
             ));
             let report = faulty.crash();
-            let (records, end) = read_all(faulty.as_ref(), t, checkpoint);
+            let (records, end) = read_all(faulty.as_ref(), t, checkpoint, &lives);
             // Every acknowledged record is there, in order; at most the torn commit follows.
             assert!(
                 records.len() >= acked.len() && records[..acked.len()] == acked[..],
@@ -159,7 +174,8 @@ fn the_ring_is_reused_up_to_the_checkpoint_and_never_past_it() {
         SimRng::new(1),
     ));
     let t = thread(0, THREAD_SIZE);
-    let (writer, _) = RedoWriter::open(faulty.clone(), t, 1, GroupCommitConfig::default()).unwrap();
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
     let mut scn = 0;
     let mut since_checkpoint = Vec::new();
     let mut checkpoint = 1;
@@ -173,7 +189,7 @@ fn the_ring_is_reused_up_to_the_checkpoint_and_never_past_it() {
             Err(RedoError::RedoFull { .. }) => {
                 fulls += 1;
                 // Everything up to here is "in the data files": recovery starts at the tail.
-                let (records, _) = read_all(faulty.as_ref(), t, checkpoint);
+                let (records, _) = read_all(faulty.as_ref(), t, checkpoint, &lives);
                 assert_eq!(records, since_checkpoint);
                 checkpoint = writer.next_sequence();
                 writer.set_checkpoint(checkpoint).unwrap();
@@ -184,7 +200,7 @@ fn the_ring_is_reused_up_to_the_checkpoint_and_never_past_it() {
     }
     assert!(fulls >= 3, "{fulls}");
     assert!(writer.set_checkpoint(checkpoint - 1).is_err());
-    let (records, end) = read_all(faulty.as_ref(), t, checkpoint);
+    let (records, end) = read_all(faulty.as_ref(), t, checkpoint, &lives);
     assert_eq!(records, since_checkpoint);
     assert_eq!(end.next_sequence, writer.next_sequence());
 }
@@ -196,13 +212,14 @@ fn damaged_durable_redo_is_reported_by_location_not_skipped() {
         SimRng::new(2),
     ));
     let t = thread(0, THREAD_SIZE);
-    let (writer, _) = RedoWriter::open(faulty.clone(), t, 1, GroupCommitConfig::default()).unwrap();
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
     for scn in 1..=5 {
         writer.commit(&[record(scn, 1, 100)]).unwrap();
     }
     // Sequence 2 (the second commit's block) rots; three later writes follow it.
     faulty.flip_bit(2 * 4096 + 100, 3);
-    let mut reader = RedoReader::new(faulty.as_ref(), t, 1).unwrap();
+    let mut reader = RedoReader::new(faulty.as_ref(), t, 1, &lives).unwrap();
     assert_eq!(reader.next_record().unwrap().map(|r| r.scn), Some(Scn(1)));
     match reader.next_record() {
         Err(RedoReadError::Corrupt {
@@ -216,7 +233,7 @@ fn damaged_durable_redo_is_reported_by_location_not_skipped() {
     // The same damage in the last write is a torn tail: ignored, the scan ends before it.
     faulty.flip_bit(2 * 4096 + 100, 3);
     faulty.flip_bit(5 * 4096 + 100, 3);
-    let (records, end) = read_all(faulty.as_ref(), t, 1);
+    let (records, end) = read_all(faulty.as_ref(), t, 1, &lives);
     assert_eq!(records.len(), 4);
     assert!(matches!(end.reason, EndReason::TornTail(_)), "{end:?}");
     assert_eq!(end.next_sequence, 5);
@@ -229,11 +246,12 @@ fn a_foreign_thread_reads_as_empty() {
         SimRng::new(3),
     ));
     let t = thread(0, THREAD_SIZE);
-    let (writer, _) = RedoWriter::open(faulty.clone(), t, 1, GroupCommitConfig::default()).unwrap();
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
     writer.commit(&[record(1, 1, 100)]).unwrap();
     let mut other = t;
     other.instance = InstanceId::new(2).unwrap();
-    let (records, end) = read_all(faulty.as_ref(), other, 1);
+    let (records, end) = read_all(faulty.as_ref(), other, 1, &lives);
     assert!(records.is_empty());
     assert_eq!(end.next_sequence, 1);
 }
@@ -256,8 +274,8 @@ fn group_commit_on(options: &StorageOptions, label: &str) {
         }
         Err(e) => panic!("{e}"),
     };
-    let (writer, _) =
-        RedoWriter::open(Arc::clone(&storage), t, 1, GroupCommitConfig::default()).unwrap();
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(Arc::clone(&storage), t, 1, &mut lives);
     std::thread::scope(|s| {
         for id in 0..THREADS {
             let writer = &writer;
@@ -282,7 +300,7 @@ fn group_commit_on(options: &StorageOptions, label: &str) {
     drop(storage);
 
     let storage = storage::open(&path, options).unwrap();
-    let (records, end) = read_all(storage.as_ref(), t, 1);
+    let (records, end) = read_all(storage.as_ref(), t, 1, &lives);
     let seen: BTreeSet<u64> = records.iter().map(|r| r.scn.0).collect();
     assert_eq!(seen.len(), (THREADS * COMMITS) as usize);
     for r in &records {
@@ -331,7 +349,8 @@ fn torn_crashes_with_many_seeds_keep_the_log_readable() {
             durable_writes_left: AtomicU64::new(seed % 5),
         });
         let t = thread(0, THREAD_SIZE);
-        let (writer, _) = RedoWriter::open(dying, t, 1, GroupCommitConfig::default()).unwrap();
+        let mut lives = Vec::new();
+        let (writer, _) = open_life(dying, t, 1, &mut lives);
         let mut written = Vec::new();
         for scn in 1..100 {
             let commit = vec![record(scn, 2, 3000 * (scn as usize % 7) + 1)];
@@ -342,7 +361,7 @@ fn torn_crashes_with_many_seeds_keep_the_log_readable() {
             written.extend(commit);
         }
         faulty.crash();
-        let (records, _) = read_all(faulty.as_ref(), t, 1);
+        let (records, _) = read_all(faulty.as_ref(), t, 1, &lives);
         assert!(records.len() + 1 >= written.len(), "seed {seed}");
         assert_eq!(records[..], written[..records.len()], "seed {seed}");
     }
