@@ -25,6 +25,7 @@
 use crate::format::{
     self, BLOCK_HEADER_LEN, BlockError, Checkpoint, Layout, SlotError,
 };
+use crate::life::ClusterLives;
 use crate::redo::EndReason;
 use crate::redo::{LogEnd, RedoReadError, RedoReader, RedoRecord};
 use crate::{AlignedBuf, ArenaError, IoClass, SharedStorage, StorageError};
@@ -48,8 +49,8 @@ pub enum RecoveryError {
         /// Why.
         source: SlotError,
     },
-    /// The slots could not all be read (scans need every seal).
-    #[error("reading the slots: {0}")]
+    /// The slots or seal sectors could not all be read (scans need every seal).
+    #[error("reading the slots and seals: {0}")]
     Slots(SlotError),
     /// The instance has no redo thread in this cluster.
     #[error("instance {instance} has no redo thread: the cluster has {max_instances} instances")]
@@ -208,8 +209,9 @@ impl ThreadScan {
     }
 }
 
-/// Reads every slot and scans the redo threads of `instances` from their checkpoints to
-/// their ends, life by life, each life cut at its seal ([`crate::life::thread_lives`]). A torn
+/// Reads every slot and seal and scans the redo threads of `instances` from their
+/// checkpoints to their ends, life by life, each life cut at its seal
+/// ([`ClusterLives::thread_lives`]). A torn
 /// tail ends a life silently; damaged durable redo is an error naming the thread, the log
 /// block's sequence and its storage offset. Records naming a block outside this storage, or
 /// bytes outside a block's payload, are errors too.
@@ -218,16 +220,14 @@ pub fn scan_threads(
     layout: &Layout,
     instances: &[InstanceId],
 ) -> Result<ThreadScan, RecoveryError> {
-    let slots = crate::life::read_slots(storage, layout).map_err(RecoveryError::Slots)?;
+    let cluster = ClusterLives::read(storage, layout).map_err(RecoveryError::Slots)?;
     let mut scan = ThreadScan::default();
     for &instance in instances {
-        let slot = slots
-            .get(instance.index())
-            .ok_or(RecoveryError::NoThread {
-                instance,
-                max_instances: layout.max_instances,
-            })?;
-        let lives = crate::life::thread_lives(&slots, instance);
+        let slot = cluster.slot(instance).ok_or(RecoveryError::NoThread {
+            instance,
+            max_instances: layout.max_instances,
+        })?;
+        let lives = cluster.thread_lives(instance);
         let thread = layout
             .redo_thread(instance)
             .ok_or(RecoveryError::NoThread {
@@ -577,39 +577,9 @@ pub fn restart(
     if written > 0 {
         storage.sync(IoClass::Data).map_err(RecoveryError::Sync)?;
     }
-    // What was applied is sealed first: a write of an old life that lands later is never
-    // read, whether or not the checkpoints move below.
-    let mut slots_updated = 0;
-    for thread in scan.threads() {
-        if thread.end.incarnation == 0 || thread.end.reason == EndReason::Sealed {
-            continue;
-        }
-        let instance = thread.instance;
-        let slot_error = |source| RecoveryError::Slot { instance, source };
-        let mut slot = format::read_slot(storage, layout, instance).map_err(slot_error)?;
-        if let Some(life) = slot
-            .lives
-            .iter_mut()
-            .find(|life| life.incarnation == thread.end.incarnation)
-        {
-            life.end = Some(thread.end.next_sequence.max(life.start));
-        }
-        format::write_slot(storage, layout, &slot).map_err(slot_error)?;
-        slots_updated += 1;
-    }
-    if !unrecoverable.is_empty() {
-        return Ok(RestartReport {
-            records_read: scan.record_count(),
-            records_applied: applied,
-            blocks_changed: changed.len() as u64,
-            blocks_written: written,
-            slots_updated,
-            max_scn: scan.max_scn().unwrap_or_default(),
-            threads: scan.threads,
-            unrecoverable,
-            duration: started.elapsed(),
-        });
-    }
+    // Each thread's newest life ends where this scan read it to (a write of it that lands
+    // later is never read), also when a corrupt block keeps the checkpoints where they are.
+    // The checkpoints move only when every block recovered.
     let checkpoint_scn = scan
         .threads()
         .iter()
@@ -617,18 +587,31 @@ pub fn restart(
         .chain(scan.max_scn())
         .max()
         .unwrap_or_default();
+    let mut slots_updated = 0;
     for thread in scan.threads() {
         let instance = thread.instance;
         let slot_error = |source| RecoveryError::Slot { instance, source };
+        let ends_life = thread.end.incarnation > 0 && thread.end.reason != EndReason::Sealed;
         let checkpoint = Checkpoint {
             sequence: thread.end.next_sequence.max(thread.checkpoint.sequence),
             scn: checkpoint_scn,
         };
-        if checkpoint == thread.checkpoint {
+        let moves = unrecoverable.is_empty() && checkpoint != thread.checkpoint;
+        if !ends_life && !moves {
             continue;
         }
         let mut slot = format::read_slot(storage, layout, instance).map_err(slot_error)?;
-        slot.checkpoint = checkpoint;
+        if let Some(life) = slot
+            .lives
+            .iter_mut()
+            .filter(|_| ends_life)
+            .find(|life| life.incarnation == thread.end.incarnation)
+        {
+            life.end = Some(thread.end.next_sequence.max(life.start));
+        }
+        if moves {
+            slot.checkpoint = checkpoint;
+        }
         format::write_slot(storage, layout, &slot).map_err(slot_error)?;
         slots_updated += 1;
     }
@@ -638,7 +621,11 @@ pub fn restart(
         blocks_changed: changed.len() as u64,
         blocks_written: written,
         slots_updated,
-        max_scn: checkpoint_scn,
+        max_scn: if unrecoverable.is_empty() {
+            checkpoint_scn
+        } else {
+            scan.max_scn().unwrap_or_default()
+        },
         threads: scan.threads,
         unrecoverable,
         duration: started.elapsed(),

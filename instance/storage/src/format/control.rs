@@ -81,9 +81,6 @@ pub struct InstanceSlot {
     /// The owner's lives whose redo may lie at or past the checkpoint, oldest first, at most
     /// [`MAX_LIVES`]; the last is the newest life (empty before the first start).
     pub lives: Vec<Life>,
-    /// Seals this slot's owner wrote as a survivor: where each lost instance's life ends
-    /// (at most one per instance, the newest, sorted by instance).
-    pub seals: Vec<Seal>,
 }
 
 impl InstanceSlot {
@@ -91,17 +88,87 @@ impl InstanceSlot {
     pub fn incarnation(&self) -> u32 {
         self.lives.last().map_or(0, |life| life.incarnation)
     }
+}
 
-    /// The seal this slot holds for `instance`, if any.
+/// The seals one instance wrote as a survivor (its *seal sector*, kept in two copies): at
+/// most one per lost instance, the newest, sorted by instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealSet {
+    /// Bumped by every write; the copy with the higher one is current.
+    pub generation: u64,
+    /// The seals.
+    pub seals: Vec<Seal>,
+}
+
+impl SealSet {
+    /// The seal of `instance`, if any.
     pub fn seal_of(&self, instance: InstanceId) -> Option<Seal> {
         self.seals.iter().copied().find(|s| s.instance == instance)
     }
 
     /// Records `seal`, replacing any earlier seal of the same instance.
-    pub fn put_seal(&mut self, seal: Seal) {
+    pub fn put(&mut self, seal: Seal) {
         self.seals.retain(|s| s.instance != seal.instance);
         self.seals.push(seal);
         self.seals.sort_by_key(|s| s.instance);
+    }
+
+    /// Encodes the seals of `owner` into a zeroed sector.
+    pub fn encode(&self, owner: InstanceId, sector: &mut [u8]) {
+        let mut f = Vec::with_capacity(SEALS_OFFSET - 16 + MAX_INSTANCES * SEAL_LEN);
+        put_u16(&mut f, owner.as_u16());
+        f.extend_from_slice(&[0; 6]);
+        put_u64(&mut f, self.generation);
+        f.resize(SEALS_OFFSET - 16 + MAX_INSTANCES * SEAL_LEN, 0);
+        for s in &self.seals {
+            let at = SEALS_OFFSET - 16 + s.instance.index() * SEAL_LEN;
+            f[at..at + 4].copy_from_slice(&s.incarnation.to_le_bytes());
+            f[at + 8..at + 16].copy_from_slice(&s.end.to_le_bytes());
+        }
+        put_fields(sector, &f);
+        seal(&mut sector[..SECTOR], &SEAL_MAGIC);
+    }
+
+    /// Decodes a seal sector of `owner` (checks magic, checksum, version and owner).
+    pub fn decode(owner: InstanceId, sector: &[u8]) -> Result<Self, SectorError> {
+        let sector = check(sector, &SEAL_MAGIC, "FUSNSEAL")?;
+        let mut r = fields(sector);
+        let (found, generation) = (|| {
+            let found = r.u16()?;
+            r.skip(6)?;
+            Ok((found, r.u64()?))
+        })()
+        .map_err(truncated)?;
+        if found != owner.as_u16() {
+            return Err(SectorError::Field {
+                field: "seal owner",
+                value: found.into(),
+            });
+        }
+        let mut seals = Vec::new();
+        for index in 0..MAX_INSTANCES {
+            let at = SEALS_OFFSET + index * SEAL_LEN;
+            let mut r = Reader::new(sector.get(at..at + SEAL_LEN).unwrap_or_default());
+            let (incarnation, end) = (|| {
+                let incarnation = r.u32()?;
+                r.skip(4)?;
+                Ok((incarnation, r.u64()?))
+            })()
+            .map_err(truncated)?;
+            if incarnation == 0 {
+                continue;
+            }
+            let instance = InstanceId::new(index as u64).map_err(|_| SectorError::Field {
+                field: "seal instance",
+                value: index as u64,
+            })?;
+            seals.push(Seal {
+                instance,
+                incarnation,
+                end,
+            });
+        }
+        Ok(Self { generation, seals })
     }
 }
 
@@ -137,8 +204,10 @@ pub const MAX_LIVES: usize = 16;
 pub const SLOT_LIVES_OFFSET: usize = 256;
 /// Bytes of one lives-table entry.
 const LIFE_LEN: usize = 24;
-/// Where the seals table (one entry per instance id) sits in a slot sector.
-pub const SLOT_SEALS_OFFSET: usize = 1024;
+/// Magic of a seal sector.
+pub const SEAL_MAGIC: [u8; 8] = *b"FUSNSEAL";
+/// Where the seals table (one entry per instance id) sits in a seal sector.
+const SEALS_OFFSET: usize = 64;
 /// Bytes of one seals-table entry.
 const SEAL_LEN: usize = 16;
 /// A life's `end` on storage while it is unknown.
@@ -343,12 +412,6 @@ impl InstanceSlot {
             put_u64(&mut f, life.start);
             put_u64(&mut f, life.end.unwrap_or(OPEN_END));
         }
-        f.resize(SLOT_SEALS_OFFSET - 16 + MAX_INSTANCES * SEAL_LEN, 0);
-        for s in &self.seals {
-            let at = SLOT_SEALS_OFFSET - 16 + s.instance.index() * SEAL_LEN;
-            f[at..at + 4].copy_from_slice(&s.incarnation.to_le_bytes());
-            f[at + 8..at + 16].copy_from_slice(&s.end.to_le_bytes());
-        }
         put_fields(sector, &f);
         seal(&mut sector[..SECTOR], &SLOT_MAGIC);
     }
@@ -397,7 +460,6 @@ impl InstanceSlot {
         })()
         .map_err(truncated)?;
         let lives = decode_lives(sector, life_count)?;
-        let seals = decode_seals(sector)?;
         if sequence == 0
             || redo_size < SECTOR as u64
             || offset != checkpoint_offset(sequence, redo_size)
@@ -420,7 +482,6 @@ impl InstanceSlot {
             },
             paxos,
             lives,
-            seals,
         })
     }
 }
@@ -459,34 +520,6 @@ fn decode_lives(sector: &[u8], count: u8) -> Result<Vec<Life>, SectorError> {
         });
     }
     Ok(lives)
-}
-
-/// The seals table: one entry per instance id, incarnation 0 where there is none.
-fn decode_seals(sector: &[u8]) -> Result<Vec<Seal>, SectorError> {
-    let mut seals = Vec::new();
-    for index in 0..MAX_INSTANCES {
-        let at = SLOT_SEALS_OFFSET + index * SEAL_LEN;
-        let mut r = Reader::new(sector.get(at..at + SEAL_LEN).unwrap_or_default());
-        let (incarnation, end) = (|| {
-            let incarnation = r.u32()?;
-            r.skip(4)?;
-            Ok((incarnation, r.u64()?))
-        })()
-        .map_err(truncated)?;
-        if incarnation == 0 {
-            continue;
-        }
-        let instance = InstanceId::new(index as u64).map_err(|_| SectorError::Field {
-            field: "seal instance",
-            value: index as u64,
-        })?;
-        seals.push(Seal {
-            instance,
-            incarnation,
-            end,
-        });
-    }
-    Ok(seals)
 }
 
 /// Byte offset within a thread of `redo_size` bytes of the log block with `sequence`.
@@ -544,11 +577,6 @@ mod tests {
                     end: None,
                 },
             ],
-            seals: vec![Seal {
-                instance: InstanceId::new(1).unwrap(),
-                incarnation: 7,
-                end: 5000,
-            }],
         };
         slot.encode(&mut sector);
         assert_eq!(InstanceSlot::decode(&sector), Ok(slot.clone()));
@@ -573,6 +601,36 @@ mod tests {
                 value: MAX_LIVES as u64 + 1
             })
         );
+    }
+
+    #[test]
+    fn seal_sectors_round_trip_and_name_their_owner() {
+        let owner = InstanceId::new(3).unwrap();
+        let mut set = SealSet {
+            generation: 9,
+            seals: Vec::new(),
+        };
+        for (i, end) in [(5u64, 100u64), (1, 7), (5, 120)] {
+            set.put(Seal {
+                instance: InstanceId::new(i).unwrap(),
+                incarnation: 2,
+                end,
+            });
+        }
+        assert_eq!(set.seals.len(), 2);
+        assert_eq!(set.seal_of(InstanceId::new(5).unwrap()).map(|s| s.end), Some(120));
+        let mut sector = vec![0u8; SECTOR];
+        set.encode(owner, &mut sector);
+        assert_eq!(SealSet::decode(owner, &sector), Ok(set));
+        assert!(matches!(
+            SealSet::decode(InstanceId::new(2).unwrap(), &sector),
+            Err(SectorError::Field { .. })
+        ));
+        sector[1000] ^= 1;
+        assert!(matches!(
+            SealSet::decode(owner, &sector),
+            Err(SectorError::Checksum { .. })
+        ));
     }
 
     #[test]
