@@ -168,3 +168,224 @@ pub fn seal_lost(
     format::write_seals(storage, layout, me, &mut set)?;
     Ok(seals)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{ClusterSpec, MIN_REDO_THREAD_SIZE, SECTOR, SlotState};
+    use crate::recovery::{restart, scan_threads};
+    use crate::redo::tests::late_write;
+    use crate::redo::writer::IN_FLIGHT_GAP;
+    use crate::redo::{EndReason, RedoRecord};
+    use crate::{AlignedBuf, IoClass, StorageOptions};
+    use gcs::BlockId;
+    use interconnect::{ClusterId, Scn};
+
+    struct Cluster {
+        _dir: tempfile::TempDir,
+        storage: Arc<dyn SharedStorage>,
+        layout: Layout,
+    }
+
+    fn cluster() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.img");
+        let mut spec = ClusterSpec::new(ClusterId(11), 3, Some(32 << 20));
+        spec.redo_thread_size = MIN_REDO_THREAD_SIZE;
+        format::create(&path, &spec, false).unwrap();
+        let (storage, layout) = format::open_path(&path, &StorageOptions::default()).unwrap();
+        Cluster {
+            _dir: dir,
+            storage,
+            layout,
+        }
+    }
+
+    fn id(i: u64) -> InstanceId {
+        InstanceId::new(i).unwrap()
+    }
+
+    fn record(scn: u64, block: u32, byte: u8) -> RedoRecord {
+        RedoRecord {
+            scn: Scn(scn),
+            block: BlockId::new(0, block),
+            offset: 64,
+            bytes: vec![byte; 16],
+        }
+    }
+
+    fn begin(c: &Cluster, i: u64) -> RedoWriter {
+        begin_life(
+            Arc::clone(&c.storage),
+            &c.layout,
+            id(i),
+            GroupCommitConfig::default(),
+        )
+        .unwrap()
+        .0
+    }
+
+    /// The SCNs instance `i`'s thread yields to a scan, and where it ends.
+    fn scanned(c: &Cluster, i: u64) -> (Vec<u64>, LogEnd) {
+        let scan = scan_threads(c.storage.as_ref(), &c.layout, &[id(i)]).unwrap();
+        let mut scns: Vec<u64> = scan
+            .changed_blocks()
+            .into_iter()
+            .flat_map(|b| scan.records(b).iter().map(|r| r.scn.0).collect::<Vec<_>>())
+            .collect();
+        scns.sort_unstable();
+        (scns, scan.threads()[0].end.clone())
+    }
+
+    fn block_scn(c: &Cluster, block: u32) -> Option<Scn> {
+        let mut buf = AlignedBuf::new(c.layout.block_size as usize, SECTOR).unwrap();
+        format::read_block(c.storage.as_ref(), &c.layout, BlockId::new(0, block), &mut buf)
+            .ok()
+            .map(|h| h.scn)
+    }
+
+    #[test]
+    fn a_late_write_after_the_seal_is_ignored_by_recovery_restart_and_the_next_life() {
+        let c = cluster();
+        let thread = c.layout.redo_thread(id(1)).unwrap();
+        let life1 = begin(&c, 1);
+        assert_eq!(life1.incarnation(), 1);
+        life1.commit(&[record(1, 1, 0xa1)]).unwrap();
+        life1.commit(&[record(2, 2, 0xa2)]).unwrap();
+        let end1 = life1.next_sequence();
+        drop(life1);
+
+        // Instance 1 is lost; survivor 0 scans every thread and seals it.
+        let scan = scan_threads(c.storage.as_ref(), &c.layout, &[id(0), id(1)]).unwrap();
+        let seals = seal_lost(c.storage.as_ref(), &c.layout, id(0), &scan, &[id(1)]).unwrap();
+        assert_eq!(
+            seals,
+            vec![Seal {
+                instance: id(1),
+                incarnation: 1,
+                end: end1
+            }]
+        );
+        // Sealing twice writes nothing: the life is sealed.
+        let again = scan_threads(c.storage.as_ref(), &c.layout, &[id(1)]).unwrap();
+        assert!(
+            seal_lost(c.storage.as_ref(), &c.layout, id(2), &again, &[id(1)])
+                .unwrap()
+                .is_empty()
+        );
+
+        // The write life 1 had in flight lands now, after the seal: a change to block 3 at an
+        // SCN above everything.
+        late_write(c.storage.as_ref(), thread, 1, end1, &[record(99, 3, 0xee)]);
+        let (scns, end) = scanned(&c, 1);
+        assert_eq!(scns, vec![1, 2], "a later recovery never reads it");
+        assert_eq!((end.next_sequence, end.reason), (end1, EndReason::Sealed));
+
+        // Life 2 starts past the gap, and its own commits are read after life 1's.
+        let life2 = begin(&c, 1);
+        assert_eq!(life2.incarnation(), 2);
+        assert_eq!(life2.next_sequence(), end1 + IN_FLIGHT_GAP);
+        life2.commit(&[record(3, 4, 0xb1)]).unwrap();
+        // Another held write of life 1 lands, in the gap.
+        late_write(c.storage.as_ref(), thread, 1, end1 + 1, &[record(98, 5, 0xef)]);
+        let (scns, end) = scanned(&c, 1);
+        assert_eq!(scns, vec![1, 2, 3]);
+        assert_eq!((end.incarnation, end.next_sequence), (2, life2.next_sequence()));
+        let slot = format::read_slot(c.storage.as_ref(), &c.layout, id(1)).unwrap();
+        assert_eq!(
+            slot.lives,
+            vec![
+                Life {
+                    incarnation: 1,
+                    start: 1,
+                    end: Some(end1)
+                },
+                Life {
+                    incarnation: 2,
+                    start: end1 + IN_FLIGHT_GAP,
+                    end: None
+                }
+            ]
+        );
+        let end2 = life2.next_sequence();
+        drop(life2);
+
+        // Whole-cluster restart applies both lives and neither late write, and ends life 2.
+        let report = restart(c.storage.as_ref(), &c.layout).unwrap();
+        assert_eq!(report.records_read, 3);
+        assert_eq!(block_scn(&c, 1), Some(Scn(1)));
+        assert_eq!(block_scn(&c, 4), Some(Scn(3)));
+        assert_eq!(block_scn(&c, 3), None, "the late write is never applied");
+        assert_eq!(block_scn(&c, 5), None);
+        // Life 2's own late write after the restart is never read either.
+        late_write(c.storage.as_ref(), thread, 2, end2, &[record(97, 6, 0xec)]);
+        let life3 = begin(&c, 1);
+        assert_eq!(life3.incarnation(), 3);
+        assert_eq!(life3.next_sequence(), end2 + IN_FLIGHT_GAP);
+        let (scns, _) = scanned(&c, 1);
+        assert!(scns.is_empty(), "{scns:?}");
+        let slot = format::read_slot(c.storage.as_ref(), &c.layout, id(1)).unwrap();
+        assert_eq!(slot.state, SlotState::Down);
+        assert_eq!(slot.incarnation(), 3);
+        assert_eq!(slot.lives.len(), 1, "lives before the checkpoint are dropped");
+    }
+
+    #[test]
+    fn a_torn_seal_write_keeps_the_seals_before_it() {
+        let c = cluster();
+        let seal = |instance: u64, end: u64| Seal {
+            instance: id(instance),
+            incarnation: 4,
+            end,
+        };
+        // Torn writes: the first 512 bytes of the new sector land over what was there. (The
+        // seals used here sit past byte 512 of the sector, so a tear cuts them off.)
+        let tear = |copy: u64, set: &SealSet| {
+            let offset = c.layout.seal_offset(id(0), copy).unwrap();
+            let mut sector = AlignedBuf::new(SECTOR, SECTOR).unwrap();
+            c.storage.read_at(offset, &mut sector).unwrap();
+            let mut new = vec![0u8; SECTOR];
+            set.encode(id(0), &mut new);
+            sector[..512].copy_from_slice(&new[..512]);
+            c.storage.write_at(offset, &sector, IoClass::Data).unwrap();
+        };
+        // The very first seal write torn: no seal was ever complete, and none is read.
+        tear(
+            1,
+            &SealSet {
+                generation: 1,
+                seals: vec![seal(40, 50)],
+            },
+        );
+        assert_eq!(
+            format::read_seals(c.storage.as_ref(), &c.layout, id(0)).unwrap(),
+            SealSet::default()
+        );
+        let mut set = SealSet::default();
+        set.put(seal(40, 50));
+        format::write_seals(c.storage.as_ref(), &c.layout, id(0), &mut set).unwrap();
+        // The next seal (of instance 50) is torn: the seal of instance 40 stays readable.
+        let mut next = set.clone();
+        next.put(seal(50, 70));
+        next.generation += 1;
+        tear(next.generation % 2, &next);
+        let read = format::read_seals(c.storage.as_ref(), &c.layout, id(0)).unwrap();
+        assert_eq!(read, set);
+        // Written whole, it wins over the older copy.
+        let mut whole = read.clone();
+        whole.put(seal(50, 70));
+        format::write_seals(c.storage.as_ref(), &c.layout, id(0), &mut whole).unwrap();
+        let read = format::read_seals(c.storage.as_ref(), &c.layout, id(0)).unwrap();
+        assert_eq!(read.seals, vec![seal(40, 50), seal(50, 70)]);
+        // Both copies damaged is an error, never "no seals".
+        let mut more = whole.clone();
+        more.put(seal(60, 90));
+        tear(0, &more);
+        tear(1, &more);
+        assert!(matches!(
+            format::read_seals(c.storage.as_ref(), &c.layout, id(0)),
+            Err(SlotError::Sector { .. })
+        ));
+        assert!(scan_threads(c.storage.as_ref(), &c.layout, &[id(1)]).is_err());
+    }
+}

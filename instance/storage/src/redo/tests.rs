@@ -1,6 +1,7 @@
 //! Tests of the writer and reader together, on the faulty storage and on real files.
 
 use super::*;
+use super::writer::IN_FLIGHT_GAP;
 use crate::faulty::{FaultConfig, FaultyStorage, MILLION};
 use crate::format::{Life, RedoThreadLocation};
 use crate::{
@@ -375,4 +376,114 @@ fn group_commit_shares_syncs_on_the_io_uring_redo_ring() {
         ..StorageOptions::default()
     };
     group_commit_on(&options, "the io_uring redo ring");
+}
+
+/// Writes `records` as one write of life `incarnation` at `first`, straight to storage: a
+/// write of that life that the storage path held and that lands now. Returns its blocks.
+pub(crate) fn late_write(
+    storage: &dyn SharedStorage,
+    thread: RedoThreadLocation,
+    incarnation: u32,
+    first: u64,
+    records: &[RedoRecord],
+) -> u64 {
+    let mut stream = Vec::new();
+    codec::encode_entry(records, &mut stream).unwrap();
+    let blocks = codec::blocks_for(stream.len());
+    let mut buf = crate::AlignedBuf::new(blocks * 4096, 4096).unwrap();
+    let ident = LogIdent {
+        cluster_id: thread.cluster_id,
+        instance: thread.instance,
+        incarnation,
+    };
+    codec::pack_batch(&stream, &[0], ident, first, &mut buf);
+    let ring = thread.size / 4096;
+    for (k, block) in buf.chunks(4096).enumerate() {
+        let at = thread.offset + ((first + k as u64) % ring) * 4096;
+        storage.write_at(at, block, IoClass::Redo).unwrap();
+    }
+    storage.sync(IoClass::Redo).unwrap();
+    blocks as u64
+}
+
+#[test]
+fn a_late_write_of_a_sealed_life_is_never_read_even_across_the_end_of_the_ring() {
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(4),
+    ));
+    let t = thread(0, THREAD_SIZE);
+    let ring = THREAD_SIZE / 4096;
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
+    assert_eq!((writer.incarnation(), writer.next_sequence()), (1, 1));
+    // Life 1 fills the ring up to 40 blocks before its end, checkpointing once (a write of
+    // it, late or not, never reaches past its checkpoint's lap), then dies.
+    let mut life1 = Vec::new();
+    let mut scn = 0;
+    let mut checkpoint = 1;
+    while writer.next_sequence() < ring - 40 {
+        scn += 1;
+        let commit = vec![record(scn, 1, 3000)];
+        writer.commit(&commit).unwrap();
+        life1.extend(commit);
+        if checkpoint == 1 && writer.next_sequence() > 200 {
+            checkpoint = writer.next_sequence();
+            writer.set_checkpoint(checkpoint).unwrap();
+            life1.clear();
+        }
+    }
+    let sealed = writer.next_sequence();
+    drop(writer);
+    // A survivor read it to `sealed` and sealed it there.
+    let (records, end) = read_all(faulty.as_ref(), t, checkpoint, &lives);
+    assert_eq!((records, end.next_sequence, end.incarnation), (life1.clone(), sealed, 1));
+    lives[0].end = Some(sealed);
+    // Its held write lands now: 60 blocks that run past the end of the ring.
+    let late: Vec<RedoRecord> = (0..10).map(|b| record(10_000, 9 + b, 24_000)).collect();
+    let late_blocks = late_write(faulty.as_ref(), t, 1, sealed, &late);
+    assert!(sealed % ring + late_blocks > ring, "the late write wraps");
+    let (records, end) = read_all(faulty.as_ref(), t, checkpoint, &lives);
+    assert_eq!(records, life1, "nothing past the seal is read");
+    assert_eq!(end.reason, EndReason::Sealed);
+
+    // Life 2 starts past the largest write life 1 could have had in flight, across the end of
+    // the ring (recovery checkpointed life 1 away).
+    let (writer, end) = open_life(faulty.clone(), t, sealed, &mut lives);
+    assert_eq!(end.next_sequence, sealed);
+    assert_eq!(writer.incarnation(), 2);
+    assert_eq!(writer.next_sequence(), sealed + IN_FLIGHT_GAP);
+    assert!(writer.next_sequence() > ring);
+    let mut life2 = Vec::new();
+    for _ in 0..20 {
+        scn += 1;
+        let commit = vec![record(scn, 2, 5000)];
+        writer.commit(&commit).unwrap();
+        life2.extend(commit);
+    }
+    // Another write of life 1 lands late, in the gap: still never read.
+    late_write(faulty.as_ref(), t, 1, sealed + 3, &[record(10_001, 9, 100)]);
+    let (records, end) = read_all(faulty.as_ref(), t, sealed, &lives);
+    assert_eq!(records, life2);
+    assert_eq!((end.incarnation, end.next_sequence), (2, writer.next_sequence()));
+
+    // A block of life 2 that rots is corruption once its life is sealed past it.
+    let rotten = sealed + IN_FLIGHT_GAP + 1;
+    faulty.flip_bit((rotten % ring) * 4096 + 200, 1);
+    // (Life 1 ends at the checkpoint: the slot no longer lists it.)
+    assert_eq!(lives.len(), 1);
+    let mut sealed_lives = lives.clone();
+    sealed_lives[0].end = Some(writer.next_sequence());
+    let mut reader = RedoReader::new(faulty.as_ref(), t, sealed, &sealed_lives).unwrap();
+    let error = loop {
+        match reader.next_record() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the rotten block was not reported"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(error, RedoReadError::DamagedBeforeSeal { sequence, incarnation: 2, .. } if sequence == rotten),
+        "{error}"
+    );
 }
