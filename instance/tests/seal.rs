@@ -143,9 +143,13 @@ fn a_redo_write_landing_after_recovery_is_never_applied() {
     assert_eq!(seal.incarnation, incarnation);
     drop(storage);
 
-    // The write instance 1 had in flight lands now: block 7, at an SCN above everything.
+    // The write instance 1 had in flight lands now: block 7, at an SCN above its newest.
+    let newest = instances[0]
+        .read(instances[0].block(7).unwrap())
+        .unwrap()
+        .scn();
     let late = RedoRecord {
-        scn: Scn(u64::MAX / 4),
+        scn: Scn(newest.0 + 1000),
         block: instances[0].block(7).unwrap(),
         offset: BLOCK_HEADER_LEN as u32,
         bytes: b"LATE LATE".to_vec(),
