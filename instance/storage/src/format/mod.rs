@@ -1,9 +1,11 @@
-//! The on-storage format: the control area (cluster header and the voting area's instance
-//! slots), the redo threads' places, and the data area's blocks with their headers.
+//! The on-storage format: the control area (cluster header, the voting area's instance
+//! slots and the instances' seal sectors), the redo threads' places, and the data area's
+//! blocks with their headers.
 //!
 //! This module owns where things are on the shared storage ([`Layout`]), creating a cluster
 //! ([`create`]), validating one at open ([`open`]), the slots ([`read_slot`],
-//! [`write_slot`]) and the block header ([`block`]). It must never overwrite storage holding
+//! [`write_slot`]), the seal sectors ([`read_seals`], [`write_seals`]) and the block header
+//! ([`block`]). It must never overwrite storage holding
 //! data unless told to, never accept a control sector or a block that fails verification, and
 //! never interpret redo (that is [`crate::redo`]). The layout, byte by byte, follows.
 //!
