@@ -26,10 +26,10 @@
 //! slot or seal sector (the one exception is [`crate::recovery::restart`], which ends lives in
 //! their owners' slots while no instance runs).
 
+use crate::SharedStorage;
 use crate::format::{self, InstanceSlot, Layout, Life, Seal, SealSet, SlotError};
 use crate::recovery::ThreadScan;
 use crate::redo::{GroupCommitConfig, LogEnd, RedoOpenError, RedoWriter};
-use crate::SharedStorage;
 use interconnect::InstanceId;
 use std::sync::Arc;
 
@@ -239,9 +239,14 @@ mod tests {
 
     fn block_scn(c: &Cluster, block: u32) -> Option<Scn> {
         let mut buf = AlignedBuf::new(c.layout.block_size as usize, SECTOR).unwrap();
-        format::read_block(c.storage.as_ref(), &c.layout, BlockId::new(0, block), &mut buf)
-            .ok()
-            .map(|h| h.scn)
+        format::read_block(
+            c.storage.as_ref(),
+            &c.layout,
+            BlockId::new(0, block),
+            &mut buf,
+        )
+        .ok()
+        .map(|h| h.scn)
     }
 
     #[test]
@@ -287,10 +292,19 @@ mod tests {
         assert_eq!(life2.next_sequence(), end1 + IN_FLIGHT_GAP);
         life2.commit(&[record(3, 4, 0xb1)]).unwrap();
         // Another held write of life 1 lands, in the gap.
-        late_write(c.storage.as_ref(), thread, 1, end1 + 1, &[record(98, 5, 0xef)]);
+        late_write(
+            c.storage.as_ref(),
+            thread,
+            1,
+            end1 + 1,
+            &[record(98, 5, 0xef)],
+        );
         let (scns, end) = scanned(&c, 1);
         assert_eq!(scns, vec![1, 2, 3]);
-        assert_eq!((end.incarnation, end.next_sequence), (2, life2.next_sequence()));
+        assert_eq!(
+            (end.incarnation, end.next_sequence),
+            (2, life2.next_sequence())
+        );
         let slot = format::read_slot(c.storage.as_ref(), &c.layout, id(1)).unwrap();
         assert_eq!(
             slot.lives,
@@ -327,7 +341,11 @@ mod tests {
         let slot = format::read_slot(c.storage.as_ref(), &c.layout, id(1)).unwrap();
         assert_eq!(slot.state, SlotState::Down);
         assert_eq!(slot.incarnation(), 3);
-        assert_eq!(slot.lives.len(), 1, "lives before the checkpoint are dropped");
+        assert_eq!(
+            slot.lives.len(),
+            1,
+            "lives before the checkpoint are dropped"
+        );
     }
 
     #[test]

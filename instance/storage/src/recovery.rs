@@ -22,9 +22,7 @@
 //! (the GCS recovery set does) and never takes locks: callers make sure no one else writes
 //! the blocks (and, for [`restart`], no instance runs).
 
-use crate::format::{
-    self, BLOCK_HEADER_LEN, BlockError, Checkpoint, Layout, SlotError,
-};
+use crate::format::{self, BLOCK_HEADER_LEN, BlockError, Checkpoint, Layout, SlotError};
 use crate::life::ClusterLives;
 use crate::redo::EndReason;
 use crate::redo::{LogEnd, RedoReadError, RedoReader, RedoRecord};

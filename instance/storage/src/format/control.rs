@@ -618,7 +618,10 @@ mod tests {
             });
         }
         assert_eq!(set.seals.len(), 2);
-        assert_eq!(set.seal_of(InstanceId::new(5).unwrap()).map(|s| s.end), Some(120));
+        assert_eq!(
+            set.seal_of(InstanceId::new(5).unwrap()).map(|s| s.end),
+            Some(120)
+        );
         let mut sector = vec![0u8; SECTOR];
         set.encode(owner, &mut sector);
         assert_eq!(SealSet::decode(owner, &sector), Ok(set));

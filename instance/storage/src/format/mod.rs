@@ -18,8 +18,7 @@ pub use block::{
     BLOCK_HEADER_LEN, BlockError, BlockHeader, read_block, seal_block, verify_block, write_block,
 };
 pub use control::{
-    Checkpoint, ControlHeader, InstanceSlot, Life, MAX_LIVES, Seal, SealSet, SectorError,
-    SlotState,
+    Checkpoint, ControlHeader, InstanceSlot, Life, MAX_LIVES, Seal, SealSet, SectorError, SlotState,
 };
 
 use crate::{self as storage, AlignedBuf, IoClass, SharedStorage, StorageError, StorageOptions};

@@ -670,7 +670,13 @@ mod tests {
                 found: 3
             })
         );
-        assert_eq!(decode_block(&blocks, ident(), 5).unwrap().header.incarnation, 3);
+        assert_eq!(
+            decode_block(&blocks, ident(), 5)
+                .unwrap()
+                .header
+                .incarnation,
+            3
+        );
         assert!(matches!(
             decode_block(&blocks, ident(), 6),
             Err(LogBlockError::Sequence {

@@ -1,7 +1,7 @@
 //! Tests of the writer and reader together, on the faulty storage and on real files.
 
-use super::*;
 use super::writer::IN_FLIGHT_GAP;
+use super::*;
 use crate::faulty::{FaultConfig, FaultyStorage, MILLION};
 use crate::format::{Life, RedoThreadLocation};
 use crate::{
@@ -56,9 +56,14 @@ fn open_life(
     checkpoint: u64,
     lives: &mut Vec<Life>,
 ) -> (RedoWriter, LogEnd) {
-    let (writer, new_lives, end) =
-        RedoWriter::open(storage, thread, checkpoint, lives, GroupCommitConfig::default())
-            .unwrap();
+    let (writer, new_lives, end) = RedoWriter::open(
+        storage,
+        thread,
+        checkpoint,
+        lives,
+        GroupCommitConfig::default(),
+    )
+    .unwrap();
     *lives = new_lives;
     (writer, end)
 }
@@ -437,7 +442,10 @@ fn a_late_write_of_a_sealed_life_is_never_read_even_across_the_end_of_the_ring()
     drop(writer);
     // A survivor read it to `sealed` and sealed it there.
     let (records, end) = read_all(faulty.as_ref(), t, checkpoint, &lives);
-    assert_eq!((records, end.next_sequence, end.incarnation), (life1.clone(), sealed, 1));
+    assert_eq!(
+        (records, end.next_sequence, end.incarnation),
+        (life1.clone(), sealed, 1)
+    );
     lives[0].end = Some(sealed);
     // Its held write lands now: 60 blocks that run past the end of the ring.
     let late: Vec<RedoRecord> = (0..10).map(|b| record(10_000, 9 + b, 24_000)).collect();
@@ -465,7 +473,10 @@ fn a_late_write_of_a_sealed_life_is_never_read_even_across_the_end_of_the_ring()
     late_write(faulty.as_ref(), t, 1, sealed + 3, &[record(10_001, 9, 100)]);
     let (records, end) = read_all(faulty.as_ref(), t, sealed, &lives);
     assert_eq!(records, life2);
-    assert_eq!((end.incarnation, end.next_sequence), (2, writer.next_sequence()));
+    assert_eq!(
+        (end.incarnation, end.next_sequence),
+        (2, writer.next_sequence())
+    );
 
     // A block of life 2 that rots is corruption once its life is sealed past it.
     let rotten = sealed + IN_FLIGHT_GAP + 1;
