@@ -220,7 +220,8 @@ fn stats_follow_fullness_syncs_and_the_checkpoint() {
         SimRng::new(2),
     ));
     let t = thread(0, THREAD_SIZE);
-    let (writer, _) = RedoWriter::open(faulty, t, 1, GroupCommitConfig::default()).unwrap();
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty, t, 1, &mut lives);
     let empty = writer.stats();
     assert_eq!(empty.thread_bytes, THREAD_SIZE);
     assert_eq!(empty.used_bytes, 0);
