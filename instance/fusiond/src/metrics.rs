@@ -444,5 +444,8 @@ pub fn info_section(instance: &Instance, configured_members: usize) -> String {
         ms(timing.reconfigured_to_served),
         ms(timing.reconfigured_to_recovered),
     ));
+    if let Ok(events) = instance.events() {
+        out.push_str(&crate::timeline::info_lines(&events));
+    }
     out
 }
