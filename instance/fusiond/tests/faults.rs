@@ -790,9 +790,9 @@ fn a_failing_data_write_stops_its_instance_and_nothing_is_lost() {
     let stall = faulty.stall.as_ref().unwrap();
     stall.fail_writes_from(Some(data_offset));
     // SAVE makes instance 1 write its dirty blocks now: it must not succeed once a write
-    // failed. Its clients' increments may all have moved to other instances' caches: then
-    // it has nothing to write, SAVE succeeds without a write, and an increment through it
-    // dirties a block again.
+    // failed. The blocks its clients changed may all have moved to other instances' caches:
+    // then it has nothing to write, SAVE succeeds without a write, and an increment through
+    // it dirties a block again.
     let deadline = Instant::now() + REACT;
     let saved = loop {
         let saved = faulty
@@ -813,7 +813,8 @@ fn a_failing_data_write_stops_its_instance_and_nothing_is_lost() {
             Instant::now() < deadline,
             "instance 1 never had a dirty block to write"
         );
-        let _ = faulty.cluster.client(1).call(&["INCR", &key(0)]);
+        // A key outside the checked counters: its answer is nobody's acknowledgement.
+        let _ = faulty.cluster.client(1).call(&["INCR", "fault:save"]);
     };
     assert!(
         stall.failed_writes() > 0,
