@@ -113,7 +113,12 @@ fn value_of(n: u64, seed: u64, len: usize) -> Vec<u8> {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
-    format!("{z:016x}").into_bytes().into_iter().cycle().take(len).collect()
+    format!("{z:016x}")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(len)
+        .collect()
 }
 
 fn victim_key(n: u64) -> String {
@@ -213,10 +218,8 @@ fn milestones(info: &BTreeMap<String, String>, epoch: u64) -> Milestones {
         if !key.starts_with("event_") {
             continue;
         }
-        let fields: BTreeMap<&str, &str> = value
-            .split(',')
-            .filter_map(|f| f.split_once('='))
-            .collect();
+        let fields: BTreeMap<&str, &str> =
+            value.split(',').filter_map(|f| f.split_once('=')).collect();
         let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
         let (Some(at), Some(e)) = (number("unix_ms"), number("epoch")) else {
             continue;
@@ -286,7 +289,11 @@ fn drive(options: &Options, index: u32, cluster: &mut LocalCluster) -> Result<Ro
     cluster.start_all(DEADLINE)?;
     let seed = (now_ms() as u64) ^ u64::from(index);
     let mut r = RoundResult::default();
-    let epoch: u64 = cluster.info(0)?.get("epoch").ok_or("INFO: no epoch")?.parse()?;
+    let epoch: u64 = cluster
+        .info(0)?
+        .get("epoch")
+        .ok_or("INFO: no epoch")?
+        .parse()?;
 
     let started = now_ms();
     let mut victim = cluster.client(VICTIM)?;

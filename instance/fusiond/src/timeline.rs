@@ -64,3 +64,95 @@ pub fn info_lines(events: &[TimedEvent]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use interconnect::{Epoch, InstanceId};
+    use std::time::Duration;
+
+    fn at(ms: u64, event: InstanceEvent) -> TimedEvent {
+        TimedEvent {
+            at: Duration::from_millis(ms),
+            unix: Duration::from_millis(1_000_000 + ms),
+            event,
+        }
+    }
+
+    fn set(ids: &[u64]) -> InstanceSet {
+        ids.iter().map(|&i| InstanceId::new(i).unwrap()).collect()
+    }
+
+    #[test]
+    fn lists_the_newest_members_and_the_events_with_their_wall_clock() {
+        let events = vec![
+            at(
+                1,
+                InstanceEvent::Reconfigured {
+                    epoch: Epoch(1),
+                    live: set(&[0, 1, 2]),
+                    lost: set(&[]),
+                },
+            ),
+            at(
+                5,
+                InstanceEvent::Dead {
+                    peer: InstanceId::new(1).unwrap(),
+                },
+            ),
+            at(
+                9,
+                InstanceEvent::Reconfigured {
+                    epoch: Epoch(2),
+                    live: set(&[0, 2]),
+                    lost: set(&[1]),
+                },
+            ),
+            at(
+                12,
+                InstanceEvent::Recovered {
+                    epoch: Epoch(2),
+                    blocks: 7,
+                },
+            ),
+            at(
+                13,
+                InstanceEvent::Stopped {
+                    reason: "a, b\r\nc".into(),
+                },
+            ),
+        ];
+        let text = info_lines(&events);
+        let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+        assert_eq!(
+            lines,
+            [
+                "members:0,2",
+                "event_0:unix_ms=1000001,kind=reconfigured,epoch=1,live=0|1|2,lost=",
+                "event_1:unix_ms=1000005,kind=dead,peer=1",
+                "event_2:unix_ms=1000009,kind=reconfigured,epoch=2,live=0|2,lost=1",
+                "event_3:unix_ms=1000012,kind=recovered,epoch=2,blocks=7",
+                "event_4:unix_ms=1000013,kind=stopped,reason=a  b  c",
+            ]
+        );
+    }
+
+    #[test]
+    fn keeps_only_the_latest_events_and_no_members_before_an_epoch() {
+        let events: Vec<TimedEvent> = (0..INFO_EVENTS as u64 + 5)
+            .map(|n| {
+                at(
+                    n,
+                    InstanceEvent::Suspected {
+                        peer: InstanceId::new(1).unwrap(),
+                    },
+                )
+            })
+            .collect();
+        let text = info_lines(&events);
+        assert!(!text.contains("members:"));
+        assert_eq!(text.matches("event_").count(), INFO_EVENTS);
+        assert!(text.starts_with("event_0:unix_ms=1000005,"), "{text}");
+    }
+}
