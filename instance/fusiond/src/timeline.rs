@@ -1,4 +1,4 @@
-//! The instance's failure handling as `INFO` lines: the members of its newest epoch and its
+//! The instance's failure handling as `INFO` lines: the members of its epoch and its
 //! latest events (suspicions, new epochs, rebuilds, recoveries, its stop) with wall-clock
 //! times, so an operator, a test or a bench sees when each step happened without reading
 //! logs. It only formats what `Instance::events` returns; it must never change the instance.
@@ -12,8 +12,7 @@ pub const INFO_EVENTS: usize = 32;
 
 /// A set as `0|2` (`|`: `,` separates an event's fields).
 fn set(members: InstanceSet) -> String {
-    let ids: Vec<String> = members.iter().map(|m| m.to_string()).collect();
-    ids.join("|")
+    member_list(members).replace(',', "|")
 }
 
 /// Free text made safe for one `INFO` field.
@@ -21,18 +20,16 @@ fn text(s: &str) -> String {
     s.replace(['\r', '\n', ','], " ")
 }
 
-/// `members:0,2` (the newest epoch's, if any) and `event_<n>:unix_ms=..,kind=..,...` for the
-/// last [`INFO_EVENTS`] of `events`, each line ending in CRLF.
+/// The members as `0,2`: `INFO`'s `members` field.
+pub fn member_list(members: InstanceSet) -> String {
+    let ids: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+    ids.join(",")
+}
+
+/// `event_<n>:unix_ms=..,kind=..,...` for the last [`INFO_EVENTS`] of `events`, each line
+/// ending in CRLF.
 pub fn info_lines(events: &[TimedEvent]) -> String {
     let mut out = String::new();
-    let newest = events.iter().rev().find_map(|e| match &e.event {
-        InstanceEvent::Reconfigured { live, .. } => Some(*live),
-        _ => None,
-    });
-    if let Some(live) = newest {
-        let ids: Vec<String> = live.iter().map(|m| m.to_string()).collect();
-        out.push_str(&format!("members:{}\r\n", ids.join(",")));
-    }
     let skip = events.len().saturating_sub(INFO_EVENTS);
     for (n, e) in events.iter().skip(skip).enumerate() {
         let what = match &e.event {
@@ -85,7 +82,7 @@ mod tests {
     }
 
     #[test]
-    fn lists_the_newest_members_and_the_events_with_their_wall_clock() {
+    fn lists_the_events_with_their_wall_clock() {
         let events = vec![
             at(
                 1,
@@ -123,12 +120,12 @@ mod tests {
                 },
             ),
         ];
+        assert_eq!(member_list(set(&[0, 2])), "0,2");
         let text = info_lines(&events);
         let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
         assert_eq!(
             lines,
             [
-                "members:0,2",
                 "event_0:unix_ms=1000001,kind=reconfigured,epoch=1,live=0|1|2,lost=",
                 "event_1:unix_ms=1000005,kind=dead,peer=1",
                 "event_2:unix_ms=1000009,kind=reconfigured,epoch=2,live=0|2,lost=1",
@@ -139,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn keeps_only_the_latest_events_and_no_members_before_an_epoch() {
+    fn keeps_only_the_latest_events() {
         let events: Vec<TimedEvent> = (0..INFO_EVENTS as u64 + 5)
             .map(|n| {
                 at(
@@ -151,7 +148,6 @@ mod tests {
             })
             .collect();
         let text = info_lines(&events);
-        assert!(!text.contains("members:"));
         assert_eq!(text.matches("event_").count(), INFO_EVENTS);
         assert!(text.starts_with("event_0:unix_ms=1000005,"), "{text}");
     }
