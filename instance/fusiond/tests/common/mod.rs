@@ -1,5 +1,7 @@
-//! What the fusiond process tests share: a cluster of `fusiond` processes over one shared
-//! file on loopback, a small RESP client, and the clients' binaries where installed.
+//! What the fusiond process tests share: `fusiond::local`'s cluster of `fusiond` processes
+//! over one shared file on loopback in a temporary folder (one cluster per test binary at a
+//! time, failures panicking with the logs), its RESP client, the INCR workload and its
+//! checks, and the clients' binaries where installed.
 //!
 //! Deadlines are generous (CI shares two noisy cores); nothing here measures time.
 
