@@ -347,23 +347,28 @@ impl Faulty {
         reason.to_string()
     }
 
-    /// The survivors `ids` reach one epoch after `epoch` whose members are `ids`, and each
-    /// serves increments at it.
+    /// The survivors `ids` reach one epoch after `epoch` whose members are `ids`, finish
+    /// recovering the lost instances, and each serves increments at it.
     fn expect_survivors(&self, ids: &[usize], epoch: u64, workload: &Workload) {
         let deadline = Instant::now() + REACT;
         loop {
             let epochs: Vec<u64> = ids.iter().map(|&id| self.epoch(id)).collect();
             let members: Vec<Vec<usize>> = ids.iter().map(|&id| self.members(id)).collect();
+            let recovering: Vec<String> = ids
+                .iter()
+                .map(|&id| self.info(id, "recovery_running"))
+                .collect();
             if epochs.iter().all(|&e| e == epochs[0] && e > epoch)
                 && members.iter().all(|m| m == ids)
+                && recovering.iter().all(|r| r == "0")
             {
-                eprintln!("survivors {ids:?} at epoch {}", epochs[0]);
+                eprintln!("survivors {ids:?} at epoch {}, recovered", epochs[0]);
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "the survivors {ids:?} are at epochs {epochs:?} with members {members:?} \
-                 (before: {epoch})\n{}",
+                "the survivors {ids:?} are at epochs {epochs:?} with members {members:?}, \
+                 recovery running {recovering:?} (before: epoch {epoch})\n{}",
                 self.cluster.logs()
             );
             std::thread::sleep(Duration::from_millis(200));
