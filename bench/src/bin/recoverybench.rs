@@ -268,10 +268,9 @@ fn round(options: &Options, index: u32, dir: &Path, fusiond: &Path) -> Result<Ro
     cluster_options.cluster_id =
         0x5EC0_0000 + u64::from(std::process::id() % 0xFFFF) * 16 + u64::from(index);
     let data_bytes = options.keys * 8192;
-    // The victim's redo stays well below the background checkpoint's threshold (half the
-    // thread by default), where it would write its blocks: a value takes whole log blocks,
-    // and the tree's own changes come on top.
-    let redo = 4 * options.keys * (options.value_bytes as u64 + 1024) + (64 << 20);
+    // The victim's redo stays below half its thread (where the background checkpoint would
+    // write its blocks): values, plus room for the tree's own changes.
+    let redo = 2 * options.keys * (options.value_bytes as u64 + 512) + (32 << 20);
     cluster_options.redo_mib = redo.div_ceil(1 << 20);
     cluster_options.data_mib = (2 * data_bytes).div_ceil(1 << 20) + 64;
     // Every block the victim writes stays cached.
