@@ -119,6 +119,11 @@ pub enum StartError {
     /// This instance's redo thread could not be scanned.
     #[error("scanning this instance's redo: {0}")]
     Recovery(#[from] crate::recovery::RecoveryError),
+    /// The voting area names the last epoch there is: no cluster can start above it.
+    #[error(
+        "the voting area's Paxos blocks name epoch {0}, the last one: the epoch counter is exhausted (reformat the storage)"
+    )]
+    EpochsExhausted(Epoch),
     /// `storage.fencing = "reservation"`, and the storage does not support persistent
     /// reservations or refused this instance's registration (never a silent fallback to the
     /// lease).
@@ -1170,6 +1175,9 @@ impl Setting<'_> {
         // have died, or it may have been lost.
         let mut asked_to_join: Option<Instant> = None;
         let mut early = Vec::new();
+        // Bounded as the core bounds frames of a future epoch; what a peer sends beyond that
+        // before the admission is dropped and counted.
+        let (mut early_bytes, mut early_dropped) = (0usize, 0u64);
         let mut events = Vec::new();
         let send = |transport: &mut T, to, message: ClusterMessage| {
             let mut body = Vec::new();
@@ -1232,7 +1240,10 @@ impl Setting<'_> {
                         // Readers of it get the same error; everything else recovered.
                         eprintln!("fusion: whole-cluster recovery could not rebuild: {corrupt}");
                     }
-                    let epoch = Epoch(self.highest_paxos_epoch().0 + 1);
+                    let highest = self.highest_paxos_epoch();
+                    let epoch = highest
+                        .checked_next()
+                        .ok_or(StartError::EpochsExhausted(highest))?;
                     let live = if everyone { configured } else { present };
                     for peer in live.iter().filter(|p| *p != me) {
                         send(transport, peer, ClusterMessage::Formed { epoch, live });
@@ -1271,7 +1282,15 @@ impl Setting<'_> {
                     | TransportEvent::BlockLanded { header, body, .. } => {
                         if header.service != Service::Instance {
                             // An admission's rebuild starts at once: keep it for the core.
-                            early.push((header, body));
+                            if early.len() < crate::core::MAX_FUTURE_MESSAGES
+                                && early_bytes.saturating_add(body.len())
+                                    <= crate::core::MAX_FUTURE_BYTES
+                            {
+                                early_bytes += body.len();
+                                early.push((header, body));
+                            } else {
+                                early_dropped += 1;
+                            }
                             continue;
                         }
                         match ClusterMessage::decode(&body) {
@@ -1289,13 +1308,22 @@ impl Setting<'_> {
                             Ok(ClusterMessage::Hello { running: false, .. }) => {
                                 answered.insert(header.source);
                             }
+                            // Only the lowest id present forms the cluster, and only a member of
+                            // the epoch it decided admits: a peer's word for anything else is
+                            // not taken (nor a membership beyond the configured instances).
                             Ok(ClusterMessage::Formed { epoch, live })
-                                if live.contains(me) && entered.is_none() =>
+                                if live.contains(me)
+                                    && live.lowest() == Some(header.source)
+                                    && live.bits() & !configured.bits() == 0
+                                    && entered.is_none() =>
                             {
                                 entered = Some(Entry::Formed { epoch, live });
                             }
                             Ok(ClusterMessage::Reconfigure { epoch, live })
-                                if live.contains(me) && entered.is_none() =>
+                                if live.contains(me)
+                                    && live.contains(header.source)
+                                    && live.bits() & !configured.bits() == 0
+                                    && entered.is_none() =>
                             {
                                 entered = Some(Entry::Joined { epoch, live });
                             }
@@ -1306,6 +1334,11 @@ impl Setting<'_> {
                 }
             }
             if let Some(entry) = entered {
+                if early_dropped > 0 {
+                    eprintln!(
+                        "fusion: instance {me}: {early_dropped} frames that came before the admission were past the bound and dropped"
+                    );
+                }
                 return Ok((entry, connected, early));
             }
         }

@@ -2127,7 +2127,10 @@ impl Sim {
         if lost.is_empty() {
             return;
         }
-        self.epoch = self.epoch.next();
+        self.epoch = self
+            .epoch
+            .checked_next()
+            .expect("the simulated epochs stay small");
         self.members = live;
         let epoch = self.epoch;
         self.trace(|| format!("cluster: {epoch:?} with {live:?}, lost {lost:?}"));
@@ -2362,7 +2365,10 @@ impl Sim {
             return;
         }
         self.stats.restarts += 1;
-        self.epoch = self.epoch.next();
+        self.epoch = self
+            .epoch
+            .checked_next()
+            .expect("the simulated epochs stay small");
         let mut live = self.members;
         live.insert(id(node));
         self.members = live;

@@ -314,8 +314,9 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
                 .map(|v| v.split(',').filter_map(|f| f.split_once('=')).collect())
                 .unwrap_or_default();
             let count = fields.get("count").copied().unwrap_or("?");
-            if kind == "local" {
-                transfers.push_str(&format!(" {kind} {count};"));
+            // Latencies of a kind that never happened say nothing.
+            if kind == "local" || count == "0" {
+                transfers.push_str(&format!(" {} {count};", kind.replace('_', "-")));
                 continue;
             }
             let p50 = fields.get("p50_us").copied().unwrap_or("?");
@@ -384,9 +385,26 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
                 }
             }
         }
+        // INFO says -1 for a step that has not happened (no failure handled yet).
+        let step = |key: &str| match get(key).as_str() {
+            "-1" => "-".to_string(),
+            ms => format!("{ms} ms"),
+        };
+        let last_failure = if get("last_failure_suspected_to_reconfigured_ms") == "-1"
+            && get("last_failure_reconfigured_to_recovered_ms") == "-1"
+        {
+            "none".to_string()
+        } else {
+            format!(
+                "suspected→reconfigured {}, →served {}, →recovered {}",
+                step("last_failure_suspected_to_reconfigured_ms"),
+                step("last_failure_reconfigured_to_served_ms"),
+                step("last_failure_reconfigured_to_recovered_ms"),
+            )
+        };
         println!(
             "  recovery: {} started, {} done, {} blocks rebuilt, running {}; last failure: \
-             suspected→reconfigured {} ms, →served {} ms, →recovered {} ms",
+             {last_failure}",
             get("recoveries_started"),
             get("recoveries_done"),
             get("blocks_recovered"),
@@ -395,9 +413,6 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
             } else {
                 "no"
             },
-            get("last_failure_suspected_to_reconfigured_ms"),
-            get("last_failure_reconfigured_to_served_ms"),
-            get("last_failure_reconfigured_to_recovered_ms"),
         );
         if get("recovery_running") == "1" {
             alerts.push(format!(
