@@ -467,6 +467,7 @@ pub fn redo_blocks(data: &[u8]) {
     let ident = storage::redo::LogIdent {
         cluster_id: ClusterId(7),
         instance: id(1),
+        incarnation: 1,
     };
     let mut assembler = EntryAssembler::new();
     let mut done = Vec::new();

@@ -93,9 +93,9 @@ pub enum StartError {
     /// This instance's slot could not be read or written.
     #[error("instance slot: {0}")]
     Slot(#[from] format::SlotError),
-    /// The redo thread could not be opened.
+    /// The redo thread could not be opened for a new life.
     #[error("redo thread: {0}")]
-    Redo(#[from] crate::redo::RedoOpenError),
+    Redo(#[from] crate::storage::life::LifeError),
     /// The landing region or buffer cache could not be set up.
     #[error("buffer cache: {0}")]
     Cache(String),
@@ -1027,21 +1027,15 @@ impl Setting<'_> {
         // Every timer of the running instance starts now: the time spent meeting the peers
         // must not count as their silence (nor eat the I/O lease).
         let origin = Instant::now();
-        // Redo opens after formation: whole-cluster recovery may have moved the checkpoint.
-        let slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;
-        let thread = self
-            .layout
-            .redo_thread(me)
-            .ok_or(format::SlotError::NoSlot {
-                instance: me,
-                max_instances: self.layout.max_instances,
-            })?;
-        let (redo, _end) = RedoWriter::open(
+        // Redo opens after formation: whole-cluster recovery may have moved the checkpoint. A
+        // new life of the thread begins past the previous one's seal.
+        let (redo, _end) = crate::storage::life::begin_life(
             Arc::clone(self.storage),
-            thread,
-            slot.checkpoint.sequence,
+            self.layout,
+            me,
             GroupCommitConfig::default(),
         )?;
+        let slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;
         let (epoch, live, joining) = match entry {
             Entry::Formed { epoch, live } => (epoch, live, false),
             Entry::Joined { epoch, live } => (epoch, live, true),

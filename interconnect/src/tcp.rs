@@ -63,7 +63,7 @@ use crate::{
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1088,7 +1088,7 @@ impl TcpTransport {
 /// Ends a handshake the acceptor refused: tells the dialer why (best effort: the connection
 /// is closed next either way), and returns the reason to close with.
 fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Close {
-    let _ = stream.write(&refusal.verdict[..]);
+    let _ = send_nosignal(stream, &[IoSlice::new(&refusal.verdict[..])]);
     Close::refused(refusal.error.into())
 }
 
@@ -1231,10 +1231,29 @@ fn deliver_staged(
     }
 }
 
+/// `writev` with `MSG_NOSIGNAL`: a peer that closed its end gives `EPIPE` here instead of a
+/// `SIGPIPE` that would kill a process embedding Fusion (C programs keep SIGPIPE's default).
+fn send_nosignal(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed msghdr is valid (no name, no control data); it points at `bufs`,
+    // whose IoSlices have the layout of iovec and outlive the call, and sendmsg only reads
+    // them.
+    let sent = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len() as _;
+        libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
 /// Writes queued bytes until the socket would block.
 fn flush(conn: &mut Conn) -> Result<(), Close> {
     while let Some((frame, written)) = conn.out.next() {
-        match conn.stream.write(&frame[*written..]) {
+        match send_nosignal(&conn.stream, &[IoSlice::new(&frame[*written..])]) {
             Ok(0) => {
                 return Err(Close::closed("socket closed while writing".into()));
             }
@@ -1304,7 +1323,7 @@ impl Transport for TcpTransport {
                 IoSlice::new(tag),
             ];
             let written = loop {
-                match conn.stream.write_vectored(&iov) {
+                match send_nosignal(&conn.stream, &iov) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
