@@ -89,6 +89,7 @@ mod holder;
 mod master;
 pub mod message;
 pub mod metrics;
+mod remaster;
 mod types;
 
 pub use engine::{
@@ -97,7 +98,8 @@ pub use engine::{
 pub use master::{MAX_DEFERRED, MAX_QUEUE_PER_BLOCK};
 pub use message::{DecodeError, GcsBody, GcsMessage, GrantKind, ReportEntry};
 pub use metrics::{Histogram, Metrics};
+pub use remaster::{MAX_DEFERRED_PER_OBJECT, MAX_OVERRIDES, RemasterStats};
 pub use types::{
-    BlockId, BlockMode, CommitDependency, GcsConfig, MasterDirectory, PlantedFault, RequestId,
-    ShipPolicy, TransferKind,
+    BlockId, BlockMode, CommitDependency, GcsConfig, MasterDirectory, PlantedFault, RemasterConfig,
+    RequestId, ShipPolicy, TransferKind,
 };
