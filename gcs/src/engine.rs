@@ -532,11 +532,6 @@ impl<D: MasterDirectory> Engine<D> {
             && self.remastering.is_idle()
     }
 
-    /// Remastering counters.
-    pub fn remaster_stats(&self) -> crate::RemasterStats {
-        self.remastering.stats
-    }
-
     /// Object moves in progress here: `(first block of the object, old master, new master)`.
     pub fn remaster_moves(&self) -> Vec<(BlockId, InstanceId, InstanceId)> {
         self.remastering.moves(self.id)

@@ -76,6 +76,11 @@
 //! assert!(!gcs.is_dirty(block));
 //! ```
 //!
+//! Masters move: with [`RemasterConfig::enabled`] a master counts acquisitions per object
+//! (a 128-block range) and hands the object's master state to the instance that dominates
+//! them, with grd's affinity counting (see `remaster.rs` for the protocol and why nothing is
+//! lost or reordered when a move races with requests or failures).
+//!
 //! Durability ordering is explicit: a dirty block is handed to the transport only after the
 //! driver reports its redo durable ([`Io::ForceRedo`] then [`Engine::on_redo_durable`]), or,
 //! with [`ShipPolicy::CommitDependency`], it leaves at once carrying a [`CommitDependency`].

@@ -121,6 +121,8 @@ pub struct Metrics {
     pub acquires_local: u64,
     /// Requests sent to a master on another instance.
     pub acquires_remote: u64,
+    /// Affinity remastering.
+    pub remaster: crate::RemasterStats,
 }
 
 impl Metrics {

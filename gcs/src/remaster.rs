@@ -116,7 +116,6 @@ pub(crate) struct Remastering {
     incoming: BTreeMap<BlockId, Incoming>,
     next_policy: Option<Timestamp>,
     next_decay: Option<Timestamp>,
-    pub(crate) stats: RemasterStats,
 }
 
 impl Remastering {
@@ -129,7 +128,6 @@ impl Remastering {
             incoming: BTreeMap::new(),
             next_policy: None,
             next_decay: None,
-            stats: RemasterStats::default(),
         }
     }
 
@@ -297,8 +295,8 @@ impl<D: MasterDirectory> Engine<D> {
                 unseen,
             },
         );
-        r.stats.moves_out += 1;
-        r.stats.blocks_out += blocks.len() as u64;
+        self.metrics.remaster.moves_out += 1;
+        self.metrics.remaster.blocks_out += blocks.len() as u64;
         let total = chunks.len();
         for (index, (count, state)) in chunks.into_iter().enumerate() {
             self.send(
@@ -336,7 +334,7 @@ impl<D: MasterDirectory> Engine<D> {
             && out.unseen.contains(from)
         {
             let target = out.target;
-            r.stats.redirected += 1;
+            self.metrics.remaster.redirected += 1;
             self.send(
                 target,
                 GcsBody::Redirected {
@@ -357,7 +355,7 @@ impl<D: MasterDirectory> Engine<D> {
                 });
             }
             inc.deferred.push_back((from, body));
-            r.stats.deferred += 1;
+            self.metrics.remaster.deferred += 1;
             return Ok(None);
         }
         Ok(Some(body))
@@ -433,7 +431,7 @@ impl<D: MasterDirectory> Engine<D> {
             inc.importing = false;
             inc.awaiting = awaiting;
         }
-        r.stats.moves_in += 1;
+        self.metrics.remaster.moves_in += 1;
         self.send(from, GcsBody::TransferAck { object, version });
         Ok(())
     }

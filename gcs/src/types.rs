@@ -225,7 +225,9 @@ impl Default for RemasterConfig {
 }
 
 /// Who masters a block. grd's bucket map implements it ([`crate::directory`]); the simulator uses
-/// a plain hash. It must give the same answer on every instance for one epoch.
+/// a plain hash. It must give the same answer on every instance for one epoch, and one master
+/// for all blocks of an object ([`crate::directory::BLOCKS_PER_OBJECT`]-block range), which
+/// remastering moves as a unit.
 pub trait MasterDirectory {
     /// The master of `block` in the current epoch.
     fn master_of(&self, block: BlockId) -> InstanceId;

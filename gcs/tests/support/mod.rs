@@ -1526,7 +1526,7 @@ impl Sim {
     fn collect_stats(&mut self) {
         self.stats.virtual_time = self.now.saturating_since(Timestamp::ZERO);
         for n in &self.nodes {
-            let r = n.engine.remaster_stats();
+            let r = n.engine.metrics().remaster;
             self.stats.remasters += r.moves_in;
             self.stats.redirected += r.redirected;
             self.stats.deferred += r.deferred;
