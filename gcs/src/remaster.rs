@@ -361,7 +361,9 @@ impl<D: MasterDirectory> Engine<D> {
         Ok(Some(body))
     }
 
-    /// A chunk of an object's master state from its old master.
+    /// A chunk of an object's master state from its old master (the fields of
+    /// [`GcsBody::Transfer`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn remaster_transfer(
         &mut self,
         from: InstanceId,

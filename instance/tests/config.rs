@@ -164,7 +164,12 @@ interval_ms = 20
             remaster.affinity.decay_interval,
             remaster.policy_interval
         ),
-        (10, 90, Duration::from_millis(500), Duration::from_millis(20))
+        (
+            10,
+            90,
+            Duration::from_millis(500),
+            Duration::from_millis(20)
+        )
     );
     assert_eq!(config.cluster_id, ClusterId(u64::MAX));
     assert_eq!(config.cache.block_size, 16384);

@@ -151,7 +151,7 @@ impl SimConfig {
         self.remaster = true;
         self.remaster_policy = true;
         self.remaster_forced = true;
-        self.crash_mid_move = self.crash_after.is_some() && self.seed % 2 == 0;
+        self.crash_mid_move = self.crash_after.is_some() && self.seed.is_multiple_of(2);
         self
     }
 
