@@ -363,13 +363,27 @@ impl MasterBlock {
         m.is_consistent().then_some((block, m))
     }
 
-    /// [`MasterBlock::check`]'s invariants, as a question (for a peer's state).
+    /// [`MasterBlock::check`]'s invariants, and what a grant in flight needs of the holders,
+    /// as a question (for a peer's state).
     fn is_consistent(&self) -> bool {
+        let holds = |i: InstanceId| self.x_holder == Some(i) || self.s_holders.contains(i);
+        let in_flight_fits = self.in_flight.is_none_or(|f| {
+            let shipper_holds = match f.action {
+                Action::Forward(h) => holds(h) && self.x_holder.is_none_or(|x| x == h),
+                Action::Grant(_) => self.x_holder.is_none_or(|x| x == f.requester),
+            };
+            shipper_holds
+                && f.invalidating.bits() & !self.s_holders.bits() == 0
+                && self
+                    .dirty_owner
+                    .is_none_or(|(d, _)| !f.invalidating.contains(d))
+        });
         self.x_holder
             .is_none_or(|_| self.s_holders.is_empty() && self.dirty_owner.is_none())
             && self
                 .dirty_owner
                 .is_none_or(|(d, _)| self.s_holders.contains(d))
+            && in_flight_fits
     }
 }
 

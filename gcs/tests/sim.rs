@@ -111,7 +111,7 @@ fn many_seeds() {
 /// crashing seeds) with rebuild and recovery; every invariant after every step.
 #[test]
 fn remastering_under_load_and_failures() {
-    let seeds = env_u64("FUSION_SIM_REMASTER_SEEDS").unwrap_or(500);
+    let seeds = env_u64("FUSION_SIM_REMASTER_SEEDS").unwrap_or(200);
     let began = Instant::now();
     let mut total = SimStats::default();
     let mut control = SimStats::default();
