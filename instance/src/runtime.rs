@@ -393,6 +393,8 @@ pub struct RuntimeStats {
     pub gcs: gcs::Metrics,
     /// GES counters.
     pub ges: ges::GesStats,
+    /// Request-to-grant time of local enqueue requests not granted at once.
+    pub lock_waits: gcs::Histogram,
     /// Frames sent and received by the driver.
     pub frames_sent: u64,
     /// Frames received.
@@ -1045,6 +1047,7 @@ impl<T: Transport> Driver<T> {
                 stats.core = self.core.stats();
                 stats.gcs = self.core.gcs().metrics().clone();
                 stats.ges = self.core.ges().stats();
+                stats.lock_waits = self.core.lock_waits().clone();
                 stats.storage_reads = self.context.storage_reads.load(Ordering::Relaxed);
                 stats.storage_writes = self.context.storage_writes.load(Ordering::Relaxed);
                 stats.cluster = self.cluster.stats();
