@@ -368,8 +368,7 @@ fn appended_commits_are_stamped_in_stream_order_and_durable_once_waited() {
         SimRng::new(9),
     ));
     let t = thread(0, THREAD_SIZE);
-    let (writer, _) =
-        RedoWriter::open(faulty.clone(), t, 1, GroupCommitConfig::default()).unwrap();
+    let (writer, _) = RedoWriter::open(faulty.clone(), t, 1, GroupCommitConfig::default()).unwrap();
     let clock = AtomicU64::new(100);
     let stamp = || Scn(clock.fetch_add(1, Ordering::SeqCst) + 1);
     // Records carrying SCNs out of order: the stamp replaces them.
@@ -378,7 +377,11 @@ fn appended_commits_are_stamped_in_stream_order_and_durable_once_waited() {
         .unwrap();
     let b = writer.append(&[record(3, 3, 10)], stamp).unwrap();
     assert_eq!((a.scn, b.scn), (Scn(101), Scn(102)));
-    assert_eq!(writer.durable_scn(), Scn(0), "nothing written before a wait");
+    assert_eq!(
+        writer.durable_scn(),
+        Scn(0),
+        "nothing written before a wait"
+    );
     assert_eq!(writer.stats().writes, 0);
     // Waiting for the later one makes both durable (one batch).
     let receipt = writer.wait(b).unwrap();
@@ -395,4 +398,25 @@ fn appended_commits_are_stamped_in_stream_order_and_durable_once_waited() {
     let (records, _) = read_all(faulty.as_ref(), t, 1);
     let seen: Vec<(u32, u64)> = records.iter().map(|r| (r.block.block, r.scn.0)).collect();
     assert_eq!(seen, vec![(1, 101), (2, 101), (3, 102), (4, 103)]);
+}
+
+/// The durable horizon is the clock's reading only while nothing appended is pending.
+#[test]
+fn durable_horizon_covers_the_clock_only_with_nothing_pending() {
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(3),
+    ));
+    let (writer, _) = RedoWriter::open(
+        faulty,
+        thread(0, THREAD_SIZE),
+        1,
+        GroupCommitConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(writer.durable_horizon(|| Scn(40)), Scn(40));
+    let a = writer.append(&[record(1, 1, 10)], || Scn(41)).unwrap();
+    assert_eq!(writer.durable_horizon(|| Scn(90)), Scn(0));
+    writer.wait(a).unwrap();
+    assert_eq!(writer.durable_horizon(|| Scn(90)), Scn(90));
 }

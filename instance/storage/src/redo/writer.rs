@@ -344,7 +344,8 @@ impl RedoWriter {
     pub fn commit(&self, records: &[RedoRecord]) -> Result<CommitReceipt, RedoError> {
         let scn = records.iter().map(|r| r.scn).max().unwrap_or_default();
         let appended = self.append_entry(records, None::<fn() -> Scn>)?;
-        self.wait(appended).map(|receipt| CommitReceipt { scn, ..receipt })
+        self.wait(appended)
+            .map(|receipt| CommitReceipt { scn, ..receipt })
     }
 
     /// Puts `records` in the stream as one atomic commit and returns at once, before they are
@@ -425,6 +426,20 @@ impl RedoWriter {
     /// [`RedoWriter::append`]).
     pub fn durable_scn(&self) -> Scn {
         Scn(self.durable_scn.load(Ordering::Acquire))
+    }
+
+    /// How far this thread is durable, for appends stamped from a clock whose reading is
+    /// `clock`: with nothing appended and not durable, everything stamped so far is, and the
+    /// next stamp will be above the clock's reading (taken under the lock appends stamp
+    /// under); otherwise [`RedoWriter::durable_scn`].
+    pub fn durable_horizon(&self, clock: impl FnOnce() -> Scn) -> Scn {
+        let st = self.state.lock();
+        let durable = self.durable_scn();
+        if st.open.is_empty() && !st.leader_busy && st.failed.is_none() {
+            durable.max(clock())
+        } else {
+            durable
+        }
     }
 
     /// Returns once every record at or below `scn` in the stream is durable: at once when
