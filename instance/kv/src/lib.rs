@@ -543,9 +543,7 @@ impl Kv {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
             let found = match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-                Ok(i) => Some(self.value(&entries[i].1, &mut |b| {
-                    read_block(&self.instance, b)
-                })?),
+                Ok(i) => Some(self.value(&entries[i].1, &mut |b| read_block(&self.instance, b))?),
                 Err(_) => None,
             };
             drop(held);
