@@ -27,10 +27,17 @@
 //!
 //! Offsets are into a block's *payload*: the block minus its 32-byte header (block id, SCN,
 //! checksum), which the instance keeps. A transaction holds each block it changed in X until
-//! it commits or is dropped (dropping it without `commit` rolls its changes back), so other
-//! instances wait for the commit; take blocks in a consistent order across transactions, or
-//! serialize with [`Instance::lock`], since a cycle of transactions waiting for each other's
-//! blocks is not broken by the engine.
+//! its commit is in the redo stream or it is dropped (dropping it without `commit` rolls its
+//! changes back), so other transactions wait for the commit; take blocks in a consistent
+//! order across transactions, or serialize with [`Instance::lock`], since a cycle of
+//! transactions waiting for each other's blocks is not broken by the engine.
+//!
+//! Early lock release: [`Transaction::commit_pending`] appends the redo and releases the
+//! blocks before the write is durable; [`PendingCommit::wait`] is the acknowledgement. The
+//! next local transaction may take the blocks at once (its commit can only be durable after
+//! this one); they leave the instance only once that redo is durable, or, with
+//! `cache.ship_policy = "commit-dependency"`, carrying a commit dependency. Readers wait with
+//! [`Instance::wait_durable`] before acknowledging what they read.
 //!
 //! This module owns the user-facing handles and the transaction's redo. It must never block
 //! the driver thread, and never hold a latch across a wait for another instance.

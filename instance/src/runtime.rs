@@ -8,7 +8,8 @@
 //!   inside the transport's poll, from which a user's command or an I/O completion wakes it.
 //! * **I/O threads** read and write blocks (verify on read, seal on write) and report back.
 //! * User threads (the API, `crate::api`) commit redo themselves (group commit) and wait for
-//!   their completions on a `Waiter` that yields briefly and then parks.
+//!   their completions on a `Waiter` that yields briefly and then parks. They report the
+//!   stream's durability (`crate::commit`); the driver answers GCS's redo forces from it.
 //!
 //! This module owns threads, queues and waiting. It must never decide coherence or
 //! durability (the core and the engines do), and the driver never blocks on storage.

@@ -16,10 +16,13 @@
 //! [`Core::poll_timeout`].
 //!
 //! Transactions and durability (why there is no undo): a transaction keeps every block it
-//! changed granted in X (pinned) until its redo is durable, and only then releases it with
-//! the change's SCN ([`Core::release`] with `dirty`). So GCS never ships or writes a version
-//! whose redo is not durable, no other instance or storage ever sees an uncommitted change,
-//! and an abort only restores the before-images in the frames it still holds. The local
+//! changed granted in X (pinned) until its redo is in the stream, and only then releases it
+//! with the change's SCN ([`Core::release_appended`], or [`Core::release`] once durable).
+//! GCS ships or writes such a version only once the driver reports its redo durable
+//! ([`Core::poll_redo_force`], [`Core::on_redo_durable`]) or, under the commit-dependency
+//! policy, ships it carrying the dependency; no other instance or storage ever sees an
+//! uncommitted change, and an abort only restores the before-images in the frames it still
+//! holds. The local
 //! exclusive user excludes other local users of the block (local two-phase locking), and no
 //! write of a block is started while it has an exclusive user, nor is an exclusive user
 //! admitted while a write is in flight (the write snapshots the frame).
@@ -231,7 +234,7 @@ pub struct CoreConfig {
     pub data_file: u32,
     /// Blocks in the data file.
     pub data_blocks: u64,
-    /// GCS settings (the runtime uses log force before ship).
+    /// GCS settings (the ship policy: `cache.ship_policy`).
     pub gcs: GcsConfig,
     /// GES settings.
     pub ges: ges::GesConfig,
