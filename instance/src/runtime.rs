@@ -424,6 +424,8 @@ pub struct RuntimeStats {
     pub cluster: crate::cluster::ClusterStats,
     /// The current epoch.
     pub epoch: u64,
+    /// The members of the current epoch (this instance's view).
+    pub members: InstanceSet,
     /// The block directory is being rebuilt after a reconfiguration (requests wait).
     pub gcs_rebuilding: bool,
     /// The lock directory is being rebuilt.
@@ -1076,6 +1078,7 @@ impl<T: Transport> Driver<T> {
                 stats.storage_writes = self.context.storage_writes.load(Ordering::Relaxed);
                 stats.cluster = self.cluster.stats();
                 stats.epoch = self.cluster.epoch().0;
+                stats.members = self.cluster.live();
                 stats.gcs_rebuilding = self.core.gcs().is_reconfiguring();
                 stats.ges_rebuilding = self.core.ges().is_rebuilding();
                 let _ = reply.send(stats);
