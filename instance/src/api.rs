@@ -101,9 +101,9 @@ pub enum StartError {
     /// This instance's slot could not be read or written.
     #[error("instance slot: {0}")]
     Slot(#[from] format::SlotError),
-    /// The redo thread could not be opened.
+    /// The redo thread could not be opened for a new life.
     #[error("redo thread: {0}")]
-    Redo(#[from] crate::redo::RedoOpenError),
+    Redo(#[from] crate::storage::life::LifeError),
     /// The landing region or buffer cache could not be set up.
     #[error("buffer cache: {0}")]
     Cache(String),
@@ -127,6 +127,11 @@ pub enum StartError {
     /// This instance's redo thread could not be scanned.
     #[error("scanning this instance's redo: {0}")]
     Recovery(#[from] crate::recovery::RecoveryError),
+    /// The voting area names the last epoch there is: no cluster can start above it.
+    #[error(
+        "the voting area's Paxos blocks name epoch {0}, the last one: the epoch counter is exhausted (reformat the storage)"
+    )]
+    EpochsExhausted(Epoch),
     /// `storage.fencing = "reservation"`, and the storage does not support persistent
     /// reservations or refused this instance's registration (never a silent fallback to the
     /// lease).
@@ -185,6 +190,8 @@ pub struct Instance {
     payload: usize,
     /// The changes of this instance's previous life storage may not hold yet.
     previous_life: PreviousLife,
+    /// `storage.checkpoint_at_redo_percent`, as a share.
+    checkpoint_at_redo_usage: f64,
     /// The background checkpointer, stopped at shutdown.
     checkpointer: Option<(
         Arc<std::sync::atomic::AtomicBool>,
@@ -194,16 +201,15 @@ pub struct Instance {
     checkpoint_nudge: crossbeam::channel::Sender<()>,
 }
 
-/// When the redo thread is this full, the background checkpointer writes the dirty blocks
-/// and moves the checkpoint, so redo space is reused before commits run out of it.
-pub const CHECKPOINT_AT_REDO_USAGE: f64 = 0.5;
-
-/// When the redo thread is this full, a new transaction waits for the checkpointer to free
-/// space before it starts (up to [`REDO_SPACE_WAIT`]). It waits holding nothing: a commit
-/// that found the thread full while holding its blocks could never let a checkpoint write
-/// them, so back-pressure goes where nothing is held yet, and the transactions already
-/// running have the rest of the thread to finish in.
-pub const THROTTLE_AT_REDO_USAGE: f64 = 0.75;
+/// How full the redo thread may get before a new transaction waits for the checkpointer to
+/// free space (up to [`REDO_SPACE_WAIT`]): halfway from where the background checkpoint
+/// starts (`storage.checkpoint_at_redo_percent`) to full, 75% by default. It waits holding
+/// nothing: a commit that found the thread full while holding its blocks could never let a
+/// checkpoint write them, so back-pressure goes where nothing is held yet, and the
+/// transactions already running have the rest of the thread to finish in.
+pub fn throttle_at_redo_usage(checkpoint_at: f64) -> f64 {
+    (1.0 + checkpoint_at) / 2.0
+}
 
 /// The longest a new transaction waits for redo space; after that it runs, and its commit
 /// fails with [`crate::redo::RedoError::RedoFull`] if the thread is still full.
@@ -223,6 +229,10 @@ struct Checkpointer {
     redo: Arc<RedoWriter>,
     handle: Arc<crate::runtime::DriverHandle>,
     previous_life: PreviousLife,
+    /// When the redo thread is this full, the background checkpointer writes the dirty
+    /// blocks and moves the checkpoint, so redo space is reused before commits run out of it
+    /// (`storage.checkpoint_at_redo_percent`).
+    at_redo_usage: f64,
 }
 
 impl Checkpointer {
@@ -278,8 +288,8 @@ impl Checkpointer {
         Ok(previous.is_empty())
     }
 
-    /// Checkpoints whenever the redo thread is half full, looking every 100 ms or when
-    /// `nudged`, until `stop`.
+    /// Checkpoints whenever the redo thread is `at_redo_usage` full, looking every 100 ms or
+    /// when `nudged`, until `stop`.
     fn background(
         self,
         stop: &std::sync::atomic::AtomicBool,
@@ -290,7 +300,7 @@ impl Checkpointer {
             if self.handle.stop.reason().is_some() {
                 return;
             }
-            if self.redo.usage() >= CHECKPOINT_AT_REDO_USAGE
+            if self.redo.usage() >= self.at_redo_usage
                 && let Err(e) = self.run()
             {
                 eprintln!("fusion: background checkpoint: {e}");
@@ -417,6 +427,7 @@ impl Instance {
             runtime,
             payload,
             previous_life,
+            checkpoint_at_redo_usage: f64::from(config.checkpoint_at_redo_percent) / 100.0,
             checkpointer: None,
             checkpoint_nudge,
         };
@@ -539,8 +550,8 @@ impl Instance {
         }
     }
 
-    /// Starts a transaction. When the redo thread is more than
-    /// [`THROTTLE_AT_REDO_USAGE`] full, it first waits (up to [`REDO_SPACE_WAIT`]) for the
+    /// Starts a transaction. When the redo thread is fuller than
+    /// [`throttle_at_redo_usage`] says, it first waits (up to [`REDO_SPACE_WAIT`]) for the
     /// checkpointer to free space.
     pub fn begin(&self) -> Transaction<'_> {
         self.wait_for_redo_space();
@@ -555,13 +566,12 @@ impl Instance {
     /// Waits while the redo thread is too full to start a transaction, nudging the
     /// checkpointer, until it has space, the instance stops or [`REDO_SPACE_WAIT`] passes.
     fn wait_for_redo_space(&self) {
-        if self.redo.usage() < THROTTLE_AT_REDO_USAGE {
+        let throttle = throttle_at_redo_usage(self.checkpoint_at_redo_usage);
+        if self.redo.usage() < throttle {
             return;
         }
         let deadline = Instant::now() + REDO_SPACE_WAIT;
-        while self.redo.usage() >= THROTTLE_AT_REDO_USAGE
-            && self.stopped().is_none()
-            && Instant::now() < deadline
+        while self.redo.usage() >= throttle && self.stopped().is_none() && Instant::now() < deadline
         {
             let _ = self.checkpoint_nudge.try_send(());
             std::thread::sleep(Duration::from_millis(1));
@@ -622,7 +632,8 @@ impl Instance {
     /// Writes every dirty block this instance owns and every block it holds a past image of
     /// (through the GCS write protocol) and moves its redo checkpoint past them, so restart
     /// and recovery start there and the redo before it is reused. A background checkpointer
-    /// does this by itself whenever the redo thread is half full.
+    /// does this by itself whenever the redo thread is as full as
+    /// `storage.checkpoint_at_redo_percent` says (half, by default).
     pub fn checkpoint(&self) -> Result<(), InstanceError> {
         self.checkpointer().run()
     }
@@ -635,6 +646,7 @@ impl Instance {
             redo: Arc::clone(&self.redo),
             handle: Arc::clone(&self.runtime.handle),
             previous_life: Arc::clone(&self.previous_life),
+            at_redo_usage: self.checkpoint_at_redo_usage,
         }
     }
 
@@ -1174,21 +1186,15 @@ impl Setting<'_> {
         // Every timer of the running instance starts now: the time spent meeting the peers
         // must not count as their silence (nor eat the I/O lease).
         let origin = Instant::now();
-        // Redo opens after formation: whole-cluster recovery may have moved the checkpoint.
-        let slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;
-        let thread = self
-            .layout
-            .redo_thread(me)
-            .ok_or(format::SlotError::NoSlot {
-                instance: me,
-                max_instances: self.layout.max_instances,
-            })?;
-        let (redo, _end) = RedoWriter::open(
+        // Redo opens after formation: whole-cluster recovery may have moved the checkpoint. A
+        // new life of the thread begins past the previous one's seal.
+        let (redo, _end) = crate::storage::life::begin_life(
             Arc::clone(self.storage),
-            thread,
-            slot.checkpoint.sequence,
+            self.layout,
+            me,
             GroupCommitConfig::default(),
         )?;
+        let slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;
         let (epoch, live, joining) = match entry {
             Entry::Formed { epoch, live } => (epoch, live, false),
             Entry::Joined { epoch, live } => (epoch, live, true),
@@ -1327,6 +1333,9 @@ impl Setting<'_> {
         // have died, or it may have been lost.
         let mut asked_to_join: Option<Instant> = None;
         let mut early = Vec::new();
+        // Bounded as the core bounds frames of a future epoch; what a peer sends beyond that
+        // before the admission is dropped and counted.
+        let (mut early_bytes, mut early_dropped) = (0usize, 0u64);
         let mut events = Vec::new();
         let send = |transport: &mut T, to, message: ClusterMessage| {
             let mut body = Vec::new();
@@ -1389,7 +1398,10 @@ impl Setting<'_> {
                         // Readers of it get the same error; everything else recovered.
                         eprintln!("fusion: whole-cluster recovery could not rebuild: {corrupt}");
                     }
-                    let epoch = Epoch(self.highest_paxos_epoch().0 + 1);
+                    let highest = self.highest_paxos_epoch();
+                    let epoch = highest
+                        .checked_next()
+                        .ok_or(StartError::EpochsExhausted(highest))?;
                     let live = if everyone { configured } else { present };
                     for peer in live.iter().filter(|p| *p != me) {
                         send(transport, peer, ClusterMessage::Formed { epoch, live });
@@ -1428,7 +1440,15 @@ impl Setting<'_> {
                     | TransportEvent::BlockLanded { header, body, .. } => {
                         if header.service != Service::Instance {
                             // An admission's rebuild starts at once: keep it for the core.
-                            early.push((header, body));
+                            if early.len() < crate::core::MAX_FUTURE_MESSAGES
+                                && early_bytes.saturating_add(body.len())
+                                    <= crate::core::MAX_FUTURE_BYTES
+                            {
+                                early_bytes += body.len();
+                                early.push((header, body));
+                            } else {
+                                early_dropped += 1;
+                            }
                             continue;
                         }
                         match ClusterMessage::decode(&body) {
@@ -1446,13 +1466,22 @@ impl Setting<'_> {
                             Ok(ClusterMessage::Hello { running: false, .. }) => {
                                 answered.insert(header.source);
                             }
+                            // Only the lowest id present forms the cluster, and only a member of
+                            // the epoch it decided admits: a peer's word for anything else is
+                            // not taken (nor a membership beyond the configured instances).
                             Ok(ClusterMessage::Formed { epoch, live })
-                                if live.contains(me) && entered.is_none() =>
+                                if live.contains(me)
+                                    && live.lowest() == Some(header.source)
+                                    && live.bits() & !configured.bits() == 0
+                                    && entered.is_none() =>
                             {
                                 entered = Some(Entry::Formed { epoch, live });
                             }
                             Ok(ClusterMessage::Reconfigure { epoch, live })
-                                if live.contains(me) && entered.is_none() =>
+                                if live.contains(me)
+                                    && live.contains(header.source)
+                                    && live.bits() & !configured.bits() == 0
+                                    && entered.is_none() =>
                             {
                                 entered = Some(Entry::Joined { epoch, live });
                             }
@@ -1463,6 +1492,11 @@ impl Setting<'_> {
                 }
             }
             if let Some(entry) = entered {
+                if early_dropped > 0 {
+                    eprintln!(
+                        "fusion: instance {me}: {early_dropped} frames that came before the admission were past the bound and dropped"
+                    );
+                }
                 return Ok((entry, connected, early));
             }
         }

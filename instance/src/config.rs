@@ -25,9 +25,14 @@
 //! path = "/dev/nvme1n1"              # a regular file or a block device
 //! fencing = "lease"                  # default; or "reservation": SCSI-3 / NVMe persistent
 //!                                    #   reservations fence lost instances (block device)
+//! checkpoint_at_redo_percent = 50    # default (10..=95): the background checkpoint starts
+//!                                    #   when this instance's redo thread is this full; new
+//!                                    #   transactions wait for it halfway from there to full
 //!
 //! [transport]
 //! kind = "tcp"                       # or "shm": every instance on this `host`; or "rdma":
+//! # frame_mac = false                # tcp: a MAC on every frame (networks you do not trust);
+//!                                    #   every instance must set it alike
 //! # device = "mlx5_0"                # rdma: the verbs device (default: the first found),
 //! # port = 1                         #   its port (default 1)
 //! # gid_index = 0                    #   and GID index (default 0; RoCE v2 often 1 or 3)
@@ -306,6 +311,9 @@ pub enum TransportConfig {
     Tcp {
         /// Where to listen: `transport.listen`, else this instance's address.
         listen: SocketAddr,
+        /// `transport.frame_mac`: a MAC on every frame (default off; every instance must
+        /// agree, see [`TcpConfig::frame_mac`]).
+        frame_mac: bool,
     },
     /// Shared memory.
     Shm {
@@ -410,6 +418,9 @@ pub struct InstanceConfig {
     pub storage: PathBuf,
     /// How lost instances are fenced (`storage.fencing`).
     pub fencing: Fencing,
+    /// How full (percent) this instance's redo thread gets before the background
+    /// checkpoint starts (`storage.checkpoint_at_redo_percent`, 10..=95).
+    pub checkpoint_at_redo_percent: u8,
     /// The interconnect transport.
     pub transport: TransportConfig,
     /// The buffer cache.
@@ -496,16 +507,24 @@ impl InstanceConfig {
     /// The TCP transport's settings (defaults for everything the file does not set).
     pub fn tcp_config(&self) -> TcpConfig {
         let listen = match &self.transport {
-            TransportConfig::Tcp { listen } | TransportConfig::Rdma { listen, .. } => *listen,
+            TransportConfig::Tcp { listen, .. } | TransportConfig::Rdma { listen, .. } => *listen,
             TransportConfig::Shm { .. } => self.local.address,
         };
-        TcpConfig::new(
+        let mut tcp = TcpConfig::new(
             self.cluster_id,
             self.local.id,
             listen,
             self.peers.iter().map(|m| (m.id, m.address)).collect(),
             self.secret.as_bytes().to_vec(),
-        )
+        );
+        tcp.frame_mac = matches!(
+            self.transport,
+            TransportConfig::Tcp {
+                frame_mac: true,
+                ..
+            }
+        );
+        tcp
     }
 
     /// The shm transport's settings: the co-located peers, and a landing region as large as
@@ -637,6 +656,7 @@ struct RawStorage {
     path: PathBuf,
     #[serde(default)]
     fencing: Fencing,
+    checkpoint_at_redo_percent: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -649,6 +669,7 @@ struct RawTransport {
     device: Option<String>,
     port: Option<u8>,
     gid_index: Option<u8>,
+    frame_mac: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -745,7 +766,7 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         &local_member,
         cluster_id,
     )?;
-    if let TransportConfig::Tcp { listen } = transport
+    if let TransportConfig::Tcp { listen, .. } = transport
         && listen != local_member.address
     {
         addresses.add(listen, "transport.listen".into())?;
@@ -769,6 +790,7 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         peers,
         storage: resolve(base, raw.storage.path),
         fencing: raw.storage.fencing,
+        checkpoint_at_redo_percent: checkpoint_at(raw.storage.checkpoint_at_redo_percent)?,
         transport,
         cache,
         membership,
@@ -776,6 +798,21 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         metrics_listen,
         serve,
     })
+}
+
+/// The default share of the redo thread in use at which the background checkpoint starts.
+pub const DEFAULT_CHECKPOINT_AT_REDO_PERCENT: u8 = 50;
+
+fn checkpoint_at(percent: Option<u64>) -> Result<u8, ConfigProblem> {
+    match percent.unwrap_or(u64::from(DEFAULT_CHECKPOINT_AT_REDO_PERCENT)) {
+        // Below 10% it would checkpoint all the time; above 95% commits would meet a full
+        // thread before the checkpoint frees it.
+        p @ 10..=95 => Ok(p as u8),
+        _ => Err(ConfigProblem::Limit {
+            key: "storage.checkpoint_at_redo_percent",
+            why: "out of range (10..=95)",
+        }),
+    }
 }
 
 fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
@@ -1003,6 +1040,11 @@ fn transport(
     {
         return Err(not_for(key));
     }
+    // Frame MACs protect TCP streams; shm stays on one host behind file permissions, and
+    // RDMA's blocks are placed by the NIC where no MAC is checked.
+    if raw.kind != TransportKind::Tcp && raw.frame_mac.is_some() {
+        return Err(not_for("frame_mac"));
+    }
     match raw.kind {
         TransportKind::Tcp => {
             if raw.shm_dir.is_some() {
@@ -1012,7 +1054,10 @@ fn transport(
                 Some(text) => address("transport.listen".into(), &text)?,
                 None => local.address,
             };
-            Ok(TransportConfig::Tcp { listen })
+            Ok(TransportConfig::Tcp {
+                listen,
+                frame_mac: raw.frame_mac.unwrap_or(false),
+            })
         }
         TransportKind::Shm => {
             if raw.listen.is_some() {

@@ -404,6 +404,8 @@ pub struct RuntimeStats {
     pub gcs: gcs::Metrics,
     /// GES counters.
     pub ges: ges::GesStats,
+    /// Request-to-grant time of local enqueue requests not granted at once.
+    pub lock_waits: gcs::Histogram,
     /// Frames sent and received by the driver.
     pub frames_sent: u64,
     /// Frames received.
@@ -587,7 +589,7 @@ impl Runtime {
             threads.push(
                 std::thread::Builder::new()
                     .name("fusion-recovery".into())
-                    .spawn(move || recovery_thread(&recovery_rx, &context, &done))?,
+                    .spawn(move || recovery_thread(&recovery_rx, &context, &done, me))?,
             );
         }
         let driver = Driver {
@@ -653,8 +655,13 @@ impl Drop for Runtime {
 
 /// Work for the recovery thread.
 enum RecoveryJob {
-    /// Scan the redo of every configured thread (the changed blocks and the records).
-    Scan { epoch: Epoch, all: InstanceSet },
+    /// Scan the redo of every configured thread (the changed blocks and the records), and
+    /// seal the newest lives of `lost` where the scan read them to.
+    Scan {
+        epoch: Epoch,
+        all: InstanceSet,
+        lost: InstanceSet,
+    },
     /// Rebuild these blocks from storage and the scanned redo.
     Recover {
         epoch: Epoch,
@@ -769,6 +776,7 @@ impl<T: Transport> Driver<T> {
                 let _ = self.recovery.send(RecoveryJob::Scan {
                     epoch,
                     all: self.configured,
+                    lost: self.lost,
                 });
             }
             busy |= self.cluster_actions();
@@ -1074,6 +1082,7 @@ impl<T: Transport> Driver<T> {
                 stats.core = self.core.stats();
                 stats.gcs = self.core.gcs().metrics().clone();
                 stats.ges = self.core.ges().stats();
+                stats.lock_waits = self.core.lock_waits().clone();
                 stats.storage_reads = self.context.storage_reads.load(Ordering::Relaxed);
                 stats.storage_writes = self.context.storage_writes.load(Ordering::Relaxed);
                 stats.cluster = self.cluster.stats();
@@ -1565,7 +1574,12 @@ fn disk_thread(
 }
 
 /// Instance recovery's storage work: scanning redo threads and rebuilding blocks.
-fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &DriverHandle) {
+fn recovery_thread(
+    rx: &Receiver<RecoveryJob>,
+    context: &IoContext,
+    done: &DriverHandle,
+    me: InstanceId,
+) {
     let storage = context.storage.as_ref();
     let layout = &context.layout;
     while let Ok(job) = rx.recv() {
@@ -1583,17 +1597,28 @@ fn recovery_thread(rx: &Receiver<RecoveryJob>, context: &IoContext, done: &Drive
                     return;
                 }
             }
-            RecoveryJob::Scan { epoch, all } => {
+            RecoveryJob::Scan { epoch, all, lost } => {
                 let all: Vec<InstanceId> = all.iter().collect();
+                let lost: Vec<InstanceId> = lost.iter().collect();
                 // Every thread's changed blocks, not only the lost instances': a block a
                 // lost instance held may carry a change that is only in another thread's
                 // redo (an instance lost before, restarted since or whose recovery this loss
                 // interrupted), with no past image of it left anywhere. Blocks a survivor
                 // holds stay out of the recovery set; the others rebuild to what storage
                 // holds when it is current.
+                // The lost lives are sealed where this scan read them to, durably, before
+                // anything is recovered from it: a write of theirs that lands later is never
+                // read by a later scan.
                 let result = crate::recovery::scan_threads(storage, layout, &all)
-                    .map(|scan| (scan.changed_blocks(), Arc::new(scan)))
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())
+                    .and_then(|scan| {
+                        if !context.lease.wait_valid() {
+                            return Err("the I/O lease expired before sealing".to_string());
+                        }
+                        crate::storage::life::seal_lost(storage, layout, me, &scan, &lost)
+                            .map_err(|e| format!("sealing the lost redo threads: {e}"))?;
+                        Ok((scan.changed_blocks(), Arc::new(scan)))
+                    });
                 if !done.submit(Command::Scanned { epoch, result }) {
                     return;
                 }

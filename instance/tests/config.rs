@@ -116,6 +116,13 @@ fn defaults_and_conversions() {
         ]
     );
     assert_eq!(tcp.secret, b"s3cret-s3cret-s3cret-s3cret-s3cret");
+    assert!(!tcp.frame_mac, "frame MACs are off by default");
+    let with_mac = parse(&GOOD.replace(
+        "frames = 64",
+        "frames = 64\n[transport]\nkind = \"tcp\"\nframe_mac = true",
+    ))
+    .unwrap();
+    assert!(with_mac.tcp_config().frame_mac);
 
     let shm = config.shm_config();
     assert_eq!(shm.peers, [id(0)], "only the instance on the same host");
@@ -226,6 +233,31 @@ fn the_ship_policy_is_log_force_unless_commit_dependency_is_asked_for() {
     let bad = GOOD.replace("frames = 64", "frames = 64\nship_policy = \"eventually\"");
     let error = parse(&bad).unwrap_err().to_string();
     assert!(error.contains("ship_policy"), "{error}");
+}
+
+#[test]
+fn the_background_checkpoint_starts_at_the_configured_redo_fullness() {
+    assert_eq!(parse(GOOD).unwrap().checkpoint_at_redo_percent, 50);
+    let with = |percent: &str| {
+        GOOD.replace(
+            "path = \"cluster.img\"",
+            &format!("path = \"cluster.img\"\ncheckpoint_at_redo_percent = {percent}"),
+        )
+    };
+    assert_eq!(parse(&with("80")).unwrap().checkpoint_at_redo_percent, 80);
+    for bad in ["0", "9", "96", "1000"] {
+        let err = parse(&with(bad)).unwrap_err();
+        assert!(
+            matches!(
+                err.problem,
+                ConfigProblem::Limit {
+                    key: "storage.checkpoint_at_redo_percent",
+                    ..
+                }
+            ),
+            "{bad}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -529,6 +561,36 @@ const BAD: &[(&str, &str, &str, Check, &str)] = &[
         "frames = 64\n[transport]\ndevice = \"mlx5_0\"",
         |p| matches!(p, ConfigProblem::NotForTransport { key: "device", .. }),
         "`transport.device`",
+    ),
+    (
+        "frame_mac with shm",
+        "frames = 64",
+        "frames = 64\n[transport]\nkind = \"shm\"\nframe_mac = true",
+        |p| {
+            matches!(
+                p,
+                ConfigProblem::NotForTransport {
+                    key: "frame_mac",
+                    ..
+                }
+            )
+        },
+        "`transport.frame_mac`",
+    ),
+    (
+        "frame_mac with rdma",
+        "frames = 64",
+        "frames = 64\n[transport]\nkind = \"rdma\"\nframe_mac = false",
+        |p| {
+            matches!(
+                p,
+                ConfigProblem::NotForTransport {
+                    key: "frame_mac",
+                    ..
+                }
+            )
+        },
+        "`transport.frame_mac`",
     ),
     (
         "shm_dir with rdma",

@@ -17,6 +17,17 @@
 //! case it leads the next write itself. So one write is in flight at a time and the next batch
 //! accumulates meanwhile; at most [`MAX_BATCH_BLOCKS`] blocks go in one write.
 //!
+//! # Lives
+//!
+//! Every [`RedoWriter::open`] begins a new *life* of the thread: a new incarnation, stamped on
+//! every block it writes, starting [`IN_FLIGHT_GAP`] blocks past where the previous life ends
+//! (its seal, or its scanned end). A write of the previous life that the storage path held
+//! past the lease lands inside that gap, in blocks of the old incarnation that no scan of any
+//! life reads; it can never be taken for the new life's redo nor overwrite it. One write is in
+//! flight at a time and none is longer than [`MAX_BATCH_BLOCKS`], so the gap covers all of it.
+//! The lives (with the new one) are the caller's to persist in the slot before the first
+//! commit.
+//!
 //! Each write starts at a fresh log block (the previous write's last block is padded), so a
 //! durable block is never rewritten and a torn write only damages itself. Space is reserved
 //! per commit when it joins a batch: the thread is a ring that may be reused only up to the
@@ -34,7 +45,7 @@ use super::codec::{
     MAX_ENTRY_LEN, RedoRecord,
 };
 use super::reader::{LogEnd, RedoReadError, RedoReader};
-use crate::format::RedoThreadLocation;
+use crate::format::{Life, MAX_LIVES, RedoThreadLocation};
 use crate::{AlignedBuf, ArenaError, IoArena, IoClass, SharedStorage, StorageError};
 use interconnect::Scn;
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -98,9 +109,18 @@ pub enum RedoOpenError {
     /// Scanning for the tail failed (corruption is reported here, with its location).
     #[error(transparent)]
     Scan(#[from] RedoReadError),
-    /// Clearing past a torn tail failed.
-    #[error("clearing the redo thread past its tail: {0}")]
-    Storage(#[from] StorageError),
+    /// The slot has no room to list one more life: earlier lives' redo still lies past the
+    /// checkpoint.
+    #[error(
+        "{lives} lives of this instance still have redo past its checkpoint (at most {MAX_LIVES}); restart the whole cluster to apply it"
+    )]
+    TooManyLives {
+        /// Lives that would be listed.
+        lives: usize,
+    },
+    /// The incarnation counter is exhausted.
+    #[error("no incarnation is left after {0}")]
+    Incarnations(u32),
     /// No memory for the write buffer.
     #[error(transparent)]
     Arena(#[from] ArenaError),
@@ -113,6 +133,10 @@ pub enum RedoOpenError {
         min: u64,
     },
 }
+
+/// Blocks a new life leaves free past the previous life's end: the most that life can have
+/// in flight (one write of at most [`MAX_BATCH_BLOCKS`]).
+pub const IN_FLIGHT_GAP: u64 = MAX_BATCH_BLOCKS as u64;
 
 /// A durable commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +158,8 @@ pub struct Appended {
     pub batch: u64,
 }
 
-/// Counters of a writer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters of a writer, and its thread's fullness now.
+#[derive(Debug, Clone, Default)]
 pub struct RedoStats {
     /// Commits acknowledged.
     pub commits: u64,
@@ -143,6 +167,28 @@ pub struct RedoStats {
     pub writes: u64,
     /// Log blocks written.
     pub blocks: u64,
+    /// Latency of each durable write: the write and its fdatasync (a redo sync).
+    pub sync_latency: gcs::Histogram,
+    /// Commits refused with [`RedoError::RedoFull`].
+    pub full_refusals: u64,
+    /// Bytes of the thread in use: log blocks from the checkpoint to the end, and those
+    /// reserved by commits waiting for their write.
+    pub used_bytes: u64,
+    /// Bytes of the thread (whole log blocks).
+    pub thread_bytes: u64,
+    /// Age of the oldest redo past the checkpoint: since the first write after the
+    /// checkpoint last moved (zero when the checkpoint is at the end).
+    pub checkpoint_age: Duration,
+}
+
+impl RedoStats {
+    /// The share of the thread in use (what [`RedoWriter::usage`] says).
+    pub fn usage(&self) -> f64 {
+        if self.thread_bytes == 0 {
+            return 0.0;
+        }
+        self.used_bytes as f64 / self.thread_bytes as f64
+    }
 }
 
 struct State {
@@ -162,6 +208,10 @@ struct State {
     failed: Option<Arc<StorageError>>,
     buffer: Option<WriteBuffer>,
     spare: Vec<u8>,
+    /// Recorded by the leader, under this lock it holds anyway after its write.
+    sync_latency: gcs::Histogram,
+    /// When the oldest write past the checkpoint was made; `None` while there is none.
+    oldest_past_checkpoint: Option<Instant>,
 }
 
 enum WriteBuffer {
@@ -194,6 +244,7 @@ pub struct RedoWriter {
     commits: AtomicU64,
     writes: AtomicU64,
     blocks_written: AtomicU64,
+    full_refusals: AtomicU64,
 }
 
 impl std::fmt::Debug for RedoWriter {
@@ -206,15 +257,19 @@ impl std::fmt::Debug for RedoWriter {
 }
 
 impl RedoWriter {
-    /// Opens the writer of `thread` whose checkpoint is at `checkpoint_sequence`: scans to the
-    /// log's end, clears stale blocks of a torn write past it, and returns the writer with
-    /// what the scan found.
+    /// Opens the writer of `thread` whose checkpoint is at `checkpoint_sequence` as a new life
+    /// after `lives` (the slot's, with seals applied): scans to the newest life's end, ends
+    /// that life there (unless its end is known already), and starts the new life
+    /// [`IN_FLIGHT_GAP`] blocks past it. Returns the writer, the lives to persist in the slot
+    /// before the first commit (those that end after the checkpoint, and the new one, open),
+    /// and what the scan found.
     pub fn open(
         storage: Arc<dyn SharedStorage>,
         thread: RedoThreadLocation,
         checkpoint_sequence: u64,
+        lives: &[Life],
         config: GroupCommitConfig,
-    ) -> Result<(Self, LogEnd), RedoOpenError> {
+    ) -> Result<(Self, Vec<Life>, LogEnd), RedoOpenError> {
         let blocks = thread.size / LOG_BLOCK_SIZE as u64;
         let min_blocks = 2 * LOOK_AHEAD_BLOCKS;
         if blocks < min_blocks {
@@ -224,17 +279,39 @@ impl RedoWriter {
             });
         }
         let checkpoint = checkpoint_sequence.max(1);
-        let end = RedoReader::new(storage.as_ref(), thread, checkpoint)?.scan_to_end()?;
+        let end = RedoReader::new(storage.as_ref(), thread, checkpoint, lives)?.scan_to_end()?;
+        let mut lives = lives.to_vec();
+        let (incarnation, start) = match lives.last_mut() {
+            Some(last) => {
+                let ended = *last.end.get_or_insert(end.next_sequence.max(last.start));
+                let incarnation = last
+                    .incarnation
+                    .checked_add(1)
+                    .ok_or(RedoOpenError::Incarnations(last.incarnation))?;
+                (incarnation, ended.max(checkpoint) + IN_FLIGHT_GAP)
+            }
+            None => (1, checkpoint),
+        };
+        lives.retain(|life| life.end.is_some_and(|end| end > checkpoint));
+        lives.push(Life {
+            incarnation,
+            start,
+            end: None,
+        });
+        if lives.len() > MAX_LIVES {
+            return Err(RedoOpenError::TooManyLives { lives: lives.len() });
+        }
         let buffer = Self::write_buffer(storage.as_ref())?;
         let writer = Self {
             ident: LogIdent {
                 cluster_id: thread.cluster_id,
                 instance: thread.instance,
+                incarnation,
             },
             blocks,
             config,
             state: Mutex::new(State {
-                next_sequence: end.next_sequence,
+                next_sequence: start,
                 checkpoint,
                 reserved_blocks: 0,
                 open: Vec::new(),
@@ -249,6 +326,9 @@ impl RedoWriter {
                 failed: None,
                 buffer: Some(buffer),
                 spare: Vec::new(),
+                sync_latency: gcs::Histogram::default(),
+                // A previous life's redo past the checkpoint is at least this old.
+                oldest_past_checkpoint: (end.next_sequence > checkpoint).then(Instant::now),
             }),
             batch_done: Condvar::new(),
             durable_batch: AtomicU64::new(0),
@@ -257,11 +337,11 @@ impl RedoWriter {
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             blocks_written: AtomicU64::new(0),
+            full_refusals: AtomicU64::new(0),
             storage,
             thread,
         };
-        writer.clear_past_tail(end.next_sequence, checkpoint)?;
-        Ok((writer, end))
+        Ok((writer, lives, end))
     }
 
     /// The batch buffer, registered with the kernel where the storage can.
@@ -277,38 +357,35 @@ impl RedoWriter {
         Ok(WriteBuffer::Plain(AlignedBuf::new(len, LOG_BLOCK_SIZE)?))
     }
 
-    /// Zeroes the look-ahead window past the tail, so stale blocks of a torn write can never
-    /// be read as a continuation of the writes that follow.
-    fn clear_past_tail(&self, tail: u64, checkpoint: u64) -> Result<(), StorageError> {
-        let free = (checkpoint + self.blocks).saturating_sub(tail);
-        let count = LOOK_AHEAD_BLOCKS.min(free) as usize;
-        let zeros = AlignedBuf::new(MAX_BATCH_BLOCKS * LOG_BLOCK_SIZE, LOG_BLOCK_SIZE)?;
-        let mut sequence = tail;
-        let end = tail + count as u64;
-        while sequence < end {
-            let index = sequence % self.blocks;
-            let n = (end - sequence)
-                .min(self.blocks - index)
-                .min(MAX_BATCH_BLOCKS as u64);
-            let offset = self.thread.offset + index * LOG_BLOCK_SIZE as u64;
-            self.storage
-                .write_at(offset, &zeros[..n as usize * LOG_BLOCK_SIZE], IoClass::Redo)?;
-            sequence += n;
-        }
-        self.storage.sync(IoClass::Redo)
-    }
-
     /// The thread this writer appends to.
     pub fn thread(&self) -> RedoThreadLocation {
         self.thread
     }
 
-    /// Counters so far.
+    /// This life's incarnation, stamped on every block it writes.
+    pub fn incarnation(&self) -> u32 {
+        self.ident.incarnation
+    }
+
+    /// Counters so far, and the thread's fullness now.
     pub fn stats(&self) -> RedoStats {
+        let (sync_latency, used_blocks, oldest) = {
+            let st = self.state.lock();
+            (
+                st.sync_latency.clone(),
+                st.next_sequence - st.checkpoint + st.reserved_blocks,
+                st.oldest_past_checkpoint,
+            )
+        };
         RedoStats {
             commits: self.commits.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
             blocks: self.blocks_written.load(Ordering::Relaxed),
+            sync_latency,
+            full_refusals: self.full_refusals.load(Ordering::Relaxed),
+            used_bytes: used_blocks * LOG_BLOCK_SIZE as u64,
+            thread_bytes: self.blocks * LOG_BLOCK_SIZE as u64,
+            checkpoint_age: oldest.map_or(Duration::ZERO, |at| at.elapsed()),
         }
     }
 
@@ -336,6 +413,9 @@ impl RedoWriter {
             });
         }
         st.checkpoint = sequence;
+        // Redo between the new checkpoint and the end was written after the checkpoint
+        // began: dated from now (at most that much younger than it is).
+        st.oldest_past_checkpoint = (sequence < st.next_sequence).then(Instant::now);
         Ok(())
     }
 
@@ -384,6 +464,7 @@ impl RedoWriter {
         }
         let used = st.next_sequence - st.checkpoint + st.reserved_blocks;
         if used + reserve > self.blocks {
+            self.full_refusals.fetch_add(1, Ordering::Relaxed);
             return Err(RedoError::RedoFull {
                 needed: reserve,
                 free: self.blocks.saturating_sub(used),
@@ -537,11 +618,14 @@ impl RedoWriter {
         // Committers blocked on a full open batch may join the new one now.
         self.batch_done.notify_all();
 
-        let result = MutexGuard::unlocked(st, || {
+        let (result, synced) = MutexGuard::unlocked(st, || {
             let bytes = buffer.bytes_mut();
             let n = codec::pack_batch(&stream, &starts, self.ident, first, bytes);
-            self.write_wrapped(first, &bytes[..n * LOG_BLOCK_SIZE])
-                .map(|()| n as u64)
+            let started = Instant::now();
+            let result = self
+                .write_wrapped(first, &bytes[..n * LOG_BLOCK_SIZE])
+                .map(|()| n as u64);
+            (result, started.elapsed())
         });
 
         st.buffer = Some(buffer);
@@ -558,6 +642,8 @@ impl RedoWriter {
                 self.commits.fetch_add(commits, Ordering::Relaxed);
                 self.writes.fetch_add(1, Ordering::Relaxed);
                 self.blocks_written.fetch_add(n, Ordering::Relaxed);
+                st.sync_latency.record(synced);
+                st.oldest_past_checkpoint.get_or_insert_with(Instant::now);
             }
             Err(e) => st.failed = Some(Arc::new(e)),
         }
