@@ -27,25 +27,33 @@
 //!
 //! Offsets are into a block's *payload*: the block minus its 32-byte header (block id, SCN,
 //! checksum), which the instance keeps. A transaction holds each block it changed in X until
-//! it commits or is dropped (dropping it without `commit` rolls its changes back), so other
-//! instances wait for the commit; take blocks in a consistent order across transactions, or
-//! serialize with [`Instance::lock`], since a cycle of transactions waiting for each other's
-//! blocks is not broken by the engine.
+//! its commit is in the redo stream or it is dropped (dropping it without `commit` rolls its
+//! changes back), so other transactions wait for the commit; take blocks in a consistent
+//! order across transactions, or serialize with [`Instance::lock`], since a cycle of
+//! transactions waiting for each other's blocks is not broken by the engine.
+//!
+//! Early lock release: [`Transaction::commit_pending`] appends the redo and releases the
+//! blocks before the write is durable; [`PendingCommit::wait`] is the acknowledgement. The
+//! next local transaction may take the blocks at once (its commit can only be durable after
+//! this one); they leave the instance only once that redo is durable, or, with
+//! `cache.ship_policy = "commit-dependency"`, carrying a commit dependency. Readers wait with
+//! [`Instance::wait_durable`] before acknowledging what they read.
 //!
 //! This module owns the user-facing handles and the transaction's redo. It must never block
 //! the driver thread, and never hold a latch across a wait for another instance.
 
 use crate::cache::{Pin, ReadLatch};
 use crate::cluster::ClusterManager;
+use crate::commit::CommitStream;
 use crate::config::{Fencing, InstanceConfig, TransportConfig};
-use crate::core::{BlockGrant, Completion, Core, CoreConfig, CoreError};
+use crate::core::{BlockGrant, Completion, Core, CoreConfig, CoreError, Dependency};
 use crate::format::{self, BLOCK_HEADER_LEN, InstanceSlot, Layout, SlotState};
-use crate::redo::{GroupCommitConfig, RedoError, RedoRecord, RedoWriter};
+use crate::redo::{Appended, GroupCommitConfig, RedoError, RedoRecord, RedoWriter};
 use crate::runtime::{Command, ReservationFence, Runtime, RuntimeParts, RuntimeStats, Waiter};
 use crate::storage::{SharedStorage, StorageOptions};
 use gcs::{BlockId, BlockMode};
 use ges::{LockMode, LockName, LockValue, VALUE_LEN};
-use interconnect::{AtomicScnClock, BlockRegion, Epoch, InstanceId, InstanceSet, Scn, Timestamp};
+use interconnect::{BlockRegion, Epoch, InstanceId, InstanceSet, Scn, Timestamp};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,7 +184,8 @@ pub struct Instance {
     layout: Layout,
     storage: Arc<dyn SharedStorage>,
     redo: Arc<RedoWriter>,
-    clock: AtomicScnClock,
+    /// The redo stream commits append to, with the clock that stamps them.
+    commits: Arc<CommitStream>,
     runtime: Runtime,
     payload: usize,
     /// The changes of this instance's previous life storage may not hold yet.
@@ -350,7 +359,7 @@ impl Instance {
             options,
             fence,
         };
-        let (runtime, redo) = match &config.transport {
+        let (runtime, commits) = match &config.transport {
             TransportConfig::Tcp { .. } => {
                 let region = BlockRegion::anonymous(frames, layout.block_size)
                     .map_err(|e| StartError::Cache(e.to_string()))?;
@@ -413,8 +422,8 @@ impl Instance {
             me,
             layout,
             storage,
-            redo: Arc::new(redo),
-            clock: AtomicScnClock::starting_at(Scn(0)),
+            redo: Arc::clone(&commits.redo),
+            commits,
             runtime,
             payload,
             previous_life,
@@ -468,13 +477,77 @@ impl Instance {
 
     /// Reads `block`: the instance gets it in S (from its cache, from another instance's,
     /// or from storage) and keeps it until the returned handle is dropped.
+    /// A copy shipped with a commit dependency (`cache.ship_policy = "commit-dependency"`) is
+    /// returned once its sender's redo is durable; if the sender died first, the read fails
+    /// with [`CoreError::DependencyLost`]. What a read returns may be a local change whose
+    /// redo is appended and not durable yet: before acknowledging what it read to a client,
+    /// a reader waits with [`Instance::wait_durable`] (or commits a read-only transaction).
     pub fn read(&self, block: BlockId) -> Result<BlockRef<'_>, InstanceError> {
         let (grant, acquisition) = self.acquire(block, BlockMode::Shared)?;
-        Ok(BlockRef {
+        let dependency = grant.dependency;
+        let held = BlockRef {
             instance: self,
             grant: Some(grant),
             acquisition,
-        })
+        };
+        self.wait_dependencies(dependency.into_iter().collect())?;
+        Ok(held)
+    }
+
+    /// This instance's SCN clock now: every change it has made or seen is at or below it.
+    pub fn scn(&self) -> Scn {
+        self.commits.clock.current()
+    }
+
+    /// Returns once every change of this instance at or below `scn` that is in its redo
+    /// stream is durable (and the I/O lease confirms the write): what a reader saw may be
+    /// acknowledged then. `wait_durable(instance.scn())` covers everything seen so far. At
+    /// once when nothing it covers is pending.
+    pub fn wait_durable(&self, scn: Scn) -> Result<(), InstanceError> {
+        if self.redo.durable_scn() >= scn {
+            return Ok(());
+        }
+        self.redo.wait_scn(scn)?;
+        self.confirm_lease("the I/O lease expired while the redo was written")?;
+        self.commits.report(&self.runtime.handle);
+        Ok(())
+    }
+
+    /// Fails unless the I/O lease confirms a write that completed now.
+    fn confirm_lease(&self, why: &str) -> Result<(), InstanceError> {
+        if self
+            .runtime
+            .handle
+            .lease
+            .confirm(crate::storage::boottime())
+        {
+            Ok(())
+        } else {
+            Err(InstanceError::Core(CoreError::Stopped(why.into())))
+        }
+    }
+
+    /// Waits until the redo these commit dependencies name is durable on their senders.
+    fn wait_dependencies(&self, dependencies: Vec<Dependency>) -> Result<(), InstanceError> {
+        if dependencies.is_empty() {
+            return Ok(());
+        }
+        let handle = &self.runtime.handle;
+        let waiter = Waiter::new();
+        let ticket = handle.ticket();
+        if !handle.submit(Command::AwaitDependencies {
+            ticket,
+            dependencies,
+            waiter: Arc::clone(&waiter),
+        }) {
+            return Err(InstanceError::Stopped);
+        }
+        match waiter.wait(handle.spin, &handle.stop) {
+            Some(Completion::Durable { result, .. }) => Ok(result?),
+            Some(Completion::Block { .. } | Completion::Lock { .. }) | None => {
+                Err(InstanceError::Stopped)
+            }
+        }
     }
 
     /// Starts a transaction. When the redo thread is fuller than
@@ -532,7 +605,9 @@ impl Instance {
                 value: result?,
                 write: None,
             }),
-            Some(Completion::Block { .. }) | None => Err(InstanceError::Stopped),
+            Some(Completion::Block { .. } | Completion::Durable { .. }) | None => {
+                Err(InstanceError::Stopped)
+            }
         }
     }
 
@@ -642,14 +717,16 @@ impl Instance {
                 // Changes to it take SCNs above its version. The GCS engine already bounded
                 // this SCN (its clock refuses what this one would), so a refusal cannot
                 // happen; were it to, the clock stays as it is and SCNs still only grow.
-                let _ = self.clock.observe(grant.scn);
+                let _ = self.commits.clock.observe(grant.scn);
                 let acquisition = Acquisition {
                     kind: grant.kind,
                     latency: start.elapsed(),
                 };
                 Ok((grant, acquisition))
             }
-            Some(Completion::Lock { .. }) | None => Err(InstanceError::Stopped),
+            Some(Completion::Lock { .. } | Completion::Durable { .. }) | None => {
+                Err(InstanceError::Stopped)
+            }
         }
     }
 
@@ -712,7 +789,10 @@ impl std::ops::Deref for Payload<'_> {
 struct TxBlock {
     block: BlockId,
     pin: Pin,
-    newest: Option<Scn>,
+    /// The transaction changed it (its records take the commit's SCN).
+    changed: bool,
+    /// The copy's commit dependency when granted: the commit waits for it.
+    dependency: Option<Dependency>,
     acquisition: Acquisition,
 }
 
@@ -764,7 +844,8 @@ impl<'i> Transaction<'i> {
                 self.blocks.push(TxBlock {
                     block,
                     pin: grant.pin,
-                    newest: None,
+                    changed: false,
+                    dependency: grant.dependency,
                     acquisition,
                 });
                 self.blocks.len() - 1
@@ -774,51 +855,65 @@ impl<'i> Transaction<'i> {
     }
 
     /// Makes the transaction's changes durable (one group-committed redo write) and releases
-    /// its blocks. Returns once durable.
-    pub fn commit(mut self) -> Result<CommitInfo, InstanceError> {
-        let records = std::mem::take(&mut self.records);
-        let scn = records.iter().map(|r| r.scn).max().unwrap_or_default();
+    /// its blocks. Returns once durable: [`Transaction::commit_pending`], then
+    /// [`PendingCommit::wait`].
+    pub fn commit(self) -> Result<CommitInfo, InstanceError> {
+        self.commit_pending()?.wait()
+    }
+
+    /// Puts the transaction's redo in the stream and releases its blocks at once (early lock
+    /// release: the next transaction may take them; its commit can only become durable after
+    /// this one), without waiting for the write. Blocks leave the instance only once the redo
+    /// is durable (or carrying a commit dependency, by `cache.ship_policy`). The commit is
+    /// acknowledged by [`PendingCommit::wait`]; a caller may release its own locks first.
+    ///
+    /// A copy this transaction got with a commit dependency is waited for first (nothing of
+    /// the transaction enters the stream before what it was built on is durable); if that
+    /// sender died, the transaction rolls back with [`CoreError::DependencyLost`]. A
+    /// transaction with no change appends nothing; its wait covers everything this instance
+    /// had made visible when it was called (what the transaction may have read).
+    pub fn commit_pending(mut self) -> Result<PendingCommit<'i>, InstanceError> {
         if let Some(reason) = self.instance.stopped() {
             return Err(InstanceError::Core(CoreError::Stopped(reason)));
         }
-        if !records.is_empty() {
+        let records = std::mem::take(&mut self.records);
+        let dependencies: Vec<Dependency> =
+            self.blocks.iter().filter_map(|b| b.dependency).collect();
+        // On failure `self` drops and rolls back: nothing of it entered the stream, or the
+        // writer is stopped and the instance must restart anyway.
+        self.instance.wait_dependencies(dependencies)?;
+        let target = if records.is_empty() {
+            Target::Seen(self.instance.scn())
+        } else {
             if !self.instance.runtime.handle.lease.wait_valid() {
                 return Err(InstanceError::Core(CoreError::Stopped(
                     "the I/O lease has expired".into(),
                 )));
             }
-            // On failure `self` drops and rolls back: nothing of it was made durable, or the
-            // writer is stopped and the instance must restart anyway.
-            self.instance.redo.commit(&records)?;
-            // Checked again once durable: a commit whose redo write outlived the lease (held
-            // by the storage path, or this process paused past it) is not acknowledged; the
-            // survivors recover this thread, with or without it.
-            if !self
-                .instance
-                .runtime
-                .handle
-                .lease
-                .confirm(crate::storage::boottime())
-            {
-                return Err(InstanceError::Core(CoreError::Stopped(
-                    "the I/O lease expired while the commit was written".into(),
-                )));
-            }
-        }
-        let changed = self.blocks.iter().filter(|b| b.newest.is_some()).count();
+            Target::Appended(self.instance.commits.append(&records)?)
+        };
+        let scn = match target {
+            Target::Appended(appended) => appended.scn,
+            Target::Seen(_) => Scn(0),
+        };
+        let changed = self.blocks.iter().filter(|b| b.changed).count();
         for b in self.blocks.drain(..) {
-            if let Some(newest) = b.newest {
+            let dirty = b.changed.then_some(scn);
+            if b.changed {
                 // The cache learns the copy is dirty (eviction writes it first).
-                let _ = b.pin.write().mark_dirty(newest);
+                let _ = b.pin.write().mark_dirty(scn);
             }
             drop(b.pin);
-            self.instance
-                .release(b.block, BlockMode::Exclusive, b.newest);
+            self.instance.release(b.block, BlockMode::Exclusive, dirty);
         }
         self.undo.clear();
-        Ok(CommitInfo {
-            scn,
-            blocks: changed,
+        Ok(PendingCommit {
+            instance: self.instance,
+            target: Some(target),
+            info: CommitInfo {
+                scn,
+                blocks: changed,
+            },
         })
     }
 
@@ -876,7 +971,6 @@ impl BlockMut<'_, '_> {
             });
         }
         let at = BLOCK_HEADER_LEN + offset;
-        let scn = self.tx.instance.clock.tick();
         let b = &mut self.tx.blocks[self.index];
         {
             let mut latch = b.pin.write();
@@ -885,14 +979,79 @@ impl BlockMut<'_, '_> {
                 .push((self.index, at, latch[at..at + bytes.len()].to_vec()));
             latch[at..at + bytes.len()].copy_from_slice(bytes);
         }
-        b.newest = Some(scn);
+        b.changed = true;
         self.tx.records.push(RedoRecord {
-            scn,
+            // Stamped with the commit's SCN when appended.
+            scn: Scn(0),
             block: b.block,
             offset: at as u32,
             bytes: bytes.to_vec(),
         });
         Ok(())
+    }
+}
+
+/// What a pending commit waits for.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// Its own entry in the stream.
+    Appended(Appended),
+    /// A transaction with no change: everything at or below this SCN (what it saw).
+    Seen(Scn),
+}
+
+/// A commit whose redo is in the stream and whose blocks are released
+/// ([`Transaction::commit_pending`]); [`PendingCommit::wait`] returns once it is durable, the
+/// acknowledgement. Dropping it unwaited still waits (so the stream is written), without
+/// saying how it went.
+#[derive(Debug)]
+#[must_use = "a commit is acknowledged only by `wait`"]
+pub struct PendingCommit<'i> {
+    instance: &'i Instance,
+    /// `None` once waited for.
+    target: Option<Target>,
+    info: CommitInfo,
+}
+
+impl PendingCommit<'_> {
+    /// The commit's SCN (zero for a transaction with no change).
+    pub fn scn(&self) -> Scn {
+        self.info.scn
+    }
+
+    /// Returns once the commit is durable and the I/O lease confirms its write: the
+    /// acknowledgement. A commit whose write outlived the lease (held by the storage path,
+    /// or this process paused past it) is not acknowledged; the survivors recover this
+    /// thread, with or without it.
+    pub fn wait(mut self) -> Result<CommitInfo, InstanceError> {
+        let target = self.target.take();
+        let instance = self.instance;
+        match target {
+            Some(Target::Appended(appended)) => {
+                instance.redo.wait(appended)?;
+                instance.confirm_lease("the I/O lease expired while the commit was written")?;
+                instance.commits.report(&instance.runtime.handle);
+            }
+            Some(Target::Seen(scn)) => instance.wait_durable(scn)?,
+            None => {}
+        }
+        Ok(self.info)
+    }
+}
+
+impl Drop for PendingCommit<'_> {
+    fn drop(&mut self) {
+        if let Some(Target::Appended(appended)) = self.target.take()
+            && self.instance.redo.wait(appended).is_ok()
+            && self
+                .instance
+                .runtime
+                .handle
+                .lease
+                .confirm(crate::storage::boottime())
+        {
+            self.instance.commits.report(&self.instance.runtime.handle);
+        }
     }
 }
 
@@ -1020,7 +1179,7 @@ impl Setting<'_> {
         &self,
         mut transport: T,
         cache: crate::cache::BufferCache,
-    ) -> Result<(Runtime, RedoWriter), StartError> {
+    ) -> Result<(Runtime, Arc<CommitStream>), StartError> {
         let me = self.config.local.id;
         let configured = self.config.instances();
         let (entry, connected, early) = self.enter(&mut transport)?;
@@ -1049,6 +1208,7 @@ impl Setting<'_> {
                 data_blocks: self.layout.data_blocks,
                 gcs: gcs::GcsConfig {
                     remaster: self.config.remaster,
+                    ship_policy: self.config.cache.ship_policy.gcs(),
                     ..gcs::GcsConfig::default()
                 },
                 ges: ges::GesConfig::default(),
@@ -1077,6 +1237,7 @@ impl Setting<'_> {
             // shows it runs.
             cluster.announce_formation();
         }
+        let commits = Arc::new(CommitStream::new(Arc::new(redo)));
         let runtime = Runtime::start(RuntimeParts {
             transport,
             core,
@@ -1092,8 +1253,9 @@ impl Setting<'_> {
             early,
             own_paxos,
             fence: self.fence.clone(),
+            commits: Arc::clone(&commits),
         })?;
-        Ok((runtime, redo))
+        Ok((runtime, commits))
     }
 
     /// This instance's Disk Paxos, knowing the decision it starts in (`epoch` with `live`:

@@ -40,6 +40,8 @@
 //! [cache]                            # optional; defaults shown
 //! frames = 16384                     # 128 MiB of 8 KiB frames
 //! block_size = 8192                  # must match the storage
+//! ship_policy = "log-force"          # or "commit-dependency": a changed block is shipped
+//!                                    #   while its redo write is in flight
 //!
 //! [remaster]                         # affinity remastering of block masters; defaults shown
 //! enabled = false                    # masters move each 128-block range to its main user
@@ -375,6 +377,33 @@ pub struct CacheConfig {
     pub frames: u32,
     /// Bytes per block and frame: a power of two in 4–32 KiB, equal to the storage's.
     pub block_size: u32,
+    /// When a block changed here may leave for another instance (`cache.ship_policy`).
+    pub ship_policy: ShipPolicy,
+}
+
+/// When a block whose newest change's redo is not durable yet may be shipped to another
+/// instance (DESIGN.md, GCS: commit dependency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShipPolicy {
+    /// The redo is forced first: the receiver gets a version that is durable.
+    #[default]
+    LogForce,
+    /// The block leaves while the redo write is in flight, carrying a commit dependency: the
+    /// receiver may read and change it at once, but its commit, its write of the block and
+    /// any onward ship wait until the sender's redo is durable; if the sender dies first, the
+    /// copy is discarded and what was built on it is not acknowledged.
+    CommitDependency,
+}
+
+impl ShipPolicy {
+    /// The GCS engine's policy.
+    pub fn gcs(self) -> gcs::ShipPolicy {
+        match self {
+            ShipPolicy::LogForce => gcs::ShipPolicy::LogForceBeforeShip,
+            ShipPolicy::CommitDependency => gcs::ShipPolicy::CommitDependency,
+        }
+    }
 }
 
 /// A validated instance configuration.
@@ -659,6 +688,8 @@ struct RawTransport {
 struct RawCache {
     frames: Option<u64>,
     block_size: Option<u64>,
+    #[serde(default)]
+    ship_policy: ShipPolicy,
 }
 
 /// Buffer cache frames when the configuration names none (128 MiB of 8 KiB blocks).
@@ -1035,7 +1066,11 @@ fn cache(raw: &RawCache) -> Result<CacheConfig, ConfigProblem> {
         .ok()
         .filter(|f| (1..=MAX_FRAMES).contains(f))
         .ok_or(ConfigProblem::Frames { value: frames })?;
-    Ok(CacheConfig { frames, block_size })
+    Ok(CacheConfig {
+        frames,
+        block_size,
+        ship_policy: raw.ship_policy,
+    })
 }
 
 fn membership(raw: &RawHeartbeat) -> Result<MembershipConfig, ConfigProblem> {

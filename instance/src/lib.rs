@@ -66,6 +66,7 @@ pub use ::storage::{format, recovery, redo};
 pub mod api;
 pub mod cache;
 pub mod cluster;
+mod commit;
 pub mod config;
 pub mod core;
 pub mod paxos;

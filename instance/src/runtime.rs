@@ -8,7 +8,8 @@
 //!   inside the transport's poll, from which a user's command or an I/O completion wakes it.
 //! * **I/O threads** read and write blocks (verify on read, seal on write) and report back.
 //! * User threads (the API, `crate::api`) commit redo themselves (group commit) and wait for
-//!   their completions on a `Waiter` that yields briefly and then parks.
+//!   their completions on a `Waiter` that yields briefly and then parks. They report the
+//!   stream's durability (`crate::commit`); the driver answers GCS's redo forces from it.
 //!
 //! This module owns threads, queues and waiting. It must never decide coherence or
 //! durability (the core and the engines do), and the driver never blocks on storage.
@@ -73,6 +74,16 @@ pub(crate) enum Command {
     Unlock {
         name: LockName,
         value: Option<[u8; VALUE_LEN]>,
+    },
+    /// This instance's redo is durable up to `scn` (`crate::commit`).
+    RedoDurable {
+        scn: Scn,
+    },
+    /// Wait until these commit dependencies are durable on their senders.
+    AwaitDependencies {
+        ticket: Ticket,
+        dependencies: Vec<crate::core::Dependency>,
+        waiter: Arc<Waiter>,
     },
     Checkpoint {
         reply: Sender<()>,
@@ -488,6 +499,8 @@ pub(crate) struct RuntimeParts<T> {
     pub(crate) own_paxos: [u8; SLOT_PAXOS_LEN],
     /// Fencing by reservation, when configured (this instance's key is registered).
     pub(crate) fence: Option<Arc<ReservationFence>>,
+    /// The redo stream: redo forces GCS asks for are answered from it.
+    pub(crate) commits: Arc<crate::commit::CommitStream>,
 }
 
 struct IoContext {
@@ -520,6 +533,7 @@ impl Runtime {
             early,
             own_paxos,
             fence,
+            commits,
         } = parts;
         let (commands, command_rx) = crossbeam::channel::unbounded();
         let (io_tx, io_rx) = crossbeam::channel::unbounded::<IoOp>();
@@ -608,6 +622,8 @@ impl Runtime {
             reconfigured_at: None,
             rebuilding: false,
             timing_failure: false,
+            commits,
+            redo_force: None,
         };
         let driver = std::thread::Builder::new()
             .name("fusion-driver".into())
@@ -703,6 +719,9 @@ struct Driver<T> {
     /// Checkpoints waiting for the core to write every dirty block.
     checkpoints: Vec<Sender<()>>,
     context: Arc<IoContext>,
+    commits: Arc<crate::commit::CommitStream>,
+    /// The redo force GCS waits for, until the stream is durable that far.
+    redo_force: Option<Scn>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -1022,7 +1041,8 @@ impl<T: Transport> Driver<T> {
                 self.core.acquire(ticket, block, mode, now);
             }
             Command::Release { block, mode, dirty } => {
-                if let Err(e) = self.core.release(block, mode, dirty, now) {
+                // The transaction's commit is appended, maybe not durable (early release).
+                if let Err(e) = self.core.release_appended(block, mode, dirty, now) {
                     eprintln!("fusion: release of {block}: {e}");
                 }
             }
@@ -1040,6 +1060,15 @@ impl<T: Transport> Driver<T> {
                 if let Err(e) = self.core.unlock(name, value, now) {
                     eprintln!("fusion: unlock of {name:?}: {e}");
                 }
+            }
+            Command::RedoDurable { scn } => self.core.on_redo_durable(scn, now),
+            Command::AwaitDependencies {
+                ticket,
+                dependencies,
+                waiter,
+            } => {
+                self.waiters.insert(ticket, waiter);
+                self.core.await_dependencies(ticket, dependencies);
             }
             Command::Checkpoint { reply } => {
                 self.core.checkpoint(now);
@@ -1278,10 +1307,26 @@ impl<T: Transport> Driver<T> {
                 }
             }
         }
+        if let Some(upto) = self.core.poll_redo_force() {
+            self.redo_force = self.redo_force.max(Some(upto));
+        }
+        if let Some(upto) = self.redo_force {
+            // Answered at once when nothing appended is pending; else a committer's report
+            // (RedoDurable) moves the stream and this looks again. Never past the lease.
+            let horizon = self.commits.horizon(upto);
+            if horizon >= upto && self.context.lease.valid() {
+                any = true;
+                self.redo_force = None;
+                let now = self.now();
+                self.core.on_redo_durable(horizon, now);
+            }
+        }
         while let Some(completion) = self.core.poll_completion() {
             any = true;
             let ticket = match &completion {
-                Completion::Block { ticket, .. } | Completion::Lock { ticket, .. } => *ticket,
+                Completion::Block { ticket, .. }
+                | Completion::Lock { ticket, .. }
+                | Completion::Durable { ticket, .. } => *ticket,
             };
             match self.waiters.remove(&ticket) {
                 Some(waiter) => waiter.complete(completion),

@@ -244,6 +244,23 @@ fn fencing_is_the_lease_unless_reservations_are_asked_for() {
 }
 
 #[test]
+fn the_ship_policy_is_log_force_unless_commit_dependency_is_asked_for() {
+    use instance::config::ShipPolicy;
+    assert_eq!(parse(GOOD).unwrap().cache.ship_policy, ShipPolicy::LogForce);
+    let text = GOOD.replace(
+        "frames = 64",
+        "frames = 64\nship_policy = \"commit-dependency\"",
+    );
+    assert_ne!(text, GOOD);
+    let policy = parse(&text).unwrap().cache.ship_policy;
+    assert_eq!(policy, ShipPolicy::CommitDependency);
+    assert_eq!(policy.gcs(), gcs::ShipPolicy::CommitDependency);
+    let bad = GOOD.replace("frames = 64", "frames = 64\nship_policy = \"eventually\"");
+    let error = parse(&bad).unwrap_err().to_string();
+    assert!(error.contains("ship_policy"), "{error}");
+}
+
+#[test]
 fn the_background_checkpoint_starts_at_the_configured_redo_fullness() {
     assert_eq!(parse(GOOD).unwrap().checkpoint_at_redo_percent, 50);
     let with = |percent: &str| {

@@ -578,14 +578,14 @@ impl Kv {
             let Body::Leaf(entries) = &node.body else {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
-            return match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-                Ok(i) => {
-                    Ok(Some(self.value(&entries[i].1, &mut |b| {
-                        read_block(&self.instance, b)
-                    })?))
-                }
-                Err(_) => Ok(None),
+            let found = match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+                Ok(i) => Some(self.value(&entries[i].1, &mut |b| read_block(&self.instance, b))?),
+                Err(_) => None,
             };
+            drop(held);
+            // It may have read a commit whose redo is not durable yet (early lock release).
+            self.instance.wait_durable(self.instance.scn())?;
+            return Ok(found);
         }
         Err(KvError::Retry(
             "the tree kept changing under a lookup".into(),
@@ -626,6 +626,8 @@ impl Kv {
                 None => break,
             }
         }
+        // It may have read commits whose redo is not durable yet (early lock release).
+        self.instance.wait_durable(self.instance.scn())?;
         Ok(out)
     }
 
@@ -996,8 +998,8 @@ impl<'k> KvTxn<'k> {
         Ok(out)
     }
 
-    /// Commits: returns once the changes are durable (at once for a transaction that only
-    /// read), then releases the locks.
+    /// Commits: releases the locks once the changes are in the redo stream and returns once
+    /// they are durable (a transaction that only read returns once what it read is).
     pub fn commit(mut self) -> Result<(), KvError> {
         if let Some(why) = self.aborted.take() {
             return Err(why.again());
@@ -1051,15 +1053,17 @@ impl<'k> KvTxn<'k> {
     }
 
     /// Commits (or rolls back) the engine transaction, then releases the enqueues and the
-    /// local locks, in that order: a block's X is gone before its enqueue is.
+    /// local locks, in that order: a block's X is gone before its enqueue is. The enqueues go
+    /// once the commit's redo is in the stream (early lock release: a later commit can only
+    /// be durable after it); the commit is acknowledged once durable.
     fn finish(&mut self, commit: bool) -> Result<(), KvError> {
-        let result = match self.tx.take() {
-            Some(tx) if commit => tx.commit().map(|_| ()).map_err(KvError::Instance),
+        let pending = match self.tx.take() {
+            Some(tx) if commit => tx.commit_pending().map(Some).map_err(KvError::Instance),
             Some(tx) => {
                 tx.rollback();
-                Ok(())
+                Ok(None)
             }
-            None => Ok(()),
+            None => Ok(None),
         };
         let ids: Vec<u64> = self
             .guards
@@ -1072,7 +1076,10 @@ impl<'k> KvTxn<'k> {
         self.kv.locks.release(self.id, &ids);
         self.written.clear();
         self.nodes.clear();
-        result
+        match pending? {
+            Some(pending) => pending.wait().map(|_| ()).map_err(KvError::Instance),
+            None => Ok(()),
+        }
     }
 
     /// Puts node `n`, found by `locked_node` and not changed, back into the cache.

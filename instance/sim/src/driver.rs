@@ -1648,9 +1648,9 @@ impl Sim {
     fn complete(&mut self, node: usize, completion: Completion) {
         let (ticket, result) = match completion {
             Completion::Block { ticket, result } => (ticket, result),
-            Completion::Lock { ticket, .. } => self.fail(format!(
-                "n{node}: a lock completion {ticket:?} nobody asked for"
-            )),
+            Completion::Lock { ticket, .. } | Completion::Durable { ticket, .. } => self.fail(
+                format!("n{node}: a lock or durability completion {ticket:?} nobody asked for"),
+            ),
         };
         if let Some(p) = &mut self.probe
             && p.ticket == ticket

@@ -16,13 +16,20 @@
 //! [`Core::poll_timeout`].
 //!
 //! Transactions and durability (why there is no undo): a transaction keeps every block it
-//! changed granted in X (pinned) until its redo is durable, and only then releases it with
-//! the change's SCN ([`Core::release`] with `dirty`). So GCS never ships or writes a version
-//! whose redo is not durable, no other instance or storage ever sees an uncommitted change,
-//! and an abort only restores the before-images in the frames it still holds. The local
+//! changed granted in X (pinned) until its redo is in the stream, and only then releases it
+//! with the change's SCN ([`Core::release_appended`], or [`Core::release`] once durable).
+//! GCS ships or writes such a version only once the driver reports its redo durable
+//! ([`Core::poll_redo_force`], [`Core::on_redo_durable`]) or, under the commit-dependency
+//! policy, ships it carrying the dependency; no other instance or storage ever sees an
+//! uncommitted change, and an abort only restores the before-images in the frames it still
+//! holds. The local
 //! exclusive user excludes other local users of the block (local two-phase locking), and no
 //! write of a block is started while it has an exclusive user, nor is an exclusive user
 //! admitted while a write is in flight (the write snapshots the frame).
+
+mod durability;
+
+pub use durability::{Dependency, MAX_DEPENDENCY_WAITS};
 
 use crate::cache::{BufferCache, CacheError, Eviction, Filling, Lookup, Pin};
 use gcs::{BlockId, BlockMode, DropReason, GcsConfig, GcsMessage, Io, RequestId};
@@ -47,6 +54,10 @@ pub struct BlockGrant {
     pub scn: Scn,
     /// How the grant was served; `None` when the mode was already held here.
     pub kind: Option<gcs::TransferKind>,
+    /// The copy was shipped while its sender's redo was not durable (commit-dependency
+    /// policy) and still is not: a change of it commits, and a read of it is acknowledged,
+    /// only once [`Core::await_dependencies`] says that redo is durable.
+    pub dependency: Option<Dependency>,
 }
 
 /// What a local operation came to.
@@ -65,6 +76,13 @@ pub enum Completion {
         ticket: Ticket,
         /// The lock's value block, or why not.
         result: Result<LockValue, CoreError>,
+    },
+    /// A wait on commit dependencies ([`Core::await_dependencies`]).
+    Durable {
+        /// The operation.
+        ticket: Ticket,
+        /// Durable, or why never.
+        result: Result<(), CoreError>,
     },
 }
 
@@ -165,6 +183,17 @@ pub enum CoreError {
     /// The cache refused (a landing that did not land, a frame in the wrong state).
     #[error("buffer cache: {0}")]
     Cache(String),
+    /// A copy this user read or changed was shipped before its sender's redo was durable,
+    /// and the sender died first: that version is lost, and so is what was built on it.
+    #[error(
+        "a block version depended on instance {instance}'s redo up to SCN {scn}, which was lost with it: not acknowledged"
+    )]
+    DependencyLost {
+        /// The sender.
+        instance: InstanceId,
+        /// The SCN its redo had to reach.
+        scn: Scn,
+    },
     /// The instance stopped (fenced, lost the majority, lost its storage, or shut down).
     #[error("the instance stopped: {0}")]
     Stopped(String),
@@ -205,7 +234,7 @@ pub struct CoreConfig {
     pub data_file: u32,
     /// Blocks in the data file.
     pub data_blocks: u64,
-    /// GCS settings (the runtime uses log force before ship).
+    /// GCS settings (the ship policy: `cache.ship_policy`).
     pub gcs: GcsConfig,
     /// GES settings.
     pub ges: ges::GesConfig,
@@ -346,6 +375,16 @@ pub struct Core {
     /// before the checkpoint's redo position may release them only later; the checkpoint
     /// waits for that release, and then for the released version on storage.
     checkpoint_held: BTreeSet<BlockId>,
+    /// Some release came before its redo was durable: redo forces go to the driver.
+    redo_from_driver: bool,
+    /// The highest SCN GCS asked this instance's redo to be durable up to, not yet reported.
+    force_wanted: Option<Scn>,
+    /// The force last handed to the driver.
+    force_polled: Scn,
+    /// Per instance, how many times it left the membership (its undurable redo lost).
+    losses: BTreeMap<InstanceId, u64>,
+    /// Local users waiting on commit dependencies (at most [`MAX_DEPENDENCY_WAITS`]).
+    dependency_waits: Vec<durability::DependencyWait>,
 }
 
 impl std::fmt::Debug for Core {
@@ -406,6 +445,11 @@ impl Core {
             recovering: BTreeSet::new(),
             checkpoint_pending: BTreeMap::new(),
             checkpoint_held: BTreeSet::new(),
+            redo_from_driver: false,
+            force_wanted: None,
+            force_polled: Scn(0),
+            losses: BTreeMap::new(),
+            dependency_waits: Vec::new(),
         };
         core.pump(now);
         Ok(core)
@@ -434,6 +478,7 @@ impl Core {
         // a request is armed anew (a new generation refuses the old landing), and the
         // requests GCS re-sends to the new masters name the new arming.
         self.rearm_landings();
+        self.count_losses(self.gcs.live(), live);
         self.gcs.on_reconfigure(epoch, live, map, now)?;
         self.ges.on_new_epoch(epoch, live, now)?;
         // Recovery work of an older epoch is redone from the new scan.
@@ -636,11 +681,23 @@ impl Core {
     /// A local user is done with its grant of `block` in `mode`. `dirty` is the SCN of its
     /// newest change, given only once that change's redo is durable (the transaction
     /// committed); an aborted transaction restores its before-images and passes `None`.
+    /// ([`Core::release_appended`] releases before the redo is durable.)
     pub fn release(
         &mut self,
         block: BlockId,
         mode: BlockMode,
         dirty: Option<Scn>,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        self.release_version(block, mode, dirty, true, now)
+    }
+
+    fn release_version(
+        &mut self,
+        block: BlockId,
+        mode: BlockMode,
+        dirty: Option<Scn>,
+        durable: bool,
         now: Timestamp,
     ) -> Result<(), CoreError> {
         let b = self
@@ -653,9 +710,11 @@ impl Core {
             _ => return Err(CoreError::NotHeld(block)),
         }
         if let Some(scn) = dirty {
-            // The change's redo is durable (it committed before the release), and every
-            // change this instance made at or below it was released the same way.
-            self.gcs.on_redo_durable(scn, now);
+            if durable {
+                // The change's redo is durable (it committed before the release), and every
+                // change this instance made at or below it was released the same way.
+                self.gcs.on_redo_durable(scn, now);
+            }
             self.gcs.mark_dirty(block, scn, now)?;
         }
         self.gcs.unpin(block, now)?;
@@ -1154,6 +1213,7 @@ impl Core {
                 break;
             }
         }
+        self.settle_dependency_waits();
     }
 
     /// Frames may have come free: the blocks waiting for one try again.
@@ -1197,9 +1257,7 @@ impl Core {
 
     fn gcs_io(&mut self, io: Io, now: Timestamp) {
         match io {
-            // Every change is released to GCS only after its redo is durable, and a copy
-            // from a peer left it durable (log force before ship): nothing to force.
-            Io::ForceRedo { upto } => self.gcs.on_redo_durable(upto, now),
+            Io::ForceRedo { upto } => self.force_redo(upto, now),
             Io::WriteBlock { block, scn } => {
                 let b = self.blocks.entry(block).or_default();
                 // Held back behind a local X user, or until the grant in the same step
@@ -1373,6 +1431,7 @@ impl Core {
                     mode: outstanding.wanted,
                     scn: self.gcs.block_scn(block).unwrap_or_default(),
                     kind,
+                    dependency: self.dependency_of(block),
                 })
             }
             _ => Err(CoreError::Cache(format!(

@@ -259,6 +259,19 @@ pub fn encode_entry(records: &[RedoRecord], out: &mut Vec<u8>) -> Result<(), Enc
     Ok(())
 }
 
+/// Sets the SCN of every record of an entry [`encode_entry`] made to `scn` (a commit takes
+/// its SCN when it joins the stream, so the stream is in SCN order). An entry this function
+/// did not get from `encode_entry` is left as far as it parses.
+pub fn stamp_entry(entry: &mut [u8], scn: Scn) {
+    let mut at = ENTRY_HEADER_LEN;
+    while at + RECORD_HEADER_LEN <= entry.len() {
+        entry[at..at + 8].copy_from_slice(&scn.0.to_le_bytes());
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&entry[at + 20..at + 24]);
+        at += RECORD_HEADER_LEN + u32::from_le_bytes(len) as usize;
+    }
+}
+
 /// Decodes one whole entry.
 pub fn decode_entry(bytes: &[u8]) -> Result<Vec<RedoRecord>, EntryError> {
     let mut r = Reader::new(bytes);

@@ -16,7 +16,7 @@ pub mod writer;
 pub use codec::{LogIdent, RedoRecord};
 pub use reader::{EndReason, LogEnd, RedoReadError, RedoReader};
 pub use writer::{
-    CommitReceipt, GroupCommitConfig, RedoError, RedoOpenError, RedoStats, RedoWriter,
+    Appended, CommitReceipt, GroupCommitConfig, RedoError, RedoOpenError, RedoStats, RedoWriter,
 };
 
 #[cfg(test)]

@@ -496,6 +496,64 @@ fn group_commit_shares_syncs_on_the_io_uring_redo_ring() {
     group_commit_on(&options, "the io_uring redo ring");
 }
 
+/// Split commits: appends take their stamp under the writer's lock, so the stream is in
+/// stamp order whatever SCNs the records came with; nothing is durable until waited for, and
+/// `durable_scn` covers exactly the waited batches.
+#[test]
+fn appended_commits_are_stamped_in_stream_order_and_durable_once_waited() {
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(9),
+    ));
+    let t = thread(0, THREAD_SIZE);
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
+    let clock = AtomicU64::new(100);
+    let stamp = || Scn(clock.fetch_add(1, Ordering::SeqCst) + 1);
+    // Records carrying SCNs out of order: the stamp replaces them.
+    let a = writer
+        .append(&[record(50, 1, 10), record(7, 2, 10)], stamp)
+        .unwrap();
+    let b = writer.append(&[record(3, 3, 10)], stamp).unwrap();
+    assert_eq!((a.scn, b.scn), (Scn(101), Scn(102)));
+    assert_eq!(
+        writer.durable_scn(),
+        Scn(0),
+        "nothing written before a wait"
+    );
+    assert_eq!(writer.stats().writes, 0);
+    // Waiting for the later one makes both durable (one batch).
+    let receipt = writer.wait(b).unwrap();
+    assert_eq!(receipt.scn, Scn(102));
+    assert_eq!(writer.durable_scn(), Scn(102));
+    assert_eq!(writer.wait(a).unwrap().batch, a.batch);
+    // Nothing pending: a wait for any SCN returns at once.
+    writer.wait_scn(Scn(1_000)).unwrap();
+    let c = writer.append(&[record(1, 4, 10)], stamp).unwrap();
+    writer.wait_scn(c.scn).unwrap();
+    assert_eq!(writer.durable_scn(), c.scn);
+    drop(writer);
+    faulty.crash();
+    let (records, _) = read_all(faulty.as_ref(), t, 1, &lives);
+    let seen: Vec<(u32, u64)> = records.iter().map(|r| (r.block.block, r.scn.0)).collect();
+    assert_eq!(seen, vec![(1, 101), (2, 101), (3, 102), (4, 103)]);
+}
+
+/// The durable horizon is the clock's reading only while nothing appended is pending.
+#[test]
+fn durable_horizon_covers_the_clock_only_with_nothing_pending() {
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(3),
+    ));
+    let (writer, _) = open_life(faulty, thread(0, THREAD_SIZE), 1, &mut Vec::new());
+    assert_eq!(writer.durable_horizon(|| Scn(40)), Scn(40));
+    let a = writer.append(&[record(1, 1, 10)], || Scn(41)).unwrap();
+    assert_eq!(writer.durable_horizon(|| Scn(90)), Scn(0));
+    writer.wait(a).unwrap();
+    assert_eq!(writer.durable_horizon(|| Scn(90)), Scn(90));
+}
+
 /// Writes `records` as one write of life `incarnation` at `first`, straight to storage: a
 /// write of that life that the storage path held and that lands now. Returns its blocks.
 pub(crate) fn late_write(

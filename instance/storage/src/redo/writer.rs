@@ -1,6 +1,8 @@
 //! Appending to this instance's redo thread with group commit: [`RedoWriter::commit`]
 //! returns only once its records are durable, and concurrent committers share one write and
-//! one `fdatasync`.
+//! one `fdatasync`. A commit may also be split in two ([`RedoWriter::append`], then
+//! [`RedoWriter::wait`]): once appended its place in the stream is fixed (early lock release:
+//! the next transaction may take its blocks, and its commit is written no earlier).
 //!
 //! # Group commit
 //!
@@ -147,6 +149,15 @@ pub struct CommitReceipt {
     pub durable_end: u64,
 }
 
+/// A commit in the stream, maybe not durable yet ([`RedoWriter::append`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The SCN its records carry.
+    pub scn: Scn,
+    /// The write (group commit) that carries it.
+    pub batch: u64,
+}
+
 /// Counters of a writer, and its thread's fullness now.
 #[derive(Debug, Clone, Default)]
 pub struct RedoStats {
@@ -190,6 +201,8 @@ struct State {
     open_commits: u64,
     open_batch: u64,
     open_has_spinner: bool,
+    /// The highest SCN appended to the open batch.
+    open_scn: Scn,
     durable_batch: u64,
     leader_busy: bool,
     failed: Option<Arc<StorageError>>,
@@ -225,6 +238,8 @@ pub struct RedoWriter {
     state: Mutex<State>,
     batch_done: Condvar,
     durable_batch: AtomicU64,
+    /// [`RedoWriter::durable_scn`].
+    durable_scn: AtomicU64,
     leader_busy: AtomicBool,
     commits: AtomicU64,
     writes: AtomicU64,
@@ -305,6 +320,7 @@ impl RedoWriter {
                 open_commits: 0,
                 open_batch: 1,
                 open_has_spinner: false,
+                open_scn: Scn(0),
                 durable_batch: 0,
                 leader_busy: false,
                 failed: None,
@@ -316,6 +332,7 @@ impl RedoWriter {
             }),
             batch_done: Condvar::new(),
             durable_batch: AtomicU64::new(0),
+            durable_scn: AtomicU64::new(0),
             leader_busy: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -402,11 +419,35 @@ impl RedoWriter {
         Ok(())
     }
 
-    /// Makes `records` durable as one atomic commit; returns once they are.
+    /// Makes `records` durable as one atomic commit, with the SCNs they carry; returns once
+    /// they are.
     pub fn commit(&self, records: &[RedoRecord]) -> Result<CommitReceipt, RedoError> {
+        let scn = records.iter().map(|r| r.scn).max().unwrap_or_default();
+        let appended = self.append_entry(records, None::<fn() -> Scn>)?;
+        self.wait(appended)
+            .map(|receipt| CommitReceipt { scn, ..receipt })
+    }
+
+    /// Puts `records` in the stream as one atomic commit and returns at once, before they are
+    /// durable ([`RedoWriter::wait`] waits). `stamp` is called under the writer's lock and its
+    /// SCN replaces every record's: so a commit appended later has a higher SCN, and
+    /// [`RedoWriter::durable_scn`] means every record at or below it is durable. The place is
+    /// final: a later append never becomes durable before this one.
+    pub fn append(
+        &self,
+        records: &[RedoRecord],
+        stamp: impl FnOnce() -> Scn,
+    ) -> Result<Appended, RedoError> {
+        self.append_entry(records, Some(stamp))
+    }
+
+    fn append_entry(
+        &self,
+        records: &[RedoRecord],
+        stamp: Option<impl FnOnce() -> Scn>,
+    ) -> Result<Appended, RedoError> {
         let mut entry = Vec::new();
         codec::encode_entry(records, &mut entry)?;
-        let scn = records.iter().map(|r| r.scn).max().unwrap_or_default();
         // A write of n entries takes at most the sum of their own block counts.
         let reserve = codec::blocks_for(entry.len()) as u64;
 
@@ -430,31 +471,93 @@ impl RedoWriter {
                 checkpoint: st.checkpoint,
             });
         }
+        let scn = match stamp {
+            Some(stamp) => {
+                let scn = stamp();
+                codec::stamp_entry(&mut entry, scn);
+                scn
+            }
+            None => records.iter().map(|r| r.scn).max().unwrap_or_default(),
+        };
         st.reserved_blocks += reserve;
         st.open_reserved += reserve;
         st.open_commits += 1;
+        st.open_scn = st.open_scn.max(scn);
         let start = st.open.len();
         st.open_starts.push(start);
         st.open.extend_from_slice(&entry);
-        let my_batch = st.open_batch;
+        Ok(Appended {
+            scn,
+            batch: st.open_batch,
+        })
+    }
 
+    /// Returns once `appended` is durable (leading the write when none is in flight).
+    pub fn wait(&self, appended: Appended) -> Result<CommitReceipt, RedoError> {
+        let mut st = self.state.lock();
+        self.wait_batch(&mut st, appended.batch)?;
+        Ok(CommitReceipt {
+            scn: appended.scn,
+            batch: appended.batch,
+            durable_end: st.next_sequence,
+        })
+    }
+
+    /// Every record appended with a stamp at or below `scn` is durable (see
+    /// [`RedoWriter::append`]).
+    pub fn durable_scn(&self) -> Scn {
+        Scn(self.durable_scn.load(Ordering::Acquire))
+    }
+
+    /// How far this thread is durable, for appends stamped from a clock whose reading is
+    /// `clock`: with nothing appended and not durable, everything stamped so far is, and the
+    /// next stamp will be above the clock's reading (taken under the lock appends stamp
+    /// under); otherwise [`RedoWriter::durable_scn`].
+    pub fn durable_horizon(&self, clock: impl FnOnce() -> Scn) -> Scn {
+        let st = self.state.lock();
+        let durable = self.durable_scn();
+        if st.open.is_empty() && !st.leader_busy && st.failed.is_none() {
+            durable.max(clock())
+        } else {
+            durable
+        }
+    }
+
+    /// Returns once every record at or below `scn` in the stream is durable: at once when
+    /// [`RedoWriter::durable_scn`] covers it, else once everything appended so far is.
+    pub fn wait_scn(&self, scn: Scn) -> Result<(), RedoError> {
+        if self.durable_scn() >= scn {
+            return Ok(());
+        }
+        let mut st = self.state.lock();
+        let latest = if !st.open.is_empty() {
+            st.open_batch
+        } else if st.leader_busy {
+            st.open_batch - 1
+        } else {
+            return match &st.failed {
+                Some(e) => Err(RedoError::Failed(Arc::clone(e))),
+                None => Ok(()),
+            };
+        };
+        self.wait_batch(&mut st, latest)
+    }
+
+    /// Waits until batch `mine` is durable, leading writes while none is in flight.
+    fn wait_batch(&self, st: &mut MutexGuard<'_, State>, mine: u64) -> Result<(), RedoError> {
         loop {
-            if st.durable_batch >= my_batch {
-                return Ok(CommitReceipt {
-                    scn,
-                    batch: my_batch,
-                    durable_end: st.next_sequence,
-                });
+            if st.durable_batch >= mine {
+                return Ok(());
             }
             if let Some(e) = &st.failed {
                 return Err(RedoError::Failed(Arc::clone(e)));
             }
             if !st.leader_busy {
                 // Nothing in flight, so our batch is the open one: write it.
-                self.lead(&mut st);
+                self.lead(st);
                 continue;
             }
-            self.wait_as_follower(&mut st, my_batch);
+            self.wait_as_follower(st, mine);
         }
     }
 
@@ -504,6 +607,7 @@ impl RedoWriter {
         let starts = std::mem::take(&mut st.open_starts);
         let reserved = std::mem::take(&mut st.open_reserved);
         let commits = std::mem::take(&mut st.open_commits);
+        let batch_scn = std::mem::take(&mut st.open_scn);
         let first = st.next_sequence;
         let Some(mut buffer) = st.buffer.take() else {
             // Only a leader takes the buffer and it always puts it back.
@@ -534,6 +638,7 @@ impl RedoWriter {
                 st.reserved_blocks -= reserved;
                 st.durable_batch = batch;
                 self.durable_batch.store(batch, Ordering::Release);
+                self.durable_scn.fetch_max(batch_scn.0, Ordering::AcqRel);
                 self.commits.fetch_add(commits, Ordering::Relaxed);
                 self.writes.fetch_add(1, Ordering::Relaxed);
                 self.blocks_written.fetch_add(n, Ordering::Relaxed);

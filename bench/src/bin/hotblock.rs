@@ -1,0 +1,341 @@
+//! `hotblock`: one hot block changed by every thread of every instance, under each ship
+//! policy in the same run (`cache.ship_policy`: `log-force`, where a changed block leaves an
+//! instance only once its redo is durable, and `commit-dependency`, where it leaves while the
+//! redo write is in flight). Each change is a transaction: take the block in X
+//! (`tx.write`), increment a counter in it, commit (acknowledged once durable). It prints
+//! changes/s and the p50/p99 of one change (begin to acknowledged commit), and checks that
+//! the counter holds every acknowledged change.
+//!
+//! The instances run in this process over tcp on loopback, on one shared file under
+//! `--dir` (its file system decides the fsync cost). `--instances 1` measures early lock
+//! release alone (the policy has nothing to ship), and `--until-durable` serializes the
+//! changes of each instance until each is durable, as before early release (for a one-block
+//! workload the same as holding the block in X until the commit is durable).
+//!
+//! ```text
+//! hotblock [--instances 3] [--threads 4] [--seconds 5] [--warmup 1]
+//!          [--policies log-force,commit-dependency] [--until-durable] [--dir target/hotblock]
+//! ```
+
+use bench::{LatencySummary, latency_histogram, record};
+use hdrhistogram::Histogram;
+use instance::api::Instance;
+use instance::config::InstanceConfig;
+use instance::format::{self, ClusterSpec};
+use interconnect::ClusterId;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+type Error = Box<dyn std::error::Error>;
+
+/// The hot block (block 0 is the allocation header).
+const BLOCK: u64 = 1;
+/// Redo thread size per instance.
+const REDO_THREAD_SIZE: u64 = 256 << 20;
+
+#[derive(Debug, Clone)]
+struct Options {
+    instances: u16,
+    threads: usize,
+    seconds: f64,
+    warmup: f64,
+    policies: Vec<String>,
+    until_durable: bool,
+    dir: PathBuf,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        instances: 3,
+        threads: 4,
+        seconds: 5.0,
+        warmup: 1.0,
+        policies: vec!["log-force".into(), "commit-dependency".into()],
+        until_durable: false,
+        dir: PathBuf::from("target/hotblock"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--instances" => {
+                o.instances = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=8).contains(n))
+                    .ok_or("--instances takes 1 to 8")?
+            }
+            "--threads" => {
+                o.threads = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or("--threads takes 1 to 256")?
+            }
+            "--seconds" => o.seconds = value()?.parse().map_err(|_| "bad --seconds")?,
+            "--warmup" => o.warmup = value()?.parse().map_err(|_| "bad --warmup")?,
+            "--policies" => {
+                o.policies = value()?.split(',').map(str::to_owned).collect();
+                if o.policies
+                    .iter()
+                    .any(|p| p != "log-force" && p != "commit-dependency")
+                {
+                    return Err("--policies takes log-force and/or commit-dependency".into());
+                }
+            }
+            "--until-durable" => o.until_durable = true,
+            "--dir" => o.dir = PathBuf::from(value()?),
+            "-h" | "--help" => {
+                return Err("usage: hotblock [--instances 3] [--threads 4] [--seconds 5] [--warmup 1] [--policies log-force,commit-dependency] [--until-durable] [--dir DIR]".into());
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(o)
+}
+
+/// What one policy's run measured.
+struct Outcome {
+    policy: String,
+    changes_per_s: f64,
+    latency: LatencySummary,
+}
+
+fn free_port() -> Result<u16, Error> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Formats a fresh shared file in `dir` and starts the instances on it.
+fn start(o: &Options, policy: &str, dir: &Path) -> Result<Vec<Arc<Instance>>, Error> {
+    std::fs::create_dir_all(dir)?;
+    let storage = dir.join("cluster.fusion");
+    let cluster = 0xB000 + u64::from(std::process::id() % 0x0FFF);
+    let n = o.instances;
+    let mut spec = ClusterSpec::new(
+        ClusterId(cluster),
+        n,
+        Some(u64::from(n) * REDO_THREAD_SIZE + 64 * 8192 + (4 << 20)),
+    );
+    spec.block_size = 8192;
+    spec.redo_thread_size = REDO_THREAD_SIZE;
+    format::create(&storage, &spec, true)?;
+    let secret = dir.join("cluster.secret");
+    std::fs::write(&secret, "hotblock-bench-secret-loopback-only-32b")?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let mut members = String::new();
+    for i in 0..n {
+        members.push_str(&format!(
+            "  {{ id = {i}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
+            free_port()?
+        ));
+    }
+    let mut starting = Vec::new();
+    for i in 0..n {
+        let text = format!(
+            "instance = {i}\n\n[cluster]\nid = {cluster}\nsecret_file = \"cluster.secret\"\ninstances = [\n{members}]\n\n\
+             [storage]\npath = \"cluster.fusion\"\n\n[transport]\nkind = \"tcp\"\n\n\
+             [cache]\nframes = 1024\nblock_size = 8192\nship_policy = \"{policy}\"\n"
+        );
+        let config = InstanceConfig::parse(&text, &dir.join(format!("instance-{i}.toml")))?;
+        starting.push(std::thread::spawn(move || {
+            Instance::start(config)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        }));
+    }
+    let mut instances = Vec::new();
+    for t in starting {
+        let started = t
+            .join()
+            .map_err(|_| "an instance panicked while starting")?;
+        instances.push(started?);
+    }
+    Ok(instances)
+}
+
+fn counter(bytes: &[u8]) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(raw)
+}
+
+/// One change of the hot block: begin, X, increment, commit (acknowledged once durable).
+fn change(fusion: &Instance) -> Result<(), Error> {
+    let block = fusion.block(BLOCK)?;
+    let mut tx = fusion.begin();
+    let mut b = tx.write(block)?;
+    let n = counter(&b.bytes());
+    b.update(0, &(n + 1).to_le_bytes())?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn run_policy(o: &Options, policy: &str) -> Result<Outcome, Error> {
+    let dir = o.dir.join(policy);
+    let _ = std::fs::remove_dir_all(&dir);
+    let instances = start(o, policy, &dir)?;
+    let measuring = AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
+    let acknowledged = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    // Before early release a change kept the block until durable: one at a time per
+    // instance (`--until-durable`).
+    let serial: Vec<parking_lot::Mutex<()>> = instances
+        .iter()
+        .map(|_| parking_lot::Mutex::new(()))
+        .collect();
+    let mut histograms: Vec<Histogram<u64>> = Vec::new();
+    let mut measured = Duration::ZERO;
+    let mut counted = 0u64;
+    std::thread::scope(|s| {
+        let mut workers = Vec::new();
+        for (i, fusion) in instances.iter().enumerate() {
+            for _ in 0..o.threads {
+                let (measuring, stop, acknowledged, failed) =
+                    (&measuring, &stop, &acknowledged, &failed);
+                let serial = &serial[i];
+                let until_durable = o.until_durable;
+                workers.push(s.spawn(move || {
+                    let mut histogram = latency_histogram();
+                    let mut count = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let start = Instant::now();
+                        let result = if until_durable {
+                            let _one = serial.lock();
+                            change(fusion)
+                        } else {
+                            change(fusion)
+                        };
+                        match result {
+                            Ok(()) => {
+                                acknowledged.fetch_add(1, Ordering::Relaxed);
+                                if measuring.load(Ordering::Relaxed) {
+                                    record(&mut histogram, start.elapsed());
+                                    count += 1;
+                                }
+                            }
+                            Err(e) => {
+                                eprintln!("hotblock: a change failed: {e}");
+                                failed.store(true, Ordering::Relaxed);
+                                return (histogram, count);
+                            }
+                        }
+                    }
+                    (histogram, count)
+                }));
+            }
+        }
+        std::thread::sleep(Duration::from_secs_f64(o.warmup));
+        measuring.store(true, Ordering::Relaxed);
+        let began = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(o.seconds));
+        measuring.store(false, Ordering::Relaxed);
+        measured = began.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            if let Ok((h, c)) = w.join() {
+                histograms.push(h);
+                counted += c;
+            }
+        }
+    });
+    if failed.load(Ordering::Relaxed) {
+        return Err(format!("{policy}: changes failed (see above)").into());
+    }
+    let block = instances[0].block(BLOCK)?;
+    let total = acknowledged.load(Ordering::Relaxed);
+    for fusion in &instances {
+        let value = counter(&fusion.read(block)?.bytes());
+        if value != total {
+            return Err(format!(
+                "{policy}: instance {} reads {value}, {total} changes were acknowledged",
+                fusion.id()
+            )
+            .into());
+        }
+    }
+    let mut all = latency_histogram();
+    for h in &histograms {
+        all.add(h)?;
+    }
+    for fusion in instances {
+        if let Some(fusion) = Arc::into_inner(fusion) {
+            fusion.shutdown()?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Outcome {
+        policy: policy.to_owned(),
+        changes_per_s: counted as f64 / measured.as_secs_f64(),
+        latency: LatencySummary::of(&all),
+    })
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "hotblock: block {BLOCK}, {} instance(s) x {} thread(s), {} s (after {} s warm-up){}; {} CPUs, load {}",
+        o.instances,
+        o.threads,
+        o.seconds,
+        o.warmup,
+        if o.until_durable {
+            ", each instance's changes one at a time until durable (as before early release)"
+        } else {
+            ""
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+    );
+    let mut outcomes = Vec::new();
+    for policy in &o.policies {
+        match run_policy(&o, policy) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => {
+                eprintln!("hotblock: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "{:<18} {:>12} {:>10} {:>10} {:>10}",
+        "policy", "changes/s", "p50 µs", "p99 µs", "samples"
+    );
+    for r in &outcomes {
+        println!(
+            "{:<18} {:>12.0} {:>10.1} {:>10.1} {:>10}",
+            r.policy,
+            r.changes_per_s,
+            r.latency.p50 / 1000.0,
+            r.latency.p99 / 1000.0,
+            r.latency.samples
+        );
+    }
+    if let (Some(base), Some(cd)) = (
+        outcomes.iter().find(|r| r.policy == "log-force"),
+        outcomes.iter().find(|r| r.policy == "commit-dependency"),
+    ) && base.changes_per_s > 0.0
+    {
+        println!(
+            "commit-dependency / log-force: {:.2}x changes/s (target >= 2x)",
+            cd.changes_per_s / base.changes_per_s
+        );
+    }
+    ExitCode::SUCCESS
+}

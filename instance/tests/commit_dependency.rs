@@ -1,0 +1,295 @@
+//! Early lock release and commit dependencies through the coordination core, two instances
+//! wired by hand (sans-IO: every message, read, write and redo force is delivered here):
+//!
+//! * a change released before its redo is durable (`Core::release_appended`) leaves the
+//!   instance under `log-force` only once the driver reports the redo durable;
+//! * under `commit-dependency` it leaves at once carrying the dependency: the receiver may
+//!   change it, but a wait on the dependency, its onward ship and its write wait until the
+//!   sender's redo is durable;
+//! * a sender that dies between the ship and its redo write: the receiver's copy is
+//!   discarded and the wait fails with `DependencyLost` (what was built on it is not
+//!   acknowledged).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use gcs::{BlockId, BlockMode, ShipPolicy};
+use instance::cache::BufferCache;
+use instance::core::{BlockGrant, Completion, Core, CoreConfig, CoreError, IoOp, Ticket};
+use interconnect::{BlockRegion, Epoch, InstanceId, InstanceSet, Scn, Timestamp};
+use std::collections::VecDeque;
+
+const BLOCK_SIZE: u32 = 8192;
+const FILE: u32 = 0;
+
+fn id(i: usize) -> InstanceId {
+    InstanceId::new(i as u64).unwrap()
+}
+
+/// Two cores and what they have produced that the test has not looked at yet.
+struct Pair {
+    cores: Vec<Core>,
+    alive: Vec<bool>,
+    completions: Vec<VecDeque<Completion>>,
+    /// Redo forces each core handed to its driver.
+    forces: Vec<Vec<Scn>>,
+    now: Timestamp,
+}
+
+impl Pair {
+    fn new(policy: ShipPolicy) -> Self {
+        let members: InstanceSet = [id(0), id(1)].into_iter().collect();
+        let cores = (0..2)
+            .map(|i| {
+                let region = BlockRegion::anonymous(64, BLOCK_SIZE).unwrap();
+                let cache = BufferCache::new(region).unwrap();
+                let config = CoreConfig {
+                    me: id(i),
+                    members,
+                    epoch: Epoch(1),
+                    data_file: FILE,
+                    data_blocks: 16,
+                    gcs: gcs::GcsConfig {
+                        ship_policy: policy,
+                        ..gcs::GcsConfig::default()
+                    },
+                    ges: ges::GesConfig::default(),
+                    joining: false,
+                };
+                Core::new(config, cache, Timestamp::ZERO).unwrap()
+            })
+            .collect();
+        Self {
+            cores,
+            alive: vec![true, true],
+            completions: vec![VecDeque::new(), VecDeque::new()],
+            forces: vec![Vec::new(), Vec::new()],
+            now: Timestamp::ZERO,
+        }
+    }
+
+    /// Delivers everything until nothing moves.
+    fn run(&mut self) {
+        loop {
+            let mut any = false;
+            for i in 0..2 {
+                if !self.alive[i] {
+                    continue;
+                }
+                while let Some(send) = self.cores[i].poll_send() {
+                    any = true;
+                    let to = send.to.index();
+                    if !self.alive[to] {
+                        continue;
+                    }
+                    if let Some((pin, token)) = &send.block {
+                        let bytes = pin.read().to_vec();
+                        let region = std::sync::Arc::clone(self.cores[to].cache().region());
+                        let mut landing = region.begin_landing(*token, id(i), bytes.len()).unwrap();
+                        landing.buf().copy_from_slice(&bytes);
+                        landing.complete().unwrap();
+                    }
+                    let now = self.now;
+                    self.cores[to]
+                        .on_message(id(i), send.service, &send.body, now)
+                        .unwrap();
+                }
+                while let Some(io) = self.cores[i].poll_io() {
+                    any = true;
+                    let now = self.now;
+                    match io {
+                        IoOp::Read { block, filling } => {
+                            self.cores[i].on_read_done(block, filling, Ok(Scn(0)), now)
+                        }
+                        IoOp::Write { block, scn, pin } => {
+                            drop(pin);
+                            self.cores[i].on_write_done(block, scn, Ok(()), now)
+                        }
+                        IoOp::Recover { .. } => {}
+                    }
+                }
+                while let Some(c) = self.cores[i].poll_completion() {
+                    any = true;
+                    self.completions[i].push_back(c);
+                }
+                while let Some(scn) = self.cores[i].poll_redo_force() {
+                    any = true;
+                    self.forces[i].push(scn);
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn acquire(&mut self, node: usize, ticket: u64, block: BlockId) {
+        let now = self.now;
+        self.cores[node].acquire(Ticket(ticket), block, BlockMode::Exclusive, now);
+        self.run();
+    }
+
+    /// The grant `ticket` got, if it came.
+    fn granted(&mut self, node: usize, ticket: u64) -> Option<BlockGrant> {
+        let at = self.completions[node].iter().position(
+            |c| matches!(c, Completion::Block { ticket: t, .. } if *t == Ticket(ticket)),
+        )?;
+        match self.completions[node].remove(at) {
+            Some(Completion::Block { result, .. }) => Some(result.unwrap()),
+            _ => None,
+        }
+    }
+
+    /// The outcome of dependency wait `ticket`, if it came.
+    fn durable(&mut self, node: usize, ticket: u64) -> Option<Result<(), CoreError>> {
+        let at = self.completions[node].iter().position(
+            |c| matches!(c, Completion::Durable { ticket: t, .. } if *t == Ticket(ticket)),
+        )?;
+        match self.completions[node].remove(at) {
+            Some(Completion::Durable { result, .. }) => Some(result),
+            _ => None,
+        }
+    }
+
+    /// A change of `grant`'s block at `scn`, released before its redo is durable.
+    fn change_and_release(&mut self, node: usize, grant: BlockGrant, scn: Scn) {
+        let block = grant.pin.block();
+        grant.pin.write()[64] = scn.0 as u8;
+        let _ = grant.pin.write().mark_dirty(scn);
+        drop(grant.pin);
+        let now = self.now;
+        self.cores[node]
+            .release_appended(block, BlockMode::Exclusive, Some(scn), now)
+            .unwrap();
+        self.run();
+    }
+
+    fn redo_durable(&mut self, node: usize, scn: Scn) {
+        let now = self.now;
+        self.cores[node].on_redo_durable(scn, now);
+        self.run();
+    }
+}
+
+fn block() -> BlockId {
+    BlockId::new(FILE, 1)
+}
+
+#[test]
+fn log_force_ships_a_released_change_only_once_its_redo_is_durable() {
+    let mut p = Pair::new(ShipPolicy::LogForceBeforeShip);
+    p.acquire(0, 1, block());
+    let grant = p.granted(0, 1).expect("instance 0 gets the block");
+    let scn = Scn(grant.scn.0 + 5);
+    p.change_and_release(0, grant, scn);
+    // The next local user takes it at once (early release), without any redo force.
+    p.acquire(0, 2, block());
+    let again = p.granted(0, 2).expect("a local user takes it at once");
+    assert!(p.forces[0].is_empty());
+    drop(again.pin);
+    let now = p.now;
+    p.cores[0]
+        .release_appended(block(), BlockMode::Exclusive, None, now)
+        .unwrap();
+    p.run();
+    // A remote request makes GCS ask for the redo, and waits for it.
+    p.acquire(1, 3, block());
+    assert!(
+        p.granted(1, 3).is_none(),
+        "shipped before the redo was durable"
+    );
+    assert_eq!(p.forces[0].last(), Some(&scn));
+    p.redo_durable(0, scn);
+    let shipped = p.granted(1, 3).expect("shipped once durable");
+    assert_eq!(shipped.scn, scn);
+    assert!(shipped.dependency.is_none());
+    assert_eq!(shipped.pin.read()[64], scn.0 as u8);
+}
+
+#[test]
+fn a_commit_dependency_ships_at_once_and_holds_the_receiver_until_the_sender_is_durable() {
+    let mut p = Pair::new(ShipPolicy::CommitDependency);
+    p.acquire(0, 1, block());
+    let grant = p.granted(0, 1).unwrap();
+    let scn = Scn(grant.scn.0 + 5);
+    p.change_and_release(0, grant, scn);
+    p.acquire(1, 2, block());
+    let shipped = p
+        .granted(1, 2)
+        .expect("shipped while the redo write is in flight");
+    let dependency = shipped.dependency.expect("it carries the dependency");
+    assert_eq!((dependency.on.instance, dependency.on.scn), (id(0), scn));
+    assert_eq!(
+        shipped.pin.read()[64],
+        scn.0 as u8,
+        "the receiver sees the change"
+    );
+    // The receiver changes it at once; its commit waits on the dependency.
+    p.cores[1].await_dependencies(Ticket(3), vec![dependency]);
+    p.run();
+    assert!(
+        p.durable(1, 3).is_none(),
+        "acknowledged before the sender's redo"
+    );
+    let scn2 = Scn(scn.0 + 1);
+    p.change_and_release(1, shipped, scn2);
+    // No onward ship while the dependency stands.
+    p.acquire(0, 4, block());
+    assert!(
+        p.granted(0, 4).is_none(),
+        "shipped onward on undurable redo"
+    );
+    // The sender's redo becomes durable: it announces it, the wait ends, the ship goes.
+    p.redo_durable(0, scn);
+    assert!(matches!(p.durable(1, 3), Some(Ok(()))));
+    let back = p
+        .granted(0, 4)
+        .expect("shipped onward once the dependency is durable");
+    assert_eq!(back.pin.read()[64], scn2.0 as u8);
+    assert_eq!(back.dependency.map(|d| d.on.instance), Some(id(1)));
+}
+
+#[test]
+fn a_sender_lost_before_its_redo_is_durable_takes_what_depends_on_it() {
+    let mut p = Pair::new(ShipPolicy::CommitDependency);
+    p.acquire(0, 1, block());
+    let grant = p.granted(0, 1).unwrap();
+    let scn = Scn(grant.scn.0 + 5);
+    p.change_and_release(0, grant, scn);
+    p.acquire(1, 2, block());
+    let shipped = p.granted(1, 2).unwrap();
+    let dependency = shipped.dependency.unwrap();
+    p.cores[1].await_dependencies(Ticket(3), vec![dependency]);
+    p.run();
+    assert!(p.durable(1, 3).is_none());
+    drop(shipped.pin);
+    let now = p.now;
+    p.cores[1]
+        .release_appended(block(), BlockMode::Exclusive, None, now)
+        .unwrap();
+    // Instance 0 dies between the ship and its redo write.
+    p.alive[0] = false;
+    let survivors: InstanceSet = [id(1)].into_iter().collect();
+    p.cores[1].reconfigure(Epoch(2), survivors, now).unwrap();
+    p.run();
+    match p.durable(1, 3) {
+        Some(Err(CoreError::DependencyLost {
+            instance,
+            scn: lost,
+        })) => {
+            assert_eq!((instance, lost), (id(0), scn));
+        }
+        other => panic!("the wait must fail with DependencyLost, got {other:?}"),
+    }
+    assert_eq!(
+        p.cores[1].gcs().mode(block()),
+        BlockMode::Null,
+        "the copy built on lost redo survived"
+    );
+    // A wait that starts later on the same dependency fails too.
+    p.cores[1].await_dependencies(Ticket(4), vec![dependency]);
+    p.run();
+    assert!(matches!(
+        p.durable(1, 4),
+        Some(Err(CoreError::DependencyLost { .. }))
+    ));
+}
