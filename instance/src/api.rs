@@ -174,8 +174,6 @@ pub struct Instance {
     clock: AtomicScnClock,
     runtime: Runtime,
     payload: usize,
-    /// The changes of this instance's previous life storage may not hold yet.
-    previous_life: PreviousLife,
     /// The background checkpointer, stopped at shutdown.
     checkpointer: Option<(
         Arc<std::sync::atomic::AtomicBool>,
@@ -187,73 +185,35 @@ pub struct Instance {
 /// and moves the checkpoint, so redo space is reused before commits run out of it.
 pub const CHECKPOINT_AT_REDO_USAGE: f64 = 0.5;
 
-/// Blocks a previous life of this instance changed (in redo past its checkpoint at restart),
-/// with the newest SCN, that storage did not hold yet at the last look.
-type PreviousLife = Arc<parking_lot::Mutex<Vec<(BlockId, Scn)>>>;
-
 /// What a checkpoint needs, shared by [`Instance::checkpoint`] and the background
 /// checkpointer.
 #[derive(Clone)]
 struct Checkpointer {
-    me: InstanceId,
-    layout: Layout,
-    storage: Arc<dyn SharedStorage>,
     redo: Arc<RedoWriter>,
     handle: Arc<crate::runtime::DriverHandle>,
-    previous_life: PreviousLife,
 }
 
 impl Checkpointer {
-    /// Writes every block this instance has dirty or holds a past image of (through the GCS
-    /// write protocol), then moves its slot's checkpoint, and the redo writer's, to the redo
-    /// position taken before.
+    /// Has the node write every block this instance has dirty or holds a past image of
+    /// (through the GCS write protocol) and move its slot's checkpoint to the redo position
+    /// taken before (`crate::node::Node::checkpoint`), then moves the redo writer's.
     fn run(&self) -> Result<(), InstanceError> {
         // Redo written after this point may not be covered by the writes: take it first.
         let sequence = self.redo.next_sequence();
         let (reply, done) = crossbeam::channel::bounded(1);
-        if !self.handle.submit(Command::Checkpoint { reply }) {
+        if !self.handle.submit(Command::Checkpoint { sequence, reply }) {
             return Err(InstanceError::Stopped);
         }
-        done.recv().map_err(|_| InstanceError::Stopped)?;
-        if !self.previous_life_on_storage()? {
-            // A previous life's changes are still only in this thread's redo: the
-            // checkpoint stays before them.
-            return Ok(());
+        let moved = done
+            .recv()
+            .map_err(|_| InstanceError::Stopped)?
+            .map_err(InstanceError::Checkpoint)?;
+        if let Some(sequence) = moved {
+            self.redo
+                .set_checkpoint(sequence)
+                .map_err(InstanceError::Redo)?;
         }
-        {
-            let paxos = self.handle.slot_lock.lock();
-            let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
-                .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
-            if sequence <= slot.checkpoint.sequence {
-                return Ok(());
-            }
-            slot.checkpoint.sequence = sequence;
-            slot.paxos = *paxos;
-            format::write_slot(self.storage.as_ref(), &self.layout, &slot)
-                .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
-        }
-        self.redo
-            .set_checkpoint(sequence)
-            .map_err(InstanceError::Redo)?;
         Ok(())
-    }
-
-    /// Whether storage holds every change of this instance's previous life (those it does
-    /// not hold yet are kept for the next look).
-    fn previous_life_on_storage(&self) -> Result<bool, InstanceError> {
-        let mut previous = self.previous_life.lock();
-        if previous.is_empty() {
-            return Ok(true);
-        }
-        let mut buf =
-            crate::storage::AlignedBuf::new(self.layout.block_size as usize, format::SECTOR)
-                .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
-        previous.retain(|&(block, scn)| {
-            // Unreadable, damaged or never written: not there yet.
-            format::read_block(self.storage.as_ref(), &self.layout, block, &mut buf)
-                .map_or(true, |header| header.scn < scn)
-        });
-        Ok(previous.is_empty())
     }
 
     /// Checkpoints whenever the redo thread is half full, until `stop`.
@@ -365,20 +325,6 @@ impl Instance {
                 .into());
             }
         };
-        // Redo past this thread's checkpoint is a previous life's (nothing is committed in
-        // this one yet). Its changes may be only there, dirty in another instance's cache
-        // where they were shipped before this instance died: the checkpoint must not pass
-        // them until storage holds them.
-        let scan = crate::recovery::scan_threads(storage.as_ref(), &layout, &[me])?;
-        let previous_life: PreviousLife = Arc::new(parking_lot::Mutex::new(
-            scan.changed_blocks()
-                .into_iter()
-                .map(|block| {
-                    let newest = scan.records(block).iter().map(|r| r.scn).max();
-                    (block, newest.unwrap_or_default())
-                })
-                .collect(),
-        ));
         let payload = layout.block_size as usize - BLOCK_HEADER_LEN;
         let mut instance = Self {
             me,
@@ -388,7 +334,6 @@ impl Instance {
             clock: AtomicScnClock::starting_at(Scn(0)),
             runtime,
             payload,
-            previous_life,
             checkpointer: None,
         };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -515,12 +460,8 @@ impl Instance {
 
     fn checkpointer(&self) -> Checkpointer {
         Checkpointer {
-            me: self.me,
-            layout: self.layout.clone(),
-            storage: Arc::clone(&self.storage),
             redo: Arc::clone(&self.redo),
             handle: Arc::clone(&self.runtime.handle),
-            previous_life: Arc::clone(&self.previous_life),
         }
     }
 
@@ -1014,6 +955,19 @@ impl Setting<'_> {
             ..Default::default()
         };
         let own_paxos = slot.paxos;
+        // Redo past this thread's checkpoint is a previous life's (nothing is committed in
+        // this one yet). Its changes may be only there, dirty in another instance's cache
+        // where they were shipped before this instance died: the checkpoint must not pass
+        // them until storage holds them.
+        let scan = crate::recovery::scan_threads(self.storage.as_ref(), self.layout, &[me])?;
+        let previous_life = scan
+            .changed_blocks()
+            .into_iter()
+            .map(|block| {
+                let newest = scan.records(block).iter().map(|r| r.scn).max();
+                (block, newest.unwrap_or_default())
+            })
+            .collect();
         let paxos = self.paxos(epoch, live, &own_paxos)?;
         let mut cluster =
             ClusterManager::new(me, configured, epoch, live, failure, paxos, Timestamp::ZERO)
@@ -1044,6 +998,7 @@ impl Setting<'_> {
             early,
             own_paxos,
             fence: self.fence.clone(),
+            previous_life,
         })?;
         Ok((runtime, redo))
     }

@@ -67,5 +67,6 @@ pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod core;
+pub mod node;
 pub mod paxos;
 pub mod runtime;
