@@ -1065,3 +1065,398 @@ impl Node {
         self.events.push_back(event);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::BufferCache;
+    use crate::core::CoreConfig;
+    use crate::paxos::{Decision, DiskPaxos, PaxosConfig, Proposal};
+    use interconnect::BlockRegion;
+
+    const LEASE: Duration = Duration::from_millis(600);
+
+    fn id(n: usize) -> InstanceId {
+        InstanceId::new(n as u64).unwrap()
+    }
+
+    fn set(ids: &[usize]) -> InstanceSet {
+        ids.iter().map(|&n| id(n)).collect()
+    }
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_nanos(ms * 1_000_000)
+    }
+
+    /// Boottime readings in these tests are the virtual time itself.
+    fn boot(now: Timestamp) -> Duration {
+        now.saturating_since(Timestamp::ZERO)
+    }
+
+    /// Instance `me` of a running cluster of `members` at epoch 1.
+    fn node(me: usize, members: &[usize], previous_life: Vec<(BlockId, Scn)>) -> Node {
+        let live = set(members);
+        let cache = BufferCache::new(BlockRegion::anonymous(16, 4096).unwrap()).unwrap();
+        let core = Core::new(
+            CoreConfig {
+                me: id(me),
+                members: live,
+                epoch: Epoch(1),
+                data_file: 0,
+                data_blocks: 64,
+                gcs: gcs::GcsConfig::default(),
+                ges: ges::GesConfig::default(),
+                joining: false,
+            },
+            cache,
+            Timestamp::ZERO,
+        )
+        .unwrap();
+        let decision = Decision {
+            epoch: Epoch(1),
+            value: Proposal {
+                members: live,
+                proposer: id(0),
+            },
+        };
+        let paxos_config = PaxosConfig {
+            slots: members.len(),
+            phase_timeout: crate::paxos::DEFAULT_PHASE_TIMEOUT,
+        };
+        let mut paxos = DiskPaxos::new(id(me), paxos_config, decision).unwrap();
+        // A fresh voting area: its own block is empty.
+        paxos.recover_own(&[0; SLOT_PAXOS_LEN]).unwrap();
+        let failure = FailureConfig::default();
+        let cluster = ClusterManager::new(
+            id(me),
+            live,
+            Epoch(1),
+            live,
+            failure,
+            paxos,
+            Timestamp::ZERO,
+        )
+        .unwrap();
+        let mut node = Node::new(
+            core,
+            cluster,
+            NodeConfig {
+                configured: live,
+                failure,
+                lease_from: Duration::ZERO,
+                previous_life,
+            },
+        );
+        for peer in live.iter().filter(|p| *p != id(me)) {
+            node.handle_connected(peer, Timestamp::ZERO);
+        }
+        node
+    }
+
+    /// Nodes on instant links and one voting area; instances that are down take no steps
+    /// and get nothing, and their disk heartbeat stops.
+    struct World {
+        nodes: Vec<Node>,
+        up: Vec<bool>,
+        paxos: Vec<[u8; SLOT_PAXOS_LEN]>,
+        heartbeats: Vec<u64>,
+        /// When each instance's disk heartbeat last moved.
+        beat_at: Vec<Timestamp>,
+        now: Timestamp,
+        /// Every recovery I/O asked for: (instance, when, what).
+        recovery: Vec<(usize, Timestamp, String)>,
+        events: Vec<(usize, NodeEvent)>,
+    }
+
+    impl World {
+        fn new(members: &[usize]) -> Self {
+            let n = members.len();
+            Self {
+                nodes: members.iter().map(|&me| node(me, members, Vec::new())).collect(),
+                up: vec![true; n],
+                paxos: vec![[0; SLOT_PAXOS_LEN]; n],
+                heartbeats: vec![0; n],
+                beat_at: vec![Timestamp::ZERO; n],
+                now: Timestamp::ZERO,
+                recovery: Vec::new(),
+                events: Vec::new(),
+            }
+        }
+
+        /// Carries out every output until the world is quiet.
+        fn pump(&mut self) {
+            let now = self.now;
+            loop {
+                let mut any = false;
+                for i in 0..self.nodes.len() {
+                    if !self.up[i] {
+                        continue;
+                    }
+                    while let Some(event) = self.nodes[i].poll_event() {
+                        self.events.push((i, event));
+                    }
+                    while let Some(t) = self.nodes[i].poll_transmit() {
+                        any = true;
+                        let (to, service, epoch, body) = match t {
+                            Transmit::Engine(send) => {
+                                assert!(send.block.is_none(), "no user, no block moves");
+                                (send.to, send.service, send.epoch, send.body)
+                            }
+                            Transmit::Control {
+                                to,
+                                service,
+                                epoch,
+                                body,
+                                ..
+                            } => (to, service, epoch, body),
+                        };
+                        if self.up[to.index()] {
+                            let _ = self.nodes[to.index()].handle_frame(
+                                id(i),
+                                epoch,
+                                service,
+                                &body,
+                                now,
+                            );
+                        }
+                    }
+                    while let Some(io) = self.nodes[i].poll_io(now) {
+                        any = true;
+                        match io {
+                            NodeIo::Paxos(PaxosIo::WriteOwn { bytes }) => {
+                                self.paxos[i] = bytes;
+                                self.nodes[i].handle_paxos_written(true, now);
+                            }
+                            NodeIo::Paxos(PaxosIo::ReadBlock { owner }) => {
+                                let bytes = self.paxos[owner.index()];
+                                self.nodes[i].handle_paxos_read(owner, Some(&bytes), now);
+                            }
+                            NodeIo::Recovery(RecoveryIo::Scan { epoch, threads }) => {
+                                self.recovery
+                                    .push((i, now, format!("scan {} {threads:?}", epoch.0)));
+                                let scan = Arc::new(ThreadScan::default());
+                                self.nodes[i].handle_scanned(epoch, Ok((Vec::new(), scan)), now);
+                            }
+                            NodeIo::Recovery(other) => {
+                                self.recovery.push((i, now, format!("{other:?}")));
+                            }
+                            other => panic!("no I/O of this kind expected here: {other:?}"),
+                        }
+                    }
+                }
+                if !any {
+                    return;
+                }
+            }
+        }
+
+        /// Runs in 10 ms steps until `until`: timers, and every 100 ms a disk round.
+        fn run_until(&mut self, until: Timestamp) {
+            while self.now < until {
+                self.now = self.now + Duration::from_millis(10);
+                let now = self.now;
+                let round = now.as_nanos() % 100_000_000 == 0;
+                if round {
+                    for i in 0..self.nodes.len() {
+                        if self.up[i] {
+                            self.heartbeats[i] += 1;
+                            self.beat_at[i] = now;
+                        }
+                    }
+                }
+                for i in 0..self.nodes.len() {
+                    if !self.up[i] {
+                        continue;
+                    }
+                    if round {
+                        let slots = (0..self.nodes.len())
+                            .map(|s| SlotSeen {
+                                instance: id(s),
+                                heartbeat: self.heartbeats[s],
+                                paxos: self.paxos[s],
+                            })
+                            .collect();
+                        self.nodes[i].handle_disk_round(
+                            DiskRound {
+                                slots,
+                                written_at: Some(boot(now)),
+                                all_read: true,
+                                completed_at: boot(now),
+                            },
+                            now,
+                        );
+                    }
+                    if self.nodes[i].poll_timeout() <= now {
+                        self.nodes[i].handle_timeout(now);
+                    }
+                }
+                self.pump();
+            }
+        }
+
+        fn recovered(&self, i: usize) -> Option<Epoch> {
+            self.events.iter().find_map(|(n, e)| match e {
+                NodeEvent::Instance {
+                    event: InstanceEvent::Recovered { epoch, .. },
+                    ..
+                } if *n == i => Some(*epoch),
+                _ => None,
+            })
+        }
+    }
+
+    #[test]
+    fn a_death_decided_by_the_cluster_manager_is_recovered_only_after_the_lost_lease() {
+        let mut world = World::new(&[0, 1, 2]);
+        world.run_until(at(500));
+        assert!(world.recovery.is_empty(), "nothing lost, nothing to recover");
+        world.up[2] = false;
+        let died_at = world.beat_at[2];
+        world.run_until(at(4000));
+        for i in [0, 1] {
+            let node = &world.nodes[i];
+            assert_eq!(node.stop_reason(), None, "survivor {i} stopped");
+            assert_eq!(node.epoch(), Epoch(2));
+            assert_eq!(node.live(), set(&[0, 1]));
+            assert_eq!(world.recovered(i), Some(Epoch(2)), "survivor {i} recovered");
+            assert!(node.recovering().is_empty());
+            let scans: Vec<_> = world.recovery.iter().filter(|(n, ..)| *n == i).collect();
+            assert_eq!(scans.len(), 1, "one scan each: {scans:?}");
+            // The scan never begins while the lost instance may still write.
+            assert!(
+                scans[0].1 >= died_at + LEASE + LEASE / 8,
+                "scan at {:?}, lost heartbeat last moved at {died_at:?}",
+                scans[0].1
+            );
+            assert!(scans[0].2.starts_with("scan 2"), "{}", scans[0].2);
+            assert_eq!(node.stats().recoveries_started, 1);
+            assert_eq!(node.stats().recoveries_done, 1);
+        }
+    }
+
+    #[test]
+    fn a_lease_no_round_can_renew_stops_the_node_only_once_lapsed() {
+        let mut node = node(0, &[0, 1, 2], Vec::new());
+        let round = |t: u64| DiskRound {
+            slots: Vec::new(),
+            written_at: Some(Duration::from_millis(t)),
+            // The voting area is out of reach: no renewal.
+            all_read: false,
+            completed_at: Duration::from_millis(t),
+        };
+        // Ten rounds that cannot renew, all inside the lease: it still holds.
+        for t in 1..=10 {
+            node.handle_disk_round(round(t * 10), at(t * 10));
+        }
+        assert_eq!(node.stop_reason(), None);
+        // A round that renews resets the count.
+        node.handle_disk_round(
+            DiskRound {
+                all_read: true,
+                ..round(110)
+            },
+            at(110),
+        );
+        assert!(
+            std::iter::from_fn(|| node.poll_event())
+                .any(|e| e == NodeEvent::RenewLease {
+                    from: Duration::from_millis(110)
+                })
+        );
+        // Past the renewed lease, nine rounds in a row that cannot renew do not stop it...
+        for t in 0..9 {
+            node.handle_disk_round(round(800 + t), at(800 + t));
+        }
+        assert_eq!(node.stop_reason(), None, "nine rounds in a row: not yet ten");
+        // ...the tenth does.
+        node.handle_disk_round(round(810), at(810));
+        let reason = node.stop_reason().unwrap();
+        assert!(reason.contains("lease lapsed"), "{reason}");
+        assert!(std::iter::from_fn(|| node.poll_event()).any(|e| matches!(
+            e,
+            NodeEvent::Instance {
+                event: InstanceEvent::Stopped { .. },
+                ..
+            }
+        )));
+    }
+
+    fn next_checkpoint_io(node: &mut Node) -> CheckpointIo {
+        match node.poll_io(at(1)) {
+            Some(NodeIo::Checkpoint(io)) => io,
+            other => panic!("expected checkpoint I/O, got {other:?}"),
+        }
+    }
+
+    fn checkpoint_done(node: &mut Node) -> Vec<(CheckpointId, Result<Option<u64>, String>)> {
+        std::iter::from_fn(|| node.poll_event())
+            .filter_map(|e| match e {
+                NodeEvent::CheckpointDone { id, result } => Some((id, result)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_moves_the_slot_only_once_storage_holds_the_previous_life() {
+        let block = BlockId::new(0, 3);
+        let mut node = node(0, &[0, 1], vec![(block, Scn(5))]);
+        node.checkpoint(CheckpointId(1), 7, at(1));
+        assert_eq!(
+            next_checkpoint_io(&mut node),
+            CheckpointIo::FindMissing {
+                blocks: vec![(block, Scn(5))]
+            }
+        );
+        // Storage does not hold it yet: the checkpoint stays where it is.
+        node.handle_previous_life_checked(vec![(block, Scn(5))], at(2));
+        assert_eq!(checkpoint_done(&mut node), vec![(CheckpointId(1), Ok(None))]);
+        node.checkpoint(CheckpointId(2), 9, at(3));
+        assert!(matches!(
+            next_checkpoint_io(&mut node),
+            CheckpointIo::FindMissing { .. }
+        ));
+        node.handle_previous_life_checked(Vec::new(), at(4));
+        assert_eq!(
+            next_checkpoint_io(&mut node),
+            CheckpointIo::MoveSlotCheckpoint { sequence: 9 }
+        );
+        assert!(checkpoint_done(&mut node).is_empty(), "not before the slot write");
+        node.handle_checkpoint_written(Ok(true), at(5));
+        assert_eq!(checkpoint_done(&mut node), vec![(CheckpointId(2), Ok(Some(9)))]);
+        // The previous life is on storage now: later checkpoints go straight to the slot.
+        node.checkpoint(CheckpointId(3), 11, at(6));
+        assert_eq!(
+            next_checkpoint_io(&mut node),
+            CheckpointIo::MoveSlotCheckpoint { sequence: 11 }
+        );
+        node.handle_checkpoint_written(Err("write failed".into()), at(7));
+        assert_eq!(
+            checkpoint_done(&mut node),
+            vec![(CheckpointId(3), Err("write failed".into()))]
+        );
+    }
+
+    #[test]
+    fn checkpoints_wait_in_a_bounded_queue_one_slot_write_at_a_time() {
+        let mut node = node(0, &[0, 1], Vec::new());
+        for n in 0..=MAX_PENDING_CHECKPOINTS as u64 {
+            node.checkpoint(CheckpointId(n), n, at(1));
+        }
+        let refused = checkpoint_done(&mut node);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, CheckpointId(MAX_PENDING_CHECKPOINTS as u64));
+        assert!(refused[0].1.is_err());
+        // One slot write at a time, in order.
+        for n in 0..MAX_PENDING_CHECKPOINTS as u64 {
+            assert_eq!(
+                next_checkpoint_io(&mut node),
+                CheckpointIo::MoveSlotCheckpoint { sequence: n }
+            );
+            assert!(node.poll_io(at(1)).is_none());
+            node.handle_checkpoint_written(Ok(n > 0), at(2));
+            let expected = if n > 0 { Some(n) } else { None };
+            assert_eq!(checkpoint_done(&mut node), vec![(CheckpointId(n), Ok(expected))]);
+        }
+    }
+}
