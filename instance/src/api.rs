@@ -325,6 +325,26 @@ impl Instance {
                 .into());
             }
         };
+        // Redo past this thread's checkpoint is a previous life's (nothing is committed in
+        // this one yet). Its changes may be only there, dirty in another instance's cache
+        // where they were shipped before this instance died: the checkpoint must not pass
+        // them until storage holds them. Read once the runtime runs (a slow read before it
+        // would look like silence to the members that just admitted this instance), and
+        // handed to the node before any checkpoint can be asked for.
+        let scan = crate::recovery::scan_threads(storage.as_ref(), &layout, &[me])?;
+        let blocks = scan
+            .changed_blocks()
+            .into_iter()
+            .map(|block| {
+                let newest = scan.records(block).iter().map(|r| r.scn).max();
+                (block, newest.unwrap_or_default())
+            })
+            .collect();
+        if !runtime.handle.submit(Command::PreviousLife { blocks }) {
+            return Err(StartError::Cache(
+                "the instance stopped while starting".into(),
+            ));
+        }
         let payload = layout.block_size as usize - BLOCK_HEADER_LEN;
         let mut instance = Self {
             me,
@@ -955,19 +975,6 @@ impl Setting<'_> {
             ..Default::default()
         };
         let own_paxos = slot.paxos;
-        // Redo past this thread's checkpoint is a previous life's (nothing is committed in
-        // this one yet). Its changes may be only there, dirty in another instance's cache
-        // where they were shipped before this instance died: the checkpoint must not pass
-        // them until storage holds them.
-        let scan = crate::recovery::scan_threads(self.storage.as_ref(), self.layout, &[me])?;
-        let previous_life = scan
-            .changed_blocks()
-            .into_iter()
-            .map(|block| {
-                let newest = scan.records(block).iter().map(|r| r.scn).max();
-                (block, newest.unwrap_or_default())
-            })
-            .collect();
         let paxos = self.paxos(epoch, live, &own_paxos)?;
         let mut cluster =
             ClusterManager::new(me, configured, epoch, live, failure, paxos, Timestamp::ZERO)
@@ -998,7 +1005,6 @@ impl Setting<'_> {
             early,
             own_paxos,
             fence: self.fence.clone(),
-            previous_life,
         })?;
         Ok((runtime, redo))
     }

@@ -15,8 +15,7 @@
 //! move its bytes and its time, and anything they observe comes in as an input.
 
 use crate::cluster::{
-    ClusterAction, ClusterDecodeError, ClusterManager, ClusterMessage, FailureConfig,
-    InstanceEvent,
+    ClusterAction, ClusterDecodeError, ClusterManager, ClusterMessage, FailureConfig, InstanceEvent,
 };
 use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
 use crate::format::control::SLOT_PAXOS_LEN;
@@ -50,11 +49,6 @@ pub struct NodeConfig {
     /// When the lease was granted at start (a CLOCK_BOOTTIME reading, the clock the
     /// [`DiskRound`]s' times are on).
     pub lease_from: Duration,
-    /// Blocks a previous life of this instance changed (in redo past its checkpoint at
-    /// start), with the newest SCN: the checkpoint does not pass them until storage holds
-    /// them (they may be dirty in another instance's cache, where they were shipped before
-    /// that life ended).
-    pub previous_life: Vec<(BlockId, Scn)>,
 }
 
 /// One slot as a disk-heartbeat round read it.
@@ -356,7 +350,7 @@ impl Node {
             lost: InstanceSet::EMPTY,
             recovery: None,
             to_recover: Vec::new(),
-            previous_life: config.previous_life,
+            previous_life: Vec::new(),
             checkpoints: VecDeque::new(),
             transmits: VecDeque::new(),
             ios: VecDeque::new(),
@@ -617,6 +611,14 @@ impl Node {
         self.settle(now);
     }
 
+    /// The blocks a previous life of this instance changed (in redo past its checkpoint at
+    /// start), with the newest SCN, read before any checkpoint is asked for: checkpoints do
+    /// not pass them until storage holds them (they may be dirty in another instance's
+    /// cache, where they were shipped before that life ended).
+    pub fn handle_previous_life(&mut self, blocks: Vec<(BlockId, Scn)>) {
+        self.previous_life = blocks;
+    }
+
     /// [`CheckpointIo::FindMissing`] completed: the blocks storage does not hold yet.
     pub fn handle_previous_life_checked(&mut self, missing: Vec<(BlockId, Scn)>, now: Timestamp) {
         self.previous_life = missing;
@@ -626,9 +628,10 @@ impl Node {
             if self.previous_life.is_empty() {
                 head.phase = CheckpointPhase::MovingSlot;
                 let sequence = head.sequence;
-                self.ios.push_back(NodeIo::Checkpoint(
-                    CheckpointIo::MoveSlotCheckpoint { sequence },
-                ));
+                self.ios
+                    .push_back(NodeIo::Checkpoint(CheckpointIo::MoveSlotCheckpoint {
+                        sequence,
+                    }));
             } else {
                 // A previous life's changes are still only in this thread's redo: the
                 // checkpoint stays before them.
@@ -888,7 +891,10 @@ impl Node {
         if !lost.is_empty() {
             self.timing_failure = true;
             self.stats.last_failure = FailureTiming {
-                suspected_to_reconfigured: self.suspected_at.take().map(|s| now.saturating_since(s)),
+                suspected_to_reconfigured: self
+                    .suspected_at
+                    .take()
+                    .map(|s| now.saturating_since(s)),
                 ..FailureTiming::default()
             };
         }
@@ -1006,9 +1012,10 @@ impl Node {
         if self.previous_life.is_empty() {
             head.phase = CheckpointPhase::MovingSlot;
             let sequence = head.sequence;
-            self.ios.push_back(NodeIo::Checkpoint(
-                CheckpointIo::MoveSlotCheckpoint { sequence },
-            ));
+            self.ios
+                .push_back(NodeIo::Checkpoint(CheckpointIo::MoveSlotCheckpoint {
+                    sequence,
+                }));
         } else {
             head.phase = CheckpointPhase::CheckingPreviousLife;
             self.ios
@@ -1094,7 +1101,7 @@ mod tests {
     }
 
     /// Instance `me` of a running cluster of `members` at epoch 1.
-    fn node(me: usize, members: &[usize], previous_life: Vec<(BlockId, Scn)>) -> Node {
+    fn node(me: usize, members: &[usize]) -> Node {
         let live = set(members);
         let cache = BufferCache::new(BlockRegion::anonymous(16, 4096).unwrap()).unwrap();
         let core = Core::new(
@@ -1144,7 +1151,6 @@ mod tests {
                 configured: live,
                 failure,
                 lease_from: Duration::ZERO,
-                previous_life,
             },
         );
         for peer in live.iter().filter(|p| *p != id(me)) {
@@ -1172,7 +1178,7 @@ mod tests {
         fn new(members: &[usize]) -> Self {
             let n = members.len();
             Self {
-                nodes: members.iter().map(|&me| node(me, members, Vec::new())).collect(),
+                nodes: members.iter().map(|&me| node(me, members)).collect(),
                 up: vec![true; n],
                 paxos: vec![[0; SLOT_PAXOS_LEN]; n],
                 heartbeats: vec![0; n],
@@ -1232,8 +1238,11 @@ mod tests {
                                 self.nodes[i].handle_paxos_read(owner, Some(&bytes), now);
                             }
                             NodeIo::Recovery(RecoveryIo::Scan { epoch, threads }) => {
-                                self.recovery
-                                    .push((i, now, format!("scan {} {threads:?}", epoch.0)));
+                                self.recovery.push((
+                                    i,
+                                    now,
+                                    format!("scan {} {threads:?}", epoch.0),
+                                ));
                                 let scan = Arc::new(ThreadScan::default());
                                 self.nodes[i].handle_scanned(epoch, Ok((Vec::new(), scan)), now);
                             }
@@ -1255,7 +1264,7 @@ mod tests {
             while self.now < until {
                 self.now = self.now + Duration::from_millis(10);
                 let now = self.now;
-                let round = now.as_nanos() % 100_000_000 == 0;
+                let round = now.as_nanos().is_multiple_of(100_000_000);
                 if round {
                     for i in 0..self.nodes.len() {
                         if self.up[i] {
@@ -1309,7 +1318,10 @@ mod tests {
     fn a_death_decided_by_the_cluster_manager_is_recovered_only_after_the_lost_lease() {
         let mut world = World::new(&[0, 1, 2]);
         world.run_until(at(500));
-        assert!(world.recovery.is_empty(), "nothing lost, nothing to recover");
+        assert!(
+            world.recovery.is_empty(),
+            "nothing lost, nothing to recover"
+        );
         world.up[2] = false;
         let died_at = world.beat_at[2];
         world.run_until(at(4000));
@@ -1336,7 +1348,7 @@ mod tests {
 
     #[test]
     fn a_lease_no_round_can_renew_stops_the_node_only_once_lapsed() {
-        let mut node = node(0, &[0, 1, 2], Vec::new());
+        let mut node = node(0, &[0, 1, 2]);
         let round = |t: u64| DiskRound {
             slots: Vec::new(),
             written_at: Some(Duration::from_millis(t)),
@@ -1357,17 +1369,19 @@ mod tests {
             },
             at(110),
         );
-        assert!(
-            std::iter::from_fn(|| node.poll_event())
-                .any(|e| e == NodeEvent::RenewLease {
-                    from: Duration::from_millis(110)
-                })
-        );
+        assert!(std::iter::from_fn(|| node.poll_event()).any(|e| e
+            == NodeEvent::RenewLease {
+                from: Duration::from_millis(110)
+            }));
         // Past the renewed lease, nine rounds in a row that cannot renew do not stop it...
         for t in 0..9 {
             node.handle_disk_round(round(800 + t), at(800 + t));
         }
-        assert_eq!(node.stop_reason(), None, "nine rounds in a row: not yet ten");
+        assert_eq!(
+            node.stop_reason(),
+            None,
+            "nine rounds in a row: not yet ten"
+        );
         // ...the tenth does.
         node.handle_disk_round(round(810), at(810));
         let reason = node.stop_reason().unwrap();
@@ -1400,7 +1414,8 @@ mod tests {
     #[test]
     fn a_checkpoint_moves_the_slot_only_once_storage_holds_the_previous_life() {
         let block = BlockId::new(0, 3);
-        let mut node = node(0, &[0, 1], vec![(block, Scn(5))]);
+        let mut node = node(0, &[0, 1]);
+        node.handle_previous_life(vec![(block, Scn(5))]);
         node.checkpoint(CheckpointId(1), 7, at(1));
         assert_eq!(
             next_checkpoint_io(&mut node),
@@ -1410,7 +1425,10 @@ mod tests {
         );
         // Storage does not hold it yet: the checkpoint stays where it is.
         node.handle_previous_life_checked(vec![(block, Scn(5))], at(2));
-        assert_eq!(checkpoint_done(&mut node), vec![(CheckpointId(1), Ok(None))]);
+        assert_eq!(
+            checkpoint_done(&mut node),
+            vec![(CheckpointId(1), Ok(None))]
+        );
         node.checkpoint(CheckpointId(2), 9, at(3));
         assert!(matches!(
             next_checkpoint_io(&mut node),
@@ -1421,9 +1439,15 @@ mod tests {
             next_checkpoint_io(&mut node),
             CheckpointIo::MoveSlotCheckpoint { sequence: 9 }
         );
-        assert!(checkpoint_done(&mut node).is_empty(), "not before the slot write");
+        assert!(
+            checkpoint_done(&mut node).is_empty(),
+            "not before the slot write"
+        );
         node.handle_checkpoint_written(Ok(true), at(5));
-        assert_eq!(checkpoint_done(&mut node), vec![(CheckpointId(2), Ok(Some(9)))]);
+        assert_eq!(
+            checkpoint_done(&mut node),
+            vec![(CheckpointId(2), Ok(Some(9)))]
+        );
         // The previous life is on storage now: later checkpoints go straight to the slot.
         node.checkpoint(CheckpointId(3), 11, at(6));
         assert_eq!(
@@ -1439,7 +1463,7 @@ mod tests {
 
     #[test]
     fn checkpoints_wait_in_a_bounded_queue_one_slot_write_at_a_time() {
-        let mut node = node(0, &[0, 1], Vec::new());
+        let mut node = node(0, &[0, 1]);
         for n in 0..=MAX_PENDING_CHECKPOINTS as u64 {
             node.checkpoint(CheckpointId(n), n, at(1));
         }
@@ -1456,7 +1480,10 @@ mod tests {
             assert!(node.poll_io(at(1)).is_none());
             node.handle_checkpoint_written(Ok(n > 0), at(2));
             let expected = if n > 0 { Some(n) } else { None };
-            assert_eq!(checkpoint_done(&mut node), vec![(CheckpointId(n), Ok(expected))]);
+            assert_eq!(
+                checkpoint_done(&mut node),
+                vec![(CheckpointId(n), Ok(expected))]
+            );
         }
     }
 }

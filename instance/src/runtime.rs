@@ -16,11 +16,11 @@
 use crate::cache::{ReadLatch, WriteLatch};
 use crate::cluster::{ClusterManager, FailureConfig, InstanceEvent};
 use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
+use crate::format::{self, BlockError, Layout, control::SLOT_PAXOS_LEN};
 use crate::node::{
     CheckpointId, CheckpointIo, DiskRound, Node, NodeConfig, NodeEvent, NodeIo, RecoveryIo,
     RecoveryOutcome, SlotSeen, Transmit,
 };
-use crate::format::{self, BlockError, Layout, control::SLOT_PAXOS_LEN};
 use crate::paxos::PaxosIo;
 use crate::storage::reservation::{ReservationError, Reservations, reservation_key};
 use crate::storage::{AlignedBuf, IoClass, SharedStorage};
@@ -123,6 +123,11 @@ pub(crate) enum Command {
         epoch: Epoch,
         lost: InstanceSet,
         result: Result<(), String>,
+    },
+    /// The changes of this instance's previous life, read at start
+    /// (`Node::handle_previous_life`).
+    PreviousLife {
+        blocks: Vec<(BlockId, Scn)>,
     },
     /// The previous life's blocks storage does not hold yet (`CheckpointIo::FindMissing`).
     PreviousLifeChecked {
@@ -459,9 +464,6 @@ pub(crate) struct RuntimeParts<T> {
     pub(crate) own_paxos: [u8; SLOT_PAXOS_LEN],
     /// Fencing by reservation, when configured (this instance's key is registered).
     pub(crate) fence: Option<Arc<ReservationFence>>,
-    /// Blocks a previous life of this instance changed, with the newest SCN
-    /// ([`NodeConfig::previous_life`]).
-    pub(crate) previous_life: Vec<(BlockId, Scn)>,
 }
 
 struct IoContext {
@@ -494,7 +496,6 @@ impl Runtime {
             early,
             own_paxos,
             fence,
-            previous_life,
         } = parts;
         let (commands, command_rx) = crossbeam::channel::unbounded();
         let (io_tx, io_rx) = crossbeam::channel::unbounded::<IoOp>();
@@ -561,7 +562,6 @@ impl Runtime {
                 configured,
                 failure,
                 lease_from,
-                previous_life,
             },
         );
         let driver = Driver {
@@ -893,6 +893,7 @@ impl<T: Transport> Driver<T> {
                 self.node
                     .handle_paxos_read(owner, bytes.as_ref().map(|b| &b[..]), now)
             }
+            Command::PreviousLife { blocks } => self.node.handle_previous_life(blocks),
             Command::PreviousLifeChecked { missing } => {
                 self.node.handle_previous_life_checked(missing, now)
             }
@@ -995,9 +996,7 @@ impl<T: Transport> Driver<T> {
                 let _ = match io {
                     NodeIo::Data(io) => self.io.send(io).map_err(drop),
                     NodeIo::Paxos(io) => self.disk.send(DiskJob::Paxos(io)).map_err(drop),
-                    NodeIo::Checkpoint(io) => {
-                        self.disk.send(DiskJob::Checkpoint(io)).map_err(drop)
-                    }
+                    NodeIo::Checkpoint(io) => self.disk.send(DiskJob::Checkpoint(io)).map_err(drop),
                     NodeIo::Recovery(io) => self.recovery.send(io).map_err(drop),
                 };
             }
