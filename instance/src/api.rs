@@ -179,11 +179,24 @@ pub struct Instance {
         Arc<std::sync::atomic::AtomicBool>,
         std::thread::JoinHandle<()>,
     )>,
+    /// Wakes the background checkpointer before its next look (redo is nearly full).
+    checkpoint_nudge: crossbeam::channel::Sender<()>,
 }
 
 /// When the redo thread is this full, the background checkpointer writes the dirty blocks
 /// and moves the checkpoint, so redo space is reused before commits run out of it.
 pub const CHECKPOINT_AT_REDO_USAGE: f64 = 0.5;
+
+/// When the redo thread is this full, a new transaction waits for the checkpointer to free
+/// space before it starts (up to [`REDO_SPACE_WAIT`]). It waits holding nothing: a commit
+/// that found the thread full while holding its blocks could never let a checkpoint write
+/// them, so back-pressure goes where nothing is held yet, and the transactions already
+/// running have the rest of the thread to finish in.
+pub const THROTTLE_AT_REDO_USAGE: f64 = 0.75;
+
+/// The longest a new transaction waits for redo space; after that it runs, and its commit
+/// fails with [`crate::redo::RedoError::RedoFull`] if the thread is still full.
+pub const REDO_SPACE_WAIT: Duration = Duration::from_secs(10);
 
 /// What a checkpoint needs, shared by [`Instance::checkpoint`] and the background
 /// checkpointer.
@@ -216,10 +229,15 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Checkpoints whenever the redo thread is half full, until `stop`.
-    fn background(self, stop: &std::sync::atomic::AtomicBool) {
+    /// Checkpoints whenever the redo thread is half full, looking every 100 ms or when
+    /// `nudged`, until `stop`.
+    fn background(
+        self,
+        stop: &std::sync::atomic::AtomicBool,
+        nudged: &crossbeam::channel::Receiver<()>,
+    ) {
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
+            let _ = nudged.recv_timeout(Duration::from_millis(100));
             if self.handle.stop.reason().is_some() {
                 return;
             }
@@ -346,6 +364,7 @@ impl Instance {
             ));
         }
         let payload = layout.block_size as usize - BLOCK_HEADER_LEN;
+        let (checkpoint_nudge, nudged) = crossbeam::channel::bounded(1);
         let mut instance = Self {
             me,
             layout,
@@ -355,6 +374,7 @@ impl Instance {
             runtime,
             payload,
             checkpointer: None,
+            checkpoint_nudge,
         };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let checkpointer = instance.checkpointer();
@@ -362,7 +382,7 @@ impl Instance {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("fusion-checkpoint".into())
-                .spawn(move || checkpointer.background(&stop))?
+                .spawn(move || checkpointer.background(&stop, &nudged))?
         };
         instance.checkpointer = Some((stop, thread));
         Ok(instance)
@@ -411,13 +431,32 @@ impl Instance {
         })
     }
 
-    /// Starts a transaction.
+    /// Starts a transaction. When the redo thread is more than
+    /// [`THROTTLE_AT_REDO_USAGE`] full, it first waits (up to [`REDO_SPACE_WAIT`]) for the
+    /// checkpointer to free space.
     pub fn begin(&self) -> Transaction<'_> {
+        self.wait_for_redo_space();
         Transaction {
             instance: self,
             blocks: Vec::new(),
             records: Vec::new(),
             undo: Vec::new(),
+        }
+    }
+
+    /// Waits while the redo thread is too full to start a transaction, nudging the
+    /// checkpointer, until it has space, the instance stops or [`REDO_SPACE_WAIT`] passes.
+    fn wait_for_redo_space(&self) {
+        if self.redo.usage() < THROTTLE_AT_REDO_USAGE {
+            return;
+        }
+        let deadline = Instant::now() + REDO_SPACE_WAIT;
+        while self.redo.usage() >= THROTTLE_AT_REDO_USAGE
+            && self.stopped().is_none()
+            && Instant::now() < deadline
+        {
+            let _ = self.checkpoint_nudge.try_send(());
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

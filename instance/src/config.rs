@@ -32,9 +32,9 @@
 //! # port = 1                         #   its port (default 1)
 //! # gid_index = 0                    #   and GID index (default 0; RoCE v2 often 1 or 3)
 //!
-//! [cache]
-//! frames = 65536                     # 512 MiB of 8 KiB frames
-//! block_size = 8192                  # default; must match the storage
+//! [cache]                            # optional; defaults shown
+//! frames = 16384                     # 128 MiB of 8 KiB frames
+//! block_size = 8192                  # must match the storage
 //!
 //! [heartbeat]                        # defaults shown
 //! interval_ms = 100
@@ -544,6 +544,7 @@ struct RawConfig {
     storage: RawStorage,
     #[serde(default)]
     transport: RawTransport,
+    #[serde(default)]
     cache: RawCache,
     #[serde(default)]
     heartbeat: RawHeartbeat,
@@ -621,12 +622,15 @@ struct RawTransport {
     gid_index: Option<u8>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawCache {
-    frames: u64,
+    frames: Option<u64>,
     block_size: Option<u64>,
 }
+
+/// Buffer cache frames when the configuration names none (128 MiB of 8 KiB blocks).
+pub const DEFAULT_CACHE_FRAMES: u32 = 16384;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -917,10 +921,11 @@ fn cache(raw: &RawCache) -> Result<CacheConfig, ConfigProblem> {
         .ok()
         .filter(|b| b.is_power_of_two() && BLOCK_SIZE_RANGE.contains(b))
         .ok_or(ConfigProblem::BlockSize { value: block_size })?;
-    let frames = u32::try_from(raw.frames)
+    let frames = raw.frames.unwrap_or(DEFAULT_CACHE_FRAMES.into());
+    let frames = u32::try_from(frames)
         .ok()
         .filter(|f| (1..=MAX_FRAMES).contains(f))
-        .ok_or(ConfigProblem::Frames { value: raw.frames })?;
+        .ok_or(ConfigProblem::Frames { value: frames })?;
     Ok(CacheConfig { frames, block_size })
 }
 

@@ -622,3 +622,17 @@ fn serve_limits_and_password() {
         );
     }
 }
+
+#[test]
+fn the_cache_table_is_optional() {
+    let config = parse(&GOOD.replace("[cache]\nframes = 64\n", "")).unwrap();
+    assert_eq!(
+        (config.cache.frames, config.cache.block_size),
+        (instance::config::DEFAULT_CACHE_FRAMES, 8192)
+    );
+    let config = parse(&GOOD.replace("frames = 64", "block_size = 16384")).unwrap();
+    assert_eq!(
+        (config.cache.frames, config.cache.block_size),
+        (instance::config::DEFAULT_CACHE_FRAMES, 16384)
+    );
+}

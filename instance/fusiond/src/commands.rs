@@ -26,7 +26,7 @@ pub const MAX_QUEUED: usize = 10_000;
 pub const MAX_WATCHED: usize = 1_000;
 /// Most `SCAN` cursors one session keeps open (the oldest is forgotten first).
 pub const MAX_CURSORS: usize = 16;
-/// Keys read per store transaction by `KEYS`, `DBSIZE` and the expiry sweep.
+/// Most keys read per store transaction by `KEYS`, `SCAN`, `DBSIZE` and the expiry sweep.
 pub const SCAN_BATCH: usize = 512;
 
 /// What the engine tells sessions about the server around it.
@@ -817,11 +817,18 @@ impl<S: Store> Engine<S> {
         Reply::Array(vec![Reply::text(next.to_string()), Reply::Array(keys)])
     }
 
+    /// Keys read per store transaction by `KEYS`, `SCAN`, `DBSIZE` and the expiry sweep: at
+    /// most [`SCAN_BATCH`], and no more than a transaction may touch.
+    fn scan_batch(&self) -> usize {
+        SCAN_BATCH.min(self.store.max_keys_per_transaction()).max(1)
+    }
+
     /// One step of the background expiry sweep: examines up to `examine` keys after where
     /// the last step stopped (all databases in turn, starting over at the end) and deletes
     /// the expired ones; returns how many. Bounded per step, so a large keyspace costs the
     /// workload little at a time; reads never return an expired key meanwhile.
     pub fn sweep_expired(&self, examine: usize) -> Result<usize, S::Error> {
+        let examine = examine.min(self.scan_batch());
         let start = self.sweep_cursor.lock().clone();
         let end = [DATABASES];
         let batch = self.store.transaction(|tx| {
@@ -874,6 +881,7 @@ impl<S: Store> Engine<S> {
         mut visit: impl FnMut(&[u8], &Value) -> bool,
     ) -> Result<(), S::Error> {
         let end = [db + 1];
+        let batch_len = self.scan_batch();
         let mut cursor = start.unwrap_or_else(|| vec![db]);
         let mut inclusive = true;
         loop {
@@ -883,7 +891,7 @@ impl<S: Store> Engine<S> {
                 } else {
                     Bound::Excluded(cursor.as_slice())
                 };
-                tx.scan(from, Bound::Excluded(&end[..]), SCAN_BATCH)
+                tx.scan(from, Bound::Excluded(&end[..]), batch_len)
             })?;
             for (key, bytes) in &batch {
                 if let Ok(value) = Value::decode(bytes)
@@ -893,7 +901,7 @@ impl<S: Store> Engine<S> {
                 }
             }
             match batch.last() {
-                Some((last, _)) if batch.len() == SCAN_BATCH => {
+                Some((last, _)) if batch.len() == batch_len => {
                     cursor = last.clone();
                     inclusive = false;
                 }
@@ -1391,7 +1399,24 @@ fn client(session: &mut Session, args: &[Vec<u8>]) -> Reply {
             session.name = (!args[2].is_empty()).then(|| args[2].clone());
             Reply::Simple("OK")
         }
-        (b"id" | b"getname" | b"setname", _) => wrong_args("client"),
+        // Client libraries name themselves on connect (redis-py, go-redis): accepted, as
+        // Redis 7.2 does, and not kept, since nothing here lists clients.
+        (b"setinfo", 4) => {
+            let attribute = args[2].to_ascii_lowercase();
+            if !matches!(attribute.as_slice(), b"lib-name" | b"lib-ver") {
+                return Reply::err(format!(
+                    "Unrecognized option '{}'",
+                    String::from_utf8_lossy(&args[2])
+                ));
+            }
+            if args[3].iter().any(|&b| b <= b' ' || b > b'~') {
+                return Reply::err(
+                    "lib-name and lib-ver cannot contain spaces, newlines or special characters.",
+                );
+            }
+            Reply::Simple("OK")
+        }
+        (b"id" | b"getname" | b"setname" | b"setinfo", _) => wrong_args("client"),
         _ => Reply::err(format!(
             "unknown subcommand '{}'. Try CLIENT HELP.",
             String::from_utf8_lossy(&args[1])
@@ -1558,6 +1583,37 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(e.sweep_expired(100).unwrap(), 1);
         assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(0));
+    }
+
+    #[test]
+    fn keyspaces_larger_than_one_transaction() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let keys = 3 * e.store.max_keys_per_transaction();
+        for i in 0..keys {
+            let ttl = if i % 3 == 0 { " PX 1" } else { "" };
+            assert_eq!(run(&e, s, &format!("SET k{i} v{ttl}")), Reply::Simple("OK"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let live = keys - keys.div_ceil(3);
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(live as i64));
+        match run(&e, s, "KEYS *") {
+            Reply::Array(found) => assert_eq!(found.len(), live),
+            other => panic!("KEYS: {other:?}"),
+        }
+        match run(&e, s, "SCAN 0 COUNT 10000") {
+            Reply::Array(reply) => {
+                assert_eq!(reply[0], Reply::text("0".to_string()));
+                assert!(matches!(&reply[1], Reply::Array(found) if found.len() == live));
+            }
+            other => panic!("SCAN: {other:?}"),
+        }
+        // The sweep goes through the whole keyspace a bounded step at a time.
+        let mut removed = 0;
+        for _ in 0..keys {
+            removed += e.sweep_expired(256).unwrap();
+        }
+        assert_eq!(removed, keys.div_ceil(3));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<R, Self::Error>;
     /// The error reply for `error` (Redis's wording where Redis has one).
     fn error_message(error: &Self::Error) -> String;
+    /// Most keys one transaction may touch (reads and scans included).
+    fn max_keys_per_transaction(&self) -> usize;
 }
 
 /// The `kv` crate over a running instance.
@@ -102,6 +104,9 @@ impl Store for KvStore {
     ) -> Result<R, kv::KvError> {
         self.kv.transaction(body)
     }
+    fn max_keys_per_transaction(&self) -> usize {
+        self.kv.config().max_keys_per_txn
+    }
     fn error_message(error: &kv::KvError) -> String {
         match error {
             kv::KvError::ValueTooLarge { .. } => "ERR string exceeds maximum allowed size".into(),
@@ -122,24 +127,45 @@ pub(crate) mod memory {
     use parking_lot::Mutex;
     use std::collections::BTreeMap;
 
+    /// Keys one transaction may touch, as the KV layer's default.
+    const MAX_KEYS: usize = 128;
+
     #[derive(Debug, Default)]
     pub(crate) struct MemoryStore {
         map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     }
 
-    pub(crate) struct MemoryTx(BTreeMap<Vec<u8>, Vec<u8>>);
+    /// A transaction over a copy of the map, counting the keys it touches against
+    /// [`MAX_KEYS`] as the KV layer does.
+    pub(crate) struct MemoryTx {
+        map: BTreeMap<Vec<u8>, Vec<u8>>,
+        keys: usize,
+    }
+
+    impl MemoryTx {
+        fn touch(&mut self, n: usize) -> Result<(), String> {
+            self.keys += n;
+            if self.keys > MAX_KEYS {
+                return Err(format!("a transaction may touch at most {MAX_KEYS} keys"));
+            }
+            Ok(())
+        }
+    }
 
     impl Tx for MemoryTx {
         type Error = String;
         fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-            Ok(self.0.get(key).cloned())
+            self.touch(1)?;
+            Ok(self.map.get(key).cloned())
         }
         fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
-            self.0.insert(key.to_vec(), value.to_vec());
+            self.touch(1)?;
+            self.map.insert(key.to_vec(), value.to_vec());
             Ok(())
         }
         fn delete(&mut self, key: &[u8]) -> Result<bool, String> {
-            Ok(self.0.remove(key).is_some())
+            self.touch(1)?;
+            Ok(self.map.remove(key).is_some())
         }
         fn scan(
             &mut self,
@@ -147,12 +173,14 @@ pub(crate) mod memory {
             to: Bound<&[u8]>,
             limit: usize,
         ) -> Result<Pairs, String> {
-            Ok(self
-                .0
+            let pairs: Pairs = self
+                .map
                 .range::<[u8], _>((from, to))
                 .take(limit)
                 .map(|(k, v)| (k.clone(), v.clone()))
-                .collect())
+                .collect();
+            self.touch(pairs.len())?;
+            Ok(pairs)
         }
     }
 
@@ -164,13 +192,19 @@ pub(crate) mod memory {
             mut body: impl FnMut(&mut MemoryTx) -> Result<R, String>,
         ) -> Result<R, String> {
             let mut map = self.map.lock();
-            let mut tx = MemoryTx(map.clone());
+            let mut tx = MemoryTx {
+                map: map.clone(),
+                keys: 0,
+            };
             let result = body(&mut tx)?;
-            *map = tx.0;
+            *map = tx.map;
             Ok(result)
         }
         fn error_message(error: &String) -> String {
             format!("ERR {error}")
+        }
+        fn max_keys_per_transaction(&self) -> usize {
+            MAX_KEYS
         }
     }
 }

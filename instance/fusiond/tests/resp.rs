@@ -127,6 +127,20 @@ fn maxclients_and_auth() {
         c.read().unwrap(),
         Resp::Error("ERR max number of clients reached".into())
     );
+    // What client libraries send on connect.
+    assert_eq!(
+        a.call(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"])
+            .unwrap(),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(
+        a.call(&["CLIENT", "SETINFO", "lib-ver", "5.0.1"]).unwrap(),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(
+        a.call(&["CLIENT", "SETINFO", "colour", "blue"]).unwrap(),
+        Resp::Error("ERR Unrecognized option 'colour'".into())
+    );
     drop(b);
     drop(c);
 }

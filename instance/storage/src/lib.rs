@@ -193,6 +193,15 @@ pub struct ReadOp<'a> {
     pub buf: &'a mut [u8],
 }
 
+/// One write of a batch: `buf` at `offset`.
+#[derive(Debug)]
+pub struct WriteOp<'a> {
+    /// Storage offset.
+    pub offset: u64,
+    /// Source.
+    pub buf: &'a [u8],
+}
+
 /// How a storage handle works, for logs and tools.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageInfo {
@@ -262,6 +271,17 @@ pub trait SharedStorage: Send + Sync + fmt::Debug {
     fn read_batch(&self, reads: &mut [ReadOp<'_>]) -> Result<(), StorageError> {
         for op in reads.iter_mut() {
             self.read_at(op.offset, op.buf)?;
+        }
+        Ok(())
+    }
+
+    /// Performs several writes, with all of them in flight at once where the implementation
+    /// can (io_uring submits them in one call); durable only after a later
+    /// [`SharedStorage::sync`]. Stops at the first error, after every write already submitted
+    /// has completed.
+    fn write_batch(&self, writes: &[WriteOp<'_>], class: IoClass) -> Result<(), StorageError> {
+        for op in writes {
+            self.write_at(op.offset, op.buf, class)?;
         }
         Ok(())
     }

@@ -24,7 +24,7 @@
 
 use crate::format::{self, BLOCK_HEADER_LEN, BlockError, Checkpoint, Layout, SlotError};
 use crate::redo::{LogEnd, RedoReadError, RedoReader, RedoRecord};
-use crate::{AlignedBuf, ArenaError, IoClass, SharedStorage, StorageError};
+use crate::{AlignedBuf, ArenaError, IoClass, ReadOp, SharedStorage, StorageError, WriteOp};
 use gcs::BlockId;
 use interconnect::{InstanceId, Scn};
 use std::collections::BTreeMap;
@@ -396,19 +396,89 @@ pub fn recover_blocks(
     scan: &ThreadScan,
     blocks: &[RecoveryStartImage<'_>],
 ) -> Result<Vec<BlockRecovery>, RecoveryError> {
-    let mut buf = AlignedBuf::new(layout.block_size as usize, BUFFER_ALIGN)?;
+    let size = layout.block_size as usize;
+    let mut bufs = AlignedBuf::new(size * blocks.len().max(1), BUFFER_ALIGN)?;
+    // Every storage copy is read in one batch (all in flight at once on io_uring): recovery
+    // is bound by storage latency, not by the work per block.
+    let mut offsets = Vec::with_capacity(blocks.len());
+    for &(block, _) in blocks {
+        let offset = layout.block_offset(block).ok_or(RecoveryError::Block {
+            block,
+            source: BlockError::NoSuchBlock {
+                block,
+                file: layout.data_file,
+                blocks: layout.data_blocks,
+            },
+        })?;
+        offsets.push(offset);
+    }
+    {
+        let mut reads: Vec<ReadOp<'_>> = offsets
+            .iter()
+            .zip(bufs.chunks_mut(size))
+            .map(|(&offset, buf)| ReadOp { offset, buf })
+            .collect();
+        storage.read_batch(&mut reads).map_err(|source| {
+            let block = blocks.first().map(|&(b, _)| b).unwrap_or_default();
+            RecoveryError::Block {
+                block,
+                source: BlockError::Storage { block, source },
+            }
+        })?;
+    }
     let mut recovered = Vec::with_capacity(blocks.len());
-    for &(block, start) in blocks {
-        match recover_into(storage, layout, scan.records(block), block, start, &mut buf) {
+    for ((&(block, start), buf), &offset) in blocks.iter().zip(bufs.chunks_mut(size)).zip(&offsets)
+    {
+        let on_storage = verified(format::verify_block(buf, block, offset), block)?;
+        match rebuild(scan.records(block), block, start, on_storage, buf) {
             Ok(done) => recovered.push(Ok(done)),
             Err(e @ RecoveryError::CorruptBlock { .. }) => recovered.push(Err(e)),
             Err(e) => return Err(e),
         }
     }
-    if recovered.iter().any(|r| r.as_ref().is_ok_and(|r| r.wrote)) {
+    let writes: Vec<WriteOp<'_>> = recovered
+        .iter()
+        .zip(bufs.chunks(size))
+        .zip(&offsets)
+        .filter(|((r, _), _)| r.as_ref().is_ok_and(|r| r.wrote))
+        .map(|((_, buf), &offset)| WriteOp { offset, buf })
+        .collect();
+    if !writes.is_empty() {
+        storage
+            .write_batch(&writes, IoClass::Data)
+            .map_err(|source| {
+                let block = blocks.first().map(|&(b, _)| b).unwrap_or_default();
+                RecoveryError::Block {
+                    block,
+                    source: BlockError::Storage { block, source },
+                }
+            })?;
         storage.sync(IoClass::Data).map_err(RecoveryError::Sync)?;
     }
     Ok(recovered)
+}
+
+/// What storage holds for `block`, from its verification: `Ok(Ok(Some(scn)))` verified,
+/// `Ok(Ok(None))` never written, `Ok(Err(..))` damaged (torn: a past image may replace it),
+/// `Err` anything else.
+fn verified(
+    result: Result<format::BlockHeader, BlockError>,
+    block: BlockId,
+) -> Result<Result<Option<Scn>, RecoveryError>, RecoveryError> {
+    match result {
+        Ok(header) => Ok(Ok(Some(header.scn))),
+        Err(BlockError::NeverWritten { .. }) => Ok(Ok(None)),
+        Err(
+            e @ (BlockError::Checksum { offset, .. }
+            | BlockError::WrongBlock { offset, .. }
+            | BlockError::Version { offset, .. }),
+        ) => Ok(Err(RecoveryError::CorruptBlock {
+            block,
+            offset,
+            source: e,
+        })),
+        Err(source) => Err(RecoveryError::Block { block, source }),
+    }
 }
 
 /// [`recover_block`] into `buf` (one block), without the sync.
@@ -420,30 +490,34 @@ fn recover_into(
     start: Option<(&[u8], Scn)>,
     buf: &mut [u8],
 ) -> Result<RecoveredBlock, RecoveryError> {
+    let on_storage = verified(format::read_block(storage, layout, block, buf), block)?;
+    let recovered = rebuild(records, block, start, on_storage, buf)?;
+    if recovered.wrote {
+        format::write_block(storage, layout, buf)
+            .map_err(|source| RecoveryError::Block { block, source })?;
+    }
+    Ok(recovered)
+}
+
+/// Rebuilds `block` in `buf`, which holds storage's copy (`on_storage` says what it is), from
+/// the newer of that copy and the past image `start`, applying `records` above it; seals the
+/// result when it must be written (`wrote`), which the caller does.
+fn rebuild(
+    records: &[RedoRecord],
+    block: BlockId,
+    start: Option<(&[u8], Scn)>,
+    on_storage: Result<Option<Scn>, RecoveryError>,
+    buf: &mut [u8],
+) -> Result<RecoveredBlock, RecoveryError> {
     if let Some((image, _)) = start
-        && image.len() != layout.block_size as usize
+        && image.len() != buf.len()
     {
         return Err(RecoveryError::StartSize {
             block,
             len: image.len(),
-            block_size: layout.block_size,
+            block_size: buf.len() as u32,
         });
     }
-    // What storage holds: Ok(Some(scn)) verified, Ok(None) never written, Err damaged.
-    let on_storage = match format::read_block(storage, layout, block, buf) {
-        Ok(header) => Ok(Some(header.scn)),
-        Err(BlockError::NeverWritten { .. }) => Ok(None),
-        Err(
-            e @ (BlockError::Checksum { offset, .. }
-            | BlockError::WrongBlock { offset, .. }
-            | BlockError::Version { offset, .. }),
-        ) => Err(RecoveryError::CorruptBlock {
-            block,
-            offset,
-            source: e,
-        }),
-        Err(source) => return Err(RecoveryError::Block { block, source }),
-    };
     let (kind, base) = match (start, on_storage) {
         (Some((_, pi_scn)), Ok(Some(scn))) if scn >= pi_scn => (RecoveryStart::Storage, scn),
         (Some((image, pi_scn)), _) => {
@@ -463,8 +537,6 @@ fn recover_into(
     let wrote = applied_to.is_some() || kind == RecoveryStart::PastImage;
     if wrote {
         format::seal_block(buf, block, scn);
-        format::write_block(storage, layout, buf)
-            .map_err(|source| RecoveryError::Block { block, source })?;
     }
     Ok(RecoveredBlock {
         block,

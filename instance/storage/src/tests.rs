@@ -83,6 +83,31 @@ fn writes_read_back_on_every_backend() {
         for (i, buf) in bufs.iter().enumerate() {
             assert_eq!(&buf[..], &data[i * 4096..(i + 1) * 4096], "{info}");
         }
+
+        // A batch of writes (out of order, in flight at once on io_uring), read back.
+        let written: Vec<AlignedBuf> = (0..16u8)
+            .map(|i| {
+                let mut buf = AlignedBuf::new(4096, 4096).unwrap();
+                buf.copy_from_slice(&pattern(4096, 100 + i));
+                buf
+            })
+            .collect();
+        let writes: Vec<WriteOp<'_>> = written
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, buf)| WriteOp {
+                offset: (2 << 20) + i as u64 * 4096,
+                buf: &buf[..],
+            })
+            .collect();
+        storage.write_batch(&writes, IoClass::Data).unwrap();
+        storage.sync(IoClass::Data).unwrap();
+        let mut all = AlignedBuf::new(16 * 4096, 4096).unwrap();
+        storage.read_at(2 << 20, &mut all).unwrap();
+        for (i, buf) in written.iter().enumerate() {
+            assert_eq!(&all[i * 4096..(i + 1) * 4096], &buf[..], "{info}");
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use super::arena::ArenaKeepAlive;
 use super::file::{DirectIo, OpenedFile, is_refusal, open_file};
 use super::{
     Frame, IoArena, IoClass, ReadOp, SharedStorage, StorageError, StorageInfo, StorageOptions,
-    check_transfer,
+    WriteOp, check_transfer,
 };
 use io_uring::{IoUring, opcode, squeue, types};
 use parking_lot::{Mutex, MutexGuard, RwLock};
@@ -37,6 +37,17 @@ const BUFFER_SLOTS: u32 = 64;
 const BUFFER_CHUNK: usize = 1 << 30;
 /// Largest single operation; bigger transfers are split.
 const MAX_OP: usize = 1 << 26;
+
+/// One transfer of a batch: storage offset, buffer address and length. The buffer is
+/// borrowed by the caller of [`UringStorage::run_batch`] for the whole call.
+type Transfer = (u64, *mut u8, usize);
+
+/// Which way a batch moves bytes.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
 
 /// Why io_uring storage could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +180,47 @@ impl UringStorage {
             (end <= arena.len && (end - 1) / BUFFER_CHUNK == chunk)
                 .then(|| arena.first_slot + chunk as u16)
         })
+    }
+
+    /// Checks every transfer of a batch, then runs them on `class`'s ring, as many at once as
+    /// the ring holds. Stops at the first error, after every submitted transfer completed.
+    fn run_batch(
+        &self,
+        class: IoClass,
+        direction: Direction,
+        transfers: &[Transfer],
+    ) -> Result<(), StorageError> {
+        for &(offset, ptr, len) in transfers {
+            check_transfer(self.alignment, self.len, offset, ptr, len)?;
+            if len > MAX_OP {
+                return Err(StorageError::OutOfBounds {
+                    offset,
+                    len,
+                    storage_len: self.len,
+                });
+            }
+        }
+        let mut ring = self.ring(class).lock();
+        let depth = ring.ring.params().sq_entries() as usize;
+        let mut results = vec![0i32; depth.min(transfers.len())];
+        for batch in transfers.chunks(depth) {
+            let mut entries: Vec<squeue::Entry> = batch
+                .iter()
+                .map(|&(offset, ptr, len)| match direction {
+                    Direction::Read => self.read_entry(offset, ptr, len),
+                    Direction::Write => self.write_entry(offset, ptr, len),
+                })
+                .collect();
+            ring.run(&mut entries, &mut results)?;
+            for (&(offset, _, len), &result) in batch.iter().zip(&results) {
+                let op = match direction {
+                    Direction::Read => "read",
+                    Direction::Write => "write",
+                };
+                transfer_result(op, offset, len, result)?;
+            }
+        }
+        Ok(())
     }
 
     fn read_entry(&self, offset: u64, ptr: *mut u8, len: usize) -> squeue::Entry {
@@ -393,36 +445,35 @@ impl SharedStorage for UringStorage {
     }
 
     fn read_batch(&self, reads: &mut [ReadOp<'_>]) -> Result<(), StorageError> {
-        for op in reads.iter() {
-            check_transfer(
-                self.alignment,
-                self.len,
-                op.offset,
-                op.buf.as_ptr(),
-                op.buf.len(),
-            )?;
-            if op.buf.len() > MAX_OP {
-                return Err(StorageError::OutOfBounds {
-                    offset: op.offset,
-                    len: op.buf.len(),
-                    storage_len: self.len,
-                });
+        let transfers: Vec<Transfer> = reads
+            .iter_mut()
+            .map(|op| (op.offset, op.buf.as_mut_ptr(), op.buf.len()))
+            .collect();
+        // `reads` stays borrowed mutably until this returns, after every read completed.
+        self.run_batch(IoClass::Data, Direction::Read, &transfers)
+    }
+
+    fn write_batch(&self, writes: &[WriteOp<'_>], class: IoClass) -> Result<(), StorageError> {
+        if class == IoClass::Redo && self.redo_syscalls {
+            for op in writes {
+                check_transfer(
+                    self.alignment,
+                    self.len,
+                    op.offset,
+                    op.buf.as_ptr(),
+                    op.buf.len(),
+                )?;
+                syscall_write(&self.file, op.offset, op.buf)?;
             }
+            return Ok(());
         }
-        let mut ring = self.data.lock();
-        let depth = ring.ring.params().sq_entries() as usize;
-        let mut results = vec![0i32; depth.min(reads.len())];
-        for batch in reads.chunks_mut(depth) {
-            let mut entries: Vec<squeue::Entry> = batch
-                .iter_mut()
-                .map(|op| self.read_entry(op.offset, op.buf.as_mut_ptr(), op.buf.len()))
-                .collect();
-            ring.run(&mut entries, &mut results)?;
-            for (op, &result) in batch.iter().zip(&results) {
-                transfer_result("read", op.offset, op.buf.len(), result)?;
-            }
-        }
-        Ok(())
+        let transfers: Vec<Transfer> = writes
+            .iter()
+            .map(|op| (op.offset, op.buf.as_ptr().cast_mut(), op.buf.len()))
+            .collect();
+        // `writes` stays borrowed until this returns, after every write completed; the ring
+        // only reads through these pointers.
+        self.run_batch(class, Direction::Write, &transfers)
     }
 
     fn register_arena(&self, arena: &IoArena) -> Result<bool, StorageError> {
