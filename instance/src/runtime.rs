@@ -1,17 +1,23 @@
 //! The runtime: the threads that drive the coordination core with a real transport and real
 //! storage.
 //!
-//! * The **driver** thread owns the transport and the [`Core`]. It takes commands from user
-//!   threads, polls the transport, feeds the core, sends its frames, hands its storage I/O to
-//!   the I/O threads and delivers its completions. When idle it spins for a short while (on
+//! * The **driver** thread owns the transport and the [`Node`] (the core, the cluster
+//!   manager, the recovery lifecycle, checkpoint completion). It takes commands from user
+//!   threads, polls the transport, feeds the node, sends its frames, hands its storage I/O
+//!   to the I/O, disk and recovery threads, applies its lease renewals and delivers its
+//!   completions. When idle it spins for a short while (on
 //!   these VMs a cross-CPU wake-up costs more than a busy-polled round trip) and then parks
 //!   inside the transport's poll, from which a user's command or an I/O completion wakes it.
 //! * **I/O threads** read and write blocks (verify on read, seal on write) and report back.
 //! * User threads (the API, `crate::api`) commit redo themselves (group commit) and wait for
 //!   their completions on a `Waiter` that yields briefly and then parks.
 //!
-//! This module owns threads, queues and waiting. It must never decide coherence or
-//! durability (the core and the engines do), and the driver never blocks on storage.
+//! * The **disk-heartbeat** thread owns this instance's slot: heartbeat rounds, Disk Paxos
+//!   and checkpoint slot I/O. The **recovery** thread scans redo, rebuilds recovery sets and
+//!   preempts reservation keys.
+//!
+//! This module owns threads, queues and waiting. It must never decide coherence, durability,
+//! membership or recovery (the node does), and the driver never blocks on storage.
 
 use crate::cache::{ReadLatch, WriteLatch};
 use crate::cluster::{ClusterManager, FailureConfig, InstanceEvent};
