@@ -399,6 +399,8 @@ pub struct RuntimeStats {
     pub cluster: crate::cluster::ClusterStats,
     /// The current epoch.
     pub epoch: u64,
+    /// The members of the current epoch (this instance's view).
+    pub members: InstanceSet,
     /// The block directory is being rebuilt after a reconfiguration (requests wait).
     pub gcs_rebuilding: bool,
     /// The lock directory is being rebuilt.
@@ -860,6 +862,7 @@ impl<T: Transport> Driver<T> {
                 stats.last_failure = node.last_failure;
                 stats.cluster = self.node.cluster().stats();
                 stats.epoch = self.node.epoch().0;
+                stats.members = self.node.live();
                 stats.gcs_rebuilding = core.gcs().is_reconfiguring();
                 stats.ges_rebuilding = core.ges().is_rebuilding();
                 let _ = reply.send(stats);

@@ -229,7 +229,7 @@ impl Metrics {
         for (name, total) in plain {
             self.counter(name, &[], total);
         }
-        let members_up = members_up(instance, configured_members);
+        let members_up = stats.members.len();
         self.gauge("epoch", &[], stats.epoch as f64);
         self.gauge("members_up", &[], members_up as f64);
         self.gauge("members_configured", &[], configured_members as f64);
@@ -283,22 +283,6 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry.lock());
         out
     }
-}
-
-/// Members in the current epoch: the last reconfiguration's live set, or every configured
-/// member before the first.
-pub fn members_up(instance: &Instance, configured: usize) -> usize {
-    let Ok(events) = instance.events() else {
-        return 0;
-    };
-    events
-        .iter()
-        .rev()
-        .find_map(|e| match &e.event {
-            instance::cluster::InstanceEvent::Reconfigured { live, .. } => Some(live.len()),
-            _ => None,
-        })
-        .unwrap_or(configured)
 }
 
 /// Most bytes of an HTTP request read.
@@ -393,7 +377,7 @@ pub fn info_section(instance: &Instance, configured_members: usize) -> String {
         return out;
     };
     let redo = instance.redo_stats();
-    let up = members_up(instance, configured_members);
+    let up = stats.members.len();
     out.push_str(&format!(
         "epoch:{}\r\nmembers_configured:{configured_members}\r\nmembers_up:{up}\r\n",
         stats.epoch

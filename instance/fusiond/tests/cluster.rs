@@ -395,9 +395,24 @@ fn a_majority_restarts_the_cluster_with_a_member_missing() {
         cluster.wait_ready(id);
     }
     check_counters(&cluster, &[0, 1], &acked, false);
+    // The restarted cluster says it runs without a member (INFO, and so fusionctl status).
+    for id in 0..2 {
+        assert_eq!(members_up(&cluster, id), 2, "instance {id}");
+    }
     cluster.start(2);
     cluster.wait_ready(2);
     check_counters(&cluster, &[0, 1, 2], &acked, false);
+    // Each learns of the join when its epoch reaches it.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    for id in 0..3 {
+        while members_up(&cluster, id) != 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "instance {id} never counts the joined member"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let before = counter(&cluster, 0, "k1");
     for id in 0..3 {
         assert!(matches!(
@@ -408,4 +423,16 @@ fn a_majority_restarts_the_cluster_with_a_member_missing() {
     for id in 0..3 {
         assert_eq!(counter(&cluster, id, "k1"), before + 3);
     }
+}
+
+/// `members_up` from instance `id`'s INFO.
+fn members_up(cluster: &Cluster, id: usize) -> usize {
+    let Resp::Bulk(info) = cluster.client(id).call(&["INFO"]).unwrap() else {
+        panic!("INFO is not a bulk string");
+    };
+    String::from_utf8_lossy(&info)
+        .lines()
+        .find_map(|l| l.strip_prefix("members_up:"))
+        .map(|n| n.trim().parse().unwrap())
+        .unwrap()
 }

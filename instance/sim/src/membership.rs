@@ -473,7 +473,8 @@ impl Sim {
                 };
                 let now = self.local(to);
                 let n = &mut self.nodes[to].node;
-                if let Err(e) = n.handle_frame(id(from), frame.epoch, frame.service, &frame.body, now)
+                if let Err(e) =
+                    n.handle_frame(id(from), frame.epoch, frame.service, &frame.body, now)
                 {
                     self.fail(format!("n{to} refused a frame of n{from}: {e}"));
                 }
@@ -514,7 +515,9 @@ impl Sim {
                     self.io(node, io);
                 }
                 if self.nodes[node].node.poll_completion().is_some() {
-                    self.fail(format!("n{node} completed a user operation nobody asked for"));
+                    self.fail(format!(
+                        "n{node} completed a user operation nobody asked for"
+                    ));
                 }
                 if let Some(reason) = self.nodes[node].node.stop_reason().map(str::to_owned) {
                     self.stop(node, &reason);
@@ -831,8 +834,10 @@ impl Sim {
                 ));
             }
         }
-        let epochs: std::collections::BTreeSet<u64> =
-            running.iter().map(|&i| self.nodes[i].node.epoch().0).collect();
+        let epochs: std::collections::BTreeSet<u64> = running
+            .iter()
+            .map(|&i| self.nodes[i].node.epoch().0)
+            .collect();
         if epochs.len() > 1 {
             self.fail(format!("running nodes at different epochs: {epochs:?}"));
         }
