@@ -1,4 +1,4 @@
-//! The membership simulator: N real [`Node`]s — each its real coordination core, its real
+//! The membership simulator: N real [`Node`](InstanceNode)s — each its real coordination core, its real
 //! [`ClusterManager`] with its real [`DiskPaxos`], and the node's recovery lifecycle — on one
 //! seeded virtual clock, over a lossy network and a shared voting area whose I/O can be
 //! delayed, stalled (it lands late), or fail. No user runs here (the instance simulator,
