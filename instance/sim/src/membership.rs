@@ -1,9 +1,10 @@
-//! The membership simulator: N real [`Node`](InstanceNode)s — each its real coordination core, its real
-//! [`ClusterManager`] with its real [`DiskPaxos`], and the node's recovery lifecycle — on one
-//! seeded virtual clock, over a lossy network and a shared voting area whose I/O can be
-//! delayed, stalled (it lands late), or fail. No user runs here (the instance simulator,
-//! `crate::driver`, runs the workload): this world is about who is a member, when recovery
-//! begins, and that the engines' rebuilds complete whatever membership comes out.
+//! The membership simulator: N real [`Node`](InstanceNode)s — each its real coordination
+//! core, its real [`ClusterManager`] with its real [`DiskPaxos`], and the node's recovery
+//! lifecycle — on one seeded virtual clock, over a lossy network and a shared voting area
+//! whose I/O can be delayed, stalled (it lands late), or fail. No user runs here (the
+//! instance simulator, `crate::driver`, runs the workload): this world is about who is a
+//! member, when recovery begins, and that the engines' rebuilds complete whatever
+//! membership comes out.
 //!
 //! Faults, drawn by the seed: one-link and one-way cuts, lost, duplicated and delayed control
 //! messages, process pauses (the node takes no steps; its I/O still lands), storage stalls of
