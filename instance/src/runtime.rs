@@ -685,12 +685,12 @@ impl<T: Transport> Driver<T> {
                 self.node.handle_timeout(now);
                 busy = true;
             }
-            busy |= self.drain();
-            if let Some(reason) = self.node.stop_reason().map(str::to_owned) {
-                self.stop.stop(reason);
+            // A node that must stop hands out nothing more (no I/O after it gave up).
+            if self.stopping() {
+                return;
             }
-            if let Some(reason) = self.stop.reason() {
-                self.halt(reason);
+            busy |= self.drain();
+            if self.stopping() {
                 return;
             }
             if busy {
@@ -716,6 +716,20 @@ impl<T: Transport> Driver<T> {
             }
             self.parked.store(false, Ordering::Relaxed);
             idle_since = None;
+        }
+    }
+
+    /// Halts if the node or a thread says this instance must stop; returns whether it did.
+    fn stopping(&mut self) -> bool {
+        if let Some(reason) = self.node.stop_reason().map(str::to_owned) {
+            self.stop.stop(reason);
+        }
+        match self.stop.reason() {
+            Some(reason) => {
+                self.halt(reason);
+                true
+            }
+            None => false,
         }
     }
 
