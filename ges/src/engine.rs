@@ -66,6 +66,16 @@ pub struct GesStats {
     pub deadlocks: u64,
     /// Reconfigurations handled.
     pub rebuilds: u64,
+    /// Requests and up-conversions this instance, as master, queued behind an incompatible
+    /// holder or an earlier waiter (enqueue waits, counted where the conflict is seen).
+    pub waits: u64,
+}
+
+/// Whether `actions` grant `request` of `instance`.
+fn grants(actions: &[Action], instance: InstanceId, request: RequestId) -> bool {
+    actions.iter().any(|a| {
+        matches!(a, Action::Grant { instance: i, request: r, .. } if *i == instance && *r == request)
+    })
 }
 
 /// A small, fixed hasher for lock names (not DoS-resistant: names come from this cluster).
@@ -1292,7 +1302,11 @@ impl Engine {
                             mode,
                             since,
                         };
-                        if !state.request(waiter, fault, &mut actions) {
+                        if state.request(waiter, fault, &mut actions) {
+                            if !grants(&actions, from, request) {
+                                self.stats.waits += 1;
+                            }
+                        } else {
                             self.stats.dropped += 1;
                             self.send(
                                 from,
@@ -1339,6 +1353,9 @@ impl Engine {
                             .is_some_and(|held| held.covers(mode));
                         state.convert(waiter, value, &mut actions)
                     });
+                if accepted && !down && !grants(&actions, from, request) {
+                    self.stats.waits += 1;
+                }
                 if down || !accepted {
                     if !accepted {
                         self.stats.dropped += 1;

@@ -174,6 +174,8 @@ pub struct Instance {
     clock: AtomicScnClock,
     runtime: Runtime,
     payload: usize,
+    /// `storage.checkpoint_at_redo_percent`, as a share.
+    checkpoint_at_redo_usage: f64,
     /// The background checkpointer, stopped at shutdown.
     checkpointer: Option<(
         Arc<std::sync::atomic::AtomicBool>,
@@ -183,16 +185,15 @@ pub struct Instance {
     checkpoint_nudge: crossbeam::channel::Sender<()>,
 }
 
-/// When the redo thread is this full, the background checkpointer writes the dirty blocks
-/// and moves the checkpoint, so redo space is reused before commits run out of it.
-pub const CHECKPOINT_AT_REDO_USAGE: f64 = 0.5;
-
-/// When the redo thread is this full, a new transaction waits for the checkpointer to free
-/// space before it starts (up to [`REDO_SPACE_WAIT`]). It waits holding nothing: a commit
-/// that found the thread full while holding its blocks could never let a checkpoint write
-/// them, so back-pressure goes where nothing is held yet, and the transactions already
-/// running have the rest of the thread to finish in.
-pub const THROTTLE_AT_REDO_USAGE: f64 = 0.75;
+/// How full the redo thread may get before a new transaction waits for the checkpointer to
+/// free space (up to [`REDO_SPACE_WAIT`]): halfway from where the background checkpoint
+/// starts (`storage.checkpoint_at_redo_percent`) to full, 75% by default. It waits holding
+/// nothing: a commit that found the thread full while holding its blocks could never let a
+/// checkpoint write them, so back-pressure goes where nothing is held yet, and the
+/// transactions already running have the rest of the thread to finish in.
+pub fn throttle_at_redo_usage(checkpoint_at: f64) -> f64 {
+    (1.0 + checkpoint_at) / 2.0
+}
 
 /// The longest a new transaction waits for redo space; after that it runs, and its commit
 /// fails with [`crate::redo::RedoError::RedoFull`] if the thread is still full.
@@ -204,6 +205,10 @@ pub const REDO_SPACE_WAIT: Duration = Duration::from_secs(10);
 struct Checkpointer {
     redo: Arc<RedoWriter>,
     handle: Arc<crate::runtime::DriverHandle>,
+    /// When the redo thread is this full, the background checkpointer writes the dirty
+    /// blocks and moves the checkpoint, so redo space is reused before commits run out of it
+    /// (`storage.checkpoint_at_redo_percent`).
+    at_redo_usage: f64,
 }
 
 impl Checkpointer {
@@ -229,8 +234,8 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Checkpoints whenever the redo thread is half full, looking every 100 ms or when
-    /// `nudged`, until `stop`.
+    /// Checkpoints whenever the redo thread is `at_redo_usage` full, looking every 100 ms or
+    /// when `nudged`, until `stop`.
     fn background(
         self,
         stop: &std::sync::atomic::AtomicBool,
@@ -241,7 +246,7 @@ impl Checkpointer {
             if self.handle.stop.reason().is_some() {
                 return;
             }
-            if self.redo.usage() >= CHECKPOINT_AT_REDO_USAGE
+            if self.redo.usage() >= self.at_redo_usage
                 && let Err(e) = self.run()
             {
                 eprintln!("fusion: background checkpoint: {e}");
@@ -373,6 +378,7 @@ impl Instance {
             clock: AtomicScnClock::starting_at(Scn(0)),
             runtime,
             payload,
+            checkpoint_at_redo_usage: f64::from(config.checkpoint_at_redo_percent) / 100.0,
             checkpointer: None,
             checkpoint_nudge,
         };
@@ -431,8 +437,8 @@ impl Instance {
         })
     }
 
-    /// Starts a transaction. When the redo thread is more than
-    /// [`THROTTLE_AT_REDO_USAGE`] full, it first waits (up to [`REDO_SPACE_WAIT`]) for the
+    /// Starts a transaction. When the redo thread is fuller than
+    /// [`throttle_at_redo_usage`] says, it first waits (up to [`REDO_SPACE_WAIT`]) for the
     /// checkpointer to free space.
     pub fn begin(&self) -> Transaction<'_> {
         self.wait_for_redo_space();
@@ -447,13 +453,12 @@ impl Instance {
     /// Waits while the redo thread is too full to start a transaction, nudging the
     /// checkpointer, until it has space, the instance stops or [`REDO_SPACE_WAIT`] passes.
     fn wait_for_redo_space(&self) {
-        if self.redo.usage() < THROTTLE_AT_REDO_USAGE {
+        let throttle = throttle_at_redo_usage(self.checkpoint_at_redo_usage);
+        if self.redo.usage() < throttle {
             return;
         }
         let deadline = Instant::now() + REDO_SPACE_WAIT;
-        while self.redo.usage() >= THROTTLE_AT_REDO_USAGE
-            && self.stopped().is_none()
-            && Instant::now() < deadline
+        while self.redo.usage() >= throttle && self.stopped().is_none() && Instant::now() < deadline
         {
             let _ = self.checkpoint_nudge.try_send(());
             std::thread::sleep(Duration::from_millis(1));
@@ -512,7 +517,8 @@ impl Instance {
     /// Writes every dirty block this instance owns and every block it holds a past image of
     /// (through the GCS write protocol) and moves its redo checkpoint past them, so restart
     /// and recovery start there and the redo before it is reused. A background checkpointer
-    /// does this by itself whenever the redo thread is half full.
+    /// does this by itself whenever the redo thread is as full as
+    /// `storage.checkpoint_at_redo_percent` says (half, by default).
     pub fn checkpoint(&self) -> Result<(), InstanceError> {
         self.checkpointer().run()
     }
@@ -521,6 +527,7 @@ impl Instance {
         Checkpointer {
             redo: Arc::clone(&self.redo),
             handle: Arc::clone(&self.runtime.handle),
+            at_redo_usage: self.checkpoint_at_redo_usage,
         }
     }
 

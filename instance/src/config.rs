@@ -25,6 +25,9 @@
 //! path = "/dev/nvme1n1"              # a regular file or a block device
 //! fencing = "lease"                  # default; or "reservation": SCSI-3 / NVMe persistent
 //!                                    #   reservations fence lost instances (block device)
+//! checkpoint_at_redo_percent = 50    # default (10..=95): the background checkpoint starts
+//!                                    #   when this instance's redo thread is this full; new
+//!                                    #   transactions wait for it halfway from there to full
 //!
 //! [transport]
 //! kind = "tcp"                       # or "shm": every instance on this `host`; or "rdma":
@@ -381,6 +384,9 @@ pub struct InstanceConfig {
     pub storage: PathBuf,
     /// How lost instances are fenced (`storage.fencing`).
     pub fencing: Fencing,
+    /// How full (percent) this instance's redo thread gets before the background
+    /// checkpoint starts (`storage.checkpoint_at_redo_percent`, 10..=95).
+    pub checkpoint_at_redo_percent: u8,
     /// The interconnect transport.
     pub transport: TransportConfig,
     /// The buffer cache.
@@ -608,6 +614,7 @@ struct RawStorage {
     path: PathBuf,
     #[serde(default)]
     fencing: Fencing,
+    checkpoint_at_redo_percent: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -738,6 +745,7 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         peers,
         storage: resolve(base, raw.storage.path),
         fencing: raw.storage.fencing,
+        checkpoint_at_redo_percent: checkpoint_at(raw.storage.checkpoint_at_redo_percent)?,
         transport,
         cache,
         membership,
@@ -745,6 +753,21 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         metrics_listen,
         serve,
     })
+}
+
+/// The default share of the redo thread in use at which the background checkpoint starts.
+pub const DEFAULT_CHECKPOINT_AT_REDO_PERCENT: u8 = 50;
+
+fn checkpoint_at(percent: Option<u64>) -> Result<u8, ConfigProblem> {
+    match percent.unwrap_or(u64::from(DEFAULT_CHECKPOINT_AT_REDO_PERCENT)) {
+        // Below 10% it would checkpoint all the time; above 95% commits would meet a full
+        // thread before the checkpoint frees it.
+        p @ 10..=95 => Ok(p as u8),
+        _ => Err(ConfigProblem::Limit {
+            key: "storage.checkpoint_at_redo_percent",
+            why: "out of range (10..=95)",
+        }),
+    }
 }
 
 fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {

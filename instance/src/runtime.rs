@@ -379,6 +379,8 @@ pub struct RuntimeStats {
     pub gcs: gcs::Metrics,
     /// GES counters.
     pub ges: ges::GesStats,
+    /// Request-to-grant time of local enqueue requests not granted at once.
+    pub lock_waits: gcs::Histogram,
     /// Frames sent and received by the driver.
     pub frames_sent: u64,
     /// Frames received.
@@ -868,6 +870,7 @@ impl<T: Transport> Driver<T> {
                 stats.core = core.stats();
                 stats.gcs = core.gcs().metrics().clone();
                 stats.ges = core.ges().stats();
+                stats.lock_waits = core.lock_waits().clone();
                 stats.storage_reads = self.context.storage_reads.load(Ordering::Relaxed);
                 stats.storage_writes = self.context.storage_writes.load(Ordering::Relaxed);
                 stats.recoveries_started = node.recoveries_started;

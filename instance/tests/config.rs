@@ -212,6 +212,31 @@ fn fencing_is_the_lease_unless_reservations_are_asked_for() {
 }
 
 #[test]
+fn the_background_checkpoint_starts_at_the_configured_redo_fullness() {
+    assert_eq!(parse(GOOD).unwrap().checkpoint_at_redo_percent, 50);
+    let with = |percent: &str| {
+        GOOD.replace(
+            "path = \"cluster.img\"",
+            &format!("path = \"cluster.img\"\ncheckpoint_at_redo_percent = {percent}"),
+        )
+    };
+    assert_eq!(parse(&with("80")).unwrap().checkpoint_at_redo_percent, 80);
+    for bad in ["0", "9", "96", "1000"] {
+        let err = parse(&with(bad)).unwrap_err();
+        assert!(
+            matches!(
+                err.problem,
+                ConfigProblem::Limit {
+                    key: "storage.checkpoint_at_redo_percent",
+                    ..
+                }
+            ),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
 fn secret_file_is_read_relative_to_the_config() {
     let dir = tempfile::tempdir().unwrap();
     write_secret(

@@ -33,8 +33,26 @@ pub const KINDS: [(&str, Option<TransferKind>); 5] = [
     ("upgrade", Some(TransferKind::Upgrade)),
 ];
 
-/// Quantiles exported for transfer latencies.
+/// Quantiles exported for latencies.
 const QUANTILES: [(&str, f64); 3] = [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999)];
+
+/// The `redo_full` alert warns when this share of the redo thread is in use: the background
+/// checkpoint (at `storage.checkpoint_at_redo_percent`, 50% by default) is not keeping up.
+pub const REDO_FULL_WARNING: f64 = 0.8;
+
+/// The `redo_full` alert is critical from this share: commits are close to being refused
+/// (`redo thread full`).
+pub const REDO_FULL_CRITICAL: f64 = 0.9;
+
+/// The severities of the `redo_full` alert firing at `usage` (a share of the thread): none,
+/// warning, or warning and critical.
+pub fn redo_full_severities(usage: f64) -> impl Iterator<Item = (&'static str, bool)> {
+    [
+        ("warning", usage >= REDO_FULL_WARNING),
+        ("critical", usage >= REDO_FULL_CRITICAL),
+    ]
+    .into_iter()
+}
 
 /// Every metric fusiond exports.
 #[derive(Debug)]
@@ -93,14 +111,14 @@ impl Metrics {
         );
         registry.register(
             "fusion_instance",
-            "Instance counters (block acquisitions by kind, GES, redo, cache, storage, \
-             reconfigurations, recoveries), by name",
+            "Instance counters (block acquisitions by kind, GES, enqueue waits, redo, cache, \
+             storage, reconfigurations, recoveries), by name",
             counters.clone(),
         );
         registry.register(
             "fusion_instance_gauge",
-            "Instance state (epoch, members up, transfer latency quantiles in seconds, last \
-             recovery timings in seconds), by name",
+            "Instance state (epoch, members up, latency quantiles in seconds, redo fullness, \
+             checkpoint age, blocks mastered, cache frames, last recovery timings), by name",
             gauges.clone(),
         );
         registry.register(
@@ -197,15 +215,23 @@ impl Metrics {
                 }
             }
         }
-        let flush = stats.gcs.latency(TransferKind::FlushWait);
-        for (label, q) in QUANTILES {
-            self.gauge(
+        for (name, histogram) in [
+            (
                 "flush_wait_seconds",
-                &[("quantile", label)],
-                flush.quantile(q).as_secs_f64(),
-            );
+                stats.gcs.latency(TransferKind::FlushWait),
+            ),
+            ("redo_sync_seconds", &redo.sync_latency),
+            ("lock_wait_seconds", &stats.lock_waits),
+        ] {
+            for (label, q) in QUANTILES {
+                self.gauge(
+                    name,
+                    &[("quantile", label)],
+                    histogram.quantile(q).as_secs_f64(),
+                );
+            }
         }
-        let plain: [(&str, u64); 19] = [
+        let plain = [
             ("block_grants", stats.core.grants),
             ("ges_cache_hits", stats.ges.cache_hits),
             ("ges_redirects", stats.ges.redirects),
@@ -217,7 +243,15 @@ impl Metrics {
             ("redo_commits", redo.commits),
             ("redo_writes", redo.writes),
             ("redo_blocks", redo.blocks),
+            ("redo_full_refusals", redo.full_refusals),
+            ("cache_hits", stats.core.cache_hits),
+            ("cache_misses", stats.core.cache_misses),
             ("cache_evictions", stats.core.evictions),
+            ("lock_waits", stats.lock_waits.count()),
+            ("lock_timeouts", stats.core.lock_timeouts),
+            ("lock_deadlock_victims", stats.core.lock_deadlocks),
+            ("ges_enqueue_waits", stats.ges.waits),
+            ("gcs_blocks_shipped", stats.gcs.blocks_shipped),
             ("storage_reads", stats.storage_reads),
             ("storage_writes", stats.storage_writes),
             ("reconfigurations", stats.cluster.reconfigurations),
@@ -233,6 +267,25 @@ impl Metrics {
         self.gauge("epoch", &[], stats.epoch as f64);
         self.gauge("members_up", &[], members_up as f64);
         self.gauge("members_configured", &[], configured_members as f64);
+        self.gauge("redo_used_bytes", &[], redo.used_bytes as f64);
+        self.gauge("redo_size_bytes", &[], redo.thread_bytes as f64);
+        self.gauge("redo_usage", &[], redo.usage());
+        self.gauge(
+            "checkpoint_age_seconds",
+            &[],
+            redo.checkpoint_age.as_secs_f64(),
+        );
+        self.gauge("blocks_mastered", &[], stats.core.mastered_blocks as f64);
+        let frames = stats.core.frames;
+        for (state, n) in [
+            ("all", frames.frames),
+            ("free", frames.free),
+            ("current", frames.current),
+            ("dirty", frames.dirty),
+            ("past_image", frames.past_images),
+        ] {
+            self.gauge("cache_frames", &[("state", state)], f64::from(n));
+        }
         let timing = stats.last_failure;
         for (name, value) in [
             (
@@ -267,9 +320,11 @@ impl Metrics {
                     .any(|k| stats.gcs.latency(*k).quantile(0.99) > self.transfer_p99_alert),
             ),
         ];
-        for (alert, severity, on) in rules {
+        for (alert, severity, on) in rules.into_iter().chain(
+            redo_full_severities(redo.usage()).map(|(severity, on)| ("redo_full", severity, on)),
+        ) {
             self.alert(alert, severity, on);
-            if on {
+            if on && !firing.contains(&alert) {
                 firing.push(alert);
             }
         }
@@ -362,7 +417,8 @@ fn answer(
 }
 
 /// The `# Fusion` section of `INFO`: epoch, members, block transfers by kind with latency
-/// quantiles in microseconds, redo and recovery counters. The demo and `fusionctl status`
+/// quantiles in microseconds, redo (fullness, sync latency, checkpoint age), buffer cache,
+/// enqueue waits, blocks mastered and recovery counters. The demo and `fusionctl status`
 /// read it over RESP.
 pub fn info_section(instance: &Instance, configured_members: usize) -> String {
     let mut out = String::from("# Fusion\r\n");
@@ -389,16 +445,10 @@ pub fn info_section(instance: &Instance, configured_members: usize) -> String {
                 "transfer_{key}:count={},p50_us=0,p99_us=0,p999_us=0\r\n",
                 stats.core.local_grants
             )),
-            Some(k) => {
-                let h = stats.gcs.latency(k);
-                out.push_str(&format!(
-                    "transfer_{key}:count={},p50_us={},p99_us={},p999_us={}\r\n",
-                    h.count(),
-                    h.quantile(0.5).as_micros(),
-                    h.quantile(0.99).as_micros(),
-                    h.quantile(0.999).as_micros()
-                ));
-            }
+            Some(k) => out.push_str(&format!(
+                "transfer_{key}:{}\r\n",
+                latency_fields(stats.gcs.latency(k))
+            )),
         }
     }
     let timing = stats.last_failure;
@@ -409,7 +459,12 @@ pub fn info_section(instance: &Instance, configured_members: usize) -> String {
          recoveries_done:{}\r\nblocks_recovered:{}\r\nrecovery_running:{}\r\n\
          last_failure_suspected_to_reconfigured_ms:{}\r\n\
          last_failure_reconfigured_to_served_ms:{}\r\n\
-         last_failure_reconfigured_to_recovered_ms:{}\r\n",
+         last_failure_reconfigured_to_recovered_ms:{}\r\n\
+         redo_used_bytes:{}\r\nredo_size_bytes:{}\r\nredo_used_percent:{:.1}\r\n\
+         redo_sync:{}\r\nredo_full_refusals:{}\r\ncheckpoint_age_ms:{}\r\n\
+         cache_hits:{}\r\ncache_misses:{}\r\ncache_evictions:{}\r\nblocks_mastered:{}\r\n\
+         lock_waits:{}\r\nlock_timeouts:{}\r\nlock_deadlock_victims:{}\r\n\
+         ges_enqueue_waits:{}\r\n",
         redo.commits,
         redo.writes,
         redo.blocks,
@@ -427,6 +482,32 @@ pub fn info_section(instance: &Instance, configured_members: usize) -> String {
         ms(timing.suspected_to_reconfigured),
         ms(timing.reconfigured_to_served),
         ms(timing.reconfigured_to_recovered),
+        redo.used_bytes,
+        redo.thread_bytes,
+        // Rounded down, so a reader's thresholds (fusionctl's alerts) never fire early.
+        (redo.usage() * 1000.0).floor() / 10.0,
+        latency_fields(&redo.sync_latency),
+        redo.full_refusals,
+        redo.checkpoint_age.as_millis(),
+        stats.core.cache_hits,
+        stats.core.cache_misses,
+        stats.core.evictions,
+        stats.core.mastered_blocks,
+        latency_fields(&stats.lock_waits),
+        stats.core.lock_timeouts,
+        stats.core.lock_deadlocks,
+        stats.ges.waits,
     ));
     out
+}
+
+/// `count=N,p50_us=N,p99_us=N,p999_us=N`, as INFO shows a latency histogram.
+fn latency_fields(h: &gcs::Histogram) -> String {
+    format!(
+        "count={},p50_us={},p99_us={},p999_us={}",
+        h.count(),
+        h.quantile(0.5).as_micros(),
+        h.quantile(0.99).as_micros(),
+        h.quantile(0.999).as_micros()
+    )
 }

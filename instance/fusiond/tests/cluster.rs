@@ -275,6 +275,13 @@ fn kill_one_under_load_then_the_whole_cluster() {
             .any(|l| l.contains("recovery: ") && !l.contains("recovery: 0 started")),
         "no recovery reported:\n{text}"
     );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("last failure: suspected→reconfigured")
+                && l.contains(" ms, →recovered ")
+                && l.ends_with(" ms")),
+        "no timeline of the failure:\n{text}"
+    );
 
     // The whole cluster killed at once, restarted: nothing acknowledged is lost.
     let snapshot: BTreeMap<String, u64> = keys

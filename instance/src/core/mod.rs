@@ -281,6 +281,19 @@ pub struct CoreStats {
     pub writes: u64,
     /// Clean copies released to make room.
     pub evictions: u64,
+    /// Block requests whose copy was in this cache (served in the mode held, or upgraded
+    /// in place).
+    pub cache_hits: u64,
+    /// Block requests whose copy was not in this cache (it came from a peer or storage).
+    pub cache_misses: u64,
+    /// Enqueue requests of local users that ended with their timeout.
+    pub lock_timeouts: u64,
+    /// Enqueue requests of local users chosen as a deadlock victim.
+    pub lock_deadlocks: u64,
+    /// Blocks whose GCS master state lives here now (a gauge).
+    pub mastered_blocks: u64,
+    /// Frames of the buffer cache by state now.
+    pub frames: crate::cache::CacheStats,
 }
 
 fn bucket_map(epoch: Epoch, members: InstanceSet) -> Result<BucketMap, CoreError> {
@@ -303,7 +316,10 @@ pub struct Core {
     ges: ges::Engine,
     cache: BufferCache,
     blocks: BTreeMap<BlockId, LocalBlock>,
-    lock_requests: HashMap<ges::RequestId, Ticket>,
+    /// Enqueue requests of local users, with when they were made.
+    lock_requests: HashMap<ges::RequestId, (Ticket, Timestamp)>,
+    /// Request-to-grant time of enqueue requests not granted at once.
+    lock_waits: gcs::Histogram,
     sends: VecDeque<Send>,
     ios: VecDeque<IoOp>,
     completions: VecDeque<Completion>,
@@ -374,6 +390,7 @@ impl Core {
             cache,
             blocks: BTreeMap::new(),
             lock_requests: HashMap::new(),
+            lock_waits: gcs::Histogram::default(),
             sends: VecDeque::new(),
             ios: VecDeque::new(),
             completions: VecDeque::new(),
@@ -511,9 +528,19 @@ impl Core {
         &self.ges
     }
 
-    /// The core's counters.
+    /// The core's counters, with the gauges read now.
     pub fn stats(&self) -> CoreStats {
-        self.stats
+        CoreStats {
+            mastered_blocks: self.gcs.mastered_blocks() as u64,
+            frames: self.cache.stats(),
+            ..self.stats
+        }
+    }
+
+    /// Request-to-grant time of the enqueue requests of local users that were not granted
+    /// at once (they waited for a master's message, a conflicting holder, or both).
+    pub fn lock_waits(&self) -> &gcs::Histogram {
+        &self.lock_waits
     }
 
     /// The cache the core manages.
@@ -664,7 +691,7 @@ impl Core {
     ) {
         match self.ges.lock(name, mode, LockOptions { timeout }, now) {
             Ok(request) => {
-                self.lock_requests.insert(request, ticket);
+                self.lock_requests.insert(request, (ticket, now));
             }
             Err(e) => self.completions.push_back(Completion::Lock {
                 ticket,
@@ -936,11 +963,11 @@ impl Core {
             self.use_counter += 1;
             b.last_used = self.use_counter;
             let hit = self.gcs.mode(block) >= mode && !self.gcs.is_busy(block);
-            let landing = if hit {
-                None
+            let (landing, cached) = if hit {
+                (None, true)
             } else {
                 match self.landing_frame(block, now) {
-                    Some(armed) => Some(armed),
+                    Some((armed, cached)) => (Some(armed), cached),
                     None => {
                         self.frame_wait.insert(block);
                         // Frames also come free when the driver drops a pin (a send's
@@ -968,6 +995,11 @@ impl Core {
                     if hit {
                         self.stats.local_grants += 1;
                     }
+                    if cached {
+                        self.stats.cache_hits += 1;
+                    } else {
+                        self.stats.cache_misses += 1;
+                    }
                     return;
                 }
                 Err(gcs::GcsError::Busy(_)) => return,
@@ -985,17 +1017,22 @@ impl Core {
         }
     }
 
-    /// A frame armed for a copy of `block` from any peer, or `None` when the cache is full
-    /// (then room is being made).
-    fn landing_frame(&mut self, block: BlockId, now: Timestamp) -> Option<crate::cache::Armed> {
-        let allocated = match self.cache.allocate(block) {
-            Err(CacheError::AlreadyCached { .. }) => self.cache.allocate_replacement(block),
-            other => other,
+    /// A frame armed for a copy of `block` from any peer, with whether the cache held a
+    /// copy already (an upgrade replaces it); `None` when the cache is full (then room is
+    /// being made).
+    fn landing_frame(
+        &mut self,
+        block: BlockId,
+        now: Timestamp,
+    ) -> Option<(crate::cache::Armed, bool)> {
+        let (allocated, cached) = match self.cache.allocate(block) {
+            Err(CacheError::AlreadyCached { .. }) => (self.cache.allocate_replacement(block), true),
+            other => (other, false),
         };
         match allocated {
             Ok(allocated) => {
                 debug_assert!(allocated.dropped.is_none(), "current copies are pinned");
-                Some(allocated.filling.arm_any())
+                Some((allocated.filling.arm_any(), cached))
             }
             Err(CacheError::Full { victims, .. }) => {
                 self.make_room(&victims, now);
@@ -1101,7 +1138,7 @@ impl Core {
             }
             while let Some(event) = self.ges.poll_event() {
                 any = true;
-                self.ges_event(event);
+                self.ges_event(event, now);
             }
             if self.scanned.is_some() && !self.gcs.is_reconfiguring() {
                 any = true;
@@ -1374,10 +1411,15 @@ impl Core {
         }
     }
 
-    fn ges_event(&mut self, event: ges::Event) {
+    fn ges_event(&mut self, event: ges::Event, now: Timestamp) {
         match event {
             ges::Event::Granted { request, value, .. } => {
-                if let Some(ticket) = self.lock_requests.remove(&request) {
+                if let Some((ticket, asked)) = self.lock_requests.remove(&request) {
+                    // Granted in the step that asked (lock cache, free lock mastered
+                    // here): no wait.
+                    if now > asked {
+                        self.lock_waits.record(now.saturating_since(asked));
+                    }
                     self.completions.push_back(Completion::Lock {
                         ticket,
                         result: Ok(value),
@@ -1389,7 +1431,12 @@ impl Core {
                 request,
                 error,
             } => {
-                if let Some(ticket) = self.lock_requests.remove(&request) {
+                if let Some((ticket, _)) = self.lock_requests.remove(&request) {
+                    match error {
+                        ges::LockError::TimedOut => self.stats.lock_timeouts += 1,
+                        ges::LockError::Deadlock => self.stats.lock_deadlocks += 1,
+                        _ => {}
+                    }
                     self.completions.push_back(Completion::Lock {
                         ticket,
                         result: Err(CoreError::Lock { name, error }),

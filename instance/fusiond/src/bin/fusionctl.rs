@@ -1,14 +1,16 @@
 //! `fusionctl`: operator commands for a Fusion cluster.
 //!
 //! `create` formats shared storage for a new cluster; `status` asks every instance of the
-//! cluster over RESP and prints members, epoch, who is up, transfers by kind, redo and
-//! recovery progress and the alerts firing, exiting non-zero when the cluster is not
+//! cluster over RESP and prints members, epoch, who is up, transfers by kind, redo space and
+//! sync latency, buffer cache, enqueue waits, blocks mastered, recovery progress and the
+//! alerts firing, exiting non-zero when the cluster is not
 //! healthy; `gen-secret` writes a new cluster secret readable by its owner only.
 //!
 //! It owns argument parsing and messages; the work is in `instance::format` and in the
 //! instances themselves (`INFO`). It must never destroy data without `--force`.
 
 use clap::{Parser, Subcommand};
+use fusiond::metrics::redo_full_severities;
 use instance::config::InstanceConfig;
 use instance::format::{self, ClusterSpec, DEFAULT_BLOCK_SIZE, DEFAULT_REDO_THREAD_SIZE};
 use instance::storage::{self, StorageOptions};
@@ -312,8 +314,9 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
                 .map(|v| v.split(',').filter_map(|f| f.split_once('=')).collect())
                 .unwrap_or_default();
             let count = fields.get("count").copied().unwrap_or("?");
-            if kind == "local" {
-                transfers.push_str(&format!(" {kind} {count};"));
+            // Latencies of a kind that never happened say nothing.
+            if kind == "local" || count == "0" {
+                transfers.push_str(&format!(" {} {count};", kind.replace('_', "-")));
                 continue;
             }
             let p50 = fields.get("p50_us").copied().unwrap_or("?");
@@ -333,17 +336,75 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
             }
         }
         println!("{}", transfers.trim_end_matches(';'));
+        let latency = |key: &str| -> String {
+            let fields: BTreeMap<&str, &str> = info
+                .get(key)
+                .map(|v| v.split(',').filter_map(|f| f.split_once('=')).collect())
+                .unwrap_or_default();
+            let field = |f: &str| fields.get(f).copied().unwrap_or("?").to_string();
+            format!(
+                "{} (p50 {} us, p99 {} us)",
+                field("count"),
+                field("p50_us"),
+                field("p99_us")
+            )
+        };
         println!(
-            "  redo: {} commits in {} writes ({} log blocks); storage: {} reads, {} writes",
+            "  redo: {}% of {} bytes used, checkpoint age {} ms, {} commits in {} writes ({} log \
+             blocks), syncs {}, {} commits refused full; storage: {} reads, {} writes",
+            get("redo_used_percent"),
+            get("redo_size_bytes"),
+            get("checkpoint_age_ms"),
             get("redo_commits"),
             get("redo_writes"),
             get("redo_blocks"),
+            latency("redo_sync"),
+            get("redo_full_refusals"),
             get("storage_reads"),
             get("storage_writes"),
         );
         println!(
+            "  cache: {} hits, {} misses, {} evictions; blocks mastered {}; enqueue waits {}, \
+             {} conflicts queued here, {} timeouts, {} deadlock victims",
+            get("cache_hits"),
+            get("cache_misses"),
+            get("cache_evictions"),
+            get("blocks_mastered"),
+            latency("lock_waits"),
+            get("ges_enqueue_waits"),
+            get("lock_timeouts"),
+            get("lock_deadlock_victims"),
+        );
+        if let Ok(percent) = get("redo_used_percent").parse::<f64>() {
+            for (severity, on) in redo_full_severities(percent / 100.0) {
+                if on {
+                    alerts.push(format!(
+                        "redo_full ({severity}): instance {} redo thread {percent}% full",
+                        member.id
+                    ));
+                }
+            }
+        }
+        // INFO says -1 for a step that has not happened (no failure handled yet).
+        let step = |key: &str| match get(key).as_str() {
+            "-1" => "-".to_string(),
+            ms => format!("{ms} ms"),
+        };
+        let last_failure = if get("last_failure_suspected_to_reconfigured_ms") == "-1"
+            && get("last_failure_reconfigured_to_recovered_ms") == "-1"
+        {
+            "none".to_string()
+        } else {
+            format!(
+                "suspected→reconfigured {}, →served {}, →recovered {}",
+                step("last_failure_suspected_to_reconfigured_ms"),
+                step("last_failure_reconfigured_to_served_ms"),
+                step("last_failure_reconfigured_to_recovered_ms"),
+            )
+        };
+        println!(
             "  recovery: {} started, {} done, {} blocks rebuilt, running {}; last failure: \
-             suspected→reconfigured {} ms, →served {} ms, →recovered {} ms",
+             {last_failure}",
             get("recoveries_started"),
             get("recoveries_done"),
             get("blocks_recovered"),
@@ -352,9 +413,6 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
             } else {
                 "no"
             },
-            get("last_failure_suspected_to_reconfigured_ms"),
-            get("last_failure_reconfigured_to_served_ms"),
-            get("last_failure_reconfigured_to_recovered_ms"),
         );
         if get("recovery_running") == "1" {
             alerts.push(format!(

@@ -189,6 +189,52 @@ fn the_ring_is_reused_up_to_the_checkpoint_and_never_past_it() {
     assert_eq!(end.next_sequence, writer.next_sequence());
 }
 
+/// The writer's stats follow its thread: each commit's write is one timed sync, fullness
+/// grows to the refusal, a checkpoint at the end empties the thread and resets its age.
+#[test]
+fn stats_follow_fullness_syncs_and_the_checkpoint() {
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(2),
+    ));
+    let t = thread(0, THREAD_SIZE);
+    let (writer, _) = RedoWriter::open(faulty, t, 1, GroupCommitConfig::default()).unwrap();
+    let empty = writer.stats();
+    assert_eq!(empty.thread_bytes, THREAD_SIZE);
+    assert_eq!(empty.used_bytes, 0);
+    assert_eq!(empty.checkpoint_age, std::time::Duration::ZERO);
+    let mut scn = 0;
+    let mut last = empty;
+    loop {
+        scn += 1;
+        match writer.commit(&[record(scn, 1, 6000)]) {
+            Ok(_) => {
+                let now = writer.stats();
+                assert_eq!(now.sync_latency.count(), now.writes);
+                assert_eq!(now.writes, last.writes + 1, "one sync per lone commit");
+                assert!(now.used_bytes > last.used_bytes);
+                assert!(now.checkpoint_age > std::time::Duration::ZERO);
+                last = now;
+            }
+            Err(RedoError::RedoFull { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let full = writer.stats();
+    assert_eq!(full.full_refusals, 1);
+    assert!(
+        full.usage() > 0.99 && full.usage() <= 1.0,
+        "{}",
+        full.usage()
+    );
+    assert_eq!(full.usage(), writer.usage());
+    writer.set_checkpoint(writer.next_sequence()).unwrap();
+    let checkpointed = writer.stats();
+    assert_eq!(checkpointed.used_bytes, 0);
+    assert_eq!(checkpointed.checkpoint_age, std::time::Duration::ZERO);
+    assert_eq!(checkpointed.full_refusals, 1);
+}
+
 #[test]
 fn damaged_durable_redo_is_reported_by_location_not_skipped() {
     let faulty = Arc::new(FaultyStorage::new(

@@ -123,8 +123,8 @@ pub struct CommitReceipt {
     pub durable_end: u64,
 }
 
-/// Counters of a writer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters of a writer, and its thread's fullness now.
+#[derive(Debug, Clone, Default)]
 pub struct RedoStats {
     /// Commits acknowledged.
     pub commits: u64,
@@ -132,6 +132,28 @@ pub struct RedoStats {
     pub writes: u64,
     /// Log blocks written.
     pub blocks: u64,
+    /// Latency of each durable write: the write and its fdatasync (a redo sync).
+    pub sync_latency: gcs::Histogram,
+    /// Commits refused with [`RedoError::RedoFull`].
+    pub full_refusals: u64,
+    /// Bytes of the thread in use: log blocks from the checkpoint to the end, and those
+    /// reserved by commits waiting for their write.
+    pub used_bytes: u64,
+    /// Bytes of the thread (whole log blocks).
+    pub thread_bytes: u64,
+    /// Age of the oldest redo past the checkpoint: since the first write after the
+    /// checkpoint last moved (zero when the checkpoint is at the end).
+    pub checkpoint_age: Duration,
+}
+
+impl RedoStats {
+    /// The share of the thread in use (what [`RedoWriter::usage`] says).
+    pub fn usage(&self) -> f64 {
+        if self.thread_bytes == 0 {
+            return 0.0;
+        }
+        self.used_bytes as f64 / self.thread_bytes as f64
+    }
 }
 
 struct State {
@@ -149,6 +171,10 @@ struct State {
     failed: Option<Arc<StorageError>>,
     buffer: Option<WriteBuffer>,
     spare: Vec<u8>,
+    /// Recorded by the leader, under this lock it holds anyway after its write.
+    sync_latency: gcs::Histogram,
+    /// When the oldest write past the checkpoint was made; `None` while there is none.
+    oldest_past_checkpoint: Option<Instant>,
 }
 
 enum WriteBuffer {
@@ -179,6 +205,7 @@ pub struct RedoWriter {
     commits: AtomicU64,
     writes: AtomicU64,
     blocks_written: AtomicU64,
+    full_refusals: AtomicU64,
 }
 
 impl std::fmt::Debug for RedoWriter {
@@ -233,6 +260,9 @@ impl RedoWriter {
                 failed: None,
                 buffer: Some(buffer),
                 spare: Vec::new(),
+                sync_latency: gcs::Histogram::default(),
+                // A previous life's redo past the checkpoint is at least this old.
+                oldest_past_checkpoint: (end.next_sequence > checkpoint).then(Instant::now),
             }),
             batch_done: Condvar::new(),
             durable_batch: AtomicU64::new(0),
@@ -240,6 +270,7 @@ impl RedoWriter {
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             blocks_written: AtomicU64::new(0),
+            full_refusals: AtomicU64::new(0),
             storage,
             thread,
         };
@@ -286,12 +317,25 @@ impl RedoWriter {
         self.thread
     }
 
-    /// Counters so far.
+    /// Counters so far, and the thread's fullness now.
     pub fn stats(&self) -> RedoStats {
+        let (sync_latency, used_blocks, oldest) = {
+            let st = self.state.lock();
+            (
+                st.sync_latency.clone(),
+                st.next_sequence - st.checkpoint + st.reserved_blocks,
+                st.oldest_past_checkpoint,
+            )
+        };
         RedoStats {
             commits: self.commits.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
             blocks: self.blocks_written.load(Ordering::Relaxed),
+            sync_latency,
+            full_refusals: self.full_refusals.load(Ordering::Relaxed),
+            used_bytes: used_blocks * LOG_BLOCK_SIZE as u64,
+            thread_bytes: self.blocks * LOG_BLOCK_SIZE as u64,
+            checkpoint_age: oldest.map_or(Duration::ZERO, |at| at.elapsed()),
         }
     }
 
@@ -319,6 +363,9 @@ impl RedoWriter {
             });
         }
         st.checkpoint = sequence;
+        // Redo between the new checkpoint and the end was written after the checkpoint
+        // began: dated from now (at most that much younger than it is).
+        st.oldest_past_checkpoint = (sequence < st.next_sequence).then(Instant::now);
         Ok(())
     }
 
@@ -343,6 +390,7 @@ impl RedoWriter {
         }
         let used = st.next_sequence - st.checkpoint + st.reserved_blocks;
         if used + reserve > self.blocks {
+            self.full_refusals.fetch_add(1, Ordering::Relaxed);
             return Err(RedoError::RedoFull {
                 needed: reserve,
                 free: self.blocks.saturating_sub(used),
@@ -433,11 +481,14 @@ impl RedoWriter {
         // Committers blocked on a full open batch may join the new one now.
         self.batch_done.notify_all();
 
-        let result = MutexGuard::unlocked(st, || {
+        let (result, synced) = MutexGuard::unlocked(st, || {
             let bytes = buffer.bytes_mut();
             let n = codec::pack_batch(&stream, &starts, self.ident, first, bytes);
-            self.write_wrapped(first, &bytes[..n * LOG_BLOCK_SIZE])
-                .map(|()| n as u64)
+            let started = Instant::now();
+            let result = self
+                .write_wrapped(first, &bytes[..n * LOG_BLOCK_SIZE])
+                .map(|()| n as u64);
+            (result, started.elapsed())
         });
 
         st.buffer = Some(buffer);
@@ -453,6 +504,8 @@ impl RedoWriter {
                 self.commits.fetch_add(commits, Ordering::Relaxed);
                 self.writes.fetch_add(1, Ordering::Relaxed);
                 self.blocks_written.fetch_add(n, Ordering::Relaxed);
+                st.sync_latency.record(synced);
+                st.oldest_past_checkpoint.get_or_insert_with(Instant::now);
             }
             Err(e) => st.failed = Some(Arc::new(e)),
         }
