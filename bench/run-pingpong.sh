@@ -3,7 +3,7 @@
 # installs sockperf (and perftest when rdma is asked for) if missing, builds `pingpong` in
 # release mode and runs it. Extra arguments go to pingpong (e.g. --transports tcp --modes busy
 # --samples 50000; --transports rdma [--rdma-device mlx5_0] for RDMA beside ib_write_lat and
-# ib_send_lat on the same device).
+# ib_send_lat on the same device; --transports tcp,tcp-mac for rows without and with frame MACs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh

@@ -173,15 +173,18 @@ pub fn loopback_any() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// A TCP transport on loopback for `local`, with a 4-frame block region of 8 KiB frames.
+/// A TCP transport on loopback for `local`, with a 4-frame block region of 8 KiB frames, and
+/// a MAC on every frame if `frame_mac`.
 pub fn tcp_transport(
     cluster: ClusterId,
     secret: &[u8],
     local: InstanceId,
     peers: Vec<(InstanceId, SocketAddr)>,
+    frame_mac: bool,
 ) -> Result<(TcpTransport, Arc<BlockRegion>), ToolError> {
     let region = BlockRegion::anonymous(4, 8192)?;
-    let config = TcpConfig::new(cluster, local, loopback_any(), peers, secret.to_vec());
+    let mut config = TcpConfig::new(cluster, local, loopback_any(), peers, secret.to_vec());
+    config.frame_mac = frame_mac;
     Ok((TcpTransport::bind(config, Arc::clone(&region))?, region))
 }
 

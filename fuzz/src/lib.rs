@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("redo_blocks", redo_blocks),
     ("recovery_apply", recovery_apply),
     ("config", config),
+    ("shm_ring_pop", shm_ring_pop),
 ];
 
 /// The target called `name`.
@@ -195,6 +196,7 @@ pub fn tcp_stream(data: &[u8]) {
             cluster: ClusterId(7),
             local: id(1),
             secret: SECRET.to_vec(),
+            frame_mac: false,
         };
         let (mut dialer, hello) = Dialer::start(config, id(0), [seed; 16]);
         if socket.write_all(&hello).is_err() {
@@ -222,7 +224,7 @@ pub fn tcp_stream(data: &[u8]) {
                         return;
                     }
                 }
-                Ok(interconnect::handshake::DialerStep::Established) => {
+                Ok(interconnect::handshake::DialerStep::Established { .. }) => {
                     established = true;
                     break;
                 }
@@ -261,6 +263,7 @@ pub fn handshake(data: &[u8]) {
         cluster: ClusterId(u64::from(choice & 3)),
         local: id(local),
         secret: SECRET.to_vec(),
+        frame_mac: choice & 4 != 0,
     };
     let records: Vec<Record> = data
         .get(1..)
@@ -390,7 +393,10 @@ pub fn gcs_engine(data: &[u8]) {
     let Ok(directory) = map(Epoch(1), members) else {
         return;
     };
-    let mut engine = gcs::Engine::new(id(0), Epoch(1), members, directory, Default::default());
+    let Ok(mut engine) = gcs::Engine::new(id(0), Epoch(1), members, directory, Default::default())
+    else {
+        return;
+    };
     let mut now = Timestamp::ZERO;
     let mut script = Script::new(data);
     while !script.is_empty() {
@@ -408,7 +414,7 @@ pub fn gcs_engine(data: &[u8]) {
                 if epoch > engine.epoch()
                     && let Ok(directory) = map(epoch, live)
                 {
-                    engine.on_reconfigure(epoch, live, directory, now);
+                    let _ = engine.on_reconfigure(epoch, live, directory, now);
                 }
             }
             _ => {
@@ -461,6 +467,7 @@ pub fn redo_blocks(data: &[u8]) {
     let ident = storage::redo::LogIdent {
         cluster_id: ClusterId(7),
         instance: id(1),
+        incarnation: 1,
     };
     let mut assembler = EntryAssembler::new();
     let mut done = Vec::new();
@@ -493,6 +500,13 @@ pub fn recovery_apply(data: &[u8]) {
     }
     let mut image = vec![0u8; block_len];
     let _ = storage::recovery::apply(target, &mut image, base, &records);
+}
+
+/// The shm ring's receive side: a peer that pushes any records, writes anywhere in the
+/// ring's shared memory and lands blocks, against the pops and frame checks of the
+/// transport (`interconnect::shm::fuzzing::ring_pop`, which owns the unsafe mapping).
+pub fn shm_ring_pop(data: &[u8]) {
+    interconnect::shm::fuzzing::ring_pop(data);
 }
 
 /// The configuration parser (the secret file it names does not exist; inline secrets and

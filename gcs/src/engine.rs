@@ -164,6 +164,18 @@ pub enum GcsError {
     /// A message from a later epoch than ours: the driver must reconfigure first.
     #[error("message from future epoch {0}")]
     FutureEpoch(Epoch),
+    /// The instance itself is not among the members it was given (at start or in a
+    /// reconfiguration): the driver's membership is wrong.
+    #[error("instance {0} is not a member of its own cluster")]
+    NotAMember(InstanceId),
+    /// A reconfiguration to an epoch not after the current one (epochs only move forward).
+    #[error("reconfiguration to epoch {proposed}, not after the current epoch {current}")]
+    EpochNotNewer {
+        /// The engine's epoch.
+        current: Epoch,
+        /// The epoch asked for.
+        proposed: Epoch,
+    },
     /// An SCN (a message's clock, durable SCN or block version, or a block read from disk)
     /// the cluster clock refuses: above the limit or beyond the horizon.
     #[error("refused SCN: {0}")]
@@ -321,19 +333,19 @@ pub struct Engine<D> {
 }
 
 impl<D: MasterDirectory> Engine<D> {
-    /// An engine for instance `id` in `epoch` with the members `live`.
+    /// An engine for instance `id` in `epoch` with the members `live`; refused with
+    /// [`GcsError::NotAMember`] when `live` lacks `id`.
     pub fn new(
         id: InstanceId,
         epoch: Epoch,
         live: InstanceSet,
         directory: D,
         config: GcsConfig,
-    ) -> Self {
-        assert!(
-            live.contains(id),
-            "an instance is a member of its own cluster"
-        );
-        Self {
+    ) -> Result<Self, GcsError> {
+        if !live.contains(id) {
+            return Err(GcsError::NotAMember(id));
+        }
+        Ok(Self {
             id,
             epoch,
             live,
@@ -357,7 +369,7 @@ impl<D: MasterDirectory> Engine<D> {
             ios: VecDeque::new(),
             events: VecDeque::new(),
             metrics: Metrics::default(),
-        }
+        })
     }
 
     // ---------------------------------------------------------------- getters

@@ -47,7 +47,7 @@
 //!
 //! let me = InstanceId::new(0).unwrap();
 //! let live: InstanceSet = [me].into_iter().collect();
-//! let mut gcs = Engine::new(me, Epoch(1), live, Alone(me), GcsConfig::default());
+//! let mut gcs = Engine::new(me, Epoch(1), live, Alone(me), GcsConfig::default()).unwrap();
 //! let now = Timestamp::ZERO;
 //! let block = BlockId::new(1, 7);
 //!

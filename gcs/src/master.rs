@@ -633,15 +633,25 @@ impl<D: MasterDirectory> Engine<D> {
     /// once recovery has read the dead threads' redo, `on_dead_redo_scanned`; recover each
     /// block of the [`Event::RecoverySet`]s (newest past image or storage, then the dead
     /// thread's records above it), write it, and call `on_block_recovered` at its master.
+    ///
+    /// An epoch not after the current one, or members without this instance, are refused
+    /// with an error and change nothing.
     pub fn on_reconfigure(
         &mut self,
         epoch: Epoch,
         live: InstanceSet,
         directory: D,
         now: Timestamp,
-    ) {
-        assert!(epoch > self.epoch, "epochs only move forward");
-        assert!(live.contains(self.id), "a survivor is live");
+    ) -> Result<(), GcsError> {
+        if epoch <= self.epoch {
+            return Err(GcsError::EpochNotNewer {
+                current: self.epoch,
+                proposed: epoch,
+            });
+        }
+        if !live.contains(self.id) {
+            return Err(GcsError::NotAMember(self.id));
+        }
         let lost = self.live.bits() & !live.bits() != 0;
         self.scan_pending |= lost;
         self.epoch = epoch;
@@ -691,6 +701,7 @@ impl<D: MasterDirectory> Engine<D> {
         self.pump(now);
         self.holder_resume(now);
         self.pump(now);
+        Ok(())
     }
 
     /// Instance recovery has read the dead instances' redo: `changed` lists the blocks they

@@ -107,7 +107,8 @@ fn random_peer_messages_never_panic_the_engine() {
     let mut refused = 0;
     for seed in 0..300 {
         let mut rng = SimRng::new(seed);
-        let mut engine = Engine::new(id(0), Epoch(1), live, ByBlock, GcsConfig::default());
+        let mut engine =
+            Engine::new(id(0), Epoch(1), live, ByBlock, GcsConfig::default()).expect("engine");
         let mut now = Timestamp::ZERO;
         for step in 0..200u64 {
             now = now + std::time::Duration::from_micros(10);
@@ -161,7 +162,8 @@ fn random_peer_messages_never_panic_the_engine() {
 #[test]
 fn extreme_scns_are_refused_and_leave_the_clock_and_dependencies_alone() {
     let live: InstanceSet = (0..3).map(id).collect();
-    let mut engine = Engine::new(id(0), Epoch(1), live, ByBlock, GcsConfig::default());
+    let mut engine =
+        Engine::new(id(0), Epoch(1), live, ByBlock, GcsConfig::default()).expect("engine");
     let now = Timestamp::ZERO;
     let honest = GcsMessage {
         epoch: Epoch(1),
@@ -203,4 +205,40 @@ fn extreme_scns_are_refused_and_leave_the_clock_and_dependencies_alone() {
         Scn(101),
         "ticks go on from the honest clock"
     );
+}
+
+#[test]
+fn a_driver_membership_without_this_instance_or_an_old_epoch_is_an_error() {
+    let members: InstanceSet = (0..3).map(id).collect();
+    let others: InstanceSet = (1..3).map(id).collect();
+    let refused = Engine::new(id(0), Epoch(1), others, ByBlock, GcsConfig::default());
+    assert!(matches!(refused, Err(gcs::GcsError::NotAMember(me)) if me == id(0)));
+    let mut engine =
+        Engine::new(id(0), Epoch(5), members, ByBlock, GcsConfig::default()).expect("engine");
+    let now = Timestamp::ZERO;
+    for epoch in [Epoch(0), Epoch(4), Epoch(5)] {
+        assert_eq!(
+            engine.on_reconfigure(epoch, members, ByBlock, now),
+            Err(gcs::GcsError::EpochNotNewer {
+                current: Epoch(5),
+                proposed: epoch
+            })
+        );
+    }
+    assert_eq!(
+        engine.on_reconfigure(Epoch(6), others, ByBlock, now),
+        Err(gcs::GcsError::NotAMember(id(0)))
+    );
+    assert_eq!(
+        engine.epoch(),
+        Epoch(5),
+        "a refused reconfiguration changes nothing"
+    );
+    assert!(engine.poll_transmit().is_none());
+    assert_eq!(
+        engine.on_reconfigure(Epoch(6), members, ByBlock, now),
+        Ok(())
+    );
+    assert_eq!(engine.epoch(), Epoch(6));
+    assert!(engine.is_reconfiguring());
 }

@@ -584,7 +584,10 @@ impl Sim {
     }
 
     fn reconfigure(&mut self) {
-        self.epoch = self.epoch.next();
+        self.epoch = self
+            .epoch
+            .checked_next()
+            .expect("the simulated epochs stay small");
         let (epoch, members, now) = (self.epoch, self.members, self.now);
         for i in self.live() {
             if let Some(engine) = self.engines[i].as_mut()

@@ -194,6 +194,11 @@ impl BucketMap {
         self.overrides.get(&object).copied()
     }
 
+    /// How many objects have an override.
+    pub fn override_count(&self) -> usize {
+        self.overrides.len()
+    }
+
     /// All overrides.
     pub fn overrides(&self) -> impl Iterator<Item = (ObjectId, InstanceId, u64)> + '_ {
         self.overrides.iter().map(|(o, &(m, v))| (*o, m, v))

@@ -26,7 +26,15 @@
 //!
 //! `T` has the state before anyone can learn that `T` masters `O` (the ack precedes the
 //! broadcast and the unfreeze), so a redirected request never reaches `T` early. Overrides
-//! carry a per-object version, so a late, older override never wins. A new epoch aborts
+//! carry a per-object version, so a late, older override never wins.
+//!
+//! An `Override` is installed only as the protocol sends one: from the object's master as
+//! this instance's map has it, naming another member, newer than the override known here,
+//! and never moving an object to or away from this instance (only its own `Transfer`s and
+//! acks do that). Anything else (a stray, stale or hostile override, one naming an instance
+//! outside the epoch) is dropped and counted ([`DirectoryStats::overrides_refused`]); so is a
+//! new object past [`MAX_OVERRIDES`]. A refused override that was genuine (it overtook the
+//! one naming its sender) costs a redirect: the old master answers `NotMaster`. A new epoch aborts
 //! remasters in progress and clears overrides: the service rebuilds master state from what
 //! survivors report (see `ges`).
 //!
@@ -361,7 +369,15 @@ pub struct DirectoryStats {
     pub dropped: u64,
     /// Transfers refused as unexpected (not from the object's master, or not newer).
     pub transfers_refused: u64,
+    /// Overrides refused: not from the object's master, naming an instance outside the
+    /// epoch or this one, for an object this instance masters, not newer than the one known,
+    /// or past [`MAX_OVERRIDES`].
+    pub overrides_refused: u64,
 }
+
+/// Overrides one map keeps at most (a new epoch clears them). Far above what affinity
+/// remastering installs in an epoch (at most `max_remasters` moves per policy round).
+pub const MAX_OVERRIDES: usize = 1 << 18;
 
 /// Refused moves remembered, so that later chunks of one are refused too.
 const REFUSED_MOVES: usize = 64;
@@ -692,11 +708,33 @@ impl<S: MasterState> Directory<S> {
                 version,
                 ..
             } => {
-                if self.map.members().contains(master) {
+                if self.expects_override(from, object, master, version) {
                     self.map.set_override(object, master, version);
+                } else {
+                    self.stats.overrides_refused += 1;
                 }
             }
         }
+    }
+
+    /// Whether an `Override` from `from` saying that `master` masters `object` at `version`
+    /// is one the protocol sends (see the module docs).
+    fn expects_override(
+        &self,
+        from: InstanceId,
+        object: ObjectId,
+        master: InstanceId,
+        version: u64,
+    ) -> bool {
+        let current = self.map.master_of_object(object);
+        let known = self.map.override_of(object);
+        current == from
+            && current != self.me
+            && master != from
+            && master != self.me
+            && self.map.members().contains(master)
+            && version > known.map_or(0, |(_, v)| v)
+            && (known.is_some() || self.map.override_count() < MAX_OVERRIDES)
     }
 
     /// Whether a `Transfer` of `object` at `version` from `from` is a move this instance can

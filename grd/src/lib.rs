@@ -30,7 +30,9 @@ mod table;
 pub use affinity::{Affinity, AffinityConfig};
 pub use bucket_map::{BucketMap, BucketMapConfig};
 pub use codec::DecodeError;
-pub use directory::{Directory, DirectoryConfig, DirectoryEvent, GrdMessage, MasterState};
+pub use directory::{
+    Directory, DirectoryConfig, DirectoryEvent, GrdMessage, MAX_OVERRIDES, MasterState,
+};
 pub use error::GrdError;
 pub use hash::{mix64, stable_hash};
 pub use resource::{ObjectId, ResourceId};

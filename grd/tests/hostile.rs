@@ -1,8 +1,10 @@
 //! A member that holds the secret but sends crafted directory messages: unrequested
 //! transfers (with `last` set, to become master of anything), resources listed twice or
-//! already present, floods past the table's bound, extreme versions and foreign epochs. The
-//! directory never panics, never lets such a transfer make it master, keeps its own entries,
-//! stays within its ceiling, and an honest remaster still completes afterwards.
+//! already present, floods past the table's bound, overrides from the wrong sender, for
+//! instances outside the epoch or with old versions, extreme versions and foreign epochs.
+//! The directory never panics, never lets such a message make it master or move what it
+//! masters, keeps its own entries, stays within its ceiling, and an honest remaster still
+//! completes afterwards.
 
 use grd::codec::{self, DecodeError, Reader};
 use grd::{
@@ -158,15 +160,16 @@ fn a_refused_move_returns_the_state_to_the_old_master() {
             )
             .expect("room");
     }
-    // Instance 1 learns (falsely: a hostile member announces it) that 2 masters the object,
-    // so 0's honest move to 1 is not one 1 can expect: refused, and 0 keeps everything.
+    // Instance 1 learns (falsely: the master itself, buggy, announces it) that 2 masters the
+    // object, so 0's honest move to 1 is not one 1 can expect: refused, and 0 keeps
+    // everything.
     let lie = GrdMessage::Override {
         epoch: Epoch(1),
         object,
         master: id(2),
         version: 5,
     };
-    dirs[1].handle_message(id(2), lie, Timestamp::ZERO);
+    dirs[1].handle_message(id(0), lie, Timestamp::ZERO);
     dirs[0].start_remaster(object, id(1)).expect("remaster");
     pump(&mut dirs);
     assert_eq!(dirs[0].table().len(), 40, "the state came back");
@@ -175,27 +178,12 @@ fn a_refused_move_returns_the_state_to_the_old_master() {
     let unfrozen = std::iter::from_fn(|| dirs[0].poll_event())
         .any(|e| matches!(e, DirectoryEvent::Unfrozen { master, .. } if master == id(0)));
     assert!(unfrozen);
-    // With the lie overridden by the truth, the same move goes through.
-    dirs[1].handle_message(
-        id(0),
-        GrdMessage::Override {
-            epoch: Epoch(1),
-            object,
-            master: id(0),
-            version: 6,
-        },
-        Timestamp::ZERO,
-    );
-    dirs[0].handle_message(
-        id(1),
-        GrdMessage::Override {
-            epoch: Epoch(1),
-            object,
-            master: id(0),
-            version: 6,
-        },
-        Timestamp::ZERO,
-    );
+    // No one but instance 1's idea of the master (2) can correct it, and 2 does not: the move
+    // stays refused, and 0 keeps serving the object. A new epoch clears the lie.
+    let members: InstanceSet = (0..3).map(id).collect();
+    for dir in dirs.iter_mut() {
+        dir.on_new_epoch(Epoch(2), members).expect("epoch");
+    }
     dirs[0]
         .start_remaster(object, id(1))
         .expect("remaster again");
@@ -206,22 +194,89 @@ fn a_refused_move_returns_the_state_to_the_old_master() {
 }
 
 #[test]
+fn overrides_only_as_the_protocol_sends_them() {
+    let mut dirs = directories(1000);
+    let theirs = object_mastered_by(&dirs[0], id(1));
+    let mine = object_mastered_by(&dirs[0], id(0));
+    let outsider = id(9);
+    let lie = |object, master, version| GrdMessage::Override {
+        epoch: Epoch(1),
+        object,
+        master,
+        version,
+    };
+    // Each refused: from a member that does not master the object; naming an instance
+    // outside the epoch; naming this instance; moving an object this instance masters;
+    // naming the sender itself.
+    let refused = [
+        (id(2), lie(theirs, id(2), 1)),
+        (id(1), lie(theirs, outsider, 1)),
+        (id(1), lie(theirs, id(0), 1)),
+        (id(2), lie(mine, id(2), 1)),
+        (id(1), lie(mine, id(1), 1)),
+        (id(1), lie(theirs, id(1), 1)),
+    ];
+    for (from, message) in refused.iter().cloned() {
+        dirs[0].handle_message(from, message, Timestamp::ZERO);
+    }
+    assert_eq!(dirs[0].stats().overrides_refused, refused.len() as u64);
+    assert_eq!(dirs[0].map().master_of_object(theirs), id(1));
+    assert_eq!(dirs[0].map().master_of_object(mine), id(0));
+    assert_eq!(dirs[0].map().override_count(), 0);
+    // The master's own announcement is installed; an older or equal one after it is not.
+    dirs[0].handle_message(id(1), lie(theirs, id(2), 5), Timestamp::ZERO);
+    assert_eq!(dirs[0].map().master_of_object(theirs), id(2));
+    dirs[0].handle_message(id(2), lie(theirs, id(1), 5), Timestamp::ZERO);
+    dirs[0].handle_message(id(2), lie(theirs, id(1), 4), Timestamp::ZERO);
+    assert_eq!(dirs[0].map().master_of_object(theirs), id(2));
+    assert_eq!(dirs[0].stats().overrides_refused, refused.len() as u64 + 2);
+    // The new master may move it on.
+    dirs[0].handle_message(id(2), lie(theirs, id(1), 6), Timestamp::ZERO);
+    assert_eq!(dirs[0].map().master_of_object(theirs), id(1));
+}
+
+#[test]
+fn a_flood_of_overrides_stops_at_the_bound() {
+    let mut dirs = directories(1000);
+    // Every object instance 1 masters, announced moved to 2: a table that would grow
+    // without end.
+    let mut installed = 0;
+    let mut object = 0u64;
+    while installed < grd::MAX_OVERRIDES + 100 {
+        let o = ObjectId { kind: 9, object };
+        object += 1;
+        if dirs[0].map().master_of_object(o) != id(1) {
+            continue;
+        }
+        let message = GrdMessage::Override {
+            epoch: Epoch(1),
+            object: o,
+            master: id(2),
+            version: 1,
+        };
+        dirs[0].handle_message(id(1), message, Timestamp::ZERO);
+        installed += 1;
+    }
+    assert_eq!(dirs[0].map().override_count(), grd::MAX_OVERRIDES);
+    assert_eq!(dirs[0].stats().overrides_refused, 100);
+}
+
+#[test]
 fn extreme_versions_and_foreign_epochs_are_harmless() {
     let mut dirs = directories(1000);
-    let object = object_mastered_by(&dirs[0], id(0));
-    // An override at the last version: this master can no longer move the object, which
-    // is an error, not an overflow.
+    let object = object_mastered_by(&dirs[0], id(1));
+    // Its master moves it here at the last version: this instance can no longer move the
+    // object, which is an error, not an overflow.
     dirs[0].handle_message(
-        id(2),
-        GrdMessage::Override {
-            epoch: Epoch(1),
-            object,
-            master: id(0),
-            version: u64::MAX,
-        },
+        id(1),
+        transfer(object, u64::MAX, true, &[]),
         Timestamp::ZERO,
     );
-    assert!(dirs[0].start_remaster(object, id(1)).is_err());
+    assert_eq!(dirs[0].map().master_of_object(object), id(0));
+    assert!(matches!(
+        dirs[0].start_remaster(object, id(1)),
+        Err(grd::GrdError::VersionsExhausted(_))
+    ));
     for epoch in [Epoch(0), Epoch(2), Epoch(u64::MAX)] {
         let message = GrdMessage::TransferAck {
             epoch,

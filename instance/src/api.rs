@@ -93,9 +93,9 @@ pub enum StartError {
     /// This instance's slot could not be read or written.
     #[error("instance slot: {0}")]
     Slot(#[from] format::SlotError),
-    /// The redo thread could not be opened.
+    /// The redo thread could not be opened for a new life.
     #[error("redo thread: {0}")]
-    Redo(#[from] crate::redo::RedoOpenError),
+    Redo(#[from] crate::storage::life::LifeError),
     /// The landing region or buffer cache could not be set up.
     #[error("buffer cache: {0}")]
     Cache(String),
@@ -119,6 +119,11 @@ pub enum StartError {
     /// This instance's redo thread could not be scanned.
     #[error("scanning this instance's redo: {0}")]
     Recovery(#[from] crate::recovery::RecoveryError),
+    /// The voting area names the last epoch there is: no cluster can start above it.
+    #[error(
+        "the voting area's Paxos blocks name epoch {0}, the last one: the epoch counter is exhausted (reformat the storage)"
+    )]
+    EpochsExhausted(Epoch),
     /// `storage.fencing = "reservation"`, and the storage does not support persistent
     /// reservations or refused this instance's registration (never a silent fallback to the
     /// lease).
@@ -983,21 +988,15 @@ impl Setting<'_> {
         // Every timer of the running instance starts now: the time spent meeting the peers
         // must not count as their silence (nor eat the I/O lease).
         let origin = Instant::now();
-        // Redo opens after formation: whole-cluster recovery may have moved the checkpoint.
-        let slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;
-        let thread = self
-            .layout
-            .redo_thread(me)
-            .ok_or(format::SlotError::NoSlot {
-                instance: me,
-                max_instances: self.layout.max_instances,
-            })?;
-        let (redo, _end) = RedoWriter::open(
+        // Redo opens after formation: whole-cluster recovery may have moved the checkpoint. A
+        // new life of the thread begins past the previous one's seal.
+        let (redo, _end) = crate::storage::life::begin_life(
             Arc::clone(self.storage),
-            thread,
-            slot.checkpoint.sequence,
+            self.layout,
+            me,
             GroupCommitConfig::default(),
         )?;
+        let slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;
         let (epoch, live, joining) = match entry {
             Entry::Formed { epoch, live } => (epoch, live, false),
             Entry::Joined { epoch, live } => (epoch, live, true),
@@ -1131,6 +1130,9 @@ impl Setting<'_> {
         // have died, or it may have been lost.
         let mut asked_to_join: Option<Instant> = None;
         let mut early = Vec::new();
+        // Bounded as the core bounds frames of a future epoch; what a peer sends beyond that
+        // before the admission is dropped and counted.
+        let (mut early_bytes, mut early_dropped) = (0usize, 0u64);
         let mut events = Vec::new();
         let send = |transport: &mut T, to, message: ClusterMessage| {
             let mut body = Vec::new();
@@ -1193,7 +1195,10 @@ impl Setting<'_> {
                         // Readers of it get the same error; everything else recovered.
                         eprintln!("fusion: whole-cluster recovery could not rebuild: {corrupt}");
                     }
-                    let epoch = Epoch(self.highest_paxos_epoch().0 + 1);
+                    let highest = self.highest_paxos_epoch();
+                    let epoch = highest
+                        .checked_next()
+                        .ok_or(StartError::EpochsExhausted(highest))?;
                     let live = if everyone { configured } else { present };
                     for peer in live.iter().filter(|p| *p != me) {
                         send(transport, peer, ClusterMessage::Formed { epoch, live });
@@ -1232,7 +1237,15 @@ impl Setting<'_> {
                     | TransportEvent::BlockLanded { header, body, .. } => {
                         if header.service != Service::Instance {
                             // An admission's rebuild starts at once: keep it for the core.
-                            early.push((header, body));
+                            if early.len() < crate::core::MAX_FUTURE_MESSAGES
+                                && early_bytes.saturating_add(body.len())
+                                    <= crate::core::MAX_FUTURE_BYTES
+                            {
+                                early_bytes += body.len();
+                                early.push((header, body));
+                            } else {
+                                early_dropped += 1;
+                            }
                             continue;
                         }
                         match ClusterMessage::decode(&body) {
@@ -1250,13 +1263,22 @@ impl Setting<'_> {
                             Ok(ClusterMessage::Hello { running: false, .. }) => {
                                 answered.insert(header.source);
                             }
+                            // Only the lowest id present forms the cluster, and only a member of
+                            // the epoch it decided admits: a peer's word for anything else is
+                            // not taken (nor a membership beyond the configured instances).
                             Ok(ClusterMessage::Formed { epoch, live })
-                                if live.contains(me) && entered.is_none() =>
+                                if live.contains(me)
+                                    && live.lowest() == Some(header.source)
+                                    && live.bits() & !configured.bits() == 0
+                                    && entered.is_none() =>
                             {
                                 entered = Some(Entry::Formed { epoch, live });
                             }
                             Ok(ClusterMessage::Reconfigure { epoch, live })
-                                if live.contains(me) && entered.is_none() =>
+                                if live.contains(me)
+                                    && live.contains(header.source)
+                                    && live.bits() & !configured.bits() == 0
+                                    && entered.is_none() =>
                             {
                                 entered = Some(Entry::Joined { epoch, live });
                             }
@@ -1267,6 +1289,11 @@ impl Setting<'_> {
                 }
             }
             if let Some(entry) = entered {
+                if early_dropped > 0 {
+                    eprintln!(
+                        "fusion: instance {me}: {early_dropped} frames that came before the admission were past the bound and dropped"
+                    );
+                }
                 return Ok((entry, connected, early));
             }
         }

@@ -37,6 +37,16 @@
 //!   the same way) once the recovery of earlier failures is complete everywhere.
 //! * Control messages are repaired by repetition (`Status` each heartbeat interval, the
 //!   decision resent until members show they have it).
+//! * A message is a fast path to a decision: a new epoch is taken from a `Reconfigure` or a
+//!   `Status` only when it is the next one, from a member of the current epoch that is also
+//!   one of the new epoch's, and names configured instances only (an honest announcer always
+//!   is: it decided or learnt the epoch as a member of both). Anything further is learnt
+//!   from the voting area, where Disk Paxos decided it; a refused message is counted
+//!   ([`ClusterStats::messages_refused`]). So crafted epochs (extreme, skipping, naming
+//!   strangers, from a non-member) move no one. A lying *member* can still announce a next
+//!   epoch the disk never decided, or make others stop by claiming they were left out: a
+//!   member can deny service (see the README's threat model). A member's `JoinRequest` is
+//!   ignored (only instances outside the epoch are admitted).
 //!
 //! This module owns those decisions and the cluster messages' codec. It must never do I/O,
 //! read a clock, or touch the engines' state (the core reconfigures them).
@@ -378,6 +388,9 @@ pub struct ClusterStats {
     pub reconfigurations: u64,
     /// Instances admitted back.
     pub joins: u64,
+    /// `Reconfigure` and `Status` messages whose epoch was refused: not the next one, not
+    /// from a member of the current and the new epoch, or naming unconfigured instances.
+    pub messages_refused: u64,
     /// Disk Paxos counters (proposals, decisions, decisions learnt, aborts).
     pub paxos: crate::paxos::PaxosStats,
 }
@@ -392,6 +405,8 @@ struct DiskSeen {
 #[derive(Debug)]
 pub struct ClusterManager {
     me: InstanceId,
+    /// Every instance of the configuration: no membership reaches beyond it.
+    configured: InstanceSet,
     config: FailureConfig,
     epoch: Epoch,
     live: InstanceSet,
@@ -452,6 +467,7 @@ impl ClusterManager {
         let net = Membership::new(config.membership, me, configured, epoch, now)?;
         Ok(Self {
             me,
+            configured,
             config,
             epoch,
             live,
@@ -699,11 +715,19 @@ impl ClusterManager {
             // A peer restarted and looks for the cluster; it learnt our view on connect.
             ClusterMessage::Hello { .. } | ClusterMessage::Formed { .. } => {}
             ClusterMessage::JoinRequest => {
+                // A member never needs admission; a stale request must not outlive its epoch.
+                if self.live.contains(from) {
+                    return;
+                }
                 self.joining.insert(from);
                 self.tick(now);
             }
             ClusterMessage::Reconfigure { epoch, live } => {
                 if epoch <= self.epoch {
+                    return;
+                }
+                if !self.is_next_epoch(from, epoch, live) {
+                    self.stats.messages_refused += 1;
                     return;
                 }
                 if !live.contains(self.me) {
@@ -744,6 +768,10 @@ impl ClusterManager {
                 if epoch > self.epoch {
                     // A member moved on to an epoch this instance never heard of (its
                     // Reconfigure was lost): catch up, or stop if that epoch left it out.
+                    if !self.is_next_epoch(from, epoch, live) {
+                        self.stats.messages_refused += 1;
+                        return;
+                    }
                     if live.contains(self.me) {
                         self.apply(epoch, live, now);
                     } else {
@@ -755,6 +783,15 @@ impl ClusterManager {
                 }
             }
         }
+    }
+
+    /// Whether `from` may announce `epoch` with the members `live`: it is the epoch after this
+    /// instance's, `from` is a member of both, and `live` holds only configured instances.
+    fn is_next_epoch(&self, from: InstanceId, epoch: Epoch, live: InstanceSet) -> bool {
+        self.epoch.0.checked_add(1) == Some(epoch.0)
+            && self.live.contains(from)
+            && live.contains(from)
+            && live.bits() & !self.configured.bits() == 0
     }
 
     /// This instance finished recovering its part after the reconfiguration to `epoch`.

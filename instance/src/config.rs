@@ -31,6 +31,8 @@
 //!
 //! [transport]
 //! kind = "tcp"                       # or "shm": every instance on this `host`; or "rdma":
+//! # frame_mac = false                # tcp: a MAC on every frame (networks you do not trust);
+//!                                    #   every instance must set it alike
 //! # device = "mlx5_0"                # rdma: the verbs device (default: the first found),
 //! # port = 1                         #   its port (default 1)
 //! # gid_index = 0                    #   and GID index (default 0; RoCE v2 often 1 or 3)
@@ -307,6 +309,9 @@ pub enum TransportConfig {
     Tcp {
         /// Where to listen: `transport.listen`, else this instance's address.
         listen: SocketAddr,
+        /// `transport.frame_mac`: a MAC on every frame (default off; every instance must
+        /// agree, see [`TcpConfig::frame_mac`]).
+        frame_mac: bool,
     },
     /// Shared memory.
     Shm {
@@ -473,16 +478,24 @@ impl InstanceConfig {
     /// The TCP transport's settings (defaults for everything the file does not set).
     pub fn tcp_config(&self) -> TcpConfig {
         let listen = match &self.transport {
-            TransportConfig::Tcp { listen } | TransportConfig::Rdma { listen, .. } => *listen,
+            TransportConfig::Tcp { listen, .. } | TransportConfig::Rdma { listen, .. } => *listen,
             TransportConfig::Shm { .. } => self.local.address,
         };
-        TcpConfig::new(
+        let mut tcp = TcpConfig::new(
             self.cluster_id,
             self.local.id,
             listen,
             self.peers.iter().map(|m| (m.id, m.address)).collect(),
             self.secret.as_bytes().to_vec(),
-        )
+        );
+        tcp.frame_mac = matches!(
+            self.transport,
+            TransportConfig::Tcp {
+                frame_mac: true,
+                ..
+            }
+        );
+        tcp
     }
 
     /// The shm transport's settings: the co-located peers, and a landing region as large as
@@ -627,6 +640,7 @@ struct RawTransport {
     device: Option<String>,
     port: Option<u8>,
     gid_index: Option<u8>,
+    frame_mac: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -721,7 +735,7 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         &local_member,
         cluster_id,
     )?;
-    if let TransportConfig::Tcp { listen } = transport
+    if let TransportConfig::Tcp { listen, .. } = transport
         && listen != local_member.address
     {
         addresses.add(listen, "transport.listen".into())?;
@@ -991,6 +1005,11 @@ fn transport(
     {
         return Err(not_for(key));
     }
+    // Frame MACs protect TCP streams; shm stays on one host behind file permissions, and
+    // RDMA's blocks are placed by the NIC where no MAC is checked.
+    if raw.kind != TransportKind::Tcp && raw.frame_mac.is_some() {
+        return Err(not_for("frame_mac"));
+    }
     match raw.kind {
         TransportKind::Tcp => {
             if raw.shm_dir.is_some() {
@@ -1000,7 +1019,10 @@ fn transport(
                 Some(text) => address("transport.listen".into(), &text)?,
                 None => local.address,
             };
-            Ok(TransportConfig::Tcp { listen })
+            Ok(TransportConfig::Tcp {
+                listen,
+                frame_mac: raw.frame_mac.unwrap_or(false),
+            })
         }
         TransportKind::Shm => {
             if raw.listen.is_some() {

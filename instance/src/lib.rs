@@ -12,8 +12,9 @@
 //!   (`storage::faulty`).
 //! * [`format`](mod@format) — the on-storage format, byte by byte: the control area (cluster header and
 //!   the voting area's per-instance slots: disk heartbeat, redo thread, checkpoint, the Disk
-//!   Paxos block), the redo threads' places, and the data blocks with their verified headers;
-//!   `create` and `open`. The binary `fusionctl create` formats storage.
+//!   Paxos block, the lives of the instance), the seal sectors, the redo threads' places, and
+//!   the data blocks with their verified headers; `create` and `open`. The binary
+//!   `fusionctl create` formats storage.
 //! * [`redo`] — the redo log: a pure codec of records, entries and 4 KiB log blocks; the
 //!   group-committing [`redo::RedoWriter`]; the recovery scan [`redo::RedoReader`].
 //! * [`recovery`] — recovery's redo-applying half: the redo scan, block recovery and

@@ -125,13 +125,17 @@ pub enum RecoveryIo {
         lost: InstanceSet,
     },
     /// Scan the redo of these threads (every configured one: a block a lost instance held
-    /// may carry a change only in another thread's redo); report the changed blocks and the
-    /// scan with [`Node::handle_scanned`].
+    /// may carry a change only in another thread's redo), seal the newest lives of `lost`
+    /// durably where the scan read them to (a write of theirs that lands later is never
+    /// read by a later scan), and report the changed blocks and the scan with
+    /// [`Node::handle_scanned`].
     Scan {
         /// The epoch whose recovery this is.
         epoch: Epoch,
         /// The threads.
         threads: InstanceSet,
+        /// The lost instances whose lives are sealed.
+        lost: InstanceSet,
     },
     /// Rebuild these blocks from their start (past image or storage) and `scan`'s redo,
     /// write them, and report each with [`Node::handle_recovered`]. The lease must hold
@@ -818,6 +822,7 @@ impl Node {
             self.ios.push_back(NodeIo::Recovery(RecoveryIo::Scan {
                 epoch,
                 threads: self.configured,
+                lost: self.lost,
             }));
         }
         // The engines' state no longer matches the cluster's (a refused write leaves GCS
@@ -1237,7 +1242,12 @@ mod tests {
                                 let bytes = self.paxos[owner.index()];
                                 self.nodes[i].handle_paxos_read(owner, Some(&bytes), now);
                             }
-                            NodeIo::Recovery(RecoveryIo::Scan { epoch, threads }) => {
+                            NodeIo::Recovery(RecoveryIo::Scan {
+                                epoch,
+                                threads,
+                                lost,
+                            }) => {
+                                assert_eq!(lost, set(&[2]), "the lost life is sealed");
                                 self.recovery.push((
                                     i,
                                     now,

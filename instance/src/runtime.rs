@@ -562,7 +562,7 @@ impl Runtime {
             threads.push(
                 std::thread::Builder::new()
                     .name("fusion-recovery".into())
-                    .spawn(move || recovery_thread(&recovery_rx, &context, &done))?,
+                    .spawn(move || recovery_thread(&recovery_rx, &context, &done, me))?,
             );
         }
         let node = Node::new(
@@ -1356,7 +1356,12 @@ fn checkpoint_io(
 }
 
 /// Instance recovery's storage work: scanning redo threads and rebuilding blocks.
-fn recovery_thread(rx: &Receiver<RecoveryIo>, context: &IoContext, done: &DriverHandle) {
+fn recovery_thread(
+    rx: &Receiver<RecoveryIo>,
+    context: &IoContext,
+    done: &DriverHandle,
+    me: InstanceId,
+) {
     let storage = context.storage.as_ref();
     let layout = &context.layout;
     while let Ok(job) = rx.recv() {
@@ -1374,17 +1379,32 @@ fn recovery_thread(rx: &Receiver<RecoveryIo>, context: &IoContext, done: &Driver
                     return;
                 }
             }
-            RecoveryIo::Scan { epoch, threads } => {
+            RecoveryIo::Scan {
+                epoch,
+                threads,
+                lost,
+            } => {
                 let all: Vec<InstanceId> = threads.iter().collect();
+                let lost: Vec<InstanceId> = lost.iter().collect();
                 // Every thread's changed blocks, not only the lost instances': a block a
                 // lost instance held may carry a change that is only in another thread's
                 // redo (an instance lost before, restarted since or whose recovery this loss
                 // interrupted), with no past image of it left anywhere. Blocks a survivor
                 // holds stay out of the recovery set; the others rebuild to what storage
                 // holds when it is current.
+                // The lost lives are sealed where this scan read them to, durably, before
+                // anything is recovered from it: a write of theirs that lands later is never
+                // read by a later scan.
                 let result = crate::recovery::scan_threads(storage, layout, &all)
-                    .map(|scan| (scan.changed_blocks(), Arc::new(scan)))
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())
+                    .and_then(|scan| {
+                        if !context.lease.wait_valid() {
+                            return Err("the I/O lease expired before sealing".to_string());
+                        }
+                        crate::storage::life::seal_lost(storage, layout, me, &scan, &lost)
+                            .map_err(|e| format!("sealing the lost redo threads: {e}"))?;
+                        Ok((scan.changed_blocks(), Arc::new(scan)))
+                    });
                 if !done.submit(Command::Scanned { epoch, result }) {
                     return;
                 }

@@ -116,6 +116,13 @@ fn defaults_and_conversions() {
         ]
     );
     assert_eq!(tcp.secret, b"s3cret-s3cret-s3cret-s3cret-s3cret");
+    assert!(!tcp.frame_mac, "frame MACs are off by default");
+    let with_mac = parse(&GOOD.replace(
+        "frames = 64",
+        "frames = 64\n[transport]\nkind = \"tcp\"\nframe_mac = true",
+    ))
+    .unwrap();
+    assert!(with_mac.tcp_config().frame_mac);
 
     let shm = config.shm_config();
     assert_eq!(shm.peers, [id(0)], "only the instance on the same host");
@@ -537,6 +544,36 @@ const BAD: &[(&str, &str, &str, Check, &str)] = &[
         "frames = 64\n[transport]\ndevice = \"mlx5_0\"",
         |p| matches!(p, ConfigProblem::NotForTransport { key: "device", .. }),
         "`transport.device`",
+    ),
+    (
+        "frame_mac with shm",
+        "frames = 64",
+        "frames = 64\n[transport]\nkind = \"shm\"\nframe_mac = true",
+        |p| {
+            matches!(
+                p,
+                ConfigProblem::NotForTransport {
+                    key: "frame_mac",
+                    ..
+                }
+            )
+        },
+        "`transport.frame_mac`",
+    ),
+    (
+        "frame_mac with rdma",
+        "frames = 64",
+        "frames = 64\n[transport]\nkind = \"rdma\"\nframe_mac = false",
+        |p| {
+            matches!(
+                p,
+                ConfigProblem::NotForTransport {
+                    key: "frame_mac",
+                    ..
+                }
+            )
+        },
+        "`transport.frame_mac`",
     ),
     (
         "shm_dir with rdma",

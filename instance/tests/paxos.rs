@@ -385,7 +385,12 @@ impl Sim {
                 Ok(Some(node))
             }
             Ev::Propose { node, life } if self.live(node, life) => {
-                let epoch = self.nodes[node].paxos.decided().epoch.next();
+                let epoch = self.nodes[node]
+                    .paxos
+                    .decided()
+                    .epoch
+                    .checked_next()
+                    .expect("the simulated epochs stay small");
                 if epoch.0 > self.max_epoch || self.nodes[node].paxos.is_proposing() {
                     return Ok(None);
                 }

@@ -55,13 +55,12 @@ fn block(layout: &Layout, b: u32) -> BlockId {
 }
 
 impl Cluster {
+    /// A new life of `instance`'s thread (as `Instance::start`).
     fn writer(&self, instance: InstanceId) -> RedoWriter {
-        let slot = format::read_slot(self.storage.as_ref(), &self.layout, instance).unwrap();
-        let thread = self.layout.redo_thread(instance).unwrap();
-        RedoWriter::open(
+        instance::storage::life::begin_life(
             Arc::clone(&self.storage),
-            thread,
-            slot.checkpoint.sequence,
+            &self.layout,
+            instance,
             GroupCommitConfig::default(),
         )
         .unwrap()
@@ -250,11 +249,19 @@ fn restart_replays_interleaved_threads_in_scn_order() {
         .map(|i| {
             let slot = format::read_slot(c.storage.as_ref(), &c.layout, id(i)).unwrap();
             let thread = c.layout.redo_thread(id(i)).unwrap();
-            instance::redo::RedoReader::new(c.storage.as_ref(), thread, slot.checkpoint.sequence)
+            let lives = instance::storage::life::ClusterLives::read(c.storage.as_ref(), &c.layout)
                 .unwrap()
-                .scan_to_end()
-                .unwrap()
-                .next_sequence
+                .thread_lives(id(i));
+            instance::redo::RedoReader::new(
+                c.storage.as_ref(),
+                thread,
+                slot.checkpoint.sequence,
+                &lives,
+            )
+            .unwrap()
+            .scan_to_end()
+            .unwrap()
+            .next_sequence
         })
         .collect();
 

@@ -27,7 +27,8 @@
 //! 16-bit checksum alone lets through often enough to matter at cluster rates. A receiver
 //! checks it with [`FrameHeader::check_payload`] before it acts on the body or hands a
 //! landed block on. Both are CRC32C: they catch corruption, not forgery (see the README's
-//! threat model).
+//! threat model); a connection that agreed on frame MACs at its handshake adds a 16-byte
+//! tag after the block ([`crate::frame_mac`]).
 //! This module owns the byte layout only: whether a frame's cluster, destination or epoch is
 //! acceptable *here* is the transport's and membership's decision
 //! ([`FrameHeader::check_addressed_to`]).
@@ -239,6 +240,10 @@ pub enum FrameError {
     /// The reserved header bytes are not zero.
     #[error("reserved frame header bytes are not zero")]
     Reserved,
+    /// The frame's MAC does not verify: it was changed, replayed or reordered on the way,
+    /// or not sent by the peer (connections with frame MACs only, see [`crate::frame_mac`]).
+    #[error("frame MAC does not verify (changed, replayed or forged on the way)")]
+    BadMac,
     /// The frame claims a source other than the authenticated peer of its connection.
     #[error("frame claims source {claimed} on the connection of instance {peer}")]
     SpoofedSource {

@@ -12,9 +12,16 @@
 //!   checks mac_a (the acceptor knows the secret)
 //! ```
 //!
-//! `transcript` is `cluster | dialer id | acceptor id | nonce_d | nonce_a` as the dialer
-//! claims them, so a MAC is bound to both nonces and both identities and cannot be replayed
-//! on another connection.
+//! `transcript` is `cluster | dialer id | acceptor id | flags | nonce_d | nonce_a` as the
+//! dialer claims them, so a MAC is bound to both nonces and both identities and cannot be
+//! replayed on another connection.
+//!
+//! The hello's `flags` say whether the dialer wants a MAC on every frame
+//! ([`crate::frame_mac`]). Both ends must be configured alike: the acceptor refuses a
+//! mismatch (once the dialer has proved the secret) with
+//! [`HandshakeError::FrameMacMismatch`], and the flag is in the transcript, so no one on the
+//! path can switch it off unnoticed. With frame MACs, both ends derive the connection's two
+//! direction keys from the secret and the transcript ([`FrameMacKeys`]).
 //!
 //! The dialer proves first, over a nonce the acceptor chose: whoever merely reaches the port
 //! learns nothing from the acceptor (no MAC to test secret guesses against offline, no cluster
@@ -29,19 +36,22 @@
 //! This module owns the record format and the two state machines. It never touches sockets
 //! or draws random numbers: the transport passes nonces in.
 
+use crate::frame_mac::{FrameMac, FrameMacKeys};
 use crate::{ClusterId, InstanceId};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// Every handshake record is this long.
 pub const RECORD_LEN: usize = 80;
-/// Handshake protocol version (2: the dialer proves first).
-pub const HANDSHAKE_VERSION: u8 = 2;
+/// Handshake protocol version (2: the dialer proves first; 3: the frame-MAC flag).
+pub const HANDSHAKE_VERSION: u8 = 3;
 /// The shortest cluster secret accepted: 32 bytes, the HMAC-SHA256 key size.
 pub const MIN_SECRET_LEN: usize = 32;
 const MAGIC: [u8; 4] = *b"FSNH";
 const NONCE_LEN: usize = 16;
 const MAC_LEN: usize = 32;
+/// Hello flag: the dialer puts a MAC on every frame and expects one on every frame.
+const FLAG_FRAME_MAC: u8 = 1;
 
 /// A random nonce, drawn by the transport.
 pub type Nonce = [u8; NONCE_LEN];
@@ -77,6 +87,17 @@ pub enum HandshakeError {
     /// The acceptor refused the dialer and said why.
     #[error("peer refused the connection: {0}")]
     RefusedByPeer(RefusalReason),
+    /// One end puts a MAC on every frame and the other does not: the setting
+    /// (`transport.frame_mac`) must be the same on every instance.
+    #[error(
+        "the peer {} frame MACs and this instance {} (`transport.frame_mac` must be the same on every instance)",
+        if *.local { "does not use" } else { "uses" },
+        if *.local { "does" } else { "does not" }
+    )]
+    FrameMacMismatch {
+        /// Whether this instance uses them.
+        local: bool,
+    },
 }
 
 /// What an acceptor tells a dialer it refuses. No reason carries an id.
@@ -96,6 +117,12 @@ pub enum RefusalReason {
     /// the secret).
     #[error("unexpected instance id")]
     UnexpectedInstance,
+    /// One end uses frame MACs and the other does not (told only to a dialer that proved
+    /// the secret).
+    #[error(
+        "the frame MAC setting differs (`transport.frame_mac` must be the same on every instance)"
+    )]
+    FrameMacMismatch,
     /// Anything else (a malformed record).
     #[error("protocol error")]
     Protocol,
@@ -109,6 +136,7 @@ impl RefusalReason {
             RefusalReason::BadSecret => 3,
             RefusalReason::UnexpectedInstance => 4,
             RefusalReason::Protocol => 5,
+            RefusalReason::FrameMacMismatch => 6,
         }
     }
 
@@ -118,6 +146,7 @@ impl RefusalReason {
             2 => RefusalReason::WrongVersion,
             3 => RefusalReason::BadSecret,
             4 => RefusalReason::UnexpectedInstance,
+            6 => RefusalReason::FrameMacMismatch,
             _ => RefusalReason::Protocol,
         }
     }
@@ -128,6 +157,7 @@ impl RefusalReason {
             HandshakeError::WrongVersion { .. } => RefusalReason::WrongVersion,
             HandshakeError::BadSecret => RefusalReason::BadSecret,
             HandshakeError::UnexpectedInstance(_) => RefusalReason::UnexpectedInstance,
+            HandshakeError::FrameMacMismatch { .. } => RefusalReason::FrameMacMismatch,
             _ => RefusalReason::Protocol,
         }
     }
@@ -143,6 +173,9 @@ pub struct HandshakeConfig {
     /// The cluster secret (from the cluster file), at least [`MIN_SECRET_LEN`] bytes: the
     /// transports refuse to start with a shorter one.
     pub secret: Vec<u8>,
+    /// Put a MAC on every frame and require one on every frame received
+    /// ([`crate::frame_mac`]); every instance must agree.
+    pub frame_mac: bool,
 }
 
 impl std::fmt::Debug for HandshakeConfig {
@@ -151,6 +184,7 @@ impl std::fmt::Debug for HandshakeConfig {
             .field("cluster", &self.cluster)
             .field("local", &self.local)
             .field("secret", &"<redacted>")
+            .field("frame_mac", &self.frame_mac)
             .finish()
     }
 }
@@ -166,13 +200,14 @@ enum Kind {
     Verdict = 4,
 }
 
-/// Field layout: magic 0..4, kind 4, version 5, code 6, cluster 8..16, from 16..18, to 18..20,
-/// nonce 24..40, mac 40..72. Fields a record does not use are zero.
+/// Field layout: magic 0..4, kind 4, version 5, code 6, flags 7, cluster 8..16, from 16..18,
+/// to 18..20, nonce 24..40, mac 40..72. Fields a record does not use are zero.
 #[derive(Default)]
 struct Fields {
     kind: u8,
     version: u8,
     code: u8,
+    flags: u8,
     cluster: u64,
     from: u16,
     to: u16,
@@ -195,6 +230,7 @@ impl Fields {
         r[4] = self.kind;
         r[5] = self.version;
         r[6] = self.code;
+        r[7] = self.flags;
         r[8..16].copy_from_slice(&self.cluster.to_le_bytes());
         r[16..18].copy_from_slice(&self.from.to_le_bytes());
         r[18..20].copy_from_slice(&self.to.to_le_bytes());
@@ -217,6 +253,7 @@ impl Fields {
             kind: r[4],
             version: r[5],
             code: r[6],
+            flags: r[7],
             cluster: u64::from_le_bytes(cluster),
             from: u16::from_le_bytes([r[16], r[17]]),
             to: u16::from_le_bytes([r[18], r[19]]),
@@ -237,6 +274,9 @@ impl Fields {
                 found: fields.version,
             });
         }
+        if fields.flags & !FLAG_FRAME_MAC != 0 {
+            return Err(HandshakeError::Malformed("unknown handshake flags"));
+        }
         Ok(fields)
     }
 }
@@ -246,6 +286,7 @@ struct Transcript {
     cluster: u64,
     dialer: u16,
     acceptor: u16,
+    flags: u8,
     nonce_d: Nonce,
     nonce_a: Nonce,
 }
@@ -261,6 +302,7 @@ impl Transcript {
         mac.update(&self.cluster.to_le_bytes());
         mac.update(&self.dialer.to_le_bytes());
         mac.update(&self.acceptor.to_le_bytes());
+        mac.update(&[self.flags]);
         mac.update(&self.nonce_d);
         mac.update(&self.nonce_a);
         mac
@@ -276,10 +318,38 @@ impl Transcript {
             .verify_slice(mac)
             .map_err(|_| HandshakeError::BadSecret)
     }
+
+    /// The frame MACs of an established connection, if it agreed on them: one key per
+    /// direction, each an HMAC of the transcript under the secret with its own label, so the
+    /// keys are fresh per connection (both nonces) and never sign the proofs' inputs.
+    fn frame_mac_keys(&self, secret: &[u8], dialer_end: bool) -> Option<Box<FrameMacKeys>> {
+        if self.flags & FLAG_FRAME_MAC == 0 {
+            return None;
+        }
+        let from_dialer = FrameMac::new(&self.sign(secret, FRAMES_FROM_DIALER));
+        let from_acceptor = FrameMac::new(&self.sign(secret, FRAMES_FROM_ACCEPTOR));
+        Some(Box::new(if dialer_end {
+            FrameMacKeys {
+                send: from_dialer,
+                receive: from_acceptor,
+            }
+        } else {
+            FrameMacKeys {
+                send: from_acceptor,
+                receive: from_dialer,
+            }
+        }))
+    }
 }
 
 const DIALER_ROLE: &[u8] = b"dialer";
 const ACCEPTOR_ROLE: &[u8] = b"acceptor";
+const FRAMES_FROM_DIALER: &[u8] = b"frame mac: dialer to acceptor";
+const FRAMES_FROM_ACCEPTOR: &[u8] = b"frame mac: acceptor to dialer";
+
+fn flags_of(config: &HandshakeConfig) -> u8 {
+    if config.frame_mac { FLAG_FRAME_MAC } else { 0 }
+}
 
 /// The connecting side.
 #[derive(Debug)]
@@ -298,18 +368,22 @@ enum DialerState {
 }
 
 /// What a dialer does after a record arrives.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum DialerStep {
     /// Send this proof and wait for the verdict.
     Send(Box<Record>),
     /// The acceptor accepted and proved the secret: the connection is authenticated.
-    Established,
+    Established {
+        /// The connection's frame MACs, when both ends use them.
+        frame_mac: Option<Box<FrameMacKeys>>,
+    },
 }
 
 impl Dialer {
     /// Starts a handshake with `peer`; returns the dialer and the Hello to send.
     pub fn start(config: HandshakeConfig, peer: InstanceId, nonce_d: Nonce) -> (Dialer, Record) {
         let hello = Fields {
+            flags: flags_of(&config),
             cluster: config.cluster.0,
             from: config.local.as_u16(),
             to: peer.as_u16(),
@@ -334,6 +408,7 @@ impl Dialer {
             cluster: self.config.cluster.0,
             dialer: self.config.local.as_u16(),
             acceptor: self.peer.as_u16(),
+            flags: flags_of(&self.config),
             nonce_d: self.nonce_d,
             nonce_a,
         };
@@ -356,8 +431,11 @@ impl Dialer {
                         verdict.code,
                     )));
                 }
-                transcript(nonce_a).verify(&self.config.secret, ACCEPTOR_ROLE, &verdict.mac)?;
-                Ok(DialerStep::Established)
+                let transcript = transcript(nonce_a);
+                transcript.verify(&self.config.secret, ACCEPTOR_ROLE, &verdict.mac)?;
+                Ok(DialerStep::Established {
+                    frame_mac: transcript.frame_mac_keys(&self.config.secret, true),
+                })
             }
             DialerState::Done => Err(HandshakeError::Malformed("dialer in a finished state")),
         }
@@ -380,13 +458,14 @@ enum AcceptorState {
         cluster: u64,
         dialer: u16,
         to: u16,
+        flags: u8,
         nonce_d: Nonce,
     },
     Done,
 }
 
 /// What an acceptor does after a record arrives.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum AcceptorStep {
     /// Send this challenge and wait for the proof.
     Send(Box<Record>),
@@ -396,6 +475,8 @@ pub enum AcceptorStep {
         verdict: Box<Record>,
         /// The authenticated peer.
         peer: InstanceId,
+        /// The connection's frame MACs, when both ends use them.
+        frame_mac: Option<Box<FrameMacKeys>>,
     },
 }
 
@@ -454,6 +535,7 @@ impl Acceptor {
                     cluster: hello.cluster,
                     dialer: hello.from,
                     to: hello.to,
+                    flags: hello.flags,
                     nonce_d: hello.nonce,
                 };
                 let challenge = Fields {
@@ -466,6 +548,7 @@ impl Acceptor {
                 cluster,
                 dialer,
                 to,
+                flags,
                 nonce_d,
             } => {
                 let proof = Fields::decode(record, Kind::Proof)?;
@@ -473,6 +556,7 @@ impl Acceptor {
                     cluster,
                     dialer,
                     acceptor: to,
+                    flags,
                     nonce_d,
                     nonce_a: self.nonce_a,
                 };
@@ -492,6 +576,11 @@ impl Acceptor {
                     .ok()
                     .filter(|&id| is_peer(id) && id != self.config.local)
                     .ok_or(HandshakeError::UnexpectedInstance(dialer))?;
+                if flags != flags_of(&self.config) {
+                    return Err(HandshakeError::FrameMacMismatch {
+                        local: self.config.frame_mac,
+                    });
+                }
                 let verdict = Fields {
                     mac: transcript.sign(&self.config.secret, ACCEPTOR_ROLE),
                     ..Fields::new(Kind::Verdict)
@@ -499,6 +588,7 @@ impl Acceptor {
                 Ok(AcceptorStep::Established {
                     verdict: Box::new(verdict.encode()),
                     peer,
+                    frame_mac: transcript.frame_mac_keys(&self.config.secret, false),
                 })
             }
             AcceptorState::Done => Err(HandshakeError::Malformed("acceptor in a finished state")),
@@ -518,6 +608,7 @@ mod tests {
             cluster: ClusterId(cluster),
             local: InstanceId::new(local).unwrap(),
             secret: secret.to_vec(),
+            frame_mac: false,
         }
     }
 
@@ -544,14 +635,14 @@ mod tests {
         };
         let proof = match dialer.on_record(&challenge) {
             Ok(DialerStep::Send(record)) => record,
-            Ok(DialerStep::Established) => panic!("established before the verdict"),
+            Ok(DialerStep::Established { .. }) => panic!("established before the verdict"),
             Err(error) => return (Err(error), Err(HandshakeError::Malformed("dialer gave up"))),
         };
         match acceptor.on_record(&proof, |_| true) {
-            Ok(AcceptorStep::Established { verdict, peer }) => {
+            Ok(AcceptorStep::Established { verdict, peer, .. }) => {
                 let dialer_side = dialer
                     .on_record(&verdict)
-                    .map(|step| assert_eq!(step, DialerStep::Established));
+                    .map(|step| assert!(matches!(step, DialerStep::Established { .. })));
                 (dialer_side, Ok(peer))
             }
             Ok(other) => panic!("unexpected {other:?}"),
@@ -640,8 +731,8 @@ mod tests {
             ..Fields::new(Kind::Verdict)
         };
         assert_eq!(
-            dialer.on_record(&forged.encode()),
-            Err(HandshakeError::BadSecret)
+            dialer.on_record(&forged.encode()).err(),
+            Some(HandshakeError::BadSecret)
         );
         assert!(dialer.on_record(&forged.encode()).is_err(), "finished");
     }
@@ -661,8 +752,8 @@ mod tests {
         let refusal = acceptor.on_record(&proof, is_peer).unwrap_err();
         assert_eq!(refusal.error, HandshakeError::UnexpectedInstance(7));
         assert_eq!(
-            dialer.on_record(&refusal.verdict),
-            Err(HandshakeError::RefusedByPeer(
+            dialer.on_record(&refusal.verdict).err(),
+            Some(HandshakeError::RefusedByPeer(
                 RefusalReason::UnexpectedInstance
             ))
         );
@@ -707,5 +798,133 @@ mod tests {
                 found: HANDSHAKE_VERSION + 1
             }
         );
+    }
+
+    fn with_frame_mac(mut config: HandshakeConfig, on: bool) -> HandshakeConfig {
+        config.frame_mac = on;
+        config
+    }
+
+    /// Runs an honest handshake with the dialer's nonce `nonce_d` to the end; returns both
+    /// ends' frame MACs.
+    fn established(
+        dialer_cfg: HandshakeConfig,
+        acceptor_cfg: HandshakeConfig,
+        nonce_d: u8,
+    ) -> (Option<Box<FrameMacKeys>>, Option<Box<FrameMacKeys>>) {
+        let (mut dialer, hello) = Dialer::start(dialer_cfg, acceptor_cfg.local, [nonce_d; 16]);
+        let mut acceptor = Acceptor::new(acceptor_cfg, [2; 16]);
+        let Ok(AcceptorStep::Send(challenge)) = acceptor.on_record(&hello, |_| true) else {
+            panic!("a hello gets a challenge")
+        };
+        let Ok(DialerStep::Send(proof)) = dialer.on_record(&challenge) else {
+            panic!("a challenge gets a proof")
+        };
+        let Ok(AcceptorStep::Established {
+            verdict,
+            frame_mac: acceptor_keys,
+            ..
+        }) = acceptor.on_record(&proof, |_| true)
+        else {
+            panic!("the proof is accepted")
+        };
+        let Ok(DialerStep::Established {
+            frame_mac: dialer_keys,
+        }) = dialer.on_record(&verdict)
+        else {
+            panic!("the verdict is accepted")
+        };
+        (dialer_keys, acceptor_keys)
+    }
+
+    #[test]
+    fn both_ends_derive_matching_frame_mac_keys_per_direction_and_connection() {
+        let on = |local| with_frame_mac(config(9, local, SECRET), true);
+        let (Some(mut dialer), Some(mut acceptor)) = established(on(2), on(1), 1) else {
+            panic!("both ends asked for frame MACs")
+        };
+        let header = [5u8; crate::frame::HEADER_LEN];
+        let tag = dialer.send.tag(&[&header, b"hi", &[]]);
+        assert_eq!(acceptor.receive.check(&header, b"hi", &[], &tag), Ok(()));
+        let tag = acceptor.send.tag(&[&header, b"yo", &[]]);
+        assert_eq!(dialer.receive.check(&header, b"yo", &[], &tag), Ok(()));
+        // A tag never verifies in the other direction (no reflection)...
+        let tag = dialer.send.tag(&[&header, b"hi", &[]]);
+        assert_eq!(
+            dialer.receive.check(&header, b"hi", &[], &tag),
+            Err(crate::FrameError::BadMac)
+        );
+        // ... nor on another connection (another nonce).
+        let (_, Some(mut other)) = established(on(2), on(1), 7) else {
+            panic!("both ends asked for frame MACs")
+        };
+        let (Some(mut first), _) = established(on(2), on(1), 1) else {
+            panic!("both ends asked for frame MACs")
+        };
+        let tag = first.send.tag(&[&header, b"hi", &[]]);
+        assert_eq!(
+            other.receive.check(&header, b"hi", &[], &tag),
+            Err(crate::FrameError::BadMac)
+        );
+        // Without the flag, no keys.
+        let off = |local| config(9, local, SECRET);
+        let (dialer, acceptor) = established(off(2), off(1), 1);
+        assert!(dialer.is_none() && acceptor.is_none());
+    }
+
+    #[test]
+    fn a_frame_mac_mismatch_is_refused_on_both_sides() {
+        for dialer_on in [true, false] {
+            let (dialer, acceptor) = run(
+                with_frame_mac(config(9, 2, SECRET), dialer_on),
+                with_frame_mac(config(9, 1, SECRET), !dialer_on),
+            );
+            assert_eq!(
+                acceptor,
+                Err(HandshakeError::FrameMacMismatch { local: !dialer_on })
+            );
+            assert_eq!(
+                dialer,
+                Err(HandshakeError::RefusedByPeer(
+                    RefusalReason::FrameMacMismatch
+                ))
+            );
+        }
+        // The message says which end does what.
+        let text = HandshakeError::FrameMacMismatch { local: false }.to_string();
+        assert!(
+            text.contains("peer uses frame MACs and this instance does not"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_frame_mac_flag_cannot_be_switched_on_the_way() {
+        // Someone on the path clears the flag of a dialer that wants frame MACs, towards an
+        // acceptor configured without them: the proof no longer verifies.
+        let (mut dialer, mut hello) = Dialer::start(
+            with_frame_mac(config(9, 2, SECRET), true),
+            InstanceId::new(1).unwrap(),
+            [1; 16],
+        );
+        hello[7] = 0;
+        let mut acceptor = Acceptor::new(config(9, 1, SECRET), [2; 16]);
+        let Ok(AcceptorStep::Send(challenge)) = acceptor.on_record(&hello, |_| true) else {
+            panic!("a hello gets a challenge")
+        };
+        let Ok(DialerStep::Send(proof)) = dialer.on_record(&challenge) else {
+            panic!("a challenge gets a proof")
+        };
+        let refusal = acceptor.on_record(&proof, |_| true).unwrap_err();
+        assert_eq!(refusal.error, HandshakeError::BadSecret);
+        // Unknown flag bits are malformed.
+        let (_, mut hello) =
+            Dialer::start(config(9, 2, SECRET), InstanceId::new(1).unwrap(), [1; 16]);
+        hello[7] = 0x80;
+        let mut acceptor = Acceptor::new(config(9, 1, SECRET), [2; 16]);
+        assert!(matches!(
+            acceptor.on_record(&hello, |_| true).unwrap_err().error,
+            HandshakeError::Malformed(_)
+        ));
     }
 }

@@ -71,10 +71,14 @@ impl fmt::Display for InstanceId {
 pub struct Epoch(pub u64);
 
 impl Epoch {
-    /// The epoch after this one.
+    /// The epoch after this one; `None` after the last (epochs come from peers and the
+    /// disk, so the caller says what running out means).
     #[must_use]
-    pub const fn next(self) -> Epoch {
-        Epoch(self.0 + 1)
+    pub const fn checked_next(self) -> Option<Epoch> {
+        match self.0.checked_add(1) {
+            Some(next) => Some(Epoch(next)),
+            None => None,
+        }
     }
 }
 

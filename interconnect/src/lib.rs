@@ -1,7 +1,7 @@
 //! Fusion's interconnect: the lowest crate of the workspace.
 //!
 //! It owns the vocabulary every other crate speaks ([`InstanceId`], [`Epoch`], [`Scn`] and the
-//! cluster clock), the wire [`frame`] format, the landing [`region`]s that block payloads are
+//! cluster clock), the wire [`frame`] format and its optional [`frame_mac`], the landing [`region`]s that block payloads are
 //! placed into, peer authentication ([`handshake`]), heartbeat-based [`membership`], and the
 //! transports behind cargo features:
 //!
@@ -23,6 +23,7 @@
 mod clock;
 pub mod codec;
 pub mod frame;
+pub mod frame_mac;
 pub mod handshake;
 mod ids;
 pub mod membership;

@@ -28,7 +28,15 @@
 //! A payload for a frame not armed for this peer is read into scratch memory and reported as
 //! [`TransportEvent::LandingRefused`]; the connection survives. A malformed header closes the
 //! connection (the stream has lost its framing), and is reported, never a panic; so does a
-//! payload checksum mismatch. One poll reads at most 1 MiB from a connection and comes back
+//! payload checksum mismatch.
+//!
+//! **Frame MACs** ([`TcpConfig::frame_mac`], off by default). Both ends must agree (the
+//! handshake refuses a mismatch); each frame then carries a 16-byte tag after its block
+//! ([`crate::frame_mac`]), computed as the frame goes on the wire and checked before the frame
+//! becomes an event or its landed block is handed on. A frame that fails the check closes the
+//! connection (anything after it on the stream may be forged too; the dialer redials with
+//! fresh keys); it is counted in [`TcpStats::bad_macs`] and reported at most
+//! [`REFUSALS_PER_SECOND`] a second, so someone injecting into streams cannot flood the log. One poll reads at most 1 MiB from a connection and comes back
 //! for the rest at the next poll, so a fast peer cannot starve timers, heartbeats or the
 //! other connections.
 //!
@@ -41,6 +49,7 @@
 //! except inside [`Transport::poll`] for at most the timeout given.
 
 use crate::frame::{FrameHeader, HEADER_LEN, Priority};
+use crate::frame_mac::{FRAME_MAC_LEN, FrameMac, FrameMacKeys};
 use crate::handshake::{
     Acceptor, AcceptorStep, Dialer, DialerStep, HandshakeConfig, MIN_SECRET_LEN, Nonce, RECORD_LEN,
     Record, Refusal,
@@ -54,7 +63,7 @@ use crate::{
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +105,10 @@ pub struct TcpConfig {
     /// honest handshake takes one round trip, so a flood of idle connections cannot hold the
     /// port for longer than it keeps opening new ones, nor exhaust descriptors.
     pub max_pending_handshakes: usize,
+    /// A MAC on every frame, keyed per connection at the handshake ([`crate::frame_mac`]):
+    /// for networks where someone may write into the connections. Off by default; every
+    /// instance must agree (a mismatch is refused at the handshake).
+    pub frame_mac: bool,
 }
 
 impl std::fmt::Debug for TcpConfig {
@@ -107,6 +120,7 @@ impl std::fmt::Debug for TcpConfig {
             .field("peers", &self.peers)
             .field("secret", &"<redacted>")
             .field("queue_limit", &self.queue_limit)
+            .field("frame_mac", &self.frame_mac)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +146,7 @@ impl TcpConfig {
             handshake_timeout: Duration::from_secs(5),
             socket_busy_poll_us: 0,
             max_pending_handshakes: 64,
+            frame_mac: false,
         }
     }
 }
@@ -161,6 +176,9 @@ pub struct TcpStats {
     pub pending_evicted: u64,
     /// Times a connection used up its read budget in one poll and was read again later.
     pub read_budget_exhausted: u64,
+    /// Frames whose MAC did not verify; each closed its connection (refusals reported at
+    /// most [`REFUSALS_PER_SECOND`] a second, like a stranger's).
+    pub bad_macs: u64,
     /// Blocking polls that a [`Waker`] cut short or kept from blocking.
     pub wakeups: u64,
 }
@@ -226,17 +244,29 @@ const STAGING_LEN: usize = 4096;
 /// header goes mostly straight into its frame rather than through staging.
 const HEADER_READ: usize = 512;
 
-/// A frame whose header has arrived and whose body and block are being filled.
+/// A frame whose header has arrived and whose body, block and MAC tag are being filled.
 struct Assembly {
     header: FrameHeader,
+    /// The header as received: the frame MAC covers these bytes.
+    raw_header: [u8; HEADER_LEN],
     body: Vec<u8>,
     body_filled: usize,
     block: Option<BlockSink>,
     block_filled: usize,
+    /// The frame MAC's tag after the block; `tag_len` is 0 on a connection without.
+    tag: [u8; FRAME_MAC_LEN],
+    tag_len: usize,
+    tag_filled: usize,
 }
 
 impl Assembly {
-    fn start(header: FrameHeader, region: &Arc<BlockRegion>, peer: InstanceId) -> Self {
+    fn start(
+        header: FrameHeader,
+        raw_header: [u8; HEADER_LEN],
+        region: &Arc<BlockRegion>,
+        peer: InstanceId,
+        tagged: bool,
+    ) -> Self {
         let block = header.block.map(|descriptor| {
             let len = descriptor.len as usize;
             match region.begin_landing(descriptor.landing, peer, len) {
@@ -249,10 +279,14 @@ impl Assembly {
         });
         Assembly {
             header,
+            raw_header,
             body: vec![0; header.body_len as usize],
             body_filled: 0,
             block,
             block_filled: 0,
+            tag: [0; FRAME_MAC_LEN],
+            tag_len: if tagged { FRAME_MAC_LEN } else { 0 },
+            tag_filled: 0,
         }
     }
 
@@ -260,16 +294,24 @@ impl Assembly {
         self.header.block.map_or(0, |b| b.len as usize)
     }
 
-    fn is_complete(&self) -> bool {
-        self.body_filled == self.body.len() && self.block_filled == self.block_len()
+    /// Bytes of the frame still to come.
+    fn remaining(&self) -> usize {
+        self.body.len() - self.body_filled + self.block_len() - self.block_filled + self.tag_len
+            - self.tag_filled
     }
 
-    /// Accounts for `n` bytes read straight into the body, then the block.
+    fn is_complete(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    /// Accounts for `n` bytes read straight into the body, then the block, then the tag.
     fn advance(&mut self, n: usize) {
         let into_body = n.min(self.body.len() - self.body_filled);
         self.body_filled += into_body;
-        self.block_filled += n - into_body;
-        debug_assert!(self.block_filled <= self.block_len());
+        let into_block = (n - into_body).min(self.block_len() - self.block_filled);
+        self.block_filled += into_block;
+        self.tag_filled += n - into_body - into_block;
+        debug_assert!(self.tag_filled <= self.tag_len);
     }
 
     /// Copies what it still needs from `bytes`; returns how many it took.
@@ -285,23 +327,40 @@ impl Assembly {
                 .copy_from_slice(&rest[..into_block]);
         }
         self.block_filled += into_block;
-        into_body + into_block
+        let rest = &rest[into_block..];
+        let into_tag = rest.len().min(self.tag_len - self.tag_filled);
+        self.tag[self.tag_filled..self.tag_filled + into_tag].copy_from_slice(&rest[..into_tag]);
+        self.tag_filled += into_tag;
+        into_body + into_block + into_tag
     }
 
-    /// The complete frame as an event, once its payload checksum holds. A mismatch closes the
-    /// connection (the stream cannot be trusted past it); a landing it began is given up, so
-    /// the frame is armed again and the requester's retry can use it.
-    fn into_event(self, stats: &mut TcpStats) -> Result<TransportEvent, Close> {
+    /// The complete frame as an event, once its MAC (on a connection with frame MACs, checked
+    /// with `mac`) and its payload checksum hold. A mismatch closes the connection (the stream
+    /// cannot be trusted past it); a landing it began is given up, so the frame is armed
+    /// again and the requester's retry can use it.
+    fn into_event(
+        self,
+        stats: &mut TcpStats,
+        mac: Option<&mut FrameMac>,
+    ) -> Result<TransportEvent, Close> {
         let Assembly {
             header,
+            raw_header,
             body,
             mut block,
+            tag,
             ..
         } = self;
         let block_bytes: &[u8] = match &mut block {
             Some(sink) => sink.buf(),
             None => &[],
         };
+        if let Some(mac) = mac
+            && let Err(e) = mac.check(&raw_header, &body, block_bytes, &tag)
+        {
+            stats.bad_macs += 1;
+            return Err(Close::forged(e.into()));
+        }
         header
             .check_payload(&body, block_bytes)
             .map_err(|e| Close::refused(e.into()))?;
@@ -338,12 +397,14 @@ impl Assembly {
     }
 }
 
-/// The receive side of a connection: a staging buffer and the frame being assembled.
+/// The receive side of a connection: a staging buffer, the frame being assembled, and the
+/// frame MAC that checks what arrives (connections with frame MACs).
 struct Reader {
     staging: Box<[u8]>,
     start: usize,
     end: usize,
     frame: Option<Assembly>,
+    mac: Option<FrameMac>,
 }
 
 impl Reader {
@@ -353,6 +414,7 @@ impl Reader {
             start: 0,
             end: 0,
             frame: None,
+            mac: None,
         }
     }
 
@@ -382,6 +444,8 @@ struct OutQueue {
     /// The frame partly written; finished before anything else.
     current: Option<(Vec<u8>, usize)>,
     queues: [VecDeque<Vec<u8>>; Priority::COUNT],
+    /// Tags frames as they go on the wire (connections with frame MACs).
+    mac: Option<FrameMac>,
 }
 
 impl OutQueue {
@@ -391,10 +455,25 @@ impl OutQueue {
 
     fn next(&mut self) -> Option<&mut (Vec<u8>, usize)> {
         if self.current.is_none() {
-            let frame = self.queues.iter_mut().find_map(VecDeque::pop_front)?;
+            let mut frame = self.queues.iter_mut().find_map(VecDeque::pop_front)?;
+            if let Some(mac) = &mut self.mac {
+                // Tagged when it leaves its queue, not when it was queued: priorities
+                // reorder frames, and the MAC's sequence follows the wire.
+                let tag = mac.tag(&[&frame]);
+                frame.extend_from_slice(&tag);
+            }
             self.current = Some((frame, 0));
         }
         self.current.as_mut()
+    }
+}
+
+/// Arms a newly established connection's frame MACs.
+fn use_frame_mac(conn: &mut Conn, keys: Option<Box<FrameMacKeys>>) {
+    if let Some(keys) = keys {
+        let FrameMacKeys { send, receive } = *keys;
+        conn.out.mac = Some(send);
+        conn.input.mac = Some(receive);
     }
 }
 
@@ -410,19 +489,33 @@ struct Conn {
 struct Close {
     reason: String,
     refused: Option<TransportError>,
+    /// The refusal may be an attacker's doing (a forged frame), so its report counts against
+    /// the rate limit like a stranger's refusal, even on an authenticated connection.
+    rate_limited: bool,
 }
 
 impl Close {
-    fn io(e: &io::Error) -> Self {
+    fn closed(reason: String) -> Self {
         Close {
-            reason: e.to_string(),
+            reason,
             refused: None,
+            rate_limited: false,
         }
+    }
+    fn io(e: &io::Error) -> Self {
+        Close::closed(e.to_string())
     }
     fn refused(error: TransportError) -> Self {
         Close {
             reason: error.to_string(),
             refused: Some(error),
+            rate_limited: false,
+        }
+    }
+    fn forged(error: TransportError) -> Self {
+        Close {
+            rate_limited: true,
+            ..Close::refused(error)
         }
     }
 }
@@ -563,6 +656,7 @@ impl TcpTransport {
             cluster: config.cluster,
             local: config.local,
             secret: config.secret.clone(),
+            frame_mac: config.frame_mac,
         };
         Ok(Self {
             config,
@@ -701,24 +795,10 @@ impl TcpTransport {
             .map(|(t, _)| *t)
             .collect();
         for token in stale {
-            self.close(
-                token,
-                Close {
-                    reason: "handshake timed out".into(),
-                    refused: None,
-                },
-                events,
-            );
+            self.close(token, Close::closed("handshake timed out".into()), events);
         }
         for (token, reason) in std::mem::take(&mut self.broken) {
-            self.close(
-                token,
-                Close {
-                    reason,
-                    refused: None,
-                },
-                events,
-            );
+            self.close(token, Close::closed(reason), events);
         }
     }
 
@@ -780,10 +860,7 @@ impl TcpTransport {
         let oldest = pending.min_by_key(|(_, c)| c.opened).map(|(t, _)| *t);
         if let Some(token) = oldest {
             self.stats.pending_evicted += 1;
-            let why = Close {
-                reason: "too many pending handshakes".into(),
-                refused: None,
-            };
+            let why = Close::closed("too many pending handshakes".into());
             self.close(token, why, events);
         }
     }
@@ -814,7 +891,7 @@ impl TcpTransport {
         };
         if let Some(error) = why.refused {
             self.stats.refused += 1;
-            if peer.is_some() || self.may_report_refusal(now) {
+            if (peer.is_some() && !why.rate_limited) || self.may_report_refusal(now) {
                 events.push(TransportEvent::Refused { peer, error });
             } else {
                 self.stats.refusals_unreported += 1;
@@ -912,10 +989,8 @@ impl TcpTransport {
                 Err(e) => return Err(Close::io(&e)),
             }
             let mut nonce: Nonce = [0; 16];
-            getrandom::fill(&mut nonce).map_err(|e| Close {
-                reason: format!("no randomness for the handshake: {e}"),
-                refused: None,
-            })?;
+            getrandom::fill(&mut nonce)
+                .map_err(|e| Close::closed(format!("no randomness for the handshake: {e}")))?;
             let (dialer, hello) = Dialer::start(self.handshake.clone(), peer, nonce);
             conn.phase = Phase::Dialing {
                 peer,
@@ -949,7 +1024,8 @@ impl TcpTransport {
                             conn.out.current = Some((proof.to_vec(), 0));
                             flush(conn)?;
                         }
-                        Ok(DialerStep::Established) => {
+                        Ok(DialerStep::Established { frame_mac }) => {
+                            use_frame_mac(conn, frame_mac);
                             conn.phase = Phase::Established { peer };
                             self.established(token, peer, events);
                         }
@@ -971,7 +1047,12 @@ impl TcpTransport {
                             conn.out.current = Some((challenge.to_vec(), 0));
                             flush(conn)?;
                         }
-                        Ok(AcceptorStep::Established { verdict, peer }) => {
+                        Ok(AcceptorStep::Established {
+                            verdict,
+                            peer,
+                            frame_mac,
+                        }) => {
+                            use_frame_mac(conn, frame_mac);
                             conn.out.current = Some((verdict.to_vec(), 0));
                             flush(conn)?;
                             conn.phase = Phase::Established { peer };
@@ -1007,7 +1088,7 @@ impl TcpTransport {
 /// Ends a handshake the acceptor refused: tells the dialer why (best effort: the connection
 /// is closed next either way), and returns the reason to close with.
 fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Close {
-    let _ = stream.write(&refusal.verdict[..]);
+    let _ = send_nosignal(stream, &[IoSlice::new(&refusal.verdict[..])]);
     Close::refused(refusal.error.into())
 }
 
@@ -1016,10 +1097,7 @@ fn read_record(stream: &mut TcpStream, record: &mut RecordBuf) -> Result<bool, C
     while record.filled < RECORD_LEN {
         match stream.read(&mut record.buf[record.filled..]) {
             Ok(0) => {
-                return Err(Close {
-                    reason: "peer closed during the handshake".into(),
-                    refused: None,
-                });
+                return Err(Close::closed("peer closed during the handshake".into()));
             }
             Ok(n) => record.filled += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -1066,6 +1144,7 @@ fn read_frames(
             }
             Some(frame) => {
                 let (body_filled, block_filled) = (frame.body_filled, frame.block_filled);
+                let (tag_filled, tag_len) = (frame.tag_filled, frame.tag_len);
                 let block_buf: &mut [u8] = match &mut frame.block {
                     Some(sink) => &mut sink.buf()[block_filled..],
                     None => &mut [],
@@ -1073,6 +1152,7 @@ fn read_frames(
                 let mut bufs = [
                     IoSliceMut::new(&mut frame.body[body_filled..]),
                     IoSliceMut::new(block_buf),
+                    IoSliceMut::new(&mut frame.tag[tag_filled..tag_len]),
                     IoSliceMut::new(&mut reader.staging[reader.end..]),
                 ];
                 let requested = bufs.iter().map(|b| b.len()).sum();
@@ -1081,10 +1161,7 @@ fn read_frames(
         };
         let n = match read {
             Ok(0) => {
-                return Err(Close {
-                    reason: "peer closed the connection".into(),
-                    refused: None,
-                });
+                return Err(Close::closed("peer closed the connection".into()));
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -1095,8 +1172,7 @@ fn read_frames(
         match &mut reader.frame {
             None => reader.end += n,
             Some(frame) => {
-                let wanted =
-                    frame.body.len() - frame.body_filled + frame.block_len() - frame.block_filled;
+                let wanted = frame.remaining();
                 frame.advance(n.min(wanted));
                 reader.end += n.saturating_sub(wanted);
             }
@@ -1129,8 +1205,11 @@ fn deliver_staged(
                 header
                     .check_addressed_to(cluster, local, peer)
                     .map_err(|e| Close::refused(e.into()))?;
+                let mut raw = [0u8; HEADER_LEN];
+                raw.copy_from_slice(&reader.staging[reader.start..reader.start + HEADER_LEN]);
                 reader.consume(HEADER_LEN);
-                reader.frame = Some(Assembly::start(header, region, peer));
+                let tagged = reader.mac.is_some();
+                reader.frame = Some(Assembly::start(header, raw, region, peer, tagged));
             }
             Some(frame) => {
                 let taken = frame.absorb(&reader.staging[reader.start..reader.end]);
@@ -1145,22 +1224,38 @@ fn deliver_staged(
                     return Ok(());
                 }
                 if let Some(frame) = reader.frame.take() {
-                    events.push(frame.into_event(stats)?);
+                    events.push(frame.into_event(stats, reader.mac.as_mut())?);
                 }
             }
         }
     }
 }
 
+/// `writev` with `MSG_NOSIGNAL`: a peer that closed its end gives `EPIPE` here instead of a
+/// `SIGPIPE` that would kill a process embedding Fusion (C programs keep SIGPIPE's default).
+fn send_nosignal(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed msghdr is valid (no name, no control data); it points at `bufs`,
+    // whose IoSlices have the layout of iovec and outlive the call, and sendmsg only reads
+    // them.
+    let sent = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len() as _;
+        libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
 /// Writes queued bytes until the socket would block.
 fn flush(conn: &mut Conn) -> Result<(), Close> {
     while let Some((frame, written)) = conn.out.next() {
-        match conn.stream.write(&frame[*written..]) {
+        match send_nosignal(&conn.stream, &[IoSlice::new(&frame[*written..])]) {
             Ok(0) => {
-                return Err(Close {
-                    reason: "socket closed while writing".into(),
-                    refused: None,
-                });
+                return Err(Close::closed("socket closed while writing".into()));
             }
             Ok(n) => {
                 *written += n;
@@ -1212,16 +1307,23 @@ impl Transport for TcpTransport {
         let mut header = [0u8; HEADER_LEN];
         header_for(frame, self.config.cluster, self.config.local, to).encode(&mut header);
         let block: &[u8] = frame.block.map_or(&[], |b| b.bytes);
-        let total = HEADER_LEN + frame.body.len() + block.len();
         if conn.out.is_idle() {
             self.stats.frames_sent += 1;
+            let tag = conn
+                .out
+                .mac
+                .as_mut()
+                .map(|mac| mac.tag(&[&header, frame.body, block]));
+            let tag: &[u8] = tag.as_ref().map_or(&[], |t| &t[..]);
+            let total = HEADER_LEN + frame.body.len() + block.len() + tag.len();
             let iov = [
                 IoSlice::new(&header),
                 IoSlice::new(frame.body),
                 IoSlice::new(block),
+                IoSlice::new(tag),
             ];
             let written = loop {
-                match conn.stream.write_vectored(&iov) {
+                match send_nosignal(&conn.stream, &iov) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1235,7 +1337,7 @@ impl Transport for TcpTransport {
                 self.stats.frames_sent_direct += 1;
                 return Ok(());
             }
-            conn.out.current = Some((concat(&header, frame.body, block), written));
+            conn.out.current = Some((concat(&[&header, frame.body, block, tag]), written));
             return Ok(());
         }
         let queue = &mut conn.out.queues[frame.priority.index()];
@@ -1245,7 +1347,7 @@ impl Transport for TcpTransport {
                 priority: frame.priority,
             });
         }
-        queue.push_back(concat(&header, frame.body, block));
+        queue.push_back(concat(&[&header, frame.body, block]));
         self.stats.frames_sent += 1;
         if let Err(close) = flush(conn) {
             self.broken.push((token, close.reason));
@@ -1354,10 +1456,12 @@ fn only_wakes(token: Token) -> bool {
     token == WAKER
 }
 
-fn concat(header: &[u8], body: &[u8], block: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(header.len() + body.len() + block.len());
-    frame.extend_from_slice(header);
-    frame.extend_from_slice(body);
-    frame.extend_from_slice(block);
+/// A frame's parts in one buffer, with room for a MAC tag.
+fn concat(parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut frame = Vec::with_capacity(len + FRAME_MAC_LEN);
+    for part in parts {
+        frame.extend_from_slice(part);
+    }
     frame
 }

@@ -213,6 +213,7 @@ fn master(mode: WaitMode) -> Result<(), ToolError> {
         SECRET,
         id(MASTER),
         vec![(id(REQUESTER), loopback_any())],
+        false,
     )?;
     println!("READY {}", transport.local_addr()?);
     let mut node = Node::new(MASTER, transport)?;
@@ -245,8 +246,13 @@ fn requester(options: &Options) -> Result<LatencySummary, ToolError> {
     let server = options
         .server
         .ok_or_else(|| ToolError::Failed("--server ADDR is required".into()))?;
-    let (transport, _region) =
-        tcp_transport(CLUSTER, SECRET, id(REQUESTER), vec![(id(MASTER), server)])?;
+    let (transport, _region) = tcp_transport(
+        CLUSTER,
+        SECRET,
+        id(REQUESTER),
+        vec![(id(MASTER), server)],
+        false,
+    )?;
     let mut node = Node::new(REQUESTER, transport)?;
     wait_connected(&mut node.transport, id(MASTER))?;
     let name = remote_name(&node.engine)

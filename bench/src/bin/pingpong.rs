@@ -12,11 +12,15 @@
 //! requests carry the same size both ways). The rdma rows use `--rdma-device` (default: the
 //! first device), `--rdma-port` (1) and `--rdma-gid-index` (0).
 //!
+//! The transport `tcp-mac` is tcp with a MAC on every frame (`TcpConfig::frame_mac`), beside
+//! the same sockperf floor: `--transports tcp,tcp-mac` puts rows without and with it in one
+//! table.
+//!
 //! These VMs are noisy, so each row runs `--rounds` times, Fusion and its floor interleaved,
 //! and reports the round with the median p50 of each side.
 //!
 //! ```text
-//! pingpong [--transports tcp,shm,rdma] [--modes busy,blocking] [--sizes 8192,64] [--rounds N]
+//! pingpong [--transports tcp,tcp-mac,shm,rdma] [--modes busy,blocking] [--sizes 8192,64] [--rounds N]
 //!          [--samples N] [--warmup N] [--floor-seconds S] [--no-pin]
 //!          [--rdma-device NAME] [--rdma-port N] [--rdma-gid-index N]
 //! ```
@@ -283,24 +287,30 @@ fn client<T: Transport>(
 
 fn run_role(role: &str, options: &Options) -> Result<(), Error> {
     match role {
-        "tcp-server" => {
+        "tcp-server" | "tcp-mac-server" => {
             let (mut t, _region) = tcp_transport(
                 CLUSTER,
                 SECRET,
                 id(SERVER),
                 vec![(id(CLIENT), loopback_any())],
+                role == "tcp-mac-server",
             )?;
             println!("READY {}", t.local_addr()?);
             serve(&mut t, options)
         }
-        "tcp-client" => {
+        "tcp-client" | "tcp-mac-client" => {
             let server: SocketAddr = options
                 .server
                 .as_deref()
                 .ok_or("--server ADDR is required")?
                 .parse()?;
-            let (mut t, region) =
-                tcp_transport(CLUSTER, SECRET, id(CLIENT), vec![(id(SERVER), server)])?;
+            let (mut t, region) = tcp_transport(
+                CLUSTER,
+                SECRET,
+                id(CLIENT),
+                vec![(id(SERVER), server)],
+                role == "tcp-mac-client",
+            )?;
             let summary = client(&mut t, &region, options)?;
             println!("{}", summary.to_result_line());
             Ok(())
@@ -454,7 +464,7 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
                 let label = format!("{transport} {} {shape}", mode.name());
                 eprintln!("measuring {label} ...");
                 let floor_name = match transport.as_str() {
-                    "tcp" => format!(
+                    "tcp" | "tcp-mac" => format!(
                         "sockperf tcp {}B<->{}B {}",
                         sockperf_size(size),
                         sockperf_size(size),
@@ -472,8 +482,10 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
                 for _ in 0..options.rounds {
                     fusion_rounds.push(measure_roles(options, transport, mode, size)?);
                     let floor = match transport.as_str() {
-                        "tcp" => measure_sockperf(mode, size, options.floor_seconds, options.pin)
-                            .map_err(Error::from),
+                        "tcp" | "tcp-mac" => {
+                            measure_sockperf(mode, size, options.floor_seconds, options.pin)
+                                .map_err(Error::from)
+                        }
                         "shm" => measure_roles(options, "shm-floor", mode, size),
                         "rdma" => options.rdma().and_then(|device| {
                             let iterations = options.warmup + options.samples;

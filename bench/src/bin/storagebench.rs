@@ -175,10 +175,11 @@ fn commit_bench(
         offset: 0,
         size: redo_size,
     };
-    let (writer, _) = RedoWriter::open(
+    let (writer, _, _) = RedoWriter::open(
         Arc::clone(&storage),
         thread,
         1,
+        &[],
         GroupCommitConfig::default(),
     )
     .map_err(|e| e.to_string())?;

@@ -268,7 +268,8 @@ impl Sim {
                     live,
                     SimDirectory::new(live),
                     config.clone(),
-                ),
+                )
+                .expect("a member of its cluster"),
                 alive: true,
                 current: BTreeMap::new(),
                 pis: BTreeMap::new(),
@@ -975,18 +976,19 @@ impl Sim {
         }
         // Dirty X ships to or from the dead instance are lost with it.
         self.dirty_in_transit.clear();
-        self.epoch = self.epoch.next();
+        self.epoch = self
+            .epoch
+            .checked_next()
+            .expect("the simulated epochs stay small");
         let survivors: InstanceSet = self.live_nodes().into_iter().map(id).collect();
         let now = self.now;
         self.recovery_sets.clear();
         for i in self.live_nodes() {
             self.nodes[i].ops.retain(|_, _| true);
-            self.nodes[i].engine.on_reconfigure(
-                self.epoch,
-                survivors,
-                SimDirectory::new(survivors),
-                now,
-            );
+            self.nodes[i]
+                .engine
+                .on_reconfigure(self.epoch, survivors, SimDirectory::new(survivors), now)
+                .expect("a survivor, in a later epoch");
         }
         // Deliver until every master has rebuilt.
         for _ in 0..100_000 {

@@ -53,7 +53,7 @@ pub unsafe extern "C" fn fusion_txn_begin(
         *slot = std::ptr::null_mut();
         // SAFETY: contract.
         let shared = unsafe { shared_of(inst) }?;
-        *slot = fusion_txn::new(TxnState::Kv(KvTxnState::begin(shared)?));
+        *slot = fusion_txn::new(TxnState::Kv(Box::new(KvTxnState::begin(shared)?)));
         Ok(())
     })
 }

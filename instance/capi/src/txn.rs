@@ -33,8 +33,8 @@ const _: () = {
 pub(crate) enum TxnState {
     /// A block transaction in progress.
     Blocks(BlockTxn),
-    /// A key-value transaction in progress.
-    Kv(KvTxnState),
+    /// A key-value transaction in progress (boxed: it is several times the others' size).
+    Kv(Box<KvTxnState>),
     /// Committed, aborted, or failed.
     Done,
 }

@@ -276,6 +276,18 @@ fn load_hash<T: Tx>(
     })
 }
 
+/// Locks the keys among `args` (every `step`-th from the first) in one fixed order before a
+/// command touches several of them: MSETs of random keys in argument order deadlocked each
+/// other until their reruns ran out.
+fn lock_keys<T: Tx>(tx: &mut T, db: u8, args: &[Vec<u8>], step: usize) -> Result<(), T::Error> {
+    if args.len() <= step {
+        return Ok(());
+    }
+    let keys: Vec<Vec<u8>> = args.iter().step_by(step).map(|k| kv_key(db, k)).collect();
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    tx.lock_keys(&keys)
+}
+
 fn store_value<T: Tx>(tx: &mut T, key: &[u8], value: &Value) -> Result<(), T::Error> {
     tx.put(key, &value.encode())
 }
@@ -363,6 +375,9 @@ impl<S: Store> Engine<S> {
             multi.queued.push(request);
             return reply(Reply::Simple("QUEUED"));
         }
+        if name == "get" {
+            return reply(self.get(session.db, &request[1]));
+        }
         if is_data(name) {
             let db = session.db;
             let result = self.store.transaction(|tx| {
@@ -422,6 +437,25 @@ impl<S: Store> Engine<S> {
             }
         }
         outcomes
+    }
+
+    /// `GET` outside MULTI: one read of the newest committed value, without a transaction
+    /// (so without locks: GETs of one leaf do not queue behind each other).
+    fn get(&self, db: u8, key: &[u8]) -> Reply {
+        let now = now_ms();
+        match self.store.get(&kv_key(db, key)) {
+            Err(e) => Reply::Error(S::error_message(&e)),
+            Ok(None) => Reply::Null,
+            Ok(Some(bytes)) => match Value::decode(&bytes) {
+                Ok(v) if v.expired(now) => Reply::Null,
+                Ok(Value {
+                    data: Data::String(s),
+                    ..
+                }) => Reply::Bulk(s),
+                Ok(_) => Reply::Error(WRONGTYPE.into()),
+                Err(corrupt) => Reply::err(corrupt),
+            },
+        }
     }
 
     fn finish(&self, result: Result<Reply, S::Error>) -> Reply {
@@ -944,6 +978,7 @@ impl<S: Store> Engine<S> {
                 })
             }
             "mget" => {
+                lock_keys(tx, db, &args[1..], 1)?;
                 let mut out = Vec::with_capacity(args.len() - 1);
                 for i in 1..args.len() {
                     out.push(match load(tx, &key(i), now)? {
@@ -960,6 +995,7 @@ impl<S: Store> Engine<S> {
                 if args.len().is_multiple_of(2) {
                     return Ok(wrong_args(name));
                 }
+                lock_keys(tx, db, &args[1..], 2)?;
                 if name == "msetnx" {
                     for i in (1..args.len()).step_by(2) {
                         if check!(load(tx, &key(i), now)).is_some() {
@@ -977,6 +1013,7 @@ impl<S: Store> Engine<S> {
                 })
             }
             "del" | "unlink" => {
+                lock_keys(tx, db, &args[1..], 1)?;
                 let mut n = 0;
                 for i in 1..args.len() {
                     let k = key(i);
@@ -988,6 +1025,7 @@ impl<S: Store> Engine<S> {
                 Ok(Reply::Integer(n))
             }
             "exists" => {
+                lock_keys(tx, db, &args[1..], 1)?;
                 let mut n = 0;
                 for i in 1..args.len() {
                     if check!(load(tx, &key(i), now)).is_some() {

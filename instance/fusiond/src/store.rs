@@ -21,6 +21,9 @@ pub trait Tx {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), Self::Error>;
     /// Removes `key`; true if it was there.
     fn delete(&mut self, key: &[u8]) -> Result<bool, Self::Error>;
+    /// Locks what `keys` need in one fixed order, before a command touches several keys
+    /// (concurrent multi-key commands then never deadlock over them).
+    fn lock_keys(&mut self, keys: &[&[u8]]) -> Result<(), Self::Error>;
     /// Up to `limit` pairs with keys in `(from, to)`, in key order.
     fn scan(
         &mut self,
@@ -45,6 +48,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         body: impl FnMut(&mut Self::Tx<'_>) -> Result<R, Self::Error>,
     ) -> Result<R, Self::Error>;
+    /// The newest committed value of `key`, read outside any transaction: a single read
+    /// needs no locks (it neither waits for nor blocks other readers).
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
     /// The error reply for `error` (Redis's wording where Redis has one).
     fn error_message(error: &Self::Error) -> String;
     /// Most keys one transaction may touch (reads and scans included).
@@ -72,6 +78,11 @@ impl KvStore {
     pub fn instance(&self) -> &Arc<instance::api::Instance> {
         self.kv.instance()
     }
+
+    /// The KV layer's counters (commits, reruns and why).
+    pub fn stats(&self) -> kv::KvStats {
+        self.kv.stats()
+    }
 }
 
 impl Tx for kv::KvTxn<'_> {
@@ -84,6 +95,9 @@ impl Tx for kv::KvTxn<'_> {
     }
     fn delete(&mut self, key: &[u8]) -> Result<bool, kv::KvError> {
         kv::KvTxn::delete(self, key)
+    }
+    fn lock_keys(&mut self, keys: &[&[u8]]) -> Result<(), kv::KvError> {
+        kv::KvTxn::lock_keys(self, keys)
     }
     fn scan(
         &mut self,
@@ -103,6 +117,9 @@ impl Store for KvStore {
         body: impl FnMut(&mut kv::KvTxn<'_>) -> Result<R, kv::KvError>,
     ) -> Result<R, kv::KvError> {
         self.kv.transaction(body)
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, kv::KvError> {
+        self.kv.get(key)
     }
     fn max_keys_per_transaction(&self) -> usize {
         self.kv.config().max_keys_per_txn
@@ -167,6 +184,10 @@ pub(crate) mod memory {
             self.touch(1)?;
             Ok(self.map.remove(key).is_some())
         }
+        fn lock_keys(&mut self, _keys: &[&[u8]]) -> Result<(), String> {
+            // The whole map is locked already.
+            Ok(())
+        }
         fn scan(
             &mut self,
             from: Bound<&[u8]>,
@@ -199,6 +220,9 @@ pub(crate) mod memory {
             let result = body(&mut tx)?;
             *map = tx.map;
             Ok(result)
+        }
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.map.lock().get(key).cloned())
         }
         fn error_message(error: &String) -> String {
             format!("ERR {error}")

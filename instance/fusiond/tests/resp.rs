@@ -6,6 +6,8 @@
 mod common;
 
 use common::{Client, Cluster, Resp, redis_cli, scrape, tool};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Malformed RESP gets a protocol error and a closed connection; a client that stalls in
@@ -234,6 +236,117 @@ fn pipelined_requests_are_answered_in_order() {
         assert_eq!(client.read().unwrap(), Resp::Integer(n));
     }
     assert_eq!(client.read().unwrap(), Resp::bulk("200"));
+}
+
+/// MSETs of the same keys in opposite orders from many clients at once all finish (their
+/// leaves are locked in key order, and reruns keep their age) and are atomic: each MSET
+/// writes one tag to every key of a group, and every MGET of a group, taken while they run
+/// and at the end, sees one tag throughout.
+#[test]
+fn concurrent_msets_finish_and_stay_atomic() {
+    const GROUPS: usize = 6;
+    const GROUP_KEYS: usize = 8;
+    const WRITERS: usize = 16;
+    const MSETS: usize = 25;
+    let mut cluster = Cluster::create(1, "");
+    cluster.start_all();
+    // Filler spreads the groups' keys over several leaves.
+    let filler = "f".repeat(200);
+    let mut setup = cluster.client(0);
+    for batch in 0..20 {
+        let keys: Vec<String> = (0..50)
+            .map(|i| format!("k{:03}:fill", batch * 50 + i))
+            .collect();
+        let mut args = vec!["MSET"];
+        for key in &keys {
+            args.extend([key.as_str(), filler.as_str()]);
+        }
+        assert_eq!(setup.call(&args).unwrap(), Resp::Simple("OK".into()));
+    }
+    // Group g's keys are spread over the key space: k000:g, k125:g, k250:g, ...
+    let group = |g: usize| -> Vec<String> {
+        (0..GROUP_KEYS)
+            .map(|i| format!("k{:03}:{g}", i * 1000 / GROUP_KEYS))
+            .collect()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (address, stop) = (cluster.resp[0], stop.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::connect(address).unwrap();
+                let mut reads = 0;
+                let mut g = r;
+                while !stop.load(Ordering::Relaxed) {
+                    g = (g + 1) % GROUPS;
+                    let keys = group(g);
+                    let mut args = vec!["MGET"];
+                    args.extend(keys.iter().map(String::as_str));
+                    let Resp::Array(values) = client.call(&args).unwrap() else {
+                        panic!("MGET of group {g} is not an array");
+                    };
+                    assert!(
+                        values.windows(2).all(|w| w[0] == w[1]),
+                        "MGET of group {g} saw half an MSET: {values:?}"
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let address = cluster.resp[0];
+            std::thread::spawn(move || {
+                let mut client = Client::connect(address).unwrap();
+                for m in 0..MSETS {
+                    let g = (w * 7 + m) % GROUPS;
+                    let mut keys = group(g);
+                    // Half the writers name the keys backwards: opposite lock orders.
+                    if w % 2 == 1 {
+                        keys.reverse();
+                    }
+                    keys.rotate_left(m % GROUP_KEYS);
+                    let tag = format!("w{w}m{m}");
+                    let mut args = vec!["MSET"];
+                    for key in &keys {
+                        args.extend([key.as_str(), tag.as_str()]);
+                    }
+                    assert_eq!(
+                        client.call(&args).unwrap(),
+                        Resp::Simple("OK".into()),
+                        "MSET {m} of writer {w} on group {g}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0);
+    }
+    let mut client = cluster.client(0);
+    for g in 0..GROUPS {
+        let keys = group(g);
+        let mut args = vec!["MGET"];
+        args.extend(keys.iter().map(String::as_str));
+        let Resp::Array(values) = client.call(&args).unwrap() else {
+            panic!("MGET of group {g} is not an array");
+        };
+        assert!(matches!(values[0], Resp::Bulk(_)), "group {g}: {values:?}");
+        assert!(
+            values.windows(2).all(|w| w[0] == w[1]),
+            "group {g}: {values:?}"
+        );
+    }
+    assert_eq!(
+        client.call(&["DBSIZE"]).unwrap(),
+        Resp::Integer(1000 + (GROUPS * GROUP_KEYS) as i64)
+    );
 }
 
 /// `fusiond --check-config` reads the file, says what it found, and exits; a bad file exits 2.

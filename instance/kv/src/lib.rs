@@ -50,7 +50,10 @@
 //!    grant, the timeout, or GES deadlock detection choosing a victim; the last two are
 //!    [`KvError::Retry`] and the transaction rolls back. GES grants enqueues per instance,
 //!    so the transactions of one instance first queue in a local table (module `locks`) with the
-//!    same timeout and immediate local cycle detection.
+//!    same timeout and immediate local cycle detection (the youngest transaction of a cycle is
+//!    the victim; reruns keep their first run's age, so the oldest always finishes).
+//!    Commands that touch several keys lock their leaves in key order first
+//!    ([`KvTxn::lock_keys`]), so that they do not deadlock over leaves at all.
 //! 2. **X only under the enqueue.** A transaction calls `tx.write(block)` only for blocks
 //!    whose enqueue it holds (or for blocks fresh past the high-water mark, which no one
 //!    else can name). A writer takes a leaf in X before it frees or allocates that leaf's
@@ -64,8 +67,10 @@
 //!    (split, merged, freed or reused since the parent was read) starts again from the
 //!    root. A transaction reads the node it descends to only after taking its enqueue, and
 //!    checks tag, level and fences again there; on a mismatch it releases that enqueue and
-//!    descends again. [`Kv::get`] holds the leaf in S while it reads the value's overflow
-//!    chain.
+//!    descends again. A lookup of a leaf may skip the descent and go to the leaf where this
+//!    process last found the key's range (module `leaves`): checked the same way, such a
+//!    hint is only a descent that read older nodes. [`Kv::get`] holds the leaf in S while it
+//!    reads the value's overflow chain.
 //!
 //! Untimed waits then end without any other wait ending first: a wait for X after the
 //! enqueue (2) waits only for readers, which hold one block for a copy, or a leaf while
@@ -98,12 +103,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod leaves;
 mod locks;
 pub mod node;
 
 use ges::{LockMode, LockName};
 use instance::api::{Instance, InstanceError, LockGuard, Transaction};
 use instance::core::CoreError;
+use leaves::LeafHints;
 use locks::{LocalLockError, LocalLocks};
 use node::{Block, Body, Node, Value};
 use std::collections::{HashMap, HashSet};
@@ -377,6 +384,8 @@ pub struct Kv {
     /// This instance's free list.
     own_free_list: u64,
     locks: LocalLocks,
+    /// Where leaves were last found (lookups start there; module `leaves`).
+    leaves: LeafHints,
     next_txn: AtomicU64,
     counters: Counters,
 }
@@ -409,6 +418,7 @@ impl Kv {
             free_lists,
             own_free_list,
             locks: LocalLocks::default(),
+            leaves: LeafHints::default(),
             next_txn: AtomicU64::new(1),
             counters: Counters::default(),
         })
@@ -482,11 +492,20 @@ impl Kv {
 
     /// Starts a transaction. Dropping it without [`KvTxn::commit`] rolls it back.
     pub fn begin(&self) -> KvTxn<'_> {
+        self.begin_with_priority(None)
+    }
+
+    /// Starts a transaction that waits for local locks with `priority` (its first run's id;
+    /// `None`: its own id, a new transaction).
+    fn begin_with_priority(&self, priority: Option<u64>) -> KvTxn<'_> {
+        let id = self.next_txn.fetch_add(1, Ordering::Relaxed);
         KvTxn {
             kv: self,
-            id: self.next_txn.fetch_add(1, Ordering::Relaxed),
+            id,
+            priority: priority.unwrap_or(id),
             tx: Some(self.instance.begin()),
             written: HashSet::new(),
+            nodes: HashMap::new(),
             guards: HashMap::new(),
             keys: 0,
             redo: 0,
@@ -501,8 +520,12 @@ impl Kv {
         mut body: impl FnMut(&mut KvTxn<'_>) -> Result<R, KvError>,
     ) -> Result<R, KvError> {
         let mut attempt = 0u32;
+        // Reruns keep the first run's age, so the oldest transaction is never a local
+        // deadlock victim and always finishes (module `locks`).
+        let mut priority = None;
         loop {
-            let mut txn = self.begin();
+            let mut txn = self.begin_with_priority(priority);
+            priority = Some(txn.priority);
             // Transaction ids count from 1 on every instance: mix in which instance.
             let seed = txn.id ^ ((self.instance.id().index() as u64) << 48);
             let error = match body(&mut txn) {
@@ -531,14 +554,27 @@ impl Kv {
     /// otherwise wait for it).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(key)?;
+        let mut hint = self.leaves.find(key);
         for _ in 0..MAX_RESTARTS {
-            let n = descend(self.root, key, 0, &mut |n| read_block(&self.instance, n))?;
+            let hinted = hint.take();
+            let n = match hinted {
+                Some(n) => n,
+                None => descend(self.root, key, 0, &mut |n| read_block(&self.instance, n))?,
+            };
             // Held in S while the overflow chain is read (see the crate doc, rule 4).
             let held = self.instance.read(self.instance.block(n)?)?;
             let node = match node::decode(&held.bytes()) {
                 Ok(Block::Node(node)) if node.level == 0 && node.covers(key) => node,
-                _ => continue,
+                _ => {
+                    if hinted.is_some() {
+                        self.leaves.forget(key, n);
+                    }
+                    continue;
+                }
             };
+            if hinted.is_none() {
+                self.leaves.learn(n, &node.low, node.high.as_deref());
+            }
             let Body::Leaf(entries) = &node.body else {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
@@ -782,10 +818,16 @@ impl Kv {
 pub struct KvTxn<'k> {
     kv: &'k Kv,
     id: u64,
+    /// Its age in the local lock table (lower: older), kept across reruns.
+    priority: u64,
     /// `None` once committed or rolled back. Dropped before the enqueues are.
     tx: Option<Transaction<'k>>,
     /// Blocks this transaction holds in X (read through it: a read would wait for itself).
     written: HashSet<u64>,
+    /// The nodes this transaction found under their enqueues (or wrote), as they are now:
+    /// no one else changes a block while its enqueue is held, so a second lookup of a key
+    /// (the put after a command's get) finds its node here without a descent or a read.
+    nodes: HashMap<u64, Node>,
     /// Enqueues held, by lock id ([`lock_id`]).
     guards: HashMap<u64, LockGuard<'k>>,
     /// Keys touched so far (against `max_keys_per_txn`).
@@ -812,17 +854,39 @@ impl<'k> KvTxn<'k> {
         self.kv.check_key(key)?;
         self.count(1)?;
         self.guarded(|t| {
-            let (_, node) = t.locked_node(key, 0, false)?;
+            let (n, node) = t.locked_node(key, 0, false)?;
             let Body::Leaf(entries) = &node.body else {
-                return Err(KvError::corrupt(0, "a leaf without entries"));
+                return Err(KvError::corrupt(n, "a leaf without entries"));
             };
-            match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+            let value = match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
                 Ok(i) => {
                     let kv = t.kv;
-                    Ok(Some(kv.value(&entries[i].1, &mut |b| t.read(b))?))
+                    Some(kv.value(&entries[i].1, &mut |b| t.read(b))?)
                 }
-                Err(_) => Ok(None),
+                Err(_) => None,
+            };
+            t.keep(n, node);
+            Ok(value)
+        })
+    }
+
+    /// Locks the leaves covering `keys` in key order (whatever order `keys` come in), so
+    /// that transactions about to touch several keys take their leaves in one fixed order
+    /// and do not deadlock over them; later calls of this transaction find those leaves
+    /// without a lookup. Counts no keys.
+    pub fn lock_keys(&mut self, keys: &[&[u8]]) -> Result<(), KvError> {
+        for key in keys {
+            self.kv.check_key(key)?;
+        }
+        let mut sorted = keys.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        self.guarded(|t| {
+            for key in sorted {
+                let (n, node) = t.locked_node(key, 0, false)?;
+                t.keep(n, node);
             }
+            Ok(())
         })
     }
 
@@ -884,7 +948,7 @@ impl<'k> KvTxn<'k> {
             t.hold(n)?;
             let (_, old) = entries.remove(i);
             t.free_value(&old)?;
-            t.write(n, &Block::Node(node.clone()))?;
+            t.write(n, Block::Node(node.clone()))?;
             if n != t.kv.root && node.entries_len() < t.kv.geometry.payload / MERGE_BELOW {
                 t.merge(n, node)?;
             }
@@ -915,11 +979,12 @@ impl<'k> KvTxn<'k> {
             let mut lower = owned_bound(from);
             while out.len() < limit {
                 let start = bound_key(&lower);
-                let (_, node) = t.locked_node(&start, 0, false)?;
+                let (n, node) = t.locked_node(&start, 0, false)?;
                 let kv = t.kv;
                 let next = scan_leaf(&node, &lower, to, limit, &mut out, &mut |v| {
                     kv.value(v, &mut |b| t.read(b))
                 })?;
+                t.keep(n, node);
                 match next {
                     Some(next) => lower = Bound::Included(next),
                     None => break,
@@ -1006,7 +1071,13 @@ impl<'k> KvTxn<'k> {
             .collect();
         self.kv.locks.release(self.id, &ids);
         self.written.clear();
+        self.nodes.clear();
         result
+    }
+
+    /// Puts node `n`, found by `locked_node` and not changed, back into the cache.
+    fn keep(&mut self, n: u64, node: Node) {
+        self.nodes.insert(n, node);
     }
 
     fn tx(&mut self) -> Result<&mut Transaction<'k>, KvError> {
@@ -1035,9 +1106,11 @@ impl<'k> KvTxn<'k> {
 
     /// Writes `block` into block `n` (taking it in X), logging only the bytes that change.
     /// The caller holds `n`'s enqueue (or `n` is fresh past the high-water mark).
-    fn write(&mut self, n: u64, block: &Block) -> Result<(), KvError> {
+    fn write(&mut self, n: u64, block: Block) -> Result<(), KvError> {
         let payload = self.kv.geometry.payload;
-        let bytes = node::encode(block, payload).map_err(|e| KvError::corrupt(n, e.to_string()))?;
+        let bytes =
+            node::encode(&block, payload).map_err(|e| KvError::corrupt(n, e.to_string()))?;
+        self.nodes.remove(&n);
         let id = self.kv.instance.block(n)?;
         self.written.insert(n);
         let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
@@ -1048,6 +1121,9 @@ impl<'k> KvTxn<'k> {
                 return Err(KvError::TxnTooLarge { max: MAX_TXN_REDO });
             }
             b.update(start, &bytes[start..end])?;
+        }
+        if let Block::Node(node) = block {
+            self.nodes.insert(n, node);
         }
         Ok(())
     }
@@ -1060,19 +1136,22 @@ impl<'k> KvTxn<'k> {
             return Ok(false);
         }
         let deadline = Instant::now() + self.kv.config.lock_timeout;
-        self.kv.locks.acquire(self.id, id, deadline).map_err(|e| {
-            let counters = &self.kv.counters;
-            match e {
-                LocalLockError::TimedOut => {
-                    counters.lock_timeouts.fetch_add(1, Ordering::Relaxed);
-                    KvError::Retry(format!("timed out waiting for block {n}'s lock"))
+        self.kv
+            .locks
+            .acquire(self.id, self.priority, id, deadline)
+            .map_err(|e| {
+                let counters = &self.kv.counters;
+                match e {
+                    LocalLockError::TimedOut => {
+                        counters.lock_timeouts.fetch_add(1, Ordering::Relaxed);
+                        KvError::Retry(format!("timed out waiting for block {n}'s lock"))
+                    }
+                    LocalLockError::Deadlock => {
+                        counters.deadlocks.fetch_add(1, Ordering::Relaxed);
+                        KvError::Retry(format!("deadlock waiting for block {n}'s lock"))
+                    }
                 }
-                LocalLockError::Deadlock => {
-                    counters.deadlocks.fetch_add(1, Ordering::Relaxed);
-                    KvError::Retry(format!("deadlock waiting for block {n}'s lock"))
-                }
-            }
-        })?;
+            })?;
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
@@ -1117,15 +1196,48 @@ impl<'k> KvTxn<'k> {
     /// cannot change, so the descent cannot end on a stale block (X on a stale block, say
     /// one reused in a value's chain, could make a reader of that chain wait for it).
     fn locked_node(&mut self, key: &[u8], level: u8, write: bool) -> Result<(u64, Node), KvError> {
+        // Taken out of the cache (no copy): the caller writes it back through `write`, or
+        // puts it back with `keep` when it only read it.
+        let known = self
+            .nodes
+            .iter()
+            .find(|(_, node)| node.level == level && node.covers(key))
+            .map(|(&n, _)| n);
+        if let Some((n, node)) = known.and_then(|n| self.nodes.remove_entry(&n)) {
+            if write {
+                self.hold(n)?;
+            }
+            return Ok((n, node));
+        }
         let root = self.kv.root;
+        // Leaves are looked for where they were last found first (module `leaves`); parents
+        // (under the structure-change lock) by a descent.
+        let mut hint = if level == 0 && !write {
+            self.kv.leaves.find(key)
+        } else {
+            None
+        };
         for _ in 0..MAX_RESTARTS {
-            let n = descend(root, key, level, &mut |b| self.read(b))?;
+            let hinted = hint.take();
+            let n = match hinted {
+                Some(n) => n,
+                None => descend(root, key, level, &mut |b| self.read(b))?,
+            };
             let fresh = self.lock(n)?;
             if write {
                 self.hold(n)?;
             }
-            match node::decode(&self.read(n)?) {
+            let found = node::decode(&self.read(n)?);
+            if let Some(n) = hinted
+                && !matches!(&found, Ok(Block::Node(node)) if node.level == level && node.covers(key))
+            {
+                self.kv.leaves.forget(key, n);
+            }
+            match found {
                 Ok(Block::Node(node)) if node.level == level && node.covers(key) => {
+                    if level == 0 && hinted.is_none() {
+                        self.kv.leaves.learn(n, &node.low, node.high.as_deref());
+                    }
                     return Ok((n, node));
                 }
                 Ok(Block::Node(_)) => {
@@ -1151,7 +1263,7 @@ impl<'k> KvTxn<'k> {
     /// does not fit. The caller holds `n`'s enqueue.
     fn store_node(&mut self, n: u64, node: Node) -> Result<(), KvError> {
         if node.encoded_len() <= self.kv.geometry.payload {
-            return self.write(n, &Block::Node(node));
+            return self.write(n, Block::Node(node));
         }
         self.lock(SMO_LOCK)?;
         let (left, separator, right) = split(n, node)?;
@@ -1162,8 +1274,8 @@ impl<'k> KvTxn<'k> {
                 return Err(KvError::corrupt(n, "the tree is too deep"));
             }
             let (a, b) = (self.allocate()?, self.allocate()?);
-            self.write(a, &Block::Node(left))?;
-            self.write(b, &Block::Node(right))?;
+            self.write(a, Block::Node(left))?;
+            self.write(b, Block::Node(right))?;
             let root = Node {
                 level: level + 1,
                 low: Vec::new(),
@@ -1173,12 +1285,12 @@ impl<'k> KvTxn<'k> {
                     children: vec![a, b],
                 },
             };
-            return self.write(n, &Block::Node(root));
+            return self.write(n, Block::Node(root));
         }
         let low = left.low.clone();
         let r = self.allocate()?;
-        self.write(n, &Block::Node(left))?;
-        self.write(r, &Block::Node(right))?;
+        self.write(n, Block::Node(left))?;
+        self.write(r, Block::Node(right))?;
         let (p, mut parent) = self.locked_node(&low, level + 1, true)?;
         let Body::Internal { keys, children } = &mut parent.body else {
             return Err(KvError::corrupt(p, "a parent that is a leaf"));
@@ -1240,14 +1352,14 @@ impl<'k> KvTxn<'k> {
         let root = self.kv.root;
         if p == root && keys.is_empty() {
             // The root's only child moves up into the root block.
-            self.write(root, &Block::Node(merged))?;
+            self.write(root, Block::Node(merged))?;
             self.free_block(ln)?;
             return self.free_block(rn);
         }
-        self.write(ln, &Block::Node(merged))?;
+        self.write(ln, Block::Node(merged))?;
         self.free_block(rn)?;
         let small = parent.entries_len() < self.kv.geometry.payload / MERGE_BELOW;
-        self.write(p, &Block::Node(parent.clone()))?;
+        self.write(p, Block::Node(parent.clone()))?;
         if small && p != root {
             self.merge(p, parent)?;
         }
@@ -1297,7 +1409,7 @@ impl<'k> KvTxn<'k> {
         };
         self.write(
             list,
-            &Block::FreeList {
+            Block::FreeList {
                 head: next,
                 count: count.saturating_sub(1),
             },
@@ -1326,12 +1438,12 @@ impl<'k> KvTxn<'k> {
         // Blocks past the old mark were never reachable: no one else can name them, so
         // they are written without their enqueues.
         for fresh in (first + 1..end).rev() {
-            self.write(fresh, &Block::Free { next: head })?;
+            self.write(fresh, Block::Free { next: head })?;
             head = fresh;
         }
         self.write(
             own,
-            &Block::FreeList {
+            Block::FreeList {
                 head,
                 count: count + (end - first - 1),
             },
@@ -1343,10 +1455,10 @@ impl<'k> KvTxn<'k> {
     fn free_block(&mut self, n: u64) -> Result<(), KvError> {
         let own = self.kv.own_free_list;
         let (head, count) = self.free_list(own)?;
-        self.write(n, &Block::Free { next: head })?;
+        self.write(n, Block::Free { next: head })?;
         self.write(
             own,
-            &Block::FreeList {
+            Block::FreeList {
                 head: n,
                 count: count + 1,
             },
@@ -1365,7 +1477,7 @@ impl<'k> KvTxn<'k> {
             let next = blocks.get(i + 1).copied().unwrap_or(0);
             self.write(
                 blocks[i],
-                &Block::Overflow {
+                Block::Overflow {
                     next,
                     data: piece.to_vec(),
                 },
@@ -1394,11 +1506,11 @@ impl<'k> KvTxn<'k> {
         };
         let own = self.kv.own_free_list;
         let (head, count) = self.free_list(own)?;
-        self.write(last, &Block::Overflow { next: head, data })?;
+        self.write(last, Block::Overflow { next: head, data })?;
         let blocks = self.kv.geometry.chain_blocks(len);
         self.write(
             own,
-            &Block::FreeList {
+            Block::FreeList {
                 head: first,
                 count: count + blocks,
             },
@@ -1481,32 +1593,34 @@ fn descend(
         let mut n = root;
         let mut expected: Option<u8> = None;
         loop {
-            let node = match node::decode(&read(n)?) {
-                Ok(Block::Node(node)) => node,
-                Ok(_) | Err(_) if n == root => {
+            // Only the route is read: building every separator of every node on the way
+            // cost more than the rest of a lookup.
+            let route = match node::route(&read(n)?, key) {
+                Ok(route) => route,
+                Err(_) if n == root => {
                     return Err(KvError::corrupt(n, "the root is not a node"));
                 }
-                _ => continue 'restart,
+                Err(_) => continue 'restart,
             };
-            if expected.is_some_and(|l| l != node.level) || !node.covers(key) {
+            if expected.is_some_and(|l| l != route.level) || !route.covers {
                 if n == root {
                     return Err(KvError::corrupt(n, "the root does not cover every key"));
                 }
                 continue 'restart;
             }
-            if node.level == level {
+            if route.level == level {
                 return Ok(n);
             }
-            if node.level < level {
+            if route.level < level {
                 continue 'restart;
             }
-            let Some((_, child)) = node.child_for(key) else {
+            let Some(child) = route.child else {
                 return Err(KvError::corrupt(n, "an internal node without children"));
             };
-            if node.level == level + 1 {
+            if route.level == level + 1 {
                 return Ok(child);
             }
-            expected = Some(node.level - 1);
+            expected = Some(route.level - 1);
             n = child;
         }
     }

@@ -348,9 +348,9 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(raw))
     }
 
-    fn key(&mut self) -> Result<Vec<u8>, DecodeError> {
+    fn key(&mut self) -> Result<&'a [u8], DecodeError> {
         let len = self.u16()? as usize;
-        Ok(self.take(len)?.to_vec())
+        self.take(len)
     }
 
     fn block(&mut self) -> Result<u64, DecodeError> {
@@ -404,7 +404,21 @@ pub fn decode(bytes: &[u8]) -> Result<Block, DecodeError> {
     }
 }
 
-fn decode_node(tag: u8, r: &mut Reader<'_>) -> Result<Node, DecodeError> {
+/// A node's header and fences, read and checked.
+struct NodeHead<'a> {
+    level: u8,
+    count: usize,
+    low: &'a [u8],
+    high: Option<&'a [u8]>,
+}
+
+impl NodeHead<'_> {
+    fn covers(&self, key: &[u8]) -> bool {
+        key >= self.low && self.high.is_none_or(|high| key < high)
+    }
+}
+
+fn decode_head<'a>(tag: u8, r: &mut Reader<'a>) -> Result<NodeHead<'a>, DecodeError> {
     let level = r.u8()?;
     if (tag == TAG_LEAF) != (level == 0) || level > MAX_LEVEL {
         return Err(DecodeError::Invalid("node level does not match its kind"));
@@ -419,36 +433,47 @@ fn decode_node(tag: u8, r: &mut Reader<'_>) -> Result<Node, DecodeError> {
         1 => Some(r.key()?),
         _ => return Err(DecodeError::Invalid("bad high-fence flag")),
     };
-    if high.as_ref().is_some_and(|h| *h <= low) {
+    if high.is_some_and(|h| h <= low) {
         return Err(DecodeError::Invalid("fences out of order"));
     }
-    let mut node = Node {
+    Ok(NodeHead {
         level,
+        count,
         low,
         high,
-        body: Body::Leaf(Vec::new()),
-    };
-    let mut previous: Option<Vec<u8>> = None;
-    let mut check = |key: &Vec<u8>, node: &Node| {
-        let ascending = previous.as_ref().is_none_or(|p| p < key);
-        // A separator equal to the low fence would leave its left child an empty range.
-        let inside = node.covers(key) && (tag == TAG_LEAF || *key > node.low);
-        previous = Some(key.clone());
-        if ascending && inside {
-            Ok(())
-        } else {
-            Err(DecodeError::Invalid(
-                "keys out of order or outside the fences",
-            ))
-        }
-    };
-    if tag == TAG_LEAF {
+    })
+}
+
+/// Checks that `key` follows `previous` and lies within the node's fences; a separator
+/// equal to the low fence would leave its left child an empty range.
+fn check_key<'a>(
+    tag: u8,
+    head: &NodeHead<'_>,
+    previous: &mut Option<&'a [u8]>,
+    key: &'a [u8],
+) -> Result<(), DecodeError> {
+    let ascending = previous.is_none_or(|p| p < key);
+    let inside = head.covers(key) && (tag == TAG_LEAF || key > head.low);
+    *previous = Some(key);
+    if ascending && inside {
+        Ok(())
+    } else {
+        Err(DecodeError::Invalid(
+            "keys out of order or outside the fences",
+        ))
+    }
+}
+
+fn decode_node(tag: u8, r: &mut Reader<'_>) -> Result<Node, DecodeError> {
+    let head = decode_head(tag, r)?;
+    let mut previous = None;
+    let body = if tag == TAG_LEAF {
         // Each entry takes at least 7 bytes: a count beyond what the bytes hold is refused
         // before anything is reserved for it.
-        let mut entries = Vec::with_capacity(count.min(r.bytes.len() / 7));
-        for _ in 0..count {
+        let mut entries = Vec::with_capacity(head.count.min(r.bytes.len() / 7));
+        for _ in 0..head.count {
             let key = r.key()?;
-            check(&key, &node)?;
+            check_key(tag, &head, &mut previous, key)?;
             let value = match r.u8()? {
                 0 => {
                     let len = r.u32()? as usize;
@@ -461,22 +486,76 @@ fn decode_node(tag: u8, r: &mut Reader<'_>) -> Result<Node, DecodeError> {
                 },
                 _ => return Err(DecodeError::Invalid("bad value kind")),
             };
-            entries.push((key, value));
+            entries.push((key.to_vec(), value));
         }
-        node.body = Body::Leaf(entries);
+        Body::Leaf(entries)
     } else {
-        let mut keys = Vec::with_capacity(count.min(r.bytes.len() / 10));
+        let mut keys = Vec::with_capacity(head.count.min(r.bytes.len() / 10));
         let mut children = Vec::with_capacity(keys.capacity() + 1);
         children.push(r.block()?);
-        for _ in 0..count {
+        for _ in 0..head.count {
             let key = r.key()?;
-            check(&key, &node)?;
-            keys.push(key);
+            check_key(tag, &head, &mut previous, key)?;
+            keys.push(key.to_vec());
             children.push(r.block()?);
         }
-        node.body = Body::Internal { keys, children };
+        Body::Internal { keys, children }
+    };
+    Ok(Node {
+        level: head.level,
+        low: head.low.to_vec(),
+        high: head.high.map(<[u8]>::to_vec),
+        body,
+    })
+}
+
+/// Where a descent goes from a node, read from its bytes without building the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The node's level.
+    pub level: u8,
+    /// Whether its fences cover the key.
+    pub covers: bool,
+    /// The child covering the key (internal nodes that cover it); `None` for a leaf.
+    pub child: Option<u64>,
+}
+
+/// The [`Route`] from the node in `bytes` towards `key`, with the checks [`decode`] makes
+/// of the node's header, fences and separators (the entries of a leaf are not read). Fails
+/// on bytes that are not a node.
+pub fn route(bytes: &[u8], key: &[u8]) -> Result<Route, DecodeError> {
+    let mut r = Reader { bytes, at: 0 };
+    let tag = r.u8()?;
+    if tag != TAG_LEAF && tag != TAG_INTERNAL {
+        return Err(DecodeError::Tag(tag));
     }
-    Ok(node)
+    let head = decode_head(tag, &mut r)?;
+    let covers = head.covers(key);
+    if tag == TAG_LEAF || !covers {
+        return Ok(Route {
+            level: head.level,
+            covers,
+            child: None,
+        });
+    }
+    let mut previous = None;
+    let mut child = r.block()?;
+    let mut found = false;
+    for _ in 0..head.count {
+        let separator = r.key()?;
+        check_key(tag, &head, &mut previous, separator)?;
+        let next = r.block()?;
+        if !found && separator <= key {
+            child = next;
+        } else {
+            found = true;
+        }
+    }
+    Ok(Route {
+        level: head.level,
+        covers,
+        child: Some(child),
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Property tests of the block codec: every valid block survives encode and decode, and any
-//! bytes at all decode to a block or an error, never a panic.
+//! Property tests of the block codec: every valid block survives encode and decode, a route
+//! read from a node's bytes goes where the decoded node points, and any bytes at all decode
+//! (and route) to a result or an error, never a panic.
 
 #![allow(clippy::unwrap_used)]
 
@@ -94,6 +95,38 @@ proptest! {
         let mut payload = bytes.clone();
         payload.resize(PAYLOAD, 0xEE);
         prop_assert_eq!(node::decode(&payload).unwrap(), block);
+    }
+
+    #[test]
+    fn route_agrees_with_the_decoded_node(node in tree_node(), key in key()) {
+        let bytes = node::encode(&Block::Node(node.clone()), PAYLOAD).unwrap();
+        let route = node::route(&bytes, &key).unwrap();
+        prop_assert_eq!(route.level, node.level);
+        prop_assert_eq!(route.covers, node.covers(&key));
+        let child = if node.covers(&key) { node.child_for(&key).map(|(_, c)| c) } else { None };
+        prop_assert_eq!(route.child, child);
+    }
+
+    #[test]
+    fn damaged_nodes_route_like_they_decode(
+        node in tree_node(),
+        key in key(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        let mut bytes = node::encode(&Block::Node(node), PAYLOAD).unwrap();
+        for (at, x) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        // Never a panic; an internal node that decodes also routes (leaf entries are not
+        // read by a route, so a damaged leaf may route and not decode).
+        let route = node::route(&bytes, &key);
+        if let Ok(Block::Node(n)) = node::decode(&bytes) {
+            prop_assert!(route.is_ok());
+            if n.level > 0 && n.covers(&key) {
+                prop_assert_eq!(route.unwrap().child, n.child_for(&key).map(|(_, c)| c));
+            }
+        }
     }
 
     #[test]

@@ -645,15 +645,13 @@ fn format_storage(cfg: &SimConfig, rng: SimRng) -> (Arc<FaultyStorage>, Layout) 
     (storage, opened)
 }
 
-/// Opens instance `i`'s redo writer from its slot's checkpoint (as `Instance::start`).
+/// Begins a new life of instance `i`'s redo thread (as `Instance::start`).
 fn open_redo(storage: &Arc<FaultyStorage>, layout: &Layout, i: usize) -> RedoWriter {
-    let slot = format::read_slot(storage.as_ref(), layout, id(i)).expect("slot");
-    let thread = layout.redo_thread(id(i)).expect("redo thread");
     let shared: Arc<dyn SharedStorage> = Arc::clone(storage) as Arc<dyn SharedStorage>;
-    RedoWriter::open(
+    instance::storage::life::begin_life(
         shared,
-        thread,
-        slot.checkpoint.sequence,
+        layout,
+        id(i),
         GroupCommitConfig {
             spin: Duration::ZERO,
         },
@@ -2127,7 +2125,10 @@ impl Sim {
         if lost.is_empty() {
             return;
         }
-        self.epoch = self.epoch.next();
+        self.epoch = self
+            .epoch
+            .checked_next()
+            .expect("the simulated epochs stay small");
         self.members = live;
         let epoch = self.epoch;
         self.trace(|| format!("cluster: {epoch:?} with {live:?}, lost {lost:?}"));
@@ -2183,6 +2184,16 @@ impl Sim {
             Ok(scan) => Arc::new(scan),
             Err(e) => self.fail(format!("n{node}: scanning every thread: {e}")),
         };
+        // As the runtime: the lost lives are sealed where this scan read them to.
+        if let Err(e) = instance::storage::life::seal_lost(
+            self.storage.as_ref(),
+            &self.layout,
+            id(node),
+            &scan,
+            &lost,
+        ) {
+            self.fail(format!("n{node}: sealing the lost threads: {e}"));
+        }
         // Every thread's changed blocks, not only the lost instances': a block held by an
         // instance that died may carry a change that is only in the redo of another (dead
         // earlier, restarted since, or alive), and no survivor holds a past image of it
@@ -2362,7 +2373,10 @@ impl Sim {
             return;
         }
         self.stats.restarts += 1;
-        self.epoch = self.epoch.next();
+        self.epoch = self
+            .epoch
+            .checked_next()
+            .expect("the simulated epochs stay small");
         let mut live = self.members;
         live.insert(id(node));
         self.members = live;

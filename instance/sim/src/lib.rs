@@ -27,8 +27,8 @@
 //! uncommitted changes and queued I/O vanish (a data write already submitted lands or not);
 //! its redo stays. After a detection delay the survivors reconfigure to a new epoch (in one
 //! step, or up to 100 µs apart: the core defers messages of an epoch it has not reached);
-//! after the lease each scans the redo with `instance::recovery::scan_threads`, calls
-//! `Core::on_redo_scanned`, rebuilds its `IoOp::Recover` blocks with `recover_blocks` and
+//! after the lease each scans the redo with `instance::recovery::scan_threads`, seals the lost
+//! lives (`storage::life::seal_lost`), calls `Core::on_redo_scanned`, rebuilds its `IoOp::Recover` blocks with `recover_blocks` and
 //! reports them with `Core::on_block_recovered`. Then, per plan: a second instance dies
 //! during the rebuild (remastering) or during recovery (the lost accumulate until recovery
 //! completes), or later; dead instances restart (a new joining core at the next epoch, the

@@ -372,12 +372,12 @@ impl Core {
                 config.members,
                 bucket_map(before, config.members)?,
                 config.gcs,
-            );
-            gcs.on_reconfigure(config.epoch, config.members, map, now);
+            )?;
+            gcs.on_reconfigure(config.epoch, config.members, map, now)?;
             let ges = ges::Engine::join(config.me, config.epoch, config.members, config.ges, now)?;
             (gcs, ges)
         } else {
-            let gcs = gcs::Engine::new(config.me, config.epoch, config.members, map, config.gcs);
+            let gcs = gcs::Engine::new(config.me, config.epoch, config.members, map, config.gcs)?;
             let ges = ges::Engine::new(config.me, config.epoch, config.members, config.ges, now)?;
             (gcs, ges)
         };
@@ -434,7 +434,7 @@ impl Core {
         // a request is armed anew (a new generation refuses the old landing), and the
         // requests GCS re-sends to the new masters name the new arming.
         self.rearm_landings();
-        self.gcs.on_reconfigure(epoch, live, map, now);
+        self.gcs.on_reconfigure(epoch, live, map, now)?;
         self.ges.on_new_epoch(epoch, live, now)?;
         // Recovery work of an older epoch is redone from the new scan.
         self.recovering.clear();

@@ -10,6 +10,8 @@
 //!   blocks with their verified headers; `create` and `open`.
 //! * [`redo`] — the redo log: a pure codec of records, entries and 4 KiB log blocks; the
 //!   group-committing [`redo::RedoWriter`]; the recovery scan [`redo::RedoReader`].
+//! * [`life`] — each start of an instance is a life with its own incarnation; survivors seal
+//!   a lost life so a write of it that lands late is never read.
 //! * [`recovery`] — recovery's redo-applying half: scanning redo threads from their
 //!   checkpoints, applying a block's records above its SCN, recovering one block, and
 //!   whole-cluster restart.
@@ -55,6 +57,7 @@
 #![warn(missing_docs)]
 
 pub mod format;
+pub mod life;
 pub mod recovery;
 pub mod redo;
 pub mod reservation;

@@ -23,6 +23,8 @@
 //! the blocks (and, for [`restart`], no instance runs).
 
 use crate::format::{self, BLOCK_HEADER_LEN, BlockError, Checkpoint, Layout, SlotError};
+use crate::life::ClusterLives;
+use crate::redo::EndReason;
 use crate::redo::{LogEnd, RedoReadError, RedoReader, RedoRecord};
 use crate::{AlignedBuf, ArenaError, IoClass, ReadOp, SharedStorage, StorageError, WriteOp};
 use gcs::BlockId;
@@ -45,6 +47,9 @@ pub enum RecoveryError {
         /// Why.
         source: SlotError,
     },
+    /// The slots or seal sectors could not all be read (scans need every seal).
+    #[error("reading the slots and seals: {0}")]
+    Slots(SlotError),
     /// The instance has no redo thread in this cluster.
     #[error("instance {instance} has no redo thread: the cluster has {max_instances} instances")]
     NoThread {
@@ -202,19 +207,25 @@ impl ThreadScan {
     }
 }
 
-/// Reads the slots of `instances` and scans their redo threads from their checkpoints to
-/// their ends. A torn tail ends a thread silently; damaged durable redo is an error naming
-/// the thread, the log block's sequence and its storage offset. Records naming a block
-/// outside this storage, or bytes outside a block's payload, are errors too.
+/// Reads every slot and seal and scans the redo threads of `instances` from their
+/// checkpoints to their ends, life by life, each life cut at its seal
+/// ([`ClusterLives::thread_lives`]). A torn
+/// tail ends a life silently; damaged durable redo is an error naming the thread, the log
+/// block's sequence and its storage offset. Records naming a block outside this storage, or
+/// bytes outside a block's payload, are errors too.
 pub fn scan_threads(
     storage: &dyn SharedStorage,
     layout: &Layout,
     instances: &[InstanceId],
 ) -> Result<ThreadScan, RecoveryError> {
+    let cluster = ClusterLives::read(storage, layout).map_err(RecoveryError::Slots)?;
     let mut scan = ThreadScan::default();
     for &instance in instances {
-        let slot = format::read_slot(storage, layout, instance)
-            .map_err(|source| RecoveryError::Slot { instance, source })?;
+        let slot = cluster.slot(instance).ok_or(RecoveryError::NoThread {
+            instance,
+            max_instances: layout.max_instances,
+        })?;
+        let lives = cluster.thread_lives(instance);
         let thread = layout
             .redo_thread(instance)
             .ok_or(RecoveryError::NoThread {
@@ -227,7 +238,7 @@ pub fn scan_threads(
             source,
         };
         let mut reader =
-            RedoReader::new(storage, thread, slot.checkpoint.sequence).map_err(redo)?;
+            RedoReader::new(storage, thread, slot.checkpoint.sequence, &lives).map_err(redo)?;
         let (mut entries, mut records, mut max_scn) = (0u64, 0u64, None::<Scn>);
         while let Some(entry) = reader.next_entry().map_err(redo)? {
             entries += 1;
@@ -595,8 +606,9 @@ impl std::fmt::Display for CorruptBlock {
 
 /// Whole-cluster restart: scans every instance's thread from its checkpoint, merges them by
 /// SCN, recovers every changed block from storage (records above the block's SCN), syncs,
-/// and then moves every thread's checkpoint to its end (SCN: the highest seen anywhere), so a
-/// second restart applies nothing. Every thread is scanned before the first write, so
+/// ends each thread's newest life where its scan ended (in the owner's slot: a late write of
+/// it is never read), and then moves every thread's checkpoint to its end (SCN: the highest
+/// seen anywhere), so a second restart applies nothing. Every thread is scanned before the first write, so
 /// corrupt redo is found before anything changes; a corrupt (torn) data block is reported
 /// with its location in [`RestartReport::unrecoverable`] while every other block recovers,
 /// and then no checkpoint moves. Idempotent; on a freshly formatted cluster it writes
@@ -635,19 +647,9 @@ pub fn restart(
     if written > 0 {
         storage.sync(IoClass::Data).map_err(RecoveryError::Sync)?;
     }
-    if !unrecoverable.is_empty() {
-        return Ok(RestartReport {
-            records_read: scan.record_count(),
-            records_applied: applied,
-            blocks_changed: changed.len() as u64,
-            blocks_written: written,
-            slots_updated: 0,
-            max_scn: scan.max_scn().unwrap_or_default(),
-            threads: scan.threads,
-            unrecoverable,
-            duration: started.elapsed(),
-        });
-    }
+    // Each thread's newest life ends where this scan read it to (a write of it that lands
+    // later is never read), also when a corrupt block keeps the checkpoints where they are.
+    // The checkpoints move only when every block recovered.
     let checkpoint_scn = scan
         .threads()
         .iter()
@@ -659,15 +661,27 @@ pub fn restart(
     for thread in scan.threads() {
         let instance = thread.instance;
         let slot_error = |source| RecoveryError::Slot { instance, source };
+        let ends_life = thread.end.incarnation > 0 && thread.end.reason != EndReason::Sealed;
         let checkpoint = Checkpoint {
             sequence: thread.end.next_sequence.max(thread.checkpoint.sequence),
             scn: checkpoint_scn,
         };
-        if checkpoint == thread.checkpoint {
+        let moves = unrecoverable.is_empty() && checkpoint != thread.checkpoint;
+        if !ends_life && !moves {
             continue;
         }
         let mut slot = format::read_slot(storage, layout, instance).map_err(slot_error)?;
-        slot.checkpoint = checkpoint;
+        if let Some(life) = slot
+            .lives
+            .iter_mut()
+            .filter(|_| ends_life)
+            .find(|life| life.incarnation == thread.end.incarnation)
+        {
+            life.end = Some(thread.end.next_sequence.max(life.start));
+        }
+        if moves {
+            slot.checkpoint = checkpoint;
+        }
         format::write_slot(storage, layout, &slot).map_err(slot_error)?;
         slots_updated += 1;
     }
@@ -677,7 +691,11 @@ pub fn restart(
         blocks_changed: changed.len() as u64,
         blocks_written: written,
         slots_updated,
-        max_scn: checkpoint_scn,
+        max_scn: if unrecoverable.is_empty() {
+            checkpoint_scn
+        } else {
+            scan.max_scn().unwrap_or_default()
+        },
         threads: scan.threads,
         unrecoverable,
         duration: started.elapsed(),

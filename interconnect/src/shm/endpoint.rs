@@ -714,7 +714,7 @@ impl Peer {
 }
 
 /// Decodes one ring record into an event, validating everything the peer wrote.
-fn read_frame(
+pub(super) fn read_frame(
     record: &mut Record<'_>,
     cluster: ClusterId,
     local: InstanceId,

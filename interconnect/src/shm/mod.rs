@@ -38,6 +38,8 @@
 //! connection, never this process. (A same-user process can still hurt us in ways no check
 //! prevents, e.g. by truncating a mapped file, which faults the mapping: the trust boundary is
 //! the user, as for any shared-memory IPC.)
+//! For the same reason frames here carry no MAC (TCP's optional `frame_mac`): whoever can
+//! write into these files can already read and write this process's memory.
 //!
 //! This module owns shared-memory transport mechanics only. It must never interpret bodies,
 //! decide which frame a block uses, or spawn threads.
@@ -52,6 +54,8 @@
 mod endpoint;
 #[cfg(not(loom))]
 mod files;
+#[cfg(all(feature = "fuzzing", not(loom)))]
+pub mod fuzzing;
 mod ring;
 mod sync;
 mod wake;

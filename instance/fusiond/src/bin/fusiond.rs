@@ -99,16 +99,26 @@ fn resp_address(config: &InstanceConfig) -> SocketAddr {
 
 struct InstanceInfo {
     instance: Weak<Instance>,
+    store: Weak<KvStore>,
     members: usize,
     clients: Arc<Clients>,
 }
 
 impl ServerInfo for InstanceInfo {
     fn info(&self) -> String {
-        self.instance
+        let mut out = self
+            .instance
             .upgrade()
             .map(|i| info_section(&i, self.members))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(store) = self.store.upgrade() {
+            let s = store.stats();
+            out.push_str(&format!(
+                "kv_commits:{}\r\nkv_retries:{}\r\nkv_lock_timeouts:{}\r\nkv_deadlocks:{}\r\n",
+                s.commits, s.retries, s.lock_timeouts, s.deadlocks
+            ));
+        }
+        out
     }
     fn connected_clients(&self) -> usize {
         self.clients.connected()
@@ -133,6 +143,7 @@ fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
     );
     let clients = Arc::new(Clients::default());
     let metrics = Arc::new(Metrics::new(serve_config.transfer_p99_alert));
+    let store_info = Arc::downgrade(&store);
     let engine = Arc::new(Engine::new(
         store,
         EngineConfig {
@@ -146,6 +157,7 @@ fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
         },
         Arc::new(InstanceInfo {
             instance: Arc::downgrade(&instance),
+            store: store_info,
             members,
             clients: clients.clone(),
         }),

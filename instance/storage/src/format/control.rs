@@ -6,7 +6,7 @@
 
 use super::{FORMAT_VERSION, SECTOR};
 use interconnect::codec::{DecodeError, Reader, put_u8, put_u16, put_u32, put_u64};
-use interconnect::{ClusterId, InstanceId, Scn};
+use interconnect::{ClusterId, InstanceId, MAX_INSTANCES, Scn};
 
 /// Magic of the header sector.
 pub const HEADER_MAGIC: [u8; 8] = *b"FUSIONDB";
@@ -78,7 +78,140 @@ pub struct InstanceSlot {
     /// The owner's Disk Paxos block (`crate::paxos::PaxosBlock`, with its own checksum;
     /// all zero before the first proposal): membership decisions, written only by the owner.
     pub paxos: [u8; SLOT_PAXOS_LEN],
+    /// The owner's lives whose redo may lie at or past the checkpoint, oldest first, at most
+    /// [`MAX_LIVES`]; the last is the newest life (empty before the first start).
+    pub lives: Vec<Life>,
 }
+
+impl InstanceSlot {
+    /// The newest life's incarnation; 0 before the first start.
+    pub fn incarnation(&self) -> u32 {
+        self.lives.last().map_or(0, |life| life.incarnation)
+    }
+}
+
+/// The seals one instance wrote as a survivor (its *seal sector*, kept in two copies): at
+/// most one per lost instance, the newest, sorted by instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealSet {
+    /// Bumped by every write; the copy with the higher one is current.
+    pub generation: u64,
+    /// The seals.
+    pub seals: Vec<Seal>,
+}
+
+impl SealSet {
+    /// The seal of `instance`, if any.
+    pub fn seal_of(&self, instance: InstanceId) -> Option<Seal> {
+        self.seals.iter().copied().find(|s| s.instance == instance)
+    }
+
+    /// Records `seal`, replacing any earlier seal of the same instance.
+    pub fn put(&mut self, seal: Seal) {
+        self.seals.retain(|s| s.instance != seal.instance);
+        self.seals.push(seal);
+        self.seals.sort_by_key(|s| s.instance);
+    }
+
+    /// Encodes the seals of `owner` into a zeroed sector.
+    pub fn encode(&self, owner: InstanceId, sector: &mut [u8]) {
+        let mut f = Vec::with_capacity(SEALS_OFFSET - 16 + MAX_INSTANCES * SEAL_LEN);
+        put_u16(&mut f, owner.as_u16());
+        f.extend_from_slice(&[0; 6]);
+        put_u64(&mut f, self.generation);
+        f.resize(SEALS_OFFSET - 16 + MAX_INSTANCES * SEAL_LEN, 0);
+        for s in &self.seals {
+            let at = SEALS_OFFSET - 16 + s.instance.index() * SEAL_LEN;
+            f[at..at + 4].copy_from_slice(&s.incarnation.to_le_bytes());
+            f[at + 8..at + 16].copy_from_slice(&s.end.to_le_bytes());
+        }
+        put_fields(sector, &f);
+        seal(&mut sector[..SECTOR], &SEAL_MAGIC);
+    }
+
+    /// Decodes a seal sector of `owner` (checks magic, checksum, version and owner).
+    pub fn decode(owner: InstanceId, sector: &[u8]) -> Result<Self, SectorError> {
+        let sector = check(sector, &SEAL_MAGIC, "FUSNSEAL")?;
+        let mut r = fields(sector);
+        let (found, generation) = (|| {
+            let found = r.u16()?;
+            r.skip(6)?;
+            Ok((found, r.u64()?))
+        })()
+        .map_err(truncated)?;
+        if found != owner.as_u16() {
+            return Err(SectorError::Field {
+                field: "seal owner",
+                value: found.into(),
+            });
+        }
+        let mut seals = Vec::new();
+        for index in 0..MAX_INSTANCES {
+            let at = SEALS_OFFSET + index * SEAL_LEN;
+            let mut r = Reader::new(sector.get(at..at + SEAL_LEN).unwrap_or_default());
+            let (incarnation, end) = (|| {
+                let incarnation = r.u32()?;
+                r.skip(4)?;
+                Ok((incarnation, r.u64()?))
+            })()
+            .map_err(truncated)?;
+            if incarnation == 0 {
+                continue;
+            }
+            let instance = InstanceId::new(index as u64).map_err(|_| SectorError::Field {
+                field: "seal instance",
+                value: index as u64,
+            })?;
+            seals.push(Seal {
+                instance,
+                incarnation,
+                end,
+            });
+        }
+        Ok(Self { generation, seals })
+    }
+}
+
+/// One life of an instance: from one start to its crash or shutdown. Its log blocks carry its
+/// incarnation and lie at sequences `start..end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Life {
+    /// Its incarnation: 1 for the first life, one more for each later one.
+    pub incarnation: u32,
+    /// The sequence of its first log block.
+    pub start: u64,
+    /// The first sequence past its log, once known: written when a survivor, a whole-cluster
+    /// restart or the next life sealed it. `None` while it may still be writing.
+    pub end: Option<u64>,
+}
+
+/// A survivor's record of where a lost instance's life ends: scans of that life stop at
+/// `end` and never read a block past it, whatever lands there later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seal {
+    /// The lost instance.
+    pub instance: InstanceId,
+    /// The life sealed.
+    pub incarnation: u32,
+    /// The first sequence past what recovery read of it.
+    pub end: u64,
+}
+
+/// Most lives a slot lists (a crash loop without a checkpoint in between refuses to start
+/// past it).
+pub const MAX_LIVES: usize = 16;
+/// Where the lives table sits in a slot sector.
+pub const SLOT_LIVES_OFFSET: usize = 256;
+/// Bytes of one lives-table entry.
+const LIFE_LEN: usize = 24;
+/// Magic of a seal sector.
+pub const SEAL_MAGIC: [u8; 8] = *b"FUSNSEAL";
+/// Where the seals table (one entry per instance id) sits in a seal sector.
+const SEALS_OFFSET: usize = 64;
+/// Bytes of one seals-table entry.
+const SEAL_LEN: usize = 16;
+/// A life's `end` on storage while it is unknown.
+const OPEN_END: u64 = u64::MAX;
 
 /// Bytes of the Disk Paxos block inside a slot (at offset [`SLOT_PAXOS_OFFSET`]).
 pub const SLOT_PAXOS_LEN: usize = 128;
@@ -115,7 +248,9 @@ pub enum SectorError {
         len: usize,
     },
     /// Unknown format version.
-    #[error("format version {0}, this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "format version {0}, this build reads only version {FORMAT_VERSION} (version 2 has no incarnations or seals; recreate the cluster with `fusionctl create`)"
+    )]
     Version(u32),
     /// A field holds a value that cannot be.
     #[error("field {field} holds {value}")]
@@ -265,8 +400,18 @@ impl InstanceSlot {
         ] {
             put_u64(&mut f, v);
         }
+        // The lives table's length fits a byte: MAX_LIVES is 16, and encoding more is a bug.
+        let lives = &self.lives[..self.lives.len().min(MAX_LIVES)];
+        put_u8(&mut f, lives.len() as u8);
         f.resize(SLOT_PAXOS_OFFSET - 16, 0);
         f.extend_from_slice(&self.paxos);
+        f.resize(SLOT_LIVES_OFFSET - 16, 0);
+        for life in lives {
+            put_u32(&mut f, life.incarnation);
+            put_u32(&mut f, 0);
+            put_u64(&mut f, life.start);
+            put_u64(&mut f, life.end.unwrap_or(OPEN_END));
+        }
         put_fields(sector, &f);
         seal(&mut sector[..SECTOR], &SLOT_MAGIC);
     }
@@ -300,6 +445,7 @@ impl InstanceSlot {
                 offset,
                 scn,
             ],
+            life_count,
             paxos,
         ) = (|| {
             r.skip(5)?;
@@ -307,11 +453,13 @@ impl InstanceSlot {
             for field in &mut v {
                 *field = r.u64()?;
             }
-            // The fields end at byte 80; the Paxos block starts at SLOT_PAXOS_OFFSET.
-            r.skip(SLOT_PAXOS_OFFSET - 80)?;
-            Ok((v, r.array::<SLOT_PAXOS_LEN>()?))
+            let life_count = r.u8()?;
+            // The fields end at byte 81; the Paxos block starts at SLOT_PAXOS_OFFSET.
+            r.skip(SLOT_PAXOS_OFFSET - 81)?;
+            Ok((v, life_count, r.array::<SLOT_PAXOS_LEN>()?))
         })()
         .map_err(truncated)?;
+        let lives = decode_lives(sector, life_count)?;
         if sequence == 0
             || redo_size < SECTOR as u64
             || offset != checkpoint_offset(sequence, redo_size)
@@ -333,8 +481,45 @@ impl InstanceSlot {
                 scn: Scn(scn),
             },
             paxos,
+            lives,
         })
     }
+}
+
+/// The lives table: at most [`MAX_LIVES`], incarnations rising from 1, each start before its
+/// end, each life after the one before.
+fn decode_lives(sector: &[u8], count: u8) -> Result<Vec<Life>, SectorError> {
+    let bad = |field, value| Err(SectorError::Field { field, value });
+    if usize::from(count) > MAX_LIVES {
+        return bad("lives", count.into());
+    }
+    let table = SLOT_LIVES_OFFSET..SLOT_LIVES_OFFSET + MAX_LIVES * LIFE_LEN;
+    let mut r = Reader::new(sector.get(table).unwrap_or_default());
+    let mut lives: Vec<Life> = Vec::with_capacity(count.into());
+    for _ in 0..count {
+        let (incarnation, start, end) = (|| {
+            let incarnation = r.u32()?;
+            r.skip(4)?;
+            Ok((incarnation, r.u64()?, r.u64()?))
+        })()
+        .map_err(truncated)?;
+        let end = (end != OPEN_END).then_some(end);
+        if incarnation == 0 || lives.last().is_some_and(|l| l.incarnation >= incarnation) {
+            return bad("life incarnation", incarnation.into());
+        }
+        let after_previous = lives
+            .last()
+            .is_none_or(|l| l.end.is_some_and(|e| e <= start));
+        if start == 0 || end.is_some_and(|e| e < start) || !after_previous {
+            return bad("life start", start);
+        }
+        lives.push(Life {
+            incarnation,
+            start,
+            end,
+        });
+    }
+    Ok(lives)
 }
 
 /// Byte offset within a thread of `redo_size` bytes of the log block with `sequence`.
@@ -380,9 +565,87 @@ mod tests {
                 scn: Scn(400),
             },
             paxos: [0x5a; SLOT_PAXOS_LEN],
+            lives: vec![
+                Life {
+                    incarnation: 3,
+                    start: 4,
+                    end: Some(90),
+                },
+                Life {
+                    incarnation: 4,
+                    start: 218,
+                    end: None,
+                },
+            ],
         };
         slot.encode(&mut sector);
-        assert_eq!(InstanceSlot::decode(&sector), Ok(slot));
+        assert_eq!(InstanceSlot::decode(&sector), Ok(slot.clone()));
+        assert_eq!(slot.incarnation(), 4);
+
+        // A lives table that goes backwards, or claims more entries than it may, is refused.
+        let mut backwards = slot.clone();
+        backwards.lives.swap(0, 1);
+        backwards.encode(&mut sector);
+        assert!(matches!(
+            InstanceSlot::decode(&sector),
+            Err(SectorError::Field { .. })
+        ));
+        slot.encode(&mut sector);
+        sector[80] = MAX_LIVES as u8 + 1;
+        let checksum = sector_checksum(&sector);
+        sector[12..16].copy_from_slice(&checksum.to_le_bytes());
+        assert_eq!(
+            InstanceSlot::decode(&sector),
+            Err(SectorError::Field {
+                field: "lives",
+                value: MAX_LIVES as u64 + 1
+            })
+        );
+    }
+
+    #[test]
+    fn seal_sectors_round_trip_and_name_their_owner() {
+        let owner = InstanceId::new(3).unwrap();
+        let mut set = SealSet {
+            generation: 9,
+            seals: Vec::new(),
+        };
+        for (i, end) in [(5u64, 100u64), (1, 7), (5, 120)] {
+            set.put(Seal {
+                instance: InstanceId::new(i).unwrap(),
+                incarnation: 2,
+                end,
+            });
+        }
+        assert_eq!(set.seals.len(), 2);
+        assert_eq!(
+            set.seal_of(InstanceId::new(5).unwrap()).map(|s| s.end),
+            Some(120)
+        );
+        let mut sector = vec![0u8; SECTOR];
+        set.encode(owner, &mut sector);
+        assert_eq!(SealSet::decode(owner, &sector), Ok(set));
+        assert!(matches!(
+            SealSet::decode(InstanceId::new(2).unwrap(), &sector),
+            Err(SectorError::Field { .. })
+        ));
+        sector[1000] ^= 1;
+        assert!(matches!(
+            SealSet::decode(owner, &sector),
+            Err(SectorError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn a_version_2_slot_is_refused_with_a_clear_error() {
+        let mut sector = vec![0u8; SECTOR];
+        header().encode(&mut sector);
+        sector[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let checksum = sector_checksum(&sector);
+        sector[12..16].copy_from_slice(&checksum.to_le_bytes());
+        let err = ControlHeader::decode(&sector).unwrap_err();
+        assert_eq!(err, SectorError::Version(2));
+        assert!(err.to_string().contains("fusionctl create"), "{err}");
     }
 
     #[test]

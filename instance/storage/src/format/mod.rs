@@ -1,9 +1,11 @@
-//! The on-storage format: the control area (cluster header and the voting area's instance
-//! slots), the redo threads' places, and the data area's blocks with their headers.
+//! The on-storage format: the control area (cluster header, the voting area's instance
+//! slots and the instances' seal sectors), the redo threads' places, and the data area's
+//! blocks with their headers.
 //!
 //! This module owns where things are on the shared storage ([`Layout`]), creating a cluster
 //! ([`create`]), validating one at open ([`open`]), the slots ([`read_slot`],
-//! [`write_slot`]) and the block header ([`block`]). It must never overwrite storage holding
+//! [`write_slot`]), the seal sectors ([`read_seals`], [`write_seals`]) and the block header
+//! ([`block`]). It must never overwrite storage holding
 //! data unless told to, never accept a control sector or a block that fails verification, and
 //! never interpret redo (that is [`crate::redo`]). The layout, byte by byte, follows.
 //!
@@ -15,7 +17,9 @@ pub mod control;
 pub use block::{
     BLOCK_HEADER_LEN, BlockError, BlockHeader, read_block, seal_block, verify_block, write_block,
 };
-pub use control::{Checkpoint, ControlHeader, InstanceSlot, SectorError, SlotState};
+pub use control::{
+    Checkpoint, ControlHeader, InstanceSlot, Life, MAX_LIVES, Seal, SealSet, SectorError, SlotState,
+};
 
 use crate::{self as storage, AlignedBuf, IoClass, SharedStorage, StorageError, StorageOptions};
 use gcs::BlockId;
@@ -26,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// The control area's unit: every header and slot is one sector.
 pub const SECTOR: usize = 4096;
 /// Smallest and largest data block size.
@@ -37,6 +41,9 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 8192;
 pub const DEFAULT_REDO_THREAD_SIZE: u64 = 64 << 20;
 /// Smallest redo thread.
 pub const MIN_REDO_THREAD_SIZE: u64 = 4 << 20;
+/// End of the seal sectors (two per possible instance, after the slots of all 64): the
+/// control area is at least this long.
+const SEAL_AREA_END: u64 = (1 + 3 * MAX_INSTANCES as u64) * SECTOR as u64;
 /// Regions start on this boundary.
 const REGION_ALIGN: u64 = 1 << 20;
 /// How much of the start and the end of existing storage is checked for data before create.
@@ -345,7 +352,7 @@ impl Layout {
         let (Some(redo_end), Some(data_end)) = (redo_end, data_end) else {
             return bad("region sizes overflow".into());
         };
-        if h.control_len < (1 + instances) * sector
+        if h.control_len < SEAL_AREA_END
             || h.redo_offset < h.control_len
             || h.redo_thread_size < MIN_REDO_THREAD_SIZE
             || h.data_offset < redo_end
@@ -390,6 +397,13 @@ impl Layout {
         })
     }
 
+    /// Offset of copy `copy` (0 or 1) of `instance`'s seal sector, if the cluster has it.
+    pub fn seal_offset(&self, instance: InstanceId, copy: u64) -> Option<u64> {
+        (instance.index() < usize::from(self.max_instances) && copy < 2).then(|| {
+            (1 + MAX_INSTANCES as u64 + 2 * instance.index() as u64 + copy) * SECTOR as u64
+        })
+    }
+
     /// Offset of `instance`'s slot, if the cluster has it.
     pub fn slot_offset(&self, instance: InstanceId) -> Option<u64> {
         (instance.index() < usize::from(self.max_instances))
@@ -427,6 +441,7 @@ impl Layout {
                 scn: Scn(0),
             },
             paxos: [0; control::SLOT_PAXOS_LEN],
+            lives: Vec::new(),
         })
     }
 }
@@ -509,6 +524,67 @@ pub fn write_slot(
     }
     let mut sector = AlignedBuf::new(SECTOR, SECTOR)?;
     slot.encode(&mut sector);
+    storage.write_durable_at(offset, &sector, IoClass::Data)?;
+    Ok(())
+}
+
+/// Reads the seals `owner` wrote as a survivor: the newer valid copy of its seal sector. A
+/// copy never written or torn by a crash mid-write is passed over (a torn write was never
+/// reported: the other copy holds what was); both copies damaged is an error.
+pub fn read_seals(
+    storage: &dyn SharedStorage,
+    layout: &Layout,
+    owner: InstanceId,
+) -> Result<SealSet, SlotError> {
+    let no_slot = || SlotError::NoSlot {
+        instance: owner,
+        max_instances: layout.max_instances,
+    };
+    let offset = layout.seal_offset(owner, 0).ok_or_else(no_slot)?;
+    let mut sectors = AlignedBuf::new(2 * SECTOR, SECTOR)?;
+    storage.read_at(offset, &mut sectors)?;
+    let copies = [
+        SealSet::decode(owner, &sectors[..SECTOR]),
+        SealSet::decode(owner, &sectors[SECTOR..]),
+    ];
+    let newest = copies
+        .iter()
+        .filter_map(|copy| copy.as_ref().ok())
+        .max_by_key(|set| set.generation)
+        .cloned();
+    match (newest, copies) {
+        (Some(set), _) => Ok(set),
+        (None, [Err(first), Err(second)])
+            if first != SectorError::Zero && second != SectorError::Zero =>
+        {
+            Err(SlotError::Sector {
+                instance: owner,
+                offset,
+                source: first,
+            })
+        }
+        (None, _) => Ok(SealSet::default()),
+    }
+}
+
+/// Writes `seals` (as read by [`read_seals`], changed) as `owner`'s next generation, into the
+/// copy that does not hold the current one, and makes it durable: a crash mid-write leaves
+/// the current copy whole.
+pub fn write_seals(
+    storage: &dyn SharedStorage,
+    layout: &Layout,
+    owner: InstanceId,
+    seals: &mut SealSet,
+) -> Result<(), SlotError> {
+    seals.generation += 1;
+    let offset = layout
+        .seal_offset(owner, seals.generation % 2)
+        .ok_or(SlotError::NoSlot {
+            instance: owner,
+            max_instances: layout.max_instances,
+        })?;
+    let mut sector = AlignedBuf::new(SECTOR, SECTOR)?;
+    seals.encode(owner, &mut sector);
     storage.write_durable_at(offset, &sector, IoClass::Data)?;
     Ok(())
 }

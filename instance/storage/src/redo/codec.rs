@@ -28,8 +28,8 @@ pub const RECORD_HEADER_LEN: usize = 24;
 pub const MAX_RECORD_END: u32 = 32768;
 /// How many blocks past a bad one the scan looks for a later write (see [`is_corruption`]).
 pub const LOOK_AHEAD_BLOCKS: u64 = 2 * MAX_BATCH_BLOCKS as u64 + 1;
-/// Log block format version.
-pub const LOG_FORMAT_VERSION: u16 = 1;
+/// Log block format version (2: the incarnation at byte 36).
+pub const LOG_FORMAT_VERSION: u16 = 2;
 const NO_ENTRY: u16 = 0xffff;
 
 /// One physical change: `bytes` replace the block's bytes at `offset`.
@@ -52,13 +52,15 @@ impl RedoRecord {
     }
 }
 
-/// Whose log a block belongs to.
+/// Whose log a block belongs to: which cluster, which thread, and which life of its instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogIdent {
     /// The cluster.
     pub cluster_id: ClusterId,
     /// The thread's instance.
     pub instance: InstanceId,
+    /// The life of the instance that writes (or wrote) the block.
+    pub incarnation: u32,
 }
 
 /// A commit cannot be encoded.
@@ -138,6 +140,15 @@ pub enum LogBlockError {
         /// Its instance.
         instance: u16,
     },
+    /// Written by another life of the instance (a late write of a sealed life, or a life
+    /// of an earlier lap).
+    #[error("incarnation {found}, expected {expected}")]
+    Incarnation {
+        /// Expected.
+        expected: u32,
+        /// Found.
+        found: u32,
+    },
     /// Another sequence than the one due here (an older lap, usually).
     #[error("sequence {found}, expected {expected}")]
     Sequence {
@@ -197,6 +208,8 @@ pub struct LogBlockHeader {
     pub used: u16,
     /// Offset of the first entry starting in it.
     pub first_entry: Option<u16>,
+    /// The life that wrote it.
+    pub incarnation: u32,
 }
 
 /// A validated log block.
@@ -341,7 +354,7 @@ pub fn pack_batch(
         block[24..32].copy_from_slice(&ident.cluster_id.0.to_le_bytes());
         block[32..34].copy_from_slice(&used.to_le_bytes());
         block[34..36].copy_from_slice(&first_entry.to_le_bytes());
-        block[36..40].fill(0);
+        block[36..40].copy_from_slice(&ident.incarnation.to_le_bytes());
         block[LOG_HEADER_LEN..LOG_HEADER_LEN + usize::from(used)]
             .copy_from_slice(&stream[from..to]);
         block[LOG_HEADER_LEN + usize::from(used)..].fill(0);
@@ -351,7 +364,8 @@ pub fn pack_batch(
     blocks
 }
 
-/// Validates a block's checksum, version, owner and header consistency, whatever its sequence.
+/// Validates a block's checksum, version, owner (cluster, instance and incarnation) and header
+/// consistency, whatever its sequence.
 pub fn peek_block(buf: &[u8], ident: LogIdent) -> Result<LogBlockHeader, LogBlockError> {
     if buf.len() < LOG_BLOCK_SIZE {
         return Err(LogBlockError::Size(buf.len()));
@@ -368,6 +382,7 @@ pub fn peek_block(buf: &[u8], ident: LogIdent) -> Result<LogBlockHeader, LogBloc
             cluster_id: ClusterId(r.u64()?),
             used: r.u16()?,
             first_entry: Some(r.u16()?).filter(|&f| f != NO_ENTRY),
+            incarnation: r.u32()?,
         };
         Ok((stored, version, header))
     })();
@@ -386,6 +401,12 @@ pub fn peek_block(buf: &[u8], ident: LogIdent) -> Result<LogBlockHeader, LogBloc
         return Err(LogBlockError::Foreign {
             cluster_id: header.cluster_id,
             instance: header.instance,
+        });
+    }
+    if header.incarnation != ident.incarnation {
+        return Err(LogBlockError::Incarnation {
+            expected: ident.incarnation,
+            found: header.incarnation,
         });
     }
     let batch_len = header.sequence.wrapping_sub(header.batch_first);
@@ -541,6 +562,7 @@ mod tests {
         LogIdent {
             cluster_id: ClusterId(77),
             instance: InstanceId::new(2).unwrap(),
+            incarnation: 3,
         }
     }
 
@@ -631,12 +653,30 @@ mod tests {
         let blocks = pack(&[vec![record(1, 1, 0, vec![9; 10])]], 5);
         let other = LogIdent {
             cluster_id: ClusterId(78),
-            instance: InstanceId::new(2).unwrap(),
+            ..ident()
         };
         assert!(matches!(
             decode_block(&blocks, other, 5),
             Err(LogBlockError::Foreign { .. })
         ));
+        let next_life = LogIdent {
+            incarnation: 4,
+            ..ident()
+        };
+        assert_eq!(
+            decode_block(&blocks, next_life, 5).err(),
+            Some(LogBlockError::Incarnation {
+                expected: 4,
+                found: 3
+            })
+        );
+        assert_eq!(
+            decode_block(&blocks, ident(), 5)
+                .unwrap()
+                .header
+                .incarnation,
+            3
+        );
         assert!(matches!(
             decode_block(&blocks, ident(), 6),
             Err(LogBlockError::Sequence {

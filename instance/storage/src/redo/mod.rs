@@ -20,4 +20,4 @@ pub use writer::{
 };
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

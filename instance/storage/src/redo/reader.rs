@@ -1,16 +1,21 @@
 //! Scanning a redo thread for recovery: [`RedoReader`] reads log blocks from a checkpoint
-//! sequence, reassembles entries and yields their records in log order, and reports where the
-//! log ends ([`LogEnd`]).
+//! sequence, life by life, reassembles entries and yields their records in log order, and
+//! reports where the log ends ([`LogEnd`]).
+//!
+//! A thread holds the lives of its instance one after the other ([`Life`]): each life's blocks
+//! carry its incarnation and lie in `start..end`. The reader accepts in each life only blocks
+//! of that incarnation, stops at a life's known end (its seal) whatever lies past it, and then
+//! goes on at the next life's start.
 //!
 //! This module owns the scan and the decision "torn tail or corruption" (see
 //! `docs/storage-format.md`). It must never yield a record from a block that failed
-//! validation, never skip damaged durable redo silently (that is an error naming its
-//! location), and never write.
+//! validation, never read past a life's seal, never skip damaged durable redo silently (that
+//! is an error naming its location), and never write.
 
 use super::codec::{
     self, EntryAssembler, LOG_BLOCK_SIZE, LOOK_AHEAD_BLOCKS, LogBlockError, LogIdent, RedoRecord,
 };
-use crate::format::RedoThreadLocation;
+use crate::format::{Life, RedoThreadLocation};
 use crate::{AlignedBuf, SharedStorage, StorageError};
 use std::collections::VecDeque;
 
@@ -44,6 +49,23 @@ pub enum RedoReadError {
         reason: LogBlockError,
         /// The later block that proves it was durable.
         later_sequence: u64,
+    },
+    /// A block before its life's sealed end is invalid: recovery read it whole when it
+    /// sealed the life, so durable redo is damaged.
+    #[error(
+        "redo log block {sequence} at offset {offset:#x} is invalid ({reason}), yet its life (incarnation {incarnation}) was sealed at sequence {sealed_end}"
+    )]
+    DamagedBeforeSeal {
+        /// The damaged block's sequence.
+        sequence: u64,
+        /// Its storage offset.
+        offset: u64,
+        /// What is wrong with it.
+        reason: LogBlockError,
+        /// The life.
+        incarnation: u32,
+        /// Where the life was sealed.
+        sealed_end: u64,
     },
     /// A valid block's entry framing is inconsistent.
     #[error("redo log block {sequence} at offset {offset:#x}: {source}")]
@@ -92,16 +114,20 @@ pub enum EndReason {
     TornTail(LogBlockError),
     /// Every block of the thread was scanned.
     Wrapped,
+    /// The life's known end (its seal) was reached; whatever lies past it is ignored.
+    Sealed,
 }
 
 /// Where the log ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEnd {
-    /// The first sequence not in the log: where the next write goes.
+    /// The first sequence not in the log: where the newest life stopped.
     pub next_sequence: u64,
+    /// The life the scan ended in (0: the thread has no life past the start).
+    pub incarnation: u32,
     /// Why the scan stopped.
     pub reason: EndReason,
-    /// Whether an entry was cut off by the end (a torn commit, dropped whole).
+    /// Whether an entry was cut off by the end of a life (a torn commit, dropped whole).
     pub dropped_partial_entry: bool,
     /// Entries of earlier torn writes skipped because a later write followed them.
     pub cut_entries_skipped: u64,
@@ -112,10 +138,13 @@ pub struct LogEnd {
 pub struct RedoReader<'s> {
     storage: &'s dyn SharedStorage,
     thread: RedoThreadLocation,
-    ident: LogIdent,
+    lives: Vec<Life>,
+    life: usize,
     blocks: u64,
     start: u64,
     next: u64,
+    dropped_partial: bool,
+    cut_entries: u64,
     chunk: AlignedBuf,
     chunk_first: u64,
     chunk_blocks: u64,
@@ -127,11 +156,13 @@ pub struct RedoReader<'s> {
 }
 
 impl<'s> RedoReader<'s> {
-    /// A reader of `thread` starting at log block `start_sequence` (the checkpoint's).
+    /// A reader of `thread` starting at log block `start_sequence` (the checkpoint's), through
+    /// `lives` (oldest first; those that end before the start are skipped).
     pub fn new(
         storage: &'s dyn SharedStorage,
         thread: RedoThreadLocation,
         start_sequence: u64,
+        lives: &[Life],
     ) -> Result<Self, RedoReadError> {
         let bad_thread = RedoReadError::Thread {
             offset: thread.offset,
@@ -141,16 +172,23 @@ impl<'s> RedoReader<'s> {
         {
             return Err(bad_thread);
         }
+        let start = start_sequence.max(1);
+        let lives: Vec<Life> = lives
+            .iter()
+            .filter(|life| life.end.is_none_or(|end| end > start))
+            .copied()
+            .collect();
+        let next = lives.first().map_or(start, |life| life.start.max(start));
         Ok(Self {
             storage,
             thread,
-            ident: LogIdent {
-                cluster_id: thread.cluster_id,
-                instance: thread.instance,
-            },
+            lives,
+            life: 0,
             blocks: thread.size / LOG_BLOCK_SIZE as u64,
-            start: start_sequence.max(1),
-            next: start_sequence.max(1),
+            start,
+            next,
+            dropped_partial: false,
+            cut_entries: 0,
             chunk: AlignedBuf::new(READ_CHUNK_BLOCKS * LOG_BLOCK_SIZE, LOG_BLOCK_SIZE)?,
             chunk_first: 0,
             chunk_blocks: 0,
@@ -219,18 +257,32 @@ impl<'s> RedoReader<'s> {
         })
     }
 
-    /// Reads one more block into the assembler, or finds the end.
+    /// Reads one more block into the assembler, or finds the end of a life (and goes on with
+    /// the next) or of the log.
     fn step(&mut self) -> Result<(), RedoReadError> {
+        let Some(&life) = self.lives.get(self.life) else {
+            self.finish(EndReason::Clean);
+            return Ok(());
+        };
         let sequence = self.next;
         if sequence >= self.start + self.blocks {
             self.finish(EndReason::Wrapped);
             return Ok(());
         }
+        if life.end.is_some_and(|end| sequence >= end) {
+            self.end_life(EndReason::Sealed);
+            return Ok(());
+        }
+        let ident = LogIdent {
+            cluster_id: self.thread.cluster_id,
+            instance: self.thread.instance,
+            incarnation: life.incarnation,
+        };
         let offset = self.offset_of(sequence);
         let at = self.load(sequence)?;
         let block = &self.chunk[at..at + LOG_BLOCK_SIZE];
         let never_written = block.iter().all(|&b| b == 0);
-        let reason = match codec::decode_block(block, self.ident, sequence) {
+        let reason = match codec::decode_block(block, ident, sequence) {
             Ok(decoded) => {
                 return match self.assembler.push(&decoded, &mut self.entries) {
                     Ok(()) => {
@@ -247,8 +299,19 @@ impl<'s> RedoReader<'s> {
             }
             Err(reason) => reason,
         };
-        // The block due next is not a valid continuation. Is a later write behind it?
-        if let Some(later_sequence) = self.later_write_after(sequence)? {
+        // The block due next is not a valid continuation. Its life was read whole up to its
+        // seal, so before the seal it was durable.
+        if let Some(sealed_end) = life.end {
+            return Err(RedoReadError::DamagedBeforeSeal {
+                sequence,
+                offset,
+                reason,
+                incarnation: life.incarnation,
+                sealed_end,
+            });
+        }
+        // Is a later write of this life behind it?
+        if let Some(later_sequence) = self.later_write_after(sequence, ident)? {
             return Err(RedoReadError::Corrupt {
                 sequence,
                 offset,
@@ -257,30 +320,50 @@ impl<'s> RedoReader<'s> {
             });
         }
         let end = match reason {
-            LogBlockError::Sequence { .. } => EndReason::Clean,
+            LogBlockError::Sequence { .. } | LogBlockError::Incarnation { .. } => EndReason::Clean,
             _ if never_written => EndReason::Clean,
             torn => EndReason::TornTail(torn),
         };
-        self.finish(end);
+        self.end_life(end);
         Ok(())
+    }
+
+    /// The life being read ends here: go on at the next one's start, or end the log. An entry
+    /// cut by a life's end was never acknowledged (its write did not complete) and is dropped.
+    fn end_life(&mut self, reason: EndReason) {
+        self.dropped_partial |= self.assembler.in_entry();
+        self.cut_entries += self.assembler.dropped_entries();
+        self.assembler = EntryAssembler::new();
+        match self.lives.get(self.life + 1) {
+            Some(next) => {
+                self.life += 1;
+                self.next = self.next.max(next.start);
+            }
+            None => self.finish(reason),
+        }
     }
 
     fn finish(&mut self, reason: EndReason) {
         self.end = Some(LogEnd {
             next_sequence: self.next,
+            incarnation: self.lives.get(self.life).map_or(0, |life| life.incarnation),
             reason,
-            dropped_partial_entry: self.assembler.in_entry(),
-            cut_entries_skipped: self.assembler.dropped_entries(),
+            dropped_partial_entry: self.dropped_partial || self.assembler.in_entry(),
+            cut_entries_skipped: self.cut_entries + self.assembler.dropped_entries(),
         });
     }
 
-    /// The sequence of a valid block written by a write later than the one `bad` belonged
-    /// to, within the look-ahead window and the thread's free part.
-    fn later_write_after(&mut self, bad: u64) -> Result<Option<u64>, RedoReadError> {
+    /// The sequence of a valid block written by a write of the same life later than the one
+    /// `bad` belonged to, within the look-ahead window and the thread's free part.
+    fn later_write_after(
+        &mut self,
+        bad: u64,
+        ident: LogIdent,
+    ) -> Result<Option<u64>, RedoReadError> {
         let last = (bad + LOOK_AHEAD_BLOCKS).min(self.start + self.blocks - 1);
         for sequence in bad + 1..=last {
             let at = self.load(sequence)?;
-            if let Ok(header) = codec::peek_block(&self.chunk[at..at + LOG_BLOCK_SIZE], self.ident)
+            if let Ok(header) = codec::peek_block(&self.chunk[at..at + LOG_BLOCK_SIZE], ident)
                 && header.sequence == sequence
                 && codec::is_corruption(bad, &header)
             {

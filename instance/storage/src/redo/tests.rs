@@ -1,8 +1,9 @@
 //! Tests of the writer and reader together, on the faulty storage and on real files.
 
+use super::writer::IN_FLIGHT_GAP;
 use super::*;
 use crate::faulty::{FaultConfig, FaultyStorage, MILLION};
-use crate::format::RedoThreadLocation;
+use crate::format::{Life, RedoThreadLocation};
 use crate::{
     self as storage, IoArena, IoClass, SharedStorage, StorageError, StorageInfo, StorageOptions,
 };
@@ -37,13 +38,34 @@ fn read_all(
     storage: &dyn SharedStorage,
     thread: RedoThreadLocation,
     from: u64,
+    lives: &[Life],
 ) -> (Vec<RedoRecord>, LogEnd) {
-    let mut reader = RedoReader::new(storage, thread, from).unwrap();
+    let mut reader = RedoReader::new(storage, thread, from, lives).unwrap();
     let mut records = Vec::new();
     while let Some(r) = reader.next_record().unwrap() {
         records.push(r);
     }
     (records, reader.end().cloned().unwrap())
+}
+
+/// Opens a new life of `thread` after `lives` (which become the lives with the new one, as the
+/// slot would hold them).
+fn open_life(
+    storage: Arc<dyn SharedStorage>,
+    thread: RedoThreadLocation,
+    checkpoint: u64,
+    lives: &mut Vec<Life>,
+) -> (RedoWriter, LogEnd) {
+    let (writer, new_lives, end) = RedoWriter::open(
+        storage,
+        thread,
+        checkpoint,
+        lives,
+        GroupCommitConfig::default(),
+    )
+    .unwrap();
+    *lives = new_lives;
+    (writer, end)
 }
 
 /// Storage whose n-th durable write is written but not synced, then fails: the redo write in
@@ -108,14 +130,13 @@ fn acknowledged_commits_survive_a_crash_mid_write() {
         let mut acked: Vec<RedoRecord> = Vec::new();
         let mut checkpoint = 1;
         let mut scn = 0;
+        let mut lives = Vec::new();
         for life in 0..3 {
             let dying = Arc::new(DiesMidWrite {
                 inner: Arc::clone(&faulty),
                 durable_writes_left: AtomicU64::new(rng.between(0, 12)),
             });
-            let (writer, end) =
-                RedoWriter::open(dying.clone(), t, checkpoint, GroupCommitConfig::default())
-                    .unwrap();
+            let (writer, end) = open_life(dying.clone(), t, checkpoint, &mut lives);
             assert!(end.next_sequence >= checkpoint, "seed {seed} life {life}");
             loop {
                 scn += 1;
@@ -135,7 +156,7 @@ fn acknowledged_commits_survive_a_crash_mid_write() {
                 Err(RedoError::Failed(_))
             ));
             let report = faulty.crash();
-            let (records, end) = read_all(faulty.as_ref(), t, checkpoint);
+            let (records, end) = read_all(faulty.as_ref(), t, checkpoint, &lives);
             // Every acknowledged record is there, in order; at most the torn commit follows.
             assert!(
                 records.len() >= acked.len() && records[..acked.len()] == acked[..],
@@ -159,7 +180,8 @@ fn the_ring_is_reused_up_to_the_checkpoint_and_never_past_it() {
         SimRng::new(1),
     ));
     let t = thread(0, THREAD_SIZE);
-    let (writer, _) = RedoWriter::open(faulty.clone(), t, 1, GroupCommitConfig::default()).unwrap();
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
     let mut scn = 0;
     let mut since_checkpoint = Vec::new();
     let mut checkpoint = 1;
@@ -173,7 +195,7 @@ fn the_ring_is_reused_up_to_the_checkpoint_and_never_past_it() {
             Err(RedoError::RedoFull { .. }) => {
                 fulls += 1;
                 // Everything up to here is "in the data files": recovery starts at the tail.
-                let (records, _) = read_all(faulty.as_ref(), t, checkpoint);
+                let (records, _) = read_all(faulty.as_ref(), t, checkpoint, &lives);
                 assert_eq!(records, since_checkpoint);
                 checkpoint = writer.next_sequence();
                 writer.set_checkpoint(checkpoint).unwrap();
@@ -184,7 +206,7 @@ fn the_ring_is_reused_up_to_the_checkpoint_and_never_past_it() {
     }
     assert!(fulls >= 3, "{fulls}");
     assert!(writer.set_checkpoint(checkpoint - 1).is_err());
-    let (records, end) = read_all(faulty.as_ref(), t, checkpoint);
+    let (records, end) = read_all(faulty.as_ref(), t, checkpoint, &lives);
     assert_eq!(records, since_checkpoint);
     assert_eq!(end.next_sequence, writer.next_sequence());
 }
@@ -198,7 +220,8 @@ fn stats_follow_fullness_syncs_and_the_checkpoint() {
         SimRng::new(2),
     ));
     let t = thread(0, THREAD_SIZE);
-    let (writer, _) = RedoWriter::open(faulty, t, 1, GroupCommitConfig::default()).unwrap();
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty, t, 1, &mut lives);
     let empty = writer.stats();
     assert_eq!(empty.thread_bytes, THREAD_SIZE);
     assert_eq!(empty.used_bytes, 0);
@@ -242,13 +265,14 @@ fn damaged_durable_redo_is_reported_by_location_not_skipped() {
         SimRng::new(2),
     ));
     let t = thread(0, THREAD_SIZE);
-    let (writer, _) = RedoWriter::open(faulty.clone(), t, 1, GroupCommitConfig::default()).unwrap();
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
     for scn in 1..=5 {
         writer.commit(&[record(scn, 1, 100)]).unwrap();
     }
     // Sequence 2 (the second commit's block) rots; three later writes follow it.
     faulty.flip_bit(2 * 4096 + 100, 3);
-    let mut reader = RedoReader::new(faulty.as_ref(), t, 1).unwrap();
+    let mut reader = RedoReader::new(faulty.as_ref(), t, 1, &lives).unwrap();
     assert_eq!(reader.next_record().unwrap().map(|r| r.scn), Some(Scn(1)));
     match reader.next_record() {
         Err(RedoReadError::Corrupt {
@@ -262,7 +286,7 @@ fn damaged_durable_redo_is_reported_by_location_not_skipped() {
     // The same damage in the last write is a torn tail: ignored, the scan ends before it.
     faulty.flip_bit(2 * 4096 + 100, 3);
     faulty.flip_bit(5 * 4096 + 100, 3);
-    let (records, end) = read_all(faulty.as_ref(), t, 1);
+    let (records, end) = read_all(faulty.as_ref(), t, 1, &lives);
     assert_eq!(records.len(), 4);
     assert!(matches!(end.reason, EndReason::TornTail(_)), "{end:?}");
     assert_eq!(end.next_sequence, 5);
@@ -275,11 +299,12 @@ fn a_foreign_thread_reads_as_empty() {
         SimRng::new(3),
     ));
     let t = thread(0, THREAD_SIZE);
-    let (writer, _) = RedoWriter::open(faulty.clone(), t, 1, GroupCommitConfig::default()).unwrap();
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
     writer.commit(&[record(1, 1, 100)]).unwrap();
     let mut other = t;
     other.instance = InstanceId::new(2).unwrap();
-    let (records, end) = read_all(faulty.as_ref(), other, 1);
+    let (records, end) = read_all(faulty.as_ref(), other, 1, &lives);
     assert!(records.is_empty());
     assert_eq!(end.next_sequence, 1);
 }
@@ -302,8 +327,8 @@ fn group_commit_on(options: &StorageOptions, label: &str) {
         }
         Err(e) => panic!("{e}"),
     };
-    let (writer, _) =
-        RedoWriter::open(Arc::clone(&storage), t, 1, GroupCommitConfig::default()).unwrap();
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(Arc::clone(&storage), t, 1, &mut lives);
     std::thread::scope(|s| {
         for id in 0..THREADS {
             let writer = &writer;
@@ -328,7 +353,7 @@ fn group_commit_on(options: &StorageOptions, label: &str) {
     drop(storage);
 
     let storage = storage::open(&path, options).unwrap();
-    let (records, end) = read_all(storage.as_ref(), t, 1);
+    let (records, end) = read_all(storage.as_ref(), t, 1, &lives);
     let seen: BTreeSet<u64> = records.iter().map(|r| r.scn.0).collect();
     assert_eq!(seen.len(), (THREADS * COMMITS) as usize);
     for r in &records {
@@ -377,7 +402,8 @@ fn torn_crashes_with_many_seeds_keep_the_log_readable() {
             durable_writes_left: AtomicU64::new(seed % 5),
         });
         let t = thread(0, THREAD_SIZE);
-        let (writer, _) = RedoWriter::open(dying, t, 1, GroupCommitConfig::default()).unwrap();
+        let mut lives = Vec::new();
+        let (writer, _) = open_life(dying, t, 1, &mut lives);
         let mut written = Vec::new();
         for scn in 1..100 {
             let commit = vec![record(scn, 2, 3000 * (scn as usize % 7) + 1)];
@@ -388,7 +414,7 @@ fn torn_crashes_with_many_seeds_keep_the_log_readable() {
             written.extend(commit);
         }
         faulty.crash();
-        let (records, _) = read_all(faulty.as_ref(), t, 1);
+        let (records, _) = read_all(faulty.as_ref(), t, 1, &lives);
         assert!(records.len() + 1 >= written.len(), "seed {seed}");
         assert_eq!(records[..], written[..records.len()], "seed {seed}");
     }
@@ -402,4 +428,120 @@ fn group_commit_shares_syncs_on_the_io_uring_redo_ring() {
         ..StorageOptions::default()
     };
     group_commit_on(&options, "the io_uring redo ring");
+}
+
+/// Writes `records` as one write of life `incarnation` at `first`, straight to storage: a
+/// write of that life that the storage path held and that lands now. Returns its blocks.
+pub(crate) fn late_write(
+    storage: &dyn SharedStorage,
+    thread: RedoThreadLocation,
+    incarnation: u32,
+    first: u64,
+    records: &[RedoRecord],
+) -> u64 {
+    let mut stream = Vec::new();
+    codec::encode_entry(records, &mut stream).unwrap();
+    let blocks = codec::blocks_for(stream.len());
+    let mut buf = crate::AlignedBuf::new(blocks * 4096, 4096).unwrap();
+    let ident = LogIdent {
+        cluster_id: thread.cluster_id,
+        instance: thread.instance,
+        incarnation,
+    };
+    codec::pack_batch(&stream, &[0], ident, first, &mut buf);
+    let ring = thread.size / 4096;
+    for (k, block) in buf.chunks(4096).enumerate() {
+        let at = thread.offset + ((first + k as u64) % ring) * 4096;
+        storage.write_at(at, block, IoClass::Redo).unwrap();
+    }
+    storage.sync(IoClass::Redo).unwrap();
+    blocks as u64
+}
+
+#[test]
+fn a_late_write_of_a_sealed_life_is_never_read_even_across_the_end_of_the_ring() {
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(4),
+    ));
+    let t = thread(0, THREAD_SIZE);
+    let ring = THREAD_SIZE / 4096;
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
+    assert_eq!((writer.incarnation(), writer.next_sequence()), (1, 1));
+    // Life 1 fills the ring up to 40 blocks before its end, checkpointing once (a write of
+    // it, late or not, never reaches past its checkpoint's lap), then dies.
+    let mut life1 = Vec::new();
+    let mut scn = 0;
+    let mut checkpoint = 1;
+    while writer.next_sequence() < ring - 40 {
+        scn += 1;
+        let commit = vec![record(scn, 1, 3000)];
+        writer.commit(&commit).unwrap();
+        life1.extend(commit);
+        if checkpoint == 1 && writer.next_sequence() > 200 {
+            checkpoint = writer.next_sequence();
+            writer.set_checkpoint(checkpoint).unwrap();
+            life1.clear();
+        }
+    }
+    let sealed = writer.next_sequence();
+    drop(writer);
+    // A survivor read it to `sealed` and sealed it there.
+    let (records, end) = read_all(faulty.as_ref(), t, checkpoint, &lives);
+    assert_eq!(
+        (records, end.next_sequence, end.incarnation),
+        (life1.clone(), sealed, 1)
+    );
+    lives[0].end = Some(sealed);
+    // Its held write lands now: 60 blocks that run past the end of the ring.
+    let late: Vec<RedoRecord> = (0..10).map(|b| record(10_000, 9 + b, 24_000)).collect();
+    let late_blocks = late_write(faulty.as_ref(), t, 1, sealed, &late);
+    assert!(sealed % ring + late_blocks > ring, "the late write wraps");
+    let (records, end) = read_all(faulty.as_ref(), t, checkpoint, &lives);
+    assert_eq!(records, life1, "nothing past the seal is read");
+    assert_eq!(end.reason, EndReason::Sealed);
+
+    // Life 2 starts past the largest write life 1 could have had in flight, across the end of
+    // the ring (recovery checkpointed life 1 away).
+    let (writer, end) = open_life(faulty.clone(), t, sealed, &mut lives);
+    assert_eq!(end.next_sequence, sealed);
+    assert_eq!(writer.incarnation(), 2);
+    assert_eq!(writer.next_sequence(), sealed + IN_FLIGHT_GAP);
+    assert!(writer.next_sequence() > ring);
+    let mut life2 = Vec::new();
+    for _ in 0..20 {
+        scn += 1;
+        let commit = vec![record(scn, 2, 5000)];
+        writer.commit(&commit).unwrap();
+        life2.extend(commit);
+    }
+    // Another write of life 1 lands late, in the gap: still never read.
+    late_write(faulty.as_ref(), t, 1, sealed + 3, &[record(10_001, 9, 100)]);
+    let (records, end) = read_all(faulty.as_ref(), t, sealed, &lives);
+    assert_eq!(records, life2);
+    assert_eq!(
+        (end.incarnation, end.next_sequence),
+        (2, writer.next_sequence())
+    );
+
+    // A block of life 2 that rots is corruption once its life is sealed past it.
+    let rotten = sealed + IN_FLIGHT_GAP + 1;
+    faulty.flip_bit((rotten % ring) * 4096 + 200, 1);
+    // (Life 1 ends at the checkpoint: the slot no longer lists it.)
+    assert_eq!(lives.len(), 1);
+    let mut sealed_lives = lives.clone();
+    sealed_lives[0].end = Some(writer.next_sequence());
+    let mut reader = RedoReader::new(faulty.as_ref(), t, sealed, &sealed_lives).unwrap();
+    let error = loop {
+        match reader.next_record() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the rotten block was not reported"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(error, RedoReadError::DamagedBeforeSeal { sequence, incarnation: 2, .. } if sequence == rotten),
+        "{error}"
+    );
 }

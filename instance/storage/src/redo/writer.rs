@@ -15,6 +15,17 @@
 //! case it leads the next write itself. So one write is in flight at a time and the next batch
 //! accumulates meanwhile; at most [`MAX_BATCH_BLOCKS`] blocks go in one write.
 //!
+//! # Lives
+//!
+//! Every [`RedoWriter::open`] begins a new *life* of the thread: a new incarnation, stamped on
+//! every block it writes, starting [`IN_FLIGHT_GAP`] blocks past where the previous life ends
+//! (its seal, or its scanned end). A write of the previous life that the storage path held
+//! past the lease lands inside that gap, in blocks of the old incarnation that no scan of any
+//! life reads; it can never be taken for the new life's redo nor overwrite it. One write is in
+//! flight at a time and none is longer than [`MAX_BATCH_BLOCKS`], so the gap covers all of it.
+//! The lives (with the new one) are the caller's to persist in the slot before the first
+//! commit.
+//!
 //! Each write starts at a fresh log block (the previous write's last block is padded), so a
 //! durable block is never rewritten and a torn write only damages itself. Space is reserved
 //! per commit when it joins a batch: the thread is a ring that may be reused only up to the
@@ -32,7 +43,7 @@ use super::codec::{
     MAX_ENTRY_LEN, RedoRecord,
 };
 use super::reader::{LogEnd, RedoReadError, RedoReader};
-use crate::format::RedoThreadLocation;
+use crate::format::{Life, MAX_LIVES, RedoThreadLocation};
 use crate::{AlignedBuf, ArenaError, IoArena, IoClass, SharedStorage, StorageError};
 use interconnect::Scn;
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -96,9 +107,18 @@ pub enum RedoOpenError {
     /// Scanning for the tail failed (corruption is reported here, with its location).
     #[error(transparent)]
     Scan(#[from] RedoReadError),
-    /// Clearing past a torn tail failed.
-    #[error("clearing the redo thread past its tail: {0}")]
-    Storage(#[from] StorageError),
+    /// The slot has no room to list one more life: earlier lives' redo still lies past the
+    /// checkpoint.
+    #[error(
+        "{lives} lives of this instance still have redo past its checkpoint (at most {MAX_LIVES}); restart the whole cluster to apply it"
+    )]
+    TooManyLives {
+        /// Lives that would be listed.
+        lives: usize,
+    },
+    /// The incarnation counter is exhausted.
+    #[error("no incarnation is left after {0}")]
+    Incarnations(u32),
     /// No memory for the write buffer.
     #[error(transparent)]
     Arena(#[from] ArenaError),
@@ -111,6 +131,10 @@ pub enum RedoOpenError {
         min: u64,
     },
 }
+
+/// Blocks a new life leaves free past the previous life's end: the most that life can have
+/// in flight (one write of at most [`MAX_BATCH_BLOCKS`]).
+pub const IN_FLIGHT_GAP: u64 = MAX_BATCH_BLOCKS as u64;
 
 /// A durable commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,15 +242,19 @@ impl std::fmt::Debug for RedoWriter {
 }
 
 impl RedoWriter {
-    /// Opens the writer of `thread` whose checkpoint is at `checkpoint_sequence`: scans to the
-    /// log's end, clears stale blocks of a torn write past it, and returns the writer with
-    /// what the scan found.
+    /// Opens the writer of `thread` whose checkpoint is at `checkpoint_sequence` as a new life
+    /// after `lives` (the slot's, with seals applied): scans to the newest life's end, ends
+    /// that life there (unless its end is known already), and starts the new life
+    /// [`IN_FLIGHT_GAP`] blocks past it. Returns the writer, the lives to persist in the slot
+    /// before the first commit (those that end after the checkpoint, and the new one, open),
+    /// and what the scan found.
     pub fn open(
         storage: Arc<dyn SharedStorage>,
         thread: RedoThreadLocation,
         checkpoint_sequence: u64,
+        lives: &[Life],
         config: GroupCommitConfig,
-    ) -> Result<(Self, LogEnd), RedoOpenError> {
+    ) -> Result<(Self, Vec<Life>, LogEnd), RedoOpenError> {
         let blocks = thread.size / LOG_BLOCK_SIZE as u64;
         let min_blocks = 2 * LOOK_AHEAD_BLOCKS;
         if blocks < min_blocks {
@@ -236,17 +264,39 @@ impl RedoWriter {
             });
         }
         let checkpoint = checkpoint_sequence.max(1);
-        let end = RedoReader::new(storage.as_ref(), thread, checkpoint)?.scan_to_end()?;
+        let end = RedoReader::new(storage.as_ref(), thread, checkpoint, lives)?.scan_to_end()?;
+        let mut lives = lives.to_vec();
+        let (incarnation, start) = match lives.last_mut() {
+            Some(last) => {
+                let ended = *last.end.get_or_insert(end.next_sequence.max(last.start));
+                let incarnation = last
+                    .incarnation
+                    .checked_add(1)
+                    .ok_or(RedoOpenError::Incarnations(last.incarnation))?;
+                (incarnation, ended.max(checkpoint) + IN_FLIGHT_GAP)
+            }
+            None => (1, checkpoint),
+        };
+        lives.retain(|life| life.end.is_some_and(|end| end > checkpoint));
+        lives.push(Life {
+            incarnation,
+            start,
+            end: None,
+        });
+        if lives.len() > MAX_LIVES {
+            return Err(RedoOpenError::TooManyLives { lives: lives.len() });
+        }
         let buffer = Self::write_buffer(storage.as_ref())?;
         let writer = Self {
             ident: LogIdent {
                 cluster_id: thread.cluster_id,
                 instance: thread.instance,
+                incarnation,
             },
             blocks,
             config,
             state: Mutex::new(State {
-                next_sequence: end.next_sequence,
+                next_sequence: start,
                 checkpoint,
                 reserved_blocks: 0,
                 open: Vec::new(),
@@ -274,8 +324,7 @@ impl RedoWriter {
             storage,
             thread,
         };
-        writer.clear_past_tail(end.next_sequence, checkpoint)?;
-        Ok((writer, end))
+        Ok((writer, lives, end))
     }
 
     /// The batch buffer, registered with the kernel where the storage can.
@@ -291,30 +340,14 @@ impl RedoWriter {
         Ok(WriteBuffer::Plain(AlignedBuf::new(len, LOG_BLOCK_SIZE)?))
     }
 
-    /// Zeroes the look-ahead window past the tail, so stale blocks of a torn write can never
-    /// be read as a continuation of the writes that follow.
-    fn clear_past_tail(&self, tail: u64, checkpoint: u64) -> Result<(), StorageError> {
-        let free = (checkpoint + self.blocks).saturating_sub(tail);
-        let count = LOOK_AHEAD_BLOCKS.min(free) as usize;
-        let zeros = AlignedBuf::new(MAX_BATCH_BLOCKS * LOG_BLOCK_SIZE, LOG_BLOCK_SIZE)?;
-        let mut sequence = tail;
-        let end = tail + count as u64;
-        while sequence < end {
-            let index = sequence % self.blocks;
-            let n = (end - sequence)
-                .min(self.blocks - index)
-                .min(MAX_BATCH_BLOCKS as u64);
-            let offset = self.thread.offset + index * LOG_BLOCK_SIZE as u64;
-            self.storage
-                .write_at(offset, &zeros[..n as usize * LOG_BLOCK_SIZE], IoClass::Redo)?;
-            sequence += n;
-        }
-        self.storage.sync(IoClass::Redo)
-    }
-
     /// The thread this writer appends to.
     pub fn thread(&self) -> RedoThreadLocation {
         self.thread
+    }
+
+    /// This life's incarnation, stamped on every block it writes.
+    pub fn incarnation(&self) -> u32 {
+        self.ident.incarnation
     }
 
     /// Counters so far, and the thread's fullness now.
