@@ -180,6 +180,14 @@ pub enum GcsError {
     /// the cluster clock refuses: above the limit or beyond the horizon.
     #[error("refused SCN: {0}")]
     Scn(#[from] ScnError),
+    /// A remaster of the object starting at `object` cannot start now.
+    #[error("cannot remaster object {object}: {why}")]
+    CannotRemaster {
+        /// First block of the object.
+        object: BlockId,
+        /// Why not.
+        why: &'static str,
+    },
 }
 
 /// A local request waiting on a block.
@@ -235,7 +243,7 @@ pub(crate) struct Cached {
     /// Grants the driver has not finished with ([`Engine::unpin`]): the copy stays put.
     pub pins: u32,
     /// An invalidation that waits for the pins to go.
-    pub pending_invalidate: Option<InstanceId>,
+    pub pending_invalidate: bool,
     /// The master asked for the block back (its table is full): release it once idle.
     pub reclaim: bool,
 }
@@ -250,7 +258,7 @@ impl Cached {
             && self.pending_ship.is_none()
             && self.writing.is_none()
             && self.pins == 0
-            && self.pending_invalidate.is_none()
+            && !self.pending_invalidate
     }
 }
 
@@ -330,6 +338,7 @@ pub struct Engine<D> {
     pub(crate) ios: VecDeque<Io>,
     pub(crate) events: VecDeque<Event>,
     pub(crate) metrics: Metrics,
+    pub(crate) remastering: crate::remaster::Remastering,
 }
 
 impl<D: MasterDirectory> Engine<D> {
@@ -350,7 +359,6 @@ impl<D: MasterDirectory> Engine<D> {
             epoch,
             live,
             directory,
-            config,
             clock: ScnClock::default(),
             durable: Scn(0),
             force_requested: Scn(0),
@@ -369,6 +377,8 @@ impl<D: MasterDirectory> Engine<D> {
             ios: VecDeque::new(),
             events: VecDeque::new(),
             metrics: Metrics::default(),
+            remastering: crate::remaster::Remastering::new(config.remaster),
+            config,
         })
     }
 
@@ -531,6 +541,12 @@ impl<D: MasterDirectory> Engine<D> {
                     && c.pins == 0
             })
             && self.master.values().all(|m| m.is_quiet())
+            && self.remastering.is_idle()
+    }
+
+    /// Object moves in progress here: `(first block of the object, old master, new master)`.
+    pub fn remaster_moves(&self) -> Vec<(BlockId, InstanceId, InstanceId)> {
+        self.remastering.moves(self.id)
     }
 
     // ---------------------------------------------------------------- clock
@@ -565,7 +581,11 @@ impl<D: MasterDirectory> Engine<D> {
 
     /// When [`Engine::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.timers.first().map(|(at, _)| *at)
+        let timer = self.timers.first().map(|(at, _)| *at);
+        match (timer, self.remastering.next_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ---------------------------------------------------------------- inputs
@@ -605,7 +625,7 @@ impl<D: MasterDirectory> Engine<D> {
         result
     }
 
-    /// Timers due at `now`: damping holds and request retries.
+    /// Timers due at `now`: damping holds, request retries and the remaster policy.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         while let Some(&(at, block)) = self.timers.first() {
             if at > now {
@@ -614,6 +634,7 @@ impl<D: MasterDirectory> Engine<D> {
             self.timers.pop_first();
             self.holder_timer(block, now);
         }
+        self.remaster_timer(now);
         self.pump(now);
     }
 
@@ -698,7 +719,7 @@ impl<D: MasterDirectory> Engine<D> {
         };
         if !c.pi_flush_sent {
             c.pi_flush_sent = true;
-            let master = self.directory.master_of(block);
+            let master = self.master_of(block);
             self.send(master, GcsBody::PiFlush { block, pi_scn: pi });
         }
         self.pump(now);
@@ -758,8 +779,13 @@ impl<D: MasterDirectory> Engine<D> {
 
     // ---------------------------------------------------------------- plumbing
 
-    pub(crate) fn master_of(&self, block: BlockId) -> InstanceId {
-        self.directory.master_of(block)
+    /// The master of `block` as this instance knows it: the directory's, unless a remaster
+    /// moved the block's object (overrides last until the next epoch).
+    #[inline]
+    pub fn master_of(&self, block: BlockId) -> InstanceId {
+        self.remastering
+            .master_of(block)
+            .unwrap_or_else(|| self.directory.master_of(block))
     }
 
     /// Sends `body` to `to`; to ourselves it is a local step, not a message.
@@ -827,9 +853,26 @@ impl<D: MasterDirectory> Engine<D> {
         body: GcsBody,
         now: Timestamp,
     ) -> Result<(), GcsError> {
-        if self.reconfig.is_some() && crate::master::is_master_bound(&body) {
+        if self.reconfig.is_some() && (body.is_master_bound() || body.is_remaster()) {
             return self.defer_master_message(from, body, now);
         }
+        if body.is_master_bound() {
+            return match self.remaster_gate(from, body)? {
+                Some(body) => self.serve_master_bound(from, body, now),
+                None => Ok(()),
+            };
+        }
+        self.serve_master_bound(from, body, now)
+    }
+
+    /// Handles one message past the gates of reconfiguration and remastering (a message a
+    /// remaster handed on, or deferred, comes here directly in its turn).
+    pub(crate) fn serve_master_bound(
+        &mut self,
+        from: InstanceId,
+        body: GcsBody,
+        now: Timestamp,
+    ) -> Result<(), GcsError> {
         match body {
             GcsBody::Acquire {
                 block,
@@ -907,6 +950,28 @@ impl<D: MasterDirectory> Engine<D> {
                 Ok(())
             }
             GcsBody::Durable => Ok(()),
+            GcsBody::Transfer {
+                object,
+                version,
+                last,
+                count,
+                state,
+            } => self.remaster_transfer(from, object, version, last, count, &state, now),
+            GcsBody::TransferAck { object, version } => self.remaster_ack(from, object, version),
+            GcsBody::Override {
+                object,
+                master,
+                version,
+            } => self.remaster_override(from, object, master, version),
+            GcsBody::OverrideSeen { object, version } => self.remaster_seen(from, object, version),
+            GcsBody::Redirected { origin, body } => {
+                self.remaster_redirected(from, origin, *body, now)
+            }
+            GcsBody::Drained {
+                object,
+                version,
+                origin,
+            } => self.remaster_drained(from, object, version, origin, now),
         }
     }
 
@@ -915,8 +980,7 @@ impl<D: MasterDirectory> Engine<D> {
         self.cached
             .iter()
             .filter(|(b, c)| {
-                (c.mode != BlockMode::Null || c.pi.is_some())
-                    && self.directory.master_of(**b) == master
+                (c.mode != BlockMode::Null || c.pi.is_some()) && self.master_of(**b) == master
             })
             .map(|(b, c)| ReportEntry {
                 block: *b,

@@ -37,7 +37,7 @@ impl<D: MasterDirectory> Engine<D> {
         if c.waiters.is_empty()
             && !c.releasing
             && c.pending_ship.is_none()
-            && c.pending_invalidate.is_none()
+            && !c.pending_invalidate
             && c.mode >= mode
         {
             // 0 messages: the local copy covers it (unless the master already wants it
@@ -80,7 +80,7 @@ impl<D: MasterDirectory> Engine<D> {
         if c.mode != BlockMode::Null
             && c.pins == 0
             && c.pending_ship.is_none()
-            && c.pending_invalidate.is_none()
+            && !c.pending_invalidate
             && !c.releasing
             && c.writing.is_none()
         {
@@ -111,7 +111,7 @@ impl<D: MasterDirectory> Engine<D> {
         if c.outstanding.is_some() || c.releasing {
             return;
         }
-        if c.pending_ship.is_none() && c.pending_invalidate.is_none() {
+        if c.pending_ship.is_none() && !c.pending_invalidate {
             self.grant_waiters(block, None, None);
         }
         let Some(c) = self.cached.get_mut(&block) else {
@@ -136,6 +136,11 @@ impl<D: MasterDirectory> Engine<D> {
             abandoned: false,
         });
         let master = self.master_of(block);
+        if master == self.id {
+            self.metrics.acquires_local += 1;
+        } else {
+            self.metrics.acquires_remote += 1;
+        }
         self.send(
             master,
             GcsBody::Acquire {
@@ -658,7 +663,7 @@ impl<D: MasterDirectory> Engine<D> {
         if c.mode != BlockMode::Shared
             || c.dirty
             || c.pending_ship.is_some()
-            || c.pending_invalidate.is_some()
+            || c.pending_invalidate
         {
             return Err(GcsError::Protocol {
                 block,
@@ -668,18 +673,18 @@ impl<D: MasterDirectory> Engine<D> {
         }
         if c.pins > 0 {
             // A local reader is using it: acknowledge once it is done.
-            c.pending_invalidate = Some(from);
+            c.pending_invalidate = true;
             return Ok(());
         }
-        self.invalidate_now(from, block, now);
+        self.invalidate_now(block, now);
         Ok(())
     }
 
-    fn invalidate_now(&mut self, from: InstanceId, block: BlockId, now: Timestamp) {
+    fn invalidate_now(&mut self, block: BlockId, now: Timestamp) {
         let Some(c) = self.cached.get_mut(&block) else {
             return;
         };
-        c.pending_invalidate = None;
+        c.pending_invalidate = false;
         c.mode = BlockMode::Null;
         c.dependency = None;
         self.dep_blocks.remove(&block);
@@ -689,7 +694,10 @@ impl<D: MasterDirectory> Engine<D> {
             pi: None,
             replaced_pi: None,
         });
-        self.send(from, GcsBody::InvalidateAck { block });
+        // To the master as known now: a remaster may have moved the block's object since
+        // the invalidation was sent (the old master hands late acknowledgements on).
+        let master = self.master_of(block);
+        self.send(master, GcsBody::InvalidateAck { block });
         self.holder_progress(block, now);
         self.cleanup(block);
     }
@@ -700,8 +708,8 @@ impl<D: MasterDirectory> Engine<D> {
         };
         c.pins -= 1;
         if c.pins == 0 {
-            if let Some(master) = c.pending_invalidate {
-                self.invalidate_now(master, block, now);
+            if c.pending_invalidate {
+                self.invalidate_now(block, now);
             }
             self.try_ship(block, now);
             self.try_reclaim(block, now);
@@ -843,7 +851,7 @@ impl<D: MasterDirectory> Engine<D> {
             };
             // The new master re-forwards once the requester asks again.
             c.pending_ship = None;
-            c.pending_invalidate = None;
+            c.pending_invalidate = false;
             c.pi_flush_sent = false;
             c.reclaim = false;
             if c.releasing {

@@ -76,6 +76,11 @@
 //! assert!(!gcs.is_dirty(block));
 //! ```
 //!
+//! Masters move: with [`RemasterConfig::enabled`] a master counts acquisitions per object
+//! (a 128-block range) and hands the object's master state to the instance that dominates
+//! them, with grd's affinity counting (see `remaster.rs` for the protocol and why nothing is
+//! lost or reordered when a move races with requests or failures).
+//!
 //! Durability ordering is explicit: a dirty block is handed to the transport only after the
 //! driver reports its redo durable ([`Io::ForceRedo`] then [`Engine::on_redo_durable`]), or,
 //! with [`ShipPolicy::CommitDependency`], it leaves at once carrying a [`CommitDependency`].
@@ -89,6 +94,7 @@ mod holder;
 mod master;
 pub mod message;
 pub mod metrics;
+mod remaster;
 mod types;
 
 pub use engine::{
@@ -97,7 +103,8 @@ pub use engine::{
 pub use master::{MAX_DEFERRED, MAX_QUEUE_PER_BLOCK};
 pub use message::{DecodeError, GcsBody, GcsMessage, GrantKind, ReportEntry};
 pub use metrics::{Histogram, Metrics};
+pub use remaster::{MAX_DEFERRED_PER_OBJECT, MAX_OVERRIDES, RemasterStats};
 pub use types::{
-    BlockId, BlockMode, CommitDependency, GcsConfig, MasterDirectory, PlantedFault, RequestId,
-    ShipPolicy, TransferKind,
+    BlockId, BlockMode, CommitDependency, GcsConfig, MasterDirectory, PlantedFault, RemasterConfig,
+    RequestId, ShipPolicy, TransferKind,
 };

@@ -10,7 +10,7 @@
 use crate::engine::{Engine, Event, GcsError, MasterView, RecoveryBlock};
 use crate::message::{GcsBody, GrantKind, ReportEntry};
 use crate::types::{BlockId, BlockMode, MasterDirectory, PlantedFault};
-use interconnect::{Epoch, InstanceId, InstanceSet, MAX_INSTANCES, Scn, Timestamp};
+use interconnect::{Epoch, InstanceId, InstanceSet, MAX_INSTANCES, Scn, Timestamp, codec};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Most operations queued on one block: each instance has at most one acquire, one release
@@ -194,17 +194,214 @@ impl MasterBlock {
     }
 }
 
-/// Messages only a master handles (held back while it rebuilds).
-pub(crate) fn is_master_bound(body: &GcsBody) -> bool {
-    matches!(
-        body,
-        GcsBody::Acquire { .. }
-            | GcsBody::Release { .. }
-            | GcsBody::PiFlush { .. }
-            | GcsBody::Ack { .. }
-            | GcsBody::InvalidateAck { .. }
-            | GcsBody::Written { .. }
-    )
+/// The wire form of one block's master state, moved whole by a remaster: holders, modes,
+/// SCNs, past images, the FIFO and the grant in flight (whose acknowledgements then reach
+/// the new master). A block frozen for recovery never moves, and `last_used` restarts.
+impl MasterBlock {
+    /// Whether recovery holds the block (such an object is not moved).
+    pub(crate) fn is_recovering(&self) -> bool {
+        self.recovering
+    }
+
+    pub(crate) fn encode(&self, block: BlockId, out: &mut Vec<u8>) {
+        let instance = |out: &mut Vec<u8>, i: InstanceId| codec::put_u16(out, i.as_u16());
+        let opt_instance = |out: &mut Vec<u8>, i: Option<InstanceId>| match i {
+            Some(i) => {
+                codec::put_u8(out, 1);
+                instance(out, i);
+            }
+            None => codec::put_u8(out, 0),
+        };
+        codec::put_u32(out, block.file);
+        codec::put_u32(out, block.block);
+        opt_instance(out, self.x_holder);
+        codec::put_u64(out, self.s_holders.bits());
+        opt_instance(out, self.dirty_owner.map(|(i, _)| i));
+        codec::put_u64(out, self.dirty_owner.map_or(0, |(_, s)| s.0));
+        codec::put_u8(out, self.pis.len() as u8);
+        for (i, scn) in &self.pis {
+            instance(out, *i);
+            codec::put_u64(out, scn.0);
+        }
+        codec::put_u8(out, u8::from(self.disk_scn.is_some()));
+        codec::put_u64(out, self.disk_scn.map_or(0, |s| s.0));
+        codec::put_u16(out, self.queue.len() as u16);
+        for op in &self.queue {
+            match *op {
+                MasterOp::Acquire {
+                    from,
+                    request,
+                    mode,
+                    landing,
+                } => {
+                    codec::put_u8(out, 1);
+                    instance(out, from);
+                    codec::put_u64(out, request);
+                    codec::put_u8(out, mode.to_wire());
+                    codec::put_u64(out, landing);
+                }
+                MasterOp::Release { from } => {
+                    codec::put_u8(out, 2);
+                    instance(out, from);
+                }
+                MasterOp::PiFlush { from } => {
+                    codec::put_u8(out, 3);
+                    instance(out, from);
+                }
+            }
+        }
+        match &self.in_flight {
+            None => codec::put_u8(out, 0),
+            Some(f) => {
+                codec::put_u8(out, 1);
+                instance(out, f.requester);
+                codec::put_u64(out, f.request);
+                codec::put_u8(out, f.mode.to_wire());
+                codec::put_u64(out, f.landing);
+                match f.action {
+                    Action::Forward(h) => {
+                        codec::put_u8(out, 0);
+                        instance(out, h);
+                    }
+                    Action::Grant(kind) => {
+                        codec::put_u8(out, 1);
+                        codec::put_u16(out, grant_to_wire(kind));
+                    }
+                }
+                codec::put_u64(out, f.invalidating.bits());
+            }
+        }
+        opt_instance(out, self.adopting);
+        codec::put_u8(out, u8::from(self.reclaiming));
+    }
+
+    /// Reads one block's state; `None` for anything malformed or inconsistent (a peer's
+    /// bytes: never a panic).
+    pub(crate) fn decode(r: &mut codec::Reader<'_>, now: Timestamp) -> Option<(BlockId, Self)> {
+        fn instance(r: &mut codec::Reader<'_>) -> Option<InstanceId> {
+            InstanceId::try_from(r.u16().ok()?).ok()
+        }
+        fn flag(r: &mut codec::Reader<'_>) -> Option<bool> {
+            match r.u8().ok()? {
+                0 => Some(false),
+                1 => Some(true),
+                _ => None,
+            }
+        }
+        fn opt_instance(r: &mut codec::Reader<'_>) -> Option<Option<InstanceId>> {
+            if flag(r)? {
+                instance(r).map(Some)
+            } else {
+                Some(None)
+            }
+        }
+        fn wanted(r: &mut codec::Reader<'_>) -> Option<BlockMode> {
+            BlockMode::from_wire(r.u8().ok()?).filter(|m| *m != BlockMode::Null)
+        }
+        let block = BlockId::new(r.u32().ok()?, r.u32().ok()?);
+        let x_holder = opt_instance(r)?;
+        let s_holders = InstanceSet::from_bits(r.u64().ok()?);
+        let dirty = opt_instance(r)?;
+        let dirty_scn = Scn(r.u64().ok()?);
+        let pi_count = usize::from(r.u8().ok()?);
+        if pi_count > MAX_INSTANCES {
+            return None;
+        }
+        let mut pis = Vec::with_capacity(pi_count);
+        for _ in 0..pi_count {
+            pis.push((instance(r)?, Scn(r.u64().ok()?)));
+        }
+        let has_disk = flag(r)?;
+        let disk = Scn(r.u64().ok()?);
+        let queued = usize::from(r.u16().ok()?);
+        if queued > MAX_QUEUE_PER_BLOCK {
+            return None;
+        }
+        let mut queue = VecDeque::with_capacity(queued);
+        for _ in 0..queued {
+            queue.push_back(match r.u8().ok()? {
+                1 => MasterOp::Acquire {
+                    from: instance(r)?,
+                    request: r.u64().ok()?,
+                    mode: wanted(r)?,
+                    landing: r.u64().ok()?,
+                },
+                2 => MasterOp::Release { from: instance(r)? },
+                3 => MasterOp::PiFlush { from: instance(r)? },
+                _ => return None,
+            });
+        }
+        let in_flight = if flag(r)? {
+            Some(InFlight {
+                requester: instance(r)?,
+                request: r.u64().ok()?,
+                mode: wanted(r)?,
+                landing: r.u64().ok()?,
+                action: match r.u8().ok()? {
+                    0 => Action::Forward(instance(r)?),
+                    1 => Action::Grant(grant_from_wire(r.u16().ok()?)?),
+                    _ => return None,
+                },
+                invalidating: InstanceSet::from_bits(r.u64().ok()?),
+            })
+        } else {
+            None
+        };
+        let m = MasterBlock {
+            x_holder,
+            s_holders,
+            dirty_owner: dirty.map(|d| (d, dirty_scn)),
+            pis,
+            disk_scn: has_disk.then_some(disk),
+            queue,
+            in_flight,
+            recovering: false,
+            adopting: opt_instance(r)?,
+            last_used: now,
+            reclaiming: flag(r)?,
+        };
+        m.is_consistent().then_some((block, m))
+    }
+
+    /// [`MasterBlock::check`]'s invariants, and what a grant in flight needs of the holders,
+    /// as a question (for a peer's state).
+    fn is_consistent(&self) -> bool {
+        let holds = |i: InstanceId| self.x_holder == Some(i) || self.s_holders.contains(i);
+        let in_flight_fits = self.in_flight.is_none_or(|f| {
+            let shipper_holds = match f.action {
+                Action::Forward(h) => holds(h) && self.x_holder.is_none_or(|x| x == h),
+                Action::Grant(_) => self.x_holder.is_none_or(|x| x == f.requester),
+            };
+            shipper_holds
+                && f.invalidating.bits() & !self.s_holders.bits() == 0
+                && self
+                    .dirty_owner
+                    .is_none_or(|(d, _)| !f.invalidating.contains(d))
+        });
+        self.x_holder
+            .is_none_or(|_| self.s_holders.is_empty() && self.dirty_owner.is_none())
+            && self
+                .dirty_owner
+                .is_none_or(|(d, _)| self.s_holders.contains(d))
+            && in_flight_fits
+    }
+}
+
+fn grant_to_wire(kind: GrantKind) -> u16 {
+    match kind {
+        GrantKind::ReadStorage => 0,
+        GrantKind::Upgrade => 1,
+        GrantKind::AlreadyHeld => 2,
+    }
+}
+
+fn grant_from_wire(raw: u16) -> Option<GrantKind> {
+    match raw {
+        0 => Some(GrantKind::ReadStorage),
+        1 => Some(GrantKind::Upgrade),
+        2 => Some(GrantKind::AlreadyHeld),
+        _ => None,
+    }
 }
 
 /// A reconfiguration in progress at this master: reports still expected and what arrived.
@@ -256,6 +453,7 @@ impl<D: MasterDirectory> Engine<D> {
         if mode == BlockMode::Null {
             return Err(Self::violation(block, from, "acquire for mode N"));
         }
+        self.remaster_record(block, from, now);
         if !self.master.contains_key(&block) {
             if self.master.len() >= self.config.max_master_blocks {
                 // Bounded table: the requester comes back later, and the holders of the
@@ -657,6 +855,9 @@ impl<D: MasterDirectory> Engine<D> {
         self.epoch = epoch;
         self.live = live;
         self.directory = directory;
+        // Overrides and moves belong to the old epoch: every master rebuilds from reports
+        // sent to the new map's masters.
+        self.remastering.clear();
         self.transmits.clear();
         self.local.clear();
         self.master.clear();

@@ -202,7 +202,67 @@ pub enum GcsBody {
         /// Block.
         block: BlockId,
     },
+    /// Old master -> new master (affinity remastering): a chunk of the master state of the
+    /// object (a [`crate::directory::BLOCKS_PER_OBJECT`]-block range) starting at `object`.
+    Transfer {
+        /// First block of the object.
+        object: BlockId,
+        /// Version of the override the move installs.
+        version: u64,
+        /// Whether this is the move's last chunk.
+        last: bool,
+        /// Blocks in `state`.
+        count: u16,
+        /// `count` encoded block states (holders, modes, SCNs, past images, the FIFO, the
+        /// grant in flight), at most [`MAX_TRANSFER_BYTES`].
+        state: Vec<u8>,
+    },
+    /// New master -> old master: every chunk is imported; the new master serves the object.
+    TransferAck {
+        /// First block of the object.
+        object: BlockId,
+        /// Version of the move.
+        version: u64,
+    },
+    /// Old master -> every other member: `object` is mastered by `master` from now on.
+    Override {
+        /// First block of the object.
+        object: BlockId,
+        /// Its new master.
+        master: InstanceId,
+        /// Version of the override (a later move of the object has a higher one).
+        version: u64,
+    },
+    /// Member -> old master: the override is installed, so nothing more for the object
+    /// follows this on the link.
+    OverrideSeen {
+        /// First block of the object.
+        object: BlockId,
+        /// Version of the override.
+        version: u64,
+    },
+    /// Old master -> new master: a master-bound message `origin` sent before it learnt of
+    /// the move, handed on in arrival order (never dropped, never reordered).
+    Redirected {
+        /// Who sent `body` to the old master.
+        origin: InstanceId,
+        /// The message (master-bound, never itself a redirect).
+        body: Box<GcsBody>,
+    },
+    /// Old master -> new master: every message `origin` sent the old master for `object`
+    /// has been redirected; `origin`'s own messages to the new master may be served now.
+    Drained {
+        /// First block of the object.
+        object: BlockId,
+        /// Version of the move.
+        version: u64,
+        /// The member whose messages are all handed on.
+        origin: InstanceId,
+    },
 }
+
+/// Most state bytes in one [`GcsBody::Transfer`] (a frame body holds 64 KiB).
+pub const MAX_TRANSFER_BYTES: usize = 48 * 1024;
 
 /// Bytes that are not a valid message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -232,6 +292,12 @@ pub enum DecodeError {
     /// A report with too many entries.
     #[error("report with {0} entries (at most {MAX_REPORT_ENTRIES})")]
     TooManyEntries(usize),
+    /// A remaster message naming an object that is not the first block of its range.
+    #[error("object {0} does not start a block range")]
+    BadObject(BlockId),
+    /// A redirect carrying a message no master handles (or another redirect).
+    #[error("redirect of message tag {0}")]
+    BadRedirect(u8),
 }
 
 mod tag {
@@ -253,6 +319,12 @@ mod tag {
     pub const REPORT: u8 = 16;
     pub const ADOPT_DIRTY: u8 = 17;
     pub const RECLAIM: u8 = 18;
+    pub const TRANSFER: u8 = 19;
+    pub const TRANSFER_ACK: u8 = 20;
+    pub const OVERRIDE: u8 = 21;
+    pub const OVERRIDE_SEEN: u8 = 22;
+    pub const REDIRECTED: u8 = 23;
+    pub const DRAINED: u8 = 24;
 }
 
 impl GcsBody {
@@ -277,12 +349,76 @@ impl GcsBody {
             GcsBody::Report { .. } => "report",
             GcsBody::AdoptDirty { .. } => "adopt-dirty",
             GcsBody::Reclaim { .. } => "reclaim",
+            GcsBody::Transfer { .. } => "transfer",
+            GcsBody::TransferAck { .. } => "transfer-ack",
+            GcsBody::Override { .. } => "override",
+            GcsBody::OverrideSeen { .. } => "override-seen",
+            GcsBody::Redirected { .. } => "redirected",
+            GcsBody::Drained { .. } => "drained",
         }
     }
 
     /// Whether the driver must attach the block's bytes (from its frame) to this message.
     pub fn carries_block(&self) -> bool {
         matches!(self, GcsBody::ShipBlock { .. })
+    }
+
+    /// Whether only a block's master handles this message (a requester's or holder's
+    /// message to the master: what a remaster must hand on in order).
+    pub fn is_master_bound(&self) -> bool {
+        matches!(
+            self,
+            GcsBody::Acquire { .. }
+                | GcsBody::Release { .. }
+                | GcsBody::PiFlush { .. }
+                | GcsBody::Ack { .. }
+                | GcsBody::InvalidateAck { .. }
+                | GcsBody::Written { .. }
+        )
+    }
+
+    /// Whether the message belongs to a remaster (deferred with master-bound messages while
+    /// a reconfiguration rebuilds).
+    pub fn is_remaster(&self) -> bool {
+        matches!(
+            self,
+            GcsBody::Transfer { .. }
+                | GcsBody::TransferAck { .. }
+                | GcsBody::Override { .. }
+                | GcsBody::OverrideSeen { .. }
+                | GcsBody::Redirected { .. }
+                | GcsBody::Drained { .. }
+        )
+    }
+
+    /// The block a message is about (`None` for messages about many blocks or none).
+    pub fn block(&self) -> Option<BlockId> {
+        match self {
+            GcsBody::Acquire { block, .. }
+            | GcsBody::Forward { block, .. }
+            | GcsBody::ShipBlock { block, .. }
+            | GcsBody::Grant { block, .. }
+            | GcsBody::Ack { block, .. }
+            | GcsBody::Invalidate { block }
+            | GcsBody::InvalidateAck { block }
+            | GcsBody::Release { block }
+            | GcsBody::ReleaseAck { block }
+            | GcsBody::PiFlush { block, .. }
+            | GcsBody::WriteRequest { block }
+            | GcsBody::Written { block, .. }
+            | GcsBody::DiscardPi { block, .. }
+            | GcsBody::Retry { block, .. }
+            | GcsBody::AdoptDirty { block }
+            | GcsBody::Reclaim { block } => Some(*block),
+            GcsBody::Durable
+            | GcsBody::Report { .. }
+            | GcsBody::Transfer { .. }
+            | GcsBody::TransferAck { .. }
+            | GcsBody::Override { .. }
+            | GcsBody::OverrideSeen { .. }
+            | GcsBody::Redirected { .. }
+            | GcsBody::Drained { .. } => None,
+        }
     }
 }
 
@@ -344,6 +480,17 @@ impl Reader<'_> {
     fn remaining(&self) -> usize {
         self.0.remaining()
     }
+    fn take(&mut self, len: usize) -> Result<&[u8], DecodeError> {
+        self.0.take(len).map_err(truncated)
+    }
+    /// The first block of a remastering object.
+    fn object(&mut self) -> Result<BlockId, DecodeError> {
+        let object = self.block()?;
+        if object.block % crate::directory::BLOCKS_PER_OBJECT != 0 {
+            return Err(DecodeError::BadObject(object));
+        }
+        Ok(object)
+    }
     fn flag(&mut self) -> Result<bool, DecodeError> {
         match self.u8()? {
             0 => Ok(false),
@@ -374,11 +521,9 @@ impl Reader<'_> {
     }
 }
 
-impl GcsMessage {
-    /// Appends the encoding of `self` to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut w = Writer(out);
-        let tag = match &self.body {
+impl GcsBody {
+    fn tag(&self) -> u8 {
+        match self {
             GcsBody::Acquire { .. } => tag::ACQUIRE,
             GcsBody::Forward { .. } => tag::FORWARD,
             GcsBody::ShipBlock { .. } => tag::SHIP,
@@ -397,12 +542,17 @@ impl GcsMessage {
             GcsBody::Report { .. } => tag::REPORT,
             GcsBody::AdoptDirty { .. } => tag::ADOPT_DIRTY,
             GcsBody::Reclaim { .. } => tag::RECLAIM,
-        };
-        w.u8(tag);
-        w.u64(self.epoch.0);
-        w.u64(self.scn.0);
-        w.u64(self.durable.0);
-        match &self.body {
+            GcsBody::Transfer { .. } => tag::TRANSFER,
+            GcsBody::TransferAck { .. } => tag::TRANSFER_ACK,
+            GcsBody::Override { .. } => tag::OVERRIDE,
+            GcsBody::OverrideSeen { .. } => tag::OVERRIDE_SEEN,
+            GcsBody::Redirected { .. } => tag::REDIRECTED,
+            GcsBody::Drained { .. } => tag::DRAINED,
+        }
+    }
+
+    fn encode_into(&self, w: &mut Writer<'_>) {
+        match self {
             GcsBody::Acquire {
                 block,
                 request,
@@ -521,17 +671,57 @@ impl GcsMessage {
                     }
                 }
             }
+            GcsBody::Transfer {
+                object,
+                version,
+                last,
+                count,
+                state,
+            } => {
+                w.block(*object);
+                w.u64(*version);
+                w.flag(*last);
+                w.u16(*count);
+                // Encoding more than the limit is a caller bug; the decoder would refuse it.
+                assert!(state.len() <= MAX_TRANSFER_BYTES, "transfer chunk too long");
+                w.u32(state.len() as u32);
+                w.0.extend_from_slice(state);
+            }
+            GcsBody::TransferAck { object, version }
+            | GcsBody::OverrideSeen { object, version } => {
+                w.block(*object);
+                w.u64(*version);
+            }
+            GcsBody::Override {
+                object,
+                master,
+                version,
+            } => {
+                w.block(*object);
+                w.instance(*master);
+                w.u64(*version);
+            }
+            GcsBody::Redirected { origin, body } => {
+                w.instance(*origin);
+                w.u8(body.tag());
+                body.encode_into(w);
+            }
+            GcsBody::Drained {
+                object,
+                version,
+                origin,
+            } => {
+                w.block(*object);
+                w.u64(*version);
+                w.instance(*origin);
+            }
         }
     }
 
-    /// Decodes one message that fills `bytes` exactly.
-    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader(codec::Reader::new(bytes));
-        let tag = r.u8()?;
-        let epoch = Epoch(r.u64()?);
-        let scn = r.scn()?;
-        let durable = r.scn()?;
-        let body = match tag {
+    /// Reads the body of a message with `tag`; `nested` inside a [`GcsBody::Redirected`],
+    /// which never nests.
+    fn decode_from(r: &mut Reader<'_>, tag: u8, nested: bool) -> Result<GcsBody, DecodeError> {
+        Ok(match tag {
             tag::ACQUIRE => GcsBody::Acquire {
                 block: r.block()?,
                 request: r.u64()?,
@@ -625,8 +815,77 @@ impl GcsMessage {
                 }
                 GcsBody::Report { entries, last }
             }
+            tag::TRANSFER => {
+                let object = r.object()?;
+                let version = r.u64()?;
+                let last = r.flag()?;
+                let count = r.u16()?;
+                let len = r.u32()? as usize;
+                if len > MAX_TRANSFER_BYTES || len > r.remaining() {
+                    return Err(DecodeError::Truncated);
+                }
+                let state = r.take(len)?.to_vec();
+                GcsBody::Transfer {
+                    object,
+                    version,
+                    last,
+                    count,
+                    state,
+                }
+            }
+            tag::TRANSFER_ACK => GcsBody::TransferAck {
+                object: r.object()?,
+                version: r.u64()?,
+            },
+            tag::OVERRIDE_SEEN => GcsBody::OverrideSeen {
+                object: r.object()?,
+                version: r.u64()?,
+            },
+            tag::OVERRIDE => GcsBody::Override {
+                object: r.object()?,
+                master: r.instance()?,
+                version: r.u64()?,
+            },
+            tag::REDIRECTED if !nested => {
+                let origin = r.instance()?;
+                let inner_tag = r.u8()?;
+                let body = GcsBody::decode_from(r, inner_tag, true)?;
+                if !body.is_master_bound() {
+                    return Err(DecodeError::BadRedirect(inner_tag));
+                }
+                GcsBody::Redirected {
+                    origin,
+                    body: Box::new(body),
+                }
+            }
+            tag::DRAINED => GcsBody::Drained {
+                object: r.object()?,
+                version: r.u64()?,
+                origin: r.instance()?,
+            },
             other => return Err(DecodeError::UnknownTag(other)),
-        };
+        })
+    }
+}
+
+impl GcsMessage {
+    /// Appends the encoding of `self` to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = Writer(out);
+        w.u8(self.body.tag());
+        w.u64(self.epoch.0);
+        w.u64(self.scn.0);
+        w.u64(self.durable.0);
+        self.body.encode_into(&mut w);
+    }
+    /// Decodes one message that fills `bytes` exactly.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(codec::Reader::new(bytes));
+        let tag = r.u8()?;
+        let epoch = Epoch(r.u64()?);
+        let scn = r.scn()?;
+        let durable = r.scn()?;
+        let body = GcsBody::decode_from(&mut r, tag, false)?;
         if r.remaining() != 0 {
             return Err(DecodeError::Trailing(r.remaining()));
         }
@@ -762,7 +1021,64 @@ mod tests {
             Just(GcsBody::Durable),
             (proptest::collection::vec(entry(), 0..20), any::<bool>())
                 .prop_map(|(entries, last)| GcsBody::Report { entries, last }),
+            (
+                object(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u16>(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(object, version, last, count, state)| GcsBody::Transfer {
+                    object,
+                    version,
+                    last,
+                    count,
+                    state
+                }),
+            (object(), any::<u64>())
+                .prop_map(|(object, version)| GcsBody::TransferAck { object, version }),
+            (object(), any::<u64>())
+                .prop_map(|(object, version)| GcsBody::OverrideSeen { object, version }),
+            (object(), instance(), any::<u64>()).prop_map(|(object, master, version)| {
+                GcsBody::Override {
+                    object,
+                    master,
+                    version,
+                }
+            }),
+            (object(), any::<u64>(), instance()).prop_map(|(object, version, origin)| {
+                GcsBody::Drained {
+                    object,
+                    version,
+                    origin,
+                }
+            }),
+            (instance(), block(), any::<u64>(), wanted(), any::<u64>()).prop_map(
+                |(origin, block, request, mode, landing)| GcsBody::Redirected {
+                    origin,
+                    body: Box::new(GcsBody::Acquire {
+                        block,
+                        request,
+                        mode,
+                        landing,
+                    }),
+                }
+            ),
+            (instance(), block(), scn(), any::<bool>()).prop_map(|(origin, block, scn, clean)| {
+                GcsBody::Redirected {
+                    origin,
+                    body: Box::new(GcsBody::Written { block, scn, clean }),
+                }
+            }),
         ]
+    }
+
+    fn object() -> impl Strategy<Value = BlockId> {
+        (any::<u32>(), any::<u32>()).prop_map(|(file, range)| BlockId {
+            file,
+            block: range / crate::directory::BLOCKS_PER_OBJECT
+                * crate::directory::BLOCKS_PER_OBJECT,
+        })
     }
 
     fn message() -> impl Strategy<Value = GcsMessage> {
@@ -832,6 +1148,54 @@ mod tests {
         assert_eq!(
             GcsMessage::decode(&bytes),
             Err(DecodeError::UnknownTag(200))
+        );
+    }
+
+    #[test]
+    fn remaster_messages_refuse_what_no_engine_sends() {
+        let encode = |body| {
+            let mut bytes = Vec::new();
+            GcsMessage {
+                epoch: Epoch(1),
+                scn: Scn(0),
+                durable: Scn(0),
+                body,
+            }
+            .encode(&mut bytes);
+            bytes
+        };
+        // An object is the first block of its range.
+        let bytes = encode(GcsBody::TransferAck {
+            object: BlockId::new(1, 5),
+            version: 1,
+        });
+        assert_eq!(
+            GcsMessage::decode(&bytes),
+            Err(DecodeError::BadObject(BlockId::new(1, 5)))
+        );
+        // A redirect carries a master-bound message, never a grant or another redirect.
+        let bytes = encode(GcsBody::Redirected {
+            origin: InstanceId::new(1).unwrap(),
+            body: Box::new(GcsBody::Invalidate {
+                block: BlockId::new(1, 5),
+            }),
+        });
+        assert_eq!(
+            GcsMessage::decode(&bytes),
+            Err(DecodeError::BadRedirect(tag::INVALIDATE))
+        );
+        let bytes = encode(GcsBody::Redirected {
+            origin: InstanceId::new(1).unwrap(),
+            body: Box::new(GcsBody::Redirected {
+                origin: InstanceId::new(2).unwrap(),
+                body: Box::new(GcsBody::Release {
+                    block: BlockId::new(1, 5),
+                }),
+            }),
+        });
+        assert_eq!(
+            GcsMessage::decode(&bytes),
+            Err(DecodeError::UnknownTag(tag::REDIRECTED))
         );
     }
 }

@@ -117,6 +117,12 @@ pub struct Metrics {
     pub protocol_errors: u64,
     /// Blocks whose holders this master asked to give them back (table full).
     pub reclaims: u64,
+    /// Requests sent to a master that is this instance (served with no message to ask).
+    pub acquires_local: u64,
+    /// Requests sent to a master on another instance.
+    pub acquires_remote: u64,
+    /// Affinity remastering.
+    pub remaster: crate::RemasterStats,
 }
 
 impl Metrics {

@@ -1,6 +1,6 @@
 //! The vocabulary of cache fusion: which block ([`BlockId`]), in which mode ([`BlockMode`]),
 //! which local request ([`RequestId`]), how a grant was served ([`TransferKind`]), the engine's
-//! configuration ([`GcsConfig`]) and how a master is found ([`MasterDirectory`]).
+//! configuration ([`GcsConfig`], [`RemasterConfig`]) and how a master is found ([`MasterDirectory`]).
 //!
 //! These are plain values. This module must never hold protocol state or behaviour beyond
 //! small conversions; the engine owns that.
@@ -164,6 +164,8 @@ pub struct GcsConfig {
     pub max_master_blocks: usize,
     /// Most local requests waiting on one block.
     pub max_waiters_per_block: usize,
+    /// Affinity remastering of block masters.
+    pub remaster: RemasterConfig,
     /// Test-only protocol bugs.
     #[doc(hidden)]
     pub planted_fault: Option<PlantedFault>,
@@ -178,13 +180,54 @@ impl Default for GcsConfig {
             max_cached_blocks: 1 << 20,
             max_master_blocks: 1 << 20,
             max_waiters_per_block: 1024,
+            remaster: RemasterConfig::default(),
             planted_fault: None,
         }
     }
 }
 
+/// Affinity remastering: a master counts the acquisitions of each object (a file's
+/// [`crate::directory::BLOCKS_PER_OBJECT`]-block range) per requesting instance, with
+/// decay, and moves the object's master state to an instance that dominates them.
+///
+/// Hysteresis: counts start from zero at the new master and an object moves only when one
+/// instance has at least `dominance_percent` of at least `min_accesses` recent
+/// acquisitions, so with `dominance_percent` above 50 an object shared evenly stays put and
+/// one that moved does not move back until the other side dominates in its turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemasterConfig {
+    /// Whether the master moves objects by itself ([`crate::Engine::remaster`] works
+    /// either way).
+    pub enabled: bool,
+    /// Counting and dominance: `min_accesses`, `dominance_percent`, the decay interval
+    /// (counts halve) and the most objects tracked.
+    pub affinity: grd::AffinityConfig,
+    /// How often the master looks for objects to move.
+    pub policy_interval: Duration,
+    /// Moves in progress from one master at once.
+    pub max_moves: usize,
+}
+
+impl Default for RemasterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            affinity: grd::AffinityConfig {
+                decay_interval: Duration::from_secs(2),
+                min_accesses: 64,
+                dominance_percent: 80,
+                max_objects: 100_000,
+            },
+            policy_interval: Duration::from_millis(100),
+            max_moves: 8,
+        }
+    }
+}
+
 /// Who masters a block. grd's bucket map implements it ([`crate::directory`]); the simulator uses
-/// a plain hash. It must give the same answer on every instance for one epoch.
+/// a plain hash. It must give the same answer on every instance for one epoch, and one master
+/// for all blocks of an object ([`crate::directory::BLOCKS_PER_OBJECT`]-block range), which
+/// remastering moves as a unit.
 pub trait MasterDirectory {
     /// The master of `block` in the current epoch.
     fn master_of(&self, block: BlockId) -> InstanceId;

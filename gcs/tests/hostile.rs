@@ -30,7 +30,9 @@ fn random_body(rng: &mut SimRng) -> GcsBody {
     };
     let request = rng.below(4);
     let scn = Scn(rng.below(20));
-    match rng.below(18) {
+    let object = BlockId::new(1, 0);
+    let version = rng.below(3);
+    match rng.below(24) {
         0 => GcsBody::Acquire {
             block,
             request,
@@ -97,7 +99,35 @@ fn random_body(rng: &mut SimRng) -> GcsBody {
             last: rng.chance(1, 2),
         },
         16 => GcsBody::AdoptDirty { block },
-        _ => GcsBody::Reclaim { block },
+        17 => GcsBody::Reclaim { block },
+        18 => GcsBody::Transfer {
+            object,
+            version,
+            last: rng.chance(1, 2),
+            count: rng.below(3) as u16,
+            state: (0..rng.below(80)).map(|_| rng.below(256) as u8).collect(),
+        },
+        19 => GcsBody::TransferAck { object, version },
+        20 => GcsBody::Override {
+            object,
+            master: id(rng.below(3)),
+            version,
+        },
+        21 => GcsBody::OverrideSeen { object, version },
+        22 => GcsBody::Redirected {
+            origin: id(rng.below(3)),
+            body: Box::new(GcsBody::Acquire {
+                block,
+                request,
+                mode,
+                landing: 1,
+            }),
+        },
+        _ => GcsBody::Drained {
+            object,
+            version,
+            origin: id(rng.below(3)),
+        },
     }
 }
 
@@ -123,6 +153,10 @@ fn random_peer_messages_never_panic_the_engine() {
                     let scn = engine.tick_scn();
                     let _ = engine.mark_dirty(block, scn, now);
                     let _ = engine.unpin(block, now);
+                }
+                2 => {
+                    // A move of our own for the peer to answer falsely.
+                    let _ = engine.remaster(BlockId::new(1, 0), id(1 + rng.below(2)), now);
                 }
                 _ => {}
             }

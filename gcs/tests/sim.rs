@@ -5,7 +5,8 @@
 //!   35 s in a debug build, 6 s with `--release`, on one core).
 //! * Soak: `FUSION_SIM_SECONDS=1200 cargo test -p gcs --release --test sim soak -- --ignored --nocapture`
 //!   (seeds from `FUSION_SIM_START`, default a time-independent 1_000_000).
-//! * Replay: `FUSION_SEED=1234 cargo test -p gcs --release --test sim replay -- --nocapture`.
+//! * Replay: `FUSION_SEED=1234 cargo test -p gcs --release --test sim replay -- --nocapture`
+//!   (with `FUSION_SIM_REMASTER=1` for a seed of `remastering_under_load_and_failures`).
 
 mod support;
 
@@ -46,6 +47,17 @@ fn summarize(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) {
         };
         println!("  {kind:>10}: {count:>8} transfers, mean {mean:>10.1?}, max {max:>10.1?}");
     }
+    if total.remasters > 0 {
+        let acquires = (total.acquires_local + total.acquires_remote).max(1);
+        println!(
+            "  remastering: {} objects moved, {} late messages redirected, {} deferred until drained, {} crashes mid-move; acquisitions at a local master {:.1}%",
+            total.remasters,
+            total.redirected,
+            total.deferred,
+            total.crashes_mid_move,
+            100.0 * total.acquires_local as f64 / acquires as f64
+        );
+    }
     println!("  messages by kind: {:?}", total.by_kind);
 }
 
@@ -59,6 +71,12 @@ fn add(total: &mut SimStats, s: &SimStats) {
     total.disk_writes += s.disk_writes;
     total.disk_reads += s.disk_reads;
     total.crashes += s.crashes;
+    total.crashes_mid_move += s.crashes_mid_move;
+    total.remasters += s.remasters;
+    total.redirected += s.redirected;
+    total.deferred += s.deferred;
+    total.acquires_local += s.acquires_local;
+    total.acquires_remote += s.acquires_remote;
     total.recovered_blocks += s.recovered_blocks;
     total.commits += s.commits;
     total.commit_wait += s.commit_wait;
@@ -86,6 +104,53 @@ fn many_seeds() {
     summarize("many_seeds", seeds, &total, began.elapsed());
     assert!(total.kinds["3-way"].0 > 0 && total.kinds["upgrade"].0 > 0);
     assert!(total.crashes > 0 && total.recovered_blocks > 0);
+}
+
+/// Affinity remastering under load: every seed with remastering on, a partitioned
+/// workload, crashes (of the old or new master in the middle of a move in half of the
+/// crashing seeds) with rebuild and recovery; every invariant after every step.
+#[test]
+fn remastering_under_load_and_failures() {
+    let seeds = env_u64("FUSION_SIM_REMASTER_SEEDS").unwrap_or(200);
+    let began = Instant::now();
+    let mut total = SimStats::default();
+    let mut control = SimStats::default();
+    for seed in 0..seeds {
+        let cfg = SimConfig::from_seed(seed).with_remaster();
+        add(&mut total, &run_seed(cfg.clone()));
+        // The same layout and workload with masters that never move.
+        let mut fixed = cfg;
+        fixed.remaster_policy = false;
+        fixed.crash_after = None;
+        add(&mut control, &run_seed(fixed));
+    }
+    summarize("remastering", seeds, &total, began.elapsed());
+    let local_share = |s: &SimStats| {
+        s.acquires_local as f64 / (s.acquires_local + s.acquires_remote).max(1) as f64
+    };
+    println!(
+        "  local share of acquisitions: {:.1}% with remastering, {:.1}% with fixed masters",
+        100.0 * local_share(&total),
+        100.0 * local_share(&control)
+    );
+    assert!(total.remasters > 0, "objects moved");
+    assert!(
+        total.redirected > 0,
+        "late messages reached an old master and were handed on"
+    );
+    assert!(
+        total.deferred > 0,
+        "direct messages waited for their sender's drain"
+    );
+    assert!(
+        total.crashes_mid_move > 0,
+        "masters died in the middle of a move"
+    );
+    assert!(
+        local_share(&total) > local_share(&control),
+        "remastering serves more of a partitioned workload at local masters"
+    );
+    assert_eq!(control.remasters, 0);
 }
 
 /// The same workloads under both ship policies: log force before ship, and ship with a
@@ -130,7 +195,10 @@ fn replay() {
     let Some(seed) = env_u64("FUSION_SEED") else {
         return;
     };
-    let cfg = SimConfig::from_seed(seed);
+    let mut cfg = SimConfig::from_seed(seed);
+    if env_u64("FUSION_SIM_REMASTER") == Some(1) {
+        cfg = cfg.with_remaster();
+    }
     println!("replaying {cfg:?}");
     let stats = run_seed(cfg);
     summarize("replay", 1, &stats, Duration::ZERO);
@@ -217,6 +285,7 @@ fn flows() {
     cfg.max_master_blocks = 1 << 16;
     cfg.max_ops_per_node = 4;
     cfg.policy = ShipPolicy::LogForceBeforeShip;
+    cfg.remaster = false;
     let mut sim = Sim::new(cfg);
     let mut used = Vec::new();
     let mut block_of = |sim: &Sim, master: usize| {

@@ -1008,7 +1008,10 @@ impl Setting<'_> {
                 epoch,
                 data_file: self.layout.data_file,
                 data_blocks: self.layout.data_blocks,
-                gcs: gcs::GcsConfig::default(),
+                gcs: gcs::GcsConfig {
+                    remaster: self.config.remaster,
+                    ..gcs::GcsConfig::default()
+                },
                 ges: ges::GesConfig::default(),
                 joining,
             },

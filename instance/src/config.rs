@@ -41,6 +41,13 @@
 //! frames = 16384                     # 128 MiB of 8 KiB frames
 //! block_size = 8192                  # must match the storage
 //!
+//! [remaster]                         # affinity remastering of block masters; defaults shown
+//! enabled = false                    # masters move each 128-block range to its main user
+//! min_acquisitions = 64              # acquisitions of a range (decayed) before it may move
+//! dominance_percent = 80             # the share one instance must have of them (51-100)
+//! decay_ms = 2000                    # the counts halve this often
+//! interval_ms = 100                  # how often a master looks for ranges to move
+//!
 //! [heartbeat]                        # defaults shown
 //! interval_ms = 100
 //! suspect_after_missed = 3
@@ -404,6 +411,8 @@ pub struct InstanceConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Limits and access control of the services.
     pub serve: ServeConfig,
+    /// Affinity remastering of block masters (`[remaster]`).
+    pub remaster: gcs::RemasterConfig,
 }
 
 /// How fusiond serves clients: access control and the limits that protect the instance.
@@ -569,6 +578,8 @@ struct RawConfig {
     heartbeat: RawHeartbeat,
     #[serde(default)]
     serve: RawServe,
+    #[serde(default)]
+    remaster: RawRemaster,
 }
 
 #[derive(Deserialize)]
@@ -652,6 +663,16 @@ struct RawCache {
 
 /// Buffer cache frames when the configuration names none (128 MiB of 8 KiB blocks).
 pub const DEFAULT_CACHE_FRAMES: u32 = 16384;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRemaster {
+    enabled: Option<bool>,
+    min_acquisitions: Option<u32>,
+    dominance_percent: Option<u32>,
+    decay_ms: Option<u64>,
+    interval_ms: Option<u64>,
+}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -751,6 +772,7 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
     let resp_listen = service("serve.resp", raw.serve.resp.clone())?;
     let metrics_listen = service("serve.metrics", raw.serve.metrics.clone())?;
     let serve = serve(&raw.serve, base)?;
+    let remaster = remaster(&raw.remaster)?;
     Ok(InstanceConfig {
         file: file.to_path_buf(),
         cluster_id,
@@ -766,6 +788,56 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         resp_listen,
         metrics_listen,
         serve,
+        remaster,
+    })
+}
+
+fn remaster(raw: &RawRemaster) -> Result<gcs::RemasterConfig, ConfigProblem> {
+    let defaults = gcs::RemasterConfig::default();
+    let millis = |key, value: Option<u64>, default| match value {
+        None => Ok(default),
+        Some(0) => Err(ConfigProblem::Limit {
+            key,
+            why: "must be at least 1",
+        }),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+    };
+    let dominance_percent = raw
+        .dominance_percent
+        .unwrap_or(defaults.affinity.dominance_percent);
+    if !(51..=100).contains(&dominance_percent) {
+        return Err(ConfigProblem::Limit {
+            key: "remaster.dominance_percent",
+            why: "must be 51-100 (an even split must never move a range back and forth)",
+        });
+    }
+    let min_accesses = raw
+        .min_acquisitions
+        .unwrap_or(defaults.affinity.min_accesses);
+    if min_accesses == 0 {
+        return Err(ConfigProblem::Limit {
+            key: "remaster.min_acquisitions",
+            why: "must be at least 1",
+        });
+    }
+    Ok(gcs::RemasterConfig {
+        enabled: raw.enabled.unwrap_or(defaults.enabled),
+        affinity: grd::AffinityConfig {
+            decay_interval: millis(
+                "remaster.decay_ms",
+                raw.decay_ms,
+                defaults.affinity.decay_interval,
+            )?,
+            min_accesses,
+            dominance_percent,
+            ..defaults.affinity
+        },
+        policy_interval: millis(
+            "remaster.interval_ms",
+            raw.interval_ms,
+            defaults.policy_interval,
+        )?,
+        ..defaults
     })
 }
 

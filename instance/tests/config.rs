@@ -99,6 +99,8 @@ fn defaults_and_conversions() {
     );
     assert_eq!(config.cache.block_size, 8192);
     assert_eq!(config.membership, MembershipConfig::default());
+    assert_eq!(config.remaster, gcs::RemasterConfig::default());
+    assert!(!config.remaster.enabled, "remastering is asked for");
     assert_eq!((config.resp_listen, config.metrics_listen), (None, None));
     assert!(
         !format!("{config:?}").contains("s3cret"),
@@ -151,8 +153,31 @@ down_after_ms = 1000
 
 [serve]
 resp = "[::1]:6379"
+
+[remaster]
+enabled = true
+min_acquisitions = 10
+dominance_percent = 90
+decay_ms = 500
+interval_ms = 20
 "#;
     let config = parse(&text).unwrap();
+    let remaster = config.remaster;
+    assert!(remaster.enabled);
+    assert_eq!(
+        (
+            remaster.affinity.min_accesses,
+            remaster.affinity.dominance_percent,
+            remaster.affinity.decay_interval,
+            remaster.policy_interval
+        ),
+        (
+            10,
+            90,
+            Duration::from_millis(500),
+            Duration::from_millis(20)
+        )
+    );
     assert_eq!(config.cluster_id, ClusterId(u64::MAX));
     assert_eq!(config.cache.block_size, 16384);
     assert_eq!(
@@ -516,6 +541,20 @@ const BAD: &[(&str, &str, &str, Check, &str)] = &[
             )
         },
         "`heartbeat`",
+    ),
+    (
+        "remastering that could move a range back and forth",
+        "frames = 64",
+        "frames = 64\n[remaster]\ndominance_percent = 50",
+        |p| matches!(p, ConfigProblem::Limit { .. }),
+        "`remaster.dominance_percent`",
+    ),
+    (
+        "zero remaster interval",
+        "frames = 64",
+        "frames = 64\n[remaster]\ninterval_ms = 0",
+        |p| matches!(p, ConfigProblem::Limit { .. }),
+        "`remaster.interval_ms`",
     ),
     (
         "zero heartbeat interval",

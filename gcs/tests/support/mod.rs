@@ -10,10 +10,13 @@
 
 #![allow(dead_code)]
 
+use gcs::directory::BLOCKS_PER_OBJECT;
 use gcs::{
     BlockId, BlockMode, DropReason, Engine, Event, GcsBody, GcsConfig, GcsMessage, Io,
-    MasterDirectory, PlantedFault, RecoveryBlock, RequestId, ShipPolicy, TransferKind,
+    MasterDirectory, PlantedFault, RecoveryBlock, RemasterConfig, RequestId, ShipPolicy,
+    TransferKind,
 };
+use grd::AffinityConfig;
 use interconnect::sim::{SimNetwork, SimNetworkConfig, SimRng};
 use interconnect::{Epoch, InstanceId, InstanceSet, Scn, Timestamp};
 use std::cmp::Reverse;
@@ -34,24 +37,31 @@ pub struct Envelope {
     payload: Option<BlockData>,
 }
 
-/// Masters by a plain hash of the block over the live members.
+/// Masters by a plain hash over the live members: of the block, or (in remastering runs,
+/// where an object moves as a unit) of its object, as grd's bucket map does.
 #[derive(Clone, Debug)]
 pub struct SimDirectory {
     live: Vec<InstanceId>,
+    by_object: bool,
 }
 
 impl SimDirectory {
-    pub fn new(live: InstanceSet) -> Self {
+    pub fn new(live: InstanceSet, by_object: bool) -> Self {
         Self {
             live: live.iter().collect(),
+            by_object,
         }
     }
 }
 
 impl MasterDirectory for SimDirectory {
     fn master_of(&self, block: BlockId) -> InstanceId {
-        let h = (u64::from(block.file) << 32 | u64::from(block.block))
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        let unit = if self.by_object {
+            block.block / BLOCKS_PER_OBJECT
+        } else {
+            block.block
+        };
+        let h = (u64::from(block.file) << 32 | u64::from(unit)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
             >> 33;
         self.live[(h % self.live.len() as u64) as usize]
     }
@@ -75,6 +85,16 @@ pub struct SimConfig {
     pub second_crash: bool,
     /// Most operations a node has in progress at once.
     pub max_ops_per_node: usize,
+    /// Affinity remastering on: blocks spread over objects of two, each node prefers the
+    /// objects "it owns", and masters move objects to their main user.
+    pub remaster: bool,
+    /// Crash the old or the new master of the first move seen in progress (instead of at
+    /// `crash_after`).
+    pub crash_mid_move: bool,
+    /// Whether masters move objects (false: the same layout and workload as a control).
+    pub remaster_policy: bool,
+    /// Built by [`SimConfig::with_remaster`] (its replay command says so).
+    pub remaster_forced: bool,
 }
 
 impl SimConfig {
@@ -107,6 +127,41 @@ impl SimConfig {
             crash_after,
             max_ops_per_node: rng.between(1, 3) as usize,
             second_crash: instances >= 4 && rng.chance(1, 2),
+            remaster: false,
+            crash_mid_move: false,
+            remaster_policy: false,
+            remaster_forced: false,
+        }
+        .with_remaster_drawn(&mut rng)
+    }
+
+    /// Remastering in a third of the seeds, and in half of those with a crash a crash in
+    /// the middle of a move. Drawn after everything else, so the other parameters of a seed
+    /// do not depend on it.
+    fn with_remaster_drawn(mut self, rng: &mut SimRng) -> Self {
+        self.remaster = rng.chance(1, 3);
+        self.remaster_policy = self.remaster;
+        self.crash_mid_move = self.remaster && self.crash_after.is_some() && rng.chance(1, 2);
+        self
+    }
+
+    /// The same run with remastering forced on (and a crash mid-move where the seed
+    /// crashes).
+    pub fn with_remaster(mut self) -> Self {
+        self.remaster = true;
+        self.remaster_policy = true;
+        self.remaster_forced = true;
+        self.crash_mid_move = self.crash_after.is_some() && self.seed.is_multiple_of(2);
+        self
+    }
+
+    /// Block number `b` of the run's blocks: consecutive, or in remastering runs two per
+    /// object.
+    pub fn block(&self, b: u32) -> BlockId {
+        if self.remaster {
+            BlockId::new(1, b / 2 * BLOCKS_PER_OBJECT + b % 2)
+        } else {
+            BlockId::new(1, b)
         }
     }
 }
@@ -208,6 +263,15 @@ pub struct SimStats {
     pub disk_writes: u64,
     pub disk_reads: u64,
     pub crashes: u64,
+    /// Crashes of an old or new master while a move was in progress.
+    pub crashes_mid_move: u64,
+    /// Objects moved, late messages handed on, messages deferred until drained.
+    pub remasters: u64,
+    pub redirected: u64,
+    pub deferred: u64,
+    /// Acquisitions sent to a master on this instance, and to another.
+    pub acquires_local: u64,
+    pub acquires_remote: u64,
     pub recovered_blocks: u64,
     pub commits: u64,
     /// Total time from change to commit acknowledgement.
@@ -257,6 +321,17 @@ impl Sim {
             max_cached_blocks: 64,
             max_master_blocks: cfg.max_master_blocks,
             max_waiters_per_block: 16,
+            remaster: RemasterConfig {
+                enabled: cfg.remaster_policy,
+                affinity: AffinityConfig {
+                    decay_interval: Duration::from_millis(2),
+                    min_accesses: 3,
+                    dominance_percent: 60,
+                    max_objects: 64,
+                },
+                policy_interval: Duration::from_micros(40),
+                max_moves: 2,
+            },
             planted_fault: cfg.fault,
         };
         let nodes = (0..cfg.instances)
@@ -266,7 +341,7 @@ impl Sim {
                     id(i),
                     Epoch(1),
                     live,
-                    SimDirectory::new(live),
+                    SimDirectory::new(live, cfg.remaster),
                     config.clone(),
                 )
                 .expect("a member of its cluster"),
@@ -284,7 +359,7 @@ impl Sim {
             .collect();
         let mut disk = BTreeMap::new();
         for b in 0..cfg.blocks {
-            disk.insert(BlockId::new(1, b), BlockData::default());
+            disk.insert(cfg.block(b), BlockData::default());
         }
         Self {
             cfg,
@@ -324,7 +399,9 @@ impl Sim {
                 }
                 self.issue_random_op();
             }
-            if let Some(at) = self.cfg.crash_after {
+            if self.cfg.crash_mid_move && self.cfg.crash_after.is_some() {
+                self.crash_mid_move();
+            } else if let Some(at) = self.cfg.crash_after {
                 let due = match self.stats.crashes {
                     0 => Some(at),
                     1 if self.cfg.second_crash => Some(at + 40),
@@ -807,7 +884,18 @@ impl Sim {
     fn issue_random_op(&mut self) {
         let live = self.live_nodes();
         let i = live[self.rng.below(live.len() as u64) as usize];
-        let block = BlockId::new(1, self.rng.below(u64::from(self.cfg.blocks)) as u32);
+        let mut b = self.rng.below(u64::from(self.cfg.blocks)) as u32;
+        if self.cfg.remaster && self.rng.chance(4, 5) {
+            // A partitioned workload: node i mostly uses the objects o with o % N == i.
+            let n = self.cfg.instances as u32;
+            let own: Vec<u32> = (0..self.cfg.blocks)
+                .filter(|b| (b / 2) % n == i as u32)
+                .collect();
+            if !own.is_empty() {
+                b = own[self.rng.below(own.len() as u64) as usize];
+            }
+        }
+        let block = self.cfg.block(b);
         let kind = if self.rng.chance(1, 2) {
             OpKind::Read
         } else {
@@ -946,11 +1034,32 @@ impl Sim {
 
     // ------------------------------------------------------------ crash
 
-    /// Kills one instance, reconfigures the survivors, checks the recovery set and best PIs
-    /// they report, and recovers those blocks the way instance recovery will.
+    /// Kills one instance at random (see [`Sim::crash`]).
     fn crash_one(&mut self) {
         let live = self.live_nodes();
         let dead = live[self.rng.below(live.len() as u64) as usize];
+        self.crash(dead);
+    }
+
+    /// The first time a move is in progress anywhere, kills its old or its new master.
+    fn crash_mid_move(&mut self) {
+        if self.stats.crashes > 0 {
+            return;
+        }
+        let moving = self
+            .live_nodes()
+            .into_iter()
+            .find_map(|i| self.nodes[i].engine.remaster_moves().first().copied());
+        if let Some((_, old, new)) = moving {
+            let dead = if self.rng.chance(1, 2) { old } else { new };
+            self.stats.crashes_mid_move += 1;
+            self.crash(dead.index());
+        }
+    }
+
+    /// Kills instance `dead`, reconfigures the survivors, checks the recovery set and best
+    /// PIs they report, and recovers those blocks the way instance recovery will.
+    fn crash(&mut self, dead: usize) {
         self.stats.crashes += 1;
         self.nodes[dead].alive = false;
         self.net.crash(id(dead));
@@ -987,7 +1096,12 @@ impl Sim {
             self.nodes[i].ops.retain(|_, _| true);
             self.nodes[i]
                 .engine
-                .on_reconfigure(self.epoch, survivors, SimDirectory::new(survivors), now)
+                .on_reconfigure(
+                    self.epoch,
+                    survivors,
+                    SimDirectory::new(survivors, self.cfg.remaster),
+                    now,
+                )
                 .expect("a survivor, in a later epoch");
         }
         // Deliver until every master has rebuilt.
@@ -1108,8 +1222,7 @@ impl Sim {
             self.disk.insert(block, start);
             self.stats.recovered_blocks += 1;
             if in_set.is_some() {
-                let master =
-                    SimDirectory::new(survivors.iter().map(|i| id(*i)).collect()).master_of(block);
+                let master = self.nodes[survivors[0]].engine.master_of(block);
                 self.nodes[master.index()]
                     .engine
                     .on_block_recovered(block, start.scn, now);
@@ -1187,11 +1300,16 @@ impl Sim {
                 }
                 dirty |= n.engine.is_dirty(block);
                 // A dirty owner the master appointed (after reconfiguration) whose message is
-                // still on its way counts as dirty.
+                // still on its way counts as dirty; so may one whose master state is on its
+                // way to a new master.
                 dirty |= n
                     .engine
                     .master_view(block)
                     .is_some_and(|m| m.dirty_owner.is_some());
+                dirty |= n.engine.remaster_moves().iter().any(|(object, _, _)| {
+                    object.file == block.file
+                        && block.block / BLOCKS_PER_OBJECT == object.block / BLOCKS_PER_OBJECT
+                });
                 // The engine and the frames agree.
                 assert_eq!(
                     n.current.contains_key(&block),
@@ -1415,7 +1533,13 @@ impl Sim {
     fn collect_stats(&mut self) {
         self.stats.virtual_time = self.now.saturating_since(Timestamp::ZERO);
         for n in &self.nodes {
+            let r = n.engine.metrics().remaster;
+            self.stats.remasters += r.moves_in;
+            self.stats.redirected += r.redirected;
+            self.stats.deferred += r.deferred;
             let m = n.engine.metrics();
+            self.stats.acquires_local += m.acquires_local;
+            self.stats.acquires_remote += m.acquires_remote;
             for kind in TransferKind::ALL {
                 let h = m.latency(kind);
                 let e = self.stats.kinds.entry(kind.name()).or_default();
@@ -1460,7 +1584,8 @@ impl Sim {
     }
 
     pub fn master_of(&self, block: BlockId) -> usize {
-        SimDirectory::new(self.live_nodes().into_iter().map(id).collect())
+        self.nodes[self.live_nodes()[0]]
+            .engine
             .master_of(block)
             .index()
     }
@@ -1500,6 +1625,11 @@ impl Sim {
 pub fn run_seed(cfg: SimConfig) -> SimStats {
     let seed = cfg.seed;
     let fault = cfg.fault;
+    let env = if cfg.remaster_forced {
+        "FUSION_SIM_REMASTER=1 "
+    } else {
+        ""
+    };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let mut sim = Sim::new(cfg);
         sim.run();
@@ -1510,7 +1640,7 @@ pub fn run_seed(cfg: SimConfig) -> SimStats {
         Err(panic) => {
             if fault.is_none() {
                 eprintln!(
-                    "simulation failed: seed {seed}\nreplay: FUSION_SEED={seed} cargo test -p gcs --release --test sim replay -- --nocapture"
+                    "simulation failed: seed {seed}\nreplay: {env}FUSION_SEED={seed} cargo test -p gcs --release --test sim replay -- --nocapture"
                 );
             }
             std::panic::resume_unwind(panic)

@@ -35,6 +35,10 @@ pub trait ServerInfo: Send + Sync {
     fn info(&self) -> String;
     /// Clients connected now.
     fn connected_clients(&self) -> usize;
+    /// `SAVE`: writes every dirty block to storage and moves the checkpoint.
+    fn save(&self) -> Result<(), String> {
+        Err("SAVE is not supported by this server".into())
+    }
 }
 
 /// Settings the commands see.
@@ -130,6 +134,7 @@ const COMMANDS: &[(&str, i32)] = &[
     ("config", -2),
     ("info", -1),
     ("dbsize", 1),
+    ("save", 1),
     ("get", 2),
     ("set", -3),
     ("getset", 3),
@@ -186,6 +191,7 @@ fn is_data(name: &str) -> bool {
             | "config"
             | "info"
             | "dbsize"
+            | "save"
             | "scan"
             | "keys"
             | "multi"
@@ -594,6 +600,10 @@ impl<S: Store> Engine<S> {
             "config" => self.config_get(args),
             "info" => Reply::Bulk(self.info().into_bytes()),
             "dbsize" => self.count_keys(session.db),
+            "save" => match self.server.save() {
+                Ok(()) => Reply::Simple("OK"),
+                Err(e) => Reply::err(e),
+            },
             "scan" => self.scan(session, args),
             "keys" => self.keys(session.db, &args[1]),
             _ => Reply::err(format!("unknown command '{name}'")),

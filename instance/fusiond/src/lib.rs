@@ -11,8 +11,10 @@
 #![warn(missing_docs)]
 
 pub mod commands;
+pub mod local;
 pub mod metrics;
 pub mod resp;
 pub mod server;
 pub mod store;
+pub mod timeline;
 pub mod value;

@@ -435,8 +435,9 @@ pub fn info_section(instance: &Instance, configured_members: usize) -> String {
     let redo = instance.redo_stats();
     let up = stats.members.len();
     out.push_str(&format!(
-        "epoch:{}\r\nmembers_configured:{configured_members}\r\nmembers_up:{up}\r\n",
-        stats.epoch
+        "epoch:{}\r\nmembers_configured:{configured_members}\r\nmembers_up:{up}\r\nmembers:{}\r\n",
+        stats.epoch,
+        crate::timeline::member_list(stats.members)
     ));
     for (kind, gcs_kind) in KINDS {
         let key = kind.replace('-', "_");
@@ -498,6 +499,9 @@ pub fn info_section(instance: &Instance, configured_members: usize) -> String {
         stats.core.lock_deadlocks,
         stats.ges.waits,
     ));
+    if let Ok(events) = instance.events() {
+        out.push_str(&crate::timeline::info_lines(&events));
+    }
     out
 }
 

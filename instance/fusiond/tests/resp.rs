@@ -378,3 +378,22 @@ fn check_config_reports_and_exits() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `SAVE` writes the dirty blocks to storage (the instance's storage writes grow) and
+/// answers OK; what was written is still read.
+#[test]
+fn save_writes_the_dirty_blocks() {
+    let mut cluster = Cluster::create(1, "");
+    cluster.start_all();
+    let mut client = cluster.client(0);
+    let writes =
+        |client: &mut Client| -> u64 { client.info().unwrap()["storage_writes"].parse().unwrap() };
+    assert_eq!(
+        client.call(&["SET", "saved", "v"]).unwrap(),
+        Resp::Simple("OK".into())
+    );
+    let before = writes(&mut client);
+    assert_eq!(client.call(&["SAVE"]).unwrap(), Resp::Simple("OK".into()));
+    assert!(writes(&mut client) > before, "SAVE wrote nothing");
+    assert_eq!(client.call(&["GET", "saved"]).unwrap(), Resp::bulk("v"));
+}

@@ -16,13 +16,11 @@
 #![allow(missing_docs)]
 
 use clap::Parser;
-use instance::format::{self, ClusterSpec};
-use interconnect::ClusterId;
+use fusiond::local::{Client, ClusterOptions, LocalCluster, Resp};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,238 +76,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+/// Formats the shared file in `dir` and writes the configurations (`fusiond::local`), with
+/// `fusiond` found beside this binary.
+fn setup(o: &Options, dir: &Path) -> Result<LocalCluster, String> {
+    let fusiond = std::env::current_exe()
+        .map_err(|e| e.to_string())?
+        .with_file_name("fusiond");
+    if !fusiond.is_file() {
+        return Err(format!(
+            "{} not found: build it first (cargo build --release -p fusiond)",
+            fusiond.display()
+        ));
+    }
+    let mut options = ClusterOptions::new(fusiond, usize::from(o.instances));
+    options.cluster_id = 0xD000 + u64::from(std::process::id() % 0x0FFF);
+    options.transport = o.transport.clone();
+    options.redo_mib = o.redo_mib;
+    options.data_mib = 256;
+    options.frames = 16384;
+    LocalCluster::create(dir, &options).map_err(|e| e.to_string())
 }
 
-struct Cluster {
-    dir: PathBuf,
-    fusiond: PathBuf,
-    configs: Vec<PathBuf>,
-    resp: Vec<SocketAddr>,
-    children: Vec<Option<Child>>,
-}
-
-impl Cluster {
-    fn setup(o: &Options, dir: &Path) -> Result<Self, String> {
-        let fusiond = std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("fusiond");
-        if !fusiond.is_file() {
-            return Err(format!(
-                "{} not found: build it first (cargo build --release -p fusiond)",
-                fusiond.display()
-            ));
-        }
-        let storage = dir.join("cluster.fusion");
-        let cluster = 0xD000 + u64::from(std::process::id() % 0x0FFF);
-        let redo = o.redo_mib << 20;
-        let size = u64::from(o.instances) * redo + (256 << 20);
-        let mut spec = ClusterSpec::new(ClusterId(cluster), o.instances, Some(size));
-        spec.redo_thread_size = redo;
-        format::create(&storage, &spec, true).map_err(|e| e.to_string())?;
-        let mut resp = Vec::new();
-        let mut members = String::new();
-        for id in 0..o.instances {
-            let r: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            members.push_str(&format!(
-                "  {{ id = {id}, address = \"127.0.0.1:{}\", host = \"localhost\", resp = \"{r}\" }},\n",
-                free_port()?
-            ));
-            resp.push(r);
-        }
-        let transport = if o.transport == "shm" {
-            format!(
-                "kind = \"shm\"\nshm_dir = {:?}\n",
-                std::env::temp_dir()
-                    .join(format!("fusion-demo-{cluster:x}"))
-                    .display()
-                    .to_string()
-            )
-        } else {
-            "kind = \"tcp\"\n".to_string()
-        };
-        let mut configs = Vec::new();
-        for (id, r) in resp.iter().enumerate() {
-            let text = format!(
-                "instance = {id}\n\n[cluster]\nid = {cluster}\nsecret = \"fusion-demo-secret-for-loopback-only\"\nallow_inline_secret = true\n\
-                 instances = [\n{members}]\n\n[storage]\npath = {:?}\n\n[transport]\n{transport}\n\
-                 [cache]\nframes = 16384\n\n[serve]\nresp = \"{r}\"\nmetrics = \"127.0.0.1:{}\"\n",
-                storage.display().to_string(),
-                free_port()?
-            );
-            let path = dir.join(format!("instance-{id}.toml"));
-            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-            configs.push(path);
-        }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            fusiond,
-            children: configs.iter().map(|_| None).collect(),
-            configs,
-            resp,
-        })
+/// SIGTERM to every instance (each checkpoints and leaves); true if all exit cleanly.
+fn stop_all(cluster: &mut LocalCluster) -> bool {
+    let n = cluster.configs.len();
+    for id in 0..n {
+        let _ = cluster.signal(id, "TERM");
     }
-
-    fn start(&mut self, id: usize) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("instance-{id}.log")))
-            .map_err(|e| e.to_string())?;
-        let child = Command::new(&self.fusiond)
-            .arg("--config")
-            .arg(&self.configs[id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting fusiond: {e}"))?;
-        self.children[id] = Some(child);
-        Ok(())
-    }
-
-    fn wait_ready(&mut self, id: usize) -> Result<(), String> {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Ok(mut c) = Client::connect(self.resp[id])
-                && c.call(&["PING"]).is_ok()
-            {
-                return Ok(());
-            }
-            if let Some(child) = &mut self.children[id]
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(format!("instance {id} exited with {status}"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("instance {id} never answered"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill(&mut self, id: usize) {
-        if let Some(mut child) = self.children[id].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM to every instance (each checkpoints and leaves); true if all exit cleanly.
-    fn stop_all(&mut self) -> bool {
-        let mut clean = true;
-        for child in self.children.iter().flatten() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for (id, child) in self.children.iter_mut().enumerate() {
-            if let Some(mut c) = child.take() {
-                match c.wait() {
-                    Ok(s) if s.success() => {}
-                    other => {
-                        eprintln!("fusion-demo: instance {id} exited with {other:?}");
-                        clean = false;
-                    }
-                }
+    let mut clean = true;
+    for id in 0..n {
+        match cluster.wait_exit(id, DEADLINE) {
+            Ok(s) if s.success() => {}
+            other => {
+                eprintln!("fusion-demo: instance {id} exited with {other:?}");
+                clean = false;
             }
         }
-        clean
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for id in 0..self.children.len() {
-            self.kill(id);
-        }
-    }
-}
-
-/// A blocking RESP client: commands as bulk arrays, replies read as far as the demo needs.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-#[derive(Debug)]
-enum Reply {
-    Integer,
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-    Other(String),
-}
-
-impl Client {
-    fn connect(address: SocketAddr) -> std::io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(DEADLINE))?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
-    }
-
-    fn call(&mut self, args: &[&str]) -> std::io::Result<Reply> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-        }
-        self.writer.write_all(&out)?;
-        self.read()
-    }
-
-    fn read(&mut self) -> std::io::Result<Reply> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let line = line.trim_end();
-        let bad = || std::io::Error::other(format!("bad reply {line:?}"));
-        let number = |s: &str| s.parse::<i64>().map_err(|_| bad());
-        match line.split_at_checked(1) {
-            Some((":", n)) => {
-                number(n)?;
-                Ok(Reply::Integer)
-            }
-            Some(("$", n)) => {
-                let n = number(n)?;
-                if n < 0 {
-                    return Ok(Reply::Bulk(None));
-                }
-                let mut bytes = vec![0; usize::try_from(n).map_err(|_| bad())? + 2];
-                self.reader.read_exact(&mut bytes)?;
-                bytes.truncate(bytes.len() - 2);
-                Ok(Reply::Bulk(Some(bytes)))
-            }
-            Some(("*", n)) => {
-                let n = number(n)?;
-                let mut items = Vec::new();
-                for _ in 0..n.max(0) {
-                    items.push(self.read()?);
-                }
-                Ok(Reply::Array(items))
-            }
-            _ => Ok(Reply::Other(line.to_string())),
-        }
-    }
-
-    /// `INFO`'s `key:value` lines.
-    fn info(&mut self) -> std::io::Result<BTreeMap<String, String>> {
-        match self.call(&["INFO"])? {
-            Reply::Bulk(Some(text)) => Ok(String::from_utf8_lossy(&text)
-                .lines()
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.to_string(), v.trim_end().to_string()))
-                .collect()),
-            other => Err(std::io::Error::other(format!("INFO: {other:?}"))),
-        }
-    }
+    clean
 }
 
 /// What one client thread saw.
@@ -359,7 +163,7 @@ fn client_thread(
             },
         };
         match c.call(&["INCR", &key]) {
-            Ok(Reply::Integer) => {
+            Ok(Resp::Integer(_)) => {
                 *tally.acked.entry(key).or_insert(0) += 1;
                 if killed_at.lock().is_ok_and(|k| k.is_some()) {
                     tally.acks_after_kill.push(Instant::now());
@@ -369,7 +173,7 @@ fn client_thread(
                 tally.errors += 1;
                 if tally.first_error.is_none() {
                     tally.first_error = Some(match other {
-                        Reply::Other(line) => line,
+                        Resp::Error(line) => line,
                         _ => "an unexpected reply".into(),
                     });
                 }
@@ -390,7 +194,7 @@ fn run(o: &Options) -> Result<bool, String> {
         None => std::env::temp_dir().join(format!("fusion-demo-{}", std::process::id())),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut cluster = Cluster::setup(o, &dir)?;
+    let mut cluster = setup(o, &dir)?;
     let n = usize::from(o.instances);
     println!(
         "fusion-demo: {n} fusiond instances over {} on {}; {} RESP clients each for {} s \
@@ -402,14 +206,9 @@ fn run(o: &Options) -> Result<bool, String> {
         o.hot,
         o.keys
     );
-    for id in 0..n {
-        cluster.start(id)?;
-    }
-    for id in 0..n {
-        cluster.wait_ready(id)?;
-    }
+    cluster.start_all(DEADLINE).map_err(|e| e.to_string())?;
     let before: Vec<_> = (0..n)
-        .map(|id| Client::connect(cluster.resp[id]).and_then(|mut c| c.info()))
+        .map(|id| cluster.info(id))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -441,9 +240,11 @@ fn run(o: &Options) -> Result<bool, String> {
             started.elapsed().as_secs_f64()
         );
         std::thread::sleep((Duration::from_secs(o.seconds) / 3).saturating_sub(at.elapsed()));
-        cluster.start(victim)?;
+        cluster.start(victim).map_err(|e| e.to_string())?;
         let restart = Instant::now();
-        cluster.wait_ready(victim)?;
+        cluster
+            .wait_ready(victim, DEADLINE)
+            .map_err(|e| e.to_string())?;
         let rejoined = restart.elapsed();
         println!(
             "{:>6.1} s  instance {victim} restarted and serving after {} ms",
@@ -493,10 +294,10 @@ fn run(o: &Options) -> Result<bool, String> {
             let mut args = vec!["MGET"];
             args.extend(chunk.iter().map(String::as_str));
             match c.call(&args).map_err(|e| e.to_string())? {
-                Reply::Array(items) => {
+                Resp::Array(items) => {
                     for item in items {
                         values.push(match item {
-                            Reply::Bulk(Some(b)) => {
+                            Resp::Bulk(b) => {
                                 String::from_utf8_lossy(&b).parse().unwrap_or(u64::MAX)
                             }
                             _ => 0,
@@ -528,7 +329,7 @@ fn run(o: &Options) -> Result<bool, String> {
     }
 
     let after: Vec<_> = (0..n)
-        .map(|id| Client::connect(cluster.resp[id]).and_then(|mut c| c.info()))
+        .map(|id| cluster.info(id))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let num = |m: &BTreeMap<String, String>, k: &str| -> u64 {
@@ -649,7 +450,7 @@ fn run(o: &Options) -> Result<bool, String> {
             println!("| {label} | {ms} |");
         }
     }
-    let clean = cluster.stop_all();
+    let clean = stop_all(&mut cluster);
     ok &= clean;
     if o.keep || !ok {
         println!(

@@ -123,6 +123,10 @@ impl ServerInfo for InstanceInfo {
     fn connected_clients(&self) -> usize {
         self.clients.connected()
     }
+    fn save(&self) -> Result<(), String> {
+        let instance = self.instance.upgrade().ok_or("the instance stopped")?;
+        instance.checkpoint().map_err(|e| e.to_string())
+    }
 }
 
 fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {

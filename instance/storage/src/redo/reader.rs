@@ -148,6 +148,8 @@ pub struct RedoReader<'s> {
     chunk: AlignedBuf,
     chunk_first: u64,
     chunk_blocks: u64,
+    /// The block read a second time because a later write followed it (see `step`).
+    reread: Option<u64>,
     assembler: EntryAssembler,
     entries: Vec<Vec<u8>>,
     entries_taken: usize,
@@ -192,6 +194,7 @@ impl<'s> RedoReader<'s> {
             chunk: AlignedBuf::new(READ_CHUNK_BLOCKS * LOG_BLOCK_SIZE, LOG_BLOCK_SIZE)?,
             chunk_first: 0,
             chunk_blocks: 0,
+            reread: None,
             assembler: EntryAssembler::new(),
             entries: Vec::new(),
             entries_taken: 0,
@@ -312,6 +315,16 @@ impl<'s> RedoReader<'s> {
         }
         // Is a later write of this life behind it?
         if let Some(later_sequence) = self.later_write_after(sequence, ident)? {
+            // A thread still being written (a survivor's, scanned during recovery) can show
+            // a later write beside an earlier one that this chunk's read passed before it
+            // landed. A thread has one write in flight at a time, so once a later write is
+            // seen the earlier one is complete: read the block again, once, before calling
+            // it corrupt.
+            if self.reread != Some(sequence) {
+                self.reread = Some(sequence);
+                self.chunk_blocks = 0;
+                return Ok(());
+            }
             return Err(RedoReadError::Corrupt {
                 sequence,
                 offset,

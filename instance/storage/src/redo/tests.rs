@@ -292,6 +292,72 @@ fn damaged_durable_redo_is_reported_by_location_not_skipped() {
     assert_eq!(end.next_sequence, 5);
 }
 
+/// Storage whose first read over `late` returns that 4 KiB log block as never written: a
+/// scan of a thread still being written, whose chunk read passed the block before the write
+/// holding it landed, while a later write had landed by the time it read further.
+#[derive(Debug)]
+struct LandsDuringTheRead {
+    inner: Arc<FaultyStorage>,
+    late: u64,
+    first_read_done: std::sync::atomic::AtomicBool,
+}
+
+impl SharedStorage for LandsDuringTheRead {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn alignment(&self) -> usize {
+        self.inner.alignment()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.inner.read_at(offset, buf)?;
+        let covers = (offset..offset + buf.len() as u64).contains(&self.late);
+        if covers && !self.first_read_done.swap(true, Ordering::SeqCst) {
+            let at = (self.late - offset) as usize;
+            buf[at..at + 4096].fill(0);
+        }
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, buf: &[u8], class: IoClass) -> Result<(), StorageError> {
+        self.inner.write_at(offset, buf, class)
+    }
+    fn sync(&self, class: IoClass) -> Result<(), StorageError> {
+        self.inner.sync(class)
+    }
+    fn info(&self) -> StorageInfo {
+        self.inner.info()
+    }
+}
+
+#[test]
+fn a_block_that_lands_while_a_live_thread_is_read_is_read_again_not_called_corrupt() {
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(3),
+    ));
+    let t = thread(0, THREAD_SIZE);
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
+    for scn in 1..=5 {
+        writer.commit(&[record(scn, 1, 100)]).unwrap();
+    }
+    let racing = LandsDuringTheRead {
+        inner: faulty,
+        late: 2 * 4096,
+        first_read_done: std::sync::atomic::AtomicBool::new(false),
+    };
+    let (records, end) = read_all(&racing, t, 1, &lives);
+    assert_eq!(
+        records.iter().map(|r| r.scn.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(end.reason, EndReason::Clean);
+    assert!(
+        racing.first_read_done.load(Ordering::SeqCst),
+        "the race was staged"
+    );
+}
+
 #[test]
 fn a_foreign_thread_reads_as_empty() {
     let faulty = Arc::new(FaultyStorage::new(

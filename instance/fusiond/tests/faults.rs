@@ -1,0 +1,960 @@
+//! Real faults under real processes: `fusiond` instances over tcp on loopback, on one shared
+//! file or block device, under INCRs over RESP from clients of every instance.
+//!
+//! * One link cut among three (nftables drops the 0–1 connection both ways, 0–2 and 1–2
+//!   stay): exactly one of 0 and 1 stops, the other and 2 serve at a new epoch with the same
+//!   members, nothing acknowledged is lost, and the stopped one rejoins after the heal.
+//! * An instance frozen (SIGSTOP) past the grace and its lease, then thawed: it stops by
+//!   itself (its lease lapsed, it was voted out), the others go on, nothing it acknowledged is
+//!   lost, and it rejoins.
+//! * A storage stall of one instance (a FUSE pass-through to the shared file that holds every
+//!   read and write while stalled), alone and together with a link cut.
+//! * Failing data writes of one instance (the same pass-through answering EIO): it stops, the
+//!   others recover it.
+//! * A cluster on a loop block device with `O_DIRECT` (`losetup --direct-io=on`): a `kill -9`
+//!   and recovery lose no acknowledged increment.
+//!
+//! State comes from where an operator finds it: `INFO` (`epoch`, `members`), the process's
+//! exit status and its log (`the instance stopped: <why>`). Every increment a client saw
+//! acknowledged must be in the counters read through every serving instance afterwards; the
+//! counters may exceed that only by the increments whose answer was lost (a dropped
+//! connection, a timeout or an error reply: committed or not).
+//!
+//! They need their tools: `kill`; and as root `nft`, `losetup`, `umount` with `/dev/fuse`.
+//! Where one is missing a test prints one `SKIPPED <test>: <reason>` line and returns: that
+//! checks nothing. Firewall tables, loop devices and mounts are removed by guards (also on a
+//! panic), after the instances are killed. The tests take turns (the cluster harness holds
+//! one lock): each runs three processes, and CI has two noisy cores.
+//!
+//! Deadlines are generous; nothing here measures time.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+#[path = "faults/stall_fs.rs"]
+mod stall_fs;
+
+use common::{Client, Cluster, ClusterOptions, DEADLINE, FUSIOND, Resp, call_retrying};
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Keys the workload increments.
+const KEYS: usize = 48;
+/// Clients per instance.
+const CLIENTS: usize = 2;
+/// How long a process may take to notice a fault and act on it (voted out, stopped).
+const REACT: Duration = Duration::from_secs(90);
+/// Acknowledged increments that show an instance serves.
+const SERVES: u64 = 20;
+
+fn key(n: usize) -> String {
+    format!("fault:{n}")
+}
+
+// ------------------------------------------------------------------------------ skipping
+
+/// Why a test that needs `tools` (and root, if `root`) cannot run here, if it cannot.
+fn skip_reason(root: bool, tools: &[&str]) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|uids| uids.split_whitespace().nth(1).map(str::to_string));
+    if root && euid.as_deref() != Some("0") {
+        return Some(format!(
+            "needs root (effective uid {})",
+            euid.as_deref().unwrap_or("unknown")
+        ));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for tool in tools {
+        let found = std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .any(|dir| dir.join(tool).is_file());
+        if !found {
+            return Some(format!("no `{tool}` command"));
+        }
+    }
+    None
+}
+
+/// Runs `program args`; its stdout, or what went wrong.
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program} {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "{program} {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+// ------------------------------------------------------------------------------ the firewall
+
+/// An nftables table on this host that can cut the connection between the instances running
+/// with group id `gid` and the instance listening on `port`, both ways: every packet such an
+/// instance sends to `port` marks its connection (conntrack), and while cut every packet of a
+/// marked connection is dropped, redials included. Other connections (the test's RESP
+/// clients among them) are untouched. Dropping it deletes the table.
+struct Firewall {
+    table: String,
+    gid: u32,
+    port: u16,
+}
+
+/// The conntrack mark of the connections a [`Firewall`] cuts.
+const MARK: &str = "0x46a17";
+
+impl Firewall {
+    /// `Err`: nftables does not work here (a skip).
+    fn new(tag: &str, gid: u32, port: u16) -> Result<Self, String> {
+        let firewall = Firewall {
+            table: format!("fusion_faults_{}_{tag}", std::process::id()),
+            gid,
+            port,
+        };
+        run("nft", &["add", "table", "inet", &firewall.table])?;
+        run(
+            "nft",
+            &[
+                "add",
+                "chain",
+                "inet",
+                &firewall.table,
+                "out",
+                "{ type filter hook output priority 0; policy accept; }",
+            ],
+        )?;
+        firewall.mark_rule()?;
+        Ok(firewall)
+    }
+
+    fn mark_rule(&self) -> Result<String, String> {
+        run(
+            "nft",
+            &[
+                "add",
+                "rule",
+                "inet",
+                &self.table,
+                "out",
+                &format!(
+                    "meta skgid {} tcp dport {} ct mark set {MARK}",
+                    self.gid, self.port
+                ),
+            ],
+        )
+    }
+
+    fn cut(&self) {
+        run(
+            "nft",
+            &[
+                "add",
+                "rule",
+                "inet",
+                &self.table,
+                "out",
+                &format!("ct mark {MARK} drop"),
+            ],
+        )
+        .unwrap();
+        eprintln!("{}: cut", self.table);
+    }
+
+    fn heal(&self) {
+        run("nft", &["flush", "chain", "inet", &self.table, "out"]).unwrap();
+        self.mark_rule().unwrap();
+        eprintln!("{}: healed", self.table);
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        let _ = run("nft", &["delete", "table", "inet", &self.table]);
+    }
+}
+
+/// A group id for the instance whose connection a [`Firewall`] cuts (any number: the
+/// process stays user root).
+fn cut_gid() -> u32 {
+    60_000 + std::process::id() % 5_000
+}
+
+// ------------------------------------------------------------------------------ devices
+
+/// A loop block device over a file.
+struct LoopDevice {
+    path: String,
+}
+
+impl LoopDevice {
+    /// `losetup --direct-io=on` of `file`; `Err` where it does not work here (a skip).
+    fn attach(file: &Path) -> Result<Self, String> {
+        let path = run(
+            "losetup",
+            &["--find", "--show", "--direct-io=on", file.to_str().unwrap()],
+        )?;
+        let device = LoopDevice { path };
+        let listed = run(
+            "losetup",
+            &["--list", "--noheadings", "-O", "DIO", &device.path],
+        )?;
+        if listed.trim() != "1" {
+            return Err(format!("{} runs without direct I/O", device.path));
+        }
+        Ok(device)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = run("losetup", &["--detach", &self.path]);
+    }
+}
+
+// ------------------------------------------------------------------------------ the cluster
+
+/// A fusiond cluster and what its faults run on. Field order is drop order after [`Drop`]
+/// killed the instances: the cluster's folder, then the guards (firewall, mount, loop
+/// device), then the scratch folder holding the mount point and the device's file.
+struct Faulty {
+    cluster: Cluster,
+    firewall: Option<Firewall>,
+    stall: Option<stall_fs::StallFs>,
+    loop_device: Option<LoopDevice>,
+    scratch: tempfile::TempDir,
+}
+
+impl Faulty {
+    /// `instances` instances on a fresh shared file; none started yet.
+    fn new(instances: usize) -> Self {
+        Faulty {
+            cluster: Cluster::create_from(&ClusterOptions::new(FUSIOND, instances)),
+            firewall: None,
+            stall: None,
+            loop_device: None,
+            scratch: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.cluster.configs.len()
+    }
+
+    /// Starts instance `id`, with the firewall's group id if `in_group`.
+    fn spawn(&mut self, id: usize, in_group: bool) {
+        let gid = cut_gid();
+        self.cluster
+            .start_with(id, |c| {
+                if in_group {
+                    c.gid(gid);
+                }
+            })
+            .unwrap();
+    }
+
+    /// Starts every instance, those in `group` with the firewall's group id, and waits until
+    /// all serve.
+    fn start(&mut self, group: &[usize]) {
+        for id in 0..self.n() {
+            self.spawn(id, group.contains(&id));
+        }
+        for id in 0..self.n() {
+            self.cluster.wait_ready(id);
+        }
+    }
+
+    /// `INFO` field `field` of instance `id` (retried while it reconfigures).
+    fn info(&self, id: usize, field: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.cluster.info(id) {
+                Ok(info) if info.contains_key(field) => return info[field].clone(),
+                other => assert!(
+                    Instant::now() < deadline,
+                    "instance {id}: no INFO {field}: {other:?}\n{}",
+                    self.cluster.logs()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn epoch(&self, id: usize) -> u64 {
+        self.info(id, "epoch").parse().unwrap()
+    }
+
+    /// The members of the newest epoch instance `id` applied.
+    fn members(&self, id: usize) -> Vec<usize> {
+        self.info(id, "members")
+            .split(',')
+            .map(|m| m.parse().unwrap())
+            .collect()
+    }
+
+    /// The counters, read through instance `id`.
+    fn contents(&self, id: usize) -> Vec<u64> {
+        let mut args = vec!["MGET".to_string()];
+        args.extend((0..KEYS).map(key));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match call_retrying(&self.cluster, id, &args) {
+            Resp::Array(values) => values
+                .into_iter()
+                .map(|v| match v {
+                    Resp::Bulk(b) => String::from_utf8(b).unwrap().parse().unwrap(),
+                    Resp::Null => 0,
+                    other => panic!("MGET through {id}: {other:?}"),
+                })
+                .collect(),
+            other => panic!("MGET through {id}: {other:?}"),
+        }
+    }
+
+    /// Waits until instance `id` exits by itself: a failure status, and the reason its log
+    /// gives.
+    fn expect_stopped(&mut self, id: usize) -> String {
+        let status = match self.cluster.wait_exit(id, REACT) {
+            Ok(status) => status,
+            Err(e) => panic!("{e}\n{}", self.cluster.logs()),
+        };
+        self.stopped_reason(id, status)
+    }
+
+    /// `status` is a failure and the log says why the instance stopped; the reason.
+    fn stopped_reason(&self, id: usize, status: ExitStatus) -> String {
+        assert!(!status.success(), "instance {id} exited with {status}");
+        let log = self.cluster.log(id);
+        let reason = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once("the instance stopped: ").map(|(_, r)| r))
+            .unwrap_or_else(|| panic!("instance {id} stopped without saying why:\n{log}"));
+        reason.to_string()
+    }
+
+    /// The survivors `ids` reach one epoch after `epoch` whose members are `ids`, finish
+    /// recovering the lost instances, and each serves increments at it.
+    fn expect_survivors(&self, ids: &[usize], epoch: u64, workload: &Workload) {
+        let deadline = Instant::now() + REACT;
+        loop {
+            let epochs: Vec<u64> = ids.iter().map(|&id| self.epoch(id)).collect();
+            let members: Vec<Vec<usize>> = ids.iter().map(|&id| self.members(id)).collect();
+            let recovering: Vec<String> = ids
+                .iter()
+                .map(|&id| self.info(id, "recovery_running"))
+                .collect();
+            if epochs.iter().all(|&e| e == epochs[0] && e > epoch)
+                && members.iter().all(|m| m == ids)
+                && recovering.iter().all(|r| r == "0")
+            {
+                eprintln!("survivors {ids:?} at epoch {}, recovered", epochs[0]);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the survivors {ids:?} are at epochs {epochs:?} with members {members:?}, \
+                 recovery running {recovering:?} (before: epoch {epoch})\n{}",
+                self.cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for &id in ids {
+            workload.progress(self, id, SERVES);
+        }
+    }
+
+    /// The workload's end: every instance in `ids` reads the same counters, which hold every
+    /// acknowledged increment and at most the unsure ones more; the counters.
+    fn check_contents(&self, ids: &[usize], tally: &Tally) -> Vec<u64> {
+        let contents = self.contents(ids[0]);
+        for &id in &ids[1..] {
+            assert_eq!(
+                self.contents(id),
+                contents,
+                "instance {id} reads differently"
+            );
+        }
+        let acked: u64 = tally.acked.iter().sum();
+        assert!(acked > 0, "no increment acknowledged");
+        let mut extra = 0;
+        for (n, (&value, &acked)) in contents.iter().zip(&tally.acked).enumerate() {
+            assert!(
+                value >= acked,
+                "{}: counter {value} lost acknowledged increments ({acked})",
+                key(n)
+            );
+            extra += value - acked;
+        }
+        assert!(
+            extra <= tally.unsure,
+            "{extra} increments more than acknowledged (at most {} unsure)",
+            tally.unsure
+        );
+        eprintln!(
+            "{ids:?}: {acked} acknowledged increments present, {extra} more ({} unsure)",
+            tally.unsure
+        );
+        contents
+    }
+
+    /// Restarts the stopped instance `id` and checks it reads what instance `other` reads.
+    fn rejoin(&mut self, id: usize, other: usize) {
+        self.spawn(id, false);
+        self.cluster.wait_ready(id);
+        assert_eq!(
+            self.contents(id),
+            self.contents(other),
+            "the rejoined instance {id} reads other contents"
+        );
+    }
+
+    /// Every instance increments a key, all read the same, all leave cleanly on SIGTERM.
+    fn finish(mut self) {
+        let n = self.n();
+        for id in 0..n {
+            assert!(matches!(
+                call_retrying(&self.cluster, id, &["INCR", &key(1)]),
+                Resp::Integer(_)
+            ));
+        }
+        let c0 = self.contents(0);
+        for id in 1..n {
+            assert_eq!(self.contents(id), c0, "instance {id} reads other contents");
+        }
+        for id in 0..n {
+            let status = self.cluster.terminate(id);
+            assert!(
+                status.success(),
+                "instance {id} exited with {status}:\n{}",
+                self.cluster.log(id)
+            );
+        }
+    }
+
+    /// Mounts a [`stall_fs::StallFs`] over the shared file and points instance `id` at it;
+    /// `Err`: FUSE does not work here (a skip).
+    fn stall_storage_of(&mut self, id: usize) -> Result<(), String> {
+        let stall =
+            stall_fs::StallFs::mount(&self.cluster.storage, &self.scratch.path().join("mnt"))?;
+        self.cluster.point_storage(id, &stall.path).unwrap();
+        self.stall = Some(stall);
+        Ok(())
+    }
+}
+
+impl Drop for Faulty {
+    fn drop(&mut self) {
+        if let Some(stall) = &self.stall {
+            // A stalled instance cannot be killed out of a held request cleanly otherwise.
+            stall.release();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.cluster.logs());
+        }
+        for id in 0..self.n() {
+            // Frozen ones too: SIGKILL ends a stopped process.
+            self.cluster.kill(id);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------ the workload
+
+/// What the clients saw: acknowledged increments per key, and the increments whose answer
+/// was lost (committed or not).
+#[derive(Debug, Default)]
+struct Tally {
+    acked: Vec<u64>,
+    unsure: u64,
+}
+
+/// `CLIENTS` clients per instance incrementing the keys until stopped, each reconnecting
+/// after a lost connection.
+struct Workload {
+    stop: Arc<AtomicBool>,
+    /// Acknowledged increments per instance so far.
+    served: Vec<Arc<AtomicU64>>,
+    handles: Vec<JoinHandle<Tally>>,
+}
+
+impl Workload {
+    fn start(faulty: &Faulty) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served: Vec<Arc<AtomicU64>> = (0..faulty.n()).map(|_| Arc::default()).collect();
+        let mut handles = Vec::new();
+        for (id, address) in faulty.cluster.resp.iter().copied().enumerate() {
+            for c in 0..CLIENTS {
+                let stop = stop.clone();
+                let served = served[id].clone();
+                handles.push(std::thread::spawn(move || {
+                    let mut tally = Tally {
+                        acked: vec![0; KEYS],
+                        unsure: 0,
+                    };
+                    let mut client: Option<Client> = None;
+                    // Each client walks the keys at its own stride: every key is changed
+                    // through every instance.
+                    let mut n = id * 7 + c * 13;
+                    while !stop.load(Ordering::Relaxed) {
+                        n = (n + 5 + c) % KEYS;
+                        let conn = match &mut client {
+                            Some(conn) => conn,
+                            None => match Client::connect(address)
+                                .and_then(|c| c.with_timeout(Duration::from_secs(15)))
+                            {
+                                Ok(conn) => client.insert(conn),
+                                Err(_) => {
+                                    std::thread::sleep(Duration::from_millis(100));
+                                    continue;
+                                }
+                            },
+                        };
+                        match conn.call(&["INCR", &key(n)]) {
+                            Ok(Resp::Integer(_)) => {
+                                tally.acked[n] += 1;
+                                served.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(_) => {
+                                tally.unsure += 1;
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            Err(_) => {
+                                tally.unsure += 1;
+                                client = None;
+                            }
+                        }
+                    }
+                    tally
+                }));
+            }
+        }
+        Workload {
+            stop,
+            served,
+            handles,
+        }
+    }
+
+    /// Waits until instance `id`'s clients saw `n` more increments acknowledged.
+    fn progress(&self, faulty: &Faulty, id: usize, n: u64) {
+        let from = self.served[id].load(Ordering::Relaxed);
+        let deadline = Instant::now() + REACT;
+        while self.served[id].load(Ordering::Relaxed) < from + n {
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} acknowledged no {n} increments within {REACT:?}\n{}",
+                faulty.cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut sum = Tally {
+            acked: vec![0; KEYS],
+            unsure: 0,
+        };
+        for h in self.handles {
+            let t = h.join().unwrap();
+            for (s, a) in sum.acked.iter_mut().zip(t.acked) {
+                *s += a;
+            }
+            sum.unsure += t.unsure;
+        }
+        sum
+    }
+}
+
+/// Polls until one of `ids` has exited and at least `at_least` passed since `from`; the
+/// exited ones with their status.
+fn wait_for_exits(
+    faulty: &mut Faulty,
+    ids: &[usize],
+    from: Instant,
+    at_least: Duration,
+) -> BTreeMap<usize, ExitStatus> {
+    let mut exited = BTreeMap::new();
+    loop {
+        for &id in ids {
+            if let Some(status) = faulty.cluster.exited(id).unwrap() {
+                exited.insert(id, status);
+            }
+        }
+        if !exited.is_empty() && from.elapsed() > at_least {
+            return exited;
+        }
+        assert!(
+            from.elapsed() < REACT,
+            "none of {ids:?} stopped: all serve\n{}",
+            faulty.cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ------------------------------------------------------------------------------ the tests
+
+/// The 0–1 connection is cut both ways (0–2 and 1–2 stay) under the workload until one of 0
+/// and 1 stops, and for 6 s at least; then the link heals. Exactly one of 0 and 1 stops (the
+/// one left out of the new epoch); the other and 2 serve at one new epoch with the same two
+/// members; every acknowledged increment is present; the stopped instance restarts and
+/// rejoins.
+#[test]
+fn a_one_link_cut_among_three_stops_exactly_one_end() {
+    let test = "a_one_link_cut_among_three_stops_exactly_one_end";
+    if let Some(why) = skip_reason(true, &["nft"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    let port = faulty.cluster.addresses[0].port();
+    match Firewall::new("c", cut_gid(), port) {
+        Ok(firewall) => faulty.firewall = Some(firewall),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
+            return;
+        }
+    }
+    // Instance 1 dials 0 (the higher id dials): its packets to 0's port mark the link.
+    faulty.start(&[1]);
+    let epoch = faulty.epoch(0);
+    let workload = Workload::start(&faulty);
+    workload.progress(&faulty, 1, SERVES);
+    let cut_at = Instant::now();
+    faulty.firewall.as_ref().unwrap().cut();
+    let exited = wait_for_exits(&mut faulty, &[0, 1, 2], cut_at, Duration::from_secs(6));
+    faulty.firewall.as_ref().unwrap().heal();
+    assert_eq!(exited.len(), 1, "instances {exited:?} stopped");
+    let (&loser, &status) = exited.iter().next().unwrap();
+    assert!(loser < 2, "instance 2, not at the cut, stopped");
+    let why = faulty.stopped_reason(loser, status);
+    eprintln!("{test}: instance {loser} stopped: {why}");
+    let winner = 1 - loser;
+    let mut survivors = vec![winner, 2];
+    survivors.sort_unstable();
+    faulty.expect_survivors(&survivors, epoch, &workload);
+    let tally = workload.finish();
+    let contents = faulty.check_contents(&survivors, &tally);
+    faulty.rejoin(loser, winner);
+    assert_eq!(faulty.contents(2), contents);
+    faulty.finish();
+}
+
+/// Instance 1 is frozen (SIGSTOP) under the workload until the others have moved to a new
+/// epoch without it, and for 4 s at least (past the 2 s grace and its 600 ms lease); then
+/// thawed (SIGCONT). It stops by itself, saying its lapsed lease or the fence (an epoch
+/// decided without it) is why; 0 and 2 serve at the new epoch; every acknowledged increment
+/// is present, its own included; it restarts and rejoins.
+#[test]
+fn a_frozen_instance_stops_by_itself_when_thawed_and_nothing_is_lost() {
+    let test = "a_frozen_instance_stops_by_itself_when_thawed_and_nothing_is_lost";
+    if let Some(why) = skip_reason(false, &["kill"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    faulty.start(&[]);
+    let epoch = faulty.epoch(0);
+    let workload = Workload::start(&faulty);
+    workload.progress(&faulty, 1, SERVES);
+    let frozen_at = Instant::now();
+    faulty.cluster.signal(1, "STOP").unwrap();
+    let deadline = Instant::now() + REACT;
+    while faulty.epoch(0) <= epoch {
+        assert!(
+            Instant::now() < deadline,
+            "instance 0: no epoch after {epoch}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(frozen_at.elapsed()));
+    faulty.cluster.signal(1, "CONT").unwrap();
+    let why = faulty.expect_stopped(1);
+    eprintln!("{test}: instance 1 stopped: {why}");
+    assert!(
+        ["fenced", "lease", "excluded"]
+            .iter()
+            .any(|reason| why.contains(reason)),
+        "instance 1 stopped for another reason: {why}"
+    );
+    faulty.expect_survivors(&[0, 2], epoch, &workload);
+    let tally = workload.finish();
+    let contents = faulty.check_contents(&[0, 2], &tally);
+    faulty.rejoin(1, 0);
+    assert_eq!(faulty.contents(2), contents);
+    faulty.finish();
+}
+
+/// Three instances on a loop block device (`--direct-io=on`), formatted as `fusionctl
+/// create` does: the workload, a `kill -9` of instance 2 in the middle; 0 and 1 recover it
+/// and go on; every acknowledged increment is present; 2 rejoins.
+#[test]
+fn a_cluster_on_a_loop_block_device_survives_a_kill() {
+    let test = "a_cluster_on_a_loop_block_device_survives_a_kill";
+    if let Some(why) = skip_reason(true, &["losetup"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let options = ClusterOptions::new(FUSIOND, 3);
+    let mut faulty = Faulty {
+        cluster: Cluster::create_from(&options),
+        firewall: None,
+        stall: None,
+        loop_device: None,
+        scratch: tempfile::tempdir().unwrap(),
+    };
+    // The device's backing file: as large as the shared file, and all zeroes.
+    let size = std::fs::metadata(&faulty.cluster.storage).unwrap().len();
+    let backing = faulty.scratch.path().join("device.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    match LoopDevice::attach(&backing) {
+        Ok(device) => faulty.loop_device = Some(device),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: no loop device with direct I/O here: {why}");
+            return;
+        }
+    }
+    let device = PathBuf::from(&faulty.loop_device.as_ref().unwrap().path);
+    // fusionctl create's work, called directly.
+    let mut spec =
+        instance::format::ClusterSpec::new(interconnect::ClusterId(options.cluster_id), 3, None);
+    spec.block_size = 8192;
+    spec.redo_thread_size = options.redo_mib << 20;
+    let created = instance::format::create(&device, &spec, false);
+    assert!(
+        created.is_ok(),
+        "formatting {device:?}: {:?}",
+        created.err()
+    );
+    for id in 0..3 {
+        faulty.cluster.point_storage(id, &device).unwrap();
+    }
+    faulty.start(&[]);
+    let epoch = faulty.epoch(0);
+    let workload = Workload::start(&faulty);
+    workload.progress(&faulty, 2, SERVES);
+    faulty.cluster.kill(2);
+    faulty.expect_survivors(&[0, 1], epoch, &workload);
+    let tally = workload.finish();
+    let contents = faulty.check_contents(&[0, 1], &tally);
+    faulty.rejoin(2, 0);
+    assert_eq!(faulty.contents(1), contents);
+    faulty.finish();
+}
+
+/// Failure mode 6: instance 1's data-block writes fail (EIO from the device past the data
+/// area's start) while its disk heartbeat and redo keep working. The write refused leaves its
+/// coordination core failed; the instance must stop (not keep heartbeating with blocks wedged
+/// cluster-wide), the others vote it out and recover it, and every acknowledged increment is
+/// present. It restarts on healthy storage and rejoins.
+#[test]
+fn a_failing_data_write_stops_its_instance_and_nothing_is_lost() {
+    let test = "a_failing_data_write_stops_its_instance_and_nothing_is_lost";
+    if let Some(why) = skip_reason(true, &["umount"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    if let Err(why) = faulty.stall_storage_of(1) {
+        eprintln!("SKIPPED {test}: FUSE does not work here: {why}");
+        return;
+    }
+    let data_offset = {
+        let storage = instance::storage::open(
+            &faulty.cluster.storage,
+            &instance::storage::StorageOptions::default(),
+        )
+        .expect("open the shared file");
+        instance::format::open(storage.as_ref())
+            .expect("its layout")
+            .data_offset
+    };
+    faulty.start(&[]);
+    let epoch = faulty.epoch(0);
+    let workload = Workload::start(&faulty);
+    workload.progress(&faulty, 1, SERVES);
+    let stall = faulty.stall.as_ref().unwrap();
+    stall.fail_writes_from(Some(data_offset));
+    // SAVE makes instance 1 write its dirty blocks now: it must not succeed once a write
+    // failed. The blocks its clients changed may all have moved to other instances' caches:
+    // then it has nothing to write, SAVE succeeds without a write, and an increment through
+    // it dirties a block again.
+    let deadline = Instant::now() + REACT;
+    let saved = loop {
+        let saved = faulty
+            .cluster
+            .client(1)
+            .with_timeout(REACT)
+            .unwrap()
+            .call(&["SAVE"]);
+        let failed = stall.failed_writes();
+        match &saved {
+            Ok(Resp::Simple(ok)) if ok == "OK" => assert_eq!(
+                failed, 0,
+                "instance 1's SAVE succeeded after {failed} data writes failed"
+            ),
+            _ => break saved,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance 1 never had a dirty block to write"
+        );
+        // A key outside the checked counters: its answer is nobody's acknowledgement.
+        let _ = faulty.cluster.client(1).call(&["INCR", "fault:save"]);
+    };
+    assert!(
+        stall.failed_writes() > 0,
+        "no data write of instance 1 failed (SAVE: {saved:?})"
+    );
+    let why = faulty.expect_stopped(1);
+    assert!(
+        why.contains("the coordination core failed"),
+        "instance 1 stopped for another reason: {why}"
+    );
+    faulty.stall.as_ref().unwrap().fail_writes_from(None);
+    faulty.expect_survivors(&[0, 2], epoch, &workload);
+    let tally = workload.finish();
+    faulty.check_contents(&[0, 2], &tally);
+    faulty.rejoin(1, 0);
+    faulty.finish();
+}
+
+/// Instance 1's storage stalls for 3 s (every read and write held) under the workload, its
+/// network up. Its lease lapses; it decides nothing in the meantime; the others may vote it
+/// out. Afterwards 0 and 2 serve; 1 either serves again at their epoch as a member or has
+/// stopped by itself; every acknowledged increment is present; a stopped 1 rejoins.
+#[test]
+fn a_storage_stall_of_one_instance_loses_nothing() {
+    let test = "a_storage_stall_of_one_instance_loses_nothing";
+    if let Some(why) = skip_reason(true, &["umount"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    if let Err(why) = faulty.stall_storage_of(1) {
+        eprintln!("SKIPPED {test}: FUSE does not work here: {why}");
+        return;
+    }
+    faulty.start(&[]);
+    let epoch = faulty.epoch(0);
+    let workload = Workload::start(&faulty);
+    workload.progress(&faulty, 1, SERVES);
+    let stall = faulty.stall.as_ref().unwrap();
+    stall.hold();
+    std::thread::sleep(Duration::from_secs(3));
+    stall.release();
+    assert!(stall.held() > 0, "the stall held no I/O of instance 1");
+    for id in [0, 2] {
+        workload.progress(&faulty, id, SERVES);
+    }
+    // Instance 1 serves again, or was voted out and stops by itself.
+    let deadline = Instant::now() + REACT;
+    let from = workload.served[1].load(Ordering::Relaxed);
+    let stopped = loop {
+        if let Some(status) = faulty.cluster.exited(1).unwrap() {
+            break Some(status);
+        }
+        if workload.served[1].load(Ordering::Relaxed) >= from + SERVES {
+            break None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance 1 neither serves nor stopped\n{}",
+            faulty.cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let tally = workload.finish();
+    // It may still stop after serving a little: what counts is what it is now.
+    let stopped = stopped.or_else(|| faulty.cluster.exited(1).unwrap());
+    if let Some(status) = stopped {
+        let why = faulty.stopped_reason(1, status);
+        eprintln!("{test}: instance 1 stopped: {why}");
+        let now = faulty.epoch(0);
+        assert!(now > epoch, "instance 1 stopped but the epoch stayed");
+        for id in [0, 2] {
+            assert_eq!(faulty.epoch(id), now, "instance {id}: its epoch");
+            assert_eq!(faulty.members(id), [0, 2], "instance {id}: the members");
+        }
+        faulty.check_contents(&[0, 2], &tally);
+        faulty.rejoin(1, 0);
+    } else {
+        let now = faulty.epoch(0);
+        for id in [1, 2] {
+            assert_eq!(faulty.epoch(id), now, "instance {id}: its epoch");
+        }
+        if now > epoch {
+            for id in 0..3 {
+                assert_eq!(faulty.members(id), [0, 1, 2], "instance {id}: the members");
+            }
+        }
+        faulty.check_contents(&[0, 1, 2], &tally);
+    }
+    faulty.finish();
+}
+
+/// Two instances; the link between them is cut and instance 0's storage stalls for 3 s at
+/// the same time, under the workload; the cut stays until one of them stops, and for 6 s at
+/// least. Exactly one stops; the other serves alone at a new epoch; every acknowledged
+/// increment of both is present; the stopped one rejoins.
+#[test]
+fn a_cut_with_a_storage_stall_leaves_exactly_one_side_serving() {
+    let test = "a_cut_with_a_storage_stall_leaves_exactly_one_side_serving";
+    if let Some(why) = skip_reason(true, &["umount", "nft"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(2);
+    let port = faulty.cluster.addresses[0].port();
+    match Firewall::new("s", cut_gid(), port) {
+        Ok(firewall) => faulty.firewall = Some(firewall),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
+            return;
+        }
+    }
+    if let Err(why) = faulty.stall_storage_of(0) {
+        eprintln!("SKIPPED {test}: FUSE does not work here: {why}");
+        return;
+    }
+    faulty.start(&[1]);
+    let epoch = faulty.epoch(0);
+    let workload = Workload::start(&faulty);
+    workload.progress(&faulty, 0, SERVES);
+    let cut_at = Instant::now();
+    faulty.stall.as_ref().unwrap().hold();
+    faulty.firewall.as_ref().unwrap().cut();
+    std::thread::sleep(Duration::from_secs(3));
+    faulty.stall.as_ref().unwrap().release();
+    let exited = wait_for_exits(&mut faulty, &[0, 1], cut_at, Duration::from_secs(6));
+    faulty.firewall.as_ref().unwrap().heal();
+    assert_eq!(exited.len(), 1, "both instances stopped");
+    let (&loser, &status) = exited.iter().next().unwrap();
+    let why = faulty.stopped_reason(loser, status);
+    eprintln!("{test}: instance {loser} stopped: {why}");
+    let winner = 1 - loser;
+    faulty.expect_survivors(&[winner], epoch, &workload);
+    let tally = workload.finish();
+    faulty.check_contents(&[winner], &tally);
+    faulty.rejoin(loser, winner);
+    faulty.finish();
+}
