@@ -188,8 +188,6 @@ pub struct Instance {
     commits: Arc<CommitStream>,
     runtime: Runtime,
     payload: usize,
-    /// The changes of this instance's previous life storage may not hold yet.
-    previous_life: PreviousLife,
     /// `storage.checkpoint_at_redo_percent`, as a share.
     checkpoint_at_redo_usage: f64,
     /// The background checkpointer, stopped at shutdown.
@@ -215,20 +213,12 @@ pub fn throttle_at_redo_usage(checkpoint_at: f64) -> f64 {
 /// fails with [`crate::redo::RedoError::RedoFull`] if the thread is still full.
 pub const REDO_SPACE_WAIT: Duration = Duration::from_secs(10);
 
-/// Blocks a previous life of this instance changed (in redo past its checkpoint at restart),
-/// with the newest SCN, that storage did not hold yet at the last look.
-type PreviousLife = Arc<parking_lot::Mutex<Vec<(BlockId, Scn)>>>;
-
 /// What a checkpoint needs, shared by [`Instance::checkpoint`] and the background
 /// checkpointer.
 #[derive(Clone)]
 struct Checkpointer {
-    me: InstanceId,
-    layout: Layout,
-    storage: Arc<dyn SharedStorage>,
     redo: Arc<RedoWriter>,
     handle: Arc<crate::runtime::DriverHandle>,
-    previous_life: PreviousLife,
     /// When the redo thread is this full, the background checkpointer writes the dirty
     /// blocks and moves the checkpoint, so redo space is reused before commits run out of it
     /// (`storage.checkpoint_at_redo_percent`).
@@ -236,56 +226,26 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Writes every block this instance has dirty or holds a past image of (through the GCS
-    /// write protocol), then moves its slot's checkpoint, and the redo writer's, to the redo
-    /// position taken before.
+    /// Has the node write every block this instance has dirty or holds a past image of
+    /// (through the GCS write protocol) and move its slot's checkpoint to the redo position
+    /// taken before (`crate::node::Node::checkpoint`), then moves the redo writer's.
     fn run(&self) -> Result<(), InstanceError> {
         // Redo written after this point may not be covered by the writes: take it first.
         let sequence = self.redo.next_sequence();
         let (reply, done) = crossbeam::channel::bounded(1);
-        if !self.handle.submit(Command::Checkpoint { reply }) {
+        if !self.handle.submit(Command::Checkpoint { sequence, reply }) {
             return Err(InstanceError::Stopped);
         }
-        done.recv().map_err(|_| InstanceError::Stopped)?;
-        if !self.previous_life_on_storage()? {
-            // A previous life's changes are still only in this thread's redo: the
-            // checkpoint stays before them.
-            return Ok(());
+        let moved = done
+            .recv()
+            .map_err(|_| InstanceError::Stopped)?
+            .map_err(InstanceError::Checkpoint)?;
+        if let Some(sequence) = moved {
+            self.redo
+                .set_checkpoint(sequence)
+                .map_err(InstanceError::Redo)?;
         }
-        {
-            let paxos = self.handle.slot_lock.lock();
-            let mut slot = format::read_slot(self.storage.as_ref(), &self.layout, self.me)
-                .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
-            if sequence <= slot.checkpoint.sequence {
-                return Ok(());
-            }
-            slot.checkpoint.sequence = sequence;
-            slot.paxos = *paxos;
-            format::write_slot(self.storage.as_ref(), &self.layout, &slot)
-                .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
-        }
-        self.redo
-            .set_checkpoint(sequence)
-            .map_err(InstanceError::Redo)?;
         Ok(())
-    }
-
-    /// Whether storage holds every change of this instance's previous life (those it does
-    /// not hold yet are kept for the next look).
-    fn previous_life_on_storage(&self) -> Result<bool, InstanceError> {
-        let mut previous = self.previous_life.lock();
-        if previous.is_empty() {
-            return Ok(true);
-        }
-        let mut buf =
-            crate::storage::AlignedBuf::new(self.layout.block_size as usize, format::SECTOR)
-                .map_err(|e| InstanceError::Checkpoint(e.to_string()))?;
-        previous.retain(|&(block, scn)| {
-            // Unreadable, damaged or never written: not there yet.
-            format::read_block(self.storage.as_ref(), &self.layout, block, &mut buf)
-                .map_or(true, |header| header.scn < scn)
-        });
-        Ok(previous.is_empty())
     }
 
     /// Checkpoints whenever the redo thread is `at_redo_usage` full, looking every 100 ms or
@@ -405,17 +365,23 @@ impl Instance {
         // Redo past this thread's checkpoint is a previous life's (nothing is committed in
         // this one yet). Its changes may be only there, dirty in another instance's cache
         // where they were shipped before this instance died: the checkpoint must not pass
-        // them until storage holds them.
+        // them until storage holds them. Read once the runtime runs (a slow read before it
+        // would look like silence to the members that just admitted this instance), and
+        // handed to the node before any checkpoint can be asked for.
         let scan = crate::recovery::scan_threads(storage.as_ref(), &layout, &[me])?;
-        let previous_life: PreviousLife = Arc::new(parking_lot::Mutex::new(
-            scan.changed_blocks()
-                .into_iter()
-                .map(|block| {
-                    let newest = scan.records(block).iter().map(|r| r.scn).max();
-                    (block, newest.unwrap_or_default())
-                })
-                .collect(),
-        ));
+        let blocks = scan
+            .changed_blocks()
+            .into_iter()
+            .map(|block| {
+                let newest = scan.records(block).iter().map(|r| r.scn).max();
+                (block, newest.unwrap_or_default())
+            })
+            .collect();
+        if !runtime.handle.submit(Command::PreviousLife { blocks }) {
+            return Err(StartError::Cache(
+                "the instance stopped while starting".into(),
+            ));
+        }
         let payload = layout.block_size as usize - BLOCK_HEADER_LEN;
         let (checkpoint_nudge, nudged) = crossbeam::channel::bounded(1);
         let mut instance = Self {
@@ -426,7 +392,6 @@ impl Instance {
             commits,
             runtime,
             payload,
-            previous_life,
             checkpoint_at_redo_usage: f64::from(config.checkpoint_at_redo_percent) / 100.0,
             checkpointer: None,
             checkpoint_nudge,
@@ -640,12 +605,8 @@ impl Instance {
 
     fn checkpointer(&self) -> Checkpointer {
         Checkpointer {
-            me: self.me,
-            layout: self.layout.clone(),
-            storage: Arc::clone(&self.storage),
             redo: Arc::clone(&self.redo),
             handle: Arc::clone(&self.runtime.handle),
-            previous_life: Arc::clone(&self.previous_life),
             at_redo_usage: self.checkpoint_at_redo_usage,
         }
     }

@@ -35,7 +35,12 @@
 //!   of blocks and locks, the buffer cache, and the GCS and GES engines (local exclusion per
 //!   block, one GCS request in flight per block, landing frames, coherence pins, eviction
 //!   through the write protocol).
-//! * [`runtime`] — the driver thread (transport + core, spin then park) and the I/O threads.
+//! * [`node`] — one instance's whole protocol as one sans-IO state machine: the core, the
+//!   cluster manager, the lease's renewal decisions, the recovery lifecycle (when it may
+//!   begin, which blocks, when it is done) and checkpoint completion.
+//! * [`runtime`] — the threads that move the node's bytes and time: the driver (transport +
+//!   node, spin then park), the I/O threads, the disk-heartbeat thread and the recovery
+//!   thread.
 //! * [`api`] — the Rust API: [`api::Instance`] (`start`, `read`, `begin` a transaction,
 //!   `lock`, `allocate_block`, `checkpoint`, `stats`, `shutdown`). Instances run as `fusiond`
 //!   processes (crate `instance/fusiond`), which serve the KV layer over RESP.
@@ -69,5 +74,6 @@ pub mod cluster;
 mod commit;
 pub mod config;
 pub mod core;
+pub mod node;
 pub mod paxos;
 pub mod runtime;

@@ -1,9 +1,11 @@
 //! The runtime: the threads that drive the coordination core with a real transport and real
 //! storage.
 //!
-//! * The **driver** thread owns the transport and the [`Core`]. It takes commands from user
-//!   threads, polls the transport, feeds the core, sends its frames, hands its storage I/O to
-//!   the I/O threads and delivers its completions. When idle it spins for a short while (on
+//! * The **driver** thread owns the transport and the [`Node`] (the core, the cluster
+//!   manager, the recovery lifecycle, checkpoint completion). It takes commands from user
+//!   threads, polls the transport, feeds the node, sends its frames, hands its storage I/O
+//!   to the I/O, disk and recovery threads, applies its lease renewals and delivers its
+//!   completions. When idle it spins for a short while (on
 //!   these VMs a cross-CPU wake-up costs more than a busy-polled round trip) and then parks
 //!   inside the transport's poll, from which a user's command or an I/O completion wakes it.
 //! * **I/O threads** read and write blocks (verify on read, seal on write) and report back.
@@ -11,13 +13,21 @@
 //!   their completions on a `Waiter` that yields briefly and then parks. They report the
 //!   stream's durability (`crate::commit`); the driver answers GCS's redo forces from it.
 //!
-//! This module owns threads, queues and waiting. It must never decide coherence or
-//! durability (the core and the engines do), and the driver never blocks on storage.
+//! * The **disk-heartbeat** thread owns this instance's slot: heartbeat rounds, Disk Paxos
+//!   and checkpoint slot I/O. The **recovery** thread scans redo, rebuilds recovery sets and
+//!   preempts reservation keys.
+//!
+//! This module owns threads, queues and waiting. It must never decide coherence, durability,
+//! membership or recovery (the node does), and the driver never blocks on storage.
 
 use crate::cache::{ReadLatch, WriteLatch};
-use crate::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfig, InstanceEvent};
+use crate::cluster::{ClusterManager, FailureConfig, InstanceEvent};
 use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
 use crate::format::{self, BlockError, Layout, control::SLOT_PAXOS_LEN};
+use crate::node::{
+    CheckpointId, CheckpointIo, DiskRound, Node, NodeConfig, NodeEvent, NodeIo, RecoveryIo,
+    RecoveryOutcome, SlotSeen, Transmit,
+};
 use crate::paxos::PaxosIo;
 use crate::storage::reservation::{ReservationError, Reservations, reservation_key};
 use crate::storage::{AlignedBuf, IoClass, SharedStorage};
@@ -43,10 +53,6 @@ const RECOVERY_BATCH: usize = 128;
 
 /// Workers rebuilding recovery-set batches at once (each one read or write in flight).
 const RECOVERY_WORKERS: usize = 4;
-
-/// Disk-heartbeat rounds in a row that complete without renewing a lapsed lease before the
-/// instance stops (the voting area is out of reach, or a decision against it is pending).
-const MAX_UNRENEWED_ROUNDS: u32 = 10;
 
 /// The longest the driver parks without looking at its timers.
 const MAX_PARK: Duration = Duration::from_millis(50);
@@ -85,8 +91,11 @@ pub(crate) enum Command {
         dependencies: Vec<crate::core::Dependency>,
         waiter: Arc<Waiter>,
     },
+    /// Checkpoint; `sequence` is the redo position taken before. The reply says where the
+    /// slot's checkpoint moved (`NodeEvent::CheckpointDone`).
     Checkpoint {
-        reply: Sender<()>,
+        sequence: u64,
+        reply: Sender<Result<Option<u64>, String>>,
     },
     Stats {
         reply: Sender<RuntimeStats>,
@@ -104,14 +113,8 @@ pub(crate) enum Command {
         scn: Scn,
         result: Result<(), String>,
     },
-    /// A disk-heartbeat round: this instance's heartbeat write (`written_at`: when it
-    /// started, as a CLOCK_BOOTTIME reading, if it succeeded), then a read of every slot
-    /// (`all_read`: none failed).
-    Disk {
-        slots: Vec<SlotSeen>,
-        written_at: Option<Duration>,
-        all_read: bool,
-    },
+    /// A disk-heartbeat round.
+    Disk(DiskRound),
     /// The recovery thread scanned the lost instances' redo for `epoch`'s reconfiguration.
     Scanned {
         epoch: Epoch,
@@ -137,6 +140,19 @@ pub(crate) enum Command {
         epoch: Epoch,
         lost: InstanceSet,
         result: Result<(), String>,
+    },
+    /// The changes of this instance's previous life, read at start
+    /// (`Node::handle_previous_life`).
+    PreviousLife {
+        blocks: Vec<(BlockId, Scn)>,
+    },
+    /// The previous life's blocks storage does not hold yet (`CheckpointIo::FindMissing`).
+    PreviousLifeChecked {
+        missing: Vec<(BlockId, Scn)>,
+    },
+    /// The slot's checkpoint moved, or not (`CheckpointIo::MoveSlotCheckpoint`).
+    CheckpointWritten {
+        result: Result<bool, String>,
     },
     /// Storage is out of reach past the lease, or another fatal condition.
     Stop(String),
@@ -183,24 +199,6 @@ impl ReservationFence {
     }
 }
 
-/// What became of one recovery-set block.
-pub(crate) enum RecoveryOutcome {
-    /// Rebuilt and durable at this SCN.
-    Rebuilt(Scn),
-    /// Its storage copy is corrupt and no past image replaced it: reported, the rest goes on.
-    Corrupt(String),
-    /// Recovery could not proceed (I/O error, lease): this instance stops.
-    Failed(String),
-}
-
-/// One slot as the disk-heartbeat thread read it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SlotSeen {
-    instance: InstanceId,
-    heartbeat: u64,
-    paxos: [u8; SLOT_PAXOS_LEN],
-}
-
 /// The I/O lease: this instance may write to shared storage only until `until` (CLOCK_BOOTTIME
 /// nanoseconds, so time suspended counts), renewed after each disk-heartbeat round whose
 /// voting-area read found no decision against this instance, from the time that round's
@@ -224,8 +222,8 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    fn new(lease: Duration) -> Self {
-        let now = crate::storage::boottime();
+    /// A lease granted at `now` (a CLOCK_BOOTTIME reading).
+    fn new(lease: Duration, now: Duration) -> Self {
         Self {
             until: AtomicU64::new(nanos(now + lease)),
             renewed_from: AtomicU64::new(nanos(now)),
@@ -378,19 +376,7 @@ pub struct TimedEvent {
     pub event: InstanceEvent,
 }
 
-/// How long the last failure took to handle here.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FailureTiming {
-    /// From the first suspicion of a lost member to the new epoch.
-    pub suspected_to_reconfigured: Option<Duration>,
-    /// From the new epoch until blocks outside the recovery set were served again (the
-    /// directories rebuilt): the first access.
-    pub reconfigured_to_served: Option<Duration>,
-    /// From the new epoch until this instance's part of instance recovery was complete.
-    pub reconfigured_to_recovered: Option<Duration>,
-    /// Blocks this instance rebuilt.
-    pub blocks_recovered: u64,
-}
+pub use crate::node::FailureTiming;
 
 /// Most events kept (the oldest go first).
 const MAX_EVENTS: usize = 1024;
@@ -537,12 +523,13 @@ impl Runtime {
         } = parts;
         let (commands, command_rx) = crossbeam::channel::unbounded();
         let (io_tx, io_rx) = crossbeam::channel::unbounded::<IoOp>();
-        let (recovery_tx, recovery_rx) = crossbeam::channel::unbounded::<RecoveryJob>();
+        let (recovery_tx, recovery_rx) = crossbeam::channel::unbounded::<RecoveryIo>();
         let waker = transport.waker();
         let parked = Arc::new(AtomicBool::new(false));
-        let lease = Arc::new(Lease::new(failure.lease));
+        let lease_from = crate::storage::boottime();
+        let lease = Arc::new(Lease::new(failure.lease, lease_from));
         let stop = Arc::new(StopState::default());
-        let (paxos_io, paxos_rx) = crossbeam::channel::unbounded::<PaxosIo>();
+        let (disk_tx, disk_rx) = crossbeam::channel::unbounded::<DiskJob>();
         let handle = Arc::new(DriverHandle {
             commands,
             waker,
@@ -579,7 +566,7 @@ impl Runtime {
                 std::thread::Builder::new()
                     .name("fusion-disk-heartbeat".into())
                     .spawn(move || {
-                        disk_thread(&context, &done, me, configured, failure, &paxos_rx)
+                        disk_thread(&context, &done, me, configured, failure, &disk_rx)
                     })?,
             );
         }
@@ -592,36 +579,35 @@ impl Runtime {
                     .spawn(move || recovery_thread(&recovery_rx, &context, &done, me))?,
             );
         }
-        let driver = Driver {
-            transport,
+        let node = Node::new(
             core,
             cluster,
+            NodeConfig {
+                configured,
+                failure,
+                lease_from,
+            },
+        );
+        let driver = Driver {
+            transport,
+            node,
             commands: command_rx,
             io: io_tx,
             recovery: recovery_tx,
+            disk: disk_tx,
+            stop,
+            unconnected: HashMap::new(),
+            event_log: std::collections::VecDeque::new(),
             parked,
             waiters: HashMap::new(),
+            checkpoints: HashMap::new(),
+            next_checkpoint: 0,
             origin,
             spin,
             stats: RuntimeStats::default(),
             events: Vec::new(),
             backlog: Vec::new(),
-            checkpoints: Vec::new(),
             context,
-            configured,
-            paxos_io,
-            unrenewed_rounds: 0,
-            stop,
-            lost: InstanceSet::EMPTY,
-            scan_due: None,
-            recovery_epoch: None,
-            to_recover: Vec::new(),
-            unconnected: HashMap::new(),
-            event_log: std::collections::VecDeque::new(),
-            suspected_at: None,
-            reconfigured_at: None,
-            rebuilding: false,
-            timing_failure: false,
             commits,
             redo_force: None,
         };
@@ -653,71 +639,30 @@ impl Drop for Runtime {
     }
 }
 
-/// Work for the recovery thread.
-enum RecoveryJob {
-    /// Scan the redo of every configured thread (the changed blocks and the records), and
-    /// seal the newest lives of `lost` where the scan read them to.
-    Scan {
-        epoch: Epoch,
-        all: InstanceSet,
-        lost: InstanceSet,
-    },
-    /// Rebuild these blocks from storage and the scanned redo.
-    Recover {
-        epoch: Epoch,
-        blocks: Vec<RecoveryTarget>,
-        scan: Arc<crate::recovery::ThreadScan>,
-    },
-    /// Preempt the reservation keys of `lost`, left out of `epoch` (one device command each;
-    /// here, not on the driver, which never blocks on storage).
-    Preempt { epoch: Epoch, lost: InstanceSet },
-}
-
 struct Driver<T> {
     transport: T,
-    core: Core,
-    cluster: ClusterManager,
+    /// The instance's protocol: every decision is there.
+    node: Node,
     commands: Receiver<Command>,
     io: Sender<IoOp>,
-    recovery: Sender<RecoveryJob>,
-    configured: InstanceSet,
-    /// Disk-heartbeat rounds in a row that did not renew the lease.
-    unrenewed_rounds: u32,
-    /// Disk Paxos I/O for the disk-heartbeat thread (one write and a read per slot at most
-    /// in flight: the machine issues no more).
-    paxos_io: Sender<PaxosIo>,
+    recovery: Sender<RecoveryIo>,
+    /// Slot I/O (Disk Paxos, checkpoints) for the disk-heartbeat thread.
+    disk: Sender<DiskJob>,
     stop: Arc<StopState>,
-    /// Lost instances whose blocks are not recovered yet.
-    lost: InstanceSet,
-    /// When this instance learnt of the decision that lost `lost`, and the epoch: their redo
-    /// is scanned once they surely write no more: their lease has run out, or their
-    /// reservation keys were preempted (`ClusterManager::recovery_start`).
-    scan_due: Option<(Timestamp, Epoch)>,
-    /// The epoch whose recovery is in progress, and the scan it uses.
-    recovery_epoch: Option<(Epoch, Option<Arc<crate::recovery::ThreadScan>>)>,
-    /// Recovery-set blocks waiting for the scan.
-    to_recover: Vec<RecoveryTarget>,
     /// Frames for members whose connection is not up yet, in order.
     unconnected: HashMap<InstanceId, Vec<CoreSend>>,
     event_log: std::collections::VecDeque<TimedEvent>,
-    /// When a member was first suspected, and when the last reconfiguration happened, to
-    /// time the failure.
-    suspected_at: Option<Instant>,
-    reconfigured_at: Option<(Instant, Epoch)>,
-    /// The rebuild after the last reconfiguration is not finished.
-    rebuilding: bool,
-    /// The last reconfiguration lost members: time its rebuild.
-    timing_failure: bool,
     parked: Arc<AtomicBool>,
     waiters: HashMap<Ticket, Arc<Waiter>>,
+    /// Checkpoints waiting for the node, by the id given to it.
+    checkpoints: HashMap<CheckpointId, Sender<Result<Option<u64>, String>>>,
+    next_checkpoint: u64,
     origin: Instant,
     spin: Duration,
     stats: RuntimeStats,
     events: Vec<TransportEvent>,
     /// Frames a full peer queue refused, retried in order.
     backlog: Vec<CoreSend>,
-    /// Checkpoints waiting for the core to write every dirty block.
-    checkpoints: Vec<Sender<()>>,
     context: Arc<IoContext>,
     commits: Arc<crate::commit::CommitStream>,
     /// The redo force GCS waits for, until the stream is durable that far.
@@ -733,10 +678,9 @@ impl<T: Transport> Driver<T> {
         let mut idle_since: Option<Instant> = None;
         let now = self.now();
         for (header, body) in early {
-            self.cluster.on_frame(header.source, header.epoch, now);
-            if let Err(e) = self
-                .core
-                .on_message(header.source, header.service, &body, now)
+            if let Err(e) =
+                self.node
+                    .handle_frame(header.source, header.epoch, header.service, &body, now)
             {
                 eprintln!("fusion: {e}");
             }
@@ -758,45 +702,18 @@ impl<T: Transport> Driver<T> {
             }
             busy |= self.poll_transport(Duration::ZERO);
             let now = self.now();
-            if self.core.poll_timeout().is_some_and(|at| at <= now) {
-                self.core.handle_timeout(now);
+            if self.node.poll_timeout() <= now {
+                self.node.handle_timeout(now);
                 busy = true;
             }
-            if self.cluster.poll_timeout() <= now {
-                self.cluster.tick(now);
-                busy = true;
-            }
-            // A lost member whose disk heartbeat still moves has not stopped: the end of its
-            // lease moves with it, and its blocks are not ours to rebuild until then (or
-            // until its reservation key is preempted, when fencing by reservation).
-            if let Some((decided_at, epoch)) = self.scan_due
-                && now >= self.cluster.recovery_start(self.lost, decided_at)
-            {
-                self.scan_due = None;
-                let _ = self.recovery.send(RecoveryJob::Scan {
-                    epoch,
-                    all: self.configured,
-                    lost: self.lost,
-                });
-            }
-            busy |= self.cluster_actions();
-            // The engines' state no longer matches the cluster's (a refused write leaves GCS
-            // believing a block is being written): serving on would wedge those blocks
-            // cluster-wide while this instance keeps heartbeating. Stop, so the others fence
-            // it and recover its part.
-            if let Some(reason) = self
-                .core
-                .failure()
-                .map(|error| format!("the coordination core failed: {error}"))
-            {
-                self.give_up(reason);
-            }
-            if self.stop.reason().is_some() {
-                self.halt(self.stop.reason().unwrap_or_default());
+            // A node that must stop hands out nothing more (no I/O after it gave up).
+            if self.stopping() {
                 return;
             }
             busy |= self.drain();
-            self.check_rebuilt();
+            if self.stopping() {
+                return;
+            }
             if busy {
                 idle_since = None;
                 continue;
@@ -808,16 +725,11 @@ impl<T: Transport> Driver<T> {
                 continue;
             }
             // Park in the transport until a frame, a command (the waker) or a timer.
-            let now = self.now();
-            let mut wake_at = self.cluster.poll_timeout();
-            if let Some(at) = self.core.poll_timeout() {
-                wake_at = wake_at.min(at);
-            }
-            let mut park = wake_at.saturating_since(now).min(MAX_PARK);
-            if let Some((decided_at, _)) = self.scan_due {
-                let due = self.cluster.recovery_start(self.lost, decided_at);
-                park = park.min(due.saturating_since(now));
-            }
+            let park = self
+                .node
+                .poll_timeout()
+                .saturating_since(self.now())
+                .min(MAX_PARK);
             self.parked.store(true, Ordering::Relaxed);
             fence(Ordering::SeqCst);
             if self.commands.is_empty() {
@@ -828,21 +740,25 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// This instance must stop (fenced, lost the majority or its storage, or a recovery
-    /// step failed): says why, records it, and the loop halts.
-    fn give_up(&mut self, reason: String) {
-        if self.stop.reason().is_none() {
-            eprintln!("fusion: instance {} stops: {reason}", self.core.id());
-            self.record(InstanceEvent::Stopped {
-                reason: reason.clone(),
-            });
+    /// Halts if the node or a thread says this instance must stop; returns whether it did.
+    fn stopping(&mut self) -> bool {
+        if let Some(reason) = self.node.stop_reason().map(str::to_owned) {
+            self.stop.stop(reason);
         }
-        self.stop.stop(reason);
+        match self.stop.reason() {
+            Some(reason) => {
+                self.halt(reason);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops serving: no more I/O (the lease is revoked), every waiting user gets the reason.
     fn halt(&mut self, reason: String) {
         self.context.lease.revoke();
+        // The node's last events (why it stopped) still go to the log.
+        self.drain_events();
         self.stop.stop(reason.clone());
         for (ticket, waiter) in self.waiters.drain() {
             waiter.complete(Completion::Block {
@@ -850,6 +766,8 @@ impl<T: Transport> Driver<T> {
                 result: Err(CoreError::Stopped(reason.clone())),
             });
         }
+        // Checkpoints waiting get no answer: their senders drop, and they return `Stopped`.
+        self.checkpoints.clear();
         // Commands still queued are answered too (replies dropped, waiters told), and a
         // waiter whose command comes later sees `drained`: no user thread waits forever on
         // a driver that is gone.
@@ -867,77 +785,49 @@ impl<T: Transport> Driver<T> {
         self.stop.drained.store(true, Ordering::Release);
     }
 
-    /// Carries out the cluster manager's decisions; returns whether there were any.
-    fn cluster_actions(&mut self) -> bool {
+    /// Acts on the node's events: records them, renews the lease, answers checkpoints.
+    fn drain_events(&mut self) -> bool {
         let mut any = false;
-        while let Some(action) = self.cluster.poll_action() {
+        while let Some(event) = self.node.poll_event() {
             any = true;
-            let now = self.now();
-            match action {
-                ClusterAction::Event(event) => {
-                    if matches!(event, InstanceEvent::Suspected { .. })
-                        && self.suspected_at.is_none()
-                    {
-                        self.suspected_at = Some(Instant::now());
-                    }
-                    self.record(event);
-                }
-                ClusterAction::Send { to, message } => {
-                    let mut body = Vec::new();
-                    message.encode(&mut body);
-                    self.send_control(to, Service::Instance, &body);
-                }
-                ClusterAction::Heartbeat { to } => self.send_control(to, Service::Membership, &[]),
-                ClusterAction::Reconfigure { epoch, live, lost } => {
-                    eprintln!(
-                        "fusion: instance {}: epoch {} with members {:?} (lost {:?})",
-                        self.core.id(),
-                        epoch.0,
-                        live.iter().map(|i| i.index()).collect::<Vec<_>>(),
-                        lost.iter().map(|i| i.index()).collect::<Vec<_>>()
-                    );
-                    self.unconnected.retain(|peer, _| live.contains(*peer));
-                    let at = Instant::now();
-                    if !lost.is_empty() {
-                        self.timing_failure = true;
-                        self.stats.last_failure = FailureTiming {
-                            suspected_to_reconfigured: self
-                                .suspected_at
-                                .take()
-                                .map(|s| at.saturating_duration_since(s)),
-                            ..FailureTiming::default()
-                        };
-                    }
-                    self.reconfigured_at = Some((at, epoch));
-                    self.rebuilding = true;
-                    if let Err(e) = self.core.reconfigure(epoch, live, now) {
-                        self.give_up(format!("reconfiguration to epoch {}: {e}", epoch.0));
-                        return true;
-                    }
-                    if !lost.is_empty() || !self.lost.is_empty() {
-                        // Recover everything lost so far, once the lost instances' lease has
-                        // run out (they stop all I/O by then).
-                        self.lost = self.lost.iter().chain(lost.iter()).collect();
-                        self.scan_due = Some((now, epoch));
-                        self.recovery_epoch = Some((epoch, None));
-                        self.stats.recoveries_started += 1;
+            match event {
+                NodeEvent::RenewLease { from } => self.context.lease.renew(from),
+                NodeEvent::CheckpointDone { id, result } => {
+                    if let Some(reply) = self.checkpoints.remove(&id) {
+                        let _ = reply.send(result);
                     }
                 }
-                ClusterAction::Preempt { epoch, lost } => {
-                    // The recovery thread lives as long as the driver.
-                    let _ = self.recovery.send(RecoveryJob::Preempt { epoch, lost });
+                NodeEvent::Instance { at, event } => {
+                    let me = self.node.id();
+                    match &event {
+                        InstanceEvent::Reconfigured { epoch, live, lost } => {
+                            eprintln!(
+                                "fusion: instance {me}: epoch {} with members {:?} (lost {:?})",
+                                epoch.0,
+                                live.iter().map(|i| i.index()).collect::<Vec<_>>(),
+                                lost.iter().map(|i| i.index()).collect::<Vec<_>>()
+                            );
+                            self.unconnected.retain(|peer, _| live.contains(*peer));
+                        }
+                        InstanceEvent::Recovered { epoch, .. } => {
+                            eprintln!("fusion: instance {me}: recovery for epoch {} done", epoch.0);
+                        }
+                        InstanceEvent::Unrecoverable { detail, .. } => {
+                            eprintln!("fusion: instance recovery: {detail}");
+                        }
+                        InstanceEvent::Stopped { reason } => {
+                            eprintln!("fusion: instance {me} stops: {reason}");
+                        }
+                        _ => {}
+                    }
+                    self.record(at, event);
                 }
-                ClusterAction::Paxos(io) => {
-                    // The disk thread lives as long as the driver.
-                    let _ = self.paxos_io.send(io);
-                }
-                ClusterAction::Stop { reason } => self.give_up(reason),
             }
         }
         any
     }
 
-    fn record(&mut self, event: InstanceEvent) {
+    fn record(&mut self, at: Timestamp, event: InstanceEvent) {
         if self.event_log.len() == MAX_EVENTS {
             self.event_log.pop_front();
         }
@@ -945,87 +835,10 @@ impl<T: Transport> Driver<T> {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         self.event_log.push_back(TimedEvent {
-            at: self.origin.elapsed(),
+            at: at.saturating_since(Timestamp::ZERO),
             unix,
             event,
         });
-    }
-
-    /// Notes when the rebuild after a reconfiguration is done: blocks are served again.
-    fn check_rebuilt(&mut self) {
-        if self.rebuilding
-            && !self.core.gcs().is_reconfiguring()
-            && let Some((at, epoch)) = self.reconfigured_at
-        {
-            self.rebuilding = false;
-            if self.timing_failure {
-                self.timing_failure = false;
-                self.stats.last_failure.reconfigured_to_served = Some(at.elapsed());
-            }
-            self.record(InstanceEvent::Rebuilt { epoch });
-        }
-    }
-
-    /// Sends a control frame (cluster messages, heartbeats) at critical priority.
-    fn send_control(&mut self, to: InstanceId, service: Service, body: &[u8]) {
-        let frame = Outgoing {
-            service,
-            priority: Priority::Critical,
-            epoch: self.cluster.epoch(),
-            scn: self.core.gcs().current_scn(),
-            body,
-            block: None,
-        };
-        // A peer that is down gets nothing; failure detection handles it.
-        if self.transport.send(to, &frame).is_ok() {
-            self.stats.frames_sent += 1;
-        }
-    }
-
-    /// Hands the recovery-set blocks to the recovery thread once the redo scan is there.
-    fn start_recovery(&mut self) {
-        let scan = self
-            .recovery_epoch
-            .as_ref()
-            .and_then(|(epoch, scan)| scan.as_ref().map(|scan| (*epoch, Arc::clone(scan))));
-        if let Some((epoch, scan)) = scan {
-            if !self.to_recover.is_empty() {
-                let blocks = std::mem::take(&mut self.to_recover);
-                let _ = self.recovery.send(RecoveryJob::Recover {
-                    epoch,
-                    blocks,
-                    scan,
-                });
-            }
-            self.check_recovery_done();
-        }
-    }
-
-    /// Recovery finished here for the epoch in progress: tell the cluster.
-    fn check_recovery_done(&mut self) {
-        if let Some((epoch, Some(_))) = &self.recovery_epoch
-            && self.scan_due.is_none()
-            && self.core.recovery_idle()
-        {
-            let epoch = *epoch;
-            self.recovery_epoch = None;
-            self.lost = InstanceSet::EMPTY;
-            self.stats.recoveries_done += 1;
-            if let Some((at, _)) = self.reconfigured_at {
-                self.stats.last_failure.reconfigured_to_recovered = Some(at.elapsed());
-            }
-            self.stats.last_failure.blocks_recovered = self.stats.blocks_recovered;
-            self.record(InstanceEvent::Recovered {
-                epoch,
-                blocks: self.stats.blocks_recovered,
-            });
-            eprintln!(
-                "fusion: instance {}: recovery for epoch {} done",
-                self.core.id(),
-                epoch.0
-            );
-            self.cluster.on_recovery_done(epoch);
-        }
     }
 
     fn command(&mut self, command: Command) {
@@ -1038,11 +851,11 @@ impl<T: Transport> Driver<T> {
                 waiter,
             } => {
                 self.waiters.insert(ticket, waiter);
-                self.core.acquire(ticket, block, mode, now);
+                self.node.acquire(ticket, block, mode, now);
             }
             Command::Release { block, mode, dirty } => {
                 // The transaction's commit is appended, maybe not durable (early release).
-                if let Err(e) = self.core.release_appended(block, mode, dirty, now) {
+                if let Err(e) = self.node.release_appended(block, mode, dirty, now) {
                     eprintln!("fusion: release of {block}: {e}");
                 }
             }
@@ -1054,154 +867,95 @@ impl<T: Transport> Driver<T> {
                 waiter,
             } => {
                 self.waiters.insert(ticket, waiter);
-                self.core.lock(ticket, name, mode, timeout, now);
+                self.node.lock(ticket, name, mode, timeout, now);
             }
             Command::Unlock { name, value } => {
-                if let Err(e) = self.core.unlock(name, value, now) {
+                if let Err(e) = self.node.unlock(name, value, now) {
                     eprintln!("fusion: unlock of {name:?}: {e}");
                 }
             }
-            Command::RedoDurable { scn } => self.core.on_redo_durable(scn, now),
+            Command::RedoDurable { scn } => self.node.handle_redo_durable(scn, now),
             Command::AwaitDependencies {
                 ticket,
                 dependencies,
                 waiter,
             } => {
                 self.waiters.insert(ticket, waiter);
-                self.core.await_dependencies(ticket, dependencies);
+                self.node.await_dependencies(ticket, dependencies, now);
             }
-            Command::Checkpoint { reply } => {
-                self.core.checkpoint(now);
-                self.checkpoints.push(reply);
+            Command::Checkpoint { sequence, reply } => {
+                let id = CheckpointId(self.next_checkpoint);
+                self.next_checkpoint += 1;
+                self.checkpoints.insert(id, reply);
+                self.node.checkpoint(id, sequence, now);
             }
             Command::Events { reply } => {
                 let _ = reply.send(self.event_log.iter().cloned().collect());
             }
             Command::Stats { reply } => {
                 let mut stats = self.stats.clone();
-                stats.core = self.core.stats();
-                stats.gcs = self.core.gcs().metrics().clone();
-                stats.ges = self.core.ges().stats();
-                stats.lock_waits = self.core.lock_waits().clone();
+                let core = self.node.core();
+                let node = self.node.stats();
+                stats.core = core.stats();
+                stats.gcs = core.gcs().metrics().clone();
+                stats.ges = core.ges().stats();
+                stats.lock_waits = core.lock_waits().clone();
                 stats.storage_reads = self.context.storage_reads.load(Ordering::Relaxed);
                 stats.storage_writes = self.context.storage_writes.load(Ordering::Relaxed);
-                stats.cluster = self.cluster.stats();
-                stats.epoch = self.cluster.epoch().0;
-                stats.members = self.cluster.live();
-                stats.gcs_rebuilding = self.core.gcs().is_reconfiguring();
-                stats.ges_rebuilding = self.core.ges().is_rebuilding();
+                stats.recoveries_started = node.recoveries_started;
+                stats.recoveries_done = node.recoveries_done;
+                stats.blocks_recovered = node.blocks_recovered;
+                stats.last_failure = node.last_failure;
+                stats.cluster = self.node.cluster().stats();
+                stats.epoch = self.node.epoch().0;
+                stats.members = self.node.live();
+                stats.gcs_rebuilding = core.gcs().is_reconfiguring();
+                stats.ges_rebuilding = core.ges().is_rebuilding();
                 let _ = reply.send(stats);
             }
             Command::ReadDone {
                 block,
                 filling,
                 result,
-            } => self.core.on_read_done(block, filling, result, now),
+            } => self.node.handle_read_done(block, filling, result, now),
             Command::WriteDone { block, scn, result } => {
-                self.core.on_write_done(block, scn, result, now)
+                self.node.handle_write_done(block, scn, result, now)
             }
-            Command::Disk {
-                slots,
-                written_at,
-                all_read,
-            } => {
-                self.cluster.begin_disk_round();
-                for slot in slots {
-                    self.cluster
-                        .on_disk(slot.instance, slot.heartbeat, &slot.paxos, now);
-                }
-                // Renewed only by a round that wrote the heartbeat and then read every slot
-                // without finding a decision against this instance: a decision made durable
-                // after the read began is seen by the next round, and this round's renewal
-                // counts from its write, which started before that decision.
-                if let Some(at) = written_at
-                    && all_read
-                    && self.cluster.may_renew_lease()
-                {
-                    self.context.lease.renew(at);
-                    self.unrenewed_rounds = 0;
-                } else {
-                    // A lapsed lease comes back with the next good round (a starved host
-                    // waits: it has no round at all meanwhile). Rounds that complete and
-                    // still cannot renew — the voting area unreadable, or a newer epoch
-                    // accepted without this instance that never gets decided — stop it.
-                    self.unrenewed_rounds += 1;
-                    if self.unrenewed_rounds >= MAX_UNRENEWED_ROUNDS && !self.context.lease.valid()
-                    {
-                        self.give_up(format!(
-                            "the I/O lease lapsed: {} disk-heartbeat rounds in a row could not renew it",
-                            self.unrenewed_rounds
-                        ));
-                    }
-                }
-            }
+            Command::Disk(round) => self.node.handle_disk_round(round, now),
             Command::Preempted {
                 epoch,
                 lost,
                 result,
-            } => match result {
-                Ok(()) => self.cluster.on_fenced_by_reservation(epoch, lost, now),
-                // Nothing is lost: recovery waits out their lease instead.
-                Err(e) => eprintln!(
-                    "fusion: instance {}: preempting {:?} failed ({e}); waiting out their lease",
-                    self.core.id(),
-                    lost.iter().map(|i| i.index()).collect::<Vec<_>>()
-                ),
-            },
-            Command::Scanned { epoch, result } => match result {
-                Ok((changed, scan)) => {
-                    if let Some((current, slot)) = &mut self.recovery_epoch
-                        && *current == epoch
-                    {
-                        *slot = Some(scan);
-                        // A recovery with no member lost (see `drain`) has no dead redo.
-                        if !self.lost.is_empty() {
-                            self.core.on_redo_scanned(changed, now);
-                        }
-                    }
-                    self.start_recovery();
+            } => {
+                if let Err(e) = &result {
+                    // Nothing is lost: recovery waits out their lease instead.
+                    eprintln!(
+                        "fusion: instance {}: preempting {:?} failed ({e}); waiting out their lease",
+                        self.node.id(),
+                        lost.iter().map(|i| i.index()).collect::<Vec<_>>()
+                    );
                 }
-                Err(e) => self.give_up(format!("instance recovery: reading redo: {e}")),
-            },
+                self.node.handle_preempted(epoch, lost, result, now);
+            }
+            Command::Scanned { epoch, result } => self.node.handle_scanned(epoch, result, now),
             Command::Recovered {
                 epoch,
                 block,
                 outcome,
-            } => {
-                let current = self
-                    .recovery_epoch
-                    .as_ref()
-                    .is_some_and(|(e, _)| *e == epoch);
-                match outcome {
-                    RecoveryOutcome::Rebuilt(scn) => {
-                        if current {
-                            self.stats.blocks_recovered += 1;
-                            self.core.on_block_recovered(block, scn, now);
-                        }
-                    }
-                    RecoveryOutcome::Corrupt(detail) => {
-                        eprintln!("fusion: instance recovery: {detail}");
-                        self.record(InstanceEvent::Unrecoverable {
-                            block,
-                            detail: detail.clone(),
-                        });
-                        if current {
-                            self.core.on_block_unrecoverable(block, now);
-                        }
-                    }
-                    RecoveryOutcome::Failed(e) => {
-                        self.give_up(format!("instance recovery of block {block}: {e}"));
-                        return;
-                    }
-                }
-                self.check_recovery_done();
-            }
-            Command::PaxosWritten { ok } => self.cluster.on_paxos_written(ok, now),
+            } => self.node.handle_recovered(epoch, block, outcome, now),
+            Command::PaxosWritten { ok } => self.node.handle_paxos_written(ok, now),
             Command::PaxosRead { owner, bytes } => {
-                self.cluster
-                    .on_paxos_read(owner, bytes.as_ref().map(|b| &b[..]), now)
+                self.node
+                    .handle_paxos_read(owner, bytes.as_ref().map(|b| &b[..]), now)
             }
-            Command::Stop(reason) => self.give_up(reason),
+            Command::PreviousLife { blocks } => self.node.handle_previous_life(blocks),
+            Command::PreviousLifeChecked { missing } => {
+                self.node.handle_previous_life_checked(missing, now)
+            }
+            Command::CheckpointWritten { result } => {
+                self.node.handle_checkpoint_written(result, now)
+            }
+            Command::Stop(reason) => self.node.handle_fatal(reason, now),
             Command::Shutdown => {}
         }
     }
@@ -1219,19 +973,14 @@ impl<T: Transport> Driver<T> {
                 TransportEvent::Message { header, body }
                 | TransportEvent::BlockLanded { header, body, .. } => {
                     self.stats.frames_received += 1;
-                    self.cluster.on_frame(header.source, header.epoch, now);
-                    match header.service {
-                        Service::Membership => {}
-                        Service::Instance => match ClusterMessage::decode(&body) {
-                            Ok(message) => self.cluster.on_message(header.source, message, now),
-                            Err(e) => eprintln!("fusion: from instance {}: {e}", header.source),
-                        },
-                        service => {
-                            if let Err(e) = self.core.on_message(header.source, service, &body, now)
-                            {
-                                eprintln!("fusion: {e}");
-                            }
-                        }
+                    if let Err(e) = self.node.handle_frame(
+                        header.source,
+                        header.epoch,
+                        header.service,
+                        &body,
+                        now,
+                    ) {
+                        eprintln!("fusion: {e}");
                     }
                 }
                 TransportEvent::LandingRefused {
@@ -1243,12 +992,12 @@ impl<T: Transport> Driver<T> {
                         "fusion: a block from instance {} was refused by its frame: {reason}",
                         header.source
                     );
-                    let _ = self
-                        .core
-                        .on_message(header.source, header.service, &body, now);
+                    let _ =
+                        self.node
+                            .handle_refused_block(header.source, header.service, &body, now);
                 }
                 TransportEvent::PeerConnected(peer) => {
-                    self.cluster.on_connected(peer);
+                    self.node.handle_connected(peer, now);
                     if let Some(waiting) = self.unconnected.remove(&peer) {
                         for send in waiting {
                             self.send(send);
@@ -1256,10 +1005,10 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 TransportEvent::PeerDisconnected { peer, reason } => {
-                    if self.cluster.live().contains(peer) {
+                    if self.node.live().contains(peer) {
                         eprintln!("fusion: connection to instance {peer} lost: {reason}");
                     }
-                    self.cluster.on_disconnected(peer);
+                    self.node.handle_disconnected(peer, now);
                 }
                 TransportEvent::Refused { peer, error } => {
                     eprintln!("fusion: connection refused ({peer:?}): {error}");
@@ -1270,7 +1019,8 @@ impl<T: Transport> Driver<T> {
         any
     }
 
-    /// Sends, hands out I/O and delivers completions until the core has nothing left.
+    /// Carries out the node's outputs (in the order its type doc gives) until a whole pass
+    /// yields nothing; returns whether there were any.
     fn drain(&mut self) -> bool {
         let mut any = false;
         if !self.backlog.is_empty() {
@@ -1279,78 +1029,102 @@ impl<T: Transport> Driver<T> {
                 self.send(send);
             }
         }
-        while let Some(send) = self.core.poll_send() {
-            any = true;
-            self.send(send);
-        }
-        while let Some(io) = self.core.poll_io() {
-            any = true;
-            match io {
-                IoOp::Recover { blocks } => {
-                    if self.recovery_epoch.is_none() && !blocks.is_empty() {
-                        // A rebuild that lost no member hands out a recovery set when a copy
-                        // was on the wire at the reconfiguration (a join), or a past image
-                        // outlived its discard: rebuild those blocks from storage and every
-                        // thread's redo now (no lease to wait out, no dead redo to report).
-                        let epoch = self.core.epoch();
-                        self.recovery_epoch = Some((epoch, None));
-                        self.scan_due = Some((self.now(), epoch));
-                        self.stats.recoveries_started += 1;
-                    }
-                    // Recovery-set blocks wait for the redo scan when it is not read yet.
-                    self.to_recover.extend(blocks);
-                    self.start_recovery();
-                }
-                // The I/O threads live as long as the driver.
-                io => {
-                    let _ = self.io.send(io);
+        loop {
+            let mut pass = self.drain_events();
+            while let Some(transmit) = self.node.poll_transmit() {
+                pass = true;
+                match transmit {
+                    Transmit::Engine(send) => self.send(send),
+                    Transmit::Control {
+                        to,
+                        service,
+                        epoch,
+                        scn,
+                        body,
+                    } => self.send_control(to, service, epoch, scn, &body),
                 }
             }
-        }
-        if let Some(upto) = self.core.poll_redo_force() {
-            self.redo_force = self.redo_force.max(Some(upto));
-        }
-        if let Some(upto) = self.redo_force {
-            // Answered at once when nothing appended is pending; else a committer's report
-            // (RedoDurable) moves the stream and this looks again. Never past the lease.
-            let horizon = self.commits.horizon(upto);
-            if horizon >= upto && self.context.lease.valid() {
-                any = true;
-                self.redo_force = None;
-                let now = self.now();
-                self.core.on_redo_durable(horizon, now);
+            let now = self.now();
+            while let Some(io) = self.node.poll_io(now) {
+                pass = true;
+                // The I/O, disk and recovery threads live as long as the driver.
+                let _ = match io {
+                    NodeIo::Data(io) => self.io.send(io).map_err(drop),
+                    NodeIo::Paxos(io) => self.disk.send(DiskJob::Paxos(io)).map_err(drop),
+                    NodeIo::Checkpoint(io) => self.disk.send(DiskJob::Checkpoint(io)).map_err(drop),
+                    NodeIo::Recovery(io) => self.recovery.send(io).map_err(drop),
+                };
             }
-        }
-        while let Some(completion) = self.core.poll_completion() {
-            any = true;
-            let ticket = match &completion {
-                Completion::Block { ticket, .. }
-                | Completion::Lock { ticket, .. }
-                | Completion::Durable { ticket, .. } => *ticket,
-            };
-            match self.waiters.remove(&ticket) {
-                Some(waiter) => waiter.complete(completion),
-                None => {
-                    // Nobody waits any more: give a block grant back.
-                    if let Completion::Block {
-                        result: Ok(grant), ..
-                    } = completion
-                    {
-                        let block = grant.pin.block();
-                        let now = self.now();
-                        let _ = self.core.release(block, grant.mode, None, now);
-                    }
+            if let Some(upto) = self.node.poll_redo_force() {
+                self.redo_force = self.redo_force.max(Some(upto));
+            }
+            if let Some(upto) = self.redo_force {
+                // Answered at once when nothing appended is pending; else a committer's report
+                // (RedoDurable) moves the stream and this looks again. Never past the lease.
+                let horizon = self.commits.horizon(upto);
+                if horizon >= upto && self.context.lease.valid() {
+                    pass = true;
+                    self.redo_force = None;
+                    let now = self.now();
+                    self.node.handle_redo_durable(horizon, now);
                 }
             }
-        }
-        if !self.checkpoints.is_empty() && self.core.checkpoint_done() {
-            for reply in self.checkpoints.drain(..) {
-                let _ = reply.send(());
+            while let Some(completion) = self.node.poll_completion() {
+                pass = true;
+                self.complete(completion);
             }
+            if !pass {
+                return any;
+            }
+            any = true;
         }
-        any
     }
 
+    /// Hands a completion to its waiting user.
+    fn complete(&mut self, completion: Completion) {
+        let ticket = match &completion {
+            Completion::Block { ticket, .. }
+            | Completion::Lock { ticket, .. }
+            | Completion::Durable { ticket, .. } => *ticket,
+        };
+        match self.waiters.remove(&ticket) {
+            Some(waiter) => waiter.complete(completion),
+            None => {
+                // Nobody waits any more: give a block grant back.
+                if let Completion::Block {
+                    result: Ok(grant), ..
+                } = completion
+                {
+                    let block = grant.pin.block();
+                    let now = self.now();
+                    let _ = self.node.release(block, grant.mode, None, now);
+                }
+            }
+        }
+    }
+
+    /// Sends a control frame (cluster messages, heartbeats) at critical priority.
+    fn send_control(
+        &mut self,
+        to: InstanceId,
+        service: Service,
+        epoch: Epoch,
+        scn: Scn,
+        body: &[u8],
+    ) {
+        let frame = Outgoing {
+            service,
+            priority: Priority::Critical,
+            epoch,
+            scn,
+            body,
+            block: None,
+        };
+        // A peer that is down gets nothing; failure detection handles it.
+        if self.transport.send(to, &frame).is_ok() {
+            self.stats.frames_sent += 1;
+        }
+    }
     fn send(&mut self, send: CoreSend) {
         if let Some(waiting) = self.unconnected.get_mut(&send.to) {
             waiting.push(send);
@@ -1391,7 +1165,7 @@ impl<T: Transport> Driver<T> {
             // A member not connected yet (it is joining, or redialing): keep its frames until
             // it is; a peer that is gone is dropped from the members by failure handling.
             Err(interconnect::SendError::NotConnected(peer)) => {
-                if self.cluster.live().contains(peer) {
+                if self.node.live().contains(peer) {
                     self.unconnected.entry(peer).or_default().push(send);
                 }
             }
@@ -1466,17 +1240,23 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
     }
 }
 
+/// Slot I/O for the disk-heartbeat thread, which owns this instance's slot.
+enum DiskJob {
+    Paxos(PaxosIo),
+    Checkpoint(CheckpointIo),
+}
+
 /// Writes this instance's disk heartbeat every interval and then reads every configured
-/// slot for the driver (which renews the I/O lease from such a round), and carries out the
-/// Disk Paxos I/O the driver hands it at once. Storage out of reach for the lease stops the
-/// instance.
+/// slot for the driver (whose node renews the I/O lease from such a round), and carries out
+/// the slot I/O the driver hands it (Disk Paxos, checkpoints) at once. Storage out of reach
+/// for the lease stops the instance.
 fn disk_thread(
     context: &IoContext,
     done: &DriverHandle,
     me: InstanceId,
     configured: InstanceSet,
     failure: FailureConfig,
-    paxos: &Receiver<PaxosIo>,
+    jobs: &Receiver<DiskJob>,
 ) {
     let storage = context.storage.as_ref();
     let layout = &context.layout;
@@ -1509,15 +1289,21 @@ fn disk_thread(
         if done.stop.reason().is_some() {
             return;
         }
-        match paxos.recv_timeout(next_round.saturating_duration_since(Instant::now())) {
-            Ok(PaxosIo::WriteOwn { bytes }) => {
+        match jobs.recv_timeout(next_round.saturating_duration_since(Instant::now())) {
+            Ok(DiskJob::Checkpoint(io)) => {
+                if !done.submit(checkpoint_io(context, me, io, &done.slot_lock)) {
+                    return;
+                }
+                continue;
+            }
+            Ok(DiskJob::Paxos(PaxosIo::WriteOwn { bytes })) => {
                 let ok = write_own(&mut heartbeat, Some(bytes)).is_ok();
                 if !done.submit(Command::PaxosWritten { ok }) {
                     return;
                 }
                 continue;
             }
-            Ok(PaxosIo::ReadBlock { owner }) => {
+            Ok(DiskJob::Paxos(PaxosIo::ReadBlock { owner })) => {
                 let bytes = format::read_slot(storage, layout, owner)
                     .ok()
                     .map(|s| s.paxos);
@@ -1563,19 +1349,60 @@ fn disk_thread(
                 },
             )
             .collect();
-        if !done.submit(Command::Disk {
+        if !done.submit(Command::Disk(DiskRound {
             slots,
             written_at,
             all_read,
-        }) {
+            completed_at: crate::storage::boottime(),
+        })) {
             return;
+        }
+    }
+}
+
+/// A checkpoint's storage work on this instance's slot (on the disk thread, which holds the
+/// slot's newest Paxos block).
+fn checkpoint_io(
+    context: &IoContext,
+    me: InstanceId,
+    io: CheckpointIo,
+    slot_lock: &Mutex<[u8; SLOT_PAXOS_LEN]>,
+) -> Command {
+    let storage = context.storage.as_ref();
+    let layout = &context.layout;
+    match io {
+        CheckpointIo::FindMissing { mut blocks } => {
+            match AlignedBuf::new(layout.block_size as usize, format::SECTOR) {
+                Ok(mut buf) => blocks.retain(|&(block, scn)| {
+                    // Unreadable, damaged or never written: not there yet.
+                    format::read_block(storage, layout, block, &mut buf)
+                        .map_or(true, |header| header.scn < scn)
+                }),
+                // Nothing could be checked: every block counts as missing.
+                Err(e) => eprintln!("fusion: checkpoint: {e}"),
+            }
+            Command::PreviousLifeChecked { missing: blocks }
+        }
+        CheckpointIo::MoveSlotCheckpoint { sequence } => {
+            let paxos = slot_lock.lock();
+            let result = format::read_slot(storage, layout, me)
+                .and_then(|mut slot| {
+                    if sequence <= slot.checkpoint.sequence {
+                        return Ok(false);
+                    }
+                    slot.checkpoint.sequence = sequence;
+                    slot.paxos = *paxos;
+                    format::write_slot(storage, layout, &slot).map(|()| true)
+                })
+                .map_err(|e| e.to_string());
+            Command::CheckpointWritten { result }
         }
     }
 }
 
 /// Instance recovery's storage work: scanning redo threads and rebuilding blocks.
 fn recovery_thread(
-    rx: &Receiver<RecoveryJob>,
+    rx: &Receiver<RecoveryIo>,
     context: &IoContext,
     done: &DriverHandle,
     me: InstanceId,
@@ -1584,7 +1411,7 @@ fn recovery_thread(
     let layout = &context.layout;
     while let Ok(job) = rx.recv() {
         match job {
-            RecoveryJob::Preempt { epoch, lost } => {
+            RecoveryIo::Preempt { epoch, lost } => {
                 let result = match &context.fence {
                     Some(fence) => fence.preempt(lost).map_err(|e| e.to_string()),
                     None => Err("fencing by reservation is not configured".into()),
@@ -1597,8 +1424,12 @@ fn recovery_thread(
                     return;
                 }
             }
-            RecoveryJob::Scan { epoch, all, lost } => {
-                let all: Vec<InstanceId> = all.iter().collect();
+            RecoveryIo::Scan {
+                epoch,
+                threads,
+                lost,
+            } => {
+                let all: Vec<InstanceId> = threads.iter().collect();
                 let lost: Vec<InstanceId> = lost.iter().collect();
                 // Every thread's changed blocks, not only the lost instances': a block a
                 // lost instance held may carry a change that is only in another thread's
@@ -1623,7 +1454,7 @@ fn recovery_thread(
                     return;
                 }
             }
-            RecoveryJob::Recover {
+            RecoveryIo::Rebuild {
                 epoch,
                 blocks,
                 scan,

@@ -62,9 +62,14 @@
 //!   `fusion-sim soak --minutes N` runs consecutive seeds for N minutes and prints the totals.
 //!   Build it with `--release` (`cargo run --release -p sim --bin fusion-sim -- replay 1234`).
 //!
-//! Not covered: the cluster manager (detection, votes, fencing and the lease are modelled
-//! by the driver: a death is decided after a delay, a cut-off instance dies before the
-//! others decide), partitions that leave an isolated instance running past the decision,
+//! The second world of every seed, [`membership`], runs N real `instance::node::Node`s (core,
+//! cluster manager with Disk Paxos, recovery lifecycle) without users under network,
+//! storage and process faults: there the cluster manager decides every death and the node
+//! decides when recovery begins.
+//!
+//! Not covered in this world: the cluster manager and the node (detection, votes, fencing
+//! and the lease are modelled by the driver: a death is decided after a delay, a cut-off
+//! instance dies before the others decide), partitions that leave an isolated instance running past the decision,
 //! whole-cluster restart, storage power loss (torn or lost unsynced writes: every write here
 //! is synced) and storage errors in the main seeds (one test injects read errors), GES locks,
 //! the commit-dependency ship policy, lost messages between live instances, recovery I/O

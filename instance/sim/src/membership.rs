@@ -1,34 +1,50 @@
-//! The membership simulator: N real [`ClusterManager`]s, each with its real [`DiskPaxos`], on
-//! one seeded virtual clock, over a lossy network and a shared voting area whose I/O can be
-//! delayed, stalled (it lands late), or fail.
+//! The membership simulator: N real [`Node`](InstanceNode)s — each its real coordination
+//! core, its real [`ClusterManager`] with its real [`DiskPaxos`], and the node's recovery
+//! lifecycle — on one seeded virtual clock, over a lossy network and a shared voting area
+//! whose I/O can be delayed, stalled (it lands late), or fail. No user runs here (the
+//! instance simulator, `crate::driver`, runs the workload): this world is about who is a
+//! member, when recovery begins, and that the engines' rebuilds complete whatever
+//! membership comes out.
 //!
 //! Faults, drawn by the seed: one-link and one-way cuts, lost, duplicated and delayed control
 //! messages, process pauses (the node takes no steps; its I/O still lands), storage stalls of
 //! one node (its I/O and disk heartbeats held for seconds, with its network up or cut), write
 //! errors (the write may land anyway), kills, and small forward jumps of one node's clock.
 //! The runtime's part is modelled as the runtime does it: a disk round writes the heartbeat,
-//! reads every slot and renews the lease (from the round's start) only when the manager says
-//! it may; a survivor begins recovering lost members at the runtime's own rule,
-//! [`ClusterManager::recovery_start`].
+//! reads every slot and hands the round to the node, which renews the lease (from the
+//! round's start) when it may; the node decides when recovery begins (its redo-scan I/O).
+//! Control frames (cluster messages, heartbeats) may be lost or duplicated; the engines'
+//! frames go in order on each link, held while it is cut (a TCP connection's stream).
 //!
 //! Checked after every step:
 //! * at most one membership per epoch, ever (every `Reconfigure` applied anywhere);
 //! * a member left out of an epoch never keeps serving in it (it stops once it learns);
-//! * fencing: when a survivor begins recovering a lost member, that member's lease (global
-//!   time) has run out, so no I/O of it is submitted or acknowledged after recovery began.
+//! * fencing: when a survivor's node asks for the redo scan that begins recovering lost
+//!   members, each one's lease (global time) has run out, so no I/O of it is submitted or
+//!   acknowledged after recovery began;
+//! * no node stops for a core failure.
 //!
 //! At the end, with every fault healed: the running nodes agree on one epoch whose members
-//! are exactly the running nodes (liveness).
+//! are exactly the running nodes, each finished its recovery and its engines' rebuild
+//! (liveness).
 //!
 //! `fusion-sim` runs this world beside the instance simulator for every seed; replay one
 //! seed with `fusion-sim replay --membership N`. A failure panics with what broke.
 
-use instance::cluster::{ClusterAction, ClusterManager, ClusterMessage, FailureConfig};
+use instance::cache::BufferCache;
+use instance::cluster::{ClusterManager, FailureConfig, InstanceEvent};
+use instance::core::{Core, CoreConfig};
+use instance::node::{
+    DiskRound, Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo, RecoveryOutcome,
+    SlotSeen, Transmit,
+};
 use instance::paxos::{Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosConfig, PaxosIo, Proposal};
+use instance::recovery::ThreadScan;
 use interconnect::sim::SimRng;
-use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
+use interconnect::{BlockRegion, Epoch, InstanceId, InstanceSet, Scn, Service, Timestamp};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn id(n: usize) -> InstanceId {
@@ -60,14 +76,24 @@ enum Ev {
     },
     /// A Paxos read of `owner`'s block is served now.
     PaxosRead { node: usize, owner: usize, ok: bool },
-    /// A cluster message or a network heartbeat (`None`) arrives.
+    /// A frame arrives.
     Deliver {
         from: usize,
         to: usize,
-        message: Option<ClusterMessage>,
+        frame: Frame,
     },
+    /// The node's redo scan (of no redo: nothing is committed here) completes.
+    Scanned { node: usize, epoch: Epoch },
     /// A fault begins.
     Fault,
+}
+
+/// A frame on the wire.
+#[derive(Debug, Clone)]
+struct Frame {
+    service: Service,
+    epoch: Epoch,
+    body: Vec<u8>,
 }
 
 /// What one run (or several, added up) went through.
@@ -92,7 +118,7 @@ pub struct MembershipStats {
 }
 
 struct Node {
-    m: ClusterManager,
+    node: InstanceNode,
     alive: bool,
     /// Takes no steps before this (SIGSTOP).
     paused_until: u64,
@@ -105,8 +131,6 @@ struct Node {
     heartbeat: u64,
     /// The newest Paxos block it asked to write.
     latest_paxos: Option<[u8; PAXOS_BLOCK_LEN]>,
-    /// Survivor bookkeeping: members lost and when this node learnt the decision (local).
-    recovering: Option<(InstanceSet, Timestamp)>,
 }
 
 struct Sim {
@@ -121,6 +145,8 @@ struct Sim {
     blocks: Vec<[u8; PAXOS_BLOCK_LEN]>,
     /// Directed links that drop everything, until a time.
     cut_until: BTreeMap<(usize, usize), u64>,
+    /// Directed links' last scheduled engine-frame delivery (they go in order).
+    engine_last: BTreeMap<(usize, usize), u64>,
     /// Every membership applied anywhere, by epoch.
     memberships: BTreeMap<u64, InstanceSet>,
     /// Faults happen before this time; afterwards the cluster must settle.
@@ -130,6 +156,14 @@ struct Sim {
 }
 
 const LEASE_MS: u64 = 600;
+/// Each node's cache (no user runs: the engines' state is what they rebuild).
+const CACHE_FRAMES: u32 = 8;
+const BLOCK_SIZE: u32 = 4096;
+const DATA_BLOCKS: u64 = 64;
+
+fn ms(t: u64) -> Duration {
+    Duration::from_millis(t)
+}
 
 impl Sim {
     fn new(seed: u64, trace: bool) -> Self {
@@ -152,15 +186,52 @@ impl Sim {
                 };
                 let mut paxos = DiskPaxos::new(id(i), config, decision).expect("paxos");
                 paxos.recover_own(&[0u8; PAXOS_BLOCK_LEN]).expect("recover");
-                let mut m =
+                let m =
                     ClusterManager::new(id(i), all, Epoch(1), all, failure, paxos, Timestamp::ZERO)
                         .expect("manager");
+                let region = BlockRegion::anonymous(CACHE_FRAMES, BLOCK_SIZE).expect("region");
+                let core = Core::new(
+                    CoreConfig {
+                        me: id(i),
+                        members: all,
+                        epoch: Epoch(1),
+                        data_file: 0,
+                        data_blocks: DATA_BLOCKS,
+                        gcs: gcs::GcsConfig::default(),
+                        // The lock service is idle here: a small bucket map builds fast (the
+                        // GCS map's shape is the core's own).
+                        ges: ges::GesConfig {
+                            directory: grd::DirectoryConfig {
+                                map: grd::BucketMapConfig {
+                                    buckets: 1024,
+                                    virtual_nodes: 16,
+                                },
+                                ..grd::DirectoryConfig::default()
+                            },
+                            ..ges::GesConfig::default()
+                        },
+                        joining: false,
+                    },
+                    BufferCache::new(region).expect("cache"),
+                    Timestamp::ZERO,
+                )
+                .expect("core");
+                let mut node = InstanceNode::new(
+                    core,
+                    m,
+                    NodeConfig {
+                        configured: all,
+                        failure,
+                        lease_from: Duration::ZERO,
+                    },
+                );
                 for p in all.iter().filter(|p| *p != id(i)) {
-                    m.on_connected(p);
-                    m.on_frame(p, Epoch(1), Timestamp::ZERO);
+                    node.handle_connected(p, Timestamp::ZERO);
+                    node.handle_frame(p, Epoch(1), Service::Membership, &[], Timestamp::ZERO)
+                        .expect("heartbeat");
                 }
                 Node {
-                    m,
+                    node,
                     alive: true,
                     paused_until: 0,
                     stalled_until: 0,
@@ -168,7 +239,6 @@ impl Sim {
                     lease_until: LEASE_MS,
                     heartbeat: 0,
                     latest_paxos: None,
-                    recovering: None,
                 }
             })
             .collect();
@@ -183,6 +253,7 @@ impl Sim {
             heartbeats: vec![0; n],
             blocks: vec![[0u8; PAXOS_BLOCK_LEN]; n],
             cut_until: BTreeMap::new(),
+            engine_last: BTreeMap::new(),
             memberships: BTreeMap::from([(1, all)]),
             faults_end,
             stats: MembershipStats::default(),
@@ -276,7 +347,7 @@ impl Sim {
                     return;
                 }
                 let now = self.local(node);
-                self.nodes[node].m.tick(now);
+                self.nodes[node].node.handle_timeout(now);
             }
             Ev::DiskRound(node) => {
                 if !self.runnable(node, &Ev::DiskRound(node)) {
@@ -337,15 +408,22 @@ impl Sim {
                     return;
                 };
                 let now = self.local(node);
-                let m = &mut self.nodes[node].m;
-                m.begin_disk_round();
-                for (i, (beat, block)) in slots.iter().enumerate() {
-                    m.on_disk(id(i), *beat, block, now);
-                }
-                if ok && m.may_renew_lease() {
-                    let n = &mut self.nodes[node];
-                    n.lease_until = n.lease_until.max(started + LEASE_MS);
-                }
+                // Boottime readings are global time: the lease is checked against it.
+                let round = DiskRound {
+                    slots: slots
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (heartbeat, paxos))| SlotSeen {
+                            instance: id(i),
+                            heartbeat: *heartbeat,
+                            paxos: *paxos,
+                        })
+                        .collect(),
+                    written_at: ok.then_some(ms(started)),
+                    all_read: true,
+                    completed_at: ms(self.now),
+                };
+                self.nodes[node].node.handle_disk_round(round, now);
                 let next = self.rng.between(90, 110);
                 self.at(next, Ev::DiskRound(node));
             }
@@ -369,7 +447,7 @@ impl Sim {
                     return;
                 }
                 let now = self.local(node);
-                self.nodes[node].m.on_paxos_written(ok, now);
+                self.nodes[node].node.handle_paxos_written(ok, now);
             }
             Ev::PaxosRead { node, owner, ok } => {
                 let bytes = self.blocks[owner];
@@ -383,41 +461,154 @@ impl Sim {
                     return;
                 }
                 let now = self.local(node);
-                let m = &mut self.nodes[node].m;
-                m.on_paxos_read(id(owner), ok.then_some(&bytes[..]), now);
+                let n = &mut self.nodes[node].node;
+                n.handle_paxos_read(id(owner), ok.then_some(&bytes[..]), now);
             }
-            Ev::Deliver { from, to, message } => {
-                if !self.runnable(to, &Ev::Deliver { from, to, message }) {
+            Ev::Deliver { from, to, frame } => {
+                let ev = Ev::Deliver { from, to, frame };
+                if !self.runnable(to, &ev) {
                     return;
                 }
+                let Ev::Deliver { frame, .. } = ev else {
+                    return;
+                };
                 let now = self.local(to);
-                let m = &mut self.nodes[to].m;
-                m.on_frame(id(from), Epoch(1), now);
-                if let Some(message) = message {
-                    m.on_message(id(from), message, now);
+                let n = &mut self.nodes[to].node;
+                if let Err(e) =
+                    n.handle_frame(id(from), frame.epoch, frame.service, &frame.body, now)
+                {
+                    self.fail(format!("n{to} refused a frame of n{from}: {e}"));
                 }
+            }
+            Ev::Scanned { node, epoch } => {
+                if !self.runnable(node, &Ev::Scanned { node, epoch }) {
+                    return;
+                }
+                let now = self.local(node);
+                let scan = Arc::new(ThreadScan::default());
+                self.nodes[node]
+                    .node
+                    .handle_scanned(epoch, Ok((Vec::new(), scan)), now);
             }
             Ev::Fault => self.fault(),
         }
     }
 
-    /// Carries out every node's actions.
+    /// Carries out every node's outputs; a node that must stop stops.
     fn drain(&mut self) {
         for node in 0..self.nodes.len() {
-            if !self.nodes[node].alive {
-                continue;
-            }
-            while let Some(action) = self.nodes[node].m.poll_action() {
-                self.act(node, action);
+            loop {
+                if !self.nodes[node].alive {
+                    break;
+                }
+                let mut any = false;
+                while let Some(event) = self.nodes[node].node.poll_event() {
+                    any = true;
+                    self.event(node, event);
+                }
+                while let Some(transmit) = self.nodes[node].node.poll_transmit() {
+                    any = true;
+                    self.transmit(node, transmit);
+                }
+                let now = self.local(node);
+                while let Some(io) = self.nodes[node].node.poll_io(now) {
+                    any = true;
+                    self.io(node, io);
+                }
+                if self.nodes[node].node.poll_completion().is_some() {
+                    self.fail(format!(
+                        "n{node} completed a user operation nobody asked for"
+                    ));
+                }
+                if let Some(reason) = self.nodes[node].node.stop_reason().map(str::to_owned) {
+                    self.stop(node, &reason);
+                    break;
+                }
+                if !any {
+                    break;
+                }
             }
         }
     }
 
-    fn act(&mut self, node: usize, action: ClusterAction) {
-        match action {
-            ClusterAction::Send { to, message } => self.send(node, to.index(), Some(message)),
-            ClusterAction::Heartbeat { to } => self.send(node, to.index(), None),
-            ClusterAction::Paxos(PaxosIo::WriteOwn { bytes }) => {
+    fn event(&mut self, node: usize, event: NodeEvent) {
+        match event {
+            NodeEvent::RenewLease { from } => {
+                let until = u64::try_from(from.as_millis()).unwrap_or(u64::MAX) + LEASE_MS;
+                let n = &mut self.nodes[node];
+                n.lease_until = n.lease_until.max(until);
+            }
+            NodeEvent::Instance {
+                event: InstanceEvent::Reconfigured { epoch, live, lost },
+                ..
+            } => {
+                self.stats.reconfigurations += 1;
+                self.log(|| format!("n{node}: epoch {} = {live:?} (lost {lost:?})", epoch.0));
+                match self.memberships.get(&epoch.0) {
+                    Some(known) if *known != live => self.fail(format!(
+                        "epoch {} has two memberships: {known:?} and {live:?} (n{node})",
+                        epoch.0
+                    )),
+                    _ => {
+                        self.memberships.insert(epoch.0, live);
+                    }
+                }
+            }
+            NodeEvent::Instance { event, .. } => self.log(|| format!("n{node}: {event:?}")),
+            NodeEvent::CheckpointDone { .. } => {
+                self.fail(format!("n{node} finished a checkpoint nobody asked for"))
+            }
+        }
+    }
+
+    fn transmit(&mut self, from: usize, transmit: Transmit) {
+        match transmit {
+            Transmit::Control {
+                to,
+                service,
+                epoch,
+                body,
+                ..
+            } => self.send(
+                from,
+                to.index(),
+                Frame {
+                    service,
+                    epoch,
+                    body,
+                },
+            ),
+            Transmit::Engine(send) => {
+                if send.block.is_some() {
+                    self.fail(format!("n{from} ships a block with no user running"));
+                }
+                let to = send.to.index();
+                if to >= self.nodes.len() {
+                    return;
+                }
+                // In order on the link, held while it is cut (TCP retransmits).
+                let held = self
+                    .cut_until
+                    .get(&(from, to))
+                    .copied()
+                    .unwrap_or(0)
+                    .max(self.now);
+                let last = self.engine_last.get(&(from, to)).copied().unwrap_or(0);
+                let at = (held + self.rng.between(0, 20)).max(last);
+                self.engine_last.insert((from, to), at);
+                let frame = Frame {
+                    service: send.service,
+                    epoch: send.epoch,
+                    body: send.body,
+                };
+                self.at(at - self.now, Ev::Deliver { from, to, frame });
+            }
+        }
+    }
+
+    fn io(&mut self, node: usize, io: NodeIo) {
+        match io {
+            NodeIo::Paxos(PaxosIo::WriteOwn { bytes }) => {
                 self.nodes[node].latest_paxos = Some(bytes);
                 let d = self.io_delay(node);
                 let fails = self.rng.chance(1, 50);
@@ -433,7 +624,7 @@ impl Sim {
                     },
                 );
             }
-            ClusterAction::Paxos(PaxosIo::ReadBlock { owner }) => {
+            NodeIo::Paxos(PaxosIo::ReadBlock { owner }) => {
                 let d = self.io_delay(node);
                 let ok = !self.rng.chance(1, 100);
                 self.at(
@@ -445,58 +636,83 @@ impl Sim {
                     },
                 );
             }
-            ClusterAction::Reconfigure { epoch, live, lost } => {
-                self.stats.reconfigurations += 1;
-                self.log(|| format!("n{node}: epoch {} = {live:?} (lost {lost:?})", epoch.0));
-                match self.memberships.get(&epoch.0) {
-                    Some(known) if *known != live => self.fail(format!(
-                        "epoch {} has two memberships: {known:?} and {live:?} (n{node})",
-                        epoch.0
-                    )),
-                    _ => {
-                        self.memberships.insert(epoch.0, live);
+            NodeIo::Recovery(RecoveryIo::Scan { epoch, .. }) => {
+                // Recovery begins: every member it recovers must have stopped all I/O.
+                let lost = self.nodes[node].node.recovering();
+                self.stats.recoveries += 1;
+                for victim in lost.iter() {
+                    let v = &self.nodes[victim.index()];
+                    if v.lease_until > self.now {
+                        self.fail(format!(
+                            "n{node} begins recovering n{} whose lease runs to {} ms",
+                            victim.index(),
+                            v.lease_until
+                        ));
                     }
                 }
+                self.log(|| format!("n{node}: recovers {lost:?} for epoch {}", epoch.0));
+                let d = self.io_delay(node);
+                self.at(d, Ev::Scanned { node, epoch });
+            }
+            NodeIo::Recovery(RecoveryIo::Rebuild { epoch, blocks, .. }) => {
+                // Nothing was ever written: each block rebuilds to its empty version.
                 let now = self.local(node);
-                let n = &mut self.nodes[node];
-                if !lost.is_empty() || n.recovering.is_some() {
-                    let before = n.recovering.map(|(l, _)| l).unwrap_or(InstanceSet::EMPTY);
-                    let all: InstanceSet = before.iter().chain(lost.iter()).collect();
-                    n.recovering = Some((all, now));
+                for target in blocks {
+                    self.nodes[node].node.handle_recovered(
+                        epoch,
+                        target.block,
+                        RecoveryOutcome::Rebuilt(Scn(0)),
+                        now,
+                    );
                 }
             }
-            ClusterAction::Stop { reason } => {
-                self.stats.stops += 1;
-                self.log(|| format!("n{node}: stops: {reason}"));
-                // A stopped instance revokes its lease and leaves; peers see its
-                // connections drop.
-                let n = &mut self.nodes[node];
-                n.lease_until = n.lease_until.min(self.now);
-                n.alive = false;
-                self.disconnect(node);
+            // These nodes fence by lease only (`fence_by_reservation` is never called).
+            NodeIo::Recovery(RecoveryIo::Preempt { .. }) => {
+                self.fail(format!("n{node}: preempt without reservations"))
             }
-            ClusterAction::Event(event) => self.log(|| format!("n{node}: {event:?}")),
-            // These managers fence by lease only (`fence_by_reservation` is never called).
-            ClusterAction::Preempt { .. } => unreachable!("n{node}: preempt without reservations"),
+            NodeIo::Data(io) => self.fail(format!("n{node}: data I/O with no user: {io:?}")),
+            NodeIo::Checkpoint(io) => {
+                self.fail(format!("n{node}: checkpoint I/O nobody asked for: {io:?}"))
+            }
         }
     }
 
-    fn send(&mut self, from: usize, to: usize, message: Option<ClusterMessage>) {
+    /// A node stops: it revokes its lease and leaves; peers see its connections drop.
+    fn stop(&mut self, node: usize, reason: &str) {
+        if reason.contains("coordination core failed") {
+            self.fail(format!("n{node}: {reason}"));
+        }
+        self.stats.stops += 1;
+        self.log(|| format!("n{node}: stops: {reason}"));
+        let n = &mut self.nodes[node];
+        n.lease_until = n.lease_until.min(self.now);
+        n.alive = false;
+        self.disconnect(node);
+    }
+
+    /// Sends a control frame: it may be lost (or cut), or duplicated if a cluster message.
+    fn send(&mut self, from: usize, to: usize, frame: Frame) {
         if to >= self.nodes.len() || !self.linked(from, to) {
             return;
         }
-        // Control messages may be lost or duplicated; heartbeats may be lost.
         if self.rng.chance(1, 40) {
             return;
         }
-        let copies = if message.is_some() && self.rng.chance(1, 30) {
+        let copies = if frame.service == Service::Instance && self.rng.chance(1, 30) {
             2
         } else {
             1
         };
         for _ in 0..copies {
             let d = self.rng.between(0, 20);
-            self.at(d, Ev::Deliver { from, to, message });
+            self.at(
+                d,
+                Ev::Deliver {
+                    from,
+                    to,
+                    frame: frame.clone(),
+                },
+            );
         }
     }
 
@@ -504,7 +720,8 @@ impl Sim {
     fn disconnect(&mut self, node: usize) {
         for peer in 0..self.nodes.len() {
             if peer != node && self.nodes[peer].alive {
-                self.nodes[peer].m.on_disconnected(id(node));
+                let now = self.local(peer);
+                self.nodes[peer].node.handle_disconnected(id(node), now);
             }
         }
     }
@@ -573,7 +790,7 @@ impl Sim {
                 continue;
             }
             // A member left out of an epoch that is decided never serves in it.
-            let epoch = self.nodes[node].m.epoch();
+            let epoch = self.nodes[node].node.epoch();
             if let Some(live) = self.memberships.get(&epoch.0)
                 && !live.contains(id(node))
             {
@@ -581,26 +798,6 @@ impl Sim {
                     "n{node} serves at epoch {} without being a member",
                     epoch.0
                 ));
-            }
-            // Survivors begin recovering lost members once their lease is over.
-            let Some((lost, decided_at)) = self.nodes[node].recovering else {
-                continue;
-            };
-            let local = self.local(node);
-            if self.nodes[node].m.recovery_start(lost, decided_at) <= local {
-                self.nodes[node].recovering = None;
-                self.stats.recoveries += 1;
-                for victim in lost.iter() {
-                    let v = &self.nodes[victim.index()];
-                    if v.lease_until > self.now {
-                        self.fail(format!(
-                            "n{node} begins recovering n{} whose lease runs to {} ms",
-                            victim.index(),
-                            v.lease_until
-                        ));
-                    }
-                }
-                self.log(|| format!("n{node}: recovers {lost:?}"));
             }
         }
     }
@@ -616,18 +813,32 @@ impl Sim {
             .collect();
         let set: InstanceSet = running.iter().map(|&i| id(i)).collect();
         for &i in &running {
-            let m = &self.nodes[i].m;
-            if m.live() != set {
+            let n = &self.nodes[i].node;
+            if n.live() != set {
                 self.fail(format!(
                     "not settled: n{i} at epoch {} with {:?}, running {set:?}; {:?}",
-                    m.epoch().0,
-                    m.live(),
-                    m.stats()
+                    n.epoch().0,
+                    n.live(),
+                    n.cluster().stats()
+                ));
+            }
+            if !n.recovering().is_empty() {
+                self.fail(format!(
+                    "not settled: n{i} still recovers {:?}",
+                    n.recovering()
+                ));
+            }
+            if n.core().gcs().is_reconfiguring() || n.core().ges().is_rebuilding() {
+                self.fail(format!(
+                    "not settled: n{i}'s engines still rebuild epoch {}",
+                    n.epoch().0
                 ));
             }
         }
-        let epochs: std::collections::BTreeSet<u64> =
-            running.iter().map(|&i| self.nodes[i].m.epoch().0).collect();
+        let epochs: std::collections::BTreeSet<u64> = running
+            .iter()
+            .map(|&i| self.nodes[i].node.epoch().0)
+            .collect();
         if epochs.len() > 1 {
             self.fail(format!("running nodes at different epochs: {epochs:?}"));
         }

@@ -1,6 +1,7 @@
-//! The membership world (`sim::membership`): N real cluster managers with their real Disk
-//! Paxos under cuts, lost and duplicated messages, pauses, storage stalls, write errors,
-//! kills and clock jumps; one membership per epoch, lease fencing and liveness checked.
+//! The membership world (`sim::membership`): N real nodes (core, cluster manager with Disk
+//! Paxos, recovery lifecycle) under cuts, lost and duplicated messages, pauses, storage
+//! stalls, write errors, kills and clock jumps; one membership per epoch, lease fencing,
+//! and liveness (one epoch, recoveries and rebuilds complete) checked.
 //! `FUSION_MEMBERSHIP_SEEDS=N` runs more seeds; `FUSION_SEED=N ... replay -- --nocapture`
 //! prints one seed's trace (or `fusion-sim replay --membership N`).
 

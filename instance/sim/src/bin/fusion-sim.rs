@@ -3,7 +3,8 @@
 //!
 //! * `fusion-sim replay SEED` — runs one seed, printing every step of its trace, then its
 //!   counters (a failure panics with what broke); with `--membership`, the seed's membership
-//!   world (real cluster managers and Disk Paxos under cuts, pauses, stalls, kills).
+//!   world (real nodes: core, cluster manager with Disk Paxos, recovery lifecycle; under
+//!   cuts, pauses, stalls, kills).
 //! * `fusion-sim seeds A..B` — runs seeds `A` to `B - 1` (each in both worlds) on a few threads; stops at the first
 //!   failing seed, prints it with its replay command and exits with status 1.
 //! * `fusion-sim soak --minutes N [--start S]` — runs consecutive seeds from `S` (default
@@ -34,8 +35,8 @@ enum Command {
     Replay {
         /// The seed to replay.
         seed: u64,
-        /// Replay the membership world (cluster managers and Disk Paxos) of the seed instead
-        /// of the instance world.
+        /// Replay the membership world (nodes: core, cluster manager, Disk Paxos) of the
+        /// seed instead of the instance world.
         #[arg(long)]
         membership: bool,
     },

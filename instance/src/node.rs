@@ -1,0 +1,1541 @@
+//! The node: one instance's whole protocol as one sans-IO state machine.
+//!
+//! [`Node`] composes the coordination [`Core`] (buffer cache, GCS, GES), the
+//! [`ClusterManager`] (failure detection, Disk Paxos membership, the lease's bookkeeping,
+//! admission) and what used to be decided around them by the runtime's driver: when the
+//! I/O lease is renewed and when a lease that cannot be renewed stops the instance, when
+//! instance recovery may begin (the lost members' lease has run out, or their reservation
+//! keys were preempted), which blocks it rebuilds with which redo scan, when it is done, what
+//! a core failure means (stop), and when a checkpoint is complete (every dirty block written
+//! through the GCS write protocol, a previous life's changes on storage, then the slot's
+//! checkpoint moved).
+//!
+//! It owns those decisions and the queues between them (each bounded). It must never do I/O,
+//! read a clock, spawn a thread or log: the runtime (`crate::runtime`) and the simulator
+//! move its bytes and its time, and anything they observe comes in as an input.
+
+use crate::cluster::{
+    ClusterAction, ClusterDecodeError, ClusterManager, ClusterMessage, FailureConfig, InstanceEvent,
+};
+use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
+use crate::format::control::SLOT_PAXOS_LEN;
+use crate::paxos::PaxosIo;
+use crate::recovery::ThreadScan;
+use gcs::{BlockId, BlockMode};
+use ges::{LockMode, LockName, VALUE_LEN};
+use interconnect::{Epoch, InstanceId, InstanceSet, Scn, Service, Timestamp};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Disk-heartbeat rounds in a row that complete without renewing a lapsed lease before the
+/// instance stops (the voting area is out of reach, or a decision against it is pending).
+pub const MAX_UNRENEWED_ROUNDS: u32 = 10;
+
+/// Most checkpoints waiting at once; more are refused at once.
+pub const MAX_PENDING_CHECKPOINTS: usize = 64;
+
+/// Most events queued for the driver (the oldest go first).
+pub const MAX_QUEUED_EVENTS: usize = 1024;
+
+/// What a [`Node`] starts with, besides its core and cluster manager.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Every configured instance (whose slots and redo threads exist): recovery scans all
+    /// their threads.
+    pub configured: InstanceSet,
+    /// The failure-handling settings (the lease's length).
+    pub failure: FailureConfig,
+    /// When the lease was granted at start (a CLOCK_BOOTTIME reading, the clock the
+    /// [`DiskRound`]s' times are on).
+    pub lease_from: Duration,
+}
+
+/// One slot as a disk-heartbeat round read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotSeen {
+    /// Whose slot.
+    pub instance: InstanceId,
+    /// Its disk-heartbeat counter.
+    pub heartbeat: u64,
+    /// Its Disk Paxos block.
+    pub paxos: [u8; SLOT_PAXOS_LEN],
+}
+
+/// A disk-heartbeat round: this instance's heartbeat write, then a read of every configured
+/// slot. Times are CLOCK_BOOTTIME readings (time suspended counts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskRound {
+    /// The slots read.
+    pub slots: Vec<SlotSeen>,
+    /// When the heartbeat write started, if it succeeded.
+    pub written_at: Option<Duration>,
+    /// Every slot read succeeded.
+    pub all_read: bool,
+    /// When the round completed.
+    pub completed_at: Duration,
+}
+
+/// A frame for the driver to send.
+#[derive(Debug)]
+pub enum Transmit {
+    /// An engine frame from the core (GCS, GES): sent in order per peer, kept while the peer
+    /// is not connected yet.
+    Engine(CoreSend),
+    /// A control frame (cluster messages, network heartbeats), sent at critical priority; a
+    /// peer that cannot take it gets nothing (failure handling repairs by repetition).
+    Control {
+        /// To whom.
+        to: InstanceId,
+        /// `Service::Instance` (a [`ClusterMessage`]) or `Service::Membership` (a heartbeat).
+        service: Service,
+        /// The epoch the frame carries.
+        epoch: Epoch,
+        /// The SCN the frame carries.
+        scn: Scn,
+        /// The body.
+        body: Vec<u8>,
+    },
+}
+
+/// Storage work for the driver to carry out, then report back with the matching `handle_*`.
+#[derive(Debug)]
+pub enum NodeIo {
+    /// A data-block read or write of the core ([`IoOp::Read`], [`IoOp::Write`]): report
+    /// with [`Node::handle_read_done`] or [`Node::handle_write_done`].
+    Data(IoOp),
+    /// Disk Paxos I/O on the voting area: report with [`Node::handle_paxos_written`] or
+    /// [`Node::handle_paxos_read`].
+    Paxos(PaxosIo),
+    /// Instance recovery's storage work.
+    Recovery(RecoveryIo),
+    /// A checkpoint's storage work.
+    Checkpoint(CheckpointIo),
+}
+
+/// Instance recovery's storage work.
+#[derive(Debug)]
+pub enum RecoveryIo {
+    /// Preempt-and-abort the reservation keys of `lost`, left out of `epoch`; report with
+    /// [`Node::handle_preempted`].
+    Preempt {
+        /// The epoch whose reconfiguration lost them.
+        epoch: Epoch,
+        /// Whose keys.
+        lost: InstanceSet,
+    },
+    /// Scan the redo of these threads (every configured one: a block a lost instance held
+    /// may carry a change only in another thread's redo), seal the newest lives of `lost`
+    /// durably where the scan read them to (a write of theirs that lands later is never
+    /// read by a later scan), and report the changed blocks and the scan with
+    /// [`Node::handle_scanned`].
+    Scan {
+        /// The epoch whose recovery this is.
+        epoch: Epoch,
+        /// The threads.
+        threads: InstanceSet,
+        /// The lost instances whose lives are sealed.
+        lost: InstanceSet,
+    },
+    /// Rebuild these blocks from their start (past image or storage) and `scan`'s redo,
+    /// write them, and report each with [`Node::handle_recovered`]. The lease must hold
+    /// when the batch starts and be confirmed when it completes.
+    Rebuild {
+        /// The epoch whose recovery this is.
+        epoch: Epoch,
+        /// The blocks.
+        blocks: Vec<RecoveryTarget>,
+        /// The redo.
+        scan: Arc<ThreadScan>,
+    },
+}
+
+/// A checkpoint's storage work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointIo {
+    /// Read these blocks and report, with [`Node::handle_previous_life_checked`], those
+    /// storage does not hold at the SCN given or newer (unreadable, damaged and never
+    /// written count as not held).
+    FindMissing {
+        /// The blocks and the SCN each must reach.
+        blocks: Vec<(BlockId, Scn)>,
+    },
+    /// Move this instance's slot checkpoint to `sequence` unless it is there already, and
+    /// report with [`Node::handle_checkpoint_written`] (whether it moved).
+    MoveSlotCheckpoint {
+        /// The redo sequence taken before the checkpoint began.
+        sequence: u64,
+    },
+}
+
+/// What became of one recovery-set block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryOutcome {
+    /// Rebuilt and durable at this SCN.
+    Rebuilt(Scn),
+    /// Its storage copy is corrupt and no past image replaced it: reported, the rest goes on.
+    Corrupt(String),
+    /// Recovery could not proceed (I/O error, lease): this instance stops.
+    Failed(String),
+}
+
+/// Names a checkpoint in [`NodeEvent::CheckpointDone`] (the driver picks them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CheckpointId(pub u64);
+
+/// Something the driver must act on or record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// For operators (the event log, metrics).
+    Instance {
+        /// When.
+        at: Timestamp,
+        /// What.
+        event: InstanceEvent,
+    },
+    /// Extend the I/O lease to its length after `from` (a CLOCK_BOOTTIME reading: when the
+    /// renewing round's heartbeat write began).
+    RenewLease {
+        /// Counted from.
+        from: Duration,
+    },
+    /// A checkpoint is complete: `Ok(Some(sequence))` when the slot's checkpoint moved to
+    /// `sequence` (the redo writer's moves too), `Ok(None)` when it stays (a previous life's
+    /// change is not on storage yet, or it was there already), or why it failed.
+    CheckpointDone {
+        /// Which.
+        id: CheckpointId,
+        /// The outcome.
+        result: Result<Option<u64>, String>,
+    },
+}
+
+/// How long the last failure took to handle here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailureTiming {
+    /// From the first suspicion of a lost member to the new epoch.
+    pub suspected_to_reconfigured: Option<Duration>,
+    /// From the new epoch until blocks outside the recovery set were served again (the
+    /// directories rebuilt): the first access.
+    pub reconfigured_to_served: Option<Duration>,
+    /// From the new epoch until this instance's part of instance recovery was complete.
+    pub reconfigured_to_recovered: Option<Duration>,
+    /// Blocks this instance rebuilt.
+    pub blocks_recovered: u64,
+}
+
+/// Counters of the node's own decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Instance recoveries started here (one per reconfiguration that lost members, or a
+    /// rebuild that handed out a recovery set).
+    pub recoveries_started: u64,
+    /// Of which finished.
+    pub recoveries_done: u64,
+    /// Blocks of recovery sets rebuilt here.
+    pub blocks_recovered: u64,
+    /// The timeline of the last failure handled here.
+    pub last_failure: FailureTiming,
+}
+
+/// An input the node refused; nothing changed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    /// A cluster message that does not decode.
+    #[error("from instance {from}: {error}")]
+    Decode {
+        /// The sender.
+        from: InstanceId,
+        /// What is wrong.
+        error: ClusterDecodeError,
+    },
+    /// The core refused a frame or a command.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+/// The recovery in progress here.
+#[derive(Debug)]
+struct Recovery {
+    epoch: Epoch,
+    /// When this instance learnt of the decision (or the recovery set), while the scan is
+    /// not asked for yet: it is asked once the lost instances surely write no more
+    /// ([`ClusterManager::recovery_start`]).
+    scan_due: Option<Timestamp>,
+    /// The scan, once read.
+    scan: Option<Arc<ThreadScan>>,
+}
+
+/// A checkpoint on its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckpointPhase {
+    /// The core writes every dirty block.
+    Writing,
+    /// Storage is asked whether it holds the previous life's changes.
+    CheckingPreviousLife,
+    /// The slot's checkpoint is being moved.
+    MovingSlot,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingCheckpoint {
+    id: CheckpointId,
+    sequence: u64,
+    phase: CheckpointPhase,
+}
+
+/// One instance: the coordination core, the cluster manager, the recovery lifecycle and
+/// checkpoint completion, sans-IO.
+///
+/// Methods come in four classes:
+///
+/// * **Inputs** (`handle_*`, and the user commands [`Node::acquire`], [`Node::release`],
+///   [`Node::lock`], [`Node::unlock`], [`Node::checkpoint`]), each with `now`: a frame from
+///   a peer, a connection up or down, the completion of an I/O the node asked for, a
+///   disk-heartbeat round, a timeout, a command of a local user.
+/// * **Outputs**, polled until `None`: [`Node::poll_transmit`] (frames),
+///   [`Node::poll_io`] (storage work: data blocks, Disk Paxos, recovery, checkpoints),
+///   [`Node::poll_completion`] (answers to users' acquisitions and locks),
+///   [`Node::poll_event`] (events to record, lease renewals, finished checkpoints).
+/// * **The next deadline**: [`Node::poll_timeout`]; call [`Node::handle_timeout`] at or
+///   after it (early calls are harmless).
+/// * **State**: [`Node::stop_reason`] (once set, the driver revokes the lease, answers its
+///   users and stops feeding the node), [`Node::live`], [`Node::epoch`], the parts for
+///   statistics.
+///
+/// A driver's loop: feed every input that arrived, call [`Node::handle_timeout`] when the
+/// deadline passed, then drain in this order — `poll_event` (a lease renewal or a stop
+/// first), `poll_transmit`, `poll_io`, `poll_completion` — then check
+/// [`Node::stop_reason`], and wait for the next input or [`Node::poll_timeout`]. Draining
+/// `poll_io` may itself queue events and I/O (a recovery set handed out by the core starts
+/// the recovery), so a driver drains until a whole pass yields nothing.
+#[derive(Debug)]
+pub struct Node {
+    core: Core,
+    cluster: ClusterManager,
+    configured: InstanceSet,
+    lease_length: Duration,
+    /// The end of the lease as granted by this node's renewals (CLOCK_BOOTTIME).
+    lease_until: Duration,
+    /// Disk-heartbeat rounds in a row that did not renew the lease.
+    unrenewed_rounds: u32,
+    /// Lost instances whose blocks are not recovered yet.
+    lost: InstanceSet,
+    recovery: Option<Recovery>,
+    /// Recovery-set blocks waiting for the scan.
+    to_recover: Vec<RecoveryTarget>,
+    previous_life: Vec<(BlockId, Scn)>,
+    checkpoints: VecDeque<PendingCheckpoint>,
+    transmits: VecDeque<Transmit>,
+    ios: VecDeque<NodeIo>,
+    events: VecDeque<NodeEvent>,
+    stop: Option<String>,
+    /// When a member was first suspected, and when the last reconfiguration happened, to
+    /// time the failure.
+    suspected_at: Option<Timestamp>,
+    reconfigured_at: Option<(Timestamp, Epoch)>,
+    /// The rebuild after the last reconfiguration is not finished.
+    rebuilding: bool,
+    /// The last reconfiguration lost members: time its rebuild.
+    timing_failure: bool,
+    stats: NodeStats,
+}
+
+impl Node {
+    /// A node of `core` and `cluster` (both at the epoch this instance starts in).
+    pub fn new(core: Core, cluster: ClusterManager, config: NodeConfig) -> Self {
+        Self {
+            core,
+            cluster,
+            configured: config.configured,
+            lease_length: config.failure.lease,
+            lease_until: config.lease_from + config.failure.lease,
+            unrenewed_rounds: 0,
+            lost: InstanceSet::EMPTY,
+            recovery: None,
+            to_recover: Vec::new(),
+            previous_life: Vec::new(),
+            checkpoints: VecDeque::new(),
+            transmits: VecDeque::new(),
+            ios: VecDeque::new(),
+            events: VecDeque::new(),
+            stop: None,
+            suspected_at: None,
+            reconfigured_at: None,
+            rebuilding: false,
+            timing_failure: false,
+            stats: NodeStats::default(),
+        }
+    }
+
+    // ---- state -------------------------------------------------------------------------
+
+    /// This instance.
+    pub fn id(&self) -> InstanceId {
+        self.core.id()
+    }
+
+    /// The current epoch (the cluster manager's).
+    pub fn epoch(&self) -> Epoch {
+        self.cluster.epoch()
+    }
+
+    /// The current members.
+    pub fn live(&self) -> InstanceSet {
+        self.cluster.live()
+    }
+
+    /// Why this instance must stop, once it must (fenced, voted out, lost the majority or
+    /// its storage, a recovery step failed, the core failed).
+    pub fn stop_reason(&self) -> Option<&str> {
+        self.stop.as_deref()
+    }
+
+    /// The coordination core (for statistics and checks).
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// The cluster manager (for statistics and checks).
+    pub fn cluster(&self) -> &ClusterManager {
+        &self.cluster
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Lost instances whose recovery is not complete here.
+    pub fn recovering(&self) -> InstanceSet {
+        self.lost
+    }
+
+    // ---- inputs ------------------------------------------------------------------------
+
+    /// A frame from `from` (its header's epoch and service, its body).
+    pub fn handle_frame(
+        &mut self,
+        from: InstanceId,
+        epoch: Epoch,
+        service: Service,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Result<(), NodeError> {
+        self.cluster.on_frame(from, epoch, now);
+        let result = match service {
+            Service::Membership => Ok(()),
+            Service::Instance => match ClusterMessage::decode(body) {
+                Ok(message) => {
+                    self.cluster.on_message(from, message, now);
+                    Ok(())
+                }
+                Err(error) => Err(NodeError::Decode { from, error }),
+            },
+            service => self
+                .core
+                .on_message(from, service, body, now)
+                .map_err(NodeError::from),
+        };
+        self.settle(now);
+        result
+    }
+
+    /// A frame whose block the transport refused to land: the core answers the message
+    /// without the block.
+    pub fn handle_refused_block(
+        &mut self,
+        from: InstanceId,
+        service: Service,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Result<(), NodeError> {
+        let result = self
+            .core
+            .on_message(from, service, body, now)
+            .map_err(NodeError::from);
+        self.settle(now);
+        result
+    }
+
+    /// The connection to `peer` is up.
+    pub fn handle_connected(&mut self, peer: InstanceId, now: Timestamp) {
+        self.cluster.on_connected(peer);
+        self.settle(now);
+    }
+
+    /// The connection to `peer` dropped.
+    pub fn handle_disconnected(&mut self, peer: InstanceId, now: Timestamp) {
+        self.cluster.on_disconnected(peer);
+        self.settle(now);
+    }
+
+    /// A [`IoOp::Read`] completed.
+    pub fn handle_read_done(
+        &mut self,
+        block: BlockId,
+        filling: crate::cache::Filling,
+        result: Result<Scn, String>,
+        now: Timestamp,
+    ) {
+        self.core.on_read_done(block, filling, result, now);
+        self.settle(now);
+    }
+
+    /// A [`IoOp::Write`] completed (confirmed under the lease, or failed).
+    pub fn handle_write_done(
+        &mut self,
+        block: BlockId,
+        scn: Scn,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) {
+        self.core.on_write_done(block, scn, result, now);
+        self.settle(now);
+    }
+
+    /// A disk-heartbeat round completed. The lease is renewed only by a round that wrote
+    /// the heartbeat and then read every slot without finding a decision against this
+    /// instance: a decision made durable after the read began is seen by the next round,
+    /// and this round's renewal counts from its write, which started before that decision.
+    pub fn handle_disk_round(&mut self, round: DiskRound, now: Timestamp) {
+        self.cluster.begin_disk_round();
+        for slot in &round.slots {
+            self.cluster
+                .on_disk(slot.instance, slot.heartbeat, &slot.paxos, now);
+        }
+        if let Some(from) = round.written_at
+            && round.all_read
+            && self.cluster.may_renew_lease()
+        {
+            self.lease_until = self.lease_until.max(from + self.lease_length);
+            self.unrenewed_rounds = 0;
+            self.push_event(NodeEvent::RenewLease { from });
+        } else {
+            // A lapsed lease comes back with the next good round (a starved host waits: it
+            // has no round at all meanwhile). Rounds that complete and still cannot renew —
+            // the voting area unreadable, or a newer epoch accepted without this instance
+            // that never gets decided — stop it.
+            self.unrenewed_rounds = self.unrenewed_rounds.saturating_add(1);
+            if self.unrenewed_rounds >= MAX_UNRENEWED_ROUNDS
+                && round.completed_at >= self.lease_until
+            {
+                self.give_up(
+                    format!(
+                        "the I/O lease lapsed: {} disk-heartbeat rounds in a row could not renew it",
+                        self.unrenewed_rounds
+                    ),
+                    now,
+                );
+            }
+        }
+        self.settle(now);
+    }
+
+    /// This instance's Disk Paxos write completed (durable) or failed.
+    pub fn handle_paxos_written(&mut self, ok: bool, now: Timestamp) {
+        self.cluster.on_paxos_written(ok, now);
+        self.settle(now);
+    }
+
+    /// The Disk Paxos read of `owner`'s block completed, or failed (`None`).
+    pub fn handle_paxos_read(&mut self, owner: InstanceId, bytes: Option<&[u8]>, now: Timestamp) {
+        self.cluster.on_paxos_read(owner, bytes, now);
+        self.settle(now);
+    }
+
+    /// [`RecoveryIo::Preempt`] completed. A failure changes nothing: recovery waits out the
+    /// lost members' lease instead.
+    pub fn handle_preempted(
+        &mut self,
+        epoch: Epoch,
+        lost: InstanceSet,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) {
+        if result.is_ok() {
+            self.cluster.on_fenced_by_reservation(epoch, lost, now);
+        }
+        self.settle(now);
+    }
+
+    /// [`RecoveryIo::Scan`] completed: the changed blocks of every thread and the scan, or
+    /// why the redo could not be read (this instance stops).
+    pub fn handle_scanned(
+        &mut self,
+        epoch: Epoch,
+        result: Result<(Vec<BlockId>, Arc<ThreadScan>), String>,
+        now: Timestamp,
+    ) {
+        match result {
+            Ok((changed, scan)) => {
+                if let Some(recovery) = &mut self.recovery
+                    && recovery.epoch == epoch
+                {
+                    recovery.scan = Some(scan);
+                    // A recovery with no member lost (a recovery set at a join) has no dead
+                    // redo to report.
+                    if !self.lost.is_empty() {
+                        self.core.on_redo_scanned(changed, now);
+                    }
+                }
+                self.start_rebuild(now);
+            }
+            Err(e) => self.give_up(format!("instance recovery: reading redo: {e}"), now),
+        }
+        self.settle(now);
+    }
+
+    /// One block of a [`RecoveryIo::Rebuild`] is done.
+    pub fn handle_recovered(
+        &mut self,
+        epoch: Epoch,
+        block: BlockId,
+        outcome: RecoveryOutcome,
+        now: Timestamp,
+    ) {
+        let current = self.recovery.as_ref().is_some_and(|r| r.epoch == epoch);
+        match outcome {
+            RecoveryOutcome::Rebuilt(scn) => {
+                if current {
+                    self.stats.blocks_recovered += 1;
+                    self.core.on_block_recovered(block, scn, now);
+                }
+            }
+            RecoveryOutcome::Corrupt(detail) => {
+                self.record(InstanceEvent::Unrecoverable { block, detail }, now);
+                if current {
+                    self.core.on_block_unrecoverable(block, now);
+                }
+            }
+            RecoveryOutcome::Failed(e) => {
+                self.give_up(format!("instance recovery of block {block}: {e}"), now);
+            }
+        }
+        self.settle(now);
+    }
+
+    /// The blocks a previous life of this instance changed (in redo past its checkpoint at
+    /// start), with the newest SCN, read before any checkpoint is asked for: checkpoints do
+    /// not pass them until storage holds them (they may be dirty in another instance's
+    /// cache, where they were shipped before that life ended).
+    pub fn handle_previous_life(&mut self, blocks: Vec<(BlockId, Scn)>) {
+        self.previous_life = blocks;
+    }
+
+    /// [`CheckpointIo::FindMissing`] completed: the blocks storage does not hold yet.
+    pub fn handle_previous_life_checked(&mut self, missing: Vec<(BlockId, Scn)>, now: Timestamp) {
+        self.previous_life = missing;
+        if let Some(head) = self.checkpoints.front_mut()
+            && head.phase == CheckpointPhase::CheckingPreviousLife
+        {
+            if self.previous_life.is_empty() {
+                head.phase = CheckpointPhase::MovingSlot;
+                let sequence = head.sequence;
+                self.ios
+                    .push_back(NodeIo::Checkpoint(CheckpointIo::MoveSlotCheckpoint {
+                        sequence,
+                    }));
+            } else {
+                // A previous life's changes are still only in this thread's redo: the
+                // checkpoint stays before them.
+                let id = head.id;
+                self.finish_checkpoint(id, Ok(None));
+            }
+        }
+        self.settle(now);
+    }
+
+    /// [`CheckpointIo::MoveSlotCheckpoint`] completed: whether the slot's checkpoint moved.
+    pub fn handle_checkpoint_written(&mut self, result: Result<bool, String>, now: Timestamp) {
+        if let Some(head) = self.checkpoints.front()
+            && head.phase == CheckpointPhase::MovingSlot
+        {
+            let (id, sequence) = (head.id, head.sequence);
+            self.finish_checkpoint(id, result.map(|moved| moved.then_some(sequence)));
+        }
+        self.settle(now);
+    }
+
+    /// Storage is out of reach past the lease, or another condition outside the node that
+    /// ends this instance.
+    pub fn handle_fatal(&mut self, reason: String, now: Timestamp) {
+        self.give_up(reason, now);
+    }
+
+    /// Time passed: timers of the core and the cluster manager that are due fire, and a
+    /// recovery whose lost members' lease has run out asks for its redo scan.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.core.poll_timeout().is_some_and(|at| at <= now) {
+            self.core.handle_timeout(now);
+        }
+        if self.cluster.poll_timeout() <= now {
+            self.cluster.tick(now);
+        }
+        self.settle(now);
+    }
+
+    // ---- user commands -------------------------------------------------------------------
+
+    /// Asks for `block` in `mode`; answered through [`Node::poll_completion`].
+    pub fn acquire(&mut self, ticket: Ticket, block: BlockId, mode: BlockMode, now: Timestamp) {
+        self.core.acquire(ticket, block, mode, now);
+        self.settle(now);
+    }
+
+    /// Gives `block` back (with the SCN of the change when it was written).
+    pub fn release(
+        &mut self,
+        block: BlockId,
+        mode: BlockMode,
+        dirty: Option<Scn>,
+        now: Timestamp,
+    ) -> Result<(), NodeError> {
+        let result = self
+            .core
+            .release(block, mode, dirty, now)
+            .map_err(NodeError::from);
+        self.settle(now);
+        result
+    }
+
+    /// Like [`Node::release`], for a change whose redo is in this instance's stream but maybe
+    /// not durable yet (early lock release): GCS asks for it to be forced
+    /// ([`Node::poll_redo_force`]) before the block ships or is written.
+    pub fn release_appended(
+        &mut self,
+        block: BlockId,
+        mode: BlockMode,
+        dirty: Option<Scn>,
+        now: Timestamp,
+    ) -> Result<(), NodeError> {
+        let result = self
+            .core
+            .release_appended(block, mode, dirty, now)
+            .map_err(NodeError::from);
+        self.settle(now);
+        result
+    }
+
+    /// This instance's redo is durable up to `scn`.
+    pub fn handle_redo_durable(&mut self, scn: Scn, now: Timestamp) {
+        self.core.on_redo_durable(scn, now);
+        self.settle(now);
+    }
+
+    /// The SCN this instance's redo must be made durable up to, once asked; the driver
+    /// answers with [`Node::handle_redo_durable`].
+    pub fn poll_redo_force(&mut self) -> Option<Scn> {
+        self.core.poll_redo_force()
+    }
+
+    /// A local user waits until `dependencies` are durable on their senders; answered
+    /// through [`Node::poll_completion`].
+    pub fn await_dependencies(
+        &mut self,
+        ticket: Ticket,
+        dependencies: Vec<crate::core::Dependency>,
+        now: Timestamp,
+    ) {
+        self.core.await_dependencies(ticket, dependencies);
+        self.settle(now);
+    }
+
+    /// Asks for a global lock; answered through [`Node::poll_completion`].
+    pub fn lock(
+        &mut self,
+        ticket: Ticket,
+        name: LockName,
+        mode: LockMode,
+        timeout: Option<Duration>,
+        now: Timestamp,
+    ) {
+        self.core.lock(ticket, name, mode, timeout, now);
+        self.settle(now);
+    }
+
+    /// Gives a global lock back (with a new value).
+    pub fn unlock(
+        &mut self,
+        name: LockName,
+        value: Option<[u8; VALUE_LEN]>,
+        now: Timestamp,
+    ) -> Result<(), NodeError> {
+        let result = self.core.unlock(name, value, now).map_err(NodeError::from);
+        self.settle(now);
+        result
+    }
+
+    /// Checkpoints: every block dirty here is written (through the GCS write protocol),
+    /// then — once storage holds any previous life's changes — the slot's checkpoint moves
+    /// to `sequence` (the redo position taken before this call). Answered by
+    /// [`NodeEvent::CheckpointDone`] with `id`.
+    pub fn checkpoint(&mut self, id: CheckpointId, sequence: u64, now: Timestamp) {
+        if self.checkpoints.len() >= MAX_PENDING_CHECKPOINTS {
+            self.push_event(NodeEvent::CheckpointDone {
+                id,
+                result: Err(format!(
+                    "{MAX_PENDING_CHECKPOINTS} checkpoints are already waiting"
+                )),
+            });
+            return;
+        }
+        self.core.checkpoint(now);
+        self.checkpoints.push_back(PendingCheckpoint {
+            id,
+            sequence,
+            phase: CheckpointPhase::Writing,
+        });
+        self.settle(now);
+    }
+
+    // ---- outputs ---------------------------------------------------------------------------
+
+    /// The next frame to send: control frames first (they repair membership), then the
+    /// core's.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.transmits.pop_front() {
+            return Some(t);
+        }
+        self.core.poll_send().map(Transmit::Engine)
+    }
+
+    /// The next storage work.
+    pub fn poll_io(&mut self, now: Timestamp) -> Option<NodeIo> {
+        loop {
+            if let Some(io) = self.ios.pop_front() {
+                return Some(io);
+            }
+            match self.core.poll_io()? {
+                IoOp::Recover { blocks } => {
+                    self.on_recovery_set(blocks, now);
+                    self.settle(now);
+                }
+                io => return Some(NodeIo::Data(io)),
+            }
+        }
+    }
+
+    /// The next answer to a user's acquisition or lock.
+    pub fn poll_completion(&mut self) -> Option<Completion> {
+        self.core.poll_completion()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] must next run.
+    pub fn poll_timeout(&self) -> Timestamp {
+        let mut at = self.cluster.poll_timeout();
+        if let Some(core) = self.core.poll_timeout() {
+            at = at.min(core);
+        }
+        if let Some(due) = self.scan_due() {
+            at = at.min(due);
+        }
+        at
+    }
+
+    // ---- the lifecycle ---------------------------------------------------------------------
+
+    /// When the pending recovery may ask for its scan: the lost members' lease has run out
+    /// (a lost member whose disk heartbeat still moves has not stopped: the end moves with
+    /// it), or their reservation keys were preempted.
+    fn scan_due(&self) -> Option<Timestamp> {
+        let decided_at = self.recovery.as_ref()?.scan_due?;
+        Some(self.cluster.recovery_start(self.lost, decided_at))
+    }
+
+    /// Carries out what the inputs caused: the cluster manager's actions, a due scan, a
+    /// core failure, the end of a rebuild or a recovery, checkpoints whose writes are done.
+    fn settle(&mut self, now: Timestamp) {
+        if self.stop.is_some() {
+            return;
+        }
+        self.cluster_actions(now);
+        if let Some(due) = self.scan_due()
+            && now >= due
+            && let Some(recovery) = &mut self.recovery
+        {
+            recovery.scan_due = None;
+            let epoch = recovery.epoch;
+            self.ios.push_back(NodeIo::Recovery(RecoveryIo::Scan {
+                epoch,
+                threads: self.configured,
+                lost: self.lost,
+            }));
+        }
+        // The engines' state no longer matches the cluster's (a refused write leaves GCS
+        // believing a block is being written): serving on would wedge those blocks
+        // cluster-wide while this instance keeps heartbeating. Stop, so the others fence it
+        // and recover its part.
+        if let Some(reason) = self
+            .core
+            .failure()
+            .map(|error| format!("the coordination core failed: {error}"))
+        {
+            self.give_up(reason, now);
+            return;
+        }
+        self.check_rebuilt(now);
+        self.check_recovery_done(now);
+        self.advance_checkpoints();
+    }
+
+    fn cluster_actions(&mut self, now: Timestamp) {
+        while let Some(action) = self.cluster.poll_action() {
+            match action {
+                ClusterAction::Event(event) => {
+                    if matches!(event, InstanceEvent::Suspected { .. })
+                        && self.suspected_at.is_none()
+                    {
+                        self.suspected_at = Some(now);
+                    }
+                    self.record(event, now);
+                }
+                ClusterAction::Send { to, message } => {
+                    let mut body = Vec::new();
+                    message.encode(&mut body);
+                    self.control(to, Service::Instance, body);
+                }
+                ClusterAction::Heartbeat { to } => {
+                    self.control(to, Service::Membership, Vec::new());
+                }
+                ClusterAction::Reconfigure { epoch, live, lost } => {
+                    self.reconfigure(epoch, live, lost, now);
+                    if self.stop.is_some() {
+                        return;
+                    }
+                }
+                ClusterAction::Preempt { epoch, lost } => {
+                    self.ios
+                        .push_back(NodeIo::Recovery(RecoveryIo::Preempt { epoch, lost }));
+                }
+                ClusterAction::Paxos(io) => self.ios.push_back(NodeIo::Paxos(io)),
+                ClusterAction::Stop { reason } => {
+                    self.give_up(reason, now);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn control(&mut self, to: InstanceId, service: Service, body: Vec<u8>) {
+        self.transmits.push_back(Transmit::Control {
+            to,
+            service,
+            epoch: self.cluster.epoch(),
+            scn: self.core.gcs().current_scn(),
+            body,
+        });
+    }
+
+    /// Moves the core to `epoch`; a loss (now or one whose recovery is not complete)
+    /// starts a recovery of everything lost so far, once their lease has run out.
+    fn reconfigure(&mut self, epoch: Epoch, live: InstanceSet, lost: InstanceSet, now: Timestamp) {
+        if !lost.is_empty() {
+            self.timing_failure = true;
+            self.stats.last_failure = FailureTiming {
+                suspected_to_reconfigured: self
+                    .suspected_at
+                    .take()
+                    .map(|s| now.saturating_since(s)),
+                ..FailureTiming::default()
+            };
+        }
+        self.reconfigured_at = Some((now, epoch));
+        self.rebuilding = true;
+        if let Err(e) = self.core.reconfigure(epoch, live, now) {
+            self.give_up(format!("reconfiguration to epoch {}: {e}", epoch.0), now);
+            return;
+        }
+        if !lost.is_empty() || !self.lost.is_empty() {
+            self.lost = self.lost.iter().chain(lost.iter()).collect();
+            // A recovery set of the previous epoch's rebuild is the new rebuild's too.
+            self.recovery = Some(Recovery {
+                epoch,
+                scan_due: Some(now),
+                scan: None,
+            });
+            self.stats.recoveries_started += 1;
+        }
+    }
+
+    /// The core handed out a recovery set (blocks mastered here with no current copy among
+    /// the survivors).
+    fn on_recovery_set(&mut self, blocks: Vec<RecoveryTarget>, now: Timestamp) {
+        if self.recovery.is_none() && !blocks.is_empty() {
+            // A rebuild that lost no member hands out a recovery set when a copy was on the
+            // wire at the reconfiguration (a join), or a past image outlived its discard:
+            // rebuild those blocks from storage and every thread's redo now (no lease to
+            // wait out, no dead redo to report).
+            self.recovery = Some(Recovery {
+                epoch: self.core.epoch(),
+                scan_due: Some(now),
+                scan: None,
+            });
+            self.stats.recoveries_started += 1;
+        }
+        // Recovery-set blocks wait for the redo scan when it is not read yet.
+        self.to_recover.extend(blocks);
+        self.start_rebuild(now);
+    }
+
+    /// Hands the recovery-set blocks out once the redo scan is there.
+    fn start_rebuild(&mut self, now: Timestamp) {
+        let ready = self
+            .recovery
+            .as_ref()
+            .and_then(|r| r.scan.as_ref().map(|scan| (r.epoch, Arc::clone(scan))));
+        if let Some((epoch, scan)) = ready
+            && !self.to_recover.is_empty()
+        {
+            let blocks = std::mem::take(&mut self.to_recover);
+            self.ios.push_back(NodeIo::Recovery(RecoveryIo::Rebuild {
+                epoch,
+                blocks,
+                scan,
+            }));
+        }
+        self.check_recovery_done(now);
+    }
+
+    /// Recovery finished here for the epoch in progress: tell the cluster.
+    fn check_recovery_done(&mut self, now: Timestamp) {
+        let Some(recovery) = &self.recovery else {
+            return;
+        };
+        if recovery.scan.is_none()
+            || recovery.scan_due.is_some()
+            || !self.to_recover.is_empty()
+            || !self.core.recovery_idle()
+        {
+            return;
+        }
+        let epoch = recovery.epoch;
+        self.recovery = None;
+        self.lost = InstanceSet::EMPTY;
+        self.stats.recoveries_done += 1;
+        if let Some((at, _)) = self.reconfigured_at {
+            self.stats.last_failure.reconfigured_to_recovered = Some(now.saturating_since(at));
+        }
+        self.stats.last_failure.blocks_recovered = self.stats.blocks_recovered;
+        self.record(
+            InstanceEvent::Recovered {
+                epoch,
+                blocks: self.stats.blocks_recovered,
+            },
+            now,
+        );
+        self.cluster.on_recovery_done(epoch);
+        self.cluster_actions(now);
+    }
+
+    /// Notes when the rebuild after a reconfiguration is done: blocks are served again.
+    fn check_rebuilt(&mut self, now: Timestamp) {
+        if self.rebuilding
+            && !self.core.gcs().is_reconfiguring()
+            && let Some((at, epoch)) = self.reconfigured_at
+        {
+            self.rebuilding = false;
+            if self.timing_failure {
+                self.timing_failure = false;
+                self.stats.last_failure.reconfigured_to_served = Some(now.saturating_since(at));
+            }
+            self.record(InstanceEvent::Rebuilt { epoch }, now);
+        }
+    }
+
+    /// Moves the oldest checkpoint on once the core has written every dirty block.
+    fn advance_checkpoints(&mut self) {
+        let Some(head) = self.checkpoints.front_mut() else {
+            return;
+        };
+        if head.phase != CheckpointPhase::Writing || !self.core.checkpoint_done() {
+            return;
+        }
+        if self.previous_life.is_empty() {
+            head.phase = CheckpointPhase::MovingSlot;
+            let sequence = head.sequence;
+            self.ios
+                .push_back(NodeIo::Checkpoint(CheckpointIo::MoveSlotCheckpoint {
+                    sequence,
+                }));
+        } else {
+            head.phase = CheckpointPhase::CheckingPreviousLife;
+            self.ios
+                .push_back(NodeIo::Checkpoint(CheckpointIo::FindMissing {
+                    blocks: self.previous_life.clone(),
+                }));
+        }
+    }
+
+    fn finish_checkpoint(&mut self, id: CheckpointId, result: Result<Option<u64>, String>) {
+        self.checkpoints.pop_front();
+        self.push_event(NodeEvent::CheckpointDone { id, result });
+        self.advance_checkpoints();
+    }
+
+    /// This instance must stop: records why (once); the driver halts.
+    fn give_up(&mut self, reason: String, now: Timestamp) {
+        if self.stop.is_none() {
+            self.record(
+                InstanceEvent::Stopped {
+                    reason: reason.clone(),
+                },
+                now,
+            );
+            self.stop = Some(reason);
+        }
+    }
+
+    fn record(&mut self, event: InstanceEvent, now: Timestamp) {
+        self.push_event(NodeEvent::Instance { at: now, event });
+    }
+
+    fn push_event(&mut self, event: NodeEvent) {
+        if let NodeEvent::RenewLease { from } = event
+            && let Some(NodeEvent::RenewLease { from: queued }) = self
+                .events
+                .iter_mut()
+                .find(|e| matches!(e, NodeEvent::RenewLease { .. }))
+        {
+            // One renewal covers another: the lease only grows.
+            *queued = (*queued).max(from);
+            return;
+        }
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            // Keep what the driver must act on; drop the oldest record.
+            if let Some(at) = self
+                .events
+                .iter()
+                .position(|e| matches!(e, NodeEvent::Instance { .. }))
+            {
+                self.events.remove(at);
+            }
+        }
+        self.events.push_back(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::BufferCache;
+    use crate::core::CoreConfig;
+    use crate::paxos::{Decision, DiskPaxos, PaxosConfig, Proposal};
+    use interconnect::BlockRegion;
+
+    const LEASE: Duration = Duration::from_millis(600);
+
+    fn id(n: usize) -> InstanceId {
+        InstanceId::new(n as u64).unwrap()
+    }
+
+    fn set(ids: &[usize]) -> InstanceSet {
+        ids.iter().map(|&n| id(n)).collect()
+    }
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_nanos(ms * 1_000_000)
+    }
+
+    /// Boottime readings in these tests are the virtual time itself.
+    fn boot(now: Timestamp) -> Duration {
+        now.saturating_since(Timestamp::ZERO)
+    }
+
+    /// Instance `me` of a running cluster of `members` at epoch 1.
+    fn node(me: usize, members: &[usize]) -> Node {
+        let live = set(members);
+        let cache = BufferCache::new(BlockRegion::anonymous(16, 4096).unwrap()).unwrap();
+        let core = Core::new(
+            CoreConfig {
+                me: id(me),
+                members: live,
+                epoch: Epoch(1),
+                data_file: 0,
+                data_blocks: 64,
+                gcs: gcs::GcsConfig::default(),
+                ges: ges::GesConfig::default(),
+                joining: false,
+            },
+            cache,
+            Timestamp::ZERO,
+        )
+        .unwrap();
+        let decision = Decision {
+            epoch: Epoch(1),
+            value: Proposal {
+                members: live,
+                proposer: id(0),
+            },
+        };
+        let paxos_config = PaxosConfig {
+            slots: members.len(),
+            phase_timeout: crate::paxos::DEFAULT_PHASE_TIMEOUT,
+        };
+        let mut paxos = DiskPaxos::new(id(me), paxos_config, decision).unwrap();
+        // A fresh voting area: its own block is empty.
+        paxos.recover_own(&[0; SLOT_PAXOS_LEN]).unwrap();
+        let failure = FailureConfig::default();
+        let cluster = ClusterManager::new(
+            id(me),
+            live,
+            Epoch(1),
+            live,
+            failure,
+            paxos,
+            Timestamp::ZERO,
+        )
+        .unwrap();
+        let mut node = Node::new(
+            core,
+            cluster,
+            NodeConfig {
+                configured: live,
+                failure,
+                lease_from: Duration::ZERO,
+            },
+        );
+        for peer in live.iter().filter(|p| *p != id(me)) {
+            node.handle_connected(peer, Timestamp::ZERO);
+        }
+        node
+    }
+
+    /// Nodes on instant links and one voting area; instances that are down take no steps
+    /// and get nothing, and their disk heartbeat stops.
+    struct World {
+        nodes: Vec<Node>,
+        up: Vec<bool>,
+        paxos: Vec<[u8; SLOT_PAXOS_LEN]>,
+        heartbeats: Vec<u64>,
+        /// When each instance's disk heartbeat last moved.
+        beat_at: Vec<Timestamp>,
+        now: Timestamp,
+        /// Every recovery I/O asked for: (instance, when, what).
+        recovery: Vec<(usize, Timestamp, String)>,
+        events: Vec<(usize, NodeEvent)>,
+    }
+
+    impl World {
+        fn new(members: &[usize]) -> Self {
+            let n = members.len();
+            Self {
+                nodes: members.iter().map(|&me| node(me, members)).collect(),
+                up: vec![true; n],
+                paxos: vec![[0; SLOT_PAXOS_LEN]; n],
+                heartbeats: vec![0; n],
+                beat_at: vec![Timestamp::ZERO; n],
+                now: Timestamp::ZERO,
+                recovery: Vec::new(),
+                events: Vec::new(),
+            }
+        }
+
+        /// Carries out every output until the world is quiet.
+        fn pump(&mut self) {
+            let now = self.now;
+            loop {
+                let mut any = false;
+                for i in 0..self.nodes.len() {
+                    if !self.up[i] {
+                        continue;
+                    }
+                    while let Some(event) = self.nodes[i].poll_event() {
+                        self.events.push((i, event));
+                    }
+                    while let Some(t) = self.nodes[i].poll_transmit() {
+                        any = true;
+                        let (to, service, epoch, body) = match t {
+                            Transmit::Engine(send) => {
+                                assert!(send.block.is_none(), "no user, no block moves");
+                                (send.to, send.service, send.epoch, send.body)
+                            }
+                            Transmit::Control {
+                                to,
+                                service,
+                                epoch,
+                                body,
+                                ..
+                            } => (to, service, epoch, body),
+                        };
+                        if self.up[to.index()] {
+                            let _ = self.nodes[to.index()].handle_frame(
+                                id(i),
+                                epoch,
+                                service,
+                                &body,
+                                now,
+                            );
+                        }
+                    }
+                    while let Some(io) = self.nodes[i].poll_io(now) {
+                        any = true;
+                        match io {
+                            NodeIo::Paxos(PaxosIo::WriteOwn { bytes }) => {
+                                self.paxos[i] = bytes;
+                                self.nodes[i].handle_paxos_written(true, now);
+                            }
+                            NodeIo::Paxos(PaxosIo::ReadBlock { owner }) => {
+                                let bytes = self.paxos[owner.index()];
+                                self.nodes[i].handle_paxos_read(owner, Some(&bytes), now);
+                            }
+                            NodeIo::Recovery(RecoveryIo::Scan {
+                                epoch,
+                                threads,
+                                lost,
+                            }) => {
+                                assert_eq!(lost, set(&[2]), "the lost life is sealed");
+                                self.recovery.push((
+                                    i,
+                                    now,
+                                    format!("scan {} {threads:?}", epoch.0),
+                                ));
+                                let scan = Arc::new(ThreadScan::default());
+                                self.nodes[i].handle_scanned(epoch, Ok((Vec::new(), scan)), now);
+                            }
+                            NodeIo::Recovery(other) => {
+                                self.recovery.push((i, now, format!("{other:?}")));
+                            }
+                            other => panic!("no I/O of this kind expected here: {other:?}"),
+                        }
+                    }
+                }
+                if !any {
+                    return;
+                }
+            }
+        }
+
+        /// Runs in 10 ms steps until `until`: timers, and every 100 ms a disk round.
+        fn run_until(&mut self, until: Timestamp) {
+            while self.now < until {
+                self.now = self.now + Duration::from_millis(10);
+                let now = self.now;
+                let round = now.as_nanos().is_multiple_of(100_000_000);
+                if round {
+                    for i in 0..self.nodes.len() {
+                        if self.up[i] {
+                            self.heartbeats[i] += 1;
+                            self.beat_at[i] = now;
+                        }
+                    }
+                }
+                for i in 0..self.nodes.len() {
+                    if !self.up[i] {
+                        continue;
+                    }
+                    if round {
+                        let slots = (0..self.nodes.len())
+                            .map(|s| SlotSeen {
+                                instance: id(s),
+                                heartbeat: self.heartbeats[s],
+                                paxos: self.paxos[s],
+                            })
+                            .collect();
+                        self.nodes[i].handle_disk_round(
+                            DiskRound {
+                                slots,
+                                written_at: Some(boot(now)),
+                                all_read: true,
+                                completed_at: boot(now),
+                            },
+                            now,
+                        );
+                    }
+                    if self.nodes[i].poll_timeout() <= now {
+                        self.nodes[i].handle_timeout(now);
+                    }
+                }
+                self.pump();
+            }
+        }
+
+        fn recovered(&self, i: usize) -> Option<Epoch> {
+            self.events.iter().find_map(|(n, e)| match e {
+                NodeEvent::Instance {
+                    event: InstanceEvent::Recovered { epoch, .. },
+                    ..
+                } if *n == i => Some(*epoch),
+                _ => None,
+            })
+        }
+    }
+
+    #[test]
+    fn a_death_decided_by_the_cluster_manager_is_recovered_only_after_the_lost_lease() {
+        let mut world = World::new(&[0, 1, 2]);
+        world.run_until(at(500));
+        assert!(
+            world.recovery.is_empty(),
+            "nothing lost, nothing to recover"
+        );
+        world.up[2] = false;
+        let died_at = world.beat_at[2];
+        world.run_until(at(4000));
+        for i in [0, 1] {
+            let node = &world.nodes[i];
+            assert_eq!(node.stop_reason(), None, "survivor {i} stopped");
+            assert_eq!(node.epoch(), Epoch(2));
+            assert_eq!(node.live(), set(&[0, 1]));
+            assert_eq!(world.recovered(i), Some(Epoch(2)), "survivor {i} recovered");
+            assert!(node.recovering().is_empty());
+            let scans: Vec<_> = world.recovery.iter().filter(|(n, ..)| *n == i).collect();
+            assert_eq!(scans.len(), 1, "one scan each: {scans:?}");
+            // The scan never begins while the lost instance may still write.
+            assert!(
+                scans[0].1 >= died_at + LEASE + LEASE / 8,
+                "scan at {:?}, lost heartbeat last moved at {died_at:?}",
+                scans[0].1
+            );
+            assert!(scans[0].2.starts_with("scan 2"), "{}", scans[0].2);
+            assert_eq!(node.stats().recoveries_started, 1);
+            assert_eq!(node.stats().recoveries_done, 1);
+        }
+    }
+
+    #[test]
+    fn a_lease_no_round_can_renew_stops_the_node_only_once_lapsed() {
+        let mut node = node(0, &[0, 1, 2]);
+        let round = |t: u64| DiskRound {
+            slots: Vec::new(),
+            written_at: Some(Duration::from_millis(t)),
+            // The voting area is out of reach: no renewal.
+            all_read: false,
+            completed_at: Duration::from_millis(t),
+        };
+        // Ten rounds that cannot renew, all inside the lease: it still holds.
+        for t in 1..=10 {
+            node.handle_disk_round(round(t * 10), at(t * 10));
+        }
+        assert_eq!(node.stop_reason(), None);
+        // A round that renews resets the count.
+        node.handle_disk_round(
+            DiskRound {
+                all_read: true,
+                ..round(110)
+            },
+            at(110),
+        );
+        assert!(std::iter::from_fn(|| node.poll_event()).any(|e| e
+            == NodeEvent::RenewLease {
+                from: Duration::from_millis(110)
+            }));
+        // Past the renewed lease, nine rounds in a row that cannot renew do not stop it...
+        for t in 0..9 {
+            node.handle_disk_round(round(800 + t), at(800 + t));
+        }
+        assert_eq!(
+            node.stop_reason(),
+            None,
+            "nine rounds in a row: not yet ten"
+        );
+        // ...the tenth does.
+        node.handle_disk_round(round(810), at(810));
+        let reason = node.stop_reason().unwrap();
+        assert!(reason.contains("lease lapsed"), "{reason}");
+        assert!(std::iter::from_fn(|| node.poll_event()).any(|e| matches!(
+            e,
+            NodeEvent::Instance {
+                event: InstanceEvent::Stopped { .. },
+                ..
+            }
+        )));
+    }
+
+    fn next_checkpoint_io(node: &mut Node) -> CheckpointIo {
+        match node.poll_io(at(1)) {
+            Some(NodeIo::Checkpoint(io)) => io,
+            other => panic!("expected checkpoint I/O, got {other:?}"),
+        }
+    }
+
+    fn checkpoint_done(node: &mut Node) -> Vec<(CheckpointId, Result<Option<u64>, String>)> {
+        std::iter::from_fn(|| node.poll_event())
+            .filter_map(|e| match e {
+                NodeEvent::CheckpointDone { id, result } => Some((id, result)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_moves_the_slot_only_once_storage_holds_the_previous_life() {
+        let block = BlockId::new(0, 3);
+        let mut node = node(0, &[0, 1]);
+        node.handle_previous_life(vec![(block, Scn(5))]);
+        node.checkpoint(CheckpointId(1), 7, at(1));
+        assert_eq!(
+            next_checkpoint_io(&mut node),
+            CheckpointIo::FindMissing {
+                blocks: vec![(block, Scn(5))]
+            }
+        );
+        // Storage does not hold it yet: the checkpoint stays where it is.
+        node.handle_previous_life_checked(vec![(block, Scn(5))], at(2));
+        assert_eq!(
+            checkpoint_done(&mut node),
+            vec![(CheckpointId(1), Ok(None))]
+        );
+        node.checkpoint(CheckpointId(2), 9, at(3));
+        assert!(matches!(
+            next_checkpoint_io(&mut node),
+            CheckpointIo::FindMissing { .. }
+        ));
+        node.handle_previous_life_checked(Vec::new(), at(4));
+        assert_eq!(
+            next_checkpoint_io(&mut node),
+            CheckpointIo::MoveSlotCheckpoint { sequence: 9 }
+        );
+        assert!(
+            checkpoint_done(&mut node).is_empty(),
+            "not before the slot write"
+        );
+        node.handle_checkpoint_written(Ok(true), at(5));
+        assert_eq!(
+            checkpoint_done(&mut node),
+            vec![(CheckpointId(2), Ok(Some(9)))]
+        );
+        // The previous life is on storage now: later checkpoints go straight to the slot.
+        node.checkpoint(CheckpointId(3), 11, at(6));
+        assert_eq!(
+            next_checkpoint_io(&mut node),
+            CheckpointIo::MoveSlotCheckpoint { sequence: 11 }
+        );
+        node.handle_checkpoint_written(Err("write failed".into()), at(7));
+        assert_eq!(
+            checkpoint_done(&mut node),
+            vec![(CheckpointId(3), Err("write failed".into()))]
+        );
+    }
+
+    #[test]
+    fn checkpoints_wait_in_a_bounded_queue_one_slot_write_at_a_time() {
+        let mut node = node(0, &[0, 1]);
+        for n in 0..=MAX_PENDING_CHECKPOINTS as u64 {
+            node.checkpoint(CheckpointId(n), n, at(1));
+        }
+        let refused = checkpoint_done(&mut node);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, CheckpointId(MAX_PENDING_CHECKPOINTS as u64));
+        assert!(refused[0].1.is_err());
+        // One slot write at a time, in order.
+        for n in 0..MAX_PENDING_CHECKPOINTS as u64 {
+            assert_eq!(
+                next_checkpoint_io(&mut node),
+                CheckpointIo::MoveSlotCheckpoint { sequence: n }
+            );
+            assert!(node.poll_io(at(1)).is_none());
+            node.handle_checkpoint_written(Ok(n > 0), at(2));
+            let expected = if n > 0 { Some(n) } else { None };
+            assert_eq!(
+                checkpoint_done(&mut node),
+                vec![(CheckpointId(n), Ok(expected))]
+            );
+        }
+    }
+}
