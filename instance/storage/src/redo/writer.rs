@@ -245,6 +245,10 @@ pub struct RedoWriter {
     writes: AtomicU64,
     blocks_written: AtomicU64,
     full_refusals: AtomicU64,
+    /// Log blocks from the checkpoint to the end, reservations included, as of the last
+    /// change under the state lock: read without the lock by [`RedoWriter::usage`], which
+    /// every new transaction asks.
+    used_blocks: AtomicU64,
 }
 
 impl std::fmt::Debug for RedoWriter {
@@ -338,10 +342,19 @@ impl RedoWriter {
             writes: AtomicU64::new(0),
             blocks_written: AtomicU64::new(0),
             full_refusals: AtomicU64::new(0),
+            used_blocks: AtomicU64::new(0),
             storage,
             thread,
         };
+        writer.publish_used(&writer.state.lock());
         Ok((writer, lives, end))
+    }
+
+    /// Publishes the state's used blocks for [`RedoWriter::usage`]; called under the state
+    /// lock wherever they change.
+    fn publish_used(&self, st: &State) {
+        let used = st.next_sequence - st.checkpoint + st.reserved_blocks;
+        self.used_blocks.store(used, Ordering::Relaxed);
     }
 
     /// The batch buffer, registered with the kernel where the storage can.
@@ -396,8 +409,7 @@ impl RedoWriter {
 
     /// The share of the thread in use: log blocks from the checkpoint to the end, over all.
     pub fn usage(&self) -> f64 {
-        let st = self.state.lock();
-        (st.next_sequence - st.checkpoint + st.reserved_blocks) as f64 / self.blocks as f64
+        self.used_blocks.load(Ordering::Relaxed) as f64 / self.blocks as f64
     }
 
     /// Moves the checkpoint to `sequence` (the block where the oldest redo still needed
@@ -413,6 +425,7 @@ impl RedoWriter {
             });
         }
         st.checkpoint = sequence;
+        self.publish_used(&st);
         // Redo between the new checkpoint and the end was written after the checkpoint
         // began: dated from now (at most that much younger than it is).
         st.oldest_past_checkpoint = (sequence < st.next_sequence).then(Instant::now);
@@ -480,6 +493,7 @@ impl RedoWriter {
             None => records.iter().map(|r| r.scn).max().unwrap_or_default(),
         };
         st.reserved_blocks += reserve;
+        self.publish_used(&st);
         st.open_reserved += reserve;
         st.open_commits += 1;
         st.open_scn = st.open_scn.max(scn);
@@ -636,6 +650,7 @@ impl RedoWriter {
             Ok(n) => {
                 st.next_sequence = first + n;
                 st.reserved_blocks -= reserved;
+                self.publish_used(st);
                 st.durable_batch = batch;
                 self.durable_batch.store(batch, Ordering::Release);
                 self.durable_scn.fetch_max(batch_scn.0, Ordering::AcqRel);
