@@ -681,18 +681,8 @@ fn core_config(
             max_master_blocks: cfg.max_master_blocks,
             ..GcsConfig::default()
         },
-        // The lock service is idle here: a small bucket map builds fast (the GCS map's
-        // shape is the core's own, the default).
-        ges: ges::GesConfig {
-            directory: grd::DirectoryConfig {
-                map: grd::BucketMapConfig {
-                    buckets: 1024,
-                    virtual_nodes: 16,
-                },
-                ..grd::DirectoryConfig::default()
-            },
-            ..ges::GesConfig::default()
-        },
+        // The lock service is idle here (the GCS map's shape is the core's own, the default).
+        ges: small_ges_config(),
     }
 }
 
@@ -2895,4 +2885,20 @@ pub fn run_read_error(seed: u64) -> (SimStats, bool) {
         }
     }
     (sim.stats.clone(), finished)
+}
+
+/// A GES configuration with a small bucket map, which builds fast: for simulated cores whose
+/// lock service is idle (building the default map at every core and reconfiguration is most
+/// of a simulated step's cost).
+pub(crate) fn small_ges_config() -> ges::GesConfig {
+    ges::GesConfig {
+        directory: grd::DirectoryConfig {
+            map: grd::BucketMapConfig {
+                buckets: 1024,
+                virtual_nodes: 16,
+            },
+            ..grd::DirectoryConfig::default()
+        },
+        ..ges::GesConfig::default()
+    }
 }

@@ -198,18 +198,8 @@ impl Sim {
                         data_file: 0,
                         data_blocks: DATA_BLOCKS,
                         gcs: gcs::GcsConfig::default(),
-                        // The lock service is idle here: a small bucket map builds fast (the
-                        // GCS map's shape is the core's own).
-                        ges: ges::GesConfig {
-                            directory: grd::DirectoryConfig {
-                                map: grd::BucketMapConfig {
-                                    buckets: 1024,
-                                    virtual_nodes: 16,
-                                },
-                                ..grd::DirectoryConfig::default()
-                            },
-                            ..ges::GesConfig::default()
-                        },
+                        // The lock service is idle here (the GCS map's shape is the core's).
+                        ges: crate::driver::small_ges_config(),
                         joining: false,
                     },
                     BufferCache::new(region).expect("cache"),
