@@ -74,6 +74,7 @@ pub mod cluster;
 mod commit;
 pub mod config;
 pub mod core;
+pub mod entry;
 pub mod node;
 pub mod paxos;
 pub mod runtime;

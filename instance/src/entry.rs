@@ -1,0 +1,493 @@
+//! How a starting instance enters the cluster: it forms one (every configured instance
+//! started together, or — a whole-cluster restart with hosts missing — a majority did and
+//! every other slot is still), or it is admitted into a running one (a join).
+//!
+//! [`Entry`] is the sans-IO state machine of that phase, before the instance's [`Node`]
+//! exists. It owns the decisions: who forms the cluster (the lowest id present), when a
+//! whole-cluster restart may run whole-cluster recovery (every configured instance answered,
+//! or after [`FORMATION_GRACE`] a majority did and every other slot has been shut down or
+//! still for the lease and an eighth — an instance missing from the restart may not be
+//! running), which epoch the formed cluster starts at (above every epoch on the voting
+//! area), when to ask a running cluster for admission and which admission to take. The
+//! driver (`api::Instance::start`, the membership simulator) carries out its I/O (a
+//! voting-area round: write this instance's heartbeat, read every slot; whole-cluster
+//! recovery), sends its messages, and builds the [`Node`] from [`Entered`] with
+//! [`decision_at_entry`].
+//!
+//! It must never do I/O, read a clock or build the engines: inputs come with `now`.
+//!
+//! [`Node`]: crate::node::Node
+
+use crate::cluster::{ClusterMessage, FailureConfig};
+use crate::paxos::{Decision, PaxosBlock, Proposal};
+use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// How long a whole-cluster restart waits for every configured instance before a majority may
+/// form the cluster without the others (whose slots must also be still).
+pub const FORMATION_GRACE: Duration = Duration::from_secs(3);
+
+/// How often an entering instance repeats its `Hello` and `JoinRequest` (the coordinator that
+/// got a request may have died, or a message may have been lost).
+pub const ENTRY_RESEND: Duration = Duration::from_millis(500);
+
+/// Most messages queued for the driver; past it the oldest goes (they are all repeated).
+pub const MAX_QUEUED_MESSAGES: usize = 256;
+
+/// What an [`Entry`] starts with.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryConfig {
+    /// This instance.
+    pub me: InstanceId,
+    /// Every configured instance.
+    pub configured: InstanceSet,
+    /// The failure settings: the lease a missing instance's slot must be still for, and how
+    /// often the voting area is read.
+    pub failure: FailureConfig,
+    /// Past this, with peers still missing, the start fails.
+    pub give_up_after: Duration,
+}
+
+/// One slot as a voting-area round read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotLook {
+    /// Whose slot.
+    pub instance: InstanceId,
+    /// The instance shut down cleanly (or never ran): it is not running.
+    pub down: bool,
+    /// Its disk-heartbeat counter.
+    pub heartbeat: u64,
+}
+
+/// Storage work for the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryIo {
+    /// Move this instance's disk heartbeat (slot state up, counter + 1), then read every slot
+    /// of the voting area; report with [`Entry::handle_slot_round`] (a slot that cannot be
+    /// read is left out: it counts as moving).
+    SlotRound,
+    /// Whole-cluster recovery: merge every thread's redo from its checkpoint and apply it,
+    /// seal every thread's newest life, then read every slot's Paxos block; report with
+    /// [`Entry::handle_restarted`]. Asked only once no instance outside the restart can be
+    /// running.
+    Restart,
+}
+
+/// How the instance entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entered {
+    /// The cluster formed at `epoch` with `live`; `here` when this instance formed it (it
+    /// announces the formation until every member shows it runs).
+    Formed {
+        /// The first epoch.
+        epoch: Epoch,
+        /// Its members.
+        live: InstanceSet,
+        /// This instance formed it.
+        here: bool,
+    },
+    /// A running cluster admitted this instance at `epoch` with `live`.
+    Joined {
+        /// The epoch of the admission.
+        epoch: Epoch,
+        /// Its members.
+        live: InstanceSet,
+    },
+}
+
+impl Entered {
+    /// The epoch entered and its members.
+    pub fn membership(&self) -> (Epoch, InstanceSet) {
+        match *self {
+            Entered::Formed { epoch, live, .. } | Entered::Joined { epoch, live } => (epoch, live),
+        }
+    }
+}
+
+/// Why entering failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// Peers stayed out of reach for the whole wait.
+    #[error("peers {missing:?} not reached within {after:?}")]
+    PeersMissing {
+        /// Who.
+        missing: Vec<InstanceId>,
+        /// The wait.
+        after: Duration,
+    },
+    /// Whole-cluster recovery failed.
+    #[error("whole-cluster recovery: {0}")]
+    Restart(String),
+    /// The voting area names the last epoch there is.
+    #[error("the epoch counter is exhausted (the voting area names epoch {0:?})")]
+    EpochsExhausted(Epoch),
+}
+
+/// A slot as last seen: whether down, its counter, since when it has not moved.
+#[derive(Debug, Clone, Copy)]
+struct SlotSeen {
+    down: bool,
+    heartbeat: u64,
+    since: Timestamp,
+}
+
+/// The entering phase of one instance.
+///
+/// Inputs ([`Entry::handle_connected`], [`Entry::handle_disconnected`],
+/// [`Entry::handle_message`], [`Entry::handle_slot_round`], [`Entry::handle_restarted`],
+/// [`Entry::handle_timeout`]) take `now`. Outputs, drained after every input:
+/// [`Entry::poll_transmit`] (cluster messages, sent at critical priority with epoch 0),
+/// [`Entry::poll_io`], then [`Entry::outcome`] (`Some` once entered or failed: the driver
+/// stops feeding this and builds the node), and [`Entry::poll_timeout`] for the next
+/// deadline. Frames of the engines that arrive before the admission are the driver's to
+/// keep (bounded) and hand to the node.
+#[derive(Debug)]
+pub struct Entry {
+    config: EntryConfig,
+    started: Timestamp,
+    connected: InstanceSet,
+    /// Peers heard from (a `Hello` or a running member's `Status`).
+    answered: InstanceSet,
+    /// The newest running cluster heard of.
+    running: Option<(Epoch, InstanceSet)>,
+    /// When `Hello` and `JoinRequest` are next repeated.
+    resend_at: Timestamp,
+    /// The voting area as watched (by slot index).
+    slots: Vec<Option<SlotSeen>>,
+    round_in_flight: bool,
+    next_round: Timestamp,
+    /// Whole-cluster recovery runs; the cluster forms with these members.
+    restarting: Option<InstanceSet>,
+    outcome: Option<Result<Entered, EntryError>>,
+    transmits: VecDeque<(InstanceId, ClusterMessage)>,
+    ios: VecDeque<EntryIo>,
+}
+
+const HELLO: ClusterMessage = ClusterMessage::Hello {
+    running: false,
+    epoch: Epoch(0),
+    live: InstanceSet::EMPTY,
+};
+
+impl Entry {
+    /// An instance starting at `now`.
+    pub fn new(config: EntryConfig, now: Timestamp) -> Self {
+        let mut entry = Self {
+            config,
+            started: now,
+            connected: InstanceSet::EMPTY,
+            answered: InstanceSet::EMPTY,
+            running: None,
+            resend_at: now + ENTRY_RESEND,
+            slots: vec![None; interconnect::MAX_INSTANCES],
+            round_in_flight: false,
+            next_round: now,
+            restarting: None,
+            outcome: None,
+            transmits: VecDeque::new(),
+            ios: VecDeque::new(),
+        };
+        entry.handle_timeout(now);
+        entry
+    }
+
+    /// Entered (or failed), once it has: the driver builds the node (or reports the error).
+    pub fn outcome(&self) -> Option<&Result<Entered, EntryError>> {
+        self.outcome.as_ref()
+    }
+
+    /// Peers connected now.
+    pub fn connected(&self) -> InstanceSet {
+        self.connected
+    }
+
+    /// The connection to `peer` is up: say that this instance is not running yet, and ask
+    /// to join when a running cluster is known.
+    pub fn handle_connected(&mut self, peer: InstanceId, now: Timestamp) {
+        self.connected.insert(peer);
+        self.send(peer, HELLO);
+        if self.running.is_some() {
+            self.send(peer, ClusterMessage::JoinRequest);
+        }
+        self.decide(now);
+    }
+
+    /// The connection to `peer` dropped.
+    pub fn handle_disconnected(&mut self, peer: InstanceId, now: Timestamp) {
+        self.connected.remove(peer);
+        self.answered.remove(peer);
+        // A running cluster none of whose members is reachable any more may be gone (its
+        // last member died): the instances starting now may have to form a new one.
+        if self
+            .running
+            .is_some_and(|(_, live)| live.iter().all(|m| !self.connected.contains(m)))
+        {
+            self.running = None;
+        }
+        self.decide(now);
+    }
+
+    /// A cluster message from `from`.
+    pub fn handle_message(&mut self, from: InstanceId, message: ClusterMessage, now: Timestamp) {
+        if self.outcome.is_some() {
+            return;
+        }
+        let me = self.config.me;
+        let configured = self.config.configured;
+        // A membership is taken only if it names this instance and configured ones only.
+        let acceptable =
+            |live: InstanceSet| live.contains(me) && live.bits() & !configured.bits() == 0;
+        match message {
+            ClusterMessage::Hello {
+                running: true,
+                epoch,
+                live,
+            }
+            | ClusterMessage::Status { epoch, live, .. } => {
+                // A running member (its `Status` repairs a lost `Hello`).
+                if !live.contains(from) {
+                    return;
+                }
+                self.answered.insert(from);
+                if self.running.is_none_or(|(e, _)| epoch > e) {
+                    self.running = Some((epoch, live));
+                    // Ask at once, then every resend interval.
+                    self.ask_to_join();
+                    self.resend_at = now + ENTRY_RESEND;
+                }
+            }
+            ClusterMessage::Hello { running: false, .. } => {
+                self.answered.insert(from);
+            }
+            // Only the lowest id present forms the cluster.
+            ClusterMessage::Formed { epoch, live }
+                if acceptable(live) && live.lowest() == Some(from) && self.restarting.is_none() =>
+            {
+                self.outcome = Some(Ok(Entered::Formed {
+                    epoch,
+                    live,
+                    here: false,
+                }));
+                return;
+            }
+            // Only a member of the epoch it decided admits.
+            ClusterMessage::Reconfigure { epoch, live }
+                if acceptable(live) && live.contains(from) && self.restarting.is_none() =>
+            {
+                self.outcome = Some(Ok(Entered::Joined { epoch, live }));
+                return;
+            }
+            _ => {}
+        }
+        self.decide(now);
+    }
+
+    /// The voting-area round of [`EntryIo::SlotRound`] completed with the slots it read.
+    pub fn handle_slot_round(&mut self, slots: &[SlotLook], now: Timestamp) {
+        self.round_in_flight = false;
+        self.next_round = now + self.config.failure.disk_interval;
+        let mut read = vec![false; self.slots.len()];
+        for look in slots {
+            let Some(seen) = self.slots.get_mut(look.instance.index()) else {
+                continue;
+            };
+            read[look.instance.index()] = true;
+            *seen = match *seen {
+                Some(s) if s.down == look.down && s.heartbeat == look.heartbeat => Some(s),
+                _ => Some(SlotSeen {
+                    down: look.down,
+                    heartbeat: look.heartbeat,
+                    since: now,
+                }),
+            };
+        }
+        // A slot that could not be read counts as moving.
+        for (seen, read) in self.slots.iter_mut().zip(read) {
+            if !read && seen.is_some() {
+                *seen = None;
+            }
+        }
+        self.decide(now);
+    }
+
+    /// [`EntryIo::Restart`] completed: every slot's Paxos block that decodes, or why
+    /// whole-cluster recovery failed.
+    pub fn handle_restarted(&mut self, result: Result<Vec<PaxosBlock>, String>, now: Timestamp) {
+        let Some(live) = self.restarting.take() else {
+            return;
+        };
+        let blocks = match result {
+            Ok(blocks) => blocks,
+            Err(e) => {
+                self.outcome = Some(Err(EntryError::Restart(e)));
+                return;
+            }
+        };
+        // A new cluster starts above every epoch the voting area names (decided, or open
+        // for proposals): no old ballot or decision concerns its epochs.
+        let highest = blocks
+            .iter()
+            .map(|b| b.epoch.max(b.decided.epoch))
+            .max()
+            .unwrap_or(Epoch(0));
+        let Some(epoch) = highest.checked_next() else {
+            self.outcome = Some(Err(EntryError::EpochsExhausted(highest)));
+            return;
+        };
+        let me = self.config.me;
+        for peer in live.iter().filter(|p| *p != me) {
+            self.send(peer, ClusterMessage::Formed { epoch, live });
+        }
+        self.outcome = Some(Ok(Entered::Formed {
+            epoch,
+            live,
+            here: true,
+        }));
+        let _ = now;
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.outcome.is_some() {
+            return;
+        }
+        if now >= self.resend_at {
+            self.resend_at = now + ENTRY_RESEND;
+            // Repeated: a lost message must not keep the cluster from forming or admitting.
+            for peer in self.connected.iter() {
+                self.send(peer, HELLO);
+            }
+            self.ask_to_join();
+        }
+        if !self.round_in_flight && now >= self.next_round {
+            // This instance's slot moves while it looks for the cluster (so nobody takes it
+            // for a member that is gone), and everyone's slots are watched.
+            self.round_in_flight = true;
+            self.ios.push_back(EntryIo::SlotRound);
+        }
+        if self.restarting.is_none()
+            && now.saturating_since(self.started) >= self.config.give_up_after
+        {
+            let me = self.config.me;
+            let missing = self
+                .config
+                .configured
+                .iter()
+                .filter(|p| *p != me && !self.answered.contains(*p))
+                .collect();
+            self.outcome = Some(Err(EntryError::PeersMissing {
+                missing,
+                after: self.config.give_up_after,
+            }));
+            return;
+        }
+        self.decide(now);
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<(InstanceId, ClusterMessage)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next storage work.
+    pub fn poll_io(&mut self) -> Option<EntryIo> {
+        self.ios.pop_front()
+    }
+
+    /// When [`Entry::handle_timeout`] must next run.
+    pub fn poll_timeout(&self) -> Timestamp {
+        let mut at = self.resend_at.min(self.started + self.config.give_up_after);
+        if !self.round_in_flight {
+            at = at.min(self.next_round);
+        }
+        if self.running.is_none() && self.restarting.is_none() {
+            at = at.min(self.started + FORMATION_GRACE);
+        }
+        at
+    }
+
+    /// Forms the cluster when this instance may: no running cluster is known, every
+    /// configured instance answered — or, after the grace, a majority did and nobody else
+    /// can be running — and this is the lowest id present.
+    fn decide(&mut self, now: Timestamp) {
+        if self.outcome.is_some() || self.restarting.is_some() || self.running.is_some() {
+            return;
+        }
+        let me = self.config.me;
+        let configured = self.config.configured;
+        let mut peers = configured;
+        peers.remove(me);
+        let answered: InstanceSet = self
+            .answered
+            .iter()
+            .filter(|p| self.connected.contains(*p))
+            .collect();
+        let present: InstanceSet = answered.iter().chain(std::iter::once(me)).collect();
+        let everyone = peers.iter().all(|p| answered.contains(p));
+        let still = self.config.failure.lease + self.config.failure.lease / 8;
+        let majority_without_the_rest = present.len() * 2 > configured.len()
+            && now.saturating_since(self.started) >= FORMATION_GRACE
+            && self.all_still_except(present, still, now);
+        if (everyone || majority_without_the_rest) && present.lowest() == Some(me) {
+            let live = if everyone { configured } else { present };
+            self.restarting = Some(live);
+            self.ios.push_back(EntryIo::Restart);
+        }
+    }
+
+    /// Whether every slot outside `present` is shut down, or has not moved for `still`: no
+    /// instance outside `present` can be running (one never seen counts as moving).
+    fn all_still_except(&self, present: InstanceSet, still: Duration, now: Timestamp) -> bool {
+        self.slots.iter().enumerate().all(|(index, seen)| {
+            let listed = InstanceId::new(index as u64).is_ok_and(|id| present.contains(id));
+            let configured =
+                InstanceId::new(index as u64).is_ok_and(|id| self.config.configured.contains(id));
+            listed
+                || match seen {
+                    Some(s) => s.down || now.saturating_since(s.since) >= still,
+                    // Slots past the configured ones that the driver does not read are not
+                    // instances; a configured one not read yet may be running.
+                    None => !configured,
+                }
+        })
+    }
+
+    fn ask_to_join(&mut self) {
+        if let Some((_, live)) = self.running {
+            let connected = self.connected;
+            for peer in live.iter().filter(|p| connected.contains(*p)) {
+                self.send(peer, ClusterMessage::JoinRequest);
+            }
+        }
+    }
+
+    fn send(&mut self, to: InstanceId, message: ClusterMessage) {
+        if self.transmits.len() >= MAX_QUEUED_MESSAGES {
+            self.transmits.pop_front();
+        }
+        self.transmits.push_back((to, message));
+    }
+}
+
+/// The decision a node starts its Disk Paxos from, entering at `epoch` with `live`: as a
+/// block on the voting area records it when one does (an admission was decided there, maybe
+/// proposed by another), else `live` proposed by its lowest member (a formation).
+pub fn decision_at_entry(
+    me: InstanceId,
+    epoch: Epoch,
+    live: InstanceSet,
+    blocks: &[PaxosBlock],
+) -> Decision {
+    blocks
+        .iter()
+        .map(|b| b.decided)
+        .find(|d| d.epoch == epoch && d.value.members == live)
+        .unwrap_or(Decision {
+            epoch,
+            value: Proposal {
+                members: live,
+                proposer: live.lowest().unwrap_or(me),
+            },
+        })
+}
