@@ -1272,7 +1272,16 @@ impl Setting<'_> {
                                     self.paxos_blocks()
                                 })
                                 .map_err(|e| e.to_string());
-                        entry.handle_restarted(result, now());
+                        entry.handle_restarted(result);
+                    }
+                    Some(EntryIo::PublishFormation { bytes }) => {
+                        let result = format::read_slot(self.storage.as_ref(), self.layout, me)
+                            .and_then(|mut slot| {
+                                slot.paxos = bytes;
+                                format::write_slot(self.storage.as_ref(), self.layout, &slot)
+                            })
+                            .map_err(|e| e.to_string());
+                        entry.handle_formation_published(result);
                     }
                     None => break,
                 }

@@ -8,7 +8,7 @@
 //! or after [`FORMATION_GRACE`] a majority did and every other slot has been shut down or
 //! still for the lease and an eighth — an instance missing from the restart may not be
 //! running), which epoch the formed cluster starts at (above every epoch on the voting
-//! area), when to ask a running cluster for admission and which admission to take. The
+//! area, where the former records it as a decision before anyone is told), when to ask a running cluster for admission and which admission to take. The
 //! driver (`api::Instance::start`, the membership simulator) carries out its I/O (a
 //! voting-area round: write this instance's heartbeat, read every slot; whole-cluster
 //! recovery), sends its messages, and builds the [`Node`] from [`Entered`] with
@@ -19,7 +19,7 @@
 //! [`Node`]: crate::node::Node
 
 use crate::cluster::{ClusterMessage, FailureConfig};
-use crate::paxos::{Decision, PaxosBlock, Proposal};
+use crate::paxos::{Ballot, Decision, PAXOS_BLOCK_LEN, PaxosBlock, Proposal};
 use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -72,6 +72,14 @@ pub enum EntryIo {
     /// [`Entry::handle_restarted`]. Asked only once no instance outside the restart can be
     /// running.
     Restart,
+    /// Write this Paxos block into this instance's slot, durably, and report with
+    /// [`Entry::handle_formation_published`]: it records the formed epoch on the voting area
+    /// (the next formation starts above it, and an instance of an earlier life that reads
+    /// it learns it was left out) before anyone is told the cluster runs.
+    PublishFormation {
+        /// The block (this instance's, carrying the formation as its decision).
+        bytes: [u8; PAXOS_BLOCK_LEN],
+    },
 }
 
 /// How the instance entered.
@@ -157,8 +165,14 @@ pub struct Entry {
     slots: Vec<Option<SlotSeen>>,
     round_in_flight: bool,
     next_round: Timestamp,
-    /// Whole-cluster recovery runs; the cluster forms with these members.
+    /// When the last round completed: stillness is measured up to it, so an instance whose
+    /// own storage stalls takes nobody for still.
+    observed: Option<Timestamp>,
+    /// Whole-cluster recovery runs (then the formation is published); the cluster forms
+    /// with these members.
     restarting: Option<InstanceSet>,
+    /// The epoch being published.
+    forming: Option<Epoch>,
     outcome: Option<Result<Entered, EntryError>>,
     transmits: VecDeque<(InstanceId, ClusterMessage)>,
     ios: VecDeque<EntryIo>,
@@ -183,7 +197,9 @@ impl Entry {
             slots: vec![None; interconnect::MAX_INSTANCES],
             round_in_flight: false,
             next_round: now,
+            observed: None,
             restarting: None,
+            forming: None,
             outcome: None,
             transmits: VecDeque::new(),
             ios: VecDeque::new(),
@@ -287,6 +303,7 @@ impl Entry {
     pub fn handle_slot_round(&mut self, slots: &[SlotLook], now: Timestamp) {
         self.round_in_flight = false;
         self.next_round = now + self.config.failure.disk_interval;
+        self.observed = Some(now);
         let mut read = vec![false; self.slots.len()];
         for look in slots {
             let Some(seen) = self.slots.get_mut(look.instance.index()) else {
@@ -313,8 +330,8 @@ impl Entry {
 
     /// [`EntryIo::Restart`] completed: every slot's Paxos block that decodes, or why
     /// whole-cluster recovery failed.
-    pub fn handle_restarted(&mut self, result: Result<Vec<PaxosBlock>, String>, now: Timestamp) {
-        let Some(live) = self.restarting.take() else {
+    pub fn handle_restarted(&mut self, result: Result<Vec<PaxosBlock>, String>) {
+        let (Some(live), None) = (self.restarting, self.forming) else {
             return;
         };
         let blocks = match result {
@@ -335,6 +352,49 @@ impl Entry {
             self.outcome = Some(Err(EntryError::EpochsExhausted(highest)));
             return;
         };
+        // Its own block carries the formation as a decision, at a ballot above any on the
+        // voting area (its ballots never go back).
+        let me = self.config.me;
+        let top = blocks.iter().map(|b| b.mbal).max().unwrap_or(Ballot::ZERO);
+        let Some(mbal) = top
+            .round()
+            .checked_add(1)
+            .and_then(|round| Ballot::new(round, me))
+        else {
+            self.outcome = Some(Err(EntryError::EpochsExhausted(highest)));
+            return;
+        };
+        let block = PaxosBlock {
+            owner: me,
+            epoch,
+            mbal,
+            bal: Ballot::ZERO,
+            inp: None,
+            decided: Decision {
+                epoch,
+                value: Proposal {
+                    members: live,
+                    proposer: me,
+                },
+            },
+        };
+        let mut bytes = [0u8; PAXOS_BLOCK_LEN];
+        block.encode(&mut bytes);
+        self.forming = Some(epoch);
+        self.ios.push_back(EntryIo::PublishFormation { bytes });
+    }
+
+    /// [`EntryIo::PublishFormation`] completed: the cluster runs, and the members are told.
+    pub fn handle_formation_published(&mut self, result: Result<(), String>) {
+        let (Some(live), Some(epoch)) = (self.restarting.take(), self.forming.take()) else {
+            return;
+        };
+        if let Err(e) = result {
+            self.outcome = Some(Err(EntryError::Restart(format!(
+                "writing the formation to the voting area: {e}"
+            ))));
+            return;
+        }
         let me = self.config.me;
         for peer in live.iter().filter(|p| *p != me) {
             self.send(peer, ClusterMessage::Formed { epoch, live });
@@ -344,7 +404,6 @@ impl Entry {
             live,
             here: true,
         }));
-        let _ = now;
     }
 
     /// Time passed.
@@ -360,9 +419,12 @@ impl Entry {
             }
             self.ask_to_join();
         }
-        if !self.round_in_flight && now >= self.next_round {
+        if !self.round_in_flight && self.running.is_none() && now >= self.next_round {
             // This instance's slot moves while it looks for the cluster (so nobody takes it
-            // for a member that is gone), and everyone's slots are watched.
+            // for a member that is gone), and everyone's slots are watched. Not once a
+            // running cluster is known: its members wait for this slot to be still for the
+            // lease before they recover this instance's previous life, and only then admit
+            // it — a moving slot would hold that recovery, and the admission, forever.
             self.round_in_flight = true;
             self.ios.push_back(EntryIo::SlotRound);
         }
@@ -398,7 +460,7 @@ impl Entry {
     /// When [`Entry::handle_timeout`] must next run.
     pub fn poll_timeout(&self) -> Timestamp {
         let mut at = self.resend_at.min(self.started + self.config.give_up_after);
-        if !self.round_in_flight {
+        if !self.round_in_flight && self.running.is_none() {
             at = at.min(self.next_round);
         }
         if self.running.is_none() && self.restarting.is_none() {
@@ -428,7 +490,7 @@ impl Entry {
         let still = self.config.failure.lease + self.config.failure.lease / 8;
         let majority_without_the_rest = present.len() * 2 > configured.len()
             && now.saturating_since(self.started) >= FORMATION_GRACE
-            && self.all_still_except(present, still, now);
+            && self.all_still_except(present, still);
         if (everyone || majority_without_the_rest) && present.lowest() == Some(me) {
             let live = if everyone { configured } else { present };
             self.restarting = Some(live);
@@ -438,14 +500,17 @@ impl Entry {
 
     /// Whether every slot outside `present` is shut down, or has not moved for `still`: no
     /// instance outside `present` can be running (one never seen counts as moving).
-    fn all_still_except(&self, present: InstanceSet, still: Duration, now: Timestamp) -> bool {
+    fn all_still_except(&self, present: InstanceSet, still: Duration) -> bool {
+        let Some(observed) = self.observed else {
+            return false;
+        };
         self.slots.iter().enumerate().all(|(index, seen)| {
             let listed = InstanceId::new(index as u64).is_ok_and(|id| present.contains(id));
             let configured =
                 InstanceId::new(index as u64).is_ok_and(|id| self.config.configured.contains(id));
             listed
                 || match seen {
-                    Some(s) => s.down || now.saturating_since(s.since) >= still,
+                    Some(s) => s.down || observed.saturating_since(s.since) >= still,
                     // Slots past the configured ones that the driver does not read are not
                     // instances; a configured one not read yet may be running.
                     None => !configured,

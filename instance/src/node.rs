@@ -657,6 +657,13 @@ impl Node {
         self.settle(now);
     }
 
+    /// This instance formed the cluster ([`crate::entry::Entered::Formed`] with `here`): its
+    /// `Formed` is resent until every member shows it runs.
+    pub fn announce_formation(&mut self, now: Timestamp) {
+        self.cluster.announce_formation();
+        self.settle(now);
+    }
+
     /// Storage is out of reach past the lease, or another condition outside the node that
     /// ends this instance.
     pub fn handle_fatal(&mut self, reason: String, now: Timestamp) {
