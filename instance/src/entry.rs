@@ -556,3 +556,250 @@ pub fn decision_at_entry(
             },
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> InstanceId {
+        InstanceId::new(n).expect("id")
+    }
+
+    fn set(ids: &[u64]) -> InstanceSet {
+        ids.iter().map(|&n| id(n)).collect()
+    }
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::ZERO + Duration::from_millis(ms)
+    }
+
+    fn entry(me: u64, configured: &[u64]) -> Entry {
+        Entry::new(
+            EntryConfig {
+                me: id(me),
+                configured: set(configured),
+                failure: FailureConfig::default(),
+                give_up_after: Duration::from_secs(60),
+            },
+            at(0),
+        )
+    }
+
+    fn sent(e: &mut Entry) -> Vec<(InstanceId, ClusterMessage)> {
+        std::iter::from_fn(|| e.poll_transmit()).collect()
+    }
+
+    fn ios(e: &mut Entry) -> Vec<EntryIo> {
+        std::iter::from_fn(|| e.poll_io()).collect()
+    }
+
+    /// A slot round at `ms` in which the slots of `moving` moved and the others did not.
+    fn round(e: &mut Entry, ms: u64, configured: &[u64], moving: &[u64]) {
+        let looks: Vec<SlotLook> = configured
+            .iter()
+            .map(|&n| SlotLook {
+                instance: id(n),
+                down: false,
+                heartbeat: if moving.contains(&n) { ms } else { 7 },
+            })
+            .collect();
+        e.handle_slot_round(&looks, at(ms));
+    }
+
+    fn hello(e: &mut Entry, from: u64, ms: u64) {
+        e.handle_connected(id(from), at(ms));
+        let running = ClusterMessage::Hello {
+            running: false,
+            epoch: Epoch(0),
+            live: InstanceSet::EMPTY,
+        };
+        e.handle_message(id(from), running, at(ms));
+    }
+
+    fn block(owner: u64, epoch: u64, round: u64, members: &[u64]) -> PaxosBlock {
+        let owner = id(owner);
+        PaxosBlock {
+            owner,
+            epoch: Epoch(epoch),
+            mbal: Ballot::new(round, owner).expect("ballot"),
+            bal: Ballot::ZERO,
+            inp: None,
+            decided: Decision {
+                epoch: Epoch(epoch),
+                value: Proposal {
+                    members: set(members),
+                    proposer: owner,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn the_lowest_forms_above_every_epoch_on_disk_and_publishes_it_before_telling_anyone() {
+        let all = [0, 1, 2];
+        let mut e = entry(0, &all);
+        assert_eq!(ios(&mut e), vec![EntryIo::SlotRound]);
+        hello(&mut e, 1, 10);
+        assert_eq!(ios(&mut e), vec![]);
+        hello(&mut e, 2, 20);
+        assert_eq!(ios(&mut e), vec![EntryIo::Restart]);
+        sent(&mut e);
+        e.handle_restarted(Ok(vec![block(1, 4, 3, &[1, 2]), block(2, 2, 9, &[0, 2])]));
+        let [EntryIo::PublishFormation { bytes }] = ios(&mut e)[..] else {
+            panic!("no publication");
+        };
+        let published = PaxosBlock::decode(&bytes).expect("decodes").expect("a block");
+        assert_eq!(published.epoch, Epoch(5));
+        assert_eq!(published.decided.epoch, Epoch(5));
+        assert_eq!(published.decided.value.members, set(&all));
+        assert!(published.mbal > block(2, 2, 9, &[0, 2]).mbal);
+        // Nobody hears of the formation before it is durable.
+        assert!(sent(&mut e).is_empty());
+        assert!(e.outcome().is_none());
+        e.handle_formation_published(Ok(()));
+        let formed = ClusterMessage::Formed {
+            epoch: Epoch(5),
+            live: set(&all),
+        };
+        assert_eq!(sent(&mut e), vec![(id(1), formed), (id(2), formed)]);
+        assert_eq!(
+            e.outcome(),
+            Some(&Ok(Entered::Formed {
+                epoch: Epoch(5),
+                live: set(&all),
+                here: true
+            }))
+        );
+    }
+
+    #[test]
+    fn others_take_the_formation_only_from_the_lowest_and_only_naming_them() {
+        let mut e = entry(1, &[0, 1, 2]);
+        hello(&mut e, 0, 10);
+        hello(&mut e, 2, 10);
+        assert!(!ios(&mut e).contains(&EntryIo::Restart));
+        let from_two = ClusterMessage::Formed {
+            epoch: Epoch(3),
+            live: set(&[1, 2]),
+        };
+        e.handle_message(id(2), from_two, at(20));
+        let without_me = ClusterMessage::Formed {
+            epoch: Epoch(3),
+            live: set(&[0, 2]),
+        };
+        e.handle_message(id(0), without_me, at(20));
+        assert!(e.outcome().is_none());
+        let formed = ClusterMessage::Formed {
+            epoch: Epoch(3),
+            live: set(&[0, 1, 2]),
+        };
+        e.handle_message(id(0), formed, at(30));
+        assert!(matches!(
+            e.outcome(),
+            Some(Ok(Entered::Formed { here: false, .. }))
+        ));
+    }
+
+    /// Failure mode 9 of issue #10: a restart without a configured instance must not run
+    /// whole-cluster recovery while that instance may be running.
+    #[test]
+    fn a_restart_without_an_instance_waits_until_its_slot_is_still_for_the_lease() {
+        let all = [0, 1, 2];
+        let mut e = entry(0, &all);
+        hello(&mut e, 1, 10);
+        // Instance 2 never answers, and its slot moves: it may be running, cut off.
+        let mut ms = 0;
+        while ms < 6_000 {
+            round(&mut e, ms, &all, &[0, 1, 2]);
+            e.handle_timeout(at(ms));
+            assert!(!ios(&mut e).contains(&EntryIo::Restart), "restarted at {ms} ms");
+            ms += 100;
+        }
+        // Its slot stops: after the lease and an eighth, the majority forms without it.
+        let still_from = ms;
+        let mut restarted_at = None;
+        while ms < 9_000 && restarted_at.is_none() {
+            round(&mut e, ms, &all, &[0, 1]);
+            e.handle_timeout(at(ms));
+            if ios(&mut e).contains(&EntryIo::Restart) {
+                restarted_at = Some(ms);
+            }
+            ms += 100;
+        }
+        let lease = FailureConfig::default().lease;
+        let waited = restarted_at.expect("formed") - still_from;
+        assert!(
+            u128::from(waited) >= (lease + lease / 8).as_millis(),
+            "formed {waited} ms after the slot stopped"
+        );
+        e.handle_restarted(Ok(Vec::new()));
+        e.handle_formation_published(Ok(()));
+        assert_eq!(
+            e.outcome().map(|o| o.as_ref().map(Entered::membership)),
+            Some(Ok((Epoch(1), set(&[0, 1]))))
+        );
+    }
+
+    #[test]
+    fn an_instance_whose_own_looks_stall_takes_no_slot_for_still() {
+        let all = [0, 1, 2];
+        let mut e = entry(0, &all);
+        hello(&mut e, 1, 10);
+        round(&mut e, 100, &all, &[0, 1, 2]);
+        // No round completes any more: time passes, the view stays stale.
+        for ms in (200..10_000).step_by(100) {
+            e.handle_timeout(at(ms));
+            assert!(!ios(&mut e).contains(&EntryIo::Restart), "restarted at {ms} ms");
+        }
+    }
+
+    #[test]
+    fn a_restarted_instance_asks_to_join_stops_beating_and_takes_a_members_admission() {
+        let all = [0, 1, 2];
+        let mut e = entry(2, &all);
+        assert_eq!(ios(&mut e), vec![EntryIo::SlotRound]);
+        e.handle_connected(id(0), at(5));
+        let running = ClusterMessage::Hello {
+            running: true,
+            epoch: Epoch(7),
+            live: set(&[0, 1]),
+        };
+        e.handle_message(id(0), running, at(10));
+        assert!(sent(&mut e).contains(&(id(0), ClusterMessage::JoinRequest)));
+        round(&mut e, 20, &all, &[0, 1, 2]);
+        // Repeated, and no more slot rounds (the members wait for the slot to be still).
+        for ms in (100..3_000).step_by(100) {
+            e.handle_timeout(at(ms));
+            assert_eq!(ios(&mut e), vec![], "a slot round at {ms} ms");
+        }
+        assert!(sent(&mut e).contains(&(id(0), ClusterMessage::JoinRequest)));
+        // An admission from a non-member of it is not taken.
+        let from_stranger = ClusterMessage::Reconfigure {
+            epoch: Epoch(8),
+            live: set(&[0, 2]),
+        };
+        e.handle_message(id(1), from_stranger, at(3_000));
+        assert!(e.outcome().is_none());
+        let admitted = ClusterMessage::Reconfigure {
+            epoch: Epoch(8),
+            live: set(&[0, 1, 2]),
+        };
+        e.handle_message(id(1), admitted, at(3_010));
+        assert_eq!(
+            e.outcome(),
+            Some(&Ok(Entered::Joined {
+                epoch: Epoch(8),
+                live: set(&[0, 1, 2])
+            }))
+        );
+    }
+
+    #[test]
+    fn the_decision_at_entry_is_the_one_on_disk_when_there_is_one() {
+        let on_disk = block(1, 4, 2, &[0, 1]);
+        let d = decision_at_entry(id(0), Epoch(4), set(&[0, 1]), &[on_disk]);
+        assert_eq!(d.value.proposer, id(1));
+        let d = decision_at_entry(id(2), Epoch(5), set(&[1, 2]), &[on_disk]);
+        assert_eq!((d.epoch, d.value.proposer), (Epoch(5), id(1)));
+    }
+}
