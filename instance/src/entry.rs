@@ -157,8 +157,10 @@ pub struct Entry {
     connected: InstanceSet,
     /// Peers heard from (a `Hello` or a running member's `Status`).
     answered: InstanceSet,
-    /// The newest running cluster heard of.
-    running: Option<(Epoch, InstanceSet)>,
+    /// The newest running cluster heard of, and from whom: epoch 0 is a formation under
+    /// way (its former says so while whole-cluster recovery runs), forgotten when the former
+    /// goes.
+    running: Option<(Epoch, InstanceSet, InstanceId)>,
     /// When `Hello` and `JoinRequest` are next repeated.
     resend_at: Timestamp,
     /// The voting area as watched (by slot index).
@@ -222,7 +224,7 @@ impl Entry {
     /// to join when a running cluster is known.
     pub fn handle_connected(&mut self, peer: InstanceId, now: Timestamp) {
         self.connected.insert(peer);
-        self.send(peer, HELLO);
+        self.send(peer, self.hello());
         if self.running.is_some() {
             self.send(peer, ClusterMessage::JoinRequest);
         }
@@ -234,11 +236,11 @@ impl Entry {
         self.connected.remove(peer);
         self.answered.remove(peer);
         // A running cluster none of whose members is reachable any more may be gone (its
-        // last member died): the instances starting now may have to form a new one.
-        if self
-            .running
-            .is_some_and(|(_, live)| live.iter().all(|m| !self.connected.contains(m)))
-        {
+        // last member died), as may a formation whose former went: the instances starting
+        // now may have to form a new one.
+        if self.running.is_some_and(|(epoch, live, from)| {
+            (epoch == Epoch(0) && from == peer) || live.iter().all(|m| !self.connected.contains(m))
+        }) {
             self.running = None;
         }
         self.decide(now);
@@ -266,8 +268,8 @@ impl Entry {
                     return;
                 }
                 self.answered.insert(from);
-                if self.running.is_none_or(|(e, _)| epoch > e) {
-                    self.running = Some((epoch, live));
+                if self.running.is_none_or(|(e, _, _)| epoch > e) {
+                    self.running = Some((epoch, live, from));
                     // Ask at once, then every resend interval.
                     self.ask_to_join();
                     self.resend_at = now + ENTRY_RESEND;
@@ -414,8 +416,9 @@ impl Entry {
         if now >= self.resend_at {
             self.resend_at = now + ENTRY_RESEND;
             // Repeated: a lost message must not keep the cluster from forming or admitting.
+            let hello = self.hello();
             for peer in self.connected.iter() {
-                self.send(peer, HELLO);
+                self.send(peer, hello);
             }
             self.ask_to_join();
         }
@@ -490,18 +493,29 @@ impl Entry {
         let still = self.config.failure.lease + self.config.failure.lease / 8;
         let majority_without_the_rest = present.len() * 2 > configured.len()
             && now.saturating_since(self.started) >= FORMATION_GRACE
-            && self.all_still_except(present, still);
+            && self.all_still_except(present, still, now);
         if (everyone || majority_without_the_rest) && present.lowest() == Some(me) {
             let live = if everyone { configured } else { present };
             self.restarting = Some(live);
             self.ios.push_back(EntryIo::Restart);
+            // Whoever is not in it hears at once that a cluster is forming (and asks to join
+            // it once it runs) instead of forming one too.
+            let hello = self.hello();
+            for peer in self.connected.iter().filter(|p| !live.contains(*p)) {
+                self.send(peer, hello);
+            }
         }
     }
 
-    /// Whether every slot outside `present` is shut down, or has not moved for `still`: no
-    /// instance outside `present` can be running (one never seen counts as moving).
-    fn all_still_except(&self, present: InstanceSet, still: Duration) -> bool {
-        let Some(observed) = self.observed else {
+    /// Whether every slot outside `present` is shut down, or has not moved for `still` up to
+    /// the last look, itself recent: no instance outside `present` can be running (one never
+    /// seen counts as moving).
+    fn all_still_except(&self, present: InstanceSet, still: Duration, now: Timestamp) -> bool {
+        // A stale view (this instance's storage or process stalled since) shows nothing.
+        let Some(observed) = self
+            .observed
+            .filter(|at| now.saturating_since(*at) < self.config.failure.disk_timeout)
+        else {
             return false;
         };
         self.slots.iter().enumerate().all(|(index, seen)| {
@@ -518,8 +532,21 @@ impl Entry {
         })
     }
 
+    /// What this instance says of itself: not running, or — while it forms the cluster —
+    /// running at epoch 0 (a formation under way) with the members it forms it with.
+    fn hello(&self) -> ClusterMessage {
+        match self.restarting {
+            Some(live) => ClusterMessage::Hello {
+                running: true,
+                epoch: Epoch(0),
+                live,
+            },
+            None => HELLO,
+        }
+    }
+
     fn ask_to_join(&mut self) {
-        if let Some((_, live)) = self.running {
+        if let Some((_, live, _)) = self.running {
             let connected = self.connected;
             for peer in live.iter().filter(|p| connected.contains(*p)) {
                 self.send(peer, ClusterMessage::JoinRequest);
@@ -648,7 +675,9 @@ mod tests {
         let [EntryIo::PublishFormation { bytes }] = ios(&mut e)[..] else {
             panic!("no publication");
         };
-        let published = PaxosBlock::decode(&bytes).expect("decodes").expect("a block");
+        let published = PaxosBlock::decode(&bytes)
+            .expect("decodes")
+            .expect("a block");
         assert_eq!(published.epoch, Epoch(5));
         assert_eq!(published.decided.epoch, Epoch(5));
         assert_eq!(published.decided.value.members, set(&all));
@@ -712,7 +741,10 @@ mod tests {
         while ms < 6_000 {
             round(&mut e, ms, &all, &[0, 1, 2]);
             e.handle_timeout(at(ms));
-            assert!(!ios(&mut e).contains(&EntryIo::Restart), "restarted at {ms} ms");
+            assert!(
+                !ios(&mut e).contains(&EntryIo::Restart),
+                "restarted at {ms} ms"
+            );
             ms += 100;
         }
         // Its slot stops: after the lease and an eighth, the majority forms without it.
@@ -749,8 +781,35 @@ mod tests {
         // No round completes any more: time passes, the view stays stale.
         for ms in (200..10_000).step_by(100) {
             e.handle_timeout(at(ms));
-            assert!(!ios(&mut e).contains(&EntryIo::Restart), "restarted at {ms} ms");
+            assert!(
+                !ios(&mut e).contains(&EntryIo::Restart),
+                "restarted at {ms} ms"
+            );
         }
+    }
+
+    #[test]
+    fn a_view_that_went_stale_in_a_pause_decides_nothing_until_the_next_look() {
+        let all = [0, 1, 2];
+        let mut e = entry(0, &all);
+        hello(&mut e, 1, 10);
+        round(&mut e, 1_000, &all, &[0, 1, 2]);
+        // Instance 2's slot is still from 1.1 s: long enough by 2.9 s, but the formation
+        // grace has not passed yet.
+        for ms in (1_100..3_000).step_by(100) {
+            round(&mut e, ms, &all, &[0, 1]);
+            e.handle_timeout(at(ms));
+            assert!(
+                !ios(&mut e).contains(&EntryIo::Restart),
+                "restarted at {ms} ms"
+            );
+        }
+        // This instance pauses; when it runs again, it looks before it forms (instance 2 may
+        // have moved meanwhile).
+        e.handle_timeout(at(5_000));
+        assert_eq!(ios(&mut e), vec![EntryIo::SlotRound]);
+        round(&mut e, 5_010, &all, &[0, 1]);
+        assert_eq!(ios(&mut e), vec![EntryIo::Restart]);
     }
 
     #[test]
