@@ -9,7 +9,11 @@
 //! Faults, drawn by the seed: one-link and one-way cuts, lost, duplicated and delayed control
 //! messages, process pauses (the node takes no steps; its I/O still lands), storage stalls of
 //! one node (its I/O and disk heartbeats held for seconds, with its network up or cut), write
-//! errors (the write may land anyway), kills, and small forward jumps of one node's clock.
+//! errors (the write may land anyway), kills (of any number of nodes; a sixth of them the
+//! whole cluster), and small forward jumps of one node's clock. Every node starts through the
+//! real [`Entry`] (the first formation, joins, whole-cluster restarts) and is started again a
+//! little after it dies or stops, once no running node still counts it a member and no write
+//! of its previous life can land.
 //! The runtime's part is modelled as the runtime does it: a disk round writes the heartbeat,
 //! reads every slot and hands the round to the node, which renews the lease (from the
 //! round's start) when it may; the node decides when recovery begins (its redo-scan I/O).
@@ -17,15 +21,18 @@
 //! frames go in order on each link, held while it is cut (a TCP connection's stream).
 //!
 //! Checked after every step:
-//! * at most one membership per epoch, ever (every `Reconfigure` applied anywhere);
+//! * at most one membership per epoch, ever (every `Reconfigure` applied anywhere, every
+//!   formation);
 //! * a member left out of an epoch never keeps serving in it (it stops once it learns);
 //! * fencing: when a survivor's node asks for the redo scan that begins recovering lost
 //!   members, each one's lease (global time) has run out, so no I/O of it is submitted or
 //!   acknowledged after recovery began;
+//! * whole-cluster recovery runs only once every other instance's lease (of its current or
+//!   an earlier life) has run out;
 //! * no node stops for a core failure.
 //!
-//! At the end, with every fault healed: the running nodes agree on one epoch whose members
-//! are exactly the running nodes, each finished its recovery and its engines' rebuild
+//! At the end, with every fault healed and every node started again: all of them run in one
+//! epoch whose members are all of them, each finished its recovery and its engines' rebuild
 //! (liveness).
 //!
 //! `fusion-sim` runs this world beside the instance simulator for every seed; replay one
