@@ -213,6 +213,10 @@ pub fn throttle_at_redo_usage(checkpoint_at: f64) -> f64 {
 /// fails with [`crate::redo::RedoError::RedoFull`] if the thread is still full.
 pub const REDO_SPACE_WAIT: Duration = Duration::from_secs(10);
 
+/// How often a transaction waiting for redo space nudges the checkpointer again and looks
+/// whether the instance stopped.
+const REDO_SPACE_SLICE: Duration = Duration::from_millis(50);
+
 /// What a checkpoint needs, shared by [`Instance::checkpoint`] and the background
 /// checkpointer.
 #[derive(Clone)]
@@ -536,10 +540,14 @@ impl Instance {
             return;
         }
         let deadline = Instant::now() + REDO_SPACE_WAIT;
-        while self.redo.usage() >= throttle && self.stopped().is_none() && Instant::now() < deadline
-        {
+        // Woken when the checkpoint moves; the nudge is repeated and the stop looked at
+        // every slice, since a checkpointer that was busy may have missed the first nudge.
+        while self.stopped().is_none() && Instant::now() < deadline {
             let _ = self.checkpoint_nudge.try_send(());
-            std::thread::sleep(Duration::from_millis(1));
+            let slice = (Instant::now() + REDO_SPACE_SLICE).min(deadline);
+            if self.redo.wait_for_usage_below(throttle, slice) {
+                return;
+            }
         }
     }
 

@@ -258,6 +258,39 @@ fn stats_follow_fullness_syncs_and_the_checkpoint() {
     assert_eq!(checkpointed.full_refusals, 1);
 }
 
+/// A committer waiting for space is woken by the checkpoint that frees it, and a wait that
+/// nothing frees ends at its deadline saying so.
+#[test]
+fn waiting_for_space_ends_when_the_checkpoint_moves() {
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(3),
+    ));
+    let t = thread(0, THREAD_SIZE);
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty, t, 1, &mut lives);
+    let mut scn = 0;
+    while writer.usage() < 0.5 {
+        scn += 1;
+        writer.commit(&[record(scn, 1, 6000)]).unwrap();
+    }
+    let soon = std::time::Instant::now() + std::time::Duration::from_millis(20);
+    assert!(
+        !writer.wait_for_usage_below(0.5, soon),
+        "nothing freed space"
+    );
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            writer.wait_for_usage_below(0.5, deadline)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        writer.set_checkpoint(writer.next_sequence()).unwrap();
+        assert!(waiter.join().unwrap(), "woken with the space freed");
+    });
+    assert!(writer.usage() < 0.5);
+}
+
 #[test]
 fn damaged_durable_redo_is_reported_by_location_not_skipped() {
     let faulty = Arc::new(FaultyStorage::new(
