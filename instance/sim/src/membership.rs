@@ -128,6 +128,9 @@ impl Ev {
     }
 }
 
+/// The lives of an event's owners (node, life) when it was scheduled.
+type OwnerLives = [Option<(usize, u64)>; 2];
+
 /// A frame on the wire.
 #[derive(Debug, Clone)]
 struct Frame {
@@ -202,7 +205,7 @@ struct Sim {
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
     /// Each event with the lives of its owners when it was scheduled.
-    events: Vec<Option<(Ev, [Option<(usize, u64)>; 2])>>,
+    events: Vec<Option<(Ev, OwnerLives)>>,
     nodes: Vec<Node>,
     /// The voting area: each slot's heartbeat counter and Paxos block.
     heartbeats: Vec<u64>,
