@@ -827,6 +827,29 @@ impl<T: Transport> Driver<T> {
         any
     }
 
+    /// One log line per step of an instance recovery as it is handed out, so that a log shows
+    /// where a recovery that never finishes stands.
+    fn log_recovery_step(&self, io: &RecoveryIo) {
+        let me = self.node.id();
+        match io {
+            RecoveryIo::Preempt { epoch, lost } => eprintln!(
+                "fusion: instance {me}: recovery for epoch {}: preempting {:?}",
+                epoch.0,
+                lost.iter().map(|i| i.index()).collect::<Vec<_>>()
+            ),
+            RecoveryIo::Scan { epoch, lost, .. } => eprintln!(
+                "fusion: instance {me}: recovery for epoch {}: scanning redo (sealing {:?})",
+                epoch.0,
+                lost.iter().map(|i| i.index()).collect::<Vec<_>>()
+            ),
+            RecoveryIo::Rebuild { epoch, blocks, .. } => eprintln!(
+                "fusion: instance {me}: recovery for epoch {}: rebuilding {} blocks",
+                epoch.0,
+                blocks.len()
+            ),
+        }
+    }
+
     fn record(&mut self, at: Timestamp, event: InstanceEvent) {
         if self.event_log.len() == MAX_EVENTS {
             self.event_log.pop_front();
@@ -1052,7 +1075,10 @@ impl<T: Transport> Driver<T> {
                     NodeIo::Data(io) => self.io.send(io).map_err(drop),
                     NodeIo::Paxos(io) => self.disk.send(DiskJob::Paxos(io)).map_err(drop),
                     NodeIo::Checkpoint(io) => self.disk.send(DiskJob::Checkpoint(io)).map_err(drop),
-                    NodeIo::Recovery(io) => self.recovery.send(io).map_err(drop),
+                    NodeIo::Recovery(io) => {
+                        self.log_recovery_step(&io);
+                        self.recovery.send(io).map_err(drop)
+                    }
                 };
             }
             if let Some(upto) = self.node.poll_redo_force() {
