@@ -267,7 +267,7 @@ impl Checkpointer {
             if self.redo.usage() >= self.at_redo_usage
                 && let Err(e) = self.run()
             {
-                eprintln!("fusion: background checkpoint: {e}");
+                tracing::warn!("background checkpoint: {e}");
             }
         }
     }
@@ -1259,8 +1259,8 @@ impl Setting<'_> {
         if let Err(e) = paxos.recover_own(own) {
             // It still learns decisions; it cannot propose until its block is rewritten by
             // a later life. Say so: a damaged voting area needs an operator.
-            eprintln!(
-                "fusion: instance {me}: its Paxos block does not decode ({e}): it will not propose"
+            tracing::warn!(
+                "instance {me}: its Paxos block does not decode ({e}): it will not propose"
             );
         }
         Ok(paxos)
@@ -1362,11 +1362,11 @@ impl Setting<'_> {
                     let report = crate::recovery::restart(self.storage.as_ref(), self.layout)
                         .map_err(|e| StartError::Cache(format!("whole-cluster recovery: {e}")))?;
                     if report.blocks_written > 0 {
-                        eprintln!("fusion: whole-cluster recovery: {report:?}");
+                        tracing::info!("whole-cluster recovery: {report:?}");
                     }
                     for corrupt in &report.unrecoverable {
                         // Readers of it get the same error; everything else recovered.
-                        eprintln!("fusion: whole-cluster recovery could not rebuild: {corrupt}");
+                        tracing::error!("whole-cluster recovery could not rebuild: {corrupt}");
                     }
                     let highest = self.highest_paxos_epoch();
                     let epoch = highest
@@ -1463,8 +1463,8 @@ impl Setting<'_> {
             }
             if let Some(entry) = entered {
                 if early_dropped > 0 {
-                    eprintln!(
-                        "fusion: instance {me}: {early_dropped} frames that came before the admission were past the bound and dropped"
+                    tracing::warn!(
+                        "instance {me}: {early_dropped} frames that came before the admission were past the bound and dropped"
                     );
                 }
                 return Ok((entry, connected, early));

@@ -274,6 +274,7 @@ fn run_policy(o: &Options, policy: &str) -> Result<Outcome, Error> {
 }
 
 fn main() -> ExitCode {
+    instance::logging::log_to_stderr("warn");
     let o = match parse_args() {
         Ok(o) => o,
         Err(e) => {
