@@ -832,18 +832,18 @@ impl<T: Transport> Driver<T> {
     fn log_recovery_step(&self, io: &RecoveryIo) {
         let me = self.node.id();
         match io {
-            RecoveryIo::Preempt { epoch, lost } => eprintln!(
-                "fusion: instance {me}: recovery for epoch {}: preempting {:?}",
+            RecoveryIo::Preempt { epoch, lost } => tracing::info!(
+                "instance {me}: recovery for epoch {}: preempting {:?}",
                 epoch.0,
                 lost.iter().map(|i| i.index()).collect::<Vec<_>>()
             ),
-            RecoveryIo::Scan { epoch, lost, .. } => eprintln!(
-                "fusion: instance {me}: recovery for epoch {}: scanning redo (sealing {:?})",
+            RecoveryIo::Scan { epoch, lost, .. } => tracing::info!(
+                "instance {me}: recovery for epoch {}: scanning redo (sealing {:?})",
                 epoch.0,
                 lost.iter().map(|i| i.index()).collect::<Vec<_>>()
             ),
-            RecoveryIo::Rebuild { epoch, blocks, .. } => eprintln!(
-                "fusion: instance {me}: recovery for epoch {}: rebuilding {} blocks",
+            RecoveryIo::Rebuild { epoch, blocks, .. } => tracing::info!(
+                "instance {me}: recovery for epoch {}: rebuilding {} blocks",
                 epoch.0,
                 blocks.len()
             ),
