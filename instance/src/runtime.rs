@@ -217,9 +217,17 @@ pub(crate) struct Lease {
     /// When the round that last renewed it began.
     renewed_from: AtomicU64,
     revoked: AtomicBool,
-    /// The lease's length: how long a check waits for a renewal at most.
+    /// The lease's length.
     length: Duration,
 }
+
+/// How long an I/O waits at most for a lapsed lease to come back. A host starved of CPU
+/// delays its disk rounds past the lease (seen under load: a commit and a data write failed
+/// after waiting only the lease's 600 ms, and the write stopped the instance, though the
+/// node itself tolerates a delayed round); the round that comes renews the lease, and a
+/// decision against this instance revokes it at once (the node stops). So the bound only
+/// matters where storage hangs.
+const LAPSED_LEASE_WAIT: Duration = Duration::from_secs(10);
 
 impl Lease {
     /// A lease granted at `now` (a CLOCK_BOOTTIME reading).
@@ -252,15 +260,16 @@ impl Lease {
             && nanos(crate::storage::boottime()) < self.until.load(Ordering::Acquire)
     }
 
-    /// Whether an I/O may start: the lease holds, or comes back within its length (a round
-    /// delayed by a starved host renews it unless a decision stands against this instance).
+    /// Whether an I/O may start: the lease holds, or comes back before it is revoked (a
+    /// round delayed by a starved host renews it unless a decision stands against this
+    /// instance), within [`LAPSED_LEASE_WAIT`].
     pub(crate) fn wait_valid(&self) -> bool {
         self.wait_until(|lease| lease.valid())
     }
 
     /// Whether an I/O that completed at `completed` (a CLOCK_BOOTTIME reading) may be
     /// acknowledged: the lease held at completion, or a round that began after it renews it
-    /// within the lease's length.
+    /// before it is revoked, within [`LAPSED_LEASE_WAIT`].
     pub(crate) fn confirm(&self, completed: Duration) -> bool {
         // Valid now means valid at `completed` too: `until` only grows until revoked.
         let completed = nanos(completed);
@@ -271,7 +280,7 @@ impl Lease {
     }
 
     fn wait_until(&self, ready: impl Fn(&Self) -> bool) -> bool {
-        let deadline = Instant::now() + self.length;
+        let deadline = Instant::now() + LAPSED_LEASE_WAIT;
         loop {
             if ready(self) {
                 return true;
