@@ -47,7 +47,7 @@ const EXPORTED_BUCKET_BITS: std::ops::RangeInclusive<u32> = 10..=36;
 enum Sample {
     Counter(u64),
     Gauge(f64),
-    Histogram(gcs::Histogram),
+    Histogram(Box<gcs::Histogram>),
 }
 
 /// One family of the instance's series: its name (without `_total` for counters), help, and
@@ -149,7 +149,12 @@ impl SeriesBuilder {
     }
 
     fn histogram(&mut self, name: &'static str, help: &'static str, h: &gcs::Histogram) {
-        self.add(name, help, Vec::new(), Sample::Histogram(h.clone()));
+        self.add(
+            name,
+            help,
+            Vec::new(),
+            Sample::Histogram(Box::new(h.clone())),
+        );
     }
 }
 
@@ -307,7 +312,7 @@ impl Metrics {
                     "fusion_block_acquisition_seconds",
                     "Request-to-grant latency of block acquisitions, by kind (not local)",
                     labels,
-                    Sample::Histogram(stats.gcs.latency(k).clone()),
+                    Sample::Histogram(Box::new(stats.gcs.latency(k).clone())),
                 );
             }
         }
