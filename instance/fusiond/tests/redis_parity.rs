@@ -10,6 +10,8 @@
 //! different connection here, while Redis is one), and `EXPIRE ... GT|LT`, whose answer
 //! depends on milliseconds passing.
 
+#![allow(clippy::unwrap_used)] // a failure is the test failing
+
 mod common;
 
 use common::{Cluster, DEADLINE, Resp, tool};
