@@ -228,13 +228,17 @@ fn redis(server: &std::path::Path) -> Redis {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    // Owned at once: killed and waited for on drop, also when it never answers.
+    let redis = Redis {
+        child,
+        address: SocketAddr::from(([127, 0, 0, 1], port)),
+    };
     let start = Instant::now();
     loop {
-        if let Ok(mut c) = Client::connect(address)
+        if let Ok(mut c) = Client::connect(redis.address)
             && c.call(&["PING"]).is_ok()
         {
-            return Redis { child, address };
+            return redis;
         }
         assert!(start.elapsed() < DEADLINE, "redis-server did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
