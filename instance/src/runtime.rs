@@ -1451,13 +1451,13 @@ fn recovery_thread(
                         crate::storage::life::seal_lost(storage, layout, me, &scan, &lost)
                             .map_err(|e| format!("sealing the lost redo threads: {e}"))?;
                         // Where recovery's time goes, for operators and recoverybench.
-                        eprintln!(
-                            "fusion: instance {me}: recovery read {} records of {} redo threads ({} blocks changed) in {} ms, sealed in {} ms",
-                            scan.record_count(),
-                            scan.threads().len(),
-                            scan.changed_blocks().len(),
-                            scanned.as_millis(),
-                            (started.elapsed() - scanned).as_millis()
+                        tracing::info!(
+                            records = scan.record_count(),
+                            threads = scan.threads().len(),
+                            blocks_changed = scan.changed_blocks().len(),
+                            scan_ms = scanned.as_millis() as u64,
+                            seal_ms = (started.elapsed() - scanned).as_millis() as u64,
+                            "instance {me}: recovery read the redo"
                         );
                         Ok((scan.changed_blocks(), Arc::new(scan)))
                     });
@@ -1489,10 +1489,10 @@ fn recovery_thread(
                         });
                     }
                 });
-                eprintln!(
-                    "fusion: instance {me}: recovery rebuilt {} blocks in {} ms",
-                    blocks.len(),
-                    started.elapsed().as_millis()
+                tracing::info!(
+                    blocks = blocks.len(),
+                    rebuild_ms = started.elapsed().as_millis() as u64,
+                    "instance {me}: recovery rebuilt its recovery set"
                 );
             }
         }
