@@ -727,8 +727,8 @@ fn serve_limits_and_password() {
     assert_eq!(config.serve.client_buffer_bytes, 1 << 20);
     assert_eq!(config.serve.transfer_p99_alert, Duration::from_millis(7));
     assert_eq!(config.serve.expiry_sweep, None);
-    let config = parse(&format!("{GOOD}[serve]\nexpiry_sweep_ms = 250\n")).unwrap();
-    assert_eq!(config.serve.expiry_sweep, Some(Duration::from_millis(250)));
+    let sweep = parse(&format!("{GOOD}[serve]\nexpiry_sweep_ms = 250\n")).unwrap();
+    assert_eq!(sweep.serve.expiry_sweep, Some(Duration::from_millis(250)));
     assert_eq!(
         config.peers[0].resp,
         Some("127.0.0.1:6379".parse().unwrap())
