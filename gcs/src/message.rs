@@ -13,8 +13,11 @@ use crate::types::{BlockId, BlockMode, CommitDependency};
 use interconnect::codec;
 use interconnect::{Epoch, InstanceId, Scn};
 
-/// Most entries in one [`GcsBody::Report`]; a survivor splits longer reports.
-pub const MAX_REPORT_ENTRIES: usize = 4096;
+/// Most entries in one [`GcsBody::Report`]; a survivor splits longer reports. The longest
+/// report must fit in one frame body ([`interconnect::MAX_BODY_LEN`]): a longer one is
+/// refused by the transport, and the master it was for never finishes its rebuild. An entry
+/// takes at most 27 bytes: 2048 of them take 55,296.
+pub const MAX_REPORT_ENTRIES: usize = 2048;
 
 /// How a master answers a request without a block transfer.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1122,6 +1125,37 @@ mod tests {
             bytes[at] = value;
             let _ = GcsMessage::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn the_longest_report_fits_in_one_frame() {
+        let entry = ReportEntry {
+            block: BlockId {
+                file: u32::MAX,
+                block: u32::MAX,
+            },
+            mode: BlockMode::Shared,
+            scn: Scn(u64::MAX),
+            dirty: true,
+            pi: Some(Scn(u64::MAX)),
+        };
+        let message = GcsMessage {
+            epoch: Epoch(u64::MAX),
+            scn: Scn(u64::MAX),
+            durable: Scn(u64::MAX),
+            body: GcsBody::Report {
+                entries: vec![entry; MAX_REPORT_ENTRIES],
+                last: true,
+            },
+        };
+        let mut bytes = Vec::new();
+        message.encode(&mut bytes);
+        assert!(
+            bytes.len() <= interconnect::MAX_BODY_LEN as usize,
+            "{} bytes",
+            bytes.len()
+        );
+        assert_eq!(GcsMessage::decode(&bytes).unwrap(), message);
     }
 
     #[test]

@@ -63,6 +63,7 @@
 //! idle_timeout_s = 300               # 0: never close idle clients
 //! client_buffer_bytes = 67108864     # most bytes one request or one batch of replies holds
 //! transfer_p99_alert_ms = 50         # alert when a block transfer kind's p99 is above
+//! expiry_sweep_ms = 100              # a step of the expiry sweep this often; 0: no sweep
 //! ```
 //!
 //! Addresses are literal `ip:port` socket addresses: resolving names would make loading the
@@ -458,6 +459,9 @@ pub struct ServeConfig {
     pub client_buffer_bytes: usize,
     /// A health alert fires when a block transfer kind's p99 latency is above this.
     pub transfer_p99_alert: Duration,
+    /// How often a step of the background expiry sweep runs; `None`: never (expired keys
+    /// are still never returned, only not deleted until touched).
+    pub expiry_sweep: Option<Duration>,
 }
 
 impl Default for ServeConfig {
@@ -468,6 +472,7 @@ impl Default for ServeConfig {
             idle_timeout: Some(Duration::from_secs(300)),
             client_buffer_bytes: 64 << 20,
             transfer_p99_alert: Duration::from_millis(50),
+            expiry_sweep: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -724,6 +729,7 @@ struct RawServe {
     idle_timeout_s: Option<u64>,
     client_buffer_bytes: Option<u64>,
     transfer_p99_alert_ms: Option<u64>,
+    expiry_sweep_ms: Option<u64>,
 }
 
 fn instance_id(key: String, value: u64) -> Result<InstanceId, ConfigProblem> {
@@ -930,6 +936,7 @@ fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
         raw.transfer_p99_alert_ms,
         1..=3_600_000,
     )?;
+    let sweep = bounded("serve.expiry_sweep_ms", raw.expiry_sweep_ms, 0..=3_600_000)?;
     Ok(ServeConfig {
         requirepass,
         maxclients: maxclients.map_or(defaults.maxclients, |m| m as usize),
@@ -940,6 +947,11 @@ fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
         },
         client_buffer_bytes: buffer.map_or(defaults.client_buffer_bytes, |b| b as usize),
         transfer_p99_alert: alert.map_or(defaults.transfer_p99_alert, Duration::from_millis),
+        expiry_sweep: match sweep {
+            None => defaults.expiry_sweep,
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+        },
     })
 }
 

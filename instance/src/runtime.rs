@@ -1464,6 +1464,7 @@ fn recovery_thread(
                 threads,
                 lost,
             } => {
+                let started = Instant::now();
                 let all: Vec<InstanceId> = threads.iter().collect();
                 let lost: Vec<InstanceId> = lost.iter().collect();
                 // Every thread's changed blocks, not only the lost instances': a block a
@@ -1478,11 +1479,21 @@ fn recovery_thread(
                 let result = crate::recovery::scan_threads(storage, layout, &all)
                     .map_err(|e| e.to_string())
                     .and_then(|scan| {
+                        let scanned = started.elapsed();
                         if !context.lease.wait_valid() {
                             return Err("the I/O lease expired before sealing".to_string());
                         }
                         crate::storage::life::seal_lost(storage, layout, me, &scan, &lost)
                             .map_err(|e| format!("sealing the lost redo threads: {e}"))?;
+                        // Where recovery's time goes, for operators and recoverybench.
+                        tracing::info!(
+                            records = scan.record_count(),
+                            threads = scan.threads().len(),
+                            blocks_changed = scan.changed_blocks().len(),
+                            scan_ms = scanned.as_millis() as u64,
+                            seal_ms = (started.elapsed() - scanned).as_millis() as u64,
+                            "instance {me}: recovery read the redo"
+                        );
                         Ok((scan.changed_blocks(), Arc::new(scan)))
                     });
                 if !done.submit(Command::Scanned { epoch, result }) {
@@ -1497,6 +1508,7 @@ fn recovery_thread(
                 // Batches share one sync; each batch is reported (and unfrozen) as it is
                 // done. Recovery is bound by storage latency (one read and one write per
                 // block), so several workers keep several I/Os in flight.
+                let started = Instant::now();
                 let batches: Vec<&[RecoveryTarget]> = blocks.chunks(RECOVERY_BATCH).collect();
                 let next = AtomicU64::new(0);
                 std::thread::scope(|workers| {
@@ -1512,6 +1524,11 @@ fn recovery_thread(
                         });
                     }
                 });
+                tracing::info!(
+                    blocks = blocks.len(),
+                    rebuild_ms = started.elapsed().as_millis() as u64,
+                    "instance {me}: recovery rebuilt its recovery set"
+                );
             }
         }
     }

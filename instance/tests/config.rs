@@ -709,19 +709,26 @@ fn serve_limits_and_password() {
     assert_eq!(defaults.serve.maxclients, 1000);
     assert_eq!(defaults.serve.idle_timeout, Some(Duration::from_secs(300)));
     assert!(defaults.serve.requirepass.is_none());
+    assert_eq!(
+        defaults.serve.expiry_sweep,
+        Some(Duration::from_millis(100))
+    );
     assert_eq!(defaults.local.resp, None);
 
     let text = GOOD.replace(
         "{ id = 0, address = \"127.0.0.1:7400\", host = \"h\" }",
         "{ id = 0, address = \"127.0.0.1:7400\", host = \"h\", resp = \"127.0.0.1:6379\" }",
     ) + "[serve]\nrequirepass = \"pw\"\nmaxclients = 5\nidle_timeout_s = 0\n\
-         client_buffer_bytes = 1048576\ntransfer_p99_alert_ms = 7\n";
+         client_buffer_bytes = 1048576\ntransfer_p99_alert_ms = 7\nexpiry_sweep_ms = 0\n";
     let config = parse(&text).unwrap();
     assert_eq!(config.serve.requirepass.as_ref().unwrap().as_bytes(), b"pw");
     assert_eq!(config.serve.maxclients, 5);
     assert_eq!(config.serve.idle_timeout, None);
     assert_eq!(config.serve.client_buffer_bytes, 1 << 20);
     assert_eq!(config.serve.transfer_p99_alert, Duration::from_millis(7));
+    assert_eq!(config.serve.expiry_sweep, None);
+    let sweep = parse(&format!("{GOOD}[serve]\nexpiry_sweep_ms = 250\n")).unwrap();
+    assert_eq!(sweep.serve.expiry_sweep, Some(Duration::from_millis(250)));
     assert_eq!(
         config.peers[0].resp,
         Some("127.0.0.1:6379".parse().unwrap())
@@ -732,6 +739,7 @@ fn serve_limits_and_password() {
         "client_buffer_bytes = 10",
         "requirepass = \"\"",
         "requirepass = \"a\"\nrequirepass_file = \"b\"",
+        "expiry_sweep_ms = 3600001",
     ] {
         let err = parse(&format!("{GOOD}[serve]\n{bad}\n")).unwrap_err();
         assert!(

@@ -33,9 +33,7 @@ struct Args {
 
 /// Base of the default RESP port: instance N listens on 127.0.0.1:(6379 + N).
 const DEFAULT_RESP_PORT: u16 = 6379;
-/// How often a step of the expiry sweep runs.
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
-/// Keys one sweep step examines (about 2,500 a second).
+/// Keys one sweep step examines (about 2,500 a second at the default `expiry_sweep_ms`).
 const SWEEP_EXAMINE: usize = 256;
 /// How long shut-down waits for clients to finish their current command.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -188,13 +186,16 @@ fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
     .map_err(|e| format!("resp on {resp}: {e}"))?;
     tracing::info!(address = %bound, "serving RESP");
 
-    let mut next_sweep = Instant::now() + SWEEP_EVERY;
+    let sweep_every = serve_config.expiry_sweep;
+    let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
     while !stop.load(Ordering::Relaxed) {
         if let Some(reason) = instance.stopped() {
             clients.stop();
             return Err(format!("the instance stopped: {reason}"));
         }
-        if Instant::now() >= next_sweep {
+        if let (Some(every), Some(due)) = (sweep_every, next_sweep)
+            && Instant::now() >= due
+        {
             match engine.sweep_expired(SWEEP_EXAMINE) {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(removed = n, "expired keys swept"),
@@ -202,7 +203,7 @@ fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
                     tracing::warn!(error = %KvStore::error_message(&e), "expiry sweep failed")
                 }
             }
-            next_sweep = Instant::now() + SWEEP_EVERY;
+            next_sweep = Some(Instant::now() + every);
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -16,11 +16,15 @@ use super::codec::{
     self, EntryAssembler, LOG_BLOCK_SIZE, LOOK_AHEAD_BLOCKS, LogBlockError, LogIdent, RedoRecord,
 };
 use crate::format::{Life, RedoThreadLocation};
-use crate::{AlignedBuf, SharedStorage, StorageError};
+use crate::{AlignedBuf, ReadOp, SharedStorage, StorageError};
 use std::collections::VecDeque;
 
-/// Blocks read per storage read while scanning.
-const READ_CHUNK_BLOCKS: usize = 64;
+/// Blocks a scan reads at once (4 MiB), as [`READ_PIECES`] reads in flight together: a
+/// recovery's scan waits on storage, not on decoding, and one read at a time leaves the
+/// device idle between them.
+const READ_CHUNK_BLOCKS: usize = 1024;
+/// Reads a chunk is split into.
+const READ_PIECES: usize = 8;
 
 /// The scan could not go on.
 #[derive(Debug, thiserror::Error)]
@@ -394,8 +398,17 @@ impl<'s> RedoReader<'s> {
             let count = (READ_CHUNK_BLOCKS as u64).min(self.blocks - index);
             let offset = self.offset_of(sequence);
             let len = count as usize * LOG_BLOCK_SIZE;
+            let piece = (READ_CHUNK_BLOCKS / READ_PIECES) * LOG_BLOCK_SIZE;
+            let mut reads: Vec<ReadOp<'_>> = self.chunk[..len]
+                .chunks_mut(piece)
+                .enumerate()
+                .map(|(i, buf)| ReadOp {
+                    offset: offset + (i * piece) as u64,
+                    buf,
+                })
+                .collect();
             self.storage
-                .read_at(offset, &mut self.chunk[..len])
+                .read_batch(&mut reads)
                 .map_err(|source| RedoReadError::Storage {
                     sequence,
                     offset,
