@@ -84,6 +84,7 @@
 #[allow(missing_docs, missing_debug_implementations, clippy::unwrap_used)]
 pub mod driver;
 pub mod membership;
+pub mod voting;
 
 pub use driver::{LIVENESS_LIMIT, Sim, SimConfig, SimStats, run_read_error, run_seed};
 pub use membership::{MembershipStats, run_membership_seed};

@@ -31,25 +31,21 @@
 //! `fusion-sim` runs this world beside the instance simulator for every seed; replay one
 //! seed with `fusion-sim replay --membership N`. A failure panics with what broke.
 
+use crate::voting::{self, Leases, PaxosBytes, Timings, id};
 use instance::cache::BufferCache;
-use instance::cluster::{ClusterManager, FailureConfig, InstanceEvent};
+use instance::cluster::InstanceEvent;
 use instance::core::{Core, CoreConfig};
 use instance::node::{
-    DiskRound, Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo, RecoveryOutcome,
-    SlotSeen, Transmit,
+    Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo, RecoveryOutcome, Transmit,
 };
-use instance::paxos::{Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosConfig, PaxosIo, Proposal};
+use instance::paxos::{PAXOS_BLOCK_LEN, PaxosIo};
 use instance::recovery::ThreadScan;
 use interconnect::sim::SimRng;
-use interconnect::{BlockRegion, Epoch, InstanceId, InstanceSet, Scn, Service, Timestamp};
+use interconnect::{BlockRegion, Epoch, InstanceSet, Scn, Service, Timestamp};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn id(n: usize) -> InstanceId {
-    InstanceId::new(n as u64).expect("instance id")
-}
 
 /// What happens at a virtual time.
 #[derive(Debug, Clone)]
@@ -65,7 +61,7 @@ enum Ev {
         node: usize,
         started: u64,
         ok: bool,
-        slots: Vec<(u64, [u8; PAXOS_BLOCK_LEN])>,
+        slots: Vec<(u64, PaxosBytes)>,
     },
     /// A Paxos write of `node`'s block lands now (`land`) and completes (`ok`).
     PaxosWrite {
@@ -126,8 +122,6 @@ struct Node {
     stalled_until: u64,
     /// Added to the global time for its `now` (forward jumps only).
     clock_offset: u64,
-    /// Global time until which it may submit I/O.
-    lease_until: u64,
     heartbeat: u64,
     /// The newest Paxos block it asked to write.
     latest_paxos: Option<[u8; PAXOS_BLOCK_LEN]>,
@@ -140,6 +134,8 @@ struct Sim {
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
     events: Vec<Option<Ev>>,
     nodes: Vec<Node>,
+    /// Each node's I/O lease (global time).
+    leases: Leases,
     /// The voting area: each slot's heartbeat counter and Paxos block.
     heartbeats: Vec<u64>,
     blocks: Vec<[u8; PAXOS_BLOCK_LEN]>,
@@ -170,25 +166,17 @@ impl Sim {
         let mut rng = SimRng::new(seed);
         let n = rng.between(2, 5) as usize;
         let all: InstanceSet = (0..n).map(id).collect();
-        let failure = FailureConfig::default();
+        let failure = Timings::runtime().failure;
         let nodes = (0..n)
             .map(|i| {
-                let decision = Decision {
-                    epoch: Epoch(1),
-                    value: Proposal {
-                        members: all,
-                        proposer: id(0),
-                    },
-                };
-                let config = PaxosConfig {
-                    slots: n,
-                    phase_timeout: instance::paxos::DEFAULT_PHASE_TIMEOUT,
-                };
-                let mut paxos = DiskPaxos::new(id(i), config, decision).expect("paxos");
-                paxos.recover_own(&[0u8; PAXOS_BLOCK_LEN]).expect("recover");
-                let m =
-                    ClusterManager::new(id(i), all, Epoch(1), all, failure, paxos, Timestamp::ZERO)
-                        .expect("manager");
+                let m = voting::cluster_manager(
+                    i,
+                    all,
+                    (Epoch(1), all),
+                    &[0u8; PAXOS_BLOCK_LEN],
+                    Timings::runtime(),
+                    Timestamp::ZERO,
+                );
                 let region = BlockRegion::anonymous(CACHE_FRAMES, BLOCK_SIZE).expect("region");
                 let core = Core::new(
                     CoreConfig {
@@ -226,7 +214,6 @@ impl Sim {
                     paused_until: 0,
                     stalled_until: 0,
                     clock_offset: 0,
-                    lease_until: LEASE_MS,
                     heartbeat: 0,
                     latest_paxos: None,
                 }
@@ -240,6 +227,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             events: Vec::new(),
             nodes,
+            leases: Leases::new(n, ms(LEASE_MS), Duration::ZERO),
             heartbeats: vec![0; n],
             blocks: vec![[0u8; PAXOS_BLOCK_LEN]; n],
             cut_until: BTreeMap::new(),
@@ -399,20 +387,7 @@ impl Sim {
                 };
                 let now = self.local(node);
                 // Boottime readings are global time: the lease is checked against it.
-                let round = DiskRound {
-                    slots: slots
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (heartbeat, paxos))| SlotSeen {
-                            instance: id(i),
-                            heartbeat: *heartbeat,
-                            paxos: *paxos,
-                        })
-                        .collect(),
-                    written_at: ok.then_some(ms(started)),
-                    all_read: true,
-                    completed_at: ms(self.now),
-                };
+                let round = voting::disk_round(&slots, ok.then_some(ms(started)), ms(self.now));
                 self.nodes[node].node.handle_disk_round(round, now);
                 let next = self.rng.between(90, 110);
                 self.at(next, Ev::DiskRound(node));
@@ -523,11 +498,7 @@ impl Sim {
 
     fn event(&mut self, node: usize, event: NodeEvent) {
         match event {
-            NodeEvent::RenewLease { from } => {
-                let until = u64::try_from(from.as_millis()).unwrap_or(u64::MAX) + LEASE_MS;
-                let n = &mut self.nodes[node];
-                n.lease_until = n.lease_until.max(until);
-            }
+            NodeEvent::RenewLease { from } => self.leases.renew(node, from),
             NodeEvent::Instance {
                 event: InstanceEvent::Reconfigured { epoch, live, lost },
                 ..
@@ -601,22 +572,20 @@ impl Sim {
             NodeIo::Paxos(PaxosIo::WriteOwn { bytes }) => {
                 self.nodes[node].latest_paxos = Some(bytes);
                 let d = self.io_delay(node);
-                let fails = self.rng.chance(1, 50);
-                // A failed write may still have landed.
-                let land = !fails || self.rng.chance(1, 2);
+                let fate = voting::paxos_fate(&mut self.rng, &PaxosIo::WriteOwn { bytes });
                 self.at(
                     d,
                     Ev::PaxosWrite {
                         node,
                         bytes,
-                        ok: !fails,
-                        land,
+                        ok: fate.ok,
+                        land: fate.lands,
                     },
                 );
             }
-            NodeIo::Paxos(PaxosIo::ReadBlock { owner }) => {
+            NodeIo::Paxos(io @ PaxosIo::ReadBlock { owner }) => {
                 let d = self.io_delay(node);
-                let ok = !self.rng.chance(1, 100);
+                let ok = voting::paxos_fate(&mut self.rng, &io).ok;
                 self.at(
                     d,
                     Ev::PaxosRead {
@@ -630,15 +599,8 @@ impl Sim {
                 // Recovery begins: every member it recovers must have stopped all I/O.
                 let lost = self.nodes[node].node.recovering();
                 self.stats.recoveries += 1;
-                for victim in lost.iter() {
-                    let v = &self.nodes[victim.index()];
-                    if v.lease_until > self.now {
-                        self.fail(format!(
-                            "n{node} begins recovering n{} whose lease runs to {} ms",
-                            victim.index(),
-                            v.lease_until
-                        ));
-                    }
+                if let Err(e) = self.leases.check_recovery_start(node, lost, ms(self.now)) {
+                    self.fail(e);
                 }
                 self.log(|| format!("n{node}: recovers {lost:?} for epoch {}", epoch.0));
                 let d = self.io_delay(node);
@@ -674,9 +636,8 @@ impl Sim {
         }
         self.stats.stops += 1;
         self.log(|| format!("n{node}: stops: {reason}"));
-        let n = &mut self.nodes[node];
-        n.lease_until = n.lease_until.min(self.now);
-        n.alive = false;
+        self.leases.revoke(node, ms(self.now));
+        self.nodes[node].alive = false;
         self.disconnect(node);
     }
 
