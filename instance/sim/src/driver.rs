@@ -17,49 +17,54 @@
 //! after the redo write and before the acknowledgement, at the death: recovery must replay
 //! it) and checkers run after every step.
 //!
-//! Failures follow the runtime (`instance::runtime`): a death drops the instance's messages
-//! and volatile state (cache, engines, users, uncommitted changes, queued I/O; a data write
-//! already submitted lands or not); after a detection delay the cluster manager decides a
-//! new epoch and every survivor calls [`Core::reconfigure`] (all in one step, or a little
-//! apart); a lease later each scans the redo of the instances lost since its last completed
-//! recovery ([`scan_threads`], [`Core::on_redo_scanned`]) and every thread, rebuilds the
-//! blocks of its [`IoOp::Recover`] with [`recover_blocks`], and reports each with
-//! [`Core::on_block_recovered`]. A restarted instance joins with a new core (`joining`) at
-//! the next epoch while the others reconfigure to it, once every survivor's recovery is
-//! complete. This module is test support: it owns the simulated world and its checks, never
-//! the protocol.
+//! Each instance is a real [`InstanceNode`] (`instance::node::Node`): the core, the cluster
+//! manager with Disk Paxos, the recovery lifecycle and checkpoint completion. The driver is
+//! the runtime's part and nothing more: it polls the node in its type doc's order (events,
+//! frames, I/O, completions, then `stop_reason`), carries engine frames on one network and
+//! control frames (cluster messages, heartbeats) on another, and serves the node's I/O on
+//! the faulty storage: data reads and writes, disk-heartbeat rounds (the slot's heartbeat
+//! write, then a read of every slot), Disk Paxos writes and reads on the slots, the redo scan
+//! and seal ([`scan_threads`], `storage::life::seal_lost`), rebuilds ([`recover_blocks`]) and
+//! checkpoint I/O. It keeps each node's I/O lease as the runtime does (renewed by the node's
+//! `RenewLease`): an I/O is submitted, a write reported done and a commit acknowledged only
+//! under the lease, else the node is told its storage is out of reach and stops.
 //!
-//! Where this driver does what the runtime and the API do not (yet) — each found by these
-//! runs to lose acknowledged commits or hang, with the fix proposed for the runtime:
+//! Failures are faults, never decisions: a kill (the process and its volatile state go; a
+//! data or Disk Paxos write already submitted lands or not; peers see its connections drop)
+//! or a cut of every link of one instance (it runs on, heartbeating on the disk, until the
+//! cluster managers vote one side out and it stops itself). The cluster managers decide the
+//! epochs (at most one membership per epoch is checked), the nodes decide when recovery
+//! begins (checked: every lost member's lease has run out, and it submits and acknowledges no
+//! I/O from then on), which blocks are rebuilt and when recovery is done. A restarted
+//! instance asks to join (`JoinRequest` to every peer until a member's `Reconfigure` names
+//! it, as the API's `enter`) and starts a new life of its redo thread and a joining node at
+//! the admitted epoch. This module is test support: it owns the simulated world and its
+//! checks, never the protocol.
 //!
-//! * The recovery set is computed from *every* thread's changed blocks (the runtime's scan
-//!   of all threads), not only from the threads of the instances lost since this survivor's
-//!   last completed recovery: a block a dying instance held may carry a change that is only
-//!   in the redo of an instance lost before (its recovery interrupted by this death, or
-//!   completed while the block sat dirty in the now-dead cache), with no past image left.
-//! * A rebuild that lost no member (a join) may hand out a recovery set (a copy was on the
-//!   wire at the reconfiguration, or a past image outlived its discard): it is rebuilt at
-//!   once from storage and every thread's redo, without `Core::on_redo_scanned`. The runtime
-//!   only recovers after losing members, so those blocks would stay frozen.
-//! * A restarted instance does not move its redo checkpoint past its previous life's
-//!   records until storage holds their changes (they may be dirty in another instance's
-//!   cache, where they were shipped before the death).
-
+//! What the hand-made driver did beyond the runtime is the node's now: every thread's
+//! changed blocks make the recovery set (`RecoveryIo::Scan` names every configured thread);
+//! a recovery set handed out by a rebuild that lost no member is rebuilt at once (the node
+//! starts a recovery without a lease to wait for); a restarted instance's checkpoints do not
+//! pass its previous life's changes until storage holds them (`Node::handle_previous_life`,
+//! `CheckpointIo::FindMissing`). Left to the driver, as they are left to the runtime and
+//! the API: admission of a restarted instance (the API's `enter`), and the lease checks at
+//! I/O submission and completion.
+//!
 #![allow(dead_code)]
 
-use crate::voting::{self, Leases, PaxosBytes, Timings};
+use crate::voting::{self, Leases, Memberships, PaxosBytes, Timings};
 use gcs::{BlockId, BlockMode, GcsBody, GcsConfig, GcsMessage, ShipPolicy};
 use instance::cache::{BufferCache, Filling, Lookup, Pin};
 use instance::cluster::{ClusterMessage, InstanceEvent};
 use instance::core::{
     BlockGrant, Completion, Core, CoreConfig, CoreError, IoOp, RecoveryTarget, Send, Ticket,
 };
+use instance::format::{self, BlockError, ClusterSpec, Layout, seal_block, verify_block};
 use instance::node::{
     CheckpointId, CheckpointIo, Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo,
     RecoveryOutcome, Transmit,
 };
 use instance::paxos::PaxosIo;
-use instance::format::{self, BlockError, ClusterSpec, Layout, seal_block, verify_block};
 use instance::recovery::{ThreadScan, recover_blocks, scan_threads};
 use instance::redo::{GroupCommitConfig, RedoRecord, RedoWriter};
 use instance::storage::faulty::{FaultConfig, FaultyStorage};
@@ -808,7 +813,7 @@ pub struct Sim {
     /// acknowledge no I/O from then on.
     fenced_at: Vec<Option<Timestamp>>,
     /// Every membership applied anywhere, by epoch: at most one per epoch, ever.
-    memberships: BTreeMap<u64, InstanceSet>,
+    memberships: Memberships,
     /// Nodes that stopped themselves in this step (they die at its end).
     stopping: Vec<usize>,
     /// The next checkpoint's name.
@@ -846,7 +851,13 @@ impl Sim {
                     core_config(&cfg, i, Epoch(1), members, false),
                     Timestamp::ZERO,
                 );
-                let mut node = new_node(core, members, (Epoch(1), members), &slot.paxos, Timestamp::ZERO);
+                let mut node = new_node(
+                    core,
+                    members,
+                    (Epoch(1), members),
+                    &slot.paxos,
+                    Timestamp::ZERO,
+                );
                 for peer in members.iter().filter(|p| *p != id(i)) {
                     node.handle_connected(peer, Timestamp::ZERO);
                 }
@@ -901,7 +912,7 @@ impl Sim {
             print_trace,
             leases: Leases::new(cfg.instances, timings().failure.lease, Duration::ZERO),
             fenced_at: vec![None; cfg.instances],
-            memberships: BTreeMap::from([(1, members)]),
+            memberships: Memberships::new(Epoch(1), members),
             stopping: Vec::new(),
             next_checkpoint: 0,
             plan: cfg.plan.iter().copied().collect(),
@@ -1387,7 +1398,11 @@ impl Sim {
                 match transmit {
                     Transmit::Engine(send) => self.send(node, send),
                     Transmit::Control {
-                        to, service, epoch, body, ..
+                        to,
+                        service,
+                        epoch,
+                        body,
+                        ..
                     } => self.control.send(
                         id(node),
                         to,
@@ -1448,14 +1463,8 @@ impl Sim {
                 ..
             } => {
                 self.trace(|| format!("n{node}: epoch {} = {live:?} (lost {lost:?})", epoch.0));
-                match self.memberships.get(&epoch.0) {
-                    Some(known) if *known != live => self.fail(format!(
-                        "epoch {} has two memberships: {known:?} and {live:?} (n{node})",
-                        epoch.0
-                    )),
-                    _ => {
-                        self.memberships.insert(epoch.0, live);
-                    }
+                if let Err(e) = self.memberships.applied(node, epoch, live) {
+                    self.fail(e);
                 }
                 if !lost.is_empty()
                     && self.plan.front() == Some(&Stage::CrashDuringRebuild)
@@ -1472,17 +1481,21 @@ impl Sim {
                 let n = &mut self.nodes[node];
                 n.checkpoints_waiting = n.checkpoints_waiting.saturating_sub(1);
                 match result {
-                Ok(Some(sequence)) => {
-                    if let Some(redo) = &self.nodes[node].redo
-                        && let Err(e) = redo.set_checkpoint(sequence)
-                    {
-                        self.fail(format!("n{node}: redo checkpoint {sequence}: {e}"));
+                    Ok(Some(sequence)) => {
+                        if let Some(redo) = &self.nodes[node].redo
+                            && let Err(e) = redo.set_checkpoint(sequence)
+                        {
+                            self.fail(format!("n{node}: redo checkpoint {sequence}: {e}"));
+                        }
+                        self.stats.redo_checkpoints += 1;
+                        self.trace(|| {
+                            format!("n{node}: checkpoint {id:?}: redo checkpoint at {sequence}")
+                        });
                     }
-                    self.stats.redo_checkpoints += 1;
-                    self.trace(|| format!("n{node}: checkpoint {id:?}: redo checkpoint at {sequence}"));
-                }
-                Ok(None) => self.trace(|| format!("n{node}: checkpoint {id:?} done, redo checkpoint stays")),
-                Err(e) => self.fail(format!("n{node}: checkpoint {id:?} failed: {e}")),
+                    Ok(None) => self.trace(|| {
+                        format!("n{node}: checkpoint {id:?} done, redo checkpoint stays")
+                    }),
+                    Err(e) => self.fail(format!("n{node}: checkpoint {id:?} failed: {e}")),
                 }
             }
         }
@@ -1496,7 +1509,8 @@ impl Sim {
         }
         self.trace(|| format!("n{node}: STOPS: {reason}"));
         self.stats.stops += 1;
-        self.leases.revoke(node, Duration::from_nanos(self.now.as_nanos()));
+        self.leases
+            .revoke(node, Duration::from_nanos(self.now.as_nanos()));
         if !self.stopping.contains(&node) {
             self.stopping.push(node);
         }
@@ -1568,9 +1582,9 @@ impl Sim {
                     self.crash_due = Some(node);
                 }
             }
-            NodeIo::Data(IoOp::Recover { .. }) => {
-                self.fail(format!("n{node}: the node handed out a recovery set as data I/O"))
-            }
+            NodeIo::Data(IoOp::Recover { .. }) => self.fail(format!(
+                "n{node}: the node handed out a recovery set as data I/O"
+            )),
             NodeIo::Paxos(io) => {
                 let fate = voting::paxos_fate(&mut self.rng, &io);
                 let d = self.io_delay();
@@ -1589,7 +1603,14 @@ impl Sim {
                     }
                     PaxosIo::ReadBlock { owner } => {
                         let owner = owner.index();
-                        self.schedule(d, Event::PaxosRead { node, owner, ok: fate.ok });
+                        self.schedule(
+                            d,
+                            Event::PaxosRead {
+                                node,
+                                owner,
+                                ok: fate.ok,
+                            },
+                        );
                     }
                 }
             }
@@ -1824,9 +1845,11 @@ impl Sim {
                 if self.nodes[node].alive {
                     let bytes = ok.then(|| self.read_slot(owner).paxos);
                     let now = self.now;
-                    self.nodes[node]
-                        .node
-                        .handle_paxos_read(id(owner), bytes.as_ref().map(|b| &b[..]), now);
+                    self.nodes[node].node.handle_paxos_read(
+                        id(owner),
+                        bytes.as_ref().map(|b| &b[..]),
+                        now,
+                    );
                     self.drain(node);
                 }
             }
@@ -1850,7 +1873,10 @@ impl Sim {
     /// Checkpoints `node` now: the redo position first (redo written after it may not be
     /// covered by the writes, as `Instance::checkpoint`), then the node.
     fn checkpoint_now(&mut self, node: usize) {
-        let Some(sequence) = self.nodes[node].redo.as_ref().map(RedoWriter::next_sequence)
+        let Some(sequence) = self.nodes[node]
+            .redo
+            .as_ref()
+            .map(RedoWriter::next_sequence)
         else {
             return;
         };
@@ -1890,7 +1916,9 @@ impl Sim {
                     .into_iter()
                     .filter(|(b, scn)| self.storage_version(*b).scn < *scn)
                     .collect();
-                self.trace(|| format!("n{node}: previous life's changes not on storage: {missing:?}"));
+                self.trace(|| {
+                    format!("n{node}: previous life's changes not on storage: {missing:?}")
+                });
                 self.nodes[node]
                     .node
                     .handle_previous_life_checked(missing, now);
@@ -2346,10 +2374,7 @@ impl Sim {
                     || !node.recovering().is_empty()
                     || node.core().gcs().is_reconfiguring()
                     || !node.core().recovery_idle()
-                    || node
-                        .live()
-                        .iter()
-                        .any(|m| !self.nodes[m.index()].alive)
+                    || node.live().iter().any(|m| !self.nodes[m.index()].alive)
             })
     }
 
@@ -2647,9 +2672,12 @@ impl Sim {
                 self.disk.insert(block, v);
                 self.stats.blocks_recovered += 1;
                 let now = self.now;
-                self.nodes[node]
-                    .node
-                    .handle_recovered(epoch, block, RecoveryOutcome::Rebuilt(r.scn), now);
+                self.nodes[node].node.handle_recovered(
+                    epoch,
+                    block,
+                    RecoveryOutcome::Rebuilt(r.scn),
+                    now,
+                );
                 self.drain(node);
             }
         }
@@ -3065,7 +3093,7 @@ impl Sim {
                 .filter(|((_, _, b), _)| *b == block)
                 .map(|(_, n)| *n)
                 .sum::<u32>(),
-            self.memberships.last_key_value(),
+            self.memberships.newest(),
             self.plan,
         );
         for (i, n) in self.nodes.iter().enumerate() {
@@ -3145,7 +3173,7 @@ impl Sim {
         let _ = writeln!(
             out,
             "newest membership {:?}, plan {:?}; in flight: {} messages, {} events",
-            self.memberships.last_key_value(),
+            self.memberships.newest(),
             self.plan,
             self.net.in_flight(),
             self.pending.len()

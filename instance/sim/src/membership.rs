@@ -31,7 +31,7 @@
 //! `fusion-sim` runs this world beside the instance simulator for every seed; replay one
 //! seed with `fusion-sim replay --membership N`. A failure panics with what broke.
 
-use crate::voting::{self, Leases, PaxosBytes, Timings, id};
+use crate::voting::{self, Leases, Memberships, PaxosBytes, Timings, id};
 use instance::cache::BufferCache;
 use instance::cluster::InstanceEvent;
 use instance::core::{Core, CoreConfig};
@@ -144,7 +144,7 @@ struct Sim {
     /// Directed links' last scheduled engine-frame delivery (they go in order).
     engine_last: BTreeMap<(usize, usize), u64>,
     /// Every membership applied anywhere, by epoch.
-    memberships: BTreeMap<u64, InstanceSet>,
+    memberships: Memberships,
     /// Faults happen before this time; afterwards the cluster must settle.
     faults_end: u64,
     stats: MembershipStats,
@@ -232,12 +232,11 @@ impl Sim {
             blocks: vec![[0u8; PAXOS_BLOCK_LEN]; n],
             cut_until: BTreeMap::new(),
             engine_last: BTreeMap::new(),
-            memberships: BTreeMap::from([(1, all)]),
+            memberships: Memberships::new(Epoch(1), all),
             faults_end,
             stats: MembershipStats::default(),
             trace,
         };
-        sim.memberships.insert(1, all);
         for i in 0..n {
             let d = sim.rng.below(100);
             sim.at(d, Ev::Tick(i));
@@ -505,14 +504,8 @@ impl Sim {
             } => {
                 self.stats.reconfigurations += 1;
                 self.log(|| format!("n{node}: epoch {} = {live:?} (lost {lost:?})", epoch.0));
-                match self.memberships.get(&epoch.0) {
-                    Some(known) if *known != live => self.fail(format!(
-                        "epoch {} has two memberships: {known:?} and {live:?} (n{node})",
-                        epoch.0
-                    )),
-                    _ => {
-                        self.memberships.insert(epoch.0, live);
-                    }
+                if let Err(e) = self.memberships.applied(node, epoch, live) {
+                    self.fail(e);
                 }
             }
             NodeEvent::Instance { event, .. } => self.log(|| format!("n{node}: {event:?}")),
@@ -742,7 +735,7 @@ impl Sim {
             }
             // A member left out of an epoch that is decided never serves in it.
             let epoch = self.nodes[node].node.epoch();
-            if let Some(live) = self.memberships.get(&epoch.0)
+            if let Some(live) = self.memberships.of(epoch)
                 && !live.contains(id(node))
             {
                 self.fail(format!(

@@ -13,6 +13,7 @@ use instance::paxos::{DEFAULT_PHASE_TIMEOUT, Decision, DiskPaxos, PAXOS_BLOCK_LE
 use instance::paxos::{PaxosIo, Proposal};
 use interconnect::sim::SimRng;
 use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A Disk Paxos block as a slot holds it.
@@ -47,7 +48,8 @@ pub fn cluster_manager(
     };
     let mut paxos = DiskPaxos::new(id(me), config, decision).expect("paxos");
     paxos.recover_own(own_paxos).expect("own paxos block");
-    ClusterManager::new(id(me), configured, epoch, live, timings.failure, paxos, now).expect("manager")
+    ClusterManager::new(id(me), configured, epoch, live, timings.failure, paxos, now)
+        .expect("manager")
 }
 
 /// A world's failure timings: the cluster manager's and Disk Paxos's.
@@ -195,5 +197,46 @@ impl Leases {
             }
         }
         Ok(())
+    }
+}
+
+/// Every membership applied anywhere, by epoch: the check that at most one exists per
+/// epoch, ever.
+#[derive(Debug, Clone)]
+pub struct Memberships {
+    by_epoch: BTreeMap<u64, InstanceSet>,
+}
+
+impl Memberships {
+    /// The cluster formed at `epoch` with `live`.
+    pub fn new(epoch: Epoch, live: InstanceSet) -> Self {
+        Self {
+            by_epoch: BTreeMap::from([(epoch.0, live)]),
+        }
+    }
+
+    /// `node` applied `epoch` with `live`: an error if another membership of that epoch was
+    /// applied anywhere.
+    pub fn applied(&mut self, node: usize, epoch: Epoch, live: InstanceSet) -> Result<(), String> {
+        match self.by_epoch.get(&epoch.0) {
+            Some(known) if *known != live => Err(format!(
+                "epoch {} has two memberships: {known:?} and {live:?} (n{node})",
+                epoch.0
+            )),
+            _ => {
+                self.by_epoch.insert(epoch.0, live);
+                Ok(())
+            }
+        }
+    }
+
+    /// The membership of `epoch`, once applied somewhere.
+    pub fn of(&self, epoch: Epoch) -> Option<InstanceSet> {
+        self.by_epoch.get(&epoch.0).copied()
+    }
+
+    /// The newest epoch applied and its members.
+    pub fn newest(&self) -> Option<(u64, InstanceSet)> {
+        self.by_epoch.last_key_value().map(|(e, l)| (*e, *l))
     }
 }
