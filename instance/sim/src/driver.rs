@@ -2515,10 +2515,11 @@ impl Sim {
                         self.write_storage(victim, block, &image);
                     }
                 }
-                Some(Event::PaxosWrite { bytes, land, .. }) => {
-                    if land && self.rng.chance(1, 2) {
-                        self.write_own_slot(victim, Some(bytes), false);
-                    }
+                // A Disk Paxos write that would have landed may land or not.
+                Some(Event::PaxosWrite {
+                    bytes, land: true, ..
+                }) if self.rng.chance(1, 2) => {
+                    self.write_own_slot(victim, Some(bytes), false);
                 }
                 _ => {}
             }
