@@ -1,6 +1,7 @@
 //! The membership simulator: N real [`Node`](InstanceNode)s — each its real coordination
-//! core, its real [`ClusterManager`] with its real [`DiskPaxos`], and the node's recovery
-//! lifecycle — on one seeded virtual clock, over a lossy network and a shared voting area
+//! core, its real [`ClusterManager`](instance::cluster::ClusterManager) with its real
+//! [`DiskPaxos`](instance::paxos::DiskPaxos), and the node's recovery lifecycle — on one
+//! seeded virtual clock, over a lossy network and a shared voting area
 //! whose I/O can be delayed, stalled (it lands late), or fail. No user runs here (the
 //! instance simulator, `crate::driver`, runs the workload): this world is about who is a
 //! member, when recovery begins, and that the engines' rebuilds complete whatever
