@@ -959,6 +959,11 @@ impl Node {
             self.give_up(format!("reconfiguration to epoch {}: {e}", epoch.0), now);
             return;
         }
+        // The core redoes an older epoch's recovery work from the new epoch's rebuild, which
+        // hands out a recovery set of its own: a set still waiting here is stale, and
+        // rebuilding both would rebuild a block twice, the second time after it was served
+        // again (writing an older image over a newer one).
+        self.to_recover.clear();
         if !lost.is_empty() || !self.lost.is_empty() {
             self.lost = self.lost.iter().chain(lost.iter()).collect();
             // A recovery in progress is not a new one: it starts over for the new epoch and
@@ -966,7 +971,6 @@ impl Node {
             if self.recovery.is_none() {
                 self.stats.recoveries_started += 1;
             }
-            // A recovery set of the previous epoch's rebuild is the new rebuild's too.
             self.recovery = Some(Recovery {
                 epoch,
                 scan_due: Some(now),

@@ -17,42 +17,54 @@
 //! after the redo write and before the acknowledgement, at the death: recovery must replay
 //! it) and checkers run after every step.
 //!
-//! Failures follow the runtime (`instance::runtime`): a death drops the instance's messages
-//! and volatile state (cache, engines, users, uncommitted changes, queued I/O; a data write
-//! already submitted lands or not); after a detection delay the cluster manager decides a
-//! new epoch and every survivor calls [`Core::reconfigure`] (all in one step, or a little
-//! apart); a lease later each scans the redo of the instances lost since its last completed
-//! recovery ([`scan_threads`], [`Core::on_redo_scanned`]) and every thread, rebuilds the
-//! blocks of its [`IoOp::Recover`] with [`recover_blocks`], and reports each with
-//! [`Core::on_block_recovered`]. A restarted instance joins with a new core (`joining`) at
-//! the next epoch while the others reconfigure to it, once every survivor's recovery is
-//! complete. This module is test support: it owns the simulated world and its checks, never
-//! the protocol.
+//! Each instance is a real [`InstanceNode`] (`instance::node::Node`): the core, the cluster
+//! manager with Disk Paxos, the recovery lifecycle and checkpoint completion. The driver is
+//! the runtime's part and nothing more: it polls the node in its type doc's order (events,
+//! frames, I/O, completions, then `stop_reason`), carries engine frames on one network and
+//! control frames (cluster messages, heartbeats) on another, and serves the node's I/O on
+//! the faulty storage: data reads and writes, disk-heartbeat rounds (the slot's heartbeat
+//! write, then a read of every slot), Disk Paxos writes and reads on the slots, the redo scan
+//! and seal ([`scan_threads`], `storage::life::seal_lost`), rebuilds ([`recover_blocks`]) and
+//! checkpoint I/O. It keeps each node's I/O lease as the runtime does (renewed by the node's
+//! `RenewLease`): an I/O is submitted, a write reported done and a commit acknowledged only
+//! under the lease, else the node is told its storage is out of reach and stops.
 //!
-//! Where this driver does what the runtime and the API do not (yet) — each found by these
-//! runs to lose acknowledged commits or hang, with the fix proposed for the runtime:
+//! Failures are faults, never decisions: a kill (the process and its volatile state go; a
+//! data or Disk Paxos write already submitted lands or not; peers see its connections drop)
+//! or a cut of every link of one instance (it runs on, heartbeating on the disk, until the
+//! cluster managers vote one side out and it stops itself). The cluster managers decide the
+//! epochs (at most one membership per epoch is checked), the nodes decide when recovery
+//! begins (checked: every lost member's lease has run out, and it submits and acknowledges no
+//! I/O from then on), which blocks are rebuilt and when recovery is done. A restarted
+//! instance asks to join (`JoinRequest` to every peer until a member's `Reconfigure` names
+//! it, as the API's `enter`) and starts a new life of its redo thread and a joining node at
+//! the admitted epoch. This module is test support: it owns the simulated world and its
+//! checks, never the protocol.
 //!
-//! * The recovery set is computed from *every* thread's changed blocks (the runtime's scan
-//!   of all threads), not only from the threads of the instances lost since this survivor's
-//!   last completed recovery: a block a dying instance held may carry a change that is only
-//!   in the redo of an instance lost before (its recovery interrupted by this death, or
-//!   completed while the block sat dirty in the now-dead cache), with no past image left.
-//! * A rebuild that lost no member (a join) may hand out a recovery set (a copy was on the
-//!   wire at the reconfiguration, or a past image outlived its discard): it is rebuilt at
-//!   once from storage and every thread's redo, without `Core::on_redo_scanned`. The runtime
-//!   only recovers after losing members, so those blocks would stay frozen.
-//! * A restarted instance does not move its redo checkpoint past its previous life's
-//!   records until storage holds their changes (they may be dirty in another instance's
-//!   cache, where they were shipped before the death).
-
+//! What the hand-made driver did beyond the runtime is the node's now: every thread's
+//! changed blocks make the recovery set (`RecoveryIo::Scan` names every configured thread);
+//! a recovery set handed out by a rebuild that lost no member is rebuilt at once (the node
+//! starts a recovery without a lease to wait for); a restarted instance's checkpoints do not
+//! pass its previous life's changes until storage holds them (`Node::handle_previous_life`,
+//! `CheckpointIo::FindMissing`). Left to the driver, as they are left to the runtime and
+//! the API: admission of a restarted instance (the API's `enter`), and the lease checks at
+//! I/O submission and completion.
+//!
 #![allow(dead_code)]
 
+use crate::voting::{self, Leases, Memberships, PaxosBytes, Timings};
 use gcs::{BlockId, BlockMode, GcsBody, GcsConfig, GcsMessage, ShipPolicy};
 use instance::cache::{BufferCache, Filling, Lookup, Pin};
+use instance::cluster::{ClusterMessage, InstanceEvent};
 use instance::core::{
     BlockGrant, Completion, Core, CoreConfig, CoreError, IoOp, RecoveryTarget, Send, Ticket,
 };
 use instance::format::{self, BlockError, ClusterSpec, Layout, seal_block, verify_block};
+use instance::node::{
+    CheckpointId, CheckpointIo, Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo,
+    RecoveryOutcome, Transmit,
+};
+use instance::paxos::PaxosIo;
 use instance::recovery::{ThreadScan, recover_blocks, scan_threads};
 use instance::redo::{GroupCommitConfig, RedoRecord, RedoWriter};
 use instance::storage::faulty::{FaultConfig, FaultyStorage};
@@ -86,6 +98,15 @@ pub const LIVENESS_LIMIT: Duration = Duration::from_millis(500);
 pub const QUIESCE_LIMIT: Duration = Duration::from_secs(5);
 /// Most steps of one run.
 pub const MAX_STEPS: u64 = 3_000_000;
+/// Longest a run may take in virtual time (failure handling runs on timers forever, so a
+/// run that stops making progress still steps).
+pub const MAX_VIRTUAL_TIME: Duration = Duration::from_secs(60);
+/// The failure timings of every node: the runtime's, divided by 50 (heartbeats every 2 ms,
+/// a 12 ms lease), so a failure is handled in tens of milliseconds beside users working in
+/// microseconds.
+fn timings() -> Timings {
+    Timings::scaled_down(50)
+}
 
 /// The kind of step an instance dies at (the n-th of its kind in the run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,15 +183,6 @@ pub struct SimConfig {
     pub failing_reads: Vec<u32>,
     /// Failures, in order (empty: none).
     pub plan: Vec<Stage>,
-    /// Longest time from a death to the cluster manager's decision.
-    pub detect_max: Duration,
-    /// The I/O lease: survivors scan redo this long after they reconfigured.
-    pub lease: Duration,
-    /// Survivors apply a decision up to this far apart (zero: all in the same step).
-    pub reconfig_jitter: Duration,
-    /// Checkpoints also move the redo checkpoint, once every change they cover is on
-    /// storage (as `Instance::checkpoint`).
-    pub redo_checkpoints: bool,
 }
 
 impl SimConfig {
@@ -183,14 +195,6 @@ impl SimConfig {
         // Failures come from a generator of their own: the workload of a seed stays the one
         // it had before failures were simulated.
         let mut rng = SimRng::new(seed ^ 0x0fa1_1ed0_c4a5_4000);
-        cfg.redo_checkpoints = cfg.checkpoint_every.is_some() && rng.chance(2, 3);
-        cfg.detect_max = Duration::from_micros(rng.between(20, 1000));
-        cfg.lease = Duration::from_micros(rng.between(50, 2000));
-        cfg.reconfig_jitter = if rng.chance(1, 2) {
-            Duration::ZERO
-        } else {
-            Duration::from_micros(rng.between(1, 100))
-        };
         cfg.plan = Self::draw_plan(&mut rng, cfg.instances);
         cfg
     }
@@ -280,10 +284,6 @@ impl SimConfig {
             snapshot_late: rng.chance(1, 2),
             failing_reads: Vec::new(),
             plan: Vec::new(),
-            detect_max: Duration::ZERO,
-            lease: Duration::ZERO,
-            reconfig_jitter: Duration::ZERO,
-            redo_checkpoints: false,
         }
     }
 }
@@ -330,6 +330,7 @@ fn record_of(block: BlockId, v: Version) -> RedoRecord {
 #[derive(Debug)]
 pub struct Envelope {
     service: Service,
+    epoch: Epoch,
     body: Vec<u8>,
     /// The block payload, copied from the sender's frame when sent, and where it lands.
     block: Option<(Vec<u8>, LandingToken)>,
@@ -389,38 +390,34 @@ struct User {
     ops_left: usize,
 }
 
-/// Instance recovery in progress on one instance (the runtime's `recovery_epoch`).
-struct NodeRecovery {
-    epoch: Epoch,
-    /// Every thread's redo, once scanned.
-    scan: Option<Arc<ThreadScan>>,
-}
-
 struct Node {
     id: InstanceId,
-    /// Running (a dead instance's core and cache are left as they were, never used).
+    /// Running (a dead instance's node is left as it was, never used).
     alive: bool,
-    /// Cut off from every peer, waiting to be fenced.
+    /// Restarted, asking to join; not running yet.
+    joining: bool,
+    /// Frames of the engines that came before the admission (given to the node once it
+    /// runs, as the API keeps them).
+    early: Vec<(usize, Envelope)>,
+    /// Cut off from every peer, until the cluster manager fences one side.
     isolated: bool,
     /// Lives so far (1 at the start, one more per restart).
     life: u32,
-    core: Core,
+    /// The real node: core, cluster manager with Disk Paxos, recovery lifecycle,
+    /// checkpoint completion.
+    node: InstanceNode,
+    /// Its disk-heartbeat counter (the slot's).
+    heartbeat: u64,
+    /// Checkpoints asked for and not finished (a user waits for each).
+    checkpoints_waiting: usize,
+    /// The newest Paxos block it asked to write (the heartbeat writes carry it, as the
+    /// runtime's slot writes do).
+    latest_paxos: Option<PaxosBytes>,
     /// The users' SCN clock (as the API's): observes every grant's SCN, ticks per change.
     clock: ScnClock,
     /// This instance's redo thread (none while dead).
     redo: Option<RedoWriter>,
     users: Vec<User>,
-    /// Redo positions of checkpoints waiting for their writes (`Core::checkpoint_done`).
-    checkpoints: Vec<u64>,
-    /// Instances lost since this instance's last completed recovery.
-    lost: InstanceSet,
-    recovery: Option<NodeRecovery>,
-    /// Recovery-set blocks waiting for the redo scan.
-    to_recover: Vec<RecoveryTarget>,
-    /// Changes of this instance's previous lives in its thread past its checkpoint, per
-    /// block with the newest SCN, that storage did not hold yet at the last look: the redo
-    /// checkpoint stays until it does (they may be dirty in another instance's cache).
-    old_life: Vec<(BlockId, Scn)>,
 }
 
 #[derive(Debug)]
@@ -464,19 +461,43 @@ enum Event {
     Checkpoint {
         node: usize,
     },
-    /// The cluster manager decides the next epoch without the dead.
-    Detect,
-    /// One instance applies a decision.
-    Reconfigure {
+    /// A checkpoint's storage work (the node's [`CheckpointIo`]).
+    CheckpointIo {
         node: usize,
-        epoch: Epoch,
-        live: InstanceSet,
-        lost: InstanceSet,
+        io: CheckpointIo,
     },
-    /// The lease of the lost instances ran out: scan the redo.
+    /// The node's disk-heartbeat round begins.
+    DiskRound {
+        node: usize,
+    },
+    /// The round's heartbeat write lands now; the slot reads follow.
+    RoundWritten {
+        node: usize,
+        started: Timestamp,
+    },
+    /// The round's slot reads are served now and handed to the node.
+    RoundRead {
+        node: usize,
+        started: Timestamp,
+    },
+    /// A Disk Paxos write of the node's block lands now (`land`) and completes (`ok`).
+    PaxosWrite {
+        node: usize,
+        bytes: PaxosBytes,
+        ok: bool,
+        land: bool,
+    },
+    /// A Disk Paxos read of `owner`'s block is served now.
+    PaxosRead {
+        node: usize,
+        owner: usize,
+        ok: bool,
+    },
+    /// The node asked for the redo scan of its recovery: it is read now.
     Scan {
         node: usize,
         epoch: Epoch,
+        lost: InstanceSet,
     },
     /// Rebuild recovery-set blocks.
     Recover {
@@ -485,14 +506,14 @@ enum Event {
         blocks: Vec<RecoveryTarget>,
         scan: Arc<ThreadScan>,
     },
-    /// An isolated instance is fenced.
-    Kill {
-        node: usize,
-    },
     /// A plan stage: some instance dies.
     Crash,
-    /// A dead instance restarts and joins.
+    /// A dead instance restarts and asks to join.
     Restart {
+        node: usize,
+    },
+    /// A joining instance asks again (until admitted).
+    JoinRequest {
         node: usize,
     },
 }
@@ -509,12 +530,31 @@ impl Event {
             | Event::WriteStart { node, .. }
             | Event::Write { node, .. }
             | Event::Checkpoint { node }
-            | Event::Reconfigure { node, .. }
+            | Event::CheckpointIo { node, .. }
+            | Event::DiskRound { node }
+            | Event::RoundWritten { node, .. }
+            | Event::RoundRead { node, .. }
+            | Event::PaxosWrite { node, .. }
+            | Event::PaxosRead { node, .. }
             | Event::Scan { node, .. }
             | Event::Recover { node, .. }
-            | Event::Kill { node } => Some(*node),
-            Event::Detect | Event::Crash | Event::Restart { .. } => None,
+            | Event::JoinRequest { node } => Some(*node),
+            Event::Crash | Event::Restart { .. } => None,
         }
+    }
+
+    /// Failure handling's background work, which never ends while nodes run (a run is idle
+    /// when nothing else is pending).
+    fn is_background(&self) -> bool {
+        matches!(
+            self,
+            Event::DiskRound { .. }
+                | Event::RoundWritten { .. }
+                | Event::RoundRead { .. }
+                | Event::PaxosWrite { .. }
+                | Event::PaxosRead { .. }
+                | Event::JoinRequest { .. }
+        )
     }
 }
 
@@ -563,6 +603,8 @@ pub struct SimStats {
     pub writes_landed_dead: u64,
     /// Redo checkpoints moved.
     pub redo_checkpoints: u64,
+    /// Nodes that stopped themselves (fenced, left out, lease lapsed).
+    pub stops: u64,
     /// Block payloads refused by their frame (a stale arming).
     pub landings_refused: u64,
 }
@@ -592,6 +634,7 @@ impl SimStats {
         self.commits_lost += s.commits_lost;
         self.writes_landed_dead += s.writes_landed_dead;
         self.redo_checkpoints += s.redo_checkpoints;
+        self.stops += s.stops;
         self.landings_refused += s.landings_refused;
     }
 }
@@ -692,6 +735,28 @@ fn new_core(cfg: &SimConfig, config: CoreConfig, now: Timestamp) -> Core {
     Core::new(config, cache, now).expect("core")
 }
 
+/// A node of `core` among `configured`, running at `epoch` with `live` (its Disk Paxos
+/// recovering its own block from `own_paxos`), its lease granted at `now`.
+fn new_node(
+    core: Core,
+    configured: InstanceSet,
+    (epoch, live): (Epoch, InstanceSet),
+    own_paxos: &PaxosBytes,
+    now: Timestamp,
+) -> InstanceNode {
+    let me = core.id().index();
+    let cluster = voting::cluster_manager(me, configured, (epoch, live), own_paxos, timings(), now);
+    InstanceNode::new(
+        core,
+        cluster,
+        NodeConfig {
+            configured,
+            failure: timings().failure,
+            lease_from: Duration::from_nanos(now.as_nanos()),
+        },
+    )
+}
+
 fn new_users(cfg: &SimConfig) -> Vec<User> {
     (0..cfg.users_per_instance)
         .map(|_| User {
@@ -704,7 +769,10 @@ fn new_users(cfg: &SimConfig) -> Vec<User> {
 pub struct Sim {
     pub cfg: SimConfig,
     rng: SimRng,
+    /// The engines' frames (in order per link, as on a connection).
     net: SimNetwork<Envelope>,
+    /// Control frames (cluster messages, network heartbeats), at critical priority.
+    control: SimNetwork<Envelope>,
     nodes: Vec<Node>,
     storage: Arc<FaultyStorage>,
     layout: Layout,
@@ -738,13 +806,18 @@ pub struct Sim {
     pub stats: SimStats,
     trace: Option<Vec<String>>,
     print_trace: bool,
-    // ---- failures (the cluster manager's view)
-    /// The latest epoch decided.
-    epoch: Epoch,
-    /// Its members.
-    members: InstanceSet,
-    /// A death waits for the decision.
-    detect_pending: bool,
+    // ---- failures (the nodes decide; the driver checks)
+    /// Every node's I/O lease, as the runtime grants it from the node's renewals.
+    leases: Leases,
+    /// When a survivor began recovering each instance's current life: it must submit and
+    /// acknowledge no I/O from then on.
+    fenced_at: Vec<Option<Timestamp>>,
+    /// Every membership applied anywhere, by epoch: at most one per epoch, ever.
+    memberships: Memberships,
+    /// Nodes that stopped themselves in this step (they die at its end).
+    stopping: Vec<usize>,
+    /// The next checkpoint's name.
+    next_checkpoint: u64,
     /// What is left of the plan; the front stage is the next.
     plan: VecDeque<Stage>,
     /// The front stage has started (its trigger is set, or its events are scheduled).
@@ -762,6 +835,7 @@ impl Sim {
     pub fn new(cfg: SimConfig) -> Self {
         let mut rng = SimRng::new(cfg.seed);
         let net = SimNetwork::new(SimNetworkConfig::default(), rng.fork());
+        let control = SimNetwork::new(SimNetworkConfig::default(), rng.fork());
         let (storage, layout) = format_storage(&cfg, rng.fork());
         for &b in &cfg.failing_reads {
             let at = layout.block_offset(block_id(b)).expect("block");
@@ -769,24 +843,39 @@ impl Sim {
         }
         let members: InstanceSet = (0..cfg.instances).map(id).collect();
         let nodes = (0..cfg.instances)
-            .map(|i| Node {
-                id: id(i),
-                alive: true,
-                isolated: false,
-                life: 1,
-                core: new_core(
+            .map(|i| {
+                let redo = open_redo(&storage, &layout, i);
+                let slot = format::read_slot(storage.as_ref(), &layout, id(i)).expect("slot");
+                let core = new_core(
                     &cfg,
                     core_config(&cfg, i, Epoch(1), members, false),
                     Timestamp::ZERO,
-                ),
-                clock: ScnClock::default(),
-                redo: Some(open_redo(&storage, &layout, i)),
-                users: new_users(&cfg),
-                checkpoints: Vec::new(),
-                lost: InstanceSet::EMPTY,
-                recovery: None,
-                to_recover: Vec::new(),
-                old_life: Vec::new(),
+                );
+                let mut node = new_node(
+                    core,
+                    members,
+                    (Epoch(1), members),
+                    &slot.paxos,
+                    Timestamp::ZERO,
+                );
+                for peer in members.iter().filter(|p| *p != id(i)) {
+                    node.handle_connected(peer, Timestamp::ZERO);
+                }
+                Node {
+                    id: id(i),
+                    alive: true,
+                    joining: false,
+                    early: Vec::new(),
+                    isolated: false,
+                    life: 1,
+                    node,
+                    heartbeat: slot.heartbeat,
+                    checkpoints_waiting: 0,
+                    latest_paxos: None,
+                    clock: ScnClock::default(),
+                    redo: Some(redo),
+                    users: new_users(&cfg),
+                }
             })
             .collect();
         let blocks: Vec<BlockId> = (0..cfg.blocks).map(block_id).collect();
@@ -795,6 +884,7 @@ impl Sim {
         Self {
             rng,
             net,
+            control,
             nodes,
             storage,
             layout,
@@ -820,9 +910,11 @@ impl Sim {
             stats: SimStats::default(),
             trace: print_trace.then(Vec::new),
             print_trace,
-            epoch: Epoch(1),
-            members,
-            detect_pending: false,
+            leases: Leases::new(cfg.instances, timings().failure.lease, Duration::ZERO),
+            fenced_at: vec![None; cfg.instances],
+            memberships: Memberships::new(Epoch(1), members),
+            stopping: Vec::new(),
+            next_checkpoint: 0,
             plan: cfg.plan.iter().copied().collect(),
             stage_armed: false,
             crash_at_step: None,
@@ -921,6 +1013,7 @@ impl Sim {
     fn set_now(&mut self, at: Timestamp) {
         self.now = self.now.max(at);
         self.net.advance_to(self.now);
+        self.control.advance_to(self.now);
     }
 
     // ------------------------------------------------------------ running
@@ -930,6 +1023,8 @@ impl Sim {
     pub fn run(&mut self) {
         for node in 0..self.nodes.len() {
             self.start_users(node);
+            let d = self.delay(timings().failure.disk_interval);
+            self.schedule(d, Event::DiskRound { node });
         }
         if self.active_users == 0 {
             self.fail("no users");
@@ -964,14 +1059,12 @@ impl Sim {
         self.trace(|| "workload done: quiescing".into());
         self.quiesce("after the workload");
         for node in self.live() {
-            let now = self.now;
-            let asked = self.nodes[node].core.checkpoint(now);
-            self.trace(|| format!("n{node}: final checkpoint asks {asked} writes"));
-            self.drain(node);
+            self.trace(|| format!("n{node}: final checkpoint"));
+            self.checkpoint_now(node);
         }
         self.quiesce("after the final checkpoint");
         for i in self.live() {
-            let dirty = self.nodes[i].core.dirty_blocks();
+            let dirty = self.nodes[i].node.core().dirty_blocks();
             if dirty != 0 {
                 self.fail(format!("n{i}: {dirty} dirty blocks after a checkpoint"));
             }
@@ -982,7 +1075,7 @@ impl Sim {
         self.final_cache_check();
         self.stats.virtual_time = Duration::from_nanos(self.now.as_nanos());
         for n in &self.nodes {
-            let s = n.core.stats();
+            let s = n.node.core().stats();
             self.stats.evictions += s.evictions;
             self.stats.local_grants += s.local_grants;
         }
@@ -1027,13 +1120,13 @@ impl Sim {
 
     fn all_idle(&self) -> bool {
         self.net.in_flight() == 0
-            && self.pending.is_empty()
+            && self.pending.values().all(Event::is_background)
             && !self.recovery_in_progress()
             && self
                 .nodes
                 .iter()
                 .filter(|n| n.alive)
-                .all(|n| n.core.is_idle())
+                .all(|n| n.node.core().is_idle())
     }
 
     /// Performs the earliest of: a delivery, an event, a core timer. False if none.
@@ -1042,19 +1135,27 @@ impl Sim {
         if self.stats.steps > MAX_STEPS {
             self.fail(format!("run did not finish within {MAX_STEPS} steps"));
         }
+        if self.now.saturating_since(Timestamp::ZERO) > MAX_VIRTUAL_TIME {
+            let report = self.report_all();
+            self.fail(format!(
+                "liveness: run did not finish within {MAX_VIRTUAL_TIME:?} of virtual time\n{report}"
+            ));
+        }
         let net_at = self.net.next_delivery();
+        let control_at = self.control.next_delivery();
         let event_at = self.events.peek().map(|Reverse((at, _))| *at);
         let timer = self
             .nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| n.alive)
-            .filter_map(|(i, n)| n.core.poll_timeout().map(|t| (t, i)))
+            .map(|(i, n)| (n.node.poll_timeout(), i))
             .min();
         let candidates = [
             net_at.map(|t| (t, 0u8)),
             event_at.map(|t| (t, 1)),
             timer.map(|(t, _)| (t, 2)),
+            control_at.map(|t| (t, 3)),
         ];
         let Some((at, which)) = candidates.iter().flatten().min().copied() else {
             if self.crash_at_step.is_some() {
@@ -1082,13 +1183,20 @@ impl Sim {
                     self.handle_event(event);
                 }
             }
-            _ => {
+            2 => {
                 self.set_now(at);
                 if let Some((_, i)) = timer {
                     let now = self.now;
-                    self.nodes[i].core.handle_timeout(now);
+                    self.nodes[i].node.handle_timeout(now);
                     self.drain(i);
                 }
+            }
+            _ => {
+                let Some((from, to, env)) = self.control.deliver_next() else {
+                    return true;
+                };
+                self.set_now(self.control.now());
+                self.deliver_control(from.index(), to.index(), env);
             }
         }
         self.check_liveness();
@@ -1100,8 +1208,18 @@ impl Sim {
 
     fn deliver(&mut self, from: usize, to: usize, env: Envelope) {
         self.trace(|| format!("n{from} -> n{to}: {}", env.what));
+        if self.nodes[to].joining {
+            // Kept for the node once it is admitted (bounded as the API's).
+            if self.nodes[to].early.len() < instance::core::MAX_FUTURE_MESSAGES {
+                self.nodes[to].early.push((from, env));
+            }
+            return;
+        }
         if !self.nodes[to].alive {
             self.fail(format!("n{to} is dead, yet '{}' reached it", env.what));
+        }
+        if self.nodes[to].node.stop_reason().is_some() {
+            return;
         }
         if let Some(block) = env.dirty_x
             && let Some(n) = self.dirty_in_transit.get_mut(&(from, to, block))
@@ -1112,7 +1230,7 @@ impl Sim {
             }
         }
         if let Some((bytes, token)) = &env.block {
-            let region = Arc::clone(self.nodes[to].core.cache().region());
+            let region = Arc::clone(self.nodes[to].node.core().cache().region());
             match region.begin_landing(*token, id(from), bytes.len()) {
                 Ok(mut landing) => {
                     landing.buf().copy_from_slice(bytes);
@@ -1127,11 +1245,44 @@ impl Sim {
             }
         }
         let now = self.now;
-        if let Err(e) = self.nodes[to]
-            .core
-            .on_message(id(from), env.service, &env.body, now)
+        if let Err(e) =
+            self.nodes[to]
+                .node
+                .handle_frame(id(from), env.epoch, env.service, &env.body, now)
         {
             self.fail(format!("n{to}: message '{}' from n{from}: {e}", env.what));
+        }
+        self.drain(to);
+    }
+
+    /// A control frame arrives: to a running node, or to a joining instance waiting for its
+    /// admission (a `Reconfigure` naming it, from a member of that epoch, as the API takes
+    /// it).
+    fn deliver_control(&mut self, from: usize, to: usize, env: Envelope) {
+        if self.nodes[to].joining {
+            if env.service != Service::Instance {
+                return;
+            }
+            let message = ClusterMessage::decode(&env.body);
+            self.trace(|| format!("n{from} -> n{to} (joining): {message:?}"));
+            if let Ok(ClusterMessage::Reconfigure { epoch, live }) = message
+                && live.contains(id(to))
+                && live.contains(id(from))
+            {
+                self.enter(to, epoch, live);
+            }
+            return;
+        }
+        if !self.nodes[to].alive || self.nodes[to].node.stop_reason().is_some() {
+            return;
+        }
+        let now = self.now;
+        if let Err(e) =
+            self.nodes[to]
+                .node
+                .handle_frame(id(from), env.epoch, env.service, &env.body, now)
+        {
+            self.fail(format!("n{to}: control frame from n{from}: {e}"));
         }
         self.drain(to);
     }
@@ -1213,6 +1364,7 @@ impl Sim {
             send.to,
             Envelope {
                 service: send.service,
+                epoch: send.epoch,
                 body: send.body,
                 block,
                 dirty_x,
@@ -1229,45 +1381,166 @@ impl Sim {
         }
     }
 
-    /// Drains `node`'s outputs: sends, I/O, completions, until it has none.
+    /// Drains `node`'s outputs in the order its type doc gives (events, frames, I/O,
+    /// completions, then whether it must stop), until a whole pass yields nothing.
     fn drain(&mut self, node: usize) {
         loop {
-            let mut any = false;
-            while let Some(send) = self.nodes[node].core.poll_send() {
-                any = true;
-                self.send(node, send);
+            if !self.nodes[node].alive || self.stopping.contains(&node) {
+                return;
             }
+            let mut any = false;
+            while let Some(event) = self.nodes[node].node.poll_event() {
+                any = true;
+                self.node_event(node, event);
+            }
+            while let Some(transmit) = self.nodes[node].node.poll_transmit() {
+                any = true;
+                match transmit {
+                    Transmit::Engine(send) => self.send(node, send),
+                    Transmit::Control {
+                        to,
+                        service,
+                        epoch,
+                        body,
+                        ..
+                    } => self.control.send(
+                        id(node),
+                        to,
+                        Envelope {
+                            service,
+                            epoch,
+                            body,
+                            block: None,
+                            dirty_x: None,
+                            what: String::new(),
+                        },
+                    ),
+                }
+            }
+            let now = self.now;
             let mut ios = Vec::new();
-            while let Some(io) = self.nodes[node].core.poll_io() {
+            while let Some(io) = self.nodes[node].node.poll_io(now) {
                 ios.push(io);
             }
             // The core may hand out a batch in hash order; schedule in a fixed order so a
-            // seed replays exactly.
+            // seed replays exactly (the node's own I/O keeps its order, after).
             ios.sort_by_key(|io| match io {
-                IoOp::Read { block, .. } => (*block, 0),
-                IoOp::Write { block, .. } => (*block, 1),
+                NodeIo::Data(IoOp::Read { block, .. }) => (*block, 0),
+                NodeIo::Data(IoOp::Write { block, .. }) => (*block, 1),
                 _ => (BlockId::new(0, 0), 2),
             });
             for io in ios {
                 any = true;
                 self.start_io(node, io);
             }
-            while let Some(completion) = self.nodes[node].core.poll_completion() {
+            while let Some(completion) = self.nodes[node].node.poll_completion() {
                 any = true;
                 self.complete(node, completion);
             }
+            if let Some(reason) = self.nodes[node].node.stop_reason().map(str::to_owned) {
+                self.stop(node, &reason);
+                return;
+            }
             if !any {
-                break;
+                return;
             }
         }
-        self.finish_checkpoints(node);
+    }
+
+    /// Acts on one of the node's events.
+    fn node_event(&mut self, node: usize, event: NodeEvent) {
+        match event {
+            NodeEvent::RenewLease { from } => {
+                if self.fenced_at[node].is_some() {
+                    self.fail(format!(
+                        "n{node} renews its lease (from {from:?}) after a survivor began recovering it"
+                    ));
+                }
+                self.leases.renew(node, from);
+            }
+            NodeEvent::Instance {
+                event: InstanceEvent::Reconfigured { epoch, live, lost },
+                ..
+            } => {
+                self.trace(|| format!("n{node}: epoch {} = {live:?} (lost {lost:?})", epoch.0));
+                if let Err(e) = self.memberships.applied(node, epoch, live) {
+                    self.fail(e);
+                }
+                if !lost.is_empty()
+                    && self.plan.front() == Some(&Stage::CrashDuringRebuild)
+                    && !self.stage_armed
+                {
+                    self.stage_armed = true;
+                    self.crash_at_step = Some(self.stats.steps + self.rng.between(0, 30));
+                }
+            }
+            NodeEvent::Instance { event, .. } => {
+                self.trace(|| format!("n{node}: {event:?}"));
+            }
+            NodeEvent::CheckpointDone { id, result } => {
+                let n = &mut self.nodes[node];
+                n.checkpoints_waiting = n.checkpoints_waiting.saturating_sub(1);
+                match result {
+                    Ok(Some(sequence)) => {
+                        if let Some(redo) = &self.nodes[node].redo
+                            && let Err(e) = redo.set_checkpoint(sequence)
+                        {
+                            self.fail(format!("n{node}: redo checkpoint {sequence}: {e}"));
+                        }
+                        self.stats.redo_checkpoints += 1;
+                        self.trace(|| {
+                            format!("n{node}: checkpoint {id:?}: redo checkpoint at {sequence}")
+                        });
+                    }
+                    Ok(None) => self.trace(|| {
+                        format!("n{node}: checkpoint {id:?} done, redo checkpoint stays")
+                    }),
+                    Err(e) => self.fail(format!("n{node}: checkpoint {id:?} failed: {e}")),
+                }
+            }
+        }
+    }
+
+    /// The node stopped itself (fenced, voted out, lost its lease): its lease is revoked and
+    /// it dies at the end of this step, as the runtime stops serving.
+    fn stop(&mut self, node: usize, reason: &str) {
+        if reason.contains("coordination core failed") && !self.expect_storage_errors {
+            self.fail(format!("n{node} stops: {reason}"));
+        }
+        self.trace(|| format!("n{node}: STOPS: {reason}"));
+        self.stats.stops += 1;
+        self.leases
+            .revoke(node, Duration::from_nanos(self.now.as_nanos()));
+        if !self.stopping.contains(&node) {
+            self.stopping.push(node);
+        }
+    }
+
+    /// Whether `node` may submit (or acknowledge) I/O now, as the runtime checks its lease;
+    /// if not, the node is told its storage is out of reach and stops.
+    fn lease_holds(&mut self, node: usize, what: &str) -> bool {
+        let now = Duration::from_nanos(self.now.as_nanos());
+        if self.leases.holds(node, now) {
+            if let Some(at) = self.fenced_at[node] {
+                self.fail(format!(
+                    "n{node} may still {what} although a survivor began recovering it at {at:?}"
+                ));
+            }
+            return true;
+        }
+        let at = self.now;
+        self.nodes[node]
+            .node
+            .handle_fatal(format!("the I/O lease lapsed before it could {what}"), at);
+        self.drain(node);
+        false
     }
 
     // ------------------------------------------------------------ storage
 
-    fn start_io(&mut self, node: usize, io: IoOp) {
+    fn start_io(&mut self, node: usize, io: NodeIo) {
         match io {
-            IoOp::Read { block, filling } => {
+            NodeIo::Data(IoOp::Read { block, filling }) => {
                 let delay = self.io_delay();
                 self.trace(|| format!("n{node}: read {block} (frame {})", filling.frame()));
                 self.schedule(
@@ -1283,7 +1556,7 @@ impl Sim {
                     self.crash_due = Some(node);
                 }
             }
-            IoOp::Write { block, scn, pin } => {
+            NodeIo::Data(IoOp::Write { block, scn, pin }) => {
                 self.trace(|| format!("n{node}: write {block} at SCN {scn} asked"));
                 *self.writes_in_flight.entry((node, block)).or_default() += 1;
                 if self.cfg.snapshot_late {
@@ -1309,29 +1582,88 @@ impl Sim {
                     self.crash_due = Some(node);
                 }
             }
-            IoOp::Recover { blocks } => {
-                self.trace(|| format!("n{node}: recovery set {blocks:?}"));
-                if self.nodes[node].recovery.is_none() && !blocks.is_empty() {
-                    // A rebuild with no instance lost hands out a recovery set when a copy
-                    // was on the wire at the reconfiguration (a join): it is rebuilt from
-                    // storage and every thread's redo at once, no lease to wait for and no
-                    // dead redo to report (proposed for `runtime.rs`, see the module docs).
-                    let epoch = self.nodes[node].core.epoch();
-                    self.nodes[node].recovery = Some(NodeRecovery { epoch, scan: None });
-                    self.stats.recoveries += 1;
-                    self.schedule(Duration::ZERO, Event::Scan { node, epoch });
+            NodeIo::Data(IoOp::Recover { .. }) => self.fail(format!(
+                "n{node}: the node handed out a recovery set as data I/O"
+            )),
+            NodeIo::Paxos(io) => {
+                let fate = voting::paxos_fate(&mut self.rng, &io);
+                let d = self.io_delay();
+                match io {
+                    PaxosIo::WriteOwn { bytes } => {
+                        self.nodes[node].latest_paxos = Some(bytes);
+                        self.schedule(
+                            d,
+                            Event::PaxosWrite {
+                                node,
+                                bytes,
+                                ok: fate.ok,
+                                land: fate.lands,
+                            },
+                        );
+                    }
+                    PaxosIo::ReadBlock { owner } => {
+                        let owner = owner.index();
+                        self.schedule(
+                            d,
+                            Event::PaxosRead {
+                                node,
+                                owner,
+                                ok: fate.ok,
+                            },
+                        );
+                    }
                 }
+            }
+            NodeIo::Recovery(RecoveryIo::Scan { epoch, lost, .. }) => {
+                // Recovery begins: every member it recovers must have stopped all I/O.
+                let now = Duration::from_nanos(self.now.as_nanos());
+                if let Err(e) = self.leases.check_recovery_start(node, lost, now) {
+                    self.fail(e);
+                }
+                for victim in lost.iter() {
+                    self.fenced_at[victim.index()].get_or_insert(self.now);
+                }
+                self.stats.recoveries += 1;
+                self.trace(|| format!("n{node}: recovers {lost:?} for epoch {}", epoch.0));
+                let d = self.io_delay();
+                self.schedule(d, Event::Scan { node, epoch, lost });
+            }
+            NodeIo::Recovery(RecoveryIo::Rebuild {
+                epoch,
+                blocks,
+                scan,
+            }) => {
+                self.trace(|| format!("n{node}: recovery set {blocks:?}"));
                 for target in &blocks {
                     self.check_not_held(target.block, "in a recovery set");
                 }
-                self.nodes[node].to_recover.extend(blocks);
-                self.start_recovery(node);
+                let d = self.io_delay();
+                self.schedule(
+                    d,
+                    Event::Recover {
+                        node,
+                        epoch,
+                        blocks,
+                        scan,
+                    },
+                );
+            }
+            // These nodes fence by lease only (`fence_by_reservation` is never called).
+            NodeIo::Recovery(RecoveryIo::Preempt { .. }) => {
+                self.fail(format!("n{node}: preempt without reservations"))
+            }
+            NodeIo::Checkpoint(io) => {
+                let d = self.io_delay();
+                self.schedule(d, Event::CheckpointIo { node, io });
             }
         }
     }
 
     /// Copies the frame of a write under its read latch, seals it and schedules the write.
     fn snapshot_write(&mut self, node: usize, block: BlockId, scn: Scn, pin: Pin) {
+        if !self.lease_holds(node, &format!("write {block}")) {
+            return;
+        }
         let mut image = AlignedBuf::new(BLOCK_SIZE as usize, 4096).expect("aligned buffer");
         image.copy_from_slice(&pin.read());
         let v = version_of(&image);
@@ -1392,8 +1724,8 @@ impl Sim {
         }
         let now = self.now;
         self.nodes[node]
-            .core
-            .on_read_done(block, filling, result, now);
+            .node
+            .handle_read_done(block, filling, result, now);
         self.drain(node);
     }
 
@@ -1434,8 +1766,14 @@ impl Sim {
         drop(pin);
         self.write_finished(node, block);
         self.trace(|| format!("n{node}: write {block} {v:?} done"));
+        // Reported done only under the lease (the runtime confirms it at completion).
+        if !self.lease_holds(node, &format!("report the write of {block} done")) {
+            return;
+        }
         let now = self.now;
-        self.nodes[node].core.on_write_done(block, scn, Ok(()), now);
+        self.nodes[node]
+            .node
+            .handle_write_done(block, scn, Ok(()), now);
         self.drain(node);
     }
 
@@ -1478,101 +1816,184 @@ impl Sim {
                 pin,
             } => self.write_done(node, block, scn, image, pin),
             Event::Checkpoint { node } => self.checkpoint(node),
-            Event::Detect => self.detect(),
-            Event::Reconfigure {
+            Event::CheckpointIo { node, io } => self.checkpoint_io(node, io),
+            Event::DiskRound { node } => {
+                if self.nodes[node].alive {
+                    let d = self.io_delay();
+                    let started = self.now;
+                    self.schedule(d, Event::RoundWritten { node, started });
+                }
+            }
+            Event::RoundWritten { node, started } => self.round_written(node, started),
+            Event::RoundRead { node, started } => self.round_read(node, started),
+            Event::PaxosWrite {
                 node,
-                epoch,
-                live,
-                lost,
-            } => self.reconfigure(node, epoch, live, lost),
-            Event::Scan { node, epoch } => self.scan(node, epoch),
+                bytes,
+                ok,
+                land,
+            } => {
+                if land {
+                    self.write_own_slot(node, Some(bytes), false);
+                }
+                if self.nodes[node].alive {
+                    let now = self.now;
+                    self.nodes[node].node.handle_paxos_written(ok, now);
+                    self.drain(node);
+                }
+            }
+            Event::PaxosRead { node, owner, ok } => {
+                if self.nodes[node].alive {
+                    let bytes = ok.then(|| self.read_slot(owner).paxos);
+                    let now = self.now;
+                    self.nodes[node].node.handle_paxos_read(
+                        id(owner),
+                        bytes.as_ref().map(|b| &b[..]),
+                        now,
+                    );
+                    self.drain(node);
+                }
+            }
+            Event::Scan { node, epoch, lost } => self.scan(node, epoch, lost),
             Event::Recover {
                 node,
                 epoch,
                 blocks,
                 scan,
             } => self.recover(node, epoch, &blocks, &scan),
-            Event::Kill { node } => {
-                self.trace(|| format!("n{node}: fenced"));
-                self.crash(node);
-            }
             Event::Crash => {
                 let live = self.live();
                 let victim = live[self.rng.below(live.len() as u64) as usize];
                 self.crash_due = Some(victim);
             }
             Event::Restart { node } => self.restart(node),
+            Event::JoinRequest { node } => self.ask_to_join(node),
         }
     }
 
-    fn checkpoint(&mut self, node: usize) {
-        if self.active_users == 0 {
-            return;
-        }
-        self.stats.checkpoints += 1;
-        let now = self.now;
-        // Redo written after this point may not be covered by the writes: the position is
-        // taken first (as `Instance::checkpoint`).
-        let sequence = self.nodes[node]
+    /// Checkpoints `node` now: the redo position first (redo written after it may not be
+    /// covered by the writes, as `Instance::checkpoint`), then the node.
+    fn checkpoint_now(&mut self, node: usize) {
+        let Some(sequence) = self.nodes[node]
             .redo
             .as_ref()
             .map(RedoWriter::next_sequence)
-            .filter(|_| self.cfg.redo_checkpoints);
-        let asked = self.nodes[node].core.checkpoint(now);
-        if let Some(sequence) = sequence {
-            self.nodes[node].checkpoints.push(sequence);
-        }
-        self.trace(|| format!("n{node}: checkpoint asks {asked} writes (redo at {sequence:?})"));
+        else {
+            return;
+        };
+        let checkpoint = CheckpointId(self.next_checkpoint);
+        self.next_checkpoint += 1;
+        let now = self.now;
+        self.trace(|| format!("n{node}: checkpoint {checkpoint:?} (redo at {sequence})"));
+        self.nodes[node].checkpoints_waiting += 1;
+        self.nodes[node].node.checkpoint(checkpoint, sequence, now);
         self.drain(node);
+    }
+
+    fn checkpoint(&mut self, node: usize) {
+        if self.active_users == 0 || !self.nodes[node].alive {
+            return;
+        }
+        // A few users wait for checkpoints at once (the node's queue is bounded).
+        if self.nodes[node].checkpoints_waiting < 4 {
+            self.stats.checkpoints += 1;
+            self.checkpoint_now(node);
+        }
         if let Some(every) = self.cfg.checkpoint_every {
             let d = self.delay(every * 2);
             self.schedule(d, Event::Checkpoint { node });
         }
     }
 
-    /// Checkpoints whose writes are done move the redo checkpoint (slot first, as
-    /// `Instance::checkpoint`).
-    fn finish_checkpoints(&mut self, node: usize) {
-        let n = &self.nodes[node];
-        if n.checkpoints.is_empty() || !n.alive || !n.core.checkpoint_done() {
+    /// A checkpoint's storage work, as the runtime's disk thread does it.
+    fn checkpoint_io(&mut self, node: usize, io: CheckpointIo) {
+        if !self.nodes[node].alive {
             return;
         }
-        let sequence = n.checkpoints.iter().copied().max().unwrap_or(0);
-        self.nodes[node].checkpoints.clear();
-        // A previous life's changes may still be only in this thread's redo (dirty in
-        // another instance's cache, where they were shipped): the checkpoint stays before
-        // them until storage holds them (proposed for `api.rs`, see the module docs).
-        let old_life = std::mem::take(&mut self.nodes[node].old_life);
-        let old_life: Vec<(BlockId, Scn)> = old_life
-            .into_iter()
-            .filter(|(b, scn)| self.storage_version(*b).scn < *scn)
-            .collect();
-        if !old_life.is_empty() {
-            self.trace(|| {
-                format!("n{node}: redo checkpoint held by its previous life: {old_life:?}")
-            });
-            self.nodes[node].old_life = old_life;
-            return;
+        let now = self.now;
+        match io {
+            CheckpointIo::FindMissing { blocks } => {
+                let missing: Vec<(BlockId, Scn)> = blocks
+                    .into_iter()
+                    .filter(|(b, scn)| self.storage_version(*b).scn < *scn)
+                    .collect();
+                self.trace(|| {
+                    format!("n{node}: previous life's changes not on storage: {missing:?}")
+                });
+                self.nodes[node]
+                    .node
+                    .handle_previous_life_checked(missing, now);
+            }
+            CheckpointIo::MoveSlotCheckpoint { sequence } => {
+                let mut slot = self.read_slot(node);
+                let moved = sequence > slot.checkpoint.sequence;
+                if moved {
+                    slot.checkpoint.sequence = sequence;
+                    if let Err(e) = format::write_slot(self.storage.as_ref(), &self.layout, &slot) {
+                        self.fail(format!("n{node}: writing its slot: {e}"));
+                    }
+                }
+                self.nodes[node]
+                    .node
+                    .handle_checkpoint_written(Ok(moved), now);
+            }
         }
-        let storage = self.storage.as_ref();
-        let mut slot = match format::read_slot(storage, &self.layout, id(node)) {
+        self.drain(node);
+    }
+
+    fn read_slot(&self, owner: usize) -> format::InstanceSlot {
+        match format::read_slot(self.storage.as_ref(), &self.layout, id(owner)) {
             Ok(slot) => slot,
-            Err(e) => self.fail(format!("n{node}: reading its slot: {e}")),
-        };
-        if sequence <= slot.checkpoint.sequence {
-            return;
+            Err(e) => self.fail(format!("reading n{owner}'s slot: {e}")),
         }
-        slot.checkpoint.sequence = sequence;
-        if let Err(e) = format::write_slot(storage, &self.layout, &slot) {
+    }
+
+    /// Writes `node`'s slot: the next heartbeat (`heartbeat`) and/or its newest Paxos block.
+    fn write_own_slot(&mut self, node: usize, paxos: Option<PaxosBytes>, heartbeat: bool) {
+        let mut slot = self.read_slot(node);
+        if heartbeat {
+            self.nodes[node].heartbeat += 1;
+            slot.heartbeat = self.nodes[node].heartbeat;
+            slot.heartbeat_nanos = self.now.as_nanos();
+            if let Some(latest) = self.nodes[node].latest_paxos {
+                slot.paxos = latest;
+            }
+        }
+        if let Some(bytes) = paxos {
+            slot.paxos = bytes;
+        }
+        if let Err(e) = format::write_slot(self.storage.as_ref(), &self.layout, &slot) {
             self.fail(format!("n{node}: writing its slot: {e}"));
         }
-        if let Some(redo) = &self.nodes[node].redo
-            && let Err(e) = redo.set_checkpoint(sequence)
-        {
-            self.fail(format!("n{node}: redo checkpoint {sequence}: {e}"));
+    }
+
+    /// The round's heartbeat write lands (the runtime's disk thread writes it before it reads).
+    fn round_written(&mut self, node: usize, started: Timestamp) {
+        if !self.nodes[node].alive {
+            return;
         }
-        self.stats.redo_checkpoints += 1;
-        self.trace(|| format!("n{node}: redo checkpoint at {sequence}"));
+        self.write_own_slot(node, None, true);
+        let d = self.io_delay();
+        self.schedule(d, Event::RoundRead { node, started });
+    }
+
+    /// The round reads every slot and hands them to the node; the next round follows.
+    fn round_read(&mut self, node: usize, started: Timestamp) {
+        if !self.nodes[node].alive {
+            return;
+        }
+        let slots: Vec<(u64, PaxosBytes)> = (0..self.nodes.len())
+            .map(|i| {
+                let slot = self.read_slot(i);
+                (slot.heartbeat, slot.paxos)
+            })
+            .collect();
+        let at = |t: Timestamp| Duration::from_nanos(t.as_nanos());
+        let round = voting::disk_round(&slots, Some(at(started)), at(self.now));
+        let now = self.now;
+        self.nodes[node].node.handle_disk_round(round, now);
+        self.drain(node);
+        let interval = timings().failure.disk_interval;
+        self.schedule(interval, Event::DiskRound { node });
     }
 
     fn pick_block(&mut self) -> BlockId {
@@ -1631,7 +2052,7 @@ impl Sim {
         };
         self.trace(|| format!("n{node}.u{user}: acquire {block} {mode:?} ({op:?}, {ticket:?})"));
         let now = self.now;
-        self.nodes[node].core.acquire(ticket, block, mode, now);
+        self.nodes[node].node.acquire(ticket, block, mode, now);
         self.drain(node);
     }
 
@@ -1788,6 +2209,9 @@ impl Sim {
 
     /// The commit's redo is durable: written through the instance's redo writer.
     fn redo_done(&mut self, node: usize, user: usize) {
+        if !self.lease_holds(node, "write redo") {
+            return;
+        }
         let UserState::Committing {
             held,
             durable: false,
@@ -1825,6 +2249,9 @@ impl Sim {
 
     /// The durable commit releases its blocks: acknowledged.
     fn ack(&mut self, node: usize, user: usize) {
+        if !self.lease_holds(node, "acknowledge a commit") {
+            return;
+        }
         let UserState::Committing {
             held,
             durable: true,
@@ -1892,7 +2319,7 @@ impl Sim {
                 format!("n{node}.u{user}: release {block} {mode:?} ({op:?}) dirty {dirty:?}")
             });
             let now = self.now;
-            if let Err(e) = self.nodes[node].core.release(block, mode, dirty, now) {
+            if let Err(e) = self.nodes[node].node.release(block, mode, dirty, now) {
                 self.fail(format!("n{node}.u{user}: release of {block} {mode:?}: {e}"));
             }
             self.drain(node);
@@ -1914,10 +2341,12 @@ impl Sim {
 
     // ------------------------------------------------------------ failures
 
-    /// After every step: recoveries that completed, the plan's next stage, a death due.
+    /// After every step: nodes that stopped die, the plan's next stage, a death due.
     fn after_step(&mut self) {
-        for node in self.live() {
-            self.check_recovery_done(node);
+        while let Some(node) = self.stopping.pop() {
+            if self.nodes[node].alive {
+                self.crash(node);
+            }
         }
         if let Some(at) = self.crash_at_step
             && (self.stats.steps >= at || (self.active_users == 0 && !self.recovery_in_progress()))
@@ -1932,17 +2361,20 @@ impl Sim {
         self.advance_plan();
     }
 
-    /// Whether failure handling is under way: a death not yet decided, an instance not yet
-    /// in the latest epoch or still rebuilding, a recovery not complete, a fenced instance
-    /// not yet dead.
+    /// Whether failure handling is under way, as the nodes show it: a death not yet decided
+    /// (a running node still counts a dead one as a member), a node behind the newest epoch
+    /// or still rebuilding or recovering, an instance cut off or joining.
     fn recovery_in_progress(&self) -> bool {
-        self.detect_pending
-            || self.nodes.iter().any(|n| {
-                n.isolated
-                    || (n.alive
-                        && (n.recovery.is_some()
-                            || n.core.epoch() < self.epoch
-                            || n.core.gcs().is_reconfiguring()))
+        let running: Vec<&Node> = self.nodes.iter().filter(|n| n.alive).collect();
+        let newest = running.iter().map(|n| n.node.epoch()).max();
+        self.nodes.iter().any(|n| n.isolated || n.joining)
+            || running.iter().any(|n| {
+                let node = &n.node;
+                Some(node.epoch()) < newest
+                    || !node.recovering().is_empty()
+                    || node.core().gcs().is_reconfiguring()
+                    || !node.core().recovery_idle()
+                    || node.live().iter().any(|m| !self.nodes[m.index()].alive)
             })
     }
 
@@ -2002,7 +2434,10 @@ impl Sim {
             return;
         };
         self.next_stage();
-        if !self.nodes[victim].alive || self.nodes[victim].isolated || self.live().len() < 2 {
+        if !self.nodes[victim].alive
+            || self.nodes.iter().any(|n| n.isolated)
+            || self.live().len() < 2
+        {
             self.trace(|| format!("{stage:?}: n{victim} cannot die (the last alive)"));
             return;
         }
@@ -2014,36 +2449,51 @@ impl Sim {
         }
     }
 
-    /// Cuts `victim` off from every peer; it runs on alone until fenced, before the others
-    /// decide (its lease runs out before theirs lets them touch its blocks).
+    /// Cuts `victim` off from every peer (its storage stays in reach); it runs on alone
+    /// until the cluster managers fence one side: the side without a majority (ties to the
+    /// lowest id) learns from the voting area that it was left out and stops.
     fn isolate(&mut self, victim: usize) {
         self.stats.isolations += 1;
         self.nodes[victim].isolated = true;
         for other in 0..self.nodes.len() {
             if other != victim {
                 self.net.cut(id(victim), id(other));
+                self.control.cut(id(victim), id(other));
             }
         }
         self.dirty_in_transit
             .retain(|(from, to, _), _| *from != victim && *to != victim);
-        let d = self.delay(self.cfg.detect_max);
-        self.schedule(d, Event::Kill { node: victim });
     }
 
-    /// `victim` dies: its messages, volatile state, users and queued I/O go; a data write
-    /// already submitted lands or not; a commit whose redo is durable stays committed.
+    /// Heals the cut of an isolated instance once the cut no longer splits the running
+    /// ones (one side stopped).
+    fn heal_isolation(&mut self) {
+        let Some(isolated) = (0..self.nodes.len()).find(|i| self.nodes[*i].isolated) else {
+            return;
+        };
+        let others_running = (0..self.nodes.len()).any(|i| i != isolated && self.nodes[i].alive);
+        if self.nodes[isolated].alive && others_running {
+            return;
+        }
+        self.nodes[isolated].isolated = false;
+        for other in 0..self.nodes.len() {
+            if other != isolated {
+                self.net.heal(id(isolated), id(other));
+                self.control.heal(id(isolated), id(other));
+            }
+        }
+    }
+
+    /// `victim` dies (killed, or it stopped itself): its messages, volatile state, users and
+    /// queued I/O go; a data write or Disk Paxos write already submitted lands or not; a
+    /// commit whose redo is durable stays committed. Its peers see its connections drop.
     fn crash(&mut self, victim: usize) {
         self.stats.crashes += 1;
         self.trace(|| format!("n{victim}: CRASH"));
         self.net.crash(id(victim));
-        if self.nodes[victim].isolated {
-            self.nodes[victim].isolated = false;
-            for other in 0..self.nodes.len() {
-                if other != victim {
-                    self.net.heal(id(victim), id(other));
-                }
-            }
-        }
+        self.control.crash(id(victim));
+        self.leases
+            .revoke(victim, Duration::from_nanos(self.now.as_nanos()));
         self.dirty_in_transit
             .retain(|(from, to, _), _| *from != victim && *to != victim);
         let doomed: Vec<u64> = self
@@ -2053,17 +2503,25 @@ impl Sim {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in doomed {
-            if let Some(Event::Write {
-                block, image, pin, ..
-            }) = self.pending.remove(&seq)
-            {
-                drop(pin);
-                if self.rng.chance(1, 2) {
-                    // Submitted before the death: it lands (before the lease runs out).
-                    self.stats.writes_landed_dead += 1;
-                    self.trace(|| format!("n{victim}: its write of {block} lands"));
-                    self.write_storage(victim, block, &image);
+            match self.pending.remove(&seq) {
+                Some(Event::Write {
+                    block, image, pin, ..
+                }) => {
+                    drop(pin);
+                    if self.rng.chance(1, 2) {
+                        // Submitted before the death, under the lease: it lands now.
+                        self.stats.writes_landed_dead += 1;
+                        self.trace(|| format!("n{victim}: its write of {block} lands"));
+                        self.write_storage(victim, block, &image);
+                    }
                 }
+                // A Disk Paxos write that would have landed may land or not.
+                Some(Event::PaxosWrite {
+                    bytes, land: true, ..
+                }) if self.rng.chance(1, 2) => {
+                    self.write_own_slot(victim, Some(bytes), false);
+                }
+                _ => {}
             }
         }
         self.writes_in_flight.retain(|(n, _), _| *n != victim);
@@ -2093,153 +2551,60 @@ impl Sim {
         let n = &mut self.nodes[victim];
         n.alive = false;
         n.redo = None;
-        n.checkpoints.clear();
-        n.lost = InstanceSet::EMPTY;
-        n.recovery = None;
-        n.to_recover.clear();
-        if !self.detect_pending {
-            self.detect_pending = true;
-            let d = self.delay(self.cfg.detect_max);
-            self.schedule(d, Event::Detect);
+        n.latest_paxos = None;
+        self.heal_isolation();
+        for peer in self.live() {
+            let now = self.now;
+            self.nodes[peer].node.handle_disconnected(id(victim), now);
+            self.drain(peer);
         }
     }
 
-    /// The cluster manager decides the next epoch: the members alive.
-    fn detect(&mut self) {
-        self.detect_pending = false;
-        let live: InstanceSet = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].alive && !self.nodes[*i].isolated)
-            .map(id)
-            .collect();
-        let lost: InstanceSet = self.members.iter().filter(|m| !live.contains(*m)).collect();
-        if lost.is_empty() {
+    /// Instance recovery reads the redo (every thread: a block a lost instance held may
+    /// carry a change only in another thread's redo), seals the lost lives where it read
+    /// them to, and hands the changed blocks and the scan to the node.
+    fn scan(&mut self, node: usize, epoch: Epoch, lost: InstanceSet) {
+        if !self.nodes[node].alive {
             return;
         }
-        self.epoch = self
-            .epoch
-            .checked_next()
-            .expect("the simulated epochs stay small");
-        self.members = live;
-        let epoch = self.epoch;
-        self.trace(|| format!("cluster: {epoch:?} with {live:?}, lost {lost:?}"));
-        for node in live.iter().map(InstanceId::index) {
-            let d = self.delay(self.cfg.reconfig_jitter);
-            self.schedule(
-                d,
-                Event::Reconfigure {
-                    node,
-                    epoch,
-                    live,
-                    lost,
-                },
-            );
-        }
-        if self.plan.front() == Some(&Stage::CrashDuringRebuild) && !self.stage_armed {
-            self.stage_armed = true;
-            self.crash_at_step = Some(self.stats.steps + self.rng.between(0, 30));
-        }
-    }
-
-    /// One instance applies a decision (the runtime's `ClusterAction::Reconfigure`).
-    fn reconfigure(&mut self, node: usize, epoch: Epoch, live: InstanceSet, lost: InstanceSet) {
-        if epoch <= self.nodes[node].core.epoch() {
-            return;
-        }
-        self.trace(|| format!("n{node}: reconfigure to {epoch:?} with {live:?}, lost {lost:?}"));
-        let now = self.now;
-        if let Err(e) = self.nodes[node].core.reconfigure(epoch, live, now) {
-            self.fail(format!("n{node}: reconfiguration to {epoch:?}: {e}"));
-        }
-        let n = &mut self.nodes[node];
-        if !lost.is_empty() || !n.lost.is_empty() {
-            // Recover everything lost so far, once the lost instances' lease has run out.
-            n.lost = n.lost.iter().chain(lost.iter()).collect();
-            n.recovery = Some(NodeRecovery { epoch, scan: None });
-            self.stats.recoveries += 1;
-            let lease = self.cfg.lease;
-            self.schedule(lease, Event::Scan { node, epoch });
-        }
-        self.drain(node);
-    }
-
-    /// Instance recovery reads the redo: the lost instances' threads for the blocks they
-    /// changed, and every thread for the records to apply.
-    fn scan(&mut self, node: usize, epoch: Epoch) {
-        if self.nodes[node].recovery.as_ref().map(|r| r.epoch) != Some(epoch) {
-            return;
-        }
-        let lost: Vec<InstanceId> = self.nodes[node].lost.iter().collect();
         let all: Vec<InstanceId> = (0..self.nodes.len()).map(id).collect();
         let scan = match scan_threads(self.storage.as_ref(), &self.layout, &all) {
             Ok(scan) => Arc::new(scan),
             Err(e) => self.fail(format!("n{node}: scanning every thread: {e}")),
         };
-        // As the runtime: the lost lives are sealed where this scan read them to.
+        let lost_ids: Vec<InstanceId> = lost.iter().collect();
         if let Err(e) = instance::storage::life::seal_lost(
             self.storage.as_ref(),
             &self.layout,
             id(node),
             &scan,
-            &lost,
+            &lost_ids,
         ) {
             self.fail(format!("n{node}: sealing the lost threads: {e}"));
         }
-        // Every thread's changed blocks, not only the lost instances': a block held by an
-        // instance that died may carry a change that is only in the redo of another (dead
-        // earlier, restarted since, or alive), and no survivor holds a past image of it
-        // (proposed for `runtime.rs`, see the module docs).
         let changed = scan.changed_blocks();
         self.trace(|| {
             format!(
-                "n{node}: redo of {lost:?} scanned: changed {changed:?} ({} records in all)",
+                "n{node}: redo scanned for {lost:?}: changed {changed:?} ({} records in all)",
                 scan.record_count()
             )
         });
-        if let Some(r) = &mut self.nodes[node].recovery {
-            r.scan = Some(scan);
-        }
         let now = self.now;
-        if !lost.is_empty() {
-            self.nodes[node].core.on_redo_scanned(changed, now);
-        }
+        self.nodes[node]
+            .node
+            .handle_scanned(epoch, Ok((changed, scan)), now);
         self.drain(node);
-        self.start_recovery(node);
         if self.plan.front() == Some(&Stage::CrashDuringRecovery) && !self.stage_armed {
             self.stage_armed = true;
             self.crash_at_step = Some(self.stats.steps + self.rng.between(0, 40));
         }
     }
 
-    /// Hands the recovery-set blocks to the recovery "thread" once the scan is there.
-    fn start_recovery(&mut self, node: usize) {
-        let Some((epoch, scan)) = self.nodes[node]
-            .recovery
-            .as_ref()
-            .and_then(|r| r.scan.as_ref().map(|s| (r.epoch, Arc::clone(s))))
-        else {
-            return;
-        };
-        if self.nodes[node].to_recover.is_empty() {
-            return;
-        }
-        let blocks = std::mem::take(&mut self.nodes[node].to_recover);
-        let d = self.io_delay();
-        self.schedule(
-            d,
-            Event::Recover {
-                node,
-                epoch,
-                blocks,
-                scan,
-            },
-        );
-    }
-
     /// No live instance holds a current copy of `block` (it is handed to recovery); a copy
     /// being released is never read again.
     fn check_not_held(&self, block: BlockId, what: &str) {
         for i in self.live() {
-            let gcs = self.nodes[i].core.gcs();
+            let gcs = self.nodes[i].node.core().gcs();
             let mode = gcs.mode(block);
             if mode != BlockMode::Null && !gcs.is_releasing(block) {
                 let report = self.report_block(block);
@@ -2283,7 +2648,7 @@ impl Sim {
             for r in recovered {
                 let block = r.block;
                 let v = self.storage_version(block);
-                let current = self.nodes[node].recovery.as_ref().map(|r| r.epoch) == Some(epoch);
+                let current = self.nodes[node].node.epoch() == epoch;
                 let latest = self.committed[&block];
                 self.trace(|| {
                     format!(
@@ -2307,11 +2672,14 @@ impl Sim {
                 }
                 self.disk.insert(block, v);
                 self.stats.blocks_recovered += 1;
-                if current {
-                    let now = self.now;
-                    self.nodes[node].core.on_block_recovered(block, r.scn, now);
-                    self.drain(node);
-                }
+                let now = self.now;
+                self.nodes[node].node.handle_recovered(
+                    epoch,
+                    block,
+                    RecoveryOutcome::Rebuilt(r.scn),
+                    now,
+                );
+                self.drain(node);
             }
         }
     }
@@ -2339,88 +2707,114 @@ impl Sim {
         }
     }
 
-    /// Recovery finished here (the runtime's `check_recovery_done`).
-    fn check_recovery_done(&mut self, node: usize) {
-        let n = &self.nodes[node];
-        let Some(r) = &n.recovery else {
-            return;
-        };
-        if r.scan.is_none() || !n.core.recovery_idle() {
-            return;
-        }
-        let epoch = r.epoch;
-        self.trace(|| format!("n{node}: recovery for {epoch:?} done"));
-        let n = &mut self.nodes[node];
-        n.recovery = None;
-        n.lost = InstanceSet::EMPTY;
-    }
-
-    /// A dead instance restarts and joins at the next epoch, once every survivor's recovery
-    /// is complete.
+    /// A dead instance restarts: it asks the running ones to admit it (as the API's
+    /// `enter`); the cluster managers decide when.
     fn restart(&mut self, node: usize) {
-        if self.recovery_in_progress() {
-            self.schedule(Duration::from_micros(100), Event::Restart { node });
+        if self.nodes[node].alive || self.nodes[node].joining {
             return;
         }
         self.stats.restarts += 1;
-        self.epoch = self
-            .epoch
-            .checked_next()
-            .expect("the simulated epochs stay small");
-        let mut live = self.members;
-        live.insert(id(node));
-        self.members = live;
-        let epoch = self.epoch;
-        self.trace(|| format!("n{node}: RESTART, joins at {epoch:?} with {live:?}"));
+        self.trace(|| format!("n{node}: RESTART, asks to join"));
+        self.net.restart(id(node));
+        self.control.restart(id(node));
+        self.nodes[node].joining = true;
+        self.nodes[node].early.clear();
+        for peer in self.live() {
+            let now = self.now;
+            self.nodes[peer].node.handle_connected(id(node), now);
+            self.drain(peer);
+        }
+        self.ask_to_join(node);
+        self.restarts_pending = self.restarts_pending.saturating_sub(1);
+        if self.restarts_pending == 0 && self.plan.front() == Some(&Stage::RestartAll) {
+            self.next_stage();
+        }
+    }
+
+    /// A joining instance sends `JoinRequest` to every peer, again each heartbeat interval
+    /// until it is admitted.
+    fn ask_to_join(&mut self, node: usize) {
+        if !self.nodes[node].joining {
+            return;
+        }
+        let mut body = Vec::new();
+        ClusterMessage::JoinRequest.encode(&mut body);
+        for peer in (0..self.nodes.len()).filter(|p| *p != node) {
+            self.control.send(
+                id(node),
+                id(peer),
+                Envelope {
+                    service: Service::Instance,
+                    epoch: Epoch(0),
+                    body: body.clone(),
+                    block: None,
+                    dirty_x: None,
+                    what: String::new(),
+                },
+            );
+        }
+        let every = timings().failure.membership.heartbeat_interval;
+        self.schedule(every, Event::JoinRequest { node });
+    }
+
+    /// The joining instance is admitted at `epoch` with `live`: a new life of its redo
+    /// thread, a joining core, a node; the frames that came early go to it.
+    fn enter(&mut self, node: usize, epoch: Epoch, live: InstanceSet) {
         let now = self.now;
+        self.trace(|| format!("n{node}: admitted at {epoch:?} with {live:?}"));
+        let redo = open_redo(&self.storage, &self.layout, node);
+        // The blocks its previous lives changed in redo past its checkpoint: checkpoints
+        // do not pass them until storage holds them.
+        let previous_life: Vec<(BlockId, Scn)> =
+            match scan_threads(self.storage.as_ref(), &self.layout, &[id(node)]) {
+                Ok(scan) => scan
+                    .changed_blocks()
+                    .into_iter()
+                    .map(|b| {
+                        let newest = scan.records(b).iter().map(|r| r.scn).max();
+                        (b, newest.unwrap_or_default())
+                    })
+                    .collect(),
+                Err(e) => self.fail(format!("n{node}: scanning its own thread: {e}")),
+            };
+        let slot = self.read_slot(node);
+        let configured: InstanceSet = (0..self.nodes.len()).map(id).collect();
         let core = new_core(
             &self.cfg,
             core_config(&self.cfg, node, epoch, live, true),
             now,
         );
-        let redo = open_redo(&self.storage, &self.layout, node);
-        let old_life = match scan_threads(self.storage.as_ref(), &self.layout, &[id(node)]) {
-            Ok(scan) => scan
-                .changed_blocks()
-                .into_iter()
-                .map(|b| {
-                    let newest = scan.records(b).iter().map(|r| r.scn).max();
-                    (b, newest.unwrap_or_default())
-                })
-                .collect(),
-            Err(e) => self.fail(format!("n{node}: scanning its own thread: {e}")),
-        };
-        self.net.restart(id(node));
+        let mut instance = new_node(core, configured, (epoch, live), &slot.paxos, now);
+        instance.handle_previous_life(previous_life);
+        // Connected to every process up: the running ones and those asking to join.
+        for peer in (0..self.nodes.len()).filter(|p| *p != node) {
+            if self.nodes[peer].alive || self.nodes[peer].joining {
+                instance.handle_connected(id(peer), now);
+            }
+        }
+        self.leases
+            .grant(node, Duration::from_nanos(now.as_nanos()));
+        self.fenced_at[node] = None;
         let users = new_users(&self.cfg);
         self.active_users += users.len();
+        let early = std::mem::take(&mut self.nodes[node].early);
         let n = &mut self.nodes[node];
-        n.core = core;
+        n.node = instance;
         n.alive = true;
+        n.joining = false;
         n.life += 1;
+        n.heartbeat = slot.heartbeat;
+        n.checkpoints_waiting = 0;
+        n.latest_paxos = None;
         n.clock = ScnClock::default();
         n.redo = Some(redo);
         n.users = users;
-        n.old_life = old_life;
         self.start_users(node);
-        for other in live.iter().map(InstanceId::index) {
-            if other != node {
-                let d = self.delay(self.cfg.reconfig_jitter);
-                self.schedule(
-                    d,
-                    Event::Reconfigure {
-                        node: other,
-                        epoch,
-                        live,
-                        lost: InstanceSet::EMPTY,
-                    },
-                );
-            }
+        self.schedule(Duration::ZERO, Event::DiskRound { node });
+        for (from, env) in early {
+            self.deliver(from, node, env);
         }
         self.drain(node);
-        self.restarts_pending = self.restarts_pending.saturating_sub(1);
-        if self.restarts_pending == 0 && self.plan.front() == Some(&Stage::RestartAll) {
-            self.next_stage();
-        }
     }
 
     // ------------------------------------------------------------ final phase
@@ -2444,7 +2838,7 @@ impl Sim {
             let now = self.now;
             self.trace(|| format!("n{node}: probe {block}"));
             self.nodes[node]
-                .core
+                .node
                 .acquire(ticket, block, BlockMode::Shared, now);
             self.drain(node);
             let start = self.now;
@@ -2485,7 +2879,7 @@ impl Sim {
             let BlockGrant { pin, mode, .. } = grant;
             drop(pin);
             let now = self.now;
-            if let Err(e) = self.nodes[node].core.release(block, mode, None, now) {
+            if let Err(e) = self.nodes[node].node.release(block, mode, None, now) {
                 self.fail(format!("probe release of {block} on n{node}: {e}"));
             }
             self.drain(node);
@@ -2514,9 +2908,9 @@ impl Sim {
     fn final_cache_check(&mut self) {
         for i in self.live() {
             let n = &self.nodes[i];
-            let s = n.core.cache().stats();
+            let s = n.node.core().cache().stats();
             let held = (0..self.cfg.blocks)
-                .filter(|b| n.core.gcs().mode(block_id(*b)) != BlockMode::Null)
+                .filter(|b| n.node.core().gcs().mode(block_id(*b)) != BlockMode::Null)
                 .count() as u32;
             if s.filling != 0 || s.retiring != 0 || s.past_images != 0 || s.current != held {
                 self.fail(format!(
@@ -2574,13 +2968,13 @@ impl Sim {
         let live = self.live();
         for &i in &live {
             let n = &self.nodes[i];
-            if let Some(e) = n.core.failure() {
+            if let Some(e) = n.node.core().failure() {
                 if self.expect_storage_errors && matches!(e, CoreError::Storage(_)) {
                     continue;
                 }
                 self.fail(format!("n{i} failed: {e}"));
             }
-            if let Err(e) = n.core.cache().check_invariants() {
+            if let Err(e) = n.node.core().cache().check_invariants() {
                 self.fail(format!("n{i}: cache invariants: {e}"));
             }
         }
@@ -2591,7 +2985,7 @@ impl Sim {
             let (mut x, mut s) = (None, None);
             for &i in &live {
                 let n = &self.nodes[i];
-                let gcs = n.core.gcs();
+                let gcs = n.node.core().gcs();
                 let mode = gcs.mode(block);
                 // A copy being released is never read again (`Engine::is_releasing`).
                 let readable = !gcs.is_releasing(block);
@@ -2605,7 +2999,7 @@ impl Sim {
                     _ => {}
                 }
                 // The engine and the cache agree on what is cached.
-                let lookup = n.core.cache().lookup(block);
+                let lookup = n.node.core().cache().lookup(block);
                 match (&lookup, mode) {
                     (Lookup::Hit(_), BlockMode::Null) => self.fail(format!(
                         "n{i}: {block} has a current copy in the cache, but GCS holds it in Null"
@@ -2639,14 +3033,14 @@ impl Sim {
                 drop(lookup);
                 // Past images: GCS's and the cache's agree, and each is a committed version.
                 let pi_scn = gcs.past_image(block);
-                let pis = n.core.cache().past_images(block);
+                let pis = n.node.core().cache().past_images(block);
                 if pis.last().map(|(_, scn)| *scn) != pi_scn {
                     self.fail(format!(
                         "n{i}: past images of {block}: GCS {pi_scn:?}, cache {pis:?}"
                     ));
                 }
                 if pi_scn.is_some()
-                    && let Some(pi) = n.core.cache().past_image(block)
+                    && let Some(pi) = n.node.core().cache().past_image(block)
                 {
                     let v = version_of(&pi.read());
                     if v.scn != pi.scn() || !self.is_committed(block, v) {
@@ -2670,7 +3064,7 @@ impl Sim {
                 // handling runs, the latest version may be only in redo.)
                 let dirty = self.dirty_in_transit.keys().any(|(_, _, b)| *b == block)
                     || live.iter().any(|i| {
-                        let gcs = self.nodes[*i].core.gcs();
+                        let gcs = self.nodes[*i].node.core().gcs();
                         gcs.is_dirty(block)
                             || gcs
                                 .master_view(block)
@@ -2690,7 +3084,7 @@ impl Sim {
 
     fn report_block(&self, block: BlockId) -> String {
         let mut out = format!(
-            "{block}: latest committed {:?} ({} acknowledged, {} durable when their instance died), storage {:?}, dirty ships in flight {}; cluster {:?} {:?}, plan {:?}\n",
+            "{block}: latest committed {:?} ({} acknowledged, {} durable when their instance died), storage {:?}, dirty ships in flight {}; newest membership {:?}, plan {:?}\n",
             self.committed[&block],
             self.acked[&block],
             self.unacked[&block],
@@ -2700,8 +3094,7 @@ impl Sim {
                 .filter(|((_, _, b), _)| *b == block)
                 .map(|(_, n)| *n)
                 .sum::<u32>(),
-            self.epoch,
-            self.members,
+            self.memberships.newest(),
             self.plan,
         );
         for (i, n) in self.nodes.iter().enumerate() {
@@ -2709,7 +3102,7 @@ impl Sim {
                 let _ = writeln!(out, "  n{i}: dead (life {})", n.life);
                 continue;
             }
-            let g = n.core.gcs();
+            let g = n.node.core().gcs();
             let _ = writeln!(
                 out,
                 "  n{i}: mode {:?} scn {:?} dirty {} busy {} writing {} releasing {} pi {:?} master {:?}; {:?} reconfiguring {} recovery idle {} lost {:?}; core idle {} stats {:?}; cache {:?}",
@@ -2721,13 +3114,13 @@ impl Sim {
                 g.is_releasing(block),
                 g.past_image(block),
                 g.master_view(block),
-                n.core.epoch(),
+                n.node.core().epoch(),
                 g.is_reconfiguring(),
-                n.core.recovery_idle(),
-                n.lost,
-                n.core.is_idle(),
-                n.core.stats(),
-                n.core.cache().stats(),
+                n.node.core().recovery_idle(),
+                n.node.recovering(),
+                n.node.core().is_idle(),
+                n.node.core().stats(),
+                n.node.core().cache().stats(),
             );
             for (u, user) in n.users.iter().enumerate() {
                 let _ = writeln!(out, "    u{u}: {:?}", brief(&user.state));
@@ -2747,7 +3140,7 @@ impl Sim {
         for b in 0..self.cfg.blocks {
             let block = block_id(b);
             let busy = self.nodes.iter().filter(|n| n.alive).any(|n| {
-                let g = n.core.gcs();
+                let g = n.node.core().gcs();
                 g.is_busy(block)
                     || g.is_writing(block)
                     || g.is_releasing(block)
@@ -2765,14 +3158,14 @@ impl Sim {
             let _ = writeln!(
                 out,
                 "n{i}: {:?} idle {} gcs idle {} reconfiguring {} recovery idle {} lost {:?} dirty {} cache {:?}",
-                n.core.epoch(),
-                n.core.is_idle(),
-                n.core.gcs().is_idle(),
-                n.core.gcs().is_reconfiguring(),
-                n.core.recovery_idle(),
-                n.lost,
-                n.core.dirty_blocks(),
-                n.core.cache().stats()
+                n.node.core().epoch(),
+                n.node.core().is_idle(),
+                n.node.core().gcs().is_idle(),
+                n.node.core().gcs().is_reconfiguring(),
+                n.node.core().recovery_idle(),
+                n.node.recovering(),
+                n.node.core().dirty_blocks(),
+                n.node.core().cache().stats()
             );
             for (u, user) in n.users.iter().enumerate() {
                 let _ = writeln!(out, "    u{u}: {:?}", brief(&user.state));
@@ -2780,9 +3173,8 @@ impl Sim {
         }
         let _ = writeln!(
             out,
-            "cluster {:?} {:?}, plan {:?}; in flight: {} messages, {} events",
-            self.epoch,
-            self.members,
+            "newest membership {:?}, plan {:?}; in flight: {} messages, {} events",
+            self.memberships.newest(),
             self.plan,
             self.net.in_flight(),
             self.pending.len()

@@ -14,25 +14,30 @@
 //! goes through the instance's real `RedoWriter` onto its thread (a seeded redo-write
 //! latency), and once durable the blocks are released with the SCN (frame marked dirty):
 //! the acknowledgement — or abort (before-images restored, `release` with none); and readers
-//! (S, check, hold, check, release). Checkpoints come at seeded intervals and, in most seeds,
-//! move the redo checkpoint as `Instance::checkpoint` does (position first, then
-//! `Core::checkpoint`, the slot once `Core::checkpoint_done`); writes copy their frame at
-//! once or, as the runtime's I/O thread, later.
+//! (S, check, hold, check, release). Checkpoints come at seeded intervals in most seeds
+//! (a few waiting at once) and move the redo checkpoint as `Instance::checkpoint` does (the
+//! position first, then the node's checkpoint, which moves the slot); writes copy their
+//! frame at once or, as the runtime's I/O thread, later.
 //!
-//! Failures (in 60% of the seeds, a plan drawn from the seed): an instance dies at the n-th
-//! step, block ship (sender or receiver, the block on the wire), data write in flight,
-//! storage read in flight, commit with its redo write in flight (lost) or commit durable and
-//! not yet acknowledged (kept), or is cut off from every peer (a partition: it runs on alone,
-//! its users commit what it holds, until it is fenced). Its messages, cache, engines, users,
+//! Every instance is a real `instance::node::Node` (core, cluster manager with Disk Paxos,
+//! recovery lifecycle, checkpoint completion) whose disk-heartbeat rounds, Disk Paxos,
+//! recovery and checkpoint I/O go to the same faulty storage as its data and redo, with the
+//! runtime's failure timings divided by 50 (2 ms heartbeats, a 12 ms lease).
+//!
+//! Failures (in 60% of the seeds, a plan drawn from the seed) are faults: an instance is
+//! killed at the n-th step, block ship (sender or receiver, the block on the wire), data
+//! write in flight, storage read in flight, commit with its redo write in flight (lost) or
+//! commit durable and not yet acknowledged (kept), or is cut off from every peer (a
+//! partition: it runs on alone, its users commit what it holds, until the cluster managers
+//! vote one side out and that side stops itself). Its messages, cache, engines, users,
 //! uncommitted changes and queued I/O vanish (a data write already submitted lands or not);
-//! its redo stays. After a detection delay the survivors reconfigure to a new epoch (in one
-//! step, or up to 100 µs apart: the core defers messages of an epoch it has not reached);
-//! after the lease each scans the redo with `instance::recovery::scan_threads`, seals the lost
-//! lives (`storage::life::seal_lost`), calls `Core::on_redo_scanned`, rebuilds its `IoOp::Recover` blocks with `recover_blocks` and
-//! reports them with `Core::on_block_recovered`. Then, per plan: a second instance dies
-//! during the rebuild (remastering) or during recovery (the lost accumulate until recovery
-//! completes), or later; dead instances restart (a new joining core at the next epoch, the
-//! others reconfigure to it, once every survivor's recovery is complete) and may die again.
+//! its redo stays. The cluster managers detect it (connections, network and disk
+//! heartbeats), decide the next epoch by Disk Paxos, and each survivor's node asks for its
+//! redo scan once the lost members' lease has run out, seals the lost lives, rebuilds the
+//! recovery set and reports recovery done. Then, per plan: a second instance dies during
+//! the rebuild or during recovery (the lost accumulate until recovery completes), or later;
+//! dead instances restart and ask to join, the cluster managers admit them once recovery is
+//! complete everywhere, and they may die again.
 //!
 //! Checked after every step, over the instances alive: no core failed; the cache's
 //! invariants hold; at most one instance holds a block in X and X excludes S elsewhere
@@ -62,17 +67,23 @@
 //!   `fusion-sim soak --minutes N` runs consecutive seeds for N minutes and prints the totals.
 //!   Build it with `--release` (`cargo run --release -p sim --bin fusion-sim -- replay 1234`).
 //!
+//! Also checked here: at most one membership per epoch, ever; when a survivor begins
+//! recovering a member, that member's lease has run out, and it submits and acknowledges no
+//! I/O afterwards (the driver grants leases from the nodes' renewals, as the runtime does).
+//! The code both worlds share around a node (its cluster manager, disk rounds, Disk Paxos
+//! I/O's fate, leases and the fencing check) is [`voting`].
+//!
 //! The second world of every seed, [`membership`], runs N real `instance::node::Node`s (core,
-//! cluster manager with Disk Paxos, recovery lifecycle) without users under network,
-//! storage and process faults: there the cluster manager decides every death and the node
+//! cluster manager with Disk Paxos, recovery lifecycle) without users under more faults (lost and
+//! duplicated control messages, one-link and one-way cuts, process pauses, storage stalls,
+//! write errors, clock jumps): there the cluster manager decides every death and the node
 //! decides when recovery begins; every instance enters through the real
 //! `instance::entry::Entry` (formation, joins, whole-cluster restarts after crashes of every
 //! process), and is started again after it dies or stops.
 //!
-//! Not covered in this world: the cluster manager and the node (detection, votes, fencing
-//! and the lease are modelled by the driver: a death is decided after a delay, a cut-off
-//! instance dies before the others decide), partitions that leave an isolated instance running past the decision,
-//! whole-cluster restart, storage power loss (torn or lost unsynced writes: every write here
+//! Not covered in this world: process pauses, storage stalls and one-link cuts with users
+//! (so no write of a fenced instance lands late here: the membership world has those faults
+//! without data), lost control messages, whole-cluster restart, storage power loss (torn or lost unsynced writes: every write here
 //! is synced) and storage errors in the main seeds (one test injects read errors), GES locks,
 //! the commit-dependency ship policy, lost messages between live instances, recovery I/O
 //! racing other I/O (a recovery batch is one step), concurrency inside one instance (the
@@ -86,6 +97,7 @@
 #[allow(missing_docs, missing_debug_implementations, clippy::unwrap_used)]
 pub mod driver;
 pub mod membership;
+pub mod voting;
 
 pub use driver::{LIVENESS_LIMIT, Sim, SimConfig, SimStats, run_read_error, run_seed};
 pub use membership::{MembershipStats, run_membership_seed};

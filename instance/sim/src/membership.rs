@@ -43,21 +43,18 @@ use instance::cluster::{ClusterManager, ClusterMessage, FailureConfig, InstanceE
 use instance::core::{Core, CoreConfig};
 use instance::entry::{Entered, Entry, EntryConfig, EntryIo, SlotLook, decision_at_entry};
 use instance::node::{
-    DiskRound, Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo, RecoveryOutcome,
-    SlotSeen, Transmit,
+    Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo, RecoveryOutcome, Transmit,
 };
 use instance::paxos::{DiskPaxos, PAXOS_BLOCK_LEN, PaxosBlock, PaxosConfig, PaxosIo};
 use instance::recovery::ThreadScan;
 use interconnect::sim::SimRng;
-use interconnect::{BlockRegion, Epoch, InstanceId, InstanceSet, Scn, Service, Timestamp};
+use interconnect::{BlockRegion, Epoch, InstanceSet, Scn, Service, Timestamp};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn id(n: usize) -> InstanceId {
-    InstanceId::new(n as u64).expect("instance id")
-}
+use crate::voting::id;
 
 /// What happens at a virtual time.
 #[derive(Debug, Clone)]
@@ -676,20 +673,8 @@ impl Sim {
                 };
                 let now = self.local(node);
                 // Boottime readings are global time: the lease is checked against it.
-                let round = DiskRound {
-                    slots: slots
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (heartbeat, paxos))| SlotSeen {
-                            instance: id(i),
-                            heartbeat: *heartbeat,
-                            paxos: *paxos,
-                        })
-                        .collect(),
-                    written_at: ok.then_some(ms(started)),
-                    all_read: true,
-                    completed_at: ms(self.now),
-                };
+                let round =
+                    crate::voting::disk_round(&slots, ok.then_some(ms(started)), ms(self.now));
                 if let Some(running) = self.nodes[node].node.as_mut() {
                     running.handle_disk_round(round, now);
                 }

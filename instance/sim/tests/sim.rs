@@ -51,9 +51,9 @@ fn replay() {
 
 #[test]
 fn same_seed_same_run() {
-    // Seeds 1, 4 and 13 have deaths: during recovery; cut off, then during the rebuild;
-    // with restarts and a death after a join.
-    for seed in [1, 3, 4, 13, 77, 1234] {
+    // Seeds 5, 6, 9 and 13 have deaths (cut off or killed, some twice) decided by the
+    // nodes, and joins; seeds 1 and 3 have none.
+    for seed in [1, 3, 5, 6, 9, 13] {
         let run = |seed| {
             let mut sim = Sim::new(SimConfig::from_seed(seed)).with_trace();
             sim.run();

@@ -1,0 +1,244 @@
+//! What the worlds do around a real `instance::node::Node`: build its cluster manager (its
+//! Disk Paxos knowing the epoch it starts in), hand it a disk-heartbeat round, draw the fate
+//! of a Disk Paxos write, and keep every node's I/O lease as the runtime grants it, to check
+//! fencing when a survivor begins recovering lost members. The instance world
+//! ([`crate::driver`]) uses all of it; the membership world ([`crate::membership`]), whose
+//! nodes enter through the real `Entry` and live several lives, its disk rounds only (it keeps
+//! leases and memberships per life itself).
+//!
+//! Test support: it owns no protocol decision (the node and its cluster manager decide) and
+//! never schedules anything (each world owns its clock and its events).
+
+use instance::cluster::{ClusterManager, FailureConfig};
+use instance::node::{DiskRound, SlotSeen};
+use instance::paxos::{DEFAULT_PHASE_TIMEOUT, Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosConfig};
+use instance::paxos::{PaxosIo, Proposal};
+use interconnect::sim::SimRng;
+use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A Disk Paxos block as a slot holds it.
+pub type PaxosBytes = [u8; PAXOS_BLOCK_LEN];
+
+/// Instance `n`.
+pub fn id(n: usize) -> InstanceId {
+    InstanceId::new(n as u64).expect("a small instance id")
+}
+
+/// The cluster manager of `me` among `configured`, running at `epoch` with `live`, its Disk
+/// Paxos knowing that decision and recovering its own block from `own_paxos` (as the API
+/// builds it at formation or admission).
+pub fn cluster_manager(
+    me: usize,
+    configured: InstanceSet,
+    (epoch, live): (Epoch, InstanceSet),
+    own_paxos: &PaxosBytes,
+    timings: Timings,
+    now: Timestamp,
+) -> ClusterManager {
+    let decision = Decision {
+        epoch,
+        value: Proposal {
+            members: live,
+            proposer: live.lowest().unwrap_or(id(me)),
+        },
+    };
+    let config = PaxosConfig {
+        slots: configured.len(),
+        phase_timeout: timings.phase_timeout,
+    };
+    let mut paxos = DiskPaxos::new(id(me), config, decision).expect("paxos");
+    paxos.recover_own(own_paxos).expect("own paxos block");
+    ClusterManager::new(id(me), configured, epoch, live, timings.failure, paxos, now)
+        .expect("manager")
+}
+
+/// A world's failure timings: the cluster manager's and Disk Paxos's.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// Heartbeats, disk rounds, the lease.
+    pub failure: FailureConfig,
+    /// How long a Disk Paxos phase waits for its reads.
+    pub phase_timeout: Duration,
+}
+
+impl Timings {
+    /// The runtime's defaults.
+    pub fn runtime() -> Self {
+        Self {
+            failure: FailureConfig::default(),
+            phase_timeout: DEFAULT_PHASE_TIMEOUT,
+        }
+    }
+
+    /// The runtime's defaults divided by `by` (every ratio between them kept), so a world
+    /// whose I/O and users work in microseconds handles a failure in milliseconds.
+    pub fn scaled_down(by: u32) -> Self {
+        let runtime = Self::runtime();
+        let f = runtime.failure;
+        Self {
+            failure: FailureConfig {
+                membership: interconnect::membership::MembershipConfig {
+                    heartbeat_interval: f.membership.heartbeat_interval / by,
+                    suspect_after_missed: f.membership.suspect_after_missed,
+                    down_after: f.membership.down_after / by,
+                },
+                disk_interval: f.disk_interval / by,
+                disk_timeout: f.disk_timeout / by,
+                lease: f.lease / by,
+            },
+            phase_timeout: runtime.phase_timeout / by,
+        }
+    }
+}
+
+/// A disk-heartbeat round that read every slot: `slots[i]` is instance `i`'s heartbeat
+/// counter and Paxos block; the heartbeat write began at `written_at` when it succeeded.
+/// Times are the world's global time (the boottime clock leases are checked against).
+pub fn disk_round(
+    slots: &[(u64, PaxosBytes)],
+    written_at: Option<Duration>,
+    completed_at: Duration,
+) -> DiskRound {
+    DiskRound {
+        slots: slots
+            .iter()
+            .enumerate()
+            .map(|(i, (heartbeat, paxos))| SlotSeen {
+                instance: id(i),
+                heartbeat: *heartbeat,
+                paxos: *paxos,
+            })
+            .collect(),
+        written_at,
+        all_read: true,
+        completed_at,
+    }
+}
+
+/// The fate of a Disk Paxos I/O, drawn when it is submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaxosFate {
+    /// It completes without error.
+    pub ok: bool,
+    /// A write lands on storage (a failed write may still have landed).
+    pub lands: bool,
+}
+
+/// Draws the fate of `io`: a write fails 1 in 50 (landing half of those times anyway), a
+/// read fails 1 in 100.
+pub fn paxos_fate(rng: &mut SimRng, io: &PaxosIo) -> PaxosFate {
+    match io {
+        PaxosIo::WriteOwn { .. } => {
+            let fails = rng.chance(1, 50);
+            PaxosFate {
+                ok: !fails,
+                lands: !fails || rng.chance(1, 2),
+            }
+        }
+        PaxosIo::ReadBlock { .. } => PaxosFate {
+            ok: !rng.chance(1, 100),
+            lands: false,
+        },
+    }
+}
+
+/// Every node's I/O lease as the runtime keeps it (global time): granted at start, extended
+/// by the node's `RenewLease`, revoked when it stops or dies.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    until: Vec<Duration>,
+    length: Duration,
+}
+
+impl Leases {
+    /// `n` leases of `length`, granted at `now`.
+    pub fn new(n: usize, length: Duration, now: Duration) -> Self {
+        Self {
+            until: vec![now + length; n],
+            length,
+        }
+    }
+
+    /// A new life of `node` starts with a lease granted at `now`.
+    pub fn grant(&mut self, node: usize, now: Duration) {
+        self.until[node] = now + self.length;
+    }
+
+    /// `node`'s `RenewLease { from }`.
+    pub fn renew(&mut self, node: usize, from: Duration) {
+        self.until[node] = self.until[node].max(from + self.length);
+    }
+
+    /// `node` stopped or died at `now`: it submits nothing more.
+    pub fn revoke(&mut self, node: usize, now: Duration) {
+        self.until[node] = self.until[node].min(now);
+    }
+
+    /// Whether `node` may submit or acknowledge I/O at `now`.
+    pub fn holds(&self, node: usize, now: Duration) -> bool {
+        now < self.until[node]
+    }
+
+    /// The fencing check: when `survivor` begins recovering `lost` at `now`, each one's lease
+    /// has run out, so none of their I/O is submitted or acknowledged afterwards.
+    pub fn check_recovery_start(
+        &self,
+        survivor: usize,
+        lost: InstanceSet,
+        now: Duration,
+    ) -> Result<(), String> {
+        for victim in lost.iter() {
+            let until = self.until[victim.index()];
+            if until > now {
+                return Err(format!(
+                    "n{survivor} begins recovering n{} whose lease runs to {until:?} (now {now:?})",
+                    victim.index()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every membership applied anywhere, by epoch: the check that at most one exists per
+/// epoch, ever.
+#[derive(Debug, Clone)]
+pub struct Memberships {
+    by_epoch: BTreeMap<u64, InstanceSet>,
+}
+
+impl Memberships {
+    /// The cluster formed at `epoch` with `live`.
+    pub fn new(epoch: Epoch, live: InstanceSet) -> Self {
+        Self {
+            by_epoch: BTreeMap::from([(epoch.0, live)]),
+        }
+    }
+
+    /// `node` applied `epoch` with `live`: an error if another membership of that epoch was
+    /// applied anywhere.
+    pub fn applied(&mut self, node: usize, epoch: Epoch, live: InstanceSet) -> Result<(), String> {
+        match self.by_epoch.get(&epoch.0) {
+            Some(known) if *known != live => Err(format!(
+                "epoch {} has two memberships: {known:?} and {live:?} (n{node})",
+                epoch.0
+            )),
+            _ => {
+                self.by_epoch.insert(epoch.0, live);
+                Ok(())
+            }
+        }
+    }
+
+    /// The membership of `epoch`, once applied somewhere.
+    pub fn of(&self, epoch: Epoch) -> Option<InstanceSet> {
+        self.by_epoch.get(&epoch.0).copied()
+    }
+
+    /// The newest epoch applied and its members.
+    pub fn newest(&self) -> Option<(u64, InstanceSet)> {
+        self.by_epoch.last_key_value().map(|(e, l)| (*e, *l))
+    }
+}
