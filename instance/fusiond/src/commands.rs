@@ -1290,6 +1290,15 @@ impl<S: Store> Engine<S> {
             }
             i += 1;
         }
+        if !(nx || xx || get || keepttl) {
+            // A plain SET replaces whatever is there, of any type: no need to read it.
+            let value = Value {
+                data: Data::String(args[2].clone()),
+                expires_at,
+            };
+            store_value(tx, &key, &value)?;
+            return Ok(Reply::Simple("OK"));
+        }
         let old = check!(load(tx, &key, now));
         let old_string = match &old {
             Some(Value {

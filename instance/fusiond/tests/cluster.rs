@@ -456,11 +456,13 @@ fn pipelined_writes_acknowledged_survive_kill_9() {
     let mut cluster = Cluster::create(2, "");
     cluster.start_all();
     let stop = Arc::new(AtomicBool::new(false));
+    let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut handles = Vec::new();
     for id in 0..2 {
         for c in 0..2 {
             let address = cluster.resp[id];
             let stop = stop.clone();
+            let batches = batches.clone();
             handles.push(std::thread::spawn(move || {
                 let me = format!("i{id}c{c}");
                 let counter = format!("{me}:count");
@@ -508,12 +510,19 @@ fn pipelined_writes_acknowledged_survive_kill_9() {
                             (Err(_), _) => break 'run,
                         }
                     }
+                    batches.fetch_add(1, Ordering::Relaxed);
                 }
                 (me, acked_sets, acked_count)
             }));
         }
     }
-    std::thread::sleep(Duration::from_secs(3));
+    // Killed in the middle of the load, once every client had a few batches answered.
+    let deadline = Instant::now() + common::DEADLINE;
+    while batches.load(Ordering::Relaxed) < 40 {
+        assert!(Instant::now() < deadline, "the pipelines are not answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
     for id in 0..2 {
         cluster.kill(id);
     }
