@@ -424,6 +424,7 @@ pub fn run_tool<O, E: std::fmt::Display + From<String>>(
     run_role: impl Fn(&str, &O) -> Result<(), E>,
     orchestrate: impl Fn(&O) -> Result<(), E>,
 ) -> ExitCode {
+    instance::logging::log_to_stderr("warn");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("role") => match args.get(1) {

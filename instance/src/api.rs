@@ -213,6 +213,10 @@ pub fn throttle_at_redo_usage(checkpoint_at: f64) -> f64 {
 /// fails with [`crate::redo::RedoError::RedoFull`] if the thread is still full.
 pub const REDO_SPACE_WAIT: Duration = Duration::from_secs(10);
 
+/// How often a transaction waiting for redo space nudges the checkpointer again and looks
+/// whether the instance stopped.
+const REDO_SPACE_SLICE: Duration = Duration::from_millis(50);
+
 /// What a checkpoint needs, shared by [`Instance::checkpoint`] and the background
 /// checkpointer.
 #[derive(Clone)]
@@ -263,7 +267,7 @@ impl Checkpointer {
             if self.redo.usage() >= self.at_redo_usage
                 && let Err(e) = self.run()
             {
-                eprintln!("fusion: background checkpoint: {e}");
+                tracing::warn!("background checkpoint: {e}");
             }
         }
     }
@@ -536,10 +540,14 @@ impl Instance {
             return;
         }
         let deadline = Instant::now() + REDO_SPACE_WAIT;
-        while self.redo.usage() >= throttle && self.stopped().is_none() && Instant::now() < deadline
-        {
+        // Woken when the checkpoint moves; the nudge is repeated and the stop looked at
+        // every slice, since a checkpointer that was busy may have missed the first nudge.
+        while self.stopped().is_none() && Instant::now() < deadline {
             let _ = self.checkpoint_nudge.try_send(());
-            std::thread::sleep(Duration::from_millis(1));
+            let slice = (Instant::now() + REDO_SPACE_SLICE).min(deadline);
+            if self.redo.wait_for_usage_below(throttle, slice) {
+                return;
+            }
         }
     }
 
@@ -1251,8 +1259,8 @@ impl Setting<'_> {
         if let Err(e) = paxos.recover_own(own) {
             // It still learns decisions; it cannot propose until its block is rewritten by
             // a later life. Say so: a damaged voting area needs an operator.
-            eprintln!(
-                "fusion: instance {me}: its Paxos block does not decode ({e}): it will not propose"
+            tracing::warn!(
+                "instance {me}: its Paxos block does not decode ({e}): it will not propose"
             );
         }
         Ok(paxos)
@@ -1354,11 +1362,11 @@ impl Setting<'_> {
                     let report = crate::recovery::restart(self.storage.as_ref(), self.layout)
                         .map_err(|e| StartError::Cache(format!("whole-cluster recovery: {e}")))?;
                     if report.blocks_written > 0 {
-                        eprintln!("fusion: whole-cluster recovery: {report:?}");
+                        tracing::info!("whole-cluster recovery: {report:?}");
                     }
                     for corrupt in &report.unrecoverable {
                         // Readers of it get the same error; everything else recovered.
-                        eprintln!("fusion: whole-cluster recovery could not rebuild: {corrupt}");
+                        tracing::error!("whole-cluster recovery could not rebuild: {corrupt}");
                     }
                     let highest = self.highest_paxos_epoch();
                     let epoch = highest
@@ -1455,8 +1463,8 @@ impl Setting<'_> {
             }
             if let Some(entry) = entered {
                 if early_dropped > 0 {
-                    eprintln!(
-                        "fusion: instance {me}: {early_dropped} frames that came before the admission were past the bound and dropped"
+                    tracing::warn!(
+                        "instance {me}: {early_dropped} frames that came before the admission were past the bound and dropped"
                     );
                 }
                 return Ok((entry, connected, early));

@@ -74,6 +74,7 @@ pub mod cluster;
 mod commit;
 pub mod config;
 pub mod core;
+pub mod logging;
 pub mod node;
 pub mod paxos;
 pub mod runtime;

@@ -700,7 +700,7 @@ impl<T: Transport> Driver<T> {
                 self.node
                     .handle_frame(header.source, header.epoch, header.service, &body, now)
             {
-                eprintln!("fusion: {e}");
+                tracing::warn!("frame from instance {}: {e}", header.source);
             }
         }
         loop {
@@ -819,8 +819,8 @@ impl<T: Transport> Driver<T> {
                     let me = self.node.id();
                     match &event {
                         InstanceEvent::Reconfigured { epoch, live, lost } => {
-                            eprintln!(
-                                "fusion: instance {me}: epoch {} with members {:?} (lost {:?})",
+                            tracing::info!(
+                                "instance {me}: epoch {} with members {:?} (lost {:?})",
                                 epoch.0,
                                 live.iter().map(|i| i.index()).collect::<Vec<_>>(),
                                 lost.iter().map(|i| i.index()).collect::<Vec<_>>()
@@ -828,13 +828,13 @@ impl<T: Transport> Driver<T> {
                             self.unconnected.retain(|peer, _| live.contains(*peer));
                         }
                         InstanceEvent::Recovered { epoch, .. } => {
-                            eprintln!("fusion: instance {me}: recovery for epoch {} done", epoch.0);
+                            tracing::info!("instance {me}: recovery for epoch {} done", epoch.0);
                         }
                         InstanceEvent::Unrecoverable { detail, .. } => {
-                            eprintln!("fusion: instance recovery: {detail}");
+                            tracing::error!("instance recovery: {detail}");
                         }
                         InstanceEvent::Stopped { reason } => {
-                            eprintln!("fusion: instance {me} stops: {reason}");
+                            tracing::error!("instance {me} stops: {reason}");
                         }
                         _ => {}
                     }
@@ -874,7 +874,7 @@ impl<T: Transport> Driver<T> {
             Command::Release { block, mode, dirty } => {
                 // The transaction's commit is appended, maybe not durable (early release).
                 if let Err(e) = self.node.release_appended(block, mode, dirty, now) {
-                    eprintln!("fusion: release of {block}: {e}");
+                    tracing::warn!("release of {block}: {e}");
                 }
             }
             Command::Lock {
@@ -889,7 +889,7 @@ impl<T: Transport> Driver<T> {
             }
             Command::Unlock { name, value } => {
                 if let Err(e) = self.node.unlock(name, value, now) {
-                    eprintln!("fusion: unlock of {name:?}: {e}");
+                    tracing::warn!("unlock of {name:?}: {e}");
                 }
             }
             Command::RedoDurable { scn } => self.node.handle_redo_durable(scn, now),
@@ -947,8 +947,8 @@ impl<T: Transport> Driver<T> {
             } => {
                 if let Err(e) = &result {
                     // Nothing is lost: recovery waits out their lease instead.
-                    eprintln!(
-                        "fusion: instance {}: preempting {:?} failed ({e}); waiting out their lease",
+                    tracing::warn!(
+                        "instance {}: preempting {:?} failed ({e}); waiting out their lease",
                         self.node.id(),
                         lost.iter().map(|i| i.index()).collect::<Vec<_>>()
                     );
@@ -982,7 +982,7 @@ impl<T: Transport> Driver<T> {
     fn poll_transport(&mut self, timeout: Duration) -> bool {
         let mut events = std::mem::take(&mut self.events);
         if let Err(e) = self.transport.poll(&mut events, timeout) {
-            eprintln!("fusion: transport: {e}");
+            tracing::warn!("transport: {e}");
         }
         let any = !events.is_empty();
         let now = self.now();
@@ -998,7 +998,7 @@ impl<T: Transport> Driver<T> {
                         &body,
                         now,
                     ) {
-                        eprintln!("fusion: {e}");
+                        tracing::warn!("frame from instance {}: {e}", header.source);
                     }
                 }
                 TransportEvent::LandingRefused {
@@ -1006,8 +1006,8 @@ impl<T: Transport> Driver<T> {
                     body,
                     reason,
                 } => {
-                    eprintln!(
-                        "fusion: a block from instance {} was refused by its frame: {reason}",
+                    tracing::warn!(
+                        "a block from instance {} was refused by its frame: {reason}",
                         header.source
                     );
                     let _ =
@@ -1024,12 +1024,12 @@ impl<T: Transport> Driver<T> {
                 }
                 TransportEvent::PeerDisconnected { peer, reason } => {
                     if self.node.live().contains(peer) {
-                        eprintln!("fusion: connection to instance {peer} lost: {reason}");
+                        tracing::warn!("connection to instance {peer} lost: {reason}");
                     }
                     self.node.handle_disconnected(peer, now);
                 }
                 TransportEvent::Refused { peer, error } => {
-                    eprintln!("fusion: connection refused ({peer:?}): {error}");
+                    tracing::warn!("connection refused ({peer:?}): {error}");
                 }
             }
         }
@@ -1192,7 +1192,7 @@ impl<T: Transport> Driver<T> {
                     self.unconnected.entry(peer).or_default().push(send);
                 }
             }
-            Err(e) => eprintln!("fusion: send to instance {}: {e}", send.to),
+            Err(e) => tracing::warn!("send to instance {}: {e}", send.to),
         }
     }
 }
@@ -1222,7 +1222,7 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
     let mut staging = match AlignedBuf::new(block_size, 4096) {
         Ok(buf) => buf,
         Err(e) => {
-            eprintln!("fusion: I/O thread cannot allocate its buffer: {e}");
+            tracing::error!("I/O thread cannot allocate its buffer: {e}");
             return;
         }
     };
@@ -1421,7 +1421,7 @@ fn checkpoint_io(
                         .map_or(true, |header| header.scn < scn)
                 }),
                 // Nothing could be checked: every block counts as missing.
-                Err(e) => eprintln!("fusion: checkpoint: {e}"),
+                Err(e) => tracing::warn!("checkpoint: {e}"),
             }
             Command::PreviousLifeChecked { missing: blocks }
         }

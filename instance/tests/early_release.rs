@@ -14,11 +14,6 @@ use instance::format::{self, ClusterSpec};
 use interconnect::ClusterId;
 use std::sync::Arc;
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// Starts `n` instances over a new shared file with `ship_policy`.
 fn start(n: u16, ship_policy: &str) -> (Vec<Arc<Instance>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +32,7 @@ fn start(n: u16, ship_policy: &str) -> (Vec<Arc<Instance>>, tempfile::TempDir) {
     for i in 0..n {
         members.push_str(&format!(
             "  {{ id = {i}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
-            free_port()
+            interconnect::loopback::unused_port().expect("a free loopback port")
         ));
     }
     let starting: Vec<_> = (0..n)

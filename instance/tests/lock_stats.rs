@@ -14,11 +14,6 @@ use interconnect::ClusterId;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// Two instances over one new shared file.
 fn start_two(dir: &std::path::Path) -> Vec<Arc<Instance>> {
     let storage = dir.join("cluster.fusion");
@@ -30,7 +25,7 @@ fn start_two(dir: &std::path::Path) -> Vec<Arc<Instance>> {
         .map(|id| {
             format!(
                 "  {{ id = {id}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
-                free_port()
+                interconnect::loopback::unused_port().expect("a free loopback port")
             )
         })
         .collect();

@@ -9,11 +9,6 @@ use instance::config::InstanceConfig;
 use instance::format::{self, ClusterSpec};
 use interconnect::ClusterId;
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 #[test]
 fn back_to_back_commits_wait_for_redo_space_instead_of_failing() {
     let dir = tempfile::tempdir().unwrap();
@@ -34,7 +29,7 @@ fn back_to_back_commits_wait_for_redo_space_instead_of_failing() {
         "instance = 0\n\n[cluster]\nid = {cluster}\nsecret = \"redo-space-test-secret-for-loopback\"\nallow_inline_secret = true\n\
          instances = [\n  {{ id = 0, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n]\n\n\
          [storage]\npath = {:?}\n\n[cache]\nframes = 1024\n",
-        free_port(),
+        interconnect::loopback::unused_port().expect("a free loopback port"),
         storage.display().to_string()
     );
     let config = InstanceConfig::parse(&text, &dir.path().join("instance-0.toml")).unwrap();

@@ -19,11 +19,6 @@ use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// Two instance configurations over a new shared file in `dir`.
 fn configs(dir: &Path) -> Vec<InstanceConfig> {
     let storage = dir.join("cluster.fusion");
@@ -35,7 +30,7 @@ fn configs(dir: &Path) -> Vec<InstanceConfig> {
         .map(|id| {
             format!(
                 "  {{ id = {id}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
-                free_port()
+                interconnect::loopback::unused_port().expect("a free loopback port")
             )
         })
         .collect();

@@ -26,6 +26,7 @@ pub mod frame;
 pub mod frame_mac;
 pub mod handshake;
 mod ids;
+pub mod loopback;
 pub mod membership;
 pub mod region;
 pub mod transport;

@@ -8,6 +8,15 @@
 // Test helpers unwrap: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/conformance.rs"]
+#[allow(
+    dead_code,
+    reason = "the suite's helpers; these tests use its pump and deadline"
+)]
+mod conformance;
+
+use conformance::pump;
+
 use interconnect::frame::{HEADER_LEN, payload_crc};
 use interconnect::frame_mac::FRAME_MAC_LEN;
 use interconnect::handshake::RECORD_LEN;
@@ -20,10 +29,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Generous: CI shares two noisy cores.
-const DEADLINE: Duration = Duration::from_secs(30);
 const SECRET: &[u8; 32] = b"frame-mac-tests-secret-of-32-byt";
 const BLOCK: usize = 8192;
 const FRAMES: u32 = 4;
@@ -170,25 +177,6 @@ impl Drop for Proxy {
             let _ = thread.join();
         }
     }
-}
-
-/// Polls both until `done` says so, collecting each side's events.
-fn pump(
-    a: &mut TcpTransport,
-    b: &mut TcpTransport,
-    mut done: impl FnMut(&[TransportEvent], &[TransportEvent]) -> bool,
-) -> (Vec<TransportEvent>, Vec<TransportEvent>) {
-    let (mut ea, mut eb) = (Vec::new(), Vec::new());
-    let start = Instant::now();
-    while !done(&ea, &eb) {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out; a: {ea:?}\nb: {eb:?}"
-        );
-        a.poll(&mut ea, Duration::from_millis(1)).unwrap();
-        b.poll(&mut eb, Duration::from_millis(1)).unwrap();
-    }
-    (ea, eb)
 }
 
 fn connections(events: &[TransportEvent]) -> usize {

@@ -5,6 +5,15 @@
 // Test helpers unwrap: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/conformance.rs"]
+#[allow(
+    dead_code,
+    reason = "the suite's helpers; these tests use its pump and deadline"
+)]
+mod conformance;
+
+use conformance::{DEADLINE, pump};
+
 use interconnect::membership::{Membership, MembershipConfig, MembershipEvent};
 use interconnect::tcp::{TcpConfig, TcpTransport};
 use interconnect::{
@@ -13,9 +22,6 @@ use interconnect::{
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// Generous: CI shares two noisy cores.
-const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The cluster secret of these tests (32 bytes, the least the transport accepts).
 const SECRET: &[u8; 32] = b"tcp-transport-tests-secret-32-by";
@@ -50,25 +56,6 @@ fn pair(secret_1: &[u8], cluster_1: u64) -> (TcpTransport, TcpTransport) {
     let addr = zero.local_addr().unwrap();
     let one = transport(cluster_1, 1, vec![(id(0), addr)], secret_1);
     (zero, one)
-}
-
-/// Polls both until `done` says so, collecting each side's events.
-fn pump(
-    a: &mut TcpTransport,
-    b: &mut TcpTransport,
-    mut done: impl FnMut(&[TransportEvent], &[TransportEvent]) -> bool,
-) -> (Vec<TransportEvent>, Vec<TransportEvent>) {
-    let (mut ea, mut eb) = (Vec::new(), Vec::new());
-    let start = Instant::now();
-    while !done(&ea, &eb) {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out; a: {ea:?}\nb: {eb:?}"
-        );
-        a.poll(&mut ea, Duration::from_millis(1)).unwrap();
-        b.poll(&mut eb, Duration::from_millis(1)).unwrap();
-    }
-    (ea, eb)
 }
 
 fn connected(events: &[TransportEvent]) -> bool {

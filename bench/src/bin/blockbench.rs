@@ -351,19 +351,13 @@ fn setup_cluster(
     if layout.data_blocks <= BLOCK {
         return Err(format!("the cluster holds only {} data blocks", layout.data_blocks).into());
     }
-    // Both ports are held while the other is picked, so they differ.
-    let listeners = [
-        std::net::TcpListener::bind("127.0.0.1:0")?,
-        std::net::TcpListener::bind("127.0.0.1:0")?,
-    ];
     let mut members = String::new();
-    for (n, listener) in listeners.iter().enumerate() {
+    for n in 0..2 {
         members.push_str(&format!(
             "  {{ id = {n}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
-            listener.local_addr()?.port()
+            interconnect::loopback::unused_port()?
         ));
     }
-    drop(listeners);
     let transport = match rdma {
         Some(d) => format!(
             "kind = \"rdma\"\ndevice = {:?}\nport = {}\ngid_index = {}\n",

@@ -104,12 +104,6 @@ struct Outcome {
     latency: LatencySummary,
 }
 
-fn free_port() -> Result<u16, Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Formats a fresh shared file in `dir` and starts the instances on it.
 fn start(o: &Options, policy: &str, dir: &Path) -> Result<Vec<Arc<Instance>>, Error> {
     std::fs::create_dir_all(dir)?;
@@ -134,7 +128,7 @@ fn start(o: &Options, policy: &str, dir: &Path) -> Result<Vec<Arc<Instance>>, Er
     for i in 0..n {
         members.push_str(&format!(
             "  {{ id = {i}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
-            free_port()?
+            interconnect::loopback::unused_port()?
         ));
     }
     let mut starting = Vec::new();
@@ -280,6 +274,7 @@ fn run_policy(o: &Options, policy: &str) -> Result<Outcome, Error> {
 }
 
 fn main() -> ExitCode {
+    instance::logging::log_to_stderr("warn");
     let o = match parse_args() {
         Ok(o) => o,
         Err(e) => {

@@ -284,18 +284,13 @@ fn setup_cluster(
     if layout.data_blocks < data_blocks {
         return Err(format!("the cluster holds only {} data blocks", layout.data_blocks).into());
     }
-    // Every port is held while the others are picked, so they differ.
-    let listeners = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
     let mut members = String::new();
-    for (n, listener) in listeners.iter().enumerate() {
+    for n in 0..count {
         members.push_str(&format!(
             "  {{ id = {n}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
-            listener.local_addr()?.port()
+            interconnect::loopback::unused_port()?
         ));
     }
-    drop(listeners);
     let frames = options.frames;
     let mut paths = Vec::new();
     for n in 0..count {

@@ -475,6 +475,10 @@ const char *fusion_strerror(int code);
  * leaves does not kill the process (the write then fails with `EPIPE` and is handled). A
  * handler the application installed is left alone.
  *
+ * The instance logs membership changes, recoveries and problems with `tracing`: unless the
+ * process has set a global `tracing` subscriber, this call sets one that writes warnings and
+ * above to stderr (`RUST_LOG`, e.g. `RUST_LOG=info`, changes that).
+ *
  * On success `*out` is a new handle that the caller owns: release it with `fusion_free`
  * after `fusion_close`. On failure `*out` is set to NULL.
  *

@@ -85,6 +85,10 @@ pub(crate) unsafe fn shared_of(inst: *const fusion_instance) -> Result<Arc<Share
 /// leaves does not kill the process (the write then fails with `EPIPE` and is handled). A
 /// handler the application installed is left alone.
 ///
+/// The instance logs membership changes, recoveries and problems with `tracing`: unless the
+/// process has set a global `tracing` subscriber, this call sets one that writes warnings and
+/// above to stderr (`RUST_LOG`, e.g. `RUST_LOG=info`, changes that).
+///
 /// On success `*out` is a new handle that the caller owns: release it with `fusion_free`
 /// after `fusion_close`. On failure `*out` is set to NULL.
 ///
@@ -111,6 +115,7 @@ pub unsafe extern "C" fn fusion_open(
         let config = InstanceConfig::load(Path::new(std::ffi::OsStr::from_bytes(path.to_bytes())))?;
         let started_with = config.instances();
         ignore_default_sigpipe();
+        instance::logging::log_to_stderr("warn");
         let instance = Instance::start(config)?;
         let handle = Box::new(fusion_instance {
             open: RwLock::new(Some(Arc::new(Shared {

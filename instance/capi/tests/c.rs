@@ -83,15 +83,6 @@ fn compile(source: &str, dir: &Path) -> PathBuf {
     exe
 }
 
-/// A free loopback port (bound, then released for the instance).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A shared file for `n` instances in `dir` and one configuration per instance. The
 /// heartbeat grace is long: under valgrind every thread of an instance runs many times
 /// slower, and no test here is about failure detection.
@@ -110,7 +101,7 @@ fn cluster(dir: &Path, n: u16) -> Vec<PathBuf> {
         .map(|id| {
             format!(
                 "  {{ id = {id}, address = \"127.0.0.1:{}\" }},\n",
-                free_port()
+                interconnect::loopback::unused_port().expect("a free loopback port")
             )
         })
         .collect();

@@ -8,7 +8,9 @@
 //!
 //! `WATCH` remembers a digest of each watched key's stored bytes; `EXEC` compares them
 //! inside its transaction (which holds the keys), so a change between `WATCH` and `EXEC`
-//! aborts it. A change that restores the same bytes is not seen (Redis would see it).
+//! aborts it. Every write stores a new write stamp ([`crate::value`]), so a write of the
+//! same value is a change too, as in Redis. A key absent at `WATCH` that is created and
+//! deleted again before `EXEC` is not seen (Redis would see it).
 
 use crate::metrics::Metrics;
 use crate::resp::{Protocol, Reply};
@@ -1830,6 +1832,13 @@ mod tests {
             Reply::Error("EXECABORT Transaction discarded because of previous errors.".into())
         );
         assert_eq!(run(&e, a, "EXEC"), Reply::err("EXEC without MULTI"));
+        // A write of the very same value is a change: Redis aborts, so must we.
+        assert_eq!(run(&e, a, "WATCH x"), Reply::Simple("OK"));
+        assert_eq!(run(&e, b, "SET x 3"), Reply::Simple("OK"));
+        assert_eq!(run(&e, a, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, a, "SET x mine"), Reply::Simple("QUEUED"));
+        assert_eq!(run(&e, a, "EXEC"), Reply::NullArray);
+        assert_eq!(run(&e, a, "GET x"), bulk("3"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use instance::format::{self, ClusterSpec};
 use interconnect::ClusterId;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -96,12 +96,9 @@ impl ClusterOptions {
     }
 }
 
-/// A port free now on loopback.
+/// A loopback port free now that this process has not handed out before.
 pub fn free_port() -> Result<u16, LocalError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(io("binding a loopback port"))
+    interconnect::loopback::unused_port().map_err(io("finding a free loopback port"))
 }
 
 fn loopback() -> Result<SocketAddr, LocalError> {

@@ -6,8 +6,9 @@
 //!
 //! * Key: one byte, the database number (`SELECT`, 0..16), then the client's key. Each
 //!   database is one contiguous key range, so `SCAN`, `KEYS` and `DBSIZE` scan one range.
-//! * Value: a type tag (1 string, 2 hash), the expiry time as unix milliseconds (u64 little
-//!   endian, 0 when the key does not expire), then the payload. A string's payload is its
+//! * Value: a type tag (3 string, 4 hash), the expiry time as unix milliseconds (u64 little
+//!   endian, 0 when the key does not expire), a write stamp (u64, different for every write:
+//!   `WATCH` sees a write that stores the same bytes again, as Redis does), then the payload. A string's payload is its
 //!   bytes. A hash is one value holding all its fields, sorted by field: for each field a u32
 //!   length, the field, a u32 length and the value (little endian). One value per hash keeps
 //!   a hash write one KV put and a hash atomic with its expiry; the KV layer's value limit
@@ -16,9 +17,28 @@
 /// Databases selectable with `SELECT`.
 pub const DATABASES: u8 = 16;
 
-const TAG_STRING: u8 = 1;
-const TAG_HASH: u8 = 2;
-const HEADER: usize = 9;
+// Tags 1 and 2 were the same values without a write stamp; they are refused as unknown.
+const TAG_STRING: u8 = 3;
+const TAG_HASH: u8 = 4;
+const HEADER: usize = 17;
+
+/// A stamp no other write of any instance carries: a random start drawn once per process,
+/// then counting up (two processes' runs of 2^64 stamps overlap with negligible chance).
+fn next_write_stamp() -> u64 {
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU64> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| {
+        let mut seed = [0u8; 8];
+        // Without the system's randomness, the clock still separates processes.
+        if getrandom::fill(&mut seed).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            seed = (nanos ^ (u64::from(std::process::id()) << 40)).to_le_bytes();
+        }
+        std::sync::atomic::AtomicU64::new(u64::from_le_bytes(seed))
+    })
+    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The KV key of `key` in database `db`.
 pub fn kv_key(db: u8, key: &[u8]) -> Vec<u8> {
@@ -73,7 +93,7 @@ impl Value {
         }
     }
 
-    /// The stored bytes.
+    /// The stored bytes, with a fresh write stamp.
     pub fn encode(&self) -> Vec<u8> {
         let (tag, size) = match &self.data {
             Data::String(s) => (TAG_STRING, s.len()),
@@ -85,6 +105,7 @@ impl Value {
         let mut out = Vec::with_capacity(HEADER + size);
         out.push(tag);
         out.extend_from_slice(&self.expires_at.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&next_write_stamp().to_le_bytes());
         match &self.data {
             Data::String(s) => out.extend_from_slice(s),
             Data::Hash(fields) => {
@@ -103,7 +124,8 @@ impl Value {
     /// Decodes stored bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, Corrupt> {
         let (&tag, rest) = bytes.split_first().ok_or(Corrupt("empty"))?;
-        let (expiry, payload) = rest.split_at_checked(8).ok_or(Corrupt("short header"))?;
+        let (expiry, stamped) = rest.split_at_checked(8).ok_or(Corrupt("short header"))?;
+        let (_stamp, payload) = stamped.split_at_checked(8).ok_or(Corrupt("short header"))?;
         let mut at_bytes = [0u8; 8];
         at_bytes.copy_from_slice(expiry);
         let at = u64::from_le_bytes(at_bytes);
@@ -246,8 +268,30 @@ mod tests {
         assert_eq!(Value::decode(&hash.encode()).unwrap(), hash);
         let s = Value::string(b"hello".to_vec());
         assert_eq!(Value::decode(&s.encode()).unwrap(), s);
-        assert!(Value::decode(&[9, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
-        assert!(Value::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, b'a']).is_err());
+        let header = |tag: u8| {
+            let mut bytes = vec![tag];
+            bytes.extend_from_slice(&[0; 16]);
+            bytes
+        };
+        assert!(Value::decode(&header(9)).is_err());
+        assert!(
+            Value::decode(&header(TAG_STRING)[..9]).is_err(),
+            "short header"
+        );
+        let mut short_field = header(TAG_HASH);
+        short_field.extend_from_slice(&[5, 0, 0, 0, b'a']);
+        assert!(Value::decode(&short_field).is_err());
+    }
+
+    #[test]
+    fn every_write_of_the_same_value_stores_different_bytes() {
+        let s = Value::string(b"same".to_vec());
+        let (first, second) = (s.encode(), s.encode());
+        assert_ne!(first, second, "WATCH must see a rewrite of the same value");
+        assert_eq!(
+            Value::decode(&first).unwrap(),
+            Value::decode(&second).unwrap()
+        );
     }
 
     #[test]

@@ -22,6 +22,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// `println!` that gives up quietly when stdout is closed (`fusionctl status | head`):
+/// `println!` panics on a broken pipe, and Rust programs ignore SIGPIPE.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Operator commands for a Fusion cluster.
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -119,7 +128,7 @@ fn create(path: PathBuf, spec: ClusterSpec, force: bool) -> Result<(), String> {
     let info = storage::open(&path, &StorageOptions::default())
         .map(|s| s.info().to_string())
         .unwrap_or_else(|e| format!("(cannot reopen: {e})"));
-    println!(
+    out!(
         "created cluster {} on {}\n  storage I/O: {}\n  block size {} bytes, {} data blocks at offset {:#x}\n  {} instance slots; redo threads of {} MiB at offset {:#x}",
         layout.cluster_id,
         path.display(),
@@ -197,7 +206,7 @@ fn gen_secret(out: &std::path::Path, bytes: usize, force: bool) -> Result<(), St
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("{}: {e}", out.display()))?;
-    println!(
+    out!(
         "wrote a {}-byte secret to {} (mode 0600)",
         bytes,
         out.display()
@@ -265,7 +274,7 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
         .as_ref()
         .map(|p| p.as_bytes().to_vec());
     let bound = config.serve.transfer_p99_alert;
-    println!(
+    out!(
         "cluster {:016x}: {configured} members configured",
         config.cluster_id.0
     );
@@ -283,7 +292,7 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
         let info = match ask(address, password.as_deref()) {
             Ok(info) => info,
             Err(e) => {
-                println!("instance {}: unreachable at {address} ({e})", member.id);
+                out!("instance {}: unreachable at {address} ({e})", member.id);
                 alerts.push(format!(
                     "member_down (critical): instance {} unreachable",
                     member.id
@@ -294,7 +303,7 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
         let get = |k: &str| info.get(k).cloned().unwrap_or_else(|| "?".into());
         let epoch = get("epoch");
         epochs.push(epoch.clone());
-        println!(
+        out!(
             "instance {}: up at {address}, epoch {epoch}, members up {}/{}, clients {}",
             member.id,
             get("members_up"),
@@ -342,7 +351,7 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
                 ));
             }
         }
-        println!("{}", transfers.trim_end_matches(';'));
+        out!("{}", transfers.trim_end_matches(';'));
         let latency = |key: &str| -> String {
             let fields: BTreeMap<&str, &str> = info
                 .get(key)
@@ -356,7 +365,7 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
                 field("p99_us")
             )
         };
-        println!(
+        out!(
             "  redo: {}% of {} bytes used, checkpoint age {} ms, {} commits in {} writes ({} log \
              blocks), syncs {}, {} commits refused full; storage: {} reads, {} writes",
             get("redo_used_percent"),
@@ -370,7 +379,7 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
             get("storage_reads"),
             get("storage_writes"),
         );
-        println!(
+        out!(
             "  cache: {} hits, {} misses, {} evictions; blocks mastered {}; enqueue waits {}, \
              {} conflicts queued here, {} timeouts, {} deadlock victims",
             get("cache_hits"),
@@ -409,7 +418,7 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
                 step("last_failure_reconfigured_to_recovered_ms"),
             )
         };
-        println!(
+        out!(
             "  recovery: {} started, {} done, {} blocks rebuilt, running {}; last failure: \
              {last_failure}",
             get("recoveries_started"),
@@ -443,12 +452,12 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
         ));
     }
     if alerts.is_empty() {
-        println!("healthy: no alerts");
+        out!("healthy: no alerts");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("alerts:");
+        out!("alerts:");
         for alert in &alerts {
-            println!("  {alert}");
+            out!("  {alert}");
         }
         Ok(ExitCode::FAILURE)
     }

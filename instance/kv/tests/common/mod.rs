@@ -19,11 +19,6 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// Starts `n` instances over one new shared file of `blocks` data blocks and opens the KV
 /// store on each (all at once, as concurrent first opens).
 pub fn start(n: u16, blocks: u64, config: KvConfig) -> Cluster {
@@ -43,7 +38,7 @@ pub fn start(n: u16, blocks: u64, config: KvConfig) -> Cluster {
     for id in 0..n {
         members.push_str(&format!(
             "  {{ id = {id}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
-            free_port()
+            interconnect::loopback::unused_port().expect("a free loopback port")
         ));
     }
     let configs: Vec<InstanceConfig> = (0..n)

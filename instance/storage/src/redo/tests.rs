@@ -68,6 +68,25 @@ fn open_life(
     (writer, end)
 }
 
+/// A new thread 0 of [`THREAD_SIZE`] on seeded faulty storage and its first life's writer.
+fn first_life(
+    seed: u64,
+) -> (
+    Arc<FaultyStorage>,
+    RedoThreadLocation,
+    Vec<Life>,
+    RedoWriter,
+) {
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(seed),
+    ));
+    let t = thread(0, THREAD_SIZE);
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
+    (faulty, t, lives, writer)
+}
+
 /// Storage whose n-th durable write is written but not synced, then fails: the redo write in
 /// flight at a crash.
 #[derive(Debug)]
@@ -175,13 +194,7 @@ fn acknowledged_commits_survive_a_crash_mid_write() {
 
 #[test]
 fn the_ring_is_reused_up_to_the_checkpoint_and_never_past_it() {
-    let faulty = Arc::new(FaultyStorage::new(
-        FaultConfig::new(THREAD_SIZE),
-        SimRng::new(1),
-    ));
-    let t = thread(0, THREAD_SIZE);
-    let mut lives = Vec::new();
-    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
+    let (faulty, t, lives, writer) = first_life(1);
     let mut scn = 0;
     let mut since_checkpoint = Vec::new();
     let mut checkpoint = 1;
@@ -215,13 +228,7 @@ fn the_ring_is_reused_up_to_the_checkpoint_and_never_past_it() {
 /// grows to the refusal, a checkpoint at the end empties the thread and resets its age.
 #[test]
 fn stats_follow_fullness_syncs_and_the_checkpoint() {
-    let faulty = Arc::new(FaultyStorage::new(
-        FaultConfig::new(THREAD_SIZE),
-        SimRng::new(2),
-    ));
-    let t = thread(0, THREAD_SIZE);
-    let mut lives = Vec::new();
-    let (writer, _) = open_life(faulty, t, 1, &mut lives);
+    let (_, _, _, writer) = first_life(2);
     let empty = writer.stats();
     assert_eq!(empty.thread_bytes, THREAD_SIZE);
     assert_eq!(empty.used_bytes, 0);
@@ -258,15 +265,36 @@ fn stats_follow_fullness_syncs_and_the_checkpoint() {
     assert_eq!(checkpointed.full_refusals, 1);
 }
 
+/// A committer waiting for space is woken by the checkpoint that frees it, and a wait that
+/// nothing frees ends at its deadline saying so.
+#[test]
+fn waiting_for_space_ends_when_the_checkpoint_moves() {
+    let (_, _, _, writer) = first_life(3);
+    let mut scn = 0;
+    while writer.usage() < 0.5 {
+        scn += 1;
+        writer.commit(&[record(scn, 1, 6000)]).unwrap();
+    }
+    let soon = std::time::Instant::now() + std::time::Duration::from_millis(20);
+    assert!(
+        !writer.wait_for_usage_below(0.5, soon),
+        "nothing freed space"
+    );
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            writer.wait_for_usage_below(0.5, deadline)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        writer.set_checkpoint(writer.next_sequence()).unwrap();
+        assert!(waiter.join().unwrap(), "woken with the space freed");
+    });
+    assert!(writer.usage() < 0.5);
+}
+
 #[test]
 fn damaged_durable_redo_is_reported_by_location_not_skipped() {
-    let faulty = Arc::new(FaultyStorage::new(
-        FaultConfig::new(THREAD_SIZE),
-        SimRng::new(2),
-    ));
-    let t = thread(0, THREAD_SIZE);
-    let mut lives = Vec::new();
-    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
+    let (faulty, t, lives, writer) = first_life(2);
     for scn in 1..=5 {
         writer.commit(&[record(scn, 1, 100)]).unwrap();
     }
@@ -331,13 +359,7 @@ impl SharedStorage for LandsDuringTheRead {
 
 #[test]
 fn a_block_that_lands_while_a_live_thread_is_read_is_read_again_not_called_corrupt() {
-    let faulty = Arc::new(FaultyStorage::new(
-        FaultConfig::new(THREAD_SIZE),
-        SimRng::new(3),
-    ));
-    let t = thread(0, THREAD_SIZE);
-    let mut lives = Vec::new();
-    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
+    let (faulty, t, lives, writer) = first_life(3);
     for scn in 1..=5 {
         writer.commit(&[record(scn, 1, 100)]).unwrap();
     }
@@ -360,13 +382,7 @@ fn a_block_that_lands_while_a_live_thread_is_read_is_read_again_not_called_corru
 
 #[test]
 fn a_foreign_thread_reads_as_empty() {
-    let faulty = Arc::new(FaultyStorage::new(
-        FaultConfig::new(THREAD_SIZE),
-        SimRng::new(3),
-    ));
-    let t = thread(0, THREAD_SIZE);
-    let mut lives = Vec::new();
-    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
+    let (faulty, t, lives, writer) = first_life(3);
     writer.commit(&[record(1, 1, 100)]).unwrap();
     let mut other = t;
     other.instance = InstanceId::new(2).unwrap();
@@ -501,13 +517,7 @@ fn group_commit_shares_syncs_on_the_io_uring_redo_ring() {
 /// `durable_scn` covers exactly the waited batches.
 #[test]
 fn appended_commits_are_stamped_in_stream_order_and_durable_once_waited() {
-    let faulty = Arc::new(FaultyStorage::new(
-        FaultConfig::new(THREAD_SIZE),
-        SimRng::new(9),
-    ));
-    let t = thread(0, THREAD_SIZE);
-    let mut lives = Vec::new();
-    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
+    let (faulty, t, lives, writer) = first_life(9);
     let clock = AtomicU64::new(100);
     let stamp = || Scn(clock.fetch_add(1, Ordering::SeqCst) + 1);
     // Records carrying SCNs out of order: the stamp replaces them.

@@ -237,6 +237,8 @@ pub struct RedoWriter {
     config: GroupCommitConfig,
     state: Mutex<State>,
     batch_done: Condvar,
+    /// Notified (with `state`) when the checkpoint moves: space was freed.
+    space_freed: Condvar,
     durable_batch: AtomicU64,
     /// [`RedoWriter::durable_scn`].
     durable_scn: AtomicU64,
@@ -335,6 +337,7 @@ impl RedoWriter {
                 oldest_past_checkpoint: (end.next_sequence > checkpoint).then(Instant::now),
             }),
             batch_done: Condvar::new(),
+            space_freed: Condvar::new(),
             durable_batch: AtomicU64::new(0),
             durable_scn: AtomicU64::new(0),
             leader_busy: AtomicBool::new(false),
@@ -429,7 +432,20 @@ impl RedoWriter {
         // Redo between the new checkpoint and the end was written after the checkpoint
         // began: dated from now (at most that much younger than it is).
         st.oldest_past_checkpoint = (sequence < st.next_sequence).then(Instant::now);
+        self.space_freed.notify_all();
         Ok(())
+    }
+
+    /// Waits until [`RedoWriter::usage`] is below `usage` or `deadline` passes, woken when
+    /// the checkpoint moves; says whether it is below.
+    pub fn wait_for_usage_below(&self, usage: f64, deadline: Instant) -> bool {
+        let mut st = self.state.lock();
+        while self.usage() >= usage {
+            if self.space_freed.wait_until(&mut st, deadline).timed_out() {
+                return self.usage() < usage;
+            }
+        }
+        true
     }
 
     /// Makes `records` durable as one atomic commit, with the SCNs they carry; returns once
