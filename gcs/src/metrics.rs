@@ -58,6 +58,18 @@ impl Histogram {
         Duration::from_nanos(u64::try_from(self.sum / u128::from(self.count)).unwrap_or(u64::MAX))
     }
 
+    /// Sum of the values recorded.
+    pub fn sum(&self) -> Duration {
+        let nanos = u64::try_from(self.sum).unwrap_or(u64::MAX);
+        Duration::from_nanos(nanos)
+    }
+
+    /// The counts by bucket: `(i, n)` for bucket `i`, which holds the `n` values in
+    /// `[2^(i-1), 2^i)` nanoseconds (bucket 0: zero), for exporting the distribution.
+    pub fn buckets(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        (0u32..).zip(self.buckets.iter().copied())
+    }
+
     /// Smallest value, zero if empty.
     pub fn min(&self) -> Duration {
         Duration::from_nanos(if self.count == 0 { 0 } else { self.min })

@@ -2,14 +2,19 @@
 //!
 //! This module owns fusiond's metric registry (an explicit `prometheus-client` registry, no
 //! globals): the KV command and client metrics it records itself, and the instance's own
-//! counters copied from [`instance::api::Instance::stats`] at each scrape. Health rules are
+//! counters, gauges and latency histograms, one family each (`fusion_redo_commits_total`,
+//! `fusion_block_acquisition_seconds{kind}`, ...), copied from
+//! [`instance::api::Instance::stats`] at each scrape. Health rules are
 //! exported as `fusion_alert{alert,severity}` gauges (1 firing, 0 not), so an operator's
 //! Prometheus pages on them with one rule. It must never block the instance: a scrape reads
 //! a snapshot of the stats; and the HTTP side reads one bounded request per connection.
 
 use gcs::TransferKind;
 use instance::api::Instance;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,7 +24,6 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 type Labels = Vec<(&'static str, String)>;
@@ -34,8 +38,126 @@ pub const KINDS: [(&str, Option<TransferKind>); 5] = [
     ("upgrade", Some(TransferKind::Upgrade)),
 ];
 
-/// Quantiles exported for latencies.
-const QUANTILES: [(&str, f64); 3] = [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999)];
+/// The instance's latency histograms are exported with bucket bounds 2^i ns for i in this
+/// range (about 1 µs to 69 s), plus +Inf: the instance's own power-of-two buckets, those
+/// below folded into the first.
+const EXPORTED_BUCKET_BITS: std::ops::RangeInclusive<u32> = 10..=36;
+
+/// One value of an instance series, as the last refresh read it.
+#[derive(Debug, Clone)]
+enum Sample {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(Box<gcs::Histogram>),
+}
+
+/// One family of the instance's series: its name (without `_total` for counters), help, and
+/// a sample per label set.
+#[derive(Debug)]
+struct Series {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(Labels, Sample)>,
+}
+
+/// The instance's series as of the last refresh, encoded at each scrape (a collector: the
+/// instance keeps its own totals and histograms; copying them is all a scrape needs).
+#[derive(Debug, Default)]
+struct InstanceSeries {
+    series: parking_lot::Mutex<Vec<Series>>,
+}
+
+impl Collector for InstanceSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for series in self.series.lock().iter() {
+            let Some((_, first)) = series.samples.first() else {
+                continue;
+            };
+            let kind = match first {
+                Sample::Counter(_) => MetricType::Counter,
+                Sample::Gauge(_) => MetricType::Gauge,
+                Sample::Histogram(_) => MetricType::Histogram,
+            };
+            let mut family = encoder.encode_descriptor(series.name, series.help, None, kind)?;
+            for (labels, sample) in &series.samples {
+                // An unlabelled series is written bare (`name 1`, not `name{} 1`).
+                if labels.is_empty() {
+                    encode_sample(&mut family, sample)?;
+                } else {
+                    encode_sample(&mut family.encode_family(labels)?, sample)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_sample(metric: &mut MetricEncoder, sample: &Sample) -> Result<(), std::fmt::Error> {
+    match sample {
+        Sample::Counter(n) => metric.encode_counter::<NoLabelSet, _, u64>(n, None),
+        Sample::Gauge(v) => metric.encode_gauge(v),
+        Sample::Histogram(h) => metric.encode_histogram::<NoLabelSet>(
+            h.sum().as_secs_f64(),
+            h.count(),
+            &exported_buckets(h),
+            None,
+        ),
+    }
+}
+
+/// `(upper bound in seconds, count)` per exported bucket (not cumulative), the last +Inf.
+fn exported_buckets(h: &gcs::Histogram) -> Vec<(f64, u64)> {
+    let (first, last) = (*EXPORTED_BUCKET_BITS.start(), *EXPORTED_BUCKET_BITS.end());
+    let mut out: Vec<(f64, u64)> = EXPORTED_BUCKET_BITS
+        .map(|bits| ((1u64 << bits) as f64 / 1e9, 0))
+        .collect();
+    out.push((f64::MAX, 0));
+    for (bits, n) in h.buckets() {
+        let slot = if bits > last {
+            out.len() - 1
+        } else {
+            bits.saturating_sub(first) as usize
+        };
+        out[slot].1 += n;
+    }
+    out
+}
+
+/// Builds the instance's series for one refresh.
+#[derive(Default)]
+struct SeriesBuilder {
+    series: Vec<Series>,
+}
+
+impl SeriesBuilder {
+    fn add(&mut self, name: &'static str, help: &'static str, labels: Labels, sample: Sample) {
+        match self.series.iter_mut().find(|s| s.name == name) {
+            Some(series) => series.samples.push((labels, sample)),
+            None => self.series.push(Series {
+                name,
+                help,
+                samples: vec![(labels, sample)],
+            }),
+        }
+    }
+
+    fn counter(&mut self, name: &'static str, help: &'static str, total: u64) {
+        self.add(name, help, Vec::new(), Sample::Counter(total));
+    }
+
+    fn gauge(&mut self, name: &'static str, help: &'static str, value: f64) {
+        self.add(name, help, Vec::new(), Sample::Gauge(value));
+    }
+
+    fn histogram(&mut self, name: &'static str, help: &'static str, h: &gcs::Histogram) {
+        self.add(
+            name,
+            help,
+            Vec::new(),
+            Sample::Histogram(Box::new(h.clone())),
+        );
+    }
+}
 
 /// The `redo_full` alert warns when this share of the redo thread is in use: the background
 /// checkpoint (at `storage.checkpoint_at_redo_percent`, 50% by default) is not keeping up.
@@ -128,8 +250,7 @@ pub struct Metrics {
     clients: Gauge,
     clients_refused: Counter,
     protocol_errors: Counter,
-    counters: Family<Labels, Counter>,
-    gauges: Family<Labels, Gauge<f64, AtomicU64>>,
+    instance: Arc<InstanceSeries>,
     alerts: Family<Labels, Gauge>,
     transfer_p99_alert: Duration,
     /// The recent 2-way and 3-way transfer latencies the alert judges ([`ALERT_KINDS`]).
@@ -152,8 +273,7 @@ impl Metrics {
         let clients = Gauge::default();
         let clients_refused = Counter::default();
         let protocol_errors = Counter::default();
-        let counters = Family::<Labels, Counter>::default();
-        let gauges = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let instance = Arc::new(InstanceSeries::default());
         let alerts = Family::<Labels, Gauge>::default();
         registry.register(
             "fusion_kv_commands",
@@ -176,18 +296,7 @@ impl Metrics {
             "RESP clients closed for a protocol error or a buffer limit",
             protocol_errors.clone(),
         );
-        registry.register(
-            "fusion_instance",
-            "Instance counters (block acquisitions by kind, GES, enqueue waits, redo, cache, \
-             storage, reconfigurations, recoveries), by name",
-            counters.clone(),
-        );
-        registry.register(
-            "fusion_instance_gauge",
-            "Instance state (epoch, members up, latency quantiles in seconds, redo fullness, \
-             checkpoint age, blocks mastered, cache frames, last recovery timings), by name",
-            gauges.clone(),
-        );
+        registry.register_collector(Box::new(Arc::clone(&instance)));
         registry.register(
             "fusion_alert",
             "Health rules: 1 while firing, by alert and severity",
@@ -200,8 +309,7 @@ impl Metrics {
             clients,
             clients_refused,
             protocol_errors,
-            counters,
-            gauges,
+            instance,
             alerts,
             transfer_p99_alert,
             transfers: parking_lot::Mutex::new(LatencyWindow::new(
@@ -253,20 +361,6 @@ impl Metrics {
         self.protocol_errors.inc();
     }
 
-    fn counter(&self, name: &str, labels: &[(&'static str, &str)], total: u64) {
-        let mut set: Labels = vec![("name", name.to_string())];
-        set.extend(labels.iter().map(|(k, v)| (*k, (*v).to_string())));
-        let counter = self.counters.get_or_create(&set);
-        // The instance keeps totals; a counter only moves forward by the difference.
-        counter.inc_by(total.saturating_sub(counter.get()));
-    }
-
-    fn gauge(&self, name: &str, labels: &[(&'static str, &str)], value: f64) {
-        let mut set: Labels = vec![("name", name.to_string())];
-        set.extend(labels.iter().map(|(k, v)| (*k, (*v).to_string())));
-        self.gauges.get_or_create(&set).set(value);
-    }
-
     fn alert(&self, alert: &str, severity: &str, firing: bool) {
         let labels = vec![
             ("alert", alert.to_string()),
@@ -288,83 +382,238 @@ impl Metrics {
             return firing;
         };
         let redo = instance.redo_stats();
+        let members_up = stats.members.len();
+        let mut out = SeriesBuilder::default();
         for (kind, gcs_kind) in KINDS {
-            let (count, histogram) = match gcs_kind {
-                None => (stats.core.local_grants, None),
-                Some(k) => (stats.gcs.count(k), Some(stats.gcs.latency(k))),
+            let count = match gcs_kind {
+                None => stats.core.local_grants,
+                Some(k) => stats.gcs.count(k),
             };
-            self.counter("block_acquisitions", &[("kind", kind)], count);
-            if let Some(h) = histogram {
-                for (label, q) in QUANTILES {
-                    self.gauge(
-                        "block_acquisition_seconds",
-                        &[("kind", kind), ("quantile", label)],
-                        h.quantile(q).as_secs_f64(),
-                    );
-                }
-            }
-        }
-        for (name, histogram) in [
-            (
-                "flush_wait_seconds",
-                stats.gcs.latency(TransferKind::FlushWait),
-            ),
-            ("redo_sync_seconds", &redo.sync_latency),
-            ("lock_wait_seconds", &stats.lock_waits),
-        ] {
-            for (label, q) in QUANTILES {
-                self.gauge(
-                    name,
-                    &[("quantile", label)],
-                    histogram.quantile(q).as_secs_f64(),
+            let labels: Labels = vec![("kind", kind.to_string())];
+            out.add(
+                "fusion_block_acquisitions",
+                "Block requests of local users granted, by kind",
+                labels.clone(),
+                Sample::Counter(count),
+            );
+            if let Some(k) = gcs_kind {
+                out.add(
+                    "fusion_block_acquisition_seconds",
+                    "Request-to-grant latency of block acquisitions, by kind (not local)",
+                    labels,
+                    Sample::Histogram(Box::new(stats.gcs.latency(k).clone())),
                 );
             }
         }
-        let plain = [
-            ("block_grants", stats.core.grants),
-            ("ges_cache_hits", stats.ges.cache_hits),
-            ("ges_redirects", stats.ges.redirects),
-            ("ges_deadlocks", stats.ges.deadlocks),
-            ("ges_rebuilds", stats.ges.rebuilds),
-            ("gcs_messages_sent", stats.gcs.messages_sent),
-            ("gcs_messages_received", stats.gcs.messages_received),
-            ("gcs_retries", stats.gcs.retries),
-            ("redo_commits", redo.commits),
-            ("redo_writes", redo.writes),
-            ("redo_blocks", redo.blocks),
-            ("redo_full_refusals", redo.full_refusals),
-            ("cache_hits", stats.core.cache_hits),
-            ("cache_misses", stats.core.cache_misses),
-            ("cache_evictions", stats.core.evictions),
-            ("lock_waits", stats.lock_waits.count()),
-            ("lock_timeouts", stats.core.lock_timeouts),
-            ("lock_deadlock_victims", stats.core.lock_deadlocks),
-            ("ges_enqueue_waits", stats.ges.waits),
-            ("gcs_blocks_shipped", stats.gcs.blocks_shipped),
-            ("storage_reads", stats.storage_reads),
-            ("storage_writes", stats.storage_writes),
-            ("reconfigurations", stats.cluster.reconfigurations),
-            ("members_suspected", stats.cluster.suspected),
-            ("recoveries_started", stats.recoveries_started),
-            ("recoveries_done", stats.recoveries_done),
-            ("blocks_recovered", stats.blocks_recovered),
-        ];
-        for (name, total) in plain {
-            self.counter(name, &[], total);
-        }
-        let members_up = stats.members.len();
-        self.gauge("epoch", &[], stats.epoch as f64);
-        self.gauge("members_up", &[], members_up as f64);
-        self.gauge("members_configured", &[], configured_members as f64);
-        self.gauge("redo_used_bytes", &[], redo.used_bytes as f64);
-        self.gauge("redo_size_bytes", &[], redo.thread_bytes as f64);
-        self.gauge("redo_usage", &[], redo.usage());
-        self.gauge(
-            "checkpoint_age_seconds",
-            &[],
-            redo.checkpoint_age.as_secs_f64(),
+        out.histogram(
+            "fusion_flush_wait_seconds",
+            "Holder side: a forward received to its block shipped",
+            stats.gcs.latency(TransferKind::FlushWait),
         );
-        self.gauge("blocks_mastered", &[], stats.core.mastered_blocks as f64);
+        out.histogram(
+            "fusion_redo_sync_seconds",
+            "Redo syncs: one durable write (write and fdatasync)",
+            &redo.sync_latency,
+        );
+        out.histogram(
+            "fusion_lock_wait_seconds",
+            "Request-to-grant time of enqueue requests that waited",
+            &stats.lock_waits,
+        );
+        let counters: [(&str, &str, u64); 27] = [
+            (
+                "fusion_block_grants",
+                "Block grants delivered to local users",
+                stats.core.grants,
+            ),
+            (
+                "fusion_ges_cache_hits",
+                "Enqueues granted from the local lock cache",
+                stats.ges.cache_hits,
+            ),
+            (
+                "fusion_ges_redirects",
+                "Enqueue requests redirected to a new master",
+                stats.ges.redirects,
+            ),
+            (
+                "fusion_ges_deadlocks",
+                "Deadlock victims chosen by this instance as coordinator",
+                stats.ges.deadlocks,
+            ),
+            (
+                "fusion_ges_rebuilds",
+                "Lock directory rebuilds",
+                stats.ges.rebuilds,
+            ),
+            (
+                "fusion_gcs_messages_sent",
+                "Cache-fusion messages sent",
+                stats.gcs.messages_sent,
+            ),
+            (
+                "fusion_gcs_messages_received",
+                "Cache-fusion messages received",
+                stats.gcs.messages_received,
+            ),
+            (
+                "fusion_gcs_retries",
+                "Block requests a master refused for lack of table space",
+                stats.gcs.retries,
+            ),
+            ("fusion_redo_commits", "Commits made durable", redo.commits),
+            (
+                "fusion_redo_writes",
+                "Redo writes (each one write and one fdatasync)",
+                redo.writes,
+            ),
+            (
+                "fusion_redo_blocks",
+                "4 KiB redo log blocks written",
+                redo.blocks,
+            ),
+            (
+                "fusion_redo_full_refusals",
+                "Commits refused: the redo thread was full",
+                redo.full_refusals,
+            ),
+            (
+                "fusion_cache_hits",
+                "Block requests served from this buffer cache",
+                stats.core.cache_hits,
+            ),
+            (
+                "fusion_cache_misses",
+                "Block requests whose copy was not in this buffer cache",
+                stats.core.cache_misses,
+            ),
+            (
+                "fusion_cache_evictions",
+                "Clean copies released to make room",
+                stats.core.evictions,
+            ),
+            (
+                "fusion_lock_waits",
+                "Enqueue requests of local users not granted at once",
+                stats.lock_waits.count(),
+            ),
+            (
+                "fusion_lock_timeouts",
+                "Enqueue requests of local users that timed out",
+                stats.core.lock_timeouts,
+            ),
+            (
+                "fusion_lock_deadlock_victims",
+                "Enqueue requests of local users chosen as deadlock victims",
+                stats.core.lock_deadlocks,
+            ),
+            (
+                "fusion_ges_enqueue_waits",
+                "Enqueue requests this instance, as master, queued behind others",
+                stats.ges.waits,
+            ),
+            (
+                "fusion_gcs_blocks_shipped",
+                "Block payloads this instance shipped to others",
+                stats.gcs.blocks_shipped,
+            ),
+            (
+                "fusion_storage_reads",
+                "Data block reads",
+                stats.storage_reads,
+            ),
+            (
+                "fusion_storage_writes",
+                "Data block writes",
+                stats.storage_writes,
+            ),
+            (
+                "fusion_reconfigurations",
+                "Membership reconfigurations applied",
+                stats.cluster.reconfigurations,
+            ),
+            (
+                "fusion_members_suspected",
+                "Members suspected of failure",
+                stats.cluster.suspected,
+            ),
+            (
+                "fusion_recoveries_started",
+                "Instance recoveries started",
+                stats.recoveries_started,
+            ),
+            (
+                "fusion_recoveries_done",
+                "Instance recoveries completed",
+                stats.recoveries_done,
+            ),
+            (
+                "fusion_blocks_recovered",
+                "Blocks rebuilt by instance recovery",
+                stats.blocks_recovered,
+            ),
+        ];
+        for (name, help, total) in counters {
+            out.counter(name, help, total);
+        }
+        let timing = stats.last_failure;
+        let seconds = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
+        let gauges: [(&str, &str, f64); 11] = [
+            ("fusion_epoch", "The membership epoch", stats.epoch as f64),
+            (
+                "fusion_members_up",
+                "Members of the current epoch",
+                members_up as f64,
+            ),
+            (
+                "fusion_members_configured",
+                "Members configured",
+                configured_members as f64,
+            ),
+            (
+                "fusion_redo_used_bytes",
+                "Redo thread in use (checkpoint to end, and reserved)",
+                redo.used_bytes as f64,
+            ),
+            (
+                "fusion_redo_size_bytes",
+                "Redo thread size",
+                redo.thread_bytes as f64,
+            ),
+            (
+                "fusion_redo_usage_ratio",
+                "Share of the redo thread in use (0..1)",
+                redo.usage(),
+            ),
+            (
+                "fusion_checkpoint_age_seconds",
+                "Age of the oldest redo past the checkpoint",
+                redo.checkpoint_age.as_secs_f64(),
+            ),
+            (
+                "fusion_blocks_mastered",
+                "Blocks whose GCS master state lives here",
+                stats.core.mastered_blocks as f64,
+            ),
+            (
+                "fusion_last_failure_suspected_to_reconfigured_seconds",
+                "Last failure handled here: first suspicion to new epoch (0 before any)",
+                seconds(timing.suspected_to_reconfigured),
+            ),
+            (
+                "fusion_last_failure_reconfigured_to_served_seconds",
+                "Last failure handled here: new epoch to blocks served again (0 before any)",
+                seconds(timing.reconfigured_to_served),
+            ),
+            (
+                "fusion_last_failure_reconfigured_to_recovered_seconds",
+                "Last failure handled here: new epoch to recovery complete (0 before any)",
+                seconds(timing.reconfigured_to_recovered),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            out.gauge(name, help, value);
+        }
         let frames = stats.core.frames;
         for (state, n) in [
             ("all", frames.frames),
@@ -373,25 +622,14 @@ impl Metrics {
             ("dirty", frames.dirty),
             ("past_image", frames.past_images),
         ] {
-            self.gauge("cache_frames", &[("state", state)], f64::from(n));
+            out.add(
+                "fusion_cache_frames",
+                "Buffer cache frames, by state",
+                vec![("state", state.to_string())],
+                Sample::Gauge(f64::from(n)),
+            );
         }
-        let timing = stats.last_failure;
-        for (name, value) in [
-            (
-                "last_failure_suspected_to_reconfigured_seconds",
-                timing.suspected_to_reconfigured,
-            ),
-            (
-                "last_failure_reconfigured_to_served_seconds",
-                timing.reconfigured_to_served,
-            ),
-            (
-                "last_failure_reconfigured_to_recovered_seconds",
-                timing.reconfigured_to_recovered,
-            ),
-        ] {
-            self.gauge(name, &[], value.map_or(0.0, |d| d.as_secs_f64()));
-        }
+        *self.instance.series.lock() = out.series;
         let rules = [
             ("member_down", "critical", members_up < configured_members),
             (

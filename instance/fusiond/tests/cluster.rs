@@ -157,9 +157,10 @@ fn three_instances_share_every_key() {
 
     let metrics = scrape(cluster.metrics[0]);
     for needle in [
-        "fusion_instance_total{name=\"block_acquisitions\",kind=\"local\"}",
-        "fusion_instance_total{name=\"redo_commits\"}",
-        "fusion_instance_gauge{name=\"members_up\"} ",
+        "fusion_block_acquisitions_total{kind=\"local\"}",
+        "fusion_redo_commits_total ",
+        "fusion_members_up ",
+        "fusion_redo_sync_seconds_bucket{le=\"+Inf\"}",
         "fusion_kv_command_seconds_count{command=\"incr\"}",
     ] {
         assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");

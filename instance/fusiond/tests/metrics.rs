@@ -23,15 +23,15 @@ fn value(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// Counter `name` of `fusion_instance`.
+/// Counter `fusion_<name>_total`.
 fn counter(metrics: &str, name: &str) -> f64 {
-    let series = format!("fusion_instance_total{{name=\"{name}\"}}");
+    let series = format!("fusion_{name}_total");
     value(metrics, &series).unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
 }
 
-/// Gauge `name` of `fusion_instance_gauge` (labels after the name, as exported).
+/// Gauge `fusion_<name>` with `labels` (`{state="all"}`, or empty), as exported.
 fn gauge(metrics: &str, name: &str, labels: &str) -> f64 {
-    let series = format!("fusion_instance_gauge{{name=\"{name}\"{labels}}}");
+    let series = format!("fusion_{name}{labels}");
     value(metrics, &series).unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
 }
 
@@ -84,16 +84,27 @@ fn commits_and_reads_move_redo_and_cache_metrics() {
         gauge(&written, "redo_used_bytes", "") > gauge(&before, "redo_used_bytes", ""),
         "the commit did not fill the redo thread:\n{written}"
     );
-    let usage = gauge(&written, "redo_usage", "");
+    let usage = gauge(&written, "redo_usage_ratio", "");
     assert!(usage > 0.0 && usage < 1.0, "{usage}");
     assert_eq!(
         gauge(&written, "redo_size_bytes", ""),
         (8u64 << 20) as f64,
         "the 8 MiB thread"
     );
+    // Redo syncs are a histogram: cumulative buckets ending at +Inf with every sync.
+    let syncs = value(&written, "fusion_redo_sync_seconds_count").unwrap();
+    assert!(syncs >= 1.0, "{written}");
+    let buckets: Vec<f64> = written
+        .lines()
+        .filter(|l| l.starts_with("fusion_redo_sync_seconds_bucket{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{written}");
+    assert_eq!(buckets.last(), Some(&syncs), "{written}");
+    assert!(value(&written, "fusion_redo_sync_seconds_sum").unwrap() > 0.0);
     assert!(gauge(&written, "blocks_mastered", "") >= 1.0, "{written}");
-    assert_eq!(gauge(&written, "cache_frames", ",state=\"all\""), 2048.0);
-    assert!(gauge(&written, "cache_frames", ",state=\"current\"") >= 1.0);
+    assert_eq!(gauge(&written, "cache_frames", "{state=\"all\"}"), 2048.0);
+    assert!(gauge(&written, "cache_frames", "{state=\"current\"}") >= 1.0);
     assert_eq!(alert(&written, "warning"), 0.0);
 
     assert_eq!(c.call(&["GET", "big"]).unwrap(), Resp::bulk(&big));
@@ -208,7 +219,7 @@ fn redo_full_alert_fires_as_the_thread_fills() {
     let warned = scrape(cluster.metrics[0]);
     assert_eq!(alert(&warned, "warning"), 1.0, "at {used}%:\n{warned}");
     assert_eq!(alert(&warned, "critical"), 0.0, "at {used}%:\n{warned}");
-    assert!(gauge(&warned, "redo_usage", "") >= 0.8, "{warned}");
+    assert!(gauge(&warned, "redo_usage_ratio", "") >= 0.8, "{warned}");
     let status = Command::new(FUSIONCTL)
         .args(["status", "--config"])
         .arg(&cluster.configs[0])
