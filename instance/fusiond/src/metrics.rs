@@ -744,9 +744,9 @@ fn answer(
 }
 
 /// The `# Fusion` section of `INFO`: epoch, members, block transfers by kind with latency
-/// quantiles in microseconds (and the recent p99s the `transfer_latency` alert judges), redo (fullness, sync latency, checkpoint age), buffer cache,
-/// enqueue waits, blocks mastered and recovery counters. The demo and `fusionctl status`
-/// read it over RESP.
+/// quantiles in microseconds (and the recent p99s the `transfer_latency` alert judges), redo
+/// (fullness, sync latency, checkpoint age), buffer cache, enqueue waits, blocks mastered and
+/// recovery counters. The demo and `fusionctl status` read it over RESP.
 pub fn info_section(instance: &Instance, configured_members: usize, metrics: &Metrics) -> String {
     let mut out = String::from("# Fusion\r\n");
     out.push_str(&format!("instance:{}\r\n", instance.id().index()));
