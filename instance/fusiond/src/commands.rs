@@ -1536,7 +1536,9 @@ fn digest_of(bytes: Option<&[u8]>, now: u64) -> Option<[u8; 32]> {
 /// Redis's `GETRANGE` index rules: negative counts from the end, clamped.
 fn range(s: &[u8], start: i64, end: i64) -> &[u8] {
     let len = s.len() as i64;
-    if len == 0 {
+    // Both from the end and crossed (`-1 -100`): empty, as Redis 7 answers, even though
+    // clamping would make them overlap on a short string.
+    if len == 0 || (start < 0 && end < 0 && start > end) {
         return &[];
     }
     let fix = |i: i64| if i < 0 { (len + i).max(0) } else { i };
@@ -1696,6 +1698,8 @@ mod tests {
         assert_eq!(run(&e, s, "SET k w XX GET"), bulk("v"));
         assert_eq!(run(&e, s, "APPEND k xyz"), Reply::Integer(4));
         assert_eq!(run(&e, s, "GETRANGE k 1 -1"), bulk("xyz"));
+        assert_eq!(run(&e, s, "GETRANGE k -1 -100"), bulk(""));
+        assert_eq!(run(&e, s, "GETRANGE k -100 -1"), bulk("wxyz"));
         assert_eq!(run(&e, s, "SETRANGE k 6 ab"), Reply::Integer(8));
         assert_eq!(run(&e, s, "STRLEN k"), Reply::Integer(8));
         assert_eq!(
