@@ -47,6 +47,7 @@ use crate::cluster::ClusterManager;
 use crate::commit::CommitStream;
 use crate::config::{Fencing, InstanceConfig, TransportConfig};
 use crate::core::{BlockGrant, Completion, Core, CoreConfig, CoreError, Dependency};
+use crate::entry::Entered;
 use crate::format::{self, BLOCK_HEADER_LEN, InstanceSlot, Layout, SlotState};
 use crate::redo::{Appended, GroupCommitConfig, RedoError, RedoRecord, RedoWriter};
 use crate::runtime::{Command, ReservationFence, Runtime, RuntimeParts, RuntimeStats, Waiter};
@@ -59,9 +60,6 @@ use std::time::{Duration, Instant};
 
 /// How long [`Instance::start`] waits for every peer to connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How often a restarted instance repeats its request to join until it is admitted.
-const JOIN_RESEND: Duration = Duration::from_millis(500);
 
 /// Runtime settings that are not part of the cluster configuration.
 #[derive(Debug, Clone, Copy)]
@@ -1054,75 +1052,6 @@ impl Drop for LockGuard<'_> {
     }
 }
 
-/// How long a starting instance waits for every configured instance before a majority may
-/// form the cluster without the others (whose slots must also be still).
-const FORMATION_GRACE: Duration = Duration::from_secs(3);
-
-/// The voting-area slots as a starting instance sees them: which have moved, and when.
-struct SlotWatch {
-    /// Per slot: its state and heartbeat at the last look, and since when it has not moved.
-    seen: Vec<Option<(SlotState, u64, Instant)>>,
-    heartbeat: Option<u64>,
-}
-
-impl SlotWatch {
-    fn new(max_instances: u16) -> Self {
-        Self {
-            seen: vec![None; usize::from(max_instances)],
-            heartbeat: None,
-        }
-    }
-
-    /// Moves this instance's own disk heartbeat.
-    fn beat(
-        &mut self,
-        storage: &dyn SharedStorage,
-        layout: &Layout,
-        me: InstanceId,
-    ) -> Result<(), StartError> {
-        let mut slot = format::read_slot(storage, layout, me)?;
-        let next = self.heartbeat.unwrap_or(slot.heartbeat).wrapping_add(1);
-        slot.heartbeat = next;
-        slot.state = SlotState::Up;
-        format::write_slot(storage, layout, &slot)?;
-        self.heartbeat = Some(next);
-        Ok(())
-    }
-
-    /// Reads every slot; one that cannot be read counts as moving.
-    fn look(&mut self, storage: &dyn SharedStorage, layout: &Layout) {
-        let now = Instant::now();
-        for (index, seen) in self.seen.iter_mut().enumerate() {
-            let slot = InstanceId::new(index as u64)
-                .ok()
-                .and_then(|id| format::read_slot(storage, layout, id).ok());
-            *seen = match (slot, *seen) {
-                (Some(slot), Some((state, beat, since)))
-                    if slot.state == state && slot.heartbeat == beat =>
-                {
-                    Some((state, beat, since))
-                }
-                (Some(slot), _) => Some((slot.state, slot.heartbeat, now)),
-                (None, _) => None,
-            };
-        }
-    }
-
-    /// Whether every slot outside `present` is shut down (or never used), or has not moved
-    /// for `still`: no instance outside `present` can be running.
-    fn all_still_except(&self, present: InstanceSet, still: Duration) -> bool {
-        self.seen.iter().enumerate().all(|(index, seen)| {
-            let member = InstanceId::new(index as u64).is_ok_and(|id| present.contains(id));
-            member
-                || match seen {
-                    Some((SlotState::Down, _, _)) => true,
-                    Some((SlotState::Up, _, since)) => since.elapsed() >= still,
-                    None => false,
-                }
-        })
-    }
-}
-
 /// What `Instance::start` works from.
 struct Setting<'a> {
     config: &'a InstanceConfig,
@@ -1131,14 +1060,6 @@ struct Setting<'a> {
     options: StartOptions,
     /// Fencing by reservation, when configured (this instance's key is registered).
     fence: Option<Arc<ReservationFence>>,
-}
-
-/// How this instance enters the cluster.
-enum Entry {
-    /// Every configured instance started together: the cluster forms at `epoch`.
-    Formed { epoch: Epoch, live: InstanceSet },
-    /// A cluster runs: it admitted this instance at `epoch`.
-    Joined { epoch: Epoch, live: InstanceSet },
 }
 
 impl Setting<'_> {
@@ -1151,7 +1072,7 @@ impl Setting<'_> {
     ) -> Result<(Runtime, Arc<CommitStream>), StartError> {
         let me = self.config.local.id;
         let configured = self.config.instances();
-        let (entry, connected, early) = self.enter(&mut transport)?;
+        let (entered, connected, early) = self.enter(&mut transport)?;
         // Every timer of the running instance starts now: the time spent meeting the peers
         // must not count as their silence (nor eat the I/O lease).
         let origin = Instant::now();
@@ -1164,10 +1085,8 @@ impl Setting<'_> {
             GroupCommitConfig::default(),
         )?;
         let slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;
-        let (epoch, live, joining) = match entry {
-            Entry::Formed { epoch, live } => (epoch, live, false),
-            Entry::Joined { epoch, live } => (epoch, live, true),
-        };
+        let (epoch, live) = entered.membership();
+        let joining = matches!(entered, Entered::Joined { .. });
         let core = Core::new(
             CoreConfig {
                 me,
@@ -1201,7 +1120,7 @@ impl Setting<'_> {
         for peer in connected.iter() {
             cluster.on_connected(peer);
         }
-        if !joining && configured.lowest() == Some(me) {
+        if let Entered::Formed { here: true, .. } = entered {
             // This instance formed the cluster: its `Formed` is resent until every member
             // shows it runs.
             cluster.announce_formation();
@@ -1236,20 +1155,9 @@ impl Setting<'_> {
         live: InstanceSet,
         own: &[u8],
     ) -> Result<crate::paxos::DiskPaxos, StartError> {
-        use crate::paxos::{Decision, DiskPaxos, PaxosConfig, Proposal};
+        use crate::paxos::{DiskPaxos, PaxosConfig};
         let me = self.config.local.id;
-        let on_disk = self
-            .paxos_blocks()
-            .into_iter()
-            .map(|b| b.decided)
-            .find(|d| d.epoch == epoch && d.value.members == live);
-        let current = on_disk.unwrap_or(Decision {
-            epoch,
-            value: Proposal {
-                members: live,
-                proposer: live.lowest().unwrap_or(me),
-            },
-        });
+        let current = crate::entry::decision_at_entry(me, epoch, live, &self.paxos_blocks());
         let config = PaxosConfig {
             slots: usize::from(self.layout.max_instances),
             phase_timeout: crate::paxos::DEFAULT_PHASE_TIMEOUT,
@@ -1275,141 +1183,157 @@ impl Setting<'_> {
             .collect()
     }
 
-    /// Meets the peers: forms the cluster when every configured instance starts together (the
-    /// lowest id first runs whole-cluster recovery), or joins a running one.
+    /// Meets the peers: drives this instance's [`Entry`](crate::entry::Entry), which decides
+    /// whether it forms the cluster (running whole-cluster recovery first) or joins a running
+    /// one. Returns how it entered, the peers connected, and the engines' frames that came
+    /// before (an admission's rebuild starts at once: they are the core's).
     #[allow(clippy::type_complexity)]
     fn enter<T: interconnect::Transport>(
         &self,
         transport: &mut T,
     ) -> Result<
         (
-            Entry,
+            Entered,
             InstanceSet,
             Vec<(interconnect::FrameHeader, Vec<u8>)>,
         ),
         StartError,
     > {
         use crate::cluster::ClusterMessage;
+        use crate::entry::{Entry, EntryConfig, EntryError, EntryIo, SlotLook};
         use interconnect::{Outgoing, Priority, Service, TransportEvent};
         let me = self.config.local.id;
-        let configured = self.config.instances();
-        let mut peers = configured;
-        peers.remove(me);
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let mut connected = InstanceSet::EMPTY;
-        let mut answered = InstanceSet::EMPTY;
-        let mut running: Option<(Epoch, InstanceSet)> = None;
-        // A JoinRequest is resent until the admission comes: the coordinator that got it may
-        // have died, or it may have been lost.
-        let mut asked_to_join: Option<Instant> = None;
+        let clock = Instant::now();
+        let now = || Timestamp::ZERO + clock.elapsed();
+        let mut entry = Entry::new(
+            EntryConfig {
+                me,
+                configured: self.config.instances(),
+                failure: crate::cluster::FailureConfig {
+                    membership: self.config.membership,
+                    ..Default::default()
+                },
+                give_up_after: CONNECT_TIMEOUT,
+            },
+            now(),
+        );
+        let mut heartbeat: Option<u64> = None;
         let mut early = Vec::new();
         // Bounded as the core bounds frames of a future epoch; what a peer sends beyond that
         // before the admission is dropped and counted.
         let (mut early_bytes, mut early_dropped) = (0usize, 0u64);
         let mut events = Vec::new();
-        let send = |transport: &mut T, to, message: ClusterMessage| {
-            let mut body = Vec::new();
-            message.encode(&mut body);
-            let _ = transport.send(
-                to,
-                &Outgoing {
-                    service: Service::Instance,
-                    priority: Priority::Critical,
-                    epoch: Epoch(0),
-                    scn: Scn(0),
-                    body: &body,
-                    block: None,
-                },
-            );
-        };
-        let hello = ClusterMessage::Hello {
-            running: false,
-            epoch: Epoch(0),
-            live: InstanceSet::EMPTY,
-        };
-        let failure = crate::cluster::FailureConfig::default();
-        let started = Instant::now();
-        let mut slots = SlotWatch::new(self.layout.max_instances);
-        let mut next_look = Instant::now();
         loop {
-            if Instant::now() >= deadline {
-                let missing: Vec<InstanceId> =
-                    peers.iter().filter(|p| !connected.contains(*p)).collect();
-                return Err(StartError::PeersMissing {
-                    missing,
-                    timeout: CONNECT_TIMEOUT,
-                });
-            }
-            if Instant::now() >= next_look {
-                // This instance's slot moves while it looks for the cluster (so nobody takes
-                // it for a member that is gone), and everyone's slots are watched.
-                next_look = Instant::now() + failure.disk_interval;
-                slots.beat(self.storage.as_ref(), self.layout, me)?;
-                slots.look(self.storage.as_ref(), self.layout);
-            }
-            let present: InstanceSet = answered.iter().chain(std::iter::once(me)).collect();
-            // Formation: every configured instance answered, or — after the grace — a
-            // majority did and every other slot is shut down or has been still for the lease
-            // (a whole-cluster restart with hosts missing; they join later).
-            let everyone = peers.is_empty() || answered == peers;
-            let majority_without_the_rest = present.len() * 2 > configured.len()
-                && started.elapsed() >= FORMATION_GRACE
-                && slots.all_still_except(present, failure.lease + failure.lease / 8);
-            if running.is_none() && (everyone || majority_without_the_rest) {
-                // The lowest id present recovers every thread's redo first (the missing
-                // instances' too) and announces the first epoch.
-                if present.lowest() == Some(me) {
-                    let report = crate::recovery::restart(self.storage.as_ref(), self.layout)
-                        .map_err(|e| StartError::Cache(format!("whole-cluster recovery: {e}")))?;
-                    if report.blocks_written > 0 {
-                        tracing::info!("whole-cluster recovery: {report:?}");
+            loop {
+                while let Some((to, message)) = entry.poll_transmit() {
+                    let mut body = Vec::new();
+                    message.encode(&mut body);
+                    let _ = transport.send(
+                        to,
+                        &Outgoing {
+                            service: Service::Instance,
+                            priority: Priority::Critical,
+                            epoch: Epoch(0),
+                            scn: Scn(0),
+                            body: &body,
+                            block: None,
+                        },
+                    );
+                }
+                match entry.poll_io() {
+                    Some(EntryIo::SlotRound) => {
+                        let mut slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;
+                        let next = heartbeat.unwrap_or(slot.heartbeat).wrapping_add(1);
+                        slot.heartbeat = next;
+                        slot.state = SlotState::Up;
+                        format::write_slot(self.storage.as_ref(), self.layout, &slot)?;
+                        heartbeat = Some(next);
+                        let looks: Vec<SlotLook> = InstanceId::all()
+                            .take(usize::from(self.layout.max_instances))
+                            .filter_map(|id| {
+                                let slot =
+                                    format::read_slot(self.storage.as_ref(), self.layout, id)
+                                        .ok()?;
+                                Some(SlotLook {
+                                    instance: id,
+                                    down: slot.state == SlotState::Down,
+                                    heartbeat: slot.heartbeat,
+                                })
+                            })
+                            .collect();
+                        entry.handle_slot_round(&looks, now());
                     }
-                    for corrupt in &report.unrecoverable {
-                        // Readers of it get the same error; everything else recovered.
-                        tracing::error!("whole-cluster recovery could not rebuild: {corrupt}");
+                    Some(EntryIo::Restart) => {
+                        let result = crate::recovery::restart(self.storage.as_ref(), self.layout)
+                            .map(|report| {
+                                if report.blocks_written > 0 {
+                                    tracing::info!("whole-cluster recovery: {report:?}");
+                                }
+                                for corrupt in &report.unrecoverable {
+                                    // Readers of it get the same error; everything else
+                                    // recovered.
+                                    tracing::error!(
+                                        "whole-cluster recovery could not rebuild: {corrupt}"
+                                    );
+                                }
+                                self.paxos_blocks()
+                            })
+                            .map_err(|e| e.to_string());
+                        entry.handle_restarted(result);
                     }
-                    let highest = self.highest_paxos_epoch();
-                    let epoch = highest
-                        .checked_next()
-                        .ok_or(StartError::EpochsExhausted(highest))?;
-                    let live = if everyone { configured } else { present };
-                    for peer in live.iter().filter(|p| *p != me) {
-                        send(transport, peer, ClusterMessage::Formed { epoch, live });
+                    Some(EntryIo::PublishFormation { bytes }) => {
+                        let result = format::read_slot(self.storage.as_ref(), self.layout, me)
+                            .and_then(|mut slot| {
+                                slot.paxos = bytes;
+                                format::write_slot(self.storage.as_ref(), self.layout, &slot)
+                            })
+                            .map_err(|e| e.to_string());
+                        entry.handle_formation_published(result);
                     }
-                    return Ok((Entry::Formed { epoch, live }, connected, early));
+                    None => break,
                 }
             }
-            if let Some((_, live)) = running
-                && asked_to_join.is_none_or(|at| at.elapsed() >= JOIN_RESEND)
-            {
-                asked_to_join = Some(Instant::now());
-                for peer in live.iter().filter(|p| connected.contains(*p)) {
-                    send(transport, peer, ClusterMessage::JoinRequest);
+            match entry.outcome() {
+                Some(Ok(entered)) => {
+                    if early_dropped > 0 {
+                        tracing::warn!(
+                            "instance {me}: {early_dropped} frames that came before the admission were past the bound and dropped"
+                        );
+                    }
+                    return Ok((*entered, entry.connected(), early));
                 }
+                Some(Err(EntryError::PeersMissing { missing, .. })) => {
+                    return Err(StartError::PeersMissing {
+                        missing: missing.clone(),
+                        timeout: CONNECT_TIMEOUT,
+                    });
+                }
+                Some(Err(EntryError::EpochsExhausted(epoch))) => {
+                    return Err(StartError::EpochsExhausted(*epoch));
+                }
+                Some(Err(e @ EntryError::Restart(_))) => {
+                    return Err(StartError::Cache(e.to_string()));
+                }
+                None => {}
             }
-            let _ = transport.poll(&mut events, Duration::from_millis(5));
+            let wait = entry
+                .poll_timeout()
+                .saturating_since(now())
+                .min(Duration::from_millis(5));
+            let _ = transport.poll(&mut events, wait);
             // Once the admission (or formation) is seen, the rest of this batch is still
             // read: the members' rebuild frames follow their Reconfigure, often in the same
             // read, and the new core needs every one of them (a dropped report wedged the
             // joiner's rebuild).
-            let mut entered = None;
             for event in events.drain(..) {
                 match event {
-                    TransportEvent::PeerConnected(peer) => {
-                        connected.insert(peer);
-                        send(transport, peer, hello);
-                        if running.is_some() {
-                            send(transport, peer, ClusterMessage::JoinRequest);
-                        }
-                    }
+                    TransportEvent::PeerConnected(peer) => entry.handle_connected(peer, now()),
                     TransportEvent::PeerDisconnected { peer, .. } => {
-                        connected.remove(peer);
-                        answered.remove(peer);
+                        entry.handle_disconnected(peer, now())
                     }
                     TransportEvent::Message { header, body }
                     | TransportEvent::BlockLanded { header, body, .. } => {
                         if header.service != Service::Instance {
-                            // An admission's rebuild starts at once: keep it for the core.
                             if early.len() < crate::core::MAX_FUTURE_MESSAGES
                                 && early_bytes.saturating_add(body.len())
                                     <= crate::core::MAX_FUTURE_BYTES
@@ -1421,64 +1345,14 @@ impl Setting<'_> {
                             }
                             continue;
                         }
-                        match ClusterMessage::decode(&body) {
-                            Ok(ClusterMessage::Hello {
-                                running: true,
-                                epoch,
-                                live,
-                            }) => {
-                                answered.insert(header.source);
-                                if running.is_none_or(|(e, _)| epoch > e) {
-                                    running = Some((epoch, live));
-                                    asked_to_join = None;
-                                }
-                            }
-                            Ok(ClusterMessage::Hello { running: false, .. }) => {
-                                answered.insert(header.source);
-                            }
-                            // Only the lowest id present forms the cluster, and only a member of
-                            // the epoch it decided admits: a peer's word for anything else is
-                            // not taken (nor a membership beyond the configured instances).
-                            Ok(ClusterMessage::Formed { epoch, live })
-                                if live.contains(me)
-                                    && live.lowest() == Some(header.source)
-                                    && live.bits() & !configured.bits() == 0
-                                    && entered.is_none() =>
-                            {
-                                entered = Some(Entry::Formed { epoch, live });
-                            }
-                            Ok(ClusterMessage::Reconfigure { epoch, live })
-                                if live.contains(me)
-                                    && live.contains(header.source)
-                                    && live.bits() & !configured.bits() == 0
-                                    && entered.is_none() =>
-                            {
-                                entered = Some(Entry::Joined { epoch, live });
-                            }
-                            _ => {}
+                        if let Ok(message) = ClusterMessage::decode(&body) {
+                            entry.handle_message(header.source, message, now());
                         }
                     }
                     _ => {}
                 }
             }
-            if let Some(entry) = entered {
-                if early_dropped > 0 {
-                    tracing::warn!(
-                        "instance {me}: {early_dropped} frames that came before the admission were past the bound and dropped"
-                    );
-                }
-                return Ok((entry, connected, early));
-            }
+            entry.handle_timeout(now());
         }
-    }
-
-    /// The newest epoch any slot's Paxos block names (decided, or open for proposals): a new
-    /// cluster starts above it, so no old ballot or decision concerns its epochs.
-    fn highest_paxos_epoch(&self) -> Epoch {
-        self.paxos_blocks()
-            .iter()
-            .map(|b| b.epoch.max(b.decided.epoch))
-            .max()
-            .unwrap_or(Epoch(0))
     }
 }

@@ -35,6 +35,9 @@
 //!   of blocks and locks, the buffer cache, and the GCS and GES engines (local exclusion per
 //!   block, one GCS request in flight per block, landing frames, coherence pins, eviction
 //!   through the write protocol).
+//! * [`entry`] — how a starting instance enters the cluster, sans-IO: who forms it, when a
+//!   whole-cluster restart may run (every other slot still for the lease), which epoch it
+//!   starts at (published on the voting area first), and joins; then its node is built.
 //! * [`node`] — one instance's whole protocol as one sans-IO state machine: the core, the
 //!   cluster manager, the lease's renewal decisions, the recovery lifecycle (when it may
 //!   begin, which blocks, when it is done) and checkpoint completion.
@@ -74,6 +77,7 @@ pub mod cluster;
 mod commit;
 pub mod config;
 pub mod core;
+pub mod entry;
 pub mod logging;
 pub mod node;
 pub mod paxos;

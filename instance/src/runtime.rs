@@ -221,9 +221,17 @@ pub(crate) struct Lease {
     /// When the round that last renewed it began.
     renewed_from: AtomicU64,
     revoked: AtomicBool,
-    /// The lease's length: how long a check waits for a renewal at most.
+    /// The lease's length.
     length: Duration,
 }
+
+/// How long an I/O waits at most for a lapsed lease to come back. A host starved of CPU
+/// delays its disk rounds past the lease (seen under load: a commit and a data write failed
+/// after waiting only the lease's 600 ms, and the write stopped the instance, though the
+/// node itself tolerates a delayed round); the round that comes renews the lease, and a
+/// decision against this instance revokes it at once (the node stops). So the bound only
+/// matters where storage hangs.
+const LAPSED_LEASE_WAIT: Duration = Duration::from_secs(10);
 
 impl Lease {
     /// A lease granted at `now` (a CLOCK_BOOTTIME reading).
@@ -256,15 +264,16 @@ impl Lease {
             && nanos(crate::storage::boottime()) < self.until.load(Ordering::Acquire)
     }
 
-    /// Whether an I/O may start: the lease holds, or comes back within its length (a round
-    /// delayed by a starved host renews it unless a decision stands against this instance).
+    /// Whether an I/O may start: the lease holds, or comes back before it is revoked (a
+    /// round delayed by a starved host renews it unless a decision stands against this
+    /// instance), within [`LAPSED_LEASE_WAIT`].
     pub(crate) fn wait_valid(&self) -> bool {
         self.wait_until(|lease| lease.valid())
     }
 
     /// Whether an I/O that completed at `completed` (a CLOCK_BOOTTIME reading) may be
     /// acknowledged: the lease held at completion, or a round that began after it renews it
-    /// within the lease's length.
+    /// before it is revoked, within [`LAPSED_LEASE_WAIT`].
     pub(crate) fn confirm(&self, completed: Duration) -> bool {
         // Valid now means valid at `completed` too: `until` only grows until revoked.
         let completed = nanos(completed);
@@ -275,7 +284,7 @@ impl Lease {
     }
 
     fn wait_until(&self, ready: impl Fn(&Self) -> bool) -> bool {
-        let deadline = Instant::now() + self.length;
+        let deadline = Instant::now() + LAPSED_LEASE_WAIT;
         loop {
             if ready(self) {
                 return true;
@@ -845,6 +854,29 @@ impl<T: Transport> Driver<T> {
         any
     }
 
+    /// One log line per step of an instance recovery as it is handed out, so that a log shows
+    /// where a recovery that never finishes stands.
+    fn log_recovery_step(&self, io: &RecoveryIo) {
+        let me = self.node.id();
+        match io {
+            RecoveryIo::Preempt { epoch, lost } => tracing::info!(
+                "instance {me}: recovery for epoch {}: preempting {:?}",
+                epoch.0,
+                lost.iter().map(|i| i.index()).collect::<Vec<_>>()
+            ),
+            RecoveryIo::Scan { epoch, lost, .. } => tracing::info!(
+                "instance {me}: recovery for epoch {}: scanning redo (sealing {:?})",
+                epoch.0,
+                lost.iter().map(|i| i.index()).collect::<Vec<_>>()
+            ),
+            RecoveryIo::Rebuild { epoch, blocks, .. } => tracing::info!(
+                "instance {me}: recovery for epoch {}: rebuilding {} blocks",
+                epoch.0,
+                blocks.len()
+            ),
+        }
+    }
+
     fn record(&mut self, at: Timestamp, event: InstanceEvent) {
         if self.event_log.len() == MAX_EVENTS {
             self.event_log.pop_front();
@@ -1070,7 +1102,10 @@ impl<T: Transport> Driver<T> {
                     NodeIo::Data(io) => self.io.send(io).map_err(drop),
                     NodeIo::Paxos(io) => self.disk.send(DiskJob::Paxos(io)).map_err(drop),
                     NodeIo::Checkpoint(io) => self.disk.send(DiskJob::Checkpoint(io)).map_err(drop),
-                    NodeIo::Recovery(io) => self.recovery.send(io).map_err(drop),
+                    NodeIo::Recovery(io) => {
+                        self.log_recovery_step(&io);
+                        self.recovery.send(io).map_err(drop)
+                    }
                 };
             }
             let asked = self.node.poll_redo_force();

@@ -65,7 +65,9 @@
 //! The second world of every seed, [`membership`], runs N real `instance::node::Node`s (core,
 //! cluster manager with Disk Paxos, recovery lifecycle) without users under network,
 //! storage and process faults: there the cluster manager decides every death and the node
-//! decides when recovery begins.
+//! decides when recovery begins; every instance enters through the real
+//! `instance::entry::Entry` (formation, joins, whole-cluster restarts after crashes of every
+//! process), and is started again after it dies or stops.
 //!
 //! Not covered in this world: the cluster manager and the node (detection, votes, fencing
 //! and the lease are modelled by the driver: a death is decided after a delay, a cut-off

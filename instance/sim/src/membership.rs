@@ -9,7 +9,11 @@
 //! Faults, drawn by the seed: one-link and one-way cuts, lost, duplicated and delayed control
 //! messages, process pauses (the node takes no steps; its I/O still lands), storage stalls of
 //! one node (its I/O and disk heartbeats held for seconds, with its network up or cut), write
-//! errors (the write may land anyway), kills, and small forward jumps of one node's clock.
+//! errors (the write may land anyway), kills (of any number of nodes; a sixth of them the
+//! whole cluster), and small forward jumps of one node's clock. Every node starts through the
+//! real [`Entry`] (the first formation, joins, whole-cluster restarts) and is started again a
+//! little after it dies or stops, once no running node still counts it a member and no write
+//! of its previous life can land.
 //! The runtime's part is modelled as the runtime does it: a disk round writes the heartbeat,
 //! reads every slot and hands the round to the node, which renews the lease (from the
 //! round's start) when it may; the node decides when recovery begins (its redo-scan I/O).
@@ -17,28 +21,32 @@
 //! frames go in order on each link, held while it is cut (a TCP connection's stream).
 //!
 //! Checked after every step:
-//! * at most one membership per epoch, ever (every `Reconfigure` applied anywhere);
+//! * at most one membership per epoch, ever (every `Reconfigure` applied anywhere, every
+//!   formation);
 //! * a member left out of an epoch never keeps serving in it (it stops once it learns);
 //! * fencing: when a survivor's node asks for the redo scan that begins recovering lost
 //!   members, each one's lease (global time) has run out, so no I/O of it is submitted or
 //!   acknowledged after recovery began;
+//! * whole-cluster recovery runs only once every other instance's lease (of its current or
+//!   an earlier life) has run out;
 //! * no node stops for a core failure.
 //!
-//! At the end, with every fault healed: the running nodes agree on one epoch whose members
-//! are exactly the running nodes, each finished its recovery and its engines' rebuild
+//! At the end, with every fault healed and every node started again: all of them run in one
+//! epoch whose members are all of them, each finished its recovery and its engines' rebuild
 //! (liveness).
 //!
 //! `fusion-sim` runs this world beside the instance simulator for every seed; replay one
 //! seed with `fusion-sim replay --membership N`. A failure panics with what broke.
 
 use instance::cache::BufferCache;
-use instance::cluster::{ClusterManager, FailureConfig, InstanceEvent};
+use instance::cluster::{ClusterManager, ClusterMessage, FailureConfig, InstanceEvent};
 use instance::core::{Core, CoreConfig};
+use instance::entry::{Entered, Entry, EntryConfig, EntryIo, SlotLook, decision_at_entry};
 use instance::node::{
     DiskRound, Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo, RecoveryOutcome,
     SlotSeen, Transmit,
 };
-use instance::paxos::{Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosConfig, PaxosIo, Proposal};
+use instance::paxos::{DiskPaxos, PAXOS_BLOCK_LEN, PaxosBlock, PaxosConfig, PaxosIo};
 use instance::recovery::ThreadScan;
 use interconnect::sim::SimRng;
 use interconnect::{BlockRegion, Epoch, InstanceId, InstanceSet, Scn, Service, Timestamp};
@@ -84,9 +92,44 @@ enum Ev {
     },
     /// The node's redo scan (of no redo: nothing is committed here) completes.
     Scanned { node: usize, epoch: Epoch },
+    /// The process of `node` starts (a new life): it enters the cluster.
+    Start(usize),
+    /// An entering node's voting-area round (heartbeat written, every slot read).
+    EntryRound { node: usize },
+    /// An entering node's whole-cluster recovery completes.
+    Restarted { node: usize },
+    /// The formation's Paxos block lands in the former's slot.
+    Published {
+        node: usize,
+        bytes: [u8; PAXOS_BLOCK_LEN],
+    },
     /// A fault begins.
     Fault,
 }
+
+impl Ev {
+    /// The nodes whose current life this event belongs to: it is dropped once one of them
+    /// died or restarted (a write of the old life still lands).
+    fn owners(&self) -> [Option<usize>; 2] {
+        match *self {
+            Ev::Tick(node)
+            | Ev::DiskRound(node)
+            | Ev::RoundWritten { node, .. }
+            | Ev::RoundRead { node, .. }
+            | Ev::PaxosWrite { node, .. }
+            | Ev::PaxosRead { node, .. }
+            | Ev::Scanned { node, .. }
+            | Ev::EntryRound { node }
+            | Ev::Restarted { node }
+            | Ev::Published { node, .. } => [Some(node), None],
+            Ev::Deliver { from, to, .. } => [Some(from), Some(to)],
+            Ev::Start(_) | Ev::Fault => [None, None],
+        }
+    }
+}
+
+/// The lives of an event's owners (node, life) when it was scheduled.
+type OwnerLives = [Option<(usize, u64)>; 2];
 
 /// A frame on the wire.
 #[derive(Debug, Clone)]
@@ -115,19 +158,42 @@ pub struct MembershipStats {
     pub stops: u64,
     /// Recoveries of lost members begun (each checked against the member's lease).
     pub recoveries: u64,
+    /// Processes started again after they died or stopped (each enters anew).
+    pub restarts: u64,
+    /// Whole-cluster crashes (every process killed at once).
+    pub crashes: u64,
+    /// Clusters formed (the first, and after whole-cluster crashes; each checked against
+    /// every other instance's lease).
+    pub formations: u64,
+    /// Restarted instances admitted into a running cluster.
+    pub joins: u64,
 }
 
 struct Node {
-    node: InstanceNode,
+    /// The running node, once this life entered the cluster.
+    node: Option<InstanceNode>,
+    /// This life's entry, while it looks for the cluster.
+    entry: Option<Entry>,
+    /// Engine frames that came while entering (for the node, in order; bounded).
+    early: Vec<(usize, Frame)>,
+    /// The process runs (entering or running).
     alive: bool,
+    /// Counts the process's lives: events of an earlier life are dropped.
+    life: u64,
+    /// A start of a new life is scheduled.
+    start_scheduled: bool,
+    /// The epoch this life entered at.
+    entered_at: Epoch,
     /// Takes no steps before this (SIGSTOP).
     paused_until: u64,
     /// Its storage I/O is held until this.
     stalled_until: u64,
     /// Added to the global time for its `now` (forward jumps only).
     clock_offset: u64,
-    /// Global time until which it may submit I/O.
+    /// Global time until which this life may submit I/O (0 while it holds no lease).
     lease_until: u64,
+    /// The latest lease any earlier life of it held.
+    dead_lease_until: u64,
     heartbeat: u64,
     /// The newest Paxos block it asked to write.
     latest_paxos: Option<[u8; PAXOS_BLOCK_LEN]>,
@@ -138,7 +204,8 @@ struct Sim {
     now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    events: Vec<Option<Ev>>,
+    /// Each event with the lives of its owners when it was scheduled.
+    events: Vec<Option<(Ev, OwnerLives)>>,
     nodes: Vec<Node>,
     /// The voting area: each slot's heartbeat counter and Paxos block.
     heartbeats: Vec<u64>,
@@ -169,67 +236,22 @@ impl Sim {
     fn new(seed: u64, trace: bool) -> Self {
         let mut rng = SimRng::new(seed);
         let n = rng.between(2, 5) as usize;
-        let all: InstanceSet = (0..n).map(id).collect();
-        let failure = FailureConfig::default();
         let nodes = (0..n)
-            .map(|i| {
-                let decision = Decision {
-                    epoch: Epoch(1),
-                    value: Proposal {
-                        members: all,
-                        proposer: id(0),
-                    },
-                };
-                let config = PaxosConfig {
-                    slots: n,
-                    phase_timeout: instance::paxos::DEFAULT_PHASE_TIMEOUT,
-                };
-                let mut paxos = DiskPaxos::new(id(i), config, decision).expect("paxos");
-                paxos.recover_own(&[0u8; PAXOS_BLOCK_LEN]).expect("recover");
-                let m =
-                    ClusterManager::new(id(i), all, Epoch(1), all, failure, paxos, Timestamp::ZERO)
-                        .expect("manager");
-                let region = BlockRegion::anonymous(CACHE_FRAMES, BLOCK_SIZE).expect("region");
-                let core = Core::new(
-                    CoreConfig {
-                        me: id(i),
-                        members: all,
-                        epoch: Epoch(1),
-                        data_file: 0,
-                        data_blocks: DATA_BLOCKS,
-                        gcs: gcs::GcsConfig::default(),
-                        // The lock service is idle here (the GCS map's shape is the core's).
-                        ges: crate::driver::small_ges_config(),
-                        joining: false,
-                    },
-                    BufferCache::new(region).expect("cache"),
-                    Timestamp::ZERO,
-                )
-                .expect("core");
-                let mut node = InstanceNode::new(
-                    core,
-                    m,
-                    NodeConfig {
-                        configured: all,
-                        failure,
-                        lease_from: Duration::ZERO,
-                    },
-                );
-                for p in all.iter().filter(|p| *p != id(i)) {
-                    node.handle_connected(p, Timestamp::ZERO);
-                    node.handle_frame(p, Epoch(1), Service::Membership, &[], Timestamp::ZERO)
-                        .expect("heartbeat");
-                }
-                Node {
-                    node,
-                    alive: true,
-                    paused_until: 0,
-                    stalled_until: 0,
-                    clock_offset: 0,
-                    lease_until: LEASE_MS,
-                    heartbeat: 0,
-                    latest_paxos: None,
-                }
+            .map(|_| Node {
+                node: None,
+                entry: None,
+                early: Vec::new(),
+                alive: false,
+                life: 0,
+                start_scheduled: true,
+                entered_at: Epoch(0),
+                paused_until: 0,
+                stalled_until: 0,
+                clock_offset: 0,
+                lease_until: 0,
+                dead_lease_until: 0,
+                heartbeat: 0,
+                latest_paxos: None,
             })
             .collect();
         let faults_end = rng.between(8_000, 20_000);
@@ -244,26 +266,215 @@ impl Sim {
             blocks: vec![[0u8; PAXOS_BLOCK_LEN]; n],
             cut_until: BTreeMap::new(),
             engine_last: BTreeMap::new(),
-            memberships: BTreeMap::from([(1, all)]),
+            memberships: BTreeMap::new(),
             faults_end,
             stats: MembershipStats::default(),
             trace,
         };
-        sim.memberships.insert(1, all);
+        // Every instance starts (the cluster forms), a little apart.
         for i in 0..n {
-            let d = sim.rng.below(100);
-            sim.at(d, Ev::Tick(i));
-            let d = sim.rng.below(100);
-            sim.at(d, Ev::DiskRound(i));
+            let d = sim.rng.below(200);
+            sim.at(d, Ev::Start(i));
         }
-        let d = sim.rng.between(500, 2_000);
+        let d = sim.rng.between(1_000, 3_000);
         sim.at(d, Ev::Fault);
         sim
     }
 
+    fn all(&self) -> InstanceSet {
+        (0..self.nodes.len()).map(id).collect()
+    }
+
+    fn failure() -> FailureConfig {
+        FailureConfig::default()
+    }
+
+    /// A new life of `node` starts: it connects to every running process and enters.
+    fn start(&mut self, node: usize) {
+        let n = self.nodes.len();
+        // Paxos rule 4 and the lease: a new life starts once no write of its previous one can
+        // still land. And an operator restarts an instance the running members have already
+        // let go of (one that comes back first is taken for its old life; see the report).
+        let old_io = self.nodes[node]
+            .stalled_until
+            .max(self.nodes[node].dead_lease_until);
+        let still_member = (0..n).any(|j| {
+            self.nodes[j]
+                .node
+                .as_ref()
+                .is_some_and(|r| r.live().contains(id(node)))
+        });
+        if old_io > self.now || still_member {
+            let wait = old_io
+                .saturating_sub(self.now)
+                .max(self.rng.between(200, 800));
+            self.at(wait, Ev::Start(node));
+            return;
+        }
+        let now = self.local(node);
+        let failure = Self::failure();
+        let all = self.all();
+        let mut entry = Entry::new(
+            EntryConfig {
+                me: id(node),
+                configured: all,
+                failure,
+                give_up_after: Duration::from_secs(600),
+            },
+            now,
+        );
+        let peers: Vec<usize> = (0..n)
+            .filter(|p| *p != node && self.nodes[*p].alive)
+            .collect();
+        for peer in peers {
+            entry.handle_connected(id(peer), now);
+            let peer_now = self.local(peer);
+            let p = &mut self.nodes[peer];
+            if let Some(running) = p.node.as_mut() {
+                running.handle_connected(id(node), peer_now);
+            } else if let Some(entering) = p.entry.as_mut() {
+                entering.handle_connected(id(node), peer_now);
+            }
+        }
+        let me = &mut self.nodes[node];
+        me.life += 1;
+        me.alive = true;
+        me.start_scheduled = false;
+        me.entry = Some(entry);
+        me.node = None;
+        me.early.clear();
+        me.paused_until = 0;
+        me.lease_until = 0;
+        me.latest_paxos = None;
+        if me.life > 1 {
+            self.stats.restarts += 1;
+        }
+        self.log(|| format!("n{node}: starts (life {})", self.nodes[node].life));
+        let d = self.rng.between(1, 20);
+        self.at(d, Ev::Tick(node));
+    }
+
+    /// Every slot's Paxos block that decodes.
+    fn paxos_blocks(&self) -> Vec<PaxosBlock> {
+        self.blocks
+            .iter()
+            .filter_map(|b| PaxosBlock::decode(b).ok().flatten())
+            .collect()
+    }
+
+    /// `node` entered the cluster: its node is built as the runtime builds it (Disk Paxos
+    /// from the decision on disk and its own block), gets its connections, the formation's
+    /// announcement and the engine frames that came first.
+    fn enter(&mut self, node: usize, entered: Entered) {
+        let now = self.local(node);
+        let all = self.all();
+        let (epoch, live) = entered.membership();
+        match entered {
+            Entered::Formed { here: true, .. } => {
+                self.stats.formations += 1;
+                self.applied(node, epoch, live);
+            }
+            Entered::Formed { .. } => self.applied(node, epoch, live),
+            Entered::Joined { .. } => self.stats.joins += 1,
+        }
+        self.log(|| {
+            format!(
+                "n{node}: enters at epoch {} = {live:?} ({entered:?})",
+                epoch.0
+            )
+        });
+        let decision = decision_at_entry(id(node), epoch, live, &self.paxos_blocks());
+        let config = PaxosConfig {
+            slots: self.nodes.len(),
+            phase_timeout: instance::paxos::DEFAULT_PHASE_TIMEOUT,
+        };
+        let mut paxos = DiskPaxos::new(id(node), config, decision).expect("paxos");
+        if let Err(e) = paxos.recover_own(&self.blocks[node]) {
+            self.fail(format!(
+                "n{node}: its own Paxos block does not recover: {e}"
+            ));
+        }
+        let failure = Self::failure();
+        let m =
+            ClusterManager::new(id(node), all, epoch, live, failure, paxos, now).expect("manager");
+        let region = BlockRegion::anonymous(CACHE_FRAMES, BLOCK_SIZE).expect("region");
+        let core = Core::new(
+            CoreConfig {
+                me: id(node),
+                members: live,
+                epoch,
+                data_file: 0,
+                data_blocks: DATA_BLOCKS,
+                gcs: gcs::GcsConfig::default(),
+                // The lock service is idle here (the GCS map's shape is the core's).
+                ges: crate::driver::small_ges_config(),
+                joining: matches!(entered, Entered::Joined { .. }),
+            },
+            BufferCache::new(region).expect("cache"),
+            now,
+        )
+        .expect("core");
+        let mut running = InstanceNode::new(
+            core,
+            m,
+            NodeConfig {
+                configured: all,
+                failure,
+                lease_from: ms(self.now),
+            },
+        );
+        let connected = self.nodes[node]
+            .entry
+            .take()
+            .map(|e| e.connected())
+            .unwrap_or_default();
+        for peer in connected.iter() {
+            running.handle_connected(peer, now);
+        }
+        if let Entered::Formed { here: true, .. } = entered {
+            running.announce_formation(now);
+        }
+        for (from, frame) in std::mem::take(&mut self.nodes[node].early) {
+            if let Err(e) =
+                running.handle_frame(id(from), frame.epoch, frame.service, &frame.body, now)
+            {
+                self.fail(format!("n{node} refused an early frame of n{from}: {e}"));
+            }
+        }
+        let me = &mut self.nodes[node];
+        me.node = Some(running);
+        me.entered_at = epoch;
+        me.lease_until = self.now + LEASE_MS;
+        let d = self.rng.below(100);
+        self.at(d, Ev::DiskRound(node));
+    }
+
+    /// `node` applied `epoch` with `live`: one membership per epoch, ever.
+    fn applied(&mut self, node: usize, epoch: Epoch, live: InstanceSet) {
+        match self.memberships.get(&epoch.0) {
+            Some(known) if *known != live => self.fail(format!(
+                "epoch {} has two memberships: {known:?} and {live:?} (n{node})",
+                epoch.0
+            )),
+            _ => {
+                self.memberships.insert(epoch.0, live);
+            }
+        }
+    }
+
+    /// The latest any life of `node` other than one entering now may write until.
+    fn writes_until(&self, node: usize) -> u64 {
+        let n = &self.nodes[node];
+        let current = if n.node.is_some() { n.lease_until } else { 0 };
+        current.max(n.dead_lease_until)
+    }
+
     fn at(&mut self, delay: u64, ev: Ev) {
         self.seq += 1;
-        self.events.push(Some(ev));
+        let lives = ev
+            .owners()
+            .map(|owner| owner.map(|o| (o, self.nodes[o].life)));
+        self.events.push(Some((ev, lives)));
         let index = self.events.len() - 1;
         self.queue
             .push(Reverse((self.now + delay, self.seq, index)));
@@ -317,9 +528,27 @@ impl Sim {
             }
             self.queue.pop();
             self.now = time;
-            let Some(ev) = self.events[index].take() else {
+            let Some((ev, lives)) = self.events[index].take() else {
                 continue;
             };
+            let current = lives
+                .iter()
+                .flatten()
+                .all(|(owner, life)| self.nodes[*owner].life == *life);
+            if !current {
+                // An earlier life's: only its storage write still lands.
+                match ev {
+                    Ev::PaxosWrite {
+                        node,
+                        bytes,
+                        land: true,
+                        ..
+                    }
+                    | Ev::Published { node, bytes } => self.blocks[node] = bytes,
+                    _ => {}
+                }
+                continue;
+            }
             self.step(ev);
             self.drain();
             self.check();
@@ -337,7 +566,55 @@ impl Sim {
                     return;
                 }
                 let now = self.local(node);
-                self.nodes[node].node.handle_timeout(now);
+                let n = &mut self.nodes[node];
+                if let Some(running) = n.node.as_mut() {
+                    running.handle_timeout(now);
+                } else if let Some(entry) = n.entry.as_mut() {
+                    entry.handle_timeout(now);
+                }
+            }
+            Ev::Start(node) => {
+                if !self.nodes[node].alive {
+                    self.start(node);
+                }
+            }
+            Ev::EntryRound { node } => {
+                if !self.runnable(node, &Ev::EntryRound { node }) {
+                    return;
+                }
+                self.nodes[node].heartbeat += 1;
+                self.heartbeats[node] = self.nodes[node].heartbeat;
+                let looks: Vec<SlotLook> = (0..self.nodes.len())
+                    .map(|i| SlotLook {
+                        instance: id(i),
+                        down: false,
+                        heartbeat: self.heartbeats[i],
+                    })
+                    .collect();
+                let now = self.local(node);
+                if let Some(entry) = self.nodes[node].entry.as_mut() {
+                    entry.handle_slot_round(&looks, now);
+                }
+            }
+            Ev::Restarted { node } => {
+                if !self.runnable(node, &Ev::Restarted { node }) {
+                    return;
+                }
+                let blocks = self.paxos_blocks();
+                if let Some(entry) = self.nodes[node].entry.as_mut() {
+                    entry.handle_restarted(Ok(blocks));
+                }
+            }
+            Ev::Published { node, bytes } => {
+                // Durable when reported (the write lands even if the process died: an
+                // earlier life's event only lands it).
+                self.blocks[node] = bytes;
+                if !self.runnable(node, &Ev::Published { node, bytes }) {
+                    return;
+                }
+                if let Some(entry) = self.nodes[node].entry.as_mut() {
+                    entry.handle_formation_published(Ok(()));
+                }
             }
             Ev::DiskRound(node) => {
                 if !self.runnable(node, &Ev::DiskRound(node)) {
@@ -413,7 +690,9 @@ impl Sim {
                     all_read: true,
                     completed_at: ms(self.now),
                 };
-                self.nodes[node].node.handle_disk_round(round, now);
+                if let Some(running) = self.nodes[node].node.as_mut() {
+                    running.handle_disk_round(round, now);
+                }
                 let next = self.rng.between(90, 110);
                 self.at(next, Ev::DiskRound(node));
             }
@@ -437,7 +716,9 @@ impl Sim {
                     return;
                 }
                 let now = self.local(node);
-                self.nodes[node].node.handle_paxos_written(ok, now);
+                if let Some(running) = self.nodes[node].node.as_mut() {
+                    running.handle_paxos_written(ok, now);
+                }
             }
             Ev::PaxosRead { node, owner, ok } => {
                 let bytes = self.blocks[owner];
@@ -451,8 +732,9 @@ impl Sim {
                     return;
                 }
                 let now = self.local(node);
-                let n = &mut self.nodes[node].node;
-                n.handle_paxos_read(id(owner), ok.then_some(&bytes[..]), now);
+                if let Some(running) = self.nodes[node].node.as_mut() {
+                    running.handle_paxos_read(id(owner), ok.then_some(&bytes[..]), now);
+                }
             }
             Ev::Deliver { from, to, frame } => {
                 let ev = Ev::Deliver { from, to, frame };
@@ -463,11 +745,27 @@ impl Sim {
                     return;
                 };
                 let now = self.local(to);
-                let n = &mut self.nodes[to].node;
-                if let Err(e) =
-                    n.handle_frame(id(from), frame.epoch, frame.service, &frame.body, now)
-                {
-                    self.fail(format!("n{to} refused a frame of n{from}: {e}"));
+                let n = &mut self.nodes[to];
+                if let Some(running) = n.node.as_mut() {
+                    if let Err(e) =
+                        running.handle_frame(id(from), frame.epoch, frame.service, &frame.body, now)
+                    {
+                        self.fail(format!("n{to} refused a frame of n{from}: {e}"));
+                    }
+                } else if let Some(entry) = n.entry.as_mut() {
+                    match frame.service {
+                        Service::Instance => match ClusterMessage::decode(&frame.body) {
+                            Ok(message) => entry.handle_message(id(from), message, now),
+                            Err(e) => self.fail(format!("n{to} refused a frame of n{from}: {e}")),
+                        },
+                        Service::Membership => {}
+                        // The engines' frames wait for the node (an admission's rebuild
+                        // starts at once), bounded as the runtime bounds them.
+                        _ if n.early.len() < instance::core::MAX_FUTURE_MESSAGES => {
+                            n.early.push((from, frame));
+                        }
+                        _ => {}
+                    }
                 }
             }
             Ev::Scanned { node, epoch } => {
@@ -476,41 +774,59 @@ impl Sim {
                 }
                 let now = self.local(node);
                 let scan = Arc::new(ThreadScan::default());
-                self.nodes[node]
-                    .node
-                    .handle_scanned(epoch, Ok((Vec::new(), scan)), now);
+                if let Some(running) = self.nodes[node].node.as_mut() {
+                    running.handle_scanned(epoch, Ok((Vec::new(), scan)), now);
+                }
             }
             Ev::Fault => self.fault(),
         }
     }
 
-    /// Carries out every node's outputs; a node that must stop stops.
+    /// Carries out every node's outputs; a node that must stop stops, one that entered gets
+    /// its node.
     fn drain(&mut self) {
         for node in 0..self.nodes.len() {
+            self.drain_entry(node);
             loop {
                 if !self.nodes[node].alive {
                     break;
                 }
+                let Some(running) = self.nodes[node].node.as_mut() else {
+                    break;
+                };
                 let mut any = false;
-                while let Some(event) = self.nodes[node].node.poll_event() {
-                    any = true;
-                    self.event(node, event);
+                let mut events = Vec::new();
+                while let Some(event) = running.poll_event() {
+                    events.push(event);
                 }
-                while let Some(transmit) = self.nodes[node].node.poll_transmit() {
-                    any = true;
-                    self.transmit(node, transmit);
+                let mut transmits = Vec::new();
+                while let Some(transmit) = running.poll_transmit() {
+                    transmits.push(transmit);
                 }
                 let now = self.local(node);
-                while let Some(io) = self.nodes[node].node.poll_io(now) {
-                    any = true;
+                let running = self.nodes[node].node.as_mut().expect("running");
+                let mut ios = Vec::new();
+                while let Some(io) = running.poll_io(now) {
+                    ios.push(io);
+                }
+                let completed = running.poll_completion().is_some();
+                let stop = running.stop_reason().map(str::to_owned);
+                any |= !events.is_empty() || !transmits.is_empty() || !ios.is_empty();
+                for event in events {
+                    self.event(node, event);
+                }
+                for transmit in transmits {
+                    self.transmit(node, transmit);
+                }
+                for io in ios {
                     self.io(node, io);
                 }
-                if self.nodes[node].node.poll_completion().is_some() {
+                if completed {
                     self.fail(format!(
                         "n{node} completed a user operation nobody asked for"
                     ));
                 }
-                if let Some(reason) = self.nodes[node].node.stop_reason().map(str::to_owned) {
+                if let Some(reason) = stop {
                     self.stop(node, &reason);
                     break;
                 }
@@ -519,6 +835,73 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Carries out an entering node's outputs; builds its node once it entered.
+    fn drain_entry(&mut self, node: usize) {
+        loop {
+            let Some(entry) = self.nodes[node].entry.as_mut() else {
+                return;
+            };
+            let mut sends = Vec::new();
+            while let Some(send) = entry.poll_transmit() {
+                sends.push(send);
+            }
+            let mut ios = Vec::new();
+            while let Some(io) = entry.poll_io() {
+                ios.push(io);
+            }
+            let outcome = entry.outcome().cloned();
+            let any = !sends.is_empty() || !ios.is_empty();
+            for (to, message) in sends {
+                let mut body = Vec::new();
+                message.encode(&mut body);
+                let frame = Frame {
+                    service: Service::Instance,
+                    epoch: Epoch(0),
+                    body,
+                };
+                self.send(node, to.index(), frame);
+            }
+            for io in ios {
+                match io {
+                    EntryIo::SlotRound => {
+                        let d = self.io_delay(node);
+                        self.at(d, Ev::EntryRound { node });
+                    }
+                    EntryIo::Restart => self.restart_recovery(node),
+                    EntryIo::PublishFormation { bytes } => {
+                        let d = self.io_delay(node);
+                        self.at(d, Ev::Published { node, bytes });
+                    }
+                }
+            }
+            match outcome {
+                Some(Ok(entered)) => {
+                    self.enter(node, entered);
+                    return;
+                }
+                Some(Err(e)) => self.fail(format!("n{node} could not enter: {e}")),
+                None if !any => return,
+                None => {}
+            }
+        }
+    }
+
+    /// `node` runs whole-cluster recovery: no other instance may be running, so each one's
+    /// lease (global time) has run out — else two clusters would write.
+    fn restart_recovery(&mut self, node: usize) {
+        for other in (0..self.nodes.len()).filter(|o| *o != node) {
+            let until = self.writes_until(other);
+            if until > self.now {
+                self.fail(format!(
+                    "n{node} runs whole-cluster recovery while n{other}'s lease runs to {until} ms"
+                ));
+            }
+        }
+        self.log(|| format!("n{node}: whole-cluster recovery"));
+        let d = self.io_delay(node);
+        self.at(d, Ev::Restarted { node });
     }
 
     fn event(&mut self, node: usize, event: NodeEvent) {
@@ -534,15 +917,7 @@ impl Sim {
             } => {
                 self.stats.reconfigurations += 1;
                 self.log(|| format!("n{node}: epoch {} = {live:?} (lost {lost:?})", epoch.0));
-                match self.memberships.get(&epoch.0) {
-                    Some(known) if *known != live => self.fail(format!(
-                        "epoch {} has two memberships: {known:?} and {live:?} (n{node})",
-                        epoch.0
-                    )),
-                    _ => {
-                        self.memberships.insert(epoch.0, live);
-                    }
-                }
+                self.applied(node, epoch, live);
             }
             NodeEvent::Instance { event, .. } => self.log(|| format!("n{node}: {event:?}")),
             NodeEvent::CheckpointDone { .. } => {
@@ -628,15 +1003,26 @@ impl Sim {
             }
             NodeIo::Recovery(RecoveryIo::Scan { epoch, .. }) => {
                 // Recovery begins: every member it recovers must have stopped all I/O.
-                let lost = self.nodes[node].node.recovering();
+                let lost = self.nodes[node]
+                    .node
+                    .as_ref()
+                    .map(|r| r.recovering())
+                    .unwrap_or_default();
                 self.stats.recoveries += 1;
                 for victim in lost.iter() {
+                    // The life recovered: an earlier one, or the current one if it entered
+                    // before the epoch that lost it.
                     let v = &self.nodes[victim.index()];
-                    if v.lease_until > self.now {
+                    let current = if v.node.is_some() && v.entered_at < epoch {
+                        v.lease_until
+                    } else {
+                        0
+                    };
+                    let until = current.max(v.dead_lease_until);
+                    if until > self.now {
                         self.fail(format!(
-                            "n{node} begins recovering n{} whose lease runs to {} ms",
+                            "n{node} begins recovering n{} whose lease runs to {until} ms",
                             victim.index(),
-                            v.lease_until
                         ));
                     }
                 }
@@ -647,8 +1033,11 @@ impl Sim {
             NodeIo::Recovery(RecoveryIo::Rebuild { epoch, blocks, .. }) => {
                 // Nothing was ever written: each block rebuilds to its empty version.
                 let now = self.local(node);
+                let Some(running) = self.nodes[node].node.as_mut() else {
+                    return;
+                };
                 for target in blocks {
-                    self.nodes[node].node.handle_recovered(
+                    running.handle_recovered(
                         epoch,
                         target.block,
                         RecoveryOutcome::Rebuilt(Scn(0)),
@@ -676,8 +1065,7 @@ impl Sim {
         self.log(|| format!("n{node}: stops: {reason}"));
         let n = &mut self.nodes[node];
         n.lease_until = n.lease_until.min(self.now);
-        n.alive = false;
-        self.disconnect(node);
+        self.die(node);
     }
 
     /// Sends a control frame: it may be lost (or cut), or duplicated if a cluster message.
@@ -706,13 +1094,33 @@ impl Sim {
         }
     }
 
-    /// `node`'s connections drop (it died or stopped): its peers notice.
-    fn disconnect(&mut self, node: usize) {
+    /// `node`'s process ends (killed, or it stopped itself): its peers see its connections
+    /// drop, and its operator starts it again a little later.
+    fn die(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        n.alive = false;
+        n.dead_lease_until = n.dead_lease_until.max(n.lease_until);
+        n.lease_until = 0;
+        n.node = None;
+        n.entry = None;
+        n.early.clear();
+        // Its events are dropped from here on (a write still lands).
+        n.life += 1;
         for peer in 0..self.nodes.len() {
             if peer != node && self.nodes[peer].alive {
                 let now = self.local(peer);
-                self.nodes[peer].node.handle_disconnected(id(node), now);
+                let p = &mut self.nodes[peer];
+                if let Some(running) = p.node.as_mut() {
+                    running.handle_disconnected(id(node), now);
+                } else if let Some(entry) = p.entry.as_mut() {
+                    entry.handle_disconnected(id(node), now);
+                }
             }
+        }
+        if !self.nodes[node].start_scheduled {
+            self.nodes[node].start_scheduled = true;
+            let d = self.rng.between(1_000, 5_000);
+            self.at(d, Ev::Start(node));
         }
     }
 
@@ -754,13 +1162,23 @@ impl Sim {
                 self.log(|| format!("fault: n{victim} storage stalled until {until}"));
             }
             5 => {
-                // At most a minority dies, so the cluster can always go on.
-                let dead = self.nodes.iter().filter(|n| !n.alive).count();
-                if (dead + 1) * 2 < n && self.nodes[victim].alive {
-                    self.nodes[victim].alive = false;
+                if self.rng.chance(1, 6) {
+                    // The whole cluster crashes; it restarts (whole-cluster recovery), with
+                    // every instance or a majority first.
+                    self.stats.crashes += 1;
+                    self.log(|| "fault: every process killed".to_owned());
+                    for node in 0..n {
+                        if self.nodes[node].alive {
+                            self.stats.kills += 1;
+                            self.die(node);
+                        }
+                    }
+                } else if self.nodes[victim].alive {
+                    // Any instance may die (it is started again later): with most of them
+                    // dead, the rest go on alone or a restart forms the cluster anew.
                     self.stats.kills += 1;
                     self.log(|| format!("fault: n{victim} killed"));
-                    self.disconnect(victim);
+                    self.die(victim);
                 }
             }
             _ => {
@@ -774,13 +1192,24 @@ impl Sim {
         self.at(d, Ev::Fault);
     }
 
+    /// The running node of `node`, if any.
+    fn running(&self, node: usize) -> Option<&InstanceNode> {
+        self.nodes[node]
+            .node
+            .as_ref()
+            .filter(|_| self.nodes[node].alive)
+    }
+
     fn check(&mut self) {
         for node in 0..self.nodes.len() {
             if !self.nodes[node].alive || self.nodes[node].paused_until > self.now {
                 continue;
             }
+            let Some(running) = self.running(node) else {
+                continue;
+            };
             // A member left out of an epoch that is decided never serves in it.
-            let epoch = self.nodes[node].node.epoch();
+            let epoch = running.epoch();
             if let Some(live) = self.memberships.get(&epoch.0)
                 && !live.contains(id(node))
             {
@@ -792,21 +1221,25 @@ impl Sim {
         }
     }
 
-    /// After the faults: everything healed, the running nodes agree on one epoch whose members
-    /// are exactly the running nodes.
+    /// After the faults: everything healed and every instance started again, all of them run
+    /// in one epoch whose members are all of them, with recovery and rebuilds done.
     fn settle(&mut self) {
         self.cut_until.clear();
-        let end = self.now + 15_000;
+        let end = self.now + 30_000;
         self.run(end);
-        let running: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].alive)
-            .collect();
-        let set: InstanceSet = running.iter().map(|&i| id(i)).collect();
-        for &i in &running {
-            let n = &self.nodes[i].node;
-            if n.live() != set {
+        let all = self.all();
+        for i in 0..self.nodes.len() {
+            let Some(n) = self.running(i) else {
+                let state = if self.nodes[i].alive {
+                    "still entering"
+                } else {
+                    "dead"
+                };
+                self.fail(format!("not settled: n{i} is {state}"));
+            };
+            if n.live() != all {
                 self.fail(format!(
-                    "not settled: n{i} at epoch {} with {:?}, running {set:?}; {:?}",
+                    "not settled: n{i} at epoch {} with {:?}, configured {all:?}; {:?}",
                     n.epoch().0,
                     n.live(),
                     n.cluster().stats()
@@ -825,9 +1258,8 @@ impl Sim {
                 ));
             }
         }
-        let epochs: std::collections::BTreeSet<u64> = running
-            .iter()
-            .map(|&i| self.nodes[i].node.epoch().0)
+        let epochs: std::collections::BTreeSet<u64> = (0..self.nodes.len())
+            .filter_map(|i| self.running(i).map(|n| n.epoch().0))
             .collect();
         if epochs.len() > 1 {
             self.fail(format!("running nodes at different epochs: {epochs:?}"));
@@ -846,6 +1278,10 @@ impl MembershipStats {
         self.reconfigurations += other.reconfigurations;
         self.stops += other.stops;
         self.recoveries += other.recoveries;
+        self.restarts += other.restarts;
+        self.crashes += other.crashes;
+        self.formations += other.formations;
+        self.joins += other.joins;
     }
 }
 

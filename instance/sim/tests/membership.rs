@@ -1,30 +1,44 @@
 //! The membership world (`sim::membership`): N real nodes (core, cluster manager with Disk
 //! Paxos, recovery lifecycle) under cuts, lost and duplicated messages, pauses, storage
-//! stalls, write errors, kills and clock jumps; one membership per epoch, lease fencing,
-//! and liveness (one epoch, recoveries and rebuilds complete) checked.
-//! `FUSION_MEMBERSHIP_SEEDS=N` runs more seeds; `FUSION_SEED=N ... replay -- --nocapture`
+//! stalls, write errors, kills (of any number, the whole cluster too) and clock jumps, with
+//! every instance started again (formation, joins, whole-cluster restarts); one membership
+//! per epoch, lease fencing (recovery and whole-cluster recovery), and liveness (all of them
+//! in one epoch, recoveries and rebuilds complete) checked.
+//! `FUSION_MEMBERSHIP_SEEDS=N` runs more seeds (from `FUSION_MEMBERSHIP_FIRST`); `FUSION_SEED=N ... replay -- --nocapture`
 //! prints one seed's trace (or `fusion-sim replay --membership N`).
 
 use sim::{MembershipStats, run_membership_seed};
 
 #[test]
 fn membership_seeds() {
-    let count: u64 = std::env::var("FUSION_MEMBERSHIP_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+    let number = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let count = number("FUSION_MEMBERSHIP_SEEDS", 300);
+    let first = number("FUSION_MEMBERSHIP_FIRST", 0);
     let mut total = MembershipStats::default();
-    for seed in 0..count {
+    let mut failed = Vec::new();
+    for seed in first..first + count {
         match std::panic::catch_unwind(|| run_membership_seed(seed, false)) {
             Ok(stats) => total.add(&stats),
-            Err(_) => panic!(
-                "membership seed {seed} failed; replay: cargo run --release -p sim --bin fusion-sim -- replay --membership {seed}"
-            ),
+            Err(_) => failed.push(seed),
         }
     }
-    println!("{count} seeds: {total:?}");
     assert!(
-        total.reconfigurations > 0 && total.recoveries > 0 && total.stops > 0,
+        failed.is_empty(),
+        "membership seeds {failed:?} failed; replay one: cargo run --release -p sim --bin fusion-sim -- replay --membership SEED"
+    );
+    println!("{count} seeds from {first}: {total:?}");
+    assert!(
+        total.reconfigurations > 0
+            && total.recoveries > 0
+            && total.stops > 0
+            && total.joins > 0
+            && total.crashes > 0
+            && total.formations > count,
         "the faults never bit: {total:?}"
     );
 }
