@@ -80,6 +80,24 @@ impl Histogram {
         Duration::from_nanos(self.max)
     }
 
+    /// The values recorded since `earlier`, a copy of this histogram taken before: bucket
+    /// by bucket the difference. Its maximum is this one's (the largest value since `earlier`
+    /// is not kept), so its quantiles stay upper bounds.
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        let mut buckets = [0; BUCKETS];
+        for (i, b) in buckets.iter_mut().enumerate() {
+            *b = self.buckets[i].saturating_sub(earlier.buckets[i]);
+        }
+        let count = buckets.iter().sum();
+        Histogram {
+            buckets,
+            count,
+            sum: self.sum.saturating_sub(earlier.sum),
+            min: if count == 0 { u64::MAX } else { self.min },
+            max: if count == 0 { 0 } else { self.max },
+        }
+    }
+
     /// An upper bound of the `q` quantile (`0.0..=1.0`): the top of the bucket it falls in,
     /// capped by the maximum. Zero if empty.
     pub fn quantile(&self, q: f64) -> Duration {
@@ -173,5 +191,23 @@ mod tests {
         assert_eq!(h.mean(), Duration::from_nanos(50_500));
         h.record(Duration::ZERO);
         assert_eq!(h.min(), Duration::ZERO);
+    }
+
+    #[test]
+    fn since_keeps_only_the_later_values() {
+        let mut h = Histogram::default();
+        for _ in 0..100 {
+            h.record(Duration::from_millis(200));
+        }
+        let earlier = h.clone();
+        for _ in 0..100 {
+            h.record(Duration::from_micros(100));
+        }
+        let recent = h.since(&earlier);
+        assert_eq!(recent.count(), 100);
+        assert!(recent.quantile(0.99) < Duration::from_micros(200));
+        assert!(h.quantile(0.99) > Duration::from_millis(100));
+        assert_eq!(h.since(&h).count(), 0);
+        assert_eq!(h.since(&h).quantile(0.99), Duration::ZERO);
     }
 }

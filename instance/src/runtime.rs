@@ -13,6 +13,10 @@
 //!   their completions on a `Waiter` that yields briefly and then parks. They report the
 //!   stream's durability (`crate::commit`); the driver answers GCS's redo forces from it.
 //!
+//! * The **redo-force** thread writes the stream when GCS waits for redo that no committer
+//!   is writing yet (a user thread may hold a pending commit while it works on, such as a
+//!   client's pipeline that acknowledges its commits together): the write comes at once
+//!   instead of when that thread next waits.
 //! * The **disk-heartbeat** thread owns this instance's slot: heartbeat rounds, Disk Paxos
 //!   and checkpoint slot I/O. The **recovery** thread scans redo, rebuilds recovery sets and
 //!   preempts reservation keys.
@@ -579,6 +583,17 @@ impl Runtime {
                     })?,
             );
         }
+        // One force queued is enough: a force writes everything appended before it starts.
+        let (force_tx, force_rx) = crossbeam::channel::bounded::<()>(1);
+        {
+            let commits = Arc::clone(&commits);
+            let done = Arc::clone(&handle);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("fusion-redo-force".into())
+                    .spawn(move || redo_force_thread(&force_rx, &commits, &done))?,
+            );
+        }
         {
             let context = Arc::clone(&context);
             let done = Arc::clone(&handle);
@@ -619,6 +634,7 @@ impl Runtime {
             context,
             commits,
             redo_force: None,
+            force_redo: force_tx,
         };
         let driver = std::thread::Builder::new()
             .name("fusion-driver".into())
@@ -676,6 +692,8 @@ struct Driver<T> {
     commits: Arc<crate::commit::CommitStream>,
     /// The redo force GCS waits for, until the stream is durable that far.
     redo_force: Option<Scn>,
+    /// Asks the redo-force thread to write the stream.
+    force_redo: Sender<()>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -1090,7 +1108,8 @@ impl<T: Transport> Driver<T> {
                     }
                 };
             }
-            if let Some(upto) = self.node.poll_redo_force() {
+            let asked = self.node.poll_redo_force();
+            if let Some(upto) = asked {
                 self.redo_force = self.redo_force.max(Some(upto));
             }
             if let Some(upto) = self.redo_force {
@@ -1102,6 +1121,10 @@ impl<T: Transport> Driver<T> {
                     self.redo_force = None;
                     let now = self.now();
                     self.node.handle_redo_durable(horizon, now);
+                } else if asked.is_some() {
+                    // The redo-force thread writes it (and reports) unless a committer does
+                    // first; a force already queued covers this one too.
+                    let _ = self.force_redo.try_send(());
                 }
             }
             while let Some(completion) = self.node.poll_completion() {
@@ -1210,6 +1233,25 @@ impl<T: Transport> Driver<T> {
 }
 
 /// Reads and writes blocks for the driver.
+/// Writes everything appended to the redo stream each time the driver asks, and reports
+/// the durable horizon as a committer would (once the I/O lease confirms the write). Ends
+/// when the driver goes.
+fn redo_force_thread(
+    rx: &Receiver<()>,
+    commits: &crate::commit::CommitStream,
+    handle: &DriverHandle,
+) {
+    while rx.recv().is_ok() {
+        // Past every stamp: waits for whatever is appended now (a failed writer stops the
+        // instance through its committers).
+        if commits.redo.wait_scn(Scn(u64::MAX)).is_ok()
+            && handle.lease.confirm(crate::storage::boottime())
+        {
+            commits.report(handle);
+        }
+    }
+}
+
 fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
     let block_size = context.layout.block_size as usize;
     let mut staging = match AlignedBuf::new(block_size, 4096) {

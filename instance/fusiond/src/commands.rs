@@ -14,7 +14,7 @@
 
 use crate::metrics::Metrics;
 use crate::resp::{Protocol, Reply};
-use crate::store::{Store, Tx};
+use crate::store::{Pending, Store, Tx};
 use crate::value::{DATABASES, Data, Value, glob_match, kv_key};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
@@ -326,14 +326,37 @@ impl<S: Store> Engine<S> {
         &self.store
     }
 
-    /// Runs one request for `session`.
+    /// Runs one request for `session`; returns once its changes are durable.
     pub fn execute(&self, session: &mut Session, request: Vec<Vec<u8>>) -> Outcome {
+        let (outcome, pending) = self.run(session, request);
+        self.acknowledge(outcome, pending)
+    }
+
+    /// The reply to send once `pending` (the request's commit, if it changed anything) is
+    /// durable: a commit that did not become durable turns the reply into its error.
+    fn acknowledge(&self, mut outcome: Outcome, pending: Option<S::Pending<'_>>) -> Outcome {
+        if let Some(Err(e)) = pending.map(Pending::wait) {
+            outcome.reply = Reply::Error(S::error_message(&e));
+        }
+        outcome
+    }
+
+    /// Runs one request for `session` up to its commit's place in the redo stream: the
+    /// outcome may be sent only once the pending commit returned with it is durable.
+    fn run(
+        &self,
+        session: &mut Session,
+        request: Vec<Vec<u8>>,
+    ) -> (Outcome, Option<S::Pending<'_>>) {
         let Some(first) = request.first() else {
-            return Outcome {
-                reply: Reply::err("empty command"),
-                close: false,
-                command: "unknown",
-            };
+            return (
+                Outcome {
+                    reply: Reply::err("empty command"),
+                    close: false,
+                    command: "unknown",
+                },
+                None,
+            );
         };
         let Some((name, arity)) = lookup(first) else {
             let shown: String = String::from_utf8_lossy(&first[..first.len().min(128)])
@@ -348,18 +371,23 @@ impl<S: Store> Engine<S> {
             if let Some(multi) = &mut session.multi {
                 multi.failed = true;
             }
-            return Outcome {
-                reply: Reply::err(format!(
-                    "unknown command '{shown}', with args beginning with: {args}"
-                )),
+            let reply = Reply::err(format!(
+                "unknown command '{shown}', with args beginning with: {args}"
+            ));
+            let outcome = Outcome {
+                reply,
                 close: false,
                 command: "unknown",
             };
+            return (outcome, None);
         };
-        let reply = |reply| Outcome {
-            reply,
-            close: false,
-            command: name,
+        let reply = |reply| {
+            let outcome = Outcome {
+                reply,
+                close: false,
+                command: name,
+            };
+            (outcome, None)
         };
         let count = i32::try_from(request.len()).unwrap_or(i32::MAX);
         if (arity > 0 && count != arity) || (arity < 0 && count < -arity) {
@@ -388,18 +416,24 @@ impl<S: Store> Engine<S> {
         }
         if is_data(name) {
             let db = session.db;
-            let result = self.store.transaction(|tx| {
+            let result = self.store.transaction_pending(|tx| {
                 let now = now_ms();
                 self.data(tx, db, name, &request, now)
             });
-            return reply(self.finish(result));
+            return match result {
+                Ok((answer, pending)) => (reply(answer).0, Some(pending)),
+                Err(e) => reply(Reply::Error(S::error_message(&e))),
+            };
         }
         match name {
-            "quit" => Outcome {
-                reply: Reply::Simple("OK"),
-                close: true,
-                command: name,
-            },
+            "quit" => {
+                let outcome = Outcome {
+                    reply: Reply::Simple("OK"),
+                    close: true,
+                    command: name,
+                };
+                (outcome, None)
+            }
             "multi" => reply(if session.multi.is_some() {
                 Reply::err("MULTI calls can not be nested")
             } else {
@@ -412,7 +446,10 @@ impl<S: Store> Engine<S> {
             } else {
                 Reply::err("DISCARD without MULTI")
             }),
-            "exec" => reply(self.exec(session)),
+            "exec" => {
+                let (answer, pending) = self.exec(session);
+                (reply(answer).0, pending)
+            }
             "watch" => reply(self.watch(session, &request[1..])),
             "unwatch" => {
                 session.watched.clear();
@@ -423,28 +460,35 @@ impl<S: Store> Engine<S> {
     }
 
     /// Runs the requests of one read from a client, in order, each in its own store
-    /// transaction (their commits share the redo's group commits with every other client's).
-    /// Running a pipeline's writes in one transaction was tried: concurrent pipelines of
-    /// random keys then lock the KV's leaves in opposite orders and wait out the KV's lock
-    /// timeout, so throughput collapsed.
+    /// transaction, and returns their replies once every change among them is durable: the
+    /// batch's commits wait together, so they share group commits (with each other and with
+    /// every other client's). A commit that fails to become durable turns its own reply
+    /// into an error; the others keep theirs and their order. Running a pipeline's writes in
+    /// one transaction was tried: concurrent pipelines of random keys then lock the KV's
+    /// leaves in opposite orders and wait out the KV's lock timeout, so throughput collapsed.
     pub fn execute_batch(
         &self,
         session: &mut Session,
         requests: Vec<Vec<Vec<u8>>>,
         metrics: &Metrics,
     ) -> Vec<Outcome> {
-        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut ran = Vec::with_capacity(requests.len());
         for request in requests {
             let start = Instant::now();
-            let outcome = self.execute(session, request);
-            metrics.command(outcome.command, start.elapsed());
+            let (outcome, pending) = self.run(session, request);
             let close = outcome.close;
-            outcomes.push(outcome);
+            ran.push((start, outcome, pending));
             if close {
                 break;
             }
         }
-        outcomes
+        ran.into_iter()
+            .map(|(start, outcome, pending)| {
+                let outcome = self.acknowledge(outcome, pending);
+                metrics.command(outcome.command, start.elapsed());
+                outcome
+            })
+            .collect()
     }
 
     /// `GET` outside MULTI: one read of the newest committed value, without a transaction
@@ -466,22 +510,19 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    fn finish(&self, result: Result<Reply, S::Error>) -> Reply {
-        result.unwrap_or_else(|e| Reply::Error(S::error_message(&e)))
-    }
-
-    fn exec(&self, session: &mut Session) -> Reply {
+    /// `EXEC`: the queued commands in one transaction; its reply waits for the commit.
+    fn exec(&self, session: &mut Session) -> (Reply, Option<S::Pending<'_>>) {
         let Some(multi) = session.multi.take() else {
-            return Reply::err("EXEC without MULTI");
+            return (Reply::err("EXEC without MULTI"), None);
         };
         let watched = std::mem::take(&mut session.watched);
         if multi.failed {
-            return Reply::Error(
-                "EXECABORT Transaction discarded because of previous errors.".into(),
-            );
+            let reply =
+                Reply::Error("EXECABORT Transaction discarded because of previous errors.".into());
+            return (reply, None);
         }
         let start_db = session.db;
-        let result = self.store.transaction(|tx| {
+        let result = self.store.transaction_pending(|tx| {
             let now = now_ms();
             for (key, digest) in &watched {
                 if digest_of(tx.get(key)?.as_deref(), now) != *digest {
@@ -515,11 +556,11 @@ impl<S: Store> Engine<S> {
             Ok((Reply::Array(replies), db))
         });
         match result {
-            Ok((reply, db)) => {
+            Ok(((reply, db), pending)) => {
                 session.db = db;
-                reply
+                (reply, Some(pending))
             }
-            Err(e) => Reply::Error(S::error_message(&e)),
+            Err(e) => (Reply::Error(S::error_message(&e)), None),
         }
     }
 
@@ -1251,6 +1292,15 @@ impl<S: Store> Engine<S> {
             }
             i += 1;
         }
+        if !(nx || xx || get || keepttl) {
+            // A plain SET replaces whatever is there, of any type: no need to read it.
+            let value = Value {
+                data: Data::String(args[2].clone()),
+                expires_at,
+            };
+            store_value(tx, &key, &value)?;
+            return Ok(Reply::Simple("OK"));
+        }
         let old = check!(load(tx, &key, now));
         let old_string = match &old {
             Some(Value {
@@ -1545,6 +1595,97 @@ mod tests {
 
     fn bulk(s: &str) -> Reply {
         Reply::text(s)
+    }
+
+    fn batch(e: &Engine<MemoryStore>, s: &mut Session, lines: &[&str]) -> Vec<Reply> {
+        let requests = lines
+            .iter()
+            .map(|l| l.split(' ').map(|w| w.as_bytes().to_vec()).collect())
+            .collect();
+        let metrics = Metrics::new(std::time::Duration::from_secs(1));
+        e.execute_batch(s, requests, &metrics)
+            .into_iter()
+            .map(|o| o.reply)
+            .collect()
+    }
+
+    #[test]
+    fn a_pipeline_answers_in_order_with_errors_in_their_places() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let replies = batch(
+            &e,
+            s,
+            &[
+                "SET a 1",
+                "INCR a",
+                "SET b x",
+                "INCR b",
+                "NOPE",
+                "MULTI",
+                "INCR a",
+                "INCR b",
+                "SET c 3",
+                "EXEC",
+                "MGET a b c",
+            ],
+        );
+        let not_integer = Reply::err("value is not an integer or out of range");
+        assert_eq!(replies.len(), 11);
+        assert_eq!(
+            replies[..4],
+            [
+                Reply::Simple("OK"),
+                Reply::Integer(2),
+                Reply::Simple("OK"),
+                not_integer.clone(),
+            ]
+        );
+        assert!(
+            matches!(&replies[4], Reply::Error(e) if e.starts_with("ERR unknown command 'NOPE'"))
+        );
+        assert_eq!(
+            replies[5..9],
+            [
+                Reply::Simple("OK"),
+                Reply::Simple("QUEUED"),
+                Reply::Simple("QUEUED"),
+                Reply::Simple("QUEUED"),
+            ]
+        );
+        // MULTI stays one transaction whose commands answer inside EXEC's reply.
+        assert_eq!(
+            replies[9],
+            Reply::Array(vec![Reply::Integer(3), not_integer, Reply::Simple("OK")])
+        );
+        assert_eq!(
+            replies[10],
+            Reply::Array(vec![bulk("3"), bulk("x"), bulk("3")])
+        );
+    }
+
+    #[test]
+    fn a_commit_that_does_not_become_durable_fails_only_its_own_reply() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        e.store().fail_next_waits(1);
+        let replies = batch(&e, s, &["PING", "SET a 1", "SET b 2", "ECHO x"]);
+        assert_eq!(replies[0], Reply::Simple("PONG"));
+        assert!(
+            matches!(&replies[1], Reply::Error(m) if m.contains("the commit's write failed")),
+            "{:?}",
+            replies[1]
+        );
+        assert_eq!(replies[2..], [Reply::Simple("OK"), bulk("x")]);
+    }
+
+    #[test]
+    fn quit_in_a_pipeline_ends_it_after_its_reply() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let replies = batch(&e, s, &["SET a 1", "QUIT", "SET a 2"]);
+        assert_eq!(replies, [Reply::Simple("OK"), Reply::Simple("OK")]);
+        assert_eq!(run(&e, s, "GET a"), bulk("1"));
     }
 
     #[test]

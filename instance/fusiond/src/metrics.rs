@@ -20,10 +20,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type Labels = Vec<(&'static str, String)>;
 type HistogramMaker = fn() -> Histogram;
@@ -176,6 +177,70 @@ pub fn redo_full_severities(usage: f64) -> impl Iterator<Item = (&'static str, b
     .into_iter()
 }
 
+/// How far back the `transfer_latency` alert looks: a slow minute long ago does not keep it
+/// firing.
+pub const TRANSFER_ALERT_WINDOW: Duration = Duration::from_secs(60);
+
+/// The transfer kinds the `transfer_latency` alert watches, as INFO names them.
+pub const ALERT_KINDS: [(&str, TransferKind); 2] = [
+    ("2_way", TransferKind::TwoWay),
+    ("3_way", TransferKind::ThreeWay),
+];
+
+/// The recent part of cumulative latency histograms (the instance keeps totals since it
+/// started): copies of them taken as time goes by, and the difference from the newest copy
+/// at least a window old. Copies are kept at most one per `step`, so memory is bounded by
+/// `window / step + 2` copies. It reads no clock: callers pass `now`.
+#[derive(Debug)]
+pub struct LatencyWindow {
+    window: Duration,
+    step: Duration,
+    /// When each copy was taken and the histograms then, oldest first; never empty.
+    copies: VecDeque<(Instant, Vec<gcs::Histogram>)>,
+}
+
+impl LatencyWindow {
+    /// A window over `kinds` histograms that were empty at `now` (so at first it covers
+    /// everything since then).
+    pub fn new(window: Duration, step: Duration, kinds: usize, now: Instant) -> Self {
+        let empty = vec![gcs::Histogram::default(); kinds];
+        Self {
+            window,
+            step: step.max(Duration::from_millis(1)),
+            copies: VecDeque::from([(now, empty)]),
+        }
+    }
+
+    /// Takes the cumulative histograms as they are at `now` and returns what was recorded in
+    /// them since the newest copy at least a window old (the window, or a little more when
+    /// copies were taken rarely; everything since the start while the window has not passed).
+    pub fn observe(&mut self, now: Instant, current: &[gcs::Histogram]) -> Vec<gcs::Histogram> {
+        while self
+            .copies
+            .get(1)
+            .is_some_and(|(taken, _)| now.saturating_duration_since(*taken) >= self.window)
+        {
+            self.copies.pop_front();
+        }
+        let recent = match self.copies.front() {
+            Some((_, base)) => current
+                .iter()
+                .zip(base)
+                .map(|(now, then)| now.since(then))
+                .collect(),
+            None => current.to_vec(),
+        };
+        if self
+            .copies
+            .back()
+            .is_none_or(|(taken, _)| now.saturating_duration_since(*taken) >= self.step)
+        {
+            self.copies.push_back((now, current.to_vec()));
+        }
+        recent
+    }
+}
+
 /// Every metric fusiond exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -188,6 +253,8 @@ pub struct Metrics {
     instance: Arc<InstanceSeries>,
     alerts: Family<Labels, Gauge>,
     transfer_p99_alert: Duration,
+    /// The recent 2-way and 3-way transfer latencies the alert judges ([`ALERT_KINDS`]).
+    transfers: parking_lot::Mutex<LatencyWindow>,
 }
 
 fn command_histogram() -> Histogram {
@@ -245,7 +312,29 @@ impl Metrics {
             instance,
             alerts,
             transfer_p99_alert,
+            transfers: parking_lot::Mutex::new(LatencyWindow::new(
+                TRANSFER_ALERT_WINDOW,
+                TRANSFER_ALERT_WINDOW / 12,
+                ALERT_KINDS.len(),
+                Instant::now(),
+            )),
         }
+    }
+
+    /// The p99 of each of [`ALERT_KINDS`] over the last [`TRANSFER_ALERT_WINDOW`] (zero
+    /// where none happened), as the `transfer_latency` alert judges them. Called at every
+    /// scrape and periodically by the daemon, so the window moves without scrapes too.
+    pub fn recent_transfer_p99(&self, stats: &gcs::Metrics) -> [Duration; ALERT_KINDS.len()] {
+        let current: Vec<gcs::Histogram> = ALERT_KINDS
+            .iter()
+            .map(|(_, kind)| stats.latency(*kind).clone())
+            .collect();
+        let recent = self.transfers.lock().observe(Instant::now(), &current);
+        let mut p99 = [Duration::ZERO; ALERT_KINDS.len()];
+        for (out, h) in p99.iter_mut().zip(&recent) {
+            *out = h.quantile(0.99);
+        }
+        p99
     }
 
     /// Records one executed command.
@@ -553,9 +642,9 @@ impl Metrics {
             (
                 "transfer_latency",
                 "warning",
-                [TransferKind::TwoWay, TransferKind::ThreeWay]
+                self.recent_transfer_p99(&stats.gcs)
                     .iter()
-                    .any(|k| stats.gcs.latency(*k).quantile(0.99) > self.transfer_p99_alert),
+                    .any(|p99| *p99 > self.transfer_p99_alert),
             ),
         ];
         for (alert, severity, on) in rules.into_iter().chain(
@@ -655,10 +744,10 @@ fn answer(
 }
 
 /// The `# Fusion` section of `INFO`: epoch, members, block transfers by kind with latency
-/// quantiles in microseconds, redo (fullness, sync latency, checkpoint age), buffer cache,
-/// enqueue waits, blocks mastered and recovery counters. The demo and `fusionctl status`
-/// read it over RESP.
-pub fn info_section(instance: &Instance, configured_members: usize) -> String {
+/// quantiles in microseconds (and the recent p99s the `transfer_latency` alert judges), redo
+/// (fullness, sync latency, checkpoint age), buffer cache, enqueue waits, blocks mastered and
+/// recovery counters. The demo and `fusionctl status` read it over RESP.
+pub fn info_section(instance: &Instance, configured_members: usize, metrics: &Metrics) -> String {
     let mut out = String::from("# Fusion\r\n");
     out.push_str(&format!("instance:{}\r\n", instance.id().index()));
     if let Some(reason) = instance.stopped() {
@@ -690,6 +779,18 @@ pub fn info_section(instance: &Instance, configured_members: usize) -> String {
             )),
         }
     }
+    // What the `transfer_latency` alert judges: the p99s of the last minute.
+    out.push_str(&format!(
+        "transfer_recent_p99_us:window_s={}",
+        TRANSFER_ALERT_WINDOW.as_secs()
+    ));
+    for ((kind, _), p99) in ALERT_KINDS
+        .iter()
+        .zip(metrics.recent_transfer_p99(&stats.gcs))
+    {
+        out.push_str(&format!(",{kind}={}", p99.as_micros()));
+    }
+    out.push_str("\r\n");
     let timing = stats.last_failure;
     let ms = |d: Option<Duration>| d.map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(-1));
     out.push_str(&format!(
@@ -752,4 +853,77 @@ fn latency_fields(h: &gcs::Histogram) -> String {
         h.quantile(0.99).as_micros(),
         h.quantile(0.999).as_micros()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn histogram(values: &[(Duration, usize)]) -> gcs::Histogram {
+        let mut h = gcs::Histogram::default();
+        for &(value, n) in values {
+            for _ in 0..n {
+                h.record(value);
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn a_slow_minute_long_ago_leaves_the_window() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut window =
+            LatencyWindow::new(Duration::from_secs(60), Duration::from_secs(5), 1, start);
+        let slow = Duration::from_millis(200);
+        let fast = Duration::from_micros(100);
+        // The first minute is slow: the window sees it.
+        let mut total = histogram(&[(slow, 1000)]);
+        for s in (5..=60).step_by(5) {
+            let recent = window.observe(at(s), std::slice::from_ref(&total));
+            assert!(
+                recent[0].quantile(0.99) >= Duration::from_millis(100),
+                "at {s} s"
+            );
+        }
+        // Then transfers are fast; the cumulative p99 stays slow for ever ...
+        for s in (65..=200).step_by(5) {
+            total = {
+                let mut h = total.clone();
+                for _ in 0..1000 {
+                    h.record(fast);
+                }
+                h
+            };
+            let recent = window.observe(at(s), std::slice::from_ref(&total));
+            if s >= 130 {
+                // ... but a minute later the window holds only the fast ones.
+                assert_eq!(recent[0].count(), 12_000, "at {s} s");
+                assert!(
+                    recent[0].quantile(0.99) < Duration::from_millis(1),
+                    "at {s} s"
+                );
+            }
+        }
+        assert!(total.quantile(0.99) >= Duration::from_millis(100));
+        // Copies are bounded by the window over the step.
+        assert!(window.copies.len() <= 60 / 5 + 2, "{}", window.copies.len());
+    }
+
+    #[test]
+    fn rare_looks_cover_at_least_the_window() {
+        let start = Instant::now();
+        let mut window =
+            LatencyWindow::new(Duration::from_secs(60), Duration::from_secs(5), 1, start);
+        let slow = histogram(&[(Duration::from_millis(200), 10)]);
+        let recent = window.observe(start + Duration::from_secs(10), std::slice::from_ref(&slow));
+        assert_eq!(recent[0].count(), 10);
+        // Nothing new for ten minutes: the window is empty, not the slow values again.
+        let recent = window.observe(
+            start + Duration::from_secs(600),
+            std::slice::from_ref(&slow),
+        );
+        assert_eq!(recent[0].count(), 0);
+        assert_eq!(recent[0].quantile(0.99), Duration::ZERO);
+    }
 }

@@ -8,7 +8,8 @@
 //! bounded by the buffer limit (one pending request, one batch of replies).
 //!
 //! A read takes whatever the client has sent: every complete request in it is parsed and
-//! executed in order, and the replies go back in one write. It must never let one client hurt
+//! executed in order, and the replies go back in one write once every commit among them is
+//! durable (a pipeline's commits share group commits). It must never let one client hurt
 //! another: a protocol error, an oversized request or reply, or a client idle past the
 //! timeout (half a command included) closes that client only.
 

@@ -33,6 +33,14 @@ pub trait Tx {
     ) -> Result<Pairs, Self::Error>;
 }
 
+/// A commit in the redo stream whose durability is not confirmed yet.
+pub trait Pending {
+    /// Why the commit may fail to become durable.
+    type Error;
+    /// Returns once the commit is durable: the acknowledgement.
+    fn wait(self) -> Result<(), Self::Error>;
+}
+
 /// A store of transactions.
 pub trait Store: Send + Sync + 'static {
     /// Why a transaction failed.
@@ -41,13 +49,28 @@ pub trait Store: Send + Sync + 'static {
     type Tx<'a>: Tx<Error = Self::Error>
     where
         Self: 'a;
+    /// A committed transaction waiting for durability.
+    type Pending<'a>: Pending<Error = Self::Error>
+    where
+        Self: 'a;
     /// Runs `body` in a transaction and commits it durably; `body` may run more than once
     /// (conflicts are retried), so it must have no effect outside the transaction except
     /// what its last run returns.
     fn transaction<R>(
         &self,
         body: impl FnMut(&mut Self::Tx<'_>) -> Result<R, Self::Error>,
-    ) -> Result<R, Self::Error>;
+    ) -> Result<R, Self::Error> {
+        let (result, pending) = self.transaction_pending(body)?;
+        pending.wait()?;
+        Ok(result)
+    }
+    /// [`Store::transaction`] up to the commit's place in the redo stream (its locks are
+    /// released): the result may be shown to no one before the pending commit's wait
+    /// succeeds. Several pending commits waited for together share group commits.
+    fn transaction_pending<R>(
+        &self,
+        body: impl FnMut(&mut Self::Tx<'_>) -> Result<R, Self::Error>,
+    ) -> Result<(R, Self::Pending<'_>), Self::Error>;
     /// The newest committed value of `key`, read outside any transaction: a single read
     /// needs no locks (it neither waits for nor blocks other readers).
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
@@ -109,14 +132,22 @@ impl Tx for kv::KvTxn<'_> {
     }
 }
 
+impl Pending for kv::KvPending<'_> {
+    type Error = kv::KvError;
+    fn wait(self) -> Result<(), kv::KvError> {
+        kv::KvPending::wait(self)
+    }
+}
+
 impl Store for KvStore {
     type Error = kv::KvError;
     type Tx<'a> = kv::KvTxn<'a>;
-    fn transaction<R>(
+    type Pending<'a> = kv::KvPending<'a>;
+    fn transaction_pending<R>(
         &self,
         body: impl FnMut(&mut kv::KvTxn<'_>) -> Result<R, kv::KvError>,
-    ) -> Result<R, kv::KvError> {
-        self.kv.transaction(body)
+    ) -> Result<(R, kv::KvPending<'_>), kv::KvError> {
+        self.kv.transaction_pending(body)
     }
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, kv::KvError> {
         self.kv.get(key)
@@ -150,6 +181,8 @@ pub(crate) mod memory {
     #[derive(Debug, Default)]
     pub(crate) struct MemoryStore {
         map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+        /// Waits for durability still to fail (`fail_next_waits`).
+        failing_waits: Mutex<usize>,
     }
 
     /// A transaction over a copy of the map, counting the keys it touches against
@@ -205,13 +238,38 @@ pub(crate) mod memory {
         }
     }
 
+    /// A memory commit: durable at once, unless the store was told to fail the next waits.
+    pub(crate) struct MemoryPending<'a> {
+        store: &'a MemoryStore,
+    }
+
+    impl Pending for MemoryPending<'_> {
+        type Error = String;
+        fn wait(self) -> Result<(), String> {
+            let mut failing = self.store.failing_waits.lock();
+            if *failing > 0 {
+                *failing -= 1;
+                return Err("the commit's write failed".into());
+            }
+            Ok(())
+        }
+    }
+
+    impl MemoryStore {
+        /// Makes the next `n` waits for durability fail (as a failed redo write would).
+        pub(crate) fn fail_next_waits(&self, n: usize) {
+            *self.failing_waits.lock() = n;
+        }
+    }
+
     impl Store for MemoryStore {
         type Error = String;
         type Tx<'a> = MemoryTx;
-        fn transaction<R>(
+        type Pending<'a> = MemoryPending<'a>;
+        fn transaction_pending<R>(
             &self,
             mut body: impl FnMut(&mut MemoryTx) -> Result<R, String>,
-        ) -> Result<R, String> {
+        ) -> Result<(R, MemoryPending<'_>), String> {
             let mut map = self.map.lock();
             let mut tx = MemoryTx {
                 map: map.clone(),
@@ -219,7 +277,7 @@ pub(crate) mod memory {
             };
             let result = body(&mut tx)?;
             *map = tx.map;
-            Ok(result)
+            Ok((result, MemoryPending { store: self }))
         }
         fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
             Ok(self.map.lock().get(key).cloned())

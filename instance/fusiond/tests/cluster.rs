@@ -452,3 +452,109 @@ fn members_up(cluster: &Cluster, id: usize) -> usize {
         .map(|n| n.trim().parse().unwrap())
         .unwrap()
 }
+
+/// Pipelined writes are acknowledged only once durable: clients of both instances send
+/// batches of 16 commands (a SET of a fresh key and an INCR of a key of their own, in turn)
+/// and count what came back; `kill -9` of every instance in the middle of it loses nothing
+/// acknowledged after the restart, and replies came back in order (each INCR reply is one
+/// more than the last one of that client).
+#[test]
+fn pipelined_writes_acknowledged_survive_kill_9() {
+    let mut cluster = Cluster::create(2, "");
+    cluster.start_all();
+    let stop = Arc::new(AtomicBool::new(false));
+    let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for id in 0..2 {
+        for c in 0..2 {
+            let address = cluster.resp[id];
+            let stop = stop.clone();
+            let batches = batches.clone();
+            handles.push(std::thread::spawn(move || {
+                let me = format!("i{id}c{c}");
+                let counter = format!("{me}:count");
+                let mut acked_sets = Vec::new();
+                let mut acked_count = 0u64;
+                let Ok(mut client) =
+                    Client::connect(address).and_then(|c| c.with_timeout(Duration::from_secs(30)))
+                else {
+                    return (me, acked_sets, acked_count);
+                };
+                let mut seq = 0u64;
+                'run: while !stop.load(Ordering::Relaxed) {
+                    let mut batch = Vec::new();
+                    let mut sent = Vec::new();
+                    for i in 0..16 {
+                        if i % 2 == 0 {
+                            let key = format!("{me}:{seq}");
+                            batch.extend_from_slice(&Client::encode(&[
+                                "SET",
+                                &key,
+                                &seq.to_string(),
+                            ]));
+                            sent.push(Some((key, seq)));
+                            seq += 1;
+                        } else {
+                            batch.extend_from_slice(&Client::encode(&["INCR", &counter]));
+                            sent.push(None);
+                        }
+                    }
+                    if client.send_raw(&batch).is_err() {
+                        break;
+                    }
+                    for what in sent {
+                        match (client.read(), what) {
+                            (Ok(Resp::Simple(ok)), Some(set)) if ok == "OK" => acked_sets.push(set),
+                            (Ok(Resp::Integer(n)), None) => {
+                                assert_eq!(
+                                    n as u64,
+                                    acked_count + 1,
+                                    "{me}: INCR replies out of order"
+                                );
+                                acked_count += 1;
+                            }
+                            (Ok(other), _) => panic!("{me}: unexpected reply {other:?}"),
+                            (Err(_), _) => break 'run,
+                        }
+                    }
+                    batches.fetch_add(1, Ordering::Relaxed);
+                }
+                (me, acked_sets, acked_count)
+            }));
+        }
+    }
+    // Killed in the middle of the load, once every client had a few batches answered.
+    let deadline = Instant::now() + common::DEADLINE;
+    while batches.load(Ordering::Relaxed) < 40 {
+        assert!(Instant::now() < deadline, "the pipelines are not answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for id in 0..2 {
+        cluster.kill(id);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        results.iter().any(|(_, sets, _)| !sets.is_empty()),
+        "no pipelined write was acknowledged"
+    );
+    cluster.start_all();
+    for (me, sets, count) in &results {
+        let got = common::counter(&cluster, 1, &format!("{me}:count"));
+        assert!(got >= *count, "{me}: counter {got} < acknowledged {count}");
+        for chunk in sets.chunks(100) {
+            let mut mget = vec!["MGET"];
+            mget.extend(chunk.iter().map(|(key, _)| key.as_str()));
+            let expected: Vec<Resp> = chunk
+                .iter()
+                .map(|(_, value)| Resp::bulk(&value.to_string()))
+                .collect();
+            assert_eq!(
+                common::call_retrying(&cluster, 0, &mget),
+                Resp::Array(expected),
+                "{me}: an acknowledged SET is lost"
+            );
+        }
+    }
+}

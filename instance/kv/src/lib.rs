@@ -108,7 +108,7 @@ mod locks;
 pub mod node;
 
 use ges::{LockMode, LockName};
-use instance::api::{Instance, InstanceError, LockGuard, Transaction};
+use instance::api::{Instance, InstanceError, LockGuard, PendingCommit, Transaction};
 use instance::core::CoreError;
 use leaves::LeafHints;
 use locks::{LocalLockError, LocalLocks};
@@ -517,8 +517,22 @@ impl Kv {
     /// [`KvError::Retry`] (after a short random backoff), up to `max_retries` times.
     pub fn transaction<R>(
         &self,
-        mut body: impl FnMut(&mut KvTxn<'_>) -> Result<R, KvError>,
+        body: impl FnMut(&mut KvTxn<'_>) -> Result<R, KvError>,
     ) -> Result<R, KvError> {
+        let (result, pending) = self.transaction_pending(body)?;
+        pending.wait()?;
+        Ok(result)
+    }
+
+    /// [`Kv::transaction`] without the wait for durability: returns once the commit is in
+    /// the redo stream and its locks are released, with the [`KvPending`] whose
+    /// [`KvPending::wait`] is the acknowledgement. A caller running several transactions
+    /// (a client's pipeline) waits for all of them at the end, so they share one group
+    /// commit; nothing of `R` may be shown to anyone before that wait succeeds.
+    pub fn transaction_pending<R>(
+        &self,
+        mut body: impl FnMut(&mut KvTxn<'_>) -> Result<R, KvError>,
+    ) -> Result<(R, KvPending<'_>), KvError> {
         let mut attempt = 0u32;
         // Reruns keep the first run's age, so the oldest transaction is never a local
         // deadlock victim and always finishes (module `locks`).
@@ -529,8 +543,8 @@ impl Kv {
             // Transaction ids count from 1 on every instance: mix in which instance.
             let seed = txn.id ^ ((self.instance.id().index() as u64) << 48);
             let error = match body(&mut txn) {
-                Ok(result) => match txn.commit() {
-                    Ok(()) => return Ok(result),
+                Ok(result) => match txn.commit_pending() {
+                    Ok(pending) => return Ok((result, pending)),
                     Err(e) => e,
                 },
                 Err(e) => {
@@ -1000,13 +1014,21 @@ impl<'k> KvTxn<'k> {
 
     /// Commits: releases the locks once the changes are in the redo stream and returns once
     /// they are durable (a transaction that only read returns once what it read is).
-    pub fn commit(mut self) -> Result<(), KvError> {
+    pub fn commit(self) -> Result<(), KvError> {
+        self.commit_pending()?.wait()
+    }
+
+    /// Commits without waiting for durability: the changes are in the redo stream and the
+    /// locks released when it returns; [`KvPending::wait`] is the acknowledgement.
+    pub fn commit_pending(mut self) -> Result<KvPending<'k>, KvError> {
         if let Some(why) = self.aborted.take() {
             return Err(why.again());
         }
-        self.finish(true)?;
-        self.kv.counters.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let commit = self.finish(true)?;
+        Ok(KvPending {
+            kv: self.kv,
+            commit,
+        })
     }
 
     /// Rolls the changes back and releases the locks.
@@ -1055,8 +1077,8 @@ impl<'k> KvTxn<'k> {
     /// Commits (or rolls back) the engine transaction, then releases the enqueues and the
     /// local locks, in that order: a block's X is gone before its enqueue is. The enqueues go
     /// once the commit's redo is in the stream (early lock release: a later commit can only
-    /// be durable after it); the commit is acknowledged once durable.
-    fn finish(&mut self, commit: bool) -> Result<(), KvError> {
+    /// be durable after it); the commit is acknowledged by waiting for what this returns.
+    fn finish(&mut self, commit: bool) -> Result<Option<PendingCommit<'k>>, KvError> {
         let pending = match self.tx.take() {
             Some(tx) if commit => tx.commit_pending().map(Some).map_err(KvError::Instance),
             Some(tx) => {
@@ -1076,10 +1098,7 @@ impl<'k> KvTxn<'k> {
         self.kv.locks.release(self.id, &ids);
         self.written.clear();
         self.nodes.clear();
-        match pending? {
-            Some(pending) => pending.wait().map(|_| ()).map_err(KvError::Instance),
-            None => Ok(()),
-        }
+        pending
     }
 
     /// Puts node `n`, found by `locked_node` and not changed, back into the cache.
@@ -1522,6 +1541,28 @@ impl<'k> KvTxn<'k> {
                 count: count + blocks,
             },
         )
+    }
+}
+
+/// A committed transaction whose redo is in the stream, not yet known durable
+/// ([`KvTxn::commit_pending`], [`Kv::transaction_pending`]). Dropping it unwaited still
+/// lets the write happen, without saying how it went.
+#[derive(Debug)]
+#[must_use = "a commit is acknowledged only by `wait`"]
+pub struct KvPending<'k> {
+    kv: &'k Kv,
+    commit: Option<PendingCommit<'k>>,
+}
+
+impl KvPending<'_> {
+    /// Returns once the commit is durable: the acknowledgement. Waits for several pending
+    /// commits in a row share the group commit that makes the first one durable.
+    pub fn wait(mut self) -> Result<(), KvError> {
+        if let Some(commit) = self.commit.take() {
+            commit.wait().map_err(KvError::Instance)?;
+        }
+        self.kv.counters.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 

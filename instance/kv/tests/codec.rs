@@ -43,7 +43,8 @@ fn tree_node() -> impl Strategy<Value = Node> {
             } else {
                 Vec::new()
             };
-            let high = if high_fence && !entries.is_empty() {
+            // Above the low fence (an empty high key with no low fence would equal it).
+            let high = if high_fence && entries.last().is_some_and(|(k, _)| *k > low) {
                 entries.pop().map(|(k, _)| k)
             } else {
                 None

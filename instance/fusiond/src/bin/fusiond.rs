@@ -7,7 +7,7 @@
 
 use clap::Parser;
 use fusiond::commands::{Engine, EngineConfig, ServerInfo};
-use fusiond::metrics::{Metrics, info_section, serve_http};
+use fusiond::metrics::{Metrics, TRANSFER_ALERT_WINDOW, info_section, serve_http};
 use fusiond::server::{ClientLimits, Clients, serve};
 use fusiond::store::{KvStore, Store};
 use instance::api::Instance;
@@ -92,6 +92,7 @@ struct InstanceInfo {
     store: Weak<KvStore>,
     members: usize,
     clients: Arc<Clients>,
+    metrics: Arc<Metrics>,
 }
 
 impl ServerInfo for InstanceInfo {
@@ -99,7 +100,7 @@ impl ServerInfo for InstanceInfo {
         let mut out = self
             .instance
             .upgrade()
-            .map(|i| info_section(&i, self.members))
+            .map(|i| info_section(&i, self.members, &self.metrics))
             .unwrap_or_default();
         if let Some(store) = self.store.upgrade() {
             let s = store.stats();
@@ -154,6 +155,7 @@ fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
             store: store_info,
             members,
             clients: clients.clone(),
+            metrics: metrics.clone(),
         }),
     ));
     if let Some(address) = metrics_listen {
@@ -188,10 +190,18 @@ fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
 
     let sweep_every = serve_config.expiry_sweep;
     let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
+    let mut next_sample = Instant::now() + TRANSFER_ALERT_WINDOW / 12;
     while !stop.load(Ordering::Relaxed) {
         if let Some(reason) = instance.stopped() {
             clients.stop();
             return Err(format!("the instance stopped: {reason}"));
+        }
+        if Instant::now() >= next_sample {
+            // The transfer-latency window moves without scrapes too.
+            if let Ok(stats) = instance.stats() {
+                metrics.recent_transfer_p99(&stats.gcs);
+            }
+            next_sample = Instant::now() + TRANSFER_ALERT_WINDOW / 12;
         }
         if let (Some(every), Some(due)) = (sweep_every, next_sweep)
             && Instant::now() >= due

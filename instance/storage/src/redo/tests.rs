@@ -549,6 +549,35 @@ fn appended_commits_are_stamped_in_stream_order_and_durable_once_waited() {
     assert_eq!(seen, vec![(1, 101), (2, 101), (3, 102), (4, 103)]);
 }
 
+/// Appends that nobody waits for yet fill the open batch and go on: the appender that finds
+/// it full with no write in flight writes it itself (waiting for a leader would wait for ever,
+/// as when every committer appends several commits before it waits).
+#[test]
+fn appends_past_a_full_open_batch_with_no_waiter_write_it() {
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(10),
+    ));
+    let t = thread(0, THREAD_SIZE);
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(faulty.clone(), t, 1, &mut lives);
+    let clock = AtomicU64::new(0);
+    let stamp = || Scn(clock.fetch_add(1, Ordering::SeqCst) + 1);
+    let entry = 16 << 10;
+    let count = 3 * codec::MAX_ENTRY_LEN / entry;
+    let appended: Vec<Appended> = (0..count)
+        .map(|i| writer.append(&[record(1, i as u32, entry)], stamp).unwrap())
+        .collect();
+    assert!(writer.stats().writes >= 2, "{:?}", writer.stats());
+    for a in &appended {
+        writer.wait(*a).unwrap();
+    }
+    drop(writer);
+    faulty.crash();
+    let (records, _) = read_all(faulty.as_ref(), t, 1, &lives);
+    assert_eq!(records.len(), count);
+}
+
 /// The durable horizon is the clock's reading only while nothing appended is pending.
 #[test]
 fn durable_horizon_covers_the_clock_only_with_nothing_pending() {

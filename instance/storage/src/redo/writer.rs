@@ -485,8 +485,14 @@ impl RedoWriter {
             && st.open.len() + entry.len() > MAX_ENTRY_LEN
             && st.failed.is_none()
         {
-            // The open batch is full: wait for a leader to take it.
-            self.batch_done.wait(&mut st);
+            if st.leader_busy {
+                // The open batch is full: wait for the leader to take it next.
+                self.batch_done.wait(&mut st);
+            } else {
+                // No write in flight, and maybe no committer waiting to lead one (appenders
+                // that wait later, holding their locks): write the full batch now.
+                self.lead(&mut st);
+            }
         }
         if let Some(e) = &st.failed {
             return Err(RedoError::Failed(Arc::clone(e)));
