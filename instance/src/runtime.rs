@@ -1056,7 +1056,7 @@ impl<T: Transport> Driver<T> {
                 }
                 TransportEvent::PeerDisconnected { peer, reason } => {
                     if self.node.live().contains(peer) {
-                        tracing::warn!("connection to instance {peer} lost: {reason}");
+                        tracing::info!("connection to instance {peer} lost: {reason}");
                     }
                     self.node.handle_disconnected(peer, now);
                 }

@@ -323,13 +323,11 @@ fn spawn(cpu: Option<u32>, program: &Path, args: &[String]) -> Result<Child, Err
         .map_err(|e| e.to_string().into())
 }
 
-/// Passes a child's stderr on, except the peer-disconnect line an instance prints when the
-/// other instance of the pair exits first.
+/// Passes a child's stderr on (its instance logs warnings and above: the peer-disconnect
+/// line when the other instance of the pair exits first is below that).
 fn forward_stderr(who: &str, output: &Output) {
     for line in String::from_utf8_lossy(&output.stderr).lines() {
-        if !(line.contains("connection to instance") && line.contains("lost")) {
-            eprintln!("  {who}: {line}");
-        }
+        eprintln!("  {who}: {line}");
     }
 }
 
