@@ -373,9 +373,19 @@ fn run_role(role: &str, options: &Options) -> Result<(), Error> {
             let response = vec![0x5au8; options.response];
             let blocking = options.mode == Mode::Blocking;
             let mut seq = 1u32;
-            while channel.wait_request(seq, blocking, Duration::from_secs(60)) {
-                channel.send_response(&response, seq, blocking);
-                seq = seq.wrapping_add(1);
+            // The client removes the file when it is done: looked for every second, so a
+            // floor row ends with its client instead of after a minute idle.
+            let mut idle = Duration::ZERO;
+            while idle < Duration::from_secs(60) {
+                if channel.wait_request(seq, blocking, Duration::from_secs(1)) {
+                    channel.send_response(&response, seq, blocking);
+                    seq = seq.wrapping_add(1);
+                    idle = Duration::ZERO;
+                } else if path.exists() {
+                    idle += Duration::from_secs(1);
+                } else {
+                    break;
+                }
             }
             let _ = std::fs::remove_file(&path);
             Ok(())
