@@ -69,6 +69,13 @@ fn device_list(wanted: &str) -> Result<DeviceList, RdmaError> {
                 device: wanted.to_string(),
             }
         }
+        // A libibverbs without kernel support (no uverbs: e.g. installed as a dependency of
+        // fio on a host with no RDMA) fails the list with ENOSYS: no device here either.
+        GetDeviceListErrorKind::Ibverbs(io) if io.raw_os_error() == Some(libc::ENOSYS) => {
+            RdmaError::NoDevice {
+                device: wanted.to_string(),
+            }
+        }
         GetDeviceListErrorKind::Ibverbs(io) => RdmaError::Verbs {
             call: "ibv_get_device_list",
             detail: io.to_string(),
