@@ -577,8 +577,8 @@ impl Kv {
             };
             // Held in S while the overflow chain is read (see the crate doc, rule 4).
             let held = self.instance.read(self.instance.block(n)?)?;
-            let node = match node::decode(&held.bytes()) {
-                Ok(Block::Node(node)) if node.level == 0 && node.covers(key) => node,
+            let leaf = match node::leaf_lookup(&held.bytes(), key) {
+                Ok(Some(leaf)) => leaf,
                 _ => {
                     if hinted.is_some() {
                         self.leaves.forget(key, n);
@@ -587,14 +587,11 @@ impl Kv {
                 }
             };
             if hinted.is_none() {
-                self.leaves.learn(n, &node.low, node.high.as_deref());
+                self.leaves.learn(n, &leaf.low, leaf.high.as_deref());
             }
-            let Body::Leaf(entries) = &node.body else {
-                return Err(KvError::corrupt(n, "a leaf without entries"));
-            };
-            let found = match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-                Ok(i) => Some(self.value(&entries[i].1, &mut |b| read_block(&self.instance, b))?),
-                Err(_) => None,
+            let found = match &leaf.value {
+                Some(value) => Some(self.value(value, &mut |b| read_block(&self.instance, b))?),
+                None => None,
             };
             drop(held);
             // It may have read a commit whose redo is not durable yet (early lock release).

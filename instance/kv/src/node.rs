@@ -558,6 +558,69 @@ pub fn route(bytes: &[u8], key: &[u8]) -> Result<Route, DecodeError> {
     })
 }
 
+/// What a leaf holds for one key, read from its bytes without building the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafLookup {
+    /// The leaf's low fence.
+    pub low: Vec<u8>,
+    /// Its high fence.
+    pub high: Option<Vec<u8>>,
+    /// The key's value, when the leaf holds the key.
+    pub value: Option<Value>,
+}
+
+/// Looks `key` up in the leaf in `bytes`, with every check [`decode`] makes of a leaf, and
+/// copies only the fences and the value found (a decode allocates two buffers per entry).
+/// `Ok(None)` when the bytes are a node that is not a leaf or a leaf whose fences do not
+/// cover the key; an error when they are not a node [`decode`] accepts.
+pub fn leaf_lookup(bytes: &[u8], key: &[u8]) -> Result<Option<LeafLookup>, DecodeError> {
+    let mut r = Reader { bytes, at: 0 };
+    let tag = r.u8()?;
+    if tag != TAG_LEAF && tag != TAG_INTERNAL {
+        return Err(DecodeError::Tag(tag));
+    }
+    if tag == TAG_INTERNAL {
+        // Checked as a decode would, then not a leaf.
+        return decode_node(tag, &mut r).map(|_| None);
+    }
+    let head = decode_head(tag, &mut r)?;
+    let mut previous = None;
+    let mut value = None;
+    for _ in 0..head.count {
+        let entry = r.key()?;
+        check_key(tag, &head, &mut previous, entry)?;
+        let found = entry == key;
+        match r.u8()? {
+            0 => {
+                let len = r.u32()? as usize;
+                let bytes = r.take(len)?;
+                if found {
+                    value = Some(Value::Inline(bytes.to_vec()));
+                }
+            }
+            1 => {
+                let chain = Value::Overflow {
+                    len: r.u64()?,
+                    first: r.block()?,
+                    last: r.block()?,
+                };
+                if found {
+                    value = Some(chain);
+                }
+            }
+            _ => return Err(DecodeError::Invalid("bad value kind")),
+        }
+    }
+    if !head.covers(key) {
+        return Ok(None);
+    }
+    Ok(Some(LeafLookup {
+        low: head.low.to_vec(),
+        high: head.high.map(<[u8]>::to_vec),
+        value,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,6 +109,36 @@ proptest! {
     }
 
     #[test]
+    fn a_leaf_lookup_agrees_with_the_decoded_node(
+        node in tree_node(),
+        key in key(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    ) {
+        let mut bytes = node::encode(&Block::Node(node), PAYLOAD).unwrap();
+        for (at, x) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        // Never a panic; refused exactly when a decode refuses, and otherwise what the
+        // decoded node holds.
+        match (node::decode(&bytes), node::leaf_lookup(&bytes, &key)) {
+            (Ok(Block::Node(n)), Ok(found)) => {
+                let expected = match &n.body {
+                    Body::Leaf(entries) if n.covers(&key) => Some(node::LeafLookup {
+                        low: n.low.clone(),
+                        high: n.high.clone(),
+                        value: entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
+                    }),
+                    _ => None,
+                };
+                prop_assert_eq!(found, expected);
+            }
+            (Ok(other), found) => prop_assert!(found.is_err(), "{:?} looked up as {:?}", other, found),
+            (Err(_), found) => prop_assert!(found.is_err(), "refused by decode, looked up as {:?}", found),
+        }
+    }
+
+    #[test]
     fn damaged_nodes_route_like_they_decode(
         node in tree_node(),
         key in key(),
