@@ -914,6 +914,9 @@ impl<'k> KvTxn<'k> {
         }
         self.count(1)?;
         self.guarded(|t| {
+            if t.put_in_place(key, value)? {
+                return Ok(());
+            }
             let (n, mut node) = t.locked_node(key, 0, false)?;
             // X on the leaf before its chains change (crate doc, rule 2).
             t.hold(n)?;
@@ -1133,11 +1136,20 @@ impl<'k> KvTxn<'k> {
         let payload = self.kv.geometry.payload;
         let bytes =
             node::encode(&block, payload).map_err(|e| KvError::corrupt(n, e.to_string()))?;
+        self.write_bytes(n, &bytes)?;
+        if let Block::Node(node) = block {
+            self.nodes.insert(n, node);
+        }
+        Ok(())
+    }
+
+    /// Writes encoded `bytes` into block `n` as [`KvTxn::write`] does.
+    fn write_bytes(&mut self, n: u64, bytes: &[u8]) -> Result<(), KvError> {
         self.nodes.remove(&n);
         let id = self.kv.instance.block(n)?;
         self.written.insert(n);
         let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
-        let ranges = changed_ranges(&b.bytes(), &bytes);
+        let ranges = changed_ranges(&b.bytes(), bytes);
         for (start, end) in ranges {
             self.redo += end - start + instance::redo::codec::RECORD_HEADER_LEN;
             if self.redo > MAX_TXN_REDO {
@@ -1145,10 +1157,49 @@ impl<'k> KvTxn<'k> {
             }
             b.update(start, &bytes[start..end])?;
         }
-        if let Block::Node(node) = block {
-            self.nodes.insert(n, node);
-        }
         Ok(())
+    }
+
+    /// [`KvTxn::put`] of an inline value into the leaf where this process last found the
+    /// key's range, spliced into the leaf's bytes (`node::leaf_put_inline`) instead of
+    /// decoding and encoding the leaf. Under the same rules as the full path: the leaf's
+    /// enqueue first, its bytes read and checked under it, X before the change. False when
+    /// the full path must run (no hint or a stale one, a chain to free, a split); the
+    /// enqueue of a leaf that is the key's stays held for it.
+    fn put_in_place(&mut self, key: &[u8], value: &[u8]) -> Result<bool, KvError> {
+        let entry_len = 2 + key.len() + 1 + 4 + value.len();
+        if entry_len > self.kv.geometry.max_leaf_entry
+            || self
+                .nodes
+                .values()
+                .any(|node| node.level == 0 && node.covers(key))
+        {
+            return Ok(false);
+        }
+        let Some(n) = self.kv.leaves.find(key) else {
+            return Ok(false);
+        };
+        let fresh = self.lock(n)?;
+        let bytes = self.read(n)?;
+        match node::leaf_put_inline(&bytes, key, value, self.kv.geometry.payload) {
+            Ok(node::LeafPut::Put(new)) => {
+                self.hold(n)?;
+                self.write_bytes(n, &new)?;
+                Ok(true)
+            }
+            Ok(node::LeafPut::Unchanged) => {
+                self.hold(n)?;
+                Ok(true)
+            }
+            Ok(node::LeafPut::Chain | node::LeafPut::TooLarge) => Ok(false),
+            Ok(node::LeafPut::NotCovering) | Err(_) => {
+                self.kv.leaves.forget(key, n);
+                if fresh && !self.written.contains(&n) {
+                    self.unlock(n);
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// Takes block `n`'s enqueue in EX (local table first, then GES). Returns whether this
@@ -1863,6 +1914,14 @@ fn changed_ranges(old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
     while i < new.len() {
+        // Equal runs are skipped a chunk at a time (a slice compare), then byte by byte.
+        if new
+            .get(i..i + GAP)
+            .is_some_and(|chunk| old.get(i..i + GAP) == Some(chunk))
+        {
+            i += GAP;
+            continue;
+        }
         if old.get(i) == Some(&new[i]) {
             i += 1;
             continue;
