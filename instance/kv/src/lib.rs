@@ -867,15 +867,21 @@ impl<'k> KvTxn<'k> {
         self.kv.check_key(key)?;
         self.count(1)?;
         self.guarded(|t| {
+            let kv = t.kv;
+            if !t.caches_leaf(key) {
+                // Looked up in the leaf's bytes: a later put splices into them.
+                let (_, leaf) = t.locked_leaf(key)?;
+                return match &leaf.value {
+                    Some(value) => Ok(Some(kv.value(value, &mut |b| t.read(b))?)),
+                    None => Ok(None),
+                };
+            }
             let (n, node) = t.locked_node(key, 0, false)?;
             let Body::Leaf(entries) = &node.body else {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
             let value = match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-                Ok(i) => {
-                    let kv = t.kv;
-                    Some(kv.value(&entries[i].1, &mut |b| t.read(b))?)
-                }
+                Ok(i) => Some(kv.value(&entries[i].1, &mut |b| t.read(b))?),
                 Err(_) => None,
             };
             t.keep(n, node);
@@ -896,8 +902,9 @@ impl<'k> KvTxn<'k> {
         sorted.dedup();
         self.guarded(|t| {
             for key in sorted {
-                let (n, node) = t.locked_node(key, 0, false)?;
-                t.keep(n, node);
+                if !t.caches_leaf(key) {
+                    t.locked_leaf(key)?;
+                }
             }
             Ok(())
         })
@@ -1168,12 +1175,7 @@ impl<'k> KvTxn<'k> {
     /// enqueue of a leaf that is the key's stays held for it.
     fn put_in_place(&mut self, key: &[u8], value: &[u8]) -> Result<bool, KvError> {
         let entry_len = 2 + key.len() + 1 + 4 + value.len();
-        if entry_len > self.kv.geometry.max_leaf_entry
-            || self
-                .nodes
-                .values()
-                .any(|node| node.level == 0 && node.covers(key))
-        {
+        if entry_len > self.kv.geometry.max_leaf_entry || self.caches_leaf(key) {
             return Ok(false);
         }
         let Some(n) = self.kv.leaves.find(key) else {
@@ -1261,6 +1263,50 @@ impl<'k> KvTxn<'k> {
             drop(guard);
             self.kv.locks.release(self.id, &[id]);
         }
+    }
+
+    /// Whether this transaction holds the decoded leaf covering `key` (a structure change or
+    /// a full put left it): later calls use it rather than the leaf's bytes.
+    fn caches_leaf(&self, key: &[u8]) -> bool {
+        self.nodes
+            .values()
+            .any(|node| node.level == 0 && node.covers(key))
+    }
+
+    /// The leaf covering `key`, locked by this transaction and checked under the lock as
+    /// [`KvTxn::locked_node`] does, looked up in its bytes (`node::leaf_lookup`) rather than
+    /// decoded: a get or a lock of keys builds no node.
+    fn locked_leaf(&mut self, key: &[u8]) -> Result<(u64, node::LeafLookup), KvError> {
+        let root = self.kv.root;
+        let mut hint = self.kv.leaves.find(key);
+        for _ in 0..MAX_RESTARTS {
+            let hinted = hint.take();
+            let n = match hinted {
+                Some(n) => n,
+                None => descend(root, key, 0, &mut |b| self.read(b))?,
+            };
+            let fresh = self.lock(n)?;
+            let found = node::leaf_lookup(&self.read(n)?, key);
+            if let Ok(Some(leaf)) = found {
+                if hinted.is_none() {
+                    self.kv.leaves.learn(n, &leaf.low, leaf.high.as_deref());
+                }
+                return Ok((n, leaf));
+            }
+            if hinted.is_some() {
+                self.kv.leaves.forget(key, n);
+            }
+            if found.is_err() && n == root {
+                return Err(KvError::corrupt(n, "the root is not a node"));
+            }
+            // Split, merged, freed or reused since the descent read it.
+            if fresh && !self.written.contains(&n) {
+                self.unlock(n);
+            }
+        }
+        Err(KvError::Retry(
+            "the tree kept changing under a lookup".into(),
+        ))
     }
 
     /// The node at `level` covering `key`, locked by this transaction and checked under the
