@@ -12,6 +12,7 @@
 //! same value is a change too, as in Redis. A key absent at `WATCH` that is created and
 //! deleted again before `EXEC` is not seen (Redis would see it).
 
+use crate::clients::{ClientHandle, ClientRegistry, Published};
 use crate::metrics::Metrics;
 use crate::resp::{Protocol, Reply};
 use crate::store::{Pending, Store, Tx};
@@ -21,6 +22,14 @@ use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+mod admin;
+mod hashes;
+mod keyspace;
+mod strings;
+
+use admin::time_reply;
+use strings::{OptionsFor, StringOptions, expire_at_ms};
 
 /// Most commands queued in one `MULTI`.
 pub const MAX_QUEUED: usize = 10_000;
@@ -63,6 +72,8 @@ pub struct Engine<S: Store> {
     server: Arc<dyn ServerInfo>,
     /// Where the next expiry sweep step starts (a KV key; empty: the beginning).
     sweep_cursor: parking_lot::Mutex<Vec<u8>>,
+    /// The connected clients (`CLIENT LIST`, `CLIENT KILL`).
+    clients: Arc<ClientRegistry>,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -87,6 +98,11 @@ pub struct Session {
     watched: Vec<(Vec<u8>, Option<[u8; 32]>)>,
     cursors: VecDeque<(u64, Vec<u8>)>,
     next_cursor: u64,
+    /// This connection in the server's client table (`CLIENT LIST`); `None` when the
+    /// session was not registered (tests).
+    client: Option<ClientHandle>,
+    /// Close once the current reply is sent (`CLIENT KILL` of this very client).
+    close_after_reply: bool,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +124,29 @@ impl Session {
             watched: Vec::new(),
             cursors: VecDeque::new(),
             next_cursor: 1,
+            client: None,
+            close_after_reply: false,
+        }
+    }
+
+    /// Joins the session to its entry in the server's client table.
+    pub fn attach(&mut self, client: ClientHandle) {
+        self.client = Some(client);
+    }
+
+    /// Publishes what other clients see of this one after `command`.
+    fn publish(&self, command: &'static str) {
+        if let Some(client) = &self.client {
+            client.publish(Published {
+                command,
+                db: self.db,
+                resp: match self.protocol {
+                    Protocol::Resp2 => 2,
+                    Protocol::Resp3 => 3,
+                },
+                multi: self.multi.as_ref().map_or(-1, |m| m.queued.len() as i64),
+                watched: self.watched.len(),
+            });
         }
     }
 }
@@ -176,6 +215,28 @@ const COMMANDS: &[(&str, i32)] = &[
     ("discard", 1),
     ("watch", -2),
     ("unwatch", 1),
+    ("setnx", 3),
+    ("setex", 4),
+    ("psetex", 4),
+    ("getex", -2),
+    ("incrbyfloat", 3),
+    ("hmset", -4),
+    ("hmget", -3),
+    ("hkeys", 2),
+    ("hvals", 2),
+    ("hsetnx", 4),
+    ("hstrlen", 3),
+    ("hincrbyfloat", 4),
+    ("expireat", -3),
+    ("pexpireat", -3),
+    ("expiretime", 2),
+    ("pexpiretime", 2),
+    ("touch", -2),
+    ("copy", -3),
+    ("randomkey", 1),
+    ("time", 1),
+    ("flushdb", -1),
+    ("flushall", -1),
 ];
 
 /// Commands that read or write keys: queued inside `MULTI`, run in a store transaction.
@@ -201,6 +262,9 @@ fn is_data(name: &str) -> bool {
             | "discard"
             | "watch"
             | "unwatch"
+            | "time"
+            | "flushdb"
+            | "flushall"
     )
 }
 
@@ -309,6 +373,8 @@ macro_rules! check {
         }
     };
 }
+// The command modules below use it too.
+use check;
 
 impl<S: Store> Engine<S> {
     /// An engine over `store`.
@@ -318,7 +384,13 @@ impl<S: Store> Engine<S> {
             config,
             server,
             sweep_cursor: parking_lot::Mutex::new(Vec::new()),
+            clients: Arc::new(ClientRegistry::default()),
         }
+    }
+
+    /// The connected clients: the server registers each connection here.
+    pub fn clients(&self) -> &Arc<ClientRegistry> {
+        &self.clients
     }
 
     /// The store.
@@ -329,6 +401,7 @@ impl<S: Store> Engine<S> {
     /// Runs one request for `session`; returns once its changes are durable.
     pub fn execute(&self, session: &mut Session, request: Vec<Vec<u8>>) -> Outcome {
         let (outcome, pending) = self.run(session, request);
+        session.publish(outcome.command);
         self.acknowledge(outcome, pending)
     }
 
@@ -455,7 +528,15 @@ impl<S: Store> Engine<S> {
                 session.watched.clear();
                 reply(Reply::Simple("OK"))
             }
-            _ => reply(self.connection(session, name, &request)),
+            _ => {
+                let answer = self.connection(session, name, &request);
+                let outcome = Outcome {
+                    reply: answer,
+                    close: std::mem::take(&mut session.close_after_reply),
+                    command: name,
+                };
+                (outcome, None)
+            }
         }
     }
 
@@ -476,6 +557,7 @@ impl<S: Store> Engine<S> {
         for request in requests {
             let start = Instant::now();
             let (outcome, pending) = self.run(session, request);
+            session.publish(outcome.command);
             let close = outcome.close;
             ran.push((start, outcome, pending));
             if close {
@@ -548,6 +630,10 @@ impl<S: Store> Engine<S> {
                 } else {
                     match name {
                         "ping" | "echo" => ping_echo(name, request),
+                        "time" => time_reply(),
+                        "flushdb" | "flushall" => {
+                            self.flush_in_transaction(tx, db, name, request)?
+                        }
                         _ => Reply::err(format!("'{name}' is not allowed inside MULTI here")),
                     }
                 };
@@ -619,7 +705,7 @@ impl<S: Store> Engine<S> {
                 }
                 Err(e) => e,
             },
-            "client" => client(session, args),
+            "client" => self.client_command(session, args),
             "command" => {
                 let sub = args.get(1).map(|a| a.to_ascii_lowercase());
                 match sub.as_deref() {
@@ -641,7 +727,9 @@ impl<S: Store> Engine<S> {
                 }
             }
             "config" => self.config_get(args),
-            "info" => Reply::Bulk(self.info().into_bytes()),
+            "info" => self.info(&args[1..]),
+            "time" => time_reply(),
+            "flushdb" | "flushall" => self.flush(session.db, name, args),
             "dbsize" => self.count_keys(session.db),
             "save" => match self.server.save() {
                 Ok(()) => Reply::Simple("OK"),
@@ -693,6 +781,9 @@ impl<S: Store> Engine<S> {
                 rest = &rest[3..];
             } else if option.eq_ignore_ascii_case(b"setname") && rest.len() >= 2 {
                 session.name = Some(rest[1].clone());
+                if let Some(client) = &session.client {
+                    client.set_name(&rest[1]);
+                }
                 rest = &rest[2..];
             } else {
                 return Reply::err(format!(
@@ -753,18 +844,6 @@ impl<S: Store> Engine<S> {
             }
         }
         Reply::Map(pairs)
-    }
-
-    fn info(&self) -> String {
-        format!(
-            "# Server\r\nredis_version:7.0.0\r\nfusion_version:{}\r\nprocess_id:{}\r\n\r\n\
-             # Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n{}",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            self.server.connected_clients(),
-            self.config.maxclients,
-            self.server.info()
-        )
     }
 
     /// `DBSIZE`: counts the database's live keys in batches of store transactions.
@@ -1193,7 +1272,9 @@ impl<S: Store> Engine<S> {
                 store_value(tx, &to, &value)?;
                 Ok(Reply::Simple("OK"))
             }
-            "expire" | "pexpire" => self.expire(tx, key(1), name, args, now),
+            "expire" | "pexpire" | "expireat" | "pexpireat" => {
+                self.expire(tx, key(1), name, args, now)
+            }
             "ttl" | "pttl" => Ok(Reply::Integer(match check!(load(tx, &key(1), now)) {
                 None => -2,
                 Some(Value {
@@ -1204,7 +1285,7 @@ impl<S: Store> Engine<S> {
                     ..
                 }) => {
                     let ms = at.saturating_sub(now);
-                    let left = if name == "ttl" { ms.div_ceil(1000) } else { ms };
+                    let left = if name == "ttl" { (ms + 500) / 1000 } else { ms };
                     i64::try_from(left).unwrap_or(i64::MAX)
                 }
             })),
@@ -1242,7 +1323,7 @@ impl<S: Store> Engine<S> {
             "hlen" => Ok(Reply::Integer(
                 check!(load_hash(tx, &key(1), now)).map_or(0, |(h, _)| h.len() as i64),
             )),
-            _ => Ok(Reply::err(format!("unknown command '{name}'"))),
+            _ => self.data_extended(tx, db, name, args, now),
         }
     }
 
@@ -1253,45 +1334,24 @@ impl<S: Store> Engine<S> {
         args: &[Vec<u8>],
         now: u64,
     ) -> Result<Reply, S::Error> {
-        let mut nx = false;
-        let mut xx = false;
-        let mut get = false;
-        let mut keepttl = false;
-        let mut expires_at: Option<u64> = None;
-        let mut i = 3;
-        while i < args.len() {
-            let option = args[i].to_ascii_lowercase();
-            match option.as_slice() {
-                b"nx" if !xx => nx = true,
-                b"xx" if !nx => xx = true,
-                b"get" => get = true,
-                b"keepttl" if expires_at.is_none() => keepttl = true,
-                b"ex" | b"px" | b"exat" | b"pxat" if expires_at.is_none() && !keepttl => {
-                    let Some(value) = args.get(i + 1) else {
-                        return Ok(Reply::err(SYNTAX));
-                    };
-                    let Some(n) = parse_i64(value) else {
-                        return Ok(Reply::err(NOT_INTEGER));
-                    };
-                    let at = match option.as_slice() {
-                        _ if n <= 0 => None,
-                        b"ex" => (n as u64)
-                            .checked_mul(1000)
-                            .and_then(|ms| ms.checked_add(now)),
-                        b"px" => (n as u64).checked_add(now),
-                        b"exat" => (n as u64).checked_mul(1000),
-                        _ => Some(n as u64),
-                    };
-                    let Some(at) = at else {
-                        return Ok(Reply::err("invalid expire time in 'set' command"));
-                    };
-                    expires_at = Some(at);
-                    i += 1;
-                }
-                _ => return Ok(Reply::err(SYNTAX)),
-            }
-            i += 1;
-        }
+        let options = match StringOptions::parse(args, 3, OptionsFor::Set) {
+            Ok(options) => options,
+            Err(reply) => return Ok(reply),
+        };
+        let expires_at = match options.expire {
+            Some((unit, value)) => match expire_at_ms(value, unit, now, "set") {
+                Ok(at) => Some(at),
+                Err(reply) => return Ok(reply),
+            },
+            None => None,
+        };
+        let StringOptions {
+            nx,
+            xx,
+            get,
+            keepttl,
+            ..
+        } = options;
         if !(nx || xx || get || keepttl) {
             // A plain SET replaces whatever is there, of any type: no need to read it.
             let value = Value {
@@ -1340,6 +1400,8 @@ impl<S: Store> Engine<S> {
         })
     }
 
+    /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT` as Redis's `expireGenericCommand`:
+    /// options first, then the number, then the key.
     fn expire(
         &self,
         tx: &mut S::Tx<'_>,
@@ -1348,41 +1410,62 @@ impl<S: Store> Engine<S> {
         args: &[Vec<u8>],
         now: u64,
     ) -> Result<Reply, S::Error> {
+        let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+        for option in &args[3..] {
+            match option.to_ascii_lowercase().as_slice() {
+                b"nx" => nx = true,
+                b"xx" => xx = true,
+                b"gt" => gt = true,
+                b"lt" => lt = true,
+                _ => {
+                    return Ok(Reply::err(format!(
+                        "Unsupported option {}",
+                        String::from_utf8_lossy(option)
+                    )));
+                }
+            }
+        }
+        if nx && (xx || gt || lt) {
+            return Ok(Reply::err(
+                "NX and XX, GT or LT options at the same time are not compatible",
+            ));
+        }
+        if gt && lt {
+            return Ok(Reply::err(
+                "GT and LT options at the same time are not compatible",
+            ));
+        }
         let Some(n) = parse_i64(&args[2]) else {
             return Ok(Reply::err(NOT_INTEGER));
         };
-        let mut condition: Option<Vec<u8>> = None;
-        for option in &args[3..] {
-            let option = option.to_ascii_lowercase();
-            if !matches!(option.as_slice(), b"nx" | b"xx" | b"gt" | b"lt") || condition.is_some() {
-                return Ok(Reply::err(format!(
-                    "Unsupported option {}",
-                    String::from_utf8_lossy(&option)
-                )));
+        let invalid = || Reply::err(format!("invalid expire time in '{name}' command"));
+        let ms = if matches!(name, "expire" | "expireat") {
+            match n.checked_mul(1000) {
+                Some(ms) => ms,
+                None => return Ok(invalid()),
             }
-            condition = Some(option);
-        }
+        } else {
+            n
+        };
+        let base = if matches!(name, "expire" | "pexpire") {
+            i64::try_from(now).unwrap_or(i64::MAX)
+        } else {
+            0
+        };
+        let Some(at) = ms.checked_add(base) else {
+            return Ok(invalid());
+        };
         let Some(mut value) = check!(load(tx, &key, now)) else {
             return Ok(Reply::Integer(0));
         };
-        let ms = if name == "expire" {
-            n.checked_mul(1000)
-        } else {
-            Some(n)
-        };
-        let Some(at) = ms.and_then(|ms| i64::try_from(now).ok()?.checked_add(ms)) else {
-            return Ok(Reply::err(format!(
-                "invalid expire time in '{name}' command"
-            )));
-        };
-        let allowed = match condition.as_deref() {
-            Some(b"nx") => value.expires_at.is_none(),
-            Some(b"xx") => value.expires_at.is_some(),
-            Some(b"gt") => value.expires_at.is_some_and(|old| at > old as i64),
-            Some(b"lt") => value.expires_at.is_none_or(|old| at < old as i64),
-            _ => true,
-        };
-        if !allowed {
+        let current = value
+            .expires_at
+            .map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        let refused = (nx && current.is_some())
+            || (xx && current.is_none())
+            || (gt && current.is_none_or(|c| at <= c))
+            || (lt && current.is_some_and(|c| at >= c));
+        if refused {
             return Ok(Reply::Integer(0));
         }
         if at <= now as i64 {
@@ -1404,6 +1487,10 @@ impl<S: Store> Engine<S> {
     ) -> Result<Reply, S::Error> {
         if name == "hset" && !args.len().is_multiple_of(2) {
             return Ok(wrong_args(name));
+        }
+        if name == "hincrby" && parse_i64(&args[3]).is_none() {
+            // Redis checks the increment before the key's type.
+            return Ok(Reply::err(NOT_INTEGER));
         }
         let (mut fields, expires_at) = check!(load_hash(tx, &key, now)).unwrap_or_default();
         let reply = match name {

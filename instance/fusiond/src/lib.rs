@@ -10,7 +10,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod clients;
 pub mod commands;
+pub mod float;
 pub mod local;
 pub mod metrics;
 pub mod resp;
