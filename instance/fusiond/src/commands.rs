@@ -1933,6 +1933,264 @@ mod tests {
     }
 
     #[test]
+    fn added_string_and_hash_commands() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        assert_eq!(run(&e, s, "SETNX k v"), Reply::Integer(1));
+        assert_eq!(run(&e, s, "SETNX k w"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "SETEX k 100 x"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "TTL k"), Reply::Integer(100));
+        assert_eq!(
+            run(&e, s, "SETEX k 0 x"),
+            Reply::err("invalid expire time in 'setex' command")
+        );
+        assert_eq!(run(&e, s, "GETEX k PERSIST"), bulk("x"));
+        assert_eq!(run(&e, s, "TTL k"), Reply::Integer(-1));
+        assert_eq!(run(&e, s, "GETEX k PX 5000"), bulk("x"));
+        assert!(matches!(run(&e, s, "PTTL k"), Reply::Integer(n) if n > 4000 && n <= 5000));
+        assert_eq!(run(&e, s, "GETEX k EX 10 PERSIST"), Reply::err(SYNTAX));
+        assert_eq!(run(&e, s, "GETEX k EXAT 1"), bulk("x"));
+        assert_eq!(run(&e, s, "EXISTS k"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "INCRBYFLOAT f 0.1"), bulk("0.1"));
+        assert_eq!(run(&e, s, "INCRBYFLOAT f 0.2"), bulk("0.3"));
+        assert_eq!(
+            run(&e, s, "INCRBYFLOAT f inf"),
+            Reply::err("increment would produce NaN or Infinity")
+        );
+        assert_eq!(run(&e, s, "GET f"), bulk("0.3"));
+        assert_eq!(run(&e, s, "HMSET h b 2 a 1"), Reply::Simple("OK"));
+        assert_eq!(
+            run(&e, s, "HMGET h a x b"),
+            Reply::Array(vec![bulk("1"), Reply::Null, bulk("2")])
+        );
+        assert_eq!(
+            run(&e, s, "HKEYS h"),
+            Reply::Array(vec![bulk("a"), bulk("b")])
+        );
+        assert_eq!(
+            run(&e, s, "HVALS h"),
+            Reply::Array(vec![bulk("1"), bulk("2")])
+        );
+        assert_eq!(run(&e, s, "HSETNX h a 9"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "HSETNX h c 33"), Reply::Integer(1));
+        assert_eq!(run(&e, s, "HSTRLEN h c"), Reply::Integer(2));
+        assert_eq!(run(&e, s, "HINCRBYFLOAT h a 1.5"), bulk("2.5"));
+        assert_eq!(
+            run(&e, s, "HINCRBYFLOAT h a inf"),
+            Reply::err("value is NaN or Infinity")
+        );
+        assert_eq!(run(&e, s, "HMGET f a"), Reply::Error(WRONGTYPE.into()));
+        // RESP3: INCRBYFLOAT answers a bulk string, as in Redis.
+        let mut out = Vec::new();
+        run(&e, s, "INCRBYFLOAT f 1").encode(Protocol::Resp3, &mut out);
+        assert_eq!(out, b"$3\r\n1.3\r\n");
+    }
+
+    #[test]
+    fn added_key_commands() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        run(&e, s, "SET a 1");
+        assert_eq!(run(&e, s, "EXPIRETIME a"), Reply::Integer(-1));
+        assert_eq!(run(&e, s, "EXPIREAT a 4102444800"), Reply::Integer(1));
+        assert_eq!(run(&e, s, "EXPIRETIME a"), Reply::Integer(4_102_444_800));
+        assert_eq!(
+            run(&e, s, "PEXPIRETIME a"),
+            Reply::Integer(4_102_444_800_000)
+        );
+        assert_eq!(
+            run(&e, s, "PEXPIREAT a 4102444800001 LT"),
+            Reply::Integer(0)
+        );
+        assert_eq!(
+            run(&e, s, "EXPIREAT a 1 NX XX"),
+            Reply::err("NX and XX, GT or LT options at the same time are not compatible")
+        );
+        assert_eq!(run(&e, s, "COPY a b"), Reply::Integer(1));
+        assert_eq!(
+            run(&e, s, "PEXPIRETIME b"),
+            Reply::Integer(4_102_444_800_000)
+        );
+        assert_eq!(run(&e, s, "COPY a b"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "COPY a b DB 3"), Reply::Integer(1));
+        assert_eq!(
+            run(&e, s, "COPY a a"),
+            Reply::err("source and destination objects are the same")
+        );
+        assert_eq!(run(&e, s, "TOUCH a b nokey"), Reply::Integer(2));
+        assert_eq!(run(&e, s, "EXPIREAT a 1"), Reply::Integer(1));
+        assert_eq!(run(&e, s, "RANDOMKEY"), bulk("b"));
+        run(&e, s, "SELECT 3");
+        assert_eq!(run(&e, s, "GET b"), bulk("1"));
+        assert_eq!(run(&e, s, "FLUSHDB"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "RANDOMKEY"), Reply::Null);
+        run(&e, s, "SELECT 0");
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(1));
+        assert!(matches!(run(&e, s, "TIME"), Reply::Array(parts) if parts.len() == 2));
+        assert_eq!(run(&e, s, "FLUSHALL SYNC now"), Reply::err(SYNTAX));
+    }
+
+    #[test]
+    fn flushes_larger_than_a_transaction_go_in_batches() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let keys = 5 * e.store.max_keys_per_transaction() + 3;
+        for i in 0..keys {
+            run(&e, s, &format!("SET k{i} v"));
+        }
+        run(&e, s, "SELECT 1");
+        run(&e, s, "SET other v");
+        run(&e, s, "SELECT 0");
+        // Inside MULTI one transaction holds the flush: more keys than that is an error.
+        run(&e, s, "MULTI");
+        run(&e, s, "FLUSHDB");
+        assert!(matches!(
+            &run(&e, s, "EXEC"),
+            Reply::Array(r) if matches!(&r[0], Reply::Error(m) if m.contains("inside MULTI"))
+        ));
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(keys as i64));
+        assert_eq!(run(&e, s, "FLUSHDB ASYNC"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(0));
+        run(&e, s, "SELECT 1");
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(1));
+        // A small database flushes inside MULTI, atomically with the rest of it.
+        run(&e, s, "MULTI");
+        run(&e, s, "SET x 1");
+        run(&e, s, "FLUSHALL");
+        run(&e, s, "SET y 1");
+        assert_eq!(
+            run(&e, s, "EXEC"),
+            Reply::Array(vec![
+                Reply::Simple("OK"),
+                Reply::Simple("OK"),
+                Reply::Simple("OK")
+            ])
+        );
+        assert_eq!(run(&e, s, "KEYS *"), Reply::Array(vec![bulk("y")]));
+    }
+
+    #[test]
+    fn info_sections_as_redis_selects_them() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        run(&e, s, "SET a 1");
+        run(&e, s, "SET b 1 EX 100");
+        run(&e, s, "SELECT 2");
+        run(&e, s, "SET c 1");
+        let text = |reply: Reply| match reply {
+            Reply::Verbatim(t) => String::from_utf8(t).unwrap(),
+            other => panic!("INFO answered {other:?}"),
+        };
+        let keyspace = text(run(&e, s, "INFO keyspace"));
+        assert_eq!(
+            keyspace,
+            "# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=0\r\ndb2:keys=1,expires=0,avg_ttl=0\r\n"
+        );
+        let two = text(run(&e, s, "INFO CLIENTS Replication"));
+        assert!(two.starts_with("# Clients\r\n"), "{two}");
+        assert!(
+            two.contains("\r\n\r\n# Replication\r\nrole:master\r\n"),
+            "{two}"
+        );
+        assert!(!two.contains("# Server"), "{two}");
+        let all = text(run(&e, s, "INFO"));
+        for section in [
+            "Server",
+            "Clients",
+            "Memory",
+            "Persistence",
+            "Stats",
+            "Keyspace",
+        ] {
+            assert!(
+                all.contains(&format!("# {section}\r\n")),
+                "{section}: {all}"
+            );
+        }
+        let headers = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(headers(&text(run(&e, s, "INFO everything"))), headers(&all));
+        assert_eq!(headers(&text(run(&e, s, "INFO all"))), headers(&all));
+        assert_eq!(text(run(&e, s, "INFO nosuchsection")), "");
+        // RESP3 answers a verbatim string.
+        let mut out = Vec::new();
+        Reply::Verbatim(b"x".to_vec()).encode(Protocol::Resp3, &mut out);
+        assert_eq!(out, b"=5\r\ntxt:x\r\n");
+    }
+
+    #[test]
+    fn client_list_info_and_kill() {
+        let e = engine(None);
+        let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let a = &mut Session::new(7, true);
+        a.attach(e.clients().register(7, addr(5001), addr(6379), 11, None));
+        let b = &mut Session::new(8, true);
+        b.attach(e.clients().register(8, addr(5002), addr(6379), 12, None));
+        run(&e, b, "CLIENT SETNAME worker");
+        run(&e, b, "SELECT 4");
+        let Reply::Verbatim(info) = run(&e, a, "CLIENT INFO") else {
+            panic!("CLIENT INFO");
+        };
+        let info = String::from_utf8(info).unwrap();
+        assert!(
+            info.starts_with("id=7 addr=127.0.0.1:5001 laddr=127.0.0.1:6379 fd=11 name= "),
+            "{info}"
+        );
+        assert!(
+            info.contains(" cmd=client|info ") && info.ends_with('\n'),
+            "{info}"
+        );
+        let Reply::Verbatim(list) = run(&e, a, "CLIENT LIST") else {
+            panic!("CLIENT LIST");
+        };
+        let list = String::from_utf8(list).unwrap();
+        let lines: Vec<&str> = list.lines().collect();
+        assert_eq!(lines.len(), 2, "{list}");
+        assert!(lines[1].contains("id=8 ") && lines[1].contains(" name=worker "));
+        assert!(lines[1].contains(" db=4 ") && lines[1].contains(" cmd=select "));
+        assert_eq!(
+            run(&e, a, "CLIENT LIST ID 8 99"),
+            Reply::Verbatim(format!("{}\n", lines[1]).into_bytes())
+        );
+        assert_eq!(
+            run(&e, a, "CLIENT LIST TYPE pubsub"),
+            Reply::Verbatim(Vec::new())
+        );
+        assert_eq!(run(&e, a, "CLIENT NO-EVICT on"), Reply::Simple("OK"));
+        assert_eq!(
+            run(&e, a, "CLIENT KILL 1.2.3.4:5"),
+            Reply::err("No such client")
+        );
+        assert_eq!(
+            run(&e, a, "CLIENT KILL ID 0"),
+            Reply::err("client-id should be greater than 0")
+        );
+        assert_eq!(
+            run(&e, a, "CLIENT KILL ADDR 127.0.0.1:5002"),
+            Reply::Integer(1)
+        );
+        // Killing itself: the reply goes out, then the connection closes.
+        let outcome = e.execute(
+            a,
+            vec![
+                b"CLIENT".to_vec(),
+                b"KILL".to_vec(),
+                b"127.0.0.1:5001".to_vec(),
+            ],
+        );
+        assert_eq!((outcome.reply, outcome.close), (Reply::Simple("OK"), true));
+        drop(std::mem::replace(b, Session::new(9, true)));
+        let Reply::Verbatim(list) = run(&e, a, "CLIENT LIST") else {
+            panic!("CLIENT LIST");
+        };
+        assert_eq!(String::from_utf8(list).unwrap().lines().count(), 1);
+    }
+
+    #[test]
     fn auth_select_scan() {
         let e = engine(Some("sesame"));
         let s = &mut Session::new(1, false);
