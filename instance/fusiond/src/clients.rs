@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Every connected client, by id.
@@ -53,6 +53,8 @@ pub struct ClientEntry {
     /// Commands queued in `MULTI`, -1 outside.
     multi: AtomicI64,
     watched: AtomicUsize,
+    /// Killed: no longer listed or killed again while its thread winds down.
+    killed: AtomicBool,
     text: Mutex<ClientText>,
     /// A handle on the socket to shut it down (`CLIENT KILL`); `None` for sessions without
     /// a socket (tests).
@@ -131,6 +133,7 @@ impl ClientRegistry {
             resp: AtomicU8::new(2),
             multi: AtomicI64::new(-1),
             watched: AtomicUsize::new(0),
+            killed: AtomicBool::new(false),
             text: Mutex::new(ClientText {
                 command: "NULL",
                 ..ClientText::default()
@@ -162,7 +165,12 @@ impl ClientRegistry {
 
     /// A copy of the entries, in id order (the lock is not held while they are read).
     fn snapshot(&self) -> Vec<Arc<ClientEntry>> {
-        self.entries.lock().values().cloned().collect()
+        self.entries
+            .lock()
+            .values()
+            .filter(|e| !e.killed.load(Ordering::Relaxed))
+            .cloned()
+            .collect()
     }
 
     /// `CLIENT LIST`'s lines of the clients `keep` selects; client `me` (the one asking)
@@ -195,7 +203,7 @@ impl ClientRegistry {
         };
         let mut killed = Vec::new();
         for entry in self.snapshot() {
-            if matches(&entry) {
+            if matches(&entry) && !entry.killed.swap(true, Ordering::Relaxed) {
                 if let Some(socket) = entry.socket.as_ref().filter(|_| entry.id != me) {
                     // Its thread's read ends, and the thread with it (and a blocked write
                     // fails): the connection closes as with Redis.

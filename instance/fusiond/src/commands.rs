@@ -2183,11 +2183,19 @@ mod tests {
             ],
         );
         assert_eq!((outcome.reply, outcome.close), (Reply::Simple("OK"), true));
-        drop(std::mem::replace(b, Session::new(9, true)));
-        let Reply::Verbatim(list) = run(&e, a, "CLIENT LIST") else {
+        // Both are gone from the list (their threads would still be closing them).
+        let c = &mut Session::new(9, true);
+        c.attach(e.clients().register(9, addr(5003), addr(6379), 13, None));
+        let Reply::Verbatim(list) = run(&e, c, "CLIENT LIST") else {
             panic!("CLIENT LIST");
         };
-        assert_eq!(String::from_utf8(list).unwrap().lines().count(), 1);
+        let list = String::from_utf8(list).unwrap();
+        assert!(
+            list.starts_with("id=9 ") && list.lines().count() == 1,
+            "{list}"
+        );
+        drop(std::mem::replace(b, Session::new(10, true)));
+        assert_eq!(e.clients().list(9, |_| true).lines().count(), 1);
     }
 
     #[test]
