@@ -6,6 +6,10 @@
 //! never touch sockets (the server feeds it), never trust stored bytes ([`crate::value`]
 //! decodes them), and never build a reply larger than the session's output limit.
 //!
+//! The commands added for clients and test harnesses after the first set live in
+//! submodules: `strings`, `hashes`, `keyspace` (flushes and `INFO`'s key counts) and `admin`
+//! (`INFO` sections, `TIME`, `CLIENT`).
+//!
 //! `WATCH` remembers a digest of each watched key's stored bytes; `EXEC` compares them
 //! inside its transaction (which holds the keys), so a change between `WATCH` and `EXEC`
 //! aborts it. Every write stores a new write stamp ([`crate::value`]), so a write of the

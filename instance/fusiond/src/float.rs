@@ -82,8 +82,64 @@ impl LongDouble {
         matches!(self, LongDouble::Infinite { .. })
     }
 
+    /// `%.17Lf` with trailing zeros (and a trailing point) removed, `-0` as `0`: what Redis
+    /// stores and replies. `None` for an infinity (callers refuse those first).
+    pub fn to_redis_string(self) -> Option<String> {
+        let LongDouble::Finite {
+            negative,
+            mantissa,
+            exponent,
+        } = self
+        else {
+            return None;
+        };
+        // The value times 10^17, rounded to nearest, ties to even.
+        let scaled: BigUint = if exponent >= 0 {
+            let mut n = BigUint::from_u128(u128::from(mantissa));
+            n.shl(exponent as usize);
+            n.mul_pow10(17);
+            n
+        } else {
+            // mantissa × 10^17 < 2^121: exact in a u128.
+            let num = u128::from(mantissa) * 10u128.pow(17);
+            let k = (-exponent) as u64;
+            if k >= 128 {
+                BigUint::from_u128(0)
+            } else {
+                let q = num >> k;
+                let rest = num & ((1u128 << k) - 1);
+                let half = 1u128 << (k - 1);
+                let up = rest > half || (rest == half && q & 1 == 1);
+                BigUint::from_u128(q + u128::from(up))
+            }
+        };
+        let mut digits = scaled.to_decimal();
+        if digits.len() < 18 {
+            digits = format!("{}{digits}", "0".repeat(18 - digits.len()));
+        }
+        let (whole, fraction) = digits.split_at(digits.len() - 17);
+        let fraction = fraction.trim_end_matches('0');
+        let mut out = String::with_capacity(digits.len() + 2);
+        if negative {
+            out.push('-');
+        }
+        out.push_str(whole);
+        if !fraction.is_empty() {
+            out.push('.');
+            out.push_str(fraction);
+        }
+        if out == "-0" {
+            out = "0".into();
+        }
+        Some(out)
+    }
+}
+
+impl std::ops::Add for LongDouble {
+    type Output = LongDouble;
+
     /// The sum, rounded to nearest (ties to even); infinite on overflow.
-    pub fn add(self, other: LongDouble) -> LongDouble {
+    fn add(self, other: LongDouble) -> LongDouble {
         let (a_neg, a_m, a_e, b_neg, b_m, b_e) = match (self, other) {
             (LongDouble::Infinite { negative: a }, LongDouble::Infinite { negative: b })
                 if a != b =>
@@ -154,58 +210,6 @@ impl LongDouble {
             exponent: big_e - 62,
         }
         .round(big_neg)
-    }
-
-    /// `%.17Lf` with trailing zeros (and a trailing point) removed, `-0` as `0`: what Redis
-    /// stores and replies. `None` for an infinity (callers refuse those first).
-    pub fn to_redis_string(self) -> Option<String> {
-        let LongDouble::Finite {
-            negative,
-            mantissa,
-            exponent,
-        } = self
-        else {
-            return None;
-        };
-        // The value times 10^17, rounded to nearest, ties to even.
-        let scaled: BigUint = if exponent >= 0 {
-            let mut n = BigUint::from_u128(u128::from(mantissa));
-            n.shl(exponent as usize);
-            n.mul_pow10(17);
-            n
-        } else {
-            // mantissa × 10^17 < 2^121: exact in a u128.
-            let num = u128::from(mantissa) * 10u128.pow(17);
-            let k = (-exponent) as u64;
-            if k >= 128 {
-                BigUint::from_u128(0)
-            } else {
-                let q = num >> k;
-                let rest = num & ((1u128 << k) - 1);
-                let half = 1u128 << (k - 1);
-                let up = rest > half || (rest == half && q & 1 == 1);
-                BigUint::from_u128(q + u128::from(up))
-            }
-        };
-        let mut digits = scaled.to_decimal();
-        if digits.len() < 18 {
-            digits = format!("{}{digits}", "0".repeat(18 - digits.len()));
-        }
-        let (whole, fraction) = digits.split_at(digits.len() - 17);
-        let fraction = fraction.trim_end_matches('0');
-        let mut out = String::with_capacity(digits.len() + 2);
-        if negative {
-            out.push('-');
-        }
-        out.push_str(whole);
-        if !fraction.is_empty() {
-            out.push('.');
-            out.push_str(fraction);
-        }
-        if out == "-0" {
-            out = "0".into();
-        }
-        Some(out)
     }
 }
 
@@ -614,7 +618,7 @@ mod tests {
     use super::*;
 
     fn add(a: &str, b: &str) -> Option<String> {
-        let sum = LongDouble::parse(a.as_bytes())?.add(LongDouble::parse(b.as_bytes())?);
+        let sum = LongDouble::parse(a.as_bytes())? + LongDouble::parse(b.as_bytes())?;
         sum.to_redis_string()
     }
 
@@ -663,6 +667,6 @@ mod tests {
         assert!(LongDouble::parse(b"-Infinity").unwrap().is_infinite());
         assert!(LongDouble::parse("9".repeat(6000).as_bytes()).is_none());
         let max = LongDouble::parse(b"1.1e4932").unwrap();
-        assert!(max.add(max).is_infinite());
+        assert!((max + max).is_infinite());
     }
 }

@@ -93,7 +93,7 @@ impl<S: Store> Engine<S> {
             },
             Err(_) => LongDouble::ZERO,
         };
-        let Some(text) = current.add(by).to_redis_string() else {
+        let Some(text) = (current + by).to_redis_string() else {
             return Ok(Reply::err("increment would produce NaN or Infinity"));
         };
         let bytes = text.into_bytes();

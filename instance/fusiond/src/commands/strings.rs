@@ -220,7 +220,7 @@ impl<S: Store> Engine<S> {
         let Some(by) = LongDouble::parse(&args[2]) else {
             return Ok(Reply::err(NOT_FLOAT));
         };
-        let Some(text) = current.add(by).to_redis_string() else {
+        let Some(text) = (current + by).to_redis_string() else {
             return Ok(Reply::err("increment would produce NaN or Infinity"));
         };
         let value = Value {
