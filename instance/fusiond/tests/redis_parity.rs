@@ -80,6 +80,10 @@ impl Rng {
     fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
         from[self.below(from.len())]
     }
+
+    fn pick_many<'a>(&mut self, from: &[&[&'a str]]) -> Vec<&'a str> {
+        from[self.below(from.len())].to_vec()
+    }
 }
 
 /// One random command.
@@ -200,10 +204,29 @@ fn command(rng: &mut Rng, in_multi: bool) -> Vec<String> {
         vec!["FLUSHDB", rng.pick(&["SYNC", "ASYNC", "FOO"])],
         vec!["FLUSHALL"],
         vec!["INFO", "keyspace"],
+        // CLIENT's answers that do not depend on which connections there are.
+        rng.pick_many(&[
+            &["CLIENT", "KILL", "ID", "abc"],
+            &["CLIENT", "KILL", "ID", "99999"],
+            &["CLIENT", "KILL", "1.2.3.4:5"],
+            &["CLIENT", "KILL", "ADDR", "1.2.3.4:5", "SKIPME", "no"],
+            &["CLIENT", "KILL", "foo", "bar"],
+            &["CLIENT", "KILL", "TYPE", "pubsub"],
+            &["CLIENT", "KILL", "USER", "nobody"],
+            &["CLIENT", "KILL"],
+            &["CLIENT", "NO-EVICT", "on"],
+            &["CLIENT", "NO-EVICT", "maybe"],
+            &["CLIENT", "LIST", "TYPE", "foo"],
+            &["CLIENT", "LIST", "TYPE", "pubsub"],
+            &["CLIENT", "LIST", "ID", "abc"],
+            &["CLIENT", "LIST", "foo"],
+            &["CLIENT", "INFO", "x"],
+            &["CLIENT", "GETREDIR"],
+        ]),
     ];
     loop {
         let chosen = &choices[rng.below(choices.len())];
-        if in_multi && matches!(chosen[0], "KEYS" | "SCAN" | "DBSIZE" | "INFO") {
+        if in_multi && matches!(chosen[0], "KEYS" | "SCAN" | "DBSIZE" | "INFO" | "CLIENT") {
             continue;
         }
         return chosen.iter().map(|s| s.to_string()).collect();
@@ -211,7 +234,7 @@ fn command(rng: &mut Rng, in_multi: bool) -> Vec<String> {
 }
 
 /// Commands whose errors must match Redis's word for word.
-const ADDED: [&str; 25] = [
+const ADDED: [&str; 26] = [
     "SETNX",
     "SETEX",
     "PSETEX",
@@ -237,6 +260,7 @@ const ADDED: [&str; 25] = [
     "INFO",
     "EXPIRE",
     "SET",
+    "CLIENT",
 ];
 
 /// A reply in a form both servers must agree on.

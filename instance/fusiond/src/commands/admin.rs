@@ -3,7 +3,7 @@
 //! `NO-TOUCH`, `GETREDIR`). It must never run a store transaction except to count keys for
 //! `INFO`'s keyspace section.
 
-use super::{Engine, NOT_INTEGER, Reply, SYNTAX, Session, Store, client, parse_i64};
+use super::{Engine, Reply, SYNTAX, Session, Store, client, parse_i64};
 use crate::clients::KillFilter;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -235,10 +235,10 @@ impl<S: Store> Engine<S> {
             let mut rest = &args[2..];
             while let [option, value, tail @ ..] = rest {
                 match option.to_ascii_lowercase().as_slice() {
+                    // Redis answers this for text too.
                     b"id" => match parse_i64(value) {
                         Some(id) if id >= 1 => filter.id = Some(id as u64),
-                        Some(_) => return Reply::err("client-id should be greater than 0"),
-                        None => return Reply::err(NOT_INTEGER),
+                        _ => return Reply::err("client-id should be greater than 0"),
                     },
                     b"type" => match value.to_ascii_lowercase().as_slice() {
                         b"normal" => {}
