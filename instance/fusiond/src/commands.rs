@@ -608,6 +608,7 @@ impl<S: Store> Engine<S> {
             return (reply, None);
         }
         let start_db = session.db;
+        let asking: &Session = session;
         let result = self.store.transaction_pending(|tx| {
             let now = now_ms();
             for (key, digest) in &watched {
@@ -638,6 +639,7 @@ impl<S: Store> Engine<S> {
                         "flushdb" | "flushall" => {
                             self.flush_in_transaction(tx, db, name, request)?
                         }
+                        "client" => self.client_in_multi(asking, request),
                         _ => Reply::err(format!("'{name}' is not allowed inside MULTI here")),
                     }
                 };
@@ -2187,6 +2189,23 @@ mod tests {
             ],
         );
         assert_eq!((outcome.reply, outcome.close), (Reply::Simple("OK"), true));
+        // Inside MULTI, what only reads.
+        let d = &mut Session::new(11, true);
+        d.attach(e.clients().register(11, addr(5004), addr(6379), 14, None));
+        run(&e, d, "MULTI");
+        run(&e, d, "CLIENT ID");
+        run(&e, d, "CLIENT INFO");
+        run(&e, d, "CLIENT KILL ID 7");
+        let Reply::Array(replies) = run(&e, d, "EXEC") else {
+            panic!("EXEC");
+        };
+        assert_eq!(replies[0], Reply::Integer(11));
+        assert!(matches!(&replies[1], Reply::Verbatim(l) if l.starts_with(b"id=11 ")));
+        assert_eq!(
+            replies[2],
+            Reply::err("CLIENT KILL is not allowed inside MULTI here")
+        );
+        drop(std::mem::replace(d, Session::new(12, true)));
         // Both are gone from the list (their threads would still be closing them).
         let c = &mut Session::new(9, true);
         c.attach(e.clients().register(9, addr(5003), addr(6379), 13, None));

@@ -154,27 +154,9 @@ impl<S: Store> Engine<S> {
     pub(super) fn client_command(&self, session: &mut Session, args: &[Vec<u8>]) -> Reply {
         let sub = args[1].to_ascii_lowercase();
         match (sub.as_slice(), args.len()) {
-            (b"list", _) => self.client_list(session, args),
-            (b"info", 2) => match &session.client {
-                Some(client) => {
-                    Reply::Verbatim(client.entry().line(Some("client|info")).into_bytes())
-                }
-                None => Reply::Verbatim(Vec::new()),
-            },
             (b"kill", n) if n >= 3 => self.client_kill(session, args),
-            (b"no-evict" | b"no-touch", 3) => {
-                // Nothing is evicted here and nothing tracks access: both are accepted.
-                if args[2].eq_ignore_ascii_case(b"on") || args[2].eq_ignore_ascii_case(b"off") {
-                    Reply::Simple("OK")
-                } else {
-                    Reply::err(SYNTAX)
-                }
-            }
-            (b"getredir", 2) => Reply::Integer(-1),
-            (b"info" | b"kill" | b"no-evict" | b"no-touch" | b"getredir", _) => {
-                super::wrong_args(&format!("client|{}", String::from_utf8_lossy(&sub)))
-            }
-            _ => {
+            (b"kill", _) => super::wrong_args("client|kill"),
+            (b"id" | b"getname" | b"setname" | b"setinfo", _) => {
                 let reply = client(session, args);
                 if reply == Reply::Simple("OK")
                     && let Some(handle) = &session.client
@@ -187,6 +169,54 @@ impl<S: Store> Engine<S> {
                 }
                 reply
             }
+            _ => self.client_read(session, args),
+        }
+    }
+
+    /// `CLIENT` inside `EXEC`: what changes nothing (`EXEC`'s transaction may run more than
+    /// once, so `KILL`, `SETNAME` and `SETINFO` are refused there).
+    pub(super) fn client_in_multi(&self, session: &Session, args: &[Vec<u8>]) -> Reply {
+        let sub = args[1].to_ascii_lowercase();
+        match (sub.as_slice(), args.len()) {
+            (b"kill" | b"setname" | b"setinfo", _) => Reply::err(format!(
+                "CLIENT {} is not allowed inside MULTI here",
+                String::from_utf8_lossy(&args[1]).to_ascii_uppercase()
+            )),
+            (b"id", 2) => Reply::Integer(session.id as i64),
+            (b"getname", 2) => session.name.clone().map_or(Reply::Null, Reply::Bulk),
+            (b"id" | b"getname", _) => super::wrong_args("client"),
+            _ => self.client_read(session, args),
+        }
+    }
+
+    /// The `CLIENT` subcommands that only read: `LIST`, `INFO`, `NO-EVICT`, `NO-TOUCH`,
+    /// `GETREDIR`, and the error for unknown ones.
+    fn client_read(&self, session: &Session, args: &[Vec<u8>]) -> Reply {
+        let sub = args[1].to_ascii_lowercase();
+        match (sub.as_slice(), args.len()) {
+            (b"list", _) => self.client_list(session, args),
+            (b"info", 2) => match &session.client {
+                Some(client) => {
+                    Reply::Verbatim(client.entry().line(Some("client|info")).into_bytes())
+                }
+                None => Reply::Verbatim(Vec::new()),
+            },
+            (b"no-evict" | b"no-touch", 3) => {
+                // Nothing is evicted here and nothing tracks access: both are accepted.
+                if args[2].eq_ignore_ascii_case(b"on") || args[2].eq_ignore_ascii_case(b"off") {
+                    Reply::Simple("OK")
+                } else {
+                    Reply::err(SYNTAX)
+                }
+            }
+            (b"getredir", 2) => Reply::Integer(-1),
+            (b"info" | b"no-evict" | b"no-touch" | b"getredir", _) => {
+                super::wrong_args(&format!("client|{}", String::from_utf8_lossy(&sub)))
+            }
+            _ => Reply::err(format!(
+                "unknown subcommand '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(&args[1])
+            )),
         }
     }
 
