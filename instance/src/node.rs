@@ -85,7 +85,7 @@ pub const MAX_QUEUED_EVENTS: usize = 1024;
 
 /// How often a survivor that is not the sealer looks for the sealer's seal once the lost
 /// members' lease has run out (a look reads the slots and seal sectors only).
-pub const SEAL_POLL_INTERVAL: Duration = Duration::from_millis(5);
+pub const SEAL_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// What a [`Node`] starts with, besides its core and cluster manager.
 #[derive(Debug, Clone)]
