@@ -39,7 +39,7 @@ use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as Cor
 use crate::format::{self, BlockError, Layout, control::SLOT_PAXOS_LEN};
 use crate::node::{
     CheckpointId, CheckpointIo, DiskRound, Node, NodeConfig, NodeEvent, NodeIo, RecoveryIo,
-    RecoveryOutcome, SlotSeen, Transmit,
+    RecoveryOutcome, ScanOutcome, SlotSeen, Transmit,
 };
 use crate::paxos::PaxosIo;
 use crate::storage::reservation::{ReservationError, Reservations, reservation_key};
@@ -128,10 +128,16 @@ pub(crate) enum Command {
     },
     /// A disk-heartbeat round.
     Disk(DiskRound),
-    /// The recovery thread scanned the lost instances' redo for `epoch`'s reconfiguration.
+    /// The recovery thread read the redo for `epoch`'s recovery (read only).
     Scanned {
         epoch: Epoch,
-        result: Result<(Vec<BlockId>, Arc<crate::recovery::ThreadScan>), String>,
+        result: Result<crate::recovery::ResumableScan, String>,
+    },
+    /// The recovery thread sealed the lost lives (or found them sealed) and read the redo
+    /// to the seals, or found no seal yet.
+    Sealed {
+        epoch: Epoch,
+        result: Result<ScanOutcome, String>,
     },
     Recovered {
         epoch: Epoch,
@@ -1006,8 +1012,18 @@ impl<T: Transport> Driver<T> {
                 epoch.0,
                 lost.iter().map(|i| i.index()).collect::<Vec<_>>()
             ),
-            RecoveryIo::Scan { epoch, lost, .. } => tracing::info!(
-                "instance {me}: recovery for epoch {}: scanning redo (sealing {:?})",
+            RecoveryIo::Scan { epoch, .. } => tracing::info!(
+                "instance {me}: recovery for epoch {}: reading redo",
+                epoch.0
+            ),
+            RecoveryIo::Seal { epoch, lost, .. } => tracing::info!(
+                "instance {me}: recovery for epoch {}: sealing {:?}",
+                epoch.0,
+                lost.iter().map(|i| i.index()).collect::<Vec<_>>()
+            ),
+            // Asked every few milliseconds until the sealer's seal is there.
+            RecoveryIo::AwaitSeal { epoch, lost, .. } => tracing::debug!(
+                "instance {me}: recovery for epoch {}: looking for the seal of {:?}",
                 epoch.0,
                 lost.iter().map(|i| i.index()).collect::<Vec<_>>()
             ),
@@ -1130,6 +1146,7 @@ impl<T: Transport> Driver<T> {
                 self.node.handle_preempted(epoch, lost, result, now);
             }
             Command::Scanned { epoch, result } => self.node.handle_scanned(epoch, result, now),
+            Command::Sealed { epoch, result } => self.node.handle_sealed(epoch, result, now),
             Command::Recovered {
                 epoch,
                 block,
@@ -1664,44 +1681,53 @@ fn recovery_thread(
                     return;
                 }
             }
-            RecoveryIo::Scan {
-                epoch,
-                threads,
-                lost,
-            } => {
+            RecoveryIo::Scan { epoch, threads } => {
                 let started = Instant::now();
                 let all: Vec<InstanceId> = threads.iter().collect();
-                let lost: Vec<InstanceId> = lost.iter().collect();
                 // Every thread's changed blocks, not only the lost instances': a block a
                 // lost instance held may carry a change that is only in another thread's
                 // redo (an instance lost before, restarted since or whose recovery this loss
                 // interrupted), with no past image of it left anywhere. Blocks a survivor
                 // holds stay out of the recovery set; the others rebuild to what storage
-                // holds when it is current.
-                // The lost lives are sealed where this scan read them to, durably, before
-                // anything is recovered from it: a write of theirs that lands later is never
-                // read by a later scan.
-                let result = crate::recovery::scan_threads(storage, layout, &all)
-                    .map_err(|e| e.to_string())
-                    .and_then(|scan| {
-                        let scanned = started.elapsed();
-                        if !context.lease.wait_valid() {
-                            return Err("the I/O lease expired before sealing".to_string());
-                        }
-                        crate::storage::life::seal_lost(storage, layout, me, &scan, &lost)
-                            .map_err(|e| format!("sealing the lost redo threads: {e}"))?;
-                        // Where recovery's time goes, for operators and recoverybench.
-                        tracing::info!(
-                            records = scan.record_count(),
-                            threads = scan.threads().len(),
-                            blocks_changed = scan.changed_blocks().len(),
-                            scan_ms = scanned.as_millis() as u64,
-                            seal_ms = (started.elapsed() - scanned).as_millis() as u64,
-                            "instance {me}: recovery read the redo"
-                        );
-                        Ok((scan.changed_blocks(), Arc::new(scan)))
-                    });
+                // holds when it is current. Only reads: the lost lease may still run.
+                let result = crate::recovery::ResumableScan::read(storage, layout, &all)
+                    .map_err(|e| e.to_string());
+                if let Ok(scan) = &result {
+                    // Where recovery's time goes, for operators and recoverybench.
+                    tracing::info!(
+                        records = scan.record_count(),
+                        threads = all.len(),
+                        scan_ms = started.elapsed().as_millis() as u64,
+                        "instance {me}: recovery read the redo while the lost lease runs"
+                    );
+                }
                 if !done.submit(Command::Scanned { epoch, result }) {
+                    return;
+                }
+            }
+            RecoveryIo::Seal { epoch, lost, scan } => {
+                let result = seal(context, me, &lost, *scan).map(ScanOutcome::Sealed);
+                if !done.submit(Command::Sealed { epoch, result }) {
+                    return;
+                }
+            }
+            RecoveryIo::AwaitSeal {
+                epoch,
+                lost,
+                mut scan,
+            } => {
+                let lost: Vec<InstanceId> = lost.iter().collect();
+                let result = scan
+                    .resume_if_sealed(storage, layout, &lost)
+                    .map_err(|e| e.to_string())
+                    .map(|sealed| {
+                        if sealed {
+                            ScanOutcome::Sealed(Arc::new(scan.finish()))
+                        } else {
+                            ScanOutcome::NotSealed(scan)
+                        }
+                    });
+                if !done.submit(Command::Sealed { epoch, result }) {
                     return;
                 }
             }
@@ -1737,6 +1763,39 @@ fn recovery_thread(
             }
         }
     }
+}
+
+/// The sealer's step once the lost lease has run out: reads every thread on from where the
+/// scan at the decision stopped, then seals the lost lives durably where it stopped, under
+/// this instance's lease (a write of theirs that lands later is never read by any scan).
+fn seal(
+    context: &IoContext,
+    me: InstanceId,
+    lost: &InstanceSet,
+    mut scan: crate::recovery::ResumableScan,
+) -> Result<Arc<crate::recovery::ThreadScan>, String> {
+    let storage = context.storage.as_ref();
+    let layout = &context.layout;
+    let started = Instant::now();
+    scan.resume(storage, layout).map_err(|e| e.to_string())?;
+    let scan = scan.finish();
+    let resumed = started.elapsed();
+    if !context.lease.wait_valid() {
+        return Err("the I/O lease expired before sealing".to_string());
+    }
+    let lost: Vec<InstanceId> = lost.iter().collect();
+    crate::storage::life::seal_lost(storage, layout, me, &scan, &lost)
+        .map_err(|e| format!("sealing the lost redo threads: {e}"))?;
+    // Where recovery's time goes, for operators and recoverybench.
+    tracing::info!(
+        records = scan.record_count(),
+        threads = scan.threads().len(),
+        blocks_changed = scan.changed_blocks().len(),
+        resume_ms = resumed.as_millis() as u64,
+        seal_ms = (started.elapsed() - resumed).as_millis() as u64,
+        "instance {me}: recovery read the redo to its end and sealed {lost:?}"
+    );
+    Ok(Arc::new(scan))
 }
 
 /// Rebuilds one batch of recovery-set blocks (from this instance's past image where it holds
