@@ -169,10 +169,7 @@ pub fn ring_pop(data: &[u8]) {
                     let _ = region.take_landed(token).or_else(|_| region.disarm(token));
                 }
                 let frame = u32::from(fill & 1);
-                landing = region
-                    .claim(frame)
-                    .ok()
-                    .map(|guard| guard.arm(peer));
+                landing = region.claim(frame).ok().map(|guard| guard.arm(peer));
                 if let Some(token) = landing
                     && let Ok(mut placing) = region.begin_landing(token, peer, BLOCK_LEN)
                 {
