@@ -15,7 +15,7 @@
 //! 32     8    scn          the sender's cluster clock
 //! 40     4    block length 0 without a block; else a power of two in MIN_BLOCK_LEN..=MAX_BLOCK_LEN
 //! 44     8    landing token: the receiver's destination frame for the block (0 without one)
-//! 52     4    payload crc32c over the body, then the block
+//! 52     4    payload crc32c over the body, then the block (0 on shm, which carries none)
 //! 56     4    reserved, 0
 //! 60     4    header crc32c over bytes 0..60
 //! ```

@@ -466,24 +466,6 @@ mod memory {
             })
         }
 
-        /// CRC32C of the payload landed from `from` in the frame `token` names, continued from
-        /// `seed` (a receiver checks a frame's payload checksum over the body it read and the
-        /// block a peer wrote into its region). `None` unless [`is_landed`](Self::is_landed).
-        pub fn landed_crc(&self, token: LandingToken, from: InstanceId, seed: u32) -> Option<u32> {
-            if !self.is_landed(token, from) {
-                return None;
-            }
-            // SAFETY: the frame is Landed (checked above, frame index validated by
-            // state_word): no landing writes it any more and only this region's owner, the
-            // caller's process, takes it. A hostile process that maps the region could still
-            // write, which yields wrong bytes (and a checksum mismatch), never out-of-bounds
-            // access: the slice stays inside the mapping.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(self.frame_ptr(token.frame()), self.block_size)
-            };
-            Some(crc32c::crc32c_append(seed, bytes))
-        }
-
         /// Cancels an arming (the peer died, the request was cancelled). Fails while a payload
         /// is landing; then try again once it has landed and take it instead.
         pub fn disarm(self: &Arc<Self>, token: LandingToken) -> Result<FrameGuard, RegionError> {

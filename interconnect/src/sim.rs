@@ -631,7 +631,13 @@ mod hub {
                 });
             }
             queue.push_back(Packet {
-                header: header_for(frame, cluster, local, to),
+                header: header_for(
+                    frame,
+                    cluster,
+                    local,
+                    to,
+                    crate::frame::payload_crc(frame.body, frame.block.map_or(&[], |b| b.bytes)),
+                ),
                 body: frame.body.to_vec(),
                 block: frame.block.map(|b| b.bytes.to_vec()),
             });

@@ -1304,9 +1304,10 @@ impl Transport for TcpTransport {
         let Some(conn) = self.conns.get_mut(&token) else {
             return Err(SendError::NotConnected(to));
         };
-        let mut header = [0u8; HEADER_LEN];
-        header_for(frame, self.config.cluster, self.config.local, to).encode(&mut header);
         let block: &[u8] = frame.block.map_or(&[], |b| b.bytes);
+        let mut header = [0u8; HEADER_LEN];
+        let crc = crate::frame::payload_crc(frame.body, block);
+        header_for(frame, self.config.cluster, self.config.local, to, crc).encode(&mut header);
         if conn.out.is_idle() {
             self.stats.frames_sent += 1;
             let tag = conn

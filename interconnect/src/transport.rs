@@ -254,13 +254,15 @@ pub(crate) fn validate_outgoing(frame: &Outgoing<'_>) -> Result<(), SendError> {
     Ok(())
 }
 
-/// The header a send produces.
+/// The header a send produces, with `payload_crc`: [`crate::frame::payload_crc`] of the body
+/// and block, or 0 on shm, whose frames carry no checksum (see the shm module).
 #[cfg(any(feature = "tcp", feature = "shm"))]
 pub(crate) fn header_for(
     frame: &Outgoing<'_>,
     cluster: crate::ClusterId,
     source: InstanceId,
     destination: InstanceId,
+    payload_crc: u32,
 ) -> FrameHeader {
     FrameHeader {
         service: frame.service,
@@ -275,6 +277,6 @@ pub(crate) fn header_for(
             len: b.bytes.len() as u32,
             landing: b.landing,
         }),
-        payload_crc: crate::frame::payload_crc(frame.body, frame.block.map_or(&[], |b| b.bytes)),
+        payload_crc,
     }
 }

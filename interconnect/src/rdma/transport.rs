@@ -776,7 +776,8 @@ impl Transport for RdmaTransport {
             None => None,
         };
         let mut head = [0u8; HEADER_LEN];
-        header_for(frame, self.cluster, self.local, to).encode(&mut head);
+        let crc = crate::frame::payload_crc(frame.body, frame.block.map_or(&[], |b| b.bytes));
+        header_for(frame, self.cluster, self.local, to, crc).encode(&mut head);
         let priority = frame.priority.index();
         let ahead_empty = self.peers[peer].queues[..=priority]
             .iter()

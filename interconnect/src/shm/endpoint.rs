@@ -11,7 +11,7 @@ use super::files::{
 };
 use super::ring::{Consumer, Producer, Record, RingError};
 use super::wake::WakeRequest;
-use crate::frame::{FrameError, FrameHeader, HEADER_LEN, MAX_BODY_LEN};
+use crate::frame::{FrameHeader, HEADER_LEN, MAX_BODY_LEN};
 use crate::region::{BlockRegion, RegionError};
 use crate::transport::{
     Outgoing, SendError, Transport, TransportError, TransportEvent, Waker, header_for,
@@ -747,23 +747,6 @@ pub(super) fn read_frame(
     let mut body = vec![0u8; header.body_len as usize];
     record.read(&mut body);
     let status = record.flags();
-    // The block went straight into this instance's frame: the checksum covers the body here
-    // and the block where it landed. A refused landing never wrote the block, so only the
-    // frames whose bytes are all here are checked.
-    let computed = match header.block {
-        None => Some(crate::frame::payload_crc(&body, &[])),
-        Some(block) if status == LANDED => {
-            region.landed_crc(block.landing, peer, crc32c::crc32c(&body))
-        }
-        Some(_) => None,
-    };
-    if let Some(computed) = computed.filter(|&crc| crc != header.payload_crc) {
-        return Err(FrameError::BadPayloadChecksum {
-            stored: header.payload_crc,
-            computed,
-        }
-        .into());
-    }
     match (header.block, status) {
         (None, NO_BLOCK) => Ok(TransportEvent::Message { header, body }),
         (Some(block), LANDED) if region.is_landed(block.landing, peer) => {
@@ -800,7 +783,8 @@ impl Transport for ShmTransport {
     fn send(&mut self, to: InstanceId, frame: &Outgoing<'_>) -> Result<(), SendError> {
         validate_outgoing(frame)?;
         let local = self.local;
-        let header = header_for(frame, self.cluster, local, to);
+        // No payload checksum: see "Checksums" in the module documentation.
+        let header = header_for(frame, self.cluster, local, to, 0);
         let index = self.peer_index(to).ok_or(SendError::UnknownPeer(to))?;
         let Some(out) = self.peers[index].out.as_mut().filter(|out| !out.broken) else {
             return Err(SendError::NotConnected(to));
@@ -1033,13 +1017,13 @@ mod tests {
         let mut a = open(&dir.0, 1, 2);
         let mut b = open(&dir.0, 2, 1);
         let mut good = [0u8; HEADER_LEN];
-        header_for(&ping(b"ok"), ClusterId(5), id(1), id(2)).encode(&mut good);
+        header_for(&ping(b"ok"), ClusterId(5), id(1), id(2), 0).encode(&mut good);
         let mut spoofed = [0u8; HEADER_LEN];
-        header_for(&ping(b"ok"), ClusterId(5), id(3), id(2)).encode(&mut spoofed);
+        header_for(&ping(b"ok"), ClusterId(5), id(3), id(2), 0).encode(&mut spoofed);
         let mut low = [0u8; HEADER_LEN];
         let mut frame = ping(b"ok");
         frame.priority = Priority::Low;
-        header_for(&frame, ClusterId(5), id(1), id(2)).encode(&mut low);
+        header_for(&frame, ClusterId(5), id(1), id(2), 0).encode(&mut low);
         let garbage = [0xabu8; 80];
         let cases: [(u32, Vec<&[u8]>); 6] = [
             (0, vec![&garbage]),           // not a frame header
@@ -1101,7 +1085,7 @@ mod tests {
             landing: token,
         });
         let mut raw = [0u8; HEADER_LEN];
-        header_for(&frame, ClusterId(5), id(1), id(2)).encode(&mut raw);
+        header_for(&frame, ClusterId(5), id(1), id(2), 0).encode(&mut raw);
         inject(&mut a, LANDED, &[&raw, b"trust me"]);
         let mut events = [Vec::new(), Vec::new()];
         poll_until(&mut a, &mut b, &mut events, |ev| !ev[1].is_empty());

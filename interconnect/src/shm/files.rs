@@ -43,7 +43,8 @@ pub(crate) const MIN_RING_BYTES: usize = 4096;
 
 const NODE_MAGIC: [u8; 4] = *b"FSNN";
 const RING_MAGIC: [u8; 4] = *b"FSNQ";
-const FILE_VERSION: u32 = 1;
+/// 2: frames carry no payload checksum (see "Checksums" in the module documentation of `shm`).
+const FILE_VERSION: u32 = 2;
 const PAGE: usize = 4096;
 const NODE_LEN: usize = PAGE;
 const CLOSED_AT: usize = 128;

@@ -7,7 +7,7 @@
 
 use super::endpoint::read_frame;
 use super::ring::{CTL_LEN, Consumer, MIN_CAPACITY, Producer, RingMem};
-use crate::frame::{BlockDescriptor, FrameHeader, HEADER_LEN, Priority, Service, payload_crc};
+use crate::frame::{BlockDescriptor, FrameHeader, HEADER_LEN, Priority, Service};
 use crate::region::{BlockRegion, LandingToken};
 use crate::{ClusterId, Epoch, InstanceId, Scn};
 use memmap2::MmapMut;
@@ -104,8 +104,8 @@ pub fn ring_pop(data: &[u8]) {
             Ok(Some(Err(_))) | Err(_) => false,
         }
     };
-    // The landing the peer last made or aimed at, and the byte its block was filled with.
-    let mut landing: Option<(LandingToken, u8)> = None;
+    // The landing the peer last made or aimed at.
+    let mut landing: Option<LandingToken> = None;
     while !script.0.is_empty() {
         match script.byte() % 5 {
             0 => {
@@ -113,7 +113,7 @@ pub fn ring_pop(data: &[u8]) {
                 let choice = script.byte();
                 let block = if choice & 1 == 0 {
                     None
-                } else if let Some((token, _)) = landing.filter(|_| choice & 2 == 0) {
+                } else if let Some(token) = landing.filter(|_| choice & 2 == 0) {
                     Some(token)
                 } else {
                     LandingToken::from_wire(script.u64())
@@ -135,10 +135,8 @@ pub fn ring_pop(data: &[u8]) {
                         len: BLOCK_LEN as u32,
                         landing,
                     }),
-                    payload_crc: match landing {
-                        Some((_, fill)) if block.is_some() => payload_crc(body, &[fill; BLOCK_LEN]),
-                        _ => payload_crc(body, &[]),
-                    },
+                    // shm frames carry no payload checksum (the module's "Checksums").
+                    payload_crc: 0,
                 };
                 let mut raw = [0u8; HEADER_LEN];
                 header.encode(&mut raw);
@@ -166,16 +164,13 @@ pub fn ring_pop(data: &[u8]) {
             }
             3 => {
                 let fill = script.byte();
-                if let Some((token, _)) = landing {
+                if let Some(token) = landing {
                     // The receiver took the last block (or gives up the frame) first.
                     let _ = region.take_landed(token).or_else(|_| region.disarm(token));
                 }
                 let frame = u32::from(fill & 1);
-                landing = region
-                    .claim(frame)
-                    .ok()
-                    .map(|guard| (guard.arm(peer), fill));
-                if let Some((token, _)) = landing
+                landing = region.claim(frame).ok().map(|guard| guard.arm(peer));
+                if let Some(token) = landing
                     && let Ok(mut placing) = region.begin_landing(token, peer, BLOCK_LEN)
                 {
                     placing.buf().fill(fill);

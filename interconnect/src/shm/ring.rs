@@ -35,6 +35,8 @@ use super::sync::{AtomicU64, Ordering};
 pub(crate) const RECORD_HEADER: usize = 8;
 /// Every record starts on this alignment, so a record header never wraps.
 const ALIGN: u64 = 8;
+/// A cache line.
+const LINE: u64 = 64;
 /// Smallest accepted capacity.
 pub(crate) const MIN_CAPACITY: usize = 32;
 /// Bytes reserved for a [`RingCtl`] in shared memory.
@@ -144,6 +146,21 @@ mod mem {
             unsafe { AtomicU64::from_ptr(self.ptr.add(at).cast()) }
         }
 
+        /// Asks the CPU to fetch the cache line holding offset `at` (taken modulo `len`), so
+        /// that the lines of one record travel from the producer's core in parallel rather
+        /// than one miss after another. Only a hint: it reads nothing and cannot fault.
+        pub(super) fn prefetch(&self, at: usize) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the address is inside the mapping (`at % len`); a prefetch neither reads
+            // into the program nor faults, whatever the memory holds.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(self.ptr.add(at % self.len).cast::<i8>().cast_const());
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = at;
+        }
+
         /// Copies `src` to offset `at`.
         ///
         /// # Safety
@@ -210,6 +227,8 @@ mod mem {
         pub(super) fn header(&self, at: usize) -> &AtomicU64 {
             &self.headers[at / 8]
         }
+
+        pub(super) fn prefetch(&self, _at: usize) {}
 
         /// # Safety
         /// As the production version: the range is in bounds and ours.
@@ -486,6 +505,13 @@ impl Consumer {
         let need = record_len(len)
             .filter(|&need| need + ALIGN <= capacity)
             .ok_or(bad)?;
+        // The header came with its cache line; ask for the record's other lines at once, so
+        // they cross from the producer's core together instead of as the reads reach them.
+        let mask = capacity - 1;
+        let first_line = self.head & !(LINE - 1);
+        for line in (first_line + LINE..self.head + need).step_by(LINE as usize) {
+            self.mem.data.prefetch((line & mask) as usize);
+        }
         let mut record = Record {
             mem: &self.mem,
             pos: self.head.wrapping_add(RECORD_HEADER as u64),
