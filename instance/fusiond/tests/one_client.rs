@@ -134,9 +134,10 @@ fn one_client_deleting_keys_written_through_another_instance_never_waits_out_a_l
             .iter()
             .map(|(_, c)| vec!["DEL".to_string(), c[1].clone()])
             .collect();
-        timed("pipelined DEL x1000 through 2 of keys written through all", &|| {
-            pipelined(&cluster, 2, &dels, |r| *r == Resp::Integer(1))
-        });
+        timed(
+            "pipelined DEL x1000 through 2 of keys written through all",
+            &|| pipelined(&cluster, 2, &dels, |r| *r == Resp::Integer(1)),
+        );
         assert_eq!(
             cluster.client(0).call(&["DBSIZE"]).unwrap(),
             Resp::Integer(0)
