@@ -41,7 +41,8 @@ pub const MAX_QUEUED: usize = 10_000;
 pub const MAX_WATCHED: usize = 1_000;
 /// Most `SCAN` cursors one session keeps open (the oldest is forgotten first).
 pub const MAX_CURSORS: usize = 16;
-/// Most keys read per store transaction by `KEYS`, `SCAN`, `DBSIZE` and the expiry sweep.
+/// Most keys read per store transaction by `KEYS`, `SCAN` and `DBSIZE`, and per step of the
+/// expiry sweep.
 pub const SCAN_BATCH: usize = 512;
 
 /// What the engine tells sessions about the server around it.
@@ -989,8 +990,8 @@ impl<S: Store> Engine<S> {
         Reply::Array(vec![Reply::text(next.to_string()), Reply::Array(keys)])
     }
 
-    /// Keys read per store transaction by `KEYS`, `SCAN`, `DBSIZE` and the expiry sweep: at
-    /// most [`SCAN_BATCH`], and no more than a transaction may touch.
+    /// Keys read per store transaction by `KEYS`, `SCAN` and `DBSIZE`, and per step of the
+    /// expiry sweep: at most [`SCAN_BATCH`], and no more than a transaction may touch.
     fn scan_batch(&self) -> usize {
         SCAN_BATCH.min(self.store.max_keys_per_transaction()).max(1)
     }
@@ -999,17 +1000,20 @@ impl<S: Store> Engine<S> {
     /// the last step stopped (all databases in turn, starting over at the end) and deletes
     /// the expired ones; returns how many. Bounded per step, so a large keyspace costs the
     /// workload little at a time; reads never return an expired key meanwhile.
+    ///
+    /// The keys are examined without locks (committed reads): a sweep locks only the keys
+    /// it deletes. A locking scan made every instance, idle or not, take the leaves of the
+    /// keys it merely looked at every step, so a lone client elsewhere waited for them, up
+    /// to lock timeouts and deadlock victims.
     pub fn sweep_expired(&self, examine: usize) -> Result<usize, S::Error> {
         let examine = examine.min(self.scan_batch());
         let start = self.sweep_cursor.lock().clone();
         let end = [DATABASES];
-        let batch = self.store.transaction(|tx| {
-            tx.scan(
-                Bound::Included(start.as_slice()),
-                Bound::Excluded(&end[..]),
-                examine,
-            )
-        })?;
+        let batch = self.store.scan_committed(
+            Bound::Included(start.as_slice()),
+            Bound::Excluded(&end[..]),
+            examine,
+        )?;
         *self.sweep_cursor.lock() = match batch.last() {
             Some((last, _)) if batch.len() >= examine => {
                 let mut next = last.clone();

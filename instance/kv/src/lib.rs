@@ -60,7 +60,9 @@
 //!    overflow blocks.
 //! 3. **One structure change at a time.** Splits and merges (the only changes of internal
 //!    nodes) first take one cluster-wide enqueue, so at most one transaction holds internal
-//!    nodes in X.
+//!    nodes in X. It reads a parent under the parent's enqueue and takes it in X only to
+//!    write it, after waiting for the enqueues of the leaves it changes (a merge's
+//!    sibling), so no leaf holder descending through that parent waits for it meanwhile.
 //! 4. **Descents** read from the root taking each internal node in S and releasing it
 //!    before the child (no lock coupling). Nodes carry *fence keys* (the key range they
 //!    cover) and their level: a descent that lands on a node that no longer covers its key
@@ -876,7 +878,7 @@ impl<'k> KvTxn<'k> {
                     None => Ok(None),
                 };
             }
-            let (n, node) = t.locked_node(key, 0, false)?;
+            let (n, node) = t.locked_node(key, 0)?;
             let Body::Leaf(entries) = &node.body else {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
@@ -924,7 +926,7 @@ impl<'k> KvTxn<'k> {
             if t.put_in_place(key, value)? {
                 return Ok(());
             }
-            let (n, mut node) = t.locked_node(key, 0, false)?;
+            let (n, mut node) = t.locked_node(key, 0)?;
             // X on the leaf before its chains change (crate doc, rule 2).
             t.hold(n)?;
             let Body::Leaf(entries) = &mut node.body else {
@@ -960,7 +962,7 @@ impl<'k> KvTxn<'k> {
         self.kv.check_key(key)?;
         self.count(1)?;
         self.guarded(|t| {
-            let (n, mut node) = t.locked_node(key, 0, false)?;
+            let (n, mut node) = t.locked_node(key, 0)?;
             let Body::Leaf(entries) = &mut node.body else {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
@@ -1002,7 +1004,7 @@ impl<'k> KvTxn<'k> {
             let mut lower = owned_bound(from);
             while out.len() < limit {
                 let start = bound_key(&lower);
-                let (n, node) = t.locked_node(&start, 0, false)?;
+                let (n, node) = t.locked_node(&start, 0)?;
                 let kv = t.kv;
                 let next = scan_leaf(&node, &lower, to, limit, &mut out, &mut |v| {
                     kv.value(v, &mut |b| t.read(b))
@@ -1310,12 +1312,9 @@ impl<'k> KvTxn<'k> {
     }
 
     /// The node at `level` covering `key`, locked by this transaction and checked under the
-    /// lock (so it stays what it is until the end).
-    /// With `write`, the node is taken in X at once (one acquisition instead of S and then
-    /// X). Only for parents under the structure-change lock: the internal nodes above them
-    /// cannot change, so the descent cannot end on a stale block (X on a stale block, say
-    /// one reused in a value's chain, could make a reader of that chain wait for it).
-    fn locked_node(&mut self, key: &[u8], level: u8, write: bool) -> Result<(u64, Node), KvError> {
+    /// lock (so it stays what it is until the end). It is read in S: the caller takes it in
+    /// X only when it writes it (a parent too: see `merge`).
+    fn locked_node(&mut self, key: &[u8], level: u8) -> Result<(u64, Node), KvError> {
         // Taken out of the cache (no copy): the caller writes it back through `write`, or
         // puts it back with `keep` when it only read it.
         let known = self
@@ -1324,15 +1323,12 @@ impl<'k> KvTxn<'k> {
             .find(|(_, node)| node.level == level && node.covers(key))
             .map(|(&n, _)| n);
         if let Some((n, node)) = known.and_then(|n| self.nodes.remove_entry(&n)) {
-            if write {
-                self.hold(n)?;
-            }
             return Ok((n, node));
         }
         let root = self.kv.root;
         // Leaves are looked for where they were last found first (module `leaves`); parents
         // (under the structure-change lock) by a descent.
-        let mut hint = if level == 0 && !write {
+        let mut hint = if level == 0 {
             self.kv.leaves.find(key)
         } else {
             None
@@ -1344,9 +1340,6 @@ impl<'k> KvTxn<'k> {
                 None => descend(root, key, level, &mut |b| self.read(b))?,
             };
             let fresh = self.lock(n)?;
-            if write {
-                self.hold(n)?;
-            }
             let found = node::decode(&self.read(n)?);
             if let Some(n) = hinted
                 && !matches!(&found, Ok(Block::Node(node)) if node.level == level && node.covers(key))
@@ -1411,7 +1404,7 @@ impl<'k> KvTxn<'k> {
         let r = self.allocate()?;
         self.write(n, Block::Node(left))?;
         self.write(r, Block::Node(right))?;
-        let (p, mut parent) = self.locked_node(&low, level + 1, true)?;
+        let (p, mut parent) = self.locked_node(&low, level + 1)?;
         let Body::Internal { keys, children } = &mut parent.body else {
             return Err(KvError::corrupt(p, "a parent that is a leaf"));
         };
@@ -1428,10 +1421,15 @@ impl<'k> KvTxn<'k> {
     /// when the two fit in three quarters of a block; the emptied block goes to the free
     /// list, the parent loses a separator (and may merge in turn), and a root left with one
     /// child takes that child's place.
+    ///
+    /// The parent is read under its enqueue and taken in X only when written, after the
+    /// sibling's enqueue: a parent held in X while waiting for a leaf's enqueue made the
+    /// leaf's holder, descending through that parent, wait for it untimed, and the two then
+    /// waited for each other until the lock timeout (crate doc, rule 3).
     fn merge(&mut self, n: u64, node: Node) -> Result<(), KvError> {
         self.lock(SMO_LOCK)?;
         let level = node.level;
-        let (p, mut parent) = self.locked_node(&node.low, level + 1, true)?;
+        let (p, mut parent) = self.locked_node(&node.low, level + 1)?;
         let Body::Internal { keys, children } = &mut parent.body else {
             return Err(KvError::corrupt(p, "a parent that is a leaf"));
         };
@@ -1471,10 +1469,11 @@ impl<'k> KvTxn<'k> {
         children.remove(ri);
         let root = self.kv.root;
         if p == root && keys.is_empty() {
-            // The root's only child moves up into the root block.
-            self.write(root, Block::Node(merged))?;
+            // The root's only child moves up into the root block (written last: the free
+            // list's enqueue is taken before the root is held in X).
             self.free_block(ln)?;
-            return self.free_block(rn);
+            self.free_block(rn)?;
+            return self.write(root, Block::Node(merged));
         }
         self.write(ln, Block::Node(merged))?;
         self.free_block(rn)?;
