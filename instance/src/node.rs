@@ -32,6 +32,11 @@ use std::time::Duration;
 /// instance stops (the voting area is out of reach, or a decision against it is pending).
 pub const MAX_UNRENEWED_ROUNDS: u32 = 10;
 
+/// How long, in leases, a block grant waits at most for a lapsed lease to be renewed before
+/// the instance stops (16 leases: 9.6 s with the default 600 ms, as the runtime's I/O waits
+/// 10 s).
+pub const MAX_LAPSED_GRANT_WAIT_LEASES: u32 = 16;
+
 /// Most checkpoints waiting at once; more are refused at once.
 pub const MAX_PENDING_CHECKPOINTS: usize = 64;
 
@@ -320,6 +325,20 @@ pub struct Node {
     lease_until: Duration,
     /// Disk-heartbeat rounds in a row that did not renew the lease.
     unrenewed_rounds: u32,
+    /// The end of the lease on this node's clock (`now`), once a renewing round has placed
+    /// it there (the start's lease is the driver's to check): a block grant reaches its user
+    /// only before it.
+    lease_end: Option<Timestamp>,
+    /// Answers for users.
+    completions: VecDeque<Completion>,
+    /// Block grants waiting for a lapsed lease to be renewed (each one pins its copy).
+    held_grants: VecDeque<Completion>,
+    /// Since when the oldest block grant has waited for a lapsed lease.
+    grants_held_since: Option<Timestamp>,
+    /// Members lost whose lease may still run (they may read their cached copies), and when
+    /// this instance learnt the latest loss: the core hears when their lease has run out
+    /// ([`Core::on_lost_leases_over`]).
+    lost_readers: Option<(InstanceSet, Timestamp)>,
     /// Lost instances whose blocks are not recovered yet.
     lost: InstanceSet,
     recovery: Option<Recovery>,
@@ -352,6 +371,11 @@ impl Node {
             lease_length: config.failure.lease,
             lease_until: config.lease_from + config.failure.lease,
             unrenewed_rounds: 0,
+            lease_end: None,
+            completions: VecDeque::new(),
+            held_grants: VecDeque::new(),
+            grants_held_since: None,
+            lost_readers: None,
             lost: InstanceSet::EMPTY,
             recovery: None,
             to_recover: Vec::new(),
@@ -510,6 +534,9 @@ impl Node {
             && self.cluster.may_renew_lease()
         {
             self.lease_until = self.lease_until.max(from + self.lease_length);
+            // The same end on this node's clock: the round completed at about `now`.
+            let end = now + (from + self.lease_length).saturating_sub(round.completed_at);
+            self.lease_end = Some(self.lease_end.map_or(end, |e| e.max(end)));
             self.unrenewed_rounds = 0;
             self.push_event(NodeEvent::RenewLease { from });
         } else {
@@ -824,9 +851,12 @@ impl Node {
         }
     }
 
-    /// The next answer to a user's acquisition or lock.
+    /// The next answer to a user's acquisition or lock. A block grant comes only while this
+    /// instance's lease holds: a lapsed lease holds grants back until a round renews it (or
+    /// the instance stops), since a member voted out may no longer read even its cached
+    /// copies once its lease has run out (the survivors may then change them).
     pub fn poll_completion(&mut self) -> Option<Completion> {
-        self.core.poll_completion()
+        self.completions.pop_front()
     }
 
     /// The next event.
@@ -843,10 +873,57 @@ impl Node {
         if let Some(due) = self.scan_due() {
             at = at.min(due);
         }
+        if let Some(due) = self.lost_readers_due() {
+            at = at.min(due);
+        }
+        if let Some(since) = self.grants_held_since {
+            at = at.min(since + self.lapsed_grant_wait());
+        }
         at
     }
 
     // ---- the lifecycle ---------------------------------------------------------------------
+
+    /// When the members lost may no longer read their cached copies: their lease has run out
+    /// ([`ClusterManager::lost_lease_end`]; a preempted reservation stops writes, not reads).
+    fn lost_readers_due(&self) -> Option<Timestamp> {
+        let (lost, decided_at) = self.lost_readers?;
+        Some(self.cluster.lost_lease_end(lost, decided_at))
+    }
+
+    fn lapsed_grant_wait(&self) -> Duration {
+        self.lease_length * MAX_LAPSED_GRANT_WAIT_LEASES
+    }
+
+    /// Moves the core's answers to the users' queue, holding block grants back while the
+    /// lease has lapsed, for at most [`MAX_LAPSED_GRANT_WAIT_LEASES`] leases before this
+    /// instance stops.
+    fn pass_completions(&mut self, now: Timestamp) {
+        let lapsed = self.lease_end.is_some_and(|end| now >= end);
+        if !lapsed {
+            self.completions.extend(self.held_grants.drain(..));
+            self.grants_held_since = None;
+        }
+        while let Some(completion) = self.core.poll_completion() {
+            if lapsed && matches!(completion, Completion::Block { result: Ok(_), .. }) {
+                self.held_grants.push_back(completion);
+                self.grants_held_since.get_or_insert(now);
+            } else {
+                self.completions.push_back(completion);
+            }
+        }
+        if let Some(since) = self.grants_held_since
+            && now.saturating_since(since) >= self.lapsed_grant_wait()
+        {
+            self.give_up(
+                format!(
+                    "the I/O lease lapsed and was not renewed within {:?}: block grants cannot be handed out",
+                    self.lapsed_grant_wait()
+                ),
+                now,
+            );
+        }
+    }
 
     /// When the pending recovery may ask for its scan: the lost members' lease has run out
     /// (a lost member whose disk heartbeat still moves has not stopped: the end moves with
@@ -863,6 +940,13 @@ impl Node {
             return;
         }
         self.cluster_actions(now);
+        if let Some(due) = self.lost_readers_due()
+            && now >= due
+        {
+            self.lost_readers = None;
+            self.core.on_lost_leases_over(now);
+        }
+        self.pass_completions(now);
         if let Some(due) = self.scan_due()
             && now >= due
             && let Some(recovery) = &mut self.recovery
@@ -959,6 +1043,23 @@ impl Node {
             self.give_up(format!("reconfiguration to epoch {}: {e}", epoch.0), now);
             return;
         }
+        // Lost members may read their cached copies until their lease runs out: the core
+        // holds conflicting grants back until then. A member admitted again is a new life
+        // with an empty cache.
+        let readers = self
+            .lost_readers
+            .map_or(InstanceSet::EMPTY, |(l, _)| l)
+            .iter()
+            .chain(lost.iter())
+            .filter(|m| !live.contains(*m))
+            .collect::<InstanceSet>();
+        let since = if lost.is_empty() {
+            self.lost_readers.map_or(now, |(_, at)| at)
+        } else {
+            now
+        };
+        self.lost_readers =
+            Some((readers, since)).filter(|_| self.core.gcs().lost_readers_pending());
         // The core redoes an older epoch's recovery work from the new epoch's rebuild, which
         // hands out a recovery set of its own: a set still waiting here is stale, and
         // rebuilding both would rebuild a block twice, the second time after it was served

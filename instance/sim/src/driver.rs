@@ -2109,6 +2109,16 @@ impl Sim {
             }
         };
         let waited = self.now.saturating_since(since);
+        if !self
+            .leases
+            .holds(node, Duration::from_nanos(self.now.as_nanos()))
+        {
+            // Its cached copies may be stale: the survivors may have changed them since.
+            self.fail(format!(
+                "n{node}.u{user}: granted {block} in {:?} although its lease has run out",
+                grant.mode
+            ));
+        }
         if grant.pin.block() != block {
             self.fail(format!(
                 "n{node}.u{user}: asked for {block}, granted {}",
@@ -2979,6 +2989,7 @@ impl Sim {
             }
         }
         let recovering = self.recovery_in_progress();
+        let now = Duration::from_nanos(self.now.as_nanos());
         for b in 0..self.cfg.blocks {
             let block = block_id(b);
             let latest = self.committed[&block];
@@ -2987,8 +2998,10 @@ impl Sim {
                 let n = &self.nodes[i];
                 let gcs = n.node.core().gcs();
                 let mode = gcs.mode(block);
-                // A copy being released is never read again (`Engine::is_releasing`).
-                let readable = !gcs.is_releasing(block);
+                // A copy being released is never read again (`Engine::is_releasing`), nor
+                // one whose instance's lease has run out (no grant comes there, checked in
+                // `complete`): the survivors may change such a copy's block meanwhile.
+                let readable = !gcs.is_releasing(block) && self.leases.holds(i, now);
                 match mode {
                     BlockMode::Exclusive if readable => {
                         if let Some(other) = x.replace(i) {
