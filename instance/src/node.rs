@@ -3,8 +3,10 @@
 //! [`Node`] composes the coordination [`Core`] (buffer cache, GCS, GES), the
 //! [`ClusterManager`] (failure detection, Disk Paxos membership, the lease's bookkeeping,
 //! admission) and what used to be decided around them by the runtime's driver: when the
-//! I/O lease is renewed and when a lease that cannot be renewed stops the instance, when
-//! instance recovery may begin (the lost members' lease has run out, or their reservation
+//! I/O lease is renewed and when a lease that cannot be renewed stops the instance, that a
+//! block grant reaches its user only while the lease holds (a cached read needs no I/O),
+//! when the survivors may grant Exclusive over a lost member's possible Shared copies (its
+//! lease has run out: [`Core::on_lost_leases_over`]), when instance recovery may begin (the lost members' lease has run out, or their reservation
 //! keys were preempted), which blocks it rebuilds with which redo scan, when it is done, what
 //! a core failure means (stop), and when a checkpoint is complete (every dirty block written
 //! through the GCS write protocol, a previous life's changes on storage, then the slot's
@@ -1548,6 +1550,35 @@ mod tests {
         }
     }
 
+    /// A lost member may read its cached copies until its lease has run out: the survivors'
+    /// GCS holds X grants over them back until then, not longer.
+    #[test]
+    fn survivors_grant_over_a_lost_members_copies_only_after_its_lease() {
+        let mut world = World::new(&[0, 1, 2]);
+        world.run_until(at(500));
+        assert!(!world.nodes[0].core().gcs().lost_readers_pending());
+        world.up[2] = false;
+        while world.nodes[0].epoch() < Epoch(2) {
+            let next = world.now + Duration::from_millis(10);
+            world.run_until(next);
+            assert!(world.now < at(5000), "never reconfigured");
+        }
+        let reconfigured = world.now;
+        assert!(world.nodes[0].core().gcs().lost_readers_pending());
+        world.run_until(reconfigured + (LEASE + LEASE / 8 - Duration::from_millis(10)));
+        assert!(
+            world.nodes[0].core().gcs().lost_readers_pending(),
+            "released before the lost member's lease ran out"
+        );
+        world.run_until(reconfigured + LEASE + LEASE / 8 + Duration::from_millis(20));
+        for i in [0, 1] {
+            assert!(
+                !world.nodes[i].core().gcs().lost_readers_pending(),
+                "instance {i} still holds X back"
+            );
+        }
+    }
+
     /// A member lost while the recovery of another is still reading redo restarts that
     /// recovery for the new epoch: one recovery, started once and finished once (a count
     /// that said two started and one done left the `recovery_running` alert firing for good).
@@ -1632,6 +1663,60 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    /// A voted-out member may not read even its cached copies once its lease has run out
+    /// (the survivors may change them): a block grant waits for a renewal, and a lease that
+    /// never comes back stops the instance.
+    #[test]
+    fn a_block_grant_reaches_its_user_only_while_the_lease_holds() {
+        let mut node = node(0, &[0]);
+        let renewing = |t: u64| DiskRound {
+            slots: Vec::new(),
+            written_at: Some(Duration::from_millis(t)),
+            all_read: true,
+            completed_at: Duration::from_millis(t),
+        };
+        let block = BlockId::new(0, 3);
+        let grant = |node: &mut Node, ticket: u64, t: u64| {
+            node.acquire(Ticket(ticket), block, BlockMode::Shared, at(t));
+            while let Some(io) = node.poll_io(at(t)) {
+                if let NodeIo::Data(IoOp::Read { block, filling }) = io {
+                    node.handle_read_done(block, filling, Ok(Scn(0)), at(t));
+                }
+            }
+        };
+        let granted = |node: &mut Node| {
+            std::iter::from_fn(|| node.poll_completion())
+                .filter(|c| matches!(c, Completion::Block { result: Ok(_), .. }))
+                .count()
+        };
+        node.handle_disk_round(renewing(10), at(10));
+        // Under the lease (to 610 ms): at once.
+        grant(&mut node, 1, 20);
+        assert_eq!(granted(&mut node), 1);
+        node.release(block, BlockMode::Shared, None, at(21))
+            .unwrap();
+        // Lapsed: held back, a cache hit included, until a round renews it.
+        grant(&mut node, 2, 700);
+        assert_eq!(granted(&mut node), 0, "granted with the lease lapsed");
+        node.handle_timeout(at(800));
+        assert_eq!(granted(&mut node), 0);
+        node.handle_disk_round(renewing(900), at(900));
+        assert_eq!(granted(&mut node), 1);
+        node.release(block, BlockMode::Shared, None, at(901))
+            .unwrap();
+        assert_eq!(node.stop_reason(), None);
+        // Lapsed for good (no round renews it): the instance stops after 16 leases.
+        grant(&mut node, 3, 1600);
+        let deadline = at(1600) + LEASE * MAX_LAPSED_GRANT_WAIT_LEASES;
+        assert!(node.poll_timeout() <= deadline);
+        node.handle_timeout(at(1599) + LEASE * MAX_LAPSED_GRANT_WAIT_LEASES);
+        assert_eq!(node.stop_reason(), None);
+        node.handle_timeout(deadline);
+        assert_eq!(granted(&mut node), 0);
+        let reason = node.stop_reason().unwrap();
+        assert!(reason.contains("lease lapsed"), "{reason}");
     }
 
     fn next_checkpoint_io(node: &mut Node) -> CheckpointIo {

@@ -35,7 +35,11 @@
 //! cluster managers vote one side out and it stops itself). The cluster managers decide the
 //! epochs (at most one membership per epoch is checked), the nodes decide when recovery
 //! begins (checked: every lost member's lease has run out, and it submits and acknowledges no
-//! I/O from then on), which blocks are rebuilt and when recovery is done. A restarted
+//! I/O from then on), which blocks are rebuilt and when recovery is done. Fencing covers
+//! cached reads too (checked): no block grant reaches a user of an instance whose lease has
+//! run out, and the coherence checks (X excludes S elsewhere, every readable copy is the
+//! latest committed version) count the copies of instances whose lease holds — a member
+//! voted out keeps its frames until it stops, but may no longer read them. A restarted
 //! instance asks to join (`JoinRequest` to every peer until a member's `Reconfigure` names
 //! it, as the API's `enter`) and starts a new life of its redo thread and a joining node at
 //! the admitted epoch. This module is test support: it owns the simulated world and its
