@@ -450,6 +450,8 @@ pub struct ClusterManager {
     /// registered anew.
     fenced: InstanceSet,
     fenced_at: Timestamp,
+    /// When this manager was built: the instance's first lease was granted no earlier.
+    started_at: Timestamp,
     stopped: bool,
     actions: VecDeque<ClusterAction>,
     stats: ClusterStats,
@@ -498,6 +500,7 @@ impl ClusterManager {
             reservation_fencing: false,
             fenced: InstanceSet::EMPTY,
             fenced_at: now,
+            started_at: now,
             stopped: false,
             actions: VecDeque::new(),
             stats: ClusterStats::default(),
@@ -518,6 +521,12 @@ impl ClusterManager {
     /// The current members.
     pub fn live(&self) -> InstanceSet {
         self.live
+    }
+
+    /// When this manager was built (its `now`). The drivers grant the instance's first lease
+    /// after building it, so this plus the lease is no later than that lease's end.
+    pub fn started_at(&self) -> Timestamp {
+        self.started_at
     }
 
     /// Counters.

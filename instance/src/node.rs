@@ -327,10 +327,11 @@ pub struct Node {
     lease_until: Duration,
     /// Disk-heartbeat rounds in a row that did not renew the lease.
     unrenewed_rounds: u32,
-    /// The end of the lease on this node's clock (`now`), once a renewing round has placed
-    /// it there (the start's lease is the driver's to check): a block grant reaches its user
-    /// only before it.
-    lease_end: Option<Timestamp>,
+    /// `lease_until` on this node's clock (`now`), placed there by each disk round (before
+    /// the first, from the cluster manager's start): a block grant reaches its user only
+    /// before it. A round reported late places it late by that delay; the runtime checks its
+    /// own lease again before the user gets the grant.
+    lease_end: Timestamp,
     /// Answers for users.
     completions: VecDeque<Completion>,
     /// Block grants waiting for a lapsed lease to be renewed (each one pins its copy).
@@ -366,6 +367,7 @@ pub struct Node {
 impl Node {
     /// A node of `core` and `cluster` (both at the epoch this instance starts in).
     pub fn new(core: Core, cluster: ClusterManager, config: NodeConfig) -> Self {
+        let lease_end = cluster.started_at() + config.failure.lease;
         Self {
             core,
             cluster,
@@ -373,7 +375,7 @@ impl Node {
             lease_length: config.failure.lease,
             lease_until: config.lease_from + config.failure.lease,
             unrenewed_rounds: 0,
-            lease_end: None,
+            lease_end,
             completions: VecDeque::new(),
             held_grants: VecDeque::new(),
             grants_held_since: None,
@@ -536,9 +538,6 @@ impl Node {
             && self.cluster.may_renew_lease()
         {
             self.lease_until = self.lease_until.max(from + self.lease_length);
-            // The same end on this node's clock: the round completed at about `now`.
-            let end = now + (from + self.lease_length).saturating_sub(round.completed_at);
-            self.lease_end = Some(self.lease_end.map_or(end, |e| e.max(end)));
             self.unrenewed_rounds = 0;
             self.push_event(NodeEvent::RenewLease { from });
         } else {
@@ -559,6 +558,9 @@ impl Node {
                 );
             }
         }
+        // The lease on this node's clock, placed again by every round (which completed at
+        // about `now`), so the two clocks never drift apart for longer than a round.
+        self.lease_end = now + self.lease_until.saturating_sub(round.completed_at);
         self.settle(now);
     }
 
@@ -901,7 +903,7 @@ impl Node {
     /// lease has lapsed, for at most [`MAX_LAPSED_GRANT_WAIT_LEASES`] leases before this
     /// instance stops.
     fn pass_completions(&mut self, now: Timestamp) {
-        let lapsed = self.lease_end.is_some_and(|end| now >= end);
+        let lapsed = now >= self.lease_end;
         if !lapsed {
             self.completions.extend(self.held_grants.drain(..));
             self.grants_held_since = None;
