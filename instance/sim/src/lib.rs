@@ -96,6 +96,7 @@
 // command (`run_seed` catches it, reruns the seed with the trace and prints its tail).
 #[allow(missing_docs, missing_debug_implementations, clippy::unwrap_used)]
 pub mod driver;
+pub mod faults;
 pub mod membership;
 pub mod voting;
 
