@@ -2862,6 +2862,7 @@ impl Sim {
             }
         }
         if let Some(at) = self.crash_at_step
+            && !self.faults.any_in_force(self.global())
             && (self.stats.steps >= at || (self.active_users == 0 && !self.recovery_in_progress()))
         {
             self.crash_at_step = None;
@@ -2952,10 +2953,15 @@ impl Sim {
         let Some(stage) = self.plan.front().copied() else {
             return;
         };
+        if self.faults.any_in_force(self.global()) {
+            // One failure at a time: the death comes once the fault heals.
+            self.stage_armed = true;
+            self.crash_at_step = Some(self.stats.steps + 1);
+            return;
+        }
         self.next_stage();
         if !self.nodes[victim].alive
             || self.nodes.iter().any(|n| n.isolated)
-            || self.faults.any_in_force(self.global())
             || self.live().len() < 2
         {
             self.trace(|| format!("{stage:?}: n{victim} cannot die (the last alive)"));
