@@ -291,7 +291,8 @@ pub struct MasterView {
 ///   [`Engine::evict`], [`Engine::evict_past_image`], [`Engine::tick_scn`];
 /// * I/O completions: [`Engine::on_redo_durable`], [`Engine::on_block_written`],
 ///   [`Engine::on_block_read`];
-/// * reconfiguration: [`Engine::on_reconfigure`], [`Engine::on_block_recovered`];
+/// * reconfiguration: [`Engine::on_reconfigure`], [`Engine::on_lost_leases_over`],
+///   [`Engine::on_block_recovered`];
 /// * outputs, drained by the driver after **every** input, in this order:
 ///   1. [`Engine::poll_transmit`] until `None` — for a message whose body
 ///      [`GcsBody::carries_block`], attach the bytes of the block's current frame *now*,
@@ -332,6 +333,11 @@ pub struct Engine<D> {
     /// An instance died: storage reads wait until the dead thread's redo has been scanned
     /// ([`Engine::on_dead_redo_scanned`]), since storage may be stale for blocks it changed.
     pub(crate) scan_pending: bool,
+    /// Members were lost and may still read their S copies from their caches (reads need no
+    /// I/O, so nothing but their lease stops them) until [`Engine::on_lost_leases_over`]:
+    /// meanwhile an X grant waits unless the block is in this set, the blocks mastered here
+    /// before the loss that no lost member held or was being granted.
+    pub(crate) lost_readers: Option<BTreeSet<BlockId>>,
     pub(crate) timers: BTreeSet<(Timestamp, BlockId)>,
     pub(crate) local: VecDeque<GcsBody>,
     pub(crate) transmits: VecDeque<(InstanceId, GcsMessage)>,
@@ -371,6 +377,7 @@ impl<D: MasterDirectory> Engine<D> {
             master: BTreeMap::new(),
             reconfig: None,
             scan_pending: false,
+            lost_readers: None,
             timers: BTreeSet::new(),
             local: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -523,6 +530,12 @@ impl<D: MasterDirectory> Engine<D> {
     /// Whether a reconfiguration is still collecting survivor reports here.
     pub fn is_reconfiguring(&self) -> bool {
         self.reconfig.is_some()
+    }
+
+    /// Whether X grants of blocks a lost member may still read wait for
+    /// [`Engine::on_lost_leases_over`].
+    pub fn lost_readers_pending(&self) -> bool {
+        self.lost_readers.is_some()
     }
 
     /// Whether the engine has nothing in progress: no request, ship, write, release,

@@ -11,7 +11,7 @@ use crate::engine::{Engine, Event, GcsError, MasterView, RecoveryBlock};
 use crate::message::{GcsBody, GrantKind, ReportEntry};
 use crate::types::{BlockId, BlockMode, MasterDirectory, PlantedFault};
 use interconnect::{Epoch, InstanceId, InstanceSet, MAX_INSTANCES, Scn, Timestamp, codec};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Most operations queued on one block: each instance has at most one acquire, one release
 /// and one past-image flush outstanding per block.
@@ -198,6 +198,15 @@ impl MasterBlock {
 /// SCNs, past images, the FIFO and the grant in flight (whose acknowledgements then reach
 /// the new master). A block frozen for recovery never moves, and `last_used` restarts.
 impl MasterBlock {
+    /// Whether a member of `members` holds the block or is being granted it.
+    fn may_be_held_by(&self, members: InstanceSet) -> bool {
+        self.x_holder.is_some_and(|x| members.contains(x))
+            || self.s_holders.bits() & members.bits() != 0
+            || self
+                .in_flight
+                .is_some_and(|f| members.contains(f.requester))
+    }
+
     /// Whether recovery holds the block (such an object is not moved).
     pub(crate) fn is_recovering(&self) -> bool {
         self.recovering
@@ -529,6 +538,16 @@ impl<D: MasterDirectory> Engine<D> {
                 // Storage may be stale until the dead thread's redo is scanned.
                 return Ok(());
             }
+            if let Some(clear) = &self.lost_readers
+                && let Some(MasterOp::Acquire { mode, .. }) = m.queue.front()
+                && *mode == BlockMode::Exclusive
+                && m.x_holder.is_none()
+                && !clear.contains(&block)
+            {
+                // A lost member may still read its S copy (its lease runs): no X until it
+                // has surely stopped. (An X holder here means it held nothing.)
+                return Ok(());
+            }
             let Some(op) = m.queue.pop_front() else {
                 if m.is_forgettable() {
                     self.master.remove(&block);
@@ -850,8 +869,22 @@ impl<D: MasterDirectory> Engine<D> {
         if !live.contains(self.id) {
             return Err(GcsError::NotAMember(self.id));
         }
-        let lost = self.live.bits() & !live.bits() != 0;
+        let lost_members = InstanceSet::from_bits(self.live.bits() & !live.bits());
+        let lost = !lost_members.is_empty();
         self.scan_pending |= lost;
+        if lost || self.lost_readers.is_some() {
+            // Blocks mastered here whose state shows no lost member holding (or being
+            // granted) them: known clear. A block whose state was elsewhere (a lost
+            // member mastered it) is not, nor one an earlier loss left uncertain.
+            let clear: BTreeSet<BlockId> = self
+                .master
+                .iter()
+                .filter(|(_, m)| !m.may_be_held_by(lost_members))
+                .map(|(b, _)| *b)
+                .filter(|b| self.lost_readers.as_ref().is_none_or(|c| c.contains(b)))
+                .collect();
+            self.lost_readers = Some(clear);
+        }
         self.epoch = epoch;
         self.live = live;
         self.directory = directory;
@@ -927,6 +960,20 @@ impl<D: MasterDirectory> Engine<D> {
         }
         self.scan_pending = false;
         self.event(Event::RecoverySet { blocks: recovery });
+        let blocks: Vec<BlockId> = self.master.keys().copied().collect();
+        for block in blocks {
+            // Errors here come from queued peers' messages; the block stays served.
+            let _ = self.master_run(block, now);
+        }
+        self.pump(now);
+    }
+
+    /// The members lost at the reconfigurations so far have surely stopped reading their
+    /// copies (their lease has run out): X grants held back for them are served.
+    pub fn on_lost_leases_over(&mut self, now: Timestamp) {
+        if self.lost_readers.take().is_none() {
+            return;
+        }
         let blocks: Vec<BlockId> = self.master.keys().copied().collect();
         for block in blocks {
             // Errors here come from queued peers' messages; the block stays served.

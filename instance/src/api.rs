@@ -681,6 +681,16 @@ impl Instance {
         match waiter.wait(handle.spin, &handle.stop) {
             Some(Completion::Block { result, .. }) => {
                 let grant = result?;
+                // Only under the lease, as an I/O: a member voted out may not read even its
+                // cached copy once its lease has run out (the survivors may change the block).
+                if !handle.lease.wait_valid() {
+                    let block = grant.pin.block();
+                    drop(grant.pin);
+                    self.release(block, grant.mode, None);
+                    return Err(InstanceError::Core(CoreError::Stopped(
+                        "the I/O lease has expired: no block is handed out".into(),
+                    )));
+                }
                 // Changes to it take SCNs above its version. The GCS engine already bounded
                 // this SCN (its clock refuses what this one would), so a refusal cannot
                 // happen; were it to, the clock stays as it is and SCNs still only grow.

@@ -16,8 +16,11 @@
 //! * An instance whose own view of the disk is stale decides nothing.
 //! * The **coordinator** is the lowest-id member this instance still reaches. It proposes a
 //!   new epoch without the dead and the partitioned, when the reachable members are a
-//!   majority of the members not dead (a tie goes to the side holding the lowest id). The
-//!   proposal is decided by Disk Paxos ([`crate::paxos`], `docs/membership.md`) over the
+//!   majority of the members not dead (a tie goes to the side holding the lowest id). A
+//!   suspect not yet dead or partitioned counts as reachable for that majority (slow is not
+//!   dead), but a proposal waits until every suspect has settled: it names only members
+//!   this instance is connected to and hears, so a value that wins is one whose members can
+//!   run together. The proposal is decided by Disk Paxos ([`crate::paxos`], `docs/membership.md`) over the
 //!   slots' Paxos blocks, so two coordinators (a cut of one link) or two sides (a partition
 //!   with a storage stall) can never both decide an epoch: one value wins, and an instance
 //!   left out of it stops when it learns it — from its proposal, from any block on disk, or
@@ -447,6 +450,8 @@ pub struct ClusterManager {
     /// registered anew.
     fenced: InstanceSet,
     fenced_at: Timestamp,
+    /// When this manager was built: the instance's first lease was granted no earlier.
+    started_at: Timestamp,
     stopped: bool,
     actions: VecDeque<ClusterAction>,
     stats: ClusterStats,
@@ -495,6 +500,7 @@ impl ClusterManager {
             reservation_fencing: false,
             fenced: InstanceSet::EMPTY,
             fenced_at: now,
+            started_at: now,
             stopped: false,
             actions: VecDeque::new(),
             stats: ClusterStats::default(),
@@ -515,6 +521,12 @@ impl ClusterManager {
     /// The current members.
     pub fn live(&self) -> InstanceSet {
         self.live
+    }
+
+    /// When this manager was built (its `now`). The drivers grant the instance's first lease
+    /// after building it, so this plus the lease is no later than that lease's end.
+    pub fn started_at(&self) -> Timestamp {
+        self.started_at
     }
 
     /// Counters.
@@ -930,6 +942,9 @@ impl ClusterManager {
         }
         let mut dead = InstanceSet::EMPTY;
         let mut partitioned = InstanceSet::EMPTY;
+        // Suspects that are neither dead nor down yet: counted as reachable (slow is not
+        // dead), but never proposed (below).
+        let mut unsettled = InstanceSet::EMPTY;
         for peer in self.live.iter().filter(|p| *p != self.me) {
             let net = self.net.peer_state(peer);
             let suspect = !self.connected.contains(peer) || net != PeerState::Up;
@@ -941,6 +956,8 @@ impl ClusterManager {
                 dead.insert(peer);
             } else if net == PeerState::Down {
                 partitioned.insert(peer);
+            } else if suspect {
+                unsettled.insert(peer);
             }
         }
         let voters: InstanceSet = self.live.iter().filter(|p| !dead.contains(*p)).collect();
@@ -962,6 +979,15 @@ impl ClusterManager {
         }
         let coordinator = reachable.iter().next() == Some(self.me);
         if !coordinator || self.paxos.is_proposing() || now < self.propose_after {
+            return;
+        }
+        // A proposal names only members this instance reaches now (connected, heartbeats
+        // up), so it waits until every suspect settles (heard again, down or dead). An
+        // instance cut off from every peer sees them go down one after the other; proposing
+        // itself with the one still only suspect would win a membership whose members cannot
+        // reach each other over the majority side's (seeds 1105, 2539, 3168), and stop the
+        // cluster. Waiting, it finds itself alone and stops instead.
+        if !unsettled.is_empty() {
             return;
         }
         if !dead.is_empty() || !partitioned.is_empty() {
@@ -1505,6 +1531,34 @@ mod tests {
             acts.iter().any(
                 |a| matches!(a, ClusterAction::Stop { reason } if reason.contains("majority"))
             )
+        );
+    }
+
+    #[test]
+    fn an_instance_cut_off_never_proposes_itself_with_a_peer_still_only_suspect() {
+        // Instance 0 is cut off from both peers; it last heard instance 1 at 500 ms and
+        // instance 2 at 700 ms, so 1 is down (partitioned) 200 ms before 2 is. Meanwhile 2
+        // is suspect: proposing {0, 2} then could win over {1, 2}, the side that holds the
+        // majority, and leave no two members that reach each other (seed 1105).
+        let mut m = manager(0, &[0, 1, 2]);
+        run(&mut m, &[1, 2], &[0, 1, 2], 0, 500);
+        run(&mut m, &[2], &[0, 1, 2], 600, 700);
+        run(&mut m, &[], &[0, 1, 2], 800, 2600);
+        let acts = actions(&mut m);
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a, ClusterAction::Event(InstanceEvent::Proposed { .. }))),
+            "proposed with a suspect member: {acts:?}"
+        );
+        assert!(reconfigured(&acts).is_none() && stopped(&acts).is_none());
+        // Once 2 is down too, 0 is alone: it stops rather than propose.
+        run(&mut m, &[], &[0, 1, 2], 2700, 2800);
+        let acts = actions(&mut m);
+        assert!(reconfigured(&acts).is_none());
+        assert!(
+            stopped(&acts).is_some_and(|r| r.contains("majority")),
+            "{acts:?}"
         );
     }
 

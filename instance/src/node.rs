@@ -3,8 +3,10 @@
 //! [`Node`] composes the coordination [`Core`] (buffer cache, GCS, GES), the
 //! [`ClusterManager`] (failure detection, Disk Paxos membership, the lease's bookkeeping,
 //! admission) and what used to be decided around them by the runtime's driver: when the
-//! I/O lease is renewed and when a lease that cannot be renewed stops the instance, when
-//! instance recovery may begin (the lost members' lease has run out, or their reservation
+//! I/O lease is renewed and when a lease that cannot be renewed stops the instance, that a
+//! block grant reaches its user only while the lease holds (a cached read needs no I/O),
+//! when the survivors may grant Exclusive over a lost member's possible Shared copies (its
+//! lease has run out: [`Core::on_lost_leases_over`]), when instance recovery may begin (the lost members' lease has run out, or their reservation
 //! keys were preempted), which blocks it rebuilds with which redo scan, when it is done, what
 //! a core failure means (stop), and when a checkpoint is complete (every dirty block written
 //! through the GCS write protocol, a previous life's changes on storage, then the slot's
@@ -31,6 +33,11 @@ use std::time::Duration;
 /// Disk-heartbeat rounds in a row that complete without renewing a lapsed lease before the
 /// instance stops (the voting area is out of reach, or a decision against it is pending).
 pub const MAX_UNRENEWED_ROUNDS: u32 = 10;
+
+/// How long, in leases, a block grant waits at most for a lapsed lease to be renewed before
+/// the instance stops (16 leases: 9.6 s with the default 600 ms, as the runtime's I/O waits
+/// 10 s).
+pub const MAX_LAPSED_GRANT_WAIT_LEASES: u32 = 16;
 
 /// Most checkpoints waiting at once; more are refused at once.
 pub const MAX_PENDING_CHECKPOINTS: usize = 64;
@@ -320,6 +327,21 @@ pub struct Node {
     lease_until: Duration,
     /// Disk-heartbeat rounds in a row that did not renew the lease.
     unrenewed_rounds: u32,
+    /// `lease_until` on this node's clock (`now`), placed there by each disk round (before
+    /// the first, from the cluster manager's start): a block grant reaches its user only
+    /// before it. A round reported late places it late by that delay; the runtime checks its
+    /// own lease again before the user gets the grant.
+    lease_end: Timestamp,
+    /// Answers for users.
+    completions: VecDeque<Completion>,
+    /// Block grants waiting for a lapsed lease to be renewed (each one pins its copy).
+    held_grants: VecDeque<Completion>,
+    /// Since when the oldest block grant has waited for a lapsed lease.
+    grants_held_since: Option<Timestamp>,
+    /// Members lost whose lease may still run (they may read their cached copies), and when
+    /// this instance learnt the latest loss: the core hears when their lease has run out
+    /// ([`Core::on_lost_leases_over`]).
+    lost_readers: Option<(InstanceSet, Timestamp)>,
     /// Lost instances whose blocks are not recovered yet.
     lost: InstanceSet,
     recovery: Option<Recovery>,
@@ -345,6 +367,7 @@ pub struct Node {
 impl Node {
     /// A node of `core` and `cluster` (both at the epoch this instance starts in).
     pub fn new(core: Core, cluster: ClusterManager, config: NodeConfig) -> Self {
+        let lease_end = cluster.started_at() + config.failure.lease;
         Self {
             core,
             cluster,
@@ -352,6 +375,11 @@ impl Node {
             lease_length: config.failure.lease,
             lease_until: config.lease_from + config.failure.lease,
             unrenewed_rounds: 0,
+            lease_end,
+            completions: VecDeque::new(),
+            held_grants: VecDeque::new(),
+            grants_held_since: None,
+            lost_readers: None,
             lost: InstanceSet::EMPTY,
             recovery: None,
             to_recover: Vec::new(),
@@ -530,6 +558,9 @@ impl Node {
                 );
             }
         }
+        // The lease on this node's clock, placed again by every round (which completed at
+        // about `now`), so the two clocks never drift apart for longer than a round.
+        self.lease_end = now + self.lease_until.saturating_sub(round.completed_at);
         self.settle(now);
     }
 
@@ -824,9 +855,12 @@ impl Node {
         }
     }
 
-    /// The next answer to a user's acquisition or lock.
+    /// The next answer to a user's acquisition or lock. A block grant comes only while this
+    /// instance's lease holds: a lapsed lease holds grants back until a round renews it (or
+    /// the instance stops), since a member voted out may no longer read even its cached
+    /// copies once its lease has run out (the survivors may then change them).
     pub fn poll_completion(&mut self) -> Option<Completion> {
-        self.core.poll_completion()
+        self.completions.pop_front()
     }
 
     /// The next event.
@@ -843,10 +877,57 @@ impl Node {
         if let Some(due) = self.scan_due() {
             at = at.min(due);
         }
+        if let Some(due) = self.lost_readers_due() {
+            at = at.min(due);
+        }
+        if let Some(since) = self.grants_held_since {
+            at = at.min(since + self.lapsed_grant_wait());
+        }
         at
     }
 
     // ---- the lifecycle ---------------------------------------------------------------------
+
+    /// When the members lost may no longer read their cached copies: their lease has run out
+    /// ([`ClusterManager::lost_lease_end`]; a preempted reservation stops writes, not reads).
+    fn lost_readers_due(&self) -> Option<Timestamp> {
+        let (lost, decided_at) = self.lost_readers?;
+        Some(self.cluster.lost_lease_end(lost, decided_at))
+    }
+
+    fn lapsed_grant_wait(&self) -> Duration {
+        self.lease_length * MAX_LAPSED_GRANT_WAIT_LEASES
+    }
+
+    /// Moves the core's answers to the users' queue, holding block grants back while the
+    /// lease has lapsed, for at most [`MAX_LAPSED_GRANT_WAIT_LEASES`] leases before this
+    /// instance stops.
+    fn pass_completions(&mut self, now: Timestamp) {
+        let lapsed = now >= self.lease_end;
+        if !lapsed {
+            self.completions.extend(self.held_grants.drain(..));
+            self.grants_held_since = None;
+        }
+        while let Some(completion) = self.core.poll_completion() {
+            if lapsed && matches!(completion, Completion::Block { result: Ok(_), .. }) {
+                self.held_grants.push_back(completion);
+                self.grants_held_since.get_or_insert(now);
+            } else {
+                self.completions.push_back(completion);
+            }
+        }
+        if let Some(since) = self.grants_held_since
+            && now.saturating_since(since) >= self.lapsed_grant_wait()
+        {
+            self.give_up(
+                format!(
+                    "the I/O lease lapsed and was not renewed within {:?}: block grants cannot be handed out",
+                    self.lapsed_grant_wait()
+                ),
+                now,
+            );
+        }
+    }
 
     /// When the pending recovery may ask for its scan: the lost members' lease has run out
     /// (a lost member whose disk heartbeat still moves has not stopped: the end moves with
@@ -863,6 +944,13 @@ impl Node {
             return;
         }
         self.cluster_actions(now);
+        if let Some(due) = self.lost_readers_due()
+            && now >= due
+        {
+            self.lost_readers = None;
+            self.core.on_lost_leases_over(now);
+        }
+        self.pass_completions(now);
         if let Some(due) = self.scan_due()
             && now >= due
             && let Some(recovery) = &mut self.recovery
@@ -959,6 +1047,23 @@ impl Node {
             self.give_up(format!("reconfiguration to epoch {}: {e}", epoch.0), now);
             return;
         }
+        // Lost members may read their cached copies until their lease runs out: the core
+        // holds conflicting grants back until then. A member admitted again is a new life
+        // with an empty cache.
+        let readers = self
+            .lost_readers
+            .map_or(InstanceSet::EMPTY, |(l, _)| l)
+            .iter()
+            .chain(lost.iter())
+            .filter(|m| !live.contains(*m))
+            .collect::<InstanceSet>();
+        let since = if lost.is_empty() {
+            self.lost_readers.map_or(now, |(_, at)| at)
+        } else {
+            now
+        };
+        self.lost_readers =
+            Some((readers, since)).filter(|_| self.core.gcs().lost_readers_pending());
         // The core redoes an older epoch's recovery work from the new epoch's rebuild, which
         // hands out a recovery set of its own: a set still waiting here is stale, and
         // rebuilding both would rebuild a block twice, the second time after it was served
@@ -1447,6 +1552,35 @@ mod tests {
         }
     }
 
+    /// A lost member may read its cached copies until its lease has run out: the survivors'
+    /// GCS holds X grants over them back until then, not longer.
+    #[test]
+    fn survivors_grant_over_a_lost_members_copies_only_after_its_lease() {
+        let mut world = World::new(&[0, 1, 2]);
+        world.run_until(at(500));
+        assert!(!world.nodes[0].core().gcs().lost_readers_pending());
+        world.up[2] = false;
+        while world.nodes[0].epoch() < Epoch(2) {
+            let next = world.now + Duration::from_millis(10);
+            world.run_until(next);
+            assert!(world.now < at(5000), "never reconfigured");
+        }
+        let reconfigured = world.now;
+        assert!(world.nodes[0].core().gcs().lost_readers_pending());
+        world.run_until(reconfigured + (LEASE + LEASE / 8 - Duration::from_millis(10)));
+        assert!(
+            world.nodes[0].core().gcs().lost_readers_pending(),
+            "released before the lost member's lease ran out"
+        );
+        world.run_until(reconfigured + LEASE + LEASE / 8 + Duration::from_millis(20));
+        for i in [0, 1] {
+            assert!(
+                !world.nodes[i].core().gcs().lost_readers_pending(),
+                "instance {i} still holds X back"
+            );
+        }
+    }
+
     /// A member lost while the recovery of another is still reading redo restarts that
     /// recovery for the new epoch: one recovery, started once and finished once (a count
     /// that said two started and one done left the `recovery_running` alert firing for good).
@@ -1531,6 +1665,60 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    /// A voted-out member may not read even its cached copies once its lease has run out
+    /// (the survivors may change them): a block grant waits for a renewal, and a lease that
+    /// never comes back stops the instance.
+    #[test]
+    fn a_block_grant_reaches_its_user_only_while_the_lease_holds() {
+        let mut node = node(0, &[0]);
+        let renewing = |t: u64| DiskRound {
+            slots: Vec::new(),
+            written_at: Some(Duration::from_millis(t)),
+            all_read: true,
+            completed_at: Duration::from_millis(t),
+        };
+        let block = BlockId::new(0, 3);
+        let grant = |node: &mut Node, ticket: u64, t: u64| {
+            node.acquire(Ticket(ticket), block, BlockMode::Shared, at(t));
+            while let Some(io) = node.poll_io(at(t)) {
+                if let NodeIo::Data(IoOp::Read { block, filling }) = io {
+                    node.handle_read_done(block, filling, Ok(Scn(0)), at(t));
+                }
+            }
+        };
+        let granted = |node: &mut Node| {
+            std::iter::from_fn(|| node.poll_completion())
+                .filter(|c| matches!(c, Completion::Block { result: Ok(_), .. }))
+                .count()
+        };
+        node.handle_disk_round(renewing(10), at(10));
+        // Under the lease (to 610 ms): at once.
+        grant(&mut node, 1, 20);
+        assert_eq!(granted(&mut node), 1);
+        node.release(block, BlockMode::Shared, None, at(21))
+            .unwrap();
+        // Lapsed: held back, a cache hit included, until a round renews it.
+        grant(&mut node, 2, 700);
+        assert_eq!(granted(&mut node), 0, "granted with the lease lapsed");
+        node.handle_timeout(at(800));
+        assert_eq!(granted(&mut node), 0);
+        node.handle_disk_round(renewing(900), at(900));
+        assert_eq!(granted(&mut node), 1);
+        node.release(block, BlockMode::Shared, None, at(901))
+            .unwrap();
+        assert_eq!(node.stop_reason(), None);
+        // Lapsed for good (no round renews it): the instance stops after 16 leases.
+        grant(&mut node, 3, 1600);
+        let deadline = at(1600) + LEASE * MAX_LAPSED_GRANT_WAIT_LEASES;
+        assert!(node.poll_timeout() <= deadline);
+        node.handle_timeout(at(1599) + LEASE * MAX_LAPSED_GRANT_WAIT_LEASES);
+        assert_eq!(node.stop_reason(), None);
+        node.handle_timeout(deadline);
+        assert_eq!(granted(&mut node), 0);
+        let reason = node.stop_reason().unwrap();
+        assert!(reason.contains("lease lapsed"), "{reason}");
     }
 
     fn next_checkpoint_io(node: &mut Node) -> CheckpointIo {

@@ -212,7 +212,10 @@ impl ReservationFence {
 /// because this host was starved, not fenced, comes back with the next round) and again when
 /// the I/O completes, before a commit is acknowledged or a write reported done
 /// ([`Lease::confirm`]): valid then, or renewed later by a round that *began after* the
-/// completion (whose read proves no decision, hence no recovery, preceded it). A stopped or
+/// completion (whose read proves no decision, hence no recovery, preceded it). A block grant
+/// reaches its user only under it too (`Instance::acquire`, [`Lease::wait_valid`]): reading
+/// a cached copy needs no I/O, and survivors change a voted-out member's blocks once its
+/// lease has run out. A stopped or
 /// fenced instance revokes it for good; survivors wait out the lease before they touch a
 /// lost instance's blocks.
 #[derive(Debug)]

@@ -1128,6 +1128,8 @@ impl Sim {
             .collect();
         let changed: Vec<BlockId> = changed.into_iter().collect();
         for i in self.live_nodes() {
+            // The dead instance reads nothing any more (no lease to wait out here).
+            self.nodes[i].engine.on_lost_leases_over(now);
             self.nodes[i].engine.on_dead_redo_scanned(&changed, now);
         }
         self.drain_all();

@@ -35,7 +35,11 @@
 //! cluster managers vote one side out and it stops itself). The cluster managers decide the
 //! epochs (at most one membership per epoch is checked), the nodes decide when recovery
 //! begins (checked: every lost member's lease has run out, and it submits and acknowledges no
-//! I/O from then on), which blocks are rebuilt and when recovery is done. A restarted
+//! I/O from then on), which blocks are rebuilt and when recovery is done. Fencing covers
+//! cached reads too (checked): no block grant reaches a user of an instance whose lease has
+//! run out, and the coherence checks (X excludes S elsewhere, every readable copy is the
+//! latest committed version) count the copies of instances whose lease holds — a member
+//! voted out keeps its frames until it stops, but may no longer read them. A restarted
 //! instance asks to join (`JoinRequest` to every peer until a member's `Reconfigure` names
 //! it, as the API's `enter`) and starts a new life of its redo thread and a joining node at
 //! the admitted epoch. This module is test support: it owns the simulated world and its
@@ -2584,6 +2588,16 @@ impl Sim {
             }
         };
         let waited = self.now.saturating_since(since);
+        if !self
+            .leases
+            .holds(node, Duration::from_nanos(self.now.as_nanos()))
+        {
+            // Its cached copies may be stale: the survivors may have changed them since.
+            self.fail(format!(
+                "n{node}.u{user}: granted {block} in {:?} although its lease has run out",
+                grant.mode
+            ));
+        }
         if grant.pin.block() != block {
             self.fail(format!(
                 "n{node}.u{user}: asked for {block}, granted {}",
@@ -3696,6 +3710,7 @@ impl Sim {
             }
         }
         let recovering = self.recovery_in_progress();
+        let now = Duration::from_nanos(self.now.as_nanos());
         for b in 0..self.cfg.blocks {
             let block = block_id(b);
             let latest = self.committed[&block];
@@ -3704,8 +3719,10 @@ impl Sim {
                 let n = &self.nodes[i];
                 let gcs = n.node.core().gcs();
                 let mode = gcs.mode(block);
-                // A copy being released is never read again (`Engine::is_releasing`).
-                let readable = !gcs.is_releasing(block);
+                // A copy being released is never read again (`Engine::is_releasing`), nor
+                // one whose instance's lease has run out (no grant comes there, checked in
+                // `complete`): the survivors may change such a copy's block meanwhile.
+                let readable = !gcs.is_releasing(block) && self.leases.holds(i, now);
                 match mode {
                     BlockMode::Exclusive if readable => {
                         if let Some(other) = x.replace(i) {

@@ -535,6 +535,13 @@ impl Core {
         self.pump(now);
     }
 
+    /// The members lost so far can no longer read their cached copies (their lease has run
+    /// out): GCS grants X of the blocks they may have held.
+    pub fn on_lost_leases_over(&mut self, now: Timestamp) {
+        self.gcs.on_lost_leases_over(now);
+        self.pump(now);
+    }
+
     /// A recovery-set block has been rebuilt and written at `scn`.
     pub fn on_block_recovered(&mut self, block: BlockId, scn: Scn, now: Timestamp) {
         if self.recovering.remove(&block) {
