@@ -29,13 +29,36 @@
 //! `RenewLease`): an I/O is submitted, a write reported done and a commit acknowledged only
 //! under the lease, else the node is told its storage is out of reach and stops.
 //!
-//! Failures are faults, never decisions: a kill (the process and its volatile state go; a
-//! data or Disk Paxos write already submitted lands or not; peers see its connections drop)
-//! or a cut of every link of one instance (it runs on, heartbeating on the disk, until the
-//! cluster managers vote one side out and it stops itself). The cluster managers decide the
+//! Failures are faults, never decisions, with users running (`crate::faults` draws the
+//! lengths, the membership world's own implementation):
+//! * a kill (the process and its volatile state go; a data or Disk Paxos write already
+//!   submitted lands whole, torn — a prefix of its sectors, where a survivor holds a past
+//!   image to recover from — or not; peers see its connections drop);
+//! * a cut of every link of one instance (it runs on, heartbeating on the disk, until the
+//!   cluster managers vote one side out and it stops itself);
+//! * a one-link cut, both ways or one way, of the engine and control networks, healed later
+//!   (engine frames are held and delivered in order at the heal, as a connection's stream;
+//!   control frames are dropped);
+//! * a process pause, short of the lease or past it (the node and its users take no step;
+//!   frames wait in its inbox; its I/O in flight still lands and is reported on resume;
+//!   voted out meanwhile, it must stop itself on resume);
+//! * a storage stall of one instance (its data, redo, disk-heartbeat and Paxos I/O, in
+//!   flight or submitted, held up to several leases; its network up or cut for as long; a
+//!   writer that dies meanwhile still has its held writes land at the end), from seed
+//!   [`STALLS_FROM_SEED`] on;
+//! * a forward jump of one node's clock (within the lease's margin);
+//! * lost, duplicated and delayed control frames (a third of the seeds);
+//! * failed data, redo and disk-heartbeat writes (a quarter of the seeds; a failed write may
+//!   have landed; a failed data or redo write stops its instance, once a run).
+//!
+//! One failure at a time: a fault or death waits until the previous one is handled (this
+//! world has no whole-cluster restart). The cluster managers decide the
 //! epochs (at most one membership per epoch is checked), the nodes decide when recovery
 //! begins (checked: every lost member's lease has run out, and it submits and acknowledges no
-//! I/O from then on), which blocks are rebuilt and when recovery is done. Fencing covers
+//! I/O from then on; no data write of its life lands after that — a redo write that lands
+//! late is harmless only if the seal keeps recovery from applying it, which the model checks,
+//! and a late slot write is the voting area's rule 4), which blocks are rebuilt and when
+//! recovery is done. Fencing covers
 //! cached reads too (checked): no block grant reaches a user of an instance whose lease has
 //! run out, and the coherence checks (X excludes S elsewhere, every readable copy is the
 //! latest committed version) count the copies of instances whose lease holds — a member
@@ -1577,9 +1600,10 @@ impl Sim {
         if let (Some((block, scn)), Some((bytes, _))) = (shipped, &block) {
             let v = version_of(bytes);
             let latest = self.committed[&block];
-            // A lost instance that runs on ships from its stale state: checked where a user
-            // takes the block (its grant), if anyone does (survivors are at a newer epoch).
-            if (v != latest || v.scn != scn) && self.fenced_at[node].is_none() {
+            // An instance whose lease ran out (voted out, not stopped yet) ships from its
+            // stale state: checked where a user takes the block (no grant without the lease;
+            // survivors are at a newer epoch).
+            if (v != latest || v.scn != scn) && self.leases.holds(node, self.global()) {
                 self.fail(format!(
                     "n{node} ships {block} as {v:?} (message SCN {scn}), the latest committed is {latest:?}"
                 ));
@@ -3320,8 +3344,13 @@ impl Sim {
     /// being released is never read again.
     fn check_not_held(&self, block: BlockId, what: &str) {
         // A lost instance still running (paused, stalled or cut off before it learns it was
-        // voted out) may hold one: what it serves from it is checked where it serves.
-        for i in self.running().into_iter().filter(|i| self.fenced_at[*i].is_none()) {
+        // voted out) may hold one; its lease has run out, so no user of it reads it.
+        let now = self.global();
+        for i in self
+            .live()
+            .into_iter()
+            .filter(|i| self.leases.holds(*i, now))
+        {
             let gcs = self.nodes[i].node.core().gcs();
             let mode = gcs.mode(block);
             if mode != BlockMode::Null && !gcs.is_releasing(block) {
@@ -3691,14 +3720,7 @@ impl Sim {
 
     /// DESIGN invariants, after every step, over the instances alive.
     fn check(&mut self) {
-        // A paused process serves nothing until it resumes (it is checked again then); a
-        // lost one that runs on until it learns it was voted out keeps its stale state:
-        // what it serves from it is checked where it serves (grants, ships).
-        let live: Vec<usize> = self
-            .running()
-            .into_iter()
-            .filter(|i| self.fenced_at[*i].is_none())
-            .collect();
+        let live = self.live();
         for &i in &live {
             let n = &self.nodes[i];
             if let Some(e) = n.node.core().failure() {
