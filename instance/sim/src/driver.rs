@@ -2315,7 +2315,10 @@ impl Sim {
                 });
             }
             Event::PaxosWrite {
-                node, ok, land: false, ..
+                node,
+                ok,
+                land: false,
+                ..
             } => {
                 if self.nodes[node].alive {
                     let now = self.local(node);
@@ -3064,7 +3067,8 @@ impl Sim {
         let fault = match kind {
             FaultKind::Cut => {
                 self.stats.cuts += 1;
-                self.faults.cut(&mut self.rng, victim, self.nodes.len(), now)
+                self.faults
+                    .cut(&mut self.rng, victim, self.nodes.len(), now)
             }
             FaultKind::Pause => {
                 self.stats.pauses += 1;

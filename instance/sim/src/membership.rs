@@ -6,10 +6,11 @@
 //! member, when recovery begins, and that the engines' rebuilds complete whatever
 //! membership comes out.
 //!
-//! Faults, drawn by the seed: one-link and one-way cuts, lost, duplicated and delayed control
-//! messages, process pauses (the node takes no steps; its I/O still lands), storage stalls of
-//! one node (its I/O and disk heartbeats held for seconds, with its network up or cut), write
-//! errors (the write may land anyway), kills (of any number of nodes; a sixth of them the
+//! Faults, drawn by the seed (lengths, control-frame and write fates from [`crate::faults`],
+//! which the instance world uses too): one-link and one-way cuts, lost, duplicated and
+//! delayed control messages, process pauses (the node takes no steps; its I/O still lands),
+//! storage stalls of one node (its I/O and disk heartbeats held for seconds, with its
+//! network up or cut), write errors (the write may land anyway), kills (of any number of nodes; a sixth of them the
 //! whole cluster), and small forward jumps of one node's clock. Every node starts through the
 //! real [`Entry`] (the first formation, joins, whole-cluster restarts) and is started again a
 //! little after it dies or stops, once no running node still counts it a member and no write

@@ -3,17 +3,17 @@
 //! of a Disk Paxos write, and keep every node's I/O lease as the runtime grants it, to check
 //! fencing when a survivor begins recovering lost members. The instance world
 //! ([`crate::driver`]) uses all of it; the membership world ([`crate::membership`]), whose
-//! nodes enter through the real `Entry` and live several lives, its disk rounds only (it keeps
-//! leases and memberships per life itself).
+//! nodes enter through the real `Entry` and live several lives, its disk rounds and Disk
+//! Paxos fates (it keeps leases and memberships per life itself).
 //!
 //! Test support: it owns no protocol decision (the node and its cluster manager decide) and
 //! never schedules anything (each world owns its clock and its events).
 
+use crate::faults::{WriteFate, write_fate};
 use instance::cluster::{ClusterManager, FailureConfig};
 use instance::node::{DiskRound, SlotSeen};
 use instance::paxos::{DEFAULT_PHASE_TIMEOUT, Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosConfig};
 use instance::paxos::{PaxosIo, Proposal};
-use crate::faults::{WriteFate, write_fate};
 use interconnect::sim::SimRng;
 use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
 use std::collections::BTreeMap;
