@@ -2565,6 +2565,12 @@ impl Sim {
                 format!("n{node}: a lock or durability completion {ticket:?} nobody asked for"),
             ),
         };
+        if self.nodes[node].node.stop_reason().is_some() {
+            // The node stops (its lease is revoked with it): the runtime hands its users the
+            // stop reason, never a grant of the failed core (seed 1950: an X grant while a
+            // write of the block was in flight, right after a write error failed the core).
+            return;
+        }
         if let Some(p) = &mut self.probe
             && p.ticket == ticket
         {
@@ -2902,8 +2908,10 @@ impl Sim {
                 self.crash(node);
             }
         }
+        let now = self.global();
         if let Some(at) = self.crash_at_step
-            && !self.faults.any_in_force(self.global())
+            && !self.faults.any_in_force(now)
+            && self.live().iter().all(|i| self.leases.holds(*i, now))
             && (self.stats.steps >= at || (self.active_users == 0 && !self.recovery_in_progress()))
         {
             self.crash_at_step = None;
@@ -2998,8 +3006,12 @@ impl Sim {
         let Some(stage) = self.plan.front().copied() else {
             return;
         };
-        if self.faults.any_in_force(self.global()) {
-            // One failure at a time: the death comes once the fault heals.
+        let now = self.global();
+        if self.faults.any_in_force(now) || self.live().iter().any(|i| !self.leases.holds(*i, now))
+        {
+            // One failure at a time: the death comes once the fault heals and every instance
+            // without its lease (stalled, or voted out and not yet stopped) renewed or
+            // stopped.
             self.stage_armed = true;
             self.crash_at_step = Some(self.stats.steps + 1);
             return;
