@@ -6,11 +6,11 @@
 //! I/O lease is renewed and when a lease that cannot be renewed stops the instance, that a
 //! block grant reaches its user only while the lease holds (a cached read needs no I/O),
 //! when the survivors may grant Exclusive over a lost member's possible Shared copies (its
-//! lease has run out: [`Core::on_lost_leases_over`]), when instance recovery may begin (the lost members' lease has run out, or their reservation
-//! keys were preempted), which blocks it rebuilds with which redo scan, when it is done, what
-//! a core failure means (stop), and when a checkpoint is complete (every dirty block written
-//! through the GCS write protocol, a previous life's changes on storage, then the slot's
-//! checkpoint moved).
+//! lease has run out: [`Core::on_lost_leases_over`]), when instance recovery may begin (the
+//! lost members' lease has run out, or their reservation keys were preempted), which blocks
+//! it rebuilds with which redo scan, when it is done, what a core failure means (stop), and
+//! when a checkpoint is complete (every dirty block written through the GCS write protocol,
+//! a previous life's changes on storage, then the slot's checkpoint moved).
 //!
 //! It owns those decisions and the queues between them (each bounded). It must never do I/O,
 //! read a clock, spawn a thread or log: the runtime (`crate::runtime`) and the simulator
