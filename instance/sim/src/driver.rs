@@ -2098,8 +2098,10 @@ impl Sim {
         if let Err(e) = self.storage.read_at(offset, &mut buf) {
             self.fail(format!("reading {block} to tear it: {e}"));
         }
-        let sectors = u64::from(BLOCK_SIZE) / format::SECTOR as u64;
-        let keep = self.rng.between(1, sectors - 1) as usize * format::SECTOR;
+        // A disk's 512-byte sectors (the format's sector is the 4 KiB I/O unit).
+        const DISK_SECTOR: usize = 512;
+        let sectors = BLOCK_SIZE as u64 / DISK_SECTOR as u64;
+        let keep = self.rng.between(1, sectors - 1) as usize * DISK_SECTOR;
         buf[..keep].copy_from_slice(&image[..keep]);
         let result = self
             .storage
