@@ -74,18 +74,29 @@
 //! I/O's fate, leases and the fencing check) is [`voting`].
 //!
 //! The second world of every seed, [`membership`], runs N real `instance::node::Node`s (core,
-//! cluster manager with Disk Paxos, recovery lifecycle) without users under more faults (lost and
-//! duplicated control messages, one-link and one-way cuts, process pauses, storage stalls,
-//! write errors, clock jumps): there the cluster manager decides every death and the node
+//! cluster manager with Disk Paxos, recovery lifecycle) without users under the same faults
+//! plus kills of any number of processes: there the cluster manager decides every death and the node
 //! decides when recovery begins; every instance enters through the real
 //! `instance::entry::Entry` (formation, joins, whole-cluster restarts after crashes of every
 //! process), and is started again after it dies or stops.
 //!
-//! Not covered in this world: process pauses, storage stalls and one-link cuts with users
-//! (so no write of a fenced instance lands late here: the membership world has those faults
-//! without data), lost control messages, whole-cluster restart, storage power loss (torn or lost unsynced writes: every write here
-//! is synced) and storage errors in the main seeds (one test injects read errors), GES locks,
-//! the commit-dependency ship policy, lost messages between live instances, recovery I/O
+//! Beside the plan's deaths, with users running (drawn from the seed; the lengths from
+//! [`faults`], the implementation both worlds share): one-link and one-way cuts of the engine
+//! and control networks (half the seeds get one to three faults), process pauses short of
+//! the lease or past it (a voted-out instance must stop itself on resume, losing nothing it
+//! acknowledged), storage stalls of one instance with its network up or cut (from seed
+//! [`driver::STALLS_FROM_SEED`] on: a data write the stall holds past the lease lands after
+//! recovery began, which the lease cannot prevent), forward clock jumps, lost, duplicated
+//! and delayed control frames (a third of the seeds), failed data, redo and disk-heartbeat
+//! writes that may land anyway (a quarter), torn data writes of a dying instance where a
+//! survivor holds a past image. Checked beside the above: no data write of a life lands
+//! after a survivor began recovering it, and a commit whose redo lands after the seal is
+//! never recovered.
+//!
+//! Not covered in this world: whole-cluster restart, storage power loss (lost unsynced
+//! writes: every write here is synced), read errors in the main seeds (one test injects
+//! them), torn writes with no past image anywhere (recovery reports them; the model cannot
+//! follow a block it loses), GES locks, the commit-dependency ship policy, recovery I/O
 //! racing other I/O (a recovery batch is one step), concurrency inside one instance (the
 //! runtime's threads: the simulator is one thread, so latches never contend).
 
@@ -96,6 +107,7 @@
 // command (`run_seed` catches it, reruns the seed with the trace and prints its tail).
 #[allow(missing_docs, missing_debug_implementations, clippy::unwrap_used)]
 pub mod driver;
+pub mod faults;
 pub mod membership;
 pub mod voting;
 
@@ -173,7 +185,7 @@ pub fn run_seeds(seeds: Range<u64>, deadline: Option<Instant>) -> Result<SeedsRu
 /// One line of totals: `label`, the number of seeds, the wall time, then every counter.
 pub fn summary(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) -> String {
     format!(
-        "{label}: {seeds} seeds in {elapsed:.1?}: {} steps, {} commits, {} aborts, {} reads, {} messages, {} blocks shipped, {} disk reads, {} disk writes, {} checkpoints, {} evictions, {} local grants, {:.1?} virtual; failures: {} runs with deaths, {} deaths ({} cut off first), {} restarts, {} recoveries, {} blocks recovered, {} commits durable but unacknowledged (recovered), {} commits lost mid-redo-write, {} writes of the dead landed, {} redo checkpoints, {} block payloads refused by their frame",
+        "{label}: {seeds} seeds in {elapsed:.1?}: {} steps, {} commits, {} aborts, {} reads, {} messages, {} blocks shipped, {} disk reads, {} disk writes, {} checkpoints, {} evictions, {} local grants, {:.1?} virtual; failures: {} runs with deaths, {} deaths ({} cut off first), {} restarts, {} recoveries, {} blocks recovered, {} commits durable but unacknowledged (recovered), {} commits lost mid-redo-write, {} writes of the dead landed, {} redo checkpoints, {} block payloads refused by their frame; faults: {} cuts, {} pauses, {} stalls, {} clock jumps, {} control frames lost/duplicated/delayed, {} write errors, {} torn writes, {} late redo/slot writes",
         total.steps,
         total.commits,
         total.aborts,
@@ -197,5 +209,13 @@ pub fn summary(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) -> 
         total.writes_landed_dead,
         total.redo_checkpoints,
         total.landings_refused,
+        total.cuts,
+        total.pauses,
+        total.stalls,
+        total.jumps,
+        total.control_faults,
+        total.write_errors,
+        total.torn_writes,
+        total.late_writes,
     )
 }

@@ -6,10 +6,11 @@
 //! member, when recovery begins, and that the engines' rebuilds complete whatever
 //! membership comes out.
 //!
-//! Faults, drawn by the seed: one-link and one-way cuts, lost, duplicated and delayed control
-//! messages, process pauses (the node takes no steps; its I/O still lands), storage stalls of
-//! one node (its I/O and disk heartbeats held for seconds, with its network up or cut), write
-//! errors (the write may land anyway), kills (of any number of nodes; a sixth of them the
+//! Faults, drawn by the seed (lengths, control-frame and write fates from [`crate::faults`],
+//! which the instance world uses too): one-link and one-way cuts, lost, duplicated and
+//! delayed control messages, process pauses (the node takes no steps; its I/O still lands),
+//! storage stalls of one node (its I/O and disk heartbeats held for seconds, with its
+//! network up or cut), write errors (the write may land anyway), kills (of any number of nodes; a sixth of them the
 //! whole cluster), and small forward jumps of one node's clock. Every node starts through the
 //! real [`Entry`] (the first formation, joins, whole-cluster restarts) and is started again a
 //! little after it dies or stops, once no running node still counts it a member and no write
@@ -55,6 +56,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::faults::{Faults, control_copies};
 use crate::voting::id;
 
 /// What happens at a virtual time.
@@ -186,12 +188,6 @@ struct Node {
     start_scheduled: bool,
     /// The epoch this life entered at.
     entered_at: Epoch,
-    /// Takes no steps before this (SIGSTOP).
-    paused_until: u64,
-    /// Its storage I/O is held until this.
-    stalled_until: u64,
-    /// Added to the global time for its `now` (forward jumps only).
-    clock_offset: u64,
     /// Global time until which this life may submit I/O (0 while it holds no lease).
     lease_until: u64,
     /// The latest lease any earlier life of it held.
@@ -212,8 +208,8 @@ struct Sim {
     /// The voting area: each slot's heartbeat counter and Paxos block.
     heartbeats: Vec<u64>,
     blocks: Vec<[u8; PAXOS_BLOCK_LEN]>,
-    /// Directed links that drop everything, until a time.
-    cut_until: BTreeMap<(usize, usize), u64>,
+    /// Cuts, pauses, stalls and clock jumps in force (`crate::faults`).
+    faults: Faults,
     /// Directed links' last scheduled engine-frame delivery (they go in order).
     engine_last: BTreeMap<(usize, usize), u64>,
     /// Every membership applied anywhere, by epoch.
@@ -247,9 +243,6 @@ impl Sim {
                 life: 0,
                 start_scheduled: true,
                 entered_at: Epoch(0),
-                paused_until: 0,
-                stalled_until: 0,
-                clock_offset: 0,
                 lease_until: 0,
                 dead_lease_until: 0,
                 heartbeat: 0,
@@ -266,7 +259,7 @@ impl Sim {
             nodes,
             heartbeats: vec![0; n],
             blocks: vec![[0u8; PAXOS_BLOCK_LEN]; n],
-            cut_until: BTreeMap::new(),
+            faults: Faults::new(n, ms(LEASE_MS)),
             engine_last: BTreeMap::new(),
             memberships: BTreeMap::new(),
             faults_end,
@@ -297,9 +290,8 @@ impl Sim {
         // Paxos rule 4 and the lease: a new life starts once no write of its previous one can
         // still land. And an operator restarts an instance the running members have already
         // let go of (one that comes back first is taken for its old life; see the report).
-        let old_io = self.nodes[node]
-            .stalled_until
-            .max(self.nodes[node].dead_lease_until);
+        let stalled = self.faults.io_hold(node, ms(self.now)).as_millis() as u64 + self.now;
+        let old_io = stalled.max(self.nodes[node].dead_lease_until);
         let still_member = (0..n).any(|j| {
             self.nodes[j]
                 .node
@@ -345,10 +337,10 @@ impl Sim {
         me.entry = Some(entry);
         me.node = None;
         me.early.clear();
-        me.paused_until = 0;
         me.lease_until = 0;
         me.latest_paxos = None;
-        if me.life > 1 {
+        self.faults.restart(node);
+        if self.nodes[node].life > 1 {
             self.stats.restarts += 1;
         }
         self.log(|| format!("n{node}: starts (life {})", self.nodes[node].life));
@@ -483,7 +475,7 @@ impl Sim {
     }
 
     fn local(&self, node: usize) -> Timestamp {
-        Timestamp::ZERO + Duration::from_millis(self.now + self.nodes[node].clock_offset)
+        Timestamp::ZERO + ms(self.now) + self.faults.clock_offset(node)
     }
 
     fn log(&self, what: impl FnOnce() -> String) {
@@ -498,13 +490,11 @@ impl Sim {
 
     /// Whether `node` can act now; a paused node's event waits until it resumes.
     fn runnable(&mut self, node: usize, ev: &Ev) -> bool {
-        let n = &self.nodes[node];
-        if !n.alive {
+        if !self.nodes[node].alive {
             return false;
         }
-        if n.paused_until > self.now {
-            let wait = n.paused_until - self.now;
-            self.at(wait, ev.clone());
+        if let Some(until) = self.paused_until(node) {
+            self.at(until - self.now, ev.clone());
             return false;
         }
         true
@@ -513,14 +503,19 @@ impl Sim {
     /// Storage latency for `node`: held to the end of a stall.
     fn io_delay(&mut self, node: usize) -> u64 {
         let base = self.rng.between(1, 8);
-        let stall = self.nodes[node].stalled_until.saturating_sub(self.now);
+        let stall = self.faults.io_hold(node, ms(self.now)).as_millis() as u64;
         stall + base
     }
 
+    /// When `node` resumes (ms), if it is paused now.
+    fn paused_until(&self, node: usize) -> Option<u64> {
+        self.faults
+            .paused_until(node, ms(self.now))
+            .map(|t| t.as_millis() as u64)
+    }
+
     fn linked(&self, from: usize, to: usize) -> bool {
-        self.cut_until
-            .get(&(from, to))
-            .is_none_or(|until| *until <= self.now)
+        self.faults.linked(from, to, ms(self.now))
     }
 
     fn run(&mut self, until: u64) {
@@ -715,10 +710,9 @@ impl Sim {
                 if !self.nodes[node].alive {
                     return;
                 }
-                if self.nodes[node].paused_until > self.now {
+                if let Some(until) = self.paused_until(node) {
                     // Served now; reported when the node runs again.
-                    let wait = self.nodes[node].paused_until - self.now;
-                    self.at(wait, Ev::PaxosRead { node, owner, ok });
+                    self.at(until - self.now, Ev::PaxosRead { node, owner, ok });
                     return;
                 }
                 let now = self.local(node);
@@ -952,11 +946,9 @@ impl Sim {
                 }
                 // In order on the link, held while it is cut (TCP retransmits).
                 let held = self
-                    .cut_until
-                    .get(&(from, to))
-                    .copied()
-                    .unwrap_or(0)
-                    .max(self.now);
+                    .faults
+                    .cut_ends(from, to, ms(self.now))
+                    .map_or(self.now, |t| t.as_millis() as u64);
                 let last = self.engine_last.get(&(from, to)).copied().unwrap_or(0);
                 let at = (held + self.rng.between(0, 20)).max(last);
                 self.engine_last.insert((from, to), at);
@@ -975,22 +967,20 @@ impl Sim {
             NodeIo::Paxos(PaxosIo::WriteOwn { bytes }) => {
                 self.nodes[node].latest_paxos = Some(bytes);
                 let d = self.io_delay(node);
-                let fails = self.rng.chance(1, 50);
-                // A failed write may still have landed.
-                let land = !fails || self.rng.chance(1, 2);
+                let fate = crate::voting::paxos_fate(&mut self.rng, &PaxosIo::WriteOwn { bytes });
                 self.at(
                     d,
                     Ev::PaxosWrite {
                         node,
                         bytes,
-                        ok: !fails,
-                        land,
+                        ok: fate.ok,
+                        land: fate.lands,
                     },
                 );
             }
             NodeIo::Paxos(PaxosIo::ReadBlock { owner }) => {
                 let d = self.io_delay(node);
-                let ok = !self.rng.chance(1, 100);
+                let ok = crate::voting::paxos_fate(&mut self.rng, &PaxosIo::ReadBlock { owner }).ok;
                 self.at(
                     d,
                     Ev::PaxosRead {
@@ -1004,7 +994,7 @@ impl Sim {
                 // Only reads: the lost members' lease may still run. There is no redo to
                 // read here (nothing is committed): it waits out a storage stall only.
                 self.stats.recoveries += 1;
-                let d = self.nodes[node].stalled_until.saturating_sub(self.now);
+                let d = self.faults.io_hold(node, ms(self.now)).as_millis() as u64;
                 self.at(d, Ev::Scanned { node, epoch });
             }
             NodeIo::Recovery(
@@ -1081,15 +1071,7 @@ impl Sim {
         if to >= self.nodes.len() || !self.linked(from, to) {
             return;
         }
-        if self.rng.chance(1, 40) {
-            return;
-        }
-        let copies = if frame.service == Service::Instance && self.rng.chance(1, 30) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
+        for _ in 0..control_copies(&mut self.rng, frame.service) {
             let d = self.rng.between(0, 20);
             self.at(
                 d,
@@ -1138,36 +1120,22 @@ impl Sim {
         }
         let n = self.nodes.len();
         let victim = self.rng.below(n as u64) as usize;
+        let now = ms(self.now);
         match self.rng.below(7) {
             0 | 1 => {
-                // Cut a link, one way or both, for a while.
-                let other = (victim + 1 + self.rng.below(n as u64 - 1) as usize) % n;
-                let until = self.now + self.rng.between(300, 5_000);
-                self.cut_until.insert((victim, other), until);
-                if self.rng.chance(2, 3) {
-                    self.cut_until.insert((other, victim), until);
-                }
+                let cut = self.faults.cut(&mut self.rng, victim, n, now);
                 self.stats.cuts += 1;
-                self.log(|| format!("fault: cut n{victim}-n{other} until {until}"));
+                self.log(|| format!("fault: {cut:?}"));
             }
             2 => {
-                let until = self.now + self.rng.between(200, 4_000);
-                self.nodes[victim].paused_until = until;
+                let pause = self.faults.pause(&mut self.rng, victim, now);
                 self.stats.pauses += 1;
-                self.log(|| format!("fault: n{victim} paused until {until}"));
+                self.log(|| format!("fault: {pause:?}"));
             }
             3 | 4 => {
-                let until = self.now + self.rng.between(300, 4_000);
-                self.nodes[victim].stalled_until = until;
-                if self.rng.chance(1, 2) {
-                    // ... with its network cut too.
-                    for other in (0..n).filter(|o| *o != victim) {
-                        self.cut_until.insert((victim, other), until);
-                        self.cut_until.insert((other, victim), until);
-                    }
-                }
+                let stall = self.faults.stall(&mut self.rng, victim, now);
                 self.stats.stalls += 1;
-                self.log(|| format!("fault: n{victim} storage stalled until {until}"));
+                self.log(|| format!("fault: {stall:?}"));
             }
             5 => {
                 if self.rng.chance(1, 6) {
@@ -1190,10 +1158,9 @@ impl Sim {
                 }
             }
             _ => {
-                // A small forward jump of one clock (within the lease's margin for rates).
-                let jump = self.rng.between(1, LEASE_MS / 16);
-                self.nodes[victim].clock_offset += jump;
+                let jump = self.faults.jump(&mut self.rng, victim);
                 self.stats.jumps += 1;
+                self.log(|| format!("fault: {jump:?}"));
             }
         }
         let d = self.rng.between(300, 3_000);
@@ -1210,7 +1177,7 @@ impl Sim {
 
     fn check(&mut self) {
         for node in 0..self.nodes.len() {
-            if !self.nodes[node].alive || self.nodes[node].paused_until > self.now {
+            if !self.nodes[node].alive || self.paused_until(node).is_some() {
                 continue;
             }
             let Some(running) = self.running(node) else {
@@ -1232,7 +1199,7 @@ impl Sim {
     /// After the faults: everything healed and every instance started again, all of them run
     /// in one epoch whose members are all of them, with recovery and rebuilds done.
     fn settle(&mut self) {
-        self.cut_until.clear();
+        self.faults.heal_all();
         let end = self.now + 30_000;
         self.run(end);
         let all = self.all();

@@ -3,12 +3,13 @@
 //! of a Disk Paxos write, and keep every node's I/O lease as the runtime grants it, to check
 //! fencing when a survivor begins recovering lost members. The instance world
 //! ([`crate::driver`]) uses all of it; the membership world ([`crate::membership`]), whose
-//! nodes enter through the real `Entry` and live several lives, its disk rounds only (it keeps
-//! leases and memberships per life itself).
+//! nodes enter through the real `Entry` and live several lives, its disk rounds and Disk
+//! Paxos fates (it keeps leases and memberships per life itself).
 //!
 //! Test support: it owns no protocol decision (the node and its cluster manager decide) and
 //! never schedules anything (each world owns its clock and its events).
 
+use crate::faults::{WriteFate, write_fate};
 use instance::cluster::{ClusterManager, FailureConfig};
 use instance::node::{DiskRound, SlotSeen};
 use instance::paxos::{DEFAULT_PHASE_TIMEOUT, Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosConfig};
@@ -117,27 +118,12 @@ pub fn disk_round(
     }
 }
 
-/// The fate of a Disk Paxos I/O, drawn when it is submitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PaxosFate {
-    /// It completes without error.
-    pub ok: bool,
-    /// A write lands on storage (a failed write may still have landed).
-    pub lands: bool,
-}
-
 /// Draws the fate of `io`: a write fails 1 in 50 (landing half of those times anyway), a
-/// read fails 1 in 100.
-pub fn paxos_fate(rng: &mut SimRng, io: &PaxosIo) -> PaxosFate {
+/// read fails 1 in 100 (`lands` is then false).
+pub fn paxos_fate(rng: &mut SimRng, io: &PaxosIo) -> WriteFate {
     match io {
-        PaxosIo::WriteOwn { .. } => {
-            let fails = rng.chance(1, 50);
-            PaxosFate {
-                ok: !fails,
-                lands: !fails || rng.chance(1, 2),
-            }
-        }
-        PaxosIo::ReadBlock { .. } => PaxosFate {
+        PaxosIo::WriteOwn { .. } => write_fate(rng, 50),
+        PaxosIo::ReadBlock { .. } => WriteFate {
             ok: !rng.chance(1, 100),
             lands: false,
         },

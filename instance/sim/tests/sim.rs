@@ -37,6 +37,9 @@ fn seeds() {
     }
     if seeds >= 200 {
         assert!(total.isolations > 0 && total.durable_unacked > 0 && total.commits_lost > 0);
+        // The faults beside deaths bite (stalls only from `STALLS_FROM_SEED`).
+        assert!(total.cuts > 0 && total.pauses > 0 && total.jumps > 0);
+        assert!(total.control_faults > 0 && total.write_errors > 0);
     }
 }
 
