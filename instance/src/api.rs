@@ -1201,6 +1201,7 @@ impl Setting<'_> {
     > {
         use crate::cluster::ClusterMessage;
         use crate::entry::{Entry, EntryConfig, EntryError, EntryIo, SlotLook};
+        use crate::paxos::PaxosIo;
         use interconnect::{Outgoing, Priority, Service, TransportEvent};
         let me = self.config.local.id;
         let clock = Instant::now();
@@ -1209,6 +1210,7 @@ impl Setting<'_> {
             EntryConfig {
                 me,
                 configured: self.config.instances(),
+                slots: usize::from(self.layout.max_instances),
                 failure: crate::cluster::FailureConfig {
                     membership: self.config.membership,
                     ..Default::default()
@@ -1216,7 +1218,8 @@ impl Setting<'_> {
                 give_up_after: CONNECT_TIMEOUT,
             },
             now(),
-        );
+        )
+        .map_err(|e| StartError::Cache(e.to_string()))?;
         let mut heartbeat: Option<u64> = None;
         let mut early = Vec::new();
         // Bounded as the core bounds frames of a future epoch; what a peer sends beyond that
@@ -1258,6 +1261,7 @@ impl Setting<'_> {
                                     instance: id,
                                     down: slot.state == SlotState::Down,
                                     heartbeat: slot.heartbeat,
+                                    paxos: slot.paxos,
                                 })
                             })
                             .collect();
@@ -1276,19 +1280,24 @@ impl Setting<'_> {
                                         "whole-cluster recovery could not rebuild: {corrupt}"
                                     );
                                 }
-                                self.paxos_blocks()
                             })
                             .map_err(|e| e.to_string());
                         entry.handle_restarted(result);
                     }
-                    Some(EntryIo::PublishFormation { bytes }) => {
-                        let result = format::read_slot(self.storage.as_ref(), self.layout, me)
+                    // The formation's Disk Paxos: the slot is written whole and durably, as
+                    // every slot write is; the read is issued now.
+                    Some(EntryIo::Paxos(PaxosIo::WriteOwn { bytes })) => {
+                        let written = format::read_slot(self.storage.as_ref(), self.layout, me)
                             .and_then(|mut slot| {
                                 slot.paxos = bytes;
                                 format::write_slot(self.storage.as_ref(), self.layout, &slot)
-                            })
-                            .map_err(|e| e.to_string());
-                        entry.handle_formation_published(result);
+                            });
+                        entry.handle_paxos_written(written.is_ok(), now());
+                    }
+                    Some(EntryIo::Paxos(PaxosIo::ReadBlock { owner })) => {
+                        let read = format::read_slot(self.storage.as_ref(), self.layout, owner);
+                        let bytes = read.as_ref().ok().map(|slot| &slot.paxos[..]);
+                        entry.handle_paxos_read(owner, bytes, now());
                     }
                     None => break,
                 }
@@ -1311,7 +1320,7 @@ impl Setting<'_> {
                 Some(Err(EntryError::EpochsExhausted(epoch))) => {
                     return Err(StartError::EpochsExhausted(*epoch));
                 }
-                Some(Err(e @ EntryError::Restart(_))) => {
+                Some(Err(e @ (EntryError::Restart(_) | EntryError::Paxos(_)))) => {
                     return Err(StartError::Cache(e.to_string()));
                 }
                 None => {}

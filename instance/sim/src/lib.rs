@@ -170,6 +170,50 @@ pub fn run_seeds(seeds: Range<u64>, deadline: Option<Instant>) -> Result<SeedsRu
     }
 }
 
+/// What [`run_membership_seeds`] ran: the membership world's totals over the seeds that
+/// passed, and every seed that failed.
+#[derive(Debug, Default)]
+pub struct MembershipRun {
+    /// Seeds run to the end without a failure.
+    pub passed: u64,
+    /// Their counters, added up.
+    pub total: MembershipStats,
+    /// The seeds that failed, in order (each printed what broke).
+    pub failed: Vec<u64>,
+}
+
+/// Runs the membership world ([`membership`]) alone for every seed of `seeds` on a few
+/// threads, past failures (a sweep lists every failing seed).
+pub fn run_membership_seeds(seeds: Range<u64>) -> MembershipRun {
+    let next = AtomicU64::new(seeds.start);
+    let run = Mutex::new(MembershipRun::default());
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= seeds.end {
+                        return;
+                    }
+                    let result = std::panic::catch_unwind(|| run_membership_seed(seed, false));
+                    let mut run = run.lock().unwrap_or_else(|e| e.into_inner());
+                    match result {
+                        Ok(stats) => {
+                            run.passed += 1;
+                            run.total.add(&stats);
+                        }
+                        Err(_) => run.failed.push(seed),
+                    }
+                }
+            });
+        }
+    });
+    let mut run = run.into_inner().unwrap_or_else(|e| e.into_inner());
+    run.failed.sort_unstable();
+    run
+}
+
 /// One line of totals: `label`, the number of seeds, the wall time, then every counter.
 pub fn summary(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) -> String {
     format!(

@@ -95,11 +95,6 @@ enum Ev {
     EntryRound { node: usize },
     /// An entering node's whole-cluster recovery completes.
     Restarted { node: usize },
-    /// The formation's Paxos block lands in the former's slot.
-    Published {
-        node: usize,
-        bytes: [u8; PAXOS_BLOCK_LEN],
-    },
     /// A fault begins.
     Fault,
 }
@@ -117,8 +112,7 @@ impl Ev {
             | Ev::PaxosRead { node, .. }
             | Ev::Scanned { node, .. }
             | Ev::EntryRound { node }
-            | Ev::Restarted { node }
-            | Ev::Published { node, .. } => [Some(node), None],
+            | Ev::Restarted { node } => [Some(node), None],
             Ev::Deliver { from, to, .. } => [Some(from), Some(to)],
             Ev::Start(_) | Ev::Fault => [None, None],
         }
@@ -315,11 +309,13 @@ impl Sim {
             EntryConfig {
                 me: id(node),
                 configured: all,
+                slots: n,
                 failure,
                 give_up_after: Duration::from_secs(600),
             },
             now,
-        );
+        )
+        .expect("entry");
         let peers: Vec<usize> = (0..n)
             .filter(|p| *p != node && self.nodes[*p].alive)
             .collect();
@@ -540,8 +536,7 @@ impl Sim {
                         bytes,
                         land: true,
                         ..
-                    }
-                    | Ev::Published { node, bytes } => self.blocks[node] = bytes,
+                    } => self.blocks[node] = bytes,
                     _ => {}
                 }
                 continue;
@@ -586,6 +581,7 @@ impl Sim {
                         instance: id(i),
                         down: false,
                         heartbeat: self.heartbeats[i],
+                        paxos: self.blocks[i],
                     })
                     .collect();
                 let now = self.local(node);
@@ -597,20 +593,8 @@ impl Sim {
                 if !self.runnable(node, &Ev::Restarted { node }) {
                     return;
                 }
-                let blocks = self.paxos_blocks();
                 if let Some(entry) = self.nodes[node].entry.as_mut() {
-                    entry.handle_restarted(Ok(blocks));
-                }
-            }
-            Ev::Published { node, bytes } => {
-                // Durable when reported (the write lands even if the process died: an
-                // earlier life's event only lands it).
-                self.blocks[node] = bytes;
-                if !self.runnable(node, &Ev::Published { node, bytes }) {
-                    return;
-                }
-                if let Some(entry) = self.nodes[node].entry.as_mut() {
-                    entry.handle_formation_published(Ok(()));
+                    entry.handle_restarted(Ok(()));
                 }
             }
             Ev::DiskRound(node) => {
@@ -701,8 +685,11 @@ impl Sim {
                     return;
                 }
                 let now = self.local(node);
-                if let Some(running) = self.nodes[node].node.as_mut() {
+                let n = &mut self.nodes[node];
+                if let Some(running) = n.node.as_mut() {
                     running.handle_paxos_written(ok, now);
+                } else if let Some(entry) = n.entry.as_mut() {
+                    entry.handle_paxos_written(ok, now);
                 }
             }
             Ev::PaxosRead { node, owner, ok } => {
@@ -717,8 +704,11 @@ impl Sim {
                     return;
                 }
                 let now = self.local(node);
-                if let Some(running) = self.nodes[node].node.as_mut() {
+                let n = &mut self.nodes[node];
+                if let Some(running) = n.node.as_mut() {
                     running.handle_paxos_read(id(owner), ok.then_some(&bytes[..]), now);
+                } else if let Some(entry) = n.entry.as_mut() {
+                    entry.handle_paxos_read(id(owner), ok.then_some(&bytes[..]), now);
                 }
             }
             Ev::Deliver { from, to, frame } => {
@@ -855,10 +845,7 @@ impl Sim {
                         self.at(d, Ev::EntryRound { node });
                     }
                     EntryIo::Restart => self.restart_recovery(node),
-                    EntryIo::PublishFormation { bytes } => {
-                        let d = self.io_delay(node);
-                        self.at(d, Ev::Published { node, bytes });
-                    }
+                    EntryIo::Paxos(io) => self.paxos_io(node, io),
                 }
             }
             match outcome {
@@ -956,9 +943,11 @@ impl Sim {
         }
     }
 
-    fn io(&mut self, node: usize, io: NodeIo) {
+    /// A Disk Paxos I/O of `node`'s (entering or running): served as the runtime serves
+    /// it, on the faulty storage.
+    fn paxos_io(&mut self, node: usize, io: PaxosIo) {
         match io {
-            NodeIo::Paxos(PaxosIo::WriteOwn { bytes }) => {
+            PaxosIo::WriteOwn { bytes } => {
                 self.nodes[node].latest_paxos = Some(bytes);
                 let d = self.io_delay(node);
                 let fails = self.rng.chance(1, 50);
@@ -974,7 +963,7 @@ impl Sim {
                     },
                 );
             }
-            NodeIo::Paxos(PaxosIo::ReadBlock { owner }) => {
+            PaxosIo::ReadBlock { owner } => {
                 let d = self.io_delay(node);
                 let ok = !self.rng.chance(1, 100);
                 self.at(
@@ -986,6 +975,12 @@ impl Sim {
                     },
                 );
             }
+        }
+    }
+
+    fn io(&mut self, node: usize, io: NodeIo) {
+        match io {
+            NodeIo::Paxos(io) => self.paxos_io(node, io),
             NodeIo::Recovery(RecoveryIo::Scan { epoch, .. }) => {
                 // Recovery begins: every member it recovers must have stopped all I/O.
                 let lost = self.nodes[node]
