@@ -795,6 +795,8 @@ pub fn decision_at_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paxos::Ballot;
+    use interconnect::sim::SimRng;
 
     fn id(n: u64) -> InstanceId {
         InstanceId::new(n).expect("id")
@@ -808,52 +810,98 @@ mod tests {
         Timestamp::ZERO + Duration::from_millis(ms)
     }
 
-    fn entry(me: u64, configured: &[u64]) -> Entry {
+    /// The Paxos blocks of the voting area (by slot).
+    type Disk = Vec<[u8; PAXOS_BLOCK_LEN]>;
+
+    fn disk(slots: usize) -> Disk {
+        vec![[0u8; PAXOS_BLOCK_LEN]; slots]
+    }
+
+    fn entry_at(me: u64, configured: &[u64], ms: u64) -> Entry {
         Entry::new(
             EntryConfig {
                 me: id(me),
                 configured: set(configured),
+                slots: configured.len(),
                 failure: FailureConfig::default(),
                 give_up_after: Duration::from_secs(60),
             },
-            at(0),
+            at(ms),
         )
+        .expect("entry")
+    }
+
+    fn entry(me: u64, configured: &[u64]) -> Entry {
+        entry_at(me, configured, 0)
     }
 
     fn sent(e: &mut Entry) -> Vec<(InstanceId, ClusterMessage)> {
         std::iter::from_fn(|| e.poll_transmit()).collect()
     }
 
-    fn ios(e: &mut Entry) -> Vec<EntryIo> {
-        std::iter::from_fn(|| e.poll_io()).collect()
+    /// The I/O asked for, with Disk Paxos' served at once on `disk` (until none is left).
+    fn serve(e: &mut Entry, disk: &mut Disk, ms: u64) -> Vec<EntryIo> {
+        let mut other = Vec::new();
+        while let Some(io) = e.poll_io() {
+            match io {
+                EntryIo::Paxos(PaxosIo::WriteOwn { bytes }) => {
+                    disk[e.config.me.index()] = bytes;
+                    e.handle_paxos_written(true, at(ms));
+                }
+                EntryIo::Paxos(PaxosIo::ReadBlock { owner }) => {
+                    let bytes = disk[owner.index()];
+                    e.handle_paxos_read(owner, Some(&bytes), at(ms));
+                }
+                io => other.push(io),
+            }
+        }
+        other
     }
 
-    /// A slot round at `ms` in which the slots of `moving` moved and the others did not.
-    fn round(e: &mut Entry, ms: u64, configured: &[u64], moving: &[u64]) {
+    fn ios(e: &mut Entry) -> Vec<EntryIo> {
+        serve(e, &mut disk(MAX_SLOTS), 0)
+    }
+
+    const MAX_SLOTS: usize = interconnect::MAX_INSTANCES;
+
+    /// A slot round at `ms` on `disk` in which the slots of `moving` moved and the others
+    /// did not.
+    fn round_on(e: &mut Entry, disk: &Disk, ms: u64, configured: &[u64], moving: &[u64]) {
         let looks: Vec<SlotLook> = configured
             .iter()
             .map(|&n| SlotLook {
                 instance: id(n),
                 down: false,
                 heartbeat: if moving.contains(&n) { ms } else { 7 },
+                paxos: disk[n as usize],
             })
             .collect();
         e.handle_slot_round(&looks, at(ms));
     }
 
-    fn hello(e: &mut Entry, from: u64, ms: u64) {
-        e.handle_connected(id(from), at(ms));
-        let running = ClusterMessage::Hello {
-            running: false,
-            epoch: Epoch(0),
-            live: InstanceSet::EMPTY,
-        };
-        e.handle_message(id(from), running, at(ms));
+    fn round(e: &mut Entry, ms: u64, configured: &[u64], moving: &[u64]) {
+        round_on(e, &disk(MAX_SLOTS), ms, configured, moving);
     }
 
-    fn block(owner: u64, epoch: u64, round: u64, members: &[u64]) -> PaxosBlock {
+    /// `from` connects and says it is not running, knowing epoch `known`.
+    fn hello_knowing(e: &mut Entry, from: u64, known: u64, ms: u64) {
+        e.handle_connected(id(from), at(ms));
+        let hello = ClusterMessage::Hello {
+            running: false,
+            epoch: Epoch(known),
+            live: InstanceSet::EMPTY,
+        };
+        e.handle_message(id(from), hello, at(ms));
+    }
+
+    fn hello(e: &mut Entry, from: u64, ms: u64) {
+        hello_knowing(e, from, 0, ms);
+    }
+
+    /// A block of `owner` recording the decision of `epoch` with `members`.
+    fn decided(owner: u64, epoch: u64, round: u64, members: &[u64]) -> [u8; PAXOS_BLOCK_LEN] {
         let owner = id(owner);
-        PaxosBlock {
+        let block = PaxosBlock {
             owner,
             epoch: Epoch(epoch),
             mbal: Ballot::new(round, owner).expect("ballot"),
@@ -866,39 +914,74 @@ mod tests {
                     proposer: owner,
                 },
             },
+        };
+        let mut bytes = [0u8; PAXOS_BLOCK_LEN];
+        block.encode(&mut bytes);
+        bytes
+    }
+
+    /// Rounds every 100 ms from `from` until whole-cluster recovery is asked for; returns
+    /// when.
+    fn rounds_until_restart(e: &mut Entry, d: &mut Disk, from: u64, all: &[u64]) -> u64 {
+        let mut ms = from;
+        loop {
+            e.handle_timeout(at(ms));
+            if serve(e, d, ms).contains(&EntryIo::Restart) {
+                return ms;
+            }
+            round_on(e, d, ms, all, all);
+            if serve(e, d, ms).contains(&EntryIo::Restart) {
+                return ms;
+            }
+            ms += 100;
+            assert!(ms < from + 10_000, "no whole-cluster recovery");
         }
     }
 
     #[test]
-    fn the_lowest_forms_above_every_epoch_on_disk_and_publishes_it_before_telling_anyone() {
+    fn the_formation_is_decided_on_disk_after_the_newest_decision_then_the_lease_is_waited_out()
+    {
         let all = [0, 1, 2];
+        let mut d = disk(3);
+        d[1] = decided(1, 4, 3, &[1, 2]);
         let mut e = entry(0, &all);
-        assert_eq!(ios(&mut e), vec![EntryIo::SlotRound]);
-        hello(&mut e, 1, 10);
-        assert_eq!(ios(&mut e), vec![]);
-        hello(&mut e, 2, 20);
-        assert_eq!(ios(&mut e), vec![EntryIo::Restart]);
-        sent(&mut e);
-        e.handle_restarted(Ok(vec![block(1, 4, 3, &[1, 2]), block(2, 2, 9, &[0, 2])]));
-        let [EntryIo::PublishFormation { bytes }] = ios(&mut e)[..] else {
-            panic!("no publication");
-        };
-        let published = PaxosBlock::decode(&bytes)
-            .expect("decodes")
-            .expect("a block");
-        assert_eq!(published.epoch, Epoch(5));
-        assert_eq!(published.decided.epoch, Epoch(5));
-        assert_eq!(published.decided.value.members, set(&all));
-        assert!(published.mbal > block(2, 2, 9, &[0, 2]).mbal);
-        // Nobody hears of the formation before it is durable.
+        assert_eq!(serve(&mut e, &mut d, 0), vec![EntryIo::SlotRound]);
+        // Nothing is said before the voting area was read: not even which epoch it knows.
+        hello_knowing(&mut e, 1, 4, 5);
         assert!(sent(&mut e).is_empty());
+        round_on(&mut e, &d, 10, &all, &all);
+        let hello = ClusterMessage::Hello {
+            running: false,
+            epoch: Epoch(4),
+            live: InstanceSet::EMPTY,
+        };
+        assert_eq!(sent(&mut e), vec![(id(1), hello)]);
+        // Instance 2 knows an older decision: it does not count until it learns this one.
+        hello_knowing(&mut e, 2, 3, 20);
+        assert_eq!(serve(&mut e, &mut d, 20), vec![]);
+        hello_knowing(&mut e, 2, 4, 30);
+        // Proposed and decided (served at once): epoch 5 with everyone, on disk.
+        assert_eq!(serve(&mut e, &mut d, 30), vec![]);
+        let mine = PaxosBlock::decode(&d[0]).expect("decodes").expect("a block");
+        assert_eq!(mine.decided.epoch, Epoch(5));
+        assert_eq!(mine.decided.value.members, set(&all));
+        // Those outside it would hear it forms; nobody is told it formed before recovery.
+        assert!(!sent(&mut e).iter().any(|(_, m)| matches!(m, ClusterMessage::Formed { .. })));
+        let restart = rounds_until_restart(&mut e, &mut d, 100, &all);
+        let lease = FailureConfig::default().lease;
+        assert!(
+            u128::from(restart - 30) >= (lease + lease / 8).as_millis(),
+            "recovered {} ms after the decision",
+            restart - 30
+        );
         assert!(e.outcome().is_none());
-        e.handle_formation_published(Ok(()));
+        e.handle_restarted(Ok(()));
         let formed = ClusterMessage::Formed {
             epoch: Epoch(5),
             live: set(&all),
         };
-        assert_eq!(sent(&mut e), vec![(id(1), formed), (id(2), formed)]);
+        let told = sent(&mut e);
+        assert!(told.contains(&(id(1), formed)) && told.contains(&(id(2), formed)));
         assert_eq!(
             e.outcome(),
             Some(&Ok(Entered::Formed {
@@ -909,11 +992,86 @@ mod tests {
         );
     }
 
+    /// Membership seed 1626's race, every interleaving: instance 1 forms without instance 0
+    /// (its slot looked still), and instance 0, which heard everyone say "not running" (the
+    /// "forming" `Hello` lost), forms too. Disk Paxos decides one formation: exactly one of
+    /// them runs whole-cluster recovery, and the other learns the decided members.
+    #[test]
+    fn two_formers_that_race_never_both_form() {
+        let all = [0, 1, 2];
+        for seed in 0..300 {
+            let mut rng = SimRng::new(seed);
+            let mut d = disk(3);
+            let mut e0 = entry(0, &all);
+            let mut e1 = entry(1, &all);
+            // Instance 1: only 2 answered; slot 0 still well past the lease and the grace.
+            hello(&mut e1, 2, 10);
+            let _ = serve(&mut e1, &mut d, 10);
+            round_on(&mut e1, &d, 3_100, &all, &[1, 2]);
+            let _ = serve(&mut e1, &mut d, 3_100);
+            round_on(&mut e1, &d, 3_200, &all, &[1, 2]);
+            e1.handle_timeout(at(3_200));
+            // Instance 0: its first look, then everyone says "not running, epoch 0".
+            round_on(&mut e0, &d, 3_200, &all, &all);
+            hello(&mut e0, 1, 3_200);
+            hello(&mut e0, 2, 3_200);
+            // Both proposed: their I/O runs interleaved at random, reads served when run.
+            let mut queues: [Vec<EntryIo>; 2] = [Vec::new(), Vec::new()];
+            let mut restarted = [false, false];
+            let mut ms = 3_200;
+            for _ in 0..2_000 {
+                ms += 1;
+                for (k, e) in [&mut e0, &mut e1].into_iter().enumerate() {
+                    while let Some(io) = e.poll_io() {
+                        queues[k].push(io);
+                    }
+                }
+                let k = rng.below(2) as usize;
+                if queues[k].is_empty() {
+                    // Time passes: rounds, timeouts, lease waits.
+                    let e = if k == 0 { &mut e0 } else { &mut e1 };
+                    e.handle_timeout(at(ms));
+                    continue;
+                }
+                let io = queues[k].remove(0);
+                let e = if k == 0 { &mut e0 } else { &mut e1 };
+                match io {
+                    EntryIo::Paxos(PaxosIo::WriteOwn { bytes }) => {
+                        d[k] = bytes;
+                        e.handle_paxos_written(true, at(ms));
+                    }
+                    EntryIo::Paxos(PaxosIo::ReadBlock { owner }) => {
+                        let bytes = d[owner.index()];
+                        e.handle_paxos_read(owner, Some(&bytes), at(ms));
+                    }
+                    EntryIo::SlotRound => {
+                        let moving: &[u64] = if k == 0 { &all } else { &[1, 2] };
+                        round_on(e, &d, ms, &all, moving);
+                    }
+                    EntryIo::Restart => restarted[k] = true,
+                }
+            }
+            // Both proposed (each wrote its block), and one formation came out.
+            for (k, block) in d.iter().enumerate().take(2) {
+                let block = PaxosBlock::decode(block).expect("decodes");
+                assert!(block.is_some(), "seed {seed}: instance {k} never proposed");
+            }
+            assert!(
+                !(restarted[0] && restarted[1]),
+                "seed {seed}: both formed"
+            );
+            assert!(
+                restarted[0] || restarted[1],
+                "seed {seed}: nobody formed"
+            );
+        }
+    }
+
     #[test]
     fn others_take_the_formation_only_from_the_lowest_and_only_naming_them() {
         let mut e = entry(1, &[0, 1, 2]);
-        hello(&mut e, 0, 10);
-        hello(&mut e, 2, 10);
+        hello_knowing(&mut e, 0, 7, 10);
+        hello_knowing(&mut e, 2, 7, 10);
         assert!(!ios(&mut e).contains(&EntryIo::Restart));
         let from_two = ClusterMessage::Formed {
             epoch: Epoch(3),
@@ -942,38 +1100,39 @@ mod tests {
     #[test]
     fn a_restart_without_an_instance_waits_until_its_slot_is_still_for_the_lease() {
         let all = [0, 1, 2];
+        let mut d = disk(3);
         let mut e = entry(0, &all);
         hello(&mut e, 1, 10);
         // Instance 2 never answers, and its slot moves: it may be running, cut off.
         let mut ms = 0;
         while ms < 6_000 {
-            round(&mut e, ms, &all, &[0, 1, 2]);
+            round_on(&mut e, &d, ms, &all, &[0, 1, 2]);
             e.handle_timeout(at(ms));
-            assert!(
-                !ios(&mut e).contains(&EntryIo::Restart),
-                "restarted at {ms} ms"
-            );
+            let _ = serve(&mut e, &mut d, ms);
+            let proposed = PaxosBlock::decode(&d[0]).expect("decodes");
+            assert!(proposed.is_none(), "proposed at {ms} ms");
             ms += 100;
         }
         // Its slot stops: after the lease and an eighth, the majority forms without it.
         let still_from = ms;
-        let mut restarted_at = None;
-        while ms < 9_000 && restarted_at.is_none() {
-            round(&mut e, ms, &all, &[0, 1]);
+        let mut proposed_at = None;
+        while ms < 9_000 && proposed_at.is_none() {
+            round_on(&mut e, &d, ms, &all, &[0, 1]);
             e.handle_timeout(at(ms));
-            if ios(&mut e).contains(&EntryIo::Restart) {
-                restarted_at = Some(ms);
+            let _ = serve(&mut e, &mut d, ms);
+            if PaxosBlock::decode(&d[0]).expect("decodes").is_some() {
+                proposed_at = Some(ms);
             }
             ms += 100;
         }
         let lease = FailureConfig::default().lease;
-        let waited = restarted_at.expect("formed") - still_from;
+        let waited = proposed_at.expect("formed") - still_from;
         assert!(
             u128::from(waited) >= (lease + lease / 8).as_millis(),
             "formed {waited} ms after the slot stopped"
         );
-        e.handle_restarted(Ok(Vec::new()));
-        e.handle_formation_published(Ok(()));
+        let _ = rounds_until_restart(&mut e, &mut d, ms, &all);
+        e.handle_restarted(Ok(()));
         assert_eq!(
             e.outcome().map(|o| o.as_ref().map(Entered::membership)),
             Some(Ok((Epoch(1), set(&[0, 1]))))
@@ -989,9 +1148,10 @@ mod tests {
         // No round completes any more: time passes, the view stays stale.
         for ms in (200..10_000).step_by(100) {
             e.handle_timeout(at(ms));
+            let asked = ios(&mut e);
             assert!(
-                !ios(&mut e).contains(&EntryIo::Restart),
-                "restarted at {ms} ms"
+                asked.iter().all(|io| *io == EntryIo::SlotRound),
+                "proposed at {ms} ms: {asked:?}"
             );
         }
     }
@@ -1007,17 +1167,22 @@ mod tests {
         for ms in (1_100..3_000).step_by(100) {
             round(&mut e, ms, &all, &[0, 1]);
             e.handle_timeout(at(ms));
+            let asked = ios(&mut e);
             assert!(
-                !ios(&mut e).contains(&EntryIo::Restart),
-                "restarted at {ms} ms"
+                asked.iter().all(|io| *io == EntryIo::SlotRound),
+                "proposed at {ms} ms: {asked:?}"
             );
         }
-        // This instance pauses; when it runs again, it looks before it forms (instance 2 may
-        // have moved meanwhile).
+        // This instance pauses; when it runs again, it looks before it proposes (instance 2
+        // may have moved meanwhile).
         e.handle_timeout(at(5_000));
-        assert_eq!(ios(&mut e), vec![EntryIo::SlotRound]);
+        assert_eq!(e.poll_io(), Some(EntryIo::SlotRound));
+        assert_eq!(e.poll_io(), None);
         round(&mut e, 5_010, &all, &[0, 1]);
-        assert_eq!(ios(&mut e), vec![EntryIo::Restart]);
+        assert!(matches!(
+            e.poll_io(),
+            Some(EntryIo::Paxos(PaxosIo::WriteOwn { .. }))
+        ));
     }
 
     #[test]
@@ -1063,7 +1228,9 @@ mod tests {
 
     #[test]
     fn the_decision_at_entry_is_the_one_on_disk_when_there_is_one() {
-        let on_disk = block(1, 4, 2, &[0, 1]);
+        let on_disk = PaxosBlock::decode(&decided(1, 4, 2, &[0, 1]))
+            .expect("decodes")
+            .expect("a block");
         let d = decision_at_entry(id(0), Epoch(4), set(&[0, 1]), &[on_disk]);
         assert_eq!(d.value.proposer, id(1));
         let d = decision_at_entry(id(2), Epoch(5), set(&[1, 2]), &[on_disk]);
