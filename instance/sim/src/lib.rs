@@ -63,7 +63,9 @@
 //!   ([`run_seeds`]); `FUSION_SEED=N cargo test -p sim --release --test sim replay -- --nocapture`
 //!   replays one (`FUSION_SIM_TRACE=1` prints every step; without `FUSION_SEED`, seed 1).
 //! * The `fusion-sim` binary: `fusion-sim replay SEED` runs one seed printing every step;
-//!   `fusion-sim seeds A..B` runs a range and stops at the first failing seed;
+//!   `fusion-sim seeds A..B` runs a range and stops at the first failing seed
+//!   (`--membership`: the membership world alone, listing every failing seed,
+//!   [`run_membership_seeds`]);
 //!   `fusion-sim soak --minutes N` runs consecutive seeds for N minutes and prints the totals.
 //!   Build it with `--release` (`cargo run --release -p sim --bin fusion-sim -- replay 1234`).
 //!

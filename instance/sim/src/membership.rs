@@ -11,8 +11,10 @@
 //! one node (its I/O and disk heartbeats held for seconds, with its network up or cut), write
 //! errors (the write may land anyway), kills (of any number of nodes; a sixth of them the
 //! whole cluster), and small forward jumps of one node's clock. Every node starts through the
-//! real [`Entry`] (the first formation, joins, whole-cluster restarts) and is started again a
-//! little after it dies or stops, once no running node still counts it a member and no write
+//! real [`Entry`] (the first formation, joins, whole-cluster restarts; the formation decided by
+//! Disk Paxos on this voting area) and is started again a little after it dies or stops
+//! (each after its own delay: after a whole-cluster crash a majority often forms without the
+//! last ones, which join later), once no running node still counts it a member and no write
 //! of its previous life can land.
 //! The runtime's part is modelled as the runtime does it: a disk round writes the heartbeat,
 //! reads every slot and hands the round to the node, which renews the lease (from the
@@ -156,6 +158,9 @@ pub struct MembershipStats {
     /// Clusters formed (the first, and after whole-cluster crashes; each checked against
     /// every other instance's lease).
     pub formations: u64,
+    /// Of those, formations by a majority with some configured instance missing (its slot
+    /// still for the lease); the missing ones join later.
+    pub formations_without_some: u64,
     /// Restarted instances admitted into a running cluster.
     pub joins: u64,
 }
@@ -365,6 +370,9 @@ impl Sim {
         match entered {
             Entered::Formed { here: true, .. } => {
                 self.stats.formations += 1;
+                if live != all {
+                    self.stats.formations_without_some += 1;
+                }
                 self.applied(node, epoch, live);
             }
             Entered::Formed { .. } => self.applied(node, epoch, live),
@@ -1261,6 +1269,7 @@ impl MembershipStats {
         self.restarts += other.restarts;
         self.crashes += other.crashes;
         self.formations += other.formations;
+        self.formations_without_some += other.formations_without_some;
         self.joins += other.joins;
     }
 }
