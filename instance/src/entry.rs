@@ -939,8 +939,7 @@ mod tests {
     }
 
     #[test]
-    fn the_formation_is_decided_on_disk_after_the_newest_decision_then_the_lease_is_waited_out()
-    {
+    fn the_formation_is_decided_on_disk_after_the_newest_decision_then_the_lease_is_waited_out() {
         let all = [0, 1, 2];
         let mut d = disk(3);
         d[1] = decided(1, 4, 3, &[1, 2]);
@@ -962,11 +961,17 @@ mod tests {
         hello_knowing(&mut e, 2, 4, 30);
         // Proposed and decided (served at once): epoch 5 with everyone, on disk.
         assert_eq!(serve(&mut e, &mut d, 30), vec![]);
-        let mine = PaxosBlock::decode(&d[0]).expect("decodes").expect("a block");
+        let mine = PaxosBlock::decode(&d[0])
+            .expect("decodes")
+            .expect("a block");
         assert_eq!(mine.decided.epoch, Epoch(5));
         assert_eq!(mine.decided.value.members, set(&all));
         // Those outside it would hear it forms; nobody is told it formed before recovery.
-        assert!(!sent(&mut e).iter().any(|(_, m)| matches!(m, ClusterMessage::Formed { .. })));
+        assert!(
+            !sent(&mut e)
+                .iter()
+                .any(|(_, m)| matches!(m, ClusterMessage::Formed { .. }))
+        );
         let restart = rounds_until_restart(&mut e, &mut d, 100, &all);
         let lease = FailureConfig::default().lease;
         assert!(
@@ -1056,14 +1061,8 @@ mod tests {
                 let block = PaxosBlock::decode(block).expect("decodes");
                 assert!(block.is_some(), "seed {seed}: instance {k} never proposed");
             }
-            assert!(
-                !(restarted[0] && restarted[1]),
-                "seed {seed}: both formed"
-            );
-            assert!(
-                restarted[0] || restarted[1],
-                "seed {seed}: nobody formed"
-            );
+            assert!(!(restarted[0] && restarted[1]), "seed {seed}: both formed");
+            assert!(restarted[0] || restarted[1], "seed {seed}: nobody formed");
         }
     }
 
