@@ -216,6 +216,9 @@ pub struct Entry {
     restarting: Option<Restarting>,
     /// When the round in flight (or the last one) was asked for.
     round_asked_at: Timestamp,
+    /// The last completed round: when it was asked for, and the newest epoch its blocks
+    /// show accepted or decided without this instance.
+    last_look: Option<(Timestamp, Epoch)>,
     /// Entered, waiting for the own Paxos write in flight to complete.
     entered: Option<Entered>,
     outcome: Option<Result<Entered, EntryError>>,
@@ -263,6 +266,7 @@ impl Entry {
             writes_in_flight: 0,
             restarting: None,
             round_asked_at: now,
+            last_look: None,
             entered: None,
             outcome: None,
             transmits: VecDeque::new(),
@@ -275,6 +279,18 @@ impl Entry {
     /// Entered (or failed), once it has: the driver builds the node (or reports the error).
     pub fn outcome(&self) -> Option<&Result<Entered, EntryError>> {
         self.outcome.as_ref()
+    }
+
+    /// Where the node's first lease counts from, entering at `epoch`: the start of the last
+    /// voting-area round, if it found nothing newer than `epoch` accepted or decided without
+    /// this instance; `None` (no lease until the node's first disk round renews it) if it
+    /// did, or if there was none. A lease granted at the entry itself would let an instance
+    /// told of an epoch late (paused, or its admission delayed) write after the members
+    /// decided a later one without it and began recovering it.
+    pub fn lease_from(&self, epoch: Epoch) -> Option<Timestamp> {
+        self.last_look
+            .filter(|(_, against)| *against <= epoch)
+            .map(|(asked, _)| asked)
     }
 
     /// Peers connected now.
@@ -389,6 +405,8 @@ impl Entry {
         let first = self.observed.is_none();
         self.observed = Some(now);
         let known = self.paxos.decided().epoch;
+        let me = self.config.me;
+        let mut against = Epoch(0);
         let mut read = vec![false; self.slots.len()];
         for look in slots {
             let Some(seen) = self.slots.get_mut(look.instance.index()) else {
@@ -403,7 +421,15 @@ impl Entry {
                     since: now,
                 }),
             };
-            if look.instance == self.config.me {
+            if let Ok(Some(block)) = PaxosBlock::decode(&look.paxos) {
+                if block.inp.is_some_and(|v| !v.members.contains(me)) {
+                    against = against.max(block.epoch);
+                }
+                if !block.decided.value.members.contains(me) {
+                    against = against.max(block.decided.epoch);
+                }
+            }
+            if look.instance == me {
                 // Its ballots go on from its own block (no write of an earlier life can
                 // still land: the driver waited out the lease). One that does not decode
                 // leaves this instance a learner: it never proposes a formation.
@@ -421,6 +447,7 @@ impl Entry {
                 *seen = None;
             }
         }
+        self.last_look = Some((self.round_asked_at, against));
         self.pump_paxos(now);
         self.restart_when_clear();
         // The peers hear at once which decision this instance knows (first look, or a new

@@ -384,6 +384,18 @@ impl Sim {
                 epoch.0
             )
         });
+        // The lease counts from the entry's last look at the voting area (global time), if
+        // that look found nothing against this instance.
+        let offset = self.nodes[node].clock_offset;
+        let lease_from = self.nodes[node]
+            .entry
+            .as_ref()
+            .and_then(|e| e.lease_from(epoch))
+            .map(|at| {
+                let local = u64::try_from(at.saturating_since(Timestamp::ZERO).as_millis())
+                    .unwrap_or(u64::MAX);
+                local.saturating_sub(offset)
+            });
         let decision = decision_at_entry(id(node), epoch, live, &self.paxos_blocks());
         let config = PaxosConfig {
             slots: self.nodes.len(),
@@ -421,7 +433,7 @@ impl Sim {
             NodeConfig {
                 configured: all,
                 failure,
-                lease_from: ms(self.now),
+                lease_from: ms(lease_from.unwrap_or(0)),
             },
         );
         let connected = self.nodes[node]
@@ -445,7 +457,7 @@ impl Sim {
         let me = &mut self.nodes[node];
         me.node = Some(running);
         me.entered_at = epoch;
-        me.lease_until = self.now + LEASE_MS;
+        me.lease_until = lease_from.map_or(0, |from| from + LEASE_MS);
         let d = self.rng.below(100);
         self.at(d, Ev::DiskRound(node));
     }
