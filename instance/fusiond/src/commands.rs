@@ -6,12 +6,17 @@
 //! never touch sockets (the server feeds it), never trust stored bytes ([`crate::value`]
 //! decodes them), and never build a reply larger than the session's output limit.
 //!
+//! The commands added for clients and test harnesses after the first set live in
+//! submodules: `strings`, `hashes`, `keyspace` (flushes and `INFO`'s key counts) and `admin`
+//! (`INFO` sections, `TIME`, `CLIENT`).
+//!
 //! `WATCH` remembers a digest of each watched key's stored bytes; `EXEC` compares them
 //! inside its transaction (which holds the keys), so a change between `WATCH` and `EXEC`
 //! aborts it. Every write stores a new write stamp ([`crate::value`]), so a write of the
 //! same value is a change too, as in Redis. A key absent at `WATCH` that is created and
 //! deleted again before `EXEC` is not seen (Redis would see it).
 
+use crate::clients::{ClientHandle, ClientRegistry, Published};
 use crate::metrics::Metrics;
 use crate::resp::{Protocol, Reply};
 use crate::store::{Pending, Store, Tx};
@@ -21,6 +26,14 @@ use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+mod admin;
+mod hashes;
+mod keyspace;
+mod strings;
+
+use admin::time_reply;
+use strings::{OptionsFor, StringOptions, expire_at_ms};
 
 /// Most commands queued in one `MULTI`.
 pub const MAX_QUEUED: usize = 10_000;
@@ -63,6 +76,8 @@ pub struct Engine<S: Store> {
     server: Arc<dyn ServerInfo>,
     /// Where the next expiry sweep step starts (a KV key; empty: the beginning).
     sweep_cursor: parking_lot::Mutex<Vec<u8>>,
+    /// The connected clients (`CLIENT LIST`, `CLIENT KILL`).
+    clients: Arc<ClientRegistry>,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -87,6 +102,11 @@ pub struct Session {
     watched: Vec<(Vec<u8>, Option<[u8; 32]>)>,
     cursors: VecDeque<(u64, Vec<u8>)>,
     next_cursor: u64,
+    /// This connection in the server's client table (`CLIENT LIST`); `None` when the
+    /// session was not registered (tests).
+    client: Option<ClientHandle>,
+    /// Close once the current reply is sent (`CLIENT KILL` of this very client).
+    close_after_reply: bool,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +128,29 @@ impl Session {
             watched: Vec::new(),
             cursors: VecDeque::new(),
             next_cursor: 1,
+            client: None,
+            close_after_reply: false,
+        }
+    }
+
+    /// Joins the session to its entry in the server's client table.
+    pub fn attach(&mut self, client: ClientHandle) {
+        self.client = Some(client);
+    }
+
+    /// Publishes what other clients see of this one after `command`.
+    fn publish(&self, command: &'static str) {
+        if let Some(client) = &self.client {
+            client.publish(Published {
+                command,
+                db: self.db,
+                resp: match self.protocol {
+                    Protocol::Resp2 => 2,
+                    Protocol::Resp3 => 3,
+                },
+                multi: self.multi.as_ref().map_or(-1, |m| m.queued.len() as i64),
+                watched: self.watched.len(),
+            });
         }
     }
 }
@@ -176,6 +219,28 @@ const COMMANDS: &[(&str, i32)] = &[
     ("discard", 1),
     ("watch", -2),
     ("unwatch", 1),
+    ("setnx", 3),
+    ("setex", 4),
+    ("psetex", 4),
+    ("getex", -2),
+    ("incrbyfloat", 3),
+    ("hmset", -4),
+    ("hmget", -3),
+    ("hkeys", 2),
+    ("hvals", 2),
+    ("hsetnx", 4),
+    ("hstrlen", 3),
+    ("hincrbyfloat", 4),
+    ("expireat", -3),
+    ("pexpireat", -3),
+    ("expiretime", 2),
+    ("pexpiretime", 2),
+    ("touch", -2),
+    ("copy", -3),
+    ("randomkey", 1),
+    ("time", 1),
+    ("flushdb", -1),
+    ("flushall", -1),
 ];
 
 /// Commands that read or write keys: queued inside `MULTI`, run in a store transaction.
@@ -201,6 +266,9 @@ fn is_data(name: &str) -> bool {
             | "discard"
             | "watch"
             | "unwatch"
+            | "time"
+            | "flushdb"
+            | "flushall"
     )
 }
 
@@ -309,6 +377,8 @@ macro_rules! check {
         }
     };
 }
+// The command modules below use it too.
+use check;
 
 impl<S: Store> Engine<S> {
     /// An engine over `store`.
@@ -318,7 +388,13 @@ impl<S: Store> Engine<S> {
             config,
             server,
             sweep_cursor: parking_lot::Mutex::new(Vec::new()),
+            clients: Arc::new(ClientRegistry::default()),
         }
+    }
+
+    /// The connected clients: the server registers each connection here.
+    pub fn clients(&self) -> &Arc<ClientRegistry> {
+        &self.clients
     }
 
     /// The store.
@@ -329,6 +405,7 @@ impl<S: Store> Engine<S> {
     /// Runs one request for `session`; returns once its changes are durable.
     pub fn execute(&self, session: &mut Session, request: Vec<Vec<u8>>) -> Outcome {
         let (outcome, pending) = self.run(session, request);
+        session.publish(outcome.command);
         self.acknowledge(outcome, pending)
     }
 
@@ -455,7 +532,15 @@ impl<S: Store> Engine<S> {
                 session.watched.clear();
                 reply(Reply::Simple("OK"))
             }
-            _ => reply(self.connection(session, name, &request)),
+            _ => {
+                let answer = self.connection(session, name, &request);
+                let outcome = Outcome {
+                    reply: answer,
+                    close: std::mem::take(&mut session.close_after_reply),
+                    command: name,
+                };
+                (outcome, None)
+            }
         }
     }
 
@@ -476,6 +561,7 @@ impl<S: Store> Engine<S> {
         for request in requests {
             let start = Instant::now();
             let (outcome, pending) = self.run(session, request);
+            session.publish(outcome.command);
             let close = outcome.close;
             ran.push((start, outcome, pending));
             if close {
@@ -522,6 +608,7 @@ impl<S: Store> Engine<S> {
             return (reply, None);
         }
         let start_db = session.db;
+        let asking: &Session = session;
         let result = self.store.transaction_pending(|tx| {
             let now = now_ms();
             for (key, digest) in &watched {
@@ -548,6 +635,11 @@ impl<S: Store> Engine<S> {
                 } else {
                     match name {
                         "ping" | "echo" => ping_echo(name, request),
+                        "time" => time_reply(),
+                        "flushdb" | "flushall" => {
+                            self.flush_in_transaction(tx, db, name, request)?
+                        }
+                        "client" => self.client_in_multi(asking, request),
                         _ => Reply::err(format!("'{name}' is not allowed inside MULTI here")),
                     }
                 };
@@ -619,7 +711,7 @@ impl<S: Store> Engine<S> {
                 }
                 Err(e) => e,
             },
-            "client" => client(session, args),
+            "client" => self.client_command(session, args),
             "command" => {
                 let sub = args.get(1).map(|a| a.to_ascii_lowercase());
                 match sub.as_deref() {
@@ -641,7 +733,9 @@ impl<S: Store> Engine<S> {
                 }
             }
             "config" => self.config_get(args),
-            "info" => Reply::Bulk(self.info().into_bytes()),
+            "info" => self.info(&args[1..]),
+            "time" => time_reply(),
+            "flushdb" | "flushall" => self.flush(session.db, name, args),
             "dbsize" => self.count_keys(session.db),
             "save" => match self.server.save() {
                 Ok(()) => Reply::Simple("OK"),
@@ -693,6 +787,9 @@ impl<S: Store> Engine<S> {
                 rest = &rest[3..];
             } else if option.eq_ignore_ascii_case(b"setname") && rest.len() >= 2 {
                 session.name = Some(rest[1].clone());
+                if let Some(client) = &session.client {
+                    client.set_name(&rest[1]);
+                }
                 rest = &rest[2..];
             } else {
                 return Reply::err(format!(
@@ -753,18 +850,6 @@ impl<S: Store> Engine<S> {
             }
         }
         Reply::Map(pairs)
-    }
-
-    fn info(&self) -> String {
-        format!(
-            "# Server\r\nredis_version:7.0.0\r\nfusion_version:{}\r\nprocess_id:{}\r\n\r\n\
-             # Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n{}",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            self.server.connected_clients(),
-            self.config.maxclients,
-            self.server.info()
-        )
     }
 
     /// `DBSIZE`: counts the database's live keys in batches of store transactions.
@@ -1193,7 +1278,9 @@ impl<S: Store> Engine<S> {
                 store_value(tx, &to, &value)?;
                 Ok(Reply::Simple("OK"))
             }
-            "expire" | "pexpire" => self.expire(tx, key(1), name, args, now),
+            "expire" | "pexpire" | "expireat" | "pexpireat" => {
+                self.expire(tx, key(1), name, args, now)
+            }
             "ttl" | "pttl" => Ok(Reply::Integer(match check!(load(tx, &key(1), now)) {
                 None => -2,
                 Some(Value {
@@ -1204,7 +1291,7 @@ impl<S: Store> Engine<S> {
                     ..
                 }) => {
                     let ms = at.saturating_sub(now);
-                    let left = if name == "ttl" { ms.div_ceil(1000) } else { ms };
+                    let left = if name == "ttl" { (ms + 500) / 1000 } else { ms };
                     i64::try_from(left).unwrap_or(i64::MAX)
                 }
             })),
@@ -1242,7 +1329,7 @@ impl<S: Store> Engine<S> {
             "hlen" => Ok(Reply::Integer(
                 check!(load_hash(tx, &key(1), now)).map_or(0, |(h, _)| h.len() as i64),
             )),
-            _ => Ok(Reply::err(format!("unknown command '{name}'"))),
+            _ => self.data_extended(tx, db, name, args, now),
         }
     }
 
@@ -1253,45 +1340,24 @@ impl<S: Store> Engine<S> {
         args: &[Vec<u8>],
         now: u64,
     ) -> Result<Reply, S::Error> {
-        let mut nx = false;
-        let mut xx = false;
-        let mut get = false;
-        let mut keepttl = false;
-        let mut expires_at: Option<u64> = None;
-        let mut i = 3;
-        while i < args.len() {
-            let option = args[i].to_ascii_lowercase();
-            match option.as_slice() {
-                b"nx" if !xx => nx = true,
-                b"xx" if !nx => xx = true,
-                b"get" => get = true,
-                b"keepttl" if expires_at.is_none() => keepttl = true,
-                b"ex" | b"px" | b"exat" | b"pxat" if expires_at.is_none() && !keepttl => {
-                    let Some(value) = args.get(i + 1) else {
-                        return Ok(Reply::err(SYNTAX));
-                    };
-                    let Some(n) = parse_i64(value) else {
-                        return Ok(Reply::err(NOT_INTEGER));
-                    };
-                    let at = match option.as_slice() {
-                        _ if n <= 0 => None,
-                        b"ex" => (n as u64)
-                            .checked_mul(1000)
-                            .and_then(|ms| ms.checked_add(now)),
-                        b"px" => (n as u64).checked_add(now),
-                        b"exat" => (n as u64).checked_mul(1000),
-                        _ => Some(n as u64),
-                    };
-                    let Some(at) = at else {
-                        return Ok(Reply::err("invalid expire time in 'set' command"));
-                    };
-                    expires_at = Some(at);
-                    i += 1;
-                }
-                _ => return Ok(Reply::err(SYNTAX)),
-            }
-            i += 1;
-        }
+        let options = match StringOptions::parse(args, 3, OptionsFor::Set) {
+            Ok(options) => options,
+            Err(reply) => return Ok(reply),
+        };
+        let expires_at = match options.expire {
+            Some((unit, value)) => match expire_at_ms(value, unit, now, "set") {
+                Ok(at) => Some(at),
+                Err(reply) => return Ok(reply),
+            },
+            None => None,
+        };
+        let StringOptions {
+            nx,
+            xx,
+            get,
+            keepttl,
+            ..
+        } = options;
         if !(nx || xx || get || keepttl) {
             // A plain SET replaces whatever is there, of any type: no need to read it.
             let value = Value {
@@ -1340,6 +1406,8 @@ impl<S: Store> Engine<S> {
         })
     }
 
+    /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT` as Redis's `expireGenericCommand`:
+    /// options first, then the number, then the key.
     fn expire(
         &self,
         tx: &mut S::Tx<'_>,
@@ -1348,41 +1416,62 @@ impl<S: Store> Engine<S> {
         args: &[Vec<u8>],
         now: u64,
     ) -> Result<Reply, S::Error> {
+        let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+        for option in &args[3..] {
+            match option.to_ascii_lowercase().as_slice() {
+                b"nx" => nx = true,
+                b"xx" => xx = true,
+                b"gt" => gt = true,
+                b"lt" => lt = true,
+                _ => {
+                    return Ok(Reply::err(format!(
+                        "Unsupported option {}",
+                        String::from_utf8_lossy(option)
+                    )));
+                }
+            }
+        }
+        if nx && (xx || gt || lt) {
+            return Ok(Reply::err(
+                "NX and XX, GT or LT options at the same time are not compatible",
+            ));
+        }
+        if gt && lt {
+            return Ok(Reply::err(
+                "GT and LT options at the same time are not compatible",
+            ));
+        }
         let Some(n) = parse_i64(&args[2]) else {
             return Ok(Reply::err(NOT_INTEGER));
         };
-        let mut condition: Option<Vec<u8>> = None;
-        for option in &args[3..] {
-            let option = option.to_ascii_lowercase();
-            if !matches!(option.as_slice(), b"nx" | b"xx" | b"gt" | b"lt") || condition.is_some() {
-                return Ok(Reply::err(format!(
-                    "Unsupported option {}",
-                    String::from_utf8_lossy(&option)
-                )));
+        let invalid = || Reply::err(format!("invalid expire time in '{name}' command"));
+        let ms = if matches!(name, "expire" | "expireat") {
+            match n.checked_mul(1000) {
+                Some(ms) => ms,
+                None => return Ok(invalid()),
             }
-            condition = Some(option);
-        }
+        } else {
+            n
+        };
+        let base = if matches!(name, "expire" | "pexpire") {
+            i64::try_from(now).unwrap_or(i64::MAX)
+        } else {
+            0
+        };
+        let Some(at) = ms.checked_add(base) else {
+            return Ok(invalid());
+        };
         let Some(mut value) = check!(load(tx, &key, now)) else {
             return Ok(Reply::Integer(0));
         };
-        let ms = if name == "expire" {
-            n.checked_mul(1000)
-        } else {
-            Some(n)
-        };
-        let Some(at) = ms.and_then(|ms| i64::try_from(now).ok()?.checked_add(ms)) else {
-            return Ok(Reply::err(format!(
-                "invalid expire time in '{name}' command"
-            )));
-        };
-        let allowed = match condition.as_deref() {
-            Some(b"nx") => value.expires_at.is_none(),
-            Some(b"xx") => value.expires_at.is_some(),
-            Some(b"gt") => value.expires_at.is_some_and(|old| at > old as i64),
-            Some(b"lt") => value.expires_at.is_none_or(|old| at < old as i64),
-            _ => true,
-        };
-        if !allowed {
+        let current = value
+            .expires_at
+            .map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        let refused = (nx && current.is_some())
+            || (xx && current.is_none())
+            || (gt && current.is_none_or(|c| at <= c))
+            || (lt && current.is_some_and(|c| at >= c));
+        if refused {
             return Ok(Reply::Integer(0));
         }
         if at <= now as i64 {
@@ -1404,6 +1493,10 @@ impl<S: Store> Engine<S> {
     ) -> Result<Reply, S::Error> {
         if name == "hset" && !args.len().is_multiple_of(2) {
             return Ok(wrong_args(name));
+        }
+        if name == "hincrby" && parse_i64(&args[3]).is_none() {
+            // Redis checks the increment before the key's type.
+            return Ok(Reply::err(NOT_INTEGER));
         }
         let (mut fields, expires_at) = check!(load_hash(tx, &key, now)).unwrap_or_default();
         let reply = match name {
@@ -1843,6 +1936,289 @@ mod tests {
         assert_eq!(run(&e, a, "SET x mine"), Reply::Simple("QUEUED"));
         assert_eq!(run(&e, a, "EXEC"), Reply::NullArray);
         assert_eq!(run(&e, a, "GET x"), bulk("3"));
+    }
+
+    #[test]
+    fn added_string_and_hash_commands() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        assert_eq!(run(&e, s, "SETNX k v"), Reply::Integer(1));
+        assert_eq!(run(&e, s, "SETNX k w"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "SETEX k 100 x"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "TTL k"), Reply::Integer(100));
+        assert_eq!(
+            run(&e, s, "SETEX k 0 x"),
+            Reply::err("invalid expire time in 'setex' command")
+        );
+        assert_eq!(run(&e, s, "GETEX k PERSIST"), bulk("x"));
+        assert_eq!(run(&e, s, "TTL k"), Reply::Integer(-1));
+        assert_eq!(run(&e, s, "GETEX k PX 5000"), bulk("x"));
+        assert!(matches!(run(&e, s, "PTTL k"), Reply::Integer(n) if n > 4000 && n <= 5000));
+        assert_eq!(run(&e, s, "GETEX k EX 10 PERSIST"), Reply::err(SYNTAX));
+        assert_eq!(run(&e, s, "GETEX k EXAT 1"), bulk("x"));
+        assert_eq!(run(&e, s, "EXISTS k"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "INCRBYFLOAT f 0.1"), bulk("0.1"));
+        assert_eq!(run(&e, s, "INCRBYFLOAT f 0.2"), bulk("0.3"));
+        assert_eq!(
+            run(&e, s, "INCRBYFLOAT f inf"),
+            Reply::err("increment would produce NaN or Infinity")
+        );
+        assert_eq!(run(&e, s, "GET f"), bulk("0.3"));
+        assert_eq!(run(&e, s, "HMSET h b 2 a 1"), Reply::Simple("OK"));
+        assert_eq!(
+            run(&e, s, "HMGET h a x b"),
+            Reply::Array(vec![bulk("1"), Reply::Null, bulk("2")])
+        );
+        assert_eq!(
+            run(&e, s, "HKEYS h"),
+            Reply::Array(vec![bulk("a"), bulk("b")])
+        );
+        assert_eq!(
+            run(&e, s, "HVALS h"),
+            Reply::Array(vec![bulk("1"), bulk("2")])
+        );
+        assert_eq!(run(&e, s, "HSETNX h a 9"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "HSETNX h c 33"), Reply::Integer(1));
+        assert_eq!(run(&e, s, "HSTRLEN h c"), Reply::Integer(2));
+        assert_eq!(run(&e, s, "HINCRBYFLOAT h a 1.5"), bulk("2.5"));
+        assert_eq!(
+            run(&e, s, "HINCRBYFLOAT h a inf"),
+            Reply::err("value is NaN or Infinity")
+        );
+        assert_eq!(run(&e, s, "HMGET f a"), Reply::Error(WRONGTYPE.into()));
+        // RESP3: INCRBYFLOAT answers a bulk string, as in Redis.
+        let mut out = Vec::new();
+        run(&e, s, "INCRBYFLOAT f 1").encode(Protocol::Resp3, &mut out);
+        assert_eq!(out, b"$3\r\n1.3\r\n");
+    }
+
+    #[test]
+    fn added_key_commands() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        run(&e, s, "SET a 1");
+        assert_eq!(run(&e, s, "EXPIRETIME a"), Reply::Integer(-1));
+        assert_eq!(run(&e, s, "EXPIREAT a 4102444800"), Reply::Integer(1));
+        assert_eq!(run(&e, s, "EXPIRETIME a"), Reply::Integer(4_102_444_800));
+        assert_eq!(
+            run(&e, s, "PEXPIRETIME a"),
+            Reply::Integer(4_102_444_800_000)
+        );
+        assert_eq!(
+            run(&e, s, "PEXPIREAT a 4102444800001 LT"),
+            Reply::Integer(0)
+        );
+        assert_eq!(
+            run(&e, s, "EXPIREAT a 1 NX XX"),
+            Reply::err("NX and XX, GT or LT options at the same time are not compatible")
+        );
+        assert_eq!(run(&e, s, "COPY a b"), Reply::Integer(1));
+        assert_eq!(
+            run(&e, s, "PEXPIRETIME b"),
+            Reply::Integer(4_102_444_800_000)
+        );
+        assert_eq!(run(&e, s, "COPY a b"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "COPY a b DB 3"), Reply::Integer(1));
+        assert_eq!(
+            run(&e, s, "COPY a a"),
+            Reply::err("source and destination objects are the same")
+        );
+        assert_eq!(run(&e, s, "TOUCH a b nokey"), Reply::Integer(2));
+        assert_eq!(run(&e, s, "EXPIREAT a 1"), Reply::Integer(1));
+        assert_eq!(run(&e, s, "RANDOMKEY"), bulk("b"));
+        run(&e, s, "SELECT 3");
+        assert_eq!(run(&e, s, "GET b"), bulk("1"));
+        assert_eq!(run(&e, s, "FLUSHDB"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "RANDOMKEY"), Reply::Null);
+        run(&e, s, "SELECT 0");
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(1));
+        assert!(matches!(run(&e, s, "TIME"), Reply::Array(parts) if parts.len() == 2));
+        assert_eq!(run(&e, s, "FLUSHALL SYNC now"), Reply::err(SYNTAX));
+    }
+
+    #[test]
+    fn flushes_larger_than_a_transaction_go_in_batches() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let keys = 5 * e.store.max_keys_per_transaction() + 3;
+        for i in 0..keys {
+            run(&e, s, &format!("SET k{i} v"));
+        }
+        run(&e, s, "SELECT 1");
+        run(&e, s, "SET other v");
+        run(&e, s, "SELECT 0");
+        // Inside MULTI one transaction holds the flush: more keys than that is an error.
+        run(&e, s, "MULTI");
+        run(&e, s, "FLUSHDB");
+        assert!(matches!(
+            &run(&e, s, "EXEC"),
+            Reply::Array(r) if matches!(&r[0], Reply::Error(m) if m.contains("inside MULTI"))
+        ));
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(keys as i64));
+        assert_eq!(run(&e, s, "FLUSHDB ASYNC"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(0));
+        run(&e, s, "SELECT 1");
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(1));
+        // A small database flushes inside MULTI, atomically with the rest of it.
+        run(&e, s, "MULTI");
+        run(&e, s, "SET x 1");
+        run(&e, s, "FLUSHALL");
+        run(&e, s, "SET y 1");
+        assert_eq!(
+            run(&e, s, "EXEC"),
+            Reply::Array(vec![
+                Reply::Simple("OK"),
+                Reply::Simple("OK"),
+                Reply::Simple("OK")
+            ])
+        );
+        assert_eq!(run(&e, s, "KEYS *"), Reply::Array(vec![bulk("y")]));
+    }
+
+    #[test]
+    fn info_sections_as_redis_selects_them() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        run(&e, s, "SET a 1");
+        run(&e, s, "SET b 1 EX 100");
+        run(&e, s, "SELECT 2");
+        run(&e, s, "SET c 1");
+        let text = |reply: Reply| match reply {
+            Reply::Verbatim(t) => String::from_utf8(t).unwrap(),
+            other => panic!("INFO answered {other:?}"),
+        };
+        let keyspace = text(run(&e, s, "INFO keyspace"));
+        assert_eq!(
+            keyspace,
+            "# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=0\r\ndb2:keys=1,expires=0,avg_ttl=0\r\n"
+        );
+        let two = text(run(&e, s, "INFO CLIENTS Replication"));
+        assert!(two.starts_with("# Clients\r\n"), "{two}");
+        assert!(
+            two.contains("\r\n\r\n# Replication\r\nrole:master\r\n"),
+            "{two}"
+        );
+        assert!(!two.contains("# Server"), "{two}");
+        let all = text(run(&e, s, "INFO"));
+        for section in [
+            "Server",
+            "Clients",
+            "Memory",
+            "Persistence",
+            "Stats",
+            "Keyspace",
+        ] {
+            assert!(
+                all.contains(&format!("# {section}\r\n")),
+                "{section}: {all}"
+            );
+        }
+        let headers = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(headers(&text(run(&e, s, "INFO everything"))), headers(&all));
+        assert_eq!(headers(&text(run(&e, s, "INFO all"))), headers(&all));
+        assert_eq!(text(run(&e, s, "INFO nosuchsection")), "");
+        // RESP3 answers a verbatim string.
+        let mut out = Vec::new();
+        Reply::Verbatim(b"x".to_vec()).encode(Protocol::Resp3, &mut out);
+        assert_eq!(out, b"=5\r\ntxt:x\r\n");
+    }
+
+    #[test]
+    fn client_list_info_and_kill() {
+        let e = engine(None);
+        let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let a = &mut Session::new(7, true);
+        a.attach(e.clients().register(7, addr(5001), addr(6379), 11, None));
+        let b = &mut Session::new(8, true);
+        b.attach(e.clients().register(8, addr(5002), addr(6379), 12, None));
+        run(&e, b, "CLIENT SETNAME worker");
+        run(&e, b, "SELECT 4");
+        let Reply::Verbatim(info) = run(&e, a, "CLIENT INFO") else {
+            panic!("CLIENT INFO");
+        };
+        let info = String::from_utf8(info).unwrap();
+        assert!(
+            info.starts_with("id=7 addr=127.0.0.1:5001 laddr=127.0.0.1:6379 fd=11 name= "),
+            "{info}"
+        );
+        assert!(
+            info.contains(" cmd=client|info ") && info.ends_with('\n'),
+            "{info}"
+        );
+        let Reply::Verbatim(list) = run(&e, a, "CLIENT LIST") else {
+            panic!("CLIENT LIST");
+        };
+        let list = String::from_utf8(list).unwrap();
+        let lines: Vec<&str> = list.lines().collect();
+        assert_eq!(lines.len(), 2, "{list}");
+        assert!(lines[1].contains("id=8 ") && lines[1].contains(" name=worker "));
+        assert!(lines[1].contains(" db=4 ") && lines[1].contains(" cmd=select "));
+        assert_eq!(
+            run(&e, a, "CLIENT LIST ID 8 99"),
+            Reply::Verbatim(format!("{}\n", lines[1]).into_bytes())
+        );
+        assert_eq!(
+            run(&e, a, "CLIENT LIST TYPE pubsub"),
+            Reply::Verbatim(Vec::new())
+        );
+        assert_eq!(run(&e, a, "CLIENT NO-EVICT on"), Reply::Simple("OK"));
+        assert_eq!(
+            run(&e, a, "CLIENT KILL 1.2.3.4:5"),
+            Reply::err("No such client")
+        );
+        assert_eq!(
+            run(&e, a, "CLIENT KILL ID 0"),
+            Reply::err("client-id should be greater than 0")
+        );
+        assert_eq!(
+            run(&e, a, "CLIENT KILL ADDR 127.0.0.1:5002"),
+            Reply::Integer(1)
+        );
+        // Killing itself: the reply goes out, then the connection closes.
+        let outcome = e.execute(
+            a,
+            vec![
+                b"CLIENT".to_vec(),
+                b"KILL".to_vec(),
+                b"127.0.0.1:5001".to_vec(),
+            ],
+        );
+        assert_eq!((outcome.reply, outcome.close), (Reply::Simple("OK"), true));
+        // Inside MULTI, what only reads.
+        let d = &mut Session::new(11, true);
+        d.attach(e.clients().register(11, addr(5004), addr(6379), 14, None));
+        run(&e, d, "MULTI");
+        run(&e, d, "CLIENT ID");
+        run(&e, d, "CLIENT INFO");
+        run(&e, d, "CLIENT KILL ID 7");
+        let Reply::Array(replies) = run(&e, d, "EXEC") else {
+            panic!("EXEC");
+        };
+        assert_eq!(replies[0], Reply::Integer(11));
+        assert!(matches!(&replies[1], Reply::Verbatim(l) if l.starts_with(b"id=11 ")));
+        assert_eq!(
+            replies[2],
+            Reply::err("CLIENT KILL is not allowed inside MULTI here")
+        );
+        drop(std::mem::replace(d, Session::new(12, true)));
+        // Both are gone from the list (their threads would still be closing them).
+        let c = &mut Session::new(9, true);
+        c.attach(e.clients().register(9, addr(5003), addr(6379), 13, None));
+        let Reply::Verbatim(list) = run(&e, c, "CLIENT LIST") else {
+            panic!("CLIENT LIST");
+        };
+        let list = String::from_utf8(list).unwrap();
+        assert!(
+            list.starts_with("id=9 ") && list.lines().count() == 1,
+            "{list}"
+        );
+        drop(std::mem::replace(b, Session::new(10, true)));
+        assert_eq!(e.clients().list(9, |_| true).lines().count(), 1);
     }
 
     #[test]

@@ -472,7 +472,7 @@ impl Client {
             "-" => Resp::Error(rest.into()),
             ":" => Resp::Integer(number()?),
             "_" => Resp::Null,
-            "$" => {
+            "$" | "=" => {
                 let n = number()?;
                 if n < 0 {
                     return Ok(Resp::Null);
@@ -484,6 +484,10 @@ impl Client {
                 let mut bytes = vec![0; n + 2];
                 self.reader.read_exact(&mut bytes)?;
                 bytes.truncate(n);
+                if kind == "=" {
+                    // A verbatim string: its 3-letter format and ':' first.
+                    bytes.drain(..n.min(4));
+                }
                 Resp::Bulk(bytes)
             }
             "*" | "%" => {
@@ -511,9 +515,13 @@ impl Client {
         matches!(self.reader.read(&mut byte), Ok(0) | Err(_))
     }
 
-    /// `INFO`'s `key:value` fields.
+    /// `INFO clients fusion`'s `key:value` fields (not the keyspace section, which counts
+    /// keys by scanning them).
     pub fn info(&mut self) -> Result<BTreeMap<String, String>, LocalError> {
-        match self.call(&["INFO"]).map_err(io("INFO"))? {
+        match self
+            .call(&["INFO", "clients", "fusion"])
+            .map_err(io("INFO"))?
+        {
             Resp::Bulk(text) => Ok(parse_info(&String::from_utf8_lossy(&text))),
             other => Err(LocalError::Reply(format!("INFO answered {other:?}"))),
         }

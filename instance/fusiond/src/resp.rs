@@ -352,6 +352,9 @@ pub enum Reply {
     Integer(i64),
     /// `$n` and the bytes.
     Bulk(Vec<u8>),
+    /// Text for people (`INFO`, `CLIENT LIST`): a bulk string in RESP2, a verbatim string
+    /// (`=n`, format `txt`) in RESP3, as Redis answers.
+    Verbatim(Vec<u8>),
     /// The null bulk string (RESP2 `$-1`, RESP3 `_`).
     Null,
     /// The null array (RESP2 `*-1`, RESP3 `_`).
@@ -385,6 +388,15 @@ impl Reply {
                 out.extend_from_slice(bytes);
                 out.extend_from_slice(b"\r\n");
             }
+            Reply::Verbatim(text) => match protocol {
+                Protocol::Resp2 => Reply::Bulk(text.clone()).encode(protocol, out),
+                Protocol::Resp3 => {
+                    line(out, b'=', (text.len() + 4).to_string().as_bytes());
+                    out.extend_from_slice(b"txt:");
+                    out.extend_from_slice(text);
+                    out.extend_from_slice(b"\r\n");
+                }
+            },
             Reply::Null => match protocol {
                 Protocol::Resp2 => out.extend_from_slice(b"$-1\r\n"),
                 Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),

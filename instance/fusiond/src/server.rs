@@ -116,12 +116,21 @@ fn accept_loop<S: Store>(
         }
         metrics.set_connected(clients.connected());
         let id = clients.next_id.fetch_add(1, Ordering::Relaxed);
+        // In the table for CLIENT LIST and KILL until the session ends.
+        let registration = engine.clients().register(
+            id,
+            peer,
+            stream.local_addr().unwrap_or(peer),
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            stream.try_clone().ok(),
+        );
         let (engine, metrics) = (engine.clone(), metrics.clone());
         let slot = ClientSlot(clients.clone(), metrics.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("resp-{id}"))
             .spawn(move || {
-                let session = Session::new(id, !requirepass);
+                let mut session = Session::new(id, !requirepass);
+                session.attach(registration);
                 if let Err(e) = client_loop(stream, session, &engine, limits, &slot.0, &metrics) {
                     tracing::debug!(client = id, %peer, error = %e, "client closed");
                 }

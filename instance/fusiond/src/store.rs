@@ -74,8 +74,20 @@ pub trait Store: Send + Sync + 'static {
     /// The newest committed value of `key`, read outside any transaction: a single read
     /// needs no locks (it neither waits for nor blocks other readers).
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// Up to `limit` committed pairs with keys in `(from, to)`, in key order, read outside
+    /// any transaction: no locks, each leaf consistent, the whole not one snapshot (`INFO`'s
+    /// key counts).
+    fn scan_committed(
+        &self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Pairs, Self::Error>;
     /// The error reply for `error` (Redis's wording where Redis has one).
     fn error_message(error: &Self::Error) -> String;
+    /// True when `error` says the transaction's changes outgrew one commit (a smaller batch
+    /// would fit).
+    fn too_large(error: &Self::Error) -> bool;
     /// Most keys one transaction may touch (reads and scans included).
     fn max_keys_per_transaction(&self) -> usize;
 }
@@ -154,6 +166,17 @@ impl Store for KvStore {
     }
     fn max_keys_per_transaction(&self) -> usize {
         self.kv.config().max_keys_per_txn
+    }
+    fn scan_committed(
+        &self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Pairs, kv::KvError> {
+        self.kv.scan(from, to, limit)
+    }
+    fn too_large(error: &kv::KvError) -> bool {
+        matches!(error, kv::KvError::TxnTooLarge { .. })
     }
     fn error_message(error: &kv::KvError) -> String {
         match error {
@@ -284,6 +307,23 @@ pub(crate) mod memory {
         }
         fn error_message(error: &String) -> String {
             format!("ERR {error}")
+        }
+        fn scan_committed(
+            &self,
+            from: Bound<&[u8]>,
+            to: Bound<&[u8]>,
+            limit: usize,
+        ) -> Result<Pairs, String> {
+            Ok(self
+                .map
+                .lock()
+                .range::<[u8], _>((from, to))
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        }
+        fn too_large(_error: &String) -> bool {
+            false
         }
         fn max_keys_per_transaction(&self) -> usize {
             MAX_KEYS

@@ -121,6 +121,15 @@ impl Value {
         out
     }
 
+    /// The expiry time of stored bytes, read from the header alone (`INFO`'s key counts).
+    pub fn expiry_of(bytes: &[u8]) -> Result<Option<u64>, Corrupt> {
+        let header = bytes.get(1..9).ok_or(Corrupt("short header"))?;
+        let mut at_bytes = [0u8; 8];
+        at_bytes.copy_from_slice(header);
+        let at = u64::from_le_bytes(at_bytes);
+        Ok((at != 0).then_some(at))
+    }
+
     /// Decodes stored bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, Corrupt> {
         let (&tag, rest) = bytes.split_first().ok_or(Corrupt("empty"))?;

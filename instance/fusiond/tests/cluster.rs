@@ -38,7 +38,7 @@ fn three_instances_share_every_key() {
     assert_eq!(c0.call(&["HGET", "h", "f"]).unwrap(), Resp::bulk("v"));
     // The blocks travelled memory to memory: no instance wrote a data block.
     for id in 0..3 {
-        let Resp::Bulk(info) = cluster.client(id).call(&["INFO"]).unwrap() else {
+        let Resp::Bulk(info) = cluster.client(id).call(&["INFO", "fusion"]).unwrap() else {
             panic!("INFO is not a bulk string");
         };
         let info = String::from_utf8(info).unwrap();
@@ -337,7 +337,7 @@ fn background_checkpoints_reuse_redo_space() {
     let stop = Arc::new(AtomicBool::new(false));
     let handles = incrementers(&cluster, &[0, 1, 2], 2, &keys, stop.clone());
     let redo_blocks = |cluster: &Cluster, id: usize| -> u64 {
-        let Resp::Bulk(info) = call_retrying(cluster, id, &["INFO"]) else {
+        let Resp::Bulk(info) = call_retrying(cluster, id, &["INFO", "fusion"]) else {
             panic!("INFO is not a bulk string");
         };
         String::from_utf8(info)
@@ -443,7 +443,7 @@ fn a_majority_restarts_the_cluster_with_a_member_missing() {
 
 /// `members_up` from instance `id`'s INFO.
 fn members_up(cluster: &Cluster, id: usize) -> usize {
-    let Resp::Bulk(info) = cluster.client(id).call(&["INFO"]).unwrap() else {
+    let Resp::Bulk(info) = cluster.client(id).call(&["INFO", "fusion"]).unwrap() else {
         panic!("INFO is not a bulk string");
     };
     String::from_utf8_lossy(&info)

@@ -42,7 +42,7 @@ fn alert(metrics: &str, severity: &str) -> f64 {
 
 /// INFO field `key` of instance `id`.
 fn info(cluster: &Cluster, id: usize, key: &str) -> String {
-    let Resp::Bulk(text) = cluster.client(id).call(&["INFO"]).unwrap() else {
+    let Resp::Bulk(text) = cluster.client(id).call(&["INFO", "fusion"]).unwrap() else {
         panic!("INFO is not a bulk string");
     };
     let text = String::from_utf8(text).unwrap();

@@ -205,7 +205,7 @@ impl Partitioned {
     }
 
     fn info(&self, id: usize, key: &str) -> u64 {
-        let Resp::Bulk(info) = call_retrying(&self.cluster, id, &["INFO"]) else {
+        let Resp::Bulk(info) = call_retrying(&self.cluster, id, &["INFO", "fusion"]) else {
             panic!("INFO is not a bulk string");
         };
         String::from_utf8(info)

@@ -1,9 +1,12 @@
 //! Fusiond against Redis itself: the same seeded random commands (strings, counters, hashes,
 //! expiry, renames, `MULTI`/`EXEC` blocks, pipelines, wrong types, syntax errors, bad
-//! numbers) go to a `redis-server` and to a 3-instance fusiond cluster, each step through a
-//! randomly chosen instance, and every reply must match Redis's (errors by their first word;
-//! unordered replies sorted; a positive TTL as "positive"). Skipped with one line where
-//! `redis-server` is not installed.
+//! numbers, and the commands clients and test harnesses use: `SETNX`, `SETEX`, `GETEX`,
+//! `INCRBYFLOAT`, `HMGET`, `HINCRBYFLOAT`, `EXPIREAT`, `EXPIRETIME`, `COPY`, `FLUSHDB`,
+//! `INFO keyspace`...) go to a `redis-server` and to a 3-instance fusiond cluster, each step
+//! through a randomly chosen instance, and every reply must match Redis's (errors by their
+//! first word, those of the added commands word for word; unordered replies sorted; a
+//! positive TTL or relative expiry time as "positive"; `TIME` and `RANDOMKEY` by their
+//! shape). Skipped with one line where `redis-server` is not installed.
 //!
 //! The generator leaves out only fusiond's documented departures (README, "Deploy"): `KEYS`,
 //! `SCAN` and `DBSIZE` inside `MULTI`, and `SELECT` of another database (each instance is a
@@ -21,8 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 /// Seeds × steps: each step is one command, a pipeline of up to 6, or a `MULTI` block.
-const SEEDS: u64 = 8;
-const STEPS: usize = 250;
+const SEEDS: u64 = 12;
+const STEPS: usize = 300;
 
 const KEYS: [&str; 8] = ["k0", "k1", "k2", "k3", "k4", "h0", "h1", "h2"];
 const VALUES: [&str; 10] = [
@@ -37,6 +40,22 @@ const VALUES: [&str; 10] = [
     " 12",
     "12 ",
 ];
+const FLOATS: [&str; 10] = [
+    "0.1",
+    "-2.5",
+    "1e3",
+    "abc",
+    "inf",
+    "5.0e-1",
+    "0x10",
+    "12345.678",
+    "1",
+    " 1",
+];
+/// An absolute expiry far ahead (2100-01-01), in seconds and milliseconds: `EXPIRETIME`
+/// answers it exactly on both servers.
+const FUTURE_S: &str = "4102444800";
+const FUTURE_MS: &str = "4102444800000";
 const NUMBERS: [&str; 7] = [
     "0",
     "1",
@@ -60,6 +79,10 @@ impl Rng {
 
     fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
         from[self.below(from.len())]
+    }
+
+    fn pick_many<'a>(&mut self, from: &[&[&'a str]]) -> Vec<&'a str> {
+        from[self.below(from.len())].to_vec()
     }
 }
 
@@ -126,22 +149,129 @@ fn command(rng: &mut Rng, in_multi: bool) -> Vec<String> {
         vec!["KEYS", rng.pick(&["*", "k*", "h?", "[hk]1"])],
         vec!["SCAN", "0", "COUNT", "100"],
         vec!["DBSIZE"],
+        // The commands added for clients and test harnesses (issue 11).
+        vec!["SETNX", k, v],
+        vec!["SETEX", k, rng.pick(&["100", "0", "-1", "abc"]), v],
+        vec!["PSETEX", k, rng.pick(&["100000", "0", "abc"]), v],
+        vec!["GETEX", k],
+        vec!["GETEX", k, "PERSIST"],
+        vec![
+            "GETEX",
+            k,
+            rng.pick(&["EX", "PX"]),
+            rng.pick(&["100000", "0", "abc"]),
+        ],
+        vec!["GETEX", k, "EXAT", rng.pick(&[FUTURE_S, "1"])],
+        vec!["GETEX", k, "PXAT", FUTURE_MS],
+        vec!["GETEX", k, "EX", "100", "PERSIST"],
+        vec!["GETEX", k, "EX", "100", "EX", "200"],
+        vec!["GETEX", k, "FOO"],
+        vec!["SET", k, v, "EXAT", FUTURE_S],
+        vec!["SET", k, v, "PXAT", FUTURE_MS, "GET"],
+        vec!["SET", k, v, "EXAT", "abc", "NX", "XX"],
+        vec!["SET", k, v, "EX", "100", "EX", "200"],
+        vec!["SET", k, v, "PX", "9223372036854775807"],
+        vec!["INCRBYFLOAT", k, rng.pick(&FLOATS)],
+        vec!["HMSET", k, f, v, "f2", v],
+        vec!["HMSET", k, f],
+        vec!["HMGET", k, f, "f2", "f9"],
+        vec!["HKEYS", k],
+        vec!["HVALS", k],
+        vec!["HSETNX", k, f, v],
+        vec!["HSTRLEN", k, f],
+        vec!["HINCRBYFLOAT", k, f, rng.pick(&FLOATS)],
+        vec!["HINCRBY", k, f, "abc"],
+        vec!["EXPIREAT", k, rng.pick(&[FUTURE_S, "1", "abc"])],
+        vec![
+            "EXPIREAT",
+            k,
+            FUTURE_S,
+            rng.pick(&["NX", "XX", "GT", "LT", "FOO"]),
+        ],
+        vec!["EXPIRE", k, "100", "NX", "XX"],
+        vec!["EXPIRE", k, "100", "GT", "LT"],
+        vec!["PEXPIREAT", k, rng.pick(&[FUTURE_MS, "1"])],
+        vec!["EXPIRETIME", k],
+        vec!["PEXPIRETIME", k],
+        vec!["TOUCH", k, k2, "nokey"],
+        vec!["COPY", k, k2],
+        vec!["COPY", k, k2, "REPLACE"],
+        vec!["COPY", k, k2, "DB", rng.pick(&["0", "99", "abc"])],
+        vec!["COPY", k, k],
+        vec!["COPY", k, k2, "FOO"],
+        vec!["RANDOMKEY"],
+        vec!["TIME"],
+        vec!["FLUSHDB", rng.pick(&["SYNC", "ASYNC", "FOO"])],
+        vec!["FLUSHALL"],
+        vec!["INFO", "keyspace"],
+        // CLIENT's answers that do not depend on which connections there are.
+        rng.pick_many(&[
+            &["CLIENT", "KILL", "ID", "abc"],
+            &["CLIENT", "KILL", "ID", "99999"],
+            &["CLIENT", "KILL", "1.2.3.4:5"],
+            &["CLIENT", "KILL", "ADDR", "1.2.3.4:5", "SKIPME", "no"],
+            &["CLIENT", "KILL", "foo", "bar"],
+            &["CLIENT", "KILL", "TYPE", "pubsub"],
+            &["CLIENT", "KILL", "USER", "nobody"],
+            &["CLIENT", "KILL"],
+            &["CLIENT", "NO-EVICT", "on"],
+            &["CLIENT", "NO-EVICT", "maybe"],
+            &["CLIENT", "LIST", "TYPE", "foo"],
+            &["CLIENT", "LIST", "TYPE", "pubsub"],
+            &["CLIENT", "LIST", "ID", "abc"],
+            &["CLIENT", "LIST", "foo"],
+            &["CLIENT", "INFO", "x"],
+            &["CLIENT", "GETREDIR"],
+        ]),
     ];
     loop {
         let chosen = &choices[rng.below(choices.len())];
-        if in_multi && matches!(chosen[0], "KEYS" | "SCAN" | "DBSIZE") {
+        if in_multi && matches!(chosen[0], "KEYS" | "SCAN" | "DBSIZE" | "INFO" | "CLIENT") {
             continue;
         }
         return chosen.iter().map(|s| s.to_string()).collect();
     }
 }
 
+/// Commands whose errors must match Redis's word for word.
+const ADDED: [&str; 26] = [
+    "SETNX",
+    "SETEX",
+    "PSETEX",
+    "GETEX",
+    "INCRBYFLOAT",
+    "HMSET",
+    "HMGET",
+    "HKEYS",
+    "HVALS",
+    "HSETNX",
+    "HSTRLEN",
+    "HINCRBYFLOAT",
+    "EXPIREAT",
+    "PEXPIREAT",
+    "EXPIRETIME",
+    "PEXPIRETIME",
+    "TOUCH",
+    "COPY",
+    "RANDOMKEY",
+    "TIME",
+    "FLUSHDB",
+    "FLUSHALL",
+    "INFO",
+    "EXPIRE",
+    "SET",
+    "CLIENT",
+];
+
 /// A reply in a form both servers must agree on.
 fn normal(command: &[String], reply: Resp) -> Resp {
     let name = command[0].to_ascii_uppercase();
     match (name.as_str(), reply) {
-        (_, Resp::Error(e)) => Resp::Error(e.split(' ').next().unwrap_or("").to_string()),
-        ("KEYS", Resp::Array(mut keys)) => {
+        // The commands added later match Redis's errors word for word.
+        (n, Resp::Error(e)) if !ADDED.contains(&n) => {
+            Resp::Error(e.split(' ').next().unwrap_or("").to_string())
+        }
+        ("KEYS" | "HKEYS" | "HVALS", Resp::Array(mut keys)) => {
             keys.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
             Resp::Array(keys)
         }
@@ -160,6 +290,28 @@ fn normal(command: &[String], reply: Resp) -> Resp {
             Resp::Simple(format!("{pairs:?}"))
         }
         ("TTL" | "PTTL", Resp::Integer(n)) if n > 0 => Resp::Simple("positive".into()),
+        // Times relative to when each server ran the command differ; the absolute ones
+        // this test sets do not.
+        ("EXPIRETIME" | "PEXPIRETIME", Resp::Integer(n))
+            if n > 0 && n.to_string() != FUTURE_S && n.to_string() != FUTURE_MS =>
+        {
+            Resp::Simple("positive".into())
+        }
+        ("TIME", Resp::Array(parts)) if parts.len() == 2 => Resp::Simple("time".into()),
+        ("RANDOMKEY", Resp::Bulk(key)) => {
+            let key = String::from_utf8(key).unwrap();
+            assert!(KEYS.contains(&key.as_str()), "RANDOMKEY answered {key}");
+            Resp::Simple("a key".into())
+        }
+        // Redis's average TTL is its own estimate.
+        ("INFO", Resp::Bulk(text)) => Resp::Simple(
+            String::from_utf8(text)
+                .unwrap()
+                .split("avg_ttl=")
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        ),
         (_, other) => other,
     }
 }
