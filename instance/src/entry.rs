@@ -452,11 +452,11 @@ impl Entry {
         self.restart_when_clear();
         // The peers hear at once which decision this instance knows (first look, or a new
         // one learnt): a formation waits for all of them to know the same.
-        if first || self.paxos.decided().epoch != known {
-            if let Some(hello) = self.hello() {
-                for peer in self.connected.iter() {
-                    self.send(peer, hello);
-                }
+        if (first || self.paxos.decided().epoch != known)
+            && let Some(hello) = self.hello()
+        {
+            for peer in self.connected.iter() {
+                self.send(peer, hello);
             }
         }
         self.decide(now);

@@ -550,14 +550,14 @@ impl Sim {
                 .all(|(owner, life)| self.nodes[*owner].life == *life);
             if !current {
                 // An earlier life's: only its storage write still lands.
-                match ev {
-                    Ev::PaxosWrite {
-                        node,
-                        bytes,
-                        land: true,
-                        ..
-                    } => self.blocks[node] = bytes,
-                    _ => {}
+                if let Ev::PaxosWrite {
+                    node,
+                    bytes,
+                    land: true,
+                    ..
+                } = ev
+                {
+                    self.blocks[node] = bytes;
                 }
                 continue;
             }
