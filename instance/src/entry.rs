@@ -205,7 +205,9 @@ pub struct Entry {
     paxos: DiskPaxos,
     /// This instance's own block was recovered (it may propose).
     recovered: bool,
-    /// A formation proposed here and not yet decided: its epoch.
+    /// The epoch of this instance's latest formation proposal, until that epoch is decided.
+    /// Kept after an abort: another former's phase 1 may adopt the value and decide it, and
+    /// then this instance forms.
     proposing: Option<Epoch>,
     /// No proposal before this (a backoff after an aborted one).
     propose_after: Timestamp,
@@ -539,7 +541,7 @@ impl Entry {
             self.ios.push_back(EntryIo::SlotRound);
         }
         if self.restarting.is_none()
-            && self.proposing.is_none()
+            && !self.paxos.is_proposing()
             && now.saturating_since(self.started) >= self.config.give_up_after
         {
             let me = self.config.me;
@@ -672,7 +674,6 @@ impl Entry {
                     }
                 }
                 PaxosEvent::Aborted { .. } => {
-                    self.proposing = None;
                     // Another former holds a higher ballot, or storage failed or stalled:
                     // back off by id, as the cluster manager does, so duels settle.
                     let index = self.config.me.index() as u32;
@@ -691,7 +692,7 @@ impl Entry {
     fn decide(&mut self, now: Timestamp) {
         if self.is_done()
             || self.restarting.is_some()
-            || self.proposing.is_some()
+            || self.paxos.is_proposing()
             || self.running.is_some()
             || !self.recovered
             || now < self.propose_after
@@ -1039,10 +1040,10 @@ mod tests {
             // Instance 1: only 2 answered; slot 0 still well past the lease and the grace.
             hello(&mut e1, 2, 10);
             let _ = serve(&mut e1, &mut d, 10);
+            round_on(&mut e1, &d, 2_000, &all, &[1, 2]);
+            let _ = serve(&mut e1, &mut d, 2_000);
+            // It proposes now; its I/O runs below.
             round_on(&mut e1, &d, 3_100, &all, &[1, 2]);
-            let _ = serve(&mut e1, &mut d, 3_100);
-            round_on(&mut e1, &d, 3_200, &all, &[1, 2]);
-            e1.handle_timeout(at(3_200));
             // Instance 0: its first look, then everyone says "not running, epoch 0".
             round_on(&mut e0, &d, 3_200, &all, &all);
             hello(&mut e0, 1, 3_200);
@@ -1051,7 +1052,7 @@ mod tests {
             let mut queues: [Vec<EntryIo>; 2] = [Vec::new(), Vec::new()];
             let mut restarted = [false, false];
             let mut ms = 3_200;
-            for _ in 0..2_000 {
+            for _ in 0..10_000 {
                 ms += 1;
                 for (k, e) in [&mut e0, &mut e1].into_iter().enumerate() {
                     while let Some(io) = e.poll_io() {
