@@ -42,8 +42,8 @@
 //!   cluster manager, the lease's renewal decisions, the recovery lifecycle (when it may
 //!   begin, which blocks, when it is done) and checkpoint completion.
 //! * [`runtime`] — the threads that move the node's bytes and time: the driver (transport +
-//!   node, spin then park), the I/O threads, the disk-heartbeat thread and the recovery
-//!   thread.
+//!   node, spin then park; a submitting thread that finds its state free runs the command
+//!   itself), the I/O threads, the disk-heartbeat thread and the recovery thread.
 //! * [`api`] — the Rust API: [`api::Instance`] (`start`, `read`, `begin` a transaction,
 //!   `lock`, `allocate_block`, `checkpoint`, `stats`, `shutdown`). Instances run as `fusiond`
 //!   processes (crate `instance/fusiond`), which serve the KV layer over RESP.

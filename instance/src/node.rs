@@ -13,6 +13,51 @@
 //! It owns those decisions and the queues between them (each bounded). It must never do I/O,
 //! read a clock, spawn a thread or log: the runtime (`crate::runtime`) and the simulator
 //! move its bytes and its time, and anything they observe comes in as an input.
+//!
+//! # Instance recovery: read at once, seal once the lost lease has run out, one sealer
+//!
+//! A reconfiguration that loses members starts a recovery here, in three steps:
+//!
+//! 1. **Scan** ([`RecoveryIo::Scan`]), asked for at once: every configured thread's redo
+//!    from its checkpoint, into a [`ResumableScan`]. It only reads, so it may run while a
+//!    lost member's lease still runs and it may still write.
+//! 2. Once the lost members' lease has run out ([`ClusterManager::recovery_start`]: a lease
+//!    and an eighth after the later of the decision learnt here and their last heartbeat
+//!    change seen, or their reservation keys preempted): the **sealer**, the lowest member,
+//!    reads every thread on from where the scan stopped and seals the lost lives where it
+//!    stopped ([`RecoveryIo::Seal`]) — the first recovery write. Every other survivor looks
+//!    for those seals every [`SEAL_POLL_INTERVAL`] and, once they are on storage, reads on
+//!    up to them ([`RecoveryIo::AwaitSeal`]); one that has waited a whole lease past the
+//!    lease's end seals itself (the sealer's storage stalls; a new epoch ends the wait if it
+//!    died).
+//! 3. **Rebuild** the recovery set from that scan ([`RecoveryIo::Rebuild`]).
+//!
+//! Why no acknowledged commit is lost and no unacknowledged one is applied:
+//!
+//! * A lost member acknowledges a commit only when its redo write has completed and its
+//!   lease, checked after completion, holds (`runtime::Lease::confirm`), or a disk round
+//!   that began after the completion renewed it (then the write completed before the
+//!   decision landed). Its lease ends by `recovery_start` (docs/membership.md). So every
+//!   record it acknowledged landed before the lease ran out: before the sealer reads on.
+//! * It may commit, and acknowledge, *between* the scan and the lease's end: the seal must
+//!   not be placed where the scan stopped, or those commits would be lost. The sealer reads
+//!   on after the lease has run out, from the first block of the last write the scan read
+//!   (a write holds whole entries, starts a fresh log block, and only one is in flight per
+//!   life, so every earlier write was complete): it reads every record that landed
+//!   meanwhile, acknowledged or not, once each. A record landing after it read that place
+//!   completed after the lease ran out, so it was never acknowledged; the seal puts it past
+//!   the life's end, and no scan ever reads it.
+//! * With one sealer, every survivor rebuilds from the same records: the others read only
+//!   up to the seal (the lives cut there), so an unacknowledged write that landed before the
+//!   seal is applied by all of them or, if it lies past it, by none (two survivors sealing
+//!   at ends a late write fell between would apply it to some blocks only). A thread cut
+//!   below what a scan already took (storage lost a write that had landed) is read again
+//!   from its checkpoint ([`ResumableScan`]). The fallback seal of a survivor that waited in
+//!   vain is a second seal of the life; scans use the lowest one, so nothing past it is read
+//!   later, but that one case keeps the limit of two sealers.
+//! * No survivor writes for a recovery before the lost lease has run out: the sealer's
+//!   first write is the seal, asked for only then; the others rebuild only after finding
+//!   the seal (written after it), and look only after their own estimate of the lease's end.
 
 use crate::cluster::{
     ClusterAction, ClusterDecodeError, ClusterManager, ClusterMessage, FailureConfig, InstanceEvent,
@@ -20,7 +65,7 @@ use crate::cluster::{
 use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
 use crate::format::control::SLOT_PAXOS_LEN;
 use crate::paxos::PaxosIo;
-use crate::recovery::ThreadScan;
+use crate::recovery::{ResumableScan, ThreadScan};
 use gcs::{BlockId, BlockMode};
 use ges::{LockMode, LockName, VALUE_LEN};
 use interconnect::{Epoch, InstanceId, InstanceSet, Scn, Service, Timestamp};
@@ -37,6 +82,10 @@ pub const MAX_PENDING_CHECKPOINTS: usize = 64;
 
 /// Most events queued for the driver (the oldest go first).
 pub const MAX_QUEUED_EVENTS: usize = 1024;
+
+/// How often a survivor that is not the sealer looks for the sealer's seal once the lost
+/// members' lease has run out (a look reads the slots and seal sectors only).
+pub const SEAL_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// What a [`Node`] starts with, besides its core and cluster manager.
 #[derive(Debug, Clone)]
@@ -124,18 +173,41 @@ pub enum RecoveryIo {
         /// Whose keys.
         lost: InstanceSet,
     },
-    /// Scan the redo of these threads (every configured one: a block a lost instance held
-    /// may carry a change only in another thread's redo), seal the newest lives of `lost`
-    /// durably where the scan read them to (a write of theirs that lands later is never
-    /// read by a later scan), and report the changed blocks and the scan with
-    /// [`Node::handle_scanned`].
+    /// Read the redo of these threads (every configured one: a block a lost instance held
+    /// may carry a change only in another thread's redo) with a [`ResumableScan`], and
+    /// report it with [`Node::handle_scanned`]. Asked for at the decision, while the lost
+    /// members' lease may still run: it only reads.
     Scan {
         /// The epoch whose recovery this is.
         epoch: Epoch,
         /// The threads.
         threads: InstanceSet,
+    },
+    /// The lost members' lease has run out, and this instance is the sealer (the lowest
+    /// member): read `scan` on to the threads' ends ([`ResumableScan::resume`]), seal the
+    /// newest lives of `lost` durably where it stopped (`storage::life::seal_lost`: a write
+    /// of theirs that lands later is never read by any scan), and report
+    /// [`ScanOutcome::Sealed`] with [`Node::handle_sealed`]. The first recovery write: the
+    /// lease must hold when it starts.
+    Seal {
+        /// The epoch whose recovery this is.
+        epoch: Epoch,
         /// The lost instances whose lives are sealed.
         lost: InstanceSet,
+        /// The scan read at the decision.
+        scan: Box<ResumableScan>,
+    },
+    /// The lost members' lease has run out and the sealer seals their lives: if every
+    /// newest life of `lost` is ended (sealed) on storage, read `scan` on to those ends and
+    /// report [`ScanOutcome::Sealed`], else report [`ScanOutcome::NotSealed`] with the scan
+    /// as it was, with [`Node::handle_sealed`]. Writes nothing.
+    AwaitSeal {
+        /// The epoch whose recovery this is.
+        epoch: Epoch,
+        /// The lost instances whose lives must be sealed.
+        lost: InstanceSet,
+        /// The scan read at the decision.
+        scan: Box<ResumableScan>,
     },
     /// Rebuild these blocks from their start (past image or storage) and `scan`'s redo,
     /// write them, and report each with [`Node::handle_recovered`]. The lease must hold
@@ -148,6 +220,16 @@ pub enum RecoveryIo {
         /// The redo.
         scan: Arc<ThreadScan>,
     },
+}
+
+/// How a [`RecoveryIo::Seal`] or [`RecoveryIo::AwaitSeal`] ended.
+#[derive(Debug)]
+pub enum ScanOutcome {
+    /// The lost lives are sealed and the scan read every thread to its end (the lost ones
+    /// to their seals): recovery rebuilds from it.
+    Sealed(Arc<ThreadScan>),
+    /// Not every lost life is sealed yet: asked again shortly.
+    NotSealed(Box<ResumableScan>),
 }
 
 /// A checkpoint's storage work.
@@ -259,12 +341,31 @@ pub enum NodeError {
 #[derive(Debug)]
 struct Recovery {
     epoch: Epoch,
-    /// When this instance learnt of the decision (or the recovery set), while the scan is
-    /// not asked for yet: it is asked once the lost instances surely write no more
-    /// ([`ClusterManager::recovery_start`]).
-    scan_due: Option<Timestamp>,
-    /// The scan, once read.
-    scan: Option<Arc<ThreadScan>>,
+    /// When this instance learnt of the decision (or the recovery set): the seal waits for
+    /// the lost members' lease counted from it ([`ClusterManager::recovery_start`]).
+    decided_at: Timestamp,
+    step: RecoveryStep,
+}
+
+/// Where a recovery stands: read the redo at once, seal (or await the sealer's seal) once
+/// the lost members write no more, rebuild.
+#[derive(Debug)]
+enum RecoveryStep {
+    /// The read-only scan is to be asked for.
+    ScanDue,
+    /// The read-only scan is being read.
+    Scanning,
+    /// Read; waits for the lost members' lease to run out.
+    Scanned(Box<ResumableScan>),
+    /// The seal, or the look for the sealer's, is in flight.
+    Sealing,
+    /// The sealer's seal was not there yet: looked for again at `retry_at`.
+    AwaitingSeal {
+        scan: Box<ResumableScan>,
+        retry_at: Timestamp,
+    },
+    /// Sealed and read to the seals: the rebuilds use it.
+    Ready(Arc<ThreadScan>),
 }
 
 /// A checkpoint on its way.
@@ -560,29 +661,67 @@ impl Node {
         self.settle(now);
     }
 
-    /// [`RecoveryIo::Scan`] completed: the changed blocks of every thread and the scan, or
-    /// why the redo could not be read (this instance stops).
+    /// [`RecoveryIo::Scan`] completed: the scan read so far, or why the redo could not be
+    /// read (this instance stops).
     pub fn handle_scanned(
         &mut self,
         epoch: Epoch,
-        result: Result<(Vec<BlockId>, Arc<ThreadScan>), String>,
+        result: Result<ResumableScan, String>,
         now: Timestamp,
     ) {
         match result {
-            Ok((changed, scan)) => {
+            Ok(scan) => {
                 if let Some(recovery) = &mut self.recovery
                     && recovery.epoch == epoch
+                    && matches!(recovery.step, RecoveryStep::Scanning)
                 {
-                    recovery.scan = Some(scan);
-                    // A recovery with no member lost (a recovery set at a join) has no dead
-                    // redo to report.
-                    if !self.lost.is_empty() {
-                        self.core.on_redo_scanned(changed, now);
+                    recovery.step = RecoveryStep::Scanned(Box::new(scan));
+                }
+            }
+            Err(e) => self.give_up(format!("instance recovery: reading redo: {e}"), now),
+        }
+        self.settle(now);
+    }
+
+    /// [`RecoveryIo::Seal`] or [`RecoveryIo::AwaitSeal`] completed: the scan to rebuild
+    /// from, the scan back while the sealer's seal is not there, or why sealing or reading
+    /// failed (this instance stops).
+    pub fn handle_sealed(
+        &mut self,
+        epoch: Epoch,
+        result: Result<ScanOutcome, String>,
+        now: Timestamp,
+    ) {
+        match result {
+            Ok(outcome) => {
+                if let Some(recovery) = &mut self.recovery
+                    && recovery.epoch == epoch
+                    && matches!(recovery.step, RecoveryStep::Sealing)
+                {
+                    match outcome {
+                        ScanOutcome::Sealed(scan) => {
+                            let changed = scan.changed_blocks();
+                            recovery.step = RecoveryStep::Ready(scan);
+                            // A recovery with no member lost (a recovery set at a join) has
+                            // no dead redo to report.
+                            if !self.lost.is_empty() {
+                                self.core.on_redo_scanned(changed, now);
+                            }
+                        }
+                        ScanOutcome::NotSealed(scan) => {
+                            recovery.step = RecoveryStep::AwaitingSeal {
+                                scan,
+                                retry_at: now + SEAL_POLL_INTERVAL,
+                            };
+                        }
                     }
                 }
                 self.start_rebuild(now);
             }
-            Err(e) => self.give_up(format!("instance recovery: reading redo: {e}"), now),
+            Err(e) => self.give_up(
+                format!("instance recovery: sealing the lost redo: {e}"),
+                now,
+            ),
         }
         self.settle(now);
     }
@@ -672,7 +811,7 @@ impl Node {
     }
 
     /// Time passed: timers of the core and the cluster manager that are due fire, and a
-    /// recovery whose lost members' lease has run out asks for its redo scan.
+    /// recovery whose lost members' lease has run out asks for its seal.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         if self.core.poll_timeout().is_some_and(|at| at <= now) {
             self.core.handle_timeout(now);
@@ -840,7 +979,7 @@ impl Node {
         if let Some(core) = self.core.poll_timeout() {
             at = at.min(core);
         }
-        if let Some(due) = self.scan_due() {
+        if let Some(due) = self.recovery_due() {
             at = at.min(due);
         }
         at
@@ -848,33 +987,85 @@ impl Node {
 
     // ---- the lifecycle ---------------------------------------------------------------------
 
-    /// When the pending recovery may ask for its scan: the lost members' lease has run out
-    /// (a lost member whose disk heartbeat still moves has not stopped: the end moves with
-    /// it), or their reservation keys were preempted.
-    fn scan_due(&self) -> Option<Timestamp> {
-        let decided_at = self.recovery.as_ref()?.scan_due?;
-        Some(self.cluster.recovery_start(self.lost, decided_at))
+    /// When the lost members' lease has run out (a lost member whose disk heartbeat still
+    /// moves has not stopped: the end moves with it), or their reservation keys were
+    /// preempted: the first recovery write (the seal) may start.
+    fn lease_out_at(&self, recovery: &Recovery) -> Timestamp {
+        self.cluster.recovery_start(self.lost, recovery.decided_at)
     }
 
-    /// Carries out what the inputs caused: the cluster manager's actions, a due scan, a
+    /// When the pending recovery must next take a step by itself: ask for the seal (or look
+    /// for the sealer's) once the lost members' lease has run out, or look again.
+    fn recovery_due(&self) -> Option<Timestamp> {
+        let recovery = self.recovery.as_ref()?;
+        match &recovery.step {
+            RecoveryStep::Scanned(_) => Some(self.lease_out_at(recovery)),
+            RecoveryStep::AwaitingSeal { retry_at, .. } => Some(*retry_at),
+            _ => None,
+        }
+    }
+
+    /// The member that seals the lost lives: the lowest member (every survivor knows it from
+    /// the epoch's membership). A recovery with nothing lost seals nothing and waits for
+    /// nobody.
+    fn is_sealer(&self) -> bool {
+        self.lost.is_empty() || self.cluster.live().lowest() == Some(self.id())
+    }
+
+    /// Takes the recovery's next step when it is due: the read-only scan at once; once the
+    /// lost members' lease has run out, the seal (the sealer), or the look for the sealer's
+    /// seal (every other survivor, again each [`SEAL_POLL_INTERVAL`]). A survivor that has
+    /// waited a whole lease past the lease's end for a seal that never came (the sealer
+    /// stalls) seals itself: scans use the lowest seal of a life, so a second seal never
+    /// lets a later scan read further.
+    fn step_recovery(&mut self, now: Timestamp) {
+        let Some(recovery) = &self.recovery else {
+            return;
+        };
+        let epoch = recovery.epoch;
+        let lease_out = self.lease_out_at(recovery);
+        let give_up_waiting = lease_out + self.lease_length;
+        let sealer = self.is_sealer();
+        let lost = self.lost;
+        let threads = self.configured;
+        let Some(recovery) = &mut self.recovery else {
+            return;
+        };
+        let io = match std::mem::replace(&mut recovery.step, RecoveryStep::Sealing) {
+            RecoveryStep::ScanDue => {
+                recovery.step = RecoveryStep::Scanning;
+                RecoveryIo::Scan { epoch, threads }
+            }
+            RecoveryStep::Scanned(scan) if now >= lease_out => {
+                if sealer {
+                    RecoveryIo::Seal { epoch, lost, scan }
+                } else {
+                    RecoveryIo::AwaitSeal { epoch, lost, scan }
+                }
+            }
+            RecoveryStep::AwaitingSeal { scan, retry_at } if now >= retry_at => {
+                if now >= give_up_waiting {
+                    RecoveryIo::Seal { epoch, lost, scan }
+                } else {
+                    RecoveryIo::AwaitSeal { epoch, lost, scan }
+                }
+            }
+            other => {
+                recovery.step = other;
+                return;
+            }
+        };
+        self.ios.push_back(NodeIo::Recovery(io));
+    }
+
+    /// Carries out what the inputs caused: the cluster manager's actions, a recovery step, a
     /// core failure, the end of a rebuild or a recovery, checkpoints whose writes are done.
     fn settle(&mut self, now: Timestamp) {
         if self.stop.is_some() {
             return;
         }
         self.cluster_actions(now);
-        if let Some(due) = self.scan_due()
-            && now >= due
-            && let Some(recovery) = &mut self.recovery
-        {
-            recovery.scan_due = None;
-            let epoch = recovery.epoch;
-            self.ios.push_back(NodeIo::Recovery(RecoveryIo::Scan {
-                epoch,
-                threads: self.configured,
-                lost: self.lost,
-            }));
-        }
+        self.step_recovery(now);
         // The engines' state no longer matches the cluster's (a refused write leaves GCS
         // believing a block is being written): serving on would wedge those blocks
         // cluster-wide while this instance keeps heartbeating. Stop, so the others fence it
@@ -973,8 +1164,8 @@ impl Node {
             }
             self.recovery = Some(Recovery {
                 epoch,
-                scan_due: Some(now),
-                scan: None,
+                decided_at: now,
+                step: RecoveryStep::ScanDue,
             });
         }
     }
@@ -989,8 +1180,8 @@ impl Node {
             // wait out, no dead redo to report).
             self.recovery = Some(Recovery {
                 epoch: self.core.epoch(),
-                scan_due: Some(now),
-                scan: None,
+                decided_at: now,
+                step: RecoveryStep::ScanDue,
             });
             self.stats.recoveries_started += 1;
         }
@@ -1001,10 +1192,10 @@ impl Node {
 
     /// Hands the recovery-set blocks out once the redo scan is there.
     fn start_rebuild(&mut self, now: Timestamp) {
-        let ready = self
-            .recovery
-            .as_ref()
-            .and_then(|r| r.scan.as_ref().map(|scan| (r.epoch, Arc::clone(scan))));
+        let ready = self.recovery.as_ref().and_then(|r| match &r.step {
+            RecoveryStep::Ready(scan) => Some((r.epoch, Arc::clone(scan))),
+            _ => None,
+        });
         if let Some((epoch, scan)) = ready
             && !self.to_recover.is_empty()
         {
@@ -1023,8 +1214,7 @@ impl Node {
         let Some(recovery) = &self.recovery else {
             return;
         };
-        if recovery.scan.is_none()
-            || recovery.scan_due.is_some()
+        if !matches!(recovery.step, RecoveryStep::Ready(_))
             || !self.to_recover.is_empty()
             || !self.core.recovery_idle()
         {
@@ -1234,8 +1424,11 @@ mod tests {
         now: Timestamp,
         /// Every recovery I/O asked for: (instance, when, what).
         recovery: Vec<(usize, Timestamp, String)>,
-        /// The lost lives each scan seals.
-        sealed: Vec<InstanceSet>,
+        /// Who sealed which lost lives.
+        sealed: Vec<(usize, InstanceSet)>,
+        /// Instances whose seal requests are never carried out (a sealer whose storage
+        /// stalls).
+        stalled_sealers: Vec<usize>,
         /// Scans are answered only when [`World::answer_scans`] is called (a slow redo read).
         hold_scans: bool,
         held_scans: Vec<(usize, Epoch)>,
@@ -1254,6 +1447,7 @@ mod tests {
                 now: Timestamp::ZERO,
                 recovery: Vec::new(),
                 sealed: Vec::new(),
+                stalled_sealers: Vec::new(),
                 hold_scans: false,
                 held_scans: Vec::new(),
                 events: Vec::new(),
@@ -1265,8 +1459,7 @@ mod tests {
             let now = self.now;
             for (i, epoch) in std::mem::take(&mut self.held_scans) {
                 if self.up[i] {
-                    let scan = Arc::new(ThreadScan::default());
-                    self.nodes[i].handle_scanned(epoch, Ok((Vec::new(), scan)), now);
+                    self.nodes[i].handle_scanned(epoch, Ok(ResumableScan::default()), now);
                 }
             }
             self.pump();
@@ -1320,12 +1513,7 @@ mod tests {
                                 let bytes = self.paxos[owner.index()];
                                 self.nodes[i].handle_paxos_read(owner, Some(&bytes), now);
                             }
-                            NodeIo::Recovery(RecoveryIo::Scan {
-                                epoch,
-                                threads,
-                                lost,
-                            }) => {
-                                self.sealed.push(lost);
+                            NodeIo::Recovery(RecoveryIo::Scan { epoch, threads }) => {
                                 self.recovery.push((
                                     i,
                                     now,
@@ -1334,13 +1522,40 @@ mod tests {
                                 if self.hold_scans {
                                     self.held_scans.push((i, epoch));
                                 } else {
-                                    let scan = Arc::new(ThreadScan::default());
                                     self.nodes[i].handle_scanned(
                                         epoch,
-                                        Ok((Vec::new(), scan)),
+                                        Ok(ResumableScan::default()),
                                         now,
                                     );
                                 }
+                            }
+                            NodeIo::Recovery(RecoveryIo::Seal { epoch, lost, .. }) => {
+                                self.recovery
+                                    .push((i, now, format!("seal {} {lost:?}", epoch.0)));
+                                if !self.stalled_sealers.contains(&i) {
+                                    self.sealed.push((i, lost));
+                                    let scan = Arc::new(ThreadScan::default());
+                                    self.nodes[i].handle_sealed(
+                                        epoch,
+                                        Ok(ScanOutcome::Sealed(scan)),
+                                        now,
+                                    );
+                                }
+                            }
+                            NodeIo::Recovery(RecoveryIo::AwaitSeal { epoch, lost, scan }) => {
+                                let sealed: InstanceSet =
+                                    self.sealed.iter().flat_map(|(_, l)| l.iter()).collect();
+                                let outcome = if lost.iter().all(|l| sealed.contains(l)) {
+                                    self.recovery.push((
+                                        i,
+                                        now,
+                                        format!("found the seal {} {lost:?}", epoch.0),
+                                    ));
+                                    ScanOutcome::Sealed(Arc::new(ThreadScan::default()))
+                                } else {
+                                    ScanOutcome::NotSealed(scan)
+                                };
+                                self.nodes[i].handle_sealed(epoch, Ok(outcome), now);
                             }
                             NodeIo::Recovery(other) => {
                                 self.recovery.push((i, now, format!("{other:?}")));
@@ -1410,8 +1625,18 @@ mod tests {
         }
     }
 
+    /// The recovery steps of instance `i`: (when, what).
+    fn steps(world: &World, i: usize) -> Vec<(Timestamp, &str)> {
+        world
+            .recovery
+            .iter()
+            .filter(|(n, ..)| *n == i)
+            .map(|(_, at, what)| (*at, what.as_str()))
+            .collect()
+    }
+
     #[test]
-    fn a_death_decided_by_the_cluster_manager_is_recovered_only_after_the_lost_lease() {
+    fn a_death_is_scanned_at_once_sealed_by_the_lowest_after_the_lost_lease_and_recovered() {
         let mut world = World::new(&[0, 1, 2]);
         world.run_until(at(500));
         assert!(
@@ -1421,11 +1646,8 @@ mod tests {
         world.up[2] = false;
         let died_at = world.beat_at[2];
         world.run_until(at(4000));
-        assert!(
-            world.sealed.iter().all(|lost| *lost == set(&[2])),
-            "the lost life is sealed: {:?}",
-            world.sealed
-        );
+        assert_eq!(world.sealed, vec![(0, set(&[2]))], "one sealer, the lowest");
+        let lease_out = died_at + LEASE + LEASE / 8;
         for i in [0, 1] {
             let node = &world.nodes[i];
             assert_eq!(node.stop_reason(), None, "survivor {i} stopped");
@@ -1433,18 +1655,56 @@ mod tests {
             assert_eq!(node.live(), set(&[0, 1]));
             assert_eq!(world.recovered(i), Some(Epoch(2)), "survivor {i} recovered");
             assert!(node.recovering().is_empty());
-            let scans: Vec<_> = world.recovery.iter().filter(|(n, ..)| *n == i).collect();
-            assert_eq!(scans.len(), 1, "one scan each: {scans:?}");
-            // The scan never begins while the lost instance may still write.
+            let steps = steps(&world, i);
+            assert_eq!(steps.len(), 2, "a scan and a seal each: {steps:?}");
+            assert!(steps[0].1.starts_with("scan 2"), "{steps:?}");
+            // The read-only scan starts at the decision, inside the lost lease.
             assert!(
-                scans[0].1 >= died_at + LEASE + LEASE / 8,
-                "scan at {:?}, lost heartbeat last moved at {died_at:?}",
-                scans[0].1
+                steps[0].0 < lease_out,
+                "{steps:?}, lease out at {lease_out:?}"
             );
-            assert!(scans[0].2.starts_with("scan 2"), "{}", scans[0].2);
+            // Nothing is written, and no seal is taken, while the lost instance may write.
+            let second = if i == 0 { "seal 2" } else { "found the seal 2" };
+            assert!(steps[1].1.starts_with(second), "{steps:?}");
+            assert!(
+                steps[1].0 >= lease_out,
+                "{steps:?}, lease out at {lease_out:?}"
+            );
             assert_eq!(node.stats().recoveries_started, 1);
             assert_eq!(node.stats().recoveries_done, 1);
         }
+    }
+
+    /// A survivor other than the lowest never seals while the lowest is there to seal: it
+    /// waits for the seal, and only a whole lease past the lost lease's end without one
+    /// (the sealer's storage stalls) does it seal itself.
+    #[test]
+    fn a_survivor_awaits_the_sealer_and_seals_itself_only_when_none_comes() {
+        let mut world = World::new(&[0, 1, 2]);
+        world.stalled_sealers.push(0);
+        world.run_until(at(500));
+        world.up[2] = false;
+        let died_at = world.beat_at[2];
+        let lease_out = died_at + LEASE + LEASE / 8;
+        world.run_until(lease_out + LEASE / 2);
+        assert!(world.sealed.is_empty(), "{:?}", world.sealed);
+        assert_eq!(world.recovered(1), None, "no recovery without a seal");
+        world.run_until(at(4000));
+        assert_eq!(world.sealed, vec![(1, set(&[2]))]);
+        let sealed_at = steps(&world, 1)
+            .into_iter()
+            .find(|(_, what)| what.starts_with("seal"))
+            .map(|(at, _)| at);
+        assert!(
+            sealed_at.is_some_and(|t| t >= lease_out + LEASE),
+            "{sealed_at:?}"
+        );
+        assert_eq!(world.recovered(1), Some(Epoch(2)));
+        assert_eq!(
+            world.recovered(0),
+            None,
+            "the stalled sealer never finished"
+        );
     }
 
     /// A member lost while the recovery of another is still reading redo restarts that
@@ -1480,8 +1740,12 @@ mod tests {
                 "survivor {i}: recoveries started and done"
             );
         }
-        // The epoch-3 scan sealed both lost instances.
-        assert!(world.sealed.contains(&set(&[2, 3])), "{:?}", world.sealed);
+        // The epoch-3 seal sealed both lost instances.
+        assert!(
+            world.sealed.contains(&(0, set(&[2, 3]))),
+            "{:?}",
+            world.sealed
+        );
     }
 
     #[test]

@@ -577,8 +577,8 @@ impl Kv {
             };
             // Held in S while the overflow chain is read (see the crate doc, rule 4).
             let held = self.instance.read(self.instance.block(n)?)?;
-            let node = match node::decode(&held.bytes()) {
-                Ok(Block::Node(node)) if node.level == 0 && node.covers(key) => node,
+            let leaf = match node::leaf_lookup(&held.bytes(), key) {
+                Ok(Some(leaf)) => leaf,
                 _ => {
                     if hinted.is_some() {
                         self.leaves.forget(key, n);
@@ -587,14 +587,11 @@ impl Kv {
                 }
             };
             if hinted.is_none() {
-                self.leaves.learn(n, &node.low, node.high.as_deref());
+                self.leaves.learn(n, &leaf.low, leaf.high.as_deref());
             }
-            let Body::Leaf(entries) = &node.body else {
-                return Err(KvError::corrupt(n, "a leaf without entries"));
-            };
-            let found = match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-                Ok(i) => Some(self.value(&entries[i].1, &mut |b| read_block(&self.instance, b))?),
-                Err(_) => None,
+            let found = match &leaf.value {
+                Some(value) => Some(self.value(value, &mut |b| read_block(&self.instance, b))?),
+                None => None,
             };
             drop(held);
             // It may have read a commit whose redo is not durable yet (early lock release).
@@ -870,15 +867,21 @@ impl<'k> KvTxn<'k> {
         self.kv.check_key(key)?;
         self.count(1)?;
         self.guarded(|t| {
+            let kv = t.kv;
+            if !t.caches_leaf(key) {
+                // Looked up in the leaf's bytes: a later put splices into them.
+                let (_, leaf) = t.locked_leaf(key)?;
+                return match &leaf.value {
+                    Some(value) => Ok(Some(kv.value(value, &mut |b| t.read(b))?)),
+                    None => Ok(None),
+                };
+            }
             let (n, node) = t.locked_node(key, 0, false)?;
             let Body::Leaf(entries) = &node.body else {
                 return Err(KvError::corrupt(n, "a leaf without entries"));
             };
             let value = match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-                Ok(i) => {
-                    let kv = t.kv;
-                    Some(kv.value(&entries[i].1, &mut |b| t.read(b))?)
-                }
+                Ok(i) => Some(kv.value(&entries[i].1, &mut |b| t.read(b))?),
                 Err(_) => None,
             };
             t.keep(n, node);
@@ -899,8 +902,9 @@ impl<'k> KvTxn<'k> {
         sorted.dedup();
         self.guarded(|t| {
             for key in sorted {
-                let (n, node) = t.locked_node(key, 0, false)?;
-                t.keep(n, node);
+                if !t.caches_leaf(key) {
+                    t.locked_leaf(key)?;
+                }
             }
             Ok(())
         })
@@ -917,6 +921,9 @@ impl<'k> KvTxn<'k> {
         }
         self.count(1)?;
         self.guarded(|t| {
+            if t.put_in_place(key, value)? {
+                return Ok(());
+            }
             let (n, mut node) = t.locked_node(key, 0, false)?;
             // X on the leaf before its chains change (crate doc, rule 2).
             t.hold(n)?;
@@ -1136,11 +1143,20 @@ impl<'k> KvTxn<'k> {
         let payload = self.kv.geometry.payload;
         let bytes =
             node::encode(&block, payload).map_err(|e| KvError::corrupt(n, e.to_string()))?;
+        self.write_bytes(n, &bytes)?;
+        if let Block::Node(node) = block {
+            self.nodes.insert(n, node);
+        }
+        Ok(())
+    }
+
+    /// Writes encoded `bytes` into block `n` as [`KvTxn::write`] does.
+    fn write_bytes(&mut self, n: u64, bytes: &[u8]) -> Result<(), KvError> {
         self.nodes.remove(&n);
         let id = self.kv.instance.block(n)?;
         self.written.insert(n);
         let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
-        let ranges = changed_ranges(&b.bytes(), &bytes);
+        let ranges = changed_ranges(&b.bytes(), bytes);
         for (start, end) in ranges {
             self.redo += end - start + instance::redo::codec::RECORD_HEADER_LEN;
             if self.redo > MAX_TXN_REDO {
@@ -1148,10 +1164,44 @@ impl<'k> KvTxn<'k> {
             }
             b.update(start, &bytes[start..end])?;
         }
-        if let Block::Node(node) = block {
-            self.nodes.insert(n, node);
-        }
         Ok(())
+    }
+
+    /// [`KvTxn::put`] of an inline value into the leaf where this process last found the
+    /// key's range, spliced into the leaf's bytes (`node::leaf_put_inline`) instead of
+    /// decoding and encoding the leaf. Under the same rules as the full path: the leaf's
+    /// enqueue first, its bytes read and checked under it, X before the change. False when
+    /// the full path must run (no hint or a stale one, a chain to free, a split); the
+    /// enqueue of a leaf that is the key's stays held for it.
+    fn put_in_place(&mut self, key: &[u8], value: &[u8]) -> Result<bool, KvError> {
+        let entry_len = 2 + key.len() + 1 + 4 + value.len();
+        if entry_len > self.kv.geometry.max_leaf_entry || self.caches_leaf(key) {
+            return Ok(false);
+        }
+        let Some(n) = self.kv.leaves.find(key) else {
+            return Ok(false);
+        };
+        let fresh = self.lock(n)?;
+        let bytes = self.read(n)?;
+        match node::leaf_put_inline(&bytes, key, value, self.kv.geometry.payload) {
+            Ok(node::LeafPut::Put(new)) => {
+                self.hold(n)?;
+                self.write_bytes(n, &new)?;
+                Ok(true)
+            }
+            Ok(node::LeafPut::Unchanged) => {
+                self.hold(n)?;
+                Ok(true)
+            }
+            Ok(node::LeafPut::Chain | node::LeafPut::TooLarge) => Ok(false),
+            Ok(node::LeafPut::NotCovering) | Err(_) => {
+                self.kv.leaves.forget(key, n);
+                if fresh && !self.written.contains(&n) {
+                    self.unlock(n);
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// Takes block `n`'s enqueue in EX (local table first, then GES). Returns whether this
@@ -1213,6 +1263,50 @@ impl<'k> KvTxn<'k> {
             drop(guard);
             self.kv.locks.release(self.id, &[id]);
         }
+    }
+
+    /// Whether this transaction holds the decoded leaf covering `key` (a structure change or
+    /// a full put left it): later calls use it rather than the leaf's bytes.
+    fn caches_leaf(&self, key: &[u8]) -> bool {
+        self.nodes
+            .values()
+            .any(|node| node.level == 0 && node.covers(key))
+    }
+
+    /// The leaf covering `key`, locked by this transaction and checked under the lock as
+    /// [`KvTxn::locked_node`] does, looked up in its bytes (`node::leaf_lookup`) rather than
+    /// decoded: a get or a lock of keys builds no node.
+    fn locked_leaf(&mut self, key: &[u8]) -> Result<(u64, node::LeafLookup), KvError> {
+        let root = self.kv.root;
+        let mut hint = self.kv.leaves.find(key);
+        for _ in 0..MAX_RESTARTS {
+            let hinted = hint.take();
+            let n = match hinted {
+                Some(n) => n,
+                None => descend(root, key, 0, &mut |b| self.read(b))?,
+            };
+            let fresh = self.lock(n)?;
+            let found = node::leaf_lookup(&self.read(n)?, key);
+            if let Ok(Some(leaf)) = found {
+                if hinted.is_none() {
+                    self.kv.leaves.learn(n, &leaf.low, leaf.high.as_deref());
+                }
+                return Ok((n, leaf));
+            }
+            if hinted.is_some() {
+                self.kv.leaves.forget(key, n);
+            }
+            if found.is_err() && n == root {
+                return Err(KvError::corrupt(n, "the root is not a node"));
+            }
+            // Split, merged, freed or reused since the descent read it.
+            if fresh && !self.written.contains(&n) {
+                self.unlock(n);
+            }
+        }
+        Err(KvError::Retry(
+            "the tree kept changing under a lookup".into(),
+        ))
     }
 
     /// The node at `level` covering `key`, locked by this transaction and checked under the
@@ -1866,6 +1960,14 @@ fn changed_ranges(old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
     while i < new.len() {
+        // Equal runs are skipped a chunk at a time (a slice compare), then byte by byte.
+        if new
+            .get(i..i + GAP)
+            .is_some_and(|chunk| old.get(i..i + GAP) == Some(chunk))
+        {
+            i += GAP;
+            continue;
+        }
         if old.get(i) == Some(&new[i]) {
             i += 1;
             continue;

@@ -558,6 +558,169 @@ pub fn route(bytes: &[u8], key: &[u8]) -> Result<Route, DecodeError> {
     })
 }
 
+/// What a leaf holds for one key, read from its bytes without building the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafLookup {
+    /// The leaf's low fence.
+    pub low: Vec<u8>,
+    /// Its high fence.
+    pub high: Option<Vec<u8>>,
+    /// The key's value, when the leaf holds the key.
+    pub value: Option<Value>,
+}
+
+/// Looks `key` up in the leaf in `bytes`, with every check [`decode`] makes of a leaf, and
+/// copies only the fences and the value found (a decode allocates two buffers per entry).
+/// `Ok(None)` when the bytes are a node that is not a leaf or a leaf whose fences do not
+/// cover the key; an error when they are not a node [`decode`] accepts.
+pub fn leaf_lookup(bytes: &[u8], key: &[u8]) -> Result<Option<LeafLookup>, DecodeError> {
+    let mut r = Reader { bytes, at: 0 };
+    let tag = r.u8()?;
+    if tag != TAG_LEAF && tag != TAG_INTERNAL {
+        return Err(DecodeError::Tag(tag));
+    }
+    if tag == TAG_INTERNAL {
+        // Checked as a decode would, then not a leaf.
+        return decode_node(tag, &mut r).map(|_| None);
+    }
+    let head = decode_head(tag, &mut r)?;
+    let mut previous = None;
+    let mut value = None;
+    for _ in 0..head.count {
+        let entry = r.key()?;
+        check_key(tag, &head, &mut previous, entry)?;
+        let found = entry == key;
+        match r.u8()? {
+            0 => {
+                let len = r.u32()? as usize;
+                let bytes = r.take(len)?;
+                if found {
+                    value = Some(Value::Inline(bytes.to_vec()));
+                }
+            }
+            1 => {
+                let chain = Value::Overflow {
+                    len: r.u64()?,
+                    first: r.block()?,
+                    last: r.block()?,
+                };
+                if found {
+                    value = Some(chain);
+                }
+            }
+            _ => return Err(DecodeError::Invalid("bad value kind")),
+        }
+    }
+    if !head.covers(key) {
+        return Ok(None);
+    }
+    Ok(Some(LeafLookup {
+        low: head.low.to_vec(),
+        high: head.high.map(<[u8]>::to_vec),
+        value,
+    }))
+}
+
+/// What [`leaf_put_inline`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeafPut {
+    /// Not a leaf whose fences cover the key.
+    NotCovering,
+    /// The key already holds this very value inline.
+    Unchanged,
+    /// The key holds an overflow chain (its blocks must be freed: not a change in place).
+    Chain,
+    /// The leaf with the entry set would not fit the payload (it must split).
+    TooLarge,
+    /// The leaf's new bytes (up to its last entry).
+    Put(Vec<u8>),
+}
+
+/// Sets `key` to the inline `value` in the leaf in `bytes` by splicing its entry in place,
+/// with every check [`decode`] makes of the leaf: the bytes are what encoding the decoded
+/// leaf with the entry set gives, without building the node (a decode allocates two buffers
+/// per entry). An error when the bytes are not a node [`decode`] accepts.
+pub fn leaf_put_inline(
+    bytes: &[u8],
+    key: &[u8],
+    value: &[u8],
+    payload_len: usize,
+) -> Result<LeafPut, DecodeError> {
+    let mut r = Reader { bytes, at: 0 };
+    let tag = r.u8()?;
+    if tag != TAG_LEAF && tag != TAG_INTERNAL {
+        return Err(DecodeError::Tag(tag));
+    }
+    if tag == TAG_INTERNAL {
+        return decode_node(tag, &mut r).map(|_| LeafPut::NotCovering);
+    }
+    let head = decode_head(tag, &mut r)?;
+    let mut previous = None;
+    // Where the key's entry starts (or would), where it ends, and what it holds now.
+    let mut place: Option<(usize, usize, Option<bool>)> = None;
+    for _ in 0..head.count {
+        let start = r.at;
+        let entry = r.key()?;
+        check_key(tag, &head, &mut previous, entry)?;
+        let unchanged = match r.u8()? {
+            0 => {
+                let len = r.u32()? as usize;
+                r.take(len)? == value
+            }
+            1 => {
+                r.u64()?;
+                r.block()?;
+                r.block()?;
+                if entry == key {
+                    place = Some((start, r.at, None));
+                }
+                false
+            }
+            _ => return Err(DecodeError::Invalid("bad value kind")),
+        };
+        if place.is_none() {
+            if entry == key {
+                place = Some((start, r.at, Some(unchanged)));
+            } else if entry > key {
+                place = Some((start, start, Some(false)));
+            }
+        }
+    }
+    if !head.covers(key) {
+        return Ok(LeafPut::NotCovering);
+    }
+    let used = r.at;
+    let (start, end, found) = match place {
+        Some((start, end, found)) => (start, end, found.map(|same| (same, end > start))),
+        None => (used, used, Some((false, false))),
+    };
+    let replaces = match found {
+        None => return Ok(LeafPut::Chain),
+        Some((true, true)) => return Ok(LeafPut::Unchanged),
+        Some((_, replaces)) => replaces,
+    };
+    let key_len = u16::try_from(key.len()).map_err(|_| DecodeError::Invalid("key too long"))?;
+    let value_len =
+        u32::try_from(value.len()).map_err(|_| DecodeError::Invalid("value too long"))?;
+    let entry_len = 2 + key.len() + 1 + 4 + value.len();
+    let new_len = used - (end - start) + entry_len;
+    if new_len > payload_len {
+        return Ok(LeafPut::TooLarge);
+    }
+    let count = if replaces { head.count } else { head.count + 1 };
+    let count = u16::try_from(count).map_err(|_| DecodeError::Invalid("too many entries"))?;
+    let mut out = Vec::with_capacity(new_len);
+    out.extend_from_slice(&bytes[..start]);
+    out[2..4].copy_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&key_len.to_le_bytes());
+    out.extend_from_slice(key);
+    out.push(0);
+    out.extend_from_slice(&value_len.to_le_bytes());
+    out.extend_from_slice(value);
+    out.extend_from_slice(&bytes[end..used]);
+    Ok(LeafPut::Put(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

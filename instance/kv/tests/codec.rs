@@ -109,6 +109,84 @@ proptest! {
     }
 
     #[test]
+    fn a_leaf_lookup_agrees_with_the_decoded_node(
+        node in tree_node(),
+        key in key(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    ) {
+        let mut bytes = node::encode(&Block::Node(node), PAYLOAD).unwrap();
+        for (at, x) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        // Never a panic; refused exactly when a decode refuses, and otherwise what the
+        // decoded node holds.
+        match (node::decode(&bytes), node::leaf_lookup(&bytes, &key)) {
+            (Ok(Block::Node(n)), Ok(found)) => {
+                let expected = match &n.body {
+                    Body::Leaf(entries) if n.covers(&key) => Some(node::LeafLookup {
+                        low: n.low.clone(),
+                        high: n.high.clone(),
+                        value: entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
+                    }),
+                    _ => None,
+                };
+                prop_assert_eq!(found, expected);
+            }
+            (Ok(other), found) => prop_assert!(found.is_err(), "{:?} looked up as {:?}", other, found),
+            (Err(_), found) => prop_assert!(found.is_err(), "refused by decode, looked up as {:?}", found),
+        }
+    }
+
+    #[test]
+    fn a_put_in_place_gives_the_bytes_of_the_decoded_leaf_changed(
+        node in tree_node(),
+        key in key(),
+        value in prop::collection::vec(any::<u8>(), 0..40),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+    ) {
+        let mut bytes = node::encode(&Block::Node(node), PAYLOAD).unwrap();
+        for (at, x) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        let put = node::leaf_put_inline(&bytes, &key, &value, PAYLOAD);
+        match node::decode(&bytes) {
+            Ok(Block::Node(mut n)) => {
+                let covers = n.covers(&key);
+                let expected = match &mut n.body {
+                    Body::Leaf(entries) if covers => {
+                        match entries.binary_search_by(|(k, _)| k.as_slice().cmp(&key)) {
+                            Ok(i) => match &entries[i].1 {
+                                Value::Overflow { .. } => Some(node::LeafPut::Chain),
+                                Value::Inline(old) if *old == value => Some(node::LeafPut::Unchanged),
+                                Value::Inline(_) => {
+                                    entries[i].1 = Value::Inline(value.clone());
+                                    None
+                                }
+                            },
+                            Err(i) => {
+                                entries.insert(i, (key.clone(), Value::Inline(value.clone())));
+                                None
+                            }
+                        }
+                    }
+                    _ => Some(node::LeafPut::NotCovering),
+                };
+                let expected = expected.unwrap_or_else(|| {
+                    match node::encode(&Block::Node(n.clone()), PAYLOAD) {
+                        Ok(encoded) => node::LeafPut::Put(encoded),
+                        Err(_) => node::LeafPut::TooLarge,
+                    }
+                });
+                prop_assert_eq!(put.unwrap(), expected);
+            }
+            Ok(other) => prop_assert!(put.is_err(), "{:?} put as {:?}", other, put),
+            Err(_) => prop_assert!(put.is_err(), "refused by decode, put as {:?}", put),
+        }
+    }
+
+    #[test]
     fn damaged_nodes_route_like_they_decode(
         node in tree_node(),
         key in key(),

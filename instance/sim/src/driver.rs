@@ -24,7 +24,8 @@
 //! control frames (cluster messages, heartbeats) on another, and serves the node's I/O on
 //! the faulty storage: data reads and writes, disk-heartbeat rounds (the slot's heartbeat
 //! write, then a read of every slot), Disk Paxos writes and reads on the slots, the redo scan
-//! and seal ([`scan_threads`], `storage::life::seal_lost`), rebuilds ([`recover_blocks`]) and
+//! at the decision ([`ResumableScan`]), the seal once the lost lease has run out (the lowest
+//! member's: `storage::life::seal_lost`) or the others' look for it, rebuilds ([`recover_blocks`]) and
 //! checkpoint I/O. It keeps each node's I/O lease as the runtime does (renewed by the node's
 //! `RenewLease`): an I/O is submitted, a write reported done and a commit acknowledged only
 //! under the lease, else the node is told its storage is out of reach and stops.
@@ -34,7 +35,8 @@
 //! or a cut of every link of one instance (it runs on, heartbeating on the disk, until the
 //! cluster managers vote one side out and it stops itself). The cluster managers decide the
 //! epochs (at most one membership per epoch is checked), the nodes decide when recovery
-//! begins (checked: every lost member's lease has run out, and it submits and acknowledges no
+//! begins (checked at its first write, the seal, and where a survivor finds the seal before
+//! it rebuilds: every lost member's lease has run out, and it submits and acknowledges no
 //! I/O from then on), which blocks are rebuilt and when recovery is done. A restarted
 //! instance asks to join (`JoinRequest` to every peer until a member's `Reconfigure` names
 //! it, as the API's `enter`) and starts a new life of its redo thread and a joining node at
@@ -62,10 +64,10 @@ use instance::core::{
 use instance::format::{self, BlockError, ClusterSpec, Layout, seal_block, verify_block};
 use instance::node::{
     CheckpointId, CheckpointIo, Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo,
-    RecoveryOutcome, Transmit,
+    RecoveryOutcome, ScanOutcome, Transmit,
 };
 use instance::paxos::PaxosIo;
-use instance::recovery::{ThreadScan, recover_blocks, scan_threads};
+use instance::recovery::{ResumableScan, ThreadScan, recover_blocks, scan_threads};
 use instance::redo::{GroupCommitConfig, RedoRecord, RedoWriter};
 use instance::storage::faulty::{FaultConfig, FaultyStorage};
 use instance::storage::{AlignedBuf, IoClass, SharedStorage};
@@ -493,11 +495,19 @@ enum Event {
         owner: usize,
         ok: bool,
     },
-    /// The node asked for the redo scan of its recovery: it is read now.
+    /// The node asked for the redo scan of its recovery (read only): it is read now.
     Scan {
         node: usize,
         epoch: Epoch,
+    },
+    /// The node asked to seal the lost lives (`sealer`) or to look for their seals: the
+    /// scan reads on now.
+    Seal {
+        node: usize,
+        epoch: Epoch,
         lost: InstanceSet,
+        scan: Box<ResumableScan>,
+        sealer: bool,
     },
     /// Rebuild recovery-set blocks.
     Recover {
@@ -537,6 +547,7 @@ impl Event {
             | Event::PaxosWrite { node, .. }
             | Event::PaxosRead { node, .. }
             | Event::Scan { node, .. }
+            | Event::Seal { node, .. }
             | Event::Recover { node, .. }
             | Event::JoinRequest { node } => Some(*node),
             Event::Crash | Event::Restart { .. } => None,
@@ -1614,19 +1625,42 @@ impl Sim {
                     }
                 }
             }
-            NodeIo::Recovery(RecoveryIo::Scan { epoch, lost, .. }) => {
-                // Recovery begins: every member it recovers must have stopped all I/O.
-                let now = Duration::from_nanos(self.now.as_nanos());
-                if let Err(e) = self.leases.check_recovery_start(node, lost, now) {
-                    self.fail(e);
-                }
-                for victim in lost.iter() {
-                    self.fenced_at[victim.index()].get_or_insert(self.now);
-                }
+            NodeIo::Recovery(RecoveryIo::Scan { epoch, .. }) => {
+                // Only reads: the lost members' lease may still run.
                 self.stats.recoveries += 1;
-                self.trace(|| format!("n{node}: recovers {lost:?} for epoch {}", epoch.0));
+                self.trace(|| format!("n{node}: reads the redo for epoch {}", epoch.0));
                 let d = self.io_delay();
-                self.schedule(d, Event::Scan { node, epoch, lost });
+                self.schedule(d, Event::Scan { node, epoch });
+            }
+            NodeIo::Recovery(RecoveryIo::Seal { epoch, lost, scan }) => {
+                // The first recovery write: every member it recovers must have stopped all
+                // I/O.
+                self.begin_recovering(node, lost);
+                self.trace(|| format!("n{node}: seals {lost:?} for epoch {}", epoch.0));
+                let d = self.io_delay();
+                self.schedule(
+                    d,
+                    Event::Seal {
+                        node,
+                        epoch,
+                        lost,
+                        scan,
+                        sealer: true,
+                    },
+                );
+            }
+            NodeIo::Recovery(RecoveryIo::AwaitSeal { epoch, lost, scan }) => {
+                let d = self.io_delay();
+                self.schedule(
+                    d,
+                    Event::Seal {
+                        node,
+                        epoch,
+                        lost,
+                        scan,
+                        sealer: false,
+                    },
+                );
             }
             NodeIo::Recovery(RecoveryIo::Rebuild {
                 epoch,
@@ -1853,7 +1887,14 @@ impl Sim {
                     self.drain(node);
                 }
             }
-            Event::Scan { node, epoch, lost } => self.scan(node, epoch, lost),
+            Event::Scan { node, epoch } => self.scan(node, epoch),
+            Event::Seal {
+                node,
+                epoch,
+                lost,
+                scan,
+                sealer,
+            } => self.seal(node, epoch, lost, *scan, sealer),
             Event::Recover {
                 node,
                 epoch,
@@ -2560,41 +2601,89 @@ impl Sim {
         }
     }
 
+    /// A survivor begins recovering `lost` (its first recovery write is due, or it found the
+    /// sealer's seal and rebuilds next): their lease must have run out, and from now on
+    /// they must submit and acknowledge no I/O.
+    fn begin_recovering(&mut self, node: usize, lost: InstanceSet) {
+        let now = Duration::from_nanos(self.now.as_nanos());
+        if let Err(e) = self.leases.check_recovery_start(node, lost, now) {
+            self.fail(e);
+        }
+        for victim in lost.iter() {
+            self.fenced_at[victim.index()].get_or_insert(self.now);
+        }
+    }
+
     /// Instance recovery reads the redo (every thread: a block a lost instance held may
-    /// carry a change only in another thread's redo), seals the lost lives where it read
-    /// them to, and hands the changed blocks and the scan to the node.
-    fn scan(&mut self, node: usize, epoch: Epoch, lost: InstanceSet) {
+    /// carry a change only in another thread's redo) while the lost lease may still run, and
+    /// hands the scan to the node.
+    fn scan(&mut self, node: usize, epoch: Epoch) {
         if !self.nodes[node].alive {
             return;
         }
         let all: Vec<InstanceId> = (0..self.nodes.len()).map(id).collect();
-        let scan = match scan_threads(self.storage.as_ref(), &self.layout, &all) {
-            Ok(scan) => Arc::new(scan),
+        let scan = match ResumableScan::read(self.storage.as_ref(), &self.layout, &all) {
+            Ok(scan) => scan,
             Err(e) => self.fail(format!("n{node}: scanning every thread: {e}")),
         };
-        let lost_ids: Vec<InstanceId> = lost.iter().collect();
-        if let Err(e) = instance::storage::life::seal_lost(
-            self.storage.as_ref(),
-            &self.layout,
-            id(node),
-            &scan,
-            &lost_ids,
-        ) {
-            self.fail(format!("n{node}: sealing the lost threads: {e}"));
-        }
-        let changed = scan.changed_blocks();
-        self.trace(|| {
-            format!(
-                "n{node}: redo scanned for {lost:?}: changed {changed:?} ({} records in all)",
-                scan.record_count()
-            )
-        });
         let now = self.now;
-        self.nodes[node]
-            .node
-            .handle_scanned(epoch, Ok((changed, scan)), now);
+        self.nodes[node].node.handle_scanned(epoch, Ok(scan), now);
         self.drain(node);
-        if self.plan.front() == Some(&Stage::CrashDuringRecovery) && !self.stage_armed {
+    }
+
+    /// Once the lost lease has run out: the sealer reads the redo on and seals the lost
+    /// lives where it stopped; another survivor reads on to the seals once they are there.
+    fn seal(
+        &mut self,
+        node: usize,
+        epoch: Epoch,
+        lost: InstanceSet,
+        mut scan: ResumableScan,
+        sealer: bool,
+    ) {
+        if !self.nodes[node].alive {
+            return;
+        }
+        let lost_ids: Vec<InstanceId> = lost.iter().collect();
+        let outcome = if sealer {
+            if let Err(e) = scan.resume(self.storage.as_ref(), &self.layout) {
+                self.fail(format!("n{node}: reading every thread on: {e}"));
+            }
+            let scan = scan.finish();
+            if let Err(e) = instance::storage::life::seal_lost(
+                self.storage.as_ref(),
+                &self.layout,
+                id(node),
+                &scan,
+                &lost_ids,
+            ) {
+                self.fail(format!("n{node}: sealing the lost threads: {e}"));
+            }
+            ScanOutcome::Sealed(Arc::new(scan))
+        } else {
+            match scan.resume_if_sealed(self.storage.as_ref(), &self.layout, &lost_ids) {
+                Ok(true) => {
+                    self.begin_recovering(node, lost);
+                    ScanOutcome::Sealed(Arc::new(scan.finish()))
+                }
+                Ok(false) => ScanOutcome::NotSealed(Box::new(scan)),
+                Err(e) => self.fail(format!("n{node}: reading every thread to the seals: {e}")),
+            }
+        };
+        if let ScanOutcome::Sealed(scan) = &outcome {
+            let changed = scan.changed_blocks();
+            self.trace(|| {
+                format!(
+                    "n{node}: redo read to the seals of {lost:?}: changed {changed:?} ({} records in all)",
+                    scan.record_count()
+                )
+            });
+        }
+        let sealed = matches!(outcome, ScanOutcome::Sealed(_));
+        let now = self.now;
+        self.nodes[node].node.handle_sealed(epoch, Ok(outcome), now);
+        self.drain(node);
+        if sealed && self.plan.front() == Some(&Stage::CrashDuringRecovery) && !self.stage_armed {
             self.stage_armed = true;
             self.crash_at_step = Some(self.stats.steps + self.rng.between(0, 40));
         }

@@ -45,10 +45,11 @@ use instance::cluster::{ClusterManager, ClusterMessage, FailureConfig, InstanceE
 use instance::core::{Core, CoreConfig};
 use instance::entry::{Entered, Entry, EntryConfig, EntryIo, SlotLook, decision_at_entry};
 use instance::node::{
-    Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo, RecoveryOutcome, Transmit,
+    Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo, RecoveryOutcome, ScanOutcome,
+    Transmit,
 };
 use instance::paxos::{DiskPaxos, PAXOS_BLOCK_LEN, PaxosBlock, PaxosConfig, PaxosIo};
-use instance::recovery::ThreadScan;
+use instance::recovery::{ResumableScan, ThreadScan};
 use interconnect::sim::SimRng;
 use interconnect::{BlockRegion, Epoch, InstanceSet, Scn, Service, Timestamp};
 use std::cmp::Reverse;
@@ -91,6 +92,9 @@ enum Ev {
     },
     /// The node's redo scan (of no redo: nothing is committed here) completes.
     Scanned { node: usize, epoch: Epoch },
+    /// A node's seal (or its look for the sealer's) completes: nothing was ever written, so
+    /// the lives are taken as sealed.
+    Sealed { node: usize, epoch: Epoch },
     /// The process of `node` starts (a new life): it enters the cluster.
     Start(usize),
     /// An entering node's voting-area round (heartbeat written, every slot read).
@@ -113,6 +117,7 @@ impl Ev {
             | Ev::PaxosWrite { node, .. }
             | Ev::PaxosRead { node, .. }
             | Ev::Scanned { node, .. }
+            | Ev::Sealed { node, .. }
             | Ev::EntryRound { node }
             | Ev::Restarted { node } => [Some(node), None],
             Ev::Deliver { from, to, .. } => [Some(from), Some(to)],
@@ -768,9 +773,18 @@ impl Sim {
                     return;
                 }
                 let now = self.local(node);
+                if let Some(running) = self.nodes[node].node.as_mut() {
+                    running.handle_scanned(epoch, Ok(ResumableScan::default()), now);
+                }
+            }
+            Ev::Sealed { node, epoch } => {
+                if !self.runnable(node, &Ev::Sealed { node, epoch }) {
+                    return;
+                }
+                let now = self.local(node);
                 let scan = Arc::new(ThreadScan::default());
                 if let Some(running) = self.nodes[node].node.as_mut() {
-                    running.handle_scanned(epoch, Ok((Vec::new(), scan)), now);
+                    running.handle_sealed(epoch, Ok(ScanOutcome::Sealed(scan)), now);
                 }
             }
             Ev::Fault => self.fault(),
@@ -1002,13 +1016,22 @@ impl Sim {
         match io {
             NodeIo::Paxos(io) => self.paxos_io(node, io),
             NodeIo::Recovery(RecoveryIo::Scan { epoch, .. }) => {
-                // Recovery begins: every member it recovers must have stopped all I/O.
+                // Only reads: the lost members' lease may still run. There is no redo to
+                // read here (nothing is committed): it waits out a storage stall only.
+                self.stats.recoveries += 1;
+                let d = self.nodes[node].stalled_until.saturating_sub(self.now);
+                self.at(d, Ev::Scanned { node, epoch });
+            }
+            NodeIo::Recovery(
+                RecoveryIo::Seal { epoch, .. } | RecoveryIo::AwaitSeal { epoch, .. },
+            ) => {
+                // Recovery's first write (the seal; the others rebuild once they find it):
+                // every member it recovers must have stopped all I/O.
                 let lost = self.nodes[node]
                     .node
                     .as_ref()
                     .map(|r| r.recovering())
                     .unwrap_or_default();
-                self.stats.recoveries += 1;
                 for victim in lost.iter() {
                     // The life recovered: an earlier one, or the current one if it entered
                     // before the epoch that lost it.
@@ -1028,7 +1051,7 @@ impl Sim {
                 }
                 self.log(|| format!("n{node}: recovers {lost:?} for epoch {}", epoch.0));
                 let d = self.io_delay(node);
-                self.at(d, Ev::Scanned { node, epoch });
+                self.at(d, Ev::Sealed { node, epoch });
             }
             NodeIo::Recovery(RecoveryIo::Rebuild { epoch, blocks, .. }) => {
                 // Nothing was ever written: each block rebuilds to its empty version.

@@ -173,7 +173,7 @@ pub fn seal_lost(
 mod tests {
     use super::*;
     use crate::format::{ClusterSpec, MIN_REDO_THREAD_SIZE, SECTOR, SlotState};
-    use crate::recovery::{restart, scan_threads};
+    use crate::recovery::{ResumableScan, restart, scan_threads};
     use crate::redo::tests::late_write;
     use crate::redo::writer::IN_FLIGHT_GAP;
     use crate::redo::{EndReason, RedoRecord};
@@ -345,6 +345,83 @@ mod tests {
             slot.lives.len(),
             1,
             "lives before the checkpoint are dropped"
+        );
+    }
+
+    /// Every SCN `scan` holds, sorted (each as often as it is held).
+    fn scns_of(scan: &ThreadScan) -> Vec<u64> {
+        let mut scns: Vec<u64> = scan
+            .changed_blocks()
+            .into_iter()
+            .flat_map(|b| scan.records(b).iter().map(|r| r.scn.0).collect::<Vec<_>>())
+            .collect();
+        scns.sort_unstable();
+        scns
+    }
+
+    #[test]
+    fn a_scan_read_on_after_the_lease_takes_each_record_once_and_stops_at_the_seal() {
+        let c = cluster();
+        let thread = c.layout.redo_thread(id(1)).unwrap();
+        let life1 = begin(&c, 1);
+        life1.commit(&[record(1, 1, 0xa1)]).unwrap();
+        life1.commit(&[record(2, 2, 0xa2)]).unwrap();
+        // Survivors 0 (the sealer) and 2 read while instance 1's lease still runs.
+        let mut sealer =
+            ResumableScan::read(c.storage.as_ref(), &c.layout, &[id(0), id(1)]).unwrap();
+        let mut other = ResumableScan::read(c.storage.as_ref(), &c.layout, &[id(1)]).unwrap();
+        assert!(
+            !other
+                .resume_if_sealed(c.storage.as_ref(), &c.layout, &[id(1)])
+                .unwrap(),
+            "nothing sealed yet"
+        );
+        // Instance 1 commits on under its lease: those commits were acknowledged.
+        life1.commit(&[record(3, 3, 0xa3)]).unwrap();
+        life1.commit(&[record(4, 1, 0xa4)]).unwrap();
+        let end1 = life1.next_sequence();
+        drop(life1);
+        // The lease ran out: the sealer reads on, seals where it stopped.
+        sealer.resume(c.storage.as_ref(), &c.layout).unwrap();
+        let sealed = sealer.finish();
+        assert_eq!(scns_of(&sealed), vec![1, 2, 3, 4], "each record once");
+        assert_eq!(sealed.thread(id(1)).unwrap().records, 4);
+        assert_eq!(sealed.thread(id(1)).unwrap().end.next_sequence, end1);
+        let seals = seal_lost(c.storage.as_ref(), &c.layout, id(0), &sealed, &[id(1)]).unwrap();
+        assert_eq!(seals.len(), 1);
+        // A held write of life 1 lands after the seal: the other survivor, reading on, stops
+        // at the seal and never takes it.
+        late_write(c.storage.as_ref(), thread, 1, end1, &[record(99, 4, 0xee)]);
+        assert!(
+            other
+                .resume_if_sealed(c.storage.as_ref(), &c.layout, &[id(1)])
+                .unwrap()
+        );
+        let theirs = other.finish();
+        assert_eq!(scns_of(&theirs), vec![1, 2, 3, 4]);
+        assert_eq!(theirs.thread(id(1)).unwrap().end.next_sequence, end1);
+    }
+
+    #[test]
+    fn a_scan_whose_thread_is_sealed_below_what_it_merged_reads_it_again() {
+        let c = cluster();
+        let life1 = begin(&c, 1);
+        life1.commit(&[record(1, 1, 0xa1)]).unwrap();
+        // A survivor sealed life 1 after this first commit (the later writes were lost to it).
+        let early = scan_threads(c.storage.as_ref(), &c.layout, &[id(1)]).unwrap();
+        life1.commit(&[record(2, 2, 0xa2)]).unwrap();
+        life1.commit(&[record(3, 3, 0xa3)]).unwrap();
+        drop(life1);
+        let mut scan = ResumableScan::read(c.storage.as_ref(), &c.layout, &[id(1)]).unwrap();
+        seal_lost(c.storage.as_ref(), &c.layout, id(0), &early, &[id(1)]).unwrap();
+        assert!(
+            scan.resume_if_sealed(c.storage.as_ref(), &c.layout, &[id(1)])
+                .unwrap()
+        );
+        assert_eq!(
+            scns_of(&scan.finish()),
+            vec![1],
+            "nothing past the seal stays"
         );
     }
 

@@ -218,59 +218,216 @@ pub fn scan_threads(
     layout: &Layout,
     instances: &[InstanceId],
 ) -> Result<ThreadScan, RecoveryError> {
-    let cluster = ClusterLives::read(storage, layout).map_err(RecoveryError::Slots)?;
-    let mut scan = ThreadScan::default();
-    for &instance in instances {
-        let slot = cluster.slot(instance).ok_or(RecoveryError::NoThread {
-            instance,
-            max_instances: layout.max_instances,
-        })?;
-        let lives = cluster.thread_lives(instance);
-        let thread = layout
-            .redo_thread(instance)
-            .ok_or(RecoveryError::NoThread {
+    Ok(ResumableScan::read(storage, layout, instances)?.finish())
+}
+
+/// A scan of redo threads that can go on later from where it stopped: instance recovery
+/// reads the lost threads while their lease still runs (reading is safe then) and reads on
+/// once it has run out, so only the tail written meanwhile is read twice.
+///
+/// Each thread's last write read is held back, not merged: it may have been read while it
+/// was landing (a prefix of its blocks). A write holds whole entries and starts a fresh log
+/// block ([`crate::redo::RedoWriter`]), and only one write of a thread is in flight, so every
+/// write before the last one read is complete and durable, and [`ResumableScan::resume`]
+/// reads from the held write's first block again: no record is merged twice or missed. A
+/// thread whose lives were cut meanwhile below a write already merged (a seal lower than
+/// what this scan read: storage lost a landed write) is read again from its checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct ResumableScan {
+    instances: Vec<InstanceId>,
+    merged: ThreadScan,
+    threads: Vec<ResumePoint>,
+}
+
+/// Where one thread's scan goes on.
+#[derive(Debug, Clone)]
+struct ResumePoint {
+    /// The first sequence of the held-back write (or where the last pass started when it
+    /// read no entry).
+    resume: u64,
+    /// The held-back write's entries.
+    held: Vec<Vec<RedoRecord>>,
+    /// The lives the last pass read through.
+    lives: Vec<crate::format::Life>,
+}
+
+impl ResumableScan {
+    /// Scans the redo threads of `instances` from their checkpoints to their ends (as
+    /// [`scan_threads`]), holding back each thread's last write.
+    pub fn read(
+        storage: &dyn SharedStorage,
+        layout: &Layout,
+        instances: &[InstanceId],
+    ) -> Result<Self, RecoveryError> {
+        let mut scan = Self {
+            instances: instances.to_vec(),
+            ..Self::default()
+        };
+        let cluster = ClusterLives::read(storage, layout).map_err(RecoveryError::Slots)?;
+        scan.pass(storage, layout, &cluster)?;
+        Ok(scan)
+    }
+
+    /// Reads every thread on from where the last pass stopped, with the lives and seals as
+    /// storage holds them now (a seal written since ends its life there).
+    pub fn resume(
+        &mut self,
+        storage: &dyn SharedStorage,
+        layout: &Layout,
+    ) -> Result<(), RecoveryError> {
+        let cluster = ClusterLives::read(storage, layout).map_err(RecoveryError::Slots)?;
+        self.pass(storage, layout, &cluster)
+    }
+
+    /// [`ResumableScan::resume`] if the newest life of each thread of `lost` has ended on
+    /// storage (sealed by the survivor that seals them, or ended by its own next start);
+    /// else reads no redo (only the slots and seal sectors) and returns false.
+    pub fn resume_if_sealed(
+        &mut self,
+        storage: &dyn SharedStorage,
+        layout: &Layout,
+        lost: &[InstanceId],
+    ) -> Result<bool, RecoveryError> {
+        let cluster = ClusterLives::read(storage, layout).map_err(RecoveryError::Slots)?;
+        let ended = lost.iter().all(|&instance| {
+            cluster
+                .thread_lives(instance)
+                .last()
+                .is_none_or(|life| life.end.is_some())
+        });
+        if ended {
+            self.pass(storage, layout, &cluster)?;
+        }
+        Ok(ended)
+    }
+
+    /// Records merged so far (the held-back writes not counted).
+    pub fn record_count(&self) -> u64 {
+        self.merged.record_count()
+    }
+
+    /// What the passes read so far, as a [`ThreadScan`] (the held-back writes merged).
+    pub fn finish(mut self) -> ThreadScan {
+        for (i, point) in self.threads.iter_mut().enumerate() {
+            let held = std::mem::take(&mut point.held);
+            merge_entries(&mut self.merged, i, held);
+        }
+        // Stable: equal SCNs keep log order (threads in the order given).
+        for records in self.merged.blocks.values_mut() {
+            records.sort_by_key(|r| r.scn);
+        }
+        self.merged
+    }
+
+    fn pass(
+        &mut self,
+        storage: &dyn SharedStorage,
+        layout: &Layout,
+        cluster: &ClusterLives,
+    ) -> Result<(), RecoveryError> {
+        let cut_below_merged = self.threads.iter().zip(&self.instances).any(|(point, &i)| {
+            let lives = cluster.thread_lives(i);
+            lives.iter().any(|life| {
+                let before = point
+                    .lives
+                    .iter()
+                    .find(|l| l.incarnation == life.incarnation)
+                    .and_then(|l| l.end);
+                life.end.is_some_and(|end| {
+                    end < point.resume && before.is_none_or(|before| end < before)
+                })
+            })
+        });
+        if cut_below_merged {
+            self.merged = ThreadScan::default();
+            self.threads.clear();
+        }
+        for (index, &instance) in self.instances.iter().enumerate() {
+            let slot = cluster.slot(instance).ok_or(RecoveryError::NoThread {
                 instance,
                 max_instances: layout.max_instances,
             })?;
-        let redo = |source| RecoveryError::Redo {
-            instance,
-            thread_offset: thread.offset,
-            source,
-        };
-        let mut reader =
-            RedoReader::new(storage, thread, slot.checkpoint.sequence, &lives).map_err(redo)?;
-        let (mut entries, mut records, mut max_scn) = (0u64, 0u64, None::<Scn>);
-        while let Some(entry) = reader.next_entry().map_err(redo)? {
-            entries += 1;
-            for record in entry {
-                check_in_storage(layout, instance, &record)?;
-                records += 1;
-                max_scn = max_scn.max(Some(record.scn));
-                scan.blocks.entry(record.block).or_default().push(record);
+            let lives = cluster.thread_lives(instance);
+            let thread = layout
+                .redo_thread(instance)
+                .ok_or(RecoveryError::NoThread {
+                    instance,
+                    max_instances: layout.max_instances,
+                })?;
+            let redo = |source| RecoveryError::Redo {
+                instance,
+                thread_offset: thread.offset,
+                source,
+            };
+            let start = self
+                .threads
+                .get(index)
+                .map_or(slot.checkpoint.sequence, |point| point.resume);
+            let mut reader = RedoReader::new(storage, thread, start, &lives).map_err(redo)?;
+            let mut held: Vec<Vec<RedoRecord>> = Vec::new();
+            let mut held_write = None;
+            let mut merge = Vec::new();
+            while let Some(entry) = reader.next_entry().map_err(redo)? {
+                for record in &entry {
+                    check_in_storage(layout, instance, record)?;
+                }
+                if reader.write_start() != held_write {
+                    merge.append(&mut held);
+                    held_write = reader.write_start();
+                }
+                held.push(entry);
             }
+            let end = reader.end().cloned().ok_or(RecoveryError::Redo {
+                instance,
+                thread_offset: thread.offset,
+                source: RedoReadError::Thread {
+                    offset: thread.offset,
+                    size: thread.size,
+                },
+            })?;
+            if index == self.merged.threads.len() {
+                self.merged.threads.push(ThreadSummary {
+                    instance,
+                    checkpoint: slot.checkpoint,
+                    end: end.clone(),
+                    entries: 0,
+                    records: 0,
+                    max_scn: None,
+                });
+                self.threads.push(ResumePoint {
+                    resume: start,
+                    held: Vec::new(),
+                    lives: Vec::new(),
+                });
+            }
+            self.merged.threads[index].end = end;
+            merge_entries(&mut self.merged, index, merge);
+            let point = &mut self.threads[index];
+            // This pass read the previously held write again from its first block: what it
+            // holds now replaces it (nothing, if a seal now ends the life before it).
+            point.held = held;
+            if let Some(write) = held_write {
+                point.resume = write;
+            }
+            point.lives = lives;
         }
-        let end = reader.end().cloned().ok_or(RecoveryError::Redo {
-            instance,
-            thread_offset: thread.offset,
-            source: RedoReadError::Thread {
-                offset: thread.offset,
-                size: thread.size,
-            },
-        })?;
-        scan.threads.push(ThreadSummary {
-            instance,
-            checkpoint: slot.checkpoint,
-            end,
-            entries,
-            records,
-            max_scn,
-        });
+        Ok(())
     }
-    // Stable: equal SCNs keep log order (threads in the order given).
-    for records in scan.blocks.values_mut() {
-        records.sort_by_key(|r| r.scn);
+}
+
+/// Adds whole entries of thread `index` to `scan` (records per block, unsorted).
+fn merge_entries(scan: &mut ThreadScan, index: usize, entries: Vec<Vec<RedoRecord>>) {
+    let Some(summary) = scan.threads.get_mut(index) else {
+        return;
+    };
+    for entry in entries {
+        summary.entries += 1;
+        for record in entry {
+            summary.records += 1;
+            summary.max_scn = summary.max_scn.max(Some(record.scn));
+            scan.blocks.entry(record.block).or_default().push(record);
+        }
     }
-    Ok(scan)
 }
 
 fn check_in_storage(

@@ -154,6 +154,8 @@ pub struct RedoReader<'s> {
     chunk_blocks: u64,
     /// The block read a second time because a later write followed it (see `step`).
     reread: Option<u64>,
+    /// The first sequence of the write the last valid block read belongs to.
+    last_write: Option<u64>,
     assembler: EntryAssembler,
     entries: Vec<Vec<u8>>,
     entries_taken: usize,
@@ -199,6 +201,7 @@ impl<'s> RedoReader<'s> {
             chunk_first: 0,
             chunk_blocks: 0,
             reread: None,
+            last_write: None,
             assembler: EntryAssembler::new(),
             entries: Vec::new(),
             entries_taken: 0,
@@ -210,6 +213,13 @@ impl<'s> RedoReader<'s> {
     /// Where the log ends, once the scan got there.
     pub fn end(&self) -> Option<&LogEnd> {
         self.end.as_ref()
+    }
+
+    /// The first sequence of the write that the entry [`RedoReader::next_entry`] returned last
+    /// lies in (a write holds whole entries; `None` before any block was read): where a later
+    /// scan of the same thread may start again to read that write whole.
+    pub fn write_start(&self) -> Option<u64> {
+        self.last_write
     }
 
     /// Storage offset of the log block with `sequence`.
@@ -293,6 +303,7 @@ impl<'s> RedoReader<'s> {
             Ok(decoded) => {
                 return match self.assembler.push(&decoded, &mut self.entries) {
                     Ok(()) => {
+                        self.last_write = Some(decoded.header.batch_first);
                         self.next += 1;
                         Ok(())
                     }

@@ -237,6 +237,11 @@ pub struct RedoWriter {
     config: GroupCommitConfig,
     state: Mutex<State>,
     batch_done: Condvar,
+    /// Signalled when a leader takes the open batch (or ends its write): appenders waiting
+    /// for room in a full open batch wait here, apart from the followers of the batch being
+    /// written, which a taken batch cannot help (waking them there cost every follower a
+    /// futile wake-up per write).
+    batch_taken: Condvar,
     /// Notified (with `state`) when the checkpoint moves: space was freed.
     space_freed: Condvar,
     durable_batch: AtomicU64,
@@ -337,6 +342,7 @@ impl RedoWriter {
                 oldest_past_checkpoint: (end.next_sequence > checkpoint).then(Instant::now),
             }),
             batch_done: Condvar::new(),
+            batch_taken: Condvar::new(),
             space_freed: Condvar::new(),
             durable_batch: AtomicU64::new(0),
             durable_scn: AtomicU64::new(0),
@@ -487,7 +493,7 @@ impl RedoWriter {
         {
             if st.leader_busy {
                 // The open batch is full: wait for the leader to take it next.
-                self.batch_done.wait(&mut st);
+                self.batch_taken.wait(&mut st);
             } else {
                 // No write in flight, and maybe no committer waiting to lead one (appenders
                 // that wait later, holding their locks): write the full batch now.
@@ -652,7 +658,7 @@ impl RedoWriter {
         st.leader_busy = true;
         self.leader_busy.store(true, Ordering::Release);
         // Committers blocked on a full open batch may join the new one now.
-        self.batch_done.notify_all();
+        self.batch_taken.notify_all();
 
         let (result, synced) = MutexGuard::unlocked(st, || {
             let bytes = buffer.bytes_mut();
@@ -687,6 +693,7 @@ impl RedoWriter {
         st.leader_busy = false;
         self.leader_busy.store(false, Ordering::Release);
         self.batch_done.notify_all();
+        self.batch_taken.notify_all();
     }
 
     /// Writes log blocks starting at `first`'s place, in two pieces if the ring wraps, and
