@@ -1082,7 +1082,7 @@ impl Setting<'_> {
     ) -> Result<(Runtime, Arc<CommitStream>), StartError> {
         let me = self.config.local.id;
         let configured = self.config.instances();
-        let (entered, connected, early) = self.enter(&mut transport)?;
+        let (entered, connected, early, lease_from) = self.enter(&mut transport)?;
         // Every timer of the running instance starts now: the time spent meeting the peers
         // must not count as their silence (nor eat the I/O lease).
         let origin = Instant::now();
@@ -1150,6 +1150,7 @@ impl Setting<'_> {
             origin,
             early,
             own_paxos,
+            lease_from,
             fence: self.fence.clone(),
             commits: Arc::clone(&commits),
         })?;
@@ -1195,8 +1196,9 @@ impl Setting<'_> {
 
     /// Meets the peers: drives this instance's [`Entry`](crate::entry::Entry), which decides
     /// whether it forms the cluster (running whole-cluster recovery first) or joins a running
-    /// one. Returns how it entered, the peers connected, and the engines' frames that came
-    /// before (an admission's rebuild starts at once: they are the core's).
+    /// one. Returns how it entered, the peers connected, the engines' frames that came
+    /// before (an admission's rebuild starts at once: they are the core's), and the boottime
+    /// its first lease counts from ([`Entry::lease_from`](crate::entry::Entry::lease_from)).
     #[allow(clippy::type_complexity)]
     fn enter<T: interconnect::Transport>(
         &self,
@@ -1206,11 +1208,13 @@ impl Setting<'_> {
             Entered,
             InstanceSet,
             Vec<(interconnect::FrameHeader, Vec<u8>)>,
+            Duration,
         ),
         StartError,
     > {
         use crate::cluster::ClusterMessage;
         use crate::entry::{Entry, EntryConfig, EntryError, EntryIo, SlotLook};
+        use crate::paxos::PaxosIo;
         use interconnect::{Outgoing, Priority, Service, TransportEvent};
         let me = self.config.local.id;
         let clock = Instant::now();
@@ -1219,6 +1223,7 @@ impl Setting<'_> {
             EntryConfig {
                 me,
                 configured: self.config.instances(),
+                slots: usize::from(self.layout.max_instances),
                 failure: crate::cluster::FailureConfig {
                     membership: self.config.membership,
                     ..Default::default()
@@ -1226,7 +1231,8 @@ impl Setting<'_> {
                 give_up_after: CONNECT_TIMEOUT,
             },
             now(),
-        );
+        )
+        .map_err(|e| StartError::Cache(e.to_string()))?;
         let mut heartbeat: Option<u64> = None;
         let mut early = Vec::new();
         // Bounded as the core bounds frames of a future epoch; what a peer sends beyond that
@@ -1268,6 +1274,7 @@ impl Setting<'_> {
                                     instance: id,
                                     down: slot.state == SlotState::Down,
                                     heartbeat: slot.heartbeat,
+                                    paxos: slot.paxos,
                                 })
                             })
                             .collect();
@@ -1286,19 +1293,24 @@ impl Setting<'_> {
                                         "whole-cluster recovery could not rebuild: {corrupt}"
                                     );
                                 }
-                                self.paxos_blocks()
                             })
                             .map_err(|e| e.to_string());
                         entry.handle_restarted(result);
                     }
-                    Some(EntryIo::PublishFormation { bytes }) => {
-                        let result = format::read_slot(self.storage.as_ref(), self.layout, me)
+                    // The formation's Disk Paxos: the slot is written whole and durably, as
+                    // every slot write is; the read is issued now.
+                    Some(EntryIo::Paxos(PaxosIo::WriteOwn { bytes })) => {
+                        let written = format::read_slot(self.storage.as_ref(), self.layout, me)
                             .and_then(|mut slot| {
                                 slot.paxos = bytes;
                                 format::write_slot(self.storage.as_ref(), self.layout, &slot)
-                            })
-                            .map_err(|e| e.to_string());
-                        entry.handle_formation_published(result);
+                            });
+                        entry.handle_paxos_written(written.is_ok(), now());
+                    }
+                    Some(EntryIo::Paxos(PaxosIo::ReadBlock { owner })) => {
+                        let read = format::read_slot(self.storage.as_ref(), self.layout, owner);
+                        let bytes = read.as_ref().ok().map(|slot| &slot.paxos[..]);
+                        entry.handle_paxos_read(owner, bytes, now());
                     }
                     None => break,
                 }
@@ -1310,7 +1322,15 @@ impl Setting<'_> {
                             "instance {me}: {early_dropped} frames that came before the admission were past the bound and dropped"
                         );
                     }
-                    return Ok((*entered, entry.connected(), early));
+                    // The first lease counts from the last look at the voting area that
+                    // found nothing against this instance (boottime), or waits for the first
+                    // disk round.
+                    let lease_from = entry
+                        .lease_from(entered.membership().0)
+                        .map_or(Duration::ZERO, |at| {
+                            crate::storage::boottime().saturating_sub(now().saturating_since(at))
+                        });
+                    return Ok((*entered, entry.connected(), early, lease_from));
                 }
                 Some(Err(EntryError::PeersMissing { missing, .. })) => {
                     return Err(StartError::PeersMissing {
@@ -1321,7 +1341,7 @@ impl Setting<'_> {
                 Some(Err(EntryError::EpochsExhausted(epoch))) => {
                     return Err(StartError::EpochsExhausted(*epoch));
                 }
-                Some(Err(e @ EntryError::Restart(_))) => {
+                Some(Err(e @ (EntryError::Restart(_) | EntryError::Paxos(_)))) => {
                     return Err(StartError::Cache(e.to_string()));
                 }
                 None => {}

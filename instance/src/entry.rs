@@ -3,23 +3,30 @@
 //! every other slot is still), or it is admitted into a running one (a join).
 //!
 //! [`Entry`] is the sans-IO state machine of that phase, before the instance's [`Node`]
-//! exists. It owns the decisions: who forms the cluster (the lowest id present), when a
-//! whole-cluster restart may run whole-cluster recovery (every configured instance answered,
-//! or after [`FORMATION_GRACE`] a majority did and every other slot has been shut down or
-//! still for the lease and an eighth — an instance missing from the restart may not be
-//! running), which epoch the formed cluster starts at (above every epoch on the voting
-//! area, where the former records it as a decision before anyone is told), when to ask a running cluster for admission and which admission to take. The
-//! driver (`api::Instance::start`, the membership simulator) carries out its I/O (a
-//! voting-area round: write this instance's heartbeat, read every slot; whole-cluster
-//! recovery), sends its messages, and builds the [`Node`] from [`Entered`] with
-//! [`decision_at_entry`].
+//! exists. It owns the decisions: who proposes a formation (the lowest id present, once every
+//! present peer says it knows the same newest epoch as this instance), when a whole-cluster
+//! restart may go without some configured instances (every configured instance answered, or
+//! after [`FORMATION_GRACE`] a majority did and every other slot has been shut down or still
+//! for the lease and an eighth — an instance missing from the restart may not be running),
+//! when to ask a running cluster for admission and which admission to take. The formation
+//! itself is decided by Disk Paxos on the voting area, as every later epoch is: the epoch
+//! after the newest decided one, so two formers never both form (the second learns the
+//! first's formation, or adopts it), and whole-cluster recovery runs only after the
+//! formation is decided (`docs/membership.md`, "Entering"). The driver
+//! (`api::Instance::start`, the membership simulator) carries out its I/O (a voting-area
+//! round: write this instance's heartbeat, read every slot; Disk Paxos reads and writes;
+//! whole-cluster recovery), sends its messages, and builds the [`Node`] from [`Entered`]
+//! with [`decision_at_entry`].
 //!
 //! It must never do I/O, read a clock or build the engines: inputs come with `now`.
 //!
 //! [`Node`]: crate::node::Node
 
 use crate::cluster::{ClusterMessage, FailureConfig};
-use crate::paxos::{Ballot, Decision, PAXOS_BLOCK_LEN, PaxosBlock, Proposal};
+use crate::paxos::{
+    DEFAULT_PHASE_TIMEOUT, Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosBlock, PaxosConfig,
+    PaxosEvent, PaxosIo, Proposal,
+};
 use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -42,6 +49,9 @@ pub struct EntryConfig {
     pub me: InstanceId,
     /// Every configured instance.
     pub configured: InstanceSet,
+    /// Paxos blocks on the voting area (the configured `max_instances`): every one is read
+    /// in every phase of the formation's Disk Paxos.
+    pub slots: usize,
     /// The failure settings: the lease a missing instance's slot must be still for, and how
     /// often the voting area is read.
     pub failure: FailureConfig,
@@ -58,28 +68,28 @@ pub struct SlotLook {
     pub down: bool,
     /// Its disk-heartbeat counter.
     pub heartbeat: u64,
+    /// Its Paxos block, as the slot holds it.
+    pub paxos: [u8; PAXOS_BLOCK_LEN],
 }
 
 /// Storage work for the driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryIo {
     /// Move this instance's disk heartbeat (slot state up, counter + 1), then read every slot
     /// of the voting area; report with [`Entry::handle_slot_round`] (a slot that cannot be
     /// read is left out: it counts as moving).
     SlotRound,
+    /// The formation's Disk Paxos: write this instance's block into its slot durably, or
+    /// read one slot's block (issued now, never from a cache); report with
+    /// [`Entry::handle_paxos_written`] or [`Entry::handle_paxos_read`]. At most one write is
+    /// in flight, and the entry ends only once none is (so the node's first write never
+    /// races it).
+    Paxos(PaxosIo),
     /// Whole-cluster recovery: merge every thread's redo from its checkpoint and apply it,
-    /// seal every thread's newest life, then read every slot's Paxos block; report with
-    /// [`Entry::handle_restarted`]. Asked only once no instance outside the restart can be
-    /// running.
+    /// then seal every thread's newest life; report with [`Entry::handle_restarted`]. Asked
+    /// only once this instance's formation is decided on the voting area and no instance
+    /// outside it can be running.
     Restart,
-    /// Write this Paxos block into this instance's slot, durably, and report with
-    /// [`Entry::handle_formation_published`]: it records the formed epoch on the voting area
-    /// (the next formation starts above it, and an instance of an earlier life that reads
-    /// it learns it was left out) before anyone is told the cluster runs.
-    PublishFormation {
-        /// The block (this instance's, carrying the formation as its decision).
-        bytes: [u8; PAXOS_BLOCK_LEN],
-    },
 }
 
 /// How the instance entered.
@@ -130,6 +140,22 @@ pub enum EntryError {
     /// The voting area names the last epoch there is.
     #[error("the epoch counter is exhausted (the voting area names epoch {0:?})")]
     EpochsExhausted(Epoch),
+    /// The formation's Disk Paxos cannot run with this configuration.
+    #[error("{0}")]
+    Paxos(String),
+}
+
+/// This instance's formation, decided.
+#[derive(Debug, Clone, Copy)]
+struct Restarting {
+    epoch: Epoch,
+    live: InstanceSet,
+    /// Whole-cluster recovery waits for a round asked for at or after this: the decision
+    /// plus the lease and an eighth, so every instance outside the formation that renewed
+    /// its lease from a round that missed the decision has lost it.
+    after: Timestamp,
+    /// Whole-cluster recovery was asked for.
+    asked: bool,
 }
 
 /// A slot as last seen: whether down, its counter, since when it has not moved.
@@ -143,13 +169,14 @@ struct SlotSeen {
 /// The entering phase of one instance.
 ///
 /// Inputs ([`Entry::handle_connected`], [`Entry::handle_disconnected`],
-/// [`Entry::handle_message`], [`Entry::handle_slot_round`], [`Entry::handle_restarted`],
-/// [`Entry::handle_timeout`]) take `now`. Outputs, drained after every input:
-/// [`Entry::poll_transmit`] (cluster messages, sent at critical priority with epoch 0),
-/// [`Entry::poll_io`], then [`Entry::outcome`] (`Some` once entered or failed: the driver
-/// stops feeding this and builds the node), and [`Entry::poll_timeout`] for the next
-/// deadline. Frames of the engines that arrive before the admission are the driver's to
-/// keep (bounded) and hand to the node.
+/// [`Entry::handle_message`], [`Entry::handle_slot_round`], [`Entry::handle_paxos_written`],
+/// [`Entry::handle_paxos_read`], [`Entry::handle_restarted`], [`Entry::handle_timeout`])
+/// take `now`. Outputs, drained after every input: [`Entry::poll_transmit`] (cluster
+/// messages, sent at critical priority with epoch 0), [`Entry::poll_io`], then
+/// [`Entry::outcome`] (`Some` once entered or failed: the driver stops feeding this and
+/// builds the node), and [`Entry::poll_timeout`] for the next deadline. Frames of the
+/// engines that arrive before the admission are the driver's to keep (bounded) and hand to
+/// the node.
 #[derive(Debug)]
 pub struct Entry {
     config: EntryConfig,
@@ -157,6 +184,10 @@ pub struct Entry {
     connected: InstanceSet,
     /// Peers heard from (a `Hello` or a running member's `Status`).
     answered: InstanceSet,
+    /// The newest decided epoch each peer said it knows in its last "not running" `Hello`
+    /// (by index): a formation counts only peers that know the same one as this instance,
+    /// so none of them can have entered a cluster since (that takes a newer decision).
+    peer_known: Vec<Option<Epoch>>,
     /// The newest running cluster heard of, and from whom: epoch 0 is a formation under
     /// way (its former says so while whole-cluster recovery runs), forgotten when the former
     /// goes.
@@ -170,44 +201,81 @@ pub struct Entry {
     /// When the last round completed: stillness is measured up to it, so an instance whose
     /// own storage stalls takes nobody for still.
     observed: Option<Timestamp>,
-    /// Whole-cluster recovery runs (then the formation is published); the cluster forms
-    /// with these members.
-    restarting: Option<InstanceSet>,
-    /// The epoch being published.
-    forming: Option<Epoch>,
+    /// The formation's consensus: learns decisions from every round, proposes formations.
+    paxos: DiskPaxos,
+    /// This instance's own block was recovered (it may propose).
+    recovered: bool,
+    /// The epoch of this instance's latest formation proposal, until that epoch is decided.
+    /// Kept after an abort: another former's phase 1 may adopt the value and decide it, and
+    /// then this instance forms.
+    proposing: Option<Epoch>,
+    /// No proposal before this (a backoff after an aborted one).
+    propose_after: Timestamp,
+    /// Paxos writes of the own block in flight.
+    writes_in_flight: usize,
+    /// This instance's formation is decided: whole-cluster recovery runs once the lease
+    /// has run out, then the members are told.
+    restarting: Option<Restarting>,
+    /// When the round in flight (or the last one) was asked for.
+    round_asked_at: Timestamp,
+    /// The last completed round: when it was asked for, and the newest epoch its blocks
+    /// show accepted or decided without this instance.
+    last_look: Option<(Timestamp, Epoch)>,
+    /// Entered, waiting for the own Paxos write in flight to complete.
+    entered: Option<Entered>,
     outcome: Option<Result<Entered, EntryError>>,
     transmits: VecDeque<(InstanceId, ClusterMessage)>,
     ios: VecDeque<EntryIo>,
 }
 
-const HELLO: ClusterMessage = ClusterMessage::Hello {
-    running: false,
-    epoch: Epoch(0),
-    live: InstanceSet::EMPTY,
-};
-
 impl Entry {
-    /// An instance starting at `now`.
-    pub fn new(config: EntryConfig, now: Timestamp) -> Self {
+    /// An instance starting at `now`; refused when its Disk Paxos cannot run (`slots`
+    /// outside 1..=64, or none for this instance).
+    pub fn new(config: EntryConfig, now: Timestamp) -> Result<Self, EntryError> {
+        // Until the voting area is read, this instance knows no decision (epoch 0).
+        let none = Decision {
+            epoch: Epoch(0),
+            value: Proposal {
+                members: InstanceSet::EMPTY,
+                proposer: config.me,
+            },
+        };
+        let paxos = DiskPaxos::new(
+            config.me,
+            PaxosConfig {
+                slots: config.slots,
+                phase_timeout: DEFAULT_PHASE_TIMEOUT,
+            },
+            none,
+        )
+        .map_err(|e| EntryError::Paxos(e.to_string()))?;
         let mut entry = Self {
             config,
             started: now,
             connected: InstanceSet::EMPTY,
             answered: InstanceSet::EMPTY,
+            peer_known: vec![None; interconnect::MAX_INSTANCES],
             running: None,
             resend_at: now + ENTRY_RESEND,
             slots: vec![None; interconnect::MAX_INSTANCES],
             round_in_flight: false,
             next_round: now,
             observed: None,
+            paxos,
+            recovered: false,
+            proposing: None,
+            propose_after: now,
+            writes_in_flight: 0,
             restarting: None,
-            forming: None,
+            round_asked_at: now,
+            last_look: None,
+            entered: None,
             outcome: None,
             transmits: VecDeque::new(),
             ios: VecDeque::new(),
         };
         entry.handle_timeout(now);
-        entry
+        Ok(entry)
     }
 
     /// Entered (or failed), once it has: the driver builds the node (or reports the error).
@@ -215,16 +283,31 @@ impl Entry {
         self.outcome.as_ref()
     }
 
+    /// Where the node's first lease counts from, entering at `epoch`: the start of the last
+    /// voting-area round, if it found nothing newer than `epoch` accepted or decided without
+    /// this instance; `None` (no lease until the node's first disk round renews it) if it
+    /// did, or if there was none. A lease granted at the entry itself would let an instance
+    /// told of an epoch late (paused, or its admission delayed) write after the members
+    /// decided a later one without it and began recovering it.
+    pub fn lease_from(&self, epoch: Epoch) -> Option<Timestamp> {
+        self.last_look
+            .filter(|(_, against)| *against <= epoch)
+            .map(|(asked, _)| asked)
+    }
+
     /// Peers connected now.
     pub fn connected(&self) -> InstanceSet {
         self.connected
     }
 
-    /// The connection to `peer` is up: say that this instance is not running yet, and ask
-    /// to join when a running cluster is known.
+    /// The connection to `peer` is up: say that this instance is not running yet (once it
+    /// has read the voting area: the `Hello` says which decision it knows), and ask to join
+    /// when a running cluster is known.
     pub fn handle_connected(&mut self, peer: InstanceId, now: Timestamp) {
         self.connected.insert(peer);
-        self.send(peer, self.hello());
+        if let Some(hello) = self.hello() {
+            self.send(peer, hello);
+        }
         if self.running.is_some() {
             self.send(peer, ClusterMessage::JoinRequest);
         }
@@ -235,6 +318,9 @@ impl Entry {
     pub fn handle_disconnected(&mut self, peer: InstanceId, now: Timestamp) {
         self.connected.remove(peer);
         self.answered.remove(peer);
+        if let Some(known) = self.peer_known.get_mut(peer.index()) {
+            *known = None;
+        }
         // A running cluster none of whose members is reachable any more may be gone (its
         // last member died), as may a formation whose former went: the instances starting
         // now may have to form a new one.
@@ -248,7 +334,7 @@ impl Entry {
 
     /// A cluster message from `from`.
     pub fn handle_message(&mut self, from: InstanceId, message: ClusterMessage, now: Timestamp) {
-        if self.outcome.is_some() {
+        if self.is_done() {
             return;
         }
         let me = self.config.me;
@@ -268,6 +354,9 @@ impl Entry {
                     return;
                 }
                 self.answered.insert(from);
+                if let Some(known) = self.peer_known.get_mut(from.index()) {
+                    *known = None;
+                }
                 if self.running.is_none_or(|(e, _, _)| epoch > e) {
                     self.running = Some((epoch, live, from));
                     // Ask at once, then every resend interval.
@@ -275,25 +364,32 @@ impl Entry {
                     self.resend_at = now + ENTRY_RESEND;
                 }
             }
-            ClusterMessage::Hello { running: false, .. } => {
+            ClusterMessage::Hello {
+                running: false,
+                epoch,
+                ..
+            } => {
                 self.answered.insert(from);
+                if let Some(known) = self.peer_known.get_mut(from.index()) {
+                    *known = Some(epoch);
+                }
             }
             // Only the lowest id present forms the cluster.
             ClusterMessage::Formed { epoch, live }
                 if acceptable(live) && live.lowest() == Some(from) && self.restarting.is_none() =>
             {
-                self.outcome = Some(Ok(Entered::Formed {
+                self.enter(Entered::Formed {
                     epoch,
                     live,
                     here: false,
-                }));
+                });
                 return;
             }
             // Only a member of the epoch it decided admits.
             ClusterMessage::Reconfigure { epoch, live }
                 if acceptable(live) && live.contains(from) && self.restarting.is_none() =>
             {
-                self.outcome = Some(Ok(Entered::Joined { epoch, live }));
+                self.enter(Entered::Joined { epoch, live });
                 return;
             }
             _ => {}
@@ -304,8 +400,15 @@ impl Entry {
     /// The voting-area round of [`EntryIo::SlotRound`] completed with the slots it read.
     pub fn handle_slot_round(&mut self, slots: &[SlotLook], now: Timestamp) {
         self.round_in_flight = false;
+        if self.is_done() {
+            return;
+        }
         self.next_round = now + self.config.failure.disk_interval;
+        let first = self.observed.is_none();
         self.observed = Some(now);
+        let known = self.paxos.decided().epoch;
+        let me = self.config.me;
+        let mut against = Epoch(0);
         let mut read = vec![false; self.slots.len()];
         for look in slots {
             let Some(seen) = self.slots.get_mut(look.instance.index()) else {
@@ -320,6 +423,25 @@ impl Entry {
                     since: now,
                 }),
             };
+            if let Ok(Some(block)) = PaxosBlock::decode(&look.paxos) {
+                if block.inp.is_some_and(|v| !v.members.contains(me)) {
+                    against = against.max(block.epoch);
+                }
+                if !block.decided.value.members.contains(me) {
+                    against = against.max(block.decided.epoch);
+                }
+            }
+            if look.instance == me {
+                // Its ballots go on from its own block (no write of an earlier life can
+                // still land: the driver waited out the lease). One that does not decode
+                // leaves this instance a learner: it never proposes a formation.
+                if !self.recovered {
+                    self.recovered = self.paxos.recover_own(&look.paxos).is_ok();
+                }
+            } else {
+                // What it does not decode teaches nothing (a phase's own read refuses it).
+                let _ = self.paxos.observe(look.instance, &look.paxos);
+            }
         }
         // A slot that could not be read counts as moving.
         for (seen, read) in self.slots.iter_mut().zip(read) {
@@ -327,98 +449,84 @@ impl Entry {
                 *seen = None;
             }
         }
+        self.last_look = Some((self.round_asked_at, against));
+        self.pump_paxos(now);
+        self.restart_when_clear();
+        // The peers hear at once which decision this instance knows (first look, or a new
+        // one learnt): a formation waits for all of them to know the same.
+        if (first || self.paxos.decided().epoch != known)
+            && let Some(hello) = self.hello()
+        {
+            for peer in self.connected.iter() {
+                self.send(peer, hello);
+            }
+        }
         self.decide(now);
     }
 
-    /// [`EntryIo::Restart`] completed: every slot's Paxos block that decodes, or why
-    /// whole-cluster recovery failed.
-    pub fn handle_restarted(&mut self, result: Result<Vec<PaxosBlock>, String>) {
-        let (Some(live), None) = (self.restarting, self.forming) else {
-            return;
-        };
-        let blocks = match result {
-            Ok(blocks) => blocks,
-            Err(e) => {
-                self.outcome = Some(Err(EntryError::Restart(e)));
-                return;
-            }
-        };
-        // A new cluster starts above every epoch the voting area names (decided, or open
-        // for proposals): no old ballot or decision concerns its epochs.
-        let highest = blocks
-            .iter()
-            .map(|b| b.epoch.max(b.decided.epoch))
-            .max()
-            .unwrap_or(Epoch(0));
-        let Some(epoch) = highest.checked_next() else {
-            self.outcome = Some(Err(EntryError::EpochsExhausted(highest)));
-            return;
-        };
-        // Its own block carries the formation as a decision, at a ballot above any on the
-        // voting area (its ballots never go back).
-        let me = self.config.me;
-        let top = blocks.iter().map(|b| b.mbal).max().unwrap_or(Ballot::ZERO);
-        let Some(mbal) = top
-            .round()
-            .checked_add(1)
-            .and_then(|round| Ballot::new(round, me))
-        else {
-            self.outcome = Some(Err(EntryError::EpochsExhausted(highest)));
-            return;
-        };
-        let block = PaxosBlock {
-            owner: me,
-            epoch,
-            mbal,
-            bal: Ballot::ZERO,
-            inp: None,
-            decided: Decision {
-                epoch,
-                value: Proposal {
-                    members: live,
-                    proposer: me,
-                },
-            },
-        };
-        let mut bytes = [0u8; PAXOS_BLOCK_LEN];
-        block.encode(&mut bytes);
-        self.forming = Some(epoch);
-        self.ios.push_back(EntryIo::PublishFormation { bytes });
+    /// The own Paxos write of [`EntryIo::Paxos`] is durable (`ok`), or failed (it may have
+    /// landed).
+    pub fn handle_paxos_written(&mut self, ok: bool, now: Timestamp) {
+        self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
+        if ok {
+            self.paxos.handle_write_done(now);
+        } else {
+            self.paxos.handle_write_failed();
+        }
+        self.pump_paxos(now);
+        self.finish();
     }
 
-    /// [`EntryIo::PublishFormation`] completed: the cluster runs, and the members are told.
-    pub fn handle_formation_published(&mut self, result: Result<(), String>) {
-        let (Some(live), Some(epoch)) = (self.restarting.take(), self.forming.take()) else {
+    /// The Paxos read of `owner`'s block completed (`Some(bytes)`) or failed.
+    pub fn handle_paxos_read(&mut self, owner: InstanceId, bytes: Option<&[u8]>, now: Timestamp) {
+        match bytes {
+            Some(bytes) => self.paxos.handle_read_done(owner, bytes, now),
+            None => self.paxos.handle_read_failed(owner),
+        }
+        self.pump_paxos(now);
+    }
+
+    /// [`EntryIo::Restart`] completed, or whole-cluster recovery failed: the cluster runs,
+    /// and its members are told.
+    pub fn handle_restarted(&mut self, result: Result<(), String>) {
+        let Some(Restarting {
+            epoch,
+            live,
+            asked: true,
+            ..
+        }) = self.restarting
+        else {
             return;
         };
         if let Err(e) = result {
-            self.outcome = Some(Err(EntryError::Restart(format!(
-                "writing the formation to the voting area: {e}"
-            ))));
+            self.outcome = Some(Err(EntryError::Restart(e)));
             return;
         }
         let me = self.config.me;
         for peer in live.iter().filter(|p| *p != me) {
             self.send(peer, ClusterMessage::Formed { epoch, live });
         }
-        self.outcome = Some(Ok(Entered::Formed {
+        self.enter(Entered::Formed {
             epoch,
             live,
             here: true,
-        }));
+        });
     }
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Timestamp) {
-        if self.outcome.is_some() {
+        if self.is_done() {
             return;
         }
+        self.paxos.handle_timeout(now);
+        self.pump_paxos(now);
         if now >= self.resend_at {
             self.resend_at = now + ENTRY_RESEND;
             // Repeated: a lost message must not keep the cluster from forming or admitting.
-            let hello = self.hello();
-            for peer in self.connected.iter() {
-                self.send(peer, hello);
+            if let Some(hello) = self.hello() {
+                for peer in self.connected.iter() {
+                    self.send(peer, hello);
+                }
             }
             self.ask_to_join();
         }
@@ -429,9 +537,11 @@ impl Entry {
             // lease before they recover this instance's previous life, and only then admit
             // it — a moving slot would hold that recovery, and the admission, forever.
             self.round_in_flight = true;
+            self.round_asked_at = now;
             self.ios.push_back(EntryIo::SlotRound);
         }
         if self.restarting.is_none()
+            && !self.paxos.is_proposing()
             && now.saturating_since(self.started) >= self.config.give_up_after
         {
             let me = self.config.me;
@@ -467,26 +577,140 @@ impl Entry {
             at = at.min(self.next_round);
         }
         if self.running.is_none() && self.restarting.is_none() {
-            at = at.min(self.started + FORMATION_GRACE);
+            at = at
+                .min(self.started + FORMATION_GRACE)
+                .min(self.propose_after.max(self.started));
+        }
+        if let Some(deadline) = self.paxos.poll_timeout() {
+            at = at.min(deadline);
         }
         at
     }
 
-    /// Forms the cluster when this instance may: no running cluster is known, every
-    /// configured instance answered — or, after the grace, a majority did and nobody else
-    /// can be running — and this is the lowest id present.
+    /// Asks for whole-cluster recovery once a round asked for after the lease wait found
+    /// the formation still the newest decision. A newer one (this instance stalled or
+    /// paused past the lease, and the others formed without it) ends this formation: the
+    /// cluster that superseded it says so, and this instance asks to join it.
+    fn restart_when_clear(&mut self) {
+        let Some(r) = self.restarting.filter(|r| !r.asked) else {
+            return;
+        };
+        if self.paxos.decided().epoch > r.epoch {
+            self.restarting = None;
+        } else if self.round_asked_at >= r.after {
+            self.restarting = Some(Restarting { asked: true, ..r });
+            self.ios.push_back(EntryIo::Restart);
+        }
+    }
+
+    /// Entered or failed (maybe still waiting for the own Paxos write in flight).
+    fn is_done(&self) -> bool {
+        self.outcome.is_some() || self.entered.is_some()
+    }
+
+    /// Entered: the outcome, once no own Paxos write is in flight.
+    fn enter(&mut self, entered: Entered) {
+        self.entered = Some(entered);
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if self.writes_in_flight == 0
+            && self.outcome.is_none()
+            && let Some(entered) = self.entered
+        {
+            self.outcome = Some(Ok(entered));
+        }
+    }
+
+    /// Moves Disk Paxos' I/O out and acts on its events: this instance's formation decided
+    /// runs whole-cluster recovery; any other decision ends the proposal (the cluster it
+    /// names is running or forming: its members say so, and this instance asks to join or
+    /// is told it is formed); an abort backs off.
+    fn pump_paxos(&mut self, now: Timestamp) {
+        loop {
+            while let Some(io) = self.paxos.poll_io() {
+                if matches!(io, PaxosIo::WriteOwn { .. }) {
+                    self.writes_in_flight += 1;
+                }
+                self.ios.push_back(EntryIo::Paxos(io));
+            }
+            let Some(event) = self.paxos.poll_event() else {
+                return;
+            };
+            match event {
+                PaxosEvent::Decided(decision) => {
+                    let Some(epoch) = self.proposing else {
+                        continue;
+                    };
+                    if decision.epoch < epoch {
+                        continue;
+                    }
+                    self.proposing = None;
+                    let me = self.config.me;
+                    // This instance's value — or one it accepted earlier for this epoch and
+                    // that phase 1 adopted — is the formation.
+                    let live = decision.value.members;
+                    if decision.epoch == epoch
+                        && decision.value.proposer == me
+                        && live.contains(me)
+                        && self.outcome.is_none()
+                        && self.entered.is_none()
+                    {
+                        let lease = self.config.failure.lease;
+                        self.restarting = Some(Restarting {
+                            epoch,
+                            live,
+                            after: now + lease + lease / 8,
+                            asked: false,
+                        });
+                        // Whoever is not in it hears at once that a cluster is forming (and
+                        // asks to join it once it runs) instead of waiting to form one.
+                        if let Some(hello) = self.hello() {
+                            for peer in self.connected.iter().filter(|p| !live.contains(*p)) {
+                                self.send(peer, hello);
+                            }
+                        }
+                    }
+                }
+                PaxosEvent::Aborted { .. } => {
+                    // Another former holds a higher ballot, or storage failed or stalled:
+                    // back off by id, as the cluster manager does, so duels settle.
+                    let index = self.config.me.index() as u32;
+                    self.propose_after =
+                        now + self.config.failure.membership.heartbeat_interval * (1 + index % 8);
+                }
+                PaxosEvent::Conflict { .. } => {}
+            }
+        }
+    }
+
+    /// Proposes a formation when this instance may: no running cluster is known, its own
+    /// block is recovered, every configured instance answered knowing the same newest
+    /// decision — or, after the grace, a majority did and nobody else can be running — and
+    /// this is the lowest id present. The formation is the epoch after that decision.
     fn decide(&mut self, now: Timestamp) {
-        if self.outcome.is_some() || self.restarting.is_some() || self.running.is_some() {
+        if self.is_done()
+            || self.restarting.is_some()
+            || self.paxos.is_proposing()
+            || self.running.is_some()
+            || !self.recovered
+            || now < self.propose_after
+        {
             return;
         }
         let me = self.config.me;
         let configured = self.config.configured;
+        let known = self.paxos.decided().epoch;
         let mut peers = configured;
         peers.remove(me);
+        // A peer that knows another decision may have entered a cluster since it said it
+        // was not running (or this instance is behind): it does not count until both agree.
         let answered: InstanceSet = self
             .answered
             .iter()
             .filter(|p| self.connected.contains(*p))
+            .filter(|p| self.peer_known.get(p.index()).copied().flatten() == Some(known))
             .collect();
         let present: InstanceSet = answered.iter().chain(std::iter::once(me)).collect();
         let everyone = peers.iter().all(|p| answered.contains(p));
@@ -494,17 +718,24 @@ impl Entry {
         let majority_without_the_rest = present.len() * 2 > configured.len()
             && now.saturating_since(self.started) >= FORMATION_GRACE
             && self.all_still_except(present, still, now);
-        if (everyone || majority_without_the_rest) && present.lowest() == Some(me) {
-            let live = if everyone { configured } else { present };
-            self.restarting = Some(live);
-            self.ios.push_back(EntryIo::Restart);
-            // Whoever is not in it hears at once that a cluster is forming (and asks to join
-            // it once it runs) instead of forming one too.
-            let hello = self.hello();
-            for peer in self.connected.iter().filter(|p| !live.contains(*p)) {
-                self.send(peer, hello);
-            }
+        if !(everyone || majority_without_the_rest) || present.lowest() != Some(me) {
+            return;
         }
+        let live = if everyone { configured } else { present };
+        let Some(epoch) = known.checked_next() else {
+            self.outcome = Some(Err(EntryError::EpochsExhausted(known)));
+            return;
+        };
+        match self.paxos.propose(epoch, live, now) {
+            Ok(_) => self.proposing = Some(epoch),
+            Err(crate::paxos::ProposeError::BallotExhausted(_)) => {
+                self.outcome = Some(Err(EntryError::EpochsExhausted(known)));
+                return;
+            }
+            // Not recovered, or a decision learnt meanwhile: the next look decides again.
+            Err(_) => return,
+        }
+        self.pump_paxos(now);
     }
 
     /// Whether every slot outside `present` is shut down, or has not moved for `still` up to
@@ -532,16 +763,21 @@ impl Entry {
         })
     }
 
-    /// What this instance says of itself: not running, or — while it forms the cluster —
-    /// running at epoch 0 (a formation under way) with the members it forms it with.
-    fn hello(&self) -> ClusterMessage {
+    /// What this instance says of itself: nothing before its first look at the voting area;
+    /// then not running, with the newest decision it knows — or, once its formation is
+    /// decided, running at epoch 0 (a formation under way) with the members it forms.
+    fn hello(&self) -> Option<ClusterMessage> {
         match self.restarting {
-            Some(live) => ClusterMessage::Hello {
+            Some(Restarting { live, .. }) => Some(ClusterMessage::Hello {
                 running: true,
                 epoch: Epoch(0),
                 live,
-            },
-            None => HELLO,
+            }),
+            None => self.observed.map(|_| ClusterMessage::Hello {
+                running: false,
+                epoch: self.paxos.decided().epoch,
+                live: InstanceSet::EMPTY,
+            }),
         }
     }
 
@@ -587,6 +823,8 @@ pub fn decision_at_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paxos::Ballot;
+    use interconnect::sim::SimRng;
 
     fn id(n: u64) -> InstanceId {
         InstanceId::new(n).expect("id")
@@ -600,52 +838,98 @@ mod tests {
         Timestamp::ZERO + Duration::from_millis(ms)
     }
 
-    fn entry(me: u64, configured: &[u64]) -> Entry {
+    /// The Paxos blocks of the voting area (by slot).
+    type Disk = Vec<[u8; PAXOS_BLOCK_LEN]>;
+
+    fn disk(slots: usize) -> Disk {
+        vec![[0u8; PAXOS_BLOCK_LEN]; slots]
+    }
+
+    fn entry_at(me: u64, configured: &[u64], ms: u64) -> Entry {
         Entry::new(
             EntryConfig {
                 me: id(me),
                 configured: set(configured),
+                slots: configured.len(),
                 failure: FailureConfig::default(),
                 give_up_after: Duration::from_secs(60),
             },
-            at(0),
+            at(ms),
         )
+        .expect("entry")
+    }
+
+    fn entry(me: u64, configured: &[u64]) -> Entry {
+        entry_at(me, configured, 0)
     }
 
     fn sent(e: &mut Entry) -> Vec<(InstanceId, ClusterMessage)> {
         std::iter::from_fn(|| e.poll_transmit()).collect()
     }
 
-    fn ios(e: &mut Entry) -> Vec<EntryIo> {
-        std::iter::from_fn(|| e.poll_io()).collect()
+    /// The I/O asked for, with Disk Paxos' served at once on `disk` (until none is left).
+    fn serve(e: &mut Entry, disk: &mut Disk, ms: u64) -> Vec<EntryIo> {
+        let mut other = Vec::new();
+        while let Some(io) = e.poll_io() {
+            match io {
+                EntryIo::Paxos(PaxosIo::WriteOwn { bytes }) => {
+                    disk[e.config.me.index()] = bytes;
+                    e.handle_paxos_written(true, at(ms));
+                }
+                EntryIo::Paxos(PaxosIo::ReadBlock { owner }) => {
+                    let bytes = disk[owner.index()];
+                    e.handle_paxos_read(owner, Some(&bytes), at(ms));
+                }
+                io => other.push(io),
+            }
+        }
+        other
     }
 
-    /// A slot round at `ms` in which the slots of `moving` moved and the others did not.
-    fn round(e: &mut Entry, ms: u64, configured: &[u64], moving: &[u64]) {
+    fn ios(e: &mut Entry) -> Vec<EntryIo> {
+        serve(e, &mut disk(MAX_SLOTS), 0)
+    }
+
+    const MAX_SLOTS: usize = interconnect::MAX_INSTANCES;
+
+    /// A slot round at `ms` on `disk` in which the slots of `moving` moved and the others
+    /// did not.
+    fn round_on(e: &mut Entry, disk: &Disk, ms: u64, configured: &[u64], moving: &[u64]) {
         let looks: Vec<SlotLook> = configured
             .iter()
             .map(|&n| SlotLook {
                 instance: id(n),
                 down: false,
                 heartbeat: if moving.contains(&n) { ms } else { 7 },
+                paxos: disk[n as usize],
             })
             .collect();
         e.handle_slot_round(&looks, at(ms));
     }
 
-    fn hello(e: &mut Entry, from: u64, ms: u64) {
-        e.handle_connected(id(from), at(ms));
-        let running = ClusterMessage::Hello {
-            running: false,
-            epoch: Epoch(0),
-            live: InstanceSet::EMPTY,
-        };
-        e.handle_message(id(from), running, at(ms));
+    fn round(e: &mut Entry, ms: u64, configured: &[u64], moving: &[u64]) {
+        round_on(e, &disk(MAX_SLOTS), ms, configured, moving);
     }
 
-    fn block(owner: u64, epoch: u64, round: u64, members: &[u64]) -> PaxosBlock {
+    /// `from` connects and says it is not running, knowing epoch `known`.
+    fn hello_knowing(e: &mut Entry, from: u64, known: u64, ms: u64) {
+        e.handle_connected(id(from), at(ms));
+        let hello = ClusterMessage::Hello {
+            running: false,
+            epoch: Epoch(known),
+            live: InstanceSet::EMPTY,
+        };
+        e.handle_message(id(from), hello, at(ms));
+    }
+
+    fn hello(e: &mut Entry, from: u64, ms: u64) {
+        hello_knowing(e, from, 0, ms);
+    }
+
+    /// A block of `owner` recording the decision of `epoch` with `members`.
+    fn decided(owner: u64, epoch: u64, round: u64, members: &[u64]) -> [u8; PAXOS_BLOCK_LEN] {
         let owner = id(owner);
-        PaxosBlock {
+        let block = PaxosBlock {
             owner,
             epoch: Epoch(epoch),
             mbal: Ballot::new(round, owner).expect("ballot"),
@@ -658,39 +942,79 @@ mod tests {
                     proposer: owner,
                 },
             },
+        };
+        let mut bytes = [0u8; PAXOS_BLOCK_LEN];
+        block.encode(&mut bytes);
+        bytes
+    }
+
+    /// Rounds every 100 ms from `from` until whole-cluster recovery is asked for; returns
+    /// when.
+    fn rounds_until_restart(e: &mut Entry, d: &mut Disk, from: u64, all: &[u64]) -> u64 {
+        let mut ms = from;
+        loop {
+            e.handle_timeout(at(ms));
+            if serve(e, d, ms).contains(&EntryIo::Restart) {
+                return ms;
+            }
+            round_on(e, d, ms, all, all);
+            if serve(e, d, ms).contains(&EntryIo::Restart) {
+                return ms;
+            }
+            ms += 100;
+            assert!(ms < from + 10_000, "no whole-cluster recovery");
         }
     }
 
     #[test]
-    fn the_lowest_forms_above_every_epoch_on_disk_and_publishes_it_before_telling_anyone() {
+    fn the_formation_is_decided_on_disk_after_the_newest_decision_then_the_lease_is_waited_out() {
         let all = [0, 1, 2];
+        let mut d = disk(3);
+        d[1] = decided(1, 4, 3, &[1, 2]);
         let mut e = entry(0, &all);
-        assert_eq!(ios(&mut e), vec![EntryIo::SlotRound]);
-        hello(&mut e, 1, 10);
-        assert_eq!(ios(&mut e), vec![]);
-        hello(&mut e, 2, 20);
-        assert_eq!(ios(&mut e), vec![EntryIo::Restart]);
-        sent(&mut e);
-        e.handle_restarted(Ok(vec![block(1, 4, 3, &[1, 2]), block(2, 2, 9, &[0, 2])]));
-        let [EntryIo::PublishFormation { bytes }] = ios(&mut e)[..] else {
-            panic!("no publication");
+        assert_eq!(serve(&mut e, &mut d, 0), vec![EntryIo::SlotRound]);
+        // Nothing is said before the voting area was read: not even which epoch it knows.
+        hello_knowing(&mut e, 1, 4, 5);
+        assert!(sent(&mut e).is_empty());
+        round_on(&mut e, &d, 10, &all, &all);
+        let hello = ClusterMessage::Hello {
+            running: false,
+            epoch: Epoch(4),
+            live: InstanceSet::EMPTY,
         };
-        let published = PaxosBlock::decode(&bytes)
+        assert_eq!(sent(&mut e), vec![(id(1), hello)]);
+        // Instance 2 knows an older decision: it does not count until it learns this one.
+        hello_knowing(&mut e, 2, 3, 20);
+        assert_eq!(serve(&mut e, &mut d, 20), vec![]);
+        hello_knowing(&mut e, 2, 4, 30);
+        // Proposed and decided (served at once): epoch 5 with everyone, on disk.
+        assert_eq!(serve(&mut e, &mut d, 30), vec![]);
+        let mine = PaxosBlock::decode(&d[0])
             .expect("decodes")
             .expect("a block");
-        assert_eq!(published.epoch, Epoch(5));
-        assert_eq!(published.decided.epoch, Epoch(5));
-        assert_eq!(published.decided.value.members, set(&all));
-        assert!(published.mbal > block(2, 2, 9, &[0, 2]).mbal);
-        // Nobody hears of the formation before it is durable.
-        assert!(sent(&mut e).is_empty());
+        assert_eq!(mine.decided.epoch, Epoch(5));
+        assert_eq!(mine.decided.value.members, set(&all));
+        // Those outside it would hear it forms; nobody is told it formed before recovery.
+        assert!(
+            !sent(&mut e)
+                .iter()
+                .any(|(_, m)| matches!(m, ClusterMessage::Formed { .. }))
+        );
+        let restart = rounds_until_restart(&mut e, &mut d, 100, &all);
+        let lease = FailureConfig::default().lease;
+        assert!(
+            u128::from(restart - 30) >= (lease + lease / 8).as_millis(),
+            "recovered {} ms after the decision",
+            restart - 30
+        );
         assert!(e.outcome().is_none());
-        e.handle_formation_published(Ok(()));
+        e.handle_restarted(Ok(()));
         let formed = ClusterMessage::Formed {
             epoch: Epoch(5),
             live: set(&all),
         };
-        assert_eq!(sent(&mut e), vec![(id(1), formed), (id(2), formed)]);
+        let told = sent(&mut e);
+        assert!(told.contains(&(id(1), formed)) && told.contains(&(id(2), formed)));
         assert_eq!(
             e.outcome(),
             Some(&Ok(Entered::Formed {
@@ -701,11 +1025,80 @@ mod tests {
         );
     }
 
+    /// Membership seed 1626's race, every interleaving: instance 1 forms without instance 0
+    /// (its slot looked still), and instance 0, which heard everyone say "not running" (the
+    /// "forming" `Hello` lost), forms too. Disk Paxos decides one formation: exactly one of
+    /// them runs whole-cluster recovery, and the other learns the decided members.
+    #[test]
+    fn two_formers_that_race_never_both_form() {
+        let all = [0, 1, 2];
+        for seed in 0..300 {
+            let mut rng = SimRng::new(seed);
+            let mut d = disk(3);
+            let mut e0 = entry(0, &all);
+            let mut e1 = entry(1, &all);
+            // Instance 1: only 2 answered; slot 0 still well past the lease and the grace.
+            hello(&mut e1, 2, 10);
+            let _ = serve(&mut e1, &mut d, 10);
+            round_on(&mut e1, &d, 2_000, &all, &[1, 2]);
+            let _ = serve(&mut e1, &mut d, 2_000);
+            // It proposes now; its I/O runs below.
+            round_on(&mut e1, &d, 3_100, &all, &[1, 2]);
+            // Instance 0: its first look, then everyone says "not running, epoch 0".
+            round_on(&mut e0, &d, 3_200, &all, &all);
+            hello(&mut e0, 1, 3_200);
+            hello(&mut e0, 2, 3_200);
+            // Both proposed: their I/O runs interleaved at random, reads served when run.
+            let mut queues: [Vec<EntryIo>; 2] = [Vec::new(), Vec::new()];
+            let mut restarted = [false, false];
+            let mut ms = 3_200;
+            for _ in 0..10_000 {
+                ms += 1;
+                for (k, e) in [&mut e0, &mut e1].into_iter().enumerate() {
+                    while let Some(io) = e.poll_io() {
+                        queues[k].push(io);
+                    }
+                }
+                let k = rng.below(2) as usize;
+                if queues[k].is_empty() {
+                    // Time passes: rounds, timeouts, lease waits.
+                    let e = if k == 0 { &mut e0 } else { &mut e1 };
+                    e.handle_timeout(at(ms));
+                    continue;
+                }
+                let io = queues[k].remove(0);
+                let e = if k == 0 { &mut e0 } else { &mut e1 };
+                match io {
+                    EntryIo::Paxos(PaxosIo::WriteOwn { bytes }) => {
+                        d[k] = bytes;
+                        e.handle_paxos_written(true, at(ms));
+                    }
+                    EntryIo::Paxos(PaxosIo::ReadBlock { owner }) => {
+                        let bytes = d[owner.index()];
+                        e.handle_paxos_read(owner, Some(&bytes), at(ms));
+                    }
+                    EntryIo::SlotRound => {
+                        let moving: &[u64] = if k == 0 { &all } else { &[1, 2] };
+                        round_on(e, &d, ms, &all, moving);
+                    }
+                    EntryIo::Restart => restarted[k] = true,
+                }
+            }
+            // Both proposed (each wrote its block), and one formation came out.
+            for (k, block) in d.iter().enumerate().take(2) {
+                let block = PaxosBlock::decode(block).expect("decodes");
+                assert!(block.is_some(), "seed {seed}: instance {k} never proposed");
+            }
+            assert!(!(restarted[0] && restarted[1]), "seed {seed}: both formed");
+            assert!(restarted[0] || restarted[1], "seed {seed}: nobody formed");
+        }
+    }
+
     #[test]
     fn others_take_the_formation_only_from_the_lowest_and_only_naming_them() {
         let mut e = entry(1, &[0, 1, 2]);
-        hello(&mut e, 0, 10);
-        hello(&mut e, 2, 10);
+        hello_knowing(&mut e, 0, 7, 10);
+        hello_knowing(&mut e, 2, 7, 10);
         assert!(!ios(&mut e).contains(&EntryIo::Restart));
         let from_two = ClusterMessage::Formed {
             epoch: Epoch(3),
@@ -734,38 +1127,39 @@ mod tests {
     #[test]
     fn a_restart_without_an_instance_waits_until_its_slot_is_still_for_the_lease() {
         let all = [0, 1, 2];
+        let mut d = disk(3);
         let mut e = entry(0, &all);
         hello(&mut e, 1, 10);
         // Instance 2 never answers, and its slot moves: it may be running, cut off.
         let mut ms = 0;
         while ms < 6_000 {
-            round(&mut e, ms, &all, &[0, 1, 2]);
+            round_on(&mut e, &d, ms, &all, &[0, 1, 2]);
             e.handle_timeout(at(ms));
-            assert!(
-                !ios(&mut e).contains(&EntryIo::Restart),
-                "restarted at {ms} ms"
-            );
+            let _ = serve(&mut e, &mut d, ms);
+            let proposed = PaxosBlock::decode(&d[0]).expect("decodes");
+            assert!(proposed.is_none(), "proposed at {ms} ms");
             ms += 100;
         }
         // Its slot stops: after the lease and an eighth, the majority forms without it.
         let still_from = ms;
-        let mut restarted_at = None;
-        while ms < 9_000 && restarted_at.is_none() {
-            round(&mut e, ms, &all, &[0, 1]);
+        let mut proposed_at = None;
+        while ms < 9_000 && proposed_at.is_none() {
+            round_on(&mut e, &d, ms, &all, &[0, 1]);
             e.handle_timeout(at(ms));
-            if ios(&mut e).contains(&EntryIo::Restart) {
-                restarted_at = Some(ms);
+            let _ = serve(&mut e, &mut d, ms);
+            if PaxosBlock::decode(&d[0]).expect("decodes").is_some() {
+                proposed_at = Some(ms);
             }
             ms += 100;
         }
         let lease = FailureConfig::default().lease;
-        let waited = restarted_at.expect("formed") - still_from;
+        let waited = proposed_at.expect("formed") - still_from;
         assert!(
             u128::from(waited) >= (lease + lease / 8).as_millis(),
             "formed {waited} ms after the slot stopped"
         );
-        e.handle_restarted(Ok(Vec::new()));
-        e.handle_formation_published(Ok(()));
+        let _ = rounds_until_restart(&mut e, &mut d, ms, &all);
+        e.handle_restarted(Ok(()));
         assert_eq!(
             e.outcome().map(|o| o.as_ref().map(Entered::membership)),
             Some(Ok((Epoch(1), set(&[0, 1]))))
@@ -781,9 +1175,10 @@ mod tests {
         // No round completes any more: time passes, the view stays stale.
         for ms in (200..10_000).step_by(100) {
             e.handle_timeout(at(ms));
+            let asked = ios(&mut e);
             assert!(
-                !ios(&mut e).contains(&EntryIo::Restart),
-                "restarted at {ms} ms"
+                asked.iter().all(|io| *io == EntryIo::SlotRound),
+                "proposed at {ms} ms: {asked:?}"
             );
         }
     }
@@ -799,17 +1194,22 @@ mod tests {
         for ms in (1_100..3_000).step_by(100) {
             round(&mut e, ms, &all, &[0, 1]);
             e.handle_timeout(at(ms));
+            let asked = ios(&mut e);
             assert!(
-                !ios(&mut e).contains(&EntryIo::Restart),
-                "restarted at {ms} ms"
+                asked.iter().all(|io| *io == EntryIo::SlotRound),
+                "proposed at {ms} ms: {asked:?}"
             );
         }
-        // This instance pauses; when it runs again, it looks before it forms (instance 2 may
-        // have moved meanwhile).
+        // This instance pauses; when it runs again, it looks before it proposes (instance 2
+        // may have moved meanwhile).
         e.handle_timeout(at(5_000));
-        assert_eq!(ios(&mut e), vec![EntryIo::SlotRound]);
+        assert_eq!(e.poll_io(), Some(EntryIo::SlotRound));
+        assert_eq!(e.poll_io(), None);
         round(&mut e, 5_010, &all, &[0, 1]);
-        assert_eq!(ios(&mut e), vec![EntryIo::Restart]);
+        assert!(matches!(
+            e.poll_io(),
+            Some(EntryIo::Paxos(PaxosIo::WriteOwn { .. }))
+        ));
     }
 
     #[test]
@@ -855,7 +1255,9 @@ mod tests {
 
     #[test]
     fn the_decision_at_entry_is_the_one_on_disk_when_there_is_one() {
-        let on_disk = block(1, 4, 2, &[0, 1]);
+        let on_disk = PaxosBlock::decode(&decided(1, 4, 2, &[0, 1]))
+            .expect("decodes")
+            .expect("a block");
         let d = decision_at_entry(id(0), Epoch(4), set(&[0, 1]), &[on_disk]);
         assert_eq!(d.value.proposer, id(1));
         let d = decision_at_entry(id(2), Epoch(5), set(&[1, 2]), &[on_disk]);

@@ -587,6 +587,9 @@ pub(crate) struct RuntimeParts<T> {
     pub(crate) early: Vec<(interconnect::FrameHeader, Vec<u8>)>,
     /// This instance's Paxos block as its slot holds it: slot writes carry it on.
     pub(crate) own_paxos: [u8; SLOT_PAXOS_LEN],
+    /// Boottime the first lease counts from (the entry's last look at the voting area;
+    /// zero: none until the first disk round renews it).
+    pub(crate) lease_from: Duration,
     /// Fencing by reservation, when configured (this instance's key is registered).
     pub(crate) fence: Option<Arc<ReservationFence>>,
     /// The redo stream: redo forces GCS asks for are answered from it.
@@ -622,6 +625,7 @@ impl Runtime {
             origin,
             early,
             own_paxos,
+            lease_from,
             fence,
             commits,
         } = parts;
@@ -630,7 +634,6 @@ impl Runtime {
         let (recovery_tx, recovery_rx) = crossbeam::channel::unbounded::<RecoveryIo>();
         let waker = transport.waker();
         let parked = Arc::new(AtomicBool::new(false));
-        let lease_from = crate::storage::boottime();
         let lease = Arc::new(Lease::new(failure.lease, lease_from));
         let stop = Arc::new(StopState::default());
         let (disk_tx, disk_rx) = crossbeam::channel::unbounded::<DiskJob>();

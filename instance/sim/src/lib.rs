@@ -63,7 +63,9 @@
 //!   ([`run_seeds`]); `FUSION_SEED=N cargo test -p sim --release --test sim replay -- --nocapture`
 //!   replays one (`FUSION_SIM_TRACE=1` prints every step; without `FUSION_SEED`, seed 1).
 //! * The `fusion-sim` binary: `fusion-sim replay SEED` runs one seed printing every step;
-//!   `fusion-sim seeds A..B` runs a range and stops at the first failing seed;
+//!   `fusion-sim seeds A..B` runs a range and stops at the first failing seed
+//!   (`--membership`: the membership world alone, listing every failing seed,
+//!   [`run_membership_seeds`]);
 //!   `fusion-sim soak --minutes N` runs consecutive seeds for N minutes and prints the totals.
 //!   Build it with `--release` (`cargo run --release -p sim --bin fusion-sim -- replay 1234`).
 //!
@@ -180,6 +182,50 @@ pub fn run_seeds(seeds: Range<u64>, deadline: Option<Instant>) -> Result<SeedsRu
         failed.sort_unstable();
         Err(failed)
     }
+}
+
+/// What [`run_membership_seeds`] ran: the membership world's totals over the seeds that
+/// passed, and every seed that failed.
+#[derive(Debug, Default)]
+pub struct MembershipRun {
+    /// Seeds run to the end without a failure.
+    pub passed: u64,
+    /// Their counters, added up.
+    pub total: MembershipStats,
+    /// The seeds that failed, in order (each printed what broke).
+    pub failed: Vec<u64>,
+}
+
+/// Runs the membership world ([`membership`]) alone for every seed of `seeds` on a few
+/// threads, past failures (a sweep lists every failing seed).
+pub fn run_membership_seeds(seeds: Range<u64>) -> MembershipRun {
+    let next = AtomicU64::new(seeds.start);
+    let run = Mutex::new(MembershipRun::default());
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= seeds.end {
+                        return;
+                    }
+                    let result = std::panic::catch_unwind(|| run_membership_seed(seed, false));
+                    let mut run = run.lock().unwrap_or_else(|e| e.into_inner());
+                    match result {
+                        Ok(stats) => {
+                            run.passed += 1;
+                            run.total.add(&stats);
+                        }
+                        Err(_) => run.failed.push(seed),
+                    }
+                }
+            });
+        }
+    });
+    let mut run = run.into_inner().unwrap_or_else(|e| e.into_inner());
+    run.failed.sort_unstable();
+    run
 }
 
 /// One line of totals: `label`, the number of seeds, the wall time, then every counter.

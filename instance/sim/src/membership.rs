@@ -12,8 +12,10 @@
 //! storage stalls of one node (its I/O and disk heartbeats held for seconds, with its
 //! network up or cut), write errors (the write may land anyway), kills (of any number of nodes; a sixth of them the
 //! whole cluster), and small forward jumps of one node's clock. Every node starts through the
-//! real [`Entry`] (the first formation, joins, whole-cluster restarts) and is started again a
-//! little after it dies or stops, once no running node still counts it a member and no write
+//! real [`Entry`] (the first formation, joins, whole-cluster restarts; the formation decided by
+//! Disk Paxos on this voting area) and is started again a little after it dies or stops
+//! (each after its own delay: after a whole-cluster crash a majority often forms without the
+//! last ones, which join later), once no running node still counts it a member and no write
 //! of its previous life can land.
 //! The runtime's part is modelled as the runtime does it: a disk round writes the heartbeat,
 //! reads every slot and hands the round to the node, which renews the lease (from the
@@ -101,11 +103,6 @@ enum Ev {
     EntryRound { node: usize },
     /// An entering node's whole-cluster recovery completes.
     Restarted { node: usize },
-    /// The formation's Paxos block lands in the former's slot.
-    Published {
-        node: usize,
-        bytes: [u8; PAXOS_BLOCK_LEN],
-    },
     /// A fault begins.
     Fault,
 }
@@ -124,8 +121,7 @@ impl Ev {
             | Ev::Scanned { node, .. }
             | Ev::Sealed { node, .. }
             | Ev::EntryRound { node }
-            | Ev::Restarted { node }
-            | Ev::Published { node, .. } => [Some(node), None],
+            | Ev::Restarted { node } => [Some(node), None],
             Ev::Deliver { from, to, .. } => [Some(from), Some(to)],
             Ev::Start(_) | Ev::Fault => [None, None],
         }
@@ -169,6 +165,9 @@ pub struct MembershipStats {
     /// Clusters formed (the first, and after whole-cluster crashes; each checked against
     /// every other instance's lease).
     pub formations: u64,
+    /// Of those, formations by a majority with some configured instance missing (its slot
+    /// still for the lease); the missing ones join later.
+    pub formations_without_some: u64,
     /// Restarted instances admitted into a running cluster.
     pub joins: u64,
 }
@@ -312,11 +311,13 @@ impl Sim {
             EntryConfig {
                 me: id(node),
                 configured: all,
+                slots: n,
                 failure,
                 give_up_after: Duration::from_secs(600),
             },
             now,
-        );
+        )
+        .expect("entry");
         let peers: Vec<usize> = (0..n)
             .filter(|p| *p != node && self.nodes[*p].alive)
             .collect();
@@ -366,6 +367,9 @@ impl Sim {
         match entered {
             Entered::Formed { here: true, .. } => {
                 self.stats.formations += 1;
+                if live != all {
+                    self.stats.formations_without_some += 1;
+                }
                 self.applied(node, epoch, live);
             }
             Entered::Formed { .. } => self.applied(node, epoch, live),
@@ -377,6 +381,18 @@ impl Sim {
                 epoch.0
             )
         });
+        // The lease counts from the entry's last look at the voting area (global time), if
+        // that look found nothing against this instance.
+        let offset = self.nodes[node].clock_offset;
+        let lease_from = self.nodes[node]
+            .entry
+            .as_ref()
+            .and_then(|e| e.lease_from(epoch))
+            .map(|at| {
+                let local = u64::try_from(at.saturating_since(Timestamp::ZERO).as_millis())
+                    .unwrap_or(u64::MAX);
+                local.saturating_sub(offset)
+            });
         let decision = decision_at_entry(id(node), epoch, live, &self.paxos_blocks());
         let config = PaxosConfig {
             slots: self.nodes.len(),
@@ -414,7 +430,7 @@ impl Sim {
             NodeConfig {
                 configured: all,
                 failure,
-                lease_from: ms(self.now),
+                lease_from: ms(lease_from.unwrap_or(0)),
             },
         );
         let connected = self.nodes[node]
@@ -438,7 +454,7 @@ impl Sim {
         let me = &mut self.nodes[node];
         me.node = Some(running);
         me.entered_at = epoch;
-        me.lease_until = self.now + LEASE_MS;
+        me.lease_until = lease_from.map_or(0, |from| from + LEASE_MS);
         let d = self.rng.below(100);
         self.at(d, Ev::DiskRound(node));
     }
@@ -534,15 +550,14 @@ impl Sim {
                 .all(|(owner, life)| self.nodes[*owner].life == *life);
             if !current {
                 // An earlier life's: only its storage write still lands.
-                match ev {
-                    Ev::PaxosWrite {
-                        node,
-                        bytes,
-                        land: true,
-                        ..
-                    }
-                    | Ev::Published { node, bytes } => self.blocks[node] = bytes,
-                    _ => {}
+                if let Ev::PaxosWrite {
+                    node,
+                    bytes,
+                    land: true,
+                    ..
+                } = ev
+                {
+                    self.blocks[node] = bytes;
                 }
                 continue;
             }
@@ -586,6 +601,7 @@ impl Sim {
                         instance: id(i),
                         down: false,
                         heartbeat: self.heartbeats[i],
+                        paxos: self.blocks[i],
                     })
                     .collect();
                 let now = self.local(node);
@@ -597,20 +613,8 @@ impl Sim {
                 if !self.runnable(node, &Ev::Restarted { node }) {
                     return;
                 }
-                let blocks = self.paxos_blocks();
                 if let Some(entry) = self.nodes[node].entry.as_mut() {
-                    entry.handle_restarted(Ok(blocks));
-                }
-            }
-            Ev::Published { node, bytes } => {
-                // Durable when reported (the write lands even if the process died: an
-                // earlier life's event only lands it).
-                self.blocks[node] = bytes;
-                if !self.runnable(node, &Ev::Published { node, bytes }) {
-                    return;
-                }
-                if let Some(entry) = self.nodes[node].entry.as_mut() {
-                    entry.handle_formation_published(Ok(()));
+                    entry.handle_restarted(Ok(()));
                 }
             }
             Ev::DiskRound(node) => {
@@ -701,8 +705,11 @@ impl Sim {
                     return;
                 }
                 let now = self.local(node);
-                if let Some(running) = self.nodes[node].node.as_mut() {
+                let n = &mut self.nodes[node];
+                if let Some(running) = n.node.as_mut() {
                     running.handle_paxos_written(ok, now);
+                } else if let Some(entry) = n.entry.as_mut() {
+                    entry.handle_paxos_written(ok, now);
                 }
             }
             Ev::PaxosRead { node, owner, ok } => {
@@ -716,8 +723,11 @@ impl Sim {
                     return;
                 }
                 let now = self.local(node);
-                if let Some(running) = self.nodes[node].node.as_mut() {
+                let n = &mut self.nodes[node];
+                if let Some(running) = n.node.as_mut() {
                     running.handle_paxos_read(id(owner), ok.then_some(&bytes[..]), now);
+                } else if let Some(entry) = n.entry.as_mut() {
+                    entry.handle_paxos_read(id(owner), ok.then_some(&bytes[..]), now);
                 }
             }
             Ev::Deliver { from, to, frame } => {
@@ -863,10 +873,7 @@ impl Sim {
                         self.at(d, Ev::EntryRound { node });
                     }
                     EntryIo::Restart => self.restart_recovery(node),
-                    EntryIo::PublishFormation { bytes } => {
-                        let d = self.io_delay(node);
-                        self.at(d, Ev::Published { node, bytes });
-                    }
+                    EntryIo::Paxos(io) => self.paxos_io(node, io),
                 }
             }
             match outcome {
@@ -962,9 +969,11 @@ impl Sim {
         }
     }
 
-    fn io(&mut self, node: usize, io: NodeIo) {
+    /// A Disk Paxos I/O of `node`'s (entering or running): served as the runtime serves
+    /// it, on the faulty storage.
+    fn paxos_io(&mut self, node: usize, io: PaxosIo) {
         match io {
-            NodeIo::Paxos(PaxosIo::WriteOwn { bytes }) => {
+            PaxosIo::WriteOwn { bytes } => {
                 self.nodes[node].latest_paxos = Some(bytes);
                 let d = self.io_delay(node);
                 let fate = crate::voting::paxos_fate(&mut self.rng, &PaxosIo::WriteOwn { bytes });
@@ -978,7 +987,7 @@ impl Sim {
                     },
                 );
             }
-            NodeIo::Paxos(PaxosIo::ReadBlock { owner }) => {
+            PaxosIo::ReadBlock { owner } => {
                 let d = self.io_delay(node);
                 let ok = crate::voting::paxos_fate(&mut self.rng, &PaxosIo::ReadBlock { owner }).ok;
                 self.at(
@@ -990,6 +999,12 @@ impl Sim {
                     },
                 );
             }
+        }
+    }
+
+    fn io(&mut self, node: usize, io: NodeIo) {
+        match io {
+            NodeIo::Paxos(io) => self.paxos_io(node, io),
             NodeIo::Recovery(RecoveryIo::Scan { epoch, .. }) => {
                 // Only reads: the lost members' lease may still run. There is no redo to
                 // read here (nothing is committed): it waits out a storage stall only.
@@ -1256,6 +1271,7 @@ impl MembershipStats {
         self.restarts += other.restarts;
         self.crashes += other.crashes;
         self.formations += other.formations;
+        self.formations_without_some += other.formations_without_some;
         self.joins += other.joins;
     }
 }

@@ -38,7 +38,8 @@ fn membership_seeds() {
             && total.stops > 0
             && total.joins > 0
             && total.crashes > 0
-            && total.formations > count,
+            && total.formations > count
+            && total.formations_without_some > 0,
         "the faults never bit: {total:?}"
     );
 }

@@ -6,7 +6,9 @@
 //!   world (real nodes: core, cluster manager with Disk Paxos, recovery lifecycle; under
 //!   cuts, pauses, stalls, kills).
 //! * `fusion-sim seeds A..B` — runs seeds `A` to `B - 1` (each in both worlds) on a few threads; stops at the first
-//!   failing seed, prints it with its replay command and exits with status 1.
+//!   failing seed, prints it with its replay command and exits with status 1. With
+//!   `--membership`, only the membership world runs, past failures: it prints every failing
+//!   seed (a sweep) and exits with status 1 if there was one.
 //! * `fusion-sim soak --minutes N [--start S]` — runs consecutive seeds from `S` (default
 //!   1,000,000, past CI's) for `N` minutes and prints the totals; a failing seed ends it as
 //!   with `seeds`.
@@ -45,6 +47,9 @@ enum Command {
         /// The seeds, as `A..B`.
         #[arg(value_parser = parse_range)]
         range: Range<u64>,
+        /// Run only the membership world, on past failures, and list every failing seed.
+        #[arg(long)]
+        membership: bool,
     },
     /// Run consecutive seeds for a while and print the totals.
     Soak {
@@ -111,7 +116,29 @@ fn main() -> ExitCode {
             println!("{}", summary("replay", 1, &sim.stats, began.elapsed()));
             ExitCode::SUCCESS
         }
-        Command::Seeds { range } => run("seeds", range, None),
+        Command::Seeds {
+            range,
+            membership: true,
+        } => {
+            let began = Instant::now();
+            let seeds = range.end - range.start;
+            let run = sim::run_membership_seeds(range);
+            println!(
+                "membership seeds: {} of {seeds} passed in {:.1?}: {:?}",
+                run.passed,
+                began.elapsed(),
+                run.total
+            );
+            if run.failed.is_empty() {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!(
+                "membership seeds failed: {:?}; replay one: cargo run --release -p sim --bin fusion-sim -- replay --membership SEED",
+                run.failed
+            );
+            ExitCode::FAILURE
+        }
+        Command::Seeds { range, .. } => run("seeds", range, None),
         Command::Soak { minutes, start } => {
             let deadline = Instant::now() + Duration::from_secs(minutes.saturating_mul(60));
             run("soak", start..u64::MAX, Some(deadline))
