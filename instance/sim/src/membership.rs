@@ -383,7 +383,7 @@ impl Sim {
         });
         // The lease counts from the entry's last look at the voting area (global time), if
         // that look found nothing against this instance.
-        let offset = self.nodes[node].clock_offset;
+        let offset = u64::try_from(self.faults.clock_offset(node).as_millis()).unwrap_or(0);
         let lease_from = self.nodes[node]
             .entry
             .as_ref()
