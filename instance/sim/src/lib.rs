@@ -86,8 +86,8 @@
 //! [`faults`], the implementation both worlds share): one-link and one-way cuts of the engine
 //! and control networks (half the seeds get one to three faults), process pauses short of
 //! the lease or past it (a voted-out instance must stop itself on resume, losing nothing it
-//! acknowledged), storage stalls of one instance with its network up or cut (from seed
-//! [`driver::STALLS_FROM_SEED`] on: a data write the stall holds past the lease lands after
+//! acknowledged), storage stalls of one instance with its network up or cut (only with
+//! [`driver::OpenFaults`]: a data write the stall holds past the lease lands after
 //! recovery began, which the lease cannot prevent), forward clock jumps, lost, duplicated
 //! and delayed control frames (a third of the seeds), failed data, redo and disk-heartbeat
 //! writes that may land anyway (a quarter), torn data writes of a dying instance where a
@@ -113,7 +113,7 @@ pub mod faults;
 pub mod membership;
 pub mod voting;
 
-pub use driver::{LIVENESS_LIMIT, Sim, SimConfig, SimStats, run_read_error, run_seed};
+pub use driver::{LIVENESS_LIMIT, OpenFaults, Sim, SimConfig, SimStats, run_read_error, run_seed};
 pub use membership::{MembershipStats, run_membership_seed};
 
 use std::ops::Range;
@@ -132,11 +132,15 @@ pub struct SeedsRun {
     pub membership: MembershipStats,
 }
 
-/// Runs the seeds of `seeds` in order on a few threads (each seed alone is deterministic),
+/// Runs the seeds of `seeds` (with the faults of open problems if `open` says so) in order on a few threads (each seed alone is deterministic),
 /// taking no new seed once `deadline` (if any) has passed; returns the totals, or the
 /// failing seeds (each printed its trace tail and replay command; no new seed starts after
 /// the first failure).
-pub fn run_seeds(seeds: Range<u64>, deadline: Option<Instant>) -> Result<SeedsRun, Vec<u64>> {
+pub fn run_seeds(
+    seeds: Range<u64>,
+    deadline: Option<Instant>,
+    open: OpenFaults,
+) -> Result<SeedsRun, Vec<u64>> {
     let next = AtomicU64::new(seeds.start);
     let stop = AtomicBool::new(false);
     let run = Mutex::new(SeedsRun::default());
@@ -156,7 +160,7 @@ pub fn run_seeds(seeds: Range<u64>, deadline: Option<Instant>) -> Result<SeedsRu
                     // Each seed runs the instance world and the membership world.
                     match std::panic::catch_unwind(|| {
                         (
-                            run_seed(SimConfig::from_seed(seed)),
+                            run_seed(SimConfig::from_seed_with(seed, open)),
                             run_membership_seed(seed, false),
                         )
                     }) {
