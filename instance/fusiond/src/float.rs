@@ -337,23 +337,7 @@ fn parse_decimal(text: &[u8]) -> Option<Exact> {
         return None;
     }
     if i < text.len() {
-        if text[i] != b'e' {
-            return None;
-        }
-        let rest = &text[i + 1..];
-        let (sign, exp_digits) = match rest.first() {
-            Some(b'-') => (-1i64, &rest[1..]),
-            Some(b'+') => (1, &rest[1..]),
-            _ => (1, rest),
-        };
-        if exp_digits.is_empty() || !exp_digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        // Saturates far beyond any exponent that matters.
-        let e = exp_digits.iter().fold(0i64, |acc, d| {
-            (acc * 10 + i64::from(d - b'0')).min(1_000_000_000)
-        });
-        scale += sign * e;
+        scale += exponent_suffix(&text[i..], b'e')?;
     }
     if digits.is_zero() {
         return Some(Exact::Zero);
@@ -414,22 +398,7 @@ fn parse_hex(text: &[u8]) -> Option<Exact> {
         return None;
     }
     if i < text.len() {
-        if text[i] != b'p' {
-            return None;
-        }
-        let rest = &text[i + 1..];
-        let (sign, exp_digits) = match rest.first() {
-            Some(b'-') => (-1i64, &rest[1..]),
-            Some(b'+') => (1, &rest[1..]),
-            _ => (1, rest),
-        };
-        if exp_digits.is_empty() || !exp_digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let e = exp_digits.iter().fold(0i64, |acc, d| {
-            (acc * 10 + i64::from(d - b'0')).min(1_000_000_000)
-        });
-        exponent += sign * e;
+        exponent += exponent_suffix(&text[i..], b'p')?;
     }
     if digits.is_zero() {
         return Some(Exact::Zero);
@@ -610,6 +579,27 @@ impl BigUint {
         }
         out
     }
+}
+
+/// The signed exponent of `suffix`, which must be `marker`, an optional sign and digits
+/// (saturating far beyond any exponent that matters); `None` for anything else.
+fn exponent_suffix(suffix: &[u8], marker: u8) -> Option<i64> {
+    let (first, rest) = suffix.split_first()?;
+    if *first != marker {
+        return None;
+    }
+    let (sign, digits) = match rest.first() {
+        Some(b'-') => (-1i64, &rest[1..]),
+        Some(b'+') => (1, &rest[1..]),
+        _ => (1, rest),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let e = digits.iter().fold(0i64, |acc, d| {
+        (acc * 10 + i64::from(d - b'0')).min(1_000_000_000)
+    });
+    Some(sign * e)
 }
 
 #[cfg(test)]
