@@ -1079,11 +1079,13 @@ impl Node {
     /// for the sealer's) once the lost members' lease has run out, or look again.
     fn recovery_due(&self) -> Option<Timestamp> {
         let recovery = self.recovery.as_ref()?;
-        match &recovery.step {
-            RecoveryStep::Scanned(_) => Some(self.lease_out_at(recovery)),
-            RecoveryStep::AwaitingSeal { retry_at, .. } => Some(*retry_at),
-            _ => None,
-        }
+        let due = match &recovery.step {
+            RecoveryStep::Scanned(_) => self.lease_out_at(recovery),
+            RecoveryStep::AwaitingSeal { retry_at, .. } => *retry_at,
+            _ => return None,
+        };
+        // Due once this instance's own lease has lapsed: the round that renews it steps on.
+        (due < self.lease_end).then_some(due)
     }
 
     /// The member that seals the lost lives: the lowest member (every survivor knows it from
@@ -1098,7 +1100,8 @@ impl Node {
     /// seal (every other survivor, again each [`SEAL_POLL_INTERVAL`]). A survivor that has
     /// waited a whole lease past the lease's end for a seal that never came (the sealer
     /// stalls) seals itself: scans use the lowest seal of a life, so a second seal never
-    /// lets a later scan read further.
+    /// lets a later scan read further. Nothing past the scan while this instance's own lease
+    /// has lapsed.
     fn step_recovery(&mut self, now: Timestamp) {
         let Some(recovery) = &self.recovery else {
             return;
@@ -1109,6 +1112,10 @@ impl Node {
         let sealer = self.is_sealer();
         let lost = self.lost;
         let threads = self.configured;
+        // Recovery writes (the seal, then the rebuild) only under this instance's own lease:
+        // a member voted out while paused, whose view is stale, never recovers an old death
+        // of a peer that has since come back (membership seed 7289).
+        let leased = now < self.lease_end;
         let Some(recovery) = &mut self.recovery else {
             return;
         };
@@ -1117,14 +1124,14 @@ impl Node {
                 recovery.step = RecoveryStep::Scanning;
                 RecoveryIo::Scan { epoch, threads }
             }
-            RecoveryStep::Scanned(scan) if now >= lease_out => {
+            RecoveryStep::Scanned(scan) if now >= lease_out && leased => {
                 if sealer {
                     RecoveryIo::Seal { epoch, lost, scan }
                 } else {
                     RecoveryIo::AwaitSeal { epoch, lost, scan }
                 }
             }
-            RecoveryStep::AwaitingSeal { scan, retry_at } if now >= retry_at => {
+            RecoveryStep::AwaitingSeal { scan, retry_at } if now >= retry_at && leased => {
                 if now >= give_up_waiting {
                     RecoveryIo::Seal { epoch, lost, scan }
                 } else {
