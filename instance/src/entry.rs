@@ -373,6 +373,14 @@ impl Entry {
                 if let Some(known) = self.peer_known.get_mut(from.index()) {
                     *known = Some(epoch);
                 }
+                // A former that says it is not running gave its formation up (a newer
+                // decision superseded it): its claim no longer holds anyone back.
+                if self
+                    .running
+                    .is_some_and(|(e, _, former)| e == Epoch(0) && former == from)
+                {
+                    self.running = None;
+                }
             }
             // Only the lowest id present forms the cluster.
             ClusterMessage::Formed { epoch, live }
@@ -530,7 +538,7 @@ impl Entry {
             }
             self.ask_to_join();
         }
-        if !self.round_in_flight && self.running.is_none() && now >= self.next_round {
+        if !self.round_in_flight && self.rounds_wanted() && now >= self.next_round {
             // This instance's slot moves while it looks for the cluster (so nobody takes it
             // for a member that is gone), and everyone's slots are watched. Not once a
             // running cluster is known: its members wait for this slot to be still for the
@@ -573,7 +581,7 @@ impl Entry {
     /// When [`Entry::handle_timeout`] must next run.
     pub fn poll_timeout(&self) -> Timestamp {
         let mut at = self.resend_at.min(self.started + self.config.give_up_after);
-        if !self.round_in_flight && self.running.is_none() {
+        if !self.round_in_flight && self.rounds_wanted() {
             at = at.min(self.next_round);
         }
         if self.running.is_none() && self.restarting.is_none() {
@@ -779,6 +787,14 @@ impl Entry {
                 live: InstanceSet::EMPTY,
             }),
         }
+    }
+
+    /// Whether this instance looks at the voting area: while no running cluster is known,
+    /// and always while its own formation waits for a round after the lease (another
+    /// former's claim, heard meanwhile, must not hold that check up: seed 1001266, where two
+    /// formers each waited for the other for ever).
+    fn rounds_wanted(&self) -> bool {
+        self.running.is_none() || self.restarting.is_some_and(|r| !r.asked)
     }
 
     fn ask_to_join(&mut self) {

@@ -1221,9 +1221,17 @@ impl Sim {
         for i in 0..self.nodes.len() {
             let Some(n) = self.running(i) else {
                 let state = if self.nodes[i].alive {
-                    "still entering"
+                    let others: Vec<String> = (0..self.nodes.len())
+                        .filter(|j| *j != i)
+                        .map(|j| format!("n{j}: {:#?}", self.nodes[j].entry))
+                        .collect();
+                    format!(
+                        "still entering: {:#?}\n{}",
+                        self.nodes[i].entry,
+                        others.join("\n")
+                    )
                 } else {
-                    "dead"
+                    "dead".to_string()
                 };
                 self.fail(format!("not settled: n{i} is {state}"));
             };
