@@ -105,6 +105,13 @@ pub enum StartError {
     /// The landing region or buffer cache could not be set up.
     #[error("buffer cache: {0}")]
     Cache(String),
+    /// Entering the cluster failed (whole-cluster recovery, or the formation's Disk Paxos
+    /// cannot run with this configuration).
+    #[error("entering the cluster: {0}")]
+    Entry(crate::entry::EntryError),
+    /// The cluster manager or its Disk Paxos cannot run with this configuration.
+    #[error("membership: {0}")]
+    Membership(String),
     /// The interconnect could not be set up.
     #[error("interconnect: {0}")]
     Transport(#[from] interconnect::TransportError),
@@ -1123,7 +1130,7 @@ impl Setting<'_> {
         let paxos = self.paxos(epoch, live, &own_paxos)?;
         let mut cluster =
             ClusterManager::new(me, configured, epoch, live, failure, paxos, Timestamp::ZERO)
-                .map_err(|e| StartError::Cache(e.to_string()))?;
+                .map_err(|e| StartError::Membership(e.to_string()))?;
         if self.fence.is_some() {
             cluster.fence_by_reservation();
         }
@@ -1173,8 +1180,8 @@ impl Setting<'_> {
             slots: usize::from(self.layout.max_instances),
             phase_timeout: crate::paxos::DEFAULT_PHASE_TIMEOUT,
         };
-        let mut paxos =
-            DiskPaxos::new(me, config, current).map_err(|e| StartError::Cache(e.to_string()))?;
+        let mut paxos = DiskPaxos::new(me, config, current)
+            .map_err(|e| StartError::Membership(e.to_string()))?;
         if let Err(e) = paxos.recover_own(own) {
             // It still learns decisions; it cannot propose until its block is rewritten by
             // a later life. Say so: a damaged voting area needs an operator.
@@ -1232,7 +1239,7 @@ impl Setting<'_> {
             },
             now(),
         )
-        .map_err(|e| StartError::Cache(e.to_string()))?;
+        .map_err(StartError::Entry)?;
         let mut heartbeat: Option<u64> = None;
         let mut early = Vec::new();
         // Bounded as the core bounds frames of a future epoch; what a peer sends beyond that
@@ -1342,7 +1349,7 @@ impl Setting<'_> {
                     return Err(StartError::EpochsExhausted(*epoch));
                 }
                 Some(Err(e @ (EntryError::Restart(_) | EntryError::Paxos(_)))) => {
-                    return Err(StartError::Cache(e.to_string()));
+                    return Err(StartError::Entry(e.clone()));
                 }
                 None => {}
             }
