@@ -810,6 +810,17 @@ impl<T: Transport> Driver<T> {
         Timestamp::since(self.origin)
     }
 
+    /// Hands a frame to the node; a frame it refuses is logged and dropped (the node has
+    /// already acted on what it means for the peer).
+    fn deliver_frame(&mut self, header: &interconnect::FrameHeader, body: &[u8], now: Timestamp) {
+        if let Err(e) =
+            self.node
+                .handle_frame(header.source, header.epoch, header.service, body, now)
+        {
+            tracing::warn!("frame from instance {}: {e}", header.source);
+        }
+    }
+
     /// The driver thread: passes over commands, frames, timers and the node's outputs while
     /// there is work, a short spin (yielding) when there is none, then a park inside the
     /// transport with the state let go, so user threads run their commands meanwhile.
@@ -817,15 +828,7 @@ impl<T: Transport> Driver<T> {
         if let Some(driver) = shared.lock().as_mut() {
             let now = driver.now();
             for (header, body) in early {
-                if let Err(e) = driver.node.handle_frame(
-                    header.source,
-                    header.epoch,
-                    header.service,
-                    &body,
-                    now,
-                ) {
-                    tracing::warn!("frame from instance {}: {e}", header.source);
-                }
+                driver.deliver_frame(&header, &body, now);
             }
         }
         let mut idle_since: Option<Instant> = None;
@@ -1195,15 +1198,7 @@ impl<T: Transport> Driver<T> {
                 TransportEvent::Message { header, body }
                 | TransportEvent::BlockLanded { header, body, .. } => {
                     self.stats.frames_received += 1;
-                    if let Err(e) = self.node.handle_frame(
-                        header.source,
-                        header.epoch,
-                        header.service,
-                        &body,
-                        now,
-                    ) {
-                        tracing::warn!("frame from instance {}: {e}", header.source);
-                    }
+                    self.deliver_frame(&header, &body, now);
                 }
                 TransportEvent::LandingRefused {
                     header,

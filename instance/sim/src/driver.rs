@@ -1973,30 +1973,10 @@ impl Sim {
                 // I/O.
                 self.begin_recovering(node, lost);
                 self.trace(|| format!("n{node}: seals {lost:?} for epoch {}", epoch.0));
-                let d = self.io_delay_of(node);
-                self.schedule(
-                    d,
-                    Event::Seal {
-                        node,
-                        epoch,
-                        lost,
-                        scan,
-                        sealer: true,
-                    },
-                );
+                self.schedule_seal(node, epoch, lost, scan, true);
             }
             NodeIo::Recovery(RecoveryIo::AwaitSeal { epoch, lost, scan }) => {
-                let d = self.io_delay_of(node);
-                self.schedule(
-                    d,
-                    Event::Seal {
-                        node,
-                        epoch,
-                        lost,
-                        scan,
-                        sealer: false,
-                    },
-                );
+                self.schedule_seal(node, epoch, lost, scan, false);
             }
             NodeIo::Recovery(RecoveryIo::Rebuild {
                 epoch,
@@ -3377,6 +3357,29 @@ impl Sim {
         let now = self.local(node);
         self.nodes[node].node.handle_scanned(epoch, Ok(scan), now);
         self.drain(node);
+    }
+
+    /// The seal (`sealer`) or the look for another survivor's seal lands after the node's
+    /// I/O delay.
+    fn schedule_seal(
+        &mut self,
+        node: usize,
+        epoch: Epoch,
+        lost: InstanceSet,
+        scan: Box<ResumableScan>,
+        sealer: bool,
+    ) {
+        let d = self.io_delay_of(node);
+        self.schedule(
+            d,
+            Event::Seal {
+                node,
+                epoch,
+                lost,
+                scan,
+                sealer,
+            },
+        );
     }
 
     /// Once the lost lease has run out: the sealer reads the redo on and seals the lost
