@@ -82,12 +82,14 @@
 #![allow(dead_code)]
 
 use crate::faults::{self, Fault, Faults};
+use crate::policy::{self, PolicyModel, PolicyStats};
 use crate::voting::{self, Leases, Memberships, PaxosBytes, Timings};
 use gcs::{BlockId, BlockMode, GcsBody, GcsConfig, GcsMessage, ShipPolicy};
 use instance::cache::{BufferCache, Filling, Lookup, Pin};
 use instance::cluster::{ClusterMessage, InstanceEvent};
 use instance::core::{
-    BlockGrant, Completion, Core, CoreConfig, CoreError, IoOp, RecoveryTarget, Send, Ticket,
+    BlockGrant, Completion, Core, CoreConfig, CoreError, Dependency, IoOp, RecoveryTarget, Send,
+    Ticket,
 };
 use instance::format::{self, BlockError, ClusterSpec, Layout, seal_block, verify_block};
 use instance::node::{
@@ -172,6 +174,12 @@ pub enum CrashPoint {
     /// alone (its users may commit what it holds) until it is fenced (killed), before the
     /// others decide.
     Isolated(u64),
+    /// Right after the n-th ship of a version whose redo is not durable (commit-dependency
+    /// policy): the sender dies, the redo write the receiver depends on in flight.
+    DependentShip(u64),
+    /// The n-th user begins waiting on a commit dependency: its instance (the receiver)
+    /// dies while it waits.
+    DependencyWait(u64),
 }
 
 /// One failure of a run's plan, in order.
@@ -234,6 +242,11 @@ pub struct SimConfig {
     pub write_errors: bool,
     /// A dying instance's data write in flight may land torn ([`OpenFaults`]).
     pub torn_writes: bool,
+    /// GCS's ship policy ([`policy::draw`]).
+    pub ship_policy: ShipPolicy,
+    /// Users release a commit's blocks once its redo is in the stream, before it is durable
+    /// (`Node::release_appended`, as the runtime), and are acknowledged once it is.
+    pub early_release: bool,
 }
 
 /// A fault of [`SimConfig::faults`] (its victim is drawn among the running instances when it
@@ -276,6 +289,7 @@ impl SimConfig {
         cfg.lossy_control = rng.chance(1, 3);
         cfg.write_errors = rng.chance(1, 4);
         cfg.torn_writes = open.0;
+        policy::draw(seed, &mut cfg);
         cfg
     }
 
@@ -391,6 +405,8 @@ impl SimConfig {
             lossy_control: false,
             write_errors: false,
             torn_writes: false,
+            ship_policy: ShipPolicy::LogForceBeforeShip,
+            early_release: false,
         }
     }
 }
@@ -493,6 +509,20 @@ enum UserState {
     /// (the commit not yet acknowledged).
     Committing {
         held: Vec<Held>,
+        redo: Redo,
+    },
+    /// Waiting until the copies it holds that came with a commit dependency are durable on
+    /// their senders (before a commit appends, or a read is acknowledged).
+    Awaiting {
+        ticket: Ticket,
+        op: OpKind,
+        since: Timestamp,
+        held: Vec<Held>,
+    },
+    /// Released early: the commit is in the stream (its versions visible), acknowledged
+    /// once its redo is durable.
+    Appended {
+        afters: Vec<(BlockId, Version)>,
         redo: Redo,
     },
     Done,
@@ -820,6 +850,8 @@ pub struct SimStats {
     /// Redo and slot writes of a life that landed after a survivor began recovering it
     /// (harmless by design: sealed redo is never read, a late slot write is rule 4's).
     pub late_writes: u64,
+    /// The ship policy's and early release's counters.
+    pub policy: PolicyStats,
 }
 
 impl SimStats {
@@ -857,6 +889,7 @@ impl SimStats {
         self.write_errors += s.write_errors;
         self.torn_writes += s.torn_writes;
         self.late_writes += s.late_writes;
+        self.policy.add(&s.policy);
     }
 }
 
@@ -868,6 +901,8 @@ struct Counters {
     reads: u64,
     redo_writes: u64,
     commits: u64,
+    dependent_ships: u64,
+    dependency_waits: u64,
 }
 
 fn id(i: usize) -> InstanceId {
@@ -939,7 +974,7 @@ fn core_config(
         data_blocks: u64::from(cfg.blocks),
         joining,
         gcs: GcsConfig {
-            ship_policy: ShipPolicy::LogForceBeforeShip,
+            ship_policy: cfg.ship_policy,
             ping_pong_hold: cfg.ping_pong_hold,
             retry_delay: Duration::from_micros(50),
             max_master_blocks: cfg.max_master_blocks,
@@ -1067,6 +1102,8 @@ pub struct Sim {
     injected: Vec<bool>,
     /// A data or redo write failed by injection this run.
     write_failed: bool,
+    /// Versions visible before their redo is durable, and those lost ([`policy`]).
+    pol: PolicyModel,
 }
 
 impl Sim {
@@ -1146,7 +1183,10 @@ impl Sim {
             probe: None,
             expect_storage_errors: false,
             active_users,
-            stats: SimStats::default(),
+            stats: SimStats {
+                policy: PolicyStats::of_run(&cfg),
+                ..SimStats::default()
+            },
             trace: print_trace.then(Vec::new),
             print_trace,
             leases: Leases::new(cfg.instances, timings().failure.lease, Duration::ZERO),
@@ -1167,6 +1207,7 @@ impl Sim {
             sealed: vec![false; cfg.instances],
             injected: vec![false; cfg.instances],
             write_failed: false,
+            pol: PolicyModel::new(cfg.instances),
             cfg,
         }
     }
@@ -1309,6 +1350,8 @@ impl Sim {
                             | CrashPoint::Read(_)
                             | CrashPoint::RedoWrite(_)
                             | CrashPoint::Commit(_)
+                            | CrashPoint::DependentShip(_)
+                            | CrashPoint::DependencyWait(_)
                     ))
                 ) {
                     let plan = format!("{:?}", self.plan);
@@ -1585,6 +1628,7 @@ impl Sim {
             String::new()
         };
         let mut shipped: Option<(BlockId, Scn)> = None;
+        let mut ship_dependency = None;
         if send.service == Service::Gcs {
             match GcsMessage::decode(&send.body) {
                 Ok(msg) => {
@@ -1593,10 +1637,12 @@ impl Sim {
                         mode,
                         scn,
                         dirty,
+                        commit_dependency,
                         ..
                     } = &msg.body
                     {
                         shipped = Some((*block, *scn));
+                        ship_dependency = *commit_dependency;
                         if *dirty && *mode == BlockMode::Exclusive {
                             dirty_x = Some(*block);
                         }
@@ -1634,6 +1680,7 @@ impl Sim {
                 ));
             }
             self.stats.blocks_shipped += 1;
+            self.check_ship_dependency(node, block, v, ship_dependency);
         }
         self.trace(|| format!("n{node} sends to n{to}: {what}"));
         // Whether the network takes it (a crashed peer gets nothing; a cut link holds it).
@@ -1777,6 +1824,7 @@ impl Sim {
                 any = true;
                 self.start_io(node, io);
             }
+            any |= self.cfg.early_release && self.answer_redo_force(node);
             while let Some(completion) = self.nodes[node].node.poll_completion() {
                 any = true;
                 self.complete(node, completion);
@@ -2108,6 +2156,12 @@ impl Sim {
     /// a survivor began recovering it: it could overwrite what recovery rebuilt), then
     /// storage.
     fn land_write(&mut self, node: usize, block: BlockId, image: &AlignedBuf) {
+        let v = version_of(image);
+        if self.pol.is_pending(block, v) {
+            self.fail(format!(
+                "n{node}'s write of {block} {v:?} lands while that version's redo is not durable"
+            ));
+        }
         if let Some(at) = self.fenced_at[node] {
             let v = version_of(image);
             self.fail(format!(
@@ -2598,9 +2652,12 @@ impl Sim {
     fn complete(&mut self, node: usize, completion: Completion) {
         let (ticket, result) = match completion {
             Completion::Block { ticket, result } => (ticket, result),
-            Completion::Lock { ticket, .. } | Completion::Durable { ticket, .. } => self.fail(
-                format!("n{node}: a lock or durability completion {ticket:?} nobody asked for"),
-            ),
+            Completion::Durable { ticket, result } => {
+                return self.dependencies_settled(node, ticket, result);
+            }
+            Completion::Lock { ticket, .. } => self.fail(format!(
+                "n{node}: a lock completion {ticket:?} nobody asked for"
+            )),
         };
         if self.nodes[node].node.stop_reason().is_some() && !self.expect_storage_errors {
             // The node stops (its lease is revoked with it): the runtime hands its users the
@@ -2687,7 +2744,9 @@ impl Sim {
         }
         let before = version_of(&grant.pin.read());
         let latest = self.committed[&block];
-        if before != latest || grant.scn != latest.scn {
+        if (before != latest || grant.scn != latest.scn)
+            && !self.granted_lost(block, &grant, before)
+        {
             self.fail(format!(
                 "n{node}.u{user}: {block} granted in {:?} at SCN {} holding {before:?}, the latest committed is {latest:?}",
                 grant.mode, grant.scn
@@ -2743,9 +2802,20 @@ impl Sim {
         else {
             self.fail(format!("n{node}.u{user}: finish while not holding"));
         };
+        if let Some(held) = self.await_dependencies(node, user, op, held) {
+            self.finish_held(node, user, op, held);
+        }
+    }
+
+    /// Ends an operation whose copies' commit dependencies are durable.
+    fn finish_held(&mut self, node: usize, user: usize, op: OpKind, held: Vec<Held>) {
         if op != OpKind::Commit {
             self.release_all(node, user, op, held);
             self.end_op(node, user);
+            return;
+        }
+        if self.cfg.early_release {
+            self.commit_early(node, user, held);
             return;
         }
         // Commit: the redo write first (as `Transaction::commit`); the blocks stay held.
@@ -2780,6 +2850,12 @@ impl Sim {
     /// The commit's redo write lands (or fails, landing or not) through the instance's redo
     /// writer, whatever the process is doing; returns whether it completed without error.
     fn redo_lands(&mut self, node: usize, user: usize) -> bool {
+        if matches!(
+            self.nodes[node].users[user].state,
+            UserState::Appended { .. }
+        ) {
+            return self.appended_lands(node, user);
+        }
         let fate = self.write_fate(node);
         self.write_failed |= !fate.ok;
         let UserState::Committing {
@@ -2836,6 +2912,7 @@ impl Sim {
             self.drain(node);
             return;
         }
+        self.report_durable(node, user);
         let d = self.delay(self.cfg.io_min);
         self.schedule(d, Event::Ack { node, user });
         self.counters.commits += 1;
@@ -2847,6 +2924,13 @@ impl Sim {
     /// The durable commit releases its blocks: acknowledged.
     fn ack(&mut self, node: usize, user: usize) {
         if !self.lease_holds(node, "acknowledge a commit") {
+            return;
+        }
+        if matches!(
+            self.nodes[node].users[user].state,
+            UserState::Appended { .. }
+        ) {
+            self.ack_appended(node, user);
             return;
         }
         let UserState::Committing {
@@ -2916,7 +3000,15 @@ impl Sim {
                 format!("n{node}.u{user}: release {block} {mode:?} ({op:?}) dirty {dirty:?}")
             });
             let now = self.local(node);
-            if let Err(e) = self.nodes[node].node.release(block, mode, dirty, now) {
+            // The runtime releases through `release_appended` always (early release).
+            let released = if self.cfg.early_release {
+                self.nodes[node]
+                    .node
+                    .release_appended(block, mode, dirty, now)
+            } else {
+                self.nodes[node].node.release(block, mode, dirty, now)
+            };
+            if let Err(e) = released {
                 self.fail(format!("n{node}.u{user}: release of {block} {mode:?}: {e}"));
             }
             self.drain(node);
@@ -3307,7 +3399,21 @@ impl Sim {
                 UserState::Committing {
                     redo: Redo::InFlight,
                     ..
+                }
+                | UserState::Appended {
+                    redo: Redo::InFlight,
+                    ..
                 } => self.stats.commits_lost += 1,
+                UserState::Appended {
+                    afters,
+                    redo: Redo::Durable,
+                } => {
+                    // Visible since its append, durable, never acknowledged: recovery keeps it.
+                    self.stats.durable_unacked += 1;
+                    for (block, _) in afters {
+                        *self.unacked.entry(block).or_default() += 1;
+                    }
+                }
                 // Taken by the model when a survivor's scan read it, or sealed out.
                 UserState::Committing {
                     redo: Redo::Recovered | Redo::Sealed,
@@ -3317,6 +3423,7 @@ impl Sim {
             }
             self.active_users -= 1;
         }
+        self.lose_redo(victim);
         let n = &mut self.nodes[victim];
         n.alive = false;
         n.redo = None;
@@ -3417,6 +3524,7 @@ impl Sim {
                     continue;
                 }
                 self.sealed[victim] = true;
+                self.seal_appended(victim);
                 for user in 0..self.nodes[victim].users.len() {
                     let UserState::Committing {
                         held,
@@ -3807,6 +3915,14 @@ impl Sim {
     fn check_liveness(&self) {
         for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
             for (u, user) in n.users.iter().enumerate() {
+                if let UserState::Awaiting { since, held, .. } = &user.state
+                    && self.now.saturating_since(*since) > LIVENESS_LIMIT
+                {
+                    let blocks: Vec<BlockId> = held.iter().map(|h| h.block).collect();
+                    self.fail(format!(
+                        "liveness: n{i}.u{u} waited over {LIVENESS_LIMIT:?} on the commit dependencies of {blocks:?}"
+                    ));
+                }
                 if let UserState::Waiting {
                     block, since, op, ..
                 } = &user.state
@@ -3838,6 +3954,7 @@ impl Sim {
             let held = match &u.state {
                 UserState::Holding { held, .. }
                 | UserState::Waiting { held, .. }
+                | UserState::Awaiting { held, .. }
                 | UserState::Committing { held, .. } => held,
                 _ => return false,
             };
@@ -3905,7 +4022,7 @@ impl Sim {
                     && !self.changing(i, block)
                 {
                     let v = version_of(&pin.read());
-                    if v != latest {
+                    if v != latest && !self.awaits_lost(i, block, v) {
                         self.fail(format!(
                             "n{i} holds {block} in {mode:?} as {v:?}, the latest committed is {latest:?}"
                         ));
@@ -4070,6 +4187,413 @@ impl Sim {
     }
 }
 
+// ------------------------------------------------------------ ship policy, early release
+// (the model's bookkeeping is `crate::policy`)
+impl Sim {
+    /// A user about to finish waits first on the commit dependencies of the copies it holds
+    /// (as the API's `commit_pending` and `read`): `None` while it waits, else `held` back.
+    fn await_dependencies(
+        &mut self,
+        node: usize,
+        user: usize,
+        op: OpKind,
+        held: Vec<Held>,
+    ) -> Option<Vec<Held>> {
+        let dependencies: Vec<Dependency> =
+            held.iter().filter_map(|h| h.grant.dependency).collect();
+        if dependencies.is_empty() {
+            return Some(held);
+        }
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        self.stats.policy.dependency_waits += 1;
+        self.counters.dependency_waits += 1;
+        self.trace(|| {
+            format!(
+                "n{node}.u{user}: awaits {:?} ({op:?}, {ticket:?})",
+                dependencies.iter().map(|d| d.on).collect::<Vec<_>>()
+            )
+        });
+        self.nodes[node].users[user].state = UserState::Awaiting {
+            ticket,
+            op,
+            since: self.now,
+            held,
+        };
+        if self.plan.front()
+            == Some(&Stage::Crash(CrashPoint::DependencyWait(
+                self.counters.dependency_waits,
+            )))
+        {
+            // The receiver dies while it waits for the sender's redo.
+            self.crash_due = Some(node);
+        }
+        let now = self.local(node);
+        self.nodes[node]
+            .node
+            .await_dependencies(ticket, dependencies, now);
+        self.drain(node);
+        None
+    }
+
+    /// A dependency wait ended: durable (the operation ends), or a sender died first (a
+    /// commit rolls back, a read is not acknowledged).
+    fn dependencies_settled(&mut self, node: usize, ticket: Ticket, result: Result<(), CoreError>) {
+        if self.nodes[node].node.stop_reason().is_some() && !self.expect_storage_errors {
+            return;
+        }
+        let Some(user) = self.nodes[node]
+            .users
+            .iter()
+            .position(|u| matches!(u.state, UserState::Awaiting { ticket: t, .. } if t == ticket))
+        else {
+            self.fail(format!(
+                "n{node}: dependency wait {ticket:?} ended, which no user waits for"
+            ));
+        };
+        let UserState::Awaiting { op, held, .. } =
+            std::mem::replace(&mut self.nodes[node].users[user].state, UserState::Thinking)
+        else {
+            unreachable!("matched above")
+        };
+        match result {
+            Ok(()) => {
+                if let Some(h) = held.iter().find(|h| self.pol.is_lost(h.block, h.before)) {
+                    self.fail(format!(
+                        "n{node}.u{user}: the dependency of {} {:?} reported durable, but that redo was lost",
+                        h.block, h.before
+                    ));
+                }
+                self.trace(|| format!("n{node}.u{user}: dependencies durable ({ticket:?})"));
+                self.finish_held(node, user, op, held);
+            }
+            Err(CoreError::DependencyLost { instance, scn }) => {
+                // Conservative is allowed (the sender's redo may have landed unannounced);
+                // acknowledging what depends on lost redo is not, and nothing is here.
+                self.stats.policy.dependencies_lost += 1;
+                self.trace(|| {
+                    format!("n{node}.u{user}: dependency on {instance:?} at {scn:?} lost: {op:?} not acknowledged")
+                });
+                let undo = if op == OpKind::Commit {
+                    OpKind::Abort
+                } else {
+                    op
+                };
+                self.release_all(node, user, undo, held);
+                self.end_op(node, user);
+            }
+            Err(e) => {
+                if self.injected[node] {
+                    return;
+                }
+                self.fail(format!("n{node}.u{user}: dependency wait failed: {e}"));
+            }
+        }
+    }
+
+    /// Early release: the commit enters the stream at a fresh SCN (above every grant, so
+    /// append order is SCN order, as the redo writer's stamp makes it), its versions become
+    /// visible, its blocks go back through `release_appended`, and the redo write starts;
+    /// acknowledged once durable.
+    fn commit_early(&mut self, node: usize, user: usize, held: Vec<Held>) {
+        // Appended only under the lease (as `Transaction::commit_pending`).
+        if !self.lease_holds(node, "append a commit") {
+            self.nodes[node].users[user].state = UserState::Holding {
+                op: OpKind::Commit,
+                held,
+            };
+            return;
+        }
+        let scn = self.nodes[node].clock.tick();
+        let mut changes = Vec::new();
+        for h in &held {
+            if let Some(after) = h.after {
+                let stamped = Version {
+                    value: after.value,
+                    scn,
+                };
+                put_version(&mut h.grant.pin.write(), stamped);
+                changes.push((h.block, h.before, stamped));
+            }
+        }
+        for &(block, _, after) in &changes {
+            self.commit_in_model(&format!("n{node}.u{user} (appended)"), block, after);
+        }
+        self.pol.append(node, user, &changes);
+        self.stats.policy.early_releases += changes.len() as u64;
+        self.trace(|| format!("n{node}.u{user}: commit appended at {scn:?}, released early"));
+        for h in held {
+            let BlockGrant { pin, mode, .. } = h.grant;
+            let dirty = h.after.map(|_| scn);
+            if dirty.is_some()
+                && let Err(e) = pin.write().mark_dirty(scn)
+            {
+                self.fail(format!(
+                    "n{node}.u{user}: the X copy of {} is no longer current at commit: {e}",
+                    h.block
+                ));
+            }
+            drop(pin);
+            let now = self.local(node);
+            if let Err(e) = self.nodes[node]
+                .node
+                .release_appended(h.block, mode, dirty, now)
+            {
+                self.fail(format!(
+                    "n{node}.u{user}: early release of {} {mode:?}: {e}",
+                    h.block
+                ));
+            }
+            self.drain(node);
+        }
+        self.nodes[node].users[user].state = UserState::Appended {
+            afters: changes.iter().map(|&(b, _, a)| (b, a)).collect(),
+            redo: Redo::InFlight,
+        };
+        let d = self.io_delay_of(node);
+        self.schedule(
+            d,
+            Event::RedoDone {
+                node,
+                user,
+                ok: None,
+            },
+        );
+        self.counters.redo_writes += 1;
+        if self.plan.front()
+            == Some(&Stage::Crash(CrashPoint::RedoWrite(
+                self.counters.redo_writes,
+            )))
+        {
+            self.crash_due = Some(node);
+        }
+    }
+
+    /// An appended commit's redo write lands with every commit appended before it on the same
+    /// thread (a later commit is durable only after the earlier ones); returns whether it
+    /// completed without error.
+    fn appended_lands(&mut self, node: usize, user: usize) -> bool {
+        let group = self.pol.landing_with(node, user);
+        if group.is_empty() {
+            // Landed with an earlier commit's write, or that write failed.
+            return !matches!(
+                self.nodes[node].users[user].state,
+                UserState::Appended {
+                    redo: Redo::InFlight,
+                    ..
+                }
+            );
+        }
+        let fate = self.write_fate(node);
+        self.write_failed |= !fate.ok;
+        if !fate.lands {
+            self.trace(|| format!("n{node}: redo write of {group:?} failed, not landed"));
+            return false;
+        }
+        for u in group {
+            let UserState::Appended { afters, .. } = &self.nodes[node].users[u].state else {
+                self.fail(format!(
+                    "n{node}.u{u}: in the redo stream while not appended"
+                ));
+            };
+            let afters = afters.clone();
+            let records: Vec<RedoRecord> = afters
+                .iter()
+                .flat_map(|&(block, after)| records_of(block, after))
+                .collect();
+            let Some(redo) = &self.nodes[node].redo else {
+                self.fail(format!("n{node}: commits with no redo writer"));
+            };
+            if let Err(e) = redo.commit(&records) {
+                self.fail(format!("n{node}.u{u}: redo write: {e}"));
+            }
+            let landed = if self.sealed[node] {
+                // Sealed out: already lost in the model (`seal_appended`).
+                self.stats.late_writes += 1;
+                Redo::Sealed
+            } else {
+                for &(block, after) in &afters {
+                    self.pol.landed(block, after);
+                }
+                Redo::Durable
+            };
+            self.trace(|| format!("n{node}.u{u}: appended redo landed ({landed:?}): {afters:?}"));
+            if let UserState::Appended { redo, .. } = &mut self.nodes[node].users[u].state {
+                *redo = landed;
+            }
+        }
+        fate.ok
+    }
+
+    /// The process learns its appended commit is durable: it tells the node (as the
+    /// runtime's committers report `RedoDurable`), under the lease.
+    fn report_durable(&mut self, node: usize, user: usize) {
+        let UserState::Appended {
+            afters,
+            redo: Redo::Durable,
+        } = &self.nodes[node].users[user].state
+        else {
+            return;
+        };
+        let Some(scn) = afters.iter().map(|(_, a)| a.scn).max() else {
+            return;
+        };
+        if !self.leases.holds(node, self.global()) {
+            return;
+        }
+        let now = self.local(node);
+        self.nodes[node].node.handle_redo_durable(scn, now);
+        self.drain(node);
+    }
+
+    /// Answers the node's redo force (as the runtime's driver): at once when nothing
+    /// appended is still in flight (durable up to the users' clock), else the commits'
+    /// writes land and report. Never past the lease.
+    fn answer_redo_force(&mut self, node: usize) -> bool {
+        if let Some(upto) = self.nodes[node].node.poll_redo_force() {
+            self.pol.force_wanted[node] = self.pol.force_wanted[node].max(Some(upto));
+        }
+        let Some(upto) = self.pol.force_wanted[node] else {
+            return false;
+        };
+        if self.pol.stream_pending(node) || !self.leases.holds(node, self.global()) {
+            return false;
+        }
+        // Nothing appended is in flight: all of it is durable, and what is appended next
+        // takes an SCN above the clock, which covers the force (a block's SCN may come from
+        // another instance's change).
+        if let Err(e) = self.nodes[node].clock.observe(upto) {
+            self.fail(format!("n{node}: a redo force up to {upto:?}: {e:?}"));
+        }
+        let horizon = self.nodes[node].clock.current();
+        self.pol.force_wanted[node] = None;
+        self.trace(|| format!("n{node}: redo force up to {upto:?}: durable to {horizon:?}"));
+        let now = self.local(node);
+        self.nodes[node].node.handle_redo_durable(horizon, now);
+        true
+    }
+
+    /// The acknowledgement of an appended commit: everything its versions were built on is
+    /// durable and none was lost.
+    fn ack_appended(&mut self, node: usize, user: usize) {
+        let UserState::Appended {
+            afters,
+            redo: Redo::Durable,
+        } = std::mem::replace(&mut self.nodes[node].users[user].state, UserState::Thinking)
+        else {
+            self.fail(format!("n{node}.u{user}: acknowledged while not durable"));
+        };
+        for (block, after) in afters {
+            if !self.pol.builds_on_durable(block, after) {
+                self.fail(format!(
+                    "n{node}.u{user}: acknowledges {block} {after:?}, built on redo not durable or lost"
+                ));
+            }
+            *self.acked.entry(block).or_default() += 1;
+            self.stats.commits += 1;
+        }
+        self.trace(|| format!("n{node}.u{user}: acknowledged (appended commit durable)"));
+        self.end_op(node, user);
+    }
+
+    /// A survivor sealed `victim`'s life while it still runs: its appended commits that
+    /// landed are recovered; those in flight never will be (lost).
+    fn seal_appended(&mut self, victim: usize) {
+        for user in 0..self.nodes[victim].users.len() {
+            let UserState::Appended {
+                afters,
+                redo: redo @ Redo::Durable,
+            } = &mut self.nodes[victim].users[user].state
+            else {
+                continue;
+            };
+            *redo = Redo::Recovered;
+            let blocks: Vec<BlockId> = afters.iter().map(|(b, _)| *b).collect();
+            self.stats.durable_unacked += 1;
+            for block in blocks {
+                *self.unacked.entry(block).or_default() += 1;
+            }
+        }
+        self.lose_redo(victim);
+    }
+
+    /// `victim`'s redo not yet landed is lost: every version it made visible on that redo
+    /// leaves the model (the block's latest committed version rolls back to what it was
+    /// built on). Survivors must discard their copies of them (`awaits_lost`).
+    fn lose_redo(&mut self, victim: usize) {
+        let rollbacks = match self.pol.lose(victim) {
+            Ok(rollbacks) => rollbacks,
+            Err(e) => self.fail(e),
+        };
+        for (block, prev, lost) in rollbacks {
+            let latest = self.committed[&block];
+            if !lost.contains(&latest) {
+                self.fail(format!(
+                    "{block}: the latest committed {latest:?} was built on n{victim}'s lost redo {lost:?}"
+                ));
+            }
+            self.stats.policy.versions_lost += lost.len() as u64;
+            self.trace(|| {
+                format!("n{victim}: redo lost: {block} back to {prev:?} (lost {lost:?})")
+            });
+            self.committed.insert(block, prev);
+            if let Some(h) = self.history.get_mut(&block) {
+                for v in &lost {
+                    h.remove(&v.scn);
+                }
+            }
+        }
+    }
+
+    /// A grant of a version whose redo was lost is allowed only with its dependency, before
+    /// the instance learned of the loss (the user's commit or read then fails).
+    fn granted_lost(&self, block: BlockId, grant: &BlockGrant, before: Version) -> bool {
+        grant.scn == before.scn && self.pol.is_lost(block, before) && grant.dependency.is_some()
+    }
+
+    /// Whether `node`'s copy `v` of `block` is a version whose redo was lost, still carrying
+    /// its dependency on an instance the node has not yet seen leave: it must be discarded
+    /// once the node moves to an epoch without it.
+    fn awaits_lost(&self, node: usize, block: BlockId, v: Version) -> bool {
+        let gcs = self.nodes[node].node.core().gcs();
+        self.pol.is_lost(block, v)
+            && gcs
+                .dependency(block)
+                .is_some_and(|d| gcs.live().contains(d.instance))
+    }
+
+    /// A ship of a version whose redo is not durable: never under log force; under commit
+    /// dependency only carrying the sender's dependency up to that version's SCN.
+    fn check_ship_dependency(
+        &mut self,
+        node: usize,
+        block: BlockId,
+        v: Version,
+        dependency: Option<gcs::CommitDependency>,
+    ) {
+        if !self.pol.is_pending(block, v) || !self.leases.holds(node, self.global()) {
+            return;
+        }
+        let carried = dependency.is_some_and(|d| d.instance == id(node) && d.scn >= v.scn);
+        if self.cfg.ship_policy != ShipPolicy::CommitDependency || !carried {
+            self.fail(format!(
+                "n{node} ships {block} {v:?} before its redo is durable ({:?}, dependency {dependency:?})",
+                self.cfg.ship_policy
+            ));
+        }
+        self.stats.policy.dependent_ships += 1;
+        self.counters.dependent_ships += 1;
+        if self.plan.front()
+            == Some(&Stage::Crash(CrashPoint::DependentShip(
+                self.counters.dependent_ships,
+            )))
+        {
+            // The sender dies with the redo the receiver depends on in flight.
+            self.crash_due = Some(node);
+        }
+    }
+}
+
 fn brief(state: &UserState) -> String {
     let blocks = |held: &[Held]| held.iter().map(|h| h.block.to_string()).collect::<Vec<_>>();
     match state {
@@ -4090,6 +4614,15 @@ fn brief(state: &UserState) -> String {
         UserState::Holding { op, held } => format!("holding {:?} {op:?}", blocks(held)),
         UserState::Committing { held, redo } => {
             format!("committing {:?} (redo {redo:?})", blocks(held))
+        }
+        UserState::Awaiting {
+            ticket, op, held, ..
+        } => format!(
+            "awaiting commit dependencies {ticket:?} {op:?} of {:?}",
+            blocks(held)
+        ),
+        UserState::Appended { afters, redo } => {
+            format!("appended {afters:?} (redo {redo:?})")
         }
     }
 }

@@ -40,6 +40,12 @@ fn seeds() {
         // The faults beside deaths bite (stalls only with `OpenFaults`).
         assert!(total.cuts > 0 && total.pauses > 0 && total.jumps > 0);
         assert!(total.control_faults > 0 && total.write_errors > 0);
+        // Both ship policies and early release run, and their crash paths bite: versions
+        // lost with their redo, and dependents told so (never acknowledged).
+        let p = &total.policy;
+        assert!(p.log_force_runs > 0 && p.dependency_runs > 0 && p.early_runs > 0);
+        assert!(p.early_releases > 0 && p.dependent_ships > 0 && p.dependency_waits > 0);
+        assert!(p.versions_lost > 0 && p.dependencies_lost > 0);
     }
 }
 

@@ -67,6 +67,10 @@ impl Core {
             self.force_wanted = None;
         }
         self.gcs.on_redo_durable(scn, now);
+        let ready: Vec<BlockId> = self.writes_awaiting_redo.iter().copied().collect();
+        for block in ready {
+            self.start_deferred_write(block, now);
+        }
         self.pump(now);
     }
 

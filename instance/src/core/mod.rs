@@ -377,6 +377,9 @@ pub struct Core {
     checkpoint_held: BTreeSet<BlockId>,
     /// Some release came before its redo was durable: redo forces go to the driver.
     redo_from_driver: bool,
+    /// Deferred writes whose frame holds a version released before its redo was durable:
+    /// started once [`Core::on_redo_durable`] covers it (WAL).
+    writes_awaiting_redo: BTreeSet<BlockId>,
     /// The highest SCN GCS asked this instance's redo to be durable up to, not yet reported.
     force_wanted: Option<Scn>,
     /// The force last handed to the driver.
@@ -445,6 +448,7 @@ impl Core {
             recovering: BTreeSet::new(),
             checkpoint_pending: BTreeMap::new(),
             checkpoint_held: BTreeSet::new(),
+            writes_awaiting_redo: BTreeSet::new(),
             redo_from_driver: false,
             force_wanted: None,
             force_polled: Scn(0),
@@ -736,10 +740,8 @@ impl Core {
         // The user's pin may have been the last on a frame waiting to be freed.
         self.frames_freed();
         let b = self.blocks.entry(block).or_default();
-        if !b.writer
-            && let Some(scn) = b.deferred_write.take()
-        {
-            self.start_write(block, scn);
+        if !b.writer && b.deferred_write.is_some() {
+            self.start_deferred_write(block, now);
         }
         self.advance(block, now);
         self.pump(now);
@@ -1147,6 +1149,30 @@ impl Core {
         for block in dirty {
             let _ = self.gcs.write_back(block, now);
         }
+    }
+
+    /// Starts the write GCS asked for while a local user held `block` in X, once the version
+    /// that user left in the frame (released early, maybe not durable) has durable redo.
+    pub(super) fn start_deferred_write(&mut self, block: BlockId, now: Timestamp) {
+        self.writes_awaiting_redo.remove(&block);
+        let Some(b) = self.blocks.get_mut(&block) else {
+            return;
+        };
+        let Some(asked) = b.deferred_write else {
+            return;
+        };
+        if b.writer {
+            return;
+        }
+        let frame_scn = self.gcs.block_scn(block).map_or(asked, |s| s.max(asked));
+        if frame_scn > self.gcs.durable() {
+            // WAL: the frame's version goes to storage only after its redo.
+            self.writes_awaiting_redo.insert(block);
+            self.force_redo(frame_scn, now);
+            return;
+        }
+        b.deferred_write = None;
+        self.start_write(block, asked);
     }
 
     fn start_write(&mut self, block: BlockId, scn: Scn) {
