@@ -8,7 +8,9 @@
 //!   sender's redo is durable;
 //! * a sender that dies between the ship and its redo write: the receiver's copy is
 //!   discarded and the wait fails with `DependencyLost` (what was built on it is not
-//!   acknowledged).
+//!   acknowledged);
+//! * a write GCS asked while a local user held the block in X waits, at that user's early
+//!   release, for the redo of the version it left in the frame (WAL).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,6 +34,8 @@ struct Pair {
     completions: Vec<VecDeque<Completion>>,
     /// Redo forces each core handed to its driver.
     forces: Vec<Vec<Scn>>,
+    /// Data writes each core started, with the SCN they wrote at.
+    writes: Vec<Vec<Scn>>,
     now: Timestamp,
 }
 
@@ -63,6 +67,7 @@ impl Pair {
             alive: vec![true, true],
             completions: vec![VecDeque::new(), VecDeque::new()],
             forces: vec![Vec::new(), Vec::new()],
+            writes: vec![Vec::new(), Vec::new()],
             now: Timestamp::ZERO,
         }
     }
@@ -101,6 +106,7 @@ impl Pair {
                             self.cores[i].on_read_done(block, filling, Ok(Scn(0)), now)
                         }
                         IoOp::Write { block, scn, pin } => {
+                            self.writes[i].push(scn);
                             drop(pin);
                             self.cores[i].on_write_done(block, scn, Ok(()), now)
                         }
@@ -292,4 +298,46 @@ fn a_sender_lost_before_its_redo_is_durable_takes_what_depends_on_it() {
         p.durable(1, 4),
         Some(Err(CoreError::DependencyLost { .. }))
     ));
+}
+
+/// Simulator seed 2 (early release): a past image's flush made GCS ask the current holder
+/// for a write while a local transaction held the block in X; at its early release the
+/// deferred write copied the frame's new version before that version's redo was durable.
+#[test]
+fn a_deferred_write_waits_for_the_redo_of_a_version_released_early() {
+    let mut p = Pair::new(ShipPolicy::LogForceBeforeShip);
+    p.acquire(0, 1, block());
+    let grant = p.granted(0, 1).unwrap();
+    let s1 = Scn(grant.scn.0 + 5);
+    p.change_and_release(0, grant, s1);
+    p.redo_durable(0, s1);
+    // Instance 1 takes it dirty: instance 0 keeps a past image.
+    p.acquire(1, 2, block());
+    let grant = p.granted(1, 2).expect("shipped once durable");
+    let s2 = Scn(s1.0 + 5);
+    p.change_and_release(1, grant, s2);
+    p.redo_durable(1, s2);
+    // A local transaction on instance 1 holds it in X while instance 0's checkpoint flushes
+    // its past image: the master asks instance 1 to write, which waits for the X user.
+    p.acquire(1, 3, block());
+    let held = p.granted(1, 3).expect("a local grant");
+    let now = p.now;
+    p.cores[0].checkpoint(now);
+    p.run();
+    assert!(p.writes[1].is_empty(), "written under a local X user");
+    // The user releases early: its version's redo is not durable yet.
+    let s3 = Scn(s2.0 + 5);
+    p.change_and_release(1, held, s3);
+    assert!(
+        p.writes[1].iter().all(|w| *w < s3),
+        "the version at {s3:?} written before its redo: {:?}",
+        p.writes[1]
+    );
+    assert_eq!(p.forces[1].last(), Some(&s3), "the write asks for its redo");
+    p.redo_durable(1, s3);
+    assert_eq!(
+        p.writes[1].last(),
+        Some(&s3),
+        "written once its redo is durable"
+    );
 }

@@ -11,7 +11,8 @@
 //! The simulated users run transactions on blocks holding a `u64` counter (at payload
 //! offset 0, frame bytes 32..40) and the SCN of its last change (frame bytes 40..48): X,
 //! increment, a redo record of those 16 bytes at a fresh SCN; commit (the redo write, then,
-//! once durable, release with the SCN: the acknowledgement) or abort (before-image restored)
+//! once durable, release with the SCN: the acknowledgement; or, in seeds with early release,
+//! release once appended and the acknowledgement once durable: [`crate::policy`]) or abort (before-image restored)
 //! after a seeded hold; and readers: S, check, hold, check, release. The model keeps every
 //! block's committed history (a commit enters it when acknowledged, or, if its instance dies
 //! after the redo write and before the acknowledgement, at the death: recovery must replay

@@ -14,7 +14,14 @@
 //! goes through the instance's real `RedoWriter` onto its thread (a seeded redo-write
 //! latency), and once durable the blocks are released with the SCN (frame marked dirty):
 //! the acknowledgement — or abort (before-images restored, `release` with none); and readers
-//! (S, check, hold, check, release). Checkpoints come at seeded intervals in most seeds
+//! (S, check, hold, check, release). Each seed draws GCS's ship policy (`log-force` or
+//! `commit-dependency`) and whether users release early ([`policy`]): then a commit is
+//! appended at a fresh SCN, its blocks go back at once through `Node::release_appended` (as
+//! the runtime's), the redo writes of one instance land in append order, the node's redo
+//! forces are answered as the runtime's driver does, and the commit is acknowledged once
+//! durable; a user holding a copy shipped with a commit dependency waits for it
+//! (`Node::await_dependencies`) before it commits or its read counts, and rolls back when
+//! the sender died first. Checkpoints come at seeded intervals in most seeds
 //! (a few waiting at once) and move the redo checkpoint as `Instance::checkpoint` does (the
 //! position first, then the node's checkpoint, which moves the slot); writes copy their
 //! frame at once or, as the runtime's I/O thread, later.
@@ -58,6 +65,18 @@
 //! (so no acknowledged commit is lost, and none that was never durable appears), and no past
 //! image, filling or retiring frame is left.
 //!
+//! Under early release and commit dependencies, also: a version made visible before its redo
+//! is durable is neither shipped under log force nor shipped without its dependency, nor
+//! written to storage; a commit is acknowledged only when every version it built on is
+//! durable (none lost); when an instance dies (or is sealed out) with such redo in flight,
+//! its versions leave the model (the block's latest committed version rolls back, and no
+//! other instance may have built a visible version on them), a grant or a readable copy of a
+//! lost version is allowed only while it carries its dependency and its instance has not
+//! yet seen the sender leave (after that it must be discarded), and a dependency wait never
+//! reports lost redo durable. Two crash points aim between ship and fsync: the sender dies
+//! right after a ship of a version whose redo is in flight, or the receiver dies while a
+//! user waits on the dependency.
+//!
 //! * CI: `cargo test -p sim --test sim` runs `FUSION_SIM_SEEDS` seeds (default 1,000,
 //!   about 40 s in debug on two cores) from `FUSION_SIM_START` (default 0) on a few threads
 //!   ([`run_seeds`]); `FUSION_SEED=N cargo test -p sim --release --test sim replay -- --nocapture`
@@ -98,7 +117,7 @@
 //! Not covered in this world: whole-cluster restart, storage power loss (lost unsynced
 //! writes: every write here is synced), read errors in the main seeds (one test injects
 //! them), torn writes with no past image anywhere (recovery reports them; the model cannot
-//! follow a block it loses), GES locks, the commit-dependency ship policy, recovery I/O
+//! follow a block it loses), GES locks, recovery I/O
 //! racing other I/O (a recovery batch is one step), concurrency inside one instance (the
 //! runtime's threads: the simulator is one thread, so latches never contend).
 
