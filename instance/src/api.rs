@@ -1124,6 +1124,7 @@ impl Setting<'_> {
         )?;
         let failure = crate::cluster::FailureConfig {
             membership: self.config.membership,
+            io_timeout: self.config.io_timeout,
             ..Default::default()
         };
         let own_paxos = slot.paxos;

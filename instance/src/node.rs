@@ -283,10 +283,16 @@ pub enum NodeEvent {
         event: InstanceEvent,
     },
     /// Extend the I/O lease to its length after `from` (a CLOCK_BOOTTIME reading: when the
-    /// renewing round's heartbeat write began).
+    /// renewing round's heartbeat write began), and the window in which writes may be
+    /// submitted to `writes_until`: the lease's end less the storage path's I/O bound
+    /// ([`FailureConfig::writes_until`]), so every write submitted lands or fails by the
+    /// lease's end. A write is submitted only before `writes_until`, acknowledged only under
+    /// the lease.
     RenewLease {
         /// Counted from.
         from: Duration,
+        /// Writes may be submitted until then (CLOCK_BOOTTIME).
+        writes_until: Duration,
     },
     /// A checkpoint is complete: `Ok(Some(sequence))` when the slot's checkpoint moved to
     /// `sequence` (the redo writer's moves too), `Ok(None)` when it stays (a previous life's
@@ -424,6 +430,8 @@ pub struct Node {
     cluster: ClusterManager,
     configured: InstanceSet,
     lease_length: Duration,
+    /// The failure settings (the lease's length, the storage path's I/O bound).
+    failure: FailureConfig,
     /// The end of the lease as granted by this node's renewals (CLOCK_BOOTTIME).
     lease_until: Duration,
     /// Disk-heartbeat rounds in a row that did not renew the lease.
@@ -474,6 +482,7 @@ impl Node {
             cluster,
             configured: config.configured,
             lease_length: config.failure.lease,
+            failure: config.failure,
             lease_until: config.lease_from + config.failure.lease,
             unrenewed_rounds: 0,
             lease_end,
@@ -640,7 +649,8 @@ impl Node {
         {
             self.lease_until = self.lease_until.max(from + self.lease_length);
             self.unrenewed_rounds = 0;
-            self.push_event(NodeEvent::RenewLease { from });
+            let writes_until = self.failure.writes_until(from + self.lease_length);
+            self.push_event(NodeEvent::RenewLease { from, writes_until });
         } else {
             // A lapsed lease comes back with the next good round (a starved host waits: it
             // has no round at all meanwhile). Rounds that complete and still cannot renew —
@@ -1068,6 +1078,15 @@ impl Node {
         }
     }
 
+    /// Until when this instance may submit writes: its lease's end on this node's clock less
+    /// the storage path's I/O bound ([`FailureConfig::writes_until`]).
+    fn writes_end(&self) -> Timestamp {
+        Timestamp::ZERO
+            + self
+                .failure
+                .writes_until(self.lease_end.saturating_since(Timestamp::ZERO))
+    }
+
     /// When the lost members' lease has run out (a lost member whose disk heartbeat still
     /// moves has not stopped: the end moves with it), or their reservation keys were
     /// preempted: the first recovery write (the seal) may start.
@@ -1084,8 +1103,9 @@ impl Node {
             RecoveryStep::AwaitingSeal { retry_at, .. } => *retry_at,
             _ => return None,
         };
-        // Due once this instance's own lease has lapsed: the round that renews it steps on.
-        (due < self.lease_end).then_some(due)
+        // Due once this instance may no longer submit writes: the round that renews its
+        // lease steps on.
+        (due < self.writes_end()).then_some(due)
     }
 
     /// The member that seals the lost lives: the lowest member (every survivor knows it from
@@ -1114,8 +1134,9 @@ impl Node {
         let threads = self.configured;
         // Recovery writes (the seal, then the rebuild) only under this instance's own lease:
         // a member voted out while paused, whose view is stale, never recovers an old death
-        // of a peer that has since come back (membership seed 7289).
-        let leased = now < self.lease_end;
+        // of a peer that has since come back (membership seed 7289). And only while a write
+        // submitted now lands within that lease (the storage path's bound before its end).
+        let leased = now < self.writes_end();
         let Some(recovery) = &mut self.recovery else {
             return;
         };
@@ -1414,14 +1435,18 @@ impl Node {
     }
 
     fn push_event(&mut self, event: NodeEvent) {
-        if let NodeEvent::RenewLease { from } = event
-            && let Some(NodeEvent::RenewLease { from: queued }) = self
+        if let NodeEvent::RenewLease { from, writes_until } = event
+            && let Some(NodeEvent::RenewLease {
+                from: queued,
+                writes_until: queued_writes,
+            }) = self
                 .events
                 .iter_mut()
                 .find(|e| matches!(e, NodeEvent::RenewLease { .. }))
         {
             // One renewal covers another: the lease only grows.
             *queued = (*queued).max(from);
+            *queued_writes = (*queued_writes).max(writes_until);
             return;
         }
         if self.events.len() >= MAX_QUEUED_EVENTS {

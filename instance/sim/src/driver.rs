@@ -270,9 +270,6 @@ impl SimConfig {
         // And the other faults from theirs: a seed's deaths stay the ones it had before.
         let mut rng = SimRng::new(seed ^ 0x5ee5_fa17_0000_0007);
         cfg.faults = Self::draw_faults(&mut rng);
-        if !open.0 {
-            cfg.faults.retain(|(_, kind)| *kind != FaultKind::Stall);
-        }
         cfg.lossy_control = rng.chance(1, 3);
         cfg.write_errors = rng.chance(1, 4);
         cfg.torn_writes = open.0;
@@ -809,6 +806,8 @@ pub struct SimStats {
     pub pauses: u64,
     /// Storage stalls (some with the network cut too).
     pub stalls: u64,
+    /// Data and redo writes a stalled storage path failed at its bound (`io_timeout`).
+    pub io_timeouts: u64,
     /// Forward clock jumps.
     pub jumps: u64,
     /// Control frames lost, duplicated or delayed.
@@ -852,6 +851,7 @@ impl SimStats {
         self.cuts += s.cuts;
         self.pauses += s.pauses;
         self.stalls += s.stalls;
+        self.io_timeouts += s.io_timeouts;
         self.jumps += s.jumps;
         self.control_faults += s.control_faults;
         self.write_errors += s.write_errors;
@@ -1020,6 +1020,9 @@ pub struct Sim {
     writes_in_flight: BTreeMap<(usize, BlockId), u32>,
     /// Writes whose frame is not copied yet: the event that will copy it.
     pending_snapshots: BTreeMap<(usize, BlockId), u64>,
+    /// Data and redo writes in flight (their events), with when each was submitted: the
+    /// storage path completes or fails each within the I/O bound of that moment.
+    writes_submitted: BTreeMap<u64, Duration>,
     probe: Option<Probe>,
     /// Storage errors are expected (the storage-error test): failed grants end the user's
     /// operation instead of the run.
@@ -1143,13 +1146,14 @@ impl Sim {
             dirty_in_transit: BTreeMap::new(),
             writes_in_flight: BTreeMap::new(),
             pending_snapshots: BTreeMap::new(),
+            writes_submitted: BTreeMap::new(),
             probe: None,
             expect_storage_errors: false,
             active_users,
             stats: SimStats::default(),
             trace: print_trace.then(Vec::new),
             print_trace,
-            leases: Leases::new(cfg.instances, timings().failure.lease, Duration::ZERO),
+            leases: Leases::new(cfg.instances, timings().failure, Duration::ZERO),
             fenced_at: vec![None; cfg.instances],
             memberships: Memberships::new(Epoch(1), members),
             stopping: Vec::new(),
@@ -1455,6 +1459,7 @@ impl Sim {
                     return false;
                 };
                 if let Some(event) = self.pending.remove(&seq) {
+                    self.writes_submitted.remove(&seq);
                     self.handle_event(event);
                 }
             }
@@ -1794,13 +1799,13 @@ impl Sim {
     /// Acts on one of the node's events.
     fn node_event(&mut self, node: usize, event: NodeEvent) {
         match event {
-            NodeEvent::RenewLease { from } => {
+            NodeEvent::RenewLease { from, writes_until } => {
                 if self.fenced_at[node].is_some() {
                     self.fail(format!(
                         "n{node} renews its lease (from {from:?}) after a survivor began recovering it"
                     ));
                 }
-                self.leases.renew(node, from);
+                self.leases.renew(node, from, writes_until);
             }
             NodeEvent::Instance {
                 event: InstanceEvent::Reconfigured { epoch, live, lost },
@@ -2014,6 +2019,23 @@ impl Sim {
         if !self.lease_holds(node, &format!("write {block}")) {
             return;
         }
+        if !self.leases.writable(node, self.global()) {
+            // As the runtime's `Lease::wait_writable`: a write that could not land within the
+            // lease waits for the renewal that opens the window again (or the lease lapses,
+            // and the next look stops the instance).
+            let d = timings().failure.disk_interval / 4;
+            let seq = self.schedule(
+                d,
+                Event::WriteStart {
+                    node,
+                    block,
+                    scn,
+                    pin,
+                },
+            );
+            self.pending_snapshots.insert((node, block), seq);
+            return;
+        }
         let mut image = AlignedBuf::new(BLOCK_SIZE as usize, 4096).expect("aligned buffer");
         image.copy_from_slice(&pin.read());
         let v = version_of(&image);
@@ -2031,8 +2053,15 @@ impl Sim {
         seal_block(&mut image, block, scn);
         self.trace(|| format!("n{node}: write {block} {v:?} copied"));
         let pin = self.cfg.write_keeps_pin.then_some(pin);
-        let delay = self.io_delay_of(node);
-        self.schedule(
+        let submitted = self.global();
+        let (delay, ok) = match self.write_delay(node) {
+            Ok(delay) => (delay, None),
+            Err(bound) => {
+                self.trace(|| format!("n{node}: its storage path fails the write of {block}"));
+                (bound, Some(false))
+            }
+        };
+        let seq = self.schedule(
             delay,
             Event::Write {
                 node,
@@ -2040,9 +2069,27 @@ impl Sim {
                 scn,
                 image,
                 pin,
-                ok: None,
+                ok,
             },
         );
+        if ok.is_none() {
+            self.writes_submitted.insert(seq, submitted);
+        }
+    }
+
+    /// When a data or redo write of `node` submitted now completes: after the storage's
+    /// delay and any stall in force (`Ok`), unless that passes the storage path's bound
+    /// (`io_timeout`, which the operator configures the path to keep): then the path fails
+    /// it at the bound, and it never lands (`Err(bound)`).
+    fn write_delay(&mut self, node: usize) -> Result<Duration, Duration> {
+        let delay = self.io_delay_of(node);
+        let bound = timings().failure.io_timeout;
+        if delay > bound {
+            self.stats.io_timeouts += 1;
+            Err(bound)
+        } else {
+            Ok(delay)
+        }
     }
 
     fn offset(&self, block: BlockId) -> u64 {
@@ -2758,15 +2805,18 @@ impl Sim {
         if !self.lease_holds(node, "write redo") {
             return;
         }
-        let d = self.io_delay_of(node);
-        self.schedule(
-            d,
-            Event::RedoDone {
-                node,
-                user,
-                ok: None,
-            },
-        );
+        let submitted = self.global();
+        let (d, ok) = match self.write_delay(node) {
+            Ok(d) => (d, None),
+            Err(bound) => {
+                self.trace(|| format!("n{node}.u{user}: its storage path fails the redo write"));
+                (bound, Some(false))
+            }
+        };
+        let seq = self.schedule(d, Event::RedoDone { node, user, ok });
+        if ok.is_none() {
+            self.writes_submitted.insert(seq, submitted);
+        }
         self.counters.redo_writes += 1;
         if self.plan.front()
             == Some(&Stage::Crash(CrashPoint::RedoWrite(
@@ -3177,11 +3227,56 @@ impl Sim {
             })
             .map(|(seq, _)| *seq)
             .collect();
+        let bound = timings().failure.io_timeout;
         for seq in held {
-            if let Some(event) = self.pending.remove(&seq) {
-                let d = until - self.global() + self.io_delay();
+            let Some(event) = self.pending.remove(&seq) else {
+                continue;
+            };
+            let now = self.global();
+            let d = until - now + self.io_delay();
+            // A data or redo write completes within the storage path's bound of its
+            // submission, or the path fails it then and it never lands.
+            let Some(submitted) = self.writes_submitted.remove(&seq) else {
                 self.schedule(d, event);
+                continue;
+            };
+            if now + d <= submitted + bound {
+                let seq = self.schedule(d, event);
+                self.writes_submitted.insert(seq, submitted);
+                continue;
             }
+            self.stats.io_timeouts += 1;
+            let fails_in = (submitted + bound).saturating_sub(now);
+            let failed = match event {
+                Event::Write {
+                    node,
+                    block,
+                    scn,
+                    image,
+                    pin,
+                    ..
+                } => {
+                    self.trace(|| format!("n{node}: its storage path fails the write of {block}"));
+                    Event::Write {
+                        node,
+                        block,
+                        scn,
+                        image,
+                        pin,
+                        ok: Some(false),
+                    }
+                }
+                Event::RedoDone { node, user, .. } => {
+                    self.trace(|| format!("n{node}.u{user}: its storage path fails the redo write"));
+                    Event::RedoDone {
+                        node,
+                        user,
+                        ok: Some(false),
+                    }
+                }
+                other => other,
+            };
+            self.schedule(fails_in, failed);
         }
     }
 
