@@ -1566,6 +1566,9 @@ mod tests {
         /// Instances whose seal requests are never carried out (a sealer whose storage
         /// stalls).
         stalled_sealers: Vec<usize>,
+        /// Instances whose disk rounds are not reported (their voting-area reads are held):
+        /// their lease is not renewed.
+        held_rounds: Vec<usize>,
         /// Scans are answered only when [`World::answer_scans`] is called (a slow redo read).
         hold_scans: bool,
         held_scans: Vec<(usize, Epoch)>,
@@ -1585,6 +1588,7 @@ mod tests {
                 recovery: Vec::new(),
                 sealed: Vec::new(),
                 stalled_sealers: Vec::new(),
+                held_rounds: Vec::new(),
                 hold_scans: false,
                 held_scans: Vec::new(),
                 events: Vec::new(),
@@ -1725,7 +1729,7 @@ mod tests {
                     if !self.up[i] {
                         continue;
                     }
-                    if round {
+                    if round && !self.held_rounds.contains(&i) {
                         let slots = (0..self.nodes.len())
                             .map(|s| SlotSeen {
                                 instance: id(s),
@@ -1914,6 +1918,83 @@ mod tests {
         );
     }
 
+    /// A renewal lets writes be submitted only until the lease's end less the storage path's
+    /// I/O bound: a write submitted at the last moment lands, or fails, by the lease's end.
+    #[test]
+    fn a_renewal_opens_writes_only_until_the_lease_end_less_the_io_bound() {
+        let failure = FailureConfig::default();
+        assert!(failure.io_timeout > Duration::ZERO);
+        assert!(failure.io_timeout <= FailureConfig::max_io_timeout(failure.lease));
+        let mut node = node(0, &[0, 1, 2]);
+        let from = Duration::from_millis(110);
+        node.handle_disk_round(
+            DiskRound {
+                slots: Vec::new(),
+                written_at: Some(from),
+                all_read: true,
+                completed_at: from,
+            },
+            at(110),
+        );
+        let renewals: Vec<(Duration, Duration)> = std::iter::from_fn(|| node.poll_event())
+            .filter_map(|e| match e {
+                NodeEvent::RenewLease { from, writes_until } => Some((from, writes_until)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(renewals.len(), 1, "{renewals:?}");
+        let (renewed_from, writes_until) = renewals[0];
+        assert_eq!(renewed_from, from);
+        assert_eq!(
+            writes_until + failure.io_timeout,
+            from + failure.lease,
+            "the last write submitted lands by the lease's end"
+        );
+    }
+
+    /// The sealer's first recovery write (the seal) waits while its own lease ends within the
+    /// storage path's I/O bound: a seal submitted then could land after the sealer's own lease
+    /// (then the others may have voted it out and moved on). A renewal lets it seal.
+    #[test]
+    fn the_sealer_seals_only_while_a_write_lands_within_its_own_lease() {
+        let failure = FailureConfig::default();
+        let mut world = World::new(&[0, 1, 2]);
+        world.run_until(at(500));
+        world.up[2] = false;
+        // Until the sealer (0) applies the epoch that lost 2.
+        while world.nodes[0].epoch() != Epoch(2) {
+            assert!(world.now < at(10_000), "no decision");
+            let next = world.now + Duration::from_millis(10);
+            world.run_until(next);
+        }
+        let due = {
+            let node = &world.nodes[0];
+            node.lease_out_at(node.recovery.as_ref().expect("a recovery"))
+        };
+        // Its last renewal comes from the last round at least the I/O bound before `due`:
+        // at `due` its lease still holds, but a write submitted then could outlive it.
+        let bound_ms = failure.io_timeout.as_millis() as u64;
+        let due_ms = boot(due).as_millis() as u64;
+        let last_round = at((due_ms - bound_ms) / 100 * 100);
+        assert!(world.now <= last_round, "the decision came too late for this test");
+        world.run_until(last_round);
+        world.held_rounds.push(0);
+        assert!(
+            world.nodes[0].lease_end > due,
+            "the sealer's lease still holds when the lost lease is out"
+        );
+        world.run_until(due + Duration::from_millis(200));
+        assert!(
+            world.sealed.is_empty(),
+            "sealed with a lease ending within the I/O bound: {:?}",
+            world.recovery
+        );
+        // Its rounds come back: it renews and seals.
+        world.held_rounds.clear();
+        world.run_until(due + Duration::from_millis(500));
+        assert_eq!(world.sealed, vec![(0, set(&[2]))], "{:?}", world.recovery);
+    }
+
     #[test]
     fn a_lease_no_round_can_renew_stops_the_node_only_once_lapsed() {
         let mut node = node(0, &[0, 1, 2]);
@@ -1937,9 +2018,11 @@ mod tests {
             },
             at(110),
         );
+        let failure = FailureConfig::default();
         assert!(std::iter::from_fn(|| node.poll_event()).any(|e| e
             == NodeEvent::RenewLease {
-                from: Duration::from_millis(110)
+                from: Duration::from_millis(110),
+                writes_until: failure.writes_until(Duration::from_millis(110) + failure.lease),
             }));
         // Past the renewed lease, nine rounds in a row that cannot renew do not stop it...
         for t in 0..9 {

@@ -45,8 +45,12 @@
 //!   voted out meanwhile, it must stop itself on resume);
 //! * a storage stall of one instance (its data, redo, disk-heartbeat and Paxos I/O, in
 //!   flight or submitted, held up to several leases; its network up or cut for as long; a
-//!   writer that dies meanwhile still has its held writes land at the end), only with
-//!   [`OpenFaults`];
+//!   writer that dies meanwhile still has its held writes land at the end). Its storage path
+//!   keeps the configured bound (`FailureConfig::io_timeout`): a data or redo write not
+//!   complete within it of its submission fails then and never lands (the instance stops,
+//!   as on any failed write), and the writer submits data writes only until its lease's end
+//!   less that bound (`RenewLease { writes_until }`, waiting for a renewal otherwise, as the
+//!   runtime does), so none lands after its lease;
 //! * a forward jump of one node's clock (within the lease's margin);
 //! * lost, duplicated and delayed control frames (a third of the seeds);
 //! * failed data, redo and disk-heartbeat writes (a quarter of the seeds; a failed write may
@@ -128,12 +132,6 @@ pub const LIVENESS_LIMIT: Duration = Duration::from_millis(500);
 pub const QUIESCE_LIMIT: Duration = Duration::from_secs(5);
 /// The faults of open problems, off unless a run asks for them (`fusion-sim --open-faults`;
 /// [`SimConfig::from_seed_with`]), so CI's seeds and the soak stay green while each is open:
-/// * storage stalls: a data write held by a stalled storage path past the lease lands after
-///   the survivors began recovering its instance, and may overwrite what they rebuilt. The
-///   lease cannot fence a write already submitted (only persistent reservations stop it at
-///   the device, or a storage path that fails I/O within a bound the survivors wait out), so
-///   about one seed in a hundred fails ("n2's write of 0.1 ... lands after a survivor began
-///   recovering it"; seed 1008);
 /// * torn data writes of a dying instance: not yet triaged; seed 439 tears a block whose past
 ///   image a survivor held at the death, yet recovery found it corrupt with no past image to
 ///   start from ("recovering: block 0.6 ... is corrupt").

@@ -86,9 +86,10 @@
 //! [`faults`], the implementation both worlds share): one-link and one-way cuts of the engine
 //! and control networks (half the seeds get one to three faults), process pauses short of
 //! the lease or past it (a voted-out instance must stop itself on resume, losing nothing it
-//! acknowledged), storage stalls of one instance with its network up or cut (only with
-//! [`driver::OpenFaults`]: a data write the stall holds past the lease lands after
-//! recovery began, which the lease cannot prevent), forward clock jumps, lost, duplicated
+//! acknowledged), storage stalls of one instance with its network up or cut (its storage
+//! path fails a data or redo write held past the configured I/O bound, `io_timeout`, as a
+//! path configured that way does; the writer submits writes only until its lease's end less
+//! that bound), forward clock jumps, lost, duplicated
 //! and delayed control frames (a third of the seeds), failed data, redo and disk-heartbeat
 //! writes that may land anyway (a quarter), torn data writes of a dying instance where a
 //! survivor holds a past image. Checked beside the above: no data write of a life lands

@@ -12,8 +12,8 @@
 //! * `fusion-sim soak --minutes N [--start S]` — runs consecutive seeds from `S` (default
 //!   1,000,000, past CI's) for `N` minutes and prints the totals; a failing seed ends it as
 //!   with `seeds`.
-//! * `--open-faults` (replay, seeds, soak): also draw the faults of open problems (storage
-//!   stalls, torn writes; `sim::OpenFaults` says why they are off by default).
+//! * `--open-faults` (replay, seeds, soak): also draw the faults of open problems (torn
+//!   writes; `sim::OpenFaults` says why they are off by default).
 //!
 //! Build it with `--release`: a debug build is several times slower.
 
