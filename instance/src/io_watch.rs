@@ -214,7 +214,9 @@ mod tests {
         let buf = AlignedBuf::new(4096, 4096).expect("buffer");
         assert_eq!(watch.broken(Instant::now()), None);
         storage.write_at(0, &buf, IoClass::Data).expect("write");
-        let broken = watch.broken(Instant::now()).expect("a late write is reported");
+        let broken = watch
+            .broken(Instant::now())
+            .expect("a late write is reported");
         assert!(broken.held >= Duration::from_millis(30), "{broken:?}");
         assert_eq!(broken.bound, Duration::from_millis(5));
         assert!(broken.to_string().contains("io_timeout_ms"), "{broken}");

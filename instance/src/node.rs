@@ -1976,7 +1976,10 @@ mod tests {
         let bound_ms = failure.io_timeout.as_millis() as u64;
         let due_ms = boot(due).as_millis() as u64;
         let last_round = at((due_ms - bound_ms) / 100 * 100);
-        assert!(world.now <= last_round, "the decision came too late for this test");
+        assert!(
+            world.now <= last_round,
+            "the decision came too late for this test"
+        );
         world.run_until(last_round);
         world.held_rounds.push(0);
         assert!(

@@ -37,12 +37,12 @@ use crate::cache::{ReadLatch, WriteLatch};
 use crate::cluster::{ClusterManager, FailureConfig, InstanceEvent};
 use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
 use crate::format::{self, BlockError, Layout, control::SLOT_PAXOS_LEN};
+use crate::io_watch::{IoWatch, WatchedStorage};
 use crate::node::{
     CheckpointId, CheckpointIo, DiskRound, Node, NodeConfig, NodeEvent, NodeIo, RecoveryIo,
     RecoveryOutcome, ScanOutcome, SlotSeen, Transmit,
 };
 use crate::paxos::PaxosIo;
-use crate::io_watch::{IoWatch, WatchedStorage};
 use crate::storage::reservation::{ReservationError, Reservations, reservation_key};
 use crate::storage::{AlignedBuf, IoClass, SharedStorage};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};

@@ -290,7 +290,10 @@ fn the_storage_paths_io_bound_defaults_to_half_the_lease_and_must_fit_in_it() {
     let lease = instance::cluster::FailureConfig::default().lease;
     let default = parse(GOOD).unwrap().io_timeout;
     assert_eq!(default, instance::cluster::DEFAULT_IO_TIMEOUT);
-    assert!(default <= lease / 2, "{default:?} leaves too little of {lease:?}");
+    assert!(
+        default <= lease / 2,
+        "{default:?} leaves too little of {lease:?}"
+    );
     let with = |millis: &str| {
         GOOD.replace(
             "path = \"cluster.img\"",

@@ -3265,7 +3265,9 @@ impl Sim {
                     }
                 }
                 Event::RedoDone { node, user, .. } => {
-                    self.trace(|| format!("n{node}.u{user}: its storage path fails the redo write"));
+                    self.trace(|| {
+                        format!("n{node}.u{user}: its storage path fails the redo write")
+                    });
                     Event::RedoDone {
                         node,
                         user,

@@ -37,8 +37,10 @@ fn seeds() {
     }
     if seeds >= 200 {
         assert!(total.isolations > 0 && total.durable_unacked > 0 && total.commits_lost > 0);
-        // The faults beside deaths bite (stalls only with `OpenFaults`).
+        // The faults beside deaths bite; stalls outlast the storage path's bound, which
+        // fails the writes they hold.
         assert!(total.cuts > 0 && total.pauses > 0 && total.jumps > 0);
+        assert!(total.stalls > 0 && total.io_timeouts > 0);
         assert!(total.control_faults > 0 && total.write_errors > 0);
     }
 }
