@@ -225,7 +225,9 @@ impl ReservationFence {
 /// heartbeat write started.
 ///
 /// It is checked before an I/O is submitted ([`Lease::wait_valid`]: a lease that lapsed
-/// because this host was starved, not fenced, comes back with the next round) and again when
+/// because this host was starved, not fenced, comes back with the next round; a write only
+/// before the lease's end less the storage path's I/O bound, [`Lease::wait_writable`], so
+/// it lands or fails within the lease) and again when
 /// the I/O completes, before a commit is acknowledged or a write reported done
 /// ([`Lease::confirm`]): valid then, or renewed later by a round that *began after* the
 /// completion (whose read proves no decision, hence no recovery, preceded it). A block grant
