@@ -236,7 +236,7 @@ pub fn run_membership_seeds(seeds: Range<u64>) -> MembershipRun {
 /// One line of totals: `label`, the number of seeds, the wall time, then every counter.
 pub fn summary(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) -> String {
     format!(
-        "{label}: {seeds} seeds in {elapsed:.1?}: {} steps, {} commits, {} aborts, {} reads, {} messages, {} blocks shipped, {} disk reads, {} disk writes, {} checkpoints, {} evictions, {} local grants, {:.1?} virtual; failures: {} runs with deaths, {} deaths ({} cut off first), {} restarts, {} recoveries, {} blocks recovered, {} commits durable but unacknowledged (recovered), {} commits lost mid-redo-write, {} writes of the dead landed, {} redo checkpoints, {} block payloads refused by their frame; faults: {} cuts, {} pauses, {} stalls, {} clock jumps, {} control frames lost/duplicated/delayed, {} write errors, {} torn writes, {} late redo/slot writes",
+        "{label}: {seeds} seeds in {elapsed:.1?}: {} steps, {} commits, {} aborts, {} reads, {} messages, {} blocks shipped, {} disk reads, {} disk writes, {} checkpoints, {} evictions, {} local grants, {:.1?} virtual; failures: {} runs with deaths, {} deaths ({} cut off first), {} restarts, {} recoveries, {} blocks recovered, {} commits durable but unacknowledged (recovered), {} commits lost mid-redo-write, {} writes of the dead landed, {} redo checkpoints, {} block payloads refused by their frame; faults: {} cuts, {} pauses, {} stalls ({} writes failed at the storage path's bound), {} clock jumps, {} control frames lost/duplicated/delayed, {} write errors, {} torn writes, {} late redo/slot writes",
         total.steps,
         total.commits,
         total.aborts,
@@ -263,6 +263,7 @@ pub fn summary(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) -> 
         total.cuts,
         total.pauses,
         total.stalls,
+        total.io_timeouts,
         total.jumps,
         total.control_faults,
         total.write_errors,
