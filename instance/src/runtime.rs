@@ -371,8 +371,14 @@ impl Waiter {
     }
 
     /// Waits (spin, then park) for the completion; `None` once the driver has stopped
-    /// without answering it.
-    pub(crate) fn wait(&self, spin: Duration, stop: &StopState) -> Option<Completion> {
+    /// without answering it. While spinning it calls `poll` (which may complete it) and
+    /// yields only when `poll` did nothing.
+    fn wait(
+        &self,
+        spin: Duration,
+        stop: &StopState,
+        mut poll: impl FnMut() -> bool,
+    ) -> Option<Completion> {
         let start = Instant::now();
         loop {
             // Read before `done`: a completion made before the last drain is seen below.
@@ -386,9 +392,12 @@ impl Waiter {
                 return None;
             }
             if start.elapsed() < spin {
-                // Yield rather than only spin: the driver that will complete this may be
-                // runnable on this very CPU (on a 2-vCPU host it often is).
-                std::thread::yield_now();
+                // Yield rather than only spin when the driver holds its state: the driver
+                // that will complete this may be runnable on this very CPU (on a 2-vCPU host
+                // it often is).
+                if !poll() {
+                    std::thread::yield_now();
+                }
             } else {
                 std::thread::park_timeout(Duration::from_millis(10));
             }
@@ -498,6 +507,24 @@ impl DriverHandle {
         true
     }
 
+    /// Waits for `waiter`'s completion (spin, then park; `None` once the driver has stopped
+    /// without answering it). While it spins and the driver's state is free, this thread
+    /// polls the transport and drains the node itself: the frame that completes the wait is
+    /// acted on where it is awaited, with no hand-off to the driver thread and back.
+    pub(crate) fn wait(&self, waiter: &Waiter) -> Option<Completion> {
+        waiter.wait(self.spin, &self.stop, || match self.inline.get() {
+            Some(inline) => match inline.poll() {
+                Polled::NotFree => false,
+                Polled::Done => true,
+                Polled::DoneWake => {
+                    self.wake();
+                    true
+                }
+            },
+            None => false,
+        })
+    }
+
     /// Wakes the driver if it is parked.
     fn wake(&self) {
         // Pairs with the driver's fence between announcing it parks and checking the queue.
@@ -518,9 +545,21 @@ enum Ran {
     Busy(Command),
 }
 
+/// What came of a waiting user thread's poll of the transport.
+enum Polled {
+    /// The driver holds its state, or its transport (it parks in it), or is stopping.
+    NotFree,
+    /// Polled and drained; nothing is left for the driver.
+    Done,
+    /// Polled; the driver must look (frames to send, a stop, an earlier deadline).
+    DoneWake,
+}
+
 /// The driver's state as user threads see it (type-erased over the transport).
 trait Inline: std::marker::Send + Sync {
     fn run(&self, command: Command) -> Ran;
+    /// Polls the transport (without waiting) and drains the node, if the state is free.
+    fn poll(&self) -> Polled;
 }
 
 /// The driver's state: the driver thread holds it while it works and lets go while it
@@ -558,6 +597,36 @@ impl<T: Transport + std::marker::Send> Inline for Shared<T> {
             || !driver.control_backlog.is_empty()
             || driver.node.poll_timeout() < driver.parked_until;
         if wake { Ran::DoneWake } else { Ran::Done }
+    }
+
+    fn poll(&self) -> Polled {
+        let Some(mut guard) = self.try_lock() else {
+            return Polled::NotFree;
+        };
+        let Some(driver) = guard.as_mut() else {
+            return Polled::NotFree;
+        };
+        if driver.shutdown || driver.stop.reason().is_some() || driver.transport.is_none() {
+            return Polled::NotFree;
+        }
+        // Commands queued before this poll go first, as on the driver thread.
+        while let Ok(queued) = driver.commands.try_recv() {
+            if matches!(queued, Command::Shutdown) {
+                driver.shutdown = true;
+                return Polled::DoneWake;
+            }
+            driver.command(queued);
+        }
+        driver.poll_transport(Duration::ZERO);
+        if driver.node.stop_reason().is_some() {
+            return Polled::DoneWake;
+        }
+        driver.drain();
+        let wake = driver.node.stop_reason().is_some()
+            || !driver.backlog.is_empty()
+            || !driver.control_backlog.is_empty()
+            || driver.node.poll_timeout() < driver.parked_until;
+        if wake { Polled::DoneWake } else { Polled::Done }
     }
 }
 

@@ -65,6 +65,9 @@ const BLOCK: u64 = 1;
 const MASTER: u64 = 2;
 /// Data blocks in the cluster: few, the benchmark touches one.
 const DATA_BLOCKS: u64 = 16;
+/// Objects (ranges of `gcs::directory::BLOCKS_PER_OBJECT` blocks, each mastered as one) in a 3-way
+/// cluster, among which one mastered by [`MASTER`] is looked for.
+const OBJECTS_3WAY: u64 = 16;
 /// Redo thread size: nothing commits, so the minimum sensible.
 const REDO_THREAD_SIZE: u64 = 8 << 20;
 /// Cache frames per instance.
@@ -403,12 +406,13 @@ fn setup_cluster(
     std::fs::create_dir_all(dir)?;
     let storage = dir.join("cluster.fusion");
     // Control sectors and region alignment fit in the slack.
-    let size = instances * REDO_THREAD_SIZE + (DATA_BLOCKS + 1) * 8192 + (4 << 20);
+    let data_blocks = data_blocks(instances);
+    let size = instances * REDO_THREAD_SIZE + (data_blocks + 1) * 8192 + (4 << 20);
     let mut spec = ClusterSpec::new(ClusterId(cluster), instances as u16, Some(size));
     spec.block_size = 8192;
     spec.redo_thread_size = REDO_THREAD_SIZE;
     let layout = format::create(&storage, &spec, true)?;
-    if layout.data_blocks < DATA_BLOCKS {
+    if layout.data_blocks < data_blocks {
         return Err(format!("the cluster holds only {} data blocks", layout.data_blocks).into());
     }
     let mut members = String::new();
@@ -643,18 +647,28 @@ fn master_of_block(data_file: u32, block: u64, instances: u64) -> Result<u64, Er
     Ok(MasterDirectory::master_of(&map, block).index() as u64)
 }
 
+/// Data blocks of a cluster of `instances`.
+fn data_blocks(instances: u64) -> u64 {
+    if instances == 3 {
+        OBJECTS_3WAY * u64::from(gcs::directory::BLOCKS_PER_OBJECT)
+    } else {
+        DATA_BLOCKS
+    }
+}
+
 /// The block the nodes pass and its master: [`BLOCK`] with two instances; with three, the
-/// first data block that [`MASTER`] masters, so neither node does.
+/// first block of the first object that [`MASTER`] masters, so neither node does.
 fn block_to_pass(data_file: u32, instances: u64) -> Result<(u64, u64), Error> {
     if instances == 2 {
         return Ok((BLOCK, master_of_block(data_file, BLOCK, 2)?));
     }
-    for block in BLOCK..DATA_BLOCKS {
+    for object in 0..OBJECTS_3WAY {
+        let block = (object * u64::from(gcs::directory::BLOCKS_PER_OBJECT)).max(BLOCK);
         if master_of_block(data_file, block, instances)? == MASTER {
             return Ok((block, MASTER));
         }
     }
-    Err(format!("none of blocks {BLOCK}..{DATA_BLOCKS} is mastered by instance {MASTER}").into())
+    Err(format!("none of {OBJECTS_3WAY} objects is mastered by instance {MASTER}").into())
 }
 
 /// A floor round trip taken twice (a 3-way transfer is two hops of one): its percentiles
