@@ -591,8 +591,8 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
                     rates.push(f);
                     line.push_str(&format!(" fusion (read budget {budget}) {f:.0},"));
                 }
-                let r = measure_pair(options, "raw", mode, depth, DEFAULT_READ_BUDGET)?
-                    .per_second();
+                let r =
+                    measure_pair(options, "raw", mode, depth, DEFAULT_READ_BUDGET)?.per_second();
                 raw.push(r);
                 line.push_str(&format!(" raw {r:.0}"));
                 if options.sockperf {
