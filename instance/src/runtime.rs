@@ -10,16 +10,20 @@
 //!   inside the transport's poll, from which a user's command or an I/O completion wakes it.
 //! * **I/O threads** read and write blocks (verify on read, seal on write) and report back.
 //! * User threads (the API, `crate::api`) commit redo themselves (group commit) and wait for
-//!   their completions on a `Waiter` that yields briefly and then parks. They report the
+//!   their completions on a `Waiter` that spins briefly and then parks; while it spins and
+//!   the driver's state is free, the user thread polls the transport and drains the node
+//!   itself, so the reply it waits for is acted on where it is awaited, not handed over
+//!   from the driver thread (otherwise it yields). They report the
 //!   stream's durability (`crate::commit`); the driver answers GCS's redo forces from it.
 //! * **Commands run where they are submitted when they can.** The driver's state sits behind
 //!   a mutex that the driver thread holds while it works and lets go while it parks. A
 //!   thread that submits a command (a user, an I/O thread) and gets the state runs the
 //!   commands queued before it, then its own, and drains the node on its own thread: a local
 //!   grant, lock, release or durability report costs no hand-off and no wake-up (on two
-//!   vCPUs those hand-offs were most of a KV command's CPU). Only the driver thread polls
-//!   the transport: frames produced while it parks wait in its backlogs and it is woken for
-//!   them, as it is for a stop or an earlier deadline. Otherwise the command is queued and
+//!   vCPUs those hand-offs were most of a KV command's CPU). While the driver thread parks it
+//!   holds the transport (waiting users poll it only when it does not): frames produced
+//!   meanwhile wait in its backlogs and it is woken for them, as it is for a stop or an
+//!   earlier deadline. Otherwise the command is queued and
 //!   the driver woken.
 //!
 //! * The **redo-force** thread writes the stream when GCS waits for redo that no committer
