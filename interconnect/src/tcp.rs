@@ -1077,14 +1077,10 @@ impl TcpTransport {
                 }
                 Phase::Established { peer } => {
                     let peer = *peer;
-                    let cluster = self.config.cluster;
-                    let local = self.config.local;
                     let more = read_frames(
                         conn,
-                        self.config.read_budget,
+                        &self.config,
                         &self.region,
-                        cluster,
-                        local,
                         peer,
                         &mut self.stats,
                         events,
@@ -1133,16 +1129,15 @@ fn read_record(stream: &mut TcpStream, record: &mut RecordBuf) -> Result<bool, C
 /// bytes it stops and returns `true`: the caller reads this connection again at its next poll.
 fn read_frames(
     conn: &mut Conn,
-    read_budget: usize,
+    config: &TcpConfig,
     region: &Arc<BlockRegion>,
-    cluster: ClusterId,
-    local: InstanceId,
     peer: InstanceId,
     stats: &mut TcpStats,
     events: &mut Vec<TransportEvent>,
 ) -> Result<bool, Close> {
     let reader = &mut conn.input;
-    let mut budget = read_budget;
+    let (cluster, local) = (config.cluster, config.local);
+    let mut budget = config.read_budget;
     loop {
         if budget == 0 {
             deliver_staged(reader, region, cluster, local, peer, stats, events)?;
