@@ -440,7 +440,7 @@ fn raw_client(options: &Options) -> Result<Rate, Error> {
         }
         landed += 1;
         // Checking the clock every 64 replies keeps it off the per-message path.
-        if landed % 64 == 0 {
+        if landed.is_multiple_of(64) {
             let now = Instant::now();
             match timed {
                 None if now.duration_since(start) >= warmup => timed = Some((now, landed)),
