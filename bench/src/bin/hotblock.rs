@@ -132,7 +132,9 @@ struct Counters {
 /// The window's deltas of [`Counters`], per change and per hop.
 #[derive(Debug, Clone, Copy, Default)]
 struct Inside {
+    /// NaN when nothing was shipped (one instance).
     changes_per_hop: f64,
+    /// NaN when nothing was shipped.
     redo_writes_per_hop: f64,
     redo_sync_us: f64,
     flush_wait_us: f64,
@@ -181,7 +183,8 @@ impl Counters {
     }
 
     fn since(&self, before: &Counters, changes: u64) -> Inside {
-        let hops = self.shipped.saturating_sub(before.shipped).max(1) as f64;
+        // No hop with one instance: the per-hop figures are then NaN (printed as "-").
+        let hops = self.shipped.saturating_sub(before.shipped) as f64;
         let mean_us = |(sum, n): (Duration, u64), (sum0, n0): (Duration, u64)| {
             let n = n.saturating_sub(n0);
             if n == 0 {
@@ -445,11 +448,18 @@ fn main() -> ExitCode {
     );
     for r in &outcomes {
         let i = r.inside;
+        let per_hop = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.2}")
+            } else {
+                "-".to_owned()
+            }
+        };
         println!(
-            "{:<18} {:>13.2} {:>13.2} {:>10.1} {:>13.1} {:>5.2} ({:.2} all)",
+            "{:<18} {:>13} {:>13} {:>10.1} {:>13.1} {:>5.2} ({:.2} all)",
             r.policy,
-            i.changes_per_hop,
-            i.redo_writes_per_hop,
+            per_hop(i.changes_per_hop),
+            per_hop(i.redo_writes_per_hop),
             i.redo_sync_us,
             i.flush_wait_us,
             i.process_cpus,
