@@ -20,10 +20,7 @@
 //!   suspect not yet dead or partitioned counts as reachable for that majority (slow is not
 //!   dead), but a proposal waits until every suspect has settled: it names only members
 //!   this instance is connected to and hears, so a value that wins is one whose members can
-//!   run together. A member that is not the coordinator reports the members it has not heard
-//!   past the grace ([`ClusterMessage::Unreachable`]); the coordinator votes out the higher
-//!   end of each such cut between members it reaches (a cut it cannot see, or one way), if
-//!   the rest keep the majority. The proposal is decided by Disk Paxos ([`crate::paxos`], `docs/membership.md`) over the
+//!   run together. The proposal is decided by Disk Paxos ([`crate::paxos`], `docs/membership.md`) over the
 //!   slots' Paxos blocks, so two coordinators (a cut of one link) or two sides (a partition
 //!   with a storage stall) can never both decide an epoch: one value wins, and an instance
 //!   left out of it stops when it learns it — from its proposal, from any block on disk, or
@@ -142,16 +139,6 @@ pub enum ClusterMessage {
         /// The members fenced.
         lost: InstanceSet,
     },
-    /// A member that is not the coordinator has not heard these members past the grace
-    /// while the coordinator may still hear them (a cut of a link between two others, or
-    /// one way): sent to the coordinator each heartbeat interval while it lasts, so that
-    /// the coordinator votes one end of the cut out.
-    Unreachable {
-        /// The sender's epoch.
-        epoch: Epoch,
-        /// The members it does not hear.
-        peers: InstanceSet,
-    },
 }
 
 /// A cluster message that does not decode.
@@ -202,11 +189,6 @@ impl ClusterMessage {
                 out.push(7);
                 out.extend_from_slice(&epoch.0.to_le_bytes());
                 out.extend_from_slice(&lost.bits().to_le_bytes());
-            }
-            ClusterMessage::Unreachable { epoch, peers } => {
-                out.push(8);
-                out.extend_from_slice(&epoch.0.to_le_bytes());
-                out.extend_from_slice(&peers.bits().to_le_bytes());
             }
         }
     }
@@ -279,13 +261,6 @@ impl ClusterMessage {
                 Ok(ClusterMessage::Fenced {
                     epoch: Epoch(u64_at(1)?),
                     lost: InstanceSet::from_bits(u64_at(9)?),
-                })
-            }
-            Some(8) => {
-                exact(17)?;
-                Ok(ClusterMessage::Unreachable {
-                    epoch: Epoch(u64_at(1)?),
-                    peers: InstanceSet::from_bits(u64_at(9)?),
                 })
             }
             Some(_) => Err(ClusterDecodeError("unknown tag")),
@@ -451,9 +426,6 @@ pub struct ClusterManager {
     recovery_epoch: Epoch,
     /// Members suspected and not heard from since.
     suspected: InstanceSet,
-    /// Per member, the members it last reported it does not hear
-    /// ([`ClusterMessage::Unreachable`]) and when; read by the coordinator while fresh.
-    unheard_by: Vec<(InstanceSet, Timestamp)>,
     /// The newest epoch whose recovery this instance completed (sent in `Status`).
     recovered: Epoch,
     /// The decision this instance made for its current epoch (`Formed` or `Reconfigure`),
@@ -520,7 +492,6 @@ impl ClusterManager {
             recovery_pending: InstanceSet::EMPTY,
             recovery_epoch: epoch,
             suspected: InstanceSet::EMPTY,
-            unheard_by: vec![(InstanceSet::EMPTY, now); interconnect::MAX_INSTANCES],
             recovered: epoch,
             announce: None,
             announce_to: InstanceSet::EMPTY,
@@ -789,14 +760,6 @@ impl ClusterManager {
                     self.record_fenced(epoch, lost, now);
                 }
             }
-            ClusterMessage::Unreachable { epoch, peers } => {
-                // Only about this epoch's members, from one of them; the coordinator weighs
-                // it in its next tick.
-                if epoch == self.epoch && self.live.contains(from) {
-                    let peers = InstanceSet::from_bits(peers.bits() & self.live.bits());
-                    self.unheard_by[from.index()] = (peers, now);
-                }
-            }
             ClusterMessage::RecoveryDone { epoch } => {
                 if epoch >= self.recovery_epoch {
                     self.recovery_pending.remove(from);
@@ -940,8 +903,7 @@ impl ClusterManager {
         while let Some(to) = self.net.poll_transmit() {
             self.actions.push_back(ClusterAction::Heartbeat { to });
         }
-        let status_round = now >= self.status_due;
-        if status_round {
+        if now >= self.status_due {
             // Control messages are repaired by repetition, not acknowledged one by one: each
             // round says where this instance stands, and resends its own decision to the
             // members that have not shown they have it.
@@ -1029,30 +991,7 @@ impl ClusterManager {
         }
         self.minority_since = None;
         let coordinator = reachable.iter().next() == Some(self.me);
-        if !coordinator {
-            // The coordinator may still hear the members this one does not (a cut between
-            // two others, or one way): tell the members (whichever coordinates acts), so
-            // that the majority side acts on the cut after the grace, as on one it sees.
-            if status_round && !partitioned.is_empty() {
-                let me = self.me;
-                let peers: InstanceSet = self
-                    .connected
-                    .iter()
-                    .filter(|p| *p != me && self.live.contains(*p))
-                    .collect();
-                for peer in peers.iter() {
-                    self.send(
-                        peer,
-                        ClusterMessage::Unreachable {
-                            epoch: self.epoch,
-                            peers: partitioned,
-                        },
-                    );
-                }
-            }
-            return;
-        }
-        if self.paxos.is_proposing() || now < self.propose_after {
+        if !coordinator || self.paxos.is_proposing() || now < self.propose_after {
             return;
         }
         // A proposal names only members this instance reaches now (connected, heartbeats
@@ -1064,27 +1003,10 @@ impl ClusterManager {
         if !unsettled.is_empty() {
             return;
         }
-        // Cuts between two members this instance reaches, as they report them: of the two
-        // ends, the higher id goes (the tie rule's side), so never the coordinator itself.
-        let fresh = self.config.membership.heartbeat_interval * 3;
-        let mut cut_off = InstanceSet::EMPTY;
-        for reporter in reachable.iter() {
-            let (peers, at) = self.unheard_by[reporter.index()];
-            if now.saturating_since(at) > fresh {
-                continue;
-            }
-            for peer in peers.iter().filter(|p| reachable.contains(*p)) {
-                cut_off.insert(peer.max(reporter));
-            }
-        }
-        cut_off.remove(self.me);
-        let kept: InstanceSet = reachable.iter().filter(|p| !cut_off.contains(*p)).collect();
-        let kept_majority = kept.len() * 2 > voters.len()
-            || (kept.len() * 2 == voters.len() && lowest.is_some_and(|l| kept.contains(l)));
-        if !dead.is_empty() || !partitioned.is_empty() || (!cut_off.is_empty() && kept_majority) {
+        if !dead.is_empty() || !partitioned.is_empty() {
             self.stats.dead += dead.len() as u64;
-            self.stats.partitioned += (partitioned.len() + cut_off.len()) as u64;
-            self.propose(if kept_majority { kept } else { reachable }, now);
+            self.stats.partitioned += partitioned.len() as u64;
+            self.propose(reachable, now);
             return;
         }
         // Admit restarted instances once every member has recovered the last failure.
@@ -1159,8 +1081,6 @@ impl ClusterManager {
         self.net.set_epoch(epoch);
         self.stats.reconfigurations += 1;
         self.suspected = InstanceSet::from_bits(self.suspected.bits() & live.bits());
-        // Reports name the previous epoch's cuts; members report again if they last.
-        self.unheard_by.fill((InstanceSet::EMPTY, now));
         // A member back in the cluster registered its key again when it started.
         self.fenced = InstanceSet::from_bits(self.fenced.bits() & !live.bits());
         self.actions
@@ -1549,10 +1469,6 @@ mod tests {
                 epoch: Epoch(5),
                 lost: set(&[1, 3]),
             },
-            ClusterMessage::Unreachable {
-                epoch: Epoch(6),
-                peers: set(&[2]),
-            },
         ];
         for message in messages {
             let mut bytes = Vec::new();
@@ -1658,48 +1574,6 @@ mod tests {
             stopped(&acts).is_some_and(|r| r.contains("majority")),
             "{acts:?}"
         );
-    }
-
-    #[test]
-    fn a_cut_the_coordinator_does_not_see_is_reported_and_one_end_voted_out() {
-        // Four instances; only 2 → 3 is cut (one way): 3 does not hear 2, while 0 (the
-        // coordinator) hears everyone (soak seed 1007517: nothing was ever done about it).
-        let mut reporter = manager(3, &[0, 1, 2, 3]);
-        run(&mut reporter, &[0, 1, 2], &[0, 1, 2, 3], 0, 500);
-        run(&mut reporter, &[0, 1], &[0, 1, 2, 3], 600, 2300);
-        let unreachable = |acts: &[ClusterAction]| {
-            acts.iter().any(|a| {
-                matches!(a, ClusterAction::Send {
-                    to,
-                    message: ClusterMessage::Unreachable { epoch: Epoch(1), peers },
-                } if *to == id(0) && *peers == set(&[2]))
-            })
-        };
-        assert!(
-            !unreachable(&actions(&mut reporter)),
-            "reported before the grace"
-        );
-        // Past the grace it reports 2 each round, and proposes nothing itself.
-        run(&mut reporter, &[0, 1], &[0, 1, 2, 3], 2400, 3000);
-        let acts = actions(&mut reporter);
-        assert!(unreachable(&acts), "{acts:?}");
-        assert!(reconfigured(&acts).is_none() && stopped(&acts).is_none());
-        // The coordinator hears everyone: a stale report moves it to nothing, a fresh one
-        // has it vote out the higher end of the cut.
-        let mut coordinator = manager(0, &[0, 1, 2, 3]);
-        run(&mut coordinator, &[1, 2, 3], &[0, 1, 2, 3], 0, 2500);
-        let report = ClusterMessage::Unreachable {
-            epoch: Epoch(1),
-            peers: set(&[2]),
-        };
-        coordinator.on_message(id(3), report, at(2500));
-        run(&mut coordinator, &[1, 2, 3], &[0, 1, 2, 3], 2900, 3500);
-        assert!(reconfigured(&actions(&mut coordinator)).is_none());
-        coordinator.on_message(id(3), report, at(3550));
-        run(&mut coordinator, &[1, 2, 3], &[0, 1, 2, 3], 3600, 3600);
-        let (epoch, live, lost) =
-            reconfigured(&actions(&mut coordinator)).expect("one end voted out");
-        assert_eq!((epoch, live, lost), (Epoch(2), set(&[0, 1, 2]), set(&[3])));
     }
 
     #[test]
