@@ -119,8 +119,7 @@ impl Cluster {
 }
 
 #[test]
-fn a_release_that_crossed_the_ship_of_its_copy_is_acknowledged_after_the_master_forgot_the_block()
-{
+fn a_late_release_is_acknowledged_after_the_master_forgot_the_block() {
     let mut c = Cluster::new();
     let block = BlockId::new(0, 7);
     c.acquire(1, block, BlockMode::Shared);
