@@ -1734,9 +1734,11 @@ fn recovery_thread(
             }
             RecoveryIo::Rebuild {
                 epoch,
-                blocks,
+                mut blocks,
                 scan,
             } => {
+                // In storage order: a batch's neighbours on storage move as one transfer.
+                blocks.sort_unstable_by_key(|t| t.block);
                 // Batches share one sync; each batch is reported (and unfrozen) as it is
                 // done. Recovery is bound by storage latency (one read and one write per
                 // block), so several workers keep several I/Os in flight.

@@ -534,7 +534,9 @@ fn run() -> Result<(), String> {
         // The 32 committers' floor: fio writing what each of their syncs wrote, right after
         // them; in commits/s at their commits per sync.
         let batch_floor = if o.fio {
-            let block = batching.bytes_per_sync.next_multiple_of(LOG_BLOCK_SIZE as u64);
+            let block = batching
+                .bytes_per_sync
+                .next_multiple_of(LOG_BLOCK_SIZE as u64);
             fio_commit(&redo, o.redo_size, block, secs).map(|mut f| {
                 f.ops_per_sec *= batching.commits_per_sync;
                 f
