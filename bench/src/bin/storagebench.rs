@@ -6,7 +6,9 @@
 //!   --fdatasync=1` on the same file for one committer, and for 32 the same fio writing the
 //!   bytes per sync that group commit reached in that round (rounded up to the 4 KiB log
 //!   block), whose writes/s times the commits per sync is the rate the disk allows at that
-//!   batch size (its bandwidth floor);
+//!   batch size (its bandwidth floor); each redo row also says how busy the disk was kept
+//!   (the share of the run a durable write was in flight: the rest is hand-off between
+//!   writes);
 //! * 8 KiB O_DIRECT random reads through io_uring at depth 1 (`read_at` into a registered
 //!   frame) and 32 (`ReadQueue`), on a file of written data; floor: `fio --ioengine=io_uring
 //!   --direct=1 --rw=randread --bs=8k --iodepth=1|32` on the same file.
@@ -157,6 +159,9 @@ struct Figure {
 struct Batching {
     commits_per_sync: f64,
     bytes_per_sync: u64,
+    /// The share of the run a durable write was in flight: the rest is hand-off between
+    /// writes (group commit's own cost, or committers not there yet).
+    write_busy: f64,
 }
 
 fn commit_bench(
@@ -244,15 +249,17 @@ fn commit_bench(
     let batching = Batching {
         commits_per_sync: stats.commits as f64 / stats.writes.max(1) as f64,
         bytes_per_sync: (stats.blocks * LOG_BLOCK_SIZE as u64).div_ceil(stats.writes.max(1)),
+        write_busy: stats.sync_latency.sum().as_secs_f64() / elapsed,
     };
     eprintln!("  redo storage: {info}");
     Ok((
         Figure {
             label: format!(
-                "redo commit, {committers} committer{}, 8000 B ({:.1} commits/sync, {} KiB)",
+                "redo commit, {committers} committer{}, 8000 B ({:.1}/sync, {} KiB, busy {:.0}%)",
                 if committers == 1 { "" } else { "s" },
                 batching.commits_per_sync,
-                batching.bytes_per_sync.div_ceil(1024)
+                batching.bytes_per_sync.div_ceil(1024),
+                100.0 * batching.write_busy
             ),
             ops_per_sec: stats.commits as f64 / elapsed,
             latency: LatencySummary::of(&all),
