@@ -11,7 +11,7 @@ use super::files::{
 };
 use super::ring::{Consumer, Producer, Record, RingError};
 use super::wake::WakeRequest;
-use crate::frame::{FrameHeader, HEADER_LEN, MAX_BODY_LEN};
+use super::header::{self, SHM_HEADER_LEN};
 use crate::region::{BlockRegion, RegionError};
 use crate::transport::{
     Outgoing, SendError, Transport, TransportError, TransportEvent, Waker, header_for,
@@ -41,7 +41,8 @@ pub struct ShmConfig {
     /// Block (frame) size: a power of two in 4–32 KiB.
     pub block_size: u32,
     /// Bytes of each incoming ring (one per peer per priority): a power of two, at least
-    /// 4 KiB. A message whose header and body exceed it minus 16 bytes is refused with
+    /// 4 KiB. A message whose 32-byte shm header and body exceed it minus 72 bytes (a record
+    /// word and the line of the terminator that follows every record) is refused with
     /// [`SendError::BodyTooLong`]; 128 KiB and up carry every legal body.
     pub ring_bytes: usize,
     /// How long `poll` with a timeout spins before it parks on the futex.
@@ -723,28 +724,23 @@ pub(super) fn read_frame(
     region: &BlockRegion,
 ) -> Result<TransportEvent, TransportError> {
     let len = record.remaining();
-    if !(HEADER_LEN..=HEADER_LEN + MAX_BODY_LEN as usize).contains(&len) {
+    let Some(body_len) = len.checked_sub(SHM_HEADER_LEN) else {
         return Err(corrupt(format!(
             "ring record of {len} bytes is not a frame"
         )));
-    }
-    let mut raw = [0u8; HEADER_LEN];
+    };
+    let mut raw = [0u8; SHM_HEADER_LEN];
     record.read(&mut raw);
-    let header = FrameHeader::decode(&raw)?;
+    // The body length is the record's, checked against the limit by `decode`.
+    let header = header::decode(&raw, cluster, body_len)?;
     header.check_addressed_to(cluster, local, peer)?;
-    if header.body_len as usize != len - HEADER_LEN {
-        return Err(corrupt(format!(
-            "frame announces a {}-byte body in a {len}-byte record",
-            header.body_len
-        )));
-    }
     if header.priority.index() != priority {
         return Err(corrupt(format!(
             "{:?} frame on the ring of priority {priority}",
             header.priority
         )));
     }
-    let mut body = vec![0u8; header.body_len as usize];
+    let mut body = vec![0u8; body_len];
     record.read(&mut body);
     let status = record.flags();
     match (header.block, status) {
@@ -791,7 +787,7 @@ impl Transport for ShmTransport {
         };
         let ring = &mut out.rings[frame.priority.index()];
         // Room first: a block must not land unless its message is sure to follow.
-        match ring.has_room(HEADER_LEN + frame.body.len()) {
+        match ring.has_room(SHM_HEADER_LEN + frame.body.len()) {
             Ok(true) => {}
             Ok(false) => {
                 return Err(SendError::QueueFull {
@@ -826,8 +822,8 @@ impl Transport for ShmTransport {
                 Err(error) => landing_status(&error),
             },
         };
-        let mut raw = [0u8; HEADER_LEN];
-        header.encode(&mut raw);
+        let mut raw = [0u8; SHM_HEADER_LEN];
+        header::encode(&header, &mut raw);
         match ring.push(status, &[&raw, frame.body]) {
             Ok(true) => {}
             // has_room said yes and only we add records: cannot happen, but never panic.
@@ -1016,14 +1012,16 @@ mod tests {
         let dir = TempDir(dir);
         let mut a = open(&dir.0, 1, 2);
         let mut b = open(&dir.0, 2, 1);
-        let mut good = [0u8; HEADER_LEN];
-        header_for(&ping(b"ok"), ClusterId(5), id(1), id(2), 0).encode(&mut good);
-        let mut spoofed = [0u8; HEADER_LEN];
-        header_for(&ping(b"ok"), ClusterId(5), id(3), id(2), 0).encode(&mut spoofed);
-        let mut low = [0u8; HEADER_LEN];
+        let encode = |frame: &Outgoing<'_>, from: u64| {
+            let mut raw = [0u8; SHM_HEADER_LEN];
+            header::encode(&header_for(frame, ClusterId(5), id(from), id(2), 0), &mut raw);
+            raw
+        };
+        let good = encode(&ping(b"ok"), 1);
+        let spoofed = encode(&ping(b"ok"), 3);
         let mut frame = ping(b"ok");
         frame.priority = Priority::Low;
-        header_for(&frame, ClusterId(5), id(1), id(2), 0).encode(&mut low);
+        let low = encode(&frame, 1);
         let garbage = [0xabu8; 80];
         let cases: [(u32, Vec<&[u8]>); 6] = [
             (0, vec![&garbage]),           // not a frame header
@@ -1084,8 +1082,8 @@ mod tests {
             bytes: &block,
             landing: token,
         });
-        let mut raw = [0u8; HEADER_LEN];
-        header_for(&frame, ClusterId(5), id(1), id(2), 0).encode(&mut raw);
+        let mut raw = [0u8; SHM_HEADER_LEN];
+        header::encode(&header_for(&frame, ClusterId(5), id(1), id(2), 0), &mut raw);
         inject(&mut a, LANDED, &[&raw, b"trust me"]);
         let mut events = [Vec::new(), Vec::new()];
         poll_until(&mut a, &mut b, &mut events, |ev| !ev[1].is_empty());

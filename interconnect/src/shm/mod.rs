@@ -72,6 +72,8 @@
 mod endpoint;
 #[cfg(not(loom))]
 mod files;
+#[cfg(not(loom))]
+mod header;
 #[cfg(all(feature = "fuzzing", not(loom)))]
 pub mod fuzzing;
 mod ring;
