@@ -167,6 +167,27 @@ mod mem {
             let _ = at;
         }
 
+        /// Tells the CPU that the cache line holding offset `at` (taken modulo `len`) is for
+        /// another core: `cldemote` moves it from this core's caches to the shared last level,
+        /// so the consumer's miss on it is served there instead of by a snoop into this core.
+        /// Only a hint, like a prefetch: it changes no data and cannot fault, and processors
+        /// without it execute it as a no-op (its encoding is in the hint-NOP space).
+        pub(super) fn demote(&self, at: usize) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the address is inside the mapping (`at % len`); cldemote neither reads
+            // into the program nor writes, and cannot fault; it touches no register but its
+            // address operand, and no flags.
+            unsafe {
+                std::arch::asm!(
+                    "cldemote [{line}]",
+                    line = in(reg) self.ptr.add(at % self.len),
+                    options(nostack, preserves_flags)
+                );
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = at;
+        }
+
         /// Copies `src` to offset `at`.
         ///
         /// # Safety
@@ -235,6 +256,8 @@ mod mem {
         }
 
         pub(super) fn prefetch(&self, _at: usize) {}
+
+        pub(super) fn demote(&self, _at: usize) {}
 
         /// # Safety
         /// As the production version: the range is in bounds and ours.
@@ -459,6 +482,11 @@ impl Producer {
         let header = (payload as u64 + 1) | u64::from(flags) << 32;
         // Release: the payload and the terminator happen before the consumer sees the header.
         self.mem.header(self.tail).store(header, Ordering::Release);
+        // The consumer reads these lines next: hand them to the shared cache now.
+        let mask = self.mem.capacity - 1;
+        for line in (self.tail..next).step_by(LINE as usize) {
+            self.mem.data.demote((line & mask) as usize);
+        }
         self.tail = next;
         Ok(true)
     }
