@@ -1027,11 +1027,13 @@ mod tests {
         let mut frame = ping(b"ok");
         frame.priority = Priority::Low;
         let low = encode(&frame, 1);
+        let mut small_block = good;
+        small_block[2] = 11;
         let garbage = [0xabu8; 80];
         let cases: [(u32, Vec<&[u8]>); 6] = [
             (0, vec![&garbage]),           // not a frame header
             (0, vec![&good[..20]]),        // shorter than a header
-            (0, vec![&good, b"too long"]), // body length disagrees
+            (0, vec![&small_block, b"ok"]), // a 2 KiB block
             (0, vec![&spoofed, b"ok"]),    // claims another source
             (0, vec![&low, b"ok"]),        // on the wrong priority's ring
             (LANDED, vec![&good, b"ok"]),  // landing status without a block
