@@ -772,13 +772,21 @@ mod memory {
             ));
             assert!(region.claim(2).is_err(), "an armed frame cannot be claimed");
 
+            // The landed check reads the word with a compare-exchange: on a frame that has not
+            // landed it must change nothing.
+            assert!(!region.is_landed(token, id(1)));
+            assert!(!region.is_landed(stale, id(1)));
             let mut landing = region.begin_landing(token, id(1), 8192).unwrap();
+            assert!(!region.is_landed(token, id(1)), "landing, not landed");
             landing.buf().fill(0xab);
             assert!(
                 region.take_landed(token).is_err(),
                 "not landed until complete"
             );
             landing.complete().unwrap();
+            assert!(!region.is_landed(token, id(3)), "landed by 1, not 3");
+            assert!(!region.is_landed(stale, id(1)));
+            assert!(region.is_landed(token, id(1)));
             assert!(
                 region.begin_landing(token, id(1), 8192).is_err(),
                 "no second landing"
