@@ -9,9 +9,9 @@
 use super::files::{
     self, MAX_RING_BYTES, MIN_RING_BYTES, NodeFile, RELEASED, RETIRED, RINGS, RingFile,
 };
+use super::header::{self, SHM_HEADER_LEN};
 use super::ring::{Consumer, Producer, Record, RingError};
 use super::wake::WakeRequest;
-use super::header::{self, SHM_HEADER_LEN};
 use crate::region::{BlockRegion, RegionError};
 use crate::transport::{
     Outgoing, SendError, Transport, TransportError, TransportEvent, Waker, header_for,
@@ -1019,7 +1019,10 @@ mod tests {
         let mut b = open(&dir.0, 2, 1);
         let encode = |frame: &Outgoing<'_>, from: u64| {
             let mut raw = [0u8; SHM_HEADER_LEN];
-            header::encode(&header_for(frame, ClusterId(5), id(from), id(2), 0), &mut raw);
+            header::encode(
+                &header_for(frame, ClusterId(5), id(from), id(2), 0),
+                &mut raw,
+            );
             raw
         };
         let good = encode(&ping(b"ok"), 1);
@@ -1031,12 +1034,12 @@ mod tests {
         small_block[2] = 11;
         let garbage = [0xabu8; 80];
         let cases: [(u32, Vec<&[u8]>); 6] = [
-            (0, vec![&garbage]),           // not a frame header
-            (0, vec![&good[..20]]),        // shorter than a header
+            (0, vec![&garbage]),            // not a frame header
+            (0, vec![&good[..20]]),         // shorter than a header
             (0, vec![&small_block, b"ok"]), // a 2 KiB block
-            (0, vec![&spoofed, b"ok"]),    // claims another source
-            (0, vec![&low, b"ok"]),        // on the wrong priority's ring
-            (LANDED, vec![&good, b"ok"]),  // landing status without a block
+            (0, vec![&spoofed, b"ok"]),     // claims another source
+            (0, vec![&low, b"ok"]),         // on the wrong priority's ring
+            (LANDED, vec![&good, b"ok"]),   // landing status without a block
         ];
         for (round, (flags, parts)) in cases.iter().enumerate() {
             wait_connected(&mut a, &mut b);

@@ -6,8 +6,8 @@
 //! feature is off by default) and never skip a check the transport makes.
 
 use super::endpoint::read_frame;
-use super::ring::{CTL_LEN, Consumer, MIN_CAPACITY, Producer, RingMem};
 use super::header::{self, SHM_HEADER_LEN};
+use super::ring::{CTL_LEN, Consumer, MIN_CAPACITY, Producer, RingMem};
 use crate::frame::{BlockDescriptor, FrameHeader, Priority, Service};
 use crate::region::{BlockRegion, LandingToken};
 use crate::{ClusterId, Epoch, InstanceId, Scn};

@@ -69,7 +69,9 @@ pub(crate) fn decode(
     let body_len = u32::try_from(body_len)
         .ok()
         .filter(|&len| len <= MAX_BODY_LEN)
-        .ok_or(FrameError::BodyTooLong(u32::try_from(body_len).unwrap_or(u32::MAX)))?;
+        .ok_or(FrameError::BodyTooLong(
+            u32::try_from(body_len).unwrap_or(u32::MAX),
+        ))?;
     let service = Service::from_wire(raw[0]).ok_or(FrameError::UnknownService(raw[0]))?;
     let priority = Priority::from_wire(raw[1]).ok_or(FrameError::UnknownPriority(raw[1]))?;
     if raw[3] != 0 {

@@ -86,10 +86,10 @@
 mod endpoint;
 #[cfg(not(loom))]
 mod files;
-#[cfg(not(loom))]
-mod header;
 #[cfg(all(feature = "fuzzing", not(loom)))]
 pub mod fuzzing;
+#[cfg(not(loom))]
+mod header;
 mod ring;
 mod sync;
 mod wake;
