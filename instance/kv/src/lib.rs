@@ -1122,12 +1122,18 @@ impl<'k> KvTxn<'k> {
     /// Block `n`'s payload: through the transaction when it holds the block in X, else in S
     /// (released at once).
     fn read(&mut self, n: u64) -> Result<Vec<u8>, KvError> {
+        self.with_bytes(n, <[u8]>::to_vec)
+    }
+
+    /// Runs `f` on block `n`'s payload as [`KvTxn::read`] reads it, without copying it.
+    fn with_bytes<R>(&mut self, n: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, KvError> {
+        let id = self.kv.instance.block(n)?;
         if self.written.contains(&n) {
-            let id = self.kv.instance.block(n)?;
             let b = self.tx()?.write(id)?;
-            return Ok(b.bytes().to_vec());
+            return Ok(f(&b.bytes()));
         }
-        read_block(&self.kv.instance, n)
+        let held = self.kv.instance.read(id)?;
+        Ok(f(&held.bytes()))
     }
 
     /// Takes block `n` in X for this transaction without changing it (yet). The caller holds
@@ -1160,18 +1166,44 @@ impl<'k> KvTxn<'k> {
         let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
         let ranges = changed_ranges(&b.bytes(), bytes);
         for (start, end) in ranges {
-            self.redo += end - start + instance::redo::codec::RECORD_HEADER_LEN;
-            if self.redo > MAX_TXN_REDO {
-                return Err(KvError::TxnTooLarge { max: MAX_TXN_REDO });
-            }
-            b.update(start, &bytes[start..end])?;
+            Self::log_update(&mut self.redo, &mut b, start, &bytes[start..end])?;
         }
         Ok(())
     }
 
+    /// Makes `splice` (from `node::leaf_put_inline`) in leaf `n` as [`KvTxn::write_bytes`]
+    /// would write the spliced leaf, logging just the bytes the splice names (no diff of
+    /// the whole leaf, no copy of it).
+    fn write_splice(&mut self, n: u64, splice: &node::LeafSplice) -> Result<(), KvError> {
+        self.nodes.remove(&n);
+        let id = self.kv.instance.block(n)?;
+        self.written.insert(n);
+        let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
+        if let Some(count) = splice.count {
+            Self::log_update(&mut self.redo, &mut b, 2, &count.to_le_bytes())?;
+        }
+        Self::log_update(&mut self.redo, &mut b, splice.at, &splice.bytes)
+    }
+
+    /// One change of a block's bytes, counted against the transaction's redo bound.
+    fn log_update(
+        redo: &mut usize,
+        b: &mut instance::api::BlockMut<'_, '_>,
+        at: usize,
+        bytes: &[u8],
+    ) -> Result<(), KvError> {
+        *redo += bytes.len() + instance::redo::codec::RECORD_HEADER_LEN;
+        if *redo > MAX_TXN_REDO {
+            return Err(KvError::TxnTooLarge { max: MAX_TXN_REDO });
+        }
+        b.update(at, bytes)?;
+        Ok(())
+    }
+
     /// [`KvTxn::put`] of an inline value into the leaf where this process last found the
-    /// key's range, spliced into the leaf's bytes (`node::leaf_put_inline`) instead of
-    /// decoding and encoding the leaf. Under the same rules as the full path: the leaf's
+    /// key's range, spliced into the leaf's bytes (`node::leaf_put_inline`, which reads
+    /// them where they are held) instead of decoding and encoding the leaf, and writing
+    /// only the bytes the splice changes. Under the same rules as the full path: the leaf's
     /// enqueue first, its bytes read and checked under it, X before the change. False when
     /// the full path must run (no hint or a stale one, a chain to free, a split); the
     /// enqueue of a leaf that is the key's stays held for it.
@@ -1184,11 +1216,13 @@ impl<'k> KvTxn<'k> {
             return Ok(false);
         };
         let fresh = self.lock(n)?;
-        let bytes = self.read(n)?;
-        match node::leaf_put_inline(&bytes, key, value, self.kv.geometry.payload) {
-            Ok(node::LeafPut::Put(new)) => {
-                self.hold(n)?;
-                self.write_bytes(n, &new)?;
+        let payload = self.kv.geometry.payload;
+        let put = self.with_bytes(n, |bytes| {
+            node::leaf_put_inline(bytes, key, value, payload)
+        })?;
+        match put {
+            Ok(node::LeafPut::Put(splice)) => {
+                self.write_splice(n, &splice)?;
                 Ok(true)
             }
             Ok(node::LeafPut::Unchanged) => {

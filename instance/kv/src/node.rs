@@ -632,14 +632,44 @@ pub enum LeafPut {
     Chain,
     /// The leaf with the entry set would not fit the payload (it must split).
     TooLarge,
-    /// The leaf's new bytes (up to its last entry).
-    Put(Vec<u8>),
+    /// The change to make to the leaf's bytes.
+    Put(LeafSplice),
+}
+
+/// A change of a leaf's bytes in place ([`leaf_put_inline`]): only the bytes that change, so
+/// the caller writes (and logs) those rather than the whole leaf or a diff of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafSplice {
+    /// The new entry count (bytes 2..4) when it changes (a new key).
+    pub count: Option<u16>,
+    /// Where the changed bytes start.
+    pub at: usize,
+    /// The new bytes from `at` on: a new value of the same length alone, else the key's
+    /// entry and every entry after it (moved).
+    pub bytes: Vec<u8>,
+    /// The leaf's length up to its last entry, after the change.
+    pub len: usize,
+}
+
+impl LeafSplice {
+    /// The leaf's new bytes (up to its last entry): `old` with the change made.
+    pub fn apply(&self, old: &[u8]) -> Vec<u8> {
+        let mut out = old[..self.at].to_vec();
+        if let Some(count) = self.count {
+            out[2..4].copy_from_slice(&count.to_le_bytes());
+        }
+        out.extend_from_slice(&self.bytes);
+        if out.len() < self.len {
+            out.extend_from_slice(&old[out.len()..self.len]);
+        }
+        out
+    }
 }
 
 /// Sets `key` to the inline `value` in the leaf in `bytes` by splicing its entry in place,
-/// with every check [`decode`] makes of the leaf: the bytes are what encoding the decoded
-/// leaf with the entry set gives, without building the node (a decode allocates two buffers
-/// per entry). An error when the bytes are not a node [`decode`] accepts.
+/// with every check [`decode`] makes of the leaf: the splice applied gives what encoding the
+/// decoded leaf with the entry set gives, without building the node (a decode allocates two
+/// buffers per entry). An error when the bytes are not a node [`decode`] accepts.
 pub fn leaf_put_inline(
     bytes: &[u8],
     key: &[u8],
@@ -707,18 +737,34 @@ pub fn leaf_put_inline(
     if new_len > payload_len {
         return Ok(LeafPut::TooLarge);
     }
-    let count = if replaces { head.count } else { head.count + 1 };
-    let count = u16::try_from(count).map_err(|_| DecodeError::Invalid("too many entries"))?;
-    let mut out = Vec::with_capacity(new_len);
-    out.extend_from_slice(&bytes[..start]);
-    out[2..4].copy_from_slice(&count.to_le_bytes());
+    if replaces && end - start == entry_len {
+        // The same length: only the value's bytes change (key, kind and length stay).
+        let at = end - value.len();
+        return Ok(LeafPut::Put(LeafSplice {
+            count: None,
+            at,
+            bytes: value.to_vec(),
+            len: used,
+        }));
+    }
+    let count = if replaces {
+        None
+    } else {
+        Some(u16::try_from(head.count + 1).map_err(|_| DecodeError::Invalid("too many entries"))?)
+    };
+    let mut out = Vec::with_capacity(new_len - start);
     out.extend_from_slice(&key_len.to_le_bytes());
     out.extend_from_slice(key);
     out.push(0);
     out.extend_from_slice(&value_len.to_le_bytes());
     out.extend_from_slice(value);
     out.extend_from_slice(&bytes[end..used]);
-    Ok(LeafPut::Put(out))
+    Ok(LeafPut::Put(LeafSplice {
+        count,
+        at: start,
+        bytes: out,
+        len: new_len,
+    }))
 }
 
 #[cfg(test)]
