@@ -458,10 +458,12 @@ fn check_key<'a>(
     if ascending && inside {
         Ok(())
     } else {
-        Err(DecodeError::Invalid(
-            "keys out of order or outside the fences",
-        ))
+        Err(out_of_order())
     }
+}
+
+fn out_of_order() -> DecodeError {
+    DecodeError::Invalid("keys out of order or outside the fences")
 }
 
 fn decode_node(tag: u8, r: &mut Reader<'_>) -> Result<Node, DecodeError> {
@@ -685,36 +687,45 @@ pub fn leaf_put_inline(
         return decode_node(tag, &mut r).map(|_| LeafPut::NotCovering);
     }
     let head = decode_head(tag, &mut r)?;
-    let mut previous = None;
-    // Where the key's entry starts (or would), where it ends, and what it holds now.
+    let mut first: Option<&[u8]> = None;
+    let mut previous: Option<&[u8]> = None;
+    // Where the key's entry starts (or would), where it ends, and what it holds now (whether
+    // its inline value is this one; `None`: a chain).
     let mut place: Option<(usize, usize, Option<bool>)> = None;
     for _ in 0..head.count {
         let start = r.at;
         let entry = r.key()?;
-        check_key(tag, &head, &mut previous, entry)?;
-        let unchanged = match r.u8()? {
+        // Ascending here; inside the fences is checked below for the first and the last
+        // key, which bound the others (one key comparison per entry, not four).
+        if previous.is_some_and(|p| p >= entry) {
+            return Err(out_of_order());
+        }
+        first.get_or_insert(entry);
+        previous = Some(entry);
+        let order = place.is_none().then(|| entry.cmp(key));
+        let inline = match r.u8()? {
             0 => {
                 let len = r.u32()? as usize;
-                r.take(len)? == value
+                Some(r.take(len)?)
             }
             1 => {
                 r.u64()?;
                 r.block()?;
                 r.block()?;
-                if entry == key {
-                    place = Some((start, r.at, None));
-                }
-                false
+                None
             }
             _ => return Err(DecodeError::Invalid("bad value kind")),
         };
-        if place.is_none() {
-            if entry == key {
-                place = Some((start, r.at, Some(unchanged)));
-            } else if entry > key {
-                place = Some((start, start, Some(false)));
+        match order {
+            Some(std::cmp::Ordering::Equal) => {
+                place = Some((start, r.at, inline.map(|old| old == value)));
             }
+            Some(std::cmp::Ordering::Greater) => place = Some((start, start, Some(false))),
+            _ => {}
         }
+    }
+    if first.into_iter().chain(previous).any(|k| !head.covers(k)) {
+        return Err(out_of_order());
     }
     if !head.covers(key) {
         return Ok(LeafPut::NotCovering);
