@@ -249,7 +249,8 @@ pub struct Metrics {
     command_seconds: Family<Labels, Histogram, HistogramMaker>,
     /// Each command's two series by name, so that counting a command builds no labels (the
     /// families' lookups allocate them): one entry per command name, a fixed set.
-    command_series: parking_lot::RwLock<std::collections::HashMap<&'static str, (Counter, Histogram)>>,
+    command_series:
+        parking_lot::RwLock<std::collections::HashMap<&'static str, (Counter, Histogram)>>,
     clients: Gauge,
     clients_refused: Counter,
     protocol_errors: Counter,

@@ -288,8 +288,7 @@ pub(crate) mod memory {
 
         /// Transactions begun so far.
         pub(crate) fn transactions(&self) -> usize {
-            self.transactions
-                .load(std::sync::atomic::Ordering::Relaxed)
+            self.transactions.load(std::sync::atomic::Ordering::Relaxed)
         }
     }
 

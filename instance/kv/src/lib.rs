@@ -1217,9 +1217,7 @@ impl<'k> KvTxn<'k> {
         };
         let fresh = self.lock(n)?;
         let payload = self.kv.geometry.payload;
-        let put = self.with_bytes(n, |bytes| {
-            node::leaf_put_inline(bytes, key, value, payload)
-        })?;
+        let put = self.with_bytes(n, |bytes| node::leaf_put_inline(bytes, key, value, payload))?;
         match put {
             Ok(node::LeafPut::Put(splice)) => {
                 self.write_splice(n, &splice)?;
