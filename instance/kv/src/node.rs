@@ -623,6 +623,12 @@ pub fn leaf_lookup(bytes: &[u8], key: &[u8]) -> Result<Option<LeafLookup>, Decod
     }))
 }
 
+/// Whether `bytes` are tagged as a leaf (what they hold is checked by [`decode`] and
+/// [`leaf_put_inline`]).
+pub fn is_leaf(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&TAG_LEAF)
+}
+
 /// What [`leaf_put_inline`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeafPut {
