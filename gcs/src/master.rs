@@ -498,6 +498,15 @@ impl<D: MasterDirectory> Engine<D> {
         block: BlockId,
         now: Timestamp,
     ) -> Result<(), GcsError> {
+        if !self.master.contains_key(&block) && self.master_of(block) == self.id {
+            // The master keeps state while anyone holds the block, so `from` holds nothing
+            // here: its release crossed the Forward or Invalidate that took its copy (its
+            // frames to us were held back meanwhile) and the block went idle since. It is
+            // stale; the acknowledgement only ends the sender's wait, as for a released
+            // non-holder below (soak seed 1007517).
+            self.send(from, GcsBody::ReleaseAck { block });
+            return Ok(());
+        }
         self.enqueue(from, block, MasterOp::Release { from }, now)
     }
 

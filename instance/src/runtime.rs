@@ -65,7 +65,8 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// Recovery-set blocks rebuilt between two syncs.
 const RECOVERY_BATCH: usize = 128;
 
-/// Workers rebuilding recovery-set batches at once (each one read or write in flight).
+/// Workers rebuilding recovery-set batches at once (each one batch's reads or writes in
+/// flight, or its sync).
 const RECOVERY_WORKERS: usize = 4;
 
 /// The longest the driver parks without looking at its timers.
@@ -1775,12 +1776,15 @@ fn recovery_thread(
             }
             RecoveryIo::Rebuild {
                 epoch,
-                blocks,
+                mut blocks,
                 scan,
             } => {
+                // In storage order: a batch's neighbours on storage move as one transfer.
+                blocks.sort_unstable_by_key(|t| t.block);
                 // Batches share one sync; each batch is reported (and unfrozen) as it is
-                // done. Recovery is bound by storage latency (one read and one write per
-                // block), so several workers keep several I/Os in flight.
+                // done. Recovery is bound by storage (a read and a write per run of
+                // neighbouring blocks), so several workers keep one batch's transfers in
+                // flight while another rebuilds or syncs.
                 let started = Instant::now();
                 let batches: Vec<&[RecoveryTarget]> = blocks.chunks(RECOVERY_BATCH).collect();
                 let next = AtomicU64::new(0);

@@ -3049,6 +3049,14 @@ impl Sim {
                 self.stage_armed = true;
                 self.crash_at_step = Some(n);
             }
+            // A second death needs a survivor, and the dead come back only at a later
+            // `RestartAll`: with one instance alive (the others died outside the plan, a
+            // failed write or a vote after a pause) it can never come, and the run would
+            // wait for it for ever (seed 2002578).
+            Stage::CrashDuringRebuild | Stage::CrashDuringRecovery if self.live().len() < 2 => {
+                self.trace(|| format!("{stage:?} cancelled: one instance alive"));
+                self.next_stage();
+            }
             // Counted where they happen; the second deaths armed at the decision or scan.
             Stage::Crash(_) | Stage::CrashDuringRebuild | Stage::CrashDuringRecovery => {}
             Stage::CrashLater => {
