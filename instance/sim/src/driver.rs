@@ -133,10 +133,7 @@ pub const QUIESCE_LIMIT: Duration = Duration::from_secs(5);
 ///   lease cannot fence a write already submitted (only persistent reservations stop it at
 ///   the device, or a storage path that fails I/O within a bound the survivors wait out), so
 ///   about one seed in a hundred fails ("n2's write of 0.1 ... lands after a survivor began
-///   recovering it"; seed 1008);
-/// * torn data writes of a dying instance: not yet triaged; seed 439 tears a block whose past
-///   image a survivor held at the death, yet recovery found it corrupt with no past image to
-///   start from ("recovering: block 0.6 ... is corrupt").
+///   recovering it"; seed 1008).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenFaults(pub bool);
 /// Most steps of one run.
@@ -232,7 +229,8 @@ pub struct SimConfig {
     pub lossy_control: bool,
     /// Data, redo and disk-heartbeat writes fail now and then (landing or not).
     pub write_errors: bool,
-    /// A dying instance's data write in flight may land torn ([`OpenFaults`]).
+    /// A dying instance's data write in flight may land torn (where a survivor holds a past
+    /// image of the block).
     pub torn_writes: bool,
 }
 
@@ -275,7 +273,7 @@ impl SimConfig {
         }
         cfg.lossy_control = rng.chance(1, 3);
         cfg.write_errors = rng.chance(1, 4);
-        cfg.torn_writes = open.0;
+        cfg.torn_writes = true;
         cfg
     }
 

@@ -13,7 +13,7 @@
 //!   1,000,000, past CI's) for `N` minutes and prints the totals; a failing seed ends it as
 //!   with `seeds`.
 //! * `--open-faults` (replay, seeds, soak): also draw the faults of open problems (storage
-//!   stalls, torn writes; `sim::OpenFaults` says why they are off by default).
+//!   stalls; `sim::OpenFaults` says why they are off by default).
 //!
 //! Build it with `--release`: a debug build is several times slower.
 
@@ -43,7 +43,7 @@ enum Command {
         /// seed instead of the instance world.
         #[arg(long)]
         membership: bool,
-        /// Also draw the faults of open problems (storage stalls, torn writes; see
+        /// Also draw the faults of open problems (storage stalls; see
         /// `sim::OpenFaults`).
         #[arg(long)]
         open_faults: bool,
@@ -56,7 +56,7 @@ enum Command {
         /// Run only the membership world, on past failures, and list every failing seed.
         #[arg(long)]
         membership: bool,
-        /// Also draw the faults of open problems (storage stalls, torn writes; see
+        /// Also draw the faults of open problems (storage stalls; see
         /// `sim::OpenFaults`).
         #[arg(long)]
         open_faults: bool,
@@ -69,7 +69,7 @@ enum Command {
         /// The first seed.
         #[arg(long, default_value_t = 1_000_000)]
         start: u64,
-        /// Also draw the faults of open problems (storage stalls, torn writes; see
+        /// Also draw the faults of open problems (storage stalls; see
         /// `sim::OpenFaults`).
         #[arg(long)]
         open_faults: bool,
