@@ -797,7 +797,11 @@ impl<D: MasterDirectory> Engine<D> {
     /// The master hands this instance the rebuild of a recovery-set block whose newest past
     /// image is here: it joins the local recovery set, and its outcome goes back to the
     /// master ([`Engine::on_block_recovered`]).
-    pub(crate) fn holder_recover(&mut self, from: InstanceId, block: BlockId) -> Result<(), GcsError> {
+    pub(crate) fn holder_recover(
+        &mut self,
+        from: InstanceId,
+        block: BlockId,
+    ) -> Result<(), GcsError> {
         if self.master_of(block) != from {
             return Err(GcsError::Protocol {
                 block,

@@ -135,9 +135,11 @@ impl Cluster {
                 .expect("reconfigure");
         }
         self.settle();
-        assert!(survivors
-            .iter()
-            .all(|i| !self.engines[i.index()].is_reconfiguring()));
+        assert!(
+            survivors
+                .iter()
+                .all(|i| !self.engines[i.index()].is_reconfiguring())
+        );
         for i in survivors.iter() {
             self.engines[i.index()].on_lost_leases_over(self.now);
             self.engines[i.index()].on_dead_redo_scanned(changed, self.now);
@@ -216,7 +218,12 @@ fn a_rebuild_answer_for_a_block_not_handed_out_is_refused() {
     };
     assert!(c.engines[0].handle_message(id(2), msg, c.now).is_err());
     assert_eq!(c.engines[0].recoveries_handed_out(), 1);
-    assert!(c.engines[0].master_view(block).expect("mastered").recovering);
+    assert!(
+        c.engines[0]
+            .master_view(block)
+            .expect("mastered")
+            .recovering
+    );
 }
 
 #[test]

@@ -817,9 +817,9 @@ impl Sim {
                 let freed = self.nodes[i].pis.remove(&block).expect("discarded PI held");
                 assert_eq!(freed.scn, scn);
             }
-            Event::RecoverySet { blocks } => {
-                self.recovery_sets.extend(blocks.into_iter().map(|r| (i, r)))
-            }
+            Event::RecoverySet { blocks } => self
+                .recovery_sets
+                .extend(blocks.into_iter().map(|r| (i, r))),
         }
         let _ = now;
     }

@@ -105,7 +105,7 @@ use interconnect::{
     Timestamp,
 };
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1045,6 +1045,8 @@ pub struct Sim {
     stage_armed: bool,
     /// The front stage's crash is due at this step.
     crash_at_step: Option<u64>,
+    /// Blocks a dying write tore, until storage holds them whole again (rebuilt).
+    torn: BTreeSet<BlockId>,
     /// An instance dies at the end of this step.
     crash_due: Option<usize>,
     /// Restarts of the front stage not yet done.
@@ -1155,6 +1157,7 @@ impl Sim {
             plan: cfg.plan.iter().copied().collect(),
             stage_armed: false,
             crash_at_step: None,
+            torn: BTreeSet::new(),
             crash_due: None,
             restarts_pending: 0,
             counters: Counters::default(),
@@ -2137,7 +2140,29 @@ impl Sim {
             self.fail(format!("tearing {block}: {e}"));
         }
         self.stats.torn_writes += 1;
+        self.torn.insert(block);
         self.trace(|| format!("n{node}: its write of {block} lands torn ({keep} bytes)"));
+    }
+
+    /// Whether storage's copy of `block` fails verification (a dying write tore it).
+    fn is_torn_on_storage(&self, block: BlockId) -> bool {
+        let offset = self.offset(block);
+        let mut buf = AlignedBuf::new(BLOCK_SIZE as usize, 4096).expect("aligned buffer");
+        self.storage.read_at(offset, &mut buf).is_err()
+            || matches!(
+                verify_block(&buf, block, offset),
+                Err(BlockError::Checksum { .. }
+                    | BlockError::WrongBlock { .. }
+                    | BlockError::Version { .. })
+            )
+    }
+
+    /// Whether `node` holds a past image of a block storage holds torn.
+    fn holds_torn_blocks_image(&self, node: usize) -> bool {
+        let gcs = self.nodes[node].node.core().gcs();
+        self.torn
+            .iter()
+            .any(|block| gcs.past_image(*block).is_some())
     }
 
     /// Whether an instance other than `node` holds a past image of `block`.
@@ -3059,6 +3084,24 @@ impl Sim {
             self.trace(|| format!("{stage:?}: n{victim} cannot die (the last alive)"));
             return;
         }
+        // A second death that takes the past image a torn block is rebuilt from loses the
+        // block (recovery reports it; this model cannot follow a lost block): another dies.
+        self.torn.retain(|block| self.is_torn_on_storage(*block));
+        let victim = if self.holds_torn_blocks_image(victim) {
+            let Some(other) = self
+                .live()
+                .into_iter()
+                .find(|i| !self.holds_torn_blocks_image(*i))
+            else {
+                self.trace(|| {
+                    format!("{stage:?}: n{victim} cannot die (a torn block needs its past image)")
+                });
+                return;
+            };
+            other
+        } else {
+            victim
+        };
         self.trace(|| format!("{stage:?}: n{victim} dies"));
         if matches!(stage, Stage::Crash(CrashPoint::Isolated(_))) {
             self.isolate(victim);
