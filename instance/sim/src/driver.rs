@@ -3086,7 +3086,12 @@ impl Sim {
         }
         // A second death that takes the past image a torn block is rebuilt from loses the
         // block (recovery reports it; this model cannot follow a lost block): another dies.
-        self.torn.retain(|block| self.is_torn_on_storage(*block));
+        self.torn = self
+            .torn
+            .iter()
+            .copied()
+            .filter(|block| self.is_torn_on_storage(*block))
+            .collect();
         let victim = if self.holds_torn_blocks_image(victim) {
             let Some(other) = self
                 .live()

@@ -40,6 +40,7 @@ fn seeds() {
         // The faults beside deaths bite (stalls only with `OpenFaults`).
         assert!(total.cuts > 0 && total.pauses > 0 && total.jumps > 0);
         assert!(total.control_faults > 0 && total.write_errors > 0);
+        assert!(total.torn_writes > 0, "dying writes land torn");
     }
 }
 
