@@ -516,7 +516,7 @@ impl Instance {
         }) {
             return Err(InstanceError::Stopped);
         }
-        match waiter.wait(handle.spin, &handle.stop) {
+        match handle.wait(&waiter) {
             Some(Completion::Durable { result, .. }) => Ok(result?),
             Some(Completion::Block { .. } | Completion::Lock { .. }) | None => {
                 Err(InstanceError::Stopped)
@@ -576,7 +576,7 @@ impl Instance {
         }) {
             return Err(InstanceError::Stopped);
         }
-        match waiter.wait(handle.spin, &handle.stop) {
+        match handle.wait(&waiter) {
             Some(Completion::Lock { result, .. }) => Ok(LockGuard {
                 instance: self,
                 name,
@@ -685,7 +685,7 @@ impl Instance {
         }) {
             return Err(InstanceError::Stopped);
         }
-        match waiter.wait(handle.spin, &handle.stop) {
+        match handle.wait(&waiter) {
             Some(Completion::Block { result, .. }) => {
                 let grant = result?;
                 // Only under the lease, as an I/O: a member voted out may not read even its

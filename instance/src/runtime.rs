@@ -10,16 +10,20 @@
 //!   inside the transport's poll, from which a user's command or an I/O completion wakes it.
 //! * **I/O threads** read and write blocks (verify on read, seal on write) and report back.
 //! * User threads (the API, `crate::api`) commit redo themselves (group commit) and wait for
-//!   their completions on a `Waiter` that yields briefly and then parks. They report the
+//!   their completions on a `Waiter` that spins briefly and then parks; while it spins and
+//!   the driver's state is free, the user thread polls the transport and drains the node
+//!   itself, so the reply it waits for is acted on where it is awaited, not handed over
+//!   from the driver thread (otherwise it yields). They report the
 //!   stream's durability (`crate::commit`); the driver answers GCS's redo forces from it.
 //! * **Commands run where they are submitted when they can.** The driver's state sits behind
 //!   a mutex that the driver thread holds while it works and lets go while it parks. A
 //!   thread that submits a command (a user, an I/O thread) and gets the state runs the
 //!   commands queued before it, then its own, and drains the node on its own thread: a local
 //!   grant, lock, release or durability report costs no hand-off and no wake-up (on two
-//!   vCPUs those hand-offs were most of a KV command's CPU). Only the driver thread polls
-//!   the transport: frames produced while it parks wait in its backlogs and it is woken for
-//!   them, as it is for a stop or an earlier deadline. Otherwise the command is queued and
+//!   vCPUs those hand-offs were most of a KV command's CPU). While the driver thread parks it
+//!   holds the transport (waiting users poll it only when it does not): frames produced
+//!   meanwhile wait in its backlogs and it is woken for them, as it is for a stop or an
+//!   earlier deadline. Otherwise the command is queued and
 //!   the driver woken.
 //!
 //! * The **redo-force** thread writes the stream when GCS waits for redo that no committer
@@ -371,8 +375,14 @@ impl Waiter {
     }
 
     /// Waits (spin, then park) for the completion; `None` once the driver has stopped
-    /// without answering it.
-    pub(crate) fn wait(&self, spin: Duration, stop: &StopState) -> Option<Completion> {
+    /// without answering it. While spinning it calls `poll` (which may complete it) and
+    /// yields only when `poll` did nothing.
+    fn wait(
+        &self,
+        spin: Duration,
+        stop: &StopState,
+        mut poll: impl FnMut() -> bool,
+    ) -> Option<Completion> {
         let start = Instant::now();
         loop {
             // Read before `done`: a completion made before the last drain is seen below.
@@ -386,9 +396,12 @@ impl Waiter {
                 return None;
             }
             if start.elapsed() < spin {
-                // Yield rather than only spin: the driver that will complete this may be
-                // runnable on this very CPU (on a 2-vCPU host it often is).
-                std::thread::yield_now();
+                // Yield rather than only spin when the driver holds its state: the driver
+                // that will complete this may be runnable on this very CPU (on a 2-vCPU host
+                // it often is).
+                if !poll() {
+                    std::thread::yield_now();
+                }
             } else {
                 std::thread::park_timeout(Duration::from_millis(10));
             }
@@ -498,6 +511,24 @@ impl DriverHandle {
         true
     }
 
+    /// Waits for `waiter`'s completion (spin, then park; `None` once the driver has stopped
+    /// without answering it). While it spins and the driver's state is free, this thread
+    /// polls the transport and drains the node itself: the frame that completes the wait is
+    /// acted on where it is awaited, with no hand-off to the driver thread and back.
+    pub(crate) fn wait(&self, waiter: &Waiter) -> Option<Completion> {
+        waiter.wait(self.spin, &self.stop, || match self.inline.get() {
+            Some(inline) => match inline.poll() {
+                Polled::NotFree => false,
+                Polled::Done => true,
+                Polled::DoneWake => {
+                    self.wake();
+                    true
+                }
+            },
+            None => false,
+        })
+    }
+
     /// Wakes the driver if it is parked.
     fn wake(&self) {
         // Pairs with the driver's fence between announcing it parks and checking the queue.
@@ -518,9 +549,21 @@ enum Ran {
     Busy(Command),
 }
 
+/// What came of a waiting user thread's poll of the transport.
+enum Polled {
+    /// The driver holds its state, or its transport (it parks in it), or is stopping.
+    NotFree,
+    /// Polled and drained; nothing is left for the driver.
+    Done,
+    /// Polled; the driver must look (frames to send, a stop, an earlier deadline).
+    DoneWake,
+}
+
 /// The driver's state as user threads see it (type-erased over the transport).
 trait Inline: std::marker::Send + Sync {
     fn run(&self, command: Command) -> Ran;
+    /// Polls the transport (without waiting) and drains the node, if the state is free.
+    fn poll(&self) -> Polled;
 }
 
 /// The driver's state: the driver thread holds it while it works and lets go while it
@@ -558,6 +601,36 @@ impl<T: Transport + std::marker::Send> Inline for Shared<T> {
             || !driver.control_backlog.is_empty()
             || driver.node.poll_timeout() < driver.parked_until;
         if wake { Ran::DoneWake } else { Ran::Done }
+    }
+
+    fn poll(&self) -> Polled {
+        let Some(mut guard) = self.try_lock() else {
+            return Polled::NotFree;
+        };
+        let Some(driver) = guard.as_mut() else {
+            return Polled::NotFree;
+        };
+        if driver.shutdown || driver.stop.reason().is_some() || driver.transport.is_none() {
+            return Polled::NotFree;
+        }
+        // Commands queued before this poll go first, as on the driver thread.
+        while let Ok(queued) = driver.commands.try_recv() {
+            if matches!(queued, Command::Shutdown) {
+                driver.shutdown = true;
+                return Polled::DoneWake;
+            }
+            driver.command(queued);
+        }
+        driver.poll_transport(Duration::ZERO);
+        if driver.node.stop_reason().is_some() {
+            return Polled::DoneWake;
+        }
+        driver.drain();
+        let wake = driver.node.stop_reason().is_some()
+            || !driver.backlog.is_empty()
+            || !driver.control_backlog.is_empty()
+            || driver.node.poll_timeout() < driver.parked_until;
+        if wake { Polled::DoneWake } else { Polled::Done }
     }
 }
 
