@@ -109,7 +109,7 @@ use interconnect::{
     Timestamp,
 };
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,13 +130,6 @@ const RECOVERY_BATCH: usize = 128;
 pub const LIVENESS_LIMIT: Duration = Duration::from_millis(500);
 /// Longest the quiet phases (draining after the workload, checkpoint, probes) may take.
 pub const QUIESCE_LIMIT: Duration = Duration::from_secs(5);
-/// The faults of open problems, off unless a run asks for them (`fusion-sim --open-faults`;
-/// [`SimConfig::from_seed_with`]), so CI's seeds and the soak stay green while each is open:
-/// * torn data writes of a dying instance: not yet triaged; seed 439 tears a block whose past
-///   image a survivor held at the death, yet recovery found it corrupt with no past image to
-///   start from ("recovering: block 0.6 ... is corrupt").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OpenFaults(pub bool);
 /// Most steps of one run.
 pub const MAX_STEPS: u64 = 3_000_000;
 /// Longest a run may take in virtual time (failure handling runs on timers forever, so a
@@ -230,7 +223,8 @@ pub struct SimConfig {
     pub lossy_control: bool,
     /// Data, redo and disk-heartbeat writes fail now and then (landing or not).
     pub write_errors: bool,
-    /// A dying instance's data write in flight may land torn ([`OpenFaults`]).
+    /// A dying instance's data write in flight may land torn (where a survivor holds a past
+    /// image of the block).
     pub torn_writes: bool,
 }
 
@@ -252,11 +246,6 @@ pub enum FaultKind {
 impl SimConfig {
     /// Everything drawn from the seed, so a seed alone replays a run.
     pub fn from_seed(seed: u64) -> Self {
-        Self::from_seed_with(seed, OpenFaults(false))
-    }
-
-    /// The run of `seed`, with the faults of open problems if `open` says so.
-    pub fn from_seed_with(seed: u64, open: OpenFaults) -> Self {
         let mut cfg = Self::draw(seed);
         if cfg.max_master_blocks < 64 {
             cfg.multi_pct = 0;
@@ -270,7 +259,7 @@ impl SimConfig {
         cfg.faults = Self::draw_faults(&mut rng);
         cfg.lossy_control = rng.chance(1, 3);
         cfg.write_errors = rng.chance(1, 4);
-        cfg.torn_writes = open.0;
+        cfg.torn_writes = true;
         cfg
     }
 
@@ -1048,6 +1037,8 @@ pub struct Sim {
     stage_armed: bool,
     /// The front stage's crash is due at this step.
     crash_at_step: Option<u64>,
+    /// Blocks a dying write tore, until storage holds them whole again (rebuilt).
+    torn: BTreeSet<BlockId>,
     /// An instance dies at the end of this step.
     crash_due: Option<usize>,
     /// Restarts of the front stage not yet done.
@@ -1159,6 +1150,7 @@ impl Sim {
             plan: cfg.plan.iter().copied().collect(),
             stage_armed: false,
             crash_at_step: None,
+            torn: BTreeSet::new(),
             crash_due: None,
             restarts_pending: 0,
             counters: Counters::default(),
@@ -2184,7 +2176,29 @@ impl Sim {
             self.fail(format!("tearing {block}: {e}"));
         }
         self.stats.torn_writes += 1;
+        self.torn.insert(block);
         self.trace(|| format!("n{node}: its write of {block} lands torn ({keep} bytes)"));
+    }
+
+    /// Whether storage's copy of `block` fails verification (a dying write tore it).
+    fn is_torn_on_storage(&self, block: BlockId) -> bool {
+        let offset = self.offset(block);
+        let mut buf = AlignedBuf::new(BLOCK_SIZE as usize, 4096).expect("aligned buffer");
+        self.storage.read_at(offset, &mut buf).is_err()
+            || matches!(
+                verify_block(&buf, block, offset),
+                Err(BlockError::Checksum { .. }
+                    | BlockError::WrongBlock { .. }
+                    | BlockError::Version { .. })
+            )
+    }
+
+    /// Whether `node` holds a past image of a block storage holds torn.
+    fn holds_torn_blocks_image(&self, node: usize) -> bool {
+        let gcs = self.nodes[node].node.core().gcs();
+        self.torn
+            .iter()
+            .any(|block| gcs.past_image(*block).is_some())
     }
 
     /// Whether an instance other than `node` holds a past image of `block`.
@@ -3117,6 +3131,29 @@ impl Sim {
             self.trace(|| format!("{stage:?}: n{victim} cannot die (the last alive)"));
             return;
         }
+        // A second death that takes the past image a torn block is rebuilt from loses the
+        // block (recovery reports it; this model cannot follow a lost block): another dies.
+        self.torn = self
+            .torn
+            .iter()
+            .copied()
+            .filter(|block| self.is_torn_on_storage(*block))
+            .collect();
+        let victim = if self.holds_torn_blocks_image(victim) {
+            let Some(other) = self
+                .live()
+                .into_iter()
+                .find(|i| !self.holds_torn_blocks_image(*i))
+            else {
+                self.trace(|| {
+                    format!("{stage:?}: n{victim} cannot die (a torn block needs its past image)")
+                });
+                return;
+            };
+            other
+        } else {
+            victim
+        };
         self.trace(|| format!("{stage:?}: n{victim} dies"));
         if matches!(stage, Stage::Crash(CrashPoint::Isolated(_))) {
             self.isolate(victim);

@@ -114,7 +114,7 @@ pub mod faults;
 pub mod membership;
 pub mod voting;
 
-pub use driver::{LIVENESS_LIMIT, OpenFaults, Sim, SimConfig, SimStats, run_read_error, run_seed};
+pub use driver::{LIVENESS_LIMIT, Sim, SimConfig, SimStats, run_read_error, run_seed};
 pub use membership::{MembershipStats, run_membership_seed};
 
 use std::ops::Range;
@@ -133,15 +133,11 @@ pub struct SeedsRun {
     pub membership: MembershipStats,
 }
 
-/// Runs the seeds of `seeds` (with the faults of open problems if `open` says so) in order on a few threads (each seed alone is deterministic),
+/// Runs the seeds of `seeds` in order on a few threads (each seed alone is deterministic),
 /// taking no new seed once `deadline` (if any) has passed; returns the totals, or the
 /// failing seeds (each printed its trace tail and replay command; no new seed starts after
 /// the first failure).
-pub fn run_seeds(
-    seeds: Range<u64>,
-    deadline: Option<Instant>,
-    open: OpenFaults,
-) -> Result<SeedsRun, Vec<u64>> {
+pub fn run_seeds(seeds: Range<u64>, deadline: Option<Instant>) -> Result<SeedsRun, Vec<u64>> {
     let next = AtomicU64::new(seeds.start);
     let stop = AtomicBool::new(false);
     let run = Mutex::new(SeedsRun::default());
@@ -161,7 +157,7 @@ pub fn run_seeds(
                     // Each seed runs the instance world and the membership world.
                     match std::panic::catch_unwind(|| {
                         (
-                            run_seed(SimConfig::from_seed_with(seed, open)),
+                            run_seed(SimConfig::from_seed(seed)),
                             run_membership_seed(seed, false),
                         )
                     }) {

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use sim::{OpenFaults, Sim, SimConfig, run_read_error, run_seed, run_seeds, summary};
+use sim::{Sim, SimConfig, run_read_error, run_seed, run_seeds, summary};
 use std::time::{Duration, Instant};
 
 /// Seeds `seeds` runs by default (`FUSION_SIM_SEEDS` overrides).
@@ -20,7 +20,7 @@ fn seeds() {
     let seeds = env_u64("FUSION_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let start = env_u64("FUSION_SIM_START").unwrap_or(0);
     let began = Instant::now();
-    let total = match run_seeds(start..start + seeds, None, OpenFaults(false)) {
+    let total = match run_seeds(start..start + seeds, None) {
         Ok(run) => run.total,
         Err(failed) => panic!(
             "failing seeds {failed:?}; replay one: cargo run --release -p sim --bin fusion-sim -- replay {}",
@@ -42,6 +42,7 @@ fn seeds() {
         assert!(total.cuts > 0 && total.pauses > 0 && total.jumps > 0);
         assert!(total.stalls > 0 && total.io_timeouts > 0);
         assert!(total.control_faults > 0 && total.write_errors > 0);
+        assert!(total.torn_writes > 0, "dying writes land torn");
     }
 }
 
