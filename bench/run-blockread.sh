@@ -5,7 +5,8 @@
 # sockperf if it is missing, builds `blockbench` and `pingpong` in release mode and runs
 # blockbench. Extra arguments go to blockbench (e.g. --modes default,park --samples 50000;
 # --transport rdma [--rdma-device mlx5_0]: over RDMA beside ib_write_lat -s 8192, installing
-# perftest).
+# perftest; --instances 3: 3-way transfers, three instance processes, beside two sockperf
+# round trips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh

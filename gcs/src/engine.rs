@@ -110,8 +110,11 @@ pub enum Event {
         /// SCN of the freed past image.
         scn: Scn,
     },
-    /// Reconfiguration is complete at this master: these blocks it masters have no current
-    /// copy among survivors. They stay frozen until [`Engine::on_block_recovered`].
+    /// Blocks for instance recovery to rebuild here: reconfiguration is complete at this
+    /// master and these blocks it masters have no current copy among survivors (those whose
+    /// newest past image another survivor holds are handed to it instead), or the master
+    /// handed this instance such a block. They stay frozen at their master until
+    /// [`Engine::on_block_recovered`] here.
     RecoverySet {
         /// Blocks to recover, with the best past image for each.
         blocks: Vec<RecoveryBlock>,
@@ -338,6 +341,9 @@ pub struct Engine<D> {
     /// meanwhile an X grant waits unless the block is in this set, the blocks mastered here
     /// before the loss that no lost member held or was being granted.
     pub(crate) lost_readers: Option<BTreeSet<BlockId>>,
+    /// Recovery-set blocks mastered here whose rebuild was handed to the survivor holding
+    /// their newest past image ([`GcsBody::Recover`]), until it answers.
+    pub(crate) handed_out: BTreeMap<BlockId, InstanceId>,
     pub(crate) timers: BTreeSet<(Timestamp, BlockId)>,
     pub(crate) local: VecDeque<GcsBody>,
     pub(crate) transmits: VecDeque<(InstanceId, GcsMessage)>,
@@ -378,6 +384,7 @@ impl<D: MasterDirectory> Engine<D> {
             reconfig: None,
             scan_pending: false,
             lost_readers: None,
+            handed_out: BTreeMap::new(),
             timers: BTreeSet::new(),
             local: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -530,6 +537,13 @@ impl<D: MasterDirectory> Engine<D> {
     /// Whether a reconfiguration is still collecting survivor reports here.
     pub fn is_reconfiguring(&self) -> bool {
         self.reconfig.is_some()
+    }
+
+    /// Recovery-set blocks mastered here whose rebuild was handed to the survivor holding
+    /// their newest past image and is not answered yet: this instance's part of instance
+    /// recovery is not over until they are.
+    pub fn recoveries_handed_out(&self) -> usize {
+        self.handed_out.len()
     }
 
     /// Whether X grants of blocks a lost member may still read wait for
@@ -953,6 +967,8 @@ impl<D: MasterDirectory> Engine<D> {
             GcsBody::ReleaseAck { block } => self.holder_release_ack(from, block, now),
             GcsBody::WriteRequest { block } => self.holder_write_request(block, now),
             GcsBody::DiscardPi { block, upto } => self.holder_discard_pi(block, upto),
+            GcsBody::Recover { block } => self.holder_recover(from, block),
+            GcsBody::Recovered { block, scn } => self.master_recovered(from, block, scn, now),
             GcsBody::Retry { block, request } => self.holder_retry(from, block, request, now),
             GcsBody::AdoptDirty { block } => self.holder_adopt_dirty(from, block, now),
             GcsBody::Reclaim { block } => {

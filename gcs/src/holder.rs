@@ -8,7 +8,9 @@
 //! transport before its redo is durable, unless the configured policy makes it carry a commit
 //! dependency instead.
 
-use crate::engine::{DropReason, Engine, Event, GcsError, Io, Outstanding, PendingShip, Waiter};
+use crate::engine::{
+    DropReason, Engine, Event, GcsError, Io, Outstanding, PendingShip, RecoveryBlock, Waiter,
+};
 use crate::message::{GcsBody, GrantKind};
 use crate::types::{
     BlockId, BlockMode, CommitDependency, MasterDirectory, PlantedFault, RequestId, ShipPolicy,
@@ -789,6 +791,32 @@ impl<D: MasterDirectory> Engine<D> {
             self.event(Event::PiDiscarded { block, scn: pi });
             self.cleanup(block);
         }
+        Ok(())
+    }
+
+    /// The master hands this instance the rebuild of a recovery-set block whose newest past
+    /// image is here: it joins the local recovery set, and its outcome goes back to the
+    /// master ([`Engine::on_block_recovered`]).
+    pub(crate) fn holder_recover(
+        &mut self,
+        from: InstanceId,
+        block: BlockId,
+    ) -> Result<(), GcsError> {
+        if self.master_of(block) != from {
+            return Err(GcsError::Protocol {
+                block,
+                from,
+                what: "recovery handed out by an instance that does not master the block",
+            });
+        }
+        let best_pi = self
+            .cached
+            .get(&block)
+            .and_then(|c| c.pi)
+            .map(|scn| (self.id, scn));
+        self.event(Event::RecoverySet {
+            blocks: vec![RecoveryBlock { block, best_pi }],
+        });
         Ok(())
     }
 

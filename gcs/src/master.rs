@@ -498,6 +498,15 @@ impl<D: MasterDirectory> Engine<D> {
         block: BlockId,
         now: Timestamp,
     ) -> Result<(), GcsError> {
+        if !self.master.contains_key(&block) && self.master_of(block) == self.id {
+            // The master keeps state while anyone holds the block, so `from` holds nothing
+            // here: its release crossed the Forward or Invalidate that took its copy (its
+            // frames to us were held back meanwhile) and the block went idle since. It is
+            // stale; the acknowledgement only ends the sender's wait, as for a released
+            // non-holder below (soak seed 1007517).
+            self.send(from, GcsBody::ReleaseAck { block });
+            return Ok(());
+        }
         self.enqueue(from, block, MasterOp::Release { from }, now)
     }
 
@@ -849,7 +858,8 @@ impl<D: MasterDirectory> Engine<D> {
     /// `on_reconfigure`; deliver messages until [`Engine::is_reconfiguring`] is false;
     /// once recovery has read the dead threads' redo, `on_dead_redo_scanned`; recover each
     /// block of the [`Event::RecoverySet`]s (newest past image or storage, then the dead
-    /// thread's records above it), write it, and call `on_block_recovered` at its master.
+    /// thread's records above it), write it, and call `on_block_recovered` on the engine
+    /// that emitted the set (one handed a block by its master reports to it).
     ///
     /// An epoch not after the current one, or members without this instance, are refused
     /// with an error and change nothing.
@@ -891,6 +901,7 @@ impl<D: MasterDirectory> Engine<D> {
         // Overrides and moves belong to the old epoch: every master rebuilds from reports
         // sent to the new map's masters.
         self.remastering.clear();
+        self.handed_out.clear();
         self.transmits.clear();
         self.local.clear();
         self.master.clear();
@@ -959,6 +970,7 @@ impl<D: MasterDirectory> Engine<D> {
             }
         }
         self.scan_pending = false;
+        let recovery = self.hand_out_recoveries(recovery);
         self.event(Event::RecoverySet { blocks: recovery });
         let blocks: Vec<BlockId> = self.master.keys().copied().collect();
         for block in blocks {
@@ -982,18 +994,67 @@ impl<D: MasterDirectory> Engine<D> {
         self.pump(now);
     }
 
-    /// Instance recovery has written `block` at `scn` (the recovered current version): the
-    /// master unfreezes it, and past images it covers are discarded.
+    /// Instance recovery has written `block` at `scn` (the recovered current version; SCN 0
+    /// when it could not be rebuilt): the master unfreezes it, and past images it covers are
+    /// discarded. A block whose rebuild the master handed here ([`GcsBody::Recover`]) is
+    /// reported to it.
     pub fn on_block_recovered(&mut self, block: BlockId, scn: Scn, now: Timestamp) {
+        let master = self.master_of(block);
+        if master != self.id {
+            self.send(master, GcsBody::Recovered { block, scn });
+            self.pump(now);
+            return;
+        }
+        let me = self.id;
+        self.block_recovered(me, block, scn, now);
+        self.pump(now);
+    }
+
+    /// The survivor a rebuild was handed to answered: as [`Engine::on_block_recovered`].
+    pub(crate) fn master_recovered(
+        &mut self,
+        from: InstanceId,
+        block: BlockId,
+        scn: Scn,
+        now: Timestamp,
+    ) -> Result<(), GcsError> {
+        if self.handed_out.get(&block) != Some(&from) {
+            return Err(GcsError::Protocol {
+                block,
+                from,
+                what: "recovered a block not handed to it",
+            });
+        }
+        self.handed_out.remove(&block);
+        self.block_recovered(from, block, scn, now);
+        Ok(())
+    }
+
+    fn block_recovered(&mut self, writer: InstanceId, block: BlockId, scn: Scn, now: Timestamp) {
         if let Some(m) = self.master.get_mut(&block) {
             m.recovering = false;
         }
-        let me = self.id;
-        let _ = self.master_written(me, block, scn, true, now);
+        let _ = self.master_written(writer, block, scn, true, now);
         if self.master_run(block, now).is_err() {
             // Errors here come from queued peers' messages; the block stays served.
         }
-        self.pump(now);
+    }
+
+    /// The rebuild of a recovery-set block starts from the newest past image a survivor
+    /// holds: where that survivor is not this master, it is handed the block
+    /// ([`GcsBody::Recover`]; past images never travel). Returns the blocks rebuilt here.
+    fn hand_out_recoveries(&mut self, recovery: Vec<RecoveryBlock>) -> Vec<RecoveryBlock> {
+        let mut here = Vec::with_capacity(recovery.len());
+        for r in recovery {
+            match r.best_pi {
+                Some((holder, _)) if holder != self.id => {
+                    self.handed_out.insert(r.block, holder);
+                    self.send(holder, GcsBody::Recover { block: r.block });
+                }
+                _ => here.push(r),
+            }
+        }
+        here
     }
 
     pub(crate) fn defer_master_message(
@@ -1084,6 +1145,24 @@ impl<D: MasterDirectory> Engine<D> {
                     m.set_pi(*holder, pi);
                 }
             }
+            // An X holder is its own dirty owner: a clean X copy is on storage, and past
+            // images it covers are obsolete (their discard may have died with the old
+            // master, and nothing would write the block again to discard them).
+            if let Some(x) = m.x_holder
+                && let Some((_, e)) = entries.iter().find(|(h, e)| *h == x && !e.dirty)
+            {
+                m.disk_scn = Some(e.scn);
+                let obsolete: Vec<InstanceId> = m
+                    .pis
+                    .iter()
+                    .filter(|(_, s)| *s <= e.scn)
+                    .map(|(i, _)| *i)
+                    .collect();
+                m.pis.retain(|(_, s)| *s > e.scn);
+                for holder in obsolete {
+                    self.send(holder, GcsBody::DiscardPi { block, upto: e.scn });
+                }
+            }
             if m.x_holder.is_none() && m.s_holders.is_empty() {
                 if m.pis.is_empty() {
                     continue;
@@ -1108,6 +1187,7 @@ impl<D: MasterDirectory> Engine<D> {
             m.check();
             self.master.insert(block, m);
         }
+        let recovery = self.hand_out_recoveries(recovery);
         self.event(Event::RecoverySet { blocks: recovery });
         for (from, body) in rebuild.deferred {
             // A peer's bad message is its problem; the rebuilt state stays consistent.

@@ -175,6 +175,21 @@ pub enum GcsBody {
         /// Highest SCN on storage.
         upto: Scn,
     },
+    /// M -> P, after reconfiguration: `block` has no current copy among the survivors and
+    /// P holds its newest past image: rebuild it from that image and every thread's redo,
+    /// write it, and answer [`GcsBody::Recovered`].
+    Recover {
+        /// Block.
+        block: BlockId,
+    },
+    /// P -> M: the block handed out by [`GcsBody::Recover`] is rebuilt and on storage at
+    /// `scn` (SCN 0: it could not be rebuilt, its torn storage copy is reported to readers).
+    Recovered {
+        /// Block.
+        block: BlockId,
+        /// SCN written.
+        scn: Scn,
+    },
     /// M -> R: the master table is full; re-send the request later.
     Retry {
         /// Block.
@@ -328,6 +343,8 @@ mod tag {
     pub const OVERRIDE_SEEN: u8 = 22;
     pub const REDIRECTED: u8 = 23;
     pub const DRAINED: u8 = 24;
+    pub const RECOVER: u8 = 25;
+    pub const RECOVERED: u8 = 26;
 }
 
 impl GcsBody {
@@ -347,6 +364,8 @@ impl GcsBody {
             GcsBody::WriteRequest { .. } => "write-request",
             GcsBody::Written { .. } => "written",
             GcsBody::DiscardPi { .. } => "discard-pi",
+            GcsBody::Recover { .. } => "recover",
+            GcsBody::Recovered { .. } => "recovered",
             GcsBody::Retry { .. } => "retry",
             GcsBody::Durable => "durable",
             GcsBody::Report { .. } => "report",
@@ -377,6 +396,7 @@ impl GcsBody {
                 | GcsBody::Ack { .. }
                 | GcsBody::InvalidateAck { .. }
                 | GcsBody::Written { .. }
+                | GcsBody::Recovered { .. }
         )
     }
 
@@ -410,6 +430,8 @@ impl GcsBody {
             | GcsBody::WriteRequest { block }
             | GcsBody::Written { block, .. }
             | GcsBody::DiscardPi { block, .. }
+            | GcsBody::Recover { block }
+            | GcsBody::Recovered { block, .. }
             | GcsBody::Retry { block, .. }
             | GcsBody::AdoptDirty { block }
             | GcsBody::Reclaim { block } => Some(*block),
@@ -540,6 +562,8 @@ impl GcsBody {
             GcsBody::WriteRequest { .. } => tag::WRITE_REQUEST,
             GcsBody::Written { .. } => tag::WRITTEN,
             GcsBody::DiscardPi { .. } => tag::DISCARD_PI,
+            GcsBody::Recover { .. } => tag::RECOVER,
+            GcsBody::Recovered { .. } => tag::RECOVERED,
             GcsBody::Retry { .. } => tag::RETRY,
             GcsBody::Durable => tag::DURABLE,
             GcsBody::Report { .. } => tag::REPORT,
@@ -636,6 +660,7 @@ impl GcsBody {
             | GcsBody::ReleaseAck { block }
             | GcsBody::WriteRequest { block }
             | GcsBody::AdoptDirty { block }
+            | GcsBody::Recover { block }
             | GcsBody::Reclaim { block } => w.block(*block),
             GcsBody::PiFlush { block, pi_scn } => {
                 w.block(*block);
@@ -649,6 +674,10 @@ impl GcsBody {
             GcsBody::DiscardPi { block, upto } => {
                 w.block(*block);
                 w.u64(upto.0);
+            }
+            GcsBody::Recovered { block, scn } => {
+                w.block(*block);
+                w.u64(scn.0);
             }
             GcsBody::Retry { block, request } => {
                 w.block(*block);
@@ -778,6 +807,11 @@ impl GcsBody {
             tag::WRITE_REQUEST => GcsBody::WriteRequest { block: r.block()? },
             tag::ADOPT_DIRTY => GcsBody::AdoptDirty { block: r.block()? },
             tag::RECLAIM => GcsBody::Reclaim { block: r.block()? },
+            tag::RECOVER => GcsBody::Recover { block: r.block()? },
+            tag::RECOVERED => GcsBody::Recovered {
+                block: r.block()?,
+                scn: r.scn()?,
+            },
             tag::PI_FLUSH => GcsBody::PiFlush {
                 block: r.block()?,
                 pi_scn: r.scn()?,
@@ -1020,6 +1054,8 @@ mod tests {
                 clean
             }),
             (block(), scn()).prop_map(|(block, upto)| GcsBody::DiscardPi { block, upto }),
+            block().prop_map(|block| GcsBody::Recover { block }),
+            (block(), scn()).prop_map(|(block, scn)| GcsBody::Recovered { block, scn }),
             (block(), any::<u64>()).prop_map(|(block, request)| GcsBody::Retry { block, request }),
             Just(GcsBody::Durable),
             (proptest::collection::vec(entry(), 0..20), any::<bool>())

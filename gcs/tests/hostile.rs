@@ -32,7 +32,7 @@ fn random_body(rng: &mut SimRng) -> GcsBody {
     let scn = Scn(rng.below(20));
     let object = BlockId::new(1, 0);
     let version = rng.below(3);
-    match rng.below(24) {
+    match rng.below(26) {
         0 => GcsBody::Acquire {
             block,
             request,
@@ -123,6 +123,8 @@ fn random_body(rng: &mut SimRng) -> GcsBody {
                 landing: 1,
             }),
         },
+        23 => GcsBody::Recover { block },
+        24 => GcsBody::Recovered { block, scn },
         _ => GcsBody::Drained {
             object,
             version,

@@ -905,6 +905,23 @@ impl<'i> Transaction<'i> {
     pub fn rollback(self) {
         drop(self);
     }
+
+    /// Releases `block` before the end when it is the block this transaction took last and
+    /// has not changed (a look that found the block was not the one wanted); true when it
+    /// did. Any other block stays held to the end, as every block a transaction changed or
+    /// relied on must.
+    pub fn release_unchanged(&mut self, block: BlockId) -> bool {
+        match self.blocks.last() {
+            Some(last) if last.block == block && !last.changed => {}
+            _ => return false,
+        }
+        let Some(last) = self.blocks.pop() else {
+            return false;
+        };
+        drop(last.pin);
+        self.instance.release(block, BlockMode::Exclusive, None);
+        true
+    }
 }
 
 impl Drop for Transaction<'_> {
@@ -1124,6 +1141,7 @@ impl Setting<'_> {
         )?;
         let failure = crate::cluster::FailureConfig {
             membership: self.config.membership,
+            io_timeout: self.config.io_timeout,
             ..Default::default()
         };
         let own_paxos = slot.paxos;

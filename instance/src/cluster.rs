@@ -60,6 +60,12 @@ use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
 use std::collections::VecDeque;
 use std::time::Duration;
 
+/// The storage path's I/O bound when the configuration names none: half the default lease
+/// (600 ms), the most it allows. A local disk or file completes its I/O well within it; a
+/// storage path that may hold I/O longer (multipath, iSCSI, NVMe over fabrics) must be
+/// configured to fail it by then.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// Failure-handling settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailureConfig {
@@ -73,6 +79,29 @@ pub struct FailureConfig {
     /// An instance whose disk heartbeat has not been written for this long stops all I/O;
     /// survivors wait this long after a death before touching its blocks.
     pub lease: Duration,
+    /// The bound on one I/O of the storage path (`[storage] io_timeout_ms`): the operator
+    /// configures the path below (multipath `no_path_retry`, iSCSI `replacement_timeout`,
+    /// NVMe `ctrl_loss_tmo`) to complete or fail every I/O within it. The lease cannot fence
+    /// an I/O already in the kernel, so an instance submits writes only until its lease's end
+    /// less this bound ([`FailureConfig::writes_until`]): whatever it submitted has landed or
+    /// failed by the lease's end. At most half the lease ([`FailureConfig::max_io_timeout`]).
+    pub io_timeout: Duration,
+}
+
+impl FailureConfig {
+    /// The largest `io_timeout` a lease of `lease` allows: half of it, so that writes may be
+    /// submitted during the other half, which the disk rounds renew several times over.
+    pub fn max_io_timeout(lease: Duration) -> Duration {
+        lease / 2
+    }
+
+    /// Until when writes may be submitted under a lease that runs to `lease_until`: the
+    /// lease's end less the storage path's bound, so that every write submitted lands (or
+    /// fails) by the lease's end, when the survivors' wait for it may begin
+    /// ([`ClusterManager::lost_lease_end`]).
+    pub fn writes_until(&self, lease_until: Duration) -> Duration {
+        lease_until.saturating_sub(self.io_timeout)
+    }
 }
 
 impl Default for FailureConfig {
@@ -82,6 +111,7 @@ impl Default for FailureConfig {
             disk_interval: Duration::from_millis(100),
             disk_timeout: Duration::from_millis(400),
             lease: Duration::from_millis(600),
+            io_timeout: DEFAULT_IO_TIMEOUT,
         }
     }
 }

@@ -28,6 +28,12 @@
 //! checkpoint_at_redo_percent = 50    # default (10..=95): the background checkpoint starts
 //!                                    #   when this instance's redo thread is this full; new
 //!                                    #   transactions wait for it halfway from there to full
+//! io_timeout_ms = 300                # default (1..=300, half the 600 ms lease): the bound the
+//!                                    #   storage path below must complete or fail every I/O
+//!                                    #   within (multipath no_path_retry, iSCSI
+//!                                    #   replacement_timeout, NVMe ctrl_loss_tmo); writes are
+//!                                    #   submitted only until the lease's end less it, and an
+//!                                    #   I/O held past it stops the instance
 //!
 //! [transport]
 //! kind = "tcp"                       # or "shm": every instance on this `host`; or "rdma":
@@ -75,6 +81,7 @@
 //! readily than a key file. The secret is never printed ([`Secret`]'s `Debug` is redacted).
 
 use crate::cache::MAX_FRAMES;
+use crate::cluster::{DEFAULT_IO_TIMEOUT, FailureConfig};
 use crate::format::{BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE, Layout};
 pub use interconnect::handshake::MIN_SECRET_LEN;
 use interconnect::membership::{MembershipConfig, MembershipConfigError};
@@ -145,6 +152,19 @@ pub enum ConfigProblem {
         address: SocketAddr,
         /// The first use.
         first: String,
+    },
+    /// `storage.io_timeout_ms` is zero, or leaves too little of the lease: writes are
+    /// submitted only until the lease's end less it, so it may take at most half the lease.
+    #[error(
+        "`storage.io_timeout_ms`: {value} is out of range (1..={max}: at most half the {lease_ms} ms lease, since writes are submitted only until the lease's end less this bound)"
+    )]
+    IoTimeout {
+        /// The value found.
+        value: u64,
+        /// The largest allowed.
+        max: u64,
+        /// The lease, in milliseconds.
+        lease_ms: u64,
     },
     /// A `[serve]` value that cannot be used.
     #[error("`{key}`: {why}")]
@@ -429,6 +449,9 @@ pub struct InstanceConfig {
     /// How full (percent) this instance's redo thread gets before the background
     /// checkpoint starts (`storage.checkpoint_at_redo_percent`, 10..=95).
     pub checkpoint_at_redo_percent: u8,
+    /// The bound the storage path completes or fails every I/O within
+    /// (`storage.io_timeout_ms`; [`FailureConfig::io_timeout`]).
+    pub io_timeout: Duration,
     /// The interconnect transport.
     pub transport: TransportConfig,
     /// The buffer cache.
@@ -673,6 +696,7 @@ struct RawStorage {
     #[serde(default)]
     fencing: Fencing,
     checkpoint_at_redo_percent: Option<u64>,
+    io_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -819,6 +843,7 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         storage: resolve(base, raw.storage.path),
         fencing: raw.storage.fencing,
         checkpoint_at_redo_percent: checkpoint_at(raw.storage.checkpoint_at_redo_percent)?,
+        io_timeout: io_timeout(raw.storage.io_timeout_ms)?,
         transport,
         cache,
         membership,
@@ -880,6 +905,24 @@ fn remaster(raw: &RawRemaster) -> Result<gcs::RemasterConfig, ConfigProblem> {
 
 /// The default share of the redo thread in use at which the background checkpoint starts.
 pub const DEFAULT_CHECKPOINT_AT_REDO_PERCENT: u8 = 50;
+
+/// `storage.io_timeout_ms`: 1 ms to half the lease ([`FailureConfig::max_io_timeout`]).
+fn io_timeout(millis: Option<u64>) -> Result<Duration, ConfigProblem> {
+    let lease = FailureConfig::default().lease;
+    let max = FailureConfig::max_io_timeout(lease);
+    let Some(value) = millis else {
+        return Ok(DEFAULT_IO_TIMEOUT);
+    };
+    let bound = Duration::from_millis(value);
+    if value == 0 || bound > max {
+        return Err(ConfigProblem::IoTimeout {
+            value,
+            max: max.as_millis() as u64,
+            lease_ms: lease.as_millis() as u64,
+        });
+    }
+    Ok(bound)
+}
 
 fn checkpoint_at(percent: Option<u64>) -> Result<u8, ConfigProblem> {
     match percent.unwrap_or(u64::from(DEFAULT_CHECKPOINT_AT_REDO_PERCENT)) {

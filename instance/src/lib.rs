@@ -78,6 +78,7 @@ mod commit;
 pub mod config;
 pub mod core;
 pub mod entry;
+pub mod io_watch;
 pub mod logging;
 pub mod node;
 pub mod paxos;

@@ -283,10 +283,16 @@ pub enum NodeEvent {
         event: InstanceEvent,
     },
     /// Extend the I/O lease to its length after `from` (a CLOCK_BOOTTIME reading: when the
-    /// renewing round's heartbeat write began).
+    /// renewing round's heartbeat write began), and the window in which writes may be
+    /// submitted to `writes_until`: the lease's end less the storage path's I/O bound
+    /// ([`FailureConfig::writes_until`]), so every write submitted lands or fails by the
+    /// lease's end. A write is submitted only before `writes_until`, acknowledged only under
+    /// the lease.
     RenewLease {
         /// Counted from.
         from: Duration,
+        /// Writes may be submitted until then (CLOCK_BOOTTIME).
+        writes_until: Duration,
     },
     /// A checkpoint is complete: `Ok(Some(sequence))` when the slot's checkpoint moved to
     /// `sequence` (the redo writer's moves too), `Ok(None)` when it stays (a previous life's
@@ -424,6 +430,8 @@ pub struct Node {
     cluster: ClusterManager,
     configured: InstanceSet,
     lease_length: Duration,
+    /// The failure settings (the lease's length, the storage path's I/O bound).
+    failure: FailureConfig,
     /// The end of the lease as granted by this node's renewals (CLOCK_BOOTTIME).
     lease_until: Duration,
     /// Disk-heartbeat rounds in a row that did not renew the lease.
@@ -474,6 +482,7 @@ impl Node {
             cluster,
             configured: config.configured,
             lease_length: config.failure.lease,
+            failure: config.failure,
             lease_until: config.lease_from + config.failure.lease,
             unrenewed_rounds: 0,
             lease_end,
@@ -640,7 +649,8 @@ impl Node {
         {
             self.lease_until = self.lease_until.max(from + self.lease_length);
             self.unrenewed_rounds = 0;
-            self.push_event(NodeEvent::RenewLease { from });
+            let writes_until = self.failure.writes_until(from + self.lease_length);
+            self.push_event(NodeEvent::RenewLease { from, writes_until });
         } else {
             // A lapsed lease comes back with the next good round (a starved host waits: it
             // has no round at all meanwhile). Rounds that complete and still cannot renew —
@@ -1068,6 +1078,15 @@ impl Node {
         }
     }
 
+    /// Until when this instance may submit writes: its lease's end on this node's clock less
+    /// the storage path's I/O bound ([`FailureConfig::writes_until`]).
+    fn writes_end(&self) -> Timestamp {
+        Timestamp::ZERO
+            + self
+                .failure
+                .writes_until(self.lease_end.saturating_since(Timestamp::ZERO))
+    }
+
     /// When the lost members' lease has run out (a lost member whose disk heartbeat still
     /// moves has not stopped: the end moves with it), or their reservation keys were
     /// preempted: the first recovery write (the seal) may start.
@@ -1084,8 +1103,9 @@ impl Node {
             RecoveryStep::AwaitingSeal { retry_at, .. } => *retry_at,
             _ => return None,
         };
-        // Due once this instance's own lease has lapsed: the round that renews it steps on.
-        (due < self.lease_end).then_some(due)
+        // Due once this instance may no longer submit writes: the round that renews its
+        // lease steps on.
+        (due < self.writes_end()).then_some(due)
     }
 
     /// The member that seals the lost lives: the lowest member (every survivor knows it from
@@ -1114,8 +1134,9 @@ impl Node {
         let threads = self.configured;
         // Recovery writes (the seal, then the rebuild) only under this instance's own lease:
         // a member voted out while paused, whose view is stale, never recovers an old death
-        // of a peer that has since come back (membership seed 7289).
-        let leased = now < self.lease_end;
+        // of a peer that has since come back (membership seed 7289). And only while a write
+        // submitted now lands within that lease (the storage path's bound before its end).
+        let leased = now < self.writes_end();
         let Some(recovery) = &mut self.recovery else {
             return;
         };
@@ -1414,14 +1435,18 @@ impl Node {
     }
 
     fn push_event(&mut self, event: NodeEvent) {
-        if let NodeEvent::RenewLease { from } = event
-            && let Some(NodeEvent::RenewLease { from: queued }) = self
+        if let NodeEvent::RenewLease { from, writes_until } = event
+            && let Some(NodeEvent::RenewLease {
+                from: queued,
+                writes_until: queued_writes,
+            }) = self
                 .events
                 .iter_mut()
                 .find(|e| matches!(e, NodeEvent::RenewLease { .. }))
         {
             // One renewal covers another: the lease only grows.
             *queued = (*queued).max(from);
+            *queued_writes = (*queued_writes).max(writes_until);
             return;
         }
         if self.events.len() >= MAX_QUEUED_EVENTS {
@@ -1541,6 +1566,9 @@ mod tests {
         /// Instances whose seal requests are never carried out (a sealer whose storage
         /// stalls).
         stalled_sealers: Vec<usize>,
+        /// Instances whose disk rounds are not reported (their voting-area reads are held):
+        /// their lease is not renewed.
+        held_rounds: Vec<usize>,
         /// Scans are answered only when [`World::answer_scans`] is called (a slow redo read).
         hold_scans: bool,
         held_scans: Vec<(usize, Epoch)>,
@@ -1560,6 +1588,7 @@ mod tests {
                 recovery: Vec::new(),
                 sealed: Vec::new(),
                 stalled_sealers: Vec::new(),
+                held_rounds: Vec::new(),
                 hold_scans: false,
                 held_scans: Vec::new(),
                 events: Vec::new(),
@@ -1700,7 +1729,7 @@ mod tests {
                     if !self.up[i] {
                         continue;
                     }
-                    if round {
+                    if round && !self.held_rounds.contains(&i) {
                         let slots = (0..self.nodes.len())
                             .map(|s| SlotSeen {
                                 instance: id(s),
@@ -1889,6 +1918,86 @@ mod tests {
         );
     }
 
+    /// A renewal lets writes be submitted only until the lease's end less the storage path's
+    /// I/O bound: a write submitted at the last moment lands, or fails, by the lease's end.
+    #[test]
+    fn a_renewal_opens_writes_only_until_the_lease_end_less_the_io_bound() {
+        let failure = FailureConfig::default();
+        assert!(failure.io_timeout > Duration::ZERO);
+        assert!(failure.io_timeout <= FailureConfig::max_io_timeout(failure.lease));
+        let mut node = node(0, &[0, 1, 2]);
+        let from = Duration::from_millis(110);
+        node.handle_disk_round(
+            DiskRound {
+                slots: Vec::new(),
+                written_at: Some(from),
+                all_read: true,
+                completed_at: from,
+            },
+            at(110),
+        );
+        let renewals: Vec<(Duration, Duration)> = std::iter::from_fn(|| node.poll_event())
+            .filter_map(|e| match e {
+                NodeEvent::RenewLease { from, writes_until } => Some((from, writes_until)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(renewals.len(), 1, "{renewals:?}");
+        let (renewed_from, writes_until) = renewals[0];
+        assert_eq!(renewed_from, from);
+        assert_eq!(
+            writes_until + failure.io_timeout,
+            from + failure.lease,
+            "the last write submitted lands by the lease's end"
+        );
+    }
+
+    /// The sealer's first recovery write (the seal) waits while its own lease ends within the
+    /// storage path's I/O bound: a seal submitted then could land after the sealer's own lease
+    /// (then the others may have voted it out and moved on). A renewal lets it seal.
+    #[test]
+    fn the_sealer_seals_only_while_a_write_lands_within_its_own_lease() {
+        let failure = FailureConfig::default();
+        let mut world = World::new(&[0, 1, 2]);
+        world.run_until(at(500));
+        world.up[2] = false;
+        // Until the sealer (0) applies the epoch that lost 2.
+        while world.nodes[0].epoch() != Epoch(2) {
+            assert!(world.now < at(10_000), "no decision");
+            let next = world.now + Duration::from_millis(10);
+            world.run_until(next);
+        }
+        let due = {
+            let node = &world.nodes[0];
+            node.lease_out_at(node.recovery.as_ref().expect("a recovery"))
+        };
+        // Its last renewal comes from the last round at least the I/O bound before `due`:
+        // at `due` its lease still holds, but a write submitted then could outlive it.
+        let bound_ms = failure.io_timeout.as_millis() as u64;
+        let due_ms = boot(due).as_millis() as u64;
+        let last_round = at((due_ms - bound_ms) / 100 * 100);
+        assert!(
+            world.now <= last_round,
+            "the decision came too late for this test"
+        );
+        world.run_until(last_round);
+        world.held_rounds.push(0);
+        assert!(
+            world.nodes[0].lease_end > due,
+            "the sealer's lease still holds when the lost lease is out"
+        );
+        world.run_until(due + Duration::from_millis(200));
+        assert!(
+            world.sealed.is_empty(),
+            "sealed with a lease ending within the I/O bound: {:?}",
+            world.recovery
+        );
+        // Its rounds come back: it renews and seals.
+        world.held_rounds.clear();
+        world.run_until(due + Duration::from_millis(500));
+        assert_eq!(world.sealed, vec![(0, set(&[2]))], "{:?}", world.recovery);
+    }
+
     #[test]
     fn a_lease_no_round_can_renew_stops_the_node_only_once_lapsed() {
         let mut node = node(0, &[0, 1, 2]);
@@ -1912,9 +2021,11 @@ mod tests {
             },
             at(110),
         );
+        let failure = FailureConfig::default();
         assert!(std::iter::from_fn(|| node.poll_event()).any(|e| e
             == NodeEvent::RenewLease {
-                from: Duration::from_millis(110)
+                from: Duration::from_millis(110),
+                writes_until: failure.writes_until(Duration::from_millis(110) + failure.lease),
             }));
         // Past the renewed lease, nine rounds in a row that cannot renew do not stop it...
         for t in 0..9 {

@@ -37,6 +37,7 @@ use crate::cache::{ReadLatch, WriteLatch};
 use crate::cluster::{ClusterManager, FailureConfig, InstanceEvent};
 use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
 use crate::format::{self, BlockError, Layout, control::SLOT_PAXOS_LEN};
+use crate::io_watch::{IoWatch, WatchedStorage};
 use crate::node::{
     CheckpointId, CheckpointIo, DiskRound, Node, NodeConfig, NodeEvent, NodeIo, RecoveryIo,
     RecoveryOutcome, ScanOutcome, SlotSeen, Transmit,
@@ -64,7 +65,8 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// Recovery-set blocks rebuilt between two syncs.
 const RECOVERY_BATCH: usize = 128;
 
-/// Workers rebuilding recovery-set batches at once (each one read or write in flight).
+/// Workers rebuilding recovery-set batches at once (each one batch's reads or writes in
+/// flight, or its sync).
 const RECOVERY_WORKERS: usize = 4;
 
 /// The longest the driver parks without looking at its timers.
@@ -224,7 +226,9 @@ impl ReservationFence {
 /// heartbeat write started.
 ///
 /// It is checked before an I/O is submitted ([`Lease::wait_valid`]: a lease that lapsed
-/// because this host was starved, not fenced, comes back with the next round) and again when
+/// because this host was starved, not fenced, comes back with the next round; a write only
+/// before the lease's end less the storage path's I/O bound, [`Lease::wait_writable`], so
+/// it lands or fails within the lease) and again when
 /// the I/O completes, before a commit is acknowledged or a write reported done
 /// ([`Lease::confirm`]): valid then, or renewed later by a round that *began after* the
 /// completion (whose read proves no decision, hence no recovery, preceded it). A block grant
@@ -236,6 +240,9 @@ impl ReservationFence {
 #[derive(Debug)]
 pub(crate) struct Lease {
     until: AtomicU64,
+    /// Writes may be submitted until then: the lease's end less the storage path's I/O bound
+    /// (the node's `RenewLease { writes_until }`), so each lands or fails by the lease's end.
+    writes_until: AtomicU64,
     /// When the round that last renewed it began.
     renewed_from: AtomicU64,
     revoked: AtomicBool,
@@ -252,10 +259,12 @@ pub(crate) struct Lease {
 const LAPSED_LEASE_WAIT: Duration = Duration::from_secs(10);
 
 impl Lease {
-    /// A lease granted at `now` (a CLOCK_BOOTTIME reading).
-    fn new(lease: Duration, now: Duration) -> Self {
+    /// A lease granted at `now` (a CLOCK_BOOTTIME reading), under which writes may be
+    /// submitted until `writes_until` (the node's [`FailureConfig::writes_until`]).
+    fn new(lease: Duration, now: Duration, writes_until: Duration) -> Self {
         Self {
             until: AtomicU64::new(nanos(now + lease)),
+            writes_until: AtomicU64::new(nanos(writes_until)),
             renewed_from: AtomicU64::new(nanos(now)),
             revoked: AtomicBool::new(false),
             length: lease,
@@ -263,8 +272,11 @@ impl Lease {
     }
 
     /// Extends the lease to its length after `from` (a CLOCK_BOOTTIME reading: when the
-    /// renewing round's heartbeat write began).
-    fn renew(&self, from: Duration) {
+    /// renewing round's heartbeat write began), and the window for submitting writes to
+    /// `writes_until`.
+    fn renew(&self, from: Duration, writes_until: Duration) {
+        self.writes_until
+            .fetch_max(nanos(writes_until), Ordering::AcqRel);
         self.until
             .fetch_max(nanos(from + self.length), Ordering::AcqRel);
         self.renewed_from.fetch_max(nanos(from), Ordering::AcqRel);
@@ -274,6 +286,7 @@ impl Lease {
     fn revoke(&self) {
         self.revoked.store(true, Ordering::Release);
         self.until.store(0, Ordering::Release);
+        self.writes_until.store(0, Ordering::Release);
     }
 
     /// Whether this instance may write now.
@@ -287,6 +300,16 @@ impl Lease {
     /// instance), within [`LAPSED_LEASE_WAIT`].
     pub(crate) fn wait_valid(&self) -> bool {
         self.wait_until(|lease| lease.valid())
+    }
+
+    /// Whether a write may be submitted now: before the lease's end less the storage path's
+    /// I/O bound, so that it lands or fails within the lease (or the window comes back with
+    /// a renewal, as in [`Lease::wait_valid`]).
+    pub(crate) fn wait_writable(&self) -> bool {
+        self.wait_until(|lease| {
+            !lease.revoked.load(Ordering::Acquire)
+                && nanos(crate::storage::boottime()) < lease.writes_until.load(Ordering::Acquire)
+        })
     }
 
     /// Whether an I/O that completed at `completed` (a CLOCK_BOOTTIME reading) may be
@@ -598,6 +621,8 @@ pub(crate) struct RuntimeParts<T> {
 
 struct IoContext {
     storage: Arc<dyn SharedStorage>,
+    /// The I/O of `storage` in flight, against the storage path's bound.
+    io_watch: Arc<IoWatch>,
     layout: Layout,
     storage_reads: AtomicU64,
     storage_writes: AtomicU64,
@@ -634,7 +659,15 @@ impl Runtime {
         let (recovery_tx, recovery_rx) = crossbeam::channel::unbounded::<RecoveryIo>();
         let waker = transport.waker();
         let parked = Arc::new(AtomicBool::new(false));
-        let lease = Arc::new(Lease::new(failure.lease, lease_from));
+        let lease = Arc::new(Lease::new(
+            failure.lease,
+            lease_from,
+            failure.writes_until(lease_from + failure.lease),
+        ));
+        // Every I/O of the runtime's threads is watched against the storage path's bound.
+        let io_watch = Arc::new(IoWatch::new(failure.io_timeout));
+        let storage: Arc<dyn SharedStorage> =
+            Arc::new(WatchedStorage::new(storage, Arc::clone(&io_watch)));
         let stop = Arc::new(StopState::default());
         let (disk_tx, disk_rx) = crossbeam::channel::unbounded::<DiskJob>();
         let handle = Arc::new(DriverHandle {
@@ -650,6 +683,7 @@ impl Runtime {
         });
         let context = Arc::new(IoContext {
             storage,
+            io_watch,
             layout,
             storage_reads: AtomicU64::new(0),
             storage_writes: AtomicU64::new(0),
@@ -909,6 +943,12 @@ impl<T: Transport> Driver<T> {
         }
         busy |= self.poll_transport(Duration::ZERO);
         let now = self.now();
+        // The storage path held an I/O past its bound: it cannot be cancelled and may land
+        // after this instance's lease, so this instance must not carry on.
+        if let Some(broken) = self.context.io_watch.broken(Instant::now()) {
+            tracing::error!("instance {}: {broken}", self.node.id());
+            self.node.handle_fatal(broken.to_string(), now);
+        }
         if self.node.poll_timeout() <= now {
             self.node.handle_timeout(now);
             busy = true;
@@ -975,7 +1015,9 @@ impl<T: Transport> Driver<T> {
         while let Some(event) = self.node.poll_event() {
             any = true;
             match event {
-                NodeEvent::RenewLease { from } => self.context.lease.renew(from),
+                NodeEvent::RenewLease { from, writes_until } => {
+                    self.context.lease.renew(from, writes_until)
+                }
                 NodeEvent::CheckpointDone { id, result } => {
                     if let Some(reply) = self.checkpoints.remove(&id) {
                         let _ = reply.send(result);
@@ -1463,7 +1505,7 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
                 }
                 drop(pin);
                 format::seal_block(&mut staging, block, scn);
-                let result = if !context.lease.wait_valid() {
+                let result = if !context.lease.wait_writable() {
                     Err("the I/O lease has expired: this instance may not write".to_string())
                 } else {
                     format::write_block(context.storage.as_ref(), &context.layout, &staging)
@@ -1734,12 +1776,15 @@ fn recovery_thread(
             }
             RecoveryIo::Rebuild {
                 epoch,
-                blocks,
+                mut blocks,
                 scan,
             } => {
+                // In storage order: a batch's neighbours on storage move as one transfer.
+                blocks.sort_unstable_by_key(|t| t.block);
                 // Batches share one sync; each batch is reported (and unfrozen) as it is
-                // done. Recovery is bound by storage latency (one read and one write per
-                // block), so several workers keep several I/Os in flight.
+                // done. Recovery is bound by storage (a read and a write per run of
+                // neighbouring blocks), so several workers keep one batch's transfers in
+                // flight while another rebuilds or syncs.
                 let started = Instant::now();
                 let batches: Vec<&[RecoveryTarget]> = blocks.chunks(RECOVERY_BATCH).collect();
                 let next = AtomicU64::new(0);
@@ -1781,7 +1826,7 @@ fn seal(
     scan.resume(storage, layout).map_err(|e| e.to_string())?;
     let scan = scan.finish();
     let resumed = started.elapsed();
-    if !context.lease.wait_valid() {
+    if !context.lease.wait_writable() {
         return Err("the I/O lease expired before sealing".to_string());
     }
     let lost: Vec<InstanceId> = lost.iter().collect();
@@ -1822,7 +1867,7 @@ fn recover_batch(
             )
         })
         .collect();
-    let result = if context.lease.wait_valid() {
+    let result = if context.lease.wait_writable() {
         crate::recovery::recover_blocks(context.storage.as_ref(), &context.layout, scan, &starts)
             .map_err(|e| e.to_string())
             .and_then(|recovered| {

@@ -286,6 +286,42 @@ fn the_background_checkpoint_starts_at_the_configured_redo_fullness() {
 }
 
 #[test]
+fn the_storage_paths_io_bound_defaults_to_half_the_lease_and_must_fit_in_it() {
+    let lease = instance::cluster::FailureConfig::default().lease;
+    let default = parse(GOOD).unwrap().io_timeout;
+    assert_eq!(default, instance::cluster::DEFAULT_IO_TIMEOUT);
+    assert!(
+        default <= lease / 2,
+        "{default:?} leaves too little of {lease:?}"
+    );
+    let with = |millis: &str| {
+        GOOD.replace(
+            "path = \"cluster.img\"",
+            &format!("path = \"cluster.img\"\nio_timeout_ms = {millis}"),
+        )
+    };
+    assert_eq!(
+        parse(&with("120")).unwrap().io_timeout,
+        Duration::from_millis(120)
+    );
+    let half = (lease / 2).as_millis();
+    assert_eq!(
+        parse(&with(&half.to_string())).unwrap().io_timeout,
+        lease / 2
+    );
+    for bad in ["0".to_string(), (half + 1).to_string(), "30000".to_string()] {
+        let err = parse(&with(&bad)).unwrap_err();
+        assert!(
+            matches!(err.problem, ConfigProblem::IoTimeout { .. }),
+            "{bad}: {err}"
+        );
+        let message = err.to_string();
+        assert!(message.contains("storage.io_timeout_ms"), "{message}");
+        assert!(message.contains("lease"), "{message}");
+    }
+}
+
+#[test]
 fn secret_file_is_read_relative_to_the_config() {
     let dir = tempfile::tempdir().unwrap();
     write_secret(

@@ -588,6 +588,54 @@ fn a_torn_block_in_a_recovery_batch_is_reported_and_the_rest_is_rebuilt() {
 }
 
 #[test]
+fn a_recovery_batch_of_neighbouring_blocks_rebuilds_each_in_its_place() {
+    // Neighbours on storage are read and written as runs: an unchanged block between changed
+    // ones, and a block out of storage order, must each still get their own bytes.
+    let c = cluster(2);
+    let order = [10u32, 11, 12, 13, 14, 5];
+    let changed = [10u32, 11, 13, 14, 5];
+    for n in order {
+        c.write(block(&c.layout, n), &[n as u8; BLOCK_SIZE as usize], Scn(1));
+    }
+    let w = c.writer(id(0));
+    let records: Vec<RedoRecord> = changed
+        .iter()
+        .map(|&n| RedoRecord {
+            scn: Scn(5),
+            block: block(&c.layout, n),
+            offset: 64,
+            bytes: vec![0x80 | n as u8; 8],
+        })
+        .collect();
+    w.commit(&records).unwrap();
+    drop(w);
+    let scan = recovery::scan_threads(c.storage.as_ref(), &c.layout, &[id(0)]).unwrap();
+    let starts: Vec<_> = order.iter().map(|&n| (block(&c.layout, n), None)).collect();
+    let outcome = recovery::recover_blocks(c.storage.as_ref(), &c.layout, &scan, &starts).unwrap();
+    for (&n, done) in order.iter().zip(&outcome) {
+        let done = done.as_ref().unwrap();
+        let (bytes, scn) = c.read(block(&c.layout, n)).unwrap();
+        assert_eq!(done.block, block(&c.layout, n));
+        if changed.contains(&n) {
+            assert_eq!(
+                (done.scn, done.wrote, scn),
+                (Scn(5), true, Scn(5)),
+                "block {n}"
+            );
+            assert_eq!(&bytes[64..72], &[0x80 | n as u8; 8], "block {n}");
+        } else {
+            assert_eq!(
+                (done.scn, done.wrote, scn),
+                (Scn(1), false, Scn(1)),
+                "block {n}"
+            );
+            assert_eq!(bytes[64], n as u8, "block {n}");
+        }
+        assert_eq!(bytes[100], n as u8, "block {n}: bytes past the record");
+    }
+}
+
+#[test]
 fn apply_skips_records_at_or_below_the_base_scn() {
     let b = BlockId::new(0, 4);
     let rec = |scn, offset, fill| RedoRecord {

@@ -73,7 +73,7 @@ pub enum Service {
 }
 
 impl Service {
-    fn from_wire(raw: u8) -> Option<Service> {
+    pub(crate) fn from_wire(raw: u8) -> Option<Service> {
         Some(match raw {
             1 => Service::Membership,
             2 => Service::Grd,
@@ -118,7 +118,7 @@ impl Priority {
         self as usize
     }
 
-    fn from_wire(raw: u8) -> Option<Priority> {
+    pub(crate) fn from_wire(raw: u8) -> Option<Priority> {
         Self::ALL.get(usize::from(raw)).copied()
     }
 }
@@ -415,7 +415,7 @@ fn header_crc(raw: &[u8; HEADER_LEN]) -> u32 {
     crc32c::crc32c(&raw[..60])
 }
 
-fn instance(raw: u16) -> Result<InstanceId, FrameError> {
+pub(crate) fn instance(raw: u16) -> Result<InstanceId, FrameError> {
     InstanceId::try_from(raw).map_err(|_| FrameError::BadInstance(raw))
 }
 

@@ -398,9 +398,34 @@ mod memory {
             check: impl Fn(FrameState) -> Result<FrameState, RegionError>,
         ) -> Result<FrameState, RegionError> {
             let word = self.state_word(frame)?;
-            let mut current = word.load(Ordering::Acquire);
+            self.transition_from(word, word.load(Ordering::Acquire), check)
+        }
+
+        /// [`transition`](Self::transition) starting from `guess`, the word the caller
+        /// expects, instead of a load: when the guess is right the compare-exchange is the
+        /// only access, one cache-line transfer where a load and a compare-exchange on a line
+        /// another core wrote cost two (the load fetches it shared, the exchange must then
+        /// upgrade it). A wrong guess costs one retry from the word the exchange returned, on
+        /// a line that is then ours.
+        fn transition_from(
+            &self,
+            word: &AtomicU64,
+            guess: u64,
+            check: impl Fn(FrameState) -> Result<FrameState, RegionError>,
+        ) -> Result<FrameState, RegionError> {
+            let mut current = guess;
+            let mut guessed = true;
             loop {
-                let next = check(FrameState::unpack(current))?;
+                let next = match check(FrameState::unpack(current)) {
+                    Ok(next) => next,
+                    // A guess the check refuses says nothing about the frame: read the word.
+                    Err(_) if guessed => {
+                        guessed = false;
+                        current = word.load(Ordering::Acquire);
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
                 match word.compare_exchange_weak(
                     current,
                     next.pack(),
@@ -408,7 +433,10 @@ mod memory {
                     Ordering::Acquire,
                 ) {
                     Ok(_) => return Ok(next),
-                    Err(seen) => current = seen,
+                    Err(seen) => {
+                        guessed = false;
+                        current = seen;
+                    }
                 }
             }
         }
@@ -457,9 +485,24 @@ mod memory {
         /// (Landed, same generation, landed by `from`: the peer armed for, or for a frame
         /// armed for any sender, whichever peer landed it). A receiver whose peer writes into
         /// its region directly (`shm`) checks this before it reports the block as landed.
+        ///
+        /// It reads the word with a compare-exchange that leaves it as it is: the sender wrote
+        /// the line last, and the exchange fetches it exclusive in one transfer, so the
+        /// [`take_landed`](Self::take_landed) that follows finds it here instead of paying a
+        /// second transfer to upgrade a shared copy. (A load-like `fetch_add(0)` would not do:
+        /// compilers may lower it to a fence and a plain load.)
         pub fn is_landed(&self, token: LandingToken, from: InstanceId) -> bool {
             self.state_word(token.frame()).is_ok_and(|word| {
-                let s = FrameState::unpack(word.load(Ordering::Acquire));
+                let expected = FrameState {
+                    state: LANDED,
+                    peer: from.index() as u8,
+                    any: false,
+                    generation: token.generation(),
+                }
+                .pack();
+                let (Ok(seen) | Err(seen)) =
+                    word.compare_exchange(expected, expected, Ordering::Acquire, Ordering::Acquire);
+                let s = FrameState::unpack(seen);
                 s.state == LANDED
                     && s.generation == token.generation()
                     && usize::from(s.peer) == from.index()
@@ -506,7 +549,16 @@ mod memory {
                 });
             }
             let frame = token.frame();
-            self.transition(frame, |s| match s.state {
+            // The frame the token names, armed for this sender: one compare-exchange when it
+            // is (see `transition_from`); a frame armed for any sender takes one retry.
+            let armed = FrameState {
+                state: ARMED,
+                peer: from.index() as u8,
+                any: false,
+                generation: token.generation(),
+            };
+            let word = self.state_word(frame)?;
+            let landing = self.transition_from(word, armed.pack(), |s| match s.state {
                 ARMED if s.generation != token.generation() => Err(RegionError::WrongState {
                     frame,
                     detail: "stale generation",
@@ -532,14 +584,17 @@ mod memory {
             Ok(Landing {
                 region: Arc::clone(self),
                 frame,
+                word: landing.pack(),
                 completed: false,
             })
         }
 
         /// Marks the frame Landed (payload in place), or Armed again (for the same sender, or
         /// for any if it was armed so) when the landing was given up.
-        fn finish_landing(&self, frame: u32, landed: bool) -> Result<(), RegionError> {
-            self.transition(frame, |s| match s.state {
+        /// `word` is the Landing state the landing installed.
+        fn finish_landing(&self, frame: u32, word: u64, landed: bool) -> Result<(), RegionError> {
+            let state = self.state_word(frame)?;
+            self.transition_from(state, word, |s| match s.state {
                 LANDING if landed => Ok(s.with(LANDED)),
                 LANDING if s.any => Ok(FrameState {
                     state: ARMED,
@@ -653,6 +708,8 @@ mod memory {
     pub struct Landing {
         region: Arc<BlockRegion>,
         frame: u32,
+        /// The state word `begin_landing` installed.
+        word: u64,
         completed: bool,
     }
 
@@ -674,7 +731,7 @@ mod memory {
         /// hostile process mapping the region).
         pub fn complete(mut self) -> Result<(), RegionError> {
             self.completed = true;
-            self.region.finish_landing(self.frame, true)
+            self.region.finish_landing(self.frame, self.word, true)
         }
     }
 
@@ -683,7 +740,7 @@ mod memory {
             if !self.completed {
                 // A corrupted state word leaves the frame as it is: the receiver's own checks
                 // (generation, state) refuse it later.
-                let _ = self.region.finish_landing(self.frame, false);
+                let _ = self.region.finish_landing(self.frame, self.word, false);
             }
         }
     }
@@ -715,13 +772,21 @@ mod memory {
             ));
             assert!(region.claim(2).is_err(), "an armed frame cannot be claimed");
 
+            // The landed check reads the word with a compare-exchange: on a frame that has not
+            // landed it must change nothing.
+            assert!(!region.is_landed(token, id(1)));
+            assert!(!region.is_landed(stale, id(1)));
             let mut landing = region.begin_landing(token, id(1), 8192).unwrap();
+            assert!(!region.is_landed(token, id(1)), "landing, not landed");
             landing.buf().fill(0xab);
             assert!(
                 region.take_landed(token).is_err(),
                 "not landed until complete"
             );
             landing.complete().unwrap();
+            assert!(!region.is_landed(token, id(3)), "landed by 1, not 3");
+            assert!(!region.is_landed(stale, id(1)));
+            assert!(region.is_landed(token, id(1)));
             assert!(
                 region.begin_landing(token, id(1), 8192).is_err(),
                 "no second landing"

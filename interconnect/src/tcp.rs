@@ -36,7 +36,7 @@
 //! becomes an event or its landed block is handed on. A frame that fails the check closes the
 //! connection (anything after it on the stream may be forged too; the dialer redials with
 //! fresh keys); it is counted in [`TcpStats::bad_macs`] and reported at most
-//! [`REFUSALS_PER_SECOND`] a second, so someone injecting into streams cannot flood the log. One poll reads at most 1 MiB from a connection and comes back
+//! [`REFUSALS_PER_SECOND`] a second, so someone injecting into streams cannot flood the log. One poll reads at most [`TcpConfig::read_budget`] bytes from a connection and comes back
 //! for the rest at the next poll, so a fast peer cannot starve timers, heartbeats or the
 //! other connections.
 //!
@@ -109,6 +109,13 @@ pub struct TcpConfig {
     /// for networks where someone may write into the connections. Off by default; every
     /// instance must agree (a mismatch is refused at the handshake).
     pub frame_mac: bool,
+    /// Bytes one connection may read in one poll (positive). A peer that
+    /// sends faster than this instance consumes is read again at the next poll (which then
+    /// does not block), so timers, heartbeats and the other connections get their turn; and
+    /// the owner answers what it has read before reading more, so with many transfers in
+    /// flight the peer refills the stream while the owner answers instead of both taking
+    /// turns ([`DEFAULT_READ_BUDGET`]).
+    pub read_budget: usize,
 }
 
 impl std::fmt::Debug for TcpConfig {
@@ -147,6 +154,7 @@ impl TcpConfig {
             socket_busy_poll_us: 0,
             max_pending_handshakes: 64,
             frame_mac: false,
+            read_budget: DEFAULT_READ_BUDGET,
         }
     }
 }
@@ -593,10 +601,11 @@ const TIMER_SLACK: Duration = Duration::from_millis(5);
 /// [`TcpStats::refusals_unreported`].
 pub const REFUSALS_PER_SECOND: u32 = 10;
 
-/// Bytes one connection may read in one poll. A peer that sends faster than this instance
-/// consumes is read again at the next poll (which then does not block), so timers, heartbeats
-/// and the other connections get their turn.
-const READ_BUDGET: usize = 1 << 20;
+/// [`TcpConfig::read_budget`]'s default: four 8 KiB blocks. Reading up to 1 MiB per poll made
+/// a requester with many blocks in flight read every landed block before it asked for more,
+/// so holder and requester worked in turns (`bench/run-xfer.sh`: about half the raw socket's
+/// rate); a few blocks per poll keep both sides busy at once.
+pub const DEFAULT_READ_BUDGET: usize = 32 << 10;
 
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -636,6 +645,11 @@ impl TcpTransport {
         if config.max_pending_handshakes == 0 {
             return Err(TransportError::Config(
                 "max_pending_handshakes must be positive".into(),
+            ));
+        }
+        if config.read_budget == 0 {
+            return Err(TransportError::Config(
+                "read_budget must be positive".into(),
             ));
         }
         if config.queue_limit == 0 {
@@ -1063,13 +1077,10 @@ impl TcpTransport {
                 }
                 Phase::Established { peer } => {
                     let peer = *peer;
-                    let cluster = self.config.cluster;
-                    let local = self.config.local;
                     let more = read_frames(
                         conn,
+                        &self.config,
                         &self.region,
-                        cluster,
-                        local,
                         peer,
                         &mut self.stats,
                         events,
@@ -1114,19 +1125,19 @@ fn read_record(stream: &mut TcpStream, record: &mut RecordBuf) -> Result<bool, C
 /// it reads with one `readv` into the rest of the body, the rest of the block (the destination
 /// frame itself) and then staging, so a frame costs one or two reads and the bulk of a block
 /// is never copied. A short read means the socket is drained: the edge-triggered registration
-/// reports the next arrival, so no extra read to `EAGAIN` is needed. After [`READ_BUDGET`]
+/// reports the next arrival, so no extra read to `EAGAIN` is needed. After `read_budget`
 /// bytes it stops and returns `true`: the caller reads this connection again at its next poll.
 fn read_frames(
     conn: &mut Conn,
+    config: &TcpConfig,
     region: &Arc<BlockRegion>,
-    cluster: ClusterId,
-    local: InstanceId,
     peer: InstanceId,
     stats: &mut TcpStats,
     events: &mut Vec<TransportEvent>,
 ) -> Result<bool, Close> {
     let reader = &mut conn.input;
-    let mut budget = READ_BUDGET;
+    let (cluster, local) = (config.cluster, config.local);
+    let mut budget = config.read_budget;
     loop {
         if budget == 0 {
             deliver_staged(reader, region, cluster, local, peer, stats, events)?;

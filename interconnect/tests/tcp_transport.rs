@@ -144,6 +144,44 @@ fn a_short_secret_is_refused_at_bind() {
 }
 
 #[test]
+fn a_zero_read_budget_is_refused_at_bind() {
+    let mut config = TcpConfig::new(
+        ClusterId(7),
+        id(0),
+        any_port(),
+        vec![(id(1), any_port())],
+        SECRET.to_vec(),
+    );
+    config.read_budget = 0;
+    let error = TcpTransport::bind(config, BlockRegion::anonymous(8, 8192).unwrap()).unwrap_err();
+    assert!(error.to_string().contains("read_budget"), "{error}");
+}
+
+#[test]
+fn a_small_read_budget_delivers_a_burst_over_several_polls_in_order() {
+    // Instance 0 reads at most 300 bytes a poll; instance 1 sends 200 frames of 264 bytes
+    // (header and body) at once, so most polls stop at the budget with bytes left.
+    let mut config = TcpConfig::new(
+        ClusterId(7),
+        id(0),
+        any_port(),
+        vec![(id(1), any_port())],
+        SECRET.to_vec(),
+    );
+    config.read_budget = 300;
+    let mut zero = TcpTransport::bind(config, BlockRegion::anonymous(8, 8192).unwrap()).unwrap();
+    let mut one = transport(7, 1, vec![(id(0), zero.local_addr().unwrap())], SECRET);
+    pump(&mut zero, &mut one, |a, b| connected(a) && connected(b));
+    let sent: Vec<Vec<u8>> = (0..200u8).map(|n| vec![n; 200]).collect();
+    for body in &sent {
+        one.send(id(0), &message(Priority::High, body)).unwrap();
+    }
+    let (received, _) = pump(&mut zero, &mut one, |a, _| bodies(a).len() == sent.len());
+    assert_eq!(bodies(&received), sent);
+    assert!(zero.stats().read_budget_exhausted > 0, "{:?}", zero.stats());
+}
+
+#[test]
 fn a_flood_of_idle_and_bad_connections_neither_blocks_a_peer_nor_floods_events() {
     use std::io::Write;
     let mut config = TcpConfig::new(

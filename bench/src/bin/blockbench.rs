@@ -20,6 +20,13 @@
 //! floors `--nonblocked`/busy), `default` (`StartOptions::default()`: spin 50 µs, then park;
 //! floors blocking) and `park` (spin zero: park at once; floors blocking).
 //!
+//! `--instances 3` measures 3-way transfers with three processes: a third instance (2)
+//! masters the block and does nothing else (its process waits for the end of the round), and
+//! instances 0 and 1 take turns as before, so every timed acquisition goes requester ->
+//! master -> holder -> requester. The block is the first data block that instance 2 masters,
+//! and the floor is two sockperf round trips (its percentiles doubled); the master runs on
+//! the CPU of instance 0 (two CPUs here). The transport row is left out.
+//!
 //! `--transport rdma` runs the instances over RDMA (`--rdma-device`, default the first
 //! device; `--rdma-port`, `--rdma-gid-index`), the transport row over `pingpong`'s rdma
 //! roles, and the floor is perftest's `ib_write_lat -s 8192` on the same device (shown as a
@@ -28,9 +35,10 @@
 //! ```text
 //! blockbench [--modes busy,default] [--rounds N] [--samples N] [--warmup N]
 //!            [--floor-seconds S] [--no-pin] [--no-transport] [--transport tcp|rdma]
+//!            [--instances 2|3]
 //!            [--rdma-device NAME] [--rdma-port N] [--rdma-gid-index N]
 //! ```
-//! Internal role (started by the tool itself): `blockbench role node ...`. The transport row
+//! Internal roles (started by the tool itself): `blockbench role node|master ...`. The transport row
 //! runs the `pingpong` binary next to this one (built by `run-blockread.sh`).
 
 use bench::floors::{
@@ -51,10 +59,15 @@ use std::time::Duration;
 
 type Error = Box<dyn std::error::Error>;
 
-/// The block the instances pass back and forth (block 0 is the allocation header).
+/// The block two instances pass back and forth (block 0 is the allocation header).
 const BLOCK: u64 = 1;
+/// The instance that only masters the block in a 3-way run.
+const MASTER: u64 = 2;
 /// Data blocks in the cluster: few, the benchmark touches one.
 const DATA_BLOCKS: u64 = 16;
+/// Objects (ranges of `gcs::directory::BLOCKS_PER_OBJECT` blocks, each mastered as one) in a 3-way
+/// cluster, among which one mastered by [`MASTER`] is looked for.
+const OBJECTS_3WAY: u64 = 16;
 /// Redo thread size: nothing commits, so the minimum sensible.
 const REDO_THREAD_SIZE: u64 = 8 << 20;
 /// Cache frames per instance.
@@ -133,7 +146,11 @@ struct Options {
     rdma_device: Option<String>,
     rdma_port: u8,
     rdma_gid_index: u8,
+    /// Instances in the cluster: 2 (2-way) or 3 (3-way, [`MASTER`] only masters).
+    instances: u64,
     // Role options.
+    /// The block the nodes take turns on.
+    block: u64,
     mode: Mode,
     config: Option<PathBuf>,
     turn: Option<PathBuf>,
@@ -154,6 +171,8 @@ impl Options {
             rdma_device: None,
             rdma_port: 1,
             rdma_gid_index: 0,
+            instances: 2,
+            block: BLOCK,
             mode: Mode::Default,
             config: None,
             turn: None,
@@ -178,6 +197,8 @@ impl Options {
                 "--rdma-device" => o.rdma_device = Some(value()?.clone()),
                 "--rdma-port" => o.rdma_port = value()?.parse()?,
                 "--rdma-gid-index" => o.rdma_gid_index = value()?.parse()?,
+                "--instances" => o.instances = value()?.parse()?,
+                "--block" => o.block = value()?.parse()?,
                 "--mode" => o.mode = Mode::parse(value()?)?,
                 "--config" => o.config = Some(PathBuf::from(value()?)),
                 "--turn" => o.turn = Some(PathBuf::from(value()?)),
@@ -185,6 +206,9 @@ impl Options {
                     return Err(format!("unknown option {other:?}; see the module docs").into());
                 }
             }
+        }
+        if o.instances != 2 && o.instances != 3 {
+            return Err("--instances: 2 or 3".into());
         }
         if o.over != "tcp" && o.over != "rdma" {
             return Err(format!("--transport: {:?} is not tcp or rdma", o.over).into());
@@ -267,7 +291,7 @@ fn node(options: &Options) -> Result<(), Error> {
     let first = config.local.id == id(FIRST);
     let turn = FloorChannel::open(turn_path, false)?;
     let instance = Instance::start_with(config, options.mode.start_options())?;
-    let block = instance.block(BLOCK)?;
+    let block = instance.block(options.block)?;
     let mut histogram = latency_histogram();
     let mut kinds = Kinds::default();
     let mut others = Kinds::default();
@@ -302,16 +326,38 @@ fn node(options: &Options) -> Result<(), Error> {
     // the driver saw it: what the user-visible figure adds is the user thread <-> driver
     // hand-off.
     let engine = instance.stats()?.gcs;
-    let engine = engine.latency(TransferKind::TwoWay);
+    let engine = engine.latency(if options.instances == 3 {
+        TransferKind::ThreeWay
+    } else {
+        TransferKind::TwoWay
+    });
     println!("{}", LatencySummary::of(&histogram).to_result_line());
     println!("{}", kinds.to_line());
     println!("MEANS {} {}", histogram.mean(), engine.mean().as_nanos());
     Ok(())
 }
 
+/// The master of a 3-way run: serves as an instance until its stdin closes (the orchestrator
+/// closes it once both nodes are done).
+fn master(options: &Options) -> Result<(), Error> {
+    let config_path = options
+        .config
+        .as_deref()
+        .ok_or("--config FILE is required")?;
+    let instance = Instance::start_with(
+        InstanceConfig::load(config_path)?,
+        options.mode.start_options(),
+    )?;
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)?;
+    drop(instance);
+    Ok(())
+}
+
 fn run_role(role: &str, options: &Options) -> Result<(), Error> {
     match role {
         "node" => node(options),
+        "master" => master(options),
         other => Err(format!("unknown role {other:?}").into()),
     }
 }
@@ -323,6 +369,24 @@ fn spawn(cpu: Option<u32>, program: &Path, args: &[String]) -> Result<Child, Err
         .map_err(|e| e.to_string().into())
 }
 
+/// Starts the master role of a 3-way run (pinned to `SERVER_CPU` when `pin`) with its stdin
+/// piped: closing it ends the role. Its stderr goes to ours.
+fn spawn_master(pin: bool, program: &Path, args: &[String]) -> Result<Child, Error> {
+    let mut command = if pin {
+        let mut c = std::process::Command::new("taskset");
+        c.arg("-c").arg(SERVER_CPU.to_string()).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    };
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Ok(command.spawn()?)
+}
+
 /// Passes a child's stderr on (its instance logs warnings and above: the peer-disconnect
 /// line when the other instance of the pair exits first is below that).
 fn forward_stderr(who: &str, output: &Output) {
@@ -331,26 +395,28 @@ fn forward_stderr(who: &str, output: &Output) {
     }
 }
 
-/// A fresh two-slot cluster in `dir`: the shared file and one configuration per instance;
-/// returns the configurations' paths (instance 0, instance 1) and the data file's number.
+/// A fresh cluster of `instances` slots in `dir`: the shared file and one configuration per
+/// instance; returns the configurations' paths (by instance) and the data file's number.
 fn setup_cluster(
     dir: &Path,
     cluster: u64,
     rdma: Option<&RdmaDevice>,
-) -> Result<([PathBuf; 2], u32), Error> {
+    instances: u64,
+) -> Result<(Vec<PathBuf>, u32), Error> {
     std::fs::create_dir_all(dir)?;
     let storage = dir.join("cluster.fusion");
     // Control sectors and region alignment fit in the slack.
-    let size = 2 * REDO_THREAD_SIZE + (DATA_BLOCKS + 1) * 8192 + (4 << 20);
-    let mut spec = ClusterSpec::new(ClusterId(cluster), 2, Some(size));
+    let data_blocks = data_blocks(instances);
+    let size = instances * REDO_THREAD_SIZE + (data_blocks + 1) * 8192 + (4 << 20);
+    let mut spec = ClusterSpec::new(ClusterId(cluster), instances as u16, Some(size));
     spec.block_size = 8192;
     spec.redo_thread_size = REDO_THREAD_SIZE;
     let layout = format::create(&storage, &spec, true)?;
-    if layout.data_blocks <= BLOCK {
+    if layout.data_blocks < data_blocks {
         return Err(format!("the cluster holds only {} data blocks", layout.data_blocks).into());
     }
     let mut members = String::new();
-    for n in 0..2 {
+    for n in 0..instances {
         members.push_str(&format!(
             "  {{ id = {n}, address = \"127.0.0.1:{}\", host = \"localhost\" }},\n",
             interconnect::loopback::unused_port()?
@@ -363,7 +429,7 @@ fn setup_cluster(
         ),
         None => "kind = \"tcp\"\n".to_owned(),
     };
-    let mut paths = [PathBuf::new(), PathBuf::new()];
+    let mut paths = vec![PathBuf::new(); instances as usize];
     for (n, path) in paths.iter_mut().enumerate() {
         let text = format!(
             "instance = {n}\n\n[cluster]\nid = {cluster}\nsecret = \"blockbench-secret-for-loopback-only\"\nallow_inline_secret = true\ninstances = [\n{members}]\n\n\
@@ -425,15 +491,16 @@ fn measure_instances(options: &Options, mode: Mode, run: u32) -> Result<PairRun,
     let dir = std::env::temp_dir().join(format!("fusion-blockbench-{}-{run}", std::process::id()));
     let cluster = 0xB10C_0000 + u64::from(std::process::id() % 0xFFFF) * 0x100 + u64::from(run);
     let result = (|| {
-        let (configs, data_file) = setup_cluster(&dir, cluster, options.rdma.as_ref())?;
-        let master = master_of_block(data_file)?;
+        let (configs, data_file) =
+            setup_cluster(&dir, cluster, options.rdma.as_ref(), options.instances)?;
+        let (block, master) = block_to_pass(data_file, options.instances)?;
         let turn = dir.join("turn");
         drop(FloorChannel::open(&turn, true)?);
         let exe = PathBuf::from(own_exe()?);
-        let args = |config: &Path| -> Vec<String> {
+        let args = |role: &str, config: &Path| -> Vec<String> {
             [
                 "role",
-                "node",
+                role,
                 "--mode",
                 mode.name(),
                 "--samples",
@@ -444,19 +511,54 @@ fn measure_instances(options: &Options, mode: Mode, run: u32) -> Result<PairRun,
                 &config.to_string_lossy(),
                 "--turn",
                 &turn.to_string_lossy(),
+                "--instances",
+                &options.instances.to_string(),
+                "--block",
+                &block.to_string(),
             ]
             .iter()
             .map(|s| (*s).to_owned())
             .collect()
         };
-        let [config0, config1] = &configs;
-        let (second, first) = (&config0, &config1);
-        let mut second = spawn(options.pin.then_some(SERVER_CPU), &exe, &args(second))?;
-        let first = match spawn(options.pin.then_some(CLIENT_CPU), &exe, &args(first)) {
+        let config = |n: u64| configs.get(n as usize).ok_or("no configuration");
+        // The master of a 3-way run shares instance 0's CPU; its stdin closing ends it.
+        let mut only_master = match configs.get(MASTER as usize) {
+            Some(config) if options.instances == 3 => {
+                Some(spawn_master(options.pin, &exe, &args("master", config))?)
+            }
+            _ => None,
+        };
+        let stop = |child: &mut Option<Child>| -> Result<(), Error> {
+            if let Some(mut child) = child.take() {
+                drop(child.stdin.take());
+                let status = child.wait()?;
+                if !status.success() {
+                    return Err(format!("the master instance failed ({status})").into());
+                }
+            }
+            Ok(())
+        };
+        let mut second = match spawn(
+            options.pin.then_some(SERVER_CPU),
+            &exe,
+            &args("node", config(SECOND)?),
+        ) {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = stop(&mut only_master);
+                return Err(e);
+            }
+        };
+        let first = match spawn(
+            options.pin.then_some(CLIENT_CPU),
+            &exe,
+            &args("node", config(FIRST)?),
+        ) {
             Ok(child) => child,
             Err(e) => {
                 let _ = second.kill();
                 let _ = second.wait();
+                let _ = stop(&mut only_master);
                 return Err(e);
             }
         };
@@ -465,6 +567,7 @@ fn measure_instances(options: &Options, mode: Mode, run: u32) -> Result<PairRun,
             let _ = second.kill();
         }
         let second = second.wait_with_output()?;
+        stop(&mut only_master)?;
         let one_from_zero = node_result(&format!("instance {FIRST}"), &first)?;
         let zero_from_one = node_result(&format!("instance {SECOND}"), &second)?;
         Ok(PairRun {
@@ -535,13 +638,48 @@ fn measure_transport(options: &Options, mode: WaitMode) -> Result<LatencySummary
         .ok_or_else(|| "pingpong client printed no result".into())
 }
 
-/// Which instance masters the benchmark's block: the instance's rule (grd's bucket map of
-/// the members in epoch 1, before any remastering), recomputed here.
-fn master_of_block(data_file: u32) -> Result<u64, Error> {
-    let members: InstanceSet = [id(0), id(1)].into_iter().collect();
+/// Which instance masters `block`: the instance's rule (grd's bucket map of the
+/// `instances` members in epoch 1, before any remastering), recomputed here.
+fn master_of_block(data_file: u32, block: u64, instances: u64) -> Result<u64, Error> {
+    let members: InstanceSet = (0..instances).map(id).collect();
     let map = grd::BucketMap::new(Epoch(1), members, grd::BucketMapConfig::default())?;
-    let block = gcs::BlockId::new(data_file, BLOCK as u32);
+    let block = gcs::BlockId::new(data_file, block as u32);
     Ok(MasterDirectory::master_of(&map, block).index() as u64)
+}
+
+/// Data blocks of a cluster of `instances`.
+fn data_blocks(instances: u64) -> u64 {
+    if instances == 3 {
+        OBJECTS_3WAY * u64::from(gcs::directory::BLOCKS_PER_OBJECT)
+    } else {
+        DATA_BLOCKS
+    }
+}
+
+/// The block the nodes pass and its master: [`BLOCK`] with two instances; with three, the
+/// first block of the first object that [`MASTER`] masters, so neither node does.
+fn block_to_pass(data_file: u32, instances: u64) -> Result<(u64, u64), Error> {
+    if instances == 2 {
+        return Ok((BLOCK, master_of_block(data_file, BLOCK, 2)?));
+    }
+    for object in 0..OBJECTS_3WAY {
+        let block = (object * u64::from(gcs::directory::BLOCKS_PER_OBJECT)).max(BLOCK);
+        if master_of_block(data_file, block, instances)? == MASTER {
+            return Ok((block, MASTER));
+        }
+    }
+    Err(format!("none of {OBJECTS_3WAY} objects is mastered by instance {MASTER}").into())
+}
+
+/// A floor round trip taken twice (a 3-way transfer is two hops of one): its percentiles
+/// doubled.
+fn twice(floor: LatencySummary) -> LatencySummary {
+    LatencySummary {
+        samples: floor.samples,
+        p50: 2.0 * floor.p50,
+        p99: 2.0 * floor.p99,
+        p999: 2.0 * floor.p999,
+    }
 }
 
 /// The round with the median p50 (`median_by_p50`'s rule), with its means.
@@ -569,8 +707,11 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
     let options = &options;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut master = None;
+    let three_way = options.instances == 3;
     let role = |requester: u64, master: u64| {
-        if requester == master {
+        if three_way {
+            "3-way, master 2"
+        } else if requester == master {
             "requester=master"
         } else {
             "holder=master"
@@ -584,7 +725,8 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
         let floor_name = match &options.rdma {
             Some(d) => format!("ib_write_lat -s 8192 (2x) {}", d.name),
             None => format!(
-                "sockperf tcp {}B<->{}B {}",
+                "{}sockperf tcp {}B<->{}B {}",
+                if three_way { "2x " } else { "" },
                 sockperf_size(8192),
                 sockperf_size(8192),
                 floor_mode.name()
@@ -616,7 +758,7 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
             zero_kinds.add(&pair.zero_from_one.kinds);
             ones.push(pair.one_from_zero);
             zeros.push(pair.zero_from_one);
-            let transport = if options.transport {
+            let transport = if options.transport && !three_way {
                 match measure_transport(options, floor_mode) {
                     Ok(t) => {
                         transports.push(t);
@@ -642,7 +784,8 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
                         options.pin,
                     )
                 }
-                None => measure_sockperf(floor_mode, 8192, options.floor_seconds, options.pin),
+                None => measure_sockperf(floor_mode, 8192, options.floor_seconds, options.pin)
+                    .map(|f| if three_way { twice(f) } else { f }),
             };
             let floor = match measured {
                 Ok(f) => {
@@ -689,11 +832,12 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
             });
             notes.push(format!(
                 "{} {requester}<-{holder}: kinds {}{over}; mean {:.1} µs, of which the \
-                 engine's request->grant {:.1} µs (driver side, 2-way)",
+                 engine's request->grant {:.1} µs (driver side, {})",
                 mode.name(),
                 kinds.describe(),
                 fusion.user_mean / 1000.0,
                 fusion.engine_mean / 1000.0,
+                if three_way { "3-way" } else { "2-way" },
             ));
         }
         if let Some(fusion) = transport {
@@ -707,9 +851,10 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
     }
     println!(
         "blockbench: X acquisition of a block held in X (clean) by the other instance, through \
-         the instance API; 2 instance processes over {}, pinned to separate CPUs: {}; \
-         block {BLOCK} mastered by instance {}; median of {} interleaved rounds per side; \
+         the instance API; {} instance processes over {}, pinned to separate CPUs: {}; \
+         the block mastered by instance {}; median of {} interleaved rounds per side; \
          host: {cpus} CPUs",
+        options.instances,
         match &options.rdma {
             Some(d) => format!("rdma ({})", d.name),
             None => "tcp loopback".to_owned(),

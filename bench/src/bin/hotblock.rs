@@ -6,6 +6,12 @@
 //! changes/s and the p50/p99 of one change (begin to acknowledged commit), and checks that
 //! the counter holds every acknowledged change.
 //!
+//! A second table says where the time went, over the measured window: changes per hop (how
+//! many local changes one visit of the block batched; a hop is one ship between instances),
+//! redo writes (each one fdatasync) per hop and their mean latency, the mean wait of a ship
+//! for its log force (`log-force` only), and the CPUs this process used beside those the
+//! whole machine used (other work on the machine disturbs the figures).
+//!
 //! The instances run in this process over tcp on loopback, on one shared file under
 //! `--dir` (its file system decides the fsync cost). `--instances 1` measures early lock
 //! release alone (the policy has nothing to ship), and `--until-durable` serializes the
@@ -102,6 +108,110 @@ struct Outcome {
     policy: String,
     changes_per_s: f64,
     latency: LatencySummary,
+    /// Where the time went, over the measured window.
+    inside: Inside,
+}
+
+/// Counters summed over the instances and CPU time, read at the start and the end of the
+/// measured window: they say how many local changes one visit of the block batched, what a
+/// hop waited for, and whether the CPUs were the limit.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    /// Blocks shipped between instances (one per hop).
+    shipped: u64,
+    redo_writes: u64,
+    redo_sync: (Duration, u64),
+    /// Ships that waited for a log force: the wait, from the forward to the ship.
+    flush_wait: (Duration, u64),
+    /// This process's CPU time and the machine's busy and total time, in clock ticks.
+    process_ticks: u64,
+    machine_busy_ticks: u64,
+    machine_ticks: u64,
+}
+
+/// The window's deltas of [`Counters`], per change and per hop.
+#[derive(Debug, Clone, Copy, Default)]
+struct Inside {
+    /// NaN when nothing was shipped (one instance).
+    changes_per_hop: f64,
+    /// NaN when nothing was shipped.
+    redo_writes_per_hop: f64,
+    redo_sync_us: f64,
+    flush_wait_us: f64,
+    /// CPUs used by this process and by the whole machine (out of `available_parallelism`).
+    process_cpus: f64,
+    machine_cpus: f64,
+}
+
+impl Counters {
+    fn read(instances: &[Arc<Instance>]) -> Result<Self, Error> {
+        let mut c = Counters::default();
+        for fusion in instances {
+            let stats = fusion.stats()?;
+            let redo = fusion.redo_stats();
+            c.shipped += stats.gcs.blocks_shipped;
+            c.redo_writes += redo.writes;
+            c.redo_sync.0 += redo.sync_latency.sum();
+            c.redo_sync.1 += redo.sync_latency.count();
+            let wait = stats.gcs.latency(gcs::TransferKind::FlushWait);
+            c.flush_wait.0 += wait.sum();
+            c.flush_wait.1 += wait.count();
+        }
+        // utime and stime: fields 14 and 15 of /proc/self/stat, counted after the command.
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        let after_command = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<u64> = after_command
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        c.process_ticks =
+            fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+        // The machine: the first line of /proc/stat (user nice system idle iowait ...).
+        let machine = std::fs::read_to_string("/proc/stat")?;
+        let ticks: Vec<u64> = machine
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        c.machine_ticks = ticks.iter().sum();
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        c.machine_busy_ticks = c.machine_ticks.saturating_sub(idle);
+        Ok(c)
+    }
+
+    fn since(&self, before: &Counters, changes: u64) -> Inside {
+        // No hop with one instance: the per-hop figures are then NaN (printed as "-").
+        let hops = self.shipped.saturating_sub(before.shipped) as f64;
+        let mean_us = |(sum, n): (Duration, u64), (sum0, n0): (Duration, u64)| {
+            let n = n.saturating_sub(n0);
+            if n == 0 {
+                0.0
+            } else {
+                sum.saturating_sub(sum0).as_secs_f64() * 1e6 / n as f64
+            }
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let total = self
+            .machine_ticks
+            .saturating_sub(before.machine_ticks)
+            .max(1) as f64;
+        Inside {
+            changes_per_hop: changes as f64 / hops,
+            redo_writes_per_hop: self.redo_writes.saturating_sub(before.redo_writes) as f64 / hops,
+            redo_sync_us: mean_us(self.redo_sync, before.redo_sync),
+            flush_wait_us: mean_us(self.flush_wait, before.flush_wait),
+            process_cpus: self.process_ticks.saturating_sub(before.process_ticks) as f64 * cpus
+                / total,
+            machine_cpus: self
+                .machine_busy_ticks
+                .saturating_sub(before.machine_busy_ticks) as f64
+                * cpus
+                / total,
+        }
+    }
 }
 
 /// Formats a fresh shared file in `dir` and starts the instances on it.
@@ -189,6 +299,7 @@ fn run_policy(o: &Options, policy: &str) -> Result<Outcome, Error> {
     let mut histograms: Vec<Histogram<u64>> = Vec::new();
     let mut measured = Duration::ZERO;
     let mut counted = 0u64;
+    let mut counters: Result<Inside, String> = Ok(Inside::default());
     std::thread::scope(|s| {
         let mut workers = Vec::new();
         for (i, fusion) in instances.iter().enumerate() {
@@ -228,11 +339,18 @@ fn run_policy(o: &Options, policy: &str) -> Result<Outcome, Error> {
             }
         }
         std::thread::sleep(Duration::from_secs_f64(o.warmup));
+        let before = Counters::read(&instances);
+        let acknowledged_before = acknowledged.load(Ordering::Relaxed);
         measuring.store(true, Ordering::Relaxed);
         let began = Instant::now();
         std::thread::sleep(Duration::from_secs_f64(o.seconds));
         measuring.store(false, Ordering::Relaxed);
         measured = began.elapsed();
+        let changes = acknowledged.load(Ordering::Relaxed) - acknowledged_before;
+        counters = match (before, Counters::read(&instances)) {
+            (Ok(before), Ok(after)) => Ok(after.since(&before, changes)),
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        };
         stop.store(true, Ordering::Relaxed);
         for w in workers {
             if let Ok((h, c)) = w.join() {
@@ -244,6 +362,7 @@ fn run_policy(o: &Options, policy: &str) -> Result<Outcome, Error> {
     if failed.load(Ordering::Relaxed) {
         return Err(format!("{policy}: changes failed (see above)").into());
     }
+    let inside = counters?;
     let block = instances[0].block(BLOCK)?;
     let total = acknowledged.load(Ordering::Relaxed);
     for fusion in &instances {
@@ -270,6 +389,7 @@ fn run_policy(o: &Options, policy: &str) -> Result<Outcome, Error> {
         policy: policy.to_owned(),
         changes_per_s: counted as f64 / measured.as_secs_f64(),
         latency: LatencySummary::of(&all),
+        inside,
     })
 }
 
@@ -320,6 +440,30 @@ fn main() -> ExitCode {
             r.latency.p50 / 1000.0,
             r.latency.p99 / 1000.0,
             r.latency.samples
+        );
+    }
+    println!(
+        "{:<18} {:>13} {:>13} {:>10} {:>13} {:>12}",
+        "where it went", "changes/hop", "fsyncs/hop", "fsync µs", "flush-wait µs", "CPUs used"
+    );
+    for r in &outcomes {
+        let i = r.inside;
+        let per_hop = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.2}")
+            } else {
+                "-".to_owned()
+            }
+        };
+        println!(
+            "{:<18} {:>13} {:>13} {:>10.1} {:>13.1} {:>5.2} ({:.2} all)",
+            r.policy,
+            per_hop(i.changes_per_hop),
+            per_hop(i.redo_writes_per_hop),
+            i.redo_sync_us,
+            i.flush_wait_us,
+            i.process_cpus,
+            i.machine_cpus
         );
     }
     if let (Some(base), Some(cd)) = (

@@ -299,7 +299,8 @@ pub struct Sim {
     /// Dirty X ships in flight per block (the dirty version is only on the wire).
     dirty_in_transit: BTreeMap<BlockId, u32>,
     writes_in_flight: BTreeMap<BlockId, u32>,
-    recovery_sets: Vec<RecoveryBlock>,
+    /// Recovery-set blocks with the node whose engine emitted them (where it reports back).
+    recovery_sets: Vec<(usize, RecoveryBlock)>,
     commits: Vec<PendingCommit>,
     pub stats: SimStats,
     epoch: Epoch,
@@ -816,7 +817,9 @@ impl Sim {
                 let freed = self.nodes[i].pis.remove(&block).expect("discarded PI held");
                 assert_eq!(freed.scn, scn);
             }
-            Event::RecoverySet { blocks } => self.recovery_sets.extend(blocks),
+            Event::RecoverySet { blocks } => self
+                .recovery_sets
+                .extend(blocks.into_iter().map(|r| (i, r))),
         }
         let _ = now;
     }
@@ -1133,6 +1136,24 @@ impl Sim {
             self.nodes[i].engine.on_dead_redo_scanned(&changed, now);
         }
         self.drain_all();
+        // Blocks a master handed to the survivor holding their newest PI reach it first.
+        loop {
+            let handed: usize = self
+                .live_nodes()
+                .iter()
+                .map(|i| self.nodes[*i].engine.recoveries_handed_out())
+                .sum();
+            let received = self
+                .recovery_sets
+                .iter()
+                .filter(|(i, r)| self.nodes[*i].engine.master_of(r.block).index() != *i)
+                .count();
+            if received >= handed {
+                break;
+            }
+            assert!(self.advance(), "handed-out recoveries never arrived");
+            self.drain_all();
+        }
         // Writes already submitted land before recovery writes the same blocks.
         while self.writes_in_flight.values().any(|n| *n > 0) {
             assert!(self.advance(), "writes never completed");
@@ -1144,8 +1165,11 @@ impl Sim {
     fn recover(&mut self) {
         let now = self.now;
         let survivors = self.live_nodes();
-        let set: BTreeMap<BlockId, RecoveryBlock> =
-            self.recovery_sets.iter().map(|r| (r.block, *r)).collect();
+        let set: BTreeMap<BlockId, (usize, RecoveryBlock)> = self
+            .recovery_sets
+            .iter()
+            .map(|(i, r)| (r.block, (*i, *r)))
+            .collect();
         let blocks: Vec<BlockId> = self.disk.keys().copied().collect();
         for block in blocks {
             let latest = self.latest(block);
@@ -1155,7 +1179,7 @@ impl Sim {
                 || self.dirty_in_transit.get(&block).copied().unwrap_or(0) > 0;
             let disk = self.disk[&block];
             let in_set = set.get(&block);
-            if let Some(r) = in_set {
+            if let Some((rebuilder, r)) = in_set {
                 assert!(
                     !has_current,
                     "{block} in the recovery set but a survivor holds it"
@@ -1177,6 +1201,11 @@ impl Sim {
                         Some(pi),
                         "the reported best PI of {block} is held"
                     );
+                    assert_eq!(
+                        holder.index(),
+                        *rebuilder,
+                        "{block} is rebuilt where its best PI is"
+                    );
                 }
             }
             if has_current {
@@ -1195,7 +1224,7 @@ impl Sim {
             // Recovery: newest of (the best PI handed over, storage), then the dead threads'
             // durable redo.
             let mut start = disk;
-            if let Some((holder, _)) = in_set.and_then(|r| r.best_pi) {
+            if let Some((holder, _)) = in_set.and_then(|(_, r)| r.best_pi) {
                 let pi = self.nodes[holder.index()].pis[&block];
                 if pi.scn > start.scn {
                     start = pi;
@@ -1223,9 +1252,10 @@ impl Sim {
             }
             self.disk.insert(block, start);
             self.stats.recovered_blocks += 1;
-            if in_set.is_some() {
-                let master = self.nodes[survivors[0]].engine.master_of(block);
-                self.nodes[master.index()]
+            if let Some((rebuilder, _)) = in_set {
+                // Where the set was emitted: the master, or the PI holder it handed the
+                // block to (which reports to the master).
+                self.nodes[*rebuilder]
                     .engine
                     .on_block_recovered(block, start.scn, now);
             }

@@ -41,7 +41,7 @@ pub const MAX_QUEUED: usize = 10_000;
 pub const MAX_WATCHED: usize = 1_000;
 /// Most `SCAN` cursors one session keeps open (the oldest is forgotten first).
 pub const MAX_CURSORS: usize = 16;
-/// Most keys read per store transaction by `KEYS`, `SCAN` and `DBSIZE`, and per step of the
+/// Most keys read per committed read by `KEYS`, `SCAN` and `DBSIZE`, and per step of the
 /// expiry sweep.
 pub const SCAN_BATCH: usize = 512;
 
@@ -853,7 +853,7 @@ impl<S: Store> Engine<S> {
         Reply::Map(pairs)
     }
 
-    /// `DBSIZE`: counts the database's live keys in batches of store transactions.
+    /// `DBSIZE`: counts the database's live keys in batches of committed reads.
     fn count_keys(&self, db: u8) -> Reply {
         let mut count = 0i64;
         let result = self.walk(db, None, |_, _| {
@@ -893,7 +893,7 @@ impl<S: Store> Engine<S> {
     }
 
     /// Visits the live keys of `db` from KV key `start` (the database's first key when
-    /// `None`) in batches, one store transaction each, until `visit` returns false.
+    /// `None`) in batches of committed reads, until `visit` returns false.
     fn walk(
         &self,
         db: u8,
@@ -990,8 +990,8 @@ impl<S: Store> Engine<S> {
         Reply::Array(vec![Reply::text(next.to_string()), Reply::Array(keys)])
     }
 
-    /// Keys read per store transaction by `KEYS`, `SCAN` and `DBSIZE`, and per step of the
-    /// expiry sweep: at most [`SCAN_BATCH`], and no more than a transaction may touch.
+    /// Keys examined per step of the expiry sweep: at most [`SCAN_BATCH`], and no more than
+    /// a transaction may touch.
     fn scan_batch(&self) -> usize {
         SCAN_BATCH.min(self.store.max_keys_per_transaction()).max(1)
     }
@@ -1048,8 +1048,13 @@ impl<S: Store> Engine<S> {
         Ok(removed)
     }
 
-    /// Visits every key of `db` from `start`, expired ones included, with full KV keys.
-    /// Stored values that do not decode are skipped (a read of the key reports them).
+    /// Visits every key of `db` from `start`, expired ones included, with full KV keys, in
+    /// batches of committed reads (no transaction, no locks), as the expiry sweep reads: a
+    /// locking scan took the EX enqueues of every leaf it merely listed, so `KEYS`, `SCAN`
+    /// or `DBSIZE` stalled writers of those leaves on every instance (and waited for them).
+    /// Each leaf is read consistently; the walk as a whole is not one snapshot, as Redis's
+    /// `SCAN` is not. Stored values that do not decode are skipped (a read of the key
+    /// reports them).
     fn walk_raw(
         &self,
         db: u8,
@@ -1057,18 +1062,17 @@ impl<S: Store> Engine<S> {
         mut visit: impl FnMut(&[u8], &Value) -> bool,
     ) -> Result<(), S::Error> {
         let end = [db + 1];
-        let batch_len = self.scan_batch();
         let mut cursor = start.unwrap_or_else(|| vec![db]);
         let mut inclusive = true;
         loop {
-            let batch = self.store.transaction(|tx| {
-                let from = if inclusive {
-                    Bound::Included(cursor.as_slice())
-                } else {
-                    Bound::Excluded(cursor.as_slice())
-                };
-                tx.scan(from, Bound::Excluded(&end[..]), batch_len)
-            })?;
+            let from = if inclusive {
+                Bound::Included(cursor.as_slice())
+            } else {
+                Bound::Excluded(cursor.as_slice())
+            };
+            let batch = self
+                .store
+                .scan_committed(from, Bound::Excluded(&end[..]), SCAN_BATCH)?;
             for (key, bytes) in &batch {
                 if let Ok(value) = Value::decode(bytes)
                     && !visit(key, &value)
@@ -1077,7 +1081,7 @@ impl<S: Store> Engine<S> {
                 }
             }
             match batch.last() {
-                Some((last, _)) if batch.len() == batch_len => {
+                Some((last, _)) if batch.len() == SCAN_BATCH => {
                     cursor = last.clone();
                     inclusive = false;
                 }
@@ -1906,6 +1910,51 @@ mod tests {
             removed += e.sweep_expired(256).unwrap();
         }
         assert_eq!(removed, keys.div_ceil(3));
+    }
+
+    #[test]
+    fn keys_scan_and_dbsize_read_committed_data_without_transactions() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        // More keys than one committed read returns, written in transactions of 100.
+        let keys = 3 * SCAN_BATCH + 7;
+        for chunk in (0..keys).collect::<Vec<_>>().chunks(100) {
+            let args: Vec<String> = chunk.iter().map(|i| format!("k{i:05} v{i}")).collect();
+            assert_eq!(
+                run(&e, s, &format!("MSET {}", args.join(" "))),
+                Reply::Simple("OK")
+            );
+        }
+        assert_eq!(run(&e, s, "SELECT 1"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "SET other v"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "SELECT 0"), Reply::Simple("OK"));
+        let begun = e.store.transactions();
+
+        assert_eq!(run(&e, s, "DBSIZE"), Reply::Integer(keys as i64));
+        let expected: Vec<Reply> = (0..keys).map(|i| bulk(&format!("k{i:05}"))).collect();
+        assert_eq!(run(&e, s, "KEYS *"), Reply::Array(expected.clone()));
+        assert_eq!(
+            run(&e, s, "KEYS k0000?"),
+            Reply::Array(expected[..10].to_vec())
+        );
+        let mut seen = Vec::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let Reply::Array(reply) = run(&e, s, &format!("SCAN {cursor} COUNT 100")) else {
+                panic!("SCAN does not answer an array");
+            };
+            let [Reply::Bulk(next), Reply::Array(found)] = &reply[..] else {
+                panic!("SCAN: {reply:?}");
+            };
+            seen.extend(found.iter().cloned());
+            cursor = String::from_utf8(next.clone()).unwrap();
+            if cursor == "0" {
+                break;
+            }
+        }
+        assert_eq!(seen, expected);
+        // Committed reads only: not one transaction (the store's locks) was begun.
+        assert_eq!(e.store.transactions(), begun);
     }
 
     #[test]

@@ -247,6 +247,10 @@ pub struct Metrics {
     registry: parking_lot::Mutex<Registry>,
     commands: Family<Labels, Counter>,
     command_seconds: Family<Labels, Histogram, HistogramMaker>,
+    /// Each command's two series by name, so that counting a command builds no labels (the
+    /// families' lookups allocate them): one entry per command name, a fixed set.
+    command_series:
+        parking_lot::RwLock<std::collections::HashMap<&'static str, (Counter, Histogram)>>,
     clients: Gauge,
     clients_refused: Counter,
     protocol_errors: Counter,
@@ -306,6 +310,7 @@ impl Metrics {
             registry: parking_lot::Mutex::new(registry),
             commands,
             command_seconds,
+            command_series: parking_lot::RwLock::default(),
             clients,
             clients_refused,
             protocol_errors,
@@ -339,11 +344,18 @@ impl Metrics {
 
     /// Records one executed command.
     pub fn command(&self, name: &'static str, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        if let Some((count, histogram)) = self.command_series.read().get(name) {
+            count.inc();
+            histogram.observe(seconds);
+            return;
+        }
         let labels = vec![("command", name.to_string())];
-        self.commands.get_or_create(&labels).inc();
-        self.command_seconds
-            .get_or_create(&labels)
-            .observe(latency.as_secs_f64());
+        let count = self.commands.get_or_create(&labels).clone();
+        let histogram = self.command_seconds.get_or_create(&labels).clone();
+        count.inc();
+        histogram.observe(seconds);
+        self.command_series.write().insert(name, (count, histogram));
     }
 
     /// Sets the number of connected clients.

@@ -206,6 +206,8 @@ pub(crate) mod memory {
         map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
         /// Waits for durability still to fail (`fail_next_waits`).
         failing_waits: Mutex<usize>,
+        /// Transactions begun (each holds the whole map: the memory store's locks).
+        transactions: std::sync::atomic::AtomicUsize,
     }
 
     /// A transaction over a copy of the map, counting the keys it touches against
@@ -283,6 +285,11 @@ pub(crate) mod memory {
         pub(crate) fn fail_next_waits(&self, n: usize) {
             *self.failing_waits.lock() = n;
         }
+
+        /// Transactions begun so far.
+        pub(crate) fn transactions(&self) -> usize {
+            self.transactions.load(std::sync::atomic::Ordering::Relaxed)
+        }
     }
 
     impl Store for MemoryStore {
@@ -293,6 +300,8 @@ pub(crate) mod memory {
             &self,
             mut body: impl FnMut(&mut MemoryTx) -> Result<R, String>,
         ) -> Result<(R, MemoryPending<'_>), String> {
+            self.transactions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut map = self.map.lock();
             let mut tx = MemoryTx {
                 map: map.clone(),

@@ -71,8 +71,11 @@
 //!    checks tag, level and fences again there; on a mismatch it releases that enqueue and
 //!    descends again. A lookup of a leaf may skip the descent and go to the leaf where this
 //!    process last found the key's range (module `leaves`): checked the same way, such a
-//!    hint is only a descent that read older nodes. [`Kv::get`] holds the leaf in S while it
-//!    reads the value's overflow chain.
+//!    hint is only a descent that read older nodes. A put through a hint takes the block in
+//!    X under its enqueue before reading it (one transfer of a leaf another instance changed,
+//!    not an S copy and then X); if it is no longer a leaf, the block and its enqueue go back
+//!    at once, so X on a block of another kind is never held past that look. [`Kv::get`] holds the leaf
+//!    in S while it reads the value's overflow chain.
 //!
 //! Untimed waits then end without any other wait ending first: a wait for X after the
 //! enqueue (2) waits only for readers, which hold one block for a copy, or a leaf while
@@ -1122,12 +1125,18 @@ impl<'k> KvTxn<'k> {
     /// Block `n`'s payload: through the transaction when it holds the block in X, else in S
     /// (released at once).
     fn read(&mut self, n: u64) -> Result<Vec<u8>, KvError> {
+        self.with_bytes(n, <[u8]>::to_vec)
+    }
+
+    /// Runs `f` on block `n`'s payload as [`KvTxn::read`] reads it, without copying it.
+    fn with_bytes<R>(&mut self, n: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, KvError> {
+        let id = self.kv.instance.block(n)?;
         if self.written.contains(&n) {
-            let id = self.kv.instance.block(n)?;
             let b = self.tx()?.write(id)?;
-            return Ok(b.bytes().to_vec());
+            return Ok(f(&b.bytes()));
         }
-        read_block(&self.kv.instance, n)
+        let held = self.kv.instance.read(id)?;
+        Ok(f(&held.bytes()))
     }
 
     /// Takes block `n` in X for this transaction without changing it (yet). The caller holds
@@ -1160,21 +1169,48 @@ impl<'k> KvTxn<'k> {
         let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
         let ranges = changed_ranges(&b.bytes(), bytes);
         for (start, end) in ranges {
-            self.redo += end - start + instance::redo::codec::RECORD_HEADER_LEN;
-            if self.redo > MAX_TXN_REDO {
-                return Err(KvError::TxnTooLarge { max: MAX_TXN_REDO });
-            }
-            b.update(start, &bytes[start..end])?;
+            Self::log_update(&mut self.redo, &mut b, start, &bytes[start..end])?;
         }
         Ok(())
     }
 
+    /// Makes `splice` (from `node::leaf_put_inline`) in leaf `n` as [`KvTxn::write_bytes`]
+    /// would write the spliced leaf, logging just the bytes the splice names (no diff of
+    /// the whole leaf, no copy of it).
+    fn write_splice(&mut self, n: u64, splice: &node::LeafSplice) -> Result<(), KvError> {
+        self.nodes.remove(&n);
+        let id = self.kv.instance.block(n)?;
+        self.written.insert(n);
+        let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
+        if let Some(count) = splice.count {
+            Self::log_update(&mut self.redo, &mut b, 2, &count.to_le_bytes())?;
+        }
+        Self::log_update(&mut self.redo, &mut b, splice.at, &splice.bytes)
+    }
+
+    /// One change of a block's bytes, counted against the transaction's redo bound.
+    fn log_update(
+        redo: &mut usize,
+        b: &mut instance::api::BlockMut<'_, '_>,
+        at: usize,
+        bytes: &[u8],
+    ) -> Result<(), KvError> {
+        *redo += bytes.len() + instance::redo::codec::RECORD_HEADER_LEN;
+        if *redo > MAX_TXN_REDO {
+            return Err(KvError::TxnTooLarge { max: MAX_TXN_REDO });
+        }
+        b.update(at, bytes)?;
+        Ok(())
+    }
+
     /// [`KvTxn::put`] of an inline value into the leaf where this process last found the
-    /// key's range, spliced into the leaf's bytes (`node::leaf_put_inline`) instead of
-    /// decoding and encoding the leaf. Under the same rules as the full path: the leaf's
-    /// enqueue first, its bytes read and checked under it, X before the change. False when
-    /// the full path must run (no hint or a stale one, a chain to free, a split); the
-    /// enqueue of a leaf that is the key's stays held for it.
+    /// key's range, spliced into the leaf's bytes (`node::leaf_put_inline`, which reads
+    /// them where they are held) instead of decoding and encoding the leaf, and writing
+    /// only the bytes the splice changes. Under the same rules as the full path: the leaf's
+    /// enqueue first, then X, its bytes read and checked under both. False when the full
+    /// path must run (no hint or a leaf that no longer covers the key, a chain to free, a
+    /// split); the leaf stays held. A hint that led to a block that is no longer a leaf lets
+    /// go of it (X and enqueue) before the full path runs.
     fn put_in_place(&mut self, key: &[u8], value: &[u8]) -> Result<bool, KvError> {
         let entry_len = 2 + key.len() + 1 + 4 + value.len();
         if entry_len > self.kv.geometry.max_leaf_entry || self.caches_leaf(key) {
@@ -1184,22 +1220,40 @@ impl<'k> KvTxn<'k> {
             return Ok(false);
         };
         let fresh = self.lock(n)?;
-        let bytes = self.read(n)?;
-        match node::leaf_put_inline(&bytes, key, value, self.kv.geometry.payload) {
-            Ok(node::LeafPut::Put(new)) => {
-                self.hold(n)?;
-                self.write_bytes(n, &new)?;
+        // X at once, under the enqueue (rule 2), and the bytes read through it: a read in S
+        // first made a leaf another instance changed last cross twice (S, then X).
+        let held = self.written.contains(&n);
+        self.hold(n)?;
+        let payload = self.kv.geometry.payload;
+        let (leaf, put) = self.with_bytes(n, |bytes| {
+            let put = node::leaf_put_inline(bytes, key, value, payload);
+            (node::is_leaf(bytes), put)
+        })?;
+        match put {
+            Ok(node::LeafPut::Put(splice)) => {
+                self.write_splice(n, &splice)?;
                 Ok(true)
             }
-            Ok(node::LeafPut::Unchanged) => {
-                self.hold(n)?;
-                Ok(true)
-            }
+            Ok(node::LeafPut::Unchanged) => Ok(true),
             Ok(node::LeafPut::Chain | node::LeafPut::TooLarge) => Ok(false),
-            Ok(node::LeafPut::NotCovering) | Err(_) => {
+            Ok(node::LeafPut::NotCovering) if leaf => {
+                // A leaf that no longer covers the key (split since): held in X under its
+                // enqueue to the end, unchanged, as a leaf the full path reads may be.
                 self.kv.leaves.forget(key, n);
-                if fresh && !self.written.contains(&n) {
-                    self.unlock(n);
+                Ok(false)
+            }
+            Ok(node::LeafPut::NotCovering) | Err(_) => {
+                // Not a leaf any more (merged, freed, reused, the root grown): a transaction
+                // holds X only on leaves it changes or relies on (internal nodes only under
+                // the structure enqueue), so the block goes back at once, with its enqueue.
+                // (A block held before this call was a leaf then and still is.)
+                self.kv.leaves.forget(key, n);
+                let id = self.kv.instance.block(n)?;
+                if !held && self.tx()?.release_unchanged(id) {
+                    self.written.remove(&n);
+                    if fresh {
+                        self.unlock(n);
+                    }
                 }
                 Ok(false)
             }

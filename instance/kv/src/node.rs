@@ -458,10 +458,12 @@ fn check_key<'a>(
     if ascending && inside {
         Ok(())
     } else {
-        Err(DecodeError::Invalid(
-            "keys out of order or outside the fences",
-        ))
+        Err(out_of_order())
     }
+}
+
+fn out_of_order() -> DecodeError {
+    DecodeError::Invalid("keys out of order or outside the fences")
 }
 
 fn decode_node(tag: u8, r: &mut Reader<'_>) -> Result<Node, DecodeError> {
@@ -621,6 +623,12 @@ pub fn leaf_lookup(bytes: &[u8], key: &[u8]) -> Result<Option<LeafLookup>, Decod
     }))
 }
 
+/// Whether `bytes` are tagged as a leaf (what they hold is checked by [`decode`] and
+/// [`leaf_put_inline`]).
+pub fn is_leaf(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&TAG_LEAF)
+}
+
 /// What [`leaf_put_inline`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeafPut {
@@ -632,14 +640,44 @@ pub enum LeafPut {
     Chain,
     /// The leaf with the entry set would not fit the payload (it must split).
     TooLarge,
-    /// The leaf's new bytes (up to its last entry).
-    Put(Vec<u8>),
+    /// The change to make to the leaf's bytes.
+    Put(LeafSplice),
+}
+
+/// A change of a leaf's bytes in place ([`leaf_put_inline`]): only the bytes that change, so
+/// the caller writes (and logs) those rather than the whole leaf or a diff of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafSplice {
+    /// The new entry count (bytes 2..4) when it changes (a new key).
+    pub count: Option<u16>,
+    /// Where the changed bytes start.
+    pub at: usize,
+    /// The new bytes from `at` on: a new value of the same length alone, else the key's
+    /// entry and every entry after it (moved).
+    pub bytes: Vec<u8>,
+    /// The leaf's length up to its last entry, after the change.
+    pub len: usize,
+}
+
+impl LeafSplice {
+    /// The leaf's new bytes (up to its last entry): `old` with the change made.
+    pub fn apply(&self, old: &[u8]) -> Vec<u8> {
+        let mut out = old[..self.at].to_vec();
+        if let Some(count) = self.count {
+            out[2..4].copy_from_slice(&count.to_le_bytes());
+        }
+        out.extend_from_slice(&self.bytes);
+        if out.len() < self.len {
+            out.extend_from_slice(&old[out.len()..self.len]);
+        }
+        out
+    }
 }
 
 /// Sets `key` to the inline `value` in the leaf in `bytes` by splicing its entry in place,
-/// with every check [`decode`] makes of the leaf: the bytes are what encoding the decoded
-/// leaf with the entry set gives, without building the node (a decode allocates two buffers
-/// per entry). An error when the bytes are not a node [`decode`] accepts.
+/// with every check [`decode`] makes of the leaf: the splice applied gives what encoding the
+/// decoded leaf with the entry set gives, without building the node (a decode allocates two
+/// buffers per entry). An error when the bytes are not a node [`decode`] accepts.
 pub fn leaf_put_inline(
     bytes: &[u8],
     key: &[u8],
@@ -655,36 +693,45 @@ pub fn leaf_put_inline(
         return decode_node(tag, &mut r).map(|_| LeafPut::NotCovering);
     }
     let head = decode_head(tag, &mut r)?;
-    let mut previous = None;
-    // Where the key's entry starts (or would), where it ends, and what it holds now.
+    let mut first: Option<&[u8]> = None;
+    let mut previous: Option<&[u8]> = None;
+    // Where the key's entry starts (or would), where it ends, and what it holds now (whether
+    // its inline value is this one; `None`: a chain).
     let mut place: Option<(usize, usize, Option<bool>)> = None;
     for _ in 0..head.count {
         let start = r.at;
         let entry = r.key()?;
-        check_key(tag, &head, &mut previous, entry)?;
-        let unchanged = match r.u8()? {
+        // Ascending here; inside the fences is checked below for the first and the last
+        // key, which bound the others (one key comparison per entry, not four).
+        if previous.is_some_and(|p| p >= entry) {
+            return Err(out_of_order());
+        }
+        first.get_or_insert(entry);
+        previous = Some(entry);
+        let order = place.is_none().then(|| entry.cmp(key));
+        let inline = match r.u8()? {
             0 => {
                 let len = r.u32()? as usize;
-                r.take(len)? == value
+                Some(r.take(len)?)
             }
             1 => {
                 r.u64()?;
                 r.block()?;
                 r.block()?;
-                if entry == key {
-                    place = Some((start, r.at, None));
-                }
-                false
+                None
             }
             _ => return Err(DecodeError::Invalid("bad value kind")),
         };
-        if place.is_none() {
-            if entry == key {
-                place = Some((start, r.at, Some(unchanged)));
-            } else if entry > key {
-                place = Some((start, start, Some(false)));
+        match order {
+            Some(std::cmp::Ordering::Equal) => {
+                place = Some((start, r.at, inline.map(|old| old == value)));
             }
+            Some(std::cmp::Ordering::Greater) => place = Some((start, start, Some(false))),
+            _ => {}
         }
+    }
+    if first.into_iter().chain(previous).any(|k| !head.covers(k)) {
+        return Err(out_of_order());
     }
     if !head.covers(key) {
         return Ok(LeafPut::NotCovering);
@@ -707,18 +754,34 @@ pub fn leaf_put_inline(
     if new_len > payload_len {
         return Ok(LeafPut::TooLarge);
     }
-    let count = if replaces { head.count } else { head.count + 1 };
-    let count = u16::try_from(count).map_err(|_| DecodeError::Invalid("too many entries"))?;
-    let mut out = Vec::with_capacity(new_len);
-    out.extend_from_slice(&bytes[..start]);
-    out[2..4].copy_from_slice(&count.to_le_bytes());
+    if replaces && end - start == entry_len {
+        // The same length: only the value's bytes change (key, kind and length stay).
+        let at = end - value.len();
+        return Ok(LeafPut::Put(LeafSplice {
+            count: None,
+            at,
+            bytes: value.to_vec(),
+            len: used,
+        }));
+    }
+    let count = if replaces {
+        None
+    } else {
+        Some(u16::try_from(head.count + 1).map_err(|_| DecodeError::Invalid("too many entries"))?)
+    };
+    let mut out = Vec::with_capacity(new_len - start);
     out.extend_from_slice(&key_len.to_le_bytes());
     out.extend_from_slice(key);
     out.push(0);
     out.extend_from_slice(&value_len.to_le_bytes());
     out.extend_from_slice(value);
     out.extend_from_slice(&bytes[end..used]);
-    Ok(LeafPut::Put(out))
+    Ok(LeafPut::Put(LeafSplice {
+        count,
+        at: start,
+        bytes: out,
+        len: new_len,
+    }))
 }
 
 #[cfg(test)]

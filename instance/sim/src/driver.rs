@@ -46,8 +46,12 @@
 //!   voted out meanwhile, it must stop itself on resume);
 //! * a storage stall of one instance (its data, redo, disk-heartbeat and Paxos I/O, in
 //!   flight or submitted, held up to several leases; its network up or cut for as long; a
-//!   writer that dies meanwhile still has its held writes land at the end), only with
-//!   [`OpenFaults`];
+//!   writer that dies meanwhile still has its held writes land at the end). Its storage path
+//!   keeps the configured bound (`FailureConfig::io_timeout`): a data or redo write not
+//!   complete within it of its submission fails then and never lands (the instance stops,
+//!   as on any failed write), and the writer submits data writes only until its lease's end
+//!   less that bound (`RenewLease { writes_until }`, waiting for a renewal otherwise, as the
+//!   runtime does), so none lands after its lease;
 //! * a forward jump of one node's clock (within the lease's margin);
 //! * lost, duplicated and delayed control frames (a third of the seeds);
 //! * failed data, redo and disk-heartbeat writes (a quarter of the seeds; a failed write may
@@ -108,7 +112,7 @@ use interconnect::{
     Timestamp,
 };
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,19 +133,6 @@ const RECOVERY_BATCH: usize = 128;
 pub const LIVENESS_LIMIT: Duration = Duration::from_millis(500);
 /// Longest the quiet phases (draining after the workload, checkpoint, probes) may take.
 pub const QUIESCE_LIMIT: Duration = Duration::from_secs(5);
-/// The faults of open problems, off unless a run asks for them (`fusion-sim --open-faults`;
-/// [`SimConfig::from_seed_with`]), so CI's seeds and the soak stay green while each is open:
-/// * storage stalls: a data write held by a stalled storage path past the lease lands after
-///   the survivors began recovering its instance, and may overwrite what they rebuilt. The
-///   lease cannot fence a write already submitted (only persistent reservations stop it at
-///   the device, or a storage path that fails I/O within a bound the survivors wait out), so
-///   about one seed in a hundred fails ("n2's write of 0.1 ... lands after a survivor began
-///   recovering it"; seed 1008);
-/// * torn data writes of a dying instance: not yet triaged; seed 439 tears a block whose past
-///   image a survivor held at the death, yet recovery found it corrupt with no past image to
-///   start from ("recovering: block 0.6 ... is corrupt").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OpenFaults(pub bool);
 /// Most steps of one run.
 pub const MAX_STEPS: u64 = 3_000_000;
 /// Longest a run may take in virtual time (failure handling runs on timers forever, so a
@@ -241,7 +232,8 @@ pub struct SimConfig {
     pub lossy_control: bool,
     /// Data, redo and disk-heartbeat writes fail now and then (landing or not).
     pub write_errors: bool,
-    /// A dying instance's data write in flight may land torn ([`OpenFaults`]).
+    /// A dying instance's data write in flight may land torn (where a survivor holds a past
+    /// image of the block).
     pub torn_writes: bool,
     /// GCS's ship policy ([`policy::draw`]).
     pub ship_policy: ShipPolicy,
@@ -268,11 +260,6 @@ pub enum FaultKind {
 impl SimConfig {
     /// Everything drawn from the seed, so a seed alone replays a run.
     pub fn from_seed(seed: u64) -> Self {
-        Self::from_seed_with(seed, OpenFaults(false))
-    }
-
-    /// The run of `seed`, with the faults of open problems if `open` says so.
-    pub fn from_seed_with(seed: u64, open: OpenFaults) -> Self {
         let mut cfg = Self::draw(seed);
         if cfg.max_master_blocks < 64 {
             cfg.multi_pct = 0;
@@ -284,12 +271,9 @@ impl SimConfig {
         // And the other faults from theirs: a seed's deaths stay the ones it had before.
         let mut rng = SimRng::new(seed ^ 0x5ee5_fa17_0000_0007);
         cfg.faults = Self::draw_faults(&mut rng);
-        if !open.0 {
-            cfg.faults.retain(|(_, kind)| *kind != FaultKind::Stall);
-        }
         cfg.lossy_control = rng.chance(1, 3);
         cfg.write_errors = rng.chance(1, 4);
-        cfg.torn_writes = open.0;
+        cfg.torn_writes = true;
         policy::draw(seed, &mut cfg);
         cfg
     }
@@ -840,6 +824,8 @@ pub struct SimStats {
     pub pauses: u64,
     /// Storage stalls (some with the network cut too).
     pub stalls: u64,
+    /// Data and redo writes a stalled storage path failed at its bound (`io_timeout`).
+    pub io_timeouts: u64,
     /// Forward clock jumps.
     pub jumps: u64,
     /// Control frames lost, duplicated or delayed.
@@ -885,6 +871,7 @@ impl SimStats {
         self.cuts += s.cuts;
         self.pauses += s.pauses;
         self.stalls += s.stalls;
+        self.io_timeouts += s.io_timeouts;
         self.jumps += s.jumps;
         self.control_faults += s.control_faults;
         self.write_errors += s.write_errors;
@@ -1056,6 +1043,9 @@ pub struct Sim {
     writes_in_flight: BTreeMap<(usize, BlockId), u32>,
     /// Writes whose frame is not copied yet: the event that will copy it.
     pending_snapshots: BTreeMap<(usize, BlockId), u64>,
+    /// Data and redo writes in flight (their events), with when each was submitted: the
+    /// storage path completes or fails each within the I/O bound of that moment.
+    writes_submitted: BTreeMap<u64, Duration>,
     probe: Option<Probe>,
     /// Storage errors are expected (the storage-error test): failed grants end the user's
     /// operation instead of the run.
@@ -1083,6 +1073,8 @@ pub struct Sim {
     stage_armed: bool,
     /// The front stage's crash is due at this step.
     crash_at_step: Option<u64>,
+    /// Blocks a dying write tore, until storage holds them whole again (rebuilt).
+    torn: BTreeSet<BlockId>,
     /// An instance dies at the end of this step.
     crash_due: Option<usize>,
     /// Restarts of the front stage not yet done.
@@ -1181,6 +1173,7 @@ impl Sim {
             dirty_in_transit: BTreeMap::new(),
             writes_in_flight: BTreeMap::new(),
             pending_snapshots: BTreeMap::new(),
+            writes_submitted: BTreeMap::new(),
             probe: None,
             expect_storage_errors: false,
             active_users,
@@ -1190,7 +1183,7 @@ impl Sim {
             },
             trace: print_trace.then(Vec::new),
             print_trace,
-            leases: Leases::new(cfg.instances, timings().failure.lease, Duration::ZERO),
+            leases: Leases::new(cfg.instances, timings().failure, Duration::ZERO),
             fenced_at: vec![None; cfg.instances],
             memberships: Memberships::new(Epoch(1), members),
             stopping: Vec::new(),
@@ -1198,6 +1191,7 @@ impl Sim {
             plan: cfg.plan.iter().copied().collect(),
             stage_armed: false,
             crash_at_step: None,
+            torn: BTreeSet::new(),
             crash_due: None,
             restarts_pending: 0,
             counters: Counters::default(),
@@ -1499,6 +1493,7 @@ impl Sim {
                     return false;
                 };
                 if let Some(event) = self.pending.remove(&seq) {
+                    self.writes_submitted.remove(&seq);
                     self.handle_event(event);
                 }
             }
@@ -1843,13 +1838,13 @@ impl Sim {
     /// Acts on one of the node's events.
     fn node_event(&mut self, node: usize, event: NodeEvent) {
         match event {
-            NodeEvent::RenewLease { from } => {
+            NodeEvent::RenewLease { from, writes_until } => {
                 if self.fenced_at[node].is_some() {
                     self.fail(format!(
                         "n{node} renews its lease (from {from:?}) after a survivor began recovering it"
                     ));
                 }
-                self.leases.renew(node, from);
+                self.leases.renew(node, from, writes_until);
             }
             NodeEvent::Instance {
                 event: InstanceEvent::Reconfigured { epoch, live, lost },
@@ -2063,6 +2058,23 @@ impl Sim {
         if !self.lease_holds(node, &format!("write {block}")) {
             return;
         }
+        if !self.leases.writable(node, self.global()) {
+            // As the runtime's `Lease::wait_writable`: a write that could not land within the
+            // lease waits for the renewal that opens the window again (or the lease lapses,
+            // and the next look stops the instance).
+            let d = timings().failure.disk_interval / 4;
+            let seq = self.schedule(
+                d,
+                Event::WriteStart {
+                    node,
+                    block,
+                    scn,
+                    pin,
+                },
+            );
+            self.pending_snapshots.insert((node, block), seq);
+            return;
+        }
         let mut image = AlignedBuf::new(BLOCK_SIZE as usize, 4096).expect("aligned buffer");
         image.copy_from_slice(&pin.read());
         let v = version_of(&image);
@@ -2080,8 +2092,15 @@ impl Sim {
         seal_block(&mut image, block, scn);
         self.trace(|| format!("n{node}: write {block} {v:?} copied"));
         let pin = self.cfg.write_keeps_pin.then_some(pin);
-        let delay = self.io_delay_of(node);
-        self.schedule(
+        let submitted = self.global();
+        let (delay, ok) = match self.write_delay(node) {
+            Ok(delay) => (delay, None),
+            Err(bound) => {
+                self.trace(|| format!("n{node}: its storage path fails the write of {block}"));
+                (bound, Some(false))
+            }
+        };
+        let seq = self.schedule(
             delay,
             Event::Write {
                 node,
@@ -2089,9 +2108,27 @@ impl Sim {
                 scn,
                 image,
                 pin,
-                ok: None,
+                ok,
             },
         );
+        if ok.is_none() {
+            self.writes_submitted.insert(seq, submitted);
+        }
+    }
+
+    /// When a data or redo write of `node` submitted now completes: after the storage's
+    /// delay and any stall in force (`Ok`), unless that passes the storage path's bound
+    /// (`io_timeout`, which the operator configures the path to keep): then the path fails
+    /// it at the bound, and it never lands (`Err(bound)`).
+    fn write_delay(&mut self, node: usize) -> Result<Duration, Duration> {
+        let delay = self.io_delay_of(node);
+        let bound = timings().failure.io_timeout;
+        if delay > bound {
+            self.stats.io_timeouts += 1;
+            Err(bound)
+        } else {
+            Ok(delay)
+        }
     }
 
     fn offset(&self, block: BlockId) -> u64 {
@@ -2194,7 +2231,29 @@ impl Sim {
             self.fail(format!("tearing {block}: {e}"));
         }
         self.stats.torn_writes += 1;
+        self.torn.insert(block);
         self.trace(|| format!("n{node}: its write of {block} lands torn ({keep} bytes)"));
+    }
+
+    /// Whether storage's copy of `block` fails verification (a dying write tore it).
+    fn is_torn_on_storage(&self, block: BlockId) -> bool {
+        let offset = self.offset(block);
+        let mut buf = AlignedBuf::new(BLOCK_SIZE as usize, 4096).expect("aligned buffer");
+        self.storage.read_at(offset, &mut buf).is_err()
+            || matches!(
+                verify_block(&buf, block, offset),
+                Err(BlockError::Checksum { .. }
+                    | BlockError::WrongBlock { .. }
+                    | BlockError::Version { .. })
+            )
+    }
+
+    /// Whether `node` holds a past image of a block storage holds torn.
+    fn holds_torn_blocks_image(&self, node: usize) -> bool {
+        let gcs = self.nodes[node].node.core().gcs();
+        self.torn
+            .iter()
+            .any(|block| gcs.past_image(*block).is_some())
     }
 
     /// Whether an instance other than `node` holds a past image of `block`.
@@ -2829,15 +2888,18 @@ impl Sim {
         if !self.lease_holds(node, "write redo") {
             return;
         }
-        let d = self.io_delay_of(node);
-        self.schedule(
-            d,
-            Event::RedoDone {
-                node,
-                user,
-                ok: None,
-            },
-        );
+        let submitted = self.global();
+        let (d, ok) = match self.write_delay(node) {
+            Ok(d) => (d, None),
+            Err(bound) => {
+                self.trace(|| format!("n{node}.u{user}: its storage path fails the redo write"));
+                (bound, Some(false))
+            }
+        };
+        let seq = self.schedule(d, Event::RedoDone { node, user, ok });
+        if ok.is_none() {
+            self.writes_submitted.insert(seq, submitted);
+        }
         self.counters.redo_writes += 1;
         if self.plan.front()
             == Some(&Stage::Crash(CrashPoint::RedoWrite(
@@ -3094,6 +3156,14 @@ impl Sim {
                 self.stage_armed = true;
                 self.crash_at_step = Some(n);
             }
+            // A second death needs a survivor, and the dead come back only at a later
+            // `RestartAll`: with one instance alive (the others died outside the plan, a
+            // failed write or a vote after a pause) it can never come, and the run would
+            // wait for it for ever (seed 2002578).
+            Stage::CrashDuringRebuild | Stage::CrashDuringRecovery if self.live().len() < 2 => {
+                self.trace(|| format!("{stage:?} cancelled: one instance alive"));
+                self.next_stage();
+            }
             // Counted where they happen; the second deaths armed at the decision or scan.
             Stage::Crash(_) | Stage::CrashDuringRebuild | Stage::CrashDuringRecovery => {}
             Stage::CrashLater => {
@@ -3154,6 +3224,29 @@ impl Sim {
             self.trace(|| format!("{stage:?}: n{victim} cannot die (the last alive)"));
             return;
         }
+        // A second death that takes the past image a torn block is rebuilt from loses the
+        // block (recovery reports it; this model cannot follow a lost block): another dies.
+        self.torn = self
+            .torn
+            .iter()
+            .copied()
+            .filter(|block| self.is_torn_on_storage(*block))
+            .collect();
+        let victim = if self.holds_torn_blocks_image(victim) {
+            let Some(other) = self
+                .live()
+                .into_iter()
+                .find(|i| !self.holds_torn_blocks_image(*i))
+            else {
+                self.trace(|| {
+                    format!("{stage:?}: n{victim} cannot die (a torn block needs its past image)")
+                });
+                return;
+            };
+            other
+        } else {
+            victim
+        };
         self.trace(|| format!("{stage:?}: n{victim} dies"));
         if matches!(stage, Stage::Crash(CrashPoint::Isolated(_))) {
             self.isolate(victim);
@@ -3270,11 +3363,58 @@ impl Sim {
             })
             .map(|(seq, _)| *seq)
             .collect();
+        let bound = timings().failure.io_timeout;
         for seq in held {
-            if let Some(event) = self.pending.remove(&seq) {
-                let d = until - self.global() + self.io_delay();
+            let Some(event) = self.pending.remove(&seq) else {
+                continue;
+            };
+            let now = self.global();
+            let d = until - now + self.io_delay();
+            // A data or redo write completes within the storage path's bound of its
+            // submission, or the path fails it then and it never lands.
+            let Some(submitted) = self.writes_submitted.remove(&seq) else {
                 self.schedule(d, event);
+                continue;
+            };
+            if now + d <= submitted + bound {
+                let seq = self.schedule(d, event);
+                self.writes_submitted.insert(seq, submitted);
+                continue;
             }
+            self.stats.io_timeouts += 1;
+            let fails_in = (submitted + bound).saturating_sub(now);
+            let failed = match event {
+                Event::Write {
+                    node,
+                    block,
+                    scn,
+                    image,
+                    pin,
+                    ..
+                } => {
+                    self.trace(|| format!("n{node}: its storage path fails the write of {block}"));
+                    Event::Write {
+                        node,
+                        block,
+                        scn,
+                        image,
+                        pin,
+                        ok: Some(false),
+                    }
+                }
+                Event::RedoDone { node, user, .. } => {
+                    self.trace(|| {
+                        format!("n{node}.u{user}: its storage path fails the redo write")
+                    });
+                    Event::RedoDone {
+                        node,
+                        user,
+                        ok: Some(false),
+                    }
+                }
+                other => other,
+            };
+            self.schedule(fails_in, failed);
         }
     }
 

@@ -105,9 +105,10 @@
 //! [`faults`], the implementation both worlds share): one-link and one-way cuts of the engine
 //! and control networks (half the seeds get one to three faults), process pauses short of
 //! the lease or past it (a voted-out instance must stop itself on resume, losing nothing it
-//! acknowledged), storage stalls of one instance with its network up or cut (only with
-//! [`driver::OpenFaults`]: a data write the stall holds past the lease lands after
-//! recovery began, which the lease cannot prevent), forward clock jumps, lost, duplicated
+//! acknowledged), storage stalls of one instance with its network up or cut (its storage
+//! path fails a data or redo write held past the configured I/O bound, `io_timeout`, as a
+//! path configured that way does; the writer submits writes only until its lease's end less
+//! that bound), forward clock jumps, lost, duplicated
 //! and delayed control frames (a third of the seeds), failed data, redo and disk-heartbeat
 //! writes that may land anyway (a quarter), torn data writes of a dying instance where a
 //! survivor holds a past image. Checked beside the above: no data write of a life lands
@@ -133,7 +134,7 @@ pub mod membership;
 pub mod policy;
 pub mod voting;
 
-pub use driver::{LIVENESS_LIMIT, OpenFaults, Sim, SimConfig, SimStats, run_read_error, run_seed};
+pub use driver::{LIVENESS_LIMIT, Sim, SimConfig, SimStats, run_read_error, run_seed};
 pub use membership::{MembershipStats, run_membership_seed};
 
 use std::ops::Range;
@@ -152,15 +153,11 @@ pub struct SeedsRun {
     pub membership: MembershipStats,
 }
 
-/// Runs the seeds of `seeds` (with the faults of open problems if `open` says so) in order on a few threads (each seed alone is deterministic),
+/// Runs the seeds of `seeds` in order on a few threads (each seed alone is deterministic),
 /// taking no new seed once `deadline` (if any) has passed; returns the totals, or the
 /// failing seeds (each printed its trace tail and replay command; no new seed starts after
 /// the first failure).
-pub fn run_seeds(
-    seeds: Range<u64>,
-    deadline: Option<Instant>,
-    open: OpenFaults,
-) -> Result<SeedsRun, Vec<u64>> {
+pub fn run_seeds(seeds: Range<u64>, deadline: Option<Instant>) -> Result<SeedsRun, Vec<u64>> {
     let next = AtomicU64::new(seeds.start);
     let stop = AtomicBool::new(false);
     let run = Mutex::new(SeedsRun::default());
@@ -180,7 +177,7 @@ pub fn run_seeds(
                     // Each seed runs the instance world and the membership world.
                     match std::panic::catch_unwind(|| {
                         (
-                            run_seed(SimConfig::from_seed_with(seed, open)),
+                            run_seed(SimConfig::from_seed(seed)),
                             run_membership_seed(seed, false),
                         )
                     }) {
@@ -255,7 +252,7 @@ pub fn run_membership_seeds(seeds: Range<u64>) -> MembershipRun {
 /// One line of totals: `label`, the number of seeds, the wall time, then every counter.
 pub fn summary(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) -> String {
     format!(
-        "{label}: {seeds} seeds in {elapsed:.1?}: {} steps, {} commits, {} aborts, {} reads, {} messages, {} blocks shipped, {} disk reads, {} disk writes, {} checkpoints, {} evictions, {} local grants, {:.1?} virtual; failures: {} runs with deaths, {} deaths ({} cut off first), {} restarts, {} recoveries, {} blocks recovered, {} commits durable but unacknowledged (recovered), {} commits lost mid-redo-write, {} writes of the dead landed, {} redo checkpoints, {} block payloads refused by their frame; faults: {} cuts, {} pauses, {} stalls, {} clock jumps, {} control frames lost/duplicated/delayed, {} write errors, {} torn writes, {} late redo/slot writes; {}",
+        "{label}: {seeds} seeds in {elapsed:.1?}: {} steps, {} commits, {} aborts, {} reads, {} messages, {} blocks shipped, {} disk reads, {} disk writes, {} checkpoints, {} evictions, {} local grants, {:.1?} virtual; failures: {} runs with deaths, {} deaths ({} cut off first), {} restarts, {} recoveries, {} blocks recovered, {} commits durable but unacknowledged (recovered), {} commits lost mid-redo-write, {} writes of the dead landed, {} redo checkpoints, {} block payloads refused by their frame; faults: {} cuts, {} pauses, {} stalls ({} writes failed at the storage path's bound), {} clock jumps, {} control frames lost/duplicated/delayed, {} write errors, {} torn writes, {} late redo/slot writes; {}",
         total.steps,
         total.commits,
         total.aborts,
@@ -282,6 +279,7 @@ pub fn summary(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) -> 
         total.cuts,
         total.pauses,
         total.stalls,
+        total.io_timeouts,
         total.jumps,
         total.control_faults,
         total.write_errors,

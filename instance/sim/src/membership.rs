@@ -906,7 +906,7 @@ impl Sim {
 
     fn event(&mut self, node: usize, event: NodeEvent) {
         match event {
-            NodeEvent::RenewLease { from } => {
+            NodeEvent::RenewLease { from, .. } => {
                 let until = u64::try_from(from.as_millis()).unwrap_or(u64::MAX) + LEASE_MS;
                 let n = &mut self.nodes[node];
                 n.lease_until = n.lease_until.max(until);

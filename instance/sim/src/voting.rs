@@ -88,6 +88,7 @@ impl Timings {
                 disk_interval: f.disk_interval / by,
                 disk_timeout: f.disk_timeout / by,
                 lease: f.lease / by,
+                io_timeout: f.io_timeout / by,
             },
             phase_timeout: runtime.phase_timeout / by,
         }
@@ -131,40 +132,52 @@ pub fn paxos_fate(rng: &mut SimRng, io: &PaxosIo) -> WriteFate {
 }
 
 /// Every node's I/O lease as the runtime keeps it (global time): granted at start, extended
-/// by the node's `RenewLease`, revoked when it stops or dies.
+/// by the node's `RenewLease`, revoked when it stops or dies; and the window in which it may
+/// submit writes (the lease's end less the storage path's I/O bound).
 #[derive(Debug, Clone)]
 pub struct Leases {
     until: Vec<Duration>,
-    length: Duration,
+    writes_until: Vec<Duration>,
+    failure: FailureConfig,
 }
 
 impl Leases {
-    /// `n` leases of `length`, granted at `now`.
-    pub fn new(n: usize, length: Duration, now: Duration) -> Self {
+    /// `n` leases of `failure.lease`, granted at `now`.
+    pub fn new(n: usize, failure: FailureConfig, now: Duration) -> Self {
         Self {
-            until: vec![now + length; n],
-            length,
+            until: vec![now + failure.lease; n],
+            writes_until: vec![failure.writes_until(now + failure.lease); n],
+            failure,
         }
     }
 
     /// A new life of `node` starts with a lease granted at `now`.
     pub fn grant(&mut self, node: usize, now: Duration) {
-        self.until[node] = now + self.length;
+        self.until[node] = now + self.failure.lease;
+        self.writes_until[node] = self.failure.writes_until(self.until[node]);
     }
 
-    /// `node`'s `RenewLease { from }`.
-    pub fn renew(&mut self, node: usize, from: Duration) {
-        self.until[node] = self.until[node].max(from + self.length);
+    /// `node`'s `RenewLease { from, writes_until }`.
+    pub fn renew(&mut self, node: usize, from: Duration, writes_until: Duration) {
+        self.until[node] = self.until[node].max(from + self.failure.lease);
+        self.writes_until[node] = self.writes_until[node].max(writes_until);
     }
 
     /// `node` stopped or died at `now`: it submits nothing more.
     pub fn revoke(&mut self, node: usize, now: Duration) {
         self.until[node] = self.until[node].min(now);
+        self.writes_until[node] = self.writes_until[node].min(now);
     }
 
     /// Whether `node` may submit or acknowledge I/O at `now`.
     pub fn holds(&self, node: usize, now: Duration) -> bool {
         now < self.until[node]
+    }
+
+    /// Whether `node` may submit a write at `now`: one submitted then lands or fails within
+    /// its lease.
+    pub fn writable(&self, node: usize, now: Duration) -> bool {
+        now < self.writes_until[node]
     }
 
     /// The fencing check: when `survivor` begins recovering `lost` at `now`, each one's lease

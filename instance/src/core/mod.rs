@@ -125,9 +125,10 @@ pub enum IoOp {
         /// The current copy.
         pin: Pin,
     },
-    /// Instance recovery: these blocks, mastered here, have no current copy among the
-    /// survivors. Rebuild each from storage and every thread's redo since its checkpoint,
-    /// write it, then call [`Core::on_block_recovered`].
+    /// Instance recovery: these blocks have no current copy among the survivors; each is
+    /// mastered here, or its master handed it here since the newest past image is here.
+    /// Rebuild each from that past image or storage and every thread's redo since its
+    /// checkpoint, write it, then call [`Core::on_block_recovered`].
     Recover {
         /// The blocks.
         blocks: Vec<RecoveryTarget>,
@@ -139,8 +140,9 @@ pub enum IoOp {
 pub struct RecoveryTarget {
     /// The block.
     pub block: BlockId,
-    /// This instance holds the newest past image among the survivors: start from it (or
-    /// from storage's copy, when that is newer; a torn storage copy is then replaced).
+    /// The newest past image among the survivors, held here (the master hands a block to
+    /// the survivor holding it): start from it (or from storage's copy, when that is newer;
+    /// a torn storage copy is then replaced).
     pub past_image: Option<crate::cache::PastImagePin>,
 }
 
@@ -566,7 +568,10 @@ impl Core {
 
     /// Whether no instance recovery is in progress here (nothing to scan or recover).
     pub fn recovery_idle(&self) -> bool {
-        self.scanned.is_none() && self.recovering.is_empty() && !self.gcs.is_reconfiguring()
+        self.scanned.is_none()
+            && self.recovering.is_empty()
+            && !self.gcs.is_reconfiguring()
+            && self.gcs.recoveries_handed_out() == 0
     }
 
     /// This instance.

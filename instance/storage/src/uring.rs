@@ -400,7 +400,11 @@ impl SharedStorage for UringStorage {
     }
 
     fn sync(&self, class: IoClass) -> Result<(), StorageError> {
-        if class == IoClass::Redo && self.redo_syscalls {
+        // A data sync runs in the caller's thread, outside the data ring: on a file system it
+        // may wait for a journal commit (milliseconds), and holding the ring meanwhile would
+        // stall every other data transfer (cache misses, recovery's other batches). io_uring
+        // hands an fsync to a kernel worker anyway, so the ring saves nothing here.
+        if class == IoClass::Data || (class == IoClass::Redo && self.redo_syscalls) {
             return self.file.sync_data().map_err(|source| StorageError::Io {
                 op: "sync",
                 offset: 0,

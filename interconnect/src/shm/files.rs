@@ -44,7 +44,8 @@ pub(crate) const MIN_RING_BYTES: usize = 4096;
 const NODE_MAGIC: [u8; 4] = *b"FSNN";
 const RING_MAGIC: [u8; 4] = *b"FSNQ";
 /// 2: frames carry no payload checksum (see "Checksums" in the module documentation of `shm`).
-const FILE_VERSION: u32 = 2;
+/// 3: records start on a cache line and carry the 32-byte shm header (`header.rs`).
+const FILE_VERSION: u32 = 3;
 const PAGE: usize = 4096;
 const NODE_LEN: usize = PAGE;
 const CLOSED_AT: usize = 128;

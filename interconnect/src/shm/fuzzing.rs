@@ -6,8 +6,9 @@
 //! feature is off by default) and never skip a check the transport makes.
 
 use super::endpoint::read_frame;
+use super::header::{self, SHM_HEADER_LEN};
 use super::ring::{CTL_LEN, Consumer, MIN_CAPACITY, Producer, RingMem};
-use crate::frame::{BlockDescriptor, FrameHeader, HEADER_LEN, Priority, Service};
+use crate::frame::{BlockDescriptor, FrameHeader, Priority, Service};
 use crate::region::{BlockRegion, LandingToken};
 use crate::{ClusterId, Epoch, InstanceId, Scn};
 use memmap2::MmapMut;
@@ -138,8 +139,8 @@ pub fn ring_pop(data: &[u8]) {
                     // shm frames carry no payload checksum (the module's "Checksums").
                     payload_crc: 0,
                 };
-                let mut raw = [0u8; HEADER_LEN];
-                header.encode(&mut raw);
+                let mut raw = [0u8; SHM_HEADER_LEN];
+                header::encode(&header, &mut raw);
                 let status = u32::from(script.byte() % 8);
                 let _ = producer.push(status, &[&raw, body]);
             }

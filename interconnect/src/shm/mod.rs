@@ -6,8 +6,10 @@
 //! peer's frames to it (layouts in `files.rs`):
 //!
 //! * **Messages** travel on SPSC byte rings (`ring.rs`), one per ordered pair *and per
-//!   priority*, created by the receiver. A record is the same 64-byte [`FrameHeader`](crate::FrameHeader) as on
-//!   TCP followed by the body; the receiver decodes and checks it
+//!   priority*, created by the receiver. A record starts on a cache line and carries a
+//!   32-byte shm header (`header.rs`: what TCP's 64-byte [`FrameHeader`](crate::FrameHeader)
+//!   says, less what the ring and its file already say) followed by the body; the receiver
+//!   decodes and checks every field
 //!   ([`check_addressed_to`](crate::FrameHeader::check_addressed_to)). A full ring is back-pressure:
 //!   [`SendError::QueueFull`](crate::SendError::QueueFull). Because each priority has its own
 //!   ring and the receiver drains critical before high before normal before low, a critical
@@ -41,9 +43,9 @@
 //! For the same reason frames here carry no MAC (TCP's optional `frame_mac`): whoever can
 //! write into these files can already read and write this process's memory.
 //!
-//! **Checksums.** Frames here carry no payload checksum (the header's `payload_crc` is 0 and
-//! is not checked); the header keeps its CRC because the decoder is the one TCP uses. A
-//! checksum guards bytes on a path between two memories (NICs, links, switches, DMA, TCP's
+//! **Checksums.** Frames here carry no checksum, neither over the payload (the decoded
+//! header's `payload_crc` is 0) nor over the header (the shm header has none). A checksum
+//! guards bytes on a path between two memories (NICs, links, switches, DMA, TCP's
 //! 16-bit sum and its offloads). Here there is none: the sender's stores and the receiver's
 //! loads reach the same memory through the CPUs' cache coherence, under the same ECC as every
 //! other byte both processes hold (their buffer caches, their redo buffers), and a CRC the
@@ -58,6 +60,18 @@
 //! transfers, which then also made the sender's next copy into that frame pull every line
 //! back) it was 2.3 µs of a 3.3 µs busy round trip (`bench/run-pingpong.sh`, shm busy
 //! 64 B -> 8 KiB block, against a 0.31 µs bare floor).
+//!
+//! **Cache-line transfers.** On these machines a line another core wrote costs about
+//! 60–100 ns to reach, so the hot path is counted in lines. A busy 64 B -> 8 KiB block round
+//! trip moves: the request record (two lines: the 64 B body does not fit beside the header)
+//! to the server; the client's frame state word to the server (one compare-exchange from the
+//! armed value the token implies, `BlockRegion::begin_landing`); the reply record (one line)
+//! to the client, which finds it in the shared cache (the producer `cldemote`s what it
+//! publishes); and the state word back (the landed check
+//! is a no-op compare-exchange, so `take_landed` finds the line exclusive). The block itself
+//! is copied once, into the frame. The bare floor moves two lines; the landing's two
+//! transfers and the request's second line are what validated landing states and real
+//! message bodies cost over it.
 //!
 //! This module owns shared-memory transport mechanics only. It must never interpret bodies,
 //! decide which frame a block uses, or spawn threads.
@@ -74,6 +88,8 @@ mod endpoint;
 mod files;
 #[cfg(all(feature = "fuzzing", not(loom)))]
 pub mod fuzzing;
+#[cfg(not(loom))]
+mod header;
 mod ring;
 mod sync;
 mod wake;

@@ -9,7 +9,7 @@
 //! ```text
 //! RingCtl (256 bytes):  [head: u64, on its own 128-byte line][unused]
 //! data (capacity bytes, a power of two), a sequence of records:
-//!   [header u64 LE: (payload length + 1) | flags << 32][payload][padding to 8 bytes]
+//!   [header u64 LE: (payload length + 1) | flags << 32][payload][padding to 64 bytes]
 //! ```
 //!
 //! Readiness lives in the record itself, so a consumer learns of a record and reads it in
@@ -19,11 +19,17 @@
 //! stores the record's header with Release. The consumer polls the header slot at its `head`
 //! with Acquire: zero means empty. After reading it advances `head` and publishes it with
 //! Release; the producer reads `head` (Acquire) only when its cached copy says the ring is
-//! full, so the producer needs a record plus 8 terminator bytes of free space.
+//! full, so the producer needs a record plus the line of its terminator free.
+//!
+//! Records start on a cache line: a record of up to 64 bytes (a header and a short frame)
+//! crosses between the cores as one line, and the consumer learns of it, and reads it, with
+//! one transfer. (Packed at 8 bytes, such records straddle two lines most of the time, and
+//! the second is a dependent miss: the consumer learns the length from the first.) The price
+//! is padding, in a ring that holds whole frames anyway.
 //!
 //! Positions are free-running u64 byte counters; `pos & (capacity - 1)` is the offset.
-//! Records start 8-aligned and the capacity is a multiple of 8, so a header never wraps; a
-//! payload may, and is then copied in two pieces (no wrap marker, no wasted space).
+//! The capacity is a power of two of at least two lines, so a header never wraps; a payload
+//! may, and is then copied in two pieces (no wrap marker, no wasted space).
 //!
 //! Under `--cfg loom` the same code runs on loom atomics, with a byte buffer of loom cells and
 //! the header slots as loom atomics beside it, so the model checker sees every access and flags
@@ -33,12 +39,12 @@ use super::sync::{AtomicU64, Ordering};
 
 /// Bytes of a record header.
 pub(crate) const RECORD_HEADER: usize = 8;
-/// Every record starts on this alignment, so a record header never wraps.
-const ALIGN: u64 = 8;
 /// A cache line.
 const LINE: u64 = 64;
-/// Smallest accepted capacity.
-pub(crate) const MIN_CAPACITY: usize = 32;
+/// Every record starts on this alignment: a cache line (see the module documentation).
+const ALIGN: u64 = LINE;
+/// Smallest accepted capacity: a record and the line of its terminator.
+pub(crate) const MIN_CAPACITY: usize = 2 * LINE as usize;
 /// Bytes reserved for a [`RingCtl`] in shared memory.
 #[cfg(not(loom))]
 pub(crate) const CTL_LEN: usize = 256;
@@ -83,7 +89,7 @@ pub(crate) enum RingError {
     #[error("a record with a {0}-byte payload can never fit in this ring")]
     TooLarge(usize),
     /// The capacity is not a power of two of at least [`MIN_CAPACITY`].
-    #[error("ring capacity {0} is not a power of two of at least 32 bytes")]
+    #[error("ring capacity {0} is not a power of two of at least {MIN_CAPACITY} bytes")]
     BadCapacity(usize),
     /// A producer attached to a ring that still holds records.
     #[error("ring is not empty")]
@@ -161,6 +167,27 @@ mod mem {
             let _ = at;
         }
 
+        /// Tells the CPU that the cache line holding offset `at` (taken modulo `len`) is for
+        /// another core: `cldemote` moves it from this core's caches to the shared last level,
+        /// so the consumer's miss on it is served there instead of by a snoop into this core.
+        /// Only a hint, like a prefetch: it changes no data and cannot fault, and processors
+        /// without it execute it as a no-op (its encoding is in the hint-NOP space).
+        pub(super) fn demote(&self, at: usize) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the address is inside the mapping (`at % len`); cldemote neither reads
+            // into the program nor writes, and cannot fault; it touches no register but its
+            // address operand, and no flags.
+            unsafe {
+                std::arch::asm!(
+                    "cldemote [{line}]",
+                    line = in(reg) self.ptr.add(at % self.len),
+                    options(nostack, preserves_flags)
+                );
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = at;
+        }
+
         /// Copies `src` to offset `at`.
         ///
         /// # Safety
@@ -229,6 +256,8 @@ mod mem {
         }
 
         pub(super) fn prefetch(&self, _at: usize) {}
+
+        pub(super) fn demote(&self, _at: usize) {}
 
         /// # Safety
         /// As the production version: the range is in bounds and ours.
@@ -398,7 +427,7 @@ impl Producer {
     /// Largest payload a record can carry in this ring.
     #[cfg(test)]
     pub(crate) fn max_payload(&self) -> usize {
-        self.mem.capacity as usize - 2 * RECORD_HEADER
+        (self.mem.capacity - ALIGN) as usize - RECORD_HEADER
     }
 
     /// Space a record with `payload` bytes needs now: itself plus the terminator after it.
@@ -453,6 +482,11 @@ impl Producer {
         let header = (payload as u64 + 1) | u64::from(flags) << 32;
         // Release: the payload and the terminator happen before the consumer sees the header.
         self.mem.header(self.tail).store(header, Ordering::Release);
+        // The consumer reads these lines next: hand them to the shared cache now.
+        let mask = self.mem.capacity - 1;
+        for line in (self.tail..next).step_by(LINE as usize) {
+            self.mem.data.demote((line & mask) as usize);
+        }
         self.tail = next;
         Ok(true)
     }
@@ -508,8 +542,7 @@ impl Consumer {
         // The header came with its cache line; ask for the record's other lines at once, so
         // they cross from the producer's core together instead of as the reads reach them.
         let mask = capacity - 1;
-        let first_line = self.head & !(LINE - 1);
-        for line in (first_line + LINE..self.head + need).step_by(LINE as usize) {
+        for line in (self.head + LINE..self.head + need).step_by(LINE as usize) {
             self.mem.data.prefetch((line & mask) as usize);
         }
         let mut record = Record {
@@ -607,11 +640,11 @@ mod tests {
 
     #[test]
     fn records_wrap_around_the_end_intact() {
-        let mut ring = ring(64);
-        // Sizes that are not multiples of 8 move the record starts around the buffer, so
-        // payloads straddle the end in every possible way (48 is the largest that fits).
+        let mut ring = ring(256);
+        // Records of one to three lines move the record starts around the buffer, so
+        // payloads straddle the end at every line (184 is the largest that fits).
         for round in 0..500u64 {
-            let len = (round as usize * 13) % 49;
+            let len = (round as usize * 13) % 185;
             let body = pattern(round, len);
             let (a, b) = body.split_at(len / 3);
             assert!(ring.producer.push(round as u32, &[a, b]).unwrap());
@@ -623,27 +656,29 @@ mod tests {
 
     #[test]
     fn a_full_ring_refuses_until_the_consumer_frees_space() {
-        let mut ring = ring(64);
-        // A 16-byte payload makes a 24-byte record and needs 8 more for the terminator.
+        let mut ring = ring(256);
+        // Up to 56 payload bytes make a one-line record; a record also needs the line after
+        // it free, for its terminator.
         assert!(ring.producer.push(1, &[&[1u8; 16]]).unwrap());
-        assert!(ring.producer.push(2, &[&[2u8; 16]]).unwrap());
-        assert!(!ring.producer.has_room(16).unwrap());
-        assert!(!ring.producer.push(3, &[&[3u8; 16]]).unwrap());
-        // An empty record (8 bytes + 8 terminator) fits exactly in the 16 bytes left.
-        assert!(ring.producer.push(4, &[]).unwrap());
-        assert!(!ring.producer.push(5, &[]).unwrap());
+        assert!(ring.producer.push(2, &[&[2u8; 57]]).unwrap());
+        assert!(!ring.producer.has_room(0).unwrap());
+        assert!(!ring.producer.push(3, &[]).unwrap());
         assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (1, vec![1u8; 16]));
-        assert!(ring.producer.push(3, &[&[3u8; 16]]).unwrap());
-        assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (2, vec![2u8; 16]));
-        assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (4, vec![]));
-        assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (3, vec![3u8; 16]));
+        // One line and its terminator's fit in the two lines now free; two lines do not.
+        assert!(!ring.producer.push(3, &[&[3u8; 57]]).unwrap());
+        assert!(ring.producer.push(4, &[&[4u8; 56]]).unwrap());
+        assert!(!ring.producer.push(5, &[]).unwrap());
+        assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (2, vec![2u8; 57]));
+        assert!(ring.producer.push(3, &[&[3u8; 57]]).unwrap());
+        assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (4, vec![4u8; 56]));
+        assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (3, vec![3u8; 57]));
         assert!(pop_vec(&mut ring.consumer).is_none());
         assert!(ring.consumer.is_empty());
     }
 
     #[test]
     fn variable_sizes_including_empty_and_the_largest() {
-        let mut ring = ring(128);
+        let mut ring = ring(256);
         let max = ring.producer.max_payload();
         assert_eq!(
             ring.producer.push(0, &[&vec![0u8; max + 1]]),
@@ -659,8 +694,8 @@ mod tests {
     #[test]
     fn corrupt_headers_and_indices_are_errors_not_panics() {
         // Record headers announcing impossible lengths (or flags without a length).
-        for header in [1001u64, 0xffff_ffff, 7 << 32] {
-            let mut ring = ring(64);
+        for header in [1001u64, 0xffff_ffff, 7 << 32, 121] {
+            let mut ring = ring(128);
             // SAFETY: the first record header is the first word of the data area; no other
             // thread runs.
             unsafe {
@@ -676,7 +711,7 @@ mod tests {
             );
         }
         // A head beyond anything the producer wrote.
-        let mut ring = ring(64);
+        let mut ring = ring(128);
         assert!(ring.producer.push(0, &[&[0u8; 40]]).unwrap());
         // SAFETY: the head word is the first word of the control block.
         unsafe { ring.map.as_mut_ptr().cast::<u64>().write(4096) };
@@ -685,17 +720,21 @@ mod tests {
             Err(RingError::Corrupt { .. })
         ));
         // A producer never continues someone else's records.
-        let ring = self::ring(64);
+        let ring = self::ring(128);
         let mut ring = ring;
         assert!(ring.producer.push(0, &[b"x"]).unwrap());
         let base = ring.map.as_mut_ptr();
         // SAFETY: as in `ring`; the mapping outlives the handle.
-        let again = unsafe { RingMem::from_raw(base, base.add(CTL_LEN), 64) }.unwrap();
+        let again = unsafe { RingMem::from_raw(base, base.add(CTL_LEN), 128) }.unwrap();
         assert!(matches!(Producer::new(again), Err(RingError::NotEmpty)));
         assert!(matches!(
             unsafe_from_raw_bad_capacity(),
             Err(RingError::BadCapacity(48))
         ));
+        let mut map = MmapMut::map_anon(4096).unwrap();
+        // SAFETY: as above: refused before anything is dereferenced.
+        let one_line = unsafe { RingMem::from_raw(map.as_mut_ptr(), map.as_mut_ptr(), 64) };
+        assert!(matches!(one_line, Err(RingError::BadCapacity(64))));
     }
 
     fn unsafe_from_raw_bad_capacity() -> Result<RingMem, RingError> {
@@ -754,17 +793,18 @@ mod tests {
 mod loom_tests {
     use super::*;
 
-    /// The producer must wait for space twice and the second record wraps around the end, so
-    /// loom checks the data hand-off in both directions (tail: bytes visible to the reader;
-    /// head: reads finished before the space is reused), and the third record's terminator
-    /// lands on the first record's old header. Exhaustive: it takes about a second.
+    /// In a ring of four lines, the first record takes one, the second two, and the third
+    /// (two) must wait for the consumer to free both and then wraps around the end, so loom
+    /// checks the data hand-off in both directions (tail: bytes visible to the reader; head:
+    /// reads finished before the space is reused), and the third record's terminator lands on
+    /// the second record's old header. Exhaustive: it takes a few seconds.
     #[test]
     fn records_cross_threads_with_happens_before() {
         loom::model(|| {
-            let (a, b) = RingMem::new_pair(32).unwrap();
+            let (a, b) = RingMem::new_pair(256).unwrap();
             let mut producer = Producer::new(a).unwrap();
             let mut consumer = Consumer::new(b).unwrap();
-            let records: [&[u8]; 3] = [&[1, 2, 3, 4, 5, 6, 7, 8, 9], &[10, 11, 12], &[13; 10]];
+            let records: [&[u8]; 3] = [&[1, 2, 3, 4, 5, 6, 7, 8, 9], &[10; 100], &[13; 100]];
             let writer = loom::thread::spawn(move || {
                 for (i, record) in records.iter().enumerate() {
                     while !producer.push(i as u32, &[record]).unwrap() {
@@ -791,8 +831,8 @@ mod loom_tests {
                 }
             }
             // Still racing the writer's last push: the slot after the last record holds the
-            // header of the first lap's record until the terminator clears it, and must
-            // already read as empty.
+            // second record's old header until the terminator clears it, and must already
+            // read as empty.
             assert!(consumer.pop(|_| ()).unwrap().is_none());
             writer.join().unwrap();
         });

@@ -145,7 +145,7 @@ impl WakeRequest {
 #[cfg(test)]
 #[cfg(loom)]
 mod loom_tests {
-    use super::super::ring::{Consumer, Producer, RingMem};
+    use super::super::ring::{Consumer, MIN_CAPACITY, Producer, RingMem};
     use super::*;
     use std::sync::Arc;
 
@@ -154,7 +154,7 @@ mod loom_tests {
     #[test]
     fn a_sleeping_consumer_is_never_left_asleep_with_a_record_waiting() {
         loom::model(|| {
-            let (a, b) = RingMem::new_pair(32).unwrap();
+            let (a, b) = RingMem::new_pair(MIN_CAPACITY).unwrap();
             let mut producer = Producer::new(a).unwrap();
             let consumer = Consumer::new(b).unwrap();
             let words = Arc::new((AtomicU32::new(0), AtomicU32::new(0)));

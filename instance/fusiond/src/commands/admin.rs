@@ -1,7 +1,7 @@
 //! Server commands beyond the first set: `INFO` with Redis's sections, `TIME`, and the
 //! `CLIENT` subcommands over the server's client table (`LIST`, `INFO`, `KILL`, `NO-EVICT`,
-//! `NO-TOUCH`, `GETREDIR`). It must never run a store transaction except to count keys for
-//! `INFO`'s keyspace section.
+//! `NO-TOUCH`, `GETREDIR`). It must never run a store transaction (`INFO`'s keyspace section
+//! counts keys from committed reads).
 
 use super::{Engine, Reply, SYNTAX, Session, Store, client, parse_i64};
 use crate::clients::KillFilter;

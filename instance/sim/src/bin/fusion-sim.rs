@@ -12,13 +12,11 @@
 //! * `fusion-sim soak --minutes N [--start S]` — runs consecutive seeds from `S` (default
 //!   1,000,000, past CI's) for `N` minutes and prints the totals; a failing seed ends it as
 //!   with `seeds`.
-//! * `--open-faults` (replay, seeds, soak): also draw the faults of open problems (storage
-//!   stalls, torn writes; `sim::OpenFaults` says why they are off by default).
 //!
 //! Build it with `--release`: a debug build is several times slower.
 
 use clap::{Parser, Subcommand};
-use sim::{OpenFaults, Sim, SimConfig, run_seeds, summary};
+use sim::{Sim, SimConfig, run_seeds, summary};
 use std::ops::Range;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -43,10 +41,6 @@ enum Command {
         /// seed instead of the instance world.
         #[arg(long)]
         membership: bool,
-        /// Also draw the faults of open problems (storage stalls, torn writes; see
-        /// `sim::OpenFaults`).
-        #[arg(long)]
-        open_faults: bool,
     },
     /// Run a range of seeds (`A..B`, B excluded); stop at the first failure.
     Seeds {
@@ -56,10 +50,6 @@ enum Command {
         /// Run only the membership world, on past failures, and list every failing seed.
         #[arg(long)]
         membership: bool,
-        /// Also draw the faults of open problems (storage stalls, torn writes; see
-        /// `sim::OpenFaults`).
-        #[arg(long)]
-        open_faults: bool,
     },
     /// Run consecutive seeds for a while and print the totals.
     Soak {
@@ -69,10 +59,6 @@ enum Command {
         /// The first seed.
         #[arg(long, default_value_t = 1_000_000)]
         start: u64,
-        /// Also draw the faults of open problems (storage stalls, torn writes; see
-        /// `sim::OpenFaults`).
-        #[arg(long)]
-        open_faults: bool,
     },
 }
 
@@ -94,9 +80,9 @@ fn parse_range(text: &str) -> Result<Range<u64>, String> {
 }
 
 /// Runs `seeds` (until `deadline`, if any) and prints the totals or the first failing seed.
-fn run(label: &str, seeds: Range<u64>, deadline: Option<Instant>, open: OpenFaults) -> ExitCode {
+fn run(label: &str, seeds: Range<u64>, deadline: Option<Instant>) -> ExitCode {
     let began = Instant::now();
-    match run_seeds(seeds, deadline, open) {
+    match run_seeds(seeds, deadline) {
         Ok(run) => {
             println!("{}", summary(label, run.seeds, &run.total, began.elapsed()));
             println!("{label}: membership world: {:?}", run.membership);
@@ -105,8 +91,7 @@ fn run(label: &str, seeds: Range<u64>, deadline: Option<Instant>, open: OpenFaul
         Err(failed) => {
             let seed = failed[0];
             eprintln!(
-                "{label}: seed {seed} failed (failing: {failed:?}); replay: cargo run --release -p sim --bin fusion-sim -- replay {seed}{}",
-                if open.0 { " --open-faults" } else { "" }
+                "{label}: seed {seed} failed (failing: {failed:?}); replay: cargo run --release -p sim --bin fusion-sim -- replay {seed}"
             );
             ExitCode::FAILURE
         }
@@ -123,10 +108,8 @@ fn main() -> ExitCode {
             println!("{:?}", sim::run_membership_seed(seed, true));
             ExitCode::SUCCESS
         }
-        Command::Replay {
-            seed, open_faults, ..
-        } => {
-            let cfg = SimConfig::from_seed_with(seed, OpenFaults(open_faults));
+        Command::Replay { seed, .. } => {
+            let cfg = SimConfig::from_seed(seed);
             println!("replaying {cfg:?}");
             let began = Instant::now();
             let mut sim = Sim::new(cfg).printing_trace();
@@ -157,21 +140,10 @@ fn main() -> ExitCode {
             );
             ExitCode::FAILURE
         }
-        Command::Seeds {
-            range, open_faults, ..
-        } => run("seeds", range, None, OpenFaults(open_faults)),
-        Command::Soak {
-            minutes,
-            start,
-            open_faults,
-        } => {
+        Command::Seeds { range, .. } => run("seeds", range, None),
+        Command::Soak { minutes, start } => {
             let deadline = Instant::now() + Duration::from_secs(minutes.saturating_mul(60));
-            run(
-                "soak",
-                start..u64::MAX,
-                Some(deadline),
-                OpenFaults(open_faults),
-            )
+            run("soak", start..u64::MAX, Some(deadline))
         }
     }
 }

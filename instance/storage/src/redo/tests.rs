@@ -708,3 +708,41 @@ fn a_late_write_of_a_sealed_life_is_never_read_even_across_the_end_of_the_ring()
         "{error}"
     );
 }
+
+#[test]
+fn a_failed_write_ends_every_waiting_committer() {
+    // Committers follow each other's writes (the open batch waits for the write in flight,
+    // then one of its followers leads it); a write fails partway: every committer, parked
+    // on either batch, returns (the failure), none waits for ever.
+    const THREADS: u64 = 8;
+    for fail_after in [0u64, 3, 20] {
+        let faulty = Arc::new(FaultyStorage::new(
+            FaultConfig::new(THREAD_SIZE),
+            SimRng::new(fail_after),
+        ));
+        let dying = Arc::new(DiesMidWrite {
+            inner: faulty,
+            durable_writes_left: AtomicU64::new(fail_after),
+        });
+        let mut lives = Vec::new();
+        let (writer, _) = open_life(dying, thread(0, THREAD_SIZE), 1, &mut lives);
+        let acked = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for id in 0..THREADS {
+                let (writer, acked) = (&writer, &acked);
+                s.spawn(move || {
+                    for i in 0.. {
+                        match writer.commit(&[record(id << 32 | i, id as u32, 100)]) {
+                            Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
+                            Err(RedoError::Failed(_)) => return,
+                            Err(e) => panic!("{e}"),
+                        };
+                    }
+                });
+            }
+        });
+        let stats = writer.stats();
+        assert_eq!(stats.commits, acked.load(Ordering::Relaxed));
+        assert!(stats.writes <= fail_after, "{stats:?}");
+    }
+}

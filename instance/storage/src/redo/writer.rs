@@ -10,11 +10,12 @@
 //! the writer's mutex. If no write is in flight, the committer becomes the **leader**: it
 //! takes the open batch (a new one opens at once for later committers), packs it into log
 //! blocks, writes it with one durable write (io_uring: a write linked to an fdatasync; else
-//! pwrite + fdatasync) outside the lock, then marks the batch durable and wakes everyone.
-//! Otherwise it is a **follower**: it spins briefly (a cross-CPU wake-up costs ~22 µs on
-//! these VMs, longer than a short spin) and then parks on a condition variable until its batch
-//! is durable — or until the write in flight finishes while its batch is still open, in which
-//! case it leads the next write itself. So one write is in flight at a time and the next batch
+//! pwrite + fdatasync) outside the lock, then marks the batch durable and wakes its
+//! followers. Otherwise it is a **follower**: it spins briefly (a cross-CPU wake-up costs
+//! ~22 µs on these VMs, longer than a short spin) and then parks on a condition variable until
+//! its batch is durable — or until the write in flight finishes while its batch is still
+//! open: then the finishing leader wakes one follower of the open batch (the others sleep on)
+//! and that one leads the next write. So one write is in flight at a time and the next batch
 //! accumulates meanwhile; at most [`MAX_BATCH_BLOCKS`] blocks go in one write.
 //!
 //! # Lives
@@ -236,7 +237,12 @@ pub struct RedoWriter {
     blocks: u64,
     config: GroupCommitConfig,
     state: Mutex<State>,
-    batch_done: Condvar,
+    /// Followers of batch `b` park on `batch_done[b % 2]`: at most two batches have
+    /// followers (the one in flight and the open one), so the end of a write wakes only
+    /// the followers it made durable, and one follower of the open batch to lead it. Waking
+    /// every follower of both cost each follower of the open batch a futile wake-up per
+    /// write (two parks per commit instead of one).
+    batch_done: [Condvar; 2],
     /// Signalled when a leader takes the open batch (or ends its write): appenders waiting
     /// for room in a full open batch wait here, apart from the followers of the batch being
     /// written, which a taken batch cannot help (waking them there cost every follower a
@@ -341,7 +347,7 @@ impl RedoWriter {
                 // A previous life's redo past the checkpoint is at least this old.
                 oldest_past_checkpoint: (end.next_sequence > checkpoint).then(Instant::now),
             }),
-            batch_done: Condvar::new(),
+            batch_done: [Condvar::new(), Condvar::new()],
             batch_taken: Condvar::new(),
             space_freed: Condvar::new(),
             durable_batch: AtomicU64::new(0),
@@ -635,7 +641,7 @@ impl RedoWriter {
         }
         // Checked under the mutex the leader updates under, so the wake-up cannot be missed.
         if st.durable_batch < mine && st.leader_busy && st.failed.is_none() {
-            self.batch_done.wait(st);
+            self.batch_done[Self::parity(mine)].wait(st);
         }
     }
 
@@ -692,8 +698,21 @@ impl RedoWriter {
         }
         st.leader_busy = false;
         self.leader_busy.store(false, Ordering::Release);
-        self.batch_done.notify_all();
+        let next = Self::parity(batch + 1);
+        if st.failed.is_some() {
+            self.batch_done[next].notify_all();
+        } else if !st.open.is_empty() {
+            // One follower of the open batch leads it (unless a spinner or a new committer
+            // sees no write in flight first and leads it itself).
+            self.batch_done[next].notify_one();
+        }
+        self.batch_done[Self::parity(batch)].notify_all();
         self.batch_taken.notify_all();
+    }
+
+    /// Which of [`RedoWriter::batch_done`] the followers of `batch` park on.
+    fn parity(batch: u64) -> usize {
+        (batch % 2) as usize
     }
 
     /// Writes log blocks starting at `first`'s place, in two pieces if the ring wraps, and

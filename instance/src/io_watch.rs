@@ -1,0 +1,262 @@
+//! The watch on the storage path's I/O bound (`[storage] io_timeout_ms`,
+//! [`FailureConfig::io_timeout`](crate::cluster::FailureConfig::io_timeout)).
+//!
+//! An instance submits writes only until its lease's end less the bound, so that whatever it
+//! submitted has landed or failed by the lease's end (docs/membership.md, "Late writes").
+//! That holds only if the storage path keeps its promise. An I/O still in flight past the
+//! bound means it did not: the I/O cannot be cancelled, and may land after the survivors
+//! began recovering this instance, so the instance must not carry on. [`WatchedStorage`]
+//! records every write into the storage while it runs; the runtime's driver asks
+//! [`IoWatch::broken`] on every pass and stops the instance with the
+//! [`StoragePathTimeout`] it reports.
+//!
+//! This module owns that bookkeeping. It must never decide anything else, nor block an I/O.
+
+use crate::storage::{IoArena, IoClass, ReadOp, SharedStorage, StorageError, StorageInfo, WriteOp};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// An I/O of the storage path ran past its configured bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the storage path held an I/O for {held:?}, past its configured bound `storage.io_timeout_ms` ({bound:?}): a write this instance submitted may land after its lease, so it stops (configure multipath no_path_retry, iSCSI replacement_timeout or NVMe ctrl_loss_tmo to fail I/O within the bound)"
+)]
+pub struct StoragePathTimeout {
+    /// How long the I/O had been in flight when this was seen.
+    pub held: Duration,
+    /// The bound.
+    pub bound: Duration,
+}
+
+/// The I/O calls in flight and the first one seen past the bound.
+#[derive(Debug)]
+pub struct IoWatch {
+    bound: Duration,
+    /// Calls in progress, by a sequence number: when each started. One entry per thread
+    /// inside a storage call, so bounded by the runtime's threads.
+    in_flight: Mutex<(u64, BTreeMap<u64, Instant>)>,
+    /// The first call that completed past the bound.
+    late: Mutex<Option<Duration>>,
+}
+
+impl IoWatch {
+    /// A watch for I/O bounded by `bound`.
+    pub fn new(bound: Duration) -> Self {
+        Self {
+            bound,
+            in_flight: Mutex::new((0, BTreeMap::new())),
+            late: Mutex::new(None),
+        }
+    }
+
+    /// The bound watched.
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+
+    fn begin(&self) -> (u64, Instant) {
+        let started = Instant::now();
+        let mut guard = self.in_flight.lock();
+        let (next, calls) = &mut *guard;
+        let id = *next;
+        *next += 1;
+        calls.insert(id, started);
+        (id, started)
+    }
+
+    fn end(&self, id: u64, started: Instant) {
+        self.in_flight.lock().1.remove(&id);
+        let held = started.elapsed();
+        if held > self.bound {
+            self.late.lock().get_or_insert(held);
+        }
+    }
+
+    /// Whether the storage path broke its promise as of `now`: a call completed past the
+    /// bound, or one still in flight has run past it.
+    pub fn broken(&self, now: Instant) -> Option<StoragePathTimeout> {
+        let late = *self.late.lock();
+        let oldest = self
+            .in_flight
+            .lock()
+            .1
+            .values()
+            .min()
+            .map(|started| now.saturating_duration_since(*started))
+            .filter(|held| *held > self.bound);
+        late.or(oldest).map(|held| StoragePathTimeout {
+            held,
+            bound: self.bound,
+        })
+    }
+}
+
+/// A [`SharedStorage`] whose every write is recorded in an [`IoWatch`] while it runs. Reads
+/// and syncs are not: a late read changes nothing on the storage, and a write the storage
+/// reported done is already where the other instances read it (direct I/O; or, without it,
+/// the one host's page cache they share), so a slow flush of it (a file system's journal
+/// commit took 3 to 100 ms here under load) cannot land anything late.
+#[derive(Debug)]
+pub struct WatchedStorage {
+    inner: Arc<dyn SharedStorage>,
+    watch: Arc<IoWatch>,
+}
+
+impl WatchedStorage {
+    /// `inner`, watched by `watch`.
+    pub fn new(inner: Arc<dyn SharedStorage>, watch: Arc<IoWatch>) -> Self {
+        Self { inner, watch }
+    }
+
+    fn watched<R>(&self, call: impl FnOnce(&dyn SharedStorage) -> R) -> R {
+        let (id, started) = self.watch.begin();
+        let result = call(self.inner.as_ref());
+        self.watch.end(id, started);
+        result
+    }
+}
+
+impl SharedStorage for WatchedStorage {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn alignment(&self) -> usize {
+        self.inner.alignment()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.inner.read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8], class: IoClass) -> Result<(), StorageError> {
+        self.watched(|s| s.write_at(offset, buf, class))
+    }
+
+    fn sync(&self, class: IoClass) -> Result<(), StorageError> {
+        self.inner.sync(class)
+    }
+
+    fn write_durable_at(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        class: IoClass,
+    ) -> Result<(), StorageError> {
+        self.watched(|s| s.write_durable_at(offset, buf, class))
+    }
+
+    fn read_batch(&self, reads: &mut [ReadOp<'_>]) -> Result<(), StorageError> {
+        self.inner.read_batch(reads)
+    }
+
+    fn write_batch(&self, writes: &[WriteOp<'_>], class: IoClass) -> Result<(), StorageError> {
+        self.watched(|s| s.write_batch(writes, class))
+    }
+
+    fn register_arena(&self, arena: &IoArena) -> Result<bool, StorageError> {
+        self.inner.register_arena(arena)
+    }
+
+    fn info(&self) -> StorageInfo {
+        self.inner.info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::AlignedBuf;
+
+    /// A storage whose writes take `delay` (a storage path holding them).
+    #[derive(Debug)]
+    struct Slow {
+        delay: Duration,
+    }
+
+    impl SharedStorage for Slow {
+        fn len(&self) -> u64 {
+            1 << 20
+        }
+        fn alignment(&self) -> usize {
+            4096
+        }
+        fn read_at(&self, _: u64, _: &mut [u8]) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn write_at(&self, _: u64, _: &[u8], _: IoClass) -> Result<(), StorageError> {
+            std::thread::sleep(self.delay);
+            Ok(())
+        }
+        fn sync(&self, _: IoClass) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn info(&self) -> StorageInfo {
+            StorageInfo {
+                backend: "slow (test)",
+                fallback_reason: None,
+                direct: crate::storage::DirectIo::Off {
+                    reason: "test".into(),
+                },
+                alignment: 4096,
+                fixed_buffers: false,
+            }
+        }
+    }
+
+    fn watched(delay: Duration, bound: Duration) -> (WatchedStorage, Arc<IoWatch>) {
+        let watch = Arc::new(IoWatch::new(bound));
+        let storage = WatchedStorage::new(Arc::new(Slow { delay }), Arc::clone(&watch));
+        (storage, watch)
+    }
+
+    #[test]
+    fn an_io_completed_past_the_bound_breaks_the_promise() {
+        let (storage, watch) = watched(Duration::from_millis(30), Duration::from_millis(5));
+        let buf = AlignedBuf::new(4096, 4096).expect("buffer");
+        assert_eq!(watch.broken(Instant::now()), None);
+        storage.write_at(0, &buf, IoClass::Data).expect("write");
+        let broken = watch
+            .broken(Instant::now())
+            .expect("a late write is reported");
+        assert!(broken.held >= Duration::from_millis(30), "{broken:?}");
+        assert_eq!(broken.bound, Duration::from_millis(5));
+        assert!(broken.to_string().contains("io_timeout_ms"), "{broken}");
+    }
+
+    #[test]
+    fn an_io_still_in_flight_past_the_bound_breaks_the_promise() {
+        let (storage, watch) = watched(Duration::from_millis(300), Duration::from_millis(5));
+        let storage = Arc::new(storage);
+        let writer = {
+            let storage = Arc::clone(&storage);
+            std::thread::spawn(move || {
+                let buf = AlignedBuf::new(4096, 4096).expect("buffer");
+                storage.write_at(0, &buf, IoClass::Data)
+            })
+        };
+        // Seen from the outside while the write is held, well before it completes.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let seen = loop {
+            if let Some(broken) = watch.broken(Instant::now()) {
+                break broken;
+            }
+            assert!(Instant::now() < deadline, "never seen");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert!(seen.held > seen.bound, "{seen:?}");
+        writer.join().expect("writer").expect("write");
+    }
+
+    #[test]
+    fn io_within_the_bound_keeps_it() {
+        let (storage, watch) = watched(Duration::ZERO, Duration::from_secs(30));
+        let buf = AlignedBuf::new(4096, 4096).expect("buffer");
+        for _ in 0..10 {
+            storage.write_at(0, &buf, IoClass::Data).expect("write");
+        }
+        assert_eq!(watch.broken(Instant::now()), None);
+    }
+}
