@@ -4188,7 +4188,10 @@ impl Sim {
                     && let Some(pi) = n.node.core().cache().past_image(block)
                 {
                     let v = version_of(&pi.read());
-                    if v.scn != pi.scn() || !self.is_committed(block, v) {
+                    // An instance sealed out while it runs on (stalled, paused) may keep a
+                    // past image of its own version lost with its redo, until it stops.
+                    let sealed_lost = self.sealed[i] && self.pol.is_lost(block, v);
+                    if v.scn != pi.scn() || (!self.is_committed(block, v) && !sealed_lost) {
                         self.fail(format!(
                             "n{i}: past image of {block} at SCN {} holds {v:?}, not a committed version",
                             pi.scn()
