@@ -16,11 +16,13 @@ const DEFAULT_SEEDS: u64 = 1000;
 /// its fix.
 const KNOWN_FAILING: &[(u64, &str)] = &[(
     388,
-    "commit-dependency + early release: a survivor's past image (SCN 8) is the newest \
-     version left once the dead instance's dependent version (SCN 12) is lost with its redo, \
-     but the recovering master is another survivor, and the core's RecoverySet uses a best \
-     past image only when this instance holds it (core/mod.rs, `best_pi` filtered on `me`): \
-     recovery rebuilds from storage (SCN 6) and loses the acknowledged SCN-8 commit",
+    "commit-dependency + early release: n2 commits SCN 8 (acknowledged, its redo durable) and \
+     ships it dirty in X to n3 (n2 keeps a past image); n3 changes it at SCN 12 and ships it \
+     back in S with a dependency on its redo, which is lost when n3 dies. After the \
+     reconfiguration no survivor reports the block (neither n2's past image at SCN 8 nor its \
+     dependent copy, discarded), so it is in no recovery set (n3's redo has no record of it) \
+     and is later read from storage at SCN 6: the acknowledged SCN-8 commit is lost. A past \
+     image must not be given up for a newer version whose redo is not durable",
 )];
 
 fn env_u64(name: &str) -> Option<u64> {
