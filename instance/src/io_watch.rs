@@ -3,11 +3,16 @@
 //!
 //! An instance submits writes only until its lease's end less the bound, so that whatever it
 //! submitted has landed or failed by the lease's end (docs/membership.md, "Late writes").
-//! That holds only if the storage path keeps its promise. An I/O still in flight past the
-//! bound means it did not: the I/O cannot be cancelled, and may land after the survivors
-//! began recovering this instance, so the instance must not carry on. [`WatchedStorage`]
-//! records every write into the storage while it runs; the runtime's driver asks
-//! [`IoWatch::broken`] on every pass and stops the instance with the
+//! That holds only if the storage path keeps its promise. A write still in flight past the
+//! bound while the lease has lapsed means it did not, at the one moment it matters: the
+//! write cannot be cancelled and may land after the survivors began recovering this
+//! instance, so the instance must not carry on. A write that is merely slow while the lease
+//! holds is harmless (it lands before the lease's end, which no decision against this
+//! instance precedes), and one that completed is confirmed against the lease by the runtime
+//! as every I/O is; under load a write takes past the bound on a healthy path (seen: 304 ms
+//! on a local file at load 5), and stopping for that alone stopped healthy instances.
+//! [`WatchedStorage`] records every write into the storage while it runs; the runtime's
+//! driver asks [`IoWatch::broken`] on every pass and stops the instance with the
 //! [`StoragePathTimeout`] it reports.
 //!
 //! This module owns that bookkeeping. It must never decide anything else, nor block an I/O.
@@ -30,15 +35,13 @@ pub struct StoragePathTimeout {
     pub bound: Duration,
 }
 
-/// The I/O calls in flight and the first one seen past the bound.
+/// The writes in flight.
 #[derive(Debug)]
 pub struct IoWatch {
     bound: Duration,
     /// Calls in progress, by a sequence number: when each started. One entry per thread
     /// inside a storage call, so bounded by the runtime's threads.
     in_flight: Mutex<(u64, BTreeMap<u64, Instant>)>,
-    /// The first call that completed past the bound.
-    late: Mutex<Option<Duration>>,
 }
 
 impl IoWatch {
@@ -47,7 +50,6 @@ impl IoWatch {
         Self {
             bound,
             in_flight: Mutex::new((0, BTreeMap::new())),
-            late: Mutex::new(None),
         }
     }
 
@@ -56,40 +58,37 @@ impl IoWatch {
         self.bound
     }
 
-    fn begin(&self) -> (u64, Instant) {
+    fn begin(&self) -> u64 {
         let started = Instant::now();
         let mut guard = self.in_flight.lock();
         let (next, calls) = &mut *guard;
         let id = *next;
         *next += 1;
         calls.insert(id, started);
-        (id, started)
+        id
     }
 
-    fn end(&self, id: u64, started: Instant) {
+    fn end(&self, id: u64) {
         self.in_flight.lock().1.remove(&id);
-        let held = started.elapsed();
-        if held > self.bound {
-            self.late.lock().get_or_insert(held);
-        }
     }
 
-    /// Whether the storage path broke its promise as of `now`: a call completed past the
-    /// bound, or one still in flight has run past it.
-    pub fn broken(&self, now: Instant) -> Option<StoragePathTimeout> {
-        let late = *self.late.lock();
-        let oldest = self
-            .in_flight
+    /// Whether the storage path broke its promise as of `now`, when it matters: the lease
+    /// has lapsed (`lease_valid` false) and a write still in flight has run past the bound.
+    pub fn broken(&self, now: Instant, lease_valid: bool) -> Option<StoragePathTimeout> {
+        if lease_valid {
+            return None;
+        }
+        self.in_flight
             .lock()
             .1
             .values()
             .min()
             .map(|started| now.saturating_duration_since(*started))
-            .filter(|held| *held > self.bound);
-        late.or(oldest).map(|held| StoragePathTimeout {
-            held,
-            bound: self.bound,
-        })
+            .filter(|held| *held > self.bound)
+            .map(|held| StoragePathTimeout {
+                held,
+                bound: self.bound,
+            })
     }
 }
 
@@ -111,9 +110,9 @@ impl WatchedStorage {
     }
 
     fn watched<R>(&self, call: impl FnOnce(&dyn SharedStorage) -> R) -> R {
-        let (id, started) = self.watch.begin();
+        let id = self.watch.begin();
         let result = call(self.inner.as_ref());
-        self.watch.end(id, started);
+        self.watch.end(id);
         result
     }
 }
@@ -213,21 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn an_io_completed_past_the_bound_breaks_the_promise() {
-        let (storage, watch) = watched(Duration::from_millis(30), Duration::from_millis(5));
-        let buf = AlignedBuf::new(4096, 4096).expect("buffer");
-        assert_eq!(watch.broken(Instant::now()), None);
-        storage.write_at(0, &buf, IoClass::Data).expect("write");
-        let broken = watch
-            .broken(Instant::now())
-            .expect("a late write is reported");
-        assert!(broken.held >= Duration::from_millis(30), "{broken:?}");
-        assert_eq!(broken.bound, Duration::from_millis(5));
-        assert!(broken.to_string().contains("io_timeout_ms"), "{broken}");
-    }
-
-    #[test]
-    fn an_io_still_in_flight_past_the_bound_breaks_the_promise() {
+    fn a_write_past_the_bound_breaks_the_promise_only_once_the_lease_lapsed() {
         let (storage, watch) = watched(Duration::from_millis(300), Duration::from_millis(5));
         let storage = Arc::new(storage);
         let writer = {
@@ -237,17 +222,22 @@ mod tests {
                 storage.write_at(0, &buf, IoClass::Data)
             })
         };
-        // Seen from the outside while the write is held, well before it completes.
+        // Seen from the outside while the write is held, well before it completes, and only
+        // with the lease lapsed: a slow write under a valid lease lands within it.
         let deadline = Instant::now() + Duration::from_secs(30);
         let seen = loop {
-            if let Some(broken) = watch.broken(Instant::now()) {
+            if let Some(broken) = watch.broken(Instant::now(), false) {
                 break broken;
             }
             assert!(Instant::now() < deadline, "never seen");
             std::thread::sleep(Duration::from_millis(1));
         };
         assert!(seen.held > seen.bound, "{seen:?}");
+        assert!(seen.to_string().contains("io_timeout_ms"), "{seen}");
+        assert_eq!(watch.broken(Instant::now(), true), None);
         writer.join().expect("writer").expect("write");
+        // Completed: nothing in flight is left to land late.
+        assert_eq!(watch.broken(Instant::now(), false), None);
     }
 
     #[test]
@@ -257,6 +247,6 @@ mod tests {
         for _ in 0..10 {
             storage.write_at(0, &buf, IoClass::Data).expect("write");
         }
-        assert_eq!(watch.broken(Instant::now()), None);
+        assert_eq!(watch.broken(Instant::now(), false), None);
     }
 }

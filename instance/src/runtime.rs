@@ -943,9 +943,11 @@ impl<T: Transport> Driver<T> {
         }
         busy |= self.poll_transport(Duration::ZERO);
         let now = self.now();
-        // The storage path held an I/O past its bound: it cannot be cancelled and may land
-        // after this instance's lease, so this instance must not carry on.
-        if let Some(broken) = self.context.io_watch.broken(Instant::now()) {
+        // The storage path holds a write past its bound with the lease lapsed: it cannot be
+        // cancelled and may land after the survivors began recovering this instance, so this
+        // instance must not carry on.
+        let lease_valid = self.context.lease.valid();
+        if let Some(broken) = self.context.io_watch.broken(Instant::now(), lease_valid) {
             tracing::error!("instance {}: {broken}", self.node.id());
             self.node.handle_fatal(broken.to_string(), now);
         }
