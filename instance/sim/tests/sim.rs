@@ -16,13 +16,15 @@ const DEFAULT_SEEDS: u64 = 1000;
 /// its fix.
 const KNOWN_FAILING: &[(u64, &str)] = &[(
     388,
-    "commit-dependency + early release: n2 commits SCN 8 (acknowledged, its redo durable) and \
-     ships it dirty in X to n3 (n2 keeps a past image); n3 changes it at SCN 12 and ships it \
-     back in S with a dependency on its redo, which is lost when n3 dies. After the \
-     reconfiguration no survivor reports the block (neither n2's past image at SCN 8 nor its \
-     dependent copy, discarded), so it is in no recovery set (n3's redo has no record of it) \
-     and is later read from storage at SCN 6: the acknowledged SCN-8 commit is lost. A past \
-     image must not be given up for a newer version whose redo is not durable",
+    "commit-dependency + early release: n2 commits 0.11 at SCN 8 (acknowledged) and ships \
+     it dirty in X to n3, keeping a past image; n3 changes it at SCN 12 and ships it back \
+     in S with a dependency on its redo, lost when n3 dies (epoch 2). n2 reports the past \
+     image, the master n1 hands the rebuild to n2 (`Recover`), but n2 never rebuilds it: its \
+     redo checkpoint moves past SCN 8 with the past image unwritten (a `PiFlush` goes out \
+     only later), and when n2 dies (epoch 3) nothing holds SCN 8: 0.11 is read from storage \
+     at SCN 6 and the acknowledged commit is lost. Suspects: a `Recover` that arrives after \
+     the holder's own rebuild is done, and a checkpoint that does not wait for a past image \
+     whose block's current copy was discarded",
 )];
 
 fn env_u64(name: &str) -> Option<u64> {
