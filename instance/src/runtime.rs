@@ -943,13 +943,16 @@ impl<T: Transport> Driver<T> {
         }
         busy |= self.poll_transport(Duration::ZERO);
         let now = self.now();
-        // The storage path holds a write past its bound with the lease lapsed: it cannot be
-        // cancelled and may land after the survivors began recovering this instance, so this
-        // instance must not carry on.
+        // The storage path holds a write past its bound with the lease lapsed: it may land
+        // after the survivors began recovering this instance. Nothing here can stop it
+        // (`io_watch`): say so, once per write, for the operator to fix the path.
         let lease_valid = self.context.lease.valid();
-        if let Some(broken) = self.context.io_watch.broken(Instant::now(), lease_valid) {
+        if let Some(broken) = self
+            .context
+            .io_watch
+            .newly_broken(Instant::now(), lease_valid)
+        {
             tracing::error!("instance {}: {broken}", self.node.id());
-            self.node.handle_fatal(broken.to_string(), now);
         }
         if self.node.poll_timeout() <= now {
             self.node.handle_timeout(now);
