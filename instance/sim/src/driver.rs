@@ -2900,6 +2900,12 @@ impl Sim {
         if ok.is_none() {
             self.writes_submitted.insert(seq, submitted);
         }
+        self.count_redo_write(node);
+    }
+
+    /// Counts a redo write `node` submitted; the plan's `RedoWrite` crash point kills `node`
+    /// at the n-th.
+    fn count_redo_write(&mut self, node: usize) {
         self.counters.redo_writes += 1;
         if self.plan.front()
             == Some(&Stage::Crash(CrashPoint::RedoWrite(
@@ -4503,14 +4509,7 @@ impl Sim {
                 ok: None,
             },
         );
-        self.counters.redo_writes += 1;
-        if self.plan.front()
-            == Some(&Stage::Crash(CrashPoint::RedoWrite(
-                self.counters.redo_writes,
-            )))
-        {
-            self.crash_due = Some(node);
-        }
+        self.count_redo_write(node);
     }
 
     /// An appended commit's redo write lands with every commit appended before it on the same
