@@ -2943,19 +2943,7 @@ impl Sim {
             self.trace(|| format!("n{node}.u{user}: redo write failed, not landed"));
             return false;
         }
-        let Some(redo) = &self.nodes[node].redo else {
-            self.fail(format!("n{node}: commits with no redo writer"));
-        };
-        if let Err(e) = redo.commit(&records) {
-            self.fail(format!("n{node}.u{user}: redo write: {e}"));
-        }
-        // A survivor that sealed this life never reads it: the commit is not recovered.
-        let landed = if self.sealed[node] {
-            self.stats.late_writes += 1;
-            Redo::Sealed
-        } else {
-            Redo::Durable
-        };
+        let landed = self.write_redo(node, user, &records);
         self.trace(|| {
             format!(
                 "n{node}.u{user}: commit redo landed ({landed:?}, ok {}): {:?}",
@@ -2967,6 +2955,23 @@ impl Sim {
             *redo = landed;
         }
         fate.ok
+    }
+
+    /// Writes `records` (user `user`'s commit) through `node`'s redo writer: `Durable`, or
+    /// `Sealed` when a survivor sealed this life (it never reads them: not recovered).
+    fn write_redo(&mut self, node: usize, user: usize, records: &[RedoRecord]) -> Redo {
+        let Some(redo) = &self.nodes[node].redo else {
+            self.fail(format!("n{node}: commits with no redo writer"));
+        };
+        if let Err(e) = redo.commit(records) {
+            self.fail(format!("n{node}.u{user}: redo write: {e}"));
+        }
+        if self.sealed[node] {
+            self.stats.late_writes += 1;
+            Redo::Sealed
+        } else {
+            Redo::Durable
+        }
     }
 
     /// The process learns how its commit's redo write went: a failed one stops it (the
@@ -4544,22 +4549,13 @@ impl Sim {
                 .iter()
                 .flat_map(|&(block, after)| records_of(block, after))
                 .collect();
-            let Some(redo) = &self.nodes[node].redo else {
-                self.fail(format!("n{node}: commits with no redo writer"));
-            };
-            if let Err(e) = redo.commit(&records) {
-                self.fail(format!("n{node}.u{u}: redo write: {e}"));
-            }
-            let landed = if self.sealed[node] {
-                // Sealed out: already lost in the model (`seal_appended`).
-                self.stats.late_writes += 1;
-                Redo::Sealed
-            } else {
+            // Sealed out: already lost in the model (`seal_appended`).
+            let landed = self.write_redo(node, u, &records);
+            if landed == Redo::Durable {
                 for &(block, after) in &afters {
                     self.pol.landed(block, after);
                 }
-                Redo::Durable
-            };
+            }
             self.trace(|| format!("n{node}.u{u}: appended redo landed ({landed:?}): {afters:?}"));
             if let UserState::Appended { redo, .. } = &mut self.nodes[node].users[u].state {
                 *redo = landed;
