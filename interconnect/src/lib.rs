@@ -20,6 +20,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "tcp", feature = "shm"))]
+mod cacheline;
 mod clock;
 pub mod codec;
 pub mod frame;

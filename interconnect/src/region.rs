@@ -612,6 +612,17 @@ mod memory {
             // region's owner as broken, never panics.
             .map(|_| ())
         }
+
+        /// Hands the cache line of `frame`'s state word to the shared cache, for the other
+        /// side of a landing, which touches it next: the sender after an arming (over `shm`
+        /// another process, else the thread that reads the transport), the receiver after a
+        /// landing the sender made in its memory (`shm`) ([`crate::cacheline::demote`]). A
+        /// hint only.
+        pub(crate) fn demote_state(&self, frame: u32) {
+            if let Ok(word) = self.state_word(frame) {
+                crate::cacheline::demote(word.as_ptr().cast_const().cast());
+            }
+        }
     }
 
     /// Exclusive use of one frame. Dropping it makes the frame idle again. It owns a handle
@@ -658,6 +669,8 @@ mod memory {
                 })
             });
             self.handed_off = true;
+            // The sender's landing takes this word next.
+            self.region.demote_state(frame);
             match armed {
                 Ok(state) => LandingToken::new(frame, state.generation),
                 // The closure never fails and `frame` was validated when claimed.

@@ -822,6 +822,8 @@ impl Transport for ShmTransport {
                         out.broken = true;
                         return Err(SendError::NotConnected(to));
                     }
+                    // The receiver checks the word next (`is_landed`).
+                    out.region.demote_state(block.landing.frame());
                     LANDED
                 }
                 Err(error) => landing_status(&error),

@@ -167,25 +167,11 @@ mod mem {
             let _ = at;
         }
 
-        /// Tells the CPU that the cache line holding offset `at` (taken modulo `len`) is for
-        /// another core: `cldemote` moves it from this core's caches to the shared last level,
-        /// so the consumer's miss on it is served there instead of by a snoop into this core.
-        /// Only a hint, like a prefetch: it changes no data and cannot fault, and processors
-        /// without it execute it as a no-op (its encoding is in the hint-NOP space).
+        /// Hands the cache line holding offset `at` (taken modulo `len`) to the shared cache
+        /// for the consumer ([`crate::cacheline::demote`]).
         pub(super) fn demote(&self, at: usize) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the address is inside the mapping (`at % len`); cldemote neither reads
-            // into the program nor writes, and cannot fault; it touches no register but its
-            // address operand, and no flags.
-            unsafe {
-                std::arch::asm!(
-                    "cldemote [{line}]",
-                    line = in(reg) self.ptr.add(at % self.len),
-                    options(nostack, preserves_flags)
-                );
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = at;
+            // The address is inside the mapping (`at % len`) and only read as a hint.
+            crate::cacheline::demote(self.ptr.wrapping_add(at % self.len));
         }
 
         /// Copies `src` to offset `at`.
