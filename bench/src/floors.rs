@@ -1,11 +1,12 @@
-//! What the two-process latency tools (`pingpong`, `gesbench`) share: the waiting modes, the
+//! What the two-process tools (`pingpong`, `gesbench`, `xferbench`) share: the waiting modes, the
 //! loopback TCP and RDMA transports they measure, child processes pinned to CPUs, the
-//! server/client role pair that prints a `RESULT` line, and the sockperf and perftest floors.
+//! server/client role pair, comma-separated option lists, and the sockperf (ping-pong and
+//! throughput) and perftest floors.
 //!
 //! This module owns how a measurement is staged (processes, pinning, the floor tool's flags).
 //! It must never decide what is measured in a round trip: each tool's roles do that.
 
-use crate::{LatencySummary, parse_perftest, parse_sockperf};
+use crate::{LatencySummary, parse_perftest, parse_sockperf, parse_sockperf_rate};
 use interconnect::rdma::{DeviceChoice, RdmaConfig, RdmaTransport};
 use interconnect::tcp::{TcpConfig, TcpTransport};
 use interconnect::{BlockRegion, ClusterId, InstanceId, Transport, TransportEvent, poll_until};
@@ -331,13 +332,13 @@ pub fn own_exe() -> Result<String, ToolError> {
 }
 
 /// Runs a server role and a client role of this executable on separate CPUs (when `pin`):
-/// the server prints `READY <address>` first; the client gets `--server <address>` appended
-/// and prints a `RESULT` line, which is returned.
-pub fn measure_pair(
+/// the server prints `READY <address>` first; the client gets `--server <address>` appended.
+/// Returns what the client printed.
+pub fn run_pair(
     pin: bool,
     server_args: &[String],
     client_args: &[String],
-) -> Result<LatencySummary, ToolError> {
+) -> Result<String, ToolError> {
     let exe = own_exe()?;
     let mut server = spawn_pinned(pin.then_some(SERVER_CPU), &exe, server_args)?;
     let stdout = server
@@ -357,7 +358,16 @@ pub fn measure_pair(
     args.extend(["--server".to_owned(), address.trim().to_owned()]);
     let output = spawn_pinned(pin.then_some(CLIENT_CPU), &exe, &args)?.wait_with_output()?;
     let _ = server.wait();
-    LatencySummary::from_output(&String::from_utf8_lossy(&output.stdout))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// [`run_pair`] for latency tools: the client prints a `RESULT` line, which is returned.
+pub fn measure_pair(
+    pin: bool,
+    server_args: &[String],
+    client_args: &[String],
+) -> Result<LatencySummary, ToolError> {
+    LatencySummary::from_output(&run_pair(pin, server_args, client_args)?)
         .ok_or_else(|| ToolError::Failed("client printed no result".into()))
 }
 
@@ -369,6 +379,37 @@ pub fn measure_sockperf(
     seconds: u64,
     pin: bool,
 ) -> Result<LatencySummary, ToolError> {
+    let size = sockperf_size(size).to_string();
+    let seconds = seconds.to_string();
+    let output = run_sockperf(
+        mode,
+        pin,
+        &["ping-pong", "-m", &size, "-t", &seconds, "--full-rtt"],
+    )?;
+    parse_sockperf(&output)
+        .ok_or_else(|| ToolError::Failed("sockperf printed no percentiles".into()))
+}
+
+/// `sockperf throughput --tcp` on loopback: one-way messages of `size` bytes as fast as the
+/// receiver takes them for `seconds`, in `mode`, on separate CPUs when `pin`. Returns the
+/// messages per second it reports.
+pub fn measure_sockperf_throughput(
+    mode: WaitMode,
+    size: usize,
+    seconds: u64,
+    pin: bool,
+) -> Result<f64, ToolError> {
+    let size = sockperf_size(size).to_string();
+    let seconds = seconds.to_string();
+    let output = run_sockperf(mode, pin, &["throughput", "-m", &size, "-t", &seconds])?;
+    parse_sockperf_rate(&output)
+        .ok_or_else(|| ToolError::Failed("sockperf printed no message rate".into()))
+}
+
+/// Runs a sockperf server and then the client `test` (its subcommand and flags, without the
+/// address) against it over tcp on loopback, in `mode`, each on its own CPU when `pin`;
+/// returns what the client printed.
+fn run_sockperf(mode: WaitMode, pin: bool, test: &[&str]) -> Result<String, ToolError> {
     let port = std::net::TcpListener::bind(loopback_any())?
         .local_addr()?
         .port()
@@ -377,37 +418,35 @@ pub fn measure_sockperf(
         WaitMode::Busy => &["--nonblocked"],
         WaitMode::Blocking => &[],
     };
-    let to_strings = |args: &[&str]| -> Vec<String> {
+    let address: &[&str] = &["--tcp", "-i", "127.0.0.1", "-p", &port];
+    let to_strings = |args: &[&[&str]]| -> Vec<String> {
         args.iter()
-            .chain(nonblocked)
+            .flat_map(|part| part.iter())
             .map(|s| (*s).to_owned())
             .collect()
     };
-    let server_args = to_strings(&["server", "--tcp", "-i", "127.0.0.1", "-p", &port]);
+    let server_args = to_strings(&[&["server"], address, nonblocked]);
     let mut server = spawn_pinned(pin.then_some(SERVER_CPU), "sockperf", &server_args)?;
     // sockperf's server prints nothing reliable to wait on; give it time to listen.
     std::thread::sleep(Duration::from_millis(300));
-    let size = sockperf_size(size).to_string();
-    let seconds = seconds.to_string();
+    let (subcommand, flags) = test.split_first().unzip();
     let client_args = to_strings(&[
-        "ping-pong",
-        "--tcp",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-m",
-        &size,
-        "-t",
-        &seconds,
-        "--full-rtt",
+        subcommand.as_slice(),
+        address,
+        flags.unwrap_or_default(),
+        nonblocked,
     ]);
     let output = spawn_pinned(pin.then_some(CLIENT_CPU), "sockperf", &client_args)
         .and_then(|child| Ok(child.wait_with_output()?));
     let _ = server.kill();
     let _ = server.wait();
-    parse_sockperf(&String::from_utf8_lossy(&output?.stdout))
-        .ok_or_else(|| ToolError::Failed("sockperf printed no percentiles".into()))
+    Ok(String::from_utf8_lossy(&output?.stdout).into_owned())
+}
+
+/// Parses a comma-separated option value (`--modes busy,blocking`, `--sizes 8192,64`) with
+/// `parse` for each item.
+pub fn parse_list<T, E>(value: &str, parse: impl Fn(&str) -> Result<T, E>) -> Result<Vec<T>, E> {
+    value.split(',').map(parse).collect()
 }
 
 /// The message size sockperf actually uses for `size` (it needs at least 14 bytes).

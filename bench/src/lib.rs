@@ -168,6 +168,15 @@ pub fn parse_sockperf(output: &str) -> Option<LatencySummary> {
     })
 }
 
+/// Parses sockperf throughput's report (`Message Rate is N [msg/sec]`) into messages per
+/// second.
+pub fn parse_sockperf_rate(output: &str) -> Option<f64> {
+    output.lines().find_map(|line| {
+        let rest = line.split("Message Rate is ").nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
 /// Parses perftest's latency table (`ib_write_lat`, `ib_send_lat`: one row for `size` bytes
 /// with t_typical, the 99% and 99.9% percentiles, in microseconds) into a summary of *round
 /// trips* in nanoseconds: these tools report half a round trip, Fusion's tools whole ones.
@@ -254,6 +263,15 @@ mod tests {
         assert!((parsed.p50 - 65_828.0).abs() < 0.5);
         assert!((parsed.p99 - 97_165.0).abs() < 0.5);
         assert!((parsed.p999 - 159_719.0).abs() < 0.5);
+    }
+
+    #[test]
+    fn sockperf_message_rates_are_parsed() {
+        let report = "sockperf: Total of 935410 messages sent in 2.000 sec\n\
+            sockperf: Summary: Message Rate is 467705 [msg/sec]\n\
+            sockperf: Summary: BandWidth is 3653.945 MBps (29231.559 Mbps)\n";
+        assert_eq!(parse_sockperf_rate(report), Some(467_705.0));
+        assert_eq!(parse_sockperf_rate("sockperf: error"), None);
     }
 
     #[test]

@@ -43,7 +43,7 @@
 
 use bench::floors::{
     CLIENT_CPU, RdmaDevice, SERVER_CPU, WaitMode, instance_id as id, measure_perftest,
-    measure_sockperf, own_exe, run_tool, sockperf_size,
+    measure_sockperf, own_exe, parse_list, run_tool, sockperf_size,
 };
 use bench::shm_floor::FloorChannel;
 use bench::{Comparison, LatencySummary, latency_histogram, median_by_p50, record, render_table};
@@ -181,12 +181,7 @@ impl Options {
         while let Some(flag) = it.next() {
             let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
-                "--modes" => {
-                    o.modes = value()?
-                        .split(',')
-                        .map(Mode::parse)
-                        .collect::<Result<_, _>>()?
-                }
+                "--modes" => o.modes = parse_list(value()?, Mode::parse)?,
                 "--samples" => o.samples = value()?.parse()?,
                 "--warmup" => o.warmup = value()?.parse()?,
                 "--floor-seconds" => o.floor_seconds = value()?.parse()?,

@@ -21,7 +21,7 @@
 
 use bench::floors::{
     REPLY_DEADLINE, ToolError, WaitMode, instance_id as id, loopback_any, measure_pair,
-    measure_sockperf, run_tool, sockperf_size, tcp_transport, wait, wait_connected,
+    measure_sockperf, parse_list, run_tool, sockperf_size, tcp_transport, wait, wait_connected,
 };
 use bench::{Comparison, LatencySummary, latency_histogram, record, render_table};
 use ges::{Engine, Event, GesConfig, LockMode, LockName, LockOptions, Message};
@@ -77,12 +77,7 @@ impl Options {
                     .ok_or_else(|| ToolError::Failed(format!("{flag} needs a value")))
             };
             match flag.as_str() {
-                "--modes" => {
-                    o.modes = value()?
-                        .split(',')
-                        .map(WaitMode::parse)
-                        .collect::<Result<_, _>>()?
-                }
+                "--modes" => o.modes = parse_list(value()?, WaitMode::parse)?,
                 "--samples" => o.samples = value()?.parse().map_err(|e| bad(flag, &e))?,
                 "--warmup" => o.warmup = value()?.parse().map_err(|e| bad(flag, &e))?,
                 "--floor-seconds" => {

@@ -21,7 +21,7 @@
 //! ```
 //! Internal role (started by the tool itself): `partbench role node ...`.
 
-use bench::floors::{own_exe, run_tool};
+use bench::floors::{own_exe, parse_list, run_tool};
 use instance::api::Instance;
 use instance::config::InstanceConfig;
 use instance::format::{self, ClusterSpec};
@@ -71,12 +71,7 @@ impl Options {
         while let Some(flag) = it.next() {
             let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
-                "--counts" => {
-                    o.counts = value()?
-                        .split(',')
-                        .map(str::parse)
-                        .collect::<Result<_, _>>()?
-                }
+                "--counts" => o.counts = parse_list(value()?, str::parse)?,
                 "--seconds" => o.seconds = value()?.parse::<u64>()?.max(1),
                 "--warmup" => o.warmup = value()?.parse()?,
                 "--threads" => o.threads = value()?.parse::<u64>()?.max(1),

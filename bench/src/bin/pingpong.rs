@@ -28,8 +28,8 @@
 
 use bench::floors::{
     REPLY_DEADLINE, RdmaDevice, WaitMode as Mode, instance_id as id, loopback_any, measure_pair,
-    measure_perftest, measure_sockperf, rdma_transport, run_tool, sockperf_size, tcp_transport,
-    wait, wait_connected,
+    measure_perftest, measure_sockperf, parse_list, rdma_transport, run_tool, sockperf_size,
+    tcp_transport, wait, wait_connected,
 };
 use bench::shm_floor::FloorChannel;
 use bench::{Comparison, LatencySummary, latency_histogram, median_by_p50, record, render_table};
@@ -93,18 +93,8 @@ impl Options {
             let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
                 "--transports" => o.transports = value()?.split(',').map(str::to_owned).collect(),
-                "--modes" => {
-                    o.modes = value()?
-                        .split(',')
-                        .map(Mode::parse)
-                        .collect::<Result<_, _>>()?
-                }
-                "--sizes" => {
-                    o.sizes = value()?
-                        .split(',')
-                        .map(str::parse)
-                        .collect::<Result<_, _>>()?
-                }
+                "--modes" => o.modes = parse_list(value()?, Mode::parse)?,
+                "--sizes" => o.sizes = parse_list(value()?, str::parse)?,
                 "--samples" => o.samples = value()?.parse()?,
                 "--warmup" => o.warmup = value()?.parse()?,
                 "--floor-seconds" => o.floor_seconds = value()?.parse()?,

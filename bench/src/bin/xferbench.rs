@@ -30,15 +30,15 @@
 //! Internal roles (started by the tool itself): `xferbench role <name> ...`.
 
 use bench::floors::{
-    CLIENT_CPU, REPLY_DEADLINE, SERVER_CPU, WaitMode as Mode, instance_id as id, loopback_any,
-    own_exe, run_tool, spawn_pinned, wait, wait_connected,
+    REPLY_DEADLINE, WaitMode as Mode, instance_id as id, loopback_any, measure_sockperf_throughput,
+    parse_list, run_pair, run_tool, wait, wait_connected,
 };
 use interconnect::tcp::{DEFAULT_READ_BUDGET, TcpConfig, TcpTransport};
 use interconnect::{
     BlockRegion, ClusterId, Epoch, LandingToken, Outgoing, OutgoingBlock, Priority, Scn, Service,
     Transport, TransportEvent, poll_until,
 };
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -92,28 +92,13 @@ impl Options {
         while let Some(flag) = it.next() {
             let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
-                "--depths" => {
-                    o.depths = value()?
-                        .split(',')
-                        .map(str::parse)
-                        .collect::<Result<_, _>>()?
-                }
-                "--modes" => {
-                    o.modes = value()?
-                        .split(',')
-                        .map(Mode::parse)
-                        .collect::<Result<_, _>>()?
-                }
+                "--depths" => o.depths = parse_list(value()?, str::parse)?,
+                "--modes" => o.modes = parse_list(value()?, Mode::parse)?,
                 "--rounds" => o.rounds = value()?.parse::<u32>()?.max(1),
                 "--seconds" => o.seconds = value()?.parse()?,
                 "--no-pin" => o.pin = false,
                 "--no-sockperf" => o.sockperf = false,
-                "--read-budgets" => {
-                    o.read_budgets = value()?
-                        .split(',')
-                        .map(str::parse)
-                        .collect::<Result<_, _>>()?
-                }
+                "--read-budgets" => o.read_budgets = parse_list(value()?, str::parse)?,
                 "--read-budget" => o.read_budget = value()?.parse()?,
                 "--mode" => o.mode = Mode::parse(value()?)?,
                 "--depth" => o.depth = value()?.parse()?,
@@ -481,88 +466,9 @@ fn measure_pair(
     depth: u32,
     read_budget: usize,
 ) -> Result<Rate, Error> {
-    let exe = own_exe()?;
-    let pin = |cpu| options.pin.then_some(cpu);
-    let mut server = spawn_pinned(
-        pin(SERVER_CPU),
-        &exe,
-        &options.role_args(&format!("{kind}-server"), mode, depth, read_budget),
-    )?;
-    let stdout = server.stdout.take().ok_or("server without stdout")?;
-    let mut ready = String::new();
-    BufReader::new(stdout).read_line(&mut ready)?;
-    let Some(address) = ready.strip_prefix("READY ") else {
-        let _ = server.kill();
-        let _ = server.wait();
-        return Err(format!("{kind} server did not start: {ready:?}").into());
-    };
-    let mut args = options.role_args(&format!("{kind}-client"), mode, depth, read_budget);
-    args.extend(["--server".to_owned(), address.trim().to_owned()]);
-    let output = spawn_pinned(pin(CLIENT_CPU), &exe, &args)?.wait_with_output();
-    let served = server.wait();
-    let output = output?;
-    served?;
-    Rate::from_output(&String::from_utf8_lossy(&output.stdout))
-        .ok_or_else(|| format!("{kind} client printed no rate ({})", output.status).into())
-}
-
-/// `sockperf throughput --tcp -m 8192` on loopback: messages per second the receiver took.
-fn measure_sockperf_throughput(options: &Options, mode: Mode) -> Result<f64, Error> {
-    let port = TcpListener::bind(loopback_any())?
-        .local_addr()?
-        .port()
-        .to_string();
-    let nonblocked: &[&str] = match mode {
-        Mode::Busy => &["--nonblocked"],
-        Mode::Blocking => &[],
-    };
-    let strings = |args: &[&str]| -> Vec<String> {
-        args.iter()
-            .chain(nonblocked)
-            .map(|s| (*s).to_owned())
-            .collect()
-    };
-    let pin = |cpu| options.pin.then_some(cpu);
-    let mut server = spawn_pinned(
-        pin(SERVER_CPU),
-        "sockperf",
-        &strings(&["server", "--tcp", "-i", "127.0.0.1", "-p", &port]),
-    )?;
-    // sockperf's server prints nothing reliable to wait on; give it time to listen.
-    std::thread::sleep(Duration::from_millis(300));
-    let seconds = (options.seconds.ceil() as u64).max(1).to_string();
-    let block = BLOCK.to_string();
-    let output = spawn_pinned(
-        pin(CLIENT_CPU),
-        "sockperf",
-        &strings(&[
-            "throughput",
-            "--tcp",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-m",
-            &block,
-            "-t",
-            &seconds,
-        ]),
-    )
-    .map_err(Error::from)
-    .and_then(|child| Ok(child.wait_with_output()?));
-    let _ = server.kill();
-    let _ = server.wait();
-    let output = output?;
-    parse_sockperf_rate(&String::from_utf8_lossy(&output.stdout))
-        .ok_or_else(|| "sockperf printed no message rate".into())
-}
-
-/// sockperf throughput's `Message Rate is N [msg/sec]`.
-fn parse_sockperf_rate(output: &str) -> Option<f64> {
-    output.lines().find_map(|line| {
-        let rest = line.split("Message Rate is ").nth(1)?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
+    let role = |side: &str| options.role_args(&format!("{kind}-{side}"), mode, depth, read_budget);
+    let output = run_pair(options.pin, &role("server"), &role("client"))?;
+    Rate::from_output(&output).ok_or_else(|| format!("{kind} client printed no rate").into())
 }
 
 fn orchestrate(options: &Options) -> Result<(), Error> {
@@ -596,7 +502,12 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
                 raw.push(r);
                 line.push_str(&format!(" raw {r:.0}"));
                 if options.sockperf {
-                    match measure_sockperf_throughput(options, mode) {
+                    match measure_sockperf_throughput(
+                        mode,
+                        BLOCK,
+                        (options.seconds.ceil() as u64).max(1),
+                        options.pin,
+                    ) {
                         Ok(s) => {
                             tp.push(s);
                             line.push_str(&format!(", sockperf {s:.0}"));
@@ -668,15 +579,6 @@ mod tests {
             Some(rate)
         );
         assert_eq!(Rate::from_output("RATE 12"), None);
-    }
-
-    #[test]
-    fn sockperf_message_rates_are_parsed() {
-        let report = "sockperf: Total of 935410 messages sent in 2.000 sec\n\
-            sockperf: Summary: Message Rate is 467705 [msg/sec]\n\
-            sockperf: Summary: BandWidth is 3653.945 MBps (29231.559 Mbps)\n";
-        assert_eq!(parse_sockperf_rate(report), Some(467_705.0));
-        assert_eq!(parse_sockperf_rate("sockperf: error"), None);
     }
 
     #[test]

@@ -68,7 +68,10 @@
 //! armed value the token implies, `BlockRegion::begin_landing`); the reply record (one line)
 //! to the client, which finds it in the shared cache (the producer `cldemote`s what it
 //! publishes); and the state word back (the landed check
-//! is a no-op compare-exchange, so `take_landed` finds the line exclusive). The block itself
+//! is a no-op compare-exchange, so `take_landed` finds the line exclusive). The state word is
+//! demoted to the shared cache too, by whichever side wrote it last (the client after arming,
+//! the server after landing), so each of the two compare-exchanges is served there rather than
+//! by a snoop into the other core. The block itself
 //! is copied once, into the frame. The bare floor moves two lines; the landing's two
 //! transfers and the request's second line are what validated landing states and real
 //! message bodies cost over it.
