@@ -384,7 +384,8 @@ pub fn measure_sockperf(
     let output = run_sockperf(
         mode,
         pin,
-        &["ping-pong", "-m", &size, "-t", &seconds, "--full-rtt"],
+        "ping-pong",
+        &["-m", &size, "-t", &seconds, "--full-rtt"],
     )?;
     parse_sockperf(&output)
         .ok_or_else(|| ToolError::Failed("sockperf printed no percentiles".into()))
@@ -401,15 +402,20 @@ pub fn measure_sockperf_throughput(
 ) -> Result<f64, ToolError> {
     let size = sockperf_size(size).to_string();
     let seconds = seconds.to_string();
-    let output = run_sockperf(mode, pin, &["throughput", "-m", &size, "-t", &seconds])?;
+    let output = run_sockperf(mode, pin, "throughput", &["-m", &size, "-t", &seconds])?;
     parse_sockperf_rate(&output)
         .ok_or_else(|| ToolError::Failed("sockperf printed no message rate".into()))
 }
 
-/// Runs a sockperf server and then the client `test` (its subcommand and flags, without the
-/// address) against it over tcp on loopback, in `mode`, each on its own CPU when `pin`;
-/// returns what the client printed.
-fn run_sockperf(mode: WaitMode, pin: bool, test: &[&str]) -> Result<String, ToolError> {
+/// Runs a sockperf server and then the client `test` (a subcommand) with `flags` against it
+/// over tcp on loopback, in `mode`, each on its own CPU when `pin`; returns what the client
+/// printed.
+fn run_sockperf(
+    mode: WaitMode,
+    pin: bool,
+    test: &str,
+    flags: &[&str],
+) -> Result<String, ToolError> {
     let port = std::net::TcpListener::bind(loopback_any())?
         .local_addr()?
         .port()
@@ -429,13 +435,7 @@ fn run_sockperf(mode: WaitMode, pin: bool, test: &[&str]) -> Result<String, Tool
     let mut server = spawn_pinned(pin.then_some(SERVER_CPU), "sockperf", &server_args)?;
     // sockperf's server prints nothing reliable to wait on; give it time to listen.
     std::thread::sleep(Duration::from_millis(300));
-    let (subcommand, flags) = test.split_first().unzip();
-    let client_args = to_strings(&[
-        subcommand.as_slice(),
-        address,
-        flags.unwrap_or_default(),
-        nonblocked,
-    ]);
+    let client_args = to_strings(&[&[test], address, flags, nonblocked]);
     let output = spawn_pinned(pin.then_some(CLIENT_CPU), "sockperf", &client_args)
         .and_then(|child| Ok(child.wait_with_output()?));
     let _ = server.kill();
