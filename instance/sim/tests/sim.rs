@@ -122,13 +122,15 @@ fn a_failed_read_fails_the_waiting_user_and_never_hangs() {
 }
 
 /// Seeds the soak (`fusion-sim soak`) once failed, each replayed whole: a release held by a
-/// one-way cut that reached its master after the block went idle (1007517), and a plan whose
-/// second death could never come once one instance was left (2002578). A seed's path
+/// one-way cut that reached its master after the block went idle (1007517), a plan whose
+/// second death could never come once one instance was left (2002578), and a plan whose
+/// death killed the newest epoch's only member while the instance voted out of it still ran
+/// (1000042: every instance dead, which this world cannot restart from). A seed's path
 /// depends on the code, so this guards the fixed paths as they run today; the unit tests
 /// beside each fix pin the cause itself.
 #[test]
 fn soak_failures_stay_fixed() {
-    for seed in [1_007_517, 2_002_578] {
+    for seed in [1_000_042, 1_007_517, 2_002_578] {
         let stats = run_seed(SimConfig::from_seed(seed));
         assert!(stats.commits > 0, "seed {seed}: no commit");
     }
