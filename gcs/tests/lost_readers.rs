@@ -39,3 +39,32 @@ fn x_waits_for_the_lost_members_lease_only_where_it_may_hold_the_block() {
     assert!(c.holds(1, moved, BlockMode::Exclusive));
     assert!(!c.engines[0].lost_readers_pending());
 }
+
+#[test]
+fn reads_wait_for_the_lost_members_lease_where_it_may_hold_the_block_in_x() {
+    let mut c = Cluster::new();
+    // Mastered by 0: `written` held in X by 2 (it may change it and commit until its lease
+    // ends), `read` in S by 1 only. Mastered by 2: `unknown`, held by nobody that survives,
+    // and `proven`, which 1 reads (an S copy proves 2 holds no X).
+    let written = BlockId::new(0, 6);
+    let read = BlockId::new(0, 3);
+    let unknown = BlockId::new(0, 5);
+    let proven = BlockId::new(0, 8);
+    assert!(c.acquire(2, written, BlockMode::Exclusive));
+    assert!(c.acquire(1, read, BlockMode::Shared));
+    assert!(c.acquire(1, proven, BlockMode::Shared));
+    c.reconfigure_without(2);
+    for i in 0..2 {
+        c.engines[i].on_dead_redo_scanned(&[], c.now);
+    }
+    c.settle();
+    assert!(c.acquire(0, read, BlockMode::Shared));
+    assert!(c.acquire(0, proven, BlockMode::Shared));
+    assert!(!c.acquire(0, written, BlockMode::Shared));
+    assert!(!c.acquire(1, unknown, BlockMode::Shared));
+    c.engines[0].on_lost_leases_over(c.now);
+    c.engines[1].on_lost_leases_over(c.now);
+    c.settle();
+    assert!(c.holds(0, written, BlockMode::Shared));
+    assert!(c.holds(1, unknown, BlockMode::Shared));
+}
