@@ -4,7 +4,8 @@
 //! survivors' reports on reconfiguration, and the recovery set it yields.
 //!
 //! It must never let two grants of one block overlap, never grant X while another instance
-//! may still read an S copy, never grant a storage read while a dirty copy exists, and never
+//! may still read an S copy (nor S while one may still change an X copy: a lost member may,
+//! until its lease ends), never grant a storage read while a dirty copy exists, and never
 //! drop a past image before storage holds a version at least as new.
 
 use crate::engine::{Engine, Event, GcsError, MasterView, RecoveryBlock};
