@@ -390,7 +390,10 @@ impl<S: Store> Acknowledger<S> {
             let Some(stuck) = q.stuck.as_mut() else {
                 return Ok(());
             };
-            (std::mem::take(stuck), q.queued.drain(..).collect::<Vec<_>>())
+            (
+                std::mem::take(stuck),
+                q.queued.drain(..).collect::<Vec<_>>(),
+            )
         };
         let mut result = send_all(&outbox.stream, &stuck, deadline);
         for queued in queued {
@@ -428,7 +431,11 @@ mod tests {
         }
     }
 
-    fn acknowledger() -> (Arc<Acknowledger<MemoryStore>>, Arc<MemoryStore>, Arc<Clients>) {
+    fn acknowledger() -> (
+        Arc<Acknowledger<MemoryStore>>,
+        Arc<MemoryStore>,
+        Arc<Clients>,
+    ) {
         let store = Arc::new(MemoryStore::default());
         let engine = Arc::new(Engine::new(
             Arc::clone(&store),

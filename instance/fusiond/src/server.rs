@@ -93,7 +93,15 @@ pub fn serve<S: Store>(
     std::thread::Builder::new()
         .name("resp-accept".into())
         .spawn(move || {
-            accept_loop(listener, engine, &acks, limits, clients, metrics, requirepass)
+            accept_loop(
+                listener,
+                engine,
+                &acks,
+                limits,
+                clients,
+                metrics,
+                requirepass,
+            )
         })?;
     Ok(bound)
 }

@@ -113,9 +113,7 @@ mod locks;
 pub mod node;
 
 use ges::{LockMode, LockName};
-use instance::api::{
-    CommitTicket, Instance, InstanceError, LockGuard, PendingCommit, Transaction,
-};
+use instance::api::{CommitTicket, Instance, InstanceError, LockGuard, PendingCommit, Transaction};
 use instance::core::CoreError;
 use leaves::LeafHints;
 use locks::{LocalLockError, LocalLocks};
