@@ -5,7 +5,8 @@
 //! blocks on the store (block and lock acquisitions across the cluster, durable commits):
 //! an event loop would need a worker pool behind it anyway, and a client's thread keeps its
 //! requests in order with no queue. `maxclients` bounds the threads; a client's memory is
-//! bounded by the buffer limit (one pending request, one batch of replies).
+//! bounded by the buffer limit (one pending request, one batch of replies, and at most a
+//! buffer's worth of replies queued for their commits before its thread waits).
 //!
 //! A read takes whatever the client has sent: every complete request in it is parsed and
 //! executed in order, and the replies go back in one write once every commit among them is
