@@ -427,10 +427,7 @@ impl SharedStorage for UringStorage {
         buf: &[u8],
         class: IoClass,
     ) -> Result<(), StorageError> {
-        // With `redo_syscalls` the redo writer's commits too are a pwrite and an fdatasync in
-        // the committer's thread (the ring's fsync would run on an io-wq worker: a hand-off
-        // each way per group commit).
-        if buf.len() > MAX_OP || (class == IoClass::Redo && self.redo_syscalls) {
+        if buf.len() > MAX_OP {
             self.write_at(offset, buf, class)?;
             return self.sync(class);
         }
