@@ -1025,18 +1025,53 @@ impl PendingCommit<'_> {
     /// or this process paused past it) is not acknowledged; the survivors recover this
     /// thread, with or without it.
     pub fn wait(mut self) -> Result<CommitInfo, InstanceError> {
-        let target = self.target.take();
-        let instance = self.instance;
-        match target {
-            Some(Target::Appended(appended)) => {
-                instance.redo.wait(appended)?;
-                instance.confirm_lease("the I/O lease expired while the commit was written")?;
-                instance.commits.report(&instance.runtime.handle);
-            }
-            Some(Target::Seen(scn)) => instance.wait_durable(scn)?,
-            None => {}
+        if let Some(target) = self.target.take() {
+            self.instance.wait_target(target)?;
         }
         Ok(self.info)
+    }
+
+    /// Gives up the borrow: the commit is acknowledged by [`Instance::wait_commit`] with the
+    /// ticket, on any thread (a thread that makes a group commit durable may then answer
+    /// every client it covers). A ticket dropped unwaited leaves the commit in the stream, written
+    /// by a later write or force, without saying how it went.
+    pub fn detach(mut self) -> CommitTicket {
+        CommitTicket {
+            target: self.target.take(),
+            info: self.info,
+        }
+    }
+}
+
+/// A pending commit detached from its transaction's borrow ([`PendingCommit::detach`]).
+#[derive(Debug, Clone, Copy)]
+#[must_use = "a commit is acknowledged only by `Instance::wait_commit`"]
+pub struct CommitTicket {
+    /// `None` once waited for.
+    target: Option<Target>,
+    info: CommitInfo,
+}
+
+impl Instance {
+    /// Returns once the commit of `ticket` is durable and the I/O lease confirms its write:
+    /// the acknowledgement, as [`PendingCommit::wait`] (of the instance that made it).
+    pub fn wait_commit(&self, ticket: CommitTicket) -> Result<CommitInfo, InstanceError> {
+        if let Some(target) = ticket.target {
+            self.wait_target(target)?;
+        }
+        Ok(ticket.info)
+    }
+
+    fn wait_target(&self, target: Target) -> Result<(), InstanceError> {
+        match target {
+            Target::Appended(appended) => {
+                self.redo.wait(appended)?;
+                self.confirm_lease("the I/O lease expired while the commit was written")?;
+                self.commits.report(&self.runtime.handle);
+            }
+            Target::Seen(scn) => self.wait_durable(scn)?,
+        }
+        Ok(())
     }
 }
 

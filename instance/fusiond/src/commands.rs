@@ -167,6 +167,17 @@ pub struct Outcome {
     pub command: &'static str,
 }
 
+/// A request run up to its commit's place in the redo stream ([`Engine::run_batch`]).
+#[derive(Debug)]
+pub struct Ran<T> {
+    /// When the request began.
+    pub start: Instant,
+    /// The outcome; its reply may go out only once `ticket` is durable.
+    pub outcome: Outcome,
+    /// The commit to wait for before the reply goes out; `None`: nothing to wait for.
+    pub ticket: Option<T>,
+}
+
 /// Arity as Redis counts it: the name included, negative for "at least".
 const COMMANDS: &[(&str, i32)] = &[
     ("ping", -1),
@@ -558,24 +569,47 @@ impl<S: Store> Engine<S> {
         requests: Vec<Vec<Vec<u8>>>,
         metrics: &Metrics,
     ) -> Vec<Outcome> {
+        self.run_batch(session, requests)
+            .into_iter()
+            .map(|ran| self.acknowledge_ran(ran, metrics))
+            .collect()
+    }
+
+    /// [`Engine::execute_batch`] up to the commits' places in the redo stream: each reply
+    /// may be sent only once [`Engine::acknowledge_ran`] returned it, on any thread (in
+    /// order: a commit is durable no earlier than the ones before it).
+    pub fn run_batch(
+        &self,
+        session: &mut Session,
+        requests: Vec<Vec<Vec<u8>>>,
+    ) -> Vec<Ran<S::Ticket>> {
         let mut ran = Vec::with_capacity(requests.len());
         for request in requests {
             let start = Instant::now();
             let (outcome, pending) = self.run(session, request);
             session.publish(outcome.command);
             let close = outcome.close;
-            ran.push((start, outcome, pending));
+            ran.push(Ran {
+                start,
+                outcome,
+                ticket: pending.map(S::detach),
+            });
             if close {
                 break;
             }
         }
-        ran.into_iter()
-            .map(|(start, outcome, pending)| {
-                let outcome = self.acknowledge(outcome, pending);
-                metrics.command(outcome.command, start.elapsed());
-                outcome
-            })
-            .collect()
+        ran
+    }
+
+    /// The reply of `ran` once its commit is durable: a commit that did not become durable
+    /// turns the reply into its error. Counts the command with its latency.
+    pub fn acknowledge_ran(&self, ran: Ran<S::Ticket>, metrics: &Metrics) -> Outcome {
+        let mut outcome = ran.outcome;
+        if let Some(Err(e)) = ran.ticket.map(|t| self.store.wait_ticket(t)) {
+            outcome.reply = Reply::Error(S::error_message(&e));
+        }
+        metrics.command(outcome.command, ran.start.elapsed());
+        outcome
     }
 
     /// `GET` outside MULTI: one read of the newest committed value, without a transaction

@@ -4,9 +4,10 @@
 //! The crate owns the client-facing side of an instance: the RESP wire format ([`resp`]),
 //! how Redis values are laid out in KV bytes ([`value`]), the commands ([`commands`], with
 //! Redis's float arithmetic in [`float`]) over a transactional store ([`store`]), the network
-//! service with its limits ([`server`]) and its table of connected clients ([`clients`]),
-//! and the metrics and health alerts ([`metrics`]). It must never reach into the instance's
-//! internals: it uses the public `instance::api` and the `kv` crate only.
+//! service with its limits ([`server`]), its replies that wait for commits ([`replies`]) and
+//! its table of connected clients ([`clients`]), and the metrics and health alerts
+//! ([`metrics`]). It must never reach into the instance's internals: it uses the public
+//! `instance::api` and the `kv` crate only.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -16,6 +17,7 @@ pub mod commands;
 pub mod float;
 pub mod local;
 pub mod metrics;
+pub mod replies;
 pub mod resp;
 pub mod server;
 pub mod store;

@@ -5,16 +5,20 @@
 //! blocks on the store (block and lock acquisitions across the cluster, durable commits):
 //! an event loop would need a worker pool behind it anyway, and a client's thread keeps its
 //! requests in order with no queue. `maxclients` bounds the threads; a client's memory is
-//! bounded by the buffer limit (one pending request, one batch of replies).
+//! bounded by the buffer limit (one pending request, one batch of replies, and at most a
+//! buffer's worth of replies queued for their commits before its thread waits).
 //!
 //! A read takes whatever the client has sent: every complete request in it is parsed and
 //! executed in order, and the replies go back in one write once every commit among them is
-//! durable (a pipeline's commits share group commits). It must never let one client hurt
+//! durable (a pipeline's commits share group commits): written by the client's thread when
+//! none waits for a commit, else by the thread that makes them durable
+//! ([`crate::replies`]), while the client's thread reads on. It must never let one client hurt
 //! another: a protocol error, an oversized request or reply, or a client idle past the
 //! timeout (half a command included) closes that client only.
 
 use crate::commands::{Engine, Session};
 use crate::metrics::Metrics;
+use crate::replies::{Acknowledger, Outbox, Queued, SEND_SLICE, send_all};
 use crate::resp::{ParserLimits, Reply, RequestParser};
 use crate::store::Store;
 use std::io::{ErrorKind, Read, Write};
@@ -53,6 +57,11 @@ impl Clients {
         self.connected.load(Ordering::Relaxed)
     }
 
+    /// True once [`Clients::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
     /// Asks every client thread and the acceptor to stop.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
@@ -81,15 +90,27 @@ pub fn serve<S: Store>(
     let listener = TcpListener::bind(address)?;
     let bound = listener.local_addr()?;
     listener.set_nonblocking(true)?;
+    let acks = Acknowledger::start(engine.clone(), metrics.clone(), clients.clone())?;
     std::thread::Builder::new()
         .name("resp-accept".into())
-        .spawn(move || accept_loop(listener, engine, limits, clients, metrics, requirepass))?;
+        .spawn(move || {
+            accept_loop(
+                listener,
+                engine,
+                &acks,
+                limits,
+                clients,
+                metrics,
+                requirepass,
+            )
+        })?;
     Ok(bound)
 }
 
 fn accept_loop<S: Store>(
     listener: TcpListener,
     engine: Arc<Engine<S>>,
+    acks: &Arc<Acknowledger<S>>,
     limits: ClientLimits,
     clients: Arc<Clients>,
     metrics: Arc<Metrics>,
@@ -124,17 +145,19 @@ fn accept_loop<S: Store>(
             std::os::fd::AsRawFd::as_raw_fd(&stream),
             stream.try_clone().ok(),
         );
-        let (engine, metrics) = (engine.clone(), metrics.clone());
+        let (engine, acks, metrics) = (engine.clone(), acks.clone(), metrics.clone());
         let slot = ClientSlot(clients.clone(), metrics.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("resp-{id}"))
             .spawn(move || {
                 let mut session = Session::new(id, !requirepass);
                 session.attach(registration);
-                if let Err(e) = client_loop(stream, session, &engine, limits, &slot.0, &metrics) {
+                let run = client_loop(stream, session, &engine, &acks, limits, &slot.0, &metrics);
+                if let Err(e) = run {
                     tracing::debug!(client = id, %peer, error = %e, "client closed");
                 }
                 // Before the slot is freed: shut-down waits for the count, then the engine.
+                drop(acks);
                 drop(engine);
                 drop(slot);
             });
@@ -156,9 +179,10 @@ impl Drop for ClientSlot {
 }
 
 fn client_loop<S: Store>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     mut session: Session,
     engine: &Engine<S>,
+    acks: &Acknowledger<S>,
     limits: ClientLimits,
     clients: &Clients,
     metrics: &Metrics,
@@ -166,7 +190,12 @@ fn client_loop<S: Store>(
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(POLL))?;
-    stream.set_write_timeout(Some(limits.idle_timeout.unwrap_or(Duration::from_secs(60))))?;
+    // Short, so the acknowledger's sends never wait on this client; this thread's own sends
+    // retry until `send_timeout`.
+    stream.set_write_timeout(Some(SEND_SLICE))?;
+    let send_timeout = limits.idle_timeout.unwrap_or(Duration::from_secs(60));
+    let outbox = Arc::new(Outbox::new(stream.try_clone()?));
+    let mut stream = stream;
     let mut parser = RequestParser::new(ParserLimits {
         max_request_len: limits.buffer_bytes,
         max_bulk_len: limits.buffer_bytes.min(512 << 20),
@@ -175,10 +204,12 @@ fn client_loop<S: Store>(
     let mut input: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut last_activity = Instant::now();
-    let mut output = Vec::new();
     loop {
         if clients.stopping.load(Ordering::Relaxed) {
             return Ok(());
+        }
+        if outbox.is_stuck() {
+            acks.finish_stuck(&outbox, Instant::now() + send_timeout)?;
         }
         let n = match stream.read(&mut chunk) {
             Ok(0) => return Ok(()),
@@ -218,36 +249,62 @@ fn client_loop<S: Store>(
         }
         input.drain(..consumed);
         let mut close = false;
-        for outcome in engine.execute_batch(&mut session, requests, metrics) {
-            outcome.reply.encode(session.protocol, &mut output);
-            if outcome.close {
-                close = true;
-                break;
+        let ran = engine.run_batch(&mut session, requests);
+        // In the protocol as the batch left it (`HELLO 3` answers in RESP3).
+        let mut queued = Queued::new(session.protocol);
+        let mut too_large = false;
+        for ran in ran {
+            let outcome = ran.outcome;
+            if ran.ticket.is_none() {
+                metrics.command(outcome.command, ran.start.elapsed());
             }
-            if output.len() > limits.buffer_bytes {
-                // A client that asks for more than its buffer holds is closed, as Redis
-                // closes clients past their output buffer limit.
-                metrics.protocol_error();
-                linger(&mut stream, &mut chunk);
-                return Err(std::io::Error::other(
-                    "reply exceeds the client buffer limit",
-                ));
-            }
+            close |= outcome.close;
+            let len = queued.push(&outcome.reply, ran.ticket, outcome.command, ran.start);
+            // A client that asks for more than its buffer holds is closed, as Redis closes
+            // clients past their output buffer limit.
+            too_large |= len > limits.buffer_bytes;
+        }
+        if too_large {
+            // The commits are written and waited for all the same; nothing is sent.
+            drop(queued.acknowledge(engine.store().as_ref(), metrics));
+            metrics.protocol_error();
+            linger(&mut stream, &mut chunk);
+            return Err(std::io::Error::other(
+                "reply exceeds the client buffer limit",
+            ));
         }
         if let Some(e) = protocol_error {
             metrics.protocol_error();
-            Reply::Error(format!("ERR {e}")).encode(session.protocol, &mut output);
+            queued.push(
+                &Reply::Error(format!("ERR {e}")),
+                None,
+                "unknown",
+                Instant::now(),
+            );
             close = true;
         } else if input.len() > limits.buffer_bytes.saturating_add(READ_CHUNK) {
             metrics.protocol_error();
-            Reply::Error("ERR Protocol error: request exceeds the client buffer limit".into())
-                .encode(session.protocol, &mut output);
+            queued.push(
+                &Reply::Error("ERR Protocol error: request exceeds the client buffer limit".into()),
+                None,
+                "unknown",
+                Instant::now(),
+            );
             close = true;
         }
-        stream.write_all(&output)?;
-        output.clear();
-        if output.capacity() > READ_CHUNK * 4 {
-            output.shrink_to(READ_CHUNK);
+        let deadline = Instant::now() + send_timeout;
+        if queued.waits() || !outbox.is_empty() {
+            // Sent by whichever thread makes the commits durable, after what is queued.
+            acks.submit(&outbox, queued);
+            // At most a buffer's worth waits unsent (all of it before a close).
+            let most = if close { 0 } else { limits.buffer_bytes };
+            if !outbox.wait_unsent_at_most(most, deadline) {
+                return Err(std::io::Error::new(ErrorKind::TimedOut, "send timed out"));
+            }
+            acks.finish_stuck(&outbox, deadline)?;
+        } else {
+            let bytes = queued.acknowledge(engine.store().as_ref(), metrics);
+            send_all(&stream, &bytes, deadline)?;
         }
         if close {
             linger(&mut stream, &mut chunk);

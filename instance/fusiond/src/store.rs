@@ -53,6 +53,12 @@ pub trait Store: Send + Sync + 'static {
     type Pending<'a>: Pending<Error = Self::Error>
     where
         Self: 'a;
+    /// A pending commit detached from its borrow, to be waited for on another thread.
+    type Ticket: Send + 'static;
+    /// Detaches `pending`: [`Store::wait_ticket`] is then its acknowledgement.
+    fn detach(pending: Self::Pending<'_>) -> Self::Ticket;
+    /// Returns once the commit of `ticket` is durable, as [`Pending::wait`].
+    fn wait_ticket(&self, ticket: Self::Ticket) -> Result<(), Self::Error>;
     /// Runs `body` in a transaction and commits it durably; `body` may run more than once
     /// (conflicts are retried), so it must have no effect outside the transaction except
     /// what its last run returns.
@@ -155,6 +161,13 @@ impl Store for KvStore {
     type Error = kv::KvError;
     type Tx<'a> = kv::KvTxn<'a>;
     type Pending<'a> = kv::KvPending<'a>;
+    type Ticket = kv::KvTicket;
+    fn detach(pending: kv::KvPending<'_>) -> kv::KvTicket {
+        pending.detach()
+    }
+    fn wait_ticket(&self, ticket: kv::KvTicket) -> Result<(), kv::KvError> {
+        self.kv.wait_commit(ticket)
+    }
     fn transaction_pending<R>(
         &self,
         body: impl FnMut(&mut kv::KvTxn<'_>) -> Result<R, kv::KvError>,
@@ -271,12 +284,7 @@ pub(crate) mod memory {
     impl Pending for MemoryPending<'_> {
         type Error = String;
         fn wait(self) -> Result<(), String> {
-            let mut failing = self.store.failing_waits.lock();
-            if *failing > 0 {
-                *failing -= 1;
-                return Err("the commit's write failed".into());
-            }
-            Ok(())
+            self.store.wait_ticket(())
         }
     }
 
@@ -296,6 +304,16 @@ pub(crate) mod memory {
         type Error = String;
         type Tx<'a> = MemoryTx;
         type Pending<'a> = MemoryPending<'a>;
+        type Ticket = ();
+        fn detach(_pending: MemoryPending<'_>) {}
+        fn wait_ticket(&self, _ticket: ()) -> Result<(), String> {
+            let mut failing = self.failing_waits.lock();
+            if *failing > 0 {
+                *failing -= 1;
+                return Err("the commit's write failed".into());
+            }
+            Ok(())
+        }
         fn transaction_pending<R>(
             &self,
             mut body: impl FnMut(&mut MemoryTx) -> Result<R, String>,

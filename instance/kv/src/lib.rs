@@ -113,7 +113,7 @@ mod locks;
 pub mod node;
 
 use ges::{LockMode, LockName};
-use instance::api::{Instance, InstanceError, LockGuard, PendingCommit, Transaction};
+use instance::api::{CommitTicket, Instance, InstanceError, LockGuard, PendingCommit, Transaction};
 use instance::core::CoreError;
 use leaves::LeafHints;
 use locks::{LocalLockError, LocalLocks};
@@ -1709,6 +1709,31 @@ impl KvPending<'_> {
             commit.wait().map_err(KvError::Instance)?;
         }
         self.kv.counters.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives up the borrow: [`Kv::wait_commit`] with the ticket is the acknowledgement, on
+    /// any thread (see [`PendingCommit::detach`]).
+    pub fn detach(mut self) -> KvTicket {
+        KvTicket(self.commit.take().map(PendingCommit::detach))
+    }
+}
+
+/// A pending commit detached from its borrow ([`KvPending::detach`]).
+#[derive(Debug, Clone, Copy)]
+#[must_use = "a commit is acknowledged only by `Kv::wait_commit`"]
+pub struct KvTicket(Option<CommitTicket>);
+
+impl Kv {
+    /// Returns once the commit of `ticket` is durable: the acknowledgement, as
+    /// [`KvPending::wait`].
+    pub fn wait_commit(&self, ticket: KvTicket) -> Result<(), KvError> {
+        if let Some(commit) = ticket.0 {
+            self.instance
+                .wait_commit(commit)
+                .map_err(KvError::Instance)?;
+        }
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
