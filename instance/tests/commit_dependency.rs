@@ -10,7 +10,9 @@
 //!   discarded and the wait fails with `DependencyLost` (what was built on it is not
 //!   acknowledged);
 //! * a write GCS asked while a local user held the block in X waits, at that user's early
-//!   release, for the redo of the version it left in the frame (WAL).
+//!   release, for the redo of the version it left in the frame (WAL);
+//! * a checkpoint that covered a past image keeps waiting for it when the current copy
+//!   built on it dies with its sender's redo: the past image holds an acknowledged commit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,6 +38,9 @@ struct Pair {
     forces: Vec<Vec<Scn>>,
     /// Data writes each core started, with the SCN they wrote at.
     writes: Vec<Vec<Scn>>,
+    /// Recovery sets each core handed out: each block with the SCN of the past image its
+    /// rebuild starts from.
+    recovers: Vec<Vec<(BlockId, Option<Scn>)>>,
     now: Timestamp,
 }
 
@@ -68,6 +73,7 @@ impl Pair {
             completions: vec![VecDeque::new(), VecDeque::new()],
             forces: vec![Vec::new(), Vec::new()],
             writes: vec![Vec::new(), Vec::new()],
+            recovers: vec![Vec::new(), Vec::new()],
             now: Timestamp::ZERO,
         }
     }
@@ -110,7 +116,11 @@ impl Pair {
                             drop(pin);
                             self.cores[i].on_write_done(block, scn, Ok(()), now)
                         }
-                        IoOp::Recover { .. } => {}
+                        IoOp::Recover { blocks } => self.recovers[i].extend(
+                            blocks
+                                .iter()
+                                .map(|t| (t.block, t.past_image.as_ref().map(|pi| pi.scn()))),
+                        ),
                     }
                 }
                 while let Some(c) = self.cores[i].poll_completion() {
@@ -340,4 +350,65 @@ fn a_deferred_write_waits_for_the_redo_of_a_version_released_early() {
         Some(&s3),
         "written once its redo is durable"
     );
+}
+
+/// Simulator seed 388 (commit-dependency, early release): instance 0 commits a change
+/// (acknowledged) and ships the block dirty to instance 1, keeping a past image; instance 1
+/// changes it and ships it back in S with a dependency on its redo, lost when it dies. The
+/// current copy is discarded at the reconfiguration, and the checkpoint stopped waiting
+/// for the block altogether: the redo checkpoint moved past the acknowledged commit that
+/// only the past image held, unwritten, and a later death lost it.
+#[test]
+fn a_checkpoint_waits_for_a_past_image_whose_current_copy_died_with_lost_redo() {
+    let mut p = Pair::new(ShipPolicy::CommitDependency);
+    p.acquire(0, 1, block());
+    let grant = p.granted(0, 1).unwrap();
+    let s1 = Scn(grant.scn.0 + 5);
+    p.change_and_release(0, grant, s1);
+    p.redo_durable(0, s1);
+    // Instance 1 takes it dirty: instance 0 keeps a past image of its acknowledged commit.
+    p.acquire(1, 2, block());
+    let grant = p.granted(1, 2).expect("shipped once durable");
+    assert_eq!(p.cores[0].gcs().past_image(block()), Some(s1));
+    // Instance 1 changes it and ships it back in S before its redo is durable.
+    let s2 = Scn(s1.0 + 5);
+    p.change_and_release(1, grant, s2);
+    let now = p.now;
+    p.cores[0].acquire(Ticket(3), block(), BlockMode::Shared, now);
+    p.run();
+    let shared = p.granted(0, 3).expect("shipped back at once");
+    assert_eq!(shared.dependency.map(|d| d.on.instance), Some(id(1)));
+    drop(shared.pin);
+    p.cores[0]
+        .release(block(), BlockMode::Shared, None, now)
+        .unwrap();
+    p.run();
+    // Instance 0's checkpoint covers its past image; no write can land yet (instance 1's
+    // version waits for its redo).
+    p.cores[0].checkpoint(now);
+    p.run();
+    assert!(!p.cores[0].checkpoint_done());
+    // Instance 1 dies before its redo is durable: instance 0's copy built on it goes.
+    p.alive[1] = false;
+    let survivors: InstanceSet = [id(0)].into_iter().collect();
+    p.cores[0].reconfigure(Epoch(2), survivors, now).unwrap();
+    p.run();
+    assert_eq!(p.cores[0].gcs().mode(block()), BlockMode::Null);
+    assert!(
+        p.writes[0].iter().all(|w| *w < s1),
+        "nothing wrote the past image yet: {:?}",
+        p.writes[0]
+    );
+    assert!(
+        !p.cores[0].checkpoint_done(),
+        "the checkpoint passed an acknowledged commit that only an unwritten past image holds"
+    );
+    // Recovery (instance 1's redo holds nothing durable) rebuilds the block from the past
+    // image and writes it: storage holds the commit, the checkpoint completes.
+    p.cores[0].on_redo_scanned(Vec::new(), now);
+    p.run();
+    assert_eq!(p.recovers[0], vec![(block(), Some(s1))]);
+    p.cores[0].on_block_recovered(block(), s1, now);
+    p.run();
+    assert!(p.cores[0].checkpoint_done());
 }

@@ -11,22 +11,6 @@ use std::time::{Duration, Instant};
 /// Seeds `seeds` runs by default (`FUSION_SIM_SEEDS` overrides).
 const DEFAULT_SEEDS: u64 = 1000;
 
-/// Seeds that fail on an engine bug the simulator found and that is not fixed yet, each with
-/// its diagnosis (`fusion-sim replay SEED` shows it). `seeds` skips them; remove each with
-/// its fix.
-const KNOWN_FAILING: &[(u64, &str)] = &[(
-    388,
-    "commit-dependency + early release: n2 commits 0.11 at SCN 8 (acknowledged) and ships \
-     it dirty in X to n3, keeping a past image; n3 changes it at SCN 12 and ships it back \
-     in S with a dependency on its redo, lost when n3 dies (epoch 2). n2 reports the past \
-     image, the master n1 hands the rebuild to n2 (`Recover`), but n2 never rebuilds it: its \
-     redo checkpoint moves past SCN 8 with the past image unwritten (a `PiFlush` goes out \
-     only later), and when n2 dies (epoch 3) nothing holds SCN 8: 0.11 is read from storage \
-     at SCN 6 and the acknowledged commit is lost. Suspects: a `Recover` that arrives after \
-     the holder's own rebuild is done, and a checkpoint that does not wait for a past image \
-     whose block's current copy was discarded",
-)];
-
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -36,22 +20,13 @@ fn seeds() {
     let seeds = env_u64("FUSION_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let start = env_u64("FUSION_SIM_START").unwrap_or(0);
     let began = Instant::now();
-    let mut total = sim::SimStats::default();
-    let mut from = start;
-    let known = KNOWN_FAILING.iter().map(|(seed, _)| *seed);
-    for skip in known
-        .filter(|k| (start..start + seeds).contains(k))
-        .chain([start + seeds])
-    {
-        match run_seeds(from..skip, None) {
-            Ok(run) => total.add(&run.total),
-            Err(failed) => panic!(
-                "failing seeds {failed:?}; replay one: cargo run --release -p sim --bin fusion-sim -- replay {}",
-                failed[0]
-            ),
-        }
-        from = skip + 1;
-    }
+    let total = match run_seeds(start..start + seeds, None) {
+        Ok(run) => run.total,
+        Err(failed) => panic!(
+            "failing seeds {failed:?}; replay one: cargo run --release -p sim --bin fusion-sim -- replay {}",
+            failed[0]
+        ),
+    };
     println!("{}", summary("seeds", seeds, &total, began.elapsed()));
     if seeds >= 50 {
         assert!(total.commits > 0 && total.aborts > 0 && total.reads > 0);

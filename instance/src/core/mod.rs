@@ -828,6 +828,26 @@ impl Core {
         self.checkpoint_pending.is_empty() && self.checkpoint_held.is_empty()
     }
 
+    /// The current copy of `block` was discarded at a reconfiguration: its changes are
+    /// recovery's now, from redo, and checkpoints stop waiting for them. A past image kept
+    /// here is not: it holds this instance's own changes (acknowledged commits) that storage
+    /// has not reached, so a checkpoint that covered it still waits until storage holds it
+    /// (the rebuild that starts from it, or its flush, discards it). Moving the redo
+    /// checkpoint past those changes first would leave them nowhere once this instance dies
+    /// too (simulator seed 388).
+    fn checkpoint_after_reconfigured_drop(&mut self, block: BlockId) {
+        match self.gcs.past_image(block) {
+            Some(pi) => {
+                if let Some(wanted) = self.checkpoint_pending.get_mut(&block) {
+                    *wanted = (*wanted).min(pi);
+                }
+            }
+            None => {
+                self.checkpoint_pending.remove(&block);
+            }
+        }
+    }
+
     /// Storage holds `block` at `scn` or newer: checkpoints waiting for it move on.
     fn storage_caught_up(&mut self, block: BlockId, scn: Scn) {
         if self
@@ -1361,8 +1381,7 @@ impl Core {
                     None => {
                         if reason == DropReason::Reconfigured {
                             let _ = self.cache.mark_clean(block, Scn(u64::MAX));
-                            // Its changes are recovery's now, from redo.
-                            self.checkpoint_pending.remove(&block);
+                            self.checkpoint_after_reconfigured_drop(block);
                         }
                         if let Err(e) = self.cache.invalidate(block) {
                             self.fail(CoreError::Cache(format!("dropping {block}: {e}")));
