@@ -3117,7 +3117,7 @@ impl Sim {
         }
         let now = self.global();
         if let Some(at) = self.crash_at_step
-            && !self.fault_in_force(now)
+            && !self.faults.any_in_force(now)
             && self.live().iter().all(|i| self.leases.holds(*i, now))
             && (self.stats.steps >= at || (self.active_users == 0 && !self.recovery_in_progress()))
         {
@@ -3139,7 +3139,8 @@ impl Sim {
     /// (or before the reporter next heard the member, up to a heartbeat interval later)
     /// arrives after it and moves the coordinator for one more interval
     /// (`ClusterManager`'s fresh-report rule). The exclusion it decides is legitimate: the
-    /// report was true when sent.
+    /// report was true when sent. (A plan's death may come meanwhile, as during a rebuild:
+    /// the survivors handle both.)
     fn fault_in_force(&self, now: Duration) -> bool {
         self.faults.any_in_force(now) || now < self.fault_aftermath_until
     }
@@ -3233,7 +3234,8 @@ impl Sim {
             return;
         };
         let now = self.global();
-        if self.fault_in_force(now) || self.live().iter().any(|i| !self.leases.holds(*i, now)) {
+        if self.faults.any_in_force(now) || self.live().iter().any(|i| !self.leases.holds(*i, now))
+        {
             // One failure at a time: the death comes once the fault heals and every instance
             // without its lease (stalled, or voted out and not yet stopped) renewed or
             // stopped.
