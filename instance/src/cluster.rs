@@ -20,7 +20,12 @@
 //!   suspect not yet dead or partitioned counts as reachable for that majority (slow is not
 //!   dead), but a proposal waits until every suspect has settled: it names only members
 //!   this instance is connected to and hears, so a value that wins is one whose members can
-//!   run together. The proposal is decided by Disk Paxos ([`crate::paxos`], `docs/membership.md`) over the
+//!   run together. A member that is not the coordinator reports the members it has not heard
+//!   past the grace ([`ClusterMessage::Unreachable`]) each heartbeat interval, and withdraws
+//!   the report once it hears them again; the coordinator votes out the higher end of each
+//!   such cut between members it reaches (a cut it cannot see, or one way), if the rest keep
+//!   the majority, once two reports in a row named it and the latest is no older than a
+//!   heartbeat interval (a report sent just before the link healed must not evict). The proposal is decided by Disk Paxos ([`crate::paxos`], `docs/membership.md`) over the
 //!   slots' Paxos blocks, so two coordinators (a cut of one link) or two sides (a partition
 //!   with a storage stall) can never both decide an epoch: one value wins, and an instance
 //!   left out of it stops when it learns it — from its proposal, from any block on disk, or
@@ -169,6 +174,17 @@ pub enum ClusterMessage {
         /// The members fenced.
         lost: InstanceSet,
     },
+    /// A member that is not the coordinator has not heard these members past the grace
+    /// while the coordinator may still hear them (a cut of a link between two others, or
+    /// one way): sent to the members each heartbeat interval while it lasts, so that the
+    /// coordinator votes one end of the cut out; with no members, the report is withdrawn
+    /// (the sender hears them all again).
+    Unreachable {
+        /// The sender's epoch.
+        epoch: Epoch,
+        /// The members it does not hear.
+        peers: InstanceSet,
+    },
 }
 
 /// A cluster message that does not decode.
@@ -219,6 +235,11 @@ impl ClusterMessage {
                 out.push(7);
                 out.extend_from_slice(&epoch.0.to_le_bytes());
                 out.extend_from_slice(&lost.bits().to_le_bytes());
+            }
+            ClusterMessage::Unreachable { epoch, peers } => {
+                out.push(8);
+                out.extend_from_slice(&epoch.0.to_le_bytes());
+                out.extend_from_slice(&peers.bits().to_le_bytes());
             }
         }
     }
@@ -291,6 +312,13 @@ impl ClusterMessage {
                 Ok(ClusterMessage::Fenced {
                     epoch: Epoch(u64_at(1)?),
                     lost: InstanceSet::from_bits(u64_at(9)?),
+                })
+            }
+            Some(8) => {
+                exact(17)?;
+                Ok(ClusterMessage::Unreachable {
+                    epoch: Epoch(u64_at(1)?),
+                    peers: InstanceSet::from_bits(u64_at(9)?),
                 })
             }
             Some(_) => Err(ClusterDecodeError("unknown tag")),
@@ -434,6 +462,57 @@ struct DiskSeen {
     changed_at: Timestamp,
 }
 
+/// What one member last reported it does not hear ([`ClusterMessage::Unreachable`]).
+#[derive(Debug, Clone, Copy)]
+struct UnheardReport {
+    /// The members its latest report named.
+    peers: InstanceSet,
+    /// Those the report before it named too, an interval or two earlier: a cut that lasted
+    /// from one report to the next. Only these are acted on.
+    confirmed: InstanceSet,
+    /// When the latest report came.
+    at: Timestamp,
+}
+
+impl UnheardReport {
+    /// No report (as of `now`).
+    fn none(now: Timestamp) -> Self {
+        Self {
+            peers: InstanceSet::EMPTY,
+            confirmed: InstanceSet::EMPTY,
+            at: now,
+        }
+    }
+
+    /// After a report of `peers` that came at `now`; the sender reports each heartbeat
+    /// `interval`.
+    fn next(self, peers: InstanceSet, now: Timestamp, interval: Duration) -> Self {
+        let since = now.saturating_since(self.at);
+        let both = InstanceSet::from_bits(peers.bits() & self.peers.bits());
+        if since < interval / 2 {
+            // A copy of the report before (the network may duplicate a frame), or a
+            // withdrawal soon after it: the same round, so it confirms nothing new.
+            Self {
+                peers,
+                confirmed: InstanceSet::from_bits(self.confirmed.bits() & peers.bits()),
+                at: self.at,
+            }
+        } else {
+            // The next round's report: what both named lasted the round; after a gap (a
+            // report or more lost, or a new cut) it starts a new run.
+            Self {
+                peers,
+                confirmed: if since <= interval * 2 {
+                    both
+                } else {
+                    InstanceSet::EMPTY
+                },
+                at: now,
+            }
+        }
+    }
+}
+
 /// The membership state machine of one running instance.
 #[derive(Debug)]
 pub struct ClusterManager {
@@ -456,6 +535,12 @@ pub struct ClusterManager {
     recovery_epoch: Epoch,
     /// Members suspected and not heard from since.
     suspected: InstanceSet,
+    /// Per member, what it last reported it does not hear ([`ClusterMessage::Unreachable`]);
+    /// read by the coordinator while fresh.
+    unheard_by: Vec<UnheardReport>,
+    /// The members this instance last reported it does not hear (withdrawn, with an empty
+    /// report, as soon as it hears them all again).
+    reported: InstanceSet,
     /// The newest epoch whose recovery this instance completed (sent in `Status`).
     recovered: Epoch,
     /// The decision this instance made for its current epoch (`Formed` or `Reconfigure`),
@@ -522,6 +607,8 @@ impl ClusterManager {
             recovery_pending: InstanceSet::EMPTY,
             recovery_epoch: epoch,
             suspected: InstanceSet::EMPTY,
+            unheard_by: vec![UnheardReport::none(now); interconnect::MAX_INSTANCES],
+            reported: InstanceSet::EMPTY,
             recovered: epoch,
             announce: None,
             announce_to: InstanceSet::EMPTY,
@@ -554,6 +641,12 @@ impl ClusterManager {
     /// The current members.
     pub fn live(&self) -> InstanceSet {
         self.live
+    }
+
+    /// Whether a proposal of this instance's is in flight on the voting area (a membership
+    /// change under way that nothing shows yet).
+    pub fn is_proposing(&self) -> bool {
+        self.paxos.is_proposing()
     }
 
     /// When this manager was built (its `now`). The drivers grant the instance's first lease
@@ -790,6 +883,16 @@ impl ClusterManager {
                     self.record_fenced(epoch, lost, now);
                 }
             }
+            ClusterMessage::Unreachable { epoch, peers } => {
+                // Only about this epoch's members, from one of them; the coordinator weighs
+                // it in its next tick.
+                if epoch == self.epoch && self.live.contains(from) {
+                    let peers = InstanceSet::from_bits(peers.bits() & self.live.bits());
+                    let interval = self.config.membership.heartbeat_interval;
+                    let report = &mut self.unheard_by[from.index()];
+                    *report = report.next(peers, now, interval);
+                }
+            }
             ClusterMessage::RecoveryDone { epoch } => {
                 if epoch >= self.recovery_epoch {
                     self.recovery_pending.remove(from);
@@ -933,7 +1036,8 @@ impl ClusterManager {
         while let Some(to) = self.net.poll_transmit() {
             self.actions.push_back(ClusterAction::Heartbeat { to });
         }
-        if now >= self.status_due {
+        let status_round = now >= self.status_due;
+        if status_round {
             // Control messages are repaired by repetition, not acknowledged one by one: each
             // round says where this instance stands, and resends its own decision to the
             // members that have not shown they have it.
@@ -1021,7 +1125,13 @@ impl ClusterManager {
         }
         self.minority_since = None;
         let coordinator = reachable.iter().next() == Some(self.me);
-        if !coordinator || self.paxos.is_proposing() || now < self.propose_after {
+        if !coordinator {
+            self.report_unheard(partitioned, status_round);
+            return;
+        }
+        // The coordinator acts on what it does not hear itself; its old reports go.
+        self.report_unheard(InstanceSet::EMPTY, status_round);
+        if self.paxos.is_proposing() || now < self.propose_after {
             return;
         }
         // A proposal names only members this instance reaches now (connected, heartbeats
@@ -1033,10 +1143,30 @@ impl ClusterManager {
         if !unsettled.is_empty() {
             return;
         }
-        if !dead.is_empty() || !partitioned.is_empty() {
+        // Cuts between two members this instance reaches, as they report them: of the two
+        // ends, the higher id goes (the tie rule's side), so never the coordinator itself.
+        // Only a cut two reports in a row named, the latest no older than a heartbeat
+        // interval (reports come one an interval while a cut lasts): a report that outlived
+        // the cut it named would vote out a member the cluster hears again (seed 5001172).
+        let fresh = self.config.membership.heartbeat_interval;
+        let mut cut_off = InstanceSet::EMPTY;
+        for reporter in reachable.iter() {
+            let report = self.unheard_by[reporter.index()];
+            if now.saturating_since(report.at) > fresh {
+                continue;
+            }
+            for peer in report.confirmed.iter().filter(|p| reachable.contains(*p)) {
+                cut_off.insert(peer.max(reporter));
+            }
+        }
+        cut_off.remove(self.me);
+        let kept: InstanceSet = reachable.iter().filter(|p| !cut_off.contains(*p)).collect();
+        let kept_majority = kept.len() * 2 > voters.len()
+            || (kept.len() * 2 == voters.len() && lowest.is_some_and(|l| kept.contains(l)));
+        if !dead.is_empty() || !partitioned.is_empty() || (!cut_off.is_empty() && kept_majority) {
             self.stats.dead += dead.len() as u64;
-            self.stats.partitioned += partitioned.len() as u64;
-            self.propose(reachable, now);
+            self.stats.partitioned += (partitioned.len() + cut_off.len()) as u64;
+            self.propose(if kept_majority { kept } else { reachable }, now);
             return;
         }
         // Admit restarted instances once every member has recovered the last failure.
@@ -1095,6 +1225,35 @@ impl ClusterManager {
         self.pump_paxos(now);
     }
 
+    /// Tells the members which of them this instance has not heard past the grace
+    /// (`unheard`), each heartbeat interval (`status_round`) while it lasts: the coordinator
+    /// may still hear them (a cut between two others, or one way), and whichever member
+    /// coordinates acts on it. Once it hears them all again it withdraws its report at once
+    /// (an empty one), so that the coordinator does not act on a cut that healed.
+    fn report_unheard(&mut self, unheard: InstanceSet, status_round: bool) {
+        let withdraw = unheard.is_empty() && !self.reported.is_empty();
+        let report = status_round && !unheard.is_empty();
+        if !withdraw && !report {
+            return;
+        }
+        self.reported = unheard;
+        let me = self.me;
+        let peers: InstanceSet = self
+            .connected
+            .iter()
+            .filter(|p| *p != me && self.live.contains(*p))
+            .collect();
+        for peer in peers.iter() {
+            self.send(
+                peer,
+                ClusterMessage::Unreachable {
+                    epoch: self.epoch,
+                    peers: unheard,
+                },
+            );
+        }
+    }
+
     fn apply(&mut self, epoch: Epoch, live: InstanceSet, now: Timestamp) {
         let lost: InstanceSet = self.live.iter().filter(|p| !live.contains(*p)).collect();
         // A member admitted now starts its heartbeats once it has built its engines: it gets
@@ -1111,6 +1270,9 @@ impl ClusterManager {
         self.net.set_epoch(epoch);
         self.stats.reconfigurations += 1;
         self.suspected = InstanceSet::from_bits(self.suspected.bits() & live.bits());
+        // Reports name the previous epoch's cuts; members report again if they last.
+        self.unheard_by.fill(UnheardReport::none(now));
+        self.reported = InstanceSet::EMPTY;
         // A member back in the cluster registered its key again when it started.
         self.fenced = InstanceSet::from_bits(self.fenced.bits() & !live.bits());
         self.actions
@@ -1499,6 +1661,10 @@ mod tests {
                 epoch: Epoch(5),
                 lost: set(&[1, 3]),
             },
+            ClusterMessage::Unreachable {
+                epoch: Epoch(6),
+                peers: set(&[2]),
+            },
         ];
         for message in messages {
             let mut bytes = Vec::new();
@@ -1604,6 +1770,113 @@ mod tests {
             stopped(&acts).is_some_and(|r| r.contains("majority")),
             "{acts:?}"
         );
+    }
+
+    /// The reports `acts` holds: `Unreachable` sent to `to`, with the members each named.
+    fn reports_to(acts: &[ClusterAction], to: u64) -> Vec<InstanceSet> {
+        acts.iter()
+            .filter_map(|a| match a {
+                ClusterAction::Send {
+                    to: t,
+                    message: ClusterMessage::Unreachable { peers, .. },
+                } if *t == id(to) => Some(*peers),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What 3 reports of a one-way cut 2 → 3.
+    const CUT_2_TO_3: ClusterMessage = ClusterMessage::Unreachable {
+        epoch: Epoch(1),
+        peers: InstanceSet::from_bits(1 << 2),
+    };
+
+    /// A coordinator 0 of four that hears everyone, up to `until` ms.
+    fn coordinator_hearing_all(until: u64) -> Rig {
+        let mut coordinator = manager(0, &[0, 1, 2, 3]);
+        run(&mut coordinator, &[1, 2, 3], &[0, 1, 2, 3], 0, until);
+        assert!(reconfigured(&actions(&mut coordinator)).is_none());
+        coordinator
+    }
+
+    #[test]
+    fn a_one_way_cut_the_coordinator_does_not_see_is_reported_and_one_end_voted_out() {
+        // Four instances; only 2 → 3 is cut (one way): 3 does not hear 2, while 0 (the
+        // coordinator) hears everyone (soak seed 1007517: nothing was ever done about it).
+        let mut reporter = manager(3, &[0, 1, 2, 3]);
+        run(&mut reporter, &[0, 1, 2], &[0, 1, 2, 3], 0, 500);
+        run(&mut reporter, &[0, 1], &[0, 1, 2, 3], 600, 2300);
+        let acts = actions(&mut reporter);
+        assert!(reports_to(&acts, 0).is_empty(), "reported before the grace");
+        // Past the grace it reports 2 each round, and proposes nothing itself.
+        run(&mut reporter, &[0, 1], &[0, 1, 2, 3], 2400, 3000);
+        let acts = actions(&mut reporter);
+        let reports = reports_to(&acts, 0);
+        assert!(
+            reports.len() >= 2 && reports.iter().all(|p| *p == set(&[2])),
+            "{acts:?}"
+        );
+        assert!(reconfigured(&acts).is_none() && stopped(&acts).is_none());
+        // One report moves the coordinator to nothing (the cut may have healed as it was
+        // sent); the next round's confirms the cut, and the higher end goes.
+        let mut coordinator = coordinator_hearing_all(2500);
+        coordinator.on_message(id(3), CUT_2_TO_3, at(2500));
+        run(&mut coordinator, &[1, 2, 3], &[0, 1, 2, 3], 2550, 2550);
+        assert!(reconfigured(&actions(&mut coordinator)).is_none());
+        coordinator.on_message(id(3), CUT_2_TO_3, at(2600));
+        run(&mut coordinator, &[1, 2, 3], &[0, 1, 2, 3], 2600, 2600);
+        let (epoch, live, lost) =
+            reconfigured(&actions(&mut coordinator)).expect("one end voted out");
+        assert_eq!((epoch, live, lost), (Epoch(2), set(&[0, 1, 2]), set(&[3])));
+    }
+
+    #[test]
+    fn a_reporter_withdraws_its_report_once_it_hears_the_peer_again() {
+        let mut reporter = manager(3, &[0, 1, 2, 3]);
+        run(&mut reporter, &[0, 1, 2], &[0, 1, 2, 3], 0, 500);
+        run(&mut reporter, &[0, 1], &[0, 1, 2, 3], 600, 2700);
+        assert!(!reports_to(&actions(&mut reporter), 0).is_empty());
+        // The link heals: at the next tick it withdraws (an empty report), once.
+        run(&mut reporter, &[0, 1, 2], &[0, 1, 2, 3], 2800, 2800);
+        let acts = actions(&mut reporter);
+        assert_eq!(reports_to(&acts, 0), vec![InstanceSet::EMPTY], "{acts:?}");
+        run(&mut reporter, &[0, 1, 2], &[0, 1, 2, 3], 2900, 3500);
+        let acts = actions(&mut reporter);
+        assert!(reports_to(&acts, 0).is_empty(), "{acts:?}");
+    }
+
+    #[test]
+    fn a_report_of_a_cut_that_healed_is_not_acted_on() {
+        let mut coordinator = coordinator_hearing_all(2400);
+        // A copy of one report (the network duplicated it) is still one report.
+        coordinator.on_message(id(3), CUT_2_TO_3, at(2500));
+        coordinator.on_message(id(3), CUT_2_TO_3, at(2510));
+        run(&mut coordinator, &[1, 2, 3], &[0, 1, 2, 3], 2520, 2520);
+        assert!(reconfigured(&actions(&mut coordinator)).is_none());
+        // Two reports in a row, the latest older than a heartbeat interval when the
+        // coordinator next ticks: the reporter stopped reporting (it hears 2 again).
+        coordinator.on_message(id(3), CUT_2_TO_3, at(2600));
+        run(&mut coordinator, &[1, 2, 3], &[0, 1, 2, 3], 2750, 2750);
+        assert!(reconfigured(&actions(&mut coordinator)).is_none());
+        // Two in a row and a withdrawal before the tick: the cut healed.
+        coordinator.on_message(id(3), CUT_2_TO_3, at(2800));
+        coordinator.on_message(id(3), CUT_2_TO_3, at(2900));
+        let healed = ClusterMessage::Unreachable {
+            epoch: Epoch(1),
+            peers: InstanceSet::EMPTY,
+        };
+        coordinator.on_message(id(3), healed, at(2950));
+        run(&mut coordinator, &[1, 2, 3], &[0, 1, 2, 3], 2950, 2950);
+        assert!(reconfigured(&actions(&mut coordinator)).is_none());
+        // A cut that comes back is a new one: it takes two reports again.
+        coordinator.on_message(id(3), CUT_2_TO_3, at(3000));
+        run(&mut coordinator, &[1, 2, 3], &[0, 1, 2, 3], 3000, 3000);
+        assert!(reconfigured(&actions(&mut coordinator)).is_none());
+        coordinator.on_message(id(3), CUT_2_TO_3, at(3100));
+        run(&mut coordinator, &[1, 2, 3], &[0, 1, 2, 3], 3100, 3100);
+        let (epoch, live, lost) =
+            reconfigured(&actions(&mut coordinator)).expect("one end voted out");
+        assert_eq!((epoch, live, lost), (Epoch(2), set(&[0, 1, 2]), set(&[3])));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! * One link cut among three (nftables drops the 0–1 connection both ways, 0–2 and 1–2
 //!   stay): exactly one of 0 and 1 stops, the other and 2 serve at a new epoch with the same
 //!   members, nothing acknowledged is lost, and the stopped one rejoins after the heal.
+//! * One way of the 1–2 connection cut (2 → 1 dropped, 1 → 2 carried): the coordinator 0
+//!   hears both, only 1's report shows the cut; 2 (the higher end) stops, 0 and 1 serve on.
 //! * An instance frozen (SIGSTOP) past the grace and its lease, then thawed: it stops by
 //!   itself (its lease lapsed, it was voted out), the others go on, nothing it acknowledged is
 //!   lost, and it rejoins.
@@ -160,7 +162,19 @@ impl Firewall {
         )
     }
 
+    /// Cuts the connection both ways.
     fn cut(&self) {
+        self.drop_marked("", "cut");
+    }
+
+    /// Cuts one way: what the group's instance sends on the connection (redials included)
+    /// is dropped, what the other end sends still arrives.
+    fn cut_one_way(&self) {
+        self.drop_marked(&format!("meta skgid {} ", self.gid), "cut one way");
+    }
+
+    /// Drops the packets of marked connections that `only` (a match, or nothing) selects.
+    fn drop_marked(&self, only: &str, what: &str) {
         run(
             "nft",
             &[
@@ -169,11 +183,11 @@ impl Firewall {
                 "inet",
                 &self.table,
                 "out",
-                &format!("ct mark {MARK} drop"),
+                &format!("{only}ct mark {MARK} drop"),
             ],
         )
         .unwrap();
-        eprintln!("{}: cut", self.table);
+        eprintln!("{}: {what}", self.table);
     }
 
     fn heal(&self) {
@@ -665,6 +679,53 @@ fn a_one_link_cut_among_three_stops_exactly_one_end() {
     faulty.rejoin(loser, winner);
     assert_eq!(faulty.contents(2), contents);
     faulty.finish();
+}
+
+/// What instance 2 sends on its connection to 1 is dropped (1 → 2 is carried, and 0's links
+/// are untouched) under the workload until one instance stops, and for 6 s at least; then
+/// the link heals. The coordinator 0 hears both ends: only 1's report (it does not hear 2)
+/// shows the cut. Exactly instance 2 (the higher end of the cut) stops; 0 and 1 serve at
+/// one new epoch with the two of them; every acknowledged increment is present.
+#[test]
+fn a_one_way_cut_between_two_members_stops_its_higher_end() {
+    let test = "a_one_way_cut_between_two_members_stops_its_higher_end";
+    if let Some(why) = skip_reason(true, &["nft"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    let port = faulty.cluster.addresses[1].port();
+    match Firewall::new("w", cut_gid(), port) {
+        Ok(firewall) => faulty.firewall = Some(firewall),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
+            return;
+        }
+    }
+    // Instance 2 dials 1 (the higher id dials): its packets to 1's port mark the link.
+    faulty.start(&[2]);
+    let epoch = faulty.epoch(0);
+    let workload = Workload::start(&faulty);
+    workload.progress(&faulty, 2, SERVES);
+    let cut_at = Instant::now();
+    faulty.firewall.as_ref().unwrap().cut_one_way();
+    let exited = wait_for_exits(&mut faulty, &[0, 1, 2], cut_at, Duration::from_secs(6));
+    faulty.firewall.as_ref().unwrap().heal();
+    let stopped: Vec<usize> = exited.keys().copied().collect();
+    assert_eq!(stopped, [2], "instances {exited:?} stopped");
+    let why = faulty.stopped_reason(2, exited[&2]);
+    eprintln!("{test}: instance 2 stopped: {why}");
+    faulty.expect_survivors(&[0, 1], epoch, &workload);
+    let tally = workload.finish();
+    faulty.check_contents(&[0, 1], &tally);
+    for id in [0, 1] {
+        let status = faulty.cluster.terminate(id);
+        assert!(
+            status.success(),
+            "instance {id} exited with {status}:\n{}",
+            faulty.cluster.log(id)
+        );
+    }
 }
 
 /// Instance 1 is frozen (SIGSTOP) under the workload until the others have moved to a new

@@ -1083,6 +1083,9 @@ pub struct Sim {
     // ---- faults beside deaths (`crate::faults`)
     /// Cuts, pauses, stalls, clock jumps in force.
     faults: Faults,
+    /// Until when (global time) the latest cut, pause or stall may still be acted on after
+    /// it ended ([`Sim::fault_in_force`]).
+    fault_aftermath_until: Duration,
     /// The configuration's faults still to come, by step.
     faults_due: VecDeque<(u64, FaultKind)>,
     /// Frames that reached a paused process (engine or control, in arrival order).
@@ -1196,6 +1199,7 @@ impl Sim {
             restarts_pending: 0,
             counters: Counters::default(),
             faults: Faults::new(cfg.instances, timings().failure.lease),
+            fault_aftermath_until: Duration::ZERO,
             faults_due: cfg.faults.iter().copied().collect(),
             inbox: (0..cfg.instances).map(|_| VecDeque::new()).collect(),
             held: BTreeMap::new(),
@@ -3129,16 +3133,27 @@ impl Sim {
         self.advance_plan();
     }
 
+    /// Whether a cut, pause or stall is in force at `now`, or ended so recently that what
+    /// members reported of it may still start a proposal: a report sent just before the end
+    /// (or before the reporter next heard the member, up to a heartbeat interval later)
+    /// arrives after it and moves the coordinator for one more interval
+    /// (`ClusterManager`'s fresh-report rule). The exclusion it decides is legitimate: the
+    /// report was true when sent. (A plan's death may come meanwhile, as during a rebuild:
+    /// the survivors handle both.)
+    fn fault_in_force(&self, now: Duration) -> bool {
+        self.faults.any_in_force(now) || now < self.fault_aftermath_until
+    }
+
     /// Whether failure handling is under way, as the nodes show it: a death not yet decided
     /// (a running node still counts a dead one as a member), a node behind the newest epoch
-    /// or still rebuilding or recovering or without its lease, an instance cut off or
-    /// joining, a fault in force or frames it held not yet delivered.
+    /// or still rebuilding or recovering or without its lease, a proposal in flight, an
+    /// instance cut off or joining, a fault in force or frames it held not yet delivered.
     fn recovery_in_progress(&self) -> bool {
         let running: Vec<&Node> = self.nodes.iter().filter(|n| n.alive).collect();
         let newest = running.iter().map(|n| n.node.epoch()).max();
         let now = self.global();
         self.nodes.iter().any(|n| n.isolated || n.joining)
-            || self.faults.any_in_force(now)
+            || self.fault_in_force(now)
             || !self.held.is_empty()
             || self.inbox.iter().any(|i| !i.is_empty())
             || running.iter().any(|n| {
@@ -3149,6 +3164,7 @@ impl Sim {
                     || !node.recovering().is_empty()
                     || node.core().gcs().is_reconfiguring()
                     || !node.core().recovery_idle()
+                    || node.cluster().is_proposing()
                     || node.live().iter().any(|m| !self.nodes[m.index()].alive)
             })
     }
@@ -3340,6 +3356,12 @@ impl Sim {
             }
         };
         self.trace(|| format!("FAULT {fault:?}"));
+        if let Fault::Cut { until, .. } | Fault::Pause { until, .. } | Fault::Stall { until, .. } =
+            fault
+        {
+            let aftermath = timings().failure.membership.heartbeat_interval * 3;
+            self.fault_aftermath_until = self.fault_aftermath_until.max(until + aftermath);
+        }
         match fault {
             Fault::Cut { until, .. } => {
                 self.schedule(until - now, Event::HealLinks);

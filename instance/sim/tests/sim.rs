@@ -96,23 +96,25 @@ fn a_failed_read_fails_the_waiting_user_and_never_hangs() {
     }
 }
 
-/// Seeds the soak (`fusion-sim soak`) once failed, each replayed whole: a release held by a
-/// one-way cut that reached its master after the block went idle (1007517), a plan whose
-/// second death could never come once one instance was left (2002578), a plan whose death
-/// killed the newest epoch's only member while the instance voted out of it still ran, so
-/// every instance was dead, which this world cannot restart from (1000042, a fault of the
-/// plan alone: the seed is its guard, so the survivor must still recover the voted-out
-/// instance and see it restart), and a restarted instance's checkpoint that read a block
-/// torn by a death not yet recovered, which the driver took for corruption where the
+/// Seeds the soak (`fusion-sim soak`) or a sweep once failed, each replayed whole: a release
+/// held by a one-way cut that reached its master after the block went idle, the cut now
+/// reported by the member that does not hear and its higher end voted out (1007517); a plan
+/// whose second death could never come once one instance was left (2002578); a plan whose
+/// death killed the newest epoch's only member while the instance voted out of it still
+/// ran, so every instance was dead, which this world cannot restart from (1000042, a fault
+/// of the plan alone: the seed is its guard, so the survivor must still recover the
+/// voted-out instance and see it restart); a restarted instance's checkpoint that read a
+/// block torn by a death not yet recovered, which the driver took for corruption where the
 /// runtime counts it as not on storage (6004564, a fault of the driver alone: the seed is
-/// its guard, so it must still tear a write), and a master that granted S of a block a
-/// member voted out but still running held in X (8001639; `gcs/tests/lost_readers.rs`
-/// pins the cause). A seed's path depends on the code, so this
-/// guards the fixed paths as they run today; the unit tests beside the other fixes pin the
-/// cause itself.
+/// its guard, so it must still tear a write); a master that granted S of a block a member
+/// voted out but still running held in X (8001639; `gcs/tests/lost_readers.rs` pins the
+/// cause); a one-way cut reported just before it healed, whose member was voted out after
+/// the heal while the final probes ran (272: the simulator waits out such reports). A
+/// seed's path depends on the code, so this guards the fixed paths as they run today; the
+/// unit tests beside the other fixes pin the cause itself.
 #[test]
 fn soak_failures_stay_fixed() {
-    for seed in [1_000_042, 1_007_517, 2_002_578, 6_004_564, 8_001_639] {
+    for seed in [272, 1_000_042, 1_007_517, 2_002_578, 6_004_564, 8_001_639] {
         let stats = run_seed(SimConfig::from_seed(seed));
         assert!(stats.commits > 0, "seed {seed}: no commit");
         if seed == 1_000_042 {
