@@ -541,6 +541,9 @@ pub struct ClusterManager {
     /// The members this instance last reported it does not hear (withdrawn, with an empty
     /// report, as soon as it hears them all again).
     reported: InstanceSet,
+    /// Per member admitted by a reconfiguration this instance applied, when: it is not
+    /// reported until a second grace has passed since (see `report_unheard`).
+    admitted_at: Vec<Option<Timestamp>>,
     /// The newest epoch whose recovery this instance completed (sent in `Status`).
     recovered: Epoch,
     /// The decision this instance made for its current epoch (`Formed` or `Reconfigure`),
@@ -609,6 +612,7 @@ impl ClusterManager {
             suspected: InstanceSet::EMPTY,
             unheard_by: vec![UnheardReport::none(now); interconnect::MAX_INSTANCES],
             reported: InstanceSet::EMPTY,
+            admitted_at: vec![None; interconnect::MAX_INSTANCES],
             recovered: epoch,
             announce: None,
             announce_to: InstanceSet::EMPTY,
@@ -1126,7 +1130,20 @@ impl ClusterManager {
         self.minority_since = None;
         let coordinator = reachable.iter().next() == Some(self.me);
         if !coordinator {
-            self.report_unheard(partitioned, status_round);
+            // A member admitted lately is not reported until a second grace has passed: it
+            // connects to each member as its start goes on, and on a loaded host that may
+            // take longer than the grace after its admission; the coordinator, which hears
+            // it, decides about a newcomer that never starts (a rejoin was voted out on one
+            // member's report once, with a load of 20 on two cores).
+            let grace = self.config.membership.down_after;
+            let unheard: InstanceSet = partitioned
+                .iter()
+                .filter(|p| {
+                    self.admitted_at[p.index()]
+                        .is_none_or(|at| now.saturating_since(at) >= grace * 2)
+                })
+                .collect();
+            self.report_unheard(unheard, status_round);
             return;
         }
         // The coordinator acts on what it does not hear itself; its old reports go.
@@ -1260,6 +1277,7 @@ impl ClusterManager {
         // a fresh grace on both, not the silence of its previous life.
         for joined in live.iter().filter(|p| !self.live.contains(*p)) {
             self.disk[joined.index()].changed_at = now;
+            self.admitted_at[joined.index()] = Some(now);
             let _ = self.net.on_frame(joined, epoch, now);
         }
         self.epoch = epoch;
@@ -1828,6 +1846,30 @@ mod tests {
         let (epoch, live, lost) =
             reconfigured(&actions(&mut coordinator)).expect("one end voted out");
         assert_eq!((epoch, live, lost), (Epoch(2), set(&[0, 1, 2]), set(&[3])));
+    }
+
+    #[test]
+    fn a_member_admitted_lately_is_reported_only_after_a_second_grace() {
+        let mut m = manager(1, &[0, 1, 2]);
+        run(&mut m, &[0, 2], &[0, 1, 2], 0, 300);
+        let status = |epoch, live: &[u64]| ClusterMessage::Status {
+            epoch: Epoch(epoch),
+            live: set(live),
+            recovered: Epoch(epoch),
+        };
+        m.on_message(id(0), status(2, &[0, 1]), at(350));
+        let _ = actions(&mut m);
+        m.on_message(id(0), status(3, &[0, 1, 2]), at(400));
+        let (_, live, _) = reconfigured(&actions(&mut m)).expect("2 admitted");
+        assert_eq!(live, set(&[0, 1, 2]));
+        // 2 never reaches 1 (a slow start): down after the grace, but not reported before
+        // a second grace has passed since its admission.
+        run(&mut m, &[0], &[0, 1, 2], 500, 4300);
+        let acts = actions(&mut m);
+        assert!(reports_to(&acts, 0).is_empty(), "{acts:?}");
+        run(&mut m, &[0], &[0, 1, 2], 4400, 4600);
+        let acts = actions(&mut m);
+        assert!(reports_to(&acts, 0).contains(&set(&[2])), "{acts:?}");
     }
 
     #[test]
