@@ -17,6 +17,10 @@
 //! (each after its own delay: after a whole-cluster crash a majority often forms without the
 //! last ones, which join later), once no running node still counts it a member and no write
 //! of its previous life can land.
+//! Timings are the seed's ([`Timings::drawn`], in the runtime's units: the defaults in a
+//! quarter of the seeds, otherwise a lease of 120–900 ms with the rest drawn where a
+//! configuration file may set them); ticks and disk rounds come every heartbeat and disk
+//! interval, give or take a tenth.
 //! The runtime's part is modelled as the runtime does it: a disk round writes the heartbeat,
 //! reads every slot and hands the round to the node, which renews the lease (from the
 //! round's start) when it may; the node decides when recovery begins (its redo-scan I/O).
@@ -59,7 +63,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::faults::{Faults, control_copies};
-use crate::voting::id;
+use crate::voting::{Timings, id};
 
 /// What happens at a virtual time.
 #[derive(Debug, Clone)]
@@ -217,9 +221,12 @@ struct Sim {
     faults_end: u64,
     stats: MembershipStats,
     trace: bool,
+    /// Every node's failure timings, the runtime's units (drawn per seed).
+    timings: Timings,
+    /// The lease in milliseconds (this world's unit).
+    lease_ms: u64,
 }
 
-const LEASE_MS: u64 = 600;
 /// Each node's cache (no user runs: the engines' state is what they rebuild).
 const CACHE_FRAMES: u32 = 8;
 const BLOCK_SIZE: u32 = 4096;
@@ -249,6 +256,9 @@ impl Sim {
             })
             .collect();
         let faults_end = rng.between(8_000, 20_000);
+        // The timings come from a generator of their own: a seed's faults stay its own.
+        let timings = Timings::drawn(&mut SimRng::new(seed ^ 0x7177_1e55_1ea5_e000));
+        let lease_ms = u64::try_from(timings.failure.lease.as_millis()).unwrap_or(u64::MAX);
         let mut sim = Sim {
             rng,
             now: 0,
@@ -258,13 +268,16 @@ impl Sim {
             nodes,
             heartbeats: vec![0; n],
             blocks: vec![[0u8; PAXOS_BLOCK_LEN]; n],
-            faults: Faults::new(n, ms(LEASE_MS)),
+            faults: Faults::new(n, timings.failure.lease),
             engine_last: BTreeMap::new(),
             memberships: BTreeMap::new(),
             faults_end,
             stats: MembershipStats::default(),
             trace,
+            timings,
+            lease_ms,
         };
+        sim.log(|| format!("{n} instances, timings {:?}", sim.timings.failure));
         // Every instance starts (the cluster forms), a little apart.
         for i in 0..n {
             let d = sim.rng.below(200);
@@ -279,8 +292,15 @@ impl Sim {
         (0..self.nodes.len()).map(id).collect()
     }
 
-    fn failure() -> FailureConfig {
-        FailureConfig::default()
+    fn failure(&self) -> FailureConfig {
+        self.timings.failure
+    }
+
+    /// The delay to a node's next tick or disk round: `every` (its heartbeat or disk
+    /// interval) give or take a tenth, as a loaded runtime's timers and disk thread keep it.
+    fn around(&mut self, every: Duration) -> u64 {
+        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.rng.between(every * 9 / 10, every * 11 / 10)
     }
 
     /// A new life of `node` starts: it connects to every running process and enters.
@@ -305,7 +325,7 @@ impl Sim {
             return;
         }
         let now = self.local(node);
-        let failure = Self::failure();
+        let failure = self.failure();
         let all = self.all();
         let mut entry = Entry::new(
             EntryConfig {
@@ -396,7 +416,7 @@ impl Sim {
         let decision = decision_at_entry(id(node), epoch, live, &self.paxos_blocks());
         let config = PaxosConfig {
             slots: self.nodes.len(),
-            phase_timeout: instance::paxos::DEFAULT_PHASE_TIMEOUT,
+            phase_timeout: self.timings.phase_timeout,
         };
         let mut paxos = DiskPaxos::new(id(node), config, decision).expect("paxos");
         if let Err(e) = paxos.recover_own(&self.blocks[node]) {
@@ -404,7 +424,7 @@ impl Sim {
                 "n{node}: its own Paxos block does not recover: {e}"
             ));
         }
-        let failure = Self::failure();
+        let failure = self.failure();
         let m =
             ClusterManager::new(id(node), all, epoch, live, failure, paxos, now).expect("manager");
         let region = BlockRegion::anonymous(CACHE_FRAMES, BLOCK_SIZE).expect("region");
@@ -451,10 +471,11 @@ impl Sim {
                 self.fail(format!("n{node} refused an early frame of n{from}: {e}"));
             }
         }
+        let lease_ms = self.lease_ms;
         let me = &mut self.nodes[node];
         me.node = Some(running);
         me.entered_at = epoch;
-        me.lease_until = lease_from.map_or(0, |from| from + LEASE_MS);
+        me.lease_until = lease_from.map_or(0, |from| from + lease_ms);
         let d = self.rng.below(100);
         self.at(d, Ev::DiskRound(node));
     }
@@ -571,7 +592,8 @@ impl Sim {
         match ev {
             Ev::Tick(node) => {
                 if self.nodes[node].alive {
-                    let next = self.rng.between(90, 110);
+                    let f = self.failure();
+                    let next = self.around(f.membership.heartbeat_interval.min(f.disk_interval));
                     self.at(next, Ev::Tick(node));
                 }
                 if !self.runnable(node, &Ev::Tick(node)) {
@@ -682,7 +704,7 @@ impl Sim {
                 if let Some(running) = self.nodes[node].node.as_mut() {
                     running.handle_disk_round(round, now);
                 }
-                let next = self.rng.between(90, 110);
+                let next = self.around(self.failure().disk_interval);
                 self.at(next, Ev::DiskRound(node));
             }
             Ev::PaxosWrite {
@@ -907,7 +929,7 @@ impl Sim {
     fn event(&mut self, node: usize, event: NodeEvent) {
         match event {
             NodeEvent::RenewLease { from, .. } => {
-                let until = u64::try_from(from.as_millis()).unwrap_or(u64::MAX) + LEASE_MS;
+                let until = u64::try_from(from.as_millis()).unwrap_or(u64::MAX) + self.lease_ms;
                 let n = &mut self.nodes[node];
                 n.lease_until = n.lease_until.max(until);
             }
