@@ -204,9 +204,11 @@ struct Sim {
     rng: SimRng,
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    /// (time, sequence): the sequence keys `events`.
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
     /// Each event with the lives of its owners when it was scheduled.
-    events: Vec<Option<(Ev, OwnerLives)>>,
+    /// Pending only (taken when they come): a run's events add up to gigabytes otherwise.
+    events: BTreeMap<u64, (Ev, OwnerLives)>,
     nodes: Vec<Node>,
     /// The voting area: each slot's heartbeat counter and Paxos block.
     heartbeats: Vec<u64>,
@@ -234,6 +236,13 @@ const DATA_BLOCKS: u64 = 64;
 
 fn ms(t: u64) -> Duration {
     Duration::from_millis(t)
+}
+
+/// `t` in this world's milliseconds, rounded up: a fault's end (a lease's 600th: fractions
+/// of a millisecond unless the lease is 600 ms) is over only at the millisecond after it.
+/// Rounded down, a paused node's event was put back at the same millisecond for ever.
+fn ceil_ms(t: Duration) -> u64 {
+    u64::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 impl Sim {
@@ -264,7 +273,7 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
-            events: Vec::new(),
+            events: BTreeMap::new(),
             nodes,
             heartbeats: vec![0; n],
             blocks: vec![[0u8; PAXOS_BLOCK_LEN]; n],
@@ -309,7 +318,7 @@ impl Sim {
         // Paxos rule 4 and the lease: a new life starts once no write of its previous one can
         // still land. And an operator restarts an instance the running members have already
         // let go of (one that comes back first is taken for its old life; see the report).
-        let stalled = self.faults.io_hold(node, ms(self.now)).as_millis() as u64 + self.now;
+        let stalled = ceil_ms(self.faults.io_hold(node, ms(self.now))) + self.now;
         let old_io = stalled.max(self.nodes[node].dead_lease_until);
         let still_member = (0..n).any(|j| {
             self.nodes[j]
@@ -505,10 +514,8 @@ impl Sim {
         let lives = ev
             .owners()
             .map(|owner| owner.map(|o| (o, self.nodes[o].life)));
-        self.events.push(Some((ev, lives)));
-        let index = self.events.len() - 1;
-        self.queue
-            .push(Reverse((self.now + delay, self.seq, index)));
+        self.events.insert(self.seq, (ev, lives));
+        self.queue.push(Reverse((self.now + delay, self.seq)));
     }
 
     fn local(&self, node: usize) -> Timestamp {
@@ -540,7 +547,7 @@ impl Sim {
     /// Storage latency for `node`: held to the end of a stall.
     fn io_delay(&mut self, node: usize) -> u64 {
         let base = self.rng.between(1, 8);
-        let stall = self.faults.io_hold(node, ms(self.now)).as_millis() as u64;
+        let stall = ceil_ms(self.faults.io_hold(node, ms(self.now)));
         stall + base
     }
 
@@ -548,7 +555,7 @@ impl Sim {
     fn paused_until(&self, node: usize) -> Option<u64> {
         self.faults
             .paused_until(node, ms(self.now))
-            .map(|t| t.as_millis() as u64)
+            .map(ceil_ms)
     }
 
     fn linked(&self, from: usize, to: usize) -> bool {
@@ -556,13 +563,13 @@ impl Sim {
     }
 
     fn run(&mut self, until: u64) {
-        while let Some(&Reverse((time, _, index))) = self.queue.peek() {
+        while let Some(&Reverse((time, index))) = self.queue.peek() {
             if time > until {
                 break;
             }
             self.queue.pop();
             self.now = time;
-            let Some((ev, lives)) = self.events[index].take() else {
+            let Some((ev, lives)) = self.events.remove(&index) else {
                 continue;
             };
             let current = lives
@@ -591,14 +598,16 @@ impl Sim {
     fn step(&mut self, ev: Ev) {
         match ev {
             Ev::Tick(node) => {
-                if self.nodes[node].alive {
-                    let f = self.failure();
-                    let next = self.around(f.membership.heartbeat_interval.min(f.disk_interval));
-                    self.at(next, Ev::Tick(node));
-                }
+                // A paused node's tick comes again when it resumes, and only then schedules
+                // the next: otherwise every tick of a pause would start a chain of its own
+                // (they multiplied with each pause until memory ran out, with short
+                // heartbeat intervals).
                 if !self.runnable(node, &Ev::Tick(node)) {
                     return;
                 }
+                let f = self.failure();
+                let next = self.around(f.membership.heartbeat_interval.min(f.disk_interval));
+                self.at(next, Ev::Tick(node));
                 let now = self.local(node);
                 let n = &mut self.nodes[node];
                 if let Some(running) = n.node.as_mut() {
@@ -977,7 +986,7 @@ impl Sim {
                 let held = self
                     .faults
                     .cut_ends(from, to, ms(self.now))
-                    .map_or(self.now, |t| t.as_millis() as u64);
+                    .map_or(self.now, ceil_ms);
                 let last = self.engine_last.get(&(from, to)).copied().unwrap_or(0);
                 let at = (held + self.rng.between(0, 20)).max(last);
                 self.engine_last.insert((from, to), at);
@@ -1031,7 +1040,7 @@ impl Sim {
                 // Only reads: the lost members' lease may still run. There is no redo to
                 // read here (nothing is committed): it waits out a storage stall only.
                 self.stats.recoveries += 1;
-                let d = self.faults.io_hold(node, ms(self.now)).as_millis() as u64;
+                let d = ceil_ms(self.faults.io_hold(node, ms(self.now)));
                 self.at(d, Ev::Scanned { node, epoch });
             }
             NodeIo::Recovery(
