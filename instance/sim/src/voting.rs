@@ -76,8 +76,9 @@ impl Timings {
     /// Timings for one seed, in the runtime's units, as a configuration file may set them
     /// (`storage.lease_ms`, `storage.io_timeout_ms`, `[heartbeat]`): the runtime's defaults
     /// for a quarter of the seeds; otherwise a lease of 120–900 ms and every other timing
-    /// drawn anywhere within what [`FailureConfig::validate`] accepts (whole milliseconds),
-    /// so short leases, I/O bounds at half the lease and disk timeouts just below it all run.
+    /// drawn anywhere within what [`FailureConfig::validate`] accepts (whole milliseconds;
+    /// the I/O bound at least 30 ms, above the storage's ordinary latency), so short leases,
+    /// I/O bounds at half the lease and disk timeouts just below it all run.
     /// Drawn from a generator of their own (`rng`), so a seed's faults stay its own.
     pub fn drawn(rng: &mut SimRng) -> Self {
         let runtime = Self::runtime();
@@ -85,7 +86,10 @@ impl Timings {
             return runtime;
         }
         let lease = rng.between(120, 900);
-        let io_timeout = rng.between((lease / 10).max(1), lease / 2);
+        // Above the worlds' ordinary I/O latency (the instance world's slowest, 550 µs, is
+        // 27.5 ms here): an operator sets the bound above what the storage takes when it
+        // works, else every instance stops on writes failed at the bound.
+        let io_timeout = rng.between((lease / 10).max(30), lease / 2);
         // 3 disk intervals within the disk timeout, itself below the lease; 2 within the
         // write window.
         let most_interval = ((lease - io_timeout) / 2).min((lease - 1) / 3);
