@@ -391,7 +391,10 @@ fn failure_timings_default_to_the_runtimes_and_are_read_from_storage_and_heartbe
     let long = parse(&with_timings("lease_ms = 5000", "")).unwrap().failure;
     assert_eq!(
         (long.lease, long.io_timeout),
-        (Duration::from_secs(5), instance::cluster::DEFAULT_IO_TIMEOUT)
+        (
+            Duration::from_secs(5),
+            instance::cluster::DEFAULT_IO_TIMEOUT
+        )
     );
 }
 

@@ -562,7 +562,11 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
             }
             match outcome {
                 Ok(r) => {
-                    eprintln!("round {} ({name}): ms after the kill: {}", index + 1, r.timeline);
+                    eprintln!(
+                        "round {} ({name}): ms after the kill: {}",
+                        index + 1,
+                        r.timeline
+                    );
                     eprintln!(
                         "round {} ({name}): stored {} keys in {:.0} ms; read back {}",
                         index + 1,

@@ -553,9 +553,7 @@ impl Sim {
 
     /// When `node` resumes (ms), if it is paused now.
     fn paused_until(&self, node: usize) -> Option<u64> {
-        self.faults
-            .paused_until(node, ms(self.now))
-            .map(ceil_ms)
+        self.faults.paused_until(node, ms(self.now)).map(ceil_ms)
     }
 
     fn linked(&self, from: usize, to: usize) -> bool {
