@@ -30,7 +30,7 @@
 //! recovery lifecycle, checkpoint completion) whose disk-heartbeat rounds, Disk Paxos,
 //! recovery and checkpoint I/O go to the same faulty storage as its data and redo, with the
 //! seed's failure timings divided by 50 (`voting::Timings::drawn`: in a quarter of the seeds
-//! the runtime's defaults, 2 ms heartbeats and a 12 ms lease; otherwise a lease of 120–900 ms
+//! the runtime's defaults, 2 ms heartbeats and a 12 ms lease; otherwise a lease of 300–900 ms
 //! before the division, with the I/O bound, disk interval, disk timeout and network
 //! heartbeat drawn anywhere a configuration file may set them).
 //!

@@ -18,7 +18,7 @@
 //! last ones, which join later), once no running node still counts it a member and no write
 //! of its previous life can land.
 //! Timings are the seed's ([`Timings::drawn`], in the runtime's units: the defaults in a
-//! quarter of the seeds, otherwise a lease of 120–900 ms with the rest drawn where a
+//! quarter of the seeds, otherwise a lease of 300–900 ms with the rest drawn where a
 //! configuration file may set them); ticks and disk rounds come every heartbeat and disk
 //! interval, give or take a tenth.
 //! The runtime's part is modelled as the runtime does it: a disk round writes the heartbeat,
