@@ -336,11 +336,11 @@ pub struct Engine<D> {
     /// An instance died: storage reads wait until the dead thread's redo has been scanned
     /// ([`Engine::on_dead_redo_scanned`]), since storage may be stale for blocks it changed.
     pub(crate) scan_pending: bool,
-    /// Members were lost and may still read their S copies from their caches (reads need no
-    /// I/O, so nothing but their lease stops them) until [`Engine::on_lost_leases_over`]:
-    /// meanwhile an X grant waits unless the block is in this set, the blocks mastered here
-    /// before the loss that no lost member held or was being granted.
-    pub(crate) lost_readers: Option<BTreeSet<BlockId>>,
+    /// Members were lost and may still use their copies (reads need no I/O, and an X holder
+    /// may change its copy and commit, so nothing but their lease stops them) until
+    /// [`Engine::on_lost_leases_over`]: meanwhile grants wait as
+    /// [`crate::master::LostHolders`] says.
+    pub(crate) lost_holders: Option<crate::master::LostHolders>,
     /// Recovery-set blocks mastered here whose rebuild was handed to the survivor holding
     /// their newest past image ([`GcsBody::Recover`]), until it answers.
     pub(crate) handed_out: BTreeMap<BlockId, InstanceId>,
@@ -383,7 +383,7 @@ impl<D: MasterDirectory> Engine<D> {
             master: BTreeMap::new(),
             reconfig: None,
             scan_pending: false,
-            lost_readers: None,
+            lost_holders: None,
             handed_out: BTreeMap::new(),
             timers: BTreeSet::new(),
             local: VecDeque::new(),
@@ -546,10 +546,10 @@ impl<D: MasterDirectory> Engine<D> {
         self.handed_out.len()
     }
 
-    /// Whether X grants of blocks a lost member may still read wait for
+    /// Whether grants of blocks a lost member may still use wait for
     /// [`Engine::on_lost_leases_over`].
     pub fn lost_readers_pending(&self) -> bool {
-        self.lost_readers.is_some()
+        self.lost_holders.is_some()
     }
 
     /// Whether the engine has nothing in progress: no request, ship, write, release,

@@ -4,7 +4,8 @@
 //! survivors' reports on reconfiguration, and the recovery set it yields.
 //!
 //! It must never let two grants of one block overlap, never grant X while another instance
-//! may still read an S copy, never grant a storage read while a dirty copy exists, and never
+//! may still read an S copy (nor S while one may still change an X copy: a lost member may,
+//! until its lease ends), never grant a storage read while a dirty copy exists, and never
 //! drop a past image before storage holds a version at least as new.
 
 use crate::engine::{Engine, Event, GcsError, MasterView, RecoveryBlock};
@@ -52,6 +53,65 @@ pub(crate) struct InFlight {
     landing: u64,
     action: Action,
     invalidating: InstanceSet,
+}
+
+/// What this instance's masters knew, at the losses since the last
+/// [`Engine::on_lost_leases_over`], of the blocks the lost members may still use: a lost
+/// member is cut off or paused, not known dead, and until its lease runs out it may read its
+/// S copies and change its X copies (and commit: its redo writes are fenced by the lease
+/// alone). Meanwhile an X grant waits unless no lost member held the block, and an S grant
+/// waits unless no lost member held it in X. Blocks whose master was lost are in neither set
+/// (nobody knows what the lost member held): both wait, unless a survivor's copy proves no
+/// lost member holds X.
+#[derive(Debug, Default)]
+pub(crate) struct LostHolders {
+    /// Blocks mastered here that no lost member held or was being granted.
+    clear: BTreeSet<BlockId>,
+    /// Blocks mastered here that lost members held (or were being granted) in S only.
+    read_only: BTreeSet<BlockId>,
+}
+
+impl LostHolders {
+    /// What `master`'s state says of `lost`'s holdings.
+    fn known(master: &BTreeMap<BlockId, MasterBlock>, lost: InstanceSet) -> Self {
+        let mut known = Self::default();
+        for (block, m) in master {
+            if !m.may_be_held_by(lost) {
+                known.clear.insert(*block);
+            } else if !m.may_be_written_by(lost) {
+                known.read_only.insert(*block);
+            }
+        }
+        known
+    }
+
+    /// After a further loss: what both losses leave known.
+    fn and(self, later: Self) -> Self {
+        let clear: BTreeSet<BlockId> = self.clear.intersection(&later.clear).copied().collect();
+        let read_only = self
+            .clear
+            .iter()
+            .chain(&self.read_only)
+            .filter(|b| later.clear.contains(b) || later.read_only.contains(b))
+            .filter(|b| !clear.contains(b))
+            .copied()
+            .collect();
+        Self { clear, read_only }
+    }
+
+    /// Whether a grant of `block` in `mode` waits for the lost members' leases, its master
+    /// state now being `m`.
+    fn holds_back(&self, block: BlockId, mode: BlockMode, m: &MasterBlock) -> bool {
+        if m.x_holder.is_some() || self.clear.contains(&block) {
+            // A survivor holds X: no lost member holds anything.
+            return false;
+        }
+        match mode {
+            BlockMode::Exclusive => true,
+            // A survivor's S copy proves no lost member holds X.
+            _ => m.s_holders.is_empty() && !self.read_only.contains(&block),
+        }
+    }
 }
 
 /// Master state of one block.
@@ -200,11 +260,19 @@ impl MasterBlock {
 impl MasterBlock {
     /// Whether a member of `members` holds the block or is being granted it.
     fn may_be_held_by(&self, members: InstanceSet) -> bool {
-        self.x_holder.is_some_and(|x| members.contains(x))
+        self.may_be_written_by(members)
             || self.s_holders.bits() & members.bits() != 0
             || self
                 .in_flight
                 .is_some_and(|f| members.contains(f.requester))
+    }
+
+    /// Whether a member of `members` holds the block in X or is being granted X.
+    fn may_be_written_by(&self, members: InstanceSet) -> bool {
+        self.x_holder.is_some_and(|x| members.contains(x))
+            || self
+                .in_flight
+                .is_some_and(|f| members.contains(f.requester) && f.mode == BlockMode::Exclusive)
     }
 
     /// Whether recovery holds the block (such an object is not moved).
@@ -547,14 +615,12 @@ impl<D: MasterDirectory> Engine<D> {
                 // Storage may be stale until the dead thread's redo is scanned.
                 return Ok(());
             }
-            if let Some(clear) = &self.lost_readers
+            if let Some(lost) = &self.lost_holders
                 && let Some(MasterOp::Acquire { mode, .. }) = m.queue.front()
-                && *mode == BlockMode::Exclusive
-                && m.x_holder.is_none()
-                && !clear.contains(&block)
+                && lost.holds_back(block, *mode, m)
             {
-                // A lost member may still read its S copy (its lease runs): no X until it
-                // has surely stopped. (An X holder here means it held nothing.)
+                // A lost member may still use its copy (its lease runs): wait until it has
+                // surely stopped.
                 return Ok(());
             }
             let Some(op) = m.queue.pop_front() else {
@@ -882,18 +948,12 @@ impl<D: MasterDirectory> Engine<D> {
         let lost_members = InstanceSet::from_bits(self.live.bits() & !live.bits());
         let lost = !lost_members.is_empty();
         self.scan_pending |= lost;
-        if lost || self.lost_readers.is_some() {
-            // Blocks mastered here whose state shows no lost member holding (or being
-            // granted) them: known clear. A block whose state was elsewhere (a lost
-            // member mastered it) is not, nor one an earlier loss left uncertain.
-            let clear: BTreeSet<BlockId> = self
-                .master
-                .iter()
-                .filter(|(_, m)| !m.may_be_held_by(lost_members))
-                .map(|(b, _)| *b)
-                .filter(|b| self.lost_readers.as_ref().is_none_or(|c| c.contains(b)))
-                .collect();
-            self.lost_readers = Some(clear);
+        if lost || self.lost_holders.is_some() {
+            let known = LostHolders::known(&self.master, lost_members);
+            self.lost_holders = Some(match self.lost_holders.take() {
+                Some(earlier) => earlier.and(known),
+                None => known,
+            });
         }
         self.epoch = epoch;
         self.live = live;
@@ -983,7 +1043,7 @@ impl<D: MasterDirectory> Engine<D> {
     /// The members lost at the reconfigurations so far have surely stopped reading their
     /// copies (their lease has run out): X grants held back for them are served.
     pub fn on_lost_leases_over(&mut self, now: Timestamp) {
-        if self.lost_readers.take().is_none() {
+        if self.lost_holders.take().is_none() {
             return;
         }
         let blocks: Vec<BlockId> = self.master.keys().copied().collect();
