@@ -301,6 +301,13 @@ impl SimConfig {
         faults
     }
 
+    /// The same run with the runtime's default failure timings (scaled down) instead of
+    /// the seed's: seeds found before timings were drawn replay as they failed then.
+    pub fn with_default_timings(mut self) -> Self {
+        self.timings = Timings::runtime().scaled_down(TIMINGS_SCALE);
+        self
+    }
+
     /// No failures: the same run without its plan.
     pub fn without_failures(mut self) -> Self {
         self.plan.clear();
