@@ -5,7 +5,9 @@
 # first access of an unaffected key and to recovery complete against BENCHMARKS.md's targets (< 500 ms,
 # < 1 s), and reads every key of the victim back.
 # Builds `fusiond` and `recoverybench` in release mode and runs it; extra arguments go to it
-# (e.g. --rounds 5 --keys 20000 --probe-interval-us 500).
+# (e.g. --rounds 5 --keys 20000 --probe-interval-us 500; --profiles default,fast-failover
+# measures the configuration's default failure timings and its fast-failover profile, rounds
+# taken in turn, a table each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh

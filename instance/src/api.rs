@@ -1174,11 +1174,7 @@ impl Setting<'_> {
             cache,
             Timestamp::ZERO,
         )?;
-        let failure = crate::cluster::FailureConfig {
-            membership: self.config.membership,
-            io_timeout: self.config.io_timeout,
-            ..Default::default()
-        };
+        let failure = self.config.failure;
         let own_paxos = slot.paxos;
         let paxos = self.paxos(epoch, live, &own_paxos)?;
         let mut cluster =
@@ -1284,10 +1280,7 @@ impl Setting<'_> {
                 me,
                 configured: self.config.instances(),
                 slots: usize::from(self.layout.max_instances),
-                failure: crate::cluster::FailureConfig {
-                    membership: self.config.membership,
-                    ..Default::default()
-                },
+                failure: self.config.failure,
                 give_up_after: CONNECT_TIMEOUT,
             },
             now(),

@@ -100,6 +100,60 @@ impl FailureConfig {
         lease / 2
     }
 
+    /// How many disk intervals the disk timeout must span at least: a peer's heartbeat
+    /// write and this instance's read of it each fall anywhere in an interval, and one round
+    /// may be late, so a live peer's counter is seen to move within three intervals.
+    pub const MIN_DISK_ROUNDS_PER_TIMEOUT: u32 = 3;
+
+    /// How many renewing disk rounds must fit in the write window (the lease less the I/O
+    /// bound) at least: one slow or failed round then never leaves writes waiting.
+    pub const MIN_DISK_ROUNDS_PER_WINDOW: u32 = 2;
+
+    /// Checks every relation between the timings that fencing and detection rely on
+    /// (`docs/membership.md`, "Late writes: the storage path's bound"): the network
+    /// heartbeat's own settings, then I/O bound within half the lease, a disk timeout of
+    /// at least [`Self::MIN_DISK_ROUNDS_PER_TIMEOUT`] disk intervals and shorter than the
+    /// lease, and at least [`Self::MIN_DISK_ROUNDS_PER_WINDOW`] disk intervals in the write
+    /// window. Only ratios are checked: a configuration scaled down or up keeps passing.
+    pub fn validate(&self) -> Result<(), FailureConfigError> {
+        self.membership
+            .validate()
+            .map_err(FailureConfigError::Heartbeat)?;
+        if self.disk_interval.is_zero()
+            || self.disk_timeout.is_zero()
+            || self.lease.is_zero()
+            || self.io_timeout.is_zero()
+        {
+            return Err(FailureConfigError::Zero);
+        }
+        if self.io_timeout > Self::max_io_timeout(self.lease) {
+            return Err(FailureConfigError::IoTimeoutPastHalfLease {
+                io_timeout: self.io_timeout,
+                lease: self.lease,
+            });
+        }
+        if self.disk_timeout < self.disk_interval * Self::MIN_DISK_ROUNDS_PER_TIMEOUT {
+            return Err(FailureConfigError::DiskTimeoutBelowRounds {
+                disk_timeout: self.disk_timeout,
+                disk_interval: self.disk_interval,
+            });
+        }
+        if self.disk_timeout >= self.lease {
+            return Err(FailureConfigError::DiskTimeoutNotBelowLease {
+                disk_timeout: self.disk_timeout,
+                lease: self.lease,
+            });
+        }
+        let window = self.lease - self.io_timeout;
+        if self.disk_interval * Self::MIN_DISK_ROUNDS_PER_WINDOW > window {
+            return Err(FailureConfigError::DiskIntervalPastWindow {
+                disk_interval: self.disk_interval,
+                window,
+            });
+        }
+        Ok(())
+    }
+
     /// Until when writes may be submitted under a lease that runs to `lease_until`: the
     /// lease's end less the storage path's bound, so that every write submitted lands (or
     /// fails) by the lease's end, when the survivors' wait for it may begin
@@ -119,6 +173,62 @@ impl Default for FailureConfig {
             io_timeout: DEFAULT_IO_TIMEOUT,
         }
     }
+}
+
+/// Failure timings that contradict each other ([`FailureConfig::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FailureConfigError {
+    /// The network heartbeat's own settings.
+    #[error("{0}")]
+    Heartbeat(interconnect::membership::MembershipConfigError),
+    /// A zero disk interval, disk timeout, lease or I/O bound.
+    #[error("the disk interval, disk timeout, lease and I/O bound must all be positive")]
+    Zero,
+    /// The I/O bound takes more than half the lease: writes are submitted only until the
+    /// lease's end less it, and the rest must hold several renewals.
+    #[error(
+        "the storage path's I/O bound ({io_timeout:?}) may take at most half the lease ({lease:?}): writes are submitted only until the lease's end less the bound"
+    )]
+    IoTimeoutPastHalfLease {
+        /// The I/O bound.
+        io_timeout: Duration,
+        /// The lease.
+        lease: Duration,
+    },
+    /// The disk timeout spans too few disk intervals: live peers would look dead.
+    #[error(
+        "the disk timeout ({disk_timeout:?}) must be at least {} disk intervals ({disk_interval:?} each), or a live peer's heartbeat looks still",
+        FailureConfig::MIN_DISK_ROUNDS_PER_TIMEOUT
+    )]
+    DiskTimeoutBelowRounds {
+        /// The disk timeout.
+        disk_timeout: Duration,
+        /// The disk interval.
+        disk_interval: Duration,
+    },
+    /// The disk timeout is not shorter than the lease: an instance whose own disk view is
+    /// stale must stop deciding before its lease ends.
+    #[error(
+        "the disk timeout ({disk_timeout:?}) must be shorter than the lease ({lease:?}): an instance whose own view of the disk is stale stops deciding before its lease ends"
+    )]
+    DiskTimeoutNotBelowLease {
+        /// The disk timeout.
+        disk_timeout: Duration,
+        /// The lease.
+        lease: Duration,
+    },
+    /// Too few disk rounds fit in the write window (the lease less the I/O bound).
+    #[error(
+        "the disk interval ({disk_interval:?}) must fit {} times in the write window ({window:?}: the lease less the I/O bound), or one slow round leaves writes waiting",
+        FailureConfig::MIN_DISK_ROUNDS_PER_WINDOW
+    )]
+    DiskIntervalPastWindow {
+        /// The disk interval.
+        disk_interval: Duration,
+        /// The lease less the I/O bound.
+        window: Duration,
+    },
 }
 
 /// Messages between instances' cluster managers (`Service::Instance`).

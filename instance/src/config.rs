@@ -28,12 +28,15 @@
 //! checkpoint_at_redo_percent = 50    # default (10..=95): the background checkpoint starts
 //!                                    #   when this instance's redo thread is this full; new
 //!                                    #   transactions wait for it halfway from there to full
-//! io_timeout_ms = 300                # default (1..=300, half the 600 ms lease): the bound the
-//!                                    #   storage path below must complete or fail every I/O
-//!                                    #   within (multipath no_path_retry, iSCSI
-//!                                    #   replacement_timeout, NVMe ctrl_loss_tmo); writes are
-//!                                    #   submitted only until the lease's end less it, and an
-//!                                    #   I/O held past it stops the instance
+//! lease_ms = 600                     # default: the I/O lease. An instance whose disk
+//!                                    #   heartbeat has not been renewed for this long submits
+//!                                    #   no I/O; survivors wait it and an eighth after a
+//!                                    #   death before rebuilding (most of recovery's time)
+//! io_timeout_ms = 300                # default (1..=half the lease): the bound the storage
+//!                                    #   path below must complete or fail every I/O within
+//!                                    #   (multipath no_path_retry, iSCSI replacement_timeout,
+//!                                    #   NVMe ctrl_loss_tmo); writes are submitted only until
+//!                                    #   the lease's end less it
 //!
 //! [transport]
 //! kind = "tcp"                       # or "shm": every instance on this `host`; or "rdma":
@@ -58,9 +61,12 @@
 //! interval_ms = 100                  # how often a master looks for ranges to move
 //!
 //! [heartbeat]                        # defaults shown
-//! interval_ms = 100
+//! interval_ms = 100                  # network heartbeats to every peer
 //! suspect_after_missed = 3
-//! down_after_ms = 2000
+//! down_after_ms = 2000               # the grace before a peer heard only on disk is voted out
+//! disk_interval_ms = 100             # disk heartbeat rounds: write this instance's slot,
+//!                                    #   read every slot (each round may renew the lease)
+//! disk_timeout_ms = 400              # a slot that has not moved for this long is still
 //!
 //! [serve]                            # optional; defaults shown where there is one
 //! resp = "127.0.0.1:6379"            # fusiond's default: 127.0.0.1:(6379 + instance id)
@@ -73,6 +79,32 @@
 //! expiry_sweep_ms = 100              # a step of the expiry sweep this often; 0: no sweep
 //! ```
 //!
+//! **The failure timings** (`storage.lease_ms`, `storage.io_timeout_ms`,
+//! `heartbeat.disk_interval_ms`, `heartbeat.disk_timeout_ms`) are checked against each other
+//! at load ([`FailureConfig::validate`]; each refusal is a [`ConfigProblem::Timings`] naming
+//! the keys): the I/O bound at most half the lease, the disk timeout at least three disk
+//! intervals and shorter than the lease, and at least two disk intervals in the write window
+//! (the lease less the I/O bound). Detection takes about the disk timeout (or the network
+//! suspicion, `interval_ms` x `suspect_after_missed`, whichever is longer) and the survivors
+//! then wait the lease and an eighth, so the lease sets most of the recovery time.
+//!
+//! *Fast failover* is a profile for storage whose path completes or fails every I/O within
+//! 100 ms (a local NVMe device or a SAN path tuned that fast; most multipath and iSCSI
+//! defaults are whole seconds): recovery starts about half a second sooner after a death,
+//! and a storage stall of a quarter second stops writes. `bench/run-recovery.sh --profiles
+//! default,fast-failover` measures both.
+//!
+//! ```toml
+//! [storage]
+//! lease_ms = 300
+//! io_timeout_ms = 100
+//!
+//! [heartbeat]
+//! interval_ms = 50                   # suspect after 150 ms
+//! disk_interval_ms = 50
+//! disk_timeout_ms = 200
+//! ```
+//!
 //! Addresses are literal `ip:port` socket addresses: resolving names would make loading the
 //! file depend on DNS. A secret file holds the secret's bytes, at least
 //! [`MIN_SECRET_LEN`] of them; one trailing newline is ignored so that `echo secret > file`
@@ -82,7 +114,7 @@
 //! readily than a key file. The secret is never printed ([`Secret`]'s `Debug` is redacted).
 
 use crate::cache::MAX_FRAMES;
-use crate::cluster::{DEFAULT_IO_TIMEOUT, FailureConfig};
+use crate::cluster::{DEFAULT_IO_TIMEOUT, FailureConfig, FailureConfigError};
 use crate::format::{BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE, Layout};
 pub use interconnect::handshake::MIN_SECRET_LEN;
 use interconnect::membership::{MembershipConfig, MembershipConfigError};
@@ -154,18 +186,13 @@ pub enum ConfigProblem {
         /// The first use.
         first: String,
     },
-    /// `storage.io_timeout_ms` is zero, or leaves too little of the lease: writes are
-    /// submitted only until the lease's end less it, so it may take at most half the lease.
-    #[error(
-        "`storage.io_timeout_ms`: {value} is out of range (1..={max}: at most half the {lease_ms} ms lease, since writes are submitted only until the lease's end less this bound)"
-    )]
-    IoTimeout {
-        /// The value found.
-        value: u64,
-        /// The largest allowed.
-        max: u64,
-        /// The lease, in milliseconds.
-        lease_ms: u64,
+    /// The failure timings (lease, I/O bound, disk heartbeat) contradict each other.
+    #[error("{}: {problem}", quoted_keys(keys))]
+    Timings {
+        /// The keys whose values conflict (the first is the one to change most often).
+        keys: &'static [&'static str],
+        /// How they conflict.
+        problem: FailureConfigError,
     },
     /// A `[serve]` value that cannot be used.
     #[error("`{key}`: {why}")]
@@ -374,6 +401,11 @@ impl fmt::Display for TransportKind {
     }
 }
 
+fn quoted_keys(keys: &[&str]) -> String {
+    let quoted: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+    quoted.join(" and ")
+}
+
 fn host_name(host: &Option<String>) -> String {
     match host {
         Some(name) => format!("host {name:?}"),
@@ -450,15 +482,15 @@ pub struct InstanceConfig {
     /// How full (percent) this instance's redo thread gets before the background
     /// checkpoint starts (`storage.checkpoint_at_redo_percent`, 10..=95).
     pub checkpoint_at_redo_percent: u8,
-    /// The bound the storage path completes or fails every I/O within
-    /// (`storage.io_timeout_ms`; [`FailureConfig::io_timeout`]).
-    pub io_timeout: Duration,
+    /// Failure detection and fencing: the network heartbeat (`[heartbeat]`), the disk
+    /// heartbeat (`heartbeat.disk_*`), the lease and the storage path's I/O bound
+    /// (`storage.lease_ms`, `storage.io_timeout_ms`); checked by
+    /// [`FailureConfig::validate`].
+    pub failure: FailureConfig,
     /// The interconnect transport.
     pub transport: TransportConfig,
     /// The buffer cache.
     pub cache: CacheConfig,
-    /// Heartbeats and liveness thresholds.
-    pub membership: MembershipConfig,
     /// Where to serve the KV layer over RESP, if at all.
     pub resp_listen: Option<SocketAddr>,
     /// Where to serve Prometheus metrics over HTTP, if at all.
@@ -697,6 +729,7 @@ struct RawStorage {
     #[serde(default)]
     fencing: Fencing,
     checkpoint_at_redo_percent: Option<u64>,
+    lease_ms: Option<u64>,
     io_timeout_ms: Option<u64>,
 }
 
@@ -741,6 +774,8 @@ struct RawHeartbeat {
     interval_ms: Option<u64>,
     suspect_after_missed: Option<u32>,
     down_after_ms: Option<u64>,
+    disk_interval_ms: Option<u64>,
+    disk_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -811,7 +846,7 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         base,
     )?;
     let cache = cache(&raw.cache)?;
-    let membership = membership(&raw.heartbeat)?;
+    let failure = failure(&raw.heartbeat, &raw.storage)?;
     let transport = transport(
         raw.transport,
         &raw.cluster.instances,
@@ -844,10 +879,9 @@ fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<InstanceConfig, 
         storage: resolve(base, raw.storage.path),
         fencing: raw.storage.fencing,
         checkpoint_at_redo_percent: checkpoint_at(raw.storage.checkpoint_at_redo_percent)?,
-        io_timeout: io_timeout(raw.storage.io_timeout_ms)?,
         transport,
         cache,
-        membership,
+        failure,
         resp_listen,
         metrics_listen,
         serve,
@@ -907,22 +941,72 @@ fn remaster(raw: &RawRemaster) -> Result<gcs::RemasterConfig, ConfigProblem> {
 /// The default share of the redo thread in use at which the background checkpoint starts.
 pub const DEFAULT_CHECKPOINT_AT_REDO_PERCENT: u8 = 50;
 
-/// `storage.io_timeout_ms`: 1 ms to half the lease ([`FailureConfig::max_io_timeout`]).
-fn io_timeout(millis: Option<u64>) -> Result<Duration, ConfigProblem> {
-    let lease = FailureConfig::default().lease;
-    let max = FailureConfig::max_io_timeout(lease);
-    let Some(value) = millis else {
-        return Ok(DEFAULT_IO_TIMEOUT);
+/// The longest any failure timing may be set to (an hour): far beyond any useful value, and
+/// small enough that sums of them never overflow.
+const MAX_TIMING_MS: u64 = 3_600_000;
+
+/// The failure timings: each key in `1..=MAX_TIMING_MS`, then every relation between them
+/// ([`FailureConfig::validate`]), naming the keys that conflict. An I/O bound left out
+/// defaults to half the lease (at most [`DEFAULT_IO_TIMEOUT`]), so a shorter lease alone is a
+/// valid configuration.
+fn failure(heartbeat: &RawHeartbeat, storage: &RawStorage) -> Result<FailureConfig, ConfigProblem> {
+    let defaults = FailureConfig::default();
+    let millis = |key, value: Option<u64>, default| match value {
+        None => Ok(default),
+        Some(ms @ 1..=MAX_TIMING_MS) => Ok(Duration::from_millis(ms)),
+        Some(_) => Err(ConfigProblem::Limit {
+            key,
+            why: "out of range (1..=3600000 ms)",
+        }),
     };
-    let bound = Duration::from_millis(value);
-    if value == 0 || bound > max {
-        return Err(ConfigProblem::IoTimeout {
-            value,
-            max: max.as_millis() as u64,
-            lease_ms: lease.as_millis() as u64,
-        });
-    }
-    Ok(bound)
+    let lease = millis("storage.lease_ms", storage.lease_ms, defaults.lease)?;
+    let config = FailureConfig {
+        membership: membership(heartbeat)?,
+        disk_interval: millis(
+            "heartbeat.disk_interval_ms",
+            heartbeat.disk_interval_ms,
+            defaults.disk_interval,
+        )?,
+        disk_timeout: millis(
+            "heartbeat.disk_timeout_ms",
+            heartbeat.disk_timeout_ms,
+            defaults.disk_timeout,
+        )?,
+        lease,
+        io_timeout: millis(
+            "storage.io_timeout_ms",
+            storage.io_timeout_ms,
+            DEFAULT_IO_TIMEOUT.min(FailureConfig::max_io_timeout(lease)),
+        )?,
+    };
+    config.validate().map_err(|problem| {
+        let keys: &'static [&'static str] = match problem {
+            FailureConfigError::Heartbeat(e) => return ConfigProblem::Heartbeat(e),
+            FailureConfigError::IoTimeoutPastHalfLease { .. } => {
+                &["storage.io_timeout_ms", "storage.lease_ms"]
+            }
+            FailureConfigError::DiskTimeoutBelowRounds { .. } => {
+                &["heartbeat.disk_timeout_ms", "heartbeat.disk_interval_ms"]
+            }
+            FailureConfigError::DiskTimeoutNotBelowLease { .. } => {
+                &["heartbeat.disk_timeout_ms", "storage.lease_ms"]
+            }
+            FailureConfigError::DiskIntervalPastWindow { .. } => &[
+                "heartbeat.disk_interval_ms",
+                "storage.lease_ms",
+                "storage.io_timeout_ms",
+            ],
+            // Every value was checked positive above: not reached, but named fully.
+            FailureConfigError::Zero => &[
+                "storage.lease_ms",
+                "storage.io_timeout_ms",
+                "heartbeat.disk_interval_ms",
+                "heartbeat.disk_timeout_ms",
+            ],
+        };
+        ConfigProblem::Timings { keys, problem }
+    })?;
+    Ok(config)
 }
 
 fn checkpoint_at(percent: Option<u64>) -> Result<u8, ConfigProblem> {

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use instance::cluster::{FailureConfig, FailureConfigError};
 use instance::config::{ConfigProblem, Fencing, InstanceConfig, TransportConfig, TransportKind};
 use instance::format::{ClusterSpec, Layout};
 use interconnect::membership::{MembershipConfig, MembershipConfigError};
@@ -73,7 +74,7 @@ fn shipped_example_parses() {
     );
     assert_eq!(config.storage, Path::new("/var/lib/fusion/cluster.img"));
     assert_eq!((config.cache.frames, config.cache.block_size), (8192, 8192));
-    assert_eq!(config.membership, MembershipConfig::default());
+    assert_eq!(config.failure.membership, MembershipConfig::default());
     assert_eq!(config.resp_listen, Some("127.0.0.1:6379".parse().unwrap()));
     assert_eq!(
         config.metrics_listen,
@@ -98,7 +99,7 @@ fn defaults_and_conversions() {
         "relative to the file"
     );
     assert_eq!(config.cache.block_size, 8192);
-    assert_eq!(config.membership, MembershipConfig::default());
+    assert_eq!(config.failure.membership, MembershipConfig::default());
     assert_eq!(config.remaster, gcs::RemasterConfig::default());
     assert!(!config.remaster.enabled, "remastering is asked for");
     assert_eq!((config.resp_listen, config.metrics_listen), (None, None));
@@ -187,7 +188,7 @@ interval_ms = 20
         }
     );
     assert_eq!(
-        config.membership,
+        config.failure.membership,
         MembershipConfig {
             heartbeat_interval: Duration::from_millis(50),
             suspect_after_missed: 4,
@@ -287,8 +288,8 @@ fn the_background_checkpoint_starts_at_the_configured_redo_fullness() {
 
 #[test]
 fn the_storage_paths_io_bound_defaults_to_half_the_lease_and_must_fit_in_it() {
-    let lease = instance::cluster::FailureConfig::default().lease;
-    let default = parse(GOOD).unwrap().io_timeout;
+    let lease = FailureConfig::default().lease;
+    let default = parse(GOOD).unwrap().failure.io_timeout;
     assert_eq!(default, instance::cluster::DEFAULT_IO_TIMEOUT);
     assert!(
         default <= lease / 2,
@@ -301,23 +302,173 @@ fn the_storage_paths_io_bound_defaults_to_half_the_lease_and_must_fit_in_it() {
         )
     };
     assert_eq!(
-        parse(&with("120")).unwrap().io_timeout,
+        parse(&with("120")).unwrap().failure.io_timeout,
         Duration::from_millis(120)
     );
     let half = (lease / 2).as_millis();
     assert_eq!(
-        parse(&with(&half.to_string())).unwrap().io_timeout,
+        parse(&with(&half.to_string())).unwrap().failure.io_timeout,
         lease / 2
     );
-    for bad in ["0".to_string(), (half + 1).to_string(), "30000".to_string()] {
+    for bad in [(half + 1).to_string(), "30000".to_string()] {
         let err = parse(&with(&bad)).unwrap_err();
         assert!(
-            matches!(err.problem, ConfigProblem::IoTimeout { .. }),
+            matches!(
+                err.problem,
+                ConfigProblem::Timings {
+                    problem: FailureConfigError::IoTimeoutPastHalfLease { .. },
+                    ..
+                }
+            ),
             "{bad}: {err}"
         );
         let message = err.to_string();
-        assert!(message.contains("storage.io_timeout_ms"), "{message}");
-        assert!(message.contains("lease"), "{message}");
+        assert!(message.contains("`storage.io_timeout_ms`"), "{message}");
+        assert!(message.contains("`storage.lease_ms`"), "{message}");
+    }
+    let err = parse(&with("0")).unwrap_err();
+    assert!(
+        matches!(
+            err.problem,
+            ConfigProblem::Limit {
+                key: "storage.io_timeout_ms",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// `text` with `storage` lines added to `[storage]` and a `[heartbeat]` table of `heartbeat`.
+fn with_timings(storage: &str, heartbeat: &str) -> String {
+    GOOD.replace(
+        "path = \"cluster.img\"",
+        &format!("path = \"cluster.img\"\n{storage}"),
+    ) + &format!("\n[heartbeat]\n{heartbeat}\n")
+}
+
+#[test]
+fn failure_timings_default_to_the_runtimes_and_are_read_from_storage_and_heartbeat() {
+    let defaults = FailureConfig::default();
+    assert_eq!(defaults.validate(), Ok(()));
+    assert_eq!(parse(GOOD).unwrap().failure, defaults);
+    // The fast-failover profile of the configuration's module docs.
+    let fast = parse(&with_timings(
+        "lease_ms = 300\nio_timeout_ms = 100",
+        "interval_ms = 50\ndisk_interval_ms = 50\ndisk_timeout_ms = 200",
+    ))
+    .unwrap()
+    .failure;
+    assert_eq!(
+        (
+            fast.lease,
+            fast.io_timeout,
+            fast.disk_interval,
+            fast.disk_timeout,
+            fast.membership.heartbeat_interval,
+            fast.membership.suspect_after_missed,
+            fast.membership.down_after,
+        ),
+        (
+            Duration::from_millis(300),
+            Duration::from_millis(100),
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+            Duration::from_millis(50),
+            defaults.membership.suspect_after_missed,
+            defaults.membership.down_after,
+        )
+    );
+    // An I/O bound left out takes half a lease shorter than twice the default bound.
+    let short = parse(&with_timings(
+        "lease_ms = 240",
+        "disk_interval_ms = 30\ndisk_timeout_ms = 120",
+    ))
+    .unwrap()
+    .failure;
+    assert_eq!(short.io_timeout, Duration::from_millis(120));
+    // A longer lease keeps the default bound.
+    let long = parse(&with_timings("lease_ms = 5000", "")).unwrap().failure;
+    assert_eq!(
+        (long.lease, long.io_timeout),
+        (
+            Duration::from_secs(5),
+            instance::cluster::DEFAULT_IO_TIMEOUT
+        )
+    );
+}
+
+#[test]
+fn failure_timings_that_contradict_each_other_are_refused_naming_the_keys() {
+    type Check = fn(&FailureConfigError) -> bool;
+    let cases: [(&str, &str, &str, Check, &[&str]); 5] = [
+        (
+            "a disk timeout of two disk intervals",
+            "",
+            "disk_interval_ms = 100\ndisk_timeout_ms = 200",
+            |p| matches!(p, FailureConfigError::DiskTimeoutBelowRounds { .. }),
+            &["heartbeat.disk_timeout_ms", "heartbeat.disk_interval_ms"],
+        ),
+        (
+            "a disk timeout as long as the lease",
+            "lease_ms = 400",
+            "",
+            |p| matches!(p, FailureConfigError::DiskTimeoutNotBelowLease { .. }),
+            &["heartbeat.disk_timeout_ms", "storage.lease_ms"],
+        ),
+        (
+            "a shorter lease alone (the default disk timeout is not below it)",
+            "lease_ms = 300",
+            "",
+            |p| matches!(p, FailureConfigError::DiskTimeoutNotBelowLease { .. }),
+            &["heartbeat.disk_timeout_ms", "storage.lease_ms"],
+        ),
+        (
+            "one disk round in the write window",
+            "lease_ms = 700\nio_timeout_ms = 300",
+            "disk_interval_ms = 210\ndisk_timeout_ms = 650",
+            |p| matches!(p, FailureConfigError::DiskIntervalPastWindow { .. }),
+            &[
+                "heartbeat.disk_interval_ms",
+                "storage.lease_ms",
+                "storage.io_timeout_ms",
+            ],
+        ),
+        (
+            "an I/O bound past half a shorter lease",
+            "lease_ms = 300\nio_timeout_ms = 200",
+            "disk_interval_ms = 50\ndisk_timeout_ms = 200",
+            |p| matches!(p, FailureConfigError::IoTimeoutPastHalfLease { .. }),
+            &["storage.io_timeout_ms", "storage.lease_ms"],
+        ),
+    ];
+    for (what, storage, heartbeat, check, keys) in cases {
+        let err = parse(&with_timings(storage, heartbeat)).unwrap_err();
+        let ConfigProblem::Timings {
+            keys: named,
+            problem,
+        } = &err.problem
+        else {
+            panic!("{what}: {err}");
+        };
+        assert!(check(problem), "{what}: {err}");
+        assert_eq!(*named, keys, "{what}");
+        let message = err.to_string();
+        for key in keys {
+            assert!(message.contains(&format!("`{key}`")), "{what}: {message}");
+        }
+    }
+    for (key, storage, heartbeat) in [
+        ("storage.lease_ms", "lease_ms = 0", ""),
+        ("storage.lease_ms", "lease_ms = 3600001", ""),
+        ("heartbeat.disk_interval_ms", "", "disk_interval_ms = 0"),
+        ("heartbeat.disk_timeout_ms", "", "disk_timeout_ms = 0"),
+    ] {
+        let err = parse(&with_timings(storage, heartbeat)).unwrap_err();
+        assert!(
+            matches!(err.problem, ConfigProblem::Limit { key: k, .. } if k == key),
+            "{key}: {err}"
+        );
     }
 }
 

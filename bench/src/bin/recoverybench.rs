@@ -29,9 +29,16 @@
 //! survivor's recovery done). Each round is a row; the last row holds the medians. The
 //! survivors' log lines are in the round's folder (`--dir`, kept) or repeated on failure.
 //!
+//! `--profiles` names the failure timings to measure, each with its own table, their rounds
+//! taken in turn so that both see the same load: `default` (the configuration's defaults: a
+//! 600 ms lease) and `fast-failover` (the profile of `instance::config`'s docs, for storage
+//! that completes or fails every I/O within 100 ms: a 300 ms lease, 50 ms network and disk
+//! heartbeats, a 200 ms disk timeout).
+//!
 //! ```text
 //! recoverybench [--rounds 3] [--keys 10000] [--value-bytes 7000] [--per-command 32]
 //!               [--probe-interval-us 1000] [--settle-ms 500] [--dir DIR]
+//!               [--profiles default,fast-failover]
 //! ```
 
 use fusiond::local::{Client, ClusterOptions, LocalCluster, Resp};
@@ -56,6 +63,43 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const TARGET_FIRST_ACCESS_MS: f64 = 500.0;
 const TARGET_RECOVERED_MS: f64 = 1000.0;
 
+/// Failure timings a round runs with (`--profiles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    /// The configuration's defaults.
+    Default,
+    /// `instance::config`'s fast-failover profile.
+    FastFailover,
+}
+
+impl Profile {
+    fn parse(name: &str) -> Result<Self, Error> {
+        match name {
+            "default" => Ok(Profile::Default),
+            "fast-failover" => Ok(Profile::FastFailover),
+            other => Err(format!("unknown profile {other:?} (default, fast-failover)").into()),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Default => "default",
+            Profile::FastFailover => "fast-failover",
+        }
+    }
+
+    /// Its `[storage]` keys and `[heartbeat]` table.
+    fn config(self) -> (&'static str, &'static str) {
+        match self {
+            Profile::Default => ("", ""),
+            Profile::FastFailover => (
+                "lease_ms = 300\nio_timeout_ms = 100",
+                "interval_ms = 50\ndisk_interval_ms = 50\ndisk_timeout_ms = 200",
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Options {
     rounds: u32,
@@ -65,6 +109,7 @@ struct Options {
     probe_interval_us: u64,
     settle_ms: u64,
     dir: Option<PathBuf>,
+    profiles: Vec<Profile>,
 }
 
 impl Options {
@@ -77,6 +122,7 @@ impl Options {
             probe_interval_us: 1000,
             settle_ms: 500,
             dir: None,
+            profiles: vec![Profile::Default],
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -89,13 +135,22 @@ impl Options {
                 "--probe-interval-us" => o.probe_interval_us = value()?.parse()?,
                 "--settle-ms" => o.settle_ms = value()?.parse()?,
                 "--dir" => o.dir = Some(PathBuf::from(value()?)),
+                "--profiles" => {
+                    o.profiles = value()?
+                        .split(',')
+                        .map(Profile::parse)
+                        .collect::<Result<_, _>>()?;
+                }
                 other => {
                     return Err(format!("unknown option {other:?}; see the module docs").into());
                 }
             }
         }
-        if o.keys == 0 || o.per_command == 0 || o.value_bytes < 16 {
-            return Err("--keys and --per-command must be at least 1, --value-bytes 16".into());
+        if o.profiles.is_empty() || o.keys == 0 || o.per_command == 0 || o.value_bytes < 16 {
+            return Err(
+                "--profiles must name one, --keys and --per-command must be at least 1, --value-bytes 16"
+                    .into(),
+            );
         }
         Ok(o)
     }
@@ -264,11 +319,21 @@ struct RoundResult {
     timeline: String,
 }
 
-fn round(options: &Options, index: u32, dir: &Path, fusiond: &Path) -> Result<RoundResult, Error> {
+fn round(
+    options: &Options,
+    (index, profile): (u32, Profile),
+    dir: &Path,
+    fusiond: &Path,
+) -> Result<RoundResult, Error> {
     std::fs::create_dir_all(dir)?;
     let mut cluster_options = ClusterOptions::new(fusiond, INSTANCES);
-    cluster_options.cluster_id =
-        0x5EC0_0000 + u64::from(std::process::id() % 0xFFFF) * 16 + u64::from(index);
+    cluster_options.cluster_id = 0x5EC0_0000
+        + u64::from(std::process::id() % 0xFFFF) * 64
+        + u64::from(index) * 2
+        + u64::from(profile == Profile::FastFailover);
+    let (storage, heartbeat) = profile.config();
+    cluster_options.storage_extra = storage.into();
+    cluster_options.heartbeat = heartbeat.into();
     let data_bytes = options.keys * 8192;
     // The victim's redo stays below half its thread (where the background checkpoint would
     // write its blocks): values, plus room for the tree's own changes.
@@ -484,49 +549,59 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
         options.probe_interval_us,
         options.rounds
     );
-    let mut results = Vec::new();
+    // Each profile's results; their rounds alternate, so both see the same load.
+    let mut results: Vec<Vec<RoundResult>> = options.profiles.iter().map(|_| Vec::new()).collect();
     let mut failure: Option<Error> = None;
-    for index in 0..options.rounds {
-        let dir = base.join(format!("round-{}", index + 1));
-        let outcome = round(options, index, &dir, &fusiond);
-        if temporary {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        match outcome {
-            Ok(r) => {
-                eprintln!("round {}: ms after the kill: {}", index + 1, r.timeline);
-                eprintln!(
-                    "round {}: stored {} keys in {:.0} ms; read back {}",
-                    index + 1,
-                    options.keys,
-                    r.load_ms,
-                    r.checked
-                );
-                results.push(r);
+    'rounds: for index in 0..options.rounds {
+        for (at, profile) in options.profiles.iter().enumerate() {
+            let name = profile.name();
+            let dir = base.join(format!("round-{}-{name}", index + 1));
+            let outcome = round(options, (index, *profile), &dir, &fusiond);
+            if temporary {
+                let _ = std::fs::remove_dir_all(&dir);
             }
-            Err(e) => {
-                eprintln!("round {}: {e}", index + 1);
-                failure = Some(e);
-                break;
+            match outcome {
+                Ok(r) => {
+                    eprintln!(
+                        "round {} ({name}): ms after the kill: {}",
+                        index + 1,
+                        r.timeline
+                    );
+                    eprintln!(
+                        "round {} ({name}): stored {} keys in {:.0} ms; read back {}",
+                        index + 1,
+                        options.keys,
+                        r.load_ms,
+                        r.checked
+                    );
+                    results[at].push(r);
+                }
+                Err(e) => {
+                    eprintln!("round {} ({name}): {e}", index + 1);
+                    failure = Some(e);
+                    break 'rounds;
+                }
             }
         }
     }
     if temporary {
         let _ = std::fs::remove_dir_all(&base);
     }
-    if !results.is_empty() {
-        print_table(options, &results);
+    for (profile, results) in options.profiles.iter().zip(&results) {
+        if !results.is_empty() {
+            print_table(options, *profile, results);
+        }
     }
     if let Some(e) = failure {
         return Err(e);
     }
-    if results.iter().any(|r| r.bad > 0) {
+    if results.iter().flatten().any(|r| r.bad > 0) {
         return Err("recovery lost committed values (see the table)".into());
     }
     Ok(())
 }
 
-fn print_table(options: &Options, results: &[RoundResult]) {
+fn print_table(options: &Options, profile: Profile, results: &[RoundResult]) {
     let f = |v: f64| {
         if v.is_nan() {
             "n/a".to_string()
@@ -536,8 +611,10 @@ fn print_table(options: &Options, results: &[RoundResult]) {
     };
     println!();
     println!(
-        "## recoverybench: kill -9 of a fusiond instance that stored {} keys of {} bytes (ms after the kill)",
-        options.keys, options.value_bytes
+        "## recoverybench, {} timings: kill -9 of a fusiond instance that stored {} keys of {} bytes (ms after the kill)",
+        profile.name(),
+        options.keys,
+        options.value_bytes
     );
     println!();
     println!(

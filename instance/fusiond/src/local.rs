@@ -75,6 +75,10 @@ pub struct ClusterOptions {
     pub cluster_id: u64,
     /// Appended to every instance's `[serve]` table.
     pub serve_extra: String,
+    /// Appended to every instance's `[storage]` table (`lease_ms = 300`, say).
+    pub storage_extra: String,
+    /// Every instance's `[heartbeat]` table (none when empty).
+    pub heartbeat: String,
 }
 
 impl ClusterOptions {
@@ -92,6 +96,8 @@ impl ClusterOptions {
             frames: 2048,
             cluster_id: (u64::from(std::process::id()) << 8) + call,
             serve_extra: String::new(),
+            storage_extra: String::new(),
+            heartbeat: String::new(),
         }
     }
 }
@@ -159,15 +165,21 @@ impl LocalCluster {
                 )
             })
             .collect();
+        let heartbeat = if options.heartbeat.is_empty() {
+            String::new()
+        } else {
+            format!("\n[heartbeat]\n{}\n", options.heartbeat)
+        };
         let mut configs = Vec::new();
         for id in 0..n {
             let text = format!(
                 "instance = {id}\n\n[cluster]\nid = {}\nsecret = \"fusiond-local-secret-for-loopback-only\"\n\
-                 allow_inline_secret = true\ninstances = [\n{members}]\n\n[storage]\npath = {:?}\n\n\
+                 allow_inline_secret = true\ninstances = [\n{members}]\n\n[storage]\npath = {:?}\n{}\n\n\
                  [transport]\n{transport}\n[cache]\nframes = {}\n\n[serve]\nresp = \"{}\"\n\
-                 metrics = \"{}\"\n{}\n",
+                 metrics = \"{}\"\n{}\n{heartbeat}",
                 options.cluster_id,
                 storage.display().to_string(),
+                options.storage_extra,
                 options.frames,
                 resp[id],
                 metrics[id],

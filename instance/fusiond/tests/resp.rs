@@ -388,8 +388,28 @@ fn check_config_reports_and_exits() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("instance 0 of cluster") && text.contains("requirepass set"),
+        text.contains("instance 0 of cluster")
+            && text.contains("requirepass set")
+            && text.contains("lease 600 ms"),
         "{text}"
+    );
+    // Failure timings that contradict each other (a lease the default disk timeout is not
+    // below) are refused, naming both keys.
+    let good = std::fs::read_to_string(&cluster.configs[0]).unwrap();
+    let short_lease = good.replace("[storage]\n", "[storage]\nlease_ms = 300\n");
+    assert_ne!(short_lease, good);
+    std::fs::write(&cluster.configs[0], short_lease).unwrap();
+    let contradicting = std::process::Command::new(common::FUSIOND)
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&cluster.configs[0])
+        .output()
+        .unwrap();
+    let errors = String::from_utf8_lossy(&contradicting.stderr);
+    assert_eq!(contradicting.status.code(), Some(2), "{errors}");
+    assert!(
+        errors.contains("`heartbeat.disk_timeout_ms` and `storage.lease_ms`"),
+        "{errors}"
     );
     std::fs::write(&cluster.configs[0], "instance = \"x\"\n").unwrap();
     let bad = std::process::Command::new(common::FUSIOND)

@@ -138,12 +138,10 @@ pub const MAX_STEPS: u64 = 3_000_000;
 /// Longest a run may take in virtual time (failure handling runs on timers forever, so a
 /// run that stops making progress still steps).
 pub const MAX_VIRTUAL_TIME: Duration = Duration::from_secs(60);
-/// The failure timings of every node: the runtime's, divided by 50 (heartbeats every 2 ms,
-/// a 12 ms lease), so a failure is handled in tens of milliseconds beside users working in
-/// microseconds.
-fn timings() -> Timings {
-    Timings::scaled_down(50)
-}
+/// The instance world's failure timings are the seed's ([`Timings::drawn`]) divided by this
+/// (the defaults: heartbeats every 2 ms, a 12 ms lease), so a failure is handled in tens of
+/// milliseconds beside users working in microseconds.
+const TIMINGS_SCALE: u32 = 50;
 
 /// The kind of step an instance dies at (the n-th of its kind in the run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,6 +238,8 @@ pub struct SimConfig {
     /// Users release a commit's blocks once its redo is in the stream, before it is durable
     /// (`Node::release_appended`, as the runtime), and are acknowledged once it is.
     pub early_release: bool,
+    /// Every node's failure timings: the seed's draw, scaled down by [`TIMINGS_SCALE`].
+    pub timings: Timings,
 }
 
 /// A fault of [`SimConfig::faults`] (its victim is drawn among the running instances when it
@@ -275,6 +275,9 @@ impl SimConfig {
         cfg.write_errors = rng.chance(1, 4);
         cfg.torn_writes = true;
         policy::draw(seed, &mut cfg);
+        // The timings from theirs too: a seed's workload and faults stay what they were.
+        let mut rng = SimRng::new(seed ^ 0x7177_1e55_1ea5_e000);
+        cfg.timings = Timings::drawn(&mut rng).scaled_down(TIMINGS_SCALE);
         cfg
     }
 
@@ -296,6 +299,13 @@ impl SimConfig {
             .collect();
         faults.sort_by_key(|(step, _)| *step);
         faults
+    }
+
+    /// The same run with the runtime's default failure timings (scaled down) instead of
+    /// the seed's: seeds found before timings were drawn replay as they failed then.
+    pub fn with_default_timings(mut self) -> Self {
+        self.timings = Timings::runtime().scaled_down(TIMINGS_SCALE);
+        self
     }
 
     /// No failures: the same run without its plan.
@@ -392,6 +402,7 @@ impl SimConfig {
             torn_writes: false,
             ship_policy: ShipPolicy::LogForceBeforeShip,
             early_release: false,
+            timings: Timings::runtime().scaled_down(TIMINGS_SCALE),
         }
     }
 }
@@ -987,17 +998,17 @@ fn new_node(
     configured: InstanceSet,
     (epoch, live): (Epoch, InstanceSet),
     own_paxos: &PaxosBytes,
-    now: Timestamp,
-    lease_from: Duration,
+    timings: Timings,
+    (now, lease_from): (Timestamp, Duration),
 ) -> InstanceNode {
     let me = core.id().index();
-    let cluster = voting::cluster_manager(me, configured, (epoch, live), own_paxos, timings(), now);
+    let cluster = voting::cluster_manager(me, configured, (epoch, live), own_paxos, timings, now);
     InstanceNode::new(
         core,
         cluster,
         NodeConfig {
             configured,
-            failure: timings().failure,
+            failure: timings.failure,
             lease_from,
         },
     )
@@ -1127,8 +1138,8 @@ impl Sim {
                     members,
                     (Epoch(1), members),
                     &slot.paxos,
-                    Timestamp::ZERO,
-                    Duration::ZERO,
+                    cfg.timings,
+                    (Timestamp::ZERO, Duration::ZERO),
                 );
                 for peer in members.iter().filter(|p| *p != id(i)) {
                     node.handle_connected(peer, Timestamp::ZERO);
@@ -1186,7 +1197,7 @@ impl Sim {
             },
             trace: print_trace.then(Vec::new),
             print_trace,
-            leases: Leases::new(cfg.instances, timings().failure, Duration::ZERO),
+            leases: Leases::new(cfg.instances, cfg.timings.failure, Duration::ZERO),
             fenced_at: vec![None; cfg.instances],
             memberships: Memberships::new(Epoch(1), members),
             stopping: Vec::new(),
@@ -1198,7 +1209,7 @@ impl Sim {
             crash_due: None,
             restarts_pending: 0,
             counters: Counters::default(),
-            faults: Faults::new(cfg.instances, timings().failure.lease),
+            faults: Faults::new(cfg.instances, cfg.timings.failure.lease),
             fault_aftermath_until: Duration::ZERO,
             faults_due: cfg.faults.iter().copied().collect(),
             inbox: (0..cfg.instances).map(|_| VecDeque::new()).collect(),
@@ -1332,7 +1343,7 @@ impl Sim {
     pub fn run(&mut self) {
         for node in 0..self.nodes.len() {
             self.start_users(node);
-            let d = self.delay(timings().failure.disk_interval);
+            let d = self.delay(self.cfg.timings.failure.disk_interval);
             self.schedule(d, Event::DiskRound { node });
         }
         if self.active_users == 0 {
@@ -1764,7 +1775,7 @@ impl Sim {
             if self.rng.chance(1, 10) {
                 // Delayed by up to a thirtieth of the lease: it may overtake later frames.
                 self.stats.control_faults += 1;
-                let d = self.delay(timings().failure.lease / 30);
+                let d = self.delay(self.cfg.timings.failure.lease / 30);
                 self.schedule(d, Event::ControlSend { from, to, env });
             } else {
                 self.control.send(id(from), id(to), env);
@@ -2066,7 +2077,7 @@ impl Sim {
             // As the runtime's `Lease::wait_writable`: a write that could not land within the
             // lease waits for the renewal that opens the window again (or the lease lapses,
             // and the next look stops the instance).
-            let d = timings().failure.disk_interval / 4;
+            let d = self.cfg.timings.failure.disk_interval / 4;
             let seq = self.schedule(
                 d,
                 Event::WriteStart {
@@ -2126,7 +2137,7 @@ impl Sim {
     /// it at the bound, and it never lands (`Err(bound)`).
     fn write_delay(&mut self, node: usize) -> Result<Duration, Duration> {
         let delay = self.io_delay_of(node);
-        let bound = timings().failure.io_timeout;
+        let bound = self.cfg.timings.failure.io_timeout;
         if delay > bound {
             self.stats.io_timeouts += 1;
             Err(bound)
@@ -2649,7 +2660,7 @@ impl Sim {
         let now = self.local(node);
         self.nodes[node].node.handle_disk_round(round, now);
         self.drain(node);
-        let interval = timings().failure.disk_interval;
+        let interval = self.cfg.timings.failure.disk_interval;
         self.schedule(interval, Event::DiskRound { node });
     }
 
@@ -3359,7 +3370,7 @@ impl Sim {
         if let Fault::Cut { until, .. } | Fault::Pause { until, .. } | Fault::Stall { until, .. } =
             fault
         {
-            let aftermath = timings().failure.membership.heartbeat_interval * 3;
+            let aftermath = self.cfg.timings.failure.membership.heartbeat_interval * 3;
             self.fault_aftermath_until = self.fault_aftermath_until.max(until + aftermath);
         }
         match fault {
@@ -3406,7 +3417,7 @@ impl Sim {
             })
             .map(|(seq, _)| *seq)
             .collect();
-        let bound = timings().failure.io_timeout;
+        let bound = self.cfg.timings.failure.io_timeout;
         for seq in held {
             let Some(event) = self.pending.remove(&seq) else {
                 continue;
@@ -3936,7 +3947,7 @@ impl Sim {
                 },
             );
         }
-        let every = timings().failure.membership.heartbeat_interval;
+        let every = self.cfg.timings.failure.membership.heartbeat_interval;
         self.schedule(every, Event::JoinRequest { node });
     }
 
@@ -3968,7 +3979,15 @@ impl Sim {
             now,
         );
         let global = self.global();
-        let mut instance = new_node(core, configured, (epoch, live), &slot.paxos, now, global);
+        let timings = self.cfg.timings;
+        let mut instance = new_node(
+            core,
+            configured,
+            (epoch, live),
+            &slot.paxos,
+            timings,
+            (now, global),
+        );
         instance.handle_previous_life(previous_life);
         // Connected to every process up: the running ones and those asking to join.
         for peer in (0..self.nodes.len()).filter(|p| *p != node) {

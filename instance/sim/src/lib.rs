@@ -29,7 +29,10 @@
 //! Every instance is a real `instance::node::Node` (core, cluster manager with Disk Paxos,
 //! recovery lifecycle, checkpoint completion) whose disk-heartbeat rounds, Disk Paxos,
 //! recovery and checkpoint I/O go to the same faulty storage as its data and redo, with the
-//! runtime's failure timings divided by 50 (2 ms heartbeats, a 12 ms lease).
+//! seed's failure timings divided by 50 (`voting::Timings::drawn`: in a quarter of the seeds
+//! the runtime's defaults, 2 ms heartbeats and a 12 ms lease; otherwise a lease of 300–900 ms
+//! before the division, with the I/O bound, disk interval, disk timeout and network
+//! heartbeat drawn anywhere a configuration file may set them).
 //!
 //! Failures (in 60% of the seeds, a plan drawn from the seed) are faults: an instance is
 //! killed at the n-th step, block ship (sender or receiver, the block on the wire), data

@@ -17,6 +17,10 @@
 //! (each after its own delay: after a whole-cluster crash a majority often forms without the
 //! last ones, which join later), once no running node still counts it a member and no write
 //! of its previous life can land.
+//! Timings are the seed's ([`Timings::drawn`], in the runtime's units: the defaults in a
+//! quarter of the seeds, otherwise a lease of 300–900 ms with the rest drawn where a
+//! configuration file may set them); ticks and disk rounds come every heartbeat and disk
+//! interval, give or take a tenth.
 //! The runtime's part is modelled as the runtime does it: a disk round writes the heartbeat,
 //! reads every slot and hands the round to the node, which renews the lease (from the
 //! round's start) when it may; the node decides when recovery begins (its redo-scan I/O).
@@ -59,7 +63,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::faults::{Faults, control_copies};
-use crate::voting::id;
+use crate::voting::{Timings, id};
 
 /// What happens at a virtual time.
 #[derive(Debug, Clone)]
@@ -200,9 +204,11 @@ struct Sim {
     rng: SimRng,
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    /// (time, sequence): the sequence keys `events`.
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
     /// Each event with the lives of its owners when it was scheduled.
-    events: Vec<Option<(Ev, OwnerLives)>>,
+    /// Pending only (taken when they come): a run's events add up to gigabytes otherwise.
+    events: BTreeMap<u64, (Ev, OwnerLives)>,
     nodes: Vec<Node>,
     /// The voting area: each slot's heartbeat counter and Paxos block.
     heartbeats: Vec<u64>,
@@ -217,9 +223,12 @@ struct Sim {
     faults_end: u64,
     stats: MembershipStats,
     trace: bool,
+    /// Every node's failure timings, the runtime's units (drawn per seed).
+    timings: Timings,
+    /// The lease in milliseconds (this world's unit).
+    lease_ms: u64,
 }
 
-const LEASE_MS: u64 = 600;
 /// Each node's cache (no user runs: the engines' state is what they rebuild).
 const CACHE_FRAMES: u32 = 8;
 const BLOCK_SIZE: u32 = 4096;
@@ -227,6 +236,13 @@ const DATA_BLOCKS: u64 = 64;
 
 fn ms(t: u64) -> Duration {
     Duration::from_millis(t)
+}
+
+/// `t` in this world's milliseconds, rounded up: a fault's end (a lease's 600th: fractions
+/// of a millisecond unless the lease is 600 ms) is over only at the millisecond after it.
+/// Rounded down, a paused node's event was put back at the same millisecond for ever.
+fn ceil_ms(t: Duration) -> u64 {
+    u64::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 impl Sim {
@@ -249,22 +265,28 @@ impl Sim {
             })
             .collect();
         let faults_end = rng.between(8_000, 20_000);
+        // The timings come from a generator of their own: a seed's faults stay its own.
+        let timings = Timings::drawn(&mut SimRng::new(seed ^ 0x7177_1e55_1ea5_e000));
+        let lease_ms = u64::try_from(timings.failure.lease.as_millis()).unwrap_or(u64::MAX);
         let mut sim = Sim {
             rng,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
-            events: Vec::new(),
+            events: BTreeMap::new(),
             nodes,
             heartbeats: vec![0; n],
             blocks: vec![[0u8; PAXOS_BLOCK_LEN]; n],
-            faults: Faults::new(n, ms(LEASE_MS)),
+            faults: Faults::new(n, timings.failure.lease),
             engine_last: BTreeMap::new(),
             memberships: BTreeMap::new(),
             faults_end,
             stats: MembershipStats::default(),
             trace,
+            timings,
+            lease_ms,
         };
+        sim.log(|| format!("{n} instances, timings {:?}", sim.timings.failure));
         // Every instance starts (the cluster forms), a little apart.
         for i in 0..n {
             let d = sim.rng.below(200);
@@ -279,8 +301,15 @@ impl Sim {
         (0..self.nodes.len()).map(id).collect()
     }
 
-    fn failure() -> FailureConfig {
-        FailureConfig::default()
+    fn failure(&self) -> FailureConfig {
+        self.timings.failure
+    }
+
+    /// The delay to a node's next tick or disk round: `every` (its heartbeat or disk
+    /// interval) give or take a tenth, as a loaded runtime's timers and disk thread keep it.
+    fn around(&mut self, every: Duration) -> u64 {
+        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.rng.between(every * 9 / 10, every * 11 / 10)
     }
 
     /// A new life of `node` starts: it connects to every running process and enters.
@@ -289,7 +318,7 @@ impl Sim {
         // Paxos rule 4 and the lease: a new life starts once no write of its previous one can
         // still land. And an operator restarts an instance the running members have already
         // let go of (one that comes back first is taken for its old life; see the report).
-        let stalled = self.faults.io_hold(node, ms(self.now)).as_millis() as u64 + self.now;
+        let stalled = ceil_ms(self.faults.io_hold(node, ms(self.now))) + self.now;
         let old_io = stalled.max(self.nodes[node].dead_lease_until);
         let still_member = (0..n).any(|j| {
             self.nodes[j]
@@ -305,7 +334,7 @@ impl Sim {
             return;
         }
         let now = self.local(node);
-        let failure = Self::failure();
+        let failure = self.failure();
         let all = self.all();
         let mut entry = Entry::new(
             EntryConfig {
@@ -396,7 +425,7 @@ impl Sim {
         let decision = decision_at_entry(id(node), epoch, live, &self.paxos_blocks());
         let config = PaxosConfig {
             slots: self.nodes.len(),
-            phase_timeout: instance::paxos::DEFAULT_PHASE_TIMEOUT,
+            phase_timeout: self.timings.phase_timeout,
         };
         let mut paxos = DiskPaxos::new(id(node), config, decision).expect("paxos");
         if let Err(e) = paxos.recover_own(&self.blocks[node]) {
@@ -404,7 +433,7 @@ impl Sim {
                 "n{node}: its own Paxos block does not recover: {e}"
             ));
         }
-        let failure = Self::failure();
+        let failure = self.failure();
         let m =
             ClusterManager::new(id(node), all, epoch, live, failure, paxos, now).expect("manager");
         let region = BlockRegion::anonymous(CACHE_FRAMES, BLOCK_SIZE).expect("region");
@@ -451,10 +480,11 @@ impl Sim {
                 self.fail(format!("n{node} refused an early frame of n{from}: {e}"));
             }
         }
+        let lease_ms = self.lease_ms;
         let me = &mut self.nodes[node];
         me.node = Some(running);
         me.entered_at = epoch;
-        me.lease_until = lease_from.map_or(0, |from| from + LEASE_MS);
+        me.lease_until = lease_from.map_or(0, |from| from + lease_ms);
         let d = self.rng.below(100);
         self.at(d, Ev::DiskRound(node));
     }
@@ -484,10 +514,8 @@ impl Sim {
         let lives = ev
             .owners()
             .map(|owner| owner.map(|o| (o, self.nodes[o].life)));
-        self.events.push(Some((ev, lives)));
-        let index = self.events.len() - 1;
-        self.queue
-            .push(Reverse((self.now + delay, self.seq, index)));
+        self.events.insert(self.seq, (ev, lives));
+        self.queue.push(Reverse((self.now + delay, self.seq)));
     }
 
     fn local(&self, node: usize) -> Timestamp {
@@ -519,15 +547,13 @@ impl Sim {
     /// Storage latency for `node`: held to the end of a stall.
     fn io_delay(&mut self, node: usize) -> u64 {
         let base = self.rng.between(1, 8);
-        let stall = self.faults.io_hold(node, ms(self.now)).as_millis() as u64;
+        let stall = ceil_ms(self.faults.io_hold(node, ms(self.now)));
         stall + base
     }
 
     /// When `node` resumes (ms), if it is paused now.
     fn paused_until(&self, node: usize) -> Option<u64> {
-        self.faults
-            .paused_until(node, ms(self.now))
-            .map(|t| t.as_millis() as u64)
+        self.faults.paused_until(node, ms(self.now)).map(ceil_ms)
     }
 
     fn linked(&self, from: usize, to: usize) -> bool {
@@ -535,13 +561,13 @@ impl Sim {
     }
 
     fn run(&mut self, until: u64) {
-        while let Some(&Reverse((time, _, index))) = self.queue.peek() {
+        while let Some(&Reverse((time, index))) = self.queue.peek() {
             if time > until {
                 break;
             }
             self.queue.pop();
             self.now = time;
-            let Some((ev, lives)) = self.events[index].take() else {
+            let Some((ev, lives)) = self.events.remove(&index) else {
                 continue;
             };
             let current = lives
@@ -570,13 +596,16 @@ impl Sim {
     fn step(&mut self, ev: Ev) {
         match ev {
             Ev::Tick(node) => {
-                if self.nodes[node].alive {
-                    let next = self.rng.between(90, 110);
-                    self.at(next, Ev::Tick(node));
-                }
+                // A paused node's tick comes again when it resumes, and only then schedules
+                // the next: otherwise every tick of a pause would start a chain of its own
+                // (they multiplied with each pause until memory ran out, with short
+                // heartbeat intervals).
                 if !self.runnable(node, &Ev::Tick(node)) {
                     return;
                 }
+                let f = self.failure();
+                let next = self.around(f.membership.heartbeat_interval.min(f.disk_interval));
+                self.at(next, Ev::Tick(node));
                 let now = self.local(node);
                 let n = &mut self.nodes[node];
                 if let Some(running) = n.node.as_mut() {
@@ -682,7 +711,7 @@ impl Sim {
                 if let Some(running) = self.nodes[node].node.as_mut() {
                     running.handle_disk_round(round, now);
                 }
-                let next = self.rng.between(90, 110);
+                let next = self.around(self.failure().disk_interval);
                 self.at(next, Ev::DiskRound(node));
             }
             Ev::PaxosWrite {
@@ -907,7 +936,7 @@ impl Sim {
     fn event(&mut self, node: usize, event: NodeEvent) {
         match event {
             NodeEvent::RenewLease { from, .. } => {
-                let until = u64::try_from(from.as_millis()).unwrap_or(u64::MAX) + LEASE_MS;
+                let until = u64::try_from(from.as_millis()).unwrap_or(u64::MAX) + self.lease_ms;
                 let n = &mut self.nodes[node];
                 n.lease_until = n.lease_until.max(until);
             }
@@ -955,7 +984,7 @@ impl Sim {
                 let held = self
                     .faults
                     .cut_ends(from, to, ms(self.now))
-                    .map_or(self.now, |t| t.as_millis() as u64);
+                    .map_or(self.now, ceil_ms);
                 let last = self.engine_last.get(&(from, to)).copied().unwrap_or(0);
                 let at = (held + self.rng.between(0, 20)).max(last);
                 self.engine_last.insert((from, to), at);
@@ -1009,7 +1038,7 @@ impl Sim {
                 // Only reads: the lost members' lease may still run. There is no redo to
                 // read here (nothing is committed): it waits out a storage stall only.
                 self.stats.recoveries += 1;
-                let d = self.faults.io_hold(node, ms(self.now)).as_millis() as u64;
+                let d = ceil_ms(self.faults.io_hold(node, ms(self.now)));
                 self.at(d, Ev::Scanned { node, epoch });
             }
             NodeIo::Recovery(

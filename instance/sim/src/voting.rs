@@ -73,11 +73,57 @@ impl Timings {
         }
     }
 
-    /// The runtime's defaults divided by `by` (every ratio between them kept), so a world
-    /// whose I/O and users work in microseconds handles a failure in milliseconds.
-    pub fn scaled_down(by: u32) -> Self {
+    /// Timings for one seed, in the runtime's units, as a configuration file may set them
+    /// (`storage.lease_ms`, `storage.io_timeout_ms`, `[heartbeat]`): the runtime's defaults
+    /// for a quarter of the seeds; otherwise a lease of 300–900 ms and every other timing
+    /// drawn anywhere within what [`FailureConfig::validate`] accepts (whole milliseconds)
+    /// and the worlds' storage latency allows (the I/O bound at least 30 ms, two disk rounds
+    /// of up to 60 ms each with their intervals in the write window), so short leases, I/O
+    /// bounds at half the lease and disk timeouts just below it all run.
+    /// Drawn from a generator of their own (`rng`), so a seed's faults stay its own.
+    pub fn drawn(rng: &mut SimRng) -> Self {
         let runtime = Self::runtime();
-        let f = runtime.failure;
+        if rng.chance(1, 4) {
+            return runtime;
+        }
+        // The worlds' storage is slow against these: the instance world's slowest I/O,
+        // 550 µs, is 27.5 ms here, so a disk round (a write, then the reads) takes up to
+        // 60 ms. An operator sets the timings above what the storage takes when it works;
+        // below, instances stop on lapsed leases and failed writes with no fault at all
+        // (seeds 378 and 1150 did, all of them).
+        const SLOWEST_ROUND: u64 = 60;
+        let lease = rng.between(300, 900);
+        let io_timeout = rng.between((lease / 10).max(30), lease / 2);
+        // 3 disk intervals within the disk timeout, itself below the lease; 2 rounds with
+        // their intervals within the write window.
+        let most_interval = ((lease - io_timeout) / 2 - SLOWEST_ROUND).min((lease - 1) / 3);
+        let disk_interval = rng.between((most_interval / 4).max(5), most_interval);
+        let disk_timeout = rng.between(3 * disk_interval, lease - 1);
+        let heartbeat_interval = rng.between(20, 100);
+        let suspect_after_missed = rng.between(2, 4) as u32;
+        let suspect = heartbeat_interval * u64::from(suspect_after_missed);
+        let down_after = rng.between((2 * suspect).max(300), 2_000);
+        let failure = FailureConfig {
+            membership: interconnect::membership::MembershipConfig {
+                heartbeat_interval: Duration::from_millis(heartbeat_interval),
+                suspect_after_missed,
+                down_after: Duration::from_millis(down_after),
+            },
+            disk_interval: Duration::from_millis(disk_interval),
+            disk_timeout: Duration::from_millis(disk_timeout),
+            lease: Duration::from_millis(lease),
+            io_timeout: Duration::from_millis(io_timeout),
+        };
+        if let Err(e) = failure.validate() {
+            panic!("drawn failure timings {failure:?} are refused: {e}");
+        }
+        Self { failure, ..runtime }
+    }
+
+    /// These timings divided by `by` (every ratio between them kept), so a world whose I/O
+    /// and users work in microseconds handles a failure in milliseconds.
+    pub fn scaled_down(self, by: u32) -> Self {
+        let f = self.failure;
         Self {
             failure: FailureConfig {
                 membership: interconnect::membership::MembershipConfig {
@@ -90,7 +136,7 @@ impl Timings {
                 lease: f.lease / by,
                 io_timeout: f.io_timeout / by,
             },
-            phase_timeout: runtime.phase_timeout / by,
+            phase_timeout: self.phase_timeout / by,
         }
     }
 }

@@ -52,7 +52,8 @@ fn main() -> ExitCode {
     if args.check_config {
         println!(
             "{}: instance {} of cluster {:016x}, {} members, storage {}, transport {:?}, \
-             resp {resp}, metrics {}, requirepass {}, maxclients {}",
+             resp {resp}, metrics {}, requirepass {}, maxclients {}, lease {} ms, I/O bound {} ms, \
+             disk heartbeat every {} ms (still after {} ms)",
             config.file.display(),
             config.local.id,
             config.cluster_id.0,
@@ -68,6 +69,10 @@ fn main() -> ExitCode {
                 "off"
             },
             config.serve.maxclients,
+            config.failure.lease.as_millis(),
+            config.failure.io_timeout.as_millis(),
+            config.failure.disk_interval.as_millis(),
+            config.failure.disk_timeout.as_millis(),
         );
         return ExitCode::SUCCESS;
     }
