@@ -238,7 +238,7 @@ pub struct SimConfig {
     /// Users release a commit's blocks once its redo is in the stream, before it is durable
     /// (`Node::release_appended`, as the runtime), and are acknowledged once it is.
     pub early_release: bool,
-    /// Every node's failure timings: the seed's draw, scaled down by [`TIMINGS_SCALE`].
+    /// Every node's failure timings: the seed's draw, scaled down by `TIMINGS_SCALE`.
     pub timings: Timings,
 }
 
