@@ -865,9 +865,12 @@ impl ClusterManager {
                 // A newer epoch accepted (not yet decided) without this instance already
                 // counts against renewing the lease: the proposer's decision follows the
                 // write that put it there, and the survivors' wait counts from the decision.
-                let against = |members: InstanceSet| !members.contains(self.me);
-                if (block.epoch > self.epoch && block.inp.is_some_and(|v| against(v.members)))
-                    || (block.decided.epoch > self.epoch && against(block.decided.value.members))
+                // So does a newer formation, even one naming this instance (it did not enter
+                // it: its former runs whole-cluster recovery once this lease is out).
+                let against =
+                    |v: crate::paxos::Proposal| v.formation || !v.members.contains(self.me);
+                if (block.epoch > self.epoch && block.inp.is_some_and(against))
+                    || (block.decided.epoch > self.epoch && against(block.decided.value))
                 {
                     self.threatened = true;
                 }
@@ -916,7 +919,7 @@ impl ClusterManager {
             };
             match event {
                 PaxosEvent::Decided(decision) => {
-                    self.on_decided(decision.epoch, decision.value.members, now)
+                    self.on_decided(decision.epoch, decision.value, now)
                 }
                 PaxosEvent::Aborted { .. } => {
                     // Another proposer holds a higher ballot, or storage failed or stalled:
@@ -932,8 +935,19 @@ impl ClusterManager {
     }
 
     /// Disk Paxos decided (here, or learnt) `epoch` with `members`.
-    fn on_decided(&mut self, epoch: Epoch, members: InstanceSet, now: Timestamp) {
+    fn on_decided(&mut self, epoch: Epoch, value: crate::paxos::Proposal, now: Timestamp) {
         if self.stopped || epoch <= self.epoch {
+            return;
+        }
+        let members = value.members;
+        // A formation decided after this instance entered is a whole-cluster restart that
+        // this instance is not part of, member or not: its former runs whole-cluster
+        // recovery once this instance's lease is out (seed 10000280).
+        if value.formation {
+            self.stop(format!(
+                "fenced: epoch {} was decided as a formation after this instance entered",
+                epoch.0
+            ));
             return;
         }
         if !members.contains(self.me) {
@@ -1343,7 +1357,7 @@ impl ClusterManager {
             | Err(crate::paxos::ProposeError::NotNext { .. }) => {
                 // The disk knows a newer decision than this instance applied: learn it.
                 let decided = self.paxos.decided();
-                self.on_decided(decided.epoch, decided.value.members, now);
+                self.on_decided(decided.epoch, decided.value, now);
             }
             Err(_) => {
                 self.propose_after = now + self.config.membership.heartbeat_interval;
@@ -1536,6 +1550,7 @@ mod tests {
             value: crate::paxos::Proposal {
                 members: all,
                 proposer: id(0),
+                formation: false,
             },
         };
         let config = crate::paxos::PaxosConfig {

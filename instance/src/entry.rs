@@ -238,6 +238,7 @@ impl Entry {
             value: Proposal {
                 members: InstanceSet::EMPTY,
                 proposer: config.me,
+                formation: false,
             },
         };
         let paxos = DiskPaxos::new(
@@ -432,10 +433,13 @@ impl Entry {
                 }),
             };
             if let Ok(Some(block)) = PaxosBlock::decode(&look.paxos) {
-                if block.inp.is_some_and(|v| !v.members.contains(me)) {
+                // A formation stands against every epoch before it, even one naming this
+                // instance: entering an older epoch, this instance would not be in it.
+                let against_me = |v: Proposal| v.formation || !v.members.contains(me);
+                if block.inp.is_some_and(against_me) {
                     against = against.max(block.epoch);
                 }
-                if !block.decided.value.members.contains(me) {
+                if against_me(block.decided.value) {
                     against = against.max(block.decided.epoch);
                 }
             }
@@ -734,7 +738,7 @@ impl Entry {
             self.outcome = Some(Err(EntryError::EpochsExhausted(known)));
             return;
         };
-        match self.paxos.propose(epoch, live, now) {
+        match self.paxos.propose_formation(epoch, live, now) {
             Ok(_) => self.proposing = Some(epoch),
             Err(crate::paxos::ProposeError::BallotExhausted(_)) => {
                 self.outcome = Some(Err(EntryError::EpochsExhausted(known)));
@@ -832,6 +836,7 @@ pub fn decision_at_entry(
             value: Proposal {
                 members: live,
                 proposer: live.lowest().unwrap_or(me),
+                formation: true,
             },
         })
 }
@@ -955,6 +960,7 @@ mod tests {
                 epoch: Epoch(epoch),
                 value: Proposal {
                     members: set(members),
+                    formation: false,
                     proposer: owner,
                 },
             },

@@ -1514,6 +1514,7 @@ mod tests {
             value: Proposal {
                 members: live,
                 proposer: id(0),
+                formation: false,
             },
         };
         let paxos_config = PaxosConfig {

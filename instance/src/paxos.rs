@@ -71,14 +71,19 @@ impl Ballot {
     }
 }
 
-/// The value agreed on for one epoch: its members, and who proposed them (so two proposals
-/// of the same set by different instances are told apart in logs and tests).
+/// The value agreed on for one epoch: its members, who proposed them (so two proposals of
+/// the same set by different instances are told apart in logs and tests), and whether the
+/// epoch is a formation (a whole-cluster restart: its former runs whole-cluster recovery).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Proposal {
     /// The members of the epoch.
     pub members: InstanceSet,
     /// The instance that proposed them.
     pub proposer: InstanceId,
+    /// A formation proposed by an entering instance, not a view change of a running
+    /// cluster: an instance running an older epoch must stop even if it is a member (it
+    /// did not enter this one, and whole-cluster recovery will run under it).
+    pub formation: bool,
 }
 
 /// A decided epoch: never changes once decided.
@@ -164,6 +169,8 @@ const AT_DECIDED_MEMBERS: usize = 64;
 const AT_DECIDED_PROPOSER: usize = 72;
 const END_OF_FIELDS: usize = 74;
 const FLAG_INP: u8 = 1;
+const FLAG_INP_FORMATION: u8 = 2;
+const FLAG_DECIDED_FORMATION: u8 = 4;
 
 fn get_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
@@ -205,9 +212,12 @@ impl PaxosBlock {
                 .copy_from_slice(&inp.members.bits().to_le_bytes());
             out[AT_INP_PROPOSER..AT_INP_PROPOSER + 2]
                 .copy_from_slice(&inp.proposer.as_u16().to_le_bytes());
-            out[AT_FLAGS] = FLAG_INP;
+            out[AT_FLAGS] = FLAG_INP | if inp.formation { FLAG_INP_FORMATION } else { 0 };
         }
         let d = self.decided;
+        if d.value.formation {
+            out[AT_FLAGS] |= FLAG_DECIDED_FORMATION;
+        }
         out[AT_DECIDED_EPOCH..AT_DECIDED_EPOCH + 8].copy_from_slice(&d.epoch.0.to_le_bytes());
         out[AT_DECIDED_MEMBERS..AT_DECIDED_MEMBERS + 8]
             .copy_from_slice(&d.value.members.bits().to_le_bytes());
@@ -263,32 +273,36 @@ impl PaxosBlock {
         if bal > mbal || (bal != Ballot::ZERO && !bal.is_owned_by(owner)) {
             return Err(field("bal", bal.0));
         }
-        let inp = match b[AT_FLAGS] {
-            0 => {
-                if bal != Ballot::ZERO {
-                    return Err(field("bal", bal.0));
-                }
-                if let Some(at) = (AT_INP_MEMBERS..AT_FLAGS).find(|&at| b[at] != 0) {
-                    return Err(field("inp", at as u64));
-                }
-                None
+        let flags = b[AT_FLAGS];
+        if flags & !(FLAG_INP | FLAG_INP_FORMATION | FLAG_DECIDED_FORMATION) != 0
+            || (flags & FLAG_INP == 0 && flags & FLAG_INP_FORMATION != 0)
+        {
+            return Err(field("flags", flags.into()));
+        }
+        let inp = if flags & FLAG_INP == 0 {
+            if bal != Ballot::ZERO {
+                return Err(field("bal", bal.0));
             }
-            FLAG_INP => {
-                if bal == Ballot::ZERO {
-                    return Err(field("bal", 0));
-                }
-                Some(Proposal {
-                    members: InstanceSet::from_bits(get_u64(b, AT_INP_MEMBERS)),
-                    proposer: id_at(b, AT_INP_PROPOSER, "inp_proposer")?,
-                })
+            if let Some(at) = (AT_INP_MEMBERS..AT_FLAGS).find(|&at| b[at] != 0) {
+                return Err(field("inp", at as u64));
             }
-            other => return Err(field("flags", other.into())),
+            None
+        } else {
+            if bal == Ballot::ZERO {
+                return Err(field("bal", 0));
+            }
+            Some(Proposal {
+                members: InstanceSet::from_bits(get_u64(b, AT_INP_MEMBERS)),
+                proposer: id_at(b, AT_INP_PROPOSER, "inp_proposer")?,
+                formation: flags & FLAG_INP_FORMATION != 0,
+            })
         };
         let decided = Decision {
             epoch: Epoch(get_u64(b, AT_DECIDED_EPOCH)),
             value: Proposal {
                 members: InstanceSet::from_bits(get_u64(b, AT_DECIDED_MEMBERS)),
                 proposer: id_at(b, AT_DECIDED_PROPOSER, "decided_proposer")?,
+                formation: flags & FLAG_DECIDED_FORMATION != 0,
             },
         };
         // An owner works on epoch E only once it knows E - 1.
@@ -599,13 +613,34 @@ impl DiskPaxos {
         Ok(())
     }
 
-    /// Starts a proposal: `members` for `epoch`, which must follow the newest decided epoch.
-    /// Returns the ballot. The outcome comes as [`PaxosEvent::Decided`] (maybe of another
-    /// value: the one already accepted) or [`PaxosEvent::Aborted`].
+    /// Starts a proposal: `members` for `epoch`, which must follow the newest decided epoch
+    /// (a view change of a running cluster). Returns the ballot. The outcome comes as
+    /// [`PaxosEvent::Decided`] (maybe of another value: the one already accepted) or
+    /// [`PaxosEvent::Aborted`].
     pub fn propose(
         &mut self,
         epoch: Epoch,
         members: InstanceSet,
+        now: Timestamp,
+    ) -> Result<Ballot, ProposeError> {
+        self.start(epoch, members, false, now)
+    }
+
+    /// As [`DiskPaxos::propose`], for a formation ([`Proposal::formation`]).
+    pub fn propose_formation(
+        &mut self,
+        epoch: Epoch,
+        members: InstanceSet,
+        now: Timestamp,
+    ) -> Result<Ballot, ProposeError> {
+        self.start(epoch, members, true, now)
+    }
+
+    fn start(
+        &mut self,
+        epoch: Epoch,
+        members: InstanceSet,
+        formation: bool,
         now: Timestamp,
     ) -> Result<Ballot, ProposeError> {
         if !self.recovered {
@@ -659,6 +694,7 @@ impl DiskPaxos {
             value: Proposal {
                 members,
                 proposer: self.me,
+                formation,
             },
             phase: Phase::Prepare,
             deadline: now + self.config.phase_timeout,
@@ -949,6 +985,7 @@ mod tests {
             value: Proposal {
                 members: set(&[0, 1, 2]),
                 proposer: id(0),
+                formation: false,
             },
         }
     }
@@ -960,6 +997,7 @@ mod tests {
                 Some(Proposal {
                     members: set(members),
                     proposer: id(bal % 64),
+                    formation: false,
                 }),
             ),
             None => (Ballot::ZERO, None),
@@ -1100,18 +1138,19 @@ mod tests {
             0u64..64,
             1u64..u64::MAX,
             1u64..1 << 40,
-            proptest::option::of((0u64..1 << 40, any::<u64>(), 0u64..64)),
+            proptest::option::of((0u64..1 << 40, any::<u64>(), 0u64..64, any::<bool>())),
             any::<bool>(),
-            (any::<u64>(), 0u64..64),
+            (any::<u64>(), 0u64..64, any::<bool>()),
         )
-            .prop_map(|(owner, epoch, mround, acc, committed, (dm, dp))| {
+            .prop_map(|(owner, epoch, mround, acc, committed, (dm, dp, df))| {
                 let mbal = Ballot::new(mround, id(owner)).unwrap();
                 let (bal, inp) = match acc {
-                    Some((r, members, proposer)) => (
+                    Some((r, members, proposer, formation)) => (
                         Ballot::new(r.min(mround), id(owner)).unwrap(),
                         Some(Proposal {
                             members: InstanceSet::from_bits(members),
                             proposer: id(proposer),
+                            formation,
                         }),
                     ),
                     None => (Ballot::ZERO, None),
@@ -1127,6 +1166,7 @@ mod tests {
                         value: Proposal {
                             members: InstanceSet::from_bits(dm),
                             proposer: id(dp),
+                            formation: df,
                         },
                     },
                 }
@@ -1192,6 +1232,7 @@ mod tests {
             value: Proposal {
                 members,
                 proposer: id(0),
+                formation: false,
             },
         };
         assert_eq!(events(&mut p), vec![PaxosEvent::Decided(decision)]);
@@ -1234,6 +1275,7 @@ mod tests {
             value: Proposal {
                 members: set(&[1]),
                 proposer: id(1),
+                formation: false,
             },
         };
         assert_eq!(events(&mut p), vec![PaxosEvent::Decided(expected)]);

@@ -58,6 +58,7 @@ impl World {
                     value: Proposal {
                         members: set(MEMBERS),
                         proposer: id(0),
+                        formation: false,
                     },
                 };
                 let config = PaxosConfig {

@@ -43,6 +43,7 @@ pub fn cluster_manager(
         value: Proposal {
             members: live,
             proposer: live.lowest().unwrap_or(id(me)),
+            formation: false,
         },
     };
     let config = PaxosConfig {
