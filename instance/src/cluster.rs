@@ -2152,6 +2152,75 @@ mod tests {
         assert!(!two.may_renew_lease());
     }
 
+    /// Puts into `owner`'s slot of `disk` a formation of epoch 2 with `members` by `owner`
+    /// (an entering instance forming the cluster anew), accepted, and decided if `decided`.
+    fn formation_on_disk(disk: &Disk, owner: u64, members: &[u64], decided: bool) {
+        use crate::paxos::{Ballot, Decision, Proposal};
+        let ballot = Ballot::new(1, id(owner)).unwrap();
+        let formation = Proposal {
+            members: set(members),
+            proposer: id(owner),
+            formation: true,
+        };
+        let block = PaxosBlock {
+            owner: id(owner),
+            epoch: Epoch(2),
+            mbal: ballot,
+            bal: ballot,
+            inp: Some(formation),
+            decided: if decided {
+                Decision {
+                    epoch: Epoch(2),
+                    value: formation,
+                }
+            } else {
+                Decision {
+                    epoch: Epoch(1),
+                    value: Proposal {
+                        members: set(&[0, 1, 2]),
+                        proposer: id(0),
+                        formation: false,
+                    },
+                }
+            },
+        };
+        block.encode(&mut disk.borrow_mut()[owner as usize]);
+    }
+
+    #[test]
+    fn a_newer_formation_naming_this_instance_still_withholds_its_lease() {
+        // Seed 10000280: instance 1, still entering, forms epoch 2 with {1, 2} while 2 runs
+        // epoch 1; once decided, 1 runs whole-cluster recovery when 2's lease is out.
+        let disk = new_disk();
+        formation_on_disk(&disk, 1, &[1, 2], false);
+        let mut two = manager_on(2, &[0, 1, 2], &disk);
+        two.disk_round(&[0, 1, 2], 5, &[0, 1, 2], at(200));
+        assert!(!two.may_renew_lease(), "renewed over an accepted formation");
+        let acts = actions(&mut two);
+        assert!(
+            stopped(&acts).is_none(),
+            "stopped before a decision: {acts:?}"
+        );
+    }
+
+    #[test]
+    fn a_decided_formation_stops_a_running_member_of_it() {
+        let disk = new_disk();
+        formation_on_disk(&disk, 1, &[1, 2], true);
+        let mut two = manager_on(2, &[0, 1, 2], &disk);
+        two.disk_round(&[0, 1, 2], 5, &[0, 1, 2], at(200));
+        assert!(!two.may_renew_lease(), "renewed over a decided formation");
+        let acts = actions(&mut two);
+        assert!(
+            stopped(&acts).is_some_and(|r| r.contains("formation")),
+            "{acts:?}"
+        );
+        assert!(
+            reconfigured(&acts).is_none(),
+            "took the formation for a view change: {acts:?}"
+        );
+    }
+
     /// Routes the cluster messages among `rigs` except over the cut links.
     fn deliver(rigs: &mut [Rig], cut: &[(u64, u64)], now: Timestamp) {
         let mut mail = Vec::new();

@@ -949,6 +949,17 @@ mod tests {
 
     /// A block of `owner` recording the decision of `epoch` with `members`.
     fn decided(owner: u64, epoch: u64, round: u64, members: &[u64]) -> [u8; PAXOS_BLOCK_LEN] {
+        decided_as(owner, epoch, round, members, false)
+    }
+
+    /// As [`decided`], a formation if `formation`.
+    fn decided_as(
+        owner: u64,
+        epoch: u64,
+        round: u64,
+        members: &[u64],
+        formation: bool,
+    ) -> [u8; PAXOS_BLOCK_LEN] {
         let owner = id(owner);
         let block = PaxosBlock {
             owner,
@@ -960,8 +971,8 @@ mod tests {
                 epoch: Epoch(epoch),
                 value: Proposal {
                     members: set(members),
-                    formation: false,
                     proposer: owner,
+                    formation,
                 },
             },
         };
@@ -1284,5 +1295,24 @@ mod tests {
         assert_eq!(d.value.proposer, id(1));
         let d = decision_at_entry(id(2), Epoch(5), set(&[1, 2]), &[on_disk]);
         assert_eq!((d.epoch, d.value.proposer), (Epoch(5), id(1)));
+    }
+
+    #[test]
+    fn a_newer_formation_naming_this_instance_leaves_an_older_epoch_no_lease() {
+        // Seed 10000280: instance 2, told it is formed at epoch 2, last saw 1 form epoch 3
+        // with it: entering epoch 2 it is not in 3, whose former recovers the cluster once
+        // the lease is out.
+        let all = [0, 1, 2];
+        let mut d = disk(3);
+        d[1] = decided_as(1, 3, 2, &[1, 2], true);
+        let mut e = entry(2, &all);
+        round_on(&mut e, &d, 100, &all, &all);
+        assert_eq!(e.lease_from(Epoch(2)), None);
+        assert_eq!(e.lease_from(Epoch(3)), Some(at(0)));
+        // A view change naming it is no such threat.
+        d[1] = decided_as(1, 3, 2, &[1, 2], false);
+        let mut e = entry(2, &all);
+        round_on(&mut e, &d, 100, &all, &all);
+        assert_eq!(e.lease_from(Epoch(2)), Some(at(0)));
     }
 }

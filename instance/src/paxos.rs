@@ -1088,6 +1088,26 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn formation_flags_round_trip_and_one_without_a_value_is_refused() {
+        let mut formed = block(2, 5, 130, Some((66, &[0, 2])));
+        if let Some(inp) = formed.inp.as_mut() {
+            inp.formation = true;
+        }
+        formed.decided = Decision {
+            epoch: Epoch(5),
+            value: formed.inp.unwrap(),
+        };
+        assert_eq!(PaxosBlock::decode(&bytes(&formed)), Ok(Some(formed)));
+        // The accepted value's formation flag on a block that accepted nothing.
+        let mut raw = bytes(&block(0, 1, 64, None));
+        raw[AT_FLAGS] = FLAG_INP_FORMATION;
+        assert!(matches!(
+            PaxosBlock::decode(&reseal(raw)),
+            Err(PaxosDecodeError::Field { field: "flags", .. })
+        ));
+    }
+
     /// Re-seals a patched block so only its fields are wrong.
     fn reseal(mut raw: [u8; PAXOS_BLOCK_LEN]) -> [u8; PAXOS_BLOCK_LEN] {
         let c = block_checksum(&raw);
