@@ -31,7 +31,8 @@
 //!   left out of it stops when it learns it — from its proposal, from any block on disk, or
 //!   from a member's `Status`.
 //! * The lease is renewed only after a disk round that read every slot and found no accepted
-//!   or decided membership of a newer epoch without this instance
+//!   or decided membership of a newer epoch without this instance, nor a newer formation
+//!   (which a running instance never entered; it stops once one is decided)
 //!   ([`ClusterManager::may_renew_lease`]); survivors wait out the lease after the decision
 //!   and the lost member's last heartbeat ([`ClusterManager::lost_lease_end`]).
 //! * With fencing by reservation ([`ClusterManager::fence_by_reservation`]), the lowest

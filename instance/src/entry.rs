@@ -219,7 +219,7 @@ pub struct Entry {
     /// When the round in flight (or the last one) was asked for.
     round_asked_at: Timestamp,
     /// The last completed round: when it was asked for, and the newest epoch its blocks
-    /// show accepted or decided without this instance.
+    /// show accepted or decided without this instance or as a formation.
     last_look: Option<(Timestamp, Epoch)>,
     /// Entered, waiting for the own Paxos write in flight to complete.
     entered: Option<Entered>,
@@ -286,10 +286,10 @@ impl Entry {
 
     /// Where the node's first lease counts from, entering at `epoch`: the start of the last
     /// voting-area round, if it found nothing newer than `epoch` accepted or decided without
-    /// this instance; `None` (no lease until the node's first disk round renews it) if it
-    /// did, or if there was none. A lease granted at the entry itself would let an instance
-    /// told of an epoch late (paused, or its admission delayed) write after the members
-    /// decided a later one without it and began recovering it.
+    /// this instance or as a formation; `None` (no lease until the node's first disk round
+    /// renews it) if it did, or if there was none. A lease granted at the entry itself would
+    /// let an instance told of an epoch late (paused, or its admission delayed) write after
+    /// the members decided a later one without it (or formed anew) and began recovering.
     pub fn lease_from(&self, epoch: Epoch) -> Option<Timestamp> {
         self.last_look
             .filter(|(_, against)| *against <= epoch)

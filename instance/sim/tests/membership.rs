@@ -44,6 +44,21 @@ fn membership_seeds() {
     );
 }
 
+/// Seeds beyond the default range that once failed, each run every time.
+const REGRESSIONS: &[u64] = &[
+    // A member of a formation, told `Formed` of an older one by a former that woke from a
+    // pause, took the newer formation for a view change and served while its former ran
+    // whole-cluster recovery.
+    10_000_280,
+];
+
+#[test]
+fn membership_regressions() {
+    for &seed in REGRESSIONS {
+        run_membership_seed(seed, false);
+    }
+}
+
 #[test]
 fn replay() {
     if let Some(seed) = std::env::var("FUSION_SEED")
