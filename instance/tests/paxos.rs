@@ -53,6 +53,7 @@ fn start_decision(n: usize) -> Decision {
         value: Proposal {
             members: (0..n).map(id).collect(),
             proposer: id(0),
+            formation: false,
         },
     }
 }
@@ -401,6 +402,7 @@ impl Sim {
                     Proposal {
                         members,
                         proposer: id(node),
+                        formation: false,
                     },
                 ));
                 if let Err(e) = self.nodes[node].paxos.propose(epoch, members, now) {
@@ -652,6 +654,7 @@ fn alone_among_stale_blocks_it_decides_in_two_rounds_and_a_commit() {
         value: Proposal {
             members: members.iter().map(|&m| id(m)).collect(),
             proposer: id(proposer),
+            formation: false,
         },
     };
     let known = decision(3, &[0, 1, 3, 4], 0);
