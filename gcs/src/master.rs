@@ -955,6 +955,16 @@ impl<D: MasterDirectory> Engine<D> {
                 None => known,
             });
         }
+        // What a member announced as durable speaks for its redo in this life only: one lost
+        // or (re)admitted may restart with a new redo stream whose SCNs start low again, and a
+        // stale announcement would resolve its new commit dependencies before that redo is
+        // durable. Its first message in the new epoch announces afresh.
+        let carried_over = self.live.bits() & live.bits();
+        for (index, slot) in self.peer_durable.iter_mut().enumerate() {
+            if carried_over & (1 << index) == 0 {
+                *slot = Scn(0);
+            }
+        }
         self.epoch = epoch;
         self.live = live;
         self.directory = directory;

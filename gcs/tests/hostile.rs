@@ -1,5 +1,6 @@
 //! A peer that sends arbitrary, protocol-violating messages must never make the engine panic:
-//! every message is refused with an error or absorbed, and the engine stays usable.
+//! every message is refused with an error or absorbed, and the engine stays usable; what a
+//! peer announced as durable is bounded and forgotten when the peer leaves.
 
 use gcs::{
     BlockId, BlockMode, CommitDependency, Engine, GcsBody, GcsConfig, GcsMessage, GrantKind,
@@ -240,6 +241,67 @@ fn extreme_scns_are_refused_and_leave_the_clock_and_dependencies_alone() {
         engine.tick_scn(),
         Scn(101),
         "ticks go on from the honest clock"
+    );
+}
+
+#[test]
+fn a_durable_announcement_does_not_outlive_the_members_life() {
+    let live: InstanceSet = (0..3).map(id).collect();
+    let mut engine =
+        Engine::new(id(0), Epoch(1), live, ByBlock, GcsConfig::default()).expect("engine");
+    let now = Timestamp::ZERO;
+    let durable = |epoch, durable| GcsMessage {
+        epoch: Epoch(epoch),
+        scn: Scn(60),
+        durable: Scn(durable),
+        body: GcsBody::Durable,
+    };
+    engine
+        .handle_message(id(1), durable(1, 50), now)
+        .expect("1");
+    engine
+        .handle_message(id(2), durable(1, 30), now)
+        .expect("2");
+    let on_1 = CommitDependency {
+        instance: id(1),
+        scn: Scn(4),
+    };
+    let on_2 = CommitDependency {
+        instance: id(2),
+        scn: Scn(30),
+    };
+    assert!(engine.is_durable(on_1) && engine.is_durable(on_2));
+    // Instance 1 dies, restarts with a new redo stream and is admitted again: its new
+    // changes take low SCNs, and its old life's announcement must not cover them.
+    let without_1: InstanceSet = [id(0), id(2)].into_iter().collect();
+    engine
+        .on_reconfigure(Epoch(2), without_1, ByBlock, now)
+        .expect("epoch 2");
+    assert!(
+        !engine.is_durable(on_1),
+        "a lost member's announcement is forgotten"
+    );
+    engine
+        .on_reconfigure(Epoch(3), live, ByBlock, now)
+        .expect("epoch 3");
+    assert!(
+        !engine.is_durable(on_1),
+        "a readmitted member starts from nothing"
+    );
+    assert!(
+        engine.is_durable(on_2),
+        "a member that stayed keeps its announcement"
+    );
+    engine
+        .handle_message(id(1), durable(3, 3), now)
+        .expect("1 again");
+    assert!(!engine.is_durable(on_1));
+    engine
+        .handle_message(id(1), durable(3, 4), now)
+        .expect("1 again");
+    assert!(
+        engine.is_durable(on_1),
+        "its new life's announcement counts"
     );
 }
 

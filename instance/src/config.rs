@@ -50,9 +50,7 @@
 //! frames = 16384                     # 128 MiB of 8 KiB frames
 //! block_size = 8192                  # must match the storage
 //! ship_policy = "log-force"          # or "commit-dependency": a changed block is shipped
-//!                                    #   while its redo write is in flight (experimental:
-//!                                    #   the simulator's soak seed 10006389 acknowledges a
-//!                                    #   commit before its dependency is durable)
+//!                                    #   while its redo write is in flight
 //!
 //! [remaster]                         # affinity remastering of block masters; defaults shown
 //! enabled = false                    # masters move each 128-block range to its main user
