@@ -3932,7 +3932,10 @@ impl Sim {
             return;
         }
         let mut body = Vec::new();
-        ClusterMessage::JoinRequest.encode(&mut body);
+        ClusterMessage::JoinRequest {
+            timings: self.cfg.timings.failure,
+        }
+        .encode(&mut body);
         for peer in (0..self.nodes.len()).filter(|p| *p != node) {
             self.send_control(
                 node,
