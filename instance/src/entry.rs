@@ -147,14 +147,16 @@ pub enum EntryError {
     /// entering peers' that no majority could run with them: it must not enter (a survivor
     /// waits out a lost member's lease with its own lease's length).
     #[error(
-        "{} = {} here, but instance {peer} {} {} = {}: every instance of a cluster must use the same failure timings (fix this instance's configuration; to change the cluster's, stop every instance and restart them all with the new values)",
+        "{} = {} on this instance ({me}), but {} = {} on instance {peer}{}: every instance of a cluster must use the same failure timings (fix this instance's configuration; to change the cluster's, stop every instance and restart them all with the new values)",
         mismatch.key,
         mismatch.ours,
-        if *running { "(running) has" } else { "has" },
         mismatch.key,
-        mismatch.theirs
+        mismatch.theirs,
+        if *running { ", which runs the cluster" } else { "" }
     )]
     TimingsDiffer {
+        /// This instance.
+        me: InstanceId,
         /// The peer whose timings differ.
         peer: InstanceId,
         /// It runs in a cluster (else it is entering too).
@@ -380,6 +382,7 @@ impl Entry {
                 // with other timings too (their answer is this `Hello`).
                 if let Some(mismatch) = self.config.failure.difference(&timings) {
                     self.outcome = Some(Err(EntryError::TimingsDiffer {
+                        me,
                         peer: from,
                         running: true,
                         mismatch,
@@ -876,6 +879,7 @@ impl Entry {
             && alike * 2 <= configured.len()
         {
             self.outcome = Some(Err(EntryError::TimingsDiffer {
+                me: self.config.me,
                 peer,
                 running: false,
                 mismatch,
@@ -1439,8 +1443,8 @@ mod tests {
         let (peer, running, text) = timings_differ(&e).expect("stopped on the timings");
         assert_eq!((peer, running), (id(0), true));
         assert!(
-            text.contains("storage.lease_ms = 2000 here")
-                && text.contains("instance 0 (running) has storage.lease_ms = 600"),
+            text.contains("storage.lease_ms = 2000 on this instance (2)")
+                && text.contains("storage.lease_ms = 600 on instance 0, which runs the cluster"),
             "{text}"
         );
         // It asks nothing more, and takes no admission.
@@ -1500,7 +1504,12 @@ mod tests {
         );
         let (_, running, text) = timings_differ(&odd).expect("stopped on the timings");
         assert!(!running);
-        assert!(text.contains("storage.lease_ms = 2000 here"), "{text}");
+        assert!(
+            text.contains("storage.lease_ms = 2000 on this instance (2)")
+                && text.contains("= 600 on instance 0:")
+                && !text.contains("which runs"),
+            "{text}"
+        );
 
         // Two instances that differ: neither side has a majority, both stop.
         for (me, other, ours, theirs) in [

@@ -585,10 +585,11 @@ fn an_instance_with_another_lease_stops_at_start_and_the_cluster_keeps_serving()
     let log = cluster.log(2);
     let line = log
         .lines()
-        .find(|l| l.contains("storage.lease_ms = 2000 here"))
+        .find(|l| l.contains("storage.lease_ms = 2000 on this instance (2)"))
         .unwrap_or_else(|| panic!("no line names the lease:\n{log}"));
     assert!(
-        line.contains("(running) has storage.lease_ms = 600"),
+        line.contains("storage.lease_ms = 600 on instance")
+            && line.contains("which runs the cluster"),
         "the cluster's value is not named: {line}"
     );
     stop.store(true, Ordering::Relaxed);
