@@ -200,9 +200,18 @@ impl FailureConfig {
         [
             ("storage.lease_ms", TimingValue::Millis(lease)),
             ("storage.io_timeout_ms", TimingValue::Millis(io_timeout)),
-            ("heartbeat.disk_interval_ms", TimingValue::Millis(disk_interval)),
-            ("heartbeat.disk_timeout_ms", TimingValue::Millis(disk_timeout)),
-            ("heartbeat.interval_ms", TimingValue::Millis(heartbeat_interval)),
+            (
+                "heartbeat.disk_interval_ms",
+                TimingValue::Millis(disk_interval),
+            ),
+            (
+                "heartbeat.disk_timeout_ms",
+                TimingValue::Millis(disk_timeout),
+            ),
+            (
+                "heartbeat.interval_ms",
+                TimingValue::Millis(heartbeat_interval),
+            ),
             (
                 "heartbeat.suspect_after_missed",
                 TimingValue::Count(suspect_after_missed),
@@ -238,8 +247,15 @@ impl FailureConfig {
             b.copy_from_slice(chunk);
             *value = u64::from_le_bytes(b);
         }
-        let [lease, io_timeout, disk_interval, disk_timeout, interval, suspect, down_after] =
-            raw;
+        let [
+            lease,
+            io_timeout,
+            disk_interval,
+            disk_timeout,
+            interval,
+            suspect,
+            down_after,
+        ] = raw;
         Ok(Self {
             membership: MembershipConfig {
                 heartbeat_interval: Duration::from_nanos(interval),

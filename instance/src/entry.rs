@@ -1474,7 +1474,10 @@ mod tests {
             e.handle_timeout(at(ms));
             round_on(&mut e, &d, ms, &all, &all);
             let asked = serve(&mut e, &mut d, ms);
-            assert!(asked.iter().all(|io| *io == EntryIo::SlotRound), "{asked:?}");
+            assert!(
+                asked.iter().all(|io| *io == EntryIo::SlotRound),
+                "{asked:?}"
+            );
         }
         assert_eq!(PaxosBlock::decode(&d[0]), Ok(None), "nothing proposed");
         assert!(e.outcome().is_none());
@@ -1498,8 +1501,10 @@ mod tests {
         round(&mut odd, 10, &all, &all);
         let told = sent(&mut odd);
         assert!(
-            [0, 1].iter().all(|&p| told.iter().any(|(to, m)| *to == id(p)
-                && matches!(m, ClusterMessage::Hello { timings, .. } if *timings == longer_lease()))),
+            [0, 1].iter().all(|&p| {
+                told.iter().any(|(to, m)| *to == id(p)
+                && matches!(m, ClusterMessage::Hello { timings, .. } if *timings == longer_lease()))
+            }),
             "{told:?}"
         );
         let (_, running, text) = timings_differ(&odd).expect("stopped on the timings");
