@@ -56,6 +56,9 @@
 //!   epoch the disk never decided, or make others stop by claiming they were left out: a
 //!   member can deny service (see the README's threat model). A member's `JoinRequest` is
 //!   ignored (only instances outside the epoch are admitted).
+//! * Every instance runs the same failure timings: a `JoinRequest` whose timings differ
+//!   from this instance's is refused and answered with this instance's `Hello`, which names
+//!   them (the joiner stops: `docs/membership.md`, "One set of timings").
 //!
 //! This module owns those decisions and the cluster messages' codec. It must never do I/O,
 //! read a clock, or touch the engines' state (the core reconfigures them).

@@ -12,7 +12,10 @@
 //! itself is decided by Disk Paxos on the voting area, as every later epoch is: the epoch
 //! after the newest decided one, so two formers never both form (the second learns the
 //! first's formation, or adopts it), and whole-cluster recovery runs only after the
-//! formation is decided (`docs/membership.md`, "Entering"). The driver
+//! formation is decided (`docs/membership.md`, "Entering"). It never enters with failure
+//! timings other than the cluster's: a running member's `Hello` with others stops it, and at
+//! formation a peer with others is never counted ([`EntryError::TimingsDiffer`];
+//! `docs/membership.md`, "One set of timings"). The driver
 //! (`api::Instance::start`, the membership simulator) carries out its I/O (a voting-area
 //! round: write this instance's heartbeat, read every slot; Disk Paxos reads and writes;
 //! whole-cluster recovery), sends its messages, and builds the [`Node`] from [`Entered`]
@@ -1050,7 +1053,6 @@ mod tests {
 
     /// `from` connects and says it is not running, knowing epoch `known`.
     fn hello_knowing(e: &mut Entry, from: u64, known: u64, ms: u64) {
-        e.handle_connected(id(from), at(ms));
         hello_with(e, from, known, FailureConfig::default(), ms);
     }
 
