@@ -758,7 +758,10 @@ impl<S: Store> Engine<S> {
                             })
                             .collect(),
                     ),
-                    Some(b"count") => Reply::Integer(COMMANDS.len() as i64),
+                    Some(b"count") if args.len() == 2 => Reply::Integer(COMMANDS.len() as i64),
+                    Some(b"count") => {
+                        Reply::err("wrong number of arguments for 'command|count' command")
+                    }
                     // No per-command documentation: clients fall back to their own.
                     Some(b"docs") => Reply::Map(Vec::new()),
                     Some(_) => Reply::err(format!(
@@ -2347,5 +2350,10 @@ mod tests {
             panic!("keys reply");
         };
         assert_eq!(keys.len(), 10);
+        assert!(matches!(run(&e, s, "COMMAND COUNT"), Reply::Integer(n) if n > 50));
+        assert_eq!(
+            run(&e, s, "COMMAND COUNT x"),
+            Reply::Error("ERR wrong number of arguments for 'command|count' command".into())
+        );
     }
 }
