@@ -6,11 +6,10 @@
 //!   --fdatasync=1` on the same file for one committer (the fastest of its psync and io_uring
 //!   engines, buffered and O_DIRECT: the redo writer syncs through io_uring), and for 32 the
 //!   same fio writing the bytes per sync that group commit reached in that round (rounded up
-//!   to the 4 KiB log block), whose writes/s times the commits per sync is the rate the disk
-//!   allows at that batch size (its bandwidth floor); each redo row also says how busy the
-//!   disk was kept
-//!   (the share of the run a durable write was in flight: the rest is hand-off between
-//!   writes);
+//!   to the 4 KiB log block; the fastest way that round), whose writes/s times the commits
+//!   per sync is the rate the disk allows at that batch size (its bandwidth floor); each redo
+//!   row also says how busy the disk was kept (the share of the run a durable write was in
+//!   flight: the rest is hand-off between writes);
 //! * 8 KiB O_DIRECT random reads through io_uring at depth 1 (`read_at` into a registered
 //!   frame) and 32 (`ReadQueue`), on a file of written data; floor: `fio --ioengine=io_uring
 //!   --direct=1 --rw=randread --bs=8k --iodepth=1|32` on the same file.

@@ -11,7 +11,8 @@
 //! many reads in flight, and owns the [`Frame`]s they land in until they complete. A ring on
 //! which `io_uring_enter` fails without consuming what was pushed is marked broken and never
 //! entered again, so those entries are never submitted. Callers of one ring are serialised by
-//! its mutex; the runtime drives data I/O from its I/O thread with [`ReadQueue`].
+//! its mutex, and each reaps only what it submitted (which is what lets the rings skip the
+//! completion IPI: `COOP_TASKRUN`); a [`ReadQueue`] holds the data ring for its life.
 //!
 //! It must never be chosen where the kernel refuses io_uring: [`UringStorage::open`] reports
 //! [`UringOpenError::Refused`] and [`super::open`] falls back to pread/pwrite.
