@@ -417,6 +417,18 @@ mod memory {
             (base, self.frames as usize * self.block_size)
         }
 
+        /// The bytes of `frame`.
+        ///
+        /// # Safety
+        /// The caller has exclusive use of the frame (a guard, or a landing holding its
+        /// permit) for the life of the slice.
+        #[allow(clippy::mut_from_ref)]
+        unsafe fn frame_mut(&self, frame: u32) -> &mut [u8] {
+            // SAFETY: the frame lies inside the mapping (`frame_ptr`); exclusive by the
+            // caller's contract.
+            unsafe { std::slice::from_raw_parts_mut(self.frame_ptr(frame), self.block_size) }
+        }
+
         fn frame_ptr(&self, frame: u32) -> *mut u8 {
             debug_assert!(frame < self.frames);
             // SAFETY: in bounds of the mapping for frame < frames (checked by every caller via
@@ -533,19 +545,24 @@ mod memory {
         /// is landing; then try again once it has landed and take it instead.
         pub fn disarm(self: &Arc<Self>, token: LandingToken) -> Result<FrameGuard, RegionError> {
             let frame = token.frame();
-            // The permit first: once it is revoked no landing can begin, and one that already
-            // began keeps it, so the frame is not reused under a lander.
-            let permit = self.permit_word(frame)?;
-            let current = permit.load(Ordering::Acquire);
-            self.transition_from(permit, current, |p| match p.state {
-                LANDING if p.generation == token.generation() => Err(RegionError::WrongState {
-                    frame,
-                    detail: "payload landing",
-                }),
-                ARMED | LANDED if p.generation == token.generation() => Ok(p.with(IDLE)),
-                // Not this arming's permit: no lander can take it for this token.
-                _ => Ok(p),
-            })?;
+            let seen = FrameState::unpack(self.state_word(frame)?.load(Ordering::Acquire));
+            // Unless the frame has landed, the permit first: once it is revoked no landing
+            // can begin, and one that already began keeps it, so the frame is not reused
+            // under a lander. (A landed frame's lander is done writing, though it may not have
+            // marked the permit yet.)
+            if !(seen.state == LANDED && seen.generation == token.generation()) {
+                let permit = self.permit_word(frame)?;
+                let current = permit.load(Ordering::Acquire);
+                self.transition_from(permit, current, |p| match p.state {
+                    LANDING if p.generation == token.generation() => Err(RegionError::WrongState {
+                        frame,
+                        detail: "payload landing",
+                    }),
+                    ARMED | LANDED if p.generation == token.generation() => Ok(p.with(IDLE)),
+                    // Not this arming's permit: no lander can take it for this token.
+                    _ => Ok(p),
+                })?;
+            }
             self.transition(frame, |s| match s.state {
                 ARMED | LANDED if s.generation == token.generation() => Ok(s.with(CLAIMED)),
                 _ => Err(RegionError::WrongState {
@@ -571,7 +588,13 @@ mod memory {
             from: InstanceId,
             len: usize,
         ) -> Result<Landing, RegionError> {
-            self.take_permit(token, from, len, false)
+            let word = self.take_permit(token, from, len)?;
+            Ok(Landing {
+                region: Arc::clone(self),
+                token,
+                word,
+                completed: false,
+            })
         }
 
         /// [`begin_landing`](Self::begin_landing) for a sender in another process that maps
@@ -584,18 +607,24 @@ mod memory {
             token: LandingToken,
             from: InstanceId,
             len: usize,
-        ) -> Result<Landing, RegionError> {
-            self.take_permit(token, from, len, true)
+        ) -> Result<RemoteLanding, RegionError> {
+            let word = self.take_permit(token, from, len)?;
+            Ok(RemoteLanding {
+                region: Arc::clone(self),
+                frame: token.frame(),
+                word,
+                completed: false,
+            })
         }
 
-        /// Takes the permit of the frame `token` names for a landing from `from`.
+        /// Takes the permit of the frame `token` names for a landing from `from`; returns the
+        /// Landing permit it installed.
         fn take_permit(
-            self: &Arc<Self>,
+            &self,
             token: LandingToken,
             from: InstanceId,
             len: usize,
-            remote: bool,
-        ) -> Result<Landing, RegionError> {
+        ) -> Result<u64, RegionError> {
             if len != self.block_size {
                 return Err(RegionError::WrongLength {
                     len,
@@ -635,13 +664,7 @@ mod memory {
                     detail: "not armed",
                 }),
             })?;
-            Ok(Landing {
-                region: Arc::clone(self),
-                token,
-                word: landing.pack(),
-                remote,
-                completed: false,
-            })
+            Ok(landing.pack())
         }
 
         /// The owner's side of a landing that a sender in another process made
@@ -811,16 +834,15 @@ mod memory {
         }
     }
 
-    /// A payload being placed into a frame by a transport. It holds the frame's permit
-    /// (Landing); the frame's state word stays Armed until the landing completes.
+    /// A payload being placed into a frame by a transport of the region's own process. It
+    /// holds the frame's permit (Landing); the frame's state word stays Armed until the
+    /// landing completes.
     #[derive(Debug)]
     pub struct Landing {
         region: Arc<BlockRegion>,
         token: LandingToken,
         /// The permit `begin_landing` installed.
         word: u64,
-        /// Placed by a sender in another process (`BlockRegion::begin_remote_landing`).
-        remote: bool,
         completed: bool,
     }
 
@@ -830,30 +852,17 @@ mod memory {
             // SAFETY: this Landing holds the frame's permit: no other landing can exist for
             // it, and the owner neither claims nor disarms the frame until the landing ends
             // (the frame is Armed, and disarm refuses a permit that is Landing).
-            unsafe {
-                std::slice::from_raw_parts_mut(
-                    self.region.frame_ptr(self.token.frame()),
-                    self.region.block_size,
-                )
-            }
+            unsafe { self.region.frame_mut(self.token.frame()) }
         }
 
-        /// The payload is in place. For a landing in this process the frame becomes Landed
-        /// for the receiver to take; that fails only when the frame's shared words were
-        /// changed under the landing (a corrupt or hostile process mapping the region). For a
-        /// remote one (`shm`: the sender is another process), only the permit records it (a
-        /// plain store into a line this sender holds); the owner marks the frame when the
-        /// sender's message arrives.
+        /// The payload is in place: the frame becomes Landed for the receiver to take. Fails
+        /// only when the frame's shared words were changed under the landing (a corrupt or
+        /// hostile process mapping the region).
         pub fn complete(mut self) -> Result<(), RegionError> {
             self.completed = true;
             let frame = self.token.frame();
             let permit = self.region.permit_word(frame)?;
             let landed = FrameState::unpack(self.word).with(LANDED).pack();
-            if self.remote {
-                // Release: the payload is written before the permit says so.
-                permit.store(landed, Ordering::Release);
-                return Ok(());
-            }
             if permit
                 .compare_exchange(self.word, landed, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
@@ -881,6 +890,52 @@ mod memory {
         fn drop(&mut self) {
             if !self.completed {
                 self.region.abandon_landing(self.token.frame(), self.word);
+            }
+        }
+    }
+
+    /// A payload being placed into a frame of another process's region by this process
+    /// (`shm`; [`BlockRegion::begin_remote_landing`]). It holds the frame's permit; the owner
+    /// marks the frame Landed when this sender's message arrives.
+    #[cfg(feature = "shm")]
+    #[derive(Debug)]
+    pub(crate) struct RemoteLanding {
+        region: Arc<BlockRegion>,
+        frame: u32,
+        /// The permit `begin_remote_landing` installed.
+        word: u64,
+        completed: bool,
+    }
+
+    #[cfg(feature = "shm")]
+    impl RemoteLanding {
+        /// The destination bytes.
+        pub(crate) fn buf(&mut self) -> &mut [u8] {
+            // SAFETY: as for `Landing::buf`: this landing holds the frame's permit. (The
+            // owner is another process; one that breaks the protocol can write these bytes
+            // at any time, which the `shm` trust model accepts.)
+            unsafe { self.region.frame_mut(self.frame) }
+        }
+
+        /// The payload is in place and the message that reports it has been sent: the
+        /// permit becomes Landed, so the owner may disarm the frame even if that message is
+        /// lost. The owner may already have taken the frame and armed it again; then the
+        /// permit holds the new arming and is left as it is.
+        pub(crate) fn complete(mut self) {
+            self.completed = true;
+            if let Ok(permit) = self.region.permit_word(self.frame) {
+                let landed = FrameState::unpack(self.word).with(LANDED).pack();
+                let _ =
+                    permit.compare_exchange(self.word, landed, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[cfg(feature = "shm")]
+    impl Drop for RemoteLanding {
+        fn drop(&mut self) {
+            if !self.completed {
+                self.region.abandon_landing(self.frame, self.word);
             }
         }
     }
@@ -1032,7 +1087,7 @@ mod memory {
             ));
             assert!(region.begin_remote_landing(token, id(1), 4096).is_err());
             landing.buf().fill(0x7e);
-            landing.complete().unwrap();
+            landing.complete();
             // The sender's completion leaves the frame Armed: the owner marks it when the
             // sender's message arrives, and only for the sender and arming it names.
             assert!(!region.is_landed(token, id(1)));
@@ -1065,10 +1120,23 @@ mod memory {
             let token = region.claim(1).unwrap().arm_any();
             drop(region.begin_remote_landing(token, id(4), 4096).unwrap());
             let landing = region.begin_remote_landing(token, id(5), 4096).unwrap();
-            landing.complete().unwrap();
+            landing.complete();
             assert!(region.land_remote(token, id(5)));
             assert!(region.is_landed(token, id(5)));
             drop(region.take_landed(token).unwrap());
+
+            // The sender marks its permit after its message is out, so the owner may take
+            // the frame and arm it again first: the late mark leaves the new arming alone.
+            let first = region.claim(0).unwrap().arm(id(1));
+            let landing = region.begin_remote_landing(first, id(1), 4096).unwrap();
+            assert!(region.land_remote(first, id(1)));
+            let second = region.take_landed(first).unwrap().arm(id(1));
+            landing.complete();
+            let again = region.begin_remote_landing(second, id(1), 4096).unwrap();
+            // And a landed frame can be disarmed before its sender marked the permit.
+            assert!(region.land_remote(second, id(1)));
+            drop(region.disarm(second).unwrap());
+            again.complete();
         }
 
         #[test]

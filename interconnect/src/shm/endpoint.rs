@@ -806,8 +806,8 @@ impl Transport for ShmTransport {
                 return Err(SendError::NotConnected(to));
             }
         }
-        let status = match frame.block {
-            None => NO_BLOCK,
+        let (status, landing) = match frame.block {
+            None => (NO_BLOCK, None),
             // The one copy: straight into the receiver's frame. A refusal still sends the
             // message, flagged, so the receiver learns of it.
             Some(block) => {
@@ -817,15 +817,9 @@ impl Transport for ShmTransport {
                 {
                     Ok(mut landing) => {
                         landing.buf().copy_from_slice(block.bytes);
-                        if landing.complete().is_err() {
-                            // The token names no frame of the peer's region: cannot happen once
-                            // the landing began, but never panic.
-                            out.broken = true;
-                            return Err(SendError::NotConnected(to));
-                        }
-                        LANDED
+                        (LANDED, Some(landing))
                     }
-                    Err(error) => landing_status(&error),
+                    Err(error) => (landing_status(&error), None),
                 }
             }
         };
@@ -844,6 +838,13 @@ impl Transport for ShmTransport {
                 out.broken = true;
                 return Err(SendError::NotConnected(to));
             }
+        }
+        // The landing's permit is marked after the message is out (a landing whose message
+        // could not go was dropped above, which re-arms the frame), so the message does not
+        // wait behind the mark. The receiver may take the frame and arm it again first; then
+        // the mark finds the new arming and leaves it.
+        if let Some(landing) = landing {
+            landing.complete();
         }
         let bell = out.node.bell();
         if bell.should_wake() {
