@@ -175,7 +175,7 @@ pub fn ring_pop(data: &[u8]) {
                     && let Ok(mut placing) = region.begin_remote_landing(token, peer, BLOCK_LEN)
                 {
                     placing.buf().fill(fill);
-                    let _ = placing.complete();
+                    placing.complete();
                 }
             }
             _ => {
