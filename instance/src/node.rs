@@ -1288,7 +1288,12 @@ impl Node {
         // rebuilding both would rebuild a block twice, the second time after it was served
         // again (writing an older image over a newer one).
         self.to_recover.clear();
-        if !lost.is_empty() || !self.lost.is_empty() {
+        // So does a recovery in progress that lost nobody (a recovery set at a join): its
+        // blocks still being rebuilt belong to the old epoch, and their completions must not
+        // unfreeze what the new epoch's set froze again (seed 13000194: an epoch-4 rebuild's
+        // completion released 0.1, a user took it in X, and the epoch-5 set's rebuild of it
+        // was still to come).
+        if !lost.is_empty() || !self.lost.is_empty() || self.recovery.is_some() {
             self.lost = self.lost.iter().chain(lost.iter()).collect();
             // A recovery in progress is not a new one: it starts over for the new epoch and
             // finishes once (counting it twice would show a recovery running for good).
