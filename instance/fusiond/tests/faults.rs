@@ -1031,7 +1031,8 @@ fn a_cut_with_a_storage_stall_leaves_exactly_one_side_serving() {
     faulty.finish();
 }
 
-// ------------------------------------------------------------------------------ adversarial
+// ------------------------------------------------------------------------------ faults in
+// the middle of failure handling
 
 impl Faulty {
     /// How long instance `id`'s log is now: [`Faulty::wait_log`] looks past it.
@@ -1039,107 +1040,150 @@ impl Faulty {
         self.cluster.log(id).len()
     }
 
-    /// Waits until instance `id`'s log has a line containing `needle` after `mark`; that line.
-    fn wait_log(&self, id: usize, mark: usize, needle: &str) -> String {
+    /// Waits until instance `id`'s log has a line containing `needle` after `mark`.
+    fn wait_log(&self, id: usize, mark: usize, needle: &str) {
         let deadline = Instant::now() + REACT;
         loop {
             let log = self.cluster.log(id);
-            if let Some(line) = log
+            if log
                 .get(mark..)
-                .and_then(|tail| tail.lines().find(|l| l.contains(needle)))
+                .is_some_and(|tail| tail.lines().any(|l| l.contains(needle)))
             {
-                return line.to_string();
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "instance {id} never logged {needle:?}\n{}",
                 self.cluster.logs()
             );
+            // Polled often: the fault that follows must land inside a short window.
             std::thread::sleep(Duration::from_millis(2));
         }
     }
 
-    /// Restarts every instance not running (killed or stopped by itself) and waits until all
-    /// serve.
+    /// Kills instance 2 and waits until instance `witness` applied the epoch that lost it:
+    /// the recovery of 2 has begun (its sealer, the lowest survivor, seals once 2's lease
+    /// has run out, some 700 ms later).
+    fn kill_2_and_await_its_recovery(&mut self, witness: usize) {
+        let mark = self.log_mark(witness);
+        self.cluster.kill(2);
+        self.wait_log(witness, mark, "with members [0, 1] (lost [2])");
+    }
+
+    /// Restarts every instance that is not running (killed, or stopped by itself) and waits
+    /// until each serves.
     fn restart_missing(&mut self) {
-        let missing: Vec<usize> = (0..self.n())
-            .filter(|&id| self.cluster.pid(id).is_none() || self.cluster.exited(id).unwrap().is_some())
-            .collect();
+        let mut missing = Vec::new();
+        for id in 0..self.n() {
+            if self.cluster.pid(id).is_none() || self.cluster.exited(id).unwrap().is_some() {
+                missing.push(id);
+            }
+        }
         for &id in &missing {
             self.spawn(id, false);
         }
         for &id in &missing {
             self.cluster.wait_ready(id);
         }
-        eprintln!("restarted {missing:?}");
     }
 }
 
-/// A pseudo-random number below `n` (the clock's nanoseconds): where in a window a fault
-/// lands differs between runs.
+/// A number below `n` that differs from run to run (the clock's nanoseconds): where in a
+/// window a fault lands, or how long a flap lasts.
 fn jitter(n: u64) -> u64 {
-    u64::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos(),
-    ) % n
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    u64::from(nanos) % n
 }
 
-/// Scenario: instance 2 is killed; once a survivor (`also`) logs the new epoch (its
-/// recovery of 2 is under way), `second` is killed too, somewhere in the recovery window.
-fn second_death_during_recovery(second: usize) {
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let epoch = faulty.epoch(0);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    let survivor = if second == 0 { 1 } else { 0 };
-    let mark = faulty.log_mark(survivor);
-    let killed_at = Instant::now();
-    faulty.cluster.kill(2);
-    let line = faulty.wait_log(survivor, mark, "with members [0, 1]");
-    let delay = jitter(700);
-    std::thread::sleep(Duration::from_millis(delay));
-    faulty.cluster.kill(second);
-    eprintln!("killed 2, then {second} {delay} ms after {line:?}");
-    faulty.expect_survivors(&[survivor], epoch, &workload);
-    eprintln!("{survivor} serves alone {:?} after the first kill", killed_at.elapsed());
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
+/// Instance 0's storage stalls (network up) under the workload. Past the grace the others
+/// take it for dead (its disk heartbeat stands still) and serve while the stall still
+/// holds; before, they waited for its storage however long the stall lasted, since every
+/// block it held or mastered waited for it. When the stall ends, 0 stops by itself (voted
+/// out), every acknowledged increment is present, and it rejoins.
+#[test]
+fn a_storage_stall_of_the_lowest_instance_does_not_stop_the_others() {
+    let test = "a_storage_stall_of_the_lowest_instance_does_not_stop_the_others";
+    if let Some(why) = skip_reason(true, &["umount"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
     }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-#[test]
-fn adv1_second_death_during_recovery() {
-    second_death_during_recovery(1);
-}
-
-#[test]
-fn adv2_the_sealer_dies_during_recovery() {
-    second_death_during_recovery(0);
-}
-
-/// Scenario: instance 0 (the lowest, the sealer) frozen for 8 s, then thawed.
-#[test]
-fn adv3_lowest_frozen_long() {
     let mut faulty = Faulty::new(3);
+    if let Err(why) = faulty.stall_storage_of(0) {
+        eprintln!("SKIPPED {test}: FUSE does not work here: {why}");
+        return;
+    }
     faulty.start(&[]);
     let epoch = faulty.epoch(1);
     let workload = Workload::start(&faulty);
     workload.progress(&faulty, 0, SERVES);
-    let at = Instant::now();
-    faulty.cluster.signal(0, "STOP").unwrap();
-    faulty.expect_survivors(&[1, 2], epoch, &workload);
-    eprintln!("1, 2 serve {:?} after the freeze", at.elapsed());
-    std::thread::sleep(Duration::from_secs(8).saturating_sub(at.elapsed()));
-    faulty.cluster.signal(0, "CONT").unwrap();
+    let stall = faulty.stall.as_ref().unwrap();
+    stall.hold();
+    let from: Vec<u64> = workload
+        .served
+        .iter()
+        .map(|s| s.load(Ordering::Relaxed))
+        .collect();
+    // Both serve again with the stall in force: acknowledged increments with no answer
+    // from 0's clients (their instance has no storage).
+    for id in [1, 2] {
+        workload.progress(&faulty, id, SERVES);
+    }
+    let during = workload.served[0].load(Ordering::Relaxed) - from[0];
+    assert!(stall.held() > 0, "the stall held no I/O of instance 0");
+    stall.release();
     let why = faulty.expect_stopped(0);
-    eprintln!("0 stopped: {why}");
+    eprintln!("{test}: instance 0 stopped: {why} ({during} acknowledged through it stalled)");
+    assert!(
+        ["fenced", "lease", "excluded"]
+            .iter()
+            .any(|reason| why.contains(reason)),
+        "instance 0 stopped for another reason: {why}"
+    );
+    faulty.expect_survivors(&[1, 2], epoch, &workload);
+    let tally = workload.finish();
+    let contents = faulty.check_contents(&[1, 2], &tally);
+    faulty.rejoin(0, 1);
+    assert_eq!(faulty.contents(2), contents);
+    faulty.finish();
+}
+
+/// Deaths in the middle of a recovery, under the workload. Instance 2 is killed; once the
+/// survivors apply the epoch that lost it, the sealer (0, the lowest) is killed too, at a
+/// random point of the recovery: 1 recovers both alone and serves. 0 and 2 restart and
+/// rejoin. Then 2 is killed again and, in the middle of that recovery, the whole cluster
+/// (`kill -9` of 0 and 1); all three restart (whole-cluster recovery). Every acknowledged
+/// increment is present throughout.
+#[test]
+fn deaths_in_the_middle_of_a_recovery_lose_nothing() {
+    let test = "deaths_in_the_middle_of_a_recovery_lose_nothing";
+    if let Some(why) = skip_reason(false, &["kill"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    faulty.start(&[]);
+    let epoch = faulty.epoch(1);
+    let workload = Workload::start(&faulty);
+    workload.progress(&faulty, 2, SERVES);
+    faulty.kill_2_and_await_its_recovery(1);
+    let delay = jitter(700);
+    std::thread::sleep(Duration::from_millis(delay));
+    faulty.cluster.kill(0);
+    eprintln!("{test}: the sealer killed {delay} ms into the recovery");
+    faulty.expect_survivors(&[1], epoch, &workload);
+    faulty.restart_missing();
+    for id in 0..3 {
+        workload.progress(&faulty, id, SERVES);
+    }
+    faulty.kill_2_and_await_its_recovery(0);
+    let delay = jitter(700);
+    std::thread::sleep(Duration::from_millis(delay));
+    faulty.cluster.kill(0);
+    faulty.cluster.kill(1);
+    eprintln!("{test}: the whole cluster killed {delay} ms into the recovery");
     faulty.restart_missing();
     for id in 0..3 {
         workload.progress(&faulty, id, SERVES);
@@ -1149,536 +1193,55 @@ fn adv3_lowest_frozen_long() {
     faulty.finish();
 }
 
-/// Scenario: the 0–1 link flaps (cut, heal, every 0.5–2 s) for 20 s.
+/// The 0–1 connection flaps under the workload for 15 s: cut for 0.5–2.5 s (about the
+/// grace: some cuts are voted on, some are not), healed for 0.5–2 s, again and again.
+/// Instance 2, not at the cut, never stops; 0 or 1 may have stopped (voted out); those
+/// restart and rejoin; every acknowledged increment is present and every instance serves.
 #[test]
-fn adv4_link_flaps() {
+fn a_flapping_link_among_three_loses_nothing() {
+    let test = "a_flapping_link_among_three_loses_nothing";
+    if let Some(why) = skip_reason(true, &["nft"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
     let mut faulty = Faulty::new(3);
     let port = faulty.cluster.addresses[0].port();
-    faulty.firewall = Some(Firewall::new("f", cut_gid(), port).unwrap());
+    match Firewall::new("f", cut_gid(), port) {
+        Ok(firewall) => faulty.firewall = Some(firewall),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
+            return;
+        }
+    }
+    // Instance 1 dials 0 (the higher id dials): its packets to 0's port mark the link.
     faulty.start(&[1]);
     let workload = Workload::start(&faulty);
     workload.progress(&faulty, 1, SERVES);
-    let at = Instant::now();
+    let started = Instant::now();
     let mut flaps = 0;
-    while at.elapsed() < Duration::from_secs(20) {
+    while started.elapsed() < Duration::from_secs(15) {
         faulty.firewall.as_ref().unwrap().cut();
-        std::thread::sleep(Duration::from_millis(500 + jitter(1500)));
+        std::thread::sleep(Duration::from_millis(500 + jitter(2000)));
         faulty.firewall.as_ref().unwrap().heal();
         std::thread::sleep(Duration::from_millis(500 + jitter(1500)));
         flaps += 1;
     }
-    let stopped: Vec<usize> = (0..3)
-        .filter(|&id| faulty.cluster.exited(id).unwrap().is_some())
-        .collect();
-    eprintln!("{flaps} flaps; stopped {stopped:?}");
-    for id in stopped {
-        let log = faulty.cluster.log(id);
-        let why = log.lines().rev().find(|l| l.contains("the instance stopped"));
-        eprintln!("{id}: {why:?}");
-    }
-    faulty.restart_missing();
+    let mut stopped = BTreeMap::new();
     for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-/// Scenario: 2 killed; once 0 logs the new epoch, 0 and 1 are killed too after a random
-/// delay; all restart.
-#[test]
-fn adv5_whole_cluster_kill_during_recovery() {
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    let mark = faulty.log_mark(0);
-    faulty.cluster.kill(2);
-    faulty.wait_log(0, mark, "with members [0, 1]");
-    let delay = jitter(900);
-    std::thread::sleep(Duration::from_millis(delay));
-    faulty.cluster.kill(0);
-    faulty.cluster.kill(1);
-    eprintln!("whole cluster killed {delay} ms into the recovery");
-    let at = Instant::now();
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    eprintln!("all serve {:?} after the restart", at.elapsed());
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-#[test]
-fn adv6_stall_of_the_lowest_while_another_dies() {
-    stall_of_the_lowest_while_another_dies(3);
-}
-
-#[test]
-fn adv6_long_stall_of_the_lowest_while_another_dies() {
-    stall_of_the_lowest_while_another_dies(15);
-}
-
-/// Scenario: instance 0's storage stalls for `secs` s and instance 2 is killed meanwhile.
-fn stall_of_the_lowest_while_another_dies(secs: u64) {
-    let mut faulty = Faulty::new(3);
-    faulty.stall_storage_of(0).unwrap();
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 0, SERVES);
-    let at = Instant::now();
-    faulty.stall.as_ref().unwrap().hold();
-    std::thread::sleep(Duration::from_millis(jitter(1000)));
-    faulty.cluster.kill(2);
-    let served: Vec<u64> = workload.served.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-    std::thread::sleep(Duration::from_secs(secs).saturating_sub(at.elapsed()));
-    let served2: Vec<u64> = workload.served.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-    eprintln!("served at the kill {served:?}, at the release {served2:?}");
-    faulty.stall.as_ref().unwrap().release();
-    workload.progress(&faulty, 1, SERVES);
-    eprintln!("1 serves {:?} after the stall began", at.elapsed());
-    std::thread::sleep(Duration::from_secs(3));
-    if let Some(status) = faulty.cluster.exited(0).unwrap() {
-        eprintln!("0 stopped: {}", faulty.stopped_reason(0, status));
-    }
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-/// Scenario: 2 killed and recovered; restarted while the 1–2 link is cut, healed 10 s later.
-#[test]
-fn adv7_rejoin_under_a_cut() {
-    let mut faulty = Faulty::new(3);
-    let port = faulty.cluster.addresses[1].port();
-    faulty.firewall = Some(Firewall::new("r", cut_gid(), port).unwrap());
-    faulty.start(&[2]);
-    let epoch = faulty.epoch(0);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    faulty.cluster.kill(2);
-    faulty.expect_survivors(&[0, 1], epoch, &workload);
-    faulty.firewall.as_ref().unwrap().cut();
-    let at = Instant::now();
-    faulty.spawn(2, true);
-    std::thread::sleep(Duration::from_secs(10));
-    faulty.trace();
-    let stopped: Vec<usize> = (0..3)
-        .filter(|&id| faulty.cluster.exited(id).unwrap().is_some())
-        .collect();
-    let served: Vec<u64> = workload.served.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-    eprintln!("under the cut for {:?}: stopped {stopped:?}; served {served:?}", at.elapsed());
-    faulty.firewall.as_ref().unwrap().heal();
-    let at = Instant::now();
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    eprintln!("all serve {:?} after the heal", at.elapsed());
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-impl Faulty {
-    /// The failure-handling lines of every log (exploration).
-    fn trace(&self) {
-        for id in 0..self.n() {
-            for l in self.cluster.log(id).lines() {
-                if ["epoch", "stop", "recovery", "fenced", "lease", "join", "admit"]
-                    .iter()
-                    .any(|w| l.contains(w))
-                {
-                    eprintln!("T{id} {}", l.get(11..).unwrap_or(l));
-                }
-            }
+        if let Some(status) = faulty.cluster.exited(id).unwrap() {
+            stopped.insert(id, faulty.stopped_reason(id, status));
         }
     }
-}
-
-/// Scenario: 2 killed; once 0 (the sealer) logs the new epoch, it is frozen for 5 s in
-/// the middle of its recovery of 2, then thawed.
-#[test]
-fn adv8_sealer_frozen_mid_recovery() {
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    let mark = faulty.log_mark(0);
-    faulty.cluster.kill(2);
-    faulty.wait_log(0, mark, "with members [0, 1]");
-    let delay = jitter(800);
-    std::thread::sleep(Duration::from_millis(delay));
-    faulty.cluster.signal(0, "STOP").unwrap();
-    let at = Instant::now();
-    eprintln!("0 frozen {delay} ms into the recovery");
-    std::thread::sleep(Duration::from_secs(5));
-    faulty.cluster.signal(0, "CONT").unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    let served: Vec<u64> = workload.served.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-    eprintln!("served {served:?} {:?} after the freeze", at.elapsed());
+    eprintln!("{test}: {flaps} flaps; stopped: {stopped:?}");
+    assert!(
+        !stopped.contains_key(&2),
+        "instance 2, not at the cut, stopped"
+    );
     faulty.restart_missing();
     for id in 0..3 {
         workload.progress(&faulty, id, SERVES);
     }
     let tally = workload.finish();
-    faulty.trace();
     faulty.check_contents(&[0, 1, 2], &tally);
     faulty.finish();
-}
-
-/// Scenario: churn: every 1–4 s a random instance is killed (and restarted 0–2 s later,
-/// possibly while another is down), for 30 s.
-#[test]
-fn adv9_churn() {
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    let at = Instant::now();
-    let mut kills = 0;
-    while at.elapsed() < Duration::from_secs(30) {
-        let victim = jitter(3) as usize;
-        faulty.cluster.kill(victim);
-        kills += 1;
-        std::thread::sleep(Duration::from_millis(jitter(2000)));
-        for id in 0..3 {
-            if faulty.cluster.pid(id).is_none() || faulty.cluster.exited(id).unwrap().is_some() {
-                faulty.spawn(id, false);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1000 + jitter(3000)));
-    }
-    eprintln!("{kills} kills");
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.trace();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-/// Scenario: 2 killed; once 0 logs the new epoch the 0–1 link is cut for 6 s.
-#[test]
-fn adv10_cut_during_recovery() {
-    let mut faulty = Faulty::new(3);
-    let port = faulty.cluster.addresses[0].port();
-    faulty.firewall = Some(Firewall::new("d", cut_gid(), port).unwrap());
-    faulty.start(&[1]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    let mark = faulty.log_mark(0);
-    faulty.cluster.kill(2);
-    faulty.wait_log(0, mark, "with members [0, 1]");
-    std::thread::sleep(Duration::from_millis(jitter(700)));
-    faulty.firewall.as_ref().unwrap().cut();
-    std::thread::sleep(Duration::from_secs(6));
-    faulty.firewall.as_ref().unwrap().heal();
-    let stopped: Vec<usize> = (0..2)
-        .filter(|&id| faulty.cluster.exited(id).unwrap().is_some())
-        .collect();
-    eprintln!("stopped {stopped:?}");
-    let at = Instant::now();
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    eprintln!("all serve {:?} after the heal", at.elapsed());
-    let tally = workload.finish();
-    faulty.trace();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-/// Scenario: 2 killed; once 0 (the sealer) logs the new epoch its storage stalls for 3 s.
-#[test]
-fn adv11_sealer_storage_stall_mid_recovery() {
-    let mut faulty = Faulty::new(3);
-    faulty.stall_storage_of(0).unwrap();
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    let mark = faulty.log_mark(0);
-    faulty.cluster.kill(2);
-    faulty.wait_log(0, mark, "with members [0, 1]");
-    let delay = jitter(900);
-    std::thread::sleep(Duration::from_millis(delay));
-    faulty.stall.as_ref().unwrap().hold();
-    eprintln!("0's storage stalled {delay} ms into the recovery");
-    std::thread::sleep(Duration::from_secs(3));
-    faulty.stall.as_ref().unwrap().release();
-    std::thread::sleep(Duration::from_secs(3));
-    let served: Vec<u64> = workload.served.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-    eprintln!("served {served:?}");
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.trace();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-/// Scenario: every instance's storage stalls for `secs` s (one FUSE mount for all).
-fn whole_cluster_stall(secs: u64) {
-    let mut faulty = Faulty::new(3);
-    faulty.stall_storage_of(0).unwrap();
-    let path = faulty.stall.as_ref().unwrap().path.clone();
-    for id in 1..3 {
-        faulty.cluster.point_storage(id, &path).unwrap();
-    }
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    faulty.stall.as_ref().unwrap().hold();
-    std::thread::sleep(Duration::from_secs(secs));
-    faulty.stall.as_ref().unwrap().release();
-    let at = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
-    let stopped: Vec<usize> = (0..3)
-        .filter(|&id| faulty.cluster.exited(id).unwrap().is_some())
-        .collect();
-    eprintln!("stopped after the stall: {stopped:?}");
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    eprintln!("all serve {:?} after the release", at.elapsed());
-    let tally = workload.finish();
-    faulty.trace();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-#[test]
-fn adv12_whole_cluster_stall_short() {
-    whole_cluster_stall(2);
-}
-
-#[test]
-fn adv12_whole_cluster_stall_long() {
-    whole_cluster_stall(8);
-}
-
-/// Scenario: whole cluster killed, restarted, killed again 0–1.5 s into the restart,
-/// restarted.
-#[test]
-fn adv13_double_whole_cluster_crash() {
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    for id in 0..3 {
-        faulty.cluster.kill(id);
-    }
-    for id in 0..3 {
-        faulty.spawn(id, false);
-    }
-    let delay = jitter(1500);
-    std::thread::sleep(Duration::from_millis(delay));
-    for id in [2, 0, 1] {
-        faulty.cluster.kill(id);
-    }
-    eprintln!("killed again {delay} ms into the restart");
-    let at = Instant::now();
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    eprintln!("all serve {:?} after the second restart", at.elapsed());
-    let tally = workload.finish();
-    faulty.trace();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-/// Scenario: 1 leaves (SIGTERM: checkpoint and leave); 0–1 s later 2 is killed.
-#[test]
-fn adv14_kill_during_a_leave() {
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    faulty.cluster.signal(1, "TERM").unwrap();
-    let delay = jitter(1000);
-    std::thread::sleep(Duration::from_millis(delay));
-    faulty.cluster.kill(2);
-    eprintln!("2 killed {delay} ms into 1's leave");
-    let status = faulty.cluster.wait_exit(1, REACT).unwrap();
-    eprintln!("1 left with {status}");
-    workload.progress(&faulty, 0, SERVES);
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.trace();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-/// Scenario: instance 1 frozen and thawed again and again (frozen 0.2–3 s, thawed 0.2–1.5 s)
-/// for 30 s; restarted whenever it stopped.
-#[test]
-fn adv15_freeze_storm() {
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 1, SERVES);
-    let at = Instant::now();
-    let (mut freezes, mut stops) = (0, 0);
-    while at.elapsed() < Duration::from_secs(30) {
-        if faulty.cluster.exited(1).unwrap().is_some() || faulty.cluster.pid(1).is_none() {
-            stops += 1;
-            faulty.spawn(1, false);
-            std::thread::sleep(Duration::from_millis(1500));
-            continue;
-        }
-        faulty.cluster.signal(1, "STOP").unwrap();
-        freezes += 1;
-        std::thread::sleep(Duration::from_millis(200 + jitter(2800)));
-        faulty.cluster.signal(1, "CONT").unwrap();
-        std::thread::sleep(Duration::from_millis(200 + jitter(1300)));
-    }
-    eprintln!("{freezes} freezes, {stops} stops");
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.trace();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-/// Scenario: instance 0's storage stalls; it is killed (SIGKILL) while its I/O is held; the
-/// others recover it; 4 s after the kill the held I/O is let go (it lands late); then the
-/// whole cluster leaves and restarts, and reads what storage holds.
-#[test]
-fn adv16_late_writes_of_a_killed_instance() {
-    let mut faulty = Faulty::new(3);
-    faulty.stall_storage_of(0).unwrap();
-    faulty.start(&[]);
-    let epoch = faulty.epoch(1);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 0, SERVES);
-    faulty.stall.as_ref().unwrap().hold();
-    std::thread::sleep(Duration::from_millis(jitter(300)));
-    faulty.cluster.signal(0, "KILL").unwrap();
-    let at = Instant::now();
-    faulty.expect_survivors(&[1, 2], epoch, &workload);
-    eprintln!("1, 2 recovered 0 {:?} after the kill", at.elapsed());
-    std::thread::sleep(Duration::from_secs(4).saturating_sub(at.elapsed()));
-    eprintln!("held {}", faulty.stall.as_ref().unwrap().held());
-    faulty.stall.as_ref().unwrap().release();
-    let status = faulty.cluster.wait_exit(0, REACT).unwrap();
-    eprintln!("0 exited {status}");
-    for id in [1, 2] {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    let contents = faulty.check_contents(&[1, 2], &tally);
-    for id in [1, 2] {
-        let status = faulty.cluster.terminate(id);
-        assert!(status.success());
-    }
-    faulty.start(&[]);
-    faulty.trace();
-    for id in 0..3 {
-        assert_eq!(faulty.contents(id), contents, "after the restart, through {id}");
-    }
-    faulty.finish();
-}
-
-/// Scenario: like adv16, but instance 0 is writing its dirty blocks (SAVE) when its storage
-/// stalls, and the survivors write theirs (SAVE) before the held writes land.
-#[test]
-fn adv17_late_data_writes_of_a_killed_instance() {
-    let mut faulty = Faulty::new(3);
-    faulty.stall_storage_of(0).unwrap();
-    faulty.start(&[]);
-    let epoch = faulty.epoch(1);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 0, 2000);
-    faulty.stall.as_ref().unwrap().hold();
-    let address = faulty.cluster.resp[0];
-    let save = std::thread::spawn(move || {
-        Client::connect(address).and_then(|mut c| c.call(&["SAVE"]))
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    faulty.cluster.signal(0, "KILL").unwrap();
-    let at = Instant::now();
-    faulty.expect_survivors(&[1, 2], epoch, &workload);
-    eprintln!("1, 2 recovered 0 {:?} after the kill", at.elapsed());
-    for id in [1, 2] {
-        let saved = call_retrying(&faulty.cluster, id, &["SAVE"]);
-        eprintln!("SAVE through {id}: {saved:?}");
-    }
-    std::thread::sleep(Duration::from_secs(4).saturating_sub(at.elapsed()));
-    eprintln!("held {}", faulty.stall.as_ref().unwrap().held());
-    faulty.stall.as_ref().unwrap().release();
-    eprintln!("0's SAVE: {:?}", save.join().unwrap());
-    let status = faulty.cluster.wait_exit(0, REACT).unwrap();
-    eprintln!("0 exited {status}");
-    let tally = workload.finish();
-    let contents = faulty.check_contents(&[1, 2], &tally);
-    for id in [1, 2] {
-        let status = faulty.cluster.terminate(id);
-        assert!(status.success());
-    }
-    faulty.start(&[]);
-    faulty.trace();
-    for id in 0..3 {
-        assert_eq!(faulty.contents(id), contents, "after the restart, through {id}");
-    }
-    faulty.finish();
-}
-
-/// Scenario: instance `stalled`'s storage stalls for 15 s, nobody dies: do the others serve?
-fn long_stall(stalled: usize) {
-    let mut faulty = Faulty::new(3);
-    faulty.stall_storage_of(stalled).unwrap();
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, stalled, SERVES);
-    let at = Instant::now();
-    faulty.stall.as_ref().unwrap().hold();
-    let mut last: Vec<u64> = workload.served.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-    while at.elapsed() < Duration::from_secs(15) {
-        std::thread::sleep(Duration::from_secs(1));
-        let now: Vec<u64> = workload.served.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-        let delta: Vec<u64> = now.iter().zip(&last).map(|(a, b)| a - b).collect();
-        eprintln!("{:?}: served {delta:?}", at.elapsed());
-        last = now;
-    }
-    faulty.stall.as_ref().unwrap().release();
-    std::thread::sleep(Duration::from_secs(3));
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.trace();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
-}
-
-#[test]
-fn adv18_long_stall_of_0() {
-    long_stall(0);
-}
-
-#[test]
-fn adv18_long_stall_of_1() {
-    long_stall(1);
 }
