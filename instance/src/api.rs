@@ -105,8 +105,9 @@ pub enum StartError {
     /// The landing region or buffer cache could not be set up.
     #[error("buffer cache: {0}")]
     Cache(String),
-    /// Entering the cluster failed (whole-cluster recovery, or the formation's Disk Paxos
-    /// cannot run with this configuration).
+    /// Entering the cluster failed (whole-cluster recovery, the formation's Disk Paxos
+    /// cannot run with this configuration, or this instance's failure timings differ from
+    /// the cluster's).
     #[error("entering the cluster: {0}")]
     Entry(crate::entry::EntryError),
     /// The cluster manager or its Disk Paxos cannot run with this configuration.
@@ -1394,7 +1395,11 @@ impl Setting<'_> {
                 Some(Err(EntryError::EpochsExhausted(epoch))) => {
                     return Err(StartError::EpochsExhausted(*epoch));
                 }
-                Some(Err(e @ (EntryError::Restart(_) | EntryError::Paxos(_)))) => {
+                Some(Err(
+                    e @ (EntryError::Restart(_)
+                    | EntryError::Paxos(_)
+                    | EntryError::TimingsDiffer { .. }),
+                )) => {
                     return Err(StartError::Entry(e.clone()));
                 }
                 None => {}

@@ -62,6 +62,9 @@
 //!   epoch the disk never decided, or make others stop by claiming they were left out: a
 //!   member can deny service (see the README's threat model). A member's `JoinRequest` is
 //!   ignored (only instances outside the epoch are admitted).
+//! * Every instance runs the same failure timings: a `JoinRequest` whose timings differ
+//!   from this instance's is refused and answered with this instance's `Hello`, which names
+//!   them (the joiner stops: `docs/membership.md`, "One set of timings").
 //!
 //! This module owns those decisions and the cluster messages' codec. It must never do I/O,
 //! read a clock, or touch the engines' state (the core reconfigures them).
@@ -170,6 +173,147 @@ impl FailureConfig {
     }
 }
 
+impl FailureConfig {
+    /// The bytes of [`FailureConfig::encode`].
+    pub const ENCODED_LEN: usize = 7 * 8;
+
+    /// The first timing in which `theirs` (another instance's) differs from this one, in
+    /// the configuration file's keys and units; `None` when they are the same. Every
+    /// instance of a cluster must run the same timings: a survivor waits out a lost member's
+    /// lease with its own lease's length, so a member whose lease is longer could still
+    /// write while the survivors recover its blocks (`docs/membership.md`, "One set of
+    /// timings").
+    pub fn difference(&self, theirs: &FailureConfig) -> Option<TimingMismatch> {
+        self.named()
+            .into_iter()
+            .zip(theirs.named())
+            .find(|((_, ours), (_, theirs))| ours != theirs)
+            .map(|((key, ours), (_, theirs))| TimingMismatch { key, ours, theirs })
+    }
+
+    /// Every timing with its configuration key (destructured, so that a new field cannot
+    /// be left out of the comparison and the wire form).
+    fn named(&self) -> [(&'static str, TimingValue); 7] {
+        let FailureConfig {
+            membership:
+                MembershipConfig {
+                    heartbeat_interval,
+                    suspect_after_missed,
+                    down_after,
+                },
+            disk_interval,
+            disk_timeout,
+            lease,
+            io_timeout,
+        } = *self;
+        [
+            ("storage.lease_ms", TimingValue::Millis(lease)),
+            ("storage.io_timeout_ms", TimingValue::Millis(io_timeout)),
+            (
+                "heartbeat.disk_interval_ms",
+                TimingValue::Millis(disk_interval),
+            ),
+            (
+                "heartbeat.disk_timeout_ms",
+                TimingValue::Millis(disk_timeout),
+            ),
+            (
+                "heartbeat.interval_ms",
+                TimingValue::Millis(heartbeat_interval),
+            ),
+            (
+                "heartbeat.suspect_after_missed",
+                TimingValue::Count(suspect_after_missed),
+            ),
+            ("heartbeat.down_after_ms", TimingValue::Millis(down_after)),
+        ]
+    }
+
+    /// Appends the wire form: each duration in nanoseconds, the count, little-endian u64s
+    /// in the order of [`FailureConfig::difference`]'s keys.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        for (_, value) in self.named() {
+            let raw = match value {
+                // Configured durations are at most an hour (config.rs); a longer one from an
+                // embedder saturates and still compares unequal to any configured one.
+                TimingValue::Millis(d) => u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+                TimingValue::Count(n) => u64::from(n),
+            };
+            out.extend_from_slice(&raw.to_le_bytes());
+        }
+    }
+
+    /// Decodes [`FailureConfig::encode`]'s form (exactly [`Self::ENCODED_LEN`] bytes). The
+    /// values are only compared with this instance's ([`FailureConfig::difference`]), never
+    /// run, so they are not validated.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ClusterDecodeError> {
+        if bytes.len() != Self::ENCODED_LEN {
+            return Err(ClusterDecodeError("timings: wrong length"));
+        }
+        let mut raw = [0u64; 7];
+        for (value, chunk) in raw.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            *value = u64::from_le_bytes(b);
+        }
+        let [
+            lease,
+            io_timeout,
+            disk_interval,
+            disk_timeout,
+            interval,
+            suspect,
+            down_after,
+        ] = raw;
+        Ok(Self {
+            membership: MembershipConfig {
+                heartbeat_interval: Duration::from_nanos(interval),
+                suspect_after_missed: u32::try_from(suspect)
+                    .map_err(|_| ClusterDecodeError("timings: count out of range"))?,
+                down_after: Duration::from_nanos(down_after),
+            },
+            disk_interval: Duration::from_nanos(disk_interval),
+            disk_timeout: Duration::from_nanos(disk_timeout),
+            lease: Duration::from_nanos(lease),
+            io_timeout: Duration::from_nanos(io_timeout),
+        })
+    }
+}
+
+/// One failure timing's value, in its configuration key's unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimingValue {
+    /// A `_ms` key.
+    Millis(Duration),
+    /// A count (`heartbeat.suspect_after_missed`).
+    Count(u32),
+}
+
+impl std::fmt::Display for TimingValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            // Whole milliseconds as the file writes them; a finer value (an embedder's)
+            // in full.
+            TimingValue::Millis(d) if d.subsec_nanos() % 1_000_000 == 0 => {
+                write!(f, "{}", d.as_millis())
+            }
+            TimingValue::Millis(d) => write!(f, "{d:?}"),
+            TimingValue::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The first failure timing in which two instances differ ([`FailureConfig::difference`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimingMismatch {
+    /// The configuration key.
+    pub key: &'static str,
+    /// This instance's value.
+    pub ours: TimingValue,
+    /// The other instance's value.
+    pub theirs: TimingValue,
+}
+
 impl Default for FailureConfig {
     fn default() -> Self {
         Self {
@@ -241,7 +385,10 @@ pub enum FailureConfigError {
 /// Messages between instances' cluster managers (`Service::Instance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterMessage {
-    /// Sent on every new connection: whether the sender runs in a cluster, and its view.
+    /// Sent on every new connection: whether the sender runs in a cluster, its view, and
+    /// its failure timings (every instance of a cluster must run the same: an entering
+    /// instance whose timings differ from a running member's stops). A member also sends it
+    /// in answer to a `JoinRequest` it refuses for its timings.
     Hello {
         /// The sender serves (it belongs to a formed cluster).
         running: bool,
@@ -249,9 +396,15 @@ pub enum ClusterMessage {
         epoch: Epoch,
         /// Its members.
         live: InstanceSet,
+        /// Its failure timings.
+        timings: FailureConfig,
     },
-    /// A restarted instance asks the coordinator to be admitted.
-    JoinRequest,
+    /// A restarted instance asks the coordinator to be admitted; it is admitted only when
+    /// its failure timings are the cluster's.
+    JoinRequest {
+        /// The joiner's failure timings.
+        timings: FailureConfig,
+    },
     /// The coordinator's decision: the members of a new epoch.
     Reconfigure {
         /// The new epoch.
@@ -317,13 +470,18 @@ impl ClusterMessage {
                 running,
                 epoch,
                 live,
+                timings,
             } => {
                 out.push(1);
                 out.push(u8::from(running));
                 out.extend_from_slice(&epoch.0.to_le_bytes());
                 out.extend_from_slice(&live.bits().to_le_bytes());
+                timings.encode(out);
             }
-            ClusterMessage::JoinRequest => out.push(2),
+            ClusterMessage::JoinRequest { timings } => {
+                out.push(2);
+                timings.encode(out);
+            }
             ClusterMessage::Reconfigure { epoch, live } => {
                 out.push(3);
                 out.extend_from_slice(&epoch.0.to_le_bytes());
@@ -380,7 +538,7 @@ impl ClusterMessage {
         };
         match bytes.first() {
             Some(1) => {
-                exact(18)?;
+                exact(18 + FailureConfig::ENCODED_LEN)?;
                 let running = match bytes[1] {
                     0 => false,
                     1 => true,
@@ -390,11 +548,14 @@ impl ClusterMessage {
                     running,
                     epoch: Epoch(u64_at(2)?),
                     live: InstanceSet::from_bits(u64_at(10)?),
+                    timings: FailureConfig::decode(&bytes[18..])?,
                 })
             }
             Some(2) => {
-                exact(1)?;
-                Ok(ClusterMessage::JoinRequest)
+                exact(1 + FailureConfig::ENCODED_LEN)?;
+                Ok(ClusterMessage::JoinRequest {
+                    timings: FailureConfig::decode(&bytes[1..])?,
+                })
             }
             Some(3) => {
                 exact(17)?;
@@ -568,6 +729,9 @@ pub struct ClusterStats {
     pub reconfigurations: u64,
     /// Instances admitted back.
     pub joins: u64,
+    /// `JoinRequest`s refused because the joiner's failure timings differ from this
+    /// instance's.
+    pub joins_refused: u64,
     /// `Reconfigure` and `Status` messages whose epoch was refused: not the next one, not
     /// from a member of the current and the new epoch, or naming unconfigured instances.
     pub messages_refused: u64,
@@ -811,14 +975,17 @@ impl ClusterManager {
     /// A connection to `peer` is up: tell it where we stand.
     pub fn on_connected(&mut self, peer: InstanceId) {
         self.connected.insert(peer);
-        self.send(
-            peer,
-            ClusterMessage::Hello {
-                running: true,
-                epoch: self.epoch,
-                live: self.live,
-            },
-        );
+        self.send(peer, self.hello());
+    }
+
+    /// Where this instance stands, and with which timings.
+    fn hello(&self) -> ClusterMessage {
+        ClusterMessage::Hello {
+            running: true,
+            epoch: self.epoch,
+            live: self.live,
+            timings: self.config,
+        }
     }
 
     /// This instance formed the cluster at its epoch: resend `Formed` to the members until
@@ -997,9 +1164,18 @@ impl ClusterManager {
         match message {
             // A peer restarted and looks for the cluster; it learnt our view on connect.
             ClusterMessage::Hello { .. } | ClusterMessage::Formed { .. } => {}
-            ClusterMessage::JoinRequest => {
+            ClusterMessage::JoinRequest { timings } => {
                 // A member never needs admission; a stale request must not outlive its epoch.
                 if self.live.contains(from) {
+                    return;
+                }
+                // An instance with other failure timings must never be admitted (it would
+                // wait out lost members' leases, and hold its own, by another length); it
+                // hears this cluster's timings and stops.
+                if timings != self.config {
+                    self.joining.remove(from);
+                    self.stats.joins_refused += 1;
+                    self.send(from, self.hello());
                     return;
                 }
                 self.joining.insert(from);
@@ -1804,8 +1980,11 @@ mod tests {
                 running: true,
                 epoch: Epoch(7),
                 live: set(&[0, 2]),
+                timings: longer_lease(),
             },
-            ClusterMessage::JoinRequest,
+            ClusterMessage::JoinRequest {
+                timings: FailureConfig::default(),
+            },
             ClusterMessage::Reconfigure {
                 epoch: Epoch(9),
                 live: set(&[1]),
@@ -1837,10 +2016,89 @@ mod tests {
         }
         assert!(ClusterMessage::decode(&[]).is_err());
         assert!(ClusterMessage::decode(&[99]).is_err());
-        assert!(
-            ClusterMessage::decode(&[1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
-                .is_err()
+        let mut hello = vec![1, 7];
+        hello.resize(18 + FailureConfig::ENCODED_LEN, 0);
+        assert!(ClusterMessage::decode(&hello).is_err(), "bad flag");
+        // The old, shorter forms (no timings) are refused, not misread.
+        assert!(ClusterMessage::decode(&[2]).is_err());
+        assert!(ClusterMessage::decode(&hello[..18]).is_err());
+        // A count past u32 (heartbeat.suspect_after_missed, the sixth value).
+        let mut join = Vec::new();
+        ClusterMessage::JoinRequest {
+            timings: FailureConfig::default(),
+        }
+        .encode(&mut join);
+        join[1 + 5 * 8..1 + 6 * 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(
+            ClusterMessage::decode(&join),
+            Err(ClusterDecodeError("timings: count out of range"))
         );
+    }
+
+    /// The default timings with a longer lease (2 s).
+    fn longer_lease() -> FailureConfig {
+        FailureConfig {
+            lease: Duration::from_millis(2000),
+            ..FailureConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_first_differing_timing_is_named_with_both_values() {
+        let ours = FailureConfig::default();
+        assert_eq!(ours.difference(&ours), None);
+        let mismatch = ours.difference(&longer_lease()).expect("lease differs");
+        assert_eq!(mismatch.key, "storage.lease_ms");
+        assert_eq!(
+            (mismatch.ours.to_string(), mismatch.theirs.to_string()),
+            ("600".to_string(), "2000".to_string())
+        );
+        let suspect = FailureConfig {
+            membership: MembershipConfig {
+                suspect_after_missed: 5,
+                ..MembershipConfig::default()
+            },
+            ..ours
+        };
+        let mismatch = ours.difference(&suspect).expect("count differs");
+        assert_eq!(mismatch.key, "heartbeat.suspect_after_missed");
+        assert_eq!(mismatch.theirs, TimingValue::Count(5));
+        // Every field takes part: any single change is found, and survives the wire.
+        let changed = [
+            FailureConfig {
+                io_timeout: Duration::from_millis(200),
+                ..ours
+            },
+            FailureConfig {
+                disk_interval: Duration::from_millis(50),
+                ..ours
+            },
+            FailureConfig {
+                disk_timeout: Duration::from_millis(500),
+                ..ours
+            },
+            FailureConfig {
+                membership: MembershipConfig {
+                    heartbeat_interval: Duration::from_millis(50),
+                    ..ours.membership
+                },
+                ..ours
+            },
+            FailureConfig {
+                membership: MembershipConfig {
+                    down_after: Duration::from_millis(3000),
+                    ..ours.membership
+                },
+                ..ours
+            },
+        ];
+        for theirs in changed {
+            let mut wire = Vec::new();
+            theirs.encode(&mut wire);
+            let decoded = FailureConfig::decode(&wire).expect("decodes");
+            assert_eq!(decoded, theirs);
+            assert!(ours.difference(&decoded).is_some(), "{theirs:?}");
+        }
     }
 
     #[test]
@@ -2423,7 +2681,13 @@ mod tests {
         let (epoch, _, _) = reconfigured(&actions(&mut m)).expect("instance 2 lost");
         // It restarts and asks to join before the survivors have recovered it.
         m.on_connected(id(2));
-        m.on_message(id(2), ClusterMessage::JoinRequest, at(1100));
+        m.on_message(
+            id(2),
+            ClusterMessage::JoinRequest {
+                timings: FailureConfig::default(),
+            },
+            at(1100),
+        );
         run(&mut m, &[1, 2], &[0, 1, 2], 1100, 1300);
         assert!(
             reconfigured(&actions(&mut m)).is_none(),
@@ -2437,6 +2701,53 @@ mod tests {
             (epoch, live, lost),
             (Epoch(3), set(&[0, 1, 2]), InstanceSet::EMPTY)
         );
+        assert_eq!(m.stats().joins, 1);
+    }
+
+    #[test]
+    fn a_join_request_with_other_timings_is_refused_and_answered_with_the_clusters() {
+        let mut m = manager(0, &[0, 1, 2]);
+        m.on_disconnected(id(2));
+        run(&mut m, &[1], &[0, 1], 0, 1000);
+        let (epoch, _, _) = reconfigured(&actions(&mut m)).expect("instance 2 lost");
+        m.on_recovery_done(epoch);
+        m.on_message(id(1), ClusterMessage::RecoveryDone { epoch }, at(1050));
+        // Instance 2 restarts with a lease of 2 s against the cluster's 600 ms.
+        m.on_connected(id(2));
+        let _ = actions(&mut m);
+        let request = ClusterMessage::JoinRequest {
+            timings: longer_lease(),
+        };
+        m.on_message(id(2), request, at(1100));
+        let answer = actions(&mut m);
+        assert!(
+            sent(&answer, 2).contains(&ClusterMessage::Hello {
+                running: true,
+                epoch,
+                live: set(&[0, 1]),
+                timings: FailureConfig::default(),
+            }),
+            "the joiner hears the cluster's timings: {answer:?}"
+        );
+        // Repeated requests never admit it, however long it asks.
+        for t in (1100..=3000).step_by(100) {
+            m.on_message(id(2), request, at(t));
+            run(&mut m, &[1, 2], &[0, 1, 2], t, t + 100);
+            assert!(reconfigured(&actions(&mut m)).is_none(), "refused at {t}");
+        }
+        assert_eq!(m.stats().joins, 0);
+        assert!(m.stats().joins_refused >= 1);
+        // Restarted with the cluster's timings, it is admitted.
+        m.on_message(
+            id(2),
+            ClusterMessage::JoinRequest {
+                timings: FailureConfig::default(),
+            },
+            at(3200),
+        );
+        run(&mut m, &[1, 2], &[0, 1, 2], 3200, 3400);
+        let (_, live, _) = reconfigured(&actions(&mut m)).expect("admitted");
+        assert_eq!(live, set(&[0, 1, 2]));
         assert_eq!(m.stats().joins, 1);
     }
 
@@ -2537,7 +2848,13 @@ mod tests {
         // Instance 3 restarts and asks to join: admitted, since recovery is done everywhere.
         m.on_connected(id(3));
         m.on_frame(id(3), epoch, at(1650));
-        m.on_message(id(3), ClusterMessage::JoinRequest, at(1700));
+        m.on_message(
+            id(3),
+            ClusterMessage::JoinRequest {
+                timings: FailureConfig::default(),
+            },
+            at(1700),
+        );
         let (joined, members, _) = reconfigured(&actions(&mut m)).expect("not admitted");
         assert_eq!((joined, members), (Epoch(epoch.0 + 1), set(&[0, 1, 2, 3])));
     }

@@ -86,6 +86,11 @@
 //! (the lease less the I/O bound). Detection takes about the disk timeout (or the network
 //! suspicion, `interval_ms` x `suspect_after_missed`, whichever is longer) and the survivors
 //! then wait the lease and an eighth, so the lease sets most of the recovery time.
+//! Every instance of a cluster must run the same failure timings (these and the rest of
+//! `[heartbeat]`): survivors wait out a lost member's lease with their own lease's length.
+//! An instance whose timings differ from the running cluster's is refused and stops at start
+//! naming the key and both values; changing them is a whole-cluster restart
+//! (`docs/membership.md`, "One set of timings").
 //!
 //! *Fast failover* is a profile for storage whose path completes or fails every I/O within
 //! 100 ms (a local NVMe device or a SAN path tuned that fast; most multipath and iSCSI

@@ -12,7 +12,10 @@
 //! itself is decided by Disk Paxos on the voting area, as every later epoch is: the epoch
 //! after the newest decided one, so two formers never both form (the second learns the
 //! first's formation, or adopts it), and whole-cluster recovery runs only after the
-//! formation is decided (`docs/membership.md`, "Entering"). The driver
+//! formation is decided (`docs/membership.md`, "Entering"). It never enters with failure
+//! timings other than the cluster's: a running member's `Hello` with others stops it, and at
+//! formation a peer with others is never counted ([`EntryError::TimingsDiffer`];
+//! `docs/membership.md`, "One set of timings"). The driver
 //! (`api::Instance::start`, the membership simulator) carries out its I/O (a voting-area
 //! round: write this instance's heartbeat, read every slot; Disk Paxos reads and writes;
 //! whole-cluster recovery), sends its messages, and builds the [`Node`] from [`Entered`]
@@ -22,7 +25,7 @@
 //!
 //! [`Node`]: crate::node::Node
 
-use crate::cluster::{ClusterMessage, FailureConfig};
+use crate::cluster::{ClusterMessage, FailureConfig, TimingMismatch};
 use crate::paxos::{
     DEFAULT_PHASE_TIMEOUT, Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosBlock, PaxosConfig,
     PaxosEvent, PaxosIo, Proposal,
@@ -143,6 +146,27 @@ pub enum EntryError {
     /// The formation's Disk Paxos cannot run with this configuration.
     #[error("{0}")]
     Paxos(String),
+    /// This instance's failure timings differ from a running member's, or from enough
+    /// entering peers' that no majority could run with them: it must not enter (a survivor
+    /// waits out a lost member's lease with its own lease's length).
+    #[error(
+        "{} = {} on this instance ({me}), but {} = {} on instance {peer}{}: every instance of a cluster must use the same failure timings (fix this instance's configuration; to change the cluster's, stop every instance and restart them all with the new values)",
+        mismatch.key,
+        mismatch.ours,
+        mismatch.key,
+        mismatch.theirs,
+        if *running { ", which runs the cluster" } else { "" }
+    )]
+    TimingsDiffer {
+        /// This instance.
+        me: InstanceId,
+        /// The peer whose timings differ.
+        peer: InstanceId,
+        /// It runs in a cluster (else it is entering too).
+        running: bool,
+        /// The first timing that differs.
+        mismatch: TimingMismatch,
+    },
 }
 
 /// This instance's formation, decided.
@@ -188,6 +212,10 @@ pub struct Entry {
     /// (by index): a formation counts only peers that know the same one as this instance,
     /// so none of them can have entered a cluster since (that takes a newer decision).
     peer_known: Vec<Option<Epoch>>,
+    /// Per entering peer (by index), how the failure timings of its last `Hello` differ
+    /// from this instance's: such a peer is never counted as answered. Kept across a
+    /// disconnection (its configuration changes only with a restart, whose `Hello` says so).
+    peer_differs: Vec<Option<TimingMismatch>>,
     /// The newest running cluster heard of, and from whom: epoch 0 is a formation under
     /// way (its former says so while whole-cluster recovery runs), forgotten when the former
     /// goes.
@@ -256,6 +284,7 @@ impl Entry {
             connected: InstanceSet::EMPTY,
             answered: InstanceSet::EMPTY,
             peer_known: vec![None; interconnect::MAX_INSTANCES],
+            peer_differs: vec![None; interconnect::MAX_INSTANCES],
             running: None,
             resend_at: now + ENTRY_RESEND,
             slots: vec![None; interconnect::MAX_INSTANCES],
@@ -310,7 +339,8 @@ impl Entry {
             self.send(peer, hello);
         }
         if self.running.is_some() {
-            self.send(peer, ClusterMessage::JoinRequest);
+            let timings = self.config.failure;
+            self.send(peer, ClusterMessage::JoinRequest { timings });
         }
         self.decide(now);
     }
@@ -346,8 +376,28 @@ impl Entry {
         match message {
             ClusterMessage::Hello {
                 running: true,
+                live,
+                timings,
+                ..
+            } if live.contains(from) && timings != self.config.failure => {
+                // A running cluster (or a formation under way) with other timings: this
+                // instance can never be admitted to it. Its members refuse a `JoinRequest`
+                // with other timings too (their answer is this `Hello`).
+                if let Some(mismatch) = self.config.failure.difference(&timings) {
+                    self.outcome = Some(Err(EntryError::TimingsDiffer {
+                        me,
+                        peer: from,
+                        running: true,
+                        mismatch,
+                    }));
+                }
+                return;
+            }
+            ClusterMessage::Hello {
+                running: true,
                 epoch,
                 live,
+                ..
             }
             | ClusterMessage::Status { epoch, live, .. } => {
                 // A running member (its `Status` repairs a lost `Hello`).
@@ -367,9 +417,26 @@ impl Entry {
             }
             ClusterMessage::Hello {
                 running: false,
+                timings,
+                ..
+            } if timings != self.config.failure => {
+                // Another entering instance with other timings: never counted for a
+                // formation. This one gives up once too few are left for a majority.
+                self.answered.remove(from);
+                if let Some(differs) = self.peer_differs.get_mut(from.index()) {
+                    *differs = self.config.failure.difference(&timings);
+                }
+                self.give_up_if_outnumbered();
+                return;
+            }
+            ClusterMessage::Hello {
+                running: false,
                 epoch,
                 ..
             } => {
+                if let Some(differs) = self.peer_differs.get_mut(from.index()) {
+                    *differs = None;
+                }
                 self.answered.insert(from);
                 if let Some(known) = self.peer_known.get_mut(from.index()) {
                     *known = Some(epoch);
@@ -473,6 +540,7 @@ impl Entry {
                 self.send(peer, hello);
             }
         }
+        self.give_up_if_outnumbered();
         self.decide(now);
     }
 
@@ -784,12 +852,41 @@ impl Entry {
                 running: true,
                 epoch: Epoch(0),
                 live,
+                timings: self.config.failure,
             }),
             None => self.observed.map(|_| ClusterMessage::Hello {
                 running: false,
                 epoch: self.paxos.decided().epoch,
                 live: InstanceSet::EMPTY,
+                timings: self.config.failure,
             }),
+        }
+    }
+
+    /// Gives up entering once the configured instances whose timings differ from this one's
+    /// leave too few for a majority with this instance's timings (the odd one out, or no
+    /// side with a majority: all of them stop, and the operator fixes the files). Only once
+    /// this instance has told its own timings (its first look sent its `Hello` to every
+    /// connected peer), so that those peers can judge too.
+    fn give_up_if_outnumbered(&mut self) {
+        if self.is_done() || self.observed.is_none() {
+            return;
+        }
+        let configured = self.config.configured;
+        let differing: Vec<(InstanceId, TimingMismatch)> = configured
+            .iter()
+            .filter_map(|p| Some((p, self.peer_differs.get(p.index()).copied().flatten()?)))
+            .collect();
+        let alike = configured.len() - differing.len();
+        if let Some(&(peer, mismatch)) = differing.first()
+            && alike * 2 <= configured.len()
+        {
+            self.outcome = Some(Err(EntryError::TimingsDiffer {
+                me: self.config.me,
+                peer,
+                running: false,
+                mismatch,
+            }));
         }
     }
 
@@ -804,8 +901,9 @@ impl Entry {
     fn ask_to_join(&mut self) {
         if let Some((_, live, _)) = self.running {
             let connected = self.connected;
+            let timings = self.config.failure;
             for peer in live.iter().filter(|p| connected.contains(*p)) {
-                self.send(peer, ClusterMessage::JoinRequest);
+                self.send(peer, ClusterMessage::JoinRequest { timings });
             }
         }
     }
@@ -867,17 +965,38 @@ mod tests {
     }
 
     fn entry_at(me: u64, configured: &[u64], ms: u64) -> Entry {
+        entry_with(me, configured, FailureConfig::default(), ms)
+    }
+
+    fn entry_with(me: u64, configured: &[u64], failure: FailureConfig, ms: u64) -> Entry {
         Entry::new(
             EntryConfig {
                 me: id(me),
                 configured: set(configured),
                 slots: configured.len(),
-                failure: FailureConfig::default(),
+                failure,
                 give_up_after: Duration::from_secs(60),
             },
             at(ms),
         )
         .expect("entry")
+    }
+
+    /// The default timings with a lease of 2 s (and the I/O bound the file would default).
+    fn longer_lease() -> FailureConfig {
+        FailureConfig {
+            lease: Duration::from_millis(2000),
+            ..FailureConfig::default()
+        }
+    }
+
+    fn timings_differ(e: &Entry) -> Option<(InstanceId, bool, String)> {
+        match e.outcome() {
+            Some(Err(err @ EntryError::TimingsDiffer { peer, running, .. })) => {
+                Some((*peer, *running, err.to_string()))
+            }
+            _ => None,
+        }
     }
 
     fn entry(me: u64, configured: &[u64]) -> Entry {
@@ -934,11 +1053,17 @@ mod tests {
 
     /// `from` connects and says it is not running, knowing epoch `known`.
     fn hello_knowing(e: &mut Entry, from: u64, known: u64, ms: u64) {
+        hello_with(e, from, known, FailureConfig::default(), ms);
+    }
+
+    /// `from` connects and says it is not running, knowing epoch `known`, with `timings`.
+    fn hello_with(e: &mut Entry, from: u64, known: u64, timings: FailureConfig, ms: u64) {
         e.handle_connected(id(from), at(ms));
         let hello = ClusterMessage::Hello {
             running: false,
             epoch: Epoch(known),
             live: InstanceSet::EMPTY,
+            timings,
         };
         e.handle_message(id(from), hello, at(ms));
     }
@@ -1014,6 +1139,7 @@ mod tests {
             running: false,
             epoch: Epoch(4),
             live: InstanceSet::EMPTY,
+            timings: FailureConfig::default(),
         };
         assert_eq!(sent(&mut e), vec![(id(1), hello)]);
         // Instance 2 knows an older decision: it does not count until it learns this one.
@@ -1255,16 +1381,20 @@ mod tests {
             running: true,
             epoch: Epoch(7),
             live: set(&[0, 1]),
+            timings: FailureConfig::default(),
         };
         e.handle_message(id(0), running, at(10));
-        assert!(sent(&mut e).contains(&(id(0), ClusterMessage::JoinRequest)));
+        let request = ClusterMessage::JoinRequest {
+            timings: FailureConfig::default(),
+        };
+        assert!(sent(&mut e).contains(&(id(0), request)));
         round(&mut e, 20, &all, &[0, 1, 2]);
         // Repeated, and no more slot rounds (the members wait for the slot to be still).
         for ms in (100..3_000).step_by(100) {
             e.handle_timeout(at(ms));
             assert_eq!(ios(&mut e), vec![], "a slot round at {ms} ms");
         }
-        assert!(sent(&mut e).contains(&(id(0), ClusterMessage::JoinRequest)));
+        assert!(sent(&mut e).contains(&(id(0), request)));
         // An admission from a non-member of it is not taken.
         let from_stranger = ClusterMessage::Reconfigure {
             epoch: Epoch(8),
@@ -1284,6 +1414,122 @@ mod tests {
                 live: set(&[0, 1, 2])
             }))
         );
+    }
+
+    #[test]
+    fn a_running_cluster_with_other_timings_stops_the_joiner_naming_both_values() {
+        let all = [0, 1, 2];
+        let mut e = entry_with(2, &all, longer_lease(), 0);
+        assert_eq!(ios(&mut e), vec![EntryIo::SlotRound]);
+        e.handle_connected(id(0), at(5));
+        // A Status (no timings) makes it ask, with its own timings: the members judge them.
+        let status = ClusterMessage::Status {
+            epoch: Epoch(7),
+            live: set(&[0, 1]),
+            recovered: Epoch(7),
+        };
+        e.handle_message(id(0), status, at(8));
+        let request = ClusterMessage::JoinRequest {
+            timings: longer_lease(),
+        };
+        assert!(sent(&mut e).contains(&(id(0), request)));
+        assert!(e.outcome().is_none());
+        // The member's Hello (on connecting, or answering the request) names the cluster's.
+        let running = ClusterMessage::Hello {
+            running: true,
+            epoch: Epoch(7),
+            live: set(&[0, 1]),
+            timings: FailureConfig::default(),
+        };
+        e.handle_message(id(0), running, at(10));
+        let (peer, running, text) = timings_differ(&e).expect("stopped on the timings");
+        assert_eq!((peer, running), (id(0), true));
+        assert!(
+            text.contains("storage.lease_ms = 2000 on this instance (2)")
+                && text.contains("storage.lease_ms = 600 on instance 0, which runs the cluster"),
+            "{text}"
+        );
+        // It asks nothing more, and takes no admission.
+        e.handle_timeout(at(1_000));
+        assert!(sent(&mut e).is_empty());
+        let admitted = ClusterMessage::Reconfigure {
+            epoch: Epoch(8),
+            live: set(&[0, 1, 2]),
+        };
+        e.handle_message(id(0), admitted, at(1_010));
+        assert!(timings_differ(&e).is_some());
+    }
+
+    #[test]
+    fn a_formation_counts_no_peer_with_other_timings_and_the_odd_one_out_stops() {
+        let all = [0, 1, 2];
+        let mut d = disk(3);
+        // Instance 0 (the cluster's timings) hears 1 alike and 2 with a longer lease.
+        let mut e = entry(0, &all);
+        assert_eq!(serve(&mut e, &mut d, 0), vec![EntryIo::SlotRound]);
+        round_on(&mut e, &d, 10, &all, &all);
+        hello(&mut e, 1, 20);
+        hello_with(&mut e, 2, 0, longer_lease(), 20);
+        // Not everyone answered alike: no formation of all three, and 0 goes on (two of
+        // three share its timings).
+        for ms in (100..2_000).step_by(100) {
+            e.handle_timeout(at(ms));
+            round_on(&mut e, &d, ms, &all, &all);
+            let asked = serve(&mut e, &mut d, ms);
+            assert!(
+                asked.iter().all(|io| *io == EntryIo::SlotRound),
+                "{asked:?}"
+            );
+        }
+        assert_eq!(PaxosBlock::decode(&d[0]), Ok(None), "nothing proposed");
+        assert!(e.outcome().is_none());
+        // Once 2 says it runs the same timings (restarted, fixed), all three form.
+        hello(&mut e, 2, 2_000);
+        assert_eq!(serve(&mut e, &mut d, 2_000), vec![]);
+        let mine = PaxosBlock::decode(&d[0])
+            .expect("decodes")
+            .expect("a block");
+        assert_eq!(
+            (mine.decided.epoch, mine.decided.value.members),
+            (Epoch(1), set(&all))
+        );
+
+        // Instance 2, the odd one out, stops as soon as it has said its own timings.
+        let mut odd = entry_with(2, &all, longer_lease(), 0);
+        let _ = ios(&mut odd);
+        hello(&mut odd, 0, 5);
+        hello(&mut odd, 1, 5);
+        assert!(odd.outcome().is_none(), "not before its own Hello went out");
+        round(&mut odd, 10, &all, &all);
+        let told = sent(&mut odd);
+        assert!(
+            [0, 1].iter().all(|&p| {
+                told.iter().any(|(to, m)| *to == id(p)
+                && matches!(m, ClusterMessage::Hello { timings, .. } if *timings == longer_lease()))
+            }),
+            "{told:?}"
+        );
+        let (_, running, text) = timings_differ(&odd).expect("stopped on the timings");
+        assert!(!running);
+        assert!(
+            text.contains("storage.lease_ms = 2000 on this instance (2)")
+                && text.contains("= 600 on instance 0:")
+                && !text.contains("which runs"),
+            "{text}"
+        );
+
+        // Two instances that differ: neither side has a majority, both stop.
+        for (me, other, ours, theirs) in [
+            (0, 1, FailureConfig::default(), longer_lease()),
+            (1, 0, longer_lease(), FailureConfig::default()),
+        ] {
+            let mut e = entry_with(me, &[0, 1], ours, 0);
+            let _ = ios(&mut e);
+            round(&mut e, 10, &[0, 1], &[0, 1]);
+            hello_with(&mut e, other, 0, theirs, 20);
+            let (peer, _, _) = timings_differ(&e).expect("stopped");
+            assert_eq!(peer, id(other));
+        }
     }
 
     #[test]

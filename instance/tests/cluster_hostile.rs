@@ -198,6 +198,13 @@ fn crafted() -> Vec<ClusterMessage> {
     out
 }
 
+/// The joiner's request, with the cluster's timings.
+fn join_request() -> ClusterMessage {
+    ClusterMessage::JoinRequest {
+        timings: FailureConfig::default(),
+    }
+}
+
 /// Messages that ask for nothing a manager may refuse, but are sent over and over.
 fn noise() -> Vec<ClusterMessage> {
     vec![
@@ -205,6 +212,7 @@ fn noise() -> Vec<ClusterMessage> {
             running: true,
             epoch: Epoch(u64::MAX),
             live: InstanceSet::from_bits(u64::MAX),
+            timings: FailureConfig::default(),
         },
         ClusterMessage::Formed {
             epoch: Epoch(u64::MAX),
@@ -217,7 +225,9 @@ fn noise() -> Vec<ClusterMessage> {
             epoch: Epoch(u64::MAX),
             lost: InstanceSet::from_bits(u64::MAX),
         },
-        ClusterMessage::JoinRequest,
+        ClusterMessage::JoinRequest {
+            timings: FailureConfig::default(),
+        },
         ClusterMessage::Status {
             epoch: Epoch(1),
             live: set(MEMBERS),
@@ -327,7 +337,7 @@ fn the_liar_fails_and_a_join_waits_for_recovery_despite_floods() {
     while t < until {
         for _ in 0..100 {
             for i in 0..2 {
-                world.deliver(i, JOINER, ClusterMessage::JoinRequest, at(t));
+                world.deliver(i, JOINER, join_request(), at(t));
             }
         }
         for i in 0..2 {
@@ -353,7 +363,7 @@ fn the_liar_fails_and_a_join_waits_for_recovery_despite_floods() {
     while !world.views().iter().all(|(e, _)| *e == Epoch(3)) {
         assert!(t < until + 20_000, "no admission: {:?}", world.views());
         for i in 0..2 {
-            world.deliver(i, JOINER, ClusterMessage::JoinRequest, at(t));
+            world.deliver(i, JOINER, join_request(), at(t));
         }
         world.step(t, &[0, 1, JOINER]);
         t += 100;

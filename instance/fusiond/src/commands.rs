@@ -480,6 +480,14 @@ impl<S: Store> Engine<S> {
         };
         let count = i32::try_from(request.len()).unwrap_or(i32::MAX);
         if (arity > 0 && count != arity) || (arity < 0 && count < -arity) {
+            if name == "exec" && session.multi.take().is_some() {
+                // As Redis: a malformed EXEC ends the transaction it would have run.
+                session.watched.clear();
+                return reply(Reply::Error(format!(
+                    "EXECABORT Transaction discarded because of: wrong number of arguments \
+                     for '{name}' command"
+                )));
+            }
             if let Some(multi) = &mut session.multi {
                 multi.failed = true;
             }
@@ -758,7 +766,10 @@ impl<S: Store> Engine<S> {
                             })
                             .collect(),
                     ),
-                    Some(b"count") => Reply::Integer(COMMANDS.len() as i64),
+                    Some(b"count") if args.len() == 2 => Reply::Integer(COMMANDS.len() as i64),
+                    Some(b"count") => {
+                        Reply::err("wrong number of arguments for 'command|count' command")
+                    }
                     // No per-command documentation: clients fall back to their own.
                     Some(b"docs") => Reply::Map(Vec::new()),
                     Some(_) => Reply::err(format!(
@@ -2347,5 +2358,22 @@ mod tests {
             panic!("keys reply");
         };
         assert_eq!(keys.len(), 10);
+        assert!(matches!(run(&e, s, "COMMAND COUNT"), Reply::Integer(n) if n > 50));
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "SET key00 w"), Reply::Simple("QUEUED"));
+        assert_eq!(
+            run(&e, s, "EXEC now"),
+            Reply::Error(
+                "EXECABORT Transaction discarded because of: wrong number of arguments for \
+                 'exec' command"
+                    .into()
+            )
+        );
+        assert_eq!(run(&e, s, "DISCARD"), Reply::err("DISCARD without MULTI"));
+        assert_eq!(run(&e, s, "GET key00"), Reply::Bulk(b"v".to_vec()));
+        assert_eq!(
+            run(&e, s, "COMMAND COUNT x"),
+            Reply::Error("ERR wrong number of arguments for 'command|count' command".into())
+        );
     }
 }

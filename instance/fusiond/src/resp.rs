@@ -119,6 +119,11 @@ impl RequestParser {
                     };
                     if first != b'*' {
                         let (used, request) = self.inline(&input[at..])?;
+                        if used > 0 && request.is_none() {
+                            // An empty line: Redis skips it and reads on.
+                            at += used;
+                            continue;
+                        }
                         return Ok((at + used, request));
                     }
                     let Some((count, used)) =
@@ -217,7 +222,7 @@ impl RequestParser {
         if words.len() > self.limits.max_args {
             return Err(ProtocolError::MultibulkLength);
         }
-        // An empty line is no request; the caller asks again.
+        // An empty line is no request: `parse` skips it.
         Ok((
             newline + 1,
             if words.is_empty() { None } else { Some(words) },
@@ -257,72 +262,80 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
         if i == line.len() {
             break;
         }
+        // A word runs to whitespace; a quote inside it opens a quoted part (as
+        // `sdssplitargs`), which must be followed by whitespace or the end of the line.
         let mut word = Vec::new();
-        match line[i] {
-            b'"' => {
-                i += 1;
-                loop {
-                    let Some(&b) = line.get(i) else {
-                        return Err(ProtocolError::UnbalancedQuotes);
-                    };
-                    i += 1;
-                    match b {
-                        b'"' => break,
-                        b'\\' => {
-                            let Some(&e) = line.get(i) else {
-                                return Err(ProtocolError::UnbalancedQuotes);
-                            };
-                            i += 1;
-                            word.push(match e {
-                                b'n' => b'\n',
-                                b'r' => b'\r',
-                                b't' => b'\t',
-                                b'b' => 8,
-                                b'a' => 7,
-                                b'x' => {
-                                    let hex = line
-                                        .get(i..i + 2)
-                                        .and_then(|h| std::str::from_utf8(h).ok())
-                                        .and_then(|h| u8::from_str_radix(h, 16).ok());
-                                    match hex {
-                                        Some(v) => {
-                                            i += 2;
-                                            v
+        while let Some(&b) = line.get(i) {
+            if b.is_ascii_whitespace() {
+                break;
+            }
+            i += 1;
+            match b {
+                b'"' => {
+                    loop {
+                        let Some(&b) = line.get(i) else {
+                            return Err(ProtocolError::UnbalancedQuotes);
+                        };
+                        i += 1;
+                        match b {
+                            b'"' => break,
+                            b'\\' => {
+                                let Some(&e) = line.get(i) else {
+                                    return Err(ProtocolError::UnbalancedQuotes);
+                                };
+                                i += 1;
+                                word.push(match e {
+                                    b'n' => b'\n',
+                                    b'r' => b'\r',
+                                    b't' => b'\t',
+                                    b'b' => 8,
+                                    b'a' => 7,
+                                    b'x' => {
+                                        let hex = line
+                                            .get(i..i + 2)
+                                            .and_then(|h| std::str::from_utf8(h).ok())
+                                            .and_then(|h| u8::from_str_radix(h, 16).ok());
+                                        match hex {
+                                            Some(v) => {
+                                                i += 2;
+                                                v
+                                            }
+                                            None => b'x',
                                         }
-                                        None => b'x',
                                     }
-                                }
-                                other => other,
-                            });
+                                    other => other,
+                                });
+                            }
+                            other => word.push(other),
                         }
-                        other => word.push(other),
                     }
-                }
-                if line.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
-                    return Err(ProtocolError::UnbalancedQuotes);
-                }
-            }
-            b'\'' => {
-                i += 1;
-                loop {
-                    let Some(&b) = line.get(i) else {
+                    if line.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
                         return Err(ProtocolError::UnbalancedQuotes);
-                    };
-                    i += 1;
-                    if b == b'\'' {
-                        break;
                     }
-                    word.push(b);
+                    break;
                 }
-                if line.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
-                    return Err(ProtocolError::UnbalancedQuotes);
+                b'\'' => {
+                    loop {
+                        let Some(&b) = line.get(i) else {
+                            return Err(ProtocolError::UnbalancedQuotes);
+                        };
+                        i += 1;
+                        if b == b'\\' && line.get(i) == Some(&b'\'') {
+                            i += 1;
+                            word.push(b'\'');
+                            continue;
+                        }
+                        if b == b'\'' {
+                            break;
+                        }
+                        word.push(b);
+                    }
+                    if line.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
+                        return Err(ProtocolError::UnbalancedQuotes);
+                    }
+                    break;
                 }
-            }
-            _ => {
-                while i < line.len() && !line[i].is_ascii_whitespace() {
-                    word.push(line[i]);
-                    i += 1;
-                }
+                other => word.push(other),
             }
         }
         words.push(word);
@@ -470,11 +483,25 @@ mod tests {
                 vec![b"PING".to_vec()],
             ]
         );
+        // Quotes open inside a word, as in `sdssplitargs`; `\'` inside single quotes.
+        let requests = parse_all(b"SET a\"b c\" 'it\\'s'\r\n").unwrap();
+        assert_eq!(
+            requests,
+            vec![vec![b"SET".to_vec(), b"ab c".to_vec(), b"it's".to_vec()]]
+        );
+        // Empty lines are skipped within one call: the request after them is not left
+        // waiting for more bytes.
+        let mut parser = RequestParser::new(ParserLimits::default());
+        let input = b"\r\n   \r\nPING\r\n";
+        assert_eq!(
+            parser.parse(input),
+            Ok((input.len(), Some(vec![b"PING".to_vec()])))
+        );
     }
 
     #[test]
     fn bad_requests_are_refused() {
-        let cases: [(&[u8], ProtocolError); 7] = [
+        let cases: [(&[u8], ProtocolError); 9] = [
             (b"*x\r\n", ProtocolError::MultibulkLength),
             (b"*99999999999\r\n", ProtocolError::MultibulkLength),
             (b"*1\r\n$-5\r\n", ProtocolError::BulkLength),
@@ -482,6 +509,8 @@ mod tests {
             (b"*1\r\n*1\r\n", ProtocolError::ExpectedBulk('*')),
             (b"*1\r\n$1\r\nabc\r\n", ProtocolError::BulkTerminator),
             (b"SET \"a\r\n", ProtocolError::UnbalancedQuotes),
+            (b"SET 'q' x\"\r\n", ProtocolError::UnbalancedQuotes),
+            (b"SET a\"b\"c\r\n", ProtocolError::UnbalancedQuotes),
         ];
         for (bytes, expected) in cases {
             assert_eq!(parse_all(bytes), Err(expected), "{bytes:?}");

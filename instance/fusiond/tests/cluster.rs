@@ -558,3 +558,54 @@ fn pipelined_writes_acknowledged_survive_kill_9() {
         }
     }
 }
+
+/// Every instance of a cluster runs the same failure timings: instance 2, restarted with a
+/// lease of 2 s against the cluster's 600 ms (a typo on one host), stops at start with one
+/// line naming both values, and is never admitted; the others keep serving throughout,
+/// counting no third member. Fixed, it joins.
+#[test]
+fn an_instance_with_another_lease_stops_at_start_and_the_cluster_keeps_serving() {
+    let mut cluster = Cluster::create(3, "");
+    cluster.start_all();
+    assert!(cluster.terminate(2).success(), "{}", cluster.log(2));
+    let config = cluster.configs[2].clone();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let typo = text.replace("[storage]\n", "[storage]\nlease_ms = 2000\n");
+    assert_ne!(typo, text, "the configuration changed shape");
+    std::fs::write(&config, &typo).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let keys: Vec<String> = (0..4).map(|k| format!("t{k}")).collect();
+    let handles = incrementers(&cluster, &[0, 1], 2, &keys, stop.clone());
+    cluster.start(2);
+    let status = cluster
+        .wait_exit(2, common::DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert!(!status.success(), "{}", cluster.log(2));
+    let log = cluster.log(2);
+    let line = log
+        .lines()
+        .find(|l| l.contains("storage.lease_ms = 2000 on this instance (2)"))
+        .unwrap_or_else(|| panic!("no line names the lease:\n{log}"));
+    assert!(
+        line.contains("storage.lease_ms = 600 on instance")
+            && line.contains("which runs the cluster"),
+        "the cluster's value is not named: {line}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let acked = total(handles);
+    assert!(
+        acked.values().sum::<u64>() > 0,
+        "the cluster stopped acknowledging increments"
+    );
+    check_counters(&cluster, &[0, 1], &acked, true);
+    for id in 0..2 {
+        assert_eq!(members_up(&cluster, id), 2, "instance {id}");
+    }
+
+    // The configuration fixed, it joins.
+    std::fs::write(&config, &text).unwrap();
+    cluster.start(2);
+    cluster.wait_ready(2);
+    check_counters(&cluster, &[0, 1, 2], &acked, false);
+}

@@ -3158,13 +3158,15 @@ impl Sim {
     /// Whether failure handling is under way, as the nodes show it: a death not yet decided
     /// (a running node still counts a dead one as a member), a node behind the newest epoch
     /// or still rebuilding or recovering or without its lease, a proposal in flight, an
-    /// instance cut off or joining, a fault in force or frames it held not yet delivered.
+    /// instance cut off or joining, a fault in force or frames it held not yet delivered, a
+    /// newer epoch accepted on the voting area that leaves out a running instance.
     fn recovery_in_progress(&self) -> bool {
         let running: Vec<&Node> = self.nodes.iter().filter(|n| n.alive).collect();
         let newest = running.iter().map(|n| n.node.epoch()).max();
         let now = self.global();
         self.nodes.iter().any(|n| n.isolated || n.joining)
             || self.fault_in_force(now)
+            || self.accepted_without_a_running_instance()
             || !self.held.is_empty()
             || self.inbox.iter().any(|i| !i.is_empty())
             || running.iter().any(|n| {
@@ -3238,13 +3240,39 @@ impl Sim {
     /// past it. Counted as a survivor, it let the plan kill the newest epoch's only member,
     /// and then every instance was dead, which this world cannot restart from (seed
     /// 1000042: n1 voted out at 49.3 ms with its lease to 59.5 ms, n0 killed at 50.0 ms).
+    /// Nor does one that a newer epoch accepted on the voting area leaves out, even by a
+    /// proposal since aborted: the next round adopts that value and fences it, and its lease
+    /// is no longer renewed (seed 11003850: n1 proposed epoch 2 = {1} during n0's pause, its
+    /// read of n0's block failed and it aborted with the value accepted; n1 was killed, and
+    /// n0 adopted the value and stopped, fenced).
     fn death_must_wait(&self, now: Duration) -> bool {
         let members = self.memberships.newest().map(|(_, live)| live);
         self.faults.any_in_force(now)
+            || self.accepted_without_a_running_instance()
             || self
                 .live()
                 .into_iter()
                 .any(|i| !self.leases.holds(i, now) || members.is_some_and(|m| !m.contains(id(i))))
+    }
+
+    /// Whether a Paxos block on the voting area holds a value accepted for an epoch newer
+    /// than any applied that leaves out an instance still running (or is a formation).
+    fn accepted_without_a_running_instance(&self) -> bool {
+        let applied = self.memberships.newest().map_or(0, |(epoch, _)| epoch);
+        (0..self.nodes.len()).any(|owner| {
+            let Ok(Some(block)) = instance::paxos::PaxosBlock::decode(&self.read_slot(owner).paxos)
+            else {
+                return false;
+            };
+            block.epoch.0 > applied
+                && block.inp.is_some_and(|value| {
+                    value.formation
+                        || self
+                            .live()
+                            .into_iter()
+                            .any(|i| !value.members.contains(id(i)))
+                })
+        })
     }
 
     fn next_stage(&mut self) {
@@ -3932,7 +3960,10 @@ impl Sim {
             return;
         }
         let mut body = Vec::new();
-        ClusterMessage::JoinRequest.encode(&mut body);
+        ClusterMessage::JoinRequest {
+            timings: self.cfg.timings.failure,
+        }
+        .encode(&mut body);
         for peer in (0..self.nodes.len()).filter(|p| *p != node) {
             self.send_control(
                 node,

@@ -11,7 +11,9 @@
 //! delayed control messages, process pauses (the node takes no steps; its I/O still lands),
 //! storage stalls of one node (its I/O and disk heartbeats held for seconds, with its
 //! network up or cut), write errors (the write may land anyway), kills (of any number of nodes; a sixth of them the
-//! whole cluster), and small forward jumps of one node's clock. Every node starts through the
+//! whole cluster), small forward jumps of one node's clock, and a restart with another lease
+//! (an operator's typo: twice the cluster's, at most one such life at a time and only while
+//! a cluster runs; it must stop at start, and the next life has the cluster's timings). Every node starts through the
 //! real [`Entry`] (the first formation, joins, whole-cluster restarts; the formation decided by
 //! Disk Paxos on this voting area) and is started again a little after it dies or stops
 //! (each after its own delay: after a whole-cluster crash a majority often forms without the
@@ -36,6 +38,8 @@
 //!   acknowledged after recovery began;
 //! * whole-cluster recovery runs only once every other instance's lease (of its current or
 //!   an earlier life) has run out;
+//! * a life with other failure timings never enters (it stops with the timings named), and
+//!   an instance stops for timings only because of such a life;
 //! * no node stops for a core failure.
 //!
 //! At the end, with every fault healed and every node started again: all of them run in one
@@ -48,7 +52,9 @@
 use instance::cache::BufferCache;
 use instance::cluster::{ClusterManager, ClusterMessage, FailureConfig, InstanceEvent};
 use instance::core::{Core, CoreConfig};
-use instance::entry::{Entered, Entry, EntryConfig, EntryIo, SlotLook, decision_at_entry};
+use instance::entry::{
+    Entered, Entry, EntryConfig, EntryError, EntryIo, SlotLook, decision_at_entry,
+};
 use instance::node::{
     Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo, RecoveryOutcome, ScanOutcome,
     Transmit,
@@ -174,6 +180,11 @@ pub struct MembershipStats {
     pub formations_without_some: u64,
     /// Restarted instances admitted into a running cluster.
     pub joins: u64,
+    /// Lives started with another lease (each stopped at start, never entered).
+    pub typos: u64,
+    /// Starts that stopped because failure timings differ (the typo'd lives, and at
+    /// formation an instance without a majority of its timings).
+    pub timings_refused: u64,
 }
 
 struct Node {
@@ -198,6 +209,10 @@ struct Node {
     heartbeat: u64,
     /// The newest Paxos block it asked to write.
     latest_paxos: Option<[u8; PAXOS_BLOCK_LEN]>,
+    /// This life runs a lease other than the cluster's (twice it): it must never enter.
+    typo: bool,
+    /// Some life of it ran another lease (peers may still name it when they stop).
+    ever_typo: bool,
 }
 
 struct Sim {
@@ -227,6 +242,9 @@ struct Sim {
     timings: Timings,
     /// The lease in milliseconds (this world's unit).
     lease_ms: u64,
+    /// Which starts come with another lease: a generator of its own, so a seed's other
+    /// draws stay its own.
+    typos: SimRng,
 }
 
 /// Each node's cache (no user runs: the engines' state is what they rebuild).
@@ -262,6 +280,8 @@ impl Sim {
                 dead_lease_until: 0,
                 heartbeat: 0,
                 latest_paxos: None,
+                typo: false,
+                ever_typo: false,
             })
             .collect();
         let faults_end = rng.between(8_000, 20_000);
@@ -285,6 +305,7 @@ impl Sim {
             trace,
             timings,
             lease_ms,
+            typos: SimRng::new(seed ^ 0x7490_5eed_0000_0001),
         };
         sim.log(|| format!("{n} instances, timings {:?}", sim.timings.failure));
         // Every instance starts (the cluster forms), a little apart.
@@ -335,6 +356,21 @@ impl Sim {
         }
         let now = self.local(node);
         let failure = self.failure();
+        // An operator's typo: this life runs twice the lease, while a cluster runs (so it
+        // meets one) and no other such life does (so the cluster's timings keep the
+        // majority).
+        let typo = self.now < self.faults_end
+            && (0..n).any(|j| j != node && self.nodes[j].node.is_some())
+            && !self.nodes.iter().any(|x| x.alive && x.typo)
+            && self.typos.chance(1, 6);
+        let failure = if typo {
+            FailureConfig {
+                lease: failure.lease * 2,
+                ..failure
+            }
+        } else {
+            failure
+        };
         let all = self.all();
         let mut entry = Entry::new(
             EntryConfig {
@@ -369,6 +405,11 @@ impl Sim {
         me.early.clear();
         me.lease_until = 0;
         me.latest_paxos = None;
+        me.typo = typo;
+        me.ever_typo |= typo;
+        if typo {
+            self.stats.typos += 1;
+        }
         self.faults.restart(node);
         if self.nodes[node].life > 1 {
             self.stats.restarts += 1;
@@ -906,8 +947,22 @@ impl Sim {
                 }
             }
             match outcome {
+                Some(Ok(_)) if self.nodes[node].typo => {
+                    self.fail(format!(
+                        "n{node} entered with a lease other than the cluster's"
+                    ));
+                }
                 Some(Ok(entered)) => {
                     self.enter(node, entered);
+                    return;
+                }
+                Some(Err(e @ EntryError::TimingsDiffer { peer, .. }))
+                    if self.nodes[node].typo
+                        || self.nodes.get(peer.index()).is_some_and(|p| p.ever_typo) =>
+                {
+                    self.log(|| format!("n{node}: stops at start: {e}"));
+                    self.stats.timings_refused += 1;
+                    self.die(node);
                     return;
                 }
                 Some(Err(e)) => self.fail(format!("n{node} could not enter: {e}")),
@@ -1310,6 +1365,8 @@ impl MembershipStats {
         self.formations += other.formations;
         self.formations_without_some += other.formations_without_some;
         self.joins += other.joins;
+        self.typos += other.typos;
+        self.timings_refused += other.timings_refused;
     }
 }
 

@@ -112,15 +112,18 @@ fn a_failed_read_fails_the_waiting_user_and_never_hangs() {
 /// the heal while the final probes ran (272: the simulator waits out such reports). A
 /// seed's path depends on the code, so this guards the fixed paths as they run today; the
 /// unit tests beside the other fixes pin the cause itself. They failed with the runtime's
-/// default timings, before seeds drew their own, so they run with those. Since: a commit
-/// acknowledged on a block shipped with a commit dependency on a restarted sender, whose
-/// old life's durable announcement covered its new life's low SCNs (10006389, drawn timings;
-/// `gcs/tests/hostile.rs` pins the cause).
+/// default timings, before seeds drew their own, so they run with those. Since, with drawn
+/// timings: a commit acknowledged on a block shipped with a commit dependency on a
+/// restarted sender, whose old life's durable announcement covered its new life's low SCNs
+/// (10006389; `gcs/tests/hostile.rs` pins the cause); a plan that killed the only member of
+/// an epoch accepted on disk by an aborted proposal while the instance it left out still
+/// ran, so every instance was dead (11003850, a fault of the plan alone: the seed must
+/// still see the left-out instance stop and be recovered).
 #[test]
 fn soak_failures_stay_fixed() {
     let with_default_timings = [272, 1_000_042, 1_007_517, 2_002_578, 6_004_564, 8_001_639]
         .map(|seed| SimConfig::from_seed(seed).with_default_timings());
-    let with_drawn_timings = [10_006_389].map(SimConfig::from_seed);
+    let with_drawn_timings = [10_006_389, 11_003_850].map(SimConfig::from_seed);
     for config in with_default_timings.into_iter().chain(with_drawn_timings) {
         let seed = config.seed;
         let stats = run_seed(config);
@@ -130,6 +133,9 @@ fn soak_failures_stay_fixed() {
                 stats.blocks_recovered > 0 && stats.restarts > 0,
                 "seed {seed}: no recovery and restart"
             );
+        }
+        if seed == 11_003_850 {
+            assert!(stats.recoveries > 0, "seed {seed}: no recovery");
         }
         if seed == 6_004_564 {
             assert!(stats.torn_writes > 0, "seed {seed}: no torn write");
