@@ -9,8 +9,14 @@
 //! * An instance frozen (SIGSTOP) past the grace and its lease, then thawed: it stops by
 //!   itself (its lease lapsed, it was voted out), the others go on, nothing it acknowledged is
 //!   lost, and it rejoins.
+//! * The 0–1 connection flapping (cut and healed every 0.5–2.5 s for 15 s): instance 2 never
+//!   stops, whoever was voted out rejoins, nothing acknowledged is lost.
 //! * A storage stall of one instance (a FUSE pass-through to the shared file that holds every
-//!   read and write while stalled), alone and together with a link cut.
+//!   read and write while stalled), alone and together with a link cut; and of the lowest
+//!   instance (the coordinator and sealer) held until the others serve without it.
+//! * Deaths in the middle of a recovery: the sealer killed while it recovers another, then
+//!   the whole cluster killed while it recovers; each time the rest (or a restart of all)
+//!   recovers everything.
 //! * Failing data writes of one instance (the same pass-through answering EIO): it stops, the
 //!   others recover it.
 //! * A cluster on a loop block device with `O_DIRECT` (`losetup --direct-io=on`): a `kill -9`
