@@ -336,6 +336,10 @@ pub struct Engine<D> {
     /// An instance died: storage reads wait until the dead thread's redo has been scanned
     /// ([`Engine::on_dead_redo_scanned`]), since storage may be stale for blocks it changed.
     pub(crate) scan_pending: bool,
+    /// Blocks mastered here whose rebuild completed while [`Engine::on_dead_redo_scanned`]
+    /// was still pending (handed to a survivor that read the same redo first): the scan must
+    /// not freeze and rebuild them again. Emptied by the scan and by reconfigurations.
+    pub(crate) recovered_before_scan: BTreeSet<BlockId>,
     /// Members were lost and may still use their copies (reads need no I/O, and an X holder
     /// may change its copy and commit, so nothing but their lease stops them) until
     /// [`Engine::on_lost_leases_over`]: meanwhile grants wait as
@@ -383,6 +387,7 @@ impl<D: MasterDirectory> Engine<D> {
             master: BTreeMap::new(),
             reconfig: None,
             scan_pending: false,
+            recovered_before_scan: BTreeSet::new(),
             lost_holders: None,
             handed_out: BTreeMap::new(),
             timers: BTreeSet::new(),

@@ -972,6 +972,7 @@ impl<D: MasterDirectory> Engine<D> {
         // sent to the new map's masters.
         self.remastering.clear();
         self.handed_out.clear();
+        self.recovered_before_scan.clear();
         self.transmits.clear();
         self.local.clear();
         self.master.clear();
@@ -1025,8 +1026,9 @@ impl<D: MasterDirectory> Engine<D> {
     /// then storage reads, held back since the reconfiguration, are served again.
     pub fn on_dead_redo_scanned(&mut self, changed: &[BlockId], now: Timestamp) {
         let mut recovery = Vec::new();
+        let recovered = std::mem::take(&mut self.recovered_before_scan);
         for &block in changed {
-            if self.master_of(block) != self.id {
+            if self.master_of(block) != self.id || recovered.contains(&block) {
                 continue;
             }
             let m = self.master.entry(block).or_default();
@@ -1103,6 +1105,11 @@ impl<D: MasterDirectory> Engine<D> {
     fn block_recovered(&mut self, writer: InstanceId, block: BlockId, scn: Scn, now: Timestamp) {
         if let Some(m) = self.master.get_mut(&block) {
             m.recovering = false;
+        }
+        if self.scan_pending {
+            // Rebuilt from the same dead redo this master has yet to read (seed 12004674:
+            // otherwise frozen and rebuilt again from storage while a user held it in X).
+            self.recovered_before_scan.insert(block);
         }
         let _ = self.master_written(writer, block, scn, true, now);
         if self.master_run(block, now).is_err() {

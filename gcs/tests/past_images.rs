@@ -106,3 +106,35 @@ fn past_images_a_clean_current_copy_covers_are_discarded_when_their_master_dies(
     assert!(view.past_images.is_empty());
     assert_eq!(view.x_holder, Some(id(0)));
 }
+
+#[test]
+fn a_block_rebuilt_before_its_masters_scan_is_not_recovered_again() {
+    let mut c = Cluster::new();
+    // As above: 1 dies holding 0.0's only current copy; 2 holds the newest past image, and
+    // the master 0 hands it the rebuild at the reconfiguration.
+    let block = BlockId::new(0, 0);
+    assert!(c.acquire(2, block, BlockMode::Exclusive));
+    let pi = c.change(2, block);
+    assert!(c.acquire(1, block, BlockMode::Exclusive));
+    c.reconfigure_without(1);
+    assert_eq!(c.rebuilders_of(block).len(), 1);
+    // 2 reads the dead thread's redo first, rebuilds the block and reports it; the master
+    // unfreezes it and may serve it from storage.
+    c.engines[2].on_lost_leases_over(c.now);
+    c.engines[2].on_dead_redo_scanned(&[block], c.now);
+    c.engines[2].on_block_recovered(block, pi, c.now);
+    c.settle();
+    assert_eq!(c.engines[0].recoveries_handed_out(), 0);
+    // The master's own read of the same redo comes later: the block, rebuilt from it
+    // already, is not frozen and rebuilt again (from storage, under a user who has it).
+    c.engines[0].on_lost_leases_over(c.now);
+    c.engines[0].on_dead_redo_scanned(&[block], c.now);
+    c.settle();
+    assert_eq!(c.rebuilders_of(block).len(), 1, "rebuilt once");
+    assert!(
+        c.engines[0]
+            .master_view(block)
+            .is_none_or(|v| !v.recovering)
+    );
+    assert!(c.acquire(0, block, BlockMode::Exclusive));
+}

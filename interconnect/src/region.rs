@@ -4,13 +4,32 @@
 //! A receiver that expects a block *arms* one of its frames for one peer and sends the token
 //! in its request; the sender's transport places the payload straight into that frame (TCP
 //! reads the socket into it, shm copies into it across processes, RDMA writes into it); the
-//! receiver then *takes* the landed frame back. Each frame carries a state word:
+//! receiver then *takes* the landed frame back. Each frame carries a state word, the owner's
+//! view of the frame:
 //!
 //! ```text
-//! Idle --claim--> Claimed --arm(peer)--> Armed --begin_landing--> Landing --complete--> Landed
-//!   ^               |  ^                   |  \--- landing dropped unfinished ---/        |
-//!   +----drop-------+  +------disarm-------+  +<--------------take_landed----------------+
+//! Idle --claim--> Claimed --arm(peer)--> Armed ------(landing completes)------> Landed
+//!   ^               |  ^                   |                                       |
+//!   +----drop-------+  +------disarm-------+<-------------take_landed--------------+
 //! ```
+//!
+//! and a *permit* word, which the lander takes:
+//!
+//! ```text
+//! (revoked) --arm--> Armed --begin_landing--> Landing --complete--> Landed --arm--> Armed ...
+//!     ^                |  ^                      |
+//!     +----disarm------+  +--dropped unfinished--+      (disarm: refused while Landing)
+//! ```
+//!
+//! Two words, because over `shm` the lander is another process: what it writes must not be
+//! the line the owner polls and changes next. The permit is the only word a lander writes,
+//! and the state word is written only by the owner's process, so neither side's next step
+//! waits for a line the other just wrote: the owner arms (a plain store of the permit, which
+//! the lander's compare-exchange then takes), and marks the frame Landed in its own word when
+//! the lander's message says it landed (`BlockRegion::land_remote`; a landing in this
+//! process, from `tcp`, RDMA or the simulator, does both steps in
+//! [`Landing::complete`]). A disarm revokes the permit first, so a landing that has not begun
+//! is refused before it writes, and one that has keeps the frame until it completes.
 //!
 //! Every arm bumps the frame's 32-bit generation, and a token carries it, so a late or
 //! duplicated payload for an earlier arming is refused instead of overwriting a frame that has
@@ -21,8 +40,8 @@
 //! **Armed for any sender.** [`FrameGuard::arm_any`] arms a frame that any peer may land in,
 //! because the requester does not always know who will ship: in cache fusion it asks the
 //! block's master, and the *master* chooses which holder sends the block. Only the generation
-//! protects such a frame; the first landing to begin takes it, and the frame records that
-//! sender, so [`BlockRegion::is_landed`] names the peer that really landed.
+//! protects such a frame; the first landing to begin takes its permit, and the frame records
+//! that sender, so [`BlockRegion::is_landed`] names the peer that really landed.
 //!
 //! **RDMA mapping.** A region is what RDMA registers as one memory region (MR); each side
 //! learns the other's frame address and rkey when the queue pair is set up. The holder posts
@@ -30,7 +49,7 @@
 //! index and the generation's low bits as the immediate, right after the message that
 //! carries the whole token. The receiver takes the write only if the immediate names that
 //! token, and then goes through [`BlockRegion::begin_landing`] like any transport, so a late
-//! or foreign write is refused. The NIC cannot check the state word before it writes, so the
+//! or foreign write is refused. The NIC cannot check the permit before it writes, so the
 //! bytes of a refused write have already landed; type-2 memory windows bound per armed frame
 //! would refuse it in hardware (not done yet). Registered memory is pinned, so the frames are allocated once, at
 //! start-up, page-aligned, which is also what O_DIRECT and io_uring fixed buffers need.
@@ -41,7 +60,8 @@
 //! ```text
 //! [0, 4096)                         region header: magic b"FSNR", version u32, frames u32, block_size u32
 //! [4096, 4096 + S)                  one AtomicU64 state word per frame, S rounded up to 4096
-//! [4096 + S, 4096 + S + F * B)      the frames, F of B bytes each, page-aligned
+//! [4096 + S, 4096 + 2S)             one AtomicU64 permit word per frame
+//! [4096 + 2S, 4096 + 2S + F * B)    the frames, F of B bytes each, page-aligned
 //! ```
 
 use std::fmt;
@@ -111,7 +131,7 @@ mod memory {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     const REGION_MAGIC: [u8; 4] = *b"FSNR";
-    const REGION_VERSION: u32 = 1;
+    const REGION_VERSION: u32 = 2;
     const PAGE: usize = 4096;
     /// Upper bound on frames in one region (2^24 frames of 32 KiB is 512 GiB).
     const MAX_FRAMES: u32 = 1 << 24;
@@ -125,11 +145,12 @@ mod memory {
     /// The `peer` of a frame armed for any sender, until a landing begins (instance ids are
     /// below [`MAX_INSTANCES`](crate::MAX_INSTANCES), so it names none).
     const ANY_PEER: u8 = 0xff;
-    /// State-word bit of a frame armed for any sender: kept while it lands (when `peer` names
-    /// the sender), so an unfinished landing re-arms it for any sender again.
+    /// Bit of a frame armed for any sender: kept in the permit while it lands (when `peer`
+    /// names the sender), so an unfinished landing re-arms it for any sender again.
     const ANY_BIT: u64 = 1 << 16;
 
-    /// Unpacked state word: `state | peer << 8 | any << 16 | generation << 32`.
+    /// Unpacked state or permit word: `state | peer << 8 | any << 16 | generation << 32`
+    /// (a state word is never Landing; a permit is never Claimed).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     struct FrameState {
         state: u64,
@@ -247,7 +268,8 @@ mod memory {
             return Err(RegionError::BadGeometry { frames, block_size });
         }
         let states = (frames as usize * 8).div_ceil(PAGE) * PAGE;
-        let data_offset = PAGE + states;
+        // State words, then as many permit words.
+        let data_offset = PAGE + 2 * states;
         Ok((
             data_offset,
             data_offset + frames as usize * block_size as usize,
@@ -356,18 +378,32 @@ mod memory {
             self.block_size
         }
 
+        /// The frame's state word: the owner's view of the frame.
         fn state_word(&self, frame: u32) -> Result<&AtomicU64, RegionError> {
+            self.word_at(PAGE, frame)
+        }
+
+        /// The frame's permit word: what a lander takes (see the module documentation).
+        fn permit_word(&self, frame: u32) -> Result<&AtomicU64, RegionError> {
+            // The permits follow the state words, which fill the first half of the space
+            // between the header page and the frames (see `layout`).
+            self.word_at(PAGE + (self.data_offset - PAGE) / 2, frame)
+        }
+
+        /// Word `frame` of the array of per-frame words that starts at `base`.
+        fn word_at(&self, base: usize, frame: u32) -> Result<&AtomicU64, RegionError> {
             if frame >= self.frames {
                 return Err(RegionError::NoSuchFrame {
                     frame,
                     frames: self.frames,
                 });
             }
-            // SAFETY: the state words start at PAGE (page-aligned, so 8-byte aligned) and
+            // SAFETY: both word arrays start page-aligned (so 8-byte aligned), each holds
+            // `frames` words before the next array or the frames begin (see `layout`), and
             // `frame < frames` keeps the word inside the mapping, which lives as long as self.
             // Words are only ever accessed atomically, from every process that maps them.
             Ok(unsafe {
-                AtomicU64::from_ptr(self.map.as_mut_ptr().add(PAGE + frame as usize * 8).cast())
+                AtomicU64::from_ptr(self.map.as_mut_ptr().add(base + frame as usize * 8).cast())
             })
         }
 
@@ -379,6 +415,18 @@ mod memory {
             // SAFETY: `data_offset` is inside the mapping (see `layout`).
             let base = unsafe { self.map.as_mut_ptr().add(self.data_offset) };
             (base, self.frames as usize * self.block_size)
+        }
+
+        /// The bytes of `frame`.
+        ///
+        /// # Safety
+        /// The caller has exclusive use of the frame (a guard, or a landing holding its
+        /// permit) for the life of the slice.
+        #[allow(clippy::mut_from_ref)]
+        unsafe fn frame_mut(&self, frame: u32) -> &mut [u8] {
+            // SAFETY: the frame lies inside the mapping (`frame_ptr`); exclusive by the
+            // caller's contract.
+            unsafe { std::slice::from_raw_parts_mut(self.frame_ptr(frame), self.block_size) }
         }
 
         fn frame_ptr(&self, frame: u32) -> *mut u8 {
@@ -483,26 +531,10 @@ mod memory {
 
         /// Whether a payload from `from` has completely landed in the frame `token` names
         /// (Landed, same generation, landed by `from`: the peer armed for, or for a frame
-        /// armed for any sender, whichever peer landed it). A receiver whose peer writes into
-        /// its region directly (`shm`) checks this before it reports the block as landed.
-        ///
-        /// It reads the word with a compare-exchange that leaves it as it is: the sender wrote
-        /// the line last, and the exchange fetches it exclusive in one transfer, so the
-        /// [`take_landed`](Self::take_landed) that follows finds it here instead of paying a
-        /// second transfer to upgrade a shared copy. (A load-like `fetch_add(0)` would not do:
-        /// compilers may lower it to a fence and a plain load.)
+        /// armed for any sender, whichever peer landed it).
         pub fn is_landed(&self, token: LandingToken, from: InstanceId) -> bool {
             self.state_word(token.frame()).is_ok_and(|word| {
-                let expected = FrameState {
-                    state: LANDED,
-                    peer: from.index() as u8,
-                    any: false,
-                    generation: token.generation(),
-                }
-                .pack();
-                let (Ok(seen) | Err(seen)) =
-                    word.compare_exchange(expected, expected, Ordering::Acquire, Ordering::Acquire);
-                let s = FrameState::unpack(seen);
+                let s = FrameState::unpack(word.load(Ordering::Acquire));
                 s.state == LANDED
                     && s.generation == token.generation()
                     && usize::from(s.peer) == from.index()
@@ -513,12 +545,26 @@ mod memory {
         /// is landing; then try again once it has landed and take it instead.
         pub fn disarm(self: &Arc<Self>, token: LandingToken) -> Result<FrameGuard, RegionError> {
             let frame = token.frame();
+            let seen = FrameState::unpack(self.state_word(frame)?.load(Ordering::Acquire));
+            // Unless the frame has landed, the permit first: once it is revoked no landing
+            // can begin, and one that already began keeps it, so the frame is not reused
+            // under a lander. (A landed frame's lander is done writing, though it may not have
+            // marked the permit yet.)
+            if !(seen.state == LANDED && seen.generation == token.generation()) {
+                let permit = self.permit_word(frame)?;
+                let current = permit.load(Ordering::Acquire);
+                self.transition_from(permit, current, |p| match p.state {
+                    LANDING if p.generation == token.generation() => Err(RegionError::WrongState {
+                        frame,
+                        detail: "payload landing",
+                    }),
+                    ARMED | LANDED if p.generation == token.generation() => Ok(p.with(IDLE)),
+                    // Not this arming's permit: no lander can take it for this token.
+                    _ => Ok(p),
+                })?;
+            }
             self.transition(frame, |s| match s.state {
                 ARMED | LANDED if s.generation == token.generation() => Ok(s.with(CLAIMED)),
-                LANDING => Err(RegionError::WrongState {
-                    frame,
-                    detail: "payload landing",
-                }),
                 _ => Err(RegionError::WrongState {
                     frame,
                     detail: "not armed with this token",
@@ -532,16 +578,53 @@ mod memory {
         }
 
         /// Starts placing a payload of `len` bytes from `from` into the frame `token` names.
-        /// Transports call this; the returned [`Landing`] is the only writer of the frame until
-        /// it completes or is dropped (which re-arms the frame, for any sender again if it was
-        /// [armed for any](FrameGuard::arm_any)). `from` must be the peer the frame was armed
-        /// for, unless it was armed for any.
+        /// Transports of this process call this; the returned [`Landing`] is the only writer
+        /// of the frame until it completes or is dropped (which re-arms the frame, for any
+        /// sender again if it was [armed for any](FrameGuard::arm_any)). `from` must be the
+        /// peer the frame was armed for, unless it was armed for any.
         pub fn begin_landing(
             self: &Arc<Self>,
             token: LandingToken,
             from: InstanceId,
             len: usize,
         ) -> Result<Landing, RegionError> {
+            let word = self.take_permit(token, from, len)?;
+            Ok(Landing {
+                region: Arc::clone(self),
+                token,
+                word,
+                completed: false,
+            })
+        }
+
+        /// [`begin_landing`](Self::begin_landing) for a sender in another process that maps
+        /// this region (`shm`): completing it only marks the permit, in a line the sender
+        /// holds, and the owner marks its frame Landed when the sender's message says so
+        /// ([`land_remote`](Self::land_remote)).
+        #[cfg(feature = "shm")]
+        pub(crate) fn begin_remote_landing(
+            self: &Arc<Self>,
+            token: LandingToken,
+            from: InstanceId,
+            len: usize,
+        ) -> Result<RemoteLanding, RegionError> {
+            let word = self.take_permit(token, from, len)?;
+            Ok(RemoteLanding {
+                region: Arc::clone(self),
+                frame: token.frame(),
+                word,
+                completed: false,
+            })
+        }
+
+        /// Takes the permit of the frame `token` names for a landing from `from`; returns the
+        /// Landing permit it installed.
+        fn take_permit(
+            &self,
+            token: LandingToken,
+            from: InstanceId,
+            len: usize,
+        ) -> Result<u64, RegionError> {
             if len != self.block_size {
                 return Err(RegionError::WrongLength {
                     len,
@@ -549,7 +632,7 @@ mod memory {
                 });
             }
             let frame = token.frame();
-            // The frame the token names, armed for this sender: one compare-exchange when it
+            // The permit the token names, armed for this sender: one compare-exchange when it
             // is (see `transition_from`); a frame armed for any sender takes one retry.
             let armed = FrameState {
                 state: ARMED,
@@ -557,69 +640,97 @@ mod memory {
                 any: false,
                 generation: token.generation(),
             };
-            let word = self.state_word(frame)?;
-            let landing = self.transition_from(word, armed.pack(), |s| match s.state {
-                ARMED if s.generation != token.generation() => Err(RegionError::WrongState {
+            let permit = self.permit_word(frame)?;
+            let landing = self.transition_from(permit, armed.pack(), |p| match p.state {
+                ARMED if p.generation != token.generation() => Err(RegionError::WrongState {
                     frame,
                     detail: "stale generation",
                 }),
-                ARMED if !s.any && usize::from(s.peer) != from.index() => {
+                ARMED if !p.any && usize::from(p.peer) != from.index() => {
                     Err(RegionError::WrongPeer {
                         frame,
-                        armed_for: s.peer,
+                        armed_for: p.peer,
                         from,
                     })
                 }
-                // The frame records who lands (for `is_landed`); `any` survives for a re-arm.
+                // The permit records who lands; `any` survives for a re-arm.
                 ARMED => Ok(FrameState {
                     state: LANDING,
                     peer: from.index() as u8,
-                    ..s
+                    ..p
                 }),
                 _ => Err(RegionError::WrongState {
                     frame,
                     detail: "not armed",
                 }),
             })?;
-            Ok(Landing {
-                region: Arc::clone(self),
-                frame,
-                word: landing.pack(),
-                completed: false,
-            })
+            Ok(landing.pack())
         }
 
-        /// Marks the frame Landed (payload in place), or Armed again (for the same sender, or
-        /// for any if it was armed so) when the landing was given up.
-        /// `word` is the Landing state the landing installed.
-        fn finish_landing(&self, frame: u32, word: u64, landed: bool) -> Result<(), RegionError> {
-            let state = self.state_word(frame)?;
-            self.transition_from(state, word, |s| match s.state {
-                LANDING if landed => Ok(s.with(LANDED)),
-                LANDING if s.any => Ok(FrameState {
+        /// The owner's side of a landing that a sender in another process made
+        /// ([`begin_remote_landing`](Self::begin_remote_landing)) and reported in a message
+        /// from `from`: marks the frame Landed if it is armed with `token` for `from` (or for
+        /// any sender), and says whether it was. It touches only the state word, which no
+        /// other process writes, so it costs no cache-line transfer; it cannot see whether
+        /// the bytes are there (nothing can: a process that maps the region can write the
+        /// frame at any time, see the `shm` module's trust model).
+        #[cfg(feature = "shm")]
+        pub(crate) fn land_remote(&self, token: LandingToken, from: InstanceId) -> bool {
+            self.state_word(token.frame()).is_ok_and(|word| {
+                let armed = FrameState {
                     state: ARMED,
-                    peer: ANY_PEER,
-                    ..s
-                }),
-                LANDING => Ok(s.with(ARMED)),
-                _ => Err(RegionError::WrongState {
-                    frame,
-                    detail: "landing lost its frame",
-                }),
+                    peer: from.index() as u8,
+                    any: false,
+                    generation: token.generation(),
+                };
+                self.transition_from(word, armed.pack(), |s| {
+                    Self::landed_by(s, token, from.index() as u8).ok_or(RegionError::WrongState {
+                        frame: token.frame(),
+                        detail: "not armed for this landing",
+                    })
+                })
+                .is_ok()
             })
-            // A Landing is the only party that may move a frame out of LANDING, so this fails
-            // only when another process wrote the shared state word: the caller treats the
-            // region's owner as broken, never panics.
-            .map(|_| ())
         }
 
-        /// Hands the cache line of `frame`'s state word to the shared cache, for the other
-        /// side of a landing, which touches it next: the sender after an arming (over `shm`
-        /// another process, else the thread that reads the transport), the receiver after a
-        /// landing the sender made in its memory (`shm`) ([`crate::cacheline::demote`]). A
-        /// hint only.
-        pub(crate) fn demote_state(&self, frame: u32) {
-            if let Ok(word) = self.state_word(frame) {
+        /// The Landed state of a frame in state `s` that instance `from` landed with `token`,
+        /// if `s` is armed for that.
+        fn landed_by(s: FrameState, token: LandingToken, from: u8) -> Option<FrameState> {
+            (s.state == ARMED && s.generation == token.generation() && (s.any || s.peer == from))
+                .then_some(FrameState {
+                    state: LANDED,
+                    peer: from,
+                    any: false,
+                    generation: s.generation,
+                })
+        }
+
+        /// Gives up an unfinished landing: its permit is armed again (for the same sender, or
+        /// for any if it was armed so). `word` is the Landing permit the landing installed.
+        fn abandon_landing(&self, frame: u32, word: u64) {
+            if let Ok(permit) = self.permit_word(frame) {
+                // Fails only when another process wrote the permit under the landing: the
+                // owner's own checks (generation, state) refuse whatever follows.
+                let _ = self.transition_from(permit, word, |p| match p.state {
+                    LANDING if p.any => Ok(FrameState {
+                        state: ARMED,
+                        peer: ANY_PEER,
+                        ..p
+                    }),
+                    LANDING => Ok(p.with(ARMED)),
+                    _ => Err(RegionError::WrongState {
+                        frame,
+                        detail: "landing lost its permit",
+                    }),
+                });
+            }
+        }
+
+        /// Hands the cache line of `frame`'s permit to the shared cache, for the lander, which
+        /// takes it next (over `shm` another process, else the thread that reads the
+        /// transport) ([`crate::cacheline::demote`]). A hint only.
+        fn demote_permit(&self, frame: u32) {
+            if let Ok(word) = self.permit_word(frame) {
                 crate::cacheline::demote(word.as_ptr().cast_const().cast());
             }
         }
@@ -669,13 +780,20 @@ mod memory {
                 })
             });
             self.handed_off = true;
-            // The sender's landing takes this word next.
-            self.region.demote_state(frame);
-            match armed {
-                Ok(state) => LandingToken::new(frame, state.generation),
+            let state = match armed {
+                Ok(state) => state,
                 // The closure never fails and `frame` was validated when claimed.
                 Err(e) => unreachable!("arming a claimed frame failed: {e}"),
+            };
+            // The permit a lander takes. A plain store: the last landing of this frame ended
+            // (its permit is Landed, or was revoked by `disarm`) before the frame came back
+            // to a guard. Release: published before the token goes out.
+            if let Ok(permit) = self.region.permit_word(frame) {
+                permit.store(state.pack(), Ordering::Release);
             }
+            // The lander takes this word next.
+            self.region.demote_permit(frame);
+            LandingToken::new(frame, state.generation)
         }
     }
 
@@ -716,12 +834,14 @@ mod memory {
         }
     }
 
-    /// A payload being placed into a frame by a transport.
+    /// A payload being placed into a frame by a transport of the region's own process. It
+    /// holds the frame's permit (Landing); the frame's state word stays Armed until the
+    /// landing completes.
     #[derive(Debug)]
     pub struct Landing {
         region: Arc<BlockRegion>,
-        frame: u32,
-        /// The state word `begin_landing` installed.
+        token: LandingToken,
+        /// The permit `begin_landing` installed.
         word: u64,
         completed: bool,
     }
@@ -729,31 +849,93 @@ mod memory {
     impl Landing {
         /// The destination bytes.
         pub fn buf(&mut self) -> &mut [u8] {
-            // SAFETY: the frame is in LANDING state, owned by this Landing alone: no guard and no
-            // other landing can exist for it until `complete` or drop.
-            unsafe {
-                std::slice::from_raw_parts_mut(
-                    self.region.frame_ptr(self.frame),
-                    self.region.block_size,
-                )
-            }
+            // SAFETY: this Landing holds the frame's permit: no other landing can exist for
+            // it, and the owner neither claims nor disarms the frame until the landing ends
+            // (the frame is Armed, and disarm refuses a permit that is Landing).
+            unsafe { self.region.frame_mut(self.token.frame()) }
         }
 
         /// The payload is in place: the frame becomes Landed for the receiver to take. Fails
-        /// only when the frame's shared state word was changed under the landing (a corrupt or
+        /// only when the frame's shared words were changed under the landing (a corrupt or
         /// hostile process mapping the region).
         pub fn complete(mut self) -> Result<(), RegionError> {
             self.completed = true;
-            self.region.finish_landing(self.frame, self.word, true)
+            let frame = self.token.frame();
+            let permit = self.region.permit_word(frame)?;
+            let landed = FrameState::unpack(self.word).with(LANDED).pack();
+            if permit
+                .compare_exchange(self.word, landed, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return Err(RegionError::WrongState {
+                    frame,
+                    detail: "landing lost its permit",
+                });
+            }
+            let from = FrameState::unpack(self.word).peer;
+            let state = self.region.state_word(frame)?;
+            let current = state.load(Ordering::Acquire);
+            self.region
+                .transition_from(state, current, |s| {
+                    BlockRegion::landed_by(s, self.token, from).ok_or(RegionError::WrongState {
+                        frame,
+                        detail: "landing lost its frame",
+                    })
+                })
+                .map(|_| ())
         }
     }
 
     impl Drop for Landing {
         fn drop(&mut self) {
             if !self.completed {
-                // A corrupted state word leaves the frame as it is: the receiver's own checks
-                // (generation, state) refuse it later.
-                let _ = self.region.finish_landing(self.frame, self.word, false);
+                self.region.abandon_landing(self.token.frame(), self.word);
+            }
+        }
+    }
+
+    /// A payload being placed into a frame of another process's region by this process
+    /// (`shm`; [`BlockRegion::begin_remote_landing`]). It holds the frame's permit; the owner
+    /// marks the frame Landed when this sender's message arrives.
+    #[cfg(feature = "shm")]
+    #[derive(Debug)]
+    pub(crate) struct RemoteLanding {
+        region: Arc<BlockRegion>,
+        frame: u32,
+        /// The permit `begin_remote_landing` installed.
+        word: u64,
+        completed: bool,
+    }
+
+    #[cfg(feature = "shm")]
+    impl RemoteLanding {
+        /// The destination bytes.
+        pub(crate) fn buf(&mut self) -> &mut [u8] {
+            // SAFETY: as for `Landing::buf`: this landing holds the frame's permit. (The
+            // owner is another process; one that breaks the protocol can write these bytes
+            // at any time, which the `shm` trust model accepts.)
+            unsafe { self.region.frame_mut(self.frame) }
+        }
+
+        /// The payload is in place and the message that reports it has been sent: the
+        /// permit becomes Landed, so the owner may disarm the frame even if that message is
+        /// lost. The owner may already have taken the frame and armed it again; then the
+        /// permit holds the new arming and is left as it is.
+        pub(crate) fn complete(mut self) {
+            self.completed = true;
+            if let Ok(permit) = self.region.permit_word(self.frame) {
+                let landed = FrameState::unpack(self.word).with(LANDED).pack();
+                let _ =
+                    permit.compare_exchange(self.word, landed, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[cfg(feature = "shm")]
+    impl Drop for RemoteLanding {
+        fn drop(&mut self) {
+            if !self.completed {
+                self.region.abandon_landing(self.frame, self.word);
             }
         }
     }
@@ -887,6 +1069,74 @@ mod memory {
                 Err(RegionError::WrongPeer { armed_for: 5, .. })
             ));
             drop(region.disarm(one).unwrap());
+        }
+
+        #[test]
+        #[cfg(feature = "shm")]
+        fn a_remote_landing_holds_the_permit_until_the_owner_marks_the_frame() {
+            let region = BlockRegion::anonymous(2, 4096).unwrap();
+            let token = region.claim(0).unwrap().arm(id(1));
+            // While a landing holds the permit the frame cannot be disarmed or landed twice.
+            let mut landing = region.begin_remote_landing(token, id(1), 4096).unwrap();
+            assert!(matches!(
+                region.disarm(token),
+                Err(RegionError::WrongState {
+                    detail: "payload landing",
+                    ..
+                })
+            ));
+            assert!(region.begin_remote_landing(token, id(1), 4096).is_err());
+            landing.buf().fill(0x7e);
+            landing.complete();
+            // The sender's completion leaves the frame Armed: the owner marks it when the
+            // sender's message arrives, and only for the sender and arming it names.
+            assert!(!region.is_landed(token, id(1)));
+            assert!(region.take_landed(token).is_err());
+            assert!(!region.land_remote(token, id(2)), "armed for 1, not 2");
+            let stale = LandingToken::new(0, token.generation() + 1);
+            assert!(!region.land_remote(stale, id(1)));
+            assert!(region.land_remote(token, id(1)));
+            assert!(!region.land_remote(token, id(1)), "landed once");
+            assert!(region.is_landed(token, id(1)));
+            assert!(
+                region
+                    .take_landed(token)
+                    .unwrap()
+                    .iter()
+                    .all(|&b| b == 0x7e)
+            );
+
+            // A disarmed frame's permit is revoked: a late landing is refused before it
+            // writes, and a late message for it does not mark the frame.
+            let token = region.claim(1).unwrap().arm_any();
+            let guard = region.disarm(token).unwrap();
+            assert!(matches!(
+                region.begin_remote_landing(token, id(1), 4096),
+                Err(RegionError::WrongState { .. })
+            ));
+            drop(guard);
+            assert!(!region.land_remote(token, id(1)));
+            // An abandoned remote landing re-arms the permit for any sender.
+            let token = region.claim(1).unwrap().arm_any();
+            drop(region.begin_remote_landing(token, id(4), 4096).unwrap());
+            let landing = region.begin_remote_landing(token, id(5), 4096).unwrap();
+            landing.complete();
+            assert!(region.land_remote(token, id(5)));
+            assert!(region.is_landed(token, id(5)));
+            drop(region.take_landed(token).unwrap());
+
+            // The sender marks its permit after its message is out, so the owner may take
+            // the frame and arm it again first: the late mark leaves the new arming alone.
+            let first = region.claim(0).unwrap().arm(id(1));
+            let landing = region.begin_remote_landing(first, id(1), 4096).unwrap();
+            assert!(region.land_remote(first, id(1)));
+            let second = region.take_landed(first).unwrap().arm(id(1));
+            landing.complete();
+            let again = region.begin_remote_landing(second, id(1), 4096).unwrap();
+            // And a landed frame can be disarmed before its sender marked the permit.
+            assert!(region.land_remote(second, id(1)));
+            drop(region.disarm(second).unwrap());
+            again.complete();
         }
 
         #[test]

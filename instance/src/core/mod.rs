@@ -487,8 +487,12 @@ impl Core {
         self.count_losses(self.gcs.live(), live);
         self.gcs.on_reconfigure(epoch, live, map, now)?;
         self.ges.on_new_epoch(epoch, live, now)?;
-        // Recovery work of an older epoch is redone from the new scan.
+        // Recovery work of an older epoch is redone from the new scan, and an older
+        // epoch's scan, not yet handed to GCS, misses the redo of members lost since: GCS
+        // would serve storage reads before that redo is read (seed 12004674). The node
+        // scans again for every epoch while a recovery runs (`Node`'s recovery lifecycle).
         self.recovering.clear();
+        self.scanned = None;
         self.pump(now);
         let future = std::mem::take(&mut self.future);
         self.future_bytes = 0;

@@ -11,7 +11,8 @@
 //! many reads in flight, and owns the [`Frame`]s they land in until they complete. A ring on
 //! which `io_uring_enter` fails without consuming what was pushed is marked broken and never
 //! entered again, so those entries are never submitted. Callers of one ring are serialised by
-//! its mutex; the runtime drives data I/O from its I/O thread with [`ReadQueue`].
+//! its mutex, and each reaps only what it submitted (which is what lets the rings skip the
+//! completion IPI: `COOP_TASKRUN`); a [`ReadQueue`] holds the data ring for its life.
 //!
 //! It must never be chosen where the kernel refuses io_uring: [`UringStorage::open`] reports
 //! [`UringOpenError::Refused`] and [`super::open`] falls back to pread/pwrite.
@@ -107,14 +108,26 @@ impl std::fmt::Debug for UringStorage {
 }
 
 fn new_ring(entries: u32, class: IoClass, fd: i32) -> Result<Ring, UringOpenError> {
-    let ring = IoUring::new(entries.max(2)).map_err(|e| {
-        let why = if is_refusal(&e) {
-            "refused by the kernel or sandbox"
-        } else {
-            "failed"
-        };
-        UringOpenError::Refused(format!("io_uring_setup {why}: {e}"))
-    })?;
+    // COOP_TASKRUN (5.19+): a completion does not interrupt the submitter with an IPI; its
+    // task work runs at the submitter's next entry into the kernel, which is where every
+    // caller of a ring waits (each caller submits and reaps its own operations). fio's
+    // io_uring engine sets it too. Older kernels refuse the flag (EINVAL): plain setup then.
+    let entries = entries.max(2);
+    let ring = IoUring::builder()
+        .setup_coop_taskrun()
+        .build(entries)
+        .or_else(|e| match e.raw_os_error() {
+            Some(libc::EINVAL) => IoUring::new(entries),
+            _ => Err(e),
+        })
+        .map_err(|e| {
+            let why = if is_refusal(&e) {
+                "refused by the kernel or sandbox"
+            } else {
+                "failed"
+            };
+            UringOpenError::Refused(format!("io_uring_setup {why}: {e}"))
+        })?;
     ring.submitter()
         .register_files(&[fd])
         .map_err(|e| UringOpenError::Refused(format!("registering the file: {e}")))?;

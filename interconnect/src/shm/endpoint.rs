@@ -41,9 +41,9 @@ pub struct ShmConfig {
     /// Block (frame) size: a power of two in 4–32 KiB.
     pub block_size: u32,
     /// Bytes of each incoming ring (one per peer per priority): a power of two, at least
-    /// 4 KiB. A message whose 32-byte shm header and body exceed it minus 72 bytes (a record
-    /// word and the line of the terminator that follows every record) is refused with
-    /// [`SendError::BodyTooLong`]; 128 KiB and up carry every legal body.
+    /// 4 KiB. A message whose 32-byte shm header and body exceed it minus 8 bytes (the
+    /// record word) is refused with [`SendError::BodyTooLong`]; 128 KiB and up carry every
+    /// legal body.
     pub ring_bytes: usize,
     /// How long `poll` with a timeout spins before it parks on the futex.
     pub spin: Duration,
@@ -750,7 +750,7 @@ pub(super) fn read_frame(
     let status = record.flags();
     match (header.block, status) {
         (None, NO_BLOCK) => Ok(TransportEvent::Message { header, body }),
-        (Some(block), LANDED) if region.is_landed(block.landing, peer) => {
+        (Some(block), LANDED) if region.land_remote(block.landing, peer) => {
             Ok(TransportEvent::BlockLanded {
                 header,
                 body,
@@ -806,28 +806,22 @@ impl Transport for ShmTransport {
                 return Err(SendError::NotConnected(to));
             }
         }
-        let status = match frame.block {
-            None => NO_BLOCK,
+        let (status, landing) = match frame.block {
+            None => (NO_BLOCK, None),
             // The one copy: straight into the receiver's frame. A refusal still sends the
             // message, flagged, so the receiver learns of it.
-            Some(block) => match out
-                .region
-                .begin_landing(block.landing, local, block.bytes.len())
-            {
-                Ok(mut landing) => {
-                    landing.buf().copy_from_slice(block.bytes);
-                    if landing.complete().is_err() {
-                        // Someone else wrote the peer's state word: its region is not to be
-                        // trusted any more.
-                        out.broken = true;
-                        return Err(SendError::NotConnected(to));
+            Some(block) => {
+                match out
+                    .region
+                    .begin_remote_landing(block.landing, local, block.bytes.len())
+                {
+                    Ok(mut landing) => {
+                        landing.buf().copy_from_slice(block.bytes);
+                        (LANDED, Some(landing))
                     }
-                    // The receiver checks the word next (`is_landed`).
-                    out.region.demote_state(block.landing.frame());
-                    LANDED
+                    Err(error) => (landing_status(&error), None),
                 }
-                Err(error) => landing_status(&error),
-            },
+            }
         };
         let mut raw = [0u8; SHM_HEADER_LEN];
         header::encode(&header, &mut raw);
@@ -844,6 +838,13 @@ impl Transport for ShmTransport {
                 out.broken = true;
                 return Err(SendError::NotConnected(to));
             }
+        }
+        // The landing's permit is marked after the message is out (a landing whose message
+        // could not go was dropped above, which re-arms the frame), so the message does not
+        // wait behind the mark. The receiver may take the frame and arm it again first; then
+        // the mark finds the new arming and leaves it.
+        if let Some(landing) = landing {
+            landing.complete();
         }
         let bell = out.node.bell();
         if bell.should_wake() {
@@ -1080,34 +1081,44 @@ mod tests {
     }
 
     #[test]
-    fn a_claimed_landing_the_region_does_not_show_is_refused() {
+    fn a_claimed_landing_for_a_frame_not_armed_for_it_is_refused() {
         let dir = std::env::temp_dir().join(format!("fusion-shm-claim-{}", std::process::id()));
         let dir = TempDir(dir);
         let mut a = open(&dir.0, 1, 2);
         let mut b = open(&dir.0, 2, 1);
         wait_connected(&mut a, &mut b);
-        // Armed for a, but nothing landed: a record flagged LANDED must not be believed.
-        let token = b.region().claim(1).unwrap().arm(id(1));
+        // Records flagged LANDED, bypassing the landing, for a frame armed for another
+        // instance and for an arming that is over: neither may be believed, and neither may
+        // change the frame.
+        let region = b.region();
+        let other = region.claim(1).unwrap().arm(id(3));
+        let stale = region.claim(2).unwrap().arm(id(1));
+        let current = region.disarm(stale).unwrap().arm(id(1));
         let block = [0u8; 8192];
-        let mut frame = ping(b"trust me");
-        frame.block = Some(crate::OutgoingBlock {
-            bytes: &block,
-            landing: token,
-        });
-        let mut raw = [0u8; SHM_HEADER_LEN];
-        header::encode(&header_for(&frame, ClusterId(5), id(1), id(2), 0), &mut raw);
-        inject(&mut a, LANDED, &[&raw, b"trust me"]);
-        let mut events = [Vec::new(), Vec::new()];
-        poll_until(&mut a, &mut b, &mut events, |ev| !ev[1].is_empty());
-        assert!(
-            matches!(&events[1][..], [TransportEvent::LandingRefused { body, .. }] if body == b"trust me"),
-            "{events:?}"
-        );
+        for (token, body) in [(other, &b"not yours"[..]), (stale, b"too late")] {
+            let mut frame = ping(body);
+            frame.block = Some(crate::OutgoingBlock {
+                bytes: &block,
+                landing: token,
+            });
+            let mut raw = [0u8; SHM_HEADER_LEN];
+            header::encode(&header_for(&frame, ClusterId(5), id(1), id(2), 0), &mut raw);
+            inject(&mut a, LANDED, &[&raw, body]);
+            let mut events = [Vec::new(), Vec::new()];
+            poll_until(&mut a, &mut b, &mut events, |ev| !ev[1].is_empty());
+            assert!(
+                matches!(&events[1][..], [TransportEvent::LandingRefused { body: got, .. }] if got == body),
+                "{events:?}"
+            );
+        }
         assert!(
             b.is_connected(id(1)),
             "a refused landing keeps the connection"
         );
-        drop(b.region().disarm(token).unwrap());
+        assert!(region.take_landed(other).is_err());
+        assert!(region.take_landed(current).is_err());
+        drop(region.disarm(other).unwrap());
+        drop(region.disarm(current).unwrap());
     }
 
     #[test]

@@ -172,10 +172,10 @@ pub fn ring_pop(data: &[u8]) {
                 let frame = u32::from(fill & 1);
                 landing = region.claim(frame).ok().map(|guard| guard.arm(peer));
                 if let Some(token) = landing
-                    && let Ok(mut placing) = region.begin_landing(token, peer, BLOCK_LEN)
+                    && let Ok(mut placing) = region.begin_remote_landing(token, peer, BLOCK_LEN)
                 {
                     placing.buf().fill(fill);
-                    let _ = placing.complete();
+                    placing.complete();
                 }
             }
             _ => {

@@ -15,10 +15,11 @@
 //!   ring and the receiver drains critical before high before normal before low, a critical
 //!   frame never waits behind queued bulk.
 //! * **Blocks** are copied once, by the sender, straight into the receiver's armed frame
-//!   ([`BlockRegion::begin_landing`](crate::BlockRegion::begin_landing) on the receiver's
+//!   (`BlockRegion::begin_remote_landing`, which takes the frame's permit, on the receiver's
 //!   region, mapped by the sender), before the message is pushed; the receiver reports
-//!   [`TransportEvent::BlockLanded`](crate::TransportEvent::BlockLanded) after checking that the
-//!   frame really is Landed for that token and sender, else
+//!   [`TransportEvent::BlockLanded`](crate::TransportEvent::BlockLanded) after marking its
+//!   frame Landed, which it does only if the frame is armed with that token for that sender
+//!   (`BlockRegion::land_remote`), else
 //!   [`LandingRefused`](crate::TransportEvent::LandingRefused) (with the sender's reason),
 //!   and the message is delivered either way.
 //! * **Wake-ups** (`wake.rs`): `poll` with a timeout spins for [`ShmConfig::spin`], then
@@ -62,19 +63,18 @@
 //! 64 B -> 8 KiB block, against a 0.31 µs bare floor).
 //!
 //! **Cache-line transfers.** On these machines a line another core wrote costs about
-//! 60–100 ns to reach, so the hot path is counted in lines. A busy 64 B -> 8 KiB block round
-//! trip moves: the request record (two lines: the 64 B body does not fit beside the header)
-//! to the server; the client's frame state word to the server (one compare-exchange from the
-//! armed value the token implies, `BlockRegion::begin_landing`); the reply record (one line)
-//! to the client, which finds it in the shared cache (the producer `cldemote`s what it
-//! publishes); and the state word back (the landed check
-//! is a no-op compare-exchange, so `take_landed` finds the line exclusive). The state word is
-//! demoted to the shared cache too, by whichever side wrote it last (the client after arming,
-//! the server after landing), so each of the two compare-exchanges is served there rather than
-//! by a snoop into the other core. The block itself
-//! is copied once, into the frame. The bare floor moves two lines; the landing's two
-//! transfers and the request's second line are what validated landing states and real
-//! message bodies cost over it.
+//! 60–100 ns to reach, so the hot path is counted in lines, and no step waits for a line the
+//! other side wrote unless that line brings news. A busy 64 B -> 8 KiB block round trip
+//! moves: the request record (two lines: the 64 B body does not fit beside the header) to the
+//! server; the frame's permit to the server (one compare-exchange from the armed value the
+//! token implies, `BlockRegion::begin_remote_landing`; the client demoted it to the shared
+//! cache after arming); and the reply record (one line) to the client, which finds it in the
+//! shared cache (the producer `cldemote`s what it publishes). The client then marks the frame
+//! Landed in its own state word, which no other process writes (`BlockRegion::land_remote`),
+//! and the consumer of a ring zeroes the lines it consumed, so the slot it polls next is
+//! already in its own cache (`ring.rs`). The block itself is copied once, into the frame. The
+//! bare floor moves two lines; the permit and the request's second line are what validated
+//! landings and real message bodies cost over it.
 //!
 //! This module owns shared-memory transport mechanics only. It must never interpret bodies,
 //! decide which frame a block uses, or spawn threads.

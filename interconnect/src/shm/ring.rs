@@ -14,12 +14,19 @@
 //!
 //! Readiness lives in the record itself, so a consumer learns of a record and reads it in
 //! the same cache-line transfer (a separate `tail` word would cost a second, dependent one on
-//! every message). The producer writes the payload, then zeroes the header slot *after* the
-//! record (the terminator: whatever older bytes were there must not read as a record), then
-//! stores the record's header with Release. The consumer polls the header slot at its `head`
-//! with Acquire: zero means empty. After reading it advances `head` and publishes it with
-//! Release; the producer reads `head` (Acquire) only when its cached copy says the ring is
-//! full, so the producer needs a record plus the line of its terminator free.
+//! every message). Free space keeps one invariant: the first word of every line in it is zero,
+//! so the header slot where the next record will start reads as empty. The producer writes the
+//! payload, then stores the record's header with Release. The consumer polls the header slot at
+//! its `head` with Acquire: zero means empty. After reading a record it zeroes the first word
+//! of each of the record's lines (payload bytes of one lap are header slots of another), then
+//! advances `head` and publishes it with Release; the producer reads `head` (Acquire) only when
+//! its cached copy says the ring is full.
+//!
+//! The consumer, not the producer, restores the invariant, because of what it costs: a
+//! producer that zeroed the slot after each record (a terminator) wrote the very line the
+//! consumer looks at next, and the consumer's next poll, right after every pop, fetched it
+//! from the producer's core: one more transfer on every message's path. Zeroed by the
+//! consumer, that line is already in the consumer's cache.
 //!
 //! Records start on a cache line: a record of up to 64 bytes (a header and a short frame)
 //! crosses between the cores as one line, and the consumer learns of it, and reads it, with
@@ -43,7 +50,7 @@ pub(crate) const RECORD_HEADER: usize = 8;
 const LINE: u64 = 64;
 /// Every record starts on this alignment: a cache line (see the module documentation).
 const ALIGN: u64 = LINE;
-/// Smallest accepted capacity: a record and the line of its terminator.
+/// Smallest accepted capacity.
 pub(crate) const MIN_CAPACITY: usize = 2 * LINE as usize;
 /// Bytes reserved for a [`RingCtl`] in shared memory.
 #[cfg(not(loom))]
@@ -413,13 +420,13 @@ impl Producer {
     /// Largest payload a record can carry in this ring.
     #[cfg(test)]
     pub(crate) fn max_payload(&self) -> usize {
-        (self.mem.capacity - ALIGN) as usize - RECORD_HEADER
+        self.mem.capacity as usize - RECORD_HEADER
     }
 
-    /// Space a record with `payload` bytes needs now: itself plus the terminator after it.
+    /// Space a record with `payload` bytes takes.
     fn needed(&self, payload: usize) -> Result<u64, RingError> {
         match record_len(payload) {
-            Some(len) if len + ALIGN <= self.mem.capacity => Ok(len),
+            Some(len) if len <= self.mem.capacity => Ok(len),
             _ => Err(RingError::TooLarge(payload)),
         }
     }
@@ -427,7 +434,7 @@ impl Producer {
     /// Whether a record with `payload` bytes fits now. Once true it stays true until the next
     /// push: only the consumer changes the other index, and it only frees space.
     pub(crate) fn has_room(&mut self, payload: usize) -> Result<bool, RingError> {
-        let need = self.needed(payload)? + ALIGN;
+        let need = self.needed(payload)?;
         let capacity = self.mem.capacity;
         if capacity - self.tail.wrapping_sub(self.cached_head) >= need {
             return Ok(true);
@@ -455,18 +462,15 @@ impl Producer {
         let len = self.needed(payload)?;
         let mut pos = self.tail.wrapping_add(RECORD_HEADER as u64);
         for part in parts {
-            // SAFETY: `has_room` showed `[tail, tail + len + 8)` is free, so it is ours until
-            // we publish it; every part lies inside it and is at most a capacity long.
+            // SAFETY: `has_room` showed `[tail, tail + len)` is free, so it is ours until we
+            // publish it; every part lies inside it and is at most a capacity long.
             unsafe { self.mem.write(pos, part) };
             pos = pos.wrapping_add(part.len() as u64);
         }
         let next = self.tail.wrapping_add(len);
-        // The terminator: the slot after this record must read as empty once this record is
-        // visible. Relaxed suffices: the Release below orders it.
-        self.mem.header(next).store(0, Ordering::Relaxed);
-        // `payload + 1` fits in 32 bits: records are smaller than the capacity (< 2^31).
+        // `payload + 1` fits in 32 bits: records are at most the capacity (< 2^31).
         let header = (payload as u64 + 1) | u64::from(flags) << 32;
-        // Release: the payload and the terminator happen before the consumer sees the header.
+        // Release: the payload happens before the consumer sees the header.
         self.mem.header(self.tail).store(header, Ordering::Release);
         // The consumer reads these lines next: hand them to the shared cache now.
         let mask = self.mem.capacity - 1;
@@ -523,13 +527,15 @@ impl Consumer {
         let bad = RingError::BadRecord { header, capacity };
         let len = (header as u32).checked_sub(1).ok_or(bad)? as usize;
         let need = record_len(len)
-            .filter(|&need| need + ALIGN <= capacity)
+            .filter(|&need| need <= capacity)
             .ok_or(bad)?;
         // The header came with its cache line; ask for the record's other lines at once, so
         // they cross from the producer's core together instead of as the reads reach them.
         let mask = capacity - 1;
-        for line in (self.head + LINE..self.head + need).step_by(LINE as usize) {
-            self.mem.data.prefetch((line & mask) as usize);
+        for offset in (LINE..need).step_by(LINE as usize) {
+            self.mem
+                .data
+                .prefetch((self.head.wrapping_add(offset) & mask) as usize);
         }
         let mut record = Record {
             mem: &self.mem,
@@ -538,6 +544,13 @@ impl Consumer {
             flags: (header >> 32) as u32,
         };
         let out = f(&mut record);
+        // Free space reads as empty (see the module documentation). Relaxed: the Release
+        // below orders these stores before the producer reuses the space.
+        for offset in (0..need).step_by(LINE as usize) {
+            self.mem
+                .header(self.head.wrapping_add(offset))
+                .store(0, Ordering::Relaxed);
+        }
         self.head = self.head.wrapping_add(need);
         // Release: our reads of the record happen before the producer reuses its space.
         self.mem.head().store(self.head, Ordering::Release);
@@ -627,15 +640,18 @@ mod tests {
     #[test]
     fn records_wrap_around_the_end_intact() {
         let mut ring = ring(256);
-        // Records of one to three lines move the record starts around the buffer, so
-        // payloads straddle the end at every line (184 is the largest that fits).
+        // Records of one to four lines move the record starts around the buffer, so
+        // payloads straddle the end at every line, and every line start is in turn a header
+        // and payload bytes: after each pop, the slot where the next record will start must
+        // read as empty, whatever an earlier lap left there.
         for round in 0..500u64 {
-            let len = (round as usize * 13) % 185;
+            let len = (round as usize * 13) % 249;
             let body = pattern(round, len);
             let (a, b) = body.split_at(len / 3);
             assert!(ring.producer.push(round as u32, &[a, b]).unwrap());
             let (flags, got) = pop_vec(&mut ring.consumer).unwrap();
             assert_eq!((flags, got), (round as u32, body));
+            assert!(ring.consumer.is_empty(), "round {round}");
         }
         assert!(pop_vec(&mut ring.consumer).is_none());
     }
@@ -643,21 +659,28 @@ mod tests {
     #[test]
     fn a_full_ring_refuses_until_the_consumer_frees_space() {
         let mut ring = ring(256);
-        // Up to 56 payload bytes make a one-line record; a record also needs the line after
-        // it free, for its terminator.
+        // Up to 56 payload bytes make a one-line record, 57 to 120 two lines.
         assert!(ring.producer.push(1, &[&[1u8; 16]]).unwrap());
         assert!(ring.producer.push(2, &[&[2u8; 57]]).unwrap());
-        assert!(!ring.producer.has_room(0).unwrap());
-        assert!(!ring.producer.push(3, &[]).unwrap());
-        assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (1, vec![1u8; 16]));
-        // One line and its terminator's fit in the two lines now free; two lines do not.
-        assert!(!ring.producer.push(3, &[&[3u8; 57]]).unwrap());
+        assert!(
+            !ring.producer.push(3, &[&[3u8; 57]]).unwrap(),
+            "one line left"
+        );
         assert!(ring.producer.push(4, &[&[4u8; 56]]).unwrap());
+        assert!(!ring.producer.has_room(0).unwrap());
         assert!(!ring.producer.push(5, &[]).unwrap());
+        assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (1, vec![1u8; 16]));
+        assert!(
+            !ring.producer.push(3, &[&[3u8; 57]]).unwrap(),
+            "one line free"
+        );
         assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (2, vec![2u8; 57]));
         assert!(ring.producer.push(3, &[&[3u8; 57]]).unwrap());
+        assert!(ring.producer.push(5, &[]).unwrap());
+        assert!(!ring.producer.has_room(0).unwrap());
         assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (4, vec![4u8; 56]));
         assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (3, vec![3u8; 57]));
+        assert_eq!(pop_vec(&mut ring.consumer).unwrap(), (5, vec![]));
         assert!(pop_vec(&mut ring.consumer).is_none());
         assert!(ring.consumer.is_empty());
     }
@@ -680,7 +703,7 @@ mod tests {
     #[test]
     fn corrupt_headers_and_indices_are_errors_not_panics() {
         // Record headers announcing impossible lengths (or flags without a length).
-        for header in [1001u64, 0xffff_ffff, 7 << 32, 121] {
+        for header in [1001u64, 0xffff_ffff, 7 << 32, 122] {
             let mut ring = ring(128);
             // SAFETY: the first record header is the first word of the data area; no other
             // thread runs.
@@ -696,8 +719,9 @@ mod tests {
                 "header {header:#x}"
             );
         }
-        // A head beyond anything the producer wrote.
+        // A head beyond anything the producer wrote, read once the ring looks full.
         let mut ring = ring(128);
+        assert!(ring.producer.push(0, &[&[0u8; 40]]).unwrap());
         assert!(ring.producer.push(0, &[&[0u8; 40]]).unwrap());
         // SAFETY: the head word is the first word of the control block.
         unsafe { ring.map.as_mut_ptr().cast::<u64>().write(4096) };
@@ -780,10 +804,10 @@ mod loom_tests {
     use super::*;
 
     /// In a ring of four lines, the first record takes one, the second two, and the third
-    /// (two) must wait for the consumer to free both and then wraps around the end, so loom
-    /// checks the data hand-off in both directions (tail: bytes visible to the reader; head:
-    /// reads finished before the space is reused), and the third record's terminator lands on
-    /// the second record's old header. Exhaustive: it takes a few seconds.
+    /// (two) must wait for the consumer to free the first and then wraps around the end onto
+    /// the first record's header slot, which the consumer zeroed, so loom checks the data
+    /// hand-off in both directions (header: bytes visible to the reader; head: reads and
+    /// zeroing finished before the space is reused). Exhaustive: it takes a few seconds.
     #[test]
     fn records_cross_threads_with_happens_before() {
         loom::model(|| {
@@ -816,9 +840,8 @@ mod loom_tests {
                     None => loom::thread::yield_now(),
                 }
             }
-            // Still racing the writer's last push: the slot after the last record holds the
-            // second record's old header until the terminator clears it, and must already
-            // read as empty.
+            // The slot after the last record held the second record's header, zeroed when it
+            // was consumed: it reads as empty.
             assert!(consumer.pop(|_| ()).unwrap().is_none());
             writer.join().unwrap();
         });

@@ -746,3 +746,116 @@ fn a_failed_write_ends_every_waiting_committer() {
         assert!(stats.writes <= fail_after, "{stats:?}");
     }
 }
+
+/// Storage whose durable writes wait at a gate until it opens, and which remembers the thread
+/// that made each one.
+#[derive(Debug)]
+struct Gated {
+    inner: Arc<FaultyStorage>,
+    state: parking_lot::Mutex<(bool, Vec<std::thread::ThreadId>)>,
+    changed: parking_lot::Condvar,
+}
+
+impl Gated {
+    /// Waits (at most 30 s) until `n` durable writes have begun; says whether they have.
+    fn wait_for_writes(&self, n: usize) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut st = self.state.lock();
+        while st.1.len() < n {
+            if self.changed.wait_until(&mut st, deadline).timed_out() {
+                break;
+            }
+        }
+        st.1.len() >= n
+    }
+
+    fn open(&self) {
+        self.state.lock().0 = true;
+        self.changed.notify_all();
+    }
+
+    fn writers(&self) -> Vec<std::thread::ThreadId> {
+        self.state.lock().1.clone()
+    }
+}
+
+impl SharedStorage for Gated {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn alignment(&self) -> usize {
+        self.inner.alignment()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8], class: IoClass) -> Result<(), StorageError> {
+        self.inner.write_at(offset, buf, class)
+    }
+    fn sync(&self, class: IoClass) -> Result<(), StorageError> {
+        self.inner.sync(class)
+    }
+    fn write_durable_at(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        class: IoClass,
+    ) -> Result<(), StorageError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut st = self.state.lock();
+        st.1.push(std::thread::current().id());
+        self.changed.notify_all();
+        while !st.0 && !self.changed.wait_until(&mut st, deadline).timed_out() {}
+        drop(st);
+        self.inner.write_at(offset, buf, class)?;
+        self.inner.sync(class)
+    }
+    fn register_arena(&self, _arena: &IoArena) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+    fn info(&self) -> StorageInfo {
+        self.inner.info()
+    }
+}
+
+#[test]
+fn a_leader_writes_the_batch_that_opened_during_its_write() {
+    // A commit joins the open batch while the leader's write is in flight: the leader, running
+    // when its write ends, writes that batch too instead of waking the parked follower to.
+    let gated = Arc::new(Gated {
+        inner: Arc::new(FaultyStorage::new(
+            FaultConfig::new(THREAD_SIZE),
+            SimRng::new(3),
+        )),
+        state: parking_lot::Mutex::new((false, Vec::new())),
+        changed: parking_lot::Condvar::new(),
+    });
+    let t = thread(0, THREAD_SIZE);
+    let mut lives = Vec::new();
+    let (writer, _) = open_life(gated.clone(), t, 1, &mut lives);
+    std::thread::scope(|s| {
+        let leader = s.spawn(|| {
+            let receipt = writer.commit(&[record(1, 1, 100)]);
+            (std::thread::current().id(), receipt)
+        });
+        assert!(gated.wait_for_writes(1), "the leader's write never began");
+        let in_flight = writer.stats().used_bytes;
+        let follower = s.spawn(|| writer.commit(&[record(2, 2, 100)]));
+        // The follower's commit is in the open batch once its space is reserved.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while writer.stats().used_bytes == in_flight {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the follower never appended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        gated.open();
+        let (leader_id, first) = leader.join().unwrap();
+        let second = follower.join().unwrap().unwrap();
+        assert_eq!((first.unwrap().batch, second.batch), (1, 2));
+        assert_eq!(gated.writers(), vec![leader_id, leader_id]);
+    });
+    let (records, _) = read_all(gated.inner.as_ref(), t, 1, &lives);
+    assert_eq!(records, vec![record(1, 1, 100), record(2, 2, 100)]);
+}
