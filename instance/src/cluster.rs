@@ -13,6 +13,12 @@
 //! * A peer silent on the network for the grace (`membership.down_after`) while its disk
 //!   heartbeat goes on is **partitioned** (slow is not dead: a latency spike shorter than the
 //!   grace evicts no one).
+//! * A peer still heard on the network whose disk heartbeat has stood still for the grace,
+//!   while this instance's own view of the disk was fresh all along, is **stalled**: its
+//!   storage does not answer, so its lease has lapsed and it serves nothing, and every
+//!   block it holds or masters waits for it. It counts as dead (the cluster would otherwise
+//!   wait for its storage however long that takes); it learns the decision from a member's
+//!   `Status` and stops.
 //! * An instance whose own view of the disk is stale decides nothing.
 //! * The **coordinator** is the lowest-id member this instance still reaches. It proposes a
 //!   new epoch without the dead and the partitioned, when the reachable members are a
@@ -607,7 +613,8 @@ pub enum InstanceEvent {
         /// The member.
         peer: InstanceId,
     },
-    /// A member's network and disk heartbeats both stopped.
+    /// A member's network and disk heartbeats both stopped, or its disk heartbeat stood
+    /// still past the grace while the network still heard it (its storage stalls).
     Dead {
         /// The member.
         peer: InstanceId,
@@ -713,7 +720,8 @@ pub enum ClusterAction {
 pub struct ClusterStats {
     /// Peers that became suspect.
     pub suspected: u64,
-    /// Peers declared dead (network and disk heartbeats stopped).
+    /// Peers declared dead (network and disk heartbeats stopped, or the disk heartbeat
+    /// alone past the grace).
     pub dead: u64,
     /// Peers voted out while their disk heartbeat went on (partitions).
     pub partitioned: u64,
@@ -803,6 +811,10 @@ pub struct ClusterManager {
     /// When the latest disk-heartbeat observation came in: disk silence is measured up to
     /// it, so a late view (this instance's own disk reads slow under load) shows no one dead.
     disk_observed: Timestamp,
+    /// Since when this instance's own disk view has been fresh without a gap of the disk
+    /// timeout: a stalled peer's silence is counted only from here, so a stall of everyone's
+    /// storage (this instance's too) makes no one look stalled once it ends.
+    disk_fresh_since: Timestamp,
     /// Peers that asked to join.
     joining: InstanceSet,
     /// Members that have not reported their recovery done for `recovery_epoch`.
@@ -881,6 +893,7 @@ impl ClusterManager {
                 interconnect::MAX_INSTANCES
             ],
             disk_observed: now,
+            disk_fresh_since: now,
             joining: InstanceSet::EMPTY,
             recovery_pending: InstanceSet::EMPTY,
             recovery_epoch: epoch,
@@ -1019,6 +1032,9 @@ impl ClusterManager {
 
     /// A disk-heartbeat observation of `peer`'s slot: its counter and its Paxos block.
     pub fn on_disk(&mut self, peer: InstanceId, counter: u64, paxos: &[u8], now: Timestamp) {
+        if now.saturating_since(self.disk_observed) >= self.config.disk_timeout {
+            self.disk_fresh_since = now;
+        }
         self.disk_observed = self.disk_observed.max(now);
         let seen = &mut self.disk[peer.index()];
         if counter != seen.counter {
@@ -1390,11 +1406,14 @@ impl ClusterManager {
         for peer in self.live.iter().filter(|p| *p != self.me) {
             let net = self.net.peer_state(peer);
             let suspect = !self.connected.contains(peer) || net != PeerState::Up;
-            let disk_silent = self
+            let changed_at = self.disk[peer.index()].changed_at;
+            let disk_silent =
+                self.disk_observed.saturating_since(changed_at) >= self.config.disk_timeout;
+            let stalled = self
                 .disk_observed
-                .saturating_since(self.disk[peer.index()].changed_at)
-                >= self.config.disk_timeout;
-            if suspect && disk_silent {
+                .saturating_since(changed_at.max(self.disk_fresh_since))
+                >= self.config.membership.down_after;
+            if (suspect && disk_silent) || stalled {
                 dead.insert(peer);
             } else if net == PeerState::Down {
                 partitioned.insert(peer);
@@ -2129,6 +2148,41 @@ mod tests {
         let (_, live, lost) = reconfigured(&actions(&mut m)).expect("voted out");
         assert_eq!((live, lost), (set(&[0, 1]), set(&[2])));
         assert_eq!(m.stats().partitioned, 1);
+    }
+
+    #[test]
+    fn a_member_heard_whose_disk_heartbeat_stands_still_past_the_grace_is_voted_out() {
+        // The coordinator 0's storage stalls at 500 ms: its disk heartbeat stands still, its
+        // network heartbeats go on. Instance 1 must not wait for it however long the stall
+        // lasts (every block 0 holds would wait too), nor evict it below the grace.
+        let mut m = manager(1, &[0, 1, 2]);
+        run(&mut m, &[0, 2], &[0, 1, 2], 0, 500);
+        run(&mut m, &[0, 2], &[1, 2], 600, 2400);
+        assert!(
+            reconfigured(&actions(&mut m)).is_none(),
+            "a storage stall below the grace must evict no one"
+        );
+        run(&mut m, &[0, 2], &[1, 2], 2500, 3000);
+        let (epoch, live, lost) = reconfigured(&actions(&mut m)).expect("0 voted out");
+        assert_eq!((epoch, live, lost), (Epoch(2), set(&[1, 2]), set(&[0])));
+        assert_eq!(m.stats().dead, 1);
+    }
+
+    #[test]
+    fn after_a_stall_of_everyones_storage_no_one_looks_stalled() {
+        // Every instance's storage stalls from 500 ms to 4 s (this one's too; instance 0's
+        // counter was last seen to move at the start). When this one's disk rounds come back,
+        // 0's heartbeat has not moved yet: that is no stall of 0.
+        let mut m = manager(1, &[0, 1, 2]);
+        run(&mut m, &[0, 2], &[1, 2], 0, 500);
+        m.stalled = true;
+        run(&mut m, &[0, 2], &[0, 1, 2], 600, 4000);
+        m.stalled = false;
+        run(&mut m, &[0, 2], &[1, 2], 4100, 4300);
+        run(&mut m, &[0, 2], &[0, 1, 2], 4400, 8000);
+        let acts = actions(&mut m);
+        assert!(reconfigured(&acts).is_none(), "{acts:?}");
+        assert!(stopped(&acts).is_none(), "{acts:?}");
     }
 
     #[test]
