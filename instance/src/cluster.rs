@@ -975,6 +975,9 @@ impl ClusterManager {
     /// A connection to `peer` is up: tell it where we stand.
     pub fn on_connected(&mut self, peer: InstanceId) {
         self.connected.insert(peer);
+        // A new connection may be a new life of the peer: a request to join from an earlier
+        // one must not admit it (that life's timings were checked, not this one's).
+        self.joining.remove(peer);
         self.send(peer, self.hello());
     }
 
@@ -1010,6 +1013,7 @@ impl ClusterManager {
     /// The connection to `peer` dropped.
     pub fn on_disconnected(&mut self, peer: InstanceId) {
         self.announce_to.remove(peer);
+        self.joining.remove(peer);
         if self.connected.remove(peer) && self.live.contains(peer) {
             self.suspect(peer);
         }
@@ -2702,6 +2706,36 @@ mod tests {
             (Epoch(3), set(&[0, 1, 2]), InstanceSet::EMPTY)
         );
         assert_eq!(m.stats().joins, 1);
+    }
+
+    #[test]
+    fn a_join_request_does_not_outlive_its_connection() {
+        let mut m = manager(0, &[0, 1, 2]);
+        m.on_disconnected(id(2));
+        run(&mut m, &[1], &[0, 1], 0, 1000);
+        let (epoch, _, _) = reconfigured(&actions(&mut m)).expect("instance 2 lost");
+        // Instance 2 restarts with the cluster's timings and asks to join while the
+        // recovery of its old life still runs (joins wait for it) ...
+        m.on_connected(id(2));
+        let join = ClusterMessage::JoinRequest {
+            timings: FailureConfig::default(),
+        };
+        m.on_message(id(2), join, at(1010));
+        // ... and dies; its next life (its timings unknown: membership seed 15003181
+        // started it with twice the lease) connects but has not asked yet.
+        m.on_disconnected(id(2));
+        m.on_connected(id(2));
+        m.on_recovery_done(epoch);
+        m.on_message(id(1), ClusterMessage::RecoveryDone { epoch }, at(1050));
+        run(&mut m, &[1, 2], &[0, 1, 2], 1050, 2000);
+        assert!(
+            reconfigured(&actions(&mut m)).is_none(),
+            "admitted on an earlier life's request"
+        );
+        m.on_message(id(2), join, at(2000));
+        run(&mut m, &[1, 2], &[0, 1, 2], 2000, 2200);
+        let (_, live, _) = reconfigured(&actions(&mut m)).expect("admitted on its own request");
+        assert_eq!(live, set(&[0, 1, 2]));
     }
 
     #[test]

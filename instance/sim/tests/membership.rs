@@ -50,6 +50,9 @@ const REGRESSIONS: &[u64] = &[
     // pause, took the newer formation for a view change and served while its former ran
     // whole-cluster recovery.
     10_000_280,
+    // A request to join from a restarted instance's earlier life, kept past that life's
+    // death, admitted its next life, which ran twice the cluster's lease.
+    15_003_181,
 ];
 
 #[test]
