@@ -13,10 +13,10 @@
 //! * A peer silent on the network for the grace (`membership.down_after`) while its disk
 //!   heartbeat goes on is **partitioned** (slow is not dead: a latency spike shorter than the
 //!   grace evicts no one).
-//! * A peer still heard on the network whose disk heartbeat has stood still for the grace,
-//!   while this instance's own view of the disk was fresh all along, is **stalled**: its
-//!   storage does not answer, so its lease has lapsed and it serves nothing, and every
-//!   block it holds or masters waits for it. It counts as dead (the cluster would otherwise
+//! * A peer still heard on the network whose disk heartbeat has stood still for the grace
+//!   (and at least the disk timeout), while this instance's own view of the disk was fresh
+//!   all along, is **stalled**: its storage does not answer, so its lease has lapsed and it
+//!   serves nothing, and every block it holds or masters waits for it. It counts as dead (the cluster would otherwise
 //!   wait for its storage however long that takes); it learns the decision from a member's
 //!   `Status` and stops.
 //! * An instance whose own view of the disk is stale decides nothing.
@@ -1413,10 +1413,18 @@ impl ClusterManager {
             let changed_at = self.disk[peer.index()].changed_at;
             let disk_silent =
                 self.disk_observed.saturating_since(changed_at) >= self.config.disk_timeout;
+            // The grace, and never less than the disk timeout: a live peer's counter may be
+            // seen unchanged for up to two rounds (its writes and our reads drift), and the
+            // grace alone may be shorter than that (membership seed 16001431: 378 ms against
+            // 196 ms rounds voted out a healthy member).
             let stalled = self
                 .disk_observed
                 .saturating_since(changed_at.max(self.disk_fresh_since))
-                >= self.config.membership.down_after;
+                >= self
+                    .config
+                    .membership
+                    .down_after
+                    .max(self.config.disk_timeout);
             if (suspect && disk_silent) || stalled {
                 dead.insert(peer);
             } else if net == PeerState::Down {

@@ -53,6 +53,9 @@ const REGRESSIONS: &[u64] = &[
     // A request to join from a restarted instance's earlier life, kept past that life's
     // death, admitted its next life, which ran twice the cluster's lease.
     15_003_181,
+    // A healthy member voted out as "stalled": its disk counter was seen unchanged for two
+    // rounds, longer than a network grace shorter than the disk timeout.
+    16_001_431,
 ];
 
 #[test]
