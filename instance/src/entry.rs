@@ -42,6 +42,13 @@ pub const FORMATION_GRACE: Duration = Duration::from_secs(3);
 /// got a request may have died, or a message may have been lost).
 pub const ENTRY_RESEND: Duration = Duration::from_millis(500);
 
+/// How long an instance that gives up on its failure timings keeps telling them first: each
+/// connected peer that differs has had its `Hello` (and a repeat) for this long. The last
+/// messages of a process die with it, and a peer that never heard them would wait for ever
+/// for an instance that keeps stopping (membership soak seed 18010174: the odd one out waited
+/// in its formation while each life of the other stopped at once).
+pub const TIMINGS_TOLD_FOR: Duration = ENTRY_RESEND;
+
 /// Most messages queued for the driver; past it the oldest goes (they are all repeated).
 pub const MAX_QUEUED_MESSAGES: usize = 256;
 
@@ -216,6 +223,9 @@ pub struct Entry {
     /// from this instance's: such a peer is never counted as answered. Kept across a
     /// disconnection (its configuration changes only with a restart, whose `Hello` says so).
     peer_differs: Vec<Option<TimingMismatch>>,
+    /// Per connected peer (by index), since when this connection has carried this
+    /// instance's `Hello` (its timings).
+    told_since: Vec<Option<Timestamp>>,
     /// The newest running cluster heard of, and from whom: epoch 0 is a formation under
     /// way (its former says so while whole-cluster recovery runs), forgotten when the former
     /// goes.
@@ -285,6 +295,7 @@ impl Entry {
             answered: InstanceSet::EMPTY,
             peer_known: vec![None; interconnect::MAX_INSTANCES],
             peer_differs: vec![None; interconnect::MAX_INSTANCES],
+            told_since: vec![None; interconnect::MAX_INSTANCES],
             running: None,
             resend_at: now + ENTRY_RESEND,
             slots: vec![None; interconnect::MAX_INSTANCES],
@@ -335,9 +346,7 @@ impl Entry {
     /// when a running cluster is known.
     pub fn handle_connected(&mut self, peer: InstanceId, now: Timestamp) {
         self.connected.insert(peer);
-        if let Some(hello) = self.hello() {
-            self.send(peer, hello);
-        }
+        self.tell(peer, now);
         if self.running.is_some() {
             let timings = self.config.failure;
             self.send(peer, ClusterMessage::JoinRequest { timings });
@@ -349,6 +358,9 @@ impl Entry {
     pub fn handle_disconnected(&mut self, peer: InstanceId, now: Timestamp) {
         self.connected.remove(peer);
         self.answered.remove(peer);
+        if let Some(told) = self.told_since.get_mut(peer.index()) {
+            *told = None;
+        }
         if let Some(known) = self.peer_known.get_mut(peer.index()) {
             *known = None;
         }
@@ -426,7 +438,7 @@ impl Entry {
                 if let Some(differs) = self.peer_differs.get_mut(from.index()) {
                     *differs = self.config.failure.difference(&timings);
                 }
-                self.give_up_if_outnumbered();
+                self.give_up_if_outnumbered(now);
                 return;
             }
             ClusterMessage::Hello {
@@ -533,14 +545,12 @@ impl Entry {
         self.restart_when_clear();
         // The peers hear at once which decision this instance knows (first look, or a new
         // one learnt): a formation waits for all of them to know the same.
-        if (first || self.paxos.decided().epoch != known)
-            && let Some(hello) = self.hello()
-        {
+        if first || self.paxos.decided().epoch != known {
             for peer in self.connected.iter() {
-                self.send(peer, hello);
+                self.tell(peer, now);
             }
         }
-        self.give_up_if_outnumbered();
+        self.give_up_if_outnumbered(now);
         self.decide(now);
     }
 
@@ -603,12 +613,14 @@ impl Entry {
         if now >= self.resend_at {
             self.resend_at = now + ENTRY_RESEND;
             // Repeated: a lost message must not keep the cluster from forming or admitting.
-            if let Some(hello) = self.hello() {
-                for peer in self.connected.iter() {
-                    self.send(peer, hello);
-                }
+            for peer in self.connected.iter() {
+                self.tell(peer, now);
             }
             self.ask_to_join();
+        }
+        self.give_up_if_outnumbered(now);
+        if self.is_done() {
+            return;
         }
         if !self.round_in_flight && self.rounds_wanted() && now >= self.next_round {
             // This instance's slot moves while it looks for the cluster (so nobody takes it
@@ -863,12 +875,22 @@ impl Entry {
         }
     }
 
+    /// Sends `peer` this instance's `Hello` (none before its first look at the voting area).
+    fn tell(&mut self, peer: InstanceId, now: Timestamp) {
+        if let Some(hello) = self.hello() {
+            self.send(peer, hello);
+            if let Some(told) = self.told_since.get_mut(peer.index()) {
+                told.get_or_insert(now);
+            }
+        }
+    }
+
     /// Gives up entering once the configured instances whose timings differ from this one's
     /// leave too few for a majority with this instance's timings (the odd one out, or no
     /// side with a majority: all of them stop, and the operator fixes the files). Only once
-    /// this instance has told its own timings (its first look sent its `Hello` to every
-    /// connected peer), so that those peers can judge too.
-    fn give_up_if_outnumbered(&mut self) {
+    /// every connected peer that differs has had this instance's own timings for
+    /// [`TIMINGS_TOLD_FOR`], so that those peers judge too.
+    fn give_up_if_outnumbered(&mut self, now: Timestamp) {
         if self.is_done() || self.observed.is_none() {
             return;
         }
@@ -878,8 +900,18 @@ impl Entry {
             .filter_map(|p| Some((p, self.peer_differs.get(p.index()).copied().flatten()?)))
             .collect();
         let alike = configured.len() - differing.len();
+        let all_told = differing.iter().all(|(peer, _)| {
+            !self.connected.contains(*peer)
+                || self
+                    .told_since
+                    .get(peer.index())
+                    .copied()
+                    .flatten()
+                    .is_some_and(|since| now.saturating_since(since) >= TIMINGS_TOLD_FOR)
+        });
         if let Some(&(peer, mismatch)) = differing.first()
             && alike * 2 <= configured.len()
+            && all_told
         {
             self.outcome = Some(Err(EntryError::TimingsDiffer {
                 me: self.config.me,
@@ -1494,7 +1526,7 @@ mod tests {
             (Epoch(1), set(&all))
         );
 
-        // Instance 2, the odd one out, stops as soon as it has said its own timings.
+        // Instance 2, the odd one out, stops once it has told its own timings for a while.
         let mut odd = entry_with(2, &all, longer_lease(), 0);
         let _ = ios(&mut odd);
         hello(&mut odd, 0, 5);
@@ -1509,6 +1541,13 @@ mod tests {
             }),
             "{told:?}"
         );
+        let told_ms = u64::try_from(TIMINGS_TOLD_FOR.as_millis()).expect("small");
+        odd.handle_timeout(at(10 + told_ms - 1));
+        assert!(
+            odd.outcome().is_none(),
+            "its Hello may not have arrived yet"
+        );
+        odd.handle_timeout(at(10 + told_ms));
         let (_, running, text) = timings_differ(&odd).expect("stopped on the timings");
         assert!(!running);
         assert!(
@@ -1527,9 +1566,49 @@ mod tests {
             let _ = ios(&mut e);
             round(&mut e, 10, &[0, 1], &[0, 1]);
             hello_with(&mut e, other, 0, theirs, 20);
+            assert!(e.outcome().is_none(), "told {other} only now");
+            e.handle_timeout(at(20 + told_ms));
             let (peer, _, _) = timings_differ(&e).expect("stopped");
             assert_eq!(peer, id(other));
         }
+    }
+
+    /// Membership soak seed 18010174: an instance that stops on its timings stays until the
+    /// peer that differs has had its own for a while, each time that peer connects again —
+    /// the last messages of a process die with it, and the peer would never stop.
+    #[test]
+    fn an_instance_stopping_on_its_timings_first_tells_every_peer_that_differs() {
+        let told_ms = u64::try_from(TIMINGS_TOLD_FOR.as_millis()).expect("small");
+        let mut e = entry(0, &[0, 1]);
+        let _ = ios(&mut e);
+        round(&mut e, 10, &[0, 1], &[0, 1]);
+        // The peer differs, then goes before this instance's wait is over: nobody is left to
+        // tell (the peer hears the next life, which waits for it again).
+        hello_with(&mut e, 1, 0, longer_lease(), 20);
+        let _ = sent(&mut e);
+        e.handle_disconnected(id(1), at(100));
+        e.handle_timeout(at(20 + told_ms));
+        assert!(timings_differ(&e).is_some(), "nobody left to tell");
+
+        let mut e = entry(0, &[0, 1]);
+        let _ = ios(&mut e);
+        round(&mut e, 10, &[0, 1], &[0, 1]);
+        hello_with(&mut e, 1, 0, longer_lease(), 20);
+        e.handle_disconnected(id(1), at(100));
+        // It comes back: it is told again, and this instance waits the whole time again.
+        hello_with(&mut e, 1, 0, longer_lease(), 300);
+        let told = sent(&mut e);
+        assert!(
+            told.iter()
+                .filter(|(to, m)| *to == id(1) && matches!(m, ClusterMessage::Hello { .. }))
+                .count()
+                >= 2,
+            "{told:?}"
+        );
+        e.handle_timeout(at(20 + told_ms));
+        assert!(e.outcome().is_none(), "told this connection only at 300 ms");
+        e.handle_timeout(at(300 + told_ms));
+        assert!(timings_differ(&e).is_some());
     }
 
     #[test]

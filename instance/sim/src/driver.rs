@@ -2263,14 +2263,6 @@ impl Sim {
             )
     }
 
-    /// Whether `node` holds a past image of a block storage holds torn.
-    fn holds_torn_blocks_image(&self, node: usize) -> bool {
-        let gcs = self.nodes[node].node.core().gcs();
-        self.torn
-            .iter()
-            .any(|block| gcs.past_image(*block).is_some())
-    }
-
     /// Whether an instance other than `node` holds a past image of `block`.
     fn past_image_elsewhere(&self, node: usize, block: BlockId) -> bool {
         self.live()
@@ -3245,10 +3237,20 @@ impl Sim {
     /// is no longer renewed (seed 11003850: n1 proposed epoch 2 = {1} during n0's pause, its
     /// read of n0's block failed and it aborted with the value accepted; n1 was killed, and
     /// n0 adopted the value and stopped, fenced).
+    /// Nor while storage holds a block torn by a dying write, until recovery rebuilds it
+    /// from a survivor's past image: a death (or a cut, whose tie-break may fence the other
+    /// side) that takes the instance holding that image loses the block, which recovery
+    /// reports and this model cannot follow (seed 17009909: n2 stopped on a write error with
+    /// its write of 0.1 torn; the plan cut n0 off, n1 — holding 0.1's only past image —
+    /// lost the tie and stopped).
     fn death_must_wait(&self, now: Duration) -> bool {
         let members = self.memberships.newest().map(|(_, live)| live);
         self.faults.any_in_force(now)
             || self.accepted_without_a_running_instance()
+            || self
+                .torn
+                .iter()
+                .any(|block| self.is_torn_on_storage(*block))
             || self
                 .live()
                 .into_iter()
@@ -3300,29 +3302,6 @@ impl Sim {
             self.trace(|| format!("{stage:?}: n{victim} cannot die (the last alive)"));
             return;
         }
-        // A second death that takes the past image a torn block is rebuilt from loses the
-        // block (recovery reports it; this model cannot follow a lost block): another dies.
-        self.torn = self
-            .torn
-            .iter()
-            .copied()
-            .filter(|block| self.is_torn_on_storage(*block))
-            .collect();
-        let victim = if self.holds_torn_blocks_image(victim) {
-            let Some(other) = self
-                .live()
-                .into_iter()
-                .find(|i| !self.holds_torn_blocks_image(*i))
-            else {
-                self.trace(|| {
-                    format!("{stage:?}: n{victim} cannot die (a torn block needs its past image)")
-                });
-                return;
-            };
-            other
-        } else {
-            victim
-        };
         self.trace(|| format!("{stage:?}: n{victim} dies"));
         if matches!(stage, Stage::Crash(CrashPoint::Isolated(_))) {
             self.isolate(victim);
@@ -3876,6 +3855,7 @@ impl Sim {
                     ));
                 }
                 self.disk.insert(block, v);
+                self.torn.remove(&block);
                 self.stats.blocks_recovered += 1;
                 let now = self.local(node);
                 self.nodes[node].node.handle_recovered(
