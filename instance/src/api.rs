@@ -1177,7 +1177,7 @@ impl Setting<'_> {
         )?;
         let failure = self.config.failure;
         let own_paxos = slot.paxos;
-        let paxos = self.paxos(epoch, live, &own_paxos)?;
+        let paxos = self.paxos(entered, &own_paxos)?;
         let mut cluster =
             ClusterManager::new(me, configured, epoch, live, failure, paxos, Timestamp::ZERO)
                 .map_err(|e| StartError::Membership(e.to_string()))?;
@@ -1214,18 +1214,13 @@ impl Setting<'_> {
         Ok((runtime, commits))
     }
 
-    /// This instance's Disk Paxos, knowing the decision it starts in (`epoch` with `live`:
+    /// This instance's Disk Paxos, knowing the decision it starts in (the one it `entered`:
     /// as a block on disk records it when one does, since an admission was decided there),
     /// with its own block recovered so its ballots go on from where they were.
-    fn paxos(
-        &self,
-        epoch: Epoch,
-        live: InstanceSet,
-        own: &[u8],
-    ) -> Result<crate::paxos::DiskPaxos, StartError> {
+    fn paxos(&self, entered: Entered, own: &[u8]) -> Result<crate::paxos::DiskPaxos, StartError> {
         use crate::paxos::{DiskPaxos, PaxosConfig};
         let me = self.config.local.id;
-        let current = crate::entry::decision_at_entry(me, epoch, live, &self.paxos_blocks());
+        let current = crate::entry::decision_at_entry(me, entered, &self.paxos_blocks());
         let config = PaxosConfig {
             slots: usize::from(self.layout.max_instances),
             phase_timeout: crate::paxos::DEFAULT_PHASE_TIMEOUT,

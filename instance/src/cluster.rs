@@ -1479,6 +1479,10 @@ impl ClusterManager {
             return;
         }
         self.minority_since = None;
+        self.repropose_accepted(now);
+        if self.stopped {
+            return;
+        }
         let coordinator = reachable.iter().next() == Some(self.me);
         if !coordinator {
             // A member admitted lately is not reported until a second grace has passed: it
@@ -1585,6 +1589,43 @@ impl ClusterManager {
                 // The disk knows a newer decision than this instance applied: learn it.
                 let decided = self.paxos.decided();
                 self.on_decided(decided.epoch, decided.value, now);
+            }
+            Err(_) => {
+                self.propose_after = now + self.config.membership.heartbeat_interval;
+            }
+        }
+        self.pump_paxos(now);
+    }
+
+    /// Proposes again, coordinator or not, an epoch whose aborted proposal left a value
+    /// accepted in this instance's block. That value may already be decided, and whoever
+    /// proposes the epoch next adopts it, so the instances it leaves out are doomed either
+    /// way: their leases are withheld while it is on disk. Deciding it at once lets them learn
+    /// it and stop, and the survivors recover them a lease after; left alone, the epoch stays
+    /// undecided until the left-out ones' leases run out and they are voted out as dead (soak
+    /// seed 11003850). The proposal adopts the accepted value (or one accepted at a higher
+    /// ballot), so it decides nothing this instance would not have had to accept anyway. It
+    /// waits for `propose_after`, the backoff of the abort, so that a racing proposer is not
+    /// aborted in turn.
+    fn repropose_accepted(&mut self, now: Timestamp) {
+        if self.paxos.is_proposing() || now < self.propose_after {
+            return;
+        }
+        // An epoch applied from a message and not yet known to Disk Paxos is proposed again
+        // by `propose` instead.
+        if self.paxos.decided().epoch != self.epoch {
+            return;
+        }
+        let Some((epoch, value)) = self.paxos.accepted_undecided() else {
+            return;
+        };
+        match self.paxos.propose(epoch, value.members, now) {
+            Ok(_) => {
+                self.actions
+                    .push_back(ClusterAction::Event(InstanceEvent::Proposed {
+                        epoch,
+                        live: value.members,
+                    }));
             }
             Err(_) => {
                 self.propose_after = now + self.config.membership.heartbeat_interval;
@@ -2525,6 +2566,47 @@ mod tests {
         let mut two = manager_on(2, &[0, 1, 2], &disk);
         two.disk_round(&[0, 1, 2], 5, &[0, 1, 2], at(150));
         assert!(!two.may_renew_lease());
+    }
+
+    #[test]
+    fn an_aborted_proposal_whose_value_is_accepted_is_decided_promptly() {
+        // Soak seed 11003850: 1 proposes epoch 2 = {1} while 0 is paused; the phase-2 write
+        // of its block is durable, then the read of 0's block fails and the attempt aborts.
+        let disk = new_disk();
+        let mut one = manager_on(1, &[0, 1], &disk);
+        one.propose(set(&[1]), at(100));
+        while one.step(at(100), true) {
+            let block = PaxosBlock::decode(&disk.borrow()[1]).unwrap();
+            if block.is_some_and(|b| b.inp.is_some()) {
+                break;
+            }
+        }
+        one.stalled = true;
+        one.step(at(100), false);
+        assert_eq!(
+            one.queued.drain(..).collect::<Vec<_>>(),
+            vec![PaxosIo::ReadBlock { owner: id(0) }]
+        );
+        one.stalled = false;
+        one.on_paxos_read(id(0), None, at(110));
+        assert!(!one.is_proposing());
+        assert_eq!(one.stats().paxos.aborted, 1);
+        assert!(reconfigured(&actions(&mut one)).is_none());
+        // 0 is back: heard on the network, its disk heartbeat moving. 1 no longer wants it
+        // out, but the value accepted in its block may be decided already: 1 proposes the
+        // epoch again after its backoff and decides it, within a few heartbeat intervals.
+        run(&mut one, &[0], &[0, 1], 200, 1000);
+        let acts = actions(&mut one);
+        assert_eq!(
+            reconfigured(&acts),
+            Some((Epoch(2), set(&[1]), set(&[0]))),
+            "{acts:?}"
+        );
+        let block = PaxosBlock::decode(&disk.borrow()[1]).unwrap().unwrap();
+        assert_eq!(
+            (block.decided.epoch, block.decided.value.members),
+            (Epoch(2), set(&[1]))
+        );
     }
 
     /// Puts into `owner`'s slot of `disk` a formation of epoch 2 with `members` by `owner`

@@ -948,15 +948,15 @@ impl Entry {
     }
 }
 
-/// The decision a node starts its Disk Paxos from, entering at `epoch` with `live`: as a
-/// block on the voting area records it when one does (an admission was decided there, maybe
-/// proposed by another), else `live` proposed by its lowest member (a formation).
-pub fn decision_at_entry(
-    me: InstanceId,
-    epoch: Epoch,
-    live: InstanceSet,
-    blocks: &[PaxosBlock],
-) -> Decision {
+/// The decision a node starts its Disk Paxos from, having `entered`: as a block on the voting
+/// area records it when one does (an admission was decided there, maybe proposed by
+/// another), else its members proposed by their lowest, as the kind of entry says: a
+/// formation only if it formed. An admission whose decider's commit write is not on disk
+/// yet (or was not read) is still no formation: this decision goes into this instance's
+/// block, and a member one epoch behind that read a formation there would stop (a running
+/// instance never entered a formation).
+pub fn decision_at_entry(me: InstanceId, entered: Entered, blocks: &[PaxosBlock]) -> Decision {
+    let (epoch, live) = entered.membership();
     blocks
         .iter()
         .map(|b| b.decided)
@@ -966,7 +966,7 @@ pub fn decision_at_entry(
             value: Proposal {
                 members: live,
                 proposer: live.lowest().unwrap_or(me),
-                formation: true,
+                formation: matches!(entered, Entered::Formed { .. }),
             },
         })
 }
@@ -1616,10 +1616,24 @@ mod tests {
         let on_disk = PaxosBlock::decode(&decided(1, 4, 2, &[0, 1]))
             .expect("decodes")
             .expect("a block");
-        let d = decision_at_entry(id(0), Epoch(4), set(&[0, 1]), &[on_disk]);
+        let joined = |epoch, live: &[u64]| Entered::Joined {
+            epoch: Epoch(epoch),
+            live: set(live),
+        };
+        let d = decision_at_entry(id(0), joined(4, &[0, 1]), &[on_disk]);
         assert_eq!(d.value.proposer, id(1));
-        let d = decision_at_entry(id(2), Epoch(5), set(&[1, 2]), &[on_disk]);
+        // Not on disk: an admission is never taken for a formation (a member one epoch
+        // behind that read it in this instance's block would stop); a formation is one.
+        let d = decision_at_entry(id(2), joined(5, &[1, 2]), &[on_disk]);
         assert_eq!((d.epoch, d.value.proposer), (Epoch(5), id(1)));
+        assert!(!d.value.formation);
+        let formed = Entered::Formed {
+            epoch: Epoch(5),
+            live: set(&[1, 2]),
+            here: false,
+        };
+        let d = decision_at_entry(id(2), formed, &[on_disk]);
+        assert!(d.value.formation);
     }
 
     #[test]

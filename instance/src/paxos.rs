@@ -8,7 +8,8 @@
 //! protocol as used here and why two sides can never both decide an epoch.
 //!
 //! [`DiskPaxos`] is one instance's deterministic, sans-IO proposer and learner. Its methods:
-//! * getters: [`DiskPaxos::decided`], [`DiskPaxos::is_proposing`], [`DiskPaxos::stats`];
+//! * getters: [`DiskPaxos::decided`], [`DiskPaxos::is_proposing`],
+//!   [`DiskPaxos::accepted_undecided`], [`DiskPaxos::stats`];
 //! * inputs: [`DiskPaxos::recover_own`] (once, before proposing), [`DiskPaxos::observe`],
 //!   [`DiskPaxos::handle_write_done`], [`DiskPaxos::handle_write_failed`],
 //!   [`DiskPaxos::handle_read_done`], [`DiskPaxos::handle_read_failed`],
@@ -586,6 +587,18 @@ impl DiskPaxos {
     /// Whether a proposal is in flight.
     pub fn is_proposing(&self) -> bool {
         self.attempt.is_some()
+    }
+
+    /// The value the own block holds accepted for the epoch open for proposals (the one
+    /// after the newest decided), if any. It may already be decided, and a proposal of that
+    /// epoch by this instance adopts it (or a value accepted at a higher ballot): it can only
+    /// decide an accepted value, never a new one.
+    pub fn accepted_undecided(&self) -> Option<(Epoch, Proposal)> {
+        let own = self.own?;
+        if own.epoch.0.checked_sub(1) != Some(self.known.epoch.0) || own.bal == Ballot::ZERO {
+            return None;
+        }
+        own.inp.map(|inp| (own.epoch, inp))
     }
 
     /// Counters.

@@ -470,7 +470,7 @@ impl Sim {
                     .unwrap_or(u64::MAX);
                 local.saturating_sub(offset)
             });
-        let decision = decision_at_entry(id(node), epoch, live, &self.paxos_blocks());
+        let decision = decision_at_entry(id(node), entered, &self.paxos_blocks());
         let config = PaxosConfig {
             slots: self.nodes.len(),
             phase_timeout: self.timings.phase_timeout,
