@@ -18,8 +18,8 @@
 //!
 //! This module owns that bookkeeping. It must never decide anything else, nor block an I/O.
 
-use crate::storage::pass_through::{Hook, PassThrough};
-use crate::storage::{IoClass, SharedStorage, StorageError, WriteOp};
+use crate::storage::pass_through::{Call, Hook, PassThrough};
+use crate::storage::{SharedStorage, StorageError};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -110,51 +110,24 @@ impl IoWatch {
 /// commit took 3 to 100 ms here under load) cannot land anything late.
 pub type WatchedStorage = PassThrough<IoWatch>;
 
-impl IoWatch {
-    fn watched<R>(&self, call: impl FnOnce() -> R) -> R {
-        let id = self.begin();
-        let result = call();
-        self.end(id);
-        result
-    }
-}
-
 impl Hook for IoWatch {
-    fn write_at(
-        &self,
-        inner: &dyn SharedStorage,
-        offset: u64,
-        buf: &[u8],
-        class: IoClass,
-    ) -> Result<(), StorageError> {
-        self.watched(|| inner.write_at(offset, buf, class))
-    }
-
-    fn write_durable_at(
-        &self,
-        inner: &dyn SharedStorage,
-        offset: u64,
-        buf: &[u8],
-        class: IoClass,
-    ) -> Result<(), StorageError> {
-        self.watched(|| inner.write_durable_at(offset, buf, class))
-    }
-
-    fn write_batch(
-        &self,
-        inner: &dyn SharedStorage,
-        writes: &[WriteOp<'_>],
-        class: IoClass,
-    ) -> Result<(), StorageError> {
-        self.watched(|| inner.write_batch(writes, class))
+    fn call(&self, inner: &dyn SharedStorage, call: Call<'_, '_>) -> Result<(), StorageError> {
+        match call {
+            Call::WriteAt { .. } | Call::WriteDurableAt { .. } | Call::WriteBatch { .. } => {
+                let id = self.begin();
+                let result = call.on(inner);
+                self.end(id);
+                result
+            }
+            Call::ReadAt { .. } | Call::Sync { .. } | Call::ReadBatch { .. } => call.on(inner),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::AlignedBuf;
-    use crate::storage::StorageInfo;
+    use crate::storage::{AlignedBuf, IoClass, StorageInfo};
     use std::sync::Arc;
 
     /// A storage whose writes take `delay` (a storage path holding them).

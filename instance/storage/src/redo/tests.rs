@@ -4,8 +4,8 @@ use super::writer::IN_FLIGHT_GAP;
 use super::*;
 use crate::faulty::{FaultConfig, FaultyStorage, MILLION};
 use crate::format::{Life, RedoThreadLocation};
-use crate::pass_through::{Hook, PassThrough};
-use crate::{self as storage, IoClass, ReadOp, SharedStorage, StorageError, StorageOptions};
+use crate::pass_through::{Call, Hook, PassThrough};
+use crate::{self as storage, IoClass, SharedStorage, StorageError, StorageOptions};
 use gcs::BlockId;
 use interconnect::sim::SimRng;
 use interconnect::{ClusterId, InstanceId, Scn};
@@ -104,13 +104,10 @@ impl DiesMidWrite {
 }
 
 impl Hook for DiesMidWrite {
-    fn write_durable_at(
-        &self,
-        inner: &dyn SharedStorage,
-        offset: u64,
-        buf: &[u8],
-        class: IoClass,
-    ) -> Result<(), StorageError> {
+    fn call(&self, inner: &dyn SharedStorage, call: Call<'_, '_>) -> Result<(), StorageError> {
+        let Call::WriteDurableAt { offset, buf, class } = call else {
+            return call.on(inner);
+        };
         if self.durable_writes_left.fetch_sub(1, Ordering::SeqCst) == 0 {
             inner.write_at(offset, buf, class)?;
             return Err(StorageError::Io {
@@ -314,7 +311,7 @@ struct LandsDuringTheRead {
     first_read_done: std::sync::atomic::AtomicBool,
 }
 
-impl Hook for LandsDuringTheRead {
+impl LandsDuringTheRead {
     fn read_at(
         &self,
         inner: &dyn SharedStorage,
@@ -329,17 +326,18 @@ impl Hook for LandsDuringTheRead {
         }
         Ok(())
     }
+}
 
-    /// Read by read, each as [`LandsDuringTheRead::read_at`].
-    fn read_batch(
-        &self,
-        inner: &dyn SharedStorage,
-        reads: &mut [ReadOp<'_>],
-    ) -> Result<(), StorageError> {
-        for op in reads.iter_mut() {
-            self.read_at(inner, op.offset, op.buf)?;
+impl Hook for LandsDuringTheRead {
+    /// Reads one by one, batched or not.
+    fn call(&self, inner: &dyn SharedStorage, call: Call<'_, '_>) -> Result<(), StorageError> {
+        match call {
+            Call::ReadAt { offset, buf } => self.read_at(inner, offset, buf),
+            Call::ReadBatch { reads } => reads
+                .iter_mut()
+                .try_for_each(|op| self.read_at(inner, op.offset, op.buf)),
+            other => other.on(inner),
         }
-        Ok(())
     }
 }
 
@@ -759,13 +757,10 @@ impl Gated {
 }
 
 impl Hook for Gated {
-    fn write_durable_at(
-        &self,
-        inner: &dyn SharedStorage,
-        offset: u64,
-        buf: &[u8],
-        class: IoClass,
-    ) -> Result<(), StorageError> {
+    fn call(&self, inner: &dyn SharedStorage, call: Call<'_, '_>) -> Result<(), StorageError> {
+        let Call::WriteDurableAt { offset, buf, class } = call else {
+            return call.on(inner);
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut st = self.state.lock();
         st.1.push(std::thread::current().id());
