@@ -18,10 +18,10 @@
 //!
 //! This module owns that bookkeeping. It must never decide anything else, nor block an I/O.
 
-use crate::storage::{IoArena, IoClass, ReadOp, SharedStorage, StorageError, StorageInfo, WriteOp};
+use crate::storage::pass_through::{Call, Hook, PassThrough};
+use crate::storage::{SharedStorage, StorageError};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// An I/O of the storage path ran past its configured bound.
@@ -108,77 +108,27 @@ impl IoWatch {
 /// reported done is already where the other instances read it (direct I/O; or, without it,
 /// the one host's page cache they share), so a slow flush of it (a file system's journal
 /// commit took 3 to 100 ms here under load) cannot land anything late.
-#[derive(Debug)]
-pub struct WatchedStorage {
-    inner: Arc<dyn SharedStorage>,
-    watch: Arc<IoWatch>,
-}
+pub type WatchedStorage = PassThrough<IoWatch>;
 
-impl WatchedStorage {
-    /// `inner`, watched by `watch`.
-    pub fn new(inner: Arc<dyn SharedStorage>, watch: Arc<IoWatch>) -> Self {
-        Self { inner, watch }
-    }
-
-    fn watched<R>(&self, call: impl FnOnce(&dyn SharedStorage) -> R) -> R {
-        let id = self.watch.begin();
-        let result = call(self.inner.as_ref());
-        self.watch.end(id);
-        result
-    }
-}
-
-impl SharedStorage for WatchedStorage {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-
-    fn alignment(&self) -> usize {
-        self.inner.alignment()
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
-        self.inner.read_at(offset, buf)
-    }
-
-    fn write_at(&self, offset: u64, buf: &[u8], class: IoClass) -> Result<(), StorageError> {
-        self.watched(|s| s.write_at(offset, buf, class))
-    }
-
-    fn sync(&self, class: IoClass) -> Result<(), StorageError> {
-        self.inner.sync(class)
-    }
-
-    fn write_durable_at(
-        &self,
-        offset: u64,
-        buf: &[u8],
-        class: IoClass,
-    ) -> Result<(), StorageError> {
-        self.watched(|s| s.write_durable_at(offset, buf, class))
-    }
-
-    fn read_batch(&self, reads: &mut [ReadOp<'_>]) -> Result<(), StorageError> {
-        self.inner.read_batch(reads)
-    }
-
-    fn write_batch(&self, writes: &[WriteOp<'_>], class: IoClass) -> Result<(), StorageError> {
-        self.watched(|s| s.write_batch(writes, class))
-    }
-
-    fn register_arena(&self, arena: &IoArena) -> Result<bool, StorageError> {
-        self.inner.register_arena(arena)
-    }
-
-    fn info(&self) -> StorageInfo {
-        self.inner.info()
+impl Hook for IoWatch {
+    fn call(&self, inner: &dyn SharedStorage, call: Call<'_, '_>) -> Result<(), StorageError> {
+        match call {
+            Call::WriteAt { .. } | Call::WriteDurableAt { .. } | Call::WriteBatch { .. } => {
+                let id = self.begin();
+                let result = call.on(inner);
+                self.end(id);
+                result
+            }
+            Call::ReadAt { .. } | Call::Sync { .. } | Call::ReadBatch { .. } => call.on(inner),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::AlignedBuf;
+    use crate::storage::{AlignedBuf, IoClass, StorageInfo};
+    use std::sync::Arc;
 
     /// A storage whose writes take `delay` (a storage path holding them).
     #[derive(Debug)]

@@ -443,14 +443,7 @@ fn a_majority_restarts_the_cluster_with_a_member_missing() {
 
 /// `members_up` from instance `id`'s INFO.
 fn members_up(cluster: &Cluster, id: usize) -> usize {
-    let Resp::Bulk(info) = cluster.client(id).call(&["INFO", "fusion"]).unwrap() else {
-        panic!("INFO is not a bulk string");
-    };
-    String::from_utf8_lossy(&info)
-        .lines()
-        .find_map(|l| l.strip_prefix("members_up:"))
-        .map(|n| n.trim().parse().unwrap())
-        .unwrap()
+    cluster.info_field(id, "members_up").parse().unwrap()
 }
 
 /// Pipelined writes are acknowledged only once durable: clients of both instances send

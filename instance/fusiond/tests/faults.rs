@@ -42,12 +42,14 @@ mod common;
 #[path = "faults/stall_fs.rs"]
 mod stall_fs;
 
-use common::{Client, Cluster, ClusterOptions, DEADLINE, FUSIOND, Resp, call_retrying};
+use common::{
+    Cluster, ClusterOptions, FUSIOND, Reconnecting, Resp, call_retrying, run, skip_reason,
+};
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -64,51 +66,6 @@ const SERVES: u64 = 20;
 
 fn key(n: usize) -> String {
     format!("fault:{n}")
-}
-
-// ------------------------------------------------------------------------------ skipping
-
-/// Why a test that needs `tools` (and root, if `root`) cannot run here, if it cannot.
-fn skip_reason(root: bool, tools: &[&str]) -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|uids| uids.split_whitespace().nth(1).map(str::to_string));
-    if root && euid.as_deref() != Some("0") {
-        return Some(format!(
-            "needs root (effective uid {})",
-            euid.as_deref().unwrap_or("unknown")
-        ));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for tool in tools {
-        let found = std::env::split_paths(&path)
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-            .any(|dir| dir.join(tool).is_file());
-        if !found {
-            return Some(format!("no `{tool}` command"));
-        }
-    }
-    None
-}
-
-/// Runs `program args`; its stdout, or what went wrong.
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{program} {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "{program} {}: {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 // ------------------------------------------------------------------------------ the firewall
@@ -254,6 +211,8 @@ impl Drop for LoopDevice {
 /// device), then the scratch folder holding the mount point and the device's file.
 struct Faulty {
     cluster: Cluster,
+    /// What the cluster was created from (its id and redo size format a device alike).
+    options: ClusterOptions,
     firewall: Option<Firewall>,
     stall: Option<stall_fs::StallFs>,
     loop_device: Option<LoopDevice>,
@@ -263,8 +222,10 @@ struct Faulty {
 impl Faulty {
     /// `instances` instances on a fresh shared file; none started yet.
     fn new(instances: usize) -> Self {
+        let options = ClusterOptions::new(FUSIOND, instances);
         Faulty {
-            cluster: Cluster::create_from(&ClusterOptions::new(FUSIOND, instances)),
+            cluster: Cluster::create_from(&options),
+            options,
             firewall: None,
             stall: None,
             loop_device: None,
@@ -301,18 +262,7 @@ impl Faulty {
 
     /// `INFO` field `field` of instance `id` (retried while it reconfigures).
     fn info(&self, id: usize, field: &str) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            match self.cluster.info(id) {
-                Ok(info) if info.contains_key(field) => return info[field].clone(),
-                other => assert!(
-                    Instant::now() < deadline,
-                    "instance {id}: no INFO {field}: {other:?}\n{}",
-                    self.cluster.logs()
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.cluster.info_field(id, field)
     }
 
     fn epoch(&self, id: usize) -> u64 {
@@ -486,6 +436,60 @@ impl Faulty {
         self.stall = Some(stall);
         Ok(())
     }
+
+    /// Formats a loop block device (`--direct-io=on`) as `fusionctl create` does and points
+    /// every instance at it; `Err`: no loop device with direct I/O here (a skip).
+    fn on_loop_device(&mut self) -> Result<(), String> {
+        // The device's backing file: as large as the shared file, and all zeroes.
+        let size = std::fs::metadata(&self.cluster.storage).unwrap().len();
+        let backing = self.scratch.path().join("device.img");
+        std::fs::File::create(&backing)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        let device = LoopDevice::attach(&backing)?;
+        let path = PathBuf::from(&device.path);
+        self.loop_device = Some(device);
+        // fusionctl create's work, called directly.
+        let mut spec = instance::format::ClusterSpec::new(
+            interconnect::ClusterId(self.options.cluster_id),
+            self.n() as u16,
+            None,
+        );
+        spec.block_size = 8192;
+        spec.redo_thread_size = self.options.redo_mib << 20;
+        let created = instance::format::create(&path, &spec, false);
+        assert!(created.is_ok(), "formatting {path:?}: {:?}", created.err());
+        for id in 0..self.n() {
+            self.cluster.point_storage(id, &path).unwrap();
+        }
+        Ok(())
+    }
+
+    /// The end of a test where instance `lost` stopped: `survivors` reach an epoch after
+    /// `epoch` and serve ([`Faulty::expect_survivors`]); the workload ends and they hold every
+    /// acknowledged increment ([`Faulty::check_contents`]); `lost` restarts and every
+    /// instance reads what the first survivor reads; then [`Faulty::finish`].
+    fn survivors_then_rejoin(
+        mut self,
+        survivors: &[usize],
+        epoch: u64,
+        workload: Workload,
+        lost: usize,
+    ) {
+        self.expect_survivors(survivors, epoch, &workload);
+        let tally = workload.finish();
+        let contents = self.check_contents(survivors, &tally);
+        self.rejoin(lost, survivors[0]);
+        for &id in &survivors[1..] {
+            assert_eq!(
+                self.contents(id),
+                contents,
+                "instance {id} reads other contents"
+            );
+        }
+        self.finish();
+    }
 }
 
 impl Drop for Faulty {
@@ -537,37 +541,23 @@ impl Workload {
                         acked: vec![0; KEYS],
                         unsure: 0,
                     };
-                    let mut client: Option<Client> = None;
+                    let mut client = Reconnecting::new(address);
                     // Each client walks the keys at its own stride: every key is changed
                     // through every instance.
                     let mut n = id * 7 + c * 13;
                     while !stop.load(Ordering::Relaxed) {
                         n = (n + 5 + c) % KEYS;
-                        let conn = match &mut client {
-                            Some(conn) => conn,
-                            None => match Client::connect(address)
-                                .and_then(|c| c.with_timeout(Duration::from_secs(15)))
-                            {
-                                Ok(conn) => client.insert(conn),
-                                Err(_) => {
-                                    std::thread::sleep(Duration::from_millis(100));
-                                    continue;
-                                }
-                            },
-                        };
-                        match conn.call(&["INCR", &key(n)]) {
-                            Ok(Resp::Integer(_)) => {
+                        match client.call(&["INCR", &key(n)]) {
+                            Some(Ok(Resp::Integer(_))) => {
                                 tally.acked[n] += 1;
                                 served.fetch_add(1, Ordering::Relaxed);
                             }
-                            Ok(_) => {
+                            Some(Ok(_)) => {
                                 tally.unsure += 1;
                                 std::thread::sleep(Duration::from_millis(20));
                             }
-                            Err(_) => {
-                                tally.unsure += 1;
-                                client = None;
-                            }
+                            Some(Err(_)) => tally.unsure += 1,
+                            None => {}
                         }
                     }
                     tally
@@ -639,6 +629,121 @@ fn wait_for_exits(
     }
 }
 
+// ------------------------------------------------------------------------------ the scenario
+
+/// What a test's faults run on, set up before its cluster starts: the instances, and a
+/// firewall on one connection, a stalling mount under one instance or a loop device under
+/// all; and the tools and privilege those need.
+struct Scenario {
+    test: &'static str,
+    instances: usize,
+    root: bool,
+    tools: Vec<&'static str>,
+    /// The firewall's tag, and the instances listening and dialing on the connection it cuts
+    /// (the higher id dials: its packets to the other's port mark the connection).
+    cut: Option<(&'static str, usize, usize)>,
+    /// The instance whose storage can stall or fail.
+    stall: Option<usize>,
+    loop_device: bool,
+}
+
+impl Scenario {
+    /// `instances` instances of the test `test`, on the shared file, with no fault prepared.
+    fn new(test: &'static str, instances: usize) -> Self {
+        Scenario {
+            test,
+            instances,
+            root: false,
+            tools: Vec::new(),
+            cut: None,
+            stall: None,
+            loop_device: false,
+        }
+    }
+
+    /// The test needs `tool` (and root, if `root`).
+    fn needs(mut self, root: bool, tool: &'static str) -> Self {
+        self.root |= root;
+        self.tools.push(tool);
+        self
+    }
+
+    /// A [`Firewall`] tagged `tag` can cut the connection `dialer` makes to `listener`.
+    fn cut(self, tag: &'static str, listener: usize, dialer: usize) -> Self {
+        Scenario {
+            cut: Some((tag, listener, dialer)),
+            ..self.needs(true, "nft")
+        }
+    }
+
+    /// Instance `id` runs on a [`stall_fs::StallFs`] over the shared file.
+    fn stall(self, id: usize) -> Self {
+        Scenario {
+            stall: Some(id),
+            ..self.needs(true, "umount")
+        }
+    }
+
+    /// Every instance runs on a loop block device ([`Faulty::on_loop_device`]).
+    fn on_loop_device(self) -> Self {
+        Scenario {
+            loop_device: true,
+            ..self.needs(true, "losetup")
+        }
+    }
+
+    /// Prepares the faults, starts every instance and the workload, and waits until
+    /// instance `serving`'s clients saw increments acknowledged: the cluster, the workload
+    /// and each instance's epoch before the workload started; `None` (after one `SKIPPED`
+    /// line saying why) where the test cannot run here.
+    fn start(self, serving: usize) -> Option<(Faulty, Workload, Vec<u64>)> {
+        let test = self.test;
+        let skipped = |why: String| {
+            eprintln!("SKIPPED {test}: {why}");
+            None
+        };
+        if let Some(why) = skip_reason(self.root, &self.tools) {
+            return skipped(why);
+        }
+        let mut faulty = Faulty::new(self.instances);
+        let mut group = Vec::new();
+        if let Some((tag, listener, dialer)) = self.cut {
+            let port = faulty.cluster.addresses[listener].port();
+            match Firewall::new(tag, cut_gid(), port) {
+                Ok(firewall) => faulty.firewall = Some(firewall),
+                Err(why) => return skipped(format!("nftables does not work here: {why}")),
+            }
+            group.push(dialer);
+        }
+        if let Some(id) = self.stall
+            && let Err(why) = faulty.stall_storage_of(id)
+        {
+            return skipped(format!("FUSE does not work here: {why}"));
+        }
+        if self.loop_device
+            && let Err(why) = faulty.on_loop_device()
+        {
+            return skipped(format!("no loop device with direct I/O here: {why}"));
+        }
+        faulty.start(&group);
+        let epochs = (0..faulty.n()).map(|id| faulty.epoch(id)).collect();
+        let workload = Workload::start(&faulty);
+        workload.progress(&faulty, serving, SERVES);
+        Some((faulty, workload, epochs))
+    }
+}
+
+/// Instance `id` stopped because it was voted out: its lease lapsed, an epoch decided
+/// without it fenced it, or it learned it was excluded (`why`: the reason its log gives).
+fn assert_voted_out(id: usize, why: &str) {
+    assert!(
+        ["fenced", "lease", "excluded"]
+            .iter()
+            .any(|reason| why.contains(reason)),
+        "instance {id} stopped for another reason: {why}"
+    );
+}
+
 // ------------------------------------------------------------------------------ the tests
 
 /// The 0–1 connection is cut both ways (0–2 and 1–2 stay) under the workload until one of 0
@@ -649,24 +754,11 @@ fn wait_for_exits(
 #[test]
 fn a_one_link_cut_among_three_stops_exactly_one_end() {
     let test = "a_one_link_cut_among_three_stops_exactly_one_end";
-    if let Some(why) = skip_reason(true, &["nft"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    let port = faulty.cluster.addresses[0].port();
-    match Firewall::new("c", cut_gid(), port) {
-        Ok(firewall) => faulty.firewall = Some(firewall),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
-            return;
-        }
-    }
     // Instance 1 dials 0 (the higher id dials): its packets to 0's port mark the link.
-    faulty.start(&[1]);
-    let epoch = faulty.epoch(0);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 1, SERVES);
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).cut("c", 0, 1).start(1)
+    else {
+        return;
+    };
     let cut_at = Instant::now();
     faulty.firewall.as_ref().unwrap().cut();
     let exited = wait_for_exits(&mut faulty, &[0, 1, 2], cut_at, Duration::from_secs(6));
@@ -677,14 +769,7 @@ fn a_one_link_cut_among_three_stops_exactly_one_end() {
     let why = faulty.stopped_reason(loser, status);
     eprintln!("{test}: instance {loser} stopped: {why}");
     let winner = 1 - loser;
-    let mut survivors = vec![winner, 2];
-    survivors.sort_unstable();
-    faulty.expect_survivors(&survivors, epoch, &workload);
-    let tally = workload.finish();
-    let contents = faulty.check_contents(&survivors, &tally);
-    faulty.rejoin(loser, winner);
-    assert_eq!(faulty.contents(2), contents);
-    faulty.finish();
+    faulty.survivors_then_rejoin(&[winner, 2], epochs[0], workload, loser);
 }
 
 /// What instance 2 sends on its connection to 1 is dropped (1 → 2 is carried, and 0's links
@@ -695,24 +780,11 @@ fn a_one_link_cut_among_three_stops_exactly_one_end() {
 #[test]
 fn a_one_way_cut_between_two_members_stops_its_higher_end() {
     let test = "a_one_way_cut_between_two_members_stops_its_higher_end";
-    if let Some(why) = skip_reason(true, &["nft"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    let port = faulty.cluster.addresses[1].port();
-    match Firewall::new("w", cut_gid(), port) {
-        Ok(firewall) => faulty.firewall = Some(firewall),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
-            return;
-        }
-    }
     // Instance 2 dials 1 (the higher id dials): its packets to 1's port mark the link.
-    faulty.start(&[2]);
-    let epoch = faulty.epoch(0);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).cut("w", 1, 2).start(2)
+    else {
+        return;
+    };
     let cut_at = Instant::now();
     faulty.firewall.as_ref().unwrap().cut_one_way();
     let exited = wait_for_exits(&mut faulty, &[0, 1, 2], cut_at, Duration::from_secs(6));
@@ -721,7 +793,7 @@ fn a_one_way_cut_between_two_members_stops_its_higher_end() {
     assert_eq!(stopped, [2], "instances {exited:?} stopped");
     let why = faulty.stopped_reason(2, exited[&2]);
     eprintln!("{test}: instance 2 stopped: {why}");
-    faulty.expect_survivors(&[0, 1], epoch, &workload);
+    faulty.expect_survivors(&[0, 1], epochs[0], &workload);
     let tally = workload.finish();
     faulty.check_contents(&[0, 1], &tally);
     for id in [0, 1] {
@@ -742,15 +814,11 @@ fn a_one_way_cut_between_two_members_stops_its_higher_end() {
 #[test]
 fn a_frozen_instance_stops_by_itself_when_thawed_and_nothing_is_lost() {
     let test = "a_frozen_instance_stops_by_itself_when_thawed_and_nothing_is_lost";
-    if let Some(why) = skip_reason(false, &["kill"]) {
-        eprintln!("SKIPPED {test}: {why}");
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).needs(false, "kill").start(1)
+    else {
         return;
-    }
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let epoch = faulty.epoch(0);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 1, SERVES);
+    };
+    let epoch = epochs[0];
     let frozen_at = Instant::now();
     faulty.cluster.signal(1, "STOP").unwrap();
     let deadline = Instant::now() + REACT;
@@ -765,18 +833,8 @@ fn a_frozen_instance_stops_by_itself_when_thawed_and_nothing_is_lost() {
     faulty.cluster.signal(1, "CONT").unwrap();
     let why = faulty.expect_stopped(1);
     eprintln!("{test}: instance 1 stopped: {why}");
-    assert!(
-        ["fenced", "lease", "excluded"]
-            .iter()
-            .any(|reason| why.contains(reason)),
-        "instance 1 stopped for another reason: {why}"
-    );
-    faulty.expect_survivors(&[0, 2], epoch, &workload);
-    let tally = workload.finish();
-    let contents = faulty.check_contents(&[0, 2], &tally);
-    faulty.rejoin(1, 0);
-    assert_eq!(faulty.contents(2), contents);
-    faulty.finish();
+    assert_voted_out(1, &why);
+    faulty.survivors_then_rejoin(&[0, 2], epoch, workload, 1);
 }
 
 /// Three instances on a loop block device (`--direct-io=on`), formatted as `fusionctl
@@ -785,58 +843,12 @@ fn a_frozen_instance_stops_by_itself_when_thawed_and_nothing_is_lost() {
 #[test]
 fn a_cluster_on_a_loop_block_device_survives_a_kill() {
     let test = "a_cluster_on_a_loop_block_device_survives_a_kill";
-    if let Some(why) = skip_reason(true, &["losetup"]) {
-        eprintln!("SKIPPED {test}: {why}");
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).on_loop_device().start(2)
+    else {
         return;
-    }
-    let options = ClusterOptions::new(FUSIOND, 3);
-    let mut faulty = Faulty {
-        cluster: Cluster::create_from(&options),
-        firewall: None,
-        stall: None,
-        loop_device: None,
-        scratch: tempfile::tempdir().unwrap(),
     };
-    // The device's backing file: as large as the shared file, and all zeroes.
-    let size = std::fs::metadata(&faulty.cluster.storage).unwrap().len();
-    let backing = faulty.scratch.path().join("device.img");
-    std::fs::File::create(&backing)
-        .unwrap()
-        .set_len(size)
-        .unwrap();
-    match LoopDevice::attach(&backing) {
-        Ok(device) => faulty.loop_device = Some(device),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: no loop device with direct I/O here: {why}");
-            return;
-        }
-    }
-    let device = PathBuf::from(&faulty.loop_device.as_ref().unwrap().path);
-    // fusionctl create's work, called directly.
-    let mut spec =
-        instance::format::ClusterSpec::new(interconnect::ClusterId(options.cluster_id), 3, None);
-    spec.block_size = 8192;
-    spec.redo_thread_size = options.redo_mib << 20;
-    let created = instance::format::create(&device, &spec, false);
-    assert!(
-        created.is_ok(),
-        "formatting {device:?}: {:?}",
-        created.err()
-    );
-    for id in 0..3 {
-        faulty.cluster.point_storage(id, &device).unwrap();
-    }
-    faulty.start(&[]);
-    let epoch = faulty.epoch(0);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
     faulty.cluster.kill(2);
-    faulty.expect_survivors(&[0, 1], epoch, &workload);
-    let tally = workload.finish();
-    let contents = faulty.check_contents(&[0, 1], &tally);
-    faulty.rejoin(2, 0);
-    assert_eq!(faulty.contents(1), contents);
-    faulty.finish();
+    faulty.survivors_then_rejoin(&[0, 1], epochs[0], workload, 2);
 }
 
 /// Failure mode 6: instance 1's data-block writes fail (EIO from the device past the data
@@ -847,15 +859,9 @@ fn a_cluster_on_a_loop_block_device_survives_a_kill() {
 #[test]
 fn a_failing_data_write_stops_its_instance_and_nothing_is_lost() {
     let test = "a_failing_data_write_stops_its_instance_and_nothing_is_lost";
-    if let Some(why) = skip_reason(true, &["umount"]) {
-        eprintln!("SKIPPED {test}: {why}");
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).stall(1).start(1) else {
         return;
-    }
-    let mut faulty = Faulty::new(3);
-    if let Err(why) = faulty.stall_storage_of(1) {
-        eprintln!("SKIPPED {test}: FUSE does not work here: {why}");
-        return;
-    }
+    };
     let data_offset = {
         let storage = instance::storage::open(
             &faulty.cluster.storage,
@@ -866,10 +872,6 @@ fn a_failing_data_write_stops_its_instance_and_nothing_is_lost() {
             .expect("its layout")
             .data_offset
     };
-    faulty.start(&[]);
-    let epoch = faulty.epoch(0);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 1, SERVES);
     let stall = faulty.stall.as_ref().unwrap();
     stall.fail_writes_from(Some(data_offset));
     // SAVE makes instance 1 write its dirty blocks now: it must not succeed once a write
@@ -909,11 +911,7 @@ fn a_failing_data_write_stops_its_instance_and_nothing_is_lost() {
         "instance 1 stopped for another reason: {why}"
     );
     faulty.stall.as_ref().unwrap().fail_writes_from(None);
-    faulty.expect_survivors(&[0, 2], epoch, &workload);
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 2], &tally);
-    faulty.rejoin(1, 0);
-    faulty.finish();
+    faulty.survivors_then_rejoin(&[0, 2], epochs[0], workload, 1);
 }
 
 /// Instance 1's storage stalls for 3 s (every read and write held) under the workload, its
@@ -923,19 +921,10 @@ fn a_failing_data_write_stops_its_instance_and_nothing_is_lost() {
 #[test]
 fn a_storage_stall_of_one_instance_loses_nothing() {
     let test = "a_storage_stall_of_one_instance_loses_nothing";
-    if let Some(why) = skip_reason(true, &["umount"]) {
-        eprintln!("SKIPPED {test}: {why}");
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).stall(1).start(1) else {
         return;
-    }
-    let mut faulty = Faulty::new(3);
-    if let Err(why) = faulty.stall_storage_of(1) {
-        eprintln!("SKIPPED {test}: FUSE does not work here: {why}");
-        return;
-    }
-    faulty.start(&[]);
-    let epoch = faulty.epoch(0);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 1, SERVES);
+    };
+    let epoch = epochs[0];
     let stall = faulty.stall.as_ref().unwrap();
     stall.hold();
     std::thread::sleep(Duration::from_secs(3));
@@ -997,27 +986,11 @@ fn a_storage_stall_of_one_instance_loses_nothing() {
 #[test]
 fn a_cut_with_a_storage_stall_leaves_exactly_one_side_serving() {
     let test = "a_cut_with_a_storage_stall_leaves_exactly_one_side_serving";
-    if let Some(why) = skip_reason(true, &["umount", "nft"]) {
-        eprintln!("SKIPPED {test}: {why}");
+    let Some((mut faulty, workload, epochs)) =
+        Scenario::new(test, 2).stall(0).cut("s", 0, 1).start(0)
+    else {
         return;
-    }
-    let mut faulty = Faulty::new(2);
-    let port = faulty.cluster.addresses[0].port();
-    match Firewall::new("s", cut_gid(), port) {
-        Ok(firewall) => faulty.firewall = Some(firewall),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
-            return;
-        }
-    }
-    if let Err(why) = faulty.stall_storage_of(0) {
-        eprintln!("SKIPPED {test}: FUSE does not work here: {why}");
-        return;
-    }
-    faulty.start(&[1]);
-    let epoch = faulty.epoch(0);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 0, SERVES);
+    };
     let cut_at = Instant::now();
     faulty.stall.as_ref().unwrap().hold();
     faulty.firewall.as_ref().unwrap().cut();
@@ -1030,11 +1003,7 @@ fn a_cut_with_a_storage_stall_leaves_exactly_one_side_serving() {
     let why = faulty.stopped_reason(loser, status);
     eprintln!("{test}: instance {loser} stopped: {why}");
     let winner = 1 - loser;
-    faulty.expect_survivors(&[winner], epoch, &workload);
-    let tally = workload.finish();
-    faulty.check_contents(&[winner], &tally);
-    faulty.rejoin(loser, winner);
-    faulty.finish();
+    faulty.survivors_then_rejoin(&[winner], epochs[0], workload, loser);
 }
 
 // ------------------------------------------------------------------------------ faults in
@@ -1112,19 +1081,9 @@ fn jitter(n: u64) -> u64 {
 #[test]
 fn a_storage_stall_of_the_lowest_instance_does_not_stop_the_others() {
     let test = "a_storage_stall_of_the_lowest_instance_does_not_stop_the_others";
-    if let Some(why) = skip_reason(true, &["umount"]) {
-        eprintln!("SKIPPED {test}: {why}");
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).stall(0).start(0) else {
         return;
-    }
-    let mut faulty = Faulty::new(3);
-    if let Err(why) = faulty.stall_storage_of(0) {
-        eprintln!("SKIPPED {test}: FUSE does not work here: {why}");
-        return;
-    }
-    faulty.start(&[]);
-    let epoch = faulty.epoch(1);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 0, SERVES);
+    };
     let stall = faulty.stall.as_ref().unwrap();
     stall.hold();
     let from: Vec<u64> = workload
@@ -1142,18 +1101,8 @@ fn a_storage_stall_of_the_lowest_instance_does_not_stop_the_others() {
     stall.release();
     let why = faulty.expect_stopped(0);
     eprintln!("{test}: instance 0 stopped: {why} ({during} acknowledged through it stalled)");
-    assert!(
-        ["fenced", "lease", "excluded"]
-            .iter()
-            .any(|reason| why.contains(reason)),
-        "instance 0 stopped for another reason: {why}"
-    );
-    faulty.expect_survivors(&[1, 2], epoch, &workload);
-    let tally = workload.finish();
-    let contents = faulty.check_contents(&[1, 2], &tally);
-    faulty.rejoin(0, 1);
-    assert_eq!(faulty.contents(2), contents);
-    faulty.finish();
+    assert_voted_out(0, &why);
+    faulty.survivors_then_rejoin(&[1, 2], epochs[1], workload, 0);
 }
 
 /// Deaths in the middle of a recovery, under the workload. Instance 2 is killed; once the
@@ -1165,21 +1114,16 @@ fn a_storage_stall_of_the_lowest_instance_does_not_stop_the_others() {
 #[test]
 fn deaths_in_the_middle_of_a_recovery_lose_nothing() {
     let test = "deaths_in_the_middle_of_a_recovery_lose_nothing";
-    if let Some(why) = skip_reason(false, &["kill"]) {
-        eprintln!("SKIPPED {test}: {why}");
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).needs(false, "kill").start(2)
+    else {
         return;
-    }
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let epoch = faulty.epoch(1);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
+    };
     faulty.kill_2_and_await_its_recovery(1);
     let delay = jitter(700);
     std::thread::sleep(Duration::from_millis(delay));
     faulty.cluster.kill(0);
     eprintln!("{test}: the sealer killed {delay} ms into the recovery");
-    faulty.expect_survivors(&[1], epoch, &workload);
+    faulty.expect_survivors(&[1], epochs[1], &workload);
     faulty.restart_missing();
     for id in 0..3 {
         workload.progress(&faulty, id, SERVES);
@@ -1206,23 +1150,10 @@ fn deaths_in_the_middle_of_a_recovery_lose_nothing() {
 #[test]
 fn a_flapping_link_among_three_loses_nothing() {
     let test = "a_flapping_link_among_three_loses_nothing";
-    if let Some(why) = skip_reason(true, &["nft"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    let port = faulty.cluster.addresses[0].port();
-    match Firewall::new("f", cut_gid(), port) {
-        Ok(firewall) => faulty.firewall = Some(firewall),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
-            return;
-        }
-    }
     // Instance 1 dials 0 (the higher id dials): its packets to 0's port mark the link.
-    faulty.start(&[1]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 1, SERVES);
+    let Some((mut faulty, workload, _)) = Scenario::new(test, 3).cut("f", 0, 1).start(1) else {
+        return;
+    };
     let started = Instant::now();
     let mut flaps = 0;
     while started.elapsed() < Duration::from_secs(15) {

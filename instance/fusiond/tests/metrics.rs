@@ -40,18 +40,6 @@ fn alert(metrics: &str, severity: &str) -> f64 {
     value(metrics, &series).unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
 }
 
-/// INFO field `key` of instance `id`.
-fn info(cluster: &Cluster, id: usize, key: &str) -> String {
-    let Resp::Bulk(text) = cluster.client(id).call(&["INFO", "fusion"]).unwrap() else {
-        panic!("INFO is not a bulk string");
-    };
-    let text = String::from_utf8(text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("INFO has no {key}:\n{text}"))
-        .to_string()
-}
-
 fn ok(client: &mut Client, args: &[&str]) {
     assert_eq!(
         client.call(args).unwrap(),
@@ -115,10 +103,17 @@ fn commits_and_reads_move_redo_and_cache_metrics() {
     );
 
     // INFO and fusionctl status show them too.
-    assert!(info(&cluster, 0, "cache_hits").parse::<u64>().unwrap() >= 1);
-    assert!(info(&cluster, 0, "blocks_mastered").parse::<u64>().unwrap() >= 1);
+    assert!(cluster.info_field(0, "cache_hits").parse::<u64>().unwrap() >= 1);
     assert!(
-        info(&cluster, 0, "redo_sync")
+        cluster
+            .info_field(0, "blocks_mastered")
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        cluster
+            .info_field(0, "redo_sync")
             .strip_prefix("count=")
             .and_then(|r| r.split(',').next())
             .unwrap()
@@ -199,7 +194,7 @@ fn redo_full_alert_fires_as_the_thread_fills() {
     let mut fill_to = |percent: f64, step: u64| -> f64 {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let used: f64 = info(&cluster, 0, "redo_used_percent").parse().unwrap();
+            let used: f64 = cluster.info_field(0, "redo_used_percent").parse().unwrap();
             if used >= percent {
                 return used;
             }

@@ -19,7 +19,9 @@
 
 mod common;
 
-use common::{Cluster, DEADLINE, Resp, call_retrying, check_counters, incrementers, total};
+use common::{
+    Cluster, DEADLINE, Resp, call_retrying, check_counters, incrementers, run, skip_reason, total,
+};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,41 +37,8 @@ const SPIKE: Duration = Duration::from_millis(600);
 
 // ------------------------------------------------------------------------ the namespace
 
-/// Why these tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|uids| uids.split_whitespace().nth(1).map(str::to_string));
-    if euid.as_deref() != Some("0") {
-        return Some(format!(
-            "needs root to create network namespaces (effective uid {})",
-            euid.as_deref().unwrap_or("unknown")
-        ));
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!("`ip -V` exited with {}", out.status)),
-        Err(e) => Some(format!("no `ip` command (iproute2): {e}")),
-    }
-}
-
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    run("ip", args).map(drop)
 }
 
 /// Subnets `10.201.X.0/24` handed out by this process.
@@ -186,7 +155,7 @@ struct Partitioned {
 impl Partitioned {
     /// `None` (after saying why) where these tests cannot run.
     fn start(test: &str, tag: &str) -> Option<Self> {
-        if let Some(why) = skip_reason() {
+        if let Some(why) = skip_reason(true, &["ip"]) {
             eprintln!("SKIPPED {test}: {why}");
             return None;
         }
@@ -205,16 +174,7 @@ impl Partitioned {
     }
 
     fn info(&self, id: usize, key: &str) -> u64 {
-        let Resp::Bulk(info) = call_retrying(&self.cluster, id, &["INFO", "fusion"]) else {
-            panic!("INFO is not a bulk string");
-        };
-        String::from_utf8(info)
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}:")).map(str::to_string))
-            .unwrap_or_else(|| panic!("no {key} in INFO"))
-            .parse()
-            .unwrap()
+        self.cluster.info_field(id, key).parse().unwrap()
     }
 }
 

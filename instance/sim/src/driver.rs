@@ -101,7 +101,7 @@ use instance::node::{
     CheckpointId, CheckpointIo, Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo,
     RecoveryOutcome, ScanOutcome, Transmit,
 };
-use instance::paxos::PaxosIo;
+use instance::paxos::{PaxosBlock, PaxosIo};
 use instance::recovery::{ResumableScan, ThreadScan, recover_blocks, scan_threads};
 use instance::redo::{GroupCommitConfig, RedoRecord, RedoWriter};
 use instance::storage::faulty::{FaultConfig, FaultyStorage};
@@ -1074,6 +1074,10 @@ pub struct Sim {
     fenced_at: Vec<Option<Timestamp>>,
     /// Every membership applied anywhere, by epoch: at most one per epoch, ever.
     memberships: Memberships,
+    /// The Paxos block on each instance's slot, decoded (`None`: empty or undecodable), as
+    /// [`Sim::write_own_slot`] last wrote it: nothing else changes a slot's Paxos block, and
+    /// [`Sim::accepted_without_a_running_instance`] asks every step.
+    paxos_on_storage: Vec<Option<PaxosBlock>>,
     /// Nodes that stopped themselves in this step (they die at its end).
     stopping: Vec<usize>,
     /// The next checkpoint's name.
@@ -1161,6 +1165,12 @@ impl Sim {
                 }
             })
             .collect();
+        let paxos_on_storage = (0..cfg.instances)
+            .map(|i| {
+                let slot = format::read_slot(storage.as_ref(), &layout, id(i)).expect("slot");
+                PaxosBlock::decode(&slot.paxos).ok().flatten()
+            })
+            .collect();
         let blocks: Vec<BlockId> = (0..cfg.blocks).map(block_id).collect();
         let active_users = cfg.instances * cfg.users_per_instance;
         let print_trace = std::env::var_os("FUSION_SIM_TRACE").is_some();
@@ -1200,6 +1210,7 @@ impl Sim {
             leases: Leases::new(cfg.instances, cfg.timings.failure, Duration::ZERO),
             fenced_at: vec![None; cfg.instances],
             memberships: Memberships::new(Epoch(1), members),
+            paxos_on_storage,
             stopping: Vec::new(),
             next_checkpoint: 0,
             plan: cfg.plan.iter().copied().collect(),
@@ -2611,6 +2622,7 @@ impl Sim {
         if let Err(e) = format::write_slot(self.storage.as_ref(), &self.layout, &slot) {
             self.fail(format!("n{node}: writing its slot: {e}"));
         }
+        self.paxos_on_storage[node] = PaxosBlock::decode(&slot.paxos).ok().flatten();
     }
 
     /// The round's heartbeat write lands (the runtime's disk thread writes it before it reads).
@@ -3270,11 +3282,7 @@ impl Sim {
     /// than any applied that leaves out an instance still running (or is a formation).
     fn accepted_without_a_running_instance(&self) -> bool {
         let applied = self.memberships.newest().map_or(0, |(epoch, _)| epoch);
-        (0..self.nodes.len()).any(|owner| {
-            let Ok(Some(block)) = instance::paxos::PaxosBlock::decode(&self.read_slot(owner).paxos)
-            else {
-                return false;
-            };
+        self.paxos_on_storage.iter().flatten().any(|block| {
             block.epoch.0 > applied
                 && block.inp.is_some_and(|value| {
                     value.formation

@@ -15,6 +15,8 @@
 //! * [`recovery`] — recovery's redo-applying half: scanning redo threads from their
 //!   checkpoints, applying a block's records above its SCN, recovering one block, and
 //!   whole-cluster restart.
+//! * [`pass_through`] — a [`SharedStorage`] wrapped by a hook that acts on the calls it names
+//!   and passes the rest through (the I/O-bound watch; tests that hold, fail or alter I/O).
 //! * [`reservation`] — fencing by SCSI-3 / NVMe persistent reservations on a block device
 //!   (`<linux/pr.h>` ioctls), where the storage offers them.
 //!
@@ -58,6 +60,7 @@
 
 pub mod format;
 pub mod life;
+pub mod pass_through;
 pub mod recovery;
 pub mod redo;
 pub mod reservation;

@@ -23,15 +23,57 @@ pub const DEADLINE: Duration = Duration::from_secs(120);
 
 /// `name` on the PATH, or `None` after printing one line saying the test is skipped.
 pub fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
+    let found = find_tool(name);
     if found.is_none() {
         eprintln!("skipped: {name} is not installed (apt-get install redis-tools)");
     }
     found
+}
+
+/// `name` on the PATH or in the system folders (`/usr/sbin`, `/sbin`), if there.
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Why a test that needs `tools` (and root, if `root`) cannot run here, if it cannot.
+pub fn skip_reason(root: bool, tools: &[&str]) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|uids| uids.split_whitespace().nth(1).map(str::to_string));
+    if root && euid.as_deref() != Some("0") {
+        return Some(format!(
+            "needs root (effective uid {})",
+            euid.as_deref().unwrap_or("unknown")
+        ));
+    }
+    tools
+        .iter()
+        .find(|tool| find_tool(tool).is_none())
+        .map(|tool| format!("no `{tool}` command"))
+}
+
+/// Runs `program args`; its stdout, or what went wrong.
+pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program} {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "{program} {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// One cluster at a time per test binary: instances of parallel tests would compete for the
@@ -129,6 +171,25 @@ impl Cluster {
     pub fn client(&self, id: usize) -> Client {
         self.inner.client(id).unwrap()
     }
+
+    /// `INFO` field `field` of instance `id`, retried (a fresh connection each time) while
+    /// the instance reconfigures, until `DEADLINE`.
+    pub fn info_field(&self, id: usize, field: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.inner.info(id) {
+                Ok(mut info) if info.contains_key(field) => {
+                    return info.remove(field).unwrap_or_default();
+                }
+                other => assert!(
+                    Instant::now() < deadline,
+                    "instance {id}: no INFO {field}: {other:?}\n{}",
+                    self.logs()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }
 
 /// Runs `redis-cli -h host -p port args...` and returns its stdout.
@@ -179,6 +240,45 @@ pub fn call_retrying(cluster: &Cluster, id: usize, args: &[&str]) -> Resp {
     }
 }
 
+/// A client of one instance for a workload under faults: it reconnects after a lost
+/// connection, and waits 15 s for each reply.
+pub struct Reconnecting {
+    address: SocketAddr,
+    client: Option<Client>,
+}
+
+impl Reconnecting {
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            client: None,
+        }
+    }
+
+    /// `args` on the connection, opened first if there is none; `None` (after a short pause)
+    /// where it cannot be opened. A failed call drops the connection: the next one opens
+    /// another.
+    pub fn call(&mut self, args: &[&str]) -> Option<std::io::Result<Resp>> {
+        let conn = match &mut self.client {
+            Some(conn) => conn,
+            None => match Client::connect(self.address)
+                .and_then(|c| c.with_timeout(Duration::from_secs(15)))
+            {
+                Ok(conn) => self.client.insert(conn),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    return None;
+                }
+            },
+        };
+        let reply = conn.call(args);
+        if reply.is_err() {
+            self.client = None;
+        }
+        Some(reply)
+    }
+}
+
 /// Increments `keys` through `clients` connections to each instance in `ids` until `stop`;
 /// returns the acknowledged increments per key (an error or a lost connection is not an
 /// acknowledgement, and that client reconnects).
@@ -197,27 +297,15 @@ pub fn incrementers(
             let stop = stop.clone();
             handles.push(std::thread::spawn(move || {
                 let mut acked = BTreeMap::new();
-                let mut client = None;
+                let mut client = Reconnecting::new(address);
                 let mut n = c;
                 while !stop.load(Ordering::Relaxed) {
                     let key = &keys[n % keys.len()];
                     n += 1;
-                    let conn = match &mut client {
-                        Some(conn) => conn,
-                        None => match Client::connect(address)
-                            .and_then(|c| c.with_timeout(Duration::from_secs(15)))
-                        {
-                            Ok(conn) => client.insert(conn),
-                            Err(_) => {
-                                std::thread::sleep(Duration::from_millis(100));
-                                continue;
-                            }
-                        },
-                    };
-                    match conn.call(&["INCR", key]) {
-                        Ok(Resp::Integer(_)) => *acked.entry(key.clone()).or_insert(0) += 1,
-                        Ok(_) => std::thread::sleep(Duration::from_millis(20)),
-                        Err(_) => client = None,
+                    match client.call(&["INCR", key]) {
+                        Some(Ok(Resp::Integer(_))) => *acked.entry(key.clone()).or_insert(0) += 1,
+                        Some(Ok(_)) => std::thread::sleep(Duration::from_millis(20)),
+                        Some(Err(_)) | None => {}
                     }
                 }
                 acked

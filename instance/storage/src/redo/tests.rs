@@ -4,9 +4,8 @@ use super::writer::IN_FLIGHT_GAP;
 use super::*;
 use crate::faulty::{FaultConfig, FaultyStorage, MILLION};
 use crate::format::{Life, RedoThreadLocation};
-use crate::{
-    self as storage, IoArena, IoClass, SharedStorage, StorageError, StorageInfo, StorageOptions,
-};
+use crate::pass_through::{Call, Hook, PassThrough};
+use crate::{self as storage, IoClass, SharedStorage, StorageError, StorageOptions};
 use gcs::BlockId;
 use interconnect::sim::SimRng;
 use interconnect::{ClusterId, InstanceId, Scn};
@@ -91,34 +90,26 @@ fn first_life(
 /// flight at a crash.
 #[derive(Debug)]
 struct DiesMidWrite {
-    inner: Arc<FaultyStorage>,
     durable_writes_left: AtomicU64,
 }
 
-impl SharedStorage for DiesMidWrite {
-    fn len(&self) -> u64 {
-        self.inner.len()
+impl DiesMidWrite {
+    /// `inner`, dying at its `durable_writes`-th durable write.
+    fn over(inner: Arc<FaultyStorage>, durable_writes: u64) -> Arc<dyn SharedStorage> {
+        let hook = Arc::new(DiesMidWrite {
+            durable_writes_left: AtomicU64::new(durable_writes),
+        });
+        Arc::new(PassThrough::new(inner, hook))
     }
-    fn alignment(&self) -> usize {
-        self.inner.alignment()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8], class: IoClass) -> Result<(), StorageError> {
-        self.inner.write_at(offset, buf, class)
-    }
-    fn sync(&self, class: IoClass) -> Result<(), StorageError> {
-        self.inner.sync(class)
-    }
-    fn write_durable_at(
-        &self,
-        offset: u64,
-        buf: &[u8],
-        class: IoClass,
-    ) -> Result<(), StorageError> {
+}
+
+impl Hook for DiesMidWrite {
+    fn call(&self, inner: &dyn SharedStorage, call: Call<'_, '_>) -> Result<(), StorageError> {
+        let Call::WriteDurableAt { offset, buf, class } = call else {
+            return call.on(inner);
+        };
         if self.durable_writes_left.fetch_sub(1, Ordering::SeqCst) == 0 {
-            self.inner.write_at(offset, buf, class)?;
+            inner.write_at(offset, buf, class)?;
             return Err(StorageError::Io {
                 op: "sync",
                 offset: 0,
@@ -126,14 +117,8 @@ impl SharedStorage for DiesMidWrite {
                 source: std::io::Error::from_raw_os_error(libc::EIO),
             });
         }
-        self.inner.write_at(offset, buf, class)?;
-        self.inner.sync(class)
-    }
-    fn register_arena(&self, _arena: &IoArena) -> Result<bool, StorageError> {
-        Ok(false)
-    }
-    fn info(&self) -> StorageInfo {
-        self.inner.info()
+        inner.write_at(offset, buf, class)?;
+        inner.sync(class)
     }
 }
 
@@ -151,11 +136,8 @@ fn acknowledged_commits_survive_a_crash_mid_write() {
         let mut scn = 0;
         let mut lives = Vec::new();
         for life in 0..3 {
-            let dying = Arc::new(DiesMidWrite {
-                inner: Arc::clone(&faulty),
-                durable_writes_left: AtomicU64::new(rng.between(0, 12)),
-            });
-            let (writer, end) = open_life(dying.clone(), t, checkpoint, &mut lives);
+            let dying = DiesMidWrite::over(Arc::clone(&faulty), rng.between(0, 12));
+            let (writer, end) = open_life(dying, t, checkpoint, &mut lives);
             assert!(end.next_sequence >= checkpoint, "seed {seed} life {life}");
             loop {
                 scn += 1;
@@ -325,20 +307,18 @@ fn damaged_durable_redo_is_reported_by_location_not_skipped() {
 /// holding it landed, while a later write had landed by the time it read further.
 #[derive(Debug)]
 struct LandsDuringTheRead {
-    inner: Arc<FaultyStorage>,
     late: u64,
     first_read_done: std::sync::atomic::AtomicBool,
 }
 
-impl SharedStorage for LandsDuringTheRead {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn alignment(&self) -> usize {
-        self.inner.alignment()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
-        self.inner.read_at(offset, buf)?;
+impl LandsDuringTheRead {
+    fn read_at(
+        &self,
+        inner: &dyn SharedStorage,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StorageError> {
+        inner.read_at(offset, buf)?;
         let covers = (offset..offset + buf.len() as u64).contains(&self.late);
         if covers && !self.first_read_done.swap(true, Ordering::SeqCst) {
             let at = (self.late - offset) as usize;
@@ -346,14 +326,18 @@ impl SharedStorage for LandsDuringTheRead {
         }
         Ok(())
     }
-    fn write_at(&self, offset: u64, buf: &[u8], class: IoClass) -> Result<(), StorageError> {
-        self.inner.write_at(offset, buf, class)
-    }
-    fn sync(&self, class: IoClass) -> Result<(), StorageError> {
-        self.inner.sync(class)
-    }
-    fn info(&self) -> StorageInfo {
-        self.inner.info()
+}
+
+impl Hook for LandsDuringTheRead {
+    /// Reads one by one, batched or not.
+    fn call(&self, inner: &dyn SharedStorage, call: Call<'_, '_>) -> Result<(), StorageError> {
+        match call {
+            Call::ReadAt { offset, buf } => self.read_at(inner, offset, buf),
+            Call::ReadBatch { reads } => reads
+                .iter_mut()
+                .try_for_each(|op| self.read_at(inner, op.offset, op.buf)),
+            other => other.on(inner),
+        }
     }
 }
 
@@ -363,11 +347,11 @@ fn a_block_that_lands_while_a_live_thread_is_read_is_read_again_not_called_corru
     for scn in 1..=5 {
         writer.commit(&[record(scn, 1, 100)]).unwrap();
     }
-    let racing = LandsDuringTheRead {
-        inner: faulty,
+    let race = Arc::new(LandsDuringTheRead {
         late: 2 * 4096,
         first_read_done: std::sync::atomic::AtomicBool::new(false),
-    };
+    });
+    let racing = PassThrough::new(faulty, Arc::clone(&race));
     let (records, end) = read_all(&racing, t, 1, &lives);
     assert_eq!(
         records.iter().map(|r| r.scn.0).collect::<Vec<_>>(),
@@ -375,7 +359,7 @@ fn a_block_that_lands_while_a_live_thread_is_read_is_read_again_not_called_corru
     );
     assert_eq!(end.reason, EndReason::Clean);
     assert!(
-        racing.first_read_done.load(Ordering::SeqCst),
+        race.first_read_done.load(Ordering::SeqCst),
         "the race was staged"
     );
 }
@@ -479,10 +463,7 @@ fn torn_crashes_with_many_seeds_keep_the_log_readable() {
         let mut config = FaultConfig::new(THREAD_SIZE);
         config.crash_torn_ppm = MILLION / 2;
         let faulty = Arc::new(FaultyStorage::new(config, SimRng::new(seed)));
-        let dying = Arc::new(DiesMidWrite {
-            inner: Arc::clone(&faulty),
-            durable_writes_left: AtomicU64::new(seed % 5),
-        });
+        let dying = DiesMidWrite::over(Arc::clone(&faulty), seed % 5);
         let t = thread(0, THREAD_SIZE);
         let mut lives = Vec::new();
         let (writer, _) = open_life(dying, t, 1, &mut lives);
@@ -720,10 +701,7 @@ fn a_failed_write_ends_every_waiting_committer() {
             FaultConfig::new(THREAD_SIZE),
             SimRng::new(fail_after),
         ));
-        let dying = Arc::new(DiesMidWrite {
-            inner: faulty,
-            durable_writes_left: AtomicU64::new(fail_after),
-        });
+        let dying = DiesMidWrite::over(faulty, fail_after);
         let mut lives = Vec::new();
         let (writer, _) = open_life(dying, thread(0, THREAD_SIZE), 1, &mut lives);
         let acked = AtomicU64::new(0);
@@ -751,7 +729,6 @@ fn a_failed_write_ends_every_waiting_committer() {
 /// that made each one.
 #[derive(Debug)]
 struct Gated {
-    inner: Arc<FaultyStorage>,
     state: parking_lot::Mutex<(bool, Vec<std::thread::ThreadId>)>,
     changed: parking_lot::Condvar,
 }
@@ -779,42 +756,19 @@ impl Gated {
     }
 }
 
-impl SharedStorage for Gated {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn alignment(&self) -> usize {
-        self.inner.alignment()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8], class: IoClass) -> Result<(), StorageError> {
-        self.inner.write_at(offset, buf, class)
-    }
-    fn sync(&self, class: IoClass) -> Result<(), StorageError> {
-        self.inner.sync(class)
-    }
-    fn write_durable_at(
-        &self,
-        offset: u64,
-        buf: &[u8],
-        class: IoClass,
-    ) -> Result<(), StorageError> {
+impl Hook for Gated {
+    fn call(&self, inner: &dyn SharedStorage, call: Call<'_, '_>) -> Result<(), StorageError> {
+        let Call::WriteDurableAt { offset, buf, class } = call else {
+            return call.on(inner);
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut st = self.state.lock();
         st.1.push(std::thread::current().id());
         self.changed.notify_all();
         while !st.0 && !self.changed.wait_until(&mut st, deadline).timed_out() {}
         drop(st);
-        self.inner.write_at(offset, buf, class)?;
-        self.inner.sync(class)
-    }
-    fn register_arena(&self, _arena: &IoArena) -> Result<bool, StorageError> {
-        Ok(false)
-    }
-    fn info(&self) -> StorageInfo {
-        self.inner.info()
+        inner.write_at(offset, buf, class)?;
+        inner.sync(class)
     }
 }
 
@@ -822,17 +776,18 @@ impl SharedStorage for Gated {
 fn a_leader_writes_the_batch_that_opened_during_its_write() {
     // A commit joins the open batch while the leader's write is in flight: the leader, running
     // when its write ends, writes that batch too instead of waking the parked follower to.
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(3),
+    ));
     let gated = Arc::new(Gated {
-        inner: Arc::new(FaultyStorage::new(
-            FaultConfig::new(THREAD_SIZE),
-            SimRng::new(3),
-        )),
         state: parking_lot::Mutex::new((false, Vec::new())),
         changed: parking_lot::Condvar::new(),
     });
     let t = thread(0, THREAD_SIZE);
     let mut lives = Vec::new();
-    let (writer, _) = open_life(gated.clone(), t, 1, &mut lives);
+    let storage = Arc::new(PassThrough::new(faulty.clone(), Arc::clone(&gated)));
+    let (writer, _) = open_life(storage, t, 1, &mut lives);
     std::thread::scope(|s| {
         let leader = s.spawn(|| {
             let receipt = writer.commit(&[record(1, 1, 100)]);
@@ -856,6 +811,6 @@ fn a_leader_writes_the_batch_that_opened_during_its_write() {
         assert_eq!((first.unwrap().batch, second.batch), (1, 2));
         assert_eq!(gated.writers(), vec![leader_id, leader_id]);
     });
-    let (records, _) = read_all(gated.inner.as_ref(), t, 1, &lives);
+    let (records, _) = read_all(faulty.as_ref(), t, 1, &lives);
     assert_eq!(records, vec![record(1, 1, 100), record(2, 2, 100)]);
 }
