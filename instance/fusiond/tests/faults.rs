@@ -1876,3 +1876,140 @@ fn a_coordinator_death_with_a_cut_between_the_rest_leaves_the_lower_serving() {
     no_panics(&faulty);
     faulty.finish();
 }
+
+/// Instance 2 killed; a random moment into its recovery the sealer's (0's) storage stalls
+/// (network up) and stays stalled until 1 serves alone: 1 recovers both. The stall ends, 0
+/// stops by itself, all restart; nothing acknowledged is lost.
+#[test]
+fn a_sealer_storage_stall_in_the_middle_of_a_recovery_loses_nothing() {
+    let test = "a_sealer_storage_stall_in_the_middle_of_a_recovery_loses_nothing";
+    if let Some(why) = skip_reason(true, &["umount"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    if let Err(why) = faulty.stall_storage_of(0) {
+        eprintln!("SKIPPED {test}: FUSE does not work here: {why}");
+        return;
+    }
+    faulty.start(&[]);
+    let epoch = faulty.epoch(1);
+    let workload = Workload::start(&faulty);
+    workload.progress(&faulty, 2, SERVES);
+    faulty.kill_2_and_await_its_recovery(1);
+    let delay = jitter(700);
+    std::thread::sleep(Duration::from_millis(delay));
+    faulty.stall.as_ref().unwrap().hold();
+    eprintln!("{test}: the sealer's storage stalled {delay} ms into the recovery");
+    faulty.expect_survivors(&[1], epoch, &workload);
+    status_probe(&faulty, 1);
+    faulty.stall.as_ref().unwrap().release();
+    let why = faulty.expect_stopped(0);
+    eprintln!("{test}: instance 0 stopped: {why}");
+    faulty.restart_missing();
+    for id in 0..3 {
+        workload.progress(&faulty, id, SERVES);
+    }
+    let tally = workload.finish();
+    faulty.check_contents(&[0, 1, 2], &tally);
+    no_panics(&faulty);
+    faulty.finish();
+}
+
+/// Instance 2 killed, then restarted with what the coordinator (0) sends it on their
+/// connection dropped (2 → 0 carried) for 10 s: it cannot hear the coordinator while it
+/// joins. 0 and 1 serve throughout; 2 is restarted whenever it stops; after the heal all
+/// three serve; nothing acknowledged is lost.
+#[test]
+fn a_joiner_deaf_to_the_coordinator_does_not_stop_the_others() {
+    let test = "a_joiner_deaf_to_the_coordinator_does_not_stop_the_others";
+    if let Some(why) = skip_reason(true, &["nft"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    let port = faulty.cluster.addresses[0].port();
+    match Firewall::new("j", cut_gid(), port) {
+        Ok(firewall) => faulty.firewall = Some(firewall),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
+            return;
+        }
+    }
+    faulty.start(&[]);
+    let workload = Workload::start(&faulty);
+    workload.progress(&faulty, 2, SERVES);
+    faulty.kill_2_and_await_its_recovery(0);
+    faulty.firewall.as_ref().unwrap().cut_other_way();
+    let cut_at = Instant::now();
+    let mut starts = 0;
+    while cut_at.elapsed() < Duration::from_secs(10) {
+        if faulty.cluster.pid(2).is_none() || faulty.cluster.exited(2).unwrap().is_some() {
+            // In the firewall's group: its packets to 0 mark the connection.
+            faulty.spawn(2, true);
+            starts += 1;
+        }
+        for id in [0, 1] {
+            workload.progress(&faulty, id, SERVES);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    faulty.firewall.as_ref().unwrap().heal();
+    let stopped: Vec<usize> = (0..2)
+        .filter(|&id| faulty.cluster.exited(id).unwrap().is_some())
+        .collect();
+    eprintln!("{test}: 2 started {starts} times during the cut; stopped: {stopped:?}");
+    assert!(stopped.is_empty(), "instances {stopped:?} stopped");
+    faulty.restart_missing();
+    for id in 0..3 {
+        workload.progress(&faulty, id, SERVES);
+    }
+    let tally = workload.finish();
+    faulty.check_contents(&[0, 1, 2], &tally);
+    no_panics(&faulty);
+    faulty.finish();
+}
+
+/// Instance 1 frozen under the workload until 0 and 2 recovered it, then sent SIGTERM and
+/// thawed: it wakes to a shutdown (checkpoint, slot marked down) after it was voted out.
+/// Then the whole cluster is killed at once and restarted: whole-cluster recovery reads every
+/// thread from its slot's checkpoint, so a checkpoint the voted-out instance moved must not
+/// skip redo whose blocks only the survivors' caches held. Nothing acknowledged is lost.
+#[test]
+fn a_shutdown_after_being_voted_out_loses_nothing() {
+    let test = "a_shutdown_after_being_voted_out_loses_nothing";
+    if let Some(why) = skip_reason(false, &["kill"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    faulty.start(&[]);
+    let epoch = faulty.epoch(0);
+    let workload = Workload::start(&faulty);
+    for id in 0..3 {
+        workload.progress(&faulty, id, SERVES);
+    }
+    faulty.cluster.signal(1, "STOP").unwrap();
+    faulty.expect_survivors(&[0, 2], epoch, &workload);
+    faulty.cluster.signal(1, "TERM").unwrap();
+    faulty.cluster.signal(1, "CONT").unwrap();
+    let status = match faulty.cluster.wait_exit(1, REACT) {
+        Ok(status) => status,
+        Err(e) => panic!("{e}\n{}", faulty.cluster.logs()),
+    };
+    eprintln!("{test}: instance 1 exited with {status}");
+    for id in 0..3 {
+        workload.progress(&faulty, id, 0);
+    }
+    std::thread::sleep(Duration::from_millis(jitter(1000)));
+    faulty.cluster.kill(0);
+    faulty.cluster.kill(2);
+    faulty.restart_missing();
+    for id in 0..3 {
+        workload.progress(&faulty, id, SERVES);
+    }
+    let tally = workload.finish();
+    faulty.check_contents(&[0, 1, 2], &tally);
+    no_panics(&faulty);
+    faulty.finish();
+}
