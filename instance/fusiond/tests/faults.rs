@@ -17,6 +17,15 @@
 //! * Deaths in the middle of a recovery: the sealer killed while it recovers another, then
 //!   the whole cluster killed while it recovers; each time the rest (or a restart of all)
 //!   recovers everything.
+//! * Faults in the middle of reconfiguration: the coordinator killed while the link between
+//!   the other two is cut (a tie among two: the lower one serves alone); one instance frozen
+//!   a random moment into a whole-cluster restart; a voted-out instance sent SIGTERM and
+//!   thawed (its shutdown checkpoints and marks its slot), then the whole cluster killed.
+//! * One way of the 0–1 connection cut from the coordinator's side (what 0 sends is
+//!   dropped): 2 never stops, exactly one of 0 and 1 does.
+//! * Reads after a thaw: an instance frozen until the others voted it out and incremented
+//!   every key, then asked to read them (the requests sent while it was frozen): it answers
+//!   no value older than an acknowledged increment.
 //! * Failing data writes of one instance (the same pass-through answering EIO): it stops, the
 //!   others recover it.
 //! * A cluster on a loop block device with `O_DIRECT` (`losetup --direct-io=on`): a `kill -9`
@@ -1287,16 +1296,13 @@ fn status_probe(faulty: &Faulty, id: usize) -> ExitStatus {
 fn no_panics(faulty: &Faulty) {
     for id in 0..faulty.n() {
         let log = faulty.cluster.log(id);
-        assert!(
-            !log.contains("panicked"),
-            "instance {id} panicked:\n{log}"
-        );
+        assert!(!log.contains("panicked"), "instance {id} panicked:\n{log}");
     }
 }
 
 /// What instance 0 (the coordinator) sends on its connection to 1 is dropped (1 → 0 is
 /// carried, 2's links are untouched) under the workload until one instance stops, and for 6
-/// s at least; then it heals. Instance 2 never stops; at most one of 0 and 1 stops; the rest
+/// s at least; then it heals. Instance 2 never stops; exactly one of 0 and 1 stops; the rest
 /// serve; every acknowledged increment is present; the stopped one rejoins.
 #[test]
 fn a_one_way_cut_from_the_coordinator_stops_one_end() {
@@ -1335,256 +1341,6 @@ fn a_one_way_cut_from_the_coordinator_stops_one_end() {
     let tally = workload.finish();
     faulty.check_contents(&survivors, &tally);
     faulty.rejoin(loser, 2);
-    if std::env::var_os("FAULTS_LOGS").is_some() {
-        eprintln!("{}", faulty.cluster.logs());
-    }
-    no_panics(&faulty);
-    faulty.finish();
-}
-
-/// Instance 2 frozen (SIGSTOP), then the 0–1 connection cut both ways for 5 s under the
-/// workload: no majority can talk. Then the link heals and 2 thaws. Whoever stopped
-/// restarts; every instance serves; every acknowledged increment is present.
-#[test]
-fn a_cut_between_the_lowest_two_with_the_third_frozen_loses_nothing() {
-    let test = "a_cut_between_the_lowest_two_with_the_third_frozen_loses_nothing";
-    if let Some(why) = skip_reason(true, &["nft", "kill"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    let port = faulty.cluster.addresses[0].port();
-    match Firewall::new("z", cut_gid(), port) {
-        Ok(firewall) => faulty.firewall = Some(firewall),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
-            return;
-        }
-    }
-    faulty.start(&[1]);
-    let workload = Workload::start(&faulty);
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    faulty.cluster.signal(2, "STOP").unwrap();
-    faulty.firewall.as_ref().unwrap().cut();
-    std::thread::sleep(Duration::from_secs(5));
-    status_probe(&faulty, 0);
-    faulty.firewall.as_ref().unwrap().heal();
-    std::thread::sleep(Duration::from_millis(jitter(2000)));
-    faulty.cluster.signal(2, "CONT").unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    let mut stopped = BTreeMap::new();
-    for id in 0..3 {
-        if let Some(status) = faulty.cluster.exited(id).unwrap() {
-            stopped.insert(id, faulty.stopped_reason(id, status));
-        }
-    }
-    eprintln!("{test}: stopped: {stopped:?}");
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    no_panics(&faulty);
-    faulty.finish();
-}
-
-/// The coordinator and sealer (0) frozen past the grace and its lease under the workload,
-/// then thawed: it stops by itself; 1 and 2 serve without it; nothing acknowledged is lost;
-/// it rejoins.
-#[test]
-fn a_frozen_coordinator_stops_by_itself_when_thawed() {
-    let test = "a_frozen_coordinator_stops_by_itself_when_thawed";
-    if let Some(why) = skip_reason(false, &["kill"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let epoch = faulty.epoch(1);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 0, SERVES);
-    let frozen_at = Instant::now();
-    faulty.cluster.signal(0, "STOP").unwrap();
-    let deadline = Instant::now() + REACT;
-    while faulty.epoch(1) <= epoch {
-        assert!(
-            Instant::now() < deadline,
-            "instance 1: no epoch after {epoch}\n{}",
-            faulty.cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    status_probe(&faulty, 1);
-    std::thread::sleep(Duration::from_secs(4).saturating_sub(frozen_at.elapsed()));
-    faulty.cluster.signal(0, "CONT").unwrap();
-    let why = faulty.expect_stopped(0);
-    eprintln!("{test}: instance 0 stopped: {why}");
-    faulty.expect_survivors(&[1, 2], epoch, &workload);
-    let tally = workload.finish();
-    faulty.check_contents(&[1, 2], &tally);
-    faulty.rejoin(0, 1);
-    no_panics(&faulty);
-    faulty.finish();
-}
-
-/// Instances 1 and 2 frozen together for 4 s under the workload (0 alone is no majority),
-/// then thawed. Whoever stopped restarts; every instance serves; nothing acknowledged is
-/// lost.
-#[test]
-fn two_frozen_at_once_lose_nothing() {
-    let test = "two_frozen_at_once_lose_nothing";
-    if let Some(why) = skip_reason(false, &["kill"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    faulty.cluster.signal(1, "STOP").unwrap();
-    faulty.cluster.signal(2, "STOP").unwrap();
-    std::thread::sleep(Duration::from_secs(4));
-    status_probe(&faulty, 0);
-    faulty.cluster.signal(2, "CONT").unwrap();
-    std::thread::sleep(Duration::from_millis(jitter(1000)));
-    faulty.cluster.signal(1, "CONT").unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    let mut stopped = BTreeMap::new();
-    for id in 0..3 {
-        if let Some(status) = faulty.cluster.exited(id).unwrap() {
-            stopped.insert(id, faulty.stopped_reason(id, status));
-        }
-    }
-    eprintln!("{test}: stopped: {stopped:?}");
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    no_panics(&faulty);
-    faulty.finish();
-}
-
-/// SIGTERM of instance `id` under the workload: it leaves cleanly (exit 0), the others go
-/// on at a new epoch without it; it restarts and rejoins under the workload. Done for 1 then
-/// for the coordinator 0; nothing acknowledged is lost.
-#[test]
-fn clean_leaves_under_load_then_rejoins_lose_nothing() {
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    for leaver in [1, 0, 2] {
-        for id in 0..3 {
-            workload.progress(&faulty, id, SERVES);
-        }
-        let others: Vec<usize> = (0..3).filter(|&i| i != leaver).collect();
-        let epoch = faulty.epoch(others[0]);
-        let status = faulty.cluster.terminate(leaver);
-        assert!(
-            status.success(),
-            "instance {leaver} exited with {status}:\n{}",
-            faulty.cluster.log(leaver)
-        );
-        faulty.expect_survivors(&others, epoch, &workload);
-        status_probe(&faulty, others[0]);
-        faulty.spawn(leaver, false);
-        faulty.cluster.wait_ready(leaver);
-    }
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    no_panics(&faulty);
-    faulty.finish();
-}
-
-/// Instance 2 killed, restarted, and killed again a random moment into its start (while it
-/// joins); then restarted while instance 1 is killed a random moment later (a death during
-/// another's join). Every one restarts; nothing acknowledged is lost.
-#[test]
-fn deaths_in_the_middle_of_a_join_lose_nothing() {
-    let test = "deaths_in_the_middle_of_a_join_lose_nothing";
-    if let Some(why) = skip_reason(false, &["kill"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    for round in 0..3 {
-        for id in 0..3 {
-            workload.progress(&faulty, id, SERVES);
-        }
-        faulty.kill_2_and_await_its_recovery(0);
-        faulty.spawn(2, false);
-        let delay = jitter(3000);
-        std::thread::sleep(Duration::from_millis(delay));
-        if round % 2 == 0 {
-            faulty.cluster.kill(2);
-        } else {
-            faulty.cluster.kill(1);
-        }
-        eprintln!("{test}: round {round}: killed {delay} ms into 2's join");
-        // Instance 0 is never killed: it serves before the rest restart.
-        workload.progress(&faulty, 0, SERVES);
-        faulty.restart_missing();
-    }
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    no_panics(&faulty);
-    faulty.finish();
-}
-
-/// `redis-benchmark -P 16` (pipelined INCRs of random keys from 20 connections) against
-/// instance 1 alongside the workload, and `kill -9` of 1 in the middle of it, then of 0 once
-/// 1 is back: the rest recover and serve, nothing the workload saw acknowledged is lost.
-#[test]
-fn a_kill_under_a_pipelined_benchmark_loses_nothing() {
-    let test = "a_kill_under_a_pipelined_benchmark_loses_nothing";
-    if let Some(why) = skip_reason(false, &["kill", "redis-benchmark"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    for victim in [1, 0] {
-        for id in 0..3 {
-            workload.progress(&faulty, id, SERVES);
-        }
-        let address = faulty.cluster.resp[victim];
-        let mut bench = Command::new("redis-benchmark")
-            .args(["-h", &address.ip().to_string(), "-p", &address.port().to_string()])
-            .args(["-P", "16", "-c", "20", "-n", "10000000", "-r", "100000", "-q"])
-            .args(["INCR", "bench:__rand_int__"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1000 + jitter(2000)));
-        let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
-        let epoch = faulty.epoch(others[0]);
-        faulty.cluster.kill(victim);
-        let _ = bench.kill();
-        let _ = bench.wait();
-        faulty.expect_survivors(&others, epoch, &workload);
-        faulty.restart_missing();
-    }
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
     no_panics(&faulty);
     faulty.finish();
 }
@@ -1630,7 +1386,11 @@ fn a_thawed_instance_serves_no_stale_read() {
     }
     let mut latest = vec![0u64; KEYS];
     for (n, latest) in latest.iter_mut().enumerate() {
-        match call_retrying(&faulty.cluster, if n % 2 == 0 { 0 } else { 2 }, &["INCR", &key(n)]) {
+        match call_retrying(
+            &faulty.cluster,
+            if n % 2 == 0 { 0 } else { 2 },
+            &["INCR", &key(n)],
+        ) {
             Resp::Integer(v) => *latest = v as u64,
             other => panic!("INCR: {other:?}"),
         }
@@ -1688,10 +1448,12 @@ fn a_thawed_instance_serves_no_stale_read() {
     faulty.finish();
 }
 
-/// The whole cluster killed under the workload, all three restarted, and instance 2 frozen a
-/// random moment into the restart (during formation and whole-cluster recovery) for 5 s,
-/// then thawed. Whoever stopped restarts; every instance serves; nothing acknowledged is
-/// lost.
+/// The whole cluster killed under the workload, all three restarted, and instance 1 or 2
+/// frozen a random moment into the restart (formation, whole-cluster recovery, its runtime's
+/// start) for 5 s, then thawed. The others go on without it; it stops by itself and its log
+/// says why, also when it was voted out before its start had finished (its start failed
+/// with "buffer cache: the instance stopped while starting" before, hiding the reason). It
+/// restarts; every instance serves; nothing acknowledged is lost.
 #[test]
 fn a_freeze_during_a_whole_cluster_restart_loses_nothing() {
     let test = "a_freeze_during_a_whole_cluster_restart_loses_nothing";
@@ -1702,118 +1464,32 @@ fn a_freeze_during_a_whole_cluster_restart_loses_nothing() {
     let mut faulty = Faulty::new(3);
     faulty.start(&[]);
     let workload = Workload::start(&faulty);
-    for round in 0..2 {
-        for id in 0..3 {
-            workload.progress(&faulty, id, SERVES);
-        }
-        for id in 0..3 {
-            faulty.cluster.kill(id);
-        }
-        let frozen = 2 - round;
-        for id in 0..3 {
-            faulty.spawn(id, false);
-        }
-        let delay = jitter(1500);
-        std::thread::sleep(Duration::from_millis(delay));
-        faulty.cluster.signal(frozen, "STOP").unwrap();
-        eprintln!("{test}: round {round}: {frozen} frozen {delay} ms into the restart");
-        std::thread::sleep(Duration::from_secs(5));
-        status_probe(&faulty, (frozen + 1) % 3);
-        faulty.cluster.signal(frozen, "CONT").unwrap();
-        std::thread::sleep(Duration::from_secs(3));
-        for id in 0..3 {
-            if let Some(status) = faulty.cluster.exited(id).unwrap() {
-                eprintln!("{test}: {id} stopped: {}", faulty.stopped_reason(id, status));
-            }
-        }
-        faulty.restart_missing();
-    }
     for id in 0..3 {
         workload.progress(&faulty, id, SERVES);
     }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    no_panics(&faulty);
-    faulty.finish();
-}
-
-/// Short freezes of one instance around the lease (SIGSTOP for 0.2–1.2 s, thawed for
-/// 0.3–1.5 s, for 15 s) under the workload, like long pauses of a process: its lease lapses
-/// and returns, it may be voted out. Done to 1, then to the coordinator 0. Whoever stopped
-/// restarts; nothing acknowledged is lost.
-#[test]
-fn pauses_around_the_lease_lose_nothing() {
-    let test = "pauses_around_the_lease_lose_nothing";
-    if let Some(why) = skip_reason(false, &["kill"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    for paused in [1, 0] {
-        for id in 0..3 {
-            workload.progress(&faulty, id, SERVES);
-        }
-        let started = Instant::now();
-        let mut pauses = 0;
-        while started.elapsed() < Duration::from_secs(15) {
-            if faulty.cluster.signal(paused, "STOP").is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200 + jitter(1000)));
-            let _ = faulty.cluster.signal(paused, "CONT");
-            std::thread::sleep(Duration::from_millis(300 + jitter(1200)));
-            pauses += 1;
-        }
-        let mut stopped = BTreeMap::new();
-        for id in 0..3 {
-            if let Some(status) = faulty.cluster.exited(id).unwrap() {
-                stopped.insert(id, faulty.stopped_reason(id, status));
-            }
-        }
-        eprintln!("{test}: {pauses} pauses of {paused}; stopped: {stopped:?}");
-        faulty.restart_missing();
+    for id in 0..3 {
+        faulty.cluster.kill(id);
     }
     for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
+        faulty.spawn(id, false);
     }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    no_panics(&faulty);
-    faulty.finish();
-}
-
-/// The sealer (0) frozen a random moment into its recovery of 2 (killed), for 4 s, then
-/// thawed; instance 1 must recover both and serve; 0 stops by itself; all rejoin; nothing
-/// acknowledged is lost.
-#[test]
-fn a_sealer_frozen_in_the_middle_of_a_recovery_loses_nothing() {
-    let test = "a_sealer_frozen_in_the_middle_of_a_recovery_loses_nothing";
-    if let Some(why) = skip_reason(false, &["kill"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let epoch = faulty.epoch(1);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    faulty.kill_2_and_await_its_recovery(1);
-    let delay = jitter(700);
+    let frozen = 1 + jitter(2) as usize;
+    let delay = jitter(1500);
     std::thread::sleep(Duration::from_millis(delay));
-    faulty.cluster.signal(0, "STOP").unwrap();
-    eprintln!("{test}: the sealer frozen {delay} ms into the recovery");
-    let deadline = Instant::now() + REACT;
-    while faulty.members(1) != [1] {
-        assert!(Instant::now() < deadline, "instance 1 never went on alone");
-        std::thread::sleep(Duration::from_millis(100));
+    faulty.cluster.signal(frozen, "STOP").unwrap();
+    eprintln!("{test}: {frozen} frozen {delay} ms into the restart");
+    std::thread::sleep(Duration::from_secs(5));
+    status_probe(&faulty, 0);
+    faulty.cluster.signal(frozen, "CONT").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    for id in 0..3 {
+        if let Some(status) = faulty.cluster.exited(id).unwrap() {
+            eprintln!(
+                "{test}: {id} stopped: {}",
+                faulty.stopped_reason(id, status)
+            );
+        }
     }
-    std::thread::sleep(Duration::from_secs(2));
-    faulty.cluster.signal(0, "CONT").unwrap();
-    let why = faulty.expect_stopped(0);
-    eprintln!("{test}: instance 0 stopped: {why}");
-    faulty.expect_survivors(&[1], epoch, &workload);
     faulty.restart_missing();
     for id in 0..3 {
         workload.progress(&faulty, id, SERVES);
@@ -1867,99 +1543,6 @@ fn a_coordinator_death_with_a_cut_between_the_rest_leaves_the_lower_serving() {
     );
     assert_eq!(stopped, [2], "instances {exited:?} stopped");
     faulty.expect_survivors(&[1], epoch, &workload);
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    no_panics(&faulty);
-    faulty.finish();
-}
-
-/// Instance 2 killed; a random moment into its recovery the sealer's (0's) storage stalls
-/// (network up) and stays stalled until 1 serves alone: 1 recovers both. The stall ends, 0
-/// stops by itself, all restart; nothing acknowledged is lost.
-#[test]
-fn a_sealer_storage_stall_in_the_middle_of_a_recovery_loses_nothing() {
-    let test = "a_sealer_storage_stall_in_the_middle_of_a_recovery_loses_nothing";
-    if let Some(why) = skip_reason(true, &["umount"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    if let Err(why) = faulty.stall_storage_of(0) {
-        eprintln!("SKIPPED {test}: FUSE does not work here: {why}");
-        return;
-    }
-    faulty.start(&[]);
-    let epoch = faulty.epoch(1);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    faulty.kill_2_and_await_its_recovery(1);
-    let delay = jitter(700);
-    std::thread::sleep(Duration::from_millis(delay));
-    faulty.stall.as_ref().unwrap().hold();
-    eprintln!("{test}: the sealer's storage stalled {delay} ms into the recovery");
-    faulty.expect_survivors(&[1], epoch, &workload);
-    status_probe(&faulty, 1);
-    faulty.stall.as_ref().unwrap().release();
-    let why = faulty.expect_stopped(0);
-    eprintln!("{test}: instance 0 stopped: {why}");
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    no_panics(&faulty);
-    faulty.finish();
-}
-
-/// Instance 2 killed, then restarted with what the coordinator (0) sends it on their
-/// connection dropped (2 → 0 carried) for 10 s: it cannot hear the coordinator while it
-/// joins. 0 and 1 serve throughout; 2 is restarted whenever it stops; after the heal all
-/// three serve; nothing acknowledged is lost.
-#[test]
-fn a_joiner_deaf_to_the_coordinator_does_not_stop_the_others() {
-    let test = "a_joiner_deaf_to_the_coordinator_does_not_stop_the_others";
-    if let Some(why) = skip_reason(true, &["nft"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    let port = faulty.cluster.addresses[0].port();
-    match Firewall::new("j", cut_gid(), port) {
-        Ok(firewall) => faulty.firewall = Some(firewall),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
-            return;
-        }
-    }
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 2, SERVES);
-    faulty.kill_2_and_await_its_recovery(0);
-    faulty.firewall.as_ref().unwrap().cut_other_way();
-    let cut_at = Instant::now();
-    let mut starts = 0;
-    while cut_at.elapsed() < Duration::from_secs(10) {
-        if faulty.cluster.pid(2).is_none() || faulty.cluster.exited(2).unwrap().is_some() {
-            // In the firewall's group: its packets to 0 mark the connection.
-            faulty.spawn(2, true);
-            starts += 1;
-        }
-        for id in [0, 1] {
-            workload.progress(&faulty, id, SERVES);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    faulty.firewall.as_ref().unwrap().heal();
-    let stopped: Vec<usize> = (0..2)
-        .filter(|&id| faulty.cluster.exited(id).unwrap().is_some())
-        .collect();
-    eprintln!("{test}: 2 started {starts} times during the cut; stopped: {stopped:?}");
-    assert!(stopped.is_empty(), "instances {stopped:?} stopped");
     faulty.restart_missing();
     for id in 0..3 {
         workload.progress(&faulty, id, SERVES);
