@@ -1285,6 +1285,12 @@ impl ClusterManager {
         self.stopped
     }
 
+    /// Whether this instance finds itself without the majority: it stops if that lasts a
+    /// disk timeout and a round.
+    pub fn lacks_majority(&self) -> bool {
+        self.minority_since.is_some()
+    }
+
     /// When every member of `lost` has surely stopped writing, so its blocks may be rebuilt:
     /// the lease after the later of `decided_at` (when this instance learnt the decision that
     /// lost them; it was durable by then, and a lost member renews its lease only after a

@@ -3243,6 +3243,11 @@ impl Sim {
     /// reports and this model cannot follow (seed 17009909: n2 stopped on a write error with
     /// its write of 0.1 torn; the plan cut n0 off, n1 — holding 0.1's only past image —
     /// lost the tie and stopped).
+    /// Nor while an instance lacks the majority (it stops unless it hears the others again
+    /// within a disk timeout and a round): a death of the side it cannot hear leaves no one
+    /// (seed 20000104: a one-way cut left n1 unable to hear n0, the lowest; the cut healed
+    /// and n0 died at once, and n1, its minority wait nearly over and n0's disk heartbeat
+    /// moving until a moment before, stopped).
     fn death_must_wait(&self, now: Duration) -> bool {
         let members = self.memberships.newest().map(|(_, live)| live);
         self.faults.any_in_force(now)
@@ -3251,6 +3256,10 @@ impl Sim {
                 .torn
                 .iter()
                 .any(|block| self.is_torn_on_storage(*block))
+            || self
+                .live()
+                .into_iter()
+                .any(|i| self.nodes[i].node.cluster().lacks_majority())
             || self
                 .live()
                 .into_iter()

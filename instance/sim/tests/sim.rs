@@ -126,13 +126,17 @@ fn a_failed_read_fails_the_waiting_user_and_never_hangs() {
 /// came, whose old-epoch completion unfroze a block the new epoch's set had frozen again,
 /// so that its rebuild was still to come while a user held it in X (13000194); a planned
 /// cut whose tie-break fenced the only holder of a torn block's past image (17009909: the
-/// plan now waits until recovery rebuilt the torn block).
+/// plan now waits until recovery rebuilt the torn block); a planned death of the lowest
+/// instance just as a one-way cut healed, while the other, unable to hear it, was about to
+/// stop for lack of the majority (20000104).
 #[test]
 fn soak_failures_stay_fixed() {
     let with_default_timings = [272, 1_000_042, 1_007_517, 2_002_578, 6_004_564, 8_001_639]
         .map(|seed| SimConfig::from_seed(seed).with_default_timings());
-    let with_drawn_timings =
-        [10_006_389, 11_003_850, 12_004_674, 13_000_194, 17_009_909].map(SimConfig::from_seed);
+    let with_drawn_timings = [
+        10_006_389, 11_003_850, 12_004_674, 13_000_194, 17_009_909, 20_000_104,
+    ]
+    .map(SimConfig::from_seed);
     for config in with_default_timings.into_iter().chain(with_drawn_timings) {
         let seed = config.seed;
         let stats = run_seed(config);
