@@ -105,6 +105,9 @@ pub enum StartError {
     /// The landing region or buffer cache could not be set up.
     #[error("buffer cache: {0}")]
     Cache(String),
+    /// The instance stopped before it finished starting (voted out, fenced): why.
+    #[error("the instance stopped: {0} (while starting)")]
+    Stopped(String),
     /// Entering the cluster failed (whole-cluster recovery, the formation's Disk Paxos
     /// cannot run with this configuration, or this instance's failure timings differ from
     /// the cluster's).
@@ -388,8 +391,10 @@ impl Instance {
             })
             .collect();
         if !runtime.handle.submit(Command::PreviousLife { blocks }) {
-            return Err(StartError::Cache(
-                "the instance stopped while starting".into(),
+            // Voted out or fenced while it started (a process paused then): say why.
+            let reason = runtime.handle.stop.reason();
+            return Err(StartError::Stopped(
+                reason.unwrap_or_else(|| "no reason recorded".into()),
             ));
         }
         let payload = layout.block_size as usize - BLOCK_HEADER_LEN;

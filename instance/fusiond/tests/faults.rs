@@ -17,6 +17,15 @@
 //! * Deaths in the middle of a recovery: the sealer killed while it recovers another, then
 //!   the whole cluster killed while it recovers; each time the rest (or a restart of all)
 //!   recovers everything.
+//! * Faults in the middle of reconfiguration: the coordinator killed while the link between
+//!   the other two is cut (a tie among two: the lower one serves alone); one instance frozen
+//!   a random moment into a whole-cluster restart; a voted-out instance sent SIGTERM and
+//!   thawed (its shutdown checkpoints and marks its slot), then the whole cluster killed.
+//! * One way of the 0–1 connection cut from the coordinator's side (what 0 sends is
+//!   dropped): 2 never stops, exactly one of 0 and 1 does.
+//! * Reads after a thaw: an instance frozen until the others voted it out and incremented
+//!   every key, then asked to read them (the requests sent while it was frozen): it answers
+//!   no value older than an acknowledged increment.
 //! * Failing data writes of one instance (the same pass-through answering EIO): it stops, the
 //!   others recover it.
 //! * A cluster on a loop block device with `O_DIRECT` (`losetup --direct-io=on`): a `kill -9`
@@ -1180,5 +1189,341 @@ fn a_flapping_link_among_three_loses_nothing() {
     }
     let tally = workload.finish();
     faulty.check_contents(&[0, 1, 2], &tally);
+    faulty.finish();
+}
+
+// ------------------------------------------------------------------------------ adversarial
+// scenarios
+
+impl Firewall {
+    /// Cuts the other way: what the group's instance receives on the connection is dropped
+    /// (the other end's sends), what it sends still arrives.
+    fn cut_other_way(&self) {
+        self.drop_marked(&format!("meta skgid != {} ", self.gid), "cut the other way");
+    }
+}
+
+/// `fusionctl status` with instance `id`'s config: it exits by itself (no signal, no panic)
+/// whatever state the cluster is in; its exit status.
+fn status_probe(faulty: &Faulty, id: usize) -> ExitStatus {
+    let out = Command::new(common::FUSIONCTL)
+        .arg("status")
+        .arg("--config")
+        .arg(&faulty.cluster.configs[id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code().is_some() && !errors.contains("panicked"),
+        "fusionctl status: {}\n{text}\n{errors}",
+        out.status
+    );
+    eprintln!("fusionctl status ({}):\n{text}{errors}", out.status);
+    out.status
+}
+
+/// No instance's log says it panicked.
+fn no_panics(faulty: &Faulty) {
+    for id in 0..faulty.n() {
+        let log = faulty.cluster.log(id);
+        assert!(!log.contains("panicked"), "instance {id} panicked:\n{log}");
+    }
+}
+
+/// What instance 0 (the coordinator) sends on its connection to 1 is dropped (1 → 0 is
+/// carried, 2's links are untouched) under the workload until one instance stops, and for 6
+/// s at least; then it heals. Instance 2 never stops; exactly one of 0 and 1 stops; the rest
+/// serve; every acknowledged increment is present; the stopped one rejoins.
+#[test]
+fn a_one_way_cut_from_the_coordinator_stops_one_end() {
+    let test = "a_one_way_cut_from_the_coordinator_stops_one_end";
+    if let Some(why) = skip_reason(true, &["nft"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    let port = faulty.cluster.addresses[0].port();
+    match Firewall::new("o", cut_gid(), port) {
+        Ok(firewall) => faulty.firewall = Some(firewall),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
+            return;
+        }
+    }
+    // Instance 1 dials 0: its packets mark the link; 0's answers on it are dropped.
+    faulty.start(&[1]);
+    let epoch = faulty.epoch(0);
+    let workload = Workload::start(&faulty);
+    workload.progress(&faulty, 1, SERVES);
+    let cut_at = Instant::now();
+    faulty.firewall.as_ref().unwrap().cut_other_way();
+    let exited = wait_for_exits(&mut faulty, &[0, 1, 2], cut_at, Duration::from_secs(6));
+    status_probe(&faulty, 2);
+    faulty.firewall.as_ref().unwrap().heal();
+    assert_eq!(exited.len(), 1, "instances {exited:?} stopped");
+    let (&loser, &status) = exited.iter().next().unwrap();
+    assert!(loser < 2, "instance 2, not at the cut, stopped");
+    let why = faulty.stopped_reason(loser, status);
+    eprintln!("{test}: instance {loser} stopped: {why}");
+    let mut survivors = vec![1 - loser, 2];
+    survivors.sort_unstable();
+    faulty.expect_survivors(&survivors, epoch, &workload);
+    let tally = workload.finish();
+    faulty.check_contents(&survivors, &tally);
+    faulty.rejoin(loser, 2);
+    no_panics(&faulty);
+    faulty.finish();
+}
+
+/// Reads from an instance thawed after the others voted it out: instance 1 reads every key
+/// (its cache holds shared copies), is frozen (SIGSTOP) until 0 and 2 serve at a new epoch
+/// without it, and they increment every key; then 1 is thawed and, on a connection opened
+/// before the freeze, asked to read them at once and again until it stops. Every value it
+/// answers must hold the increments acknowledged before the thaw: a stale copy served after
+/// its lease lapsed is a lost update seen by a client.
+#[test]
+fn a_thawed_instance_serves_no_stale_read() {
+    let test = "a_thawed_instance_serves_no_stale_read";
+    if let Some(why) = skip_reason(false, &["kill"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    faulty.start(&[]);
+    let epoch = faulty.epoch(0);
+    for n in 0..KEYS {
+        assert!(matches!(
+            call_retrying(&faulty.cluster, n % 3, &["INCR", &key(n)]),
+            Resp::Integer(_)
+        ));
+    }
+    let mut mget = vec!["MGET".to_string()];
+    mget.extend((0..KEYS).map(key));
+    let mget: Vec<&str> = mget.iter().map(String::as_str).collect();
+    let mut reader = faulty
+        .cluster
+        .client(1)
+        .with_timeout(Duration::from_secs(60))
+        .unwrap();
+    assert!(matches!(reader.call(&mget), Ok(Resp::Array(_))));
+    let mut pinger = faulty.cluster.client(1);
+    assert!(pinger.call(&["PING"]).is_ok());
+    faulty.cluster.signal(1, "STOP").unwrap();
+    let deadline = Instant::now() + REACT;
+    while faulty.epoch(0) <= epoch || faulty.members(0) != [0, 2] {
+        assert!(Instant::now() < deadline, "instance 0: no epoch without 1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut latest = vec![0u64; KEYS];
+    for (n, latest) in latest.iter_mut().enumerate() {
+        match call_retrying(
+            &faulty.cluster,
+            if n % 2 == 0 { 0 } else { 2 },
+            &["INCR", &key(n)],
+        ) {
+            Resp::Integer(v) => *latest = v as u64,
+            other => panic!("INCR: {other:?}"),
+        }
+    }
+    // Sent while it is frozen, after the increments were acknowledged: it reads them the
+    // moment it thaws, racing its own discovery that it was voted out.
+    const PIPELINED: usize = 64;
+    let mut burst = Vec::new();
+    for _ in 0..PIPELINED {
+        burst.extend(Client::encode(&mget));
+    }
+    reader.send_raw(&burst).unwrap();
+    faulty.cluster.signal(1, "CONT").unwrap();
+    let mut answered = 0;
+    loop {
+        let reply = if answered < PIPELINED {
+            reader.read()
+        } else {
+            reader.call(&mget)
+        };
+        match reply {
+            Ok(Resp::Array(values)) => {
+                for (n, v) in values.into_iter().enumerate() {
+                    let value: u64 = match v {
+                        Resp::Bulk(b) => String::from_utf8(b).unwrap().parse().unwrap(),
+                        other => panic!("{}: {other:?}", key(n)),
+                    };
+                    assert!(
+                        value >= latest[n],
+                        "instance 1 thawed read {} = {value}, before the thaw {} was acknowledged\n{}",
+                        key(n),
+                        latest[n],
+                        faulty.cluster.logs()
+                    );
+                }
+                answered += 1;
+            }
+            Ok(other) => {
+                eprintln!("{test}: instance 1 answered {other:?}");
+                break;
+            }
+            Err(e) => {
+                eprintln!("{test}: instance 1's connection: {e}");
+                break;
+            }
+        }
+        if answered > 10_000 {
+            break;
+        }
+    }
+    eprintln!("{test}: {answered} reads answered after the thaw");
+    let _ = faulty.expect_stopped(1);
+    faulty.rejoin(1, 0);
+    no_panics(&faulty);
+    faulty.finish();
+}
+
+/// The whole cluster killed under the workload, all three restarted, and instance 1 or 2
+/// frozen a random moment into the restart (formation, whole-cluster recovery, its runtime's
+/// start) for 5 s, then thawed. The others go on without it; it stops by itself and its log
+/// says why, also when it was voted out before its start had finished (its start failed
+/// with "buffer cache: the instance stopped while starting" before, hiding the reason). It
+/// restarts; every instance serves; nothing acknowledged is lost.
+#[test]
+fn a_freeze_during_a_whole_cluster_restart_loses_nothing() {
+    let test = "a_freeze_during_a_whole_cluster_restart_loses_nothing";
+    if let Some(why) = skip_reason(false, &["kill"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    faulty.start(&[]);
+    let workload = Workload::start(&faulty);
+    for id in 0..3 {
+        workload.progress(&faulty, id, SERVES);
+    }
+    for id in 0..3 {
+        faulty.cluster.kill(id);
+    }
+    for id in 0..3 {
+        faulty.spawn(id, false);
+    }
+    let frozen = 1 + jitter(2) as usize;
+    let delay = jitter(1500);
+    std::thread::sleep(Duration::from_millis(delay));
+    faulty.cluster.signal(frozen, "STOP").unwrap();
+    eprintln!("{test}: {frozen} frozen {delay} ms into the restart");
+    std::thread::sleep(Duration::from_secs(5));
+    status_probe(&faulty, 0);
+    faulty.cluster.signal(frozen, "CONT").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    for id in 0..3 {
+        if let Some(status) = faulty.cluster.exited(id).unwrap() {
+            eprintln!(
+                "{test}: {id} stopped: {}",
+                faulty.stopped_reason(id, status)
+            );
+        }
+    }
+    faulty.restart_missing();
+    for id in 0..3 {
+        workload.progress(&faulty, id, SERVES);
+    }
+    let tally = workload.finish();
+    faulty.check_contents(&[0, 1, 2], &tally);
+    no_panics(&faulty);
+    faulty.finish();
+}
+
+/// The coordinator (0) killed and, at the same moment, the 1–2 connection cut both ways:
+/// 1 and 2 are each alone among the two left (a tie: the side holding the lowest id, 1,
+/// survives). Exactly 2 stops; 1 serves alone; after the heal 0 and 2 restart and rejoin;
+/// nothing acknowledged is lost.
+#[test]
+fn a_coordinator_death_with_a_cut_between_the_rest_leaves_the_lower_serving() {
+    let test = "a_coordinator_death_with_a_cut_between_the_rest_leaves_the_lower_serving";
+    if let Some(why) = skip_reason(true, &["nft"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    let port = faulty.cluster.addresses[1].port();
+    match Firewall::new("k", cut_gid(), port) {
+        Ok(firewall) => faulty.firewall = Some(firewall),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
+            return;
+        }
+    }
+    // Instance 2 dials 1: its packets mark the link.
+    faulty.start(&[2]);
+    let epoch = faulty.epoch(1);
+    let workload = Workload::start(&faulty);
+    for id in 0..3 {
+        workload.progress(&faulty, id, SERVES);
+    }
+    let cut_at = Instant::now();
+    faulty.firewall.as_ref().unwrap().cut();
+    faulty.cluster.kill(0);
+    let exited = wait_for_exits(&mut faulty, &[1, 2], cut_at, Duration::from_secs(6));
+    status_probe(&faulty, 1);
+    faulty.firewall.as_ref().unwrap().heal();
+    let stopped: Vec<usize> = exited.keys().copied().collect();
+    eprintln!(
+        "{test}: stopped {stopped:?}: {:?}",
+        exited
+            .iter()
+            .map(|(&id, &s)| faulty.stopped_reason(id, s))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(stopped, [2], "instances {exited:?} stopped");
+    faulty.expect_survivors(&[1], epoch, &workload);
+    faulty.restart_missing();
+    for id in 0..3 {
+        workload.progress(&faulty, id, SERVES);
+    }
+    let tally = workload.finish();
+    faulty.check_contents(&[0, 1, 2], &tally);
+    no_panics(&faulty);
+    faulty.finish();
+}
+
+/// Instance 1 frozen under the workload until 0 and 2 recovered it, then sent SIGTERM and
+/// thawed: it wakes to a shutdown (checkpoint, slot marked down) after it was voted out.
+/// Then the whole cluster is killed at once and restarted: whole-cluster recovery reads every
+/// thread from its slot's checkpoint, so a checkpoint the voted-out instance moved must not
+/// skip redo whose blocks only the survivors' caches held. Nothing acknowledged is lost.
+#[test]
+fn a_shutdown_after_being_voted_out_loses_nothing() {
+    let test = "a_shutdown_after_being_voted_out_loses_nothing";
+    if let Some(why) = skip_reason(false, &["kill"]) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let mut faulty = Faulty::new(3);
+    faulty.start(&[]);
+    let epoch = faulty.epoch(0);
+    let workload = Workload::start(&faulty);
+    for id in 0..3 {
+        workload.progress(&faulty, id, SERVES);
+    }
+    faulty.cluster.signal(1, "STOP").unwrap();
+    faulty.expect_survivors(&[0, 2], epoch, &workload);
+    faulty.cluster.signal(1, "TERM").unwrap();
+    faulty.cluster.signal(1, "CONT").unwrap();
+    let status = match faulty.cluster.wait_exit(1, REACT) {
+        Ok(status) => status,
+        Err(e) => panic!("{e}\n{}", faulty.cluster.logs()),
+    };
+    eprintln!("{test}: instance 1 exited with {status}");
+    for id in 0..3 {
+        workload.progress(&faulty, id, 0);
+    }
+    std::thread::sleep(Duration::from_millis(jitter(1000)));
+    faulty.cluster.kill(0);
+    faulty.cluster.kill(2);
+    faulty.restart_missing();
+    for id in 0..3 {
+        workload.progress(&faulty, id, SERVES);
+    }
+    let tally = workload.finish();
+    faulty.check_contents(&[0, 1, 2], &tally);
+    no_panics(&faulty);
     faulty.finish();
 }
