@@ -52,13 +52,13 @@ mod common;
 mod stall_fs;
 
 use common::{
-    Cluster, ClusterOptions, FUSIOND, Reconnecting, Resp, call_retrying, run, skip_reason,
+    Client, Cluster, ClusterOptions, FUSIOND, Reconnecting, Resp, call_retrying, run, skip_reason,
 };
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -1238,24 +1238,11 @@ fn no_panics(faulty: &Faulty) {
 #[test]
 fn a_one_way_cut_from_the_coordinator_stops_one_end() {
     let test = "a_one_way_cut_from_the_coordinator_stops_one_end";
-    if let Some(why) = skip_reason(true, &["nft"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    let port = faulty.cluster.addresses[0].port();
-    match Firewall::new("o", cut_gid(), port) {
-        Ok(firewall) => faulty.firewall = Some(firewall),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
-            return;
-        }
-    }
     // Instance 1 dials 0: its packets mark the link; 0's answers on it are dropped.
-    faulty.start(&[1]);
-    let epoch = faulty.epoch(0);
-    let workload = Workload::start(&faulty);
-    workload.progress(&faulty, 1, SERVES);
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).cut("o", 0, 1).start(1)
+    else {
+        return;
+    };
     let cut_at = Instant::now();
     faulty.firewall.as_ref().unwrap().cut_other_way();
     let exited = wait_for_exits(&mut faulty, &[0, 1, 2], cut_at, Duration::from_secs(6));
@@ -1266,14 +1253,8 @@ fn a_one_way_cut_from_the_coordinator_stops_one_end() {
     assert!(loser < 2, "instance 2, not at the cut, stopped");
     let why = faulty.stopped_reason(loser, status);
     eprintln!("{test}: instance {loser} stopped: {why}");
-    let mut survivors = vec![1 - loser, 2];
-    survivors.sort_unstable();
-    faulty.expect_survivors(&survivors, epoch, &workload);
-    let tally = workload.finish();
-    faulty.check_contents(&survivors, &tally);
-    faulty.rejoin(loser, 2);
     no_panics(&faulty);
-    faulty.finish();
+    faulty.survivors_then_rejoin(&[1 - loser, 2], epochs[0], workload, loser);
 }
 
 /// Reads from an instance thawed after the others voted it out: instance 1 reads every key
@@ -1388,14 +1369,11 @@ fn a_thawed_instance_serves_no_stale_read() {
 #[test]
 fn a_freeze_during_a_whole_cluster_restart_loses_nothing() {
     let test = "a_freeze_during_a_whole_cluster_restart_loses_nothing";
-    if let Some(why) = skip_reason(false, &["kill"]) {
-        eprintln!("SKIPPED {test}: {why}");
+    let Some((mut faulty, workload, _)) = Scenario::new(test, 3).needs(false, "kill").start(0)
+    else {
         return;
-    }
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let workload = Workload::start(&faulty);
-    for id in 0..3 {
+    };
+    for id in 1..3 {
         workload.progress(&faulty, id, SERVES);
     }
     for id in 0..3 {
@@ -1438,24 +1416,13 @@ fn a_freeze_during_a_whole_cluster_restart_loses_nothing() {
 #[test]
 fn a_coordinator_death_with_a_cut_between_the_rest_leaves_the_lower_serving() {
     let test = "a_coordinator_death_with_a_cut_between_the_rest_leaves_the_lower_serving";
-    if let Some(why) = skip_reason(true, &["nft"]) {
-        eprintln!("SKIPPED {test}: {why}");
-        return;
-    }
-    let mut faulty = Faulty::new(3);
-    let port = faulty.cluster.addresses[1].port();
-    match Firewall::new("k", cut_gid(), port) {
-        Ok(firewall) => faulty.firewall = Some(firewall),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: nftables does not work here: {why}");
-            return;
-        }
-    }
     // Instance 2 dials 1: its packets mark the link.
-    faulty.start(&[2]);
-    let epoch = faulty.epoch(1);
-    let workload = Workload::start(&faulty);
-    for id in 0..3 {
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).cut("k", 1, 2).start(0)
+    else {
+        return;
+    };
+    let epoch = epochs[1];
+    for id in 1..3 {
         workload.progress(&faulty, id, SERVES);
     }
     let cut_at = Instant::now();
@@ -1492,15 +1459,12 @@ fn a_coordinator_death_with_a_cut_between_the_rest_leaves_the_lower_serving() {
 #[test]
 fn a_shutdown_after_being_voted_out_loses_nothing() {
     let test = "a_shutdown_after_being_voted_out_loses_nothing";
-    if let Some(why) = skip_reason(false, &["kill"]) {
-        eprintln!("SKIPPED {test}: {why}");
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).needs(false, "kill").start(0)
+    else {
         return;
-    }
-    let mut faulty = Faulty::new(3);
-    faulty.start(&[]);
-    let epoch = faulty.epoch(0);
-    let workload = Workload::start(&faulty);
-    for id in 0..3 {
+    };
+    let epoch = epochs[0];
+    for id in 1..3 {
         workload.progress(&faulty, id, SERVES);
     }
     faulty.cluster.signal(1, "STOP").unwrap();
