@@ -1855,6 +1855,24 @@ mod tests {
         manager_on(me, members, &new_disk())
     }
 
+    /// Instance 0's manager among 0, 1 and 2 after 2 was lost (at the returned epoch) and
+    /// restarted, asking to join at 1,100 ms before the survivors have recovered it.
+    fn restarted_and_asking_to_join() -> (Rig, Epoch) {
+        let mut m = manager(0, &[0, 1, 2]);
+        m.on_disconnected(id(2));
+        run(&mut m, &[1], &[0, 1], 0, 1000);
+        let (epoch, _, _) = reconfigured(&actions(&mut m)).expect("instance 2 lost");
+        m.on_connected(id(2));
+        m.on_message(
+            id(2),
+            ClusterMessage::JoinRequest {
+                timings: FailureConfig::default(),
+            },
+            at(1100),
+        );
+        (m, epoch)
+    }
+
     fn actions(m: &mut Rig) -> Vec<ClusterAction> {
         let now = m.disk_observed;
         m.step(now, false);
@@ -2385,18 +2403,7 @@ mod tests {
 
     #[test]
     fn a_member_admitted_lately_is_not_dead_before_the_grace_though_silent_everywhere() {
-        let mut m = manager(0, &[0, 1, 2]);
-        m.on_disconnected(id(2));
-        run(&mut m, &[1], &[0, 1], 0, 1000);
-        let (epoch, _, _) = reconfigured(&actions(&mut m)).expect("instance 2 lost");
-        m.on_connected(id(2));
-        m.on_message(
-            id(2),
-            ClusterMessage::JoinRequest {
-                timings: FailureConfig::default(),
-            },
-            at(1100),
-        );
+        let (mut m, epoch) = restarted_and_asking_to_join();
         m.on_recovery_done(epoch);
         m.on_message(id(1), ClusterMessage::RecoveryDone { epoch }, at(1200));
         run(&mut m, &[1], &[0, 1], 1200, 1200);
@@ -2819,19 +2826,7 @@ mod tests {
 
     #[test]
     fn a_restarted_instance_is_admitted_once_recovery_is_done_everywhere() {
-        let mut m = manager(0, &[0, 1, 2]);
-        m.on_disconnected(id(2));
-        run(&mut m, &[1], &[0, 1], 0, 1000);
-        let (epoch, _, _) = reconfigured(&actions(&mut m)).expect("instance 2 lost");
-        // It restarts and asks to join before the survivors have recovered it.
-        m.on_connected(id(2));
-        m.on_message(
-            id(2),
-            ClusterMessage::JoinRequest {
-                timings: FailureConfig::default(),
-            },
-            at(1100),
-        );
+        let (mut m, epoch) = restarted_and_asking_to_join();
         run(&mut m, &[1, 2], &[0, 1, 2], 1100, 1300);
         assert!(
             reconfigured(&actions(&mut m)).is_none(),

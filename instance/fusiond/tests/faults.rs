@@ -413,6 +413,20 @@ impl Faulty {
         );
     }
 
+    /// The instances not running start again and serve; every acknowledged increment is
+    /// read through each of them; no log shows a panic; then [`Faulty::finish`].
+    fn all_back(mut self, workload: Workload) {
+        self.restart_missing();
+        let all: Vec<usize> = (0..self.n()).collect();
+        for &id in &all {
+            workload.progress(&self, id, SERVES);
+        }
+        let tally = workload.finish();
+        self.check_contents(&all, &tally);
+        no_panics(&self);
+        self.finish();
+    }
+
     /// Every instance increments a key, all read the same, all leave cleanly on SIGTERM.
     fn finish(mut self) {
         let n = self.n();
@@ -1143,13 +1157,7 @@ fn deaths_in_the_middle_of_a_recovery_lose_nothing() {
     faulty.cluster.kill(0);
     faulty.cluster.kill(1);
     eprintln!("{test}: the whole cluster killed {delay} ms into the recovery");
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
+    faulty.all_back(workload);
 }
 
 /// The 0–1 connection flaps under the workload for 15 s: cut for 0.5–2.5 s (about the
@@ -1183,13 +1191,7 @@ fn a_flapping_link_among_three_loses_nothing() {
         !stopped.contains_key(&2),
         "instance 2, not at the cut, stopped"
     );
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    faulty.finish();
+    faulty.all_back(workload);
 }
 
 // ------------------------------------------------------------------------------ adversarial
@@ -1399,14 +1401,7 @@ fn a_freeze_during_a_whole_cluster_restart_loses_nothing() {
             );
         }
     }
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    no_panics(&faulty);
-    faulty.finish();
+    faulty.all_back(workload);
 }
 
 /// The coordinator (0) killed and, at the same moment, the 1–2 connection cut both ways:
@@ -1441,14 +1436,7 @@ fn a_coordinator_death_with_a_cut_between_the_rest_leaves_the_lower_serving() {
     );
     assert_eq!(stopped, [2], "instances {exited:?} stopped");
     faulty.expect_survivors(&[1], epoch, &workload);
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    no_panics(&faulty);
-    faulty.finish();
+    faulty.all_back(workload);
 }
 
 /// Instance 1 frozen under the workload until 0 and 2 recovered it, then sent SIGTERM and
@@ -1482,12 +1470,5 @@ fn a_shutdown_after_being_voted_out_loses_nothing() {
     std::thread::sleep(Duration::from_millis(jitter(1000)));
     faulty.cluster.kill(0);
     faulty.cluster.kill(2);
-    faulty.restart_missing();
-    for id in 0..3 {
-        workload.progress(&faulty, id, SERVES);
-    }
-    let tally = workload.finish();
-    faulty.check_contents(&[0, 1, 2], &tally);
-    no_panics(&faulty);
-    faulty.finish();
+    faulty.all_back(workload);
 }
