@@ -755,6 +755,11 @@ impl DiskPaxos {
             self.stats.unexpected_completions += 1;
             return;
         };
+        // The disk may not hold it: the own block is written again (the next `poll_io`). A
+        // decision whose commit write failed was otherwise known only here, never to the
+        // others reading the voting area, and instances entering at once each waited for
+        // the others to know the same decision for ever (membership seed 22007336).
+        self.issued_version = self.issued_version.min(version.saturating_sub(1));
         if self
             .attempt
             .is_some_and(|a| !a.reading && version >= a.write_version)
@@ -1284,6 +1289,35 @@ mod tests {
         let mut q = paxos(1);
         q.observe(id(0), &bytes).unwrap();
         assert_eq!(events(&mut q), vec![PaxosEvent::Decided(decision)]);
+    }
+
+    /// Membership seed 22007336: a decision whose commit write failed must still reach the
+    /// disk, or the others reading the voting area never learn it.
+    #[test]
+    fn a_failed_write_of_the_own_block_is_made_again() {
+        let mut p = paxos(0);
+        p.propose(Epoch(2), set(&[0, 1]), at(0)).unwrap();
+        let disk = [[0u8; PAXOS_BLOCK_LEN]; 3];
+        for _ in 0..2 {
+            let _ = ios(&mut p);
+            p.handle_write_done(at(1));
+            let _ = ios(&mut p);
+            p.handle_read_done(id(1), &disk[1], at(2));
+            p.handle_read_done(id(2), &disk[2], at(2));
+        }
+        let decided = p.decided();
+        assert_eq!(decided.epoch, Epoch(2));
+        let first = ios(&mut p);
+        assert!(matches!(first[..], [PaxosIo::WriteOwn { .. }]), "{first:?}");
+        p.handle_write_failed();
+        let again = ios(&mut p);
+        let [PaxosIo::WriteOwn { bytes }] = again[..] else {
+            panic!("the commit write again: {again:?}");
+        };
+        let block = PaxosBlock::decode(&bytes).unwrap().unwrap();
+        assert_eq!(block.decided, decided);
+        p.handle_write_done(at(3));
+        assert!(ios(&mut p).is_empty(), "written once it is durable");
     }
 
     #[test]
