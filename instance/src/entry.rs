@@ -364,11 +364,11 @@ impl Entry {
         if let Some(known) = self.peer_known.get_mut(peer.index()) {
             *known = None;
         }
-        // A running cluster none of whose members is reachable any more may be gone (its
-        // last member died), as may a formation whose former went: the instances starting
-        // now may have to form a new one.
+        // A running cluster none of whose members is reachable and running any more may be
+        // gone (its last member died), as may a formation whose former went: the instances
+        // starting now may have to form a new one.
         if self.running.is_some_and(|(epoch, live, from)| {
-            (epoch == Epoch(0) && from == peer) || live.iter().all(|m| !self.connected.contains(m))
+            (epoch == Epoch(0) && from == peer) || self.none_running(live)
         }) {
             self.running = None;
         }
@@ -454,11 +454,15 @@ impl Entry {
                     *known = Some(epoch);
                 }
                 // A former that says it is not running gave its formation up (a newer
-                // decision superseded it): its claim no longer holds anyone back.
-                if self
-                    .running
-                    .is_some_and(|(e, _, former)| e == Epoch(0) && former == from)
-                {
+                // decision superseded it): its claim no longer holds anyone back. Nor does a
+                // running cluster none of whose members is still reachable and running: a
+                // member that says it is not running restarted, or never learnt of the
+                // formation that named it (membership seed 23002251: epoch 3 = {1, 2} was
+                // formed while 2 was cut off from its former; 1 died, and 0 waited to join
+                // a cluster whose only other member was entering too, for ever).
+                if self.running.is_some_and(|(e, live, former)| {
+                    (e == Epoch(0) && former == from) || self.none_running(live)
+                }) {
                     self.running = None;
                 }
             }
@@ -873,6 +877,15 @@ impl Entry {
                 timings: self.config.failure,
             }),
         }
+    }
+
+    /// Whether no member of `live` is both connected and running (its last word was not a
+    /// `Hello` saying it is not running).
+    fn none_running(&self, live: InstanceSet) -> bool {
+        live.iter().all(|m| {
+            !self.connected.contains(m)
+                || self.peer_known.get(m.index()).copied().flatten().is_some()
+        })
     }
 
     /// Sends `peer` this instance's `Hello` (none before its first look at the voting area).
@@ -1571,6 +1584,31 @@ mod tests {
             let (peer, _, _) = timings_differ(&e).expect("stopped");
             assert_eq!(peer, id(other));
         }
+    }
+
+    /// Membership soak seed 23002251: a running cluster heard of is forgotten once none of
+    /// its members is both reachable and running — one entering too (it never learnt of the
+    /// formation that named it) holds nothing up; the instance looks at the voting area again.
+    #[test]
+    fn a_cluster_whose_reachable_members_all_say_they_are_not_running_is_gone() {
+        let mut e = entry(0, &[0, 1, 2]);
+        assert_eq!(ios(&mut e), vec![EntryIo::SlotRound]);
+        e.handle_connected(id(1), at(5));
+        let status = ClusterMessage::Status {
+            epoch: Epoch(3),
+            live: set(&[1, 2]),
+            recovered: Epoch(3),
+        };
+        e.handle_message(id(1), status, at(8));
+        hello_knowing(&mut e, 2, 3, 10);
+        e.handle_disconnected(id(1), at(20));
+        let _ = ios(&mut e);
+        e.handle_slot_round(&[], at(30));
+        e.handle_timeout(at(200));
+        assert!(
+            ios(&mut e).contains(&EntryIo::SlotRound),
+            "no member of epoch 3 runs: it looks for the cluster again"
+        );
     }
 
     /// Membership soak seed 18010174: an instance that stops on its timings stays until the
