@@ -131,8 +131,10 @@ fn a_failed_read_fails_the_waiting_user_and_never_hangs() {
 /// stop for lack of the majority (20000104).
 #[test]
 fn soak_failures_stay_fixed() {
-    let with_default_timings = [272, 1_000_042, 1_007_517, 2_002_578, 6_004_564, 8_001_639]
-        .map(|seed| SimConfig::from_seed(seed).with_default_timings());
+    let with_default_timings = [
+        272, 1_000_042, 1_007_517, 2_002_578, 6_004_564, 6_004_525, 8_001_639,
+    ]
+    .map(|seed| SimConfig::from_seed(seed).with_default_timings());
     let with_drawn_timings = [
         10_006_389, 11_003_850, 12_004_674, 13_000_194, 17_009_909, 20_000_104,
     ]
@@ -150,7 +152,9 @@ fn soak_failures_stay_fixed() {
         if seed == 11_003_850 {
             assert!(stats.recoveries > 0, "seed {seed}: no recovery");
         }
-        if seed == 6_004_564 {
+        // 6004564's timeline no longer tears a write since this session's membership
+        // changes; 6004525 (default timings too) does, and keeps the torn path covered.
+        if seed == 6_004_525 {
             assert!(stats.torn_writes > 0, "seed {seed}: no torn write");
         }
     }
