@@ -19,7 +19,7 @@
 use crate::clients::{ClientHandle, ClientRegistry, Published};
 use crate::metrics::Metrics;
 use crate::resp::{Protocol, Reply};
-use crate::store::{Pending, Store, Tx};
+use crate::store::{Pairs, Pending, Store, Tx};
 use crate::value::{DATABASES, Data, Value, glob_match, kv_key};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
@@ -290,6 +290,63 @@ fn lookup(name: &[u8]) -> Option<(&'static str, i32)> {
         .iter()
         .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
         .copied()
+}
+
+/// `COMMAND [COUNT|DOCS]`.
+fn command_reply(args: &[Vec<u8>]) -> Reply {
+    let sub = args.get(1).map(|a| a.to_ascii_lowercase());
+    match sub.as_deref() {
+        None => Reply::Array(
+            COMMANDS
+                .iter()
+                .map(|(n, a)| Reply::Array(vec![Reply::text(*n), Reply::Integer((*a).into())]))
+                .collect(),
+        ),
+        Some(b"count") if args.len() == 2 => Reply::Integer(COMMANDS.len() as i64),
+        Some(b"count") => Reply::err("wrong number of arguments for 'command|count' command"),
+        // No per-command documentation: clients fall back to their own.
+        Some(b"docs") => Reply::Map(Vec::new()),
+        Some(_) => Reply::err(format!(
+            "unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
+    }
+}
+
+/// Visits every pair of database `db` (expired ones too) from KV key `start` (the
+/// database's first key when `None`) in batches that `scan` returns, until `visit` returns
+/// false.
+fn walk_with<E>(
+    db: u8,
+    start: Option<Vec<u8>>,
+    mut scan: impl FnMut(Bound<&[u8]>, Bound<&[u8]>, usize) -> Result<Pairs, E>,
+    mut visit: impl FnMut(&[u8], &Value) -> bool,
+) -> Result<(), E> {
+    let end = [db + 1];
+    let mut cursor = start.unwrap_or_else(|| vec![db]);
+    let mut inclusive = true;
+    loop {
+        let from = if inclusive {
+            Bound::Included(cursor.as_slice())
+        } else {
+            Bound::Excluded(cursor.as_slice())
+        };
+        let batch = scan(from, Bound::Excluded(&end[..]), SCAN_BATCH)?;
+        for (key, bytes) in &batch {
+            if let Ok(value) = Value::decode(bytes)
+                && !visit(key, &value)
+            {
+                return Ok(());
+            }
+        }
+        match batch.last() {
+            Some((last, _)) if batch.len() == SCAN_BATCH => {
+                cursor = last.clone();
+                inclusive = false;
+            }
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// The current time in unix milliseconds.
@@ -683,6 +740,14 @@ impl<S: Store> Engine<S> {
                             self.flush_in_transaction(tx, db, name, request)?
                         }
                         "client" => self.client_in_multi(asking, request),
+                        // EXEC forgets the watched keys anyway.
+                        "unwatch" => Reply::Simple("OK"),
+                        "command" => command_reply(request),
+                        "config" => self.config_get(request),
+                        "info" => self.info(&request[1..]),
+                        "dbsize" | "keys" => {
+                            self.keyspace_in_transaction(tx, db, name, request, now)?
+                        }
                         _ => Reply::err(format!("'{name}' is not allowed inside MULTI here")),
                     }
                 };
@@ -755,29 +820,7 @@ impl<S: Store> Engine<S> {
                 Err(e) => e,
             },
             "client" => self.client_command(session, args),
-            "command" => {
-                let sub = args.get(1).map(|a| a.to_ascii_lowercase());
-                match sub.as_deref() {
-                    None => Reply::Array(
-                        COMMANDS
-                            .iter()
-                            .map(|(n, a)| {
-                                Reply::Array(vec![Reply::text(*n), Reply::Integer((*a).into())])
-                            })
-                            .collect(),
-                    ),
-                    Some(b"count") if args.len() == 2 => Reply::Integer(COMMANDS.len() as i64),
-                    Some(b"count") => {
-                        Reply::err("wrong number of arguments for 'command|count' command")
-                    }
-                    // No per-command documentation: clients fall back to their own.
-                    Some(b"docs") => Reply::Map(Vec::new()),
-                    Some(_) => Reply::err(format!(
-                        "unknown subcommand '{}'. Try COMMAND HELP.",
-                        String::from_utf8_lossy(&args[1])
-                    )),
-                }
-            }
+            "command" => command_reply(args),
             "config" => self.config_get(args),
             "info" => self.info(&args[1..]),
             "time" => time_reply(),
@@ -900,25 +943,53 @@ impl<S: Store> Engine<S> {
 
     /// `DBSIZE`: counts the database's live keys in batches of committed reads.
     fn count_keys(&self, db: u8) -> Reply {
-        let mut count = 0i64;
-        let result = self.walk(db, None, |_, _| {
-            count += 1;
-            true
-        });
-        match result {
-            Ok(()) => Reply::Integer(count),
-            Err(e) => Reply::Error(S::error_message(&e)),
-        }
+        let scan = |from: Bound<&[u8]>, to: Bound<&[u8]>, limit| {
+            self.store.scan_committed(from, to, limit)
+        };
+        Self::count_keys_with(db, now_ms(), scan)
+            .unwrap_or_else(|e| Reply::Error(S::error_message(&e)))
     }
 
     /// `KEYS pattern`: every live key matching, in key order, within the reply limit.
     fn keys(&self, db: u8, pattern: &[u8]) -> Reply {
+        let scan = |from: Bound<&[u8]>, to: Bound<&[u8]>, limit| {
+            self.store.scan_committed(from, to, limit)
+        };
+        self.keys_with(db, pattern, now_ms(), scan)
+            .unwrap_or_else(|e| Reply::Error(S::error_message(&e)))
+    }
+
+    /// `DBSIZE` over the pairs `scan` returns (committed reads, or a transaction's).
+    pub(super) fn count_keys_with(
+        db: u8,
+        now: u64,
+        scan: impl FnMut(Bound<&[u8]>, Bound<&[u8]>, usize) -> Result<Pairs, S::Error>,
+    ) -> Result<Reply, S::Error> {
+        let mut count = 0i64;
+        walk_with(db, None, scan, |_, value| {
+            if !value.expired(now) {
+                count += 1;
+            }
+            true
+        })?;
+        Ok(Reply::Integer(count))
+    }
+
+    /// `KEYS pattern` over the pairs `scan` returns (committed reads, or a transaction's).
+    pub(super) fn keys_with(
+        &self,
+        db: u8,
+        pattern: &[u8],
+        now: u64,
+        scan: impl FnMut(Bound<&[u8]>, Bound<&[u8]>, usize) -> Result<Pairs, S::Error>,
+    ) -> Result<Reply, S::Error> {
         let mut keys = Vec::new();
         let mut bytes = 0usize;
         let mut too_big = false;
         let limit = self.config.max_reply_bytes;
-        let result = self.walk(db, None, |key, _| {
-            if glob_match(pattern, key) {
+        walk_with(db, None, scan, |key, value| {
+            let key = &key[1..];
+            if !value.expired(now) && glob_match(pattern, key) {
                 bytes += key.len() + 16;
                 if bytes > limit {
                     too_big = true;
@@ -927,14 +998,14 @@ impl<S: Store> Engine<S> {
                 keys.push(Reply::Bulk(key.to_vec()));
             }
             true
-        });
-        match result {
-            Err(e) => Reply::Error(S::error_message(&e)),
-            Ok(()) if too_big => Reply::err(format!(
+        })?;
+        Ok(if too_big {
+            Reply::err(format!(
                 "KEYS reply exceeds the client output limit of {limit} bytes; use SCAN"
-            )),
-            Ok(()) => Reply::Array(keys),
-        }
+            ))
+        } else {
+            Reply::Array(keys)
+        })
     }
 
     /// Visits the live keys of `db` from KV key `start` (the database's first key when
@@ -1104,35 +1175,12 @@ impl<S: Store> Engine<S> {
         &self,
         db: u8,
         start: Option<Vec<u8>>,
-        mut visit: impl FnMut(&[u8], &Value) -> bool,
+        visit: impl FnMut(&[u8], &Value) -> bool,
     ) -> Result<(), S::Error> {
-        let end = [db + 1];
-        let mut cursor = start.unwrap_or_else(|| vec![db]);
-        let mut inclusive = true;
-        loop {
-            let from = if inclusive {
-                Bound::Included(cursor.as_slice())
-            } else {
-                Bound::Excluded(cursor.as_slice())
-            };
-            let batch = self
-                .store
-                .scan_committed(from, Bound::Excluded(&end[..]), SCAN_BATCH)?;
-            for (key, bytes) in &batch {
-                if let Ok(value) = Value::decode(bytes)
-                    && !visit(key, &value)
-                {
-                    return Ok(());
-                }
-            }
-            match batch.last() {
-                Some((last, _)) if batch.len() == SCAN_BATCH => {
-                    cursor = last.clone();
-                    inclusive = false;
-                }
-                _ => return Ok(()),
-            }
-        }
+        let scan = |from: Bound<&[u8]>, to: Bound<&[u8]>, limit| {
+            self.store.scan_committed(from, to, limit)
+        };
+        walk_with(db, start, scan, visit)
     }
 
     /// A data command inside transaction `tx`. Errors in the reply (wrong type, syntax) do
@@ -2034,6 +2082,44 @@ mod tests {
         assert_eq!(run(&e, a, "SET x mine"), Reply::Simple("QUEUED"));
         assert_eq!(run(&e, a, "EXEC"), Reply::NullArray);
         assert_eq!(run(&e, a, "GET x"), bulk("3"));
+    }
+
+    #[test]
+    fn keyspace_and_server_commands_run_inside_exec() {
+        let e = engine(None);
+        let a = &mut Session::new(1, true);
+        assert_eq!(run(&e, a, "SET k1 v"), Reply::Simple("OK"));
+        assert_eq!(run(&e, a, "SET gone v PX 1"), Reply::Simple("OK"));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(run(&e, a, "WATCH k1"), Reply::Simple("OK"));
+        assert_eq!(run(&e, a, "MULTI"), Reply::Simple("OK"));
+        for line in ["SET k2 v", "DBSIZE", "KEYS k*", "UNWATCH", "COMMAND COUNT"] {
+            assert_eq!(run(&e, a, line), Reply::Simple("QUEUED"), "{line}");
+        }
+        let Reply::Array(replies) = run(&e, a, "EXEC") else {
+            panic!("EXEC did not run");
+        };
+        // The transaction's own SET counts; the expired key does not.
+        assert_eq!(replies[1], Reply::Integer(2));
+        assert_eq!(replies[2], Reply::Array(vec![bulk("k1"), bulk("k2")]));
+        assert_eq!(replies[3], Reply::Simple("OK"));
+        assert_eq!(replies[4], Reply::Integer(COMMANDS.len() as i64));
+        // Past what one transaction may read: that command's error, the others run.
+        let most = e.store.max_keys_per_transaction() / 2;
+        for n in 0..most {
+            run(&e, a, &format!("SET many{n} v"));
+        }
+        assert_eq!(run(&e, a, "MULTI"), Reply::Simple("OK"));
+        run(&e, a, "DBSIZE");
+        run(&e, a, "SET after v");
+        let Reply::Array(replies) = run(&e, a, "EXEC") else {
+            panic!("EXEC did not run");
+        };
+        assert!(
+            matches!(&replies[0], Reply::Error(e) if e.contains("DBSIZE inside MULTI reads at most"))
+        );
+        assert_eq!(replies[1], Reply::Simple("OK"));
+        assert_eq!(run(&e, a, "EXISTS after"), Reply::Integer(1));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::{
     DATABASES, Engine, NOT_INTEGER, Pending, Reply, SYNTAX, Store, Tx, Value, check, kv_key, load,
     lock_keys, parse_i64, select_db, store_value,
 };
+use crate::store::Pairs;
 use std::ops::Bound;
 
 /// Commits of a flush waited for together at most (their acknowledgements share group
@@ -222,24 +223,64 @@ impl<S: Store> Engine<S> {
             return Ok(reply);
         }
         let (from, to) = flush_range(db, name);
-        let most = (self.store.max_keys_per_transaction() / 2).max(1);
-        let pairs = tx.scan(
-            Bound::Included(from.as_slice()),
-            Bound::Excluded(to.as_slice()),
-            most,
-        )?;
-        if pairs.len() >= most {
-            return Ok(Reply::err(format!(
-                "{} inside MULTI empties at most {} keys (one transaction); run it outside \
-                 MULTI",
-                name.to_ascii_uppercase(),
-                most - 1
-            )));
-        }
+        let pairs = match self.pairs_in_transaction(tx, &from, &to, name, "empties")? {
+            Ok(pairs) => pairs,
+            Err(reply) => return Ok(reply),
+        };
         for (key, _) in pairs.iter().rev() {
             tx.delete(key)?;
         }
         Ok(Reply::Simple("OK"))
+    }
+
+    /// `DBSIZE` and `KEYS` inside `EXEC`: over the database's pairs as the transaction sees
+    /// them (its own changes included), when they are fewer than half of what a
+    /// transaction may touch.
+    pub(super) fn keyspace_in_transaction(
+        &self,
+        tx: &mut S::Tx<'_>,
+        db: u8,
+        name: &str,
+        args: &[Vec<u8>],
+        now: u64,
+    ) -> Result<Reply, S::Error> {
+        let pairs = match self.pairs_in_transaction(tx, &[db], &[db + 1], name, "reads")? {
+            Ok(pairs) => pairs,
+            Err(reply) => return Ok(reply),
+        };
+        // Every pair is already read: the walk takes them as its one batch.
+        let mut batch = Some(pairs);
+        let scan =
+            |_: Bound<&[u8]>, _: Bound<&[u8]>, _: usize| Ok(batch.take().unwrap_or_default());
+        if name == "dbsize" {
+            Self::count_keys_with(db, now, scan)
+        } else {
+            self.keys_with(db, &args[1], now, scan)
+        }
+    }
+
+    /// Every pair with a key in `from..to`, read in `tx`, when they are fewer than half of
+    /// what a transaction may touch; else the error reply of `name` inside `MULTI`, which
+    /// `verb` the keys.
+    fn pairs_in_transaction(
+        &self,
+        tx: &mut S::Tx<'_>,
+        from: &[u8],
+        to: &[u8],
+        name: &str,
+        verb: &str,
+    ) -> Result<Result<Pairs, Reply>, S::Error> {
+        let most = (self.store.max_keys_per_transaction() / 2).max(1);
+        let pairs = tx.scan(Bound::Included(from), Bound::Excluded(to), most)?;
+        if pairs.len() >= most {
+            return Ok(Err(Reply::err(format!(
+                "{} inside MULTI {verb} at most {} keys (one transaction); run it outside \
+                 MULTI",
+                name.to_ascii_uppercase(),
+                most - 1
+            ))));
+        }
+        Ok(Ok(pairs))
     }
 
     /// Live keys and keys with an expiry per database, counted from committed data in
