@@ -76,6 +76,11 @@
 //! client_buffer_bytes = 67108864     # most bytes one request or one batch of replies holds
 //! transfer_p99_alert_ms = 50         # alert when a block transfer kind's p99 is above
 //! expiry_sweep_ms = 100              # a step of the expiry sweep this often; 0: no sweep
+//! max_key_bytes = 1024               # longest key (at most 1,343 with 8 KiB blocks)
+//! max_value_bytes = 262144           # longest value (at most 453,607: one commit's redo)
+//! max_keys_per_transaction = 128     # keys one command or MULTI block may touch
+//! lock_wait_ms = 2000                # a command waits this long for a key's lock, then
+//!                                    #   reruns (up to 20 times) before it fails
 //! ```
 //!
 //! **The failure timings** (`storage.lease_ms`, `storage.io_timeout_ms`,
@@ -522,6 +527,14 @@ pub struct ServeConfig {
     /// How often a step of the background expiry sweep runs; `None`: never (expired keys
     /// are still never returned, only not deleted until touched).
     pub expiry_sweep: Option<Duration>,
+    /// Longest key, bytes (the KV layer checks it against the block size).
+    pub max_key_bytes: usize,
+    /// Longest value, bytes (the KV layer checks it against one commit's redo).
+    pub max_value_bytes: usize,
+    /// Most keys one transaction (a command, or a `MULTI` block) may touch.
+    pub max_keys_per_transaction: usize,
+    /// How long a transaction waits for one key's lock before it is rerun.
+    pub lock_wait: Duration,
 }
 
 impl Default for ServeConfig {
@@ -533,6 +546,10 @@ impl Default for ServeConfig {
             client_buffer_bytes: 64 << 20,
             transfer_p99_alert: Duration::from_millis(50),
             expiry_sweep: Some(Duration::from_millis(100)),
+            max_key_bytes: 1024,
+            max_value_bytes: 256 << 10,
+            max_keys_per_transaction: 128,
+            lock_wait: Duration::from_secs(2),
         }
     }
 }
@@ -794,6 +811,10 @@ struct RawServe {
     client_buffer_bytes: Option<u64>,
     transfer_p99_alert_ms: Option<u64>,
     expiry_sweep_ms: Option<u64>,
+    max_key_bytes: Option<u64>,
+    max_value_bytes: Option<u64>,
+    max_keys_per_transaction: Option<u64>,
+    lock_wait_ms: Option<u64>,
 }
 
 fn instance_id(key: String, value: u64) -> Result<InstanceId, ConfigProblem> {
@@ -1069,6 +1090,16 @@ fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
         1..=3_600_000,
     )?;
     let sweep = bounded("serve.expiry_sweep_ms", raw.expiry_sweep_ms, 0..=3_600_000)?;
+    // Upper bounds here are loose: the KV layer checks keys and values against the block
+    // size and one commit's redo when fusiond opens it (and at --check-config).
+    let key_bytes = bounded("serve.max_key_bytes", raw.max_key_bytes, 1..=(1 << 16))?;
+    let value_bytes = bounded("serve.max_value_bytes", raw.max_value_bytes, 1..=(1 << 30))?;
+    let keys = bounded(
+        "serve.max_keys_per_transaction",
+        raw.max_keys_per_transaction,
+        1..=1_000_000,
+    )?;
+    let lock_wait = bounded("serve.lock_wait_ms", raw.lock_wait_ms, 1..=3_600_000)?;
     Ok(ServeConfig {
         requirepass,
         maxclients: maxclients.map_or(defaults.maxclients, |m| m as usize),
@@ -1084,6 +1115,10 @@ fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
             Some(0) => None,
             Some(ms) => Some(Duration::from_millis(ms)),
         },
+        max_key_bytes: key_bytes.map_or(defaults.max_key_bytes, |b| b as usize),
+        max_value_bytes: value_bytes.map_or(defaults.max_value_bytes, |b| b as usize),
+        max_keys_per_transaction: keys.map_or(defaults.max_keys_per_transaction, |k| k as usize),
+        lock_wait: lock_wait.map_or(defaults.lock_wait, Duration::from_millis),
     })
 }
 

@@ -193,7 +193,9 @@ impl Store for KvStore {
     }
     fn error_message(error: &kv::KvError) -> String {
         match error {
-            kv::KvError::ValueTooLarge { .. } => "ERR string exceeds maximum allowed size".into(),
+            kv::KvError::ValueTooLarge { .. } => {
+                "ERR string exceeds maximum allowed size ([serve] max_value_bytes)".into()
+            }
             kv::KvError::Full => "OOM command not allowed: the shared storage is full".into(),
             kv::KvError::Retry(_) => {
                 "TRYAGAIN the transaction conflicted too often; try again".into()

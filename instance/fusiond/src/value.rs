@@ -20,7 +20,8 @@ pub const DATABASES: u8 = 16;
 // Tags 1 and 2 were the same values without a write stamp; they are refused as unknown.
 const TAG_STRING: u8 = 3;
 const TAG_HASH: u8 = 4;
-const HEADER: usize = 17;
+/// Bytes a stored value holds beside its data (type and expiry).
+pub const HEADER: usize = 17;
 
 /// A stamp no other write of any instance carries: a random start drawn once per process,
 /// then counting up (two processes' runs of 2^64 stamps overlap with negligible chance).

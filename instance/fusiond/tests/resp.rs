@@ -439,3 +439,42 @@ fn save_writes_the_dirty_blocks() {
     assert!(writes(&mut client) > before, "SAVE wrote nothing");
     assert_eq!(client.call(&["GET", "saved"]).unwrap(), Resp::bulk("v"));
 }
+
+/// The KV limits come from `[serve]`: a value or key past them gets a clear error naming
+/// the limit, one within them is stored; a limit the blocks cannot hold is refused at
+/// `--check-config`, naming the key.
+#[test]
+fn kv_limits_are_configured() {
+    let mut cluster = Cluster::create(1, "max_value_bytes = 100\nmax_key_bytes = 16");
+    cluster.start_all();
+    let mut client = cluster.client(0);
+    let fits = "v".repeat(100);
+    assert_eq!(
+        client.call(&["SET", "k", &fits]).unwrap(),
+        Resp::Simple("OK".into())
+    );
+    match client.call(&["SET", "k", &"v".repeat(101)]).unwrap() {
+        Resp::Error(e) => assert!(e.contains("max_value_bytes"), "{e}"),
+        other => panic!("a value past the limit was stored: {other:?}"),
+    }
+    match client.call(&["SET", &"k".repeat(17), "v"]).unwrap() {
+        Resp::Error(e) => assert!(e.contains("longer than the limit of 16"), "{e}"),
+        other => panic!("a key past the limit was stored: {other:?}"),
+    }
+    assert_eq!(client.call(&["GET", "k"]).unwrap(), Resp::bulk(&fits));
+    drop(client);
+    cluster.terminate(0);
+    let good = std::fs::read_to_string(&cluster.configs[0]).unwrap();
+    let too_large = good.replace("max_value_bytes = 100", "max_value_bytes = 1000000");
+    assert_ne!(too_large, good);
+    std::fs::write(&cluster.configs[0], too_large).unwrap();
+    let refused = std::process::Command::new(common::FUSIOND)
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&cluster.configs[0])
+        .output()
+        .unwrap();
+    let errors = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{errors}");
+    assert!(errors.contains("max_value_bytes 1000000"), "{errors}");
+}

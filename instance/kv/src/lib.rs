@@ -185,6 +185,18 @@ pub struct KvConfig {
     pub max_retries: u32,
 }
 
+impl KvConfig {
+    /// The longest `max_value_len` allowed: a value and its overflow blocks fit in one
+    /// commit's redo with 64 KiB to spare.
+    pub const MOST_VALUE_LEN: usize = MAX_TXN_REDO - (64 << 10);
+
+    /// Checks these limits for blocks with `payload` bytes ([`Instance::payload_len`]), as
+    /// [`Kv::open`] does.
+    pub fn check(&self, payload: usize) -> Result<(), KvError> {
+        Geometry::new(payload, self).map(|_| ())
+    }
+}
+
 impl Default for KvConfig {
     fn default() -> Self {
         Self {
@@ -357,7 +369,7 @@ impl Geometry {
                 "max_keys_per_txn must be at least 1".into(),
             ));
         }
-        let most = MAX_TXN_REDO - (64 << 10);
+        let most = KvConfig::MOST_VALUE_LEN;
         if config.max_value_len > most {
             return Err(KvError::Config(format!(
                 "max_value_len {} is above {most} bytes: a value and its overflow blocks must fit in one commit's redo",

@@ -11,7 +11,7 @@ use fusiond::metrics::{Metrics, TRANSFER_ALERT_WINDOW, info_section, serve_http}
 use fusiond::server::{ClientLimits, Clients, serve};
 use fusiond::store::{KvStore, Store};
 use instance::api::Instance;
-use instance::config::InstanceConfig;
+use instance::config::{InstanceConfig, ServeConfig};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,11 +49,20 @@ fn main() -> ExitCode {
         }
     };
     let resp = resp_address(&config);
+    let payload = config.cache.block_size as usize - instance::format::BLOCK_HEADER_LEN;
+    let kv_config = match kv_config(&config.serve, payload) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{}: {e}", config.file.display());
+            return ExitCode::from(2);
+        }
+    };
     if args.check_config {
         println!(
             "{}: instance {} of cluster {:016x}, {} members, storage {}, transport {:?}, \
              resp {resp}, metrics {}, requirepass {}, maxclients {}, lease {} ms, I/O bound {} ms, \
-             disk heartbeat every {} ms (still after {} ms)",
+             disk heartbeat every {} ms (still after {} ms), keys up to {} bytes, values up to {} \
+             bytes, {} keys per transaction, lock wait {} ms",
             config.file.display(),
             config.local.id,
             config.cluster_id.0,
@@ -73,16 +82,43 @@ fn main() -> ExitCode {
             config.failure.io_timeout.as_millis(),
             config.failure.disk_interval.as_millis(),
             config.failure.disk_timeout.as_millis(),
+            kv_config.max_key_len,
+            kv_config.max_value_len,
+            kv_config.max_keys_per_txn,
+            kv_config.lock_timeout.as_millis(),
         );
         return ExitCode::SUCCESS;
     }
-    match run(config, resp) {
+    match run(config, resp, kv_config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The KV layer's limits from `[serve]`, checked for blocks with `payload` bytes.
+fn kv_config(serve: &ServeConfig, payload: usize) -> Result<kv::KvConfig, String> {
+    let config = kv::KvConfig {
+        max_key_len: serve.max_key_bytes,
+        // A string of max_value_bytes is stored with its type and expiry.
+        max_value_len: serve.max_value_bytes.saturating_add(fusiond::value::HEADER),
+        max_keys_per_txn: serve.max_keys_per_transaction,
+        lock_timeout: serve.lock_wait,
+        ..kv::KvConfig::default()
+    };
+    config.check(payload).map_err(|e| {
+        format!(
+            "[serve] max_key_bytes {}, max_value_bytes {} (at most {}), \
+             max_keys_per_transaction {}: {e}",
+            serve.max_key_bytes,
+            serve.max_value_bytes,
+            kv::KvConfig::MOST_VALUE_LEN - fusiond::value::HEADER,
+            serve.max_keys_per_transaction
+        )
+    })?;
+    Ok(config)
 }
 
 fn resp_address(config: &InstanceConfig) -> SocketAddr {
@@ -125,7 +161,7 @@ impl ServerInfo for InstanceInfo {
     }
 }
 
-fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
+fn run(config: InstanceConfig, resp: SocketAddr, kv_config: kv::KvConfig) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())
@@ -138,9 +174,8 @@ fn run(config: InstanceConfig, resp: SocketAddr) -> Result<(), String> {
     let started = Instant::now();
     let instance = Arc::new(Instance::start(config).map_err(|e| format!("start: {e}"))?);
     tracing::info!(instance = %id, elapsed_ms = started.elapsed().as_millis() as u64, "instance started");
-    let store = Arc::new(
-        KvStore::open(instance.clone(), kv::KvConfig::default()).map_err(|e| format!("kv: {e}"))?,
-    );
+    let store =
+        Arc::new(KvStore::open(instance.clone(), kv_config).map_err(|e| format!("kv: {e}"))?);
     let clients = Arc::new(Clients::default());
     let metrics = Arc::new(Metrics::new(serve_config.transfer_p99_alert));
     let store_info = Arc::downgrade(&store);
