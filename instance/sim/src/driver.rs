@@ -3312,6 +3312,20 @@ impl Sim {
             return;
         }
         self.next_stage();
+        // The instance the stage picked may have stopped on its own in this very step (voted
+        // out during a pause, it learns so at its first I/O): another dies in its place, as
+        // a death at a step picks one. Skipping the death left the stage after it (a second
+        // death during the rebuild this one starts) waiting for a rebuild that never came
+        // (seed 25005162).
+        let victim = if self.nodes[victim].alive {
+            victim
+        } else {
+            let live = self.live();
+            match live.len() {
+                0 => victim,
+                n => live[self.rng.below(n as u64) as usize],
+            }
+        };
         if !self.nodes[victim].alive
             || self.nodes.iter().any(|n| n.isolated)
             || self.live().len() < 2

@@ -128,7 +128,10 @@ fn a_failed_read_fails_the_waiting_user_and_never_hangs() {
 /// cut whose tie-break fenced the only holder of a torn block's past image (17009909: the
 /// plan now waits until recovery rebuilt the torn block); a planned death of the lowest
 /// instance just as a one-way cut healed, while the other, unable to hear it, was about to
-/// stop for lack of the majority (20000104).
+/// stop for lack of the majority (20000104); a planned death whose victim had just stopped
+/// on its own (voted out during a pause), skipped, which left the second death after it
+/// waiting for a rebuild that never came (25005162: another instance dies in its place; the
+/// seed must still see three deaths).
 #[test]
 fn soak_failures_stay_fixed() {
     let with_default_timings = [
@@ -136,7 +139,7 @@ fn soak_failures_stay_fixed() {
     ]
     .map(|seed| SimConfig::from_seed(seed).with_default_timings());
     let with_drawn_timings = [
-        10_006_389, 11_003_850, 12_004_674, 13_000_194, 17_009_909, 20_000_104,
+        10_006_389, 11_003_850, 12_004_674, 13_000_194, 17_009_909, 20_000_104, 25_005_162,
     ]
     .map(SimConfig::from_seed);
     for config in with_default_timings.into_iter().chain(with_drawn_timings) {
@@ -147,6 +150,12 @@ fn soak_failures_stay_fixed() {
             assert!(
                 stats.blocks_recovered > 0 && stats.restarts > 0,
                 "seed {seed}: no recovery and restart"
+            );
+        }
+        if seed == 25_005_162 {
+            assert!(
+                stats.crashes >= 3,
+                "seed {seed}: the plan's deaths did not come"
             );
         }
         if seed == 11_003_850 {
