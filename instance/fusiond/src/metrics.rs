@@ -682,12 +682,11 @@ impl Metrics {
 /// Most bytes of an HTTP request read.
 const MAX_HTTP_REQUEST: usize = 8 << 10;
 
-/// Serves `GET /metrics` on `address` on a background thread. `render` builds the body.
+/// Serves `GET /metrics` on `listener` on a background thread. `render` builds the body.
 pub fn serve_http(
-    address: SocketAddr,
+    listener: TcpListener,
     render: Arc<dyn Fn() -> String + Send + Sync>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(address)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new()
         .name("metrics-http".into())

@@ -78,16 +78,17 @@ impl Default for Clients {
     }
 }
 
-/// Binds the RESP port and serves it on background threads until `clients.stop()`.
+/// Serves the RESP port `listener` (bound before the instance starts, so that a port in
+/// use stops fusiond before it joins the cluster) on background threads until
+/// `clients.stop()`.
 pub fn serve<S: Store>(
-    address: SocketAddr,
+    listener: TcpListener,
     engine: Arc<Engine<S>>,
     limits: ClientLimits,
     clients: Arc<Clients>,
     metrics: Arc<Metrics>,
     requirepass: bool,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(address)?;
     let bound = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let acks = Acknowledger::start(engine.clone(), metrics.clone(), clients.clone())?;

@@ -5,6 +5,7 @@
 //!   regular file).
 //! * RDMA on a host that cannot do it (no library, no device, or not the configured device;
 //!   on a host with RDMA the named device is still not there, so the line is the same kind).
+//! * A RESP port already in use (before the instance joins the cluster).
 
 #![allow(clippy::unwrap_used)]
 
@@ -61,4 +62,40 @@ fn rdma_without_the_device_stops_with_one_line_naming_it() {
         "names the device: {}",
         lines[0]
     );
+}
+
+/// A RESP port already in use stops fusiond with one line naming it, before the instance
+/// joins the cluster: the running members see no join and no loss (their epoch stays).
+#[test]
+fn a_port_in_use_stops_fusiond_before_it_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::create(dir.path(), &ClusterOptions::new(FUSIOND, 3)).unwrap();
+    let generous = std::time::Duration::from_secs(120);
+    cluster.start(0).unwrap();
+    cluster.start(1).unwrap();
+    cluster.wait_ready(0, generous).unwrap();
+    cluster.wait_ready(1, generous).unwrap();
+    let epoch_before = cluster.info(0).unwrap()["epoch"].clone();
+    let _taken = std::net::TcpListener::bind(cluster.resp[2]).unwrap();
+    let out = Command::new(FUSIOND)
+        .arg("--config")
+        .arg(&cluster.configs[2])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line, before the instance starts: {stderr}"
+    );
+    assert!(
+        lines[0].contains(&format!("resp on {}", cluster.resp[2])),
+        "names the port: {stderr}"
+    );
+    // Long enough for a join and a loss to have shown (a suspicion takes 300 ms).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(cluster.info(0).unwrap()["epoch"], epoch_before);
 }

@@ -12,7 +12,7 @@ use fusiond::server::{ClientLimits, Clients, serve};
 use fusiond::store::{KvStore, Store};
 use instance::api::Instance;
 use instance::config::{InstanceConfig, ServeConfig};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -171,6 +171,12 @@ fn run(config: InstanceConfig, resp: SocketAddr, kv_config: kv::KvConfig) -> Res
     let serve_config = config.serve.clone();
     let metrics_listen = config.metrics_listen;
     let id = config.local.id;
+    // Bound before the instance starts: a port in use stops fusiond before it joins the
+    // cluster (joining and then leaving would make the others reconfigure twice).
+    let resp_listener = TcpListener::bind(resp).map_err(|e| format!("resp on {resp}: {e}"))?;
+    let metrics_listener = metrics_listen
+        .map(|address| TcpListener::bind(address).map_err(|e| format!("metrics on {address}: {e}")))
+        .transpose()?;
     let started = Instant::now();
     let instance = Arc::new(Instance::start(config).map_err(|e| format!("start: {e}"))?);
     tracing::info!(instance = %id, elapsed_ms = started.elapsed().as_millis() as u64, "instance started");
@@ -198,11 +204,11 @@ fn run(config: InstanceConfig, resp: SocketAddr, kv_config: kv::KvConfig) -> Res
             metrics: metrics.clone(),
         }),
     ));
-    if let Some(address) = metrics_listen {
+    if let Some(listener) = metrics_listener {
         let weak = Arc::downgrade(&instance);
         let m = metrics.clone();
         let bound = serve_http(
-            address,
+            listener,
             Arc::new(move || {
                 if let Some(i) = weak.upgrade() {
                     m.refresh(&i, members);
@@ -210,11 +216,11 @@ fn run(config: InstanceConfig, resp: SocketAddr, kv_config: kv::KvConfig) -> Res
                 m.encode()
             }),
         )
-        .map_err(|e| format!("metrics on {address}: {e}"))?;
+        .map_err(|e| format!("metrics: {e}"))?;
         tracing::info!(address = %bound, "serving metrics");
     }
     let bound = serve(
-        resp,
+        resp_listener,
         engine.clone(),
         ClientLimits {
             maxclients: serve_config.maxclients,
