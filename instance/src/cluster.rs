@@ -1424,10 +1424,13 @@ impl ClusterManager {
             let changed_at = self.disk[peer.index()].changed_at;
             let disk_silent =
                 self.disk_observed.saturating_since(changed_at) >= self.config.disk_timeout;
-            // The grace, and never less than the disk timeout: a live peer's counter may be
-            // seen unchanged for up to two rounds (its writes and our reads drift), and the
-            // grace alone may be shorter than that (membership seed 16001431: 378 ms against
-            // 196 ms rounds voted out a healthy member).
+            // The grace, and never less than the disk timeout and a round: a live peer's
+            // counter may be seen unchanged for up to two rounds (its writes and our reads
+            // drift), three when one of its heartbeat writes failed (a transient I/O error
+            // costs it that round's renewal, not its membership), and the grace alone may be
+            // shorter than that (membership seed 16001431: 378 ms against 196 ms rounds voted
+            // out a healthy member; seed 26008222: one failed write, 744 ms unchanged against
+            // a 700 ms disk timeout of 232 ms rounds).
             let stalled = self
                 .disk_observed
                 .saturating_since(changed_at.max(self.disk_fresh_since))
@@ -1435,7 +1438,7 @@ impl ClusterManager {
                     .config
                     .membership
                     .down_after
-                    .max(self.config.disk_timeout);
+                    .max(self.config.disk_timeout + self.config.disk_interval);
             // A member not heard since it joined (admitted, or formed with when this manager
             // started) beats only once its engines are built, which takes a while on a loaded
             // host: silence on both paths makes it dead only after the grace since it joined

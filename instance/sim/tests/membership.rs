@@ -67,6 +67,10 @@ const REGRESSIONS: &[u64] = &[
     // A formation named an instance cut off from its former, which then died: the others
     // took the cluster for running while its only reachable member was entering too.
     23_002_251,
+    // A healthy member voted out as "stalled" 22 s after the last fault: one of its disk
+    // heartbeat writes failed, and its counter was seen unchanged for three rounds, longer
+    // than the disk timeout (three rounds) that was then the floor of the rule.
+    26_008_222,
 ];
 
 #[test]
