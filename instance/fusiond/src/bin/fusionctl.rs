@@ -221,11 +221,11 @@ const MAX_INFO: usize = 1 << 20;
 
 /// Asks `address` for `INFO clients fusion` (after `AUTH` if a password is set); its `key:value` lines.
 fn ask(address: SocketAddr, password: Option<&[u8]>) -> Result<BTreeMap<String, String>, String> {
-    let stream = TcpStream::connect_timeout(&address, ASK_TIMEOUT).map_err(|e| e.to_string())?;
+    let stream = TcpStream::connect_timeout(&address, ASK_TIMEOUT).map_err(ask_error)?;
     stream
         .set_read_timeout(Some(ASK_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+        .map_err(ask_error)?;
+    let mut writer = stream.try_clone().map_err(ask_error)?;
     let mut reader = BufReader::new(stream);
     let mut request = Vec::new();
     if let Some(p) = password {
@@ -235,16 +235,16 @@ fn ask(address: SocketAddr, password: Option<&[u8]>) -> Result<BTreeMap<String, 
     }
     // Not the keyspace section, which counts keys by scanning them.
     request.extend_from_slice(b"*3\r\n$4\r\nINFO\r\n$7\r\nclients\r\n$6\r\nfusion\r\n");
-    writer.write_all(&request).map_err(|e| e.to_string())?;
+    writer.write_all(&request).map_err(ask_error)?;
     let mut line = String::new();
     if password.is_some() {
-        reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        reader.read_line(&mut line).map_err(ask_error)?;
         if !line.starts_with("+OK") {
             return Err(format!("AUTH refused: {}", line.trim_end()));
         }
         line.clear();
     }
-    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    reader.read_line(&mut line).map_err(ask_error)?;
     let len: usize = line
         .trim_end()
         .strip_prefix('$')
@@ -252,12 +252,24 @@ fn ask(address: SocketAddr, password: Option<&[u8]>) -> Result<BTreeMap<String, 
         .filter(|n| *n <= MAX_INFO)
         .ok_or_else(|| format!("unexpected reply {:?}", line.trim_end()))?;
     let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).map_err(|e| e.to_string())?;
+    reader.read_exact(&mut body).map_err(ask_error)?;
     Ok(String::from_utf8_lossy(&body)
         .lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.to_string(), v.trim_end().to_string()))
         .collect())
+}
+
+/// What went wrong asking an instance: a read or connect that timed out says so (a paused or
+/// overloaded instance accepts the connection but does not answer).
+fn ask_error(e: std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
+            "no answer within {} s: paused, overloaded or not fusiond",
+            ASK_TIMEOUT.as_secs()
+        ),
+        _ => e.to_string(),
+    }
 }
 
 /// The transfer kinds as `INFO` names them.
