@@ -230,9 +230,19 @@ pub(crate) mod memory {
     pub(crate) struct MemoryTx {
         map: BTreeMap<Vec<u8>, Vec<u8>>,
         keys: usize,
+        touched: std::collections::BTreeSet<Vec<u8>>,
     }
 
     impl MemoryTx {
+        /// Counts `key` once however often it is touched.
+        fn touch_key(&mut self, key: &[u8]) -> Result<(), String> {
+            if self.touched.contains(key) {
+                return Ok(());
+            }
+            self.touched.insert(key.to_vec());
+            self.touch(1)
+        }
+
         fn touch(&mut self, n: usize) -> Result<(), String> {
             self.keys += n;
             if self.keys > MAX_KEYS {
@@ -245,16 +255,16 @@ pub(crate) mod memory {
     impl Tx for MemoryTx {
         type Error = String;
         fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-            self.touch(1)?;
+            self.touch_key(key)?;
             Ok(self.map.get(key).cloned())
         }
         fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
-            self.touch(1)?;
+            self.touch_key(key)?;
             self.map.insert(key.to_vec(), value.to_vec());
             Ok(())
         }
         fn delete(&mut self, key: &[u8]) -> Result<bool, String> {
-            self.touch(1)?;
+            self.touch_key(key)?;
             Ok(self.map.remove(key).is_some())
         }
         fn lock_keys(&mut self, _keys: &[&[u8]]) -> Result<(), String> {
@@ -326,6 +336,7 @@ pub(crate) mod memory {
             let mut tx = MemoryTx {
                 map: map.clone(),
                 keys: 0,
+                touched: Default::default(),
             };
             let result = body(&mut tx)?;
             *map = tx.map;

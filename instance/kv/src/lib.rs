@@ -175,8 +175,8 @@ pub struct KvConfig {
     /// Longest value, bytes. Values that do not fit in a leaf go to overflow blocks. At most
     /// [`MAX_TXN_REDO`] less 64 KiB.
     pub max_value_len: usize,
-    /// Most keys one transaction may touch: each get, put and delete counts one, a scan
-    /// counts its `limit`.
+    /// Most keys one transaction may touch: each key a get, put or delete names counts
+    /// once (however many of them name it), and a scan counts the pairs it returns.
     pub max_keys_per_txn: usize,
     /// How long a transaction waits for one block lock before it gives up with
     /// [`KvError::Retry`].
@@ -525,6 +525,7 @@ impl Kv {
             nodes: HashMap::new(),
             guards: HashMap::new(),
             keys: 0,
+            touched: HashSet::new(),
             redo: 0,
             aborted: None,
         }
@@ -860,8 +861,11 @@ pub struct KvTxn<'k> {
     nodes: HashMap<u64, Node>,
     /// Enqueues held, by lock id ([`lock_id`]).
     guards: HashMap<u64, LockGuard<'k>>,
-    /// Keys touched so far (against `max_keys_per_txn`).
+    /// Keys counted so far against `max_keys_per_txn`: each key once however often it is
+    /// read or written (a command's get and put of one key), plus what scans returned.
     keys: usize,
+    /// The keys gets, puts and deletes touched (each counted once).
+    touched: HashSet<Vec<u8>>,
     /// Redo bytes logged so far (against [`MAX_TXN_REDO`]).
     redo: usize,
     /// Why the transaction was rolled back after an error.
@@ -882,7 +886,7 @@ impl<'k> KvTxn<'k> {
     /// The value of `key` (this transaction's own writes included).
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         self.kv.check_key(key)?;
-        self.count(1)?;
+        self.touch(key)?;
         self.guarded(|t| {
             let kv = t.kv;
             if !t.caches_leaf(key) {
@@ -936,7 +940,7 @@ impl<'k> KvTxn<'k> {
                 max: self.kv.config.max_value_len,
             });
         }
-        self.count(1)?;
+        self.touch(key)?;
         self.guarded(|t| {
             if t.put_in_place(key, value)? {
                 return Ok(());
@@ -975,7 +979,7 @@ impl<'k> KvTxn<'k> {
     /// Deletes `key`; true when it existed.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool, KvError> {
         self.kv.check_key(key)?;
-        self.count(1)?;
+        self.touch(key)?;
         self.guarded(|t| {
             let (n, mut node) = t.locked_node(key, 0)?;
             let Body::Leaf(entries) = &mut node.body else {
@@ -1058,6 +1062,16 @@ impl<'k> KvTxn<'k> {
     /// Rolls the changes back and releases the locks.
     pub fn rollback(mut self) {
         let _ = self.finish(false);
+    }
+
+    /// Counts `key` against the limit, unless this transaction touched it already.
+    fn touch(&mut self, key: &[u8]) -> Result<(), KvError> {
+        if self.touched.contains(key) {
+            return Ok(());
+        }
+        self.count(1)?;
+        self.touched.insert(key.to_vec());
+        Ok(())
     }
 
     /// Counts `n` more keys against the limit.

@@ -277,6 +277,11 @@ fn limits_give_clear_errors_and_keep_the_transaction() {
     for i in 0..50u32 {
         txn.put(format!("k{i:03}").as_bytes(), b"v").unwrap();
     }
+    // A key counts once however often it is read or written (a command's get and put).
+    txn.get(b"k000").unwrap();
+    txn.put(b"k001", b"v").unwrap();
+    assert!(txn.delete(b"k002").unwrap());
+    txn.put(b"k002", b"v").unwrap();
     assert!(matches!(
         txn.put(b"one too many", b"v"),
         Err(KvError::TooManyKeys { max: 50 })
