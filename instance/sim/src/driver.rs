@@ -3260,10 +3260,19 @@ impl Sim {
     /// (seed 20000104: a one-way cut left n1 unable to hear n0, the lowest; the cut healed
     /// and n0 died at once, and n1, its minority wait nearly over and n0's disk heartbeat
     /// moving until a moment before, stopped).
+    /// Nor while an instance is proposing: its accept write may be in flight, and lands
+    /// even if it dies; a value that leaves out a running instance then withholds that
+    /// instance's lease with no one left to decide it (seed 27012247: n0, unable to hear n1
+    /// through a one-way cut, proposed {0}; the plan killed n0 as the cut healed, its
+    /// accept landed, and n1's lease lapsed: every instance was dead).
     fn death_must_wait(&self, now: Duration) -> bool {
         let members = self.memberships.newest().map(|(_, live)| live);
         self.faults.any_in_force(now)
             || self.accepted_without_a_running_instance()
+            || self
+                .live()
+                .into_iter()
+                .any(|i| self.nodes[i].node.cluster().is_proposing())
             || self
                 .torn
                 .iter()
