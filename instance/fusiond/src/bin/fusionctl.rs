@@ -293,16 +293,34 @@ fn status(path: &std::path::Path) -> Result<ExitCode, String> {
     );
     let mut alerts: Vec<String> = Vec::new();
     let mut epochs = Vec::new();
-    for member in &members {
-        let address = member.resp.unwrap_or_else(|| {
-            if member.id == config.local.id
-                && let Some(r) = config.resp_listen
-            {
-                return r;
-            }
-            SocketAddr::new(member.address.ip(), 6379 + member.id.as_u16())
-        });
-        let info = match ask(address, password.as_deref()) {
+    let addresses: Vec<SocketAddr> = members
+        .iter()
+        .map(|member| {
+            member.resp.unwrap_or_else(|| {
+                if member.id == config.local.id
+                    && let Some(r) = config.resp_listen
+                {
+                    return r;
+                }
+                SocketAddr::new(member.address.ip(), 6379 + member.id.as_u16())
+            })
+        })
+        .collect();
+    // Every instance at once: a paused one costs the ask timeout once, not once each.
+    let answers: Vec<Result<BTreeMap<String, String>, String>> = std::thread::scope(|scope| {
+        let asks: Vec<_> = addresses
+            .iter()
+            .map(|&address| {
+                let password = password.as_deref();
+                scope.spawn(move || ask(address, password))
+            })
+            .collect();
+        asks.into_iter()
+            .map(|a| a.join().unwrap_or_else(|_| Err("the ask failed".into())))
+            .collect()
+    });
+    for ((member, &address), answer) in members.iter().zip(&addresses).zip(answers) {
+        let info = match answer {
             Ok(info) => info,
             Err(e) => {
                 out!("instance {}: unreachable at {address} ({e})", member.id);
