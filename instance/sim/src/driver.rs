@@ -2274,11 +2274,23 @@ impl Sim {
             )
     }
 
-    /// Whether an instance other than `node` holds a past image of `block`.
+    /// Whether an instance other than `node` holds a past image of `block` newer than what
+    /// storage holds. An older one is discarded once the write that storage holds completed,
+    /// whether or not a later write then tears the block; recovery then has nothing to start
+    /// from (seed 29007133: n0's write of 0.2 at SCN 35 completed, n1's dying write at SCN 37
+    /// tore it, and the master's DiscardPi up to SCN 35, already on its way, took the last
+    /// images). DESIGN reports such a block lost; this model cannot follow a lost block.
     fn past_image_elsewhere(&self, node: usize, block: BlockId) -> bool {
-        self.live()
-            .into_iter()
-            .any(|i| i != node && self.nodes[i].node.core().gcs().past_image(block).is_some())
+        let on_storage = self.disk.get(&block).map_or(Scn(0), |v| v.scn);
+        self.live().into_iter().any(|i| {
+            i != node
+                && self.nodes[i]
+                    .node
+                    .core()
+                    .gcs()
+                    .past_image(block)
+                    .is_some_and(|pi| pi > on_storage)
+        })
     }
 
     /// The fate of a write of `node`: with write errors on, 1 in 40 fails (landing or not),
