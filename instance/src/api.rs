@@ -397,7 +397,7 @@ impl Instance {
                 reason.unwrap_or_else(|| "no reason recorded".into()),
             ));
         }
-        let payload = layout.block_size as usize - BLOCK_HEADER_LEN;
+        let payload = format::payload_len(layout.block_size);
         let (checkpoint_nudge, nudged) = crossbeam::channel::bounded(1);
         let mut instance = Self {
             me,

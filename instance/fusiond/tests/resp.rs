@@ -371,16 +371,21 @@ fn concurrent_msets_finish_and_stay_atomic() {
     );
 }
 
+/// Runs `fusiond --check-config` on `config`.
+fn check_config(config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(common::FUSIOND)
+        .arg("--check-config")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 /// `fusiond --check-config` reads the file, says what it found, and exits; a bad file exits 2.
 #[test]
 fn check_config_reports_and_exits() {
     let cluster = Cluster::create(1, "requirepass = \"pw\"");
-    let out = std::process::Command::new(common::FUSIOND)
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&cluster.configs[0])
-        .output()
-        .unwrap();
+    let out = check_config(&cluster.configs[0]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -399,12 +404,7 @@ fn check_config_reports_and_exits() {
     let short_lease = good.replace("[storage]\n", "[storage]\nlease_ms = 300\n");
     assert_ne!(short_lease, good);
     std::fs::write(&cluster.configs[0], short_lease).unwrap();
-    let contradicting = std::process::Command::new(common::FUSIOND)
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&cluster.configs[0])
-        .output()
-        .unwrap();
+    let contradicting = check_config(&cluster.configs[0]);
     let errors = String::from_utf8_lossy(&contradicting.stderr);
     assert_eq!(contradicting.status.code(), Some(2), "{errors}");
     assert!(
@@ -412,12 +412,7 @@ fn check_config_reports_and_exits() {
         "{errors}"
     );
     std::fs::write(&cluster.configs[0], "instance = \"x\"\n").unwrap();
-    let bad = std::process::Command::new(common::FUSIOND)
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&cluster.configs[0])
-        .output()
-        .unwrap();
+    let bad = check_config(&cluster.configs[0]);
     assert_eq!(bad.status.code(), Some(2));
 }
 
@@ -468,12 +463,7 @@ fn kv_limits_are_configured() {
     let too_large = good.replace("max_value_bytes = 100", "max_value_bytes = 1000000");
     assert_ne!(too_large, good);
     std::fs::write(&cluster.configs[0], too_large).unwrap();
-    let refused = std::process::Command::new(common::FUSIOND)
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&cluster.configs[0])
-        .output()
-        .unwrap();
+    let refused = check_config(&cluster.configs[0]);
     let errors = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{errors}");
     assert!(errors.contains("max_value_bytes 1000000"), "{errors}");

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         }
     };
     let resp = resp_address(&config);
-    let payload = config.cache.block_size as usize - instance::format::BLOCK_HEADER_LEN;
+    let payload = instance::format::payload_len(config.cache.block_size);
     let kv_config = match kv_config(&config.serve, payload) {
         Ok(c) => c,
         Err(e) => {

@@ -13,6 +13,11 @@ use interconnect::Scn;
 /// Bytes of the block header at the start of every block.
 pub const BLOCK_HEADER_LEN: usize = 32;
 
+/// Payload bytes of a block of `block_size` bytes (what follows its header).
+pub const fn payload_len(block_size: u32) -> usize {
+    block_size as usize - BLOCK_HEADER_LEN
+}
+
 /// A verified block header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockHeader {

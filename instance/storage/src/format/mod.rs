@@ -15,7 +15,8 @@ pub mod block;
 pub mod control;
 
 pub use block::{
-    BLOCK_HEADER_LEN, BlockError, BlockHeader, read_block, seal_block, verify_block, write_block,
+    BLOCK_HEADER_LEN, BlockError, BlockHeader, payload_len, read_block, seal_block, verify_block,
+    write_block,
 };
 pub use control::{
     Checkpoint, ControlHeader, InstanceSlot, Life, MAX_LIVES, Seal, SealSet, SectorError, SlotState,
