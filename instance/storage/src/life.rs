@@ -483,4 +483,158 @@ mod tests {
         ));
         assert!(scan_threads(c.storage.as_ref(), &c.layout, &[id(1)]).is_err());
     }
+
+    /// Commits SCNs `scns` (one log block each) on `writer`, moving instance `i`'s checkpoint
+    /// to the end (its slot first, as the runtime does) every 200 commits, so the thread is
+    /// reused once it laps.
+    fn commit_with_checkpoints(
+        c: &Cluster,
+        i: u64,
+        writer: &RedoWriter,
+        scns: std::ops::Range<u64>,
+    ) {
+        for scn in scns {
+            writer
+                .commit(&[record(scn, 1 + (scn % 50) as u32, scn as u8)])
+                .unwrap();
+            if scn % 200 == 0 {
+                let sequence = writer.next_sequence();
+                let mut slot = format::read_slot(c.storage.as_ref(), &c.layout, id(i)).unwrap();
+                slot.checkpoint.sequence = sequence;
+                format::write_slot(c.storage.as_ref(), &c.layout, &slot).unwrap();
+                writer.set_checkpoint(sequence).unwrap();
+            }
+        }
+    }
+
+    /// SCNs `scan` holds for the blocks, deduplicated.
+    fn distinct_scns(scan: &ThreadScan) -> std::collections::BTreeSet<u64> {
+        scns_of(scan).into_iter().collect()
+    }
+
+    #[test]
+    fn a_scan_resumed_after_its_thread_lapped_reads_on_from_the_checkpoint() {
+        let c = cluster();
+        let blocks = c.layout.redo_thread(id(1)).unwrap().size / 4096;
+        let writer = begin(&c, 1);
+        commit_with_checkpoints(&c, 1, &writer, 1..11);
+        // A survivor scans instance 1's thread while instance 1 runs on (a survivor itself,
+        // or lost but still under its lease).
+        let mut scan = ResumableScan::read(c.storage.as_ref(), &c.layout, &[id(1)]).unwrap();
+        // It writes more than a whole thread meanwhile, checkpointing as it goes: the place
+        // the scan would go on from is reused.
+        let last = 11 + blocks + 300;
+        commit_with_checkpoints(&c, 1, &writer, 11..last);
+        let checkpoint = format::read_slot(c.storage.as_ref(), &c.layout, id(1))
+            .unwrap()
+            .checkpoint
+            .sequence;
+        assert!(checkpoint > blocks, "the thread lapped the scan");
+        scan.resume(c.storage.as_ref(), &c.layout).unwrap();
+        let scanned = distinct_scns(&scan.finish());
+        // Everything past the checkpoint is read (before it is on storage); so is what the
+        // first pass read.
+        let first_after = last - (writer.next_sequence() - checkpoint);
+        for scn in (1..11).chain(first_after..last) {
+            assert!(scanned.contains(&scn), "SCN {scn} missing");
+        }
+    }
+
+    /// Storage that runs `hook` once, just before the first read of `range`.
+    struct BeforeFirstRead {
+        inner: Arc<dyn SharedStorage>,
+        range: std::ops::Range<u64>,
+        hook: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl BeforeFirstRead {
+        fn fire(&self, offset: u64) {
+            if self.range.contains(&offset)
+                && let Some(hook) = self.hook.lock().take()
+            {
+                hook();
+            }
+        }
+    }
+
+    impl std::fmt::Debug for BeforeFirstRead {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("BeforeFirstRead")
+        }
+    }
+
+    impl SharedStorage for BeforeFirstRead {
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+        fn alignment(&self) -> usize {
+            self.inner.alignment()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::StorageError> {
+            self.fire(offset);
+            self.inner.read_at(offset, buf)
+        }
+        fn write_at(
+            &self,
+            offset: u64,
+            buf: &[u8],
+            class: IoClass,
+        ) -> Result<(), crate::StorageError> {
+            self.inner.write_at(offset, buf, class)
+        }
+        fn sync(&self, class: IoClass) -> Result<(), crate::StorageError> {
+            self.inner.sync(class)
+        }
+        fn info(&self) -> crate::StorageInfo {
+            self.inner.info()
+        }
+        fn read_batch(&self, reads: &mut [crate::ReadOp<'_>]) -> Result<(), crate::StorageError> {
+            for read in reads.iter() {
+                self.fire(read.offset);
+            }
+            self.inner.read_batch(reads)
+        }
+    }
+
+    #[test]
+    fn a_thread_lapped_while_one_pass_reads_it_is_read_again_from_its_checkpoint() {
+        let c = Arc::new(cluster());
+        let thread = c.layout.redo_thread(id(1)).unwrap();
+        let blocks = thread.size / 4096;
+        let writer = Arc::new(begin(&c, 1));
+        commit_with_checkpoints(&c, 1, &writer, 1..11);
+        let last = 11 + blocks + 300;
+        // Between reading the slots and reading the thread, instance 1 laps it.
+        let storage = BeforeFirstRead {
+            inner: Arc::clone(&c.storage),
+            range: thread.offset..thread.offset + thread.size,
+            hook: parking_lot::Mutex::new(Some(Box::new({
+                let (c, writer) = (Arc::clone(&c), Arc::clone(&writer));
+                move || commit_with_checkpoints(&c, 1, &writer, 11..last)
+            }))),
+        };
+        let scan = ResumableScan::read(&storage, &c.layout, &[id(1)])
+            .unwrap()
+            .finish();
+        let checkpoint = format::read_slot(c.storage.as_ref(), &c.layout, id(1))
+            .unwrap()
+            .checkpoint
+            .sequence;
+        assert!(checkpoint > blocks, "the thread lapped the scan");
+        let scanned = distinct_scns(&scan);
+        let first_after = last - (writer.next_sequence() - checkpoint);
+        for scn in first_after..last {
+            assert!(scanned.contains(&scn), "SCN {scn} missing");
+        }
+        // A scan from a sequence the thread reused is refused, never read as its end.
+        let lives = format::read_slot(c.storage.as_ref(), &c.layout, id(1))
+            .unwrap()
+            .lives;
+        assert!(matches!(
+            crate::redo::RedoReader::new(c.storage.as_ref(), thread, 1, &lives)
+                .unwrap()
+                .scan_to_end(),
+            Err(crate::redo::RedoReadError::Overwritten { sequence: 1, found, .. }) if found == 1 + blocks
+        ));
+    }
 }

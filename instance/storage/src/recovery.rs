@@ -221,6 +221,10 @@ pub fn scan_threads(
     Ok(ResumableScan::read(storage, layout, instances)?.finish())
 }
 
+/// How often one pass reads a thread again from its checkpoint because its instance lapped
+/// the scan (it would have to write a whole thread each time; more is a storage fault).
+const MAX_LAPS: u32 = 8;
+
 /// A scan of redo threads that can go on later from where it stopped: instance recovery
 /// reads the lost threads while their lease still runs (reading is safe then) and reads on
 /// once it has run out, so only the tail written meanwhile is read twice.
@@ -359,25 +363,62 @@ impl ResumableScan {
                 thread_offset: thread.offset,
                 source,
             };
-            let start = self
-                .threads
-                .get(index)
-                .map_or(slot.checkpoint.sequence, |point| point.resume);
-            let mut reader = RedoReader::new(storage, thread, start, &lives).map_err(redo)?;
+            let checkpoint = slot.checkpoint.sequence;
+            let mut merge = Vec::new();
+            let mut start = match self.threads.get_mut(index) {
+                // The thread's instance checkpointed past the held write meanwhile (a running
+                // survivor, or a lost instance under its lease): that write is complete (a
+                // checkpoint lies between writes) and on storage, and its place may be reused.
+                Some(point) if checkpoint > point.resume => {
+                    merge.append(&mut point.held);
+                    checkpoint
+                }
+                Some(point) => point.resume,
+                None => checkpoint,
+            };
             let mut held: Vec<Vec<RedoRecord>> = Vec::new();
             let mut held_write = None;
-            let mut merge = Vec::new();
-            while let Some(entry) = reader.next_entry().map_err(redo)? {
-                for record in &entry {
-                    check_in_storage(layout, instance, record)?;
+            let mut laps = 0;
+            let end = loop {
+                let mut reader = RedoReader::new(storage, thread, start, &lives).map_err(redo)?;
+                let read = loop {
+                    match reader.next_entry() {
+                        Ok(Some(entry)) => {
+                            for record in &entry {
+                                check_in_storage(layout, instance, record)?;
+                            }
+                            if reader.write_start() != held_write {
+                                merge.append(&mut held);
+                                held_write = reader.write_start();
+                            }
+                            held.push(entry);
+                        }
+                        Ok(None) => break Ok(()),
+                        Err(e) => break Err(e),
+                    }
+                };
+                match read {
+                    Ok(()) => break reader.end().cloned(),
+                    // The instance lapped this scan: everything read was complete (it wrote
+                    // past it) and is on storage. Go on from its checkpoint now, which lies
+                    // past the reused block, so nothing is read twice.
+                    Err(e @ RedoReadError::Overwritten { sequence, .. }) => {
+                        let now = format::read_slot(storage, layout, instance)
+                            .map_err(|source| RecoveryError::Slot { instance, source })?
+                            .checkpoint
+                            .sequence;
+                        laps += 1;
+                        if now <= sequence || laps > MAX_LAPS {
+                            return Err(redo(e));
+                        }
+                        merge.append(&mut held);
+                        held_write = None;
+                        start = now;
+                    }
+                    Err(e) => return Err(redo(e)),
                 }
-                if reader.write_start() != held_write {
-                    merge.append(&mut held);
-                    held_write = reader.write_start();
-                }
-                held.push(entry);
-            }
-            let end = reader.end().cloned().ok_or(RecoveryError::Redo {
+            };
+            let end = end.ok_or(RecoveryError::Redo {
                 instance,
                 thread_offset: thread.offset,
                 source: RedoReadError::Thread {

@@ -54,6 +54,21 @@ pub enum RedoReadError {
         /// The later block that proves it was durable.
         later_sequence: u64,
     },
+    /// The block due next carries the same life's sequence a whole lap (or more) later: the
+    /// instance wrote on while this scan read its thread (a survivor's thread, or a lost
+    /// instance's while its lease runs), moved its checkpoint past this block and reused its
+    /// place. Redo before its checkpoint is no longer needed: scan again from it.
+    #[error(
+        "redo log block {sequence} at offset {offset:#x} was reused for block {found} while it was read: the thread's checkpoint moved past it"
+    )]
+    Overwritten {
+        /// The sequence due.
+        sequence: u64,
+        /// Its storage offset.
+        offset: u64,
+        /// The later sequence found there.
+        found: u64,
+    },
     /// A block before its life's sealed end is invalid: recovery read it whole when it
     /// sealed the life, so durable redo is damaged.
     #[error(
@@ -314,6 +329,15 @@ impl<'s> RedoReader<'s> {
                         source,
                     }),
                 };
+            }
+            Err(LogBlockError::Sequence { expected, found })
+                if found > expected && (found - expected).is_multiple_of(self.blocks) =>
+            {
+                return Err(RedoReadError::Overwritten {
+                    sequence,
+                    offset,
+                    found,
+                });
             }
             Err(reason) => reason,
         };
