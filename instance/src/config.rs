@@ -78,7 +78,8 @@
 //! expiry_sweep_ms = 100              # a step of the expiry sweep this often; 0: no sweep
 //! max_key_bytes = 1024               # longest key (at most 1,343 with 8 KiB blocks)
 //! max_value_bytes = 262144           # longest value (at most 453,607: one commit's redo)
-//! max_keys_per_transaction = 128     # keys one command or MULTI block may touch
+//! max_keys_per_transaction = 128     # keys one command or MULTI block may write
+//! max_reads_per_transaction = 1024   # keys one command or MULTI block may read
 //! lock_wait_ms = 2000                # a command waits this long for a key's lock, then
 //!                                    #   reruns (up to 20 times) before it fails
 //! ```
@@ -531,8 +532,10 @@ pub struct ServeConfig {
     pub max_key_bytes: usize,
     /// Longest value, bytes (the KV layer checks it against one commit's redo).
     pub max_value_bytes: usize,
-    /// Most keys one transaction (a command, or a `MULTI` block) may touch.
+    /// Most keys one transaction (a command, or a `MULTI` block) may write.
     pub max_keys_per_transaction: usize,
+    /// Most keys one transaction may read (each holds its leaf's lock to the end).
+    pub max_reads_per_transaction: usize,
     /// How long a transaction waits for one key's lock before it is rerun.
     pub lock_wait: Duration,
 }
@@ -549,6 +552,7 @@ impl Default for ServeConfig {
             max_key_bytes: 1024,
             max_value_bytes: 256 << 10,
             max_keys_per_transaction: 128,
+            max_reads_per_transaction: 1024,
             lock_wait: Duration::from_secs(2),
         }
     }
@@ -814,6 +818,7 @@ struct RawServe {
     max_key_bytes: Option<u64>,
     max_value_bytes: Option<u64>,
     max_keys_per_transaction: Option<u64>,
+    max_reads_per_transaction: Option<u64>,
     lock_wait_ms: Option<u64>,
 }
 
@@ -1099,6 +1104,11 @@ fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
         raw.max_keys_per_transaction,
         1..=1_000_000,
     )?;
+    let reads = bounded(
+        "serve.max_reads_per_transaction",
+        raw.max_reads_per_transaction,
+        1..=1_000_000,
+    )?;
     let lock_wait = bounded("serve.lock_wait_ms", raw.lock_wait_ms, 1..=3_600_000)?;
     Ok(ServeConfig {
         requirepass,
@@ -1118,6 +1128,7 @@ fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
         max_key_bytes: key_bytes.map_or(defaults.max_key_bytes, |b| b as usize),
         max_value_bytes: value_bytes.map_or(defaults.max_value_bytes, |b| b as usize),
         max_keys_per_transaction: keys.map_or(defaults.max_keys_per_transaction, |k| k as usize),
+        max_reads_per_transaction: reads.map_or(defaults.max_reads_per_transaction, |k| k as usize),
         lock_wait: lock_wait.map_or(defaults.lock_wait, Duration::from_millis),
     })
 }

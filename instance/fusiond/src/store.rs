@@ -94,7 +94,8 @@ pub trait Store: Send + Sync + 'static {
     /// True when `error` says the transaction's changes outgrew one commit (a smaller batch
     /// would fit).
     fn too_large(error: &Self::Error) -> bool;
-    /// Most keys one transaction may touch (reads and scans included).
+    /// Most keys one transaction may both read and write: batches that scan keys and write
+    /// them (flushes, the expiry sweep) take at most this many.
     fn max_keys_per_transaction(&self) -> usize;
 }
 
@@ -178,7 +179,8 @@ impl Store for KvStore {
         self.kv.get(key)
     }
     fn max_keys_per_transaction(&self) -> usize {
-        self.kv.config().max_keys_per_txn
+        let config = self.kv.config();
+        config.max_keys_per_txn.min(config.max_reads_per_txn)
     }
     fn scan_committed(
         &self,
@@ -213,8 +215,9 @@ pub(crate) mod memory {
     use parking_lot::Mutex;
     use std::collections::BTreeMap;
 
-    /// Keys one transaction may touch, as the KV layer's default.
+    /// Keys one transaction may write and read, as the KV layer's defaults.
     const MAX_KEYS: usize = 128;
+    const MAX_READS: usize = 1024;
 
     #[derive(Debug, Default)]
     pub(crate) struct MemoryStore {
@@ -229,25 +232,35 @@ pub(crate) mod memory {
     /// [`MAX_KEYS`] as the KV layer does.
     pub(crate) struct MemoryTx {
         map: BTreeMap<Vec<u8>, Vec<u8>>,
-        keys: usize,
-        touched: std::collections::BTreeSet<Vec<u8>>,
+        reads: usize,
+        read: std::collections::BTreeSet<Vec<u8>>,
+        written: std::collections::BTreeSet<Vec<u8>>,
     }
 
     impl MemoryTx {
-        /// Counts `key` once however often it is touched.
-        fn touch_key(&mut self, key: &[u8]) -> Result<(), String> {
-            if self.touched.contains(key) {
+        /// Counts `key` read once however often it is read.
+        fn read_key(&mut self, key: &[u8]) -> Result<(), String> {
+            if self.read.contains(key) {
                 return Ok(());
             }
-            self.touched.insert(key.to_vec());
-            self.touch(1)
+            self.read.insert(key.to_vec());
+            self.read_keys(1)
         }
 
-        fn touch(&mut self, n: usize) -> Result<(), String> {
-            self.keys += n;
-            if self.keys > MAX_KEYS {
-                return Err(format!("a transaction may touch at most {MAX_KEYS} keys"));
+        fn read_keys(&mut self, n: usize) -> Result<(), String> {
+            self.reads += n;
+            if self.reads > MAX_READS {
+                return Err(format!("a transaction may read at most {MAX_READS} keys"));
             }
+            Ok(())
+        }
+
+        /// Counts `key` written once however often it is written.
+        fn write_key(&mut self, key: &[u8]) -> Result<(), String> {
+            if !self.written.contains(key) && self.written.len() >= MAX_KEYS {
+                return Err(format!("a transaction may write at most {MAX_KEYS} keys"));
+            }
+            self.written.insert(key.to_vec());
             Ok(())
         }
     }
@@ -255,16 +268,20 @@ pub(crate) mod memory {
     impl Tx for MemoryTx {
         type Error = String;
         fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-            self.touch_key(key)?;
+            self.read_key(key)?;
             Ok(self.map.get(key).cloned())
         }
         fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
-            self.touch_key(key)?;
+            self.write_key(key)?;
             self.map.insert(key.to_vec(), value.to_vec());
             Ok(())
         }
         fn delete(&mut self, key: &[u8]) -> Result<bool, String> {
-            self.touch_key(key)?;
+            self.read_key(key)?;
+            if !self.map.contains_key(key) {
+                return Ok(false);
+            }
+            self.write_key(key)?;
             Ok(self.map.remove(key).is_some())
         }
         fn lock_keys(&mut self, _keys: &[&[u8]]) -> Result<(), String> {
@@ -283,7 +300,7 @@ pub(crate) mod memory {
                 .take(limit)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            self.touch(pairs.len())?;
+            self.read_keys(pairs.len())?;
             Ok(pairs)
         }
     }
@@ -335,8 +352,9 @@ pub(crate) mod memory {
             let mut map = self.map.lock();
             let mut tx = MemoryTx {
                 map: map.clone(),
-                keys: 0,
-                touched: Default::default(),
+                reads: 0,
+                read: Default::default(),
+                written: Default::default(),
             };
             let result = body(&mut tx)?;
             *map = tx.map;

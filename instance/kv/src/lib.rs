@@ -157,7 +157,7 @@ pub const MAX_TXN_REDO: usize =
 const MERGE_BELOW: usize = 4;
 
 /// Limits and waits of the KV layer. The defaults: keys up to 1 KiB, values up to 256 KiB,
-/// 128 keys per transaction, a 2 s lock wait, 20 reruns.
+/// 128 keys written and 1024 read per transaction, a 2 s lock wait, 20 reruns.
 ///
 /// One transaction's changes are one redo entry, at most [`MAX_TXN_REDO`] bytes (about
 /// 507 KiB): a value (with its overflow blocks) must fit in it with room to spare, and a
@@ -175,9 +175,14 @@ pub struct KvConfig {
     /// Longest value, bytes. Values that do not fit in a leaf go to overflow blocks. At most
     /// [`MAX_TXN_REDO`] less 64 KiB.
     pub max_value_len: usize,
-    /// Most keys one transaction may touch: each key a get, put or delete names counts
-    /// once (however many of them name it), and a scan counts the pairs it returns.
+    /// Most keys one transaction may write: each key a put or a delete (of a key that is
+    /// there) names counts once, however often it is written. Writes are what one commit's
+    /// redo must hold.
     pub max_keys_per_txn: usize,
+    /// Most keys one transaction may read: each key a get or delete names counts once, and a
+    /// scan counts the pairs it returns. Reads log no redo; each holds its leaf's enqueue
+    /// (and the leaf) to the end, which this bounds.
+    pub max_reads_per_txn: usize,
     /// How long a transaction waits for one block lock before it gives up with
     /// [`KvError::Retry`].
     pub lock_timeout: Duration,
@@ -203,6 +208,7 @@ impl Default for KvConfig {
             max_key_len: 1024,
             max_value_len: 256 << 10,
             max_keys_per_txn: 128,
+            max_reads_per_txn: 1024,
             lock_timeout: Duration::from_secs(2),
             max_retries: 20,
         }
@@ -229,9 +235,15 @@ pub enum KvError {
         /// The limit.
         max: usize,
     },
-    /// The transaction would touch more keys than the configured limit.
-    #[error("a transaction may touch at most {max} keys")]
+    /// The transaction would write more keys than the configured limit.
+    #[error("a transaction may write at most {max} keys")]
     TooManyKeys {
+        /// The limit.
+        max: usize,
+    },
+    /// The transaction would read more keys than the configured limit.
+    #[error("a transaction may read at most {max} keys")]
+    TooManyReads {
         /// The limit.
         max: usize,
     },
@@ -364,9 +376,9 @@ impl Geometry {
                 config.max_key_len
             )));
         }
-        if config.max_keys_per_txn == 0 {
+        if config.max_keys_per_txn == 0 || config.max_reads_per_txn == 0 {
             return Err(KvError::Config(
-                "max_keys_per_txn must be at least 1".into(),
+                "max_keys_per_txn and max_reads_per_txn must be at least 1".into(),
             ));
         }
         let most = KvConfig::MOST_VALUE_LEN;
@@ -524,8 +536,9 @@ impl Kv {
             written: HashSet::new(),
             nodes: HashMap::new(),
             guards: HashMap::new(),
-            keys: 0,
-            touched: HashSet::new(),
+            reads: 0,
+            read_keys: HashSet::new(),
+            written_keys: HashSet::new(),
             redo: 0,
             aborted: None,
         }
@@ -861,11 +874,13 @@ pub struct KvTxn<'k> {
     nodes: HashMap<u64, Node>,
     /// Enqueues held, by lock id ([`lock_id`]).
     guards: HashMap<u64, LockGuard<'k>>,
-    /// Keys counted so far against `max_keys_per_txn`: each key once however often it is
-    /// read or written (a command's get and put of one key), plus what scans returned.
-    keys: usize,
-    /// The keys gets, puts and deletes touched (each counted once).
-    touched: HashSet<Vec<u8>>,
+    /// Keys counted so far against `max_reads_per_txn`: each key gets and deletes named
+    /// once, plus what scans returned.
+    reads: usize,
+    /// The keys gets and deletes named (each counted once).
+    read_keys: HashSet<Vec<u8>>,
+    /// The keys written, counted against `max_keys_per_txn` (each once).
+    written_keys: HashSet<Vec<u8>>,
     /// Redo bytes logged so far (against [`MAX_TXN_REDO`]).
     redo: usize,
     /// Why the transaction was rolled back after an error.
@@ -886,7 +901,7 @@ impl<'k> KvTxn<'k> {
     /// The value of `key` (this transaction's own writes included).
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         self.kv.check_key(key)?;
-        self.touch(key)?;
+        self.count_read(key)?;
         self.guarded(|t| {
             let kv = t.kv;
             if !t.caches_leaf(key) {
@@ -940,7 +955,7 @@ impl<'k> KvTxn<'k> {
                 max: self.kv.config.max_value_len,
             });
         }
-        self.touch(key)?;
+        self.count_write(key)?;
         self.guarded(|t| {
             if t.put_in_place(key, value)? {
                 return Ok(());
@@ -976,10 +991,34 @@ impl<'k> KvTxn<'k> {
         })
     }
 
-    /// Deletes `key`; true when it existed.
+    /// Deletes `key`; true when it existed. It counts as a read, and as a write only if the
+    /// key is there.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool, KvError> {
         self.kv.check_key(key)?;
-        self.touch(key)?;
+        self.count_read(key)?;
+        if !self.written_keys.contains(key)
+            && self.written_keys.len() >= self.kv.config.max_keys_per_txn
+        {
+            // No write left: deleting nothing is still fine.
+            let there = self.guarded(|t| {
+                if !t.caches_leaf(key) {
+                    return t.locked_leaf(key).map(|(_, leaf)| leaf.value.is_some());
+                }
+                let (n, node) = t.locked_node(key, 0)?;
+                let Body::Leaf(entries) = &node.body else {
+                    return Err(KvError::corrupt(n, "a leaf without entries"));
+                };
+                let there = entries
+                    .binary_search_by(|(k, _)| k.as_slice().cmp(key))
+                    .is_ok();
+                t.keep(n, node);
+                Ok(there)
+            })?;
+            if !there {
+                return Ok(false);
+            }
+        }
+        self.count_write(key)?;
         self.guarded(|t| {
             let (n, mut node) = t.locked_node(key, 0)?;
             let Body::Leaf(entries) = &mut node.body else {
@@ -1015,8 +1054,8 @@ impl<'k> KvTxn<'k> {
                 self.kv.check_key(k)?;
             }
         }
-        // Pairs beyond what the key limit leaves are looked for only to refuse the scan.
-        let left = self.kv.config.max_keys_per_txn - self.keys;
+        // Pairs beyond what the read limit leaves are looked for only to refuse the scan.
+        let left = self.kv.config.max_reads_per_txn - self.reads;
         let limit = limit.min(left.saturating_add(1));
         let out = self.guarded(|t| {
             let mut out = Vec::new();
@@ -1036,7 +1075,7 @@ impl<'k> KvTxn<'k> {
             }
             Ok(out)
         })?;
-        self.count(out.len())?;
+        self.count_reads(out.len())?;
         Ok(out)
     }
 
@@ -1064,26 +1103,39 @@ impl<'k> KvTxn<'k> {
         let _ = self.finish(false);
     }
 
-    /// Counts `key` against the limit, unless this transaction touched it already.
-    fn touch(&mut self, key: &[u8]) -> Result<(), KvError> {
-        if self.touched.contains(key) {
+    /// Counts `key` against the read limit, unless this transaction read it already.
+    fn count_read(&mut self, key: &[u8]) -> Result<(), KvError> {
+        if self.read_keys.contains(key) {
             return Ok(());
         }
-        self.count(1)?;
-        self.touched.insert(key.to_vec());
+        self.count_reads(1)?;
+        self.read_keys.insert(key.to_vec());
         Ok(())
     }
 
-    /// Counts `n` more keys against the limit.
-    fn count(&mut self, n: usize) -> Result<(), KvError> {
-        let max = self.kv.config.max_keys_per_txn;
-        match self.keys.checked_add(n) {
+    /// Counts `n` more keys read.
+    fn count_reads(&mut self, n: usize) -> Result<(), KvError> {
+        let max = self.kv.config.max_reads_per_txn;
+        match self.reads.checked_add(n) {
             Some(total) if total <= max => {
-                self.keys = total;
+                self.reads = total;
                 Ok(())
             }
-            _ => Err(KvError::TooManyKeys { max }),
+            _ => Err(KvError::TooManyReads { max }),
         }
+    }
+
+    /// Counts `key` against the write limit, unless this transaction wrote it already.
+    fn count_write(&mut self, key: &[u8]) -> Result<(), KvError> {
+        if self.written_keys.contains(key) {
+            return Ok(());
+        }
+        let max = self.kv.config.max_keys_per_txn;
+        if self.written_keys.len() >= max {
+            return Err(KvError::TooManyKeys { max });
+        }
+        self.written_keys.insert(key.to_vec());
+        Ok(())
     }
 
     /// Runs one operation; if it fails the transaction is rolled back (its changes may be

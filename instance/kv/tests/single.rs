@@ -267,6 +267,7 @@ fn long_keys_grow_and_shrink_a_deep_tree() {
 fn limits_give_clear_errors_and_keep_the_transaction() {
     let config = KvConfig {
         max_keys_per_txn: 50,
+        max_reads_per_txn: 60,
         max_key_len: 100,
         max_value_len: 20_000,
         ..KvConfig::default()
@@ -286,6 +287,8 @@ fn limits_give_clear_errors_and_keep_the_transaction() {
         txn.put(b"one too many", b"v"),
         Err(KvError::TooManyKeys { max: 50 })
     ));
+    // Deleting a key that is not there writes nothing: it only counts as a read.
+    assert!(!txn.delete(b"absent").unwrap());
     txn.commit().unwrap();
     assert_eq!(
         kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX)
@@ -293,16 +296,31 @@ fn limits_give_clear_errors_and_keep_the_transaction() {
             .len(),
         50
     );
-    // A scan's pairs count: 50 fit, 51 would not.
+    // Reads have their own limit: 60 keys read (50 there, 10 not), the 61st is refused.
+    let mut txn = kv.begin();
+    for i in 0..60u32 {
+        assert_eq!(
+            txn.get(format!("k{i:03}").as_bytes()).unwrap().is_some(),
+            i < 50
+        );
+    }
+    assert!(matches!(
+        txn.get(b"k060"),
+        Err(KvError::TooManyReads { max: 60 })
+    ));
+    txn.commit().unwrap();
+    // A scan's pairs count as reads: 50 fit, 11 more would not.
     let all = kv
         .transaction(|t| t.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX))
         .unwrap();
     assert_eq!(all.len(), 50);
     let mut txn = kv.begin();
-    txn.get(b"k000").unwrap();
+    for i in 100..111u32 {
+        txn.get(format!("k{i:03}").as_bytes()).unwrap();
+    }
     assert!(matches!(
         txn.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX),
-        Err(KvError::TooManyKeys { max: 50 })
+        Err(KvError::TooManyReads { max: 60 })
     ));
     assert!(matches!(
         txn.get(&[b'x'; 101]),
@@ -322,6 +340,17 @@ fn limits_give_clear_errors_and_keep_the_transaction() {
     txn.put(b"k000", b"changed").unwrap();
     txn.commit().unwrap();
     assert_eq!(kv.get(b"k000").unwrap().as_deref(), Some(&b"changed"[..]));
+    // A delete of a key that is there needs a write even once the others are used up.
+    let mut full = kv.begin();
+    for i in 0..50u32 {
+        full.put(format!("n{i:03}").as_bytes(), b"v").unwrap();
+    }
+    assert!(!full.delete(b"k-absent").unwrap());
+    assert!(matches!(
+        full.delete(b"k003"),
+        Err(KvError::TooManyKeys { max: 50 })
+    ));
+    full.rollback();
     // A configuration that cannot work with 8 KiB blocks is refused at open.
     let instance = std::sync::Arc::clone(kv.instance());
     let too_long = KvConfig {

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
             "{}: instance {} of cluster {:016x}, {} members, storage {}, transport {:?}, \
              resp {resp}, metrics {}, requirepass {}, maxclients {}, lease {} ms, I/O bound {} ms, \
              disk heartbeat every {} ms (still after {} ms), keys up to {} bytes, values up to {} \
-             bytes, {} keys per transaction, lock wait {} ms",
+             bytes, {} keys written and {} read per transaction, lock wait {} ms",
             config.file.display(),
             config.local.id,
             config.cluster_id.0,
@@ -85,6 +85,7 @@ fn main() -> ExitCode {
             kv_config.max_key_len,
             kv_config.max_value_len,
             kv_config.max_keys_per_txn,
+            kv_config.max_reads_per_txn,
             kv_config.lock_timeout.as_millis(),
         );
         return ExitCode::SUCCESS;
@@ -105,6 +106,7 @@ fn kv_config(serve: &ServeConfig, payload: usize) -> Result<kv::KvConfig, String
         // A string of max_value_bytes is stored with its type and expiry.
         max_value_len: serve.max_value_bytes.saturating_add(fusiond::value::HEADER),
         max_keys_per_txn: serve.max_keys_per_transaction,
+        max_reads_per_txn: serve.max_reads_per_transaction,
         lock_timeout: serve.lock_wait,
         ..kv::KvConfig::default()
     };
