@@ -440,7 +440,11 @@ fn save_writes_the_dirty_blocks() {
 /// `--check-config`, naming the key.
 #[test]
 fn kv_limits_are_configured() {
-    let mut cluster = Cluster::create(1, "max_value_bytes = 100\nmax_key_bytes = 16");
+    let mut cluster = Cluster::create(
+        1,
+        "max_value_bytes = 100\nmax_key_bytes = 16\nmax_keys_per_transaction = 8\n\
+         max_reads_per_transaction = 20",
+    );
     cluster.start_all();
     let mut client = cluster.client(0);
     let fits = "v".repeat(100);
@@ -457,6 +461,40 @@ fn kv_limits_are_configured() {
         other => panic!("a key past the limit was stored: {other:?}"),
     }
     assert_eq!(client.call(&["GET", "k"]).unwrap(), Resp::bulk(&fits));
+    // Keys written and keys read have their own limits.
+    let keys: Vec<String> = (0..21).map(|i| format!("m{i}")).collect();
+    let mut mset = vec!["MSET".to_string()];
+    for key in &keys[..8] {
+        mset.extend([key.clone(), "v".to_string()]);
+    }
+    let mset_args: Vec<&str> = mset.iter().map(String::as_str).collect();
+    assert_eq!(client.call(&mset_args).unwrap(), Resp::Simple("OK".into()));
+    let nine = [
+        "MSET", "a", "v", "b", "v", "c", "v", "d", "v", "e", "v", "f", "v", "g", "v", "h", "v",
+        "i", "v",
+    ];
+    match client.call(&nine).unwrap() {
+        Resp::Error(e) => assert!(e.contains("may write at most 8 keys"), "{e}"),
+        other => panic!("9 keys written past a limit of 8: {other:?}"),
+    }
+    let mut mget = vec!["MGET"];
+    mget.extend(keys[..20].iter().map(String::as_str));
+    match client.call(&mget).unwrap() {
+        Resp::Array(values) => {
+            assert_eq!(values.len(), 20);
+            assert_eq!(values.iter().filter(|v| **v == Resp::bulk("v")).count(), 8);
+        }
+        other => panic!("MGET of 20 keys: {other:?}"),
+    }
+    mget.push(&keys[20]);
+    match client.call(&mget).unwrap() {
+        Resp::Error(e) => assert!(e.contains("may read at most 20 keys"), "{e}"),
+        other => panic!("21 keys read past a limit of 20: {other:?}"),
+    }
+    // DEL of 12 keys, 8 of them there: 12 reads, 8 writes.
+    let mut del = vec!["DEL"];
+    del.extend(keys[..12].iter().map(String::as_str));
+    assert_eq!(client.call(&del).unwrap(), Resp::Integer(8));
     drop(client);
     cluster.terminate(0);
     let good = std::fs::read_to_string(&cluster.configs[0]).unwrap();
