@@ -49,6 +49,7 @@ use crate::config::{Fencing, InstanceConfig, TransportConfig};
 use crate::core::{BlockGrant, Completion, Core, CoreConfig, CoreError, Dependency};
 use crate::entry::Entered;
 use crate::format::{self, BLOCK_HEADER_LEN, InstanceSlot, Layout, SlotState};
+use crate::redo::codec::RECORD_HEADER_LEN;
 use crate::redo::{Appended, GroupCommitConfig, RedoError, RedoRecord, RedoWriter};
 use crate::runtime::{Command, ReservationFence, Runtime, RuntimeParts, RuntimeStats, Waiter};
 use crate::storage::{SharedStorage, StorageOptions};
@@ -538,7 +539,7 @@ impl Instance {
         Transaction {
             instance: self,
             blocks: Vec::new(),
-            records: Vec::new(),
+            redo_len: 0,
             undo: Vec::new(),
         }
     }
@@ -784,6 +785,9 @@ struct TxBlock {
     /// The copy's commit dependency when granted: the commit waits for it.
     dependency: Option<Dependency>,
     acquisition: Acquisition,
+    /// The byte ranges of the block this transaction changed (sorted, apart by more than
+    /// [`MERGE_GAP`]): its redo records, taken from the block as it is at commit.
+    changes: Vec<(usize, usize)>,
 }
 
 /// How a block was obtained: the transfer that served it and how long the caller waited.
@@ -801,7 +805,8 @@ pub struct Acquisition {
 pub struct Transaction<'i> {
     instance: &'i Instance,
     blocks: Vec<TxBlock>,
-    records: Vec<RedoRecord>,
+    /// Bytes the blocks' `changes` take as redo records (record headers included).
+    redo_len: usize,
     /// Before-images, in change order: (block index, offset, old bytes).
     undo: Vec<(usize, usize, Vec<u8>)>,
 }
@@ -810,7 +815,7 @@ impl std::fmt::Debug for Transaction<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transaction")
             .field("blocks", &self.blocks.len())
-            .field("records", &self.records.len())
+            .field("redo_len", &self.redo_len)
             .finish()
     }
 }
@@ -837,6 +842,7 @@ impl<'i> Transaction<'i> {
                     changed: false,
                     dependency: grant.dependency,
                     acquisition,
+                    changes: Vec::new(),
                 });
                 self.blocks.len() - 1
             }
@@ -866,7 +872,21 @@ impl<'i> Transaction<'i> {
         if let Some(reason) = self.instance.stopped() {
             return Err(InstanceError::Core(CoreError::Stopped(reason)));
         }
-        let records = std::mem::take(&mut self.records);
+        // Each changed range once, with its bytes as the transaction leaves them.
+        let mut records = Vec::new();
+        for b in &self.blocks {
+            if b.changes.is_empty() {
+                continue;
+            }
+            let latch = b.pin.read();
+            records.extend(b.changes.iter().map(|&(start, end)| RedoRecord {
+                // Stamped with the commit's SCN when appended.
+                scn: Scn(0),
+                block: b.block,
+                offset: start as u32,
+                bytes: latch[start..end].to_vec(),
+            }));
+        }
         let dependencies: Vec<Dependency> =
             self.blocks.iter().filter_map(|b| b.dependency).collect();
         // On failure `self` drops and rolls back: nothing of it entered the stream, or the
@@ -987,16 +1007,48 @@ impl BlockMut<'_, '_> {
             latch[at..at + bytes.len()].copy_from_slice(bytes);
         }
         b.changed = true;
-        self.tx.records.push(RedoRecord {
-            // Stamped with the commit's SCN when appended.
-            scn: Scn(0),
-            block: b.block,
-            offset: at as u32,
-            bytes: bytes.to_vec(),
-        });
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let before = records_len(&b.changes);
+        log_change(&mut b.changes, at, at + bytes.len());
+        self.tx.redo_len = self.tx.redo_len - before + records_len(&b.changes);
         Ok(())
     }
+
+    /// Bytes the transaction's changes take in its commit's redo entry so far.
+    pub fn redo_len(&self) -> usize {
+        self.tx.redo_len
+    }
 }
+
+/// Adds the changed bytes `start..end` of a block to its changed `ranges` (sorted, apart by
+/// more than [`MERGE_GAP`]), merging those it overlaps or nearly touches. Each range is one
+/// redo record at commit, taken from the block as the transaction leaves it (it holds the
+/// block in X, so those bytes are its own): many changes to one leaf log its bytes once, and
+/// recovery ends with the same bytes.
+fn log_change(ranges: &mut Vec<(usize, usize)>, start: usize, end: usize) {
+    // The first range that ends at or past `start - MERGE_GAP`; the ones from there that
+    // start at or before `end + MERGE_GAP` merge with the change.
+    let first = ranges.partition_point(|&(_, e)| e + MERGE_GAP < start);
+    let last = first + ranges[first..].partition_point(|&(s, _)| s <= end + MERGE_GAP);
+    let merged = ranges[first..last]
+        .iter()
+        .fold((start, end), |(s, e), &(rs, re)| (s.min(rs), e.max(re)));
+    ranges.splice(first..last, [merged]);
+}
+
+/// Bytes `ranges` take as redo records.
+fn records_len(ranges: &[(usize, usize)]) -> usize {
+    ranges
+        .iter()
+        .map(|(s, e)| RECORD_HEADER_LEN + (e - s))
+        .sum()
+}
+
+/// Unchanged bytes between two changes of a block that are logged rather than starting a new
+/// record: fewer than a record header costs.
+const MERGE_GAP: usize = RECORD_HEADER_LEN;
 
 /// What a pending commit waits for.
 #[derive(Debug, Clone, Copy)]
@@ -1442,5 +1494,52 @@ impl Setting<'_> {
             }
             entry.handle_timeout(now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever changes a transaction makes to a block, in whatever order: its records
+        /// (the ranges, with the block's bytes at the end) applied to the block as it was
+        /// give the block as it is, and they are sorted and apart by more than the gap.
+        #[test]
+        fn changed_ranges_rebuild_the_block(
+            changes in proptest::collection::vec((0..200usize, 0..40usize, any::<u8>()), 1..60)
+        ) {
+            let before: Vec<u8> = (0..256).map(|i| (i * 7) as u8).collect();
+            let mut now = before.clone();
+            let mut ranges = Vec::new();
+            for (at, len, byte) in changes {
+                now[at..at + len].fill(byte.wrapping_add(at as u8) | 1);
+                log_change(&mut ranges, at, at + len);
+            }
+            let mut rebuilt = before;
+            for &(s, e) in &ranges {
+                rebuilt[s..e].copy_from_slice(&now[s..e]);
+            }
+            prop_assert_eq!(&rebuilt, &now);
+            for pair in ranges.windows(2) {
+                prop_assert!(pair[0].1 + MERGE_GAP < pair[1].0, "{:?}", ranges);
+            }
+        }
+    }
+
+    #[test]
+    fn changes_to_nearby_bytes_share_a_record() {
+        let mut ranges = Vec::new();
+        // A delete's shift, the entry count, another shift further left, then one that
+        // reaches the count.
+        log_change(&mut ranges, 2000, 3000);
+        log_change(&mut ranges, 2, 4);
+        log_change(&mut ranges, 1500, 3100);
+        log_change(&mut ranges, 1490, 1494);
+        assert_eq!(ranges, vec![(2, 4), (1490, 3100)]);
+        assert_eq!(records_len(&ranges), 2 * RECORD_HEADER_LEN + 2 + 1610);
+        log_change(&mut ranges, 20, 1480);
+        assert_eq!(ranges, vec![(2, 3100)]);
     }
 }

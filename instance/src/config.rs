@@ -78,7 +78,7 @@
 //! expiry_sweep_ms = 100              # a step of the expiry sweep this often; 0: no sweep
 //! max_key_bytes = 1024               # longest key (at most 1,343 with 8 KiB blocks)
 //! max_value_bytes = 262144           # longest value (at most 453,607: one commit's redo)
-//! max_keys_per_transaction = 128     # keys one command or MULTI block may write
+//! max_keys_per_transaction = 1024    # keys one command or MULTI block may write
 //! max_reads_per_transaction = 1024   # keys one command or MULTI block may read
 //! lock_wait_ms = 2000                # a command waits this long for a key's lock, then
 //!                                    #   reruns (up to 20 times) before it fails
@@ -551,7 +551,7 @@ impl Default for ServeConfig {
             expiry_sweep: Some(Duration::from_millis(100)),
             max_key_bytes: 1024,
             max_value_bytes: 256 << 10,
-            max_keys_per_transaction: 128,
+            max_keys_per_transaction: 1024,
             max_reads_per_transaction: 1024,
             lock_wait: Duration::from_secs(2),
         }

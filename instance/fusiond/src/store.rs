@@ -216,7 +216,7 @@ pub(crate) mod memory {
     use std::collections::BTreeMap;
 
     /// Keys one transaction may write and read, as the KV layer's defaults.
-    const MAX_KEYS: usize = 128;
+    const MAX_KEYS: usize = 1024;
     const MAX_READS: usize = 1024;
 
     #[derive(Debug, Default)]

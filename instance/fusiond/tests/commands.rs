@@ -32,7 +32,8 @@ fn text(reply: Resp) -> String {
 
 #[test]
 fn a_flush_through_one_instance_empties_the_database_for_all() {
-    let mut cluster = Cluster::create(3, "");
+    // Small transactions: the flush takes several batches.
+    let mut cluster = Cluster::create(3, "max_keys_per_transaction = 128");
     cluster.start_all();
     let mut clients: Vec<_> = (0..3).map(|i| cluster.client(i)).collect();
     // More keys than one transaction may touch, written through every instance.

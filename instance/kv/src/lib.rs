@@ -157,14 +157,15 @@ pub const MAX_TXN_REDO: usize =
 const MERGE_BELOW: usize = 4;
 
 /// Limits and waits of the KV layer. The defaults: keys up to 1 KiB, values up to 256 KiB,
-/// 128 keys written and 1024 read per transaction, a 2 s lock wait, 20 reruns.
+/// 1024 keys written and 1024 read per transaction, a 2 s lock wait, 20 reruns.
 ///
 /// One transaction's changes are one redo entry, at most [`MAX_TXN_REDO`] bytes (about
 /// 507 KiB): a value (with its overflow blocks) must fit in it with room to spare, and a
 /// transaction whose changes outgrow it fails with [`KvError::TxnTooLarge`]. A put logs the
 /// bytes of its leaf from the entry on (entries after it move), about 2.5 KiB for a small
-/// value at a random place: some 150 such puts fit in one transaction, hence the default
-/// of 128 keys.
+/// value at a random place, and changes to one leaf share their bytes (the engine logs
+/// each changed range of a block once): some 200 puts of keys spread over a large tree fit
+/// in one transaction, any number of neighbours up to the key limit.
 #[derive(Debug, Clone)]
 pub struct KvConfig {
     /// Longest key, bytes (empty keys are allowed). At most about a sixth of the block
@@ -207,7 +208,7 @@ impl Default for KvConfig {
         Self {
             max_key_len: 1024,
             max_value_len: 256 << 10,
-            max_keys_per_txn: 128,
+            max_keys_per_txn: 1024,
             max_reads_per_txn: 1024,
             lock_timeout: Duration::from_secs(2),
             max_retries: 20,
@@ -539,7 +540,6 @@ impl Kv {
             reads: 0,
             read_keys: HashSet::new(),
             written_keys: HashSet::new(),
-            redo: 0,
             aborted: None,
         }
     }
@@ -881,8 +881,6 @@ pub struct KvTxn<'k> {
     read_keys: HashSet<Vec<u8>>,
     /// The keys written, counted against `max_keys_per_txn` (each once).
     written_keys: HashSet<Vec<u8>>,
-    /// Redo bytes logged so far (against [`MAX_TXN_REDO`]).
-    redo: usize,
     /// Why the transaction was rolled back after an error.
     aborted: Option<Aborted>,
 }
@@ -1247,7 +1245,7 @@ impl<'k> KvTxn<'k> {
         let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
         let ranges = changed_ranges(&b.bytes(), bytes);
         for (start, end) in ranges {
-            Self::log_update(&mut self.redo, &mut b, start, &bytes[start..end])?;
+            Self::log_update(&mut b, start, &bytes[start..end])?;
         }
         Ok(())
     }
@@ -1261,23 +1259,23 @@ impl<'k> KvTxn<'k> {
         self.written.insert(n);
         let mut b = self.tx.as_mut().ok_or_else(ended)?.write(id)?;
         if let Some(count) = splice.count {
-            Self::log_update(&mut self.redo, &mut b, 2, &count.to_le_bytes())?;
+            Self::log_update(&mut b, 2, &count.to_le_bytes())?;
         }
-        Self::log_update(&mut self.redo, &mut b, splice.at, &splice.bytes)
+        Self::log_update(&mut b, splice.at, &splice.bytes)
     }
 
-    /// One change of a block's bytes, counted against the transaction's redo bound.
+    /// One change of a block's bytes, checked against the transaction's redo bound (the
+    /// engine's count: changes to one block's nearby bytes share a record). Past it the
+    /// transaction fails and is rolled back.
     fn log_update(
-        redo: &mut usize,
         b: &mut instance::api::BlockMut<'_, '_>,
         at: usize,
         bytes: &[u8],
     ) -> Result<(), KvError> {
-        *redo += bytes.len() + instance::redo::codec::RECORD_HEADER_LEN;
-        if *redo > MAX_TXN_REDO {
+        b.update(at, bytes)?;
+        if b.redo_len() > MAX_TXN_REDO {
             return Err(KvError::TxnTooLarge { max: MAX_TXN_REDO });
         }
-        b.update(at, bytes)?;
         Ok(())
     }
 
@@ -1683,7 +1681,6 @@ impl<'k> KvTxn<'k> {
         }
         let end = first.saturating_add(GROW_BATCH).min(data_blocks);
         b.update(0, &end.to_le_bytes())?;
-        self.redo += 8 + instance::redo::codec::RECORD_HEADER_LEN;
         let own = self.kv.own_free_list;
         let (mut head, count) = self.free_list(own)?;
         // Blocks past the old mark were never reachable: no one else can name them, so
