@@ -123,6 +123,20 @@ fn kv_config(serve: &ServeConfig, payload: usize) -> Result<kv::KvConfig, String
     Ok(config)
 }
 
+/// fusiond cannot serve after the instance started (`why`): it leaves the cluster cleanly
+/// (checkpoint, slot marked down) so the others need no recovery, and returns `why`.
+fn leave(instance: Arc<Instance>, why: String) -> String {
+    match Arc::try_unwrap(instance) {
+        Ok(instance) => {
+            if let Err(e) = instance.shutdown() {
+                tracing::warn!(error = %e, "leaving the cluster failed");
+            }
+        }
+        Err(_) => tracing::warn!("the instance is still in use; exiting without leaving"),
+    }
+    why
+}
+
 fn resp_address(config: &InstanceConfig) -> SocketAddr {
     config.resp_listen.unwrap_or_else(|| {
         let port = DEFAULT_RESP_PORT.saturating_add(config.local.id.as_u16());
@@ -182,8 +196,10 @@ fn run(config: InstanceConfig, resp: SocketAddr, kv_config: kv::KvConfig) -> Res
     let started = Instant::now();
     let instance = Arc::new(Instance::start(config).map_err(|e| format!("start: {e}"))?);
     tracing::info!(instance = %id, elapsed_ms = started.elapsed().as_millis() as u64, "instance started");
-    let store =
-        Arc::new(KvStore::open(instance.clone(), kv_config).map_err(|e| format!("kv: {e}"))?);
+    let store = match KvStore::open(instance.clone(), kv_config) {
+        Ok(store) => Arc::new(store),
+        Err(e) => return Err(leave(instance, format!("kv: {e}"))),
+    };
     let clients = Arc::new(Clients::default());
     let metrics = Arc::new(Metrics::new(serve_config.transfer_p99_alert));
     let store_info = Arc::downgrade(&store);
@@ -218,7 +234,14 @@ fn run(config: InstanceConfig, resp: SocketAddr, kv_config: kv::KvConfig) -> Res
                 m.encode()
             }),
         )
-        .map_err(|e| format!("metrics: {e}"))?;
+        .map_err(|e| format!("metrics: {e}"));
+        let bound = match bound {
+            Ok(bound) => bound,
+            Err(e) => {
+                drop(engine);
+                return Err(leave(instance, e));
+            }
+        };
         tracing::info!(address = %bound, "serving metrics");
     }
     let bound = serve(
@@ -233,7 +256,14 @@ fn run(config: InstanceConfig, resp: SocketAddr, kv_config: kv::KvConfig) -> Res
         metrics.clone(),
         serve_config.requirepass.is_some(),
     )
-    .map_err(|e| format!("resp on {resp}: {e}"))?;
+    .map_err(|e| format!("resp on {resp}: {e}"));
+    let bound = match bound {
+        Ok(bound) => bound,
+        Err(e) => {
+            drop(engine);
+            return Err(leave(instance, e));
+        }
+    };
     tracing::info!(address = %bound, "serving RESP");
 
     let sweep_every = serve_config.expiry_sweep;
