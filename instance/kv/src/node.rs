@@ -446,20 +446,35 @@ fn decode_head<'a>(tag: u8, r: &mut Reader<'a>) -> Result<NodeHead<'a>, DecodeEr
 
 /// Checks that `key` follows `previous` and lies within the node's fences; a separator
 /// equal to the low fence would leave its left child an empty range.
+/// Checks `key`, the next of a node's keys in order: above the one before (`previous`), and
+/// the first inside the fences. [`check_last`] after the last: inside, the first and the last
+/// put every key between inside too (two comparisons per node, not two per key).
 fn check_key<'a>(
     tag: u8,
     head: &NodeHead<'_>,
     previous: &mut Option<&'a [u8]>,
     key: &'a [u8],
 ) -> Result<(), DecodeError> {
-    let ascending = previous.is_none_or(|p| p < key);
-    let inside = head.covers(key) && (tag == TAG_LEAF || key > head.low);
+    let fits = match *previous {
+        Some(before) => before < key,
+        None => inside(tag, head, key),
+    };
     *previous = Some(key);
-    if ascending && inside {
-        Ok(())
-    } else {
-        Err(out_of_order())
+    if fits { Ok(()) } else { Err(out_of_order()) }
+}
+
+/// The last key [`check_key`] saw (if any) is inside the fences.
+fn check_last(tag: u8, head: &NodeHead<'_>, last: Option<&[u8]>) -> Result<(), DecodeError> {
+    match last {
+        Some(key) if !inside(tag, head, key) => Err(out_of_order()),
+        _ => Ok(()),
     }
+}
+
+/// Whether a key of the node lies inside its fences (an internal node's separators above
+/// its low fence).
+fn inside(tag: u8, head: &NodeHead<'_>, key: &[u8]) -> bool {
+    head.covers(key) && (tag == TAG_LEAF || key > head.low)
 }
 
 fn out_of_order() -> DecodeError {
@@ -490,6 +505,7 @@ fn decode_node(tag: u8, r: &mut Reader<'_>) -> Result<Node, DecodeError> {
             };
             entries.push((key.to_vec(), value));
         }
+        check_last(tag, &head, previous)?;
         Body::Leaf(entries)
     } else {
         let mut keys = Vec::with_capacity(head.count.min(r.bytes.len() / 10));
@@ -501,6 +517,7 @@ fn decode_node(tag: u8, r: &mut Reader<'_>) -> Result<Node, DecodeError> {
             keys.push(key.to_vec());
             children.push(r.block()?);
         }
+        check_last(tag, &head, previous)?;
         Body::Internal { keys, children }
     };
     Ok(Node {
@@ -553,6 +570,7 @@ pub fn route(bytes: &[u8], key: &[u8]) -> Result<Route, DecodeError> {
             found = true;
         }
     }
+    check_last(tag, &head, previous)?;
     Ok(Route {
         level: head.level,
         covers,
@@ -613,6 +631,7 @@ pub fn leaf_lookup(bytes: &[u8], key: &[u8]) -> Result<Option<LeafLookup>, Decod
             _ => return Err(DecodeError::Invalid("bad value kind")),
         }
     }
+    check_last(tag, &head, previous)?;
     if !head.covers(key) {
         return Ok(None);
     }
@@ -787,6 +806,52 @@ pub fn leaf_put_inline(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `node` encoded, with the key `from` replaced by `to` (of the same length).
+    fn with_key_replaced(node: Node, from: &[u8], to: &[u8]) -> Vec<u8> {
+        let mut bytes = encode(&Block::Node(node), 4096).unwrap();
+        let at = bytes.windows(from.len()).rposition(|w| w == from).unwrap();
+        bytes[at..at + to.len()].copy_from_slice(to);
+        bytes
+    }
+
+    #[test]
+    fn a_key_outside_the_fences_is_refused_first_or_last() {
+        let leaf = |keys: &[&[u8]]| Node {
+            level: 0,
+            low: b"b".to_vec(),
+            high: Some(b"m".to_vec()),
+            body: Body::Leaf(
+                keys.iter()
+                    .map(|k| (k.to_vec(), Value::Inline(b"v".to_vec())))
+                    .collect(),
+            ),
+        };
+        let good = encode(&Block::Node(leaf(&[b"c1", b"d1", b"e1"])), 4096).unwrap();
+        assert!(decode(&good).is_ok());
+        assert!(leaf_lookup(&good, b"d1").unwrap().unwrap().value.is_some());
+        // The last key above the high fence, the first below the low one (both ascending).
+        for bad in [
+            with_key_replaced(leaf(&[b"c1", b"d1", b"e1"]), b"e1", b"z1"),
+            with_key_replaced(leaf(&[b"c1", b"d1", b"e1"]), b"c1", b"a1"),
+        ] {
+            assert_eq!(decode(&bad), Err(out_of_order()));
+            assert_eq!(leaf_lookup(&bad, b"d1"), Err(out_of_order()));
+        }
+        // An internal node's last separator past its high fence.
+        let internal = Node {
+            level: 1,
+            low: b"b".to_vec(),
+            high: Some(b"m".to_vec()),
+            body: Body::Internal {
+                keys: vec![b"c1".to_vec(), b"e1".to_vec()],
+                children: vec![10, 11, 12],
+            },
+        };
+        let bad = with_key_replaced(internal, b"e1", b"z1");
+        assert_eq!(decode(&bad), Err(out_of_order()));
+        assert_eq!(route(&bad, b"c2"), Err(out_of_order()));
+    }
 
     #[test]
     fn a_never_written_block_is_refused() {
