@@ -2081,13 +2081,19 @@ impl Sim {
 
     /// Copies the frame of a write under its read latch, seals it and schedules the write.
     fn snapshot_write(&mut self, node: usize, block: BlockId, scn: Scn, pin: Pin) {
-        if !self.lease_holds(node, &format!("write {block}")) {
+        // As the runtime's `Lease::wait_writable`: a write that could not land within the
+        // lease, or whose lease lapsed (a storage stall held its disk rounds), waits for the
+        // renewal that opens the window again, for a lease at most; past that the next look
+        // stops the instance. (Seed 32017554: a node whose stall outlasted its lease won the
+        // epoch once its storage came back, and stopped instead of renewing: no one was left.)
+        let now = self.global();
+        let lapsed = self
+            .leases
+            .lapsed_within(node, now, self.cfg.timings.failure.lease);
+        if !lapsed && !self.lease_holds(node, &format!("write {block}")) {
             return;
         }
-        if !self.leases.writable(node, self.global()) {
-            // As the runtime's `Lease::wait_writable`: a write that could not land within the
-            // lease waits for the renewal that opens the window again (or the lease lapses,
-            // and the next look stops the instance).
+        if lapsed || !self.leases.writable(node, now) {
             let d = self.cfg.timings.failure.disk_interval / 4;
             let seq = self.schedule(
                 d,

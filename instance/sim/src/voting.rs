@@ -185,6 +185,8 @@ pub fn paxos_fate(rng: &mut SimRng, io: &PaxosIo) -> WriteFate {
 pub struct Leases {
     until: Vec<Duration>,
     writes_until: Vec<Duration>,
+    /// Stopped or dead: no renewal comes back.
+    revoked: Vec<bool>,
     failure: FailureConfig,
 }
 
@@ -194,6 +196,7 @@ impl Leases {
         Self {
             until: vec![now + failure.lease; n],
             writes_until: vec![failure.writes_until(now + failure.lease); n],
+            revoked: vec![false; n],
             failure,
         }
     }
@@ -202,6 +205,7 @@ impl Leases {
     pub fn grant(&mut self, node: usize, now: Duration) {
         self.until[node] = now + self.failure.lease;
         self.writes_until[node] = self.failure.writes_until(self.until[node]);
+        self.revoked[node] = false;
     }
 
     /// `node`'s `RenewLease { from, writes_until }`.
@@ -214,6 +218,14 @@ impl Leases {
     pub fn revoke(&mut self, node: usize, now: Duration) {
         self.until[node] = self.until[node].min(now);
         self.writes_until[node] = self.writes_until[node].min(now);
+        self.revoked[node] = true;
+    }
+
+    /// Whether `node`'s lease ran out less than `wait` ago at `now` and was not revoked: as
+    /// the runtime's `Lease::wait_writable`, a write waits for the renewal that a late disk
+    /// round brings (unless a decision stands against the node, which stops it).
+    pub fn lapsed_within(&self, node: usize, now: Duration, wait: Duration) -> bool {
+        !self.revoked[node] && now >= self.until[node] && now < self.until[node] + wait
     }
 
     /// Whether `node` may submit or acknowledge I/O at `now`.
