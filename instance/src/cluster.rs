@@ -1291,7 +1291,7 @@ impl ClusterManager {
     }
 
     /// Whether this instance finds itself without the majority: it stops if that lasts a
-    /// disk timeout and a round.
+    /// disk timeout and two rounds.
     pub fn lacks_majority(&self) -> bool {
         self.minority_since.is_some()
     }
@@ -1466,12 +1466,17 @@ impl ClusterManager {
                 && lowest.is_some_and(|l| reachable.contains(l)));
         if !majority {
             // Not at once: a peer found down whose disk heartbeat has not had the disk
-            // timeout to go silent may have died (during a cut), not be cut off; a round
-            // later it counts as dead and this side has the majority (seed 1001426: of two
-            // instances cut apart, the lowest died before it voted the other out, and the
-            // other stopped too).
+            // timeout to go silent may have died (during a cut), not be cut off; once it
+            // counts as dead this side has the majority (seed 1001426: of two instances cut
+            // apart, the lowest died before it voted the other out, and the other stopped
+            // too). Its last heartbeat is seen up to a read round after it was written, and
+            // found silent at a read round: a disk timeout and two rounds after it died
+            // (seed 33009911: the lowest died as a cut healed and went down a moment later,
+            // and the other stopped a round before it would have counted it dead).
             let since = *self.minority_since.get_or_insert(now);
-            if now.saturating_since(since) < self.config.disk_timeout + self.config.disk_interval {
+            if now.saturating_since(since)
+                < self.config.disk_timeout + 2 * self.config.disk_interval
+            {
                 return;
             }
             self.stop(format!(
@@ -2283,7 +2288,7 @@ mod tests {
     fn the_minority_side_of_a_partition_stops_itself() {
         let mut m = manager(2, &[0, 1, 2]);
         run(&mut m, &[0, 1], &[0, 1, 2], 0, 500);
-        run(&mut m, &[], &[0, 1, 2], 600, 3000);
+        run(&mut m, &[], &[0, 1, 2], 600, 3200);
         let acts = actions(&mut m);
         assert!(reconfigured(&acts).is_none());
         assert!(
@@ -2479,8 +2484,8 @@ mod tests {
         let mut high = manager(2, &[0, 1, 2, 3]);
         run(&mut low, &[1, 2, 3], &[0, 1, 2, 3], 0, 500);
         run(&mut high, &[0, 1, 3], &[0, 1, 2, 3], 0, 500);
-        run(&mut low, &[1], &[0, 1, 2, 3], 600, 3000);
-        run(&mut high, &[3], &[0, 1, 2, 3], 600, 3000);
+        run(&mut low, &[1], &[0, 1, 2, 3], 600, 3200);
+        run(&mut high, &[3], &[0, 1, 2, 3], 600, 3200);
         let (_, live, _) = reconfigured(&actions(&mut low)).expect("the low side goes on");
         assert_eq!(live, set(&[0, 1]));
         assert!(

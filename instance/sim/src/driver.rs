@@ -3274,7 +3274,7 @@ impl Sim {
     /// its write of 0.1 torn; the plan cut n0 off, n1 — holding 0.1's only past image —
     /// lost the tie and stopped).
     /// Nor while an instance lacks the majority (it stops unless it hears the others again
-    /// within a disk timeout and a round): a death of the side it cannot hear leaves no one
+    /// within a disk timeout and two rounds): a death of the side it cannot hear leaves no one
     /// (seed 20000104: a one-way cut left n1 unable to hear n0, the lowest; the cut healed
     /// and n0 died at once, and n1, its minority wait nearly over and n0's disk heartbeat
     /// moving until a moment before, stopped).

@@ -141,7 +141,10 @@ fn a_failed_read_fails_the_waiting_user_and_never_hangs() {
 /// came back, and its first write found the lease lapsed: the simulator stopped it, where
 /// the runtime waits for the renewal the next disk round brings, so no one was left
 /// (32017554: writes wait for a lapsed lease as `Lease::wait_writable` does; the seed must
-/// see the other voted out and recovered).
+/// see the other voted out and recovered); a cut of two instances healed as the lowest
+/// died, and the other, finding it down a moment later, stopped for lack of the majority a
+/// round before its disk heartbeat counted as silent (33009911: the minority wait is a
+/// disk timeout and two rounds).
 #[test]
 fn soak_failures_stay_fixed() {
     let with_default_timings = [
@@ -150,7 +153,7 @@ fn soak_failures_stay_fixed() {
     .map(|seed| SimConfig::from_seed(seed).with_default_timings());
     let with_drawn_timings = [
         10_006_389, 11_003_850, 12_004_674, 13_000_194, 17_009_909, 20_000_104, 25_005_162,
-        27_012_247, 29_007_133, 32_017_554,
+        27_012_247, 29_007_133, 32_017_554, 33_009_911,
     ]
     .map(SimConfig::from_seed);
     for config in with_default_timings.into_iter().chain(with_drawn_timings) {
