@@ -780,13 +780,12 @@ impl std::ops::Deref for Payload<'_> {
 struct TxBlock {
     block: BlockId,
     pin: Pin,
-    /// The transaction changed it (its records take the commit's SCN).
-    changed: bool,
     /// The copy's commit dependency when granted: the commit waits for it.
     dependency: Option<Dependency>,
     acquisition: Acquisition,
     /// The byte ranges of the block this transaction changed (sorted, apart by more than
-    /// [`MERGE_GAP`]): its redo records, taken from the block as it is at commit.
+    /// [`MERGE_GAP`]): its redo records, taken from the block as it is at commit, which
+    /// take the commit's SCN. Empty: the block is unchanged.
     changes: Vec<(usize, usize)>,
 }
 
@@ -839,7 +838,6 @@ impl<'i> Transaction<'i> {
                 self.blocks.push(TxBlock {
                     block,
                     pin: grant.pin,
-                    changed: false,
                     dependency: grant.dependency,
                     acquisition,
                     changes: Vec::new(),
@@ -906,10 +904,10 @@ impl<'i> Transaction<'i> {
             Target::Appended(appended) => appended.scn,
             Target::Seen(_) => Scn(0),
         };
-        let changed = self.blocks.iter().filter(|b| b.changed).count();
+        let changed = self.blocks.iter().filter(|b| !b.changes.is_empty()).count();
         for b in self.blocks.drain(..) {
-            let dirty = b.changed.then_some(scn);
-            if b.changed {
+            let dirty = (!b.changes.is_empty()).then_some(scn);
+            if dirty.is_some() {
                 // The cache learns the copy is dirty (eviction writes it first).
                 let _ = b.pin.write().mark_dirty(scn);
             }
@@ -938,7 +936,7 @@ impl<'i> Transaction<'i> {
     /// relied on must.
     pub fn release_unchanged(&mut self, block: BlockId) -> bool {
         match self.blocks.last() {
-            Some(last) if last.block == block && !last.changed => {}
+            Some(last) if last.block == block && last.changes.is_empty() => {}
             _ => return false,
         }
         let Some(last) = self.blocks.pop() else {
@@ -997,6 +995,9 @@ impl BlockMut<'_, '_> {
                 payload,
             });
         }
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let at = BLOCK_HEADER_LEN + offset;
         let b = &mut self.tx.blocks[self.index];
         {
@@ -1006,13 +1007,8 @@ impl BlockMut<'_, '_> {
                 .push((self.index, at, latch[at..at + bytes.len()].to_vec()));
             latch[at..at + bytes.len()].copy_from_slice(bytes);
         }
-        b.changed = true;
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        let before = records_len(&b.changes);
-        log_change(&mut b.changes, at, at + bytes.len());
-        self.tx.redo_len = self.tx.redo_len - before + records_len(&b.changes);
+        let (replaced, merged) = log_change(&mut b.changes, at, at + bytes.len());
+        self.tx.redo_len = self.tx.redo_len - replaced + merged;
         Ok(())
     }
 
@@ -1026,8 +1022,9 @@ impl BlockMut<'_, '_> {
 /// more than [`MERGE_GAP`]), merging those it overlaps or nearly touches. Each range is one
 /// redo record at commit, taken from the block as the transaction leaves it (it holds the
 /// block in X, so those bytes are its own): many changes to one leaf log its bytes once, and
-/// recovery ends with the same bytes.
-fn log_change(ranges: &mut Vec<(usize, usize)>, start: usize, end: usize) {
+/// recovery ends with the same bytes. Returns the redo bytes of the ranges it replaced and
+/// of the one that replaces them.
+fn log_change(ranges: &mut Vec<(usize, usize)>, start: usize, end: usize) -> (usize, usize) {
     // The first range that ends at or past `start - MERGE_GAP`; the ones from there that
     // start at or before `end + MERGE_GAP` merge with the change.
     let first = ranges.partition_point(|&(_, e)| e + MERGE_GAP < start);
@@ -1035,7 +1032,9 @@ fn log_change(ranges: &mut Vec<(usize, usize)>, start: usize, end: usize) {
     let merged = ranges[first..last]
         .iter()
         .fold((start, end), |(s, e), &(rs, re)| (s.min(rs), e.max(re)));
+    let replaced = records_len(&ranges[first..last]);
     ranges.splice(first..last, [merged]);
+    (replaced, records_len(&[merged]))
 }
 
 /// Bytes `ranges` take as redo records.
@@ -1505,18 +1504,22 @@ mod tests {
     proptest! {
         /// Whatever changes a transaction makes to a block, in whatever order: its records
         /// (the ranges, with the block's bytes at the end) applied to the block as it was
-        /// give the block as it is, and they are sorted and apart by more than the gap.
+        /// give the block as it is, and they are sorted and apart by more than the gap; the
+        /// redo length kept from what each change replaced is theirs.
         #[test]
         fn changed_ranges_rebuild_the_block(
-            changes in proptest::collection::vec((0..200usize, 0..40usize, any::<u8>()), 1..60)
+            changes in proptest::collection::vec((0..200usize, 1..40usize, any::<u8>()), 1..60)
         ) {
             let before: Vec<u8> = (0..256).map(|i| (i * 7) as u8).collect();
             let mut now = before.clone();
             let mut ranges = Vec::new();
+            let mut redo_len = 0;
             for (at, len, byte) in changes {
                 now[at..at + len].fill(byte.wrapping_add(at as u8) | 1);
-                log_change(&mut ranges, at, at + len);
+                let (replaced, merged) = log_change(&mut ranges, at, at + len);
+                redo_len = redo_len - replaced + merged;
             }
+            prop_assert_eq!(redo_len, records_len(&ranges));
             let mut rebuilt = before;
             for &(s, e) in &ranges {
                 rebuilt[s..e].copy_from_slice(&now[s..e]);

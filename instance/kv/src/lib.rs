@@ -901,26 +901,39 @@ impl<'k> KvTxn<'k> {
         self.kv.check_key(key)?;
         self.count_read(key)?;
         self.guarded(|t| {
-            let kv = t.kv;
-            if !t.caches_leaf(key) {
-                // Looked up in the leaf's bytes: a later put splices into them.
-                let (_, leaf) = t.locked_leaf(key)?;
-                return match &leaf.value {
-                    Some(value) => Ok(Some(kv.value(value, &mut |b| t.read(b))?)),
-                    None => Ok(None),
-                };
-            }
-            let (n, node) = t.locked_node(key, 0)?;
-            let Body::Leaf(entries) = &node.body else {
-                return Err(KvError::corrupt(n, "a leaf without entries"));
-            };
-            let value = match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-                Ok(i) => Some(kv.value(&entries[i].1, &mut |b| t.read(b))?),
-                Err(_) => None,
-            };
-            t.keep(n, node);
-            Ok(value)
+            t.with_entry(key, |t, value| match value {
+                Some(value) => {
+                    let kv = t.kv;
+                    Ok(Some(kv.value(value, &mut |b| t.read(b))?))
+                }
+                None => Ok(None),
+            })
         })
+    }
+
+    /// Runs `f` on `key`'s entry in its leaf (locked for this transaction), `None` when the
+    /// key is not there: from the leaf's bytes unless this transaction holds the leaf decoded
+    /// (a later put splices into the bytes), else from the decoded leaf, kept.
+    fn with_entry<R>(
+        &mut self,
+        key: &[u8],
+        f: impl FnOnce(&mut Self, Option<&Value>) -> Result<R, KvError>,
+    ) -> Result<R, KvError> {
+        if !self.caches_leaf(key) {
+            let (_, leaf) = self.locked_leaf(key)?;
+            return f(self, leaf.value.as_ref());
+        }
+        let (n, node) = self.locked_node(key, 0)?;
+        let Body::Leaf(entries) = &node.body else {
+            return Err(KvError::corrupt(n, "a leaf without entries"));
+        };
+        let entry = entries
+            .binary_search_by(|(k, _)| k.as_slice().cmp(key))
+            .ok()
+            .map(|i| &entries[i].1);
+        let result = f(self, entry);
+        self.keep(n, node);
+        result
     }
 
     /// Locks the leaves covering `keys` in key order (whatever order `keys` come in), so
@@ -994,24 +1007,9 @@ impl<'k> KvTxn<'k> {
     pub fn delete(&mut self, key: &[u8]) -> Result<bool, KvError> {
         self.kv.check_key(key)?;
         self.count_read(key)?;
-        if !self.written_keys.contains(key)
-            && self.written_keys.len() >= self.kv.config.max_keys_per_txn
-        {
+        if !self.may_write(key) {
             // No write left: deleting nothing is still fine.
-            let there = self.guarded(|t| {
-                if !t.caches_leaf(key) {
-                    return t.locked_leaf(key).map(|(_, leaf)| leaf.value.is_some());
-                }
-                let (n, node) = t.locked_node(key, 0)?;
-                let Body::Leaf(entries) = &node.body else {
-                    return Err(KvError::corrupt(n, "a leaf without entries"));
-                };
-                let there = entries
-                    .binary_search_by(|(k, _)| k.as_slice().cmp(key))
-                    .is_ok();
-                t.keep(n, node);
-                Ok(there)
-            })?;
+            let there = self.guarded(|t| t.with_entry(key, |_, value| Ok(value.is_some())))?;
             if !there {
                 return Ok(false);
             }
@@ -1125,15 +1123,21 @@ impl<'k> KvTxn<'k> {
 
     /// Counts `key` against the write limit, unless this transaction wrote it already.
     fn count_write(&mut self, key: &[u8]) -> Result<(), KvError> {
-        if self.written_keys.contains(key) {
-            return Ok(());
+        if !self.may_write(key) {
+            return Err(KvError::TooManyKeys {
+                max: self.kv.config.max_keys_per_txn,
+            });
         }
-        let max = self.kv.config.max_keys_per_txn;
-        if self.written_keys.len() >= max {
-            return Err(KvError::TooManyKeys { max });
+        if !self.written_keys.contains(key) {
+            self.written_keys.insert(key.to_vec());
         }
-        self.written_keys.insert(key.to_vec());
         Ok(())
+    }
+
+    /// Whether writing `key` stays within the write limit (it was written already, or
+    /// there is room for one more).
+    fn may_write(&self, key: &[u8]) -> bool {
+        self.written_keys.contains(key) || self.written_keys.len() < self.kv.config.max_keys_per_txn
     }
 
     /// Runs one operation; if it fails the transaction is rolled back (its changes may be

@@ -123,6 +123,84 @@ fn kv_config(serve: &ServeConfig, payload: usize) -> Result<kv::KvConfig, String
     Ok(config)
 }
 
+/// Opens the KV layer over the started `instance` and serves RESP (and metrics): the engine,
+/// the connected clients and the metrics the main loop goes on with.
+fn serve_instance(
+    instance: &Arc<Instance>,
+    kv_config: kv::KvConfig,
+    serve_config: &ServeConfig,
+    members: usize,
+    resp_listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    resp: SocketAddr,
+) -> Result<Serving, String> {
+    let store =
+        Arc::new(KvStore::open(instance.clone(), kv_config).map_err(|e| format!("kv: {e}"))?);
+    let clients = Arc::new(Clients::default());
+    let metrics = Arc::new(Metrics::new(serve_config.transfer_p99_alert));
+    let store_info = Arc::downgrade(&store);
+    let engine = Arc::new(Engine::new(
+        store,
+        EngineConfig {
+            requirepass: serve_config
+                .requirepass
+                .as_ref()
+                .map(|p| p.as_bytes().to_vec()),
+            max_reply_bytes: serve_config.client_buffer_bytes,
+            maxclients: serve_config.maxclients,
+            idle_timeout_secs: serve_config.idle_timeout.map_or(0, |t| t.as_secs()),
+        },
+        Arc::new(InstanceInfo {
+            instance: Arc::downgrade(instance),
+            store: store_info,
+            members,
+            clients: clients.clone(),
+            metrics: metrics.clone(),
+        }),
+    ));
+    if let Some(listener) = metrics_listener {
+        let weak = Arc::downgrade(instance);
+        let m = metrics.clone();
+        let bound = serve_http(
+            listener,
+            Arc::new(move || {
+                if let Some(i) = weak.upgrade() {
+                    m.refresh(&i, members);
+                }
+                m.encode()
+            }),
+        )
+        .map_err(|e| format!("metrics: {e}"))?;
+        tracing::info!(address = %bound, "serving metrics");
+    }
+    let bound = serve(
+        resp_listener,
+        engine.clone(),
+        ClientLimits {
+            maxclients: serve_config.maxclients,
+            idle_timeout: serve_config.idle_timeout,
+            buffer_bytes: serve_config.client_buffer_bytes,
+        },
+        clients.clone(),
+        metrics.clone(),
+        serve_config.requirepass.is_some(),
+    )
+    .map_err(|e| format!("resp on {resp}: {e}"))?;
+    tracing::info!(address = %bound, "serving RESP");
+    Ok(Serving {
+        engine,
+        clients,
+        metrics,
+    })
+}
+
+/// What [`serve_instance`] started.
+struct Serving {
+    engine: Arc<Engine<KvStore>>,
+    clients: Arc<Clients>,
+    metrics: Arc<Metrics>,
+}
+
 /// fusiond cannot serve after the instance started (`why`): it leaves the cluster cleanly
 /// (checkpoint, slot marked down) so the others need no recovery, and returns `why`.
 fn leave(instance: Arc<Instance>, why: String) -> String {
@@ -196,75 +274,23 @@ fn run(config: InstanceConfig, resp: SocketAddr, kv_config: kv::KvConfig) -> Res
     let started = Instant::now();
     let instance = Arc::new(Instance::start(config).map_err(|e| format!("start: {e}"))?);
     tracing::info!(instance = %id, elapsed_ms = started.elapsed().as_millis() as u64, "instance started");
-    let store = match KvStore::open(instance.clone(), kv_config) {
-        Ok(store) => Arc::new(store),
-        Err(e) => return Err(leave(instance, format!("kv: {e}"))),
-    };
-    let clients = Arc::new(Clients::default());
-    let metrics = Arc::new(Metrics::new(serve_config.transfer_p99_alert));
-    let store_info = Arc::downgrade(&store);
-    let engine = Arc::new(Engine::new(
-        store,
-        EngineConfig {
-            requirepass: serve_config
-                .requirepass
-                .as_ref()
-                .map(|p| p.as_bytes().to_vec()),
-            max_reply_bytes: serve_config.client_buffer_bytes,
-            maxclients: serve_config.maxclients,
-            idle_timeout_secs: serve_config.idle_timeout.map_or(0, |t| t.as_secs()),
-        },
-        Arc::new(InstanceInfo {
-            instance: Arc::downgrade(&instance),
-            store: store_info,
-            members,
-            clients: clients.clone(),
-            metrics: metrics.clone(),
-        }),
-    ));
-    if let Some(listener) = metrics_listener {
-        let weak = Arc::downgrade(&instance);
-        let m = metrics.clone();
-        let bound = serve_http(
-            listener,
-            Arc::new(move || {
-                if let Some(i) = weak.upgrade() {
-                    m.refresh(&i, members);
-                }
-                m.encode()
-            }),
-        )
-        .map_err(|e| format!("metrics: {e}"));
-        let bound = match bound {
-            Ok(bound) => bound,
-            Err(e) => {
-                drop(engine);
-                return Err(leave(instance, e));
-            }
-        };
-        tracing::info!(address = %bound, "serving metrics");
-    }
-    let bound = serve(
+    // A failure from here on leaves the cluster cleanly: the others need no recovery.
+    let Serving {
+        engine,
+        clients,
+        metrics,
+    } = match serve_instance(
+        &instance,
+        kv_config,
+        &serve_config,
+        members,
         resp_listener,
-        engine.clone(),
-        ClientLimits {
-            maxclients: serve_config.maxclients,
-            idle_timeout: serve_config.idle_timeout,
-            buffer_bytes: serve_config.client_buffer_bytes,
-        },
-        clients.clone(),
-        metrics.clone(),
-        serve_config.requirepass.is_some(),
-    )
-    .map_err(|e| format!("resp on {resp}: {e}"));
-    let bound = match bound {
-        Ok(bound) => bound,
-        Err(e) => {
-            drop(engine);
-            return Err(leave(instance, e));
-        }
+        metrics_listener,
+        resp,
+    ) {
+        Ok(serving) => serving,
+        Err(e) => return Err(leave(instance, e)),
     };
-    tracing::info!(address = %bound, "serving RESP");
 
     let sweep_every = serve_config.expiry_sweep;
     let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
