@@ -540,21 +540,11 @@ mod tests {
         }
     }
 
-    /// Storage that runs `hook` once, just before the first read of `range`.
+    /// A [`crate::pass_through::Hook`] that runs `then` once, just before the first read of
+    /// `range`.
     struct BeforeFirstRead {
-        inner: Arc<dyn SharedStorage>,
         range: std::ops::Range<u64>,
-        hook: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    }
-
-    impl BeforeFirstRead {
-        fn fire(&self, offset: u64) {
-            if self.range.contains(&offset)
-                && let Some(hook) = self.hook.lock().take()
-            {
-                hook();
-            }
-        }
+        then: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
     }
 
     impl std::fmt::Debug for BeforeFirstRead {
@@ -563,36 +553,22 @@ mod tests {
         }
     }
 
-    impl SharedStorage for BeforeFirstRead {
-        fn len(&self) -> u64 {
-            self.inner.len()
-        }
-        fn alignment(&self) -> usize {
-            self.inner.alignment()
-        }
-        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::StorageError> {
-            self.fire(offset);
-            self.inner.read_at(offset, buf)
-        }
-        fn write_at(
+    impl crate::pass_through::Hook for BeforeFirstRead {
+        fn call(
             &self,
-            offset: u64,
-            buf: &[u8],
-            class: IoClass,
+            inner: &dyn SharedStorage,
+            call: crate::pass_through::Call<'_, '_>,
         ) -> Result<(), crate::StorageError> {
-            self.inner.write_at(offset, buf, class)
-        }
-        fn sync(&self, class: IoClass) -> Result<(), crate::StorageError> {
-            self.inner.sync(class)
-        }
-        fn info(&self) -> crate::StorageInfo {
-            self.inner.info()
-        }
-        fn read_batch(&self, reads: &mut [crate::ReadOp<'_>]) -> Result<(), crate::StorageError> {
-            for read in reads.iter() {
-                self.fire(read.offset);
+            use crate::pass_through::Call;
+            let reads_range = match &call {
+                Call::ReadAt { offset, .. } => self.range.contains(offset),
+                Call::ReadBatch { reads } => reads.iter().any(|r| self.range.contains(&r.offset)),
+                _ => false,
+            };
+            if reads_range && let Some(then) = self.then.lock().take() {
+                then();
             }
-            self.inner.read_batch(reads)
+            call.on(inner)
         }
     }
 
@@ -605,14 +581,16 @@ mod tests {
         commit_with_checkpoints(&c, 1, &writer, 1..11);
         let last = 11 + blocks + 300;
         // Between reading the slots and reading the thread, instance 1 laps it.
-        let storage = BeforeFirstRead {
-            inner: Arc::clone(&c.storage),
-            range: thread.offset..thread.offset + thread.size,
-            hook: parking_lot::Mutex::new(Some(Box::new({
-                let (c, writer) = (Arc::clone(&c), Arc::clone(&writer));
-                move || commit_with_checkpoints(&c, 1, &writer, 11..last)
-            }))),
-        };
+        let storage = crate::pass_through::PassThrough::new(
+            Arc::clone(&c.storage),
+            Arc::new(BeforeFirstRead {
+                range: thread.offset..thread.offset + thread.size,
+                then: parking_lot::Mutex::new(Some(Box::new({
+                    let (c, writer) = (Arc::clone(&c), Arc::clone(&writer));
+                    move || commit_with_checkpoints(&c, 1, &writer, 11..last)
+                }))),
+            }),
+        );
         let scan = ResumableScan::read(&storage, &c.layout, &[id(1)])
             .unwrap()
             .finish();
