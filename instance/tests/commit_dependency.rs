@@ -12,7 +12,10 @@
 //! * a write GCS asked while a local user held the block in X waits, at that user's early
 //!   release, for the redo of the version it left in the frame (WAL);
 //! * a checkpoint that covered a past image keeps waiting for it when the current copy
-//!   built on it dies with its sender's redo: the past image holds an acknowledged commit.
+//!   built on it dies with its sender's redo: the past image holds an acknowledged commit;
+//! * a checkpoint whose write of a block loses the race to a ship of that block (the ship
+//!   waited for the same redo, or for the writer the checkpoint waited for) still gets the
+//!   version on storage: the past image left behind is flushed by the new holder.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -410,5 +413,88 @@ fn a_checkpoint_waits_for_a_past_image_whose_current_copy_died_with_lost_redo() 
     assert_eq!(p.recovers[0], vec![(block(), Some(s1))]);
     p.cores[0].on_block_recovered(block(), s1, now);
     p.run();
+    assert!(p.cores[0].checkpoint_done());
+}
+
+/// Seen as a stalled instance under `redis-benchmark` against three fusiond processes: the
+/// background checkpoint asked for a dirty block's write while its redo was still being
+/// forced, another instance asked for the block meanwhile, and the durable redo shipped it
+/// before the write could start. The copy left here is a past image that no one was asked
+/// to flush, so the checkpoint (and with it the redo space) waited forever.
+#[test]
+fn a_checkpoint_whose_write_lost_the_race_to_a_ship_flushes_the_past_image_it_left() {
+    let mut p = Pair::new(ShipPolicy::LogForceBeforeShip);
+    p.acquire(0, 1, block());
+    let grant = p.granted(0, 1).unwrap();
+    let s1 = Scn(grant.scn.0 + 5);
+    p.change_and_release(0, grant, s1);
+    // The checkpoint asks for the write: it waits for the redo of s1 (WAL).
+    let now = p.now;
+    p.cores[0].checkpoint(now);
+    p.run();
+    assert!(!p.cores[0].checkpoint_done());
+    assert!(
+        p.writes[0].is_empty(),
+        "no write before the redo: {:?}",
+        p.writes[0]
+    );
+    // Instance 1 asks for the block: its ship waits for the same redo.
+    p.acquire(1, 2, block());
+    assert!(p.granted(1, 2).is_none());
+    // The redo is durable: the block ships away, and instance 0 keeps a past image.
+    p.redo_durable(0, s1);
+    let grant = p.granted(1, 2).expect("shipped once durable");
+    assert_eq!(p.cores[0].gcs().past_image(block()), Some(s1));
+    drop(grant.pin);
+    let now = p.now;
+    p.cores[1]
+        .release(block(), BlockMode::Exclusive, None, now)
+        .unwrap();
+    p.run();
+    // The checkpoint completes: the past image was flushed (the current holder wrote it).
+    let written: Vec<Scn> = p.writes.concat();
+    assert!(
+        written.iter().any(|w| *w >= s1),
+        "nothing wrote the version the checkpoint covers: {written:?}"
+    );
+    assert!(p.cores[0].checkpoint_done());
+    assert_eq!(p.cores[0].gcs().past_image(block()), None);
+}
+
+/// The same stall from the other side: the checkpoint came while a local writer held the
+/// block, and the writer's release (its redo durable) let the waiting ship go at once. The
+/// write the checkpoint needs is asked while the release still pins the block, so the ship
+/// waits for it (or, had it not started, would flush the past image it leaves).
+#[test]
+fn a_checkpoint_that_waited_for_a_writer_gets_its_write_before_the_release_ships_the_block() {
+    let mut p = Pair::new(ShipPolicy::LogForceBeforeShip);
+    p.acquire(0, 1, block());
+    let grant = p.granted(0, 1).unwrap();
+    let s1 = Scn(grant.scn.0 + 5);
+    // The checkpoint waits for the writer; instance 1 asks for the block meanwhile.
+    let now = p.now;
+    p.cores[0].checkpoint(now);
+    p.run();
+    p.acquire(1, 2, block());
+    assert!(p.granted(1, 2).is_none(), "the writer still holds it");
+    // The writer commits (durable) and releases.
+    grant.pin.write()[64] = 7;
+    let _ = grant.pin.write().mark_dirty(s1);
+    drop(grant.pin);
+    p.cores[0]
+        .release(block(), BlockMode::Exclusive, Some(s1), now)
+        .unwrap();
+    p.run();
+    let grant = p.granted(1, 2).expect("shipped after the release");
+    drop(grant.pin);
+    p.cores[1]
+        .release(block(), BlockMode::Exclusive, None, now)
+        .unwrap();
+    p.run();
+    let written: Vec<Scn> = p.writes.concat();
+    assert!(
+        written.iter().any(|w| *w >= s1),
+        "nothing wrote the version the checkpoint waited for: {written:?}"
+    );
     assert!(p.cores[0].checkpoint_done());
 }

@@ -1428,7 +1428,7 @@ impl Sim {
         }
     }
 
-    /// Steps until every instance is idle and nothing is in flight.
+    /// Steps until every instance is idle, its checkpoints done, and nothing is in flight.
     fn quiesce(&mut self, when: &str) {
         let start = self.now;
         loop {
@@ -1459,7 +1459,7 @@ impl Sim {
                 .nodes
                 .iter()
                 .filter(|n| n.alive)
-                .all(|n| n.node.core().is_idle())
+                .all(|n| n.node.core().is_idle() && n.checkpoints_waiting == 0)
     }
 
     /// Performs the earliest of: a delivery, an event, a core timer. False if none.

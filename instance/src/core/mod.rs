@@ -737,15 +737,19 @@ impl Core {
             }
             self.gcs.mark_dirty(block, scn, now)?;
         }
-        self.gcs.unpin(block, now)?;
         if mode == BlockMode::Exclusive && self.checkpoint_held.remove(&block) {
             // A checkpoint waited for this release: the version it leaves must be on storage.
+            // Asked while the pin still holds the block here: the unpin may ship it at once,
+            // and a ship of a copy whose write is wanted flushes the past image it leaves
+            // (the new holder writes it); asked after, the write would find the block gone
+            // and nothing would ever write that version.
             if let Some(scn) = dirty {
                 let entry = self.checkpoint_pending.entry(block).or_default();
                 *entry = (*entry).max(scn);
                 let _ = self.gcs.write_back(block, now);
             }
         }
+        self.gcs.unpin(block, now)?;
         // The user's pin may have been the last on a frame waiting to be freed.
         self.frames_freed();
         let b = self.blocks.entry(block).or_default();
