@@ -72,6 +72,7 @@
 //! metrics = "127.0.0.1:9100"         # not served when absent
 //! requirepass = "..."                # or requirepass_file; clients must AUTH
 //! maxclients = 1000
+//! io_threads = 4                     # event loops reading and answering clients
 //! idle_timeout_s = 300               # 0: never close idle clients
 //! client_buffer_bytes = 67108864     # most bytes one request or one batch of replies holds
 //! transfer_p99_alert_ms = 50         # alert when a block transfer kind's p99 is above
@@ -519,6 +520,10 @@ pub struct ServeConfig {
     pub requirepass: Option<Secret>,
     /// Most clients connected at once; more are refused.
     pub maxclients: usize,
+    /// Event loops serving the clients: each reads and runs its clients' requests in turn,
+    /// so a command that waits (a lock held elsewhere in the cluster) holds back only its
+    /// own loop's clients.
+    pub io_threads: usize,
     /// Clients idle this long are closed; `None`: never.
     pub idle_timeout: Option<Duration>,
     /// Most bytes one client's pending request or batch of replies may hold.
@@ -545,6 +550,7 @@ impl Default for ServeConfig {
         Self {
             requirepass: None,
             maxclients: 1000,
+            io_threads: 4,
             idle_timeout: Some(Duration::from_secs(300)),
             client_buffer_bytes: 64 << 20,
             transfer_p99_alert: Duration::from_millis(50),
@@ -811,6 +817,7 @@ struct RawServe {
     requirepass: Option<String>,
     requirepass_file: Option<PathBuf>,
     maxclients: Option<u64>,
+    io_threads: Option<u64>,
     idle_timeout_s: Option<u64>,
     client_buffer_bytes: Option<u64>,
     transfer_p99_alert_ms: Option<u64>,
@@ -1084,6 +1091,7 @@ fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
             }),
         };
     let maxclients = bounded("serve.maxclients", raw.maxclients, 1..=100_000)?;
+    let io_threads = bounded("serve.io_threads", raw.io_threads, 1..=256)?;
     let buffer = bounded(
         "serve.client_buffer_bytes",
         raw.client_buffer_bytes,
@@ -1113,6 +1121,7 @@ fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
     Ok(ServeConfig {
         requirepass,
         maxclients: maxclients.map_or(defaults.maxclients, |m| m as usize),
+        io_threads: io_threads.map_or(defaults.io_threads, |n| n as usize),
         idle_timeout: match raw.idle_timeout_s {
             None => defaults.idle_timeout,
             Some(0) => None,

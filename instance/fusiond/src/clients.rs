@@ -5,7 +5,7 @@
 //! accepted (within `maxclients`, so the table is bounded) and leaves when its
 //! [`ClientHandle`] drops. A session publishes what other clients may see (name, database,
 //! last command, protocol) after each command; `CLIENT KILL` shuts a connection's socket
-//! down, which ends its thread's read. It must never block a client on another: the table's
+//! down, which its event loop sees as the end of its input. It must never block a client on another: the table's
 //! lock is held only to add, remove or copy entries.
 
 use parking_lot::Mutex;
@@ -53,7 +53,7 @@ pub struct ClientEntry {
     /// Commands queued in `MULTI`, -1 outside.
     multi: AtomicI64,
     watched: AtomicUsize,
-    /// Killed: no longer listed or killed again while its thread winds down.
+    /// Killed: no longer listed or killed again while its connection winds down.
     killed: AtomicBool,
     text: Mutex<ClientText>,
     /// A handle on the socket to shut it down (`CLIENT KILL`); `None` for sessions without

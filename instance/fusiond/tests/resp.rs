@@ -247,6 +247,67 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(client.read().unwrap(), Resp::bulk("200"));
 }
 
+/// A client that sends requests and reads none of its replies holds back only itself: with
+/// one event loop for every client, another client is answered while the first one's socket
+/// is full; the first gets every reply in order once it reads (its requests wait while a
+/// buffer's worth of replies is unsent, rather than the client being closed for them); and
+/// a client that never reads is closed at the send timeout (the idle timeout).
+#[test]
+fn a_client_that_reads_nothing_holds_back_only_itself() {
+    let mut cluster = Cluster::create(
+        1,
+        "io_threads = 1\nidle_timeout_s = 3\nclient_buffer_bytes = 4194304\nmax_value_bytes = 262144",
+    );
+    cluster.start_all();
+    let mut good = cluster.client(0);
+    let value = "v".repeat(200_000);
+    assert_eq!(
+        good.call(&["SET", "big", &value]).unwrap(),
+        Resp::Simple("OK".into())
+    );
+    // 40 rounds of 10 GETs: 80 MB of replies, far past any socket buffer.
+    let mut slow = cluster.client(0);
+    let round: Vec<u8> = (0..10)
+        .flat_map(|_| Client::encode(&["GET", "big"]))
+        .collect();
+    for _ in 0..40 {
+        slow.send_raw(&round).unwrap();
+    }
+    for n in 0..20 {
+        let key = format!("k{n}");
+        assert_eq!(
+            good.call(&["SET", &key, "1"]).unwrap(),
+            Resp::Simple("OK".into())
+        );
+        assert_eq!(good.call(&["INCR", &key]).unwrap(), Resp::Integer(2));
+    }
+    // Reads now: every reply, in order.
+    for _ in 0..400 {
+        assert_eq!(slow.read().unwrap(), Resp::bulk(&value));
+    }
+    assert_eq!(slow.call(&["PING"]).unwrap(), Resp::Simple("PONG".into()));
+    // One that never reads is closed once its replies wait past the send timeout.
+    let mut stuck = cluster.client(0);
+    for _ in 0..40 {
+        stuck.send_raw(&round).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    // (`good` was idle as long: a new client.)
+    let mut good = cluster.client(0);
+    assert_eq!(good.call(&["GET", "k0"]).unwrap(), Resp::bulk("2"));
+    let mut closed = false;
+    for _ in 0..400 {
+        match stuck.read() {
+            Ok(Resp::Bulk(_)) => {}
+            _ => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "a client that never read got all its replies");
+}
+
 /// MSETs of the same keys in opposite orders from many clients at once all finish (their
 /// leaves are locked in key order, and reruns keep their age) and are atomic: each MSET
 /// writes one tag to every key of a group, and every MGET of a group, taken while they run

@@ -178,6 +178,7 @@ fn serve_instance(
         engine.clone(),
         ClientLimits {
             maxclients: serve_config.maxclients,
+            io_threads: serve_config.io_threads,
             idle_timeout: serve_config.idle_timeout,
             buffer_bytes: serve_config.client_buffer_bytes,
         },
