@@ -326,16 +326,17 @@ impl<S: Store> EventLoop<S> {
         let mut events = Events::with_capacity(1024);
         // Clients to look at again without an event: held back, or with input left.
         let mut again: Vec<Token> = Vec::new();
-        let mut held = false;
+        // Whether any of them has input left (look again at once) rather than only held.
+        let mut input_left = false;
         let mut next_sweep = Instant::now() + Duration::from_secs(1);
         let mut visit: Vec<Token> = Vec::new();
         while !self.shared.clients.is_stopping() {
-            let timeout = if again.is_empty() {
-                POLL
-            } else if held {
-                HELD_RETRY
-            } else {
+            let timeout = if input_left {
                 Duration::ZERO
+            } else if again.is_empty() {
+                POLL
+            } else {
+                HELD_RETRY
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != ErrorKind::Interrupted
@@ -358,7 +359,7 @@ impl<S: Store> EventLoop<S> {
             }
             visit.sort_unstable();
             visit.dedup();
-            held = false;
+            input_left = false;
             for &token in &visit {
                 let Some(conn) = self.conns.get_mut(&token) else {
                     continue;
@@ -372,11 +373,11 @@ impl<S: Store> EventLoop<S> {
                 };
                 match next {
                     Next::Wait => {}
-                    Next::Again => again.push(token),
-                    Next::Held => {
-                        held = true;
+                    Next::Again => {
+                        input_left = true;
                         again.push(token);
                     }
+                    Next::Held => again.push(token),
                     Next::Close => self.close(token),
                 }
             }
