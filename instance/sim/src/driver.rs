@@ -4453,6 +4453,17 @@ impl Sim {
                 let _ = writeln!(out, "n{i}: dead");
                 continue;
             }
+            if n.checkpoints_waiting > 0 {
+                let (pending, held) = n.node.core().checkpoint_waits();
+                let _ = writeln!(
+                    out,
+                    "n{i}: {} checkpoints wait for storage to reach {pending:?}, for writers of {held:?}",
+                    n.checkpoints_waiting
+                );
+                for (block, _) in &pending {
+                    out.push_str(&self.report_block(*block));
+                }
+            }
             let _ = writeln!(
                 out,
                 "n{i}: {:?} idle {} gcs idle {} reconfiguring {} recovery idle {} lost {:?} dirty {} cache {:?}",

@@ -486,6 +486,12 @@ impl Core {
         self.rearm_landings();
         self.count_losses(self.gcs.live(), live);
         self.gcs.on_reconfigure(epoch, live, map, now)?;
+        // The old masters' flush requests are gone with their state: asked again of the new
+        // masters (held there until they have rebuilt).
+        let waited: Vec<BlockId> = self.checkpoint_pending.keys().copied().collect();
+        for block in waited {
+            self.ask_storage_to_catch_up(block, now);
+        }
         self.ges.on_new_epoch(epoch, live, now)?;
         // Recovery work of an older epoch is redone from the new scan, and an older
         // epoch's scan, not yet handed to GCS, misses the redo of members lost since: GCS
@@ -739,14 +745,12 @@ impl Core {
         }
         if mode == BlockMode::Exclusive && self.checkpoint_held.remove(&block) {
             // A checkpoint waited for this release: the version it leaves must be on storage.
-            // Asked while the pin still holds the block here: the unpin may ship it at once,
-            // and a ship of a copy whose write is wanted flushes the past image it leaves
-            // (the new holder writes it); asked after, the write would find the block gone
-            // and nothing would ever write that version.
+            // Asked while the pin still holds the block here (the unpin may ship it at once):
+            // then a ship that wins the race leaves a past image the checkpoint has flushed.
             if let Some(scn) = dirty {
                 let entry = self.checkpoint_pending.entry(block).or_default();
                 *entry = (*entry).max(scn);
-                let _ = self.gcs.write_back(block, now);
+                self.ask_storage_to_catch_up(block, now);
             }
         }
         self.gcs.unpin(block, now)?;
@@ -809,25 +813,52 @@ impl Core {
             let mut upto = None;
             if self.gcs.is_dirty(block) {
                 upto = self.gcs.block_scn(block);
-                if self.gcs.write_back(block, now).is_ok() {
-                    asked += 1;
-                }
             }
             // A version this instance changed and shipped away lives on as its past image:
             // storage must catch up with it too before redo before the checkpoint is freed.
             if let Some(pi) = self.gcs.past_image(block) {
                 upto = upto.max(Some(pi));
-                if self.gcs.evict_past_image(block, now).is_ok() {
-                    asked += 1;
-                }
             }
             if let Some(scn) = upto {
                 let entry = self.checkpoint_pending.entry(block).or_default();
                 *entry = (*entry).max(scn);
+                asked += self.ask_storage_to_catch_up(block, now);
             }
         }
         self.pump(now);
         asked
+    }
+
+    /// Asks for what storage needs to catch up with `block` as this instance knows it: the
+    /// write of a dirty copy held here, and the flush of a past image (the current holder
+    /// writes). Returns how many were asked.
+    ///
+    /// A checkpoint asks again whenever what it asked may be lost: its write lost the race to
+    /// a ship (the copy left is a past image), a newer past image replaced the one it asked
+    /// to flush, or a reconfiguration dropped the old master's flush requests. Otherwise
+    /// nothing would ever write the version it waits for, and the checkpoint, and with it
+    /// the redo space, would wait forever.
+    fn ask_storage_to_catch_up(&mut self, block: BlockId, now: Timestamp) -> usize {
+        let mut asked = 0;
+        if self.gcs.is_dirty(block) && self.gcs.write_back(block, now).is_ok() {
+            asked += 1;
+        }
+        if self.gcs.past_image(block).is_some() && self.gcs.evict_past_image(block, now).is_ok() {
+            asked += 1;
+        }
+        asked
+    }
+
+    /// What checkpoints wait for: each block with the SCN storage must reach, and the blocks
+    /// a local writer holds (for reports).
+    pub fn checkpoint_waits(&self) -> (Vec<(BlockId, Scn)>, Vec<BlockId>) {
+        (
+            self.checkpoint_pending
+                .iter()
+                .map(|(b, s)| (*b, *s))
+                .collect(),
+            self.checkpoint_held.iter().copied().collect(),
+        )
     }
 
     /// Whether every change a [`Core::checkpoint`] covered is on storage: every block that was
@@ -1384,6 +1415,11 @@ impl Core {
                     Some(scn) => {
                         if self.cache.make_past_image(block, scn).is_err() {
                             let _ = self.cache.invalidate(block);
+                        }
+                        if self.checkpoint_pending.contains_key(&block) {
+                            // The write a checkpoint asked lost the race to this ship, or
+                            // this past image replaced the one it asked to flush.
+                            let _ = self.gcs.evict_past_image(block, now);
                         }
                     }
                     None => {
