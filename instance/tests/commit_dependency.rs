@@ -182,6 +182,27 @@ impl Pair {
         self.run();
     }
 
+    /// Releases `grant`'s block in X without a change.
+    fn release_unchanged(&mut self, node: usize, grant: BlockGrant) {
+        let block = grant.pin.block();
+        drop(grant.pin);
+        let now = self.now;
+        self.cores[node]
+            .release(block, BlockMode::Exclusive, None, now)
+            .unwrap();
+        self.run();
+    }
+
+    /// `node`'s checkpoint is done, and some instance wrote the block at `scn` or later.
+    fn assert_checkpoint_done_with_a_write_of(&self, node: usize, scn: Scn) {
+        let written: Vec<Scn> = self.writes.concat();
+        assert!(
+            written.iter().any(|w| *w >= scn),
+            "nothing wrote the version the checkpoint waits for: {written:?}"
+        );
+        assert!(self.cores[node].checkpoint_done());
+    }
+
     fn redo_durable(&mut self, node: usize, scn: Scn) {
         let now = self.now;
         self.cores[node].on_redo_durable(scn, now);
@@ -445,19 +466,9 @@ fn a_checkpoint_whose_write_lost_the_race_to_a_ship_flushes_the_past_image_it_le
     p.redo_durable(0, s1);
     let grant = p.granted(1, 2).expect("shipped once durable");
     assert_eq!(p.cores[0].gcs().past_image(block()), Some(s1));
-    drop(grant.pin);
-    let now = p.now;
-    p.cores[1]
-        .release(block(), BlockMode::Exclusive, None, now)
-        .unwrap();
-    p.run();
+    p.release_unchanged(1, grant);
     // The checkpoint completes: the past image was flushed (the current holder wrote it).
-    let written: Vec<Scn> = p.writes.concat();
-    assert!(
-        written.iter().any(|w| *w >= s1),
-        "nothing wrote the version the checkpoint covers: {written:?}"
-    );
-    assert!(p.cores[0].checkpoint_done());
+    p.assert_checkpoint_done_with_a_write_of(0, s1);
     assert_eq!(p.cores[0].gcs().past_image(block()), None);
 }
 
@@ -486,15 +497,6 @@ fn a_checkpoint_that_waited_for_a_writer_gets_its_write_before_the_release_ships
         .unwrap();
     p.run();
     let grant = p.granted(1, 2).expect("shipped after the release");
-    drop(grant.pin);
-    p.cores[1]
-        .release(block(), BlockMode::Exclusive, None, now)
-        .unwrap();
-    p.run();
-    let written: Vec<Scn> = p.writes.concat();
-    assert!(
-        written.iter().any(|w| *w >= s1),
-        "nothing wrote the version the checkpoint waited for: {written:?}"
-    );
-    assert!(p.cores[0].checkpoint_done());
+    p.release_unchanged(1, grant);
+    p.assert_checkpoint_done_with_a_write_of(0, s1);
 }
