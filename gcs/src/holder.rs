@@ -237,6 +237,11 @@ impl<D: MasterDirectory> Engine<D> {
             "a dirty block leaves only with durable redo or a commit dependency"
         );
         let (scn, dirty) = (c.scn, c.dirty);
+        // A write of this version was wanted (the master's write request for another
+        // instance's past-image flush, a checkpoint here, a reclaim) and lost the race to the
+        // ship: the past image it leaves is flushed through the master instead (the new
+        // holder writes the block), or the flush that asked would wait for ever.
+        let flush_left_pi = ship.mode == BlockMode::Exclusive && dirty && c.write_wanted;
         c.pending_ship = None;
         let mut events = Vec::new();
         if ship.mode == BlockMode::Exclusive {
@@ -278,6 +283,11 @@ impl<D: MasterDirectory> Engine<D> {
                 commit_dependency: dependency,
             },
         );
+        if flush_left_pi && let Some(c) = self.cached.get_mut(&block) {
+            c.pi_flush_sent = true;
+            let master = self.master_of(block);
+            self.send(master, GcsBody::PiFlush { block, pi_scn: scn });
+        }
         for e in events {
             self.event(e);
         }
