@@ -650,20 +650,27 @@ impl<S: Store> Engine<S> {
     ) -> Vec<Ran<S::Ticket>> {
         let mut ran = Vec::with_capacity(requests.len());
         for request in requests {
-            let start = Instant::now();
-            let (outcome, pending) = self.run(session, request);
-            session.publish(outcome.command);
-            let close = outcome.close;
-            ran.push(Ran {
-                start,
-                outcome,
-                ticket: pending.map(S::detach),
-            });
+            let one = self.run_one(session, request);
+            let close = one.outcome.close;
+            ran.push(one);
             if close {
                 break;
             }
         }
         ran
+    }
+
+    /// One request of [`Engine::run_batch`] (the event loops run a client's requests one at
+    /// a time, while its unsent replies stay within its buffer).
+    pub fn run_one(&self, session: &mut Session, request: Vec<Vec<u8>>) -> Ran<S::Ticket> {
+        let start = Instant::now();
+        let (outcome, pending) = self.run(session, request);
+        session.publish(outcome.command);
+        Ran {
+            start,
+            outcome,
+            ticket: pending.map(S::detach),
+        }
     }
 
     /// The reply of `ran` once its commit is durable: a commit that did not become durable

@@ -533,9 +533,7 @@ fn service<S: Store>(
         let Some(request) = conn.requests.pop_front() else {
             break;
         };
-        let Some(ran) = engine.run_batch(&mut conn.session, vec![request]).pop() else {
-            continue;
-        };
+        let ran = engine.run_one(&mut conn.session, request);
         if conn.session.protocol != queued.protocol() {
             // `HELLO 3`: its reply and what follows in the new protocol.
             unsent += queued.len();
