@@ -39,8 +39,9 @@
 //! * The lease is renewed only after a disk round that read every slot and found no accepted
 //!   or decided membership of a newer epoch without this instance, nor a newer formation
 //!   (which a running instance never entered; it stops once one is decided)
-//!   ([`ClusterManager::may_renew_lease`]); survivors wait out the lease after the decision
-//!   and the lost member's last heartbeat ([`ClusterManager::lost_lease_end`]).
+//!   ([`ClusterManager::may_renew_lease`]); survivors wait out the lease after the lost
+//!   member's last heartbeat, as read by a round that began after the decision
+//!   ([`ClusterManager::lost_lease_end`]).
 //! * With fencing by reservation ([`ClusterManager::fence_by_reservation`]), the lowest
 //!   surviving member preempts the lost members' reservation keys
 //!   ([`ClusterAction::Preempt`]); once it reports that done
@@ -742,7 +743,11 @@ pub struct ClusterStats {
 #[derive(Debug, Clone, Copy)]
 struct DiskSeen {
     counter: u64,
+    /// When a round here first saw `counter` (at the round's end: after the write of it).
     changed_at: Timestamp,
+    /// When the latest round that read this slot began: a heartbeat write that completed
+    /// before then is in `counter`.
+    read_by_round_of: Timestamp,
 }
 
 /// What one member last reported it does not hear ([`ClusterMessage::Unreachable`]).
@@ -853,6 +858,8 @@ pub struct ClusterManager {
     /// The current disk round found a newer epoch accepted or decided without this
     /// instance: the lease must not be renewed from it.
     threatened: bool,
+    /// When the disk round being handed in began ([`ClusterManager::begin_disk_round`]).
+    round_started: Timestamp,
     /// Lost members are fenced by preempting their reservation keys (`[storage] fencing`).
     reservation_fencing: bool,
     /// Lost members whose keys were preempted (they write nothing any more), and when this
@@ -892,6 +899,7 @@ impl ClusterManager {
                 DiskSeen {
                     counter: 0,
                     changed_at: now,
+                    read_by_round_of: Timestamp::ZERO,
                 };
                 interconnect::MAX_INSTANCES
             ],
@@ -913,6 +921,7 @@ impl ClusterManager {
             propose_after: now,
             minority_since: None,
             threatened: false,
+            round_started: Timestamp::ZERO,
             reservation_fencing: false,
             fenced: InstanceSet::EMPTY,
             fenced_at: now,
@@ -1033,10 +1042,12 @@ impl ClusterManager {
         }
     }
 
-    /// A disk-heartbeat round begins: the observations that follow ([`ClusterManager::on_disk`])
-    /// decide whether it may renew the lease ([`ClusterManager::may_renew_lease`]).
-    pub fn begin_disk_round(&mut self) {
+    /// A disk-heartbeat round that began at `started` (its reads began after it) is handed
+    /// in: the observations that follow ([`ClusterManager::on_disk`]) decide whether it may
+    /// renew the lease ([`ClusterManager::may_renew_lease`]).
+    pub fn begin_disk_round(&mut self, started: Timestamp) {
         self.threatened = false;
+        self.round_started = started;
     }
 
     /// A disk-heartbeat observation of `peer`'s slot: its counter and its Paxos block.
@@ -1050,6 +1061,7 @@ impl ClusterManager {
             seen.counter = counter;
             seen.changed_at = now;
         }
+        seen.read_by_round_of = seen.read_by_round_of.max(self.round_started);
         if peer == self.me {
             return;
         }
@@ -1297,20 +1309,36 @@ impl ClusterManager {
     }
 
     /// When every member of `lost` has surely stopped writing, so its blocks may be rebuilt:
-    /// the lease after the later of `decided_at` (when this instance learnt the decision that
-    /// lost them; it was durable by then, and a lost member renews its lease only after a
-    /// voting-area read that began before it) and the last change of its disk heartbeat seen
-    /// here (a member that missed the decision and still renews keeps pushing this out), plus
-    /// an eighth of the lease for clock-rate differences between hosts. `decided_at` itself
-    /// when nobody was lost.
+    /// the lease after the last change of its disk heartbeat seen here, plus an eighth of the
+    /// lease for clock-rate differences between hosts. `decided_at` itself when nobody was
+    /// lost.
+    ///
+    /// Why the last change seen: a member renews its lease only from a round that wrote its
+    /// heartbeat (the renewal counts from that write) and then read the voting area without
+    /// finding the decision against it; so that round's read began before the decision was
+    /// durable, before `decided_at` (when this instance learnt it), and its write completed
+    /// before that. A round of this instance whose read of the member's slot began after
+    /// `decided_at` (strictly) therefore saw that write or a later one: from then on, the change seen
+    /// last bounds the member's lease (a member that missed the decision and still writes
+    /// keeps pushing it out). Until such a round completes, a write may have landed unseen
+    /// since the last read, and the lease counts from `decided_at` at the earliest. A member
+    /// killed well before the decision thus costs the lease after its death, not after the
+    /// detection.
     pub fn lost_lease_end(&self, lost: InstanceSet, decided_at: Timestamp) -> Timestamp {
-        if lost.is_empty() {
-            return decided_at;
-        }
-        let last = lost
+        let Some(last) = lost
             .iter()
-            .map(|p| self.disk[p.index()].changed_at)
-            .fold(decided_at, Timestamp::max);
+            .map(|p| {
+                let seen = &self.disk[p.index()];
+                if seen.read_by_round_of > decided_at {
+                    seen.changed_at
+                } else {
+                    seen.changed_at.max(decided_at)
+                }
+            })
+            .max()
+        else {
+            return decided_at;
+        };
         last + self.config.lease + self.config.lease / 8
     }
 
@@ -1805,7 +1833,7 @@ mod tests {
             if self.stalled {
                 return;
             }
-            self.m.begin_disk_round();
+            self.m.begin_disk_round(now);
             for &p in members {
                 let bytes = self.disk.borrow()[p as usize];
                 let c = if beating.contains(&p) { counter } else { 0 };
@@ -2511,11 +2539,38 @@ mod tests {
         run(&mut m, &[1], &[0, 1], 3100, 6000);
         let end = m.lost_lease_end(set(&[2]), decided_at);
         assert!(end >= at(3000) + lease && end < at(3100) + lease + lease / 4);
-        assert!(
-            end >= decided_at + lease,
-            "never before the lease after the decision"
-        );
         assert_eq!(m.lost_lease_end(InstanceSet::EMPTY, decided_at), decided_at);
+    }
+
+    /// A member dead well before the decision costs the lease after its last heartbeat seen,
+    /// not the lease after the decision: once a round that began after the decision read its
+    /// slot (before, a write of a round that renewed may have landed unseen).
+    #[test]
+    fn a_lost_members_lease_counts_from_its_last_heartbeat_once_a_round_after_the_decision_read_it()
+    {
+        let mut m = manager(0, &[0, 1, 2]);
+        let lease = FailureConfig::default().lease;
+        let wait = lease + lease / 8;
+        // Instance 2's heartbeat moves until 500 ms, then stands still (it died).
+        run(&mut m, &[1, 2], &[0, 1, 2], 0, 500);
+        m.disk_round(&[0, 1], 7, &[0, 1, 2], at(600));
+        let last_change = at(600);
+        m.disk_round(&[0, 1], 8, &[0, 1, 2], at(700));
+        let decided_at = at(950);
+        // Every round so far began before the decision: the wait counts from it.
+        assert_eq!(m.lost_lease_end(set(&[2]), decided_at), decided_at + wait);
+        // A round that began at the decision's instant is not after it.
+        m.disk_round(&[0, 1], 9, &[0, 1, 2], decided_at);
+        assert_eq!(m.lost_lease_end(set(&[2]), decided_at), decided_at + wait);
+        // A round that did not read slot 2 changes nothing.
+        m.disk_round(&[0, 1], 10, &[0, 1], at(1000));
+        assert_eq!(m.lost_lease_end(set(&[2]), decided_at), decided_at + wait);
+        // One that began after it and read slot 2: from the last change seen.
+        m.disk_round(&[0, 1], 11, &[0, 1, 2], at(1100));
+        assert_eq!(m.lost_lease_end(set(&[2]), decided_at), last_change + wait);
+        // A heartbeat that moves again (the member missed the decision) pushes it out.
+        m.disk_round(&[0, 1, 2], 12, &[0, 1, 2], at(1200));
+        assert_eq!(m.lost_lease_end(set(&[2]), decided_at), at(1200) + wait);
     }
 
     #[test]

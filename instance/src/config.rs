@@ -31,7 +31,8 @@
 //! lease_ms = 600                     # default: the I/O lease. An instance whose disk
 //!                                    #   heartbeat has not been renewed for this long submits
 //!                                    #   no I/O; survivors wait it and an eighth after a
-//!                                    #   death before rebuilding (most of recovery's time)
+//!                                    #   dead member's last heartbeat before rebuilding
+//!                                    #   (most of recovery's time)
 //! io_timeout_ms = 300                # default (1..=half the lease): the bound the storage
 //!                                    #   path below must complete or fail every I/O within
 //!                                    #   (multipath no_path_retry, iSCSI replacement_timeout,
@@ -91,8 +92,9 @@
 //! the keys): the I/O bound at most half the lease, the disk timeout at least three disk
 //! intervals and shorter than the lease, and at least two disk intervals in the write window
 //! (the lease less the I/O bound). Detection takes about the disk timeout (or the network
-//! suspicion, `interval_ms` x `suspect_after_missed`, whichever is longer) and the survivors
-//! then wait the lease and an eighth, so the lease sets most of the recovery time.
+//! suspicion, `interval_ms` x `suspect_after_missed`, whichever is longer); the survivors
+//! rebuild once the lease and an eighth have passed since the dead member's last heartbeat,
+//! so detection overlaps that wait and the lease sets most of the recovery time.
 //! Every instance of a cluster must run the same failure timings (these and the rest of
 //! `[heartbeat]`): survivors wait out a lost member's lease with their own lease's length.
 //! An instance whose timings differ from the running cluster's is refused and stops at start
@@ -101,7 +103,7 @@
 //!
 //! *Fast failover* is a profile for storage whose path completes or fails every I/O within
 //! 100 ms (a local NVMe device or a SAN path tuned that fast; most multipath and iSCSI
-//! defaults are whole seconds): recovery starts about half a second sooner after a death,
+//! defaults are whole seconds): recovery starts about 0.3 s sooner after a death,
 //! and a storage stall of a quarter second stops writes. `bench/run-recovery.sh --profiles
 //! default,fast-failover` measures both.
 //!

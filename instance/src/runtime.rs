@@ -708,7 +708,7 @@ impl Runtime {
                 std::thread::Builder::new()
                     .name("fusion-disk-heartbeat".into())
                     .spawn(move || {
-                        disk_thread(&context, &done, me, configured, failure, &disk_rx)
+                        disk_thread(&context, &done, me, configured, failure, origin, &disk_rx)
                     })?,
             );
         }
@@ -1561,6 +1561,7 @@ fn disk_thread(
     me: InstanceId,
     configured: InstanceSet,
     failure: FailureConfig,
+    origin: Instant,
     jobs: &Receiver<DiskJob>,
 ) {
     let storage = context.storage.as_ref();
@@ -1621,6 +1622,8 @@ fn disk_thread(
             Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
         }
         let started = Instant::now();
+        // On the driver's clock (the node's `now`): the reads below begin after it.
+        let started_at = Timestamp::since(origin);
         next_round = started + failure.disk_interval;
         let started_boot = crate::storage::boottime();
         let written_at = match write_own(&mut heartbeat, None) {
@@ -1655,6 +1658,7 @@ fn disk_thread(
             )
             .collect();
         if !done.submit(Command::Disk(DiskRound {
+            started: started_at,
             slots,
             written_at,
             all_read,

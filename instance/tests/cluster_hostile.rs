@@ -135,7 +135,7 @@ impl World {
             for &p in alive.iter().filter(|&&p| p != i as u64) {
                 self.managers[i].on_frame(id(p), epoch, now);
             }
-            self.managers[i].begin_disk_round();
+            self.managers[i].begin_disk_round(now);
             for &p in CONFIGURED {
                 let block = self.disk[p as usize];
                 let counter = self.counters[p as usize];

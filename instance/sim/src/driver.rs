@@ -658,16 +658,19 @@ enum Event {
     DiskRound {
         node: usize,
     },
-    /// The round's heartbeat write lands now; the slot reads follow.
+    /// The round's heartbeat write lands now; the slot reads follow. (`started`: global
+    /// time; `began`: the same instant on the node's clock.)
     RoundWritten {
         node: usize,
         started: Timestamp,
+        began: Timestamp,
     },
     /// The round's slot reads are served now and handed to the node (`written`: its
     /// heartbeat write succeeded).
     RoundRead {
         node: usize,
         started: Timestamp,
+        began: Timestamp,
         written: bool,
     },
     /// A Disk Paxos write of the node's block lands now (`land`) and completes (`ok`).
@@ -2469,16 +2472,28 @@ impl Sim {
             Event::DiskRound { node } => {
                 if self.nodes[node].alive {
                     let d = self.io_delay_of(node);
-                    let started = self.now;
-                    self.schedule(d, Event::RoundWritten { node, started });
+                    let (started, began) = (self.now, self.local(node));
+                    self.schedule(
+                        d,
+                        Event::RoundWritten {
+                            node,
+                            started,
+                            began,
+                        },
+                    );
                 }
             }
-            Event::RoundWritten { node, started } => self.round_written(node, started),
+            Event::RoundWritten {
+                node,
+                started,
+                began,
+            } => self.round_written(node, started, began),
             Event::RoundRead {
                 node,
                 started,
+                began,
                 written,
-            } => self.round_read(node, started, written),
+            } => self.round_read(node, started, began, written),
             Event::PaxosWrite {
                 node,
                 bytes,
@@ -2644,7 +2659,7 @@ impl Sim {
     }
 
     /// The round's heartbeat write lands (the runtime's disk thread writes it before it reads).
-    fn round_written(&mut self, node: usize, started: Timestamp) {
+    fn round_written(&mut self, node: usize, started: Timestamp, began: Timestamp) {
         if !self.nodes[node].alive {
             return;
         }
@@ -2661,13 +2676,14 @@ impl Sim {
             Event::RoundRead {
                 node,
                 started,
+                began,
                 written,
             },
         );
     }
 
     /// The round reads every slot and hands them to the node; the next round follows.
-    fn round_read(&mut self, node: usize, started: Timestamp, written: bool) {
+    fn round_read(&mut self, node: usize, started: Timestamp, began: Timestamp, written: bool) {
         if !self.nodes[node].alive {
             return;
         }
@@ -2678,7 +2694,7 @@ impl Sim {
             })
             .collect();
         let at = |t: Timestamp| Duration::from_nanos(t.as_nanos());
-        let round = voting::disk_round(&slots, written.then(|| at(started)), at(self.now));
+        let round = voting::disk_round(began, &slots, written.then(|| at(started)), at(self.now));
         let now = self.local(node);
         self.nodes[node].node.handle_disk_round(round, now);
         self.drain(node);

@@ -83,11 +83,18 @@ enum Ev {
     /// The node's disk-heartbeat round begins.
     DiskRound(usize),
     /// The round's heartbeat write landed (or failed); reads follow.
-    RoundWritten { node: usize, started: u64, ok: bool },
+    /// (`started`: global ms; `began`: the same instant on the node's clock.)
+    RoundWritten {
+        node: usize,
+        started: u64,
+        began: Timestamp,
+        ok: bool,
+    },
     /// The round's reads were served (`slots`: what they returned); the driver handles them.
     RoundRead {
         node: usize,
         started: u64,
+        began: Timestamp,
         ok: bool,
         slots: Vec<(u64, [u8; PAXOS_BLOCK_LEN])>,
     },
@@ -699,12 +706,25 @@ impl Sim {
                     return;
                 }
                 // The next round follows this one's end (the runtime's disk thread loops).
-                let started = self.now;
+                let (started, began) = (self.now, self.local(node));
                 let d = self.io_delay(node);
                 let ok = !self.rng.chance(1, 100);
-                self.at(d, Ev::RoundWritten { node, started, ok });
+                self.at(
+                    d,
+                    Ev::RoundWritten {
+                        node,
+                        started,
+                        began,
+                        ok,
+                    },
+                );
             }
-            Ev::RoundWritten { node, started, ok } => {
+            Ev::RoundWritten {
+                node,
+                started,
+                began,
+                ok,
+            } => {
                 if !self.nodes[node].alive {
                     return;
                 }
@@ -723,6 +743,7 @@ impl Sim {
                     Ev::RoundRead {
                         node,
                         started,
+                        began,
                         ok,
                         slots: Vec::new(),
                     },
@@ -731,6 +752,7 @@ impl Sim {
             Ev::RoundRead {
                 node,
                 started,
+                began,
                 ok,
                 mut slots,
             } => {
@@ -743,6 +765,7 @@ impl Sim {
                 let ev = Ev::RoundRead {
                     node,
                     started,
+                    began,
                     ok,
                     slots,
                 };
@@ -754,8 +777,12 @@ impl Sim {
                 };
                 let now = self.local(node);
                 // Boottime readings are global time: the lease is checked against it.
-                let round =
-                    crate::voting::disk_round(&slots, ok.then_some(ms(started)), ms(self.now));
+                let round = crate::voting::disk_round(
+                    began,
+                    &slots,
+                    ok.then_some(ms(started)),
+                    ms(self.now),
+                );
                 if let Some(running) = self.nodes[node].node.as_mut() {
                     running.handle_disk_round(round, now);
                 }

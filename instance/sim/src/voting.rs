@@ -142,15 +142,18 @@ impl Timings {
     }
 }
 
-/// A disk-heartbeat round that read every slot: `slots[i]` is instance `i`'s heartbeat
-/// counter and Paxos block; the heartbeat write began at `written_at` when it succeeded.
-/// Times are the world's global time (the boottime clock leases are checked against).
+/// A disk-heartbeat round that began at `started` on the node's clock and read every slot:
+/// `slots[i]` is instance `i`'s heartbeat counter and Paxos block; the heartbeat write began
+/// at `written_at` when it succeeded. `written_at` and `completed_at` are the world's global
+/// time (the boottime clock leases are checked against).
 pub fn disk_round(
+    started: Timestamp,
     slots: &[(u64, PaxosBytes)],
     written_at: Option<Duration>,
     completed_at: Duration,
 ) -> DiskRound {
     DiskRound {
+        started,
         slots: slots
             .iter()
             .enumerate()
