@@ -86,6 +86,12 @@ pub const MAX_LAPSED_GRANT_WAIT_LEASES: u32 = 16;
 
 /// Most checkpoints waiting at once; more are refused at once.
 pub const MAX_PENDING_CHECKPOINTS: usize = 64;
+/// A checkpoint still waiting after this many leases is reported
+/// ([`NodeEvent::CheckpointWaiting`]), and again after as many more: a checkpoint that never
+/// finishes keeps the redo from being reused until every commit waits for space.
+pub const CHECKPOINT_REPORT_LEASES: u32 = 16;
+/// At most this many blocks are named in a [`NodeEvent::CheckpointWaiting`] report.
+const CHECKPOINT_REPORT_BLOCKS: usize = 8;
 
 /// Most events queued for the driver (the oldest go first).
 pub const MAX_QUEUED_EVENTS: usize = 1024;
@@ -306,6 +312,17 @@ pub enum NodeEvent {
         /// The outcome.
         result: Result<Option<u64>, String>,
     },
+    /// A checkpoint has waited [`CHECKPOINT_REPORT_LEASES`] leases (again) without finishing:
+    /// what it waits for, for the log.
+    CheckpointWaiting {
+        /// Which.
+        id: CheckpointId,
+        /// Since it was asked for.
+        waited: Duration,
+        /// What it waits for: the blocks storage must catch up with (and the SCN each must
+        /// reach), the blocks a local writer holds, or the slot I/O in flight.
+        report: String,
+    },
 }
 
 /// How long the last failure took to handle here.
@@ -400,6 +417,10 @@ struct PendingCheckpoint {
     id: CheckpointId,
     sequence: u64,
     phase: CheckpointPhase,
+    /// When it was asked for.
+    asked_at: Timestamp,
+    /// When it is next reported if still waiting ([`NodeEvent::CheckpointWaiting`]).
+    report_at: Timestamp,
 }
 
 /// One instance: the coordination core, the cluster manager, the recovery lifecycle and
@@ -976,6 +997,8 @@ impl Node {
             id,
             sequence,
             phase: CheckpointPhase::Writing,
+            asked_at: now,
+            report_at: now + self.checkpoint_report_interval(),
         });
         self.settle(now);
     }
@@ -1034,6 +1057,9 @@ impl Node {
         }
         if let Some(since) = self.grants_held_since {
             at = at.min(since + self.lapsed_grant_wait());
+        }
+        if let Some(head) = self.checkpoints.front() {
+            at = at.min(head.report_at);
         }
         at
     }
@@ -1200,6 +1226,62 @@ impl Node {
         self.check_rebuilt(now);
         self.check_recovery_done(now);
         self.advance_checkpoints();
+        self.report_waiting_checkpoint(now);
+    }
+
+    fn checkpoint_report_interval(&self) -> Duration {
+        self.lease_length * CHECKPOINT_REPORT_LEASES
+    }
+
+    /// Reports the oldest checkpoint when it is due ([`NodeEvent::CheckpointWaiting`]).
+    fn report_waiting_checkpoint(&mut self, now: Timestamp) {
+        let interval = self.checkpoint_report_interval();
+        let Some(head) = self.checkpoints.front_mut() else {
+            return;
+        };
+        if now < head.report_at {
+            return;
+        }
+        head.report_at = now + interval;
+        let (id, waited, phase) = (head.id, now.saturating_since(head.asked_at), head.phase);
+        let report = match phase {
+            CheckpointPhase::Writing => {
+                let (mut pending, held) = self.core.checkpoint_waits();
+                pending.sort_unstable();
+                let named: Vec<String> = pending
+                    .iter()
+                    .take(CHECKPOINT_REPORT_BLOCKS)
+                    .map(|(block, scn)| format!("{block} up to SCN {}", scn.0))
+                    .collect();
+                let writers: Vec<String> = held
+                    .iter()
+                    .take(CHECKPOINT_REPORT_BLOCKS)
+                    .map(|block| block.to_string())
+                    .collect();
+                format!(
+                    "{} block(s) storage must catch up with [{}{}], {} held by a local writer [{}{}]",
+                    pending.len(),
+                    named.join(", "),
+                    if pending.len() > named.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    },
+                    held.len(),
+                    writers.join(", "),
+                    if held.len() > writers.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    },
+                )
+            }
+            CheckpointPhase::CheckingPreviousLife => {
+                "storage's answer on the previous life's blocks".to_string()
+            }
+            CheckpointPhase::MovingSlot => "the move of the slot's checkpoint".to_string(),
+        };
+        self.push_event(NodeEvent::CheckpointWaiting { id, waited, report });
     }
 
     fn cluster_actions(&mut self, now: Timestamp) {
@@ -2191,6 +2273,55 @@ mod tests {
             checkpoint_done(&mut node),
             vec![(CheckpointId(3), Err("write failed".into()))]
         );
+    }
+
+    /// A checkpoint that waits (here for a local writer's release) is reported with what it
+    /// waits for after [`CHECKPOINT_REPORT_LEASES`] leases, and again after as many more.
+    #[test]
+    fn a_checkpoint_still_waiting_is_reported_with_what_it_waits_for() {
+        let mut node = node(0, &[0]);
+        let block = BlockId::new(0, 3);
+        node.acquire(Ticket(1), block, BlockMode::Exclusive, at(1));
+        while let Some(io) = node.poll_io(at(1)) {
+            if let NodeIo::Data(IoOp::Read { block, filling }) = io {
+                node.handle_read_done(block, filling, Ok(Scn(0)), at(1));
+            }
+        }
+        assert!(matches!(
+            node.poll_completion(),
+            Some(Completion::Block { result: Ok(_), .. })
+        ));
+        node.checkpoint(CheckpointId(4), 7, at(2));
+        let reports = |node: &mut Node| -> Vec<(CheckpointId, Duration, String)> {
+            std::iter::from_fn(|| node.poll_event())
+                .filter_map(|e| match e {
+                    NodeEvent::CheckpointWaiting { id, waited, report } => {
+                        Some((id, waited, report))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let interval = LEASE * CHECKPOINT_REPORT_LEASES;
+        let due = at(2) + interval;
+        assert!(node.poll_timeout() <= due);
+        node.handle_timeout(at(1) + interval);
+        assert!(reports(&mut node).is_empty(), "reported early");
+        node.handle_timeout(due);
+        let first = reports(&mut node);
+        assert_eq!(first.len(), 1, "{first:?}");
+        let (id, waited, report) = &first[0];
+        assert_eq!((*id, *waited), (CheckpointId(4), interval));
+        assert!(
+            report.contains("1 held by a local writer [0.3]"),
+            "{report}"
+        );
+        // Not again before another interval; then again.
+        node.handle_timeout(due + interval / 2);
+        assert!(reports(&mut node).is_empty());
+        assert!(node.poll_timeout() <= due + interval);
+        node.handle_timeout(due + interval);
+        assert_eq!(reports(&mut node).len(), 1);
     }
 
     #[test]

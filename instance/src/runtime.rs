@@ -1028,6 +1028,14 @@ impl<T: Transport> Driver<T> {
                         let _ = reply.send(result);
                     }
                 }
+                NodeEvent::CheckpointWaiting { id, waited, report } => {
+                    tracing::warn!(
+                        "instance {}: checkpoint {} still waits after {:.1} s: {report}",
+                        self.node.id(),
+                        id.0,
+                        waited.as_secs_f64()
+                    );
+                }
                 NodeEvent::Instance { at, event } => {
                     let me = self.node.id();
                     match &event {

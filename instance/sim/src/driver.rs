@@ -1915,6 +1915,11 @@ impl Sim {
                     Err(e) => self.fail(format!("n{node}: checkpoint {id:?} failed: {e}")),
                 }
             }
+            NodeEvent::CheckpointWaiting { id, waited, report } => {
+                self.trace(|| {
+                    format!("n{node}: checkpoint {id:?} still waits after {waited:?}: {report}")
+                });
+            }
         }
     }
 

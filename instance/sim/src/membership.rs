@@ -1039,8 +1039,8 @@ impl Sim {
                 self.applied(node, epoch, live);
             }
             NodeEvent::Instance { event, .. } => self.log(|| format!("n{node}: {event:?}")),
-            NodeEvent::CheckpointDone { .. } => {
-                self.fail(format!("n{node} finished a checkpoint nobody asked for"))
+            NodeEvent::CheckpointDone { .. } | NodeEvent::CheckpointWaiting { .. } => {
+                self.fail(format!("n{node} reports a checkpoint nobody asked for"))
             }
         }
     }
