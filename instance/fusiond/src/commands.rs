@@ -423,15 +423,54 @@ fn load_hash<T: Tx>(
 
 /// Locks the keys among `args` (every `step`-th from the first) in one fixed order before a
 /// command touches several of them: MSETs of random keys in argument order deadlocked each
-/// other until their reruns ran out.
-fn lock_keys<T: Tx>(tx: &mut T, db: u8, args: &[Vec<u8>], step: usize) -> Result<(), T::Error> {
+/// other until their reruns ran out. `write`: the command changes them
+/// ([`Tx::lock_keys_to_write`]).
+fn lock_keys<T: Tx>(
+    tx: &mut T,
+    db: u8,
+    args: &[Vec<u8>],
+    step: usize,
+    write: bool,
+) -> Result<(), T::Error> {
     if args.len() <= step {
         return Ok(());
     }
     let keys: Vec<Vec<u8>> = args.iter().step_by(step).map(|k| kv_key(db, k)).collect();
     let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    tx.lock_keys(&keys)
+    if write {
+        tx.lock_keys_to_write(&keys)
+    } else {
+        tx.lock_keys(&keys)
+    }
 }
+
+/// Commands that read their first key and then change it: the key is taken for the change
+/// before the read ([`Tx::lock_keys_to_write`]), so its block crosses between instances once.
+/// (`SET` without options writes without reading: it takes the block for the change anyway.)
+const READ_THEN_WRITE: &[&str] = &[
+    "getset",
+    "getdel",
+    "getex",
+    "incr",
+    "incrby",
+    "decr",
+    "decrby",
+    "incrbyfloat",
+    "append",
+    "setrange",
+    "setnx",
+    "persist",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+    "hset",
+    "hmset",
+    "hsetnx",
+    "hdel",
+    "hincrby",
+    "hincrbyfloat",
+];
 
 fn store_value<T: Tx>(tx: &mut T, key: &[u8], value: &Value) -> Result<(), T::Error> {
     tx.put(key, &value.encode())
@@ -1201,6 +1240,9 @@ impl<S: Store> Engine<S> {
         now: u64,
     ) -> Result<Reply, S::Error> {
         let key = |i: usize| kv_key(db, &args[i]);
+        if READ_THEN_WRITE.contains(&name) && args.len() > 1 {
+            tx.lock_keys_to_write(&[&key(1)])?;
+        }
         match name {
             "get" => Ok(match check!(load_string(tx, &key(1), now)) {
                 Some((s, _)) => Reply::Bulk(s),
@@ -1224,7 +1266,7 @@ impl<S: Store> Engine<S> {
                 })
             }
             "mget" => {
-                lock_keys(tx, db, &args[1..], 1)?;
+                lock_keys(tx, db, &args[1..], 1, false)?;
                 let mut out = Vec::with_capacity(args.len() - 1);
                 for i in 1..args.len() {
                     out.push(match load(tx, &key(i), now)? {
@@ -1241,7 +1283,7 @@ impl<S: Store> Engine<S> {
                 if args.len().is_multiple_of(2) {
                     return Ok(wrong_args(name));
                 }
-                lock_keys(tx, db, &args[1..], 2)?;
+                lock_keys(tx, db, &args[1..], 2, true)?;
                 if name == "msetnx" {
                     for i in (1..args.len()).step_by(2) {
                         if check!(load(tx, &key(i), now)).is_some() {
@@ -1259,7 +1301,7 @@ impl<S: Store> Engine<S> {
                 })
             }
             "del" | "unlink" => {
-                lock_keys(tx, db, &args[1..], 1)?;
+                lock_keys(tx, db, &args[1..], 1, true)?;
                 let mut n = 0;
                 for i in 1..args.len() {
                     let k = key(i);
@@ -1271,7 +1313,7 @@ impl<S: Store> Engine<S> {
                 Ok(Reply::Integer(n))
             }
             "exists" => {
-                lock_keys(tx, db, &args[1..], 1)?;
+                lock_keys(tx, db, &args[1..], 1, false)?;
                 let mut n = 0;
                 for i in 1..args.len() {
                     if check!(load(tx, &key(i), now)).is_some() {
@@ -1379,6 +1421,7 @@ impl<S: Store> Engine<S> {
             )),
             "rename" => {
                 let (from, to) = (key(1), key(2));
+                tx.lock_keys_to_write(&[&from, &to])?;
                 let Some(value) = check!(load(tx, &from, now)) else {
                     return Ok(Reply::err("no such key"));
                 };

@@ -24,6 +24,10 @@ pub trait Tx {
     /// Locks what `keys` need in one fixed order, before a command touches several keys
     /// (concurrent multi-key commands then never deadlock over them).
     fn lock_keys(&mut self, keys: &[&[u8]]) -> Result<(), Self::Error>;
+    /// [`Tx::lock_keys`] before the command changes those keys: what they need is taken for
+    /// a change at once (a read first, then the change, moved a block between instances
+    /// twice).
+    fn lock_keys_to_write(&mut self, keys: &[&[u8]]) -> Result<(), Self::Error>;
     /// Up to `limit` pairs with keys in `(from, to)`, in key order.
     fn scan(
         &mut self,
@@ -140,6 +144,9 @@ impl Tx for kv::KvTxn<'_> {
     }
     fn lock_keys(&mut self, keys: &[&[u8]]) -> Result<(), kv::KvError> {
         kv::KvTxn::lock_keys(self, keys)
+    }
+    fn lock_keys_to_write(&mut self, keys: &[&[u8]]) -> Result<(), kv::KvError> {
+        kv::KvTxn::lock_keys_to_write(self, keys)
     }
     fn scan(
         &mut self,
@@ -286,6 +293,9 @@ pub(crate) mod memory {
         }
         fn lock_keys(&mut self, _keys: &[&[u8]]) -> Result<(), String> {
             // The whole map is locked already.
+            Ok(())
+        }
+        fn lock_keys_to_write(&mut self, _keys: &[&[u8]]) -> Result<(), String> {
             Ok(())
         }
         fn scan(

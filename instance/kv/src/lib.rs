@@ -920,7 +920,7 @@ impl<'k> KvTxn<'k> {
         f: impl FnOnce(&mut Self, Option<&Value>) -> Result<R, KvError>,
     ) -> Result<R, KvError> {
         if !self.caches_leaf(key) {
-            let (_, leaf) = self.locked_leaf(key)?;
+            let (_, leaf) = self.locked_leaf(key, false)?;
             return f(self, leaf.value.as_ref());
         }
         let (n, node) = self.locked_node(key, 0)?;
@@ -939,8 +939,19 @@ impl<'k> KvTxn<'k> {
     /// Locks the leaves covering `keys` in key order (whatever order `keys` come in), so
     /// that transactions about to touch several keys take their leaves in one fixed order
     /// and do not deadlock over them; later calls of this transaction find those leaves
-    /// without a lookup. Counts no keys.
+    /// without a lookup. The leaves are read in S. Counts no keys.
     pub fn lock_keys(&mut self, keys: &[&[u8]]) -> Result<(), KvError> {
+        self.lock_keys_for(keys, false)
+    }
+
+    /// [`KvTxn::lock_keys`] for a transaction about to change those keys: each leaf is taken
+    /// in X at once, under its lock, so a leaf another instance changed last crosses once
+    /// (a read in S first and X at the write made it cross twice).
+    pub fn lock_keys_to_write(&mut self, keys: &[&[u8]]) -> Result<(), KvError> {
+        self.lock_keys_for(keys, true)
+    }
+
+    fn lock_keys_for(&mut self, keys: &[&[u8]], write: bool) -> Result<(), KvError> {
         for key in keys {
             self.kv.check_key(key)?;
         }
@@ -950,7 +961,7 @@ impl<'k> KvTxn<'k> {
         self.guarded(|t| {
             for key in sorted {
                 if !t.caches_leaf(key) {
-                    t.locked_leaf(key)?;
+                    t.locked_leaf(key, write)?;
                 }
             }
             Ok(())
@@ -1412,7 +1423,7 @@ impl<'k> KvTxn<'k> {
     /// The leaf covering `key`, locked by this transaction and checked under the lock as
     /// [`KvTxn::locked_node`] does, looked up in its bytes (`node::leaf_lookup`) rather than
     /// decoded: a get or a lock of keys builds no node.
-    fn locked_leaf(&mut self, key: &[u8]) -> Result<(u64, node::LeafLookup), KvError> {
+    fn locked_leaf(&mut self, key: &[u8], write: bool) -> Result<(u64, node::LeafLookup), KvError> {
         let root = self.kv.root;
         let mut hint = self.kv.leaves.find(key);
         for _ in 0..MAX_RESTARTS {
@@ -1422,6 +1433,10 @@ impl<'k> KvTxn<'k> {
                 None => descend(root, key, 0, &mut |b| self.read(b))?,
             };
             let fresh = self.lock(n)?;
+            let held = self.written.contains(&n);
+            if write {
+                self.hold(n)?;
+            }
             let found = node::leaf_lookup(&self.read(n)?, key);
             if let Ok(Some(leaf)) = found {
                 if hinted.is_none() {
@@ -1435,7 +1450,15 @@ impl<'k> KvTxn<'k> {
             if found.is_err() && n == root {
                 return Err(KvError::corrupt(n, "the root is not a node"));
             }
-            // Split, merged, freed or reused since the descent read it.
+            // Split, merged, freed or reused since the descent read it. A block taken in X
+            // here goes back at once when it was the last taken (it is unchanged); else it
+            // stays held to the end, as a block a transaction relied on may.
+            if write && !held {
+                let id = self.kv.instance.block(n)?;
+                if self.tx()?.release_unchanged(id) {
+                    self.written.remove(&n);
+                }
+            }
             if fresh && !self.written.contains(&n) {
                 self.unlock(n);
             }

@@ -83,3 +83,45 @@ fn a_lone_writer_deleting_another_instances_keys_never_waits_out_a_lock() {
         assert_eq!(report.nodes, 1, "the tree did not shrink: {report:?}");
     }
 }
+
+/// A read-then-write of a key whose leaf another instance changed last takes the leaf once
+/// when its lock is taken for the change first (`lock_keys_to_write`): in X at once, not in
+/// S for the read and then in X again for the write.
+#[test]
+fn a_read_then_write_locked_for_writing_takes_the_leaf_once() {
+    let cluster = common::start(2, 30_000, KvConfig::default());
+    let kvs = &cluster.kvs;
+    let key: &[u8] = b"rmw:counter";
+    let acquisitions = |kv: &Kv| {
+        let gcs = kv.instance().stats().unwrap().gcs;
+        gcs.acquires_local + gcs.acquires_remote
+    };
+    // Instance 0 changes the key last; instance 1 then reads and changes it.
+    let round = |write_lock: bool, value: &[u8]| {
+        kvs[0].transaction(|t| t.put(key, b"from 0")).unwrap();
+        let before = acquisitions(&kvs[1]);
+        kvs[1]
+            .transaction(|t| {
+                if write_lock {
+                    t.lock_keys_to_write(&[key])?;
+                } else {
+                    t.lock_keys(&[key])?;
+                }
+                assert_eq!(t.get(key)?.as_deref(), Some(&b"from 0"[..]));
+                t.put(key, value)
+            })
+            .unwrap();
+        assert_eq!(
+            kvs[0].transaction(|t| t.get(key)).unwrap().as_deref(),
+            Some(value)
+        );
+        acquisitions(&kvs[1]) - before
+    };
+    // Both instances learn the tree first (its root stays cached in S on both).
+    round(false, b"warm");
+    round(true, b"warm");
+    let read_lock = round(false, b"read lock");
+    let write_lock = round(true, b"write lock");
+    assert_eq!(write_lock, 1, "one acquisition: the leaf in X");
+    assert_eq!(read_lock, 2, "the leaf in S, then in X");
+}

@@ -68,7 +68,7 @@ impl<S: Store> Engine<S> {
                 }
             })),
             "touch" => {
-                lock_keys(tx, db, &args[1..], 1)?;
+                lock_keys(tx, db, &args[1..], 1, false)?;
                 let mut n = 0;
                 for k in &args[1..] {
                     if check!(load(tx, &kv_key(db, k), now)).is_some() {
