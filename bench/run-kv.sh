@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The KV service beside its floor, measured in one run: redis-benchmark (SET, GET, INCR,
-# MSET; -P 1 and -P 16; -c 50 clients) against 1 fusiond instance, against 3 fusiond
+# MSET, and SET-OWN: SET where each redis-benchmark writes keys of its own prefix, a
+# partitioned workload; -P 1 and -P 16; -c 50 clients) against 1 fusiond instance, against 3 fusiond
 # instances (the clients spread over them: one redis-benchmark per instance, run at once,
 # ops/s summed, p50/p99 the worst of the three), and against redis-server with
 # `--appendonly yes --appendfsync always` (every write fsynced, as every fusiond commit is)
@@ -93,12 +94,17 @@ bench() {
     # A stopped server: nothing to measure (the row shows 0).
     kill -0 "$pid" 2>/dev/null || { echo "0 0 0"; return; }
   done
-  local count=$# clients=$(( (50 + $# - 1) / $# )) outs=() runs=() port
+  local count=$# clients=$(( (50 + $# - 1) / $# )) outs=() runs=() port part=0
   for port in "$@"; do
     local out; out="$(mktemp "$dir/out.XXXX")"; outs+=("$out")
+    # SET-own: each redis-benchmark writes keys of its own prefix (a partitioned workload:
+    # each instance's clients change their own leaves).
+    local what=(-t "$test")
+    [ "$test" = set-own ] && what=(SET "own$part:key:__rand_int__" xxx)
+    part=$((part + 1))
     # Bounded: a server that stops leaves redis-benchmark reconnecting for ever.
-    timeout $((120 + n / 20)) redis-benchmark -p "$port" -t "$test" -P "$pipeline" \
-      -c "$clients" -n $((n / count)) -r 100000 --csv >"$out" 2>/dev/null &
+    timeout $((120 + n / 20)) redis-benchmark -p "$port" -P "$pipeline" \
+      -c "$clients" -n $((n / count)) -r 100000 --csv "${what[@]}" >"$out" 2>/dev/null &
     runs+=($!)
   done
   wait "${runs[@]}" || true
@@ -112,7 +118,7 @@ bench() {
 }
 
 declare -A result
-tests=(set get incr mset)
+tests=(set get incr mset set-own)
 
 start_cluster one 1
 for t in "${tests[@]}"; do for p in 1 16; do
