@@ -1317,13 +1317,13 @@ impl ClusterManager {
     /// heartbeat (the renewal counts from that write) and then read the voting area without
     /// finding the decision against it; so that round's read began before the decision was
     /// durable, before `decided_at` (when this instance learnt it), and its write completed
-    /// before that. A round of this instance whose read of the member's slot began after
-    /// `decided_at` (strictly) therefore saw that write or a later one: from then on, the change seen
-    /// last bounds the member's lease (a member that missed the decision and still writes
-    /// keeps pushing it out). Until such a round completes, a write may have landed unseen
-    /// since the last read, and the lease counts from `decided_at` at the earliest. A member
-    /// killed well before the decision thus costs the lease after its death, not after the
-    /// detection.
+    /// before that. A round of this instance whose read of the member's slot began (strictly)
+    /// after `decided_at` therefore saw that write or a later one: from then on, the change
+    /// seen last bounds the member's lease (a member that missed the decision and still
+    /// writes keeps pushing it out). Until such a round completes, a write may have landed
+    /// unseen since the last read, and the lease counts from `decided_at` at the earliest. A
+    /// member killed well before the decision thus costs the lease after its death, not after
+    /// the detection.
     pub fn lost_lease_end(&self, lost: InstanceSet, decided_at: Timestamp) -> Timestamp {
         let Some(last) = lost
             .iter()
