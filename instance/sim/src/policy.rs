@@ -18,7 +18,7 @@ use crate::driver::{CrashPoint, SimConfig, Stage, Version};
 use gcs::{BlockId, ShipPolicy};
 use interconnect::Scn;
 use interconnect::sim::SimRng;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Draws the seed's ship policy and early release (from a generator of their own, so the
 /// rest of a seed stays what it was), and in some seeds with a death turns the first death
@@ -117,8 +117,8 @@ struct PendingVersion {
 pub struct PolicyModel {
     /// Appended, redo not yet landed, in append order.
     pending: Vec<PendingVersion>,
-    /// Versions whose redo was lost, by block and SCN.
-    lost: BTreeSet<(BlockId, Scn, u64)>,
+    /// Versions whose redo was lost, by block and SCN, with the instance whose redo it was.
+    lost: BTreeMap<(BlockId, Scn, u64), usize>,
     /// Per instance, its users with a commit in the stream not yet landed, in append order
     /// (a later commit lands only with or after the earlier ones).
     streams: Vec<VecDeque<usize>>,
@@ -131,7 +131,7 @@ impl PolicyModel {
     pub fn new(instances: usize) -> Self {
         Self {
             pending: Vec::new(),
-            lost: BTreeSet::new(),
+            lost: BTreeMap::new(),
             streams: vec![VecDeque::new(); instances],
             force_wanted: vec![None; instances],
         }
@@ -184,7 +184,12 @@ impl PolicyModel {
 
     /// Whether `version` of `block` was made visible and its redo lost.
     pub fn is_lost(&self, block: BlockId, version: Version) -> bool {
-        self.lost.contains(&(block, version.scn, version.value))
+        self.lost.contains_key(&(block, version.scn, version.value))
+    }
+
+    /// The instance whose redo `version` of `block` was, if that redo was lost.
+    pub fn lost_from(&self, block: BlockId, version: Version) -> Option<usize> {
+        self.lost.get(&(block, version.scn, version.value)).copied()
     }
 
     /// Whether every version `version` of `block` was built on (itself included) is durable:
@@ -217,7 +222,8 @@ impl PolicyModel {
                 kept.push(p);
                 continue;
             }
-            self.lost.insert((p.block, p.version.scn, p.version.value));
+            self.lost
+                .insert((p.block, p.version.scn, p.version.value), node);
             match rollbacks.iter_mut().find(|(b, _, _)| *b == p.block) {
                 Some((_, _, lost)) => lost.push(p.version),
                 None => rollbacks.push((p.block, p.prev, vec![p.version])),

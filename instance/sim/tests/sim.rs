@@ -161,7 +161,7 @@ fn soak_failures_stay_fixed() {
     .map(|seed| SimConfig::from_seed(seed).with_default_timings());
     let with_drawn_timings = [
         10_006_389, 11_003_850, 12_004_674, 13_000_194, 17_009_909, 20_000_104, 25_005_162,
-        27_012_247, 29_007_133, 32_017_554, 33_009_911, 35_006_811, 36_004_088,
+        27_012_247, 29_007_133, 32_017_554, 33_009_911, 35_006_811, 36_004_088, 41_012_770,
     ]
     .map(SimConfig::from_seed);
     for config in with_default_timings.into_iter().chain(with_drawn_timings) {
