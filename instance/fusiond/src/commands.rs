@@ -432,7 +432,9 @@ fn lock_keys<T: Tx>(
     step: usize,
     write: bool,
 ) -> Result<(), T::Error> {
-    if args.len() <= step {
+    // One key needs no order; one to be changed is still taken for the change at once (a
+    // one-key DEL read the leaf in S, then took it in X).
+    if args.len() <= step && !write {
         return Ok(());
     }
     let keys: Vec<Vec<u8>> = args.iter().step_by(step).map(|k| kv_key(db, k)).collect();
