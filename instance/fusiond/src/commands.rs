@@ -178,118 +178,118 @@ pub struct Ran<T> {
     pub ticket: Option<T>,
 }
 
-/// Arity as Redis counts it: the name included, negative for "at least".
-const COMMANDS: &[(&str, i32)] = &[
-    ("ping", -1),
-    ("echo", 2),
-    ("hello", -1),
-    ("auth", -2),
-    ("select", 2),
-    ("quit", -1),
-    ("client", -2),
-    ("command", -1),
-    ("config", -2),
-    ("info", -1),
-    ("dbsize", 1),
-    ("save", 1),
-    ("get", 2),
-    ("set", -3),
-    ("getset", 3),
-    ("getdel", 2),
-    ("mget", -2),
-    ("mset", -3),
-    ("msetnx", -3),
-    ("del", -2),
-    ("unlink", -2),
-    ("exists", -2),
-    ("incr", 2),
-    ("incrby", 3),
-    ("decr", 2),
-    ("decrby", 3),
-    ("append", 3),
-    ("strlen", 2),
-    ("getrange", 4),
-    ("setrange", 4),
-    ("scan", -2),
-    ("keys", 2),
-    ("type", 2),
-    ("rename", 3),
-    ("expire", -3),
-    ("pexpire", -3),
-    ("ttl", 2),
-    ("pttl", 2),
-    ("persist", 2),
-    ("hset", -4),
-    ("hget", 3),
-    ("hdel", -3),
-    ("hgetall", 2),
-    ("hlen", 2),
-    ("hexists", 3),
-    ("hincrby", 4),
-    ("multi", 1),
-    ("exec", 1),
-    ("discard", 1),
-    ("watch", -2),
-    ("unwatch", 1),
-    ("setnx", 3),
-    ("setex", 4),
-    ("psetex", 4),
-    ("getex", -2),
-    ("incrbyfloat", 3),
-    ("hmset", -4),
-    ("hmget", -3),
-    ("hkeys", 2),
-    ("hvals", 2),
-    ("hsetnx", 4),
-    ("hstrlen", 3),
-    ("hincrbyfloat", 4),
-    ("expireat", -3),
-    ("pexpireat", -3),
-    ("expiretime", 2),
-    ("pexpiretime", 2),
-    ("touch", -2),
-    ("copy", -3),
-    ("randomkey", 1),
-    ("time", 1),
-    ("flushdb", -1),
-    ("flushall", -1),
-];
-
-/// Commands that read or write keys: queued inside `MULTI`, run in a store transaction.
-fn is_data(name: &str) -> bool {
-    !matches!(
-        name,
-        "ping"
-            | "echo"
-            | "hello"
-            | "auth"
-            | "select"
-            | "quit"
-            | "client"
-            | "command"
-            | "config"
-            | "info"
-            | "dbsize"
-            | "save"
-            | "scan"
-            | "keys"
-            | "multi"
-            | "exec"
-            | "discard"
-            | "watch"
-            | "unwatch"
-            | "time"
-            | "flushdb"
-            | "flushall"
-    )
+/// What a command does with keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    /// None through a store transaction of its own: server, connection and transaction
+    /// commands, and those that walk the keyspace themselves (`SCAN`, `KEYS`, `FLUSHDB`).
+    /// Not queued as data inside `MULTI`.
+    None,
+    /// Reads keys, or changes them without reading first (a plain `SET`), or locks several
+    /// in order itself (`MSET`, `DEL`, ...): queued inside `MULTI`, run in a store
+    /// transaction.
+    Data,
+    /// As `Data`, and reads its first key before it changes it: the key is taken for the
+    /// change before the read ([`Tx::lock_keys_to_write`]), so its block crosses between
+    /// instances once. (`SET` with options and `GETEX` with an expiry do so themselves.)
+    ReadThenWrite,
 }
 
+/// A command table entry.
+#[derive(Debug, Clone, Copy)]
+struct CommandSpec {
+    /// Lower case.
+    name: &'static str,
+    /// As Redis counts it: the name included, negative for "at least".
+    arity: i32,
+    keys: Keys,
+}
+
+const fn cmd(name: &'static str, arity: i32, keys: Keys) -> CommandSpec {
+    CommandSpec { name, arity, keys }
+}
+
+const COMMANDS: &[CommandSpec] = &[
+    cmd("ping", -1, Keys::None),
+    cmd("echo", 2, Keys::None),
+    cmd("hello", -1, Keys::None),
+    cmd("auth", -2, Keys::None),
+    cmd("select", 2, Keys::None),
+    cmd("quit", -1, Keys::None),
+    cmd("client", -2, Keys::None),
+    cmd("command", -1, Keys::None),
+    cmd("config", -2, Keys::None),
+    cmd("info", -1, Keys::None),
+    cmd("dbsize", 1, Keys::None),
+    cmd("save", 1, Keys::None),
+    cmd("get", 2, Keys::Data),
+    cmd("set", -3, Keys::Data),
+    cmd("getset", 3, Keys::ReadThenWrite),
+    cmd("getdel", 2, Keys::ReadThenWrite),
+    cmd("mget", -2, Keys::Data),
+    cmd("mset", -3, Keys::Data),
+    cmd("msetnx", -3, Keys::Data),
+    cmd("del", -2, Keys::Data),
+    cmd("unlink", -2, Keys::Data),
+    cmd("exists", -2, Keys::Data),
+    cmd("incr", 2, Keys::ReadThenWrite),
+    cmd("incrby", 3, Keys::ReadThenWrite),
+    cmd("decr", 2, Keys::ReadThenWrite),
+    cmd("decrby", 3, Keys::ReadThenWrite),
+    cmd("append", 3, Keys::ReadThenWrite),
+    cmd("strlen", 2, Keys::Data),
+    cmd("getrange", 4, Keys::Data),
+    cmd("setrange", 4, Keys::ReadThenWrite),
+    cmd("scan", -2, Keys::None),
+    cmd("keys", 2, Keys::None),
+    cmd("type", 2, Keys::Data),
+    cmd("rename", 3, Keys::Data),
+    cmd("expire", -3, Keys::ReadThenWrite),
+    cmd("pexpire", -3, Keys::ReadThenWrite),
+    cmd("ttl", 2, Keys::Data),
+    cmd("pttl", 2, Keys::Data),
+    cmd("persist", 2, Keys::ReadThenWrite),
+    cmd("hset", -4, Keys::ReadThenWrite),
+    cmd("hget", 3, Keys::Data),
+    cmd("hdel", -3, Keys::ReadThenWrite),
+    cmd("hgetall", 2, Keys::Data),
+    cmd("hlen", 2, Keys::Data),
+    cmd("hexists", 3, Keys::Data),
+    cmd("hincrby", 4, Keys::ReadThenWrite),
+    cmd("multi", 1, Keys::None),
+    cmd("exec", 1, Keys::None),
+    cmd("discard", 1, Keys::None),
+    cmd("watch", -2, Keys::None),
+    cmd("unwatch", 1, Keys::None),
+    cmd("setnx", 3, Keys::ReadThenWrite),
+    cmd("setex", 4, Keys::Data),
+    cmd("psetex", 4, Keys::Data),
+    cmd("getex", -2, Keys::Data),
+    cmd("incrbyfloat", 3, Keys::ReadThenWrite),
+    cmd("hmset", -4, Keys::ReadThenWrite),
+    cmd("hmget", -3, Keys::Data),
+    cmd("hkeys", 2, Keys::Data),
+    cmd("hvals", 2, Keys::Data),
+    cmd("hsetnx", 4, Keys::ReadThenWrite),
+    cmd("hstrlen", 3, Keys::Data),
+    cmd("hincrbyfloat", 4, Keys::ReadThenWrite),
+    cmd("expireat", -3, Keys::ReadThenWrite),
+    cmd("pexpireat", -3, Keys::ReadThenWrite),
+    cmd("expiretime", 2, Keys::Data),
+    cmd("pexpiretime", 2, Keys::Data),
+    cmd("touch", -2, Keys::Data),
+    cmd("copy", -3, Keys::Data),
+    cmd("randomkey", 1, Keys::Data),
+    cmd("time", 1, Keys::None),
+    cmd("flushdb", -1, Keys::None),
+    cmd("flushall", -1, Keys::None),
+];
+
 /// The command table entry for `name`, case-insensitively.
-fn lookup(name: &[u8]) -> Option<(&'static str, i32)> {
+fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
     COMMANDS
         .iter()
-        .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
-        .copied()
+        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// `COMMAND [COUNT|DOCS]`.
@@ -299,7 +299,7 @@ fn command_reply(args: &[Vec<u8>]) -> Reply {
         None => Reply::Array(
             COMMANDS
                 .iter()
-                .map(|(n, a)| Reply::Array(vec![Reply::text(*n), Reply::Integer((*a).into())]))
+                .map(|c| Reply::Array(vec![Reply::text(c.name), Reply::Integer(c.arity.into())]))
                 .collect(),
         ),
         Some(b"count") if args.len() == 2 => Reply::Integer(COMMANDS.len() as i64),
@@ -446,34 +446,6 @@ fn lock_keys<T: Tx>(
     }
 }
 
-/// Commands that read their first key and then change it: the key is taken for the change
-/// before the read ([`Tx::lock_keys_to_write`]), so its block crosses between instances once.
-/// (`SET` without options writes without reading: it takes the block for the change anyway.)
-const READ_THEN_WRITE: &[&str] = &[
-    "getset",
-    "getdel",
-    "getex",
-    "incr",
-    "incrby",
-    "decr",
-    "decrby",
-    "incrbyfloat",
-    "append",
-    "setrange",
-    "setnx",
-    "persist",
-    "expire",
-    "pexpire",
-    "expireat",
-    "pexpireat",
-    "hset",
-    "hmset",
-    "hsetnx",
-    "hdel",
-    "hincrby",
-    "hincrbyfloat",
-];
-
 fn store_value<T: Tx>(tx: &mut T, key: &[u8], value: &Value) -> Result<(), T::Error> {
     tx.put(key, &value.encode())
 }
@@ -545,7 +517,7 @@ impl<S: Store> Engine<S> {
                 None,
             );
         };
-        let Some((name, arity)) = lookup(first) else {
+        let Some(spec) = lookup(first) else {
             let shown: String = String::from_utf8_lossy(&first[..first.len().min(128)])
                 .chars()
                 .filter(|c| !c.is_control())
@@ -568,6 +540,7 @@ impl<S: Store> Engine<S> {
             };
             return (outcome, None);
         };
+        let (name, arity) = (spec.name, spec.arity);
         let reply = |reply| {
             let outcome = Outcome {
                 reply,
@@ -609,11 +582,11 @@ impl<S: Store> Engine<S> {
         if name == "get" {
             return reply(self.get(session.db, &request[1]));
         }
-        if is_data(name) {
+        if spec.keys != Keys::None {
             let db = session.db;
             let result = self.store.transaction_pending(|tx| {
                 let now = now_ms();
-                self.data(tx, db, name, &request, now)
+                self.data(tx, db, spec, &request, now)
             });
             return match result {
                 Ok((answer, pending)) => (reply(answer).0, Some(pending)),
@@ -767,11 +740,12 @@ impl<S: Store> Engine<S> {
             let mut db = start_db;
             let mut replies = Vec::with_capacity(multi.queued.len());
             for request in &multi.queued {
-                let Some((name, _)) = request.first().and_then(|n| lookup(n)) else {
+                let Some(spec) = request.first().and_then(|n| lookup(n)) else {
                     continue;
                 };
-                let reply = if is_data(name) {
-                    self.data(tx, db, name, request, now)?
+                let name = spec.name;
+                let reply = if spec.keys != Keys::None {
+                    self.data(tx, db, spec, request, now)?
                 } else if name == "select" {
                     match select_db(&request[1]) {
                         Ok(n) => {
@@ -1237,12 +1211,13 @@ impl<S: Store> Engine<S> {
         &self,
         tx: &mut S::Tx<'_>,
         db: u8,
-        name: &str,
+        spec: &CommandSpec,
         args: &[Vec<u8>],
         now: u64,
     ) -> Result<Reply, S::Error> {
         let key = |i: usize| kv_key(db, &args[i]);
-        if READ_THEN_WRITE.contains(&name) && args.len() > 1 {
+        let name = spec.name;
+        if spec.keys == Keys::ReadThenWrite && args.len() > 1 {
             tx.lock_keys_to_write(&[&key(1)])?;
         }
         match name {
@@ -1520,6 +1495,8 @@ impl<S: Store> Engine<S> {
             store_value(tx, &key, &value)?;
             return Ok(Reply::Simple("OK"));
         }
+        // Read, then (mostly) changed: taken for the change at once.
+        tx.lock_keys_to_write(&[&key])?;
         let old = check!(load(tx, &key, now));
         let old_string = match &old {
             Some(Value {

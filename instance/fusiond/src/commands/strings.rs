@@ -170,6 +170,10 @@ impl<S: Store> Engine<S> {
             Ok(options) => options,
             Err(reply) => return Ok(reply),
         };
+        if options.expire.is_some() || options.persist {
+            // Read, then changed: taken for the change at once (a plain GETEX only reads).
+            tx.lock_keys_to_write(&[&key])?;
+        }
         let Some(mut value) = check!(load(tx, &key, now)) else {
             return Ok(Reply::Null);
         };
