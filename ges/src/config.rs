@@ -54,4 +54,11 @@ impl Default for GesConfig {
 pub struct LockOptions {
     /// Fail with `TimedOut` if not granted within this time.
     pub timeout: Option<Duration>,
+    /// Who in this instance holds and waits (a transaction, say): deadlock detection's
+    /// wait-for graph has a node per instance and owner, so two transactions of one instance
+    /// that do not wait for each other close no cycle. Every request of owner 0 (the default)
+    /// is the instance's own: one node for them all. An instance holds or asks for a name
+    /// once at a time (a second request is [`GesError::AlreadyHeld`](crate::GesError)), so
+    /// the owner is the one of the request that holds or waits for it.
+    pub owner: u64,
 }

@@ -10,7 +10,7 @@ use crate::config::{GesConfig, LockOptions};
 use crate::deadlock::find_victim;
 use crate::error::{GesError, LockError};
 use crate::master::{Action, LockResource, Waiter};
-use crate::message::{Body, DenyReason, Message, PendingReport, RequestId, WaitEdge};
+use crate::message::{Body, DenyReason, LockOwner, Message, PendingReport, RequestId, WaitEdge};
 use crate::mode::{Conversion, LockMode, LockName};
 use crate::value::{LockValue, VALUE_LEN};
 use grd::{Directory, DirectoryEvent, ResourceId, mix64};
@@ -141,6 +141,8 @@ struct LocalLock {
     in_flight: bool,
     /// Operations waiting for `in_flight` to clear, in order.
     outbox: VecDeque<Body>,
+    /// Who holds or waits for it here ([`LockOptions::owner`]): the owner of the last request.
+    owner: u64,
 }
 
 /// Operations queued behind an unconfirmed one, per lock, at most.
@@ -151,6 +153,8 @@ struct DeadlockRound {
     round: u64,
     awaiting: InstanceSet,
     edges: Vec<WaitEdge>,
+    /// Who each member holds or waits for each lock for, as it reported.
+    owners: BTreeMap<(InstanceId, LockName), u64>,
     next_at: Option<Timestamp>,
 }
 
@@ -318,6 +322,7 @@ impl Engine {
                 if lock.user_holds || lock.pending.is_some() || lock.queued.is_some() {
                     return Err(GesError::AlreadyHeld(name));
                 }
+                lock.owner = options.owner;
                 if lock.releasing {
                     lock.queued = Some(pending);
                     self.arm_deadline(name, &pending);
@@ -370,6 +375,7 @@ impl Engine {
                             queued: None,
                             in_flight: false,
                             outbox: VecDeque::new(),
+                            owner: options.owner,
                         },
                     );
                     self.events.push_back(Event::Granted {
@@ -393,6 +399,7 @@ impl Engine {
                         queued: None,
                         in_flight: false,
                         outbox: VecDeque::new(),
+                        owner: options.owner,
                     },
                 );
                 self.arm_deadline(name, &pending);
@@ -1045,6 +1052,7 @@ impl Engine {
             }
             Body::WaitForQuery { round } => {
                 let mut edges = Vec::new();
+                let mut owners = Vec::new();
                 if !self.is_rebuilding() {
                     for (resource, state) in self.directory.table().iter() {
                         state.wait_edges(
@@ -1053,12 +1061,38 @@ impl Engine {
                             self.config.max_wait_edges,
                         );
                     }
+                    // A lock cached with no user has no owner: it waits for nothing and goes
+                    // when asked, so no cycle passes through it.
+                    owners.extend(
+                        self.locks
+                            .iter()
+                            .filter(|(_, lock)| lock.user_holds || lock.pending.is_some())
+                            .map(|(&name, lock)| LockOwner {
+                                name,
+                                owner: lock.owner,
+                            })
+                            .take(self.config.max_wait_edges),
+                    );
                 }
-                self.send(from, Body::WaitForEdges { round, edges });
+                self.send(
+                    from,
+                    Body::WaitForEdges {
+                        round,
+                        edges,
+                        owners,
+                    },
+                );
             }
-            Body::WaitForEdges { round, edges } => {
+            Body::WaitForEdges {
+                round,
+                edges,
+                owners,
+            } => {
                 if round == self.deadlock.round && self.deadlock.awaiting.remove(from) {
                     self.deadlock.edges.extend(edges);
+                    self.deadlock
+                        .owners
+                        .extend(owners.into_iter().map(|o| ((from, o.name), o.owner)));
                     if self.deadlock.awaiting.is_empty() {
                         self.finish_deadlock_round();
                     }
@@ -1514,6 +1548,7 @@ impl Engine {
         // A round that did not complete (a reply lost to a reconfiguration) is abandoned.
         self.deadlock.round += 1;
         self.deadlock.edges.clear();
+        self.deadlock.owners.clear();
         self.deadlock.awaiting = self.directory.map().members();
         let round = self.deadlock.round;
         for member in self.directory.map().members().iter() {
@@ -1523,7 +1558,10 @@ impl Engine {
 
     fn finish_deadlock_round(&mut self) {
         let edges = std::mem::take(&mut self.deadlock.edges);
-        if let Some(victim) = find_victim(&edges) {
+        let owners = std::mem::take(&mut self.deadlock.owners);
+        if let Some(victim) = find_victim(&edges, |instance, name| {
+            owners.get(&(instance, name)).copied()
+        }) {
             self.stats.deadlocks += 1;
             self.send(
                 victim.waiter,

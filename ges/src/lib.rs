@@ -5,8 +5,9 @@
 //! map, movable by remastering) keeps the grant, convert and wait queues (FIFO, converts
 //! first, no overtaking, so no starvation) and a 32-byte [`LockValue`]. Requesters cache
 //! released locks until another instance asks (blocking notifications), time out and cancel
-//! requests; a coordinator gathers wait-for edges from every master and fails the youngest
-//! waiter of a cycle with [`LockError::Deadlock`]. On a new epoch, master state is rebuilt
+//! requests; a coordinator gathers wait-for edges from every master, and from every instance
+//! whom it holds and waits for each lock for ([`LockOptions::owner`], a transaction, say),
+//! and fails the youngest waiter of a cycle of owners with [`LockError::Deadlock`]. On a new epoch, master state is rebuilt
 //! from what the survivors report.
 //!
 //! The crate is sans-IO: [`Engine`] is a deterministic state machine driven by a runtime or
@@ -44,6 +45,8 @@ pub use deadlock::find_victim;
 pub use engine::{Engine, Event, GesStats, resource_of};
 pub use error::{GesError, LockError};
 pub use master::{Action, Holder, LockResource, Waiter};
-pub use message::{Body, DenyReason, MAX_EDGES, Message, PendingReport, RequestId, WaitEdge};
+pub use message::{
+    Body, DenyReason, LockOwner, MAX_EDGES, Message, PendingReport, RequestId, WaitEdge,
+};
 pub use mode::{Conversion, LockMode, LockName};
 pub use value::{LockValue, VALUE_LEN};

@@ -53,8 +53,19 @@ pub struct WaitEdge {
     pub blocker: InstanceId,
 }
 
-/// Most wait-for edges in one message.
-pub const MAX_EDGES: usize = 4096;
+/// The owner ([`LockOptions::owner`](crate::LockOptions)) for whom an instance holds or
+/// waits for a lock, as it reports it to the deadlock coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockOwner {
+    /// The lock.
+    pub name: LockName,
+    /// Its owner at the reporting instance.
+    pub owner: u64,
+}
+
+/// Most wait-for edges in one message, and most lock owners: both at their most fit in one
+/// frame body (`MAX_BODY_LEN`, 64 KiB; an edge takes 36 bytes, an owner 26).
+pub const MAX_EDGES: usize = 1024;
 
 /// A GES message body.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -181,12 +192,15 @@ pub enum Body {
         /// Round.
         round: u64,
     },
-    /// Master -> coordinator: wait-for edges.
+    /// Master -> coordinator: wait-for edges of the locks it masters, and the owners of the
+    /// locks it holds or waits for itself.
     WaitForEdges {
         /// Round.
         round: u64,
         /// Edges (at most `MAX_EDGES`).
         edges: Vec<WaitEdge>,
+        /// Owners (at most `MAX_EDGES`; of locks a user holds or waits for).
+        owners: Vec<LockOwner>,
     },
     /// Coordinator -> requester: fail this request with `Deadlock`.
     DeadlockVictim {
@@ -403,7 +417,11 @@ impl Body {
                 codec::put_u8(out, 15);
                 codec::put_u64(out, *round);
             }
-            Body::WaitForEdges { round, edges } => {
+            Body::WaitForEdges {
+                round,
+                edges,
+                owners,
+            } => {
                 codec::put_u8(out, 16);
                 codec::put_u64(out, *round);
                 codec::put_u32(out, edges.len() as u32);
@@ -413,6 +431,11 @@ impl Body {
                     codec::put_u64(out, e.request.0);
                     codec::put_u64(out, e.since.as_nanos());
                     codec::put_u8(out, e.blocker.index() as u8);
+                }
+                codec::put_u32(out, owners.len() as u32);
+                for o in owners {
+                    put_name(out, &o.name);
+                    codec::put_u64(out, o.owner);
                 }
             }
             Body::DeadlockVictim { name, request } => {
@@ -535,7 +558,19 @@ impl Body {
                         blocker: r.instance()?,
                     });
                 }
-                Body::WaitForEdges { round, edges }
+                let n = r.count("lock owners", MAX_EDGES, 26)?;
+                let mut owners = Vec::with_capacity(n);
+                for _ in 0..n {
+                    owners.push(LockOwner {
+                        name: name(r)?,
+                        owner: r.u64()?,
+                    });
+                }
+                Body::WaitForEdges {
+                    round,
+                    edges,
+                    owners,
+                }
             }
             17 => Body::DeadlockVictim {
                 name: name(r)?,

@@ -1,7 +1,10 @@
 //! Property tests of the GES wire encoding: every message round-trips exactly, and random
 //! or truncated bytes decode to an error, never a panic.
 
-use ges::{Body, LockMode, LockName, LockValue, Message, PendingReport, RequestId, WaitEdge};
+use ges::{
+    Body, LockMode, LockName, LockOwner, LockValue, MAX_EDGES, Message, PendingReport, RequestId,
+    WaitEdge,
+};
 use grd::{GrdMessage, ObjectId};
 use interconnect::{Epoch, InstanceId, Timestamp};
 use proptest::prelude::*;
@@ -82,9 +85,10 @@ fn body() -> impl Strategy<Value = Body> {
         Just(Body::RebuildDone),
         (
             any::<u64>(),
-            proptest::collection::vec((name(), instance(), any::<u64>(), time(), instance()), 0..5)
+            proptest::collection::vec((name(), instance(), any::<u64>(), time(), instance()), 0..5),
+            proptest::collection::vec((name(), any::<u64>()), 0..5)
         )
-            .prop_map(|(round, edges)| Body::WaitForEdges {
+            .prop_map(|(round, edges, owners)| Body::WaitForEdges {
                 round,
                 edges: edges
                     .into_iter()
@@ -95,6 +99,10 @@ fn body() -> impl Strategy<Value = Body> {
                         since,
                         blocker
                     })
+                    .collect(),
+                owners: owners
+                    .into_iter()
+                    .map(|(name, owner)| LockOwner { name, owner })
                     .collect()
             }),
         (
@@ -140,4 +148,42 @@ proptest! {
         let _ = Message::decode(&bytes);
         let _ = GrdMessage::decode(&bytes);
     }
+}
+
+/// The largest deadlock report (every edge and owner a member may send) fits one frame.
+#[test]
+fn the_largest_wait_for_report_fits_one_frame() {
+    let name = LockName::new(u16::MAX, u64::MAX, u64::MAX);
+    let at = InstanceId::new(1).expect("instance 1");
+    let message = Message {
+        epoch: Epoch(u64::MAX),
+        body: Body::WaitForEdges {
+            round: u64::MAX,
+            edges: vec![
+                WaitEdge {
+                    name,
+                    waiter: at,
+                    request: RequestId(u64::MAX),
+                    since: Timestamp::from_nanos(u64::MAX),
+                    blocker: at,
+                };
+                MAX_EDGES
+            ],
+            owners: vec![
+                LockOwner {
+                    name,
+                    owner: u64::MAX
+                };
+                MAX_EDGES
+            ],
+        },
+    };
+    let mut bytes = Vec::new();
+    message.encode(&mut bytes);
+    assert!(
+        bytes.len() <= interconnect::MAX_BODY_LEN as usize,
+        "{} bytes",
+        bytes.len()
+    );
+    assert_eq!(Message::decode(&bytes), Ok(message));
 }

@@ -47,6 +47,9 @@ struct Actor {
     held: BTreeMap<LockName, (LockMode, Timestamp)>,
     /// Holds its locks while it waits for another (transactions: deadlocks can form).
     transactional: bool,
+    /// Whom every request of this user is for ([`LockOptions::owner`]): one owner holds and
+    /// waits, so its deadlocks are real ones, which detection must find.
+    owner: u64,
 }
 
 struct Sim {
@@ -141,9 +144,11 @@ impl Sim {
             })
             .collect();
         let actors = (0..n)
-            .map(|_| Actor {
+            .map(|i| Actor {
                 held: BTreeMap::new(),
                 transactional: rng.chance(1, 2),
+                // Not drawn (the seeds' draws stay as they were); never 0 (the instance's).
+                owner: (i as u64 + 1) << 32 | 0x5EED,
             })
             .collect();
         // Few names over few objects: contention, remastering of whole objects.
@@ -458,7 +463,7 @@ impl Sim {
             if let Some(&(held, _)) = self.actors[i].held.get(&name) {
                 let mode = LockMode::ALL[self.rng.below(6) as usize];
                 let value = held.writes_value().then(|| self.fresh_value());
-                let timeout = self.timeout();
+                let timeout = self.timeout(i);
                 let result = self.engine(i).convert(name, mode, value, timeout, now);
                 trace!(
                     self,
@@ -501,7 +506,7 @@ impl Sim {
                 LockMode::Exclusive,
                 LockMode::Exclusive,
             ][self.rng.below(8) as usize];
-            let timeout = self.timeout();
+            let timeout = self.timeout(i);
             let result = self.engine(i).lock(name, mode, timeout, now);
             trace!(self, "{i} lock {name:?} {mode:?} {timeout:?}: {result:?}");
             match result {
@@ -522,12 +527,13 @@ impl Sim {
         self.drain();
     }
 
-    fn timeout(&mut self) -> LockOptions {
+    fn timeout(&mut self, i: usize) -> LockOptions {
         LockOptions {
             timeout: self
                 .rng
                 .chance(1, 2)
                 .then(|| Duration::from_micros(self.rng.between(200, 8_000))),
+            owner: self.actors[i].owner,
         }
     }
 

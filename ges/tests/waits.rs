@@ -52,7 +52,7 @@ fn a_request_queued_behind_a_holder_is_one_wait_at_the_master() {
         .map(|k| LockName::new(1, k, 0))
         .find(|n| engines[0].directory().master_of(&n.resource()) == id(2))
         .expect("some lock is mastered by instance 2");
-    let opts = LockOptions { timeout: None };
+    let opts = LockOptions::default();
 
     // Shared by both: compatible, no wait.
     engines[0]

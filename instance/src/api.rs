@@ -54,6 +54,7 @@ use crate::redo::{Appended, GroupCommitConfig, RedoError, RedoRecord, RedoWriter
 use crate::runtime::{Command, ReservationFence, Runtime, RuntimeParts, RuntimeStats, Waiter};
 use crate::storage::{SharedStorage, StorageOptions};
 use gcs::{BlockId, BlockMode};
+pub use ges::LockOptions;
 use ges::{LockMode, LockName, LockValue, VALUE_LEN};
 use interconnect::{BlockRegion, Epoch, InstanceId, InstanceSet, Scn, Timestamp};
 use std::sync::Arc;
@@ -563,13 +564,13 @@ impl Instance {
         }
     }
 
-    /// Takes enqueue `name` in `mode` (waiting up to `timeout`, or forever); released when
-    /// the guard drops.
+    /// Takes enqueue `name` in `mode` (waiting up to `options.timeout`, or forever, for
+    /// `options.owner`: see [`LockOptions`]); released when the guard drops.
     pub fn lock(
         &self,
         name: LockName,
         mode: LockMode,
-        timeout: Option<Duration>,
+        options: LockOptions,
     ) -> Result<LockGuard<'_>, InstanceError> {
         let handle = &self.runtime.handle;
         let waiter = Waiter::new();
@@ -578,7 +579,7 @@ impl Instance {
             ticket,
             name,
             mode,
-            timeout,
+            options,
             waiter: Arc::clone(&waiter),
         }) {
             return Err(InstanceError::Stopped);

@@ -69,7 +69,7 @@ use crate::format::control::SLOT_PAXOS_LEN;
 use crate::paxos::PaxosIo;
 use crate::recovery::{ResumableScan, ThreadScan};
 use gcs::{BlockId, BlockMode};
-use ges::{LockMode, LockName, VALUE_LEN};
+use ges::{LockMode, LockName, LockOptions, VALUE_LEN};
 use interconnect::{Epoch, InstanceId, InstanceSet, Scn, Service, Timestamp};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -959,10 +959,10 @@ impl Node {
         ticket: Ticket,
         name: LockName,
         mode: LockMode,
-        timeout: Option<Duration>,
+        options: LockOptions,
         now: Timestamp,
     ) {
-        self.core.lock(ticket, name, mode, timeout, now);
+        self.core.lock(ticket, name, mode, options, now);
         self.settle(now);
     }
 

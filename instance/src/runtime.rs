@@ -47,7 +47,7 @@ use crate::storage::reservation::{ReservationError, Reservations, reservation_ke
 use crate::storage::{AlignedBuf, IoClass, SharedStorage};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use gcs::{BlockId, BlockMode};
-use ges::{LockMode, LockName, VALUE_LEN};
+use ges::{LockMode, LockName, LockOptions, VALUE_LEN};
 use interconnect::{
     ClusterId, Epoch, InstanceId, InstanceSet, Outgoing, OutgoingBlock, Priority, Scn, Service,
     Timestamp, Transport, TransportEvent, Waker,
@@ -89,7 +89,7 @@ pub(crate) enum Command {
         ticket: Ticket,
         name: LockName,
         mode: LockMode,
-        timeout: Option<Duration>,
+        options: LockOptions,
         waiter: Arc<Waiter>,
     },
     Unlock {
@@ -1135,11 +1135,11 @@ impl<T: Transport> Driver<T> {
                 ticket,
                 name,
                 mode,
-                timeout,
+                options,
                 waiter,
             } => {
                 self.waiters.insert(ticket, waiter);
-                self.node.lock(ticket, name, mode, timeout, now);
+                self.node.lock(ticket, name, mode, options, now);
             }
             Command::Unlock { name, value } => {
                 if let Err(e) = self.node.unlock(name, value, now) {

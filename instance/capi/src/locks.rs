@@ -5,7 +5,7 @@
 
 use crate::error::{CallError, guard, guard_void, non_null, out};
 use crate::instance::{Shared, fusion_instance, shared_of};
-use ges::{LockMode, LockName, VALUE_LEN};
+use ges::{LockMode, LockName, LockOptions, VALUE_LEN};
 use instance::api::LockGuard;
 use std::ffi::c_int;
 use std::sync::Arc;
@@ -115,11 +115,15 @@ pub unsafe extern "C" fn fusion_lock_acquire(
             FUSION_LOCK_EX => LockMode::Exclusive,
             other => return Err(CallError::Invalid(format!("{other} is not a lock mode"))),
         };
-        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+        // Owner 0: the instance's (deadlock detection sees the instance's waits as one).
+        let options = LockOptions {
+            timeout: u64::try_from(timeout_ms).ok().map(Duration::from_millis),
+            ..LockOptions::default()
+        };
         let guard =
             shared
                 .instance
-                .lock(LockName::new(name.kind, name.a, name.b), mode, timeout)?;
+                .lock(LockName::new(name.kind, name.a, name.b), mode, options)?;
         // SAFETY: `guard` borrows the `Instance` inside the `Arc<Instance>` that `shared`
         // holds; that allocation never moves and lives while `shared` does. The handle keeps
         // `shared` and drops `guard` first (field order); the `'static` never escapes the

@@ -84,10 +84,11 @@
 //! only for the one structure changer (3), whose own untimed waits are of the kinds above
 //! or for nodes it holds itself; a read of a leaf (or of the root while it is a leaf) waits
 //! for a writer whose untimed waits are again of those kinds. So every cycle of waits
-//! contains a timed wait, and the timeout or deadlock detection breaks it. GES sees waits
-//! between instances, the local table those inside one: a cycle through both ends by
-//! timeout, and GES may choose a victim among instances whose transactions do not really
-//! wait for each other (a spurious Retry, never a hang).
+//! contains a timed wait, and the timeout or deadlock detection breaks it. GES sees the
+//! waits of transactions for enqueues other instances hold (each enqueue is taken for its
+//! transaction, [`ges::LockOptions::owner`], so two transactions of one instance that do not
+//! wait for each other close no cycle there), the local table those inside one instance: a
+//! cycle through both ends by timeout.
 //!
 //! No update is lost because every change is made under the EX enqueue of each block it
 //! touches, on contents read under that enqueue, and published only by a durable commit
@@ -112,7 +113,7 @@ mod leaves;
 mod locks;
 pub mod node;
 
-use ges::{LockMode, LockName};
+use ges::{LockMode, LockName, LockOptions};
 use instance::api::{CommitTicket, Instance, InstanceError, LockGuard, PendingCommit, Transaction};
 use instance::core::CoreError;
 use leaves::LeafHints;
@@ -431,7 +432,7 @@ impl Kv {
             None => {
                 let wait = config.lock_timeout.max(Duration::from_secs(30));
                 let _creating = instance
-                    .lock(OPEN_LOCK, LockMode::Exclusive, Some(wait))
+                    .lock(OPEN_LOCK, LockMode::Exclusive, waiting(wait))
                     .map_err(lock_error)?;
                 match Self::superblock(&instance)? {
                     Some(found) => found,
@@ -476,7 +477,7 @@ impl Kv {
     ) -> Result<(u64, u64), KvError> {
         let (root, free_list) = (SUPER_BLOCK + 1, SUPER_BLOCK + 2);
         let _hwm = instance
-            .lock(block_lock(HWM_BLOCK), LockMode::Exclusive, Some(wait))
+            .lock(block_lock(HWM_BLOCK), LockMode::Exclusive, waiting(wait))
             .map_err(lock_error)?;
         let mut tx = instance.begin();
         {
@@ -1378,11 +1379,17 @@ impl<'k> KvTxn<'k> {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        match self
-            .kv
-            .instance
-            .lock(block_lock(id), LockMode::Exclusive, Some(left))
-        {
+        match self.kv.instance.lock(
+            block_lock(id),
+            LockMode::Exclusive,
+            // For this transaction: GES deadlock detection then tells it apart from the
+            // instance's other transactions (no victim where they do not wait for
+            // each other).
+            LockOptions {
+                timeout: Some(left),
+                owner: self.id,
+            },
+        ) {
             Ok(guard) => {
                 self.guards.insert(id, guard);
                 Ok(true)
@@ -1881,6 +1888,14 @@ fn lock_id(n: u64) -> u64 {
 }
 
 /// The enqueue of lock id `id`.
+/// Options of an enqueue taken outside a transaction (for the instance), waiting up to `wait`.
+fn waiting(wait: Duration) -> LockOptions {
+    LockOptions {
+        timeout: Some(wait),
+        ..LockOptions::default()
+    }
+}
+
 fn block_lock(id: u64) -> LockName {
     LockName::new(LOCK_KIND, id, 0)
 }

@@ -771,10 +771,10 @@ impl Core {
         ticket: Ticket,
         name: LockName,
         mode: LockMode,
-        timeout: Option<Duration>,
+        options: LockOptions,
         now: Timestamp,
     ) {
-        match self.ges.lock(name, mode, LockOptions { timeout }, now) {
+        match self.ges.lock(name, mode, options, now) {
             Ok(request) => {
                 self.lock_requests.insert(request, (ticket, now));
             }
