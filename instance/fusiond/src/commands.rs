@@ -1816,6 +1816,63 @@ mod tests {
         e.execute(s, request).reply
     }
 
+    /// Every command that reads a key and then changes it takes the key for the change before
+    /// the read (`Tx::lock_keys_to_write`): on the KV store a read first takes the key's leaf
+    /// in S and the change then takes it again in X, two crossings of a leaf another
+    /// instance changed last.
+    #[test]
+    fn commands_that_read_a_key_then_change_it_take_it_for_the_change_first() {
+        let e = engine(None);
+        let mut s = Session::new(1, true);
+        let commands = [
+            "set s v NX",
+            "set s v XX",
+            "set s v GET",
+            "set s v KEEPTTL",
+            "set s v XX EX 100",
+            "getset s v",
+            "getex s EX 100",
+            "getex s PERSIST",
+            "incr n",
+            "incrby n 2",
+            "decr n",
+            "decrby n 2",
+            "incrbyfloat n 1.5",
+            "append s x",
+            "setrange s 1 zz",
+            "setnx s v",
+            "setnx fresh v",
+            "expire s 100",
+            "pexpire s 100000",
+            "expireat s 99999999999",
+            "pexpireat s 99999999999000",
+            "persist s",
+            "hset h f v",
+            "hmset h f v g w",
+            "hsetnx h z 1",
+            "hincrby h c 1",
+            "hincrbyfloat h d 1.5",
+            "hdel h f",
+            "mset a 1 b 2",
+            "msetnx c 1 d 2",
+            "copy s t",
+            "copy s t REPLACE",
+            "rename t u",
+            "getdel u",
+            "del a b",
+            "unlink c",
+        ];
+        let mut read_then_changed = Vec::new();
+        for command in commands {
+            let reply = run(&e, &mut s, command);
+            assert!(!matches!(reply, Reply::Error(_)), "{command}: {reply:?}");
+            if !e.store().take_read_then_changed().is_empty() {
+                read_then_changed.push(command);
+            }
+        }
+        assert_eq!(read_then_changed, Vec::<&str>::new());
+    }
+
     fn bulk(s: &str) -> Reply {
         Reply::text(s)
     }

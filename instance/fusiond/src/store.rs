@@ -233,6 +233,9 @@ pub(crate) mod memory {
         failing_waits: Mutex<usize>,
         /// Transactions begun (each holds the whole map: the memory store's locks).
         transactions: std::sync::atomic::AtomicUsize,
+        /// Keys a transaction read without taking them for writing first and then changed
+        /// (on the KV store: the key's leaf taken in S for the read, then again in X).
+        read_then_changed: Mutex<Vec<Vec<u8>>>,
     }
 
     /// A transaction over a copy of the map, counting the keys it touches against
@@ -242,9 +245,29 @@ pub(crate) mod memory {
         reads: usize,
         read: std::collections::BTreeSet<Vec<u8>>,
         written: std::collections::BTreeSet<Vec<u8>>,
+        /// Keys taken for writing (`lock_keys_to_write`).
+        locked_to_write: std::collections::BTreeSet<Vec<u8>>,
+        /// Keys read before being taken for writing.
+        read_unlocked: std::collections::BTreeSet<Vec<u8>>,
+        /// Of those, the ones changed afterwards.
+        read_then_changed: Vec<Vec<u8>>,
     }
 
     impl MemoryTx {
+        /// Notes a read of `key` (for `read_then_changed`).
+        fn note_read(&mut self, key: &[u8]) {
+            if !self.locked_to_write.contains(key) {
+                self.read_unlocked.insert(key.to_vec());
+            }
+        }
+
+        /// Notes a change of `key` (for `read_then_changed`).
+        fn note_change(&mut self, key: &[u8]) {
+            if self.read_unlocked.remove(key) {
+                self.read_then_changed.push(key.to_vec());
+            }
+        }
+
         /// Counts `key` read once however often it is read.
         fn read_key(&mut self, key: &[u8]) -> Result<(), String> {
             if self.read.contains(key) {
@@ -276,10 +299,12 @@ pub(crate) mod memory {
         type Error = String;
         fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
             self.read_key(key)?;
+            self.note_read(key);
             Ok(self.map.get(key).cloned())
         }
         fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
             self.write_key(key)?;
+            self.note_change(key);
             self.map.insert(key.to_vec(), value.to_vec());
             Ok(())
         }
@@ -289,13 +314,15 @@ pub(crate) mod memory {
                 return Ok(false);
             }
             self.write_key(key)?;
+            self.note_change(key);
             Ok(self.map.remove(key).is_some())
         }
         fn lock_keys(&mut self, _keys: &[&[u8]]) -> Result<(), String> {
             // The whole map is locked already.
             Ok(())
         }
-        fn lock_keys_to_write(&mut self, _keys: &[&[u8]]) -> Result<(), String> {
+        fn lock_keys_to_write(&mut self, keys: &[&[u8]]) -> Result<(), String> {
+            self.locked_to_write.extend(keys.iter().map(|k| k.to_vec()));
             Ok(())
         }
         fn scan(
@@ -337,6 +364,12 @@ pub(crate) mod memory {
         pub(crate) fn transactions(&self) -> usize {
             self.transactions.load(std::sync::atomic::Ordering::Relaxed)
         }
+
+        /// Takes the keys committed transactions read before taking them for writing and
+        /// then changed.
+        pub(crate) fn take_read_then_changed(&self) -> Vec<Vec<u8>> {
+            std::mem::take(&mut *self.read_then_changed.lock())
+        }
     }
 
     impl Store for MemoryStore {
@@ -365,9 +398,13 @@ pub(crate) mod memory {
                 reads: 0,
                 read: Default::default(),
                 written: Default::default(),
+                locked_to_write: Default::default(),
+                read_unlocked: Default::default(),
+                read_then_changed: Vec::new(),
             };
             let result = body(&mut tx)?;
             *map = tx.map;
+            self.read_then_changed.lock().extend(tx.read_then_changed);
             Ok((result, MemoryPending { store: self }))
         }
         fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {

@@ -120,7 +120,9 @@ impl<S: Store> Engine<S> {
             return Ok(Reply::err("source and destination objects are the same"));
         }
         let (from, to) = (kv_key(db, &args[1]), kv_key(target_db, &args[2]));
-        tx.lock_keys(&[&from, &to])?;
+        // The destination is read (unless REPLACE) and then written: taken for the change
+        // at once, with the source in the same ordered call (which takes both in X).
+        tx.lock_keys_to_write(&[&from, &to])?;
         let Some(value) = check!(load(tx, &from, now)) else {
             return Ok(Reply::Integer(0));
         };
