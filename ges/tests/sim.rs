@@ -47,9 +47,12 @@ struct Actor {
     held: BTreeMap<LockName, (LockMode, Timestamp)>,
     /// Holds its locks while it waits for another (transactions: deadlocks can form).
     transactional: bool,
-    /// Whom every request of this user is for ([`LockOptions::owner`]): one owner holds and
-    /// waits, so its deadlocks are real ones, which detection must find.
+    /// Whom its requests are for ([`LockOptions::owner`]): a new one whenever it holds and
+    /// waits for nothing (a new transaction), so one owner holds and waits at a time and its
+    /// deadlocks are real ones, which detection must find (liveness).
     owner: u64,
+    /// Its requests not yet ended.
+    pending: usize,
 }
 
 struct Sim {
@@ -148,7 +151,8 @@ impl Sim {
                 held: BTreeMap::new(),
                 transactional: rng.chance(1, 2),
                 // Not drawn (the seeds' draws stay as they were); never 0 (the instance's).
-                owner: (i as u64 + 1) << 32 | 0x5EED,
+                owner: (i as u64 + 1) << 32,
+                pending: 0,
             })
             .collect();
         // Few names over few objects: contention, remastering of whole objects.
@@ -304,13 +308,7 @@ impl Sim {
         assert!(!record.resolved, "request {request:?} at {i} ended twice");
         assert_eq!(record.name, name);
         record.resolved = true;
-    }
-
-    fn pending_count(&self, i: usize) -> usize {
-        self.requests
-            .iter()
-            .filter(|((who, _), r)| who.index() == i && !r.resolved)
-            .count()
+        self.actors[i].pending -= 1;
     }
 
     // ----- checkers -----
@@ -478,6 +476,7 @@ impl Sim {
                         self.last_written.insert(name, v);
                     }
                     self.actors[i].held.remove(&name);
+                    self.actors[i].pending += 1;
                     self.requests.insert(
                         (id(i), request),
                         RequestRecord {
@@ -511,6 +510,7 @@ impl Sim {
             trace!(self, "{i} lock {name:?} {mode:?} {timeout:?}: {result:?}");
             match result {
                 Ok(request) => {
+                    self.actors[i].pending += 1;
                     self.requests.insert(
                         (id(i), request),
                         RequestRecord {
@@ -528,6 +528,10 @@ impl Sim {
     }
 
     fn timeout(&mut self, i: usize) -> LockOptions {
+        let actor = &mut self.actors[i];
+        if actor.held.is_empty() && actor.pending == 0 {
+            actor.owner += 1;
+        }
         LockOptions {
             timeout: self
                 .rng
@@ -548,7 +552,7 @@ impl Sim {
                 .collect();
             for (name, mode) in due {
                 if self.actors[i].transactional
-                    && self.pending_count(i) > 0
+                    && self.actors[i].pending > 0
                     && self.now.as_nanos() < HORIZON
                 {
                     // A transaction keeps its locks while it waits for another.
@@ -613,6 +617,7 @@ impl Sim {
         self.engines[i] = None;
         self.members.remove(id(i));
         self.actors[i].held.clear();
+        self.actors[i].pending = 0;
         for ((who, _), record) in self.requests.iter_mut() {
             if who.index() == i {
                 record.resolved = true;
