@@ -1360,7 +1360,7 @@ impl Setting<'_> {
         // before the admission is dropped and counted.
         let (mut early_bytes, mut early_dropped) = (0usize, 0u64);
         let mut events = Vec::new();
-        let mut refusals = EntryRefusals::default();
+        let mut refusals = EntryRefusals::new(Instant::now());
         loop {
             loop {
                 while let Some((to, message)) = entry.poll_transmit() {
@@ -1400,6 +1400,7 @@ impl Setting<'_> {
                                 })
                             })
                             .collect();
+                        refusals.slots(&looks, Instant::now());
                         entry.handle_slot_round(&looks, now());
                     }
                     Some(EntryIo::Restart) => {
@@ -1516,7 +1517,7 @@ impl Setting<'_> {
                     _ => {}
                 }
             }
-            if let Some(refusals) = refusals.hopeless(me, self.config.instances()) {
+            if let Some(refusals) = refusals.hopeless(me, self.config.instances(), Instant::now()) {
                 return Err(StartError::Refused { refusals });
             }
             entry.handle_timeout(now());
@@ -1524,28 +1525,71 @@ impl Setting<'_> {
     }
 }
 
+/// How long the lowest id, which dials nobody, waits alone (no peer connected) while every
+/// other instance's slot moves and it refuses their dials for a configuration mismatch,
+/// before it takes itself for the misconfigured one: a running peer that shares its
+/// configuration redials it well within this.
+const REFUSED_ALONE: Duration = Duration::from_secs(3);
+
 /// What the handshakes of an entering instance said about its configuration: which peers
 /// refused its connections for a configuration that differs from theirs, whether it refused
 /// a dialer for such a reason itself, and which peers are connected.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct EntryRefusals {
     /// Peers (dialled by this instance: lower ids) that refused it, with their reason.
     by_peer: std::collections::BTreeMap<InstanceId, String>,
     /// The last configuration mismatch this instance found in a dialer's handshake (the
     /// dialer is not authenticated, so it is not named).
     of_dialer: Option<String>,
+    /// When it last refused a dialer for a configuration mismatch.
+    of_dialer_at: Option<Instant>,
     /// Peers connected now.
     connected: std::collections::BTreeSet<InstanceId>,
+    /// Since when no peer has been connected.
+    alone_since: Instant,
+    /// Each slot's disk heartbeat as last read, and when it was last seen to move.
+    heartbeats: std::collections::BTreeMap<InstanceId, (u64, Option<Instant>)>,
 }
 
 impl EntryRefusals {
+    fn new(now: Instant) -> Self {
+        EntryRefusals {
+            by_peer: Default::default(),
+            of_dialer: None,
+            of_dialer_at: None,
+            connected: Default::default(),
+            alone_since: now,
+            heartbeats: Default::default(),
+        }
+    }
+
+    /// A voting-area round's look at every slot: whose disk heartbeat moves.
+    fn slots(&mut self, looks: &[crate::entry::SlotLook], now: Instant) {
+        for look in looks {
+            match self.heartbeats.get_mut(&look.instance) {
+                Some((last, moved)) => {
+                    if *last != look.heartbeat {
+                        *last = look.heartbeat;
+                        *moved = Some(now);
+                    }
+                }
+                None => {
+                    self.heartbeats
+                        .insert(look.instance, (look.heartbeat, None));
+                }
+            }
+        }
+    }
+
     fn connected(&mut self, peer: InstanceId) {
         self.by_peer.remove(&peer);
         self.connected.insert(peer);
     }
 
     fn disconnected(&mut self, peer: InstanceId) {
-        self.connected.remove(&peer);
+        if self.connected.remove(&peer) && self.connected.is_empty() {
+            self.alone_since = Instant::now();
+        }
     }
 
     /// A refused connection: kept (and logged the first time) when its reason is a
@@ -1591,6 +1635,7 @@ impl EntryRefusals {
                     );
                 }
                 self.of_dialer = Some(mismatch);
+                self.of_dialer_at = Some(Instant::now());
             }
         }
     }
@@ -1613,13 +1658,30 @@ impl EntryRefusals {
     /// or it refused a dialer for such a mismatch too. A peer that shares this instance's
     /// configuration would have connected (it dials this one, or answers its dial), so a
     /// cluster without the misconfigured one is never stopped by this: the reasons, when so.
-    fn hopeless(&self, me: InstanceId, configured: InstanceSet) -> Option<String> {
+    ///
+    /// The lowest id dials nobody, and a dialer it refuses is not authenticated (not named):
+    /// it gives up once it has been alone for [`REFUSED_ALONE`] while every other
+    /// instance's slot moved (they run) and it refused a dialer for a mismatch meanwhile.
+    fn hopeless(&self, me: InstanceId, configured: InstanceSet, now: Instant) -> Option<String> {
+        if !self.connected.is_empty() {
+            return None;
+        }
         let lower: Vec<InstanceId> = configured.iter().filter(|p| *p < me).collect();
-        let higher = configured.iter().any(|p| p > me);
-        let hopeless = self.connected.is_empty()
-            && !lower.is_empty()
-            && lower.iter().all(|p| self.by_peer.contains_key(p))
-            && (!higher || self.of_dialer.is_some());
+        let higher: Vec<InstanceId> = configured.iter().filter(|p| *p > me).collect();
+        let hopeless = if lower.is_empty() {
+            let recent = |at: Option<Instant>| {
+                at.is_some_and(|at| now.saturating_duration_since(at) <= REFUSED_ALONE)
+            };
+            !higher.is_empty()
+                && now.saturating_duration_since(self.alone_since) >= REFUSED_ALONE
+                && recent(self.of_dialer_at)
+                && higher
+                    .iter()
+                    .all(|p| recent(self.heartbeats.get(p).and_then(|h| h.1)))
+        } else {
+            lower.iter().all(|p| self.by_peer.contains_key(p))
+                && (higher.is_empty() || self.of_dialer.is_some())
+        };
         if hopeless { self.summary() } else { None }
     }
 }
