@@ -28,6 +28,10 @@
 //!   no value older than an acknowledged increment.
 //! * Failing data writes of one instance (the same pass-through answering EIO): it stops, the
 //!   others recover it.
+//! * A restart with a typo in the cluster secret, at once after a `kill -9` (of 2, 1 and 0 in
+//!   turn): the process stops by itself within seconds saying the configurations differ,
+//!   rather than keep its slot moving (which held the survivors' recovery of its previous
+//!   life) for the 60 s connect timeout.
 //! * A cluster on a loop block device with `O_DIRECT` (`losetup --direct-io=on`): a `kill -9`
 //!   and recovery lose no acknowledged increment.
 //!
