@@ -122,12 +122,28 @@ pub enum StartError {
     #[error("interconnect: {0}")]
     Transport(#[from] interconnect::TransportError),
     /// Peers did not connect in time.
-    #[error("instances {missing:?} did not connect within {timeout:?}")]
+    #[error("instances {missing:?} did not connect within {timeout:?}{refusals}")]
     PeersMissing {
         /// Who is missing.
         missing: Vec<InstanceId>,
         /// How long we waited.
         timeout: Duration,
+        /// The handshake refusals seen meanwhile that say the configurations differ
+        /// (`"; ..."`), or empty.
+        refusals: String,
+    },
+    /// Every peer this instance could hear refused its connection for a configuration that
+    /// differs from theirs (cluster id, secret, member list, frame MACs, version), and none
+    /// connected: it can never enter, and stops at once rather than keep its slot moving (a
+    /// moving slot holds the members' recovery of this instance's previous life).
+    #[error(
+        "the peers refuse this instance's configuration: {refusals} (check this instance's \
+         `instance`, `[cluster]` id, secret and instances, and `transport.frame_mac` against \
+         the running members')"
+    )]
+    Refused {
+        /// Each refusal, `instance N: reason`, `; `-separated.
+        refusals: String,
     },
     /// A thread could not be spawned.
     #[error("spawning threads: {0}")]
@@ -1345,6 +1361,7 @@ impl Setting<'_> {
         // before the admission is dropped and counted.
         let (mut early_bytes, mut early_dropped) = (0usize, 0u64);
         let mut events = Vec::new();
+        let mut refusals = EntryRefusals::new(Instant::now());
         loop {
             loop {
                 while let Some((to, message)) = entry.poll_transmit() {
@@ -1384,6 +1401,7 @@ impl Setting<'_> {
                                 })
                             })
                             .collect();
+                        refusals.slots(&looks, Instant::now());
                         entry.handle_slot_round(&looks, now());
                     }
                     Some(EntryIo::Restart) => {
@@ -1442,6 +1460,9 @@ impl Setting<'_> {
                     return Err(StartError::PeersMissing {
                         missing: missing.clone(),
                         timeout: CONNECT_TIMEOUT,
+                        refusals: refusals.summary().map_or_else(String::new, |r| {
+                            format!("; handshakes refused for a configuration mismatch: {r}")
+                        }),
                     });
                 }
                 Some(Err(EntryError::EpochsExhausted(epoch))) => {
@@ -1467,10 +1488,15 @@ impl Setting<'_> {
             // joiner's rebuild).
             for event in events.drain(..) {
                 match event {
-                    TransportEvent::PeerConnected(peer) => entry.handle_connected(peer, now()),
+                    TransportEvent::PeerConnected(peer) => {
+                        refusals.connected(peer);
+                        entry.handle_connected(peer, now())
+                    }
                     TransportEvent::PeerDisconnected { peer, .. } => {
+                        refusals.disconnected(peer);
                         entry.handle_disconnected(peer, now())
                     }
+                    TransportEvent::Refused { peer, error } => refusals.refused(me, peer, &error),
                     TransportEvent::Message { header, body }
                     | TransportEvent::BlockLanded { header, body, .. } => {
                         if header.service != Service::Instance {
@@ -1492,8 +1518,172 @@ impl Setting<'_> {
                     _ => {}
                 }
             }
+            if let Some(refusals) = refusals.hopeless(me, self.config.instances(), Instant::now()) {
+                return Err(StartError::Refused { refusals });
+            }
             entry.handle_timeout(now());
         }
+    }
+}
+
+/// How long the lowest id, which dials nobody, waits alone (no peer connected) while every
+/// other instance's slot moves and it refuses their dials for a configuration mismatch,
+/// before it takes itself for the misconfigured one: a running peer that shares its
+/// configuration redials it well within this.
+const REFUSED_ALONE: Duration = Duration::from_secs(3);
+
+/// What the handshakes of an entering instance said about its configuration: which peers
+/// refused its connections for a configuration that differs from theirs, whether it refused
+/// a dialer for such a reason itself, and which peers are connected.
+#[derive(Debug)]
+struct EntryRefusals {
+    /// Peers (dialled by this instance: lower ids) that refused it, with their reason.
+    by_peer: std::collections::BTreeMap<InstanceId, String>,
+    /// The last configuration mismatch this instance found in a dialer's handshake (the
+    /// dialer is not authenticated, so it is not named).
+    of_dialer: Option<String>,
+    /// When it last refused a dialer for a configuration mismatch.
+    of_dialer_at: Option<Instant>,
+    /// Peers connected now.
+    connected: std::collections::BTreeSet<InstanceId>,
+    /// Since when no peer has been connected.
+    alone_since: Instant,
+    /// Each slot's disk heartbeat as last read, and when it was last seen to move.
+    heartbeats: std::collections::BTreeMap<InstanceId, (u64, Option<Instant>)>,
+}
+
+impl EntryRefusals {
+    fn new(now: Instant) -> Self {
+        EntryRefusals {
+            by_peer: Default::default(),
+            of_dialer: None,
+            of_dialer_at: None,
+            connected: Default::default(),
+            alone_since: now,
+            heartbeats: Default::default(),
+        }
+    }
+
+    /// A voting-area round's look at every slot: whose disk heartbeat moves.
+    fn slots(&mut self, looks: &[crate::entry::SlotLook], now: Instant) {
+        for look in looks {
+            match self.heartbeats.get_mut(&look.instance) {
+                Some((last, moved)) => {
+                    if *last != look.heartbeat {
+                        *last = look.heartbeat;
+                        *moved = Some(now);
+                    }
+                }
+                None => {
+                    self.heartbeats
+                        .insert(look.instance, (look.heartbeat, None));
+                }
+            }
+        }
+    }
+
+    fn connected(&mut self, peer: InstanceId) {
+        self.by_peer.remove(&peer);
+        self.connected.insert(peer);
+    }
+
+    fn disconnected(&mut self, peer: InstanceId) {
+        if self.connected.remove(&peer) && self.connected.is_empty() {
+            self.alone_since = Instant::now();
+        }
+    }
+
+    /// A refused connection: kept (and logged the first time) when its reason is a
+    /// configuration mismatch, which no retry mends.
+    fn refused(
+        &mut self,
+        me: InstanceId,
+        peer: Option<InstanceId>,
+        error: &interconnect::TransportError,
+    ) {
+        use interconnect::handshake::{HandshakeError, RefusalReason};
+        let interconnect::TransportError::Handshake(error) = error else {
+            return;
+        };
+        let mismatch = match error {
+            HandshakeError::RefusedByPeer(
+                RefusalReason::WrongCluster
+                | RefusalReason::WrongVersion
+                | RefusalReason::BadSecret
+                | RefusalReason::UnexpectedInstance
+                | RefusalReason::FrameMacMismatch,
+            )
+            | HandshakeError::WrongCluster { .. }
+            | HandshakeError::WrongVersion { .. }
+            | HandshakeError::BadSecret
+            | HandshakeError::UnexpectedInstance(_)
+            | HandshakeError::FrameMacMismatch { .. } => error.to_string(),
+            _ => return,
+        };
+        match peer {
+            Some(peer) => {
+                if self.by_peer.get(&peer) != Some(&mismatch) {
+                    tracing::warn!(
+                        "instance {me}: instance {peer} refused this instance's connection: {mismatch}"
+                    );
+                }
+                self.by_peer.insert(peer, mismatch);
+            }
+            None => {
+                if self.of_dialer.as_ref() != Some(&mismatch) {
+                    tracing::warn!(
+                        "instance {me}: refused a peer's connection while entering: {mismatch}"
+                    );
+                }
+                self.of_dialer = Some(mismatch);
+                self.of_dialer_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The refusals seen, for an error message; `None` if there were none.
+    fn summary(&self) -> Option<String> {
+        let mut parts: Vec<String> = self
+            .by_peer
+            .iter()
+            .map(|(peer, why)| format!("instance {peer}: {why}"))
+            .collect();
+        if let Some(why) = &self.of_dialer {
+            parts.push(format!("a dialing peer: {why}"));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
+    /// Whether this instance can never enter: no peer is connected, every peer it dials (the
+    /// lower ids) refused it for a configuration mismatch, and either it has no higher peers
+    /// or it refused a dialer for such a mismatch too. A peer that shares this instance's
+    /// configuration would have connected (it dials this one, or answers its dial), so a
+    /// cluster without the misconfigured one is never stopped by this: the reasons, when so.
+    ///
+    /// The lowest id dials nobody, and a dialer it refuses is not authenticated (not named):
+    /// it gives up once it has been alone for [`REFUSED_ALONE`] while every other
+    /// instance's slot moved (they run) and it refused a dialer for a mismatch meanwhile.
+    fn hopeless(&self, me: InstanceId, configured: InstanceSet, now: Instant) -> Option<String> {
+        if !self.connected.is_empty() {
+            return None;
+        }
+        let lower: Vec<InstanceId> = configured.iter().filter(|p| *p < me).collect();
+        let higher: Vec<InstanceId> = configured.iter().filter(|p| *p > me).collect();
+        let hopeless = if lower.is_empty() {
+            let recent = |at: Option<Instant>| {
+                at.is_some_and(|at| now.saturating_duration_since(at) <= REFUSED_ALONE)
+            };
+            !higher.is_empty()
+                && now.saturating_duration_since(self.alone_since) >= REFUSED_ALONE
+                && recent(self.of_dialer_at)
+                && higher
+                    .iter()
+                    .all(|p| recent(self.heartbeats.get(p).and_then(|h| h.1)))
+        } else {
+            lower.iter().all(|p| self.by_peer.contains_key(p))
+                && (higher.is_empty() || self.of_dialer.is_some())
+        };
+        if hopeless { self.summary() } else { None }
     }
 }
 

@@ -28,6 +28,10 @@
 //!   no value older than an acknowledged increment.
 //! * Failing data writes of one instance (the same pass-through answering EIO): it stops, the
 //!   others recover it.
+//! * A restart with a typo in the cluster secret, at once after a `kill -9` (of 2, 1 and 0 in
+//!   turn): the process stops by itself within seconds saying the configurations differ,
+//!   rather than keep its slot moving (which held the survivors' recovery of its previous
+//!   life) for the 60 s connect timeout.
 //! * A cluster on a loop block device with `O_DIRECT` (`losetup --direct-io=on`): a `kill -9`
 //!   and recovery lose no acknowledged increment.
 //!
@@ -1470,5 +1474,62 @@ fn a_shutdown_after_being_voted_out_loses_nothing() {
     std::thread::sleep(Duration::from_millis(jitter(1000)));
     faulty.cluster.kill(0);
     faulty.cluster.kill(2);
+    faulty.all_back(workload);
+}
+
+/// Instance 2 killed under the workload and started again at once with a typo in its
+/// cluster secret, while 0 and 1 are still recovering it; then the same for instance 1 (a
+/// middle id: it dials 0 and is dialed by 2) and for instance 0 (it dials nobody: it only
+/// refuses the others' dials, while their slots move). The handshakes fail both ways. It
+/// must stop by itself soon, saying the configurations differ and why: it used to say
+/// nothing and keep its slot on the voting area moving for the whole 60 s connect timeout
+/// (ending "did not connect within 60s"), and the survivors' recovery of its previous life,
+/// which waits for that slot to be still, held every block of its recovery set (the cluster
+/// served almost nothing; nothing at all when it was instance 0) until then. The survivors
+/// recover it and serve; with the secret fixed it rejoins; nothing acknowledged is lost.
+#[test]
+fn a_restart_with_a_wrong_secret_stops_at_once_and_holds_no_recovery() {
+    let test = "a_restart_with_a_wrong_secret_stops_at_once_and_holds_no_recovery";
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).needs(false, "kill").start(0)
+    else {
+        return;
+    };
+    let mut epoch = epochs[0];
+    for id in [2, 1, 0] {
+        workload.progress(&faulty, id, SERVES);
+        let config = faulty.cluster.configs[id].clone();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let typo = text.replace(
+            "fusiond-local-secret-for-loopback-only",
+            "fusiond-local-secret-for-loopback-typo",
+        );
+        assert_ne!(typo, text, "the configuration changed shape");
+        faulty.cluster.kill(id);
+        std::fs::write(&config, &typo).unwrap();
+        faulty.spawn(id, false);
+        let status = match faulty.cluster.wait_exit(id, REACT) {
+            Ok(status) => status,
+            Err(e) => panic!("{e}\n{}", faulty.cluster.logs()),
+        };
+        assert!(!status.success(), "instance {id} exited with {status}");
+        let log = faulty.cluster.log(id);
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("fusiond: start: "))
+            .unwrap_or_else(|| panic!("instance {id} stopped without saying why:\n{log}"));
+        assert!(
+            line.contains("the peers refuse this instance's configuration")
+                && line.contains("wrong cluster secret"),
+            "instance {id} does not say its secret is refused: {line}"
+        );
+        let survivors: Vec<usize> = (0..3).filter(|&s| s != id).collect();
+        faulty.expect_survivors(&survivors, epoch, &workload);
+        std::fs::write(&config, &text).unwrap();
+        faulty.spawn(id, false);
+        faulty.cluster.wait_ready(id);
+        workload.progress(&faulty, id, SERVES);
+        epoch = faulty.epoch(0);
+    }
     faulty.all_back(workload);
 }
