@@ -35,10 +35,13 @@ mod strings;
 use admin::time_reply;
 use strings::{OptionsFor, StringOptions, expire_at_ms};
 
-/// Most commands queued in one `MULTI`.
+/// Most commands queued in one `MULTI` (and their bytes are within the client buffer:
+/// [`EngineConfig::max_reply_bytes`]).
 pub const MAX_QUEUED: usize = 10_000;
-/// Most keys one session may `WATCH`.
+/// Most keys one session may `WATCH` (and their bytes are within the client buffer).
 pub const MAX_WATCHED: usize = 1_000;
+/// What one argument costs beyond its bytes, in the bytes `MULTI` and `WATCH` may hold.
+const ARG_OVERHEAD: usize = 16;
 /// Most `SCAN` cursors one session keeps open (the oldest is forgotten first).
 pub const MAX_CURSORS: usize = 16;
 /// Most keys read per committed read by `KEYS`, `SCAN` and `DBSIZE`, and per step of the
@@ -113,6 +116,8 @@ pub struct Session {
 #[derive(Debug, Default)]
 struct Multi {
     queued: Vec<Vec<Vec<u8>>>,
+    /// The bytes of `queued`'s arguments (each with [`ARG_OVERHEAD`]).
+    bytes: usize,
     failed: bool,
 }
 
@@ -372,6 +377,12 @@ fn parse_i64(bytes: &[u8]) -> Option<i64> {
     text.parse().ok()
 }
 
+/// The bytes `args` hold, each with [`ARG_OVERHEAD`].
+fn args_bytes(args: &[Vec<u8>]) -> usize {
+    args.iter()
+        .fold(0usize, |sum, a| sum.saturating_add(a.len() + ARG_OVERHEAD))
+}
+
 fn wrong_args(name: &str) -> Reply {
     Reply::err(format!("wrong number of arguments for '{name}' command"))
 }
@@ -603,6 +614,17 @@ impl<S: Store> Engine<S> {
                     "MULTI holds at most {MAX_QUEUED} commands"
                 )));
             }
+            // Each command is within the buffer, but thousands of them were not: 300
+            // queued SETs of 1 MB held 300 MB until EXEC (which no commit's redo could hold).
+            let bytes = multi.bytes.saturating_add(args_bytes(&request));
+            if bytes > self.config.max_reply_bytes {
+                multi.failed = true;
+                return reply(Reply::err(format!(
+                    "MULTI holds at most {} bytes of commands",
+                    self.config.max_reply_bytes
+                )));
+            }
+            multi.bytes = bytes;
             multi.queued.push(request);
             return reply(Reply::Simple("QUEUED"));
         }
@@ -818,6 +840,17 @@ impl<S: Store> Engine<S> {
         }
         if session.watched.len() + keys.len() > MAX_WATCHED {
             return Reply::err(format!("a client may WATCH at most {MAX_WATCHED} keys"));
+        }
+        let held: usize = session
+            .watched
+            .iter()
+            .map(|(k, _)| k.len() + ARG_OVERHEAD)
+            .sum();
+        if held.saturating_add(args_bytes(keys)) > self.config.max_reply_bytes {
+            return Reply::err(format!(
+                "a client may WATCH at most {} bytes of keys",
+                self.config.max_reply_bytes
+            ));
         }
         let db = session.db;
         let result = self.store.transaction(|tx| {
@@ -2136,6 +2169,38 @@ mod tests {
         assert_eq!(run(&e, a, "GET x"), bulk("3"));
     }
 
+    /// Commands queued in `MULTI` and keys `WATCH`ed are held until `EXEC`: their bytes are
+    /// bounded by the client buffer (300 queued SETs of 1 MB held 300 MB), not only their
+    /// count.
+    #[test]
+    fn multi_and_watch_hold_at_most_a_buffer_of_bytes() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let big = "v".repeat(600 << 10);
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, &format!("SET a {big}")), Reply::Simple("QUEUED"));
+        assert_eq!(
+            run(&e, s, &format!("SET b {big}")),
+            Reply::err("MULTI holds at most 1048576 bytes of commands")
+        );
+        assert_eq!(run(&e, s, "SET c 1"), Reply::Simple("QUEUED"));
+        assert_eq!(
+            run(&e, s, "EXEC"),
+            Reply::Error("EXECABORT Transaction discarded because of previous errors.".into())
+        );
+        assert_eq!(run(&e, s, "EXISTS a c"), Reply::Integer(0));
+        // A new MULTI starts with nothing held.
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, &format!("SET a {big}")), Reply::Simple("QUEUED"));
+        assert_eq!(run(&e, s, "DISCARD"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, &format!("WATCH {big}")), Reply::Simple("OK"));
+        assert_eq!(
+            run(&e, s, &format!("WATCH {big}x")),
+            Reply::err("a client may WATCH at most 1048576 bytes of keys")
+        );
+        assert_eq!(run(&e, s, "UNWATCH"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, &format!("WATCH {big}x")), Reply::Simple("OK"));
+    }
     #[test]
     fn keyspace_and_server_commands_run_inside_exec() {
         let e = engine(None);
