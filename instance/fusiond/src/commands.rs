@@ -364,6 +364,7 @@ pub fn now_ms() -> u64 {
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 const NOT_INTEGER: &str = "value is not an integer or out of range";
 const SYNTAX: &str = "syntax error";
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
 fn parse_i64(bytes: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(bytes).ok()?;
@@ -881,14 +882,11 @@ impl<S: Store> Engine<S> {
                     2 => &args[1],
                     3 => {
                         if !args[1].eq_ignore_ascii_case(b"default") {
-                            return Reply::Error(
-                                "WRONGPASS invalid username-password pair or user is disabled."
-                                    .into(),
-                            );
+                            return Reply::Error(WRONGPASS.into());
                         }
                         &args[2]
                     }
-                    _ => return Reply::Error(SYNTAX.into()),
+                    _ => return Reply::err(SYNTAX),
                 };
                 self.auth(session, password)
             }
@@ -927,9 +925,7 @@ impl<S: Store> Engine<S> {
                 session.authenticated = true;
                 Reply::Simple("OK")
             }
-            Some(_) => {
-                Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
-            }
+            Some(_) => Reply::Error(WRONGPASS.into()),
         }
     }
 
@@ -941,25 +937,30 @@ impl<S: Store> Engine<S> {
                 Some(2) => Protocol::Resp2,
                 Some(3) => Protocol::Resp3,
                 Some(_) => {
-                    return Reply::Error(
-                        "NOPROTO sorry, this protocol version is not supported.".into(),
-                    );
+                    return Reply::Error("NOPROTO unsupported protocol version".into());
                 }
                 None => return Reply::err("Protocol version is not an integer or out of range"),
             };
             rest = &rest[1..];
         }
+        let mut name = None;
         while let Some(option) = rest.first() {
             if option.eq_ignore_ascii_case(b"auth") && rest.len() >= 3 {
+                // The only user is `default`, as for `AUTH user pass`.
+                if !rest[1].eq_ignore_ascii_case(b"default") {
+                    return Reply::Error(WRONGPASS.into());
+                }
                 if let Reply::Error(e) = self.auth(session, &rest[2]) {
                     return Reply::Error(e);
                 }
                 rest = &rest[3..];
             } else if option.eq_ignore_ascii_case(b"setname") && rest.len() >= 2 {
-                session.name = Some(rest[1].clone());
-                if let Some(client) = &session.client {
-                    client.set_name(&rest[1]);
+                // Checked as `CLIENT SETNAME` checks it: a name with a space or a newline
+                // would break `CLIENT LIST`'s lines; an empty name clears it.
+                if let Some(e) = bad_client_name(&rest[1]) {
+                    return e;
                 }
+                name = Some(&rest[1]);
                 rest = &rest[2..];
             } else {
                 return Reply::err(format!(
@@ -975,6 +976,13 @@ impl<S: Store> Engine<S> {
                  client and select the RESP protocol version at the same time"
                     .into(),
             );
+        }
+        // Named once authenticated, as Redis does.
+        if let Some(name) = name {
+            session.name = (!name.is_empty()).then(|| name.clone());
+            if let Some(client) = &session.client {
+                client.set_name(name);
+            }
         }
         session.protocol = protocol;
         let proto = match protocol {
@@ -1119,9 +1127,9 @@ impl<S: Store> Engine<S> {
         while let [option, value, tail @ ..] = rest {
             match option.to_ascii_lowercase().as_slice() {
                 b"match" => pattern = Some(value),
-                b"count" => match parse_i64(value).and_then(|c| usize::try_from(c).ok()) {
-                    Some(c) if c >= 1 => count = c.min(10_000),
-                    Some(_) => return Reply::Error(SYNTAX.into()),
+                b"count" => match parse_i64(value) {
+                    Some(c) if c >= 1 => count = usize::try_from(c).unwrap_or(10_000).min(10_000),
+                    Some(_) => return Reply::err(SYNTAX),
                     None => return Reply::err(NOT_INTEGER),
                 },
                 b"type" => type_name = Some(value.to_ascii_lowercase()),
@@ -1764,16 +1772,21 @@ fn select_db(arg: &[u8]) -> Result<u8, Reply> {
     }
 }
 
+/// The error for a client name Redis refuses (`CLIENT SETNAME`, `HELLO SETNAME`).
+fn bad_client_name(name: &[u8]) -> Option<Reply> {
+    name.iter()
+        .any(|&b| b <= b' ' || b > b'~')
+        .then(|| Reply::err("Client names cannot contain spaces, newlines or special characters."))
+}
+
 fn client(session: &mut Session, args: &[Vec<u8>]) -> Reply {
     let sub = args[1].to_ascii_lowercase();
     match (sub.as_slice(), args.len()) {
         (b"id", 2) => Reply::Integer(session.id as i64),
         (b"getname", 2) => session.name.clone().map_or(Reply::Null, Reply::Bulk),
         (b"setname", 3) => {
-            if args[2].iter().any(|&b| b <= b' ' || b > b'~') {
-                return Reply::err(
-                    "Client names cannot contain spaces, newlines or special characters.",
-                );
+            if let Some(e) = bad_client_name(&args[2]) {
+                return e;
             }
             session.name = (!args[2].is_empty()).then(|| args[2].clone());
             Reply::Simple("OK")
@@ -2520,6 +2533,58 @@ mod tests {
         );
         drop(std::mem::replace(b, Session::new(10, true)));
         assert_eq!(e.clients().list(9, |_| true).lines().count(), 1);
+    }
+
+    /// `HELLO`'s options are checked as Redis checks them: `AUTH` with a user other than
+    /// `default` is refused (any user name was accepted with the password), `SETNAME`'s name
+    /// as `CLIENT SETNAME`'s (a space went into `CLIENT LIST`'s line) and only once
+    /// authenticated; and the syntax errors carry their `ERR` code.
+    #[test]
+    fn hello_auth_and_setname_are_checked() {
+        let e = engine(Some("sesame"));
+        let s = &mut Session::new(1, false);
+        let wrongpass = Reply::Error(WRONGPASS.into());
+        assert_eq!(run(&e, s, "HELLO 3 AUTH nobody sesame"), wrongpass);
+        assert_eq!(run(&e, s, "CLIENT ID"), {
+            Reply::Error("NOAUTH Authentication required.".into())
+        });
+        assert!(
+            matches!(run(&e, s, "HELLO 2 SETNAME early"), Reply::Error(n) if n.starts_with("NOAUTH"))
+        );
+        assert_eq!(run(&e, s, "AUTH a b c"), Reply::err("syntax error"));
+        assert!(matches!(
+            run(&e, s, "HELLO 3 AUTH default sesame"),
+            Reply::Map(_)
+        ));
+        assert_eq!(s.protocol, Protocol::Resp3);
+        assert_eq!(run(&e, s, "CLIENT GETNAME"), Reply::Null);
+        let request = vec![
+            b"HELLO".to_vec(),
+            b"2".to_vec(),
+            b"SETNAME".to_vec(),
+            b"a b".to_vec(),
+        ];
+        assert_eq!(
+            e.execute(s, request).reply,
+            Reply::err("Client names cannot contain spaces, newlines or special characters.")
+        );
+        assert_eq!(s.protocol, Protocol::Resp3);
+        assert!(matches!(run(&e, s, "HELLO 2 SETNAME me"), Reply::Map(_)));
+        assert_eq!(run(&e, s, "CLIENT GETNAME"), bulk("me"));
+        let request = vec![
+            b"HELLO".to_vec(),
+            b"2".to_vec(),
+            b"SETNAME".to_vec(),
+            Vec::new(),
+        ];
+        assert!(matches!(e.execute(s, request).reply, Reply::Map(_)));
+        assert_eq!(run(&e, s, "CLIENT GETNAME"), Reply::Null);
+        assert_eq!(
+            run(&e, s, "HELLO 4"),
+            Reply::Error("NOPROTO unsupported protocol version".into())
+        );
+        assert_eq!(run(&e, s, "SCAN 0 COUNT 0"), Reply::err("syntax error"));
+        assert_eq!(run(&e, s, "SCAN 0 COUNT -1"), Reply::err("syntax error"));
     }
 
     #[test]
