@@ -202,6 +202,12 @@ impl Store for KvStore {
     }
     fn error_message(error: &kv::KvError) -> String {
         match error {
+            // The KV key holds the database too: the client's key is one byte shorter.
+            kv::KvError::KeyTooLarge { len, max } => format!(
+                "ERR key of {} bytes is longer than the limit of {} ([serve] max_key_bytes)",
+                len.saturating_sub(crate::value::KEY_PREFIX),
+                max.saturating_sub(crate::value::KEY_PREFIX)
+            ),
             kv::KvError::ValueTooLarge { .. } => {
                 "ERR string exceeds maximum allowed size ([serve] max_value_bytes)".into()
             }
