@@ -22,7 +22,7 @@ use crate::resp::{Protocol, Reply};
 use crate::store::{Pairs, Pending, Store, Tx};
 use crate::value::{DATABASES, Data, Value, glob_match, kv_key};
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -42,7 +42,8 @@ pub const MAX_QUEUED: usize = 10_000;
 pub const MAX_WATCHED: usize = 1_000;
 /// What one argument costs beyond its bytes, in the bytes `MULTI` and `WATCH` may hold.
 const ARG_OVERHEAD: usize = 16;
-/// Most `SCAN` cursors one session keeps open (the oldest is forgotten first).
+/// Most `SCAN` cursors one client keeps open (its oldest is forgotten first); the instance
+/// keeps at most this many per client of `maxclients`, the oldest forgotten first.
 pub const MAX_CURSORS: usize = 16;
 /// Most keys read per committed read by `KEYS`, `SCAN` and `DBSIZE`, and per step of the
 /// expiry sweep.
@@ -82,6 +83,79 @@ pub struct Engine<S: Store> {
     sweep_cursor: parking_lot::Mutex<Vec<u8>>,
     /// The connected clients (`CLIENT LIST`, `CLIENT KILL`).
     clients: Arc<ClientRegistry>,
+    /// Every client's open `SCAN` cursors: a cursor goes on from any connection, as Redis's
+    /// do (clients' pools hand the next `SCAN` of an iteration to any connection).
+    cursors: parking_lot::Mutex<ScanCursors>,
+}
+
+/// The open `SCAN` cursors of an instance's clients. Ids are random (below 2^53, so clients
+/// that hold numbers as doubles keep them exact): a cursor is never mistaken for another
+/// client's, and one not found (forgotten, or from another instance) starts over, which may
+/// repeat keys but never skips one.
+#[derive(Debug, Default)]
+struct ScanCursors {
+    /// By id: the client that opened it and the last key it returned.
+    by_id: HashMap<u64, (u64, Vec<u8>)>,
+    /// Ids, oldest first.
+    order: VecDeque<u64>,
+    /// Open cursors per client.
+    per_client: HashMap<u64, usize>,
+}
+
+impl ScanCursors {
+    /// The last key cursor `id` returned.
+    fn get(&self, id: u64) -> Option<Vec<u8>> {
+        self.by_id.get(&id).map(|(_, key)| key.clone())
+    }
+
+    /// A new cursor of `client` standing for `key`: the client's oldest goes past
+    /// [`MAX_CURSORS`], the oldest of all past `most`.
+    fn open(&mut self, client: u64, key: Vec<u8>, most: usize) -> u64 {
+        if self
+            .per_client
+            .get(&client)
+            .is_some_and(|n| *n >= MAX_CURSORS)
+            && let Some(at) = self
+                .order
+                .iter()
+                .position(|id| self.by_id.get(id).is_some_and(|(c, _)| *c == client))
+        {
+            self.forget(at);
+        }
+        while self.order.len() >= most.max(MAX_CURSORS) {
+            self.forget(0);
+        }
+        let id = loop {
+            let mut bytes = [0u8; 8];
+            // Without randomness, the clock's bits: still distinct from the ids held.
+            if getrandom::fill(&mut bytes).is_err() {
+                bytes = now_ms().wrapping_add(self.order.len() as u64).to_le_bytes();
+            }
+            let id = u64::from_le_bytes(bytes) & ((1 << 53) - 1);
+            if id != 0 && !self.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        self.by_id.insert(id, (client, key));
+        self.order.push_back(id);
+        *self.per_client.entry(client).or_default() += 1;
+        id
+    }
+
+    /// Forgets the cursor at `order[at]`.
+    fn forget(&mut self, at: usize) {
+        let Some(id) = self.order.remove(at) else {
+            return;
+        };
+        if let Some((client, _)) = self.by_id.remove(&id)
+            && let Some(n) = self.per_client.get_mut(&client)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&client);
+            }
+        }
+    }
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -104,8 +178,6 @@ pub struct Session {
     name: Option<Vec<u8>>,
     multi: Option<Multi>,
     watched: Vec<(Vec<u8>, Option<[u8; 32]>)>,
-    cursors: VecDeque<(u64, Vec<u8>)>,
-    next_cursor: u64,
     /// This connection in the server's client table (`CLIENT LIST`); `None` when the
     /// session was not registered (tests).
     client: Option<ClientHandle>,
@@ -132,8 +204,6 @@ impl Session {
             name: None,
             multi: None,
             watched: Vec::new(),
-            cursors: VecDeque::new(),
-            next_cursor: 1,
             client: None,
             close_after_reply: false,
         }
@@ -511,6 +581,7 @@ impl<S: Store> Engine<S> {
             server,
             sweep_cursor: parking_lot::Mutex::new(Vec::new()),
             clients: Arc::new(ClientRegistry::default()),
+            cursors: parking_lot::Mutex::new(ScanCursors::default()),
         }
     }
 
@@ -1143,12 +1214,8 @@ impl<S: Store> Engine<S> {
         let after = if cursor == 0 {
             None
         } else {
-            // A forgotten or foreign cursor starts over, as Redis's would.
-            session
-                .cursors
-                .iter()
-                .find(|(id, _)| *id == cursor)
-                .map(|(_, key)| key.clone())
+            // A forgotten cursor starts over.
+            self.cursors.lock().get(cursor)
         };
         let mut keys = Vec::new();
         let mut examined = 0usize;
@@ -1182,13 +1249,8 @@ impl<S: Store> Engine<S> {
         }
         let next = match (complete, last) {
             (false, Some(key)) => {
-                let id = session.next_cursor;
-                session.next_cursor += 1;
-                if session.cursors.len() >= MAX_CURSORS {
-                    session.cursors.pop_front();
-                }
-                session.cursors.push_back((id, key));
-                id
+                let most = MAX_CURSORS.saturating_mul(self.config.maxclients);
+                self.cursors.lock().open(session.id, key, most)
             }
             _ => 0,
         };
@@ -2585,6 +2647,58 @@ mod tests {
         );
         assert_eq!(run(&e, s, "SCAN 0 COUNT 0"), Reply::err("syntax error"));
         assert_eq!(run(&e, s, "SCAN 0 COUNT -1"), Reply::err("syntax error"));
+    }
+
+    /// One `SCAN` iteration's cursor goes on from another connection (a client's pool hands
+    /// each call to any connection): it restarted there, repeating keys, or — every
+    /// session's cursors were numbered from 1 — took up another iteration's place and
+    /// skipped keys. Another client's scans do not push it out.
+    #[test]
+    fn scan_cursors_go_on_from_any_connection() {
+        let e = engine(None);
+        let a = &mut Session::new(1, true);
+        let b = &mut Session::new(2, true);
+        let c = &mut Session::new(3, true);
+        for i in 0..100 {
+            run(&e, a, &format!("SET k{i:03} v"));
+        }
+        let scan = |s: &mut Session, cursor: &str| -> (String, Vec<Reply>) {
+            let Reply::Array(parts) = run(&e, s, &format!("SCAN {cursor} COUNT 10")) else {
+                panic!("scan reply");
+            };
+            let [Reply::Bulk(next), Reply::Array(keys)] = &parts[..] else {
+                panic!("scan parts: {parts:?}");
+            };
+            (String::from_utf8(next.clone()).unwrap(), keys.clone())
+        };
+        // b is at its fifth step: ids numbered per session gave a's "1" to b's place.
+        let mut other = "0".to_string();
+        for _ in 0..5 {
+            other = scan(b, &other).0;
+        }
+        let (mut cursor, mut seen) = scan(a, "0");
+        let mut turn = 0;
+        while cursor != "0" {
+            // Another client opens more cursors than one client may keep between steps.
+            for _ in 0..MAX_CURSORS + 1 {
+                scan(c, "0");
+            }
+            let s = if turn % 2 == 0 { &mut *b } else { &mut *a };
+            let (next, keys) = scan(s, &cursor);
+            assert!(next.parse::<u64>().unwrap() < 1 << 53, "{next}");
+            seen.extend(keys);
+            cursor = next;
+            turn += 1;
+            assert!(
+                turn < 50,
+                "the iteration does not end: {} keys seen",
+                seen.len()
+            );
+        }
+        assert_eq!(seen.len(), 100, "every key once: {seen:?}");
+        seen.sort_by_key(|r| format!("{r:?}"));
+        seen.dedup();
+        assert_eq!(seen.len(), 100);
     }
 
     #[test]
