@@ -261,6 +261,7 @@ const COMMANDS: &[(&str, i32)] = &[
     ("auth", -2),
     ("select", 2),
     ("quit", -1),
+    ("reset", 1),
     ("client", -2),
     ("command", -1),
     ("config", -2),
@@ -340,6 +341,7 @@ fn is_data(name: &str) -> bool {
             | "auth"
             | "select"
             | "quit"
+            | "reset"
             | "client"
             | "command"
             | "config"
@@ -674,11 +676,14 @@ impl<S: Store> Engine<S> {
             }
             return reply(wrong_args(name));
         }
-        if !session.authenticated && !matches!(name, "auth" | "hello" | "quit") {
+        if !session.authenticated && !matches!(name, "auth" | "hello" | "quit" | "reset") {
             return reply(Reply::Error("NOAUTH Authentication required.".into()));
         }
         if let Some(multi) = &mut session.multi
-            && !matches!(name, "exec" | "discard" | "multi" | "watch" | "quit")
+            && !matches!(
+                name,
+                "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
+            )
         {
             if multi.queued.len() >= MAX_QUEUED {
                 multi.failed = true;
@@ -744,6 +749,7 @@ impl<S: Store> Engine<S> {
                 session.watched.clear();
                 reply(Reply::Simple("OK"))
             }
+            "reset" => reply(self.reset(session)),
             _ => {
                 let answer = self.connection(session, name, &request);
                 let outcome = Outcome {
@@ -984,6 +990,22 @@ impl<S: Store> Engine<S> {
             "keys" => self.keys(session.db, &args[1]),
             _ => Reply::err(format!("unknown command '{name}'")),
         }
+    }
+
+    /// `RESET`: the connection as it was when it connected (no `MULTI`, nothing watched,
+    /// database 0, RESP2, no name, not authenticated where a password is required), as
+    /// Redis's `RESET`; it runs at once inside `MULTI` and before `AUTH`.
+    fn reset(&self, session: &mut Session) -> Reply {
+        session.multi = None;
+        session.watched.clear();
+        session.db = 0;
+        session.protocol = Protocol::Resp2;
+        session.name = None;
+        if let Some(client) = &session.client {
+            client.set_name(b"");
+        }
+        session.authenticated = self.config.requirepass.is_none();
+        Reply::Simple("RESET")
     }
 
     fn auth(&self, session: &mut Session, password: &[u8]) -> Reply {
@@ -2699,6 +2721,38 @@ mod tests {
         seen.sort_by_key(|r| format!("{r:?}"));
         seen.dedup();
         assert_eq!(seen.len(), 100);
+    }
+
+    /// `RESET` (which clients send to reuse a connection) puts the connection back as it
+    /// connected; it was an unknown command.
+    #[test]
+    fn reset_puts_the_connection_back() {
+        let e = engine(Some("sesame"));
+        let s = &mut Session::new(1, false);
+        assert_eq!(run(&e, s, "RESET"), Reply::Simple("RESET"));
+        assert_eq!(run(&e, s, "AUTH sesame"), Reply::Simple("OK"));
+        assert!(matches!(run(&e, s, "HELLO 3 SETNAME me"), Reply::Map(_)));
+        assert_eq!(run(&e, s, "SELECT 2"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "SET k 1"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "WATCH k"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "SET k 2"), Reply::Simple("QUEUED"));
+        assert_eq!(run(&e, s, "RESET"), Reply::Simple("RESET"));
+        assert_eq!(s.protocol, Protocol::Resp2);
+        assert_eq!(
+            run(&e, s, "GET k"),
+            Reply::Error("NOAUTH Authentication required.".into())
+        );
+        assert_eq!(run(&e, s, "AUTH sesame"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "CLIENT GETNAME"), Reply::Null);
+        assert_eq!(run(&e, s, "EXEC"), Reply::err("EXEC without MULTI"));
+        assert_eq!(run(&e, s, "GET k"), Reply::Null);
+        assert_eq!(run(&e, s, "SELECT 2"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "GET k"), bulk("1"));
+        assert_eq!(
+            run(&e, s, "RESET x"),
+            Reply::err("wrong number of arguments for 'reset' command")
+        );
     }
 
     #[test]
