@@ -246,6 +246,11 @@ fn number_line(input: &[u8], bad: ProtocolError) -> Result<Option<(i64, usize)>,
         return Err(bad);
     }
     let digits = std::str::from_utf8(&input[1..cr]).map_err(|_| bad.clone())?;
+    // As Redis's `string2ll`: no '+', no leading zeros (`$04`), no "-0"; `parse` takes them.
+    let unsigned = digits.strip_prefix('-').unwrap_or(digits);
+    if (unsigned.starts_with(['+', '0']) && unsigned != "0") || digits == "-0" {
+        return Err(bad);
+    }
     let value: i64 = digits.parse().map_err(|_| bad.clone())?;
     Ok(Some((value, cr + 2)))
 }
@@ -489,6 +494,9 @@ mod tests {
             requests,
             vec![vec![b"SET".to_vec(), b"ab c".to_vec(), b"it's".to_vec()]]
         );
+        // Zero and negative counts and a zero length are numbers too.
+        let requests = parse_all(b"*0\r\n*-1\r\n*1\r\n$0\r\n\r\n").unwrap();
+        assert_eq!(requests, vec![vec![Vec::new()]]);
         // Empty lines are skipped within one call: the request after them is not left
         // waiting for more bytes.
         let mut parser = RequestParser::new(ParserLimits::default());
@@ -501,8 +509,14 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused() {
-        let cases: [(&[u8], ProtocolError); 9] = [
+        let cases: [(&[u8], ProtocolError); 14] = [
             (b"*x\r\n", ProtocolError::MultibulkLength),
+            // Numbers as Redis reads them: these ran as PING.
+            (b"*+1\r\n$4\r\nPING\r\n", ProtocolError::MultibulkLength),
+            (b"*01\r\n$4\r\nPING\r\n", ProtocolError::MultibulkLength),
+            (b"*-0\r\n", ProtocolError::MultibulkLength),
+            (b"*1\r\n$+4\r\nPING\r\n", ProtocolError::BulkLength),
+            (b"*1\r\n$04\r\nPING\r\n", ProtocolError::BulkLength),
             (b"*99999999999\r\n", ProtocolError::MultibulkLength),
             (b"*1\r\n$-5\r\n", ProtocolError::BulkLength),
             (b"*1\r\n$99999999999999\r\n", ProtocolError::BulkLength),
