@@ -1525,6 +1525,15 @@ impl<S: Store> Engine<S> {
                         "string exceeds maximum allowed size (proto-max-bulk-len)",
                     ));
                 }
+                // Refused before the string is built: a far offset built up to 512 MB (and
+                // its encoding as much again) for the store to refuse.
+                let most = self
+                    .store
+                    .max_value_len()
+                    .saturating_sub(crate::value::HEADER);
+                if offset.saturating_add(patch.len()) > most {
+                    return Ok(Reply::Error(crate::store::VALUE_TOO_LARGE.into()));
+                }
                 let (mut s, expires_at) = current.unwrap_or_default();
                 if s.len() < offset + patch.len() {
                     s.resize(offset + patch.len(), 0);
@@ -2753,6 +2762,25 @@ mod tests {
             run(&e, s, "RESET x"),
             Reply::err("wrong number of arguments for 'reset' command")
         );
+    }
+
+    /// `SETRANGE` past the store's longest value is refused before the string is built (an
+    /// offset near 512 MB built 512 MB, and its encoding as much again, for the store to
+    /// refuse: four clients at once took the RSS to 1 GB).
+    #[test]
+    fn setrange_past_the_value_limit_builds_nothing() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let most = (1 << 20) - crate::value::HEADER;
+        assert_eq!(
+            run(&e, s, &format!("SETRANGE k {} x", most - 1)),
+            Reply::Integer(most as i64)
+        );
+        let too_large = Reply::Error(crate::store::VALUE_TOO_LARGE.into());
+        assert_eq!(run(&e, s, &format!("SETRANGE k {most} x")), too_large);
+        assert_eq!(run(&e, s, "SETRANGE j 536870000 x"), too_large);
+        assert_eq!(run(&e, s, "EXISTS j"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "STRLEN k"), Reply::Integer(most as i64));
     }
 
     #[test]

@@ -101,7 +101,14 @@ pub trait Store: Send + Sync + 'static {
     /// Most keys one transaction may both read and write: batches that scan keys and write
     /// them (flushes, the expiry sweep) take at most this many.
     fn max_keys_per_transaction(&self) -> usize;
+    /// Most bytes of one stored value (an encoded [`crate::value::Value`]): commands that
+    /// build a value from a length the client gives (`SETRANGE`) check it first.
+    fn max_value_len(&self) -> usize;
 }
+
+/// The error reply for a value past [`Store::max_value_len`].
+pub const VALUE_TOO_LARGE: &str =
+    "ERR string exceeds maximum allowed size ([serve] max_value_bytes)";
 
 /// The `kv` crate over a running instance.
 #[derive(Debug)]
@@ -189,6 +196,9 @@ impl Store for KvStore {
         let config = self.kv.config();
         config.max_keys_per_txn.min(config.max_reads_per_txn)
     }
+    fn max_value_len(&self) -> usize {
+        self.kv.config().max_value_len
+    }
     fn scan_committed(
         &self,
         from: Bound<&[u8]>,
@@ -208,9 +218,7 @@ impl Store for KvStore {
                 len.saturating_sub(crate::value::KEY_PREFIX),
                 max.saturating_sub(crate::value::KEY_PREFIX)
             ),
-            kv::KvError::ValueTooLarge { .. } => {
-                "ERR string exceeds maximum allowed size ([serve] max_value_bytes)".into()
-            }
+            kv::KvError::ValueTooLarge { .. } => VALUE_TOO_LARGE.into(),
             kv::KvError::Full => "OOM command not allowed: the shared storage is full".into(),
             kv::KvError::Retry(_) => {
                 "TRYAGAIN the transaction conflicted too often; try again".into()
@@ -231,6 +239,8 @@ pub(crate) mod memory {
     /// Keys one transaction may write and read, as the KV layer's defaults.
     const MAX_KEYS: usize = 1024;
     const MAX_READS: usize = 1024;
+    /// The longest value the memory store declares (it stores longer ones all the same).
+    const MAX_VALUE: usize = 1 << 20;
 
     #[derive(Debug, Default)]
     pub(crate) struct MemoryStore {
@@ -401,6 +411,9 @@ pub(crate) mod memory {
         }
         fn max_keys_per_transaction(&self) -> usize {
             MAX_KEYS
+        }
+        fn max_value_len(&self) -> usize {
+            MAX_VALUE
         }
     }
 }
