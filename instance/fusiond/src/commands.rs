@@ -866,6 +866,17 @@ impl<S: Store> Engine<S> {
             }
             let mut db = start_db;
             let mut replies = Vec::with_capacity(multi.queued.len());
+            // The replies stay within the client output limit as they are built (4,000
+            // queued GETs of a 256 KiB value built 1 GB, and its encoding as much again):
+            // past it, a command still runs but answers an error, room for which is kept.
+            let too_large = self.reply_too_large("EXEC");
+            let limit = self.config.max_reply_bytes.saturating_sub(
+                multi
+                    .queued
+                    .len()
+                    .saturating_mul(too_large.encoded_len_bound()),
+            );
+            let mut bytes = 0usize;
             for request in &multi.queued {
                 let Some((name, _)) = request.first().and_then(|n| lookup(n)) else {
                     continue;
@@ -899,6 +910,12 @@ impl<S: Store> Engine<S> {
                         _ => Reply::err(format!("'{name}' is not allowed inside MULTI here")),
                     }
                 };
+                let size = reply.encoded_len_bound();
+                if bytes.saturating_add(size) > limit {
+                    replies.push(too_large.clone());
+                    continue;
+                }
+                bytes += size;
                 replies.push(reply);
             }
             Ok((Reply::Array(replies), db))
@@ -1121,6 +1138,16 @@ impl<S: Store> Engine<S> {
             }
         }
         Reply::Map(pairs)
+    }
+
+    /// The error for a reply that would exceed the client output limit, before it is built
+    /// whole (the client would be closed for it, as Redis closes clients past their output
+    /// buffer limit, after its memory had been spent).
+    fn reply_too_large(&self, command: &str) -> Reply {
+        Reply::err(format!(
+            "{command} reply exceeds the client output limit of {} bytes",
+            self.config.max_reply_bytes
+        ))
     }
 
     /// `DBSIZE`: counts the database's live keys in batches of committed reads.
@@ -1395,14 +1422,22 @@ impl<S: Store> Engine<S> {
             "mget" => {
                 lock_keys(tx, db, &args[1..], 1, false)?;
                 let mut out = Vec::with_capacity(args.len() - 1);
+                let mut bytes = 0usize;
                 for i in 1..args.len() {
-                    out.push(match load(tx, &key(i), now)? {
+                    let reply = match load(tx, &key(i), now)? {
                         Ok(Some(Value {
                             data: Data::String(s),
                             ..
                         })) => Reply::Bulk(s),
                         _ => Reply::Null,
-                    });
+                    };
+                    // A key named again is read again: MGET of one 256 KiB value 3,000 times
+                    // built 1.8 GB for a 30 KB request.
+                    bytes = bytes.saturating_add(reply.encoded_len_bound());
+                    if bytes > self.config.max_reply_bytes {
+                        return Ok(self.reply_too_large("MGET"));
+                    }
+                    out.push(reply);
                 }
                 Ok(Reply::Array(out))
             }
@@ -2781,6 +2816,50 @@ mod tests {
         assert_eq!(run(&e, s, "SETRANGE j 536870000 x"), too_large);
         assert_eq!(run(&e, s, "EXISTS j"), Reply::Integer(0));
         assert_eq!(run(&e, s, "STRLEN k"), Reply::Integer(most as i64));
+    }
+
+    /// Replies are bounded as they are built, not only once built: a key or field named
+    /// again is read again (MGET of one 256 KiB value 3,000 times built 1.8 GB for a 30 KB
+    /// request), and so is a GET queued again in MULTI. Past the client output limit MGET
+    /// and HMGET answer an error; EXEC's commands still run, those past it answer one.
+    #[test]
+    fn replies_past_the_output_limit_are_not_built() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let value = "v".repeat(100 << 10);
+        assert_eq!(run(&e, s, &format!("SET big {value}")), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, &format!("HSET h f {value}")), Reply::Integer(1));
+        let nine = ["big"; 9].join(" ");
+        let Reply::Array(values) = run(&e, s, &format!("MGET {nine}")) else {
+            panic!("MGET of 9");
+        };
+        assert_eq!(values.len(), 9);
+        let eleven = ["big"; 11].join(" ");
+        assert_eq!(
+            run(&e, s, &format!("MGET {eleven}")),
+            Reply::err("MGET reply exceeds the client output limit of 1048576 bytes")
+        );
+        let eleven = ["f"; 11].join(" ");
+        assert_eq!(
+            run(&e, s, &format!("HMGET h {eleven}")),
+            Reply::err("HMGET reply exceeds the client output limit of 1048576 bytes")
+        );
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        for _ in 0..11 {
+            assert_eq!(run(&e, s, "GET big"), Reply::Simple("QUEUED"));
+        }
+        assert_eq!(run(&e, s, "INCR n"), Reply::Simple("QUEUED"));
+        let Reply::Array(replies) = run(&e, s, "EXEC") else {
+            panic!("EXEC");
+        };
+        let too_large = Reply::err("EXEC reply exceeds the client output limit of 1048576 bytes");
+        assert_eq!(replies.len(), 12);
+        assert_eq!(replies[0], Reply::Bulk(value.clone().into_bytes()));
+        assert_eq!(replies[10], too_large);
+        assert_eq!(replies[11], Reply::Integer(1));
+        let whole: usize = Reply::Array(replies).encoded_len_bound();
+        assert!(whole <= 1 << 20, "{whole}");
+        assert_eq!(run(&e, s, "GET n"), bulk("1"));
     }
 
     #[test]

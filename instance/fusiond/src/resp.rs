@@ -394,6 +394,25 @@ impl Reply {
         Reply::Bulk(text.into().into_bytes())
     }
 
+    /// At least the bytes [`Reply::encode`] writes for this reply, in either protocol.
+    pub fn encoded_len_bound(&self) -> usize {
+        match self {
+            Reply::Simple(text) => text.len() + 3,
+            Reply::Status(text) | Reply::Error(text) => text.len() + 3,
+            Reply::Integer(_) => 23,
+            Reply::Bulk(bytes) => bytes.len() + 25,
+            Reply::Verbatim(bytes) => bytes.len() + 29,
+            Reply::Null | Reply::NullArray => 5,
+            Reply::Array(items) => items
+                .iter()
+                .fold(23, |n, item| n.saturating_add(item.encoded_len_bound())),
+            Reply::Map(pairs) => pairs.iter().fold(23, |n, (key, value)| {
+                n.saturating_add(key.encoded_len_bound())
+                    .saturating_add(value.encoded_len_bound())
+            }),
+        }
+    }
+
     /// Appends the encoding of this reply to `out`.
     pub fn encode(&self, protocol: Protocol, out: &mut Vec<u8>) {
         match self {
