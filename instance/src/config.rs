@@ -78,7 +78,7 @@
 //! client_buffer_bytes = 67108864     # most bytes one request or one batch of replies holds
 //! transfer_p99_alert_ms = 50         # alert when a block transfer kind's p99 is above
 //! expiry_sweep_ms = 100              # a step of the expiry sweep this often; 0: no sweep
-//! max_key_bytes = 1024               # longest key (at most 1,343 with 8 KiB blocks)
+//! max_key_bytes = 1024               # longest key (at most 1,342 with 8 KiB blocks)
 //! max_value_bytes = 262144           # longest value (at most 453,607: one commit's redo)
 //! max_keys_per_transaction = 1024    # keys one command or MULTI block may write
 //! max_reads_per_transaction = 1024   # keys one command or MULTI block may read

@@ -22,7 +22,7 @@ use crate::resp::{Protocol, Reply};
 use crate::store::{Pairs, Pending, Store, Tx};
 use crate::value::{DATABASES, Data, Value, glob_match, kv_key};
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -35,11 +35,15 @@ mod strings;
 use admin::time_reply;
 use strings::{OptionsFor, StringOptions, expire_at_ms};
 
-/// Most commands queued in one `MULTI`.
+/// Most commands queued in one `MULTI` (and their bytes are within the client buffer:
+/// [`EngineConfig::max_reply_bytes`]).
 pub const MAX_QUEUED: usize = 10_000;
-/// Most keys one session may `WATCH`.
+/// Most keys one session may `WATCH` (and their bytes are within the client buffer).
 pub const MAX_WATCHED: usize = 1_000;
-/// Most `SCAN` cursors one session keeps open (the oldest is forgotten first).
+/// What one argument costs beyond its bytes, in the bytes `MULTI` and `WATCH` may hold.
+const ARG_OVERHEAD: usize = 16;
+/// Most `SCAN` cursors one client keeps open (its oldest is forgotten first); the instance
+/// keeps at most this many per client of `maxclients`, the oldest forgotten first.
 pub const MAX_CURSORS: usize = 16;
 /// Most keys read per committed read by `KEYS`, `SCAN` and `DBSIZE`, and per step of the
 /// expiry sweep.
@@ -79,6 +83,79 @@ pub struct Engine<S: Store> {
     sweep_cursor: parking_lot::Mutex<Vec<u8>>,
     /// The connected clients (`CLIENT LIST`, `CLIENT KILL`).
     clients: Arc<ClientRegistry>,
+    /// Every client's open `SCAN` cursors: a cursor goes on from any connection, as Redis's
+    /// do (clients' pools hand the next `SCAN` of an iteration to any connection).
+    cursors: parking_lot::Mutex<ScanCursors>,
+}
+
+/// The open `SCAN` cursors of an instance's clients. Ids are random (below 2^53, so clients
+/// that hold numbers as doubles keep them exact): a cursor is never mistaken for another
+/// client's, and one not found (forgotten, or from another instance) starts over, which may
+/// repeat keys but never skips one.
+#[derive(Debug, Default)]
+struct ScanCursors {
+    /// By id: the client that opened it and the last key it returned.
+    by_id: HashMap<u64, (u64, Vec<u8>)>,
+    /// Ids, oldest first.
+    order: VecDeque<u64>,
+    /// Open cursors per client.
+    per_client: HashMap<u64, usize>,
+}
+
+impl ScanCursors {
+    /// The last key cursor `id` returned.
+    fn get(&self, id: u64) -> Option<Vec<u8>> {
+        self.by_id.get(&id).map(|(_, key)| key.clone())
+    }
+
+    /// A new cursor of `client` standing for `key`: the client's oldest goes past
+    /// [`MAX_CURSORS`], the oldest of all past `most`.
+    fn open(&mut self, client: u64, key: Vec<u8>, most: usize) -> u64 {
+        if self
+            .per_client
+            .get(&client)
+            .is_some_and(|n| *n >= MAX_CURSORS)
+            && let Some(at) = self
+                .order
+                .iter()
+                .position(|id| self.by_id.get(id).is_some_and(|(c, _)| *c == client))
+        {
+            self.forget(at);
+        }
+        while self.order.len() >= most.max(MAX_CURSORS) {
+            self.forget(0);
+        }
+        let id = loop {
+            let mut bytes = [0u8; 8];
+            // Without randomness, the clock's bits: still distinct from the ids held.
+            if getrandom::fill(&mut bytes).is_err() {
+                bytes = now_ms().wrapping_add(self.order.len() as u64).to_le_bytes();
+            }
+            let id = u64::from_le_bytes(bytes) & ((1 << 53) - 1);
+            if id != 0 && !self.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        self.by_id.insert(id, (client, key));
+        self.order.push_back(id);
+        *self.per_client.entry(client).or_default() += 1;
+        id
+    }
+
+    /// Forgets the cursor at `order[at]`.
+    fn forget(&mut self, at: usize) {
+        let Some(id) = self.order.remove(at) else {
+            return;
+        };
+        if let Some((client, _)) = self.by_id.remove(&id)
+            && let Some(n) = self.per_client.get_mut(&client)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&client);
+            }
+        }
+    }
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -101,8 +178,6 @@ pub struct Session {
     name: Option<Vec<u8>>,
     multi: Option<Multi>,
     watched: Vec<(Vec<u8>, Option<[u8; 32]>)>,
-    cursors: VecDeque<(u64, Vec<u8>)>,
-    next_cursor: u64,
     /// This connection in the server's client table (`CLIENT LIST`); `None` when the
     /// session was not registered (tests).
     client: Option<ClientHandle>,
@@ -113,6 +188,8 @@ pub struct Session {
 #[derive(Debug, Default)]
 struct Multi {
     queued: Vec<Vec<Vec<u8>>>,
+    /// The bytes of `queued`'s arguments (each with [`ARG_OVERHEAD`]).
+    bytes: usize,
     failed: bool,
 }
 
@@ -127,8 +204,6 @@ impl Session {
             name: None,
             multi: None,
             watched: Vec::new(),
-            cursors: VecDeque::new(),
-            next_cursor: 1,
             client: None,
             close_after_reply: false,
         }
@@ -216,6 +291,7 @@ const COMMANDS: &[CommandSpec] = &[
     cmd("auth", -2, Keys::None),
     cmd("select", 2, Keys::None),
     cmd("quit", -1, Keys::None),
+    cmd("reset", 1, Keys::None),
     cmd("client", -2, Keys::None),
     cmd("command", -1, Keys::None),
     cmd("config", -2, Keys::None),
@@ -359,6 +435,7 @@ pub fn now_ms() -> u64 {
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 const NOT_INTEGER: &str = "value is not an integer or out of range";
 const SYNTAX: &str = "syntax error";
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
 fn parse_i64(bytes: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(bytes).ok()?;
@@ -370,6 +447,12 @@ fn parse_i64(bytes: &[u8]) -> Option<i64> {
         return None;
     }
     text.parse().ok()
+}
+
+/// The bytes `args` hold, each with [`ARG_OVERHEAD`].
+fn args_bytes(args: &[Vec<u8>]) -> usize {
+    args.iter()
+        .fold(0usize, |sum, a| sum.saturating_add(a.len() + ARG_OVERHEAD))
 }
 
 fn wrong_args(name: &str) -> Reply {
@@ -471,6 +554,7 @@ impl<S: Store> Engine<S> {
             server,
             sweep_cursor: parking_lot::Mutex::new(Vec::new()),
             clients: Arc::new(ClientRegistry::default()),
+            cursors: parking_lot::Mutex::new(ScanCursors::default()),
         }
     }
 
@@ -564,11 +648,14 @@ impl<S: Store> Engine<S> {
             }
             return reply(wrong_args(name));
         }
-        if !session.authenticated && !matches!(name, "auth" | "hello" | "quit") {
+        if !session.authenticated && !matches!(name, "auth" | "hello" | "quit" | "reset") {
             return reply(Reply::Error("NOAUTH Authentication required.".into()));
         }
         if let Some(multi) = &mut session.multi
-            && !matches!(name, "exec" | "discard" | "multi" | "watch" | "quit")
+            && !matches!(
+                name,
+                "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
+            )
         {
             if multi.queued.len() >= MAX_QUEUED {
                 multi.failed = true;
@@ -576,6 +663,17 @@ impl<S: Store> Engine<S> {
                     "MULTI holds at most {MAX_QUEUED} commands"
                 )));
             }
+            // Each command is within the buffer, but thousands of them were not: 300
+            // queued SETs of 1 MB held 300 MB until EXEC (which no commit's redo could hold).
+            let bytes = multi.bytes.saturating_add(args_bytes(&request));
+            if bytes > self.config.max_reply_bytes {
+                multi.failed = true;
+                return reply(Reply::err(format!(
+                    "MULTI holds at most {} bytes of commands",
+                    self.config.max_reply_bytes
+                )));
+            }
+            multi.bytes = bytes;
             multi.queued.push(request);
             return reply(Reply::Simple("QUEUED"));
         }
@@ -623,6 +721,7 @@ impl<S: Store> Engine<S> {
                 session.watched.clear();
                 reply(Reply::Simple("OK"))
             }
+            "reset" => reply(self.reset(session)),
             _ => {
                 let answer = self.connection(session, name, &request);
                 let outcome = Outcome {
@@ -739,6 +838,17 @@ impl<S: Store> Engine<S> {
             }
             let mut db = start_db;
             let mut replies = Vec::with_capacity(multi.queued.len());
+            // The replies stay within the client output limit as they are built (4,000
+            // queued GETs of a 256 KiB value built 1 GB, and its encoding as much again):
+            // past it, a command still runs but answers an error, room for which is kept.
+            let too_large = self.reply_too_large("EXEC");
+            let limit = self.config.max_reply_bytes.saturating_sub(
+                multi
+                    .queued
+                    .len()
+                    .saturating_mul(too_large.encoded_len_bound()),
+            );
+            let mut bytes = 0usize;
             for request in &multi.queued {
                 let Some(spec) = request.first().and_then(|n| lookup(n)) else {
                     continue;
@@ -773,6 +883,12 @@ impl<S: Store> Engine<S> {
                         _ => Reply::err(format!("'{name}' is not allowed inside MULTI here")),
                     }
                 };
+                let size = reply.encoded_len_bound();
+                if bytes.saturating_add(size) > limit {
+                    replies.push(too_large.clone());
+                    continue;
+                }
+                bytes += size;
                 replies.push(reply);
             }
             Ok((Reply::Array(replies), db))
@@ -792,6 +908,17 @@ impl<S: Store> Engine<S> {
         }
         if session.watched.len() + keys.len() > MAX_WATCHED {
             return Reply::err(format!("a client may WATCH at most {MAX_WATCHED} keys"));
+        }
+        let held: usize = session
+            .watched
+            .iter()
+            .map(|(k, _)| k.len() + ARG_OVERHEAD)
+            .sum();
+        if held.saturating_add(args_bytes(keys)) > self.config.max_reply_bytes {
+            return Reply::err(format!(
+                "a client may WATCH at most {} bytes of keys",
+                self.config.max_reply_bytes
+            ));
         }
         let db = session.db;
         let result = self.store.transaction(|tx| {
@@ -822,14 +949,11 @@ impl<S: Store> Engine<S> {
                     2 => &args[1],
                     3 => {
                         if !args[1].eq_ignore_ascii_case(b"default") {
-                            return Reply::Error(
-                                "WRONGPASS invalid username-password pair or user is disabled."
-                                    .into(),
-                            );
+                            return Reply::Error(WRONGPASS.into());
                         }
                         &args[2]
                     }
-                    _ => return Reply::Error(SYNTAX.into()),
+                    _ => return Reply::err(SYNTAX),
                 };
                 self.auth(session, password)
             }
@@ -858,6 +982,22 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// `RESET`: the connection as it was when it connected (no `MULTI`, nothing watched,
+    /// database 0, RESP2, no name, not authenticated where a password is required), as
+    /// Redis's `RESET`; it runs at once inside `MULTI` and before `AUTH`.
+    fn reset(&self, session: &mut Session) -> Reply {
+        session.multi = None;
+        session.watched.clear();
+        session.db = 0;
+        session.protocol = Protocol::Resp2;
+        session.name = None;
+        if let Some(client) = &session.client {
+            client.set_name(b"");
+        }
+        session.authenticated = self.config.requirepass.is_none();
+        Reply::Simple("RESET")
+    }
+
     fn auth(&self, session: &mut Session, password: &[u8]) -> Reply {
         match &self.config.requirepass {
             None => Reply::err(
@@ -868,9 +1008,7 @@ impl<S: Store> Engine<S> {
                 session.authenticated = true;
                 Reply::Simple("OK")
             }
-            Some(_) => {
-                Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
-            }
+            Some(_) => Reply::Error(WRONGPASS.into()),
         }
     }
 
@@ -882,25 +1020,30 @@ impl<S: Store> Engine<S> {
                 Some(2) => Protocol::Resp2,
                 Some(3) => Protocol::Resp3,
                 Some(_) => {
-                    return Reply::Error(
-                        "NOPROTO sorry, this protocol version is not supported.".into(),
-                    );
+                    return Reply::Error("NOPROTO unsupported protocol version".into());
                 }
                 None => return Reply::err("Protocol version is not an integer or out of range"),
             };
             rest = &rest[1..];
         }
+        let mut name = None;
         while let Some(option) = rest.first() {
             if option.eq_ignore_ascii_case(b"auth") && rest.len() >= 3 {
+                // The only user is `default`, as for `AUTH user pass`.
+                if !rest[1].eq_ignore_ascii_case(b"default") {
+                    return Reply::Error(WRONGPASS.into());
+                }
                 if let Reply::Error(e) = self.auth(session, &rest[2]) {
                     return Reply::Error(e);
                 }
                 rest = &rest[3..];
             } else if option.eq_ignore_ascii_case(b"setname") && rest.len() >= 2 {
-                session.name = Some(rest[1].clone());
-                if let Some(client) = &session.client {
-                    client.set_name(&rest[1]);
+                // Checked as `CLIENT SETNAME` checks it: a name with a space or a newline
+                // would break `CLIENT LIST`'s lines; an empty name clears it.
+                if let Some(e) = bad_client_name(&rest[1]) {
+                    return e;
                 }
+                name = Some(&rest[1]);
                 rest = &rest[2..];
             } else {
                 return Reply::err(format!(
@@ -916,6 +1059,13 @@ impl<S: Store> Engine<S> {
                  client and select the RESP protocol version at the same time"
                     .into(),
             );
+        }
+        // Named once authenticated, as Redis does.
+        if let Some(name) = name {
+            session.name = (!name.is_empty()).then(|| name.clone());
+            if let Some(client) = &session.client {
+                client.set_name(name);
+            }
         }
         session.protocol = protocol;
         let proto = match protocol {
@@ -961,6 +1111,16 @@ impl<S: Store> Engine<S> {
             }
         }
         Reply::Map(pairs)
+    }
+
+    /// The error for a reply that would exceed the client output limit, before it is built
+    /// whole (the client would be closed for it, as Redis closes clients past their output
+    /// buffer limit, after its memory had been spent).
+    fn reply_too_large(&self, command: &str) -> Reply {
+        Reply::err(format!(
+            "{command} reply exceeds the client output limit of {} bytes",
+            self.config.max_reply_bytes
+        ))
     }
 
     /// `DBSIZE`: counts the database's live keys in batches of committed reads.
@@ -1060,9 +1220,9 @@ impl<S: Store> Engine<S> {
         while let [option, value, tail @ ..] = rest {
             match option.to_ascii_lowercase().as_slice() {
                 b"match" => pattern = Some(value),
-                b"count" => match parse_i64(value).and_then(|c| usize::try_from(c).ok()) {
-                    Some(c) if c >= 1 => count = c.min(10_000),
-                    Some(_) => return Reply::Error(SYNTAX.into()),
+                b"count" => match parse_i64(value) {
+                    Some(c) if c >= 1 => count = usize::try_from(c).unwrap_or(10_000).min(10_000),
+                    Some(_) => return Reply::err(SYNTAX),
                     None => return Reply::err(NOT_INTEGER),
                 },
                 b"type" => type_name = Some(value.to_ascii_lowercase()),
@@ -1076,12 +1236,8 @@ impl<S: Store> Engine<S> {
         let after = if cursor == 0 {
             None
         } else {
-            // A forgotten or foreign cursor starts over, as Redis's would.
-            session
-                .cursors
-                .iter()
-                .find(|(id, _)| *id == cursor)
-                .map(|(_, key)| key.clone())
+            // A forgotten cursor starts over.
+            self.cursors.lock().get(cursor)
         };
         let mut keys = Vec::new();
         let mut examined = 0usize;
@@ -1115,13 +1271,8 @@ impl<S: Store> Engine<S> {
         }
         let next = match (complete, last) {
             (false, Some(key)) => {
-                let id = session.next_cursor;
-                session.next_cursor += 1;
-                if session.cursors.len() >= MAX_CURSORS {
-                    session.cursors.pop_front();
-                }
-                session.cursors.push_back((id, key));
-                id
+                let most = MAX_CURSORS.saturating_mul(self.config.maxclients);
+                self.cursors.lock().open(session.id, key, most)
             }
             _ => 0,
         };
@@ -1245,14 +1396,22 @@ impl<S: Store> Engine<S> {
             "mget" => {
                 lock_keys(tx, db, &args[1..], 1, false)?;
                 let mut out = Vec::with_capacity(args.len() - 1);
+                let mut bytes = 0usize;
                 for i in 1..args.len() {
-                    out.push(match load(tx, &key(i), now)? {
+                    let reply = match load(tx, &key(i), now)? {
                         Ok(Some(Value {
                             data: Data::String(s),
                             ..
                         })) => Reply::Bulk(s),
                         _ => Reply::Null,
-                    });
+                    };
+                    // A key named again is read again: MGET of one 256 KiB value 3,000 times
+                    // built 1.8 GB for a 30 KB request.
+                    bytes = bytes.saturating_add(reply.encoded_len_bound());
+                    if bytes > self.config.max_reply_bytes {
+                        return Ok(self.reply_too_large("MGET"));
+                    }
+                    out.push(reply);
                 }
                 Ok(Reply::Array(out))
             }
@@ -1374,6 +1533,15 @@ impl<S: Store> Engine<S> {
                     return Ok(Reply::err(
                         "string exceeds maximum allowed size (proto-max-bulk-len)",
                     ));
+                }
+                // Refused before the string is built: a far offset built up to 512 MB (and
+                // its encoding as much again) for the store to refuse.
+                let most = self
+                    .store
+                    .max_value_len()
+                    .saturating_sub(crate::value::HEADER);
+                if offset.saturating_add(patch.len()) > most {
+                    return Ok(Reply::Error(crate::store::VALUE_TOO_LARGE.into()));
                 }
                 let (mut s, expires_at) = current.unwrap_or_default();
                 if s.len() < offset + patch.len() {
@@ -1708,16 +1876,21 @@ fn select_db(arg: &[u8]) -> Result<u8, Reply> {
     }
 }
 
+/// The error for a client name Redis refuses (`CLIENT SETNAME`, `HELLO SETNAME`).
+fn bad_client_name(name: &[u8]) -> Option<Reply> {
+    name.iter()
+        .any(|&b| b <= b' ' || b > b'~')
+        .then(|| Reply::err("Client names cannot contain spaces, newlines or special characters."))
+}
+
 fn client(session: &mut Session, args: &[Vec<u8>]) -> Reply {
     let sub = args[1].to_ascii_lowercase();
     match (sub.as_slice(), args.len()) {
         (b"id", 2) => Reply::Integer(session.id as i64),
         (b"getname", 2) => session.name.clone().map_or(Reply::Null, Reply::Bulk),
         (b"setname", 3) => {
-            if args[2].iter().any(|&b| b <= b' ' || b > b'~') {
-                return Reply::err(
-                    "Client names cannot contain spaces, newlines or special characters.",
-                );
+            if let Some(e) = bad_client_name(&args[2]) {
+                return e;
             }
             session.name = (!args[2].is_empty()).then(|| args[2].clone());
             Reply::Simple("OK")
@@ -2170,6 +2343,38 @@ mod tests {
         assert_eq!(run(&e, a, "GET x"), bulk("3"));
     }
 
+    /// Commands queued in `MULTI` and keys `WATCH`ed are held until `EXEC`: their bytes are
+    /// bounded by the client buffer (300 queued SETs of 1 MB held 300 MB), not only their
+    /// count.
+    #[test]
+    fn multi_and_watch_hold_at_most_a_buffer_of_bytes() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let big = "v".repeat(600 << 10);
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, &format!("SET a {big}")), Reply::Simple("QUEUED"));
+        assert_eq!(
+            run(&e, s, &format!("SET b {big}")),
+            Reply::err("MULTI holds at most 1048576 bytes of commands")
+        );
+        assert_eq!(run(&e, s, "SET c 1"), Reply::Simple("QUEUED"));
+        assert_eq!(
+            run(&e, s, "EXEC"),
+            Reply::Error("EXECABORT Transaction discarded because of previous errors.".into())
+        );
+        assert_eq!(run(&e, s, "EXISTS a c"), Reply::Integer(0));
+        // A new MULTI starts with nothing held.
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, &format!("SET a {big}")), Reply::Simple("QUEUED"));
+        assert_eq!(run(&e, s, "DISCARD"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, &format!("WATCH {big}")), Reply::Simple("OK"));
+        assert_eq!(
+            run(&e, s, &format!("WATCH {big}x")),
+            Reply::err("a client may WATCH at most 1048576 bytes of keys")
+        );
+        assert_eq!(run(&e, s, "UNWATCH"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, &format!("WATCH {big}x")), Reply::Simple("OK"));
+    }
     #[test]
     fn keyspace_and_server_commands_run_inside_exec() {
         let e = engine(None);
@@ -2489,6 +2694,205 @@ mod tests {
         );
         drop(std::mem::replace(b, Session::new(10, true)));
         assert_eq!(e.clients().list(9, |_| true).lines().count(), 1);
+    }
+
+    /// `HELLO`'s options are checked as Redis checks them: `AUTH` with a user other than
+    /// `default` is refused (any user name was accepted with the password), `SETNAME`'s name
+    /// as `CLIENT SETNAME`'s (a space went into `CLIENT LIST`'s line) and only once
+    /// authenticated; and the syntax errors carry their `ERR` code.
+    #[test]
+    fn hello_auth_and_setname_are_checked() {
+        let e = engine(Some("sesame"));
+        let s = &mut Session::new(1, false);
+        let wrongpass = Reply::Error(WRONGPASS.into());
+        assert_eq!(run(&e, s, "HELLO 3 AUTH nobody sesame"), wrongpass);
+        assert_eq!(run(&e, s, "CLIENT ID"), {
+            Reply::Error("NOAUTH Authentication required.".into())
+        });
+        assert!(
+            matches!(run(&e, s, "HELLO 2 SETNAME early"), Reply::Error(n) if n.starts_with("NOAUTH"))
+        );
+        assert_eq!(run(&e, s, "AUTH a b c"), Reply::err("syntax error"));
+        assert!(matches!(
+            run(&e, s, "HELLO 3 AUTH default sesame"),
+            Reply::Map(_)
+        ));
+        assert_eq!(s.protocol, Protocol::Resp3);
+        assert_eq!(run(&e, s, "CLIENT GETNAME"), Reply::Null);
+        let request = vec![
+            b"HELLO".to_vec(),
+            b"2".to_vec(),
+            b"SETNAME".to_vec(),
+            b"a b".to_vec(),
+        ];
+        assert_eq!(
+            e.execute(s, request).reply,
+            Reply::err("Client names cannot contain spaces, newlines or special characters.")
+        );
+        assert_eq!(s.protocol, Protocol::Resp3);
+        assert!(matches!(run(&e, s, "HELLO 2 SETNAME me"), Reply::Map(_)));
+        assert_eq!(run(&e, s, "CLIENT GETNAME"), bulk("me"));
+        let request = vec![
+            b"HELLO".to_vec(),
+            b"2".to_vec(),
+            b"SETNAME".to_vec(),
+            Vec::new(),
+        ];
+        assert!(matches!(e.execute(s, request).reply, Reply::Map(_)));
+        assert_eq!(run(&e, s, "CLIENT GETNAME"), Reply::Null);
+        assert_eq!(
+            run(&e, s, "HELLO 4"),
+            Reply::Error("NOPROTO unsupported protocol version".into())
+        );
+        assert_eq!(run(&e, s, "SCAN 0 COUNT 0"), Reply::err("syntax error"));
+        assert_eq!(run(&e, s, "SCAN 0 COUNT -1"), Reply::err("syntax error"));
+    }
+
+    /// One `SCAN` iteration's cursor goes on from another connection (a client's pool hands
+    /// each call to any connection): it restarted there, repeating keys, or — every
+    /// session's cursors were numbered from 1 — took up another iteration's place and
+    /// skipped keys. Another client's scans do not push it out.
+    #[test]
+    fn scan_cursors_go_on_from_any_connection() {
+        let e = engine(None);
+        let a = &mut Session::new(1, true);
+        let b = &mut Session::new(2, true);
+        let c = &mut Session::new(3, true);
+        for i in 0..100 {
+            run(&e, a, &format!("SET k{i:03} v"));
+        }
+        let scan = |s: &mut Session, cursor: &str| -> (String, Vec<Reply>) {
+            let Reply::Array(parts) = run(&e, s, &format!("SCAN {cursor} COUNT 10")) else {
+                panic!("scan reply");
+            };
+            let [Reply::Bulk(next), Reply::Array(keys)] = &parts[..] else {
+                panic!("scan parts: {parts:?}");
+            };
+            (String::from_utf8(next.clone()).unwrap(), keys.clone())
+        };
+        // b is at its fifth step: ids numbered per session gave a's "1" to b's place.
+        let mut other = "0".to_string();
+        for _ in 0..5 {
+            other = scan(b, &other).0;
+        }
+        let (mut cursor, mut seen) = scan(a, "0");
+        let mut turn = 0;
+        while cursor != "0" {
+            // Another client opens more cursors than one client may keep between steps.
+            for _ in 0..MAX_CURSORS + 1 {
+                scan(c, "0");
+            }
+            let s = if turn % 2 == 0 { &mut *b } else { &mut *a };
+            let (next, keys) = scan(s, &cursor);
+            assert!(next.parse::<u64>().unwrap() < 1 << 53, "{next}");
+            seen.extend(keys);
+            cursor = next;
+            turn += 1;
+            assert!(
+                turn < 50,
+                "the iteration does not end: {} keys seen",
+                seen.len()
+            );
+        }
+        assert_eq!(seen.len(), 100, "every key once: {seen:?}");
+        seen.sort_by_key(|r| format!("{r:?}"));
+        seen.dedup();
+        assert_eq!(seen.len(), 100);
+    }
+
+    /// `RESET` (which clients send to reuse a connection) puts the connection back as it
+    /// connected; it was an unknown command.
+    #[test]
+    fn reset_puts_the_connection_back() {
+        let e = engine(Some("sesame"));
+        let s = &mut Session::new(1, false);
+        assert_eq!(run(&e, s, "RESET"), Reply::Simple("RESET"));
+        assert_eq!(run(&e, s, "AUTH sesame"), Reply::Simple("OK"));
+        assert!(matches!(run(&e, s, "HELLO 3 SETNAME me"), Reply::Map(_)));
+        assert_eq!(run(&e, s, "SELECT 2"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "SET k 1"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "WATCH k"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "SET k 2"), Reply::Simple("QUEUED"));
+        assert_eq!(run(&e, s, "RESET"), Reply::Simple("RESET"));
+        assert_eq!(s.protocol, Protocol::Resp2);
+        assert_eq!(
+            run(&e, s, "GET k"),
+            Reply::Error("NOAUTH Authentication required.".into())
+        );
+        assert_eq!(run(&e, s, "AUTH sesame"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "CLIENT GETNAME"), Reply::Null);
+        assert_eq!(run(&e, s, "EXEC"), Reply::err("EXEC without MULTI"));
+        assert_eq!(run(&e, s, "GET k"), Reply::Null);
+        assert_eq!(run(&e, s, "SELECT 2"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "GET k"), bulk("1"));
+        assert_eq!(
+            run(&e, s, "RESET x"),
+            Reply::err("wrong number of arguments for 'reset' command")
+        );
+    }
+
+    /// `SETRANGE` past the store's longest value is refused before the string is built (an
+    /// offset near 512 MB built 512 MB, and its encoding as much again, for the store to
+    /// refuse: four clients at once took the RSS to 1 GB).
+    #[test]
+    fn setrange_past_the_value_limit_builds_nothing() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let most = (1 << 20) - crate::value::HEADER;
+        assert_eq!(
+            run(&e, s, &format!("SETRANGE k {} x", most - 1)),
+            Reply::Integer(most as i64)
+        );
+        let too_large = Reply::Error(crate::store::VALUE_TOO_LARGE.into());
+        assert_eq!(run(&e, s, &format!("SETRANGE k {most} x")), too_large);
+        assert_eq!(run(&e, s, "SETRANGE j 536870000 x"), too_large);
+        assert_eq!(run(&e, s, "EXISTS j"), Reply::Integer(0));
+        assert_eq!(run(&e, s, "STRLEN k"), Reply::Integer(most as i64));
+    }
+
+    /// Replies are bounded as they are built, not only once built: a key or field named
+    /// again is read again (MGET of one 256 KiB value 3,000 times built 1.8 GB for a 30 KB
+    /// request), and so is a GET queued again in MULTI. Past the client output limit MGET
+    /// and HMGET answer an error; EXEC's commands still run, those past it answer one.
+    #[test]
+    fn replies_past_the_output_limit_are_not_built() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let value = "v".repeat(100 << 10);
+        assert_eq!(run(&e, s, &format!("SET big {value}")), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, &format!("HSET h f {value}")), Reply::Integer(1));
+        let nine = ["big"; 9].join(" ");
+        let Reply::Array(values) = run(&e, s, &format!("MGET {nine}")) else {
+            panic!("MGET of 9");
+        };
+        assert_eq!(values.len(), 9);
+        let eleven = ["big"; 11].join(" ");
+        assert_eq!(
+            run(&e, s, &format!("MGET {eleven}")),
+            Reply::err("MGET reply exceeds the client output limit of 1048576 bytes")
+        );
+        let eleven = ["f"; 11].join(" ");
+        assert_eq!(
+            run(&e, s, &format!("HMGET h {eleven}")),
+            Reply::err("HMGET reply exceeds the client output limit of 1048576 bytes")
+        );
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        for _ in 0..11 {
+            assert_eq!(run(&e, s, "GET big"), Reply::Simple("QUEUED"));
+        }
+        assert_eq!(run(&e, s, "INCR n"), Reply::Simple("QUEUED"));
+        let Reply::Array(replies) = run(&e, s, "EXEC") else {
+            panic!("EXEC");
+        };
+        let too_large = Reply::err("EXEC reply exceeds the client output limit of 1048576 bytes");
+        assert_eq!(replies.len(), 12);
+        assert_eq!(replies[0], Reply::Bulk(value.clone().into_bytes()));
+        assert_eq!(replies[10], too_large);
+        assert_eq!(replies[11], Reply::Integer(1));
+        let whole: usize = Reply::Array(replies).encoded_len_bound();
+        assert!(whole <= 1 << 20, "{whole}");
+        assert_eq!(run(&e, s, "GET n"), bulk("1"));
     }
 
     #[test]

@@ -246,6 +246,11 @@ fn number_line(input: &[u8], bad: ProtocolError) -> Result<Option<(i64, usize)>,
         return Err(bad);
     }
     let digits = std::str::from_utf8(&input[1..cr]).map_err(|_| bad.clone())?;
+    // As Redis's `string2ll`: no '+', no leading zeros (`$04`), no "-0"; `parse` takes them.
+    let unsigned = digits.strip_prefix('-').unwrap_or(digits);
+    if (unsigned.starts_with(['+', '0']) && unsigned != "0") || digits == "-0" {
+        return Err(bad);
+    }
     let value: i64 = digits.parse().map_err(|_| bad.clone())?;
     Ok(Some((value, cr + 2)))
 }
@@ -389,6 +394,25 @@ impl Reply {
         Reply::Bulk(text.into().into_bytes())
     }
 
+    /// At least the bytes [`Reply::encode`] writes for this reply, in either protocol.
+    pub fn encoded_len_bound(&self) -> usize {
+        match self {
+            Reply::Simple(text) => text.len() + 3,
+            Reply::Status(text) | Reply::Error(text) => text.len() + 3,
+            Reply::Integer(_) => 23,
+            Reply::Bulk(bytes) => bytes.len() + 25,
+            Reply::Verbatim(bytes) => bytes.len() + 29,
+            Reply::Null | Reply::NullArray => 5,
+            Reply::Array(items) => items
+                .iter()
+                .fold(23, |n, item| n.saturating_add(item.encoded_len_bound())),
+            Reply::Map(pairs) => pairs.iter().fold(23, |n, (key, value)| {
+                n.saturating_add(key.encoded_len_bound())
+                    .saturating_add(value.encoded_len_bound())
+            }),
+        }
+    }
+
     /// Appends the encoding of this reply to `out`.
     pub fn encode(&self, protocol: Protocol, out: &mut Vec<u8>) {
         match self {
@@ -489,6 +513,9 @@ mod tests {
             requests,
             vec![vec![b"SET".to_vec(), b"ab c".to_vec(), b"it's".to_vec()]]
         );
+        // Zero and negative counts and a zero length are numbers too.
+        let requests = parse_all(b"*0\r\n*-1\r\n*1\r\n$0\r\n\r\n").unwrap();
+        assert_eq!(requests, vec![vec![Vec::new()]]);
         // Empty lines are skipped within one call: the request after them is not left
         // waiting for more bytes.
         let mut parser = RequestParser::new(ParserLimits::default());
@@ -501,8 +528,14 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused() {
-        let cases: [(&[u8], ProtocolError); 9] = [
+        let cases: [(&[u8], ProtocolError); 14] = [
             (b"*x\r\n", ProtocolError::MultibulkLength),
+            // Numbers as Redis reads them: these ran as PING.
+            (b"*+1\r\n$4\r\nPING\r\n", ProtocolError::MultibulkLength),
+            (b"*01\r\n$4\r\nPING\r\n", ProtocolError::MultibulkLength),
+            (b"*-0\r\n", ProtocolError::MultibulkLength),
+            (b"*1\r\n$+4\r\nPING\r\n", ProtocolError::BulkLength),
+            (b"*1\r\n$04\r\nPING\r\n", ProtocolError::BulkLength),
             (b"*99999999999\r\n", ProtocolError::MultibulkLength),
             (b"*1\r\n$-5\r\n", ProtocolError::BulkLength),
             (b"*1\r\n$99999999999999\r\n", ProtocolError::BulkLength),

@@ -101,7 +101,14 @@ pub trait Store: Send + Sync + 'static {
     /// Most keys one transaction may both read and write: batches that scan keys and write
     /// them (flushes, the expiry sweep) take at most this many.
     fn max_keys_per_transaction(&self) -> usize;
+    /// Most bytes of one stored value (an encoded [`crate::value::Value`]): commands that
+    /// build a value from a length the client gives (`SETRANGE`) check it first.
+    fn max_value_len(&self) -> usize;
 }
+
+/// The error reply for a value past [`Store::max_value_len`].
+pub const VALUE_TOO_LARGE: &str =
+    "ERR string exceeds maximum allowed size ([serve] max_value_bytes)";
 
 /// The `kv` crate over a running instance.
 #[derive(Debug)]
@@ -189,6 +196,9 @@ impl Store for KvStore {
         let config = self.kv.config();
         config.max_keys_per_txn.min(config.max_reads_per_txn)
     }
+    fn max_value_len(&self) -> usize {
+        self.kv.config().max_value_len
+    }
     fn scan_committed(
         &self,
         from: Bound<&[u8]>,
@@ -202,9 +212,13 @@ impl Store for KvStore {
     }
     fn error_message(error: &kv::KvError) -> String {
         match error {
-            kv::KvError::ValueTooLarge { .. } => {
-                "ERR string exceeds maximum allowed size ([serve] max_value_bytes)".into()
-            }
+            // The KV key holds the database too: the client's key is one byte shorter.
+            kv::KvError::KeyTooLarge { len, max } => format!(
+                "ERR key of {} bytes is longer than the limit of {} ([serve] max_key_bytes)",
+                len.saturating_sub(crate::value::KEY_PREFIX),
+                max.saturating_sub(crate::value::KEY_PREFIX)
+            ),
+            kv::KvError::ValueTooLarge { .. } => VALUE_TOO_LARGE.into(),
             kv::KvError::Full => "OOM command not allowed: the shared storage is full".into(),
             kv::KvError::Retry(_) => {
                 "TRYAGAIN the transaction conflicted too often; try again".into()
@@ -225,6 +239,8 @@ pub(crate) mod memory {
     /// Keys one transaction may write and read, as the KV layer's defaults.
     const MAX_KEYS: usize = 1024;
     const MAX_READS: usize = 1024;
+    /// The longest value the memory store declares (it stores longer ones all the same).
+    const MAX_VALUE: usize = 1 << 20;
 
     #[derive(Debug, Default)]
     pub(crate) struct MemoryStore {
@@ -432,6 +448,9 @@ pub(crate) mod memory {
         }
         fn max_keys_per_transaction(&self) -> usize {
             MAX_KEYS
+        }
+        fn max_value_len(&self) -> usize {
+            MAX_VALUE
         }
     }
 }

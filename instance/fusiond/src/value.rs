@@ -41,6 +41,9 @@ fn next_write_stamp() -> u64 {
     .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Bytes a KV key holds beside the client's key (its database).
+pub const KEY_PREFIX: usize = 1;
+
 /// The KV key of `key` in database `db`.
 pub fn kv_key(db: u8, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 1);

@@ -518,9 +518,19 @@ fn kv_limits_are_configured() {
         other => panic!("a value past the limit was stored: {other:?}"),
     }
     match client.call(&["SET", &"k".repeat(17), "v"]).unwrap() {
-        Resp::Error(e) => assert!(e.contains("longer than the limit of 16"), "{e}"),
+        Resp::Error(e) => assert!(
+            e.contains("key of 17 bytes is longer than the limit of 16"),
+            "{e}"
+        ),
         other => panic!("a key past the limit was stored: {other:?}"),
     }
+    // A key of the limit itself is stored (its database byte is not counted against it).
+    let longest = "k".repeat(16);
+    assert_eq!(
+        client.call(&["SET", &longest, "v"]).unwrap(),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(client.call(&["GET", &longest]).unwrap(), Resp::bulk("v"));
     assert_eq!(client.call(&["GET", "k"]).unwrap(), Resp::bulk(&fits));
     // Keys written and keys read have their own limits.
     let keys: Vec<String> = (0..21).map(|i| format!("m{i}")).collect();

@@ -82,8 +82,8 @@ fn main() -> ExitCode {
             config.failure.io_timeout.as_millis(),
             config.failure.disk_interval.as_millis(),
             config.failure.disk_timeout.as_millis(),
-            kv_config.max_key_len,
-            kv_config.max_value_len,
+            config.serve.max_key_bytes,
+            config.serve.max_value_bytes,
             kv_config.max_keys_per_txn,
             kv_config.max_reads_per_txn,
             kv_config.lock_timeout.as_millis(),
@@ -102,7 +102,10 @@ fn main() -> ExitCode {
 /// The KV layer's limits from `[serve]`, checked for blocks with `payload` bytes.
 fn kv_config(serve: &ServeConfig, payload: usize) -> Result<kv::KvConfig, String> {
     let config = kv::KvConfig {
-        max_key_len: serve.max_key_bytes,
+        // A key of max_key_bytes is stored with its database (a 1024-byte key was refused).
+        max_key_len: serve
+            .max_key_bytes
+            .saturating_add(fusiond::value::KEY_PREFIX),
         // A string of max_value_bytes is stored with its type and expiry.
         max_value_len: serve.max_value_bytes.saturating_add(fusiond::value::HEADER),
         max_keys_per_txn: serve.max_keys_per_transaction,
@@ -112,9 +115,10 @@ fn kv_config(serve: &ServeConfig, payload: usize) -> Result<kv::KvConfig, String
     };
     config.check(payload).map_err(|e| {
         format!(
-            "[serve] max_key_bytes {}, max_value_bytes {} (at most {}), \
-             max_keys_per_transaction {}: {e}",
+            "[serve] max_key_bytes {} (stored with {} byte more), max_value_bytes {} \
+             (at most {}), max_keys_per_transaction {}: {e}",
             serve.max_key_bytes,
+            fusiond::value::KEY_PREFIX,
             serve.max_value_bytes,
             kv::KvConfig::MOST_VALUE_LEN - fusiond::value::HEADER,
             serve.max_keys_per_transaction

@@ -51,12 +51,20 @@ impl<S: Store> Engine<S> {
                         .map(|i| &fields[i].1)
                 };
                 Ok(match name {
-                    "hmget" => Reply::Array(
-                        args[2..]
-                            .iter()
-                            .map(|f| find(f).map_or(Reply::Null, |v| Reply::Bulk(v.clone())))
-                            .collect(),
-                    ),
+                    "hmget" => {
+                        // A field named again is answered again: bounded as MGET's keys.
+                        let mut bytes = 0usize;
+                        let mut out = Vec::with_capacity(args.len() - 2);
+                        for field in &args[2..] {
+                            let reply = find(field).map_or(Reply::Null, |v| Reply::Bulk(v.clone()));
+                            bytes = bytes.saturating_add(reply.encoded_len_bound());
+                            if bytes > self.config.max_reply_bytes {
+                                return Ok(self.reply_too_large("HMGET"));
+                            }
+                            out.push(reply);
+                        }
+                        Reply::Array(out)
+                    }
                     "hkeys" => {
                         Reply::Array(fields.iter().map(|(f, _)| Reply::Bulk(f.clone())).collect())
                     }
