@@ -2597,6 +2597,13 @@ mod tests {
         assert_eq!(headers(&text(run(&e, s, "INFO everything"))), headers(&all));
         assert_eq!(headers(&text(run(&e, s, "INFO all"))), headers(&all));
         assert_eq!(text(run(&e, s, "INFO nosuchsection")), "");
+        // `redis-cli --stat` reads `used_memory` (it showed 0 B without it).
+        let used: u64 = text(run(&e, s, "INFO memory"))
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(used > 0, "used_memory missing or zero");
         // RESP3 answers a verbatim string.
         let mut out = Vec::new();
         Reply::Verbatim(b"x".to_vec()).encode(Protocol::Resp3, &mut out);

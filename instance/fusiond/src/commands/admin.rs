@@ -97,11 +97,14 @@ impl<S: Store> Engine<S> {
                 self.config.maxclients,
             ),
             "memory" => {
+                // `used_memory` is the resident size too (no allocator statistics here):
+                // `redis-cli --stat` and dashboards read it, and showed 0 without it.
                 let rss = resident_bytes();
+                let mib = rss as f64 / f64::from(1u32 << 20);
                 format!(
-                    "# Memory\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{:.2}M\r\n\
-                     maxmemory:0\r\nmaxmemory_policy:noeviction\r\n",
-                    rss as f64 / f64::from(1u32 << 20)
+                    "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{mib:.2}M\r\n\
+                     used_memory_rss:{rss}\r\nused_memory_rss_human:{mib:.2}M\r\n\
+                     maxmemory:0\r\nmaxmemory_policy:noeviction\r\n"
                 )
             }
             // Every write is durable at its reply: an append-only file always in sync.
