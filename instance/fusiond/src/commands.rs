@@ -214,6 +214,15 @@ impl Session {
         self.client = Some(client);
     }
 
+    /// Names the connection (`CLIENT SETNAME`, `HELLO SETNAME`, `RESET`): here and in the
+    /// server's client table; an empty name clears it.
+    fn set_name(&mut self, name: &[u8]) {
+        self.name = (!name.is_empty()).then(|| name.to_vec());
+        if let Some(client) = &self.client {
+            client.set_name(name);
+        }
+    }
+
     /// Publishes what other clients see of this one after `command`.
     fn publish(&self, command: &'static str) {
         if let Some(client) = &self.client {
@@ -278,20 +287,48 @@ struct CommandSpec {
     /// As Redis counts it: the name included, negative for "at least".
     arity: i32,
     keys: Keys,
+    /// Runs before `AUTH` where a password is required.
+    before_auth: bool,
+    /// Runs at once inside `MULTI` (not queued).
+    at_once_in_multi: bool,
 }
 
 const fn cmd(name: &'static str, arity: i32, keys: Keys) -> CommandSpec {
-    CommandSpec { name, arity, keys }
+    CommandSpec {
+        name,
+        arity,
+        keys,
+        before_auth: false,
+        at_once_in_multi: false,
+    }
+}
+
+impl CommandSpec {
+    /// This entry, run before `AUTH` too.
+    const fn before_auth(self) -> Self {
+        Self {
+            before_auth: true,
+            ..self
+        }
+    }
+
+    /// This entry, run at once inside `MULTI`.
+    const fn at_once_in_multi(self) -> Self {
+        Self {
+            at_once_in_multi: true,
+            ..self
+        }
+    }
 }
 
 const COMMANDS: &[CommandSpec] = &[
     cmd("ping", -1, Keys::None),
     cmd("echo", 2, Keys::None),
-    cmd("hello", -1, Keys::None),
-    cmd("auth", -2, Keys::None),
+    cmd("hello", -1, Keys::None).before_auth(),
+    cmd("auth", -2, Keys::None).before_auth(),
     cmd("select", 2, Keys::None),
-    cmd("quit", -1, Keys::None),
-    cmd("reset", 1, Keys::None),
+    cmd("quit", -1, Keys::None).before_auth().at_once_in_multi(),
+    cmd("reset", 1, Keys::None).before_auth().at_once_in_multi(),
     cmd("client", -2, Keys::None),
     cmd("command", -1, Keys::None),
     cmd("config", -2, Keys::None),
@@ -332,10 +369,10 @@ const COMMANDS: &[CommandSpec] = &[
     cmd("hlen", 2, Keys::Data),
     cmd("hexists", 3, Keys::Data),
     cmd("hincrby", 4, Keys::ReadThenWrite),
-    cmd("multi", 1, Keys::None),
-    cmd("exec", 1, Keys::None),
-    cmd("discard", 1, Keys::None),
-    cmd("watch", -2, Keys::None),
+    cmd("multi", 1, Keys::None).at_once_in_multi(),
+    cmd("exec", 1, Keys::None).at_once_in_multi(),
+    cmd("discard", 1, Keys::None).at_once_in_multi(),
+    cmd("watch", -2, Keys::None).at_once_in_multi(),
     cmd("unwatch", 1, Keys::None),
     cmd("setnx", 3, Keys::ReadThenWrite),
     cmd("setex", 4, Keys::Data),
@@ -648,14 +685,11 @@ impl<S: Store> Engine<S> {
             }
             return reply(wrong_args(name));
         }
-        if !session.authenticated && !matches!(name, "auth" | "hello" | "quit" | "reset") {
+        if !session.authenticated && !spec.before_auth {
             return reply(Reply::Error("NOAUTH Authentication required.".into()));
         }
         if let Some(multi) = &mut session.multi
-            && !matches!(
-                name,
-                "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
-            )
+            && !spec.at_once_in_multi
         {
             if multi.queued.len() >= MAX_QUEUED {
                 multi.failed = true;
@@ -990,10 +1024,7 @@ impl<S: Store> Engine<S> {
         session.watched.clear();
         session.db = 0;
         session.protocol = Protocol::Resp2;
-        session.name = None;
-        if let Some(client) = &session.client {
-            client.set_name(b"");
-        }
+        session.set_name(b"");
         session.authenticated = self.config.requirepass.is_none();
         Reply::Simple("RESET")
     }
@@ -1062,10 +1093,7 @@ impl<S: Store> Engine<S> {
         }
         // Named once authenticated, as Redis does.
         if let Some(name) = name {
-            session.name = (!name.is_empty()).then(|| name.clone());
-            if let Some(client) = &session.client {
-                client.set_name(name);
-            }
+            session.set_name(name);
         }
         session.protocol = protocol;
         let proto = match protocol {
@@ -1121,6 +1149,27 @@ impl<S: Store> Engine<S> {
             "{command} reply exceeds the client output limit of {} bytes",
             self.config.max_reply_bytes
         ))
+    }
+
+    /// The array of `items`, or [`Engine::reply_too_large`] once their replies pass the
+    /// client output limit while built: a key or field named again is read again (MGET of
+    /// one 256 KiB value 3,000 times built 1.8 GB for a 30 KB request).
+    fn bounded_array<E>(
+        &self,
+        command: &str,
+        items: impl Iterator<Item = Result<Reply, E>>,
+    ) -> Result<Reply, E> {
+        let mut out = Vec::with_capacity(items.size_hint().0);
+        let mut bytes = 0usize;
+        for item in items {
+            let reply = item?;
+            bytes = bytes.saturating_add(reply.encoded_len_bound());
+            if bytes > self.config.max_reply_bytes {
+                return Ok(self.reply_too_large(command));
+            }
+            out.push(reply);
+        }
+        Ok(Reply::Array(out))
     }
 
     /// `DBSIZE`: counts the database's live keys in batches of committed reads.
@@ -1395,25 +1444,18 @@ impl<S: Store> Engine<S> {
             }
             "mget" => {
                 lock_keys(tx, db, &args[1..], 1, false)?;
-                let mut out = Vec::with_capacity(args.len() - 1);
-                let mut bytes = 0usize;
-                for i in 1..args.len() {
-                    let reply = match load(tx, &key(i), now)? {
-                        Ok(Some(Value {
-                            data: Data::String(s),
-                            ..
-                        })) => Reply::Bulk(s),
-                        _ => Reply::Null,
-                    };
-                    // A key named again is read again: MGET of one 256 KiB value 3,000 times
-                    // built 1.8 GB for a 30 KB request.
-                    bytes = bytes.saturating_add(reply.encoded_len_bound());
-                    if bytes > self.config.max_reply_bytes {
-                        return Ok(self.reply_too_large("MGET"));
-                    }
-                    out.push(reply);
-                }
-                Ok(Reply::Array(out))
+                self.bounded_array(
+                    "MGET",
+                    (1..args.len()).map(|i| {
+                        Ok(match load(tx, &key(i), now)? {
+                            Ok(Some(Value {
+                                data: Data::String(s),
+                                ..
+                            })) => Reply::Bulk(s),
+                            _ => Reply::Null,
+                        })
+                    }),
+                )
             }
             "mset" | "msetnx" => {
                 if args.len().is_multiple_of(2) {
@@ -1892,7 +1934,7 @@ fn client(session: &mut Session, args: &[Vec<u8>]) -> Reply {
             if let Some(e) = bad_client_name(&args[2]) {
                 return e;
             }
-            session.name = (!args[2].is_empty()).then(|| args[2].clone());
+            session.set_name(&args[2]);
             Reply::Simple("OK")
         }
         // Client libraries name themselves on connect (redis-py, go-redis): accepted, as

@@ -161,14 +161,12 @@ impl<S: Store> Engine<S> {
             (b"kill", _) => super::wrong_args("client|kill"),
             (b"id" | b"getname" | b"setname" | b"setinfo", _) => {
                 let reply = client(session, args);
+                // (`SETNAME` names the session's table entry itself.)
                 if reply == Reply::Simple("OK")
+                    && sub.as_slice() == b"setinfo"
                     && let Some(handle) = &session.client
                 {
-                    match sub.as_slice() {
-                        b"setname" => handle.set_name(&args[2]),
-                        b"setinfo" => handle.set_lib(&args[2], &args[3]),
-                        _ => {}
-                    }
+                    handle.set_lib(&args[2], &args[3]);
                 }
                 reply
             }

@@ -51,20 +51,14 @@ impl<S: Store> Engine<S> {
                         .map(|i| &fields[i].1)
                 };
                 Ok(match name {
-                    "hmget" => {
-                        // A field named again is answered again: bounded as MGET's keys.
-                        let mut bytes = 0usize;
-                        let mut out = Vec::with_capacity(args.len() - 2);
-                        for field in &args[2..] {
-                            let reply = find(field).map_or(Reply::Null, |v| Reply::Bulk(v.clone()));
-                            bytes = bytes.saturating_add(reply.encoded_len_bound());
-                            if bytes > self.config.max_reply_bytes {
-                                return Ok(self.reply_too_large("HMGET"));
-                            }
-                            out.push(reply);
-                        }
-                        Reply::Array(out)
-                    }
+                    "hmget" => self.bounded_array(
+                        "HMGET",
+                        args[2..].iter().map(|field| {
+                            Ok::<_, S::Error>(
+                                find(field).map_or(Reply::Null, |v| Reply::Bulk(v.clone())),
+                            )
+                        }),
+                    )?,
                     "hkeys" => {
                         Reply::Array(fields.iter().map(|(f, _)| Reply::Bulk(f.clone())).collect())
                     }
