@@ -337,7 +337,7 @@ impl Instance {
             storage.as_ref(),
             &layout,
             &InstanceSlot {
-                state: SlotState::Up,
+                state: SlotState::Entering,
                 ..slot
             },
         )?;
@@ -1384,7 +1384,8 @@ impl Setting<'_> {
                         let mut slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;
                         let next = heartbeat.unwrap_or(slot.heartbeat).wrapping_add(1);
                         slot.heartbeat = next;
-                        slot.state = SlotState::Up;
+                        // Not running yet: these moves hold nothing of a previous life.
+                        slot.state = SlotState::Entering;
                         format::write_slot(self.storage.as_ref(), self.layout, &slot)?;
                         heartbeat = Some(next);
                         let looks: Vec<SlotLook> = InstanceId::all()
@@ -1395,7 +1396,7 @@ impl Setting<'_> {
                                         .ok()?;
                                 Some(SlotLook {
                                     instance: id,
-                                    down: slot.state == SlotState::Down,
+                                    state: slot.state,
                                     heartbeat: slot.heartbeat,
                                     paxos: slot.paxos,
                                 })

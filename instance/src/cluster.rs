@@ -743,6 +743,8 @@ pub struct ClusterStats {
 #[derive(Debug, Clone, Copy)]
 struct DiskSeen {
     counter: u64,
+    /// The slot said a new life is entering.
+    entering: bool,
     /// When a round here first saw `counter` (at the round's end: after the write of it).
     changed_at: Timestamp,
     /// When the latest round that read this slot began: a heartbeat write that completed
@@ -898,6 +900,7 @@ impl ClusterManager {
             disk: vec![
                 DiskSeen {
                     counter: 0,
+                    entering: false,
                     changed_at: now,
                     read_by_round_of: Timestamp::ZERO,
                 };
@@ -1050,16 +1053,32 @@ impl ClusterManager {
         self.round_started = started;
     }
 
-    /// A disk-heartbeat observation of `peer`'s slot: its counter and its Paxos block.
-    pub fn on_disk(&mut self, peer: InstanceId, counter: u64, paxos: &[u8], now: Timestamp) {
+    /// A disk-heartbeat observation of `peer`'s slot: its counter, whether it says a new life
+    /// is entering (`SlotState::Entering`), and its Paxos block.
+    ///
+    /// An entering life's moves are one change, the first read of that state: its previous
+    /// life (whose lease the change bounds) ended before it started, so they say nothing of
+    /// that lease — and one that keeps beating while it cannot reach the cluster held the
+    /// recovery of its previous life for as long as it tried (`docs/membership.md`).
+    pub fn on_disk(
+        &mut self,
+        peer: InstanceId,
+        counter: u64,
+        entering: bool,
+        paxos: &[u8],
+        now: Timestamp,
+    ) {
         if now.saturating_since(self.disk_observed) >= self.config.disk_timeout {
             self.disk_fresh_since = now;
         }
         self.disk_observed = self.disk_observed.max(now);
         let seen = &mut self.disk[peer.index()];
-        if counter != seen.counter {
+        if (counter, entering) != (seen.counter, seen.entering) {
+            if !(entering && seen.entering) {
+                seen.changed_at = now;
+            }
             seen.counter = counter;
-            seen.changed_at = now;
+            seen.entering = entering;
         }
         seen.read_by_round_of = seen.read_by_round_of.max(self.round_started);
         if peer == self.me {
@@ -1830,6 +1849,18 @@ mod tests {
 
         /// A disk-heartbeat round: counters of `beating` move; every block is observed.
         fn disk_round(&mut self, beating: &[u64], counter: u64, members: &[u64], now: Timestamp) {
+            self.disk_round_entering(beating, &[], counter, members, now);
+        }
+
+        /// [`Self::disk_round`] in which the slots of `entering` say a new life is entering.
+        fn disk_round_entering(
+            &mut self,
+            beating: &[u64],
+            entering: &[u64],
+            counter: u64,
+            members: &[u64],
+            now: Timestamp,
+        ) {
             if self.stalled {
                 return;
             }
@@ -1837,7 +1868,7 @@ mod tests {
             for &p in members {
                 let bytes = self.disk.borrow()[p as usize];
                 let c = if beating.contains(&p) { counter } else { 0 };
-                self.m.on_disk(id(p), c, &bytes, now);
+                self.m.on_disk(id(p), c, entering.contains(&p), &bytes, now);
             }
         }
     }
@@ -2571,6 +2602,33 @@ mod tests {
         // A heartbeat that moves again (the member missed the decision) pushes it out.
         m.disk_round(&[0, 1, 2], 12, &[0, 1, 2], at(1200));
         assert_eq!(m.lost_lease_end(set(&[2]), decided_at), at(1200) + wait);
+    }
+
+    /// A new life that moves the slot in the entering state (restarted at once, it cannot
+    /// reach the members) does not hold the recovery of its previous life: only the first
+    /// read of that state counts as a change. Before, every move pushed the wait out, until
+    /// the new life gave up (60 s) — on every restart.
+    #[test]
+    fn an_entering_lifes_moves_do_not_push_out_its_previous_lifes_lease() {
+        let mut m = manager(0, &[0, 1, 2]);
+        let lease = FailureConfig::default().lease;
+        let wait = lease + lease / 8;
+        run(&mut m, &[1, 2], &[0, 1, 2], 0, 500);
+        // Instance 2 died; its new life moves the slot as entering from 600 ms on.
+        let decided_at = at(550);
+        let first_entering = at(600);
+        let mut t = 600;
+        while t <= 3_000 {
+            m.disk_round_entering(&[0, 1, 2], &[2], t, &[0, 1, 2], at(t));
+            t += 100;
+        }
+        assert_eq!(
+            m.lost_lease_end(set(&[2]), decided_at),
+            first_entering + wait
+        );
+        // Once running again (state up), its moves count as before.
+        m.disk_round(&[0, 1, 2], 3_100, &[0, 1, 2], at(3_100));
+        assert_eq!(m.lost_lease_end(set(&[2]), decided_at), at(3_100) + wait);
     }
 
     #[test]

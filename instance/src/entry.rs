@@ -26,6 +26,7 @@
 //! [`Node`]: crate::node::Node
 
 use crate::cluster::{ClusterMessage, FailureConfig, TimingMismatch};
+use crate::format::SlotState;
 use crate::paxos::{
     DEFAULT_PHASE_TIMEOUT, Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosBlock, PaxosConfig,
     PaxosEvent, PaxosIo, Proposal,
@@ -74,8 +75,9 @@ pub struct EntryConfig {
 pub struct SlotLook {
     /// Whose slot.
     pub instance: InstanceId,
-    /// The instance shut down cleanly (or never ran): it is not running.
-    pub down: bool,
+    /// What its owner says it is doing: shut down cleanly (or never ran), running, or a new
+    /// life entering (whose moves say nothing of the previous life: it had ended).
+    pub state: SlotState,
     /// Its disk-heartbeat counter.
     pub heartbeat: u64,
     /// Its Paxos block, as the slot holds it.
@@ -189,10 +191,12 @@ struct Restarting {
     asked: bool,
 }
 
-/// A slot as last seen: whether down, its counter, since when it has not moved.
+/// A slot as last seen: its state, its counter, since when it has not moved (a new life
+/// entering moves it without a running life behind it: it has not moved since the first
+/// look that found it entering).
 #[derive(Debug, Clone, Copy)]
 struct SlotSeen {
-    down: bool,
+    state: SlotState,
     heartbeat: u64,
     since: Timestamp,
 }
@@ -259,6 +263,16 @@ pub struct Entry {
     /// The last completed round: when it was asked for, and the newest epoch its blocks
     /// show accepted or decided without this instance or as a formation.
     last_look: Option<(Timestamp, Epoch)>,
+    /// The newest decided membership heard of (from the voting area or a running member),
+    /// and whether it names this instance (its previous life, still a member).
+    newest_decided: Option<(Epoch, bool)>,
+    /// The newest epoch the voting area shows a value accepted for that names this
+    /// instance (it may be decided).
+    accepted_with_me: Epoch,
+    /// The newest decision known excluded this instance, and no newer value names it: an
+    /// epoch above this one that names it admits this life (see [`Entry::free_at`]). Once
+    /// set, kept.
+    free_at: Option<Epoch>,
     /// Entered, waiting for the own Paxos write in flight to complete.
     entered: Option<Entered>,
     outcome: Option<Result<Entered, EntryError>>,
@@ -310,6 +324,9 @@ impl Entry {
             restarting: None,
             round_asked_at: now,
             last_look: None,
+            newest_decided: None,
+            accepted_with_me: Epoch(0),
+            free_at: None,
             entered: None,
             outcome: None,
             transmits: VecDeque::new(),
@@ -347,7 +364,7 @@ impl Entry {
     pub fn handle_connected(&mut self, peer: InstanceId, now: Timestamp) {
         self.connected.insert(peer);
         self.tell(peer, now);
-        if self.running.is_some() {
+        if self.running.is_some() && self.free_at.is_some() {
             let timings = self.config.failure;
             self.send(peer, ClusterMessage::JoinRequest { timings });
         }
@@ -416,6 +433,7 @@ impl Entry {
                 if !live.contains(from) {
                     return;
                 }
+                self.note_decided(epoch, live);
                 self.answered.insert(from);
                 if let Some(known) = self.peer_known.get_mut(from.index()) {
                     *known = None;
@@ -477,12 +495,16 @@ impl Entry {
                 });
                 return;
             }
-            // Only a member of the epoch it decided admits.
+            // Only a member of the epoch it decided admits, and only this life: a membership
+            // that names this instance before a decision excluded it is its previous life's.
             ClusterMessage::Reconfigure { epoch, live }
                 if acceptable(live) && live.contains(from) && self.restarting.is_none() =>
             {
-                self.enter(Entered::Joined { epoch, live });
-                return;
+                if self.free_at.is_some_and(|excluded| epoch > excluded) {
+                    self.enter(Entered::Joined { epoch, live });
+                    return;
+                }
+                self.note_decided(epoch, live);
             }
             _ => {}
         }
@@ -508,9 +530,17 @@ impl Entry {
             };
             read[look.instance.index()] = true;
             *seen = match *seen {
-                Some(s) if s.down == look.down && s.heartbeat == look.heartbeat => Some(s),
+                Some(s)
+                    if (s.state, s.heartbeat) == (look.state, look.heartbeat)
+                        || (s.state, look.state) == (SlotState::Entering, SlotState::Entering) =>
+                {
+                    Some(SlotSeen {
+                        heartbeat: look.heartbeat,
+                        ..s
+                    })
+                }
                 _ => Some(SlotSeen {
-                    down: look.down,
+                    state: look.state,
                     heartbeat: look.heartbeat,
                     since: now,
                 }),
@@ -521,6 +551,9 @@ impl Entry {
                 let against_me = |v: Proposal| v.formation || !v.members.contains(me);
                 if block.inp.is_some_and(against_me) {
                     against = against.max(block.epoch);
+                }
+                if block.inp.is_some_and(|v| v.members.contains(me)) {
+                    self.accepted_with_me = self.accepted_with_me.max(block.epoch);
                 }
                 if against_me(block.decided.value) {
                     against = against.max(block.decided.epoch);
@@ -546,6 +579,8 @@ impl Entry {
         }
         self.last_look = Some((self.round_asked_at, against));
         self.pump_paxos(now);
+        let decided = self.paxos.decided();
+        self.note_decided(decided.epoch, decided.value.members);
         self.restart_when_clear();
         // The peers hear at once which decision this instance knows (first look, or a new
         // one learnt): a formation waits for all of them to know the same.
@@ -629,9 +664,9 @@ impl Entry {
         if !self.round_in_flight && self.rounds_wanted() && now >= self.next_round {
             // This instance's slot moves while it looks for the cluster (so nobody takes it
             // for a member that is gone), and everyone's slots are watched. Not once a
-            // running cluster is known: its members wait for this slot to be still for the
-            // lease before they recover this instance's previous life, and only then admit
-            // it — a moving slot would hold that recovery, and the admission, forever.
+            // running cluster is known: its members' messages say what it needs from then
+            // on. (The moves, in the entering state, hold no recovery of its previous life:
+            // `ClusterManager::on_disk`.)
             self.round_in_flight = true;
             self.round_asked_at = now;
             self.ios.push_back(EntryIo::SlotRound);
@@ -851,7 +886,9 @@ impl Entry {
                 InstanceId::new(index as u64).is_ok_and(|id| self.config.configured.contains(id));
             listed
                 || match seen {
-                    Some(s) => s.down || observed.saturating_since(s.since) >= still,
+                    Some(s) => {
+                        s.state == SlotState::Down || observed.saturating_since(s.since) >= still
+                    }
                     // Slots past the configured ones that the driver does not read are not
                     // instances; a configured one not read yet may be running.
                     None => !configured,
@@ -943,7 +980,42 @@ impl Entry {
         self.running.is_none() || self.restarting.is_some_and(|r| !r.asked)
     }
 
+    /// A decided membership heard of (epoch 0 is a formation under way, not a decision).
+    fn note_decided(&mut self, epoch: Epoch, live: InstanceSet) {
+        if epoch > Epoch(0) && self.newest_decided.is_none_or(|(e, _)| epoch > e) {
+            self.newest_decided = Some((epoch, live.contains(self.config.me)));
+        }
+        self.update_free();
+    }
+
+    /// Whether this life may ask to join, and from which epoch on an admission is its own.
+    ///
+    /// A new life of an instance its members still count (killed and restarted before they
+    /// noticed) must not take a membership naming the instance for its admission: that is
+    /// its previous life's, whose redo, locks and blocks were never recovered (membership
+    /// seed 1657 with immediate restarts: a view change that admitted another instance named
+    /// the restarted one, which entered as a member nobody had recovered). So it asks to
+    /// join, and takes an admission, only once the newest decision it knows — after its
+    /// first look at the voting area, which shows every decision made before this life
+    /// began (the decider's accepted value is on disk before anyone acts on it) — leaves
+    /// the instance out and no newer accepted value names it. Any later membership naming it
+    /// follows that exclusion: an admission asked for after it, by this life (a dead life
+    /// that asked and never entered changes nothing).
+    fn update_free(&mut self) {
+        if self.free_at.is_some() || self.observed.is_none() {
+            return;
+        }
+        let (epoch, with_me) = self.newest_decided.unwrap_or((Epoch(0), false));
+        if !with_me && self.accepted_with_me <= epoch {
+            self.free_at = Some(epoch);
+            self.ask_to_join();
+        }
+    }
+
     fn ask_to_join(&mut self) {
+        if self.free_at.is_none() {
+            return;
+        }
         if let Some((_, live, _)) = self.running {
             let connected = self.connected;
             let timings = self.config.failure;
@@ -1084,7 +1156,7 @@ mod tests {
             .iter()
             .map(|&n| SlotLook {
                 instance: id(n),
-                down: false,
+                state: SlotState::Up,
                 heartbeat: if moving.contains(&n) { ms } else { 7 },
                 paxos: disk[n as usize],
             })
@@ -1432,8 +1504,10 @@ mod tests {
         let request = ClusterMessage::JoinRequest {
             timings: FailureConfig::default(),
         };
-        assert!(sent(&mut e).contains(&(id(0), request)));
+        // Not before its first look at the voting area (its previous life may be a member).
+        assert!(!sent(&mut e).contains(&(id(0), request)));
         round(&mut e, 20, &all, &[0, 1, 2]);
+        assert!(sent(&mut e).contains(&(id(0), request)));
         // Repeated, and no more slot rounds (the members wait for the slot to be still).
         for ms in (100..3_000).step_by(100) {
             e.handle_timeout(at(ms));
@@ -1461,11 +1535,73 @@ mod tests {
         );
     }
 
+    /// A new life started before the members let its previous one go (a supervisor's
+    /// immediate restart): a membership naming the instance is the previous life's until a
+    /// decision excludes it. Only then does the new life ask to join, and only a membership
+    /// decided after that exclusion admits it (membership seed 1657 with immediate restarts:
+    /// a view change admitting another instance named it, and it entered as a member whose
+    /// previous life nobody had recovered).
+    #[test]
+    fn a_new_life_takes_no_membership_of_its_previous_life_for_its_admission() {
+        let all = [0, 1, 2];
+        let mut e = entry(2, &all);
+        assert_eq!(ios(&mut e), vec![EntryIo::SlotRound]);
+        let mut d = disk(3);
+        d[0] = decided(0, 4, 1, &[0, 1, 2]);
+        round_on(&mut e, &d, 10, &all, &[0, 1]);
+        e.handle_connected(id(0), at(15));
+        e.handle_connected(id(1), at(15));
+        let asked = |sent: &[(InstanceId, ClusterMessage)]| {
+            sent.iter()
+                .any(|(_, m)| matches!(m, ClusterMessage::JoinRequest { .. }))
+        };
+        let members = |epoch: u64, live: &[u64]| ClusterMessage::Reconfigure {
+            epoch: Epoch(epoch),
+            live: set(live),
+        };
+        let running = ClusterMessage::Hello {
+            running: true,
+            epoch: Epoch(5),
+            live: set(&[0, 1, 2]),
+            timings: FailureConfig::default(),
+        };
+        e.handle_message(id(0), running, at(20));
+        // A view change that still names it is no admission, and it asks for none.
+        e.handle_message(id(0), members(6, &[0, 1, 2]), at(30));
+        for ms in (100..2_000).step_by(100) {
+            e.handle_timeout(at(ms));
+            let _ = ios(&mut e);
+        }
+        assert!(e.outcome().is_none());
+        assert!(!asked(&sent(&mut e)));
+        // Voted out at 7 (the members' status says so): now it asks.
+        let status = ClusterMessage::Status {
+            epoch: Epoch(7),
+            live: set(&[0, 1]),
+            recovered: Epoch(7),
+        };
+        e.handle_message(id(0), status, at(2_000));
+        assert!(asked(&sent(&mut e)));
+        // A late copy of the old membership still admits nothing; one after the exclusion
+        // does.
+        e.handle_message(id(1), members(6, &[0, 1, 2]), at(2_010));
+        assert!(e.outcome().is_none());
+        e.handle_message(id(1), members(8, &[0, 1, 2]), at(2_020));
+        assert_eq!(
+            e.outcome(),
+            Some(&Ok(Entered::Joined {
+                epoch: Epoch(8),
+                live: set(&[0, 1, 2])
+            }))
+        );
+    }
+
     #[test]
     fn a_running_cluster_with_other_timings_stops_the_joiner_naming_both_values() {
         let all = [0, 1, 2];
         let mut e = entry_with(2, &all, longer_lease(), 0);
         assert_eq!(ios(&mut e), vec![EntryIo::SlotRound]);
+        round(&mut e, 2, &all, &[0, 1, 2]);
         e.handle_connected(id(0), at(5));
         // A Status (no timings) makes it ask, with its own timings: the members judge them.
         let status = ClusterMessage::Status {

@@ -65,7 +65,7 @@ use crate::cluster::{
     ClusterAction, ClusterDecodeError, ClusterManager, ClusterMessage, FailureConfig, InstanceEvent,
 };
 use crate::core::{Completion, Core, CoreError, IoOp, RecoveryTarget, Send as CoreSend, Ticket};
-use crate::format::control::SLOT_PAXOS_LEN;
+use crate::format::control::{SLOT_PAXOS_LEN, SlotState};
 use crate::paxos::PaxosIo;
 use crate::recovery::{ResumableScan, ThreadScan};
 use gcs::{BlockId, BlockMode};
@@ -118,6 +118,9 @@ pub struct NodeConfig {
 pub struct SlotSeen {
     /// Whose slot.
     pub instance: InstanceId,
+    /// What its owner says it is doing (a new life entering moves it without renewing
+    /// anything: [`ClusterManager::on_disk`](crate::cluster::ClusterManager::on_disk)).
+    pub state: SlotState,
     /// Its disk-heartbeat counter.
     pub heartbeat: u64,
     /// Its Disk Paxos block.
@@ -664,8 +667,13 @@ impl Node {
     pub fn handle_disk_round(&mut self, round: DiskRound, now: Timestamp) {
         self.cluster.begin_disk_round(round.started);
         for slot in &round.slots {
-            self.cluster
-                .on_disk(slot.instance, slot.heartbeat, &slot.paxos, now);
+            self.cluster.on_disk(
+                slot.instance,
+                slot.heartbeat,
+                slot.state == SlotState::Entering,
+                &slot.paxos,
+                now,
+            );
         }
         if let Some(from) = round.written_at
             && round.all_read
@@ -1828,6 +1836,7 @@ mod tests {
                         let slots = (0..self.nodes.len())
                             .map(|s| SlotSeen {
                                 instance: id(s),
+                                state: SlotState::Up,
                                 heartbeat: self.heartbeats[s],
                                 paxos: self.paxos[s],
                             })

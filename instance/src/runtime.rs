@@ -1655,6 +1655,7 @@ fn disk_thread(
                 |instance| match format::read_slot(storage, layout, instance) {
                     Ok(slot) => Some(SlotSeen {
                         instance,
+                        state: slot.state,
                         heartbeat: slot.heartbeat,
                         paxos: slot.paxos,
                     }),

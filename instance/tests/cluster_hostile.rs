@@ -139,7 +139,7 @@ impl World {
             for &p in CONFIGURED {
                 let block = self.disk[p as usize];
                 let counter = self.counters[p as usize];
-                self.managers[i].on_disk(id(p), counter, &block, now);
+                self.managers[i].on_disk(id(p), counter, false, &block, now);
             }
             self.managers[i].tick(now);
             self.drain(i, now);

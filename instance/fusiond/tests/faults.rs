@@ -32,6 +32,9 @@
 //!   turn): the process stops by itself within seconds saying the configurations differ,
 //!   rather than keep its slot moving (which held the survivors' recovery of its previous
 //!   life) for the 60 s connect timeout.
+//! * A restart at once after a `kill -9` that reaches no peer (its addresses wrong): the
+//!   survivors recover its previous life while the new one still looks for the cluster (its
+//!   slot moves in the *entering* state, which holds nothing of the old life's lease).
 //! * A cluster on a loop block device with `O_DIRECT` (`losetup --direct-io=on`): a `kill -9`
 //!   and recovery lose no acknowledged increment.
 //!
@@ -1487,6 +1490,51 @@ fn a_shutdown_after_being_voted_out_loses_nothing() {
 /// which waits for that slot to be still, held every block of its recovery set (the cluster
 /// served almost nothing; nothing at all when it was instance 0) until then. The survivors
 /// recover it and serve; with the secret fixed it rejoins; nothing acknowledged is lost.
+/// A `kill -9` of instance 2 and an immediate restart that reaches no peer (its config
+/// names unused ports for 0 and 1; 0 and 1 never dial 2): the new life looks for the
+/// cluster, moving its slot, for the connect timeout (60 s). The survivors must recover the
+/// previous life meanwhile: the new life writes its slot as *entering*, whose moves say
+/// nothing of the old life's lease (before, they waited until the process gave up).
+#[test]
+fn a_restart_that_reaches_no_peer_holds_no_recovery_of_its_previous_life() {
+    let test = "a_restart_that_reaches_no_peer_holds_no_recovery_of_its_previous_life";
+    let Some((mut faulty, workload, epochs)) = Scenario::new(test, 3).needs(false, "kill").start(0)
+    else {
+        return;
+    };
+    let id = 2;
+    workload.progress(&faulty, id, SERVES);
+    let config = faulty.cluster.configs[id].clone();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let mut astray = text.clone();
+    for peer in [0, 1] {
+        let unused = fusiond::local::free_port().unwrap();
+        let address = faulty.cluster.addresses[peer];
+        astray = astray.replace(
+            &format!("address = \"{address}\""),
+            &format!("address = \"127.0.0.1:{unused}\""),
+        );
+    }
+    assert_ne!(astray, text, "the configuration changed shape");
+    faulty.cluster.kill(id);
+    std::fs::write(&config, &astray).unwrap();
+    faulty.spawn(id, false);
+    faulty.expect_survivors(&[0, 1], epochs[0], &workload);
+    // Recovered while the new life still looks for the cluster.
+    match faulty.cluster.exited(id) {
+        Ok(None) => {}
+        other => panic!(
+            "instance {id} ended ({other:?}) before the survivors recovered its previous life\n{}",
+            faulty.cluster.logs()
+        ),
+    }
+    faulty.cluster.kill(id);
+    std::fs::write(&config, &text).unwrap();
+    faulty.spawn(id, false);
+    faulty.cluster.wait_ready(id);
+    faulty.all_back(workload);
+}
+
 #[test]
 fn a_restart_with_a_wrong_secret_stops_at_once_and_holds_no_recovery() {
     let test = "a_restart_with_a_wrong_secret_stops_at_once_and_holds_no_recovery";

@@ -2650,6 +2650,7 @@ impl Sim {
             self.nodes[node].heartbeat += 1;
             slot.heartbeat = self.nodes[node].heartbeat;
             slot.heartbeat_nanos = self.now.as_nanos();
+            slot.state = format::SlotState::Up;
             if let Some(latest) = self.nodes[node].latest_paxos {
                 slot.paxos = latest;
             }
@@ -2692,10 +2693,10 @@ impl Sim {
         if !self.nodes[node].alive {
             return;
         }
-        let slots: Vec<(u64, PaxosBytes)> = (0..self.nodes.len())
+        let slots: Vec<(format::SlotState, u64, PaxosBytes)> = (0..self.nodes.len())
             .map(|i| {
                 let slot = self.read_slot(i);
-                (slot.heartbeat, slot.paxos)
+                (slot.state, slot.heartbeat, slot.paxos)
             })
             .collect();
         let at = |t: Timestamp| Duration::from_nanos(t.as_nanos());

@@ -17,8 +17,10 @@
 //! real [`Entry`] (the first formation, joins, whole-cluster restarts; the formation decided by
 //! Disk Paxos on this voting area) and is started again a little after it dies or stops
 //! (each after its own delay: after a whole-cluster crash a majority often forms without the
-//! last ones, which join later), once no running node still counts it a member and no write
-//! of its previous life can land.
+//! last ones, which join later), once no write of its previous life can land: a third of the
+//! restarts at once, as a supervisor does (while the members may still count it, and its
+//! previous life's lease runs), the others once no running node counts it a member and that
+//! lease has run out. An entering life moves its slot in the entering state.
 //! Timings are the seed's ([`Timings::drawn`], in the runtime's units: the defaults in a
 //! quarter of the seeds, otherwise a lease of 300–900 ms with the rest drawn where a
 //! configuration file may set them); ticks and disk rounds come every heartbeat and disk
@@ -55,6 +57,7 @@ use instance::core::{Core, CoreConfig};
 use instance::entry::{
     Entered, Entry, EntryConfig, EntryError, EntryIo, SlotLook, decision_at_entry,
 };
+use instance::format::SlotState;
 use instance::node::{
     Node as InstanceNode, NodeConfig, NodeEvent, NodeIo, RecoveryIo, RecoveryOutcome, ScanOutcome,
     Transmit,
@@ -96,7 +99,7 @@ enum Ev {
         started: u64,
         began: Timestamp,
         ok: bool,
-        slots: Vec<(u64, [u8; PAXOS_BLOCK_LEN])>,
+        slots: Vec<(SlotState, u64, [u8; PAXOS_BLOCK_LEN])>,
     },
     /// A Paxos write of `node`'s block lands now (`land`) and completes (`ok`).
     PaxosWrite {
@@ -181,6 +184,8 @@ pub struct MembershipStats {
     pub recoveries: u64,
     /// Processes started again after they died or stopped (each enters anew).
     pub restarts: u64,
+    /// Of those, started while a running node still counted the instance a member.
+    pub restarts_while_member: u64,
     /// Whole-cluster crashes (every process killed at once).
     pub crashes: u64,
     /// Clusters formed (the first, and after whole-cluster crashes; each checked against
@@ -211,6 +216,11 @@ struct Node {
     life: u64,
     /// A start of a new life is scheduled.
     start_scheduled: bool,
+    /// That start is a supervisor's immediate restart: it waits only until no write of the
+    /// previous life can land, not until the members let go of it.
+    eager: bool,
+    /// When the last Paxos write this node issued lands (global ms; a dead life's too).
+    writes_land_by: u64,
     /// The epoch this life entered at.
     entered_at: Epoch,
     /// Global time until which this life may submit I/O (0 while it holds no lease).
@@ -236,8 +246,8 @@ struct Sim {
     /// Pending only (taken when they come): a run's events add up to gigabytes otherwise.
     events: BTreeMap<u64, (Ev, OwnerLives)>,
     nodes: Vec<Node>,
-    /// The voting area: each slot's heartbeat counter and Paxos block.
-    heartbeats: Vec<u64>,
+    /// The voting area: each slot's state and heartbeat counter, and its Paxos block.
+    heartbeats: Vec<(SlotState, u64)>,
     blocks: Vec<[u8; PAXOS_BLOCK_LEN]>,
     /// Cuts, pauses, stalls and clock jumps in force (`crate::faults`).
     faults: Faults,
@@ -288,6 +298,8 @@ impl Sim {
                 alive: false,
                 life: 0,
                 start_scheduled: true,
+                eager: false,
+                writes_land_by: 0,
                 entered_at: Epoch(0),
                 lease_until: 0,
                 dead_lease_until: 0,
@@ -308,7 +320,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             events: BTreeMap::new(),
             nodes,
-            heartbeats: vec![0; n],
+            heartbeats: vec![(SlotState::Down, 0); n],
             blocks: vec![[0u8; PAXOS_BLOCK_LEN]; n],
             faults: Faults::new(n, timings.failure.lease),
             engine_last: BTreeMap::new(),
@@ -350,18 +362,25 @@ impl Sim {
     /// A new life of `node` starts: it connects to every running process and enters.
     fn start(&mut self, node: usize) {
         let n = self.nodes.len();
-        // Paxos rule 4 and the lease: a new life starts once no write of its previous one can
-        // still land. And an operator restarts an instance the running members have already
-        // let go of (one that comes back first is taken for its old life; see the report).
+        // Paxos rule 4: a new life starts once no write of its previous one can still land.
+        // An operator waits the lease too, and until the running members have let go of the
+        // instance; a supervisor (systemd) restarts at once, while they may still count it a
+        // member and its previous life's lease runs (its recovery must not wait for the new
+        // life, which may not reach them: the slot's entering state).
         let stalled = ceil_ms(self.faults.io_hold(node, ms(self.now))) + self.now;
-        let old_io = stalled.max(self.nodes[node].dead_lease_until);
+        let landed = stalled.max(self.nodes[node].writes_land_by);
         let still_member = (0..n).any(|j| {
             self.nodes[j]
                 .node
                 .as_ref()
                 .is_some_and(|r| r.live().contains(id(node)))
         });
-        if old_io > self.now || still_member {
+        let old_io = if self.nodes[node].eager {
+            landed
+        } else {
+            landed.max(self.nodes[node].dead_lease_until)
+        };
+        if old_io > self.now || (still_member && !self.nodes[node].eager) {
             let wait = old_io
                 .saturating_sub(self.now)
                 .max(self.rng.between(200, 800));
@@ -427,6 +446,9 @@ impl Sim {
         self.faults.restart(node);
         if self.nodes[node].life > 1 {
             self.stats.restarts += 1;
+        }
+        if still_member {
+            self.stats.restarts_while_member += 1;
         }
         self.log(|| format!("n{node}: starts (life {})", self.nodes[node].life));
         let d = self.rng.between(1, 20);
@@ -678,13 +700,15 @@ impl Sim {
                 if !self.runnable(node, &Ev::EntryRound { node }) {
                     return;
                 }
+                // An entering life moves its slot in the entering state (as the runtime's
+                // entry does): the peers take none of it for its previous life's renewals.
                 self.nodes[node].heartbeat += 1;
-                self.heartbeats[node] = self.nodes[node].heartbeat;
+                self.heartbeats[node] = (SlotState::Entering, self.nodes[node].heartbeat);
                 let looks: Vec<SlotLook> = (0..self.nodes.len())
                     .map(|i| SlotLook {
                         instance: id(i),
-                        down: false,
-                        heartbeat: self.heartbeats[i],
+                        state: self.heartbeats[i].0,
+                        heartbeat: self.heartbeats[i].1,
                         paxos: self.blocks[i],
                     })
                     .collect();
@@ -732,7 +756,7 @@ impl Sim {
                     // The heartbeat write carries the newest Paxos block this node asked to
                     // write (as the runtime's slot writes do).
                     self.nodes[node].heartbeat += 1;
-                    self.heartbeats[node] = self.nodes[node].heartbeat;
+                    self.heartbeats[node] = (SlotState::Up, self.nodes[node].heartbeat);
                     if let Some(bytes) = self.nodes[node].latest_paxos {
                         self.blocks[node] = bytes;
                     }
@@ -759,7 +783,7 @@ impl Sim {
                 if slots.is_empty() {
                     // Served now, whatever the driver is doing.
                     slots = (0..self.nodes.len())
-                        .map(|i| (self.heartbeats[i], self.blocks[i]))
+                        .map(|i| (self.heartbeats[i].0, self.heartbeats[i].1, self.blocks[i]))
                         .collect();
                 }
                 let ev = Ev::RoundRead {
@@ -1096,6 +1120,8 @@ impl Sim {
                 self.nodes[node].latest_paxos = Some(bytes);
                 let d = self.io_delay(node);
                 let fate = crate::voting::paxos_fate(&mut self.rng, &PaxosIo::WriteOwn { bytes });
+                let n = &mut self.nodes[node];
+                n.writes_land_by = n.writes_land_by.max(self.now + d);
                 self.at(
                     d,
                     Ev::PaxosWrite {
@@ -1243,7 +1269,14 @@ impl Sim {
         }
         if !self.nodes[node].start_scheduled {
             self.nodes[node].start_scheduled = true;
-            let d = self.rng.between(1_000, 5_000);
+            // A third of the restarts are a supervisor's, within half a second.
+            let eager = self.rng.chance(1, 3);
+            self.nodes[node].eager = eager;
+            let d = if eager {
+                self.rng.between(20, 500)
+            } else {
+                self.rng.between(1_000, 5_000)
+            };
             self.at(d, Ev::Start(node));
         }
     }
@@ -1436,6 +1469,7 @@ impl MembershipStats {
         self.stops += other.stops;
         self.recoveries += other.recoveries;
         self.restarts += other.restarts;
+        self.restarts_while_member += other.restarts_while_member;
         self.crashes += other.crashes;
         self.formations += other.formations;
         self.formations_without_some += other.formations_without_some;

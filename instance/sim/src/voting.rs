@@ -11,6 +11,7 @@
 
 use crate::faults::{WriteFate, write_fate};
 use instance::cluster::{ClusterManager, FailureConfig};
+use instance::format::SlotState;
 use instance::node::{DiskRound, SlotSeen};
 use instance::paxos::{DEFAULT_PHASE_TIMEOUT, Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosConfig};
 use instance::paxos::{PaxosIo, Proposal};
@@ -143,12 +144,12 @@ impl Timings {
 }
 
 /// A disk-heartbeat round that began at `started` on the node's clock and read every slot:
-/// `slots[i]` is instance `i`'s heartbeat counter and Paxos block; the heartbeat write began
+/// `slots[i]` is instance `i`'s slot state, heartbeat counter and Paxos block; the heartbeat write began
 /// at `written_at` when it succeeded. `written_at` and `completed_at` are the world's global
 /// time (the boottime clock leases are checked against).
 pub fn disk_round(
     started: Timestamp,
-    slots: &[(u64, PaxosBytes)],
+    slots: &[(SlotState, u64, PaxosBytes)],
     written_at: Option<Duration>,
     completed_at: Duration,
 ) -> DiskRound {
@@ -157,8 +158,9 @@ pub fn disk_round(
         slots: slots
             .iter()
             .enumerate()
-            .map(|(i, (heartbeat, paxos))| SlotSeen {
+            .map(|(i, (state, heartbeat, paxos))| SlotSeen {
                 instance: id(i),
+                state: *state,
                 heartbeat: *heartbeat,
                 paxos: *paxos,
             })

@@ -47,6 +47,11 @@ pub enum SlotState {
     Down,
     /// Running (or crashed while running).
     Up,
+    /// A new life looking for the cluster (formation or admission): it writes no data yet,
+    /// and its previous life, if any, has ended (a process starts only after the one before
+    /// it is gone). Peers count a slot's moves in this state as one change, so an entering
+    /// life that cannot reach the cluster does not hold the recovery of its previous one.
+    Entering,
 }
 
 /// Where recovery of a thread starts.
@@ -386,6 +391,7 @@ impl InstanceSlot {
             match self.state {
                 SlotState::Down => 0,
                 SlotState::Up => 1,
+                SlotState::Entering => 2,
             },
         );
         f.extend_from_slice(&[0; 5]);
@@ -428,6 +434,7 @@ impl InstanceSlot {
         let state = match r.u8().map_err(truncated)? {
             0 => SlotState::Down,
             1 => SlotState::Up,
+            2 => SlotState::Entering,
             other => {
                 return Err(SectorError::Field {
                     field: "state",
@@ -581,6 +588,14 @@ mod tests {
         slot.encode(&mut sector);
         assert_eq!(InstanceSlot::decode(&sector), Ok(slot.clone()));
         assert_eq!(slot.incarnation(), 4);
+        for state in [SlotState::Down, SlotState::Entering] {
+            let other = InstanceSlot {
+                state,
+                ..slot.clone()
+            };
+            other.encode(&mut sector);
+            assert_eq!(InstanceSlot::decode(&sector), Ok(other));
+        }
 
         // A lives table that goes backwards, or claims more entries than it may, is refused.
         let mut backwards = slot.clone();
