@@ -133,17 +133,24 @@ pub enum StartError {
         refusals: String,
     },
     /// Every peer this instance could hear refused its connection for a configuration that
-    /// differs from theirs (cluster id, secret, member list, frame MACs, version), and none
-    /// connected: it can never enter, and stops at once rather than keep its slot moving (a
-    /// moving slot holds the members' recovery of this instance's previous life).
+    /// differs from theirs (cluster id, secret, member list, frame MACs, version, storage
+    /// identity), and none connected: it can never enter, and stops at once rather than keep
+    /// its slot moving (a moving slot holds the members' recovery of this instance's previous
+    /// life).
     #[error(
-        "the peers refuse this instance's configuration: {refusals} (check this instance's \
-         `instance`, `[cluster]` id, secret and instances, and `transport.frame_mac` against \
-         the running members')"
+        "the peers refuse this instance's configuration: {refusals} (this instance runs on \
+         storage {storage} with identity {storage_id}; check this instance's `instance`, \
+         `storage.path`, `[cluster]` id, secret and instances, and `transport.frame_mac` \
+         against the running members')",
+        storage = .storage.display()
     )]
     Refused {
         /// Each refusal, `instance N: reason`, `; `-separated.
         refusals: String,
+        /// The storage this instance opened (a wrong path is one of the mismatches).
+        storage: std::path::PathBuf,
+        /// Its identity.
+        storage_id: interconnect::StorageId,
     },
     /// A thread could not be spawned.
     #[error("spawning threads: {0}")]
@@ -356,11 +363,15 @@ impl Instance {
                     .map_err(|e| StartError::Cache(e.to_string()))?;
                 let cache =
                     crate::cache::BufferCache::new(Arc::clone(&region)).map_err(cache_error)?;
-                let transport = interconnect::tcp::TcpTransport::bind(config.tcp_config(), region)?;
+                let transport = interconnect::tcp::TcpTransport::bind(
+                    config.tcp_config(layout.storage_id),
+                    region,
+                )?;
                 setting.launch(transport, cache)?
             }
             TransportConfig::Shm { .. } => {
-                let transport = interconnect::shm::ShmTransport::open(config.shm_config())?;
+                let transport =
+                    interconnect::shm::ShmTransport::open(config.shm_config(layout.storage_id))?;
                 let cache =
                     crate::cache::BufferCache::new(transport.region()).map_err(cache_error)?;
                 setting.launch(transport, cache)?
@@ -382,7 +393,7 @@ impl Instance {
                     port: *port,
                     gid_index: *gid_index,
                 };
-                let rdma = RdmaConfig::new(config.tcp_config(), device);
+                let rdma = RdmaConfig::new(config.tcp_config(layout.storage_id), device);
                 setting.launch(RdmaTransport::bind(rdma, region)?, cache)?
             }
             #[cfg(not(feature = "rdma"))]
@@ -1519,7 +1530,11 @@ impl Setting<'_> {
                 }
             }
             if let Some(refusals) = refusals.hopeless(me, self.config.instances(), Instant::now()) {
-                return Err(StartError::Refused { refusals });
+                return Err(StartError::Refused {
+                    refusals,
+                    storage: self.config.storage.clone(),
+                    storage_id: self.layout.storage_id,
+                });
             }
             entry.handle_timeout(now());
         }
@@ -1611,13 +1626,15 @@ impl EntryRefusals {
                 | RefusalReason::WrongVersion
                 | RefusalReason::BadSecret
                 | RefusalReason::UnexpectedInstance
-                | RefusalReason::FrameMacMismatch,
+                | RefusalReason::FrameMacMismatch
+                | RefusalReason::StorageMismatch,
             )
             | HandshakeError::WrongCluster { .. }
             | HandshakeError::WrongVersion { .. }
             | HandshakeError::BadSecret
             | HandshakeError::UnexpectedInstance(_)
-            | HandshakeError::FrameMacMismatch { .. } => error.to_string(),
+            | HandshakeError::FrameMacMismatch { .. }
+            | HandshakeError::StorageMismatch { .. } => error.to_string(),
             _ => return,
         };
         match peer {
