@@ -1294,6 +1294,12 @@ impl Setting<'_> {
             lease_from,
             fence: self.fence.clone(),
             commits: Arc::clone(&commits),
+            addresses: self
+                .config
+                .peers
+                .iter()
+                .map(|m| (m.id, m.address))
+                .collect(),
         })?;
         Ok((runtime, commits))
     }
