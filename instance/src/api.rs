@@ -1571,6 +1571,10 @@ struct EntryRefusals {
     alone_since: Instant,
     /// Each slot's disk heartbeat as last read, and when it was last seen to move.
     heartbeats: std::collections::BTreeMap<InstanceId, (u64, Option<Instant>)>,
+    /// Dialers this instance refused for running on another storage: they proved the
+    /// secret, so they are named (the heartbeats above, read from this instance's storage,
+    /// say nothing about peers that run on another).
+    other_storage: std::collections::BTreeSet<InstanceId>,
 }
 
 impl EntryRefusals {
@@ -1582,6 +1586,7 @@ impl EntryRefusals {
             connected: Default::default(),
             alone_since: now,
             heartbeats: Default::default(),
+            other_storage: Default::default(),
         }
     }
 
@@ -1605,6 +1610,7 @@ impl EntryRefusals {
 
     fn connected(&mut self, peer: InstanceId) {
         self.by_peer.remove(&peer);
+        self.other_storage.remove(&peer);
         self.connected.insert(peer);
     }
 
@@ -1653,6 +1659,9 @@ impl EntryRefusals {
                 self.by_peer.insert(peer, mismatch);
             }
             None => {
+                if let HandshakeError::StorageMismatch { instance, .. } = error {
+                    self.other_storage.insert(*instance);
+                }
                 if self.of_dialer.as_ref() != Some(&mismatch) {
                     tracing::warn!(
                         "instance {me}: refused a peer's connection while entering: {mismatch}"
@@ -1685,27 +1694,37 @@ impl EntryRefusals {
     ///
     /// The lowest id dials nobody, and a dialer it refuses is not authenticated (not named):
     /// it gives up once it has been alone for [`REFUSED_ALONE`] while every other
-    /// instance's slot moved (they run) and it refused a dialer for a mismatch meanwhile.
+    /// instance's slot moved (they run) and it refused a dialer for a mismatch meanwhile; or
+    /// at once when every other instance dialled it and was refused for running on another
+    /// storage (those dialers proved the secret, so they are named).
     fn hopeless(&self, me: InstanceId, configured: InstanceSet, now: Instant) -> Option<String> {
         if !self.connected.is_empty() {
             return None;
         }
         let lower: Vec<InstanceId> = configured.iter().filter(|p| *p < me).collect();
         let higher: Vec<InstanceId> = configured.iter().filter(|p| *p > me).collect();
-        let hopeless = if lower.is_empty() {
-            let recent = |at: Option<Instant>| {
-                at.is_some_and(|at| now.saturating_duration_since(at) <= REFUSED_ALONE)
+        // The lowest id, refused by no one, whose every peer dialled it, proved the secret,
+        // and runs on another storage: this one was given another file (its own slots show
+        // nothing of theirs, so the heartbeat test below never passes). One misconfigured
+        // dialer alone never stops it.
+        let elsewhere = lower.is_empty()
+            && !higher.is_empty()
+            && higher.iter().all(|p| self.other_storage.contains(p));
+        let hopeless = elsewhere
+            || if lower.is_empty() {
+                let recent = |at: Option<Instant>| {
+                    at.is_some_and(|at| now.saturating_duration_since(at) <= REFUSED_ALONE)
+                };
+                !higher.is_empty()
+                    && now.saturating_duration_since(self.alone_since) >= REFUSED_ALONE
+                    && recent(self.of_dialer_at)
+                    && higher
+                        .iter()
+                        .all(|p| recent(self.heartbeats.get(p).and_then(|h| h.1)))
+            } else {
+                lower.iter().all(|p| self.by_peer.contains_key(p))
+                    && (higher.is_empty() || self.of_dialer.is_some())
             };
-            !higher.is_empty()
-                && now.saturating_duration_since(self.alone_since) >= REFUSED_ALONE
-                && recent(self.of_dialer_at)
-                && higher
-                    .iter()
-                    .all(|p| recent(self.heartbeats.get(p).and_then(|h| h.1)))
-        } else {
-            lower.iter().all(|p| self.by_peer.contains_key(p))
-                && (higher.is_empty() || self.of_dialer.is_some())
-        };
         if hopeless { self.summary() } else { None }
     }
 }
@@ -1758,5 +1777,32 @@ mod tests {
         assert_eq!(records_len(&ranges), 2 * RECORD_HEADER_LEN + 2 + 1610);
         log_change(&mut ranges, 20, 1480);
         assert_eq!(ranges, vec![(2, 3100)]);
+    }
+
+    #[test]
+    fn the_lowest_id_gives_up_at_once_only_when_every_peer_runs_on_another_storage() {
+        use interconnect::handshake::HandshakeError;
+        let id = |n| InstanceId::new(n).unwrap();
+        let me = id(0);
+        let configured: InstanceSet = [id(0), id(1), id(2)].into_iter().collect();
+        let other = |instance| {
+            interconnect::TransportError::Handshake(HandshakeError::StorageMismatch {
+                local: interconnect::StorageId(1),
+                peer: interconnect::StorageId(2),
+                instance,
+            })
+        };
+        let now = Instant::now();
+        let mut refusals = EntryRefusals::new(now);
+        // One dialer on another storage: it may be the misconfigured one.
+        refusals.refused(me, None, &other(id(2)));
+        assert_eq!(refusals.hopeless(me, configured, now), None);
+        // Every other instance runs on another storage: this one was given another file.
+        refusals.refused(me, None, &other(id(1)));
+        let why = refusals.hopeless(me, configured, now).expect("hopeless");
+        assert!(why.contains("different storage files"), "{why}");
+        // One that connects is on this storage after all.
+        refusals.connected(id(1));
+        assert_eq!(refusals.hopeless(me, configured, now), None);
     }
 }

@@ -90,8 +90,10 @@ fn read(instance: &Instance, block: u64, len: usize) -> Vec<u8> {
     instance.read(id).unwrap().bytes()[..len].to_vec()
 }
 
-#[test]
-fn a_restart_on_another_storage_file_with_the_same_cluster_id_is_refused_at_once() {
+/// Instance `restarted` dies and comes back configured with a second file formatted with the
+/// same cluster id; it must be refused at once, naming both identities and its path, while
+/// the others recover it and serve.
+fn restart_on_another_file(restarted: usize) {
     let dir = tempfile::tempdir().unwrap();
     let cluster = ClusterId(779);
     let shared: PathBuf = dir.path().join("cluster.fusion");
@@ -105,27 +107,33 @@ fn a_restart_on_another_storage_file_with_the_same_cluster_id_is_refused_at_once
         .cloned()
         .map(|config| std::thread::spawn(move || Instance::start(config).unwrap()))
         .collect();
-    let mut instances: Vec<Instance> = starting.into_iter().map(|t| t.join().unwrap()).collect();
-    write_until(&instances[2], 7, b"before");
+    let mut instances: Vec<Option<Instance>> = starting
+        .into_iter()
+        .map(|t| Some(t.join().unwrap()))
+        .collect();
+    write_until(instances[restarted].as_ref().unwrap(), 7, b"before");
 
-    // Instance 2 dies (its threads stop, its slot stays up) and comes back configured with
-    // a second file formatted with the same cluster id: everything but the storage matches.
-    drop(instances.pop());
+    // It dies (its threads stop, its slot stays up) and comes back on the other file:
+    // everything but the storage matches.
+    drop(instances[restarted].take());
     let second = dir.path().join("second.fusion");
     let other = format::create(&second, &spec(cluster), false).unwrap();
     assert_eq!(other.cluster_id, layout.cluster_id);
     assert_ne!(other.storage_id, layout.storage_id);
-    let wrong = config(dir.path(), 2, cluster, &ports, &second);
+    let wrong = config(dir.path(), restarted, cluster, &ports, &second);
     let started = Instant::now();
     let error = match Instance::start(wrong) {
         Ok(instance) => panic!(
-            "instance 2 started on another storage file (stopped: {:?})",
+            "instance {restarted} started on another storage file (stopped: {:?})",
             instance.stopped()
         ),
         Err(error) => error,
     };
     let text = error.to_string();
-    eprintln!("instance 2 refused: {text}");
+    eprintln!(
+        "instance {restarted} refused after {:?}: {text}",
+        started.elapsed()
+    );
     assert!(
         matches!(error, StartError::Refused { .. }),
         "not a configuration refusal: {text}"
@@ -145,11 +153,34 @@ fn a_restart_on_another_storage_file_with_the_same_cluster_id_is_refused_at_once
         started.elapsed()
     );
 
-    // The others recover instance 2 and serve; what it committed is there.
-    write_until(&instances[0], 8, b"zero");
-    write_until(&instances[1], 9, b"one");
-    assert_eq!(read(&instances[1], 7, 6), b"before");
-    assert_eq!(read(&instances[0], 9, 3), b"one");
-    assert_eq!(read(&instances[1], 8, 4), b"zero");
-    assert!(instances.iter().all(|i| i.stopped().is_none()));
+    // The others recover it and serve; what it committed is there.
+    let survivors: Vec<&Instance> = instances.iter().flatten().collect();
+    for (k, instance) in survivors.iter().enumerate() {
+        write_until(instance, 8 + k as u64, b"after");
+    }
+    for instance in &survivors {
+        assert_eq!(read(instance, 7, 6), b"before");
+        for k in 0..survivors.len() {
+            assert_eq!(read(instance, 8 + k as u64, 5), b"after");
+        }
+        assert!(instance.stopped().is_none());
+    }
+}
+
+/// The highest id dials both others: both refuse it.
+#[test]
+fn a_restart_on_another_storage_file_with_the_same_cluster_id_is_refused_at_once() {
+    restart_on_another_file(2);
+}
+
+/// A middle id dials instance 0 and is dialled by instance 2.
+#[test]
+fn a_middle_instance_on_another_storage_file_is_refused_at_once() {
+    restart_on_another_file(1);
+}
+
+/// The lowest id dials nobody: it only refuses the others' dials.
+#[test]
+fn the_lowest_instance_on_another_storage_file_is_refused_at_once() {
+    restart_on_another_file(0);
 }

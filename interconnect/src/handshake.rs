@@ -112,13 +112,16 @@ pub enum HandshakeError {
     /// The two ends opened different storage (each formatted on its own, perhaps with the
     /// same cluster id): every instance of a cluster must be given the same storage file.
     #[error(
-        "this instance's storage has identity {local} and the peer's has identity {peer}: the two instances were given different storage files (check `storage.path` in each instance's configuration)"
+        "this instance's storage has identity {local} and instance {instance}'s has identity {peer}: the two instances were given different storage files (check `storage.path` in each instance's configuration)"
     )]
     StorageMismatch {
         /// The storage identity this instance opened.
         local: StorageId,
         /// The peer's.
         peer: StorageId,
+        /// The peer: the one dialled, or a dialer that proved the secret (so its id is
+        /// authenticated, and an entering instance may count who refused it).
+        instance: InstanceId,
     },
 }
 
@@ -473,6 +476,7 @@ impl Dialer {
                     return Err(HandshakeError::StorageMismatch {
                         local: self.config.storage,
                         peer: StorageId(verdict.storage),
+                        instance: self.peer,
                     });
                 }
                 if verdict.code != 0 {
@@ -644,6 +648,7 @@ impl Acceptor {
                     return Err(HandshakeError::StorageMismatch {
                         local: self.config.storage,
                         peer: StorageId(storage),
+                        instance: peer,
                     });
                 }
                 let verdict = Fields {
@@ -1009,20 +1014,22 @@ mod tests {
             acceptor,
             Err(HandshakeError::StorageMismatch {
                 local: StorageId(0xacce),
-                peer: StorageId(0xd1a1)
+                peer: StorageId(0xd1a1),
+                instance: InstanceId::new(2).unwrap(),
             })
         );
         assert_eq!(
             dialer,
             Err(HandshakeError::StorageMismatch {
                 local: StorageId(0xd1a1),
-                peer: StorageId(0xacce)
+                peer: StorageId(0xacce),
+                instance: InstanceId::new(1).unwrap(),
             })
         );
         let text = dialer.unwrap_err().to_string();
         for needle in [
             "000000000000d1a1",
-            "000000000000acce",
+            "instance 1's has identity 000000000000acce",
             "different storage files",
         ] {
             assert!(text.contains(needle), "{text}");
@@ -1031,6 +1038,7 @@ mod tests {
         let text = HandshakeError::StorageMismatch {
             local: StorageId::UNKNOWN,
             peer: StorageId(0xacce),
+            instance: InstanceId::new(1).unwrap(),
         }
         .to_string();
         assert!(

@@ -433,6 +433,7 @@ impl ShmTransport {
                 HandshakeError::StorageMismatch {
                     local: self.storage,
                     peer: node.storage,
+                    instance: id,
                 },
             ));
         }
