@@ -9,7 +9,7 @@
 //!                                                  checks mac_d, then the cluster, ids, flags
 //!                                                  and storage identity
 //!                                          <----   Verdict {accepted, mac_a = HMAC(secret, "acceptor" | transcript)}
-//!                                                  or Verdict {refused, reason}
+//!                                                  or Verdict {refused, reason[, storage]}
 //!   checks mac_a (the acceptor knows the secret)
 //! ```
 //!
@@ -35,9 +35,10 @@
 //!
 //! The dialer proves first, over a nonce the acceptor chose: whoever merely reaches the port
 //! learns nothing from the acceptor (no MAC to test secret guesses against offline, no cluster
-//! or instance id: the challenge carries only a nonce, and no refusal carries an id). The
-//! acceptor checks the dialer's MAC before its claims, so only a peer that holds the secret
-//! learns *why* it was refused (wrong cluster id, unexpected instance id); anyone else reads
+//! or instance id: the challenge carries only a nonce, and no refusal to a stranger carries an
+//! id). The acceptor checks the dialer's MAC before its claims, so only a peer that holds the
+//! secret learns *why* it was refused (wrong cluster id, unexpected instance id, another
+//! storage); anyone else reads
 //! "wrong cluster secret". The acceptor's own MAC, in the accepting verdict, proves to the
 //! dialer that it did not dial an impostor. Secrets are at least [`MIN_SECRET_LEN`] bytes, so
 //! that the one MAC an impostor acceptor can collect (the dialer's proof) is no help to a
