@@ -14,7 +14,7 @@
 
 use interconnect::frame::FrameHeader;
 use interconnect::handshake::{Acceptor, Dialer, HandshakeConfig, RECORD_LEN, Record};
-use interconnect::{ClusterId, Epoch, InstanceId, InstanceSet, Scn, Timestamp};
+use interconnect::{ClusterId, Epoch, InstanceId, InstanceSet, Scn, StorageId, Timestamp};
 use std::time::Duration;
 
 /// A fuzz target: any bytes, no panic.
@@ -197,6 +197,7 @@ pub fn tcp_stream(data: &[u8]) {
             local: id(1),
             secret: SECRET.to_vec(),
             frame_mac: false,
+            storage: StorageId::UNKNOWN,
         };
         let (mut dialer, hello) = Dialer::start(config, id(0), [seed; 16]);
         if socket.write_all(&hello).is_err() {
@@ -254,8 +255,9 @@ pub fn tcp_stream(data: &[u8]) {
     });
 }
 
-/// Handshake record sequences: the first byte picks the side and the peers it accepts; the
-/// rest is cut into records fed to an acceptor, then to a dialer.
+/// Handshake record sequences: the first byte picks the cluster, frame MACs, storage and the
+/// peers the acceptor accepts; the rest is cut into records fed to an acceptor, then to a
+/// dialer.
 pub fn handshake(data: &[u8]) {
     let mut script = Script::new(data);
     let choice = script.byte();
@@ -264,6 +266,7 @@ pub fn handshake(data: &[u8]) {
         local: id(local),
         secret: SECRET.to_vec(),
         frame_mac: choice & 4 != 0,
+        storage: StorageId(u64::from((choice >> 3) & 1)),
     };
     let records: Vec<Record> = data
         .get(1..)

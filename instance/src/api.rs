@@ -133,17 +133,24 @@ pub enum StartError {
         refusals: String,
     },
     /// Every peer this instance could hear refused its connection for a configuration that
-    /// differs from theirs (cluster id, secret, member list, frame MACs, version), and none
-    /// connected: it can never enter, and stops at once rather than keep its slot moving (a
-    /// moving slot holds the members' recovery of this instance's previous life).
+    /// differs from theirs (cluster id, secret, member list, frame MACs, version, storage
+    /// identity), and none connected: it can never enter, and stops at once rather than keep
+    /// its slot moving (a moving slot holds the members' recovery of this instance's previous
+    /// life).
     #[error(
-        "the peers refuse this instance's configuration: {refusals} (check this instance's \
-         `instance`, `[cluster]` id, secret and instances, and `transport.frame_mac` against \
-         the running members')"
+        "the peers refuse this instance's configuration: {refusals} (this instance runs on \
+         storage {storage} with identity {storage_id}; check this instance's `instance`, \
+         `storage.path`, `[cluster]` id, secret and instances, and `transport.frame_mac` \
+         against the running members')",
+        storage = .storage.display()
     )]
     Refused {
         /// Each refusal, `instance N: reason`, `; `-separated.
         refusals: String,
+        /// The storage this instance opened (a wrong path is one of the mismatches).
+        storage: std::path::PathBuf,
+        /// Its identity.
+        storage_id: interconnect::StorageId,
     },
     /// A thread could not be spawned.
     #[error("spawning threads: {0}")]
@@ -356,11 +363,15 @@ impl Instance {
                     .map_err(|e| StartError::Cache(e.to_string()))?;
                 let cache =
                     crate::cache::BufferCache::new(Arc::clone(&region)).map_err(cache_error)?;
-                let transport = interconnect::tcp::TcpTransport::bind(config.tcp_config(), region)?;
+                let transport = interconnect::tcp::TcpTransport::bind(
+                    config.tcp_config(layout.storage_id),
+                    region,
+                )?;
                 setting.launch(transport, cache)?
             }
             TransportConfig::Shm { .. } => {
-                let transport = interconnect::shm::ShmTransport::open(config.shm_config())?;
+                let transport =
+                    interconnect::shm::ShmTransport::open(config.shm_config(layout.storage_id))?;
                 let cache =
                     crate::cache::BufferCache::new(transport.region()).map_err(cache_error)?;
                 setting.launch(transport, cache)?
@@ -382,7 +393,7 @@ impl Instance {
                     port: *port,
                     gid_index: *gid_index,
                 };
-                let rdma = RdmaConfig::new(config.tcp_config(), device);
+                let rdma = RdmaConfig::new(config.tcp_config(layout.storage_id), device);
                 setting.launch(RdmaTransport::bind(rdma, region)?, cache)?
             }
             #[cfg(not(feature = "rdma"))]
@@ -1283,6 +1294,12 @@ impl Setting<'_> {
             lease_from,
             fence: self.fence.clone(),
             commits: Arc::clone(&commits),
+            addresses: self
+                .config
+                .peers
+                .iter()
+                .map(|m| (m.id, m.address))
+                .collect(),
         })?;
         Ok((runtime, commits))
     }
@@ -1520,7 +1537,11 @@ impl Setting<'_> {
                 }
             }
             if let Some(refusals) = refusals.hopeless(me, self.config.instances(), Instant::now()) {
-                return Err(StartError::Refused { refusals });
+                return Err(StartError::Refused {
+                    refusals,
+                    storage: self.config.storage.clone(),
+                    storage_id: self.layout.storage_id,
+                });
             }
             entry.handle_timeout(now());
         }
@@ -1551,6 +1572,10 @@ struct EntryRefusals {
     alone_since: Instant,
     /// Each slot's disk heartbeat as last read, and when it was last seen to move.
     heartbeats: std::collections::BTreeMap<InstanceId, (u64, Option<Instant>)>,
+    /// Dialers this instance refused for running on another storage: they proved the
+    /// secret, so they are named (the heartbeats above, read from this instance's storage,
+    /// say nothing about peers that run on another).
+    other_storage: std::collections::BTreeSet<InstanceId>,
 }
 
 impl EntryRefusals {
@@ -1562,6 +1587,7 @@ impl EntryRefusals {
             connected: Default::default(),
             alone_since: now,
             heartbeats: Default::default(),
+            other_storage: Default::default(),
         }
     }
 
@@ -1585,6 +1611,7 @@ impl EntryRefusals {
 
     fn connected(&mut self, peer: InstanceId) {
         self.by_peer.remove(&peer);
+        self.other_storage.remove(&peer);
         self.connected.insert(peer);
     }
 
@@ -1612,13 +1639,15 @@ impl EntryRefusals {
                 | RefusalReason::WrongVersion
                 | RefusalReason::BadSecret
                 | RefusalReason::UnexpectedInstance
-                | RefusalReason::FrameMacMismatch,
+                | RefusalReason::FrameMacMismatch
+                | RefusalReason::StorageMismatch,
             )
             | HandshakeError::WrongCluster { .. }
             | HandshakeError::WrongVersion { .. }
             | HandshakeError::BadSecret
             | HandshakeError::UnexpectedInstance(_)
-            | HandshakeError::FrameMacMismatch { .. } => error.to_string(),
+            | HandshakeError::FrameMacMismatch { .. }
+            | HandshakeError::StorageMismatch { .. } => error.to_string(),
             _ => return,
         };
         match peer {
@@ -1631,6 +1660,9 @@ impl EntryRefusals {
                 self.by_peer.insert(peer, mismatch);
             }
             None => {
+                if let HandshakeError::StorageMismatch { instance, .. } = error {
+                    self.other_storage.insert(*instance);
+                }
                 if self.of_dialer.as_ref() != Some(&mismatch) {
                     tracing::warn!(
                         "instance {me}: refused a peer's connection while entering: {mismatch}"
@@ -1663,27 +1695,37 @@ impl EntryRefusals {
     ///
     /// The lowest id dials nobody, and a dialer it refuses is not authenticated (not named):
     /// it gives up once it has been alone for [`REFUSED_ALONE`] while every other
-    /// instance's slot moved (they run) and it refused a dialer for a mismatch meanwhile.
+    /// instance's slot moved (they run) and it refused a dialer for a mismatch meanwhile; or
+    /// at once when every other instance dialled it and was refused for running on another
+    /// storage (those dialers proved the secret, so they are named).
     fn hopeless(&self, me: InstanceId, configured: InstanceSet, now: Instant) -> Option<String> {
         if !self.connected.is_empty() {
             return None;
         }
         let lower: Vec<InstanceId> = configured.iter().filter(|p| *p < me).collect();
         let higher: Vec<InstanceId> = configured.iter().filter(|p| *p > me).collect();
-        let hopeless = if lower.is_empty() {
-            let recent = |at: Option<Instant>| {
-                at.is_some_and(|at| now.saturating_duration_since(at) <= REFUSED_ALONE)
+        // The lowest id, refused by no one, whose every peer dialled it, proved the secret,
+        // and runs on another storage: this one was given another file (its own slots show
+        // nothing of theirs, so the heartbeat test below never passes). One misconfigured
+        // dialer alone never stops it.
+        let elsewhere = lower.is_empty()
+            && !higher.is_empty()
+            && higher.iter().all(|p| self.other_storage.contains(p));
+        let hopeless = elsewhere
+            || if lower.is_empty() {
+                let recent = |at: Option<Instant>| {
+                    at.is_some_and(|at| now.saturating_duration_since(at) <= REFUSED_ALONE)
+                };
+                !higher.is_empty()
+                    && now.saturating_duration_since(self.alone_since) >= REFUSED_ALONE
+                    && recent(self.of_dialer_at)
+                    && higher
+                        .iter()
+                        .all(|p| recent(self.heartbeats.get(p).and_then(|h| h.1)))
+            } else {
+                lower.iter().all(|p| self.by_peer.contains_key(p))
+                    && (higher.is_empty() || self.of_dialer.is_some())
             };
-            !higher.is_empty()
-                && now.saturating_duration_since(self.alone_since) >= REFUSED_ALONE
-                && recent(self.of_dialer_at)
-                && higher
-                    .iter()
-                    .all(|p| recent(self.heartbeats.get(p).and_then(|h| h.1)))
-        } else {
-            lower.iter().all(|p| self.by_peer.contains_key(p))
-                && (higher.is_empty() || self.of_dialer.is_some())
-        };
         if hopeless { self.summary() } else { None }
     }
 }
@@ -1736,5 +1778,32 @@ mod tests {
         assert_eq!(records_len(&ranges), 2 * RECORD_HEADER_LEN + 2 + 1610);
         log_change(&mut ranges, 20, 1480);
         assert_eq!(ranges, vec![(2, 3100)]);
+    }
+
+    #[test]
+    fn the_lowest_id_gives_up_at_once_only_when_every_peer_runs_on_another_storage() {
+        use interconnect::handshake::HandshakeError;
+        let id = |n| InstanceId::new(n).unwrap();
+        let me = id(0);
+        let configured: InstanceSet = [id(0), id(1), id(2)].into_iter().collect();
+        let other = |instance| {
+            interconnect::TransportError::Handshake(HandshakeError::StorageMismatch {
+                local: interconnect::StorageId(1),
+                peer: interconnect::StorageId(2),
+                instance,
+            })
+        };
+        let now = Instant::now();
+        let mut refusals = EntryRefusals::new(now);
+        // One dialer on another storage: it may be the misconfigured one.
+        refusals.refused(me, None, &other(id(2)));
+        assert_eq!(refusals.hopeless(me, configured, now), None);
+        // Every other instance runs on another storage: this one was given another file.
+        refusals.refused(me, None, &other(id(1)));
+        let why = refusals.hopeless(me, configured, now).expect("hopeless");
+        assert!(why.contains("different storage files"), "{why}");
+        // One that connects is on this storage after all.
+        refusals.connected(id(1));
+        assert_eq!(refusals.hopeless(me, configured, now), None);
     }
 }

@@ -713,6 +713,9 @@ pub enum ClusterAction {
     Stop {
         /// Why.
         reason: String,
+        /// The configured peers the reason says this instance was not connected to (empty
+        /// where it says none): the driver, which knows their addresses, adds them.
+        unreached: InstanceSet,
     },
 }
 
@@ -814,6 +817,9 @@ pub struct ClusterManager {
     live: InstanceSet,
     net: Membership,
     connected: InstanceSet,
+    /// Peers connected at some time in this manager's life: one never connected is more
+    /// likely misaddressed in a configuration than down.
+    ever_connected: InstanceSet,
     disk: Vec<DiskSeen>,
     /// When the latest disk-heartbeat observation came in: disk silence is measured up to
     /// it, so a late view (this instance's own disk reads slow under load) shows no one dead.
@@ -897,6 +903,7 @@ impl ClusterManager {
             live,
             net,
             connected: InstanceSet::EMPTY,
+            ever_connected: InstanceSet::EMPTY,
             disk: vec![
                 DiskSeen {
                     counter: 0,
@@ -992,6 +999,7 @@ impl ClusterManager {
     /// A connection to `peer` is up: tell it where we stand.
     pub fn on_connected(&mut self, peer: InstanceId) {
         self.connected.insert(peer);
+        self.ever_connected.insert(peer);
         // A new connection may be a new life of the peer: a request to join from an earlier
         // one must not admit it (that life's timings were checked, not this one's).
         self.joining.remove(peer);
@@ -1175,7 +1183,7 @@ impl ClusterManager {
             return;
         }
         if !members.contains(self.me) {
-            self.stop(format!(
+            self.stop_left_out(format!(
                 "fenced: epoch {} was decided without this instance (members {:?})",
                 epoch.0,
                 members.iter().map(|i| i.index()).collect::<Vec<_>>()
@@ -1230,7 +1238,7 @@ impl ClusterManager {
                     return;
                 }
                 if !live.contains(self.me) {
-                    self.stop(format!(
+                    self.stop_left_out(format!(
                         "excluded from the cluster by instance {from} at epoch {}",
                         epoch.0
                     ));
@@ -1284,7 +1292,7 @@ impl ClusterManager {
                     if live.contains(self.me) {
                         self.apply(epoch, live, now);
                     } else {
-                        self.stop(format!(
+                        self.stop_left_out(format!(
                             "excluded from the cluster at epoch {} (learnt from instance {from})",
                             epoch.0
                         ));
@@ -1526,7 +1534,7 @@ impl ClusterManager {
             {
                 return;
             }
-            self.stop(format!(
+            self.stop_left_out(format!(
                 "lost the majority: reaches {:?} of {:?}",
                 reachable.iter().collect::<Vec<_>>(),
                 voters.iter().collect::<Vec<_>>()
@@ -1764,10 +1772,67 @@ impl ClusterManager {
     }
 
     fn stop(&mut self, reason: String) {
+        self.stop_unreached(reason, InstanceSet::EMPTY);
+    }
+
+    /// Stops an instance the others left out (or that lost the majority), saying what it
+    /// could see: a peer it never reached is often one its configuration gives a wrong
+    /// address (it joined through the others, and that peer reported it unheard).
+    fn stop_left_out(&mut self, reason: String) {
+        let (unreached, note) = self.unreached_note();
+        self.stop_unreached(format!("{reason}{note}"), unreached);
+    }
+
+    fn stop_unreached(&mut self, reason: String, unreached: InstanceSet) {
         if !self.stopped {
             self.stopped = true;
-            self.actions.push_back(ClusterAction::Stop { reason });
+            self.actions
+                .push_back(ClusterAction::Stop { reason, unreached });
         }
+    }
+
+    /// The configured peers this instance is not connected to now, and a note for a stop
+    /// reason that names them (which it never connected to, which it lost), or `""`.
+    fn unreached_note(&self) -> (InstanceSet, String) {
+        let me = self.me;
+        let unreached: InstanceSet = self
+            .configured
+            .iter()
+            .filter(|p| *p != me && !self.connected.contains(*p))
+            .collect();
+        let list = |set: Vec<InstanceId>| {
+            let ids: Vec<String> = set.iter().map(|p| p.to_string()).collect();
+            match ids.len() {
+                1 => format!("instance {}", ids[0]),
+                _ => format!("instances {}", ids.join(", ")),
+            }
+        };
+        let (lost, never): (Vec<InstanceId>, Vec<InstanceId>) = unreached
+            .iter()
+            .partition(|p| self.ever_connected.contains(*p));
+        let mut parts = Vec::new();
+        if !never.is_empty() {
+            parts.push(format!("never connected to {}", list(never)));
+        }
+        if !lost.is_empty() {
+            parts.push(format!("had lost its connection to {}", list(lost)));
+        }
+        if parts.is_empty() {
+            return (unreached, String::new());
+        }
+        let (its, them) = if unreached.len() == 1 {
+            ("its address", "it")
+        } else {
+            ("their addresses", "them")
+        };
+        (
+            unreached,
+            format!(
+                "; this instance {}: check {its} in this instance's configuration \
+                 (`[cluster] instances`) and the network to {them}",
+                parts.join(" and ")
+            ),
+        )
     }
 }
 
@@ -1955,7 +2020,7 @@ mod tests {
 
     fn stopped(actions: &[ClusterAction]) -> Option<&str> {
         actions.iter().find_map(|a| match a {
-            ClusterAction::Stop { reason } => Some(reason.as_str()),
+            ClusterAction::Stop { reason, .. } => Some(reason.as_str()),
             _ => None,
         })
     }
@@ -2350,11 +2415,9 @@ mod tests {
         run(&mut m, &[], &[0, 1, 2], 600, 3200);
         let acts = actions(&mut m);
         assert!(reconfigured(&acts).is_none());
-        assert!(
-            acts.iter().any(
-                |a| matches!(a, ClusterAction::Stop { reason } if reason.contains("majority"))
-            )
-        );
+        assert!(acts.iter().any(
+            |a| matches!(a, ClusterAction::Stop { reason, .. } if reason.contains("majority"))
+        ));
     }
 
     #[test]
@@ -3147,5 +3210,58 @@ mod tests {
         );
         let (joined, members, _) = reconfigured(&actions(&mut m)).expect("not admitted");
         assert_eq!((joined, members), (Epoch(epoch.0 + 1), set(&[0, 1, 2, 3])));
+    }
+
+    #[test]
+    fn a_fenced_stop_names_the_peers_this_instance_never_reached_or_lost() {
+        let mut m = manager(2, &[0, 1, 2, 3]);
+        // Instance 3 as if never connected (a wrong address for it), instance 1 lost.
+        m.m.connected.remove(id(3));
+        m.m.ever_connected.remove(id(3));
+        m.on_disconnected(id(1));
+        let _ = actions(&mut m);
+        let without_me = crate::paxos::Proposal {
+            members: set(&[0, 1, 3]),
+            proposer: id(0),
+            formation: false,
+        };
+        m.m.on_decided(Epoch(4), without_me, at(100));
+        let out = actions(&mut m);
+        let Some((reason, unreached)) = out.iter().find_map(|a| match a {
+            ClusterAction::Stop { reason, unreached } => Some((reason.as_str(), *unreached)),
+            _ => None,
+        }) else {
+            panic!("no stop in {out:?}")
+        };
+        assert!(
+            reason.starts_with(
+                "fenced: epoch 4 was decided without this instance (members [0, 1, 3]); "
+            ),
+            "{reason}"
+        );
+        for needle in [
+            "this instance never connected to instance 3",
+            "had lost its connection to instance 1",
+            "check their addresses in this instance's configuration",
+        ] {
+            assert!(reason.contains(needle), "{needle:?} missing from: {reason}");
+        }
+        assert_eq!(unreached, set(&[1, 3]));
+
+        // Connected to everyone: the reason says nothing more, and names no one.
+        let mut m = manager(2, &[0, 1, 2]);
+        let without_me = crate::paxos::Proposal {
+            members: set(&[0, 1]),
+            proposer: id(0),
+            formation: false,
+        };
+        m.m.on_decided(Epoch(4), without_me, at(100));
+        let out = actions(&mut m);
+        assert!(out.iter().any(|a| matches!(
+            a,
+            ClusterAction::Stop { reason, unreached }
+                if reason == "fenced: epoch 4 was decided without this instance (members [0, 1])"
+                    && unreached.is_empty()
+        )), "{out:?}");
     }
 }

@@ -133,7 +133,7 @@ pub use interconnect::handshake::MIN_SECRET_LEN;
 use interconnect::membership::{MembershipConfig, MembershipConfigError};
 use interconnect::shm::ShmConfig;
 use interconnect::tcp::TcpConfig;
-use interconnect::{ClusterId, InstanceId, InstanceSet, MAX_INSTANCES};
+use interconnect::{ClusterId, InstanceId, InstanceSet, MAX_INSTANCES, StorageId};
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -607,8 +607,10 @@ impl InstanceConfig {
             .filter(move |m| host.is_some() && m.host.as_deref() == host)
     }
 
-    /// The TCP transport's settings (defaults for everything the file does not set).
-    pub fn tcp_config(&self) -> TcpConfig {
+    /// The TCP transport's settings (defaults for everything the file does not set), for an
+    /// instance on the storage of identity `storage` (its header's: the handshake refuses
+    /// peers on another storage).
+    pub fn tcp_config(&self, storage: StorageId) -> TcpConfig {
         let listen = match &self.transport {
             TransportConfig::Tcp { listen, .. } | TransportConfig::Rdma { listen, .. } => *listen,
             TransportConfig::Shm { .. } => self.local.address,
@@ -620,6 +622,7 @@ impl InstanceConfig {
             self.peers.iter().map(|m| (m.id, m.address)).collect(),
             self.secret.as_bytes().to_vec(),
         );
+        tcp.storage = storage;
         tcp.frame_mac = matches!(
             self.transport,
             TransportConfig::Tcp {
@@ -631,8 +634,9 @@ impl InstanceConfig {
     }
 
     /// The shm transport's settings: the co-located peers, and a landing region as large as
-    /// the buffer cache (the cache's frames are that region's: `ShmTransport::region`).
-    pub fn shm_config(&self) -> ShmConfig {
+    /// the buffer cache (the cache's frames are that region's: `ShmTransport::region`), for
+    /// an instance on the storage of identity `storage` (peers on another are refused).
+    pub fn shm_config(&self, storage: StorageId) -> ShmConfig {
         let mut shm = ShmConfig::new(
             self.cluster_id,
             self.local.id,
@@ -641,6 +645,7 @@ impl InstanceConfig {
         if let TransportConfig::Shm { dir } = &self.transport {
             shm.dir = dir.clone();
         }
+        shm.storage = storage;
         shm.frames = self.cache.frames;
         shm.block_size = self.cache.block_size;
         shm

@@ -489,6 +489,8 @@ pub struct Node {
     ios: VecDeque<NodeIo>,
     events: VecDeque<NodeEvent>,
     stop: Option<String>,
+    /// The configured peers the stop reason says this instance was not connected to.
+    stop_unreached: InstanceSet,
     /// When a member was first suspected, and when the last reconfiguration happened, to
     /// time the failure.
     suspected_at: Option<Timestamp>,
@@ -526,6 +528,7 @@ impl Node {
             ios: VecDeque::new(),
             events: VecDeque::new(),
             stop: None,
+            stop_unreached: InstanceSet::EMPTY,
             suspected_at: None,
             reconfigured_at: None,
             rebuilding: false,
@@ -555,6 +558,12 @@ impl Node {
     /// its storage, a recovery step failed, the core failed).
     pub fn stop_reason(&self) -> Option<&str> {
         self.stop.as_deref()
+    }
+
+    /// The configured peers [`Node::stop_reason`] says this instance was not connected to
+    /// (the driver adds their addresses, which this sans-IO node does not know).
+    pub fn stop_unreached(&self) -> InstanceSet {
+        self.stop_unreached
     }
 
     /// The coordination core (for statistics and checks).
@@ -1322,7 +1331,10 @@ impl Node {
                         .push_back(NodeIo::Recovery(RecoveryIo::Preempt { epoch, lost }));
                 }
                 ClusterAction::Paxos(io) => self.ios.push_back(NodeIo::Paxos(io)),
-                ClusterAction::Stop { reason } => {
+                ClusterAction::Stop { reason, unreached } => {
+                    if self.stop.is_none() {
+                        self.stop_unreached = unreached;
+                    }
                     self.give_up(reason, now);
                     return;
                 }

@@ -338,6 +338,37 @@ impl Lease {
     }
 }
 
+/// `reason` with the configured addresses of the peers in `unreached` (which the node's
+/// reason names as not connected): the node is sans-IO and knows ids only. Says which end
+/// dials: this instance dials peers with a lower id, so a wrong address for one of those is
+/// in this instance's configuration; a higher one dials this instance at the address its own
+/// configuration gives for this one.
+fn with_addresses(
+    reason: &str,
+    me: InstanceId,
+    unreached: InstanceSet,
+    addresses: &[(InstanceId, std::net::SocketAddr)],
+) -> String {
+    let named: Vec<String> = addresses
+        .iter()
+        .filter(|(peer, _)| unreached.contains(*peer))
+        .map(|(peer, address)| {
+            if *peer < me {
+                format!("instance {peer} at {address} (dialled by this instance)")
+            } else {
+                format!(
+                    "instance {peer} at {address} (it dials this instance, at the address its own configuration gives for this one)"
+                )
+            }
+        })
+        .collect();
+    if named.is_empty() {
+        reason.to_owned()
+    } else {
+        format!("{reason}; configured addresses: {}", named.join(", "))
+    }
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -617,6 +648,9 @@ pub(crate) struct RuntimeParts<T> {
     pub(crate) fence: Option<Arc<ReservationFence>>,
     /// The redo stream: redo forces GCS asks for are answered from it.
     pub(crate) commits: Arc<crate::commit::CommitStream>,
+    /// Every peer's interconnect address in this instance's configuration, for a stop
+    /// reason that names peers this instance was not connected to.
+    pub(crate) addresses: Vec<(InstanceId, std::net::SocketAddr)>,
 }
 
 struct IoContext {
@@ -653,6 +687,7 @@ impl Runtime {
             lease_from,
             fence,
             commits,
+            addresses,
         } = parts;
         let (commands, command_rx) = crossbeam::channel::unbounded();
         let (io_tx, io_rx) = crossbeam::channel::unbounded::<IoOp>();
@@ -767,6 +802,8 @@ impl Runtime {
             commits,
             redo_force: None,
             force_redo: force_tx,
+            me,
+            addresses,
         };
         let shared: Arc<Shared<T>> = Arc::new(Mutex::new(Some(driver)));
         let inline: Arc<dyn Inline> = shared.clone();
@@ -837,6 +874,9 @@ struct Driver<T> {
     redo_force: Option<Scn>,
     /// Asks the redo-force thread to write the stream.
     force_redo: Sender<()>,
+    me: InstanceId,
+    /// Every peer's interconnect address in this instance's configuration.
+    addresses: Vec<(InstanceId, std::net::SocketAddr)>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -971,7 +1011,9 @@ impl<T: Transport> Driver<T> {
 
     /// Halts if the node or a thread says this instance must stop; returns whether it did.
     fn stopping(&mut self) -> bool {
-        if let Some(reason) = self.node.stop_reason().map(str::to_owned) {
+        if let Some(reason) = self.node.stop_reason() {
+            let reason =
+                with_addresses(reason, self.me, self.node.stop_unreached(), &self.addresses);
             self.stop.stop(reason);
         }
         match self.stop.reason() {
@@ -1955,5 +1997,36 @@ fn read_into(context: &IoContext, block: BlockId, buf: &mut [u8]) -> Result<Scn,
             Ok(Scn(0))
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> InstanceId {
+        InstanceId::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_stop_reason_gets_the_configured_addresses_of_the_peers_it_names() {
+        let addresses: Vec<(InstanceId, std::net::SocketAddr)> = vec![
+            (id(0), "127.0.0.1:16600".parse().unwrap()),
+            (id(1), "127.0.0.1:16691".parse().unwrap()),
+            (id(3), "127.0.0.1:16603".parse().unwrap()),
+        ];
+        let unreached: InstanceSet = [id(1), id(3)].into_iter().collect();
+        let reason = with_addresses("fenced: why", id(2), unreached, &addresses);
+        assert_eq!(
+            reason,
+            "fenced: why; configured addresses: instance 1 at 127.0.0.1:16691 (dialled by this \
+             instance), instance 3 at 127.0.0.1:16603 (it dials this instance, at the address \
+             its own configuration gives for this one)"
+        );
+        // A reason that names no peer is left as it is.
+        assert_eq!(
+            with_addresses("lost the majority", id(2), InstanceSet::EMPTY, &addresses),
+            "lost the majority"
+        );
     }
 }

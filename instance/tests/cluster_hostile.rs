@@ -157,7 +157,7 @@ impl World {
             .iter()
             .flatten()
             .filter_map(|a| match a {
-                ClusterAction::Stop { reason } => Some(reason.clone()),
+                ClusterAction::Stop { reason, .. } => Some(reason.clone()),
                 _ => None,
             })
             .collect()

@@ -8,7 +8,7 @@ use instance::cluster::{FailureConfig, FailureConfigError};
 use instance::config::{ConfigProblem, Fencing, InstanceConfig, TransportConfig, TransportKind};
 use instance::format::{ClusterSpec, Layout};
 use interconnect::membership::{MembershipConfig, MembershipConfigError};
-use interconnect::{ClusterId, InstanceId};
+use interconnect::{ClusterId, InstanceId, StorageId};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -108,8 +108,9 @@ fn defaults_and_conversions() {
         "Debug never shows the secret"
     );
 
-    let tcp = config.tcp_config();
+    let tcp = config.tcp_config(StorageId(0x5707));
     assert_eq!((tcp.cluster, tcp.local), (ClusterId(7), id(1)));
+    assert_eq!(tcp.storage, StorageId(0x5707), "the storage's identity");
     assert_eq!(tcp.listen, "127.0.0.1:7401".parse().unwrap());
     assert_eq!(
         tcp.peers,
@@ -125,10 +126,11 @@ fn defaults_and_conversions() {
         "frames = 64\n[transport]\nkind = \"tcp\"\nframe_mac = true",
     ))
     .unwrap();
-    assert!(with_mac.tcp_config().frame_mac);
+    assert!(with_mac.tcp_config(StorageId(1)).frame_mac);
 
-    let shm = config.shm_config();
+    let shm = config.shm_config(StorageId(0x5707));
     assert_eq!(shm.peers, [id(0)], "only the instance on the same host");
+    assert_eq!(shm.storage, StorageId(0x5707), "the storage's identity");
     assert_eq!((shm.frames, shm.block_size), (64, 8192));
 }
 
@@ -196,7 +198,7 @@ interval_ms = 20
         }
     );
     assert_eq!(config.resp_listen, Some("[::1]:6379".parse().unwrap()));
-    let shm = config.shm_config();
+    let shm = config.shm_config(StorageId(1));
     assert_eq!(shm.peers, [id(0), id(2)]);
     assert_eq!(shm.dir, Path::new("/dev/shm/test"));
     assert_eq!(shm.block_size, 16384);
@@ -230,7 +232,10 @@ fn rdma_reads_device_port_and_gid_index_and_listens_like_tcp() {
             gid_index: 3,
         }
     );
-    assert_eq!(config.tcp_config().listen, "0.0.0.0:9000".parse().unwrap());
+    assert_eq!(
+        config.tcp_config(StorageId(1)).listen,
+        "0.0.0.0:9000".parse().unwrap()
+    );
 }
 
 #[test]

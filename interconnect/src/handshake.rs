@@ -3,18 +3,28 @@
 //!
 //! ```text
 //! dialer                                         acceptor
-//!   Hello {cluster, from, to, nonce_d}     ---->
+//!   Hello {cluster, from, to, storage, nonce_d}  ---->
 //!                                          <----   Challenge {nonce_a}   (nothing else)
 //!   Proof {mac_d = HMAC(secret, "dialer" | transcript)} ---->
-//!                                                  checks mac_d, then the cluster and ids
+//!                                                  checks mac_d, then the cluster, ids, flags
+//!                                                  and storage identity
 //!                                          <----   Verdict {accepted, mac_a = HMAC(secret, "acceptor" | transcript)}
-//!                                                  or Verdict {refused, reason}
+//!                                                  or Verdict {refused, reason[, storage]}
 //!   checks mac_a (the acceptor knows the secret)
 //! ```
 //!
-//! `transcript` is `cluster | dialer id | acceptor id | flags | nonce_d | nonce_a` as the
-//! dialer claims them, so a MAC is bound to both nonces and both identities and cannot be
+//! `transcript` is `cluster | dialer id | acceptor id | flags | storage | nonce_d | nonce_a` as
+//! the dialer claims them, so a MAC is bound to both nonces and both identities and cannot be
 //! replayed on another connection.
+//!
+//! The hello's `storage` is the [`StorageId`] of the storage the dialer opened (a random value
+//! written when it was formatted). The acceptor refuses a dialer on another storage, once it
+//! has proved the secret, with [`HandshakeError::StorageMismatch`]: a file formatted again with
+//! the same cluster id and secret passes every other check, and an instance that joined on it
+//! would decide epochs and serve blocks from a disk no one else writes. That refusal, alone
+//! among refusals, carries an id: the acceptor's storage identity, so that the refused dialer
+//! can name both. It is sent only to a dialer that proved the secret, and a storage identity
+//! is no secret (every hello carries one in the clear).
 //!
 //! The hello's `flags` say whether the dialer wants a MAC on every frame
 //! ([`crate::frame_mac`]). Both ends must be configured alike: the acceptor refuses a
@@ -25,9 +35,10 @@
 //!
 //! The dialer proves first, over a nonce the acceptor chose: whoever merely reaches the port
 //! learns nothing from the acceptor (no MAC to test secret guesses against offline, no cluster
-//! or instance id: the challenge carries only a nonce, and no refusal carries an id). The
-//! acceptor checks the dialer's MAC before its claims, so only a peer that holds the secret
-//! learns *why* it was refused (wrong cluster id, unexpected instance id); anyone else reads
+//! or instance id: the challenge carries only a nonce, and no refusal to a stranger carries an
+//! id). The acceptor checks the dialer's MAC before its claims, so only a peer that holds the
+//! secret learns *why* it was refused (wrong cluster id, unexpected instance id, another
+//! storage); anyone else reads
 //! "wrong cluster secret". The acceptor's own MAC, in the accepting verdict, proves to the
 //! dialer that it did not dial an impostor. Secrets are at least [`MIN_SECRET_LEN`] bytes, so
 //! that the one MAC an impostor acceptor can collect (the dialer's proof) is no help to a
@@ -37,14 +48,15 @@
 //! or draws random numbers: the transport passes nonces in.
 
 use crate::frame_mac::{FrameMac, FrameMacKeys};
-use crate::{ClusterId, InstanceId};
+use crate::{ClusterId, InstanceId, StorageId};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// Every handshake record is this long.
 pub const RECORD_LEN: usize = 80;
-/// Handshake protocol version (2: the dialer proves first; 3: the frame-MAC flag).
-pub const HANDSHAKE_VERSION: u8 = 3;
+/// Handshake protocol version (2: the dialer proves first; 3: the frame-MAC flag; 4: the
+/// storage identity).
+pub const HANDSHAKE_VERSION: u8 = 4;
 /// The shortest cluster secret accepted: 32 bytes, the HMAC-SHA256 key size.
 pub const MIN_SECRET_LEN: usize = 32;
 const MAGIC: [u8; 4] = *b"FSNH";
@@ -98,9 +110,25 @@ pub enum HandshakeError {
         /// Whether this instance uses them.
         local: bool,
     },
+    /// The two ends opened different storage (each formatted on its own, perhaps with the
+    /// same cluster id): every instance of a cluster must be given the same storage file.
+    #[error(
+        "this instance's storage has identity {local} and instance {instance}'s has identity {peer}: the two instances were given different storage files (check `storage.path` in each instance's configuration)"
+    )]
+    StorageMismatch {
+        /// The storage identity this instance opened.
+        local: StorageId,
+        /// The peer's.
+        peer: StorageId,
+        /// The peer: the one dialled, or a dialer that proved the secret (so its id is
+        /// authenticated, and an entering instance may count who refused it).
+        instance: InstanceId,
+    },
 }
 
-/// What an acceptor tells a dialer it refuses. No reason carries an id.
+/// What an acceptor tells a dialer it refuses. No reason carries an id, but for
+/// [`RefusalReason::StorageMismatch`], whose verdict also carries the acceptor's storage
+/// identity (the dialer then reports [`HandshakeError::StorageMismatch`] with both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RefusalReason {
@@ -123,6 +151,10 @@ pub enum RefusalReason {
         "the frame MAC setting differs (`transport.frame_mac` must be the same on every instance)"
     )]
     FrameMacMismatch,
+    /// The dialer opened another storage than the acceptor (told only to a dialer that
+    /// proved the secret).
+    #[error("the storage identity differs (the instances were given different storage files)")]
+    StorageMismatch,
     /// Anything else (a malformed record).
     #[error("protocol error")]
     Protocol,
@@ -137,6 +169,7 @@ impl RefusalReason {
             RefusalReason::UnexpectedInstance => 4,
             RefusalReason::Protocol => 5,
             RefusalReason::FrameMacMismatch => 6,
+            RefusalReason::StorageMismatch => 7,
         }
     }
 
@@ -147,6 +180,7 @@ impl RefusalReason {
             3 => RefusalReason::BadSecret,
             4 => RefusalReason::UnexpectedInstance,
             6 => RefusalReason::FrameMacMismatch,
+            7 => RefusalReason::StorageMismatch,
             _ => RefusalReason::Protocol,
         }
     }
@@ -158,6 +192,7 @@ impl RefusalReason {
             HandshakeError::BadSecret => RefusalReason::BadSecret,
             HandshakeError::UnexpectedInstance(_) => RefusalReason::UnexpectedInstance,
             HandshakeError::FrameMacMismatch { .. } => RefusalReason::FrameMacMismatch,
+            HandshakeError::StorageMismatch { .. } => RefusalReason::StorageMismatch,
             _ => RefusalReason::Protocol,
         }
     }
@@ -176,6 +211,8 @@ pub struct HandshakeConfig {
     /// Put a MAC on every frame and require one on every frame received
     /// ([`crate::frame_mac`]); every instance must agree.
     pub frame_mac: bool,
+    /// The identity of the storage this instance opened; a peer on another one is refused.
+    pub storage: StorageId,
 }
 
 impl std::fmt::Debug for HandshakeConfig {
@@ -185,6 +222,7 @@ impl std::fmt::Debug for HandshakeConfig {
             .field("local", &self.local)
             .field("secret", &"<redacted>")
             .field("frame_mac", &self.frame_mac)
+            .field("storage", &self.storage)
             .finish()
     }
 }
@@ -201,7 +239,7 @@ enum Kind {
 }
 
 /// Field layout: magic 0..4, kind 4, version 5, code 6, flags 7, cluster 8..16, from 16..18,
-/// to 18..20, nonce 24..40, mac 40..72. Fields a record does not use are zero.
+/// to 18..20, nonce 24..40, mac 40..72, storage 72..80. Fields a record does not use are zero.
 #[derive(Default)]
 struct Fields {
     kind: u8,
@@ -213,6 +251,7 @@ struct Fields {
     to: u16,
     nonce: Nonce,
     mac: [u8; MAC_LEN],
+    storage: u64,
 }
 
 impl Fields {
@@ -236,6 +275,7 @@ impl Fields {
         r[18..20].copy_from_slice(&self.to.to_le_bytes());
         r[24..40].copy_from_slice(&self.nonce);
         r[40..72].copy_from_slice(&self.mac);
+        r[72..80].copy_from_slice(&self.storage.to_le_bytes());
         r
     }
 
@@ -249,6 +289,8 @@ impl Fields {
         nonce.copy_from_slice(&r[24..40]);
         let mut mac = [0u8; MAC_LEN];
         mac.copy_from_slice(&r[40..72]);
+        let mut storage = [0u8; 8];
+        storage.copy_from_slice(&r[72..80]);
         let fields = Fields {
             kind: r[4],
             version: r[5],
@@ -259,6 +301,7 @@ impl Fields {
             to: u16::from_le_bytes([r[18], r[19]]),
             nonce,
             mac,
+            storage: u64::from_le_bytes(storage),
         };
         // A verdict may arrive where a challenge is expected: the acceptor refused the hello.
         if fields.kind == Kind::Verdict as u8 && expect != Kind::Verdict && fields.code != 0 {
@@ -287,6 +330,7 @@ struct Transcript {
     dialer: u16,
     acceptor: u16,
     flags: u8,
+    storage: u64,
     nonce_d: Nonce,
     nonce_a: Nonce,
 }
@@ -303,6 +347,7 @@ impl Transcript {
         mac.update(&self.dialer.to_le_bytes());
         mac.update(&self.acceptor.to_le_bytes());
         mac.update(&[self.flags]);
+        mac.update(&self.storage.to_le_bytes());
         mac.update(&self.nonce_d);
         mac.update(&self.nonce_a);
         mac
@@ -388,6 +433,7 @@ impl Dialer {
             from: config.local.as_u16(),
             to: peer.as_u16(),
             nonce: nonce_d,
+            storage: config.storage.0,
             ..Fields::new(Kind::Hello)
         };
         (
@@ -409,6 +455,7 @@ impl Dialer {
             dialer: self.config.local.as_u16(),
             acceptor: self.peer.as_u16(),
             flags: flags_of(&self.config),
+            storage: self.config.storage.0,
             nonce_d: self.nonce_d,
             nonce_a,
         };
@@ -426,6 +473,13 @@ impl Dialer {
             }
             DialerState::AwaitingVerdict { nonce_a } => {
                 let verdict = Fields::decode(record, Kind::Verdict)?;
+                if verdict.code == RefusalReason::StorageMismatch.code() {
+                    return Err(HandshakeError::StorageMismatch {
+                        local: self.config.storage,
+                        peer: StorageId(verdict.storage),
+                        instance: self.peer,
+                    });
+                }
                 if verdict.code != 0 {
                     return Err(HandshakeError::RefusedByPeer(RefusalReason::from_code(
                         verdict.code,
@@ -459,6 +513,7 @@ enum AcceptorState {
         dialer: u16,
         to: u16,
         flags: u8,
+        storage: u64,
         nonce_d: Nonce,
     },
     Done,
@@ -512,6 +567,12 @@ impl Acceptor {
             self.state = AcceptorState::Done;
             let verdict = Fields {
                 code: RefusalReason::of(&error).code(),
+                // The one refusal that names an id: the dialer proved the secret, and it
+                // needs the acceptor's identity to say which files differ.
+                storage: match error {
+                    HandshakeError::StorageMismatch { local, .. } => local.0,
+                    _ => 0,
+                },
                 ..Fields::new(Kind::Verdict)
             };
             Refusal {
@@ -536,6 +597,7 @@ impl Acceptor {
                     dialer: hello.from,
                     to: hello.to,
                     flags: hello.flags,
+                    storage: hello.storage,
                     nonce_d: hello.nonce,
                 };
                 let challenge = Fields {
@@ -549,6 +611,7 @@ impl Acceptor {
                 dialer,
                 to,
                 flags,
+                storage,
                 nonce_d,
             } => {
                 let proof = Fields::decode(record, Kind::Proof)?;
@@ -557,6 +620,7 @@ impl Acceptor {
                     dialer,
                     acceptor: to,
                     flags,
+                    storage,
                     nonce_d,
                     nonce_a: self.nonce_a,
                 };
@@ -579,6 +643,13 @@ impl Acceptor {
                 if flags != flags_of(&self.config) {
                     return Err(HandshakeError::FrameMacMismatch {
                         local: self.config.frame_mac,
+                    });
+                }
+                if storage != self.config.storage.0 {
+                    return Err(HandshakeError::StorageMismatch {
+                        local: self.config.storage,
+                        peer: StorageId(storage),
+                        instance: peer,
                     });
                 }
                 let verdict = Fields {
@@ -609,7 +680,13 @@ mod tests {
             local: InstanceId::new(local).unwrap(),
             secret: secret.to_vec(),
             frame_mac: false,
+            storage: StorageId(0x5707),
         }
+    }
+
+    fn on_storage(mut config: HandshakeConfig, storage: u64) -> HandshakeConfig {
+        config.storage = StorageId(storage);
+        config
     }
 
     /// Runs a full handshake; returns (dialer's result, acceptor's result).
@@ -711,7 +788,7 @@ mod tests {
         let refusal = acceptor
             .on_record(&[0u8; RECORD_LEN], |_| true)
             .unwrap_err();
-        assert_eq!(refusal.verdict[8..72], [0u8; 64]);
+        assert_eq!(refusal.verdict[8..RECORD_LEN], [0u8; RECORD_LEN - 8]);
     }
 
     #[test]
@@ -926,5 +1003,130 @@ mod tests {
             acceptor.on_record(&hello, |_| true).unwrap_err().error,
             HandshakeError::Malformed(_)
         ));
+    }
+
+    #[test]
+    fn another_storage_is_refused_after_the_proof_and_both_ends_name_both_ids() {
+        let (dialer, acceptor) = run(
+            on_storage(config(9, 2, SECRET), 0xd1a1),
+            on_storage(config(9, 1, SECRET), 0xacce),
+        );
+        assert_eq!(
+            acceptor,
+            Err(HandshakeError::StorageMismatch {
+                local: StorageId(0xacce),
+                peer: StorageId(0xd1a1),
+                instance: InstanceId::new(2).unwrap(),
+            })
+        );
+        assert_eq!(
+            dialer,
+            Err(HandshakeError::StorageMismatch {
+                local: StorageId(0xd1a1),
+                peer: StorageId(0xacce),
+                instance: InstanceId::new(1).unwrap(),
+            })
+        );
+        let text = dialer.unwrap_err().to_string();
+        for needle in [
+            "000000000000d1a1",
+            "instance 1's has identity 000000000000acce",
+            "different storage files",
+        ] {
+            assert!(text.contains(needle), "{text}");
+        }
+        // A file formatted before identities existed is "unknown", and says so.
+        let text = HandshakeError::StorageMismatch {
+            local: StorageId::UNKNOWN,
+            peer: StorageId(0xacce),
+            instance: InstanceId::new(1).unwrap(),
+        }
+        .to_string();
+        assert!(
+            text.contains("formatted before storage identities"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_storage_mismatch_is_told_only_to_a_dialer_that_proved_the_secret() {
+        // The hello gets the bare challenge, whatever storage it names.
+        let (_, hello) = Dialer::start(
+            on_storage(config(9, 2, SECRET), 0xd1a1),
+            InstanceId::new(1).unwrap(),
+            [1; 16],
+        );
+        let mut acceptor = Acceptor::new(on_storage(config(9, 1, SECRET), 0xacce), [2; 16]);
+        assert!(matches!(
+            acceptor.on_record(&hello, |_| true),
+            Ok(AcceptorStep::Send(_))
+        ));
+        // Without the secret, another storage reads as a wrong secret, and the verdict
+        // carries no storage identity.
+        let (dialer, acceptor) = run(
+            on_storage(config(9, 2, OTHER), 0xd1a1),
+            on_storage(config(9, 1, SECRET), 0xacce),
+        );
+        assert_eq!(acceptor, Err(HandshakeError::BadSecret));
+        assert_eq!(
+            dialer,
+            Err(HandshakeError::RefusedByPeer(RefusalReason::BadSecret))
+        );
+        let (mut dialer, hello) = Dialer::start(
+            on_storage(config(9, 2, OTHER), 0xd1a1),
+            InstanceId::new(1).unwrap(),
+            [1; 16],
+        );
+        let mut acceptor = Acceptor::new(on_storage(config(9, 1, SECRET), 0xacce), [2; 16]);
+        let Ok(AcceptorStep::Send(challenge)) = acceptor.on_record(&hello, |_| true) else {
+            panic!("a hello gets a challenge")
+        };
+        let Ok(DialerStep::Send(proof)) = dialer.on_record(&challenge) else {
+            panic!("a challenge gets a proof")
+        };
+        let refusal = acceptor.on_record(&proof, |_| true).unwrap_err();
+        assert_eq!(refusal.verdict[72..80], [0u8; 8]);
+    }
+
+    #[test]
+    fn the_same_storage_is_accepted_including_two_unknown_ones() {
+        for storage in [0xacce, StorageId::UNKNOWN.0] {
+            let (dialer, acceptor) = run(
+                on_storage(config(9, 2, SECRET), storage),
+                on_storage(config(9, 1, SECRET), storage),
+            );
+            assert_eq!(dialer, Ok(()));
+            assert_eq!(acceptor, Ok(InstanceId::new(2).unwrap()));
+        }
+        // An unknown identity is a value like any other: it does not match a known one.
+        let (_, acceptor) = run(
+            on_storage(config(9, 2, SECRET), StorageId::UNKNOWN.0),
+            on_storage(config(9, 1, SECRET), 0xacce),
+        );
+        assert!(matches!(
+            acceptor,
+            Err(HandshakeError::StorageMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn the_storage_identity_cannot_be_changed_on_the_way() {
+        // Someone on the path rewrites the dialer's storage identity to the acceptor's: the
+        // transcript covers it, so the proof no longer verifies.
+        let (mut dialer, mut hello) = Dialer::start(
+            on_storage(config(9, 2, SECRET), 0xd1a1),
+            InstanceId::new(1).unwrap(),
+            [1; 16],
+        );
+        hello[72..80].copy_from_slice(&0xacce_u64.to_le_bytes());
+        let mut acceptor = Acceptor::new(on_storage(config(9, 1, SECRET), 0xacce), [2; 16]);
+        let Ok(AcceptorStep::Send(challenge)) = acceptor.on_record(&hello, |_| true) else {
+            panic!("a hello gets a challenge")
+        };
+        let Ok(DialerStep::Send(proof)) = dialer.on_record(&challenge) else {
+            panic!("a challenge gets a proof")
+        };
+        let refusal = acceptor.on_record(&proof, |_| true).unwrap_err();
+        assert_eq!(refusal.error, HandshakeError::BadSecret);
     }
 }

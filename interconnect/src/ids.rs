@@ -1,7 +1,8 @@
 //! Vocabulary types shared by every Fusion crate: who an instance is ([`InstanceId`]), which
 //! configuration of the cluster a message belongs to ([`Epoch`]), where in the cluster-wide
-//! order a change falls ([`Scn`]), which cluster a frame belongs to ([`ClusterId`]), and sets
-//! of instances as bitmaps ([`InstanceSet`]).
+//! order a change falls ([`Scn`]), which cluster a frame belongs to ([`ClusterId`]), which
+//! formatted storage an instance runs on ([`StorageId`]), and sets of instances as bitmaps
+//! ([`InstanceSet`]).
 //!
 //! These are plain values: this module owns their ranges and their parsing and must never
 //! carry behaviour that belongs to a protocol.
@@ -107,6 +108,29 @@ pub struct ClusterId(pub u64);
 impl fmt::Display for ClusterId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Names one formatted shared storage: a random value `fusionctl create` writes once into the
+/// control area's header. Two files formatted with the same cluster id still differ here, so
+/// the handshake can refuse a peer that was started on another file. A file formatted before
+/// this field existed reads [`StorageId::UNKNOWN`]; it is compared like any other value (all
+/// instances on one old file agree), so only two *old* files go undetected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StorageId(pub u64);
+
+impl StorageId {
+    /// What a storage formatted before identities existed reads (never drawn by a format).
+    pub const UNKNOWN: StorageId = StorageId(0);
+}
+
+impl fmt::Display for StorageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Self::UNKNOWN {
+            write!(f, "0 (formatted before storage identities)")
+        } else {
+            write!(f, "{:016x}", self.0)
+        }
     }
 }
 

@@ -45,7 +45,7 @@ pub mod tcp;
 pub use clock::{AtomicScnClock, DEFAULT_SCN_HORIZON, SCN_LIMIT, ScnClock, ScnError, Timestamp};
 pub use frame::{FrameError, FrameHeader, MAX_BODY_LEN, Priority, Service};
 pub use ids::{
-    ClusterId, Epoch, InstanceId, InstanceIdOutOfRange, InstanceSet, MAX_INSTANCES, Scn,
+    ClusterId, Epoch, InstanceId, InstanceIdOutOfRange, InstanceSet, MAX_INSTANCES, Scn, StorageId,
 };
 pub use region::LandingToken;
 #[cfg(any(feature = "tcp", feature = "shm"))]

@@ -57,8 +57,8 @@ use crate::handshake::{
 use crate::region::{BlockRegion, Landing};
 use crate::transport::{header_for, validate_outgoing};
 use crate::{
-    ClusterId, InstanceId, MAX_INSTANCES, Outgoing, SendError, Transport, TransportError,
-    TransportEvent, Waker,
+    ClusterId, InstanceId, MAX_INSTANCES, Outgoing, SendError, StorageId, Transport,
+    TransportError, TransportEvent, Waker,
 };
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -109,6 +109,10 @@ pub struct TcpConfig {
     /// for networks where someone may write into the connections. Off by default; every
     /// instance must agree (a mismatch is refused at the handshake).
     pub frame_mac: bool,
+    /// The identity of the storage this instance opened ([`StorageId`]); the handshake
+    /// refuses a peer on another one. [`StorageId::UNKNOWN`] by default: an instance sets the
+    /// one its storage's header holds.
+    pub storage: StorageId,
     /// Bytes one connection may read in one poll (positive). A peer that
     /// sends faster than this instance consumes is read again at the next poll (which then
     /// does not block), so timers, heartbeats and the other connections get their turn; and
@@ -128,6 +132,7 @@ impl std::fmt::Debug for TcpConfig {
             .field("secret", &"<redacted>")
             .field("queue_limit", &self.queue_limit)
             .field("frame_mac", &self.frame_mac)
+            .field("storage", &self.storage)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +159,7 @@ impl TcpConfig {
             socket_busy_poll_us: 0,
             max_pending_handshakes: 64,
             frame_mac: false,
+            storage: StorageId::UNKNOWN,
             read_budget: DEFAULT_READ_BUDGET,
         }
     }
@@ -671,6 +677,7 @@ impl TcpTransport {
             local: config.local,
             secret: config.secret.clone(),
             frame_mac: config.frame_mac,
+            storage: config.storage,
         };
         Ok(Self {
             config,

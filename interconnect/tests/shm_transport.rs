@@ -10,10 +10,11 @@
     reason = "test helpers: a panic is the test failing"
 )]
 
+use interconnect::handshake::HandshakeError;
 use interconnect::shm::{ShmConfig, ShmTransport};
 use interconnect::{
     ClusterId, Epoch, InstanceId, LandingToken, Outgoing, OutgoingBlock, Priority, Scn, SendError,
-    Service, Transport, TransportError, TransportEvent,
+    Service, StorageId, Transport, TransportError, TransportEvent,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -325,6 +326,45 @@ fn a_peer_of_another_cluster_is_refused() {
             .any(|e| matches!(e, TransportEvent::Refused { peer: Some(p), .. } if *p == id(2)))
     });
     assert!(!connected(&events[0], id(2)) && !connected(&events[1], id(1)));
+}
+
+#[test]
+fn a_peer_on_another_storage_is_refused_as_the_handshake_refuses_it() {
+    let dir = TempDir::new("storage");
+    let mut mine = config(&dir.0, 1, &[2]);
+    mine.storage = StorageId(0xacce);
+    let mut a = ShmTransport::open(mine).unwrap();
+    let mut other = config(&dir.0, 2, &[1]);
+    other.storage = StorageId(0xd1a1);
+    let mut b = ShmTransport::open(other).unwrap();
+    let mut events = [Vec::new(), Vec::new()];
+    let mismatch = |events: &[TransportEvent], peer: InstanceId| {
+        events.iter().any(|e| {
+            matches!(
+                e,
+                TransportEvent::Refused {
+                    peer: Some(p),
+                    error: TransportError::Handshake(HandshakeError::StorageMismatch { instance, .. }),
+                } if *p == peer && *instance == peer
+            )
+        })
+    };
+    poll_until(&mut [&mut a, &mut b], &mut events, |ev| {
+        mismatch(&ev[0], id(2)) && mismatch(&ev[1], id(1))
+    });
+    assert!(!connected(&events[0], id(2)) && !connected(&events[1], id(1)));
+    // Both sides name both identities.
+    let text = events[0]
+        .iter()
+        .find_map(|e| match e {
+            TransportEvent::Refused { error, .. } => Some(error.to_string()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        text.contains("000000000000acce") && text.contains("000000000000d1a1"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -12,12 +12,13 @@ use super::files::{
 use super::header::{self, SHM_HEADER_LEN};
 use super::ring::{Consumer, Producer, Record, RingError};
 use super::wake::WakeRequest;
+use crate::handshake::HandshakeError;
 use crate::region::{BlockRegion, RegionError};
 use crate::transport::{
     Outgoing, SendError, Transport, TransportError, TransportEvent, Waker, header_for,
     validate_outgoing,
 };
-use crate::{ClusterId, InstanceId, MAX_INSTANCES};
+use crate::{ClusterId, InstanceId, MAX_INSTANCES, StorageId};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +51,10 @@ pub struct ShmConfig {
     /// Longest park between liveness checks of peers (a peer that exits cleanly wakes us at
     /// once; a crashed one is noticed within this).
     pub liveness_interval: Duration,
+    /// The identity of the storage this instance opened ([`StorageId`]), recorded in its node
+    /// file: a peer on another storage is refused as the TCP handshake refuses it
+    /// ([`HandshakeError::StorageMismatch`]). [`StorageId::UNKNOWN`] by default.
+    pub storage: StorageId,
 }
 
 impl ShmConfig {
@@ -66,6 +71,7 @@ impl ShmConfig {
             ring_bytes: 128 * 1024,
             spin: Duration::from_micros(50),
             liveness_interval: Duration::from_millis(20),
+            storage: StorageId::UNKNOWN,
         }
     }
 
@@ -226,6 +232,7 @@ impl OwnNode {
 /// One instance's end of the shm interconnect. See the [module documentation](super).
 pub struct ShmTransport {
     cluster: ClusterId,
+    storage: StorageId,
     local: InstanceId,
     dir: PathBuf,
     ring_bytes: usize,
@@ -324,6 +331,7 @@ impl ShmTransport {
             .collect();
         let mut transport = ShmTransport {
             cluster: config.cluster,
+            storage: config.storage,
             local: config.local,
             dir,
             ring_bytes: config.ring_bytes,
@@ -385,7 +393,13 @@ impl ShmTransport {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let node = NodeFile::create(&config.dir, config.cluster, config.local, incarnation)?;
+        let node = NodeFile::create(
+            &config.dir,
+            config.cluster,
+            config.local,
+            incarnation,
+            config.storage,
+        )?;
         Ok((region, inbound, node))
     }
 
@@ -411,6 +425,18 @@ impl ShmTransport {
         let id = self.peers[index].id;
         let not_ready = |what: &str| io::Error::new(io::ErrorKind::NotConnected, what.to_owned());
         let node = NodeFile::open(&self.dir, self.cluster, id)?;
+        if node.storage != self.storage {
+            // Told apart from other bad files (see `maintain_peer`), so that the instance sees
+            // the same configuration refusal as over TCP.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                HandshakeError::StorageMismatch {
+                    local: self.storage,
+                    peer: node.storage,
+                    instance: id,
+                },
+            ));
+        }
         if !node.alive() {
             return Err(not_ready("peer is not running"));
         }
@@ -493,9 +519,16 @@ impl ShmTransport {
             // Absent or still starting peers are retried quietly; a wrong file is news.
             if e.kind() == io::ErrorKind::InvalidData && !peer.refusal_reported {
                 peer.refusal_reported = true;
+                let mismatch = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<HandshakeError>())
+                    .cloned();
                 events.push(TransportEvent::Refused {
                     peer: Some(peer.id),
-                    error: TransportError::Io(e),
+                    error: match mismatch {
+                        Some(handshake) => TransportError::Handshake(handshake),
+                        None => TransportError::Io(e),
+                    },
                 });
             }
         }

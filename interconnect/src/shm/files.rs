@@ -7,7 +7,8 @@
 //! region-<id>                  the instance's landing region (crate::region layout)
 //!
 //! node file:  0 magic "FSNN" | 4 version u32 | 8 cluster u64 | 16 instance u16 | 20 pid u32
-//!             24 incarnation u64 | 128 closed u32 | 256 doorbell u32 | 384 sleeping u32
+//!             24 incarnation u64 | 32 storage u64 | 128 closed u32 | 256 doorbell u32
+//!             384 sleeping u32
 //! ring file:  0 magic "FSNQ" | 4 version u32 | 8 cluster u64 | 16 from u16 | 18 to u16
 //!             24 incarnation of <to> u64 | 32 ring bytes u64 | 128 producer u64
 //!             4096 + p * 256: RingCtl of priority p | 8192 + p * ring_bytes: its data
@@ -24,7 +25,7 @@
 
 use super::ring::{CTL_LEN, MIN_CAPACITY, RingError, RingMem};
 use super::wake::Bell;
-use crate::{ClusterId, InstanceId};
+use crate::{ClusterId, InstanceId, StorageId};
 use memmap2::MmapRaw;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io;
@@ -45,7 +46,8 @@ const NODE_MAGIC: [u8; 4] = *b"FSNN";
 const RING_MAGIC: [u8; 4] = *b"FSNQ";
 /// 2: frames carry no payload checksum (see "Checksums" in the module documentation of `shm`).
 /// 3: records start on a cache line and carry the 32-byte shm header (`header.rs`).
-const FILE_VERSION: u32 = 3;
+/// 4: the node file records the instance's storage identity.
+const FILE_VERSION: u32 = 4;
 const PAGE: usize = 4096;
 const NODE_LEN: usize = PAGE;
 const CLOSED_AT: usize = 128;
@@ -273,6 +275,9 @@ pub(crate) struct NodeFile {
     pub(crate) incarnation: u64,
     /// The instance's process.
     pub(crate) pid: u32,
+    /// The identity of the storage the instance opened (checked by the transport, which
+    /// reports a mismatch as the handshake would).
+    pub(crate) storage: StorageId,
 }
 
 impl NodeFile {
@@ -282,6 +287,7 @@ impl NodeFile {
         cluster: ClusterId,
         id: InstanceId,
         incarnation: u64,
+        storage: StorageId,
     ) -> io::Result<Self> {
         let pid = std::process::id();
         let mut header = [0u8; HEADER_BYTES];
@@ -291,6 +297,7 @@ impl NodeFile {
         header[16..18].copy_from_slice(&id.as_u16().to_le_bytes());
         header[20..24].copy_from_slice(&pid.to_le_bytes());
         header[24..32].copy_from_slice(&incarnation.to_le_bytes());
+        header[32..40].copy_from_slice(&storage.0.to_le_bytes());
         let map = create_mapped(&node_path(dir, id), NODE_LEN, |base| {
             // SAFETY: the fresh mapping is NODE_LEN bytes and nobody else has it yet.
             unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), base, HEADER_BYTES) };
@@ -299,6 +306,7 @@ impl NodeFile {
             map,
             incarnation,
             pid,
+            storage,
         })
     }
 
@@ -319,6 +327,7 @@ impl NodeFile {
             map,
             incarnation,
             pid: u32_at(&header, 20),
+            storage: StorageId(u64_at(&header, 32)),
         })
     }
 

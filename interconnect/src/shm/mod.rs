@@ -36,7 +36,10 @@
 //! **Trust.** The TCP transport authenticates peers with the HMAC handshake. This one relies
 //! on file permissions: the directory is 0700 and must belong to this user, and the files are
 //! 0600, so only processes of the same user on the same host can take part. Each file records
-//! the cluster id, which is checked. A peer can still write garbage into shared memory: every
+//! the cluster id, which is checked, and a node file the identity of the storage its instance
+//! opened: a peer on another storage is refused as the TCP handshake refuses it
+//! ([`HandshakeError::StorageMismatch`](crate::handshake::HandshakeError::StorageMismatch)).
+//! A peer can still write garbage into shared memory: every
 //! index, length and header read from it is validated, and a bad one breaks that peer's
 //! connection, never this process. (A same-user process can still hurt us in ways no check
 //! prevents, e.g. by truncating a mapped file, which faults the mapping: the trust boundary is

@@ -129,9 +129,10 @@ fn create(path: PathBuf, spec: ClusterSpec, force: bool) -> Result<(), String> {
         .map(|s| s.info().to_string())
         .unwrap_or_else(|e| format!("(cannot reopen: {e})"));
     out!(
-        "created cluster {} on {}\n  storage I/O: {}\n  block size {} bytes, {} data blocks at offset {:#x}\n  {} instance slots; redo threads of {} MiB at offset {:#x}",
+        "created cluster {} on {} (storage identity {})\n  storage I/O: {}\n  block size {} bytes, {} data blocks at offset {:#x}\n  {} instance slots; redo threads of {} MiB at offset {:#x}",
         layout.cluster_id,
         path.display(),
+        layout.storage_id,
         info,
         layout.block_size,
         layout.data_blocks,

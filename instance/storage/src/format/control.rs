@@ -6,7 +6,7 @@
 
 use super::{FORMAT_VERSION, SECTOR};
 use interconnect::codec::{DecodeError, Reader, put_u8, put_u16, put_u32, put_u64};
-use interconnect::{ClusterId, InstanceId, MAX_INSTANCES, Scn};
+use interconnect::{ClusterId, InstanceId, MAX_INSTANCES, Scn, StorageId};
 
 /// Magic of the header sector.
 pub const HEADER_MAGIC: [u8; 8] = *b"FUSIONDB";
@@ -38,6 +38,10 @@ pub struct ControlHeader {
     pub storage_len: u64,
     /// When it was created (informational).
     pub created_unix_nanos: u64,
+    /// This storage's identity: random, drawn once by [`super::create`]; zero
+    /// ([`StorageId::UNKNOWN`]) on storage formatted before it existed (the bytes were
+    /// reserved, written as zero).
+    pub storage_id: StorageId,
 }
 
 /// Whether an instance is running, as its slot says.
@@ -346,6 +350,7 @@ impl ControlHeader {
             self.data_blocks,
             self.storage_len,
             self.created_unix_nanos,
+            self.storage_id.0,
         ] {
             put_u64(&mut f, v);
         }
@@ -375,6 +380,7 @@ impl ControlHeader {
                 data_blocks: r.u64()?,
                 storage_len: r.u64()?,
                 created_unix_nanos: r.u64()?,
+                storage_id: StorageId(r.u64()?),
             })
         })()
         .map_err(truncated)
@@ -552,7 +558,29 @@ mod tests {
             data_blocks: 1000,
             storage_len: 1 << 30,
             created_unix_nanos: 5,
+            storage_id: StorageId(0x1d_5707),
         }
+    }
+
+    #[test]
+    fn the_storage_identity_lives_in_bytes_once_reserved() {
+        let mut sector = vec![0u8; SECTOR];
+        header().encode(&mut sector);
+        // Offset 96, where version 3 had reserved zero bytes: no other field moved.
+        assert_eq!(sector[96..104], 0x1d_5707_u64.to_le_bytes());
+        assert_eq!(sector[88..96], 5u64.to_le_bytes());
+        assert!(sector[104..].iter().all(|&b| b == 0));
+        // A header written before identities existed (zero there) reads as unknown.
+        let old = ControlHeader {
+            storage_id: StorageId::UNKNOWN,
+            ..header()
+        };
+        old.encode(&mut sector);
+        assert_eq!(sector[96..104], [0u8; 8]);
+        assert_eq!(
+            ControlHeader::decode(&sector).map(|h| h.storage_id),
+            Ok(StorageId::UNKNOWN)
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use control::{
 
 use crate::{self as storage, AlignedBuf, IoClass, SharedStorage, StorageError, StorageOptions};
 use gcs::BlockId;
-use interconnect::{ClusterId, InstanceId, MAX_INSTANCES, Scn};
+use interconnect::{ClusterId, InstanceId, MAX_INSTANCES, Scn, StorageId};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -112,6 +112,9 @@ pub struct Layout {
     pub data_blocks: u64,
     /// Bytes formatted.
     pub storage_len: u64,
+    /// This storage's identity ([`ControlHeader::storage_id`]): instances on storage of
+    /// another identity are refused at the handshake.
+    pub storage_id: StorageId,
     /// The header it came from.
     pub header: ControlHeader,
 }
@@ -199,6 +202,9 @@ pub enum CreateError {
     /// The spec has an invalid value.
     #[error("invalid cluster spec: {0}")]
     InvalidSpec(String),
+    /// The system gave no random bytes for the storage identity.
+    #[error("no randomness for the storage identity: {0}")]
+    NoRandomness(getrandom::Error),
     /// The path does not exist and no size was given.
     #[error("{0} does not exist; give a size to create it")]
     SizeRequired(PathBuf),
@@ -330,6 +336,8 @@ impl Layout {
             created_unix_nanos: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            // `create` draws it; a plan alone (the simulator's storage) has none.
+            storage_id: StorageId::UNKNOWN,
         };
         Layout::from_header(header).map_err(CreateError::Verify)
     }
@@ -394,6 +402,7 @@ impl Layout {
             data_offset: h.data_offset,
             data_blocks: h.data_blocks,
             storage_len: h.storage_len,
+            storage_id: h.storage_id,
             header,
         })
     }
@@ -670,9 +679,25 @@ pub fn create(path: &Path, spec: &ClusterSpec, overwrite: bool) -> Result<Layout
             requested: size,
         });
     }
-    let layout = Layout::plan(spec, size)?;
+    let mut layout = Layout::plan(spec, size)?;
+    let storage_id = draw_storage_id()?;
+    layout.storage_id = storage_id;
+    layout.header.storage_id = storage_id;
     write_control_area(storage.as_ref(), &layout)?;
     Ok(open(storage.as_ref())?)
+}
+
+/// A random storage identity, never [`StorageId::UNKNOWN`]: two files formatted with the same
+/// cluster id (a second `fusionctl create`) must still tell apart at the handshake.
+fn draw_storage_id() -> Result<StorageId, CreateError> {
+    loop {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(CreateError::NoRandomness)?;
+        let id = StorageId(u64::from_le_bytes(bytes));
+        if id != StorageId::UNKNOWN {
+            return Ok(id);
+        }
+    }
 }
 
 fn refuse_if_in_use(storage: &dyn SharedStorage, path: &Path) -> Result<(), CreateError> {
@@ -820,6 +845,21 @@ mod tests {
             read_slot(storage.as_ref(), &again, i1).unwrap().heartbeat,
             0
         );
+    }
+
+    #[test]
+    fn every_create_draws_its_own_storage_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = create(&dir.path().join("a.img"), &spec(32 << 20), false).unwrap();
+        let second = create(&dir.path().join("b.img"), &spec(32 << 20), false).unwrap();
+        // Same cluster id, same spec: only the identity tells the two files apart.
+        assert_eq!(first.cluster_id, second.cluster_id);
+        assert_ne!(first.storage_id, StorageId::UNKNOWN);
+        assert_ne!(second.storage_id, StorageId::UNKNOWN);
+        assert_ne!(first.storage_id, second.storage_id);
+        let (_, opened) = open_path(&dir.path().join("a.img"), &StorageOptions::default()).unwrap();
+        assert_eq!(opened.storage_id, first.storage_id);
+        assert_eq!(opened.header.storage_id, first.storage_id);
     }
 
     #[test]
