@@ -185,7 +185,9 @@ impl<S: Store> Engine<S> {
             )),
             (b"id", 2) => Reply::Integer(session.id as i64),
             (b"getname", 2) => session.name.clone().map_or(Reply::Null, Reply::Bulk),
-            (b"id" | b"getname", _) => super::wrong_args("client"),
+            (b"id" | b"getname", _) => {
+                super::wrong_args(&format!("client|{}", String::from_utf8_lossy(&sub)))
+            }
             _ => self.client_read(session, args),
         }
     }
