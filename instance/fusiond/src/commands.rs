@@ -325,6 +325,23 @@ fn parse_i64(bytes: &[u8]) -> Option<i64> {
     text.parse().ok()
 }
 
+/// A `SCAN` cursor as Redis 7.0 reads it (C's `strtoul`): an optional sign and decimal
+/// digits, a negative one wrapping around (`-1` is 2^64 - 1), the empty string 0; `None`
+/// past 2^64 - 1 or for anything else.
+fn parse_cursor(bytes: &[u8]) -> Option<u64> {
+    let (negative, digits) = match bytes {
+        [] => return Some(0),
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(if negative { n.wrapping_neg() } else { n })
+}
+
 /// The bytes `args` hold, each with [`ARG_OVERHEAD`].
 fn args_bytes(args: &[Vec<u8>]) -> usize {
     args.iter()
@@ -1109,10 +1126,7 @@ impl<S: Store> Engine<S> {
     /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]`: cursors are numbers this session handed
     /// out, each standing for the last key returned.
     fn scan(&self, session: &mut Session, args: &[Vec<u8>]) -> Reply {
-        let Some(cursor) = std::str::from_utf8(&args[1])
-            .ok()
-            .and_then(|c| c.parse::<u64>().ok())
-        else {
+        let Some(cursor) = parse_cursor(&args[1]) else {
             return Reply::err("invalid cursor");
         };
         let mut pattern: Option<&[u8]> = None;
@@ -3048,5 +3062,39 @@ mod tests {
             Reply::err("Command not allowed inside a transaction")
         );
         assert!(matches!(run(&e, s, "EXEC"), Reply::Error(m) if m.starts_with("EXECABORT")));
+        // An id no client has lists nobody; one that is no number is an error.
+        assert_eq!(run(&e, s, "CLIENT LIST ID 0"), Reply::Verbatim(Vec::new()));
+        assert_eq!(run(&e, s, "CLIENT LIST ID -5"), Reply::Verbatim(Vec::new()));
+        assert_eq!(
+            run(&e, s, "CLIENT LIST ID abc"),
+            Reply::err("Invalid client ID")
+        );
+    }
+
+    /// SCAN's cursor as Redis 7.0 reads it (`strtoul`): `-1` wraps, past 2^64 - 1 fails.
+    #[test]
+    fn scan_cursors_parse_as_redis_reads_them() {
+        assert_eq!(parse_cursor(b"-1"), Some(u64::MAX));
+        assert_eq!(parse_cursor(b""), Some(0));
+        assert_eq!(parse_cursor(b"+7"), Some(7));
+        assert_eq!(parse_cursor(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b"18446744073709551616"[..],
+            b"-",
+            b"+",
+            b" 1",
+            b"1 ",
+            b"abc",
+            b"0x1",
+        ] {
+            assert_eq!(parse_cursor(bad), None);
+        }
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        assert_eq!(
+            run(&e, s, "SCAN -1"),
+            Reply::Array(vec![bulk("0"), Reply::Array(Vec::new())])
+        );
+        assert_eq!(run(&e, s, "SCAN abc"), Reply::err("invalid cursor"));
     }
 }
