@@ -8,7 +8,8 @@
 //!
 //! The commands added for clients and test harnesses after the first set live in
 //! submodules: `strings`, `hashes`, `keyspace` (flushes and `INFO`'s key counts) and `admin`
-//! (`INFO` sections, `TIME`, `CLIENT`).
+//! (`INFO` sections, `TIME`, `CLIENT`). `table` is the command table (arity, flags, key
+//! positions, subcommands) and `COMMAND`, which describes it as Redis 7 does.
 //!
 //! `WATCH` remembers a digest of each watched key's stored bytes; `EXEC` compares them
 //! inside its transaction (which holds the keys), so a change between `WATCH` and `EXEC`
@@ -31,9 +32,11 @@ mod admin;
 mod hashes;
 mod keyspace;
 mod strings;
+mod table;
 
 use admin::time_reply;
 use strings::{OptionsFor, StringOptions, expire_at_ms};
+use table::{CommandSpec, Keys, lookup};
 
 /// Most commands queued in one `MULTI` (and their bytes are within the client buffer:
 /// [`EngineConfig::max_reply_bytes`]).
@@ -262,170 +265,6 @@ pub struct Ran<T> {
     pub ticket: Option<T>,
 }
 
-/// What a command does with keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Keys {
-    /// None through a store transaction of its own: server, connection and transaction
-    /// commands, and those that walk the keyspace themselves (`SCAN`, `KEYS`, `FLUSHDB`).
-    /// Not queued as data inside `MULTI`.
-    None,
-    /// Reads keys, or changes them without reading first (a plain `SET`), or locks several
-    /// in order itself (`MSET`, `DEL`, ...): queued inside `MULTI`, run in a store
-    /// transaction.
-    Data,
-    /// As `Data`, and reads its first key before it changes it: the key is taken for the
-    /// change before the read ([`Tx::lock_keys_to_write`]), so its block crosses between
-    /// instances once. (`SET` with options and `GETEX` with an expiry do so themselves.)
-    ReadThenWrite,
-}
-
-/// A command table entry.
-#[derive(Debug, Clone, Copy)]
-struct CommandSpec {
-    /// Lower case.
-    name: &'static str,
-    /// As Redis counts it: the name included, negative for "at least".
-    arity: i32,
-    keys: Keys,
-    /// Runs before `AUTH` where a password is required.
-    before_auth: bool,
-    /// Runs at once inside `MULTI` (not queued).
-    at_once_in_multi: bool,
-}
-
-const fn cmd(name: &'static str, arity: i32, keys: Keys) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
-        keys,
-        before_auth: false,
-        at_once_in_multi: false,
-    }
-}
-
-impl CommandSpec {
-    /// This entry, run before `AUTH` too.
-    const fn before_auth(self) -> Self {
-        Self {
-            before_auth: true,
-            ..self
-        }
-    }
-
-    /// This entry, run at once inside `MULTI`.
-    const fn at_once_in_multi(self) -> Self {
-        Self {
-            at_once_in_multi: true,
-            ..self
-        }
-    }
-}
-
-const COMMANDS: &[CommandSpec] = &[
-    cmd("ping", -1, Keys::None),
-    cmd("echo", 2, Keys::None),
-    cmd("hello", -1, Keys::None).before_auth(),
-    cmd("auth", -2, Keys::None).before_auth(),
-    cmd("select", 2, Keys::None),
-    cmd("quit", -1, Keys::None).before_auth().at_once_in_multi(),
-    cmd("reset", 1, Keys::None).before_auth().at_once_in_multi(),
-    cmd("client", -2, Keys::None),
-    cmd("command", -1, Keys::None),
-    cmd("config", -2, Keys::None),
-    cmd("info", -1, Keys::None),
-    cmd("dbsize", 1, Keys::None),
-    cmd("save", 1, Keys::None),
-    cmd("get", 2, Keys::Data),
-    cmd("set", -3, Keys::Data),
-    cmd("getset", 3, Keys::ReadThenWrite),
-    cmd("getdel", 2, Keys::ReadThenWrite),
-    cmd("mget", -2, Keys::Data),
-    cmd("mset", -3, Keys::Data),
-    cmd("msetnx", -3, Keys::Data),
-    cmd("del", -2, Keys::Data),
-    cmd("unlink", -2, Keys::Data),
-    cmd("exists", -2, Keys::Data),
-    cmd("incr", 2, Keys::ReadThenWrite),
-    cmd("incrby", 3, Keys::ReadThenWrite),
-    cmd("decr", 2, Keys::ReadThenWrite),
-    cmd("decrby", 3, Keys::ReadThenWrite),
-    cmd("append", 3, Keys::ReadThenWrite),
-    cmd("strlen", 2, Keys::Data),
-    cmd("getrange", 4, Keys::Data),
-    cmd("setrange", 4, Keys::ReadThenWrite),
-    cmd("scan", -2, Keys::None),
-    cmd("keys", 2, Keys::None),
-    cmd("type", 2, Keys::Data),
-    cmd("rename", 3, Keys::Data),
-    cmd("expire", -3, Keys::ReadThenWrite),
-    cmd("pexpire", -3, Keys::ReadThenWrite),
-    cmd("ttl", 2, Keys::Data),
-    cmd("pttl", 2, Keys::Data),
-    cmd("persist", 2, Keys::ReadThenWrite),
-    cmd("hset", -4, Keys::ReadThenWrite),
-    cmd("hget", 3, Keys::Data),
-    cmd("hdel", -3, Keys::ReadThenWrite),
-    cmd("hgetall", 2, Keys::Data),
-    cmd("hlen", 2, Keys::Data),
-    cmd("hexists", 3, Keys::Data),
-    cmd("hincrby", 4, Keys::ReadThenWrite),
-    cmd("multi", 1, Keys::None).at_once_in_multi(),
-    cmd("exec", 1, Keys::None).at_once_in_multi(),
-    cmd("discard", 1, Keys::None).at_once_in_multi(),
-    cmd("watch", -2, Keys::None).at_once_in_multi(),
-    cmd("unwatch", 1, Keys::None),
-    cmd("setnx", 3, Keys::ReadThenWrite),
-    cmd("setex", 4, Keys::Data),
-    cmd("psetex", 4, Keys::Data),
-    cmd("getex", -2, Keys::Data),
-    cmd("incrbyfloat", 3, Keys::ReadThenWrite),
-    cmd("hmset", -4, Keys::ReadThenWrite),
-    cmd("hmget", -3, Keys::Data),
-    cmd("hkeys", 2, Keys::Data),
-    cmd("hvals", 2, Keys::Data),
-    cmd("hsetnx", 4, Keys::ReadThenWrite),
-    cmd("hstrlen", 3, Keys::Data),
-    cmd("hincrbyfloat", 4, Keys::ReadThenWrite),
-    cmd("expireat", -3, Keys::ReadThenWrite),
-    cmd("pexpireat", -3, Keys::ReadThenWrite),
-    cmd("expiretime", 2, Keys::Data),
-    cmd("pexpiretime", 2, Keys::Data),
-    cmd("touch", -2, Keys::Data),
-    cmd("copy", -3, Keys::Data),
-    cmd("randomkey", 1, Keys::Data),
-    cmd("time", 1, Keys::None),
-    cmd("flushdb", -1, Keys::None),
-    cmd("flushall", -1, Keys::None),
-];
-
-/// The command table entry for `name`, case-insensitively.
-fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
-    COMMANDS
-        .iter()
-        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
-}
-
-/// `COMMAND [COUNT|DOCS]`.
-fn command_reply(args: &[Vec<u8>]) -> Reply {
-    let sub = args.get(1).map(|a| a.to_ascii_lowercase());
-    match sub.as_deref() {
-        None => Reply::Array(
-            COMMANDS
-                .iter()
-                .map(|c| Reply::Array(vec![Reply::text(c.name), Reply::Integer(c.arity.into())]))
-                .collect(),
-        ),
-        Some(b"count") if args.len() == 2 => Reply::Integer(COMMANDS.len() as i64),
-        Some(b"count") => Reply::err("wrong number of arguments for 'command|count' command"),
-        // No per-command documentation: clients fall back to their own.
-        Some(b"docs") => Reply::Map(Vec::new()),
-        Some(_) => Reply::err(format!(
-            "unknown subcommand '{}'. Try COMMAND HELP.",
-            String::from_utf8_lossy(&args[1])
-        )),
-    }
-}
-
 /// Visits every pair of database `db` (expired ones too) from KV key `start` (the
 /// database's first key when `None`) in batches that `scan` returns, until `visit` returns
 /// false.
@@ -484,6 +323,23 @@ fn parse_i64(bytes: &[u8]) -> Option<i64> {
         return None;
     }
     text.parse().ok()
+}
+
+/// A `SCAN` cursor as Redis 7.0 reads it (C's `strtoul`): an optional sign and decimal
+/// digits, a negative one wrapping around (`-1` is 2^64 - 1), the empty string 0; `None`
+/// past 2^64 - 1 or for anything else.
+fn parse_cursor(bytes: &[u8]) -> Option<u64> {
+    let (negative, digits) = match bytes {
+        [] => return Some(0),
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(if negative { n.wrapping_neg() } else { n })
 }
 
 /// The bytes `args` hold, each with [`ARG_OVERHEAD`].
@@ -661,7 +517,7 @@ impl<S: Store> Engine<S> {
             };
             return (outcome, None);
         };
-        let (name, arity) = (spec.name, spec.arity);
+        let name = spec.name;
         let reply = |reply| {
             let outcome = Outcome {
                 reply,
@@ -670,8 +526,18 @@ impl<S: Store> Engine<S> {
             };
             (outcome, None)
         };
-        let count = i32::try_from(request.len()).unwrap_or(i32::MAX);
-        if (arity > 0 && count != arity) || (arity < 0 && count < -arity) {
+        // A container's subcommand has its own arity (`'client|id'`), checked here as Redis
+        // does, so inside MULTI too.
+        let runs = match spec.resolve(&request) {
+            Ok(runs) => runs,
+            Err(error) => {
+                if let Some(multi) = &mut session.multi {
+                    multi.failed = true;
+                }
+                return reply(error);
+            }
+        };
+        if !runs.arity_fits(request.len()) {
             if name == "exec" && session.multi.take().is_some() {
                 // As Redis: a malformed EXEC ends the transaction it would have run.
                 session.watched.clear();
@@ -683,14 +549,18 @@ impl<S: Store> Engine<S> {
             if let Some(multi) = &mut session.multi {
                 multi.failed = true;
             }
-            return reply(wrong_args(name));
+            return reply(wrong_args(runs.name));
         }
-        if !session.authenticated && !spec.before_auth {
+        if !session.authenticated && !spec.before_auth() {
             return reply(Reply::Error("NOAUTH Authentication required.".into()));
         }
         if let Some(multi) = &mut session.multi
             && !spec.at_once_in_multi
         {
+            if runs.no_multi() {
+                multi.failed = true;
+                return reply(Reply::err("Command not allowed inside a transaction"));
+            }
             if multi.queued.len() >= MAX_QUEUED {
                 multi.failed = true;
                 return reply(Reply::err(format!(
@@ -908,7 +778,7 @@ impl<S: Store> Engine<S> {
                         "client" => self.client_in_multi(asking, request),
                         // EXEC forgets the watched keys anyway.
                         "unwatch" => Reply::Simple("OK"),
-                        "command" => command_reply(request),
+                        "command" => self.command(request),
                         "config" => self.config_get(request),
                         "info" => self.info(&request[1..]),
                         "dbsize" | "keys" => {
@@ -1000,7 +870,7 @@ impl<S: Store> Engine<S> {
                 Err(e) => e,
             },
             "client" => self.client_command(session, args),
-            "command" => command_reply(args),
+            "command" => self.command(args),
             "config" => self.config_get(args),
             "info" => self.info(&args[1..]),
             "time" => time_reply(),
@@ -1256,10 +1126,7 @@ impl<S: Store> Engine<S> {
     /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]`: cursors are numbers this session handed
     /// out, each standing for the last key returned.
     fn scan(&self, session: &mut Session, args: &[Vec<u8>]) -> Reply {
-        let Some(cursor) = std::str::from_utf8(&args[1])
-            .ok()
-            .and_then(|c| c.parse::<u64>().ok())
-        else {
+        let Some(cursor) = parse_cursor(&args[1]) else {
             return Reply::err("invalid cursor");
         };
         let mut pattern: Option<&[u8]> = None;
@@ -1954,7 +1821,9 @@ fn client(session: &mut Session, args: &[Vec<u8>]) -> Reply {
             }
             Reply::Simple("OK")
         }
-        (b"id" | b"getname" | b"setname" | b"setinfo", _) => wrong_args("client"),
+        (b"id" | b"getname" | b"setname" | b"setinfo", _) => {
+            wrong_args(&format!("client|{}", String::from_utf8_lossy(&sub)))
+        }
         _ => Reply::err(format!(
             "unknown subcommand '{}'. Try CLIENT HELP.",
             String::from_utf8_lossy(&args[1])
@@ -2436,7 +2305,7 @@ mod tests {
         assert_eq!(replies[1], Reply::Integer(2));
         assert_eq!(replies[2], Reply::Array(vec![bulk("k1"), bulk("k2")]));
         assert_eq!(replies[3], Reply::Simple("OK"));
-        assert_eq!(replies[4], Reply::Integer(COMMANDS.len() as i64));
+        assert_eq!(replies[4], Reply::Integer(table::COMMANDS.len() as i64));
         // Past what one transaction may read: that command's error, the others run.
         let most = e.store.max_keys_per_transaction() / 2;
         for n in 0..most {
@@ -3000,5 +2869,232 @@ mod tests {
             run(&e, s, "COMMAND COUNT x"),
             Reply::Error("ERR wrong number of arguments for 'command|count' command".into())
         );
+    }
+
+    /// `COMMAND INFO`'s entries in Redis 7's shape: what cluster clients route by.
+    #[test]
+    fn command_info_entries_as_redis_7_shows_them() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let Reply::Array(entries) = run(&e, s, "COMMAND INFO get MSET ping nosuch") else {
+            panic!("COMMAND INFO answers an array");
+        };
+        let status = |names: &[&'static str]| {
+            Reply::Set(names.iter().map(|n| Reply::Simple(n)).collect::<Vec<_>>())
+        };
+        let head = |entry: &Reply| match entry {
+            Reply::Array(fields) if fields.len() == 10 => fields[..6].to_vec(),
+            other => panic!("not a 10-field entry: {other:?}"),
+        };
+        assert_eq!(
+            head(&entries[0]),
+            vec![
+                bulk("get"),
+                Reply::Integer(2),
+                status(&["readonly", "fast"]),
+                Reply::Integer(1),
+                Reply::Integer(1),
+                Reply::Integer(1),
+            ]
+        );
+        assert_eq!(
+            head(&entries[1]),
+            vec![
+                bulk("mset"),
+                Reply::Integer(-3),
+                status(&["write", "denyoom"]),
+                Reply::Integer(1),
+                Reply::Integer(-1),
+                Reply::Integer(2),
+            ]
+        );
+        assert_eq!(
+            head(&entries[2]),
+            vec![
+                bulk("ping"),
+                Reply::Integer(-1),
+                status(&["fast"]),
+                Reply::Integer(0),
+                Reply::Integer(0),
+                Reply::Integer(0),
+            ]
+        );
+        // An unknown name is nil in its place, as Redis answers.
+        assert_eq!(entries[3], Reply::Null);
+        assert_eq!(entries.len(), 4);
+        // MSET's ACL categories and its one key spec: keys from 1 to the end, every 2nd.
+        let Reply::Array(mset) = &entries[1] else {
+            panic!("entry");
+        };
+        assert_eq!(
+            mset[6],
+            Reply::Set(vec![
+                Reply::Status("@write".into()),
+                Reply::Status("@string".into()),
+                Reply::Status("@slow".into()),
+            ])
+        );
+        let Reply::Set(specs) = &mset[8] else {
+            panic!("key specs are a set");
+        };
+        let Reply::Map(spec) = &specs[0] else {
+            panic!("a key spec is a map");
+        };
+        let find_keys = &spec[2];
+        assert_eq!(find_keys.0, bulk("find_keys"));
+        let Reply::Map(find_keys) = &find_keys.1 else {
+            panic!("find_keys is a map");
+        };
+        assert_eq!(
+            find_keys[1].1,
+            Reply::Map(vec![
+                (bulk("lastkey"), Reply::Integer(-1)),
+                (bulk("keystep"), Reply::Integer(2)),
+                (bulk("limit"), Reply::Integer(0)),
+            ])
+        );
+        // Containers list their subcommands; a subcommand is found by its full name.
+        let Reply::Array(client) = run(&e, s, "COMMAND INFO client client|id") else {
+            panic!("COMMAND INFO answers an array");
+        };
+        let Reply::Array(container) = &client[0] else {
+            panic!("entry");
+        };
+        assert_eq!(container[1], Reply::Integer(-2));
+        assert!(matches!(&container[9], Reply::Array(subs) if subs.len() >= 8));
+        let Reply::Array(id) = &client[1] else {
+            panic!("entry");
+        };
+        assert_eq!(id[..2], [bulk("client|id"), Reply::Integer(2)]);
+        // COMMAND is every entry, COMMAND COUNT how many, COMMAND LIST their names.
+        let Reply::Array(all) = run(&e, s, "COMMAND") else {
+            panic!("COMMAND answers an array");
+        };
+        assert_eq!(all.len(), table::COMMANDS.len());
+        assert_eq!(
+            run(&e, s, "COMMAND COUNT"),
+            Reply::Integer(table::COMMANDS.len() as i64)
+        );
+        let Reply::Array(names) = run(&e, s, "COMMAND LIST") else {
+            panic!("COMMAND LIST answers an array");
+        };
+        assert!(names.contains(&bulk("get")) && names.contains(&bulk("client|id")));
+        assert_eq!(
+            run(&e, s, "COMMAND LIST FILTERBY pattern hg*"),
+            Reply::Array(vec![bulk("hget"), bulk("hgetall")])
+        );
+        assert_eq!(run(&e, s, "COMMAND LIST x"), Reply::err("syntax error"));
+    }
+
+    #[test]
+    fn command_getkeys_finds_keys_by_their_positions() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        assert_eq!(
+            run(&e, s, "COMMAND GETKEYS MSET a 1 b 2"),
+            Reply::Array(vec![bulk("a"), bulk("b")])
+        );
+        assert_eq!(
+            run(&e, s, "COMMAND GETKEYS rename a b"),
+            Reply::Array(vec![bulk("a"), bulk("b")])
+        );
+        assert_eq!(
+            run(&e, s, "COMMAND GETKEYSANDFLAGS set k v GET"),
+            Reply::Array(vec![Reply::Array(vec![
+                bulk("k"),
+                Reply::Set(vec![
+                    Reply::Simple("RW"),
+                    Reply::Simple("access"),
+                    Reply::Simple("update")
+                ]),
+            ])])
+        );
+        for (line, error) in [
+            ("COMMAND GETKEYS ping x", "The command has no key arguments"),
+            (
+                "COMMAND GETKEYS client id",
+                "The command has no key arguments",
+            ),
+            ("COMMAND GETKEYS nosuch a", "Invalid command specified"),
+            ("COMMAND GETKEYS client nosuch", "Invalid command specified"),
+            (
+                "COMMAND GETKEYS mset a",
+                "Invalid number of arguments specified for command",
+            ),
+            (
+                "COMMAND GETKEYS get a b",
+                "Invalid number of arguments specified for command",
+            ),
+            (
+                "COMMAND GETKEYS ping",
+                "wrong number of arguments for 'command|getkeys' command",
+            ),
+        ] {
+            assert_eq!(run(&e, s, line), Reply::err(error), "{line}");
+        }
+    }
+
+    /// A subcommand's arity is its own, checked before it is queued, as Redis does.
+    #[test]
+    fn subcommand_arity_and_unknown_subcommands_as_redis() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let client_id = Reply::err("wrong number of arguments for 'client|id' command");
+        assert_eq!(run(&e, s, "CLIENT ID x"), client_id);
+        assert_eq!(run(&e, s, "CLIENT id"), Reply::Integer(1));
+        assert_eq!(
+            run(&e, s, "CLIENT foo"),
+            Reply::err("unknown subcommand 'foo'. Try CLIENT HELP.")
+        );
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "CLIENT ID"), Reply::Simple("QUEUED"));
+        assert_eq!(run(&e, s, "EXEC"), Reply::Array(vec![Reply::Integer(1)]));
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, s, "CLIENT ID x"), client_id);
+        assert_eq!(
+            run(&e, s, "EXEC"),
+            Reply::Error("EXECABORT Transaction discarded because of previous errors.".into())
+        );
+        // What the table marks `no_multi` is refused as it is queued.
+        assert_eq!(run(&e, s, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(
+            run(&e, s, "SAVE"),
+            Reply::err("Command not allowed inside a transaction")
+        );
+        assert!(matches!(run(&e, s, "EXEC"), Reply::Error(m) if m.starts_with("EXECABORT")));
+        // An id no client has lists nobody; one that is no number is an error.
+        assert_eq!(run(&e, s, "CLIENT LIST ID 0"), Reply::Verbatim(Vec::new()));
+        assert_eq!(run(&e, s, "CLIENT LIST ID -5"), Reply::Verbatim(Vec::new()));
+        assert_eq!(
+            run(&e, s, "CLIENT LIST ID abc"),
+            Reply::err("Invalid client ID")
+        );
+    }
+
+    /// SCAN's cursor as Redis 7.0 reads it (`strtoul`): `-1` wraps, past 2^64 - 1 fails.
+    #[test]
+    fn scan_cursors_parse_as_redis_reads_them() {
+        assert_eq!(parse_cursor(b"-1"), Some(u64::MAX));
+        assert_eq!(parse_cursor(b""), Some(0));
+        assert_eq!(parse_cursor(b"+7"), Some(7));
+        assert_eq!(parse_cursor(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b"18446744073709551616"[..],
+            b"-",
+            b"+",
+            b" 1",
+            b"1 ",
+            b"abc",
+            b"0x1",
+        ] {
+            assert_eq!(parse_cursor(bad), None);
+        }
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        assert_eq!(
+            run(&e, s, "SCAN -1"),
+            Reply::Array(vec![bulk("0"), Reply::Array(Vec::new())])
+        );
+        assert_eq!(run(&e, s, "SCAN abc"), Reply::err("invalid cursor"));
     }
 }

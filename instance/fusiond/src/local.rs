@@ -388,7 +388,7 @@ impl Drop for LocalCluster {
     }
 }
 
-/// A RESP reply as [`Client`] reads it (RESP3 maps are read as flat arrays).
+/// A RESP reply as [`Client`] reads it (RESP3 maps and sets are read as flat arrays).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resp {
     /// `+...`
@@ -401,7 +401,7 @@ pub enum Resp {
     Bulk(Vec<u8>),
     /// A null bulk or array, or `_`.
     Null,
-    /// `*n` or `%n`.
+    /// `*n`, `%n` or `~n`.
     Array(Vec<Resp>),
 }
 
@@ -502,7 +502,7 @@ impl Client {
                 }
                 Resp::Bulk(bytes)
             }
-            "*" | "%" => {
+            "*" | "%" | "~" => {
                 let n = number()?;
                 if n < 0 {
                     return Ok(Resp::Null);

@@ -381,6 +381,8 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map (RESP3 `%n`; RESP2 a flat array of keys and values).
     Map(Vec<(Reply, Reply)>),
+    /// A set (RESP3 `~n`; RESP2 an array), as `COMMAND INFO`'s flags.
+    Set(Vec<Reply>),
 }
 
 impl Reply {
@@ -403,7 +405,7 @@ impl Reply {
             Reply::Bulk(bytes) => bytes.len() + 25,
             Reply::Verbatim(bytes) => bytes.len() + 29,
             Reply::Null | Reply::NullArray => 5,
-            Reply::Array(items) => items
+            Reply::Array(items) | Reply::Set(items) => items
                 .iter()
                 .fold(23, |n, item| n.saturating_add(item.encoded_len_bound())),
             Reply::Map(pairs) => pairs.iter().fold(23, |n, (key, value)| {
@@ -442,8 +444,12 @@ impl Reply {
                 Protocol::Resp2 => out.extend_from_slice(b"*-1\r\n"),
                 Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
             },
-            Reply::Array(items) => {
-                line(out, b'*', items.len().to_string().as_bytes());
+            Reply::Array(items) | Reply::Set(items) => {
+                let kind = match (self, protocol) {
+                    (Reply::Set(_), Protocol::Resp3) => b'~',
+                    _ => b'*',
+                };
+                line(out, kind, items.len().to_string().as_bytes());
                 for item in items {
                     item.encode(protocol, out);
                 }
@@ -581,6 +587,13 @@ mod tests {
         let mut three = Vec::new();
         reply.encode(Protocol::Resp3, &mut three);
         assert_eq!(three, b"%1\r\n$1\r\na\r\n_\r\n");
+        let set = Reply::Set(vec![Reply::Simple("fast")]);
+        let mut two = Vec::new();
+        set.encode(Protocol::Resp2, &mut two);
+        assert_eq!(two, b"*1\r\n+fast\r\n");
+        let mut three = Vec::new();
+        set.encode(Protocol::Resp3, &mut three);
+        assert_eq!(three, b"~1\r\n+fast\r\n");
     }
 
     proptest! {

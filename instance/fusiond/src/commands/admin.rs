@@ -185,7 +185,9 @@ impl<S: Store> Engine<S> {
             )),
             (b"id", 2) => Reply::Integer(session.id as i64),
             (b"getname", 2) => session.name.clone().map_or(Reply::Null, Reply::Bulk),
-            (b"id" | b"getname", _) => super::wrong_args("client"),
+            (b"id" | b"getname", _) => {
+                super::wrong_args(&format!("client|{}", String::from_utf8_lossy(&sub)))
+            }
             _ => self.client_read(session, args),
         }
     }
@@ -241,9 +243,10 @@ impl<S: Store> Engine<S> {
             n if n > 3 && args[2].eq_ignore_ascii_case(b"id") => {
                 let mut ids = Vec::new();
                 for arg in &args[3..] {
+                    // As Redis: an id no client can have (0, negative) lists nobody.
                     match parse_i64(arg) {
-                        Some(id) if id >= 1 => ids.push(id as u64),
-                        _ => return Reply::err("Invalid client ID"),
+                        Some(id) => ids.push(u64::try_from(id).unwrap_or(0)),
+                        None => return Reply::err("Invalid client ID"),
                     }
                 }
                 self.clients.list(me, |e| ids.contains(&e.id))
