@@ -1226,7 +1226,7 @@ impl Setting<'_> {
     ) -> Result<(Runtime, Arc<CommitStream>), StartError> {
         let me = self.config.local.id;
         let configured = self.config.instances();
-        let (entered, connected, early, lease_from) = self.enter(&mut transport)?;
+        let (entered, connected, early) = self.enter(&mut transport)?;
         // Every timer of the running instance starts now: the time spent meeting the peers
         // must not count as their silence (nor eat the I/O lease).
         let origin = Instant::now();
@@ -1291,7 +1291,6 @@ impl Setting<'_> {
             origin,
             early,
             own_paxos,
-            lease_from,
             fence: self.fence.clone(),
             commits: Arc::clone(&commits),
             addresses: self
@@ -1338,9 +1337,8 @@ impl Setting<'_> {
 
     /// Meets the peers: drives this instance's [`Entry`](crate::entry::Entry), which decides
     /// whether it forms the cluster (running whole-cluster recovery first) or joins a running
-    /// one. Returns how it entered, the peers connected, the engines' frames that came
-    /// before (an admission's rebuild starts at once: they are the core's), and the boottime
-    /// its first lease counts from ([`Entry::lease_from`](crate::entry::Entry::lease_from)).
+    /// one. Returns how it entered, the peers connected, and the engines' frames that came
+    /// before (an admission's rebuild starts at once: they are the core's).
     #[allow(clippy::type_complexity)]
     fn enter<T: interconnect::Transport>(
         &self,
@@ -1350,7 +1348,6 @@ impl Setting<'_> {
             Entered,
             InstanceSet,
             Vec<(interconnect::FrameHeader, Vec<u8>)>,
-            Duration,
         ),
         StartError,
     > {
@@ -1464,15 +1461,7 @@ impl Setting<'_> {
                             "instance {me}: {early_dropped} frames that came before the admission were past the bound and dropped"
                         );
                     }
-                    // The first lease counts from the last look at the voting area that
-                    // found nothing against this instance (boottime), or waits for the first
-                    // disk round.
-                    let lease_from = entry
-                        .lease_from(entered.membership().0)
-                        .map_or(Duration::ZERO, |at| {
-                            crate::storage::boottime().saturating_sub(now().saturating_since(at))
-                        });
-                    return Ok((*entered, entry.connected(), early, lease_from));
+                    return Ok((*entered, entry.connected(), early));
                 }
                 Some(Err(EntryError::PeersMissing { missing, .. })) => {
                     return Err(StartError::PeersMissing {

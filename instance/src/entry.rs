@@ -260,9 +260,6 @@ pub struct Entry {
     restarting: Option<Restarting>,
     /// When the round in flight (or the last one) was asked for.
     round_asked_at: Timestamp,
-    /// The last completed round: when it was asked for, and the newest epoch its blocks
-    /// show accepted or decided without this instance or as a formation.
-    last_look: Option<(Timestamp, Epoch)>,
     /// The newest decided membership heard of (from the voting area or a running member),
     /// and whether it names this instance (its previous life, still a member).
     newest_decided: Option<(Epoch, bool)>,
@@ -323,7 +320,6 @@ impl Entry {
             writes_in_flight: 0,
             restarting: None,
             round_asked_at: now,
-            last_look: None,
             newest_decided: None,
             accepted_with_me: Epoch(0),
             free_at: None,
@@ -339,18 +335,6 @@ impl Entry {
     /// Entered (or failed), once it has: the driver builds the node (or reports the error).
     pub fn outcome(&self) -> Option<&Result<Entered, EntryError>> {
         self.outcome.as_ref()
-    }
-
-    /// Where the node's first lease counts from, entering at `epoch`: the start of the last
-    /// voting-area round, if it found nothing newer than `epoch` accepted or decided without
-    /// this instance or as a formation; `None` (no lease until the node's first disk round
-    /// renews it) if it did, or if there was none. A lease granted at the entry itself would
-    /// let an instance told of an epoch late (paused, or its admission delayed) write after
-    /// the members decided a later one without it (or formed anew) and began recovering.
-    pub fn lease_from(&self, epoch: Epoch) -> Option<Timestamp> {
-        self.last_look
-            .filter(|(_, against)| *against <= epoch)
-            .map(|(asked, _)| asked)
     }
 
     /// Peers connected now.
@@ -522,7 +506,6 @@ impl Entry {
         self.observed = Some(now);
         let known = self.paxos.decided().epoch;
         let me = self.config.me;
-        let mut against = Epoch(0);
         let mut read = vec![false; self.slots.len()];
         for look in slots {
             let Some(seen) = self.slots.get_mut(look.instance.index()) else {
@@ -545,19 +528,10 @@ impl Entry {
                     since: now,
                 }),
             };
-            if let Ok(Some(block)) = PaxosBlock::decode(&look.paxos) {
-                // A formation stands against every epoch before it, even one naming this
-                // instance: entering an older epoch, this instance would not be in it.
-                let against_me = |v: Proposal| v.formation || !v.members.contains(me);
-                if block.inp.is_some_and(against_me) {
-                    against = against.max(block.epoch);
-                }
-                if block.inp.is_some_and(|v| v.members.contains(me)) {
-                    self.accepted_with_me = self.accepted_with_me.max(block.epoch);
-                }
-                if against_me(block.decided.value) {
-                    against = against.max(block.decided.epoch);
-                }
+            if let Ok(Some(block)) = PaxosBlock::decode(&look.paxos)
+                && block.inp.is_some_and(|v| v.members.contains(me))
+            {
+                self.accepted_with_me = self.accepted_with_me.max(block.epoch);
             }
             if look.instance == me {
                 // Its ballots go on from its own block (no write of an earlier life can
@@ -577,7 +551,6 @@ impl Entry {
                 *seen = None;
             }
         }
-        self.last_look = Some((self.round_asked_at, against));
         self.pump_paxos(now);
         let decided = self.paxos.decided();
         self.note_decided(decided.epoch, decided.value.members);
@@ -1808,24 +1781,5 @@ mod tests {
         };
         let d = decision_at_entry(id(2), formed, &[on_disk]);
         assert!(d.value.formation);
-    }
-
-    #[test]
-    fn a_newer_formation_naming_this_instance_leaves_an_older_epoch_no_lease() {
-        // Seed 10000280: instance 2, told it is formed at epoch 2, last saw 1 form epoch 3
-        // with it: entering epoch 2 it is not in 3, whose former recovers the cluster once
-        // the lease is out.
-        let all = [0, 1, 2];
-        let mut d = disk(3);
-        d[1] = decided_as(1, 3, 2, &[1, 2], true);
-        let mut e = entry(2, &all);
-        round_on(&mut e, &d, 100, &all, &all);
-        assert_eq!(e.lease_from(Epoch(2)), None);
-        assert_eq!(e.lease_from(Epoch(3)), Some(at(0)));
-        // A view change naming it is no such threat.
-        d[1] = decided_as(1, 3, 2, &[1, 2], false);
-        let mut e = entry(2, &all);
-        round_on(&mut e, &d, 100, &all, &all);
-        assert_eq!(e.lease_from(Epoch(2)), Some(at(0)));
     }
 }

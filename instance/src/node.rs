@@ -109,8 +109,9 @@ pub struct NodeConfig {
     /// The failure-handling settings (the lease's length).
     pub failure: FailureConfig,
     /// When the lease was granted at start (a CLOCK_BOOTTIME reading, the clock the
-    /// [`DiskRound`]s' times are on).
-    pub lease_from: Duration,
+    /// [`DiskRound`]s' times are on); `None`: no lease until the first disk round renews one
+    /// (an instance that entered: its entry's writes renewed nothing).
+    pub lease_from: Option<Duration>,
 }
 
 /// One slot as a disk-heartbeat round read it.
@@ -505,14 +506,20 @@ pub struct Node {
 impl Node {
     /// A node of `core` and `cluster` (both at the epoch this instance starts in).
     pub fn new(core: Core, cluster: ClusterManager, config: NodeConfig) -> Self {
-        let lease_end = cluster.started_at() + config.failure.lease;
+        // Without a lease, grants are held from the start until a round renews one.
+        let lease_end = match config.lease_from {
+            Some(_) => cluster.started_at() + config.failure.lease,
+            None => cluster.started_at(),
+        };
         Self {
             core,
             cluster,
             configured: config.configured,
             lease_length: config.failure.lease,
             failure: config.failure,
-            lease_until: config.lease_from + config.failure.lease,
+            lease_until: config
+                .lease_from
+                .map_or(Duration::ZERO, |from| from + config.failure.lease),
             unrenewed_rounds: 0,
             lease_end,
             completions: VecDeque::new(),
@@ -1651,7 +1658,7 @@ mod tests {
             NodeConfig {
                 configured: live,
                 failure,
-                lease_from: Duration::ZERO,
+                lease_from: Some(Duration::ZERO),
             },
         );
         for peer in live.iter().filter(|p| *p != id(me)) {

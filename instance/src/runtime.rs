@@ -259,13 +259,14 @@ pub(crate) struct Lease {
 const LAPSED_LEASE_WAIT: Duration = Duration::from_secs(10);
 
 impl Lease {
-    /// A lease granted at `now` (a CLOCK_BOOTTIME reading), under which writes may be
-    /// submitted until `writes_until` (the node's [`FailureConfig::writes_until`]).
-    fn new(lease: Duration, now: Duration, writes_until: Duration) -> Self {
+    /// No lease yet, of length `lease`: the first disk round that may renew one does (the
+    /// entry's writes said *entering*, whose moves the members do not take for renewals:
+    /// `docs/membership.md`, "The first lease").
+    fn none_yet(lease: Duration) -> Self {
         Self {
-            until: AtomicU64::new(nanos(now + lease)),
-            writes_until: AtomicU64::new(nanos(writes_until)),
-            renewed_from: AtomicU64::new(nanos(now)),
+            until: AtomicU64::new(0),
+            writes_until: AtomicU64::new(0),
+            renewed_from: AtomicU64::new(0),
             revoked: AtomicBool::new(false),
             length: lease,
         }
@@ -641,9 +642,6 @@ pub(crate) struct RuntimeParts<T> {
     pub(crate) early: Vec<(interconnect::FrameHeader, Vec<u8>)>,
     /// This instance's Paxos block as its slot holds it: slot writes carry it on.
     pub(crate) own_paxos: [u8; SLOT_PAXOS_LEN],
-    /// Boottime the first lease counts from (the entry's last look at the voting area;
-    /// zero: none until the first disk round renews it).
-    pub(crate) lease_from: Duration,
     /// Fencing by reservation, when configured (this instance's key is registered).
     pub(crate) fence: Option<Arc<ReservationFence>>,
     /// The redo stream: redo forces GCS asks for are answered from it.
@@ -684,7 +682,6 @@ impl Runtime {
             origin,
             early,
             own_paxos,
-            lease_from,
             fence,
             commits,
             addresses,
@@ -694,11 +691,7 @@ impl Runtime {
         let (recovery_tx, recovery_rx) = crossbeam::channel::unbounded::<RecoveryIo>();
         let waker = transport.waker();
         let parked = Arc::new(AtomicBool::new(false));
-        let lease = Arc::new(Lease::new(
-            failure.lease,
-            lease_from,
-            failure.writes_until(lease_from + failure.lease),
-        ));
+        let lease = Arc::new(Lease::none_yet(failure.lease));
         // Every I/O of the runtime's threads is watched against the storage path's bound.
         let io_watch = Arc::new(IoWatch::new(failure.io_timeout));
         let storage: Arc<dyn SharedStorage> =
@@ -773,7 +766,7 @@ impl Runtime {
             NodeConfig {
                 configured,
                 failure,
-                lease_from,
+                lease_from: None,
             },
         );
         let driver = Driver {

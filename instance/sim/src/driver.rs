@@ -995,14 +995,14 @@ fn new_core(cfg: &SimConfig, config: CoreConfig, now: Timestamp) -> Core {
 
 /// A node of `core` among `configured`, running at `epoch` with `live` (its Disk Paxos
 /// recovering its own block from `own_paxos`) at its clock's `now`, its lease granted at
-/// `lease_from` (global time, the boottime clock).
+/// `lease_from` (global time, the boottime clock; `None`: none until its first disk round).
 fn new_node(
     core: Core,
     configured: InstanceSet,
     (epoch, live): (Epoch, InstanceSet),
     own_paxos: &PaxosBytes,
     timings: Timings,
-    (now, lease_from): (Timestamp, Duration),
+    (now, lease_from): (Timestamp, Option<Duration>),
 ) -> InstanceNode {
     let me = core.id().index();
     let cluster = voting::cluster_manager(me, configured, (epoch, live), own_paxos, timings, now);
@@ -1146,7 +1146,7 @@ impl Sim {
                     (Epoch(1), members),
                     &slot.paxos,
                     cfg.timings,
-                    (Timestamp::ZERO, Duration::ZERO),
+                    (Timestamp::ZERO, Some(Duration::ZERO)),
                 );
                 for peer in members.iter().filter(|p| *p != id(i)) {
                     node.handle_connected(peer, Timestamp::ZERO);
@@ -4069,15 +4069,15 @@ impl Sim {
             core_config(&self.cfg, node, epoch, live, true),
             now,
         );
-        let global = self.global();
         let timings = self.cfg.timings;
+        // No lease until its first disk round (scheduled at once) renews one.
         let mut instance = new_node(
             core,
             configured,
             (epoch, live),
             &slot.paxos,
             timings,
-            (now, global),
+            (now, None),
         );
         instance.handle_previous_life(previous_life);
         // Connected to every process up: the running ones and those asking to join.
@@ -4086,7 +4086,7 @@ impl Sim {
                 instance.handle_connected(id(peer), now);
             }
         }
-        self.leases.grant(node, global);
+        self.leases.begin_life(node);
         self.fenced_at[node] = None;
         self.sealed[node] = false;
         self.injected[node] = false;

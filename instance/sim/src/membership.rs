@@ -487,18 +487,9 @@ impl Sim {
                 epoch.0
             )
         });
-        // The lease counts from the entry's last look at the voting area (global time), if
-        // that look found nothing against this instance.
-        let offset = u64::try_from(self.faults.clock_offset(node).as_millis()).unwrap_or(0);
-        let lease_from = self.nodes[node]
-            .entry
-            .as_ref()
-            .and_then(|e| e.lease_from(epoch))
-            .map(|at| {
-                let local = u64::try_from(at.saturating_since(Timestamp::ZERO).as_millis())
-                    .unwrap_or(u64::MAX);
-                local.saturating_sub(offset)
-            });
+        // No lease until the node's first disk round (which writes the slot up) renews it, as
+        // the runtime: the entry's writes said entering, which the members do not take for
+        // renewals.
         let decision = decision_at_entry(id(node), entered, &self.paxos_blocks());
         let config = PaxosConfig {
             slots: self.nodes.len(),
@@ -536,7 +527,7 @@ impl Sim {
             NodeConfig {
                 configured: all,
                 failure,
-                lease_from: ms(lease_from.unwrap_or(0)),
+                lease_from: None,
             },
         );
         let connected = self.nodes[node]
@@ -557,11 +548,10 @@ impl Sim {
                 self.fail(format!("n{node} refused an early frame of n{from}: {e}"));
             }
         }
-        let lease_ms = self.lease_ms;
         let me = &mut self.nodes[node];
         me.node = Some(running);
         me.entered_at = epoch;
-        me.lease_until = lease_from.map_or(0, |from| from + lease_ms);
+        me.lease_until = 0;
         let d = self.rng.below(100);
         self.at(d, Ev::DiskRound(node));
     }

@@ -206,10 +206,11 @@ impl Leases {
         }
     }
 
-    /// A new life of `node` starts with a lease granted at `now`.
-    pub fn grant(&mut self, node: usize, now: Duration) {
-        self.until[node] = now + self.failure.lease;
-        self.writes_until[node] = self.failure.writes_until(self.until[node]);
+    /// A new life of `node` starts, with no lease until its first disk round renews one (as
+    /// the runtime: its entry wrote the slot as entering, which renews nothing).
+    pub fn begin_life(&mut self, node: usize) {
+        self.until[node] = Duration::ZERO;
+        self.writes_until[node] = Duration::ZERO;
         self.revoked[node] = false;
     }
 
