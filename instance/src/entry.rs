@@ -61,7 +61,10 @@ pub const MAX_QUEUED_MESSAGES: usize = 256;
 /// How long the lowest id, which dials nobody, waits alone (no peer connected) while every
 /// other instance's slot moves and it refuses their dials for a configuration mismatch,
 /// before it takes itself for the misconfigured one: a running peer that shares its
-/// configuration redials it well within this.
+/// configuration redials it well within this. Also how long a refusal counts: the
+/// transports redial a refused peer within a second, and an older one may be of a
+/// misconfigured instance that has gone since (the membership simulator's seed 4094: a
+/// correct instance stopped on one instance's refusal seconds old and another's dial).
 pub const REFUSED_ALONE: Duration = Duration::from_secs(3);
 
 /// What an [`Entry`] starts with.
@@ -237,8 +240,8 @@ struct SlotSeen {
 /// refusals no retry mends.
 #[derive(Debug, Clone)]
 struct Refusals {
-    /// Peers this instance dialled (lower ids) that refused it, with the reason.
-    by_peer: BTreeMap<InstanceId, String>,
+    /// Peers this instance dialled (lower ids) that refused it, with the reason and when.
+    by_peer: BTreeMap<InstanceId, (String, Timestamp)>,
     /// The last mismatch found in a dialer's handshake, and when (the dialer is not
     /// authenticated, so it is not named).
     of_dialer: Option<(String, Timestamp)>,
@@ -255,7 +258,7 @@ impl Refusals {
         let mut parts: Vec<String> = self
             .by_peer
             .iter()
-            .map(|(peer, why)| format!("instance {peer}: {why}"))
+            .map(|(peer, (why, _))| format!("instance {peer}: {why}"))
             .collect();
         if let Some((why, _)) = &self.of_dialer {
             parts.push(format!("a dialing peer: {why}"));
@@ -509,7 +512,10 @@ impl Entry {
             return false;
         };
         let new = match peer {
-            Some(peer) => self.refusals.by_peer.insert(peer, why.clone()) != Some(why),
+            Some(peer) => {
+                let last = self.refusals.by_peer.insert(peer, (why.clone(), now));
+                last.is_none_or(|(last, _)| last != why)
+            }
             None => {
                 if let HandshakeError::StorageMismatch { instance, .. } = error {
                     self.refusals.other_storage.insert(*instance);
@@ -1123,9 +1129,9 @@ impl Entry {
     /// Gives up entering once the handshakes say this instance can never enter: no peer is
     /// connected, every peer it dials (the lower ids) refused it for a configuration
     /// mismatch, and either it has no higher peers or it refused a dialer for such a mismatch
-    /// too. A peer that shares this instance's configuration would have connected (it dials
-    /// this one, or answers its dial), so a cluster without the misconfigured one is never
-    /// stopped by this.
+    /// too, each within [`REFUSED_ALONE`]. A peer that shares this instance's configuration
+    /// would have connected (it dials this one, or answers its dial), so a cluster without
+    /// the misconfigured one is never stopped by this.
     ///
     /// The lowest id dials nobody, and a dialer it refuses is not named: it gives up once it
     /// has been alone for [`REFUSED_ALONE`] while every other configured slot was written
@@ -1146,11 +1152,15 @@ impl Entry {
         let refusals = &self.refusals;
         let mut lower = configured.iter().filter(|p| *p < me).peekable();
         let higher: InstanceSet = configured.iter().filter(|p| *p > me).collect();
+        let recent = |at: Timestamp| now.saturating_since(at) <= REFUSED_ALONE;
+        let dialer_refused = refusals
+            .of_dialer
+            .as_ref()
+            .is_some_and(|(_, at)| recent(*at));
         let hopeless = if lower.peek().is_some() {
-            lower.all(|p| refusals.by_peer.contains_key(&p))
-                && (higher.is_empty() || refusals.of_dialer.is_some())
+            lower.all(|p| refusals.by_peer.get(&p).is_some_and(|(_, at)| recent(*at)))
+                && (higher.is_empty() || dialer_refused)
         } else {
-            let recent = |at: Timestamp| now.saturating_since(at) <= REFUSED_ALONE;
             // This one was given another file: its own slots show nothing of theirs.
             let elsewhere = higher.iter().all(|p| refusals.other_storage.contains(p));
             let moving = |p: InstanceId| {
@@ -1164,10 +1174,7 @@ impl Entry {
             !higher.is_empty()
                 && (elsewhere
                     || (now.saturating_since(refusals.alone_since) >= REFUSED_ALONE
-                        && refusals
-                            .of_dialer
-                            .as_ref()
-                            .is_some_and(|(_, at)| recent(*at))
+                        && dialer_refused
                         && higher.iter().all(moving)))
         };
         if hopeless && let Some(refusals) = refusals.summary() {
@@ -2127,7 +2134,8 @@ mod tests {
         let _ = drive(&mut e, 10, 5_000, &all, &all, &[], None);
         assert!(e.outcome().is_none());
 
-        // A middle id also needs a dialer it refused for a mismatch.
+        // A middle id also needs a dialer it refused for a mismatch, both lately: one refusal
+        // seconds old may be of an instance that has gone since (membership seed 4094).
         let mut e = entry(1, &all);
         e.handle_refused(
             Some(id(0)),
@@ -2136,6 +2144,12 @@ mod tests {
         );
         assert!(drive(&mut e, 10, 5_000, &all, &all, &[], None).is_none());
         e.handle_refused(None, &HandshakeError::BadSecret, at(5_000));
+        assert!(e.outcome().is_none(), "instance 0's refusal is 5 s old");
+        e.handle_refused(
+            Some(id(0)),
+            &refused_by_peer(RefusalReason::BadSecret),
+            at(5_500),
+        );
         let text = refusal(&e).expect("stopped");
         assert!(
             text.contains("instance 0: ") && text.contains("a dialing peer: "),

@@ -15,9 +15,9 @@
 //! (an operator's typo: twice the cluster's, at most one such life at a time and only while
 //! a cluster runs; it must stop at start, and the next life has the cluster's timings), and
 //! a restart with another cluster secret (with three instances or more, at most one such life
-//! at a time: every handshake with it fails both ways, each end told as its transport tells
-//! it, at every redial; it must stop at start with [`EntryError::Refused`], and no other
-//! instance may stop for it). Every node starts through the
+//! at a time and none within twice [`REFUSED_ALONE`] of the last one's end: every handshake
+//! with it fails both ways, each end told as its transport tells it, at every redial; it must
+//! stop at start with [`EntryError::Refused`], and no other instance may stop for it). Every node starts through the
 //! real [`Entry`] (the first formation, joins, whole-cluster restarts; the formation decided by
 //! Disk Paxos on this voting area) and is started again a little after it dies or stops
 //! (each after its own delay: after a whole-cluster crash a majority often forms without the
@@ -61,7 +61,7 @@ use instance::cache::BufferCache;
 use instance::cluster::{ClusterManager, ClusterMessage, FailureConfig, InstanceEvent};
 use instance::core::{Core, CoreConfig};
 use instance::entry::{
-    Entered, Entry, EntryConfig, EntryError, EntryIo, SlotLook, decision_at_entry,
+    Entered, Entry, EntryConfig, EntryError, EntryIo, REFUSED_ALONE, SlotLook, decision_at_entry,
 };
 use instance::format::SlotState;
 use instance::node::{
@@ -286,6 +286,11 @@ struct Sim {
     typos: SimRng,
     /// Which starts come with another secret, and the redials' delays (its own too).
     secrets: SimRng,
+    /// No life with another secret starts before this (global ms): the peers' refusals of
+    /// the last one must have aged past `REFUSED_ALONE` first, or two misconfigured
+    /// instances together may stop a correct one (its lower peer refused it, and it refused
+    /// a higher dialer: it cannot tell which is wrong).
+    secrets_from: u64,
 }
 
 /// Each node's cache (no user runs: the engines' state is what they rebuild).
@@ -352,6 +357,7 @@ impl Sim {
             lease_ms,
             typos: SimRng::new(seed ^ 0x7490_5eed_0000_0001),
             secrets: SimRng::new(seed ^ 0x5ec2_e75e_ed00_0002),
+            secrets_from: 0,
         };
         sim.log(|| format!("{n} instances, timings {:?}", sim.timings.failure));
         // Every instance starts (the cluster forms), a little apart.
@@ -432,6 +438,7 @@ impl Sim {
         let wrong_secret = !typo
             && n >= 3
             && self.now < self.faults_end
+            && self.now >= self.secrets_from
             && !self
                 .nodes
                 .iter()
@@ -1349,6 +1356,10 @@ impl Sim {
         n.alive = false;
         // Nobody was connected to it.
         let connected = !std::mem::take(&mut n.wrong_secret);
+        if !connected {
+            let aged = u64::try_from(REFUSED_ALONE.as_millis()).unwrap_or(u64::MAX) * 2;
+            self.secrets_from = self.now + aged;
+        }
         n.dead_lease_until = n.dead_lease_until.max(n.lease_until);
         n.lease_until = 0;
         n.node = None;
