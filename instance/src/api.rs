@@ -1375,7 +1375,6 @@ impl Setting<'_> {
         // before the admission is dropped and counted.
         let (mut early_bytes, mut early_dropped) = (0usize, 0u64);
         let mut events = Vec::new();
-        let mut refusals = EntryRefusals::new(Instant::now());
         loop {
             loop {
                 while let Some((to, message)) = entry.poll_transmit() {
@@ -1416,7 +1415,6 @@ impl Setting<'_> {
                                 })
                             })
                             .collect();
-                        refusals.slots(&looks, Instant::now());
                         entry.handle_slot_round(&looks, now());
                     }
                     Some(EntryIo::Restart) => {
@@ -1463,13 +1461,22 @@ impl Setting<'_> {
                     }
                     return Ok((*entered, entry.connected(), early));
                 }
-                Some(Err(EntryError::PeersMissing { missing, .. })) => {
+                Some(Err(EntryError::PeersMissing {
+                    missing, refusals, ..
+                })) => {
                     return Err(StartError::PeersMissing {
                         missing: missing.clone(),
                         timeout: CONNECT_TIMEOUT,
-                        refusals: refusals.summary().map_or_else(String::new, |r| {
+                        refusals: refusals.as_ref().map_or_else(String::new, |r| {
                             format!("; handshakes refused for a configuration mismatch: {r}")
                         }),
+                    });
+                }
+                Some(Err(EntryError::Refused { refusals })) => {
+                    return Err(StartError::Refused {
+                        refusals: refusals.clone(),
+                        storage: self.config.storage.clone(),
+                        storage_id: self.layout.storage_id,
                     });
                 }
                 Some(Err(EntryError::EpochsExhausted(epoch))) => {
@@ -1495,15 +1502,26 @@ impl Setting<'_> {
             // joiner's rebuild).
             for event in events.drain(..) {
                 match event {
-                    TransportEvent::PeerConnected(peer) => {
-                        refusals.connected(peer);
-                        entry.handle_connected(peer, now())
-                    }
+                    TransportEvent::PeerConnected(peer) => entry.handle_connected(peer, now()),
                     TransportEvent::PeerDisconnected { peer, .. } => {
-                        refusals.disconnected(peer);
                         entry.handle_disconnected(peer, now())
                     }
-                    TransportEvent::Refused { peer, error } => refusals.refused(me, peer, &error),
+                    TransportEvent::Refused {
+                        peer,
+                        error: interconnect::TransportError::Handshake(error),
+                    } => {
+                        // Logged the first time it says so.
+                        let new = entry.handle_refused(peer, &error, now());
+                        match peer {
+                            Some(peer) if new => tracing::warn!(
+                                "instance {me}: instance {peer} refused this instance's connection: {error}"
+                            ),
+                            None if new => tracing::warn!(
+                                "instance {me}: refused a peer's connection while entering: {error}"
+                            ),
+                            _ => {}
+                        }
+                    }
                     TransportEvent::Message { header, body }
                     | TransportEvent::BlockLanded { header, body, .. } => {
                         if header.service != Service::Instance {
@@ -1525,197 +1543,8 @@ impl Setting<'_> {
                     _ => {}
                 }
             }
-            if let Some(refusals) = refusals.hopeless(me, self.config.instances(), Instant::now()) {
-                return Err(StartError::Refused {
-                    refusals,
-                    storage: self.config.storage.clone(),
-                    storage_id: self.layout.storage_id,
-                });
-            }
             entry.handle_timeout(now());
         }
-    }
-}
-
-/// How long the lowest id, which dials nobody, waits alone (no peer connected) while every
-/// other instance's slot moves and it refuses their dials for a configuration mismatch,
-/// before it takes itself for the misconfigured one: a running peer that shares its
-/// configuration redials it well within this.
-const REFUSED_ALONE: Duration = Duration::from_secs(3);
-
-/// What the handshakes of an entering instance said about its configuration: which peers
-/// refused its connections for a configuration that differs from theirs, whether it refused
-/// a dialer for such a reason itself, and which peers are connected.
-#[derive(Debug)]
-struct EntryRefusals {
-    /// Peers (dialled by this instance: lower ids) that refused it, with their reason.
-    by_peer: std::collections::BTreeMap<InstanceId, String>,
-    /// The last configuration mismatch this instance found in a dialer's handshake (the
-    /// dialer is not authenticated, so it is not named).
-    of_dialer: Option<String>,
-    /// When it last refused a dialer for a configuration mismatch.
-    of_dialer_at: Option<Instant>,
-    /// Peers connected now.
-    connected: std::collections::BTreeSet<InstanceId>,
-    /// Since when no peer has been connected.
-    alone_since: Instant,
-    /// Each slot's disk heartbeat as last read, and when it was last seen to move.
-    heartbeats: std::collections::BTreeMap<InstanceId, (u64, Option<Instant>)>,
-    /// Dialers this instance refused for running on another storage: they proved the
-    /// secret, so they are named (the heartbeats above, read from this instance's storage,
-    /// say nothing about peers that run on another).
-    other_storage: std::collections::BTreeSet<InstanceId>,
-}
-
-impl EntryRefusals {
-    fn new(now: Instant) -> Self {
-        EntryRefusals {
-            by_peer: Default::default(),
-            of_dialer: None,
-            of_dialer_at: None,
-            connected: Default::default(),
-            alone_since: now,
-            heartbeats: Default::default(),
-            other_storage: Default::default(),
-        }
-    }
-
-    /// A voting-area round's look at every slot: whose disk heartbeat moves.
-    fn slots(&mut self, looks: &[crate::entry::SlotLook], now: Instant) {
-        for look in looks {
-            match self.heartbeats.get_mut(&look.instance) {
-                Some((last, moved)) => {
-                    if *last != look.heartbeat {
-                        *last = look.heartbeat;
-                        *moved = Some(now);
-                    }
-                }
-                None => {
-                    self.heartbeats
-                        .insert(look.instance, (look.heartbeat, None));
-                }
-            }
-        }
-    }
-
-    fn connected(&mut self, peer: InstanceId) {
-        self.by_peer.remove(&peer);
-        self.other_storage.remove(&peer);
-        self.connected.insert(peer);
-    }
-
-    fn disconnected(&mut self, peer: InstanceId) {
-        if self.connected.remove(&peer) && self.connected.is_empty() {
-            self.alone_since = Instant::now();
-        }
-    }
-
-    /// A refused connection: kept (and logged the first time) when its reason is a
-    /// configuration mismatch, which no retry mends.
-    fn refused(
-        &mut self,
-        me: InstanceId,
-        peer: Option<InstanceId>,
-        error: &interconnect::TransportError,
-    ) {
-        use interconnect::handshake::{HandshakeError, RefusalReason};
-        let interconnect::TransportError::Handshake(error) = error else {
-            return;
-        };
-        let mismatch = match error {
-            HandshakeError::RefusedByPeer(
-                RefusalReason::WrongCluster
-                | RefusalReason::WrongVersion
-                | RefusalReason::BadSecret
-                | RefusalReason::UnexpectedInstance
-                | RefusalReason::FrameMacMismatch
-                | RefusalReason::StorageMismatch,
-            )
-            | HandshakeError::WrongCluster { .. }
-            | HandshakeError::WrongVersion { .. }
-            | HandshakeError::BadSecret
-            | HandshakeError::UnexpectedInstance(_)
-            | HandshakeError::FrameMacMismatch { .. }
-            | HandshakeError::StorageMismatch { .. } => error.to_string(),
-            _ => return,
-        };
-        match peer {
-            Some(peer) => {
-                if self.by_peer.get(&peer) != Some(&mismatch) {
-                    tracing::warn!(
-                        "instance {me}: instance {peer} refused this instance's connection: {mismatch}"
-                    );
-                }
-                self.by_peer.insert(peer, mismatch);
-            }
-            None => {
-                if let HandshakeError::StorageMismatch { instance, .. } = error {
-                    self.other_storage.insert(*instance);
-                }
-                if self.of_dialer.as_ref() != Some(&mismatch) {
-                    tracing::warn!(
-                        "instance {me}: refused a peer's connection while entering: {mismatch}"
-                    );
-                }
-                self.of_dialer = Some(mismatch);
-                self.of_dialer_at = Some(Instant::now());
-            }
-        }
-    }
-
-    /// The refusals seen, for an error message; `None` if there were none.
-    fn summary(&self) -> Option<String> {
-        let mut parts: Vec<String> = self
-            .by_peer
-            .iter()
-            .map(|(peer, why)| format!("instance {peer}: {why}"))
-            .collect();
-        if let Some(why) = &self.of_dialer {
-            parts.push(format!("a dialing peer: {why}"));
-        }
-        (!parts.is_empty()).then(|| parts.join("; "))
-    }
-
-    /// Whether this instance can never enter: no peer is connected, every peer it dials (the
-    /// lower ids) refused it for a configuration mismatch, and either it has no higher peers
-    /// or it refused a dialer for such a mismatch too. A peer that shares this instance's
-    /// configuration would have connected (it dials this one, or answers its dial), so a
-    /// cluster without the misconfigured one is never stopped by this: the reasons, when so.
-    ///
-    /// The lowest id dials nobody, and a dialer it refuses is not authenticated (not named):
-    /// it gives up once it has been alone for [`REFUSED_ALONE`] while every other
-    /// instance's slot moved (they run) and it refused a dialer for a mismatch meanwhile; or
-    /// at once when every other instance dialled it and was refused for running on another
-    /// storage (those dialers proved the secret, so they are named).
-    fn hopeless(&self, me: InstanceId, configured: InstanceSet, now: Instant) -> Option<String> {
-        if !self.connected.is_empty() {
-            return None;
-        }
-        let lower: Vec<InstanceId> = configured.iter().filter(|p| *p < me).collect();
-        let higher: Vec<InstanceId> = configured.iter().filter(|p| *p > me).collect();
-        // The lowest id, refused by no one, whose every peer dialled it, proved the secret,
-        // and runs on another storage: this one was given another file (its own slots show
-        // nothing of theirs, so the heartbeat test below never passes). One misconfigured
-        // dialer alone never stops it.
-        let elsewhere = lower.is_empty()
-            && !higher.is_empty()
-            && higher.iter().all(|p| self.other_storage.contains(p));
-        let hopeless = elsewhere
-            || if lower.is_empty() {
-                let recent = |at: Option<Instant>| {
-                    at.is_some_and(|at| now.saturating_duration_since(at) <= REFUSED_ALONE)
-                };
-                !higher.is_empty()
-                    && now.saturating_duration_since(self.alone_since) >= REFUSED_ALONE
-                    && recent(self.of_dialer_at)
-                    && higher
-                        .iter()
-                        .all(|p| recent(self.heartbeats.get(p).and_then(|h| h.1)))
-            } else {
-                lower.iter().all(|p| self.by_peer.contains_key(p))
-                    && (higher.is_empty() || self.of_dialer.is_some())
-            };
-        if hopeless { self.summary() } else { None }
     }
 }
 
@@ -1767,32 +1596,5 @@ mod tests {
         assert_eq!(records_len(&ranges), 2 * RECORD_HEADER_LEN + 2 + 1610);
         log_change(&mut ranges, 20, 1480);
         assert_eq!(ranges, vec![(2, 3100)]);
-    }
-
-    #[test]
-    fn the_lowest_id_gives_up_at_once_only_when_every_peer_runs_on_another_storage() {
-        use interconnect::handshake::HandshakeError;
-        let id = |n| InstanceId::new(n).unwrap();
-        let me = id(0);
-        let configured: InstanceSet = [id(0), id(1), id(2)].into_iter().collect();
-        let other = |instance| {
-            interconnect::TransportError::Handshake(HandshakeError::StorageMismatch {
-                local: interconnect::StorageId(1),
-                peer: interconnect::StorageId(2),
-                instance,
-            })
-        };
-        let now = Instant::now();
-        let mut refusals = EntryRefusals::new(now);
-        // One dialer on another storage: it may be the misconfigured one.
-        refusals.refused(me, None, &other(id(2)));
-        assert_eq!(refusals.hopeless(me, configured, now), None);
-        // Every other instance runs on another storage: this one was given another file.
-        refusals.refused(me, None, &other(id(1)));
-        let why = refusals.hopeless(me, configured, now).expect("hopeless");
-        assert!(why.contains("different storage files"), "{why}");
-        // One that connects is on this storage after all.
-        refusals.connected(id(1));
-        assert_eq!(refusals.hopeless(me, configured, now), None);
     }
 }

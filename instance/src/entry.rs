@@ -15,7 +15,11 @@
 //! formation is decided (`docs/membership.md`, "Entering"). It never enters with failure
 //! timings other than the cluster's: a running member's `Hello` with others stops it, and at
 //! formation a peer with others is never counted ([`EntryError::TimingsDiffer`];
-//! `docs/membership.md`, "One set of timings"). The driver
+//! `docs/membership.md`, "One set of timings"). Nor does it look for the cluster for ever
+//! when the peers' handshakes say its configuration differs from theirs (another secret,
+//! cluster id, storage...): the driver hands it each refused handshake, and it stops with
+//! [`EntryError::Refused`] once no peer with its configuration can be there
+//! (`docs/membership.md`, "A configuration the peers refuse"). The driver
 //! (`api::Instance::start`, the membership simulator) carries out its I/O (a voting-area
 //! round: write this instance's heartbeat, read every slot; Disk Paxos reads and writes;
 //! whole-cluster recovery), sends its messages, and builds the [`Node`] from [`Entered`]
@@ -31,8 +35,9 @@ use crate::paxos::{
     DEFAULT_PHASE_TIMEOUT, Decision, DiskPaxos, PAXOS_BLOCK_LEN, PaxosBlock, PaxosConfig,
     PaxosEvent, PaxosIo, Proposal,
 };
+use interconnect::handshake::{HandshakeError, RefusalReason};
 use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 /// How long a whole-cluster restart waits for every configured instance before a majority may
@@ -52,6 +57,15 @@ pub const TIMINGS_TOLD_FOR: Duration = ENTRY_RESEND;
 
 /// Most messages queued for the driver; past it the oldest goes (they are all repeated).
 pub const MAX_QUEUED_MESSAGES: usize = 256;
+
+/// How long the lowest id, which dials nobody, waits alone (no peer connected) while every
+/// other instance's slot moves and it refuses their dials for a configuration mismatch,
+/// before it takes itself for the misconfigured one: a running peer that shares its
+/// configuration redials it well within this. Also how long a refusal counts: the
+/// transports redial a refused peer within a second, and an older one may be of a
+/// misconfigured instance that has gone since (the membership simulator's seed 4094: a
+/// correct instance stopped on one instance's refusal seconds old and another's dial).
+pub const REFUSED_ALONE: Duration = Duration::from_secs(3);
 
 /// What an [`Entry`] starts with.
 #[derive(Debug, Clone, Copy)]
@@ -139,12 +153,28 @@ impl Entered {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntryError {
     /// Peers stayed out of reach for the whole wait.
-    #[error("peers {missing:?} not reached within {after:?}")]
+    #[error(
+        "peers {missing:?} not reached within {after:?}{}",
+        refusals.as_ref().map_or_else(String::new, |r| {
+            format!("; handshakes refused for a configuration mismatch: {r}")
+        })
+    )]
     PeersMissing {
         /// Who.
         missing: Vec<InstanceId>,
         /// The wait.
         after: Duration,
+        /// The handshake refusals for a configuration mismatch seen meanwhile (as in
+        /// [`EntryError::Refused`]), if any.
+        refusals: Option<String>,
+    },
+    /// The peers' handshakes say this instance's configuration differs from theirs, and no
+    /// peer that shares it can be there: it can never enter, and stops at once rather than
+    /// keep its slot moving.
+    #[error("the peers refuse this instance's configuration: {refusals}")]
+    Refused {
+        /// Each refusal, `instance N: reason` or `a dialing peer: reason`, `; `-separated.
+        refusals: String,
     },
     /// Whole-cluster recovery failed.
     #[error("whole-cluster recovery: {0}")]
@@ -199,13 +229,72 @@ struct SlotSeen {
     state: SlotState,
     heartbeat: u64,
     since: Timestamp,
+    /// The counter's last move, in any state, was written after this (the previous round was
+    /// asked for then): some process owns the slot and runs. An entering life counts here,
+    /// unlike in `since` — it looks for the cluster, which is what
+    /// [`Entry::give_up_if_refused`] asks of the lowest id's peers.
+    written_after: Option<Timestamp>,
+}
+
+/// What the handshakes said about this instance's configuration while it enters: the
+/// refusals no retry mends.
+#[derive(Debug, Clone)]
+struct Refusals {
+    /// Peers this instance dialled (lower ids) that refused it, with the reason and when.
+    by_peer: BTreeMap<InstanceId, (String, Timestamp)>,
+    /// The last mismatch found in a dialer's handshake, and when (the dialer is not
+    /// authenticated, so it is not named).
+    of_dialer: Option<(String, Timestamp)>,
+    /// Dialers refused for running on another storage: they proved the secret, so they are
+    /// named (the slots this instance reads, from its own storage, say nothing of them).
+    other_storage: InstanceSet,
+    /// Since when no peer has been connected.
+    alone_since: Timestamp,
+}
+
+impl Refusals {
+    /// Each refusal, for an error message; `None` if there were none.
+    fn summary(&self) -> Option<String> {
+        let mut parts: Vec<String> = self
+            .by_peer
+            .iter()
+            .map(|(peer, (why, _))| format!("instance {peer}: {why}"))
+            .collect();
+        if let Some((why, _)) = &self.of_dialer {
+            parts.push(format!("a dialing peer: {why}"));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// Whether a failed handshake says the two configurations differ (a retry mends nothing):
+/// the reason, as the error message says it.
+fn mismatch(error: &HandshakeError) -> Option<String> {
+    match error {
+        HandshakeError::RefusedByPeer(
+            RefusalReason::WrongCluster
+            | RefusalReason::WrongVersion
+            | RefusalReason::BadSecret
+            | RefusalReason::UnexpectedInstance
+            | RefusalReason::FrameMacMismatch
+            | RefusalReason::StorageMismatch,
+        )
+        | HandshakeError::WrongCluster { .. }
+        | HandshakeError::WrongVersion { .. }
+        | HandshakeError::BadSecret
+        | HandshakeError::UnexpectedInstance(_)
+        | HandshakeError::FrameMacMismatch { .. }
+        | HandshakeError::StorageMismatch { .. } => Some(error.to_string()),
+        _ => None,
+    }
 }
 
 /// The entering phase of one instance.
 ///
 /// Inputs ([`Entry::handle_connected`], [`Entry::handle_disconnected`],
-/// [`Entry::handle_message`], [`Entry::handle_slot_round`], [`Entry::handle_paxos_written`],
-/// [`Entry::handle_paxos_read`], [`Entry::handle_restarted`], [`Entry::handle_timeout`])
+/// [`Entry::handle_refused`], [`Entry::handle_message`], [`Entry::handle_slot_round`],
+/// [`Entry::handle_paxos_written`], [`Entry::handle_paxos_read`],
+/// [`Entry::handle_restarted`], [`Entry::handle_timeout`])
 /// take `now`. Outputs, drained after every input: [`Entry::poll_transmit`] (cluster
 /// messages, sent at critical priority with epoch 0), [`Entry::poll_io`], then
 /// [`Entry::outcome`] (`Some` once entered or failed: the driver stops feeding this and
@@ -260,6 +349,8 @@ pub struct Entry {
     restarting: Option<Restarting>,
     /// When the round in flight (or the last one) was asked for.
     round_asked_at: Timestamp,
+    /// When the last completed round was asked for.
+    last_round_asked: Option<Timestamp>,
     /// The newest decided membership heard of (from the voting area or a running member),
     /// and whether it names this instance (its previous life, still a member).
     newest_decided: Option<(Epoch, bool)>,
@@ -272,6 +363,8 @@ pub struct Entry {
     free_at: Option<Epoch>,
     /// Entered, waiting for the own Paxos write in flight to complete.
     entered: Option<Entered>,
+    /// The handshakes refused for a configuration mismatch.
+    refusals: Refusals,
     outcome: Option<Result<Entered, EntryError>>,
     transmits: VecDeque<(InstanceId, ClusterMessage)>,
     ios: VecDeque<EntryIo>,
@@ -320,10 +413,17 @@ impl Entry {
             writes_in_flight: 0,
             restarting: None,
             round_asked_at: now,
+            last_round_asked: None,
             newest_decided: None,
             accepted_with_me: Epoch(0),
             free_at: None,
             entered: None,
+            refusals: Refusals {
+                by_peer: BTreeMap::new(),
+                of_dialer: None,
+                other_storage: InstanceSet::EMPTY,
+                alone_since: now,
+            },
             outcome: None,
             transmits: VecDeque::new(),
             ios: VecDeque::new(),
@@ -347,6 +447,9 @@ impl Entry {
     /// when a running cluster is known.
     pub fn handle_connected(&mut self, peer: InstanceId, now: Timestamp) {
         self.connected.insert(peer);
+        // It shares this instance's configuration after all.
+        self.refusals.by_peer.remove(&peer);
+        self.refusals.other_storage.remove(peer);
         self.tell(peer, now);
         if self.running.is_some() && self.free_at.is_some() {
             let timings = self.config.failure;
@@ -357,7 +460,9 @@ impl Entry {
 
     /// The connection to `peer` dropped.
     pub fn handle_disconnected(&mut self, peer: InstanceId, now: Timestamp) {
-        self.connected.remove(peer);
+        if self.connected.remove(peer) && self.connected.is_empty() {
+            self.refusals.alone_since = now;
+        }
         self.answered.remove(peer);
         if let Some(told) = self.told_since.get_mut(peer.index()) {
             *told = None;
@@ -373,7 +478,46 @@ impl Entry {
         }) {
             self.running = None;
         }
+        self.give_up_if_refused(now);
         self.decide(now);
+    }
+
+    /// A handshake failed: with `peer`, which this instance dialled (`Some`: it refused this
+    /// instance, or its answer failed this instance's checks), or with a dialer this
+    /// instance refused (`None`: a dialer is not authenticated, so it is named only where
+    /// `error` names it, as [`HandshakeError::StorageMismatch`] does once the dialer proved
+    /// the secret). Only a configuration mismatch counts. Returns whether it is one not seen
+    /// before from that end: the driver logs it (the operator learns it before the start
+    /// gives up).
+    pub fn handle_refused(
+        &mut self,
+        peer: Option<InstanceId>,
+        error: &HandshakeError,
+        now: Timestamp,
+    ) -> bool {
+        let Some(why) = mismatch(error) else {
+            return false;
+        };
+        let new = match peer {
+            Some(peer) => {
+                let last = self.refusals.by_peer.insert(peer, (why.clone(), now));
+                last.is_none_or(|(last, _)| last != why)
+            }
+            None => {
+                if let HandshakeError::StorageMismatch { instance, .. } = error {
+                    self.refusals.other_storage.insert(*instance);
+                }
+                let new = self
+                    .refusals
+                    .of_dialer
+                    .as_ref()
+                    .is_none_or(|(last, _)| *last != why);
+                self.refusals.of_dialer = Some((why, now));
+                new
+            }
+        };
+        self.give_up_if_refused(now);
+        new
     }
 
     /// A cluster message from `from`.
@@ -507,11 +651,19 @@ impl Entry {
         let known = self.paxos.decided().epoch;
         let me = self.config.me;
         let mut read = vec![false; self.slots.len()];
+        // A counter that differs from the last round's was written after that round was
+        // asked for.
+        let previous = self.last_round_asked;
         for look in slots {
             let Some(seen) = self.slots.get_mut(look.instance.index()) else {
                 continue;
             };
             read[look.instance.index()] = true;
+            let written_after = match *seen {
+                Some(s) if s.heartbeat != look.heartbeat => previous,
+                Some(s) => s.written_after,
+                None => None,
+            };
             *seen = match *seen {
                 Some(s)
                     if (s.state, s.heartbeat) == (look.state, look.heartbeat)
@@ -519,6 +671,7 @@ impl Entry {
                 {
                     Some(SlotSeen {
                         heartbeat: look.heartbeat,
+                        written_after,
                         ..s
                     })
                 }
@@ -526,6 +679,7 @@ impl Entry {
                     state: look.state,
                     heartbeat: look.heartbeat,
                     since: now,
+                    written_after,
                 }),
             };
             if let Ok(Some(block)) = PaxosBlock::decode(&look.paxos)
@@ -551,6 +705,7 @@ impl Entry {
                 *seen = None;
             }
         }
+        self.last_round_asked = Some(self.round_asked_at);
         self.pump_paxos(now);
         let decided = self.paxos.decided();
         self.note_decided(decided.epoch, decided.value.members);
@@ -563,6 +718,7 @@ impl Entry {
             }
         }
         self.give_up_if_outnumbered(now);
+        self.give_up_if_refused(now);
         self.decide(now);
     }
 
@@ -631,6 +787,7 @@ impl Entry {
             self.ask_to_join();
         }
         self.give_up_if_outnumbered(now);
+        self.give_up_if_refused(now);
         if self.is_done() {
             return;
         }
@@ -658,6 +815,7 @@ impl Entry {
             self.outcome = Some(Err(EntryError::PeersMissing {
                 missing,
                 after: self.config.give_up_after,
+                refusals: self.refusals.summary(),
             }));
             return;
         }
@@ -942,6 +1100,62 @@ impl Entry {
                 running: false,
                 mismatch,
             }));
+        }
+    }
+
+    /// Gives up entering once the handshakes say this instance can never enter: no peer is
+    /// connected, every peer it dials (the lower ids) refused it for a configuration
+    /// mismatch, and either it has no higher peers or it refused a dialer for such a mismatch
+    /// too, each within [`REFUSED_ALONE`]. A peer that shares this instance's configuration
+    /// would have connected (it dials this one, or answers its dial), so a cluster without
+    /// the misconfigured one is never stopped by this.
+    ///
+    /// The lowest id dials nobody, and a dialer it refuses is not named: it gives up once it
+    /// has been alone for [`REFUSED_ALONE`] while every other configured slot was written
+    /// since it has been alone and within that time (they run: an entering life counts, it
+    /// looks for the cluster too; a slot written only before — an instance that just died —
+    /// does not) and it refused a dialer for a mismatch within that time; or at once when
+    /// every other instance dialled it and was refused for running on another storage (those
+    /// dialers proved the secret, so they are named). With two instances, the one on the
+    /// right configuration stops too: neither can tell which of them is wrong.
+    ///
+    /// Checked at every input; the resend deadline brings one every [`ENTRY_RESEND`].
+    fn give_up_if_refused(&mut self, now: Timestamp) {
+        if self.is_done() || self.restarting.is_some() || !self.connected.is_empty() {
+            return;
+        }
+        let me = self.config.me;
+        let configured = self.config.configured;
+        let refusals = &self.refusals;
+        let mut lower = configured.iter().filter(|p| *p < me).peekable();
+        let higher: InstanceSet = configured.iter().filter(|p| *p > me).collect();
+        let recent = |at: Timestamp| now.saturating_since(at) <= REFUSED_ALONE;
+        let dialer_refused = refusals
+            .of_dialer
+            .as_ref()
+            .is_some_and(|(_, at)| recent(*at));
+        let hopeless = if lower.peek().is_some() {
+            lower.all(|p| refusals.by_peer.get(&p).is_some_and(|(_, at)| recent(*at)))
+                && (higher.is_empty() || dialer_refused)
+        } else {
+            // This one was given another file: its own slots show nothing of theirs.
+            let elsewhere = higher.iter().all(|p| refusals.other_storage.contains(p));
+            let moving = |p: InstanceId| {
+                self.slots
+                    .get(p.index())
+                    .copied()
+                    .flatten()
+                    .and_then(|s| s.written_after)
+                    .is_some_and(|at| at >= refusals.alone_since && recent(at))
+            };
+            !higher.is_empty()
+                && (elsewhere
+                    || (now.saturating_since(refusals.alone_since) >= REFUSED_ALONE
+                        && dialer_refused
+                        && higher.iter().all(moving)))
+        };
+        if hopeless && let Some(refusals) = refusals.summary() {
+            self.outcome = Some(Err(EntryError::Refused { refusals }));
         }
     }
 
@@ -1781,5 +1995,231 @@ mod tests {
         };
         let d = decision_at_entry(id(2), formed, &[on_disk]);
         assert!(d.value.formation);
+    }
+
+    fn refused_by_peer(why: RefusalReason) -> HandshakeError {
+        HandshakeError::RefusedByPeer(why)
+    }
+
+    fn refusal(e: &Entry) -> Option<String> {
+        match e.outcome() {
+            Some(Err(err @ EntryError::Refused { .. })) => Some(err.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Drives `e` from `from` to `to` ms as a driver does: every 50 ms a timeout, and each
+    /// slot round asked for is served 5 ms later with `moving` slots moved (as `states`
+    /// say: an entering life's too) and every `dials` ms a dialer refused for another
+    /// secret. Returns when it stopped, if it did.
+    #[allow(clippy::too_many_arguments)]
+    fn drive(
+        e: &mut Entry,
+        from: u64,
+        to: u64,
+        configured: &[u64],
+        moving: &[u64],
+        states: &[(u64, SlotState)],
+        dials: Option<u64>,
+    ) -> Option<u64> {
+        for ms in (from..to).step_by(50) {
+            if let Some(every) = dials
+                && ms % every == 0
+            {
+                e.handle_refused(None, &HandshakeError::BadSecret, at(ms));
+            }
+            e.handle_timeout(at(ms));
+            if ios(e).contains(&EntryIo::SlotRound) {
+                let looks: Vec<SlotLook> = configured
+                    .iter()
+                    .map(|&n| SlotLook {
+                        instance: id(n),
+                        state: states
+                            .iter()
+                            .find(|(s, _)| *s == n)
+                            .map_or(SlotState::Up, |(_, state)| *state),
+                        heartbeat: if moving.contains(&n) { ms } else { 7 },
+                        paxos: [0; PAXOS_BLOCK_LEN],
+                    })
+                    .collect();
+                e.handle_slot_round(&looks, at(ms + 5));
+            }
+            if e.outcome().is_some() {
+                return Some(ms);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn an_instance_every_dialled_peer_refuses_stops_unless_one_is_connected() {
+        let all = [0, 1, 2];
+        // The highest id dials both others; each refuses it.
+        let mut e = entry(2, &all);
+        assert!(e.handle_refused(
+            Some(id(0)),
+            &refused_by_peer(RefusalReason::BadSecret),
+            at(5)
+        ));
+        assert!(refusal(&e).is_none(), "instance 1 may still take it");
+        // The same refusal again is not news for the log.
+        assert!(!e.handle_refused(
+            Some(id(0)),
+            &refused_by_peer(RefusalReason::BadSecret),
+            at(6)
+        ));
+        e.handle_refused(
+            Some(id(1)),
+            &refused_by_peer(RefusalReason::BadSecret),
+            at(7),
+        );
+        let text = refusal(&e).expect("stopped");
+        assert_eq!(
+            text,
+            "the peers refuse this instance's configuration: instance 0: peer refused the \
+             connection: wrong cluster secret; instance 1: peer refused the connection: wrong \
+             cluster secret"
+        );
+
+        // With one peer connected it goes on.
+        let mut e = entry(2, &all);
+        e.handle_connected(id(1), at(1));
+        e.handle_refused(
+            Some(id(0)),
+            &refused_by_peer(RefusalReason::WrongCluster),
+            at(5),
+        );
+        let _ = drive(&mut e, 10, 5_000, &all, &all, &[], None);
+        assert!(e.outcome().is_none());
+
+        // A middle id also needs a dialer it refused for a mismatch, both lately: one refusal
+        // seconds old may be of an instance that has gone since (membership seed 4094).
+        let mut e = entry(1, &all);
+        e.handle_refused(
+            Some(id(0)),
+            &refused_by_peer(RefusalReason::BadSecret),
+            at(5),
+        );
+        assert!(drive(&mut e, 10, 5_000, &all, &all, &[], None).is_none());
+        e.handle_refused(None, &HandshakeError::BadSecret, at(5_000));
+        assert!(e.outcome().is_none(), "instance 0's refusal is 5 s old");
+        e.handle_refused(
+            Some(id(0)),
+            &refused_by_peer(RefusalReason::BadSecret),
+            at(5_500),
+        );
+        let text = refusal(&e).expect("stopped");
+        assert!(
+            text.contains("instance 0: ") && text.contains("a dialing peer: "),
+            "{text}"
+        );
+
+        // Other failures (a malformed record: a stranger, a reset) count for nothing.
+        let mut e = entry(2, &all);
+        for peer in [0, 1] {
+            let malformed = HandshakeError::Malformed("short");
+            assert!(!e.handle_refused(Some(id(peer)), &malformed, at(5)));
+        }
+        assert!(e.outcome().is_none());
+    }
+
+    #[test]
+    fn the_lowest_id_stops_once_alone_for_a_while_with_every_slot_moving_and_a_dialer_refused() {
+        let all = [0, 1, 2];
+        let refused_ms = u64::try_from(REFUSED_ALONE.as_millis()).expect("small");
+        // Instance 1 runs; instance 2, a new life entering, moves its slot too (as entering:
+        // a live process all the same).
+        let entering = [(2, SlotState::Entering)];
+        let mut e = entry(0, &all);
+        let stopped = drive(&mut e, 0, 10_000, &all, &all, &entering, Some(200));
+        let stopped = stopped.expect("stopped");
+        assert!(
+            (refused_ms..refused_ms + 200).contains(&stopped),
+            "stopped at {stopped} ms"
+        );
+        assert!(refusal(&e).expect("refused").contains("a dialing peer: "));
+
+        // A slot that does not move (its instance is down): nobody can tell who is wrong.
+        let mut e = entry(0, &all);
+        assert_eq!(
+            drive(&mut e, 0, 10_000, &all, &[0, 1], &[], Some(200)),
+            None
+        );
+        // No dialer refused lately: the refused one may have been fixed.
+        let mut e = entry(0, &all);
+        e.handle_refused(None, &HandshakeError::BadSecret, at(0));
+        e.handle_connected(id(1), at(100));
+        e.handle_disconnected(id(1), at(200));
+        assert_eq!(drive(&mut e, 200, 10_000, &all, &all, &[], None), None);
+    }
+
+    /// A correct lowest id that a misconfigured dialer (2) keeps dialling: connected to a
+    /// peer it goes on; alone once that peer died, the dead peer's last moves (written
+    /// before it went) do not count as running.
+    #[test]
+    fn a_single_misconfigured_dialer_does_not_stop_a_correct_instance() {
+        let all = [0, 1, 2];
+        let mut e = entry(0, &all);
+        e.handle_connected(id(1), at(1));
+        assert_eq!(drive(&mut e, 0, 5_000, &all, &all, &[], Some(200)), None);
+        e.handle_disconnected(id(1), at(5_000));
+        // Its slot's last move is read after the disconnection.
+        assert_eq!(
+            drive(&mut e, 5_000, 5_060, &all, &all, &[], Some(200)),
+            None
+        );
+        assert_eq!(
+            drive(&mut e, 5_100, 15_000, &all, &[0, 2], &[], Some(200)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_lowest_id_stops_at_once_only_when_every_peer_runs_on_another_storage() {
+        let all = [0, 1, 2];
+        let other = |instance| HandshakeError::StorageMismatch {
+            local: interconnect::StorageId(1),
+            peer: interconnect::StorageId(2),
+            instance,
+        };
+        let mut e = entry(0, &all);
+        // One dialer on another storage: it may be the misconfigured one.
+        e.handle_refused(None, &other(id(2)), at(5));
+        assert!(e.outcome().is_none());
+        // Every other instance runs on another storage: this one was given another file.
+        e.handle_refused(None, &other(id(1)), at(6));
+        let text = refusal(&e).expect("stopped");
+        assert!(text.contains("different storage files"), "{text}");
+
+        // One that is connected is on this storage after all.
+        let mut e = entry(0, &all);
+        e.handle_refused(None, &other(id(1)), at(5));
+        e.handle_connected(id(1), at(6));
+        e.handle_refused(None, &other(id(2)), at(7));
+        assert!(e.outcome().is_none());
+    }
+
+    #[test]
+    fn peers_missing_names_the_refusals_seen() {
+        let mut e = entry(2, &[0, 1, 2]);
+        e.handle_connected(id(1), at(1));
+        e.handle_refused(
+            Some(id(0)),
+            &refused_by_peer(RefusalReason::BadSecret),
+            at(5),
+        );
+        e.handle_timeout(at(60_000));
+        match e.outcome() {
+            Some(Err(
+                err @ EntryError::PeersMissing {
+                    refusals: Some(_), ..
+                },
+            )) => assert!(
+                err.to_string()
+                    .contains("handshakes refused for a configuration mismatch: instance 0: "),
+                "{err}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -13,7 +13,11 @@
 //! network up or cut), write errors (the write may land anyway), kills (of any number of nodes; a sixth of them the
 //! whole cluster), small forward jumps of one node's clock, and a restart with another lease
 //! (an operator's typo: twice the cluster's, at most one such life at a time and only while
-//! a cluster runs; it must stop at start, and the next life has the cluster's timings). Every node starts through the
+//! a cluster runs; it must stop at start, and the next life has the cluster's timings), and
+//! a restart with another cluster secret (with three instances or more, at most one such life
+//! at a time and none within twice [`REFUSED_ALONE`] of the last one's end: every handshake
+//! with it fails both ways, each end told as its transport tells it, at every redial; it must
+//! stop at start with [`EntryError::Refused`], and no other instance may stop for it). Every node starts through the
 //! real [`Entry`] (the first formation, joins, whole-cluster restarts; the formation decided by
 //! Disk Paxos on this voting area) and is started again a little after it dies or stops
 //! (each after its own delay: after a whole-cluster crash a majority often forms without the
@@ -42,6 +46,8 @@
 //!   an earlier life) has run out;
 //! * a life with other failure timings never enters (it stops with the timings named), and
 //!   an instance stops for timings only because of such a life;
+//! * a life with another secret never enters (it stops for the refusals), and no other life
+//!   stops for refusals;
 //! * no node stops for a core failure.
 //!
 //! At the end, with every fault healed and every node started again: all of them run in one
@@ -55,7 +61,7 @@ use instance::cache::BufferCache;
 use instance::cluster::{ClusterManager, ClusterMessage, FailureConfig, InstanceEvent};
 use instance::core::{Core, CoreConfig};
 use instance::entry::{
-    Entered, Entry, EntryConfig, EntryError, EntryIo, SlotLook, decision_at_entry,
+    Entered, Entry, EntryConfig, EntryError, EntryIo, REFUSED_ALONE, SlotLook, decision_at_entry,
 };
 use instance::format::SlotState;
 use instance::node::{
@@ -127,6 +133,9 @@ enum Ev {
     EntryRound { node: usize },
     /// An entering node's whole-cluster recovery completes.
     Restarted { node: usize },
+    /// The transports redial a life with another secret, and its peers: each handshake
+    /// fails, and both ends hear of it.
+    Redial { node: usize },
     /// A fault begins.
     Fault,
 }
@@ -145,7 +154,8 @@ impl Ev {
             | Ev::Scanned { node, .. }
             | Ev::Sealed { node, .. }
             | Ev::EntryRound { node }
-            | Ev::Restarted { node } => [Some(node), None],
+            | Ev::Restarted { node }
+            | Ev::Redial { node } => [Some(node), None],
             Ev::Deliver { from, to, .. } => [Some(from), Some(to)],
             Ev::Start(_) | Ev::Fault => [None, None],
         }
@@ -201,6 +211,10 @@ pub struct MembershipStats {
     /// Starts that stopped because failure timings differ (the typo'd lives, and at
     /// formation an instance without a majority of its timings).
     pub timings_refused: u64,
+    /// Lives started with another cluster secret.
+    pub wrong_secrets: u64,
+    /// Of those, the ones that stopped for their peers' refusals (the others died first).
+    pub secrets_refused: u64,
 }
 
 struct Node {
@@ -234,6 +248,8 @@ struct Node {
     typo: bool,
     /// Some life of it ran another lease (peers may still name it when they stop).
     ever_typo: bool,
+    /// This life runs another cluster secret: it connects to nobody, and must never enter.
+    wrong_secret: bool,
 }
 
 struct Sim {
@@ -268,6 +284,13 @@ struct Sim {
     /// Which starts come with another lease: a generator of its own, so a seed's other
     /// draws stay its own.
     typos: SimRng,
+    /// Which starts come with another secret, and the redials' delays (its own too).
+    secrets: SimRng,
+    /// No life with another secret starts before this (global ms): the peers' refusals of
+    /// the last one must have aged past `REFUSED_ALONE` first, or two misconfigured
+    /// instances together may stop a correct one (its lower peer refused it, and it refused
+    /// a higher dialer: it cannot tell which is wrong).
+    secrets_from: u64,
 }
 
 /// Each node's cache (no user runs: the engines' state is what they rebuild).
@@ -307,6 +330,7 @@ impl Sim {
                 latest_paxos: None,
                 typo: false,
                 ever_typo: false,
+                wrong_secret: false,
             })
             .collect();
         let faults_end = rng.between(8_000, 20_000);
@@ -332,6 +356,8 @@ impl Sim {
             timings,
             lease_ms,
             typos: SimRng::new(seed ^ 0x7490_5eed_0000_0001),
+            secrets: SimRng::new(seed ^ 0x5ec2_e75e_ed00_0002),
+            secrets_from: 0,
         };
         sim.log(|| format!("{n} instances, timings {:?}", sim.timings.failure));
         // Every instance starts (the cluster forms), a little apart.
@@ -394,7 +420,10 @@ impl Sim {
         // majority).
         let typo = self.now < self.faults_end
             && (0..n).any(|j| j != node && self.nodes[j].node.is_some())
-            && !self.nodes.iter().any(|x| x.alive && x.typo)
+            && !self
+                .nodes
+                .iter()
+                .any(|x| x.alive && (x.typo || x.wrong_secret))
             && self.typos.chance(1, 6);
         let failure = if typo {
             FailureConfig {
@@ -404,6 +433,17 @@ impl Sim {
         } else {
             failure
         };
+        // An operator's typo in the secret: with two instances the other one cannot tell who
+        // is wrong and stops too, so only with three or more.
+        let wrong_secret = !typo
+            && n >= 3
+            && self.now < self.faults_end
+            && self.now >= self.secrets_from
+            && !self
+                .nodes
+                .iter()
+                .any(|x| x.alive && (x.typo || x.wrong_secret))
+            && self.secrets.chance(1, 6);
         let all = self.all();
         let mut entry = Entry::new(
             EntryConfig {
@@ -417,7 +457,8 @@ impl Sim {
         )
         .expect("entry");
         let peers: Vec<usize> = (0..n)
-            .filter(|p| *p != node && self.nodes[*p].alive)
+            .filter(|p| *p != node && self.nodes[*p].alive && !self.nodes[*p].wrong_secret)
+            .filter(|_| !wrong_secret)
             .collect();
         for peer in peers {
             entry.handle_connected(id(peer), now);
@@ -440,8 +481,14 @@ impl Sim {
         me.latest_paxos = None;
         me.typo = typo;
         me.ever_typo |= typo;
+        me.wrong_secret = wrong_secret;
         if typo {
             self.stats.typos += 1;
+        }
+        if wrong_secret {
+            self.stats.wrong_secrets += 1;
+            let d = self.secrets.between(1, 100);
+            self.at(d, Ev::Redial { node });
         }
         self.faults.restart(node);
         if self.nodes[node].life > 1 {
@@ -707,6 +754,15 @@ impl Sim {
                     entry.handle_slot_round(&looks, now);
                 }
             }
+            Ev::Redial { node } => {
+                if !self.runnable(node, &Ev::Redial { node }) {
+                    return;
+                }
+                self.redial(node);
+                // The transports' reconnect backoff.
+                let d = self.secrets.between(100, 1_000);
+                self.at(d, Ev::Redial { node });
+            }
             Ev::Restarted { node } => {
                 if !self.runnable(node, &Ev::Restarted { node }) {
                     return;
@@ -848,6 +904,9 @@ impl Sim {
                     entry.handle_paxos_read(id(owner), ok.then_some(&bytes[..]), now);
                 }
             }
+            // No connection carries it: its handshakes all fail.
+            Ev::Deliver { from, to, .. }
+                if self.nodes[from].wrong_secret || self.nodes[to].wrong_secret => {}
             Ev::Deliver { from, to, frame } => {
                 let ev = Ev::Deliver { from, to, frame };
                 if !self.runnable(to, &ev) {
@@ -1000,6 +1059,9 @@ impl Sim {
                         "n{node} entered with a lease other than the cluster's"
                     ));
                 }
+                Some(Ok(_)) if self.nodes[node].wrong_secret => {
+                    self.fail(format!("n{node} entered with another cluster secret"));
+                }
                 Some(Ok(entered)) => {
                     self.enter(node, entered);
                     return;
@@ -1013,9 +1075,52 @@ impl Sim {
                     self.die(node);
                     return;
                 }
+                Some(Err(e @ EntryError::Refused { .. })) if self.nodes[node].wrong_secret => {
+                    self.log(|| format!("n{node}: stops at start: {e}"));
+                    self.stats.secrets_refused += 1;
+                    self.die(node);
+                    return;
+                }
                 Some(Err(e)) => self.fail(format!("n{node} could not enter: {e}")),
                 None if !any => return,
                 None => {}
+            }
+        }
+    }
+
+    /// The transports of `node`, a life with another secret, and of its peers dial again
+    /// (each dials the lower ids): every handshake that reaches the other end fails, and each
+    /// end's entry hears of it as its transport reports it — the dialer that the acceptor
+    /// refused, and the acceptor that refused an unnamed dialer. A running peer's transport
+    /// only logs it.
+    fn redial(&mut self, node: usize) {
+        use interconnect::handshake::{HandshakeError, RefusalReason};
+        let by_peer = HandshakeError::RefusedByPeer(RefusalReason::BadSecret);
+        let of_dialer = HandshakeError::BadSecret;
+        for peer in 0..self.nodes.len() {
+            if peer == node
+                || !self.nodes[peer].alive
+                || !self.linked(node, peer)
+                || !self.linked(peer, node)
+            {
+                continue;
+            }
+            let (dialer, acceptor) = if peer < node {
+                (node, peer)
+            } else {
+                (peer, node)
+            };
+            for (end, other, error) in [
+                (dialer, Some(id(acceptor)), &by_peer),
+                (acceptor, None, &of_dialer),
+            ] {
+                if self.paused_until(end).is_some() {
+                    continue;
+                }
+                let now = self.local(end);
+                if let Some(entry) = self.nodes[end].entry.as_mut() {
+                    entry.handle_refused(other, error, now);
+                }
             }
         }
     }
@@ -1239,6 +1344,12 @@ impl Sim {
     fn die(&mut self, node: usize) {
         let n = &mut self.nodes[node];
         n.alive = false;
+        // Nobody was connected to it.
+        let connected = !std::mem::take(&mut n.wrong_secret);
+        if !connected {
+            let aged = u64::try_from(REFUSED_ALONE.as_millis()).unwrap_or(u64::MAX) * 2;
+            self.secrets_from = self.now + aged;
+        }
         n.dead_lease_until = n.dead_lease_until.max(n.lease_until);
         n.lease_until = 0;
         n.node = None;
@@ -1247,7 +1358,7 @@ impl Sim {
         // Its events are dropped from here on (a write still lands).
         n.life += 1;
         for peer in 0..self.nodes.len() {
-            if peer != node && self.nodes[peer].alive {
+            if connected && peer != node && self.nodes[peer].alive {
                 let now = self.local(peer);
                 let p = &mut self.nodes[peer];
                 if let Some(running) = p.node.as_mut() {
@@ -1466,6 +1577,8 @@ impl MembershipStats {
         self.joins += other.joins;
         self.typos += other.typos;
         self.timings_refused += other.timings_refused;
+        self.wrong_secrets += other.wrong_secrets;
+        self.secrets_refused += other.secrets_refused;
     }
 }
 
