@@ -1528,7 +1528,21 @@ fn a_restart_that_reaches_no_peer_holds_no_recovery_of_its_previous_life() {
             faulty.cluster.logs()
         ),
     }
-    faulty.cluster.kill(id);
+    // A stop (a supervisor's) ends it at once, not once its entry gives up (60 s) nor by
+    // joining the cluster only to leave it: before, SIGTERM waited for the entry.
+    let asked = Instant::now();
+    let stopped = std::ops::DerefMut::deref_mut(&mut faulty.cluster)
+        .terminate(id, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("SIGTERM while entering: {e}\n{}", faulty.cluster.logs()));
+    assert!(
+        stopped.success(),
+        "instance {id} stopped while entering with {stopped:?}\n{}",
+        faulty.cluster.logs()
+    );
+    eprintln!(
+        "{test}: the entering life stopped {:?} after SIGTERM",
+        asked.elapsed()
+    );
     std::fs::write(&config, &text).unwrap();
     faulty.spawn(id, false);
     faulty.cluster.wait_ready(id);

@@ -277,7 +277,32 @@ fn run(config: InstanceConfig, resp: SocketAddr, kv_config: kv::KvConfig) -> Res
         .map(|address| TcpListener::bind(address).map_err(|e| format!("metrics on {address}: {e}")))
         .transpose()?;
     let started = Instant::now();
-    let instance = Arc::new(Instance::start(config).map_err(|e| format!("start: {e}"))?);
+    // A stop asked for while the instance looks for its cluster ends the process at once.
+    // The entry may wait up to the connect timeout (a network cut, a wrong address: 60 s),
+    // and finishing it would join the cluster only to leave it again (two reconfigurations).
+    // Ending an entry is what a kill -9 of it is, which the members handle: its slot says
+    // entering, and nothing of this life is a member yet.
+    let entering = Arc::new(AtomicBool::new(true));
+    {
+        let (stop, entering) = (stop.clone(), entering.clone());
+        std::thread::Builder::new()
+            .name("fusiond-entry-stop".into())
+            .spawn(move || {
+                while entering.load(Ordering::Relaxed) {
+                    if stop.load(Ordering::Relaxed) {
+                        tracing::info!(
+                            "stop asked for while looking for the cluster: exiting without joining"
+                        );
+                        std::process::exit(0);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+            .map_err(|e| format!("cannot watch for a stop while starting: {e}"))?;
+    }
+    let instance = Instance::start(config).map_err(|e| format!("start: {e}"));
+    entering.store(false, Ordering::Relaxed);
+    let instance = Arc::new(instance?);
     tracing::info!(instance = %id, elapsed_ms = started.elapsed().as_millis() as u64, "instance started");
     // A failure from here on leaves the cluster cleanly: the others need no recovery.
     let Serving {
