@@ -1588,6 +1588,67 @@ fn io_thread(rx: &Receiver<IoOp>, context: &IoContext, done: &DriverHandle) {
     }
 }
 
+/// What this process knows of its own slot: only it writes the heartbeat (checkpoints and
+/// shutdown keep it), so a slot that reads otherwise was written by another process running
+/// as this instance — an operator's mistake (one host's id on two), which would also put
+/// two writers on one redo thread; the entering state's argument assumes it never happens.
+#[derive(Debug, Clone, Copy)]
+struct OwnSlot {
+    /// The heartbeat this process wrote last (or found after its entry).
+    heartbeat: u64,
+    /// The lowest heartbeat the slot can hold: writes that failed may or may not have
+    /// landed, so it holds one of this through `heartbeat`.
+    landed: u64,
+    /// A heartbeat write of the running node succeeded: the slot says up since.
+    running: bool,
+}
+
+impl OwnSlot {
+    /// Whether `slot`, read before this process writes it, is as this process left it.
+    fn check(&self, me: InstanceId, slot: &format::InstanceSlot) -> Result<(), SlotWriteError> {
+        let expected = (self.landed..=self.heartbeat).contains(&slot.heartbeat);
+        // Before its first write the slot says entering (this process's own entry); after
+        // this process's shutdown marked it down, it is left so.
+        let state_ok = slot.state == format::SlotState::Up
+            || (!self.running && slot.state == format::SlotState::Entering);
+        if expected && slot.state == format::SlotState::Down {
+            Err(SlotWriteError::ShutDown)
+        } else if expected && state_ok {
+            Ok(())
+        } else {
+            Err(SlotWriteError::Foreign {
+                me,
+                found: slot.heartbeat,
+                state: slot.state,
+                wrote: self.heartbeat,
+            })
+        }
+    }
+}
+
+/// Why this instance's slot was not written.
+#[derive(Debug, thiserror::Error)]
+enum SlotWriteError {
+    /// Reading or writing it failed.
+    #[error("{0}")]
+    Io(crate::format::SlotError),
+    /// This process's shutdown marked it down: no heartbeat goes over that.
+    #[error("this instance shut down")]
+    ShutDown,
+    /// Another process writes it.
+    #[error(
+        "another process writes instance {me}'s slot on the voting area (it reads heartbeat \
+         {found}, {state:?}; this process wrote {wrote}): two processes run as instance {me} \
+         (check that no other host is configured with `instance = {me}`)"
+    )]
+    Foreign {
+        me: InstanceId,
+        found: u64,
+        state: format::SlotState,
+        wrote: u64,
+    },
+}
+
 /// Slot I/O for the disk-heartbeat thread, which owns this instance's slot.
 enum DiskJob {
     Paxos(PaxosIo),
@@ -1609,8 +1670,12 @@ fn disk_thread(
 ) {
     let storage = context.storage.as_ref();
     let layout = &context.layout;
-    let mut heartbeat = match format::read_slot(storage, layout, me) {
-        Ok(slot) => slot.heartbeat,
+    let mut own = match format::read_slot(storage, layout, me) {
+        Ok(slot) => OwnSlot {
+            heartbeat: slot.heartbeat,
+            landed: slot.heartbeat,
+            running: false,
+        },
         Err(e) => {
             done.submit(Command::Stop(format!("reading this instance's slot: {e}")));
             return;
@@ -1618,19 +1683,25 @@ fn disk_thread(
     };
     // Writes this instance's slot with the next heartbeat and the newest Paxos block
     // (`paxos`, when a Paxos write asks for a new one).
-    let write_own = |heartbeat: &mut u64, paxos: Option<[u8; SLOT_PAXOS_LEN]>| {
+    let write_own = |own: &mut OwnSlot, paxos: Option<[u8; SLOT_PAXOS_LEN]>| {
         let mut latest = done.slot_lock.lock();
         if let Some(bytes) = paxos {
             *latest = bytes;
         }
-        *heartbeat += 1;
-        format::read_slot(storage, layout, me).and_then(|mut slot| {
-            slot.heartbeat = *heartbeat;
-            slot.heartbeat_nanos = nanos(crate::storage::boottime());
-            slot.state = format::SlotState::Up;
-            slot.paxos = *latest;
-            format::write_slot(storage, layout, &slot)
-        })
+        let mut slot = format::read_slot(storage, layout, me).map_err(SlotWriteError::Io)?;
+        own.check(me, &slot)?;
+        own.landed = slot.heartbeat;
+        own.heartbeat += 1;
+        slot.heartbeat = own.heartbeat;
+        slot.heartbeat_nanos = nanos(crate::storage::boottime());
+        slot.state = format::SlotState::Up;
+        slot.paxos = *latest;
+        let written = format::write_slot(storage, layout, &slot).map_err(SlotWriteError::Io);
+        if written.is_ok() {
+            own.landed = own.heartbeat;
+            own.running = true;
+        }
+        written
     };
     let mut last_ok = Instant::now();
     let mut next_round = Instant::now();
@@ -1646,7 +1717,14 @@ fn disk_thread(
                 continue;
             }
             Ok(DiskJob::Paxos(PaxosIo::WriteOwn { bytes })) => {
-                let ok = write_own(&mut heartbeat, Some(bytes)).is_ok();
+                let ok = match write_own(&mut own, Some(bytes)) {
+                    Ok(()) => true,
+                    Err(SlotWriteError::Io(_) | SlotWriteError::ShutDown) => false,
+                    Err(e @ SlotWriteError::Foreign { .. }) => {
+                        done.submit(Command::Stop(e.to_string()));
+                        return;
+                    }
+                };
                 if !done.submit(Command::PaxosWritten { ok }) {
                     return;
                 }
@@ -1669,10 +1747,14 @@ fn disk_thread(
         let started_at = Timestamp::since(origin);
         next_round = started + failure.disk_interval;
         let started_boot = crate::storage::boottime();
-        let written_at = match write_own(&mut heartbeat, None) {
+        let written_at = match write_own(&mut own, None) {
             Ok(()) => {
                 last_ok = started;
                 Some(started_boot)
+            }
+            Err(e @ SlotWriteError::Foreign { .. }) => {
+                done.submit(Command::Stop(e.to_string()));
+                return;
             }
             Err(e) if started.duration_since(last_ok) >= failure.lease => {
                 done.submit(Command::Stop(format!(
