@@ -743,6 +743,15 @@ pub struct ClusterStats {
     pub paxos: crate::paxos::PaxosStats,
 }
 
+/// Whether a slot read as `now` (heartbeat counter, entering) after `before` counts as a
+/// move of its owner's running life: an entering life's moves are one change, the first read
+/// of that state (its previous life had ended before it started; `docs/membership.md`).
+/// The one rule both the members ([`ClusterManager::on_disk`]) and an entering instance's
+/// stillness ([`crate::entry::Entry`]) follow.
+pub(crate) fn slot_moved(before: (u64, bool), now: (u64, bool)) -> bool {
+    before != now && !(before.1 && now.1)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct DiskSeen {
     counter: u64,
@@ -1081,13 +1090,11 @@ impl ClusterManager {
         }
         self.disk_observed = self.disk_observed.max(now);
         let seen = &mut self.disk[peer.index()];
-        if (counter, entering) != (seen.counter, seen.entering) {
-            if !(entering && seen.entering) {
-                seen.changed_at = now;
-            }
-            seen.counter = counter;
-            seen.entering = entering;
+        if slot_moved((seen.counter, seen.entering), (counter, entering)) {
+            seen.changed_at = now;
         }
+        seen.counter = counter;
+        seen.entering = entering;
         seen.read_by_round_of = seen.read_by_round_of.max(self.round_started);
         if peer == self.me {
             return;

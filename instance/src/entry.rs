@@ -666,8 +666,11 @@ impl Entry {
             };
             *seen = match *seen {
                 Some(s)
-                    if (s.state, s.heartbeat) == (look.state, look.heartbeat)
-                        || (s.state, look.state) == (SlotState::Entering, SlotState::Entering) =>
+                    if s.state == look.state
+                        && !crate::cluster::slot_moved(
+                            (s.heartbeat, s.state == SlotState::Entering),
+                            (look.heartbeat, look.state == SlotState::Entering),
+                        ) =>
                 {
                     Some(SlotSeen {
                         heartbeat: look.heartbeat,

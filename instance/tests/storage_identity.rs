@@ -12,28 +12,17 @@ use instance::api::{Instance, StartError};
 use instance::config::InstanceConfig;
 use instance::format::{self, ClusterSpec, Layout};
 use interconnect::ClusterId;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const INSTANCES: usize = 3;
 
-/// Loopback ports for the interconnect, from the range this test may use (16600–16699),
-/// never one handed out before in this process (the tests run in parallel), starting at an
-/// offset of this process so that concurrent runs rarely collide.
+/// `n` free loopback ports, none handed out before in this process.
 fn ports(n: usize) -> Vec<u16> {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let offset = (std::process::id() % 100) as u16;
-    let ports: Vec<u16> = std::iter::from_fn(|| Some(NEXT.fetch_add(1, Ordering::Relaxed)))
-        .take_while(|&k| k < 100)
-        .map(|k| 16600 + (offset + k) % 100)
-        .filter(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
-        .take(n)
-        .collect();
-    assert_eq!(ports.len(), n, "free loopback ports in 16600..16700");
-    ports
+    (0..n)
+        .map(|_| interconnect::loopback::unused_port().expect("a free loopback port"))
+        .collect()
 }
 
 fn spec(cluster: ClusterId) -> ClusterSpec {

@@ -14,20 +14,10 @@ use instance::config::InstanceConfig;
 use instance::format::{self, ClusterSpec, SlotState};
 use instance::storage::StorageOptions;
 use interconnect::{ClusterId, InstanceId};
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// A free loopback port from the range this test may use (17600–17699).
-fn port() -> u16 {
-    let offset = (std::process::id() % 100) as u16;
-    (0..100)
-        .map(|k| 17600 + (offset + k) % 100)
-        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
-        .expect("a free loopback port in 17600..17700")
-}
 
 fn config(dir: &Path, cluster: ClusterId, port: u16) -> InstanceConfig {
     let text = format!(
@@ -49,7 +39,12 @@ fn a_second_process_writing_the_slot_stops_the_running_instance() {
     let mut spec = ClusterSpec::new(cluster, 1, Some((16 << 20) + (8 << 20)));
     spec.redo_thread_size = 16 << 20;
     format::create(&path, &spec, false).unwrap();
-    let instance = Instance::start(config(dir.path(), cluster, port())).unwrap();
+    let instance = Instance::start(config(
+        dir.path(),
+        cluster,
+        interconnect::loopback::unused_port().unwrap(),
+    ))
+    .unwrap();
     let me = InstanceId::new(0).unwrap();
     let (storage, layout) = format::open_path(&path, &StorageOptions::default()).unwrap();
     // The running instance's heartbeats move the slot, as its own (no stop meanwhile).

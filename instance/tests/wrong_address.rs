@@ -12,24 +12,17 @@ use instance::api::{Instance, StartError};
 use instance::config::InstanceConfig;
 use instance::format::{self, ClusterSpec};
 use interconnect::ClusterId;
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const INSTANCES: usize = 3;
 
-/// Loopback ports from the range this test may use (17600–17699), starting at an offset of
-/// this process so that concurrent runs rarely collide.
+/// `n` free loopback ports, none handed out before in this process.
 fn ports(n: usize) -> Vec<u16> {
-    let offset = (std::process::id() % 100) as u16;
-    let ports: Vec<u16> = (0..100)
-        .map(|k| 17600 + (offset + k) % 100)
-        .filter(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
-        .take(n)
-        .collect();
-    assert_eq!(ports.len(), n, "free loopback ports in 17600..17700");
-    ports
+    (0..n)
+        .map(|_| interconnect::loopback::unused_port().expect("a free loopback port"))
+        .collect()
 }
 
 /// Instance `id`'s configuration, listing the instances at `ports`.
