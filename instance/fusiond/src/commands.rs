@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 mod admin;
+mod docs;
 mod hashes;
 mod keyspace;
 mod strings;
@@ -779,7 +780,7 @@ impl<S: Store> Engine<S> {
                         // EXEC forgets the watched keys anyway.
                         "unwatch" => Reply::Simple("OK"),
                         "command" => self.command(request),
-                        "config" => self.config_get(request),
+                        "config" => self.config_command(request),
                         "info" => self.info(&request[1..]),
                         "dbsize" | "keys" => {
                             self.keyspace_in_transaction(tx, db, name, request, now)?
@@ -871,7 +872,7 @@ impl<S: Store> Engine<S> {
             },
             "client" => self.client_command(session, args),
             "command" => self.command(args),
-            "config" => self.config_get(args),
+            "config" => self.config_command(args),
             "info" => self.info(&args[1..]),
             "time" => time_reply(),
             "flushdb" | "flushall" => self.flush(session.db, name, args),
@@ -981,7 +982,11 @@ impl<S: Store> Engine<S> {
         ])
     }
 
-    fn config_get(&self, args: &[Vec<u8>]) -> Reply {
+    /// `CONFIG GET pattern ...` and `CONFIG HELP`.
+    fn config_command(&self, args: &[Vec<u8>]) -> Reply {
+        if args[1].eq_ignore_ascii_case(b"help") {
+            return table::help(&table::CONFIG_HELP);
+        }
         if !args[1].eq_ignore_ascii_case(b"get") {
             return Reply::err(format!(
                 "unknown subcommand '{}'. Only CONFIG GET is supported.",
@@ -2984,6 +2989,86 @@ mod tests {
             Reply::Array(vec![bulk("hget"), bulk("hgetall")])
         );
         assert_eq!(run(&e, s, "COMMAND LIST x"), Reply::err("syntax error"));
+    }
+
+    /// `COMMAND DOCS`: every command, or those named (unknown names skipped), a container's
+    /// subcommands nested; `CLIENT HELP` and `CONFIG HELP` name only what runs here. (The
+    /// texts are compared with Redis's in `tests/redis_parity.rs`.)
+    #[test]
+    fn command_docs_and_help() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let Reply::Map(all) = run(&e, s, "COMMAND DOCS") else {
+            panic!("COMMAND DOCS answers a map");
+        };
+        let names: Vec<&Reply> = all.iter().map(|(name, _)| name).collect();
+        let table: Vec<Reply> = table::COMMANDS.iter().map(|c| bulk(c.name)).collect();
+        assert_eq!(names, table.iter().collect::<Vec<_>>());
+        assert_eq!(
+            run(&e, s, "COMMAND DOCS nosuch get|x"),
+            Reply::Map(Vec::new())
+        );
+        let Reply::Map(some) = run(&e, s, "COMMAND DOCS GET nosuch client|ID get client") else {
+            panic!("COMMAND DOCS answers a map");
+        };
+        let names: Vec<&Reply> = some.iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [
+                &bulk("get"),
+                &bulk("client|id"),
+                &bulk("get"),
+                &bulk("client")
+            ]
+        );
+        let Reply::Map(get) = &some[0].1 else {
+            panic!("an entry is a map");
+        };
+        assert_eq!(get[0], (bulk("summary"), bulk("Get the value of a key")));
+        let Reply::Map(client) = &some[3].1 else {
+            panic!("an entry is a map");
+        };
+        let Some((_, Reply::Map(subcommands))) = client.last() else {
+            panic!("CLIENT's docs end with its subcommands");
+        };
+        let Reply::Array(listed) = run(&e, s, "COMMAND LIST FILTERBY pattern client|*") else {
+            panic!("COMMAND LIST answers an array");
+        };
+        assert_eq!(subcommands.len(), listed.len());
+        assert!(
+            subcommands
+                .iter()
+                .any(|(n, _)| *n == bulk("client|setinfo"))
+        );
+        let lines = |reply: Reply| -> Vec<&'static str> {
+            let Reply::Array(lines) = reply else {
+                panic!("HELP answers an array");
+            };
+            lines
+                .into_iter()
+                .map(|l| match l {
+                    Reply::Simple(line) => line,
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        let client_help = lines(run(&e, s, "CLIENT HELP"));
+        assert_eq!(client_help, table::CLIENT_HELP);
+        assert!(!client_help.iter().any(|l| l.starts_with("PAUSE")));
+        assert_eq!(
+            lines(run(&e, s, "CONFIG HELP")),
+            [
+                "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GET <pattern>",
+                "    Return parameters matching the glob-like <pattern> and their values.",
+                "HELP",
+                "    Prints this help.",
+            ]
+        );
+        assert_eq!(
+            run(&e, s, "CONFIG SET x y"),
+            Reply::err("unknown subcommand 'SET'. Try CONFIG HELP.")
+        );
     }
 
     #[test]

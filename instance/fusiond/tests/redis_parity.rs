@@ -12,6 +12,10 @@
 //! `SCAN` and `DBSIZE` inside `MULTI`, and `SELECT` of another database (each instance is a
 //! different connection here, while Redis is one), and `EXPIRE ... GT|LT`, whose answer
 //! depends on milliseconds passing.
+//!
+//! `COMMAND DOCS`, `CLIENT HELP` and `CONFIG HELP` are compared byte for byte in RESP2 and
+//! RESP3 (a map's entries in any order where Redis's own order is its hash table's), for the
+//! commands and subcommands fusiond runs; `redis-cli` prints the same docs from both.
 
 #![allow(clippy::unwrap_used)] // a failure is the test failing
 
@@ -19,7 +23,9 @@ mod common;
 
 use common::{Cluster, DEADLINE, Resp, tool};
 use fusiond::local::{Client, free_port};
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
@@ -448,3 +454,454 @@ fn replies_match_redis_through_every_instance() {
         differences[..differences.len().min(10)].join("\n")
     );
 }
+
+/// A reply as its bytes say it: each aggregate keeps its kind (`*`, `%`, `~`), so equal
+/// frames were sent as equal bytes (where no map was reordered to compare them).
+#[derive(Clone, PartialEq, Eq)]
+enum Frame {
+    /// `+`, `-`, `:` or `_` and the rest of the line.
+    Line(u8, String),
+    /// `$n` and its bytes.
+    Bulk(Vec<u8>),
+    /// `*`, `%` or `~` and its elements (a map's keys and values in turn).
+    Aggregate(u8, Vec<Frame>),
+}
+
+/// Bulk strings as text, aggregates as their kind and elements: a difference reads.
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Frame::Line(kind, text) => write!(f, "{}{text}", *kind as char),
+            Frame::Bulk(bytes) => write!(f, "{:?}", String::from_utf8_lossy(bytes)),
+            Frame::Aggregate(kind, items) => {
+                write!(f, "{}", *kind as char)?;
+                f.debug_list().entries(items).finish()
+            }
+        }
+    }
+}
+
+impl Frame {
+    fn text(&self) -> &str {
+        match self {
+            Frame::Bulk(bytes) => std::str::from_utf8(bytes).unwrap(),
+            Frame::Line(_, text) => text,
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    /// A map's (RESP3 `%`, RESP2 a flat array) keys and values.
+    fn pairs(&self) -> Vec<(Frame, Frame)> {
+        let Frame::Aggregate(b'%' | b'*', items) = self else {
+            panic!("not a map: {self:?}");
+        };
+        assert_eq!(items.len() % 2, 0, "a map of keys and values");
+        items
+            .chunks(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect()
+    }
+
+    /// A map of `pairs` in this map's kind.
+    fn with_pairs(&self, pairs: Vec<(Frame, Frame)>) -> Frame {
+        let Frame::Aggregate(kind, _) = self else {
+            panic!("not a map: {self:?}");
+        };
+        Frame::Aggregate(*kind, pairs.into_iter().flat_map(|(k, v)| [k, v]).collect())
+    }
+}
+
+/// A raw RESP connection: replies as [`Frame`]s.
+struct Raw(BufReader<TcpStream>);
+
+impl Raw {
+    /// Connects, in RESP3 if `resp3`.
+    fn connect(address: SocketAddr, resp3: bool) -> Self {
+        let mut raw = Raw(BufReader::new(TcpStream::connect(address).unwrap()));
+        if resp3 {
+            raw.call(&["HELLO", "3"]);
+        }
+        raw
+    }
+
+    fn call(&mut self, args: &[&str]) -> Frame {
+        self.0.get_mut().write_all(&Client::encode(args)).unwrap();
+        self.read()
+    }
+
+    fn read(&mut self) -> Frame {
+        let mut line = String::new();
+        self.0.read_line(&mut line).unwrap();
+        let line = line.strip_suffix("\r\n").unwrap();
+        let (kind, rest) = (line.as_bytes()[0], &line[1..]);
+        match kind {
+            b'+' | b'-' | b':' | b'_' => Frame::Line(kind, rest.to_string()),
+            b'$' => {
+                let mut bytes = vec![0; rest.parse::<usize>().unwrap() + 2];
+                self.0.read_exact(&mut bytes).unwrap();
+                bytes.truncate(bytes.len() - 2);
+                Frame::Bulk(bytes)
+            }
+            b'*' | b'%' | b'~' => {
+                let n = rest.parse::<usize>().unwrap() * if kind == b'%' { 2 } else { 1 };
+                Frame::Aggregate(kind, (0..n).map(|_| self.read()).collect())
+            }
+            _ => panic!("unexpected reply {line:?}"),
+        }
+    }
+}
+
+/// Subcommands fusiond runs as Redis 7.2 does; Redis 7.0.15 has no docs for them.
+const NEWER: [&str; 2] = ["client|setinfo", "client|no-touch"];
+
+/// A `COMMAND DOCS` entry with its subcommands (if any) in name order, and only those
+/// `keep` says.
+fn docs_entry(entry: &Frame, keep: impl Fn(&str) -> bool) -> Frame {
+    let pairs = entry
+        .pairs()
+        .into_iter()
+        .map(|(key, value)| {
+            if key.text() != "subcommands" {
+                return (key, value);
+            }
+            let mut subs: Vec<(Frame, Frame)> = value
+                .pairs()
+                .into_iter()
+                .filter(|(name, _)| keep(name.text()))
+                .collect();
+            subs.sort_by(|a, b| a.0.text().cmp(b.0.text()));
+            let subs = value.with_pairs(subs);
+            (key, subs)
+        })
+        .collect();
+    entry.with_pairs(pairs)
+}
+
+/// A `COMMAND DOCS` reply by name (each once), its entries through [`docs_entry`].
+fn docs_by_name(reply: &Frame, keep: impl Fn(&str) -> bool + Copy) -> BTreeMap<String, Frame> {
+    let mut by_name = BTreeMap::new();
+    for (name, entry) in reply.pairs() {
+        let old = by_name.insert(name.text().to_string(), docs_entry(&entry, keep));
+        assert!(old.is_none(), "{} listed twice", name.text());
+    }
+    by_name
+}
+
+/// Redis's `HELP` lines for the subcommands in `runs` (each block: a line naming the
+/// subcommand and the indented lines under it), after the heading line.
+fn help_for(lines: &[String], runs: &[String]) -> Vec<String> {
+    let mut kept = vec![lines[0].clone()];
+    let mut keep = false;
+    for line in &lines[1..] {
+        if !line.starts_with(' ') {
+            let sub = line.split(' ').next().unwrap().to_ascii_lowercase();
+            keep = runs.contains(&sub);
+        }
+        if keep {
+            kept.push(line.clone());
+        }
+    }
+    kept
+}
+
+fn help_lines(reply: &Frame) -> Vec<String> {
+    let Frame::Aggregate(b'*', lines) = reply else {
+        panic!("HELP answers an array: {reply:?}");
+    };
+    lines
+        .iter()
+        .map(|l| match l {
+            Frame::Line(b'+', text) => text.clone(),
+            other => panic!("a help line is a status reply: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn command_docs_and_help_match_redis() {
+    let Some(server) = tool("redis-server") else {
+        return;
+    };
+    let redis = redis(&server);
+    let mut cluster = Cluster::create(1, "");
+    cluster.start_all();
+    let fusion = cluster.resp[0];
+    let Resp::Array(listed) = cluster.client(0).call(&["COMMAND", "LIST"]).unwrap() else {
+        panic!("COMMAND LIST answers an array");
+    };
+    let listed: Vec<String> = listed
+        .into_iter()
+        .map(|n| match n {
+            Resp::Bulk(name) => String::from_utf8(name).unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let runs = |name: &str| listed.iter().any(|n| n == name);
+    let in_both = |name: &str| runs(name) && !NEWER.contains(&name);
+    let mut top: Vec<&String> = listed.iter().filter(|n| !n.contains('|')).collect();
+    top.sort();
+    for resp3 in [false, true] {
+        let mut r = Raw::connect(redis.address, resp3);
+        let mut f = Raw::connect(fusion, resp3);
+        let kind = if resp3 { b'%' } else { b'*' };
+        let mut differences = Vec::new();
+
+        // Every command, each with the subcommands fusiond runs.
+        let all = f.call(&["COMMAND", "DOCS"]);
+        assert!(matches!(all, Frame::Aggregate(k, _) if k == kind));
+        let ours = docs_by_name(&all, |n| !NEWER.contains(&n));
+        let theirs = docs_by_name(&r.call(&["COMMAND", "DOCS"]), in_both);
+        assert_eq!(ours.keys().collect::<Vec<_>>(), top, "COMMAND DOCS names");
+        for (name, entry) in &ours {
+            if Some(entry) != theirs.get(name) {
+                differences.push(format!(
+                    "COMMAND DOCS, {name}:\n  redis:  {:?}\n  fusion: {entry:?}",
+                    theirs.get(name)
+                ));
+            }
+        }
+        // A container lists the subcommands fusiond runs, and no others.
+        for container in ["client", "config", "command"] {
+            let entry = f.call(&["COMMAND", "DOCS", container]).pairs()[0].1.clone();
+            let (_, subs) = entry
+                .pairs()
+                .into_iter()
+                .find(|(k, _)| k.text() == "subcommands")
+                .unwrap();
+            let mut subs: Vec<String> = subs
+                .pairs()
+                .iter()
+                .map(|(n, _)| n.text().to_string())
+                .collect();
+            subs.sort();
+            let mut expected: Vec<String> = listed
+                .iter()
+                .filter(|n| n.starts_with(&format!("{container}|")))
+                .cloned()
+                .collect();
+            expected.sort();
+            assert_eq!(subs, expected, "COMMAND DOCS {container}'s subcommands");
+        }
+
+        // Each command and subcommand by itself, by its full name.
+        for name in listed.iter().filter(|n| !NEWER.contains(&n.as_str())) {
+            let request = ["COMMAND", "DOCS", name];
+            let (ours, theirs) = (f.call(&request), r.call(&request));
+            let ours = docs_by_name(&ours, |n| !NEWER.contains(&n));
+            if ours != docs_by_name(&theirs, in_both) {
+                differences.push(format!("COMMAND DOCS {name}: {ours:?}"));
+            }
+        }
+
+        // Several names (in any case, one twice), unknown ones skipped, in the order asked:
+        // the same bytes.
+        for request in [
+            &[
+                "COMMAND",
+                "DOCS",
+                "get",
+                "SET",
+                "nosuch",
+                "client|id",
+                "HSET",
+                "client|nosuch",
+                "get",
+                "Client|GetName",
+                "getset",
+                "hmset",
+                "config|get",
+            ][..],
+            &["COMMAND", "DOCS", "nosuch"],
+            &[
+                "COMMAND",
+                "DOCS",
+                "nosuch|id",
+                "client|",
+                "get|x",
+                "client|id|x",
+            ],
+        ] {
+            let (ours, theirs) = (f.call(request), r.call(request));
+            if ours != theirs {
+                differences.push(format!(
+                    "{request:?}:\n  redis:  {theirs:?}\n  fusion: {ours:?}"
+                ));
+            }
+        }
+        assert!(
+            differences.is_empty(),
+            "{} COMMAND DOCS replies differ from Redis's ({}); the first:\n{}",
+            differences.len(),
+            if resp3 { "RESP3" } else { "RESP2" },
+            differences[..differences.len().min(5)].join("\n")
+        );
+
+        // The subcommands Redis 7.0.15 lacks, as Redis 7.2 documents them.
+        let bulk = |s: &str| Frame::Bulk(s.as_bytes().to_vec());
+        let map = |pairs: &[(&str, Frame)]| {
+            Frame::Aggregate(
+                kind,
+                pairs
+                    .iter()
+                    .flat_map(|(k, v)| [bulk(k), v.clone()])
+                    .collect(),
+            )
+        };
+        let array = |items: Vec<Frame>| Frame::Aggregate(b'*', items);
+        let oneof = |name: &str, choices: Vec<Frame>| {
+            array(vec![map(&[
+                ("name", bulk(name)),
+                ("type", bulk("oneof")),
+                ("arguments", array(choices)),
+            ])])
+        };
+        let choice = |name: &str, kind: &str, token: &str| {
+            map(&[
+                ("name", bulk(name)),
+                ("type", bulk(kind)),
+                ("token", bulk(token)),
+            ])
+        };
+        let newer = |summary: &str, arguments: Frame| {
+            map(&[
+                ("summary", bulk(summary)),
+                ("since", bulk("7.2.0")),
+                ("group", bulk("connection")),
+                ("complexity", bulk("O(1)")),
+                ("arguments", arguments),
+            ])
+        };
+        assert_eq!(
+            f.call(&["COMMAND", "DOCS", "client|setinfo", "client|no-touch"]),
+            map(&[
+                (
+                    "client|setinfo",
+                    newer(
+                        "Sets information specific to the client or connection.",
+                        oneof(
+                            "attr",
+                            vec![
+                                choice("libname", "string", "lib-name"),
+                                choice("libver", "string", "lib-ver"),
+                            ]
+                        )
+                    )
+                ),
+                (
+                    "client|no-touch",
+                    newer(
+                        "Controls whether commands sent by the client affect the LRU/LFU of \
+                         accessed keys.",
+                        oneof(
+                            "enabled",
+                            vec![
+                                choice("on", "pure-token", "ON"),
+                                choice("off", "pure-token", "OFF"),
+                            ]
+                        )
+                    )
+                ),
+            ])
+        );
+
+        // HELP: Redis's lines for the subcommands fusiond runs, 7.2's for the newer ones.
+        for (container, expected) in [("CLIENT", &CLIENT_HELP[..]), ("CONFIG", &CONFIG_HELP)] {
+            let ours = help_lines(&f.call(&[container, "HELP"]));
+            assert_eq!(ours, expected, "{container} HELP");
+            let prefix = format!("{}|", container.to_ascii_lowercase());
+            let subs: Vec<String> = listed
+                .iter()
+                .filter_map(|n| n.strip_prefix(&prefix))
+                .filter(|s| !NEWER.iter().any(|n| n.ends_with(&format!("|{s}"))))
+                .map(str::to_string)
+                .collect();
+            let theirs = help_for(&help_lines(&r.call(&[container, "HELP"])), &subs);
+            let newer: Vec<String> = NEWER
+                .iter()
+                .filter_map(|n| n.strip_prefix(&prefix))
+                .map(str::to_string)
+                .collect();
+            let ours_in_redis = help_for(&ours, &subs);
+            assert_eq!(ours_in_redis, theirs, "{container} HELP against Redis's");
+            assert_eq!(
+                ours.len(),
+                ours_in_redis.len() + help_for(&ours, &newer).len() - 1,
+                "{container} HELP has only the subcommands fusiond runs"
+            );
+            for request in [&[container, "HELP", "x"][..], &[container, "NOSUCH"]] {
+                assert_eq!(f.call(request), r.call(request), "{request:?}");
+            }
+        }
+    }
+
+    // redis-cli prints a command's docs from fusiond as from Redis.
+    if let Some(cli) = tool("redis-cli") {
+        for name in ["get", "set", "hmset"] {
+            let print = |address: SocketAddr| {
+                let out = Command::new(&cli)
+                    .args(["-h", "127.0.0.1", "-p", &address.port().to_string()])
+                    .args(["COMMAND", "DOCS", name])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+                String::from_utf8(out.stdout).unwrap()
+            };
+            let ours = print(fusion);
+            assert!(ours.contains("summary"), "{ours}");
+            assert_eq!(ours, print(redis.address), "redis-cli COMMAND DOCS {name}");
+        }
+    }
+}
+
+/// `CLIENT HELP` as fusiond answers it: Redis 7.0.15's lines for the subcommands it runs,
+/// 7.2's for `SETINFO` and `NO-TOUCH`.
+const CLIENT_HELP: [&str; 39] = [
+    "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GETREDIR",
+    "    Return the client ID we are redirecting to when tracking is enabled.",
+    "GETNAME",
+    "    Return the name of the current connection.",
+    "ID",
+    "    Return the ID of the current connection.",
+    "INFO",
+    "    Return information about the current client connection.",
+    "KILL <ip:port>",
+    "    Kill connection made from <ip:port>.",
+    "KILL <option> <value> [<option> <value> [...]]",
+    "    Kill connections. Options are:",
+    "    * ADDR (<ip:port>|<unixsocket>:0)",
+    "      Kill connections made from the specified address",
+    "    * LADDR (<ip:port>|<unixsocket>:0)",
+    "      Kill connections made to specified local address",
+    "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+    "      Kill connections by type.",
+    "    * USER <username>",
+    "      Kill connections authenticated by <username>.",
+    "    * SKIPME (YES|NO)",
+    "      Skip killing current connection (default: yes).",
+    "LIST [options ...]",
+    "    Return information about client connections. Options:",
+    "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+    "      Return clients of specified type.",
+    "SETNAME <name>",
+    "    Assign the name <name> to the current connection.",
+    "SETINFO <option> <value>",
+    "    Set client meta attr. Options are:",
+    "    * LIB-NAME: the client lib name.",
+    "    * LIB-VER: the client lib version.",
+    "NO-EVICT (ON|OFF)",
+    "    Protect current client connection from eviction.",
+    "NO-TOUCH (ON|OFF)",
+    "    Will not touch LRU/LFU stats when this mode is on.",
+    "HELP",
+    "    Prints this help.",
+];
+
+/// `CONFIG HELP` as fusiond answers it: Redis's lines for `GET`.
+const CONFIG_HELP: [&str; 5] = [
+    "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GET <pattern>",
+    "    Return parameters matching the glob-like <pattern> and their values.",
+    "HELP",
+    "    Prints this help.",
+];

@@ -3,7 +3,7 @@
 //! `NO-TOUCH`, `GETREDIR`). It must never run a store transaction (`INFO`'s keyspace section
 //! counts keys from committed reads).
 
-use super::{Engine, Reply, SYNTAX, Session, Store, client, parse_i64};
+use super::{Engine, Reply, SYNTAX, Session, Store, client, parse_i64, table};
 use crate::clients::KillFilter;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -193,7 +193,7 @@ impl<S: Store> Engine<S> {
     }
 
     /// The `CLIENT` subcommands that only read: `LIST`, `INFO`, `NO-EVICT`, `NO-TOUCH`,
-    /// `GETREDIR`, and the error for unknown ones.
+    /// `GETREDIR`, `HELP`, and the error for unknown ones.
     fn client_read(&self, session: &Session, args: &[Vec<u8>]) -> Reply {
         let sub = args[1].to_ascii_lowercase();
         match (sub.as_slice(), args.len()) {
@@ -213,7 +213,8 @@ impl<S: Store> Engine<S> {
                 }
             }
             (b"getredir", 2) => Reply::Integer(-1),
-            (b"info" | b"no-evict" | b"no-touch" | b"getredir", _) => {
+            (b"help", 2) => table::help(&table::CLIENT_HELP),
+            (b"info" | b"no-evict" | b"no-touch" | b"getredir" | b"help", _) => {
                 super::wrong_args(&format!("client|{}", String::from_utf8_lossy(&sub)))
             }
             _ => Reply::err(format!(

@@ -1,8 +1,10 @@
-//! The command table: each command's arity, flags, key positions, ACL categories, tips and
-//! subcommands as Redis 7.0 describes its own (`COMMAND`, `COMMAND INFO`, `COMMAND LIST`,
-//! `COMMAND GETKEYS`: cluster and ring clients route by them), and what the engine does with
-//! its keys. One table: arity checks, `AUTH`, `MULTI` and `COMMAND` all read it.
+//! The command table: each command's arity, flags, key positions, ACL categories, tips,
+//! subcommands and documentation as Redis 7.0 describes its own (`COMMAND`, `COMMAND INFO`,
+//! `COMMAND LIST`, `COMMAND GETKEYS`: cluster and ring clients route by them; `COMMAND DOCS`:
+//! `redis-cli` builds its hints from it), and what the engine does with its keys. One table:
+//! arity checks, `AUTH`, `MULTI` and `COMMAND` all read it.
 
+use super::docs::{self, Docs};
 use super::{Engine, Reply, SYNTAX, Store};
 use crate::value::glob_match;
 use std::convert::Infallible;
@@ -162,9 +164,11 @@ pub(super) struct CommandSpec {
     /// One for the whole range, or one per key of it.
     key_specs: &'static [KeySpec],
     subcommands: &'static [CommandSpec],
+    /// What `COMMAND DOCS` says of it.
+    docs: &'static Docs,
 }
 
-const fn cmd(name: &'static str, arity: i32, keys: Keys) -> CommandSpec {
+const fn cmd(name: &'static str, arity: i32, keys: Keys, docs: &'static Docs) -> CommandSpec {
     CommandSpec {
         name,
         arity,
@@ -178,6 +182,7 @@ const fn cmd(name: &'static str, arity: i32, keys: Keys) -> CommandSpec {
         key_step: 0,
         key_specs: &[],
         subcommands: &[],
+        docs,
     }
 }
 
@@ -234,104 +239,115 @@ impl CommandSpec {
 
 /// `CLIENT`'s subcommands that fusiond runs.
 const CLIENT: &[CommandSpec] = &[
-    cmd("client|id", 2, Keys::None)
+    cmd("client|id", 2, Keys::None, &docs::CLIENT_ID)
         .flags(NOSCRIPT | LOADING | STALE)
         .acl(acl::CONNECTION),
-    cmd("client|getname", 2, Keys::None)
+    cmd("client|getname", 2, Keys::None, &docs::CLIENT_GETNAME)
         .flags(NOSCRIPT | LOADING | STALE)
         .acl(acl::CONNECTION),
-    cmd("client|setname", 3, Keys::None)
+    cmd("client|setname", 3, Keys::None, &docs::CLIENT_SETNAME)
         .flags(NOSCRIPT | LOADING | STALE)
         .acl(acl::CONNECTION),
-    cmd("client|list", -2, Keys::None)
+    cmd("client|list", -2, Keys::None, &docs::CLIENT_LIST)
         .flags(ADMIN | NOSCRIPT | LOADING | STALE)
         .acl(acl::CONNECTION)
         .tips(&["nondeterministic_output"]),
-    cmd("client|info", 2, Keys::None)
+    cmd("client|info", 2, Keys::None, &docs::CLIENT_INFO)
         .flags(NOSCRIPT | LOADING | STALE)
         .acl(acl::CONNECTION)
         .tips(&["nondeterministic_output"]),
-    cmd("client|kill", -3, Keys::None)
+    cmd("client|kill", -3, Keys::None, &docs::CLIENT_KILL)
         .flags(ADMIN | NOSCRIPT | LOADING | STALE)
         .acl(acl::CONNECTION),
-    cmd("client|no-evict", 3, Keys::None)
+    cmd("client|no-evict", 3, Keys::None, &docs::CLIENT_NO_EVICT)
         .flags(ADMIN | NOSCRIPT | LOADING | STALE)
         .acl(acl::CONNECTION),
-    cmd("client|getredir", 2, Keys::None)
+    cmd("client|getredir", 2, Keys::None, &docs::CLIENT_GETREDIR)
         .flags(NOSCRIPT | LOADING | STALE)
         .acl(acl::CONNECTION),
-    cmd("client|setinfo", 4, Keys::None)
+    cmd("client|setinfo", 4, Keys::None, &docs::CLIENT_SETINFO)
         .flags(NOSCRIPT | LOADING | STALE)
         .acl(acl::CONNECTION),
-    cmd("client|no-touch", 3, Keys::None)
+    cmd("client|no-touch", 3, Keys::None, &docs::CLIENT_NO_TOUCH)
         .flags(NOSCRIPT | LOADING | STALE)
+        .acl(acl::CONNECTION),
+    cmd("client|help", 2, Keys::None, &docs::CLIENT_HELP)
+        .flags(LOADING | STALE)
         .acl(acl::CONNECTION),
 ];
 
-const CONFIG: &[CommandSpec] =
-    &[cmd("config|get", -3, Keys::None).flags(ADMIN | NOSCRIPT | LOADING | STALE)];
+/// `CONFIG`'s subcommands that fusiond runs.
+const CONFIG: &[CommandSpec] = &[
+    cmd("config|get", -3, Keys::None, &docs::CONFIG_GET).flags(ADMIN | NOSCRIPT | LOADING | STALE),
+    cmd("config|help", 2, Keys::None, &docs::CONFIG_HELP).flags(LOADING | STALE),
+];
 
 const COMMAND: &[CommandSpec] = &[
-    cmd("command|count", 2, Keys::None)
+    cmd("command|count", 2, Keys::None, &docs::COMMAND_COUNT)
         .flags(LOADING | STALE)
         .acl(acl::CONNECTION),
-    cmd("command|docs", -2, Keys::None)
+    cmd("command|docs", -2, Keys::None, &docs::COMMAND_DOCS)
         .flags(LOADING | STALE)
         .acl(acl::CONNECTION)
         .tips(&["nondeterministic_output_order"]),
-    cmd("command|info", -2, Keys::None)
+    cmd("command|info", -2, Keys::None, &docs::COMMAND_INFO)
         .flags(LOADING | STALE)
         .acl(acl::CONNECTION)
         .tips(&["nondeterministic_output_order"]),
-    cmd("command|list", -2, Keys::None)
+    cmd("command|list", -2, Keys::None, &docs::COMMAND_LIST)
         .flags(LOADING | STALE)
         .acl(acl::CONNECTION)
         .tips(&["nondeterministic_output_order"]),
-    cmd("command|getkeys", -4, Keys::None)
+    cmd("command|getkeys", -4, Keys::None, &docs::COMMAND_GETKEYS)
         .flags(LOADING | STALE)
         .acl(acl::CONNECTION),
-    cmd("command|getkeysandflags", -4, Keys::None)
-        .flags(LOADING | STALE)
-        .acl(acl::CONNECTION),
-    cmd("command|help", 2, Keys::None)
+    cmd(
+        "command|getkeysandflags",
+        -4,
+        Keys::None,
+        &docs::COMMAND_GETKEYSANDFLAGS,
+    )
+    .flags(LOADING | STALE)
+    .acl(acl::CONNECTION),
+    cmd("command|help", 2, Keys::None, &docs::COMMAND_HELP)
         .flags(LOADING | STALE)
         .acl(acl::CONNECTION),
 ];
 
 /// Every command, as Redis 7.0.15 describes it (`CLIENT SETINFO` and `NO-TOUCH` as 7.2 does).
 pub(super) const COMMANDS: &[CommandSpec] = &[
-    cmd("ping", -1, Keys::None)
+    cmd("ping", -1, Keys::None, &docs::PING)
         .flags(FAST)
         .acl(acl::CONNECTION)
         .tips(&["request_policy:all_shards", "response_policy:all_succeeded"]),
-    cmd("echo", 2, Keys::None)
+    cmd("echo", 2, Keys::None, &docs::ECHO)
         .flags(LOADING | STALE | FAST)
         .acl(acl::CONNECTION),
-    cmd("hello", -1, Keys::None)
+    cmd("hello", -1, Keys::None, &docs::HELLO)
         .flags(NOSCRIPT | LOADING | STALE | FAST | NO_AUTH | ALLOW_BUSY)
         .acl(acl::CONNECTION),
-    cmd("auth", -2, Keys::None)
+    cmd("auth", -2, Keys::None, &docs::AUTH)
         .flags(NOSCRIPT | LOADING | STALE | FAST | NO_AUTH | ALLOW_BUSY)
         .acl(acl::CONNECTION),
-    cmd("select", 2, Keys::None)
+    cmd("select", 2, Keys::None, &docs::SELECT)
         .flags(LOADING | STALE | FAST)
         .acl(acl::CONNECTION),
-    cmd("quit", -1, Keys::None)
+    cmd("quit", -1, Keys::None, &docs::QUIT)
         .flags(NOSCRIPT | LOADING | STALE | FAST | NO_AUTH | ALLOW_BUSY)
         .acl(acl::CONNECTION)
         .at_once_in_multi(),
-    cmd("reset", 1, Keys::None)
+    cmd("reset", 1, Keys::None, &docs::RESET)
         .flags(NOSCRIPT | LOADING | STALE | FAST | NO_AUTH | ALLOW_BUSY)
         .acl(acl::CONNECTION)
         .at_once_in_multi(),
-    cmd("client", -2, Keys::None).subcommands(CLIENT),
-    cmd("command", -1, Keys::None)
+    cmd("client", -2, Keys::None, &docs::CLIENT).subcommands(CLIENT),
+    cmd("command", -1, Keys::None, &docs::COMMAND)
         .flags(LOADING | STALE)
         .acl(acl::CONNECTION)
         .tips(&["nondeterministic_output_order"])
         .subcommands(COMMAND),
-    cmd("config", -2, Keys::None).subcommands(CONFIG),
-    cmd("info", -1, Keys::None)
+    cmd("config", -2, Keys::None, &docs::CONFIG).subcommands(CONFIG),
+    cmd("info", -1, Keys::None, &docs::INFO)
         .flags(LOADING | STALE)
         .acl(acl::DANGEROUS)
         .tips(&[
@@ -339,33 +355,33 @@ pub(super) const COMMANDS: &[CommandSpec] = &[
             "request_policy:all_shards",
             "response_policy:special",
         ]),
-    cmd("dbsize", 1, Keys::None)
+    cmd("dbsize", 1, Keys::None, &docs::DBSIZE)
         .flags(READONLY | FAST)
         .acl(acl::KEYSPACE)
         .tips(&["request_policy:all_shards", "response_policy:agg_sum"]),
-    cmd("save", 1, Keys::None).flags(ADMIN | NOSCRIPT | NO_ASYNC_LOADING | NO_MULTI),
-    cmd("get", 2, Keys::Data)
+    cmd("save", 1, Keys::None, &docs::SAVE).flags(ADMIN | NOSCRIPT | NO_ASYNC_LOADING | NO_MULTI),
+    cmd("get", 2, Keys::Data, &docs::GET)
         .flags(READONLY | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RO_ACCESS]),
-    cmd("set", -3, Keys::Data)
+    cmd("set", -3, Keys::Data, &docs::SET)
         .flags(WRITE | DENYOOM)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[SET_KEY]),
-    cmd("getset", 3, Keys::ReadThenWrite)
+    cmd("getset", 3, Keys::ReadThenWrite, &docs::GETSET)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RW_ACCESS_UPDATE]),
-    cmd("getdel", 2, Keys::ReadThenWrite)
+    cmd("getdel", 2, Keys::ReadThenWrite, &docs::GETDEL)
         .flags(WRITE | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RW_ACCESS_DELETE]),
-    cmd("mget", -2, Keys::Data)
+    cmd("mget", -2, Keys::Data, &docs::MGET)
         .flags(READONLY | FAST)
         .acl(acl::STRING)
         .tips(&["request_policy:multi_shard"])
         .keys(1, -1, 1, &[RO_ACCESS]),
-    cmd("mset", -3, Keys::Data)
+    cmd("mset", -3, Keys::Data, &docs::MSET)
         .flags(WRITE | DENYOOM)
         .acl(acl::STRING)
         .tips(&[
@@ -373,232 +389,232 @@ pub(super) const COMMANDS: &[CommandSpec] = &[
             "response_policy:all_succeeded",
         ])
         .keys(1, -1, 2, &[OW_UPDATE]),
-    cmd("msetnx", -3, Keys::Data)
+    cmd("msetnx", -3, Keys::Data, &docs::MSETNX)
         .flags(WRITE | DENYOOM)
         .acl(acl::STRING)
         .tips(&["request_policy:multi_shard", "response_policy:agg_min"])
         .keys(1, -1, 2, &[OW_INSERT]),
-    cmd("del", -2, Keys::Data)
+    cmd("del", -2, Keys::Data, &docs::DEL)
         .flags(WRITE)
         .acl(acl::KEYSPACE)
         .tips(&["request_policy:multi_shard", "response_policy:agg_sum"])
         .keys(1, -1, 1, &[RM_DELETE]),
-    cmd("unlink", -2, Keys::Data)
+    cmd("unlink", -2, Keys::Data, &docs::UNLINK)
         .flags(WRITE | FAST)
         .acl(acl::KEYSPACE)
         .tips(&["request_policy:multi_shard", "response_policy:agg_sum"])
         .keys(1, -1, 1, &[RM_DELETE]),
-    cmd("exists", -2, Keys::Data)
+    cmd("exists", -2, Keys::Data, &docs::EXISTS)
         .flags(READONLY | FAST)
         .acl(acl::KEYSPACE)
         .tips(&["request_policy:multi_shard", "response_policy:agg_sum"])
         .keys(1, -1, 1, &[RO]),
-    cmd("incr", 2, Keys::ReadThenWrite)
+    cmd("incr", 2, Keys::ReadThenWrite, &docs::INCR)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RW_ACCESS_UPDATE]),
-    cmd("incrby", 3, Keys::ReadThenWrite)
+    cmd("incrby", 3, Keys::ReadThenWrite, &docs::INCRBY)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RW_ACCESS_UPDATE]),
-    cmd("decr", 2, Keys::ReadThenWrite)
+    cmd("decr", 2, Keys::ReadThenWrite, &docs::DECR)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RW_ACCESS_UPDATE]),
-    cmd("decrby", 3, Keys::ReadThenWrite)
+    cmd("decrby", 3, Keys::ReadThenWrite, &docs::DECRBY)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RW_ACCESS_UPDATE]),
-    cmd("append", 3, Keys::ReadThenWrite)
+    cmd("append", 3, Keys::ReadThenWrite, &docs::APPEND)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RW_INSERT]),
-    cmd("strlen", 2, Keys::Data)
+    cmd("strlen", 2, Keys::Data, &docs::STRLEN)
         .flags(READONLY | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RO]),
-    cmd("getrange", 4, Keys::Data)
+    cmd("getrange", 4, Keys::Data, &docs::GETRANGE)
         .flags(READONLY)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RO_ACCESS]),
-    cmd("setrange", 4, Keys::ReadThenWrite)
+    cmd("setrange", 4, Keys::ReadThenWrite, &docs::SETRANGE)
         .flags(WRITE | DENYOOM)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RW_UPDATE]),
-    cmd("scan", -2, Keys::None)
+    cmd("scan", -2, Keys::None, &docs::SCAN)
         .flags(READONLY)
         .acl(acl::KEYSPACE)
         .tips(&["nondeterministic_output", "request_policy:special"]),
-    cmd("keys", 2, Keys::None)
+    cmd("keys", 2, Keys::None, &docs::KEYS)
         .flags(READONLY)
         .acl(acl::KEYSPACE | acl::DANGEROUS)
         .tips(&["request_policy:all_shards", "nondeterministic_output_order"]),
-    cmd("type", 2, Keys::Data)
+    cmd("type", 2, Keys::Data, &docs::TYPE)
         .flags(READONLY | FAST)
         .acl(acl::KEYSPACE)
         .keys(1, 1, 1, &[RO]),
-    cmd("rename", 3, Keys::Data)
+    cmd("rename", 3, Keys::Data, &docs::RENAME)
         .flags(WRITE)
         .acl(acl::KEYSPACE)
         .keys(1, 2, 1, &[RW_ACCESS_DELETE, OW_UPDATE]),
-    cmd("expire", -3, Keys::ReadThenWrite)
+    cmd("expire", -3, Keys::ReadThenWrite, &docs::EXPIRE)
         .flags(WRITE | FAST)
         .acl(acl::KEYSPACE)
         .keys(1, 1, 1, &[RW_UPDATE]),
-    cmd("pexpire", -3, Keys::ReadThenWrite)
+    cmd("pexpire", -3, Keys::ReadThenWrite, &docs::PEXPIRE)
         .flags(WRITE | FAST)
         .acl(acl::KEYSPACE)
         .keys(1, 1, 1, &[RW_UPDATE]),
-    cmd("ttl", 2, Keys::Data)
+    cmd("ttl", 2, Keys::Data, &docs::TTL)
         .flags(READONLY | FAST)
         .acl(acl::KEYSPACE)
         .tips(&["nondeterministic_output"])
         .keys(1, 1, 1, &[RO_ACCESS]),
-    cmd("pttl", 2, Keys::Data)
+    cmd("pttl", 2, Keys::Data, &docs::PTTL)
         .flags(READONLY | FAST)
         .acl(acl::KEYSPACE)
         .tips(&["nondeterministic_output"])
         .keys(1, 1, 1, &[RO_ACCESS]),
-    cmd("persist", 2, Keys::ReadThenWrite)
+    cmd("persist", 2, Keys::ReadThenWrite, &docs::PERSIST)
         .flags(WRITE | FAST)
         .acl(acl::KEYSPACE)
         .keys(1, 1, 1, &[RW_UPDATE]),
-    cmd("hset", -4, Keys::ReadThenWrite)
+    cmd("hset", -4, Keys::ReadThenWrite, &docs::HSET)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::HASH)
         .keys(1, 1, 1, &[RW_UPDATE]),
-    cmd("hget", 3, Keys::Data)
+    cmd("hget", 3, Keys::Data, &docs::HGET)
         .flags(READONLY | FAST)
         .acl(acl::HASH)
         .keys(1, 1, 1, &[RO_ACCESS]),
-    cmd("hdel", -3, Keys::ReadThenWrite)
+    cmd("hdel", -3, Keys::ReadThenWrite, &docs::HDEL)
         .flags(WRITE | FAST)
         .acl(acl::HASH)
         .keys(1, 1, 1, &[RW_DELETE]),
-    cmd("hgetall", 2, Keys::Data)
+    cmd("hgetall", 2, Keys::Data, &docs::HGETALL)
         .flags(READONLY)
         .acl(acl::HASH)
         .tips(&["nondeterministic_output_order"])
         .keys(1, 1, 1, &[RO_ACCESS]),
-    cmd("hlen", 2, Keys::Data)
+    cmd("hlen", 2, Keys::Data, &docs::HLEN)
         .flags(READONLY | FAST)
         .acl(acl::HASH)
         .keys(1, 1, 1, &[RO]),
-    cmd("hexists", 3, Keys::Data)
+    cmd("hexists", 3, Keys::Data, &docs::HEXISTS)
         .flags(READONLY | FAST)
         .acl(acl::HASH)
         .keys(1, 1, 1, &[RO]),
-    cmd("hincrby", 4, Keys::ReadThenWrite)
+    cmd("hincrby", 4, Keys::ReadThenWrite, &docs::HINCRBY)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::HASH)
         .keys(1, 1, 1, &[RW_ACCESS_UPDATE]),
-    cmd("multi", 1, Keys::None)
+    cmd("multi", 1, Keys::None, &docs::MULTI)
         .flags(NOSCRIPT | LOADING | STALE | FAST | ALLOW_BUSY)
         .acl(acl::TRANSACTION)
         .at_once_in_multi(),
-    cmd("exec", 1, Keys::None)
+    cmd("exec", 1, Keys::None, &docs::EXEC)
         .flags(NOSCRIPT | LOADING | STALE | SKIP_SLOWLOG)
         .acl(acl::TRANSACTION)
         .at_once_in_multi(),
-    cmd("discard", 1, Keys::None)
+    cmd("discard", 1, Keys::None, &docs::DISCARD)
         .flags(NOSCRIPT | LOADING | STALE | FAST | ALLOW_BUSY)
         .acl(acl::TRANSACTION)
         .at_once_in_multi(),
-    cmd("watch", -2, Keys::None)
+    cmd("watch", -2, Keys::None, &docs::WATCH)
         .flags(NOSCRIPT | LOADING | STALE | FAST | ALLOW_BUSY)
         .acl(acl::TRANSACTION)
         .keys(1, -1, 1, &[RO])
         .at_once_in_multi(),
-    cmd("unwatch", 1, Keys::None)
+    cmd("unwatch", 1, Keys::None, &docs::UNWATCH)
         .flags(NOSCRIPT | LOADING | STALE | FAST | ALLOW_BUSY)
         .acl(acl::TRANSACTION),
-    cmd("setnx", 3, Keys::ReadThenWrite)
+    cmd("setnx", 3, Keys::ReadThenWrite, &docs::SETNX)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[OW_INSERT]),
-    cmd("setex", 4, Keys::Data)
+    cmd("setex", 4, Keys::Data, &docs::SETEX)
         .flags(WRITE | DENYOOM)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[OW_UPDATE]),
-    cmd("psetex", 4, Keys::Data)
+    cmd("psetex", 4, Keys::Data, &docs::PSETEX)
         .flags(WRITE | DENYOOM)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[OW_UPDATE]),
-    cmd("getex", -2, Keys::Data)
+    cmd("getex", -2, Keys::Data, &docs::GETEX)
         .flags(WRITE | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[GETEX_KEY]),
-    cmd("incrbyfloat", 3, Keys::ReadThenWrite)
+    cmd("incrbyfloat", 3, Keys::ReadThenWrite, &docs::INCRBYFLOAT)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::STRING)
         .keys(1, 1, 1, &[RW_ACCESS_UPDATE]),
-    cmd("hmset", -4, Keys::ReadThenWrite)
+    cmd("hmset", -4, Keys::ReadThenWrite, &docs::HMSET)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::HASH)
         .keys(1, 1, 1, &[RW_UPDATE]),
-    cmd("hmget", -3, Keys::Data)
+    cmd("hmget", -3, Keys::Data, &docs::HMGET)
         .flags(READONLY | FAST)
         .acl(acl::HASH)
         .keys(1, 1, 1, &[RO_ACCESS]),
-    cmd("hkeys", 2, Keys::Data)
+    cmd("hkeys", 2, Keys::Data, &docs::HKEYS)
         .flags(READONLY)
         .acl(acl::HASH)
         .tips(&["nondeterministic_output_order"])
         .keys(1, 1, 1, &[RO_ACCESS]),
-    cmd("hvals", 2, Keys::Data)
+    cmd("hvals", 2, Keys::Data, &docs::HVALS)
         .flags(READONLY)
         .acl(acl::HASH)
         .tips(&["nondeterministic_output_order"])
         .keys(1, 1, 1, &[RO_ACCESS]),
-    cmd("hsetnx", 4, Keys::ReadThenWrite)
+    cmd("hsetnx", 4, Keys::ReadThenWrite, &docs::HSETNX)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::HASH)
         .keys(1, 1, 1, &[RW_INSERT]),
-    cmd("hstrlen", 3, Keys::Data)
+    cmd("hstrlen", 3, Keys::Data, &docs::HSTRLEN)
         .flags(READONLY | FAST)
         .acl(acl::HASH)
         .keys(1, 1, 1, &[RO]),
-    cmd("hincrbyfloat", 4, Keys::ReadThenWrite)
+    cmd("hincrbyfloat", 4, Keys::ReadThenWrite, &docs::HINCRBYFLOAT)
         .flags(WRITE | DENYOOM | FAST)
         .acl(acl::HASH)
         .keys(1, 1, 1, &[RW_ACCESS_UPDATE]),
-    cmd("expireat", -3, Keys::ReadThenWrite)
+    cmd("expireat", -3, Keys::ReadThenWrite, &docs::EXPIREAT)
         .flags(WRITE | FAST)
         .acl(acl::KEYSPACE)
         .keys(1, 1, 1, &[RW_UPDATE]),
-    cmd("pexpireat", -3, Keys::ReadThenWrite)
+    cmd("pexpireat", -3, Keys::ReadThenWrite, &docs::PEXPIREAT)
         .flags(WRITE | FAST)
         .acl(acl::KEYSPACE)
         .keys(1, 1, 1, &[RW_UPDATE]),
-    cmd("expiretime", 2, Keys::Data)
+    cmd("expiretime", 2, Keys::Data, &docs::EXPIRETIME)
         .flags(READONLY | FAST)
         .acl(acl::KEYSPACE)
         .keys(1, 1, 1, &[RO_ACCESS]),
-    cmd("pexpiretime", 2, Keys::Data)
+    cmd("pexpiretime", 2, Keys::Data, &docs::PEXPIRETIME)
         .flags(READONLY | FAST)
         .acl(acl::KEYSPACE)
         .keys(1, 1, 1, &[RO_ACCESS]),
-    cmd("touch", -2, Keys::Data)
+    cmd("touch", -2, Keys::Data, &docs::TOUCH)
         .flags(READONLY | FAST)
         .acl(acl::KEYSPACE)
         .tips(&["request_policy:multi_shard", "response_policy:agg_sum"])
         .keys(1, -1, 1, &[RO]),
-    cmd("copy", -3, Keys::Data)
+    cmd("copy", -3, Keys::Data, &docs::COPY)
         .flags(WRITE | DENYOOM)
         .acl(acl::KEYSPACE)
         .keys(1, 2, 1, &[RO_ACCESS, OW_UPDATE]),
-    cmd("randomkey", 1, Keys::Data)
+    cmd("randomkey", 1, Keys::Data, &docs::RANDOMKEY)
         .flags(READONLY)
         .acl(acl::KEYSPACE)
         .tips(&["request_policy:all_shards", "nondeterministic_output"]),
-    cmd("time", 1, Keys::None)
+    cmd("time", 1, Keys::None, &docs::TIME)
         .flags(LOADING | STALE | FAST)
         .tips(&["nondeterministic_output"]),
-    cmd("flushdb", -1, Keys::None)
+    cmd("flushdb", -1, Keys::None, &docs::FLUSHDB)
         .flags(WRITE)
         .acl(acl::KEYSPACE | acl::DANGEROUS)
         .tips(&["request_policy:all_shards", "response_policy:all_succeeded"]),
-    cmd("flushall", -1, Keys::None)
+    cmd("flushall", -1, Keys::None, &docs::FLUSHALL)
         .flags(WRITE)
         .acl(acl::KEYSPACE | acl::DANGEROUS)
         .tips(&["request_policy:all_shards", "response_policy:all_succeeded"]),
@@ -620,6 +636,65 @@ fn lookup_full_name(name: &[u8]) -> Option<&'static CommandSpec> {
         Some(sub) => top.subcommand_named(sub),
     }
 }
+
+/// A `HELP` subcommand's reply: its lines as status replies, as Redis's `addReplyHelp`.
+pub(super) fn help(lines: &'static [&'static str]) -> Reply {
+    Reply::Array(lines.iter().map(|l| Reply::Simple(l)).collect())
+}
+
+/// Lines of `CLIENT HELP`: Redis 7.0.15's for the subcommands fusiond runs (a client reading
+/// them to learn what it may send is told nothing this server refuses), and Redis 7.2's for
+/// `SETINFO` and `NO-TOUCH`, where 7.2 puts them.
+pub(super) const CLIENT_HELP: [&str; 39] = [
+    "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GETREDIR",
+    "    Return the client ID we are redirecting to when tracking is enabled.",
+    "GETNAME",
+    "    Return the name of the current connection.",
+    "ID",
+    "    Return the ID of the current connection.",
+    "INFO",
+    "    Return information about the current client connection.",
+    "KILL <ip:port>",
+    "    Kill connection made from <ip:port>.",
+    "KILL <option> <value> [<option> <value> [...]]",
+    "    Kill connections. Options are:",
+    "    * ADDR (<ip:port>|<unixsocket>:0)",
+    "      Kill connections made from the specified address",
+    "    * LADDR (<ip:port>|<unixsocket>:0)",
+    "      Kill connections made to specified local address",
+    "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+    "      Kill connections by type.",
+    "    * USER <username>",
+    "      Kill connections authenticated by <username>.",
+    "    * SKIPME (YES|NO)",
+    "      Skip killing current connection (default: yes).",
+    "LIST [options ...]",
+    "    Return information about client connections. Options:",
+    "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+    "      Return clients of specified type.",
+    "SETNAME <name>",
+    "    Assign the name <name> to the current connection.",
+    "SETINFO <option> <value>",
+    "    Set client meta attr. Options are:",
+    "    * LIB-NAME: the client lib name.",
+    "    * LIB-VER: the client lib version.",
+    "NO-EVICT (ON|OFF)",
+    "    Protect current client connection from eviction.",
+    "NO-TOUCH (ON|OFF)",
+    "    Will not touch LRU/LFU stats when this mode is on.",
+    "HELP",
+    "    Prints this help.",
+];
+
+/// Lines of `CONFIG HELP`: Redis's, for `GET`, the one subcommand fusiond runs.
+pub(super) const CONFIG_HELP: [&str; 5] = [
+    "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GET <pattern>",
+    "    Return parameters matching the glob-like <pattern> and their values.",
+    "HELP",
+    "    Prints this help.",
+];
 
 /// Lines of `COMMAND HELP`, Redis's.
 const COMMAND_HELP: [&str; 21] = [
@@ -830,6 +905,13 @@ impl CommandSpec {
         map(pairs)
     }
 
+    /// The `COMMAND DOCS` entry, a container's subcommands (those fusiond runs) nested in it.
+    fn docs_reply(&self) -> Reply {
+        let subcommands: Vec<(&'static str, &Docs)> =
+            self.subcommands.iter().map(|s| (s.name, s.docs)).collect();
+        self.docs.reply(&subcommands)
+    }
+
     /// Whether `COMMAND LIST FILTERBY` `by` `value` selects this entry.
     fn selected_by(&self, by: &[u8], value: &[u8]) -> bool {
         if by.eq_ignore_ascii_case(b"pattern") {
@@ -897,15 +979,36 @@ impl<S: Store> Engine<S> {
                     }),
                 ))
             }
-            // No per-command documentation: clients fall back to their own.
-            b"docs" => Reply::Map(Vec::new()),
+            b"docs" => self.command_docs(&args[2..]),
             b"getkeys" | b"getkeysandflags" => self.getkeys(&args[2..], sub == b"getkeysandflags"),
-            b"help" => Reply::Array(COMMAND_HELP.iter().map(|l| Reply::Simple(l)).collect()),
+            b"help" => help(&COMMAND_HELP),
             _ => Reply::err(format!(
                 "unknown subcommand '{}'. Try COMMAND HELP.",
                 String::from_utf8_lossy(&args[1])
             )),
         }
+    }
+
+    /// `COMMAND DOCS [name ...]`: every command's docs, or those of the names known (others
+    /// skipped, as Redis skips them), within the reply limit: one name may be asked for many
+    /// times.
+    fn command_docs(&self, names: &[Vec<u8>]) -> Reply {
+        let specs: Vec<&'static CommandSpec> = if names.is_empty() {
+            COMMANDS.iter().collect()
+        } else {
+            names.iter().filter_map(|n| lookup_full_name(n)).collect()
+        };
+        let mut pairs = Vec::with_capacity(specs.len());
+        let mut bytes = 0usize;
+        for spec in specs {
+            let docs = spec.docs_reply();
+            bytes = bytes.saturating_add(docs.encoded_len_bound());
+            if bytes > self.config.max_reply_bytes {
+                return self.reply_too_large("COMMAND");
+            }
+            pairs.push((Reply::text(spec.name), docs));
+        }
+        Reply::Map(pairs)
     }
 
     /// `COMMAND GETKEYS` of `request` (a whole command), with each key's flags for
