@@ -36,9 +36,17 @@ impl<D: MasterDirectory> Engine<D> {
         self.next_request += 1;
         let max_waiters = self.config.max_waiters_per_block;
         let c = self.cached.entry(block).or_default();
+        // A ship held back by damping waits for the hold, not for this request: local users
+        // take the block meanwhile (batching a hot block's changes per visit is what the
+        // hold is for). Once it is over they queue behind the ship, which cannot starve.
+        let hold = self.config.ping_pong_hold;
+        let held_for_damping = c.pending_ship.is_some()
+            && !hold.is_zero()
+            && c.mode == BlockMode::Exclusive
+            && now < c.acquired_at + hold;
         if c.waiters.is_empty()
             && !c.releasing
-            && c.pending_ship.is_none()
+            && (c.pending_ship.is_none() || held_for_damping)
             && !c.pending_invalidate
             && c.mode >= mode
         {

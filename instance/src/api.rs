@@ -1251,6 +1251,7 @@ impl Setting<'_> {
                 gcs: gcs::GcsConfig {
                     remaster: self.config.remaster,
                     ship_policy: self.config.cache.ship_policy.gcs(),
+                    ping_pong_hold: self.config.cache.ship_hold,
                     ..gcs::GcsConfig::default()
                 },
                 ges: ges::GesConfig::default(),

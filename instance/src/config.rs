@@ -52,6 +52,9 @@
 //! block_size = 8192                  # must match the storage
 //! ship_policy = "log-force"          # or "commit-dependency": a changed block is shipped
 //!                                    #   while its redo write is in flight
+//! ship_hold_us = 0                   # keep a block got in X this long for local users
+//!                                    #   before shipping it on (a hot block's changes are
+//!                                    #   batched per visit; at most 100000)
 //!
 //! [remaster]                         # affinity remastering of block masters; defaults shown
 //! enabled = false                    # masters move each 128-block range to its main user
@@ -207,7 +210,7 @@ pub enum ConfigProblem {
         /// How they conflict.
         problem: FailureConfigError,
     },
-    /// A `[serve]` value that cannot be used.
+    /// A value out of its limits (`[serve]`, `cache.ship_hold_us`).
     #[error("`{key}`: {why}")]
     Limit {
         /// The key.
@@ -446,6 +449,11 @@ pub struct CacheConfig {
     pub block_size: u32,
     /// When a block changed here may leave for another instance (`cache.ship_policy`).
     pub ship_policy: ShipPolicy,
+    /// How long a block got here in X stays for local users before another instance that
+    /// asked for it gets it (`cache.ship_hold_us`; Oracle's "gc defer time"): local users
+    /// that come meanwhile take it at once, so a block every instance changes moves once per
+    /// batch of changes instead of once per change. Zero ships at once.
+    pub ship_hold: Duration,
 }
 
 /// When a block whose newest change's redo is not durable yet may be shipped to another
@@ -791,7 +799,11 @@ struct RawCache {
     block_size: Option<u64>,
     #[serde(default)]
     ship_policy: ShipPolicy,
+    ship_hold_us: Option<u64>,
 }
+
+/// The longest `cache.ship_hold_us`: far below the GCS request timeouts.
+pub const MAX_SHIP_HOLD_US: u64 = 100_000;
 
 /// Buffer cache frames when the configuration names none (128 MiB of 8 KiB blocks).
 pub const DEFAULT_CACHE_FRAMES: u32 = 16384;
@@ -1272,10 +1284,18 @@ fn cache(raw: &RawCache) -> Result<CacheConfig, ConfigProblem> {
         .ok()
         .filter(|f| (1..=MAX_FRAMES).contains(f))
         .ok_or(ConfigProblem::Frames { value: frames })?;
+    let ship_hold_us = raw.ship_hold_us.unwrap_or(0);
+    if ship_hold_us > MAX_SHIP_HOLD_US {
+        return Err(ConfigProblem::Limit {
+            key: "cache.ship_hold_us",
+            why: "at most 100000 (100 ms): a longer hold delays other instances past their request timeouts",
+        });
+    }
     Ok(CacheConfig {
         frames,
         block_size,
         ship_policy: raw.ship_policy,
+        ship_hold: Duration::from_micros(ship_hold_us),
     })
 }
 

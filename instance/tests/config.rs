@@ -267,6 +267,20 @@ fn the_ship_policy_is_log_force_unless_commit_dependency_is_asked_for() {
 }
 
 #[test]
+fn the_ship_hold_is_zero_unless_configured_and_bounded() {
+    assert_eq!(parse(GOOD).unwrap().cache.ship_hold, Duration::ZERO);
+    let text = GOOD.replace("frames = 64", "frames = 64\nship_hold_us = 1500");
+    assert_ne!(text, GOOD);
+    let hold = parse(&text).unwrap().cache.ship_hold;
+    assert_eq!(hold, Duration::from_micros(1500));
+    for bad in ["100001", "-1", "\"1ms\""] {
+        let text = GOOD.replace("frames = 64", &format!("frames = 64\nship_hold_us = {bad}"));
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("ship_hold_us"), "{bad}: {error}");
+    }
+}
+
+#[test]
 fn the_background_checkpoint_starts_at_the_configured_redo_fullness() {
     assert_eq!(parse(GOOD).unwrap().checkpoint_at_redo_percent, 50);
     let with = |percent: &str| {

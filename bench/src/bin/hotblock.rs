@@ -18,15 +18,19 @@
 //! changes of each instance until each is durable, as before early release (for a one-block
 //! workload the same as holding the block in X until the commit is durable).
 //!
+//! Each policy runs at each `--holds` value of `cache.ship_hold_us` (default 0 and 1000):
+//! how long an instance keeps the block it got for its local users before it ships it on.
+//!
 //! ```text
 //! hotblock [--instances 3] [--threads 4] [--seconds 5] [--warmup 1]
-//!          [--policies log-force,commit-dependency] [--until-durable] [--dir target/hotblock]
+//!          [--policies log-force,commit-dependency] [--holds 0,1000] [--until-durable]
+//!          [--dir target/hotblock]
 //! ```
 
 use bench::{LatencySummary, latency_histogram, record};
 use hdrhistogram::Histogram;
 use instance::api::Instance;
-use instance::config::InstanceConfig;
+use instance::config::{InstanceConfig, MAX_SHIP_HOLD_US};
 use instance::format::{self, ClusterSpec};
 use interconnect::ClusterId;
 use std::path::{Path, PathBuf};
@@ -49,6 +53,8 @@ struct Options {
     seconds: f64,
     warmup: f64,
     policies: Vec<String>,
+    /// `cache.ship_hold_us` values, each run with every policy.
+    holds: Vec<u64>,
     until_durable: bool,
     dir: PathBuf,
 }
@@ -60,6 +66,7 @@ fn parse_args() -> Result<Options, String> {
         seconds: 5.0,
         warmup: 1.0,
         policies: vec!["log-force".into(), "commit-dependency".into()],
+        holds: vec![0, 1000],
         until_durable: false,
         dir: PathBuf::from("target/hotblock"),
     };
@@ -92,10 +99,17 @@ fn parse_args() -> Result<Options, String> {
                     return Err("--policies takes log-force and/or commit-dependency".into());
                 }
             }
+            "--holds" => {
+                o.holds = value()?
+                    .split(',')
+                    .map(|h| h.parse().ok().filter(|&h| h <= MAX_SHIP_HOLD_US))
+                    .collect::<Option<_>>()
+                    .ok_or("--holds takes microseconds, 0 to 100000, comma-separated")?
+            }
             "--until-durable" => o.until_durable = true,
             "--dir" => o.dir = PathBuf::from(value()?),
             "-h" | "--help" => {
-                return Err("usage: hotblock [--instances 3] [--threads 4] [--seconds 5] [--warmup 1] [--policies log-force,commit-dependency] [--until-durable] [--dir DIR]".into());
+                return Err("usage: hotblock [--instances 3] [--threads 4] [--seconds 5] [--warmup 1] [--policies log-force,commit-dependency] [--holds 0,1000] [--until-durable] [--dir DIR]".into());
             }
             other => return Err(format!("unknown option {other}")),
         }
@@ -106,6 +120,7 @@ fn parse_args() -> Result<Options, String> {
 /// What one policy's run measured.
 struct Outcome {
     policy: String,
+    hold_us: u64,
     changes_per_s: f64,
     latency: LatencySummary,
     /// Where the time went, over the measured window.
@@ -215,7 +230,7 @@ impl Counters {
 }
 
 /// Formats a fresh shared file in `dir` and starts the instances on it.
-fn start(o: &Options, policy: &str, dir: &Path) -> Result<Vec<Arc<Instance>>, Error> {
+fn start(o: &Options, policy: &str, hold_us: u64, dir: &Path) -> Result<Vec<Arc<Instance>>, Error> {
     std::fs::create_dir_all(dir)?;
     let storage = dir.join("cluster.fusion");
     let cluster = 0xB000 + u64::from(std::process::id() % 0x0FFF);
@@ -246,7 +261,7 @@ fn start(o: &Options, policy: &str, dir: &Path) -> Result<Vec<Arc<Instance>>, Er
         let text = format!(
             "instance = {i}\n\n[cluster]\nid = {cluster}\nsecret_file = \"cluster.secret\"\ninstances = [\n{members}]\n\n\
              [storage]\npath = \"cluster.fusion\"\n\n[transport]\nkind = \"tcp\"\n\n\
-             [cache]\nframes = 1024\nblock_size = 8192\nship_policy = \"{policy}\"\n"
+             [cache]\nframes = 1024\nblock_size = 8192\nship_policy = \"{policy}\"\nship_hold_us = {hold_us}\n"
         );
         let config = InstanceConfig::parse(&text, &dir.join(format!("instance-{i}.toml")))?;
         starting.push(std::thread::spawn(move || {
@@ -282,10 +297,10 @@ fn change(fusion: &Instance) -> Result<(), Error> {
     Ok(())
 }
 
-fn run_policy(o: &Options, policy: &str) -> Result<Outcome, Error> {
+fn run_policy(o: &Options, policy: &str, hold_us: u64) -> Result<Outcome, Error> {
     let dir = o.dir.join(policy);
     let _ = std::fs::remove_dir_all(&dir);
-    let instances = start(o, policy, &dir)?;
+    let instances = start(o, policy, hold_us, &dir)?;
     let measuring = AtomicBool::new(false);
     let stop = AtomicBool::new(false);
     let acknowledged = AtomicU64::new(0);
@@ -387,6 +402,7 @@ fn run_policy(o: &Options, policy: &str) -> Result<Outcome, Error> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Outcome {
         policy: policy.to_owned(),
+        hold_us,
         changes_per_s: counted as f64 / measured.as_secs_f64(),
         latency: LatencySummary::of(&all),
         inside,
@@ -419,23 +435,26 @@ fn main() -> ExitCode {
             .unwrap_or_default(),
     );
     let mut outcomes = Vec::new();
-    for policy in &o.policies {
-        match run_policy(&o, policy) {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(e) => {
-                eprintln!("hotblock: {e}");
-                return ExitCode::FAILURE;
+    for &hold in &o.holds {
+        for policy in &o.policies {
+            match run_policy(&o, policy, hold) {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(e) => {
+                    eprintln!("hotblock: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
         }
     }
     println!(
-        "{:<18} {:>12} {:>10} {:>10} {:>10}",
-        "policy", "changes/s", "p50 µs", "p99 µs", "samples"
+        "{:<18} {:>7} {:>12} {:>10} {:>10} {:>10}",
+        "policy", "hold µs", "changes/s", "p50 µs", "p99 µs", "samples"
     );
     for r in &outcomes {
         println!(
-            "{:<18} {:>12.0} {:>10.1} {:>10.1} {:>10}",
+            "{:<18} {:>7} {:>12.0} {:>10.1} {:>10.1} {:>10}",
             r.policy,
+            r.hold_us,
             r.changes_per_s,
             r.latency.p50 / 1000.0,
             r.latency.p99 / 1000.0,
@@ -443,8 +462,14 @@ fn main() -> ExitCode {
         );
     }
     println!(
-        "{:<18} {:>13} {:>13} {:>10} {:>13} {:>12}",
-        "where it went", "changes/hop", "fsyncs/hop", "fsync µs", "flush-wait µs", "CPUs used"
+        "{:<18} {:>7} {:>13} {:>13} {:>10} {:>13} {:>12}",
+        "where it went",
+        "hold µs",
+        "changes/hop",
+        "fsyncs/hop",
+        "fsync µs",
+        "flush-wait µs",
+        "CPUs used"
     );
     for r in &outcomes {
         let i = r.inside;
@@ -456,8 +481,9 @@ fn main() -> ExitCode {
             }
         };
         println!(
-            "{:<18} {:>13} {:>13} {:>10.1} {:>13.1} {:>5.2} ({:.2} all)",
+            "{:<18} {:>7} {:>13} {:>13} {:>10.1} {:>13.1} {:>5.2} ({:.2} all)",
             r.policy,
+            r.hold_us,
             per_hop(i.changes_per_hop),
             per_hop(i.redo_writes_per_hop),
             i.redo_sync_us,
@@ -466,15 +492,34 @@ fn main() -> ExitCode {
             i.machine_cpus
         );
     }
-    if let (Some(base), Some(cd)) = (
-        outcomes.iter().find(|r| r.policy == "log-force"),
-        outcomes.iter().find(|r| r.policy == "commit-dependency"),
-    ) && base.changes_per_s > 0.0
+    let find = |policy: &str, hold: u64| {
+        outcomes
+            .iter()
+            .find(|r| r.policy == policy && r.hold_us == hold)
+    };
+    for &hold in &o.holds {
+        if let (Some(base), Some(cd)) = (find("log-force", hold), find("commit-dependency", hold))
+            && base.changes_per_s > 0.0
+        {
+            println!(
+                "hold {hold} µs: commit-dependency / log-force: {:.2}x changes/s (target >= 2x)",
+                cd.changes_per_s / base.changes_per_s
+            );
+        }
+    }
+    if let (Some(&first), Some(&last)) = (o.holds.first(), o.holds.last())
+        && first != last
     {
-        println!(
-            "commit-dependency / log-force: {:.2}x changes/s (target >= 2x)",
-            cd.changes_per_s / base.changes_per_s
-        );
+        for policy in &o.policies {
+            if let (Some(a), Some(b)) = (find(policy, first), find(policy, last))
+                && a.changes_per_s > 0.0
+            {
+                println!(
+                    "{policy}: hold {last} µs / hold {first} µs: {:.2}x changes/s",
+                    b.changes_per_s / a.changes_per_s
+                );
+            }
+        }
     }
     ExitCode::SUCCESS
 }

@@ -50,11 +50,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new() -> Self {
+        Self::with_config(GcsConfig::default())
+    }
+
+    /// Three engines with `config`.
+    pub fn with_config(config: GcsConfig) -> Self {
         let all: InstanceSet = (0..3).map(id).collect();
         Self {
             engines: (0..3)
                 .map(|i| {
-                    Engine::new(id(i), Epoch(1), all, Survivors(all), GcsConfig::default())
+                    Engine::new(id(i), Epoch(1), all, Survivors(all), config.clone())
                         .expect("engine")
                 })
                 .collect(),
