@@ -802,7 +802,8 @@ struct RawCache {
     ship_hold_us: Option<u64>,
 }
 
-/// The longest `cache.ship_hold_us`: far below the GCS request timeouts.
+/// The longest `cache.ship_hold_us`: a hold delays every other instance that asks for the
+/// block, so it stays far below the seconds after which waiting transactions give up.
 pub const MAX_SHIP_HOLD_US: u64 = 100_000;
 
 /// Buffer cache frames when the configuration names none (128 MiB of 8 KiB blocks).
@@ -1288,7 +1289,7 @@ fn cache(raw: &RawCache) -> Result<CacheConfig, ConfigProblem> {
     if ship_hold_us > MAX_SHIP_HOLD_US {
         return Err(ConfigProblem::Limit {
             key: "cache.ship_hold_us",
-            why: "at most 100000 (100 ms): a longer hold delays other instances past their request timeouts",
+            why: "at most 100000 (100 ms): a hold delays every other instance that asks for the block",
         });
     }
     Ok(CacheConfig {
