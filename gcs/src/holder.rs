@@ -56,6 +56,9 @@ impl<D: MasterDirectory> Engine<D> {
             let held = c.mode;
             c.pins += 1;
             self.metrics.local_hits += 1;
+            if c.pending_ship.is_some() {
+                self.metrics.local_hits_in_hold += 1;
+            }
             self.event(Event::Granted {
                 request: id,
                 block,
@@ -215,8 +218,10 @@ impl<D: MasterDirectory> Engine<D> {
             return;
         }
         if !hold.is_zero() && c.mode == BlockMode::Exclusive && now < c.acquired_at + hold {
-            // Ping-pong damping: keep a block we just got for a while.
-            self.timers.insert((c.acquired_at + hold, block));
+            // Ping-pong damping: keep a block we just got for a while (counted once per ship).
+            if self.timers.insert((c.acquired_at + hold, block)) {
+                self.metrics.ships_held += 1;
+            }
             return;
         }
         let mut dependency = None;

@@ -131,6 +131,10 @@ pub struct Metrics {
     pub messages_sent: u64,
     /// Of those, block payloads shipped.
     pub blocks_shipped: u64,
+    /// Ships another instance asked for that the ship hold (`ping_pong_hold`) kept back.
+    pub ships_held: u64,
+    /// Of [`Metrics::local_hits`], those granted while a ship was held back for them.
+    pub local_hits_in_hold: u64,
     /// Messages received.
     pub messages_received: u64,
     /// Messages dropped for carrying an older epoch.

@@ -50,6 +50,8 @@ fn local_users_take_a_held_block_at_once_until_the_hold_ends() {
         c.engines[1].unpin(block, c.now).expect("unpin");
         c.settle();
     }
+    let metrics = c.engines[1].metrics();
+    assert_eq!((metrics.ships_held, metrics.local_hits_in_hold), (1, 3));
     // The hold is over: a local user now queues behind the ship ...
     c.now = Timestamp::ZERO + HOLD + Duration::from_micros(1);
     assert!(!granted_at_once(&mut c, 1, block));

@@ -432,7 +432,7 @@ impl Metrics {
             "Request-to-grant time of enqueue requests that waited",
             &stats.lock_waits,
         );
-        let counters: [(&str, &str, u64); 27] = [
+        let counters: [(&str, &str, u64); 29] = [
             (
                 "fusion_block_grants",
                 "Block grants delivered to local users",
@@ -528,6 +528,16 @@ impl Metrics {
                 "fusion_gcs_blocks_shipped",
                 "Block payloads this instance shipped to others",
                 stats.gcs.blocks_shipped,
+            ),
+            (
+                "fusion_gcs_ships_held",
+                "Ships other instances asked for that cache.ship_hold_us kept back for local users",
+                stats.gcs.ships_held,
+            ),
+            (
+                "fusion_gcs_local_grants_in_hold",
+                "Local grants of blocks whose ship cache.ship_hold_us kept back",
+                stats.gcs.local_hits_in_hold,
             ),
             (
                 "fusion_storage_reads",
