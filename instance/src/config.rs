@@ -54,7 +54,10 @@
 //!                                    #   while its redo write is in flight
 //! ship_hold_us = 0                   # keep a block got in X this long for local users
 //!                                    #   before shipping it on (a hot block's changes are
-//!                                    #   batched per visit; at most 100000)
+//!                                    #   batched per visit; at most 100000). Only for users
+//!                                    #   that serialize on the block itself: fusiond's KV
+//!                                    #   batches behind its leaf locks, and a hold only
+//!                                    #   delays it (leave 0)
 //!
 //! [remaster]                         # affinity remastering of block masters; defaults shown
 //! enabled = false                    # masters move each 128-block range to its main user
@@ -452,7 +455,11 @@ pub struct CacheConfig {
     /// How long a block got here in X stays for local users before another instance that
     /// asked for it gets it (`cache.ship_hold_us`; Oracle's "gc defer time"): local users
     /// that come meanwhile take it at once, so a block every instance changes moves once per
-    /// batch of changes instead of once per change. Zero ships at once.
+    /// batch of changes instead of once per change. Zero ships at once. It helps only users
+    /// whose changes serialize on the block itself: where a lock taken first decides who
+    /// goes next (the KV layer's leaf locks, which already hand a hot leaf from one local
+    /// transaction to the next), the instance that asked holds that lock and the hold only
+    /// delays it.
     pub ship_hold: Duration,
 }
 
