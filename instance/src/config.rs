@@ -56,8 +56,8 @@
 //!                                    #   before shipping it on (a hot block's changes are
 //!                                    #   batched per visit; at most 100000). Only for users
 //!                                    #   that serialize on the block itself: fusiond's KV
-//!                                    #   batches behind its leaf locks, and a hold only
-//!                                    #   delays it (leave 0)
+//!                                    #   takes a leaf's lock first, and a hold only delays
+//!                                    #   it (leave 0)
 //!
 //! [remaster]                         # affinity remastering of block masters; defaults shown
 //! enabled = false                    # masters move each 128-block range to its main user
@@ -457,9 +457,8 @@ pub struct CacheConfig {
     /// that come meanwhile take it at once, so a block every instance changes moves once per
     /// batch of changes instead of once per change. Zero ships at once. It helps only users
     /// whose changes serialize on the block itself: where a lock taken first decides who
-    /// goes next (the KV layer's leaf locks, which already hand a hot leaf from one local
-    /// transaction to the next), the instance that asked holds that lock and the hold only
-    /// delays it.
+    /// goes next (the KV layer's leaf enqueues), the instance that asked holds that lock and
+    /// the hold only delays it.
     pub ship_hold: Duration,
 }
 
