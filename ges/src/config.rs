@@ -22,6 +22,11 @@ pub struct GesConfig {
     pub directory: DirectoryConfig,
     /// Keep a released lock in its mode until someone asks for it (lock caching).
     pub cache_locks: bool,
+    /// With lock caching: how long a lock granted here stays for this instance's users
+    /// before it is given up to another instance that asked (zero: at once). Local requests
+    /// meanwhile are served from the cache, so a lock every instance wants moves once per
+    /// batch of local users instead of once per user.
+    pub hold: Duration,
     /// Locks this instance may hold or request at once.
     pub max_local_locks: usize,
     /// How often the deadlock coordinator collects wait-for edges.
@@ -40,6 +45,7 @@ impl Default for GesConfig {
         Self {
             directory: DirectoryConfig::default(),
             cache_locks: true,
+            hold: Duration::ZERO,
             max_local_locks: 1_000_000,
             deadlock_interval: Duration::from_secs(1),
             max_wait_edges: crate::message::MAX_EDGES,

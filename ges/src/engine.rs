@@ -15,7 +15,7 @@ use crate::mode::{Conversion, LockMode, LockName};
 use crate::value::{LockValue, VALUE_LEN};
 use grd::{Directory, DirectoryEvent, ResourceId, mix64};
 use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// What the engine tells its user.
@@ -143,6 +143,8 @@ struct LocalLock {
     outbox: VecDeque<Body>,
     /// Who holds or waits for it here ([`LockOptions::owner`]): the owner of the last request.
     owner: u64,
+    /// When the lock was last granted here: a hold ([`GesConfig::hold`]) counts from it.
+    granted_at: Timestamp,
 }
 
 /// Operations queued behind an unconfirmed one, per lock, at most.
@@ -182,6 +184,8 @@ pub struct Engine {
     directory: Directory<LockResource>,
     locks: NameMap<LocalLock>,
     deadlines: BTreeMap<(Timestamp, LockName), RequestId>,
+    /// Locks cached and wanted elsewhere, kept for local users until their hold ends.
+    holds: BTreeSet<(Timestamp, LockName)>,
     unacked_writes: NameMap<LockValue>,
     next_request: u64,
     transmits: VecDeque<(InstanceId, Message)>,
@@ -212,6 +216,7 @@ impl Engine {
             directory,
             locks: NameMap::default(),
             deadlines: BTreeMap::new(),
+            holds: BTreeSet::new(),
             unacked_writes: NameMap::default(),
             next_request: 1,
             transmits: VecDeque::new(),
@@ -376,6 +381,7 @@ impl Engine {
                             in_flight: false,
                             outbox: VecDeque::new(),
                             owner: options.owner,
+                            granted_at: now,
                         },
                     );
                     self.events.push_back(Event::Granted {
@@ -400,6 +406,7 @@ impl Engine {
                         in_flight: false,
                         outbox: VecDeque::new(),
                         owner: options.owner,
+                        granted_at: now,
                     },
                 );
                 self.arm_deadline(name, &pending);
@@ -533,6 +540,11 @@ impl Engine {
             && !lock.in_flight
             && lock.outbox.is_empty()
             && lock.queued.is_none();
+        if cache && let Some(until) = self.hold_until(name, now) {
+            // Held for this instance's next users; given up at `until` unless one has it.
+            self.holds.insert((until, name));
+            return Ok(());
+        }
         if local && self.release_locally(name, held) {
             self.flush(now);
             return Ok(());
@@ -594,6 +606,7 @@ impl Engine {
 
     /// Runs timers due at `now`: request timeouts, deadlock rounds, directory policy.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.end_holds(now);
         while let Some((&(at, name), &request)) = self.deadlines.iter().next() {
             if at > now {
                 break;
@@ -708,6 +721,7 @@ impl Engine {
         let mut next = (!self.is_rebuilding()).then(|| self.directory.poll_timeout());
         for candidate in [
             self.deadlines.keys().next().map(|(at, _)| *at),
+            self.holds.first().map(|(at, _)| *at),
             self.deadlock.next_at,
         ]
         .into_iter()
@@ -751,6 +765,33 @@ impl Engine {
     fn disarm_deadline(&mut self, name: LockName, pending: &Pending) {
         if let Some(at) = pending.deadline {
             self.deadlines.remove(&(at, name));
+        }
+    }
+
+    /// The end of `name`'s hold ([`GesConfig::hold`]) when it is still running at `now`.
+    fn hold_until(&self, name: LockName, now: Timestamp) -> Option<Timestamp> {
+        let hold = self.config.hold;
+        let lock = self.locks.get(&name)?;
+        let until = lock.granted_at + hold;
+        (!hold.is_zero() && now < until).then_some(until)
+    }
+
+    /// Gives up the locks whose hold ended while cached, unused and wanted elsewhere.
+    fn end_holds(&mut self, now: Timestamp) {
+        while let Some(&(at, name)) = self.holds.first() {
+            if at > now {
+                break;
+            }
+            self.holds.pop_first();
+            if self.locks.get(&name).is_some_and(|lock| {
+                lock.granted.is_some()
+                    && !lock.user_holds
+                    && lock.pending.is_none()
+                    && lock.blocked.is_some()
+                    && !lock.releasing
+            }) {
+                self.give_up(name);
+            }
         }
     }
 
@@ -893,6 +934,7 @@ impl Engine {
         request: RequestId,
         mode: LockMode,
         value: LockValue,
+        now: Timestamp,
     ) {
         let Some(lock) = self.locks.get_mut(&name) else {
             self.stats.dropped += 1;
@@ -912,6 +954,7 @@ impl Engine {
         }
         let value = lock.value;
         lock.granted = Some(mode);
+        lock.granted_at = now;
         lock.user_holds = true;
         lock.master = from;
         let blocked = lock.blocked.filter(|wanted| !mode.compatible(*wanted));
@@ -929,7 +972,7 @@ impl Engine {
         }
     }
 
-    fn on_blocking(&mut self, name: LockName, wanted: LockMode) {
+    fn on_blocking(&mut self, name: LockName, wanted: LockMode, now: Timestamp) {
         let Some(lock) = self.locks.get_mut(&name) else {
             return;
         };
@@ -948,8 +991,13 @@ impl Engine {
         if lock.user_holds {
             self.events.push_back(Event::Blocking { name, wanted });
         } else if lock.pending.is_none() {
-            // Cached and unused: give it up now.
-            self.give_up(name);
+            // Cached and unused: give it up now, or when its hold ends.
+            match self.hold_until(name, now) {
+                Some(until) => {
+                    self.holds.insert((until, name));
+                }
+                None => self.give_up(name),
+            }
         }
     }
 
@@ -1107,7 +1155,7 @@ impl Engine {
                 request,
                 mode,
                 value,
-            } => self.on_grant(from, name, request, mode, value),
+            } => self.on_grant(from, name, request, mode, value, now),
             Body::ReleaseAck { name } => self.on_release_ack(name),
             Body::ConvertAck { name, .. } => self.confirm(name),
             Body::CancelAck { name, request } => {
@@ -1129,7 +1177,7 @@ impl Engine {
                     self.stats.dropped += 1;
                 }
             }
-            Body::Blocking { name, wanted } => self.on_blocking(name, wanted),
+            Body::Blocking { name, wanted } => self.on_blocking(name, wanted, now),
             Body::ReclaimRequest { name } => {
                 if self.locks.get(&name).is_some_and(|lock| {
                     !lock.user_holds && lock.pending.is_none() && lock.granted.is_some()

@@ -105,6 +105,13 @@ impl Sim {
         let mut rng = SimRng::new(seed);
         let n = rng.between(2, 5) as usize;
         let members: InstanceSet = (0..n).map(id).collect();
+        // Drawn from a stream of its own, so that seeds replay as they did before it.
+        let mut hold_rng = SimRng::new(seed.rotate_left(17) ^ 0x686f_6c64);
+        let hold = if hold_rng.chance(1, 3) {
+            Duration::from_micros(hold_rng.between(10, 2000))
+        } else {
+            Duration::ZERO
+        };
         let config = GesConfig {
             directory: DirectoryConfig {
                 map: BucketMapConfig {
@@ -127,6 +134,7 @@ impl Sim {
                 reclaim_interval: Duration::from_millis(1),
             },
             cache_locks: rng.chance(2, 3),
+            hold,
             max_local_locks: 64,
             deadlock_interval: Duration::from_millis(3),
             max_wait_edges: 256,

@@ -1254,7 +1254,10 @@ impl Setting<'_> {
                     ping_pong_hold: self.config.cache.ship_hold,
                     ..gcs::GcsConfig::default()
                 },
-                ges: ges::GesConfig::default(),
+                ges: ges::GesConfig {
+                    hold: self.config.cache.lock_hold,
+                    ..ges::GesConfig::default()
+                },
                 joining,
             },
             cache,

@@ -281,6 +281,20 @@ fn the_ship_hold_is_zero_unless_configured_and_bounded() {
 }
 
 #[test]
+fn the_lock_hold_has_a_default_and_is_bounded() {
+    use instance::config::DEFAULT_LOCK_HOLD_US;
+    let default = parse(GOOD).unwrap().cache.lock_hold;
+    assert_eq!(default, Duration::from_micros(DEFAULT_LOCK_HOLD_US));
+    let text = GOOD.replace("frames = 64", "frames = 64\nlock_hold_us = 0");
+    assert_eq!(parse(&text).unwrap().cache.lock_hold, Duration::ZERO);
+    for bad in ["100001", "-1", "\"1ms\""] {
+        let text = GOOD.replace("frames = 64", &format!("frames = 64\nlock_hold_us = {bad}"));
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("lock_hold_us"), "{bad}: {error}");
+    }
+}
+
+#[test]
 fn the_background_checkpoint_starts_at_the_configured_redo_fullness() {
     assert_eq!(parse(GOOD).unwrap().checkpoint_at_redo_percent, 50);
     let with = |percent: &str| {
