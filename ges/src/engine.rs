@@ -184,6 +184,12 @@ pub struct Engine {
     directory: Directory<LockResource>,
     locks: NameMap<LocalLock>,
     deadlines: BTreeMap<(Timestamp, LockName), RequestId>,
+    /// Value versions of resources this master's table reclaimed (an unused entry goes with
+    /// its value block): the resource's next entry here starts above it, and a rebuild
+    /// hands it to the new master as an invalidation, so no older copy of the value (an
+    /// unacknowledged write re-sent at the rebuild) can come back as current. At most
+    /// `max_resources`; past that the lowest resource's is dropped.
+    forgotten: BTreeMap<ResourceId, u64>,
     /// Locks cached and wanted elsewhere, kept for local users until their hold ends.
     holds: BTreeSet<(Timestamp, LockName)>,
     unacked_writes: NameMap<LockValue>,
@@ -216,6 +222,7 @@ impl Engine {
             directory,
             locks: NameMap::default(),
             deadlines: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
             holds: BTreeSet::new(),
             unacked_writes: NameMap::default(),
             next_request: 1,
@@ -668,6 +675,17 @@ impl Engine {
                 );
             }
         }
+        // What this master's table forgot goes to the new masters as invalidations.
+        for (resource, version) in std::mem::take(&mut self.forgotten) {
+            let to = self.directory.master_of(&resource);
+            self.send(
+                to,
+                Body::RebuildValue {
+                    name: LockName::from_resource(resource),
+                    value: Self::forgotten_value(version),
+                },
+            );
+        }
         for (name, mut value) in std::mem::take(&mut self.unacked_writes) {
             let to = self.directory.master_of(&name.resource());
             // If the master it went to died, a now-dead instance may have written after
@@ -1074,14 +1092,16 @@ impl Engine {
                 value,
             } => self.rebuild_report(from, name, granted, pending, value),
             Body::RebuildValue { name, value } => {
+                let resource = name.resource();
+                let forgotten = &self.forgotten;
                 let state = self
                     .directory
                     .table_mut()
-                    .get_or_try_insert_with(name.resource(), LockResource::default);
+                    .get_or_try_insert_with(resource, || Self::fresh_resource(forgotten, resource));
                 if let Some(state) = state {
                     state.merge_value(value);
                 } else {
-                    let mut state = LockResource::default();
+                    let mut state = Self::fresh_resource(forgotten, resource);
                     state.merge_value(value);
                     let inserted = self
                         .directory
@@ -1091,6 +1111,7 @@ impl Engine {
                         self.stats.dropped += 1;
                     }
                 }
+                self.forget_if_known(resource);
             }
             Body::RebuildDone => {
                 self.rebuild_waiting.remove(from);
@@ -1284,6 +1305,43 @@ impl Engine {
     // Anything unusual (a queue, a frozen object, a rebuild, a planted fault) takes the
     // message path.
 
+    /// Remembers that the table dropped `resource` with its value at `version`.
+    fn forget(&mut self, resource: ResourceId, version: u64) {
+        if !self.forgotten.contains_key(&resource)
+            && self.forgotten.len() >= self.config.directory.max_resources.max(1)
+        {
+            self.forgotten.pop_first();
+        }
+        let kept = self.forgotten.entry(resource).or_insert(version);
+        *kept = (*kept).max(version);
+    }
+
+    /// Drops what was forgotten of `resource` once the table has an entry for it again (the
+    /// entry started above it).
+    fn forget_if_known(&mut self, resource: ResourceId) {
+        if !self.forgotten.is_empty() && self.directory.table_mut().get(&resource).is_some() {
+            self.forgotten.remove(&resource);
+        }
+    }
+
+    /// A new master entry for `resource`: above any value this master forgot of it.
+    fn fresh_resource(forgotten: &BTreeMap<ResourceId, u64>, resource: ResourceId) -> LockResource {
+        let mut state = LockResource::default();
+        if let Some(&version) = forgotten.get(&resource) {
+            state.merge_value(Self::forgotten_value(version));
+        }
+        state
+    }
+
+    /// The invalidation that stands for a value forgotten at `version`.
+    fn forgotten_value(version: u64) -> LockValue {
+        LockValue {
+            version,
+            ..LockValue::default()
+        }
+        .invalidated()
+    }
+
     /// Grants a new request of this instance at its local master if nothing stands in the
     /// way. Returns the value block, or `None` with nothing changed.
     fn grant_locally(&mut self, name: LockName, mode: LockMode) -> Option<LockValue> {
@@ -1294,11 +1352,13 @@ impl Engine {
         {
             return None;
         }
+        let forgotten = &self.forgotten;
         let value = self
             .directory
             .table_mut()
-            .get_or_try_insert_with(resource, LockResource::default)?
+            .get_or_try_insert_with(resource, || Self::fresh_resource(forgotten, resource))?
             .try_grant_at_once(self.me, mode)?;
+        self.forgotten.remove(&resource);
         self.directory.record_access(&resource, self.me);
         // As `confirm` does when the grant arrives: no write of this lock is unacknowledged.
         if !self.unacked_writes.is_empty() {
@@ -1375,8 +1435,11 @@ impl Engine {
                 ..
             } => {
                 self.directory.record_access(&resource, from);
+                let forgotten = &self.forgotten;
                 let table = self.directory.table_mut();
-                match table.get_or_try_insert_with(resource, LockResource::default) {
+                match table
+                    .get_or_try_insert_with(resource, || Self::fresh_resource(forgotten, resource))
+                {
                     Some(state) => {
                         let waiter = Waiter {
                             instance: from,
@@ -1409,6 +1472,7 @@ impl Engine {
                         },
                     ),
                 }
+                self.forget_if_known(resource);
             }
             Body::Convert {
                 request,
@@ -1520,16 +1584,15 @@ impl Engine {
         value: Option<LockValue>,
     ) {
         let resource = name.resource();
+        let fresh = Self::fresh_resource(&self.forgotten, resource);
         let table = self.directory.table_mut();
-        if table.get(&resource).is_none()
-            && table
-                .insert_over_bound(resource, LockResource::default())
-                .is_err()
-        {
+        if table.get(&resource).is_none() && table.insert_over_bound(resource, fresh).is_err() {
             // Past the table's ceiling: only a hostile or broken peer reports that many.
             self.stats.dropped += 1;
             return;
         }
+        self.forgotten.remove(&resource);
+        let table = self.directory.table_mut();
         let Some(state) = table.get_mut(&resource) else {
             return;
         };
@@ -1660,6 +1723,10 @@ impl Engine {
                             self.send(holder, Body::ReclaimRequest { name });
                         }
                     }
+                    DirectoryEvent::Reclaimed {
+                        resource,
+                        forgotten: Some(version),
+                    } => self.forget(resource, version),
                     _ => {}
                 }
             }

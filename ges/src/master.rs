@@ -639,6 +639,11 @@ impl MasterState for LockResource {
         self.invalidate_value();
     }
 
+    fn forgotten_version(&self) -> Option<u64> {
+        let version = self.value().version;
+        (version > 0).then_some(version)
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         codec::put_u8(out, self.holder_count() as u8);
         for h in self.granted() {

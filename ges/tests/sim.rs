@@ -786,6 +786,18 @@ fn replay() {
     assert_eq!(format!("{a:?}"), format!("{b:?}"), "a seed replays exactly");
 }
 
+/// Seeds that once failed, with what they found.
+#[test]
+fn regression_seeds() {
+    // 109703: instance 3's release of a value (v14) was taken by the master, instance 2, but
+    // its acknowledgement died with an epoch change; instance 2 wrote v15, then its master
+    // table reclaimed the unused resource with its value, and at the next rebuild instance 3
+    // re-sent its unacknowledged v14 as valid: a stale value granted as current. Now a
+    // reclaimed value's version is remembered and handed to the new master as an
+    // invalidation.
+    run_checked(109_703);
+}
+
 #[test]
 fn same_seed_same_run() {
     for seed in [1, 2, 3] {

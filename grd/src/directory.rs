@@ -78,6 +78,12 @@ pub trait MasterState: Sized {
     /// came back to the table but may be older than what the dead master changed (GES
     /// invalidates the value block). Default: nothing.
     fn transfer_lost(&mut self) {}
+    /// What an entry dropped by reclaim leaves behind: a version that whatever the
+    /// resource's master knows of it next must be newer than (GES: its value block's, so
+    /// a stale copy of the value cannot come back as current). Default: nothing.
+    fn forgotten_version(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Directory knobs. All instances of a cluster must agree on `map`.
@@ -342,6 +348,8 @@ pub enum DirectoryEvent {
     Reclaimed {
         /// The resource.
         resource: ResourceId,
+        /// [`MasterState::forgotten_version`] of the entry dropped.
+        forgotten: Option<u64>,
     },
 }
 
@@ -847,9 +855,12 @@ impl<S: MasterState> Directory<S> {
                 continue;
             };
             if state.is_empty() {
+                let forgotten = state.forgotten_version();
                 self.table.remove(&resource);
-                self.events
-                    .push_back(DirectoryEvent::Reclaimed { resource });
+                self.events.push_back(DirectoryEvent::Reclaimed {
+                    resource,
+                    forgotten,
+                });
             } else {
                 let holders = state.holders();
                 self.events
@@ -995,7 +1006,8 @@ mod tests {
         assert_eq!(
             events[0],
             DirectoryEvent::Reclaimed {
-                resource: ResourceId::new(1, 1, 0)
+                resource: ResourceId::new(1, 1, 0),
+                forgotten: None,
             }
         );
         assert!(matches!(events[1], DirectoryEvent::ReclaimRequested { .. }));
