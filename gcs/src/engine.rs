@@ -252,6 +252,17 @@ pub(crate) struct Cached {
 }
 
 impl Cached {
+    /// The end of the ping-pong hold ([`GcsConfig::ping_pong_hold`]) on this copy, while it
+    /// runs at `now`: a ship waits for it, and local users take the copy meanwhile.
+    pub(crate) fn hold_until(
+        &self,
+        hold: std::time::Duration,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        let until = self.acquired_at + hold;
+        (!hold.is_zero() && self.mode == BlockMode::Exclusive && now < until).then_some(until)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.mode == BlockMode::Null
             && self.pi.is_none()

@@ -39,11 +39,8 @@ impl<D: MasterDirectory> Engine<D> {
         // A ship held back by damping waits for the hold, not for this request: local users
         // take the block meanwhile (batching a hot block's changes per visit is what the
         // hold is for). Once it is over they queue behind the ship, which cannot starve.
-        let hold = self.config.ping_pong_hold;
-        let held_for_damping = c.pending_ship.is_some()
-            && !hold.is_zero()
-            && c.mode == BlockMode::Exclusive
-            && now < c.acquired_at + hold;
+        let held_for_damping =
+            c.pending_ship.is_some() && c.hold_until(self.config.ping_pong_hold, now).is_some();
         if c.waiters.is_empty()
             && !c.releasing
             && (c.pending_ship.is_none() || held_for_damping)
@@ -217,9 +214,9 @@ impl<D: MasterDirectory> Engine<D> {
         if c.writing.is_some() || c.dependency.is_some() || c.pins > 0 {
             return;
         }
-        if !hold.is_zero() && c.mode == BlockMode::Exclusive && now < c.acquired_at + hold {
+        if let Some(until) = c.hold_until(hold, now) {
             // Ping-pong damping: keep a block we just got for a while (counted once per ship).
-            if self.timers.insert((c.acquired_at + hold, block)) {
+            if self.timers.insert((until, block)) {
                 self.metrics.ships_held += 1;
             }
             return;

@@ -3,51 +3,27 @@
 //! while the cluster rebuilds. The engine never panics, its outputs stay bounded, and
 //! afterwards it still grants locks to honest requests.
 
+mod support;
+
 use ges::{Engine, Event, GesConfig, LockMode, LockName, LockOptions, Message};
 use interconnect::sim::SimRng;
-use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
+use interconnect::{Epoch, Timestamp};
 use std::time::Duration;
-
-fn id(raw: u64) -> InstanceId {
-    InstanceId::new(raw).expect("small id")
-}
+use support::{granted, id};
 
 /// Three engines in epoch 1.
 fn cluster(now: Timestamp) -> Vec<Engine> {
-    let members: InstanceSet = (0..3).map(id).collect();
-    (0..3)
-        .map(|i| Engine::new(id(i), Epoch(1), members, GesConfig::default(), now).expect("engine"))
-        .collect()
+    support::cluster(GesConfig::default(), now)
 }
 
 /// Delivers messages between honest engines until quiet, recording their encodings.
 fn pump(engines: &mut [Engine], now: Timestamp, seen: &mut Vec<Vec<u8>>) -> Vec<Event> {
-    let mut events = Vec::new();
-    for _ in 0..64 {
-        let mut out = Vec::new();
-        for (i, engine) in engines.iter_mut().enumerate() {
-            while let Some((to, message)) = engine.poll_transmit() {
-                out.push((id(i as u64), to, message));
-            }
-            events.extend(std::iter::from_fn(|| engine.poll_event()));
-        }
-        if out.is_empty() {
-            break;
-        }
-        for (from, to, message) in out {
-            let mut bytes = Vec::new();
-            message.encode(&mut bytes);
-            seen.push(bytes);
-            engines[to.index()].handle_message(from, message, now);
-        }
-    }
-    events
-}
-
-fn granted(events: &[Event], name: LockName) -> bool {
-    events
-        .iter()
-        .any(|e| matches!(e, Event::Granted { name: n, .. } if *n == name))
+    support::pump_observed(engines, now, |message| {
+        let mut bytes = Vec::new();
+        message.encode(&mut bytes);
+        seen.push(bytes);
+    })
+    .concat()
 }
 
 #[test]

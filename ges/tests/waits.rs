@@ -2,39 +2,11 @@
 //! (here, one caching the lock after its release) is one wait at the lock's master and
 //! nowhere else; compatible requests and lock cache hits are none.
 
-use ges::{Engine, Event, GesConfig, LockMode, LockName, LockOptions};
-use interconnect::{Epoch, InstanceId, InstanceSet, Timestamp};
+mod support;
 
-fn id(raw: u64) -> InstanceId {
-    InstanceId::new(raw).expect("small id")
-}
-
-/// Delivers messages among `engines` until quiet; the events, by engine.
-fn pump(engines: &mut [Engine], now: Timestamp) -> Vec<Vec<Event>> {
-    let mut events = vec![Vec::new(); engines.len()];
-    for _ in 0..64 {
-        let mut out = Vec::new();
-        for (i, engine) in engines.iter_mut().enumerate() {
-            while let Some((to, message)) = engine.poll_transmit() {
-                out.push((id(i as u64), to, message));
-            }
-            events[i].extend(std::iter::from_fn(|| engine.poll_event()));
-        }
-        if out.is_empty() {
-            break;
-        }
-        for (from, to, message) in out {
-            engines[to.index()].handle_message(from, message, now);
-        }
-    }
-    events
-}
-
-fn granted(events: &[Event], name: LockName) -> bool {
-    events
-        .iter()
-        .any(|e| matches!(e, Event::Granted { name: n, .. } if *n == name))
-}
+use ges::{Engine, GesConfig, LockMode, LockOptions};
+use interconnect::Timestamp;
+use support::{cluster, granted, lock_mastered_by, pump};
 
 fn waits(engines: &[Engine]) -> Vec<u64> {
     engines.iter().map(|e| e.stats().waits).collect()
@@ -43,15 +15,9 @@ fn waits(engines: &[Engine]) -> Vec<u64> {
 #[test]
 fn a_request_queued_behind_a_holder_is_one_wait_at_the_master() {
     let now = Timestamp::from_nanos(1);
-    let members: InstanceSet = (0..3).map(id).collect();
-    let mut engines: Vec<Engine> = (0..3)
-        .map(|i| Engine::new(id(i), Epoch(1), members, GesConfig::default(), now).expect("engine"))
-        .collect();
+    let mut engines = cluster(GesConfig::default(), now);
     // A lock mastered by a third instance, so both requesters go through messages.
-    let name = (0..)
-        .map(|k| LockName::new(1, k, 0))
-        .find(|n| engines[0].directory().master_of(&n.resource()) == id(2))
-        .expect("some lock is mastered by instance 2");
+    let name = lock_mastered_by(&engines, 2);
     let opts = LockOptions::default();
 
     // Shared by both: compatible, no wait.

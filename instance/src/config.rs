@@ -217,13 +217,13 @@ pub enum ConfigProblem {
         /// How they conflict.
         problem: FailureConfigError,
     },
-    /// A value out of its limits (`[serve]`, `cache.ship_hold_us`, `cache.lock_hold_us`).
+    /// A value that cannot be used: out of its key's range, or against its rules.
     #[error("`{key}`: {why}")]
     Limit {
         /// The key.
         key: &'static str,
         /// Why.
-        why: &'static str,
+        why: std::borrow::Cow<'static, str>,
     },
     /// `instance` names no entry of `cluster.instances`.
     #[error("`instance`: instance {id} is not listed in `cluster.instances`")]
@@ -819,9 +819,25 @@ struct RawCache {
     lock_hold_us: Option<u64>,
 }
 
-/// The longest `cache.ship_hold_us` and `cache.lock_hold_us`: a hold delays every other instance that asks for the
-/// block, so it stays far below the seconds after which waiting transactions give up.
-pub const MAX_SHIP_HOLD_US: u64 = 100_000;
+/// The longest `cache.ship_hold_us` and `cache.lock_hold_us`: a hold delays every other
+/// instance that asks for the block or lock, so it stays far below the seconds after which
+/// waiting transactions give up.
+pub const MAX_HOLD_US: u64 = 100_000;
+
+/// `value` if absent or within `range`, else [`ConfigProblem::OutOfRange`] naming `key`.
+fn bounded(
+    key: &'static str,
+    value: Option<u64>,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, ConfigProblem> {
+    match value {
+        Some(v) if !range.contains(&v) => Err(ConfigProblem::Limit {
+            key,
+            why: format!("{v} is out of range ({}..={})", range.start(), range.end()).into(),
+        }),
+        _ => Ok(value),
+    }
+}
 
 /// `cache.lock_hold_us` when the configuration names none: a hot key's INCR from three
 /// instances went from 2,685 to 13,090/s with it, and spread or partitioned SETs did not
@@ -974,7 +990,7 @@ fn remaster(raw: &RawRemaster) -> Result<gcs::RemasterConfig, ConfigProblem> {
         None => Ok(default),
         Some(0) => Err(ConfigProblem::Limit {
             key,
-            why: "must be at least 1",
+            why: "must be at least 1".into(),
         }),
         Some(ms) => Ok(Duration::from_millis(ms)),
     };
@@ -984,7 +1000,7 @@ fn remaster(raw: &RawRemaster) -> Result<gcs::RemasterConfig, ConfigProblem> {
     if !(51..=100).contains(&dominance_percent) {
         return Err(ConfigProblem::Limit {
             key: "remaster.dominance_percent",
-            why: "must be 51-100 (an even split must never move a range back and forth)",
+            why: "must be 51-100 (an even split must never move a range back and forth)".into(),
         });
     }
     let min_accesses = raw
@@ -993,7 +1009,7 @@ fn remaster(raw: &RawRemaster) -> Result<gcs::RemasterConfig, ConfigProblem> {
     if min_accesses == 0 {
         return Err(ConfigProblem::Limit {
             key: "remaster.min_acquisitions",
-            why: "must be at least 1",
+            why: "must be at least 1".into(),
         });
     }
     Ok(gcs::RemasterConfig {
@@ -1030,13 +1046,8 @@ const MAX_TIMING_MS: u64 = 3_600_000;
 /// valid configuration.
 fn failure(heartbeat: &RawHeartbeat, storage: &RawStorage) -> Result<FailureConfig, ConfigProblem> {
     let defaults = FailureConfig::default();
-    let millis = |key, value: Option<u64>, default| match value {
-        None => Ok(default),
-        Some(ms @ 1..=MAX_TIMING_MS) => Ok(Duration::from_millis(ms)),
-        Some(_) => Err(ConfigProblem::Limit {
-            key,
-            why: "out of range (1..=3600000 ms)",
-        }),
+    let millis = |key, value, default| {
+        bounded(key, value, 1..=MAX_TIMING_MS).map(|ms| ms.map_or(default, Duration::from_millis))
     };
     let lease = millis("storage.lease_ms", storage.lease_ms, defaults.lease)?;
     let config = FailureConfig {
@@ -1089,15 +1100,10 @@ fn failure(heartbeat: &RawHeartbeat, storage: &RawStorage) -> Result<FailureConf
 }
 
 fn checkpoint_at(percent: Option<u64>) -> Result<u8, ConfigProblem> {
-    match percent.unwrap_or(u64::from(DEFAULT_CHECKPOINT_AT_REDO_PERCENT)) {
-        // Below 10% it would checkpoint all the time; above 95% commits would meet a full
-        // thread before the checkpoint frees it.
-        p @ 10..=95 => Ok(p as u8),
-        _ => Err(ConfigProblem::Limit {
-            key: "storage.checkpoint_at_redo_percent",
-            why: "out of range (10..=95)",
-        }),
-    }
+    // Below 10% it would checkpoint all the time; above 95% commits would meet a full
+    // thread before the checkpoint frees it.
+    let percent = bounded("storage.checkpoint_at_redo_percent", percent, 10..=95)?;
+    Ok(percent.map_or(DEFAULT_CHECKPOINT_AT_REDO_PERCENT, |p| p as u8))
 }
 
 fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
@@ -1107,7 +1113,7 @@ fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
         (Some(_), Some(_)) => {
             return Err(ConfigProblem::Limit {
                 key: "serve.requirepass",
-                why: "give requirepass or requirepass_file, not both",
+                why: "give requirepass or requirepass_file, not both".into(),
             });
         }
         (inline, file) => {
@@ -1117,21 +1123,12 @@ fn serve(raw: &RawServe, base: &Path) -> Result<ServeConfig, ConfigProblem> {
             if bytes.is_empty() {
                 return Err(ConfigProblem::Limit {
                     key: "serve.requirepass",
-                    why: "the password is empty",
+                    why: "the password is empty".into(),
                 });
             }
             Some(Secret(bytes))
         }
     };
-    let bounded =
-        |key: &'static str, value: Option<u64>, range: std::ops::RangeInclusive<u64>| match value {
-            None => Ok(None),
-            Some(v) if range.contains(&v) => Ok(Some(v)),
-            Some(_) => Err(ConfigProblem::Limit {
-                key,
-                why: "out of range",
-            }),
-        };
     let maxclients = bounded("serve.maxclients", raw.maxclients, 1..=100_000)?;
     let io_threads = bounded("serve.io_threads", raw.io_threads, 1..=256)?;
     let buffer = bounded(
@@ -1307,26 +1304,17 @@ fn cache(raw: &RawCache) -> Result<CacheConfig, ConfigProblem> {
         .ok()
         .filter(|f| (1..=MAX_FRAMES).contains(f))
         .ok_or(ConfigProblem::Frames { value: frames })?;
-    let ship_hold_us = raw.ship_hold_us.unwrap_or(0);
-    if ship_hold_us > MAX_SHIP_HOLD_US {
-        return Err(ConfigProblem::Limit {
-            key: "cache.ship_hold_us",
-            why: "at most 100000 (100 ms): a hold delays every other instance that asks for the block",
-        });
-    }
-    let lock_hold_us = raw.lock_hold_us.unwrap_or(DEFAULT_LOCK_HOLD_US);
-    if lock_hold_us > MAX_SHIP_HOLD_US {
-        return Err(ConfigProblem::Limit {
-            key: "cache.lock_hold_us",
-            why: "at most 100000 (100 ms): a hold delays every other instance that asks for the lock",
-        });
-    }
+    let hold = |key, value, default| {
+        bounded(key, value, 0..=MAX_HOLD_US).map(|us| Duration::from_micros(us.unwrap_or(default)))
+    };
+    let ship_hold = hold("cache.ship_hold_us", raw.ship_hold_us, 0)?;
+    let lock_hold = hold("cache.lock_hold_us", raw.lock_hold_us, DEFAULT_LOCK_HOLD_US)?;
     Ok(CacheConfig {
         frames,
         block_size,
         ship_policy: raw.ship_policy,
-        ship_hold: Duration::from_micros(ship_hold_us),
-        lock_hold: Duration::from_micros(lock_hold_us),
+        ship_hold,
+        lock_hold,
     })
 }
 

@@ -30,7 +30,7 @@
 use bench::{LatencySummary, latency_histogram, record};
 use hdrhistogram::Histogram;
 use instance::api::Instance;
-use instance::config::{InstanceConfig, MAX_SHIP_HOLD_US};
+use instance::config::{InstanceConfig, MAX_HOLD_US};
 use instance::format::{self, ClusterSpec};
 use interconnect::ClusterId;
 use std::path::{Path, PathBuf};
@@ -102,7 +102,7 @@ fn parse_args() -> Result<Options, String> {
             "--holds" => {
                 o.holds = value()?
                     .split(',')
-                    .map(|h| h.parse().ok().filter(|&h| h <= MAX_SHIP_HOLD_US))
+                    .map(|h| h.parse().ok().filter(|&h| h <= MAX_HOLD_US))
                     .collect::<Option<_>>()
                     .ok_or("--holds takes microseconds, 0 to 100000, comma-separated")?
             }
