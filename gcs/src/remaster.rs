@@ -10,10 +10,11 @@
 //!
 //! # Protocol (object `O`, old master `M`, new master `T`, any other member `X`)
 //!
-//! 1. `M` removes `O`'s block states from its table (holders, modes, SCNs, past images, the
-//!    FIFO, the grant in flight), installs the override `O -> T` for itself and sends the
-//!    states in `Transfer` chunks. From then on `M`'s own messages for `O` go to `T` on the
-//!    same link, after the chunks.
+//! 1. `M` serves its own self-addressed steps still queued (they were sent to it as `O`'s
+//!    master), then removes `O`'s block states from its table (holders, modes, SCNs, past
+//!    images, the FIFO, the grant in flight), installs the override `O -> T` for itself and
+//!    sends the states in `Transfer` chunks. From then on `M`'s own messages for `O` go to
+//!    `T` on the same link, after the chunks.
 //! 2. `T` imports them; on the last chunk it installs `O -> T` and answers `TransferAck`.
 //! 3. `M` broadcasts `Override` to every `X`, which installs it and answers `OverrideSeen`.
 //!
@@ -230,6 +231,11 @@ impl<D: MasterDirectory> Engine<D> {
         now: Timestamp,
     ) -> Result<(), GcsError> {
         let object = object_of(block);
+        // Our own steps still queued were sent to this instance as the object's master (a
+        // request retry's Acquire, re-sent by the timer that runs the policy): serve them
+        // while it still is. Past the override they would reach a master that no longer
+        // masters the object, and the gate hands on only other members' late messages.
+        self.pump(now);
         let refuse = |why| Err(GcsError::CannotRemaster { object, why });
         if !self.settled() {
             return refuse("a reconfiguration or recovery scan is in progress");

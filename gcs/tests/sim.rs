@@ -204,6 +204,17 @@ fn replay() {
     summarize("replay", 1, &stats, Duration::ZERO);
 }
 
+/// Seeds that once failed, with what they found.
+#[test]
+fn regression_seeds() {
+    // 1060330: the master of an object with a full table answered its own request Retry;
+    // the retry timer re-sent the Acquire to itself, and the remaster policy, run by the
+    // same timeout before that self-addressed step was served, moved the object away. The
+    // step then reached a master that no longer mastered the block ("acquire sent to a
+    // non-master", a protocol error). A move now serves the queued steps first.
+    run_seed(SimConfig::from_seed(1_060_330));
+}
+
 #[test]
 fn failing_seeds_replay_exactly() {
     for seed in [3, 77, 1234] {
