@@ -279,7 +279,8 @@ struct Conn<T> {
     outbox: Arc<Outbox<T>>,
     last_activity: Instant,
     /// The socket may hold unread bytes: events are edge-triggered, so a client is read
-    /// until its socket would block before the loop waits for it again.
+    /// until its socket would block, or a read comes back short, before the loop waits for
+    /// it again.
     readable: bool,
     /// Since when a send of its replies has been cut short (a client that reads nothing).
     stuck_since: Option<Instant>,
@@ -605,6 +606,13 @@ fn read_requests<T>(
             Ok(n) => {
                 conn.input.extend_from_slice(&chunk[..n]);
                 read += n;
+                if n < chunk.len() {
+                    // A short read took all the socket held: edge-triggered events fire
+                    // again on the next arrival, so asking once more until it would block
+                    // (a second system call per request) is not needed.
+                    conn.readable = false;
+                    break;
+                }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 conn.readable = false;
