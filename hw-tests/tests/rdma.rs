@@ -102,6 +102,7 @@ fn child_rdma_echo() {
                 _ => {}
             }
         }
+        t.flush().unwrap();
     }
 }
 
@@ -147,6 +148,7 @@ fn two_processes_ping_pong_blocks_over_rdma() {
         body.push(round as u8);
         let sent = Instant::now();
         t.send(id(0), &message(&body, None)).unwrap();
+        t.flush().unwrap();
         events.clear();
         assert!(
             poll_until(

@@ -1396,6 +1396,9 @@ impl Setting<'_> {
                         },
                     );
                 }
+                // They leave before the slot I/O below (which waits on storage); a broken
+                // connection shows at the next poll.
+                let _ = transport.flush();
                 match entry.poll_io() {
                     Some(EntryIo::SlotRound) => {
                         let mut slot = format::read_slot(self.storage.as_ref(), self.layout, me)?;

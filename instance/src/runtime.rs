@@ -1020,6 +1020,8 @@ impl<T: Transport> Driver<T> {
 
     /// Stops serving: no more I/O (the lease is revoked), every waiting user gets the reason.
     fn halt(&mut self, reason: String) {
+        // What was sent before the stop leaves as it would have without batching.
+        self.flush_transport();
         self.context.lease.revoke();
         // The node's last events (why it stopped) still go to the log.
         self.drain_events();
@@ -1394,9 +1396,21 @@ impl<T: Transport> Driver<T> {
                 self.complete(completion);
             }
             if !pass {
+                self.flush_transport();
                 return any;
             }
             any = true;
+        }
+    }
+
+    /// Hands the frames this pass sent to the wire: a transport may hold them to send each
+    /// peer's with one system call (tcp), and only this or its next poll lets them go. Every
+    /// drain ends here, so nothing waits on a park, a spin or a user thread's return.
+    fn flush_transport(&mut self) {
+        if let Some(transport) = self.transport.as_mut()
+            && let Err(e) = transport.flush()
+        {
+            tracing::warn!("transport: {e}");
         }
     }
 

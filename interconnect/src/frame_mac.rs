@@ -67,6 +67,15 @@ impl FrameMac {
         tag
     }
 
+    /// Takes back the tags of the last `frames` frames [`FrameMac::tag`] tagged: a sender
+    /// that tagged frames ahead of the wire (a batch) and had some of them not even begin to
+    /// leave tags them again, maybe in another order, when they do leave. Never call it for
+    /// a frame any byte of which went out.
+    #[cfg(feature = "tcp")]
+    pub(crate) fn withdraw(&mut self, frames: u64) {
+        self.sequence = self.sequence.wrapping_sub(frames);
+    }
+
     /// Checks the tag of the next frame received in this direction (constant time); advances
     /// the sequence either way (a connection whose check failed is closed).
     pub fn check(

@@ -1,6 +1,6 @@
-//! The TCP transport (mio): one authenticated connection per peer pair, frames written with
-//! `writev` straight from the caller's memory, block payloads read straight into the
-//! receiver's armed frame.
+//! The TCP transport (mio): one authenticated connection per peer pair, each peer's frames of
+//! a pass written with one `sendmsg`, block payloads read straight into the receiver's armed
+//! frame.
 //!
 //! **Connections.** Each instance dials the configured peers with a *lower* id and accepts
 //! from those with a higher id, so a pair never races two connections. Every connection runs
@@ -15,12 +15,32 @@
 //! redials with exponential backoff (`reconnect_min` doubling to `reconnect_max`). A peer that
 //! authenticates again (it restarted) replaces its old connection.
 //!
-//! **Sending.** [`TcpTransport::send`] writes `header | body | block` with one `writev` when
-//! nothing is queued for that peer, so the block goes from the source frame to the kernel with
-//! no copy in user space. Whatever the socket does not take is copied into a per-peer queue,
-//! one queue per [`Priority`], drained most urgent first (a partly written frame is finished
-//! first: frames never interleave). Queues are bounded (`queue_limit` frames per priority):
-//! past it `send` returns [`SendError::QueueFull`], which is back-pressure, not loss.
+//! **Sending.** A driver pass often has several frames for one peer (GCS and GES messages,
+//! acknowledgements), and on loopback a `sendmsg` costs more than the copy of a frame, so
+//! frames leave in batches: one `sendmsg` per peer per pass instead of one per frame.
+//!
+//! * *Held.* When nothing is queued for the peer, [`TcpTransport::send`] copies
+//!   `header | body | block` into the connection's batch (one buffer, frames end to end in
+//!   send order, with room for each frame's MAC tag) and returns; the caller's memory (a
+//!   block read under its latch) is free again.
+//! * *Leaving.* [`Transport::flush`] (which a driver calls at the end of each pass, and
+//!   [`Transport::poll`] calls before anything else) tags the batch's frames in send order
+//!   and writes the whole batch with one `sendmsg`. A batch that reaches [`BATCH_BYTES`], or
+//!   `queue_limit` frames of one priority, is written at once by the `send` that would pass
+//!   that, so a batch stays bounded (and needs one iovec, far under `IOV_MAX`).
+//! * *Queued.* What the socket does not take goes to the per-peer queues, exactly as a
+//!   direct write's remainder did before batches: the frame cut in the middle is finished
+//!   first (frames never interleave), and the frames that did not begin are copied into one
+//!   queue per [`Priority`] (their tags taken back: a frame is tagged when it leaves),
+//!   drained most urgent first. While anything is queued, `send` queues too, and the flush
+//!   (or the socket's next writable edge) drains the queues.
+//!
+//! So the wire order is the order of `send` while the peer keeps up, and by priority, FIFO
+//! within each, once it does not: a critical frame waits behind at most the one frame on
+//! the wire, as before. Queues are bounded (`queue_limit` frames per priority, the frames a
+//! batch holds included): past it `send` returns [`SendError::QueueFull`], which is
+//! back-pressure, not loss. [`TcpStats::send_calls`] against [`TcpStats::frames_sent`] shows
+//! the frames per system call.
 //!
 //! **Receiving.** The reader takes the 64-byte header, validates it (fields, cluster,
 //! destination, and that the source is the connection's authenticated peer), then reads the
@@ -168,10 +188,14 @@ impl TcpConfig {
 /// Counters of one transport.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcpStats {
-    /// Frames handed to the kernel or queued.
+    /// Frames `send` accepted (held in a batch or queued; the kernel gets them later).
     pub frames_sent: u64,
-    /// Frames sent with one direct `writev` (no user-space copy).
+    /// Frames that went to the kernel whole with the `sendmsg` of the batch that held them,
+    /// never queued (the rest met back-pressure: the socket took none or part of them).
     pub frames_sent_direct: u64,
+    /// `sendmsg` calls on connections (batches, queued frames, handshake records):
+    /// `frames_sent / send_calls` is about the frames per system call.
+    pub send_calls: u64,
     /// Frames received and delivered.
     pub frames_received: u64,
     /// Block payloads that landed in an armed frame.
@@ -453,16 +477,64 @@ impl Reader {
     }
 }
 
+/// Most bytes a connection's batch holds before the `send` that would pass it writes the
+/// batch out (a single larger frame is held alone).
+pub const BATCH_BYTES: usize = 256 << 10;
+
+/// Frames [`TcpTransport::send`] holds for a connection until the next flush: their bytes
+/// end to end in send order, each followed by room for its MAC tag on a connection with
+/// frame MACs (filled when the batch leaves).
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// Each frame's end in `bytes` (its tag's room included) and its priority.
+    frames: Vec<(usize, Priority)>,
+    /// Frames held per priority: they count toward `queue_limit`.
+    held: [usize; Priority::COUNT],
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Whether a frame of `len` bytes and `priority` would take the batch past its bounds.
+    fn is_full_for(&self, len: usize, priority: Priority, queue_limit: usize) -> bool {
+        !self.is_empty()
+            && (self.bytes.len() + len > BATCH_BYTES || self.held[priority.index()] >= queue_limit)
+    }
+
+    fn push(&mut self, parts: &[&[u8]], tag_len: usize, priority: Priority) {
+        for part in parts {
+            self.bytes.extend_from_slice(part);
+        }
+        self.bytes.resize(self.bytes.len() + tag_len, 0);
+        self.frames.push((self.bytes.len(), priority));
+        self.held[priority.index()] += 1;
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.frames.clear();
+        self.held = [0; Priority::COUNT];
+    }
+}
+
 #[derive(Default)]
 struct OutQueue {
     /// The frame partly written; finished before anything else.
     current: Option<(Vec<u8>, usize)>,
     queues: [VecDeque<Vec<u8>>; Priority::COUNT],
+    /// Frames held for the next flush; only while nothing is queued (`is_idle`).
+    batch: Batch,
     /// Tags frames as they go on the wire (connections with frame MACs).
     mac: Option<FrameMac>,
+    /// The connection is on the transport's list for the next flush.
+    listed: bool,
 }
 
 impl OutQueue {
+    /// Nothing written in part or queued: a new frame may join the batch.
     fn is_idle(&self) -> bool {
         self.current.is_none() && self.queues.iter().all(VecDeque::is_empty)
     }
@@ -593,6 +665,9 @@ pub struct TcpTransport {
     refusals_in_window: u32,
     /// Established connections that used up their read budget with bytes maybe left.
     unread: Vec<Token>,
+    /// Connections whose batch holds frames, or whose queues got frames from `send`: the
+    /// next flush writes them.
+    to_flush: Vec<Token>,
 }
 
 /// While busy polling, read established connections directly and ask epoll only every this
@@ -696,6 +771,7 @@ impl TcpTransport {
             refusal_window: Instant::now(),
             refusals_in_window: 0,
             unread: Vec::new(),
+            to_flush: Vec::new(),
             wakeup,
             stats: TcpStats::default(),
         })
@@ -1020,7 +1096,7 @@ impl TcpTransport {
             };
             conn.out.current = Some((hello.to_vec(), 0));
         }
-        flush(conn)
+        drain_queues(conn, &mut self.stats)
     }
 
     fn on_readable(&mut self, token: Token, events: &mut Vec<TransportEvent>) -> Result<(), Close> {
@@ -1043,7 +1119,7 @@ impl TcpTransport {
                     match dialer.on_record(&record.buf) {
                         Ok(DialerStep::Send(proof)) => {
                             conn.out.current = Some((proof.to_vec(), 0));
-                            flush(conn)?;
+                            drain_queues(conn, &mut self.stats)?;
                         }
                         Ok(DialerStep::Established { frame_mac }) => {
                             use_frame_mac(conn, frame_mac);
@@ -1066,7 +1142,7 @@ impl TcpTransport {
                     match acceptor.on_record(&record.buf, is_peer) {
                         Ok(AcceptorStep::Send(challenge)) => {
                             conn.out.current = Some((challenge.to_vec(), 0));
-                            flush(conn)?;
+                            drain_queues(conn, &mut self.stats)?;
                         }
                         Ok(AcceptorStep::Established {
                             verdict,
@@ -1075,7 +1151,7 @@ impl TcpTransport {
                         }) => {
                             use_frame_mac(conn, frame_mac);
                             conn.out.current = Some((verdict.to_vec(), 0));
-                            flush(conn)?;
+                            drain_queues(conn, &mut self.stats)?;
                             conn.phase = Phase::Established { peer };
                             self.established(token, peer, events);
                         }
@@ -1269,8 +1345,9 @@ fn send_nosignal(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> 
 }
 
 /// Writes queued bytes until the socket would block.
-fn flush(conn: &mut Conn) -> Result<(), Close> {
+fn drain_queues(conn: &mut Conn, stats: &mut TcpStats) -> Result<(), Close> {
     while let Some((frame, written)) = conn.out.next() {
+        stats.send_calls += 1;
         match send_nosignal(&conn.stream, &[IoSlice::new(&frame[*written..])]) {
             Ok(0) => {
                 return Err(Close::closed("socket closed while writing".into()));
@@ -1286,6 +1363,63 @@ fn flush(conn: &mut Conn) -> Result<(), Close> {
             Err(e) => return Err(Close::io(&e)),
         }
     }
+    Ok(())
+}
+
+/// Writes a connection's batch with one `sendmsg` (its frames tagged first, in send order);
+/// what the socket does not take is queued as a back-pressured frame is: the frame cut in the
+/// middle is finished first, the frames not begun go to their priority's queue untagged.
+/// Queues are empty while a batch holds frames, so this keeps them within `queue_limit`.
+fn write_batch(conn: &mut Conn, stats: &mut TcpStats) -> Result<(), Close> {
+    let Conn { stream, out, .. } = conn;
+    let OutQueue {
+        current,
+        queues,
+        batch,
+        mac,
+        ..
+    } = out;
+    debug_assert!(current.is_none() && queues.iter().all(VecDeque::is_empty));
+    let tag_len = if mac.is_some() { FRAME_MAC_LEN } else { 0 };
+    if let Some(mac) = mac.as_mut() {
+        let mut start = 0;
+        for &(end, _) in &batch.frames {
+            let tag = mac.tag(&[&batch.bytes[start..end - tag_len]]);
+            batch.bytes[end - tag_len..end].copy_from_slice(&tag);
+            start = end;
+        }
+    }
+    let written = loop {
+        stats.send_calls += 1;
+        match send_nosignal(stream, &[IoSlice::new(&batch.bytes)]) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                batch.clear();
+                return Err(Close::io(&e));
+            }
+        }
+    };
+    let mut start = 0;
+    let mut not_begun = 0u64;
+    for &(end, priority) in &batch.frames {
+        if end <= written {
+            stats.frames_sent_direct += 1;
+        } else if start < written {
+            *current = Some((batch.bytes[start..end].to_vec(), written - start));
+        } else {
+            queues[priority.index()].push_back(batch.bytes[start..end - tag_len].to_vec());
+            not_begun += 1;
+        }
+        start = end;
+    }
+    if not_begun > 0
+        && let Some(mac) = mac.as_mut()
+    {
+        mac.withdraw(not_begun);
+    }
+    batch.clear();
     Ok(())
 }
 
@@ -1326,51 +1460,64 @@ impl Transport for TcpTransport {
         let mut header = [0u8; HEADER_LEN];
         let crc = crate::frame::payload_crc(frame.body, block);
         header_for(frame, self.config.cluster, self.config.local, to, crc).encode(&mut header);
-        if conn.out.is_idle() {
-            self.stats.frames_sent += 1;
-            let tag = conn
-                .out
-                .mac
-                .as_mut()
-                .map(|mac| mac.tag(&[&header, frame.body, block]));
-            let tag: &[u8] = tag.as_ref().map_or(&[], |t| &t[..]);
-            let total = HEADER_LEN + frame.body.len() + block.len() + tag.len();
-            let iov = [
-                IoSlice::new(&header),
-                IoSlice::new(frame.body),
-                IoSlice::new(block),
-                IoSlice::new(tag),
-            ];
-            let written = loop {
-                match send_nosignal(&conn.stream, &iov) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        self.broken.push((token, e.to_string()));
-                        return Err(SendError::NotConnected(to));
-                    }
-                }
-            };
-            if written == total {
-                self.stats.frames_sent_direct += 1;
-                return Ok(());
+        let priority = frame.priority;
+        let limit = self.config.queue_limit;
+        let tag_len = if conn.out.mac.is_some() {
+            FRAME_MAC_LEN
+        } else {
+            0
+        };
+        let len = HEADER_LEN + frame.body.len() + block.len() + tag_len;
+        if conn.out.is_idle() && conn.out.batch.is_full_for(len, priority, limit) {
+            // The batch is at its bound: it leaves now, and this frame starts the next one
+            // (or queues behind what the socket did not take).
+            if let Err(close) = write_batch(conn, &mut self.stats) {
+                self.broken.push((token, close.reason));
+                return Err(SendError::NotConnected(to));
             }
-            conn.out.current = Some((concat(&[&header, frame.body, block, tag]), written));
+        }
+        if !conn.out.listed {
+            conn.out.listed = true;
+            self.to_flush.push(token);
+        }
+        if conn.out.is_idle() {
+            conn.out
+                .batch
+                .push(&[&header, frame.body, block], tag_len, priority);
+            self.stats.frames_sent += 1;
             return Ok(());
         }
-        let queue = &mut conn.out.queues[frame.priority.index()];
-        if queue.len() >= self.config.queue_limit {
-            return Err(SendError::QueueFull {
-                peer: to,
-                priority: frame.priority,
-            });
+        // Behind frames the socket has not taken: by priority, as back-pressure wants.
+        let queue = &mut conn.out.queues[priority.index()];
+        if queue.len() >= limit {
+            return Err(SendError::QueueFull { peer: to, priority });
         }
         queue.push_back(concat(&[&header, frame.body, block]));
         self.stats.frames_sent += 1;
-        if let Err(close) = flush(conn) {
-            self.broken.push((token, close.reason));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), TransportError> {
+        let mut listed = std::mem::take(&mut self.to_flush);
+        for &token in &listed {
+            let Some(conn) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            conn.out.listed = false;
+            // A batch means nothing was queued: write it. Frames `send` queued behind others
+            // get a try now (the socket's writable edge would bring them later otherwise).
+            let written = if conn.out.batch.is_empty() {
+                drain_queues(conn, &mut self.stats)
+            } else {
+                write_batch(conn, &mut self.stats)
+            };
+            if let Err(close) = written {
+                // Reported (and the connection closed) by the poll, as a failed send is.
+                self.broken.push((token, close.reason));
+            }
         }
+        listed.clear();
+        self.to_flush = listed;
         Ok(())
     }
 
@@ -1379,6 +1526,10 @@ impl Transport for TcpTransport {
         events: &mut Vec<TransportEvent>,
         timeout: Duration,
     ) -> Result<(), TransportError> {
+        // Frames held by `send` leave before anything is read or waited for.
+        if !self.to_flush.is_empty() {
+            self.flush()?;
+        }
         let now = Instant::now();
         if now >= self.timers_due || !self.broken.is_empty() {
             self.run_timers(now, events);

@@ -192,11 +192,29 @@ pub trait Transport {
     /// This instance.
     fn local(&self) -> InstanceId;
 
-    /// Queues (or directly writes) a frame to `to`.
+    /// Accepts a frame for `to`: writes it, or holds it until [`Transport::flush`] or the
+    /// next [`Transport::poll`] (a transport that batches, such as tcp, sends every frame a
+    /// pass gave one peer with one system call), or queues it behind what the peer has not
+    /// taken yet. The frame's bytes are copied or sent before this returns: the caller's
+    /// memory is free again. `Ok` means accepted, never delivered.
     fn send(&mut self, to: InstanceId, frame: &Outgoing<'_>) -> Result<(), SendError>;
 
-    /// Does pending I/O and appends what happened to `events`. Waits up to `timeout` for
-    /// something to happen when nothing is ready (`Duration::ZERO`: never waits).
+    /// Hands every frame [`Transport::send`] holds to the wire (as much as each peer takes;
+    /// the rest queues as any back-pressured frame does).
+    ///
+    /// A driver calls it once after each pass of sends, before it waits for anything (a
+    /// park, a reply, a spin without polling): a frame held past that adds the whole wait to
+    /// its latency. [`Transport::poll`] flushes first too, so nothing is ever stranded when a
+    /// caller forgets, but a caller that does not poll at once must flush. A connection that
+    /// breaks here is reported by the next poll, as one that breaks in `send` is. The default
+    /// does nothing: for transports whose `send` writes at once (shm, rdma's data plane, sim).
+    fn flush(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    /// Flushes what [`Transport::send`] holds, does pending I/O and appends what happened to
+    /// `events`. Waits up to `timeout` for something to happen when nothing is ready
+    /// (`Duration::ZERO`: never waits).
     fn poll(
         &mut self,
         events: &mut Vec<TransportEvent>,

@@ -381,3 +381,158 @@ fn a_waker_ends_a_blocking_poll_from_another_thread() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(events.is_empty(), "{events:?}");
 }
+
+/// The Message and BlockLanded events' (priority, body), in arrival order.
+fn arrivals(events: &[TransportEvent]) -> Vec<(Priority, Vec<u8>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TransportEvent::Message { header, body }
+            | TransportEvent::BlockLanded { header, body, .. } => {
+                Some((header.priority, body.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn frames_sent_before_one_flush_leave_with_one_sendmsg_intact_and_in_order() {
+    let (mut zero, mut one) = pair(SECRET, 7);
+    pump(&mut zero, &mut one, |a, b| connected(a) && connected(b));
+    let before = one.stats();
+    // A pass's worth of frames for one peer: every priority, mixed, and a block.
+    let block: Vec<u8> = (0..8192u32).map(|i| (i * 13 + 1) as u8).collect();
+    let token = zero.region().claim(2).unwrap().arm(id(1));
+    let mut sent = Vec::new();
+    for n in 0..24u8 {
+        let priority = Priority::ALL[usize::from(n) % Priority::COUNT];
+        let body = vec![n; 100 + usize::from(n) * 37];
+        let mut frame = message(priority, &body);
+        if n == 9 {
+            frame.block = Some(interconnect::OutgoingBlock {
+                bytes: &block,
+                landing: token,
+            });
+        }
+        one.send(id(0), &frame).unwrap();
+        sent.push((priority, body));
+    }
+    assert_eq!(
+        one.stats().send_calls,
+        before.send_calls,
+        "send holds the frames until the flush"
+    );
+    one.flush().unwrap();
+    let after = one.stats();
+    assert_eq!(after.send_calls, before.send_calls + 1, "{after:?}");
+    assert_eq!(after.frames_sent, before.frames_sent + 24, "{after:?}");
+    assert_eq!(
+        after.frames_sent_direct,
+        before.frames_sent_direct + 24,
+        "{after:?}"
+    );
+    // An idle socket took them all: they arrive in the order sent, priorities included.
+    let (received, _) = pump(&mut zero, &mut one, |a, _| arrivals(a).len() == sent.len());
+    assert_eq!(arrivals(&received), sent);
+    let landed = zero.region().take_landed(token).unwrap();
+    assert_eq!(&landed[..], &block[..], "the block lands byte-exact");
+    // Nothing held: another flush writes nothing.
+    one.flush().unwrap();
+    assert_eq!(one.stats().send_calls, after.send_calls);
+}
+
+#[test]
+fn poll_sends_what_send_holds_without_a_flush() {
+    let (mut zero, mut one) = pair(SECRET, 7);
+    pump(&mut zero, &mut one, |a, b| connected(a) && connected(b));
+    let calls = one.stats().send_calls;
+    let sent: Vec<Vec<u8>> = (0..3u8).map(|n| vec![n; 10]).collect();
+    for body in &sent {
+        one.send(id(0), &message(Priority::Normal, body)).unwrap();
+    }
+    assert_eq!(
+        one.stats().send_calls,
+        calls,
+        "held until a flush or a poll"
+    );
+    let mut events = Vec::new();
+    one.poll(&mut events, Duration::ZERO).unwrap();
+    assert_eq!(one.stats().send_calls, calls + 1, "the poll sent the batch");
+    let (received, _) = pump(&mut zero, &mut one, |a, _| bodies(a).len() == sent.len());
+    assert_eq!(bodies(&received), sent);
+}
+
+#[test]
+fn a_peer_that_does_not_read_gets_queue_full_within_bounds_and_urgent_frames_overtake() {
+    // Instance 0 does not read while 1 sends and never flushes: the batches that reach their
+    // bound leave from `send`, the socket fills, then the queue; back-pressure comes after at
+    // most `queue_limit` frames beyond what the socket took.
+    const LIMIT: usize = 16;
+    let zero = transport(7, 0, vec![(id(1), any_port())], SECRET);
+    let addr = zero.local_addr().unwrap();
+    let mut config = TcpConfig::new(
+        ClusterId(7),
+        id(1),
+        any_port(),
+        vec![(id(0), addr)],
+        SECRET.to_vec(),
+    );
+    config.queue_limit = LIMIT;
+    let mut one = TcpTransport::bind(config, BlockRegion::anonymous(8, 8192).unwrap()).unwrap();
+    let mut zero = zero;
+    pump(&mut zero, &mut one, |a, b| connected(a) && connected(b));
+    let before = one.stats();
+    let mut body = [3u8; 2000];
+    let mut accepted = 0u32;
+    let full = loop {
+        body[..4].copy_from_slice(&accepted.to_le_bytes());
+        match one.send(id(0), &message(Priority::Low, &body)) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 1_000_000, "never pushed back");
+    };
+    assert_eq!(
+        full,
+        SendError::QueueFull {
+            peer: id(0),
+            priority: Priority::Low
+        }
+    );
+    let stats = one.stats();
+    let waiting = (stats.frames_sent - stats.frames_sent_direct) as usize;
+    assert!(
+        waiting <= LIMIT + 1,
+        "{waiting} frames wait in user space (at most the queue and one on the wire): {stats:?}"
+    );
+    assert!(
+        stats.send_calls - before.send_calls < u64::from(accepted),
+        "batches, not a call per frame: {stats:?} for {accepted} frames"
+    );
+    // Other priorities have their own room, and a critical frame overtakes the queued bulk.
+    one.send(id(0), &message(Priority::Critical, b"urgent"))
+        .unwrap();
+    let (events, _) = pump(&mut zero, &mut one, |a, _| {
+        arrivals(a).len() as u32 == accepted + 1
+    });
+    let got = arrivals(&events);
+    let urgent = got
+        .iter()
+        .position(|(p, b)| *p == Priority::Critical && b == b"urgent")
+        .unwrap();
+    assert!(
+        urgent + LIMIT < got.len(),
+        "the critical frame came after queued bulk: at {urgent} of {}",
+        got.len()
+    );
+    let bulk: Vec<u32> = got
+        .iter()
+        .filter(|(p, _)| *p == Priority::Low)
+        .map(|(_, b)| {
+            assert!(b[4..].iter().all(|&x| x == 3), "intact");
+            u32::from_le_bytes(b[..4].try_into().unwrap())
+        })
+        .collect();
+    assert_eq!(bulk, (0..accepted).collect::<Vec<_>>(), "bulk stays FIFO");
+}

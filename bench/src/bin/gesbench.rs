@@ -160,6 +160,8 @@ impl Node {
             };
             self.transport.send(to, &frame)?;
         }
+        // They leave together, before the next wait.
+        self.transport.flush()?;
         let now = self.now();
         if self.engine.poll_timeout().is_some_and(|at| at <= now) {
             self.engine.handle_timeout(now);

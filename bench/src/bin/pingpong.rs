@@ -217,6 +217,8 @@ fn serve<T: Transport>(t: &mut T, options: &Options) -> Result<(), Error> {
                 _ => {}
             }
         }
+        // The replies of this batch leave together, before the next wait.
+        t.flush()?;
     }
 }
 
@@ -241,6 +243,7 @@ fn client<T: Transport>(
         request[..8].copy_from_slice(&token.map_or(0, LandingToken::to_wire).to_le_bytes());
         let sent = Instant::now();
         t.send(server, &message(&request, None))?;
+        t.flush()?;
         'reply: loop {
             wait(
                 t,

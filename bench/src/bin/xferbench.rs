@@ -252,6 +252,8 @@ fn fusion_server(options: &Options) -> Result<(), Error> {
                 _ => {}
             }
         }
+        // The blocks of this batch leave together, before the next wait.
+        t.flush()?;
     }
 }
 
@@ -276,6 +278,7 @@ fn fusion_client(options: &Options) -> Result<Rate, Error> {
         let token = region.claim(frame)?.arm(server);
         send(&mut t, &mut request, token)?;
     }
+    t.flush()?;
     let warmup = Duration::from_secs_f64(options.seconds / 10.0);
     let span = Duration::from_secs_f64(options.seconds);
     let start = Instant::now();
@@ -304,6 +307,8 @@ fn fusion_client(options: &Options) -> Result<Rate, Error> {
                 _ => {}
             }
         }
+        // The requests of this batch leave together, before the next wait.
+        t.flush()?;
         let now = Instant::now();
         match timed {
             None if now.duration_since(start) >= warmup => timed = Some((now, landed)),

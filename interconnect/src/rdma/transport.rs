@@ -579,14 +579,14 @@ impl RdmaTransport {
     /// Posts queued frames and owed credits for every peer that is up.
     fn flush_all(&mut self, now: Instant, events: &mut Vec<TransportEvent>) {
         for peer in 0..self.peers.len() {
-            if let Err(e) = self.flush(peer) {
+            if let Err(e) = self.post_queued(peer) {
                 let actions = self.peers[peer].conn.qp_failed(&e.to_string());
                 self.apply(peer, actions, now, events);
             }
         }
     }
 
-    fn flush(&mut self, peer: usize) -> Result<(), RdmaError> {
+    fn post_queued(&mut self, peer: usize) -> Result<(), RdmaError> {
         if !self.peers[peer].conn.is_up() {
             return Ok(());
         }
@@ -818,6 +818,8 @@ impl Transport for RdmaTransport {
         events: &mut Vec<TransportEvent>,
         timeout: Duration,
     ) -> Result<(), TransportError> {
+        // The control plane batches its frames (pairing set-up): they leave before any wait.
+        self.control.flush()?;
         events.append(&mut self.deferred);
         let before = events.len();
         self.busy_polls = if timeout.is_zero() {
@@ -851,6 +853,11 @@ impl Transport for RdmaTransport {
         self.control_events = control_events;
         self.nic.drain_channel();
         self.step(events)
+    }
+
+    fn flush(&mut self) -> Result<(), TransportError> {
+        // Verbs posts leave at `send`; only the TCP control plane holds frames.
+        self.control.flush()
     }
 
     fn waker(&self) -> Waker {
