@@ -1,6 +1,6 @@
 //! The TCP transport (mio): one authenticated connection per peer pair, each peer's frames of
-//! a pass written with one `sendmsg`, block payloads read straight into the receiver's armed
-//! frame.
+//! a pass written with one `sendmsg`, blocks written straight from the sender's frame and
+//! read straight into the receiver's armed frame.
 //!
 //! **Connections.** Each instance dials the configured peers with a *lower* id and accepts
 //! from those with a higher id, so a pair never races two connections. Every connection runs
@@ -20,9 +20,12 @@
 //! frames leave in batches: one `sendmsg` per peer per pass instead of one per frame.
 //!
 //! * *Held.* When nothing is queued for the peer, [`TcpTransport::send`] copies
-//!   `header | body | block` into the connection's batch (one buffer, frames end to end in
-//!   send order, with room for each frame's MAC tag) and returns; the caller's memory (a
-//!   block read under its latch) is free again.
+//!   `header | body` into the connection's batch (one buffer, frames end to end in send
+//!   order, with room for each frame's MAC tag) and returns.
+//! * *A block at once.* A frame with a block is not held: the `send` writes the batch and
+//!   then `header | body | block | tag` with one `sendmsg`, the block straight from the
+//!   caller's frame (no copy in user space, the latch held for the call only), so a ship
+//!   waits for no pass to end. Only what the socket does not take is copied (queued).
 //! * *Leaving.* [`Transport::flush`] (which a driver calls at the end of each pass, and
 //!   [`Transport::poll`] calls before anything else) tags the batch's frames in send order
 //!   and writes the whole batch with one `sendmsg`. A batch that reaches [`BATCH_BYTES`], or
@@ -1366,11 +1369,17 @@ fn drain_queues(conn: &mut Conn, stats: &mut TcpStats) -> Result<(), Close> {
     Ok(())
 }
 
-/// Writes a connection's batch with one `sendmsg` (its frames tagged first, in send order);
-/// what the socket does not take is queued as a back-pressured frame is: the frame cut in the
-/// middle is finished first, the frames not begun go to their priority's queue untagged.
-/// Queues are empty while a batch holds frames, so this keeps them within `queue_limit`.
-fn write_batch(conn: &mut Conn, stats: &mut TcpStats) -> Result<(), Close> {
+/// Writes a connection's batch with one `sendmsg` (its frames tagged first, in send order),
+/// followed, when `last` is given, by one more frame straight from the caller's memory (a
+/// block goes from its frame to the kernel with no copy). What the socket does not take is
+/// queued as a back-pressured frame is: the frame cut in the middle is finished first, the
+/// frames not begun go to their priority's queue untagged. Queues are empty while a batch
+/// holds frames, so this keeps them within `queue_limit`.
+fn write_batch(
+    conn: &mut Conn,
+    stats: &mut TcpStats,
+    last: Option<(&[&[u8]], Priority)>,
+) -> Result<(), Close> {
     let Conn { stream, out, .. } = conn;
     let OutQueue {
         current,
@@ -1389,9 +1398,22 @@ fn write_batch(conn: &mut Conn, stats: &mut TcpStats) -> Result<(), Close> {
             start = end;
         }
     }
+    let last_tag = match (&last, mac.as_mut()) {
+        (Some((parts, _)), Some(mac)) => Some(mac.tag(parts)),
+        _ => None,
+    };
+    let mut iov = Vec::with_capacity(6);
+    iov.push(IoSlice::new(&batch.bytes));
+    if let Some((parts, _)) = &last {
+        iov.extend(parts.iter().map(|part| IoSlice::new(part)));
+    }
+    if let Some(tag) = &last_tag {
+        iov.push(IoSlice::new(&tag[..]));
+    }
+    let total: usize = iov.iter().map(|slice| slice.len()).sum();
     let written = loop {
         stats.send_calls += 1;
-        match send_nosignal(stream, &[IoSlice::new(&batch.bytes)]) {
+        match send_nosignal(stream, &iov) {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1401,6 +1423,21 @@ fn write_batch(conn: &mut Conn, stats: &mut TcpStats) -> Result<(), Close> {
             }
         }
     };
+    drop(iov);
+    if let Some((parts, priority)) = last {
+        if written == total {
+            stats.frames_sent_direct += batch.frames.len() as u64 + 1;
+            batch.clear();
+            return Ok(());
+        }
+        // The socket did not take it all: the last frame joins the batch (tagged), so what
+        // is left is settled as one batch.
+        batch.push(parts, tag_len, priority);
+        if let Some(tag) = &last_tag {
+            let end = batch.bytes.len();
+            batch.bytes[end - tag_len..end].copy_from_slice(&tag[..]);
+        }
+    }
     let mut start = 0;
     let mut not_begun = 0u64;
     for &(end, priority) in &batch.frames {
@@ -1471,7 +1508,7 @@ impl Transport for TcpTransport {
         if conn.out.is_idle() && conn.out.batch.is_full_for(len, priority, limit) {
             // The batch is at its bound: it leaves now, and this frame starts the next one
             // (or queues behind what the socket did not take).
-            if let Err(close) = write_batch(conn, &mut self.stats) {
+            if let Err(close) = write_batch(conn, &mut self.stats, None) {
                 self.broken.push((token, close.reason));
                 return Err(SendError::NotConnected(to));
             }
@@ -1479,6 +1516,17 @@ impl Transport for TcpTransport {
         if !conn.out.listed {
             conn.out.listed = true;
             self.to_flush.push(token);
+        }
+        if conn.out.is_idle() && !block.is_empty() {
+            // A block leaves at once, straight from its frame (no copy), with the frames
+            // held before it: a ship waits for no pass to end.
+            self.stats.frames_sent += 1;
+            let parts: [&[u8]; 3] = [&header, frame.body, block];
+            if let Err(close) = write_batch(conn, &mut self.stats, Some((&parts, priority))) {
+                self.broken.push((token, close.reason));
+                return Err(SendError::NotConnected(to));
+            }
+            return Ok(());
         }
         if conn.out.is_idle() {
             conn.out
@@ -1509,7 +1557,7 @@ impl Transport for TcpTransport {
             let written = if conn.out.batch.is_empty() {
                 drain_queues(conn, &mut self.stats)
             } else {
-                write_batch(conn, &mut self.stats)
+                write_batch(conn, &mut self.stats, None)
             };
             if let Err(close) = written {
                 // Reported (and the connection closed) by the poll, as a failed send is.
