@@ -496,15 +496,20 @@ impl<S: Store> Engine<S> {
             );
         };
         let Some(spec) = lookup(first) else {
-            let shown: String = String::from_utf8_lossy(&first[..first.len().min(128)])
-                .chars()
-                .filter(|c| !c.is_control())
-                .collect();
-            let args: String = request[1..]
-                .iter()
-                .take(8)
-                .map(|a| format!("'{}' ", String::from_utf8_lossy(&a[..a.len().min(64)])))
-                .collect();
+            // As Redis prints them (`%.128s` and `'%.*s' ` while under 128 bytes): each
+            // up to its first NUL, the name within 128 bytes, the arguments together.
+            let shown = String::from_utf8_lossy(c_string(first, 128));
+            let mut args: Vec<u8> = Vec::new();
+            for a in &request[1..] {
+                if args.len() >= 128 {
+                    break;
+                }
+                let most = 128 - args.len();
+                args.push(b'\'');
+                args.extend_from_slice(c_string(a, most));
+                args.extend_from_slice(b"' ");
+            }
+            let args = String::from_utf8_lossy(&args);
             if let Some(multi) = &mut session.multi {
                 multi.failed = true;
             }
@@ -539,13 +544,11 @@ impl<S: Store> Engine<S> {
             }
         };
         if !runs.arity_fits(request.len()) {
-            if name == "exec" && session.multi.take().is_some() {
-                // As Redis: a malformed EXEC ends the transaction it would have run.
-                session.watched.clear();
-                return reply(Reply::Error(format!(
-                    "EXECABORT Transaction discarded because of: wrong number of arguments \
-                     for '{name}' command"
-                )));
+            if name == "exec" {
+                return reply(exec_abort(
+                    session,
+                    "wrong number of arguments for 'exec' command",
+                ));
             }
             if let Some(multi) = &mut session.multi {
                 multi.failed = true;
@@ -553,6 +556,9 @@ impl<S: Store> Engine<S> {
             return reply(wrong_args(runs.name));
         }
         if !session.authenticated && !spec.before_auth() {
+            if name == "exec" {
+                return reply(exec_abort(session, "NOAUTH Authentication required."));
+            }
             return reply(Reply::Error("NOAUTH Authentication required.".into()));
         }
         if let Some(multi) = &mut session.multi
@@ -850,17 +856,12 @@ impl<S: Store> Engine<S> {
         match name {
             "ping" | "echo" => ping_echo(name, args),
             "auth" => {
-                let password = match args.len() {
-                    2 => &args[1],
-                    3 => {
-                        if !args[1].eq_ignore_ascii_case(b"default") {
-                            return Reply::Error(WRONGPASS.into());
-                        }
-                        &args[2]
-                    }
+                let (user, password) = match args.len() {
+                    2 => (None, &args[1]),
+                    3 => (Some(&args[1][..]), &args[2]),
                     _ => return Reply::err(SYNTAX),
                 };
-                self.auth(session, password)
+                self.auth(session, user, password)
             }
             "hello" => self.hello(session, args),
             "select" => match select_db(&args[1]) {
@@ -900,8 +901,19 @@ impl<S: Store> Engine<S> {
         Reply::Simple("RESET")
     }
 
-    fn auth(&self, session: &mut Session, password: &[u8]) -> Reply {
+    /// `AUTH [user] password`. The only user is Redis's `default` (its name compared as
+    /// Redis compares user names: case-sensitively); without `requirepass` it has no
+    /// password, so Redis accepts it with any (`AUTH default x`, what clients given a
+    /// user name send), and refuses only the one-argument form.
+    fn auth(&self, session: &mut Session, user: Option<&[u8]>, password: &[u8]) -> Reply {
+        if user.is_some_and(|user| user != b"default") {
+            return Reply::Error(WRONGPASS.into());
+        }
         match &self.config.requirepass {
+            None if user.is_some() => {
+                session.authenticated = true;
+                Reply::Simple("OK")
+            }
             None => Reply::err(
                 "AUTH <password> called without any password configured for the default user. \
                  Are you sure your configuration is correct?",
@@ -931,11 +943,7 @@ impl<S: Store> Engine<S> {
         let mut name = None;
         while let Some(option) = rest.first() {
             if option.eq_ignore_ascii_case(b"auth") && rest.len() >= 3 {
-                // The only user is `default`, as for `AUTH user pass`.
-                if !rest[1].eq_ignore_ascii_case(b"default") {
-                    return Reply::Error(WRONGPASS.into());
-                }
-                if let Reply::Error(e) = self.auth(session, &rest[2]) {
+                if let Reply::Error(e) = self.auth(session, Some(&rest[1]), &rest[2]) {
                     return Reply::Error(e);
                 }
                 rest = &rest[3..];
@@ -1785,9 +1793,29 @@ fn ping_echo(name: &str, args: &[Vec<u8>]) -> Reply {
 fn select_db(arg: &[u8]) -> Result<u8, Reply> {
     match parse_i64(arg) {
         Some(n) if (0..i64::from(DATABASES)).contains(&n) => Ok(n as u8),
+        // Redis reads the index as a C int first.
+        Some(n) if i32::try_from(n).is_err() => Err(Reply::err(
+            "value is out of range, value must between -2147483648 and 2147483647",
+        )),
         Some(_) => Err(Reply::err("DB index is out of range")),
         None => Err(Reply::err(NOT_INTEGER)),
     }
+}
+
+/// A refused `EXEC` (wrong arity, not authenticated), as Redis answers it in `MULTI` or not:
+/// `EXECABORT` with the refusal, the transaction discarded and every key unwatched.
+fn exec_abort(session: &mut Session, error: &str) -> Reply {
+    session.multi = None;
+    session.watched.clear();
+    Reply::Error(format!(
+        "EXECABORT Transaction discarded because of: {error}"
+    ))
+}
+
+/// `bytes` as C's `%.*s` prints them: up to the first NUL, at most `most` bytes.
+fn c_string(bytes: &[u8], most: usize) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end.min(most)]
 }
 
 /// The error for a client name Redis refuses (`CLIENT SETNAME`, `HELLO SETNAME`).
@@ -1903,6 +1931,121 @@ mod tests {
     fn run(e: &Engine<MemoryStore>, s: &mut Session, line: &str) -> Reply {
         let request = line.split(' ').map(|w| w.as_bytes().to_vec()).collect();
         e.execute(s, request).reply
+    }
+
+    /// Differences the differential tester (tests/difftest.py) found against Redis 7.0.15.
+    #[test]
+    fn refusals_word_for_word_as_redis() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        // SELECT reads a C int before it checks the database's range.
+        assert_eq!(
+            run(&e, s, "SELECT 100000000000"),
+            Reply::err("value is out of range, value must between -2147483648 and 2147483647")
+        );
+        assert_eq!(
+            run(&e, s, "SELECT -2147483649"),
+            Reply::err("value is out of range, value must between -2147483648 and 2147483647")
+        );
+        assert_eq!(
+            run(&e, s, "SELECT 2147483647"),
+            Reply::err("DB index is out of range")
+        );
+        assert_eq!(
+            run(&e, s, "SELECT -1"),
+            Reply::err("DB index is out of range")
+        );
+        // An unknown command's name and arguments as C's `%.*s` prints them: up to a NUL,
+        // all arguments together within 128 bytes, control bytes kept.
+        let unknown = |request: Vec<Vec<u8>>| e.execute(&mut Session::new(2, true), request).reply;
+        assert_eq!(
+            unknown(vec![b"NOPE".to_vec(), b"\0x".to_vec(), b"a\0b".to_vec()]),
+            Reply::err("unknown command 'NOPE', with args beginning with: '' 'a' ")
+        );
+        assert_eq!(
+            unknown(vec![b"NO\0PE".to_vec(), b"x\ty".to_vec()]),
+            Reply::err("unknown command 'NO', with args beginning with: 'x\ty' ")
+        );
+        let long: Vec<Vec<u8>> = std::iter::once(b"NOPE".to_vec())
+            .chain((0..12).map(|i| vec![b'a' + i; 20]))
+            .collect();
+        let Reply::Error(text) = unknown(long) else {
+            panic!("not an error");
+        };
+        let args = text.split_once("beginning with: ").unwrap().1;
+        // Five whole arguments (23 bytes each), then the sixth, begun at 115 bytes, cut to
+        // the 13 left of 128.
+        assert_eq!(args.len(), 5 * 23 + 16, "{text}");
+        assert!(args.ends_with(" 'fffffffffffff' "), "{text}");
+        let mut many = vec![b"NOPE".to_vec()];
+        many.extend((0..50).map(|_| b"x".to_vec()));
+        let Reply::Error(text) = unknown(many) else {
+            panic!("not an error");
+        };
+        // 'x' is 4 bytes: 32 of them reach 128.
+        assert_eq!(text.matches("'x'").count(), 32, "{text}");
+    }
+
+    /// Redis's `default` user: its name is case-sensitive, and without `requirepass` it has
+    /// no password, so `AUTH default <anything>` (what a client given a user name and a
+    /// password sends) succeeds while `AUTH <password>` is refused.
+    #[test]
+    fn auth_as_the_default_user() {
+        let wrongpass = Reply::Error(WRONGPASS.into());
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        assert_eq!(run(&e, s, "AUTH default anything"), Reply::Simple("OK"));
+        assert!(matches!(
+            run(&e, s, "HELLO 3 AUTH default anything"),
+            Reply::Map(_)
+        ));
+        assert_eq!(run(&e, s, "AUTH DEFAULT anything"), wrongpass);
+        assert_eq!(run(&e, s, "AUTH other anything"), wrongpass);
+        assert_eq!(run(&e, s, "HELLO 2 AUTH Default anything"), wrongpass);
+        assert!(
+            matches!(run(&e, s, "AUTH anything"), Reply::Error(m) if m.contains("without any password"))
+        );
+        let e = engine(Some("pw"));
+        let s = &mut Session::new(2, false);
+        assert_eq!(run(&e, s, "AUTH DEFAULT pw"), wrongpass);
+        assert_eq!(run(&e, s, "HELLO 2 AUTH DEFAULT pw"), wrongpass);
+        assert_eq!(run(&e, s, "AUTH default x"), wrongpass);
+        assert_eq!(run(&e, s, "AUTH default pw"), Reply::Simple("OK"));
+    }
+
+    /// Redis answers any refused EXEC (wrong arity, not authenticated) with EXECABORT, in
+    /// MULTI or not, and forgets the watched keys.
+    #[test]
+    fn a_refused_exec_aborts_in_multi_or_not() {
+        let e = engine(None);
+        let a = &mut Session::new(1, true);
+        let b = &mut Session::new(2, true);
+        let abort = Reply::Error(
+            "EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' \
+             command"
+                .into(),
+        );
+        assert_eq!(run(&e, a, "EXEC x"), abort);
+        assert_eq!(run(&e, a, "WATCH k"), Reply::Simple("OK"));
+        assert_eq!(run(&e, a, "EXEC x"), abort);
+        // The watch is gone: a change by another client no longer aborts the next EXEC.
+        assert_eq!(run(&e, b, "SET k 1"), Reply::Simple("OK"));
+        assert_eq!(run(&e, a, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, a, "GET k"), Reply::Simple("QUEUED"));
+        assert_eq!(run(&e, a, "EXEC"), Reply::Array(vec![bulk("1")]));
+        assert_eq!(run(&e, a, "MULTI"), Reply::Simple("OK"));
+        assert_eq!(run(&e, a, "EXEC x"), abort);
+        assert_eq!(run(&e, a, "EXEC"), Reply::err("EXEC without MULTI"));
+        let e = engine(Some("pw"));
+        let c = &mut Session::new(3, false);
+        assert_eq!(
+            run(&e, c, "EXEC"),
+            Reply::Error(
+                "EXECABORT Transaction discarded because of: NOAUTH Authentication required."
+                    .into()
+            )
+        );
+        assert_eq!(run(&e, c, "EXEC x"), abort);
     }
 
     /// Every command that reads a key and then changes it takes the key for the change before

@@ -194,9 +194,7 @@ pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
                     continue;
                 }
                 b'[' => {
-                    if let Some((matched, next)) = class(pattern, p, text[t])
-                        && matched
-                    {
+                    if let (true, next) = class(pattern, p, text[t]) {
                         p = next;
                         t += 1;
                         continue;
@@ -231,8 +229,10 @@ pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 /// Matches `c` against the class starting at `pattern[open] == '['`: whether it matched and
-/// where the pattern goes on. `None` for an unterminated class (no match).
-fn class(pattern: &[u8], open: usize, c: u8) -> Option<(bool, usize)> {
+/// where the pattern goes on. As Redis's `stringmatchlen`: a `-` between two bytes makes a
+/// range even when its end is `]` (`[0-]` is `0` to `]`), and a class left open runs to
+/// the pattern's end (`k[1` matches `k1`).
+fn class(pattern: &[u8], open: usize, c: u8) -> (bool, usize) {
     let mut i = open + 1;
     let negate = pattern.get(i) == Some(&b'^');
     if negate {
@@ -240,25 +240,22 @@ fn class(pattern: &[u8], open: usize, c: u8) -> Option<(bool, usize)> {
     }
     let mut matched = false;
     loop {
-        let &b = pattern.get(i)?;
-        match b {
-            b']' => return Some((matched != negate, i + 1)),
-            b'\\' => {
-                let &e = pattern.get(i + 1)?;
-                matched |= e == c;
-                i += 2;
-            }
-            _ if pattern.get(i + 1) == Some(&b'-')
-                && pattern.get(i + 2).is_some_and(|&e| e != b']') =>
-            {
-                let (lo, hi) = (b.min(pattern[i + 2]), b.max(pattern[i + 2]));
-                matched |= (lo..=hi).contains(&c);
-                i += 3;
-            }
-            _ => {
-                matched |= b == c;
-                i += 1;
-            }
+        let Some(&b) = pattern.get(i) else {
+            return (matched != negate, pattern.len());
+        };
+        let left = pattern.len() - i;
+        if b == b'\\' && left >= 2 {
+            matched |= pattern[i + 1] == c;
+            i += 2;
+        } else if b == b']' {
+            return (matched != negate, i + 1);
+        } else if left >= 3 && pattern[i + 1] == b'-' {
+            let (lo, hi) = (b.min(pattern[i + 2]), b.max(pattern[i + 2]));
+            matched |= (lo..=hi).contains(&c);
+            i += 3;
+        } else {
+            matched |= b == c;
+            i += 1;
         }
     }
 }
@@ -318,7 +315,21 @@ mod tests {
         assert!(glob_match(b"h[a-c]llo", b"hbllo"));
         assert!(glob_match(b"a\\*b", b"a*b"));
         assert!(!glob_match(b"a\\*b", b"axb"));
-        assert!(!glob_match(b"[abc", b"a"));
+        // As Redis 7.0's stringmatchlen (KEYS answers): a class left open runs to the
+        // pattern's end, a range may end at `]`, a lone `\` in a class is itself.
+        assert!(glob_match(b"[abc", b"a"));
+        assert!(glob_match(b"k[1", b"k1"));
+        assert!(!glob_match(b"k[1", b"k2"));
+        assert!(!glob_match(b"[", b"a"));
+        assert!(glob_match(b"x[^", b"x-"));
+        for key in [&b"k1"[..], b"k3", b"k\\", b"k]"] {
+            assert!(glob_match(b"k[0-]", key));
+        }
+        assert!(!glob_match(b"k[0-]", b"k^"));
+        assert!(glob_match(b"x[a-", b"x-"));
+        assert!(glob_match(b"x[\\", b"x\\"));
+        assert!(!glob_match(b"x[\\]", b"x\\"));
+        assert!(!glob_match(b"x[]-]", b"x-"));
     }
 
     proptest! {
