@@ -1012,13 +1012,26 @@ impl<S: Store> Engine<S> {
             ("appendfsync", "always".into()),
             ("save", String::new()),
         ];
-        let mut pairs = Vec::new();
-        for (name, value) in &settings {
-            if args[2..]
-                .iter()
-                .any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
-            {
-                pairs.push((Reply::text(*name), Reply::text(value.clone())));
+        // As Redis 7.0: a name without `[*?` is looked up case-insensitively and answered
+        // as it was asked (`CONFIG GET MAXCLIENTS` answers `MAXCLIENTS`); a pattern
+        // answers each setting's own name; each setting once.
+        let mut pairs: Vec<(Reply, Reply)> = Vec::new();
+        let mut seen = [false; 6];
+        for asked in &args[2..] {
+            let exact = !asked.iter().any(|b| b"[*?".contains(b));
+            for (i, (name, value)) in settings.iter().enumerate() {
+                if seen[i] {
+                    continue;
+                }
+                let shown = if exact && asked.eq_ignore_ascii_case(name.as_bytes()) {
+                    Reply::Bulk(asked.clone())
+                } else if !exact && glob_match(&asked.to_ascii_lowercase(), name.as_bytes()) {
+                    Reply::text(*name)
+                } else {
+                    continue;
+                };
+                seen[i] = true;
+                pairs.push((shown, Reply::text(value.clone())));
             }
         }
         Reply::Map(pairs)
@@ -1984,6 +1997,31 @@ mod tests {
         };
         // 'x' is 4 bytes: 32 of them reach 128.
         assert_eq!(text.matches("'x'").count(), 32, "{text}");
+    }
+
+    /// `CONFIG GET` answers an exact name as it was asked, a pattern with the names, and
+    /// each setting once (Redis 7.0's configGetCommand).
+    #[test]
+    fn config_get_names_as_asked() {
+        let e = engine(None);
+        let s = &mut Session::new(1, true);
+        let pair = |name: &str, value: &str| (bulk(name), bulk(value));
+        assert_eq!(
+            run(&e, s, "CONFIG GET MaxClients"),
+            Reply::Map(vec![pair("MaxClients", "10")])
+        );
+        assert_eq!(
+            run(&e, s, "CONFIG GET maxclients MAXCLIENTS MAXCLIENT*"),
+            Reply::Map(vec![pair("maxclients", "10")])
+        );
+        assert_eq!(
+            run(&e, s, "CONFIG GET MAXCLIENT* maxclients"),
+            Reply::Map(vec![pair("maxclients", "10")])
+        );
+        assert_eq!(
+            run(&e, s, "CONFIG GET DATABASES"),
+            Reply::Map(vec![pair("DATABASES", "16")])
+        );
     }
 
     /// Redis's `default` user: its name is case-sensitive, and without `requirepass` it has

@@ -598,7 +598,9 @@ CASES = [
      [b"CLIENT", b"SETNAME", b""], [b"CLIENT", b"GETNAME"], [b"COMMAND", b"FOO"],
      [b"COMMAND", b"COUNT", b"x"], [b"HELLO", b"4"], [b"HELLO", b"abc"], [b"AUTH", b"x"],
      [b"AUTH", b"a", b"b"], [b"", b"x"], [b"get\x00", b"x"], [b"CONFIG", b"GET"],
-     [b"CONFIG", b"GET", b"nosuchparam"], 
+     [b"CONFIG", b"GET", b"nosuchparam"], [b"CONFIG", b"GET", b"DATABASES"],
+     [b"CONFIG", b"GET", b"databases", b"Databases", b"data*"],
+     [b"CONFIG", b"GET", b"DATA*"], [b"CONFIG", b"GET", b"Save", b"nosuch"], 
      [b"INFO", b"nosuchsection"], [b"FLUSHDB", b"x"], [b"FLUSHALL", b"SYNC", b"x"],
      [b"COPY", b"a", b"b", b"FOO"]],
 ]
