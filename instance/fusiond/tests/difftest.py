@@ -334,6 +334,8 @@ def random_command(rng, in_multi):
         [b"PSETEX", k, e, v],
         [b"GETEX", k] + rng.choice([[], [b"PERSIST"], [b"EX", e], [b"PX", e], [b"FOO"]]),
         [b"INCRBYFLOAT", k, rng.choice([b"1.5", b"-0.5", b"abc", b"inf", b"1e308", b"0"])],
+        [b"HINCRBYFLOAT", k, f, rng.choice([b"1.5", b"-0.5", b"abc", b"inf", b"1e308",
+                                              b"0", b"", b"1e-400", b"0x10"])],
         [b"TOUCH", k, k2],
         [b"COPY", k, k2],
         [b"EXPIRETIME", k],
@@ -698,6 +700,20 @@ CASES.append(
      [b"HLEN", b"bh"], [b"HGETALL", b"bh"], [b"HKEYS", b"bh"], [b"HVALS", b"bh"],
      [b"HDEL", b"bh"] + [b"f%d" % i for i in range(0, 250, 2)], [b"HLEN", b"bh"],
      [b"HINCRBY", b"bh", b"f1", b"-2"], [b"HGETALL", b"bh"]])
+
+
+def glob_case(seed=7):
+    """Random keys and patterns over the bytes glob gives meaning to: KEYS must agree."""
+    rng = random.Random(seed)
+    alphabet = b"ab-]^[\\*?"
+    word = lambda most: bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, most)))
+    keys = sorted({word(5) for _ in range(60)} - {b""})
+    case = [[b"MSET"] + [x for k in keys for x in (k, b"v")]]
+    case += [[b"KEYS", word(7)] for _ in range(300)]
+    return case
+
+
+CASES.append(glob_case())
 
 
 def run_case(checker, pair, label, case):
