@@ -963,12 +963,7 @@ impl<S: Store> Engine<S> {
             }
         }
         if !session.authenticated {
-            return Reply::Error(
-                "NOAUTH HELLO must be called with the client already authenticated, otherwise \
-                 the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the \
-                 client and select the RESP protocol version at the same time"
-                    .into(),
-            );
+            return Reply::Error(HELLO_NOAUTH.into());
         }
         // Named once authenticated, as Redis does.
         if let Some(name) = name {
@@ -1815,6 +1810,12 @@ fn select_db(arg: &[u8]) -> Result<u8, Reply> {
     }
 }
 
+/// `HELLO` before `AUTH` without its `AUTH` option, word for word as Redis 7.0 (7.2 added
+/// `<proto>`).
+const HELLO_NOAUTH: &str = "NOAUTH HELLO must be called with the client already \
+    authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate \
+    the client and select the RESP protocol version at the same time";
+
 /// A refused `EXEC` (wrong arity, not authenticated), as Redis answers it in `MULTI` or not:
 /// `EXECABORT` with the refusal, the transaction discarded and every key unwatched.
 fn exec_abort(session: &mut Session, error: &str) -> Reply {
@@ -2048,6 +2049,16 @@ mod tests {
         assert_eq!(run(&e, s, "AUTH DEFAULT pw"), wrongpass);
         assert_eq!(run(&e, s, "HELLO 2 AUTH DEFAULT pw"), wrongpass);
         assert_eq!(run(&e, s, "AUTH default x"), wrongpass);
+        let t = &mut Session::new(3, false);
+        assert_eq!(
+            run(&e, t, "HELLO 3"),
+            Reply::Error(
+                "NOAUTH HELLO must be called with the client already authenticated, \
+                 otherwise the HELLO AUTH <user> <pass> option can be used to authenticate \
+                 the client and select the RESP protocol version at the same time"
+                    .into()
+            )
+        );
         assert_eq!(run(&e, s, "AUTH default pw"), Reply::Simple("OK"));
     }
 

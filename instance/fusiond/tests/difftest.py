@@ -144,7 +144,7 @@ def wait_port(port, proc, what):
             raise RuntimeError("%s exited with %s" % (what, proc.returncode))
         try:
             c = Conn(port, 2)
-            if c.call([b"PING"]) == ("simple", b"PONG"):
+            if c.call([b"PING"])[0] in ("simple", "err"):
                 c.close()
                 return
             c.close()
@@ -154,19 +154,20 @@ def wait_port(port, proc, what):
     raise RuntimeError("%s did not answer on port %d" % (what, port))
 
 
-def start_redis(tmp):
-    d = os.path.join(tmp, "redis")
+def start_redis(tmp, password=None):
+    d = os.path.join(tmp, "redis" if password is None else "redis-pass")
     os.mkdir(d)
+    extra = [] if password is None else ["--requirepass", password]
     proc = subprocess.Popen(
         ["redis-server", "--port", str(PORT_REDIS), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", d],
+         "--appendonly", "no", "--dir", d] + extra,
         stdout=open(os.path.join(d, "log"), "w"), stderr=subprocess.STDOUT)
     wait_port(PORT_REDIS, proc, "redis-server")
     return proc
 
 
-def start_fusiond(tmp):
-    d = os.path.join(tmp, "fusion")
+def start_fusiond(tmp, password=None):
+    d = os.path.join(tmp, "fusion" if password is None else "fusion-pass")
     os.mkdir(d)
     rel = os.path.join(ROOT, "target", "release")
     storage = os.path.join(d, "cluster.fusion")
@@ -180,8 +181,9 @@ def start_fusiond(tmp):
             'secret = "difftest-secret-for-loopback-only-0123456789"\n'
             'allow_inline_secret = true\ninstances = [\n'
             '  { id = 0, address = "127.0.0.1:%d", host = "localhost", resp = "127.0.0.1:%d" },\n'
-            ']\n\n[storage]\npath = "%s"\n\n[serve]\nresp = "127.0.0.1:%d"\n'
-            % (PORT_FUSION_IC, PORT_FUSION_RESP, storage, PORT_FUSION_RESP))
+            ']\n\n[storage]\npath = "%s"\n\n[serve]\nresp = "127.0.0.1:%d"\n%s'
+            % (PORT_FUSION_IC, PORT_FUSION_RESP, storage, PORT_FUSION_RESP,
+               "" if password is None else 'requirepass = "%s"\n' % password))
     proc = subprocess.Popen([os.path.join(rel, "fusiond"), "--config", config],
                             stdout=open(os.path.join(d, "log"), "w"), stderr=subprocess.STDOUT)
     wait_port(PORT_FUSION_RESP, proc, "fusiond")
@@ -675,8 +677,23 @@ def hello_neutral(out):
     return out
 
 
-def run_raw(checker):
-    for data in RAW:
+# With requirepass set (a second pair of servers): what a client sees before and at AUTH.
+RAW_AUTH = [
+    b"PING\r\nGET a\r\nNOSUCH x\r\nGET\r\nMULTI\r\nEXEC\r\nEXEC x\r\nDISCARD\r\nWATCH a\r\n",
+    b"AUTH wrong\r\nAUTH default wrong\r\nAUTH DEFAULT pw-difftest\r\nAUTH other pw-difftest\r\nPING\r\n",
+    b"AUTH pw-difftest\r\nPING\r\nAUTH wrong\r\nPING\r\n",
+    b"AUTH default pw-difftest\r\nPING\r\n",
+    b"HELLO 3\r\nHELLO\r\nHELLO 2 SETNAME x\r\nHELLO 3 AUTH default wrong\r\nHELLO 4 AUTH default pw-difftest\r\nPING\r\n",
+    b"HELLO 3 AUTH default pw-difftest\r\nPING\r\nCLIENT GETNAME\r\n",
+    b"HELLO 2 AUTH Default pw-difftest SETNAME n\r\nPING\r\n",
+    b"CLIENT SETNAME x\r\nCLIENT GETNAME\r\nSELECT 0\r\nQUIT\r\nPING\r\n",
+    b"RESET\r\nPING\r\nAUTH pw-difftest\r\nRESET\r\nPING\r\n",
+    b"COMMAND COUNT\r\nINFO\r\nCONFIG GET nosuch\r\nDBSIZE\r\n",
+]
+
+
+def run_raw(checker, cases=RAW):
+    for data in cases:
         a = hello_neutral(raw_exchange(PORT_REDIS, data))
         b = hello_neutral(raw_exchange(PORT_FUSION_RESP, data))
         if a != b:
@@ -748,6 +765,16 @@ def run_seed(checker, pair, seed, steps):
             checker.step(pair, label, history, random_command(rng, False))
 
 
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=20)
@@ -775,16 +802,15 @@ def main():
             for seed in seeds:
                 run_seed(checker, pair, seed, args.steps)
             pair.close()
+        for p in procs:
+            stop(p)
+        procs = [start_redis(tmp, "pw-difftest"), start_fusiond(tmp, "pw-difftest")]
+        run_raw(checker, RAW_AUTH)
         print("difftest: %d differences (%d distinct)" % (len(checker.diffs), len(checker.seen)))
         return 1 if checker.diffs else 0
     finally:
         for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
