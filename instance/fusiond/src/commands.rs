@@ -958,7 +958,7 @@ impl<S: Store> Engine<S> {
             } else {
                 return Reply::err(format!(
                     "Syntax error in HELLO option '{}'",
-                    String::from_utf8_lossy(option)
+                    String::from_utf8_lossy(c_string(option, usize::MAX))
                 ));
             }
         }
@@ -1968,6 +1968,17 @@ mod tests {
         assert_eq!(
             run(&e, s, "SELECT -1"),
             Reply::err("DB index is out of range")
+        );
+        // Redis formats these with `%s`: they end at a NUL.
+        let hello = vec![b"HELLO".to_vec(), b"3".to_vec(), b"FOO\0X".to_vec()];
+        assert_eq!(
+            e.execute(s, hello).reply,
+            Reply::err("Syntax error in HELLO option 'FOO'")
+        );
+        let client = vec![b"CLIENT".to_vec(), b"FOO\0BAR".to_vec()];
+        assert_eq!(
+            e.execute(s, client).reply,
+            Reply::err("unknown subcommand 'FOO'. Try CLIENT HELP.")
         );
         // An unknown command's name and arguments as C's `%.*s` prints them: up to a NUL,
         // all arguments together within 128 bytes, control bytes kept.

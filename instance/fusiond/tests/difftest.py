@@ -206,7 +206,7 @@ def normal(cmd, r):
         name = name.encode()
     if r[0] == "err":
         return r
-    if name in UNORDERED:
+    if name in UNORDERED or (name == b"COMMAND" and len(cmd) > 1 and cmd[1].upper() == b"LIST"):
         if r[0] == "map":
             return ("map", sorted(r[1], key=sort_key))
         if r[0] == "arr" and name == b"HGETALL":
@@ -247,7 +247,7 @@ VALUES = [b"", b"0", b"1", b"-1", b"abc", b"a\r\nb\x00c", b"9223372036854775807"
 INTS = [b"0", b"1", b"-1", b"10", b"-10", b"100", b"9223372036854775807",
         b"-9223372036854775808", b"9223372036854775808", b"abc", b"", b"1.5", b" 1", b"0x10",
         b"+5", b"-0", b"01"]
-EXPIRES = [b"100", b"1000", b"0", b"-1", b"-100", b"9223372036854775807",
+EXPIRES = [b"100", b"1000", b"0", b"-1", b"-100", b"+100", b"0100", b"1e3", b" 100", b"9223372036854775807",
            b"-9223372036854775808", b"9223372036854775", b"9223372036854776", b"abc", b"1.5",
            b"", b"4611686018427387", b"922337203685477"]
 OFFSETS = [b"0", b"1", b"3", b"-1", b"-3", b"-100", b"100", b"2147483647", b"-2147483648",
@@ -341,7 +341,9 @@ def random_command(rng, in_multi):
         [b"TOUCH", k, k2],
         [b"COPY", k, k2],
         [b"EXPIRETIME", k],
-        [b"SELECT", rng.choice([b"0", b"abc", b"-1", b"16", b"100000000000"])],
+        [b"SELECT", rng.choice([b"0", b"0", b"1", b"abc", b"-1", b"16", b"100000000000"])],
+        [b"FLUSHDB"] if rng.random() < 0.1 else [b"DBSIZE"],
+        [b"COPY", k, k2, b"DB", rng.choice([b"0", b"1", b"16", b"x"])] + rng.choice([[], [b"REPLACE"]]),
         [b"NOSUCHCOMMAND", k],
     ]
     if not in_multi:
@@ -590,6 +592,20 @@ CASES = [
      ("multi", [[b"SET", b"x", b"1"], [b"INCR", b"x", b"2"]]),
      ("multi", [[b"GET"]]),
      [b"GET", b"x"]],
+    [[b"CLIENT", b"x" * 200], [b"CLIENT", b"FOO\x00BAR"], [b"CONFIG", b"y" * 300],
+     [b"HELLO", b"3", b"FOO\x00X"], [b"HELLO", b"3", b"z" * 300], [b"COMMAND", b"FOO\x00"],
+     [b"SET", b"k", b"v", b"FOO\x00"], [b"CLIENT", b"SETNAME", b"a\x00b"],
+     [b"N" * 300, b"a"], [b"CLIENT", b"KILL", b"ID", b"x"], [b"CLIENT", b"KILL", b"FOO", b"x"],
+     [b"CLIENT", b"KILL", b"x" * 200], [b"CLIENT", b"KILL", b"SKIPME", b"maybe"],
+     [b"CLIENT", b"NO-EVICT", b"x\x00"], [b"CLIENT", b"GETNAME", b"x"],
+     [b"SCAN", b"0", b"TYPE", b"x\x00"], [b"GETEX", b"k", b"FOO\x00"],
+     [b"COMMAND", b"INFO", b"get\x00"], [b"COMMAND", b"DOCS", b"nosuch"],
+     [b"COMMAND", b"GETKEYS"], [b"COMMAND", b"GETKEYS", b"nosuch", b"a"],
+     [b"COMMAND", b"GETKEYS", b"get"], [b"COMMAND", b"GETKEYS", b"ping"],
+     [b"COMMAND", b"GETKEYS", b"mset", b"a", b"1", b"b", b"2"],
+     [b"COMMAND", b"GETKEYSANDFLAGS", b"set", b"a", b"1"],
+     [b"COMMAND", b"LIST", b"FILTERBY", b"pattern", b"hget*"],
+     [b"COMMAND", b"LIST", b"FILTERBY", b"foo", b"x"], [b"COMMAND", b"LIST", b"FOO"]],
     [[b"PING", b"a", b"b"], [b"ECHO"], [b"ECHO", b"a", b"b"], [b"ECHO", b""], [b"PING", b""],
      [b"GET"], [b"GET", b"a", b"b"], [b"SET", b"a"], [b"DEL"], [b"EXISTS"], [b"TYPE"],
      [b"STRLEN"], [b"INCR"], [b"GETRANGE", b"a", b"0"], [b"SETRANGE", b"a", b"0"],

@@ -740,7 +740,8 @@ impl CommandSpec {
             return Ok(self);
         };
         self.subcommand_named(sub).ok_or_else(|| {
-            let shown = String::from_utf8_lossy(&sub[..sub.len().min(128)]);
+            // Redis's `%.128s`: up to a NUL, at most 128 bytes.
+            let shown = String::from_utf8_lossy(super::c_string(sub, 128));
             Reply::err(format!(
                 "unknown subcommand '{shown}'. Try {} HELP.",
                 self.name.to_ascii_uppercase()
