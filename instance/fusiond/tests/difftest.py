@@ -23,14 +23,21 @@ Compared loosely, and why:
 Raw exchanges: `HELLO`'s `server`, `version`, `id` and `mode` (fusiond says
 `cluster-of-equals`) are blanked; a bulk string not followed by CRLF is not sent (Redis
 skips two bytes whatever they are; fusiond closes the connection with a protocol error).
-Not compared (not generated): `INFO`, `CLIENT ID/LIST`, `HELLO`'s map, `COMMAND`, `TIME`,
-`RANDOMKEY` (they describe the server, not the data); keys that expire during the run (no
-expiry shorter than 100 s is set, except 0/negative, which delete at once); `SELECT` of
-another database and `KEYS`/`SCAN`/`DBSIZE` inside `MULTI` (fusiond's documented
-departures, README "Deploy"), nor a SCAN cursor fusiond did not hand out (`SCAN -1`,
-`SCAN 18446744073709551615`: Redis goes on from that point of its table, fusiond starts
-over, as documented); values larger than fusiond's value limit (SETRANGE past it is
-only sent with offsets Redis refuses too, past 512 MB).
+Nor are these malformed requests (no client library sends them): a count or length line
+over 32 bytes (fusiond refuses it at once with `too big mbulk count string`; Redis waits
+for its CRLF up to 64 KiB, then says `invalid (multi)bulk length` or `too big bulk count
+string`), and Redis's limits for clients not yet authenticated (`*` over 10, `$` over
+16384: `unauthenticated multibulk/bulk length`), which fusiond does not apply.
+Not compared (not generated): `INFO`, `CLIENT ID/LIST`, `COMMAND` (COUNT, INFO), `TIME`,
+`RANDOMKEY` (they describe the server, not the data); `CONFIG GET` of settings whose values
+are configuration (`maxclients`, `timeout`, `appendonly`) or that fusiond does not have;
+commands fusiond does not implement (README lists those it does); keys that expire during
+the run (no expiry shorter than 100 s is set, except 0/negative, which delete at once);
+fusiond's documented departures (README "Deploy"): `KEYS`/`SCAN`/`DBSIZE`, `HELLO` and
+`AUTH` inside `MULTI`, and a SCAN cursor fusiond did not hand out (`SCAN -1`, `SCAN
+18446744073709551615`: Redis goes on from that point of its table, fusiond starts over);
+values and keys past fusiond's limits (value 256 KiB, key 1 KiB, 1,024 keys per
+transaction: SETRANGE past them is only sent with offsets Redis refuses too, past 512 MB).
 """
 
 import argparse
@@ -653,6 +660,13 @@ RAW = [
     b"ECHO\r\n",
     b"  \r\nPING\r\n",
     b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n",
+    b"ECHO " + b"x" * 70000,
+    b"ECHO " + b"x" * 60000 + b"\r\n",
+    b"*1\r\n$04\r\nPING\r\n",
+    b"*01\r\n$4\r\nPING\r\n",
+    b"*+1\r\n$4\r\nPING\r\n",
+    b"*1\r\n$+4\r\nPING\r\n",
+    b"*1 \r\n$4\r\nPING\r\n",
     b"HELLO 3\r\nPING\r\nECHO x\r\nHGETALL nosuch\r\nGET nosuch\r\nEXEC\r\nHELLO 2\r\nGET nosuch\r\n",
     b"HELLO 3\r\nMULTI\r\nGET nosuch\r\nSET a 1\r\nINCRBYFLOAT a 1.5\r\nHSET h f v\r\nHGETALL h\r\nEXEC\r\nDEL a h\r\n",
     b"HELLO 3\r\nCLIENT GETNAME\r\nCLIENT SETNAME x\r\nCLIENT GETNAME\r\nCONFIG GET nosuch\r\nEXISTS a\r\nSCAN 0 MATCH nosuch*\r\nKEYS nosuch*\r\n",
@@ -705,6 +719,7 @@ RAW_AUTH = [
     b"CLIENT SETNAME x\r\nCLIENT GETNAME\r\nSELECT 0\r\nQUIT\r\nPING\r\n",
     b"RESET\r\nPING\r\nAUTH pw-difftest\r\nRESET\r\nPING\r\n",
     b"COMMAND COUNT\r\nINFO\r\nCONFIG GET nosuch\r\nDBSIZE\r\n",
+    b"*2\r\n$4\r\nAUTH\r\n$11\r\npw-difftest\r\n*20000\r\n",
 ]
 
 
