@@ -9,6 +9,9 @@ It is a manual tool (not run by CI): it starts both servers itself on loopback p
 fusiond`).
 
     python3 instance/fusiond/tests/difftest.py [--seeds N] [--steps N] [--seed S] [-v]
+        [--fusiond PATH]
+
+DIFFTEST_LOGS=1 prints both servers' logs at the end.
 
 Exit status 0 when every reply matched. Each difference is printed with the commands that
 led to it (the case's or seed's history), so a failing seed replays with `--seed S`.
@@ -173,6 +176,9 @@ def start_redis(tmp, password=None):
     return proc
 
 
+FUSIOND = os.path.join(ROOT, "target", "release", "fusiond")
+
+
 def start_fusiond(tmp, password=None):
     d = os.path.join(tmp, "fusion" if password is None else "fusion-pass")
     os.mkdir(d)
@@ -191,8 +197,9 @@ def start_fusiond(tmp, password=None):
             ']\n\n[storage]\npath = "%s"\n\n[serve]\nresp = "127.0.0.1:%d"\n%s'
             % (PORT_FUSION_IC, PORT_FUSION_RESP, storage, PORT_FUSION_RESP,
                "" if password is None else 'requirepass = "%s"\n' % password))
-    proc = subprocess.Popen([os.path.join(rel, "fusiond"), "--config", config],
+    proc = subprocess.Popen([FUSIOND, "--config", config],
                             stdout=open(os.path.join(d, "log"), "w"), stderr=subprocess.STDOUT)
+    proc.stdout_path = os.path.join(d, "log")
     wait_port(PORT_FUSION_RESP, proc, "fusiond")
     return proc
 
@@ -812,7 +819,11 @@ def main():
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seed", type=int, help="run only this seed")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--fusiond", help="the fusiond binary (default: target/release/fusiond)")
     args = ap.parse_args()
+    if args.fusiond:
+        global FUSIOND
+        FUSIOND = os.path.abspath(args.fusiond)
     if shutil.which("redis-server") is None:
         print("difftest: redis-server is not installed; skipped")
         return 0
@@ -840,6 +851,15 @@ def main():
         print("difftest: %d differences (%d distinct)" % (len(checker.diffs), len(checker.seen)))
         return 1 if checker.diffs else 0
     finally:
+        for p in procs:
+            if os.environ.get("DIFFTEST_LOGS") and hasattr(p, "stdout_path"):
+                print(open(p.stdout_path, errors="replace").read()[-3000:])
+            if p.poll() is not None:
+                print("difftest: %s exited by itself with %s; its log's end:"
+                      % (p.args[0], p.returncode))
+                log = p.stdout_path if hasattr(p, "stdout_path") else None
+                if log and os.path.exists(log):
+                    print(open(log, errors="replace").read()[-3000:])
         for p in procs:
             stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
