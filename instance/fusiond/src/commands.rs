@@ -999,19 +999,23 @@ impl<S: Store> Engine<S> {
         if args.len() < 3 {
             return wrong_args("config|get");
         }
-        let settings: [(&str, String); 6] = [
+        // `maxmemory 0` / `noeviction`: nothing is ever evicted (the data lives on the
+        // shared disk); queue libraries check the policy before they trust a server.
+        let settings = [
             ("maxclients", self.config.maxclients.to_string()),
             ("timeout", self.config.idle_timeout_secs.to_string()),
             ("databases", DATABASES.to_string()),
             ("appendonly", "yes".into()),
             ("appendfsync", "always".into()),
             ("save", String::new()),
+            ("maxmemory", "0".into()),
+            ("maxmemory-policy", "noeviction".into()),
         ];
         // As Redis 7.0: a name without `[*?` is looked up case-insensitively and answered
         // as it was asked (`CONFIG GET MAXCLIENTS` answers `MAXCLIENTS`); a pattern
         // answers each setting's own name; each setting once.
         let mut pairs: Vec<(Reply, Reply)> = Vec::new();
-        let mut seen = [false; 6];
+        let mut seen = [false; 8];
         for asked in &args[2..] {
             let exact = !asked.iter().any(|b| b"[*?".contains(b));
             for (i, (name, value)) in settings.iter().enumerate() {
@@ -2033,6 +2037,14 @@ mod tests {
         assert_eq!(
             run(&e, s, "CONFIG GET DATABASES"),
             Reply::Map(vec![pair("DATABASES", "16")])
+        );
+        // What queue libraries check: nothing is evicted.
+        assert_eq!(
+            run(&e, s, "CONFIG GET maxmemory*"),
+            Reply::Map(vec![
+                pair("maxmemory", "0"),
+                pair("maxmemory-policy", "noeviction")
+            ])
         );
     }
 
