@@ -1378,7 +1378,7 @@ fn drain_queues(conn: &mut Conn, stats: &mut TcpStats) -> Result<(), Close> {
 fn write_batch(
     conn: &mut Conn,
     stats: &mut TcpStats,
-    last: Option<(&[&[u8]], Priority)>,
+    last: Option<(&[&[u8]; 3], Priority)>,
 ) -> Result<(), Close> {
     let Conn { stream, out, .. } = conn;
     let OutQueue {
@@ -1399,17 +1399,20 @@ fn write_batch(
         }
     }
     let last_tag = match (&last, mac.as_mut()) {
-        (Some((parts, _)), Some(mac)) => Some(mac.tag(parts)),
+        (Some((parts, _)), Some(mac)) => Some(mac.tag(&parts[..])),
         _ => None,
     };
-    let mut iov = Vec::with_capacity(6);
-    iov.push(IoSlice::new(&batch.bytes));
-    if let Some((parts, _)) = &last {
-        iov.extend(parts.iter().map(|part| IoSlice::new(part)));
-    }
-    if let Some(tag) = &last_tag {
-        iov.push(IoSlice::new(&tag[..]));
-    }
+    // No allocation on the ship path: the batch, the last frame's three parts and its tag
+    // (empty slices where there are none).
+    let [header, body, block] = last.map_or([&[][..]; 3], |(parts, _)| *parts);
+    let tag: &[u8] = last_tag.as_ref().map_or(&[], |t| &t[..]);
+    let iov = [
+        IoSlice::new(&batch.bytes),
+        IoSlice::new(header),
+        IoSlice::new(body),
+        IoSlice::new(block),
+        IoSlice::new(tag),
+    ];
     let total: usize = iov.iter().map(|slice| slice.len()).sum();
     let written = loop {
         stats.send_calls += 1;
@@ -1423,7 +1426,6 @@ fn write_batch(
             }
         }
     };
-    drop(iov);
     if let Some((parts, priority)) = last {
         if written == total {
             stats.frames_sent_direct += batch.frames.len() as u64 + 1;
@@ -1432,7 +1434,7 @@ fn write_batch(
         }
         // The socket did not take it all: the last frame joins the batch (tagged), so what
         // is left is settled as one batch.
-        batch.push(parts, tag_len, priority);
+        batch.push(&parts[..], tag_len, priority);
         if let Some(tag) = &last_tag {
             let end = batch.bytes.len();
             batch.bytes[end - tag_len..end].copy_from_slice(&tag[..]);
