@@ -12,20 +12,25 @@ use support::{granted, lock_mastered_by, pump};
 
 const HOLD: Duration = Duration::from_millis(1);
 
-/// Three engines with `hold`, and a lock mastered by instance 2 that instance 0 holds in X
-/// and instance 1 has asked for.
-fn held_by_0_wanted_by_1(hold: Duration, now: Timestamp) -> (Vec<Engine>, LockName) {
+/// Three engines with `hold`, and a lock mastered by instance 2 that instance 0 holds in X.
+fn held_by_0(hold: Duration, now: Timestamp) -> (Vec<Engine>, LockName) {
     let config = GesConfig {
         hold,
         ..GesConfig::default()
     };
     let mut engines = support::cluster(config, now);
     let name = lock_mastered_by(&engines, 2);
-    let opts = LockOptions::default();
     engines[0]
-        .lock(name, LockMode::Exclusive, opts, now)
+        .lock(name, LockMode::Exclusive, LockOptions::default(), now)
         .expect("lock");
     assert!(granted(&pump(&mut engines, now)[0], name));
+    (engines, name)
+}
+
+/// As [`held_by_0`], and instance 1 has asked for the lock.
+fn held_by_0_wanted_by_1(hold: Duration, now: Timestamp) -> (Vec<Engine>, LockName) {
+    let (mut engines, name) = held_by_0(hold, now);
+    let opts = LockOptions::default();
     engines[1]
         .lock(name, LockMode::Exclusive, opts, now)
         .expect("lock");
@@ -61,17 +66,8 @@ fn local_users_keep_a_held_lock_until_the_hold_ends() {
 #[test]
 fn a_held_lock_nobody_here_uses_goes_when_the_hold_ends() {
     let start = Timestamp::from_nanos(1);
-    let config = GesConfig {
-        hold: HOLD,
-        ..GesConfig::default()
-    };
-    let mut engines = support::cluster(config, start);
-    let name = lock_mastered_by(&engines, 2);
+    let (mut engines, name) = held_by_0(HOLD, start);
     let opts = LockOptions::default();
-    engines[0]
-        .lock(name, LockMode::Exclusive, opts, start)
-        .expect("lock");
-    pump(&mut engines, start);
     engines[0].release(name, None, start).expect("release");
     // Cached and unused when instance 1 asks: kept until the hold's end, its timer.
     engines[1]
