@@ -814,3 +814,46 @@ fn a_leader_writes_the_batch_that_opened_during_its_write() {
     let (records, _) = read_all(faulty.as_ref(), t, 1, &lives);
     assert_eq!(records, vec![record(1, 1, 100), record(2, 2, 100)]);
 }
+
+#[test]
+fn a_lone_waiter_returns_after_its_own_write() {
+    // A commit is appended while the only waiter's write is in flight, and no one waits for
+    // it: the waiter returns once its own batch is durable (fusiond's acknowledger then
+    // answers its clients), and the next to wait leads the open batch's write.
+    let faulty = Arc::new(FaultyStorage::new(
+        FaultConfig::new(THREAD_SIZE),
+        SimRng::new(4),
+    ));
+    let gated = Arc::new(Gated {
+        state: parking_lot::Mutex::new((false, Vec::new())),
+        changed: parking_lot::Condvar::new(),
+    });
+    let t = thread(0, THREAD_SIZE);
+    let mut lives = Vec::new();
+    let storage = Arc::new(PassThrough::new(faulty.clone(), Arc::clone(&gated)));
+    let (writer, _) = open_life(storage, t, 1, &mut lives);
+    let late = std::thread::scope(|s| {
+        let leader = s.spawn(|| {
+            let receipt = writer.commit(&[record(1, 1, 100)]);
+            (std::thread::current().id(), receipt)
+        });
+        assert!(gated.wait_for_writes(1), "the leader's write never began");
+        let late = writer.append(&[record(2, 2, 100)], || Scn(2)).unwrap();
+        gated.open();
+        let (leader_id, first) = leader.join().unwrap();
+        assert_eq!(first.unwrap().batch, 1);
+        assert_eq!(
+            gated.writers(),
+            vec![leader_id],
+            "the leader wrote the open batch too"
+        );
+        assert_eq!(writer.durable_scn(), Scn(1));
+        late
+    });
+    let second = writer.wait(late).unwrap();
+    assert_eq!(second.batch, 2);
+    assert_eq!(gated.writers().len(), 2);
+    assert_eq!(gated.writers()[1], std::thread::current().id());
+    let (records, _) = read_all(faulty.as_ref(), t, 1, &lives);
+    assert_eq!(records, vec![record(1, 1, 100), record(2, 2, 100)]);
+}

@@ -14,10 +14,11 @@
 //! followers. Otherwise it is a **follower**: it spins briefly (a cross-CPU wake-up costs
 //! ~22 µs on these VMs, longer than a short spin) and then parks on a condition variable until
 //! its batch is durable — or until the write in flight finishes while its batch is still
-//! open. A leader whose write finishes with a batch open writes that one too, at once (up to
-//! `WRITES_PER_LEADER` writes, so its own acknowledgement is not held up for long); after its
-//! last write it wakes one follower of the open batch (the others sleep on), and that one
-//! leads the next write. So one write is in flight at a time and the next batch accumulates
+//! open. A leader whose write finishes with a batch open writes that one too, at once, while
+//! other committers wait (up to `WRITES_PER_LEADER` writes, so its own acknowledgement is not
+//! held up for long; with no one else waiting it returns at once, and the next committer to
+//! wait leads); after its last write it wakes one follower of the open batch (the others
+//! sleep on), and that one leads the next write. So one write is in flight at a time and the next batch accumulates
 //! meanwhile; at most [`MAX_BATCH_BLOCKS`] blocks go in one write.
 //!
 //! # Lives
@@ -211,6 +212,8 @@ struct State {
     open_commits: u64,
     open_batch: u64,
     open_has_spinner: bool,
+    /// Committers inside a wait for durability (leading, spinning or parked).
+    waiting: u64,
     /// The highest SCN appended to the open batch.
     open_scn: Scn,
     durable_batch: u64,
@@ -346,6 +349,7 @@ impl RedoWriter {
                 open_commits: 0,
                 open_batch: 1,
                 open_has_spinner: false,
+                waiting: 0,
                 open_scn: Scn(0),
                 durable_batch: 0,
                 leader_busy: false,
@@ -602,6 +606,18 @@ impl RedoWriter {
 
     /// Waits until batch `mine` is durable, leading writes while none is in flight.
     fn wait_batch(&self, st: &mut MutexGuard<'_, State>, mine: u64) -> Result<(), RedoError> {
+        st.waiting += 1;
+        let result = self.wait_batch_counted(st, mine);
+        st.waiting -= 1;
+        result
+    }
+
+    /// [`RedoWriter::wait_batch`], counted in `State::waiting`.
+    fn wait_batch_counted(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        mine: u64,
+    ) -> Result<(), RedoError> {
         loop {
             if st.durable_batch >= mine {
                 return Ok(());
@@ -611,10 +627,14 @@ impl RedoWriter {
             }
             if !st.leader_busy {
                 // Nothing in flight, so our batch is the open one: write it, and then the
-                // batches that filled meanwhile, up to WRITES_PER_LEADER writes in all.
+                // batches that filled meanwhile, up to WRITES_PER_LEADER writes in all — while
+                // others wait for them. With no one else waiting, the next batch's committers
+                // have not asked yet: returning answers this one's at once (fusiond's
+                // acknowledger is the only waiter and sends the replies), and the next to
+                // wait leads the next write.
                 for written in 1..=WRITES_PER_LEADER {
                     self.lead(st, written < WRITES_PER_LEADER);
-                    if st.open.is_empty() || st.failed.is_some() {
+                    if st.open.is_empty() || st.failed.is_some() || st.waiting <= 1 {
                         break;
                     }
                 }
