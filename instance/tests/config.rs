@@ -934,12 +934,14 @@ fn serve_limits_and_password() {
         Some(Duration::from_millis(100))
     );
     assert_eq!(defaults.local.resp, None);
+    assert_eq!(defaults.serve.spin, Duration::ZERO);
 
     let text = GOOD.replace(
         "{ id = 0, address = \"127.0.0.1:7400\", host = \"h\" }",
         "{ id = 0, address = \"127.0.0.1:7400\", host = \"h\", resp = \"127.0.0.1:6379\" }",
     ) + "[serve]\nrequirepass = \"pw\"\nmaxclients = 5\nidle_timeout_s = 0\n\
-         client_buffer_bytes = 1048576\ntransfer_p99_alert_ms = 7\nexpiry_sweep_ms = 0\n";
+         client_buffer_bytes = 1048576\ntransfer_p99_alert_ms = 7\nexpiry_sweep_ms = 0\n\
+         spin_us = 50\n";
     let config = parse(&text).unwrap();
     assert_eq!(config.serve.requirepass.as_ref().unwrap().as_bytes(), b"pw");
     assert_eq!(config.serve.maxclients, 5);
@@ -947,6 +949,7 @@ fn serve_limits_and_password() {
     assert_eq!(config.serve.client_buffer_bytes, 1 << 20);
     assert_eq!(config.serve.transfer_p99_alert, Duration::from_millis(7));
     assert_eq!(config.serve.expiry_sweep, None);
+    assert_eq!(config.serve.spin, Duration::from_micros(50));
     let sweep = parse(&format!("{GOOD}[serve]\nexpiry_sweep_ms = 250\n")).unwrap();
     assert_eq!(sweep.serve.expiry_sweep, Some(Duration::from_millis(250)));
     assert_eq!(
@@ -960,6 +963,7 @@ fn serve_limits_and_password() {
         "requirepass = \"\"",
         "requirepass = \"a\"\nrequirepass_file = \"b\"",
         "expiry_sweep_ms = 3600001",
+        "spin_us = 1000001",
     ] {
         let err = parse(&format!("{GOOD}[serve]\n{bad}\n")).unwrap_err();
         assert!(

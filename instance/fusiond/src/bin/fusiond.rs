@@ -10,7 +10,7 @@ use fusiond::commands::{Engine, EngineConfig, ServerInfo};
 use fusiond::metrics::{Metrics, TRANSFER_ALERT_WINDOW, info_section, serve_http};
 use fusiond::server::{ClientLimits, Clients, serve};
 use fusiond::store::{KvStore, Store};
-use instance::api::Instance;
+use instance::api::{Instance, StartOptions};
 use instance::config::{InstanceConfig, ServeConfig};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -300,7 +300,11 @@ fn run(config: InstanceConfig, resp: SocketAddr, kv_config: kv::KvConfig) -> Res
             })
             .map_err(|e| format!("cannot watch for a stop while starting: {e}"))?;
     }
-    let instance = Instance::start(config).map_err(|e| format!("start: {e}"));
+    let options = StartOptions {
+        spin: config.serve.spin,
+        ..StartOptions::default()
+    };
+    let instance = Instance::start_with(config, options).map_err(|e| format!("start: {e}"));
     entering.store(false, Ordering::Relaxed);
     let instance = Arc::new(instance?);
     tracing::info!(instance = %id, elapsed_ms = started.elapsed().as_millis() as u64, "instance started");
