@@ -934,7 +934,7 @@ fn serve_limits_and_password() {
         Some(Duration::from_millis(100))
     );
     assert_eq!(defaults.local.resp, None);
-    assert_eq!(defaults.serve.spin, Duration::ZERO);
+    assert_eq!(defaults.serve.spin, Duration::from_micros(10));
 
     let text = GOOD.replace(
         "{ id = 0, address = \"127.0.0.1:7400\", host = \"h\" }",
