@@ -772,10 +772,16 @@ impl Hook for Gated {
     }
 }
 
-#[test]
-fn a_leader_writes_the_batch_that_opened_during_its_write() {
-    // A commit joins the open batch while the leader's write is in flight: the leader, running
-    // when its write ends, writes that batch too instead of waking the parked follower to.
+/// A writer whose durable writes wait at a [`Gated`] until it opens.
+struct GatedWriter {
+    faulty: Arc<FaultyStorage>,
+    gated: Arc<Gated>,
+    thread: RedoThreadLocation,
+    lives: Vec<Life>,
+    writer: RedoWriter,
+}
+
+fn gated_writer() -> GatedWriter {
     let faulty = Arc::new(FaultyStorage::new(
         FaultConfig::new(THREAD_SIZE),
         SimRng::new(3),
@@ -784,10 +790,25 @@ fn a_leader_writes_the_batch_that_opened_during_its_write() {
         state: parking_lot::Mutex::new((false, Vec::new())),
         changed: parking_lot::Condvar::new(),
     });
-    let t = thread(0, THREAD_SIZE);
+    let thread = thread(0, THREAD_SIZE);
     let mut lives = Vec::new();
     let storage = Arc::new(PassThrough::new(faulty.clone(), Arc::clone(&gated)));
-    let (writer, _) = open_life(storage, t, 1, &mut lives);
+    let (writer, _) = open_life(storage, thread, 1, &mut lives);
+    GatedWriter {
+        faulty,
+        gated,
+        thread,
+        lives,
+        writer,
+    }
+}
+
+#[test]
+fn a_leader_writes_the_batch_that_opened_during_its_write() {
+    // A commit joins the open batch while the leader's write is in flight: the leader, running
+    // when its write ends, writes that batch too instead of waking the parked follower to.
+    let g = gated_writer();
+    let (writer, gated) = (&g.writer, &g.gated);
     std::thread::scope(|s| {
         let leader = s.spawn(|| {
             let receipt = writer.commit(&[record(1, 1, 100)]);
@@ -811,7 +832,7 @@ fn a_leader_writes_the_batch_that_opened_during_its_write() {
         assert_eq!((first.unwrap().batch, second.batch), (1, 2));
         assert_eq!(gated.writers(), vec![leader_id, leader_id]);
     });
-    let (records, _) = read_all(faulty.as_ref(), t, 1, &lives);
+    let (records, _) = read_all(g.faulty.as_ref(), g.thread, 1, &g.lives);
     assert_eq!(records, vec![record(1, 1, 100), record(2, 2, 100)]);
 }
 
@@ -820,18 +841,8 @@ fn a_lone_waiter_returns_after_its_own_write() {
     // A commit is appended while the only waiter's write is in flight, and no one waits for
     // it: the waiter returns once its own batch is durable (fusiond's acknowledger then
     // answers its clients), and the next to wait leads the open batch's write.
-    let faulty = Arc::new(FaultyStorage::new(
-        FaultConfig::new(THREAD_SIZE),
-        SimRng::new(4),
-    ));
-    let gated = Arc::new(Gated {
-        state: parking_lot::Mutex::new((false, Vec::new())),
-        changed: parking_lot::Condvar::new(),
-    });
-    let t = thread(0, THREAD_SIZE);
-    let mut lives = Vec::new();
-    let storage = Arc::new(PassThrough::new(faulty.clone(), Arc::clone(&gated)));
-    let (writer, _) = open_life(storage, t, 1, &mut lives);
+    let g = gated_writer();
+    let (writer, gated) = (&g.writer, &g.gated);
     let late = std::thread::scope(|s| {
         let leader = s.spawn(|| {
             let receipt = writer.commit(&[record(1, 1, 100)]);
@@ -854,6 +865,6 @@ fn a_lone_waiter_returns_after_its_own_write() {
     assert_eq!(second.batch, 2);
     assert_eq!(gated.writers().len(), 2);
     assert_eq!(gated.writers()[1], std::thread::current().id());
-    let (records, _) = read_all(faulty.as_ref(), t, 1, &lives);
+    let (records, _) = read_all(g.faulty.as_ref(), g.thread, 1, &g.lives);
     assert_eq!(records, vec![record(1, 1, 100), record(2, 2, 100)]);
 }
