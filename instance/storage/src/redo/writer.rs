@@ -18,8 +18,8 @@
 //! other committers wait (up to `WRITES_PER_LEADER` writes, so its own acknowledgement is not
 //! held up for long; with no one else waiting it returns at once, and the next committer to
 //! wait leads); after its last write it wakes one follower of the open batch (the others
-//! sleep on), and that one leads the next write. So one write is in flight at a time and the next batch accumulates
-//! meanwhile; at most [`MAX_BATCH_BLOCKS`] blocks go in one write.
+//! sleep on), and that one leads the next write. So one write is in flight at a time and the
+//! next batch accumulates meanwhile; at most [`MAX_BATCH_BLOCKS`] blocks go in one write.
 //!
 //! # Lives
 //!
@@ -139,10 +139,11 @@ pub enum RedoOpenError {
 }
 
 /// Most writes a committer that leads makes before it returns: its own batch's, then those of
-/// the batches that opened meanwhile. Leading the next write at once, while running, keeps
-/// the disk busy: handing it to a parked follower left the disk idle for that follower's
-/// wake-up after every write (16% of a 32-committer run on the 2-vCPU VM). Bounded, so one
-/// committer's acknowledgement waits for at most this many writes.
+/// the batches that opened meanwhile, while other committers wait. Leading the next write at
+/// once, while running, keeps the disk busy: handing it to a parked follower left the disk
+/// idle for that follower's wake-up after every write (16% of a 32-committer run on the
+/// 2-vCPU VM). Bounded, so one committer's acknowledgement waits for at most this many writes;
+/// a lone waiter writes only its own (fusiond's acknowledger answers its clients at once).
 const WRITES_PER_LEADER: usize = 2;
 
 /// Blocks a new life leaves free past the previous life's end: the most that life can have
