@@ -1015,7 +1015,7 @@ impl<S: Store> Engine<S> {
         // as it was asked (`CONFIG GET MAXCLIENTS` answers `MAXCLIENTS`); a pattern
         // answers each setting's own name; each setting once.
         let mut pairs: Vec<(Reply, Reply)> = Vec::new();
-        let mut seen = [false; 8];
+        let mut seen = settings.each_ref().map(|_| false);
         for asked in &args[2..] {
             let exact = !asked.iter().any(|b| b"[*?".contains(b));
             for (i, (name, value)) in settings.iter().enumerate() {
