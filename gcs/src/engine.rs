@@ -499,12 +499,23 @@ impl<D: MasterDirectory> Engine<D> {
     }
 
     /// The copy for local request `request` of `block` lands in `landing` from now on (a
-    /// frame armed anew).
-    pub fn set_landing(&mut self, block: BlockId, request: RequestId, landing: u64) {
+    /// frame armed anew). Landing 0 names no frame: a request not yet sent (or to be sent
+    /// again at a reconfiguration) waits until a later call names one, and is sent then.
+    pub fn set_landing(
+        &mut self,
+        block: BlockId,
+        request: RequestId,
+        landing: u64,
+        now: Timestamp,
+    ) {
         if let Some(c) = self.cached.get_mut(&block) {
             for w in c.waiters.iter_mut().filter(|w| w.id == request) {
                 w.landing = landing;
             }
+        }
+        if landing != 0 {
+            self.holder_progress(block, now);
+            self.pump(now);
         }
     }
 
@@ -682,8 +693,9 @@ impl<D: MasterDirectory> Engine<D> {
     }
 
     /// Local request: hold `block` in at least `mode`. A block shipped for it lands in frame
-    /// `landing` (opaque token, e.g. the runtime's `LandingToken::to_wire()`). The grant comes
-    /// as [`Event::Granted`]; a local cache hit is granted at once with no message.
+    /// `landing` (opaque token, e.g. the runtime's `LandingToken::to_wire()`; 0 for none yet,
+    /// see [`Engine::set_landing`]). The grant comes as [`Event::Granted`]; a local cache hit
+    /// is granted at once with no message.
     pub fn request(
         &mut self,
         block: BlockId,

@@ -134,6 +134,9 @@ impl<D: MasterDirectory> Engine<D> {
             return; // covered; served once the pending ship is done
         }
         let landing = c.waiters.front().map_or(0, |w| w.landing);
+        if landing == 0 {
+            return; // no frame to land in yet: sent when `set_landing` names one
+        }
         let request = self.next_request;
         self.next_request += 1;
         c.outstanding = Some(Outstanding {

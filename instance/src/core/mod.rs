@@ -254,6 +254,10 @@ enum Landing {
     Reading,
     /// Read from storage, ready to publish at the grant.
     Filled(Filling),
+    /// No frame: a reconfiguration could not arm the old one anew (a copy of the old epoch
+    /// was landing in it). GCS holds the request (landing 0) until
+    /// [`Core::arm_outstanding`] arms another, when the cache has one free.
+    Unarmed,
 }
 
 #[derive(Debug)]
@@ -483,7 +487,7 @@ impl Core {
         // A copy shipped in the old epoch may still land after this: every frame armed for
         // a request is armed anew (a new generation refuses the old landing), and the
         // requests GCS re-sends to the new masters name the new arming.
-        self.rearm_landings();
+        self.rearm_landings(now);
         self.count_losses(self.gcs.live(), live);
         self.gcs.on_reconfigure(epoch, live, map, now)?;
         // The old masters' flush requests are gone with their state: asked again of the new
@@ -512,7 +516,7 @@ impl Core {
         Ok(())
     }
 
-    fn rearm_landings(&mut self) {
+    fn rearm_landings(&mut self, now: Timestamp) {
         let blocks: Vec<BlockId> = self.blocks.keys().copied().collect();
         for block in blocks {
             let Some(o) = self
@@ -525,22 +529,55 @@ impl Core {
             if !matches!(o.landing, Landing::Armed(_)) {
                 continue;
             }
-            let Landing::Armed(armed) = std::mem::replace(&mut o.landing, Landing::Reading) else {
+            let Landing::Armed(armed) = std::mem::replace(&mut o.landing, Landing::Unarmed) else {
                 continue;
             };
             match armed.disarm() {
                 Ok(filling) => {
                     let armed = filling.arm_any();
                     self.gcs
-                        .set_landing(block, o.request, armed.token().to_wire());
+                        .set_landing(block, o.request, armed.token().to_wire(), now);
                     o.landing = Landing::Armed(armed);
                 }
-                Err((armed, e)) => {
-                    o.landing = Landing::Armed(armed);
-                    self.fail(e.into());
+                Err((landing, _)) => {
+                    // A copy of the old epoch is landing in the frame right now (a transport
+                    // mid-payload, a co-located peer mid-copy): its permit cannot be revoked.
+                    // The frame is left to it (orphaned, the clock takes it back once it
+                    // has landed) and the request gets another; GCS holds the request
+                    // until then.
+                    drop(landing);
+                    self.gcs.set_landing(block, o.request, 0, now);
+                    self.kicks.insert(block);
                 }
             }
         }
+    }
+
+    /// Arms a frame for the request of `block` left [`Landing::Unarmed`], and names it to
+    /// GCS, which sends the request then; without a free frame, waits for one.
+    fn arm_outstanding(&mut self, block: BlockId, now: Timestamp) {
+        let Some((armed, _)) = self.landing_frame(block, now) else {
+            self.wait_for_frame(block, now);
+            return;
+        };
+        let Some(o) = self
+            .blocks
+            .get_mut(&block)
+            .and_then(|b| b.outstanding.as_mut())
+        else {
+            return;
+        };
+        self.gcs
+            .set_landing(block, o.request, armed.token().to_wire(), now);
+        o.landing = Landing::Armed(armed);
+    }
+
+    /// `block` waits for a frame: it is kicked again when frames come free.
+    fn wait_for_frame(&mut self, block: BlockId, now: Timestamp) {
+        self.frame_wait.insert(block);
+        // Frames also come free when the driver drops a pin (a send's payload, a write):
+        // retry soon even if no event says so.
+        self.frame_retry.get_or_insert(now + FRAME_RETRY);
     }
 
     /// Instance recovery read the lost instances' redo: `changed` lists the blocks they
@@ -994,7 +1031,7 @@ impl Core {
                     // peer: the frame is armed anew (the old arming's token is dead).
                     let armed = filling.arm_any();
                     self.gcs
-                        .set_landing(block, o.request, armed.token().to_wire());
+                        .set_landing(block, o.request, armed.token().to_wire(), now);
                     o.landing = Landing::Armed(armed);
                 } else {
                     o.landing = Landing::Filled(filling)
@@ -1079,7 +1116,13 @@ impl Core {
             let Some(b) = self.blocks.get_mut(&block) else {
                 return;
             };
-            if b.outstanding.is_some() || self.failed.is_some() {
+            if self.failed.is_some() {
+                return;
+            }
+            if let Some(o) = &b.outstanding {
+                if matches!(o.landing, Landing::Unarmed) {
+                    self.arm_outstanding(block, now);
+                }
                 return;
             }
             let Some(&(ticket, mode)) = b.queue.front() else {
@@ -1101,10 +1144,7 @@ impl Core {
                 match self.landing_frame(block, now) {
                     Some((armed, cached)) => (Some(armed), cached),
                     None => {
-                        self.frame_wait.insert(block);
-                        // Frames also come free when the driver drops a pin (a send's
-                        // payload, a write): retry soon even if no event says so.
-                        self.frame_retry.get_or_insert(now + FRAME_RETRY);
+                        self.wait_for_frame(block, now);
                         return;
                     }
                 }
@@ -1488,8 +1528,10 @@ impl Core {
                     }
                 },
                 Landing::Filled(filling) => filling,
-                Landing::Reading => {
-                    self.fail(CoreError::Cache(format!("{block} granted before its read")));
+                Landing::Reading | Landing::Unarmed => {
+                    self.fail(CoreError::Cache(format!(
+                        "{block} granted before its read or frame"
+                    )));
                     return;
                 }
             };
