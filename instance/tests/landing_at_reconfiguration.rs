@@ -4,8 +4,8 @@
 //! the token is stale (payload landing)", a survivor lost at a member's rejoin); now the
 //! request gets another frame, and GCS holds it until the cache has one:
 //!
-//! * with frames free, the request is sent again at once naming a new frame, and the old
-//!   copy's late message is dropped with its epoch;
+//! * with frames free, the request is sent again at once naming a new frame, the old copy's
+//!   late message is dropped with its epoch, and its frame is freed;
 //! * with no frame free (the other is pinned), the request waits; once the old copy has
 //!   landed its frame is taken back and the request goes out naming it.
 
@@ -48,10 +48,21 @@ fn a_copy_landing_at_a_reconfiguration_keeps_its_frame_and_the_request_gets_anot
         .expect("served in the new epoch, in another frame");
     assert_eq!(grant.scn, scn);
     assert_eq!(grant.pin.read()[64], scn.0 as u8);
-    // The old copy lands late; its message belongs to the old epoch and is dropped.
+    assert_eq!(
+        p.cores[1].cache().stats().retiring,
+        1,
+        "the old frame is orphaned"
+    );
+    // The old copy lands late; its message belongs to the old epoch and is dropped, and the
+    // frame it landed in is free again.
     p.release_held();
     assert!(p.cores[1].failure().is_none(), "{:?}", p.cores[1].failure());
     assert_eq!(p.cores[1].gcs().mode(SHIPPED), BlockMode::Shared);
+    assert_eq!(
+        p.cores[1].cache().stats().retiring,
+        0,
+        "the old frame is free"
+    );
 }
 
 #[test]

@@ -106,6 +106,7 @@ use instance::recovery::{ResumableScan, ThreadScan, recover_blocks, scan_threads
 use instance::redo::{GroupCommitConfig, RedoRecord, RedoWriter};
 use instance::storage::faulty::{FaultConfig, FaultyStorage};
 use instance::storage::{AlignedBuf, IoClass, SharedStorage};
+use interconnect::region::Landing;
 use interconnect::sim::{SimNetwork, SimNetworkConfig, SimRng};
 use interconnect::{
     BlockRegion, ClusterId, Epoch, InstanceId, InstanceSet, LandingToken, Scn, ScnClock, Service,
@@ -240,6 +241,9 @@ pub struct SimConfig {
     pub early_release: bool,
     /// Every node's failure timings: the seed's draw, scaled down by `TIMINGS_SCALE`.
     pub timings: Timings,
+    /// Half the shipped copies land over a while (up to 1 ms), as a payload a transport reads in
+    /// parts: a reconfiguration, a death or the link's next frame may come mid-landing.
+    pub slow_landings: bool,
 }
 
 /// A fault of [`SimConfig::faults`] (its victim is drawn among the running instances when it
@@ -278,6 +282,9 @@ impl SimConfig {
         // The timings from theirs too: a seed's workload and faults stay what they were.
         let mut rng = SimRng::new(seed ^ 0x7177_1e55_1ea5_e000);
         cfg.timings = Timings::drawn(&mut rng).scaled_down(TIMINGS_SCALE);
+        // And slow landings from theirs.
+        let mut rng = SimRng::new(seed ^ 0x510a_1ad1_0000_0003);
+        cfg.slow_landings = rng.chance(1, 2);
         cfg
     }
 
@@ -403,6 +410,7 @@ impl SimConfig {
             ship_policy: ShipPolicy::LogForceBeforeShip,
             early_release: false,
             timings: Timings::runtime().scaled_down(TIMINGS_SCALE),
+            slow_landings: false,
         }
     }
 }
@@ -717,6 +725,11 @@ enum Event {
     JoinRequest {
         node: usize,
     },
+    /// The copy landing on the link `from` -> `to` has landed: its frame goes to `to`.
+    LandingDone {
+        from: usize,
+        to: usize,
+    },
 }
 
 impl Event {
@@ -743,7 +756,8 @@ impl Event {
             | Event::Resume { node }
             | Event::ControlSend { from: node, .. }
             | Event::Fatal { node, .. }
-            | Event::JoinRequest { node } => Some(*node),
+            | Event::JoinRequest { node }
+            | Event::LandingDone { to: node, .. } => Some(*node),
             Event::Crash
             | Event::Restart { .. }
             | Event::LandLate { .. }
@@ -832,6 +846,10 @@ pub struct SimStats {
     pub stops: u64,
     /// Block payloads refused by their frame (a stale arming).
     pub landings_refused: u64,
+    /// Block payloads that landed over a while ([`SimConfig::slow_landings`]).
+    pub landings_slow: u64,
+    /// Of which the receiver moved to a new epoch mid-landing.
+    pub landings_across_epochs: u64,
     /// Links cut (one way or both), healed later.
     pub cuts: u64,
     /// Processes paused.
@@ -882,6 +900,8 @@ impl SimStats {
         self.redo_checkpoints += s.redo_checkpoints;
         self.stops += s.stops;
         self.landings_refused += s.landings_refused;
+        self.landings_slow += s.landings_slow;
+        self.landings_across_epochs += s.landings_across_epochs;
         self.cuts += s.cuts;
         self.pauses += s.pauses;
         self.stalls += s.stalls;
@@ -1051,6 +1071,12 @@ pub struct Sim {
     seq: u64,
     now: Timestamp,
     next_ticket: u64,
+    /// Copies landing now, per link (sender, receiver): the frame that carries each, and
+    /// the landing, half written ([`SimConfig::slow_landings`]).
+    mid_landing: BTreeMap<(usize, usize), (Envelope, Landing)>,
+    /// Draws which copies land slowly and for how long (a generator of its own: seeds
+    /// without slow landings run as before).
+    landing_rng: SimRng,
     /// Dirty X ships on the wire per (sender, receiver, block).
     dirty_in_transit: BTreeMap<(usize, usize, BlockId), u32>,
     /// Writes handed out and not yet reported done, per (instance, block).
@@ -1197,6 +1223,8 @@ impl Sim {
             seq: 0,
             now: Timestamp::ZERO,
             next_ticket: 1,
+            mid_landing: BTreeMap::new(),
+            landing_rng: SimRng::new(cfg.seed ^ 0x510a_1ad1_0000_0004),
             dirty_in_transit: BTreeMap::new(),
             writes_in_flight: BTreeMap::new(),
             pending_snapshots: BTreeMap::new(),
@@ -1555,6 +1583,8 @@ impl Sim {
             self.inbox[to].push_back((env.service, false, from, env));
             return;
         }
+        // The link's frames come in order: the copy landing before this one lands first.
+        self.finish_landing(from, to);
         self.trace(|| format!("n{from} -> n{to}: {}", env.what));
         if self.nodes[to].joining {
             // Kept for the node once it is admitted (bounded as the API's).
@@ -1569,18 +1599,21 @@ impl Sim {
         if self.nodes[to].node.stop_reason().is_some() {
             return;
         }
-        if let Some(block) = env.dirty_x
-            && let Some(n) = self.dirty_in_transit.get_mut(&(from, to, block))
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.dirty_in_transit.remove(&(from, to, block));
-            }
-        }
         if let Some((bytes, token)) = &env.block {
             let region = Arc::clone(self.nodes[to].node.core().cache().region());
             match region.begin_landing(*token, id(from), bytes.len()) {
                 Ok(mut landing) => {
+                    if self.cfg.slow_landings && self.landing_rng.chance(1, 2) {
+                        // Half now, the rest later: the receiver runs on meanwhile.
+                        let half = bytes.len() / 2;
+                        landing.buf()[..half].copy_from_slice(&bytes[..half]);
+                        self.stats.landings_slow += 1;
+                        let delay =
+                            Duration::from_nanos(self.landing_rng.between(1_000, 1_000_000));
+                        self.mid_landing.insert((from, to), (env, landing));
+                        self.schedule(delay, Event::LandingDone { from, to });
+                        return;
+                    }
                     landing.buf().copy_from_slice(bytes);
                     landing.complete().unwrap();
                 }
@@ -1590,6 +1623,39 @@ impl Sim {
                     self.stats.landings_refused += 1;
                     self.trace(|| format!("n{to}: the block from n{from} was refused: {e}"));
                 }
+            }
+        }
+        self.hand_frame(from, to, env);
+    }
+
+    /// The copy landing on the link `from` -> `to`, if any, lands, and its frame goes to
+    /// the receiver.
+    fn finish_landing(&mut self, from: usize, to: usize) {
+        let Some((env, mut landing)) = self.mid_landing.remove(&(from, to)) else {
+            return;
+        };
+        if let Some((bytes, _)) = &env.block {
+            landing.buf().copy_from_slice(bytes);
+        }
+        landing.complete().unwrap();
+        if self.nodes[to].node.stop_reason().is_some() {
+            return;
+        }
+        if self.nodes[to].node.core().epoch() > env.epoch {
+            self.stats.landings_across_epochs += 1;
+        }
+        self.trace(|| format!("n{from} -> n{to}: {} (landed)", env.what));
+        self.hand_frame(from, to, env);
+    }
+
+    /// Hands a frame whose copy, if any, has landed (or was refused) to its receiver.
+    fn hand_frame(&mut self, from: usize, to: usize, env: Envelope) {
+        if let Some(block) = env.dirty_x
+            && let Some(n) = self.dirty_in_transit.get_mut(&(from, to, block))
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.dirty_in_transit.remove(&(from, to, block));
             }
         }
         let now = self.local(to);
@@ -2461,6 +2527,7 @@ impl Sim {
                 self.write_own_slot(node, Some(bytes), false);
             }
             Event::Resume { node } => self.resume(node),
+            Event::LandingDone { from, to } => self.finish_landing(from, to),
             Event::HealLinks => self.heal_links(),
             Event::ControlSend { from, to, env } => {
                 if self.faults.linked(from, to, self.global()) {
@@ -3595,6 +3662,10 @@ impl Sim {
             .revoke(victim, Duration::from_nanos(self.now.as_nanos()));
         self.dirty_in_transit
             .retain(|(from, to, _), _| *from != victim && *to != victim);
+        // Its connections close: a copy landing from it is dropped unfinished (its frame
+        // armed again), one landing in it dies with it.
+        self.mid_landing
+            .retain(|(from, to), _| *from != victim && *to != victim);
         let doomed: Vec<u64> = self
             .pending
             .iter()

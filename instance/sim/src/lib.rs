@@ -24,7 +24,9 @@
 //! the sender died first. Checkpoints come at seeded intervals in most seeds
 //! (a few waiting at once) and move the redo checkpoint as `Instance::checkpoint` does (the
 //! position first, then the node's checkpoint, which moves the slot); writes copy their
-//! frame at once or, as the runtime's I/O thread, later.
+//! frame at once or, as the runtime's I/O thread, later. In half the seeds half the shipped
+//! copies land over up to 1 ms, as a payload a transport reads in parts (the link's next
+//! frame waits behind it): a reconfiguration, a death or a pause may come mid-landing.
 //!
 //! Every instance is a real `instance::node::Node` (core, cluster manager with Disk Paxos,
 //! recovery lifecycle, checkpoint completion) whose disk-heartbeat rounds, Disk Paxos,
@@ -255,7 +257,7 @@ pub fn run_membership_seeds(seeds: Range<u64>) -> MembershipRun {
 /// One line of totals: `label`, the number of seeds, the wall time, then every counter.
 pub fn summary(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) -> String {
     format!(
-        "{label}: {seeds} seeds in {elapsed:.1?}: {} steps, {} commits, {} aborts, {} reads, {} messages, {} blocks shipped, {} disk reads, {} disk writes, {} checkpoints, {} evictions, {} local grants, {:.1?} virtual; failures: {} runs with deaths, {} deaths ({} cut off first), {} restarts, {} recoveries, {} blocks recovered, {} commits durable but unacknowledged (recovered), {} commits lost mid-redo-write, {} writes of the dead landed, {} redo checkpoints, {} block payloads refused by their frame; faults: {} cuts, {} pauses, {} stalls ({} writes failed at the storage path's bound), {} clock jumps, {} control frames lost/duplicated/delayed, {} write errors, {} torn writes, {} late redo/slot writes; {}",
+        "{label}: {seeds} seeds in {elapsed:.1?}: {} steps, {} commits, {} aborts, {} reads, {} messages, {} blocks shipped, {} disk reads, {} disk writes, {} checkpoints, {} evictions, {} local grants, {:.1?} virtual; failures: {} runs with deaths, {} deaths ({} cut off first), {} restarts, {} recoveries, {} blocks recovered, {} commits durable but unacknowledged (recovered), {} commits lost mid-redo-write, {} writes of the dead landed, {} redo checkpoints, {} block payloads refused by their frame, {} landed slowly ({} across a new epoch); faults: {} cuts, {} pauses, {} stalls ({} writes failed at the storage path's bound), {} clock jumps, {} control frames lost/duplicated/delayed, {} write errors, {} torn writes, {} late redo/slot writes; {}",
         total.steps,
         total.commits,
         total.aborts,
@@ -279,6 +281,8 @@ pub fn summary(label: &str, seeds: u64, total: &SimStats, elapsed: Duration) -> 
         total.writes_landed_dead,
         total.redo_checkpoints,
         total.landings_refused,
+        total.landings_slow,
+        total.landings_across_epochs,
         total.cuts,
         total.pauses,
         total.stalls,

@@ -43,6 +43,12 @@ fn seeds() {
         assert!(total.stalls > 0 && total.io_timeouts > 0);
         assert!(total.control_faults > 0 && total.write_errors > 0);
         assert!(total.torn_writes > 0, "dying writes land torn");
+        // Copies land across reconfigurations: the frame each was landing in cannot be
+        // armed anew, and its request gets another.
+        assert!(
+            total.landings_across_epochs > 0,
+            "no landing across a new epoch"
+        );
         // Both ship policies and early release run, and their crash paths bite: versions
         // lost with their redo, and dependents told so (never acknowledged).
         let p = &total.policy;

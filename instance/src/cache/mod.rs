@@ -302,6 +302,20 @@ impl BufferCache {
         self.inner.table.lock().stats()
     }
 
+    /// Takes back the frames left orphaned by a request that gave them up while a payload
+    /// was landing ([`Armed`]'s drop, a reconfiguration), once those landings have ended;
+    /// else the clock takes them back only when the cache runs short.
+    pub fn reclaim_orphans(&self) {
+        let freed = self
+            .inner
+            .table
+            .lock()
+            .reclaim_orphans(|frame, token| self.inner.reclaim_orphan(frame, token));
+        if freed > 0 {
+            self.inner.frame_freed.notify();
+        }
+    }
+
     /// Checks the cache's internal invariants (the table and the frame states agree, the
     /// table is within its bound); for tests and the simulator's checkers.
     #[doc(hidden)]

@@ -80,6 +80,8 @@ pub(crate) struct Table {
     past_images: HashMap<BlockId, Vec<u32>>,
     free: Vec<u32>,
     hand: u32,
+    /// Frames `Orphaned` now ([`Table::reclaim_orphans`] looks only while there are any).
+    orphans: u32,
 }
 
 impl Table {
@@ -99,6 +101,7 @@ impl Table {
             // Popped from the back: hand out frame 0 first.
             free: (0..frames).rev().collect(),
             hand: 0,
+            orphans: 0,
         }
     }
 
@@ -213,6 +216,7 @@ impl Table {
             if let FrameState::Orphaned { token } = meta.state {
                 if reclaim(frame, token) {
                     meta.state = FrameState::Free;
+                    self.orphans -= 1;
                     return Ok((frame, None));
                 }
                 continue;
@@ -268,10 +272,35 @@ impl Table {
         }
         self.meta[frame as usize].pins -= 1;
         match armed {
-            Some(token) => self.meta[frame as usize].state = FrameState::Orphaned { token },
+            Some(token) => {
+                self.meta[frame as usize].state = FrameState::Orphaned { token };
+                self.orphans += 1;
+            }
             None if meta.pins > 1 => self.meta[frame as usize].state = FrameState::Retired,
             None => self.release(frame),
         }
+    }
+
+    /// Frees the orphaned frames the landing region gives back now (`reclaim` as for
+    /// [`Table::reserve`]): their landings have ended. Returns how many.
+    pub(crate) fn reclaim_orphans(
+        &mut self,
+        mut reclaim: impl FnMut(u32, LandingToken) -> bool,
+    ) -> u32 {
+        if self.orphans == 0 {
+            return 0;
+        }
+        let mut freed = 0;
+        for frame in 0..self.frames() {
+            if let FrameState::Orphaned { token } = self.meta[frame as usize].state
+                && reclaim(frame, token)
+            {
+                self.orphans -= 1;
+                self.release(frame);
+                freed += 1;
+            }
+        }
+        freed
     }
 
     /// The filled frame becomes the current copy.
@@ -475,6 +504,17 @@ impl Table {
             if !ok {
                 return Err(format!("frame {frame} is {meta:?}, listed: {listed}"));
             }
+        }
+        let orphans = self
+            .meta
+            .iter()
+            .filter(|m| matches!(m.state, FrameState::Orphaned { .. }))
+            .count();
+        if orphans != self.orphans as usize {
+            return Err(format!(
+                "{orphans} orphaned frames, {} counted",
+                self.orphans
+            ));
         }
         Ok(())
     }

@@ -186,6 +186,35 @@ fn orphaned_frames_come_back_when_the_region_lets_go() {
     table.check().unwrap();
 }
 
+#[test]
+fn orphaned_frames_are_freed_without_a_shortage_once_their_landing_ends() {
+    let mut table = Table::new(3);
+    let (frame, _) = table.reserve(b(1), no_orphans).unwrap();
+    let token = interconnect::LandingToken::new(frame, 1);
+    table.set_armed(frame, Some(token));
+    table.abandon(frame);
+    // Still landing: the region keeps it.
+    assert_eq!(table.reclaim_orphans(|_, _| false), 0);
+    assert_eq!(table.meta(frame).state, FrameState::Orphaned { token });
+    table.check().unwrap();
+    let mut asked = Vec::new();
+    let freed = table.reclaim_orphans(|f, t| {
+        asked.push((f, t));
+        true
+    });
+    assert_eq!((freed, asked), (1, vec![(frame, token)]));
+    assert_eq!(table.meta(frame).state, FrameState::Free);
+    table.check().unwrap();
+    // None left: the region is not asked again.
+    assert_eq!(table.reclaim_orphans(|_, _| panic!("no orphan left")), 0);
+    // The frame is handed out again.
+    let (again, _) = table.reserve(b(2), no_orphans).unwrap();
+    let (other, _) = table.reserve(b(3), no_orphans).unwrap();
+    let (third, _) = table.reserve(b(4), no_orphans).unwrap();
+    assert!([again, other, third].contains(&frame));
+    table.check().unwrap();
+}
+
 fn cache(frames: u32) -> BufferCache {
     BufferCache::new(BlockRegion::anonymous(frames, 4096).unwrap()).unwrap()
 }

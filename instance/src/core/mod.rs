@@ -972,6 +972,9 @@ impl Core {
             },
             other => Err(format!("no engine serves {other:?} here")),
         };
+        // A copy landing in a frame its request gave up has landed now (its message is
+        // this one, of an old epoch): the frame is free again.
+        self.cache.reclaim_orphans();
         self.pump(now);
         result.map_err(|detail| CoreError::BadMessage { from, detail })
     }
@@ -992,6 +995,8 @@ impl Core {
 
     /// Timers due at `now`.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        // Landings that ended without their message (the sender's connection closed).
+        self.cache.reclaim_orphans();
         if self.frame_retry.is_some_and(|at| at <= now) {
             self.frame_retry = None;
             self.frames_freed();
