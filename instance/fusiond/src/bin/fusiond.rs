@@ -323,7 +323,15 @@ fn run(config: InstanceConfig, resp: SocketAddr, kv_config: kv::KvConfig) -> Res
         resp,
     ) {
         Ok(serving) => serving,
-        Err(e) => return Err(leave(instance, e)),
+        Err(e) => {
+            // The instance may have stopped meanwhile (fenced, voted out, its lease lapsed
+            // while it started): then that is why serving failed, and what to report.
+            let why = match instance.stopped() {
+                Some(reason) => format!("the instance stopped: {reason} ({e})"),
+                None => e,
+            };
+            return Err(leave(instance, why));
+        }
     };
 
     let sweep_every = serve_config.expiry_sweep;
