@@ -953,10 +953,17 @@ impl Core {
                     self.keep_for_future(from, service, msg.epoch, body.to_vec());
                     Ok(())
                 }
-                Ok(msg) => self
-                    .gcs
-                    .handle_message(from, msg, now)
-                    .map_err(|e| e.to_string()),
+                Ok(msg) => {
+                    if msg.epoch < epoch {
+                        // A copy shipped in an old epoch has landed with this message: a
+                        // frame the reconfiguration gave up to it is free again. Current
+                        // messages skip the look (the timers cover any other orphan).
+                        self.cache.reclaim_orphans();
+                    }
+                    self.gcs
+                        .handle_message(from, msg, now)
+                        .map_err(|e| e.to_string())
+                }
                 Err(e) => Err(e.to_string()),
             },
             Service::Ges => match ges::Message::decode(body) {
@@ -972,9 +979,6 @@ impl Core {
             },
             other => Err(format!("no engine serves {other:?} here")),
         };
-        // A copy landing in a frame its request gave up has landed now (its message is
-        // this one, of an old epoch): the frame is free again.
-        self.cache.reclaim_orphans();
         self.pump(now);
         result.map_err(|detail| CoreError::BadMessage { from, detail })
     }
